@@ -1,0 +1,173 @@
+//! `Bitfield`: one bit per piece, the unit of "who has what".
+//!
+//! The tracker keeps one per (file, peer) and peers send them to each other, so the memory and
+//! wire cost of "holds pieces 0..n" is n bits.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ids::PieceIndex;
+
+/// A set of pieces of a file with `len` pieces, one bit each. Bits past `len` are always zero.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Bitfield {
+    len: u32,
+    bytes: Vec<u8>,
+}
+
+impl Bitfield {
+    /// The empty set over `len` pieces.
+    pub fn new(len: u32) -> Bitfield {
+        Bitfield { len, bytes: vec![0; Self::bytes_for(len)] }
+    }
+
+    /// The full set over `len` pieces.
+    pub fn full(len: u32) -> Bitfield {
+        let mut field = Bitfield { len, bytes: vec![0xff; Self::bytes_for(len)] };
+        field.clear_tail();
+        field
+    }
+
+    /// Rebuilds a bitfield from its packed bytes (most significant bit first). Returns `None`
+    /// when the byte count does not match `len`; stray bits past `len` are cleared.
+    pub fn from_bytes(len: u32, bytes: &[u8]) -> Option<Bitfield> {
+        if bytes.len() != Self::bytes_for(len) {
+            return None;
+        }
+        let mut field = Bitfield { len, bytes: bytes.to_vec() };
+        field.clear_tail();
+        Some(field)
+    }
+
+    /// The packed bytes, most significant bit first.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of pieces the set ranges over.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True when the set ranges over no pieces at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `piece` is in the set (false when out of range).
+    pub fn has(&self, piece: PieceIndex) -> bool {
+        piece.0 < self.len && self.bytes[piece.as_usize() / 8] & Self::mask(piece) != 0
+    }
+
+    /// Adds `piece`; returns whether it was new. Out-of-range pieces are ignored.
+    pub fn set(&mut self, piece: PieceIndex) -> bool {
+        if piece.0 >= self.len || self.has(piece) {
+            return false;
+        }
+        self.bytes[piece.as_usize() / 8] |= Self::mask(piece);
+        true
+    }
+
+    /// Removes `piece`; returns whether it was present.
+    pub fn unset(&mut self, piece: PieceIndex) -> bool {
+        if !self.has(piece) {
+            return false;
+        }
+        self.bytes[piece.as_usize() / 8] &= !Self::mask(piece);
+        true
+    }
+
+    /// Number of pieces in the set.
+    pub fn count(&self) -> u32 {
+        self.bytes.iter().map(|b| b.count_ones()).sum()
+    }
+
+    /// True when every piece is in the set.
+    pub fn is_full(&self) -> bool {
+        self.count() == self.len
+    }
+
+    /// The pieces in the set, in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = PieceIndex> + '_ {
+        (0..self.len).map(PieceIndex).filter(|p| self.has(*p))
+    }
+
+    /// The pieces not in the set, in ascending order.
+    pub fn iter_missing(&self) -> impl Iterator<Item = PieceIndex> + '_ {
+        (0..self.len).map(PieceIndex).filter(|p| !self.has(*p))
+    }
+
+    fn bytes_for(len: u32) -> usize {
+        (len as usize).div_ceil(8)
+    }
+
+    fn mask(piece: PieceIndex) -> u8 {
+        0x80 >> (piece.0 % 8)
+    }
+
+    fn clear_tail(&mut self) {
+        let used = self.len % 8;
+        if used != 0 {
+            if let Some(last) = self.bytes.last_mut() {
+                *last &= 0xffu8 << (8 - used);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Bitfield {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bitfield({}/{}: ", self.count(), self.len)?;
+        for piece in (0..self.len.min(64)).map(PieceIndex) {
+            f.write_str(if self.has(piece) { "1" } else { "0" })?;
+        }
+        f.write_str(if self.len > 64 { "…)" } else { ")" })
+    }
+}
+
+/// On the wire: `[len, bytes]`, with the byte count checked against `len` on decode.
+impl Serialize for Bitfield {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (self.len, serde_bytes::Bytes::new(&self.bytes)).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bitfield {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (len, bytes): (u32, serde_bytes::ByteBuf) = Deserialize::deserialize(deserializer)?;
+        if len > crate::limits::PIECES_MAX {
+            return Err(serde::de::Error::custom("bitfield longer than the piece limit"));
+        }
+        Bitfield::from_bytes(len, &bytes)
+            .ok_or_else(|| serde::de::Error::custom("bitfield byte count does not match its length"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_count_and_iterate() {
+        let mut field = Bitfield::new(10);
+        assert!(field.set(PieceIndex(0)));
+        assert!(field.set(PieceIndex(9)));
+        assert!(!field.set(PieceIndex(9)), "second set is not new");
+        assert!(!field.set(PieceIndex(10)), "out of range is ignored");
+        assert_eq!(field.count(), 2);
+        assert_eq!(field.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(9)]);
+        assert_eq!(field.iter_missing().count(), 8);
+        assert!(field.unset(PieceIndex(0)));
+        assert!(!field.has(PieceIndex(0)));
+    }
+
+    #[test]
+    fn full_has_no_stray_tail_bits() {
+        let field = Bitfield::full(11);
+        assert_eq!(field.count(), 11);
+        assert!(field.is_full());
+        assert_eq!(field.as_bytes(), &[0xff, 0xe0]);
+        let cleaned = Bitfield::from_bytes(11, &[0xff, 0xff]).expect("two bytes for 11 bits");
+        assert_eq!(cleaned, field);
+        assert!(Bitfield::from_bytes(11, &[0xff]).is_none());
+    }
+}

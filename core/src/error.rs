@@ -1,0 +1,93 @@
+//! Error enums for the local caller's mistakes.
+//!
+//! Bad input from the network is never an `Err` here: the machines turn it into output (an
+//! error reply, a closed connection, a strike). These types are for what a local caller — a
+//! driver, a command line — got wrong.
+
+use thiserror::Error;
+
+/// A file id or id prefix that could not be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IdError {
+    /// The text had the wrong number of hex digits.
+    #[error("a file id has 64 hex digits (a prefix at least 8); got {digits}")]
+    Length {
+        /// How many digits were given.
+        digits: usize,
+    },
+    /// The text was not hexadecimal.
+    #[error("not a hex file id: {0:?}")]
+    NotHex(String),
+    /// No known id starts with the prefix.
+    #[error("no known file id starts with {0}")]
+    UnknownPrefix(String),
+    /// More than one known id starts with the prefix.
+    #[error("more than one file id starts with {0}; type more digits")]
+    AmbiguousPrefix(String),
+}
+
+/// A manifest that breaks the rules of [`crate::Manifest`].
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// The name is empty, too long, or could escape a download folder.
+    #[error("unsafe or invalid file name {0:?}")]
+    BadName(String),
+    /// The piece size is outside the allowed range or not a power of two.
+    #[error("piece size {0} bytes is not a power of two between 16 KiB and 16 MiB")]
+    BadPieceSize(u64),
+    /// The number of piece hashes does not match length and piece size.
+    #[error("{hashes} piece hashes given but the length needs {expected}")]
+    PieceCount {
+        /// Hashes in the manifest.
+        hashes: usize,
+        /// Pieces the length and piece size imply.
+        expected: u64,
+    },
+    /// The file would need more pieces than the system allows.
+    #[error("file needs {0} pieces, more than the limit of {max}", max = crate::limits::PIECES_MAX)]
+    TooManyPieces(u64),
+    /// The bytes are not a CBOR manifest.
+    #[error("manifest does not decode: {0}")]
+    Decode(String),
+}
+
+/// A frame that could not be turned into a message.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length prefix announces more than the frame limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes", max = crate::limits::FRAME_BYTES_MAX)]
+    Oversized {
+        /// The announced body length.
+        len: usize,
+    },
+    /// The frame body is not a valid CBOR message.
+    #[error("frame does not decode: {0}")]
+    Malformed(String),
+}
+
+/// A local command a machine refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// The peer already handles as many files as the limit allows.
+    #[error("too many files (limit {max})", max = crate::limits::PEER_FILES_MAX)]
+    TooManyFiles,
+    /// The bitfield given does not match the manifest's piece count.
+    #[error("bitfield has {got} bits, the manifest has {expected} pieces")]
+    BitfieldLength {
+        /// Bits given.
+        got: u32,
+        /// Pieces in the manifest.
+        expected: u32,
+    },
+}
+
+/// A message this side could not put into a frame.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoded message exceeds the frame limit.
+    #[error("message of {len} bytes exceeds the frame limit of {max} bytes", max = crate::limits::FRAME_BYTES_MAX)]
+    Oversized {
+        /// The encoded body length.
+        len: usize,
+    },
+}

@@ -1,0 +1,117 @@
+//! Every bound of the system in one place.
+//!
+//! Names carry their unit (`_bytes`, `_ms`, `_count`) and say whether they are a maximum or a
+//! default. The const assertions at the bottom tie the bounds together, so a change that breaks
+//! one relation fails to compile instead of failing in production.
+
+use std::time::Duration;
+
+/// Largest frame body (the CBOR message after the 4-byte length) either side accepts.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Length of the big-endian length prefix in front of every frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// Size of one block: the unit of a `Request`/`Data` exchange. The last block of a piece may be
+/// shorter.
+pub const BLOCK_BYTES: u32 = 256 * 1024;
+
+/// Smallest piece size a manifest may declare.
+pub const PIECE_BYTES_MIN: u32 = 16 * 1024;
+
+/// Largest piece size a manifest may declare.
+pub const PIECE_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Smallest piece size the automatic choice picks.
+pub const PIECE_BYTES_AUTO_MIN: u32 = 256 * 1024;
+
+/// Largest piece size the automatic choice picks.
+pub const PIECE_BYTES_AUTO_MAX: u32 = 4 * 1024 * 1024;
+
+/// The automatic piece-size choice aims at no more than this many pieces per file.
+pub const PIECES_AUTO_TARGET_COUNT: u64 = 1024;
+
+/// Most pieces a manifest may list (bounds the manifest and bitfield sizes).
+pub const PIECES_MAX: u32 = 32 * 1024;
+
+/// Longest file name a manifest may carry, in bytes of UTF-8.
+pub const FILE_NAME_BYTES_MAX: usize = 255;
+
+/// Most holders the tracker returns per piece in one `Located` answer.
+pub const HOLDERS_PER_PIECE_MAX: usize = 8;
+
+/// Most distinct peers one `Located` answer may name.
+pub const LOCATED_PEERS_MAX: usize = 64;
+
+/// Most files one tracker keeps.
+pub const TRACKER_FILES_MAX: usize = 100_000;
+
+/// Most peers one tracker keeps.
+pub const TRACKER_PEERS_MAX: usize = 100_000;
+
+/// Most files one peer shares or downloads at once.
+pub const PEER_FILES_MAX: usize = 1024;
+
+/// Most connections one machine keeps open at once (tracker: clients; peer: remotes).
+pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Most peer-to-peer connections a downloading peer opens on its own initiative.
+pub const OUTBOUND_PEERS_MAX: usize = 32;
+
+/// Block requests a downloader keeps in flight on one connection (pipelining depth).
+pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
+
+/// Requests one connection may have queued at the serving side before it is told to back off.
+pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
+
+/// Block reads the serving side has outstanding with its driver at once (bounds memory).
+pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
+
+/// Pieces being written or hashed at once by a downloader (bounds memory in the driver).
+pub const PIECES_VERIFYING_MAX: usize = 64;
+
+/// Outputs a machine may queue between two drains; exceeding it is an internal bug.
+pub const OUTPUT_QUEUE_MAX: usize = 1 << 20;
+
+/// Bad pieces a remote may send before it is banned.
+pub const STRIKES_BEFORE_BAN_COUNT: u32 = 2;
+
+/// How long a block request may go unanswered before the piece is given to another remote.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to send its `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection on which nothing arrives for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default interval between a peer's announces to the tracker.
+pub const ANNOUNCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+
+/// A tracker forgets a peer after this many announce intervals without hearing from it.
+pub const TTL_INTERVALS_COUNT: u32 = 3;
+
+/// How often a downloader asks the tracker again while pieces are still missing.
+pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// First delay before reconnecting to the tracker; doubles up to [`RECONNECT_DELAY_MAX`].
+pub const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest delay between two attempts to reach the tracker.
+pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+
+/// How long a remote that failed a connection attempt is left alone.
+pub const REMOTE_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Bytes a peer may upload in one burst when an upload limit is set, as a share of one second.
+pub const UPLOAD_BURST_FRACTION_OF_SECOND: u32 = 8;
+
+const _: () = assert!(BLOCK_BYTES as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(PIECE_BYTES_MIN <= PIECE_BYTES_AUTO_MIN);
+const _: () = assert!(PIECE_BYTES_AUTO_MAX <= PIECE_BYTES_MAX);
+const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_power_of_two());
+// A manifest (name + 32-byte hash per piece + CBOR overhead) must fit in one frame.
+const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
+// A `Located` answer for the largest file must fit in one frame.
+const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
+const _: () = assert!(OUTBOUND_PEERS_MAX <= CONNECTIONS_MAX);

@@ -1,0 +1,359 @@
+//! The driving contract shared by [`crate::Tracker`] and [`crate::Peer`]: one `Input` enum in,
+//! one `Output` enum out.
+//!
+//! A driver (`net` over TCP, `sim` over a virtual network) owns a machine and loops:
+//! 1. `handle(now, input)` with the next input;
+//! 2. `poll_output()` until it returns `None`, carrying out each output;
+//! 3. sleep until the next input or `poll_timeout()`, whichever is first; at the timeout,
+//!    `handle(now, Input::Timeout)`.
+//!
+//! **Every `handle` is followed by a full drain before the next `handle`.** Slow work (disk,
+//! hashing) is an output plus a later [`Completion`] input, so `sim` can complete it at once and
+//! `net` on worker threads.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::manifest::Manifest;
+use crate::time::Time;
+use crate::wire::Message;
+
+/// Something that happened to a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A connection is open: an `Outbound` one the machine asked for, or an `Inbound` one the
+    /// driver accepted. `remote` is the other end's address as the socket reports it.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The remote socket address.
+        remote: SocketAddr,
+    },
+    /// A connection closed, or an `Outbound` one could not be opened.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A whole message arrived on a connection.
+    Message {
+        /// The connection.
+        conn: ConnId,
+        /// The decoded message.
+        message: Message,
+    },
+    /// A frame on a connection was oversized or did not decode. The machine answers with an
+    /// error where it can and closes the connection.
+    BadFrame {
+        /// The connection.
+        conn: ConnId,
+        /// What was wrong, for the log and the error reply.
+        reason: String,
+    },
+    /// The time asked for by `poll_timeout` has come.
+    Timeout,
+    /// A local command (peer only).
+    Command(Command),
+    /// Slow work asked for by an output is done (peer only).
+    Completed(Completion),
+}
+
+/// A local command to a peer, from its command line or scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Serve the pieces in `have` of the file described by `manifest`, and announce them.
+    Share {
+        /// The file.
+        manifest: Manifest,
+        /// The pieces this peer holds and serves (all, or a subset for a partial holder).
+        have: Bitfield,
+    },
+    /// Download the file `file_id`. `resume` carries the manifest and the verified pieces a
+    /// store already holds from an earlier run.
+    Get {
+        /// The file.
+        file_id: FileId,
+        /// What an earlier run already verified.
+        resume: Option<(Manifest, Bitfield)>,
+    },
+    /// Tell the tracker this peer leaves, and close every connection.
+    Leave,
+}
+
+/// The result of slow work a peer asked its driver for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// A block asked for by [`Output::WriteBlock`] is on disk, or could not be written.
+    BlockWritten {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// The block's offset within the piece.
+        offset: u32,
+        /// `Err` holds the I/O error's text (e.g. a full disk).
+        result: Result<(), String>,
+    },
+    /// The hash asked for by [`Output::HashPiece`] (SHA-256 of the piece as stored).
+    PieceHashed {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// The digest, or the text of the read error.
+        result: Result<crate::ids::Digest, String>,
+    },
+    /// A block asked for by [`Output::ReadBlock`].
+    BlockRead {
+        /// The connection that requested it.
+        conn: ConnId,
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// The block's offset within the piece.
+        offset: u32,
+        /// The bytes, or the text of the read error.
+        result: Result<Bytes, String>,
+    },
+    /// The file asked for by [`Output::Finalize`] is in its final place, or could not be.
+    Finalized {
+        /// The file.
+        file_id: FileId,
+        /// `Err` holds the reason.
+        result: Result<(), String>,
+    },
+}
+
+/// Something a machine needs its driver to do, or wants reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a connection to `addr`; answer with `Connected` or `Disconnected` for `conn`.
+    Connect {
+        /// The name the machine gives the connection.
+        conn: ConnId,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// Send a message on a connection (dropped if the connection is gone).
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+    },
+    /// Close a connection after flushing what was sent on it. No `Disconnected` follows.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Prepare to store a file being downloaded: keep its manifest and create its partial file.
+    Allocate {
+        /// The file.
+        manifest: Manifest,
+    },
+    /// Write a received block at its place in the file's partial copy.
+    WriteBlock {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Hash a piece as stored; answer with [`Completion::PieceHashed`].
+    HashPiece {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+    },
+    /// A piece passed its hash: record it as verified (persisted, so a restart resumes).
+    PieceVerified {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+    },
+    /// Read a block of a verified piece for a remote; answer with [`Completion::BlockRead`].
+    ReadBlock {
+        /// The requesting connection.
+        conn: ConnId,
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// Bytes to read.
+        len: u32,
+    },
+    /// Every piece is verified: move the file to its final place; answer with
+    /// [`Completion::Finalized`].
+    Finalize {
+        /// The file.
+        file_id: FileId,
+    },
+    /// Something worth telling the user or the trace.
+    Event(Event),
+}
+
+/// Progress of one download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Verified pieces.
+    pub have: u32,
+    /// Pieces in the file.
+    pub total: u32,
+    /// Verified bytes.
+    pub have_bytes: u64,
+    /// Remotes currently serving this file to us.
+    pub peers: u32,
+}
+
+/// A report from a machine, for the user, the logs and the simulation trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    // ---- peer ----
+    /// The tracker connection is up and the `Hello` exchange is done.
+    TrackerConnected,
+    /// The tracker connection was lost; the peer will reconnect and re-announce.
+    TrackerLost,
+    /// The tracker acknowledged a shared file.
+    Sharing {
+        /// The file.
+        file_id: FileId,
+        /// Its name.
+        name: String,
+        /// Pieces this peer serves.
+        pieces: u32,
+    },
+    /// The peer asked the tracker where the pieces of a file are.
+    LocateSent {
+        /// The file.
+        file_id: FileId,
+    },
+    /// The tracker answered a `Locate`: per piece, the holders it named.
+    Located {
+        /// The file.
+        file_id: FileId,
+        /// `(piece, holders)` for every piece still wanted.
+        holders: Vec<(PieceIndex, Vec<SocketAddr>)>,
+    },
+    /// A piece was assigned to a remote and its blocks requested.
+    PieceRequested {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// The remote asked.
+        from: SocketAddr,
+    },
+    /// A piece arrived and passed its hash.
+    PieceVerified {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Who sent it.
+        from: SocketAddr,
+        /// The download's progress after this piece.
+        progress: Progress,
+    },
+    /// A piece arrived and failed its hash; the sender got a strike.
+    PieceCorrupt {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Who sent it.
+        from: SocketAddr,
+    },
+    /// A remote sent bad data too often and is no longer used.
+    PeerBanned {
+        /// The remote's id.
+        peer_id: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// No live peer holds these pieces; the download waits for a holder.
+    PiecesMissing {
+        /// The file.
+        file_id: FileId,
+        /// The pieces nobody holds.
+        pieces: Vec<PieceIndex>,
+    },
+    /// Every piece is verified and the file is in its final place.
+    Complete {
+        /// The file.
+        file_id: FileId,
+    },
+    /// The download cannot go on (e.g. the disk is full, the tracker does not know the file).
+    DownloadFailed {
+        /// The file.
+        file_id: FileId,
+        /// Why.
+        reason: String,
+    },
+    /// A piece was served to a remote (all its requested blocks sent).
+    BlockServed {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Bytes sent.
+        len: u32,
+        /// To whom.
+        to: SocketAddr,
+    },
+    // ---- both ----
+    /// A connection was closed because its remote broke the protocol.
+    ProtocolViolation {
+        /// The connection.
+        conn: ConnId,
+        /// What it did.
+        reason: String,
+    },
+    // ---- tracker ----
+    /// A peer announced a file (first announce of this peer for this file).
+    PeerAnnounced {
+        /// The peer.
+        peer: crate::wire::PeerAddr,
+        /// The file.
+        file_id: FileId,
+        /// Pieces it holds.
+        pieces: u32,
+    },
+    /// A peer was forgotten: it left, disconnected, or its TTL ran out.
+    PeerGone {
+        /// The peer.
+        peer: crate::wire::PeerAddr,
+        /// Why.
+        reason: GoneReason,
+    },
+}
+
+/// Why a tracker forgot a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoneReason {
+    /// It sent `Leave`.
+    Left,
+    /// Its tracker connection closed.
+    Disconnected,
+    /// It did not announce within the TTL.
+    Expired,
+}
+
+/// The push-input, poll-output interface of a sans-IO state machine.
+pub trait Machine {
+    /// Applies one input at time `now` (never earlier than the previous `now`).
+    fn handle(&mut self, now: Time, input: Input);
+    /// The next thing for the driver to do, or `None` when drained.
+    fn poll_output(&mut self) -> Option<Output>;
+    /// The earliest time at which the machine wants `Input::Timeout`.
+    fn poll_timeout(&self) -> Option<Time>;
+}

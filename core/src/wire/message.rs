@@ -1,0 +1,244 @@
+//! Every message of the protocol, tracker and peer-to-peer alike, in one serde enum.
+//!
+//! A connection opens with `Hello` both ways. Peers then talk to the tracker with
+//! `Announce`/`Have`/`Leave`/`Locate`/`List` and get `Announced`/`Located`/`Files`/`Error`
+//! back; peers talk to each other with `Bitfield`/`Have`/`Request`/`Data`/`Reject`/`Cancel`.
+//! Decoded messages carry checked types where the type can check itself (a `Manifest` is
+//! validated while it decodes, a `Bitfield`'s length matches its bytes); indices that need a
+//! manifest to check are checked by the machine that receives them.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bitfield::Bitfield;
+use crate::ids::{FileId, PeerId, PieceIndex};
+use crate::manifest::Manifest;
+
+/// Protocol version carried in `Hello`; a peer with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the sender of a `Hello` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The tracker.
+    Tracker,
+    /// A peer that shares and downloads.
+    Peer,
+    /// A tool that only queries the tracker (`p2p-node ls`); never listed as a holder.
+    Client,
+}
+
+/// The first message each way on every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What the sender is.
+    pub role: Role,
+    /// The sender's id.
+    pub peer_id: PeerId,
+    /// The port the sender accepts peer connections on (0 when it does not listen).
+    pub listen_port: u16,
+}
+
+/// A peer as the tracker tells others of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerAddr {
+    /// The peer's id.
+    pub peer_id: PeerId,
+    /// Where it accepts connections: its connection's source IP and its announced port.
+    pub addr: SocketAddr,
+}
+
+/// One file in a `Files` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// The file's id.
+    pub file_id: FileId,
+    /// The file's name.
+    pub name: String,
+    /// The file's length.
+    pub length_bytes: u64,
+    /// Live peers holding at least one piece.
+    pub peer_count: u32,
+    /// Live holders of each piece, by piece index.
+    pub holders_per_piece: Vec<u32>,
+}
+
+/// Why a request or announce was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The `Hello` carried another protocol version.
+    VersionMismatch,
+    /// A message other than `Hello` came first, or `Hello` came twice.
+    HandshakeExpected,
+    /// The frame was oversized or did not decode.
+    MalformedFrame,
+    /// The file id is not known here; an announcer should send the manifest.
+    UnknownFile,
+    /// The message names a piece, range or bitfield that does not fit the file.
+    BadRequest,
+    /// A limit on files, peers or connections was reached.
+    Overloaded,
+    /// The message is not one this side handles.
+    Unexpected,
+}
+
+/// Why a peer refused a block request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The piece is not verified here (or the file is unknown).
+    NotHave,
+    /// The serving queue for this connection is full; ask again later or elsewhere.
+    Busy,
+    /// Offset or length do not fit the piece.
+    BadRange,
+    /// The server could not read its own copy.
+    ReadFailed,
+}
+
+/// Every protocol message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens a connection; see [`Hello`].
+    Hello(Hello),
+    /// Peer → tracker: "I hold these pieces of this file". Carries the manifest the first
+    /// time, or when the tracker answered `UnknownFile`.
+    Announce {
+        /// The file's id.
+        file_id: FileId,
+        /// The manifest, when the tracker may not know the file.
+        manifest: Option<Manifest>,
+        /// The pieces the announcer holds.
+        have: Bitfield,
+    },
+    /// Tracker → peer: the announce of `file_id` was recorded.
+    Announced {
+        /// The file's id.
+        file_id: FileId,
+    },
+    /// Peer → tracker or peer → peer: one more piece is verified and served.
+    Have {
+        /// The file's id.
+        file_id: FileId,
+        /// The new piece.
+        piece: PieceIndex,
+    },
+    /// Peer → tracker: stop listing me for this file (`None`: for every file).
+    Leave {
+        /// The file, or every file.
+        file_id: Option<FileId>,
+    },
+    /// Peer → tracker: where is each piece of this file?
+    Locate {
+        /// The file's id.
+        file_id: FileId,
+    },
+    /// Tracker → peer: the manifest and, per piece, indices into `peers` of live holders.
+    Located {
+        /// The file's manifest.
+        manifest: Manifest,
+        /// Peers named by `holders` (bounded, shuffled).
+        peers: Vec<PeerAddr>,
+        /// `holders[piece]` lists indices into `peers`.
+        holders: Vec<Vec<u16>>,
+    },
+    /// Client → tracker: which files do you know?
+    List,
+    /// Tracker → client: the known files (bounded; `truncated` when more exist).
+    Files {
+        /// Summaries ordered by file id.
+        files: Vec<FileSummary>,
+        /// Whether more files exist than were listed.
+        truncated: bool,
+    },
+    /// Either way: a request was refused, or the connection is about to close.
+    Error {
+        /// The file concerned, if any.
+        file_id: Option<FileId>,
+        /// What went wrong.
+        code: ErrorCode,
+        /// A human-readable detail for logs.
+        detail: String,
+    },
+    /// Peer ↔ peer: all pieces the sender holds of a file. The opener of a connection sends it
+    /// for the file it wants; the other side answers with its own.
+    Bitfield {
+        /// The file's id.
+        file_id: FileId,
+        /// The sender's verified pieces.
+        have: Bitfield,
+    },
+    /// Peer → peer: send me `len` bytes of `piece` from `offset`.
+    Request {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// Bytes wanted (at most one block).
+        len: u32,
+    },
+    /// Peer → peer: bytes of a piece, answering a `Request`.
+    Data {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Peer → peer: a `Request` will not be served.
+    Reject {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Peer → peer: forget an earlier `Request` (another remote delivered the piece).
+    Cancel {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+    },
+}
+
+impl Message {
+    /// A short name of the variant, for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Announce { .. } => "announce",
+            Message::Announced { .. } => "announced",
+            Message::Have { .. } => "have",
+            Message::Leave { .. } => "leave",
+            Message::Locate { .. } => "locate",
+            Message::Located { .. } => "located",
+            Message::List => "list",
+            Message::Files { .. } => "files",
+            Message::Error { .. } => "error",
+            Message::Bitfield { .. } => "bitfield",
+            Message::Request { .. } => "request",
+            Message::Data { .. } => "data",
+            Message::Reject { .. } => "reject",
+            Message::Cancel { .. } => "cancel",
+        }
+    }
+
+    /// An `Error` message.
+    pub fn error(file_id: Option<FileId>, code: ErrorCode, detail: impl Into<String>) -> Message {
+        Message::Error { file_id, code, detail: detail.into() }
+    }
+}

@@ -1,0 +1,7 @@
+//! The wire protocol: message enums and length-prefixed CBOR framing.
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{decode_frame, encode_frame, FrameDecoder};
+pub use message::{ErrorCode, FileSummary, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
