@@ -49,6 +49,10 @@ pub const TRACKER_FILES_MAX: usize = 100_000;
 /// Most peers one tracker keeps.
 pub const TRACKER_PEERS_MAX: usize = 100_000;
 
+/// Most files one `Files` answer lists (the tracker also keeps the answer well under
+/// [`FRAME_BYTES_MAX`]; `truncated` tells the client more exist).
+pub const LIST_FILES_MAX: usize = 1024;
+
 /// Most files one peer shares or downloads at once.
 pub const PEER_FILES_MAX: usize = 1024;
 
@@ -67,8 +71,14 @@ pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 
-/// Pieces being written or hashed at once by a downloader (bounds memory in the driver).
-pub const PIECES_VERIFYING_MAX: usize = 64;
+/// Pieces a downloader has started but not yet verified, per file (bounds partial state).
+pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
+
+/// Most pieces a remote is assigned at once on one connection.
+pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
+
+/// Most remotes working on the same piece at once (more than one only in endgame).
+pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
 
 /// Outputs a machine may queue between two drains; exceeding it is an internal bug.
 pub const OUTPUT_QUEUE_MAX: usize = 1 << 20;
@@ -115,3 +125,5 @@ const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <=
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(OUTBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+// A piece's blocks are tracked in a u64 mask.
+const _: () = assert!(PIECE_BYTES_MAX / BLOCK_BYTES <= 64);

@@ -287,6 +287,12 @@ pub enum Event {
         /// The pieces nobody holds.
         pieces: Vec<PieceIndex>,
     },
+    /// The tracker does not know a file this peer wants (nobody announced it); the peer keeps
+    /// asking.
+    FileUnknown {
+        /// The file.
+        file_id: FileId,
+    },
     /// Every piece is verified and the file is in its final place.
     Complete {
         /// The file.

@@ -1,12 +1,43 @@
-//! The peer state machine: sharing and downloading. Placeholder until built.
+//! The peer state machine: shares files, downloads files from many remotes at once, and serves
+//! every verified piece from the moment it is verified.
+//!
+//! The work is split by concern, each an `impl Peer` block in its own module:
+//! - [`tracker_link`]: the tracker connection (reconnect with backoff, announce, locate, `Have`);
+//! - [`links`]: peer-to-peer connections (open to holders, handshake, bitfield exchange);
+//! - [`scheduler`]: which piece and block to request from whom (rarest first, pipelining,
+//!   request timeouts, endgame) and what to do with arriving data and hashes;
+//! - [`serve`]: answering remotes' requests under the upload limit;
+//! - [`pieces`] and [`remote`]: the state those modules share. `STATE.md` lists the piece
+//!   states and their transitions.
 
+mod links;
+mod pieces;
+mod remote;
+mod scheduler;
+mod serve;
+mod tracker_link;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::ids::PeerId;
-use crate::limits::ANNOUNCE_INTERVAL_DEFAULT;
-use crate::machine::{Input, Machine, Output};
+use crate::bitfield::Bitfield;
+use crate::error::CommandError;
+use crate::ids::{ConnId, FileId, PeerId};
+use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
+use crate::machine::{Command, Completion, Event, Input, Machine, Output};
+use crate::manifest::Manifest;
+use crate::rng::Rng;
 use crate::time::Time;
+use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+
+use pieces::FileEntry;
+use remote::Remote;
+use serve::Uploads;
+use tracker_link::TrackerLink;
 
 /// How a peer is set up.
 #[derive(Clone, Debug)]
@@ -36,16 +67,53 @@ impl PeerConfig {
     }
 }
 
-/// The peer state machine.
+/// The peer state machine; see the module docs and [`Machine`].
 #[derive(Debug)]
 pub struct Peer {
     config: PeerConfig,
+    peer_id: PeerId,
+    rng: Rng,
+    now: Time,
+    outputs: VecDeque<Output>,
+    next_conn: u64,
+    left: bool,
+    tracker: TrackerLink,
+    files: BTreeMap<FileId, FileEntry>,
+    remotes: BTreeMap<ConnId, Remote>,
+    /// Peers that sent bad data, by id and by serving address.
+    strikes: BTreeMap<PeerId, u32>,
+    banned: BTreeSet<PeerId>,
+    banned_addrs: BTreeSet<SocketAddr>,
+    /// Addresses that recently failed to connect, with when they may be tried again.
+    retry_at: BTreeMap<SocketAddr, Time>,
+    uploads: Uploads,
 }
 
 impl Peer {
-    /// A peer that shares and wants nothing yet.
+    /// A peer that shares and wants nothing yet. It connects to the tracker at its first
+    /// timeout, which `poll_timeout` reports as due at once.
     pub fn new(config: PeerConfig) -> Peer {
-        Peer { config }
+        let mut rng = Rng::from_seed(config.seed);
+        let mut id = [0u8; 16];
+        rng.fill(&mut id);
+        let uploads = Uploads::new(config.upload_limit_bytes_per_s);
+        Peer {
+            config,
+            peer_id: PeerId(id),
+            rng,
+            now: Time::ZERO,
+            outputs: VecDeque::new(),
+            next_conn: 0,
+            left: false,
+            tracker: TrackerLink::new(),
+            files: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            strikes: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            banned_addrs: BTreeSet::new(),
+            retry_at: BTreeMap::new(),
+            uploads,
+        }
     }
 
     /// The configuration the peer was built with.
@@ -55,16 +123,203 @@ impl Peer {
 
     /// This peer's id.
     pub fn peer_id(&self) -> PeerId {
-        PeerId([0; 16])
+        self.peer_id
+    }
+
+    /// The verified pieces of a file, if the peer knows it.
+    pub fn have(&self, file_id: &FileId) -> Option<&Bitfield> {
+        self.files.get(file_id).map(|f| &f.have)
+    }
+
+    /// The manifest of a file, if the peer knows it.
+    pub fn manifest(&self, file_id: &FileId) -> Option<&Manifest> {
+        self.files.get(file_id).and_then(|f| f.manifest.as_ref())
+    }
+
+    /// Block requests this peer has in flight over all connections.
+    pub fn requests_in_flight(&self) -> usize {
+        self.remotes.values().map(|r| r.in_flight.len()).sum()
+    }
+
+    /// Checks a local command before it is handed to `handle`: the caller's mistakes are errors
+    /// here, not silent no-ops inside the machine.
+    pub fn check_command(&self, command: &Command) -> Result<(), CommandError> {
+        let adds_file = match command {
+            Command::Share { manifest, have } => {
+                if have.len() != manifest.piece_count() {
+                    return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
+                }
+                !self.files.contains_key(&manifest.file_id())
+            }
+            Command::Get { file_id, resume } => {
+                if let Some((manifest, have)) = resume {
+                    if have.len() != manifest.piece_count() {
+                        return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
+                    }
+                }
+                !self.files.contains_key(file_id)
+            }
+            Command::Leave => false,
+        };
+        if adds_file && self.files.len() >= PEER_FILES_MAX {
+            return Err(CommandError::TooManyFiles);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, output: Output) {
+        assert!(self.outputs.len() < OUTPUT_QUEUE_MAX, "output queue not drained between inputs");
+        self.outputs.push_back(output);
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.push(Output::Send { conn, message });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.push(Output::Event(event));
+    }
+
+    fn hello(&self) -> Message {
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: self.peer_id,
+            listen_port: self.config.listen_port,
+        })
+    }
+
+    fn new_conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId::Outbound(self.next_conn)
+    }
+
+    fn on_command(&mut self, command: Command) {
+        if self.left || self.check_command(&command).is_err() {
+            return;
+        }
+        match command {
+            Command::Share { manifest, have } => self.share(manifest, have),
+            Command::Get { file_id, resume } => self.get(file_id, resume),
+            Command::Leave => self.leave(),
+        }
+    }
+
+    fn share(&mut self, manifest: Manifest, have: Bitfield) {
+        let file_id = manifest.file_id();
+        match self.files.get_mut(&file_id) {
+            Some(entry) if entry.manifest.is_some() => {
+                // Already known: add the pieces to what is served.
+                for piece in have.iter() {
+                    entry.have.set(piece);
+                }
+            }
+            _ => {
+                self.files.insert(file_id, FileEntry::shared(manifest, have));
+            }
+        }
+        self.announce(file_id, true);
+    }
+
+    fn get(&mut self, file_id: FileId, resume: Option<(Manifest, Bitfield)>) {
+        if self.files.contains_key(&file_id) {
+            return;
+        }
+        let entry = FileEntry::download(resume, self.now);
+        let complete = entry.have.is_full() && entry.manifest.is_some();
+        self.files.insert(file_id, entry);
+        if complete {
+            self.finalize(file_id);
+        } else if self.files[&file_id].manifest.is_some() {
+            self.announce(file_id, true);
+        }
+        self.locate_due();
+    }
+
+    fn leave(&mut self) {
+        self.left = true;
+        if let Some(conn) = self.tracker.ready_conn() {
+            self.send(conn, Message::Leave { file_id: None });
+            self.push(Output::Close { conn });
+        }
+        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
+        for conn in conns {
+            self.close_remote(conn);
+        }
+    }
+
+    fn on_completed(&mut self, completion: Completion) {
+        match completion {
+            Completion::BlockWritten { file_id, piece, offset, result } => {
+                self.on_block_written(file_id, piece, offset, result)
+            }
+            Completion::PieceHashed { file_id, piece, result } => self.on_piece_hashed(file_id, piece, result),
+            Completion::BlockRead { conn, file_id, piece, offset, result } => {
+                self.on_block_read(conn, file_id, piece, offset, result)
+            }
+            Completion::Finalized { file_id, result } => self.on_finalized(file_id, result),
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, message: Message) {
+        if self.tracker.owns(conn) {
+            self.on_tracker_message(conn, message);
+        } else {
+            self.on_remote_message(conn, message);
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        self.tracker_timeout();
+        self.locate_due();
+        self.remote_timeouts();
+        self.pump_uploads();
     }
 }
 
 impl Machine for Peer {
-    fn handle(&mut self, _now: Time, _input: Input) {}
+    fn handle(&mut self, now: Time, input: Input) {
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+        match input {
+            Input::Connected { conn, remote } => {
+                if self.tracker.owns(conn) {
+                    self.on_tracker_connected(conn);
+                } else {
+                    self.on_remote_connected(conn, remote);
+                }
+            }
+            Input::Disconnected { conn } => {
+                if self.tracker.owns(conn) {
+                    self.on_tracker_lost();
+                } else {
+                    self.on_remote_gone(conn);
+                }
+            }
+            Input::Message { conn, message } => self.on_message(conn, message),
+            Input::BadFrame { conn, reason } => self.violation(conn, reason),
+            Input::Timeout => self.on_timeout(),
+            Input::Command(command) => self.on_command(command),
+            Input::Completed(completion) => self.on_completed(completion),
+        }
+    }
+
     fn poll_output(&mut self) -> Option<Output> {
-        None
+        self.outputs.pop_front()
     }
+
     fn poll_timeout(&self) -> Option<Time> {
-        None
+        if self.left {
+            return None;
+        }
+        let locate =
+            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.next_locate));
+        let remotes = self.remotes.values().flat_map(|r| self.remote_deadlines(r));
+        [self.tracker.deadline(), self.uploads.wake_at()].into_iter().flatten().chain(locate).chain(remotes).min()
     }
+}
+
+/// Converts a piece count into the `u32` the events carry (bounded by `PIECES_MAX`).
+fn count_u32(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }

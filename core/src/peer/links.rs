@@ -1,0 +1,362 @@
+//! Peer-to-peer connections: opening them to the holders the tracker names, the `Hello`
+//! handshake, the bitfield exchange, `Have` updates, and tearing a connection down (which
+//! hands its pieces back to the scheduler). Also the handling of a `Located` answer.
+
+use std::net::SocketAddr;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::limits::{
+    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
+};
+use crate::machine::{Event, Output};
+use crate::manifest::Manifest;
+use crate::time::Time;
+use crate::wire::{ErrorCode, Message, PeerAddr, PROTOCOL_VERSION};
+
+use super::pieces::Slot;
+use super::remote::{Remote, Stage};
+use super::Peer;
+
+impl Peer {
+    /// Handles the tracker's answer to `Locate`: learns the manifest if new, connects to
+    /// holders of wanted pieces, and reports pieces no live peer holds.
+    pub(super) fn on_located(&mut self, manifest: Manifest, peers: Vec<PeerAddr>, holders: Vec<Vec<u16>>) {
+        let file_id = manifest.file_id();
+        if holders.len() != manifest.piece_count() as usize {
+            return;
+        }
+        let Some(entry) = self.files.get(&file_id) else { return };
+        if entry.manifest.is_none() {
+            self.adopt_manifest(file_id, manifest);
+        }
+        if !self.files[&file_id].is_fetching() {
+            return;
+        }
+        let have = self.files[&file_id].have.clone();
+        let wanted: Vec<(PieceIndex, Vec<SocketAddr>)> = have
+            .iter_missing()
+            .map(|piece| {
+                let addrs = holders[piece.as_usize()].iter().filter_map(|&i| peers.get(usize::from(i))).map(|p| p.addr);
+                (piece, addrs.collect())
+            })
+            .collect();
+        for (index, peer) in peers.iter().enumerate() {
+            let useful = wanted.iter().any(|(piece, _)| holders[piece.as_usize()].contains(&(index as u16)));
+            if useful {
+                self.connect_for(*peer, file_id);
+            }
+        }
+        self.report_missing(file_id, &wanted);
+        self.event(Event::Located { file_id, holders: wanted });
+        self.schedule_all();
+    }
+
+    /// The first `Located` of a download: size the piece state and ask the driver to store it.
+    fn adopt_manifest(&mut self, file_id: FileId, manifest: Manifest) {
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let have = Bitfield::new(manifest.piece_count());
+        if let Some(download) = entry.download.as_mut() {
+            download.init_slots(&have);
+        }
+        entry.have = have;
+        entry.manifest = Some(manifest.clone());
+        let empty = manifest.piece_count() == 0;
+        self.push(Output::Allocate { manifest });
+        self.announce(file_id, false);
+        if empty {
+            self.finalize(file_id);
+        }
+    }
+
+    fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let missing: Vec<PieceIndex> = wanted
+            .iter()
+            .filter(|(piece, addrs)| addrs.is_empty() && download.availability[piece.as_usize()] == 0)
+            .map(|(piece, _)| *piece)
+            .collect();
+        if missing == download.reported_missing {
+            return;
+        }
+        download.reported_missing = missing.clone();
+        if !missing.is_empty() {
+            self.event(Event::PiecesMissing { file_id, pieces: missing });
+        }
+    }
+
+    /// Makes sure a connection to `peer` exists that exchanges bitfields for `file_id`.
+    fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
+        if peer.peer_id == self.peer_id || self.banned.contains(&peer.peer_id) || self.banned_addrs.contains(&peer.addr)
+        {
+            return;
+        }
+        let existing =
+            self.remotes.iter().find(|(_, r)| r.peer_id == Some(peer.peer_id) || r.addr == peer.addr).map(|(c, _)| *c);
+        if let Some(conn) = existing {
+            self.want_file(conn, file_id);
+            return;
+        }
+        let outbound = self.remotes.values().filter(|r| r.outbound).count();
+        let retry_ok = self.retry_at.get(&peer.addr).is_none_or(|t| *t <= self.now);
+        if outbound >= OUTBOUND_PEERS_MAX || self.remotes.len() >= CONNECTIONS_MAX || !retry_ok {
+            return;
+        }
+        self.retry_at.remove(&peer.addr);
+        let conn = self.new_conn();
+        let mut remote = Remote::outbound(peer.addr, Some(peer.peer_id), self.now);
+        remote.wanted.insert(file_id);
+        self.remotes.insert(conn, remote);
+        self.push(Output::Connect { conn, addr: peer.addr });
+    }
+
+    /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done.
+    fn want_file(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.stage != Stage::Ready {
+            remote.wanted.insert(file_id);
+        } else if remote.bitfield_sent.insert(file_id) {
+            if let Some(message) = self.bitfield_message(file_id) {
+                self.send(conn, message);
+            }
+        }
+    }
+
+    fn bitfield_message(&self, file_id: FileId) -> Option<Message> {
+        let have = &self.files.get(&file_id)?.have;
+        Some(Message::Bitfield { file_id, have: have.clone() })
+    }
+
+    pub(super) fn on_remote_connected(&mut self, conn: ConnId, addr: SocketAddr) {
+        match conn {
+            ConnId::Outbound(_) => {
+                let Some(remote) = self.remotes.get_mut(&conn) else {
+                    // Opened after we gave up on it.
+                    self.push(Output::Close { conn });
+                    return;
+                };
+                remote.stage = Stage::AwaitHello;
+                remote.opened = self.now;
+                remote.last_heard = self.now;
+            }
+            ConnId::Inbound(_) => {
+                if self.left || self.remotes.len() >= CONNECTIONS_MAX {
+                    self.send(conn, Message::error(None, ErrorCode::Overloaded, "too many connections"));
+                    self.push(Output::Close { conn });
+                    return;
+                }
+                self.remotes.insert(conn, Remote::inbound(addr, self.now));
+            }
+        }
+        let hello = self.hello();
+        self.send(conn, hello);
+    }
+
+    pub(super) fn on_remote_message(&mut self, conn: ConnId, message: Message) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        remote.last_heard = self.now;
+        if remote.stage != Stage::Ready {
+            match message {
+                Message::Hello(hello) => self.on_remote_hello(conn, hello),
+                other => self.violation(conn, format!("{} before hello", other.kind())),
+            }
+            return;
+        }
+        match message {
+            Message::Bitfield { file_id, have } => self.on_remote_bitfield(conn, file_id, have),
+            Message::Have { file_id, piece } => self.on_remote_have(conn, file_id, piece),
+            Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
+            Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
+            Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
+            Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
+            Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
+                self.forget_remote_file(conn, file_id)
+            }
+            Message::Error { .. } => {}
+            other => self.violation(conn, format!("unexpected {}", other.kind())),
+        }
+    }
+
+    fn on_remote_hello(&mut self, conn: ConnId, hello: crate::wire::Hello) {
+        if hello.version != PROTOCOL_VERSION {
+            let detail = format!("protocol version {} here, {} there", PROTOCOL_VERSION, hello.version);
+            self.send(conn, Message::error(None, ErrorCode::VersionMismatch, detail.clone()));
+            self.violation(conn, detail);
+            return;
+        }
+        if self.banned.contains(&hello.peer_id) || hello.peer_id == self.peer_id {
+            self.close_remote(conn);
+            return;
+        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if !remote.outbound && hello.listen_port != 0 {
+            remote.addr = SocketAddr::new(remote.addr.ip(), hello.listen_port);
+        }
+        remote.peer_id = Some(hello.peer_id);
+        remote.stage = Stage::Ready;
+        let wanted: Vec<FileId> = std::mem::take(&mut remote.wanted).into_iter().collect();
+        for file_id in wanted {
+            self.want_file(conn, file_id);
+        }
+    }
+
+    fn on_remote_bitfield(&mut self, conn: ConnId, file_id: FileId, have: Bitfield) {
+        let Some(piece_count) = self.piece_count(file_id) else {
+            self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here"));
+            return;
+        };
+        if have.len() != piece_count {
+            self.violation(conn, format!("bitfield of {} bits for {piece_count} pieces", have.len()));
+            return;
+        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let old = remote.files.insert(file_id, have.clone());
+        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+            if let Some(old) = old {
+                download.count_holder(&old, false);
+            }
+            download.count_holder(&have, true);
+        }
+        self.want_file(conn, file_id);
+        self.schedule(conn);
+    }
+
+    fn on_remote_have(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        let Some(piece_count) = self.piece_count(file_id) else { return };
+        if piece.0 >= piece_count {
+            self.violation(conn, format!("have for piece {piece} of a {piece_count}-piece file"));
+            return;
+        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if !remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count)).set(piece) {
+            return;
+        }
+        let download = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut());
+        if let Some(count) = download.and_then(|d| d.availability.get_mut(piece.as_usize())) {
+            *count += 1;
+        }
+        self.schedule(conn);
+    }
+
+    /// The number of pieces of a file whose manifest is known.
+    fn piece_count(&self, file_id: FileId) -> Option<u32> {
+        self.files.get(&file_id)?.manifest.as_ref().map(|m| m.piece_count())
+    }
+
+    /// The remote does not have a file after all: stop asking it for that file.
+    fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let old = remote.files.remove(&file_id);
+        if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
+            download.count_holder(&old, false);
+        }
+        self.release_file(conn, file_id);
+        self.schedule_all();
+    }
+
+    /// The remote broke the protocol: report and close.
+    pub(super) fn violation(&mut self, conn: ConnId, reason: String) {
+        self.event(Event::ProtocolViolation { conn, reason });
+        if self.tracker.owns(conn) {
+            self.push(Output::Close { conn });
+            self.on_tracker_lost();
+        } else {
+            self.close_remote(conn);
+        }
+    }
+
+    /// Closes a connection we decided to end.
+    pub(super) fn close_remote(&mut self, conn: ConnId) {
+        if self.remotes.contains_key(&conn) {
+            self.push(Output::Close { conn });
+            self.on_remote_gone(conn);
+        }
+    }
+
+    /// A peer-to-peer connection is gone: give its pieces back to the scheduler.
+    pub(super) fn on_remote_gone(&mut self, conn: ConnId) {
+        let Some(remote) = self.remotes.remove(&conn) else { return };
+        if remote.outbound && remote.stage != Stage::Ready {
+            self.retry_at.insert(remote.addr, self.now + REMOTE_RETRY_DELAY);
+        }
+        for (file_id, have) in &remote.files {
+            if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
+                download.count_holder(have, false);
+            }
+        }
+        for (file_id, piece) in &remote.assigned {
+            self.unassign(conn, *file_id, *piece);
+        }
+        self.uploads.drop_conn(conn);
+        self.schedule_all();
+    }
+
+    /// Deadlines of one connection: handshake, oldest request, idleness.
+    pub(super) fn remote_deadlines(&self, remote: &Remote) -> Option<Time> {
+        if remote.stage != Stage::Ready {
+            return Some(remote.opened + HANDSHAKE_TIMEOUT);
+        }
+        if let Some(oldest) = remote.oldest_request() {
+            return Some(oldest + REQUEST_TIMEOUT);
+        }
+        (remote.serving == 0).then_some(remote.last_heard + IDLE_TIMEOUT)
+    }
+
+    /// Closes silent or idle connections and takes timed-out pieces away from slow remotes.
+    pub(super) fn remote_timeouts(&mut self) {
+        let now = self.now;
+        let mut to_close = Vec::new();
+        let mut timed_out = Vec::new();
+        for (conn, remote) in &self.remotes {
+            if remote.stage != Stage::Ready {
+                if remote.opened + HANDSHAKE_TIMEOUT <= now {
+                    to_close.push(*conn);
+                }
+            } else if let Some(oldest) = remote.oldest_request() {
+                if oldest + REQUEST_TIMEOUT <= now {
+                    let late = remote.in_flight.iter().filter(|(_, sent)| **sent + REQUEST_TIMEOUT <= now);
+                    timed_out.extend(late.map(|((file_id, piece, _), _)| (*conn, *file_id, *piece)));
+                }
+            } else if remote.serving == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
+                to_close.push(*conn);
+            }
+        }
+        timed_out.dedup();
+        for (conn, file_id, piece) in timed_out {
+            self.give_up_on(conn, file_id, piece);
+        }
+        for conn in to_close {
+            self.close_remote(conn);
+        }
+        self.schedule_all();
+    }
+
+    /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
+    /// stay, and the piece is free for another remote.
+    pub(super) fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        let mut cancelled = Vec::new();
+        if let Some(remote) = self.remotes.get_mut(&conn) {
+            remote.assigned.remove(&(file_id, piece));
+            cancelled.extend(remote.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).map(|(k, _)| *k));
+            for key in &cancelled {
+                remote.in_flight.remove(key);
+            }
+        }
+        for (_, _, offset) in cancelled {
+            self.send(conn, Message::Cancel { file_id, piece, offset });
+        }
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        if let Some(Slot::Active(active)) = download.slots.get_mut(piece.as_usize()) {
+            active.assignees.remove(&conn);
+        }
+    }
+
+    /// Stops fetching `file_id` from `conn`.
+    fn release_file(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(remote) = self.remotes.get(&conn) else { return };
+        let pieces: Vec<PieceIndex> = remote.assigned.iter().filter(|(f, _)| *f == file_id).map(|(_, p)| *p).collect();
+        for piece in pieces {
+            self.unassign(conn, file_id, piece);
+        }
+    }
+}

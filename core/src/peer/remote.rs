@@ -1,0 +1,100 @@
+//! Per-connection state of a peer: one `Remote` per open peer-to-peer connection.
+//!
+//! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
+//! remote exchanges bitfields, requests and data. It owns what we know of the other side's
+//! pieces (one bitfield per file it told us about), our requests in flight to it, and how many
+//! of its requests we have queued.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{FileId, PeerId, PieceIndex};
+use crate::time::Time;
+
+use super::pieces::BlockKey;
+
+/// Where a connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// We asked the driver to connect.
+    Connecting,
+    /// Open; waiting for the other side's `Hello`.
+    AwaitHello,
+    /// Handshake done.
+    Ready,
+}
+
+/// One open (or opening) peer-to-peer connection.
+#[derive(Debug)]
+pub(super) struct Remote {
+    /// The remote's serving address: the target for outbound connections, the source IP and
+    /// announced port for inbound ones once its `Hello` arrived.
+    pub addr: SocketAddr,
+    /// The remote's id, once its `Hello` arrived (or as the tracker named it).
+    pub peer_id: Option<PeerId>,
+    /// Where the connection stands.
+    pub stage: Stage,
+    /// Whether we opened it.
+    pub outbound: bool,
+    /// Files to send our bitfield for once the handshake is done.
+    pub wanted: BTreeSet<FileId>,
+    /// The remote's pieces, per file it sent a bitfield for.
+    pub files: BTreeMap<FileId, Bitfield>,
+    /// Files we sent our bitfield for on this connection.
+    pub bitfield_sent: BTreeSet<FileId>,
+    /// Our block requests in flight to it, with the time each was sent.
+    pub in_flight: BTreeMap<BlockKey, Time>,
+    /// Pieces assigned to it, per file.
+    pub assigned: BTreeSet<(FileId, PieceIndex)>,
+    /// Its requests we have queued or are reading.
+    pub serving: usize,
+    /// When a frame last arrived.
+    pub last_heard: Time,
+    /// When the connection was opened (for the handshake timeout).
+    pub opened: Time,
+}
+
+impl Remote {
+    /// A connection we are opening to `addr`.
+    pub fn outbound(addr: SocketAddr, peer_id: Option<PeerId>, now: Time) -> Remote {
+        Remote::new(addr, peer_id, Stage::Connecting, true, now)
+    }
+
+    /// A connection the driver accepted from `addr`.
+    pub fn inbound(addr: SocketAddr, now: Time) -> Remote {
+        Remote::new(addr, None, Stage::AwaitHello, false, now)
+    }
+
+    fn new(addr: SocketAddr, peer_id: Option<PeerId>, stage: Stage, outbound: bool, now: Time) -> Remote {
+        Remote {
+            addr,
+            peer_id,
+            stage,
+            outbound,
+            wanted: BTreeSet::new(),
+            files: BTreeMap::new(),
+            bitfield_sent: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+            serving: 0,
+            last_heard: now,
+            opened: now,
+        }
+    }
+
+    /// Whether the remote told us it holds `piece` of `file_id`.
+    pub fn holds(&self, file_id: &FileId, piece: PieceIndex) -> bool {
+        self.files.get(file_id).is_some_and(|have| have.has(piece))
+    }
+
+    /// The oldest request in flight, if any.
+    pub fn oldest_request(&self) -> Option<Time> {
+        self.in_flight.values().min().copied()
+    }
+
+    /// An identity for strike and sender bookkeeping.
+    pub fn identity(&self) -> Option<(PeerId, SocketAddr)> {
+        self.peer_id.map(|id| (id, self.addr))
+    }
+}

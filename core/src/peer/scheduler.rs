@@ -1,0 +1,401 @@
+//! What to request from whom, and what to do with what arrives.
+//!
+//! Each ready remote keeps up to `REQUESTS_IN_FLIGHT_PER_CONN_MAX` block requests in flight.
+//! Blocks come first from the pieces already assigned to it; a new piece is the rarest among
+//! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
+//! went away come before fresh ones. When nothing unassigned is left that a remote holds, it
+//! joins a piece another remote is fetching (endgame) and the slower copy is cancelled as blocks
+//! arrive. Every block is written by the driver, every written piece is hashed, and a piece that
+//! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
+use crate::limits::{
+    ASSIGNEES_PER_PIECE_MAX, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
+    STRIKES_BEFORE_BAN_COUNT,
+};
+use crate::machine::{Event, Output, Progress};
+use crate::wire::Message;
+
+use super::pieces::{block_at, block_span, ActivePiece, Phase, Slot};
+use super::remote::Stage;
+use super::{count_u32, Peer};
+
+/// A piece chosen for a remote, and whether it joins another remote's work (endgame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    Fresh(PieceIndex),
+    Endgame(PieceIndex),
+}
+
+impl Peer {
+    /// Fills the pipeline of every ready remote.
+    pub(super) fn schedule_all(&mut self) {
+        let conns: Vec<ConnId> =
+            self.remotes.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect();
+        for conn in conns {
+            self.schedule(conn);
+        }
+    }
+
+    /// Fills `conn`'s pipeline with block requests for every file it can help with.
+    pub(super) fn schedule(&mut self, conn: ConnId) {
+        let Some(remote) = self.remotes.get(&conn) else { return };
+        if remote.stage != Stage::Ready {
+            return;
+        }
+        let files: Vec<FileId> = remote.files.keys().copied().collect();
+        for file_id in files {
+            if self.files.get(&file_id).is_some_and(|e| e.is_fetching()) {
+                self.fill(conn, file_id);
+            }
+        }
+    }
+
+    fn fill(&mut self, conn: ConnId, file_id: FileId) {
+        loop {
+            let Some(remote) = self.remotes.get(&conn) else { return };
+            if remote.in_flight.len() >= REQUESTS_IN_FLIGHT_PER_CONN_MAX {
+                return;
+            }
+            if let Some((piece, block)) = self.next_block(conn, file_id) {
+                self.request_block(conn, file_id, piece, block);
+                continue;
+            }
+            let assigned = remote.assigned.iter().filter(|(f, _)| *f == file_id).count();
+            if assigned >= PIECES_ASSIGNED_PER_CONN_MAX {
+                return;
+            }
+            match self.choose_piece(conn, file_id) {
+                Some(choice) => self.assign(conn, file_id, choice),
+                None => return,
+            }
+        }
+    }
+
+    /// A block of a piece assigned to `conn` that nobody received and `conn` has not requested;
+    /// outside endgame also one no other remote requested.
+    fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
+        let remote = self.remotes.get(&conn)?;
+        let download = self.files.get(&file_id)?.download.as_ref()?;
+        for (_, piece) in remote.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX))) {
+            let Slot::Active(active) = &download.slots[piece.as_usize()] else { continue };
+            let mine = active.assignees.get(&conn).copied().unwrap_or(0);
+            let others = active.assignees.iter().filter(|(c, _)| **c != conn).fold(0, |acc, (_, m)| acc | m);
+            let endgame = active.assignees.len() > 1;
+            let taken = active.received | mine | if endgame { 0 } else { others };
+            let free = active.all & !taken;
+            if free != 0 {
+                return Some((*piece, free.trailing_zeros()));
+            }
+        }
+        None
+    }
+
+    /// Rarest-first choice of a piece `conn` holds, among pieces nobody is fetching; else an
+    /// endgame piece someone else is fetching.
+    fn choose_piece(&mut self, conn: ConnId, file_id: FileId) -> Option<Choice> {
+        let remote = self.remotes.get(&conn)?;
+        let remote_id = remote.peer_id?;
+        let remote_have = remote.files.get(&file_id)?;
+        let download = self.files.get(&file_id)?.download.as_ref()?;
+        let may_start = download.active_count < PIECES_ACTIVE_PER_FILE_MAX;
+        let usable = |piece: PieceIndex| remote_have.has(piece) && !download.bad_sources.contains(&(piece, remote_id));
+        // Orphaned partial pieces first, then the rarest missing piece.
+        let mut best: Option<(u32, PieceIndex)> = None;
+        let mut ties = 0u32;
+        for (i, slot) in download.slots.iter().enumerate() {
+            let piece = PieceIndex(i as u32);
+            let rank = match slot {
+                Slot::Active(active) if active.is_orphan() => 0,
+                Slot::Missing if may_start => 1 + download.availability[i],
+                _ => continue,
+            };
+            if !usable(piece) || best.is_some_and(|(r, _)| rank > r) {
+                continue;
+            }
+            if best.is_some_and(|(r, _)| rank == r) {
+                ties += 1;
+                if self.rng.below(ties as usize + 1) != 0 {
+                    continue;
+                }
+            } else {
+                ties = 0;
+            }
+            best = Some((rank, piece));
+        }
+        if let Some((_, piece)) = best {
+            return Some(Choice::Fresh(piece));
+        }
+        let endgame = download.slots.iter().enumerate().find(|(i, slot)| match slot {
+            Slot::Active(active) => {
+                !active.is_received()
+                    && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
+                    && !active.assignees.contains_key(&conn)
+                    && usable(PieceIndex(*i as u32))
+            }
+            _ => false,
+        });
+        endgame.map(|(i, _)| Choice::Endgame(PieceIndex(i as u32)))
+    }
+
+    fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
+        let piece = match choice {
+            Choice::Fresh(piece) | Choice::Endgame(piece) => piece,
+        };
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let piece_len = manifest.piece_len(piece);
+        if *download.slot_mut(piece) == Slot::Missing {
+            *download.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
+            download.active_count += 1;
+        }
+        if let Slot::Active(active) = download.slot_mut(piece) {
+            active.assignees.insert(conn, 0);
+        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        remote.assigned.insert((file_id, piece));
+        let from = remote.addr;
+        self.event(Event::PieceRequested { file_id, piece, from });
+    }
+
+    fn request_block(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) {
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let Some(manifest) = entry.manifest.as_ref() else { return };
+        let (offset, len) = block_span(manifest.piece_len(piece), block);
+        if let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) {
+            *active.assignees.entry(conn).or_insert(0) |= 1 << block;
+        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        remote.in_flight.insert((file_id, piece, offset), self.now);
+        self.send(conn, Message::Request { file_id, piece, offset, len });
+    }
+
+    /// A block arrived. Unrequested or late blocks are dropped; a block of the wrong length is a
+    /// protocol violation.
+    pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.in_flight.remove(&(file_id, piece, offset)).is_none() {
+            return;
+        }
+        let sender = remote.identity();
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let Some(manifest) = entry.manifest.as_ref() else { return };
+        let piece_len = manifest.piece_len(piece);
+        let Some(block) = block_at(piece_len, offset) else { return };
+        if bytes.len() != block_span(piece_len, block).1 as usize {
+            self.violation(conn, format!("block {piece}+{offset} of {} bytes", bytes.len()));
+            return;
+        }
+        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
+        let bit = 1u64 << block;
+        if let Some(mask) = active.assignees.get_mut(&conn) {
+            *mask &= !bit;
+        }
+        if active.received & bit != 0 {
+            self.schedule(conn);
+            return;
+        }
+        active.received |= bit;
+        active.senders.extend(sender);
+        let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
+        let complete = active.is_received();
+        for loser in losers {
+            self.cancel_block(loser, file_id, piece, offset, bit);
+        }
+        if complete {
+            self.release_piece(file_id, piece);
+        }
+        self.push(Output::WriteBlock { file_id, piece, offset, bytes });
+        self.schedule_all();
+    }
+
+    /// Another remote delivered a block `loser` was also fetching (endgame): cancel its copy.
+    fn cancel_block(&mut self, loser: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bit: u64) {
+        if let Some(Slot::Active(active)) =
+            self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()).map(|d| d.slot_mut(piece))
+        {
+            if let Some(mask) = active.assignees.get_mut(&loser) {
+                *mask &= !bit;
+            }
+        }
+        if let Some(remote) = self.remotes.get_mut(&loser) {
+            remote.in_flight.remove(&(file_id, piece, offset));
+            self.send(loser, Message::Cancel { file_id, piece, offset });
+        }
+    }
+
+    /// Every block of `piece` arrived: it no longer occupies any remote.
+    fn release_piece(&mut self, file_id: FileId, piece: PieceIndex) {
+        let Some(Slot::Active(active)) =
+            self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()).map(|d| d.slot_mut(piece))
+        else {
+            return;
+        };
+        let assignees: Vec<ConnId> = std::mem::take(&mut active.assignees).into_keys().collect();
+        for conn in assignees {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.assigned.remove(&(file_id, piece));
+            }
+        }
+    }
+
+    /// The remote will not serve a block: give the piece to someone else.
+    pub(super) fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.in_flight.remove(&(file_id, piece, offset)).is_some() {
+            self.give_up_on(conn, file_id, piece);
+            self.schedule_all();
+        }
+    }
+
+    /// Stops asking `conn` for `piece` (it refused or was too slow): the piece goes to another
+    /// remote, and this connection is not asked for it again.
+    pub(super) fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.files.get_mut(&file_id).is_some_and(|have| have.unset(piece)) {
+            let download = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut());
+            if let Some(count) = download.and_then(|d| d.availability.get_mut(piece.as_usize())) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        self.unassign(conn, file_id, piece);
+    }
+
+    pub(super) fn on_block_written(
+        &mut self,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        result: Result<(), String>,
+    ) {
+        if let Err(reason) = result {
+            self.fail_download(file_id, format!("cannot write piece {piece}: {reason}"));
+            return;
+        }
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let Some(manifest) = entry.manifest.as_ref() else { return };
+        let piece_len = manifest.piece_len(piece);
+        let Some(block) = block_at(piece_len, offset) else { return };
+        let Some(download) = entry.download.as_mut() else { return };
+        let Slot::Active(active) = download.slot_mut(piece) else { return };
+        active.written |= 1 << block;
+        if active.written == active.all {
+            let senders = std::mem::take(&mut active.senders);
+            *download.slot_mut(piece) = Slot::Verifying { senders };
+            self.push(Output::HashPiece { file_id, piece });
+        }
+    }
+
+    pub(super) fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, String>) {
+        let digest = match result {
+            Ok(digest) => digest,
+            Err(reason) => return self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}")),
+        };
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Slot::Verifying { senders } = download.slot_mut(piece).clone() else { return };
+        if digest != manifest.piece_hash(piece) {
+            download.reset(piece);
+            download.bad_sources.extend(senders.iter().map(|(peer_id, _)| (piece, *peer_id)));
+            for (peer_id, addr) in senders {
+                self.event(Event::PieceCorrupt { file_id, piece, from: addr });
+                self.strike(peer_id, addr);
+            }
+            self.schedule_all();
+            return;
+        }
+        *download.slot_mut(piece) = Slot::Have;
+        download.active_count -= 1;
+        entry.have.set(piece);
+        download.debug_check(&entry.have);
+        let progress = self.progress(file_id);
+        let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
+        self.push(Output::PieceVerified { file_id, piece });
+        self.event(Event::PieceVerified { file_id, piece, from, progress });
+        self.tell_tracker_have(file_id, piece);
+        self.tell_remotes_have(file_id, piece);
+        if progress.have == progress.total {
+            self.finalize(file_id);
+        }
+    }
+
+    fn progress(&self, file_id: FileId) -> Progress {
+        let entry = &self.files[&file_id];
+        let manifest = entry.manifest.as_ref();
+        let have_bytes = manifest.map_or(0, |m| entry.have.iter().map(|p| u64::from(m.piece_len(p))).sum());
+        let peers = self.remotes.values().filter(|r| r.files.contains_key(&file_id)).count();
+        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers: count_u32(peers) }
+    }
+
+    fn tell_remotes_have(&mut self, file_id: FileId, piece: PieceIndex) {
+        let told: Vec<ConnId> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.bitfield_sent.contains(&file_id) && !r.holds(&file_id, piece))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in told {
+            self.send(conn, Message::Have { file_id, piece });
+        }
+    }
+
+    fn strike(&mut self, peer_id: PeerId, addr: std::net::SocketAddr) {
+        let strikes = self.strikes.entry(peer_id).or_insert(0);
+        *strikes += 1;
+        if *strikes < STRIKES_BEFORE_BAN_COUNT || !self.banned.insert(peer_id) {
+            return;
+        }
+        self.banned_addrs.insert(addr);
+        self.event(Event::PeerBanned { peer_id, addr });
+        let conns: Vec<ConnId> =
+            self.remotes.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect();
+        for conn in conns {
+            self.close_remote(conn);
+        }
+    }
+
+    /// Every piece is verified: ask the driver to move the file into place.
+    pub(super) fn finalize(&mut self, file_id: FileId) {
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        download.phase = Phase::Finalizing;
+        self.push(Output::Finalize { file_id });
+    }
+
+    pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), String>) {
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        if entry.download.as_ref().is_none_or(|d| d.phase != Phase::Finalizing) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                entry.download = None;
+                self.event(Event::Complete { file_id });
+            }
+            Err(reason) => self.fail_download(file_id, format!("cannot move the finished file into place: {reason}")),
+        }
+    }
+
+    /// The download cannot go on: stop fetching it and say why. Verified pieces stay served.
+    pub(super) fn fail_download(&mut self, file_id: FileId, reason: String) {
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        if download.phase == Phase::Failed {
+            return;
+        }
+        download.phase = Phase::Failed;
+        let assigned: Vec<(ConnId, PieceIndex)> = self
+            .remotes
+            .iter()
+            .flat_map(|(c, r)| r.assigned.iter().filter(|(f, _)| *f == file_id).map(move |(_, p)| (*c, *p)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (conn, piece) in assigned {
+            self.unassign(conn, file_id, piece);
+        }
+        self.event(Event::DownloadFailed { file_id, reason });
+    }
+}
