@@ -1,0 +1,61 @@
+//! The seed's example between real processes: A, B and C each hold one piece of a three-piece
+//! file; D downloads all three; then A, B and C leave and E downloads the file from D alone.
+
+mod common;
+
+use common::{assert_same_file, random_file, subdir, temp_dir, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT};
+
+const PIECE_BYTES: usize = 64 * 1024;
+
+#[test]
+fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "abc.bin", 3 * PIECE_BYTES, 1);
+    let source = original.to_str().expect("UTF-8 path");
+    let piece_size = PIECE_BYTES.to_string();
+    let (_tracker, tracker_addr) = Node::tracker();
+
+    let mut holders: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(piece, name)| {
+            let store = subdir(dir.path(), name);
+            let piece = piece.to_string();
+            let args = ["--share", source, "--only-pieces", &piece, "--piece-size", &piece_size];
+            Node::peer(name, tracker_addr, &store, &args)
+        })
+        .collect();
+    let ids: Vec<String> = holders.iter_mut().map(|holder| holder.wait_sharing().file_id).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "A, B and C announced different ids for one file: {ids:?}");
+    let file_id = ids[0].clone();
+
+    // D asks for the file and gathers piece 0 from A, 1 from B and 2 from C; it stays to seed.
+    let d_store = subdir(dir.path(), "d");
+    let d_out = subdir(dir.path(), "d-out");
+    let d_args = ["--get", &file_id, "--out", d_out.to_str().expect("UTF-8 path")];
+    let mut d = Node::peer("d", tracker_addr, &d_store, &d_args);
+    let d_copy = d.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&d_copy, &original);
+    assert_eq!(d.wait_downloaded(&file_id), (3 * PIECE_BYTES) as u64, "D fetched more or less than the file");
+
+    // A, B and C stop gracefully (SIGTERM: they tell the tracker they leave) and exit 0.
+    for holder in &mut holders {
+        holder.terminate();
+    }
+    for holder in &mut holders {
+        let status = holder.wait_exit(EXIT_TIMEOUT);
+        assert!(status.success(), "a holder stopped by SIGTERM exited with {status}\n{}", holder.report());
+    }
+
+    // E finds only D, downloads everything from it and exits 0 on its own.
+    let e_store = subdir(dir.path(), "e");
+    let e_out = subdir(dir.path(), "e-out");
+    let e_args = ["--get", &file_id, "--out", e_out.to_str().expect("UTF-8 path"), "--exit-when-done"];
+    let mut e = Node::peer("e", tracker_addr, &e_store, &e_args);
+    let e_copy = e.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&e_copy, &original);
+    assert_eq!(e.wait_downloaded(&file_id), (3 * PIECE_BYTES) as u64, "E fetched more or less than the file");
+    let status = e.wait_exit(EXIT_TIMEOUT);
+    assert!(status.success(), "E with --exit-when-done exited with {status}\n{}", e.report());
+    assert!(d.is_running(), "D stopped seeding\n{}", d.report());
+}
