@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -205,11 +205,8 @@ impl Node {
     /// Reads the stdout lines already printed, without waiting, and says whether one starts
     /// with `prefix` (now or earlier).
     pub fn has_printed(&mut self, prefix: &str) -> bool {
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => self.remember(line, false),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(line) = self.lines.try_recv() {
+            self.remember(line, false);
         }
         self.history.iter().any(|seen| seen.line.starts_with(prefix))
     }
