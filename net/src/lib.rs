@@ -1,1 +1,26 @@
-//! placeholder
+//! `p2p-net`: swarm's state machines on real TCP and real files.
+//!
+//! - [`driver`]: one generic actix actor owning a [`p2p_core::Machine`] (tracker or peer):
+//!   feeds it inputs, drains and executes its outputs, keeps its timer.
+//! - [`connection`]: one reader and one writer task per TCP stream, framed with core's codec.
+//! - [`store`]: partial downloads, their sidecars, shared and finished files.
+//! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
+//! - [`client`]: short tool connections to a tracker (`List`).
+//! - [`node`]: the public entry points, [`spawn_tracker`] and [`spawn_peer`].
+//!
+//! Disk and hashing never run on the reactor thread. A remote that sends garbage, oversized
+//! frames or never reads costs one closed connection and a log line.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod connection;
+pub mod driver;
+pub mod error;
+pub mod hasher;
+pub mod node;
+pub mod store;
+
+pub use driver::NodeEvent;
+pub use error::NetError;
+pub use node::{spawn_peer, spawn_tracker, PeerHandle, PeerOptions, Resumed, ShareOptions, TrackerHandle};

@@ -1,0 +1,289 @@
+//! One TCP stream: a reader task that turns frames into reports for the driver, and a writer
+//! task that sends the frames the driver queued.
+//!
+//! Framing is core's `encode_frame`/`decode_frame` behind a `tokio_util` codec ([`FrameCodec`]).
+//! The reader hands each message to the driver with `send().await`, so a busy driver slows the
+//! reading down instead of buffering without bound; after a bad frame it stops reading (the
+//! machine answers and closes). The writer coalesces small frames in one buffer and flushes when
+//! its queue is empty; the bytes queued for it are counted so the driver can drop a connection
+//! whose remote does not read. Nothing here panics on what the remote sends.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Message as ActixMessage, Recipient};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use p2p_core::wire::{decode_frame, encode_frame, Message};
+use p2p_core::{ConnId, DecodeError, EncodeError};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
+
+/// Read buffer of a connection; grows to the size of the largest frame seen.
+const READ_BUFFER_BYTES: usize = 512 * 1024;
+/// Write buffer in which small frames are coalesced before a flush.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Most bytes queued for one connection's writer; beyond this the remote is not reading and
+/// the connection is dropped.
+pub const WRITE_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long a closing connection may take to flush what was queued for it.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The length-prefixed CBOR framing of core, as a `tokio_util` codec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCodec;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The incoming frame was oversized or did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The outgoing message does not fit in a frame.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl Decoder for FrameCodec {
+    type Item = Message;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+        Ok(decode_frame(src)?)
+    }
+}
+
+impl Encoder<&Message> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), FrameError> {
+        Ok(encode_frame(message, dst)?)
+    }
+}
+
+/// Encodes `message` as one frame of its own.
+pub fn frame_of(message: &Message) -> Result<Bytes, FrameError> {
+    let estimate = match message {
+        Message::Data { bytes, .. } => bytes.len() + 128,
+        _ => 256,
+    };
+    let mut buffer = BytesMut::with_capacity(estimate);
+    FrameCodec.encode(message, &mut buffer)?;
+    Ok(buffer.freeze())
+}
+
+/// What a connection tells its driver.
+#[derive(Debug)]
+pub enum ConnReport {
+    /// A whole message arrived.
+    Message(Message),
+    /// A frame was oversized or did not decode; nothing more is read.
+    BadFrame(String),
+    /// The stream ended or failed.
+    Closed,
+}
+
+/// A report from connection `conn`; `token` tells this connection from an earlier one that
+/// had the same name.
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "()")]
+pub struct ConnEvent {
+    /// The connection.
+    pub conn: ConnId,
+    /// The connection's unique token.
+    pub token: u64,
+    /// What happened.
+    pub report: ConnReport,
+}
+
+enum WriterCmd {
+    Frame(Bytes),
+    Close,
+}
+
+/// The driver's handle on one open connection.
+#[derive(Debug)]
+pub struct Connection {
+    token: u64,
+    remote: SocketAddr,
+    queue: mpsc::UnboundedSender<WriterCmd>,
+    queued_bytes: Arc<AtomicUsize>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WriterCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriterCmd::Frame(bytes) => write!(f, "Frame({} bytes)", bytes.len()),
+            WriterCmd::Close => f.write_str("Close"),
+        }
+    }
+}
+
+/// The frame could not be queued: the connection's writer is gone or too far behind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The writer ended (the socket failed).
+    Gone,
+    /// More than [`WRITE_QUEUE_BYTES_MAX`] would be waiting.
+    Full,
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks of `stream`, reporting to `driver`.
+    pub fn start(
+        stream: TcpStream,
+        conn: ConnId,
+        token: u64,
+        remote: SocketAddr,
+        driver: Recipient<ConnEvent>,
+    ) -> Connection {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
+        }
+        let (read_half, write_half) = stream.into_split();
+        let (queue, commands) = mpsc::unbounded_channel();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let reader = tokio::spawn(read_loop(read_half, conn, token, driver.clone()));
+        let writer = tokio::spawn(write_loop(write_half, commands, queued_bytes.clone(), conn, token, driver));
+        Connection { token, remote, queue, queued_bytes, reader, writer }
+    }
+
+    /// The connection's unique token.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The remote end's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Queues a frame for sending.
+    pub fn send(&self, frame: Bytes) -> Result<(), QueueError> {
+        let len = frame.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + len > WRITE_QUEUE_BYTES_MAX {
+            return Err(QueueError::Full);
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.queue.send(WriterCmd::Frame(frame)).map_err(|_| QueueError::Gone)
+    }
+
+    /// Stops reading, flushes what was queued (for at most [`CLOSE_FLUSH_TIMEOUT`]) and closes.
+    /// The returned task ends when the socket is closed.
+    pub fn close(self) -> JoinHandle<()> {
+        self.reader.abort();
+        // A writer that already ended has nothing left to flush.
+        self.queue.send(WriterCmd::Close).ok();
+        let mut writer = self.writer;
+        tokio::spawn(async move {
+            if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer).await.is_err() {
+                writer.abort();
+            }
+        })
+    }
+
+    /// Drops the connection at once, discarding what was queued.
+    pub fn abort(self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+async fn read_loop(half: OwnedReadHalf, conn: ConnId, token: u64, driver: Recipient<ConnEvent>) {
+    let mut frames = FramedRead::with_capacity(half, FrameCodec, READ_BUFFER_BYTES);
+    loop {
+        let report = match frames.next().await {
+            Some(Ok(message)) => ConnReport::Message(message),
+            Some(Err(FrameError::Io(e))) => {
+                tracing::debug!("{conn}: read failed: {e}");
+                ConnReport::Closed
+            }
+            Some(Err(e)) => {
+                tracing::info!("{conn}: bad frame: {e}");
+                ConnReport::BadFrame(e.to_string())
+            }
+            None => ConnReport::Closed,
+        };
+        let last = !matches!(report, ConnReport::Message(_));
+        if driver.send(ConnEvent { conn, token, report }).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    half: OwnedWriteHalf,
+    mut commands: mpsc::UnboundedReceiver<WriterCmd>,
+    queued_bytes: Arc<AtomicUsize>,
+    conn: ConnId,
+    token: u64,
+    driver: Recipient<ConnEvent>,
+) {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, half);
+    match write_until_close(&mut out, &mut commands, &queued_bytes).await {
+        Ok(()) => {
+            if let Err(e) = out.shutdown().await {
+                tracing::debug!("{conn}: shutdown failed: {e}");
+            }
+        }
+        Err(e) => {
+            tracing::debug!("{conn}: write failed: {e}");
+            driver.do_send(ConnEvent { conn, token, report: ConnReport::Closed });
+        }
+    }
+}
+
+/// Writes queued frames, flushing whenever the queue runs dry, until `Close` or the driver
+/// drops the queue.
+async fn write_until_close(
+    out: &mut BufWriter<OwnedWriteHalf>,
+    commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
+    queued_bytes: &AtomicUsize,
+) -> io::Result<()> {
+    while let Some(mut command) = commands.recv().await {
+        loop {
+            match command {
+                WriterCmd::Frame(frame) => {
+                    out.write_all(&frame).await?;
+                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                }
+                WriterCmd::Close => return out.flush().await,
+            }
+            match commands.try_recv() {
+                Ok(next) => command = next,
+                Err(_) => break,
+            }
+        }
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_core::wire::ErrorCode;
+
+    #[test]
+    fn codec_round_trips_and_reports_garbage() {
+        let message = Message::error(None, ErrorCode::Unexpected, "x");
+        let mut buffer = BytesMut::from(&frame_of(&message).expect("fits")[..]);
+        buffer.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
+        assert_eq!(FrameCodec.decode(&mut buffer).expect("valid"), Some(message));
+        assert!(matches!(FrameCodec.decode(&mut buffer), Err(FrameError::Decode(DecodeError::Malformed(_)))));
+        let mut oversized = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(matches!(FrameCodec.decode(&mut oversized), Err(FrameError::Decode(DecodeError::Oversized { .. }))));
+    }
+}

@@ -1,0 +1,423 @@
+//! The driver: one actix actor that owns a sans-IO [`Machine`] (tracker or peer) and carries out
+//! what it asks for.
+//!
+//! Loop: every input goes through `handle(now, input)`, then `poll_output` is drained fully and
+//! each output executed, then a single timer is (re)armed at `poll_timeout`. Outputs never feed
+//! the machine directly: inputs they cause (a send that found its connection gone) wait in a
+//! queue until the drain is over, so every `handle` is followed by a full drain before the next.
+//!
+//! The driver owns the open connections (by [`ConnId`] and a unique token, so a late report
+//! from a closed connection is ignored), the dials in progress, and the store work in flight:
+//! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
+//! [`STORE_JOBS_MAX`] at once) and come back as [`Input::Completed`]. It also counts the payload
+//! bytes received per file, reported when a download completes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::fut::wrap_future;
+use actix::prelude::*;
+use p2p_core::limits::CONNECTIONS_MAX;
+use p2p_core::wire::Message;
+use p2p_core::{Command, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::connection::{frame_of, ConnEvent, ConnReport, Connection, QueueError};
+use crate::store::Store;
+
+/// How long an outbound connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Store jobs (disk and hashing) running on worker threads at once, per driver.
+pub const STORE_JOBS_MAX: usize = 8;
+
+/// What a running node reports to the program embedding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// An event of the state machine, as it happened.
+    Machine(Event),
+    /// A download finished (sent right after [`Event::Complete`]).
+    Completed {
+        /// The file.
+        file_id: FileId,
+        /// Where the file is now.
+        path: PathBuf,
+        /// Payload bytes of this file received over the network by this run (duplicates
+        /// included, pieces resumed from disk excluded).
+        received_bytes: u64,
+    },
+}
+
+/// The actor around a machine; see the module docs.
+pub struct Driver<M: Machine> {
+    machine: M,
+    label: String,
+    start: Instant,
+    store: Option<Arc<Store>>,
+    events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    conns: BTreeMap<ConnId, Connection>,
+    closing: Vec<JoinHandle<()>>,
+    pending: VecDeque<Input>,
+    timer: Option<(Time, SpawnHandle)>,
+    next_token: u64,
+    next_inbound: u64,
+    received_bytes: BTreeMap<FileId, u64>,
+    store_jobs: Arc<Semaphore>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl<M: Machine> std::fmt::Debug for Driver<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("label", &self.label).field("conns", &self.conns.len()).finish_non_exhaustive()
+    }
+}
+
+/// A connection accepted by the listener.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Accepted {
+    stream: TcpStream,
+    remote: SocketAddr,
+}
+
+/// A local command for the machine.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Local(pub Command);
+
+/// `Command::Leave`, answered once the connections it closed are flushed and closed.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+/// Stops the driver: every connection and the listener are dropped.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl<M: Machine + Unpin + 'static> Driver<M> {
+    /// A driver for `machine`; `label` prefixes its log lines.
+    pub fn new(
+        machine: M,
+        label: String,
+        store: Option<Arc<Store>>,
+        events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    ) -> Driver<M> {
+        Driver {
+            machine,
+            label,
+            start: Instant::now(),
+            store,
+            events,
+            conns: BTreeMap::new(),
+            closing: Vec::new(),
+            pending: VecDeque::new(),
+            timer: None,
+            next_token: 0,
+            next_inbound: 0,
+            received_bytes: BTreeMap::new(),
+            store_jobs: Arc::new(Semaphore::new(STORE_JOBS_MAX)),
+            listener: None,
+        }
+    }
+
+    /// Starts the actor and a task accepting connections on `listener`.
+    pub fn start_with_listener(self, listener: TcpListener) -> Addr<Driver<M>> {
+        Driver::create(move |ctx| {
+            let mut driver = self;
+            driver.listener = Some(tokio::spawn(accept_loop(listener, ctx.address().recipient())));
+            driver
+        })
+    }
+
+    fn now(&self) -> Time {
+        Time::from_elapsed(self.start.elapsed())
+    }
+
+    /// Handles `input`, then every input its outputs caused, each followed by a full drain.
+    fn feed(&mut self, ctx: &mut Context<Self>, input: Input) {
+        self.pending.push_back(input);
+        while let Some(input) = self.pending.pop_front() {
+            self.count_received(&input);
+            let now = self.now();
+            self.machine.handle(now, input);
+            while let Some(output) = self.machine.poll_output() {
+                self.execute(ctx, output);
+            }
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let wanted = self.machine.poll_timeout();
+        if self.timer.as_ref().map(|(at, _)| *at) == wanted {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = wanted {
+            let handle = ctx.run_later(at.saturating_since(self.now()), |driver, ctx| {
+                driver.timer = None;
+                driver.feed(ctx, Input::Timeout);
+            });
+            self.timer = Some((at, handle));
+        }
+    }
+
+    fn count_received(&mut self, input: &Input) {
+        if let Input::Message { message: Message::Data { file_id, bytes, .. }, .. } = input {
+            *self.received_bytes.entry(*file_id).or_default() += bytes.len() as u64;
+        }
+    }
+
+    fn execute(&mut self, ctx: &mut Context<Self>, output: Output) {
+        match output {
+            Output::Connect { conn, addr } => self.dial(ctx, conn, addr),
+            Output::Send { conn, message } => self.send(conn, &message),
+            Output::Close { conn } => {
+                if let Some(connection) = self.conns.remove(&conn) {
+                    self.closing.retain(|task| !task.is_finished());
+                    self.closing.push(connection.close());
+                }
+            }
+            Output::Event(event) => self.report(event),
+            store_output => self.store_work(ctx, store_output),
+        }
+    }
+
+    fn dial(&mut self, ctx: &mut Context<Self>, conn: ConnId, addr: SocketAddr) {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
+        ctx.spawn(wrap_future(connect).map(move |result, driver: &mut Self, ctx| match result {
+            Ok(Ok(stream)) => driver.open(ctx, conn, stream, addr),
+            Ok(Err(e)) => {
+                tracing::debug!("{}: {conn}: cannot connect to {addr}: {e}", driver.label);
+                driver.feed(ctx, Input::Disconnected { conn });
+            }
+            Err(_) => {
+                tracing::debug!("{}: {conn}: connecting to {addr} timed out", driver.label);
+                driver.feed(ctx, Input::Disconnected { conn });
+            }
+        }));
+    }
+
+    fn open(&mut self, ctx: &mut Context<Self>, conn: ConnId, stream: TcpStream, remote: SocketAddr) {
+        self.next_token += 1;
+        let connection = Connection::start(stream, conn, self.next_token, remote, ctx.address().recipient());
+        if let Some(old) = self.conns.insert(conn, connection) {
+            tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);
+            old.abort();
+        }
+        self.feed(ctx, Input::Connected { conn, remote });
+    }
+
+    fn send(&mut self, conn: ConnId, message: &Message) {
+        let Some(connection) = self.conns.get(&conn) else {
+            tracing::trace!("{}: {conn} is gone; dropping a {}", self.label, message.kind());
+            return;
+        };
+        let frame = match frame_of(message) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!("{}: {conn}: cannot send a {}: {e}", self.label, message.kind());
+                return;
+            }
+        };
+        match connection.send(frame) {
+            Ok(()) => {}
+            Err(QueueError::Full) => {
+                tracing::warn!("{}: {conn} {}: remote does not read; dropping it", self.label, connection.remote());
+                self.drop_conn(conn);
+            }
+            Err(QueueError::Gone) => self.drop_conn(conn),
+        }
+    }
+
+    /// Drops a connection the driver gave up on and tells the machine.
+    fn drop_conn(&mut self, conn: ConnId) {
+        if let Some(connection) = self.conns.remove(&conn) {
+            connection.abort();
+            self.pending.push_back(Input::Disconnected { conn });
+        }
+    }
+
+    fn report(&mut self, event: Event) {
+        tracing::debug!("{}: {event:?}", self.label);
+        let Some(events) = &self.events else { return };
+        let completed = match &event {
+            Event::Complete { file_id } => Some(*file_id),
+            _ => None,
+        };
+        // The embedding program may have stopped listening; the node runs on regardless.
+        events.send(NodeEvent::Machine(event)).ok();
+        if let Some(file_id) = completed {
+            let path = self.store.as_ref().and_then(|store| store.path_of(file_id)).unwrap_or_default();
+            let received_bytes = self.received_bytes.remove(&file_id).unwrap_or(0);
+            events.send(NodeEvent::Completed { file_id, path, received_bytes }).ok();
+        }
+    }
+
+    fn store_work(&mut self, ctx: &mut Context<Self>, output: Output) {
+        let Some(store) = self.store.clone() else {
+            tracing::error!("{}: no store for {output:?}", self.label);
+            return;
+        };
+        match output {
+            // Inline: it is a few small writes once per download, and every later store
+            // output for the file relies on it having happened (it has no completion).
+            Output::Allocate { manifest } => store.allocate(&manifest),
+            Output::PieceVerified { file_id, piece } => self.background(move || {
+                if let Err(e) = store.piece_verified(file_id, piece) {
+                    tracing::error!("cannot record piece {piece} of {file_id}: {e}");
+                }
+            }),
+            Output::WriteBlock { file_id, piece, offset, bytes } => self.work(ctx, move || {
+                let result = store.write_block(file_id, piece, offset, &bytes);
+                Completion::BlockWritten { file_id, piece, offset, result }
+            }),
+            Output::HashPiece { file_id, piece } => self.work(ctx, move || {
+                let result = store.hash_piece(file_id, piece);
+                Completion::PieceHashed { file_id, piece, result }
+            }),
+            Output::ReadBlock { conn, file_id, piece, offset, len } => self.work(ctx, move || {
+                let result = store.read_block(file_id, piece, offset, len);
+                Completion::BlockRead { conn, file_id, piece, offset, result }
+            }),
+            Output::Finalize { file_id } => self.work(ctx, move || {
+                let result = store.finalize(file_id).map(|_| ());
+                Completion::Finalized { file_id, result }
+            }),
+            other => tracing::error!("{}: not store work: {other:?}", self.label),
+        }
+    }
+
+    /// Runs `job` on a worker thread and feeds its completion back to the machine.
+    fn work(&mut self, ctx: &mut Context<Self>, job: impl FnOnce() -> Completion + Send + 'static) {
+        let permits = self.store_jobs.clone();
+        let run = async move {
+            // The semaphore is never closed, so acquiring only waits.
+            let _permit = permits.acquire_owned().await.ok();
+            tokio::task::spawn_blocking(job).await
+        };
+        ctx.spawn(wrap_future(run).map(|result, driver: &mut Self, ctx| match result {
+            Ok(completion) => driver.feed(ctx, Input::Completed(completion)),
+            Err(e) => tracing::error!("{}: a store job failed: {e}", driver.label),
+        }));
+    }
+
+    /// Runs `job` on a worker thread; nothing comes back.
+    fn background(&self, job: impl FnOnce() + Send + 'static) {
+        let permits = self.store_jobs.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.ok();
+            tokio::task::spawn_blocking(job).await.ok();
+        });
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Actor for Driver<M> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Connection reports wait in the mailbox while the driver is busy; keep it small so the
+        // readers feel the back-pressure.
+        ctx.set_mailbox_capacity(64);
+        self.arm_timer(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        for (_, connection) in std::mem::take(&mut self.conns) {
+            connection.abort();
+        }
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
+    type Result = ();
+
+    fn handle(&mut self, event: ConnEvent, ctx: &mut Context<Self>) {
+        let ConnEvent { conn, token, report } = event;
+        if self.conns.get(&conn).map(Connection::token) != Some(token) {
+            return; // a report from a connection already closed
+        }
+        match report {
+            ConnReport::Message(message) => self.feed(ctx, Input::Message { conn, message }),
+            ConnReport::BadFrame(reason) => {
+                tracing::warn!("{}: {conn}: bad frame: {reason}", self.label);
+                self.feed(ctx, Input::BadFrame { conn, reason });
+            }
+            ConnReport::Closed => {
+                self.conns.remove(&conn);
+                self.feed(ctx, Input::Disconnected { conn });
+            }
+        }
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
+    type Result = ();
+
+    fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
+        if self.conns.len() >= CONNECTIONS_MAX {
+            tracing::warn!("{}: {} connections open; refusing {}", self.label, self.conns.len(), accepted.remote);
+            return;
+        }
+        self.next_inbound += 1;
+        self.open(ctx, ConnId::Inbound(self.next_inbound), accepted.stream, accepted.remote);
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Handler<Local> for Driver<M> {
+    type Result = ();
+
+    fn handle(&mut self, Local(command): Local, ctx: &mut Context<Self>) {
+        self.feed(ctx, Input::Command(command));
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Handler<Leave> for Driver<M> {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _leave: Leave, ctx: &mut Context<Self>) -> ResponseFuture<()> {
+        self.feed(ctx, Input::Command(Command::Leave));
+        let closing = std::mem::take(&mut self.closing);
+        Box::pin(async move {
+            for task in closing {
+                // Each close is bounded by CLOSE_FLUSH_TIMEOUT; a failed one has nothing to wait for.
+                task.await.ok();
+            }
+        })
+    }
+}
+
+impl<M: Machine + Unpin + 'static> Handler<Stop> for Driver<M> {
+    type Result = ();
+
+    fn handle(&mut self, _stop: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, driver: Recipient<Accepted>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                if driver.send(Accepted { stream, remote }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `NetError`: what went wrong in the network driver or the store, with what was being done and
+//! to which path or address.
+//!
+//! Errors that reach a running machine are turned into `Err(String)` completions (their
+//! `Display` text, which names the path); errors a caller of the public API can act on are
+//! returned as `NetError`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use p2p_core::{FileId, ManifestError};
+use thiserror::Error;
+
+/// An error of the network driver, the store or the hasher.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// A file-system operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done ("create", "read", "rename", ...).
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A socket operation failed.
+    #[error("cannot {action} {addr}: {source}")]
+    Socket {
+        /// What was being done ("listen on", "connect to", ...).
+        action: &'static str,
+        /// The address concerned.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file could not be described by a manifest (bad name, piece size, too many pieces).
+    #[error("{path}: {source}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ManifestError,
+    },
+    /// A stored sidecar file is damaged or belongs to another file.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The sidecar file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A piece named by the caller is not in the file.
+    #[error("piece {piece} is beyond the end of {path} ({count} pieces)")]
+    NoSuchPiece {
+        /// The piece asked for.
+        piece: u32,
+        /// Pieces in the file.
+        count: u32,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store does not hold the file.
+    #[error("file {0} is not in the store")]
+    NotStored(FileId),
+    /// A tracker or peer answered something unexpected or nothing at all.
+    #[error("{addr}: {reason}")]
+    Protocol {
+        /// The remote.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The driver actor is gone (the node was stopped).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl NetError {
+    /// An [`NetError::Io`] for `action` on `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> NetError {
+        let path = path.into();
+        move |source| NetError::Io { action, path, source }
+    }
+
+    /// A [`NetError::Socket`] for `action` on `addr`.
+    pub fn socket(action: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> NetError {
+        move |source| NetError::Socket { action, addr, source }
+    }
+}

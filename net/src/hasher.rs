@@ -1,0 +1,96 @@
+//! SHA-256 work: hashing a stored piece and describing a whole file by its [`Manifest`].
+//!
+//! Everything here blocks on disk and CPU, so callers run it on worker threads
+//! (`tokio::task::spawn_blocking`), never on the reactor. Files are streamed through a fixed
+//! buffer: memory stays flat whatever the file size. `sha2` picks the SHA-NI instructions when
+//! the CPU has them.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder};
+use sha2::Digest as _;
+
+use crate::error::NetError;
+
+/// Bytes read from disk at a time while hashing.
+pub const HASH_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// SHA-256 of `len` bytes of `file` starting at `offset`, read in chunks.
+pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, NetError> {
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; HASH_CHUNK_BYTES.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
+        let chunk = (len - done).min(HASH_CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(NetError::io("read", path))?;
+        hasher.update(&buffer[..chunk]);
+        done += chunk as u64;
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// The manifest of the file at `path`, cut into pieces of `piece_size_bytes` (or the automatic
+/// size for its length). The name is the path's last component.
+pub fn manifest_of(path: &Path, piece_size_bytes: Option<u32>) -> Result<Manifest, NetError> {
+    let mut file = File::open(path).map_err(NetError::io("open", path))?;
+    let metadata = file.metadata().map_err(NetError::io("inspect", path))?;
+    if !metadata.is_file() {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(NetError::Io { action: "share", path: path.to_owned(), source });
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let piece_size = piece_size_bytes.unwrap_or_else(|| auto_piece_size(metadata.len()));
+    let to_manifest_error = |source| NetError::Manifest { path: path.to_owned(), source };
+    let mut builder = ManifestBuilder::new(name, piece_size).map_err(to_manifest_error)?;
+    let mut buffer = vec![0u8; HASH_CHUNK_BYTES];
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(NetError::io("read", path)(e)),
+        };
+        builder.update(&buffer[..read]);
+    }
+    builder.finish().map_err(to_manifest_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_core::PieceIndex;
+
+    #[test]
+    fn manifest_and_piece_hashes_agree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data.bin");
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let manifest = manifest_of(&path, Some(16 * 1024)).expect("manifest");
+        assert_eq!(manifest.name(), "data.bin");
+        assert_eq!(manifest.piece_count(), 5);
+        let file = File::open(&path).expect("open");
+        for piece in manifest.pieces() {
+            let len = u64::from(manifest.piece_len(piece));
+            let digest = hash_range(&file, manifest.piece_offset(piece), len, &path).expect("hash");
+            assert_eq!(digest, manifest.piece_hash(piece), "{piece}");
+        }
+        assert_eq!(manifest.piece_hash(PieceIndex(0)), Digest::of(&bytes[..16 * 1024]));
+    }
+
+    #[test]
+    fn unreadable_paths_and_bad_piece_sizes_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing");
+        let error = manifest_of(&missing, None).expect_err("missing file");
+        assert!(error.to_string().contains("missing"), "{error}");
+        assert!(manifest_of(dir.path(), None).is_err(), "a directory is not shared");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").expect("write");
+        assert!(matches!(manifest_of(&path, Some(1000)), Err(NetError::Manifest { .. })));
+    }
+}

@@ -1,0 +1,211 @@
+//! The public way to run nodes: [`spawn_tracker`] and [`spawn_peer`], and the handles they
+//! return. Any number of trackers and peers can run in one process (one actix system).
+//!
+//! Both functions must be called from inside a running actix system. A peer's slow set-up work
+//! (describing a shared file, re-hashing a resumed download) runs on worker threads before the
+//! resulting command reaches the machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use p2p_core::limits::ANNOUNCE_INTERVAL_DEFAULT;
+use p2p_core::{Bitfield, Command, FileId, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::driver::{Driver, Leave, Local, NodeEvent, Stop};
+use crate::error::NetError;
+use crate::hasher::manifest_of;
+use crate::store::Store;
+
+/// A running tracker.
+#[derive(Debug)]
+pub struct TrackerHandle {
+    addr: SocketAddr,
+    driver: Addr<Driver<Tracker>>,
+}
+
+/// How to start a peer; see [`PeerOptions::new`] for the defaults.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// The tracker's address.
+    pub tracker: SocketAddr,
+    /// Where to accept peer connections (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The store directory (partial downloads and their sidecars).
+    pub store_dir: PathBuf,
+    /// Where finished downloads go.
+    pub out_dir: PathBuf,
+    /// Upload cap in bytes per second.
+    pub upload_limit_bytes_per_s: Option<u64>,
+    /// Seed of the peer's RNG (`None`: a random one).
+    pub seed: Option<u64>,
+    /// Interval between announces to the tracker.
+    pub announce_interval: Duration,
+}
+
+/// How to share a file.
+#[derive(Clone, Debug, Default)]
+pub struct ShareOptions {
+    /// Piece size (`None`: chosen from the file size).
+    pub piece_size_bytes: Option<u32>,
+    /// Serve only these pieces (`None`: all).
+    pub only_pieces: Option<Vec<u32>>,
+}
+
+/// What a store already held of a file asked for with [`PeerHandle::get`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resumed {
+    /// Pieces verified on disk.
+    pub have: u32,
+    /// Pieces in the file.
+    pub total: u32,
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct PeerHandle {
+    addr: SocketAddr,
+    peer_id: PeerId,
+    store: Arc<Store>,
+    driver: Addr<Driver<Peer>>,
+}
+
+/// Starts a tracker listening on `listen`.
+pub async fn spawn_tracker(listen: SocketAddr, config: TrackerConfig) -> Result<TrackerHandle, NetError> {
+    let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
+    let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
+    let driver = Driver::new(Tracker::new(config), format!("tracker {addr}"), None, None);
+    Ok(TrackerHandle { addr, driver: driver.start_with_listener(listener) })
+}
+
+/// Starts a peer; its events go to `events`.
+pub async fn spawn_peer(
+    options: PeerOptions,
+    events: mpsc::UnboundedSender<NodeEvent>,
+) -> Result<PeerHandle, NetError> {
+    let store = Arc::new(Store::open(&options.store_dir, &options.out_dir)?);
+    let listener = TcpListener::bind(options.listen).await.map_err(NetError::socket("listen on", options.listen))?;
+    let addr = listener.local_addr().map_err(NetError::socket("inspect", options.listen))?;
+    let seed = options.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
+    let mut config = PeerConfig::new(seed, options.tracker, addr.port());
+    config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
+    config.announce_interval = options.announce_interval;
+    let peer = Peer::new(config);
+    let peer_id = peer.peer_id();
+    let driver = Driver::new(peer, format!("peer {addr}"), Some(store.clone()), Some(events));
+    Ok(PeerHandle { addr, peer_id, store, driver: driver.start_with_listener(listener) })
+}
+
+impl TrackerHandle {
+    /// The address the tracker listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the tracker: its listener and every connection close.
+    pub fn stop(&self) {
+        self.driver.do_send(Stop);
+    }
+}
+
+impl PeerOptions {
+    /// Options for a peer of `tracker` keeping its files in `store_dir`: listening on any port
+    /// of 127.0.0.1, finished files in the store directory, no upload cap, a random seed.
+    pub fn new(tracker: SocketAddr, store_dir: PathBuf) -> PeerOptions {
+        PeerOptions {
+            tracker,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            out_dir: store_dir.clone(),
+            store_dir,
+            upload_limit_bytes_per_s: None,
+            seed: None,
+            announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
+        }
+    }
+}
+
+impl PeerHandle {
+    /// The address the peer accepts connections on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Shares the file at `path`: describes it on a worker thread, registers it with the store
+    /// (served in place) and tells the machine. Returns its manifest.
+    pub async fn share(&self, path: &Path, options: ShareOptions) -> Result<Manifest, NetError> {
+        let store = self.store.clone();
+        let path = path.to_owned();
+        let (manifest, have) = blocking(move || {
+            let manifest = manifest_of(&path, options.piece_size_bytes)?;
+            let have = pieces_to_share(&manifest, options.only_pieces.as_deref(), &path)?;
+            store.register_shared(&path, manifest.clone(), have.clone())?;
+            Ok((manifest, have))
+        })
+        .await?;
+        self.command(Command::Share { manifest: manifest.clone(), have }).await?;
+        Ok(manifest)
+    }
+
+    /// Downloads `file_id`, resuming from what the store already verified (re-hashed first).
+    pub async fn get(&self, file_id: FileId) -> Result<Option<Resumed>, NetError> {
+        let store = self.store.clone();
+        let resume = blocking(move || store.resume(file_id)).await?;
+        let resumed =
+            resume.as_ref().map(|(manifest, have)| Resumed { have: have.count(), total: manifest.piece_count() });
+        self.command(Command::Get { file_id, resume }).await?;
+        Ok(resumed)
+    }
+
+    /// Every file id the store knows (shared, downloaded, partial on disk); for resolving a
+    /// typed prefix.
+    pub fn known_ids(&self) -> Vec<FileId> {
+        self.store.known_ids()
+    }
+
+    /// Tells the tracker this peer leaves and waits until the connections are flushed and
+    /// closed (each for at most a few seconds). The peer keeps its listener until stopped.
+    pub async fn leave(&self) {
+        // The driver being gone already means every connection is closed.
+        self.driver.send(Leave).await.ok();
+    }
+
+    /// Stops the peer: its listener and every connection close.
+    pub fn stop(&self) {
+        self.driver.do_send(Stop);
+    }
+
+    async fn command(&self, command: Command) -> Result<(), NetError> {
+        self.driver.send(Local(command)).await.map_err(|_| NetError::Stopped)
+    }
+}
+
+/// The pieces of `manifest` to share: all, or the listed ones, each checked to exist.
+fn pieces_to_share(manifest: &Manifest, only: Option<&[u32]>, path: &Path) -> Result<Bitfield, NetError> {
+    let count = manifest.piece_count();
+    let Some(only) = only else { return Ok(Bitfield::full(count)) };
+    let mut have = Bitfield::new(count);
+    for &piece in only {
+        if piece >= count {
+            return Err(NetError::NoSuchPiece { piece, count, path: path.to_owned() });
+        }
+        have.set(PieceIndex(piece));
+    }
+    Ok(have)
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    // A job only fails to join when it panicked, which is a bug worth surfacing.
+    tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}

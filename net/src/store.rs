@@ -1,0 +1,425 @@
+//! The store: the files a peer serves and the partial files it downloads.
+//!
+//! A download of file `F` lives in the store directory as `F.part` (the file's bytes at their
+//! offsets, created at full length), `F.manifest` (canonical CBOR) and `F.bitfield` (verified
+//! pieces, rewritten atomically after every verified piece), so a restarted peer resumes. On
+//! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
+//! sidecars are removed and the file is served from its final path. Shared files are served
+//! read-only from where they are, never copied.
+//!
+//! Invariants: only registered files are served, and only their verified (or shared) pieces,
+//! checked again here although the machine checks them too; every access stays inside one piece
+//! and one block; memory per operation is one block or one hash chunk, whatever the file size.
+//! Every method blocks on disk: call them from worker threads. I/O errors are values naming the
+//! path, never panics.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use p2p_core::limits::BLOCK_BYTES;
+use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex};
+
+use crate::error::NetError;
+use crate::hasher::hash_range;
+
+/// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
+const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
+
+/// The files of one peer; see the module docs.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    out: PathBuf,
+    entries: Mutex<BTreeMap<FileId, Entry>>,
+}
+
+/// One registered file.
+#[derive(Clone, Debug)]
+struct Entry {
+    manifest: Arc<Manifest>,
+    /// The open file, or why it could not be opened (reported by every later access).
+    file: Result<Arc<File>, String>,
+    /// Where the bytes are.
+    path: PathBuf,
+    /// Pieces that may be served (shared subset, verified so far, or all).
+    served: Bitfield,
+    state: State,
+    /// Serialises sidecar writes and finalisation of this file.
+    sidecars: Arc<Mutex<()>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Served read-only from the user's path.
+    Shared,
+    /// Being downloaded into `<id>.part`.
+    Downloading,
+    /// Downloaded and moved to its final path.
+    Complete,
+}
+
+impl Store {
+    /// A store in `dir` whose finished downloads go to `out`; both are created if missing.
+    pub fn open(dir: &Path, out: &Path) -> Result<Store, NetError> {
+        fs::create_dir_all(dir).map_err(NetError::io("create the store directory", dir))?;
+        fs::create_dir_all(out).map_err(NetError::io("create the output directory", out))?;
+        Ok(Store { dir: dir.to_owned(), out: out.to_owned(), entries: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Serves `have` pieces of the file at `path`, described by `manifest`, read-only in place.
+    pub fn register_shared(&self, path: &Path, manifest: Manifest, have: Bitfield) -> Result<(), NetError> {
+        let file = File::open(path).map_err(NetError::io("open", path))?;
+        let length = file.metadata().map_err(NetError::io("inspect", path))?.len();
+        if length != manifest.length_bytes() {
+            let reason = format!("changed while being shared ({length} bytes, {} expected)", manifest.length_bytes());
+            return Err(NetError::Corrupt { path: path.to_owned(), reason });
+        }
+        let entry = Entry::new(manifest, Ok(Arc::new(file)), path.to_owned(), have, State::Shared);
+        let file_id = entry.manifest.file_id();
+        self.lock().insert(file_id, entry);
+        Ok(())
+    }
+
+    /// Prepares the download of `manifest`'s file: `<id>.part` at full length and `<id>.manifest`.
+    /// A file already registered (resumed, shared or complete) is left as it is. A failure is
+    /// remembered and reported by every later write.
+    pub fn allocate(&self, manifest: &Manifest) {
+        let file_id = manifest.file_id();
+        if self.lock().contains_key(&file_id) {
+            return;
+        }
+        let part = self.sidecar(file_id, "part");
+        let file = self.create_part(manifest, &part).map(Arc::new).map_err(|e| {
+            tracing::error!("{e}");
+            e.to_string()
+        });
+        let served = Bitfield::new(manifest.piece_count());
+        let entry = Entry::new(manifest.clone(), file, part, served, State::Downloading);
+        self.lock().entry(file_id).or_insert(entry);
+    }
+
+    /// Writes a received block at its place in the partial file.
+    pub fn write_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: &[u8]) -> Result<(), String> {
+        let entry = self.entry(file_id)?;
+        if entry.state != State::Downloading {
+            return Err(format!("file {file_id} is not being downloaded"));
+        }
+        let at = entry.block_offset(piece, offset, bytes.len())?;
+        let file = entry.file.clone()?;
+        file.write_all_at(bytes, at).map_err(|e| NetError::io("write", &entry.path)(e).to_string())
+    }
+
+    /// SHA-256 of a piece as stored.
+    pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, String> {
+        let entry = self.entry(file_id)?;
+        let len = u64::from(entry.block_len_checked(piece)?);
+        let file = entry.file.clone()?;
+        hash_range(&file, entry.manifest.piece_offset(piece), len, &entry.path).map_err(|e| e.to_string())
+    }
+
+    /// Reads a block of a served piece.
+    pub fn read_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, String> {
+        let entry = self.entry(file_id)?;
+        if !entry.served.has(piece) {
+            return Err(format!("piece {piece} of {file_id} is not served here"));
+        }
+        if len > BLOCK_BYTES {
+            return Err(format!("a block of {len} bytes exceeds the limit of {BLOCK_BYTES}"));
+        }
+        let at = entry.block_offset(piece, offset, len as usize)?;
+        let file = entry.file.clone()?;
+        let mut buffer = vec![0u8; len as usize];
+        file.read_exact_at(&mut buffer, at).map_err(|e| NetError::io("read", &entry.path)(e).to_string())?;
+        Ok(Bytes::from(buffer))
+    }
+
+    /// Records a verified piece and persists the bitfield beside the partial file.
+    pub fn piece_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), NetError> {
+        self.lock().get_mut(&file_id).ok_or(NetError::NotStored(file_id))?.served.set(piece);
+        self.persist_bitfield(file_id)
+    }
+
+    /// Moves a fully verified download to the output directory and returns its final path.
+    pub fn finalize(&self, file_id: FileId) -> Result<PathBuf, String> {
+        let entry = self.entry(file_id)?;
+        let _guard = entry.sidecars.lock().unwrap_or_else(PoisonError::into_inner);
+        match entry.state {
+            State::Complete | State::Shared => return Ok(entry.path),
+            State::Downloading if !entry.served.is_full() => {
+                return Err(format!(
+                    "{file_id} is not fully verified ({}/{})",
+                    entry.served.count(),
+                    entry.served.len()
+                ))
+            }
+            State::Downloading => {}
+        }
+        let target = place_final(&entry.path, &self.out, &entry.manifest).map_err(|e| e.to_string())?;
+        for kind in ["manifest", "bitfield"] {
+            remove_if_present(&self.sidecar(file_id, kind)).map_err(|e| e.to_string())?;
+        }
+        let file = File::open(&target).map_err(|e| NetError::io("open", &target)(e).to_string())?;
+        if let Some(stored) = self.lock().get_mut(&file_id) {
+            stored.file = Ok(Arc::new(file));
+            stored.path = target.clone();
+            stored.state = State::Complete;
+        }
+        Ok(target)
+    }
+
+    /// Where the bytes of a registered file are (the final path once complete).
+    pub fn path_of(&self, file_id: FileId) -> Option<PathBuf> {
+        self.lock().get(&file_id).map(|entry| entry.path.clone())
+    }
+
+    /// Every file id this store knows: registered files and partial downloads on disk.
+    pub fn known_ids(&self) -> Vec<FileId> {
+        let mut ids: Vec<FileId> = self.lock().keys().copied().collect();
+        if let Ok(listing) = fs::read_dir(&self.dir) {
+            for name in listing.flatten().map(|e| e.file_name()) {
+                let name = name.to_string_lossy();
+                if let Some(id) = name.strip_suffix(".manifest").and_then(|hex| hex.parse().ok()) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Picks up an earlier run's download of `file_id`: re-hashes every piece its bitfield
+    /// claims (on all cores), keeps those that match, registers the partial file and returns the
+    /// manifest and the verified pieces. `None` when there is nothing to resume.
+    pub fn resume(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
+        let (manifest_path, bitfield_path) = (self.sidecar(file_id, "manifest"), self.sidecar(file_id, "bitfield"));
+        if !manifest_path.exists() || !bitfield_path.exists() {
+            return Ok(None);
+        }
+        let manifest = read_manifest(&manifest_path, file_id)?;
+        let claimed = read_bitfield(&bitfield_path, manifest.piece_count())?;
+        let part = self.sidecar(file_id, "part");
+        let file = self.create_part(&manifest, &part)?;
+        let verified = verify_pieces(&file, &part, &manifest, &claimed)?;
+        let entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
+        self.lock().insert(file_id, entry);
+        if verified != claimed {
+            let failed = claimed.count() - verified.count();
+            tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+            self.persist_bitfield(file_id)?;
+        }
+        Ok(Some((manifest, verified)))
+    }
+
+    /// Writes the verified pieces of a download to `<id>.bitfield`.
+    fn persist_bitfield(&self, file_id: FileId) -> Result<(), NetError> {
+        let sidecars = self.lock().get(&file_id).ok_or(NetError::NotStored(file_id))?.sidecars.clone();
+        let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read under the sidecar lock, so the newest bitfield is always the one written last.
+        let entry = self.entry(file_id).map_err(|_| NetError::NotStored(file_id))?;
+        if entry.state != State::Downloading {
+            return Ok(());
+        }
+        let mut bytes = entry.served.len().to_be_bytes().to_vec();
+        bytes.extend_from_slice(entry.served.as_bytes());
+        write_atomically(&self.sidecar(file_id, "bitfield"), &bytes)
+    }
+
+    fn create_part(&self, manifest: &Manifest, part: &Path) -> Result<File, NetError> {
+        write_atomically(&self.sidecar(manifest.file_id(), "manifest"), &manifest.to_cbor())?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part);
+        let file = file.map_err(NetError::io("create", part))?;
+        file.set_len(manifest.length_bytes()).map_err(NetError::io("allocate", part))?;
+        Ok(file)
+    }
+
+    fn sidecar(&self, file_id: FileId, kind: &str) -> PathBuf {
+        self.dir.join(format!("{file_id}.{kind}"))
+    }
+
+    fn entry(&self, file_id: FileId) -> Result<Entry, String> {
+        self.lock().get(&file_id).cloned().ok_or_else(|| NetError::NotStored(file_id).to_string())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<FileId, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated: every update is one
+        // insert or one field assignment.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Entry {
+    fn new(
+        manifest: Manifest,
+        file: Result<Arc<File>, String>,
+        path: PathBuf,
+        served: Bitfield,
+        state: State,
+    ) -> Entry {
+        Entry { manifest: Arc::new(manifest), file, path, served, state, sidecars: Arc::default() }
+    }
+
+    /// The length of `piece`, if it exists.
+    fn block_len_checked(&self, piece: PieceIndex) -> Result<u32, String> {
+        match self.manifest.piece(piece.0) {
+            Some(piece) => Ok(self.manifest.piece_len(piece)),
+            None => Err(format!("piece {piece} is beyond the {} pieces of the file", self.manifest.piece_count())),
+        }
+    }
+
+    /// The file offset of `len` bytes at `offset` in `piece`, checked to stay inside the piece.
+    fn block_offset(&self, piece: PieceIndex, offset: u32, len: usize) -> Result<u64, String> {
+        let piece_len = self.block_len_checked(piece)?;
+        if u64::from(offset) + len as u64 > u64::from(piece_len) {
+            return Err(format!("block {offset}+{len} does not fit piece {piece} of {piece_len} bytes"));
+        }
+        Ok(self.manifest.piece_offset(piece) + u64::from(offset))
+    }
+}
+
+/// The pieces of `claimed` whose stored bytes match the manifest, hashed on every core.
+fn verify_pieces(file: &File, path: &Path, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
+    let pieces: Vec<PieceIndex> = claimed.iter().collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_worker = pieces.len().div_ceil(workers).max(1);
+    let results: Vec<Result<Vec<PieceIndex>, NetError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .chunks(per_worker)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut good = Vec::new();
+                    for &piece in chunk {
+                        let len = u64::from(manifest.piece_len(piece));
+                        if hash_range(file, manifest.piece_offset(piece), len, path)? == manifest.piece_hash(piece) {
+                            good.push(piece);
+                        }
+                    }
+                    Ok(good)
+                })
+            })
+            .collect();
+        // A worker only panics on a bug in hashing; re-raise it on this thread.
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut verified = Bitfield::new(manifest.piece_count());
+    for piece in results.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+        verified.set(piece);
+    }
+    Ok(verified)
+}
+
+/// Moves `part` to a free name in `out` (`name`, `name.1`, ...) and returns it. A name taken by
+/// a file with exactly the manifest's content is reused; a different file is never replaced.
+fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, NetError> {
+    for attempt in 0..FINAL_NAME_ATTEMPTS_MAX {
+        // The manifest's name is one safe path component (checked by Manifest::new).
+        let name = match attempt {
+            0 => manifest.name().to_owned(),
+            n => format!("{}.{n}", manifest.name()),
+        };
+        let target = out.join(name);
+        match link_or_copy(part, &target) {
+            Ok(()) => {
+                fs::remove_file(part).map_err(NetError::io("remove", part))?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if holds_manifest_content(&target, manifest) {
+                    fs::remove_file(part).map_err(NetError::io("remove", part))?;
+                    return Ok(target);
+                }
+            }
+            Err(e) => return Err(NetError::io("move the finished file to", target)(e)),
+        }
+    }
+    let source = io::Error::new(io::ErrorKind::AlreadyExists, "every candidate name is taken");
+    Err(NetError::Io { action: "find a free name in", path: out.to_owned(), source })
+}
+
+/// Creates `target` with `source`'s content, failing with `AlreadyExists` rather than replacing
+/// anything: a hard link on one file system, a copy (then fsync) across file systems.
+fn link_or_copy(source: &Path, target: &Path) -> io::Result<()> {
+    match fs::hard_link(source, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices || e.kind() == io::ErrorKind::PermissionDenied => {
+            copy_new(source, target)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn copy_new(source: &Path, target: &Path) -> io::Result<()> {
+    let mut from = File::open(source)?;
+    let mut to = OpenOptions::new().write(true).create_new(true).open(target)?;
+    let copied = io::copy(&mut from, &mut to).and_then(|_| to.sync_all());
+    if copied.is_err() {
+        // Do not leave a half-copied file behind under the final name.
+        fs::remove_file(target).ok();
+    }
+    copied
+}
+
+fn holds_manifest_content(path: &Path, manifest: &Manifest) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    if file.metadata().map(|m| m.len()).ok() != Some(manifest.length_bytes()) {
+        return false;
+    }
+    manifest.pieces().all(|piece| {
+        let len = u64::from(manifest.piece_len(piece));
+        hash_range(&file, manifest.piece_offset(piece), len, path).ok() == Some(manifest.piece_hash(piece))
+    })
+}
+
+fn read_manifest(path: &Path, file_id: FileId) -> Result<Manifest, NetError> {
+    let bytes = fs::read(path).map_err(NetError::io("read", path))?;
+    let manifest =
+        Manifest::from_cbor(&bytes).map_err(|e| NetError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+    if manifest.file_id() != file_id {
+        return Err(NetError::Corrupt { path: path.to_owned(), reason: "describes another file".into() });
+    }
+    Ok(manifest)
+}
+
+fn read_bitfield(path: &Path, piece_count: u32) -> Result<Bitfield, NetError> {
+    let bytes = fs::read(path).map_err(NetError::io("read", path))?;
+    let corrupt = |reason: &str| NetError::Corrupt { path: path.to_owned(), reason: reason.into() };
+    let (len, bits) = bytes.split_at_checked(4).ok_or_else(|| corrupt("too short"))?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    if len != piece_count {
+        return Err(corrupt("piece count differs from the manifest"));
+    }
+    Bitfield::from_bytes(len, bits).ok_or_else(|| corrupt("byte count differs from the piece count"))
+}
+
+/// Replaces `path` with `bytes` through a temporary file and a rename, so a crash leaves the old
+/// or the new content, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    let mut file = File::create(&temp).map_err(NetError::io("create", &temp))?;
+    file.write_all(bytes).map_err(NetError::io("write", &temp))?;
+    fs::rename(&temp, path).map_err(NetError::io("rename into place", path))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), NetError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetError::io("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
