@@ -1,10 +1,38 @@
-//! The tracker state machine: who holds which piece of which file. Placeholder until built.
+//! The tracker state machine: who holds which piece of which file.
+//!
+//! [`Tracker`] owns the connection protocol (handshake, per-connection deadlines, error replies
+//! and closes); its submodules own the state behind the answers:
+//! - `conns` — open connections, their handshake stage and deadlines;
+//! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
+//! - `locate` — the bounded, shuffled choice of holders per piece in a `Located` answer.
+//!
+//! Rules enforced here: the first message on a connection is a `Hello` of
+//! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
+//! of its `Hello`, so nobody announces someone else's address; [`Role::Client`] connections
+//! only `List` and `Locate` and are never holders; a peer is forgotten when its connection
+//! closes, when it leaves, or when it has not announced for `TTL_INTERVALS_COUNT` announce
+//! intervals. Bad input from the network becomes an `Error` reply (and a close for protocol
+//! violations), never a panic.
 
+mod conns;
+mod locate;
+mod registry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::limits::ANNOUNCE_INTERVAL_DEFAULT;
-use crate::machine::{Input, Machine, Output};
+use crate::ids::{ConnId, FileId, PeerId};
+use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTIONS_MAX, OUTPUT_QUEUE_MAX, TTL_INTERVALS_COUNT};
+use crate::machine::{Event, GoneReason, Input, Machine, Output};
+use crate::rng::Rng;
 use crate::time::Time;
+use crate::wire::{ErrorCode, Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+
+use conns::{Conns, Stage};
+use registry::{Refusal, Registry};
 
 /// How a tracker is set up.
 #[derive(Clone, Debug)]
@@ -21,30 +49,225 @@ impl Default for TrackerConfig {
     }
 }
 
-/// The tracker state machine.
+/// The tracker state machine; drive it through [`Machine`].
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
+    peer_id: PeerId,
+    rng: Rng,
+    conns: Conns,
+    registry: Registry,
+    outputs: VecDeque<Output>,
 }
 
 impl Tracker {
-    /// A tracker that knows no peer yet.
+    /// A tracker that knows no peer yet. Its id and every later random choice come from
+    /// `config.seed`.
     pub fn new(config: TrackerConfig) -> Tracker {
-        Tracker { config }
+        let mut rng = Rng::from_seed(config.seed);
+        let mut id = [0u8; 16];
+        rng.fill(&mut id);
+        let ttl = config.announce_interval * TTL_INTERVALS_COUNT;
+        Tracker {
+            config,
+            peer_id: PeerId(id),
+            rng,
+            conns: Conns::default(),
+            registry: Registry::new(ttl),
+            outputs: VecDeque::new(),
+        }
     }
 
     /// The configuration the tracker was built with.
     pub fn config(&self) -> &TrackerConfig {
         &self.config
     }
+
+    /// The id the tracker sends in its `Hello`.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    fn push(&mut self, output: Output) {
+        assert!(self.outputs.len() < OUTPUT_QUEUE_MAX, "tracker output queue not drained");
+        self.outputs.push_back(output);
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.push(Output::Send { conn, message });
+    }
+
+    fn send_error(&mut self, conn: ConnId, file_id: Option<FileId>, refusal: Refusal) {
+        self.send(conn, Message::Error { file_id, code: refusal.code, detail: refusal.detail });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.push(Output::Event(event));
+    }
+
+    /// Fires every connection deadline and peer TTL that is due at `now`.
+    fn expire(&mut self, now: Time) {
+        while let Some((conn, entry)) = self.conns.pop_due(now) {
+            if entry.stage == Stage::AwaitingHello {
+                let reason = format!("no hello within {}s", crate::limits::HANDSHAKE_TIMEOUT.as_secs());
+                self.send(conn, Message::error(None, ErrorCode::HandshakeExpected, reason.clone()));
+                self.event(Event::ProtocolViolation { conn, reason });
+            }
+            self.push(Output::Close { conn });
+            self.forget_peer(conn, GoneReason::Disconnected);
+        }
+        while let Some(peer) = self.registry.pop_expired(now) {
+            self.event(Event::PeerGone { peer, reason: GoneReason::Expired });
+        }
+    }
+
+    fn forget_peer(&mut self, conn: ConnId, reason: GoneReason) {
+        if let Some(peer) = self.registry.forget(conn) {
+            self.event(Event::PeerGone { peer, reason });
+        }
+    }
+
+    /// The connection went away (no `Close` output: it is already closed).
+    fn drop_conn(&mut self, conn: ConnId) {
+        if self.conns.remove(conn).is_some() {
+            self.forget_peer(conn, GoneReason::Disconnected);
+        }
+    }
+
+    /// Closes `conn` from this side.
+    fn close(&mut self, conn: ConnId) {
+        if self.conns.remove(conn).is_some() {
+            self.push(Output::Close { conn });
+            self.forget_peer(conn, GoneReason::Disconnected);
+        }
+    }
+
+    /// Answers a protocol violation: an error reply, a close, an event.
+    fn reject(&mut self, conn: ConnId, code: ErrorCode, reason: String) {
+        if self.conns.get(conn).is_none() {
+            return;
+        }
+        self.send(conn, Message::error(None, code, reason.clone()));
+        self.close(conn);
+        self.event(Event::ProtocolViolation { conn, reason });
+    }
+
+    fn on_connected(&mut self, now: Time, conn: ConnId, remote: SocketAddr) {
+        // A reused id means the driver lost a `Disconnected`: start the connection afresh.
+        self.drop_conn(conn);
+        if self.conns.len() >= CONNECTIONS_MAX {
+            let detail = format!("the tracker serves at most {CONNECTIONS_MAX} connections");
+            self.send(conn, Message::error(None, ErrorCode::Overloaded, detail));
+            self.push(Output::Close { conn });
+            return;
+        }
+        self.conns.open(now, conn, remote);
+    }
+
+    fn on_message(&mut self, now: Time, conn: ConnId, message: Message) {
+        // Messages still in flight on a connection this side closed are dropped.
+        let Some(entry) = self.conns.get(conn) else { return };
+        let (remote, stage) = (entry.remote, entry.stage);
+        self.conns.touch(now, conn);
+        match stage {
+            Stage::AwaitingHello => self.on_hello(now, conn, remote, message),
+            Stage::Ready { role, peer } => self.on_request(now, conn, role, peer, message),
+        }
+    }
+
+    fn on_hello(&mut self, now: Time, conn: ConnId, remote: SocketAddr, message: Message) {
+        let hello = match message {
+            Message::Hello(hello) => hello,
+            other => {
+                let reason = format!("expected hello, got {}", other.kind());
+                return self.reject(conn, ErrorCode::HandshakeExpected, reason);
+            }
+        };
+        if hello.version != PROTOCOL_VERSION {
+            let reason = format!("tracker speaks protocol version {PROTOCOL_VERSION}, got {}", hello.version);
+            return self.reject(conn, ErrorCode::VersionMismatch, reason);
+        }
+        if hello.role == Role::Tracker {
+            return self.reject(conn, ErrorCode::Unexpected, "a tracker does not serve trackers".to_owned());
+        }
+        let peer = PeerAddr { peer_id: hello.peer_id, addr: SocketAddr::new(remote.ip(), hello.listen_port) };
+        let stale = self.conns.ready(now, conn, hello.role, peer);
+        let reply = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: self.peer_id, listen_port: 0 };
+        self.send(conn, Message::Hello(reply));
+        if let Some(stale) = stale {
+            self.close(stale);
+        }
+    }
+
+    fn on_request(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr, message: Message) {
+        match message {
+            Message::Announce { file_id, manifest, have } if role == Role::Peer => {
+                let pieces = have.count();
+                match self.registry.announce(now, conn, peer, file_id, manifest, have) {
+                    Ok(first) => {
+                        if first {
+                            self.event(Event::PeerAnnounced { peer, file_id, pieces });
+                        }
+                        self.send(conn, Message::Announced { file_id });
+                    }
+                    Err(refusal) => self.send_error(conn, Some(file_id), refusal),
+                }
+            }
+            Message::Have { file_id, piece } if role == Role::Peer => {
+                if let Err(refusal) = self.registry.have(conn, file_id, piece) {
+                    self.send_error(conn, Some(file_id), refusal);
+                }
+            }
+            Message::Leave { file_id } if role == Role::Peer => {
+                if let Some(peer) = self.registry.leave(conn, file_id) {
+                    self.event(Event::PeerGone { peer, reason: GoneReason::Left });
+                }
+            }
+            Message::Locate { file_id } => self.on_locate(conn, file_id),
+            Message::List => {
+                let files = self.registry.list();
+                self.send(conn, files);
+            }
+            Message::Hello(_) => self.reject(conn, ErrorCode::HandshakeExpected, "hello came twice".to_owned()),
+            other => {
+                let detail = format!("a {:?} connection may not send {}", role, other.kind());
+                self.send(conn, Message::error(None, ErrorCode::Unexpected, detail));
+            }
+        }
+    }
+
+    fn on_locate(&mut self, conn: ConnId, file_id: FileId) {
+        match self.registry.locate(file_id, conn, &mut self.rng) {
+            Some(located) => self.send(conn, located),
+            None => {
+                let detail = "no live peer holds this file";
+                self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, detail));
+            }
+        }
+    }
 }
 
 impl Machine for Tracker {
-    fn handle(&mut self, _now: Time, _input: Input) {}
-    fn poll_output(&mut self) -> Option<Output> {
-        None
+    fn handle(&mut self, now: Time, input: Input) {
+        self.expire(now);
+        match input {
+            Input::Connected { conn, remote } => self.on_connected(now, conn, remote),
+            Input::Disconnected { conn } => self.drop_conn(conn),
+            Input::Message { conn, message } => self.on_message(now, conn, message),
+            Input::BadFrame { conn, reason } => self.reject(conn, ErrorCode::MalformedFrame, reason),
+            // Expiry above is all a timer does; commands and completions are the peer's.
+            Input::Timeout | Input::Command(_) | Input::Completed(_) => {}
+        }
     }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
     fn poll_timeout(&self) -> Option<Time> {
-        None
+        match (self.conns.next_deadline(), self.registry.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -1,0 +1,539 @@
+//! Tracker behaviour, driven only through `handle` / `poll_output` / `poll_timeout`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::*;
+use crate::bitfield::Bitfield;
+use crate::ids::{Digest, PieceIndex};
+use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX};
+use crate::manifest::Manifest;
+
+const PIECE_BYTES: u32 = 16 * 1024;
+
+/// A tracker, a virtual clock, and helpers that drain after every input.
+struct Harness {
+    tracker: Tracker,
+    now: Time,
+    /// Check the registry's invariants after every input (O(state): off for big tests).
+    check: bool,
+}
+
+/// One connection as a test sees it.
+#[derive(Clone, Copy, Debug)]
+struct Remote {
+    conn: ConnId,
+    ip: [u8; 4],
+    port: u16,
+}
+
+impl Remote {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(self.ip)), self.port)
+    }
+}
+
+impl Harness {
+    fn new(seed: u64) -> Harness {
+        Harness {
+            tracker: Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() }),
+            now: Time::ZERO,
+            check: true,
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.tracker.handle(self.now, input);
+        if self.check {
+            self.tracker.registry.check_invariants();
+        }
+        std::iter::from_fn(|| self.tracker.poll_output()).collect()
+    }
+
+    fn connect(&mut self, n: u64, ip: [u8; 4]) -> Remote {
+        // The source port is ephemeral and never what others are told.
+        let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), 50_000);
+        assert!(self.input(Input::Connected { conn: ConnId::Inbound(n), remote }).is_empty());
+        Remote { conn: ConnId::Inbound(n), ip, port: 0 }
+    }
+
+    fn send(&mut self, remote: Remote, message: Message) -> Vec<Output> {
+        self.input(Input::Message { conn: remote.conn, message })
+    }
+
+    /// Connects and completes the handshake with `role`, listening on `port`.
+    fn join(&mut self, n: u64, role: Role, port: u16) -> Remote {
+        let remote = Remote { port, ..self.connect(n, [10, 0, 0, n as u8]) };
+        let outputs = self.send(remote, hello(role, n, port));
+        assert!(matches!(&outputs[..], [Output::Send { message: Message::Hello(h), .. }] if h.role == Role::Tracker));
+        remote
+    }
+
+    fn peer(&mut self, n: u64) -> Remote {
+        self.join(n, Role::Peer, 6000 + n as u16)
+    }
+
+    fn announce(&mut self, remote: Remote, manifest: &Manifest, pieces: &[u32]) -> Vec<Output> {
+        let message = Message::Announce {
+            file_id: manifest.file_id(),
+            manifest: Some(manifest.clone()),
+            have: have(manifest, pieces),
+        };
+        self.send(remote, message)
+    }
+
+    fn locate(&mut self, remote: Remote, manifest: &Manifest) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
+        let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id() });
+        match only_message(&outputs) {
+            Message::Located { manifest: got, peers, holders } => {
+                assert_eq!(got, manifest);
+                (peers.clone(), holders.clone())
+            }
+            other => panic!("expected Located, got {other:?}"),
+        }
+    }
+
+    fn advance(&mut self, span: Duration) -> Vec<Output> {
+        self.now = self.now + span;
+        assert!(self.tracker.poll_timeout().is_some_and(|t| t <= self.now), "a timer is due");
+        self.input(Input::Timeout)
+    }
+}
+
+fn hello(role: Role, n: u64, port: u16) -> Message {
+    let mut peer_id = [0u8; 16];
+    peer_id[..8].copy_from_slice(&n.to_be_bytes());
+    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: PeerId(peer_id), listen_port: port })
+}
+
+fn manifest(name: &str, pieces: u32) -> Manifest {
+    let hashes = (0..pieces).map(|i| Digest::of(&i.to_be_bytes())).collect();
+    Manifest::new(name.to_owned(), u64::from(pieces) * u64::from(PIECE_BYTES), PIECE_BYTES, hashes).expect("valid")
+}
+
+fn have(manifest: &Manifest, pieces: &[u32]) -> Bitfield {
+    let mut field = Bitfield::new(manifest.piece_count());
+    for &piece in pieces {
+        field.set(PieceIndex(piece));
+    }
+    field
+}
+
+fn only_message(outputs: &[Output]) -> &Message {
+    match outputs {
+        [Output::Send { message, .. }] => message,
+        other => panic!("expected one message, got {other:?}"),
+    }
+}
+
+fn error_code(outputs: &[Output]) -> ErrorCode {
+    match only_message(outputs) {
+        Message::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn is_closed(outputs: &[Output], conn: ConnId) -> bool {
+    outputs.iter().any(|o| *o == Output::Close { conn })
+}
+
+fn gone(outputs: &[Output]) -> Vec<(SocketAddr, GoneReason)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::PeerGone { peer, reason }) => Some((peer.addr, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Per piece, the addresses a `Located` answer names.
+fn holder_addrs(located: &(Vec<PeerAddr>, Vec<Vec<u16>>)) -> Vec<Vec<SocketAddr>> {
+    let (peers, holders) = located;
+    holders.iter().map(|list| list.iter().map(|&i| peers[usize::from(i)].addr).collect()).collect()
+}
+
+#[test]
+fn handshake_answers_with_the_trackers_hello() {
+    let mut h = Harness::new(1);
+    let a = h.connect(1, [10, 0, 0, 1]);
+    let outputs = h.send(a, hello(Role::Peer, 1, 6001));
+    match only_message(&outputs) {
+        Message::Hello(reply) => {
+            assert_eq!(reply.version, PROTOCOL_VERSION);
+            assert_eq!(reply.role, Role::Tracker);
+            assert_eq!(reply.peer_id, h.tracker.peer_id());
+            assert_eq!(reply.listen_port, 0);
+        }
+        other => panic!("expected Hello, got {other:?}"),
+    }
+}
+
+#[test]
+fn version_mismatch_is_refused_and_closed() {
+    let mut h = Harness::new(1);
+    let a = h.connect(1, [10, 0, 0, 1]);
+    let mut bad = Hello { version: PROTOCOL_VERSION + 1, role: Role::Peer, peer_id: PeerId([1; 16]), listen_port: 1 };
+    let outputs = h.send(a, Message::Hello(bad.clone()));
+    assert!(matches!(
+        &outputs[0],
+        Output::Send { message: Message::Error { code: ErrorCode::VersionMismatch, .. }, .. }
+    ));
+    assert!(is_closed(&outputs, a.conn));
+    assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));
+    bad.version = PROTOCOL_VERSION;
+    assert!(h.send(a, Message::Hello(bad)).is_empty(), "a closed connection is ignored");
+}
+
+#[test]
+fn a_message_before_hello_is_refused_and_closed() {
+    let mut h = Harness::new(1);
+    let a = h.connect(1, [10, 0, 0, 1]);
+    let outputs = h.send(a, Message::List);
+    assert!(matches!(
+        &outputs[0],
+        Output::Send { message: Message::Error { code: ErrorCode::HandshakeExpected, .. }, .. }
+    ));
+    assert!(is_closed(&outputs, a.conn));
+}
+
+#[test]
+fn silent_connection_is_closed_after_the_handshake_timeout() {
+    let mut h = Harness::new(1);
+    let a = h.connect(1, [10, 0, 0, 1]);
+    assert_eq!(h.tracker.poll_timeout(), Some(Time::ZERO + HANDSHAKE_TIMEOUT));
+    let outputs = h.advance(HANDSHAKE_TIMEOUT);
+    assert!(is_closed(&outputs, a.conn));
+    assert_eq!(h.tracker.poll_timeout(), None);
+}
+
+#[test]
+fn idle_connection_is_closed_and_its_peer_forgotten() {
+    let mut h = Harness::new(1);
+    let a = h.join(1, Role::Client, 0);
+    assert_eq!(h.tracker.poll_timeout(), Some(Time::ZERO + IDLE_TIMEOUT));
+    h.now = h.now + Duration::from_secs(30);
+    h.send(a, Message::List);
+    assert_eq!(h.tracker.poll_timeout(), Some(h.now + IDLE_TIMEOUT), "activity moves the idle deadline");
+    let outputs = h.advance(IDLE_TIMEOUT);
+    assert!(is_closed(&outputs, a.conn));
+}
+
+#[test]
+fn announce_with_manifest_is_recorded_and_reported_once() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 3);
+    let a = h.peer(1);
+    let outputs = h.announce(a, &file, &[0, 2]);
+    let peer = PeerAddr { peer_id: PeerId([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]), addr: a.addr() };
+    assert_eq!(
+        outputs,
+        vec![
+            Output::Event(Event::PeerAnnounced { peer, file_id: file.file_id(), pieces: 2 }),
+            Output::Send { conn: a.conn, message: Message::Announced { file_id: file.file_id() } },
+        ]
+    );
+    let again = h.announce(a, &file, &[0, 1, 2]);
+    assert_eq!(only_message(&again), &Message::Announced { file_id: file.file_id() }, "no second PeerAnnounced");
+}
+
+#[test]
+fn announce_without_manifest_of_an_unknown_file_asks_for_it() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 3);
+    let a = h.peer(1);
+    let outputs = h.send(a, Message::Announce { file_id: file.file_id(), manifest: None, have: have(&file, &[0]) });
+    assert_eq!(
+        only_message(&outputs),
+        &Message::error(Some(file.file_id()), ErrorCode::UnknownFile, "unknown file; send the manifest")
+    );
+    h.announce(a, &file, &[0]);
+    let b = h.peer(2);
+    let outputs = h.send(b, Message::Announce { file_id: file.file_id(), manifest: None, have: have(&file, &[1]) });
+    let reply = Output::Send { conn: b.conn, message: Message::Announced { file_id: file.file_id() } };
+    assert_eq!(outputs.last(), Some(&reply), "a known file needs no manifest");
+}
+
+#[test]
+fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
+    let mut h = Harness::new(1);
+    let (file, other) = (manifest("f", 3), manifest("g", 3));
+    let a = h.peer(1);
+    let wrong_id = Message::Announce { file_id: other.file_id(), manifest: Some(file.clone()), have: have(&file, &[]) };
+    assert_eq!(error_code(&h.send(a, wrong_id)), ErrorCode::BadRequest);
+    let wrong_len = Message::Announce { file_id: file.file_id(), manifest: Some(file.clone()), have: Bitfield::new(4) };
+    let outputs = h.send(a, wrong_len);
+    assert_eq!(error_code(&outputs), ErrorCode::BadRequest);
+    assert!(!is_closed(&outputs, a.conn));
+    let d = h.peer(4);
+    let outputs = h.send(d, Message::Locate { file_id: file.file_id() });
+    assert_eq!(error_code(&outputs), ErrorCode::UnknownFile, "refused announces register nothing");
+}
+
+#[test]
+fn located_lists_each_pieces_holders_at_their_announced_addresses() {
+    let mut h = Harness::new(1);
+    let file = manifest("abc", 3);
+    let (a, b, c, d) = (h.peer(1), h.peer(2), h.peer(3), h.peer(4));
+    h.announce(a, &file, &[0]);
+    h.announce(b, &file, &[1]);
+    h.announce(c, &file, &[2]);
+    h.announce(d, &file, &[]);
+    let located = h.locate(d, &file);
+    assert_eq!(located.0.len(), 3);
+    assert_eq!(holder_addrs(&located), vec![vec![a.addr()], vec![b.addr()], vec![c.addr()]]);
+    assert_eq!(a.addr(), "10.0.0.1:6001".parse().expect("valid address"), "source IP + Hello's listen port");
+}
+
+#[test]
+fn the_asker_is_never_named_to_itself() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 2);
+    let (a, b) = (h.peer(1), h.peer(2));
+    h.announce(a, &file, &[0, 1]);
+    h.announce(b, &file, &[1]);
+    let located = h.locate(a, &file);
+    assert_eq!(holder_addrs(&located), vec![vec![], vec![b.addr()]]);
+}
+
+#[test]
+fn holders_per_piece_and_peers_per_answer_are_capped() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 200);
+    let all: Vec<u32> = (0..200).collect();
+    for n in 1..=20 {
+        let p = h.peer(n);
+        h.announce(p, &file, &all);
+    }
+    let asker = h.join(99, Role::Client, 0);
+    let located = h.locate(asker, &file);
+    assert!(located.1.iter().all(|list| list.len() == HOLDERS_PER_PIECE_MAX));
+    assert!(located.0.len() <= LOCATED_PEERS_MAX);
+    // Each piece names distinct peers.
+    for list in &located.1 {
+        let mut sorted = list.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), list.len());
+    }
+    // 200 single-piece holders: the peer cap binds before every piece has a holder.
+    let mut h = Harness::new(1);
+    for n in 0..200 {
+        let p = h.peer(n + 1);
+        h.announce(p, &file, &[n as u32]);
+    }
+    let asker = h.join(999, Role::Client, 0);
+    let (peers, holders) = h.locate(asker, &file);
+    assert_eq!(peers.len(), LOCATED_PEERS_MAX);
+    assert_eq!(holders.iter().filter(|list| !list.is_empty()).count(), LOCATED_PEERS_MAX);
+}
+
+#[test]
+fn a_peer_that_stops_announcing_expires_and_reannouncing_refreshes() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (a, b, d) = (h.peer(1), h.peer(2), h.peer(4));
+    h.announce(a, &file, &[0]);
+    h.announce(b, &file, &[0]);
+    let ttl = ANNOUNCE_INTERVAL_DEFAULT * TTL_INTERVALS_COUNT;
+    h.now = h.now + ttl / 2;
+    h.announce(b, &file, &[0]);
+    h.send(a, Message::List); // traffic keeps the connection, not the registration
+    let outputs = h.advance(ttl / 2);
+    assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Expired)]);
+    assert!(!is_closed(&outputs, a.conn), "expiry forgets the peer, not its connection");
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![b.addr()]]);
+    let outputs = h.advance(ttl / 2);
+    assert_eq!(gone(&outputs), vec![(b.addr(), GoneReason::Expired)]);
+    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: file.file_id() })), ErrorCode::UnknownFile);
+}
+
+#[test]
+fn disconnect_forgets_the_peer_at_once() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (a, d) = (h.peer(1), h.peer(4));
+    h.announce(a, &file, &[0]);
+    let outputs = h.input(Input::Disconnected { conn: a.conn });
+    assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Disconnected)]);
+    assert!(!is_closed(&outputs, a.conn), "no Close for a connection already closed");
+    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: file.file_id() })), ErrorCode::UnknownFile);
+}
+
+#[test]
+fn leave_forgets_one_file_or_every_file() {
+    let mut h = Harness::new(1);
+    let (f, g) = (manifest("f", 1), manifest("g", 1));
+    let (a, d) = (h.peer(1), h.peer(4));
+    h.announce(a, &f, &[0]);
+    h.announce(a, &g, &[0]);
+    let outputs = h.send(a, Message::Leave { file_id: Some(f.file_id()) });
+    assert!(outputs.is_empty(), "still a holder of g");
+    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: f.file_id() })), ErrorCode::UnknownFile);
+    assert_eq!(holder_addrs(&h.locate(d, &g)), vec![vec![a.addr()]]);
+    h.announce(a, &f, &[0]);
+    let outputs = h.send(a, Message::Leave { file_id: None });
+    assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Left)]);
+    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: g.file_id() })), ErrorCode::UnknownFile);
+}
+
+#[test]
+fn have_adds_a_holder_and_bad_haves_are_refused_without_closing() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 2);
+    let (a, d) = (h.peer(1), h.peer(4));
+    h.announce(a, &file, &[0]);
+    assert!(h.send(a, Message::Have { file_id: file.file_id(), piece: PieceIndex(1) }).is_empty());
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()], vec![a.addr()]]);
+    let out_of_range = h.send(a, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) });
+    assert_eq!(error_code(&out_of_range), ErrorCode::BadRequest);
+    let unknown = h.send(a, Message::Have { file_id: manifest("g", 1).file_id(), piece: PieceIndex(0) });
+    assert_eq!(error_code(&unknown), ErrorCode::BadRequest);
+    let not_announced = h.send(d, Message::Have { file_id: file.file_id(), piece: PieceIndex(0) });
+    assert_eq!(error_code(&not_announced), ErrorCode::BadRequest);
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()], vec![a.addr()]]);
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (a, bad, d) = (h.peer(1), h.peer(2), h.peer(4));
+    h.announce(a, &file, &[0]);
+    h.announce(bad, &file, &[0]);
+    let outputs = h.input(Input::BadFrame { conn: bad.conn, reason: "frame does not decode".into() });
+    assert!(matches!(
+        &outputs[0],
+        Output::Send { message: Message::Error { code: ErrorCode::MalformedFrame, .. }, .. }
+    ));
+    assert!(is_closed(&outputs, bad.conn));
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o, Output::Event(Event::ProtocolViolation { conn, .. }) if *conn == bad.conn)));
+    assert_eq!(gone(&outputs), vec![(bad.addr(), GoneReason::Disconnected)]);
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()]]);
+    let stranger = h.connect(7, [10, 0, 0, 7]);
+    assert!(is_closed(&h.input(Input::BadFrame { conn: stranger.conn, reason: "oversized".into() }), stranger.conn));
+    assert_eq!(only_message(&h.send(a, Message::Announced { file_id: file.file_id() })).kind(), "error");
+}
+
+#[test]
+fn clients_may_only_query_and_are_never_listed() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (a, client) = (h.peer(1), h.join(2, Role::Client, 7000));
+    h.announce(a, &file, &[0]);
+    assert_eq!(error_code(&h.announce(client, &file, &[0])), ErrorCode::Unexpected);
+    let have = Message::Have { file_id: file.file_id(), piece: PieceIndex(0) };
+    assert_eq!(error_code(&h.send(client, have)), ErrorCode::Unexpected);
+    assert_eq!(holder_addrs(&h.locate(client, &file)), vec![vec![a.addr()]]);
+    let outputs = h.send(client, Message::List);
+    match only_message(&outputs) {
+        Message::Files { files, truncated } => {
+            assert!(!truncated);
+            assert_eq!(files.len(), 1);
+            assert_eq!((files[0].peer_count, files[0].holders_per_piece.clone()), (1, vec![1]));
+        }
+        other => panic!("expected Files, got {other:?}"),
+    }
+}
+
+#[test]
+fn list_is_ordered_by_file_id_with_per_piece_counts() {
+    let mut h = Harness::new(1);
+    let files: Vec<Manifest> = ["a", "b", "c", "d"].iter().map(|name| manifest(name, 2)).collect();
+    let (p, q) = (h.peer(1), h.peer(2));
+    for file in &files {
+        h.announce(p, file, &[0]);
+        h.announce(q, file, &[0, 1]);
+    }
+    let empty = h.peer(3);
+    h.announce(empty, &files[0], &[]);
+    let outputs = h.send(p, Message::List);
+    let Message::Files { files: listed, truncated: false } = only_message(&outputs) else { panic!("expected Files") };
+    let mut ids: Vec<FileId> = files.iter().map(Manifest::file_id).collect();
+    ids.sort();
+    assert_eq!(listed.iter().map(|s| s.file_id).collect::<Vec<_>>(), ids);
+    assert!(listed.iter().all(|s| s.peer_count == 2 && s.holders_per_piece == vec![2, 1]));
+}
+
+#[test]
+fn other_messages_are_unexpected_but_keep_the_connection() {
+    let mut h = Harness::new(1);
+    let a = h.peer(1);
+    let outputs = h.send(a, Message::Announced { file_id: manifest("f", 1).file_id() });
+    assert_eq!(error_code(&outputs), ErrorCode::Unexpected);
+    assert!(!is_closed(&outputs, a.conn));
+    let twice = h.send(a, hello(Role::Peer, 1, 6001));
+    assert!(is_closed(&twice, a.conn), "a second Hello breaks the protocol");
+}
+
+#[test]
+fn a_restarted_peer_replaces_its_stale_connection() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (old, d) = (h.peer(1), h.peer(4));
+    h.announce(old, &file, &[0]);
+    let new = Remote { conn: ConnId::Inbound(11), ..old };
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(old.ip)), 50_001);
+    h.input(Input::Connected { conn: new.conn, remote });
+    let outputs = h.send(new, hello(Role::Peer, 1, old.port));
+    assert!(is_closed(&outputs, old.conn));
+    assert_eq!(gone(&outputs), vec![(old.addr(), GoneReason::Disconnected)]);
+    h.announce(new, &file, &[0]);
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![old.addr()]], "listed once");
+}
+
+#[test]
+fn same_seed_gives_the_same_located_order() {
+    let run = |seed: u64| {
+        let mut h = Harness::new(seed);
+        let file = manifest("f", 16);
+        let all: Vec<u32> = (0..16).collect();
+        for n in 1..=40 {
+            let p = h.peer(n);
+            h.announce(p, &file, &all);
+        }
+        let asker = h.join(100, Role::Client, 0);
+        (0..5).map(|_| h.locate(asker, &file)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8), "another seed shuffles differently");
+    let answers = run(7);
+    assert_ne!(answers[0], answers[1], "successive answers spread the load");
+}
+
+#[test]
+fn locate_stays_cheap_with_many_holders() {
+    let mut h = Harness::new(5);
+    h.check = false;
+    let file = manifest("big", 256);
+    for n in 0..2000u64 {
+        let p = Remote { port: 6000, ..h.connect(n, [10, (n >> 8) as u8, n as u8, 1]) };
+        h.tracker.handle(h.now, Input::Message { conn: p.conn, message: hello(Role::Peer, n, 6000) });
+        let pieces: Vec<u32> = ((7 - n as u32 % 7) % 7..256).step_by(7).collect();
+        let message =
+            Message::Announce { file_id: file.file_id(), manifest: Some(file.clone()), have: have(&file, &pieces) };
+        h.tracker.handle(h.now, Input::Message { conn: p.conn, message });
+        while h.tracker.poll_output().is_some() {}
+    }
+    let asker = h.join(5000, Role::Client, 0);
+    for _ in 0..200 {
+        let (peers, holders) = h.locate(asker, &file);
+        assert!(peers.len() <= LOCATED_PEERS_MAX);
+        assert!(holders.iter().all(|list| !list.is_empty() && list.len() <= HOLDERS_PER_PIECE_MAX));
+    }
+}
+
+#[test]
+fn connections_past_the_limit_are_refused() {
+    let mut h = Harness::new(1);
+    for n in 0..CONNECTIONS_MAX as u64 {
+        h.tracker
+            .handle(h.now, Input::Connected { conn: ConnId::Inbound(n), remote: "10.0.0.1:1".parse().expect("ok") });
+    }
+    let remote = "10.0.0.2:1".parse().expect("valid address");
+    let outputs = h.input(Input::Connected { conn: ConnId::Inbound(u64::MAX), remote });
+    assert_eq!(error_code(&outputs[..1]), ErrorCode::Overloaded);
+    assert!(is_closed(&outputs, ConnId::Inbound(u64::MAX)));
+}
