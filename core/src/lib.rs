@@ -30,6 +30,8 @@ pub mod machine;
 pub mod manifest;
 pub mod peer;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod time;
 pub mod tracker;
 pub mod wire;

@@ -212,7 +212,7 @@ pub(super) fn all_blocks(blocks: u32) -> u64 {
 
 /// The block index an offset names, if it is a block boundary inside the piece.
 pub(super) fn block_at(piece_len: u32, offset: u32) -> Option<u32> {
-    (offset % BLOCK_BYTES == 0 && offset < piece_len.max(1)).then_some(offset / BLOCK_BYTES)
+    (offset.is_multiple_of(BLOCK_BYTES) && offset < piece_len.max(1)).then_some(offset / BLOCK_BYTES)
 }
 
 /// Key of one outstanding block request on a connection.

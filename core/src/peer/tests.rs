@@ -1,1 +1,232 @@
-//! Peer tests.
+//! Peer behaviour, driven through the public inputs and outputs of real machines in the
+//! [`crate::testkit`] harness (tracker + peers + in-memory stores, virtual time).
+
+use std::time::Duration;
+
+use crate::ids::PieceIndex;
+use crate::limits::{BLOCK_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
+use crate::machine::{Command, Event};
+use crate::testkit::{file, Harness, NodeIx};
+use crate::time::Time;
+
+const KIB: usize = 1024;
+
+fn get(h: &mut Harness, node: NodeIx, manifest: &crate::Manifest) {
+    h.command(node, Command::Get { file_id: manifest.file_id(), resume: None });
+}
+
+fn verified_from(h: &Harness, node: NodeIx) -> Vec<(PieceIndex, std::net::SocketAddr)> {
+    h.events_of(node)
+        .filter_map(|(_, _, e)| match e {
+            Event::PieceVerified { piece, from, .. } => Some((*piece, *from)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_b_c_each_hold_one_piece_d_fetches_all_three_at_once_then_e_fetches_from_d() {
+    let mut h = Harness::new(1);
+    let (bytes, manifest) = file(3 * 64 * KIB, 64 * 1024, 7);
+    let id = manifest.file_id();
+    let [a, b, c, d, e] = [11, 12, 13, 14, 15].map(|seed| h.add_peer(seed, None));
+    for (node, piece) in [(a, 0), (b, 1), (c, 2)] {
+        h.share(node, &manifest, &bytes, Some(&[piece]));
+    }
+    h.run_until(Duration::from_secs(5), |h| {
+        [a, b, c].iter().all(|n| h.events_of(*n).any(|(_, _, e)| matches!(e, Event::Sharing { .. })))
+    });
+    get(&mut h, d, &manifest);
+    h.run_until(Duration::from_secs(5), |h| h.completed(d, id));
+    assert_eq!(h.stored(d, id), Some(&bytes[..]));
+    let mut sources = verified_from(&h, d);
+    sources.sort();
+    assert_eq!(sources, vec![(PieceIndex(0), h.addr(a)), (PieceIndex(1), h.addr(b)), (PieceIndex(2), h.addr(c))]);
+    // The three requests went out together, before any piece arrived.
+    let requested: Vec<Time> =
+        h.events_of(d).filter_map(|(t, _, e)| matches!(e, Event::PieceRequested { .. }).then_some(*t)).collect();
+    let first_verified = h.events_of(d).find(|(_, _, e)| matches!(e, Event::PieceVerified { .. })).map(|(t, _, _)| *t);
+    assert_eq!(requested.len(), 3);
+    assert!(requested.iter().all(|t| Some(*t) <= first_verified));
+
+    for node in [a, b, c] {
+        h.command(node, Command::Leave);
+    }
+    get(&mut h, e, &manifest);
+    h.run_until(Duration::from_secs(10), |h| h.completed(e, id));
+    assert_eq!(h.stored(e, id), Some(&bytes[..]));
+    assert!(verified_from(&h, e).iter().all(|(_, from)| *from == h.addr(d)));
+}
+
+#[test]
+fn requests_are_pipelined_and_bounded_per_connection() {
+    let mut h = Harness::new(2);
+    let (bytes, manifest) = file(40 * BLOCK_BYTES as usize, 1024 * 1024, 1);
+    let (seeder, leecher) = (h.add_peer(1, None), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    let mut peak = 0;
+    h.run_until(Duration::from_secs(10), |h| {
+        peak = peak.max(h.peer(leecher).requests_in_flight());
+        h.completed(leecher, manifest.file_id())
+    });
+    assert_eq!(peak, REQUESTS_IN_FLIGHT_PER_CONN_MAX);
+    assert_eq!(h.stored(leecher, manifest.file_id()), Some(&bytes[..]));
+}
+
+#[test]
+fn rarest_pieces_are_fetched_first() {
+    let mut h = Harness::new(3);
+    let (bytes, manifest) = file(40 * 16 * KIB, 16 * 1024, 3);
+    let common: Vec<u32> = (0..30).collect();
+    let full = h.add_peer(1, None);
+    let partial: Vec<NodeIx> = (2..6).map(|seed| h.add_peer(seed, None)).collect();
+    h.share(full, &manifest, &bytes, None);
+    for node in &partial {
+        h.share(*node, &manifest, &bytes, Some(&common));
+    }
+    let leecher = h.add_peer(9, None);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(10), |h| h.completed(leecher, manifest.file_id()));
+    // Pieces 30..40 exist only on `full`; it is asked for them before the common ones.
+    let from_full: Vec<u32> = h
+        .events_of(leecher)
+        .filter_map(|(_, _, e)| match e {
+            Event::PieceRequested { piece, from, .. } if *from == h.addr(full) => Some(piece.0),
+            _ => None,
+        })
+        .collect();
+    let rare_first = from_full.iter().take(10).filter(|p| **p >= 30).count();
+    assert!(rare_first >= 8, "full seeder was asked for {from_full:?}");
+}
+
+#[test]
+fn a_corrupt_seeder_is_struck_banned_and_the_file_is_still_correct() {
+    let mut h = Harness::new(4);
+    let (bytes, manifest) = file(64 * 16 * KIB, 16 * 1024, 4);
+    let id = manifest.file_id();
+    let (liar, honest, leecher) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
+    h.share(liar, &manifest, &bytes, None);
+    h.share(honest, &manifest, &bytes, None);
+    for piece in 0..64 {
+        h.corrupt(liar, id, piece);
+    }
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(20), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+    let corrupt = h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::PieceCorrupt { .. })).count();
+    assert!(corrupt >= 1);
+    assert!(h.events_of(leecher).any(|(_, _, e)| matches!(e, Event::PeerBanned { addr, .. } if *addr == h.addr(liar))));
+    assert!(verified_from(&h, leecher).iter().all(|(_, from)| *from == h.addr(honest)));
+}
+
+#[test]
+fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
+    let mut h = Harness::new(5);
+    let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 5);
+    let id = manifest.file_id();
+    let (partial, leecher, late) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
+    h.share(partial, &manifest, &bytes, Some(&[0, 1, 3]));
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_for(Duration::from_secs(5));
+    assert!(!h.completed(leecher, id));
+    assert!(h
+        .events_of(leecher)
+        .any(|(_, _, e)| *e == Event::PiecesMissing { file_id: id, pieces: vec![PieceIndex(2)] }));
+    assert_eq!(h.peer(leecher).have(&id).map(|b| b.count()), Some(3));
+    h.share(late, &manifest, &bytes, Some(&[2]));
+    h.run_until(Duration::from_secs(10), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+}
+
+#[test]
+fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
+    let mut h = Harness::new(6);
+    let (bytes, manifest) = file(6 * 16 * KIB, 16 * 1024, 6);
+    let id = manifest.file_id();
+    let (hole, good, leecher) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
+    h.share(hole, &manifest, &bytes, None);
+    h.share(good, &manifest, &bytes, None);
+    h.silence(hole);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+}
+
+#[test]
+fn a_seeder_that_crashes_mid_download_is_replaced_by_another_holder() {
+    let mut h = Harness::new(7);
+    let (bytes, manifest) = file(32 * 16 * KIB, 16 * 1024, 7);
+    let id = manifest.file_id();
+    let (first, second, leecher) =
+        (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, Some(64 * 1024)), h.add_peer(3, None));
+    h.share(first, &manifest, &bytes, None);
+    h.share(second, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(30), |h| h.peer(leecher).have(&id).is_some_and(|b| b.count() >= 8));
+    h.crash(first);
+    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+}
+
+#[test]
+fn a_restarted_tracker_is_rebuilt_from_announces_and_downloads_finish() {
+    let mut h = Harness::new(8);
+    let (bytes, manifest) = file(32 * 16 * KIB, 16 * 1024, 8);
+    let id = manifest.file_id();
+    let (seeder, leecher) = (h.add_peer(1, Some(128 * 1024)), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_for(Duration::from_secs(1));
+    h.restart_tracker(99);
+    let late = h.add_peer(3, None);
+    get(&mut h, late, &manifest);
+    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id) && h.completed(late, id));
+    assert_eq!(h.stored(late, id), Some(&bytes[..]));
+    assert!(h.events_of(seeder).filter(|(_, _, e)| *e == Event::TrackerConnected).count() >= 2);
+}
+
+#[test]
+fn an_upload_cap_paces_the_transfer() {
+    let mut h = Harness::new(9);
+    let (bytes, manifest) = file(4 * 1024 * KIB, 256 * 1024, 9);
+    let id = manifest.file_id();
+    let (seeder, leecher) = (h.add_peer(1, Some(1024 * 1024)), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    let start = h.now();
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(30), |h| h.completed(leecher, id));
+    let took = h.now() - start;
+    // 4 MiB at 1 MiB/s, less the initial burst and the one block the pacer may overdraw.
+    assert!(took >= Duration::from_millis(3450) && took <= Duration::from_millis(4200), "took {took:?}");
+}
+
+#[test]
+fn same_seed_same_events() {
+    let run = |seed| {
+        let mut h = Harness::new(seed);
+        let (bytes, manifest) = file(20 * 16 * KIB, 16 * 1024, 1);
+        let seeders: Vec<NodeIx> = (0..3).map(|s| h.add_peer(seed + s, None)).collect();
+        for (i, node) in seeders.iter().enumerate() {
+            let pieces: Vec<u32> = (0..20).filter(|p| p % 3 != i as u32).collect();
+            h.share(*node, &manifest, &bytes, Some(&pieces));
+        }
+        let leechers: Vec<NodeIx> = (0..4).map(|s| h.add_peer(seed + 10 + s, None)).collect();
+        h.run_for(Duration::from_millis(10));
+        for node in &leechers {
+            get(&mut h, *node, &manifest);
+        }
+        h.run_until(Duration::from_secs(20), |h| leechers.iter().all(|n| h.completed(*n, manifest.file_id())));
+        format!("{:?}", h.events)
+    };
+    assert_eq!(run(40), run(40));
+    assert_ne!(run(40), run(41));
+}

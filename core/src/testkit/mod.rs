@@ -1,0 +1,344 @@
+//! A test harness: one tracker and any number of peers wired by plain function calls, with
+//! in-memory stores and a virtual clock (the shape of quinn-proto's `Pair`).
+//!
+//! Messages travel through the real frame codec with zero latency; storage work completes at
+//! once; time jumps to the earliest `poll_timeout` when nothing else is pending. `run_until`
+//! fails a test that does not settle within a bounded number of steps or a virtual deadline.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, Digest, FileId, PieceIndex};
+use crate::machine::{Command, Completion, Event, Input, Machine, Output};
+use crate::manifest::{Manifest, ManifestBuilder};
+use crate::peer::{Peer, PeerConfig};
+use crate::time::Time;
+use crate::tracker::{Tracker, TrackerConfig};
+use crate::wire::{decode_frame, encode_frame};
+
+/// Index of a node in the harness; the tracker is node 0.
+pub type NodeIx = usize;
+
+/// The tracker's index.
+pub const TRACKER: NodeIx = 0;
+
+/// Steps after which `run_until` declares the system stuck.
+const STEPS_MAX: usize = 2_000_000;
+
+enum Machine_ {
+    Tracker(Box<Tracker>),
+    Peer(Box<Peer>),
+}
+
+/// One node: its machine, its address, and (for a peer) its in-memory store.
+struct Node {
+    machine: Machine_,
+    addr: SocketAddr,
+    alive: bool,
+    /// File contents by id: complete copies for shared files, partial ones for downloads.
+    store: BTreeMap<FileId, Vec<u8>>,
+    /// Pieces this node serves with flipped bytes.
+    corrupt: BTreeSet<(FileId, PieceIndex)>,
+    /// When set, the node never answers requests (a black hole).
+    silent: bool,
+    next_inbound: u64,
+}
+
+/// A tracker, peers, and the wires between them.
+pub struct Harness {
+    now: Time,
+    nodes: Vec<Node>,
+    links: BTreeMap<(NodeIx, ConnId), (NodeIx, ConnId)>,
+    pending: VecDeque<(NodeIx, Input)>,
+    /// Every event with the time and node it came from.
+    pub events: Vec<(Time, NodeIx, Event)>,
+}
+
+impl Harness {
+    /// A harness with a tracker seeded by `seed` and no peers.
+    pub fn new(seed: u64) -> Harness {
+        let tracker = Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() });
+        let mut harness = Harness {
+            now: Time::ZERO,
+            nodes: Vec::new(),
+            links: BTreeMap::new(),
+            pending: VecDeque::new(),
+            events: Vec::new(),
+        };
+        harness.nodes.push(Node::new(Machine_::Tracker(Box::new(tracker)), addr(0)));
+        harness
+    }
+
+    /// Adds a peer seeded by `seed`, optionally upload-capped; returns its index.
+    pub fn add_peer(&mut self, seed: u64, upload_limit_bytes_per_s: Option<u64>) -> NodeIx {
+        let ix = self.nodes.len();
+        let mut config = PeerConfig::new(seed, addr(0), 7000);
+        config.upload_limit_bytes_per_s = upload_limit_bytes_per_s;
+        self.nodes.push(Node::new(Machine_::Peer(Box::new(Peer::new(config))), addr(ix)));
+        ix
+    }
+
+    /// The address of a node.
+    pub fn addr(&self, node: NodeIx) -> SocketAddr {
+        self.nodes[node].addr
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The peer machine of a node.
+    pub fn peer(&self, node: NodeIx) -> &Peer {
+        match &self.nodes[node].machine {
+            Machine_::Peer(peer) => peer,
+            Machine_::Tracker(_) => panic!("node {node} is the tracker"),
+        }
+    }
+
+    /// Makes `node` share `bytes` as `manifest`, serving only `pieces` (all when `None`).
+    pub fn share(&mut self, node: NodeIx, manifest: &Manifest, bytes: &[u8], pieces: Option<&[u32]>) {
+        let mut have = Bitfield::new(manifest.piece_count());
+        match pieces {
+            Some(list) => list.iter().for_each(|p| _ = have.set(PieceIndex(*p))),
+            None => have = Bitfield::full(manifest.piece_count()),
+        }
+        self.nodes[node].store.insert(manifest.file_id(), bytes.to_vec());
+        self.command(node, Command::Share { manifest: manifest.clone(), have });
+    }
+
+    /// Gives a local command to a peer.
+    pub fn command(&mut self, node: NodeIx, command: Command) {
+        self.pending.push_back((node, Input::Command(command)));
+    }
+
+    /// Makes `node` serve flipped bytes for `piece`.
+    pub fn corrupt(&mut self, node: NodeIx, file_id: FileId, piece: u32) {
+        self.nodes[node].corrupt.insert((file_id, PieceIndex(piece)));
+    }
+
+    /// Makes `node` accept requests and never answer them.
+    pub fn silence(&mut self, node: NodeIx) {
+        self.nodes[node].silent = true;
+    }
+
+    /// The node disappears: every connection to it drops.
+    pub fn crash(&mut self, node: NodeIx) {
+        self.nodes[node].alive = false;
+        let cut: Vec<_> = self.links.keys().filter(|(n, _)| *n == node).copied().collect();
+        for end in cut {
+            if let Some(other) = self.links.remove(&end) {
+                self.links.remove(&other);
+                self.pending.push_back((other.0, Input::Disconnected { conn: other.1 }));
+            }
+        }
+    }
+
+    /// Replaces the tracker with a fresh one that knows nothing.
+    pub fn restart_tracker(&mut self, seed: u64) {
+        self.crash(TRACKER);
+        let tracker = Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() });
+        self.nodes[TRACKER] = Node::new(Machine_::Tracker(Box::new(tracker)), addr(0));
+    }
+
+    /// The bytes `node` stores for a file.
+    pub fn stored(&self, node: NodeIx, file_id: FileId) -> Option<&[u8]> {
+        self.nodes[node].store.get(&file_id).map(Vec::as_slice)
+    }
+
+    /// Whether `node` reported `Complete` for `file_id`.
+    pub fn completed(&self, node: NodeIx, file_id: FileId) -> bool {
+        self.events.iter().any(|(_, n, e)| *n == node && *e == Event::Complete { file_id })
+    }
+
+    /// Events of one node, in order.
+    pub fn events_of(&self, node: NodeIx) -> impl Iterator<Item = &(Time, NodeIx, Event)> {
+        self.events.iter().filter(move |(_, n, _)| *n == node)
+    }
+
+    /// Runs until `done` holds; panics if virtual time passes `deadline` or the run never
+    /// settles.
+    pub fn run_until(&mut self, deadline: Duration, mut done: impl FnMut(&Harness) -> bool) {
+        let end = self.now + deadline;
+        for _ in 0..STEPS_MAX {
+            if done(self) {
+                return;
+            }
+            if let Some((node, input)) = self.pending.pop_front() {
+                self.deliver(node, input);
+                continue;
+            }
+            let next = self.next_timeout().unwrap_or_else(|| panic!("idle at {} and not done", self.now));
+            assert!(next.0 <= end, "not done by {end}; next wake-up at {}", next.0);
+            self.now = self.now.max(next.0);
+            self.deliver(next.1, Input::Timeout);
+        }
+        panic!("no settling within {STEPS_MAX} steps");
+    }
+
+    /// Runs for `span` of virtual time.
+    pub fn run_for(&mut self, span: Duration) {
+        let end = self.now + span;
+        loop {
+            if let Some((node, input)) = self.pending.pop_front() {
+                self.deliver(node, input);
+                continue;
+            }
+            match self.next_timeout() {
+                Some((at, node)) if at <= end => {
+                    self.now = self.now.max(at);
+                    self.deliver(node, Input::Timeout);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn next_timeout(&self) -> Option<(Time, NodeIx)> {
+        let alive = self.nodes.iter().enumerate().filter(|(_, n)| n.alive);
+        alive.filter_map(|(ix, n)| n.machine().poll_timeout().map(|t| (t, ix))).min()
+    }
+
+    fn deliver(&mut self, node: NodeIx, input: Input) {
+        if !self.nodes[node].alive {
+            return;
+        }
+        let now = self.now;
+        self.nodes[node].machine_mut().handle(now, input);
+        while let Some(output) = self.nodes[node].machine_mut().poll_output() {
+            self.carry_out(node, output);
+        }
+    }
+
+    fn carry_out(&mut self, node: NodeIx, output: Output) {
+        match output {
+            Output::Connect { conn, addr } => self.connect(node, conn, addr),
+            Output::Send { conn, message } => {
+                let Some(&(peer, peer_conn)) = self.links.get(&(node, conn)) else { return };
+                if self.nodes[node].silent && matches!(message, crate::wire::Message::Data { .. }) {
+                    return;
+                }
+                // Through the real codec, so every message in a test is also a wire test.
+                let mut frame = BytesMut::new();
+                encode_frame(&message, &mut frame).expect("message fits a frame");
+                let message = decode_frame(&mut frame).expect("decodes").expect("whole frame");
+                self.pending.push_back((peer, Input::Message { conn: peer_conn, message }));
+            }
+            Output::Close { conn } => {
+                if let Some(other) = self.links.remove(&(node, conn)) {
+                    self.links.remove(&other);
+                    self.pending.push_back((other.0, Input::Disconnected { conn: other.1 }));
+                }
+            }
+            Output::Event(event) => self.events.push((self.now, node, event)),
+            storage => self.storage(node, storage),
+        }
+    }
+
+    fn connect(&mut self, node: NodeIx, conn: ConnId, target: SocketAddr) {
+        let found = self.nodes.iter().position(|n| n.addr == target && n.alive);
+        let Some(target_ix) = found else {
+            self.pending.push_back((node, Input::Disconnected { conn }));
+            return;
+        };
+        self.nodes[target_ix].next_inbound += 1;
+        let inbound = ConnId::Inbound(self.nodes[target_ix].next_inbound);
+        self.links.insert((node, conn), (target_ix, inbound));
+        self.links.insert((target_ix, inbound), (node, conn));
+        let source = SocketAddr::new(self.nodes[node].addr.ip(), 40000);
+        self.pending.push_back((node, Input::Connected { conn, remote: target }));
+        self.pending.push_back((target_ix, Input::Connected { conn: inbound, remote: source }));
+    }
+
+    fn storage(&mut self, node: NodeIx, output: Output) {
+        let completion = match output {
+            Output::Allocate { manifest } => {
+                self.nodes[node]
+                    .store
+                    .entry(manifest.file_id())
+                    .or_insert_with(|| vec![0; manifest.length_bytes() as usize]);
+                return;
+            }
+            Output::WriteBlock { file_id, piece, offset, bytes } => {
+                let manifest = self.nodes[node].peer_manifest(file_id);
+                let start = (manifest.piece_offset(piece) + u64::from(offset)) as usize;
+                let data = self.nodes[node].store.get_mut(&file_id).expect("allocated before writes");
+                data[start..start + bytes.len()].copy_from_slice(&bytes);
+                Completion::BlockWritten { file_id, piece, offset, result: Ok(()) }
+            }
+            Output::HashPiece { file_id, piece } => {
+                let manifest = self.nodes[node].peer_manifest(file_id);
+                let start = manifest.piece_offset(piece) as usize;
+                let data = &self.nodes[node].store[&file_id];
+                let digest = Digest::of(&data[start..start + manifest.piece_len(piece) as usize]);
+                Completion::PieceHashed { file_id, piece, result: Ok(digest) }
+            }
+            Output::ReadBlock { conn, file_id, piece, offset, len } => {
+                let manifest = self.nodes[node].peer_manifest(file_id);
+                let start = (manifest.piece_offset(piece) + u64::from(offset)) as usize;
+                let mut bytes = self.nodes[node].store[&file_id][start..start + len as usize].to_vec();
+                if self.nodes[node].corrupt.contains(&(file_id, piece)) {
+                    bytes.iter_mut().for_each(|b| *b ^= 0x5a);
+                }
+                Completion::BlockRead { conn, file_id, piece, offset, result: Ok(Bytes::from(bytes)) }
+            }
+            Output::Finalize { file_id } => Completion::Finalized { file_id, result: Ok(()) },
+            Output::PieceVerified { .. } => return,
+            other => unreachable!("not a storage output: {other:?}"),
+        };
+        self.pending.push_back((node, Input::Completed(completion)));
+    }
+}
+
+impl Node {
+    fn new(machine: Machine_, addr: SocketAddr) -> Node {
+        Node {
+            machine,
+            addr,
+            alive: true,
+            store: BTreeMap::new(),
+            corrupt: BTreeSet::new(),
+            silent: false,
+            next_inbound: 0,
+        }
+    }
+
+    fn machine(&self) -> &dyn Machine {
+        match &self.machine {
+            Machine_::Tracker(t) => t.as_ref(),
+            Machine_::Peer(p) => p.as_ref(),
+        }
+    }
+
+    fn machine_mut(&mut self) -> &mut dyn Machine {
+        match &mut self.machine {
+            Machine_::Tracker(t) => t.as_mut(),
+            Machine_::Peer(p) => p.as_mut(),
+        }
+    }
+
+    fn peer_manifest(&self, file_id: FileId) -> Manifest {
+        match &self.machine {
+            Machine_::Peer(p) => p.manifest(&file_id).expect("storage work only for known files").clone(),
+            Machine_::Tracker(_) => unreachable!("the tracker stores nothing"),
+        }
+    }
+}
+
+/// The label address of node `ix` (never opened: the harness has no sockets).
+fn addr(ix: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, (ix / 250) as u8, (ix % 250) as u8 + 1], 7000))
+}
+
+/// `len` bytes of deterministic content and its manifest with `piece_size` pieces.
+pub fn file(len: usize, piece_size: u32, seed: u8) -> (Vec<u8>, Manifest) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect();
+    let mut builder = ManifestBuilder::new("file.bin".into(), piece_size).expect("valid piece size");
+    builder.update(&bytes);
+    (bytes, builder.finish().expect("valid manifest"))
+}
