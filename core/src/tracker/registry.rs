@@ -4,7 +4,7 @@
 //! A peer is registered under the tracker connection it announced on ([`ConnId`]): it lives as
 //! long as that connection and its TTL, so the connection is its identity here.
 //!
-//! Invariants (checked by [`Registry::check_invariants`] in tests):
+//! Invariants (checked by `Registry::check_invariants` after every input in the tests):
 //! - a file exists while at least one peer holds it (possibly with an empty bitfield), and a
 //!   peer exists while it holds at least one file — memory stays bounded by live announces;
 //! - per (file, peer) the tracker keeps one [`Bitfield`] and its [`PeerAddr`], nothing per piece;
