@@ -2,12 +2,12 @@
 //! every verified piece from the moment it is verified.
 //!
 //! The work is split by concern, each an `impl Peer` block in its own module:
-//! - [`tracker_link`]: the tracker connection (reconnect with backoff, announce, locate, `Have`);
-//! - [`links`]: peer-to-peer connections (open to holders, handshake, bitfield exchange);
-//! - [`scheduler`]: which piece and block to request from whom (rarest first, pipelining,
+//! - `tracker_link`: the tracker connection (reconnect with backoff, announce, locate, `Have`);
+//! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
+//! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
 //!   request timeouts, endgame) and what to do with arriving data and hashes;
-//! - [`serve`]: answering remotes' requests under the upload limit;
-//! - [`pieces`] and [`remote`]: the state those modules share. `STATE.md` lists the piece
+//! - `serve`: answering remotes' requests under the upload limit;
+//! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
 //!   states and their transitions.
 
 mod links;
