@@ -1,1 +1,134 @@
-fn main() {}
+//! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--driver actix|queue]`: runs a scenario in
+//! virtual time and tells what happened (DESIGN.md §5).
+//!
+//! Prints the story, a per-peer summary table and the expectation verdicts; the last line is
+//! always `trace-digest HEX`. Exit codes: 0 every expectation held, 1 one did not (or the run
+//! could not be carried out), 2 bad usage (bad arguments, or a scenario file that does not
+//! parse or validate).
+
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use p2p_sim::{check, run_actix, run_queue, Outcome, Scenario, SummaryTable, Verdict};
+
+/// Run a swarm scenario in virtual time.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-sim", version, about)]
+struct Cli {
+    /// The scenario file (TOML; see scenarios/README.md).
+    scenario: PathBuf,
+    /// Seed for every random choice (default: the scenario's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write every event to this file, one line each, virtual time first.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Which driver steps the machines (both give the same trace).
+    #[arg(long, value_enum, default_value_t = Driver::Actix)]
+    driver: Driver,
+}
+
+/// The two drivers over the one network model.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Driver {
+    /// actix actors on tokio's paused clock.
+    Actix,
+    /// A plain event-queue loop (fastest).
+    Queue,
+}
+
+const EXIT_HELD: u8 = 0;
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Printing the usage text only fails when stderr is gone; the exit code still tells.
+            e.print().ok();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_HELD });
+        }
+    };
+    let scenario = match Scenario::load(&cli.scenario) {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("p2p-sim: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(&cli, &scenario) {
+        Ok(true) => ExitCode::from(EXIT_HELD),
+        Ok(false) => ExitCode::from(EXIT_FAILED),
+        Err(e) => {
+            eprintln!("p2p-sim: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs and reports; `Ok(true)` when every expectation held.
+fn run(cli: &Cli, scenario: &Scenario) -> anyhow::Result<bool> {
+    let seed = cli.seed.unwrap_or(scenario.seed);
+    let trace: Option<Box<dyn Write>> = match &cli.trace {
+        Some(path) => {
+            let file = File::create(path).with_context(|| format!("creating trace file {}", path.display()))?;
+            Some(Box::new(BufWriter::new(file)))
+        }
+        None => None,
+    };
+    let (outcome, trace_error) = match cli.driver {
+        Driver::Actix => run_actix(scenario, seed, trace).context("starting the actix runtime")?,
+        Driver::Queue => run_queue(scenario, seed, trace),
+    };
+    let verdicts = check(scenario, &outcome);
+    print_report(scenario, &outcome, &verdicts);
+    if let (Some(e), Some(path)) = (trace_error, &cli.trace) {
+        return Err(e).with_context(|| format!("writing trace file {}", path.display()));
+    }
+    Ok(verdicts.iter().all(|v| v.held))
+}
+
+fn print_report(scenario: &Scenario, outcome: &Outcome, verdicts: &[Verdict]) {
+    let file = &scenario.file;
+    println!(
+        "scenario {} (seed {}): {} of {} bytes in {} pieces of {} bytes, {} peers",
+        outcome.scenario,
+        outcome.seed,
+        file.name,
+        file.size_bytes,
+        file.piece_count,
+        file.piece_size_bytes,
+        scenario.peers.len()
+    );
+    println!();
+    println!("story (virtual time):");
+    for line in &outcome.story {
+        println!("  {line}");
+    }
+    println!();
+    print!("{}", SummaryTable(outcome));
+    println!();
+    println!("expectations:");
+    for v in verdicts {
+        let mark = if v.held { "ok  " } else { "FAIL" };
+        let detail = if v.held { String::new() } else { format!(" — {}", v.detail) };
+        println!("  {mark} {}{detail}", v.expected);
+    }
+    let held = verdicts.iter().filter(|v| v.held).count();
+    println!();
+    println!(
+        "{held}/{} expectations held; {} events, {} trace lines, virtual time {}",
+        verdicts.len(),
+        outcome.events,
+        outcome.trace_lines,
+        outcome.ended_at
+    );
+    println!("trace-digest {}", outcome.trace_digest);
+}

@@ -1,0 +1,2 @@
+//! Scale benchmark placeholder; the real one follows.
+fn main() {}

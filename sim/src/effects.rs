@@ -1,0 +1,213 @@
+//! Carrying out a machine's outputs: messages to the network (with their wire size), storage
+//! and hashing against the peer's store, completed at once, and events into the trace, the
+//! story and the outcome. Also where the run's invariants are watched (a piece verified or
+//! served that should not be, a tracker listing a peer past its TTL, requests in flight).
+
+use bytes::{Bytes, BytesMut};
+use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
+use p2p_core::wire::codec::encode_frame;
+use p2p_core::wire::Message;
+use p2p_core::{Completion, ConnId, Event, FileId, Input, Output};
+
+use crate::scenario::{NodeIdx, StoryLevel};
+use crate::store::StoreViolation;
+use crate::trace::describe;
+use crate::world::World;
+
+impl World {
+    /// Carries out one output of `node`'s machine.
+    pub(crate) fn dispatch(&mut self, node: NodeIdx, output: Output) {
+        match output {
+            Output::Connect { conn, addr } => self.network.connect(self.now, node, conn, addr, &mut self.queue),
+            Output::Send { conn, message } => self.send(node, conn, message),
+            Output::Close { conn } => {
+                self.in_flight.remove(&(node, conn));
+                self.network.close(self.now, node, conn, &mut self.queue);
+            }
+            Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
+            Output::WriteBlock { file_id, piece, offset, bytes } => {
+                let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.write(piece.0, offset, bytes));
+                self.local(node, Input::Completed(Completion::BlockWritten { file_id, piece, offset, result }));
+            }
+            Output::HashPiece { file_id, piece } => {
+                let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.hash(&self.content, piece.0));
+                self.local(node, Input::Completed(Completion::PieceHashed { file_id, piece, result }));
+            }
+            Output::PieceVerified { piece, .. } => {
+                let checked = self.nodes[node.0].store.mark_verified(&self.content, piece.0);
+                self.violation(node, checked.err());
+            }
+            Output::ReadBlock { conn, file_id, piece, offset, len } => {
+                let (result, violation) = match self.check_file(file_id) {
+                    Ok(()) => self.nodes[node.0].store.read(piece.0, offset, len),
+                    Err(e) => (Err(e), None),
+                };
+                self.violation(node, violation);
+                self.local(node, Input::Completed(Completion::BlockRead { conn, file_id, piece, offset, result }));
+            }
+            Output::Finalize { file_id } => {
+                let result = self.check_file(file_id);
+                if result.is_ok() {
+                    let checked = self.nodes[node.0].store.finalize(&self.content);
+                    self.violation(node, checked.err());
+                }
+                self.local(node, Input::Completed(Completion::Finalized { file_id, result }));
+            }
+            Output::Event(event) => self.event(node, event),
+        }
+    }
+
+    fn check_file(&self, file_id: FileId) -> Result<(), String> {
+        if file_id == self.content.manifest.file_id() {
+            Ok(())
+        } else {
+            Err(format!("no such file {}", file_id.short()))
+        }
+    }
+
+    fn violation(&mut self, node: NodeIdx, violation: Option<StoreViolation>) {
+        if let Some(v) = violation {
+            let text = format!("{} at {}: {v:?}", self.name(node), self.now);
+            self.log(node, format_args!("INVARIANT BROKEN: {v:?}"));
+            self.outcome.violations.push(text);
+        }
+    }
+
+    fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
+        match &message {
+            Message::Data { bytes, .. } => self.nodes[node.0].summary.bytes_up += bytes.len() as u64,
+            Message::Request { .. } => {
+                let count = self.in_flight.entry((node, conn)).or_default();
+                *count += 1;
+                let count = *count;
+                self.outcome.requests_in_flight_max = self.outcome.requests_in_flight_max.max(count);
+                if count == REQUESTS_IN_FLIGHT_PER_CONN_MAX * 4 + 1 {
+                    let text =
+                        format!("{} at {}: over {count} requests in flight on {conn}", self.name(node), self.now);
+                    self.outcome.violations.push(text);
+                }
+            }
+            Message::Cancel { .. } => self.request_answered_by_cancel(node, conn),
+            Message::Located { peers, .. } if node == NodeIdx::TRACKER => self.check_located(peers),
+            _ => {}
+        }
+        let size_bytes = wire_size(&message, &mut self.scratch);
+        self.transmit(node, conn, message, size_bytes);
+    }
+
+    fn request_answered_by_cancel(&mut self, node: NodeIdx, conn: ConnId) {
+        if let Some(count) = self.in_flight.get_mut(&(node, conn)) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Invariant: the tracker names only peers it heard from within its TTL.
+    fn check_located(&mut self, peers: &[p2p_core::wire::PeerAddr]) {
+        let ttl = self.tracker_ttl();
+        for peer in peers {
+            let Some(holder) = self.network.node_at(peer.addr) else {
+                continue;
+            };
+            let heard = self.nodes[holder.0].heard_by_tracker;
+            if heard.is_none_or(|at| self.now.saturating_since(at) > ttl) {
+                let name = self.name(holder).to_owned();
+                let text = format!("tracker at {}: listed {name}, not heard from within its TTL", self.now);
+                self.outcome.violations.push(text);
+            }
+        }
+    }
+
+    fn event(&mut self, node: NodeIdx, event: Event) {
+        let text = describe(&event, &|addr| self.name_at(addr));
+        let pieces_level = self.scenario.story == StoryLevel::Pieces;
+        let told = match &event {
+            Event::PieceVerified { piece, from, .. } => {
+                let from = self.network.node_at(*from).unwrap_or(NodeIdx::TRACKER);
+                self.outcome.piece_sources.entry((node, piece.0)).or_default().push(from);
+                pieces_level
+            }
+            Event::Complete { .. } => {
+                let summary = &mut self.nodes[node.0].summary;
+                summary.completed_at.get_or_insert(self.now);
+                self.outcome.last_completion = Some(self.now);
+                true
+            }
+            Event::PeerBanned { addr, .. } => {
+                let banned = self.network.node_at(*addr).unwrap_or(NodeIdx::TRACKER);
+                self.outcome.bans.insert((node, banned));
+                true
+            }
+            Event::PiecesMissing { pieces, .. } => {
+                let pieces: Vec<u32> = pieces.iter().map(|p| p.0).collect();
+                self.outcome.missing.insert(node, pieces.clone()) != Some(pieces)
+            }
+            Event::Located { .. } => {
+                let state = &mut self.nodes[node.0];
+                let changed = state.story_located.as_ref() != Some(&text);
+                state.story_located = Some(text.clone());
+                pieces_level && changed
+            }
+            Event::LocateSent { .. } => pieces_level && self.nodes[node.0].story_located.is_none(),
+            Event::PieceRequested { .. } | Event::Sharing { .. } => pieces_level,
+            Event::PieceCorrupt { .. } | Event::DownloadFailed { .. } => true,
+            _ => false,
+        };
+        if told {
+            self.tell(node, text);
+        } else {
+            self.log(node, format_args!("{text}"));
+        }
+    }
+}
+
+/// Bytes `message` occupies on the wire: the frame `encode_frame` would write. A `Data`
+/// message's payload is not copied to find out: its frame is the empty-payload frame plus the
+/// payload and the longer CBOR length prefix.
+pub(crate) fn wire_size(message: &Message, scratch: &mut BytesMut) -> u64 {
+    let (probe, payload) = match message {
+        Message::Data { file_id, piece, offset, bytes } => {
+            let empty = Message::Data { file_id: *file_id, piece: *piece, offset: *offset, bytes: Bytes::new() };
+            (Some(empty), bytes.len() as u64)
+        }
+        _ => (None, 0),
+    };
+    scratch.clear();
+    // An oversized message would be refused by a real encoder; its size still costs the link.
+    if encode_frame(probe.as_ref().unwrap_or(message), scratch).is_err() {
+        return u64::MAX / 2;
+    }
+    scratch.len() as u64 + payload + cbor_length_prefix_extra(payload)
+}
+
+/// Extra bytes a CBOR byte string of `len` needs for its length, beyond the one of `len == 0`.
+fn cbor_length_prefix_extra(len: u64) -> u64 {
+    match len {
+        0..=23 => 0,
+        24..=0xff => 1,
+        0x100..=0xffff => 2,
+        0x1_0000..=0xffff_ffff => 4,
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_core::{Digest, PieceIndex};
+
+    #[test]
+    fn data_size_matches_the_encoder_without_copying() {
+        let mut scratch = BytesMut::new();
+        for len in [0usize, 5, 23, 24, 255, 256, 65_535, 65_536, 300_000] {
+            let message = Message::Data {
+                file_id: FileId(Digest([7; 32])),
+                piece: PieceIndex(3),
+                offset: 262_144,
+                bytes: Bytes::from(vec![1u8; len]),
+            };
+            let mut real = BytesMut::new();
+            encode_frame(&message, &mut real).expect("fits a frame");
+            assert_eq!(wire_size(&message, &mut scratch), real.len() as u64, "payload of {len} bytes");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Checking a scenario's expectations against a run's [`Outcome`].
+//!
+//! Each expectation gives a [`Verdict`]: what was expected, in words, whether it held, and what
+//! actually happened when it did not. A final verdict says whether every invariant of the run
+//! held (files intact, nothing unverified served, the tracker within its TTL, requests
+//! bounded); a run passes only when every verdict held.
+
+use crate::report::Outcome;
+use crate::scenario::{Expect, NodeIdx, Scenario};
+
+/// One checked expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// What was expected.
+    pub expected: String,
+    /// Whether it held.
+    pub held: bool,
+    /// What happened instead (empty when it held).
+    pub detail: String,
+}
+
+/// Every expectation of `scenario`, then the invariants, checked against `outcome`.
+pub fn check(scenario: &Scenario, outcome: &Outcome) -> Vec<Verdict> {
+    let name = |node: NodeIdx| scenario.peers[node.0 - 1].name.clone();
+    let mut verdicts: Vec<Verdict> = scenario.expects.iter().map(|e| check_one(e, outcome, &name)).collect();
+    let detail = outcome.violations.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    verdicts.push(Verdict {
+        expected: "every invariant holds (files intact, no bad piece kept or served, tracker within TTL)".to_owned(),
+        held: outcome.violations.is_empty(),
+        detail,
+    });
+    verdicts
+}
+
+fn check_one(expect: &Expect, outcome: &Outcome, name: &dyn Fn(NodeIdx) -> String) -> Verdict {
+    match expect {
+        Expect::Completes(peers, by) => {
+            let late: Vec<String> = peers
+                .iter()
+                .filter_map(|p| match (outcome.peer(*p).completed_at, by) {
+                    (None, _) => Some(format!("{} did not complete", name(*p))),
+                    (Some(at), Some(by)) if at > *by => Some(format!("{} completed at {at}", name(*p))),
+                    _ => None,
+                })
+                .collect();
+            let deadline = by.map_or_else(String::new, |by| format!(" by {by}"));
+            verdict(format!("{} complete{deadline}", list(peers, name)), late.join(", "))
+        }
+        Expect::Incomplete(peers) => {
+            let done: Vec<String> =
+                peers.iter().filter(|p| outcome.peer(**p).completed_at.is_some()).map(|p| name(*p)).collect();
+            verdict(format!("{} do not complete", list(peers, name)), and_completed(&done))
+        }
+        Expect::PieceFrom(peer, piece, from) => {
+            let sources = outcome.piece_sources.get(&(*peer, *piece)).cloned().unwrap_or_default();
+            let detail = if sources.contains(from) {
+                String::new()
+            } else if sources.is_empty() {
+                "never got it".to_owned()
+            } else {
+                format!("got it from {}", sources.iter().map(|s| source_name(*s, name)).collect::<Vec<_>>().join(", "))
+            };
+            verdict(format!("{} gets piece {piece} from {}", name(*peer), name(*from)), detail)
+        }
+        Expect::Banned(peer, banned) => {
+            let held = outcome.bans.contains(&(*peer, *banned));
+            verdict(format!("{} bans {}", name(*peer), name(*banned)), if held { "" } else { "no such ban" }.to_owned())
+        }
+        Expect::Missing(peer, pieces) => {
+            let last = outcome.missing.get(peer);
+            let detail = match last {
+                Some(reported) if reported == pieces => String::new(),
+                Some(reported) => format!("last reported {reported:?}"),
+                None => "never reported missing pieces".to_owned(),
+            };
+            verdict(format!("{} reports pieces {pieces:?} missing", name(*peer)), detail)
+        }
+        Expect::UploadedAtMost(peer, copies) => {
+            let up = outcome.peer(*peer).bytes_up as f64 / outcome.file_size_bytes.max(1) as f64;
+            let detail = if up <= *copies { String::new() } else { format!("uploaded {up:.1} copies") };
+            verdict(format!("{} uploads at most {copies} copies of the file (did {up:.1})", name(*peer)), detail)
+        }
+        Expect::UploadedLess(peer, than) => {
+            let mine = outcome.peer(*peer).bytes_up;
+            let beaten: Vec<String> = than
+                .iter()
+                .filter(|t| outcome.peer(**t).bytes_up <= mine)
+                .map(|t| format!("{} uploaded {}", name(*t), outcome.peer(*t).bytes_up))
+                .collect();
+            let expected = format!("{} uploads less than {} (did {mine} bytes)", name(*peer), list(than, name));
+            verdict(expected, beaten.join(", "))
+        }
+    }
+}
+
+fn verdict(expected: String, detail: String) -> Verdict {
+    Verdict { expected, held: detail.is_empty(), detail }
+}
+
+fn and_completed(done: &[String]) -> String {
+    if done.is_empty() {
+        String::new()
+    } else {
+        format!("{} completed", done.join(", "))
+    }
+}
+
+fn source_name(node: NodeIdx, name: &dyn Fn(NodeIdx) -> String) -> String {
+    if node == NodeIdx::TRACKER {
+        "an unknown address".to_owned()
+    } else {
+        name(node)
+    }
+}
+
+/// `A, B, C`, or `L1, L2, L3, … (200 peers)` for long lists.
+fn list(peers: &[NodeIdx], name: &dyn Fn(NodeIdx) -> String) -> String {
+    const SHOWN_MAX: usize = 4;
+    let shown: Vec<String> = peers.iter().take(SHOWN_MAX).map(|p| name(*p)).collect();
+    if peers.len() > SHOWN_MAX {
+        format!("{}, … ({} peers)", shown.join(", "), peers.len())
+    } else {
+        shown.join(", ")
+    }
+}

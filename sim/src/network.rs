@@ -1,0 +1,463 @@
+//! The virtual network: addresses, links, latency with jitter, bandwidth, loss and partitions,
+//! all from one seeded RNG.
+//!
+//! The network owns every connection's state and decides *when* each input reaches a machine;
+//! it pushes those inputs onto the central [`Queue`] and never calls a machine itself.
+//!
+//! Model, per message of N bytes from `a` to `b`:
+//! - it occupies `a`'s uplink for N / up-rate, after whatever `a` queued before it;
+//! - its first byte reaches `b` one link latency (the larger of the two nodes' latencies) plus a
+//!   random jitter after it starts; it then occupies `b`'s downlink for N / down-rate;
+//! - it arrives when both transfers are done, and never before an earlier message of the same
+//!   link direction (a link is an ordered stream, like TCP);
+//! - with the link's loss probability it is lost instead; a TCP stream never silently loses
+//!   data, so a loss resets the connection and both ends see `Disconnected`.
+//!
+//! A partition puts nodes into groups: links between groups are reset, and connecting across
+//! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
+//! has both ends in `by_end` exactly while that end is open.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use p2p_core::rng::Rng;
+use p2p_core::wire::Message;
+use p2p_core::{ConnId, Input, Time};
+
+use crate::queue::{Item, LinkId, Queue};
+use crate::scenario::{LinkSpec, NodeIdx};
+
+/// The port every simulated node listens on (addresses are labels; no socket is opened).
+pub const LISTEN_PORT: u16 = 7000;
+/// First source port the network gives the accepting side as the opener's address.
+const EPHEMERAL_PORT_FIRST: u16 = 40_000;
+const EPHEMERAL_PORT_COUNT: u64 = 20_000;
+
+/// What became of a message handed to [`Network::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// It will arrive at the other end at this time.
+    Arrives(NodeIdx, Time),
+    /// It was lost and the connection reset.
+    Lost,
+    /// The connection was already gone; the message is dropped, as a closed socket would.
+    NoLink,
+}
+
+#[derive(Debug)]
+struct NetNode {
+    addr: SocketAddr,
+    link: LinkSpec,
+    up: bool,
+    accepting: bool,
+    incarnation: u32,
+    group: u32,
+    uplink_free: Time,
+    downlink_free: Time,
+    inbound_next: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct End {
+    node: NodeIdx,
+    conn: ConnId,
+    incarnation: u32,
+    open: bool,
+}
+
+#[derive(Debug)]
+struct Link {
+    ends: [End; 2],
+    /// Latest arrival scheduled towards each end, to keep each direction in order.
+    last_arrival: [Time; 2],
+}
+
+/// Links, nodes and the RNG behind jitter and loss.
+#[derive(Debug)]
+pub struct Network {
+    rng: Rng,
+    nodes: Vec<NetNode>,
+    by_addr: BTreeMap<SocketAddr, NodeIdx>,
+    links: BTreeMap<LinkId, Link>,
+    by_end: BTreeMap<(NodeIdx, ConnId), LinkId>,
+    link_next: LinkId,
+}
+
+/// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
+pub fn node_addr(node: NodeIdx) -> SocketAddr {
+    let ip = if node == NodeIdx::TRACKER {
+        Ipv4Addr::new(10, 0, 0, 1)
+    } else {
+        let i = node.0 - 1;
+        // Scenarios have at most 100,000 peers, so this stays inside 10.0.0.0/8.
+        let host = ((1 + i / 250) << 8) | (1 + i % 250);
+        Ipv4Addr::from(0x0A00_0000 | host as u32)
+    };
+    SocketAddr::V4(SocketAddrV4::new(ip, LISTEN_PORT))
+}
+
+impl Network {
+    /// A network of `links.len()` nodes, all down, node `i` with link `links[i]`.
+    pub fn new(seed: u64, links: Vec<LinkSpec>) -> Network {
+        let nodes: Vec<NetNode> = links
+            .into_iter()
+            .enumerate()
+            .map(|(i, link)| NetNode {
+                addr: node_addr(NodeIdx(i)),
+                link,
+                up: false,
+                accepting: false,
+                incarnation: 0,
+                group: 0,
+                uplink_free: Time::ZERO,
+                downlink_free: Time::ZERO,
+                inbound_next: 0,
+            })
+            .collect();
+        let by_addr = nodes.iter().enumerate().map(|(i, n)| (n.addr, NodeIdx(i))).collect();
+        Network {
+            rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
+            nodes,
+            by_addr,
+            links: BTreeMap::new(),
+            by_end: BTreeMap::new(),
+            link_next: 0,
+        }
+    }
+
+    /// The node listening at `addr`, if any.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<NodeIdx> {
+        self.by_addr.get(&SocketAddr::new(addr.ip(), LISTEN_PORT)).copied()
+    }
+
+    /// Whether the node is running.
+    pub fn is_up(&self, node: NodeIdx) -> bool {
+        self.nodes[node.0].up
+    }
+
+    /// The node's current life (bumped by every start).
+    pub fn incarnation(&self, node: NodeIdx) -> u32 {
+        self.nodes[node.0].incarnation
+    }
+
+    /// The node starts (again): a new life, reachable if its group allows.
+    pub fn node_up(&mut self, node: NodeIdx) -> u32 {
+        let n = &mut self.nodes[node.0];
+        n.up = true;
+        n.accepting = true;
+        n.incarnation += 1;
+        n.incarnation
+    }
+
+    /// The node accepts no new connections (it is leaving); its open links stay.
+    pub fn stop_accepting(&mut self, node: NodeIdx) {
+        self.nodes[node.0].accepting = false;
+    }
+
+    /// The node vanishes: every link it has is reset; the others hear of it after a latency.
+    pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
+        self.nodes[node.0].up = false;
+        let links: Vec<LinkId> = self.links_of(node);
+        for link in links {
+            self.reset(now, link, queue);
+        }
+    }
+
+    /// Puts `nodes` in a new group, cut off from all others; links across groups reset.
+    pub fn partition(&mut self, now: Time, nodes: &[NodeIdx], queue: &mut Queue) {
+        let group = self.nodes.iter().map(|n| n.group).max().unwrap_or(0) + 1;
+        for node in nodes {
+            self.nodes[node.0].group = group;
+        }
+        let cut: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| self.nodes[l.ends[0].node.0].group != self.nodes[l.ends[1].node.0].group)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in cut {
+            self.reset(now, link, queue);
+        }
+    }
+
+    /// Every node back in one group.
+    pub fn heal(&mut self) {
+        for n in &mut self.nodes {
+            n.group = 0;
+        }
+    }
+
+    /// `from` opens connection `conn` to `addr`: both ends get `Connected`, or the opener gets
+    /// `Disconnected` when nobody reachable listens there.
+    pub fn connect(&mut self, now: Time, from: NodeIdx, conn: ConnId, addr: SocketAddr, queue: &mut Queue) {
+        let target = self.by_addr.get(&addr).copied();
+        let reachable = target.filter(|t| {
+            let t = &self.nodes[t.0];
+            t.up && t.accepting && t.group == self.nodes[from.0].group
+        });
+        let latency = self.latency(from, target.unwrap_or(from));
+        let Some(target) = reachable.filter(|t| *t != from) else {
+            let incarnation = self.nodes[from.0].incarnation;
+            let input = Input::Disconnected { conn };
+            queue.push(now + latency * 2, Item::Local { node: from, incarnation, input });
+            return;
+        };
+        let inbound = {
+            let t = &mut self.nodes[target.0];
+            t.inbound_next += 1;
+            ConnId::Inbound(t.inbound_next)
+        };
+        let id = self.link_next;
+        self.link_next += 1;
+        let port = EPHEMERAL_PORT_FIRST + (id % EPHEMERAL_PORT_COUNT) as u16;
+        let opener_addr = SocketAddr::new(self.nodes[from.0].addr.ip(), port);
+        let end = |node: NodeIdx, conn| End { node, conn, incarnation: self.nodes[node.0].incarnation, open: true };
+        let ends = [end(from, conn), end(target, inbound)];
+        let (accepted, opened) = (now + latency, now + latency * 2);
+        self.links.insert(id, Link { ends, last_arrival: [opened, accepted] });
+        self.by_end.insert((from, conn), id);
+        self.by_end.insert((target, inbound), id);
+        queue.push(
+            accepted,
+            Item::Wire { link: id, end: 1, input: Input::Connected { conn: inbound, remote: opener_addr } },
+        );
+        queue.push(opened, Item::Wire { link: id, end: 0, input: Input::Connected { conn, remote: addr } });
+    }
+
+    /// `from` sends `message` of `size_bytes` on `conn`; its arrival is queued.
+    pub fn send(
+        &mut self,
+        now: Time,
+        from: NodeIdx,
+        conn: ConnId,
+        (message, size_bytes): (Message, u64),
+        queue: &mut Queue,
+    ) -> Sent {
+        let Some(&id) = self.by_end.get(&(from, conn)) else {
+            return Sent::NoLink;
+        };
+        let link = &self.links[&id];
+        let side = usize::from(link.ends[0].node != from || link.ends[0].conn != conn);
+        let to = link.ends[1 - side].node;
+        let loss = 1.0 - (1.0 - self.nodes[from.0].link.loss) * (1.0 - self.nodes[to.0].link.loss);
+        if loss > 0.0 && self.rng.chance(loss) {
+            self.reset(now, id, queue);
+            return Sent::Lost;
+        }
+        let delay = self.latency(from, to) + self.jitter(from, to);
+        let up_start = now.max(self.nodes[from.0].uplink_free);
+        let up_done = up_start + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
+        self.nodes[from.0].uplink_free = up_done;
+        let down_start = (up_start + delay).max(self.nodes[to.0].downlink_free);
+        let down_done = down_start + transfer(size_bytes, self.nodes[to.0].link.down_bytes_per_s);
+        self.nodes[to.0].downlink_free = down_done;
+        let link = self.links.get_mut(&id).expect("by_end only names live links");
+        let arrival = down_done.max(up_done + delay).max(link.last_arrival[1 - side]);
+        link.last_arrival[1 - side] = arrival;
+        let input = Input::Message { conn: link.ends[1 - side].conn, message };
+        queue.push(arrival, Item::Wire { link: id, end: 1 - side, input });
+        Sent::Arrives(to, arrival)
+    }
+
+    /// The link of `from`'s `conn` and the index of its other end.
+    fn other_end(&self, from: NodeIdx, conn: ConnId) -> Option<(LinkId, usize)> {
+        let id = *self.by_end.get(&(from, conn))?;
+        let link = &self.links[&id];
+        Some((id, usize::from(link.ends[0].node == from && link.ends[0].conn == conn)))
+    }
+
+    /// `from` closes `conn`: what it sent still arrives, then the other end sees
+    /// `Disconnected`. The closer hears nothing more on it.
+    pub fn close(&mut self, now: Time, from: NodeIdx, conn: ConnId, queue: &mut Queue) {
+        let Some((id, other)) = self.other_end(from, conn) else {
+            return;
+        };
+        self.by_end.remove(&(from, conn));
+        let latency = self.latency(from, self.links[&id].ends[other].node);
+        let link = self.links.get_mut(&id).expect("other_end only names live links");
+        link.ends[1 - other].open = false;
+        if !link.ends[other].open {
+            self.links.remove(&id);
+            return;
+        }
+        let at = (now + latency).max(link.last_arrival[other]);
+        let conn = link.ends[other].conn;
+        queue.push(at, Item::Wire { link: id, end: other, input: Input::Disconnected { conn } });
+    }
+
+    /// An input arriving at `end` of `link`: the machine it is for, that machine's life and the
+    /// node at the other end; `None` when that end closed (or reset) since it was sent.
+    pub fn arrive(&mut self, link: LinkId, end: usize, input: &Input) -> Option<(NodeIdx, u32, NodeIdx)> {
+        let l = self.links.get_mut(&link)?;
+        let (e, other) = (l.ends[end], l.ends[1 - end].node);
+        if !e.open {
+            return None;
+        }
+        if matches!(input, Input::Disconnected { .. }) {
+            l.ends[end].open = false;
+            self.by_end.remove(&(e.node, e.conn));
+            if !l.ends[1 - end].open {
+                self.links.remove(&link);
+            }
+        }
+        Some((e.node, e.incarnation, other))
+    }
+
+    /// Links currently open at `node`, as `(conn, remote node)`.
+    pub fn connections(&self, node: NodeIdx) -> Vec<(ConnId, NodeIdx)> {
+        let range = (node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX));
+        self.by_end
+            .range(range)
+            .map(|((_, conn), id)| {
+                let l = &self.links[id];
+                let other = usize::from(l.ends[0].node == node && l.ends[0].conn == *conn);
+                (*conn, l.ends[other].node)
+            })
+            .collect()
+    }
+
+    fn links_of(&self, node: NodeIdx) -> Vec<LinkId> {
+        let range = (node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX));
+        self.by_end.range(range).map(|(_, id)| *id).collect()
+    }
+
+    /// Resets a link: both open ends close now; each live one hears `Disconnected` after a
+    /// latency (an opener also when its `Connected` had not arrived yet: it "could not open").
+    fn reset(&mut self, now: Time, id: LinkId, queue: &mut Queue) {
+        let Some(link) = self.links.remove(&id) else {
+            return;
+        };
+        let latency = self.latency(link.ends[0].node, link.ends[1].node);
+        for (side, end) in link.ends.iter().enumerate() {
+            if !end.open {
+                continue;
+            }
+            self.by_end.remove(&(end.node, end.conn));
+            let alive = self.nodes[end.node.0].up && self.nodes[end.node.0].incarnation == end.incarnation;
+            // The acceptor only knows of the link once its `Connected` arrived.
+            let known = side == 0 || link.last_arrival[1] <= now;
+            if alive && known {
+                let input = Input::Disconnected { conn: end.conn };
+                queue.push(now + latency, Item::Local { node: end.node, incarnation: end.incarnation, input });
+            }
+        }
+    }
+
+    fn latency(&self, a: NodeIdx, b: NodeIdx) -> Duration {
+        self.nodes[a.0].link.latency.max(self.nodes[b.0].link.latency)
+    }
+
+    fn jitter(&mut self, a: NodeIdx, b: NodeIdx) -> Duration {
+        let bound = self.nodes[a.0].link.jitter.max(self.nodes[b.0].link.jitter);
+        let micros = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+        if micros == 0 {
+            return Duration::ZERO;
+        }
+        // `below` takes a usize; jitter bounds are far below usize::MAX microseconds.
+        Duration::from_micros(self.rng.below(micros.min(usize::MAX as u64) as usize) as u64)
+    }
+}
+
+/// Time to push `size_bytes` through a link of `rate` bytes per second (rounded up to 1 µs).
+fn transfer(size_bytes: u64, rate: Option<u64>) -> Duration {
+    match rate {
+        None => Duration::ZERO,
+        Some(rate) => Duration::from_micros((u128::from(size_bytes) * 1_000_000).div_ceil(u128::from(rate)) as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(latency_ms: u64, rate: Option<u64>, loss: f64) -> LinkSpec {
+        LinkSpec {
+            latency: Duration::from_millis(latency_ms),
+            jitter: Duration::ZERO,
+            up_bytes_per_s: rate,
+            down_bytes_per_s: rate,
+            loss,
+        }
+    }
+
+    fn drain(queue: &mut Queue) -> Vec<(Time, String)> {
+        std::iter::from_fn(|| queue.pop())
+            .map(|(at, item)| {
+                let text = match item {
+                    Item::Wire { end, input, .. } => format!("wire{end} {input:?}"),
+                    Item::Local { node, input, .. } => format!("local{} {input:?}", node.0),
+                    other => format!("{other:?}"),
+                };
+                (at, text)
+            })
+            .collect()
+    }
+
+    fn two_nodes(spec: LinkSpec) -> (Network, Queue) {
+        let mut net = Network::new(1, vec![spec, spec]);
+        net.node_up(NodeIdx(0));
+        net.node_up(NodeIdx(1));
+        (net, Queue::default())
+    }
+
+    #[test]
+    fn connect_reaches_acceptor_after_one_latency_and_opener_after_two() {
+        let (mut net, mut q) = two_nodes(link(10, None, 0.0));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        let events = drain(&mut q);
+        assert_eq!(events[0].0, Time::from_millis(10));
+        assert!(events[0].1.starts_with("wire1 Connected { conn: Inbound(1)"), "{events:?}");
+        assert_eq!(events[1].0, Time::from_millis(20));
+        assert_eq!(net.connections(NodeIdx(0)), vec![(ConnId::Inbound(1), NodeIdx(1))]);
+    }
+
+    #[test]
+    fn bandwidth_serialises_messages_on_the_uplink() {
+        let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        let first = net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        let second = net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        assert_eq!(first, Sent::Arrives(NodeIdx(0), Time::from_millis(1010)));
+        assert_eq!(second, Sent::Arrives(NodeIdx(0), Time::from_millis(2010)));
+    }
+
+    #[test]
+    fn partition_resets_links_and_refuses_new_ones_until_healed() {
+        let (mut net, mut q) = two_nodes(link(10, None, 0.0));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        drain(&mut q);
+        net.partition(Time::from_millis(100), &[NodeIdx(1)], &mut q);
+        let notices = drain(&mut q);
+        assert_eq!(notices.len(), 2, "both ends hear of the reset: {notices:?}");
+        net.connect(Time::from_millis(200), NodeIdx(1), ConnId::Outbound(2), node_addr(NodeIdx(0)), &mut q);
+        assert!(drain(&mut q)[0].1.contains("Disconnected"));
+        net.heal();
+        net.connect(Time::from_millis(300), NodeIdx(1), ConnId::Outbound(3), node_addr(NodeIdx(0)), &mut q);
+        assert!(drain(&mut q)[0].1.contains("Connected"));
+    }
+
+    #[test]
+    fn a_lost_message_resets_the_connection() {
+        let (mut net, mut q) = two_nodes(link(10, None, 0.99));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        drain(&mut q);
+        let (list, later) = (|| (Message::List, 10), Time::from_millis(50));
+        assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::Lost);
+        assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::NoLink);
+        assert_eq!(drain(&mut q).len(), 2);
+    }
+
+    #[test]
+    fn close_flushes_then_tells_the_other_end() {
+        let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        drain(&mut q);
+        net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        net.close(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), &mut q);
+        let events = drain(&mut q);
+        assert_eq!(events[0].0, Time::from_millis(1010));
+        assert_eq!(events[1].0, Time::from_millis(1010), "the close waits for the data: {events:?}");
+        assert!(events[1].1.contains("Disconnected"));
+    }
+}

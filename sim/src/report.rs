@@ -1,0 +1,112 @@
+//! What a run leaves behind: the [`Outcome`] (per-peer figures, who sent which piece, bans,
+//! missing-piece reports, broken invariants, the story and the trace digest).
+//!
+//! Expectations are checked against an outcome, and the binary prints one; nothing here
+//! changes a run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use p2p_core::Time;
+
+use crate::scenario::NodeIdx;
+
+/// One line of the readable story.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoryLine {
+    /// When.
+    pub at: Time,
+    /// Who (a node name, or `sim` for scenario actions).
+    pub who: String,
+    /// What happened.
+    pub text: String,
+}
+
+impl fmt::Display for StoryLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>9}  {:<8} {}", self.at.to_string(), self.who, self.text)
+    }
+}
+
+/// Per-peer figures at the end of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSummary {
+    /// The peer's name.
+    pub name: String,
+    /// Verified pieces in its store at the end.
+    pub pieces: u32,
+    /// File bytes it sent (payload of `Data` messages).
+    pub bytes_up: u64,
+    /// File bytes it received.
+    pub bytes_down: u64,
+    /// When it first completed the file.
+    pub completed_at: Option<Time>,
+    /// Whether it was running at the end.
+    pub running: bool,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The scenario's title.
+    pub scenario: String,
+    /// The seed the run used.
+    pub seed: u64,
+    /// The file's size.
+    pub file_size_bytes: u64,
+    /// The file's pieces.
+    pub piece_count: u32,
+    /// Virtual time when the run stopped.
+    pub ended_at: Time,
+    /// Virtual time of the last completion, if any.
+    pub last_completion: Option<Time>,
+    /// Events processed (items taken off the queue).
+    pub events: u64,
+    /// Per peer, in scenario order.
+    pub peers: Vec<PeerSummary>,
+    /// `(downloader, piece)` → every node it was verified from.
+    pub piece_sources: BTreeMap<(NodeIdx, u32), Vec<NodeIdx>>,
+    /// `(banner, banned)`.
+    pub bans: BTreeSet<(NodeIdx, NodeIdx)>,
+    /// The last missing-pieces report of each downloader.
+    pub missing: BTreeMap<NodeIdx, Vec<u32>>,
+    /// Broken invariants, in words (empty on a healthy run).
+    pub violations: Vec<String>,
+    /// Largest number of block requests one connection had outstanding.
+    pub requests_in_flight_max: usize,
+    /// The readable story.
+    pub story: Vec<StoryLine>,
+    /// Hex SHA-256 of the trace.
+    pub trace_digest: String,
+    /// Lines in the trace.
+    pub trace_lines: u64,
+}
+
+impl Outcome {
+    /// The summary of peer `node` (a peer, not the tracker).
+    pub fn peer(&self, node: NodeIdx) -> &PeerSummary {
+        &self.peers[node.0 - 1]
+    }
+}
+
+/// The per-peer summary table.
+#[derive(Debug)]
+pub struct SummaryTable<'a>(pub &'a Outcome);
+
+impl fmt::Display for SummaryTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = self.0;
+        writeln!(
+            f,
+            "{:<10} {:>7} {:>12} {:>12} {:>10}  state",
+            "peer", "pieces", "bytes up", "bytes down", "complete"
+        )?;
+        for p in &outcome.peers {
+            let done = p.completed_at.map_or_else(|| "-".to_owned(), |t| t.to_string());
+            let state = if p.running { "running" } else { "gone" };
+            let pieces = format!("{}/{}", p.pieces, outcome.piece_count);
+            writeln!(f, "{:<10} {:>7} {:>12} {:>12} {:>10}  {state}", p.name, pieces, p.bytes_up, p.bytes_down, done)?;
+        }
+        Ok(())
+    }
+}

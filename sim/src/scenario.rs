@@ -1,0 +1,819 @@
+//! Scenario files: the TOML schema ([`ScenarioFile`], documented in `scenarios/README.md`) and
+//! its validation into a checked [`Scenario`].
+//!
+//! This module owns every rule a scenario must obey (names unique and resolvable, pieces inside
+//! the file, times finite and ordered, probabilities in range). A `Scenario` that exists has
+//! passed them all, so the world never has to check a name or an index again. The raw form is
+//! also `Serialize`, so a generated scenario (property tests) can be printed as a reproducer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, PIECES_MAX};
+use p2p_core::manifest::check_piece_size;
+use p2p_core::Time;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::ScenarioError;
+
+/// A node of the simulated world: index 0 is the tracker, peer `i` of the scenario is `i + 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIdx(pub usize);
+
+impl NodeIdx {
+    /// The tracker's index.
+    pub const TRACKER: NodeIdx = NodeIdx(0);
+
+    /// The node of the scenario's peer number `peer` (0-based).
+    pub fn peer(peer: usize) -> NodeIdx {
+        NodeIdx(peer + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw schema, exactly as written in TOML.
+// ---------------------------------------------------------------------------------------------
+
+/// A scenario file as written: see `scenarios/README.md` for every key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// A title for the story; defaults to the file's stem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The seed used when the command line gives none.
+    #[serde(default)]
+    pub seed: u64,
+    /// When the run stops, in virtual seconds.
+    pub end_s: f64,
+    /// `"pieces"` tells every piece in the story; `"milestones"` only joins, completions and
+    /// faults. Default: `"pieces"` up to 12 peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub story: Option<StoryLevel>,
+    /// Link defaults for every node.
+    #[serde(default)]
+    pub network: LinkFile,
+    /// The tracker's settings.
+    #[serde(default)]
+    pub tracker: TrackerFile,
+    /// The shared file.
+    pub file: FileFile,
+    /// The peers.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<Spanned<PeerFile>>,
+    /// Timed faults and commands.
+    #[serde(default, rename = "event")]
+    pub events: Vec<Spanned<EventFile>>,
+    /// What must hold at the end.
+    #[serde(default, rename = "expect")]
+    pub expects: Vec<Spanned<ExpectFile>>,
+}
+
+/// How much of the run the story tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoryLevel {
+    /// Every located answer, piece and completion.
+    Pieces,
+    /// Joins, leaves, faults, completions, bans and missing pieces only.
+    Milestones,
+}
+
+/// Link settings; every key optional (a peer's keys override the network defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFile {
+    /// One-way latency in milliseconds (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Extra random delay, uniform in 0..jitter, per message (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// Uplink rate (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_bytes_per_s: Option<u64>,
+    /// Downlink rate (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_bytes_per_s: Option<u64>,
+    /// Probability that a message is lost, which resets its connection (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+}
+
+/// The `[tracker]` table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerFile {
+    /// Announce interval in seconds (default 10); the TTL is three of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_interval_s: Option<f64>,
+    /// The tracker's own link.
+    #[serde(flatten)]
+    pub link: LinkFile,
+}
+
+/// The `[file]` table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFile {
+    /// The file's name (default `file.bin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its length.
+    pub size_bytes: u64,
+    /// Its piece size: a power of two from 16 KiB to 16 MiB.
+    pub piece_size_bytes: u64,
+}
+
+/// A `[[peer]]` entry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// Its name, used everywhere else in the file. With `count`, the names are `name1..nameN`.
+    pub name: String,
+    /// Make this many identical peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The pieces it holds at start: `"all"`, `"none"` or a list of indices and `"a-b"` ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<HoldsFile>,
+    /// Whether it downloads the file (default: when it does not hold every piece).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wants: Option<bool>,
+    /// When it starts (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_s: Option<f64>,
+    /// When it leaves politely (tells the tracker, closes its connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_s: Option<f64>,
+    /// When it crashes (vanishes; its store survives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_s: Option<f64>,
+    /// When it restarts after its crash, resuming from its store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_s: Option<f64>,
+    /// Upload cap given to the peer's own scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_limit_bytes_per_s: Option<u64>,
+    /// Link overrides.
+    #[serde(flatten)]
+    pub link: LinkFile,
+}
+
+/// The `holds` key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HoldsFile {
+    /// `"all"`, `"none"` or `"0-3"`.
+    Word(String),
+    /// Indices and `"a-b"` ranges.
+    List(Vec<PieceItem>),
+}
+
+/// One item of a piece list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PieceItem {
+    /// One piece.
+    Index(u32),
+    /// `"a-b"`, both ends included.
+    Range(String),
+}
+
+/// An `[[event]]` entry: `do` names the action.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EventFile {
+    /// A peer starts (again, after a leave).
+    Join {
+        /// When.
+        at_s: f64,
+        /// Who.
+        peer: String,
+    },
+    /// A peer leaves politely.
+    Leave {
+        /// When.
+        at_s: f64,
+        /// Who.
+        peer: String,
+    },
+    /// A peer crashes.
+    Crash {
+        /// When.
+        at_s: f64,
+        /// Who.
+        peer: String,
+    },
+    /// A crashed peer restarts from its store.
+    Restart {
+        /// When.
+        at_s: f64,
+        /// Who.
+        peer: String,
+    },
+    /// A peer's stored copy of these pieces goes bad; it keeps serving them.
+    Corrupt {
+        /// When.
+        at_s: f64,
+        /// Whose store.
+        peer: String,
+        /// Which pieces.
+        pieces: Vec<PieceItem>,
+    },
+    /// These nodes (peer names, or `tracker`) are cut off from all others.
+    Partition {
+        /// When.
+        at_s: f64,
+        /// The cut-off side.
+        nodes: Vec<String>,
+    },
+    /// Every partition ends.
+    Heal {
+        /// When.
+        at_s: f64,
+    },
+    /// The tracker restarts with empty state.
+    TrackerRestart {
+        /// When.
+        at_s: f64,
+    },
+}
+
+/// An `[[expect]]` entry: `check` names what must hold at the end. Peer lists accept `"*"`
+/// (every downloader) and `"prefix*"` (every peer whose name starts with prefix).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ExpectFile {
+    /// These peers complete (by `by_s` when given).
+    Completes {
+        /// Who.
+        peers: Vec<String>,
+        /// Deadline in virtual seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by_s: Option<f64>,
+    },
+    /// These peers do not complete.
+    Incomplete {
+        /// Who.
+        peers: Vec<String>,
+    },
+    /// `peer` got `piece` from `from`.
+    PieceFrom {
+        /// The downloader.
+        peer: String,
+        /// The piece.
+        piece: u32,
+        /// The sender.
+        from: String,
+    },
+    /// `peer` banned `banned`.
+    Banned {
+        /// The downloader.
+        peer: String,
+        /// The banned sender.
+        banned: String,
+    },
+    /// `peer`'s last missing-pieces report is exactly `pieces`.
+    Missing {
+        /// The downloader.
+        peer: String,
+        /// The pieces nobody holds.
+        pieces: Vec<PieceItem>,
+    },
+    /// `peer` uploaded at most `copies` times the file's size.
+    UploadedAtMost {
+        /// The uploader.
+        peer: String,
+        /// Copies of the file.
+        copies: f64,
+    },
+    /// `peer` uploaded fewer bytes than each of `than`.
+    UploadedLess {
+        /// The uploader.
+        peer: String,
+        /// Those that must have uploaded more.
+        than: Vec<String>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked form.
+// ---------------------------------------------------------------------------------------------
+
+/// A validated scenario, ready to run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its title.
+    pub name: String,
+    /// The seed from the file (the command line may override it).
+    pub seed: u64,
+    /// When the run stops.
+    pub end: Time,
+    /// How much the story tells.
+    pub story: StoryLevel,
+    /// The tracker.
+    pub tracker: TrackerSpec,
+    /// The file.
+    pub file: FileSpec,
+    /// The peers; peer `i` is node `NodeIdx::peer(i)`.
+    pub peers: Vec<PeerSpec>,
+    /// Timed actions, in time order (ties keep file order).
+    pub actions: Vec<Action>,
+    /// What must hold at the end.
+    pub expects: Vec<Expect>,
+}
+
+/// A node's link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkSpec {
+    /// One-way latency.
+    pub latency: Duration,
+    /// Upper bound of the random extra delay per message.
+    pub jitter: Duration,
+    /// Uplink rate; `None` is unlimited.
+    pub up_bytes_per_s: Option<u64>,
+    /// Downlink rate; `None` is unlimited.
+    pub down_bytes_per_s: Option<u64>,
+    /// Loss probability per message, in `0.0..1.0`.
+    pub loss: f64,
+}
+
+/// The tracker's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerSpec {
+    /// Announce interval.
+    pub announce_interval: Duration,
+    /// Its link.
+    pub link: LinkSpec,
+}
+
+/// The shared file.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    /// Its name.
+    pub name: String,
+    /// Its length.
+    pub size_bytes: u64,
+    /// Its piece size.
+    pub piece_size_bytes: u32,
+    /// Its number of pieces.
+    pub piece_count: u32,
+}
+
+/// One peer.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    /// Its name.
+    pub name: String,
+    /// Pieces held at start.
+    pub holds: BTreeSet<u32>,
+    /// Whether it downloads.
+    pub wants: bool,
+    /// Upload cap.
+    pub upload_limit_bytes_per_s: Option<u64>,
+    /// Its link.
+    pub link: LinkSpec,
+}
+
+/// A timed action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action {
+    /// When.
+    pub at: Time,
+    /// What.
+    pub kind: ActionKind,
+}
+
+/// What a timed action does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionKind {
+    /// A peer starts.
+    Join(NodeIdx),
+    /// A peer leaves politely.
+    Leave(NodeIdx),
+    /// A peer crashes.
+    Crash(NodeIdx),
+    /// A crashed peer restarts.
+    Restart(NodeIdx),
+    /// A peer's copies of these pieces go bad.
+    Corrupt(NodeIdx, Vec<u32>),
+    /// These nodes are cut off from the rest.
+    Partition(Vec<NodeIdx>),
+    /// Partitions end.
+    Heal,
+    /// The tracker restarts empty.
+    TrackerRestart,
+}
+
+/// A checked expectation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// These peers complete, by the deadline if any.
+    Completes(Vec<NodeIdx>, Option<Time>),
+    /// These peers do not complete.
+    Incomplete(Vec<NodeIdx>),
+    /// `(peer, piece, from)`.
+    PieceFrom(NodeIdx, u32, NodeIdx),
+    /// `(peer, banned)`.
+    Banned(NodeIdx, NodeIdx),
+    /// `(peer, missing pieces)`.
+    Missing(NodeIdx, Vec<u32>),
+    /// `(peer, copies of the file)`.
+    UploadedAtMost(NodeIdx, f64),
+    /// `(peer, those that uploaded more)`.
+    UploadedLess(NodeIdx, Vec<NodeIdx>),
+}
+
+const LATENCY_MS_DEFAULT: f64 = 20.0;
+const ANNOUNCE_INTERVAL_S_MIN: f64 = 0.1;
+const PEERS_MAX: usize = 100_000;
+/// Peers above which the story defaults to milestones.
+const STORY_PIECES_PEERS_MAX: usize = 12;
+
+impl Scenario {
+    /// Reads, parses and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.to_owned(), source })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Parses and validates scenario text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let file: ScenarioFile = toml::from_str(text).map_err(|e| {
+            let start = e.span().map_or(0, |span| span.start);
+            let (line, column) = line_column(text, start);
+            ScenarioError::Syntax { path: path.to_owned(), line, column, message: e.message().to_owned() }
+        })?;
+        let stem = path.file_stem().map_or_else(|| "scenario".to_owned(), |s| s.to_string_lossy().into_owned());
+        Checker { path, text }.check(file, stem)
+    }
+
+    /// Validates an in-memory scenario (the property tests build these).
+    pub fn from_file(file: ScenarioFile) -> Result<Scenario, ScenarioError> {
+        Checker { path: Path::new("<generated>"), text: "" }.check(file, "generated".to_owned())
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+/// Validation with the file's path and text at hand, for error positions.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+/// Name → node, built once the peers are known.
+type Names = BTreeMap<String, NodeIdx>;
+
+impl Checker<'_> {
+    fn check(&self, file: ScenarioFile, stem: String) -> Result<Scenario, ScenarioError> {
+        let end = self.time(file.end_s, 0..0, "end_s")?;
+        let defaults = self.link(&file.network, &default_link(), 0..0)?;
+        let tracker = self.tracker(&file.tracker, &defaults)?;
+        let spec = self.file(&file.file)?;
+        let (peers, mut actions) = self.peers(&file.peers, &defaults, &spec)?;
+        let names = names(&peers);
+        for event in &file.events {
+            actions.push(self.event(event.get_ref(), event.span(), &names, &spec)?);
+        }
+        actions.sort_by_key(|a| a.at);
+        let expects = file
+            .expects
+            .iter()
+            .map(|e| self.expect(e.get_ref(), e.span(), &names, &peers, &spec))
+            .collect::<Result<_, _>>()?;
+        let story = file.story.unwrap_or(if peers.len() <= STORY_PIECES_PEERS_MAX {
+            StoryLevel::Pieces
+        } else {
+            StoryLevel::Milestones
+        });
+        Ok(Scenario {
+            name: file.name.unwrap_or(stem),
+            seed: file.seed,
+            end,
+            story,
+            tracker,
+            file: spec,
+            peers,
+            actions,
+            expects,
+        })
+    }
+
+    fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ScenarioError {
+        let line = if span == (0..0) { 0 } else { line_column(self.text, span.start).0 };
+        ScenarioError::Invalid { path: PathBuf::from(self.path), line, message: message.into() }
+    }
+
+    fn time(&self, seconds: f64, span: Range<usize>, key: &str) -> Result<Time, ScenarioError> {
+        if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+            return Err(self.invalid(span, format!("{key} = {seconds}: a time is seconds from 0 to 1e9")));
+        }
+        // Checked finite and in range just above, so the cast cannot saturate.
+        Ok(Time::from_micros((seconds * 1e6).round() as u64))
+    }
+
+    fn millis(&self, millis: f64, span: Range<usize>, key: &str) -> Result<Duration, ScenarioError> {
+        self.time(millis / 1000.0, span, key).map(Time::elapsed)
+    }
+
+    fn link(&self, raw: &LinkFile, base: &LinkSpec, span: Range<usize>) -> Result<LinkSpec, ScenarioError> {
+        let mut link = *base;
+        if let Some(ms) = raw.latency_ms {
+            link.latency = self.millis(ms, span.clone(), "latency_ms")?;
+        }
+        if let Some(ms) = raw.jitter_ms {
+            link.jitter = self.millis(ms, span.clone(), "jitter_ms")?;
+        }
+        if let Some(loss) = raw.loss {
+            if !(0.0..1.0).contains(&loss) {
+                return Err(self.invalid(span, format!("loss = {loss}: must be at least 0 and below 1")));
+            }
+            link.loss = loss;
+        }
+        for rate in [raw.up_bytes_per_s, raw.down_bytes_per_s].into_iter().flatten() {
+            if rate == 0 {
+                return Err(self.invalid(span, "a link rate must be positive (omit it for unlimited)"));
+            }
+        }
+        link.up_bytes_per_s = raw.up_bytes_per_s.or(base.up_bytes_per_s);
+        link.down_bytes_per_s = raw.down_bytes_per_s.or(base.down_bytes_per_s);
+        Ok(link)
+    }
+
+    fn tracker(&self, raw: &TrackerFile, defaults: &LinkSpec) -> Result<TrackerSpec, ScenarioError> {
+        let announce_interval = match raw.announce_interval_s {
+            Some(s) if s < ANNOUNCE_INTERVAL_S_MIN => {
+                return Err(self.invalid(0..0, format!("announce_interval_s = {s}: at least {ANNOUNCE_INTERVAL_S_MIN}")))
+            }
+            Some(s) => self.time(s, 0..0, "announce_interval_s")?.elapsed(),
+            None => ANNOUNCE_INTERVAL_DEFAULT,
+        };
+        Ok(TrackerSpec { announce_interval, link: self.link(&raw.link, defaults, 0..0)? })
+    }
+
+    fn file(&self, raw: &FileFile) -> Result<FileSpec, ScenarioError> {
+        let piece_size_bytes =
+            check_piece_size(raw.piece_size_bytes).map_err(|e| self.invalid(0..0, format!("[file] {e}")))?;
+        let piece_count = raw.size_bytes.div_ceil(u64::from(piece_size_bytes));
+        if raw.size_bytes == 0 || piece_count > u64::from(PIECES_MAX) {
+            return Err(self.invalid(0..0, format!("[file] size_bytes must give 1 to {PIECES_MAX} pieces")));
+        }
+        // piece_count <= PIECES_MAX, a u32.
+        let piece_count = piece_count as u32;
+        let name = raw.name.clone().unwrap_or_else(|| "file.bin".to_owned());
+        Ok(FileSpec { name, size_bytes: raw.size_bytes, piece_size_bytes, piece_count })
+    }
+
+    fn peers(
+        &self,
+        raw: &[Spanned<PeerFile>],
+        defaults: &LinkSpec,
+        file: &FileSpec,
+    ) -> Result<(Vec<PeerSpec>, Vec<Action>), ScenarioError> {
+        let mut peers = Vec::new();
+        let mut actions = Vec::new();
+        let mut seen = BTreeSet::new();
+        for entry in raw {
+            let (peer, span) = (entry.get_ref(), entry.span());
+            let count = peer.count.unwrap_or(1);
+            if peer.name.is_empty() || peer.name == "tracker" || peer.name.contains(['*', ' ', '@']) || count == 0 {
+                return Err(self.invalid(span, format!("peer name {:?} (count {count}) is not allowed", peer.name)));
+            }
+            let holds = match &peer.holds {
+                None => BTreeSet::new(),
+                Some(holds) => self.holds(holds, file, span.clone())?,
+            };
+            let wants = peer.wants.unwrap_or(holds.len() < file.piece_count as usize);
+            let link = self.link(&peer.link, defaults, span.clone())?;
+            for i in 1..=count {
+                let name = if peer.count.is_some() { format!("{}{i}", peer.name) } else { peer.name.clone() };
+                if !seen.insert(name.clone()) || peers.len() >= PEERS_MAX {
+                    return Err(self.invalid(span, format!("peer {name:?} is named twice (or over {PEERS_MAX} peers)")));
+                }
+                let node = NodeIdx::peer(peers.len());
+                actions.extend(self.peer_actions(peer, node, span.clone())?);
+                let upload_limit_bytes_per_s = peer.upload_limit_bytes_per_s;
+                peers.push(PeerSpec { name, holds: holds.clone(), wants, upload_limit_bytes_per_s, link });
+            }
+        }
+        Ok((peers, actions))
+    }
+
+    fn peer_actions(&self, peer: &PeerFile, node: NodeIdx, span: Range<usize>) -> Result<Vec<Action>, ScenarioError> {
+        let at = |s: Option<f64>, key| s.map(|s| self.time(s, span.clone(), key)).transpose();
+        let join = at(peer.join_s, "join_s")?.unwrap_or(Time::ZERO);
+        let mut actions = vec![Action { at: join, kind: ActionKind::Join(node) }];
+        if let Some(leave) = at(peer.leave_s, "leave_s")? {
+            actions.push(Action { at: leave, kind: ActionKind::Leave(node) });
+        }
+        let crash = at(peer.crash_s, "crash_s")?;
+        let restart = at(peer.restart_s, "restart_s")?;
+        match (crash, restart) {
+            (None, Some(_)) => return Err(self.invalid(span, "restart_s needs a crash_s before it")),
+            (Some(c), Some(r)) if r <= c => return Err(self.invalid(span, "restart_s must come after crash_s")),
+            _ => {}
+        }
+        actions.extend(crash.map(|at| Action { at, kind: ActionKind::Crash(node) }));
+        actions.extend(restart.map(|at| Action { at, kind: ActionKind::Restart(node) }));
+        Ok(actions)
+    }
+
+    fn holds(&self, raw: &HoldsFile, file: &FileSpec, span: Range<usize>) -> Result<BTreeSet<u32>, ScenarioError> {
+        match raw {
+            HoldsFile::Word(word) if word == "all" => Ok((0..file.piece_count).collect()),
+            HoldsFile::Word(word) if word == "none" => Ok(BTreeSet::new()),
+            HoldsFile::Word(word) => self.pieces(&[PieceItem::Range(word.clone())], file, span),
+            HoldsFile::List(items) => self.pieces(items, file, span),
+        }
+    }
+
+    fn pieces(&self, items: &[PieceItem], file: &FileSpec, span: Range<usize>) -> Result<BTreeSet<u32>, ScenarioError> {
+        let mut pieces = BTreeSet::new();
+        for item in items {
+            let (first, last) = match item {
+                PieceItem::Index(i) => (*i, *i),
+                PieceItem::Range(text) => parse_range(text)
+                    .ok_or_else(|| self.invalid(span.clone(), format!("{text:?} is not a piece or an a-b range")))?,
+            };
+            if first > last || last >= file.piece_count {
+                let count = file.piece_count;
+                return Err(self.invalid(span, format!("pieces {first}-{last} do not fit a file of {count} pieces")));
+            }
+            pieces.extend(first..=last);
+        }
+        Ok(pieces)
+    }
+
+    fn node(&self, names: &Names, name: &str, span: &Range<usize>) -> Result<NodeIdx, ScenarioError> {
+        names.get(name).copied().ok_or_else(|| self.invalid(span.clone(), format!("no peer is called {name:?}")))
+    }
+
+    fn event(
+        &self,
+        raw: &EventFile,
+        span: Range<usize>,
+        names: &Names,
+        file: &FileSpec,
+    ) -> Result<Action, ScenarioError> {
+        let peer = |name: &str| self.node(names, name, &span);
+        let (at_s, kind) = match raw {
+            EventFile::Join { at_s, peer: p } => (at_s, ActionKind::Join(peer(p)?)),
+            EventFile::Leave { at_s, peer: p } => (at_s, ActionKind::Leave(peer(p)?)),
+            EventFile::Crash { at_s, peer: p } => (at_s, ActionKind::Crash(peer(p)?)),
+            EventFile::Restart { at_s, peer: p } => (at_s, ActionKind::Restart(peer(p)?)),
+            EventFile::Corrupt { at_s, peer: p, pieces } => {
+                let pieces = self.pieces(pieces, file, span.clone())?.into_iter().collect();
+                (at_s, ActionKind::Corrupt(peer(p)?, pieces))
+            }
+            EventFile::Partition { at_s, nodes } => {
+                let nodes = nodes
+                    .iter()
+                    .map(|n| if n == "tracker" { Ok(NodeIdx::TRACKER) } else { peer(n) })
+                    .collect::<Result<_, _>>()?;
+                (at_s, ActionKind::Partition(nodes))
+            }
+            EventFile::Heal { at_s } => (at_s, ActionKind::Heal),
+            EventFile::TrackerRestart { at_s } => (at_s, ActionKind::TrackerRestart),
+        };
+        Ok(Action { at: self.time(*at_s, span, "at_s")?, kind })
+    }
+
+    fn expect(
+        &self,
+        raw: &ExpectFile,
+        span: Range<usize>,
+        names: &Names,
+        peers: &[PeerSpec],
+        file: &FileSpec,
+    ) -> Result<Expect, ScenarioError> {
+        let one = |name: &str| self.node(names, name, &span);
+        let many = |list: &[String]| self.select(list, names, peers, &span);
+        Ok(match raw {
+            ExpectFile::Completes { peers: list, by_s } => {
+                let by = by_s.map(|s| self.time(s, span.clone(), "by_s")).transpose()?;
+                Expect::Completes(many(list)?, by)
+            }
+            ExpectFile::Incomplete { peers: list } => Expect::Incomplete(many(list)?),
+            ExpectFile::PieceFrom { peer, piece, from } => {
+                if *piece >= file.piece_count {
+                    return Err(self.invalid(span, format!("piece {piece} is past the end of the file")));
+                }
+                Expect::PieceFrom(one(peer)?, *piece, one(from)?)
+            }
+            ExpectFile::Banned { peer, banned } => Expect::Banned(one(peer)?, one(banned)?),
+            ExpectFile::Missing { peer, pieces } => {
+                Expect::Missing(one(peer)?, self.pieces(pieces, file, span.clone())?.into_iter().collect())
+            }
+            ExpectFile::UploadedAtMost { peer, copies } => Expect::UploadedAtMost(one(peer)?, *copies),
+            ExpectFile::UploadedLess { peer, than } => Expect::UploadedLess(one(peer)?, many(than)?),
+        })
+    }
+
+    /// Resolves a peer list with `*` (every downloader) and `prefix*` patterns.
+    fn select(
+        &self,
+        list: &[String],
+        names: &Names,
+        peers: &[PeerSpec],
+        span: &Range<usize>,
+    ) -> Result<Vec<NodeIdx>, ScenarioError> {
+        let mut chosen = BTreeSet::new();
+        for pattern in list {
+            if pattern == "*" {
+                chosen.extend(peers.iter().enumerate().filter(|(_, p)| p.wants).map(|(i, _)| NodeIdx::peer(i)));
+            } else if let Some(prefix) = pattern.strip_suffix('*') {
+                let before = chosen.len();
+                chosen.extend(
+                    names.range(prefix.to_owned()..).take_while(|(n, _)| n.starts_with(prefix)).map(|(_, i)| *i),
+                );
+                if chosen.len() == before {
+                    return Err(self.invalid(span.clone(), format!("no peer name starts with {prefix:?}")));
+                }
+            } else {
+                chosen.insert(self.node(names, pattern, span)?);
+            }
+        }
+        Ok(chosen.into_iter().collect())
+    }
+}
+
+fn default_link() -> LinkSpec {
+    LinkSpec {
+        latency: Duration::from_secs_f64(LATENCY_MS_DEFAULT / 1000.0),
+        jitter: Duration::ZERO,
+        up_bytes_per_s: None,
+        down_bytes_per_s: None,
+        loss: 0.0,
+    }
+}
+
+fn names(peers: &[PeerSpec]) -> Names {
+    peers.iter().enumerate().map(|(i, p)| (p.name.clone(), NodeIdx::peer(i))).collect()
+}
+
+/// `"a-b"` or `"a"`.
+fn parse_range(text: &str) -> Option<(u32, u32)> {
+    match text.split_once('-') {
+        Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+        None => text.trim().parse().ok().map(|a| (a, a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "end_s = 10\n[file]\nsize_bytes = 65536\npiece_size_bytes = 16384\n";
+
+    fn parse(extra: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("t.toml"), &format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn holdings_accept_all_lists_and_ranges() {
+        let s = parse("[[peer]]\nname = \"A\"\nholds = \"all\"\n[[peer]]\nname = \"B\"\nholds = [0, \"2-3\"]\n")
+            .expect("valid scenario");
+        assert_eq!(s.peers[0].holds.len(), 4);
+        assert!(!s.peers[0].wants);
+        assert_eq!(s.peers[1].holds.iter().copied().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert!(s.peers[1].wants);
+    }
+
+    #[test]
+    fn counted_peers_expand_and_patterns_select_them() {
+        let s = parse("[[peer]]\nname = \"L\"\ncount = 3\n[[expect]]\ncheck = \"completes\"\npeers = [\"L*\"]\n")
+            .expect("valid scenario");
+        assert_eq!(s.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["L1", "L2", "L3"]);
+        assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = parse("[[peer]]\nname = \"A\"\nholds = [9]\n").expect_err("piece 9 is out of range");
+        assert!(matches!(err, ScenarioError::Invalid { line: 5, .. }), "{err}");
+        let err = parse("[[peer]]\nname = \"A\"\nbogus = 1\n").expect_err("unknown key");
+        assert!(matches!(err, ScenarioError::Syntax { line: 5..=7, .. }), "{err}");
+        let err = parse("[[event]]\ndo = \"crash\"\nat_s = 1\npeer = \"Z\"\n").expect_err("unknown peer");
+        assert!(err.to_string().contains("\"Z\""), "{err}");
+    }
+
+    #[test]
+    fn generated_scenarios_round_trip_through_toml() {
+        let s = parse("[[peer]]\nname = \"A\"\nholds = \"0-1\"\nlatency_ms = 5\n").expect("valid scenario");
+        assert_eq!(s.peers[0].link.latency, Duration::from_millis(5));
+        let raw: ScenarioFile = toml::from_str(&format!("{BASE}[[peer]]\nname = \"A\"\n")).expect("parses");
+        let text = toml::to_string(&raw).expect("serializes");
+        assert!(Scenario::parse(Path::new("x"), &text).is_ok(), "{text}");
+    }
+}

@@ -1,0 +1,128 @@
+//! The trace: one line per event of a run, virtual time first, and the SHA-256 digest of all
+//! lines. Same scenario and seed ⇒ byte-identical trace ⇒ same digest.
+//!
+//! This module also owns how machine [`Event`]s are written in words, with node names in place
+//! of addresses, so the trace and the story read the same way.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use p2p_core::{Event, GoneReason, Time};
+use sha2::{Digest as _, Sha256};
+
+/// Where trace lines go: always into the digest, optionally into a writer.
+pub struct Trace {
+    hasher: Sha256,
+    lines: u64,
+    out: Option<Box<dyn Write>>,
+    error: Option<std::io::Error>,
+    line: String,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace").field("lines", &self.lines).field("writing", &self.out.is_some()).finish()
+    }
+}
+
+impl Trace {
+    /// A trace that is only digested, or also written to `out`.
+    pub fn new(out: Option<Box<dyn Write>>) -> Trace {
+        Trace { hasher: Sha256::new(), lines: 0, out, error: None, line: String::new() }
+    }
+
+    /// Records `text` about `node` at `at`.
+    pub fn record(&mut self, at: Time, node: &str, text: std::fmt::Arguments<'_>) {
+        use std::fmt::Write as _;
+        self.line.clear();
+        // Writing into a String cannot fail.
+        let _ = writeln!(self.line, "{at} {node} {text}");
+        self.hasher.update(self.line.as_bytes());
+        self.lines += 1;
+        if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
+            if let Err(e) = out.write_all(self.line.as_bytes()) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes the writer and returns the hex digest and line count, or the first write error.
+    pub fn finish(mut self) -> (String, u64, Option<std::io::Error>) {
+        if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
+            self.error = out.flush().err();
+        }
+        (hex::encode(self.hasher.finalize()), self.lines, self.error)
+    }
+}
+
+/// An event in words; `name` turns an address into a node name.
+pub fn describe(event: &Event, name: &dyn Fn(SocketAddr) -> String) -> String {
+    match event {
+        Event::TrackerConnected => "connected to the tracker".to_owned(),
+        Event::TrackerLost => "lost the tracker".to_owned(),
+        Event::Sharing { name: file, pieces, .. } => format!("sharing {file} ({pieces} pieces)"),
+        Event::LocateSent { .. } => "asks the tracker where the pieces are".to_owned(),
+        Event::Located { holders, .. } => format!("tracker answers {}", holders_text(holders, name)),
+        Event::PieceRequested { piece, from, .. } => format!("requests piece {piece} from {}", name(*from)),
+        Event::PieceVerified { piece, from, progress, .. } => {
+            format!("got piece {piece} from {} ({}/{})", name(*from), progress.have, progress.total)
+        }
+        Event::PieceCorrupt { piece, from, .. } => format!("piece {piece} from {} FAILED its hash", name(*from)),
+        Event::PeerBanned { addr, .. } => format!("bans {}", name(*addr)),
+        Event::PiecesMissing { pieces, .. } => format!("reports pieces missing: {}", pieces_text(pieces)),
+        Event::FileUnknown { .. } => "the tracker does not know the file (yet)".to_owned(),
+        Event::Complete { .. } => "COMPLETE".to_owned(),
+        Event::DownloadFailed { reason, .. } => format!("download failed: {reason}"),
+        Event::BlockServed { piece, len, to, .. } => format!("served {len} bytes of piece {piece} to {}", name(*to)),
+        Event::ProtocolViolation { conn, reason } => format!("protocol violation on {conn}: {reason}"),
+        Event::PeerAnnounced { peer, pieces, .. } => format!("{} announced {pieces} pieces", name(peer.addr)),
+        Event::PeerGone { peer, reason } => {
+            let why = match reason {
+                GoneReason::Left => "left",
+                GoneReason::Disconnected => "disconnected",
+                GoneReason::Expired => "expired",
+            };
+            format!("forgot {} ({why})", name(peer.addr))
+        }
+    }
+}
+
+/// `0@A 1@B,C 2@-` for a located answer.
+pub fn holders_text(
+    holders: &[(p2p_core::PieceIndex, Vec<SocketAddr>)],
+    name: &dyn Fn(SocketAddr) -> String,
+) -> String {
+    let parts: Vec<String> = holders
+        .iter()
+        .map(|(piece, addrs)| {
+            let who: Vec<String> = addrs.iter().map(|a| name(*a)).collect();
+            let who = if who.is_empty() { "-".to_owned() } else { who.join(",") };
+            format!("{piece}@{who}")
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// `[2, 5]` for a list of pieces.
+pub fn pieces_text(pieces: &[p2p_core::PieceIndex]) -> String {
+    let numbers: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+    format!("[{}]", numbers.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_lines_same_digest() {
+        let run = || {
+            let mut t = Trace::new(None);
+            t.record(Time::from_millis(1500), "A", format_args!("hello {}", 1));
+            t.finish().0
+        };
+        assert_eq!(run(), run());
+        let mut other = Trace::new(None);
+        other.record(Time::from_millis(1501), "A", format_args!("hello 1"));
+        assert_ne!(run(), other.finish().0);
+    }
+}

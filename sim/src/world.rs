@@ -1,0 +1,441 @@
+//! The world: one scenario's network, stores, timers and scenario actions around the central
+//! [`Queue`], plus the event-queue driver [`run_queue`].
+//!
+//! The world never owns or calls a machine. It hands its driver [`Step`]s — start this machine,
+//! stop that one, give this input to that one — and takes back what the machine output
+//! ([`World::after_step`]). That split is what lets two drivers share one network and fault
+//! model: [`run_queue`] steps machines in a plain loop (scale, property tests) and
+//! [`crate::node::run_actix`] steps them as actix actors on tokio's paused clock (scenario runs).
+//! Both feed the same inputs in the same order, so they produce the same trace.
+//!
+//! What the world does with outputs is delivery only: messages go to the network, storage and
+//! hashing complete at once against the peer's [`Store`], events go to the trace and the
+//! outcome. No protocol or scheduling decision is made here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use p2p_core::limits::TTL_INTERVALS_COUNT;
+use p2p_core::rng::Rng;
+use p2p_core::wire::Message;
+use p2p_core::{Command, ConnId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+
+use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
+use crate::node::NodeMachine;
+use crate::queue::{Item, Queue};
+use crate::report::{Outcome, PeerSummary};
+use crate::scenario::{ActionKind, NodeIdx, Scenario};
+use crate::store::{Content, Store};
+use crate::trace::Trace;
+
+/// How long a peer that left keeps its machine (to flush its goodbyes) before it vanishes.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+/// What a driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Start this machine for the node.
+    Spawn(NodeIdx, NodeMachine),
+    /// Stop the node's machine (crash, leave, tracker restart).
+    Kill(NodeIdx),
+    /// Give the node's machine this input, drain it, and call [`World::after_step`].
+    Input(NodeIdx, Input),
+}
+
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    pub(crate) name: String,
+    pub(crate) running: bool,
+    timer: Option<Time>,
+    timer_fired: Option<Time>,
+    pub(crate) store: Store,
+    pub(crate) summary: PeerSummary,
+    /// Last time the tracker received anything from this node.
+    pub(crate) heard_by_tracker: Option<Time>,
+    /// The last located answer told in the story, to tell only changes.
+    pub(crate) story_located: Option<String>,
+}
+
+/// One run's state; see the module docs.
+#[derive(Debug)]
+pub struct World {
+    pub(crate) scenario: Scenario,
+    seed: u64,
+    pub(crate) content: Content,
+    pub(crate) network: Network,
+    pub(crate) queue: Queue,
+    pub(crate) nodes: Vec<NodeState>,
+    pending: VecDeque<Step>,
+    pub(crate) now: Time,
+    pub(crate) trace: Trace,
+    pub(crate) outcome: Outcome,
+    /// Block requests outstanding per connection of a downloader.
+    pub(crate) in_flight: BTreeMap<(NodeIdx, ConnId), usize>,
+    pub(crate) scratch: BytesMut,
+    ended: bool,
+}
+
+/// Runs `scenario` with `seed` on the event-queue driver.
+pub fn run_queue(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) -> (Outcome, Option<std::io::Error>) {
+    let mut world = World::new(scenario, seed, trace);
+    let mut machines: Vec<Option<NodeMachine>> = (0..world.nodes.len()).map(|_| None).collect();
+    let mut outputs = Vec::new();
+    while let Some((now, step)) = world.next_step() {
+        match step {
+            Step::Spawn(node, machine) => machines[node.0] = Some(machine),
+            Step::Kill(node) => machines[node.0] = None,
+            Step::Input(node, input) => {
+                let Some(machine) = machines[node.0].as_mut() else {
+                    continue;
+                };
+                machine.handle(now, input);
+                outputs.extend(std::iter::from_fn(|| machine.poll_output()));
+                world.after_step(node, &mut outputs, machine.poll_timeout());
+            }
+        }
+    }
+    world.finish()
+}
+
+impl World {
+    /// A world at time zero: the tracker starting, every scenario action queued.
+    pub fn new(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) -> World {
+        let file = &scenario.file;
+        let content = Content::generate(seed, &file.name, file.size_bytes, file.piece_size_bytes);
+        let mut links = vec![scenario.tracker.link];
+        links.extend(scenario.peers.iter().map(|p| p.link));
+        let mut nodes = vec![NodeState::new("tracker".to_owned(), Store::default())];
+        for peer in &scenario.peers {
+            nodes.push(NodeState::new(peer.name.clone(), Store::seeded(&content, peer.holds.iter().copied())));
+        }
+        let mut queue = Queue::default();
+        for (i, action) in scenario.actions.iter().enumerate() {
+            queue.push(action.at, Item::Action(i));
+        }
+        queue.push(scenario.end, Item::End);
+        let outcome = Outcome {
+            scenario: scenario.name.clone(),
+            seed,
+            file_size_bytes: file.size_bytes,
+            piece_count: file.piece_count,
+            ..Outcome::default()
+        };
+        let mut world = World {
+            scenario: scenario.clone(),
+            seed,
+            content,
+            network: Network::new(seed, links),
+            queue,
+            nodes,
+            pending: VecDeque::new(),
+            now: Time::ZERO,
+            trace: Trace::new(trace),
+            outcome,
+            in_flight: BTreeMap::new(),
+            scratch: BytesMut::new(),
+            ended: false,
+        };
+        world.start_tracker("starts");
+        world
+    }
+
+    /// The next step for the driver and the virtual time it happens at; `None` at the end.
+    pub fn next_step(&mut self) -> Option<(Time, Step)> {
+        loop {
+            if let Some(step) = self.pending.pop_front() {
+                return Some((self.now, step));
+            }
+            if self.ended {
+                return None;
+            }
+            let (at, item) = self.queue.pop()?;
+            self.now = at;
+            self.outcome.events += 1;
+            if let Some(step) = self.take(item) {
+                return Some((at, step));
+            }
+        }
+    }
+
+    /// Carries out what `node`'s machine output after its last step (draining `outputs`), and
+    /// keeps its timer.
+    pub fn after_step(&mut self, node: NodeIdx, outputs: &mut Vec<Output>, timeout: Option<Time>) {
+        for output in outputs.drain(..) {
+            self.dispatch(node, output);
+        }
+        self.set_timer(node, timeout);
+    }
+
+    /// Ends the run: the outcome and the trace's write error, if any.
+    pub fn finish(mut self) -> (Outcome, Option<std::io::Error>) {
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            let mut summary = node.summary.clone();
+            summary.name.clone_from(&node.name);
+            summary.pieces = node.store.verified(&self.content).count();
+            summary.running = node.running && self.network.incarnation(NodeIdx(i)) > 0;
+            self.outcome.peers.push(summary);
+        }
+        self.outcome.ended_at = self.now;
+        let (digest, lines, error) = self.trace.finish();
+        self.outcome.trace_digest = digest;
+        self.outcome.trace_lines = lines;
+        (self.outcome, error)
+    }
+
+    /// The node's name, for traces and stories.
+    pub(crate) fn name(&self, node: NodeIdx) -> &str {
+        &self.nodes[node.0].name
+    }
+
+    /// The name of the node at `addr` (or the address when nobody is there).
+    pub(crate) fn name_at(&self, addr: SocketAddr) -> String {
+        self.network.node_at(addr).map_or_else(|| addr.to_string(), |n| self.nodes[n.0].name.clone())
+    }
+
+    /// Records a trace line about `node` now.
+    pub(crate) fn log(&mut self, node: NodeIdx, text: std::fmt::Arguments<'_>) {
+        let now = self.now;
+        self.trace.record(now, &self.nodes[node.0].name, text);
+    }
+
+    /// Queues an input for `node`'s current life, at the current time.
+    pub(crate) fn local(&mut self, node: NodeIdx, input: Input) {
+        let incarnation = self.network.incarnation(node);
+        self.queue.push(self.now, Item::Local { node, incarnation, input });
+    }
+
+    fn is_current(&self, node: NodeIdx, incarnation: u32) -> bool {
+        self.nodes[node.0].running && self.network.incarnation(node) == incarnation
+    }
+
+    /// Turns a due item into a step, or handles it here (actions, stale items).
+    fn take(&mut self, item: Item) -> Option<Step> {
+        match item {
+            Item::End => {
+                self.ended = true;
+                None
+            }
+            Item::Action(i) => {
+                let action = self.scenario.actions[i].kind.clone();
+                self.act(action);
+                None
+            }
+            Item::Timer { node, incarnation, wanted } => {
+                let state = &mut self.nodes[node.0];
+                if !(state.running && self.network.incarnation(node) == incarnation && state.timer == Some(wanted)) {
+                    return None;
+                }
+                state.timer = None;
+                state.timer_fired = Some(wanted);
+                Some(Step::Input(node, Input::Timeout))
+            }
+            Item::Local { node, incarnation, input } => {
+                if !self.is_current(node, incarnation) {
+                    return None;
+                }
+                if let Input::Disconnected { conn } = input {
+                    self.on_disconnected(node, conn, "reset");
+                }
+                Some(Step::Input(node, input))
+            }
+            Item::Wire { link, end, input } => {
+                let (node, incarnation, from) = self.network.arrive(link, end, &input)?;
+                if !self.is_current(node, incarnation) {
+                    return None;
+                }
+                self.on_arrival(node, from, &input);
+                Some(Step::Input(node, input))
+            }
+            Item::Vanish { node, incarnation } => {
+                if self.is_current(node, incarnation) {
+                    self.log(node, format_args!("is gone"));
+                    self.stop(node);
+                }
+                None
+            }
+        }
+    }
+
+    fn on_arrival(&mut self, node: NodeIdx, from: NodeIdx, input: &Input) {
+        if node == NodeIdx::TRACKER {
+            self.nodes[from.0].heard_by_tracker = Some(self.now);
+        }
+        match input {
+            Input::Connected { conn, .. } => {
+                let other = self.nodes[from.0].name.clone();
+                self.log(node, format_args!("{conn} connected with {other}"));
+            }
+            Input::Disconnected { conn } => self.on_disconnected(node, *conn, "closed by the other end"),
+            Input::Message { conn, message: Message::Data { bytes, .. } } => {
+                self.nodes[node.0].summary.bytes_down += bytes.len() as u64;
+                self.request_answered(node, *conn);
+            }
+            Input::Message { conn, message: Message::Reject { .. } } => self.request_answered(node, *conn),
+            _ => {}
+        }
+    }
+
+    fn on_disconnected(&mut self, node: NodeIdx, conn: ConnId, why: &str) {
+        self.in_flight.remove(&(node, conn));
+        self.log(node, format_args!("{conn} disconnected ({why})"));
+    }
+
+    fn request_answered(&mut self, node: NodeIdx, conn: ConnId) {
+        if let Some(count) = self.in_flight.get_mut(&(node, conn)) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    fn set_timer(&mut self, node: NodeIdx, timeout: Option<Time>) {
+        let incarnation = self.network.incarnation(node);
+        let state = &mut self.nodes[node.0];
+        match timeout {
+            // A machine that still asks for a timer that already fired has not moved it; firing
+            // it again at once would loop forever, so it waits for the next input instead.
+            Some(wanted) if state.timer != Some(wanted) && state.timer_fired != Some(wanted) => {
+                state.timer = Some(wanted);
+                self.queue.push(wanted.max(self.now), Item::Timer { node, incarnation, wanted });
+            }
+            Some(_) => {}
+            None => state.timer = None,
+        }
+    }
+
+    fn act(&mut self, action: ActionKind) {
+        match action {
+            ActionKind::Join(node) => self.start_peer(node, "joins"),
+            ActionKind::Restart(node) => self.start_peer(node, "restarts"),
+            ActionKind::Leave(node) => self.leave(node),
+            ActionKind::Crash(node) if self.nodes[node.0].running => {
+                self.tell(node, "CRASHES".to_owned());
+                self.stop(node);
+            }
+            ActionKind::Crash(node) => self.log(node, format_args!("cannot crash: not running")),
+            ActionKind::Corrupt(node, pieces) => {
+                let hit = self.nodes[node.0].store.corrupt(&pieces);
+                self.tell(node, format!("its copy of pieces {hit:?} goes bad"));
+            }
+            ActionKind::Partition(nodes) => {
+                let names: Vec<&str> = nodes.iter().map(|n| self.name(*n)).collect();
+                let text = format!("network partition: {} cut off from the rest", names.join(", "));
+                self.tell(NodeIdx::TRACKER, text);
+                self.network.partition(self.now, &nodes, &mut self.queue);
+            }
+            ActionKind::Heal => {
+                self.tell(NodeIdx::TRACKER, "network partition heals".to_owned());
+                self.network.heal();
+            }
+            ActionKind::TrackerRestart => {
+                self.tell(NodeIdx::TRACKER, "RESTARTS with empty state".to_owned());
+                self.stop(NodeIdx::TRACKER);
+                self.start_tracker("is back");
+            }
+        }
+    }
+
+    fn start_tracker(&mut self, verb: &str) {
+        let incarnation = self.network.node_up(NodeIdx::TRACKER);
+        self.nodes[0].running = true;
+        let seed = Rng::derive_seed(self.seed, &format!("tracker/{incarnation}"));
+        let config = TrackerConfig { seed, announce_interval: self.scenario.tracker.announce_interval };
+        self.log(NodeIdx::TRACKER, format_args!("{verb} at {}", node_addr(NodeIdx::TRACKER)));
+        self.pending.push_back(Step::Spawn(NodeIdx::TRACKER, NodeMachine::Tracker(Box::new(Tracker::new(config)))));
+    }
+
+    fn start_peer(&mut self, node: NodeIdx, verb: &str) {
+        if self.nodes[node.0].running {
+            self.log(node, format_args!("already running; {verb} ignored"));
+            return;
+        }
+        let incarnation = self.network.node_up(node);
+        let spec = &self.scenario.peers[node.0 - 1];
+        let seed = Rng::derive_seed(self.seed, &format!("peer/{}/{incarnation}", spec.name));
+        let mut config = PeerConfig::new(seed, node_addr(NodeIdx::TRACKER), LISTEN_PORT);
+        config.upload_limit_bytes_per_s = spec.upload_limit_bytes_per_s;
+        config.announce_interval = self.scenario.tracker.announce_interval;
+        let wants = spec.wants;
+        let state = &mut self.nodes[node.0];
+        state.running = true;
+        state.timer = None;
+        state.timer_fired = None;
+        state.story_located = None;
+        let have = state.store.verified(&self.content);
+        let resume =
+            (have.count() > 0 || state.store.is_allocated()).then(|| (self.content.manifest.clone(), have.clone()));
+        let machine = Peer::new(config);
+        self.tell(node, format!("{verb} at {} holding {} pieces", node_addr(node), have.count()));
+        self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
+        let manifest = self.content.manifest.clone();
+        if wants && !self.nodes[node.0].store.is_finalized() {
+            self.local(node, Input::Command(Command::Get { file_id: manifest.file_id(), resume }));
+        } else if have.count() > 0 {
+            self.local(node, Input::Command(Command::Share { manifest, have }));
+        }
+    }
+
+    fn leave(&mut self, node: NodeIdx) {
+        if !self.nodes[node.0].running {
+            self.log(node, format_args!("cannot leave: not running"));
+            return;
+        }
+        self.tell(node, "leaves".to_owned());
+        self.network.stop_accepting(node);
+        self.local(node, Input::Command(Command::Leave));
+        let incarnation = self.network.incarnation(node);
+        self.queue.push(self.now + LEAVE_GRACE, Item::Vanish { node, incarnation });
+    }
+
+    /// The node's machine stops now; its links reset.
+    fn stop(&mut self, node: NodeIdx) {
+        self.network.node_down(self.now, node, &mut self.queue);
+        let state = &mut self.nodes[node.0];
+        state.running = false;
+        state.timer = None;
+        let conns: Vec<(NodeIdx, ConnId)> = self
+            .in_flight
+            .range((node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in conns {
+            self.in_flight.remove(&key);
+        }
+        self.pending.push_back(Step::Kill(node));
+    }
+
+    /// `text` goes to the trace and the story.
+    pub(crate) fn tell(&mut self, node: NodeIdx, text: String) {
+        self.log(node, format_args!("{text}"));
+        let who = self.nodes[node.0].name.clone();
+        self.outcome.story.push(crate::report::StoryLine { at: self.now, who, text });
+    }
+
+    /// The tracker's time-to-live for a peer that stops announcing.
+    pub(crate) fn tracker_ttl(&self) -> Duration {
+        self.scenario.tracker.announce_interval * TTL_INTERVALS_COUNT
+    }
+
+    /// Hands a message to the network.
+    pub(crate) fn transmit(&mut self, node: NodeIdx, conn: ConnId, message: Message, size_bytes: u64) {
+        if let Sent::Lost = self.network.send(self.now, node, conn, (message, size_bytes), &mut self.queue) {
+            self.log(node, format_args!("{conn} lost a message: connection reset"));
+        }
+    }
+}
+
+impl NodeState {
+    fn new(name: String, store: Store) -> NodeState {
+        NodeState {
+            name,
+            running: false,
+            timer: None,
+            timer_fired: None,
+            store,
+            summary: PeerSummary::default(),
+            heard_by_tracker: None,
+            story_located: None,
+        }
+    }
+}
