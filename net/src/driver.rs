@@ -22,7 +22,7 @@ use actix::fut::wrap_future;
 use actix::prelude::*;
 use p2p_core::limits::CONNECTIONS_MAX;
 use p2p_core::wire::Message;
-use p2p_core::{Command, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
+use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -52,9 +52,13 @@ pub enum NodeEvent {
     },
 }
 
+/// Checks a local command against the machine's state before the machine is handed it.
+pub type CommandCheck<M> = fn(&M, &Command) -> Result<(), CommandError>;
+
 /// The actor around a machine; see the module docs.
 pub struct Driver<M: Machine> {
     machine: M,
+    check: CommandCheck<M>,
     label: String,
     start: Instant,
     store: Option<Arc<Store>>,
@@ -84,9 +88,9 @@ pub struct Accepted {
     remote: SocketAddr,
 }
 
-/// A local command for the machine.
+/// A local command for the machine; refused when the machine's check refuses it.
 #[derive(Debug, actix::Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), CommandError>")]
 pub struct Local(pub Command);
 
 /// `Command::Leave`, answered once the connections it closed are flushed and closed.
@@ -109,6 +113,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
     ) -> Driver<M> {
         Driver {
             machine,
+            check: |_, _| Ok(()),
             label,
             start: Instant::now(),
             store,
@@ -123,6 +128,12 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             store_jobs: Arc::new(Semaphore::new(STORE_JOBS_MAX)),
             listener: None,
         }
+    }
+
+    /// Has every local command checked by `check` first.
+    pub fn with_command_check(mut self, check: CommandCheck<M>) -> Driver<M> {
+        self.check = check;
+        self
     }
 
     /// Starts the actor and a task accepting connections on `listener`.
@@ -270,11 +281,14 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             // Inline: it is a few small writes once per download, and every later store
             // output for the file relies on it having happened (it has no completion).
             Output::Allocate { manifest } => store.allocate(&manifest),
-            Output::PieceVerified { file_id, piece } => self.background(move || {
-                if let Err(e) = store.piece_verified(file_id, piece) {
-                    tracing::error!("cannot record piece {piece} of {file_id}: {e}");
-                }
-            }),
+            Output::PieceVerified { file_id, piece } => match store.mark_verified(file_id, piece) {
+                Ok(()) => self.background(move || {
+                    if let Err(e) = store.persist_bitfield(file_id) {
+                        tracing::error!("cannot record piece {piece} of {file_id}: {e}");
+                    }
+                }),
+                Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
+            },
             Output::WriteBlock { file_id, piece, offset, bytes } => self.work(ctx, move || {
                 let result = store.write_block(file_id, piece, offset, &bytes);
                 Completion::BlockWritten { file_id, piece, offset, result }
@@ -375,10 +389,12 @@ impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
 }
 
 impl<M: Machine + Unpin + 'static> Handler<Local> for Driver<M> {
-    type Result = ();
+    type Result = Result<(), CommandError>;
 
-    fn handle(&mut self, Local(command): Local, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Local(command): Local, ctx: &mut Context<Self>) -> Result<(), CommandError> {
+        (self.check)(&self.machine, &command)?;
         self.feed(ctx, Input::Command(command));
+        Ok(())
     }
 }
 

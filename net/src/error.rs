@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use p2p_core::{FileId, ManifestError};
+use p2p_core::{CommandError, FileId, ManifestError};
 use thiserror::Error;
 
 /// An error of the network driver, the store or the hasher.
@@ -72,6 +72,9 @@ pub enum NetError {
         /// What went wrong.
         reason: String,
     },
+    /// The machine refused a local command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
     /// The driver actor is gone (the node was stopped).
     #[error("the node has stopped")]
     Stopped,

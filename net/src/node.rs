@@ -97,7 +97,8 @@ pub async fn spawn_peer(
     config.announce_interval = options.announce_interval;
     let peer = Peer::new(config);
     let peer_id = peer.peer_id();
-    let driver = Driver::new(peer, format!("peer {addr}"), Some(store.clone()), Some(events));
+    let driver = Driver::new(peer, format!("peer {addr}"), Some(store.clone()), Some(events))
+        .with_command_check(Peer::check_command);
     Ok(PeerHandle { addr, peer_id, store, driver: driver.start_with_listener(listener) })
 }
 
@@ -185,7 +186,7 @@ impl PeerHandle {
     }
 
     async fn command(&self, command: Command) -> Result<(), NetError> {
-        self.driver.send(Local(command)).await.map_err(|_| NetError::Stopped)
+        Ok(self.driver.send(Local(command)).await.map_err(|_| NetError::Stopped)??)
     }
 }
 

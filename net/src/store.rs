@@ -143,10 +143,11 @@ impl Store {
         Ok(Bytes::from(buffer))
     }
 
-    /// Records a verified piece and persists the bitfield beside the partial file.
-    pub fn piece_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), NetError> {
+    /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
+    /// with the other outputs, then [`Store::persist_bitfield`] on a worker thread.
+    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), NetError> {
         self.lock().get_mut(&file_id).ok_or(NetError::NotStored(file_id))?.served.set(piece);
-        self.persist_bitfield(file_id)
+        Ok(())
     }
 
     /// Moves a fully verified download to the output directory and returns its final path.
@@ -221,8 +222,8 @@ impl Store {
         Ok(Some((manifest, verified)))
     }
 
-    /// Writes the verified pieces of a download to `<id>.bitfield`.
-    fn persist_bitfield(&self, file_id: FileId) -> Result<(), NetError> {
+    /// Writes the verified pieces of a download to `<id>.bitfield` (nothing once complete).
+    pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), NetError> {
         let sidecars = self.lock().get(&file_id).ok_or(NetError::NotStored(file_id))?.sidecars.clone();
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
         // Read under the sidecar lock, so the newest bitfield is always the one written last.

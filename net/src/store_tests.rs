@@ -41,7 +41,8 @@ impl Fixture {
         store.write_block(id, piece, half as u32, &bytes[half..]).expect("second half");
         store.write_block(id, piece, 0, &bytes[..half]).expect("first half");
         assert_eq!(store.hash_piece(id, piece), Ok(self.manifest.piece_hash(piece)));
-        store.piece_verified(id, piece).expect("persist");
+        store.mark_verified(id, piece).expect("mark");
+        store.persist_bitfield(id).expect("persist");
     }
 }
 

@@ -1,1 +1,64 @@
-fn main() {}
+//! `p2p-node`: run a tracker or a peer, compute a file id, list a tracker's files, or watch the
+//! seed's example run in one process (`demo`). The command line is DESIGN.md §5.
+//!
+//! This file only parses, sets up logging and maps the outcome to an exit code; the work is in
+//! the subcommand modules, every stable stdout line in `report.rs`.
+
+#![forbid(unsafe_code)]
+
+#[path = "../cli.rs"]
+mod cli;
+mod demo;
+mod peer;
+mod progress;
+#[path = "../report.rs"]
+mod report;
+mod tools;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, NodeCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Printing the usage text only fails when stderr is gone; the exit code still tells.
+            e.print().ok();
+            return ExitCode::from(if e.use_stderr() { report::EXIT_USAGE } else { report::EXIT_OK });
+        }
+    };
+    init_logging();
+    match run(cli.command) {
+        Ok(()) => ExitCode::from(report::EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            report::exit_code(&e)
+        }
+    }
+}
+
+fn run(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Tracker { listen } => in_actix(tools::tracker(listen)),
+        NodeCommand::Peer(args) => in_actix(peer::run(args)),
+        NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
+        NodeCommand::Ls { tracker } => in_actix(tools::ls(tracker)),
+        NodeCommand::Demo => in_actix(demo::run()),
+    }
+}
+
+/// Runs `job` inside an actix system (the nodes are actors).
+fn in_actix(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(job)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

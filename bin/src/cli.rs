@@ -1,0 +1,168 @@
+//! The command line of `p2p-node` (DESIGN.md §5) and the argument types it parses.
+//!
+//! Everything that can be checked without touching the network or a file is checked here, so
+//! a malformed argument is a usage error (exit 2) before anything starts.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use p2p_core::limits::PIECES_MAX;
+use p2p_core::manifest::check_piece_size;
+use p2p_core::FileIdPrefix;
+
+/// swarm: peer-to-peer file sharing with a tracker.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-node", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run a tracker until SIGINT/SIGTERM.
+    Tracker {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
+        listen: SocketAddr,
+    },
+    /// Run a peer: share files, download files, seed.
+    Peer(PeerArgs),
+    /// Print the FILE_ID of a file, offline.
+    Id {
+        /// The file.
+        path: PathBuf,
+        /// Piece size in bytes (a power of two, 16 KiB to 16 MiB; default: from the file size).
+        #[arg(long, value_parser = parse_piece_size)]
+        piece_size: Option<u32>,
+    },
+    /// List the files a tracker knows, with holders per piece.
+    Ls {
+        /// The tracker's address.
+        #[arg(long, value_parser = parse_addr)]
+        tracker: SocketAddr,
+    },
+    /// Tell the seed's story: A, B, C each hold a piece, D gets all three, E gets it from D.
+    Demo,
+}
+
+/// Arguments of `p2p-node peer`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The tracker's address.
+    #[arg(long, value_parser = parse_addr)]
+    pub tracker: SocketAddr,
+    /// Address to accept peer connections on.
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// Store directory: partial downloads and their state.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// A file to share (repeatable).
+    #[arg(long)]
+    pub share: Vec<PathBuf>,
+    /// Share only these pieces of each --share, e.g. `0,2-3`.
+    #[arg(long, value_parser = parse_piece_list)]
+    pub only_pieces: Option<PieceList>,
+    /// A file id (64 hex digits, or a unique prefix of at least 8) to download (repeatable).
+    #[arg(long)]
+    pub get: Vec<FileIdPrefix>,
+    /// Where finished downloads go (default: the store directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit once every --get is complete.
+    #[arg(long)]
+    pub exit_when_done: bool,
+    /// Upload cap in bytes per second.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_limit: Option<u64>,
+    /// Piece size of shared files in bytes (a power of two, 16 KiB to 16 MiB; default: from
+    /// the file size).
+    #[arg(long, value_parser = parse_piece_size)]
+    pub piece_size: Option<u32>,
+}
+
+/// Piece numbers typed as `0,2-3`: sorted, without duplicates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceList(pub Vec<u32>);
+
+/// A socket address, or a host name and port resolved to its first address.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut resolved = text.to_socket_addrs().map_err(|e| format!("not an address {text:?}: {e}"))?;
+    resolved.next().ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn parse_piece_size(text: &str) -> Result<u32, String> {
+    let bytes: u64 = text.parse().map_err(|_| format!("not a number of bytes: {text:?}"))?;
+    check_piece_size(bytes).map_err(|e| e.to_string())
+}
+
+fn parse_piece_list(text: &str) -> Result<PieceList, String> {
+    let mut pieces = Vec::new();
+    for part in text.split(',') {
+        let bad = || format!("{part:?} is not a piece number or range like 2-5 (in {text:?})");
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (first, last),
+            None => (part, part),
+        };
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first > last {
+            return Err(format!("range {part:?} runs backwards"));
+        }
+        if last >= PIECES_MAX {
+            return Err(format!("piece {last} is beyond the limit of {PIECES_MAX} pieces"));
+        }
+        pieces.extend(first..=last);
+    }
+    pieces.sort_unstable();
+    pieces.dedup();
+    Ok(PieceList(pieces))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_lists_parse_ranges_and_reject_malformed_ones() {
+        assert_eq!(parse_piece_list("0,2-3"), Ok(PieceList(vec![0, 2, 3])));
+        assert_eq!(parse_piece_list("3,1,1-2"), Ok(PieceList(vec![1, 2, 3])));
+        for bad in ["", "1-", "-", "a", "3-1", "1,,2", "99999999"] {
+            assert!(parse_piece_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn usage_is_parsed_per_the_contract() {
+        let cli = Cli::try_parse_from([
+            "p2p-node",
+            "peer",
+            "--tracker",
+            "127.0.0.1:7000",
+            "--store",
+            "s",
+            "--share",
+            "a",
+            "--share",
+            "b",
+            "--get",
+            "abcdef01",
+            "--exit-when-done",
+            "--piece-size",
+            "262144",
+        ])
+        .expect("valid");
+        let NodeCommand::Peer(peer) = cli.command else { panic!("a peer command") };
+        assert_eq!(peer.share.len(), 2);
+        assert_eq!(peer.piece_size, Some(262_144));
+        assert!(Cli::try_parse_from(["p2p-node", "id", "f", "--piece-size", "1000"]).is_err());
+        assert!(Cli::try_parse_from(["p2p-node", "peer", "--tracker", "127.0.0.1:1"]).is_err(), "--store is required");
+    }
+}

@@ -1,0 +1,190 @@
+//! `p2p-node peer`: share files, download files, seed until told to stop.
+//!
+//! Start-up checks the tracker is reachable (one clear error otherwise), starts the node,
+//! shares and asks for the files, then follows the node's events: the stable lines of
+//! `report.rs`, progress, failures. With `--exit-when-done` it leaves once every `--get` is
+//! complete; otherwise on SIGINT/SIGTERM. Leaving tells the tracker and waits briefly for the
+//! connections to flush.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use p2p_core::{Event, FileId, FileIdPrefix};
+use p2p_net::client::list_files;
+use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::cli::PeerArgs;
+use crate::progress::Progress;
+use crate::report;
+use crate::tools::shutdown_signal;
+
+/// How long start-up waits for the tracker to accept a connection.
+const TRACKER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long leaving waits for the connections to flush and close.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the peer until it is done or told to stop.
+pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
+    check_tracker(args.tracker).await?;
+    let (events_sender, mut events) = mpsc::unbounded_channel();
+    let mut options = PeerOptions::new(args.tracker, args.store.clone());
+    options.listen = args.listen;
+    options.out_dir = args.out.clone().unwrap_or_else(|| args.store.clone());
+    options.upload_limit_bytes_per_s = args.upload_limit;
+    let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
+    report::listening(peer.addr());
+    let mut session = Session { exit_when_done: args.exit_when_done, ..Session::default() };
+    let result = async {
+        start_jobs(&peer, &args, &mut session).await?;
+        session.follow(&mut events).await
+    }
+    .await;
+    leave(&peer).await;
+    result
+}
+
+async fn check_tracker(tracker: SocketAddr) -> anyhow::Result<()> {
+    match tokio::time::timeout(TRACKER_CHECK_TIMEOUT, TcpStream::connect(tracker)).await {
+        Ok(Ok(_probe)) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("cannot reach the tracker at {tracker}: {e}")),
+        Err(_) => Err(anyhow!("cannot reach the tracker at {tracker}: no answer in {TRACKER_CHECK_TIMEOUT:?}")),
+    }
+}
+
+/// Shares every `--share` and asks for every `--get`.
+async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -> anyhow::Result<()> {
+    let options = ShareOptions {
+        piece_size_bytes: args.piece_size,
+        only_pieces: args.only_pieces.as_ref().map(|list| list.0.clone()),
+    };
+    for path in &args.share {
+        let manifest = peer.share(path, options.clone()).await.with_context(|| share_failed(path))?;
+        session.shares.insert(manifest.file_id());
+    }
+    for prefix in &args.get {
+        let file_id = resolve(prefix, peer, args.tracker).await?;
+        if let Some(resumed) = peer.get(file_id).await.with_context(|| format!("cannot download {file_id}"))? {
+            if resumed.have > 0 {
+                report::resumed(file_id, resumed.have, resumed.total);
+            }
+        }
+        session.gets.insert(file_id);
+    }
+    Ok(())
+}
+
+fn share_failed(path: &Path) -> String {
+    format!("cannot share {}", path.display())
+}
+
+/// The full id for a typed one: itself, or the single id starting with the prefix among the
+/// store's files, else among the tracker's.
+async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr) -> anyhow::Result<FileId> {
+    if let Some(file_id) = prefix.as_full() {
+        return Ok(file_id);
+    }
+    if let Ok(file_id) = prefix.resolve(&peer.known_ids()) {
+        return Ok(file_id);
+    }
+    let context = || format!("cannot resolve the file id prefix {}", prefix.as_str());
+    let (files, _) = list_files(tracker).await.with_context(context)?;
+    prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
+}
+
+async fn leave(peer: &PeerHandle) {
+    // A peer that cannot flush in time exits anyway; the tracker expires it.
+    tokio::time::timeout(LEAVE_TIMEOUT, peer.leave()).await.ok();
+    peer.stop();
+}
+
+/// What the running peer still waits for.
+#[derive(Debug, Default)]
+struct Session {
+    exit_when_done: bool,
+    /// Shared files the tracker has not acknowledged yet.
+    shares: BTreeSet<FileId>,
+    /// Downloads not complete yet.
+    gets: BTreeSet<FileId>,
+    progress: Progress,
+}
+
+impl Session {
+    /// Follows the node's events until done (`--exit-when-done`), a signal, or a failure.
+    async fn follow(&mut self, events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> anyhow::Result<()> {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        while !self.done() {
+            tokio::select! {
+                biased;
+                signal = &mut shutdown => return signal,
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event)?,
+                    None => bail!("the peer stopped unexpectedly"),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.exit_when_done && self.shares.is_empty() && self.gets.is_empty()
+    }
+
+    fn on_event(&mut self, event: NodeEvent) -> anyhow::Result<()> {
+        match event {
+            NodeEvent::Machine(event) => self.on_machine_event(event),
+            NodeEvent::Completed { file_id, path, received_bytes } => {
+                if self.gets.remove(&file_id) {
+                    self.progress.finish(file_id);
+                    report::complete(file_id, &path);
+                    report::downloaded(file_id, received_bytes);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_machine_event(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Sharing { file_id, name, pieces } if self.shares.remove(&file_id) => {
+                report::sharing(file_id, &name, pieces);
+            }
+            Event::PieceVerified { file_id, progress, .. } => self.progress.piece(file_id, &progress),
+            Event::DownloadFailed { file_id, reason } => {
+                self.fail(file_id, format!("download of {file_id} failed: {reason}"))?;
+            }
+            Event::FileUnknown { file_id } => {
+                let reason = format!("the tracker knows no peer sharing {file_id}");
+                if self.exit_when_done && self.gets.contains(&file_id) {
+                    bail!(reason);
+                }
+                tracing::info!("{reason}; still asking");
+            }
+            Event::PiecesMissing { file_id, pieces } => {
+                tracing::info!("{file_id}: no live peer holds pieces {pieces:?}; waiting for one");
+            }
+            Event::TrackerLost => tracing::warn!("lost the tracker; reconnecting"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A download cannot go on: the job fails with `--exit-when-done`, else the peer says so
+    /// and keeps seeding.
+    fn fail(&mut self, file_id: FileId, message: String) -> anyhow::Result<()> {
+        if !self.gets.remove(&file_id) {
+            return Ok(());
+        }
+        self.progress.finish(file_id);
+        if self.exit_when_done {
+            bail!(message);
+        }
+        eprintln!("{message}");
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! Download progress for a person: an indicatif bar per file on stderr when stdout is a
+//! terminal (pieces, rate, ETA, peers), plain `progress` lines on stdout otherwise (at most a few
+//! per second per file).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2p_core::FileId;
+
+use crate::report;
+
+/// Shortest interval between two plain progress lines of one file.
+const PLAIN_LINE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Progress display of every download of this run.
+#[derive(Debug)]
+pub struct Progress {
+    bars: Option<MultiProgress>,
+    files: BTreeMap<FileId, FileProgress>,
+}
+
+#[derive(Debug)]
+struct FileProgress {
+    bar: Option<ProgressBar>,
+    first_seen: Instant,
+    first_have_bytes: u64,
+    last_line: Option<Instant>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        let terminal = std::io::stdout().is_terminal();
+        let bars = terminal.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Progress { bars, files: BTreeMap::new() }
+    }
+}
+
+impl Progress {
+    /// A piece of `file_id` was verified; `progress` is the download's state after it.
+    pub fn piece(&mut self, file_id: FileId, progress: &p2p_core::Progress) {
+        let bars = self.bars.clone();
+        let file = self.files.entry(file_id).or_insert_with(|| FileProgress {
+            bar: bars.map(|bars| bars.add(new_bar(file_id, progress.total))),
+            first_seen: Instant::now(),
+            first_have_bytes: progress.have_bytes,
+            last_line: None,
+        });
+        let elapsed = file.first_seen.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 { (progress.have_bytes - file.first_have_bytes) as f64 / elapsed } else { 0.0 };
+        // Whole bytes per second are precise enough for a display.
+        let rate = rate as u64;
+        match &file.bar {
+            Some(bar) => {
+                bar.set_position(u64::from(progress.have));
+                bar.set_message(format!("{}/s, {} peers", HumanBytes(rate), progress.peers));
+            }
+            None => {
+                let due = file.last_line.is_none_or(|at| at.elapsed() >= PLAIN_LINE_INTERVAL);
+                if due || progress.have == progress.total {
+                    file.last_line = Some(Instant::now());
+                    report::progress(file_id, progress.have, progress.total, rate, progress.peers);
+                }
+            }
+        }
+    }
+
+    /// The download of `file_id` ended; its bar is removed.
+    pub fn finish(&mut self, file_id: FileId) {
+        if let Some(bar) = self.files.remove(&file_id).and_then(|file| file.bar) {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn new_bar(file_id: FileId, total: u32) -> ProgressBar {
+    let bar = ProgressBar::new(u64::from(total));
+    // The template is a constant known to parse.
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pieces {msg} ETA {eta}")
+        .map(|style| style.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(file_id.short());
+    bar
+}

@@ -1,0 +1,49 @@
+//! The small subcommands: `tracker`, `id`, `ls`; and waiting for SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use p2p_core::TrackerConfig;
+use p2p_net::client::list_files;
+use p2p_net::hasher::manifest_of;
+use p2p_net::spawn_tracker;
+use rand::RngCore;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::report;
+
+/// `p2p-node tracker`: serve until SIGINT/SIGTERM.
+pub async fn tracker(listen: SocketAddr) -> anyhow::Result<()> {
+    let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
+    let tracker = spawn_tracker(listen, config).await.context("cannot start the tracker")?;
+    report::listening(tracker.addr());
+    shutdown_signal().await?;
+    tracker.stop();
+    Ok(())
+}
+
+/// `p2p-node id`: the file id, computed offline.
+pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {
+    let manifest = manifest_of(path, piece_size_bytes)?;
+    report::file_id(manifest.file_id());
+    Ok(())
+}
+
+/// `p2p-node ls`: the tracker's files with holders per piece.
+pub async fn ls(tracker: SocketAddr) -> anyhow::Result<()> {
+    let (files, truncated) = list_files(tracker).await.context("cannot list the tracker's files")?;
+    report::files(&files, truncated);
+    Ok(())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
