@@ -42,8 +42,9 @@ fn downloader_killed_half_way_resumes_and_fetches_only_the_missing_pieces() {
     // First run: killed with SIGKILL once its store shows about 40 % of the pieces verified, or
     // after half the time the whole download takes.
     let mut first = Node::peer("downloader (first run)", tracker_addr, &store, &get_args);
-    wait_store_progress(&store, &mut first, (PIECE_COUNT * 2 / 5) as u32, FULL_DOWNLOAD / 2);
+    let verified = wait_store_progress(&store, &mut first, (PIECE_COUNT * 2 / 5) as u32, FULL_DOWNLOAD / 2);
     first.kill();
+    eprintln!("first run killed with {verified}/{PIECE_COUNT} pieces in its store's bitfield");
     assert!(
         !first.has_printed("complete "),
         "the first run completed before it could be killed; nothing left to resume\n{}",
@@ -61,6 +62,7 @@ fn downloader_killed_half_way_resumes_and_fetches_only_the_missing_pieces() {
     assert_same_file(&copy, &original);
     let downloaded_bytes = second.wait_downloaded(&file_id);
     let missing_bytes = (total - have) * PIECE_BYTES;
+    eprintln!("second run resumed with {have}/{total} pieces and downloaded {downloaded_bytes} bytes");
     assert!(
         downloaded_bytes >= missing_bytes && downloaded_bytes <= missing_bytes + EXTRA_PIECES_ALLOWED * PIECE_BYTES,
         "resumed with {have}/{total} pieces, so about {missing_bytes} bytes were missing, \

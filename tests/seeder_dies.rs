@@ -38,8 +38,9 @@ fn seeder_killed_mid_download_and_the_other_seeder_delivers_the_rest() {
     let mut downloader = Node::peer("downloader", tracker_addr, &store, &get_args);
 
     // A quarter of the pieces verified (or half the expected time gone): one seeder crashes.
-    wait_store_progress(&store, &mut downloader, (PIECE_COUNT / 4) as u32, BOTH_SEEDERS_DOWNLOAD / 2);
+    let verified = wait_store_progress(&store, &mut downloader, (PIECE_COUNT / 4) as u32, BOTH_SEEDERS_DOWNLOAD / 2);
     doomed.kill();
+    eprintln!("seeder killed when the downloader had {verified}/{PIECE_COUNT} pieces");
     assert!(
         !downloader.has_printed("complete "),
         "the download finished before the seeder was killed; the test proves nothing\n{}",

@@ -35,6 +35,7 @@ fn three_capped_seeders_deliver_in_at_most_half_the_time_of_one() {
 
     let three_seeders = timed_download(dir.path(), "together", tracker_addr, &file_id, &original);
 
+    eprintln!("one seeder: {one_seeder:?}, three seeders: {three_seeders:?}");
     assert!(
         three_seeders.as_secs_f64() <= 0.5 * one_seeder.as_secs_f64(),
         "three seeders took {three_seeders:?}, one seeder {one_seeder:?}: caps did not add up"
