@@ -1,0 +1,133 @@
+//! The driver loop, checked with a tiny fake machine over real loopback sockets: messages go
+//! both ways through the framing, the timer fires, a bad frame costs exactly one connection
+//! (answered, flushed, closed) and the listener keeps serving.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use p2p_core::wire::{encode_frame, ErrorCode, Message};
+use p2p_core::{Command, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
+use p2p_net::driver::{Driver, Local};
+use p2p_net::NodeEvent;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A machine that echoes what it receives on accepted connections, dials `dial` when told to
+/// get a file, and reports what it sees as `ProtocolViolation` events (a handy free-text event).
+#[derive(Debug, Default)]
+struct Echo {
+    dial: Option<SocketAddr>,
+    outputs: VecDeque<Output>,
+    wake_at: Option<Time>,
+}
+
+impl Echo {
+    fn note(&mut self, conn: ConnId, reason: String) {
+        self.outputs.push_back(Output::Event(Event::ProtocolViolation { conn, reason }));
+    }
+}
+
+impl Machine for Echo {
+    fn handle(&mut self, now: Time, input: Input) {
+        match input {
+            Input::Command(Command::Get { .. }) => {
+                if let Some(addr) = self.dial {
+                    self.outputs.push_back(Output::Connect { conn: ConnId::Outbound(1), addr });
+                }
+            }
+            Input::Connected { conn: conn @ ConnId::Outbound(_), .. } => {
+                self.outputs.push_back(Output::Send { conn, message: Message::List });
+                let bytes = Bytes::from(vec![7u8; 1 << 20]);
+                let data = Message::Data { file_id: file_id(), piece: PieceIndex(0), offset: 0, bytes };
+                self.outputs.push_back(Output::Send { conn, message: data });
+                self.wake_at = Some(now + Duration::from_millis(30));
+            }
+            Input::Message { conn: conn @ ConnId::Inbound(_), message } => {
+                self.outputs.push_back(Output::Send { conn, message });
+            }
+            Input::Message { conn, message } => {
+                let len = match &message {
+                    Message::Data { bytes, .. } => bytes.len(),
+                    _ => 0,
+                };
+                self.note(conn, format!("echo {} {len}", message.kind()));
+            }
+            Input::BadFrame { conn, reason } => {
+                let answer = Message::error(None, ErrorCode::MalformedFrame, reason);
+                self.outputs.push_back(Output::Send { conn, message: answer });
+                self.outputs.push_back(Output::Close { conn });
+                self.note(conn, "bad frame".into());
+            }
+            Input::Timeout => {
+                self.wake_at = None;
+                self.note(ConnId::Outbound(0), "timeout".into());
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        self.wake_at
+    }
+}
+
+fn file_id() -> FileId {
+    FileId(Digest([1; 32]))
+}
+
+async fn start_echo(
+    dial: Option<SocketAddr>,
+) -> (actix::Addr<Driver<Echo>>, SocketAddr, mpsc::UnboundedReceiver<NodeEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (sender, events) = mpsc::unbounded_channel();
+    let driver = Driver::new(Echo { dial, ..Echo::default() }, "echo".into(), None, Some(sender));
+    (driver.start_with_listener(listener), addr, events)
+}
+
+async fn next_note(events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> String {
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time");
+    match event.expect("driver alive") {
+        NodeEvent::Machine(Event::ProtocolViolation { reason, .. }) => reason,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn messages_round_trip_and_the_timer_fires() {
+    let (_server, server_addr, _server_events) = start_echo(None).await;
+    let (client, _, mut events) = start_echo(Some(server_addr)).await;
+    client.send(Local(Command::Get { file_id: file_id(), resume: None })).await.expect("alive").expect("accepted");
+    let mut notes = vec![next_note(&mut events).await, next_note(&mut events).await, next_note(&mut events).await];
+    notes.sort();
+    assert_eq!(notes, ["echo data 1048576", "echo list 0", "timeout"]);
+}
+
+#[actix_rt::test]
+async fn a_bad_frame_costs_one_answered_connection_and_the_server_goes_on() {
+    let (_server, addr, mut events) = start_echo(None).await;
+    for garbage in [&[0, 0, 0, 3, 0xff, 0xfe, 0xfd][..], &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]] {
+        let mut hostile = TcpStream::connect(addr).await.expect("connect");
+        hostile.write_all(garbage).await.expect("write");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), hostile.read_to_end(&mut answer)).await;
+        read.expect("closed in time").expect("read");
+        let message = p2p_core::wire::decode_frame(&mut BytesMut::from(&answer[..])).expect("a frame");
+        assert!(matches!(message, Some(Message::Error { code: ErrorCode::MalformedFrame, .. })), "{message:?}");
+        assert_eq!(next_note(&mut events).await, "bad frame");
+    }
+    let mut good = TcpStream::connect(addr).await.expect("connect");
+    let mut frame = BytesMut::new();
+    encode_frame(&Message::List, &mut frame).expect("fits");
+    good.write_all(&frame).await.expect("write");
+    let mut echoed = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
+    assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
+}
