@@ -13,7 +13,7 @@
 //! streams alone; nothing reads a clock, OS randomness or a hash map's order.
 //!
 //! Module map: [`scenario`] (schema, validation), [`network`] (latency, bandwidth, loss,
-//! partitions), [`queue`] (the event queue), [`store`] (each peer's in-memory disk),
+//! partitions) with [`uplink`] (fair sharing of a sender's rate), [`queue`] (the event queue), [`store`] (each peer's in-memory disk),
 //! [`world`] (the model and the event-queue driver), `effects` (carrying out machine outputs),
 //! [`node`] (machines and the actix driver), [`trace`], [`report`], [`expect`], [`error`].
 
@@ -30,6 +30,7 @@ pub mod report;
 pub mod scenario;
 pub mod store;
 pub mod trace;
+pub mod uplink;
 pub mod world;
 
 pub use error::ScenarioError;

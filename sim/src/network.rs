@@ -27,6 +27,7 @@ use p2p_core::{ConnId, Input, Time};
 
 use crate::queue::{Item, LinkId, Queue};
 use crate::scenario::{LinkSpec, NodeIdx};
+use crate::uplink::{Flow, Queued, Uplink};
 
 /// The port every simulated node listens on (addresses are labels; no socket is opened).
 pub const LISTEN_PORT: u16 = 7000;
@@ -37,8 +38,8 @@ const EPHEMERAL_PORT_COUNT: u64 = 20_000;
 /// What became of a message handed to [`Network::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
-    /// It will arrive at the other end at this time.
-    Arrives(NodeIdx, Time),
+    /// It is on its way (queued on the sender's uplink, or already scheduled to arrive).
+    Queued,
     /// It was lost and the connection reset.
     Lost,
     /// The connection was already gone; the message is dropped, as a closed socket would.
@@ -53,7 +54,7 @@ struct NetNode {
     accepting: bool,
     incarnation: u32,
     group: u32,
-    uplink_free: Time,
+    uplink: Uplink,
     downlink_free: Time,
     inbound_next: u64,
 }
@@ -110,7 +111,7 @@ impl Network {
                 accepting: false,
                 incarnation: 0,
                 group: 0,
-                uplink_free: Time::ZERO,
+                uplink: Uplink::default(),
                 downlink_free: Time::ZERO,
                 inbound_next: 0,
             })
@@ -158,6 +159,7 @@ impl Network {
     /// The node vanishes: every link it has is reset; the others hear of it after a latency.
     pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.nodes[node.0].up = false;
+        self.nodes[node.0].uplink.clear();
         let links: Vec<LinkId> = self.links_of(node);
         for link in links {
             self.reset(now, link, queue);
@@ -245,19 +247,83 @@ impl Network {
             self.reset(now, id, queue);
             return Sent::Lost;
         }
+        let flow = (id, 1 - side);
+        if self.nodes[from.0].link.up_bytes_per_s.is_none() {
+            self.arrive_later(now, from, flow, (message, size_bytes), queue);
+        } else {
+            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes));
+            if !self.nodes[from.0].uplink.is_busy() {
+                self.start_uplink(now, from, queue);
+            }
+        }
+        Sent::Queued
+    }
+
+    /// `from`'s uplink finished transmission number `transmission`: the message travels on and
+    /// the next one starts.
+    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, transmission: u64, queue: &mut Queue) {
+        let Some((flow, item)) = self.nodes[from.0].uplink.finish(transmission) else {
+            return;
+        };
+        if let Queued::Message(message, size_bytes) = item {
+            self.arrive_later(now, from, flow, (message, size_bytes), queue);
+        }
+        self.start_uplink(now, from, queue);
+    }
+
+    /// Starts the next transmission on `from`'s uplink, skipping what belongs to dead links.
+    fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
+        while let Some((flow, item)) = self.nodes[from.0].uplink.next() {
+            if !self.links.get(&flow.0).is_some_and(|l| l.ends[flow.1].open) {
+                continue;
+            }
+            match item {
+                Queued::Fin => self.fin(now, flow, queue),
+                Queued::Message(message, size_bytes) => {
+                    let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
+                    let transmission = self.nodes[from.0].uplink.start(flow, Queued::Message(message, size_bytes));
+                    queue.push(done, Item::UplinkDone { node: from, transmission });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A message that left `from`'s uplink at `now` reaches the other end after the link's
+    /// latency and jitter, the receiver's downlink, and every earlier message of its flow.
+    fn arrive_later(
+        &mut self,
+        now: Time,
+        from: NodeIdx,
+        flow: Flow,
+        (message, size_bytes): (Message, u64),
+        queue: &mut Queue,
+    ) {
+        let Some(link) = self.links.get(&flow.0).filter(|l| l.ends[flow.1].open) else {
+            return;
+        };
+        let to = link.ends[flow.1].node;
         let delay = self.latency(from, to) + self.jitter(from, to);
-        let up_start = now.max(self.nodes[from.0].uplink_free);
-        let up_done = up_start + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
-        self.nodes[from.0].uplink_free = up_done;
-        let down_start = (up_start + delay).max(self.nodes[to.0].downlink_free);
-        let down_done = down_start + transfer(size_bytes, self.nodes[to.0].link.down_bytes_per_s);
-        self.nodes[to.0].downlink_free = down_done;
-        let link = self.links.get_mut(&id).expect("by_end only names live links");
-        let arrival = down_done.max(up_done + delay).max(link.last_arrival[1 - side]);
-        link.last_arrival[1 - side] = arrival;
-        let input = Input::Message { conn: link.ends[1 - side].conn, message };
-        queue.push(arrival, Item::Wire { link: id, end: 1 - side, input });
-        Sent::Arrives(to, arrival)
+        let down = &mut self.nodes[to.0];
+        let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
+        down.downlink_free = down_done;
+        let link = self.links.get_mut(&flow.0).expect("checked alive above");
+        let arrival = down_done.max(link.last_arrival[flow.1]);
+        link.last_arrival[flow.1] = arrival;
+        let input = Input::Message { conn: link.ends[flow.1].conn, message };
+        queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input });
+    }
+
+    /// The sender of `flow` closed it and everything it sent before has left: the receiving
+    /// end hears `Disconnected` after the last of it.
+    fn fin(&mut self, now: Time, (id, end): Flow, queue: &mut Queue) {
+        let Some(link) = self.links.get(&id) else {
+            return;
+        };
+        let latency = self.latency(link.ends[0].node, link.ends[1].node);
+        let at = (now + latency).max(link.last_arrival[end]);
+        let conn = link.ends[end].conn;
+        queue.push(at, Item::Wire { link: id, end, input: Input::Disconnected { conn } });
     }
 
     /// The link of `from`'s `conn` and the index of its other end.
@@ -274,16 +340,17 @@ impl Network {
             return;
         };
         self.by_end.remove(&(from, conn));
-        let latency = self.latency(from, self.links[&id].ends[other].node);
         let link = self.links.get_mut(&id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
         if !link.ends[other].open {
             self.links.remove(&id);
             return;
         }
-        let at = (now + latency).max(link.last_arrival[other]);
-        let conn = link.ends[other].conn;
-        queue.push(at, Item::Wire { link: id, end: other, input: Input::Disconnected { conn } });
+        if self.nodes[from.0].uplink.has_pending((id, other)) {
+            self.nodes[from.0].uplink.push((id, other), Queued::Fin);
+        } else {
+            self.fin(now, (id, other), queue);
+        }
     }
 
     /// An input arriving at `end` of `link`: the machine it is for, that machine's life and the
@@ -381,17 +448,22 @@ mod tests {
         }
     }
 
-    fn drain(queue: &mut Queue) -> Vec<(Time, String)> {
-        std::iter::from_fn(|| queue.pop())
-            .map(|(at, item)| {
-                let text = match item {
-                    Item::Wire { end, input, .. } => format!("wire{end} {input:?}"),
-                    Item::Local { node, input, .. } => format!("local{} {input:?}", node.0),
-                    other => format!("{other:?}"),
-                };
-                (at, text)
-            })
-            .collect()
+    fn drain(net: &mut Network, queue: &mut Queue) -> Vec<(Time, String)> {
+        std::iter::from_fn(|| loop {
+            match queue.pop()? {
+                (at, Item::UplinkDone { node, transmission }) => net.uplink_done(at, node, transmission, queue),
+                other => return Some(other),
+            }
+        })
+        .map(|(at, item)| {
+            let text = match item {
+                Item::Wire { end, input, .. } => format!("wire{end} {input:?}"),
+                Item::Local { node, input, .. } => format!("local{} {input:?}", node.0),
+                other => format!("{other:?}"),
+            };
+            (at, text)
+        })
+        .collect()
     }
 
     fn two_nodes(spec: LinkSpec) -> (Network, Queue) {
@@ -405,7 +477,7 @@ mod tests {
     fn connect_reaches_acceptor_after_one_latency_and_opener_after_two() {
         let (mut net, mut q) = two_nodes(link(10, None, 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        let events = drain(&mut q);
+        let events = drain(&mut net, &mut q);
         assert_eq!(events[0].0, Time::from_millis(10));
         assert!(events[0].1.starts_with("wire1 Connected { conn: Inbound(1)"), "{events:?}");
         assert_eq!(events[1].0, Time::from_millis(20));
@@ -416,48 +488,52 @@ mod tests {
     fn bandwidth_serialises_messages_on_the_uplink() {
         let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        let first = net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
-        let second = net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
-        assert_eq!(first, Sent::Arrives(NodeIdx(0), Time::from_millis(1010)));
-        assert_eq!(second, Sent::Arrives(NodeIdx(0), Time::from_millis(2010)));
+        let connected = drain(&mut net, &mut q).len();
+        assert_eq!(connected, 2);
+        let at = Time::from_millis(20);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        let arrivals: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
     }
 
     #[test]
     fn partition_resets_links_and_refuses_new_ones_until_healed() {
         let (mut net, mut q) = two_nodes(link(10, None, 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        drain(&mut q);
+        drain(&mut net, &mut q);
         net.partition(Time::from_millis(100), &[NodeIdx(1)], &mut q);
-        let notices = drain(&mut q);
+        let notices = drain(&mut net, &mut q);
         assert_eq!(notices.len(), 2, "both ends hear of the reset: {notices:?}");
         net.connect(Time::from_millis(200), NodeIdx(1), ConnId::Outbound(2), node_addr(NodeIdx(0)), &mut q);
-        assert!(drain(&mut q)[0].1.contains("Disconnected"));
+        assert!(drain(&mut net, &mut q)[0].1.contains("Disconnected"));
         net.heal();
         net.connect(Time::from_millis(300), NodeIdx(1), ConnId::Outbound(3), node_addr(NodeIdx(0)), &mut q);
-        assert!(drain(&mut q)[0].1.contains("Connected"));
+        assert!(drain(&mut net, &mut q)[0].1.contains("Connected"));
     }
 
     #[test]
     fn a_lost_message_resets_the_connection() {
         let (mut net, mut q) = two_nodes(link(10, None, 0.99));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        drain(&mut q);
+        drain(&mut net, &mut q);
         let (list, later) = (|| (Message::List, 10), Time::from_millis(50));
         assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::Lost);
         assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::NoLink);
-        assert_eq!(drain(&mut q).len(), 2);
+        assert_eq!(drain(&mut net, &mut q).len(), 2);
     }
 
     #[test]
     fn close_flushes_then_tells_the_other_end() {
         let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        drain(&mut q);
+        drain(&mut net, &mut q);
         net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
         net.close(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), &mut q);
-        let events = drain(&mut q);
+        let events = drain(&mut net, &mut q);
         assert_eq!(events[0].0, Time::from_millis(1010));
         assert_eq!(events[1].0, Time::from_millis(1010), "the close waits for the data: {events:?}");
+        assert!(events[0].1.contains("Message"));
         assert!(events[1].1.contains("Disconnected"));
     }
 }

@@ -56,6 +56,13 @@ pub enum Item {
         /// The life that left.
         incarnation: u32,
     },
+    /// A node's uplink finished sending a message (transmission number `transmission`).
+    UplinkDone {
+        /// The sender.
+        node: NodeIdx,
+        /// Which transmission (stale if the node has gone down since).
+        transmission: u64,
+    },
     /// The run's end.
     End,
 }

@@ -249,6 +249,10 @@ impl World {
                 self.on_arrival(node, from, &input);
                 Some(Step::Input(node, input))
             }
+            Item::UplinkDone { node, transmission } => {
+                self.network.uplink_done(self.now, node, transmission, &mut self.queue);
+                None
+            }
             Item::Vanish { node, incarnation } => {
                 if self.is_current(node, incarnation) {
                     self.log(node, format_args!("is gone"));
