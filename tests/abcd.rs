@@ -3,7 +3,11 @@
 
 mod common;
 
-use common::{assert_same_file, random_file, subdir, temp_dir, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT};
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{assert_same_file, random_file, run_node, subdir, temp_dir, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT};
 
 const PIECE_BYTES: usize = 64 * 1024;
 
@@ -46,6 +50,10 @@ fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
         let status = holder.wait_exit(EXIT_TIMEOUT);
         assert!(status.success(), "a holder stopped by SIGTERM exited with {status}\n{}", holder.report());
     }
+    // The tracker forgets them: D alone holds each piece.
+    let d_alone = "peers=1 holders=1,1,1";
+    let listing = wait_until_listed_holders(tracker_addr, &file_id, d_alone);
+    assert!(listing.contains(d_alone), "`ls` should show only D holding the file, got {listing:?}");
 
     // E finds only D, downloads everything from it and exits 0 on its own.
     let e_store = subdir(dir.path(), "e");
@@ -58,4 +66,20 @@ fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
     let status = e.wait_exit(EXIT_TIMEOUT);
     assert!(status.success(), "E with --exit-when-done exited with {status}\n{}", e.report());
     assert!(d.is_running(), "D stopped seeding\n{}", d.report());
+}
+
+/// Polls `p2p-node ls` until the line of `file_id` contains `wanted` (bounded); returns the
+/// last line seen for the file.
+fn wait_until_listed_holders(tracker: SocketAddr, file_id: &str, wanted: &str) -> String {
+    let tracker = tracker.to_string();
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let output = run_node(&["ls", "--tracker", &tracker], EXIT_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = stdout.lines().find(|line| line.starts_with(file_id)).unwrap_or("").to_owned();
+        if line.contains(wanted) || Instant::now() >= deadline {
+            return line;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
