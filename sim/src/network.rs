@@ -10,8 +10,11 @@
 //!   random jitter after it starts; it then occupies `b`'s downlink for N / down-rate;
 //! - it arrives when both transfers are done, and never before an earlier message of the same
 //!   link direction (a link is an ordered stream, like TCP);
-//! - with the link's loss probability it is lost instead; a TCP stream never silently loses
-//!   data, so a loss resets the connection and both ends see `Disconnected`.
+//! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
+//!   lost message is sent again after a retransmission timeout that doubles on each further
+//!   loss (and holds back everything behind it on that connection), and after
+//!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
+//!   `Disconnected`.
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
@@ -31,6 +34,11 @@ use crate::uplink::{Flow, Queued, Uplink};
 
 /// The port every simulated node listens on (addresses are labels; no socket is opened).
 pub const LISTEN_PORT: u16 = 7000;
+/// Consecutive losses of one message after which a connection resets (TCP giving up).
+pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
+/// Shortest retransmission timeout (doubling per further loss); at least two latencies.
+const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+
 /// First source port the network gives the accepting side as the opener's address.
 const EPHEMERAL_PORT_FIRST: u16 = 40_000;
 const EPHEMERAL_PORT_COUNT: u64 = 20_000;
@@ -40,7 +48,7 @@ const EPHEMERAL_PORT_COUNT: u64 = 20_000;
 pub enum Sent {
     /// It is on its way (queued on the sender's uplink, or already scheduled to arrive).
     Queued,
-    /// It was lost and the connection reset.
+    /// It was lost too often and the connection reset.
     Lost,
     /// The connection was already gone; the message is dropped, as a closed socket would.
     NoLink,
@@ -243,15 +251,21 @@ impl Network {
         let side = usize::from(link.ends[0].node != from || link.ends[0].conn != conn);
         let to = link.ends[1 - side].node;
         let loss = 1.0 - (1.0 - self.nodes[from.0].link.loss) * (1.0 - self.nodes[to.0].link.loss);
-        if loss > 0.0 && self.rng.chance(loss) {
-            self.reset(now, id, queue);
-            return Sent::Lost;
+        let mut losses = 0;
+        while loss > 0.0 && self.rng.chance(loss) {
+            losses += 1;
+            if losses == LOSSES_BEFORE_RESET_COUNT {
+                self.reset(now, id, queue);
+                return Sent::Lost;
+            }
         }
+        let timeout = RETRANSMIT_TIMEOUT_MIN.max(self.latency(from, to) * 2);
+        let retransmit_delay = timeout * ((1u32 << losses) - 1);
         let flow = (id, 1 - side);
         if self.nodes[from.0].link.up_bytes_per_s.is_none() {
-            self.arrive_later(now, from, flow, (message, size_bytes), queue);
+            self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         } else {
-            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes));
+            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
             if !self.nodes[from.0].uplink.is_busy() {
                 self.start_uplink(now, from, queue);
             }
@@ -265,8 +279,8 @@ impl Network {
         let Some((flow, item)) = self.nodes[from.0].uplink.finish(transmission) else {
             return;
         };
-        if let Queued::Message(message, size_bytes) = item {
-            self.arrive_later(now, from, flow, (message, size_bytes), queue);
+        if let Queued::Message(message, size_bytes, retransmit_delay) = item {
+            self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         }
         self.start_uplink(now, from, queue);
     }
@@ -279,9 +293,10 @@ impl Network {
             }
             match item {
                 Queued::Fin => self.fin(now, flow, queue),
-                Queued::Message(message, size_bytes) => {
+                Queued::Message(message, size_bytes, retransmit_delay) => {
                     let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
-                    let transmission = self.nodes[from.0].uplink.start(flow, Queued::Message(message, size_bytes));
+                    let transmission =
+                        self.nodes[from.0].uplink.start(flow, Queued::Message(message, size_bytes, retransmit_delay));
                     queue.push(done, Item::UplinkDone { node: from, transmission });
                     return;
                 }
@@ -290,20 +305,21 @@ impl Network {
     }
 
     /// A message that left `from`'s uplink at `now` reaches the other end after the link's
-    /// latency and jitter, the receiver's downlink, and every earlier message of its flow.
+    /// latency and jitter (plus any retransmissions), the receiver's downlink, and every
+    /// earlier message of its flow.
     fn arrive_later(
         &mut self,
         now: Time,
         from: NodeIdx,
         flow: Flow,
-        (message, size_bytes): (Message, u64),
+        (message, size_bytes, retransmit_delay): (Message, u64, Duration),
         queue: &mut Queue,
     ) {
         let Some(link) = self.links.get(&flow.0).filter(|l| l.ends[flow.1].open) else {
             return;
         };
         let to = link.ends[flow.1].node;
-        let delay = self.latency(from, to) + self.jitter(from, to);
+        let delay = self.latency(from, to) + self.jitter(from, to) + retransmit_delay;
         let down = &mut self.nodes[to.0];
         let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
         down.downlink_free = down_done;

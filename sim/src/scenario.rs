@@ -98,7 +98,8 @@ pub struct LinkFile {
     /// Downlink rate (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_bytes_per_s: Option<u64>,
-    /// Probability that a message is lost, which resets its connection (default 0).
+    /// Probability that a message is lost (it is retransmitted later; four losses in a row reset
+    /// the connection) (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
 }

@@ -19,8 +19,8 @@ pub type Flow = (LinkId, usize);
 /// What waits in a flow.
 #[derive(Debug)]
 pub enum Queued {
-    /// A message and its wire size.
-    Message(Message, u64),
+    /// A message, its wire size, and the extra delay its retransmissions will cost.
+    Message(Message, u64, std::time::Duration),
     /// The sender closed the connection after the messages before this.
     Fin,
 }
@@ -99,7 +99,7 @@ mod tests {
     fn flows_take_turns() {
         let mut up = Uplink::default();
         for _ in 0..3 {
-            up.push((1, 1), Queued::Message(Message::List, 10));
+            up.push((1, 1), Queued::Message(Message::List, 10, std::time::Duration::ZERO));
         }
         up.push((2, 1), Queued::Fin);
         let order: Vec<LinkId> = std::iter::from_fn(|| up.next()).map(|((link, _), _)| link).collect();
