@@ -1,5 +1,7 @@
 //! The seed's example between real processes: A, B and C each hold one piece of a three-piece
-//! file; D downloads all three; then A, B and C leave and E downloads the file from D alone.
+//! file; D downloads all three; then A, B and C go away and E downloads the file from D alone.
+//! They go away twice over: gracefully (SIGTERM: they tell the tracker they leave), and by
+//! crashing (SIGKILL: the tracker notices the closed connections, well before the TTL).
 
 mod common;
 
@@ -11,14 +13,37 @@ use common::{assert_same_file, random_file, run_node, subdir, temp_dir, Node, DO
 
 const PIECE_BYTES: usize = 64 * 1024;
 
+/// Bound on the tracker forgetting departed peers; shorter than its TTL (3 × 10 s), so only
+/// noticing the leave or the closed connection passes.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[test]
-fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
+fn d_gathers_one_piece_each_from_a_b_c_then_they_leave_and_e_downloads_from_d_alone() {
+    abcd_story(HoldersGo::Terminated);
+}
+
+#[test]
+fn d_gathers_one_piece_each_from_a_b_c_then_they_crash_and_e_downloads_from_d_alone() {
+    abcd_story(HoldersGo::Killed);
+}
+
+/// How A, B and C go away once D has the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum HoldersGo {
+    /// SIGTERM: each tells the tracker it leaves and exits 0.
+    Terminated,
+    /// SIGKILL: the tracker only sees the connections close.
+    Killed,
+}
+
+fn abcd_story(holders_go: HoldersGo) {
     let dir = temp_dir();
     let original = random_file(dir.path(), "abc.bin", 3 * PIECE_BYTES, 1);
     let source = original.to_str().expect("UTF-8 path");
     let piece_size = PIECE_BYTES.to_string();
     let (_tracker, tracker_addr) = Node::tracker();
 
+    // A, B and C each share one piece of the same file.
     let mut holders: Vec<Node> = ["a", "b", "c"]
         .iter()
         .enumerate()
@@ -42,15 +67,19 @@ fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
     assert_same_file(&d_copy, &original);
     assert_eq!(d.wait_downloaded(&file_id), (3 * PIECE_BYTES) as u64, "D fetched more or less than the file");
 
-    // A, B and C stop gracefully (SIGTERM: they tell the tracker they leave) and exit 0.
+    // A, B and C go away, and the tracker forgets them: D alone holds each piece.
     for holder in &mut holders {
-        holder.terminate();
+        match holders_go {
+            HoldersGo::Terminated => holder.terminate(),
+            HoldersGo::Killed => holder.kill(),
+        }
     }
     for holder in &mut holders {
         let status = holder.wait_exit(EXIT_TIMEOUT);
-        assert!(status.success(), "a holder stopped by SIGTERM exited with {status}\n{}", holder.report());
+        if holders_go == HoldersGo::Terminated {
+            assert!(status.success(), "a holder stopped by SIGTERM exited with {status}\n{}", holder.report());
+        }
     }
-    // The tracker forgets them: D alone holds each piece.
     let d_alone = "peers=1 holders=1,1,1";
     let listing = wait_until_listed_holders(tracker_addr, &file_id, d_alone);
     assert!(listing.contains(d_alone), "`ls` should show only D holding the file, got {listing:?}");
@@ -68,11 +97,11 @@ fn d_gathers_one_piece_each_from_a_b_c_then_e_downloads_from_d_alone() {
     assert!(d.is_running(), "D stopped seeding\n{}", d.report());
 }
 
-/// Polls `p2p-node ls` until the line of `file_id` contains `wanted` (bounded); returns the
-/// last line seen for the file.
+/// Polls `p2p-node ls` until the line of `file_id` contains `wanted` or [`FORGET_TIMEOUT`]
+/// passed; returns the last line seen for the file.
 fn wait_until_listed_holders(tracker: SocketAddr, file_id: &str, wanted: &str) -> String {
     let tracker = tracker.to_string();
-    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let deadline = Instant::now() + FORGET_TIMEOUT;
     loop {
         let output = run_node(&["ls", "--tracker", &tracker], EXIT_TIMEOUT);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
