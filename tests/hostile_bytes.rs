@@ -1,12 +1,17 @@
 //! Hostile or broken clients cost the tracker and a seeding peer one closed connection each,
 //! never the process: after garbage, an absurd frame length, a truncated frame, an undecodable
-//! frame and an idle connection, both still run and a normal download still succeeds.
+//! frame, a `Hello` of another version, a message before `Hello` and an idle connection, both
+//! still run and a normal download still succeeds.
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use p2p_core::wire::{encode_frame, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::PeerId;
 
 use common::{assert_same_file, path_str, random_file, subdir, temp_dir, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT};
 
@@ -35,6 +40,8 @@ fn tracker_and_seeder_survive_hostile_bytes_and_still_serve_a_download() {
         send_and_expect_close(server, addr, "length 0xFFFFFFFF and bytes", &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
         send_and_expect_close(server, addr, "non-CBOR frame", &frame(&[0xff; 16]));
         send_and_expect_close(server, addr, "empty frame", &frame(&[]));
+        send_and_expect_close(server, addr, "Hello of another protocol version", &hello(PROTOCOL_VERSION + 1));
+        send_and_expect_close(server, addr, "a message before Hello", &encoded(&Message::List));
         send_truncated_frame_and_hang_up(addr);
         assert!(tracker.is_running(), "tracker died after hostile bytes to the {server}\n{}", tracker.report());
         assert!(seeder.is_running(), "seeder died after hostile bytes to the {server}\n{}", seeder.report());
@@ -59,6 +66,18 @@ fn frame(body: &[u8]) -> Vec<u8> {
     let mut bytes = u32::try_from(body.len()).expect("small body").to_be_bytes().to_vec();
     bytes.extend_from_slice(body);
     bytes
+}
+
+/// A well-formed `Hello` frame claiming protocol `version`.
+fn hello(version: u32) -> Vec<u8> {
+    encoded(&Message::Hello(Hello { version, role: Role::Peer, peer_id: PeerId([7; 16]), listen_port: 0 }))
+}
+
+/// `message` framed by the protocol's own encoder.
+fn encoded(message: &Message) -> Vec<u8> {
+    let mut bytes = BytesMut::new();
+    encode_frame(message, &mut bytes).expect("a small message fits in a frame");
+    bytes.to_vec()
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
