@@ -91,7 +91,7 @@ pub fn run(file: &TestFile, work: &Path, timeout: Duration) -> anyhow::Result<Sw
     let (wall_s, usage) = time_to_exit(&mut getter, watcher, timeout)?;
     let seeder_run = SeederRun {
         uploaded_bytes: None,
-        wchar_bytes: procstat::io_wchar(seeder.pid()),
+        socket_bytes: None,
         cpu_s: procstat::sample(seeder.pid()).map_or(0.0, |s| procstat::ticks_to_s(s.cpu_ticks)),
     };
     drop(seeder);

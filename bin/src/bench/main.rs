@@ -20,6 +20,7 @@ mod load_conn;
 mod node;
 mod procstat;
 mod report;
+mod sockmeter;
 mod swarm;
 mod tracker_load;
 mod transfer;

@@ -142,6 +142,13 @@ impl NodeProc {
         self.wait_exit(timeout)
     }
 
+    /// Kills the process (SIGKILL by PID) and reaps it.
+    pub fn kill(&mut self) {
+        // Killing a process that exited in between fails harmlessly.
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
     /// ", exit status …; stderr: …" for error messages.
     fn describe_state(&mut self) -> String {
         let status = match self.child.try_wait() {

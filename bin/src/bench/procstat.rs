@@ -79,13 +79,6 @@ pub fn self_cpu_s() -> f64 {
     ticks_to_s(ticks)
 }
 
-/// Bytes `pid` has passed to write-family system calls (`wchar` of `/proc/PID/io`): socket
-/// writes made with write/writev count, sendmsg/sendfile do not.
-pub fn io_wchar(pid: u32) -> Option<u64> {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines().find_map(|line| line.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
-}
-
 /// State letter and utime + stime from the text of `/proc/PID/stat`.
 fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.

@@ -1,7 +1,7 @@
 //! One run of a transfer case with real `p2p-node` processes on 127.0.0.1: a tracker, the
 //! seeders (each sharing the whole file or some of its pieces), then every downloader started
 //! together. Measures each downloader from its spawn to its `complete` line, its CPU time and
-//! peak RSS from `/proc`, and what the seeders report or the kernel counts of their writes.
+//! peak RSS from `/proc`, and each seeder's upload as it reports it and as the kernel counts it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context};
 use crate::data::{sha256_of, TestFile};
 use crate::node::NodeProc;
 use crate::procstat::{self, ProcUsage, Watcher};
+use crate::sockmeter::UploadMeter;
 
 /// Piece size of every shared file, as in the reference figures of issue 4.
 pub const PIECE_BYTES: u64 = 1 << 20;
@@ -57,8 +58,8 @@ pub struct DownloaderRun {
 pub struct SeederRun {
     /// The seeder's own `uploaded … BYTES` line at exit, if it prints one.
     pub uploaded_bytes: Option<u64>,
-    /// Bytes it passed to write-family system calls (`/proc/PID/io` wchar).
-    pub wchar_bytes: Option<u64>,
+    /// Bytes the kernel sent on the connections downloaders opened to it (`ss -E`).
+    pub socket_bytes: Option<u64>,
     /// CPU seconds until the downloads were done.
     pub cpu_s: f64,
 }
@@ -74,14 +75,20 @@ pub struct SwarmRun {
 
 /// Runs `plan` once; every process is killed by PID when this returns.
 pub fn run(plan: &SwarmPlan<'_>) -> anyhow::Result<SwarmRun> {
+    let meter = UploadMeter::start();
     let tracker_args = args(&["tracker", "--listen", "127.0.0.1:0"]);
     let mut tracker = NodeProc::spawn("tracker", plan.node_bin, &tracker_args)?;
     let tracker_addr = listen_addr(&mut tracker)?;
     let (mut seeders, file_id) = start_seeders(plan, &tracker_addr)?;
     let mut downloaders = start_downloaders(plan, &tracker_addr, &file_id)?;
     let (runs, paths) = collect(plan, &mut downloaders)?;
-    let seeder_runs = stop_seeders(&mut seeders);
+    let mut seeder_runs = stop_seeders(&mut seeders);
     drop(downloaders);
+    if let Some(sent) = meter.map(UploadMeter::finish) {
+        for (run, seeder) in seeder_runs.iter_mut().zip(&seeders) {
+            run.socket_bytes = Some(sent.get(&seeder.port).copied().unwrap_or(0));
+        }
+    }
     for path in &paths {
         let digest = sha256_of(path)?;
         ensure!(digest == plan.file.sha256, "{} differs from the shared file", path.display());
@@ -104,8 +111,15 @@ fn make_dir(path: PathBuf) -> anyhow::Result<String> {
     Ok(path.display().to_string())
 }
 
+/// A running seeder and the port it accepts connections on.
+#[derive(Debug)]
+struct Seeder {
+    node: NodeProc,
+    port: u16,
+}
+
 /// Starts every seeder, waits for each `sharing` line, returns them and the file id.
-fn start_seeders(plan: &SwarmPlan<'_>, tracker: &str) -> anyhow::Result<(Vec<NodeProc>, String)> {
+fn start_seeders(plan: &SwarmPlan<'_>, tracker: &str) -> anyhow::Result<(Vec<Seeder>, String)> {
     let piece_size = PIECE_BYTES.to_string();
     let share = plan.file.path.display().to_string();
     let mut seeders = Vec::new();
@@ -119,7 +133,10 @@ fn start_seeders(plan: &SwarmPlan<'_>, tracker: &str) -> anyhow::Result<(Vec<Nod
         seeders.push(NodeProc::spawn(&format!("seeder {i}"), plan.node_bin, &argv)?);
     }
     let mut file_id = None;
-    for seeder in &mut seeders {
+    let mut ready = Vec::new();
+    for mut seeder in seeders {
+        let addr = listen_addr(&mut seeder)?;
+        let port = addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).context("a listen port")?;
         let line = seeder.wait_line("sharing ", SHARE_TIMEOUT)?;
         let id = line.text.split_whitespace().nth(1).unwrap_or_default().to_owned();
         match &file_id {
@@ -127,9 +144,10 @@ fn start_seeders(plan: &SwarmPlan<'_>, tracker: &str) -> anyhow::Result<(Vec<Nod
             Some(first) if *first == id => {}
             Some(first) => bail!("{} shares {id}, another seeder {first}", seeder.name()),
         }
+        ready.push(Seeder { node: seeder, port });
     }
     let file_id = file_id.context("a case needs at least one seeder")?;
-    Ok((seeders, file_id))
+    Ok((ready, file_id))
 }
 
 /// Starts every downloader at once, each with a `/proc` watcher.
@@ -180,16 +198,17 @@ fn collect(
     Ok((runs, paths))
 }
 
-/// Reads each seeder's counters, asks it to leave (SIGTERM), and reads its last lines.
-fn stop_seeders(seeders: &mut [NodeProc]) -> Vec<SeederRun> {
+/// Reads each seeder's CPU time, asks it to leave (SIGTERM), and reads its last lines.
+fn stop_seeders(seeders: &mut [Seeder]) -> Vec<SeederRun> {
     let mut runs = Vec::new();
-    for seeder in seeders.iter_mut() {
-        let cpu_s = procstat::sample(seeder.pid()).map_or(0.0, |s| procstat::ticks_to_s(s.cpu_ticks));
-        let wchar_bytes = procstat::io_wchar(seeder.pid());
-        // A seeder that does not leave in time is killed on drop; its figures stay valid.
-        seeder.terminate(EXIT_TIMEOUT).ok();
-        let uploaded_bytes = seeder.lines_with("uploaded ").last().and_then(|line| last_number(&line.text));
-        runs.push(SeederRun { uploaded_bytes, wchar_bytes, cpu_s });
+    for Seeder { node, .. } in seeders.iter_mut() {
+        let cpu_s = procstat::sample(node.pid()).map_or(0.0, |s| procstat::ticks_to_s(s.cpu_ticks));
+        // A seeder that does not leave in time is killed here; its figures stay valid.
+        if node.terminate(EXIT_TIMEOUT).is_err() {
+            node.kill();
+        }
+        let uploaded_bytes = node.lines_with("uploaded ").last().and_then(|line| last_number(&line.text));
+        runs.push(SeederRun { uploaded_bytes, socket_bytes: None, cpu_s });
     }
     runs
 }

@@ -309,16 +309,16 @@ fn seeder_note(ok: &[&SwarmRun], size: f64) -> String {
         median(&values).map_or("n/a".to_owned(), |m| format!("{m:.2}×"))
     };
     let uploaded: Vec<String> = (0..seeders).map(|i| multiple(|s| s.uploaded_bytes, i)).collect();
-    let written: Vec<String> = (0..seeders).map(|i| multiple(|s| s.wchar_bytes, i)).collect();
+    let sent: Vec<String> = (0..seeders).map(|i| multiple(|s| s.socket_bytes, i)).collect();
     let cpu: Vec<String> = (0..seeders)
         .map(|i| {
             format!("{:.2}", median(&ok.iter().map(|run| run.seeders[i].cpu_s).collect::<Vec<_>>()).unwrap_or(0.0))
         })
         .collect();
     format!(
-        "seeder upload / file size, own `uploaded` line: {}; write() bytes (/proc io wchar): {}; seeder CPU s: {}",
+        "seeder upload / file size: TCP bytes sent (ss -E) {}, own `uploaded` line {}; seeder CPU s: {}",
+        sent.join(" "),
         uploaded.join(" "),
-        written.join(" "),
         cpu.join(" ")
     )
 }
