@@ -58,7 +58,7 @@ impl World {
     }
 
     fn check_file(&self, file_id: FileId) -> Result<(), String> {
-        if file_id == self.content.manifest.file_id() {
+        if file_id == self.file_id {
             Ok(())
         } else {
             Err(format!("no such file {}", file_id.short()))

@@ -287,7 +287,7 @@ impl Network {
 
     /// Starts the next transmission on `from`'s uplink, skipping what belongs to dead links.
     fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        while let Some((flow, item)) = self.nodes[from.0].uplink.next() {
+        while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
             if !self.links.get(&flow.0).is_some_and(|l| l.ends[flow.1].open) {
                 continue;
             }

@@ -56,7 +56,7 @@ impl Uplink {
     }
 
     /// Takes the next item round-robin (the caller sends it, or drops it if its link is gone).
-    pub fn next(&mut self) -> Option<(Flow, Queued)> {
+    pub fn take_next(&mut self) -> Option<(Flow, Queued)> {
         let flow = self.ready.pop_front()?;
         let queue = self.queues.get_mut(&flow)?;
         let item = queue.pop_front()?;
@@ -102,7 +102,7 @@ mod tests {
             up.push((1, 1), Queued::Message(Message::List, 10, std::time::Duration::ZERO));
         }
         up.push((2, 1), Queued::Fin);
-        let order: Vec<LinkId> = std::iter::from_fn(|| up.next()).map(|((link, _), _)| link).collect();
+        let order: Vec<LinkId> = std::iter::from_fn(|| up.take_next()).map(|((link, _), _)| link).collect();
         assert_eq!(order, [1, 2, 1, 1]);
     }
 }

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::wire::Message;
-use p2p_core::{Command, ConnId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
@@ -65,6 +65,8 @@ pub struct World {
     pub(crate) scenario: Scenario,
     seed: u64,
     pub(crate) content: Content,
+    /// The file's id (hashing the manifest on every storage call would dominate a large run).
+    pub(crate) file_id: FileId,
     pub(crate) network: Network,
     pub(crate) queue: Queue,
     pub(crate) nodes: Vec<NodeState>,
@@ -126,6 +128,7 @@ impl World {
         let mut world = World {
             scenario: scenario.clone(),
             seed,
+            file_id: content.manifest.file_id(),
             content,
             network: Network::new(seed, links),
             queue,
@@ -374,7 +377,7 @@ impl World {
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
-            self.local(node, Input::Command(Command::Get { file_id: manifest.file_id(), resume }));
+            self.local(node, Input::Command(Command::Get { file_id: self.file_id, resume }));
         } else if have.count() > 0 {
             self.local(node, Input::Command(Command::Share { manifest, have }));
         }
