@@ -22,7 +22,7 @@ use p2p_core::{ConnId, DecodeError, EncodeError};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
@@ -85,8 +85,9 @@ pub fn frame_of(message: &Message) -> Result<Bytes, FrameError> {
 /// What a connection tells its driver.
 #[derive(Debug)]
 pub enum ConnReport {
-    /// A whole message arrived.
-    Message(Message),
+    /// A whole message arrived. A `Data` message carries its share of the write budget, to be
+    /// released once its bytes are on disk (or dropped).
+    Message(Message, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
     BadFrame(String),
     /// The stream ended or failed.
@@ -141,13 +142,14 @@ pub enum QueueError {
 }
 
 impl Connection {
-    /// Starts the reader and writer tasks of `stream`, reporting to `driver`.
+    /// Starts the reader and writer tasks of `stream`, reporting to `driver`. With a
+    /// `write_budget`, the reader takes one permit per payload byte of each `Data` message
+    /// before handing it on, so received data not yet on disk is bounded.
     pub fn start(
         stream: TcpStream,
-        conn: ConnId,
-        token: u64,
-        remote: SocketAddr,
+        (conn, token, remote): (ConnId, u64, SocketAddr),
         driver: Recipient<ConnEvent>,
+        write_budget: Option<Arc<Semaphore>>,
     ) -> Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
@@ -155,7 +157,7 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let (queue, commands) = mpsc::unbounded_channel();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let reader = tokio::spawn(read_loop(read_half, conn, token, driver.clone()));
+        let reader = tokio::spawn(read_loop(read_half, conn, token, driver.clone(), write_budget));
         let writer = tokio::spawn(write_loop(write_half, commands, queued_bytes.clone(), conn, token, driver));
         Connection { token, remote, queue, queued_bytes, reader, writer }
     }
@@ -201,11 +203,26 @@ impl Connection {
     }
 }
 
-async fn read_loop(half: OwnedReadHalf, conn: ConnId, token: u64, driver: Recipient<ConnEvent>) {
+async fn read_loop(
+    half: OwnedReadHalf,
+    conn: ConnId,
+    token: u64,
+    driver: Recipient<ConnEvent>,
+    write_budget: Option<Arc<Semaphore>>,
+) {
     let mut frames = FramedRead::with_capacity(half, FrameCodec, READ_BUFFER_BYTES);
     loop {
         let report = match frames.next().await {
-            Some(Ok(message)) => ConnReport::Message(message),
+            Some(Ok(message)) => {
+                let permit = match (&message, &write_budget) {
+                    // A frame is far smaller than the budget, and the budget is never closed.
+                    (Message::Data { bytes, .. }, Some(budget)) => {
+                        budget.clone().acquire_many_owned(bytes.len() as u32).await.ok()
+                    }
+                    _ => None,
+                };
+                ConnReport::Message(message, permit)
+            }
             Some(Err(FrameError::Io(e))) => {
                 tracing::debug!("{conn}: read failed: {e}");
                 ConnReport::Closed
@@ -216,7 +233,7 @@ async fn read_loop(half: OwnedReadHalf, conn: ConnId, token: u64, driver: Recipi
             }
             None => ConnReport::Closed,
         };
-        let last = !matches!(report, ConnReport::Message(_));
+        let last = !matches!(report, ConnReport::Message(..));
         if driver.send(ConnEvent { conn, token, report }).await.is_err() || last {
             return;
         }

@@ -24,7 +24,7 @@ use p2p_core::limits::CONNECTIONS_MAX;
 use p2p_core::wire::Message;
 use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::connection::{frame_of, ConnEvent, ConnReport, Connection, QueueError};
@@ -34,6 +34,9 @@ use crate::store::Store;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Store jobs (disk and hashing) running on worker threads at once, per driver.
 pub const STORE_JOBS_MAX: usize = 8;
+/// Received payload bytes a peer holds in memory before they are on disk; when they are all
+/// taken, its connections stop reading (TCP pushes back on the senders).
+pub const WRITE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// What a running node reports to the program embedding it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +74,10 @@ pub struct Driver<M: Machine> {
     next_inbound: u64,
     received_bytes: BTreeMap<FileId, u64>,
     store_jobs: Arc<Semaphore>,
+    /// Bounds received data not yet written (peers only: drivers with a store).
+    write_budget: Option<Arc<Semaphore>>,
+    /// The budget share of the `Data` message being handled, for the write it causes.
+    data_permit: Option<OwnedSemaphorePermit>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -111,9 +118,12 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         store: Option<Arc<Store>>,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
     ) -> Driver<M> {
+        let write_budget = store.is_some().then(|| Arc::new(Semaphore::new(WRITE_BUDGET_BYTES)));
         Driver {
             machine,
             check: |_, _| Ok(()),
+            write_budget,
+            data_permit: None,
             label,
             start: Instant::now(),
             store,
@@ -218,7 +228,12 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
 
     fn open(&mut self, ctx: &mut Context<Self>, conn: ConnId, stream: TcpStream, remote: SocketAddr) {
         self.next_token += 1;
-        let connection = Connection::start(stream, conn, self.next_token, remote, ctx.address().recipient());
+        let connection = Connection::start(
+            stream,
+            (conn, self.next_token, remote),
+            ctx.address().recipient(),
+            self.write_budget.clone(),
+        );
         if let Some(old) = self.conns.insert(conn, connection) {
             tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);
             old.abort();
@@ -289,10 +304,14 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 }),
                 Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
             },
-            Output::WriteBlock { file_id, piece, offset, bytes } => self.work(ctx, move || {
-                let result = store.write_block(file_id, piece, offset, &bytes);
-                Completion::BlockWritten { file_id, piece, offset, result }
-            }),
+            Output::WriteBlock { file_id, piece, offset, bytes } => {
+                let permit = self.data_permit.take();
+                self.work(ctx, move || {
+                    let result = store.write_block(file_id, piece, offset, &bytes);
+                    drop(permit);
+                    Completion::BlockWritten { file_id, piece, offset, result }
+                })
+            }
             Output::HashPiece { file_id, piece } => self.work(ctx, move || {
                 let result = store.hash_piece(file_id, piece);
                 Completion::PieceHashed { file_id, piece, result }
@@ -362,7 +381,12 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
             return; // a report from a connection already closed
         }
         match report {
-            ConnReport::Message(message) => self.feed(ctx, Input::Message { conn, message }),
+            ConnReport::Message(message, permit) => {
+                self.data_permit = permit;
+                self.feed(ctx, Input::Message { conn, message });
+                // The machine dropped the block (a duplicate, say): its budget is free again.
+                self.data_permit = None;
+            }
             ConnReport::BadFrame(reason) => {
                 tracing::warn!("{}: {conn}: bad frame: {reason}", self.label);
                 self.feed(ctx, Input::BadFrame { conn, reason });

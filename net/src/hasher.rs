@@ -5,6 +5,7 @@
 //! buffer: memory stays flat whatever the file size. `sha2` picks the SHA-NI instructions when
 //! the CPU has them.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -16,21 +17,27 @@ use sha2::Digest as _;
 use crate::error::NetError;
 
 /// Bytes read from disk at a time while hashing.
-pub const HASH_CHUNK_BYTES: usize = 1024 * 1024;
+pub const HASH_CHUNK_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// Each worker thread's hashing buffer, allocated once: no allocation churn per piece.
+    static HASH_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; HASH_CHUNK_BYTES]);
+}
 
 /// SHA-256 of `len` bytes of `file` starting at `offset`, read in chunks.
 pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, NetError> {
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; HASH_CHUNK_BYTES.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
-        let chunk = (len - done).min(HASH_CHUNK_BYTES as u64) as usize;
-        file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(NetError::io("read", path))?;
-        hasher.update(&buffer[..chunk]);
-        done += chunk as u64;
-    }
-    Ok(Digest(hasher.finalize().into()))
+    HASH_BUFFER.with_borrow_mut(|buffer| {
+        let mut hasher = sha2::Sha256::new();
+        let mut done = 0u64;
+        while done < len {
+            // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
+            let chunk = (len - done).min(HASH_CHUNK_BYTES as u64) as usize;
+            file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(NetError::io("read", path))?;
+            hasher.update(&buffer[..chunk]);
+            done += chunk as u64;
+        }
+        Ok(Digest(hasher.finalize().into()))
+    })
 }
 
 /// The manifest of the file at `path`, cut into pieces of `piece_size_bytes` (or the automatic
