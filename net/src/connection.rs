@@ -228,7 +228,7 @@ async fn read_loop(
                 ConnReport::Closed
             }
             Some(Err(e)) => {
-                tracing::info!("{conn}: bad frame: {e}");
+                tracing::debug!("{conn}: bad frame: {e}");
                 ConnReport::BadFrame(e.to_string())
             }
             None => ConnReport::Closed,

@@ -9,9 +9,10 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use p2p_core::limits::RECONNECT_DELAY_MAX;
 use p2p_core::{Event, FileId, FileIdPrefix};
 use p2p_net::client::list_files;
 use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
@@ -27,6 +28,10 @@ use crate::tools::shutdown_signal;
 const TRACKER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long leaving waits for the connections to flush and close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a wanted file may stay unknown to the tracker before `--exit-when-done` gives up:
+/// longer than the slowest reconnect, so a tracker that just restarted has heard the
+/// re-announces of every live peer.
+const FILE_UNKNOWN_GRACE: Duration = RECONNECT_DELAY_MAX.saturating_add(Duration::from_secs(1));
 
 /// Runs the peer until it is done or told to stop.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
@@ -38,7 +43,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     options.upload_limit_bytes_per_s = args.upload_limit;
     let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
     report::listening(peer.addr());
-    let mut session = Session { exit_when_done: args.exit_when_done, ..Session::default() };
+    let mut session = Session::new(args.exit_when_done);
     let result = async {
         start_jobs(&peer, &args, &mut session).await?;
         session.follow(&mut events).await
@@ -103,9 +108,10 @@ async fn leave(peer: &PeerHandle) {
 }
 
 /// What the running peer still waits for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
     exit_when_done: bool,
+    started: Instant,
     /// Shared files the tracker has not acknowledged yet.
     shares: BTreeSet<FileId>,
     /// Downloads not complete yet.
@@ -114,6 +120,16 @@ struct Session {
 }
 
 impl Session {
+    fn new(exit_when_done: bool) -> Session {
+        Session {
+            exit_when_done,
+            started: Instant::now(),
+            shares: BTreeSet::new(),
+            gets: BTreeSet::new(),
+            progress: Progress::default(),
+        }
+    }
+
     /// Follows the node's events until done (`--exit-when-done`), a signal, or a failure.
     async fn follow(&mut self, events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> anyhow::Result<()> {
         let shutdown = shutdown_signal();
@@ -160,7 +176,8 @@ impl Session {
             }
             Event::FileUnknown { file_id } => {
                 let reason = format!("the tracker knows no peer sharing {file_id}");
-                if self.exit_when_done && self.gets.contains(&file_id) {
+                let waited_enough = self.started.elapsed() >= FILE_UNKNOWN_GRACE;
+                if self.exit_when_done && waited_enough && self.gets.contains(&file_id) {
                     bail!(reason);
                 }
                 tracing::info!("{reason}; still asking");
