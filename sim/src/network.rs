@@ -210,7 +210,7 @@ impl Network {
         let Some(target) = reachable.filter(|t| *t != from) else {
             let incarnation = self.nodes[from.0].incarnation;
             let input = Input::Disconnected { conn };
-            queue.push(now + latency * 2, Item::Local { node: from, incarnation, input });
+            queue.push(now + latency * 2, Item::Local { node: from, incarnation, input: Box::new(input) });
             return;
         };
         let inbound = {
@@ -230,9 +230,9 @@ impl Network {
         self.by_end.insert((target, inbound), id);
         queue.push(
             accepted,
-            Item::Wire { link: id, end: 1, input: Input::Connected { conn: inbound, remote: opener_addr } },
+            Item::Wire { link: id, end: 1, input: Box::new(Input::Connected { conn: inbound, remote: opener_addr }) },
         );
-        queue.push(opened, Item::Wire { link: id, end: 0, input: Input::Connected { conn, remote: addr } });
+        queue.push(opened, Item::Wire { link: id, end: 0, input: Box::new(Input::Connected { conn, remote: addr }) });
     }
 
     /// `from` sends `message` of `size_bytes` on `conn`; its arrival is queued.
@@ -327,7 +327,7 @@ impl Network {
         let arrival = down_done.max(link.last_arrival[flow.1]);
         link.last_arrival[flow.1] = arrival;
         let input = Input::Message { conn: link.ends[flow.1].conn, message };
-        queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input });
+        queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input: Box::new(input) });
     }
 
     /// The sender of `flow` closed it and everything it sent before has left: the receiving
@@ -339,7 +339,7 @@ impl Network {
         let latency = self.latency(link.ends[0].node, link.ends[1].node);
         let at = (now + latency).max(link.last_arrival[end]);
         let conn = link.ends[end].conn;
-        queue.push(at, Item::Wire { link: id, end, input: Input::Disconnected { conn } });
+        queue.push(at, Item::Wire { link: id, end, input: Box::new(Input::Disconnected { conn }) });
     }
 
     /// The link of `from`'s `conn` and the index of its other end.
@@ -422,7 +422,10 @@ impl Network {
             let known = side == 0 || link.last_arrival[1] <= now;
             if alive && known {
                 let input = Input::Disconnected { conn: end.conn };
-                queue.push(now + latency, Item::Local { node: end.node, incarnation: end.incarnation, input });
+                queue.push(
+                    now + latency,
+                    Item::Local { node: end.node, incarnation: end.incarnation, input: Box::new(input) },
+                );
             }
         }
     }

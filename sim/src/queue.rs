@@ -16,7 +16,8 @@ use crate::scenario::NodeIdx;
 /// A link between two machines, named by the network.
 pub type LinkId = u64;
 
-/// Something due at a time.
+/// Something due at a time. Inputs are boxed: the heap moves entries on every push and pop,
+/// and a `Message` inline would make each entry hundreds of bytes.
 #[derive(Debug)]
 pub enum Item {
     /// Scenario action number `n` (an index into `Scenario::actions`).
@@ -38,7 +39,7 @@ pub enum Item {
         /// Which life of the node it is for; dropped if the node has restarted since.
         incarnation: u32,
         /// The input.
-        input: Input,
+        input: Box<Input>,
     },
     /// An input arriving over a link at one of its ends (dropped if that end closed).
     Wire {
@@ -47,7 +48,7 @@ pub enum Item {
         /// Which end: 0 is the opener, 1 the acceptor.
         end: usize,
         /// The input.
-        input: Input,
+        input: Box<Input>,
     },
     /// A peer that left is gone for good: its machine stops and its last links reset.
     Vanish {

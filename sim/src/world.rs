@@ -207,7 +207,7 @@ impl World {
     /// Queues an input for `node`'s current life, at the current time.
     pub(crate) fn local(&mut self, node: NodeIdx, input: Input) {
         let incarnation = self.network.incarnation(node);
-        self.queue.push(self.now, Item::Local { node, incarnation, input });
+        self.queue.push(self.now, Item::Local { node, incarnation, input: Box::new(input) });
     }
 
     fn is_current(&self, node: NodeIdx, incarnation: u32) -> bool {
@@ -239,10 +239,10 @@ impl World {
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
-                if let Input::Disconnected { conn } = input {
+                if let Input::Disconnected { conn } = *input {
                     self.on_disconnected(node, conn, "reset");
                 }
-                Some(Step::Input(node, input))
+                Some(Step::Input(node, *input))
             }
             Item::Wire { link, end, input } => {
                 let (node, incarnation, from) = self.network.arrive(link, end, &input)?;
@@ -250,7 +250,7 @@ impl World {
                     return None;
                 }
                 self.on_arrival(node, from, &input);
-                Some(Step::Input(node, input))
+                Some(Step::Input(node, *input))
             }
             Item::UplinkDone { node, transmission } => {
                 self.network.uplink_done(self.now, node, transmission, &mut self.queue);
@@ -327,12 +327,12 @@ impl World {
             }
             ActionKind::Partition(nodes) => {
                 let names: Vec<&str> = nodes.iter().map(|n| self.name(*n)).collect();
-                let text = format!("network partition: {} cut off from the rest", names.join(", "));
-                self.tell(NodeIdx::TRACKER, text);
+                let text = format!("partition: {} cut off from the rest", names.join(", "));
+                self.tell_network(text);
                 self.network.partition(self.now, &nodes, &mut self.queue);
             }
             ActionKind::Heal => {
-                self.tell(NodeIdx::TRACKER, "network partition heals".to_owned());
+                self.tell_network("partition heals".to_owned());
                 self.network.heal();
             }
             ActionKind::TrackerRestart => {
@@ -373,7 +373,8 @@ impl World {
         let resume =
             (have.count() > 0 || state.store.is_allocated()).then(|| (self.content.manifest.clone(), have.clone()));
         let machine = Peer::new(config);
-        self.tell(node, format!("{verb} at {} holding {} pieces", node_addr(node), have.count()));
+        let pieces = format!("{} of {} pieces", have.count(), have.len());
+        self.tell(node, format!("{verb} at {} holding {pieces}", node_addr(node)));
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
@@ -417,6 +418,13 @@ impl World {
         self.log(node, format_args!("{text}"));
         let who = self.nodes[node.0].name.clone();
         self.outcome.story.push(crate::report::StoryLine { at: self.now, who, text });
+    }
+
+    /// `text` about the network goes to the trace and the story.
+    fn tell_network(&mut self, text: String) {
+        self.trace.record(self.now, "network", format_args!("{text}"));
+        let line = crate::report::StoryLine { at: self.now, who: "network".to_owned(), text };
+        self.outcome.story.push(line);
     }
 
     /// The tracker's time-to-live for a peer that stops announcing.

@@ -88,16 +88,23 @@ fn run(cli: &Cli, scenario: &Scenario) -> anyhow::Result<bool> {
         Driver::Queue => run_queue(scenario, seed, trace),
     };
     let verdicts = check(scenario, &outcome);
-    print_report(scenario, &outcome, &verdicts);
+    let mut stdout = std::io::stdout().lock();
+    print_report(&mut stdout, scenario, &outcome, &verdicts).context("writing the report to stdout")?;
     if let (Some(e), Some(path)) = (trace_error, &cli.trace) {
         return Err(e).with_context(|| format!("writing trace file {}", path.display()));
     }
     Ok(verdicts.iter().all(|v| v.held))
 }
 
-fn print_report(scenario: &Scenario, outcome: &Outcome, verdicts: &[Verdict]) {
+fn print_report(
+    out: &mut impl Write,
+    scenario: &Scenario,
+    outcome: &Outcome,
+    verdicts: &[Verdict],
+) -> std::io::Result<()> {
     let file = &scenario.file;
-    println!(
+    writeln!(
+        out,
         "scenario {} (seed {}): {} of {} bytes in {} pieces of {} bytes, {} peers",
         outcome.scenario,
         outcome.seed,
@@ -106,29 +113,27 @@ fn print_report(scenario: &Scenario, outcome: &Outcome, verdicts: &[Verdict]) {
         file.piece_count,
         file.piece_size_bytes,
         scenario.peers.len()
-    );
-    println!();
-    println!("story (virtual time):");
+    )?;
+    writeln!(out, "\nstory (virtual time):")?;
     for line in &outcome.story {
-        println!("  {line}");
+        writeln!(out, "  {line}")?;
     }
-    println!();
-    print!("{}", SummaryTable(outcome));
-    println!();
-    println!("expectations:");
+    writeln!(out, "\n{}", SummaryTable(outcome))?;
+    writeln!(out, "expectations:")?;
     for v in verdicts {
         let mark = if v.held { "ok  " } else { "FAIL" };
         let detail = if v.held { String::new() } else { format!(" — {}", v.detail) };
-        println!("  {mark} {}{detail}", v.expected);
+        writeln!(out, "  {mark} {}{detail}", v.expected)?;
     }
     let held = verdicts.iter().filter(|v| v.held).count();
-    println!();
-    println!(
-        "{held}/{} expectations held; {} events, {} trace lines, virtual time {}",
+    writeln!(
+        out,
+        "\n{held}/{} expectations held; {} events, {} trace lines, virtual time {}",
         verdicts.len(),
         outcome.events,
         outcome.trace_lines,
         outcome.ended_at
-    );
-    println!("trace-digest {}", outcome.trace_digest);
+    )?;
+    writeln!(out, "trace-digest {}", outcome.trace_digest)?;
+    out.flush()
 }
