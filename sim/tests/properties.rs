@@ -5,7 +5,8 @@
 //! piece that fails its hash is stored as verified or served; (iii) when every piece keeps a
 //! live holder, every live downloader completes before the deadline; (iv) when some pieces never
 //! have a holder, nobody completes and each downloader's last report names exactly those
-//! pieces; (v) the tracker never lists a peer past its TTL; (vi) requests in flight per
+//! pieces; a second full holder may serve corrupted copies of random pieces, which must be
+//! caught by hash and never kept; (v) the tracker never lists a peer past its TTL; (vi) requests in flight per
 //! connection stay bounded. (i), (ii), (v) and (vi) are watched by the world while it runs and
 //! arrive as `Outcome::violations`.
 //!
@@ -18,7 +19,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
-use p2p_sim::scenario::{FileFile, HoldsFile, LinkFile, PeerFile, PieceItem};
+use p2p_sim::scenario::{EventFile, FileFile, HoldsFile, LinkFile, PeerFile, PieceItem};
 use p2p_sim::{run_queue, Outcome, Scenario, ScenarioFile};
 use proptest::prelude::*;
 use toml::Spanned;
@@ -51,6 +52,8 @@ struct Swarm {
     jitter_ms: f64,
     loss: f64,
     missing_mask: u64,
+    /// Pieces a second full holder, BAD, serves corrupted (0: no BAD peer).
+    corrupt_mask: u64,
     peers: Vec<PeerPlan>,
 }
 
@@ -75,15 +78,17 @@ fn swarm() -> impl Strategy<Value = Swarm> {
         0.0..20.0f64,
         prop_oneof![2 => Just(0.0), 1 => 0.0..0.2f64],
         prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
+        prop_oneof![2 => Just(0u64), 1 => any::<u64>()],
         proptest::collection::vec(peer, 1..60),
     )
-        .prop_map(|(seed, pieces, latency_ms, jitter_ms, loss, missing, peers)| Swarm {
+        .prop_map(|(seed, pieces, latency_ms, jitter_ms, loss, missing, corrupt, peers)| Swarm {
             seed,
             pieces,
             latency_ms,
             jitter_ms,
             loss,
             missing_mask: missing & all_pieces(pieces) & !1, // piece 0 always exists
+            corrupt_mask: corrupt & all_pieces(pieces) & !(missing & all_pieces(pieces) & !1),
             peers,
         })
 }
@@ -107,6 +112,18 @@ fn scenario_file(swarm: &Swarm) -> ScenarioFile {
         wants: Some(false),
         ..PeerFile::default()
     }];
+    let mut events = Vec::new();
+    if swarm.corrupt_mask != 0 {
+        let bad = PeerFile {
+            name: "BAD".to_owned(),
+            holds: Some(list(available)),
+            wants: Some(false),
+            ..PeerFile::default()
+        };
+        peers.push(bad);
+        let pieces = pieces_of(swarm.corrupt_mask, swarm.pieces).into_iter().map(PieceItem::Index).collect();
+        events.push(Spanned::new(0..0, EventFile::Corrupt { at_s: 0.0, peer: "BAD".to_owned(), pieces }));
+    }
     for (i, plan) in swarm.peers.iter().enumerate() {
         let mut peer = PeerFile {
             name: format!("P{i}"),
@@ -141,6 +158,7 @@ fn scenario_file(swarm: &Swarm) -> ScenarioFile {
             piece_size_bytes: PIECE_BYTES,
         },
         peers: peers.into_iter().map(|p| Spanned::new(0..0, p)).collect(),
+        events,
         ..ScenarioFile::default()
     }
 }
