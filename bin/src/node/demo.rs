@@ -120,10 +120,22 @@ impl Demo {
         self.say(&format!("{name} wants {}", file_id.short()));
         self.peers[name].get(file_id).await?;
         let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        // Requests made before the first piece arrived: they were all in flight at once.
+        let mut requested_at_once = Some(0u32);
         loop {
             let Ok(Some((who, event))) = tokio::time::timeout_at(deadline, self.events.recv()).await else {
                 bail!("{name} did not finish the download in {STEP_TIMEOUT:?}");
             };
+            match (&event, requested_at_once) {
+                (NodeEvent::Machine(Event::PieceRequested { .. }), Some(count)) if who == name => {
+                    requested_at_once = Some(count + 1);
+                }
+                (NodeEvent::Machine(Event::PieceVerified { .. }), Some(count)) if who == name => {
+                    self.say(&format!("{name} had {count} requests in flight at once when the first piece arrived"));
+                    requested_at_once = None;
+                }
+                _ => {}
+            }
             if let NodeEvent::Completed { path, received_bytes, .. } = &event {
                 if who == name {
                     self.say(&format!("{name} has the file at {} ({received_bytes} bytes fetched)", path.display()));
