@@ -323,6 +323,7 @@ impl Network {
         let down = &mut self.nodes[to.0];
         let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
         down.downlink_free = down_done;
+        // Looked up (and found alive) at the top of this function; nothing removed it since.
         let link = self.links.get_mut(&flow.0).expect("checked alive above");
         let arrival = down_done.max(link.last_arrival[flow.1]);
         link.last_arrival[flow.1] = arrival;
@@ -356,6 +357,7 @@ impl Network {
             return;
         };
         self.by_end.remove(&(from, conn));
+        // `other_end` found the link in `links` just above.
         let link = self.links.get_mut(&id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
         if !link.ends[other].open {

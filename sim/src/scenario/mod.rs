@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, PIECES_MAX};
 use p2p_core::manifest::check_piece_size;
+use p2p_core::ManifestBuilder;
 use p2p_core::Time;
 use toml::Spanned;
 
@@ -215,8 +216,8 @@ type Names = BTreeMap<String, NodeIdx>;
 
 impl Checker<'_> {
     fn check(&self, file: ScenarioFile, stem: String) -> Result<Scenario, ScenarioError> {
-        let end = self.time(file.end_s, 0..0, "end_s")?;
-        let defaults = self.link(&file.network, &default_link(), 0..0)?;
+        let end = self.time(file.end_s, self.key_span("end_s"), "end_s")?;
+        let defaults = self.link(&file.network, &default_link(), self.key_span("[network]"))?;
         let tracker = self.tracker(&file.tracker, &defaults)?;
         let spec = self.file(&file.file)?;
         let (peers, mut actions) = self.peers(&file.peers, &defaults, &spec)?;
@@ -251,6 +252,19 @@ impl Checker<'_> {
     fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ScenarioError {
         let line = if span == (0..0) { 0 } else { line_column(self.text, span.start).0 };
         ScenarioError::Invalid { path: PathBuf::from(self.path), line, message: message.into() }
+    }
+
+    /// The first line starting with `key` (a top-level key or a table header), for errors
+    /// about values the TOML parser gives no position for.
+    fn key_span(&self, key: &str) -> Range<usize> {
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            if line.trim_start().starts_with(key) {
+                return offset..offset + line.len();
+            }
+            offset += line.len();
+        }
+        0..0
     }
 
     fn time(&self, seconds: f64, span: Range<usize>, key: &str) -> Result<Time, ScenarioError> {
@@ -292,24 +306,31 @@ impl Checker<'_> {
     fn tracker(&self, raw: &TrackerFile, defaults: &LinkSpec) -> Result<TrackerSpec, ScenarioError> {
         let announce_interval = match raw.announce_interval_s {
             Some(s) if s < ANNOUNCE_INTERVAL_S_MIN => {
-                return Err(self.invalid(0..0, format!("announce_interval_s = {s}: at least {ANNOUNCE_INTERVAL_S_MIN}")))
+                return Err(self.invalid(
+                    self.key_span("[tracker]"),
+                    format!("announce_interval_s = {s}: at least {ANNOUNCE_INTERVAL_S_MIN}"),
+                ))
             }
-            Some(s) => self.time(s, 0..0, "announce_interval_s")?.elapsed(),
+            Some(s) => self.time(s, self.key_span("[tracker]"), "announce_interval_s")?.elapsed(),
             None => ANNOUNCE_INTERVAL_DEFAULT,
         };
-        Ok(TrackerSpec { announce_interval, link: self.link(&raw.link, defaults, 0..0)? })
+        Ok(TrackerSpec { announce_interval, link: self.link(&raw.link, defaults, self.key_span("[tracker]"))? })
     }
 
     fn file(&self, raw: &FileFile) -> Result<FileSpec, ScenarioError> {
-        let piece_size_bytes =
-            check_piece_size(raw.piece_size_bytes).map_err(|e| self.invalid(0..0, format!("[file] {e}")))?;
+        let piece_size_bytes = check_piece_size(raw.piece_size_bytes)
+            .map_err(|e| self.invalid(self.key_span("[file]"), format!("[file] {e}")))?;
         let piece_count = raw.size_bytes.div_ceil(u64::from(piece_size_bytes));
         if raw.size_bytes == 0 || piece_count > u64::from(PIECES_MAX) {
-            return Err(self.invalid(0..0, format!("[file] size_bytes must give 1 to {PIECES_MAX} pieces")));
+            return Err(
+                self.invalid(self.key_span("[file]"), format!("[file] size_bytes must give 1 to {PIECES_MAX} pieces"))
+            );
         }
         // piece_count <= PIECES_MAX, a u32.
         let piece_count = piece_count as u32;
         let name = raw.name.clone().unwrap_or_else(|| "file.bin".to_owned());
+        ManifestBuilder::new(name.clone(), piece_size_bytes)
+            .map_err(|e| self.invalid(self.key_span("[file]"), format!("[file] {e}")))?;
         Ok(FileSpec { name, size_bytes: raw.size_bytes, piece_size_bytes, piece_count })
     }
 
@@ -544,6 +565,9 @@ mod tests {
         assert!(matches!(err, ScenarioError::Syntax { line: 5..=7, .. }), "{err}");
         let err = parse("[[event]]\ndo = \"crash\"\nat_s = 1\npeer = \"Z\"\n").expect_err("unknown peer");
         assert!(err.to_string().contains("\"Z\""), "{err}");
+        let bad_name = BASE.replace("[file]", "[file]\nname = \"../x\"");
+        let err = Scenario::parse(Path::new("t.toml"), &bad_name).expect_err("unsafe file name");
+        assert!(err.to_string().starts_with("t.toml:2: [file] unsafe"), "{err}");
     }
 
     #[test]
