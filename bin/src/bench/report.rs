@@ -81,6 +81,14 @@ pub fn command_line() -> String {
     format!("cargo run --release --bin p2p-bench -- {}", args.join(" "))
 }
 
+/// The 1-minute load average (`/proc/loadavg`): how busy the shared machine was.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".to_owned())
+}
+
 /// Now as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

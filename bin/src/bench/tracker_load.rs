@@ -23,6 +23,7 @@ use p2p_core::wire::{Message, Role};
 use p2p_core::{Bitfield, Digest, FileId, Manifest, PeerId};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::load_conn::Conn;
@@ -96,10 +97,12 @@ pub fn run(args: &LoadArgs, node_bin: &Path) -> anyhow::Result<()> {
     let mut tracker = NodeProc::spawn("tracker", node_bin, &tracker_args)?;
     let addr: SocketAddr = listen_addr(&mut tracker)?.parse().context("the tracker's address")?;
     let files = Arc::new(make_files(args)?);
+    let load_before = report::load_average();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut figures = Figures { tracker_start: sample(tracker.pid())?, ..Figures::default() };
     runtime.block_on(drive(args, addr, files, tracker.pid(), &mut figures))?;
-    let (notes, table) = summarise(args, &figures);
+    let (mut notes, table) = summarise(args, &figures);
+    notes.push(format!("1-minute load average before / after: {load_before} / {}", report::load_average()));
     println!();
     for note in &notes {
         println!("{note}");
@@ -156,24 +159,18 @@ async fn drive(args: &LoadArgs, addr: SocketAddr, files: Files, pid: u32, figure
     figures.connect_s = started.elapsed().as_secs_f64();
     let cpu_before = procstat::self_cpu_s();
     let started = Instant::now();
-    let peers = announce_phase(args, &files, peers, true, figures).await?;
-    let peers = announce_phase(args, &files, peers, false, figures).await?;
+    let peers = announce_phase(args, &files, peers, true, figures).await?.finish().await?;
+    let announcing = announce_phase(args, &files, peers, false, figures).await?;
     figures.announce_s = started.elapsed().as_secs_f64();
     figures.generator_cpu_announce_s = procstat::self_cpu_s() - cpu_before;
     figures.tracker_after_announces = sample(pid)?;
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut keepalives = JoinSet::new();
-    for (i, conn) in peers.into_iter().enumerate() {
-        keepalives.spawn(keepalive(conn, Arc::clone(&files), i, deadline));
-    }
     let cpu_before = procstat::self_cpu_s();
     locate_phase(args, addr, &files, deadline, figures).await?;
     figures.generator_cpu_locate_s = procstat::self_cpu_s() - cpu_before;
     figures.tracker_end = sample(pid)?;
-    while let Some(done) = keepalives.join_next().await {
-        done.context("a keepalive task panicked")??;
-    }
+    announcing.finish().await?;
     Ok(())
 }
 
@@ -192,18 +189,44 @@ fn random_half(rng: &mut ChaCha8Rng, pieces: u32) -> Bitfield {
     Bitfield::from_bytes(pieces, &bytes).expect("byte count matches the piece count")
 }
 
+/// Peers that have announced and keep their registration alive until told to stop.
+#[derive(Debug)]
+struct Announcing {
+    tasks: JoinSet<anyhow::Result<(usize, Conn)>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Announcing {
+    /// Stops the keepalives; returns the connections in peer order.
+    async fn finish(mut self) -> anyhow::Result<Vec<Conn>> {
+        // No receiver left only means every task already ended.
+        self.stop.send(true).ok();
+        let mut done = Vec::new();
+        while let Some(result) = self.tasks.join_next().await {
+            done.push(result.context("a peer task panicked")??);
+        }
+        done.sort_by_key(|(i, _)| *i);
+        Ok(done.into_iter().map(|(_, conn)| conn).collect())
+    }
+}
+
 /// Every peer announces its files concurrently: with `first`, the files it introduces (with
-/// the manifest); otherwise every other file. Returns the connections in order.
+/// the manifest); otherwise every other file. Returns once every peer has its answers; each
+/// then re-announces every [`KEEPALIVE_INTERVAL`] until finished, so none expires meanwhile.
 async fn announce_phase(
     args: &LoadArgs,
     files: &Files,
     peers: Vec<Conn>,
     first: bool,
     figures: &mut Figures,
-) -> anyhow::Result<Vec<Conn>> {
+) -> anyhow::Result<Announcing> {
+    let (tallies, mut tally_rx) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let count = peers.len();
     for (i, mut conn) in peers.into_iter().enumerate() {
         let (files, peer_count, window) = (Arc::clone(files), args.peers, args.window);
+        let (tallies, stop_rx) = (tallies.clone(), stop_rx.clone());
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ ((i as u64) << 32) ^ u64::from(first));
         tasks.spawn(async move {
             let mine = |f: &usize| (f % peer_count == i) == first;
@@ -214,18 +237,47 @@ async fn announce_phase(
             });
             let mut tally = Tally::default();
             conn.pipeline(requests, window, |reply| tally.add(&reply)).await?;
-            anyhow::Ok((i, conn, tally))
+            // The receiver lives until every tally is in or the phase failed.
+            tallies.send(tally).ok();
+            keepalive(&mut conn, &files, i, stop_rx, &mut rng).await?;
+            anyhow::Ok((i, conn))
         });
     }
-    let mut done = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        let (i, conn, tally) = result.context("an announce task panicked")??;
+    drop(tallies);
+    let mut received = 0;
+    while let Some(tally) = tally_rx.recv().await {
         figures.announces += tally.ok;
         merge(&mut figures.errors, tally.errors);
-        done.push((i, conn));
+        received += 1;
+        if received == count {
+            return Ok(Announcing { tasks, stop });
+        }
     }
-    done.sort_by_key(|(i, _)| *i);
-    Ok(done.into_iter().map(|(_, conn)| conn).collect())
+    // A task ended without its tally: finishing surfaces its error.
+    Announcing { tasks, stop }.finish().await?;
+    anyhow::bail!("a peer stopped before its announces were answered")
+}
+
+/// Re-announces one file every [`KEEPALIVE_INTERVAL`] until `stop` changes.
+async fn keepalive(
+    conn: &mut Conn,
+    files: &Files,
+    i: usize,
+    mut stop: watch::Receiver<bool>,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
+        }
+        let (file_id, manifest) = &files[i % files.len()];
+        let have = random_half(rng, manifest.piece_count());
+        conn.queue(&Message::Announce { file_id: *file_id, manifest: None, have })?;
+        conn.flush().await?;
+        conn.recv().await?;
+    }
 }
 
 /// Replies counted by one task.
@@ -262,20 +314,6 @@ fn merge(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
     for (key, count) in from {
         *into.entry(key).or_default() += count;
     }
-}
-
-/// Re-announces one file every [`KEEPALIVE_INTERVAL`] until `deadline`, so the peer stays live.
-async fn keepalive(mut conn: Conn, files: Files, i: usize, deadline: Instant) -> anyhow::Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
-    while Instant::now() + KEEPALIVE_INTERVAL < deadline {
-        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-        let (file_id, manifest) = &files[i % files.len()];
-        let have = random_half(&mut rng, manifest.piece_count());
-        conn.queue(&Message::Announce { file_id: *file_id, manifest: None, have })?;
-        conn.flush().await?;
-        conn.recv().await?;
-    }
-    Ok(())
 }
 
 /// Client connections locate random files until `deadline`.

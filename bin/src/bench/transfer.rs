@@ -89,6 +89,7 @@ pub fn run(options: &TransferOptions, node_bin: &Path) -> anyhow::Result<()> {
     let aria2_ready = !cases.iter().any(|c| matches!(c.kind, Kind::Aria2)) || aria2::ready(options.install_peers);
     let temp = tempfile::Builder::new().prefix("p2p-bench-").tempdir()?;
     eprintln!("work dir {}", temp.path().display());
+    let load_before = report::load_average();
     let ceiling = ceiling::measure(if options.quick { (QUICK_SIZE_MIB * MIB) as usize } else { CEILING_BYTES });
     eprintln!("{}", ceiling_note(&ceiling));
     let mut files: BTreeMap<u64, TestFile> = BTreeMap::new();
@@ -112,7 +113,11 @@ pub fn run(options: &TransferOptions, node_bin: &Path) -> anyhow::Result<()> {
         results.push(CaseResult { case, size_bytes, runs });
     }
     let table = summarise(&results);
-    let notes = notes(options, &ceiling);
+    let mut notes = notes(options, &ceiling);
+    notes.push(format!(
+        "1-minute load average before / after: {load_before} / {} (the machine is shared; other work adds noise)",
+        report::load_average()
+    ));
     println!();
     for note in &notes {
         println!("{note}");
