@@ -207,6 +207,11 @@ fn pieces_to_share(manifest: &Manifest, only: Option<&[u32]>, path: &Path) -> Re
 async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {
-    // A job only fails to join when it panicked, which is a bug worth surfacing.
-    tokio::task::spawn_blocking(job).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    match tokio::task::spawn_blocking(job).await {
+        Ok(result) => result,
+        // A panicking job is a bug worth surfacing as such.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(NetError::Stopped),
+    }
 }
