@@ -71,15 +71,21 @@ impl Encoder<&Message> for FrameCodec {
     }
 }
 
-/// Encodes `message` as one frame of its own.
-pub fn frame_of(message: &Message) -> Result<Bytes, FrameError> {
-    let estimate = match message {
+/// Spare room kept in an encoding scratch buffer, so small frames rarely allocate.
+const SCRATCH_SPARE_BYTES: usize = 64 * 1024;
+
+/// Encodes `message` as one frame of its own, carved out of `scratch` (whose spare capacity is
+/// reused by the next frames, so encoding seldom allocates).
+pub fn encode_into(message: &Message, scratch: &mut BytesMut) -> Result<Bytes, FrameError> {
+    let needed = match message {
         Message::Data { bytes, .. } => bytes.len() + 128,
-        _ => 256,
+        _ => 1024,
     };
-    let mut buffer = BytesMut::with_capacity(estimate);
-    FrameCodec.encode(message, &mut buffer)?;
-    Ok(buffer.freeze())
+    if scratch.capacity() < needed {
+        scratch.reserve(needed.max(SCRATCH_SPARE_BYTES));
+    }
+    FrameCodec.encode(message, scratch)?;
+    Ok(scratch.split().freeze())
 }
 
 /// What a connection tells its driver.
@@ -296,7 +302,7 @@ mod tests {
     #[test]
     fn codec_round_trips_and_reports_garbage() {
         let message = Message::error(None, ErrorCode::Unexpected, "x");
-        let mut buffer = BytesMut::from(&frame_of(&message).expect("fits")[..]);
+        let mut buffer = BytesMut::from(&encode_into(&message, &mut BytesMut::new()).expect("fits")[..]);
         buffer.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
         assert_eq!(FrameCodec.decode(&mut buffer).expect("valid"), Some(message));
         assert!(matches!(FrameCodec.decode(&mut buffer), Err(FrameError::Decode(DecodeError::Malformed(_)))));

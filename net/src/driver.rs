@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix::fut::wrap_future;
 use actix::prelude::*;
+use bytes::BytesMut;
 use p2p_core::limits::CONNECTIONS_MAX;
 use p2p_core::wire::Message;
 use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
@@ -27,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::connection::{frame_of, ConnEvent, ConnReport, Connection, QueueError};
+use crate::connection::{encode_into, ConnEvent, ConnReport, Connection, QueueError};
 use crate::store::Store;
 
 /// How long an outbound connection may take to open.
@@ -78,6 +79,8 @@ pub struct Driver<M: Machine> {
     write_budget: Option<Arc<Semaphore>>,
     /// The budget share of the `Data` message being handled, for the write it causes.
     data_permit: Option<OwnedSemaphorePermit>,
+    /// Where outgoing frames are encoded; see [`encode_into`].
+    scratch: BytesMut,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -124,6 +127,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             check: |_, _| Ok(()),
             write_budget,
             data_permit: None,
+            scratch: BytesMut::new(),
             label,
             start: Instant::now(),
             store,
@@ -246,7 +250,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             tracing::trace!("{}: {conn} is gone; dropping a {}", self.label, message.kind());
             return;
         };
-        let frame = match frame_of(message) {
+        let frame = match encode_into(message, &mut self.scratch) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::error!("{}: {conn}: cannot send a {}: {e}", self.label, message.kind());
