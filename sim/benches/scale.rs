@@ -2,15 +2,25 @@
 //! driver. Prints wall time, simulated time and events per second for each N.
 //!
 //! `cargo bench -p p2p-sim --bench scale` runs 1,000 and 10,000 peers; give other counts as
-//! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`.
+//! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`. A run that exceeds
+//! `SCALE_WALL_BUDGET_S` seconds of wall time (default 300) is stopped there and reported as
+//! partial: how far in virtual time it got, and how many peers had completed.
 
+use std::time::{Duration, Instant};
+
+use p2p_core::Machine;
+use p2p_sim::node::NodeMachine;
 use p2p_sim::scenario::{FileFile, HoldsFile, LinkFile, PeerFile, ScenarioFile};
-use p2p_sim::{run_queue, Scenario};
+use p2p_sim::world::Step;
+use p2p_sim::{Outcome, Scenario, World};
 use toml::Spanned;
 
 const PIECES: u64 = 256;
 const PIECE_BYTES: u64 = 16 * 1024;
 const SEEDERS: u32 = 4;
+const WALL_BUDGET_S_DEFAULT: u64 = 300;
+/// Steps between two looks at the wall clock.
+const STEPS_PER_CLOCK_CHECK: u64 = 4096;
 
 fn scenario(leechers: u32) -> Scenario {
     let peer = |name: &str, count: Option<u32>, holds: Option<HoldsFile>, join_s: f64| PeerFile {
@@ -47,20 +57,52 @@ fn scenario(leechers: u32) -> Scenario {
     Scenario::from_file(file).expect("the benchmark scenario is valid")
 }
 
-// Wall time is what a benchmark measures; it never reaches a simulation result.
+/// The event-queue driver loop of `run_queue`, stopping once `budget` of wall time is spent.
+/// Returns the outcome and whether the run reached its end.
+// Wall time is what a benchmark measures; it only decides when to stop, never a result.
 #[allow(clippy::disallowed_methods)]
+fn run_with_budget(scenario: &Scenario, budget: Duration) -> (Outcome, bool, Duration) {
+    let started = Instant::now();
+    let mut world = World::new(scenario, scenario.seed, None);
+    let mut machines: Vec<Option<NodeMachine>> = (0..=scenario.peers.len()).map(|_| None).collect();
+    let mut outputs = Vec::new();
+    let mut steps = 0u64;
+    let finished = loop {
+        steps += 1;
+        if steps.is_multiple_of(STEPS_PER_CLOCK_CHECK) && started.elapsed() > budget {
+            break false;
+        }
+        let Some((now, step)) = world.next_step() else { break true };
+        match step {
+            Step::Spawn(node, machine) => machines[node.0] = Some(machine),
+            Step::Kill(node) => machines[node.0] = None,
+            Step::Input(node, input) => {
+                let Some(machine) = machines[node.0].as_mut() else { continue };
+                machine.handle(now, input);
+                outputs.extend(std::iter::from_fn(|| machine.poll_output()));
+                world.after_step(node, &mut outputs, machine.poll_timeout());
+            }
+        }
+    };
+    let wall = started.elapsed();
+    (world.finish().0, finished, wall)
+}
+
 fn main() {
     let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() { vec![1_000, 10_000] } else { counts };
-    println!("| peers | pieces | wall time | simulated time (last completion) | events | events/s | completed |");
-    println!("|------:|-------:|----------:|--------------:|-------:|---------:|----------:|");
+    let budget_s =
+        std::env::var("SCALE_WALL_BUDGET_S").ok().and_then(|v| v.parse().ok()).unwrap_or(WALL_BUDGET_S_DEFAULT);
+    println!("| peers | pieces | wall time | simulated time | events | events/s | completed |");
+    println!("|------:|-------:|----------:|---------------:|-------:|---------:|----------:|");
     for leechers in counts {
         let scenario = scenario(leechers);
-        let started = std::time::Instant::now();
-        let (outcome, _) = run_queue(&scenario, scenario.seed, None);
-        let wall = started.elapsed();
+        let (outcome, finished, wall) = run_with_budget(&scenario, Duration::from_secs(budget_s));
         let done = outcome.peers.iter().filter(|p| p.completed_at.is_some()).count();
-        let simulated = outcome.last_completion.map_or_else(|| "-".to_owned(), |t| t.to_string());
+        let simulated = match (finished, outcome.last_completion) {
+            (true, Some(t)) => format!("{t} (last completion)"),
+            _ => format!("{} reached (stopped)", outcome.ended_at),
+        };
         println!(
             "| {} | {PIECES} | {:.1} s | {simulated} | {} | {:.2} M | {done}/{leechers} |",
             leechers + SEEDERS,
