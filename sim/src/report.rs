@@ -41,6 +41,8 @@ pub struct PeerSummary {
     pub bytes_down: u64,
     /// When it first completed the file.
     pub completed_at: Option<Time>,
+    /// Whether its machine asked for the file to be finalized (written as complete).
+    pub finalized: bool,
     /// Whether it was running at the end.
     pub running: bool,
 }

@@ -178,6 +178,7 @@ impl World {
             let mut summary = node.summary.clone();
             summary.name.clone_from(&node.name);
             summary.pieces = node.store.verified(&self.content).count();
+            summary.finalized = node.store.is_finalized();
             summary.running = node.running && self.network.incarnation(NodeIdx(i)) > 0;
             self.outcome.peers.push(summary);
         }

@@ -190,7 +190,7 @@ fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32]) -> 
             return Err(format!("(iii) {} is running with every piece available but did not complete", spec.name));
         }
         if !missing.is_empty() {
-            if summary.completed_at.is_some() {
+            if summary.completed_at.is_some() || summary.finalized {
                 return Err(format!("(iv) {} completed although pieces {missing:?} have no holder", spec.name));
             }
             if outcome.missing.get(&node).map(Vec::as_slice) != Some(missing) {
