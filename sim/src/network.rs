@@ -80,6 +80,8 @@ struct Link {
     ends: [End; 2],
     /// Latest arrival scheduled towards each end, to keep each direction in order.
     last_arrival: [Time; 2],
+    /// When the acceptor hears of the link (its `Connected` arrives).
+    accepted_at: Time,
 }
 
 /// Links, nodes and the RNG behind jitter and loss.
@@ -168,7 +170,10 @@ impl Network {
     pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.nodes[node.0].up = false;
         self.nodes[node.0].uplink.clear();
-        let links: Vec<LinkId> = self.links_of(node);
+        // Every link with an end here, including ones this node closed whose goodbye had not
+        // left its (now cleared) uplink: the other end must still hear that the link is gone.
+        let links: Vec<LinkId> =
+            self.links.iter().filter(|(_, l)| l.ends.iter().any(|e| e.node == node)).map(|(id, _)| *id).collect();
         for link in links {
             self.reset(now, link, queue);
         }
@@ -225,7 +230,7 @@ impl Network {
         let end = |node: NodeIdx, conn| End { node, conn, incarnation: self.nodes[node.0].incarnation, open: true };
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);
-        self.links.insert(id, Link { ends, last_arrival: [opened, accepted] });
+        self.links.insert(id, Link { ends, last_arrival: [opened, accepted], accepted_at: accepted });
         self.by_end.insert((from, conn), id);
         self.by_end.insert((target, inbound), id);
         queue.push(
@@ -402,11 +407,6 @@ impl Network {
             .collect()
     }
 
-    fn links_of(&self, node: NodeIdx) -> Vec<LinkId> {
-        let range = (node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX));
-        self.by_end.range(range).map(|(_, id)| *id).collect()
-    }
-
     /// Resets a link: both open ends close now; each live one hears `Disconnected` after a
     /// latency (an opener also when its `Connected` had not arrived yet: it "could not open").
     fn reset(&mut self, now: Time, id: LinkId, queue: &mut Queue) {
@@ -421,7 +421,7 @@ impl Network {
             self.by_end.remove(&(end.node, end.conn));
             let alive = self.nodes[end.node.0].up && self.nodes[end.node.0].incarnation == end.incarnation;
             // The acceptor only knows of the link once its `Connected` arrived.
-            let known = side == 0 || link.last_arrival[1] <= now;
+            let known = side == 0 || link.accepted_at <= now;
             if alive && known {
                 let input = Input::Disconnected { conn: end.conn };
                 queue.push(
@@ -523,9 +523,12 @@ mod tests {
         let (mut net, mut q) = two_nodes(link(10, None, 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
         drain(&mut net, &mut q);
+        // A message still in flight to the acceptor must not hide the link from it.
+        net.send(Time::from_millis(95), NodeIdx(1), ConnId::Outbound(1), (Message::List, 10), &mut q);
         net.partition(Time::from_millis(100), &[NodeIdx(1)], &mut q);
         let notices = drain(&mut net, &mut q);
-        assert_eq!(notices.len(), 2, "both ends hear of the reset: {notices:?}");
+        let resets = notices.iter().filter(|(_, text)| text.contains("Disconnected")).count();
+        assert_eq!(resets, 2, "both ends hear of the reset: {notices:?}");
         net.connect(Time::from_millis(200), NodeIdx(1), ConnId::Outbound(2), node_addr(NodeIdx(0)), &mut q);
         assert!(drain(&mut net, &mut q)[0].1.contains("Disconnected"));
         net.heal();
