@@ -27,12 +27,16 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
 /// Read buffer of a connection; grows to the size of the largest frame seen.
-const READ_BUFFER_BYTES: usize = 512 * 1024;
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Write buffer in which small frames are coalesced before a flush.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Most bytes queued for one connection's writer; beyond this the remote is not reading and
-/// the connection is dropped.
-pub const WRITE_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// the connection is dropped. (A well-behaved remote keeps far less in flight: its pipelining
+/// depth in blocks.)
+pub const WRITE_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Most bytes queued for all the connections of one driver; a connection whose frame would
+/// exceed it is dropped, so slow readers together cannot pin unbounded memory.
+pub const WRITE_QUEUE_TOTAL_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How long a closing connection may take to flush what was queued for it.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,8 +118,29 @@ pub struct ConnEvent {
 }
 
 enum WriterCmd {
-    Frame(Bytes),
+    Frame(QueuedFrame),
     Close,
+}
+
+/// Bytes waiting in writers' queues: one connection's and its driver's total.
+#[derive(Debug)]
+struct QueueCounters {
+    conn: AtomicUsize,
+    total: Arc<AtomicUsize>,
+}
+
+/// A frame in a writer's queue; its bytes are counted until it is dropped (written, or
+/// discarded with its connection).
+struct QueuedFrame {
+    frame: Bytes,
+    counters: Arc<QueueCounters>,
+}
+
+impl Drop for QueuedFrame {
+    fn drop(&mut self) {
+        self.counters.conn.fetch_sub(self.frame.len(), Ordering::Relaxed);
+        self.counters.total.fetch_sub(self.frame.len(), Ordering::Relaxed);
+    }
 }
 
 /// The driver's handle on one open connection.
@@ -124,7 +149,7 @@ pub struct Connection {
     token: u64,
     remote: SocketAddr,
     queue: mpsc::UnboundedSender<WriterCmd>,
-    queued_bytes: Arc<AtomicUsize>,
+    counters: Arc<QueueCounters>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -132,7 +157,7 @@ pub struct Connection {
 impl std::fmt::Debug for WriterCmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriterCmd::Frame(bytes) => write!(f, "Frame({} bytes)", bytes.len()),
+            WriterCmd::Frame(queued) => write!(f, "Frame({} bytes)", queued.frame.len()),
             WriterCmd::Close => f.write_str("Close"),
         }
     }
@@ -143,29 +168,33 @@ impl std::fmt::Debug for WriterCmd {
 pub enum QueueError {
     /// The writer ended (the socket failed).
     Gone,
-    /// More than [`WRITE_QUEUE_BYTES_MAX`] would be waiting.
+    /// More than [`WRITE_QUEUE_BYTES_MAX`] would be waiting for this connection.
     Full,
+    /// More than [`WRITE_QUEUE_TOTAL_BYTES_MAX`] would be waiting for all connections.
+    Overloaded,
 }
 
 impl Connection {
     /// Starts the reader and writer tasks of `stream`, reporting to `driver`. With a
     /// `write_budget`, the reader takes one permit per payload byte of each `Data` message
-    /// before handing it on, so received data not yet on disk is bounded.
+    /// before handing it on, so received data not yet on disk is bounded. `queued_total`
+    /// counts the bytes queued for every writer of the driver.
     pub fn start(
         stream: TcpStream,
         (conn, token, remote): (ConnId, u64, SocketAddr),
         driver: Recipient<ConnEvent>,
         write_budget: Option<Arc<Semaphore>>,
+        queued_total: Arc<AtomicUsize>,
     ) -> Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
         }
         let (read_half, write_half) = stream.into_split();
         let (queue, commands) = mpsc::unbounded_channel();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(QueueCounters { conn: AtomicUsize::new(0), total: queued_total });
         let reader = tokio::spawn(read_loop(read_half, conn, token, driver.clone(), write_budget));
-        let writer = tokio::spawn(write_loop(write_half, commands, queued_bytes.clone(), conn, token, driver));
-        Connection { token, remote, queue, queued_bytes, reader, writer }
+        let writer = tokio::spawn(write_loop(write_half, commands, conn, token, driver));
+        Connection { token, remote, queue, counters, reader, writer }
     }
 
     /// The connection's unique token.
@@ -181,11 +210,17 @@ impl Connection {
     /// Queues a frame for sending.
     pub fn send(&self, frame: Bytes) -> Result<(), QueueError> {
         let len = frame.len();
-        if self.queued_bytes.load(Ordering::Relaxed) + len > WRITE_QUEUE_BYTES_MAX {
+        if self.counters.conn.load(Ordering::Relaxed) + len > WRITE_QUEUE_BYTES_MAX {
             return Err(QueueError::Full);
         }
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        self.queue.send(WriterCmd::Frame(frame)).map_err(|_| QueueError::Gone)
+        if self.counters.total.load(Ordering::Relaxed) + len > WRITE_QUEUE_TOTAL_BYTES_MAX {
+            return Err(QueueError::Overloaded);
+        }
+        self.counters.conn.fetch_add(len, Ordering::Relaxed);
+        self.counters.total.fetch_add(len, Ordering::Relaxed);
+        let queued = QueuedFrame { frame, counters: self.counters.clone() };
+        // A refused frame is dropped here, which uncounts it.
+        self.queue.send(WriterCmd::Frame(queued)).map_err(|_| QueueError::Gone)
     }
 
     /// Stops reading, flushes what was queued (for at most [`CLOSE_FLUSH_TIMEOUT`]) and closes.
@@ -249,13 +284,12 @@ async fn read_loop(
 async fn write_loop(
     half: OwnedWriteHalf,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
-    queued_bytes: Arc<AtomicUsize>,
     conn: ConnId,
     token: u64,
     driver: Recipient<ConnEvent>,
 ) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, half);
-    match write_until_close(&mut out, &mut commands, &queued_bytes).await {
+    match write_until_close(&mut out, &mut commands).await {
         Ok(()) => {
             if let Err(e) = out.shutdown().await {
                 tracing::debug!("{conn}: shutdown failed: {e}");
@@ -273,15 +307,11 @@ async fn write_loop(
 async fn write_until_close(
     out: &mut BufWriter<OwnedWriteHalf>,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
-    queued_bytes: &AtomicUsize,
 ) -> io::Result<()> {
     while let Some(mut command) = commands.recv().await {
         loop {
             match command {
-                WriterCmd::Frame(frame) => {
-                    out.write_all(&frame).await?;
-                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                }
+                WriterCmd::Frame(queued) => out.write_all(&queued.frame).await?,
                 WriterCmd::Close => return out.flush().await,
             }
             match commands.try_recv() {

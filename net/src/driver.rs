@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,8 @@ pub struct Driver<M: Machine> {
     data_permit: Option<OwnedSemaphorePermit>,
     /// Where outgoing frames are encoded; see [`encode_into`].
     scratch: BytesMut,
+    /// Bytes queued for all the connections' writers.
+    queued_total: Arc<AtomicUsize>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -128,6 +131,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             write_budget,
             data_permit: None,
             scratch: BytesMut::new(),
+            queued_total: Arc::default(),
             label,
             start: Instant::now(),
             store,
@@ -237,6 +241,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             (conn, self.next_token, remote),
             ctx.address().recipient(),
             self.write_budget.clone(),
+            self.queued_total.clone(),
         );
         if let Some(old) = self.conns.insert(conn, connection) {
             tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);
@@ -261,6 +266,14 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             Ok(()) => {}
             Err(QueueError::Full) => {
                 tracing::warn!("{}: {conn} {}: remote does not read; dropping it", self.label, connection.remote());
+                self.drop_conn(conn);
+            }
+            Err(QueueError::Overloaded) => {
+                tracing::warn!(
+                    "{}: {conn} {}: too much queued for slow remotes; dropping it",
+                    self.label,
+                    connection.remote()
+                );
                 self.drop_conn(conn);
             }
             Err(QueueError::Gone) => self.drop_conn(conn),
