@@ -11,6 +11,10 @@
 //! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
 //! [`STORE_JOBS_MAX`] at once) and come back as [`Input::Completed`]. It also counts the payload
 //! bytes received per file, reported when a download completes.
+//!
+//! Memory is bounded whatever the traffic: received blocks not yet on disk take a share of
+//! [`WRITE_BUDGET_BYTES`] (when it is used up, connections stop reading), and the bytes queued
+//! for sending are capped per connection and per driver (a remote that does not read is dropped).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

@@ -409,9 +409,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
-    let mut file = File::create(&temp).map_err(NetError::io("create", &temp))?;
-    file.write_all(bytes).map_err(NetError::io("write", &temp))?;
-    fs::rename(&temp, path).map_err(NetError::io("rename into place", path))
+    let written = File::create(&temp)
+        .map_err(NetError::io("create", &temp))
+        .and_then(|mut file| file.write_all(bytes).map_err(NetError::io("write", &temp)))
+        .and_then(|()| fs::rename(&temp, path).map_err(NetError::io("rename into place", path)));
+    if written.is_err() {
+        // Leave no stray temporary file behind (a full disk, say); the old content stays.
+        fs::remove_file(&temp).ok();
+    }
+    written
 }
 
 fn remove_if_present(path: &Path) -> Result<(), NetError> {
