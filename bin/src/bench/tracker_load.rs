@@ -292,15 +292,15 @@ impl Tally {
     fn add(&mut self, reply: &Message) {
         match reply {
             Message::Announced { .. } => self.ok += 1,
-            Message::Located { manifest, peers, holders } => {
+            Message::Located { peers, have, .. } => {
                 self.ok += 1;
                 if self.first_located.is_none() {
-                    let listed: usize = holders.iter().map(Vec::len).sum();
+                    let pieces = have.first().map_or(0, |bits| bits.len());
+                    let listed: u64 = have.iter().map(|bits| u64::from(bits.count())).sum();
                     self.first_located = Some(format!(
-                        "{} pieces, {} peers named, {:.1} holders listed per piece",
-                        manifest.piece_count(),
+                        "{pieces} pieces, {} peers named with their bitfields, {:.1} holders per piece",
                         peers.len(),
-                        listed as f64 / holders.len().max(1) as f64
+                        listed as f64 / f64::from(pieces.max(1))
                     ));
                 }
             }
@@ -333,7 +333,7 @@ async fn locate_phase(
         tasks.spawn(async move {
             let requests = std::iter::from_fn(|| {
                 let f = (rng.next_u64() % files.len() as u64) as usize;
-                (Instant::now() < deadline).then(|| Message::Locate { file_id: files[f].0 })
+                (Instant::now() < deadline).then(|| Message::Locate { file_id: files[f].0, with_manifest: false })
             });
             let mut tally = Tally::default();
             conn.pipeline(requests, window, |reply| tally.add(&reply)).await?;

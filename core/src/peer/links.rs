@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
+    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY,
+    REQUEST_TIMEOUT,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -21,28 +22,36 @@ use super::Peer;
 impl Peer {
     /// Handles the tracker's answer to `Locate`: learns the manifest if new, connects to
     /// holders of wanted pieces, and reports pieces no live peer holds.
-    pub(super) fn on_located(&mut self, manifest: Manifest, peers: Vec<PeerAddr>, holders: Vec<Vec<u16>>) {
-        let file_id = manifest.file_id();
-        if holders.len() != manifest.piece_count() as usize {
-            return;
-        }
+    pub(super) fn on_located(
+        &mut self,
+        file_id: FileId,
+        manifest: Option<Manifest>,
+        peers: Vec<PeerAddr>,
+        have: Vec<Bitfield>,
+    ) {
         let Some(entry) = self.files.get(&file_id) else { return };
         if entry.manifest.is_none() {
-            self.adopt_manifest(file_id, manifest);
+            match manifest {
+                Some(manifest) if manifest.file_id() == file_id => self.adopt_manifest(file_id, manifest),
+                // Not what was asked for: the next locate asks again.
+                _ => return,
+            }
         }
-        if !self.files[&file_id].is_fetching() {
+        let entry = &self.files[&file_id];
+        let well_formed = peers.len() == have.len() && have.iter().all(|h| h.len() == entry.have.len());
+        if !entry.is_fetching() || !well_formed {
             return;
         }
-        let have = self.files[&file_id].have.clone();
-        let wanted: Vec<(PieceIndex, Vec<SocketAddr>)> = have
-            .iter_missing()
-            .map(|piece| {
-                let addrs = holders[piece.as_usize()].iter().filter_map(|&i| peers.get(usize::from(i))).map(|p| p.addr);
-                (piece, addrs.collect())
-            })
-            .collect();
-        for (index, peer) in peers.iter().enumerate() {
-            let useful = wanted.iter().any(|(piece, _)| holders[piece.as_usize()].contains(&(index as u16)));
+        let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> =
+            entry.have.iter_missing().map(|p| (p, Vec::new())).collect();
+        for (peer, bits) in peers.iter().zip(&have) {
+            let mut useful = false;
+            for (_, addrs) in wanted.iter_mut().filter(|(piece, _)| bits.has(*piece)) {
+                useful = true;
+                if addrs.len() < HOLDERS_PER_PIECE_MAX {
+                    addrs.push(peer.addr);
+                }
+            }
             if useful {
                 self.connect_for(*peer, file_id);
             }

@@ -127,7 +127,7 @@ impl Peer {
                 self.on_tracker_ready(conn);
             }
             Message::Announced { file_id } => self.on_announced(file_id),
-            Message::Located { manifest, peers, holders } => self.on_located(manifest, peers, holders),
+            Message::Located { file_id, manifest, peers, have } => self.on_located(file_id, manifest, peers, have),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.on_unknown_file(file_id)
             }
@@ -195,7 +195,7 @@ impl Peer {
     pub(super) fn locate_due(&mut self) {
         let now = self.now;
         let ready = self.tracker.ready_conn();
-        let mut due = Vec::new();
+        let mut due: Vec<(FileId, bool)> = Vec::new();
         for (file_id, entry) in &mut self.files {
             if !entry.is_fetching() {
                 continue;
@@ -203,12 +203,12 @@ impl Peer {
             let Some(download) = entry.download.as_mut() else { continue };
             if download.next_locate <= now {
                 download.next_locate = now + LOCATE_INTERVAL;
-                due.push(*file_id);
+                due.push((*file_id, entry.manifest.is_none()));
             }
         }
         let Some(conn) = ready else { return };
-        for file_id in due {
-            self.send(conn, Message::Locate { file_id });
+        for (file_id, with_manifest) in due {
+            self.send(conn, Message::Locate { file_id, with_manifest });
             self.event(Event::LocateSent { file_id });
         }
     }

@@ -1,91 +1,134 @@
 //! The holder choice behind a `Located` answer.
 //!
-//! Owns one pure function, [`select`]: given a file's holdings and the asker, pick per piece up
-//! to [`HOLDERS_PER_PIECE_MAX`] live holders, naming at most [`LOCATED_PEERS_MAX`] distinct
-//! peers, never the asker, in an order drawn from the tracker's seeded RNG so load spreads.
+//! Owns one pure function, [`select`]: given a file's holdings and the asker, name live holders
+//! so that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
+//! [`LOCATED_PEERS_MAX`] peers in all, never the asker, in an order drawn from the tracker's
+//! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
+//! so an answer costs about one bitfield per named peer whatever the piece count.
 //!
 //! Cost: the holdings are walked once in a random cyclic order (random start, random stride
-//! coprime with their number), and each visited peer costs one AND of its bitfield with the
-//! mask of pieces still short of holders. The walk stops as soon as every piece has its quota
-//! (the quota is known up front from the per-piece counts), the peer cap is hit, or every
-//! holding was visited. Nothing is allocated per holding.
+//! coprime with their number). Holders still wanted per piece are kept as a 4-bit saturating
+//! counter in bit planes over 64-bit words, started at `8 - quota` so that reaching 8 means
+//! "enough": each visited peer costs a few word operations per 64 pieces. The walk stops as soon
+//! as every piece has its quota, the peer cap is hit, or every holding was visited.
 
+use slab::Slab;
+
+use crate::bitfield::Bitfield;
+use crate::ids::PieceIndex;
 use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_PEERS_MAX};
 use crate::rng::Rng;
 use crate::wire::PeerAddr;
 
-use super::registry::FileEntry;
-use crate::ids::ConnId;
+use super::registry::{FileEntry, PeerEntry};
 
-/// `(peers, holders)` of a `Located` answer: `holders[piece]` lists indices into `peers`.
-pub(super) fn select(file: &FileEntry, asker: ConnId, rng: &mut Rng) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
-    let mut holders: Vec<Vec<u16>> = vec![Vec::new(); file.counts.len()];
+/// Planes of the per-piece counter: values 0..=15, of which 8 (`HOLDERS_PER_PIECE_MAX`) means
+/// the piece has enough named holders.
+const PLANES: usize = 4;
+const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
+
+/// `(peers, have)` of a `Located` answer: `have[i]` is what `peers[i]` holds.
+pub(super) fn select(
+    file: &FileEntry,
+    asker: Option<u32>,
+    peer_table: &Slab<PeerEntry>,
+    rng: &mut Rng,
+) -> (Vec<PeerAddr>, Vec<Bitfield>) {
     let mut peers = Vec::new();
-    let asker_have = file.positions.get(&asker).map(|&index| &file.holdings[index].have);
-    let mut quota: Vec<u8> = file
-        .counts
-        .iter()
-        .enumerate()
-        .map(|(piece, &count)| {
-            // The asker's own bit is in the count but it is never named to itself.
-            let own = asker_have.is_some_and(|have| have.has(crate::ids::PieceIndex(piece as u32)));
-            let others = count.saturating_sub(u32::from(own)) as usize;
-            // At most HOLDERS_PER_PIECE_MAX (8), so it fits a u8.
-            others.min(HOLDERS_PER_PIECE_MAX) as u8
-        })
-        .collect();
-    let mut need = need_mask(&quota);
-    let mut short_pieces = quota.iter().filter(|&&q| q > 0).count();
-    let total = file.holdings.len();
-    if short_pieces == 0 || total == 0 {
-        return (peers, holders);
+    let mut have = Vec::new();
+    let asker_index = asker.and_then(|slot| file.position(slot));
+    let mut counter = Counter::new(file, asker_index);
+    let total = file.holding_count();
+    if counter.is_satisfied() || total == 0 {
+        return (peers, have);
     }
     let stride = coprime_stride(total, rng);
     let mut index = rng.below(total);
     for _ in 0..total {
-        let holding = &file.holdings[index];
+        let (holding, slot) = (index, file.holder(index));
         index = (index + stride) % total;
-        if holding.conn == asker || holding.peer.addr.port() == 0 {
+        let peer = peer_table[slot as usize].peer;
+        if Some(holding) == asker_index || peer.addr.port() == 0 {
             continue;
         }
-        // At most LOCATED_PEERS_MAX (64) peers, so every index fits a u16.
-        let peer_index = peers.len() as u16;
-        let mut named = false;
-        for (byte_index, (&have_byte, need_byte)) in holding.have.as_bytes().iter().zip(need.iter_mut()).enumerate() {
-            let mut useful = have_byte & *need_byte;
-            while useful != 0 {
-                let bit = useful.leading_zeros() as usize;
-                useful &= !(0x80u8 >> bit);
-                let piece = byte_index * 8 + bit;
-                holders[piece].push(peer_index);
-                quota[piece] -= 1;
-                if quota[piece] == 0 {
-                    *need_byte &= !(0x80u8 >> bit);
-                    short_pieces -= 1;
-                }
-                named = true;
-            }
-        }
-        if named {
-            peers.push(holding.peer);
-            if short_pieces == 0 || peers.len() == LOCATED_PEERS_MAX {
+        let bits = file.holding_bits(holding);
+        if counter.add(bits) {
+            peers.push(peer);
+            // The arena holds exactly piece_count bits per holding, tail bits clear.
+            have.push(Bitfield::from_bytes(file.manifest.piece_count(), bits).expect("stride matches the piece count"));
+            if counter.is_satisfied() || peers.len() == LOCATED_PEERS_MAX {
                 break;
             }
         }
     }
-    (peers, holders)
+    (peers, have)
 }
 
-/// A bit per piece (most significant bit first, as in `Bitfield`): set while the piece still
-/// wants holders.
-fn need_mask(quota: &[u8]) -> Vec<u8> {
-    let mut mask = vec![0u8; quota.len().div_ceil(8)];
-    for (piece, &q) in quota.iter().enumerate() {
-        if q > 0 {
-            mask[piece / 8] |= 0x80 >> (piece % 8);
+/// Per piece, how many more holders it wants, as a saturating bit-plane counter.
+struct Counter {
+    /// `planes[p][w]`: bit `p` of the counters of the 64 pieces in word `w`.
+    planes: [Vec<u64>; PLANES],
+    /// Pieces that still want holders.
+    need: Vec<u64>,
+}
+
+impl Counter {
+    /// Counters at `8 - quota`, where a piece's quota is its holders other than the asker,
+    /// capped at 8.
+    fn new(file: &FileEntry, asker_index: Option<usize>) -> Counter {
+        let words = file.counts.len().div_ceil(64);
+        let mut planes: [Vec<u64>; PLANES] = std::array::from_fn(|_| vec![0; words]);
+        let mut need = vec![0u64; words];
+        for (piece, &count) in file.counts.iter().enumerate() {
+            // The asker's own bit is in the count but it is never named to itself.
+            let own = asker_index.is_some_and(|index| file.holding_has(index, PieceIndex(piece as u32)));
+            let quota = (count.saturating_sub(u32::from(own)) as usize).min(HOLDERS_PER_PIECE_MAX);
+            let start = HOLDERS_PER_PIECE_MAX - quota;
+            let (word, bit) = (piece / 64, 63 - piece % 64);
+            for (p, plane) in planes.iter_mut().enumerate() {
+                plane[word] |= (((start >> p) & 1) as u64) << bit;
+            }
+            need[word] |= u64::from(quota > 0) << bit;
         }
+        Counter { planes, need }
     }
-    mask
+
+    /// Counts one holder's pieces; true when it holds a piece that still wanted holders.
+    fn add(&mut self, bits: &[u8]) -> bool {
+        let words = bits.chunks_exact(8);
+        let tail = words.remainder();
+        let mut useful_any = false;
+        for (word, chunk) in words.enumerate() {
+            // chunks_exact yields 8-byte slices.
+            useful_any |= self.add_word(word, u64::from_be_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        if !tail.is_empty() {
+            let mut last = [0u8; 8];
+            last[..tail.len()].copy_from_slice(tail);
+            useful_any |= self.add_word(bits.len() / 8, u64::from_be_bytes(last));
+        }
+        useful_any
+    }
+
+    /// Adds one to the counters of the pieces set in `have` that still want holders.
+    fn add_word(&mut self, word: usize, have: u64) -> bool {
+        let mut carry = have & self.need[word];
+        if carry == 0 {
+            return false;
+        }
+        for plane in &mut self.planes {
+            let sum = plane[word] ^ carry;
+            carry &= plane[word];
+            plane[word] = sum;
+        }
+        // Counters only grow where they were below 8, so 8 is reached exactly, never passed.
+        self.need[word] &= !self.planes[PLANES - 1][word];
+        true
+    }
+
+    fn is_satisfied(&self) -> bool {
+        self.need.iter().all(|w| *w == 0)
+    }
 }
 
 /// A random step in `1..total` coprime with `total` (1 when `total` is 1), so that

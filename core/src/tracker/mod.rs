@@ -4,7 +4,7 @@
 //! and closes); its submodules own the state behind the answers:
 //! - `conns` — open connections, their handshake stage and deadlines;
 //! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
-//! - `locate` — the bounded, shuffled choice of holders per piece in a `Located` answer.
+//! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer.
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
 //! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
@@ -223,7 +223,7 @@ impl Tracker {
                     self.event(Event::PeerGone { peer, reason: GoneReason::Left });
                 }
             }
-            Message::Locate { file_id } => self.on_locate(conn, file_id),
+            Message::Locate { file_id, with_manifest } => self.on_locate(conn, file_id, with_manifest),
             Message::List => {
                 let files = self.registry.list();
                 self.send(conn, files);
@@ -236,8 +236,8 @@ impl Tracker {
         }
     }
 
-    fn on_locate(&mut self, conn: ConnId, file_id: FileId) {
-        match self.registry.locate(file_id, conn, &mut self.rng) {
+    fn on_locate(&mut self, conn: ConnId, file_id: FileId, with_manifest: bool) {
+        match self.registry.locate(file_id, conn, with_manifest, &mut self.rng) {
             Some(located) => self.send(conn, located),
             None => {
                 let detail = "no live peer holds this file";

@@ -2,19 +2,25 @@
 //! registration expires.
 //!
 //! A peer is registered under the tracker connection it announced on ([`ConnId`]): it lives as
-//! long as that connection and its TTL, so the connection is its identity here.
+//! long as that connection and its TTL. Files and peers live in slabs and refer to each other by
+//! `u32` slot, so the cost of one (peer, file) holding is its bits plus a few words:
+//! - per file, the holders' bitfields are packed back to back in one arena (`stride` bytes
+//!   each, in holding order), beside the holder's peer slot;
+//! - per file, `positions` maps a peer slot to its holding index; per peer, `files` lists the
+//!   file slots it holds.
 //!
 //! Invariants (checked by `Registry::check_invariants` after every input in the tests):
 //! - a file exists while at least one peer holds it (possibly with an empty bitfield), and a
 //!   peer exists while it holds at least one file — memory stays bounded by live announces;
-//! - per (file, peer) the tracker keeps one [`Bitfield`] and its [`PeerAddr`], nothing per piece;
 //! - `FileEntry::counts[p]` is the number of holdings with piece `p`;
-//! - `FileEntry::positions` maps every holding's connection to its index in `holdings`;
-//! - `expiries` holds exactly one `(expires_at, conn)` per registered peer.
+//! - `positions`, `holders` and the peers' `files` lists describe the same holdings;
+//! - `expiries` holds exactly one `(expires_at, peer slot)` per registered peer.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+
+use slab::Slab;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
@@ -44,9 +50,11 @@ impl Refusal {
 /// Files, their holders, and the peers' expiry times.
 #[derive(Debug)]
 pub(super) struct Registry {
-    files: BTreeMap<FileId, FileEntry>,
-    peers: BTreeMap<ConnId, PeerEntry>,
-    expiries: BTreeSet<(Time, ConnId)>,
+    files_by_id: BTreeMap<FileId, u32>,
+    files: Slab<FileEntry>,
+    peers_by_conn: BTreeMap<ConnId, u32>,
+    peers: Slab<PeerEntry>,
+    expiries: BTreeSet<(Time, u32)>,
     ttl: Duration,
 }
 
@@ -55,37 +63,40 @@ pub(super) struct Registry {
 pub(super) struct FileEntry {
     /// The file's manifest.
     pub(super) manifest: Manifest,
-    /// One entry per announcing peer, in no meaningful order (removal swaps the last in).
-    pub(super) holdings: Vec<Holding>,
-    /// Connection → index into `holdings`.
-    pub(super) positions: BTreeMap<ConnId, usize>,
+    /// Bytes per holder bitfield in `bits`.
+    stride: usize,
+    /// Peer slot of each holding, in no meaningful order (removal swaps the last in).
+    holders: Vec<u32>,
+    /// The holders' bitfields, `stride` bytes each, in holding order.
+    bits: Vec<u8>,
+    /// Peer slot → index of its holding.
+    positions: BTreeMap<u32, u32>,
     /// Live holders of each piece.
     pub(super) counts: Vec<u32>,
 }
 
-/// What one peer holds of one file.
-#[derive(Debug)]
-pub(super) struct Holding {
-    /// The peer's tracker connection.
-    pub(super) conn: ConnId,
-    /// Where others reach it.
-    pub(super) peer: PeerAddr,
-    /// The pieces it holds.
-    pub(super) have: Bitfield,
-}
-
 /// One registered peer.
 #[derive(Debug)]
-struct PeerEntry {
-    peer: PeerAddr,
-    files: BTreeSet<FileId>,
+pub(super) struct PeerEntry {
+    conn: ConnId,
+    /// Where others reach it.
+    pub(super) peer: PeerAddr,
+    /// Slots of the files it holds.
+    files: Vec<u32>,
     expires_at: Time,
 }
 
 impl Registry {
     /// An empty registry whose peers expire `ttl` after their last announce.
     pub(super) fn new(ttl: Duration) -> Registry {
-        Registry { files: BTreeMap::new(), peers: BTreeMap::new(), expiries: BTreeSet::new(), ttl }
+        Registry {
+            files_by_id: BTreeMap::new(),
+            files: Slab::new(),
+            peers_by_conn: BTreeMap::new(),
+            peers: Slab::new(),
+            expiries: BTreeSet::new(),
+            ttl,
+        }
     }
 
     /// When the next peer expires.
@@ -95,10 +106,11 @@ impl Registry {
 
     /// Forgets one peer whose TTL ran out by `now`, if any; call until `None`.
     pub(super) fn pop_expired(&mut self, now: Time) -> Option<PeerAddr> {
-        let (at, conn) = *self.expiries.first()?;
+        let (at, slot) = *self.expiries.first()?;
         if at > now {
             return None;
         }
+        let conn = self.peers[slot as usize].conn;
         let gone = self.forget(conn);
         assert!(gone.is_some(), "an expiry entry always names a registered peer");
         gone
@@ -117,35 +129,51 @@ impl Registry {
         have: Bitfield,
     ) -> Result<bool, Refusal> {
         self.check_announce(conn, file_id, manifest.as_ref(), &have)?;
-        let file = match self.files.entry(file_id) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => match manifest {
-                Some(manifest) => slot.insert(FileEntry::new(manifest)),
+        let file_slot = match self.files_by_id.entry(file_id) {
+            Entry::Occupied(known) => *known.get(),
+            Entry::Vacant(vacant) => match manifest {
+                // Slots are bounded by TRACKER_FILES_MAX, far below u32::MAX.
+                Some(manifest) => *vacant.insert(self.files.insert(FileEntry::new(manifest)) as u32),
                 // check_announce refused an unknown file without a manifest.
                 None => return Err(Refusal::new(ErrorCode::UnknownFile, "unknown file; send the manifest")),
             },
         };
-        let first = file.set_holding(conn, peer, have);
-        let record = self.peers.entry(conn).or_insert(PeerEntry { peer, files: BTreeSet::new(), expires_at: now });
-        record.files.insert(file_id);
-        self.expiries.remove(&(record.expires_at, conn));
+        let peer_slot = match self.peers_by_conn.entry(conn) {
+            Entry::Occupied(known) => *known.get(),
+            Entry::Vacant(vacant) => {
+                let record = PeerEntry { conn, peer, files: Vec::new(), expires_at: now };
+                // Slots are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
+                let slot = self.peers.insert(record) as u32;
+                self.expiries.insert((now, slot));
+                *vacant.insert(slot)
+            }
+        };
+        let first = self.files[file_slot as usize].set_holding(peer_slot, &have);
+        let record = &mut self.peers[peer_slot as usize];
+        if first {
+            record.files.push(file_slot);
+        }
+        self.expiries.remove(&(record.expires_at, peer_slot));
         record.expires_at = now + self.ttl;
-        self.expiries.insert((record.expires_at, conn));
+        self.expiries.insert((record.expires_at, peer_slot));
         Ok(first)
     }
 
     /// Adds `piece` to what the peer on `conn` holds of `file_id`.
     pub(super) fn have(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> Result<(), Refusal> {
-        let Some(file) = self.files.get_mut(&file_id) else {
+        let Some(file) = self.files_by_id.get(&file_id).map(|slot| &mut self.files[*slot as usize]) else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for an unknown file"));
         };
         if piece.0 >= file.manifest.piece_count() {
             return Err(Refusal::new(ErrorCode::BadRequest, format!("piece {piece} is out of range")));
         }
-        let Some(&index) = file.positions.get(&conn) else {
+        let index = self.peers_by_conn.get(&conn).and_then(|slot| file.positions.get(slot));
+        let Some(&index) = index else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for a file this peer did not announce"));
         };
-        if file.holdings[index].have.set(piece) {
+        let (byte, mask) = (file.stride * index as usize + piece.as_usize() / 8, 0x80u8 >> (piece.0 % 8));
+        if file.bits[byte] & mask == 0 {
+            file.bits[byte] |= mask;
             file.counts[piece.as_usize()] += 1;
         }
         Ok(())
@@ -157,32 +185,36 @@ impl Registry {
         let Some(file_id) = file_id else {
             return self.forget(conn);
         };
-        let record = self.peers.get_mut(&conn)?;
-        if !record.files.remove(&file_id) {
-            return None;
-        }
+        let peer_slot = *self.peers_by_conn.get(&conn)?;
+        let file_slot = *self.files_by_id.get(&file_id)?;
+        let record = &mut self.peers[peer_slot as usize];
+        let at = record.files.iter().position(|f| *f == file_slot)?;
+        record.files.swap_remove(at);
         if record.files.is_empty() {
             return self.forget(conn);
         }
-        self.remove_holding(file_id, conn);
+        self.remove_holding(file_slot, peer_slot);
         None
     }
 
     /// Forgets the peer on `conn` for every file; returns it if it was registered.
     pub(super) fn forget(&mut self, conn: ConnId) -> Option<PeerAddr> {
-        let record = self.peers.remove(&conn)?;
-        self.expiries.remove(&(record.expires_at, conn));
-        for file_id in &record.files {
-            self.remove_holding(*file_id, conn);
+        let peer_slot = self.peers_by_conn.remove(&conn)?;
+        let record = self.peers.remove(peer_slot as usize);
+        self.expiries.remove(&(record.expires_at, peer_slot));
+        for file_slot in record.files {
+            self.remove_holding(file_slot, peer_slot);
         }
         Some(record.peer)
     }
 
     /// The `Located` answer for `file_id` as seen by `asker`, or `None` for an unknown file.
-    pub(super) fn locate(&self, file_id: FileId, asker: ConnId, rng: &mut Rng) -> Option<Message> {
-        let file = self.files.get(&file_id)?;
-        let (peers, holders) = locate::select(file, asker, rng);
-        Some(Message::Located { manifest: file.manifest.clone(), peers, holders })
+    pub(super) fn locate(&self, file_id: FileId, asker: ConnId, with_manifest: bool, rng: &mut Rng) -> Option<Message> {
+        let file = &self.files[*self.files_by_id.get(&file_id)? as usize];
+        let asker_slot = self.peers_by_conn.get(&asker).copied();
+        let (peers, have) = locate::select(file, asker_slot, &self.peers, rng);
+        let manifest = with_manifest.then(|| file.manifest.clone());
+        Some(Message::Located { file_id, manifest, peers, have })
     }
 
     /// The `Files` answer: summaries ordered by file id, bounded in count and encoded size.
@@ -190,7 +222,8 @@ impl Registry {
         let budget_bytes = FRAME_BYTES_MAX / 2;
         let mut used_bytes = 0;
         let mut files = Vec::new();
-        for (file_id, file) in &self.files {
+        for (file_id, slot) in &self.files_by_id {
+            let file = &self.files[*slot as usize];
             // An upper bound on the CBOR size: id, name, numbers, ≤ 5 bytes per piece count.
             let cost_bytes = 128 + file.manifest.name().len() + 5 * file.counts.len();
             if files.len() == LIST_FILES_MAX || used_bytes + cost_bytes > budget_bytes {
@@ -212,7 +245,7 @@ impl Registry {
         if manifest.is_some_and(|m| m.file_id() != file_id) {
             return Err(Refusal::new(ErrorCode::BadRequest, "the manifest's id is not the announced file id"));
         }
-        let known = self.files.get(&file_id);
+        let known = self.files_by_id.get(&file_id).map(|slot| &self.files[*slot as usize]);
         let piece_count = match (known, manifest) {
             (Some(file), _) => file.manifest.piece_count(),
             (None, Some(manifest)) => manifest.piece_count(),
@@ -225,17 +258,18 @@ impl Registry {
         if known.is_none() && self.files.len() >= TRACKER_FILES_MAX {
             return Err(Refusal::new(ErrorCode::Overloaded, "the tracker knows too many files"));
         }
-        if !self.peers.contains_key(&conn) && self.peers.len() >= TRACKER_PEERS_MAX {
+        if !self.peers_by_conn.contains_key(&conn) && self.peers.len() >= TRACKER_PEERS_MAX {
             return Err(Refusal::new(ErrorCode::Overloaded, "the tracker knows too many peers"));
         }
         Ok(())
     }
 
-    fn remove_holding(&mut self, file_id: FileId, conn: ConnId) {
-        let Some(file) = self.files.get_mut(&file_id) else { return };
-        file.remove_holding(conn);
-        if file.holdings.is_empty() {
-            self.files.remove(&file_id);
+    fn remove_holding(&mut self, file_slot: u32, peer_slot: u32) {
+        let file = &mut self.files[file_slot as usize];
+        file.remove_holding(peer_slot);
+        if file.holders.is_empty() {
+            let removed = self.files.remove(file_slot as usize);
+            self.files_by_id.remove(&removed.manifest.file_id());
         }
     }
 
@@ -243,21 +277,25 @@ impl Registry {
     #[cfg(test)]
     pub(super) fn check_invariants(&self) {
         assert_eq!(self.expiries.len(), self.peers.len());
-        for (conn, record) in &self.peers {
+        assert_eq!(self.peers_by_conn.len(), self.peers.len());
+        assert_eq!(self.files_by_id.len(), self.files.len());
+        for (slot, record) in &self.peers {
             assert!(!record.files.is_empty());
-            assert!(self.expiries.contains(&(record.expires_at, *conn)));
-            for file_id in &record.files {
-                assert!(self.files[file_id].positions.contains_key(conn));
+            assert_eq!(self.peers_by_conn[&record.conn] as usize, slot);
+            assert!(self.expiries.contains(&(record.expires_at, slot as u32)));
+            for file_slot in &record.files {
+                assert!(self.files[*file_slot as usize].positions.contains_key(&(slot as u32)));
             }
         }
-        for file in self.files.values() {
-            assert!(!file.holdings.is_empty());
-            assert_eq!(file.positions.len(), file.holdings.len());
-            for (index, holding) in file.holdings.iter().enumerate() {
-                assert_eq!(file.positions[&holding.conn], index);
+        for (_, file) in &self.files {
+            assert!(!file.holders.is_empty());
+            assert_eq!(file.positions.len(), file.holders.len());
+            assert_eq!(file.bits.len(), file.holders.len() * file.stride);
+            for (index, peer_slot) in file.holders.iter().enumerate() {
+                assert_eq!(file.positions[peer_slot] as usize, index);
             }
             for piece in file.manifest.pieces() {
-                let holders = file.holdings.iter().filter(|h| h.have.has(piece)).count();
+                let holders = (0..file.holders.len()).filter(|i| file.holding_has(*i, piece)).count();
                 assert_eq!(file.counts[piece.as_usize()] as usize, holders);
             }
         }
@@ -267,37 +305,71 @@ impl Registry {
 impl FileEntry {
     fn new(manifest: Manifest) -> FileEntry {
         let counts = vec![0; manifest.piece_count() as usize];
-        FileEntry { manifest, holdings: Vec::new(), positions: BTreeMap::new(), counts }
+        let stride = (manifest.piece_count() as usize).div_ceil(8);
+        FileEntry { manifest, stride, holders: Vec::new(), bits: Vec::new(), positions: BTreeMap::new(), counts }
     }
 
-    /// Sets or replaces the holding of `conn`; true when it is new.
-    fn set_holding(&mut self, conn: ConnId, peer: PeerAddr, have: Bitfield) -> bool {
-        add_counts(&mut self.counts, &have, 1);
-        match self.positions.get(&conn) {
-            Some(&index) => {
-                let old = std::mem::replace(&mut self.holdings[index].have, have);
-                add_counts(&mut self.counts, &old, -1);
-                false
-            }
-            None => {
-                self.positions.insert(conn, self.holdings.len());
-                self.holdings.push(Holding { conn, peer, have });
-                true
-            }
-        }
+    /// Number of holdings.
+    pub(super) fn holding_count(&self) -> usize {
+        self.holders.len()
     }
 
-    fn remove_holding(&mut self, conn: ConnId) {
-        let Some(index) = self.positions.remove(&conn) else { return };
-        let removed = self.holdings.swap_remove(index);
-        add_counts(&mut self.counts, &removed.have, -1);
-        if let Some(moved) = self.holdings.get(index) {
-            self.positions.insert(moved.conn, index);
+    /// The peer slot of holding `index`.
+    pub(super) fn holder(&self, index: usize) -> u32 {
+        self.holders[index]
+    }
+
+    /// The packed bitfield of holding `index`.
+    pub(super) fn holding_bits(&self, index: usize) -> &[u8] {
+        &self.bits[index * self.stride..(index + 1) * self.stride]
+    }
+
+    /// The holding index of a peer slot, if it holds this file.
+    pub(super) fn position(&self, peer_slot: u32) -> Option<usize> {
+        self.positions.get(&peer_slot).map(|i| *i as usize)
+    }
+
+    /// Whether holding `index` has `piece`.
+    pub(super) fn holding_has(&self, index: usize, piece: PieceIndex) -> bool {
+        self.holding_bits(index)[piece.as_usize() / 8] & (0x80 >> (piece.0 % 8)) != 0
+    }
+
+    /// Sets or replaces the holding of `peer_slot`; true when it is new.
+    fn set_holding(&mut self, peer_slot: u32, have: &Bitfield) -> bool {
+        add_counts(&mut self.counts, have.as_bytes(), 1);
+        if let Some(index) = self.position(peer_slot) {
+            let range = index * self.stride..(index + 1) * self.stride;
+            add_counts(&mut self.counts, &self.bits[range.clone()], -1);
+            self.bits[range].copy_from_slice(have.as_bytes());
+            return false;
         }
+        // Grow by an eighth at a time: the arena is most of the tracker's memory, and doubling
+        // would leave up to half of it unused.
+        if self.bits.capacity() < self.bits.len() + self.stride {
+            self.bits.reserve_exact(self.bits.len() / 8 + self.stride);
+        }
+        // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
+        self.positions.insert(peer_slot, self.holders.len() as u32);
+        self.holders.push(peer_slot);
+        self.bits.extend_from_slice(have.as_bytes());
+        true
+    }
+
+    fn remove_holding(&mut self, peer_slot: u32) {
+        let Some(index) = self.positions.remove(&peer_slot).map(|i| i as usize) else { return };
+        let last = self.holders.len() - 1;
+        let range = index * self.stride..(index + 1) * self.stride;
+        add_counts(&mut self.counts, &self.bits[range.clone()], -1);
+        if index != last {
+            self.bits.copy_within(last * self.stride.., index * self.stride);
+            self.positions.insert(self.holders[last], index as u32);
+        }
+        self.holders.swap_remove(index);
+        self.bits.truncate(last * self.stride);
     }
 
     fn summary(&self, file_id: FileId) -> FileSummary {
-        let peer_count = self.holdings.iter().filter(|h| h.have.count() > 0).count();
+        let peer_count = (0..self.holders.len()).filter(|i| self.holding_bits(*i).iter().any(|b| *b != 0)).count();
         FileSummary {
             file_id,
             name: self.manifest.name().to_owned(),
@@ -309,12 +381,17 @@ impl FileEntry {
     }
 }
 
-/// Adds `sign` (±1) to the count of every piece in `have`.
-fn add_counts(counts: &mut [u32], have: &Bitfield, sign: i32) {
-    for piece in have.iter() {
-        let count = &mut counts[piece.as_usize()];
-        // Never underflows: a bitfield is subtracted only after it was added, and counts are
-        // bounded by TRACKER_PEERS_MAX so they never overflow.
-        *count = count.checked_add_signed(sign).expect("holder counts match the holdings");
+/// Adds `sign` (±1) to the count of every piece set in the packed bits `have`.
+fn add_counts(counts: &mut [u32], have: &[u8], sign: i32) {
+    for (byte_index, &byte) in have.iter().enumerate() {
+        let mut rest = byte;
+        while rest != 0 {
+            let bit = rest.leading_zeros() as usize;
+            rest &= !(0x80u8 >> bit);
+            let count = &mut counts[byte_index * 8 + bit];
+            // Never underflows: bits are subtracted only after they were added, and counts are
+            // bounded by TRACKER_PEERS_MAX so they never overflow.
+            *count = count.checked_add_signed(sign).expect("holder counts match the holdings");
+        }
     }
 }

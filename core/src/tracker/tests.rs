@@ -82,12 +82,19 @@ impl Harness {
         self.send(remote, message)
     }
 
+    /// The answer to a `Locate`, as the peers named and, per piece, indices into them.
     fn locate(&mut self, remote: Remote, manifest: &Manifest) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
-        let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id() });
+        let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id(), with_manifest: true });
         match only_message(&outputs) {
-            Message::Located { manifest: got, peers, holders } => {
-                assert_eq!(got, manifest);
-                (peers.clone(), holders.clone())
+            Message::Located { file_id, manifest: got, peers, have } => {
+                assert_eq!(*file_id, manifest.file_id());
+                assert_eq!(got.as_ref(), Some(manifest));
+                assert_eq!(peers.len(), have.len());
+                let holders = manifest
+                    .pieces()
+                    .map(|piece| (0..peers.len()).filter(|i| have[*i].has(piece)).map(|i| i as u16).collect())
+                    .collect();
+                (peers.clone(), holders)
             }
             other => panic!("expected Located, got {other:?}"),
         }
@@ -266,7 +273,7 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
     assert_eq!(error_code(&outputs), ErrorCode::BadRequest);
     assert!(!is_closed(&outputs, a.conn));
     let d = h.peer(4);
-    let outputs = h.send(d, Message::Locate { file_id: file.file_id() });
+    let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
     assert_eq!(error_code(&outputs), ErrorCode::UnknownFile, "refused announces register nothing");
 }
 
@@ -345,7 +352,10 @@ fn a_peer_that_stops_announcing_expires_and_reannouncing_refreshes() {
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![b.addr()]]);
     let outputs = h.advance(ttl / 2);
     assert_eq!(gone(&outputs), vec![(b.addr(), GoneReason::Expired)]);
-    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: file.file_id() })), ErrorCode::UnknownFile);
+    assert_eq!(
+        error_code(&h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false })),
+        ErrorCode::UnknownFile
+    );
 }
 
 #[test]
@@ -357,7 +367,10 @@ fn disconnect_forgets_the_peer_at_once() {
     let outputs = h.input(Input::Disconnected { conn: a.conn });
     assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Disconnected)]);
     assert!(!is_closed(&outputs, a.conn), "no Close for a connection already closed");
-    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: file.file_id() })), ErrorCode::UnknownFile);
+    assert_eq!(
+        error_code(&h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false })),
+        ErrorCode::UnknownFile
+    );
 }
 
 #[test]
@@ -369,12 +382,18 @@ fn leave_forgets_one_file_or_every_file() {
     h.announce(a, &g, &[0]);
     let outputs = h.send(a, Message::Leave { file_id: Some(f.file_id()) });
     assert!(outputs.is_empty(), "still a holder of g");
-    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: f.file_id() })), ErrorCode::UnknownFile);
+    assert_eq!(
+        error_code(&h.send(d, Message::Locate { file_id: f.file_id(), with_manifest: false })),
+        ErrorCode::UnknownFile
+    );
     assert_eq!(holder_addrs(&h.locate(d, &g)), vec![vec![a.addr()]]);
     h.announce(a, &f, &[0]);
     let outputs = h.send(a, Message::Leave { file_id: None });
     assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Left)]);
-    assert_eq!(error_code(&h.send(d, Message::Locate { file_id: g.file_id() })), ErrorCode::UnknownFile);
+    assert_eq!(
+        error_code(&h.send(d, Message::Locate { file_id: g.file_id(), with_manifest: false })),
+        ErrorCode::UnknownFile
+    );
 }
 
 #[test]
@@ -536,4 +555,21 @@ fn connections_past_the_limit_are_refused() {
     let outputs = h.input(Input::Connected { conn: ConnId::Inbound(u64::MAX), remote });
     assert_eq!(error_code(&outputs[..1]), ErrorCode::Overloaded);
     assert!(is_closed(&outputs, ConnId::Inbound(u64::MAX)));
+}
+
+#[test]
+fn the_manifest_travels_only_when_asked_for() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 3);
+    let (a, d) = (h.peer(1), h.peer(4));
+    h.announce(a, &file, &[0, 1, 2]);
+    let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
+    match only_message(&outputs) {
+        Message::Located { manifest, peers, have, .. } => {
+            assert_eq!(*manifest, None);
+            assert_eq!(peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![a.addr()]);
+            assert_eq!(have, &vec![Bitfield::full(3)], "each named peer comes with its bitfield");
+        }
+        other => panic!("expected Located, got {other:?}"),
+    }
 }

@@ -168,13 +168,17 @@ mod tests {
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, piece: PieceIndex(p) }),
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
-            file_id.clone().prop_map(|file_id| Message::Locate { file_id }),
+            (file_id.clone(), any::<bool>())
+                .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),
             (
-                arb_manifest(),
-                proptest::collection::vec(peer, 0..4),
-                proptest::collection::vec(proptest::collection::vec(any::<u16>(), 0..3), 0..5)
+                file_id.clone(),
+                proptest::option::of(arb_manifest()),
+                proptest::collection::vec((peer, arb_bitfield()), 0..4)
             )
-                .prop_map(|(manifest, peers, holders)| Message::Located { manifest, peers, holders }),
+                .prop_map(|(file_id, manifest, holders)| {
+                    let (peers, have) = holders.into_iter().unzip();
+                    Message::Located { file_id, manifest, peers, have }
+                }),
             Just(Message::List),
             (file_id.clone(), "[a-z]{0,8}", any::<u64>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
                 |(file_id, name, length_bytes, holders_per_piece)| Message::Files {

@@ -131,19 +131,24 @@ pub enum Message {
         /// The file, or every file.
         file_id: Option<FileId>,
     },
-    /// Peer → tracker: where is each piece of this file?
+    /// Peer → tracker: who holds the pieces of this file?
     Locate {
         /// The file's id.
         file_id: FileId,
+        /// Whether to include the manifest in the answer (a peer asks once).
+        with_manifest: bool,
     },
-    /// Tracker → peer: the manifest and, per piece, indices into `peers` of live holders.
+    /// Tracker → peer: live holders of a file, each named once with the pieces it holds
+    /// (bits, not lists: the answer stays small however many pieces the file has).
     Located {
-        /// The file's manifest.
-        manifest: Manifest,
-        /// Peers named by `holders` (bounded, shuffled).
+        /// The file's id.
+        file_id: FileId,
+        /// The manifest, when the `Locate` asked for it.
+        manifest: Option<Manifest>,
+        /// Holders chosen by the tracker (bounded, shuffled; never the asker).
         peers: Vec<PeerAddr>,
-        /// `holders[piece]` lists indices into `peers`.
-        holders: Vec<Vec<u16>>,
+        /// `have[i]`: the pieces `peers[i]` holds.
+        have: Vec<Bitfield>,
     },
     /// Client → tracker: which files do you know?
     List,
