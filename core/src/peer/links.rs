@@ -8,7 +8,6 @@ use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY,
-    REQUEST_TIMEOUT,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -58,7 +57,6 @@ impl Peer {
         }
         self.report_missing(file_id, &wanted);
         self.event(Event::Located { file_id, holders: wanted });
-        self.schedule_all();
     }
 
     /// The first `Located` of a download: size the piece state and ask the driver to store it.
@@ -297,7 +295,10 @@ impl Peer {
             self.unassign(conn, *file_id, *piece);
         }
         self.uploads.drop_conn(conn);
-        self.schedule_all();
+        if !remote.assigned.is_empty() {
+            // Its pieces are orphans now: other remotes may take them.
+            self.schedule_all();
+        }
     }
 
     /// Deadlines of one connection: handshake, oldest request, idleness.
@@ -305,33 +306,35 @@ impl Peer {
         if remote.stage != Stage::Ready {
             return Some(remote.opened + HANDSHAKE_TIMEOUT);
         }
-        if let Some(oldest) = remote.oldest_request() {
-            return Some(oldest + REQUEST_TIMEOUT);
+        if let Some(stalled) = remote.stall_deadline() {
+            return Some(stalled);
         }
         (remote.serving == 0).then_some(remote.last_heard + IDLE_TIMEOUT)
     }
 
-    /// Closes silent or idle connections and takes timed-out pieces away from slow remotes.
+    /// Closes silent or idle connections and takes the pieces of stalled remotes elsewhere.
     pub(super) fn remote_timeouts(&mut self) {
         let now = self.now;
         let mut to_close = Vec::new();
-        let mut timed_out = Vec::new();
+        let mut stalled = Vec::new();
         for (conn, remote) in &self.remotes {
             if remote.stage != Stage::Ready {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
                     to_close.push(*conn);
                 }
-            } else if let Some(oldest) = remote.oldest_request() {
-                if oldest + REQUEST_TIMEOUT <= now {
-                    let late = remote.in_flight.iter().filter(|(_, sent)| **sent + REQUEST_TIMEOUT <= now);
-                    timed_out.extend(late.map(|((file_id, piece, _), _)| (*conn, *file_id, *piece)));
+            } else if let Some(deadline) = remote.stall_deadline() {
+                if deadline <= now {
+                    stalled.extend(remote.in_flight.iter().map(|(file_id, piece, _)| (*conn, *file_id, *piece)));
                 }
             } else if remote.serving == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
                 to_close.push(*conn);
             }
         }
-        timed_out.dedup();
-        for (conn, file_id, piece) in timed_out {
+        if stalled.is_empty() && to_close.is_empty() {
+            return;
+        }
+        stalled.dedup();
+        for (conn, file_id, piece) in stalled {
             self.give_up_on(conn, file_id, piece);
         }
         for conn in to_close {
@@ -346,7 +349,7 @@ impl Peer {
         let mut cancelled = Vec::new();
         if let Some(remote) = self.remotes.get_mut(&conn) {
             remote.assigned.remove(&(file_id, piece));
-            cancelled.extend(remote.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).map(|(k, _)| *k));
+            cancelled.extend(remote.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).copied());
             for key in &cancelled {
                 remote.in_flight.remove(key);
             }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PeerId, PieceIndex};
+use crate::limits::REQUEST_TIMEOUT;
 use crate::time::Time;
 
 use super::pieces::BlockKey;
@@ -43,8 +44,11 @@ pub(super) struct Remote {
     pub files: BTreeMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
     pub bitfield_sent: BTreeSet<FileId>,
-    /// Our block requests in flight to it, with the time each was sent.
-    pub in_flight: BTreeMap<BlockKey, Time>,
+    /// Our block requests in flight to it.
+    pub in_flight: BTreeSet<BlockKey>,
+    /// When it last made progress on our requests: a block arrived, or the first request of
+    /// an empty pipeline went out.
+    pub progress_at: Time,
     /// Pieces assigned to it, per file.
     pub assigned: BTreeSet<(FileId, PieceIndex)>,
     /// Its requests we have queued or are reading.
@@ -75,7 +79,8 @@ impl Remote {
             wanted: BTreeSet::new(),
             files: BTreeMap::new(),
             bitfield_sent: BTreeSet::new(),
-            in_flight: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+            progress_at: now,
             assigned: BTreeSet::new(),
             serving: 0,
             last_heard: now,
@@ -88,9 +93,18 @@ impl Remote {
         self.files.get(file_id).is_some_and(|have| have.has(piece))
     }
 
-    /// The oldest request in flight, if any.
-    pub fn oldest_request(&self) -> Option<Time> {
-        self.in_flight.values().min().copied()
+    /// Records a request sent at `now`.
+    pub fn start_request(&mut self, key: BlockKey, now: Time) {
+        if self.in_flight.is_empty() {
+            self.progress_at = now;
+        }
+        self.in_flight.insert(key);
+    }
+
+    /// When the remote counts as stalled: requests are waiting and nothing arrived for
+    /// `REQUEST_TIMEOUT`.
+    pub fn stall_deadline(&self) -> Option<Time> {
+        (!self.in_flight.is_empty()).then_some(self.progress_at + REQUEST_TIMEOUT)
     }
 
     /// An identity for strike and sender bookkeeping.

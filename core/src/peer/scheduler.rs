@@ -170,7 +170,7 @@ impl Peer {
             *active.assignees.entry(conn).or_insert(0) |= 1 << block;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        remote.in_flight.insert((file_id, piece, offset), self.now);
+        remote.start_request((file_id, piece, offset), self.now);
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
@@ -178,9 +178,10 @@ impl Peer {
     /// protocol violation.
     pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.in_flight.remove(&(file_id, piece, offset)).is_none() {
+        if !remote.in_flight.remove(&(file_id, piece, offset)) {
             return;
         }
+        remote.progress_at = self.now;
         let sender = remote.identity();
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let Some(manifest) = entry.manifest.as_ref() else { return };
@@ -196,21 +197,24 @@ impl Peer {
             *mask &= !bit;
         }
         if active.received & bit != 0 {
-            self.schedule(conn);
-            return;
+            return self.schedule(conn);
         }
         active.received |= bit;
         active.senders.extend(sender);
         let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
         let complete = active.is_received();
-        for loser in losers {
-            self.cancel_block(loser, file_id, piece, offset, bit);
+        for loser in &losers {
+            self.cancel_block(*loser, file_id, piece, offset, bit);
         }
         if complete {
             self.release_piece(file_id, piece);
         }
         self.push(Output::WriteBlock { file_id, piece, offset, bytes });
-        self.schedule_all();
+        // Only the sender and the remotes whose copy was cancelled have room in their pipelines.
+        self.schedule(conn);
+        for loser in losers {
+            self.schedule(loser);
+        }
     }
 
     /// Another remote delivered a block `loser` was also fetching (endgame): cancel its copy.
@@ -246,7 +250,7 @@ impl Peer {
     /// The remote will not serve a block: give the piece to someone else.
     pub(super) fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.in_flight.remove(&(file_id, piece, offset)).is_some() {
+        if remote.in_flight.remove(&(file_id, piece, offset)) {
             self.give_up_on(conn, file_id, piece);
             self.schedule_all();
         }
