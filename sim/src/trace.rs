@@ -67,7 +67,7 @@ pub fn describe(event: &Event, name: &dyn Fn(SocketAddr) -> String) -> String {
         Event::PieceVerified { piece, from, progress, .. } => {
             format!("got piece {piece} from {} ({}/{})", name(*from), progress.have, progress.total)
         }
-        Event::PieceCorrupt { piece, from, .. } => format!("piece {piece} from {} FAILED its hash", name(*from)),
+        Event::PieceCorrupt { piece, from, .. } => format!("piece {piece} from {} failed its hash", name(*from)),
         Event::PeerBanned { addr, .. } => format!("bans {}", name(*addr)),
         Event::PiecesMissing { pieces, .. } => format!("reports pieces missing: {}", pieces_text(pieces)),
         Event::FileUnknown { .. } => "the tracker does not know the file (yet)".to_owned(),
