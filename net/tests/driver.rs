@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::wire::{encode_frame, ErrorCode, Message};
 use p2p_core::{Command, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
+use p2p_net::connection::WRITE_QUEUE_BYTES_MAX;
 use p2p_net::driver::{Driver, Local};
 use p2p_net::NodeEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,9 +47,18 @@ impl Machine for Echo {
                 self.outputs.push_back(Output::Send { conn, message: data });
                 self.wake_at = Some(now + Duration::from_millis(30));
             }
+            Input::Message { conn: conn @ ConnId::Inbound(_), message: Message::Locate { .. } } => {
+                // A flood larger than any write queue may hold, for a remote that does not read.
+                for _ in 0..FLOOD_BLOCKS {
+                    let bytes = Bytes::from(vec![0u8; BLOCK_BYTES as usize]);
+                    let data = Message::Data { file_id: file_id(), piece: PieceIndex(0), offset: 0, bytes };
+                    self.outputs.push_back(Output::Send { conn, message: data });
+                }
+            }
             Input::Message { conn: conn @ ConnId::Inbound(_), message } => {
                 self.outputs.push_back(Output::Send { conn, message });
             }
+            Input::Disconnected { conn: conn @ ConnId::Inbound(_) } => self.note(conn, "disconnected".into()),
             Input::Message { conn, message } => {
                 let len = match &message {
                     Message::Data { bytes, .. } => bytes.len(),
@@ -77,6 +88,9 @@ impl Machine for Echo {
         self.wake_at
     }
 }
+
+/// Blocks sent to a remote that asked with `Locate`: more than the write queue limit.
+const FLOOD_BLOCKS: usize = WRITE_QUEUE_BYTES_MAX / BLOCK_BYTES as usize + 64;
 
 fn file_id() -> FileId {
     FileId(Digest([1; 32]))
@@ -130,4 +144,22 @@ async fn a_bad_frame_costs_one_answered_connection_and_the_server_goes_on() {
     let mut echoed = vec![0u8; frame.len()];
     tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
     assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
+}
+
+#[actix_rt::test]
+async fn a_remote_that_does_not_read_is_dropped_once_its_queue_is_full() {
+    let (_server, addr, mut events) = start_echo(None).await;
+    let mut lazy = TcpStream::connect(addr).await.expect("connect");
+    let mut frame = BytesMut::new();
+    encode_frame(&Message::Locate { file_id: file_id(), with_manifest: false }, &mut frame).expect("fits");
+    lazy.write_all(&frame).await.expect("write");
+    assert_eq!(next_note(&mut events).await, "disconnected", "the flood overflowed the queue and cost the connection");
+    drop(lazy);
+    let mut good = TcpStream::connect(addr).await.expect("connect");
+    let mut frame = BytesMut::new();
+    encode_frame(&Message::List, &mut frame).expect("fits");
+    good.write_all(&frame).await.expect("write");
+    let mut echoed = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
+    assert_eq!(echoed, frame.to_vec(), "the server goes on serving");
 }
