@@ -3,6 +3,8 @@
 //!
 //! Outside scripts parse these lines: change a format here and nowhere else, and only by adding.
 
+use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,6 +16,12 @@ use p2p_core::FileId;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Writes one line on stdout. A closed stdout (a reader that went away) must not bring a
+/// seeding node down, so the error is ignored.
+fn emit(line: fmt::Arguments<'_>) {
+    writeln!(std::io::stdout().lock(), "{line}").ok();
+}
 
 /// Exit code of a successful run.
 pub const EXIT_OK: u8 = 0;
@@ -33,37 +41,37 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
 
 /// `listening on ADDR`: the node accepts connections at its real address.
 pub fn listening(addr: SocketAddr) {
-    println!("listening on {addr}");
+    emit(format_args!("listening on {addr}"));
 }
 
 /// `sharing FILE_ID NAME PIECES`: the tracker acknowledged a shared file.
 pub fn sharing(file_id: FileId, name: &str, pieces: u32) {
-    println!("sharing {file_id} {name} {pieces}");
+    emit(format_args!("sharing {file_id} {name} {pieces}"));
 }
 
 /// `resumed FILE_ID HAVE/TOTAL`: the store already held verified pieces of a download.
 pub fn resumed(file_id: FileId, have: u32, total: u32) {
-    println!("resumed {file_id} {have}/{total}");
+    emit(format_args!("resumed {file_id} {have}/{total}"));
 }
 
 /// `complete FILE_ID PATH`: every piece verified and the file is at PATH.
 pub fn complete(file_id: FileId, path: &Path) {
-    println!("complete {file_id} {}", path.display());
+    emit(format_args!("complete {file_id} {}", path.display()));
 }
 
 /// `downloaded FILE_ID BYTES`: payload bytes of the file received over the network this run.
 pub fn downloaded(file_id: FileId, bytes: u64) {
-    println!("downloaded {file_id} {bytes}");
+    emit(format_args!("downloaded {file_id} {bytes}"));
 }
 
 /// `progress FILE_ID HAVE/TOTAL RATE_BYTES_PER_S peers=N`: a plain progress line.
 pub fn progress(file_id: FileId, have: u32, total: u32, rate_bytes_per_s: u64, peers: u32) {
-    println!("progress {file_id} {have}/{total} {rate_bytes_per_s}B/s peers={peers}");
+    emit(format_args!("progress {file_id} {have}/{total} {rate_bytes_per_s}B/s peers={peers}"));
 }
 
 /// `FILE_ID`: the output of `p2p-node id`.
 pub fn file_id(file_id: FileId) {
-    println!("{file_id}");
+    emit(format_args!("{file_id}"));
 }
 
 /// The output of `p2p-node ls`: one line per file,
@@ -71,16 +79,16 @@ pub fn file_id(file_id: FileId) {
 pub fn files(files: &[FileSummary], truncated: bool) {
     for file in files {
         let holders: Vec<String> = file.holders_per_piece.iter().map(u32::to_string).collect();
-        println!(
+        emit(format_args!(
             "{} {} {} peers={} holders={}",
             file.file_id,
             file.name,
             file.length_bytes,
             file.peer_count,
             holders.join(",")
-        );
+        ));
     }
     if truncated {
-        println!("(more files not listed)");
+        emit(format_args!("(more files not listed)"));
     }
 }
