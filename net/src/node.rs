@@ -62,6 +62,8 @@ pub struct ShareOptions {
 pub struct Resumed {
     /// Pieces verified on disk.
     pub have: u32,
+    /// Bytes of those pieces.
+    pub have_bytes: u64,
     /// Pieces in the file.
     pub total: u32,
 }
@@ -161,8 +163,11 @@ impl PeerHandle {
     pub async fn get(&self, file_id: FileId) -> Result<Option<Resumed>, NetError> {
         let store = self.store.clone();
         let resume = blocking(move || store.resume(file_id)).await?;
-        let resumed =
-            resume.as_ref().map(|(manifest, have)| Resumed { have: have.count(), total: manifest.piece_count() });
+        let resumed = resume.as_ref().map(|(manifest, have)| Resumed {
+            have: have.count(),
+            have_bytes: have.iter().map(|piece| u64::from(manifest.piece_len(piece))).sum(),
+            total: manifest.piece_count(),
+        });
         self.command(Command::Get { file_id, resume }).await?;
         Ok(resumed)
     }

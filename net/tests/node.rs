@@ -79,7 +79,8 @@ async fn a_peer_fetches_a_shared_file_and_a_restarted_one_fetches_only_the_rest(
     drop(partial);
 
     let (second, mut second_events) = start_peer(tracker.addr(), store).await;
-    assert_eq!(second.get(file_id).await.expect("get"), Some(Resumed { have: 4, total: manifest.piece_count() }));
+    let resumed = Resumed { have: 4, have_bytes: 4 * u64::from(PIECE_BYTES), total: manifest.piece_count() };
+    assert_eq!(second.get(file_id).await.expect("get"), Some(resumed));
     let (path, received) = completed(&mut second_events).await;
     assert_eq!(std::fs::read(&path).expect("copy"), bytes);
     assert_eq!(received, (FILE_BYTES - 4 * PIECE_BYTES as usize) as u64, "only the missing pieces travel");

@@ -73,11 +73,12 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     }
     for prefix in &args.get {
         let file_id = resolve(prefix, peer, args.tracker).await?;
-        if let Some(resumed) = peer.get(file_id).await.with_context(|| format!("cannot download {file_id}"))? {
-            if resumed.have > 0 {
-                report::resumed(file_id, resumed.have, resumed.total);
-            }
+        let resumed = peer.get(file_id).await.with_context(|| format!("cannot download {file_id}"))?;
+        let resumed = resumed.filter(|resumed| resumed.have > 0);
+        if let Some(resumed) = resumed {
+            report::resumed(file_id, resumed.have, resumed.total);
         }
+        session.progress.start(file_id, resumed.map_or(0, |resumed| resumed.have_bytes));
         session.gets.insert(file_id);
     }
     Ok(())

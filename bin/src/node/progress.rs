@@ -24,8 +24,8 @@ pub struct Progress {
 #[derive(Debug)]
 struct FileProgress {
     bar: Option<ProgressBar>,
-    first_seen: Instant,
-    first_have_bytes: u64,
+    started: Instant,
+    start_have_bytes: u64,
     last_line: Option<Instant>,
 }
 
@@ -38,17 +38,21 @@ impl Default for Progress {
 }
 
 impl Progress {
+    /// The download of `file_id` starts now, with `have_bytes` already on disk.
+    pub fn start(&mut self, file_id: FileId, have_bytes: u64) {
+        let file = FileProgress { bar: None, started: Instant::now(), start_have_bytes: have_bytes, last_line: None };
+        self.files.insert(file_id, file);
+    }
+
     /// A piece of `file_id` was verified; `progress` is the download's state after it.
     pub fn piece(&mut self, file_id: FileId, progress: &p2p_core::Progress) {
-        let bars = self.bars.clone();
-        let file = self.files.entry(file_id).or_insert_with(|| FileProgress {
-            bar: bars.map(|bars| bars.add(new_bar(file_id, progress.total))),
-            first_seen: Instant::now(),
-            first_have_bytes: progress.have_bytes,
-            last_line: None,
-        });
-        let elapsed = file.first_seen.elapsed().as_secs_f64();
-        let rate = if elapsed > 0.0 { (progress.have_bytes - file.first_have_bytes) as f64 / elapsed } else { 0.0 };
+        let Some(file) = self.files.get_mut(&file_id) else { return };
+        if file.bar.is_none() {
+            file.bar = self.bars.as_ref().map(|bars| bars.add(new_bar(file_id, progress.total)));
+        }
+        let elapsed = file.started.elapsed().as_secs_f64();
+        let gained = progress.have_bytes.saturating_sub(file.start_have_bytes);
+        let rate = if elapsed > 0.0 { gained as f64 / elapsed } else { 0.0 };
         // Whole bytes per second are precise enough for a display.
         let rate = rate as u64;
         match &file.bar {
