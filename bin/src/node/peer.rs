@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::cli::PeerArgs;
 use crate::progress::Progress;
 use crate::report;
-use crate::tools::shutdown_signal;
+use crate::tools::Shutdown;
 
 /// How long start-up waits for the tracker to accept a connection.
 const TRACKER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +35,7 @@ const FILE_UNKNOWN_GRACE: Duration = RECONNECT_DELAY_MAX.saturating_add(Duration
 
 /// Runs the peer until it is done or told to stop.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install()?;
     check_tracker(args.tracker).await?;
     let (events_sender, mut events) = mpsc::unbounded_channel();
     let mut options = PeerOptions::new(args.tracker, args.store.clone());
@@ -44,11 +45,16 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
     report::listening(peer.addr());
     let mut session = Session::new(args.exit_when_done);
-    let result = async {
-        start_jobs(&peer, &args, &mut session).await?;
-        session.follow(&mut events).await
-    }
-    .await;
+    let started = tokio::select! {
+        biased;
+        () = shutdown.wait() => None,
+        started = start_jobs(&peer, &args, &mut session) => Some(started),
+    };
+    let result = match started {
+        Some(Ok(())) => session.follow(&mut events, &mut shutdown).await,
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
     leave(&peer).await;
     result
 }
@@ -132,13 +138,15 @@ impl Session {
     }
 
     /// Follows the node's events until done (`--exit-when-done`), a signal, or a failure.
-    async fn follow(&mut self, events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> anyhow::Result<()> {
-        let shutdown = shutdown_signal();
-        tokio::pin!(shutdown);
+    async fn follow(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<()> {
         while !self.done() {
             tokio::select! {
                 biased;
-                signal = &mut shutdown => return signal,
+                () = shutdown.wait() => return Ok(()),
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event)?,
                     None => bail!("the peer stopped unexpectedly"),

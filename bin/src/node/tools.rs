@@ -1,4 +1,4 @@
-//! The small subcommands: `tracker`, `id`, `ls`; and waiting for SIGINT/SIGTERM.
+//! The small subcommands: `tracker`, `id`, `ls`; and catching SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +9,7 @@ use p2p_net::client::list_files;
 use p2p_net::hasher::manifest_of;
 use p2p_net::spawn_tracker;
 use rand::RngCore;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::report;
 
@@ -18,7 +18,7 @@ pub async fn tracker(listen: SocketAddr) -> anyhow::Result<()> {
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
     let tracker = spawn_tracker(listen, config).await.context("cannot start the tracker")?;
     report::listening(tracker.addr());
-    shutdown_signal().await?;
+    Shutdown::install()?.wait().await;
     tracker.stop();
     Ok(())
 }
@@ -37,13 +37,27 @@ pub async fn ls(tracker: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment [`Shutdown::install`] is called.
+#[derive(Debug)]
+pub struct Shutdown {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Shutdown {
+    /// Starts catching SIGINT and SIGTERM.
+    pub fn install() -> anyhow::Result<Shutdown> {
+        Ok(Shutdown {
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Resolves when one of the signals arrives (at once if one came already).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
