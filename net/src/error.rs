@@ -16,32 +16,32 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum NetError {
     /// A file-system operation failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {error}")]
     Io {
         /// What was being done ("create", "read", "rename", ...).
         action: &'static str,
         /// The path concerned.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (shown in the message, so not a separate `source`).
+        error: io::Error,
     },
     /// A socket operation failed.
-    #[error("cannot {action} {addr}: {source}")]
+    #[error("cannot {action} {addr}: {error}")]
     Socket {
         /// What was being done ("listen on", "connect to", ...).
         action: &'static str,
         /// The address concerned.
         addr: SocketAddr,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (shown in the message, so not a separate `source`).
+        error: io::Error,
     },
     /// A file could not be described by a manifest (bad name, piece size, too many pieces).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Manifest {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: ManifestError,
+        error: ManifestError,
     },
     /// A stored sidecar file is damaged or belongs to another file.
     #[error("{path}: {reason}")]
@@ -84,11 +84,11 @@ impl NetError {
     /// An [`NetError::Io`] for `action` on `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> NetError {
         let path = path.into();
-        move |source| NetError::Io { action, path, source }
+        move |error| NetError::Io { action, path, error }
     }
 
     /// A [`NetError::Socket`] for `action` on `addr`.
     pub fn socket(action: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> NetError {
-        move |source| NetError::Socket { action, addr, source }
+        move |error| NetError::Socket { action, addr, error }
     }
 }

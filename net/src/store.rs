@@ -344,7 +344,7 @@ fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, 
         }
     }
     let source = io::Error::new(io::ErrorKind::AlreadyExists, "every candidate name is taken");
-    Err(NetError::Io { action: "find a free name in", path: out.to_owned(), source })
+    Err(NetError::Io { action: "find a free name in", path: out.to_owned(), error: source })
 }
 
 /// Creates `target` with `source`'s content, failing with `AlreadyExists` rather than replacing
