@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use actix::fut::wrap_future;
 use actix::prelude::*;
 use bytes::BytesMut;
-use p2p_core::limits::CONNECTIONS_MAX;
+use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX};
 use p2p_core::wire::Message;
 use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +43,8 @@ pub const STORE_JOBS_MAX: usize = 8;
 /// Received payload bytes a peer holds in memory before they are on disk; when they are all
 /// taken, its connections stop reading (TCP pushes back on the senders).
 pub const WRITE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+// A reader waits for a frame's whole share of the budget; it must fit.
+const _: () = assert!(FRAME_BYTES_MAX <= WRITE_BUDGET_BYTES);
 
 /// What a running node reports to the program embedding it.
 #[derive(Clone, Debug, PartialEq, Eq)]
