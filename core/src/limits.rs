@@ -104,6 +104,13 @@ pub const TTL_INTERVALS_COUNT: u32 = 3;
 /// How often a downloader asks the tracker again while pieces are still missing.
 pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Verified pieces are told to connected remotes in batches at most this often (the tracker
+/// hears of each piece at once).
+pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often connection deadlines (handshake, stalled requests, idleness) are checked.
+pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// First delay before reconnecting to the tracker; doubles up to [`RECONNECT_DELAY_MAX`].
 pub const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
 

@@ -11,7 +11,6 @@ use crate::limits::{
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
-use crate::time::Time;
 use crate::wire::{ErrorCode, Message, PeerAddr, PROTOCOL_VERSION};
 
 use super::pieces::Slot;
@@ -171,7 +170,8 @@ impl Peer {
         }
         match message {
             Message::Bitfield { file_id, have } => self.on_remote_bitfield(conn, file_id, have),
-            Message::Have { file_id, piece } => self.on_remote_have(conn, file_id, piece),
+            Message::Have { file_id, piece } => self.on_remote_haves(conn, file_id, &[piece]),
+            Message::Haves { file_id, pieces } => self.on_remote_haves(conn, file_id, &pieces),
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
@@ -228,21 +228,29 @@ impl Peer {
         self.schedule(conn);
     }
 
-    fn on_remote_have(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+    /// The remote verified more pieces; it is asked for them if we want them.
+    fn on_remote_haves(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
         let Some(piece_count) = self.piece_count(file_id) else { return };
-        if piece.0 >= piece_count {
-            self.violation(conn, format!("have for piece {piece} of a {piece_count}-piece file"));
+        if let Some(bad) = pieces.iter().find(|p| p.0 >= piece_count) {
+            self.violation(conn, format!("have for piece {bad} of a {piece_count}-piece file"));
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count)).set(piece) {
-            return;
+        let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
+        let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let mut wanted = false;
+        for piece in new {
+            download.availability[piece.as_usize()] += 1;
+            wanted |= match &download.slots[piece.as_usize()] {
+                Slot::Missing => true,
+                Slot::Active(active) => active.is_orphan(),
+                _ => false,
+            };
         }
-        let download = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut());
-        if let Some(count) = download.and_then(|d| d.availability.get_mut(piece.as_usize())) {
-            *count += 1;
+        if wanted {
+            self.schedule(conn);
         }
-        self.schedule(conn);
     }
 
     /// The number of pieces of a file whose manifest is known.
@@ -299,17 +307,6 @@ impl Peer {
             // Its pieces are orphans now: other remotes may take them.
             self.schedule_all();
         }
-    }
-
-    /// Deadlines of one connection: handshake, oldest request, idleness.
-    pub(super) fn remote_deadlines(&self, remote: &Remote) -> Option<Time> {
-        if remote.stage != Stage::Ready {
-            return Some(remote.opened + HANDSHAKE_TIMEOUT);
-        }
-        if let Some(stalled) = remote.stall_deadline() {
-            return Some(stalled);
-        }
-        (remote.serving == 0).then_some(remote.last_heard + IDLE_TIMEOUT)
     }
 
     /// Closes silent or idle connections and takes the pieces of stalled remotes elsewhere.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::error::CommandError;
 use crate::ids::{ConnId, FileId, PeerId};
-use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
+use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
@@ -87,6 +87,10 @@ pub struct Peer {
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
+    /// When batched `Haves` go out, while some are pending.
+    haves_due: Option<Time>,
+    /// When connection deadlines are checked next.
+    connections_check_at: Time,
 }
 
 impl Peer {
@@ -113,6 +117,8 @@ impl Peer {
             banned_addrs: BTreeSet::new(),
             retry_at: BTreeMap::new(),
             uploads,
+            haves_due: None,
+            connections_check_at: Time::ZERO,
         }
     }
 
@@ -272,7 +278,13 @@ impl Peer {
     fn on_timeout(&mut self) {
         self.tracker_timeout();
         self.locate_due();
-        self.remote_timeouts();
+        if self.connections_check_at <= self.now {
+            self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
+            self.remote_timeouts();
+        }
+        if self.haves_due.is_some_and(|due| due <= self.now) {
+            self.flush_haves();
+        }
         self.pump_uploads();
     }
 }
@@ -314,8 +326,12 @@ impl Machine for Peer {
         }
         let locate =
             self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.next_locate));
-        let remotes = self.remotes.values().flat_map(|r| self.remote_deadlines(r));
-        [self.tracker.deadline(), self.uploads.wake_at()].into_iter().flatten().chain(locate).chain(remotes).min()
+        let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
+            .into_iter()
+            .flatten()
+            .chain(locate)
+            .min()
     }
 }
 

@@ -51,6 +51,8 @@ pub(super) struct Remote {
     pub progress_at: Time,
     /// Pieces assigned to it, per file.
     pub assigned: BTreeSet<(FileId, PieceIndex)>,
+    /// Pieces verified since our last `Haves` to it, per file.
+    pub pending_haves: BTreeMap<FileId, Vec<PieceIndex>>,
     /// Its requests we have queued or are reading.
     pub serving: usize,
     /// When a frame last arrived.
@@ -82,6 +84,7 @@ impl Remote {
             in_flight: BTreeSet::new(),
             progress_at: now,
             assigned: BTreeSet::new(),
+            pending_haves: BTreeMap::new(),
             serving: 0,
             last_heard: now,
             opened: now,

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
-    STRIKES_BEFORE_BAN_COUNT,
+    ASSIGNEES_PER_PIECE_MAX, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
+    REQUESTS_IN_FLIGHT_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
@@ -329,21 +329,43 @@ impl Peer {
 
     fn progress(&self, file_id: FileId) -> Progress {
         let entry = &self.files[&file_id];
-        let manifest = entry.manifest.as_ref();
-        let have_bytes = manifest.map_or(0, |m| entry.have.iter().map(|p| u64::from(m.piece_len(p))).sum());
+        let have_bytes = entry.manifest.as_ref().map_or(0, |m| {
+            // Every held piece is full size but the last, which may be short.
+            let last = PieceIndex(m.piece_count().saturating_sub(1));
+            let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
+            u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
+        });
         let peers = self.remotes.values().filter(|r| r.files.contains_key(&file_id)).count();
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers: count_u32(peers) }
     }
 
+    /// Queues `piece` for the next batched `Haves` to every remote that exchanged bitfields
+    /// for the file.
     fn tell_remotes_have(&mut self, file_id: FileId, piece: PieceIndex) {
-        let told: Vec<ConnId> = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.bitfield_sent.contains(&file_id) && !r.holds(&file_id, piece))
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in told {
-            self.send(conn, Message::Have { file_id, piece });
+        let mut queued = false;
+        for remote in self.remotes.values_mut().filter(|r| r.bitfield_sent.contains(&file_id)) {
+            remote.pending_haves.entry(file_id).or_default().push(piece);
+            queued = true;
+        }
+        if queued && self.haves_due.is_none() {
+            self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
+        }
+    }
+
+    /// Sends every pending `Haves`, leaving out pieces the remote told us it holds.
+    pub(super) fn flush_haves(&mut self) {
+        self.haves_due = None;
+        let mut batches = Vec::new();
+        for (conn, remote) in &mut self.remotes {
+            for (file_id, pieces) in std::mem::take(&mut remote.pending_haves) {
+                let pieces: Vec<PieceIndex> = pieces.into_iter().filter(|p| !remote.holds(&file_id, *p)).collect();
+                if !pieces.is_empty() {
+                    batches.push((*conn, file_id, pieces));
+                }
+            }
+        }
+        for (conn, file_id, pieces) in batches {
+            self.send(conn, Message::Haves { file_id, pieces });
         }
     }
 

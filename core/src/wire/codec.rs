@@ -167,6 +167,8 @@ mod tests {
             (file_id.clone(), proptest::option::of(arb_manifest()), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, piece: PieceIndex(p) }),
+            (file_id.clone(), proptest::collection::vec(any::<u32>().prop_map(PieceIndex), 0..8))
+                .prop_map(|(file_id, pieces)| Message::Haves { file_id, pieces }),
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
             (file_id.clone(), any::<bool>())
                 .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),

@@ -126,6 +126,13 @@ pub enum Message {
         /// The new piece.
         piece: PieceIndex,
     },
+    /// Peer → peer: more pieces are verified and served (batched `Have`s).
+    Haves {
+        /// The file's id.
+        file_id: FileId,
+        /// The new pieces.
+        pieces: Vec<PieceIndex>,
+    },
     /// Peer → tracker: stop listing me for this file (`None`: for every file).
     Leave {
         /// The file, or every file.
@@ -228,6 +235,7 @@ impl Message {
             Message::Announce { .. } => "announce",
             Message::Announced { .. } => "announced",
             Message::Have { .. } => "have",
+            Message::Haves { .. } => "haves",
             Message::Leave { .. } => "leave",
             Message::Locate { .. } => "locate",
             Message::Located { .. } => "located",
