@@ -62,6 +62,10 @@ pub const CONNECTIONS_MAX: usize = 4096;
 /// Most peer-to-peer connections a downloading peer opens on its own initiative.
 pub const OUTBOUND_PEERS_MAX: usize = 32;
 
+/// Most peer-to-peer connections a peer accepts; more are refused (`Overloaded`) and the
+/// remote tries other holders. Bounds the per-piece work of telling remotes about new pieces.
+pub const INBOUND_PEERS_MAX: usize = 64;
+
 /// Block requests a downloader keeps in flight on one connection (pipelining depth).
 pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
 
@@ -131,6 +135,6 @@ const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_po
 const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
-const _: () = assert!(OUTBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
 // A piece's blocks are tracked in a u64 mask.
 const _: () = assert!(PIECE_BYTES_MAX / BLOCK_BYTES <= 64);

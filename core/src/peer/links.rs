@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY,
+    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX,
+    REMOTE_RETRY_DELAY,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -146,7 +147,8 @@ impl Peer {
                 remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
-                if self.left || self.remotes.len() >= CONNECTIONS_MAX {
+                let inbound = self.remotes.values().filter(|r| !r.outbound).count();
+                if self.left || inbound >= INBOUND_PEERS_MAX || self.remotes.len() >= CONNECTIONS_MAX {
                     self.send(conn, Message::error(None, ErrorCode::Overloaded, "too many connections"));
                     self.push(Output::Close { conn });
                     return;
@@ -164,6 +166,11 @@ impl Peer {
         if remote.stage != Stage::Ready {
             match message {
                 Message::Hello(hello) => self.on_remote_hello(conn, hello),
+                // Refused (e.g. the remote is full): not a violation; try it again later.
+                Message::Error { .. } if remote.outbound => {
+                    self.retry_at.insert(remote.addr, self.now + REMOTE_RETRY_DELAY);
+                    self.close_remote(conn);
+                }
                 other => self.violation(conn, format!("{} before hello", other.kind())),
             }
             return;

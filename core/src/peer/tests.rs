@@ -230,3 +230,22 @@ fn same_seed_same_events() {
     assert_eq!(run(40), run(40));
     assert_ne!(run(40), run(41));
 }
+
+#[test]
+fn a_full_seeder_refuses_extra_connections_politely_and_everyone_still_completes() {
+    let mut h = Harness::new(10);
+    let (bytes, manifest) = file(16 * 16 * KIB, 16 * 1024, 10);
+    let id = manifest.file_id();
+    let seeder = h.add_peer(1, None);
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    let leechers: Vec<NodeIx> =
+        (0..crate::limits::INBOUND_PEERS_MAX as u64 + 16).map(|s| h.add_peer(100 + s, None)).collect();
+    for node in &leechers {
+        get(&mut h, *node, &manifest);
+    }
+    h.run_until(Duration::from_secs(120), |h| leechers.iter().all(|n| h.completed(*n, id)));
+    assert!(leechers.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
+    let violations = h.events.iter().filter(|(_, _, e)| matches!(e, Event::ProtocolViolation { .. })).count();
+    assert_eq!(violations, 0, "a refusal is not a protocol violation");
+}
