@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
-/// Read buffer of a connection; grows to the size of the largest frame seen.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Initial read buffer of a connection; it grows to the size of the largest frame seen, so a
+/// control connection (a tracker's thousands of peers) stays small.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Write buffer in which small frames are coalesced before a flush.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Most bytes queued for one connection's writer; beyond this the remote is not reading and

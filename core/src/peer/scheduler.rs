@@ -3,9 +3,9 @@
 //! Each ready remote keeps up to `REQUESTS_IN_FLIGHT_PER_CONN_MAX` block requests in flight.
 //! Blocks come first from the pieces already assigned to it; a new piece is the rarest among
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
-//! went away come before fresh ones. When nothing unassigned is left that a remote holds, it
-//! joins a piece another remote is fetching (endgame) and the slower copy is cancelled as blocks
-//! arrive. Every block is written by the driver, every written piece is hashed, and a piece that
+//! went away come before fresh ones. When nothing unassigned is left that a remote holds and its
+//! pipeline is empty, it joins a piece another remote is fetching (endgame) and the slower copy
+//! is cancelled as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
 //! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
 
 use std::collections::BTreeSet;
@@ -129,6 +129,11 @@ impl Peer {
         }
         if let Some((_, piece)) = best {
             return Some(Choice::Fresh(piece));
+        }
+        // Endgame only for a remote with nothing else to do, one duplicate piece at a time:
+        // a busy remote would only fetch twice what is already on its way.
+        if !remote.in_flight.is_empty() {
+            return None;
         }
         let endgame = download.slots.iter().enumerate().find(|(i, slot)| match slot {
             Slot::Active(active) => {

@@ -249,3 +249,23 @@ fn a_full_seeder_refuses_extra_connections_politely_and_everyone_still_completes
     let violations = h.events.iter().filter(|(_, _, e)| matches!(e, Event::ProtocolViolation { .. })).count();
     assert_eq!(violations, 0, "a refusal is not a protocol violation");
 }
+
+#[test]
+fn endgame_lets_an_idle_fast_remote_finish_what_a_slow_one_holds_up() {
+    let mut h = Harness::new(11);
+    let (bytes, manifest) = file(8 * 256 * KIB, 256 * 1024, 11);
+    let id = manifest.file_id();
+    // 64 KiB/s after a one-block burst: the slow seeder needs 4 s per piece it was given.
+    let (slow, fast, leecher) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None), h.add_peer(3, None));
+    h.share(slow, &manifest, &bytes, None);
+    h.share(fast, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    let start = h.now();
+    get(&mut h, leecher, &manifest);
+    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+    let took = h.now() - start;
+    let from_slow = verified_from(&h, leecher).iter().filter(|(_, from)| *from == h.addr(slow)).count();
+    assert!(took < Duration::from_secs(3), "took {took:?}; the slow seeder delivered {from_slow} pieces");
+    assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 pieces");
+}

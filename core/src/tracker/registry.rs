@@ -4,8 +4,9 @@
 //! A peer is registered under the tracker connection it announced on ([`ConnId`]): it lives as
 //! long as that connection and its TTL. Files and peers live in slabs and refer to each other by
 //! `u32` slot, so the cost of one (peer, file) holding is its bits plus a few words:
-//! - per file, the holders' bitfields are packed back to back in one arena (`stride` bytes
-//!   each, in holding order), beside the holder's peer slot;
+//! - per file, the holders' bitfields are packed back to back (`stride` bytes each, in holding
+//!   order) in fixed-size chunks of [`HOLDINGS_PER_CHUNK`] holdings, so growing a file never
+//!   copies or fragments the arena; beside them, each holding's peer slot;
 //! - per file, `positions` maps a peer slot to its holding index; per peer, `files` lists the
 //!   file slots it holds.
 //!
@@ -31,6 +32,9 @@ use crate::time::Time;
 use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr};
 
 use super::locate;
+
+/// Holdings whose bitfields share one allocation of a file's arena.
+const HOLDINGS_PER_CHUNK: usize = 64;
 
 /// Why the registry refused a request: the code and detail of the `Error` reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,8 +71,9 @@ pub(super) struct FileEntry {
     stride: usize,
     /// Peer slot of each holding, in no meaningful order (removal swaps the last in).
     holders: Vec<u32>,
-    /// The holders' bitfields, `stride` bytes each, in holding order.
-    bits: Vec<u8>,
+    /// The holders' bitfields, `stride` bytes each, in holding order, `HOLDINGS_PER_CHUNK` per
+    /// chunk; only the last chunk may be partly used.
+    chunks: Vec<Box<[u8]>>,
     /// Peer slot → index of its holding.
     positions: BTreeMap<u32, u32>,
     /// Live holders of each piece.
@@ -171,9 +176,10 @@ impl Registry {
         let Some(&index) = index else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for a file this peer did not announce"));
         };
-        let (byte, mask) = (file.stride * index as usize + piece.as_usize() / 8, 0x80u8 >> (piece.0 % 8));
-        if file.bits[byte] & mask == 0 {
-            file.bits[byte] |= mask;
+        let mask = 0x80u8 >> (piece.0 % 8);
+        let byte = &mut file.holding_bits_mut(index as usize)[piece.as_usize() / 8];
+        if *byte & mask == 0 {
+            *byte |= mask;
             file.counts[piece.as_usize()] += 1;
         }
         Ok(())
@@ -290,7 +296,7 @@ impl Registry {
         for (_, file) in &self.files {
             assert!(!file.holders.is_empty());
             assert_eq!(file.positions.len(), file.holders.len());
-            assert_eq!(file.bits.len(), file.holders.len() * file.stride);
+            assert_eq!(file.chunks.len(), file.holders.len().div_ceil(HOLDINGS_PER_CHUNK));
             for (index, peer_slot) in file.holders.iter().enumerate() {
                 assert_eq!(file.positions[peer_slot] as usize, index);
             }
@@ -306,7 +312,7 @@ impl FileEntry {
     fn new(manifest: Manifest) -> FileEntry {
         let counts = vec![0; manifest.piece_count() as usize];
         let stride = (manifest.piece_count() as usize).div_ceil(8);
-        FileEntry { manifest, stride, holders: Vec::new(), bits: Vec::new(), positions: BTreeMap::new(), counts }
+        FileEntry { manifest, stride, holders: Vec::new(), chunks: Vec::new(), positions: BTreeMap::new(), counts }
     }
 
     /// Number of holdings.
@@ -321,7 +327,13 @@ impl FileEntry {
 
     /// The packed bitfield of holding `index`.
     pub(super) fn holding_bits(&self, index: usize) -> &[u8] {
-        &self.bits[index * self.stride..(index + 1) * self.stride]
+        let start = (index % HOLDINGS_PER_CHUNK) * self.stride;
+        &self.chunks[index / HOLDINGS_PER_CHUNK][start..start + self.stride]
+    }
+
+    fn holding_bits_mut(&mut self, index: usize) -> &mut [u8] {
+        let start = (index % HOLDINGS_PER_CHUNK) * self.stride;
+        &mut self.chunks[index / HOLDINGS_PER_CHUNK][start..start + self.stride]
     }
 
     /// The holding index of a peer slot, if it holds this file.
@@ -338,34 +350,40 @@ impl FileEntry {
     fn set_holding(&mut self, peer_slot: u32, have: &Bitfield) -> bool {
         add_counts(&mut self.counts, have.as_bytes(), 1);
         if let Some(index) = self.position(peer_slot) {
-            let range = index * self.stride..(index + 1) * self.stride;
-            add_counts(&mut self.counts, &self.bits[range.clone()], -1);
-            self.bits[range].copy_from_slice(have.as_bytes());
+            let mut counts = std::mem::take(&mut self.counts);
+            add_counts(&mut counts, self.holding_bits(index), -1);
+            self.counts = counts;
+            self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
             return false;
         }
-        // Grow by an eighth at a time: the arena is most of the tracker's memory, and doubling
-        // would leave up to half of it unused.
-        if self.bits.capacity() < self.bits.len() + self.stride {
-            self.bits.reserve_exact(self.bits.len() / 8 + self.stride);
+        let index = self.holders.len();
+        if index % HOLDINGS_PER_CHUNK == 0 {
+            self.chunks.push(vec![0u8; self.stride * HOLDINGS_PER_CHUNK].into_boxed_slice());
         }
         // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
-        self.positions.insert(peer_slot, self.holders.len() as u32);
+        self.positions.insert(peer_slot, index as u32);
         self.holders.push(peer_slot);
-        self.bits.extend_from_slice(have.as_bytes());
+        self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
         true
     }
 
     fn remove_holding(&mut self, peer_slot: u32) {
         let Some(index) = self.positions.remove(&peer_slot).map(|i| i as usize) else { return };
         let last = self.holders.len() - 1;
-        let range = index * self.stride..(index + 1) * self.stride;
-        add_counts(&mut self.counts, &self.bits[range.clone()], -1);
+        let mut counts = std::mem::take(&mut self.counts);
+        add_counts(&mut counts, self.holding_bits(index), -1);
+        self.counts = counts;
         if index != last {
-            self.bits.copy_within(last * self.stride.., index * self.stride);
+            let moved = self.holding_bits(last).to_vec();
+            self.holding_bits_mut(index).copy_from_slice(&moved);
             self.positions.insert(self.holders[last], index as u32);
         }
         self.holders.swap_remove(index);
-        self.bits.truncate(last * self.stride);
+        if last % HOLDINGS_PER_CHUNK == 0 {
+            self.chunks.pop();
+        } else {
+            self.holding_bits_mut(last).fill(0);
+        }
     }
 
     fn summary(&self, file_id: FileId) -> FileSummary {
