@@ -357,7 +357,7 @@ impl FileEntry {
             return false;
         }
         let index = self.holders.len();
-        if index % HOLDINGS_PER_CHUNK == 0 {
+        if index.is_multiple_of(HOLDINGS_PER_CHUNK) {
             self.chunks.push(vec![0u8; self.stride * HOLDINGS_PER_CHUNK].into_boxed_slice());
         }
         // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
@@ -379,7 +379,7 @@ impl FileEntry {
             self.positions.insert(self.holders[last], index as u32);
         }
         self.holders.swap_remove(index);
-        if last % HOLDINGS_PER_CHUNK == 0 {
+        if last.is_multiple_of(HOLDINGS_PER_CHUNK) {
             self.chunks.pop();
         } else {
             self.holding_bits_mut(last).fill(0);
