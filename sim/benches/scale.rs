@@ -4,7 +4,8 @@
 //! `cargo bench -p p2p-sim --bench scale` runs 1,000 and 10,000 peers; give other counts as
 //! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`. A run that exceeds
 //! `SCALE_WALL_BUDGET_S` seconds of wall time (default 300) is stopped there and reported as
-//! partial: how far in virtual time it got, and how many peers had completed.
+//! partial: how far in virtual time it got, and how many peers had completed. The trace digest
+//! (its first 16 hex digits) shows that a change to the simulator kept the run the same.
 
 use std::time::{Duration, Instant};
 
@@ -93,8 +94,8 @@ fn main() {
     let counts = if counts.is_empty() { vec![1_000, 10_000] } else { counts };
     let budget_s =
         std::env::var("SCALE_WALL_BUDGET_S").ok().and_then(|v| v.parse().ok()).unwrap_or(WALL_BUDGET_S_DEFAULT);
-    println!("| peers | pieces | wall time | simulated time | events | events/s | completed |");
-    println!("|------:|-------:|----------:|---------------:|-------:|---------:|----------:|");
+    println!("| peers | pieces | wall time | simulated time | events | events/s | completed | trace digest |");
+    println!("|------:|-------:|----------:|---------------:|-------:|---------:|----------:|:-------------|");
     for leechers in counts {
         let scenario = scenario(leechers);
         let (outcome, finished, wall) = run_with_budget(&scenario, Duration::from_secs(budget_s));
@@ -104,11 +105,12 @@ fn main() {
             _ => format!("{} reached (stopped)", outcome.ended_at),
         };
         println!(
-            "| {} | {PIECES} | {:.1} s | {simulated} | {} | {:.2} M | {done}/{leechers} |",
+            "| {} | {PIECES} | {:.1} s | {simulated} | {} | {:.2} M | {done}/{leechers} | {} |",
             leechers + SEEDERS,
             wall.as_secs_f64(),
             outcome.events,
             outcome.events as f64 / wall.as_secs_f64() / 1e6,
+            &outcome.trace_digest[..16],
         );
     }
 }

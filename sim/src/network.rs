@@ -90,9 +90,9 @@ pub struct Network {
     rng: Rng,
     nodes: Vec<NetNode>,
     by_addr: BTreeMap<SocketAddr, NodeIdx>,
-    links: BTreeMap<LinkId, Link>,
+    /// Links by id (ids count up from 0; a closed link's slot stays empty).
+    links: Vec<Option<Link>>,
     by_end: BTreeMap<(NodeIdx, ConnId), LinkId>,
-    link_next: LinkId,
 }
 
 /// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
@@ -131,9 +131,8 @@ impl Network {
             rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
             nodes,
             by_addr,
-            links: BTreeMap::new(),
+            links: Vec::new(),
             by_end: BTreeMap::new(),
-            link_next: 0,
         }
     }
 
@@ -173,7 +172,7 @@ impl Network {
         // Every link with an end here, including ones this node closed whose goodbye had not
         // left its (now cleared) uplink: the other end must still hear that the link is gone.
         let links: Vec<LinkId> =
-            self.links.iter().filter(|(_, l)| l.ends.iter().any(|e| e.node == node)).map(|(id, _)| *id).collect();
+            self.live_links().filter(|(_, l)| l.ends.iter().any(|e| e.node == node)).map(|(id, _)| id).collect();
         for link in links {
             self.reset(now, link, queue);
         }
@@ -186,10 +185,9 @@ impl Network {
             self.nodes[node.0].group = group;
         }
         let cut: Vec<LinkId> = self
-            .links
-            .iter()
+            .live_links()
             .filter(|(_, l)| self.nodes[l.ends[0].node.0].group != self.nodes[l.ends[1].node.0].group)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for link in cut {
             self.reset(now, link, queue);
@@ -215,7 +213,7 @@ impl Network {
         let Some(target) = reachable.filter(|t| *t != from) else {
             let incarnation = self.nodes[from.0].incarnation;
             let input = Input::Disconnected { conn };
-            queue.push(now + latency * 2, Item::Local { node: from, incarnation, input: Box::new(input) });
+            queue.push(now + latency * 2, Item::Local { node: from, incarnation, input });
             return;
         };
         let inbound = {
@@ -223,21 +221,20 @@ impl Network {
             t.inbound_next += 1;
             ConnId::Inbound(t.inbound_next)
         };
-        let id = self.link_next;
-        self.link_next += 1;
+        let id = self.links.len() as LinkId;
         let port = EPHEMERAL_PORT_FIRST + (id % EPHEMERAL_PORT_COUNT) as u16;
         let opener_addr = SocketAddr::new(self.nodes[from.0].addr.ip(), port);
         let end = |node: NodeIdx, conn| End { node, conn, incarnation: self.nodes[node.0].incarnation, open: true };
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);
-        self.links.insert(id, Link { ends, last_arrival: [opened, accepted], accepted_at: accepted });
+        self.links.push(Some(Link { ends, last_arrival: [opened, accepted], accepted_at: accepted }));
         self.by_end.insert((from, conn), id);
         self.by_end.insert((target, inbound), id);
         queue.push(
             accepted,
-            Item::Wire { link: id, end: 1, input: Box::new(Input::Connected { conn: inbound, remote: opener_addr }) },
+            Item::Wire { link: id, end: 1, input: Input::Connected { conn: inbound, remote: opener_addr } },
         );
-        queue.push(opened, Item::Wire { link: id, end: 0, input: Box::new(Input::Connected { conn, remote: addr }) });
+        queue.push(opened, Item::Wire { link: id, end: 0, input: Input::Connected { conn, remote: addr } });
     }
 
     /// `from` sends `message` of `size_bytes` on `conn`; its arrival is queued.
@@ -252,7 +249,9 @@ impl Network {
         let Some(&id) = self.by_end.get(&(from, conn)) else {
             return Sent::NoLink;
         };
-        let link = &self.links[&id];
+        let Some(link) = self.link(id) else {
+            return Sent::NoLink;
+        };
         let side = usize::from(link.ends[0].node != from || link.ends[0].conn != conn);
         let to = link.ends[1 - side].node;
         let loss = 1.0 - (1.0 - self.nodes[from.0].link.loss) * (1.0 - self.nodes[to.0].link.loss);
@@ -293,7 +292,7 @@ impl Network {
     /// Starts the next transmission on `from`'s uplink, skipping what belongs to dead links.
     fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
         while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
-            if !self.links.get(&flow.0).is_some_and(|l| l.ends[flow.1].open) {
+            if !self.link(flow.0).is_some_and(|l| l.ends[flow.1].open) {
                 continue;
             }
             match item {
@@ -320,7 +319,7 @@ impl Network {
         (message, size_bytes, retransmit_delay): (Message, u64, Duration),
         queue: &mut Queue,
     ) {
-        let Some(link) = self.links.get(&flow.0).filter(|l| l.ends[flow.1].open) else {
+        let Some(link) = self.link(flow.0).filter(|l| l.ends[flow.1].open) else {
             return;
         };
         let to = link.ends[flow.1].node;
@@ -329,29 +328,29 @@ impl Network {
         let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
         down.downlink_free = down_done;
         // Looked up (and found alive) at the top of this function; nothing removed it since.
-        let link = self.links.get_mut(&flow.0).expect("checked alive above");
+        let link = self.link_mut(flow.0).expect("checked alive above");
         let arrival = down_done.max(link.last_arrival[flow.1]);
         link.last_arrival[flow.1] = arrival;
         let input = Input::Message { conn: link.ends[flow.1].conn, message };
-        queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input: Box::new(input) });
+        queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input });
     }
 
     /// The sender of `flow` closed it and everything it sent before has left: the receiving
     /// end hears `Disconnected` after the last of it.
     fn fin(&mut self, now: Time, (id, end): Flow, queue: &mut Queue) {
-        let Some(link) = self.links.get(&id) else {
+        let Some(link) = self.link(id) else {
             return;
         };
         let latency = self.latency(link.ends[0].node, link.ends[1].node);
         let at = (now + latency).max(link.last_arrival[end]);
         let conn = link.ends[end].conn;
-        queue.push(at, Item::Wire { link: id, end, input: Box::new(Input::Disconnected { conn }) });
+        queue.push(at, Item::Wire { link: id, end, input: Input::Disconnected { conn } });
     }
 
     /// The link of `from`'s `conn` and the index of its other end.
     fn other_end(&self, from: NodeIdx, conn: ConnId) -> Option<(LinkId, usize)> {
         let id = *self.by_end.get(&(from, conn))?;
-        let link = &self.links[&id];
+        let link = self.link(id)?;
         Some((id, usize::from(link.ends[0].node == from && link.ends[0].conn == conn)))
     }
 
@@ -363,10 +362,10 @@ impl Network {
         };
         self.by_end.remove(&(from, conn));
         // `other_end` found the link in `links` just above.
-        let link = self.links.get_mut(&id).expect("other_end only names live links");
+        let link = self.link_mut(id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
         if !link.ends[other].open {
-            self.links.remove(&id);
+            self.links[id as usize] = None;
             return;
         }
         if self.nodes[from.0].uplink.has_pending((id, other)) {
@@ -379,17 +378,17 @@ impl Network {
     /// An input arriving at `end` of `link`: the machine it is for, that machine's life and the
     /// node at the other end; `None` when that end closed (or reset) since it was sent.
     pub fn arrive(&mut self, link: LinkId, end: usize, input: &Input) -> Option<(NodeIdx, u32, NodeIdx)> {
-        let l = self.links.get_mut(&link)?;
+        let l = self.link_mut(link)?;
         let (e, other) = (l.ends[end], l.ends[1 - end].node);
         if !e.open {
             return None;
         }
         if matches!(input, Input::Disconnected { .. }) {
             l.ends[end].open = false;
-            self.by_end.remove(&(e.node, e.conn));
             if !l.ends[1 - end].open {
-                self.links.remove(&link);
+                self.links[link as usize] = None;
             }
+            self.by_end.remove(&(e.node, e.conn));
         }
         Some((e.node, e.incarnation, other))
     }
@@ -400,7 +399,8 @@ impl Network {
         self.by_end
             .range(range)
             .map(|((_, conn), id)| {
-                let l = &self.links[id];
+                // `by_end` names live links only (see the module docs).
+                let l = self.link(*id).expect("by_end names live links");
                 let other = usize::from(l.ends[0].node == node && l.ends[0].conn == *conn);
                 (*conn, l.ends[other].node)
             })
@@ -410,7 +410,7 @@ impl Network {
     /// Resets a link: both open ends close now; each live one hears `Disconnected` after a
     /// latency (an opener also when its `Connected` had not arrived yet: it "could not open").
     fn reset(&mut self, now: Time, id: LinkId, queue: &mut Queue) {
-        let Some(link) = self.links.remove(&id) else {
+        let Some(link) = self.links.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
         let latency = self.latency(link.ends[0].node, link.ends[1].node);
@@ -424,12 +424,22 @@ impl Network {
             let known = side == 0 || link.accepted_at <= now;
             if alive && known {
                 let input = Input::Disconnected { conn: end.conn };
-                queue.push(
-                    now + latency,
-                    Item::Local { node: end.node, incarnation: end.incarnation, input: Box::new(input) },
-                );
+                queue.push(now + latency, Item::Local { node: end.node, incarnation: end.incarnation, input });
             }
         }
+    }
+
+    fn link(&self, id: LinkId) -> Option<&Link> {
+        self.links.get(usize::try_from(id).ok()?)?.as_ref()
+    }
+
+    fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
+        self.links.get_mut(usize::try_from(id).ok()?)?.as_mut()
+    }
+
+    /// Open links in id order.
+    fn live_links(&self) -> impl Iterator<Item = (LinkId, &Link)> {
+        self.links.iter().enumerate().filter_map(|(id, l)| Some((id as LinkId, l.as_ref()?)))
     }
 
     fn latency(&self, a: NodeIdx, b: NodeIdx) -> Duration {

@@ -7,7 +7,7 @@
 //! connection an equal share of the rate. The network decides when a transmission ends; this
 //! type only keeps the queues and the order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use p2p_core::wire::Message;
 
@@ -26,10 +26,14 @@ pub enum Queued {
 }
 
 /// The queues of one node's uplink.
+///
+/// The flows with something queued are kept in turn order, each with its queue; a node has
+/// few connections, so finding a flow is a short scan. Emptied queues are kept for reuse, so a
+/// busy uplink does not allocate per message.
 #[derive(Debug, Default)]
 pub struct Uplink {
-    queues: BTreeMap<Flow, VecDeque<Queued>>,
-    ready: VecDeque<Flow>,
+    ready: VecDeque<(Flow, VecDeque<Queued>)>,
+    spare: Vec<VecDeque<Queued>>,
     sending: Option<(Flow, Queued)>,
     /// Counts transmissions, so a stale "done" from an earlier life is recognised.
     pub transmission: u64,
@@ -38,11 +42,13 @@ pub struct Uplink {
 impl Uplink {
     /// Queues `item` on `flow`.
     pub fn push(&mut self, flow: Flow, item: Queued) {
-        let queue = self.queues.entry(flow).or_default();
-        if queue.is_empty() {
-            self.ready.push_back(flow);
+        if let Some((_, queue)) = self.ready.iter_mut().find(|(f, _)| *f == flow) {
+            queue.push_back(item);
+            return;
         }
+        let mut queue = self.spare.pop().unwrap_or_default();
         queue.push_back(item);
+        self.ready.push_back((flow, queue));
     }
 
     /// Whether something is being sent now.
@@ -52,20 +58,20 @@ impl Uplink {
 
     /// Whether `flow` has anything queued or being sent.
     pub fn has_pending(&self, flow: Flow) -> bool {
-        self.queues.get(&flow).is_some_and(|q| !q.is_empty()) || self.sending.as_ref().is_some_and(|(f, _)| *f == flow)
+        self.ready.iter().any(|(f, _)| *f == flow) || self.sending.as_ref().is_some_and(|(f, _)| *f == flow)
     }
 
     /// Takes the next item round-robin (the caller sends it, or drops it if its link is gone).
     pub fn take_next(&mut self) -> Option<(Flow, Queued)> {
-        let flow = self.ready.pop_front()?;
-        let queue = self.queues.get_mut(&flow)?;
-        let item = queue.pop_front()?;
+        let (flow, mut queue) = self.ready.pop_front()?;
+        let item = queue.pop_front();
         if queue.is_empty() {
-            self.queues.remove(&flow);
+            self.spare.push(queue);
         } else {
-            self.ready.push_back(flow);
+            self.ready.push_back((flow, queue));
         }
-        Some((flow, item))
+        // A flow is in `ready` only while its queue holds something.
+        Some((flow, item.expect("a ready flow has an item")))
     }
 
     /// Marks `item` as being sent; returns its transmission number.
@@ -85,7 +91,6 @@ impl Uplink {
 
     /// Forgets everything (the node went down).
     pub fn clear(&mut self) {
-        self.queues.clear();
         self.ready.clear();
         self.sending = None;
     }

@@ -208,7 +208,7 @@ impl World {
     /// Queues an input for `node`'s current life, at the current time.
     pub(crate) fn local(&mut self, node: NodeIdx, input: Input) {
         let incarnation = self.network.incarnation(node);
-        self.queue.push(self.now, Item::Local { node, incarnation, input: Box::new(input) });
+        self.queue.push(self.now, Item::Local { node, incarnation, input });
     }
 
     fn is_current(&self, node: NodeIdx, incarnation: u32) -> bool {
@@ -240,10 +240,10 @@ impl World {
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
-                if let Input::Disconnected { conn } = *input {
+                if let Input::Disconnected { conn } = input {
                     self.on_disconnected(node, conn, "reset");
                 }
-                Some(Step::Input(node, *input))
+                Some(Step::Input(node, input))
             }
             Item::Wire { link, end, input } => {
                 let (node, incarnation, from) = self.network.arrive(link, end, &input)?;
@@ -251,7 +251,7 @@ impl World {
                     return None;
                 }
                 self.on_arrival(node, from, &input);
-                Some(Step::Input(node, *input))
+                Some(Step::Input(node, input))
             }
             Item::UplinkDone { node, transmission } => {
                 self.network.uplink_done(self.now, node, transmission, &mut self.queue);
