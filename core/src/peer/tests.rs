@@ -15,6 +15,17 @@ fn get(h: &mut Harness, node: NodeIx, manifest: &crate::Manifest) {
     h.command(node, Command::Get { file_id: manifest.file_id(), resume: None });
 }
 
+/// Lets the shares reach the tracker, then has `node` download the file; checks the copy byte
+/// for byte and returns how long the download took in virtual time.
+fn fetch(h: &mut Harness, node: NodeIx, manifest: &crate::Manifest, bytes: &[u8], within: Duration) -> Duration {
+    h.run_for(Duration::from_millis(10));
+    let (start, id) = (h.now(), manifest.file_id());
+    get(h, node, manifest);
+    h.run_until(within, |h| h.completed(node, id));
+    assert_eq!(h.stored(node, id), Some(bytes));
+    h.now() - start
+}
+
 fn verified_from(h: &Harness, node: NodeIx) -> Vec<(PieceIndex, std::net::SocketAddr)> {
     h.events_of(node)
         .filter_map(|(_, _, e)| match e {
@@ -87,9 +98,7 @@ fn rarest_pieces_are_fetched_first() {
         h.share(*node, &manifest, &bytes, Some(&common));
     }
     let leecher = h.add_peer(9, None);
-    h.run_for(Duration::from_millis(10));
-    get(&mut h, leecher, &manifest);
-    h.run_until(Duration::from_secs(10), |h| h.completed(leecher, manifest.file_id()));
+    fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(10));
     // Pieces 30..40 exist only on `full`; it is asked for them before the common ones.
     let from_full: Vec<u32> = h
         .events_of(leecher)
@@ -113,10 +122,7 @@ fn a_corrupt_seeder_is_struck_banned_and_the_file_is_still_correct() {
     for piece in 0..64 {
         h.corrupt(liar, id, piece);
     }
-    h.run_for(Duration::from_millis(10));
-    get(&mut h, leecher, &manifest);
-    h.run_until(Duration::from_secs(20), |h| h.completed(leecher, id));
-    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+    fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(20));
     let corrupt = h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::PieceCorrupt { .. })).count();
     assert!(corrupt >= 1);
     assert!(h.events_of(leecher).any(|(_, _, e)| matches!(e, Event::PeerBanned { addr, .. } if *addr == h.addr(liar))));
@@ -147,15 +153,11 @@ fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
 fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     let mut h = Harness::new(6);
     let (bytes, manifest) = file(6 * 16 * KIB, 16 * 1024, 6);
-    let id = manifest.file_id();
     let (hole, good, leecher) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
     h.share(hole, &manifest, &bytes, None);
     h.share(good, &manifest, &bytes, None);
     h.silence(hole);
-    h.run_for(Duration::from_millis(10));
-    get(&mut h, leecher, &manifest);
-    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
-    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+    fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
 }
 
 #[test]
@@ -197,14 +199,9 @@ fn a_restarted_tracker_is_rebuilt_from_announces_and_downloads_finish() {
 fn an_upload_cap_paces_the_transfer() {
     let mut h = Harness::new(9);
     let (bytes, manifest) = file(4 * 1024 * KIB, 256 * 1024, 9);
-    let id = manifest.file_id();
     let (seeder, leecher) = (h.add_peer(1, Some(1024 * 1024)), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
-    h.run_for(Duration::from_millis(10));
-    let start = h.now();
-    get(&mut h, leecher, &manifest);
-    h.run_until(Duration::from_secs(30), |h| h.completed(leecher, id));
-    let took = h.now() - start;
+    let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(30));
     // 4 MiB at 1 MiB/s, less the initial burst and the one block the pacer may overdraw.
     assert!(took >= Duration::from_millis(3450) && took <= Duration::from_millis(4200), "took {took:?}");
 }
@@ -254,17 +251,11 @@ fn a_full_seeder_refuses_extra_connections_politely_and_everyone_still_completes
 fn endgame_lets_an_idle_fast_remote_finish_what_a_slow_one_holds_up() {
     let mut h = Harness::new(11);
     let (bytes, manifest) = file(8 * 256 * KIB, 256 * 1024, 11);
-    let id = manifest.file_id();
     // 64 KiB/s after a one-block burst: the slow seeder needs 4 s per piece it was given.
     let (slow, fast, leecher) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None), h.add_peer(3, None));
     h.share(slow, &manifest, &bytes, None);
     h.share(fast, &manifest, &bytes, None);
-    h.run_for(Duration::from_millis(10));
-    let start = h.now();
-    get(&mut h, leecher, &manifest);
-    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
-    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
-    let took = h.now() - start;
+    let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
     let from_slow = verified_from(&h, leecher).iter().filter(|(_, from)| *from == h.addr(slow)).count();
     assert!(took < Duration::from_secs(3), "took {took:?}; the slow seeder delivered {from_slow} pieces");
     assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 pieces");
