@@ -21,7 +21,7 @@ impl World {
             Output::Connect { conn, addr } => self.network.connect(self.now, node, conn, addr, &mut self.queue),
             Output::Send { conn, message } => self.send(node, conn, message),
             Output::Close { conn } => {
-                self.in_flight.remove(&(node, conn));
+                self.nodes[node.0].in_flight.remove(&conn);
                 self.network.close(self.now, node, conn, &mut self.queue);
             }
             Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
@@ -77,7 +77,7 @@ impl World {
         match &message {
             Message::Data { bytes, .. } => self.nodes[node.0].summary.bytes_up += bytes.len() as u64,
             Message::Request { .. } => {
-                let count = self.in_flight.entry((node, conn)).or_default();
+                let count = self.nodes[node.0].in_flight.entry(conn).or_default();
                 *count += 1;
                 let count = *count;
                 self.outcome.requests_in_flight_max = self.outcome.requests_in_flight_max.max(count);
@@ -96,7 +96,7 @@ impl World {
     }
 
     fn request_answered_by_cancel(&mut self, node: NodeIdx, conn: ConnId) {
-        if let Some(count) = self.in_flight.get_mut(&(node, conn)) {
+        if let Some(count) = self.nodes[node.0].in_flight.get_mut(&conn) {
             *count = count.saturating_sub(1);
         }
     }

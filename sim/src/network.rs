@@ -18,7 +18,7 @@
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
-//! has both ends in `by_end` exactly while that end is open.
+//! has each end in its node's `by_conn` exactly while that end is open.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -65,6 +65,8 @@ struct NetNode {
     uplink: Uplink,
     downlink_free: Time,
     inbound_next: u64,
+    /// The node's open connections and their links.
+    by_conn: BTreeMap<ConnId, LinkId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +94,6 @@ pub struct Network {
     by_addr: BTreeMap<SocketAddr, NodeIdx>,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
-    by_end: BTreeMap<(NodeIdx, ConnId), LinkId>,
 }
 
 /// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
@@ -124,16 +125,11 @@ impl Network {
                 uplink: Uplink::default(),
                 downlink_free: Time::ZERO,
                 inbound_next: 0,
+                by_conn: BTreeMap::new(),
             })
             .collect();
         let by_addr = nodes.iter().enumerate().map(|(i, n)| (n.addr, NodeIdx(i))).collect();
-        Network {
-            rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
-            nodes,
-            by_addr,
-            links: Vec::new(),
-            by_end: BTreeMap::new(),
-        }
+        Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, by_addr, links: Vec::new() }
     }
 
     /// The node listening at `addr`, if any.
@@ -228,8 +224,8 @@ impl Network {
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);
         self.links.push(Some(Link { ends, last_arrival: [opened, accepted], accepted_at: accepted }));
-        self.by_end.insert((from, conn), id);
-        self.by_end.insert((target, inbound), id);
+        self.nodes[from.0].by_conn.insert(conn, id);
+        self.nodes[target.0].by_conn.insert(inbound, id);
         queue.push(
             accepted,
             Item::Wire { link: id, end: 1, input: Input::Connected { conn: inbound, remote: opener_addr } },
@@ -246,7 +242,7 @@ impl Network {
         (message, size_bytes): (Message, u64),
         queue: &mut Queue,
     ) -> Sent {
-        let Some(&id) = self.by_end.get(&(from, conn)) else {
+        let Some(&id) = self.nodes[from.0].by_conn.get(&conn) else {
             return Sent::NoLink;
         };
         let Some(link) = self.link(id) else {
@@ -349,7 +345,7 @@ impl Network {
 
     /// The link of `from`'s `conn` and the index of its other end.
     fn other_end(&self, from: NodeIdx, conn: ConnId) -> Option<(LinkId, usize)> {
-        let id = *self.by_end.get(&(from, conn))?;
+        let id = *self.nodes[from.0].by_conn.get(&conn)?;
         let link = self.link(id)?;
         Some((id, usize::from(link.ends[0].node == from && link.ends[0].conn == conn)))
     }
@@ -360,7 +356,7 @@ impl Network {
         let Some((id, other)) = self.other_end(from, conn) else {
             return;
         };
-        self.by_end.remove(&(from, conn));
+        self.nodes[from.0].by_conn.remove(&conn);
         // `other_end` found the link in `links` just above.
         let link = self.link_mut(id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
@@ -388,19 +384,19 @@ impl Network {
             if !l.ends[1 - end].open {
                 self.links[link as usize] = None;
             }
-            self.by_end.remove(&(e.node, e.conn));
+            self.nodes[e.node.0].by_conn.remove(&e.conn);
         }
         Some((e.node, e.incarnation, other))
     }
 
     /// Links currently open at `node`, as `(conn, remote node)`.
     pub fn connections(&self, node: NodeIdx) -> Vec<(ConnId, NodeIdx)> {
-        let range = (node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX));
-        self.by_end
-            .range(range)
-            .map(|((_, conn), id)| {
-                // `by_end` names live links only (see the module docs).
-                let l = self.link(*id).expect("by_end names live links");
+        self.nodes[node.0]
+            .by_conn
+            .iter()
+            .map(|(conn, id)| {
+                // `by_conn` names live links only (see the module docs).
+                let l = self.link(*id).expect("by_conn names live links");
                 let other = usize::from(l.ends[0].node == node && l.ends[0].conn == *conn);
                 (*conn, l.ends[other].node)
             })
@@ -418,7 +414,7 @@ impl Network {
             if !end.open {
                 continue;
             }
-            self.by_end.remove(&(end.node, end.conn));
+            self.nodes[end.node.0].by_conn.remove(&end.conn);
             let alive = self.nodes[end.node.0].up && self.nodes[end.node.0].incarnation == end.incarnation;
             // The acceptor only knows of the link once its `Connected` arrived.
             let known = side == 0 || link.accepted_at <= now;

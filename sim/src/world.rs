@@ -57,6 +57,8 @@ pub(crate) struct NodeState {
     pub(crate) heard_by_tracker: Option<Time>,
     /// The last located answer told in the story, to tell only changes.
     pub(crate) story_located: Option<String>,
+    /// Block requests outstanding per connection (as a downloader).
+    pub(crate) in_flight: BTreeMap<ConnId, usize>,
 }
 
 /// One run's state; see the module docs.
@@ -74,8 +76,6 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    /// Block requests outstanding per connection of a downloader.
-    pub(crate) in_flight: BTreeMap<(NodeIdx, ConnId), usize>,
     pub(crate) scratch: BytesMut,
     ended: bool,
 }
@@ -137,7 +137,6 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            in_flight: BTreeMap::new(),
             scratch: BytesMut::new(),
             ended: false,
         };
@@ -287,12 +286,12 @@ impl World {
     }
 
     fn on_disconnected(&mut self, node: NodeIdx, conn: ConnId, why: &str) {
-        self.in_flight.remove(&(node, conn));
+        self.nodes[node.0].in_flight.remove(&conn);
         self.log(node, format_args!("{conn} disconnected ({why})"));
     }
 
     fn request_answered(&mut self, node: NodeIdx, conn: ConnId) {
-        if let Some(count) = self.in_flight.get_mut(&(node, conn)) {
+        if let Some(count) = self.nodes[node.0].in_flight.get_mut(&conn) {
             *count = count.saturating_sub(1);
         }
     }
@@ -403,14 +402,7 @@ impl World {
         let state = &mut self.nodes[node.0];
         state.running = false;
         state.timer = None;
-        let conns: Vec<(NodeIdx, ConnId)> = self
-            .in_flight
-            .range((node, ConnId::Outbound(0))..=(node, ConnId::Inbound(u64::MAX)))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in conns {
-            self.in_flight.remove(&key);
-        }
+        state.in_flight.clear();
         self.pending.push_back(Step::Kill(node));
     }
 
@@ -452,6 +444,7 @@ impl NodeState {
             summary: PeerSummary::default(),
             heard_by_tracker: None,
             story_located: None,
+            in_flight: BTreeMap::new(),
         }
     }
 }
