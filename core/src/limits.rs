@@ -56,8 +56,12 @@ pub const LIST_FILES_MAX: usize = 1024;
 /// Most files one peer shares or downloads at once.
 pub const PEER_FILES_MAX: usize = 1024;
 
-/// Most connections one machine keeps open at once (tracker: clients; peer: remotes).
+/// Most connections a peer keeps open at once.
 pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Most connections a tracker keeps open at once: one persistent connection per peer it
+/// tracks, plus room for clients such as `p2p-node ls`.
+pub const TRACKER_CONNECTIONS_MAX: usize = TRACKER_PEERS_MAX + 4096;
 
 /// Most peer-to-peer connections a downloading peer opens on its own initiative.
 pub const OUTBOUND_PEERS_MAX: usize = 32;

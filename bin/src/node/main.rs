@@ -54,7 +54,17 @@ fn run(command: NodeCommand) -> anyhow::Result<()> {
 
 /// Runs `job` inside an actix system (the nodes are actors).
 fn in_actix(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    raise_open_files_limit();
     actix_rt::System::new().block_on(job)
+}
+
+/// A tracker keeps one connection per peer and a peer many: lift the soft limit on open files
+/// (often 1024) to the hard limit. Failing to is not fatal; the limit then shows as refused
+/// connections, with a log line.
+fn raise_open_files_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("cannot raise the open files limit: {e}");
+    }
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).

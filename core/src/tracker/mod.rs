@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::ids::{ConnId, FileId, PeerId};
-use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTIONS_MAX, OUTPUT_QUEUE_MAX, TTL_INTERVALS_COUNT};
+use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, OUTPUT_QUEUE_MAX, TRACKER_CONNECTIONS_MAX, TTL_INTERVALS_COUNT};
 use crate::machine::{Event, GoneReason, Input, Machine, Output};
 use crate::rng::Rng;
 use crate::time::Time;
@@ -155,8 +155,8 @@ impl Tracker {
     fn on_connected(&mut self, now: Time, conn: ConnId, remote: SocketAddr) {
         // A reused id means the driver lost a `Disconnected`: start the connection afresh.
         self.drop_conn(conn);
-        if self.conns.len() >= CONNECTIONS_MAX {
-            let detail = format!("the tracker serves at most {CONNECTIONS_MAX} connections");
+        if self.conns.len() >= TRACKER_CONNECTIONS_MAX {
+            let detail = format!("the tracker serves at most {TRACKER_CONNECTIONS_MAX} connections");
             self.send(conn, Message::error(None, ErrorCode::Overloaded, detail));
             self.push(Output::Close { conn });
             return;

@@ -547,7 +547,7 @@ fn locate_stays_cheap_with_many_holders() {
 #[test]
 fn connections_past_the_limit_are_refused() {
     let mut h = Harness::new(1);
-    for n in 0..CONNECTIONS_MAX as u64 {
+    for n in 0..TRACKER_CONNECTIONS_MAX as u64 {
         h.tracker
             .handle(h.now, Input::Connected { conn: ConnId::Inbound(n), remote: "10.0.0.1:1".parse().expect("ok") });
     }
