@@ -117,6 +117,14 @@ impl Peer {
         self.push(Output::Connect { conn, addr: peer.addr });
     }
 
+    /// Leaves `addr` alone for a while after a failed or refused connection. Expired entries
+    /// are dropped here, so the map holds only addresses that failed recently.
+    fn back_off(&mut self, addr: SocketAddr) {
+        let now = self.now;
+        self.retry_at.retain(|_, until| *until > now);
+        self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
+    }
+
     /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done.
     fn want_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
@@ -168,7 +176,8 @@ impl Peer {
                 Message::Hello(hello) => self.on_remote_hello(conn, hello),
                 // Refused (e.g. the remote is full): not a violation; try it again later.
                 Message::Error { .. } if remote.outbound => {
-                    self.retry_at.insert(remote.addr, self.now + REMOTE_RETRY_DELAY);
+                    let addr = remote.addr;
+                    self.back_off(addr);
                     self.close_remote(conn);
                 }
                 other => self.violation(conn, format!("{} before hello", other.kind())),
@@ -299,7 +308,7 @@ impl Peer {
     pub(super) fn on_remote_gone(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.remove(&conn) else { return };
         if remote.outbound && remote.stage != Stage::Ready {
-            self.retry_at.insert(remote.addr, self.now + REMOTE_RETRY_DELAY);
+            self.back_off(remote.addr);
         }
         for (file_id, have) in &remote.files {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
