@@ -66,12 +66,7 @@ pub struct Node {
 impl Node {
     /// Starts `p2p-node ARGS`; `name` only labels failure messages.
     pub fn spawn(name: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(node_bin())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = piped(node_bin(), args)
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot start {} {args:?}: {e}", node_bin()));
         let stdout = child.stdout.take().expect("stdout was piped");
@@ -327,16 +322,17 @@ pub fn run_node(args: &[&str], timeout: Duration) -> Output {
     run_bounded(node_bin(), args, timeout)
 }
 
+/// `program args` with stdout and stderr piped, no stdin, and no inherited `RUST_LOG` (the
+/// tests read stdout lines and must not get debug logs mixed into stderr).
+fn piped(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+}
+
 /// Runs `PROGRAM ARGS` to completion, killing it and failing after `timeout`.
 pub fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program} {args:?}: {e}"));
+    let mut child = piped(program, args).spawn().unwrap_or_else(|e| panic!("cannot start {program} {args:?}: {e}"));
     let stdout = drain(child.stdout.take().expect("stdout was piped"));
     let stderr = drain(child.stderr.take().expect("stderr was piped"));
     let deadline = Instant::now() + timeout;
