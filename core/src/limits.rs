@@ -109,8 +109,13 @@ pub const ANNOUNCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 /// A tracker forgets a peer after this many announce intervals without hearing from it.
 pub const TTL_INTERVALS_COUNT: u32 = 3;
 
-/// How often a downloader asks the tracker again while pieces are still missing.
+/// How often a downloader asks the tracker again while pieces are still missing and no new
+/// piece arrived since its last ask.
 pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Longest interval between two asks of a download that keeps making progress (the interval
+/// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).
+pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 
 /// Verified pieces are told to connected remotes in batches at most this often (the tracker
 /// hears of each piece at once).

@@ -6,10 +6,12 @@
 //! that are not yet received.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
-use crate::limits::BLOCK_BYTES;
+
+use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX};
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -50,6 +52,11 @@ pub(super) struct Download {
     pub availability: Vec<u32>,
     /// When to ask the tracker again.
     pub next_locate: Time,
+    /// The current interval between asks: doubled while pieces keep arriving, reset when
+    /// none arrived since the last ask.
+    pub locate_interval: Duration,
+    /// Verified pieces at the last ask.
+    pub have_at_locate: u32,
     /// Pieces last reported missing (reported again only when the set changes).
     pub reported_missing: Vec<PieceIndex>,
     /// `(piece, remote)` pairs that delivered a piece that failed its hash.
@@ -119,6 +126,8 @@ impl FileEntry {
             slots: Vec::new(),
             availability: Vec::new(),
             next_locate: now,
+            locate_interval: LOCATE_INTERVAL,
+            have_at_locate: 0,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
             active_count: 0,
@@ -140,6 +149,18 @@ impl FileEntry {
 }
 
 impl Download {
+    /// Schedules the next ask of the tracker after one made at `now`: later and later while
+    /// the download progresses, soon again when it is stuck.
+    pub fn plan_next_locate(&mut self, now: Time, have_count: u32) {
+        self.locate_interval = if have_count > self.have_at_locate {
+            (self.locate_interval * 2).min(LOCATE_INTERVAL_MAX)
+        } else {
+            LOCATE_INTERVAL
+        };
+        self.have_at_locate = have_count;
+        self.next_locate = now + self.locate_interval;
+    }
+
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.
     pub fn init_slots(&mut self, have: &Bitfield) {
         self.slots =

@@ -260,3 +260,27 @@ fn endgame_lets_an_idle_fast_remote_finish_what_a_slow_one_holds_up() {
     assert!(took < Duration::from_secs(3), "took {took:?}; the slow seeder delivered {from_slow} pieces");
     assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 pieces");
 }
+
+#[test]
+fn a_progressing_download_asks_the_tracker_less_and_less_often_and_a_stuck_one_keeps_asking() {
+    let mut h = Harness::new(12);
+    let (bytes, manifest) = file(32 * 64 * KIB, 64 * 1024, 12);
+    let id = manifest.file_id();
+    // 64 KiB/s: about 30 s of steady progress, one piece a second.
+    let (seeder, leecher) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
+    let asks =
+        |h: &Harness, node| h.events_of(node).filter(|(_, _, e)| *e == Event::LocateSent { file_id: id }).count();
+    let every_two_seconds = (took.as_secs() / 2) as usize;
+    assert!(asks(&h, leecher) <= 6, "{} asks in {took:?} (every 2 s would be {every_two_seconds})", asks(&h, leecher));
+
+    let (partial, stuck) = (h.add_peer(3, None), h.add_peer(4, None));
+    let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 13);
+    h.share(partial, &manifest, &bytes, Some(&[0, 1, 2]));
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, stuck, &manifest);
+    h.run_for(Duration::from_secs(20));
+    let stuck_asks = h.events_of(stuck).filter(|(_, _, e)| matches!(e, Event::LocateSent { .. })).count();
+    assert!(stuck_asks >= 9, "a download waiting for a missing piece asked only {stuck_asks} times in 20 s");
+}

@@ -1,12 +1,13 @@
 //! The peer's side of the tracker connection: connect (and reconnect with exponential backoff),
 //! handshake, announce every file (again at each interval and after every reconnect, so a
 //! restarted tracker rebuilds its soft state), send `Have` for each verified piece, and ask
-//! where the pieces of each download are.
+//! where the pieces of each download are: every 2 s while a download is stuck, less and less
+//! often while pieces keep arriving.
 
 use std::time::Duration;
 
 use crate::ids::{ConnId, FileId};
-use crate::limits::{HANDSHAKE_TIMEOUT, LOCATE_INTERVAL, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN};
+use crate::limits::{HANDSHAKE_TIMEOUT, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN};
 use crate::machine::{Event, Output};
 use crate::time::Time;
 use crate::wire::{ErrorCode, Message, Role, PROTOCOL_VERSION};
@@ -200,9 +201,10 @@ impl Peer {
             if !entry.is_fetching() {
                 continue;
             }
+            let have_count = entry.have.count();
             let Some(download) = entry.download.as_mut() else { continue };
             if download.next_locate <= now {
-                download.next_locate = now + LOCATE_INTERVAL;
+                download.plan_next_locate(now, have_count);
                 due.push((*file_id, entry.manifest.is_none()));
             }
         }
