@@ -327,13 +327,19 @@ impl FileEntry {
 
     /// The packed bitfield of holding `index`.
     pub(super) fn holding_bits(&self, index: usize) -> &[u8] {
-        let start = (index % HOLDINGS_PER_CHUNK) * self.stride;
-        &self.chunks[index / HOLDINGS_PER_CHUNK][start..start + self.stride]
+        let (chunk, range) = locate_holding(self.stride, index);
+        &self.chunks[chunk][range]
     }
 
     fn holding_bits_mut(&mut self, index: usize) -> &mut [u8] {
-        let start = (index % HOLDINGS_PER_CHUNK) * self.stride;
-        &mut self.chunks[index / HOLDINGS_PER_CHUNK][start..start + self.stride]
+        let (chunk, range) = locate_holding(self.stride, index);
+        &mut self.chunks[chunk][range]
+    }
+
+    /// Subtracts the pieces of holding `index` from the per-piece counts.
+    fn uncount(&mut self, index: usize) {
+        let (chunk, range) = locate_holding(self.stride, index);
+        add_counts(&mut self.counts, &self.chunks[chunk][range], -1);
     }
 
     /// The holding index of a peer slot, if it holds this file.
@@ -350,9 +356,7 @@ impl FileEntry {
     fn set_holding(&mut self, peer_slot: u32, have: &Bitfield) -> bool {
         add_counts(&mut self.counts, have.as_bytes(), 1);
         if let Some(index) = self.position(peer_slot) {
-            let mut counts = std::mem::take(&mut self.counts);
-            add_counts(&mut counts, self.holding_bits(index), -1);
-            self.counts = counts;
+            self.uncount(index);
             self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
             return false;
         }
@@ -370,9 +374,7 @@ impl FileEntry {
     fn remove_holding(&mut self, peer_slot: u32) {
         let Some(index) = self.positions.remove(&peer_slot).map(|i| i as usize) else { return };
         let last = self.holders.len() - 1;
-        let mut counts = std::mem::take(&mut self.counts);
-        add_counts(&mut counts, self.holding_bits(index), -1);
-        self.counts = counts;
+        self.uncount(index);
         if index != last {
             let moved = self.holding_bits(last).to_vec();
             self.holding_bits_mut(index).copy_from_slice(&moved);
@@ -397,6 +399,12 @@ impl FileEntry {
             holders_per_piece: self.counts.clone(),
         }
     }
+}
+
+/// The chunk and byte range of holding `index` in an arena of `stride`-byte bitfields.
+fn locate_holding(stride: usize, index: usize) -> (usize, std::ops::Range<usize>) {
+    let start = (index % HOLDINGS_PER_CHUNK) * stride;
+    (index / HOLDINGS_PER_CHUNK, start..start + stride)
 }
 
 /// Adds `sign` (±1) to the count of every piece set in the packed bits `have`.
