@@ -106,6 +106,17 @@ async fn start_echo(
     (driver.start_with_listener(listener), addr, events)
 }
 
+/// A new client's frame still comes back: the server goes on serving after what came before.
+async fn assert_still_echoes(addr: SocketAddr) {
+    let mut good = TcpStream::connect(addr).await.expect("connect");
+    let mut frame = BytesMut::new();
+    encode_frame(&Message::List, &mut frame).expect("fits");
+    good.write_all(&frame).await.expect("write");
+    let mut echoed = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
+    assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
+}
+
 async fn next_note(events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> String {
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time");
     match event.expect("driver alive") {
@@ -137,13 +148,7 @@ async fn a_bad_frame_costs_one_answered_connection_and_the_server_goes_on() {
         assert!(matches!(message, Some(Message::Error { code: ErrorCode::MalformedFrame, .. })), "{message:?}");
         assert_eq!(next_note(&mut events).await, "bad frame");
     }
-    let mut good = TcpStream::connect(addr).await.expect("connect");
-    let mut frame = BytesMut::new();
-    encode_frame(&Message::List, &mut frame).expect("fits");
-    good.write_all(&frame).await.expect("write");
-    let mut echoed = vec![0u8; frame.len()];
-    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
-    assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
+    assert_still_echoes(addr).await;
 }
 
 #[actix_rt::test]
@@ -155,11 +160,5 @@ async fn a_remote_that_does_not_read_is_dropped_once_its_queue_is_full() {
     lazy.write_all(&frame).await.expect("write");
     assert_eq!(next_note(&mut events).await, "disconnected", "the flood overflowed the queue and cost the connection");
     drop(lazy);
-    let mut good = TcpStream::connect(addr).await.expect("connect");
-    let mut frame = BytesMut::new();
-    encode_frame(&Message::List, &mut frame).expect("fits");
-    good.write_all(&frame).await.expect("write");
-    let mut echoed = vec![0u8; frame.len()];
-    tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
-    assert_eq!(echoed, frame.to_vec(), "the server goes on serving");
+    assert_still_echoes(addr).await;
 }
