@@ -41,8 +41,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Store jobs (disk and hashing) running on worker threads at once, per driver.
 pub const STORE_JOBS_MAX: usize = 8;
 /// Received payload bytes a peer holds in memory before they are on disk; when they are all
-/// taken, its connections stop reading (TCP pushes back on the senders).
-pub const WRITE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+/// taken, its connections stop reading (TCP pushes back on the senders). 8 MiB covers the
+/// blocks in flight on loopback; a larger budget only fills when the disk falls behind, and then
+/// the peak memory depends on how long the download runs.
+pub const WRITE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 // A reader waits for a frame's whole share of the budget; it must fit.
 const _: () = assert!(FRAME_BYTES_MAX <= WRITE_BUDGET_BYTES);
 
