@@ -4,22 +4,25 @@
 //! Framing is core's `encode_frame`/`decode_frame` behind a `tokio_util` codec ([`FrameCodec`]).
 //! The reader hands each message to the driver with `send().await`, so a busy driver slows the
 //! reading down instead of buffering without bound; after a bad frame it stops reading (the
-//! machine answers and closes). The writer coalesces small frames in one buffer and flushes when
-//! its queue is empty; the bytes queued for it are counted so the driver can drop a connection
-//! whose remote does not read. Nothing here panics on what the remote sends.
+//! machine answers and closes). The writer takes every frame queued so far and sends them with
+//! vectored writes — many small frames in one system call, a `Data` payload straight from the
+//! buffer it was read into — so it keeps no buffer of its own; the bytes queued for it are
+//! counted so the driver can drop a connection whose remote does not read. Nothing here panics
+//! on what the remote sends.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Message as ActixMessage, Recipient};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use p2p_core::wire::{decode_frame, encode_frame, Message};
+use p2p_core::wire::{decode_frame, encode_frame, encode_frame_parts, Message};
 use p2p_core::{ConnId, DecodeError, EncodeError};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -29,8 +32,6 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead};
 /// Initial read buffer of a connection; it grows to the size of the largest frame seen, so a
 /// control connection (a tracker's thousands of peers) stays small.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
-/// Write buffer in which small frames are coalesced before a flush.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Most bytes queued for one connection's writer; beyond this the remote is not reading and
 /// the connection is dropped. (A well-behaved remote keeps far less in flight: its pipelining
 /// depth in blocks.)
@@ -79,18 +80,29 @@ impl Encoder<&Message> for FrameCodec {
 /// Spare room kept in an encoding scratch buffer, so small frames rarely allocate.
 const SCRATCH_SPARE_BYTES: usize = 64 * 1024;
 
-/// Encodes `message` as one frame of its own, carved out of `scratch` (whose spare capacity is
-/// reused by the next frames, so encoding seldom allocates).
-pub fn encode_into(message: &Message, scratch: &mut BytesMut) -> Result<Bytes, FrameError> {
-    let needed = match message {
-        Message::Data { bytes, .. } => bytes.len() + 128,
-        _ => 1024,
-    };
-    if scratch.capacity() < needed {
-        scratch.reserve(needed.max(SCRATCH_SPARE_BYTES));
+/// One encoded frame, ready for a writer: the encoded head and, for `Data`, the payload that
+/// follows it on the wire, still the buffer the block was read into.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    head: Bytes,
+    payload: Bytes,
+}
+
+impl Frame {
+    /// Bytes the frame takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.head.len() + self.payload.len()
     }
-    FrameCodec.encode(message, scratch)?;
-    Ok(scratch.split().freeze())
+}
+
+/// Encodes `message` as one frame whose head is carved out of `scratch` (whose spare capacity
+/// is reused by the next frames, so encoding seldom allocates).
+pub fn encode_into(message: &Message, scratch: &mut BytesMut) -> Result<Frame, FrameError> {
+    if scratch.capacity() < 1024 {
+        scratch.reserve(SCRATCH_SPARE_BYTES);
+    }
+    let payload = encode_frame_parts(message, scratch)?;
+    Ok(Frame { head: scratch.split().freeze(), payload })
 }
 
 /// What a connection tells its driver.
@@ -133,14 +145,71 @@ struct QueueCounters {
 /// A frame in a writer's queue; its bytes are counted until it is dropped (written, or
 /// discarded with its connection).
 struct QueuedFrame {
-    frame: Bytes,
+    frame: Frame,
+    counted: usize,
     counters: Arc<QueueCounters>,
 }
 
 impl Drop for QueuedFrame {
     fn drop(&mut self) {
-        self.counters.conn.fetch_sub(self.frame.len(), Ordering::Relaxed);
-        self.counters.total.fetch_sub(self.frame.len(), Ordering::Relaxed);
+        self.counters.conn.fetch_sub(self.counted, Ordering::Relaxed);
+        self.counters.total.fetch_sub(self.counted, Ordering::Relaxed);
+    }
+}
+
+/// The frames a writer has taken off its queue and not yet fully sent, as one [`Buf`] whose
+/// chunks are the frames' heads and payloads, so a vectored write sends many at once.
+#[derive(Default)]
+struct Outgoing {
+    frames: VecDeque<QueuedFrame>,
+    remaining: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, queued: QueuedFrame) {
+        self.remaining += queued.frame.wire_len();
+        self.frames.push_back(queued);
+    }
+}
+
+impl Buf for Outgoing {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.frames.front() {
+            Some(queued) if !queued.frame.head.is_empty() => &queued.frame.head,
+            Some(queued) => &queued.frame.payload,
+            None => &[],
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let parts = self.frames.iter().flat_map(|queued| [&queued.frame.head, &queued.frame.payload]);
+        let mut filled = 0;
+        for (slot, part) in dst.iter_mut().zip(parts.filter(|part| !part.is_empty())) {
+            *slot = IoSlice::new(part);
+            filled += 1;
+        }
+        filled
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        assert!(count <= self.remaining, "advanced past the queued bytes");
+        self.remaining -= count;
+        while count > 0 {
+            let Some(front) = self.frames.front_mut() else { return };
+            let frame = &mut front.frame;
+            let from_head = count.min(frame.head.len());
+            frame.head.advance(from_head);
+            let from_payload = (count - from_head).min(frame.payload.len());
+            frame.payload.advance(from_payload);
+            count -= from_head + from_payload;
+            if frame.head.is_empty() && frame.payload.is_empty() {
+                self.frames.pop_front();
+            }
+        }
     }
 }
 
@@ -158,7 +227,7 @@ pub struct Connection {
 impl std::fmt::Debug for WriterCmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriterCmd::Frame(queued) => write!(f, "Frame({} bytes)", queued.frame.len()),
+            WriterCmd::Frame(queued) => write!(f, "Frame({} bytes)", queued.frame.wire_len()),
             WriterCmd::Close => f.write_str("Close"),
         }
     }
@@ -209,8 +278,8 @@ impl Connection {
     }
 
     /// Queues a frame for sending.
-    pub fn send(&self, frame: Bytes) -> Result<(), QueueError> {
-        let len = frame.len();
+    pub fn send(&self, frame: Frame) -> Result<(), QueueError> {
+        let len = frame.wire_len();
         if self.counters.conn.load(Ordering::Relaxed) + len > WRITE_QUEUE_BYTES_MAX {
             return Err(QueueError::Full);
         }
@@ -219,7 +288,7 @@ impl Connection {
         }
         self.counters.conn.fetch_add(len, Ordering::Relaxed);
         self.counters.total.fetch_add(len, Ordering::Relaxed);
-        let queued = QueuedFrame { frame, counters: self.counters.clone() };
+        let queued = QueuedFrame { frame, counted: len, counters: self.counters.clone() };
         // A refused frame is dropped here, which uncounts it.
         self.queue.send(WriterCmd::Frame(queued)).map_err(|_| QueueError::Gone)
     }
@@ -289,7 +358,7 @@ async fn write_loop(
     token: u64,
     driver: Recipient<ConnEvent>,
 ) {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, half);
+    let mut out = half;
     match write_until_close(&mut out, &mut commands).await {
         Ok(()) => {
             if let Err(e) = out.shutdown().await {
@@ -303,24 +372,28 @@ async fn write_loop(
     }
 }
 
-/// Writes queued frames, flushing whenever the queue runs dry, until `Close` or the driver
-/// drops the queue.
+/// Writes queued frames until `Close` or the driver drops the queue: each round takes every
+/// frame queued by then and sends them all.
 async fn write_until_close(
-    out: &mut BufWriter<OwnedWriteHalf>,
+    out: &mut OwnedWriteHalf,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
 ) -> io::Result<()> {
+    let mut outgoing = Outgoing::default();
     while let Some(mut command) = commands.recv().await {
-        loop {
+        let closing = loop {
             match command {
-                WriterCmd::Frame(queued) => out.write_all(&queued.frame).await?,
-                WriterCmd::Close => return out.flush().await,
+                WriterCmd::Frame(queued) => outgoing.push(queued),
+                WriterCmd::Close => break true,
             }
             match commands.try_recv() {
                 Ok(next) => command = next,
-                Err(_) => break,
+                Err(_) => break false,
             }
+        };
+        out.write_all_buf(&mut outgoing).await?;
+        if closing {
+            return Ok(());
         }
-        out.flush().await?;
     }
     Ok(())
 }
@@ -333,7 +406,8 @@ mod tests {
     #[test]
     fn codec_round_trips_and_reports_garbage() {
         let message = Message::error(None, ErrorCode::Unexpected, "x");
-        let mut buffer = BytesMut::from(&encode_into(&message, &mut BytesMut::new()).expect("fits")[..]);
+        let frame = encode_into(&message, &mut BytesMut::new()).expect("fits");
+        let mut buffer = BytesMut::from(&frame.head[..]);
         buffer.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
         assert_eq!(FrameCodec.decode(&mut buffer).expect("valid"), Some(message));
         assert!(matches!(FrameCodec.decode(&mut buffer), Err(FrameError::Decode(DecodeError::Malformed(_)))));

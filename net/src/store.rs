@@ -138,9 +138,7 @@ impl Store {
         }
         let at = entry.block_offset(piece, offset, len as usize)?;
         let file = entry.file.clone()?;
-        let mut buffer = vec![0u8; len as usize];
-        file.read_exact_at(&mut buffer, at).map_err(|e| NetError::io("read", &entry.path)(e).to_string())?;
-        Ok(Bytes::from(buffer))
+        read_exact_at(&file, len as usize, at).map_err(|e| NetError::io("read", &entry.path)(e).to_string())
     }
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
@@ -425,6 +423,21 @@ fn remove_if_present(path: &Path) -> Result<(), NetError> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetError::io("remove", path)(e)),
         _ => Ok(()),
     }
+}
+
+/// Reads `len` bytes of `file` at `offset` into a new buffer that is not zeroed first (the read
+/// fills it; a block read is on every served byte's path).
+fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
+    let mut buffer = Vec::with_capacity(len);
+    while buffer.len() < len {
+        let at = offset + buffer.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), at)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    // The spare capacity may have been larger than the block.
+    buffer.truncate(len);
+    Ok(Bytes::from(buffer))
 }
 
 #[cfg(test)]

@@ -3,29 +3,68 @@
 //! A frame is a 4-byte big-endian body length followed by one CBOR-encoded [`Message`]. The
 //! length is checked against [`FRAME_BYTES_MAX`] before any body byte is buffered, so a hostile
 //! length costs nothing. `net`'s socket codec, `sim`'s network and the fuzz tests all go through
-//! these two functions.
+//! these functions.
+//!
+//! A `Data` payload is never copied by the codec: [`encode_frame_parts`] hands it back beside the
+//! encoded head for a vectored write, and [`decode_frame`] returns it as a slice of the received
+//! buffer. Its CBOR byte string is the last item of the body (serde writes fields in order), so
+//! the bytes on the wire are the same either way.
 
-use bytes::{Buf, BufMut, BytesMut};
+use std::ops::Range;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ciborium_io::Read as _;
+use ciborium_ll::{Decoder, Encoder, Header};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use crate::wire::message::Message;
 
+/// The encoding of an empty CBOR byte string: the payload placeholder of a `Data` head.
+const EMPTY_BYTE_STRING: u8 = 0x40;
+
 /// Appends `message` as one frame to `dst`. Fails, leaving `dst` as it was, when the encoded
 /// body would exceed the frame limit.
 pub fn encode_frame(message: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+    let payload = encode_frame_parts(message, dst)?;
+    dst.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Appends the head of `message`'s frame to `dst` and returns the bytes that must follow it on
+/// the wire: a `Data` message's payload, shared rather than copied, or nothing. Fails, leaving
+/// `dst` as it was, when the encoded body would exceed the frame limit.
+pub fn encode_frame_parts(message: &Message, dst: &mut BytesMut) -> Result<Bytes, EncodeError> {
     let start = dst.len();
     dst.put_u32(0);
-    // Writing into a BytesMut cannot fail and every message field is a plain value.
-    ciborium::into_writer(message, dst.writer()).expect("message encodes to a buffer");
-    let body_len = dst.len() - start - FRAME_HEADER_BYTES;
+    let payload = match message {
+        Message::Data { file_id, piece, offset, bytes } => {
+            let head = Message::Data { file_id: *file_id, piece: *piece, offset: *offset, bytes: Bytes::new() };
+            write_cbor(&head, dst);
+            debug_assert_eq!(dst.last(), Some(&EMPTY_BYTE_STRING), "the payload is the body's last item");
+            dst.truncate(dst.len() - 1);
+            // Writing into a BytesMut cannot fail.
+            Encoder::from(dst.writer()).push(Header::Bytes(Some(bytes.len()))).expect("header encodes to a buffer");
+            bytes.clone()
+        }
+        _ => {
+            write_cbor(message, dst);
+            Bytes::new()
+        }
+    };
+    let body_len = dst.len() - start - FRAME_HEADER_BYTES + payload.len();
     if body_len > FRAME_BYTES_MAX {
         dst.truncate(start);
         return Err(EncodeError::Oversized { len: body_len });
     }
     // body_len <= FRAME_BYTES_MAX < u32::MAX.
     dst[start..start + FRAME_HEADER_BYTES].copy_from_slice(&(body_len as u32).to_be_bytes());
-    Ok(())
+    Ok(payload)
+}
+
+fn write_cbor(message: &Message, dst: &mut BytesMut) {
+    // Writing into a BytesMut cannot fail and every message field is a plain value.
+    ciborium::into_writer(message, dst.writer()).expect("message encodes to a buffer");
 }
 
 /// Takes one whole frame off the front of `src` and decodes it.
@@ -48,8 +87,61 @@ pub fn decode_frame(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> 
         return Ok(None);
     }
     src.advance(FRAME_HEADER_BYTES);
-    let body = src.split_to(body_len);
-    ciborium::from_reader(&body[..]).map(Some).map_err(|e| DecodeError::Malformed(e.to_string()))
+    decode_body(src.split_to(body_len).freeze()).map(Some)
+}
+
+/// Decodes one frame body. A `Data` body decodes its head with serde, an empty byte string in
+/// place of the payload, and takes the payload as a slice of `body`; any other body, or one
+/// that does not have that shape, decodes whole.
+fn decode_body(body: Bytes) -> Result<Message, DecodeError> {
+    if let Some((payload_header_at, payload)) = data_payload(&body) {
+        let mut head = Vec::with_capacity(payload_header_at + 1);
+        head.extend_from_slice(&body[..payload_header_at]);
+        head.push(EMPTY_BYTE_STRING);
+        if let Ok(Message::Data { file_id, piece, offset, .. }) = ciborium::from_reader(&head[..]) {
+            return Ok(Message::Data { file_id, piece, offset, bytes: body.slice(payload) });
+        }
+    }
+    ciborium::from_reader(&body[..]).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// Where the payload of a `Data` body lies: the offset of its byte-string header and the
+/// payload's range, which must end the body. `None` for any other body.
+fn data_payload(body: &[u8]) -> Option<(usize, Range<usize>)> {
+    let mut decoder = Decoder::from(body);
+    if decoder.pull().ok()? != Header::Map(Some(1)) || !next_text_is(&mut decoder, b"Data")? {
+        return None;
+    }
+    let Header::Map(Some(fields)) = decoder.pull().ok()? else {
+        return None;
+    };
+    for _ in 0..fields {
+        let is_payload = next_text_is(&mut decoder, b"bytes")?;
+        let header_at = decoder.offset();
+        match decoder.pull().ok()? {
+            Header::Bytes(Some(len)) if is_payload => {
+                let start = decoder.offset();
+                return (start.checked_add(len)? == body.len()).then_some((header_at, start..body.len()));
+            }
+            Header::Bytes(Some(len)) if len <= 64 => decoder.read_exact(&mut [0u8; 64][..len]).ok()?,
+            Header::Positive(_) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Reads a short text item and tells whether it equals `expected`; `None` when the next item is
+/// not a short text.
+fn next_text_is(decoder: &mut Decoder<&[u8]>, expected: &[u8]) -> Option<bool> {
+    let mut text = [0u8; 16];
+    match decoder.pull().ok()? {
+        Header::Text(Some(len)) if len <= text.len() => {
+            decoder.read_exact(&mut text[..len]).ok()?;
+            Some(&text[..len] == expected)
+        }
+        _ => None,
+    }
 }
 
 /// A buffer that accumulates bytes as they arrive and yields whole messages.
@@ -130,6 +222,49 @@ mod tests {
         let mut buf = BytesMut::from(&b"kept"[..]);
         assert!(matches!(encode_frame(&huge, &mut buf), Err(EncodeError::Oversized { .. })));
         assert_eq!(&buf[..], b"kept");
+    }
+
+    #[test]
+    fn data_payloads_are_shared_not_copied() {
+        let payload = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let data = Message::Data {
+            file_id: FileId(Digest([7; 32])),
+            piece: PieceIndex(3),
+            offset: 65_536,
+            bytes: payload.clone(),
+        };
+        let mut head = BytesMut::new();
+        let rest = encode_frame_parts(&data, &mut head).expect("fits");
+        assert_eq!(rest.as_ptr(), payload.as_ptr(), "the payload is handed back, not copied");
+        assert!(head.len() < 128, "only the head is encoded: {} bytes", head.len());
+        let mut whole = head.clone();
+        whole.extend_from_slice(&rest);
+        assert_eq!(whole, frame(&data), "head + payload is the frame `encode_frame` writes");
+
+        let received = whole.freeze();
+        let mut buf = BytesMut::from(&received[..]);
+        let span = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let Ok(Some(Message::Data { bytes, offset, .. })) = decode_frame(&mut buf) else { panic!("a data frame") };
+        assert_eq!((offset, &bytes), (65_536, &payload));
+        assert!(span.contains(&(bytes.as_ptr() as usize)), "the payload is a slice of the received buffer");
+    }
+
+    #[test]
+    fn a_data_shaped_body_with_bad_fields_is_malformed() {
+        let mut body = Vec::new();
+        let fields = vec![
+            ("file_id", ciborium::Value::Bytes(vec![1; 5])),
+            ("piece", 1.into()),
+            ("offset", 0.into()),
+            ("bytes", ciborium::Value::Bytes(vec![9; 10])),
+        ];
+        let fields = fields.into_iter().map(|(k, v)| (ciborium::Value::Text(k.into()), v)).collect();
+        ciborium::into_writer(&ciborium::Value::Map(vec![("Data".into(), ciborium::Value::Map(fields))]), &mut body)
+            .expect("encodes");
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(&body);
+        assert!(matches!(decode_frame(&mut buf), Err(DecodeError::Malformed(_))), "a 5-byte file id is refused");
     }
 
     fn arb_digest() -> impl Strategy<Value = Digest> + Clone {

@@ -3,5 +3,5 @@
 pub mod codec;
 pub mod message;
 
-pub use codec::{decode_frame, encode_frame, FrameDecoder};
+pub use codec::{decode_frame, encode_frame, encode_frame_parts, FrameDecoder};
 pub use message::{ErrorCode, FileSummary, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
