@@ -29,9 +29,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder, FramedRead};
 
-/// Initial read buffer of a connection; it grows to the size of the largest frame seen, so a
-/// control connection (a tracker's thousands of peers) stays small.
+/// Read buffer of an idle connection. It grows to the size of the largest frame being read and
+/// is given back when it is drained, so a control connection (a tracker's thousands of peers)
+/// stays small after the odd large frame.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Most messages already received that a connection hands its driver in one report: the
+/// requests a client pipelines are then handled in one go and their answers leave in one write.
+pub const READ_BATCH_MESSAGES_MAX: usize = 64;
 /// Most bytes queued for one connection's writer; beyond this the remote is not reading and
 /// the connection is dropped. (A well-behaved remote keeps far less in flight: its pipelining
 /// depth in blocks.)
@@ -108,9 +112,11 @@ pub fn encode_into(message: &Message, scratch: &mut BytesMut) -> Result<Frame, F
 /// What a connection tells its driver.
 #[derive(Debug)]
 pub enum ConnReport {
-    /// A whole message arrived. A `Data` message carries its share of the write budget, to be
-    /// released once its bytes are on disk (or dropped).
-    Message(Message, Option<OwnedSemaphorePermit>),
+    /// Whole messages arrived: those read together, in order (at most
+    /// [`READ_BATCH_MESSAGES_MAX`]). A `Data` message is always the last of its batch, and the
+    /// batch carries its share of the write budget, to be released once its bytes are on disk
+    /// (or dropped).
+    Messages(Vec<Message>, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
     BadFrame(String),
     /// The stream ended or failed.
@@ -323,32 +329,76 @@ async fn read_loop(
 ) {
     let mut frames = FramedRead::with_capacity(half, FrameCodec, READ_BUFFER_BYTES);
     loop {
-        let report = match frames.next().await {
+        let (batch, end) = read_batch(&mut frames, conn, write_budget.as_ref()).await;
+        if let Some((messages, permit)) = batch {
+            if driver.send(ConnEvent { conn, token, report: ConnReport::Messages(messages, permit) }).await.is_err() {
+                return;
+            }
+        }
+        if let Some(report) = end {
+            // The driver may be gone already; the connection ends either way.
+            driver.send(ConnEvent { conn, token, report }).await.ok();
+            return;
+        }
+        let buffer = frames.read_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() > READ_BUFFER_BYTES {
+            *buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        }
+    }
+}
+
+/// Messages received, with the budget share of the `Data` message that ends them, if any.
+type Batch = (Vec<Message>, Option<OwnedSemaphorePermit>);
+
+/// Waits for a message, then takes the messages already buffered behind it, up to
+/// [`READ_BATCH_MESSAGES_MAX`] or a `Data` message, which ends the batch and waits for its
+/// budget share. Also returns the report that ends the connection, when the stream ended or
+/// broke.
+async fn read_batch(
+    frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    conn: ConnId,
+    write_budget: Option<&Arc<Semaphore>>,
+) -> (Option<Batch>, Option<ConnReport>) {
+    let mut messages = Vec::new();
+    let mut permit = None;
+    let end = loop {
+        let next = if messages.is_empty() {
+            frames.next().await
+        } else {
+            // Only what is buffered: no read, no wait.
+            decode_frame(frames.read_buffer_mut()).map_err(FrameError::from).transpose()
+        };
+        match next {
             Some(Ok(message)) => {
-                let permit = match (&message, &write_budget) {
-                    // A frame is far smaller than the budget, and the budget is never closed.
-                    (Message::Data { bytes, .. }, Some(budget)) => {
-                        budget.clone().acquire_many_owned(bytes.len() as u32).await.ok()
-                    }
+                let data_bytes = match &message {
+                    Message::Data { bytes, .. } => Some(bytes.len()),
                     _ => None,
                 };
-                ConnReport::Message(message, permit)
+                messages.push(message);
+                if let Some(len) = data_bytes {
+                    if let Some(budget) = write_budget {
+                        // A frame is far smaller than the budget, and the budget is never closed.
+                        permit = budget.clone().acquire_many_owned(len as u32).await.ok();
+                    }
+                    break None;
+                }
+                if messages.len() == READ_BATCH_MESSAGES_MAX {
+                    break None;
+                }
             }
+            None if !messages.is_empty() => break None,
+            None => break Some(ConnReport::Closed),
             Some(Err(FrameError::Io(e))) => {
                 tracing::debug!("{conn}: read failed: {e}");
-                ConnReport::Closed
+                break Some(ConnReport::Closed);
             }
             Some(Err(e)) => {
                 tracing::debug!("{conn}: bad frame: {e}");
-                ConnReport::BadFrame(e.to_string())
+                break Some(ConnReport::BadFrame(e.to_string()));
             }
-            None => ConnReport::Closed,
-        };
-        let last = !matches!(report, ConnReport::Message(..));
-        if driver.send(ConnEvent { conn, token, report }).await.is_err() || last {
-            return;
         }
-    }
+    };
+    ((!messages.is_empty()).then_some((messages, permit)), end)
 }
 
 async fn write_loop(

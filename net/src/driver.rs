@@ -406,11 +406,20 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
             return; // a report from a connection already closed
         }
         match report {
-            ConnReport::Message(message, permit) => {
-                self.data_permit = permit;
-                self.feed(ctx, Input::Message { conn, message });
-                // The machine dropped the block (a duplicate, say): its budget is free again.
-                self.data_permit = None;
+            ConnReport::Messages(messages, permit) => {
+                let mut permit = permit;
+                let last = messages.len() - 1;
+                for (i, message) in messages.into_iter().enumerate() {
+                    // An earlier message of the batch may have closed the connection.
+                    if self.conns.get(&conn).map(Connection::token) != Some(token) {
+                        break;
+                    }
+                    // The budget share belongs to the `Data` message that ends a batch.
+                    self.data_permit = if i == last { permit.take() } else { None };
+                    self.feed(ctx, Input::Message { conn, message });
+                    // The machine dropped the block (a duplicate, say): its budget is free again.
+                    self.data_permit = None;
+                }
             }
             ConnReport::BadFrame(reason) => {
                 tracing::warn!("{}: {conn}: bad frame: {reason}", self.label);

@@ -88,7 +88,9 @@ impl World {
                 }
             }
             Message::Cancel { .. } => self.request_answered_by_cancel(node, conn),
-            Message::Located { peers, .. } if node == NodeIdx::TRACKER => self.check_located(peers),
+            Message::Located { holders, .. } if node == NodeIdx::TRACKER => {
+                self.check_located(&holders.peers().collect::<Vec<_>>())
+            }
             _ => {}
         }
         let size_bytes = wire_size(&message, &mut self.scratch);

@@ -1,6 +1,7 @@
 //! One load-generator connection to a tracker: p2p-core's own frames and messages over a tokio
 //! `TcpStream`, with pipelined request/reply exchanges.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context};
@@ -68,31 +69,29 @@ impl Conn {
         }
     }
 
-    /// Sends `requests` with at most `window` awaiting a reply, passing every reply to
-    /// `on_reply`; returns once every request sent has had its reply.
+    /// Sends `requests` with at most `window` awaiting a reply, passing every request and its
+    /// reply (the tracker answers in order) to `on_reply`; returns once every request sent has
+    /// had its reply.
     pub async fn pipeline(
         &mut self,
         mut requests: impl Iterator<Item = Message>,
         window: usize,
-        mut on_reply: impl FnMut(Message),
+        mut on_reply: impl FnMut(&Message, Message),
     ) -> anyhow::Result<()> {
-        let mut outstanding = 0usize;
+        let mut outstanding = VecDeque::with_capacity(window);
         loop {
-            while outstanding < window {
+            while outstanding.len() < window {
                 let Some(request) = requests.next() else { break };
                 self.queue(&request)?;
-                outstanding += 1;
+                outstanding.push_back(request);
             }
-            if outstanding == 0 {
-                return Ok(());
-            }
+            let Some(request) = outstanding.pop_front() else { return Ok(()) };
             self.flush().await?;
-            on_reply(self.recv().await?);
-            outstanding -= 1;
-            while outstanding > 0 {
+            on_reply(&request, self.recv().await?);
+            while let Some(request) = outstanding.front() {
                 let Some(reply) = self.try_next()? else { break };
-                on_reply(reply);
-                outstanding -= 1;
+                on_reply(request, reply);
+                outstanding.pop_front();
             }
         }
     }

@@ -225,7 +225,7 @@ async fn announce_phase(
     let mut tasks = JoinSet::new();
     let count = peers.len();
     for (i, mut conn) in peers.into_iter().enumerate() {
-        let (files, peer_count, window) = (Arc::clone(files), args.peers, args.window);
+        let (files, peer_count, window, pieces) = (Arc::clone(files), args.peers, args.window, args.pieces);
         let (tallies, stop_rx) = (tallies.clone(), stop_rx.clone());
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ ((i as u64) << 32) ^ u64::from(first));
         tasks.spawn(async move {
@@ -235,8 +235,8 @@ async fn announce_phase(
                 let have = random_half(&mut rng, manifest.piece_count());
                 Message::Announce { file_id: *file_id, manifest: first.then(|| manifest.clone()), have }
             });
-            let mut tally = Tally::default();
-            conn.pipeline(requests, window, |reply| tally.add(&reply)).await?;
+            let mut tally = Tally::new(pieces);
+            conn.pipeline(requests, window, |request, reply| tally.add(request, &reply)).await?;
             // The receiver lives until every tally is in or the phase failed.
             tallies.send(tally).ok();
             keepalive(&mut conn, &files, i, stop_rx, &mut rng).await?;
@@ -281,31 +281,46 @@ async fn keepalive(
 }
 
 /// Replies counted by one task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tally {
+    /// Pieces of every file.
+    pieces: u32,
     ok: u64,
     errors: BTreeMap<String, u64>,
     first_located: Option<String>,
 }
 
 impl Tally {
-    fn add(&mut self, reply: &Message) {
-        match reply {
-            Message::Announced { .. } => self.ok += 1,
-            Message::Located { peers, have, .. } => {
+    fn new(pieces: u32) -> Tally {
+        Tally { pieces, ok: 0, errors: BTreeMap::new(), first_located: None }
+    }
+
+    /// Counts `reply` as answered when it is the right kind of answer to `request`: `Announced`
+    /// for the announced file, or `Located` for the located file with holders whose bitfields
+    /// cover its pieces. Anything else is counted by kind.
+    fn add(&mut self, request: &Message, reply: &Message) {
+        match (request, reply) {
+            (Message::Announce { file_id: asked, .. }, Message::Announced { file_id }) if file_id == asked => {
+                self.ok += 1;
+            }
+            (Message::Locate { file_id: asked, .. }, Message::Located { file_id, holders, .. })
+                if file_id == asked && !holders.is_empty() && holders.piece_count() == self.pieces =>
+            {
                 self.ok += 1;
                 if self.first_located.is_none() {
-                    let pieces = have.first().map_or(0, |bits| bits.len());
-                    let listed: u64 = have.iter().map(|bits| u64::from(bits.count())).sum();
+                    let pieces = holders.piece_count();
+                    let listed: u64 = holders.iter().map(|(_, bits)| u64::from(bits.count())).sum();
                     self.first_located = Some(format!(
-                        "{pieces} pieces, {} peers named with their bitfields, {:.1} holders per piece",
-                        peers.len(),
+                        "{pieces} pieces, {} peers named with their bitfields ({} bytes of records), \
+                         {:.1} holders per piece",
+                        holders.len(),
+                        holders.size_bytes(),
                         listed as f64 / f64::from(pieces.max(1))
                     ));
                 }
             }
-            Message::Error { code, .. } => *self.errors.entry(format!("{code:?}")).or_default() += 1,
-            other => *self.errors.entry(format!("unexpected {}", other.kind())).or_default() += 1,
+            (_, Message::Error { code, .. }) => *self.errors.entry(format!("{code:?}")).or_default() += 1,
+            (_, other) => *self.errors.entry(format!("unexpected {}", other.kind())).or_default() += 1,
         }
     }
 }
@@ -328,15 +343,15 @@ async fn locate_phase(
     let mut tasks = JoinSet::new();
     for c in 0..args.locate_conns {
         let mut conn = Conn::open(addr, Role::Client, peer_id(!args.seed, c), 0).await?;
-        let (files, window) = (Arc::clone(files), args.window);
+        let (files, window, pieces) = (Arc::clone(files), args.window, args.pieces);
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(c as u64));
         tasks.spawn(async move {
             let requests = std::iter::from_fn(|| {
                 let f = (rng.next_u64() % files.len() as u64) as usize;
                 (Instant::now() < deadline).then(|| Message::Locate { file_id: files[f].0, with_manifest: false })
             });
-            let mut tally = Tally::default();
-            conn.pipeline(requests, window, |reply| tally.add(&reply)).await?;
+            let mut tally = Tally::new(pieces);
+            conn.pipeline(requests, window, |request, reply| tally.add(request, &reply)).await?;
             anyhow::Ok(tally)
         });
     }

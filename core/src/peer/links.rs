@@ -12,7 +12,7 @@ use crate::limits::{
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
-use crate::wire::{ErrorCode, Message, PeerAddr, PROTOCOL_VERSION};
+use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
 
 use super::pieces::Slot;
 use super::remote::{Remote, Stage};
@@ -21,13 +21,7 @@ use super::Peer;
 impl Peer {
     /// Handles the tracker's answer to `Locate`: learns the manifest if new, connects to
     /// holders of wanted pieces, and reports pieces no live peer holds.
-    pub(super) fn on_located(
-        &mut self,
-        file_id: FileId,
-        manifest: Option<Manifest>,
-        peers: Vec<PeerAddr>,
-        have: Vec<Bitfield>,
-    ) {
+    pub(super) fn on_located(&mut self, file_id: FileId, manifest: Option<Manifest>, holders: &Holders) {
         let Some(entry) = self.files.get(&file_id) else { return };
         if entry.manifest.is_none() {
             match manifest {
@@ -37,13 +31,12 @@ impl Peer {
             }
         }
         let entry = &self.files[&file_id];
-        let well_formed = peers.len() == have.len() && have.iter().all(|h| h.len() == entry.have.len());
-        if !entry.is_fetching() || !well_formed {
+        if !entry.is_fetching() || holders.piece_count() != entry.have.len() {
             return;
         }
         let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> =
             entry.have.iter_missing().map(|p| (p, Vec::new())).collect();
-        for (peer, bits) in peers.iter().zip(&have) {
+        for (peer, bits) in holders.iter() {
             let mut useful = false;
             for (_, addrs) in wanted.iter_mut().filter(|(piece, _)| bits.has(*piece)) {
                 useful = true;
@@ -52,7 +45,7 @@ impl Peer {
                 }
             }
             if useful {
-                self.connect_for(*peer, file_id);
+                self.connect_for(peer, file_id);
             }
         }
         self.report_missing(file_id, &wanted);

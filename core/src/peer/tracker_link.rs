@@ -128,7 +128,7 @@ impl Peer {
                 self.on_tracker_ready(conn);
             }
             Message::Announced { file_id } => self.on_announced(file_id),
-            Message::Located { file_id, manifest, peers, have } => self.on_located(file_id, manifest, peers, have),
+            Message::Located { file_id, manifest, holders } => self.on_located(file_id, manifest, &holders),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.on_unknown_file(file_id)
             }

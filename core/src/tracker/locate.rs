@@ -1,6 +1,6 @@
 //! The holder choice behind a `Located` answer.
 //!
-//! Owns one pure function, [`select`]: given a file's holdings and the asker, name live holders
+//! Owns one pure function, [`select`]: given a file's holdings and the asker, names live holders
 //! so that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
 //! [`LOCATED_PEERS_MAX`] peers in all, never the asker, in an order drawn from the tracker's
 //! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
@@ -14,11 +14,10 @@
 
 use slab::Slab;
 
-use crate::bitfield::Bitfield;
 use crate::ids::PieceIndex;
 use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_PEERS_MAX};
 use crate::rng::Rng;
-use crate::wire::PeerAddr;
+use crate::wire::Holders;
 
 use super::registry::{FileEntry, PeerEntry};
 
@@ -27,41 +26,38 @@ use super::registry::{FileEntry, PeerEntry};
 const PLANES: usize = 4;
 const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
 
-/// `(peers, have)` of a `Located` answer: `have[i]` is what `peers[i]` holds.
+/// The holders of a `Located` answer, and the peer slot of each (in the same order).
 pub(super) fn select(
     file: &FileEntry,
     asker: Option<u32>,
     peer_table: &Slab<PeerEntry>,
     rng: &mut Rng,
-) -> (Vec<PeerAddr>, Vec<Bitfield>) {
-    let mut peers = Vec::new();
-    let mut have = Vec::new();
+) -> (Holders, Vec<u32>) {
+    let mut named: Vec<(u32, usize)> = Vec::new();
     let asker_index = asker.and_then(|slot| file.position(slot));
     let mut counter = Counter::new(file, asker_index);
     let total = file.holding_count();
-    if counter.is_satisfied() || total == 0 {
-        return (peers, have);
-    }
-    let stride = coprime_stride(total, rng);
-    let mut index = rng.below(total);
-    for _ in 0..total {
-        let (holding, slot) = (index, file.holder(index));
-        index = (index + stride) % total;
-        let peer = peer_table[slot as usize].peer;
-        if Some(holding) == asker_index || peer.addr.port() == 0 {
-            continue;
-        }
-        let bits = file.holding_bits(holding);
-        if counter.add(bits) {
-            peers.push(peer);
-            // The arena holds exactly piece_count bits per holding, tail bits clear.
-            have.push(Bitfield::from_bytes(file.manifest.piece_count(), bits).expect("stride matches the piece count"));
-            if counter.is_satisfied() || peers.len() == LOCATED_PEERS_MAX {
-                break;
+    if !counter.is_satisfied() && total > 0 {
+        let stride = coprime_stride(total, rng);
+        let mut index = rng.below(total);
+        for _ in 0..total {
+            let (holding, slot) = (index, file.holder(index));
+            index = (index + stride) % total;
+            if Some(holding) == asker_index || peer_table[slot as usize].peer.addr.port() == 0 {
+                continue;
+            }
+            if counter.add(file.holding_bits(holding)) {
+                named.push((slot, holding));
+                if counter.is_satisfied() || named.len() == LOCATED_PEERS_MAX {
+                    break;
+                }
             }
         }
     }
-    (peers, have)
+    let records = named.iter().map(|&(slot, holding)| (peer_table[slot as usize].peer, file.holding_bits(holding)));
+    // The arena holds exactly piece_count bits per holding, and at most LOCATED_PEERS_MAX are named.
+    let holders = Holders::pack(file.manifest.piece_count(), records);
+    (holders, named.into_iter().map(|(slot, _)| slot).collect())
 }
 
 /// Per piece, how many more holders it wants, as a saturating bit-plane counter.

@@ -4,7 +4,8 @@
 //! and closes); its submodules own the state behind the answers:
 //! - `conns` — open connections, their handshake stage and deadlines;
 //! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
-//! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer.
+//! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer;
+//! - `answers` — holder lists recently built per file, reused for a short time.
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
 //! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
@@ -14,6 +15,7 @@
 //! intervals. Bad input from the network becomes an `Error` reply (and a close for protocol
 //! violations), never a panic.
 
+mod answers;
 mod conns;
 mod locate;
 mod registry;
@@ -119,6 +121,7 @@ impl Tracker {
         while let Some(peer) = self.registry.pop_expired(now) {
             self.event(Event::PeerGone { peer, reason: GoneReason::Expired });
         }
+        self.registry.expire_reuse(now);
     }
 
     fn forget_peer(&mut self, conn: ConnId, reason: GoneReason) {
@@ -223,7 +226,7 @@ impl Tracker {
                     self.event(Event::PeerGone { peer, reason: GoneReason::Left });
                 }
             }
-            Message::Locate { file_id, with_manifest } => self.on_locate(conn, file_id, with_manifest),
+            Message::Locate { file_id, with_manifest } => self.on_locate(now, conn, file_id, with_manifest),
             Message::List => {
                 let files = self.registry.list();
                 self.send(conn, files);
@@ -236,8 +239,8 @@ impl Tracker {
         }
     }
 
-    fn on_locate(&mut self, conn: ConnId, file_id: FileId, with_manifest: bool) {
-        match self.registry.locate(file_id, conn, with_manifest, &mut self.rng) {
+    fn on_locate(&mut self, now: Time, conn: ConnId, file_id: FileId, with_manifest: bool) {
+        match self.registry.locate(now, file_id, conn, with_manifest, &mut self.rng) {
             Some(located) => self.send(conn, located),
             None => {
                 let detail = "no live peer holds this file";

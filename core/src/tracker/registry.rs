@@ -31,6 +31,7 @@ use crate::rng::Rng;
 use crate::time::Time;
 use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr};
 
+use super::answers::Reuse;
 use super::locate;
 
 /// Holdings whose bitfields share one allocation of a file's arena.
@@ -60,6 +61,8 @@ pub(super) struct Registry {
     peers: Slab<PeerEntry>,
     expiries: BTreeSet<(Time, u32)>,
     ttl: Duration,
+    /// Holder lists recently built per file slot.
+    reuse: Reuse,
 }
 
 /// One known file: its manifest and one holding per peer that announced it.
@@ -101,6 +104,7 @@ impl Registry {
             peers: Slab::new(),
             expiries: BTreeSet::new(),
             ttl,
+            reuse: Reuse::default(),
         }
     }
 
@@ -157,6 +161,7 @@ impl Registry {
         let record = &mut self.peers[peer_slot as usize];
         if first {
             record.files.push(file_slot);
+            self.reuse.forget(file_slot);
         }
         self.expiries.remove(&(record.expires_at, peer_slot));
         record.expires_at = now + self.ttl;
@@ -214,13 +219,38 @@ impl Registry {
         Some(record.peer)
     }
 
-    /// The `Located` answer for `file_id` as seen by `asker`, or `None` for an unknown file.
-    pub(super) fn locate(&self, file_id: FileId, asker: ConnId, with_manifest: bool, rng: &mut Rng) -> Option<Message> {
-        let file = &self.files[*self.files_by_id.get(&file_id)? as usize];
+    /// Drops the holder lists kept for reuse that are too old by `now`.
+    pub(super) fn expire_reuse(&mut self, now: Time) {
+        self.reuse.expire(now);
+    }
+
+    /// The `Located` answer for `file_id` as seen by `asker`, or `None` for an unknown file. The
+    /// holders are a list kept for reuse when one suits the asker (see `answers`).
+    pub(super) fn locate(
+        &mut self,
+        now: Time,
+        file_id: FileId,
+        asker: ConnId,
+        with_manifest: bool,
+        rng: &mut Rng,
+    ) -> Option<Message> {
+        let file_slot = *self.files_by_id.get(&file_id)?;
+        let file = &self.files[file_slot as usize];
         let asker_slot = self.peers_by_conn.get(&asker).copied();
-        let (peers, have) = locate::select(file, asker_slot, &self.peers, rng);
         let manifest = with_manifest.then(|| file.manifest.clone());
-        Some(Message::Located { file_id, manifest, peers, have })
+        if let Some(holders) = self.reuse.get(file_slot, asker_slot) {
+            return Some(Message::Located { file_id, manifest, holders });
+        }
+        if self.reuse.wants(file_slot) {
+            let (holders, slots) = locate::select(file, None, &self.peers, rng);
+            let suits = asker_slot.is_none_or(|asker| !slots.contains(&asker));
+            self.reuse.insert(now, file_slot, holders.clone(), slots);
+            if suits {
+                return Some(Message::Located { file_id, manifest, holders });
+            }
+        }
+        let (holders, _) = locate::select(file, asker_slot, &self.peers, rng);
+        Some(Message::Located { file_id, manifest, holders })
     }
 
     /// The `Files` answer: summaries ordered by file id, bounded in count and encoded size.
@@ -271,6 +301,7 @@ impl Registry {
     }
 
     fn remove_holding(&mut self, file_slot: u32, peer_slot: u32) {
+        self.reuse.forget(file_slot);
         let file = &mut self.files[file_slot as usize];
         file.remove_holding(peer_slot);
         if file.holders.is_empty() {

@@ -86,15 +86,16 @@ impl Harness {
     fn locate(&mut self, remote: Remote, manifest: &Manifest) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
         let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id(), with_manifest: true });
         match only_message(&outputs) {
-            Message::Located { file_id, manifest: got, peers, have } => {
+            Message::Located { file_id, manifest: got, holders } => {
                 assert_eq!(*file_id, manifest.file_id());
                 assert_eq!(got.as_ref(), Some(manifest));
-                assert_eq!(peers.len(), have.len());
+                assert_eq!(holders.piece_count(), manifest.piece_count());
+                let (peers, have): (Vec<PeerAddr>, Vec<Bitfield>) = holders.iter().unzip();
                 let holders = manifest
                     .pieces()
                     .map(|piece| (0..peers.len()).filter(|i| have[*i].has(piece)).map(|i| i as u16).collect())
                     .collect();
-                (peers.clone(), holders)
+                (peers, holders)
             }
             other => panic!("expected Located, got {other:?}"),
         }
@@ -565,10 +566,11 @@ fn the_manifest_travels_only_when_asked_for() {
     h.announce(a, &file, &[0, 1, 2]);
     let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
     match only_message(&outputs) {
-        Message::Located { manifest, peers, have, .. } => {
+        Message::Located { manifest, holders, .. } => {
             assert_eq!(*manifest, None);
+            let (peers, have): (Vec<PeerAddr>, Vec<Bitfield>) = holders.iter().unzip();
             assert_eq!(peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![a.addr()]);
-            assert_eq!(have, &vec![Bitfield::full(3)], "each named peer comes with its bitfield");
+            assert_eq!(have, vec![Bitfield::full(3)], "each named peer comes with its bitfield");
         }
         other => panic!("expected Located, got {other:?}"),
     }

@@ -179,6 +179,7 @@ mod tests {
     use crate::ids::{Digest, FileId, PeerId, PieceIndex};
     use crate::manifest::Manifest;
     use crate::wire::message::{ErrorCode, FileSummary, Hello, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
+    use crate::wire::Holders;
     use proptest::prelude::*;
 
     fn frame(message: &Message) -> BytesMut {
@@ -278,6 +279,15 @@ mod tests {
         })
     }
 
+    fn arb_holders(peer: impl Strategy<Value = PeerAddr> + Clone) -> impl Strategy<Value = Holders> {
+        (0u32..200).prop_flat_map(move |len| {
+            let bits = proptest::collection::vec(any::<u8>(), (len as usize).div_ceil(8));
+            proptest::collection::vec((peer.clone(), bits), 0..4).prop_map(move |holders| {
+                Holders::pack(len, holders.iter().map(|(peer, bits)| (*peer, bits.as_slice())))
+            })
+        })
+    }
+
     fn arb_manifest() -> impl Strategy<Value = Manifest> {
         ("[a-z]{1,12}", 0u64..200_000).prop_flat_map(|(name, len)| {
             let count = len.div_ceil(16 * 1024) as usize;
@@ -307,15 +317,8 @@ mod tests {
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
             (file_id.clone(), any::<bool>())
                 .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),
-            (
-                file_id.clone(),
-                proptest::option::of(arb_manifest()),
-                proptest::collection::vec((peer, arb_bitfield()), 0..4)
-            )
-                .prop_map(|(file_id, manifest, holders)| {
-                    let (peers, have) = holders.into_iter().unzip();
-                    Message::Located { file_id, manifest, peers, have }
-                }),
+            (file_id.clone(), proptest::option::of(arb_manifest()), arb_holders(peer))
+                .prop_map(|(file_id, manifest, holders)| Message::Located { file_id, manifest, holders }),
             Just(Message::List),
             (file_id.clone(), "[a-z]{0,8}", any::<u64>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
                 |(file_id, name, length_bytes, holders_per_piece)| Message::Files {

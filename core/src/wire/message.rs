@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
+use crate::wire::Holders;
 
-/// Protocol version carried in `Hello`; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version carried in `Hello`; a peer with another version is refused. Version 2
+/// packs a `Located` answer's holders into one byte string of records ([`Holders`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What the sender of a `Hello` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,10 +154,9 @@ pub enum Message {
         file_id: FileId,
         /// The manifest, when the `Locate` asked for it.
         manifest: Option<Manifest>,
-        /// Holders chosen by the tracker (bounded, shuffled; never the asker).
-        peers: Vec<PeerAddr>,
-        /// `have[i]`: the pieces `peers[i]` holds.
-        have: Vec<Bitfield>,
+        /// Holders chosen by the tracker (bounded, shuffled; never the asker), each with the
+        /// pieces it holds.
+        holders: Holders,
     },
     /// Client → tracker: which files do you know?
     List,
