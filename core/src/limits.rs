@@ -49,10 +49,10 @@ pub const LOCATED_REUSE_TIME: Duration = Duration::from_secs(1);
 
 /// Holder lists, each with its own shuffle, the tracker builds per file and hands out in turn
 /// while they are reused, so askers of a popular file still spread over its holders.
-pub const LOCATED_REUSED_PER_FILE_COUNT: usize = 4;
+pub const LOCATED_REUSED_PER_FILE_COUNT: usize = 2;
 
 /// Most bytes of holder lists the tracker keeps for reuse; the oldest are dropped first.
-pub const LOCATED_REUSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const LOCATED_REUSE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Most files one tracker keeps.
 pub const TRACKER_FILES_MAX: usize = 100_000;

@@ -1,9 +1,10 @@
 //! One TCP stream: a reader task that turns frames into reports for the driver, and a writer
 //! task that sends the frames the driver queued.
 //!
-//! Framing is core's `encode_frame`/`decode_frame` behind a `tokio_util` codec ([`FrameCodec`]).
-//! The reader hands each message to the driver with `send().await`, so a busy driver slows the
-//! reading down instead of buffering without bound; after a bad frame it stops reading (the
+//! Framing is core's `encode_frame`/`decode_frame` (also as a `tokio_util` codec, [`FrameCodec`],
+//! for the client). The reader hands the messages it has whole to the driver in one report with
+//! `send().await`, so a busy driver slows the reading down instead of buffering without bound,
+//! and holds no buffer while its socket is idle; after a bad frame it stops reading (the
 //! machine answers and closes). The writer takes every frame queued so far and sends them with
 //! vectored writes — many small frames in one system call, a `Data` payload straight from the
 //! buffer it was read into — so it keeps no buffer of its own; the bytes queued for it are
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use actix::{Message as ActixMessage, Recipient};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::StreamExt;
 use p2p_core::wire::{decode_frame, encode_frame, encode_frame_parts, Message};
 use p2p_core::{ConnId, DecodeError, EncodeError};
 use tokio::io::AsyncWriteExt;
@@ -27,11 +27,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder};
 
-/// Read buffer of an idle connection. It grows to the size of the largest frame being read and
-/// is given back when it is drained, so a control connection (a tracker's thousands of peers)
-/// stays small after the odd large frame.
+/// Room reserved in a connection's read buffer before each read. The buffer grows to the size
+/// of the frame being read and is given back whenever it is drained, so an idle connection (a
+/// tracker's thousands of peers) holds no read buffer at all.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Most messages already received that a connection hands its driver in one report: the
 /// requests a client pipelines are then handled in one go and their answers leave in one write.
@@ -321,15 +321,15 @@ impl Connection {
 }
 
 async fn read_loop(
-    half: OwnedReadHalf,
+    mut half: OwnedReadHalf,
     conn: ConnId,
     token: u64,
     driver: Recipient<ConnEvent>,
     write_budget: Option<Arc<Semaphore>>,
 ) {
-    let mut frames = FramedRead::with_capacity(half, FrameCodec, READ_BUFFER_BYTES);
+    let mut buffer = BytesMut::new();
     loop {
-        let (batch, end) = read_batch(&mut frames, conn, write_budget.as_ref()).await;
+        let (batch, end) = read_batch(&mut half, &mut buffer, conn, write_budget.as_ref()).await;
         if let Some((messages, permit)) = batch {
             if driver.send(ConnEvent { conn, token, report: ConnReport::Messages(messages, permit) }).await.is_err() {
                 return;
@@ -340,9 +340,27 @@ async fn read_loop(
             driver.send(ConnEvent { conn, token, report }).await.ok();
             return;
         }
-        let buffer = frames.read_buffer_mut();
-        if buffer.is_empty() && buffer.capacity() > READ_BUFFER_BYTES {
-            *buffer = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    }
+}
+
+/// The next message: one already in `buffer`, or one read into it. While it waits for the
+/// socket, a drained buffer is given back. `None` at the end of the stream.
+async fn next_message(half: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Option<Result<Message, FrameError>> {
+    loop {
+        if let Some(decoded) = decode_frame(buffer).map_err(FrameError::from).transpose() {
+            return Some(decoded);
+        }
+        give_back_if_drained(buffer);
+        if let Err(e) = half.readable().await {
+            return Some(Err(e.into()));
+        }
+        buffer.reserve(READ_BUFFER_BYTES);
+        match half.try_read_buf(buffer) {
+            Ok(0) if buffer.is_empty() => return None,
+            Ok(0) => return Some(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Some(Err(e.into())),
         }
     }
 }
@@ -355,7 +373,8 @@ type Batch = (Vec<Message>, Option<OwnedSemaphorePermit>);
 /// budget share. Also returns the report that ends the connection, when the stream ended or
 /// broke.
 async fn read_batch(
-    frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    half: &mut OwnedReadHalf,
+    buffer: &mut BytesMut,
     conn: ConnId,
     write_budget: Option<&Arc<Semaphore>>,
 ) -> (Option<Batch>, Option<ConnReport>) {
@@ -363,10 +382,10 @@ async fn read_batch(
     let mut permit = None;
     let end = loop {
         let next = if messages.is_empty() {
-            frames.next().await
+            next_message(half, buffer).await
         } else {
             // Only what is buffered: no read, no wait.
-            decode_frame(frames.read_buffer_mut()).map_err(FrameError::from).transpose()
+            decode_frame(buffer).map_err(FrameError::from).transpose()
         };
         match next {
             Some(Ok(message)) => {
@@ -398,7 +417,16 @@ async fn read_batch(
             }
         }
     };
+    // The messages own their bytes now (a `Data` payload keeps its share of the allocation).
+    give_back_if_drained(buffer);
     ((!messages.is_empty()).then_some((messages, permit)), end)
+}
+
+/// Frees a read buffer that holds no unread byte, so waiting connections hold no memory.
+fn give_back_if_drained(buffer: &mut BytesMut) {
+    if buffer.is_empty() {
+        *buffer = BytesMut::new();
+    }
 }
 
 async fn write_loop(
@@ -428,8 +456,9 @@ async fn write_until_close(
     out: &mut OwnedWriteHalf,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
 ) -> io::Result<()> {
-    let mut outgoing = Outgoing::default();
     while let Some(mut command) = commands.recv().await {
+        // A fresh queue each round: an idle writer keeps nothing.
+        let mut outgoing = Outgoing::default();
         let closing = loop {
             match command {
                 WriterCmd::Frame(queued) => outgoing.push(queued),

@@ -27,14 +27,14 @@ const PLANES: usize = 4;
 const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
 
 /// The holders of a `Located` answer, and the peer slot of each (in the same order).
+/// `asker_index` is the asker's holding in `file`, if it holds the file.
 pub(super) fn select(
     file: &FileEntry,
-    asker: Option<u32>,
+    asker_index: Option<usize>,
     peer_table: &Slab<PeerEntry>,
     rng: &mut Rng,
 ) -> (Holders, Vec<u32>) {
     let mut named: Vec<(u32, usize)> = Vec::new();
-    let asker_index = asker.and_then(|slot| file.position(slot));
     let mut counter = Counter::new(file, asker_index);
     let total = file.holding_count();
     if !counter.is_satisfied() && total > 0 {

@@ -7,14 +7,15 @@
 //! - per file, the holders' bitfields are packed back to back (`stride` bytes each, in holding
 //!   order) in fixed-size chunks of [`HOLDINGS_PER_CHUNK`] holdings, so growing a file never
 //!   copies or fragments the arena; beside them, each holding's peer slot;
-//! - per file, `positions` maps a peer slot to its holding index; per peer, `files` lists the
-//!   file slots it holds.
+//! - per peer, `files` lists the file slots it holds with its holding index in each, sorted by
+//!   file slot (binary search finds a holding; no per-file map from peer to holding).
 //!
 //! Invariants (checked by `Registry::check_invariants` after every input in the tests):
 //! - a file exists while at least one peer holds it (possibly with an empty bitfield), and a
 //!   peer exists while it holds at least one file — memory stays bounded by live announces;
 //! - `FileEntry::counts[p]` is the number of holdings with piece `p`;
-//! - `positions`, `holders` and the peers' `files` lists describe the same holdings;
+//! - the files' `holders` and the peers' `files` lists describe the same holdings:
+//!   `(f, i)` in peer `p`'s list if and only if `files[f].holders[i] == p`;
 //! - `expiries` holds exactly one `(expires_at, peer slot)` per registered peer.
 
 use std::collections::btree_map::Entry;
@@ -35,7 +36,7 @@ use super::answers::Reuse;
 use super::locate;
 
 /// Holdings whose bitfields share one allocation of a file's arena.
-const HOLDINGS_PER_CHUNK: usize = 64;
+const HOLDINGS_PER_CHUNK: usize = 16;
 
 /// Why the registry refused a request: the code and detail of the `Error` reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +78,6 @@ pub(super) struct FileEntry {
     /// The holders' bitfields, `stride` bytes each, in holding order, `HOLDINGS_PER_CHUNK` per
     /// chunk; only the last chunk may be partly used.
     chunks: Vec<Box<[u8]>>,
-    /// Peer slot → index of its holding.
-    positions: BTreeMap<u32, u32>,
     /// Live holders of each piece.
     pub(super) counts: Vec<u32>,
 }
@@ -89,8 +88,8 @@ pub(super) struct PeerEntry {
     conn: ConnId,
     /// Where others reach it.
     pub(super) peer: PeerAddr,
-    /// Slots of the files it holds.
-    files: Vec<u32>,
+    /// `(file slot, holding index)` of each file it holds, sorted by file slot.
+    files: Vec<(u32, u32)>,
     expires_at: Time,
 }
 
@@ -157,12 +156,22 @@ impl Registry {
                 *vacant.insert(slot)
             }
         };
-        let first = self.files[file_slot as usize].set_holding(peer_slot, &have);
         let record = &mut self.peers[peer_slot as usize];
-        if first {
-            record.files.push(file_slot);
-            self.reuse.forget(file_slot);
-        }
+        let at = record.files.binary_search_by_key(&file_slot, |(f, _)| *f);
+        let file = &mut self.files[file_slot as usize];
+        let first = match at {
+            Ok(at) => {
+                file.replace_holding(record.files[at].1 as usize, &have);
+                false
+            }
+            Err(at) => {
+                // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
+                let index = file.add_holding(peer_slot, &have) as u32;
+                record.files.insert(at, (file_slot, index));
+                self.reuse.forget(file_slot);
+                true
+            }
+        };
         self.expiries.remove(&(record.expires_at, peer_slot));
         record.expires_at = now + self.ttl;
         self.expiries.insert((record.expires_at, peer_slot));
@@ -171,18 +180,19 @@ impl Registry {
 
     /// Adds `piece` to what the peer on `conn` holds of `file_id`.
     pub(super) fn have(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> Result<(), Refusal> {
-        let Some(file) = self.files_by_id.get(&file_id).map(|slot| &mut self.files[*slot as usize]) else {
+        let Some(&file_slot) = self.files_by_id.get(&file_id) else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for an unknown file"));
         };
+        let file = &mut self.files[file_slot as usize];
         if piece.0 >= file.manifest.piece_count() {
             return Err(Refusal::new(ErrorCode::BadRequest, format!("piece {piece} is out of range")));
         }
-        let index = self.peers_by_conn.get(&conn).and_then(|slot| file.positions.get(slot));
-        let Some(&index) = index else {
+        let index = self.peers_by_conn.get(&conn).and_then(|slot| holding_of(&self.peers[*slot as usize], file_slot));
+        let Some(index) = index else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for a file this peer did not announce"));
         };
         let mask = 0x80u8 >> (piece.0 % 8);
-        let byte = &mut file.holding_bits_mut(index as usize)[piece.as_usize() / 8];
+        let byte = &mut file.holding_bits_mut(index)[piece.as_usize() / 8];
         if *byte & mask == 0 {
             *byte |= mask;
             file.counts[piece.as_usize()] += 1;
@@ -199,12 +209,12 @@ impl Registry {
         let peer_slot = *self.peers_by_conn.get(&conn)?;
         let file_slot = *self.files_by_id.get(&file_id)?;
         let record = &mut self.peers[peer_slot as usize];
-        let at = record.files.iter().position(|f| *f == file_slot)?;
-        record.files.swap_remove(at);
-        if record.files.is_empty() {
+        let at = record.files.binary_search_by_key(&file_slot, |(f, _)| *f).ok()?;
+        if record.files.len() == 1 {
             return self.forget(conn);
         }
-        self.remove_holding(file_slot, peer_slot);
+        let (_, index) = record.files.remove(at);
+        self.remove_holding(file_slot, index as usize);
         None
     }
 
@@ -213,8 +223,8 @@ impl Registry {
         let peer_slot = self.peers_by_conn.remove(&conn)?;
         let record = self.peers.remove(peer_slot as usize);
         self.expiries.remove(&(record.expires_at, peer_slot));
-        for file_slot in record.files {
-            self.remove_holding(file_slot, peer_slot);
+        for (file_slot, index) in record.files {
+            self.remove_holding(file_slot, index as usize);
         }
         Some(record.peer)
     }
@@ -237,6 +247,7 @@ impl Registry {
         let file_slot = *self.files_by_id.get(&file_id)?;
         let file = &self.files[file_slot as usize];
         let asker_slot = self.peers_by_conn.get(&asker).copied();
+        let asker_index = asker_slot.and_then(|slot| holding_of(&self.peers[slot as usize], file_slot));
         let manifest = with_manifest.then(|| file.manifest.clone());
         if let Some(holders) = self.reuse.get(file_slot, asker_slot) {
             return Some(Message::Located { file_id, manifest, holders });
@@ -249,7 +260,7 @@ impl Registry {
                 return Some(Message::Located { file_id, manifest, holders });
             }
         }
-        let (holders, _) = locate::select(file, asker_slot, &self.peers, rng);
+        let (holders, _) = locate::select(file, asker_index, &self.peers, rng);
         Some(Message::Located { file_id, manifest, holders })
     }
 
@@ -300,10 +311,17 @@ impl Registry {
         Ok(())
     }
 
-    fn remove_holding(&mut self, file_slot: u32, peer_slot: u32) {
+    /// Removes holding `index` of a file; the holding moved into its place gets its new index.
+    fn remove_holding(&mut self, file_slot: u32, index: usize) {
         self.reuse.forget(file_slot);
         let file = &mut self.files[file_slot as usize];
-        file.remove_holding(peer_slot);
+        if let Some(moved) = file.remove_holding(index) {
+            let record = &mut self.peers[moved as usize];
+            // A holding's peer lists it: the module's invariant.
+            let at =
+                record.files.binary_search_by_key(&file_slot, |(f, _)| *f).expect("the moved holder lists the file");
+            record.files[at].1 = index as u32;
+        }
         if file.holders.is_empty() {
             let removed = self.files.remove(file_slot as usize);
             self.files_by_id.remove(&removed.manifest.file_id());
@@ -318,19 +336,18 @@ impl Registry {
         assert_eq!(self.files_by_id.len(), self.files.len());
         for (slot, record) in &self.peers {
             assert!(!record.files.is_empty());
+            assert!(record.files.windows(2).all(|w| w[0].0 < w[1].0), "sorted by file slot");
             assert_eq!(self.peers_by_conn[&record.conn] as usize, slot);
             assert!(self.expiries.contains(&(record.expires_at, slot as u32)));
-            for file_slot in &record.files {
-                assert!(self.files[*file_slot as usize].positions.contains_key(&(slot as u32)));
+            for (file_slot, index) in &record.files {
+                assert_eq!(self.files[*file_slot as usize].holders[*index as usize] as usize, slot);
             }
         }
+        let holdings: usize = self.peers.iter().map(|(_, record)| record.files.len()).sum();
+        assert_eq!(holdings, self.files.iter().map(|(_, file)| file.holders.len()).sum::<usize>());
         for (_, file) in &self.files {
             assert!(!file.holders.is_empty());
-            assert_eq!(file.positions.len(), file.holders.len());
             assert_eq!(file.chunks.len(), file.holders.len().div_ceil(HOLDINGS_PER_CHUNK));
-            for (index, peer_slot) in file.holders.iter().enumerate() {
-                assert_eq!(file.positions[peer_slot] as usize, index);
-            }
             for piece in file.manifest.pieces() {
                 let holders = (0..file.holders.len()).filter(|i| file.holding_has(*i, piece)).count();
                 assert_eq!(file.counts[piece.as_usize()] as usize, holders);
@@ -343,7 +360,7 @@ impl FileEntry {
     fn new(manifest: Manifest) -> FileEntry {
         let counts = vec![0; manifest.piece_count() as usize];
         let stride = (manifest.piece_count() as usize).div_ceil(8);
-        FileEntry { manifest, stride, holders: Vec::new(), chunks: Vec::new(), positions: BTreeMap::new(), counts }
+        FileEntry { manifest, stride, holders: Vec::new(), chunks: Vec::new(), counts }
     }
 
     /// Number of holdings.
@@ -373,43 +390,38 @@ impl FileEntry {
         add_counts(&mut self.counts, &self.chunks[chunk][range], -1);
     }
 
-    /// The holding index of a peer slot, if it holds this file.
-    pub(super) fn position(&self, peer_slot: u32) -> Option<usize> {
-        self.positions.get(&peer_slot).map(|i| *i as usize)
-    }
-
     /// Whether holding `index` has `piece`.
     pub(super) fn holding_has(&self, index: usize, piece: PieceIndex) -> bool {
         self.holding_bits(index)[piece.as_usize() / 8] & (0x80 >> (piece.0 % 8)) != 0
     }
 
-    /// Sets or replaces the holding of `peer_slot`; true when it is new.
-    fn set_holding(&mut self, peer_slot: u32, have: &Bitfield) -> bool {
+    /// Replaces the bits of holding `index`.
+    fn replace_holding(&mut self, index: usize, have: &Bitfield) {
         add_counts(&mut self.counts, have.as_bytes(), 1);
-        if let Some(index) = self.position(peer_slot) {
-            self.uncount(index);
-            self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
-            return false;
-        }
+        self.uncount(index);
+        self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
+    }
+
+    /// Adds a holding for `peer_slot`; returns its index.
+    fn add_holding(&mut self, peer_slot: u32, have: &Bitfield) -> usize {
+        add_counts(&mut self.counts, have.as_bytes(), 1);
         let index = self.holders.len();
         if index.is_multiple_of(HOLDINGS_PER_CHUNK) {
             self.chunks.push(vec![0u8; self.stride * HOLDINGS_PER_CHUNK].into_boxed_slice());
         }
-        // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
-        self.positions.insert(peer_slot, index as u32);
         self.holders.push(peer_slot);
         self.holding_bits_mut(index).copy_from_slice(have.as_bytes());
-        true
+        index
     }
 
-    fn remove_holding(&mut self, peer_slot: u32) {
-        let Some(index) = self.positions.remove(&peer_slot).map(|i| i as usize) else { return };
+    /// Removes holding `index` by moving the last holding into its place; returns the peer slot
+    /// of the moved holding, if one moved.
+    fn remove_holding(&mut self, index: usize) -> Option<u32> {
         let last = self.holders.len() - 1;
         self.uncount(index);
         if index != last {
             let moved = self.holding_bits(last).to_vec();
             self.holding_bits_mut(index).copy_from_slice(&moved);
-            self.positions.insert(self.holders[last], index as u32);
         }
         self.holders.swap_remove(index);
         if last.is_multiple_of(HOLDINGS_PER_CHUNK) {
@@ -417,6 +429,7 @@ impl FileEntry {
         } else {
             self.holding_bits_mut(last).fill(0);
         }
+        (index != last).then(|| self.holders[index])
     }
 
     fn summary(&self, file_id: FileId) -> FileSummary {
@@ -430,6 +443,12 @@ impl FileEntry {
             holders_per_piece: self.counts.clone(),
         }
     }
+}
+
+/// The holding index of `record` in file `file_slot`, if it holds the file.
+fn holding_of(record: &PeerEntry, file_slot: u32) -> Option<usize> {
+    let at = record.files.binary_search_by_key(&file_slot, |(f, _)| *f).ok()?;
+    Some(record.files[at].1 as usize)
 }
 
 /// The chunk and byte range of holding `index` in an arena of `stride`-byte bitfields.
