@@ -8,7 +8,11 @@
 //!    keeping `--window` requests in flight, while the peers re-announce every 10 s so none
 //!    expires. Then everything stops by itself.
 //!
-//! Reports the announce rate, the locate answers per second and the tracker's RSS from /proc.
+//! Every reply is decoded whole and checked against its request (the tracker answers in order):
+//! `Announced` for the announced file, `Located` for the located file naming at least one holder
+//! with a bitfield of the file's piece count; only those are counted as answered, anything else
+//! is tallied as an error. Reports the announce rate, the locate answers per second and the
+//! tracker's RSS from /proc.
 //! Runs on one tokio thread, so the tracker keeps the other core of a 2-core machine.
 
 use std::collections::BTreeMap;

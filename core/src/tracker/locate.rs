@@ -70,21 +70,30 @@ struct Counter {
 
 impl Counter {
     /// Counters at `8 - quota`, where a piece's quota is its holders other than the asker,
-    /// capped at 8.
+    /// capped at 8. A word of 64 pieces that all have more than 8 holders (the common case in a
+    /// big swarm) wants 8 of each whoever asks: its counters stay at 0, with no per-piece work.
     fn new(file: &FileEntry, asker_index: Option<usize>) -> Counter {
         let words = file.counts.len().div_ceil(64);
         let mut planes: [Vec<u64>; PLANES] = std::array::from_fn(|_| vec![0; words]);
         let mut need = vec![0u64; words];
-        for (piece, &count) in file.counts.iter().enumerate() {
-            // The asker's own bit is in the count but it is never named to itself.
-            let own = asker_index.is_some_and(|index| file.holding_has(index, PieceIndex(piece as u32)));
-            let quota = (count.saturating_sub(u32::from(own)) as usize).min(HOLDERS_PER_PIECE_MAX);
-            let start = HOLDERS_PER_PIECE_MAX - quota;
-            let (word, bit) = (piece / 64, 63 - piece % 64);
-            for (p, plane) in planes.iter_mut().enumerate() {
-                plane[word] |= (((start >> p) & 1) as u64) << bit;
+        for (word, counts) in file.counts.chunks(64).enumerate() {
+            if counts.iter().copied().min().unwrap_or(0) > HOLDERS_PER_PIECE_MAX as u32 {
+                // The word's first `counts.len()` bits, most significant first.
+                need[word] = !(u64::MAX.checked_shr(counts.len() as u32).unwrap_or(0));
+                continue;
             }
-            need[word] |= u64::from(quota > 0) << bit;
+            for (i, &count) in counts.iter().enumerate() {
+                let piece = word * 64 + i;
+                // The asker's own bit is in the count but it is never named to itself.
+                let own = asker_index.is_some_and(|index| file.holding_has(index, PieceIndex(piece as u32)));
+                let quota = (count.saturating_sub(u32::from(own)) as usize).min(HOLDERS_PER_PIECE_MAX);
+                let start = HOLDERS_PER_PIECE_MAX - quota;
+                let bit = 63 - i;
+                for (p, plane) in planes.iter_mut().enumerate() {
+                    plane[word] |= (((start >> p) & 1) as u64) << bit;
+                }
+                need[word] |= u64::from(quota > 0) << bit;
+            }
         }
         Counter { planes, need }
     }

@@ -575,3 +575,37 @@ fn the_manifest_travels_only_when_asked_for() {
         other => panic!("expected Located, got {other:?}"),
     }
 }
+
+#[test]
+fn holder_lists_are_reused_in_turn_until_a_holder_comes_or_goes_or_they_age() {
+    use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT as LISTS, LOCATED_REUSE_TIME};
+    let mut h = Harness::new(5);
+    let file = manifest("f", 3);
+    // 30 holders of pieces 0 and 1: an answer names 8 of them, drawn anew for each list.
+    for n in 1..=30 {
+        let p = h.peer(n);
+        h.announce(p, &file, &[0, 1]);
+    }
+    let c = h.join(100, Role::Client, 0);
+    let answers: Vec<_> = (0..LISTS * 3).map(|_| h.locate(c, &file)).collect();
+    for i in LISTS..answers.len() {
+        assert_eq!(answers[i], answers[i - LISTS], "the lists are handed out in turn");
+    }
+
+    let newcomer = h.peer(31);
+    h.announce(newcomer, &file, &[2]);
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2], vec![newcomer.addr()], "a new holder drops the lists");
+    for _ in 0..LISTS {
+        h.locate(c, &file);
+    }
+    let holder = answers[0].0[0];
+    let holder = Remote { conn: ConnId::Inbound(holder.addr.port() as u64 - 6000), ip: [0; 4], port: 0 };
+    assert!(h.send(holder, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) }).is_empty());
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2].len(), 1, "a new piece of a known holder may wait");
+    h.now = h.now + LOCATED_REUSE_TIME;
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2].len(), 2, "and shows once the lists are old");
+
+    h.input(Input::Disconnected { conn: newcomer.conn });
+    let addrs = holder_addrs(&h.locate(c, &file));
+    assert!(addrs.iter().all(|piece| !piece.contains(&newcomer.addr())), "a gone holder drops the lists");
+}

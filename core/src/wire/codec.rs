@@ -8,7 +8,9 @@
 //! A `Data` payload is never copied by the codec: [`encode_frame_parts`] hands it back beside the
 //! encoded head for a vectored write, and [`decode_frame`] returns it as a slice of the received
 //! buffer. Its CBOR byte string is the last item of the body (serde writes fields in order), so
-//! the bytes on the wire are the same either way.
+//! the bytes on the wire are the same either way. The holder records of a `Located` answer
+//! without a manifest, also the body's last item, are handed back the same way when encoding (a
+//! tracker sends the same reused records to many askers).
 
 use std::ops::Range;
 
@@ -40,12 +42,14 @@ pub fn encode_frame_parts(message: &Message, dst: &mut BytesMut) -> Result<Bytes
     let payload = match message {
         Message::Data { file_id, piece, offset, bytes } => {
             let head = Message::Data { file_id: *file_id, piece: *piece, offset: *offset, bytes: Bytes::new() };
-            write_cbor(&head, dst);
-            debug_assert_eq!(dst.last(), Some(&EMPTY_BYTE_STRING), "the payload is the body's last item");
-            dst.truncate(dst.len() - 1);
-            // Writing into a BytesMut cannot fail.
-            Encoder::from(dst.writer()).push(Header::Bytes(Some(bytes.len()))).expect("header encodes to a buffer");
+            write_head(&head, bytes.len(), dst);
             bytes.clone()
+        }
+        Message::Located { file_id, manifest: None, holders } => {
+            let (without_records, records) = holders.split_records();
+            let head = Message::Located { file_id: *file_id, manifest: None, holders: without_records };
+            write_head(&head, records.len(), dst);
+            records
         }
         _ => {
             write_cbor(message, dst);
@@ -60,6 +64,16 @@ pub fn encode_frame_parts(message: &Message, dst: &mut BytesMut) -> Result<Bytes
     // body_len <= FRAME_BYTES_MAX < u32::MAX.
     dst[start..start + FRAME_HEADER_BYTES].copy_from_slice(&(body_len as u32).to_be_bytes());
     Ok(payload)
+}
+
+/// Writes `head`, whose last item is an empty byte string, with that string's header saying
+/// `payload_len` bytes follow.
+fn write_head(head: &Message, payload_len: usize, dst: &mut BytesMut) {
+    write_cbor(head, dst);
+    debug_assert_eq!(dst.last(), Some(&EMPTY_BYTE_STRING), "the payload is the body's last item");
+    dst.truncate(dst.len() - 1);
+    // Writing into a BytesMut cannot fail.
+    Encoder::from(dst.writer()).push(Header::Bytes(Some(payload_len))).expect("header encodes to a buffer");
 }
 
 fn write_cbor(message: &Message, dst: &mut BytesMut) {
@@ -248,6 +262,24 @@ mod tests {
         let Ok(Some(Message::Data { bytes, offset, .. })) = decode_frame(&mut buf) else { panic!("a data frame") };
         assert_eq!((offset, &bytes), (65_536, &payload));
         assert!(span.contains(&(bytes.as_ptr() as usize)), "the payload is a slice of the received buffer");
+    }
+
+    #[test]
+    fn located_records_are_shared_not_copied() {
+        let peer = PeerAddr { peer_id: PeerId([3; 16]), addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7000)) };
+        let bits = Bitfield::full(1000);
+        let holders = Holders::pack(1000, std::iter::repeat_n((peer, bits.as_bytes()), 30));
+        let located = Message::Located { file_id: FileId(Digest([7; 32])), manifest: None, holders: holders.clone() };
+        let mut head = BytesMut::new();
+        let rest = encode_frame_parts(&located, &mut head).expect("fits");
+        assert_eq!(rest.as_ptr(), holders.split_records().1.as_ptr(), "the records are handed back, not copied");
+        assert!(head.len() < 128, "only the head is encoded: {} bytes", head.len());
+        let mut whole = head;
+        whole.extend_from_slice(&rest);
+        assert_eq!(decode_frame(&mut whole.clone()), Ok(Some(located.clone())));
+        let mut plain = Vec::new();
+        ciborium::into_writer(&located, &mut plain).expect("encodes");
+        assert_eq!(&whole[FRAME_HEADER_BYTES..], &plain[..], "the bytes on the wire are plain CBOR");
     }
 
     #[test]

@@ -87,6 +87,12 @@ impl Holders {
         self.records.chunks_exact(self.record_bytes()).map(|record| peer_of(&record[..ADDR_RECORD_BYTES]))
     }
 
+    /// The same list without its records, and the records: the codec writes the head and hands
+    /// the records to the writer as they are (see `encode_frame_parts`).
+    pub(crate) fn split_records(&self) -> (Holders, Bytes) {
+        (Holders { piece_count: self.piece_count, records: Bytes::new() }, self.records.clone())
+    }
+
     fn record_bytes(&self) -> usize {
         ADDR_RECORD_BYTES + bits_bytes(self.piece_count)
     }
