@@ -47,11 +47,11 @@ pub const LOCATED_PEERS_MAX: usize = 64;
 /// holder coming or going drops them sooner).
 pub const LOCATED_REUSE_TIME: Duration = Duration::from_secs(1);
 
-/// Holder lists, each with its own shuffle, the tracker builds per file and hands out in turn
-/// while they are reused, so askers of a popular file still spread over its holders.
-pub const LOCATED_REUSED_PER_FILE_COUNT: usize = 2;
+/// Most holder lists, each with its own shuffle, the tracker builds per file and hands out in
+/// turn while they are reused, so askers of a popular file still spread over its holders.
+pub const LOCATED_REUSED_PER_FILE_COUNT: usize = 4;
 
-/// Most bytes of holder lists the tracker keeps for reuse; the oldest are dropped first.
+/// Bytes of holder lists past which the tracker keeps no more for reuse (until some age out).
 pub const LOCATED_REUSE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Most files one tracker keeps.

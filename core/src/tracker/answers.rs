@@ -1,18 +1,21 @@
 //! Holder lists recently built for `Located` answers, reused for a short time.
 //!
 //! Walking a file's holdings costs a cache miss or two per holder visited, so askers of the same
-//! file within [`LOCATED_REUSE_TIME`] get one of the [`LOCATED_REUSED_PER_FILE_COUNT`] lists
-//! built for it, in turn; each list was drawn with its own shuffle, so load still spreads. A
-//! list is built as for an asker that holds nothing, which also suits any asker it does not
-//! name: an asker's own pieces only lower its quotas. An asker named in every list gets a list
-//! of its own, built fresh.
+//! file within [`LOCATED_REUSE_TIME`] get one of the lists built for it, in turn: up to
+//! [`LOCATED_REUSED_PER_FILE_COUNT`] per file while the byte budget allows (see
+//! [`Reuse::wants`]), each drawn with its own shuffle, so load still spreads. A list is built as for an asker that holds nothing, which
+//! also suits any asker it does not name: an asker's own pieces only lower its quotas. An asker
+//! named in every list gets a list of its own, built fresh; so does every asker of a file that
+//! has no list while the budget is used up (lists are never evicted early: under a working set
+//! larger than the budget, evicting would throw lists away before they are reused).
 //!
 //! Invariants: the registry drops a file's lists whenever one of its holders comes or goes, so a
 //! list never names a peer the tracker has forgotten (pieces gained by known holders show up
 //! within the reuse time); `Tracker` calls [`Reuse::expire`] before every input, so no list
 //! older than the reuse time is handed out; `built` holds one `(built_at, file slot)` per file
-//! with lists, and at most [`LOCATED_REUSE_BYTES_MAX`] bytes of lists are kept (oldest files
-//! dropped first). Keys are tracker time and BTree order, so the tracker stays deterministic.
+//! with lists; lists are kept only while fewer than [`LOCATED_REUSE_BYTES_MAX`] bytes are, so
+//! memory is bounded by that plus one list. Keys are tracker time and BTree order, so the
+//! tracker stays deterministic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,15 +43,16 @@ struct Lists {
 }
 
 impl Reuse {
-    /// The next of `file_slot`'s lists that does not name `asker`, once all of them are built.
+    /// The next of `file_slot`'s lists that does not name `asker`, unless the file still
+    /// [`Reuse::wants`] another list.
     pub(super) fn get(&mut self, file_slot: u32, asker: Option<u32>) -> Option<Holders> {
-        let file = self.files.get_mut(&file_slot)?;
-        if file.lists.len() < LOCATED_REUSED_PER_FILE_COUNT {
+        if self.wants(file_slot) {
             return None;
         }
-        for _ in 0..LOCATED_REUSED_PER_FILE_COUNT {
+        let file = self.files.get_mut(&file_slot)?;
+        for _ in 0..file.lists.len() {
             let (holders, slots) = &file.lists[file.next];
-            file.next = (file.next + 1) % LOCATED_REUSED_PER_FILE_COUNT;
+            file.next = (file.next + 1) % file.lists.len();
             if asker.is_none_or(|asker| !slots.contains(&asker)) {
                 return Some(holders.clone());
             }
@@ -56,9 +60,14 @@ impl Reuse {
         None
     }
 
-    /// Whether `file_slot` still wants a list built for it.
+    /// Whether a list built for `file_slot` now would be kept. A file's list number `n` (from
+    /// 0) is kept while less than `(COUNT - n) / COUNT` of the budget is used: under pressure
+    /// every asked file keeps one list before any keeps more.
     pub(super) fn wants(&self, file_slot: u32) -> bool {
-        self.files.get(&file_slot).is_none_or(|file| file.lists.len() < LOCATED_REUSED_PER_FILE_COUNT)
+        let built = self.files.get(&file_slot).map_or(0, |file| file.lists.len());
+        built < LOCATED_REUSED_PER_FILE_COUNT
+            && self.bytes * LOCATED_REUSED_PER_FILE_COUNT
+                < LOCATED_REUSE_BYTES_MAX * (LOCATED_REUSED_PER_FILE_COUNT - built)
     }
 
     /// Keeps a list built for `file_slot` (which [`Reuse::wants`] one), naming peer `slots`.
@@ -72,10 +81,6 @@ impl Reuse {
         file.lists.push((holders, slots));
         file.bytes += bytes;
         self.bytes += bytes;
-        while self.bytes > LOCATED_REUSE_BYTES_MAX {
-            let Some(&(_, oldest)) = self.built.first() else { break };
-            self.forget(oldest);
-        }
     }
 
     /// Drops `file_slot`'s lists (a holder came or went, or the file is gone).
