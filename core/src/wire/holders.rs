@@ -132,7 +132,7 @@ impl<'de> Deserialize<'de> for Holders {
             return Err(serde::de::Error::custom("holders' bitfields longer than the piece limit"));
         }
         let holders = Holders { piece_count, records: Bytes::from(records.into_vec()) };
-        if holders.records.len() % holders.record_bytes() != 0 || holders.len() > LOCATED_PEERS_MAX {
+        if !holders.records.len().is_multiple_of(holders.record_bytes()) || holders.len() > LOCATED_PEERS_MAX {
             return Err(serde::de::Error::custom("holder records do not fit the piece count or the holder limit"));
         }
         Ok(holders)
