@@ -408,7 +408,7 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
         match report {
             ConnReport::Messages(messages, permit) => {
                 let mut permit = permit;
-                let last = messages.len() - 1;
+                let last = messages.len().saturating_sub(1);
                 for (i, message) in messages.into_iter().enumerate() {
                     // An earlier message of the batch may have closed the connection.
                     if self.conns.get(&conn).map(Connection::token) != Some(token) {
