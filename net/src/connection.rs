@@ -493,4 +493,39 @@ mod tests {
         let mut oversized = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(matches!(FrameCodec.decode(&mut oversized), Err(FrameError::Decode(DecodeError::Oversized { .. }))));
     }
+
+    #[actix_rt::test]
+    async fn frames_received_together_make_one_batch_ended_by_data() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let mut sender = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
+        let (receiver, _) = listener.accept().await.expect("accepts");
+        let (mut half, _write_half) = receiver.into_split();
+        let data = Message::Data {
+            file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
+            piece: p2p_core::PieceIndex(0),
+            offset: 0,
+            bytes: Bytes::from_static(&[7; 100]),
+        };
+        let list = Message::List;
+        let mut wire = BytesMut::new();
+        for message in [&list, &list, &data, &list] {
+            encode_frame(message, &mut wire).expect("fits");
+        }
+        sender.write_all(&wire).await.expect("sends");
+        drop(sender);
+
+        let budget = Arc::new(Semaphore::new(1000));
+        let mut buffer = BytesMut::new();
+        let conn = ConnId::Inbound(1);
+        let (batch, end) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        let (messages, permit) = batch.expect("messages");
+        assert_eq!(messages, vec![list.clone(), list.clone(), data]);
+        assert_eq!(permit.map(|p| p.num_permits()), Some(100), "the data's budget share comes along");
+        assert!(end.is_none());
+        let (batch, _) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        assert_eq!(batch.map(|(messages, _)| messages), Some(vec![list]));
+        let (batch, end) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        assert!(batch.is_none() && matches!(end, Some(ConnReport::Closed)), "then the stream's end");
+        assert_eq!(buffer.capacity(), 0, "a drained reader holds no buffer");
+    }
 }
