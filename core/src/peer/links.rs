@@ -131,15 +131,10 @@ impl Peer {
         if remote.stage != Stage::Ready {
             remote.wanted.insert(file_id);
         } else if remote.bitfield_sent.insert(file_id) {
-            if let Some(message) = self.bitfield_message(file_id) {
+            if let Some(message) = self.bitfield_for(conn, file_id) {
                 self.send(conn, message);
             }
         }
-    }
-
-    fn bitfield_message(&self, file_id: FileId) -> Option<Message> {
-        let have = &self.files.get(&file_id)?.have;
-        Some(Message::Bitfield { file_id, have: have.clone() })
     }
 
     pub(super) fn on_remote_connected(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -254,6 +249,7 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
+        self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         let mut wanted = false;
         for piece in new {

@@ -11,9 +11,11 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 
-use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX};
+use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND};
 use crate::manifest::Manifest;
 use crate::time::Time;
+
+use super::offers::Spread;
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub(super) struct FileEntry {
     pub sharing_reported: bool,
     /// Download state, while pieces are missing or the file is being finalized.
     pub download: Option<Download>,
+    /// Offer counts, once the whole file was offered piece by piece to downloaders.
+    pub spread: Option<Spread>,
 }
 
 /// Where a download stands as a whole.
@@ -52,9 +56,9 @@ pub(super) struct Download {
     pub availability: Vec<u32>,
     /// When to ask the tracker again.
     pub next_locate: Time,
-    /// The current interval between asks: doubled while pieces keep arriving, reset when
-    /// none arrived since the last ask.
-    pub locate_interval: Duration,
+    /// The current interval between asks: `None` until the first ask went out; then doubled
+    /// while pieces keep arriving, reset when none arrived since the last ask.
+    pub locate_interval: Option<Duration>,
     /// Verified pieces at the last ask.
     pub have_at_locate: u32,
     /// Pieces last reported missing (reported again only when the set changes).
@@ -116,7 +120,14 @@ impl ActivePiece {
 impl FileEntry {
     /// A file shared from a complete or partial local copy.
     pub fn shared(manifest: Manifest, have: Bitfield) -> FileEntry {
-        FileEntry { manifest: Some(manifest), have, announced: false, sharing_reported: false, download: None }
+        FileEntry {
+            manifest: Some(manifest),
+            have,
+            announced: false,
+            sharing_reported: false,
+            download: None,
+            spread: None,
+        }
     }
 
     /// A download; `resume` is what a store already verified.
@@ -126,7 +137,7 @@ impl FileEntry {
             slots: Vec::new(),
             availability: Vec::new(),
             next_locate: now,
-            locate_interval: LOCATE_INTERVAL,
+            locate_interval: None,
             have_at_locate: 0,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
@@ -139,7 +150,7 @@ impl FileEntry {
             }
             None => (None, Bitfield::new(0)),
         };
-        FileEntry { manifest, have, announced: false, sharing_reported: true, download: Some(download) }
+        FileEntry { manifest, have, announced: false, sharing_reported: true, download: Some(download), spread: None }
     }
 
     /// Whether the file is still being fetched.
@@ -149,16 +160,23 @@ impl FileEntry {
 }
 
 impl Download {
-    /// Schedules the next ask of the tracker after one made at `now`: later and later while
-    /// the download progresses, soon again when it is stuck.
-    pub fn plan_next_locate(&mut self, now: Time, have_count: u32) {
-        self.locate_interval = if have_count > self.have_at_locate {
-            (self.locate_interval * 2).min(LOCATE_INTERVAL_MAX)
-        } else {
-            LOCATE_INTERVAL
+    /// Schedules the next ask of the tracker after one made at `now` (`sent`: it reached the
+    /// tracker). The second ask comes soon after the first: the tracker names only peers that
+    /// hold pieces, so downloaders that started together find each other once their first
+    /// pieces arrived. Then later and later while the download progresses, soon again when it
+    /// is stuck.
+    pub fn plan_next_locate(&mut self, now: Time, have_count: u32, sent: bool) {
+        let interval = match self.locate_interval {
+            _ if !sent => LOCATE_INTERVAL,
+            None => LOCATE_INTERVAL_SECOND,
+            Some(last) if have_count > self.have_at_locate => (last * 2).min(LOCATE_INTERVAL_MAX),
+            Some(_) => LOCATE_INTERVAL,
         };
-        self.have_at_locate = have_count;
-        self.next_locate = now + self.locate_interval;
+        if sent {
+            self.locate_interval = Some(interval);
+            self.have_at_locate = have_count;
+        }
+        self.next_locate = now + interval;
     }
 
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.

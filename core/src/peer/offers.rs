@@ -1,0 +1,204 @@
+//! Seeding to several downloaders at once: which pieces a peer that holds a whole file tells
+//! each downloader it has.
+//!
+//! A lone downloader is told everything. While a second downloader of the file is connected,
+//! a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks, the ones offered
+//! least so far first (a rotating cursor from a random start breaks ties), so the downloaders
+//! fetch different pieces from the seeder and the rest from each other (super-seeding). Each
+//! piece the seeder finishes uploading to a downloader, and each offered piece the downloader
+//! reports holding (fetched elsewhere), makes room for one more offer; a downloader that is
+//! alone again is told everything that is left. The seeder keeps per file one offer count per
+//! piece; per connection, what it told and which offered pieces are still outstanding.
+
+use std::collections::BTreeSet;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
+use crate::rng::Rng;
+use crate::wire::Message;
+
+use super::remote::Stage;
+use super::Peer;
+
+/// How often each piece of a whole file was offered or uploaded to a downloader.
+#[derive(Debug)]
+pub(super) struct Spread {
+    offers: Vec<u16>,
+    /// Where the next search for a least-offered piece starts.
+    cursor: usize,
+    /// No piece was offered fewer times than this.
+    floor: u16,
+}
+
+/// What a seeder told one downloader of one file.
+#[derive(Debug)]
+pub(super) struct Offer {
+    /// Pieces announced to it (its view of our bitfield).
+    told: Bitfield,
+    /// Announced pieces it neither fetched from us nor reported holding yet.
+    outstanding: BTreeSet<PieceIndex>,
+}
+
+impl Spread {
+    fn new(piece_count: u32, rng: &mut Rng) -> Spread {
+        let start = rng.below(piece_count.max(1) as usize);
+        Spread { offers: vec![0; piece_count as usize], cursor: start, floor: 0 }
+    }
+
+    /// Counts one more copy of `piece` handed out.
+    fn count(&mut self, piece: PieceIndex) {
+        if let Some(offers) = self.offers.get_mut(piece.as_usize()) {
+            *offers = offers.saturating_add(1);
+        }
+    }
+
+    /// The least-offered piece for which `eligible` holds, searching a bounded stretch from
+    /// the cursor; counts it as offered.
+    fn pick(&mut self, eligible: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
+        let len = self.offers.len();
+        let span = len.min(OFFER_SCAN_PIECES_MAX);
+        let mut best: Option<(u16, usize)> = None;
+        let mut lowest = u16::MAX;
+        let mut scanned = 0;
+        for step in 0..span {
+            let i = (self.cursor + step) % len;
+            let offers = self.offers[i];
+            lowest = lowest.min(offers);
+            scanned += 1;
+            if !eligible(PieceIndex(i as u32)) || best.is_some_and(|(b, _)| b <= offers) {
+                continue;
+            }
+            best = Some((offers, i));
+            if offers <= self.floor {
+                break;
+            }
+        }
+        if scanned == len {
+            self.floor = lowest;
+        }
+        let (_, i) = best?;
+        self.cursor = (i + 1) % len;
+        let piece = PieceIndex(i as u32);
+        self.count(piece);
+        Some(piece)
+    }
+}
+
+impl Peer {
+    /// Our bitfield message for `file_id` on `conn`: the whole of what we hold, or the first
+    /// window of offers when we hold the whole file and `conn` is one of several downloaders.
+    pub(super) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
+        let have = self.files.get(&file_id)?.have.clone();
+        let downloading = self.remotes.get(&conn)?.files.get(&file_id).is_some_and(|h| !h.is_full());
+        if !have.is_full() || !downloading || !self.other_downloader(conn, file_id) {
+            return Some(Message::Bitfield { file_id, have });
+        }
+        let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
+        self.remotes.get_mut(&conn)?.offers.insert(file_id, offer);
+        self.fill_window(conn, file_id);
+        let told = self.remotes.get(&conn)?.offers.get(&file_id)?.told.clone();
+        Some(Message::Bitfield { file_id, have: told })
+    }
+
+    /// We finished uploading `piece` to `conn`.
+    pub(super) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        match remote.offers.get_mut(&file_id) {
+            Some(offer) => {
+                if offer.outstanding.remove(&piece) {
+                    self.top_up(conn, file_id);
+                }
+            }
+            // A downloader that sees everything chose this piece itself: count the copy.
+            None => {
+                if let Some(spread) = self.files.get_mut(&file_id).and_then(|e| e.spread.as_mut()) {
+                    spread.count(piece);
+                }
+            }
+        }
+    }
+
+    /// `conn` reported holding `pieces` (from us or from anyone else).
+    pub(super) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
+            remote.offers.remove(&file_id);
+            return;
+        }
+        let Some(offer) = remote.offers.get_mut(&file_id) else { return };
+        let before = offer.outstanding.len();
+        for piece in pieces {
+            offer.outstanding.remove(piece);
+        }
+        if offer.outstanding.len() < before {
+            self.top_up(conn, file_id);
+        }
+    }
+
+    /// Offers `conn` more pieces up to the window (everything left when it is the only
+    /// downloader) and sends them in one `Haves`.
+    fn top_up(&mut self, conn: ConnId, file_id: FileId) {
+        let pieces = if self.other_downloader(conn, file_id) {
+            self.fill_window(conn, file_id)
+        } else {
+            self.tell_rest(conn, file_id)
+        };
+        if !pieces.is_empty() {
+            self.send(conn, Message::Haves { file_id, pieces });
+        }
+    }
+
+    /// Adds least-offered pieces `conn` lacks to its offer until the window is full; returns
+    /// them.
+    fn fill_window(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
+        let Some(entry) = self.files.get_mut(&file_id) else { return Vec::new() };
+        let spread = entry.spread.get_or_insert_with(|| Spread::new(entry.have.len(), &mut self.rng));
+        let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
+        let (Some(holds), Some(offer)) = (remote.files.get(&file_id), remote.offers.get_mut(&file_id)) else {
+            return Vec::new();
+        };
+        let mut added = Vec::new();
+        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
+            let Some(piece) = spread.pick(|p| !holds.has(p) && !offer.told.has(p)) else { break };
+            offer.told.set(piece);
+            offer.outstanding.insert(piece);
+            added.push(piece);
+        }
+        added
+    }
+
+    /// Tells `conn` every piece not yet told and stops offering: it sees all we hold.
+    fn tell_rest(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
+        let Some(offer) = remote.offers.remove(&file_id) else { return Vec::new() };
+        offer.told.iter_missing().collect()
+    }
+
+    /// Whether a ready remote other than `conn` is downloading `file_id` from us.
+    fn other_downloader(&self, conn: ConnId, file_id: FileId) -> bool {
+        self.remotes
+            .iter()
+            .any(|(c, r)| *c != conn && r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_offered_pieces_go_first_and_every_piece_once_before_any_twice() {
+        let mut rng = Rng::from_seed(1);
+        let mut spread = Spread::new(10, &mut rng);
+        let mut first_round: Vec<u32> = (0..10).filter_map(|_| spread.pick(|_| true).map(|p| p.0)).collect();
+        first_round.sort_unstable();
+        assert_eq!(first_round, (0..10).collect::<Vec<u32>>());
+        // Piece 3 is not eligible now: the others go round again, 3 stays at one offer.
+        let second: Vec<u32> = (0..9).filter_map(|_| spread.pick(|p| p.0 != 3).map(|p| p.0)).collect();
+        assert_eq!(second.len(), 9);
+        assert!(!second.contains(&3));
+        assert_eq!(spread.pick(|_| true), Some(PieceIndex(3)));
+        assert_eq!(spread.pick(|_| false), None);
+    }
+}
