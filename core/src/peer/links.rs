@@ -310,6 +310,9 @@ impl Peer {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
                 download.count_holder(have, false);
             }
+            if !have.is_full() {
+                self.downloader_gone(*file_id);
+            }
         }
         for (file_id, piece) in &remote.assigned {
             self.unassign(conn, *file_id, *piece);

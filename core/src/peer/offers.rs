@@ -2,12 +2,14 @@
 //! each downloader it has.
 //!
 //! A lone downloader is told everything. While a second downloader of the file is connected,
-//! a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks, the ones offered
-//! least so far first (a rotating cursor from a random start breaks ties), so the downloaders
+//! a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that were never
+//! offered to anyone (a rotating cursor from a random start picks them), so the downloaders
 //! fetch different pieces from the seeder and the rest from each other (super-seeding). Each
 //! piece the seeder finishes uploading to a downloader, and each offered piece the downloader
-//! reports holding (fetched elsewhere), makes room for one more offer; a downloader that is
-//! alone again is told everything that is left. The seeder keeps per file one offer count per
+//! reports holding (fetched elsewhere), makes room for one more offer. Once every piece went
+//! out, a downloader with no offer outstanding is offered one piece, the least offered, so
+//! nobody waits for a piece the others cannot give it. A downloader that is alone again is told
+//! everything that is left. The seeder keeps per file one offer count per
 //! piece; per connection, what it told and which offered pieces are still outstanding.
 
 use std::collections::BTreeSet;
@@ -53,9 +55,12 @@ impl Spread {
         }
     }
 
-    /// The least-offered piece for which `eligible` holds, searching a bounded stretch from
-    /// the cursor; counts it as offered.
-    fn pick(&mut self, eligible: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
+    /// The least-offered piece offered at most `offers_max` times for which `eligible` holds,
+    /// searching a bounded stretch from the cursor; counts it as offered.
+    fn pick(&mut self, offers_max: u16, eligible: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
+        if self.floor > offers_max {
+            return None;
+        }
         let len = self.offers.len();
         let span = len.min(OFFER_SCAN_PIECES_MAX);
         let mut best: Option<(u16, usize)> = None;
@@ -66,7 +71,7 @@ impl Spread {
             let offers = self.offers[i];
             lowest = lowest.min(offers);
             scanned += 1;
-            if !eligible(PieceIndex(i as u32)) || best.is_some_and(|(b, _)| b <= offers) {
+            if offers > offers_max || best.is_some_and(|(b, _)| b <= offers) || !eligible(PieceIndex(i as u32)) {
                 continue;
             }
             best = Some((offers, i));
@@ -124,6 +129,7 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
             remote.offers.remove(&file_id);
+            self.downloader_gone(file_id);
             return;
         }
         let Some(offer) = remote.offers.get_mut(&file_id) else { return };
@@ -133,6 +139,19 @@ impl Peer {
         }
         if offer.outstanding.len() < before {
             self.top_up(conn, file_id);
+        }
+    }
+
+    /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
+    /// is told everything.
+    pub(super) fn downloader_gone(&mut self, file_id: FileId) {
+        let mut downloading = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()));
+        let (Some((conn, remote)), None) = (downloading.next(), downloading.next()) else { return };
+        if remote.offers.contains_key(&file_id) {
+            self.top_up(*conn, file_id);
         }
     }
 
@@ -149,8 +168,9 @@ impl Peer {
         }
     }
 
-    /// Adds least-offered pieces `conn` lacks to its offer until the window is full; returns
-    /// them.
+    /// Adds pieces `conn` lacks to its offer and returns them: never-offered ones until the
+    /// window is full; once every piece went out, one at a time (the least offered), when
+    /// nothing is outstanding, so the downloaders fetch what others already got from each other.
     fn fill_window(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
         let Some(entry) = self.files.get_mut(&file_id) else { return Vec::new() };
         let spread = entry.spread.get_or_insert_with(|| Spread::new(entry.have.len(), &mut self.rng));
@@ -160,7 +180,8 @@ impl Peer {
         };
         let mut added = Vec::new();
         while offer.outstanding.len() < OFFER_WINDOW_PIECES {
-            let Some(piece) = spread.pick(|p| !holds.has(p) && !offer.told.has(p)) else { break };
+            let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
+            let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
             offer.told.set(piece);
             offer.outstanding.insert(piece);
             added.push(piece);
@@ -191,14 +212,14 @@ mod tests {
     fn least_offered_pieces_go_first_and_every_piece_once_before_any_twice() {
         let mut rng = Rng::from_seed(1);
         let mut spread = Spread::new(10, &mut rng);
-        let mut first_round: Vec<u32> = (0..10).filter_map(|_| spread.pick(|_| true).map(|p| p.0)).collect();
+        let mut first_round: Vec<u32> = (0..10).filter_map(|_| spread.pick(u16::MAX, |_| true).map(|p| p.0)).collect();
         first_round.sort_unstable();
         assert_eq!(first_round, (0..10).collect::<Vec<u32>>());
         // Piece 3 is not eligible now: the others go round again, 3 stays at one offer.
-        let second: Vec<u32> = (0..9).filter_map(|_| spread.pick(|p| p.0 != 3).map(|p| p.0)).collect();
+        let second: Vec<u32> = (0..9).filter_map(|_| spread.pick(u16::MAX, |p| p.0 != 3).map(|p| p.0)).collect();
         assert_eq!(second.len(), 9);
         assert!(!second.contains(&3));
-        assert_eq!(spread.pick(|_| true), Some(PieceIndex(3)));
-        assert_eq!(spread.pick(|_| false), None);
+        assert_eq!(spread.pick(u16::MAX, |_| true), Some(PieceIndex(3)));
+        assert_eq!(spread.pick(u16::MAX, |_| false), None);
     }
 }

@@ -95,11 +95,6 @@ impl Remote {
         }
     }
 
-    /// Whether the remote told us it holds `piece` of `file_id`.
-    pub fn holds(&self, file_id: &FileId, piece: PieceIndex) -> bool {
-        self.files.get(file_id).is_some_and(|have| have.has(piece))
-    }
-
     /// Records a request sent at `now`.
     pub fn start_request(&mut self, key: BlockKey, now: Time) {
         if self.in_flight.is_empty() {

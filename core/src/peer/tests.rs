@@ -315,3 +315,22 @@ fn one_seeder_and_eight_downloaders_started_together_the_seeder_uploads_little_m
     assert!(multiple <= 1.6, "the seeder uploaded {multiple:.2}× the file; everyone done at {took}");
     assert!(took <= Time::from_millis(6500), "everyone done at {took} (the seeder uploaded {multiple:.2}×)");
 }
+
+#[test]
+fn a_seeder_offering_pieces_a_few_at_a_time_hears_of_offers_fetched_elsewhere_and_offers_more() {
+    let mut h = Harness::new(14);
+    let (bytes, manifest) = file(64 * 16 * KIB, 16 * 1024, 14);
+    let id = manifest.file_id();
+    // Piece 63 exists only on the slow seeder; the partial holder serves the rest at once, so
+    // the downloaders fetch most of the seeder's offers from it.
+    let (seeder, partial) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.share(partial, &manifest, &bytes, Some(&(0..63).collect::<Vec<u32>>()));
+    h.run_for(Duration::from_millis(10));
+    let downloaders = [h.add_peer(3, None), h.add_peer(4, None)];
+    for node in downloaders {
+        get(&mut h, node, &manifest);
+    }
+    h.run_until(Duration::from_secs(30), |h| downloaders.iter().all(|n| h.completed(*n, id)));
+    assert!(downloaders.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
+}
