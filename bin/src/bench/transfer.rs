@@ -292,9 +292,20 @@ fn case_notes(result: &CaseResult, ok: &[&SwarmRun], wall: f64, swarm_1to1: Opti
             }
             notes.push(received_note(ok, size));
             notes.push(seeder_note(ok, size));
+            notes.push(rss_note(ok));
         }
     }
     notes.join("; ")
+}
+
+/// Each run's largest downloader peak RSS, to show the spread behind the median.
+fn rss_note(ok: &[&SwarmRun]) -> String {
+    let peaks: Vec<String> = ok
+        .iter()
+        .map(|run| run.downloaders.iter().map(|d| d.peak_rss_kib).max().unwrap_or(0))
+        .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
+        .collect();
+    format!("dl peak RSS MiB per run: {}", peaks.join(" "))
 }
 
 /// The most any downloader received (its own `downloaded` line) as a multiple of the file size.
