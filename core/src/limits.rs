@@ -121,13 +121,14 @@ pub const TTL_INTERVALS_COUNT: u32 = 3;
 /// piece arrived since its last ask.
 pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How soon a download asks the tracker a second time. The first answer names only the
-/// peers that held pieces then; downloaders that started at the same time hold pieces a
-/// moment later and can serve each other from then on.
+/// How soon a download asks the tracker again when the first answer named fewer than
+/// [`HOLDERS_PER_PIECE_MAX`] peers. That answer names only the peers that held pieces then;
+/// downloaders that started at the same time hold pieces a moment later and can serve each
+/// other from then on.
 pub const LOCATE_INTERVAL_SECOND: Duration = Duration::from_millis(250);
 
 /// Longest interval between two asks of a download that keeps making progress (the interval
-/// doubles from [`LOCATE_INTERVAL_SECOND`] or [`LOCATE_INTERVAL`] while pieces keep arriving).
+/// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).
 pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 
 /// Verified pieces are told to connected remotes in batches at most this often (the tracker

@@ -36,10 +36,14 @@ impl Peer {
                 _ => return,
             }
         }
-        let entry = &self.files[&file_id];
+        let now = self.now;
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
         let well_formed = peers.len() == have.len() && have.iter().all(|h| h.len() == entry.have.len());
         if !entry.is_fetching() || !well_formed {
             return;
+        }
+        if let Some(download) = entry.download.as_mut() {
+            download.on_answer(now, peers.len());
         }
         let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> =
             entry.have.iter_missing().map(|p| (p, Vec::new())).collect();

@@ -1,8 +1,10 @@
 //! Seeding to several downloaders at once: which pieces a peer that holds a whole file tells
 //! each downloader it has.
 //!
-//! A lone downloader is told everything. While a second downloader of the file is connected,
-//! a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that were never
+//! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
+//! every piece went out once: after that the swarm holds the file and newcomers are told
+//! everything. A lone downloader is told everything. While a second downloader of the file is
+//! connected, a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that were never
 //! offered to anyone (a rotating cursor from a random start picks them), so the downloaders
 //! fetch different pieces from the seeder and the rest from each other (super-seeding). Each
 //! piece the seeder finishes uploading to a downloader, and each offered piece the downloader
@@ -92,11 +94,14 @@ impl Spread {
 
 impl Peer {
     /// Our bitfield message for `file_id` on `conn`: the whole of what we hold, or the first
-    /// window of offers when we hold the whole file and `conn` is one of several downloaders.
+    /// window of offers when we shared the whole file ourselves, some piece never went out yet
+    /// and `conn` is one of several downloaders.
     pub(super) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
-        let have = self.files.get(&file_id)?.have.clone();
+        let entry = self.files.get(&file_id)?;
+        let have = entry.have.clone();
+        let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.floor == 0);
         let downloading = self.remotes.get(&conn)?.files.get(&file_id).is_some_and(|h| !h.is_full());
-        if !have.is_full() || !downloading || !self.other_downloader(conn, file_id) {
+        if !spreading || !downloading || !self.other_downloader(conn, file_id) {
             return Some(Message::Bitfield { file_id, have });
         }
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };

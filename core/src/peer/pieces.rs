@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 
-use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND};
+use crate::limits::{BLOCK_BYTES, HOLDERS_PER_PIECE_MAX, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND};
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -30,6 +30,9 @@ pub(super) struct FileEntry {
     pub sharing_reported: bool,
     /// Download state, while pieces are missing or the file is being finalized.
     pub download: Option<Download>,
+    /// Whether the file came from a local share rather than a download: only such a holder
+    /// offers its pieces a few at a time (see `offers`).
+    pub shared_here: bool,
     /// Offer counts, once the whole file was offered piece by piece to downloaders.
     pub spread: Option<Spread>,
 }
@@ -56,9 +59,11 @@ pub(super) struct Download {
     pub availability: Vec<u32>,
     /// When to ask the tracker again.
     pub next_locate: Time,
-    /// The current interval between asks: `None` until the first ask went out; then doubled
-    /// while pieces keep arriving, reset when none arrived since the last ask.
-    pub locate_interval: Option<Duration>,
+    /// The current interval between asks: doubled while pieces keep arriving, reset when
+    /// none arrived since the last ask.
+    pub locate_interval: Duration,
+    /// Whether an answer to an ask arrived.
+    pub located: bool,
     /// Verified pieces at the last ask.
     pub have_at_locate: u32,
     /// Pieces last reported missing (reported again only when the set changes).
@@ -126,6 +131,7 @@ impl FileEntry {
             announced: false,
             sharing_reported: false,
             download: None,
+            shared_here: true,
             spread: None,
         }
     }
@@ -137,7 +143,8 @@ impl FileEntry {
             slots: Vec::new(),
             availability: Vec::new(),
             next_locate: now,
-            locate_interval: None,
+            locate_interval: LOCATE_INTERVAL,
+            located: false,
             have_at_locate: 0,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
@@ -150,7 +157,15 @@ impl FileEntry {
             }
             None => (None, Bitfield::new(0)),
         };
-        FileEntry { manifest, have, announced: false, sharing_reported: true, download: Some(download), spread: None }
+        FileEntry {
+            manifest,
+            have,
+            announced: false,
+            sharing_reported: true,
+            download: Some(download),
+            shared_here: false,
+            spread: None,
+        }
     }
 
     /// Whether the file is still being fetched.
@@ -160,23 +175,26 @@ impl FileEntry {
 }
 
 impl Download {
-    /// Schedules the next ask of the tracker after one made at `now` (`sent`: it reached the
-    /// tracker). The second ask comes soon after the first: the tracker names only peers that
-    /// hold pieces, so downloaders that started together find each other once their first
-    /// pieces arrived. Then later and later while the download progresses, soon again when it
-    /// is stuck.
-    pub fn plan_next_locate(&mut self, now: Time, have_count: u32, sent: bool) {
-        let interval = match self.locate_interval {
-            _ if !sent => LOCATE_INTERVAL,
-            None => LOCATE_INTERVAL_SECOND,
-            Some(last) if have_count > self.have_at_locate => (last * 2).min(LOCATE_INTERVAL_MAX),
-            Some(_) => LOCATE_INTERVAL,
+    /// Schedules the next ask of the tracker after one made at `now`: later and later while
+    /// the download progresses, soon again when it is stuck.
+    pub fn plan_next_locate(&mut self, now: Time, have_count: u32) {
+        self.locate_interval = if have_count > self.have_at_locate {
+            (self.locate_interval * 2).min(LOCATE_INTERVAL_MAX)
+        } else {
+            LOCATE_INTERVAL
         };
-        if sent {
-            self.locate_interval = Some(interval);
-            self.have_at_locate = have_count;
+        self.have_at_locate = have_count;
+        self.next_locate = now + self.locate_interval;
+    }
+
+    /// An answer named `peers` peers. The first answer of a download that names only a few
+    /// asks again soon: the tracker names only peers that hold pieces, so downloaders that
+    /// started together find each other once their first pieces arrived.
+    pub fn on_answer(&mut self, now: Time, peers: usize) {
+        if !self.located && peers < HOLDERS_PER_PIECE_MAX {
+            self.next_locate = self.next_locate.min(now + LOCATE_INTERVAL_SECOND);
         }
-        self.next_locate = now + interval;
+        self.located = true;
     }
 
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.

@@ -1,8 +1,8 @@
 //! The peer's side of the tracker connection: connect (and reconnect with exponential backoff),
 //! handshake, announce every file (again at each interval and after every reconnect, so a
 //! restarted tracker rebuilds its soft state), send `Have` for each verified piece, and ask
-//! where the pieces of each download are: again 250 ms after the first ask, then every 2 s
-//! while a download is stuck, less and less often while pieces keep arriving.
+//! where the pieces of each download are: every 2 s while a download is stuck, less and less
+//! often while pieces keep arriving.
 
 use std::time::Duration;
 
@@ -204,7 +204,7 @@ impl Peer {
             let have_count = entry.have.count();
             let Some(download) = entry.download.as_mut() else { continue };
             if download.next_locate <= now {
-                download.plan_next_locate(now, have_count, ready.is_some());
+                download.plan_next_locate(now, have_count);
                 due.push((*file_id, entry.manifest.is_none()));
             }
         }
