@@ -320,9 +320,11 @@ fn received_note(ok: &[&SwarmRun], size: f64) -> String {
 /// the kernel's count of their write() bytes (medians over runs).
 fn seeder_note(ok: &[&SwarmRun], size: f64) -> String {
     let seeders = ok.first().map_or(0, |run| run.seeders.len());
+    // The median over runs, then each run's figure.
     let multiple = |pick: fn(&swarm::SeederRun) -> Option<u64>, i: usize| {
         let values: Vec<f64> = ok.iter().filter_map(|run| pick(&run.seeders[i])).map(|b| b as f64 / size).collect();
-        median(&values).map_or("n/a".to_owned(), |m| format!("{m:.2}×"))
+        let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        median(&values).map_or("n/a".to_owned(), |m| format!("{m:.2}× (runs {})", each.join(" ")))
     };
     let uploaded: Vec<String> = (0..seeders).map(|i| multiple(|s| s.uploaded_bytes, i)).collect();
     let sent: Vec<String> = (0..seeders).map(|i| multiple(|s| s.socket_bytes, i)).collect();
