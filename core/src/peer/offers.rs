@@ -1,18 +1,18 @@
 //! Seeding to several downloaders at once: which pieces a peer that holds a whole file tells
-//! each downloader it has.
+//! each downloader it has (super-seeding).
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
 //! everything. A lone downloader is told everything. While a second downloader of the file is
-//! connected, a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that were never
-//! offered to anyone (a rotating cursor from a random start picks them), so the downloaders
-//! fetch different pieces from the seeder and the rest from each other (super-seeding). Each
-//! piece the seeder finishes uploading to a downloader, and each offered piece the downloader
-//! reports holding (fetched elsewhere), makes room for one more offer. Once every piece went
-//! out, a downloader with no offer outstanding is offered one piece, the least offered, so
-//! nobody waits for a piece the others cannot give it. A downloader that is alone again is told
-//! everything that is left. The seeder keeps per file one offer count per
-//! piece; per connection, what it told and which offered pieces are still outstanding.
+//! connected, a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that
+//! were never offered to anyone (a rotating cursor from a random start picks them), so the
+//! downloaders fetch different pieces from the seeder and the rest from each other. Each piece
+//! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
+//! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
+//! downloader with no offer outstanding is offered one piece, the least offered, so nobody
+//! waits for a piece the others cannot give it. A downloader that is alone again is told
+//! everything that is left. The seeder keeps per file one offer count per piece; per
+//! connection, what it told and which offered pieces are still outstanding.
 
 use std::collections::BTreeSet;
 
@@ -31,8 +31,8 @@ pub(super) struct Spread {
     offers: Vec<u16>,
     /// Where the next search for a least-offered piece starts.
     cursor: usize,
-    /// No piece was offered fewer times than this.
-    floor: u16,
+    /// Pieces never offered.
+    unoffered: usize,
 }
 
 /// What a seeder told one downloader of one file.
@@ -47,12 +47,15 @@ pub(super) struct Offer {
 impl Spread {
     fn new(piece_count: u32, rng: &mut Rng) -> Spread {
         let start = rng.below(piece_count.max(1) as usize);
-        Spread { offers: vec![0; piece_count as usize], cursor: start, floor: 0 }
+        Spread { offers: vec![0; piece_count as usize], cursor: start, unoffered: piece_count as usize }
     }
 
     /// Counts one more copy of `piece` handed out.
     fn count(&mut self, piece: PieceIndex) {
         if let Some(offers) = self.offers.get_mut(piece.as_usize()) {
+            if *offers == 0 {
+                self.unoffered -= 1;
+            }
             *offers = offers.saturating_add(1);
         }
     }
@@ -60,29 +63,21 @@ impl Spread {
     /// The least-offered piece offered at most `offers_max` times for which `eligible` holds,
     /// searching a bounded stretch from the cursor; counts it as offered.
     fn pick(&mut self, offers_max: u16, eligible: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
-        if self.floor > offers_max {
+        if offers_max == 0 && self.unoffered == 0 {
             return None;
         }
         let len = self.offers.len();
-        let span = len.min(OFFER_SCAN_PIECES_MAX);
         let mut best: Option<(u16, usize)> = None;
-        let mut lowest = u16::MAX;
-        let mut scanned = 0;
-        for step in 0..span {
+        for step in 0..len.min(OFFER_SCAN_PIECES_MAX) {
             let i = (self.cursor + step) % len;
             let offers = self.offers[i];
-            lowest = lowest.min(offers);
-            scanned += 1;
             if offers > offers_max || best.is_some_and(|(b, _)| b <= offers) || !eligible(PieceIndex(i as u32)) {
                 continue;
             }
             best = Some((offers, i));
-            if offers <= self.floor {
+            if offers == 0 {
                 break;
             }
-        }
-        if scanned == len {
-            self.floor = lowest;
         }
         let (_, i) = best?;
         self.cursor = (i + 1) % len;
@@ -99,7 +94,7 @@ impl Peer {
     pub(super) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
         let have = entry.have.clone();
-        let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.floor == 0);
+        let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.unoffered > 0);
         let downloading = self.remotes.get(&conn)?.files.get(&file_id).is_some_and(|h| !h.is_full());
         if !spreading || !downloading || !self.other_downloader(conn, file_id) {
             return Some(Message::Bitfield { file_id, have });
@@ -220,6 +215,7 @@ mod tests {
         let mut first_round: Vec<u32> = (0..10).filter_map(|_| spread.pick(u16::MAX, |_| true).map(|p| p.0)).collect();
         first_round.sort_unstable();
         assert_eq!(first_round, (0..10).collect::<Vec<u32>>());
+        assert_eq!(spread.pick(0, |_| true), None, "every piece went out once");
         // Piece 3 is not eligible now: the others go round again, 3 stays at one offer.
         let second: Vec<u32> = (0..9).filter_map(|_| spread.pick(u16::MAX, |p| p.0 != 3).map(|p| p.0)).collect();
         assert_eq!(second.len(), 9);
