@@ -96,6 +96,14 @@ pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
 /// Most pieces a remote is assigned at once on one connection.
 pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
 
+/// Pieces a seeder offers each of several downloaders at a time, beyond what it already
+/// uploaded to it: room for two full sets of assigned pieces, so the pipeline never waits for
+/// the next offer.
+pub const OFFER_WINDOW_PIECES: usize = 2 * PIECES_ASSIGNED_PER_CONN_MAX;
+
+/// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
+pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
+
 /// Most remotes working on the same piece at once (more than one only in endgame).
 pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
 
@@ -123,6 +131,12 @@ pub const TTL_INTERVALS_COUNT: u32 = 3;
 /// How often a downloader asks the tracker again while pieces are still missing and no new
 /// piece arrived since its last ask.
 pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How soon a download asks the tracker again when the first answer named fewer than
+/// [`HOLDERS_PER_PIECE_MAX`] peers. That answer names only the peers that held pieces then;
+/// downloaders that started at the same time hold pieces a moment later and can serve each
+/// other from then on.
+pub const LOCATE_INTERVAL_SECOND: Duration = Duration::from_millis(250);
 
 /// Longest interval between two asks of a download that keeps making progress (the interval
 /// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).
@@ -155,6 +169,7 @@ const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_po
 const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
+const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
 // A piece's blocks are tracked in a u64 mask.
 const _: () = assert!(PIECE_BYTES_MAX / BLOCK_BYTES <= 64);

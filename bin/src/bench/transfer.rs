@@ -292,9 +292,20 @@ fn case_notes(result: &CaseResult, ok: &[&SwarmRun], wall: f64, swarm_1to1: Opti
             }
             notes.push(received_note(ok, size));
             notes.push(seeder_note(ok, size));
+            notes.push(rss_note(ok));
         }
     }
     notes.join("; ")
+}
+
+/// Each run's largest downloader peak RSS, to show the spread behind the median.
+fn rss_note(ok: &[&SwarmRun]) -> String {
+    let peaks: Vec<String> = ok
+        .iter()
+        .map(|run| run.downloaders.iter().map(|d| d.peak_rss_kib).max().unwrap_or(0))
+        .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
+        .collect();
+    format!("dl peak RSS MiB per run: {}", peaks.join(" "))
 }
 
 /// The most any downloader received (its own `downloaded` line) as a multiple of the file size.
@@ -309,9 +320,11 @@ fn received_note(ok: &[&SwarmRun], size: f64) -> String {
 /// the kernel's count of their write() bytes (medians over runs).
 fn seeder_note(ok: &[&SwarmRun], size: f64) -> String {
     let seeders = ok.first().map_or(0, |run| run.seeders.len());
+    // The median over runs, then each run's figure.
     let multiple = |pick: fn(&swarm::SeederRun) -> Option<u64>, i: usize| {
         let values: Vec<f64> = ok.iter().filter_map(|run| pick(&run.seeders[i])).map(|b| b as f64 / size).collect();
-        median(&values).map_or("n/a".to_owned(), |m| format!("{m:.2}×"))
+        let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        median(&values).map_or("n/a".to_owned(), |m| format!("{m:.2}× (runs {})", each.join(" ")))
     };
     let uploaded: Vec<String> = (0..seeders).map(|i| multiple(|s| s.uploaded_bytes, i)).collect();
     let sent: Vec<String> = (0..seeders).map(|i| multiple(|s| s.socket_bytes, i)).collect();

@@ -52,10 +52,22 @@ fn run(command: NodeCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `job` inside an actix system (the nodes are actors).
+/// Runs `job` inside an actix system (the nodes are actors). Store work never runs more than
+/// `STORE_JOBS_MAX` jobs at once, so the worker pool is held to that many threads: left to
+/// itself it starts a new thread whenever a job is handed over just before another finishes,
+/// and every extra thread keeps its stack and hashing buffer (peak memory then grew with the
+/// length of a download).
 fn in_actix(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     raise_open_files_limit();
-    actix_rt::System::new().block_on(job)
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(p2p_net::driver::STORE_JOBS_MAX)
+            .build()
+            // As in `actix_rt::System::new`: only fails when the OS refuses an event queue.
+            .expect("a tokio runtime")
+    };
+    actix_rt::System::with_tokio_rt(runtime).block_on(job)
 }
 
 /// A tracker keeps one connection per peer and a peer many: lift the soft limit on open files

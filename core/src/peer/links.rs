@@ -30,9 +30,13 @@ impl Peer {
                 _ => return,
             }
         }
-        let entry = &self.files[&file_id];
+        let now = self.now;
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
         if !entry.is_fetching() || holders.piece_count() != entry.have.len() {
             return;
+        }
+        if let Some(download) = entry.download.as_mut() {
+            download.on_answer(now, holders.len());
         }
         let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> =
             entry.have.iter_missing().map(|p| (p, Vec::new())).collect();
@@ -124,15 +128,10 @@ impl Peer {
         if remote.stage != Stage::Ready {
             remote.wanted.insert(file_id);
         } else if remote.bitfield_sent.insert(file_id) {
-            if let Some(message) = self.bitfield_message(file_id) {
+            if let Some(message) = self.bitfield_for(conn, file_id) {
                 self.send(conn, message);
             }
         }
-    }
-
-    fn bitfield_message(&self, file_id: FileId) -> Option<Message> {
-        let have = &self.files.get(&file_id)?.have;
-        Some(Message::Bitfield { file_id, have: have.clone() })
     }
 
     pub(super) fn on_remote_connected(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -247,6 +246,7 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
+        self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         let mut wanted = false;
         for piece in new {
@@ -306,6 +306,9 @@ impl Peer {
         for (file_id, have) in &remote.files {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
                 download.count_holder(have, false);
+            }
+            if !have.is_full() {
+                self.downloader_gone(*file_id);
             }
         }
         for (file_id, piece) in &remote.assigned {

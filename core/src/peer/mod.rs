@@ -7,10 +7,12 @@
 //! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
 //!   request timeouts, endgame) and what to do with arriving data and hashes;
 //! - `serve`: answering remotes' requests under the upload limit;
+//! - `offers`: which pieces a whole-file holder tells each of several downloaders it has;
 //! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
 //!   states and their transitions.
 
 mod links;
+mod offers;
 mod pieces;
 mod remote;
 mod scheduler;

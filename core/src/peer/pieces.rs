@@ -11,9 +11,11 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 
-use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX};
+use crate::limits::{BLOCK_BYTES, HOLDERS_PER_PIECE_MAX, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND};
 use crate::manifest::Manifest;
 use crate::time::Time;
+
+use super::offers::Spread;
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -28,6 +30,11 @@ pub(super) struct FileEntry {
     pub sharing_reported: bool,
     /// Download state, while pieces are missing or the file is being finalized.
     pub download: Option<Download>,
+    /// Whether the file came from a local share rather than a download: only such a holder
+    /// offers its pieces a few at a time (see `offers`).
+    pub shared_here: bool,
+    /// Offer counts, once the whole file was offered piece by piece to downloaders.
+    pub spread: Option<Spread>,
 }
 
 /// Where a download stands as a whole.
@@ -55,6 +62,8 @@ pub(super) struct Download {
     /// The current interval between asks: doubled while pieces keep arriving, reset when
     /// none arrived since the last ask.
     pub locate_interval: Duration,
+    /// Whether an answer to an ask arrived.
+    pub located: bool,
     /// Verified pieces at the last ask.
     pub have_at_locate: u32,
     /// Pieces last reported missing (reported again only when the set changes).
@@ -116,7 +125,15 @@ impl ActivePiece {
 impl FileEntry {
     /// A file shared from a complete or partial local copy.
     pub fn shared(manifest: Manifest, have: Bitfield) -> FileEntry {
-        FileEntry { manifest: Some(manifest), have, announced: false, sharing_reported: false, download: None }
+        FileEntry {
+            manifest: Some(manifest),
+            have,
+            announced: false,
+            sharing_reported: false,
+            download: None,
+            shared_here: true,
+            spread: None,
+        }
     }
 
     /// A download; `resume` is what a store already verified.
@@ -127,6 +144,7 @@ impl FileEntry {
             availability: Vec::new(),
             next_locate: now,
             locate_interval: LOCATE_INTERVAL,
+            located: false,
             have_at_locate: 0,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
@@ -139,7 +157,15 @@ impl FileEntry {
             }
             None => (None, Bitfield::new(0)),
         };
-        FileEntry { manifest, have, announced: false, sharing_reported: true, download: Some(download) }
+        FileEntry {
+            manifest,
+            have,
+            announced: false,
+            sharing_reported: true,
+            download: Some(download),
+            shared_here: false,
+            spread: None,
+        }
     }
 
     /// Whether the file is still being fetched.
@@ -159,6 +185,16 @@ impl Download {
         };
         self.have_at_locate = have_count;
         self.next_locate = now + self.locate_interval;
+    }
+
+    /// An answer named `peers` peers. The first answer of a download that names only a few
+    /// asks again soon: the tracker names only peers that hold pieces, so downloaders that
+    /// started together find each other once their first pieces arrived.
+    pub fn on_answer(&mut self, now: Time, peers: usize) {
+        if !self.located && peers < HOLDERS_PER_PIECE_MAX {
+            self.next_locate = self.next_locate.min(now + LOCATE_INTERVAL_SECOND);
+        }
+        self.located = true;
     }
 
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.

@@ -13,6 +13,7 @@ use crate::ids::{FileId, PeerId, PieceIndex};
 use crate::limits::REQUEST_TIMEOUT;
 use crate::time::Time;
 
+use super::offers::Offer;
 use super::pieces::BlockKey;
 
 /// Where a connection stands.
@@ -44,6 +45,8 @@ pub(super) struct Remote {
     pub files: BTreeMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
     pub bitfield_sent: BTreeSet<FileId>,
+    /// Files of which we told it only the pieces we offer (see `offers`).
+    pub offers: BTreeMap<FileId, Offer>,
     /// Our block requests in flight to it.
     pub in_flight: BTreeSet<BlockKey>,
     /// When it last made progress on our requests: a block arrived, or the first request of
@@ -81,6 +84,7 @@ impl Remote {
             wanted: BTreeSet::new(),
             files: BTreeMap::new(),
             bitfield_sent: BTreeSet::new(),
+            offers: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             progress_at: now,
             assigned: BTreeSet::new(),
@@ -89,11 +93,6 @@ impl Remote {
             last_heard: now,
             opened: now,
         }
-    }
-
-    /// Whether the remote told us it holds `piece` of `file_id`.
-    pub fn holds(&self, file_id: &FileId, piece: PieceIndex) -> bool {
-        self.files.get(file_id).is_some_and(|have| have.has(piece))
     }
 
     /// Records a request sent at `now`.

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
+use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
     ASSIGNEES_PER_PIECE_MAX, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
@@ -357,14 +358,16 @@ impl Peer {
         }
     }
 
-    /// Sends every pending `Haves`, leaving out pieces the remote told us it holds.
+    /// Sends every pending `Haves`, except to remotes that told us they hold the whole file.
+    /// A remote that told us only some pieces hears of every piece, also of those it holds: a
+    /// seeder that offers pieces a few at a time (see `offers`) learns this way which of its
+    /// offers we fetched elsewhere.
     pub(super) fn flush_haves(&mut self) {
         self.haves_due = None;
         let mut batches = Vec::new();
         for (conn, remote) in &mut self.remotes {
             for (file_id, pieces) in std::mem::take(&mut remote.pending_haves) {
-                let pieces: Vec<PieceIndex> = pieces.into_iter().filter(|p| !remote.holds(&file_id, *p)).collect();
-                if !pieces.is_empty() {
+                if !remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
                     batches.push((*conn, file_id, pieces));
                 }
             }

@@ -1,8 +1,9 @@
 //! Serving remotes: requests are checked (only verified pieces, only whole ranges inside the
 //! piece), queued per connection up to a bound, and read from the driver a bounded number at a
-//! time, paced by a token bucket when an upload limit is set.
+//! time, paced by a token bucket when an upload limit is set. Connections take turns, one
+//! block each, so every remote that asks gets pieces early and can pass them on.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -69,11 +70,14 @@ impl TokenBucket {
     }
 }
 
-/// The serving side's queue and pacing.
+/// The serving side's queues and pacing.
 #[derive(Debug)]
 pub(super) struct Uploads {
     bucket: Option<TokenBucket>,
-    queue: VecDeque<ServeJob>,
+    /// Queued requests per connection (no empty queues).
+    queues: BTreeMap<ConnId, VecDeque<ServeJob>>,
+    /// The connection whose request was read last: the next turn goes to the one after it.
+    last_turn: Option<ConnId>,
     reads_in_flight: usize,
     wake_at: Option<Time>,
 }
@@ -83,7 +87,8 @@ impl Uploads {
     pub fn new(limit_bytes_per_s: Option<u64>) -> Uploads {
         Uploads {
             bucket: limit_bytes_per_s.map(TokenBucket::new),
-            queue: VecDeque::new(),
+            queues: BTreeMap::new(),
+            last_turn: None,
             reads_in_flight: 0,
             wake_at: None,
         }
@@ -96,7 +101,42 @@ impl Uploads {
 
     /// Forgets the queued requests of a closed connection.
     pub fn drop_conn(&mut self, conn: ConnId) {
-        self.queue.retain(|job| job.conn != conn);
+        self.queues.remove(&conn);
+    }
+
+    fn enqueue(&mut self, job: ServeJob) {
+        self.queues.entry(job.conn).or_default().push_back(job);
+    }
+
+    /// The next request in turn: the first of the connection after the one served last.
+    fn next_job(&self) -> Option<ServeJob> {
+        let after = self.last_turn.and_then(|last| self.queues.range(last..).find(|(c, _)| **c != last));
+        let (_, queue) = after.or_else(|| self.queues.iter().next())?;
+        queue.front().copied()
+    }
+
+    /// Takes `job` (the one `next_job` returned) off its queue and hands the turn on.
+    fn take(&mut self, job: ServeJob) {
+        if let Some(queue) = self.queues.get_mut(&job.conn) {
+            queue.pop_front();
+            if queue.is_empty() {
+                self.queues.remove(&job.conn);
+            }
+        }
+        self.last_turn = Some(job.conn);
+    }
+
+    /// Removes a queued request; whether it was queued.
+    fn cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+        let Some(queue) = self.queues.get_mut(&conn) else { return false };
+        let Some(at) = queue.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset) else {
+            return false;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            self.queues.remove(&conn);
+        }
+        true
     }
 }
 
@@ -117,15 +157,12 @@ impl Peer {
             return self.send(conn, reject(RejectReason::Busy));
         }
         remote.serving += 1;
-        self.uploads.queue.push_back(ServeJob { conn, file_id, piece, offset, len });
+        self.uploads.enqueue(ServeJob { conn, file_id, piece, offset, len });
         self.pump_uploads();
     }
 
     pub(super) fn on_cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
-        let matches =
-            |job: &ServeJob| job.conn == conn && job.file_id == file_id && job.piece == piece && job.offset == offset;
-        if let Some(at) = self.uploads.queue.iter().position(matches) {
-            self.uploads.queue.remove(at);
+        if self.uploads.cancel(conn, file_id, piece, offset) {
             if let Some(remote) = self.remotes.get_mut(&conn) {
                 remote.serving = remote.serving.saturating_sub(1);
             }
@@ -137,7 +174,7 @@ impl Peer {
         let now = self.now;
         self.uploads.wake_at = None;
         while self.uploads.reads_in_flight < SERVE_READS_IN_FLIGHT_MAX {
-            let Some(job) = self.uploads.queue.front().copied() else { break };
+            let Some(job) = self.uploads.next_job() else { break };
             if let Some(bucket) = self.uploads.bucket.as_mut() {
                 bucket.refill(now);
                 if !bucket.can_spend() {
@@ -146,7 +183,7 @@ impl Peer {
                 }
                 bucket.spend(job.len);
             }
-            self.uploads.queue.pop_front();
+            self.uploads.take(job);
             self.uploads.reads_in_flight += 1;
             let ServeJob { conn, file_id, piece, offset, len } = job;
             self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
@@ -170,11 +207,22 @@ impl Peer {
                     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                     self.send(conn, Message::Data { file_id, piece, offset, bytes });
                     self.event(Event::BlockServed { file_id, piece, len, to });
+                    if self.is_last_block(file_id, piece, offset, len) {
+                        self.offer_uploaded(conn, file_id, piece);
+                    }
                 }
                 Err(_) => self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::ReadFailed }),
             }
         }
         self.pump_uploads();
+    }
+}
+
+impl Peer {
+    /// Whether `offset..offset + len` ends `piece`.
+    fn is_last_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> bool {
+        let manifest = self.files.get(&file_id).and_then(|e| e.manifest.as_ref());
+        manifest.is_some_and(|m| offset.checked_add(len) == Some(m.piece_len(piece)))
     }
 }
 

@@ -284,3 +284,53 @@ fn a_progressing_download_asks_the_tracker_less_and_less_often_and_a_stuck_one_k
     let stuck_asks = h.events_of(stuck).filter(|(_, _, e)| matches!(e, Event::LocateSent { .. })).count();
     assert!(stuck_asks >= 9, "a download waiting for a missing piece asked only {stuck_asks} times in 20 s");
 }
+
+#[test]
+fn one_seeder_and_eight_downloaders_started_together_the_seeder_uploads_little_more_than_the_file() {
+    let mut h = Harness::new(13);
+    let (bytes, manifest) = file(64 * 64 * KIB, 64 * 1024, 13);
+    let id = manifest.file_id();
+    // The seeder needs 4 s to send the file once; the downloaders upload four times as fast.
+    let rate = 1024 * 1024;
+    let seeder = h.add_peer(1, Some(rate));
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    let downloaders: Vec<NodeIx> = (0..8).map(|s| h.add_peer(100 + s, Some(4 * rate))).collect();
+    for node in &downloaders {
+        get(&mut h, *node, &manifest);
+    }
+    h.run_until(Duration::from_secs(60), |h| downloaders.iter().all(|n| h.completed(*n, id)));
+    assert!(downloaders.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
+    let uploaded: u64 = h
+        .events_of(seeder)
+        .filter_map(|(_, _, e)| match e {
+            Event::BlockServed { len, .. } => Some(u64::from(*len)),
+            _ => None,
+        })
+        .sum();
+    // Before the seeder spread distinct pieces and downloaders found each other early: 2.02×,
+    // everyone done after 7.8 s.
+    let multiple = uploaded as f64 / bytes.len() as f64;
+    let took = h.now();
+    assert!(multiple <= 1.6, "the seeder uploaded {multiple:.2}× the file; everyone done at {took}");
+    assert!(took <= Time::from_millis(6500), "everyone done at {took} (the seeder uploaded {multiple:.2}×)");
+}
+
+#[test]
+fn a_seeder_offering_pieces_a_few_at_a_time_hears_of_offers_fetched_elsewhere_and_offers_more() {
+    let mut h = Harness::new(14);
+    let (bytes, manifest) = file(64 * 16 * KIB, 16 * 1024, 14);
+    let id = manifest.file_id();
+    // Piece 63 exists only on the slow seeder; the partial holder serves the rest at once, so
+    // the downloaders fetch most of the seeder's offers from it.
+    let (seeder, partial) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.share(partial, &manifest, &bytes, Some(&(0..63).collect::<Vec<u32>>()));
+    h.run_for(Duration::from_millis(10));
+    let downloaders = [h.add_peer(3, None), h.add_peer(4, None)];
+    for node in downloaders {
+        get(&mut h, node, &manifest);
+    }
+    h.run_until(Duration::from_secs(30), |h| downloaders.iter().all(|n| h.completed(*n, id)));
+    assert!(downloaders.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
+}
