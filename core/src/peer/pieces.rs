@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 
-use crate::limits::{BLOCK_BYTES, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX};
+use crate::limits::{BLOCK_BYTES, LOCATE_ANSWER_TIMEOUT, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX};
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -57,6 +57,13 @@ pub(super) struct Download {
     pub locate_interval: Duration,
     /// Verified pieces at the last ask.
     pub have_at_locate: u32,
+    /// When the last ask went out, while its answer is awaited (no second ask meanwhile).
+    pub locate_awaited: Option<Time>,
+    /// Whether the tracker was asked for holders only, the manifest being unknown: they are
+    /// asked for it, and the tracker only if that did not work by the next ask.
+    pub located_without_manifest: bool,
+    /// When a holder was last asked for the manifest.
+    pub manifest_asked: Option<Time>,
     /// Pieces last reported missing (reported again only when the set changes).
     pub reported_missing: Vec<PieceIndex>,
     /// `(piece, remote)` pairs that delivered a piece that failed its hash.
@@ -128,6 +135,9 @@ impl FileEntry {
             next_locate: now,
             locate_interval: LOCATE_INTERVAL,
             have_at_locate: 0,
+            locate_awaited: None,
+            located_without_manifest: false,
+            manifest_asked: None,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
             active_count: 0,
@@ -159,6 +169,23 @@ impl Download {
         };
         self.have_at_locate = have_count;
         self.next_locate = now + self.locate_interval;
+    }
+
+    /// When the tracker may be asked next: at the planned time, but not while the last ask is
+    /// unanswered (unless its answer is overdue).
+    pub fn locate_at(&self) -> Time {
+        match self.locate_awaited {
+            Some(sent) => self.next_locate.max(sent + LOCATE_ANSWER_TIMEOUT),
+            None => self.next_locate,
+        }
+    }
+
+    /// The tracker answered the last ask at `now`: the next ask waits at least
+    /// [`LOCATE_INTERVAL`] from here, however long the answer took.
+    pub fn locate_answered(&mut self, now: Time) {
+        if self.locate_awaited.take().is_some() {
+            self.next_locate = self.next_locate.max(now + LOCATE_INTERVAL);
+        }
     }
 
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.

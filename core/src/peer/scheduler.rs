@@ -325,8 +325,7 @@ impl Peer {
         let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
-        self.tell_tracker_have(file_id, piece);
-        self.tell_remotes_have(file_id, piece);
+        self.queue_have(file_id, piece);
         if progress.have == progress.total {
             self.finalize(file_id);
         }
@@ -344,30 +343,32 @@ impl Peer {
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers: count_u32(peers) }
     }
 
-    /// Queues `piece` for the next batched `Haves` to every remote that exchanged bitfields
-    /// for the file.
-    fn tell_remotes_have(&mut self, file_id: FileId, piece: PieceIndex) {
-        let mut queued = false;
-        for remote in self.remotes.values_mut().filter(|r| r.bitfield_sent.contains(&file_id)) {
-            remote.pending_haves.entry(file_id).or_default().push(piece);
-            queued = true;
-        }
-        if queued && self.haves_due.is_none() {
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker.
+    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex) {
+        self.recent_haves.entry(file_id).or_default().push(piece);
+        if self.haves_due.is_none() {
             self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
         }
     }
 
-    /// Sends every pending `Haves`, leaving out pieces the remote told us it holds.
+    /// Sends the pieces verified since the last batch: to every remote that exchanged bitfields
+    /// for the file, leaving out pieces it told us it holds, and to the tracker. (A remote whose
+    /// bitfield went out within the batch may hear of a piece twice; that changes nothing.)
     pub(super) fn flush_haves(&mut self) {
         self.haves_due = None;
+        let recent = std::mem::take(&mut self.recent_haves);
         let mut batches = Vec::new();
-        for (conn, remote) in &mut self.remotes {
-            for (file_id, pieces) in std::mem::take(&mut remote.pending_haves) {
-                let pieces: Vec<PieceIndex> = pieces.into_iter().filter(|p| !remote.holds(&file_id, *p)).collect();
-                if !pieces.is_empty() {
-                    batches.push((*conn, file_id, pieces));
+        for (file_id, pieces) in &recent {
+            for (conn, remote) in self.remotes.iter().filter(|(_, r)| r.bitfield_sent.contains(file_id)) {
+                let theirs = remote.files.get(file_id);
+                let news: Vec<PieceIndex> = pieces.iter().copied().filter(|p| theirs.is_none_or(|h| !h.has(*p))).collect();
+                if !news.is_empty() {
+                    batches.push((*conn, *file_id, news));
                 }
             }
+        }
+        if let Some(conn) = self.tracker.ready_conn() {
+            batches.extend(recent.into_iter().map(|(file_id, pieces)| (conn, file_id, pieces)));
         }
         for (conn, file_id, pieces) in batches {
             self.send(conn, Message::Haves { file_id, pieces });
