@@ -313,9 +313,12 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let first = !remote.files.contains_key(&file_id);
         let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        // A remote first heard of by its `Haves` is a holder too; its pieces are counted below.
+        download.holders += u32::from(first);
         let mut wanted = false;
         for piece in new {
             download.availability[piece.as_usize()] += 1;

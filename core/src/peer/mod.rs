@@ -337,8 +337,3 @@ impl Machine for Peer {
             .min()
     }
 }
-
-/// Converts a piece count into the `u32` the events carry (bounded by `PIECES_MAX`).
-fn count_u32(count: usize) -> u32 {
-    u32::try_from(count).unwrap_or(u32::MAX)
-}

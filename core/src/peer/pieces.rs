@@ -50,6 +50,8 @@ pub(super) struct Download {
     pub slots: Vec<Slot>,
     /// Connected remotes holding each piece.
     pub availability: Vec<u32>,
+    /// Connected remotes that told us their pieces of the file.
+    pub holders: u32,
     /// When to ask the tracker again.
     pub next_locate: Time,
     /// The current interval between asks: doubled while pieces keep arriving, reset when
@@ -77,8 +79,9 @@ pub(super) struct Download {
 pub(super) enum Slot {
     /// Nobody is fetching it.
     Missing,
-    /// Being fetched block by block.
-    Active(ActivePiece),
+    /// Being fetched block by block (boxed: slots are scanned for every piece choice, and most
+    /// of them are not active).
+    Active(Box<ActivePiece>),
     /// Every block is written; its hash is being computed.
     Verifying {
         /// Remotes that sent its blocks (struck if the hash fails).
@@ -132,6 +135,7 @@ impl FileEntry {
             phase: Phase::Fetching,
             slots: Vec::new(),
             availability: Vec::new(),
+            holders: 0,
             next_locate: now,
             locate_interval: LOCATE_INTERVAL,
             have_at_locate: 0,
@@ -211,6 +215,7 @@ impl Download {
 
     /// Records that a connected remote holds (`+1`) or no longer holds (`-1`) `pieces`.
     pub fn count_holder(&mut self, pieces: &Bitfield, holds: bool) {
+        self.holders = if holds { self.holders.saturating_add(1) } else { self.holders.saturating_sub(1) };
         for piece in pieces.iter() {
             if let Some(count) = self.availability.get_mut(piece.as_usize()) {
                 *count = if holds { count.saturating_add(1) } else { count.saturating_sub(1) };

@@ -22,7 +22,7 @@ use crate::wire::Message;
 
 use super::pieces::{block_at, block_span, ActivePiece, Phase, Slot};
 use super::remote::Stage;
-use super::{count_u32, Peer};
+use super::Peer;
 
 /// A piece chosen for a remote, and whether it joins another remote's work (endgame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl Peer {
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
         let piece_len = manifest.piece_len(piece);
         if *download.slot_mut(piece) == Slot::Missing {
-            *download.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
+            *download.slot_mut(piece) = Slot::Active(Box::new(ActivePiece::new(piece_len)));
             download.active_count += 1;
         }
         if let Slot::Active(active) = download.slot_mut(piece) {
@@ -339,8 +339,8 @@ impl Peer {
             let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
             u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
         });
-        let peers = self.remotes.values().filter(|r| r.files.contains_key(&file_id)).count();
-        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers: count_u32(peers) }
+        let peers = entry.download.as_ref().map_or(0, |d| d.holders);
+        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
     /// Queues `piece` for the next batched `Haves` to the remotes and the tracker.
