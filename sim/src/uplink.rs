@@ -70,8 +70,7 @@ impl Uplink {
 
     /// Whether `flow` has anything queued or being sent at `now`.
     pub fn has_pending(&self, flow: Flow, now: Time) -> bool {
-        self.ready.iter().any(|(f, _)| *f == flow)
-            || self.sending.is_some_and(|(f, until)| f == flow && until > now)
+        self.ready.iter().any(|(f, _)| *f == flow) || self.sending.is_some_and(|(f, until)| f == flow && until > now)
     }
 
     /// Takes the next item round-robin (the caller sends it, or drops it if its link is gone).

@@ -79,9 +79,8 @@ pub(super) struct Download {
 pub(super) enum Slot {
     /// Nobody is fetching it.
     Missing,
-    /// Being fetched block by block (boxed: slots are scanned for every piece choice, and most
-    /// of them are not active).
-    Active(Box<ActivePiece>),
+    /// Being fetched block by block.
+    Active(ActivePiece),
     /// Every block is written; its hash is being computed.
     Verifying {
         /// Remotes that sent its blocks (struck if the hash fails).

@@ -155,7 +155,7 @@ impl Peer {
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
         let piece_len = manifest.piece_len(piece);
         if *download.slot_mut(piece) == Slot::Missing {
-            *download.slot_mut(piece) = Slot::Active(Box::new(ActivePiece::new(piece_len)));
+            *download.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
             download.active_count += 1;
         }
         if let Slot::Active(active) = download.slot_mut(piece) {
@@ -361,7 +361,8 @@ impl Peer {
         for (file_id, pieces) in &recent {
             for (conn, remote) in self.remotes.iter().filter(|(_, r)| r.bitfield_sent.contains(file_id)) {
                 let theirs = remote.files.get(file_id);
-                let news: Vec<PieceIndex> = pieces.iter().copied().filter(|p| theirs.is_none_or(|h| !h.has(*p))).collect();
+                let news: Vec<PieceIndex> =
+                    pieces.iter().copied().filter(|p| theirs.is_none_or(|h| !h.has(*p))).collect();
                 if !news.is_empty() {
                     batches.push((*conn, *file_id, news));
                 }

@@ -191,7 +191,6 @@ impl Peer {
         self.send(conn, message);
     }
 
-
     /// Sends `Locate` for every download whose next locate is due.
     pub(super) fn locate_due(&mut self) {
         let now = self.now;
