@@ -142,6 +142,11 @@ pub const LOCATE_INTERVAL_SECOND: Duration = Duration::from_millis(250);
 /// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).
 pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 
+/// How long a downloader waits for the answer to its `Locate` before it may ask again. One ask
+/// per download is outstanding at a time, so a tracker that answers slowly is not sent more
+/// asks (and more answers to queue) than it has answered.
+pub const LOCATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Verified pieces are told to connected remotes in batches at most this often (the tracker
 /// hears of each piece at once).
 pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);

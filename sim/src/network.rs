@@ -5,7 +5,8 @@
 //! it pushes those inputs onto the central [`Queue`] and never calls a machine itself.
 //!
 //! Model, per message of N bytes from `a` to `b`:
-//! - it occupies `a`'s uplink for N / up-rate, after whatever `a` queued before it;
+//! - it occupies `a`'s uplink for N / up-rate, after whatever `a` queued before it (its arrival
+//!   is scheduled when its transmission starts);
 //! - its first byte reaches `b` one link latency (the larger of the two nodes' latencies) plus a
 //!   random jitter after it starts; it then occupies `b`'s downlink for N / down-rate;
 //! - it arrives when both transfers are done, and never before an earlier message of the same
@@ -266,26 +267,37 @@ impl Network {
             self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         } else {
             self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
-            if !self.nodes[from.0].uplink.is_busy() {
-                self.start_uplink(now, from, queue);
-            }
+            self.kick_uplink(now, from, queue);
         }
         Sent::Queued
     }
 
-    /// `from`'s uplink finished transmission number `transmission`: the message travels on and
-    /// the next one starts.
-    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, transmission: u64, queue: &mut Queue) {
-        let Some((flow, item)) = self.nodes[from.0].uplink.finish(transmission) else {
+    /// Something was queued on `from`'s uplink: it starts now if the uplink is idle, else a
+    /// wake-up is due when the current transmission ends (unless one already is).
+    fn kick_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
+        let uplink = &mut self.nodes[from.0].uplink;
+        if uplink.is_waking() {
             return;
-        };
-        if let Queued::Message(message, size_bytes, retransmit_delay) = item {
-            self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         }
-        self.start_uplink(now, from, queue);
+        match uplink.busy_until(now) {
+            Some(until) => {
+                let wake = uplink.plan_wake();
+                queue.push(until, Item::UplinkDone { node: from, transmission: wake });
+            }
+            None => self.start_uplink(now, from, queue),
+        }
     }
 
-    /// Starts the next transmission on `from`'s uplink, skipping what belongs to dead links.
+    /// `from`'s uplink finished the transmission that wake-up `wake` was planned for: the next
+    /// one starts.
+    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u64, queue: &mut Queue) {
+        if self.nodes[from.0].uplink.take_wake(wake) {
+            self.start_uplink(now, from, queue);
+        }
+    }
+
+    /// Starts the next transmission on `from`'s uplink (idle at `now`), skipping what belongs to
+    /// dead links: its arrival is scheduled, and a wake-up for its end if more waits behind it.
     fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
         while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
             if !self.link(flow.0).is_some_and(|l| l.ends[flow.1].open) {
@@ -295,9 +307,11 @@ impl Network {
                 Queued::Fin => self.fin(now, flow, queue),
                 Queued::Message(message, size_bytes, retransmit_delay) => {
                     let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
-                    let transmission =
-                        self.nodes[from.0].uplink.start(flow, Queued::Message(message, size_bytes, retransmit_delay));
-                    queue.push(done, Item::UplinkDone { node: from, transmission });
+                    self.nodes[from.0].uplink.start(flow, done);
+                    self.arrive_later(done, from, flow, (message, size_bytes, retransmit_delay), queue);
+                    if self.nodes[from.0].uplink.has_queued() {
+                        self.kick_uplink(now, from, queue);
+                    }
                     return;
                 }
             }
@@ -364,8 +378,9 @@ impl Network {
             self.links[id as usize] = None;
             return;
         }
-        if self.nodes[from.0].uplink.has_pending((id, other)) {
+        if self.nodes[from.0].uplink.has_pending((id, other), now) {
             self.nodes[from.0].uplink.push((id, other), Queued::Fin);
+            self.kick_uplink(now, from, queue);
         } else {
             self.fin(now, (id, other), queue);
         }

@@ -61,11 +61,11 @@ pub enum Item {
         /// The life that left.
         incarnation: u32,
     },
-    /// A node's uplink finished sending a message (transmission number `transmission`).
+    /// A node's uplink finished sending a message and something waits behind it.
     UplinkDone {
         /// The sender.
         node: NodeIdx,
-        /// Which transmission (stale if the node has gone down since).
+        /// Which wake-up of the uplink (stale if the node has gone down since).
         transmission: u64,
     },
     /// The run's end.

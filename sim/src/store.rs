@@ -50,8 +50,9 @@ impl Content {
 /// One peer's simulated disk for the scenario's file.
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Blocks by piece, then by offset within the piece.
-    blocks: BTreeMap<u32, BTreeMap<u32, Bytes>>,
+    /// Blocks by piece (indexed, grown on demand; an empty map is a piece not stored), then by
+    /// offset within the piece.
+    blocks: Vec<BTreeMap<u32, Bytes>>,
     verified: BTreeSet<u32>,
     corrupt: BTreeSet<u32>,
     allocated: bool,
@@ -74,7 +75,7 @@ impl Store {
     pub fn seeded(content: &Content, pieces: impl IntoIterator<Item = u32>) -> Store {
         let mut store = Store::default();
         for piece in pieces {
-            store.blocks.insert(piece, BTreeMap::from([(0, content.piece(piece))]));
+            *store.blocks_mut(piece) = BTreeMap::from([(0, content.piece(piece))]);
             store.verified.insert(piece);
         }
         store
@@ -109,7 +110,20 @@ impl Store {
         if self.verified.contains(&piece) {
             return;
         }
-        self.blocks.entry(piece).or_default().insert(offset, bytes);
+        self.blocks_mut(piece).insert(offset, bytes);
+    }
+
+    /// The stored blocks of `piece`, if any.
+    fn blocks(&self, piece: u32) -> Option<&BTreeMap<u32, Bytes>> {
+        self.blocks.get(piece as usize).filter(|blocks| !blocks.is_empty())
+    }
+
+    fn blocks_mut(&mut self, piece: u32) -> &mut BTreeMap<u32, Bytes> {
+        let index = piece as usize;
+        if self.blocks.len() <= index {
+            self.blocks.resize_with(index + 1, BTreeMap::new);
+        }
+        &mut self.blocks[index]
     }
 
     /// SHA-256 of the piece as stored.
@@ -133,7 +147,7 @@ impl Store {
     /// Reads a block of a piece for a remote (a corrupted piece reads corrupted).
     pub fn read(&self, piece: u32, offset: u32, len: u32) -> (Result<Bytes, String>, Option<StoreViolation>) {
         let violation = (!self.verified.contains(&piece)).then_some(StoreViolation::UnverifiedRead(piece));
-        let Some(blocks) = self.blocks.get(&piece) else {
+        let Some(blocks) = self.blocks(piece) else {
             return (Err(format!("piece {piece} is not stored")), violation);
         };
         let end = u64::from(offset) + u64::from(len);
@@ -155,14 +169,14 @@ impl Store {
     pub fn corrupt(&mut self, pieces: &[u32]) -> Vec<u32> {
         let mut hit = Vec::new();
         for piece in pieces {
-            if !self.blocks.contains_key(piece) {
+            if self.blocks(*piece).is_none() {
                 continue;
             }
             let mut bad = BytesMut::from(&self.assemble(*piece)[..]);
             if let Some(first) = bad.first_mut() {
                 *first ^= 0xff;
             }
-            self.blocks.insert(*piece, BTreeMap::from([(0, bad.freeze())]));
+            *self.blocks_mut(*piece) = BTreeMap::from([(0, bad.freeze())]);
             self.corrupt.insert(*piece);
             hit.push(*piece);
         }
@@ -184,7 +198,7 @@ impl Store {
 
     /// Whether the piece's blocks are exactly the original's memory, in order, covering it.
     fn is_original(&self, content: &Content, piece: u32) -> bool {
-        let Some(blocks) = self.blocks.get(&piece) else {
+        let Some(blocks) = self.blocks(piece) else {
             return false;
         };
         let original = content.piece(piece);
@@ -205,7 +219,7 @@ impl Store {
 
     /// The piece's bytes in offset order (gaps are simply skipped; a gapped piece fails its hash).
     fn assemble(&self, piece: u32) -> Bytes {
-        let Some(blocks) = self.blocks.get(&piece) else {
+        let Some(blocks) = self.blocks(piece) else {
             return Bytes::new();
         };
         if blocks.len() == 1 {

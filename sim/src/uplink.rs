@@ -5,11 +5,15 @@
 //! every block queued for the others — head-of-line blocking that real TCP sockets, each with
 //! its own buffer sharing the link fairly, do not have. Round-robin per flow gives each busy
 //! connection an equal share of the rate. The network decides when a transmission ends; this
-//! type only keeps the queues and the order.
+//! type only keeps the queues, the order, and until when the uplink is busy.
+//!
+//! A message that finds the uplink idle starts at once, and its arrival is scheduled then; the
+//! network is woken (one queue item) only when something waits behind a transmission.
 
 use std::collections::VecDeque;
 
 use p2p_core::wire::Message;
+use p2p_core::Time;
 
 use crate::queue::LinkId;
 
@@ -34,9 +38,12 @@ pub enum Queued {
 pub struct Uplink {
     ready: VecDeque<(Flow, VecDeque<Queued>)>,
     spare: Vec<VecDeque<Queued>>,
-    sending: Option<(Flow, Queued)>,
-    /// Counts transmissions, so a stale "done" from an earlier life is recognised.
-    pub transmission: u64,
+    /// The flow of the last transmission, and when that transmission ends.
+    sending: Option<(Flow, Time)>,
+    /// The wake-up scheduled for the end of the current transmission, by number.
+    wake: Option<u64>,
+    /// Counts wake-ups (and lives), so a stale one is recognised.
+    wakes: u64,
 }
 
 impl Uplink {
@@ -51,14 +58,19 @@ impl Uplink {
         self.ready.push_back((flow, queue));
     }
 
-    /// Whether something is being sent now.
-    pub fn is_busy(&self) -> bool {
-        self.sending.is_some()
+    /// Until when the uplink is busy, if it is at `now`.
+    pub fn busy_until(&self, now: Time) -> Option<Time> {
+        self.sending.map(|(_, until)| until).filter(|until| *until > now)
     }
 
-    /// Whether `flow` has anything queued or being sent.
-    pub fn has_pending(&self, flow: Flow) -> bool {
-        self.ready.iter().any(|(f, _)| *f == flow) || self.sending.as_ref().is_some_and(|(f, _)| *f == flow)
+    /// Whether anything waits for the uplink.
+    pub fn has_queued(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Whether `flow` has anything queued or being sent at `now`.
+    pub fn has_pending(&self, flow: Flow, now: Time) -> bool {
+        self.ready.iter().any(|(f, _)| *f == flow) || self.sending.is_some_and(|(f, until)| f == flow && until > now)
     }
 
     /// Takes the next item round-robin (the caller sends it, or drops it if its link is gone).
@@ -74,25 +86,38 @@ impl Uplink {
         Some((flow, item.expect("a ready flow has an item")))
     }
 
-    /// Marks `item` as being sent; returns its transmission number.
-    pub fn start(&mut self, flow: Flow, item: Queued) -> u64 {
-        self.transmission += 1;
-        self.sending = Some((flow, item));
-        self.transmission
+    /// Marks `flow` as sending until `until`.
+    pub fn start(&mut self, flow: Flow, until: Time) {
+        self.sending = Some((flow, until));
     }
 
-    /// The item whose transmission `transmission` just ended, if it is the current one.
-    pub fn finish(&mut self, transmission: u64) -> Option<(Flow, Queued)> {
-        if transmission != self.transmission {
-            return None;
+    /// Whether a wake-up is scheduled.
+    pub fn is_waking(&self) -> bool {
+        self.wake.is_some()
+    }
+
+    /// Numbers a new wake-up, to be scheduled for the end of the current transmission.
+    pub fn plan_wake(&mut self) -> u64 {
+        self.wakes += 1;
+        self.wake = Some(self.wakes);
+        self.wakes
+    }
+
+    /// Whether wake-up `wake` is the one scheduled (and no longer is).
+    pub fn take_wake(&mut self, wake: u64) -> bool {
+        if self.wake != Some(wake) {
+            return false;
         }
-        self.sending.take()
+        self.wake = None;
+        true
     }
 
-    /// Forgets everything (the node went down).
+    /// Forgets everything (the node went down); wake-ups planned before are stale.
     pub fn clear(&mut self) {
         self.ready.clear();
         self.sending = None;
+        self.wake = None;
+        self.wakes += 1;
     }
 }
 

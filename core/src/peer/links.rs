@@ -1,14 +1,15 @@
 //! Peer-to-peer connections: opening them to the holders the tracker names, the `Hello`
-//! handshake, the bitfield exchange, `Have` updates, and tearing a connection down (which
-//! hands its pieces back to the scheduler). Also the handling of a `Located` answer.
+//! handshake, the manifest from a holder when the download does not know it yet, the bitfield
+//! exchange, `Have` updates, and tearing a connection down (which hands its pieces back to the
+//! scheduler). Also the handling of a `Located` answer.
 
 use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX,
-    REMOTE_RETRY_DELAY,
+    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, LOCATE_INTERVAL,
+    OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -19,15 +20,27 @@ use super::remote::{Remote, Stage};
 use super::Peer;
 
 impl Peer {
-    /// Handles the tracker's answer to `Locate`: learns the manifest if new, connects to
-    /// holders of wanted pieces, and reports pieces no live peer holds.
+    /// Handles the tracker's answer to `Locate`: learns the manifest if new (or connects to
+    /// the holders to ask them for it), connects to holders of wanted pieces, and reports
+    /// pieces no live peer holds.
     pub(super) fn on_located(&mut self, file_id: FileId, manifest: Option<Manifest>, holders: &Holders) {
-        let Some(entry) = self.files.get(&file_id) else { return };
+        let now = self.now;
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        if let Some(download) = entry.download.as_mut() {
+            download.locate_answered(now);
+        }
         if entry.manifest.is_none() {
             match manifest {
                 Some(manifest) if manifest.file_id() == file_id => self.adopt_manifest(file_id, manifest),
+                // Holders only: they are asked for the manifest once connected.
+                None => {
+                    for peer in holders.peers() {
+                        self.connect_for(peer, file_id);
+                    }
+                    return;
+                }
                 // Not what was asked for: the next locate asks again.
-                _ => return,
+                Some(_) => return,
             }
         }
         let now = self.now;
@@ -70,6 +83,47 @@ impl Peer {
         self.announce(file_id, false);
         if empty {
             self.finalize(file_id);
+        }
+        // Holders that waited for the manifest exchange bitfields now.
+        let waiting: Vec<ConnId> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.stage == Stage::Ready && r.wanted.contains(&file_id))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in waiting {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.wanted.remove(&file_id);
+            }
+            self.want_file(conn, file_id);
+        }
+    }
+
+    /// Asks the ready remote `conn` for the manifest of `file_id`, unless another holder was
+    /// asked within the last [`LOCATE_INTERVAL`] (one answer is enough).
+    fn ask_manifest(&mut self, conn: ConnId, file_id: FileId) {
+        let now = self.now;
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        if download.manifest_asked.is_some_and(|at| at + LOCATE_INTERVAL > now) {
+            return;
+        }
+        download.manifest_asked = Some(now);
+        self.send(conn, Message::GetManifest { file_id });
+    }
+
+    fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
+        match self.files.get(&file_id).and_then(|e| e.manifest.clone()) {
+            Some(manifest) => self.send(conn, Message::Manifest { manifest }),
+            None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
+        }
+    }
+
+    /// A holder sent a manifest: adopted if a download is waiting for it (its id is the hash
+    /// of its contents, so it cannot be forged); otherwise it is late or unasked and dropped.
+    fn on_manifest(&mut self, manifest: Manifest) {
+        let file_id = manifest.file_id();
+        if self.files.get(&file_id).is_some_and(|e| e.manifest.is_none() && e.is_fetching()) {
+            self.adopt_manifest(file_id, manifest);
         }
     }
 
@@ -122,11 +176,16 @@ impl Peer {
         self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
     }
 
-    /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done.
+    /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done and the
+    /// manifest is known (a ready remote is asked for it meanwhile).
     fn want_file(&mut self, conn: ConnId, file_id: FileId) {
+        let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest.is_some());
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.stage != Stage::Ready {
+        if remote.stage != Stage::Ready || !manifest_known {
             remote.wanted.insert(file_id);
+            if remote.stage == Stage::Ready {
+                self.ask_manifest(conn, file_id);
+            }
         } else if remote.bitfield_sent.insert(file_id) {
             if let Some(message) = self.bitfield_for(conn, file_id) {
                 self.send(conn, message);
@@ -184,6 +243,8 @@ impl Peer {
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
             Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
+            Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
+            Message::Manifest { manifest } => self.on_manifest(manifest),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }
@@ -244,10 +305,13 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let first = !remote.files.contains_key(&file_id);
         let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        // A remote first heard of by its `Haves` is a holder too; its pieces are counted below.
+        download.holders += u32::from(first);
         let mut wanted = false;
         for piece in new {
             download.availability[piece.as_usize()] += 1;

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::error::CommandError;
-use crate::ids::{ConnId, FileId, PeerId};
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -89,6 +89,8 @@ pub struct Peer {
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
+    /// Pieces verified since the last batched `Haves` (to remotes and the tracker), per file.
+    recent_haves: BTreeMap<FileId, Vec<PieceIndex>>,
     /// When batched `Haves` go out, while some are pending.
     haves_due: Option<Time>,
     /// When connection deadlines are checked next.
@@ -119,6 +121,7 @@ impl Peer {
             banned_addrs: BTreeSet::new(),
             retry_at: BTreeMap::new(),
             uploads,
+            recent_haves: BTreeMap::new(),
             haves_due: None,
             connections_check_at: Time::ZERO,
         }
@@ -327,7 +330,7 @@ impl Machine for Peer {
             return None;
         }
         let locate =
-            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.next_locate));
+            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.locate_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
             .into_iter()
@@ -335,9 +338,4 @@ impl Machine for Peer {
             .chain(locate)
             .min()
     }
-}
-
-/// Converts a piece count into the `u32` the events carry (bounded by `PIECES_MAX`).
-fn count_u32(count: usize) -> u32 {
-    u32::try_from(count).unwrap_or(u32::MAX)
 }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 
-use crate::limits::{BLOCK_BYTES, HOLDERS_PER_PIECE_MAX, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND};
+use crate::limits::{
+    BLOCK_BYTES, HOLDERS_PER_PIECE_MAX, LOCATE_ANSWER_TIMEOUT, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX,
+    LOCATE_INTERVAL_SECOND,
+};
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -57,6 +60,8 @@ pub(super) struct Download {
     pub slots: Vec<Slot>,
     /// Connected remotes holding each piece.
     pub availability: Vec<u32>,
+    /// Connected remotes that told us their pieces of the file.
+    pub holders: u32,
     /// When to ask the tracker again.
     pub next_locate: Time,
     /// The current interval between asks: doubled while pieces keep arriving, reset when
@@ -66,6 +71,13 @@ pub(super) struct Download {
     pub located: bool,
     /// Verified pieces at the last ask.
     pub have_at_locate: u32,
+    /// When the last ask went out, while its answer is awaited (no second ask meanwhile).
+    pub locate_awaited: Option<Time>,
+    /// Whether the tracker was asked for holders only, the manifest being unknown: they are
+    /// asked for it, and the tracker only if that did not work by the next ask.
+    pub located_without_manifest: bool,
+    /// When a holder was last asked for the manifest.
+    pub manifest_asked: Option<Time>,
     /// Pieces last reported missing (reported again only when the set changes).
     pub reported_missing: Vec<PieceIndex>,
     /// `(piece, remote)` pairs that delivered a piece that failed its hash.
@@ -142,10 +154,14 @@ impl FileEntry {
             phase: Phase::Fetching,
             slots: Vec::new(),
             availability: Vec::new(),
+            holders: 0,
             next_locate: now,
             locate_interval: LOCATE_INTERVAL,
             located: false,
             have_at_locate: 0,
+            locate_awaited: None,
+            located_without_manifest: false,
+            manifest_asked: None,
             reported_missing: Vec::new(),
             bad_sources: BTreeSet::new(),
             active_count: 0,
@@ -197,6 +213,23 @@ impl Download {
         self.located = true;
     }
 
+    /// When the tracker may be asked next: at the planned time, but not while the last ask is
+    /// unanswered (unless its answer is overdue).
+    pub fn locate_at(&self) -> Time {
+        match self.locate_awaited {
+            Some(sent) => self.next_locate.max(sent + LOCATE_ANSWER_TIMEOUT),
+            None => self.next_locate,
+        }
+    }
+
+    /// The tracker answered the last ask at `now`: the next ask waits at least
+    /// [`LOCATE_INTERVAL`] from here, however long the answer took.
+    pub fn locate_answered(&mut self, now: Time) {
+        if self.locate_awaited.take().is_some() {
+            self.next_locate = self.next_locate.max(now + LOCATE_INTERVAL);
+        }
+    }
+
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.
     pub fn init_slots(&mut self, have: &Bitfield) {
         self.slots =
@@ -220,6 +253,7 @@ impl Download {
 
     /// Records that a connected remote holds (`+1`) or no longer holds (`-1`) `pieces`.
     pub fn count_holder(&mut self, pieces: &Bitfield, holds: bool) {
+        self.holders = if holds { self.holders.saturating_add(1) } else { self.holders.saturating_sub(1) };
         for piece in pieces.iter() {
             if let Some(count) = self.availability.get_mut(piece.as_usize()) {
                 *count = if holds { count.saturating_add(1) } else { count.saturating_sub(1) };

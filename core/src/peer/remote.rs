@@ -39,7 +39,7 @@ pub(super) struct Remote {
     pub stage: Stage,
     /// Whether we opened it.
     pub outbound: bool,
-    /// Files to send our bitfield for once the handshake is done.
+    /// Files to send our bitfield for once the handshake is done and the manifest is known.
     pub wanted: BTreeSet<FileId>,
     /// The remote's pieces, per file it sent a bitfield for.
     pub files: BTreeMap<FileId, Bitfield>,
@@ -54,8 +54,6 @@ pub(super) struct Remote {
     pub progress_at: Time,
     /// Pieces assigned to it, per file.
     pub assigned: BTreeSet<(FileId, PieceIndex)>,
-    /// Pieces verified since our last `Haves` to it, per file.
-    pub pending_haves: BTreeMap<FileId, Vec<PieceIndex>>,
     /// Its requests we have queued or are reading.
     pub serving: usize,
     /// When a frame last arrived.
@@ -88,7 +86,6 @@ impl Remote {
             in_flight: BTreeSet::new(),
             progress_at: now,
             assigned: BTreeSet::new(),
-            pending_haves: BTreeMap::new(),
             serving: 0,
             last_heard: now,
             opened: now,

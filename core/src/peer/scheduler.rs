@@ -23,7 +23,7 @@ use crate::wire::Message;
 
 use super::pieces::{block_at, block_span, ActivePiece, Phase, Slot};
 use super::remote::Stage;
-use super::{count_u32, Peer};
+use super::Peer;
 
 /// A piece chosen for a remote, and whether it joins another remote's work (endgame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,8 +326,7 @@ impl Peer {
         let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
-        self.tell_tracker_have(file_id, piece);
-        self.tell_remotes_have(file_id, piece);
+        self.queue_have(file_id, piece);
         if progress.have == progress.total {
             self.finalize(file_id);
         }
@@ -341,36 +340,38 @@ impl Peer {
             let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
             u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
         });
-        let peers = self.remotes.values().filter(|r| r.files.contains_key(&file_id)).count();
-        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers: count_u32(peers) }
+        let peers = entry.download.as_ref().map_or(0, |d| d.holders);
+        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
-    /// Queues `piece` for the next batched `Haves` to every remote that exchanged bitfields
-    /// for the file.
-    fn tell_remotes_have(&mut self, file_id: FileId, piece: PieceIndex) {
-        let mut queued = false;
-        for remote in self.remotes.values_mut().filter(|r| r.bitfield_sent.contains(&file_id)) {
-            remote.pending_haves.entry(file_id).or_default().push(piece);
-            queued = true;
-        }
-        if queued && self.haves_due.is_none() {
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker.
+    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex) {
+        self.recent_haves.entry(file_id).or_default().push(piece);
+        if self.haves_due.is_none() {
             self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
         }
     }
 
-    /// Sends every pending `Haves`, except to remotes that told us they hold the whole file.
-    /// A remote that told us only some pieces hears of every piece, also of those it holds: a
+    /// Sends the pieces verified since the last batch to the tracker and to every remote that
+    /// exchanged bitfields for the file, except those that told us they hold the whole file. A
+    /// remote that told us only some pieces hears of every piece, also of those it holds: a
     /// seeder that offers pieces a few at a time (see `offers`) learns this way which of its
-    /// offers we fetched elsewhere.
+    /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
+    /// of a piece twice; that changes nothing.)
     pub(super) fn flush_haves(&mut self) {
         self.haves_due = None;
+        let recent = std::mem::take(&mut self.recent_haves);
         let mut batches = Vec::new();
-        for (conn, remote) in &mut self.remotes {
-            for (file_id, pieces) in std::mem::take(&mut remote.pending_haves) {
-                if !remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
-                    batches.push((*conn, file_id, pieces));
-                }
+        for (file_id, pieces) in &recent {
+            let hearing = self.remotes.iter().filter(|(_, r)| {
+                r.bitfield_sent.contains(file_id) && !r.files.get(file_id).is_some_and(Bitfield::is_full)
+            });
+            for (conn, _) in hearing {
+                batches.push((*conn, *file_id, pieces.clone()));
             }
+        }
+        if let Some(conn) = self.tracker.ready_conn() {
+            batches.extend(recent.into_iter().map(|(file_id, pieces)| (conn, file_id, pieces)));
         }
         for (conn, file_id, pieces) in batches {
             self.send(conn, Message::Haves { file_id, pieces });

@@ -334,3 +334,70 @@ fn a_seeder_offering_pieces_a_few_at_a_time_hears_of_offers_fetched_elsewhere_an
     h.run_until(Duration::from_secs(30), |h| downloaders.iter().all(|n| h.completed(*n, id)));
     assert!(downloaders.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
 }
+
+/// Drives one peer by hand: what it outputs for `input` at `at`.
+fn step(peer: &mut super::Peer, at: Time, input: crate::machine::Input) -> Vec<crate::machine::Output> {
+    use crate::machine::Machine;
+    peer.handle(at, input);
+    std::iter::from_fn(|| peer.poll_output()).collect()
+}
+
+fn sent(outputs: &[crate::machine::Output]) -> Vec<&crate::wire::Message> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            crate::machine::Output::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_out_while_one_is_unanswered() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let holder = PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid address") };
+    let hello = |role, peer_id| Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port: 0 });
+    let connect_to = |outputs: &[Output], to| {
+        outputs.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == to)).cloned()
+    };
+    let mut peer = super::Peer::new(super::PeerConfig::new(5, tracker, 7001));
+    let at = |ms| Time::from_millis(ms);
+    step(&mut peer, at(0), Input::Command(Command::Get { file_id: id, resume: None }));
+    let Some(Output::Connect { conn: to_tracker, .. }) = connect_to(&step(&mut peer, at(0), Input::Timeout), tracker)
+    else {
+        panic!("the peer connects to the tracker first");
+    };
+    step(&mut peer, at(10), Input::Connected { conn: to_tracker, remote: tracker });
+    let ready = step(
+        &mut peer,
+        at(20),
+        Input::Message { conn: to_tracker, message: hello(Role::Tracker, crate::PeerId([1; 16])) },
+    );
+    assert_eq!(sent(&ready), vec![&Message::Locate { file_id: id, with_manifest: false }]);
+    // However long the answer takes, no second ask goes out meanwhile.
+    let waiting = step(&mut peer, at(20_000), Input::Timeout);
+    assert!(!sent(&waiting).iter().any(|m| matches!(m, Message::Locate { .. })), "{waiting:?}");
+    let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
+    let answer = Message::Located { file_id: id, manifest: None, holders };
+    let answered = step(&mut peer, at(20_000), Input::Message { conn: to_tracker, message: answer });
+    let Some(Output::Connect { conn, .. }) = connect_to(&answered, holder.addr) else {
+        panic!("the peer connects to the holder: {answered:?}");
+    };
+    step(&mut peer, at(20_010), Input::Connected { conn, remote: holder.addr });
+    let asked = step(&mut peer, at(20_020), Input::Message { conn, message: hello(Role::Peer, holder.peer_id) });
+    assert_eq!(sent(&asked), vec![&Message::GetManifest { file_id: id }]);
+    // Still unknown at the next ask: that one asks the tracker for the manifest.
+    let again = step(&mut peer, at(22_000), Input::Timeout);
+    assert_eq!(sent(&again), vec![&Message::Locate { file_id: id, with_manifest: true }]);
+    let adopted =
+        step(&mut peer, at(22_010), Input::Message { conn, message: Message::Manifest { manifest: manifest.clone() } });
+    assert_eq!(peer.manifest(&id), Some(&manifest));
+    assert!(
+        sent(&adopted).iter().any(|m| matches!(m, Message::Bitfield { file_id, .. } if *file_id == id)),
+        "{adopted:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The peer's side of the tracker connection: connect (and reconnect with exponential backoff),
 //! handshake, announce every file (again at each interval and after every reconnect, so a
-//! restarted tracker rebuilds its soft state), send `Have` for each verified piece, and ask
+//! restarted tracker rebuilds its soft state; verified pieces reach it in the batched `Haves`
+//! the scheduler sends remotes, at most every `HAVE_BATCH_INTERVAL`), and ask
 //! where the pieces of each download are: every 2 s while a download is stuck, less and less
 //! often while pieces keep arriving.
 
@@ -148,6 +149,7 @@ impl Peer {
         for entry in self.files.values_mut() {
             if let Some(download) = entry.download.as_mut() {
                 download.next_locate = self.now;
+                download.locate_awaited = None;
             }
         }
         self.locate_due();
@@ -166,7 +168,11 @@ impl Peer {
     }
 
     fn on_unknown_file(&mut self, file_id: FileId) {
-        let Some(entry) = self.files.get(&file_id) else { return };
+        let now = self.now;
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        if let Some(download) = entry.download.as_mut() {
+            download.locate_answered(now);
+        }
         if entry.manifest.is_some() {
             self.announce(file_id, true);
         } else {
@@ -185,13 +191,6 @@ impl Peer {
         self.send(conn, message);
     }
 
-    /// Tells the tracker of one more verified piece.
-    pub(super) fn tell_tracker_have(&mut self, file_id: FileId, piece: crate::ids::PieceIndex) {
-        if let Some(conn) = self.tracker.ready_conn() {
-            self.send(conn, Message::Have { file_id, piece });
-        }
-    }
-
     /// Sends `Locate` for every download whose next locate is due.
     pub(super) fn locate_due(&mut self) {
         let now = self.now;
@@ -203,9 +202,13 @@ impl Peer {
             }
             let have_count = entry.have.count();
             let Some(download) = entry.download.as_mut() else { continue };
-            if download.next_locate <= now {
+            if download.locate_at() <= now {
                 download.plan_next_locate(now, have_count);
-                due.push((*file_id, entry.manifest.is_none()));
+                download.locate_awaited = ready.map(|_| now);
+                // The first ask is for holders only; they send the manifest.
+                let with_manifest = entry.manifest.is_none() && download.located_without_manifest;
+                download.located_without_manifest |= ready.is_some() && entry.manifest.is_none();
+                due.push((*file_id, with_manifest));
             }
         }
         let Some(conn) = ready else { return };

@@ -221,6 +221,12 @@ impl Tracker {
                     self.send_error(conn, Some(file_id), refusal);
                 }
             }
+            Message::Haves { file_id, pieces } if role == Role::Peer => {
+                // One refusal answers the batch: the pieces after it are refused for the same reason.
+                if let Some(refusal) = pieces.iter().find_map(|piece| self.registry.have(conn, file_id, *piece).err()) {
+                    self.send_error(conn, Some(file_id), refusal);
+                }
+            }
             Message::Leave { file_id } if role == Role::Peer => {
                 if let Some(peer) = self.registry.leave(conn, file_id) {
                     self.event(Event::PeerGone { peer, reason: GoneReason::Left });

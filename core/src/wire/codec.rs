@@ -372,11 +372,13 @@ mod tests {
                 offset: 0,
                 reason: RejectReason::Busy
             }),
-            (file_id, any::<u32>()).prop_map(|(file_id, p)| Message::Cancel {
+            (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Cancel {
                 file_id,
                 piece: PieceIndex(p),
                 offset: 9
             }),
+            file_id.prop_map(|file_id| Message::GetManifest { file_id }),
+            arb_manifest().prop_map(|manifest| Message::Manifest { manifest }),
             "[ -~]{0,40}".prop_map(|detail| Message::error(None, ErrorCode::UnknownFile, detail)),
         ]
     }

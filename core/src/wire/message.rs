@@ -144,7 +144,8 @@ pub enum Message {
     Locate {
         /// The file's id.
         file_id: FileId,
-        /// Whether to include the manifest in the answer (a peer asks once).
+        /// Whether to include the manifest in the answer (a peer asks when holders did not
+        /// send it).
         with_manifest: bool,
     },
     /// Tracker → peer: live holders of a file, each named once with the pieces it holds
@@ -226,6 +227,17 @@ pub enum Message {
         /// Offset within the piece.
         offset: u32,
     },
+    /// Peer → peer: send me the manifest of this file. A downloader asks a holder the tracker
+    /// named, so the tracker's link does not carry a manifest to every downloader.
+    GetManifest {
+        /// The file's id.
+        file_id: FileId,
+    },
+    /// Peer → peer: the manifest asked for; the receiver checks it against the file id.
+    Manifest {
+        /// The manifest.
+        manifest: Manifest,
+    },
 }
 
 impl Message {
@@ -248,6 +260,8 @@ impl Message {
             Message::Data { .. } => "data",
             Message::Reject { .. } => "reject",
             Message::Cancel { .. } => "cancel",
+            Message::GetManifest { .. } => "get-manifest",
+            Message::Manifest { .. } => "manifest",
         }
     }
 
