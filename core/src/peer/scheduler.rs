@@ -326,7 +326,7 @@ impl Peer {
         let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
-        self.queue_have(file_id, piece);
+        self.queue_have(file_id, piece, progress.have == 1);
         if progress.have == progress.total {
             self.finalize(file_id);
         }
@@ -344,10 +344,14 @@ impl Peer {
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
-    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker.
-    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex) {
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker. A download's
+    /// first verified piece goes out at once: it makes this peer a holder the tracker can name
+    /// to others, which matters most while everybody is just starting.
+    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
         self.recent_haves.entry(file_id).or_default().push(piece);
-        if self.haves_due.is_none() {
+        if first {
+            self.flush_haves();
+        } else if self.haves_due.is_none() {
             self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
         }
     }
