@@ -96,6 +96,20 @@ impl Bitfield {
         (0..self.len).map(PieceIndex).filter(|p| !self.has(*p))
     }
 
+    /// The pieces in this set and not in `other`, in ascending order; whole bytes with nothing
+    /// to offer are skipped, so a scan over a nearly complete download costs little.
+    pub fn iter_and_not<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
+        let others = other.bytes.iter().copied().chain(std::iter::repeat(0));
+        self.bytes.iter().zip(others).enumerate().flat_map(|(at, (mine, theirs))| {
+            let mut left = mine & !theirs;
+            std::iter::from_fn(move || {
+                let bit = (left != 0).then(|| left.leading_zeros())?;
+                left &= !(0x80 >> bit);
+                Some(PieceIndex(at as u32 * 8 + bit))
+            })
+        })
+    }
+
     fn bytes_for(len: u32) -> usize {
         (len as usize).div_ceil(8)
     }

@@ -102,32 +102,38 @@ impl Peer {
         let remote = self.remotes.get(&conn)?;
         let remote_id = remote.peer_id?;
         let remote_have = remote.files.get(&file_id)?;
-        let download = self.files.get(&file_id)?.download.as_ref()?;
+        let entry = self.files.get(&file_id)?;
+        let download = entry.download.as_ref()?;
         let may_start = download.active_count < PIECES_ACTIVE_PER_FILE_MAX;
         let usable = |piece: PieceIndex| remote_have.has(piece) && !download.bad_sources.contains(&(piece, remote_id));
-        // Orphaned partial pieces first, then the rarest missing piece.
-        let mut best: Option<(u32, PieceIndex)> = None;
-        let mut ties = 0u32;
-        for (i, slot) in download.slots.iter().enumerate() {
-            let piece = PieceIndex(i as u32);
-            let rank = match slot {
-                Slot::Active(active) if active.is_orphan() => 0,
-                Slot::Missing if may_start => 1 + download.availability[i],
-                _ => continue,
+        // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
+        // (a draw per tie would cost more than the scan).
+        let rank_of = |i: usize, slot: &Slot| match slot {
+            Slot::Active(active) if active.is_orphan() => Some(0),
+            Slot::Missing if may_start => Some(1 + download.availability[i]),
+            _ => None,
+        };
+        // Only pieces the remote holds and we lack can be chosen; walk just those.
+        let candidates = || {
+            remote_have
+                .iter_and_not(&entry.have)
+                .filter_map(|piece| {
+                    rank_of(piece.as_usize(), download.slots.get(piece.as_usize())?).map(|rank| (rank, piece))
+                })
+                .filter(|(_, piece)| !download.bad_sources.contains(&(*piece, remote_id)))
+        };
+        let mut lowest: Option<(u32, usize)> = None;
+        for (rank, _) in candidates() {
+            lowest = match lowest {
+                Some((r, ties)) if rank == r => Some((r, ties + 1)),
+                Some((r, _)) if rank > r => lowest,
+                _ => Some((rank, 1)),
             };
-            if !usable(piece) || best.is_some_and(|(r, _)| rank > r) {
-                continue;
-            }
-            if best.is_some_and(|(r, _)| rank == r) {
-                ties += 1;
-                if self.rng.below(ties as usize + 1) != 0 {
-                    continue;
-                }
-            } else {
-                ties = 0;
-            }
-            best = Some((rank, piece));
         }
+        let best = lowest.and_then(|(rank, ties)| {
+            let pick = self.rng.below(ties);
+            candidates().filter(|(r, _)| *r == rank).nth(pick)
+        });
         if let Some((_, piece)) = best {
             return Some(Choice::Fresh(piece));
         }
