@@ -9,7 +9,7 @@
 //! The store also checks two invariants of a run for the world: a piece recorded as verified
 //! must equal the original, and only verified pieces may be read for a remote.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
 use p2p_core::rng::Rng;
@@ -50,14 +50,19 @@ impl Content {
 /// One peer's simulated disk for the scenario's file.
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Blocks by piece (indexed, grown on demand; an empty map is a piece not stored), then by
-    /// offset within the piece.
-    blocks: Vec<BTreeMap<u32, Bytes>>,
-    verified: BTreeSet<u32>,
+    /// Blocks by piece (indexed, grown on demand; no blocks is a piece not stored), each piece's
+    /// in offset order. A piece usually is one block, so a short vector beats a map here: ten
+    /// thousand peers of a scale run hold millions of them.
+    blocks: Vec<Blocks>,
+    /// Verified pieces, by index (grown on demand).
+    verified: Vec<bool>,
     corrupt: BTreeSet<u32>,
     allocated: bool,
     finalized: bool,
 }
+
+/// One piece's blocks: `(offset within the piece, bytes)`, sorted by offset, offsets unique.
+type Blocks = Vec<(u32, Bytes)>;
 
 /// A broken invariant found by a store, for the run's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +80,8 @@ impl Store {
     pub fn seeded(content: &Content, pieces: impl IntoIterator<Item = u32>) -> Store {
         let mut store = Store::default();
         for piece in pieces {
-            *store.blocks_mut(piece) = BTreeMap::from([(0, content.piece(piece))]);
-            store.verified.insert(piece);
+            *store.blocks_mut(piece) = vec![(0, content.piece(piece))];
+            store.set_verified(piece);
         }
         store
     }
@@ -84,8 +89,8 @@ impl Store {
     /// The verified pieces, as a bitfield of the manifest's length.
     pub fn verified(&self, content: &Content) -> Bitfield {
         let mut have = Bitfield::new(content.manifest.piece_count());
-        for piece in &self.verified {
-            have.set(PieceIndex(*piece));
+        for (piece, _) in self.verified.iter().enumerate().filter(|(_, verified)| **verified) {
+            have.set(PieceIndex(piece as u32));
         }
         have
     }
@@ -107,21 +112,37 @@ impl Store {
 
     /// Writes a received block.
     pub fn write(&mut self, piece: u32, offset: u32, bytes: Bytes) {
-        if self.verified.contains(&piece) {
+        if self.is_verified(piece) {
             return;
         }
-        self.blocks_mut(piece).insert(offset, bytes);
+        let blocks = self.blocks_mut(piece);
+        match blocks.binary_search_by_key(&offset, |(start, _)| *start) {
+            Ok(at) => blocks[at].1 = bytes,
+            Err(at) => blocks.insert(at, (offset, bytes)),
+        }
+    }
+
+    fn is_verified(&self, piece: u32) -> bool {
+        self.verified.get(piece as usize).copied().unwrap_or(false)
+    }
+
+    fn set_verified(&mut self, piece: u32) {
+        let index = piece as usize;
+        if self.verified.len() <= index {
+            self.verified.resize(index + 1, false);
+        }
+        self.verified[index] = true;
     }
 
     /// The stored blocks of `piece`, if any.
-    fn blocks(&self, piece: u32) -> Option<&BTreeMap<u32, Bytes>> {
+    fn blocks(&self, piece: u32) -> Option<&Blocks> {
         self.blocks.get(piece as usize).filter(|blocks| !blocks.is_empty())
     }
 
-    fn blocks_mut(&mut self, piece: u32) -> &mut BTreeMap<u32, Bytes> {
+    fn blocks_mut(&mut self, piece: u32) -> &mut Blocks {
         let index = piece as usize;
         if self.blocks.len() <= index {
-            self.blocks.resize_with(index + 1, BTreeMap::new);
+            self.blocks.resize_with(index + 1, Vec::new);
         }
         &mut self.blocks[index]
     }
@@ -136,7 +157,7 @@ impl Store {
 
     /// Records a piece as verified; a piece that differs from the original is a violation.
     pub fn mark_verified(&mut self, content: &Content, piece: u32) -> Result<(), StoreViolation> {
-        self.verified.insert(piece);
+        self.set_verified(piece);
         if self.corrupt.contains(&piece) || self.is_original(content, piece) || self.equals_original(content, piece) {
             Ok(())
         } else {
@@ -146,12 +167,12 @@ impl Store {
 
     /// Reads a block of a piece for a remote (a corrupted piece reads corrupted).
     pub fn read(&self, piece: u32, offset: u32, len: u32) -> (Result<Bytes, String>, Option<StoreViolation>) {
-        let violation = (!self.verified.contains(&piece)).then_some(StoreViolation::UnverifiedRead(piece));
+        let violation = (!self.is_verified(piece)).then_some(StoreViolation::UnverifiedRead(piece));
         let Some(blocks) = self.blocks(piece) else {
             return (Err(format!("piece {piece} is not stored")), violation);
         };
         let end = u64::from(offset) + u64::from(len);
-        if let Some((start, block)) = blocks.range(..=offset).next_back() {
+        if let Some((start, block)) = blocks.iter().rev().find(|(start, _)| *start <= offset) {
             if u64::from(*start) + block.len() as u64 >= end {
                 let from = (offset - start) as usize;
                 return (Ok(block.slice(from..from + len as usize)), violation);
@@ -176,7 +197,7 @@ impl Store {
             if let Some(first) = bad.first_mut() {
                 *first ^= 0xff;
             }
-            *self.blocks_mut(*piece) = BTreeMap::from([(0, bad.freeze())]);
+            *self.blocks_mut(*piece) = vec![(0, bad.freeze())];
             self.corrupt.insert(*piece);
             hit.push(*piece);
         }
@@ -187,8 +208,8 @@ impl Store {
     pub fn finalize(&mut self, content: &Content) -> Result<(), StoreViolation> {
         self.finalized = true;
         let all = content.manifest.piece_count();
-        let intact = (0..all)
-            .all(|p| self.verified.contains(&p) && (self.is_original(content, p) || self.equals_original(content, p)));
+        let intact =
+            (0..all).all(|p| self.is_verified(p) && (self.is_original(content, p) || self.equals_original(content, p)));
         if intact {
             Ok(())
         } else {
@@ -223,10 +244,10 @@ impl Store {
             return Bytes::new();
         };
         if blocks.len() == 1 {
-            return blocks.values().next().cloned().unwrap_or_default();
+            return blocks[0].1.clone();
         }
         let mut whole = BytesMut::new();
-        for block in blocks.values() {
+        for (_, block) in blocks {
             whole.extend_from_slice(block);
         }
         whole.freeze()

@@ -113,27 +113,24 @@ impl Peer {
             Slot::Missing if may_start => Some(1 + download.availability[i]),
             _ => None,
         };
-        // Only pieces the remote holds and we lack can be chosen; walk just those.
-        let candidates = || {
-            remote_have
-                .iter_and_not(&entry.have)
-                .filter_map(|piece| {
-                    rank_of(piece.as_usize(), download.slots.get(piece.as_usize())?).map(|rank| (rank, piece))
-                })
-                .filter(|(_, piece)| !download.bad_sources.contains(&(*piece, remote_id)))
-        };
-        let mut lowest: Option<(u32, usize)> = None;
-        for (rank, _) in candidates() {
-            lowest = match lowest {
-                Some((r, ties)) if rank == r => Some((r, ties + 1)),
-                Some((r, _)) if rank > r => lowest,
-                _ => Some((rank, 1)),
+        // Only pieces the remote holds and we lack can be chosen: walk just those, once.
+        let mut lowest = u32::MAX;
+        let mut ties: Vec<PieceIndex> = Vec::new();
+        for piece in remote_have.iter_and_not(&entry.have) {
+            let Some(rank) = download.slots.get(piece.as_usize()).and_then(|slot| rank_of(piece.as_usize(), slot))
+            else {
+                continue;
             };
+            if rank > lowest || download.bad_sources.contains(&(piece, remote_id)) {
+                continue;
+            }
+            if rank < lowest {
+                lowest = rank;
+                ties.clear();
+            }
+            ties.push(piece);
         }
-        let best = lowest.and_then(|(rank, ties)| {
-            let pick = self.rng.below(ties);
-            candidates().filter(|(r, _)| *r == rank).nth(pick)
-        });
+        let best = (!ties.is_empty()).then(|| (lowest, ties[self.rng.below(ties.len())]));
         if let Some((_, piece)) = best {
             return Some(Choice::Fresh(piece));
         }
