@@ -58,6 +58,9 @@ pub(super) struct Download {
     pub phase: Phase,
     /// One slot per piece (empty until the manifest is known).
     pub slots: Vec<Slot>,
+    /// The pieces whose slot is `Missing`, so the piece choice finds them without reading
+    /// every slot.
+    pub missing: Bitfield,
     /// Connected remotes holding each piece.
     pub availability: Vec<u32>,
     /// Connected remotes that told us their pieces of the file.
@@ -153,6 +156,7 @@ impl FileEntry {
         let mut download = Download {
             phase: Phase::Fetching,
             slots: Vec::new(),
+            missing: Bitfield::new(0),
             availability: Vec::new(),
             holders: 0,
             next_locate: now,
@@ -234,7 +238,19 @@ impl Download {
     pub fn init_slots(&mut self, have: &Bitfield) {
         self.slots =
             (0..have.len()).map(|i| if have.has(PieceIndex(i)) { Slot::Have } else { Slot::Missing }).collect();
+        self.missing = Bitfield::full(have.len());
+        for piece in have.iter() {
+            self.missing.unset(piece);
+        }
         self.availability = vec![0; have.len() as usize];
+    }
+
+    /// Starts fetching `piece` (of `piece_len` bytes) if it is `Missing`.
+    pub fn start(&mut self, piece: PieceIndex, piece_len: u32) {
+        if self.missing.unset(piece) {
+            *self.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
+            self.active_count += 1;
+        }
     }
 
     /// The slot of `piece` (which the manifest has checked).
@@ -247,6 +263,7 @@ impl Download {
         let slot = self.slot_mut(piece);
         if matches!(slot, Slot::Active(_) | Slot::Verifying { .. }) {
             *slot = Slot::Missing;
+            self.missing.set(piece);
             self.active_count -= 1;
         }
     }
@@ -268,6 +285,11 @@ impl Download {
             for (i, slot) in self.slots.iter().enumerate() {
                 let piece = PieceIndex(i as u32);
                 debug_assert_eq!(matches!(slot, Slot::Have), have.has(piece), "slot/have disagree for {piece}");
+                debug_assert_eq!(
+                    matches!(slot, Slot::Missing),
+                    self.missing.has(piece),
+                    "slot/missing disagree for {piece}"
+                );
                 if let Slot::Active(a) = slot {
                     active += 1;
                     for mask in a.assignees.values() {

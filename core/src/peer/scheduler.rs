@@ -21,7 +21,7 @@ use crate::limits::{
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
-use super::pieces::{block_at, block_span, ActivePiece, Phase, Slot};
+use super::pieces::{block_at, block_span, Phase, Slot};
 use super::remote::Stage;
 use super::Peer;
 
@@ -108,17 +108,20 @@ impl Peer {
         let usable = |piece: PieceIndex| remote_have.has(piece) && !download.bad_sources.contains(&(piece, remote_id));
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
         // (a draw per tie would cost more than the scan).
-        let rank_of = |i: usize, slot: &Slot| match slot {
-            Slot::Active(active) if active.is_orphan() => Some(0),
-            Slot::Missing if may_start => Some(1 + download.availability[i]),
-            _ => None,
+        let rank_of = |piece: PieceIndex| {
+            if download.missing.has(piece) {
+                return may_start.then(|| 1 + download.availability[piece.as_usize()]);
+            }
+            match download.slots.get(piece.as_usize()) {
+                Some(Slot::Active(active)) if active.is_orphan() => Some(0),
+                _ => None,
+            }
         };
         // Only pieces the remote holds and we lack can be chosen: walk just those, once.
         let mut lowest = u32::MAX;
         let mut ties: Vec<PieceIndex> = Vec::new();
         for piece in remote_have.iter_and_not(&entry.have) {
-            let Some(rank) = download.slots.get(piece.as_usize()).and_then(|slot| rank_of(piece.as_usize(), slot))
-            else {
+            let Some(rank) = rank_of(piece) else {
                 continue;
             };
             if rank > lowest || download.bad_sources.contains(&(piece, remote_id)) {
@@ -158,10 +161,7 @@ impl Peer {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
         let piece_len = manifest.piece_len(piece);
-        if *download.slot_mut(piece) == Slot::Missing {
-            *download.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
-            download.active_count += 1;
-        }
+        download.start(piece, piece_len);
         if let Slot::Active(active) = download.slot_mut(piece) {
             active.assignees.insert(conn, 0);
         }
