@@ -51,6 +51,12 @@ pub const LOCATED_REUSE_TIME: Duration = Duration::from_secs(1);
 /// turn while they are reused, so askers of a popular file still spread over its holders.
 pub const LOCATED_REUSED_PER_FILE_COUNT: usize = 4;
 
+/// Most askers one reused holder list is handed to; then the file's lists are built afresh. A
+/// list names about `HOLDERS_PER_PIECE_MAX` peers per piece, so this bounds how many newcomers
+/// are sent to the same holders at once (each accepts only `INBOUND_PEERS_MAX`): a swarm
+/// whose askers all got the same few lists crowded a few holders and spread slowly.
+pub const LOCATED_REUSES_PER_LIST_MAX: usize = 8;
+
 /// Bytes of holder lists past which the tracker keeps no more for reuse (until some age out).
 pub const LOCATED_REUSE_BYTES_MAX: usize = 8 * 1024 * 1024;
 

@@ -1,7 +1,9 @@
 //! Holder lists recently built for `Located` answers, reused for a short time.
 //!
 //! Walking a file's holdings costs a cache miss or two per holder visited, so askers of the same
-//! file within [`LOCATED_REUSE_TIME`] get one of the lists built for it, in turn: up to
+//! file within [`LOCATED_REUSE_TIME`] get one of the lists built for it, in turn, each list at
+//! most [`LOCATED_REUSES_PER_LIST_MAX`] times on average before the file's lists are built
+//! afresh (so newcomers are not all sent to the same few holders): up to
 //! [`LOCATED_REUSED_PER_FILE_COUNT`] per file while the byte budget allows (see
 //! [`Reuse::wants`]), each drawn with its own shuffle, so load still spreads. A list is built as for an asker that holds nothing, which
 //! also suits any asker it does not name: an asker's own pieces only lower its quotas. An asker
@@ -19,7 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT, LOCATED_REUSE_BYTES_MAX, LOCATED_REUSE_TIME};
+use crate::limits::{
+    LOCATED_REUSED_PER_FILE_COUNT, LOCATED_REUSES_PER_LIST_MAX, LOCATED_REUSE_BYTES_MAX, LOCATED_REUSE_TIME,
+};
 use crate::time::Time;
 use crate::wire::Holders;
 
@@ -39,6 +43,8 @@ struct Lists {
     lists: Vec<(Holders, Vec<u32>)>,
     /// The list handed out next.
     next: usize,
+    /// Lists handed out so far.
+    handed: usize,
     bytes: usize,
 }
 
@@ -50,10 +56,15 @@ impl Reuse {
             return None;
         }
         let file = self.files.get_mut(&file_slot)?;
+        if file.handed >= LOCATED_REUSED_PER_FILE_COUNT * LOCATED_REUSES_PER_LIST_MAX {
+            self.forget(file_slot);
+            return None;
+        }
         for _ in 0..file.lists.len() {
             let (holders, slots) = &file.lists[file.next];
             file.next = (file.next + 1) % file.lists.len();
             if asker.is_none_or(|asker| !slots.contains(&asker)) {
+                file.handed += 1;
                 return Some(holders.clone());
             }
         }
@@ -75,10 +86,18 @@ impl Reuse {
         let bytes = holders.size_bytes() + slots.len() * size_of::<u32>();
         let file = self.files.entry(file_slot).or_insert_with(|| {
             self.built.insert((now, file_slot));
-            Lists { built_at: now, lists: Vec::with_capacity(LOCATED_REUSED_PER_FILE_COUNT), next: 0, bytes: 0 }
+            Lists {
+                built_at: now,
+                lists: Vec::with_capacity(LOCATED_REUSED_PER_FILE_COUNT),
+                next: 0,
+                handed: 0,
+                bytes: 0,
+            }
         });
         assert!(file.lists.len() < LOCATED_REUSED_PER_FILE_COUNT, "lists are built only while wanted");
         file.lists.push((holders, slots));
+        // The asker it was built for is its first.
+        file.handed += 1;
         file.bytes += bytes;
         self.bytes += bytes;
     }

@@ -609,3 +609,19 @@ fn holder_lists_are_reused_in_turn_until_a_holder_comes_or_goes_or_they_age() {
     let addrs = holder_addrs(&h.locate(c, &file));
     assert!(addrs.iter().all(|piece| !piece.contains(&newcomer.addr())), "a gone holder drops the lists");
 }
+
+#[test]
+fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_drawn() {
+    use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT as LISTS, LOCATED_REUSES_PER_LIST_MAX as REUSES};
+    let mut h = Harness::new(6);
+    let file = manifest("f", 3);
+    for n in 1..=30 {
+        let p = h.peer(n);
+        h.announce(p, &file, &[0, 1]);
+    }
+    let c = h.join(100, Role::Client, 0);
+    let first: Vec<_> = (0..LISTS * REUSES).map(|_| h.locate(c, &file)).collect();
+    assert!(first.iter().all(|answer| first[..LISTS].contains(answer)), "one round reuses the first lists");
+    let next: Vec<_> = (0..LISTS).map(|_| h.locate(c, &file)).collect();
+    assert!(next.iter().any(|answer| !first[..LISTS].contains(answer)), "then the lists are drawn afresh");
+}
