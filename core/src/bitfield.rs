@@ -161,6 +161,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pieces_in_one_set_and_not_the_other_come_in_order() {
+        let mine = Bitfield::from_bytes(20, &[0b1011_0000, 0xff, 0b1111_0000]).expect("3 bytes for 20 pieces");
+        let theirs = Bitfield::from_bytes(20, &[0b0010_0000, 0b0111_1111, 0]).expect("3 bytes for 20 pieces");
+        let only_mine: Vec<u32> = mine.iter_and_not(&theirs).map(|p| p.0).collect();
+        assert_eq!(only_mine, vec![0, 3, 8, 16, 17, 18, 19]);
+        let expected: Vec<PieceIndex> = mine.iter().filter(|p| !theirs.has(*p)).collect();
+        assert_eq!(mine.iter_and_not(&theirs).collect::<Vec<_>>(), expected);
+        assert_eq!(mine.iter_and_not(&Bitfield::new(0)).count() as u32, mine.count(), "a shorter other lacks all");
+    }
+
+    #[test]
     fn set_count_and_iterate() {
         let mut field = Bitfield::new(10);
         assert!(field.set(PieceIndex(0)));
