@@ -28,6 +28,7 @@ impl Peer {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         if let Some(download) = entry.download.as_mut() {
             download.locate_answered(now);
+            download.on_answer(now, holders.len());
         }
         if entry.manifest.is_none() {
             match manifest {
@@ -43,13 +44,9 @@ impl Peer {
                 Some(_) => return,
             }
         }
-        let now = self.now;
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        let Some(entry) = self.files.get(&file_id) else { return };
         if !entry.is_fetching() || holders.piece_count() != entry.have.len() {
             return;
-        }
-        if let Some(download) = entry.download.as_mut() {
-            download.on_answer(now, holders.len());
         }
         let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> =
             entry.have.iter_missing().map(|p| (p, Vec::new())).collect();

@@ -161,7 +161,12 @@ impl Registry {
         let file = &mut self.files[file_slot as usize];
         let first = match at {
             Ok(at) => {
-                file.replace_holding(record.files[at].1 as usize, &have);
+                let index = record.files[at].1 as usize;
+                if is_empty(file.holding_bits(index)) && have.count() > 0 {
+                    // A peer that held nothing becomes a holder: lists that leave it out go.
+                    self.reuse.forget(file_slot);
+                }
+                file.replace_holding(index, &have);
                 false
             }
             Err(at) => {
@@ -191,6 +196,12 @@ impl Registry {
         let Some(index) = index else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for a file this peer did not announce"));
         };
+        // A peer's first piece makes it a holder others should hear of at once (downloaders
+        // that started together find each other so): lists that leave it out go.
+        if is_empty(file.holding_bits(index)) {
+            self.reuse.forget(file_slot);
+        }
+        let file = &mut self.files[file_slot as usize];
         let mask = 0x80u8 >> (piece.0 % 8);
         let byte = &mut file.holding_bits_mut(index)[piece.as_usize() / 8];
         if *byte & mask == 0 {
@@ -455,6 +466,11 @@ fn holding_of(record: &PeerEntry, file_slot: u32) -> Option<usize> {
 fn locate_holding(stride: usize, index: usize) -> (usize, std::ops::Range<usize>) {
     let start = (index % HOLDINGS_PER_CHUNK) * stride;
     (index / HOLDINGS_PER_CHUNK, start..start + stride)
+}
+
+/// Whether the packed bits hold no piece.
+fn is_empty(bits: &[u8]) -> bool {
+    bits.iter().all(|byte| *byte == 0)
 }
 
 /// Adds `sign` (±1) to the count of every piece set in the packed bits `have`.

@@ -625,3 +625,21 @@ fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_
     let next: Vec<_> = (0..LISTS).map(|_| h.locate(c, &file)).collect();
     assert!(next.iter().any(|answer| !first[..LISTS].contains(answer)), "then the lists are drawn afresh");
 }
+
+#[test]
+fn a_peer_that_held_nothing_is_named_at_once_after_its_first_piece() {
+    let mut h = Harness::new(7);
+    let file = manifest("f", 3);
+    for n in 1..=30 {
+        let p = h.peer(n);
+        h.announce(p, &file, &[0, 1]);
+    }
+    let starter = h.peer(31);
+    h.announce(starter, &file, &[]);
+    let c = h.join(100, Role::Client, 0);
+    for _ in 0..crate::limits::LOCATED_REUSED_PER_FILE_COUNT {
+        assert!(holder_addrs(&h.locate(c, &file))[2].is_empty(), "nobody holds piece 2 yet");
+    }
+    assert!(h.send(starter, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) }).is_empty());
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2], vec![starter.addr()], "its first piece drops the reused lists");
+}
