@@ -576,16 +576,21 @@ fn the_manifest_travels_only_when_asked_for() {
     }
 }
 
+/// Enough holders that an answer names only some of them (8 per piece), so reused lists differ.
+fn announce_thirty_holders_of_pieces_0_and_1(h: &mut Harness, file: &Manifest) {
+    for n in 1..=30 {
+        let p = h.peer(n);
+        h.announce(p, file, &[0, 1]);
+    }
+}
+
 #[test]
 fn holder_lists_are_reused_in_turn_until_a_holder_comes_or_goes_or_they_age() {
     use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT as LISTS, LOCATED_REUSE_TIME};
     let mut h = Harness::new(5);
     let file = manifest("f", 3);
-    // 30 holders of pieces 0 and 1: an answer names 8 of them, drawn anew for each list.
-    for n in 1..=30 {
-        let p = h.peer(n);
-        h.announce(p, &file, &[0, 1]);
-    }
+    // An answer names 8 of the 30 holders, drawn anew for each list.
+    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
     let c = h.join(100, Role::Client, 0);
     let answers: Vec<_> = (0..LISTS * 3).map(|_| h.locate(c, &file)).collect();
     for i in LISTS..answers.len() {
@@ -615,10 +620,7 @@ fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_
     use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT as LISTS, LOCATED_REUSES_PER_LIST_MAX as REUSES};
     let mut h = Harness::new(6);
     let file = manifest("f", 3);
-    for n in 1..=30 {
-        let p = h.peer(n);
-        h.announce(p, &file, &[0, 1]);
-    }
+    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
     let c = h.join(100, Role::Client, 0);
     let first: Vec<_> = (0..LISTS * REUSES).map(|_| h.locate(c, &file)).collect();
     assert!(first.iter().all(|answer| first[..LISTS].contains(answer)), "one round reuses the first lists");
@@ -630,10 +632,7 @@ fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_
 fn a_peer_that_held_nothing_is_named_at_once_after_its_first_piece() {
     let mut h = Harness::new(7);
     let file = manifest("f", 3);
-    for n in 1..=30 {
-        let p = h.peer(n);
-        h.announce(p, &file, &[0, 1]);
-    }
+    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
     let starter = h.peer(31);
     h.announce(starter, &file, &[]);
     let c = h.join(100, Role::Client, 0);
