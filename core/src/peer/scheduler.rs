@@ -133,9 +133,8 @@ impl Peer {
             }
             ties.push(piece);
         }
-        let best = (!ties.is_empty()).then(|| (lowest, ties[self.rng.below(ties.len())]));
-        if let Some((_, piece)) = best {
-            return Some(Choice::Fresh(piece));
+        if !ties.is_empty() {
+            return Some(Choice::Fresh(ties[self.rng.below(ties.len())]));
         }
         // Endgame only for a remote with nothing else to do, one duplicate piece at a time:
         // a busy remote would only fetch twice what is already on its way.
