@@ -321,6 +321,8 @@ impl Peer {
             return;
         }
         *download.slot_mut(piece) = Slot::Have;
+        // At the cap no piece could start: remotes that ran dry then wait for this wake-up.
+        let room_again = download.active_count == PIECES_ACTIVE_PER_FILE_MAX;
         download.active_count -= 1;
         entry.have.set(piece);
         download.debug_check(&entry.have);
@@ -331,6 +333,8 @@ impl Peer {
         self.queue_have(file_id, piece, progress.have == 1);
         if progress.have == progress.total {
             self.finalize(file_id);
+        } else if room_again {
+            self.schedule_all();
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::ids::PieceIndex;
-use crate::limits::{BLOCK_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, PIECES_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
 use crate::machine::{Command, Event};
 use crate::testkit::{file, Harness, NodeIx};
 use crate::time::Time;
@@ -406,4 +406,27 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
         sent(&adopted).iter().any(|m| matches!(m, Message::Bitfield { file_id, .. } if *file_id == id)),
         "{adopted:?}"
     );
+}
+
+#[test]
+fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
+    // More pieces than may be active at once, and every hash held back: the downloader fills
+    // its active pieces and waits. As soon as the hashes arrive it must start the rest itself;
+    // nothing else wakes it (the seeder has nothing more to say).
+    let mut h = Harness::new(3);
+    let pieces = PIECES_ACTIVE_PER_FILE_MAX + 8;
+    let (bytes, manifest) = file(pieces * 16 * KIB, 16 * 1024, 5);
+    let id = manifest.file_id();
+    let (seeder, leecher) = (h.add_peer(1, None), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    h.hold_hashes(leecher);
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    h.run_for(Duration::from_secs(2));
+    let requested =
+        |h: &Harness| h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::PieceRequested { .. })).count();
+    assert_eq!(requested(&h), PIECES_ACTIVE_PER_FILE_MAX, "no piece starts while the active ones wait for hashes");
+    h.release_hashes(leecher);
+    h.run_until(Duration::from_secs(1), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
 }

@@ -45,6 +45,9 @@ struct Node {
     corrupt: BTreeSet<(FileId, PieceIndex)>,
     /// When set, the node never answers requests (a black hole).
     silent: bool,
+    /// When set, the node's hash results wait in `held_hashes` (a CPU that falls behind).
+    holding_hashes: bool,
+    held_hashes: Vec<Completion>,
     next_inbound: u64,
 }
 
@@ -124,6 +127,18 @@ impl Harness {
     /// Makes `node` accept requests and never answer them.
     pub fn silence(&mut self, node: NodeIx) {
         self.nodes[node].silent = true;
+    }
+
+    /// Holds back `node`'s hash results until [`Harness::release_hashes`].
+    pub fn hold_hashes(&mut self, node: NodeIx) {
+        self.nodes[node].holding_hashes = true;
+    }
+
+    /// Hands `node` the hash results held back, in order, and stops holding them.
+    pub fn release_hashes(&mut self, node: NodeIx) {
+        let held = &mut self.nodes[node];
+        held.holding_hashes = false;
+        self.pending.extend(held.held_hashes.drain(..).map(|c| (node, Input::Completed(c))));
     }
 
     /// The node disappears: every connection to it drops.
@@ -276,7 +291,12 @@ impl Harness {
                 let start = manifest.piece_offset(piece) as usize;
                 let data = &self.nodes[node].store[&file_id];
                 let digest = Digest::of(&data[start..start + manifest.piece_len(piece) as usize]);
-                Completion::PieceHashed { file_id, piece, result: Ok(digest) }
+                let completion = Completion::PieceHashed { file_id, piece, result: Ok(digest) };
+                if self.nodes[node].holding_hashes {
+                    self.nodes[node].held_hashes.push(completion);
+                    return;
+                }
+                completion
             }
             Output::ReadBlock { conn, file_id, piece, offset, len } => {
                 let manifest = self.nodes[node].peer_manifest(file_id);
@@ -304,6 +324,8 @@ impl Node {
             store: BTreeMap::new(),
             corrupt: BTreeSet::new(),
             silent: false,
+            holding_hashes: false,
+            held_hashes: Vec::new(),
             next_inbound: 0,
         }
     }
