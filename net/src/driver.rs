@@ -9,8 +9,9 @@
 //! The driver owns the open connections (by [`ConnId`] and a unique token, so a late report
 //! from a closed connection is ignored), the dials in progress, and the store work in flight:
 //! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
-//! [`STORE_JOBS_MAX`] at once) and come back as [`Input::Completed`]. It also counts the payload
-//! bytes received per file, reported when a download completes.
+//! [`STORE_JOBS_MAX`] at once, block writes in a lane of their own) and come back as
+//! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
+//! download completes.
 //!
 //! Memory is bounded whatever the traffic: received blocks not yet on disk take a share of
 //! [`WRITE_BUDGET_BYTES`] (when it is used up, connections stop reading), and the bytes queued
@@ -38,13 +39,20 @@ use crate::store::Store;
 
 /// How long an outbound connection may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Store jobs (disk and hashing) running on worker threads at once, per driver.
+/// Store jobs (disk and hashing) running on worker threads at once, per driver: at most
+/// [`WRITE_JOBS_MAX`] block writes, and the rest hashing, reading and finalising.
 pub const STORE_JOBS_MAX: usize = 8;
+/// Worker threads that only write received blocks. A write never waits behind hashing, so
+/// blocks leave memory at the disk's pace even when hashing falls behind on a busy CPU (they
+/// are hashed later, from the page cache).
+pub const WRITE_JOBS_MAX: usize = 2;
 /// Received payload bytes a peer holds in memory before they are on disk; when they are all
-/// taken, its connections stop reading (TCP pushes back on the senders). 8 MiB covers the
-/// blocks in flight on loopback; a larger budget only fills when the disk falls behind, and then
-/// the peak memory depends on how long the download runs.
-pub const WRITE_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+/// taken, its connections stop reading (TCP pushes back on the senders, and the kernel's socket
+/// buffers hold what is in flight). With block writes in their own lane the budget drains at
+/// the disk's pace; it fills when the CPU is busy, so it is kept small: the peak memory then
+/// hardly depends on the load or on how long a download runs. 4 MiB (the largest frame) kept
+/// loopback throughput where 8 MiB had it.
+pub const WRITE_BUDGET_BYTES: usize = 4 * 1024 * 1024;
 // A reader waits for a frame's whole share of the budget; it must fit.
 const _: () = assert!(FRAME_BYTES_MAX <= WRITE_BUDGET_BYTES);
 
@@ -83,7 +91,10 @@ pub struct Driver<M: Machine> {
     next_token: u64,
     next_inbound: u64,
     received_bytes: BTreeMap<FileId, u64>,
+    /// Permits for hashing, reading and finalising jobs.
     store_jobs: Arc<Semaphore>,
+    /// Permits for block writes.
+    write_jobs: Arc<Semaphore>,
     /// Bounds received data not yet written (peers only: drivers with a store).
     write_budget: Option<Arc<Semaphore>>,
     /// The budget share of the `Data` message being handled, for the write it causes.
@@ -151,7 +162,8 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             next_token: 0,
             next_inbound: 0,
             received_bytes: BTreeMap::new(),
-            store_jobs: Arc::new(Semaphore::new(STORE_JOBS_MAX)),
+            store_jobs: Arc::new(Semaphore::new(STORE_JOBS_MAX - WRITE_JOBS_MAX)),
+            write_jobs: Arc::new(Semaphore::new(WRITE_JOBS_MAX)),
             listener: None,
         }
     }
@@ -331,21 +343,24 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             },
             Output::WriteBlock { file_id, piece, offset, bytes } => {
                 let permit = self.data_permit.take();
-                self.work(ctx, move || {
+                let lane = self.write_jobs.clone();
+                self.work(ctx, lane, move || {
                     let result = store.write_block(file_id, piece, offset, &bytes);
                     drop(permit);
                     Completion::BlockWritten { file_id, piece, offset, result }
                 })
             }
-            Output::HashPiece { file_id, piece } => self.work(ctx, move || {
+            Output::HashPiece { file_id, piece } => self.work(ctx, self.store_jobs.clone(), move || {
                 let result = store.hash_piece(file_id, piece);
                 Completion::PieceHashed { file_id, piece, result }
             }),
-            Output::ReadBlock { conn, file_id, piece, offset, len } => self.work(ctx, move || {
-                let result = store.read_block(file_id, piece, offset, len);
-                Completion::BlockRead { conn, file_id, piece, offset, result }
-            }),
-            Output::Finalize { file_id } => self.work(ctx, move || {
+            Output::ReadBlock { conn, file_id, piece, offset, len } => {
+                self.work(ctx, self.store_jobs.clone(), move || {
+                    let result = store.read_block(file_id, piece, offset, len);
+                    Completion::BlockRead { conn, file_id, piece, offset, result }
+                })
+            }
+            Output::Finalize { file_id } => self.work(ctx, self.store_jobs.clone(), move || {
                 let result = store.finalize(file_id).map(|_| ());
                 Completion::Finalized { file_id, result }
             }),
@@ -353,12 +368,17 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }
     }
 
-    /// Runs `job` on a worker thread and feeds its completion back to the machine.
-    fn work(&mut self, ctx: &mut Context<Self>, job: impl FnOnce() -> Completion + Send + 'static) {
-        let permits = self.store_jobs.clone();
+    /// Runs `job` on a worker thread, once `lane` has a permit for it, and feeds its
+    /// completion back to the machine.
+    fn work(
+        &mut self,
+        ctx: &mut Context<Self>,
+        lane: Arc<Semaphore>,
+        job: impl FnOnce() -> Completion + Send + 'static,
+    ) {
         let run = async move {
             // The semaphore is never closed, so acquiring only waits.
-            let _permit = permits.acquire_owned().await.ok();
+            let _permit = lane.acquire_owned().await.ok();
             tokio::task::spawn_blocking(job).await
         };
         ctx.spawn(wrap_future(run).map(|result, driver: &mut Self, ctx| match result {
