@@ -1,18 +1,21 @@
 //! The one central event queue: every future happening of a run — a scenario action, a machine's
-//! timer, a message or connection event arriving over a link, a storage completion — is an
-//! [`Item`] at a virtual [`Time`].
+//! timer, a message or connection event arriving over a link, a command — is an [`Item`] at a
+//! virtual [`Time`]. (Storage completions do not wait here: the world hands them back at once.)
 //!
 //! Items come out in `(time, push order)` order: a global sequence number breaks ties, so the
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
-//! Layout, for speed at scale: items live in a slab and the heap holds only small
-//! `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, and no item is
-//! boxed. Items pushed for the time of the item last taken (storage completions, mostly) skip
-//! the heap: they go to a FIFO, which is already in push order, and `pop` takes whichever of the
-//! heap's top and the FIFO's front comes first — the same order a single heap would give.
+//! Layout, for speed at scale: items live in a slab and a four-ary heap holds only small
+//! `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, no item is
+//! boxed, and a pop on a large queue touches half as many levels as a binary heap's. Items
+//! pushed for the time of the item last taken skip the heap: they go to a FIFO, which is
+//! already in push order, and `pop` takes whichever of the heap's top and the FIFO's front
+//! comes first — the same order a single heap would give.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+
+use dary_heap::QuaternaryHeap;
 
 use p2p_core::{Input, Time};
 
@@ -78,7 +81,7 @@ type Key = (Time, u64, u32);
 /// A min-queue of items by `(time, push order)`.
 #[derive(Default)]
 pub struct Queue {
-    heap: BinaryHeap<Reverse<Key>>,
+    heap: QuaternaryHeap<Reverse<Key>>,
     /// Keys at `now`, in push order.
     current: VecDeque<Key>,
     /// The time of the item last taken.

@@ -62,12 +62,13 @@ pub struct Outcome {
     pub ended_at: Time,
     /// Virtual time of the last completion, if any.
     pub last_completion: Option<Time>,
-    /// Events processed (items taken off the queue).
+    /// Events processed (items taken off the queue, and storage completions).
     pub events: u64,
     /// Per peer, in scenario order.
     pub peers: Vec<PeerSummary>,
-    /// `(downloader, piece)` → every node it was verified from.
-    pub piece_sources: BTreeMap<(NodeIdx, u32), Vec<NodeIdx>>,
+    /// `(downloader, piece, source)` for every verified piece, in the order verified (a list,
+    /// not a map: a scale run verifies millions and asks for none).
+    pub piece_sources: Vec<(NodeIdx, u32, NodeIdx)>,
     /// `(banner, banned)`.
     pub bans: BTreeSet<(NodeIdx, NodeIdx)>,
     /// The last missing-pieces report of each downloader.
