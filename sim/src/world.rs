@@ -378,9 +378,9 @@ impl World {
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
-            self.local(node, Input::Command(Command::Get { file_id: self.file_id, resume }));
+            self.local(node, Input::Command(Box::new(Command::Get { file_id: self.file_id, resume })));
         } else if have.count() > 0 {
-            self.local(node, Input::Command(Command::Share { manifest, have }));
+            self.local(node, Input::Command(Box::new(Command::Share { manifest, have })));
         }
     }
 
@@ -391,7 +391,7 @@ impl World {
         }
         self.tell(node, "leaves".to_owned());
         self.network.stop_accepting(node);
-        self.local(node, Input::Command(Command::Leave));
+        self.local(node, Input::Command(Box::new(Command::Leave)));
         let incarnation = self.network.incarnation(node);
         self.queue.push(self.now + LEAVE_GRACE, Item::Vanish { node, incarnation });
     }

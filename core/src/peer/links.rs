@@ -110,7 +110,7 @@ impl Peer {
 
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
         match self.files.get(&file_id).and_then(|e| e.manifest.clone()) {
-            Some(manifest) => self.send(conn, Message::Manifest { manifest }),
+            Some(manifest) => self.send(conn, Message::Manifest { manifest: Box::new(manifest) }),
             None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
         }
     }
@@ -241,7 +241,7 @@ impl Peer {
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
             Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
-            Message::Manifest { manifest } => self.on_manifest(manifest),
+            Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }

@@ -316,7 +316,7 @@ impl Machine for Peer {
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, reason } => self.violation(conn, reason),
             Input::Timeout => self.on_timeout(),
-            Input::Command(command) => self.on_command(command),
+            Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
         }
     }
