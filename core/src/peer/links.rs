@@ -15,7 +15,6 @@ use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
 
-use super::pieces::Slot;
 use super::remote::{Remote, Stage};
 use super::Peer;
 
@@ -312,11 +311,7 @@ impl Peer {
         let mut wanted = false;
         for piece in new {
             download.availability[piece.as_usize()] += 1;
-            wanted |= match &download.slots[piece.as_usize()] {
-                Slot::Missing => true,
-                Slot::Active(active) => active.is_orphan(),
-                _ => false,
-            };
+            wanted |= download.missing.has(piece) || download.orphans.has(piece);
         }
         if wanted {
             self.schedule(conn);
@@ -428,9 +423,7 @@ impl Peer {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        if let Some(Slot::Active(active)) = download.slots.get_mut(piece.as_usize()) {
-            active.assignees.remove(&conn);
-        }
+        download.remove_assignee(piece, conn);
     }
 
     /// Stops fetching `file_id` from `conn`.

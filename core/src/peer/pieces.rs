@@ -61,6 +61,9 @@ pub(super) struct Download {
     /// The pieces whose slot is `Missing`, so the piece choice finds them without reading
     /// every slot.
     pub missing: Bitfield,
+    /// The pieces whose slot is `Active` with nobody fetching them (see
+    /// [`ActivePiece::is_orphan`]), so the piece choice finds them without reading any slot.
+    pub orphans: Bitfield,
     /// Connected remotes holding each piece.
     pub availability: Vec<u32>,
     /// Connected remotes that told us their pieces of the file.
@@ -157,6 +160,7 @@ impl FileEntry {
             phase: Phase::Fetching,
             slots: Vec::new(),
             missing: Bitfield::new(0),
+            orphans: Bitfield::new(0),
             availability: Vec::new(),
             holders: 0,
             next_locate: now,
@@ -242,6 +246,7 @@ impl Download {
         for piece in have.iter() {
             self.missing.unset(piece);
         }
+        self.orphans = Bitfield::new(have.len());
         self.availability = vec![0; have.len() as usize];
     }
 
@@ -250,6 +255,25 @@ impl Download {
         if self.missing.unset(piece) {
             *self.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
             self.active_count += 1;
+        }
+    }
+
+    /// `conn` fetches `piece` (which is `Active`) from now on.
+    pub fn add_assignee(&mut self, piece: PieceIndex, conn: ConnId) {
+        if let Slot::Active(active) = self.slot_mut(piece) {
+            active.assignees.insert(conn, 0);
+            self.orphans.unset(piece);
+        }
+    }
+
+    /// `conn` no longer fetches `piece`; the piece is an orphan if nobody else does and blocks
+    /// are still missing.
+    pub fn remove_assignee(&mut self, piece: PieceIndex, conn: ConnId) {
+        if let Some(Slot::Active(active)) = self.slots.get_mut(piece.as_usize()) {
+            active.assignees.remove(&conn);
+            if active.is_orphan() {
+                self.orphans.set(piece);
+            }
         }
     }
 
@@ -264,6 +288,7 @@ impl Download {
         if matches!(slot, Slot::Active(_) | Slot::Verifying { .. }) {
             *slot = Slot::Missing;
             self.missing.set(piece);
+            self.orphans.unset(piece);
             self.active_count -= 1;
         }
     }
@@ -290,6 +315,8 @@ impl Download {
                     self.missing.has(piece),
                     "slot/missing disagree for {piece}"
                 );
+                let orphan = matches!(slot, Slot::Active(a) if a.is_orphan());
+                debug_assert_eq!(orphan, self.orphans.has(piece), "slot/orphans disagree for {piece}");
                 if let Slot::Active(a) = slot {
                     active += 1;
                     for mask in a.assignees.values() {
