@@ -302,7 +302,7 @@ impl Peer {
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let first = !remote.files.contains_key(&file_id);
-        let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
+        let have = remote.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
@@ -359,7 +359,7 @@ impl Peer {
         if remote.outbound && remote.stage != Stage::Ready {
             self.back_off(remote.addr);
         }
-        for (file_id, have) in &remote.files {
+        for (file_id, have) in remote.files.iter() {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
                 download.count_holder(have, false);
             }

@@ -17,6 +17,7 @@ mod pieces;
 mod remote;
 mod scheduler;
 mod serve;
+mod small;
 mod tracker_link;
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! its bit is set in `FileEntry::have`, and a piece's assignees hold requests only for blocks
 //! that are not yet received.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::time::Time;
 
 use super::offers::Spread;
+use super::small::{VecMap, VecSet};
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -102,7 +103,7 @@ pub(super) enum Slot {
     /// Every block is written; its hash is being computed.
     Verifying {
         /// Remotes that sent its blocks (struck if the hash fails).
-        senders: BTreeSet<(PeerId, std::net::SocketAddr)>,
+        senders: VecSet<(PeerId, std::net::SocketAddr)>,
     },
     /// Verified and served.
     Have,
@@ -118,9 +119,9 @@ pub(super) struct ActivePiece {
     /// Blocks the driver confirmed written.
     pub written: u64,
     /// Requested blocks per assigned connection (two assignees only in endgame).
-    pub assignees: BTreeMap<ConnId, u64>,
+    pub assignees: VecMap<ConnId, u64>,
     /// Remotes that sent blocks of this piece.
-    pub senders: BTreeSet<(PeerId, std::net::SocketAddr)>,
+    pub senders: VecSet<(PeerId, std::net::SocketAddr)>,
 }
 
 impl ActivePiece {

@@ -167,7 +167,7 @@ impl Peer {
         let Some(manifest) = entry.manifest.as_ref() else { return };
         let (offset, len) = block_span(manifest.piece_len(piece), block);
         if let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) {
-            *active.assignees.entry(conn).or_insert(0) |= 1 << block;
+            *active.assignees.get_or_insert_with(conn, || 0) |= 1 << block;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.start_request((file_id, piece, offset), self.now);
