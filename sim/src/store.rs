@@ -116,6 +116,10 @@ impl Store {
             return;
         }
         let blocks = self.blocks_mut(piece);
+        if blocks.is_empty() {
+            // Most pieces are one block: room for exactly one, not the default four.
+            blocks.reserve_exact(1);
+        }
         match blocks.binary_search_by_key(&offset, |(start, _)| *start) {
             Ok(at) => blocks[at].1 = bytes,
             Err(at) => blocks.insert(at, (offset, bytes)),

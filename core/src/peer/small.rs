@@ -33,6 +33,7 @@ impl<T: Ord> VecSet<T> {
         match self.items.binary_search(&item) {
             Ok(_) => false,
             Err(at) => {
+                reserve_first(&mut self.items);
                 self.items.insert(at, item);
                 true
             }
@@ -141,6 +142,7 @@ impl<K: Ord, V> VecMap<K, V> {
         let at = match self.find(&key) {
             Ok(at) => at,
             Err(at) => {
+                reserve_first(&mut self.entries);
                 self.entries.insert(at, (key, make()));
                 at
             }
@@ -153,6 +155,7 @@ impl<K: Ord, V> VecMap<K, V> {
         match self.find(&key) {
             Ok(at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
             Err(at) => {
+                reserve_first(&mut self.entries);
                 self.entries.insert(at, (key, value));
                 None
             }
@@ -197,6 +200,14 @@ impl<K: Ord, V> VecMap<K, V> {
     /// The keys in ascending order, consuming the map.
     pub fn into_keys(self) -> impl Iterator<Item = K> {
         self.entries.into_iter().map(|(k, _)| k)
+    }
+}
+
+/// Room for exactly one element in an empty vector (a vector's first growth makes room for
+/// four); later growth is the vector's own.
+fn reserve_first<T>(items: &mut Vec<T>) {
+    if items.capacity() == 0 {
+        items.reserve_exact(1);
     }
 }
 
