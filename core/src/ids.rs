@@ -14,8 +14,8 @@ use crate::error::IdError;
 /// Fewest hex digits a user may type to name a file.
 pub const FILE_ID_PREFIX_MIN_DIGITS: usize = 8;
 
-/// A SHA-256 digest.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A SHA-256 digest. Ordered as its bytes are (see the `Ord` impl).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest(pub [u8; 32]);
 
 /// The id of a file: SHA-256 of its manifest's canonical CBOR encoding.
@@ -44,6 +44,29 @@ pub enum ConnId {
 /// A hex prefix of a [`FileId`] as typed by a user; see [`FileIdPrefix::resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileIdPrefix(String);
+
+/// Byte order, compared eight bytes at a time: file ids key the small sorted maps a peer looks
+/// up per message, where a call to `memcmp` per comparison showed in profiles.
+impl Ord for Digest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let words = |d: &Digest| {
+            let mut out = [0u64; 4];
+            for (word, bytes) in out.iter_mut().zip(d.0.chunks_exact(8)) {
+                let mut eight = [0u8; 8];
+                eight.copy_from_slice(bytes);
+                *word = u64::from_be_bytes(eight);
+            }
+            out
+        };
+        words(self).cmp(&words(other))
+    }
+}
+
+impl PartialOrd for Digest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Digest {
     /// SHA-256 of `bytes`.
@@ -207,6 +230,26 @@ impl<'de> Deserialize<'de> for PeerId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_order_as_their_bytes() {
+        let digests: Vec<Digest> = [[0u8; 32], [255; 32], [7; 32]]
+            .into_iter()
+            .chain((0..32).flat_map(|at| {
+                [1u8, 128, 255].map(|b| {
+                    let mut bytes = [7u8; 32];
+                    bytes[at] = b;
+                    bytes
+                })
+            }))
+            .map(Digest)
+            .collect();
+        for a in &digests {
+            for b in &digests {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a:?} against {b:?}");
+            }
+        }
+    }
 
     fn id(first: u8) -> FileId {
         let mut bytes = [0u8; 32];
