@@ -45,24 +45,22 @@ pub enum ConnId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileIdPrefix(String);
 
-/// Byte order, compared eight bytes at a time: file ids key the small sorted maps a peer looks
-/// up per message, where a call to `memcmp` per comparison showed in profiles.
+/// Byte order, with equal digests found by an inlined equality test first: file ids key the
+/// small sorted maps a peer searches per message, where they are nearly always equal (one file)
+/// and a `memcmp` call per comparison showed in profiles.
 impl Ord for Digest {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let words = |d: &Digest| {
-            let mut out = [0u64; 4];
-            for (word, bytes) in out.iter_mut().zip(d.0.chunks_exact(8)) {
-                let mut eight = [0u8; 8];
-                eight.copy_from_slice(bytes);
-                *word = u64::from_be_bytes(eight);
-            }
-            out
-        };
-        words(self).cmp(&words(other))
+        if self.0 == other.0 {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
     }
 }
 
 impl PartialOrd for Digest {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }

@@ -93,7 +93,7 @@ impl World {
             }
             _ => {}
         }
-        let size_bytes = wire_size(&message, &mut self.scratch);
+        let size_bytes = self.sizes.of(&message);
         self.transmit(node, conn, message, size_bytes);
     }
 
@@ -159,6 +159,30 @@ impl World {
         } else {
             self.log(node, format_args!("{text}"));
         }
+    }
+}
+
+/// Finds the wire size of each message sent, remembering the last `Haves`: a peer sends the
+/// same batch to every remote in a row, and encoding it once per remote showed in profiles.
+#[derive(Debug, Default)]
+pub(crate) struct WireSizes {
+    scratch: BytesMut,
+    last_haves: Option<(Message, u64)>,
+}
+
+impl WireSizes {
+    /// Bytes `message` occupies on the wire (see [`wire_size`]).
+    pub(crate) fn of(&mut self, message: &Message) -> u64 {
+        if let Some((last, size)) = &self.last_haves {
+            if last == message {
+                return *size;
+            }
+        }
+        let size = wire_size(message, &mut self.scratch);
+        if matches!(message, Message::Haves { .. }) {
+            self.last_haves = Some((message.clone(), size));
+        }
+        size
     }
 }
 

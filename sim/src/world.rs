@@ -17,12 +17,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::wire::Message;
 use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
+use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
@@ -76,7 +76,7 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    pub(crate) scratch: BytesMut,
+    pub(crate) sizes: WireSizes,
     ended: bool,
 }
 
@@ -137,7 +137,7 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            scratch: BytesMut::new(),
+            sizes: WireSizes::default(),
             ended: false,
         };
         world.start_tracker("starts");
