@@ -12,6 +12,7 @@
 //! hashing complete at once against the peer's [`Store`], events go to the trace and the
 //! outcome. No protocol or scheduling decision is made here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -194,8 +195,8 @@ impl World {
     }
 
     /// The name of the node at `addr` (or the address when nobody is there).
-    pub(crate) fn name_at(&self, addr: SocketAddr) -> String {
-        self.network.node_at(addr).map_or_else(|| addr.to_string(), |n| self.nodes[n.0].name.clone())
+    pub(crate) fn name_at(&self, addr: SocketAddr) -> Cow<'_, str> {
+        node_name(&self.network, &self.nodes, addr)
     }
 
     /// Records a trace line about `node` now.
@@ -447,4 +448,10 @@ impl NodeState {
             in_flight: BTreeMap::new(),
         }
     }
+}
+
+/// The name of the node at `addr` among `nodes` (or the address when nobody is there); for
+/// callers that hold other fields of the world mutably.
+pub(crate) fn node_name<'a>(network: &Network, nodes: &'a [NodeState], addr: SocketAddr) -> Cow<'a, str> {
+    network.node_at(addr).map_or_else(|| addr.to_string().into(), |n| nodes[n.0].name.as_str().into())
 }
