@@ -124,7 +124,7 @@ impl World {
         let told = match &event {
             Event::PieceVerified { piece, from, .. } => {
                 let from = self.network.node_at(*from).unwrap_or(NodeIdx::TRACKER);
-                self.outcome.piece_sources.entry((node, piece.0)).or_default().push(from);
+                self.outcome.piece_sources.push((node, piece.0, from));
                 pieces_level
             }
             Event::Complete { .. } => {

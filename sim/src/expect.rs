@@ -55,7 +55,12 @@ fn check_one(expect: &Expect, outcome: &Outcome, name: &dyn Fn(NodeIdx) -> Strin
             verdict(format!("{} do not complete", list(peers, name)), and_completed(&done))
         }
         Expect::PieceFrom(peer, piece, from) => {
-            let sources = outcome.piece_sources.get(&(*peer, *piece)).cloned().unwrap_or_default();
+            let sources: Vec<NodeIdx> = outcome
+                .piece_sources
+                .iter()
+                .filter(|(p, i, _)| p == peer && i == piece)
+                .map(|(_, _, source)| *source)
+                .collect();
             let detail = if sources.contains(from) {
                 String::new()
             } else if sources.is_empty() {
