@@ -7,13 +7,12 @@
 //!
 //! Layout, for speed at scale: items live in a slab and the heap holds only small
 //! `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, and no item is
-//! boxed. The heap has four children per node: half the levels of a binary heap, with a node's
-//! children side by side, so a pop over the hundreds of thousands of keys of a large run misses
-//! the cache about half as often. Items pushed for the time of the item last taken (storage completions, mostly) skip
+//! boxed. Items pushed for the time of the item last taken (storage completions, mostly) skip
 //! the heap: they go to a FIFO, which is already in push order, and `pop` takes whichever of the
 //! heap's top and the FIFO's front comes first — the same order a single heap would give.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use p2p_core::{Input, Time};
 
@@ -79,7 +78,7 @@ type Key = (Time, u64, u32);
 /// A min-queue of items by `(time, push order)`.
 #[derive(Default)]
 pub struct Queue {
-    heap: Heap,
+    heap: BinaryHeap<Reverse<Key>>,
     /// Keys at `now`, in push order.
     current: VecDeque<Key>,
     /// The time of the item last taken.
@@ -115,7 +114,7 @@ impl Queue {
         if at == self.now {
             self.current.push_back(key);
         } else {
-            self.heap.push(key);
+            self.heap.push(Reverse(key));
         }
     }
 
@@ -153,8 +152,8 @@ impl Queue {
 
     fn peek_key(&self) -> Option<Key> {
         match (self.heap.peek(), self.current.front()) {
-            (Some(h), Some(c)) => Some(*h.min(c)),
-            (Some(h), None) => Some(*h),
+            (Some(Reverse(h)), Some(c)) => Some(*h.min(c)),
+            (Some(Reverse(h)), None) => Some(*h),
             (None, c) => c.copied(),
         }
     }
@@ -164,60 +163,8 @@ impl Queue {
     fn move_to(&mut self, at: Time) {
         self.now = at;
         for key in self.current.drain(..) {
-            self.heap.push(key);
+            self.heap.push(Reverse(key));
         }
-    }
-}
-
-/// A min-heap of keys, four children per node (node `i`'s are `4i + 1 ..= 4i + 4`).
-#[derive(Default)]
-struct Heap {
-    keys: Vec<Key>,
-}
-
-impl Heap {
-    fn push(&mut self, key: Key) {
-        let mut at = self.keys.len();
-        self.keys.push(key);
-        while at > 0 {
-            let parent = (at - 1) / 4;
-            if self.keys[parent] <= key {
-                break;
-            }
-            self.keys[at] = self.keys[parent];
-            at = parent;
-        }
-        self.keys[at] = key;
-    }
-
-    fn peek(&self) -> Option<&Key> {
-        self.keys.first()
-    }
-
-    /// Takes the least key: the last key moves down from the root into the hole.
-    fn pop(&mut self) -> Option<Key> {
-        let last = self.keys.pop()?;
-        let Some(&top) = self.keys.first() else { return Some(last) };
-        let len = self.keys.len();
-        let mut at = 0;
-        loop {
-            let first = 4 * at + 1;
-            if first >= len {
-                break;
-            }
-            let least = (first..(first + 4).min(len)).min_by_key(|&c| self.keys[c]).unwrap_or(first);
-            if self.keys[least] >= last {
-                break;
-            }
-            self.keys[at] = self.keys[least];
-            at = least;
-        }
-        self.keys[at] = last;
-        Some(top)
-    }
-
-    fn len(&self) -> usize {
-        self.keys.len()
     }
 }
 
@@ -232,28 +179,6 @@ mod tests {
                 _ => unreachable!("only actions were pushed"),
             })
             .collect()
-    }
-
-    #[test]
-    fn the_heap_gives_keys_in_order_whatever_the_pushes() {
-        let mut heap = Heap::default();
-        let mut reference = std::collections::BTreeSet::new();
-        let mut state = 12_345u64;
-        for round in 0..5_000u64 {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            if state >> 62 == 0 && !reference.is_empty() {
-                assert_eq!(heap.pop(), reference.pop_first(), "round {round}");
-            } else {
-                let key = (Time::from_millis((state >> 40) % 50), round, (state % 1000) as u32);
-                heap.push(key);
-                reference.insert(key);
-            }
-            assert_eq!(heap.len(), reference.len());
-        }
-        while let Some(key) = reference.pop_first() {
-            assert_eq!(heap.pop(), Some(key));
-        }
-        assert_eq!(heap.pop(), None);
     }
 
     #[test]
