@@ -99,9 +99,25 @@ impl Bitfield {
     /// The pieces in this set and not in `other`, in ascending order; whole bytes with nothing
     /// to offer are skipped, so a scan over a nearly complete download costs little.
     pub fn iter_and_not<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
+        self.iter_combined(other, |mine, theirs| mine & !theirs)
+    }
+
+    /// The pieces in this set and in `other`, in ascending order (whole bytes skipped as in
+    /// [`Bitfield::iter_and_not`]).
+    pub fn iter_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
+        self.iter_combined(other, |mine, theirs| mine & theirs)
+    }
+
+    /// The pieces whose bit is set in `combine(byte of self, byte of other)`, in ascending
+    /// order; `other` counts as empty past its end.
+    fn iter_combined<'a>(
+        &'a self,
+        other: &'a Bitfield,
+        combine: impl Fn(u8, u8) -> u8 + 'a,
+    ) -> impl Iterator<Item = PieceIndex> + 'a {
         let others = other.bytes.iter().copied().chain(std::iter::repeat(0));
-        self.bytes.iter().zip(others).enumerate().flat_map(|(at, (mine, theirs))| {
-            let mut left = mine & !theirs;
+        self.bytes.iter().zip(others).enumerate().flat_map(move |(at, (mine, theirs))| {
+            let mut left = combine(*mine, theirs);
             std::iter::from_fn(move || {
                 let bit = (left != 0).then(|| left.leading_zeros())?;
                 left &= !(0x80 >> bit);
@@ -169,6 +185,9 @@ mod tests {
         let expected: Vec<PieceIndex> = mine.iter().filter(|p| !theirs.has(*p)).collect();
         assert_eq!(mine.iter_and_not(&theirs).collect::<Vec<_>>(), expected);
         assert_eq!(mine.iter_and_not(&Bitfield::new(0)).count() as u32, mine.count(), "a shorter other lacks all");
+        let both: Vec<u32> = mine.iter_and(&theirs).map(|p| p.0).collect();
+        assert_eq!(both, vec![2, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(mine.iter_and(&Bitfield::new(0)).count(), 0, "a shorter other holds nothing past its end");
     }
 
     #[test]

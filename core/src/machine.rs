@@ -54,8 +54,8 @@ pub enum Input {
     },
     /// The time asked for by `poll_timeout` has come.
     Timeout,
-    /// A local command (peer only).
-    Command(Command),
+    /// A local command (peer only); boxed, being rare and larger than the other inputs.
+    Command(Box<Command>),
     /// Slow work asked for by an output is done (peer only).
     Completed(Completion),
 }

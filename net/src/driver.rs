@@ -471,7 +471,7 @@ impl<M: Machine + Unpin + 'static> Handler<Local> for Driver<M> {
 
     fn handle(&mut self, Local(command): Local, ctx: &mut Context<Self>) -> Result<(), CommandError> {
         (self.check)(&self.machine, &command)?;
-        self.feed(ctx, Input::Command(command));
+        self.feed(ctx, Input::Command(Box::new(command)));
         Ok(())
     }
 }
@@ -480,7 +480,7 @@ impl<M: Machine + Unpin + 'static> Handler<Leave> for Driver<M> {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _leave: Leave, ctx: &mut Context<Self>) -> ResponseFuture<()> {
-        self.feed(ctx, Input::Command(Command::Leave));
+        self.feed(ctx, Input::Command(Box::new(Command::Leave)));
         let closing = std::mem::take(&mut self.closing);
         Box::pin(async move {
             for task in closing {

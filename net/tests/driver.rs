@@ -35,7 +35,7 @@ impl Echo {
 impl Machine for Echo {
     fn handle(&mut self, now: Time, input: Input) {
         match input {
-            Input::Command(Command::Get { .. }) => {
+            Input::Command(command) if matches!(*command, Command::Get { .. }) => {
                 if let Some(addr) = self.dial {
                     self.outputs.push_back(Output::Connect { conn: ConnId::Outbound(1), addr });
                 }

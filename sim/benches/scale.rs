@@ -19,11 +19,10 @@ use p2p_sim::world::Step;
 use p2p_sim::{Outcome, Scenario, World};
 use toml::Spanned;
 
-/// A scale run allocates and frees tens of millions of small messages from one thread, and
-/// keeps about 150 KB per peer live across 10,000 peers; mimalloc's per-size pages do both
-/// faster than the system allocator.
+/// The run allocates and frees millions of small messages and inputs; mimalloc's per-size
+/// pages keep them closer together than the system allocator's chunks.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PIECES: u64 = 256;
 const PIECE_BYTES: u64 = 16 * 1024;

@@ -11,8 +11,8 @@ use p2p_core::{Completion, ConnId, Event, FileId, Output};
 
 use crate::scenario::{NodeIdx, StoryLevel};
 use crate::store::StoreViolation;
-use crate::trace::describe;
-use crate::world::World;
+use crate::trace::Described;
+use crate::world::{node_name, World};
 
 impl World {
     /// Carries out one output of `node`'s machine.
@@ -93,7 +93,7 @@ impl World {
             }
             _ => {}
         }
-        let size_bytes = wire_size(&message, &mut self.scratch);
+        let size_bytes = self.sizes.of(&message);
         self.transmit(node, conn, message, size_bytes);
     }
 
@@ -120,7 +120,6 @@ impl World {
     }
 
     fn event(&mut self, node: NodeIdx, event: Event) {
-        let text = describe(&event, &|addr| self.name_at(addr));
         let pieces_level = self.scenario.story == StoryLevel::Pieces;
         let told = match &event {
             Event::PieceVerified { piece, from, .. } => {
@@ -144,9 +143,10 @@ impl World {
                 self.outcome.missing.insert(node, pieces.clone()) != Some(pieces)
             }
             Event::Located { .. } => {
+                let text = Described { event: &event, name: &|addr| self.name_at(addr) }.to_string();
                 let state = &mut self.nodes[node.0];
                 let changed = state.story_located.as_ref() != Some(&text);
-                state.story_located = Some(text.clone());
+                state.story_located = Some(text);
                 pieces_level && changed
             }
             Event::LocateSent { .. } => pieces_level && self.nodes[node.0].story_located.is_none(),
@@ -155,10 +155,42 @@ impl World {
             _ => false,
         };
         if told {
+            let text = Described { event: &event, name: &|addr| self.name_at(addr) }.to_string();
             self.tell(node, text);
         } else {
-            self.log(node, format_args!("{text}"));
+            // Written straight into the trace: most events are told nowhere else.
+            let (network, nodes) = (&self.network, &self.nodes);
+            let name = |addr| node_name(network, nodes, addr);
+            self.trace.record(
+                self.now,
+                &nodes[node.0].name,
+                format_args!("{}", Described { event: &event, name: &name }),
+            );
         }
+    }
+}
+
+/// Finds the wire size of each message sent, remembering the last `Haves`: a peer sends the
+/// same batch to every remote in a row, and encoding it once per remote showed in profiles.
+#[derive(Debug, Default)]
+pub(crate) struct WireSizes {
+    scratch: BytesMut,
+    last_haves: Option<(Message, u64)>,
+}
+
+impl WireSizes {
+    /// Bytes `message` occupies on the wire (see [`wire_size`]).
+    pub(crate) fn of(&mut self, message: &Message) -> u64 {
+        if let Some((last, size)) = &self.last_haves {
+            if last == message {
+                return *size;
+            }
+        }
+        let size = wire_size(message, &mut self.scratch);
+        if matches!(message, Message::Haves { .. }) {
+            self.last_haves = Some((message.clone(), size));
+        }
+        size
     }
 }
 

@@ -58,7 +58,7 @@ fn check_one(expect: &Expect, outcome: &Outcome, name: &dyn Fn(NodeIdx) -> Strin
             let sources: Vec<NodeIdx> = outcome
                 .piece_sources
                 .iter()
-                .filter(|(to, p, _)| to == peer && p == piece)
+                .filter(|(p, i, _)| p == peer && i == piece)
                 .map(|(_, _, source)| *source)
                 .collect();
             let detail = if sources.contains(from) {

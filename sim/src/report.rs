@@ -62,12 +62,12 @@ pub struct Outcome {
     pub ended_at: Time,
     /// Virtual time of the last completion, if any.
     pub last_completion: Option<Time>,
-    /// Events processed (items taken off the queue, and storage completions).
+    /// Events processed (items taken off the queue).
     pub events: u64,
     /// Per peer, in scenario order.
     pub peers: Vec<PeerSummary>,
-    /// `(downloader, piece, source)` for every verified piece, in the order verified (a list,
-    /// not a map: a scale run verifies millions and asks for none).
+    /// `(downloader, piece, source)` for every verified piece, in the order they were verified
+    /// (a list, not a map: a 10,000-peer run verifies 2.5 million pieces).
     pub piece_sources: Vec<(NodeIdx, u32, NodeIdx)>,
     /// `(banner, banned)`.
     pub bans: BTreeSet<(NodeIdx, NodeIdx)>,

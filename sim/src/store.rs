@@ -116,14 +116,13 @@ impl Store {
             return;
         }
         let blocks = self.blocks_mut(piece);
+        if blocks.is_empty() {
+            // Most pieces are one block: room for exactly one, not the default four.
+            blocks.reserve_exact(1);
+        }
         match blocks.binary_search_by_key(&offset, |(start, _)| *start) {
             Ok(at) => blocks[at].1 = bytes,
-            Err(at) => {
-                // Most pieces are one block: grow by exactly one, not to a first capacity of
-                // four (a scale run stores millions of pieces).
-                blocks.reserve_exact(1);
-                blocks.insert(at, (offset, bytes));
-            }
+            Err(at) => blocks.insert(at, (offset, bytes)),
         }
     }
 

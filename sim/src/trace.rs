@@ -4,6 +4,8 @@
 //! This module also owns how machine [`Event`]s are written in words, with node names in place
 //! of addresses, so the trace and the story read the same way.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -55,47 +57,65 @@ impl Trace {
     }
 }
 
-/// An event in words; `name` turns an address into a node name.
-pub fn describe(event: &Event, name: &dyn Fn(SocketAddr) -> String) -> String {
-    match event {
-        Event::TrackerConnected => "connected to the tracker".to_owned(),
-        Event::TrackerLost => "lost the tracker".to_owned(),
-        Event::Sharing { name: file, pieces, .. } => format!("sharing {file} ({pieces} pieces)"),
-        Event::LocateSent { .. } => "asks the tracker where the pieces are".to_owned(),
-        Event::Located { holders, .. } => format!("tracker answers {}", holders_text(holders, name)),
-        Event::PieceRequested { piece, from, .. } => format!("requests piece {piece} from {}", name(*from)),
-        Event::PieceVerified { piece, from, progress, .. } => {
-            format!("got piece {piece} from {} ({}/{})", name(*from), progress.have, progress.total)
-        }
-        Event::PieceCorrupt { piece, from, .. } => format!("piece {piece} from {} failed its hash", name(*from)),
-        Event::PeerBanned { addr, .. } => format!("bans {}", name(*addr)),
-        Event::PiecesMissing { pieces, .. } => format!("reports pieces missing: {}", pieces_text(pieces)),
-        Event::FileUnknown { .. } => "the tracker does not know the file (yet)".to_owned(),
-        Event::Complete { .. } => "COMPLETE".to_owned(),
-        Event::DownloadFailed { reason, .. } => format!("download failed: {reason}"),
-        Event::BlockServed { piece, len, to, .. } => format!("served {len} bytes of piece {piece} to {}", name(*to)),
-        Event::ProtocolViolation { conn, reason } => format!("protocol violation on {conn}: {reason}"),
-        Event::PeerAnnounced { peer, pieces, .. } => format!("{} announced {pieces} pieces", name(peer.addr)),
-        Event::PeerGone { peer, reason } => {
-            let why = match reason {
-                GoneReason::Left => "left",
-                GoneReason::Disconnected => "disconnected",
-                GoneReason::Expired => "expired",
-            };
-            format!("forgot {} ({why})", name(peer.addr))
+/// Turns an address into a node name (borrowed where the node has one).
+pub type Names<'a> = &'a dyn Fn(SocketAddr) -> Cow<'a, str>;
+
+/// An event in words, written straight into the trace line (no text is built per event).
+pub struct Described<'a> {
+    /// The event.
+    pub event: &'a Event,
+    /// Node names by address.
+    pub name: Names<'a>,
+}
+
+impl fmt::Debug for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Described").field("event", self.event).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name;
+        match self.event {
+            Event::TrackerConnected => f.write_str("connected to the tracker"),
+            Event::TrackerLost => f.write_str("lost the tracker"),
+            Event::Sharing { name: file, pieces, .. } => write!(f, "sharing {file} ({pieces} pieces)"),
+            Event::LocateSent { .. } => f.write_str("asks the tracker where the pieces are"),
+            Event::Located { holders, .. } => write!(f, "tracker answers {}", holders_text(holders, name)),
+            Event::PieceRequested { piece, from, .. } => write!(f, "requests piece {piece} from {}", name(*from)),
+            Event::PieceVerified { piece, from, progress, .. } => {
+                write!(f, "got piece {piece} from {} ({}/{})", name(*from), progress.have, progress.total)
+            }
+            Event::PieceCorrupt { piece, from, .. } => write!(f, "piece {piece} from {} failed its hash", name(*from)),
+            Event::PeerBanned { addr, .. } => write!(f, "bans {}", name(*addr)),
+            Event::PiecesMissing { pieces, .. } => write!(f, "reports pieces missing: {}", pieces_text(pieces)),
+            Event::FileUnknown { .. } => f.write_str("the tracker does not know the file (yet)"),
+            Event::Complete { .. } => f.write_str("COMPLETE"),
+            Event::DownloadFailed { reason, .. } => write!(f, "download failed: {reason}"),
+            Event::BlockServed { piece, len, to, .. } => {
+                write!(f, "served {len} bytes of piece {piece} to {}", name(*to))
+            }
+            Event::ProtocolViolation { conn, reason } => write!(f, "protocol violation on {conn}: {reason}"),
+            Event::PeerAnnounced { peer, pieces, .. } => write!(f, "{} announced {pieces} pieces", name(peer.addr)),
+            Event::PeerGone { peer, reason } => {
+                let why = match reason {
+                    GoneReason::Left => "left",
+                    GoneReason::Disconnected => "disconnected",
+                    GoneReason::Expired => "expired",
+                };
+                write!(f, "forgot {} ({why})", name(peer.addr))
+            }
         }
     }
 }
 
 /// `0@A 1@B,C 2@-` for a located answer.
-pub fn holders_text(
-    holders: &[(p2p_core::PieceIndex, Vec<SocketAddr>)],
-    name: &dyn Fn(SocketAddr) -> String,
-) -> String {
+pub fn holders_text(holders: &[(p2p_core::PieceIndex, Vec<SocketAddr>)], name: Names<'_>) -> String {
     let parts: Vec<String> = holders
         .iter()
         .map(|(piece, addrs)| {
-            let who: Vec<String> = addrs.iter().map(|a| name(*a)).collect();
+            let who: Vec<String> = addrs.iter().map(|a| name(*a).into_owned()).collect();
             let who = if who.is_empty() { "-".to_owned() } else { who.join(",") };
             format!("{piece}@{who}")
         })

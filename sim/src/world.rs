@@ -13,12 +13,12 @@
 //! input, ahead of anything queued), events go to the trace and the outcome. No protocol or
 //! scheduling decision is made here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::wire::Message;
@@ -26,6 +26,7 @@ use p2p_core::{
     Command, Completion, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig,
 };
 
+use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
@@ -82,7 +83,7 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    pub(crate) scratch: BytesMut,
+    pub(crate) sizes: WireSizes,
     ended: bool,
 }
 
@@ -144,7 +145,7 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            scratch: BytesMut::new(),
+            sizes: WireSizes::default(),
             ended: false,
         };
         world.start_tracker("starts");
@@ -208,8 +209,8 @@ impl World {
     }
 
     /// The name of the node at `addr` (or the address when nobody is there).
-    pub(crate) fn name_at(&self, addr: SocketAddr) -> String {
-        self.network.node_at(addr).map_or_else(|| addr.to_string(), |n| self.nodes[n.0].name.clone())
+    pub(crate) fn name_at(&self, addr: SocketAddr) -> Cow<'_, str> {
+        node_name(&self.network, &self.nodes, addr)
     }
 
     /// Records a trace line about `node` now.
@@ -398,9 +399,9 @@ impl World {
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
-            self.local(node, Input::Command(Command::Get { file_id: self.file_id, resume }));
+            self.local(node, Input::Command(Box::new(Command::Get { file_id: self.file_id, resume })));
         } else if have.count() > 0 {
-            self.local(node, Input::Command(Command::Share { manifest, have }));
+            self.local(node, Input::Command(Box::new(Command::Share { manifest, have })));
         }
     }
 
@@ -411,7 +412,7 @@ impl World {
         }
         self.tell(node, "leaves".to_owned());
         self.network.stop_accepting(node);
-        self.local(node, Input::Command(Command::Leave));
+        self.local(node, Input::Command(Box::new(Command::Leave)));
         let incarnation = self.network.incarnation(node);
         self.queue.push(self.now + LEAVE_GRACE, Item::Vanish { node, incarnation });
     }
@@ -467,4 +468,10 @@ impl NodeState {
             in_flight: BTreeMap::new(),
         }
     }
+}
+
+/// The name of the node at `addr` among `nodes` (or the address when nobody is there); for
+/// callers that hold other fields of the world mutably.
+pub(crate) fn node_name<'a>(network: &Network, nodes: &'a [NodeState], addr: SocketAddr) -> Cow<'a, str> {
+    network.node_at(addr).map_or_else(|| addr.to_string().into(), |n| nodes[n.0].name.as_str().into())
 }

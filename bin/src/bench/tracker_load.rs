@@ -237,7 +237,7 @@ async fn announce_phase(
             let requests = (0..files.len()).filter(mine).map(|f| {
                 let (file_id, manifest) = &files[f];
                 let have = random_half(&mut rng, manifest.piece_count());
-                Message::Announce { file_id: *file_id, manifest: first.then(|| manifest.clone()), have }
+                Message::Announce { file_id: *file_id, manifest: first.then(|| Box::new(manifest.clone())), have }
             });
             let mut tally = Tally::new(pieces);
             conn.pipeline(requests, window, |request, reply| tally.add(request, &reply)).await?;

@@ -15,7 +15,6 @@ use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
 
-use super::pieces::Slot;
 use super::remote::{Remote, Stage};
 use super::Peer;
 
@@ -110,7 +109,7 @@ impl Peer {
 
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
         match self.files.get(&file_id).and_then(|e| e.manifest.clone()) {
-            Some(manifest) => self.send(conn, Message::Manifest { manifest }),
+            Some(manifest) => self.send(conn, Message::Manifest { manifest: Box::new(manifest) }),
             None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
         }
     }
@@ -241,7 +240,7 @@ impl Peer {
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
             Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
-            Message::Manifest { manifest } => self.on_manifest(manifest),
+            Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }
@@ -303,7 +302,7 @@ impl Peer {
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let first = !remote.files.contains_key(&file_id);
-        let have = remote.files.entry(file_id).or_insert_with(|| Bitfield::new(piece_count));
+        let have = remote.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
@@ -312,11 +311,7 @@ impl Peer {
         let mut wanted = false;
         for piece in new {
             download.availability[piece.as_usize()] += 1;
-            wanted |= match &download.slots[piece.as_usize()] {
-                Slot::Missing => true,
-                Slot::Active(active) => active.is_orphan(),
-                _ => false,
-            };
+            wanted |= download.missing.has(piece) || download.orphans.has(piece);
         }
         if wanted {
             self.schedule(conn);
@@ -364,7 +359,7 @@ impl Peer {
         if remote.outbound && remote.stage != Stage::Ready {
             self.back_off(remote.addr);
         }
-        for (file_id, have) in &remote.files {
+        for (file_id, have) in remote.files.iter() {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
                 download.count_holder(have, false);
             }
@@ -428,9 +423,7 @@ impl Peer {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        if let Some(Slot::Active(active)) = download.slots.get_mut(piece.as_usize()) {
-            active.assignees.remove(&conn);
-        }
+        download.remove_assignee(piece, conn);
     }
 
     /// Stops fetching `file_id` from `conn`.

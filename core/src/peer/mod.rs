@@ -17,6 +17,7 @@ mod pieces;
 mod remote;
 mod scheduler;
 mod serve;
+mod small;
 mod tracker_link;
 
 #[cfg(test)]
@@ -316,7 +317,7 @@ impl Machine for Peer {
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, reason } => self.violation(conn, reason),
             Input::Timeout => self.on_timeout(),
-            Input::Command(command) => self.on_command(command),
+            Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
         }
     }

@@ -5,7 +5,7 @@
 //! its bit is set in `FileEntry::have`, and a piece's assignees hold requests only for blocks
 //! that are not yet received.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::time::Time;
 
 use super::offers::Spread;
+use super::small::{VecMap, VecSet};
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -61,6 +62,9 @@ pub(super) struct Download {
     /// The pieces whose slot is `Missing`, so the piece choice finds them without reading
     /// every slot.
     pub missing: Bitfield,
+    /// The pieces whose slot is `Active` with nobody fetching them (see
+    /// [`ActivePiece::is_orphan`]), so the piece choice finds them without reading any slot.
+    pub orphans: Bitfield,
     /// Connected remotes holding each piece.
     pub availability: Vec<u32>,
     /// Connected remotes that told us their pieces of the file.
@@ -99,7 +103,7 @@ pub(super) enum Slot {
     /// Every block is written; its hash is being computed.
     Verifying {
         /// Remotes that sent its blocks (struck if the hash fails).
-        senders: BTreeSet<(PeerId, std::net::SocketAddr)>,
+        senders: VecSet<(PeerId, std::net::SocketAddr)>,
     },
     /// Verified and served.
     Have,
@@ -115,9 +119,9 @@ pub(super) struct ActivePiece {
     /// Blocks the driver confirmed written.
     pub written: u64,
     /// Requested blocks per assigned connection (two assignees only in endgame).
-    pub assignees: BTreeMap<ConnId, u64>,
+    pub assignees: VecMap<ConnId, u64>,
     /// Remotes that sent blocks of this piece.
-    pub senders: BTreeSet<(PeerId, std::net::SocketAddr)>,
+    pub senders: VecSet<(PeerId, std::net::SocketAddr)>,
 }
 
 impl ActivePiece {
@@ -157,6 +161,7 @@ impl FileEntry {
             phase: Phase::Fetching,
             slots: Vec::new(),
             missing: Bitfield::new(0),
+            orphans: Bitfield::new(0),
             availability: Vec::new(),
             holders: 0,
             next_locate: now,
@@ -242,6 +247,7 @@ impl Download {
         for piece in have.iter() {
             self.missing.unset(piece);
         }
+        self.orphans = Bitfield::new(have.len());
         self.availability = vec![0; have.len() as usize];
     }
 
@@ -250,6 +256,25 @@ impl Download {
         if self.missing.unset(piece) {
             *self.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
             self.active_count += 1;
+        }
+    }
+
+    /// `conn` fetches `piece` (which is `Active`) from now on.
+    pub fn add_assignee(&mut self, piece: PieceIndex, conn: ConnId) {
+        if let Slot::Active(active) = self.slot_mut(piece) {
+            active.assignees.insert(conn, 0);
+            self.orphans.unset(piece);
+        }
+    }
+
+    /// `conn` no longer fetches `piece`; the piece is an orphan if nobody else does and blocks
+    /// are still missing.
+    pub fn remove_assignee(&mut self, piece: PieceIndex, conn: ConnId) {
+        if let Some(Slot::Active(active)) = self.slots.get_mut(piece.as_usize()) {
+            active.assignees.remove(&conn);
+            if active.is_orphan() {
+                self.orphans.set(piece);
+            }
         }
     }
 
@@ -264,6 +289,7 @@ impl Download {
         if matches!(slot, Slot::Active(_) | Slot::Verifying { .. }) {
             *slot = Slot::Missing;
             self.missing.set(piece);
+            self.orphans.unset(piece);
             self.active_count -= 1;
         }
     }
@@ -290,6 +316,8 @@ impl Download {
                     self.missing.has(piece),
                     "slot/missing disagree for {piece}"
                 );
+                let orphan = matches!(slot, Slot::Active(a) if a.is_orphan());
+                debug_assert_eq!(orphan, self.orphans.has(piece), "slot/orphans disagree for {piece}");
                 if let Slot::Active(a) = slot {
                     active += 1;
                     for mask in a.assignees.values() {

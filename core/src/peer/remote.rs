@@ -5,7 +5,6 @@
 //! pieces (one bitfield per file it told us about), our requests in flight to it, and how many
 //! of its requests we have queued.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
@@ -15,6 +14,7 @@ use crate::time::Time;
 
 use super::offers::Offer;
 use super::pieces::BlockKey;
+use super::small::{VecMap, VecSet};
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,20 +40,20 @@ pub(super) struct Remote {
     /// Whether we opened it.
     pub outbound: bool,
     /// Files to send our bitfield for once the handshake is done and the manifest is known.
-    pub wanted: BTreeSet<FileId>,
+    pub wanted: VecSet<FileId>,
     /// The remote's pieces, per file it sent a bitfield for.
-    pub files: BTreeMap<FileId, Bitfield>,
+    pub files: VecMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
-    pub bitfield_sent: BTreeSet<FileId>,
+    pub bitfield_sent: VecSet<FileId>,
     /// Files of which we told it only the pieces we offer (see `offers`).
-    pub offers: BTreeMap<FileId, Offer>,
+    pub offers: VecMap<FileId, Offer>,
     /// Our block requests in flight to it.
-    pub in_flight: BTreeSet<BlockKey>,
+    pub in_flight: VecSet<BlockKey>,
     /// When it last made progress on our requests: a block arrived, or the first request of
     /// an empty pipeline went out.
     pub progress_at: Time,
     /// Pieces assigned to it, per file.
-    pub assigned: BTreeSet<(FileId, PieceIndex)>,
+    pub assigned: VecSet<(FileId, PieceIndex)>,
     /// Its requests we have queued or are reading.
     pub serving: usize,
     /// When a frame last arrived.
@@ -79,13 +79,13 @@ impl Remote {
             peer_id,
             stage,
             outbound,
-            wanted: BTreeSet::new(),
-            files: BTreeMap::new(),
-            bitfield_sent: BTreeSet::new(),
-            offers: BTreeMap::new(),
-            in_flight: BTreeSet::new(),
+            wanted: VecSet::new(),
+            files: VecMap::new(),
+            bitfield_sent: VecSet::new(),
+            offers: VecMap::new(),
+            in_flight: VecSet::new(),
             progress_at: now,
-            assigned: BTreeSet::new(),
+            assigned: VecSet::new(),
             serving: 0,
             last_heard: now,
             opened: now,

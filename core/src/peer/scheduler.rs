@@ -104,34 +104,24 @@ impl Peer {
         let remote_have = remote.files.get(&file_id)?;
         let entry = self.files.get(&file_id)?;
         let download = entry.download.as_ref()?;
-        let may_start = download.active_count < PIECES_ACTIVE_PER_FILE_MAX;
-        let usable = |piece: PieceIndex| remote_have.has(piece) && !download.bad_sources.contains(&(piece, remote_id));
+        let usable = |piece: PieceIndex| !download.bad_sources.contains(&(piece, remote_id));
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
-        // (a draw per tie would cost more than the scan).
-        let rank_of = |piece: PieceIndex| {
-            if download.missing.has(piece) {
-                return may_start.then(|| 1 + download.availability[piece.as_usize()]);
+        // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
+        // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
+        let mut ties: Vec<PieceIndex> = remote_have.iter_and(&download.orphans).filter(|p| usable(*p)).collect();
+        if ties.is_empty() && download.active_count < PIECES_ACTIVE_PER_FILE_MAX {
+            let mut lowest = u32::MAX;
+            for piece in remote_have.iter_and(&download.missing) {
+                let rank = download.availability[piece.as_usize()];
+                if rank > lowest || !usable(piece) {
+                    continue;
+                }
+                if rank < lowest {
+                    lowest = rank;
+                    ties.clear();
+                }
+                ties.push(piece);
             }
-            match download.slots.get(piece.as_usize()) {
-                Some(Slot::Active(active)) if active.is_orphan() => Some(0),
-                _ => None,
-            }
-        };
-        // Only pieces the remote holds and we lack can be chosen: walk just those, once.
-        let mut lowest = u32::MAX;
-        let mut ties: Vec<PieceIndex> = Vec::new();
-        for piece in remote_have.iter_and_not(&entry.have) {
-            let Some(rank) = rank_of(piece) else {
-                continue;
-            };
-            if rank > lowest || download.bad_sources.contains(&(piece, remote_id)) {
-                continue;
-            }
-            if rank < lowest {
-                lowest = rank;
-                ties.clear();
-            }
-            ties.push(piece);
         }
         if !ties.is_empty() {
             return Some(Choice::Fresh(ties[self.rng.below(ties.len())]));
@@ -141,16 +131,20 @@ impl Peer {
         if !remote.in_flight.is_empty() {
             return None;
         }
-        let endgame = download.slots.iter().enumerate().find(|(i, slot)| match slot {
-            Slot::Active(active) => {
-                !active.is_received()
-                    && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
-                    && !active.assignees.contains_key(&conn)
-                    && usable(PieceIndex(*i as u32))
+        // Candidates are the pieces it holds that are neither ours nor missing: active (or
+        // being verified), in ascending order.
+        let endgame = remote_have.iter_and_not(&entry.have).filter(|p| !download.missing.has(*p)).find(|piece| {
+            match &download.slots[piece.as_usize()] {
+                Slot::Active(active) => {
+                    !active.is_received()
+                        && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
+                        && !active.assignees.contains_key(&conn)
+                        && usable(*piece)
+                }
+                _ => false,
             }
-            _ => false,
         });
-        endgame.map(|(i, _)| Choice::Endgame(PieceIndex(i as u32)))
+        endgame.map(Choice::Endgame)
     }
 
     fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
@@ -161,9 +155,7 @@ impl Peer {
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
         let piece_len = manifest.piece_len(piece);
         download.start(piece, piece_len);
-        if let Slot::Active(active) = download.slot_mut(piece) {
-            active.assignees.insert(conn, 0);
-        }
+        download.add_assignee(piece, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.assigned.insert((file_id, piece));
         let from = remote.addr;
@@ -175,7 +167,7 @@ impl Peer {
         let Some(manifest) = entry.manifest.as_ref() else { return };
         let (offset, len) = block_span(manifest.piece_len(piece), block);
         if let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) {
-            *active.assignees.entry(conn).or_insert(0) |= 1 << block;
+            *active.assignees.get_or_insert_with(conn, || 0) |= 1 << block;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.start_request((file_id, piece, offset), self.now);

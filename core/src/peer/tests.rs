@@ -366,7 +366,7 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     };
     let mut peer = super::Peer::new(super::PeerConfig::new(5, tracker, 7001));
     let at = |ms| Time::from_millis(ms);
-    step(&mut peer, at(0), Input::Command(Command::Get { file_id: id, resume: None }));
+    step(&mut peer, at(0), Input::Command(Box::new(Command::Get { file_id: id, resume: None })));
     let Some(Output::Connect { conn: to_tracker, .. }) = connect_to(&step(&mut peer, at(0), Input::Timeout), tracker)
     else {
         panic!("the peer connects to the tracker first");
@@ -399,7 +399,7 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     let adopted = step(
         &mut peer,
         at(soon + 10),
-        Input::Message { conn, message: Message::Manifest { manifest: manifest.clone() } },
+        Input::Message { conn, message: Message::Manifest { manifest: Box::new(manifest.clone()) } },
     );
     assert_eq!(peer.manifest(&id), Some(&manifest));
     assert!(

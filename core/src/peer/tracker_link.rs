@@ -129,7 +129,7 @@ impl Peer {
                 self.on_tracker_ready(conn);
             }
             Message::Announced { file_id } => self.on_announced(file_id),
-            Message::Located { file_id, manifest, holders } => self.on_located(file_id, manifest, &holders),
+            Message::Located { file_id, manifest, holders } => self.on_located(file_id, manifest.map(|m| *m), &holders),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.on_unknown_file(file_id)
             }
@@ -186,8 +186,8 @@ impl Peer {
         let Some(conn) = self.tracker.ready_conn() else { return };
         let Some(entry) = self.files.get(&file_id) else { return };
         let Some(manifest) = entry.manifest.as_ref() else { return };
-        let message =
-            Message::Announce { file_id, manifest: with_manifest.then(|| manifest.clone()), have: entry.have.clone() };
+        let manifest = with_manifest.then(|| Box::new(manifest.clone()));
+        let message = Message::Announce { file_id, manifest, have: entry.have.clone() };
         self.send(conn, message);
     }
 

@@ -116,7 +116,7 @@ impl Harness {
 
     /// Gives a local command to a peer.
     pub fn command(&mut self, node: NodeIx, command: Command) {
-        self.pending.push_back((node, Input::Command(command)));
+        self.pending.push_back((node, Input::Command(Box::new(command))));
     }
 
     /// Makes `node` serve flipped bytes for `piece`.

@@ -206,7 +206,7 @@ impl Tracker {
         match message {
             Message::Announce { file_id, manifest, have } if role == Role::Peer => {
                 let pieces = have.count();
-                match self.registry.announce(now, conn, peer, file_id, manifest, have) {
+                match self.registry.announce(now, conn, peer, file_id, manifest.map(|m| *m), have) {
                     Ok(first) => {
                         if first {
                             self.event(Event::PeerAnnounced { peer, file_id, pieces });

@@ -259,7 +259,7 @@ impl Registry {
         let file = &self.files[file_slot as usize];
         let asker_slot = self.peers_by_conn.get(&asker).copied();
         let asker_index = asker_slot.and_then(|slot| holding_of(&self.peers[slot as usize], file_slot));
-        let manifest = with_manifest.then(|| file.manifest.clone());
+        let manifest = with_manifest.then(|| Box::new(file.manifest.clone()));
         if let Some(holders) = self.reuse.get(file_slot, asker_slot) {
             return Some(Message::Located { file_id, manifest, holders });
         }

@@ -76,7 +76,7 @@ impl Harness {
     fn announce(&mut self, remote: Remote, manifest: &Manifest, pieces: &[u32]) -> Vec<Output> {
         let message = Message::Announce {
             file_id: manifest.file_id(),
-            manifest: Some(manifest.clone()),
+            manifest: Some(Box::new(manifest.clone())),
             have: have(manifest, pieces),
         };
         self.send(remote, message)
@@ -88,7 +88,7 @@ impl Harness {
         match only_message(&outputs) {
             Message::Located { file_id, manifest: got, holders } => {
                 assert_eq!(*file_id, manifest.file_id());
-                assert_eq!(got.as_ref(), Some(manifest));
+                assert_eq!(got.as_deref(), Some(manifest));
                 assert_eq!(holders.piece_count(), manifest.piece_count());
                 let (peers, have): (Vec<PeerAddr>, Vec<Bitfield>) = holders.iter().unzip();
                 let holders = manifest
@@ -267,9 +267,11 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
     let mut h = Harness::new(1);
     let (file, other) = (manifest("f", 3), manifest("g", 3));
     let a = h.peer(1);
-    let wrong_id = Message::Announce { file_id: other.file_id(), manifest: Some(file.clone()), have: have(&file, &[]) };
+    let wrong_id =
+        Message::Announce { file_id: other.file_id(), manifest: Some(Box::new(file.clone())), have: have(&file, &[]) };
     assert_eq!(error_code(&h.send(a, wrong_id)), ErrorCode::BadRequest);
-    let wrong_len = Message::Announce { file_id: file.file_id(), manifest: Some(file.clone()), have: Bitfield::new(4) };
+    let wrong_len =
+        Message::Announce { file_id: file.file_id(), manifest: Some(Box::new(file.clone())), have: Bitfield::new(4) };
     let outputs = h.send(a, wrong_len);
     assert_eq!(error_code(&outputs), ErrorCode::BadRequest);
     assert!(!is_closed(&outputs, a.conn));
@@ -532,8 +534,11 @@ fn locate_stays_cheap_with_many_holders() {
         let p = Remote { port: 6000, ..h.connect(n, [10, (n >> 8) as u8, n as u8, 1]) };
         h.tracker.handle(h.now, Input::Message { conn: p.conn, message: hello(Role::Peer, n, 6000) });
         let pieces: Vec<u32> = ((7 - n as u32 % 7) % 7..256).step_by(7).collect();
-        let message =
-            Message::Announce { file_id: file.file_id(), manifest: Some(file.clone()), have: have(&file, &pieces) };
+        let message = Message::Announce {
+            file_id: file.file_id(),
+            manifest: Some(Box::new(file.clone())),
+            have: have(&file, &pieces),
+        };
         h.tracker.handle(h.now, Input::Message { conn: p.conn, message });
         while h.tracker.poll_output().is_some() {}
     }

@@ -341,7 +341,7 @@ mod tests {
                 peer_id: PeerId(id),
                 listen_port: port
             })),
-            (file_id.clone(), proptest::option::of(arb_manifest()), arb_bitfield())
+            (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, piece: PieceIndex(p) }),
             (file_id.clone(), proptest::collection::vec(any::<u32>().prop_map(PieceIndex), 0..8))
@@ -349,7 +349,7 @@ mod tests {
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
             (file_id.clone(), any::<bool>())
                 .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),
-            (file_id.clone(), proptest::option::of(arb_manifest()), arb_holders(peer))
+            (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_holders(peer))
                 .prop_map(|(file_id, manifest, holders)| Message::Located { file_id, manifest, holders }),
             Just(Message::List),
             (file_id.clone(), "[a-z]{0,8}", any::<u64>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
@@ -378,7 +378,7 @@ mod tests {
                 offset: 9
             }),
             file_id.prop_map(|file_id| Message::GetManifest { file_id }),
-            arb_manifest().prop_map(|manifest| Message::Manifest { manifest }),
+            arb_manifest().prop_map(|manifest| Message::Manifest { manifest: Box::new(manifest) }),
             "[ -~]{0,40}".prop_map(|detail| Message::error(None, ErrorCode::UnknownFile, detail)),
         ]
     }

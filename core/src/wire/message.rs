@@ -111,8 +111,9 @@ pub enum Message {
     Announce {
         /// The file's id.
         file_id: FileId,
-        /// The manifest, when the tracker may not know the file.
-        manifest: Option<Manifest>,
+        /// The manifest, when the tracker may not know the file (boxed, as in every message:
+        /// it is rare, and inline it would make every message as large as itself).
+        manifest: Option<Box<Manifest>>,
         /// The pieces the announcer holds.
         have: Bitfield,
     },
@@ -154,7 +155,7 @@ pub enum Message {
         /// The file's id.
         file_id: FileId,
         /// The manifest, when the `Locate` asked for it.
-        manifest: Option<Manifest>,
+        manifest: Option<Box<Manifest>>,
         /// Holders chosen by the tracker (bounded, shuffled; never the asker), each with the
         /// pieces it holds.
         holders: Holders,
@@ -236,7 +237,7 @@ pub enum Message {
     /// Peer → peer: the manifest asked for; the receiver checks it against the file id.
     Manifest {
         /// The manifest.
-        manifest: Manifest,
+        manifest: Box<Manifest>,
     },
 }
 
