@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
 use p2p_core::wire::codec::encode_frame;
 use p2p_core::wire::Message;
-use p2p_core::{Completion, ConnId, Event, FileId, Output};
+use p2p_core::{Completion, ConnId, Event, FileId, Input, Output};
 
 use crate::scenario::{NodeIdx, StoryLevel};
 use crate::store::StoreViolation;
@@ -27,11 +27,11 @@ impl World {
             Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
             Output::WriteBlock { file_id, piece, offset, bytes } => {
                 let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.write(piece.0, offset, bytes));
-                self.complete(node, Completion::BlockWritten { file_id, piece, offset, result });
+                self.local(node, Input::Completed(Completion::BlockWritten { file_id, piece, offset, result }));
             }
             Output::HashPiece { file_id, piece } => {
                 let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.hash(&self.content, piece.0));
-                self.complete(node, Completion::PieceHashed { file_id, piece, result });
+                self.local(node, Input::Completed(Completion::PieceHashed { file_id, piece, result }));
             }
             Output::PieceVerified { piece, .. } => {
                 let checked = self.nodes[node.0].store.mark_verified(&self.content, piece.0);
@@ -43,7 +43,7 @@ impl World {
                     Err(e) => (Err(e), None),
                 };
                 self.violation(node, violation);
-                self.complete(node, Completion::BlockRead { conn, file_id, piece, offset, result });
+                self.local(node, Input::Completed(Completion::BlockRead { conn, file_id, piece, offset, result }));
             }
             Output::Finalize { file_id } => {
                 let result = self.check_file(file_id);
@@ -51,7 +51,7 @@ impl World {
                     let checked = self.nodes[node.0].store.finalize(&self.content);
                     self.violation(node, checked.err());
                 }
-                self.complete(node, Completion::Finalized { file_id, result });
+                self.local(node, Input::Completed(Completion::Finalized { file_id, result }));
             }
             Output::Event(event) => self.event(node, event),
         }

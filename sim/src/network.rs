@@ -39,10 +39,6 @@ pub const LISTEN_PORT: u16 = 7000;
 pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
 /// Shortest retransmission timeout (doubling per further loss); at least two latencies.
 const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
-/// How much sending an uplink commits to at once: small messages queued behind each other go
-/// out back to back without a wake-up each, and another connection's message waits at most
-/// this much longer than strict turn-taking would make it.
-const UPLINK_BURST: Duration = Duration::from_millis(1);
 
 /// First source port the network gives the accepting side as the opener's address.
 const EPHEMERAL_PORT_FIRST: u16 = 40_000;
@@ -270,7 +266,7 @@ impl Network {
         if self.nodes[from.0].link.up_bytes_per_s.is_none() {
             self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         } else {
-            self.nodes[from.0].uplink.push(flow, Queued::Message(Box::new(message), size_bytes, retransmit_delay));
+            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
             self.kick_uplink(now, from, queue);
         }
         Sent::Queued
@@ -300,35 +296,25 @@ impl Network {
         }
     }
 
-    /// Starts the next transmissions on `from`'s uplink (idle at `now`), skipping what belongs
-    /// to dead links: each one's arrival is scheduled, and a wake-up for the end of the last if
-    /// more waits behind it. Transmissions follow each other without a wake-up until one ends
-    /// [`UPLINK_BURST`] or more after `now`.
+    /// Starts the next transmission on `from`'s uplink (idle at `now`), skipping what belongs to
+    /// dead links: its arrival is scheduled, and a wake-up for its end if more waits behind it.
     fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        let rate = self.nodes[from.0].link.up_bytes_per_s;
-        let mut at = now;
-        loop {
-            let Some((flow, item)) = self.nodes[from.0].uplink.take_next() else {
-                return;
-            };
+        while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
             if !self.link(flow.0).is_some_and(|l| l.ends[flow.1].open) {
                 continue;
             }
             match item {
-                Queued::Fin => self.fin(at, flow, queue),
+                Queued::Fin => self.fin(now, flow, queue),
                 Queued::Message(message, size_bytes, retransmit_delay) => {
-                    let done = at + transfer(size_bytes, rate);
+                    let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
                     self.nodes[from.0].uplink.start(flow, done);
-                    self.arrive_later(done, from, flow, (*message, size_bytes, retransmit_delay), queue);
-                    at = done;
-                    if at >= now + UPLINK_BURST {
-                        break;
+                    self.arrive_later(done, from, flow, (message, size_bytes, retransmit_delay), queue);
+                    if self.nodes[from.0].uplink.has_queued() {
+                        self.kick_uplink(now, from, queue);
                     }
+                    return;
                 }
             }
-        }
-        if self.nodes[from.0].uplink.has_queued() {
-            self.kick_uplink(now, from, queue);
         }
     }
 
@@ -551,35 +537,6 @@ mod tests {
         net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
         let arrivals: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
-    }
-
-    #[test]
-    fn small_messages_leave_back_to_back_without_a_wake_up_each() {
-        let (mut net, mut q) = two_nodes(link(10, Some(1_000_000), 0.0));
-        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
-        drain(&mut net, &mut q);
-        let at = Time::from_millis(20);
-        // 3 ms of sending, then twelve messages of 100 µs each.
-        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 3000), &mut q);
-        for _ in 0..12 {
-            net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 100), &mut q);
-        }
-        let mut wake_ups = 0;
-        let mut arrivals = Vec::new();
-        while let Some((at, item)) = q.pop() {
-            match item {
-                Item::UplinkDone { node, transmission } => {
-                    wake_ups += 1;
-                    net.uplink_done(at, node, transmission, &mut q);
-                }
-                _ => arrivals.push(at.saturating_since(Time::from_millis(30)).as_micros()),
-            }
-        }
-        let expected: Vec<u128> = (0..13).map(|i| 3000 + 100 * i).collect();
-        assert_eq!(arrivals, expected, "back to back, one latency after each leaves");
-        // One wake-up when the large message ends (3 ms), one when the first ten small ones
-        // have taken the burst's 1 ms.
-        assert_eq!(wake_ups, 2);
     }
 
     #[test]

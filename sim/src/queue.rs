@@ -1,15 +1,15 @@
 //! The one central event queue: every future happening of a run — a scenario action, a machine's
-//! timer, a message or connection event arriving over a link, a command — is an [`Item`] at a
-//! virtual [`Time`]. (Storage completions do not wait here: the world hands them back at once.)
+//! timer, a message or connection event arriving over a link, a storage completion — is an
+//! [`Item`] at a virtual [`Time`].
 //!
 //! Items come out in `(time, push order)` order: a global sequence number breaks ties, so the
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
 //! Layout, for speed at scale: items live in a slab and the heap holds only small
 //! `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, and no item is
-//! boxed. Items pushed for the time of the item last taken skip the heap: they go to a FIFO,
-//! which is already in push order, and `pop` takes whichever of the heap's top and the FIFO's
-//! front comes first — the same order a single heap would give.
+//! boxed. Items pushed for the time of the item last taken (storage completions, mostly) skip
+//! the heap: they go to a FIFO, which is already in push order, and `pop` takes whichever of the
+//! heap's top and the FIFO's front comes first — the same order a single heap would give.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

@@ -8,8 +8,7 @@
 //! type only keeps the queues, the order, and until when the uplink is busy.
 //!
 //! A message that finds the uplink idle starts at once, and its arrival is scheduled then; the
-//! network is woken (one queue item) only when something waits behind a transmission, and then
-//! sends back to back whatever fits in a short burst (see `Network::start_uplink`).
+//! network is woken (one queue item) only when something waits behind a transmission.
 
 use std::collections::VecDeque;
 
@@ -24,9 +23,8 @@ pub type Flow = (LinkId, usize);
 /// What waits in a flow.
 #[derive(Debug)]
 pub enum Queued {
-    /// A message, its wire size, and the extra delay its retransmissions will cost. Boxed: a
-    /// busy uplink holds many, moved on every turn, and most messages are small.
-    Message(Box<Message>, u64, std::time::Duration),
+    /// A message, its wire size, and the extra delay its retransmissions will cost.
+    Message(Message, u64, std::time::Duration),
     /// The sender closed the connection after the messages before this.
     Fin,
 }
@@ -131,7 +129,7 @@ mod tests {
     fn flows_take_turns() {
         let mut up = Uplink::default();
         for _ in 0..3 {
-            up.push((1, 1), Queued::Message(Box::new(Message::List), 10, std::time::Duration::ZERO));
+            up.push((1, 1), Queued::Message(Message::List, 10, std::time::Duration::ZERO));
         }
         up.push((2, 1), Queued::Fin);
         let order: Vec<LinkId> = std::iter::from_fn(|| up.take_next()).map(|((link, _), _)| link).collect();

@@ -9,9 +9,8 @@
 //! Both feed the same inputs in the same order, so they produce the same trace.
 //!
 //! What the world does with outputs is delivery only: messages go to the network, storage and
-//! hashing complete at once against the peer's [`Store`] (the completion is the machine's next
-//! input, ahead of anything queued), events go to the trace and the outcome. No protocol or
-//! scheduling decision is made here.
+//! hashing complete at once against the peer's [`Store`], events go to the trace and the
+//! outcome. No protocol or scheduling decision is made here.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -22,9 +21,7 @@ use std::time::Duration;
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::wire::Message;
-use p2p_core::{
-    Command, Completion, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig,
-};
+use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
 use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
@@ -77,9 +74,6 @@ pub struct World {
     pub(crate) queue: Queue,
     pub(crate) nodes: Vec<NodeState>,
     pending: VecDeque<Step>,
-    /// Storage completions, handed to their machine before anything queued: the simulated
-    /// store finishes at once, and the machine that asked is still warm in the cache.
-    completions: VecDeque<(NodeIdx, u32, Completion)>,
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
@@ -141,7 +135,6 @@ impl World {
             queue,
             nodes,
             pending: VecDeque::new(),
-            completions: VecDeque::new(),
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
@@ -157,13 +150,6 @@ impl World {
         loop {
             if let Some(step) = self.pending.pop_front() {
                 return Some((self.now, step));
-            }
-            if let Some((node, incarnation, completion)) = self.completions.pop_front() {
-                self.outcome.events += 1;
-                if self.is_current(node, incarnation) {
-                    return Some((self.now, Step::Input(node, Input::Completed(completion))));
-                }
-                continue;
             }
             if self.ended {
                 return None;
@@ -223,12 +209,6 @@ impl World {
     pub(crate) fn local(&mut self, node: NodeIdx, input: Input) {
         let incarnation = self.network.incarnation(node);
         self.queue.push(self.now, Item::Local { node, incarnation, input });
-    }
-
-    /// Hands `completion` of a storage job to `node`'s current life, before anything queued.
-    pub(crate) fn complete(&mut self, node: NodeIdx, completion: Completion) {
-        let incarnation = self.network.incarnation(node);
-        self.completions.push_back((node, incarnation, completion));
     }
 
     fn is_current(&self, node: NodeIdx, incarnation: u32) -> bool {
