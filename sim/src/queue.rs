@@ -5,14 +5,18 @@
 //! Items come out in `(time, push order)` order: a global sequence number breaks ties, so the
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
-//! Layout, for speed at scale: items live in a slab and the heap holds only small
-//! `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, and no item is
-//! boxed. Items pushed for the time of the item last taken (storage completions, mostly) skip
+//! Layout, for speed at scale: items live in a slab and a four-ary heap (`dary_heap`) holds
+//! only small `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, no
+//! item is boxed, and a pop over a large queue touches half the levels of a binary heap (with
+//! the benchmark's huge pages and whole-program optimisation, 10,004 peers took 49.8-55.1 s
+//! against 61.5 s with `BinaryHeap`). Items pushed for the time of the item last taken (storage completions, mostly) skip
 //! the heap: they go to a FIFO, which is already in push order, and `pop` takes whichever of the
 //! heap's top and the FIFO's front comes first — the same order a single heap would give.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
+
+use dary_heap::QuaternaryHeap;
 
 use p2p_core::{Input, Time};
 
@@ -78,7 +82,7 @@ type Key = (Time, u64, u32);
 /// A min-queue of items by `(time, push order)`.
 #[derive(Default)]
 pub struct Queue {
-    heap: BinaryHeap<Reverse<Key>>,
+    heap: QuaternaryHeap<Reverse<Key>>,
     /// Keys at `now`, in push order.
     current: VecDeque<Key>,
     /// The time of the item last taken.
