@@ -45,9 +45,8 @@ struct Node {
     corrupt: BTreeSet<(FileId, PieceIndex)>,
     /// When set, the node never answers requests (a black hole).
     silent: bool,
-    /// When set, the node's hash results wait in `held_hashes` (a CPU that falls behind).
-    holding_hashes: bool,
-    held_hashes: Vec<Completion>,
+    /// While set, the node's hash results wait here (a CPU that falls behind).
+    held_hashes: Option<Vec<Completion>>,
     next_inbound: u64,
 }
 
@@ -131,14 +130,13 @@ impl Harness {
 
     /// Holds back `node`'s hash results until [`Harness::release_hashes`].
     pub fn hold_hashes(&mut self, node: NodeIx) {
-        self.nodes[node].holding_hashes = true;
+        self.nodes[node].held_hashes.get_or_insert_with(Vec::new);
     }
 
     /// Hands `node` the hash results held back, in order, and stops holding them.
     pub fn release_hashes(&mut self, node: NodeIx) {
-        let held = &mut self.nodes[node];
-        held.holding_hashes = false;
-        self.pending.extend(held.held_hashes.drain(..).map(|c| (node, Input::Completed(c))));
+        let held = self.nodes[node].held_hashes.take().unwrap_or_default();
+        self.pending.extend(held.into_iter().map(|c| (node, Input::Completed(c))));
     }
 
     /// The node disappears: every connection to it drops.
@@ -292,8 +290,8 @@ impl Harness {
                 let data = &self.nodes[node].store[&file_id];
                 let digest = Digest::of(&data[start..start + manifest.piece_len(piece) as usize]);
                 let completion = Completion::PieceHashed { file_id, piece, result: Ok(digest) };
-                if self.nodes[node].holding_hashes {
-                    self.nodes[node].held_hashes.push(completion);
+                if let Some(held) = &mut self.nodes[node].held_hashes {
+                    held.push(completion);
                     return;
                 }
                 completion
@@ -324,8 +322,7 @@ impl Node {
             store: BTreeMap::new(),
             corrupt: BTreeSet::new(),
             silent: false,
-            holding_hashes: false,
-            held_hashes: Vec::new(),
+            held_hashes: None,
             next_inbound: 0,
         }
     }
