@@ -26,7 +26,9 @@ impl World {
             }
             Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
             Output::WriteBlock { file_id, piece, offset, bytes } => {
-                let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.write(piece.0, offset, bytes));
+                let result = self
+                    .check_file(file_id)
+                    .map(|()| self.nodes[node.0].store.write(&self.content, piece.0, offset, bytes));
                 self.local(node, Input::Completed(Completion::BlockWritten { file_id, piece, offset, result }));
             }
             Output::HashPiece { file_id, piece } => {
@@ -39,7 +41,7 @@ impl World {
             }
             Output::ReadBlock { conn, file_id, piece, offset, len } => {
                 let (result, violation) = match self.check_file(file_id) {
-                    Ok(()) => self.nodes[node.0].store.read(piece.0, offset, len),
+                    Ok(()) => self.nodes[node.0].store.read(&self.content, piece.0, offset, len),
                     Err(e) => (Err(e), None),
                 };
                 self.violation(node, violation);
@@ -142,12 +144,12 @@ impl World {
                 let pieces: Vec<u32> = pieces.iter().map(|p| p.0).collect();
                 self.outcome.missing.insert(node, pieces.clone()) != Some(pieces)
             }
-            Event::Located { .. } => {
+            Event::Located { .. } if pieces_level => {
                 let text = Described { event: &event, name: &|addr| self.name_at(addr) }.to_string();
                 let state = &mut self.nodes[node.0];
                 let changed = state.story_located.as_ref() != Some(&text);
                 state.story_located = Some(text);
-                pieces_level && changed
+                changed
             }
             Event::LocateSent { .. } => pieces_level && self.nodes[node.0].story_located.is_none(),
             Event::PieceRequested { .. } | Event::Sharing { .. } => pieces_level,

@@ -92,7 +92,6 @@ struct Link {
 pub struct Network {
     rng: Rng,
     nodes: Vec<NetNode>,
-    by_addr: BTreeMap<SocketAddr, NodeIdx>,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
 }
@@ -108,6 +107,22 @@ pub fn node_addr(node: NodeIdx) -> SocketAddr {
         Ipv4Addr::from(0x0A00_0000 | host as u32)
     };
     SocketAddr::V4(SocketAddrV4::new(ip, LISTEN_PORT))
+}
+
+/// The node whose [`node_addr`] has `addr`'s host, if the host is one `node_addr` gives; the
+/// inverse is arithmetic, so naming a node in a trace line costs no lookup.
+fn node_of_addr(addr: SocketAddr) -> Option<NodeIdx> {
+    let SocketAddr::V4(v4) = addr else { return None };
+    let ip = u32::from(*v4.ip());
+    if ip >> 24 != 0x0A {
+        return None;
+    }
+    let (high, low) = ((ip >> 8) & 0xFFFF, ip & 0xFF);
+    match (high, low) {
+        (0, 1) => Some(NodeIdx::TRACKER),
+        (1.., 1..=250) => Some(NodeIdx(((high - 1) * 250 + low) as usize)),
+        _ => None,
+    }
 }
 
 impl Network {
@@ -129,13 +144,17 @@ impl Network {
                 by_conn: BTreeMap::new(),
             })
             .collect();
-        let by_addr = nodes.iter().enumerate().map(|(i, n)| (n.addr, NodeIdx(i))).collect();
-        Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, by_addr, links: Vec::new() }
+        Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, links: Vec::new() }
     }
 
-    /// The node listening at `addr`, if any.
+    /// The node at `addr`'s host (whatever the port), if any.
     pub fn node_at(&self, addr: SocketAddr) -> Option<NodeIdx> {
-        self.by_addr.get(&SocketAddr::new(addr.ip(), LISTEN_PORT)).copied()
+        node_of_addr(addr).filter(|node| node.0 < self.nodes.len())
+    }
+
+    /// The node listening at `addr` (its host and [`LISTEN_PORT`]), if any.
+    fn listener_at(&self, addr: SocketAddr) -> Option<NodeIdx> {
+        self.node_at(addr).filter(|_| addr.port() == LISTEN_PORT)
     }
 
     /// Whether the node is running.
@@ -201,7 +220,7 @@ impl Network {
     /// `from` opens connection `conn` to `addr`: both ends get `Connected`, or the opener gets
     /// `Disconnected` when nobody reachable listens there.
     pub fn connect(&mut self, now: Time, from: NodeIdx, conn: ConnId, addr: SocketAddr, queue: &mut Queue) {
-        let target = self.by_addr.get(&addr).copied();
+        let target = self.listener_at(addr);
         let reachable = target.filter(|t| {
             let t = &self.nodes[t.0];
             t.up && t.accepting && t.group == self.nodes[from.0].group
@@ -513,6 +532,21 @@ mod tests {
         net.node_up(NodeIdx(0));
         net.node_up(NodeIdx(1));
         (net, Queue::default())
+    }
+
+    #[test]
+    fn addresses_map_back_to_their_nodes() {
+        for node in (0..100_001).map(NodeIdx) {
+            assert_eq!(node_of_addr(node_addr(node)), Some(node));
+        }
+        for stranger in ["10.0.0.2:7000", "10.0.1.0:7000", "10.0.1.251:7000", "192.168.0.1:7000", "[::1]:7000"] {
+            assert_eq!(node_of_addr(stranger.parse().expect("an address")), None, "{stranger}");
+        }
+        let net = Network::new(1, vec![link(10, None, 0.0); 3]);
+        let third = node_addr(NodeIdx(2));
+        assert_eq!(net.node_at(SocketAddr::new(third.ip(), 40_001)), Some(NodeIdx(2)));
+        assert_eq!(net.listener_at(SocketAddr::new(third.ip(), 40_001)), None);
+        assert_eq!(net.node_at(node_addr(NodeIdx(3))), None, "only three nodes");
     }
 
     #[test]

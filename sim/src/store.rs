@@ -9,9 +9,10 @@
 //! The store also checks two invariants of a run for the world: a piece recorded as verified
 //! must equal the original, and only verified pieces may be read for a remote.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
+use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::rng::Rng;
 use p2p_core::{Bitfield, Digest, Manifest, ManifestBuilder, PieceIndex};
 
@@ -50,15 +51,33 @@ impl Content {
 /// One peer's simulated disk for the scenario's file.
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Blocks by piece (indexed, grown on demand; no blocks is a piece not stored), each piece's
-    /// in offset order. A piece usually is one block, so a short vector beats a map here: ten
-    /// thousand peers of a scale run hold millions of them.
-    blocks: Vec<Blocks>,
-    /// Verified pieces, by index (grown on demand).
-    verified: Vec<bool>,
+    /// What is stored of each piece, by index (grown on demand). Ten thousand peers of a scale
+    /// run hold millions of pieces, nearly all of them the original's own memory: such a piece
+    /// is one byte here, and only the others keep their blocks, in `copies`.
+    pieces: Vec<Piece>,
+    /// The blocks of every piece stored as [`Piece::Copy`].
+    copies: BTreeMap<u32, Blocks>,
     corrupt: BTreeSet<u32>,
     allocated: bool,
     finalized: bool,
+}
+
+/// What a store holds of one piece.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Piece {
+    stored: Stored,
+    verified: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Stored {
+    /// No block.
+    #[default]
+    Absent,
+    /// The whole piece, as the very memory of the original (so its digest is known).
+    Original,
+    /// Blocks in `copies`: part of the piece, or bytes that are not the original's memory.
+    Copy,
 }
 
 /// One piece's blocks: `(offset within the piece, bytes)`, sorted by offset, offsets unique.
@@ -77,11 +96,10 @@ pub enum StoreViolation {
 
 impl Store {
     /// A store that already holds these original pieces, verified.
-    pub fn seeded(content: &Content, pieces: impl IntoIterator<Item = u32>) -> Store {
+    pub fn seeded(pieces: impl IntoIterator<Item = u32>) -> Store {
         let mut store = Store::default();
         for piece in pieces {
-            *store.blocks_mut(piece) = vec![(0, content.piece(piece))];
-            store.set_verified(piece);
+            *store.piece_mut(piece) = Piece { stored: Stored::Original, verified: true };
         }
         store
     }
@@ -89,7 +107,7 @@ impl Store {
     /// The verified pieces, as a bitfield of the manifest's length.
     pub fn verified(&self, content: &Content) -> Bitfield {
         let mut have = Bitfield::new(content.manifest.piece_count());
-        for (piece, _) in self.verified.iter().enumerate().filter(|(_, verified)| **verified) {
+        for (piece, _) in self.pieces.iter().enumerate().filter(|(_, p)| p.verified) {
             have.set(PieceIndex(piece as u32));
         }
         have
@@ -111,58 +129,60 @@ impl Store {
     }
 
     /// Writes a received block.
-    pub fn write(&mut self, piece: u32, offset: u32, bytes: Bytes) {
-        if self.is_verified(piece) {
+    pub fn write(&mut self, content: &Content, piece: u32, offset: u32, bytes: Bytes) {
+        let state = self.piece(piece);
+        if state.verified {
             return;
         }
-        let blocks = self.blocks_mut(piece);
-        if blocks.is_empty() {
-            // Most pieces are one block: room for exactly one, not the default four.
-            blocks.reserve_exact(1);
+        let original = content.piece(piece);
+        let whole_original = offset == 0 && bytes.len() == original.len() && bytes.as_ptr() == original.as_ptr();
+        match (state.stored, whole_original) {
+            (Stored::Original, true) => return,
+            (Stored::Absent, true) => {
+                self.piece_mut(piece).stored = Stored::Original;
+                return;
+            }
+            (Stored::Original, false) => {
+                self.copies.insert(piece, original_blocks(&original));
+            }
+            (Stored::Absent | Stored::Copy, _) => {}
         }
+        self.piece_mut(piece).stored = Stored::Copy;
+        let blocks = self.copies.entry(piece).or_default();
         match blocks.binary_search_by_key(&offset, |(start, _)| *start) {
             Ok(at) => blocks[at].1 = bytes,
             Err(at) => blocks.insert(at, (offset, bytes)),
         }
-    }
-
-    fn is_verified(&self, piece: u32) -> bool {
-        self.verified.get(piece as usize).copied().unwrap_or(false)
-    }
-
-    fn set_verified(&mut self, piece: u32) {
-        let index = piece as usize;
-        if self.verified.len() <= index {
-            self.verified.resize(index + 1, false);
+        if blocks_are_original(blocks, &original) {
+            self.copies.remove(&piece);
+            self.piece_mut(piece).stored = Stored::Original;
         }
-        self.verified[index] = true;
     }
 
-    /// The stored blocks of `piece`, if any.
-    fn blocks(&self, piece: u32) -> Option<&Blocks> {
-        self.blocks.get(piece as usize).filter(|blocks| !blocks.is_empty())
+    fn piece(&self, piece: u32) -> Piece {
+        self.pieces.get(piece as usize).copied().unwrap_or_default()
     }
 
-    fn blocks_mut(&mut self, piece: u32) -> &mut Blocks {
+    fn piece_mut(&mut self, piece: u32) -> &mut Piece {
         let index = piece as usize;
-        if self.blocks.len() <= index {
-            self.blocks.resize_with(index + 1, Vec::new);
+        if self.pieces.len() <= index {
+            self.pieces.resize(index + 1, Piece::default());
         }
-        &mut self.blocks[index]
+        &mut self.pieces[index]
     }
 
     /// SHA-256 of the piece as stored.
     pub fn hash(&self, content: &Content, piece: u32) -> Digest {
-        if self.is_original(content, piece) {
+        if self.piece(piece).stored == Stored::Original {
             return content.manifest.piece_hash(PieceIndex(piece));
         }
-        Digest::of(&self.assemble(piece))
+        Digest::of(&self.assemble(content, piece))
     }
 
     /// Records a piece as verified; a piece that differs from the original is a violation.
     pub fn mark_verified(&mut self, content: &Content, piece: u32) -> Result<(), StoreViolation> {
-        self.set_verified(piece);
-        if self.corrupt.contains(&piece) || self.is_original(content, piece) || self.equals_original(content, piece) {
+        self.piece_mut(piece).verified = true;
+        if self.corrupt.contains(&piece) || self.equals_original(content, piece) {
             Ok(())
         } else {
             Err(StoreViolation::BadPieceVerified(piece))
@@ -170,38 +190,58 @@ impl Store {
     }
 
     /// Reads a block of a piece for a remote (a corrupted piece reads corrupted).
-    pub fn read(&self, piece: u32, offset: u32, len: u32) -> (Result<Bytes, String>, Option<StoreViolation>) {
-        let violation = (!self.is_verified(piece)).then_some(StoreViolation::UnverifiedRead(piece));
-        let Some(blocks) = self.blocks(piece) else {
-            return (Err(format!("piece {piece} is not stored")), violation);
-        };
+    pub fn read(
+        &self,
+        content: &Content,
+        piece: u32,
+        offset: u32,
+        len: u32,
+    ) -> (Result<Bytes, String>, Option<StoreViolation>) {
+        let state = self.piece(piece);
+        let violation = (!state.verified).then_some(StoreViolation::UnverifiedRead(piece));
         let end = u64::from(offset) + u64::from(len);
-        if let Some((start, block)) = blocks.iter().rev().find(|(start, _)| *start <= offset) {
-            if u64::from(*start) + block.len() as u64 >= end {
-                let from = (offset - start) as usize;
-                return (Ok(block.slice(from..from + len as usize)), violation);
+        let found = match state.stored {
+            Stored::Absent => return (Err(format!("piece {piece} is not stored")), violation),
+            Stored::Original => {
+                let original = content.piece(piece);
+                (end <= original.len() as u64).then(|| original.slice(offset as usize..end as usize))
             }
-        }
-        let whole = self.assemble(piece);
-        match whole.get(offset as usize..end as usize) {
-            Some(bytes) => (Ok(Bytes::copy_from_slice(bytes)), violation),
+            Stored::Copy => self.read_copy(content, piece, offset, end),
+        };
+        match found {
+            Some(bytes) => (Ok(bytes), violation),
             None => (Err(format!("piece {piece} has no bytes at {offset}+{len}")), violation),
         }
     }
 
+    /// Bytes `offset..end` of a piece kept as blocks: a slice of the block holding them all,
+    /// else a copy out of the whole piece.
+    fn read_copy(&self, content: &Content, piece: u32, offset: u32, end: u64) -> Option<Bytes> {
+        let blocks = self.copies.get(&piece)?;
+        if let Some((start, block)) = blocks.iter().rev().find(|(start, _)| *start <= offset) {
+            if u64::from(*start) + block.len() as u64 >= end {
+                let from = (offset - start) as usize;
+                return Some(block.slice(from..from + (end - u64::from(offset)) as usize));
+            }
+        }
+        let whole = self.assemble(content, piece);
+        whole.get(offset as usize..end as usize).map(Bytes::copy_from_slice)
+    }
+
     /// The peer's own copy of `pieces` goes bad: one byte of each flips. Returns the pieces it
     /// actually held.
-    pub fn corrupt(&mut self, pieces: &[u32]) -> Vec<u32> {
+    pub fn corrupt(&mut self, content: &Content, pieces: &[u32]) -> Vec<u32> {
         let mut hit = Vec::new();
         for piece in pieces {
-            if self.blocks(*piece).is_none() {
+            if self.piece(*piece).stored == Stored::Absent {
                 continue;
             }
-            let mut bad = BytesMut::from(&self.assemble(*piece)[..]);
+            let mut bad = BytesMut::from(&self.assemble(content, *piece)[..]);
             if let Some(first) = bad.first_mut() {
                 *first ^= 0xff;
             }
-            *self.blocks_mut(*piece) = vec![(0, bad.freeze())];
+            self.copies.insert(*piece, vec![(0, bad.freeze())]);
+            self.piece_mut(*piece).stored = Stored::Copy;
             self.corrupt.insert(*piece);
             hit.push(*piece);
         }
@@ -212,8 +252,7 @@ impl Store {
     pub fn finalize(&mut self, content: &Content) -> Result<(), StoreViolation> {
         self.finalized = true;
         let all = content.manifest.piece_count();
-        let intact =
-            (0..all).all(|p| self.is_verified(p) && (self.is_original(content, p) || self.equals_original(content, p)));
+        let intact = (0..all).all(|p| self.piece(p).verified && self.equals_original(content, p));
         if intact {
             Ok(())
         } else {
@@ -221,41 +260,52 @@ impl Store {
         }
     }
 
-    /// Whether the piece's blocks are exactly the original's memory, in order, covering it.
-    fn is_original(&self, content: &Content, piece: u32) -> bool {
-        let Some(blocks) = self.blocks(piece) else {
-            return false;
-        };
-        let original = content.piece(piece);
-        let mut next = 0usize;
-        for (offset, block) in blocks {
-            let expected = original.get(next..next + block.len());
-            if *offset as usize != next || expected.is_none_or(|e| e.as_ptr() != block.as_ptr()) {
-                return false;
-            }
-            next += block.len();
-        }
-        next == original.len()
-    }
-
     fn equals_original(&self, content: &Content, piece: u32) -> bool {
-        self.assemble(piece) == content.piece(piece)
+        match self.piece(piece).stored {
+            Stored::Original => true,
+            Stored::Absent | Stored::Copy => self.assemble(content, piece) == content.piece(piece),
+        }
     }
 
     /// The piece's bytes in offset order (gaps are simply skipped; a gapped piece fails its hash).
-    fn assemble(&self, piece: u32) -> Bytes {
-        let Some(blocks) = self.blocks(piece) else {
-            return Bytes::new();
-        };
-        if blocks.len() == 1 {
-            return blocks[0].1.clone();
+    fn assemble(&self, content: &Content, piece: u32) -> Bytes {
+        match self.piece(piece).stored {
+            Stored::Absent => Bytes::new(),
+            Stored::Original => content.piece(piece),
+            Stored::Copy => match self.copies.get(&piece).map(Vec::as_slice) {
+                None | Some([]) => Bytes::new(),
+                Some([(_, only)]) => only.clone(),
+                Some(blocks) => {
+                    let mut whole = BytesMut::new();
+                    for (_, block) in blocks {
+                        whole.extend_from_slice(block);
+                    }
+                    whole.freeze()
+                }
+            },
         }
-        let mut whole = BytesMut::new();
-        for (_, block) in blocks {
-            whole.extend_from_slice(block);
-        }
-        whole.freeze()
     }
+}
+
+/// `original` cut into the blocks a download writes it in.
+fn original_blocks(original: &Bytes) -> Blocks {
+    (0..original.len())
+        .step_by(BLOCK_BYTES as usize)
+        .map(|start| (start as u32, original.slice(start..original.len().min(start + BLOCK_BYTES as usize))))
+        .collect()
+}
+
+/// Whether `blocks` are exactly `original`'s memory, in order, covering it.
+fn blocks_are_original(blocks: &[(u32, Bytes)], original: &Bytes) -> bool {
+    let mut next = 0usize;
+    for (offset, block) in blocks {
+        let expected = original.get(next..next + block.len());
+        if *offset as usize != next || expected.is_none_or(|e| e.as_ptr() != block.as_ptr()) {
+            return false;
+        }
+        next += block.len();
+    }
+    next == original.len()
 }
 
 #[cfg(test)]
@@ -269,10 +319,10 @@ mod tests {
     #[test]
     fn original_pieces_hash_like_the_manifest_and_copies_are_hashed_for_real() {
         let c = content();
-        let seeded = Store::seeded(&c, 0..3);
+        let seeded = Store::seeded(0..3);
         assert_eq!(seeded.hash(&c, 1), c.manifest.piece_hash(PieceIndex(1)));
         let mut copy = Store::default();
-        copy.write(2, 0, Bytes::copy_from_slice(&c.piece(2)));
+        copy.write(&c, 2, 0, Bytes::copy_from_slice(&c.piece(2)));
         assert_eq!(copy.hash(&c, 2), c.manifest.piece_hash(PieceIndex(2)));
         assert_eq!(copy.mark_verified(&c, 2), Ok(()));
     }
@@ -280,20 +330,41 @@ mod tests {
     #[test]
     fn reads_slice_blocks_and_corruption_changes_the_hash() {
         let c = content();
-        let mut store = Store::seeded(&c, [0]);
-        let (block, violation) = store.read(0, 100, 50);
+        let mut store = Store::seeded([0]);
+        let (block, violation) = store.read(&c, 0, 100, 50);
         assert_eq!(block.expect("stored"), c.piece(0).slice(100..150));
         assert_eq!(violation, None);
-        assert_eq!(store.corrupt(&[0, 1]), vec![0]);
+        assert_eq!(store.corrupt(&c, &[0, 1]), vec![0]);
         assert_ne!(store.hash(&c, 0), c.manifest.piece_hash(PieceIndex(0)));
-        assert_eq!(store.read(1, 0, 10).1, Some(StoreViolation::UnverifiedRead(1)));
+        assert_eq!(store.read(&c, 1, 0, 10).1, Some(StoreViolation::UnverifiedRead(1)));
+    }
+
+    #[test]
+    fn blocks_of_the_original_memory_become_an_original_piece() {
+        let c = Content::generate(3, "f.bin", 2 << 20, 1 << 20);
+        let mut store = Store::default();
+        let piece = c.piece(1);
+        let block = BLOCK_BYTES as usize;
+        store.write(&c, 1, BLOCK_BYTES, piece.slice(block..2 * block));
+        store.write(&c, 1, 2 * BLOCK_BYTES, piece.slice(2 * block..));
+        assert_eq!(store.piece(1).stored, Stored::Copy, "half a piece is kept as blocks");
+        assert_eq!(store.read(&c, 1, BLOCK_BYTES, 100).0, Ok(piece.slice(block..block + 100)));
+        store.write(&c, 1, 0, piece.slice(..block));
+        assert_eq!(store.piece(1).stored, Stored::Original);
+        assert!(store.copies.is_empty());
+        assert_eq!(store.hash(&c, 1), c.manifest.piece_hash(PieceIndex(1)));
+        store.write(&c, 1, BLOCK_BYTES, Bytes::copy_from_slice(&piece[block..2 * block]));
+        assert_eq!(store.piece(1).stored, Stored::Copy, "an equal copy is not the original's memory");
+        assert_eq!(store.hash(&c, 1), c.manifest.piece_hash(PieceIndex(1)));
+        let across = store.read(&c, 1, BLOCK_BYTES - 100, 200).0;
+        assert_eq!(across, Ok(piece.slice(block - 100..block + 100)), "a read across two blocks");
     }
 
     #[test]
     fn verifying_a_wrong_piece_is_a_violation() {
         let c = content();
         let mut store = Store::default();
-        store.write(0, 0, Bytes::from(vec![0u8; 16_384]));
+        store.write(&c, 0, 0, Bytes::from(vec![0u8; 16_384]));
         assert_eq!(store.mark_verified(&c, 0), Err(StoreViolation::BadPieceVerified(0)));
         assert_eq!(store.finalize(&c), Err(StoreViolation::BadFinalFile));
     }

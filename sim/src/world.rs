@@ -112,7 +112,7 @@ impl World {
         links.extend(scenario.peers.iter().map(|p| p.link));
         let mut nodes = vec![NodeState::new("tracker".to_owned(), Store::default())];
         for peer in &scenario.peers {
-            nodes.push(NodeState::new(peer.name.clone(), Store::seeded(&content, peer.holds.iter().copied())));
+            nodes.push(NodeState::new(peer.name.clone(), Store::seeded(peer.holds.iter().copied())));
         }
         let mut queue = Queue::default();
         for (i, action) in scenario.actions.iter().enumerate() {
@@ -323,7 +323,7 @@ impl World {
             }
             ActionKind::Crash(node) => self.log(node, format_args!("cannot crash: not running")),
             ActionKind::Corrupt(node, pieces) => {
-                let hit = self.nodes[node.0].store.corrupt(&pieces);
+                let hit = self.nodes[node.0].store.corrupt(&self.content, &pieces);
                 self.tell(node, format!("its copy of pieces {hit:?} goes bad"));
             }
             ActionKind::Partition(nodes) => {
