@@ -30,6 +30,7 @@ pub mod machine;
 pub mod manifest;
 pub mod peer;
 pub mod rng;
+pub mod small;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod time;

@@ -6,6 +6,8 @@
 //! CBOR encoding (fields in declaration order, digests as byte strings), so the same bytes and
 //! piece size give the same id on every machine.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ManifestError;
@@ -23,7 +25,8 @@ pub struct Manifest {
     name: String,
     length_bytes: u64,
     piece_size_bytes: u32,
-    piece_hashes: Vec<Digest>,
+    /// Shared by every copy: a simulated swarm holds one manifest per peer.
+    piece_hashes: Arc<[Digest]>,
 }
 
 /// The unchecked wire form; every decoded manifest passes through [`Manifest::new`].
@@ -52,7 +55,7 @@ impl Manifest {
         if piece_hashes.len() as u64 != expected {
             return Err(ManifestError::PieceCount { hashes: piece_hashes.len(), expected });
         }
-        Ok(Manifest { name, length_bytes, piece_size_bytes, piece_hashes })
+        Ok(Manifest { name, length_bytes, piece_size_bytes, piece_hashes: piece_hashes.into() })
     }
 
     /// Decodes and validates a manifest from its CBOR encoding.

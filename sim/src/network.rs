@@ -21,11 +21,11 @@
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
 //! has each end in its node's `by_conn` exactly while that end is open.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use p2p_core::rng::Rng;
+use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
 use p2p_core::{ConnId, Input, Time};
 
@@ -67,7 +67,7 @@ struct NetNode {
     downlink_free: Time,
     inbound_next: u64,
     /// The node's open connections and their links.
-    by_conn: BTreeMap<ConnId, LinkId>,
+    by_conn: VecMap<ConnId, LinkId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -141,7 +141,7 @@ impl Network {
                 uplink: Uplink::default(),
                 downlink_free: Time::ZERO,
                 inbound_next: 0,
-                by_conn: BTreeMap::new(),
+                by_conn: VecMap::new(),
             })
             .collect();
         Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, links: Vec::new() }

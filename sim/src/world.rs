@@ -13,13 +13,14 @@
 //! outcome. No protocol or scheduling decision is made here.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
+use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
 use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
@@ -59,7 +60,7 @@ pub(crate) struct NodeState {
     /// The last located answer told in the story, to tell only changes.
     pub(crate) story_located: Option<String>,
     /// Block requests outstanding per connection (as a downloader).
-    pub(crate) in_flight: BTreeMap<ConnId, usize>,
+    pub(crate) in_flight: VecMap<ConnId, usize>,
 }
 
 /// One run's state; see the module docs.
@@ -403,7 +404,7 @@ impl World {
         let state = &mut self.nodes[node.0];
         state.running = false;
         state.timer = None;
-        state.in_flight.clear();
+        state.in_flight = VecMap::new();
         self.pending.push_back(Step::Kill(node));
     }
 
@@ -445,7 +446,7 @@ impl NodeState {
             summary: PeerSummary::default(),
             heard_by_tracker: None,
             story_located: None,
-            in_flight: BTreeMap::new(),
+            in_flight: VecMap::new(),
         }
     }
 }

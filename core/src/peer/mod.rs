@@ -17,7 +17,6 @@ mod pieces;
 mod remote;
 mod scheduler;
 mod serve;
-mod small;
 mod tracker_link;
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::time::Time;
 
 use super::offers::Spread;
-use super::small::{VecMap, VecSet};
+use crate::small::{VecMap, VecSet};
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -98,8 +98,9 @@ pub(super) struct Download {
 pub(super) enum Slot {
     /// Nobody is fetching it.
     Missing,
-    /// Being fetched block by block.
-    Active(ActivePiece),
+    /// Being fetched block by block (boxed: a download has a slot for every piece, few of them
+    /// active, and each active one is several times the size of the others).
+    Active(Box<ActivePiece>),
     /// Every block is written; its hash is being computed.
     Verifying {
         /// Remotes that sent its blocks (struck if the hash fails).
@@ -254,7 +255,7 @@ impl Download {
     /// Starts fetching `piece` (of `piece_len` bytes) if it is `Missing`.
     pub fn start(&mut self, piece: PieceIndex, piece_len: u32) {
         if self.missing.unset(piece) {
-            *self.slot_mut(piece) = Slot::Active(ActivePiece::new(piece_len));
+            *self.slot_mut(piece) = Slot::Active(Box::new(ActivePiece::new(piece_len)));
             self.active_count += 1;
         }
     }

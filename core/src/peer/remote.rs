@@ -14,7 +14,7 @@ use crate::time::Time;
 
 use super::offers::Offer;
 use super::pieces::BlockKey;
-use super::small::{VecMap, VecSet};
+use crate::small::{VecMap, VecSet};
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! one sorted vector.
 //!
 //! A peer holds a few of these per remote (files, requests in flight, assigned pieces) and per
-//! piece being fetched (its assignees and senders), each usually with one to sixteen entries.
+//! piece being fetched (its assignees and senders), each usually with one to sixteen entries;
+//! the simulator keeps each node's connections in one.
 //! A `BTreeSet` or `BTreeMap` allocates a node of eleven entries for the first one, so with
 //! thousands of remotes in a simulated swarm they made up most of a peer's memory. These keep
 //! the same API subset and the same (ascending) iteration order, so behaviour is unchanged;
@@ -12,7 +13,7 @@ use std::ops::RangeInclusive;
 
 /// An ordered set of few elements, as a sorted vector without duplicates.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct VecSet<T> {
+pub struct VecSet<T> {
     items: Vec<T>,
 }
 
@@ -107,7 +108,7 @@ impl<'a, T> IntoIterator for &'a VecSet<T> {
 
 /// An ordered map of few entries, as a vector sorted by key without duplicate keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct VecMap<K, V> {
+pub struct VecMap<K, V> {
     entries: Vec<(K, V)>,
 }
 
