@@ -182,5 +182,7 @@ const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <=
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+// A download counts the connected holders of each piece in a `u16`.
+const _: () = assert!(CONNECTIONS_MAX <= u16::MAX as usize);
 // A piece's blocks are tracked in a u64 mask.
 const _: () = assert!(PIECE_BYTES_MAX / BLOCK_BYTES <= 64);

@@ -310,7 +310,8 @@ impl Peer {
         download.holders += u32::from(first);
         let mut wanted = false;
         for piece in new {
-            download.availability[piece.as_usize()] += 1;
+            let count = &mut download.availability[piece.as_usize()];
+            *count = count.saturating_add(1);
             wanted |= download.missing.has(piece) || download.orphans.has(piece);
         }
         if wanted {

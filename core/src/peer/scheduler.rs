@@ -110,7 +110,7 @@ impl Peer {
         // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
         let mut ties: Vec<PieceIndex> = remote_have.iter_and(&download.orphans).filter(|p| usable(*p)).collect();
         if ties.is_empty() && download.active_count < PIECES_ACTIVE_PER_FILE_MAX {
-            let mut lowest = u32::MAX;
+            let mut lowest = u16::MAX;
             for piece in remote_have.iter_and(&download.missing) {
                 let rank = download.availability[piece.as_usize()];
                 if rank > lowest || !usable(piece) {
