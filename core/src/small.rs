@@ -4,6 +4,7 @@
 //! A peer holds a few of these per remote (files, requests in flight, assigned pieces) and per
 //! piece being fetched (its assignees and senders), each usually with one to sixteen entries;
 //! the simulator keeps each node's connections in one.
+//!
 //! A `BTreeSet` or `BTreeMap` allocates a node of eleven entries for the first one, so with
 //! thousands of remotes in a simulated swarm they made up most of a peer's memory. These keep
 //! the same API subset and the same (ascending) iteration order, so behaviour is unchanged;

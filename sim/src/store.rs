@@ -55,7 +55,7 @@ pub struct Store {
     /// run hold millions of pieces, nearly all of them the original's own memory: such a piece
     /// is one byte here, and only the others keep their blocks, in `copies`.
     pieces: Vec<Piece>,
-    /// The blocks of every piece stored as [`Piece::Copy`].
+    /// The blocks of every piece stored as [`Stored::Copy`].
     copies: BTreeMap<u32, Blocks>,
     corrupt: BTreeSet<u32>,
     allocated: bool,
@@ -69,6 +69,7 @@ struct Piece {
     verified: bool,
 }
 
+/// The form a piece takes in a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Stored {
     /// No block.

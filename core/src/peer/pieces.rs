@@ -16,10 +16,10 @@ use crate::limits::{
     LOCATE_INTERVAL_SECOND,
 };
 use crate::manifest::Manifest;
+use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
 use super::offers::Spread;
-use crate::small::{VecMap, VecSet};
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]

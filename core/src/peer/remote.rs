@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PeerId, PieceIndex};
 use crate::limits::REQUEST_TIMEOUT;
+use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
 use super::offers::Offer;
 use super::pieces::BlockKey;
-use crate::small::{VecMap, VecSet};
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
