@@ -89,7 +89,7 @@ impl World {
                     self.outcome.violations.push(text);
                 }
             }
-            Message::Cancel { .. } => self.request_answered_by_cancel(node, conn),
+            Message::Cancel { .. } => self.request_answered(node, conn),
             Message::Located { holders, .. } if node == NodeIdx::TRACKER => {
                 self.check_located(&holders.peers().collect::<Vec<_>>())
             }
@@ -97,12 +97,6 @@ impl World {
         }
         let size_bytes = self.sizes.of(&message);
         self.transmit(node, conn, message, size_bytes);
-    }
-
-    fn request_answered_by_cancel(&mut self, node: NodeIdx, conn: ConnId) {
-        if let Some(count) = self.nodes[node.0].in_flight.get_mut(&conn) {
-            *count = count.saturating_sub(1);
-        }
     }
 
     /// Invariant: the tracker names only peers it heard from within its TTL.

@@ -7,9 +7,8 @@
 //!
 //! Layout, for speed at scale: items live in a slab and a four-ary heap (`dary_heap`) holds
 //! only small `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, no
-//! item is boxed, and a pop over a large queue touches half the levels of a binary heap (with
-//! the benchmark's huge pages and whole-program optimisation, 10,004 peers took 49.8-55.1 s
-//! against 61.5 s with `BinaryHeap`). Items pushed for the time of the item last taken
+//! item is boxed, and a pop over a large queue touches half the levels of a binary heap (the
+//! scale benchmark's figures are in BENCHMARKS.md). Items pushed for the time of the item last taken
 //! (storage completions, mostly) skip the heap: they go to a FIFO, which is already in push
 //! order, and `pop` takes whichever of the heap's top and the FIFO's front comes first — the
 //! same order a single heap would give.

@@ -292,7 +292,8 @@ impl World {
         self.log(node, format_args!("{conn} disconnected ({why})"));
     }
 
-    fn request_answered(&mut self, node: NodeIdx, conn: ConnId) {
+    /// A request `node` sent on `conn` was answered (data, a reject) or withdrawn (a cancel).
+    pub(crate) fn request_answered(&mut self, node: NodeIdx, conn: ConnId) {
         if let Some(count) = self.nodes[node.0].in_flight.get_mut(&conn) {
             *count = count.saturating_sub(1);
         }
