@@ -52,6 +52,18 @@ pub enum Input {
         /// What was wrong, for the log and the error reply.
         reason: String,
     },
+    /// The driver handed `frames` more of this connection's frames, in the order they were
+    /// sent, to the transport: the kernel's socket buffer on TCP, the simulated link's send
+    /// buffer in the simulator. A frame waiting in the driver's own queue is not sent yet.
+    /// This is the machine's backpressure signal: a peer serves a connection's next block only
+    /// when the earlier ones are on their way, so queued data never waits behind a slow link
+    /// where a `Cancel` can no longer recall it. Drivers report every frame exactly once.
+    Sent {
+        /// The connection.
+        conn: ConnId,
+        /// How many frames left the driver's queue since the last report.
+        frames: u32,
+    },
     /// The time asked for by `poll_timeout` has come.
     Timeout,
     /// A local command (peer only); boxed, being rare and larger than the other inputs.

@@ -315,6 +315,8 @@ impl Machine for Peer {
             }
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, reason } => self.violation(conn, reason),
+            // Not used yet: serving is paced by the upload limit alone.
+            Input::Sent { .. } => {}
             Input::Timeout => self.on_timeout(),
             Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),

@@ -264,8 +264,9 @@ impl Machine for Tracker {
             Input::Disconnected { conn } => self.drop_conn(conn),
             Input::Message { conn, message } => self.on_message(now, conn, message),
             Input::BadFrame { conn, reason } => self.reject(conn, ErrorCode::MalformedFrame, reason),
-            // Expiry above is all a timer does; commands and completions are the peer's.
-            Input::Timeout | Input::Command(_) | Input::Completed(_) => {}
+            // Expiry above is all a timer does; the tracker sends no bulk data, so it needs no
+            // backpressure; commands and completions are the peer's.
+            Input::Timeout | Input::Sent { .. } | Input::Command(_) | Input::Completed(_) => {}
         }
     }
 
