@@ -29,9 +29,44 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code of bad usage.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a download interrupted by SIGINT (128 + the signal's number, as shells do).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code of a download interrupted by SIGTERM (128 + the signal's number).
+pub const EXIT_TERMINATED: u8 = 143;
 
-/// The exit code for `error`: bad usage or a failed job.
-pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+/// The signals that stop a node cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+/// A download stopped by a signal before it was complete. Its verified pieces are in the
+/// store, so the same command resumes it.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted at {have}/{total} pieces; run the same command to resume")]
+pub struct Interrupted {
+    /// The signal that stopped it.
+    pub signal: Signal,
+    /// Verified pieces of the unfinished downloads.
+    pub have: u32,
+    /// Pieces of the unfinished downloads whose size is known.
+    pub total: u32,
+}
+
+/// Prints why a run failed on stderr and returns its exit code: bad usage, an interrupted
+/// download (its message alone: not an error of the program), or a failed job.
+pub fn failure(error: &anyhow::Error) -> ExitCode {
+    if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
+        eprintln!("{interrupted}");
+        return ExitCode::from(match interrupted.signal {
+            Signal::Interrupt => EXIT_INTERRUPTED,
+            Signal::Terminate => EXIT_TERMINATED,
+        });
+    }
+    eprintln!("error: {error:#}");
     if error.downcast_ref::<UsageError>().is_some() {
         ExitCode::from(EXIT_USAGE)
     } else {

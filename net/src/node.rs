@@ -190,6 +190,13 @@ impl PeerHandle {
         self.driver.do_send(Stop);
     }
 
+    /// Writes the verified pieces of every unfinished download to the store, so the next run
+    /// resumes from all of them; for a peer about to exit.
+    pub async fn flush(&self) -> Result<(), NetError> {
+        let store = self.store.clone();
+        blocking(move || store.persist_all()).await
+    }
+
     async fn command(&self, command: Command) -> Result<(), NetError> {
         Ok(self.driver.send(Local(command)).await.map_err(|_| NetError::Stopped)??)
     }

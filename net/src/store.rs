@@ -234,6 +234,13 @@ impl Store {
         write_atomically(&self.sidecar(file_id, "bitfield"), &bytes)
     }
 
+    /// [`Store::persist_bitfield`] for every unfinished download.
+    pub fn persist_all(&self) -> Result<(), NetError> {
+        let downloading: Vec<FileId> =
+            self.lock().iter().filter(|(_, entry)| entry.state == State::Downloading).map(|(id, _)| *id).collect();
+        downloading.into_iter().try_for_each(|file_id| self.persist_bitfield(file_id))
+    }
+
     fn create_part(&self, manifest: &Manifest, part: &Path) -> Result<File, NetError> {
         write_atomically(&self.sidecar(manifest.file_id(), "manifest"), &manifest.to_cbor())?;
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part);

@@ -223,16 +223,26 @@ impl Node {
 
     /// Sends SIGTERM (a graceful stop: the peer tells the tracker it leaves).
     pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&mut self) {
+        self.signal("INT");
+    }
+
+    /// Sends the signal `name` (as `kill -NAME` spells it) by PID, unless the process exited.
+    fn signal(&mut self, name: &str) {
         if self.poll_exit().is_some() {
             return;
         }
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .expect("run kill -TERM");
-        assert!(status.success() || self.poll_exit().is_some(), "{}: kill -TERM failed", self.name);
+            .unwrap_or_else(|e| panic!("run kill -{name}: {e}"));
+        assert!(status.success() || self.poll_exit().is_some(), "{}: kill -{name} failed", self.name);
     }
 
     /// Waits until the process exits and returns its status; panics after `timeout`.

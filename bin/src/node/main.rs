@@ -35,10 +35,7 @@ fn main() -> ExitCode {
     init_logging();
     match run(cli.command) {
         Ok(()) => ExitCode::from(report::EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            report::exit_code(&e)
-        }
+        Err(e) => report::failure(&e),
     }
 }
 

@@ -6,7 +6,7 @@
 //! complete; otherwise on SIGINT/SIGTERM. Leaving tells the tracker and waits briefly for the
 //! connections to flush.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -44,16 +44,16 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     options.upload_limit_bytes_per_s = args.upload_limit;
     let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
     report::listening(peer.addr());
-    let mut session = Session::new(args.exit_when_done);
+    let mut session = Session::new(args.exit_when_done, args.get.len());
     let started = tokio::select! {
         biased;
-        () = shutdown.wait() => None,
-        started = start_jobs(&peer, &args, &mut session) => Some(started),
+        signal = shutdown.wait() => Err(signal),
+        started = start_jobs(&peer, &args, &mut session) => Ok(started),
     };
     let result = match started {
-        Some(Ok(())) => session.follow(&mut events, &mut shutdown).await,
-        Some(Err(e)) => Err(e),
-        None => Ok(()),
+        Ok(Ok(())) => session.follow(&mut events, &mut shutdown).await,
+        Ok(Err(e)) => Err(e),
+        Err(signal) => session.stopped_by(signal),
     };
     leave(&peer).await;
     result
@@ -85,7 +85,9 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
             report::resumed(file_id, resumed.have, resumed.total);
         }
         session.progress.start(file_id, resumed.map_or(0, |resumed| resumed.have_bytes));
-        session.gets.insert(file_id);
+        let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces { have: resumed.have, total: resumed.total });
+        session.gets.insert(file_id, pieces);
+        session.gets_to_start -= 1;
     }
     Ok(())
 }
@@ -108,10 +110,14 @@ async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr) 
     prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
 }
 
+/// Tells the tracker the peer leaves, closes the connections and writes the downloads' state.
 async fn leave(peer: &PeerHandle) {
     // A peer that cannot flush in time exits anyway; the tracker expires it.
     tokio::time::timeout(LEAVE_TIMEOUT, peer.leave()).await.ok();
     peer.stop();
+    if let Err(e) = peer.flush().await {
+        eprintln!("{e}");
+    }
 }
 
 /// What the running peer still waits for.
@@ -121,18 +127,28 @@ struct Session {
     started: Instant,
     /// Shared files the tracker has not acknowledged yet.
     shares: BTreeSet<FileId>,
-    /// Downloads not complete yet.
-    gets: BTreeSet<FileId>,
+    /// Downloads not complete yet, with their pieces verified so far.
+    gets: BTreeMap<FileId, Pieces>,
+    /// `--get`s not handed to the node yet.
+    gets_to_start: usize,
     progress: Progress,
 }
 
+/// Verified and total pieces of a download (0/0 while its manifest is unknown).
+#[derive(Clone, Copy, Debug, Default)]
+struct Pieces {
+    have: u32,
+    total: u32,
+}
+
 impl Session {
-    fn new(exit_when_done: bool) -> Session {
+    fn new(exit_when_done: bool, gets_to_start: usize) -> Session {
         Session {
             exit_when_done,
             started: Instant::now(),
             shares: BTreeSet::new(),
-            gets: BTreeSet::new(),
+            gets: BTreeMap::new(),
+            gets_to_start,
             progress: Progress::default(),
         }
     }
@@ -146,7 +162,7 @@ impl Session {
         while !self.done() {
             tokio::select! {
                 biased;
-                () = shutdown.wait() => return Ok(()),
+                signal = shutdown.wait() => return self.stopped_by(signal),
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event)?,
                     None => bail!("the peer stopped unexpectedly"),
@@ -154,6 +170,17 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A signal stopped the peer: fine for a seeder, an interruption while downloads are
+    /// unfinished.
+    fn stopped_by(&self, signal: report::Signal) -> anyhow::Result<()> {
+        if self.gets.is_empty() && self.gets_to_start == 0 {
+            return Ok(());
+        }
+        let have = self.gets.values().map(|pieces| pieces.have).sum();
+        let total = self.gets.values().map(|pieces| pieces.total).sum();
+        Err(report::Interrupted { signal, have, total }.into())
     }
 
     fn done(&self) -> bool {
@@ -164,7 +191,7 @@ impl Session {
         match event {
             NodeEvent::Machine(event) => self.on_machine_event(event),
             NodeEvent::Completed { file_id, path, received_bytes } => {
-                if self.gets.remove(&file_id) {
+                if self.gets.remove(&file_id).is_some() {
                     self.progress.finish(file_id);
                     report::complete(file_id, &path);
                     report::downloaded(file_id, received_bytes);
@@ -179,14 +206,19 @@ impl Session {
             Event::Sharing { file_id, name, pieces } if self.shares.remove(&file_id) => {
                 report::sharing(file_id, &name, pieces);
             }
-            Event::PieceVerified { file_id, progress, .. } => self.progress.piece(file_id, &progress),
+            Event::PieceVerified { file_id, progress, .. } => {
+                if let Some(pieces) = self.gets.get_mut(&file_id) {
+                    *pieces = Pieces { have: progress.have, total: progress.total };
+                }
+                self.progress.piece(file_id, &progress);
+            }
             Event::DownloadFailed { file_id, reason } => {
                 self.fail(file_id, format!("download of {file_id} failed: {reason}"))?;
             }
             Event::FileUnknown { file_id } => {
                 let reason = format!("the tracker knows no peer sharing {file_id}");
                 let waited_enough = self.started.elapsed() >= FILE_UNKNOWN_GRACE;
-                if self.exit_when_done && waited_enough && self.gets.contains(&file_id) {
+                if self.exit_when_done && waited_enough && self.gets.contains_key(&file_id) {
                     bail!(reason);
                 }
                 tracing::info!("{reason}; still asking");
@@ -203,7 +235,7 @@ impl Session {
     /// A download cannot go on: the job fails with `--exit-when-done`, else the peer says so
     /// and keeps seeding.
     fn fail(&mut self, file_id: FileId, message: String) -> anyhow::Result<()> {
-        if !self.gets.remove(&file_id) {
+        if self.gets.remove(&file_id).is_none() {
             return Ok(());
         }
         self.progress.finish(file_id);

@@ -53,11 +53,11 @@ impl Shutdown {
         })
     }
 
-    /// Resolves when one of the signals arrives (at once if one came already).
-    pub async fn wait(&mut self) {
+    /// Resolves when one of the signals arrives (at once if one came already) and says which.
+    pub async fn wait(&mut self) -> report::Signal {
         tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => report::Signal::Terminate,
+            _ = self.interrupt.recv() => report::Signal::Interrupt,
         }
     }
 }
