@@ -4,12 +4,16 @@
 
 mod common;
 
+use std::fs;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 use common::{
-    assert_same_file, path_str, random_file, subdir, temp_dir, wait_store_progress, Node, DOWNLOAD_TIMEOUT,
-    EXIT_TIMEOUT, STARTUP_TIMEOUT,
+    assert_same_file, node_bin, path_str, random_file, run_bounded, run_node, stderr_of, subdir, temp_dir,
+    wait_store_progress, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 const PIECE_BYTES: u64 = 256 * 1024;
@@ -86,4 +90,110 @@ fn interrupted_at(stderr: &str) -> (u32, u32) {
 fn resumed_have(line: &str) -> u32 {
     let field = line.split_whitespace().nth(2).unwrap_or("");
     field.split('/').next().and_then(|have| have.parse().ok()).unwrap_or_else(|| panic!("malformed {line:?}"))
+}
+
+#[test]
+fn a_second_process_on_a_store_is_refused_at_once_and_leaves_the_store_alone() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 1024 * 1024, 22);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let store = subdir(dir.path(), "store");
+    let mut first = Node::peer("first", tracker_addr, &store, &["--share", path_str(&original)]);
+    let file_id = first.wait_sharing().file_id;
+    let before = store_listing(&store);
+
+    let tracker = tracker_addr.to_string();
+    let args =
+        ["peer", "--tracker", &tracker, "--listen", "127.0.0.1:0", "--store", path_str(&store), "--get", &file_id];
+    let started = Instant::now();
+    let output = run_node(&args, COMMAND_TIMEOUT);
+    assert_eq!(output.status.code(), Some(1), "second process on the store\n{}", stderr_of(&output));
+    assert!(started.elapsed() < QUICK_FAILURE, "refused after {:?}, not at once", started.elapsed());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("in use by another p2p-node"), "the message says why: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening on"), "refused before listening");
+    assert_eq!(store_listing(&store), before, "the refused process changed the store");
+    assert!(first.is_running(), "the first process is unharmed\n{}", first.report());
+}
+
+#[test]
+fn unusable_paths_fail_before_listening_with_one_line_naming_the_operation() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 1024 * 1024, 23);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let mut seeder =
+        Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+    let tracker = tracker_addr.to_string();
+
+    let missing = dir.path().join("no-such-file");
+    let store = subdir(dir.path(), "sharer");
+    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--share", path_str(&missing)];
+    let output = run_node(&args, COMMAND_TIMEOUT);
+    assert_fails_before_listening(&output, &format!("cannot share {}", missing.display()));
+
+    let out = subdir(dir.path(), "read-only-out");
+    let store = subdir(dir.path(), "downloader");
+    let args = [
+        "peer",
+        "--tracker",
+        &tracker,
+        "--store",
+        path_str(&store),
+        "--get",
+        &file_id,
+        "--out",
+        path_str(&out),
+        "--exit-when-done",
+    ];
+    let output = run_read_only(&out, &args);
+    assert_fails_before_listening(&output, &format!("cannot write in the output directory {}", out.display()));
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Bound on a failure that should come at once (no download, no retry loop).
+const QUICK_FAILURE: Duration = Duration::from_secs(5);
+
+/// Bound on commands expected to fail or finish quickly.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `p2p-node ARGS` with the directory `read_only` unwritable: by its mode for a normal
+/// user; for root (whom modes do not stop) by a read-only bind mount in a mount namespace of
+/// its own, so nothing outside the command sees the mount.
+fn run_read_only(read_only: &Path, args: &[&str]) -> Output {
+    let mut mode = fs::metadata(read_only).expect("metadata").permissions();
+    mode.set_mode(0o555);
+    fs::set_permissions(read_only, mode).expect("chmod");
+    if fs::write(read_only.join("probe"), b"").is_err() {
+        return run_node(args, COMMAND_TIMEOUT);
+    }
+    fs::remove_file(read_only.join("probe")).expect("remove probe");
+    let dir = path_str(read_only);
+    let script = format!("mount --bind {dir} {dir} && mount -o remount,bind,ro {dir} && exec \"$@\"");
+    let mut wrapped = vec!["--mount", "sh", "-c", &script, "sh", node_bin()];
+    wrapped.extend_from_slice(args);
+    run_bounded("unshare", &wrapped, COMMAND_TIMEOUT)
+}
+
+/// The command failed with exit 1 and one stderr line containing `expected`, before it printed
+/// `listening on` (so before it announced or fetched anything).
+fn assert_fails_before_listening(output: &Output, expected: &str) {
+    let stderr = stderr_of(output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(expected), "stderr should say {expected:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening on"), "failed only after listening: {stdout}");
+}
+
+/// Names and sizes of the files in `dir`, sorted.
+fn store_listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut listing: Vec<(String, u64)> = fs::read_dir(dir)
+        .expect("read store")
+        .map(|entry| entry.expect("entry"))
+        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().expect("metadata").len()))
+        .collect();
+    listing.sort();
+    listing
 }

@@ -61,6 +61,9 @@ pub enum NetError {
         /// The file.
         path: PathBuf,
     },
+    /// Another process (or another store in this one) has the store directory open.
+    #[error("the store {0} is in use by another p2p-node (one process per store; it holds the lock file in it)")]
+    StoreInUse(PathBuf),
     /// The store does not hold the file.
     #[error("file {0} is not in the store")]
     NotStored(FileId),

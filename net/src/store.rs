@@ -5,7 +5,9 @@
 //! pieces, rewritten atomically after every verified piece), so a restarted peer resumes. On
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
-//! read-only from where they are, never copied.
+//! read-only from where they are, never copied. One process per store: an open store holds an
+//! exclusive lock on `<dir>/lock`, and opening checks the output directory is writable, so a
+//! second process or a read-only directory fails before anything is fetched.
 //!
 //! Invariants: only registered files are served, and only their verified (or shared) pieces,
 //! checked again here although the machine checks them too; every access stays inside one piece
@@ -30,12 +32,20 @@ use crate::hasher::hash_range;
 /// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
 const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
 
+/// The file in a store directory whose exclusive lock the store's process holds.
+const LOCK_FILE_NAME: &str = "lock";
+
+/// The file created (then removed) in the output directory to check it is writable.
+const WRITE_CHECK_FILE_NAME: &str = ".p2p-write-check";
+
 /// The files of one peer; see the module docs.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
     out: PathBuf,
     entries: Mutex<BTreeMap<FileId, Entry>>,
+    /// Holds the exclusive lock on `<dir>/lock` while the store is open.
+    _lock: File,
 }
 
 /// One registered file.
@@ -64,11 +74,15 @@ enum State {
 }
 
 impl Store {
-    /// A store in `dir` whose finished downloads go to `out`; both are created if missing.
+    /// A store in `dir` whose finished downloads go to `out`; both are created if missing and
+    /// checked to be writable. The store holds an exclusive lock on `<dir>/lock` until it is
+    /// dropped: a second store on the same directory, in this process or another, is refused.
     pub fn open(dir: &Path, out: &Path) -> Result<Store, NetError> {
         fs::create_dir_all(dir).map_err(NetError::io("create the store directory", dir))?;
+        let lock = lock_dir(dir)?;
         fs::create_dir_all(out).map_err(NetError::io("create the output directory", out))?;
-        Ok(Store { dir: dir.to_owned(), out: out.to_owned(), entries: Mutex::new(BTreeMap::new()) })
+        check_writable(out)?;
+        Ok(Store { dir: dir.to_owned(), out: out.to_owned(), entries: Mutex::new(BTreeMap::new()), _lock: lock })
     }
 
     /// The store directory.
@@ -291,6 +305,26 @@ impl Entry {
         }
         Ok(self.manifest.piece_offset(piece) + u64::from(offset))
     }
+}
+
+/// Takes the exclusive lock of the store directory `dir` (created and writable, or the error
+/// says why not), or fails at once when another store holds it.
+fn lock_dir(dir: &Path) -> Result<File, NetError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new().write(true).create(true).truncate(false).open(&path);
+    let file = file.map_err(NetError::io("create the lock file", &path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(NetError::StoreInUse(dir.to_owned())),
+        Err(e) => Err(NetError::io("lock", &path)(e.into())),
+    }
+}
+
+/// Fails unless a file can be created in the directory `dir`.
+fn check_writable(dir: &Path) -> Result<(), NetError> {
+    let probe = dir.join(WRITE_CHECK_FILE_NAME);
+    File::create(&probe).map_err(NetError::io("write in the output directory", dir))?;
+    fs::remove_file(&probe).map_err(NetError::io("remove", &probe))
 }
 
 /// The pieces of `claimed` whose stored bytes match the manifest, hashed on every core.

@@ -136,3 +136,13 @@ fn io_errors_name_the_path() {
     let error = store.write_block(id, PieceIndex(0), 0, b"x").expect_err("allocation failed");
     assert!(error.contains(&f.store_dir.display().to_string()), "{error}");
 }
+
+#[test]
+fn one_store_per_directory_at_a_time() {
+    let f = fixture();
+    let store = f.store();
+    let second = Store::open(&f.store_dir, &f.out_dir).expect_err("the directory is locked");
+    assert!(matches!(second, NetError::StoreInUse(ref dir) if *dir == f.store_dir), "{second}");
+    drop(store);
+    f.store();
+}

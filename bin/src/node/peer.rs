@@ -1,12 +1,14 @@
 //! `p2p-node peer`: share files, download files, seed until told to stop.
 //!
-//! Start-up checks the tracker is reachable (one clear error otherwise), starts the node,
-//! shares and asks for the files, then follows the node's events: the stable lines of
+//! Start-up checks every `--share` can be read and the tracker is reachable, then starts the
+//! node (which locks the store and checks the output directory is writable), all before the
+//! `listening on` line, each failure one clear error; then it shares and asks for the files, then follows the node's events: the stable lines of
 //! `report.rs`, progress, failures. With `--exit-when-done` it leaves once every `--get` is
 //! complete; otherwise on SIGINT/SIGTERM. Leaving tells the tracker and waits briefly for the
 //! connections to flush.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,6 +38,9 @@ const FILE_UNKNOWN_GRACE: Duration = RECONNECT_DELAY_MAX.saturating_add(Duration
 /// Runs the peer until it is done or told to stop.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
+    for path in &args.share {
+        File::open(path).with_context(|| share_failed(path))?;
+    }
     check_tracker(args.tracker).await?;
     let (events_sender, mut events) = mpsc::unbounded_channel();
     let mut options = PeerOptions::new(args.tracker, args.store.clone());
