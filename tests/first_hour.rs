@@ -5,10 +5,12 @@
 mod common;
 
 use std::fs;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -155,6 +157,10 @@ fn unusable_paths_fail_before_listening_with_one_line_naming_the_operation() {
 /// Bound on a failure that should come at once (no download, no retry loop).
 const QUICK_FAILURE: Duration = Duration::from_secs(5);
 
+/// Bound on naming a remote that is not a tracker: a silent one is asked again in HTTP after
+/// the client's handshake timeout (5 s).
+const HANDSHAKE_FAILURE: Duration = Duration::from_secs(10);
+
 /// Bound on commands expected to fail or finish quickly.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -196,4 +202,56 @@ fn store_listing(dir: &Path) -> Vec<(String, u64)> {
         .collect();
     listing.sort();
     listing
+}
+
+#[test]
+fn a_tracker_address_that_is_an_http_server_or_a_peer_is_named_as_such() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 256 * 1024, 24);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let mut seeder =
+        Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+    let http = http_server_answering_400();
+
+    for (wrong, what) in [(http, "this is an HTTP server"), (seeder.addr(), "this is a swarm peer, not a tracker")] {
+        let wrong = wrong.to_string();
+        let store = temp_dir();
+        let get =
+            ["peer", "--tracker", &wrong, "--store", path_str(store.path()), "--get", &file_id, "--exit-when-done"];
+        for args in [&get[..], &["ls", "--tracker", &wrong][..]] {
+            let started = Instant::now();
+            let output = run_node(args, COMMAND_TIMEOUT);
+            let stderr = stderr_of(&output);
+            assert_eq!(output.status.code(), Some(1), "p2p-node {args:?}\n{stderr}");
+            assert!(stderr.contains(what) && stderr.contains(&wrong), "p2p-node {args:?} names {what:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            assert!(started.elapsed() < HANDSHAKE_FAILURE, "p2p-node {args:?} took {:?}", started.elapsed());
+        }
+    }
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Connections an [`http_server_answering_400`] answers before its thread ends.
+const HTTP_ANSWERS_MAX: usize = 8;
+
+/// A stand-in for a web server on 127.0.0.1: like many, it reads a request up to its first line
+/// ending and answers anything that is not HTTP with `400 Bad Request`, then closes.
+fn http_server_answering_400() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    thread::spawn(move || {
+        for stream in listener.incoming().take(HTTP_ANSWERS_MAX) {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(COMMAND_TIMEOUT)).ok();
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stream.read(&mut byte) {
+                if byte[0] == b'\n' {
+                    stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").ok();
+                    break;
+                }
+            }
+        }
+    });
+    addr
 }

@@ -1,5 +1,6 @@
-//! Short client connections to a tracker, for tools: the list of known files (`p2p-node ls`,
-//! resolving a typed id prefix).
+//! Short client connections to a tracker, for tools: the check that an address is a tracker
+//! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix).
+//! A remote that is not a tracker (an HTTP server, a peer's port, silence) is named as such.
 //!
 //! The client says `Hello` as [`Role::Client`], so the tracker never lists it as a holder, asks
 //! its question, reads the answer and closes. The whole exchange is bounded by a timeout.
@@ -11,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use p2p_core::wire::{FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
 use p2p_core::PeerId;
 use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -21,31 +23,107 @@ use crate::error::NetError;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages a client reads while waiting for its answer before giving up.
 const CLIENT_MESSAGES_MAX: usize = 16;
+/// What an HTTP server is called in errors.
+const HTTP_SERVER: &str = "this is an HTTP server, not a swarm node";
+/// How long the HTTP probe of a silent remote may take.
+const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of an unexpected text answer quoted in an error.
+const TEXT_SHOWN_BYTES_MAX: usize = 60;
 
 /// The files the tracker at `tracker` knows, ordered by id, and whether the list was cut short.
 pub async fn list_files(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool), NetError> {
-    let timed_out = || NetError::Protocol { addr: tracker, reason: "no answer in time".into() };
-    tokio::time::timeout(CLIENT_TIMEOUT, list_files_now(tracker)).await.map_err(|_| timed_out())?
+    match tokio::time::timeout(CLIENT_TIMEOUT, list_files_now(tracker)).await {
+        Ok(result) => result,
+        Err(_) => Err(silent(tracker).await),
+    }
+}
+
+/// Checks that `tracker` is a swarm tracker: it answers the handshake as one. Anything else
+/// (nothing listening, an HTTP server, a peer's port, silence) is an error naming what it is.
+pub async fn check_tracker(tracker: SocketAddr) -> Result<(), NetError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, handshake(tracker)).await {
+        Ok(result) => result.map(drop),
+        Err(_) => Err(silent(tracker).await),
+    }
 }
 
 async fn list_files_now(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool), NetError> {
-    let stream = TcpStream::connect(tracker).await.map_err(NetError::socket("connect to", tracker))?;
-    let mut framed = Framed::new(stream, FrameCodec);
-    let protocol = |reason: String| NetError::Protocol { addr: tracker, reason };
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: PeerId(random_id()), listen_port: 0 };
-    for message in [Message::Hello(hello), Message::List] {
-        framed.send(&message).await.map_err(|e| protocol(format!("cannot send: {e}")))?;
-    }
+    let mut framed = handshake(tracker).await?;
+    framed.send(&Message::List).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {
             Some(Ok(Message::Files { files, truncated })) => return Ok((files, truncated)),
-            Some(Ok(Message::Error { detail, .. })) => return Err(protocol(format!("tracker refused: {detail}"))),
+            Some(Ok(Message::Error { detail, .. })) => {
+                return Err(protocol(tracker, format!("tracker refused: {detail}")))
+            }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(protocol(e.to_string())),
+            Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
             None => break,
         }
     }
-    Err(protocol("closed the connection without an answer".into()))
+    Err(protocol(tracker, "closed the connection without an answer".into()))
+}
+
+/// Connects to `tracker`, says `Hello` as a client and waits for the tracker's `Hello`.
+async fn handshake(tracker: SocketAddr) -> Result<Framed<TcpStream, FrameCodec>, NetError> {
+    let stream = TcpStream::connect(tracker).await.map_err(NetError::socket("connect to", tracker))?;
+    let mut framed = Framed::new(stream, FrameCodec);
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: PeerId(random_id()), listen_port: 0 };
+    framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
+    for _ in 0..CLIENT_MESSAGES_MAX {
+        match framed.next().await {
+            Some(Ok(Message::Hello(hello))) if hello.role == Role::Tracker => return Ok(framed),
+            Some(Ok(Message::Hello(hello))) => {
+                let role = format!("{:?}", hello.role).to_lowercase();
+                return Err(protocol(tracker, format!("this is a swarm {role}, not a tracker")));
+            }
+            Some(Ok(Message::Error { detail, .. })) => {
+                return Err(protocol(tracker, format!("refused the handshake: {detail}")))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(protocol(tracker, not_swarm(framed.read_buffer(), &e.to_string()))),
+            None => break,
+        }
+    }
+    Err(protocol(tracker, "closed the connection without a swarm handshake: not a swarm tracker".into()))
+}
+
+/// Names a remote that answered bytes the swarm protocol cannot read: an HTTP server by its
+/// status line, any other text by its first line, else the decoding error.
+fn not_swarm(answer: &[u8], error: &str) -> String {
+    if answer.starts_with(b"HTTP/") {
+        return HTTP_SERVER.into();
+    }
+    let first_line = answer.split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let shown = &first_line[..first_line.len().min(TEXT_SHOWN_BYTES_MAX)];
+    if !shown.is_empty() && shown.iter().all(|byte| byte.is_ascii_graphic() || *byte == b' ' || *byte == b'\r') {
+        let text = String::from_utf8_lossy(shown);
+        return format!("answered with text ({:?}), not the swarm protocol", text.trim_end());
+    }
+    format!("does not speak the swarm protocol ({error})")
+}
+
+fn protocol(addr: SocketAddr, reason: String) -> NetError {
+    NetError::Protocol { addr, reason }
+}
+
+/// The error for a remote that did not answer the handshake in time. Some HTTP servers wait
+/// for a line ending that the handshake never sends: those are recognised by a second
+/// connection that asks them in HTTP (a tracker closes it as a bad frame).
+async fn silent(addr: SocketAddr) -> NetError {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"HEAD / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut answer = [0u8; 5];
+        stream.read_exact(&mut answer).await.ok()?;
+        Some(answer)
+    };
+    match tokio::time::timeout(HTTP_PROBE_TIMEOUT, probe).await {
+        Ok(Some(answer)) if answer.starts_with(b"HTTP/") => protocol(addr, HTTP_SERVER.into()),
+        _ => {
+            protocol(addr, format!("no swarm handshake within {CLIENT_TIMEOUT:?}: not a swarm tracker, or overloaded"))
+        }
+    }
 }
 
 fn random_id() -> [u8; 16] {

@@ -13,12 +13,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use p2p_core::limits::RECONNECT_DELAY_MAX;
 use p2p_core::{Event, FileId, FileIdPrefix};
-use p2p_net::client::list_files;
+use p2p_net::client::{self, list_files};
 use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::cli::PeerArgs;
@@ -26,8 +25,6 @@ use crate::progress::Progress;
 use crate::report;
 use crate::tools::Shutdown;
 
-/// How long start-up waits for the tracker to accept a connection.
-const TRACKER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long leaving waits for the connections to flush and close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a wanted file may stay unknown to the tracker before `--exit-when-done` gives up:
@@ -65,11 +62,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
 }
 
 async fn check_tracker(tracker: SocketAddr) -> anyhow::Result<()> {
-    match tokio::time::timeout(TRACKER_CHECK_TIMEOUT, TcpStream::connect(tracker)).await {
-        Ok(Ok(_probe)) => Ok(()),
-        Ok(Err(e)) => Err(anyhow!("cannot reach the tracker at {tracker}: {e}")),
-        Err(_) => Err(anyhow!("cannot reach the tracker at {tracker}: no answer in {TRACKER_CHECK_TIMEOUT:?}")),
-    }
+    client::check_tracker(tracker).await.context("--tracker")
 }
 
 /// Shares every `--share` and asks for every `--get`.
