@@ -255,3 +255,37 @@ fn http_server_answering_400() -> SocketAddr {
     });
     addr
 }
+
+#[test]
+fn a_download_whose_only_holder_is_unreachable_gives_up_naming_it_and_why() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 1024 * 1024, 25);
+    let (_tracker, tracker_addr) = Node::tracker();
+    // The seeder listens on 127.0.0.2 but reaches the tracker from 127.0.0.1: the tracker hands
+    // out 127.0.0.1 with the seeder's port, where nothing listens (as a seeder on the tracker's
+    // host that uses --tracker 127.0.0.1:PORT is handed out to other hosts).
+    let tracker = tracker_addr.to_string();
+    let seeder_store = subdir(dir.path(), "seeder");
+    let seeder_args = ["peer", "--tracker", &tracker, "--listen", "127.0.0.2:0", "--store", path_str(&seeder_store)];
+    let mut seeder = Node::spawn("seeder", &[&seeder_args[..], &["--share", path_str(&original)]].concat());
+    let seeder_port = seeder.listening_addr().port();
+    let file_id = seeder.wait_sharing().file_id;
+    let handed_out = format!("127.0.0.1:{seeder_port}");
+
+    let store = subdir(dir.path(), "downloader");
+    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--get", &file_id, "--exit-when-done"];
+    let started = Instant::now();
+    let output = run_node(&args, UNREACHABLE_FAILURE);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.contains(&format!("cannot reach any holder of {file_id}")), "the last line says why: {stderr}");
+    assert!(last.contains(&format!("{handed_out} (connection refused)")), "names the holder and why: {stderr}");
+    let said = stderr.lines().filter(|line| line.contains(&format!("cannot connect to holder {handed_out}"))).count();
+    assert_eq!(said, 1, "the failure is said once at the default level, not per retry: {stderr}");
+    eprintln!("gave up after {:?}", started.elapsed());
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Bound on giving up on unreachable holders: the node's wait (20 s) and some slack.
+const UNREACHABLE_FAILURE: Duration = Duration::from_secs(40);

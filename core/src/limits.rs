@@ -169,10 +169,17 @@ pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 /// How long a remote that failed a connection attempt is left alone.
 pub const REMOTE_RETRY_DELAY: Duration = Duration::from_secs(2);
 
+/// How long a download that must end (`--exit-when-done`) goes on without a verified piece while
+/// every holder the tracker names is unreachable (refused, timed out, wrong protocol) before
+/// it gives up, naming each holder and why. Several [`REMOTE_RETRY_DELAY`]s and connect
+/// timeouts, so a holder that is restarting is not given up on.
+pub const HOLDERS_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Bytes a peer may upload in one burst when an upload limit is set, as a share of one second.
 pub const UPLOAD_BURST_FRACTION_OF_SECOND: u32 = 8;
 
 const _: () = assert!(BLOCK_BYTES as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(HOLDERS_UNREACHABLE_TIMEOUT.as_millis() >= 4 * REMOTE_RETRY_DELAY.as_millis());
 const _: () = assert!(PIECE_BYTES_MIN <= PIECE_BYTES_AUTO_MIN);
 const _: () = assert!(PIECE_BYTES_AUTO_MAX <= PIECE_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_power_of_two());

@@ -11,7 +11,8 @@
 //! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
 //! [`STORE_JOBS_MAX`] at once, block writes in a lane of their own) and come back as
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
-//! download completes.
+//! download completes, and reports how each connection it opens turns out (up, refused, timed
+//! out, wrong protocol) as [`NodeEvent`]s, for the program to say which remotes it can reach.
 //!
 //! Memory is bounded whatever the traffic: received blocks not yet on disk take a share of
 //! [`WRITE_BUDGET_BYTES`] (when it is used up, connections stop reading), and the bytes queued
@@ -71,6 +72,43 @@ pub enum NodeEvent {
         /// included, pieces resumed from disk excluded).
         received_bytes: u64,
     },
+    /// A connection this node opened to `addr` (a holder, or the tracker) is up.
+    Connected {
+        /// The remote.
+        addr: SocketAddr,
+    },
+    /// A connection this node tried to open to `addr` failed, or the remote broke the
+    /// protocol before it was of any use.
+    ConnectFailed {
+        /// The remote.
+        addr: SocketAddr,
+        /// Why.
+        reason: ConnectFailure,
+    },
+}
+
+/// Why a connection to a remote did not work out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens there (the remote's host answered with a reset).
+    Refused,
+    /// No answer within [`CONNECT_TIMEOUT`]: a firewall, or an address of another network.
+    TimedOut,
+    /// The remote answered, but not in the swarm protocol, or broke it.
+    WrongProtocol(String),
+    /// Another socket error.
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Refused => write!(f, "connection refused"),
+            ConnectFailure::TimedOut => write!(f, "timed out after {CONNECT_TIMEOUT:?}"),
+            ConnectFailure::WrongProtocol(reason) => write!(f, "wrong protocol: {reason}"),
+            ConnectFailure::Other(reason) => write!(f, "{reason}"),
+        }
+    }
 }
 
 /// Checks a local command against the machine's state before the machine is handed it.
@@ -241,16 +279,19 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
 
     fn dial(&mut self, ctx: &mut Context<Self>, conn: ConnId, addr: SocketAddr) {
         let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
-        ctx.spawn(wrap_future(connect).map(move |result, driver: &mut Self, ctx| match result {
-            Ok(Ok(stream)) => driver.open(ctx, conn, stream, addr),
-            Ok(Err(e)) => {
-                tracing::debug!("{}: {conn}: cannot connect to {addr}: {e}", driver.label);
-                driver.feed(ctx, Input::Disconnected { conn });
-            }
-            Err(_) => {
-                tracing::debug!("{}: {conn}: connecting to {addr} timed out", driver.label);
-                driver.feed(ctx, Input::Disconnected { conn });
-            }
+        ctx.spawn(wrap_future(connect).map(move |result, driver: &mut Self, ctx| {
+            let reason = match result {
+                Ok(Ok(stream)) => {
+                    driver.notify(NodeEvent::Connected { addr });
+                    return driver.open(ctx, conn, stream, addr);
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                Ok(Err(e)) => ConnectFailure::Other(e.to_string()),
+                Err(_) => ConnectFailure::TimedOut,
+            };
+            tracing::debug!("{}: {conn}: cannot connect to {addr}: {reason}", driver.label);
+            driver.notify(NodeEvent::ConnectFailed { addr, reason });
+            driver.feed(ctx, Input::Disconnected { conn });
         }));
     }
 
@@ -308,8 +349,22 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }
     }
 
+    /// Sends `event` to the embedding program, if it listens.
+    fn notify(&self, event: NodeEvent) {
+        if let Some(events) = &self.events {
+            // The embedding program may have stopped listening; the node runs on regardless.
+            events.send(event).ok();
+        }
+    }
+
     fn report(&mut self, event: Event) {
         tracing::debug!("{}: {event:?}", self.label);
+        if let Event::ProtocolViolation { conn: conn @ ConnId::Outbound(_), reason } = &event {
+            if let Some(connection) = self.conns.get(conn) {
+                let reason = ConnectFailure::WrongProtocol(reason.clone());
+                self.notify(NodeEvent::ConnectFailed { addr: connection.remote(), reason });
+            }
+        }
         let Some(events) = &self.events else { return };
         let completed = match &event {
             Event::Complete { file_id } => Some(*file_id),

@@ -21,6 +21,6 @@ pub mod hasher;
 pub mod node;
 pub mod store;
 
-pub use driver::NodeEvent;
+pub use driver::{ConnectFailure, NodeEvent};
 pub use error::NetError;
 pub use node::{spawn_peer, spawn_tracker, PeerHandle, PeerOptions, Resumed, ShareOptions, TrackerHandle};

@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod peer;
 mod progress;
+mod reach;
 #[path = "../report.rs"]
 mod report;
 mod tools;

@@ -22,9 +22,12 @@ use tokio::sync::mpsc;
 
 use crate::cli::PeerArgs;
 use crate::progress::Progress;
+use crate::reach::Reach;
 use crate::report;
 use crate::tools::Shutdown;
 
+/// How often the reachability of holders is checked against the give-up time.
+const REACH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long leaving waits for the connections to flush and close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a wanted file may stay unknown to the tracker before `--exit-when-done` gives up:
@@ -46,7 +49,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     options.upload_limit_bytes_per_s = args.upload_limit;
     let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
     report::listening(peer.addr());
-    let mut session = Session::new(args.exit_when_done, args.get.len());
+    warn_if_unreachable(peer.addr(), args.tracker);
+    let mut session = Session::new(args.exit_when_done, args.get.len(), args.tracker);
     let started = tokio::select! {
         biased;
         signal = shutdown.wait() => Err(signal),
@@ -85,6 +89,7 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
         session.progress.start(file_id, resumed.map_or(0, |resumed| resumed.have_bytes));
         let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces { have: resumed.have, total: resumed.total });
         session.gets.insert(file_id, pieces);
+        session.reach.progress(file_id, Instant::now());
         session.gets_to_start -= 1;
     }
     Ok(())
@@ -106,6 +111,17 @@ async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr) 
     let context = || format!("cannot resolve the file id prefix {}", prefix.as_str());
     let (files, _) = list_files(tracker).await.with_context(context)?;
     prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
+}
+
+/// Says at start when peers on other hosts cannot connect to this one: it listens on loopback
+/// while its tracker is elsewhere, so the tracker hands out an address only this host reaches.
+fn warn_if_unreachable(listen: SocketAddr, tracker: SocketAddr) {
+    if listen.ip().is_loopback() && !tracker.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {listen}, a loopback address, while the tracker {tracker} is on another host: \
+             peers there cannot connect to this one (use --listen 0.0.0.0:PORT)"
+        );
+    }
 }
 
 /// Tells the tracker the peer leaves, closes the connections and writes the downloads' state.
@@ -130,6 +146,7 @@ struct Session {
     /// `--get`s not handed to the node yet.
     gets_to_start: usize,
     progress: Progress,
+    reach: Reach,
 }
 
 /// Verified and total pieces of a download (0/0 while its manifest is unknown).
@@ -140,7 +157,7 @@ struct Pieces {
 }
 
 impl Session {
-    fn new(exit_when_done: bool, gets_to_start: usize) -> Session {
+    fn new(exit_when_done: bool, gets_to_start: usize, tracker: SocketAddr) -> Session {
         Session {
             exit_when_done,
             started: Instant::now(),
@@ -148,6 +165,7 @@ impl Session {
             gets: BTreeMap::new(),
             gets_to_start,
             progress: Progress::default(),
+            reach: Reach::new(tracker),
         }
     }
 
@@ -157,6 +175,7 @@ impl Session {
         events: &mut mpsc::UnboundedReceiver<NodeEvent>,
         shutdown: &mut Shutdown,
     ) -> anyhow::Result<()> {
+        let mut check = tokio::time::interval(REACH_CHECK_INTERVAL);
         while !self.done() {
             tokio::select! {
                 biased;
@@ -165,6 +184,7 @@ impl Session {
                     Some(event) => self.on_event(event)?,
                     None => bail!("the peer stopped unexpectedly"),
                 },
+                _ = check.tick() => self.check_reach()?,
             }
         }
         Ok(())
@@ -181,6 +201,17 @@ impl Session {
         Err(report::Interrupted { signal, have, total }.into())
     }
 
+    /// Gives up a download whose holders have all been unreachable too long, when it must end.
+    fn check_reach(&mut self) -> anyhow::Result<()> {
+        if !self.exit_when_done {
+            return Ok(());
+        }
+        match self.reach.given_up(Instant::now()) {
+            Some((file_id, message)) => self.fail(file_id, message),
+            None => Ok(()),
+        }
+    }
+
     fn done(&self) -> bool {
         self.exit_when_done && self.shares.is_empty() && self.gets.is_empty()
     }
@@ -188,9 +219,18 @@ impl Session {
     fn on_event(&mut self, event: NodeEvent) -> anyhow::Result<()> {
         match event {
             NodeEvent::Machine(event) => self.on_machine_event(event),
+            NodeEvent::Connected { addr } => {
+                self.reach.connected(addr);
+                Ok(())
+            }
+            NodeEvent::ConnectFailed { addr, reason } => {
+                self.reach.failed(addr, reason);
+                Ok(())
+            }
             NodeEvent::Completed { file_id, path, received_bytes } => {
                 if self.gets.remove(&file_id).is_some() {
                     self.progress.finish(file_id);
+                    self.reach.finish(file_id);
                     report::complete(file_id, &path);
                     report::downloaded(file_id, received_bytes);
                 }
@@ -207,6 +247,7 @@ impl Session {
             Event::PieceVerified { file_id, progress, .. } => {
                 if let Some(pieces) = self.gets.get_mut(&file_id) {
                     *pieces = Pieces { have: progress.have, total: progress.total };
+                    self.reach.progress(file_id, Instant::now());
                 }
                 self.progress.piece(file_id, &progress);
             }
@@ -220,6 +261,9 @@ impl Session {
                     bail!(reason);
                 }
                 tracing::info!("{reason}; still asking");
+            }
+            Event::Located { file_id, holders } => {
+                self.reach.located(file_id, holders.into_iter().flat_map(|(_, addrs)| addrs));
             }
             Event::PiecesMissing { file_id, pieces } => {
                 tracing::info!("{file_id}: no live peer holds pieces {pieces:?}; waiting for one");
@@ -237,6 +281,7 @@ impl Session {
             return Ok(());
         }
         self.progress.finish(file_id);
+        self.reach.finish(file_id);
         if self.exit_when_done {
             bail!(message);
         }
