@@ -18,6 +18,13 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: NodeCommand,
+    /// More detail on stderr: -v adds the libraries' info lines, -vv debug lines (`RUST_LOG`,
+    /// when set, decides instead).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr (`RUST_LOG`, when set, decides instead).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 /// The subcommands.

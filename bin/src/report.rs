@@ -74,6 +74,15 @@ pub fn failure(error: &anyhow::Error) -> ExitCode {
     }
 }
 
+/// `N unit` or `N units`, as a person reads it ("1 piece", "3 pieces").
+pub fn count(n: u32, unit: &str) -> String {
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
 /// `listening on ADDR`: the node accepts connections at its real address.
 pub fn listening(addr: SocketAddr) {
     emit(format_args!("listening on {addr}"));

@@ -6,7 +6,8 @@
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
 //! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
 //! - [`client`]: short tool connections to a tracker (`List`).
-//! - [`node`]: the public entry points, [`spawn_tracker`] and [`spawn_peer`].
+//! - [`node`]: the public entry points, [`spawn_tracker`] (or [`spawn_tracker_reporting`])
+//!   and [`spawn_peer`].
 //!
 //! Disk and hashing never run on the reactor thread. A remote that sends garbage, oversized
 //! frames or never reads costs one closed connection and a log line.
@@ -23,4 +24,6 @@ pub mod store;
 
 pub use driver::{ConnectFailure, NodeEvent};
 pub use error::NetError;
-pub use node::{spawn_peer, spawn_tracker, PeerHandle, PeerOptions, Resumed, ShareOptions, TrackerHandle};
+pub use node::{
+    spawn_peer, spawn_tracker, spawn_tracker_reporting, PeerHandle, PeerOptions, Resumed, ShareOptions, TrackerHandle,
+};

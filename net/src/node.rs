@@ -79,9 +79,19 @@ pub struct PeerHandle {
 
 /// Starts a tracker listening on `listen`.
 pub async fn spawn_tracker(listen: SocketAddr, config: TrackerConfig) -> Result<TrackerHandle, NetError> {
+    spawn_tracker_reporting(listen, config, None).await
+}
+
+/// Starts a tracker listening on `listen`; its events (peers announcing and going) go to
+/// `events`, if given.
+pub async fn spawn_tracker_reporting(
+    listen: SocketAddr,
+    config: TrackerConfig,
+    events: Option<mpsc::UnboundedSender<NodeEvent>>,
+) -> Result<TrackerHandle, NetError> {
     let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
-    let driver = Driver::new(Tracker::new(config), format!("tracker {addr}"), None, None);
+    let driver = Driver::new(Tracker::new(config), format!("tracker {addr}"), None, events);
     Ok(TrackerHandle { addr, driver: driver.start_with_listener(listener) })
 }
 

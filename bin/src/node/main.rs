@@ -15,6 +15,7 @@ mod reach;
 #[path = "../report.rs"]
 mod report;
 mod tools;
+mod tracker;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { report::EXIT_USAGE } else { report::EXIT_OK });
         }
     };
-    init_logging();
+    init_logging(cli.verbose, cli.quiet);
     match run(cli.command) {
         Ok(()) => ExitCode::from(report::EXIT_OK),
         Err(e) => report::failure(&e),
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
 
 fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Tracker { listen } => in_actix(tools::tracker(listen)),
+        NodeCommand::Tracker { listen } => in_actix(tracker::run(listen)),
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
         NodeCommand::Ls { tracker } => in_actix(tools::ls(tracker)),
@@ -77,10 +78,22 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors).
-fn init_logging() {
+/// Logs go to stderr, filtered by `RUST_LOG` when it is set, else by `-q`/`-v`: by default the
+/// program's own story (what changed, once per change) and every warning and error.
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,p2p_node=info",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }

@@ -147,6 +147,8 @@ struct Session {
     gets_to_start: usize,
     progress: Progress,
     reach: Reach,
+    /// Downloads the tracker was said to know no holder of (said once until it knows one).
+    said_unknown: BTreeSet<FileId>,
 }
 
 /// Verified and total pieces of a download (0/0 while its manifest is unknown).
@@ -166,6 +168,7 @@ impl Session {
             gets_to_start,
             progress: Progress::default(),
             reach: Reach::new(tracker),
+            said_unknown: BTreeSet::new(),
         }
     }
 
@@ -260,13 +263,19 @@ impl Session {
                 if self.exit_when_done && waited_enough && self.gets.contains_key(&file_id) {
                     bail!(reason);
                 }
-                tracing::info!("{reason}; still asking");
+                if self.said_unknown.insert(file_id) {
+                    tracing::info!("{reason} yet; still asking");
+                }
             }
             Event::Located { file_id, holders } => {
+                if self.said_unknown.remove(&file_id) {
+                    tracing::info!("the tracker knows holders of {file_id} now");
+                }
                 self.reach.located(file_id, holders.into_iter().flat_map(|(_, addrs)| addrs));
             }
             Event::PiecesMissing { file_id, pieces } => {
-                tracing::info!("{file_id}: no live peer holds pieces {pieces:?}; waiting for one");
+                let missing = report::count(pieces.len() as u32, "piece");
+                tracing::info!("no live peer holds {missing} of {file_id}; waiting for one");
             }
             Event::TrackerLost => tracing::warn!("lost the tracker; reconnecting"),
             _ => {}

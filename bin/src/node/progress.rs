@@ -58,7 +58,7 @@ impl Progress {
         match &file.bar {
             Some(bar) => {
                 bar.set_position(u64::from(progress.have));
-                bar.set_message(format!("{}/s, {} peers", HumanBytes(rate), progress.peers));
+                bar.set_message(format!("{}/s, {}", HumanBytes(rate), report::count(progress.peers, "peer")));
             }
             None => {
                 let due = file.last_line.is_none_or(|at| at.elapsed() >= PLAIN_LINE_INTERVAL);

@@ -55,7 +55,7 @@ impl Reach {
     /// A connection to `addr` opened.
     pub fn connected(&mut self, addr: SocketAddr) {
         if self.failed.remove(&addr).is_some() {
-            tracing::warn!("{} {addr} is reachable again", self.what(addr));
+            tracing::info!("{} {addr} is reachable again", self.what(addr));
         }
     }
 

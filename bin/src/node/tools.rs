@@ -1,27 +1,14 @@
-//! The small subcommands: `tracker`, `id`, `ls`; and catching SIGINT/SIGTERM.
+//! The small subcommands: `id`, `ls`; and catching SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use p2p_core::TrackerConfig;
 use p2p_net::client::list_files;
 use p2p_net::hasher::manifest_of;
-use p2p_net::spawn_tracker;
-use rand::RngCore;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::report;
-
-/// `p2p-node tracker`: serve until SIGINT/SIGTERM.
-pub async fn tracker(listen: SocketAddr) -> anyhow::Result<()> {
-    let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
-    let tracker = spawn_tracker(listen, config).await.context("cannot start the tracker")?;
-    report::listening(tracker.addr());
-    Shutdown::install()?.wait().await;
-    tracker.stop();
-    Ok(())
-}
 
 /// `p2p-node id`: the file id, computed offline.
 pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {

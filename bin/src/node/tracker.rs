@@ -1,0 +1,137 @@
+//! `p2p-node tracker`: serve until SIGINT/SIGTERM, telling what happens at the default log
+//! level: each peer joining with a file, and leaving (and why); and, once per peer, a warning
+//! when the tracker records a peer at a loopback or unspecified address while other peers are
+//! on other hosts, who would be handed an address they cannot reach.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use p2p_core::wire::PeerAddr;
+use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
+use p2p_net::{spawn_tracker_reporting, NodeEvent};
+use rand::RngCore;
+use tokio::sync::mpsc;
+
+use crate::report;
+use crate::tools::Shutdown;
+
+/// Runs the tracker until a signal.
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install()?;
+    let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let tracker = spawn_tracker_reporting(listen, config, Some(sender)).await.context("cannot start the tracker")?;
+    report::listening(tracker.addr());
+    let mut story = Story::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            event = events.recv() => match event {
+                Some(NodeEvent::Machine(event)) => story.on_event(&event),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    tracker.stop();
+    Ok(())
+}
+
+/// The live peers as the tracker recorded them, for the story and the loopback warning. Every
+/// peer here is one the tracker keeps, so it is bounded as the tracker's registry is.
+#[derive(Debug, Default)]
+struct Story {
+    /// Live peers and their recorded addresses.
+    peers: BTreeMap<PeerId, SocketAddr>,
+    /// Live peers recorded at another host's address.
+    remote_count: usize,
+    /// Live peers at a loopback or unspecified address not warned about yet (no remote peer
+    /// was live since they joined).
+    local_unwarned: BTreeMap<PeerId, SocketAddr>,
+}
+
+impl Story {
+    fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::PeerAnnounced { peer, file_id, pieces } => {
+                tracing::info!(
+                    "peer {} announced {} ({})",
+                    peer.addr,
+                    file_id.short(),
+                    report::count(*pieces, "piece")
+                );
+                self.joined(*peer);
+            }
+            Event::PeerGone { peer, reason } => {
+                let why = match reason {
+                    GoneReason::Left => "left",
+                    GoneReason::Disconnected => "disconnected",
+                    GoneReason::Expired => "stopped announcing; forgotten",
+                };
+                tracing::info!("peer {} {why}", peer.addr);
+                self.gone(peer.peer_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn joined(&mut self, peer: PeerAddr) {
+        if self.peers.insert(peer.peer_id, peer.addr).is_some() {
+            return;
+        }
+        if is_local(peer.addr) {
+            self.local_unwarned.insert(peer.peer_id, peer.addr);
+        } else {
+            self.remote_count += 1;
+        }
+        if self.remote_count > 0 {
+            for addr in std::mem::take(&mut self.local_unwarned).into_values() {
+                tracing::warn!(
+                    "peer recorded at {addr}, a loopback or unspecified address, while other peers are on other \
+                     hosts: they cannot reach it (start it with --tracker set to this host's network address)"
+                );
+            }
+        }
+    }
+
+    fn gone(&mut self, peer_id: PeerId) {
+        let Some(addr) = self.peers.remove(&peer_id) else { return };
+        if is_local(addr) {
+            self.local_unwarned.remove(&peer_id);
+        } else {
+            self.remote_count -= 1;
+        }
+    }
+}
+
+/// An address only this host can reach.
+fn is_local(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() || addr.ip().is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u8, ip: [u8; 4]) -> PeerAddr {
+        PeerAddr { peer_id: PeerId([id; 16]), addr: SocketAddr::from((ip, 7001)) }
+    }
+
+    #[test]
+    fn a_loopback_peer_is_warned_about_once_when_a_peer_of_another_host_is_live() {
+        let mut story = Story::default();
+        story.joined(peer(1, [127, 0, 0, 1]));
+        story.joined(peer(2, [127, 0, 0, 1]));
+        assert_eq!(story.local_unwarned.len(), 2, "all on one host: nothing to warn about");
+        story.joined(peer(3, [192, 0, 2, 7]));
+        assert!(story.local_unwarned.is_empty(), "warned once each");
+        story.joined(peer(4, [0, 0, 0, 0]));
+        assert!(story.local_unwarned.is_empty(), "warned at once: a remote peer is live");
+        story.gone(PeerId([3; 16]));
+        story.joined(peer(5, [127, 0, 0, 1]));
+        assert_eq!(story.local_unwarned.len(), 1, "no remote peer live any more");
+        assert_eq!(story.remote_count, 0);
+    }
+}
