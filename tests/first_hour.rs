@@ -289,3 +289,36 @@ fn a_download_whose_only_holder_is_unreachable_gives_up_naming_it_and_why() {
 
 /// Bound on giving up on unreachable holders: the node's wait (20 s) and some slack.
 const UNREACHABLE_FAILURE: Duration = Duration::from_secs(40);
+
+#[test]
+fn a_restarted_peer_seeds_what_its_store_holds_and_a_finished_get_is_not_fetched_again() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "kept.bin", 2 * 1024 * 1024, 26);
+    let (_tracker, tracker_addr) = Node::tracker();
+
+    // A seeder shares the file, stops, and comes back on the same store without --share.
+    let seeder_store = subdir(dir.path(), "seeder");
+    let mut first = Node::peer("seeder", tracker_addr, &seeder_store, &["--share", path_str(&original)]);
+    let file_id = first.wait_sharing().file_id;
+    first.terminate();
+    assert!(first.wait_exit(EXIT_TIMEOUT).success(), "{}", first.report());
+    let mut seeder = Node::peer("seeder (restarted, no flags)", tracker_addr, &seeder_store, &[]);
+    let seeding = seeder.wait_for_line(&format!("seeding {file_id} "), STARTUP_TIMEOUT);
+    assert!(seeding.ends_with(" kept.bin 8"), "the remembered file with its pieces: {seeding:?}");
+
+    // It is a holder again: a download from it alone completes.
+    let store = subdir(dir.path(), "downloader");
+    let out = subdir(dir.path(), "out");
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+    let mut downloader = Node::peer("downloader", tracker_addr, &store, &get_args);
+    let copy = downloader.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&copy, &original);
+    assert!(downloader.wait_exit(EXIT_TIMEOUT).success(), "{}", downloader.report());
+
+    // The same command again: the file in --out is reused, nothing is fetched.
+    let mut again = Node::peer("downloader (again)", tracker_addr, &store, &get_args);
+    assert_eq!(again.wait_complete(&file_id, STARTUP_TIMEOUT), copy);
+    assert_eq!(again.wait_downloaded(&file_id), 0, "a finished download is not fetched again");
+    assert!(again.wait_exit(EXIT_TIMEOUT).success(), "{}", again.report());
+    assert_same_file(&copy, &original);
+}

@@ -103,9 +103,18 @@ pub fn complete(file_id: FileId, path: &Path) {
     emit(format_args!("complete {file_id} {}", path.display()));
 }
 
-/// `downloaded FILE_ID BYTES`: payload bytes of the file received over the network this run.
-pub fn downloaded(file_id: FileId, bytes: u64) {
-    emit(format_args!("downloaded {file_id} {bytes}"));
+/// `downloaded FILE_ID BYTES useful=U duplicate=D`: payload bytes of the file received over
+/// the network this run; of those, U are the pieces this run verified and D the rest (blocks
+/// fetched twice near the end, pieces that failed their hash).
+pub fn downloaded(file_id: FileId, bytes: u64, useful_bytes: u64) {
+    let duplicate_bytes = bytes.saturating_sub(useful_bytes);
+    emit(format_args!("downloaded {file_id} {bytes} useful={useful_bytes} duplicate={duplicate_bytes}"));
+}
+
+/// `seeding FILE_ID NAME PIECES`: the tracker acknowledged a file the store remembered serving
+/// (shared or downloaded by an earlier run; not a `--share` of this run).
+pub fn seeding(file_id: FileId, name: &str, pieces: u32) {
+    emit(format_args!("seeding {file_id} {name} {pieces}"));
 }
 
 /// `progress FILE_ID HAVE/TOTAL RATE_BYTES_PER_S peers=N`: a plain progress line.

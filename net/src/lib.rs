@@ -4,6 +4,7 @@
 //!   feeds it inputs, drains and executes its outputs, keeps its timer.
 //! - [`connection`]: one reader and one writer task per TCP stream, framed with core's codec.
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
+//! - [`held`]: the store's records of the files it serves, so a restarted peer serves them.
 //! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
 //! - [`client`]: short tool connections to a tracker (`List`).
 //! - [`node`]: the public entry points, [`spawn_tracker`] (or [`spawn_tracker_reporting`])
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod driver;
 pub mod error;
 pub mod hasher;
+pub mod held;
 pub mod node;
 pub mod store;
 

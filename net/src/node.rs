@@ -182,6 +182,32 @@ impl PeerHandle {
         Ok(resumed)
     }
 
+    /// Serves again every file the store remembers serving (shared, or downloaded) that this
+    /// run has not registered yet: unchanged files at once, changed ones re-hashed first (on a
+    /// worker thread). A file that cannot be read is skipped with a log line. Returns the ids
+    /// whose `Share` reached the machine.
+    pub async fn reseed(&self) -> Result<Vec<FileId>, NetError> {
+        let mut seeded = Vec::new();
+        for file_id in self.store.remembered() {
+            let store = self.store.clone();
+            match blocking(move || store.reopen(file_id)).await {
+                Ok(Some((manifest, have))) => {
+                    self.command(Command::Share { manifest, have }).await?;
+                    seeded.push(file_id);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot serve {file_id} again: {e}"),
+            }
+        }
+        Ok(seeded)
+    }
+
+    /// Where the whole of `file_id` already is, when this peer serves all of it (shared, or
+    /// downloaded by an earlier run): such a file needs no download.
+    pub fn held_path(&self, file_id: FileId) -> Option<PathBuf> {
+        self.store.held_path(file_id)
+    }
+
     /// Every file id the store knows (shared, downloaded, partial on disk); for resolving a
     /// typed prefix.
     pub fn known_ids(&self) -> Vec<FileId> {

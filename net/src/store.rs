@@ -5,7 +5,8 @@
 //! pieces, rewritten atomically after every verified piece), so a restarted peer resumes. On
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
-//! read-only from where they are, never copied. One process per store: an open store holds an
+//! read-only from where they are, never copied; the store remembers both kinds of served files
+//! in `F.held` records (see [`crate::held`]) and serves them again after a restart. One process per store: an open store holds an
 //! exclusive lock on `<dir>/lock`, and opening checks the output directory is writable, so a
 //! second process or a read-only directory fails before anything is fetched.
 //!
@@ -28,6 +29,7 @@ use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex};
 
 use crate::error::NetError;
 use crate::hasher::hash_range;
+use crate::held::{Found, Held};
 
 /// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
 const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
@@ -91,6 +93,7 @@ impl Store {
     }
 
     /// Serves `have` pieces of the file at `path`, described by `manifest`, read-only in place.
+    /// The store remembers it (see [`crate::held`]).
     pub fn register_shared(&self, path: &Path, manifest: Manifest, have: Bitfield) -> Result<(), NetError> {
         let file = File::open(path).map_err(NetError::io("open", path))?;
         let length = file.metadata().map_err(NetError::io("inspect", path))?.len();
@@ -98,7 +101,9 @@ impl Store {
             let reason = format!("changed while being shared ({length} bytes, {} expected)", manifest.length_bytes());
             return Err(NetError::Corrupt { path: path.to_owned(), reason });
         }
-        let entry = Entry::new(manifest, Ok(Arc::new(file)), path.to_owned(), have, State::Shared);
+        let held = Held::of(path, manifest.clone(), have.clone(), &file).map_err(NetError::io("inspect", path))?;
+        self.remember(&held)?;
+        let entry = Entry::new(manifest, Ok(Arc::new(file)), held.path, have, State::Shared);
         let file_id = entry.manifest.file_id();
         self.lock().insert(file_id, entry);
         Ok(())
@@ -182,6 +187,11 @@ impl Store {
             remove_if_present(&self.sidecar(file_id, kind)).map_err(|e| e.to_string())?;
         }
         let file = File::open(&target).map_err(|e| NetError::io("open", &target)(e).to_string())?;
+        let held = Held::of(&target, (*entry.manifest).clone(), entry.served.clone(), &file);
+        if let Err(e) = held.map_err(NetError::io("inspect", &target)).and_then(|held| self.remember(&held)) {
+            // The download is done all the same; only a restart will not seed it unasked.
+            tracing::warn!("{e}");
+        }
         if let Some(stored) = self.lock().get_mut(&file_id) {
             stored.file = Ok(Arc::new(file));
             stored.path = target.clone();
@@ -246,6 +256,64 @@ impl Store {
         let mut bytes = entry.served.len().to_be_bytes().to_vec();
         bytes.extend_from_slice(entry.served.as_bytes());
         write_atomically(&self.sidecar(file_id, "bitfield"), &bytes)
+    }
+
+    /// Files the store remembers serving (see [`crate::held`]) that are not registered in
+    /// this run yet, by id.
+    pub fn remembered(&self) -> Vec<FileId> {
+        let Ok(listing) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let held: Vec<FileId> = listing
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".held")?.parse().ok())
+            .collect();
+        let registered = self.lock();
+        let mut ids: Vec<FileId> = held.into_iter().filter(|id| !registered.contains_key(id)).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Serves a remembered file again: as recorded when its size and modification time are
+    /// unchanged, else after hashing its recorded pieces again (keeping those that match).
+    /// Returns its manifest and the pieces served; `None` (and the record is forgotten) when
+    /// the file is gone, has another size, or the record is damaged.
+    pub fn reopen(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
+        let record = self.sidecar(file_id, "held");
+        let bytes = fs::read(&record).map_err(NetError::io("read", &record))?;
+        let held = match Held::decode(&bytes, file_id) {
+            Ok(held) => held,
+            Err(reason) => return self.forget(&record, &reason),
+        };
+        let found = held.check();
+        if found == Found::Gone {
+            return self.forget(&record, &format!("{} is gone or changed size", held.path.display()));
+        }
+        let file = File::open(&held.path).map_err(NetError::io("open", &held.path))?;
+        let mut have = held.have.clone();
+        if found == Found::Touched {
+            have = verify_pieces(&file, &held.path, &held.manifest, &held.have)?;
+            let again = Held::of(&held.path, held.manifest.clone(), have.clone(), &file);
+            self.remember(&again.map_err(NetError::io("inspect", &held.path))?)?;
+        }
+        let entry = Entry::new(held.manifest.clone(), Ok(Arc::new(file)), held.path, have.clone(), State::Shared);
+        self.lock().insert(file_id, entry);
+        Ok(Some((held.manifest, have)))
+    }
+
+    /// Where the whole of `file_id` is, when this store serves all of it (shared or finished).
+    pub fn held_path(&self, file_id: FileId) -> Option<PathBuf> {
+        let entries = self.lock();
+        let entry = entries.get(&file_id).filter(|entry| entry.state != State::Downloading)?;
+        entry.served.is_full().then(|| entry.path.clone())
+    }
+
+    fn remember(&self, held: &Held) -> Result<(), NetError> {
+        write_atomically(&self.sidecar(held.manifest.file_id(), "held"), &held.encode())
+    }
+
+    fn forget(&self, record: &Path, reason: &str) -> Result<Option<(Manifest, Bitfield)>, NetError> {
+        tracing::warn!("no longer serving what {} remembers: {reason}", record.display());
+        remove_if_present(record)?;
+        Ok(None)
     }
 
     /// [`Store::persist_bitfield`] for every unfinished download.

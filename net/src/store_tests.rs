@@ -146,3 +146,35 @@ fn one_store_per_directory_at_a_time() {
     drop(store);
     f.store();
 }
+
+#[test]
+fn served_files_are_remembered_and_rehashed_only_when_touched() {
+    let f = fixture();
+    let id = f.manifest.file_id();
+    let store = f.store();
+    store.register_shared(&f.source, f.manifest.clone(), Bitfield::full(f.manifest.piece_count())).expect("share");
+    drop(store);
+
+    let store = f.store();
+    assert_eq!(store.remembered(), vec![id]);
+    let (manifest, have) = store.reopen(id).expect("reopen").expect("remembered");
+    assert_eq!((manifest, have.is_full()), (f.manifest.clone(), true));
+    assert_eq!(store.held_path(id), Some(f.source.clone()));
+    assert!(store.remembered().is_empty(), "registered in this run");
+    drop(store);
+
+    // Same size, new bytes in piece 0 and a new modification time: piece 0 is not served.
+    let part = OpenOptions::new().write(true).open(&f.source).expect("open source");
+    part.write_all_at(b"XXXX", 10).expect("damage piece 0");
+    part.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).expect("touch");
+    let store = f.store();
+    let (_, have) = store.reopen(id).expect("reopen").expect("remembered");
+    assert!(!have.has(PieceIndex(0)) && have.count() == f.manifest.piece_count() - 1, "piece 0 hashed again");
+    assert_eq!(store.held_path(id), None, "not all of it any more");
+    drop(store);
+
+    fs::write(&f.source, b"short").expect("rewrite");
+    let store = f.store();
+    assert_eq!(store.reopen(id).expect("reopen"), None, "another size: forgotten");
+    assert!(store.remembered().is_empty());
+}

@@ -79,18 +79,31 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
         let manifest = peer.share(path, options.clone()).await.with_context(|| share_failed(path))?;
         session.shares.insert(manifest.file_id());
     }
+    session.seeding.extend(peer.reseed().await.context("cannot serve what the store remembers")?);
     for prefix in &args.get {
         let file_id = resolve(prefix, peer, args.tracker).await?;
+        if let Some(path) = peer.held_path(file_id) {
+            // Downloaded by an earlier run (or shared): verified when the store served it again.
+            report::complete(file_id, &path);
+            report::downloaded(file_id, 0, 0);
+            session.gets_to_start -= 1;
+            continue;
+        }
         let resumed = peer.get(file_id).await.with_context(|| format!("cannot download {file_id}"))?;
         let resumed = resumed.filter(|resumed| resumed.have > 0);
         if let Some(resumed) = resumed {
             report::resumed(file_id, resumed.have, resumed.total);
         }
-        session.progress.start(file_id, resumed.map_or(0, |resumed| resumed.have_bytes));
-        let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces { have: resumed.have, total: resumed.total });
+        let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces {
+            have: resumed.have,
+            total: resumed.total,
+            have_bytes: resumed.have_bytes,
+            start_have_bytes: resumed.have_bytes,
+        });
+        session.progress.start(file_id, pieces.start_have_bytes);
         session.gets.insert(file_id, pieces);
-        session.reach.progress(file_id, Instant::now());
         session.gets_to_start -= 1;
+        session.reach.progress(file_id, Instant::now());
     }
     Ok(())
 }
@@ -141,6 +154,8 @@ struct Session {
     started: Instant,
     /// Shared files the tracker has not acknowledged yet.
     shares: BTreeSet<FileId>,
+    /// Files the store remembered, not acknowledged by the tracker yet.
+    seeding: BTreeSet<FileId>,
     /// Downloads not complete yet, with their pieces verified so far.
     gets: BTreeMap<FileId, Pieces>,
     /// `--get`s not handed to the node yet.
@@ -156,6 +171,10 @@ struct Session {
 struct Pieces {
     have: u32,
     total: u32,
+    /// Bytes of the verified pieces.
+    have_bytes: u64,
+    /// Bytes of the pieces verified before this run (resumed from the store).
+    start_have_bytes: u64,
 }
 
 impl Session {
@@ -164,6 +183,7 @@ impl Session {
             exit_when_done,
             started: Instant::now(),
             shares: BTreeSet::new(),
+            seeding: BTreeSet::new(),
             gets: BTreeMap::new(),
             gets_to_start,
             progress: Progress::default(),
@@ -231,11 +251,12 @@ impl Session {
                 Ok(())
             }
             NodeEvent::Completed { file_id, path, received_bytes } => {
-                if self.gets.remove(&file_id).is_some() {
+                if let Some(pieces) = self.gets.remove(&file_id) {
                     self.progress.finish(file_id);
                     self.reach.finish(file_id);
                     report::complete(file_id, &path);
-                    report::downloaded(file_id, received_bytes);
+                    let useful_bytes = pieces.have_bytes.saturating_sub(pieces.start_have_bytes);
+                    report::downloaded(file_id, received_bytes, useful_bytes);
                 }
                 Ok(())
             }
@@ -247,9 +268,14 @@ impl Session {
             Event::Sharing { file_id, name, pieces } if self.shares.remove(&file_id) => {
                 report::sharing(file_id, &name, pieces);
             }
+            Event::Sharing { file_id, name, pieces } if self.seeding.remove(&file_id) => {
+                report::seeding(file_id, &name, pieces);
+            }
             Event::PieceVerified { file_id, progress, .. } => {
                 if let Some(pieces) = self.gets.get_mut(&file_id) {
-                    *pieces = Pieces { have: progress.have, total: progress.total };
+                    pieces.have = progress.have;
+                    pieces.total = progress.total;
+                    pieces.have_bytes = progress.have_bytes;
                     self.reach.progress(file_id, Instant::now());
                 }
                 self.progress.piece(file_id, &progress);

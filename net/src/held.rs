@@ -1,0 +1,148 @@
+//! The store's memory of the files its peer serves from outside the store directory: files it
+//! shared and downloads it finished. Each is one `<id>.held` record in the store directory
+//! (written atomically), so a peer restarted on the same store serves them again without being
+//! told: the record keeps the file's path, its manifest, the pieces served, and the file's size
+//! and modification time when they were last verified. A file whose size and time are unchanged
+//! is served without hashing; one whose time changed has its pieces hashed again first.
+//!
+//! The record is a few text lines, `KEY VALUE`, with binary values (the path's bytes, the
+//! bitfield, the manifest's canonical CBOR) in hex.
+
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use p2p_core::{Bitfield, FileId, Manifest};
+
+/// The first line of every record (its format's version).
+const RECORD_HEADER: &str = "swarm-held 1";
+
+/// What a store remembers of one file it serves from outside the store directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Where the file is (absolute).
+    pub path: PathBuf,
+    /// The file's manifest.
+    pub manifest: Manifest,
+    /// The pieces served (all of them, unless a subset was shared).
+    pub have: Bitfield,
+    /// The file's size when its pieces were last verified.
+    pub length_bytes: u64,
+    /// Its modification time then, in nanoseconds since the Unix epoch.
+    pub modified_ns: u128,
+}
+
+/// How a remembered file compares with its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Same size and modification time: serve it as recorded.
+    Unchanged,
+    /// Same size, another modification time: hash the recorded pieces again.
+    Touched,
+    /// Gone, or another size: forget it.
+    Gone,
+}
+
+impl Held {
+    /// A record of the file at `path` as it is now.
+    pub fn of(path: &Path, manifest: Manifest, have: Bitfield, file: &File) -> std::io::Result<Held> {
+        let metadata = file.metadata()?;
+        let path = std::path::absolute(path)?;
+        Ok(Held { path, manifest, have, length_bytes: metadata.len(), modified_ns: modified_ns(&metadata) })
+    }
+
+    /// How the file on disk compares with this record.
+    pub fn check(&self) -> Found {
+        match std::fs::metadata(&self.path) {
+            Ok(metadata) if metadata.len() == self.length_bytes && metadata.is_file() => {
+                if modified_ns(&metadata) == self.modified_ns {
+                    Found::Unchanged
+                } else {
+                    Found::Touched
+                }
+            }
+            _ => Found::Gone,
+        }
+    }
+
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let lines = [
+            RECORD_HEADER.to_owned(),
+            format!("path {}", hex::encode(self.path.as_os_str().as_bytes())),
+            format!("length-bytes {}", self.length_bytes),
+            format!("modified-ns {}", self.modified_ns),
+            format!("have {} {}", self.have.len(), hex::encode(self.have.as_bytes())),
+            format!("manifest {}", hex::encode(self.manifest.to_cbor())),
+        ];
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text.into_bytes()
+    }
+
+    /// Reads a record that must describe `file_id`; `Err` says what is wrong with it.
+    pub fn decode(bytes: &[u8], file_id: FileId) -> Result<Held, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+        let mut lines = text.lines();
+        if lines.next() != Some(RECORD_HEADER) {
+            return Err(format!("does not start with {RECORD_HEADER:?}"));
+        }
+        let mut field = |key: &str| {
+            let line = lines.next().ok_or_else(|| format!("ends before {key}"))?;
+            line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).ok_or_else(|| format!("no {key} line"))
+        };
+        let unhex = |value: &str| hex::decode(value).map_err(|e| e.to_string());
+        let path = PathBuf::from(OsString::from_vec(unhex(field("path")?)?));
+        let length_bytes = field("length-bytes")?.parse().map_err(|_| "bad length".to_owned())?;
+        let modified_ns = field("modified-ns")?.parse().map_err(|_| "bad modification time".to_owned())?;
+        let (count, bits) = field("have")?.split_once(' ').ok_or("bad have line")?;
+        let count: u32 = count.parse().map_err(|_| "bad piece count".to_owned())?;
+        let have = Bitfield::from_bytes(count, &unhex(bits)?).ok_or("bitfield of the wrong size")?;
+        let manifest = Manifest::from_cbor(&unhex(field("manifest")?)?).map_err(|e| e.to_string())?;
+        if manifest.file_id() != file_id {
+            return Err("describes another file".into());
+        }
+        if have.len() != manifest.piece_count() || manifest.length_bytes() != length_bytes || !path.is_absolute() {
+            return Err("disagrees with its manifest".into());
+        }
+        Ok(Held { path, manifest, have, length_bytes, modified_ns })
+    }
+}
+
+fn modified_ns(metadata: &Metadata) -> u128 {
+    // A file system without modification times reads as 0: every restart then re-hashes.
+    metadata.modified().ok().and_then(|at| at.duration_since(UNIX_EPOCH).ok()).map_or(0, |since| since.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hasher::manifest_of;
+
+    #[test]
+    fn a_record_reads_back_and_notices_changes_to_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let odd_dir = dir.path().join("a folder\nwith a newline");
+        std::fs::create_dir(&odd_dir).expect("mkdir");
+        let path = odd_dir.join("file.bin");
+        std::fs::write(&path, vec![7u8; 40_000]).expect("write");
+        let manifest = manifest_of(&path, Some(16 * 1024)).expect("manifest");
+        let mut have = Bitfield::new(manifest.piece_count());
+        have.set(p2p_core::PieceIndex(1));
+        let file = File::open(&path).expect("open");
+        let held = Held::of(&path, manifest.clone(), have, &file).expect("record");
+        let read = Held::decode(&held.encode(), manifest.file_id()).expect("decode");
+        assert_eq!(read, held);
+        assert_eq!(read.check(), Found::Unchanged);
+        assert!(Held::decode(&held.encode(), FileId(p2p_core::Digest([0; 32]))).is_err(), "another file's id");
+        assert!(Held::decode(b"swarm-held 1\npath 00\n", manifest.file_id()).is_err(), "cut short");
+
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options().write(true).open(&path).expect("open").set_modified(later).expect("touch");
+        assert_eq!(read.check(), Found::Touched);
+        std::fs::write(&path, b"shorter").expect("rewrite");
+        assert_eq!(read.check(), Found::Gone);
+    }
+}
