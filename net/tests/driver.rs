@@ -117,11 +117,15 @@ async fn assert_still_echoes(addr: SocketAddr) {
     assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
 }
 
+/// The next note, skipping the driver's reports on the connections it opened.
 async fn next_note(events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> String {
-    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time");
-    match event.expect("driver alive") {
-        NodeEvent::Machine(Event::ProtocolViolation { reason, .. }) => reason,
-        other => panic!("unexpected {other:?}"),
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time");
+        match event.expect("driver alive") {
+            NodeEvent::Machine(Event::ProtocolViolation { reason, .. }) => return reason,
+            NodeEvent::Connected { .. } | NodeEvent::ConnectFailed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
 

@@ -289,7 +289,8 @@ impl Session {
                 if self.exit_when_done && waited_enough && self.gets.contains_key(&file_id) {
                     bail!(reason);
                 }
-                if self.said_unknown.insert(file_id) {
+                // With --exit-when-done, the error after the grace time says it.
+                if !self.exit_when_done && self.said_unknown.insert(file_id) {
                     tracing::info!("{reason} yet; still asking");
                 }
             }
