@@ -11,9 +11,14 @@ use p2p_core::limits::PIECES_MAX;
 use p2p_core::manifest::check_piece_size;
 use p2p_core::FileIdPrefix;
 
-/// swarm: peer-to-peer file sharing with a tracker.
+/// Share and download files peer to peer.
+///
+/// A tracker knows which peer holds which piece of which
+/// file; peers fetch pieces from several peers at once, check each piece's SHA-256, and serve
+/// every verified piece to others. Exit codes: 0 done, 1 the job failed (stderr says why), 2
+/// bad usage, 130/143 a download interrupted by SIGINT/SIGTERM (run the same command to resume).
 #[derive(Debug, Parser)]
-#[command(name = "p2p-node", version, about)]
+#[command(name = "p2p-node", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -27,6 +32,17 @@ pub struct Cli {
     pub quiet: bool,
 }
 
+/// Examples shown after the options in `--help`.
+const EXAMPLES: &str = "\
+Examples:
+  p2p-node tracker --listen 0.0.0.0:7000
+  p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm --share movie.mkv
+  p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm \\
+                --get 3f5c09a1 --out ~/Downloads --exit-when-done
+  p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm   (seeds what the store holds)
+  p2p-node ls --tracker 192.0.2.10:7000
+  p2p-node id movie.mkv";
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -37,8 +53,14 @@ pub enum NodeCommand {
         listen: SocketAddr,
     },
     /// Run a peer: share files, download files, seed.
+    ///
+    /// The peer seeds what it shares and downloads, and whatever its store remembers from
+    /// earlier runs, until SIGINT/SIGTERM, or exits once the downloads are done
+    /// (--exit-when-done). One peer per store.
     Peer(PeerArgs),
     /// Print the FILE_ID of a file, offline.
+    ///
+    /// The same bytes and piece size give the same FILE_ID everywhere.
     Id {
         /// The file.
         path: PathBuf,
@@ -46,11 +68,17 @@ pub enum NodeCommand {
         #[arg(long, value_parser = parse_piece_size)]
         piece_size: Option<u32>,
     },
-    /// List the files a tracker knows, with holders per piece.
+    /// List the files a tracker knows.
+    ///
+    /// A table on a terminal (size, pieces, holders, how well the pieces are covered); one
+    /// `FILE_ID NAME LENGTH_BYTES peers=N holders=...` line per file otherwise.
     Ls {
         /// The tracker's address.
         #[arg(long, value_parser = parse_addr)]
         tracker: SocketAddr,
+        /// Also show the holders of every piece under each file of the table.
+        #[arg(long)]
+        pieces: bool,
     },
     /// Tell the seed's story: A, B, C each hold a piece, D gets all three, E gets it from D.
     Demo,

@@ -145,3 +145,109 @@ pub fn files(files: &[FileSummary], truncated: bool) {
         emit(format_args!("(more files not listed)"));
     }
 }
+
+/// The output of `p2p-node ls` for a person: a table with one row per file (id prefix, name,
+/// size, pieces, peers, how well its pieces are covered) and, with `pieces`, the holders of
+/// every piece under each row, as runs of pieces with the same count.
+pub fn files_table(files: &[FileSummary], truncated: bool, pieces: bool) {
+    for line in table_lines(files, truncated, pieces) {
+        emit(format_args!("{line}"));
+    }
+}
+
+fn table_lines(files: &[FileSummary], truncated: bool, pieces: bool) -> Vec<String> {
+    let header = ["FILE", "NAME", "SIZE", "PIECES", "PEERS", "COVERAGE"].map(str::to_owned);
+    let rows: Vec<[String; 6]> = files
+        .iter()
+        .map(|file| {
+            [
+                file.file_id.short(),
+                file.name.clone(),
+                indicatif::HumanBytes(file.length_bytes).to_string(),
+                file.holders_per_piece.len().to_string(),
+                file.peer_count.to_string(),
+                coverage(&file.holders_per_piece),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|title| title.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &[String; 6]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut lines = vec![render(&header)];
+    for (row, file) in rows.iter().zip(files) {
+        lines.push(render(row));
+        if pieces {
+            lines.push(format!("  holders per piece: {}", piece_runs(&file.holders_per_piece)));
+        }
+    }
+    if truncated {
+        lines.push("(more files not listed)".into());
+    }
+    lines
+}
+
+/// How well the pieces are held: how many nobody holds, else the fewest and most holders.
+fn coverage(holders_per_piece: &[u32]) -> String {
+    let unheld = holders_per_piece.iter().filter(|holders| **holders == 0).count();
+    if unheld > 0 {
+        return format!("{unheld} of {} held by nobody", count(holders_per_piece.len() as u32, "piece"));
+    }
+    let fewest = holders_per_piece.iter().min().copied().unwrap_or(0);
+    let most = holders_per_piece.iter().max().copied().unwrap_or(0);
+    match (fewest, most) {
+        (0, 0) => "no pieces".into(),
+        (fewest, most) if fewest == most => format!("every piece held by {}", count(fewest, "peer")),
+        (fewest, most) => format!("every piece held by {fewest} to {most} peers"),
+    }
+}
+
+/// `0-511: 3, 512-1023: 2`: runs of consecutive pieces with the same number of holders.
+fn piece_runs(holders_per_piece: &[u32]) -> String {
+    let mut runs: Vec<String> = Vec::new();
+    let mut start = 0;
+    for end in 1..=holders_per_piece.len() {
+        if end == holders_per_piece.len() || holders_per_piece[end] != holders_per_piece[start] {
+            let range = if end - 1 == start { start.to_string() } else { format!("{start}-{}", end - 1) };
+            runs.push(format!("{range}: {}", holders_per_piece[start]));
+            start = end;
+        }
+    }
+    runs.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use p2p_core::Digest;
+
+    use super::*;
+
+    fn summary(name: &str, holders_per_piece: Vec<u32>) -> FileSummary {
+        FileSummary {
+            file_id: FileId(Digest([0xab; 32])),
+            name: name.into(),
+            length_bytes: 3 << 20,
+            peer_count: 2,
+            holders_per_piece,
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_its_columns_and_summarises_the_pieces() {
+        let files = [summary("movie.mkv", vec![2, 2, 1]), summary("a.bin", vec![1, 0, 0])];
+        let lines = table_lines(&files, true, true);
+        assert_eq!(lines[0], "FILE      NAME       SIZE      PIECES  PEERS  COVERAGE");
+        assert_eq!(lines[1], "abababab  movie.mkv  3.00 MiB  3       2      every piece held by 1 to 2 peers");
+        assert_eq!(lines[2], "  holders per piece: 0-1: 2, 2: 1");
+        assert_eq!(lines[3], "abababab  a.bin      3.00 MiB  3       2      2 of 3 pieces held by nobody");
+        assert_eq!(lines[5], "(more files not listed)");
+        assert_eq!(coverage(&[1]), "every piece held by 1 peer");
+        assert_eq!(piece_runs(&[]), "");
+    }
+}

@@ -50,7 +50,7 @@ pub fn manifest_of(path: &Path, piece_size_bytes: Option<u32>) -> Result<Manifes
     let metadata = file.metadata().map_err(NetError::io("inspect", path))?;
     if !metadata.is_file() {
         let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-        return Err(NetError::Io { action: "share", path: path.to_owned(), error: source });
+        return Err(NetError::Io { action: "describe", path: path.to_owned(), error: source });
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let piece_size = piece_size_bytes.unwrap_or_else(|| auto_piece_size(metadata.len()));

@@ -46,7 +46,7 @@ fn run(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Tracker { listen } => in_actix(tracker::run(listen)),
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
-        NodeCommand::Ls { tracker } => in_actix(tools::ls(tracker)),
+        NodeCommand::Ls { tracker, pieces } => in_actix(tools::ls(tracker, pieces)),
         NodeCommand::Demo => in_actix(demo::run()),
     }
 }

@@ -39,7 +39,7 @@ const FILE_UNKNOWN_GRACE: Duration = RECONNECT_DELAY_MAX.saturating_add(Duration
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
     for path in &args.share {
-        File::open(path).with_context(|| share_failed(path))?;
+        check_shareable(path).with_context(|| format!("cannot share {}", path.display()))?;
     }
     check_tracker(args.tracker).await?;
     let (events_sender, mut events) = mpsc::unbounded_channel();
@@ -76,7 +76,8 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
         only_pieces: args.only_pieces.as_ref().map(|list| list.0.clone()),
     };
     for path in &args.share {
-        let manifest = peer.share(path, options.clone()).await.with_context(|| share_failed(path))?;
+        // The error names the path.
+        let manifest = peer.share(path, options.clone()).await.context("cannot share")?;
         session.shares.insert(manifest.file_id());
     }
     session.seeding.extend(peer.reseed().await.context("cannot serve what the store remembers")?);
@@ -108,8 +109,13 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     Ok(())
 }
 
-fn share_failed(path: &Path) -> String {
-    format!("cannot share {}", path.display())
+/// A `--share` must be a regular file this process can read.
+fn check_shareable(path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    Ok(())
 }
 
 /// The full id for a typed one: itself, or the single id starting with the prefix among the

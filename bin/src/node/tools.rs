@@ -1,5 +1,6 @@
 //! The small subcommands: `id`, `ls`; and catching SIGINT/SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -17,10 +18,17 @@ pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `p2p-node ls`: the tracker's files with holders per piece.
-pub async fn ls(tracker: SocketAddr) -> anyhow::Result<()> {
+/// `p2p-node ls`: the tracker's files, as a table for a person at a terminal, as the stable
+/// lines (holders per piece) for a script.
+pub async fn ls(tracker: SocketAddr, pieces: bool) -> anyhow::Result<()> {
     let (files, truncated) = list_files(tracker).await.context("cannot list the tracker's files")?;
-    report::files(&files, truncated);
+    if files.is_empty() {
+        eprintln!("the tracker at {tracker} knows no files");
+    } else if std::io::stdout().is_terminal() {
+        report::files_table(&files, truncated, pieces);
+    } else {
+        report::files(&files, truncated);
+    }
     Ok(())
 }
 

@@ -18,8 +18,13 @@ use clap::{Parser, ValueEnum};
 use p2p_sim::{check, run_actix, run_queue, Outcome, Scenario, SummaryTable, Verdict};
 
 /// Run a swarm scenario in virtual time.
+///
+/// It runs the real tracker and peer state machines on a seeded
+/// virtual network (latency, bandwidth, loss, partitions, crashes), telling the story as it
+/// happens and checking the scenario's expectations. Exit 0 when every expectation held, 1
+/// otherwise; the last line is `trace-digest HEX` (same scenario and seed, same digest).
 #[derive(Debug, Parser)]
-#[command(name = "p2p-sim", version, about)]
+#[command(name = "p2p-sim", version, after_help = EXAMPLES)]
 struct Cli {
     /// The scenario file (TOML; see scenarios/README.md).
     scenario: PathBuf,
@@ -33,6 +38,12 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Driver::Actix)]
     driver: Driver,
 }
+
+/// Examples shown after the options in `--help`.
+const EXAMPLES: &str = "\
+Examples:
+  p2p-sim scenarios/abcd.toml                      A, B, C hold a piece each; D gets all three
+  p2p-sim scenarios/abcd.toml --seed 7 --trace t   another seed; every event written to t";
 
 /// The two drivers over the one network model.
 #[derive(Clone, Copy, Debug, ValueEnum)]
