@@ -55,13 +55,13 @@ struct Story {
 impl Story {
     fn on_event(&mut self, event: &Event) {
         match event {
+            Event::PeerAnnounced { peer, file_id, pieces: 0 } => {
+                tracing::info!("peer {} wants {}", peer.addr, file_id.short());
+                self.joined(*peer);
+            }
             Event::PeerAnnounced { peer, file_id, pieces } => {
-                tracing::info!(
-                    "peer {} announced {} ({})",
-                    peer.addr,
-                    file_id.short(),
-                    report::count(*pieces, "piece")
-                );
+                let held = report::count(*pieces, "piece");
+                tracing::info!("peer {} holds {} ({held})", peer.addr, file_id.short());
                 self.joined(*peer);
             }
             Event::PeerGone { peer, reason } => {
