@@ -6,9 +6,11 @@
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
 //! read-only from where they are, never copied; the store remembers both kinds of served files
-//! in `F.held` records (see [`crate::held`]) and serves them again after a restart. One process per store: an open store holds an
-//! exclusive lock on `<dir>/lock`, and opening checks the output directory is writable, so a
-//! second process or a read-only directory fails before anything is fetched.
+//! in `F.held` records (see [`crate::held`]) and serves them again after a restart.
+//!
+//! One process per store: an open store holds an exclusive lock on `<dir>/lock`, and opening
+//! checks the output directory is writable, so a second process or a read-only directory fails
+//! before anything is fetched.
 //!
 //! Invariants: only registered files are served, and only their verified (or shared) pieces,
 //! checked again here although the machine checks them too; every access stays inside one piece
