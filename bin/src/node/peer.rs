@@ -1,11 +1,13 @@
 //! `p2p-node peer`: share files, download files, seed until told to stop.
 //!
-//! Start-up checks every `--share` can be read and the tracker is reachable, then starts the
-//! node (which locks the store and checks the output directory is writable), all before the
-//! `listening on` line, each failure one clear error; then it shares and asks for the files, then follows the node's events: the stable lines of
-//! `report.rs`, progress, failures. With `--exit-when-done` it leaves once every `--get` is
-//! complete; otherwise on SIGINT/SIGTERM. Leaving tells the tracker and waits briefly for the
-//! connections to flush.
+//! Start-up checks every `--share` can be read and the tracker answers as one, then starts the
+//! node (which locks the store and checks the output directory is writable): all before the
+//! `listening on` line, each failure one clear error. Then it shares, serves again what the
+//! store remembers, asks for the files, and follows the node's events: the stable lines of
+//! `report.rs`, progress, which holders cannot be reached (`reach.rs`), failures. With
+//! `--exit-when-done` it leaves once every `--get` is complete; otherwise on SIGINT/SIGTERM
+//! (exit 130/143 while a download is unfinished). Leaving tells the tracker, waits briefly for
+//! the connections to flush, and writes the downloads' verified pieces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -84,7 +86,8 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     for prefix in &args.get {
         let file_id = resolve(prefix, peer, args.tracker).await?;
         if let Some(path) = peer.held_path(file_id) {
-            // Downloaded by an earlier run (or shared): verified when the store served it again.
+            // Downloaded by an earlier run (or shared): checked when the store served it again
+            // (same size and modification time, or its pieces hashed again).
             report::complete(file_id, &path);
             report::downloaded(file_id, 0, 0);
             session.gets_to_start -= 1;
