@@ -8,6 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use p2p_core::wire::FileSummary;
 use p2p_core::FileId;
@@ -117,9 +118,13 @@ pub fn seeding(file_id: FileId, name: &str, pieces: u32) {
     emit(format_args!("seeding {file_id} {name} {pieces}"));
 }
 
-/// `progress FILE_ID HAVE/TOTAL RATE_BYTES_PER_S peers=N`: a plain progress line.
-pub fn progress(file_id: FileId, have: u32, total: u32, rate_bytes_per_s: u64, peers: u32) {
-    emit(format_args!("progress {file_id} {have}/{total} {rate_bytes_per_s}B/s peers={peers}"));
+/// `progress FILE_ID HAVE/TOTAL RATE_BYTES_PER_S peers=N RATE ETA`: a plain progress line; the
+/// last fields are for a person: the rate in binary units and the time left at that rate
+/// (`ETA ?` before the first piece of this run).
+pub fn progress(file_id: FileId, have: u32, total: u32, rate_bytes_per_s: u64, peers: u32, left: Option<Duration>) {
+    let rate = indicatif::HumanBytes(rate_bytes_per_s);
+    let left = left.map_or_else(|| "?".to_owned(), |left| indicatif::HumanDuration(left).to_string());
+    emit(format_args!("progress {file_id} {have}/{total} {rate_bytes_per_s}B/s peers={peers} {rate}/s ETA {left}"));
 }
 
 /// `FILE_ID`: the output of `p2p-node id`.

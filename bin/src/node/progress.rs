@@ -1,6 +1,6 @@
 //! Download progress for a person: an indicatif bar per file on stderr when stdout is a
 //! terminal (pieces, rate, ETA, peers), plain `progress` lines on stdout otherwise (at most a few
-//! per second per file).
+//! per second per file, with the rate in binary units and the time left).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -64,7 +64,8 @@ impl Progress {
                 let due = file.last_line.is_none_or(|at| at.elapsed() >= PLAIN_LINE_INTERVAL);
                 if due || progress.have == progress.total {
                     file.last_line = Some(Instant::now());
-                    report::progress(file_id, progress.have, progress.total, rate, progress.peers);
+                    let left = time_left(progress, gained, elapsed);
+                    report::progress(file_id, progress.have, progress.total, rate, progress.peers, left);
                 }
             }
         }
@@ -76,6 +77,17 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The time the rest of a download takes at the pace of this run so far: `gained` bytes in
+/// `elapsed_s` seconds. The rest is counted in pieces of the average verified size.
+fn time_left(progress: &p2p_core::Progress, gained: u64, elapsed_s: f64) -> Option<Duration> {
+    if gained == 0 || progress.have == 0 {
+        return None;
+    }
+    let piece_bytes = progress.have_bytes as f64 / f64::from(progress.have);
+    let left_bytes = f64::from(progress.total - progress.have) * piece_bytes;
+    Duration::try_from_secs_f64(left_bytes * elapsed_s / gained as f64).ok()
 }
 
 fn new_bar(file_id: FileId, total: u32) -> ProgressBar {
