@@ -100,3 +100,16 @@ fn new_bar(file_id: FileId, total: u32) -> ProgressBar {
     bar.set_prefix(file_id.short());
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_is_the_rest_at_this_runs_pace() {
+        let progress = p2p_core::Progress { have: 4, total: 10, have_bytes: 4 << 20, peers: 1 };
+        // 2 MiB gained in 2 s: 6 pieces of 1 MiB left take 6 s.
+        assert_eq!(time_left(&progress, 2 << 20, 2.0), Some(Duration::from_secs(6)));
+        assert_eq!(time_left(&progress, 0, 2.0), None, "nothing gained yet");
+    }
+}
