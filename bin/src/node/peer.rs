@@ -82,7 +82,11 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
         let manifest = peer.share(path, options.clone()).await.context("cannot share")?;
         session.shares.insert(manifest.file_id());
     }
-    session.seeding.extend(peer.reseed().await.context("cannot serve what the store remembers")?);
+    match peer.reseed().await {
+        Ok(seeding) => session.seeding.extend(seeding),
+        // Too many files for one peer, say: the downloads and shares of this run go on.
+        Err(e) => tracing::warn!("cannot serve all the store remembers: {e}"),
+    }
     for prefix in &args.get {
         let file_id = resolve(prefix, peer, args.tracker).await?;
         if let Some(path) = peer.held_path(file_id) {
