@@ -47,7 +47,7 @@ pub enum Signal {
 /// A download stopped by a signal before it was complete. Its verified pieces are in the
 /// store, so the same command resumes it.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted at {have}/{total} pieces; run the same command to resume")]
+#[error("interrupted at {}; run the same command to resume", at_pieces(*.have, *.total))]
 pub struct Interrupted {
     /// The signal that stopped it.
     pub signal: Signal,
@@ -55,6 +55,15 @@ pub struct Interrupted {
     pub have: u32,
     /// Pieces of the unfinished downloads whose size is known.
     pub total: u32,
+}
+
+/// `H/T pieces`, or what it means when no download knew its size yet.
+fn at_pieces(have: u32, total: u32) -> String {
+    if total == 0 {
+        "the start (no file size known yet)".to_owned()
+    } else {
+        format!("{have}/{total} pieces")
+    }
 }
 
 /// Prints why a run failed on stderr and returns its exit code: bad usage, an interrupted
@@ -241,6 +250,13 @@ mod tests {
             peer_count: 2,
             holders_per_piece,
         }
+    }
+
+    #[test]
+    fn an_interruption_says_where_it_stopped() {
+        let at = |have, total| Interrupted { signal: Signal::Interrupt, have, total }.to_string();
+        assert_eq!(at(3, 8), "interrupted at 3/8 pieces; run the same command to resume");
+        assert_eq!(at(0, 0), "interrupted at the start (no file size known yet); run the same command to resume");
     }
 
     #[test]
