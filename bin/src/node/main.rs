@@ -16,6 +16,7 @@ mod reach;
 mod report;
 mod tools;
 mod tracker;
+mod uploads;
 
 use std::future::Future;
 use std::io::IsTerminal;

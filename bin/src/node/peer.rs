@@ -27,6 +27,7 @@ use crate::progress::Progress;
 use crate::reach::Reach;
 use crate::report;
 use crate::tools::Shutdown;
+use crate::uploads::Uploads;
 
 /// How often the reachability of holders is checked against the give-up time.
 const REACH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,6 +65,9 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         Err(signal) => session.stopped_by(signal),
     };
     leave(&peer).await;
+    if let Some(summary) = session.uploads.summary() {
+        tracing::info!("{summary}");
+    }
     result
 }
 
@@ -175,6 +179,7 @@ struct Session {
     gets_to_start: usize,
     progress: Progress,
     reach: Reach,
+    uploads: Uploads,
     /// Downloads the tracker was said to know no holder of (said once until it knows one).
     said_unknown: BTreeSet<FileId>,
 }
@@ -201,6 +206,7 @@ impl Session {
             gets_to_start,
             progress: Progress::default(),
             reach: Reach::new(tracker),
+            uploads: Uploads::default(),
             said_unknown: BTreeSet::new(),
         }
     }
@@ -317,6 +323,7 @@ impl Session {
                 let missing = report::count(pieces.len() as u32, "piece");
                 tracing::info!("no live peer holds {missing} of {file_id}; waiting for one");
             }
+            Event::BlockServed { file_id, len, to, .. } => self.uploads.served(file_id, to, len),
             Event::TrackerLost => tracing::warn!("lost the tracker; reconnecting"),
             _ => {}
         }
