@@ -40,7 +40,7 @@ fn interrupted_download_exits_130_or_143_and_the_same_command_resumes_it() {
     first.interrupt();
     let status = first.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(130), "SIGINT mid-download must exit 130\n{}", first.report());
-    let (have, total) = interrupted_at(&first.stderr_tail());
+    let (have, total) = interrupted_at(&first);
     assert_eq!(total, PIECE_COUNT as u32, "the message counts the file's pieces");
     assert!(have < total, "interrupted with {have}/{total} pieces; the download was not over");
 
@@ -53,7 +53,7 @@ fn interrupted_download_exits_130_or_143_and_the_same_command_resumes_it() {
     let status = second.wait_exit(EXIT_TIMEOUT);
     if !second.has_printed(&format!("complete {file_id} ")) {
         assert_eq!(status.code(), Some(143), "SIGTERM mid-download must exit 143\n{}", second.report());
-        interrupted_at(&second.stderr_tail());
+        interrupted_at(&second);
     }
 
     let mut third = Node::peer("downloader (to the end)", tracker_addr, &store, &get_args);
@@ -77,12 +77,21 @@ fn capped_seeder(dir: &Path, tracker: SocketAddr, original: &Path) -> (Node, Str
     (seeder, file_id)
 }
 
-/// `interrupted at H/T pieces; run the same command to resume` on stderr → (H, T).
-fn interrupted_at(stderr: &str) -> (u32, u32) {
-    let line = stderr
-        .lines()
-        .find(|line| line.starts_with("interrupted at ") && line.ends_with("; run the same command to resume"))
-        .unwrap_or_else(|| panic!("no interruption message on stderr:\n{stderr}"));
+/// `interrupted at H/T pieces; run the same command to resume` on the stderr of `node`, which
+/// exited → (H, T). Its stderr is read on a thread that may lag the exit a little.
+fn interrupted_at(node: &Node) -> (u32, u32) {
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let is_message =
+        |line: &&str| line.starts_with("interrupted at ") && line.ends_with("; run the same command to resume");
+    let stderr = loop {
+        let stderr = node.stderr_tail();
+        if stderr.lines().any(|line| is_message(&line)) || Instant::now() >= deadline {
+            break stderr;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let line =
+        stderr.lines().find(is_message).unwrap_or_else(|| panic!("no interruption message on stderr:\n{stderr}"));
     let field = line.split_whitespace().nth(2).unwrap_or("");
     let parsed = field.split_once('/').and_then(|(have, total)| Some((have.parse().ok()?, total.parse().ok()?)));
     parsed.unwrap_or_else(|| panic!("malformed interruption message {line:?}"))
