@@ -38,7 +38,7 @@ pub mod tracker;
 pub mod wire;
 
 pub use bitfield::Bitfield;
-pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError};
+pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError, StoreError};
 pub use ids::{ConnId, Digest, FileId, FileIdPrefix, PeerId, PieceIndex};
 pub use machine::{Command, Completion, Event, GoneReason, Input, Machine, Output, Progress};
 pub use manifest::{auto_piece_size, Manifest, ManifestBuilder};

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
+use crate::error::{DecodeError, StoreError};
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
 use crate::time::Time;
@@ -49,8 +50,8 @@ pub enum Input {
     BadFrame {
         /// The connection.
         conn: ConnId,
-        /// What was wrong, for the log and the error reply.
-        reason: String,
+        /// What was wrong (its text goes to the log and the error reply).
+        error: DecodeError,
     },
     /// The driver handed `frames` more of this connection's frames, in the order they were
     /// sent, to the transport: the kernel's socket buffer on TCP, the simulated link's send
@@ -105,8 +106,8 @@ pub enum Completion {
         piece: PieceIndex,
         /// The block's offset within the piece.
         offset: u32,
-        /// `Err` holds the I/O error's text (e.g. a full disk).
-        result: Result<(), String>,
+        /// `Err` says why (e.g. a full disk).
+        result: Result<(), StoreError>,
     },
     /// The hash asked for by [`Output::HashPiece`] (SHA-256 of the piece as stored).
     PieceHashed {
@@ -114,8 +115,8 @@ pub enum Completion {
         file_id: FileId,
         /// The piece.
         piece: PieceIndex,
-        /// The digest, or the text of the read error.
-        result: Result<crate::ids::Digest, String>,
+        /// The digest, or why the piece could not be read.
+        result: Result<crate::ids::Digest, StoreError>,
     },
     /// A block asked for by [`Output::ReadBlock`].
     BlockRead {
@@ -127,15 +128,15 @@ pub enum Completion {
         piece: PieceIndex,
         /// The block's offset within the piece.
         offset: u32,
-        /// The bytes, or the text of the read error.
-        result: Result<Bytes, String>,
+        /// The bytes, or why they could not be read.
+        result: Result<Bytes, StoreError>,
     },
     /// The file asked for by [`Output::Finalize`] is in its final place, or could not be.
     Finalized {
         /// The file.
         file_id: FileId,
-        /// `Err` holds the reason.
-        result: Result<(), String>,
+        /// `Err` says why.
+        result: Result<(), StoreError>,
     },
 }
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
 use p2p_core::wire::codec::encode_frame;
 use p2p_core::wire::Message;
-use p2p_core::{Completion, ConnId, Event, FileId, Input, Output, PieceIndex};
+use p2p_core::{Completion, ConnId, Event, FileId, Input, Output, PieceIndex, StoreError};
 
 use crate::scenario::{NodeIdx, StoryLevel};
 use crate::store::StoreViolation;
@@ -59,11 +59,12 @@ impl World {
         }
     }
 
-    fn check_file(&self, file_id: FileId) -> Result<(), String> {
+    /// The simulated stores hold the scenario's one file.
+    fn check_file(&self, file_id: FileId) -> Result<(), StoreError> {
         if file_id == self.file_id {
             Ok(())
         } else {
-            Err(format!("no such file {}", file_id.short()))
+            Err(StoreError::NotStored)
         }
     }
 

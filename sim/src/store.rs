@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::rng::Rng;
-use p2p_core::{Bitfield, Digest, Manifest, ManifestBuilder, PieceIndex};
+use p2p_core::{Bitfield, Digest, Manifest, ManifestBuilder, PieceIndex, StoreError};
 
 /// The shared file: its bytes and manifest.
 #[derive(Debug)]
@@ -197,12 +197,12 @@ impl Store {
         piece: u32,
         offset: u32,
         len: u32,
-    ) -> (Result<Bytes, String>, Option<StoreViolation>) {
+    ) -> (Result<Bytes, StoreError>, Option<StoreViolation>) {
         let state = self.piece(piece);
         let violation = (!state.verified).then_some(StoreViolation::UnverifiedRead(piece));
         let end = u64::from(offset) + u64::from(len);
         let found = match state.stored {
-            Stored::Absent => return (Err(format!("piece {piece} is not stored")), violation),
+            Stored::Absent => return (Err(StoreError::NotHeld { piece: PieceIndex(piece) }), violation),
             Stored::Original => {
                 let original = content.piece(piece);
                 (end <= original.len() as u64).then(|| original.slice(offset as usize..end as usize))
@@ -211,7 +211,7 @@ impl Store {
         };
         match found {
             Some(bytes) => (Ok(bytes), violation),
-            None => (Err(format!("piece {piece} has no bytes at {offset}+{len}")), violation),
+            None => (Err(StoreError::OutOfRange { piece: PieceIndex(piece), offset, len: u64::from(len) }), violation),
         }
     }
 
