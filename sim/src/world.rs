@@ -24,7 +24,6 @@ use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
 use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
-use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
@@ -78,7 +77,6 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    pub(crate) sizes: WireSizes,
     ended: bool,
 }
 
@@ -139,7 +137,6 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            sizes: WireSizes::default(),
             ended: false,
         };
         world.start_tracker("starts");
