@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod peer;
 pub mod rng;
 pub mod small;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod time;
