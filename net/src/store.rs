@@ -143,8 +143,11 @@ impl Store {
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
     /// with the other outputs, then [`Store::persist_bitfield`] on a worker thread.
-    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), NetError> {
-        self.lock().get_mut(&file_id).ok_or(NetError::NotStored(file_id))?.served.set(piece);
+    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
+        entry.piece_len_checked(piece)?;
+        entry.served.set(piece);
         Ok(())
     }
 
@@ -223,8 +226,8 @@ impl Store {
     }
 
     /// Writes the verified pieces of a download to `<id>.bitfield` (nothing once complete).
-    pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), NetError> {
-        let sidecars = self.lock().get(&file_id).ok_or(NetError::NotStored(file_id))?.sidecars.clone();
+    pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), StoreError> {
+        let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
         // Read under the sidecar lock, so the newest bitfield is always the one written last.
         let bytes = self.with_entry(file_id, |entry| {
@@ -234,8 +237,8 @@ impl Store {
                 bytes
             }))
         });
-        match bytes.map_err(|_| NetError::NotStored(file_id))? {
-            Some(bytes) => Ok(write_atomically(&self.sidecar(file_id, "bitfield"), &bytes)?),
+        match bytes? {
+            Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
             None => Ok(()),
         }
     }
@@ -454,6 +457,52 @@ fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
     // The spare capacity may have been larger than the block.
     buffer.truncate(len);
     Ok(Bytes::from(buffer))
+}
+
+/// The storage contract as the peer's driver sees it, for one owner of the store (the driver
+/// itself shares it with worker threads through the `&self` methods above).
+impl p2p_core::store::Store for Store {
+    fn allocate(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
+        Store::allocate(self, manifest);
+        Ok(())
+    }
+
+    fn write_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
+        Store::write_block(self, file_id, piece, offset, &bytes)
+    }
+
+    fn hash_piece(&mut self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
+        Store::hash_piece(self, file_id, piece)
+    }
+
+    fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        Store::mark_verified(self, file_id, piece)?;
+        Store::persist_bitfield(self, file_id)
+    }
+
+    fn read_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        Store::read_block(self, file_id, piece, offset, len)
+    }
+
+    fn finalize(&mut self, file_id: FileId) -> Result<(), StoreError> {
+        Store::finalize(self, file_id).map(|_| ())
+    }
+
+    fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
+        Store::resume(self, file_id).map_err(|e| match e {
+            NetError::Store(e) => e,
+            NetError::Io { action, path, error } => {
+                StoreError::Io { action, path, kind: error.kind(), detail: error.to_string() }
+            }
+            // A damaged sidecar: the download cannot be resumed from it.
+            other => StoreError::Io {
+                action: "resume from",
+                path: self.dir.clone(),
+                kind: io::ErrorKind::InvalidData,
+                detail: other.to_string(),
+            },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Store tests: a download written out of order, resumed, finalised without overwriting.
 
+use p2p_core::store::conformance;
+
 use super::*;
 use crate::hasher::manifest_of;
 
@@ -139,4 +141,15 @@ fn io_errors_name_the_path() {
     assert!(path.starts_with(&f.store_dir), "{error}");
     assert_eq!(*kind, io::ErrorKind::NotFound);
     assert!(error.to_string().contains(&f.store_dir.display().to_string()), "{error}");
+}
+
+#[test]
+fn the_disk_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store_dir, out_dir) = (dir.path().join("store"), dir.path().join("out"));
+    let open = || Store::open(&store_dir, &out_dir).expect("open store");
+    let (manifest, bytes) = conformance::sample_file();
+    // A restart reopens the store from disk, as a restarted peer does.
+    conformance::check(&mut open(), |store| *store = open(), &manifest, &bytes);
+    assert_eq!(fs::read(out_dir.join("sample.bin")).expect("the finished file"), bytes);
 }
