@@ -4,11 +4,12 @@
 //! served that should not be, a tracker listing a peer past its TTL, requests in flight).
 
 use p2p_core::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
+use p2p_core::store::carry_out;
 use p2p_core::wire::Message;
-use p2p_core::{Completion, ConnId, Event, FileId, Input, Output, StoreError};
+use p2p_core::{ConnId, Event, Input, Output};
 
 use crate::scenario::{NodeIdx, StoryLevel};
-use crate::store::StoreViolation;
+use crate::store::{PeerStore, StoreViolation};
 use crate::trace::Described;
 use crate::world::{node_name, World};
 
@@ -22,47 +23,16 @@ impl World {
                 self.nodes[node.0].in_flight.remove(&conn);
                 self.network.close(self.now, node, conn, &mut self.queue);
             }
-            Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
-            Output::WriteBlock { file_id, piece, offset, bytes } => {
-                let result = self
-                    .check_file(file_id)
-                    .map(|()| self.nodes[node.0].store.write(&self.content, piece.0, offset, bytes));
-                self.local(node, Input::Completed(Completion::BlockWritten { file_id, piece, offset, result }));
-            }
-            Output::HashPiece { file_id, piece } => {
-                let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.hash(&self.content, piece.0));
-                self.local(node, Input::Completed(Completion::PieceHashed { file_id, piece, result }));
-            }
-            Output::PieceVerified { piece, .. } => {
-                let checked = self.nodes[node.0].store.mark_verified(&self.content, piece.0);
-                self.violation(node, checked.err());
-            }
-            Output::ReadBlock { conn, file_id, piece, offset, len } => {
-                let (result, violation) = match self.check_file(file_id) {
-                    Ok(()) => self.nodes[node.0].store.read(&self.content, piece.0, offset, len),
-                    Err(e) => (Err(e), None),
-                };
-                self.violation(node, violation);
-                self.local(node, Input::Completed(Completion::BlockRead { conn, file_id, piece, offset, result }));
-            }
-            Output::Finalize { file_id } => {
-                let result = self.check_file(file_id);
-                if result.is_ok() {
-                    let checked = self.nodes[node.0].store.finalize(&self.content);
-                    self.violation(node, checked.err());
-                }
-                self.local(node, Input::Completed(Completion::Finalized { file_id, result }));
-            }
             Output::Event(event) => self.event(node, event),
-        }
-    }
-
-    /// The simulated stores hold the scenario's one file.
-    fn check_file(&self, file_id: FileId) -> Result<(), StoreError> {
-        if file_id == self.file_id {
-            Ok(())
-        } else {
-            Err(StoreError::NotStored)
+            storage => {
+                let mut store = PeerStore::new(&mut self.nodes[node.0].store, &self.content, self.file_id);
+                let completion = carry_out(&mut store, storage);
+                let violation = store.violation;
+                self.violation(node, violation);
+                if let Some(completion) = completion {
+                    self.local(node, Input::Completed(completion));
+                }
+            }
         }
     }
 
