@@ -62,6 +62,8 @@ pub struct Harness {
     pending: VecDeque<(NodeIx, Input)>,
     /// Every event with the time and node it came from.
     pub events: Vec<(Time, NodeIx, Event)>,
+    /// Every message delivered: when, to which node, and its kind.
+    pub received: Vec<(Time, NodeIx, &'static str)>,
 }
 
 impl Harness {
@@ -74,6 +76,7 @@ impl Harness {
             links: BTreeMap::new(),
             pending: VecDeque::new(),
             events: Vec::new(),
+            received: Vec::new(),
         };
         harness.nodes.push(Node::new(Machine_::Tracker(Box::new(tracker)), addr(0)));
         harness
@@ -244,6 +247,7 @@ impl Harness {
                 let mut frame = BytesMut::new();
                 encode_frame(&message, &mut frame).expect("message fits a frame");
                 let message = decode_frame(&mut frame).expect("decodes").expect("whole frame");
+                self.received.push((self.now, peer, message.kind()));
                 self.pending.push_back((peer, Input::Message { conn: peer_conn, message }));
             }
             Output::Close { conn } => {
