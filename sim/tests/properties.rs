@@ -15,7 +15,6 @@
 //! `p2p-sim`; put that file in `sim/tests/regressions/` and it is replayed by
 //! `saved_regressions_still_hold`.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
@@ -206,9 +205,18 @@ fn run_swarm(swarm: &Swarm) -> Result<(), String> {
     let file = scenario_file(swarm);
     let text = toml::to_string(&file).expect("a scenario serializes");
     let scenario = Scenario::from_file(file).map_err(|e| format!("generated an invalid scenario: {e}\n{text}"))?;
+    let missing = pieces_of(swarm.missing_mask, swarm.pieces);
+    if missing_pieces(&scenario) != missing {
+        return Err(format!("the scenario lacks pieces {:?}, the swarm {missing:?}", missing_pieces(&scenario)));
+    }
     let (outcome, _) = run_queue(&scenario, swarm.seed, None);
-    check_invariants(&scenario, &outcome, &pieces_of(swarm.missing_mask, swarm.pieces))
+    check_invariants(&scenario, &outcome, &missing)
         .map_err(|why| format!("{why}\nseed {}; reproduce with p2p-sim on this scenario:\n{text}", swarm.seed))
+}
+
+/// The pieces no peer of `scenario` ever holds: those a swarm leaves without a holder.
+fn missing_pieces(scenario: &Scenario) -> Vec<u32> {
+    (0..scenario.file.piece_count).filter(|p| scenario.peers.iter().all(|peer| !peer.holds.contains(p))).collect()
 }
 
 fn cases() -> u32 {
@@ -232,12 +240,13 @@ fn saved_regressions_still_hold() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions");
     let mut files: Vec<_> =
         std::fs::read_dir(&dir).expect("regressions dir").map(|e| e.expect("entry").path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
     files.sort();
-    for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+    assert!(!files.is_empty(), "no saved regression in {}", dir.display());
+    for path in files {
         let scenario = Scenario::load(&path).expect("saved regression validates");
         let (outcome, _) = run_queue(&scenario, scenario.seed, None);
-        let missing: BTreeSet<u32> = BTreeSet::new();
-        let missing: Vec<u32> = missing.into_iter().collect();
+        let missing = missing_pieces(&scenario);
         let verdicts = p2p_sim::check(&scenario, &outcome);
         assert!(verdicts.iter().all(|v| v.held), "{}: {verdicts:#?}", path.display());
         check_invariants(&scenario, &outcome, &missing).unwrap_or_else(|why| panic!("{}: {why}", path.display()));

@@ -171,7 +171,10 @@ fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
     assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
     let good_addr = h.addr(good);
-    assert!(verified_from(&h, leecher).iter().all(|(_, from)| *from == good_addr), "every piece came from the other holder");
+    assert!(
+        verified_from(&h, leecher).iter().all(|(_, from)| *from == good_addr),
+        "every piece came from the other holder"
+    );
 }
 
 #[test]
