@@ -13,7 +13,7 @@ use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
-use crate::machine::{Command, Completion, Event, Input, Machine, Output};
+use crate::machine::{step, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
 use crate::store::carry_out;
@@ -228,9 +228,9 @@ impl Harness {
         if !self.nodes[node].alive {
             return;
         }
-        let now = self.now;
-        self.nodes[node].machine_mut().handle(now, input);
-        while let Some(output) = self.nodes[node].machine_mut().poll_output() {
+        let mut outputs = Vec::new();
+        step(self.nodes[node].machine_mut(), self.now, input, |output| outputs.push(output));
+        for output in outputs {
             self.carry_out(node, output);
         }
     }
