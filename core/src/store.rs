@@ -2,7 +2,8 @@
 //! implements (net's files on disk, sim's memory, the test harness), and [`carry_out`], the one
 //! mapping from a peer's storage [`Output`]s to the [`Completion`]s it expects back.
 //!
-//! The rules every store keeps, checked for all of them by the [`conformance`] suite:
+//! The rules every store keeps, checked for all of them by the `conformance` suite (built with
+//! core's `testkit` feature):
 //! - blocks land at their place whatever the order they are written in; a piece hashes to its
 //!   manifest digest once all its blocks are written;
 //! - only verified (or shared) pieces are read back, and every access stays inside one piece;
