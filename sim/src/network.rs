@@ -31,7 +31,7 @@ use p2p_core::{ConnId, Input, Time};
 
 use crate::queue::{Item, LinkId, Queue};
 use crate::scenario::{LinkSpec, NodeIdx};
-use crate::uplink::{Flow, Queued, Uplink};
+use crate::uplink::{Change, Flow, Frame, Uplink};
 
 /// The port every simulated node listens on (addresses are labels; no socket is opened).
 pub const LISTEN_PORT: u16 = 7000;
@@ -64,7 +64,11 @@ struct NetNode {
     incarnation: u32,
     group: u32,
     uplink: Uplink,
-    downlink_free: Time,
+    /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
+    /// which splits its rate equally among them.
+    inbound: Vec<(NodeIdx, Flow)>,
+    /// Payload bytes of `Data` frames that left the uplink, over every life.
+    data_bytes_up: u64,
     inbound_next: u64,
     /// The node's open connections and their links.
     by_conn: VecMap<ConnId, LinkId>,
@@ -94,6 +98,13 @@ pub struct Network {
     nodes: Vec<NetNode>,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
+    /// `Sent` reports due, as `(sender, conn, frames)`, until the world takes them.
+    reports: Vec<(NodeIdx, ConnId, u32)>,
+    /// Nodes whose uplink rates must be recomputed now (see [`Network::settle`]).
+    unsettled: Vec<NodeIdx>,
+    /// Scratch for [`Uplink::advance`].
+    departed: Vec<(Flow, Frame)>,
+    changes: Vec<Change>,
 }
 
 /// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
@@ -139,12 +150,21 @@ impl Network {
                 incarnation: 0,
                 group: 0,
                 uplink: Uplink::default(),
-                downlink_free: Time::ZERO,
+                inbound: Vec::new(),
+                data_bytes_up: 0,
                 inbound_next: 0,
                 by_conn: VecMap::new(),
             })
             .collect();
-        Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, links: Vec::new() }
+        Network {
+            rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
+            nodes,
+            links: Vec::new(),
+            reports: Vec::new(),
+            unsettled: Vec::new(),
+            departed: Vec::new(),
+            changes: Vec::new(),
+        }
     }
 
     /// The node at `addr`'s host (whatever the port), if any.
@@ -184,7 +204,10 @@ impl Network {
     /// The node vanishes: every link it has is reset; the others hear of it after a latency.
     pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.nodes[node.0].up = false;
-        self.nodes[node.0].uplink.clear();
+        for (flow, to) in self.nodes[node.0].uplink.clear() {
+            self.inbound_changed(node, flow, to, false);
+        }
+        self.settle(now, node, queue);
         // Every link with an end here, including ones this node closed whose goodbye had not
         // left its (now cleared) uplink: the other end must still hear that the link is gone.
         let links: Vec<LinkId> =
@@ -281,86 +304,143 @@ impl Network {
         }
         let timeout = RETRANSMIT_TIMEOUT_MIN.max(self.latency(from, to) * 2);
         let retransmit_delay = timeout * ((1u32 << losses) - 1);
-        let flow = (id, 1 - side);
-        if self.nodes[from.0].link.up_bytes_per_s.is_none() {
-            self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
-        } else {
-            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
-            self.kick_uplink(now, from, queue);
+        let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, retransmit_delay });
+        if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
+            // Nothing limits the flow: the frame passes the buffer and leaves at once.
+            self.report(from, conn, 1);
+            self.depart(now, from, flow, frame, queue);
+            return Sent::Queued;
         }
+        // Progress so far is counted at the old rates before the set of flows changes.
+        self.advance(now, from, queue);
+        if self.nodes[from.0].uplink.push((flow, to, conn), frame) {
+            self.inbound_changed(from, flow, to, true);
+        }
+        self.settle(now, from, queue);
         Sent::Queued
     }
 
-    /// Something was queued on `from`'s uplink: it starts now if the uplink is idle, else a
-    /// wake-up is due when the current transmission ends (unless one already is).
-    fn kick_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        let uplink = &mut self.nodes[from.0].uplink;
-        if uplink.is_waking() {
-            return;
-        }
-        match uplink.busy_until(now) {
-            Some(until) => {
-                let wake = uplink.plan_wake();
-                queue.push(until, Item::UplinkDone { node: from, transmission: wake });
-            }
-            None => self.start_uplink(now, from, queue),
-        }
-    }
-
-    /// `from`'s uplink finished the transmission that wake-up `wake` was planned for: the next
-    /// one starts.
+    /// `from`'s uplink wake-up `wake` is due: a frame may have finished leaving.
     pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u64, queue: &mut Queue) {
         if self.nodes[from.0].uplink.take_wake(wake) {
-            self.start_uplink(now, from, queue);
+            self.settle(now, from, queue);
         }
     }
 
-    /// Starts the next transmission on `from`'s uplink (idle at `now`), skipping what belongs to
-    /// dead links: its arrival is scheduled, and a wake-up for its end if more waits behind it.
-    fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
-            if !self.link(flow.0).is_some_and(|l| l.ends[flow.1].open) {
+    /// Takes the `Sent` reports due, as `(sender, conn, frames)`, in the order they arose.
+    pub fn take_reports(&mut self, mut report: impl FnMut(NodeIdx, ConnId, u32)) {
+        for (node, conn, frames) in self.reports.drain(..) {
+            report(node, conn, frames);
+        }
+    }
+
+    /// Payload bytes of `Data` frames that left `node`'s uplink.
+    pub fn data_bytes_up(&self, node: NodeIdx) -> u64 {
+        self.nodes[node.0].data_bytes_up
+    }
+
+    fn report(&mut self, node: NodeIdx, conn: ConnId, frames: u32) {
+        match self.reports.last_mut() {
+            Some((n, c, count)) if *n == node && *c == conn => *count += frames,
+            _ => self.reports.push((node, conn, frames)),
+        }
+    }
+
+    /// Brings `node` and every node whose rates its changes affect up to `now`: frames that
+    /// finished leave, rates are shared anew, the next wake-up is planned and `Sent` reports
+    /// are collected. A change in a receiver's number of active senders changes its downlink
+    /// share, so its other senders whose rate that share bounds (or now bounds) are settled
+    /// too; their rate changes alter no count, so this stops after that one step.
+    fn settle(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
+        self.unsettled.push(node);
+        while let Some(node) = self.unsettled.pop() {
+            self.advance(now, node, queue);
+            let (nodes, reports) = (&mut self.nodes, &mut self.reports);
+            let mut uplink = std::mem::take(&mut nodes[node.0].uplink);
+            let capacity = nodes[node.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
+            uplink.reshare(capacity, |to| downlink_share(&nodes[to.0]));
+            let at = uplink.next_departure();
+            if let (Some(at), Some(wake)) = (at, uplink.plan_wake(at)) {
+                queue.push(at, Item::UplinkDone { node, transmission: wake });
+            }
+            uplink.take_reports(|conn, frames| reports.push((node, conn, frames)));
+            nodes[node.0].uplink = uplink;
+        }
+    }
+
+    /// Counts `node`'s uplink progress up to `now`; frames that finished leave.
+    fn advance(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
+        let (mut departed, mut changes) = (std::mem::take(&mut self.departed), std::mem::take(&mut self.changes));
+        self.nodes[node.0].uplink.advance(now, &mut departed, &mut changes);
+        for (flow, frame) in departed.drain(..) {
+            self.depart(now, node, flow, frame, queue);
+        }
+        for change in changes.drain(..) {
+            match change {
+                Change::Idle(flow, to) => self.inbound_changed(node, flow, to, false),
+                Change::Finished(flow) => self.fin(now, flow, queue),
+            }
+        }
+        (self.departed, self.changes) = (departed, changes);
+    }
+
+    /// `from`'s `flow` into `to` became active or idle: `to`'s downlink share changes, and its
+    /// other senders whose flow that share bounds, or now bounds, must be settled.
+    fn inbound_changed(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx, active: bool) {
+        let receiver = &mut self.nodes[to.0];
+        if receiver.link.down_bytes_per_s.is_none() {
+            return;
+        }
+        if active {
+            receiver.inbound.push((from, flow));
+        } else if let Some(i) = receiver.inbound.iter().position(|entry| *entry == (from, flow)) {
+            receiver.inbound.remove(i);
+        }
+        let share = downlink_share(&self.nodes[to.0]);
+        for &(sender, other) in &self.nodes[to.0].inbound {
+            if sender == from || self.unsettled.contains(&sender) {
                 continue;
             }
-            match item {
-                Queued::Fin => self.fin(now, flow, queue),
-                Queued::Message(message, size_bytes, retransmit_delay) => {
-                    let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
-                    self.nodes[from.0].uplink.start(flow, done);
-                    self.arrive_later(done, from, flow, (message, size_bytes, retransmit_delay), queue);
-                    if self.nodes[from.0].uplink.has_queued() {
-                        self.kick_uplink(now, from, queue);
-                    }
-                    return;
-                }
+            let bound = self.nodes[sender.0].uplink.rate(other).is_some_and(|(rate, capped)| capped || rate > share);
+            if bound {
+                self.unsettled.push(sender);
             }
         }
     }
 
-    /// A message that left `from`'s uplink at `now` reaches the other end after the link's
-    /// latency and jitter (plus any retransmissions), the receiver's downlink, and every
-    /// earlier message of its flow.
-    fn arrive_later(
-        &mut self,
-        now: Time,
-        from: NodeIdx,
-        flow: Flow,
-        (message, size_bytes, retransmit_delay): (Message, u64, Duration),
-        queue: &mut Queue,
-    ) {
+    /// `from`'s `flow` stops: what it queued is dropped (its link is gone).
+    fn drop_flow(&mut self, now: Time, from: NodeIdx, flow: Flow, queue: &mut Queue) {
+        if !self.nodes[from.0].uplink.has_pending(flow) {
+            return;
+        }
+        self.advance(now, from, queue);
+        if let Some(to) = self.nodes[from.0].uplink.remove(flow) {
+            self.inbound_changed(from, flow, to, false);
+        }
+        self.settle(now, from, queue);
+    }
+
+    /// A frame left `from`'s uplink at `now`.
+    fn depart(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
+        if let Message::Data { bytes, .. } = &frame.message {
+            self.nodes[from.0].data_bytes_up += bytes.len() as u64;
+        }
+        self.arrive_later(now, from, flow, frame, queue);
+    }
+
+    /// A frame that left `from`'s uplink at `now` reaches the other end after the link's
+    /// latency and jitter (plus any retransmissions) and every earlier frame of its flow.
+    fn arrive_later(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
         let Some(link) = self.link(flow.0).filter(|l| l.ends[flow.1].open) else {
             return;
         };
         let to = link.ends[flow.1].node;
-        let delay = self.latency(from, to) + self.jitter(from, to) + retransmit_delay;
-        let down = &mut self.nodes[to.0];
-        let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
-        down.downlink_free = down_done;
+        let delay = self.latency(from, to) + self.jitter(from, to) + frame.retransmit_delay;
         // Looked up (and found alive) at the top of this function; nothing removed it since.
         let link = self.link_mut(flow.0).expect("checked alive above");
-        let arrival = down_done.max(link.last_arrival[flow.1]);
+        let arrival = (now + delay).max(link.last_arrival[flow.1]);
         link.last_arrival[flow.1] = arrival;
-        let input = Input::Message { conn: link.ends[flow.1].conn, message };
+        let input = Input::Message { conn: link.ends[flow.1].conn, message: frame.message };
         queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input });
     }
 
@@ -394,20 +474,37 @@ impl Network {
         let link = self.link_mut(id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
         if !link.ends[other].open {
-            self.links[id as usize] = None;
+            self.forget(now, id, queue);
             return;
         }
-        if self.nodes[from.0].uplink.has_pending((id, other), now) {
-            self.nodes[from.0].uplink.push((id, other), Queued::Fin);
-            self.kick_uplink(now, from, queue);
-        } else {
+        if !self.nodes[from.0].uplink.close((id, other)) {
             self.fin(now, (id, other), queue);
         }
     }
 
-    /// An input arriving at `end` of `link`: the machine it is for, that machine's life and the
-    /// node at the other end; `None` when that end closed (or reset) since it was sent.
-    pub fn arrive(&mut self, link: LinkId, end: usize, input: &Input) -> Option<(NodeIdx, u32, NodeIdx)> {
+    /// Both ends of `id` closed: the link and whatever its flows still queued go.
+    fn forget(&mut self, now: Time, id: LinkId, queue: &mut Queue) {
+        if let Some(link) = self.links.get_mut(id as usize).and_then(Option::take) {
+            self.drop_flows(now, id, &link, queue);
+        }
+    }
+
+    /// Drops both directions' flows of `link` (number `id`) from their senders' uplinks.
+    fn drop_flows(&mut self, now: Time, id: LinkId, link: &Link, queue: &mut Queue) {
+        for to in 0..2 {
+            self.drop_flow(now, link.ends[1 - to].node, (id, to), queue);
+        }
+    }
+
+    /// An input arriving at `end` of `link` at `now`: the machine it is for, that machine's life
+    /// and the node at the other end; `None` when that end closed (or reset) since it was sent.
+    pub fn arrive(
+        &mut self,
+        now: Time,
+        (link, end): (LinkId, usize),
+        input: &Input,
+        queue: &mut Queue,
+    ) -> Option<(NodeIdx, u32, NodeIdx)> {
         let l = self.link_mut(link)?;
         let (e, other) = (l.ends[end], l.ends[1 - end].node);
         if !e.open {
@@ -415,10 +512,11 @@ impl Network {
         }
         if matches!(input, Input::Disconnected { .. }) {
             l.ends[end].open = false;
-            if !l.ends[1 - end].open {
-                self.links[link as usize] = None;
-            }
+            let both_closed = !l.ends[1 - end].open;
             self.nodes[e.node.0].by_conn.remove(&e.conn);
+            if both_closed {
+                self.forget(now, link, queue);
+            }
         }
         Some((e.node, e.incarnation, other))
     }
@@ -443,6 +541,7 @@ impl Network {
         let Some(link) = self.links.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
+        self.drop_flows(now, id, &link, queue);
         let latency = self.latency(link.ends[0].node, link.ends[1].node);
         for (side, end) in link.ends.iter().enumerate() {
             if !end.open {
@@ -487,12 +586,10 @@ impl Network {
     }
 }
 
-/// Time to push `size_bytes` through a link of `rate` bytes per second (rounded up to 1 µs).
-fn transfer(size_bytes: u64, rate: Option<u64>) -> Duration {
-    match rate {
-        None => Duration::ZERO,
-        Some(rate) => Duration::from_micros((u128::from(size_bytes) * 1_000_000).div_ceil(u128::from(rate)) as u64),
-    }
+/// What one more flow into `node` may take of its downlink: an equal share among its active
+/// inbound flows (infinite when the downlink is unlimited).
+fn downlink_share(node: &NetNode) -> f64 {
+    node.link.down_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64 / node.inbound.len().max(1) as f64)
 }
 
 #[cfg(test)]
