@@ -307,7 +307,7 @@ impl Network {
         let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, retransmit_delay });
         if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
             // Nothing limits the flow: the frame passes the buffer and leaves at once.
-            self.report(from, conn, 1);
+            add_report(&mut self.reports, (from, conn, 1));
             self.depart(now, from, flow, frame, queue);
             return Sent::Queued;
         }
@@ -339,13 +339,6 @@ impl Network {
         self.nodes[node.0].data_bytes_up
     }
 
-    fn report(&mut self, node: NodeIdx, conn: ConnId, frames: u32) {
-        match self.reports.last_mut() {
-            Some((n, c, count)) if *n == node && *c == conn => *count += frames,
-            _ => self.reports.push((node, conn, frames)),
-        }
-    }
-
     /// Brings `node` and every node whose rates its changes affect up to `now`: frames that
     /// finished leave, rates are shared anew, the next wake-up is planned and `Sent` reports
     /// are collected. A change in a receiver's number of active senders changes its downlink
@@ -363,7 +356,7 @@ impl Network {
             if let (Some(at), Some(wake)) = (at, uplink.plan_wake(at)) {
                 queue.push(at, Item::UplinkDone { node, transmission: wake });
             }
-            uplink.take_reports(|conn, frames| reports.push((node, conn, frames)));
+            uplink.take_reports(|conn, frames| add_report(reports, (node, conn, frames)));
             nodes[node.0].uplink = uplink;
         }
     }
@@ -586,8 +579,16 @@ impl Network {
     }
 }
 
-/// What one more flow into `node` may take of its downlink: an equal share among its active
-/// inbound flows (infinite when the downlink is unlimited).
+/// Adds a `Sent` report, merged into the last one when it is for the same connection.
+fn add_report(reports: &mut Vec<(NodeIdx, ConnId, u32)>, (node, conn, frames): (NodeIdx, ConnId, u32)) {
+    match reports.last_mut() {
+        Some((n, c, count)) if (*n, *c) == (node, conn) => *count += frames,
+        _ => reports.push((node, conn, frames)),
+    }
+}
+
+/// What each active flow into `node` may take of its downlink: an equal share among them
+/// (infinite when the downlink is unlimited).
 fn downlink_share(node: &NetNode) -> f64 {
     node.link.down_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64 / node.inbound.len().max(1) as f64)
 }
@@ -595,6 +596,7 @@ fn downlink_share(node: &NetNode) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::SEND_BUFFER_BYTES;
 
     fn link(latency_ms: u64, rate: Option<u64>, loss: f64) -> LinkSpec {
         LinkSpec {
@@ -668,6 +670,111 @@ mod tests {
         net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
         let arrivals: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
+    }
+
+    /// Nodes with `specs`, all up; node 0 connects to each other node `i` as `Outbound(i)`.
+    fn star(specs: Vec<LinkSpec>) -> (Network, Queue) {
+        let count = specs.len();
+        let mut net = Network::new(1, specs);
+        let mut q = Queue::default();
+        for i in 0..count {
+            net.node_up(NodeIdx(i));
+        }
+        for i in 1..count {
+            net.connect(Time::ZERO, NodeIdx(0), ConnId::Outbound(i as u64), node_addr(NodeIdx(i)), &mut q);
+        }
+        drain(&mut net, &mut q);
+        (net, q)
+    }
+
+    /// Node 0 sends one message of each size to node `i` (the `i`-th size to node `i + 1`) at
+    /// `at`; returns when each arrives, by receiver.
+    fn arrivals(net: &mut Network, q: &mut Queue, at: Time, sizes: &[u64]) -> Vec<(Time, String)> {
+        for (i, size) in sizes.iter().enumerate() {
+            let conn = ConnId::Outbound(i as u64 + 1);
+            assert_eq!(net.send(at, NodeIdx(0), conn, (Message::List, *size), q), Sent::Queued);
+        }
+        drain(net, q)
+    }
+
+    #[test]
+    fn two_flows_on_one_uplink_each_get_half_its_rate() {
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[1000, 1000]);
+        let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2030)], "{events:?}");
+    }
+
+    #[test]
+    fn a_flow_bottlenecked_at_its_receiver_leaves_the_rest_of_the_uplink_to_the_other() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(200), ..link(10, None, 0.0) };
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0), narrow, link(10, None, 0.0)]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[200, 800]);
+        let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [Time::from_millis(1030), Time::from_millis(1030)], "200 B/s and 800 B/s: {events:?}");
+    }
+
+    #[test]
+    fn a_message_on_a_new_connection_waits_only_for_its_fair_share_not_behind_a_busy_flow() {
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
+        let block = (Message::List, 10_000);
+        assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(1), block, &mut q), Sent::Queued);
+        let hello = (Message::List, 100);
+        assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(2), hello, &mut q), Sent::Queued);
+        let events = drain(&mut net, &mut q);
+        assert!(events[0].1.starts_with("wire1"), "{events:?}");
+        assert_eq!(events[0].0, Time::from_millis(20 + 200 + 10), "100 bytes at half of 1000 B/s, then the latency");
+        assert_eq!(events[1].0, Time::from_millis(20 + 10_100 + 10), "the link never idles: 10,100 bytes in 10.1 s");
+    }
+
+    #[test]
+    fn a_new_sender_into_a_narrow_downlink_slows_the_flow_already_there() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(1000), ..link(10, None, 0.0) };
+        let mut net = Network::new(1, vec![narrow, link(10, None, 0.0), link(10, None, 0.0)]);
+        let mut q = Queue::default();
+        for node in 0..3 {
+            net.node_up(NodeIdx(node));
+            if node > 0 {
+                net.connect(Time::ZERO, NodeIdx(node), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+            }
+        }
+        drain(&mut net, &mut q);
+        let conn = ConnId::Outbound(1);
+        net.send(Time::from_millis(20), NodeIdx(1), conn, (Message::List, 2000), &mut q);
+        // Halfway through, a second sender shares the downlink: 500 B/s each until it is done.
+        while q.peek_time().is_some_and(|t| t < Time::from_millis(1020)) {
+            let (at, item) = q.pop().expect("peeked");
+            if let Item::UplinkDone { node, transmission } = item {
+                net.uplink_done(at, node, transmission, &mut q);
+            }
+        }
+        net.send(Time::from_millis(1020), NodeIdx(2), conn, (Message::List, 500), &mut q);
+        let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
+    }
+
+    #[test]
+    fn frames_are_reported_sent_once_each_in_order_as_the_send_buffer_makes_room() {
+        let (mut net, mut q) = star(vec![link(10, Some(64 * 1024), 0.0); 2]);
+        let conn = ConnId::Outbound(1);
+        let frame_bytes = SEND_BUFFER_BYTES / 4;
+        for _ in 0..10 {
+            net.send(Time::from_millis(20), NodeIdx(0), conn, (Message::List, frame_bytes), &mut q);
+        }
+        let mut reported = Vec::new();
+        net.take_reports(|node, conn, frames| reported.push((Time::from_millis(20), node, conn, frames)));
+        assert_eq!(reported, [(Time::from_millis(20), NodeIdx(0), conn, 4)], "four frames fill the buffer");
+        while let Some((at, item)) = q.pop() {
+            if let Item::UplinkDone { node, transmission } = item {
+                net.uplink_done(at, node, transmission, &mut q);
+                net.take_reports(|node, conn, frames| reported.push((at, node, conn, frames)));
+            }
+        }
+        let counts: Vec<u32> = reported.iter().map(|r| r.3).collect();
+        assert_eq!(counts, [4, 1, 1, 1, 1, 1, 1], "each further frame when one leaves, ten in all");
+        let one_frame_ms = 1000 * frame_bytes / (64 * 1024);
+        assert_eq!(reported[1].0, Time::from_millis(20 + one_frame_ms));
+        assert_eq!(reported[6].0, Time::from_millis(20 + 6 * one_frame_ms));
     }
 
     #[test]
