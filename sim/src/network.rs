@@ -4,18 +4,32 @@
 //! The network owns every connection's state and decides *when* each input reaches a machine;
 //! it pushes those inputs onto the central [`Queue`] and never calls a machine itself.
 //!
-//! Model, per message of N bytes from `a` to `b`:
-//! - it occupies `a`'s uplink for N / up-rate, after whatever `a` queued before it (its arrival
-//!   is scheduled when its transmission starts);
-//! - its first byte reaches `b` one link latency (the larger of the two nodes' latencies) plus a
-//!   random jitter after it starts; it then occupies `b`'s downlink for N / down-rate;
-//! - it arrives when both transfers are done, and never before an earlier message of the same
-//!   link direction (a link is an ordered stream, like TCP);
+//! Model, per frame of N bytes from `a` to `b` (N is the wire codec's real frame size):
+//! - it waits in the connection's queue until `a`'s send buffer for that connection has room
+//!   ([`crate::uplink`]), and entering the buffer is reported to `a`'s machine as
+//!   `Input::Sent`;
+//! - it leaves the buffer, front first, at its flow's rate. A flow's rate comes from
+//!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
+//!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
+//!   to its other flows, and no downlink is ever given more than its rate. This is max-min fair
+//!   except where a receiver's inbound flows are uneven — one sender cannot use the share
+//!   another leaves at a saturated downlink. We chose it over global progressive filling
+//!   because a cap then depends only on how many flows a receiver has: a flow starting or
+//!   stopping re-settles its sender and, at most, the receiver's other senders, never a chain
+//!   across the swarm;
+//! - it reaches `b` one link latency (the larger of the two nodes' latencies) plus a random
+//!   jitter after it left, never before an earlier frame of the same link direction (a link is
+//!   an ordered stream, like TCP). The downlink is not a second queue: the caps above keep a
+//!   receiver's inbound rates within its down-rate;
 //! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
-//!   lost message is sent again after a retransmission timeout that doubles on each further
+//!   lost frame is sent again after a retransmission timeout that doubles on each further
 //!   loss (and holds back everything behind it on that connection), and after
 //!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
-//!   `Disconnected`.
+//!   `Disconnected`. Retransmissions cost time, not uplink bytes.
+//!
+//! Rates change only at events (a flow starts or goes idle, a receiver's count changes), and
+//! each uplink has one wake-up pending, at its next frame departure. A link whose two ends are
+//! both unlimited has no flow at all: its frames leave at once.
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
@@ -40,6 +54,10 @@ pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
 /// Shortest retransmission timeout (doubling per further loss); at least two latencies.
 const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 
+/// How far (as a fraction) a receiver's downlink share may move before its other senders are
+/// re-settled; see [`Network::inbound_changed`].
+const SHARE_SLACK: f64 = 1.0 / 16.0;
+
 /// First source port the network gives the accepting side as the opener's address.
 const EPHEMERAL_PORT_FIRST: u16 = 40_000;
 const EPHEMERAL_PORT_COUNT: u64 = 20_000;
@@ -47,7 +65,8 @@ const EPHEMERAL_PORT_COUNT: u64 = 20_000;
 /// What became of a message handed to [`Network::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
-    /// It is on its way (queued on the sender's uplink, or already scheduled to arrive).
+    /// It is on its way (queued for the sender's send buffer, in it, or already scheduled to
+    /// arrive).
     Queued,
     /// It was lost too often and the connection reset.
     Lost,
@@ -67,6 +86,8 @@ struct NetNode {
     /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
     /// which splits its rate equally among them.
     inbound: Vec<(NodeIdx, Flow)>,
+    /// The downlink share last applied to the senders of `inbound`.
+    share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
     data_bytes_up: u64,
     inbound_next: u64,
@@ -151,6 +172,7 @@ impl Network {
                 group: 0,
                 uplink: Uplink::default(),
                 inbound: Vec::new(),
+                share_applied: f64::INFINITY,
                 data_bytes_up: 0,
                 inbound_next: 0,
                 by_conn: VecMap::new(),
@@ -379,6 +401,12 @@ impl Network {
 
     /// `from`'s `flow` into `to` became active or idle: `to`'s downlink share changes, and its
     /// other senders whose flow that share bounds, or now bounds, must be settled.
+    ///
+    /// A receiver with many short inbound flows (a tracker) would re-settle every sender on every
+    /// change, so its share is applied to the others only once it moved by more than
+    /// [`SHARE_SLACK`] since it was last applied, and only to senders whose rate is off by more
+    /// than that: a sender's rate stays within twice the slack of its cap until its own next
+    /// event (which reads the current share).
     fn inbound_changed(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx, active: bool) {
         let receiver = &mut self.nodes[to.0];
         if receiver.link.down_bytes_per_s.is_none() {
@@ -387,15 +415,21 @@ impl Network {
         if active {
             receiver.inbound.push((from, flow));
         } else if let Some(i) = receiver.inbound.iter().position(|entry| *entry == (from, flow)) {
-            receiver.inbound.remove(i);
+            receiver.inbound.swap_remove(i);
         }
-        let share = downlink_share(&self.nodes[to.0]);
+        let share = downlink_share(receiver);
+        if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
+            return;
+        }
+        receiver.share_applied = share;
         for &(sender, other) in &self.nodes[to.0].inbound {
             if sender == from || self.unsettled.contains(&sender) {
                 continue;
             }
-            let bound = self.nodes[sender.0].uplink.rate(other).is_some_and(|(rate, capped)| capped || rate > share);
-            if bound {
+            let off = self.nodes[sender.0].uplink.rate(other).is_some_and(|(rate, capped)| {
+                rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
+            });
+            if off {
                 self.unsettled.push(sender);
             }
         }
