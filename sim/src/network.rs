@@ -35,6 +35,7 @@
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
 //! has each end in its node's `by_conn` exactly while that end is open.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -85,7 +86,7 @@ struct NetNode {
     uplink: Uplink,
     /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
     /// which splits its rate equally among them.
-    inbound: Vec<(NodeIdx, Flow)>,
+    inbound: BTreeSet<(NodeIdx, Flow)>,
     /// The downlink share last applied to the senders of `inbound`.
     share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
@@ -126,6 +127,8 @@ pub struct Network {
     /// Scratch for [`Uplink::advance`].
     departed: Vec<(Flow, Frame)>,
     changes: Vec<Change>,
+    /// Scratch for [`Network::inbound_changed`].
+    senders: Vec<(NodeIdx, Flow)>,
 }
 
 /// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
@@ -171,7 +174,7 @@ impl Network {
                 incarnation: 0,
                 group: 0,
                 uplink: Uplink::default(),
-                inbound: Vec::new(),
+                inbound: BTreeSet::new(),
                 share_applied: f64::INFINITY,
                 data_bytes_up: 0,
                 inbound_next: 0,
@@ -186,6 +189,7 @@ impl Network {
             unsettled: Vec::new(),
             departed: Vec::new(),
             changes: Vec::new(),
+            senders: Vec::new(),
         }
     }
 
@@ -335,7 +339,8 @@ impl Network {
         }
         // Progress so far is counted at the old rates before the set of flows changes.
         self.advance(now, from, queue);
-        if self.nodes[from.0].uplink.push((flow, to, conn), frame) {
+        let cap = downlink_share(&self.nodes[to.0]);
+        if self.nodes[from.0].uplink.push((flow, to, conn), frame, cap) {
             self.inbound_changed(from, flow, to, true);
         }
         self.settle(now, from, queue);
@@ -370,16 +375,13 @@ impl Network {
         self.unsettled.push(node);
         while let Some(node) = self.unsettled.pop() {
             self.advance(now, node, queue);
-            let (nodes, reports) = (&mut self.nodes, &mut self.reports);
-            let mut uplink = std::mem::take(&mut nodes[node.0].uplink);
-            let capacity = nodes[node.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
-            uplink.reshare(capacity, |to| downlink_share(&nodes[to.0]));
-            let at = uplink.next_departure();
-            if let (Some(at), Some(wake)) = (at, uplink.plan_wake(at)) {
+            let (n, reports) = (&mut self.nodes[node.0], &mut self.reports);
+            n.uplink.reshare(n.link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64));
+            let at = n.uplink.next_departure();
+            if let (Some(at), Some(wake)) = (at, n.uplink.plan_wake(at)) {
                 queue.push(at, Item::UplinkDone { node, transmission: wake });
             }
-            uplink.take_reports(|conn, frames| add_report(reports, (node, conn, frames)));
-            nodes[node.0].uplink = uplink;
+            n.uplink.take_reports(|conn, frames| add_report(reports, (node, conn, frames)));
         }
     }
 
@@ -413,26 +415,26 @@ impl Network {
             return;
         }
         if active {
-            receiver.inbound.push((from, flow));
-        } else if let Some(i) = receiver.inbound.iter().position(|entry| *entry == (from, flow)) {
-            receiver.inbound.swap_remove(i);
+            receiver.inbound.insert((from, flow));
+        } else {
+            receiver.inbound.remove(&(from, flow));
         }
         let share = downlink_share(receiver);
         if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
             return;
         }
         receiver.share_applied = share;
-        for &(sender, other) in &self.nodes[to.0].inbound {
-            if sender == from || self.unsettled.contains(&sender) {
-                continue;
-            }
-            let off = self.nodes[sender.0].uplink.rate(other).is_some_and(|(rate, capped)| {
+        let mut senders = std::mem::take(&mut self.senders);
+        senders.extend(receiver.inbound.iter().copied());
+        for (sender, other) in senders.drain(..) {
+            let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
                 rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
             });
-            if off {
+            if off && sender != from && !self.unsettled.contains(&sender) {
                 self.unsettled.push(sender);
             }
         }
+        self.senders = senders;
     }
 
     /// `from`'s `flow` stops: what it queued is dropped (its link is gone).

@@ -68,6 +68,8 @@ struct FlowState {
     front_left_bytes: f64,
     /// Bytes per second while active; infinite when nothing limits it.
     rate: f64,
+    /// The most the receiver's downlink gives this flow (infinite: no cap), as last told.
+    cap: f64,
     /// The rate is the flow's cap (its receiver limits it), not the uplink's share.
     capped: bool,
     /// Frames that entered the buffer and the machine has not been told of.
@@ -88,6 +90,7 @@ pub enum Change {
 /// The flows of one node's uplink; see the module docs.
 #[derive(Debug, Default)]
 pub struct Uplink {
+    /// Active flows, ordered by [`Flow`] (a tracker's uplink may hold thousands).
     flows: Vec<FlowState>,
     /// The time the flows' progress is counted to.
     updated: Time,
@@ -107,13 +110,17 @@ pub struct Uplink {
 
 impl Uplink {
     /// Queues `frame` on `flow` (to node `to`, the sender's `conn`), after
-    /// [`advance`](Uplink::advance) to now. Returns true when the flow became active.
-    pub fn push(&mut self, (flow, to, conn): (Flow, NodeIdx, ConnId), frame: Frame) -> bool {
-        if let Some(f) = self.flows.iter_mut().find(|f| f.flow == flow) {
-            f.frames.push_back(frame);
-            f.fill();
-            return false;
-        }
+    /// [`advance`](Uplink::advance) to now; a flow that becomes active starts with `cap`. Returns true when the flow became active.
+    pub fn push(&mut self, (flow, to, conn): (Flow, NodeIdx, ConnId), frame: Frame, cap: f64) -> bool {
+        let at = match self.find(flow) {
+            Ok(i) => {
+                let f = &mut self.flows[i];
+                f.frames.push_back(frame);
+                f.fill();
+                return false;
+            }
+            Err(at) => at,
+        };
         let mut frames = self.spare.pop().unwrap_or_default();
         frames.push_back(frame);
         let mut state = FlowState {
@@ -125,30 +132,36 @@ impl Uplink {
             buffered_bytes: 0,
             front_left_bytes: 0.0,
             rate: 0.0,
+            cap,
             capped: false,
             unreported: 0,
             fin: false,
         };
         state.fill();
-        self.flows.push(state);
+        self.flows.insert(at, state);
         true
+    }
+
+    /// Where `flow` is in `flows`, or where it would go.
+    fn find(&self, flow: Flow) -> Result<usize, usize> {
+        self.flows.binary_search_by_key(&flow, |f| f.flow)
     }
 
     /// Whether `flow` has anything to send.
     pub fn has_pending(&self, flow: Flow) -> bool {
-        self.flows.iter().any(|f| f.flow == flow)
+        self.find(flow).is_ok()
     }
 
     /// The sender closed `flow`: it finishes after its frames (false when it has none).
     pub fn close(&mut self, flow: Flow) -> bool {
-        let found = self.flows.iter_mut().find(|f| f.flow == flow);
-        found.map(|f| f.fin = true).is_some()
+        let found = self.find(flow).ok();
+        found.map(|i| self.flows[i].fin = true).is_some()
     }
 
     /// Removes `flow` with everything queued on it (its link is gone). Returns the receiver
     /// when the flow was active.
     pub fn remove(&mut self, flow: Flow) -> Option<NodeIdx> {
-        let i = self.flows.iter().position(|f| f.flow == flow)?;
+        let i = self.find(flow).ok()?;
         let state = self.flows.remove(i);
         self.recycle(state.frames);
         Some(state.to)
@@ -186,10 +199,10 @@ impl Uplink {
     }
 
     /// Shares `capacity` bytes per second (infinite: unlimited) among the active flows, each
-    /// capped by `cap_of(receiver)` (infinite: no cap); see [`fair_shares`].
-    pub fn reshare(&mut self, capacity: f64, cap_of: impl Fn(NodeIdx) -> f64) {
+    /// within its cap; see [`fair_shares`].
+    pub fn reshare(&mut self, capacity: f64) {
         self.caps.clear();
-        self.caps.extend(self.flows.iter().map(|f| cap_of(f.to)));
+        self.caps.extend(self.flows.iter().map(|f| f.cap));
         fair_shares(capacity, &self.caps, &mut self.order, &mut self.shares);
         for ((f, rate), cap) in self.flows.iter_mut().zip(&self.shares).zip(&self.caps) {
             f.rate = *rate;
@@ -197,9 +210,13 @@ impl Uplink {
         }
     }
 
-    /// The rate of `flow` and whether it is held at its cap (`None`: not active).
-    pub fn rate(&self, flow: Flow) -> Option<(f64, bool)> {
-        self.flows.iter().find(|f| f.flow == flow).map(|f| (f.rate, f.capped))
+    /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
+    /// current rate and whether that rate is its old cap (`None`: not active).
+    pub fn set_cap(&mut self, flow: Flow, cap: f64) -> Option<(f64, bool)> {
+        let i = self.find(flow).ok()?;
+        let f = &mut self.flows[i];
+        f.cap = cap;
+        Some((f.rate, f.capped))
     }
 
     /// When the first front frame finishes leaving at the current rates.
@@ -224,14 +241,15 @@ impl Uplink {
         }
     }
 
-    /// Numbers a wake-up for `at`, unless one is already planned then; returns its number
-    /// when the caller must schedule it.
+    /// Numbers a wake-up for `at`, unless one is already planned by then (an early wake-up
+    /// finds nothing due and plans again, which costs less than a stale item per change);
+    /// returns its number when the caller must schedule it.
     pub fn plan_wake(&mut self, at: Option<Time>) -> Option<u64> {
         let Some(at) = at else {
             self.wake = None;
             return None;
         };
-        if self.wake.is_some_and(|(_, planned)| planned == at) {
+        if self.wake.is_some_and(|(_, planned)| planned <= at) {
             return None;
         }
         self.wakes += 1;
@@ -357,15 +375,15 @@ mod tests {
     fn the_send_buffer_takes_frames_while_they_fit_and_a_big_one_only_when_empty() {
         let mut up = Uplink::default();
         let key = ((1, 1), NodeIdx(2), ConnId::Outbound(1));
-        assert!(up.push(key, frame(SEND_BUFFER_BYTES / 2)));
-        assert!(!up.push(key, frame(SEND_BUFFER_BYTES / 2)));
-        assert!(!up.push(key, frame(1)), "the buffer is full");
-        assert!(!up.push(key, frame(SEND_BUFFER_BYTES * 2)));
+        assert!(up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, frame(1), INF), "the buffer is full");
+        assert!(!up.push(key, frame(SEND_BUFFER_BYTES * 2), INF));
         let mut reports = Vec::new();
         up.take_reports(|conn, frames| reports.push((conn, frames)));
         assert_eq!(reports, [(ConnId::Outbound(1), 2)]);
 
-        up.reshare(SEND_BUFFER_BYTES as f64, |_| INF);
+        up.reshare(SEND_BUFFER_BYTES as f64);
         let (mut departed, mut changes) = (Vec::new(), Vec::new());
         let half = up.next_departure().expect("active");
         assert_eq!(half, Time::from_millis(500));
@@ -381,16 +399,16 @@ mod tests {
     #[test]
     fn a_flow_left_with_nothing_goes_idle_and_a_closed_one_finishes() {
         let mut up = Uplink::default();
-        up.push(((1, 1), NodeIdx(2), ConnId::Outbound(1)), frame(1000));
-        up.push(((2, 0), NodeIdx(3), ConnId::Inbound(1)), frame(3000));
+        up.push(((1, 1), NodeIdx(2), ConnId::Outbound(1)), frame(1000), INF);
+        up.push(((2, 0), NodeIdx(3), ConnId::Inbound(1)), frame(3000), INF);
         assert!(up.close((1, 1)));
-        up.reshare(2000.0, |_| INF);
+        up.reshare(2000.0);
         let (mut departed, mut changes) = (Vec::new(), Vec::new());
         let first = up.next_departure().expect("active");
         assert_eq!(first, Time::from_millis(1000));
         up.advance(first, &mut departed, &mut changes);
         assert_eq!(changes, [Change::Idle((1, 1), NodeIdx(2)), Change::Finished((1, 1))]);
-        up.reshare(2000.0, |_| INF);
+        up.reshare(2000.0);
         assert_eq!(up.next_departure(), Some(Time::from_millis(2000)), "2000 bytes left at the full rate");
     }
 }
