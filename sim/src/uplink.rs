@@ -21,7 +21,8 @@
 //! This type keeps the queues, the progress and the rates; the network decides the caps, what
 //! becomes of a frame that left, and when to wake.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use p2p_core::wire::Message;
@@ -55,7 +56,6 @@ pub struct Frame {
 /// One connection direction with something to send.
 #[derive(Debug)]
 struct FlowState {
-    flow: Flow,
     /// The receiving node.
     to: NodeIdx,
     /// The sender's connection, for `Sent` reports.
@@ -64,9 +64,11 @@ struct FlowState {
     frames: VecDeque<Frame>,
     buffered: usize,
     buffered_bytes: u64,
-    /// Bytes of the front frame not yet gone, as of [`Uplink::updated`].
+    /// Bytes of the front frame not yet gone, as of [`Uplink::updated`] (explicit rates).
     front_left_bytes: f64,
-    /// Bytes per second while active; infinite when nothing limits it.
+    /// The uplink's served bytes at which the front frame is gone (equal shares).
+    front_done: f64,
+    /// Bytes per second while active (explicit rates).
     rate: f64,
     /// The most the receiver's downlink gives this flow (infinite: no cap), as last told.
     cap: f64,
@@ -87,50 +89,76 @@ pub enum Change {
     Finished(Flow),
 }
 
+/// Equal shares, the usual case (no flow's cap is below an equal split): every flow sends at
+/// `level`, so progress is one number, `served` — the bytes each flow could send since the
+/// mode began — and front frames finish in order of `front_done` (a heap), which makes an
+/// event cost O(log flows) however many flows a tracker's uplink holds.
+#[derive(Debug, Default)]
+struct Equal {
+    level: f64,
+    served: f64,
+    /// `(front_done as bits, flow)`; an entry whose flow has since moved on is skipped. Bits of
+    /// a non-negative f64 order like the number.
+    done: BinaryHeap<Reverse<(u64, Flow)>>,
+}
+
 /// The flows of one node's uplink; see the module docs.
 #[derive(Debug, Default)]
 pub struct Uplink {
-    /// Active flows, ordered by [`Flow`] (a tracker's uplink may hold thousands).
-    flows: Vec<FlowState>,
+    /// Active flows (a tracker's uplink may hold thousands).
+    flows: BTreeMap<Flow, FlowState>,
+    /// Equal shares when no cap binds; explicit per-flow rates otherwise.
+    equal: Option<Equal>,
     /// The time the flows' progress is counted to.
     updated: Time,
+    /// Flows came, went, or got new caps since the last [`reshare`](Uplink::reshare).
+    stale: bool,
+    /// The flows' caps, as a multiset of their bits (to find the smallest at once).
+    caps: BTreeMap<u64, u32>,
     /// The scheduled wake-up: its number and time.
     wake: Option<(u64, Time)>,
     /// Counts wake-ups (and lives), so a stale one is recognised.
     wakes: u64,
     /// Emptied frame queues kept for reuse, so a busy uplink does not allocate per flow.
     spare: Vec<VecDeque<Frame>>,
+    /// Flows that may have unreported frames, in the order they got them.
+    unreported: Vec<Flow>,
     /// Reports of flows that went idle before their reports were taken.
     reports: Vec<(ConnId, u32)>,
-    /// Scratch for [`fair_shares`].
+    /// Scratch for explicit rates and for flows going idle.
+    scratch: Scratch,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
     caps: Vec<f64>,
     shares: Vec<f64>,
     order: Vec<usize>,
+    idle: Vec<Flow>,
 }
 
 impl Uplink {
     /// Queues `frame` on `flow` (to node `to`, the sender's `conn`), after
-    /// [`advance`](Uplink::advance) to now; a flow that becomes active starts with `cap`. Returns true when the flow became active.
+    /// [`advance`](Uplink::advance) to now; a flow that becomes active starts with `cap`.
+    /// Returns true when the flow became active.
     pub fn push(&mut self, (flow, to, conn): (Flow, NodeIdx, ConnId), frame: Frame, cap: f64) -> bool {
-        let at = match self.find(flow) {
-            Ok(i) => {
-                let f = &mut self.flows[i];
-                f.frames.push_back(frame);
-                f.fill();
-                return false;
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.frames.push_back(frame);
+            if f.fill() {
+                self.unreported.push(flow);
             }
-            Err(at) => at,
-        };
+            return false;
+        }
         let mut frames = self.spare.pop().unwrap_or_default();
         frames.push_back(frame);
         let mut state = FlowState {
-            flow,
             to,
             conn,
             frames,
             buffered: 0,
             buffered_bytes: 0,
             front_left_bytes: 0.0,
+            front_done: 0.0,
             rate: 0.0,
             cap,
             capped: false,
@@ -138,33 +166,33 @@ impl Uplink {
             fin: false,
         };
         state.fill();
-        self.flows.insert(at, state);
+        if let Some(eq) = &mut self.equal {
+            eq.start_front(flow, &mut state);
+        }
+        self.flows.insert(flow, state);
+        self.unreported.push(flow);
+        *self.caps.entry(cap.to_bits()).or_default() += 1;
+        self.stale = true;
         true
-    }
-
-    /// Where `flow` is in `flows`, or where it would go.
-    fn find(&self, flow: Flow) -> Result<usize, usize> {
-        self.flows.binary_search_by_key(&flow, |f| f.flow)
     }
 
     /// Whether `flow` has anything to send.
     pub fn has_pending(&self, flow: Flow) -> bool {
-        self.find(flow).is_ok()
+        self.flows.contains_key(&flow)
     }
 
     /// The sender closed `flow`: it finishes after its frames (false when it has none).
     pub fn close(&mut self, flow: Flow) -> bool {
-        let found = self.find(flow).ok();
-        found.map(|i| self.flows[i].fin = true).is_some()
+        self.flows.get_mut(&flow).map(|f| f.fin = true).is_some()
     }
 
     /// Removes `flow` with everything queued on it (its link is gone). Returns the receiver
     /// when the flow was active.
     pub fn remove(&mut self, flow: Flow) -> Option<NodeIdx> {
-        let i = self.find(flow).ok()?;
-        let state = self.flows.remove(i);
+        let state = self.take_flow(flow)?;
+        let to = state.to;
         self.recycle(state.frames);
-        Some(state.to)
+        Some(to)
     }
 
     /// Counts every flow's progress up to `now`: a front frame that is done leaves (into
@@ -173,59 +201,92 @@ impl Uplink {
     pub fn advance(&mut self, now: Time, departed: &mut Vec<(Flow, Frame)>, changes: &mut Vec<Change>) {
         let elapsed_s = now.saturating_since(self.updated).as_secs_f64();
         self.updated = now;
-        let mut i = 0;
-        while i < self.flows.len() {
-            let f = &mut self.flows[i];
-            f.front_left_bytes -= f.rate * elapsed_s;
-            // The wake-up rounds a finish up to the next microsecond: what is left then is
-            // less than a microsecond's worth, or float dust.
-            if f.front_left_bytes <= f.rate * 1e-6 + 1e-3 {
-                departed.push((f.flow, f.depart()));
-                f.fill();
+        let mut idle = std::mem::take(&mut self.scratch.idle);
+        match &mut self.equal {
+            Some(eq) => eq.advance(elapsed_s, &mut self.flows, (departed, &mut self.unreported, &mut idle)),
+            None => {
+                for (flow, f) in &mut self.flows {
+                    f.front_left_bytes -= f.rate * elapsed_s;
+                    if f.front_left_bytes <= done_within(f.rate) {
+                        departed.push((*flow, f.depart()));
+                        if f.fill() {
+                            self.unreported.push(*flow);
+                        }
+                    }
+                    if f.buffered == 0 {
+                        idle.push(*flow);
+                    }
+                }
             }
-            if f.buffered > 0 {
-                i += 1;
-                continue;
-            }
-            let state = self.flows.remove(i);
-            changes.push(Change::Idle(state.flow, state.to));
+        }
+        for flow in idle.drain(..) {
+            // Listed just above from the flows present.
+            let state = self.take_flow(flow).expect("an idle flow is present");
+            changes.push(Change::Idle(flow, state.to));
             if state.fin {
-                changes.push(Change::Finished(state.flow));
+                changes.push(Change::Finished(flow));
             } else if state.unreported > 0 {
                 self.reports.push((state.conn, state.unreported));
             }
             self.recycle(state.frames);
         }
+        self.scratch.idle = idle;
     }
 
     /// Shares `capacity` bytes per second (infinite: unlimited) among the active flows, each
-    /// within its cap; see [`fair_shares`].
+    /// within its cap (see [`fair_shares`]), if anything changed since the last time.
     pub fn reshare(&mut self, capacity: f64) {
-        self.caps.clear();
-        self.caps.extend(self.flows.iter().map(|f| f.cap));
-        fair_shares(capacity, &self.caps, &mut self.order, &mut self.shares);
-        for ((f, rate), cap) in self.flows.iter_mut().zip(&self.shares).zip(&self.caps) {
+        if !std::mem::take(&mut self.stale) {
+            return;
+        }
+        let equal = capacity / self.flows.len().max(1) as f64;
+        let min_cap = self.caps.keys().next().map_or(f64::INFINITY, |bits| f64::from_bits(*bits));
+        if equal.is_finite() && min_cap >= equal {
+            let eq = self.equal.get_or_insert_with(|| Equal::starting(&mut self.flows));
+            eq.level = equal;
+            return;
+        }
+        if let Some(eq) = self.equal.take() {
+            for f in self.flows.values_mut() {
+                f.front_left_bytes = (f.front_done - eq.served).max(0.0);
+            }
+        }
+        let s = &mut self.scratch;
+        s.caps.clear();
+        s.caps.extend(self.flows.values().map(|f| f.cap));
+        fair_shares(capacity, &s.caps, &mut s.order, &mut s.shares);
+        for (f, rate) in self.flows.values_mut().zip(&s.shares) {
             f.rate = *rate;
-            f.capped = rate >= cap;
+            f.capped = *rate >= f.cap;
         }
     }
 
     /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
     /// current rate and whether that rate is its old cap (`None`: not active).
     pub fn set_cap(&mut self, flow: Flow, cap: f64) -> Option<(f64, bool)> {
-        let i = self.find(flow).ok()?;
-        let f = &mut self.flows[i];
-        f.cap = cap;
-        Some((f.rate, f.capped))
+        let f = self.flows.get_mut(&flow)?;
+        let old = std::mem::replace(&mut f.cap, cap);
+        let now = match &self.equal {
+            Some(eq) => (eq.level, false),
+            None => (f.rate, f.capped),
+        };
+        if old.to_bits() != cap.to_bits() {
+            multiset_remove(&mut self.caps, old.to_bits());
+            *self.caps.entry(cap.to_bits()).or_default() += 1;
+            self.stale = true;
+        }
+        Some(now)
     }
 
     /// When the first front frame finishes leaving at the current rates.
-    pub fn next_departure(&self) -> Option<Time> {
-        let micros =
-            self.flows.iter().map(|f| (f.front_left_bytes.max(0.0) * 1e6 / f.rate).ceil()).min_by(f64::total_cmp)?;
+    pub fn next_departure(&mut self) -> Option<Time> {
+        let seconds = match &mut self.equal {
+            Some(eq) => eq.next_done(&self.flows)? / eq.level,
+            None => self.flows.values().map(|f| f.front_left_bytes.max(0.0) / f.rate).min_by(f64::total_cmp)?,
+        };
         // A finite rate over at most a frame's bytes is far below u64::MAX microseconds; an
         // infinite rate gives zero.
-        Some(self.updated + Duration::from_micros(micros as u64))
+        Some(self.updated + Duration::from_micros((seconds * 1e6).ceil() as u64))
     }
 
     /// Takes the `Sent` reports due, as `(conn, frames)` of flows still open at this end.
@@ -233,7 +294,8 @@ impl Uplink {
         for (conn, frames) in self.reports.drain(..) {
             report(conn, frames);
         }
-        for f in &mut self.flows {
+        for flow in self.unreported.drain(..) {
+            let Some(f) = self.flows.get_mut(&flow) else { continue };
             let frames = std::mem::take(&mut f.unreported);
             if frames > 0 && !f.fin {
                 report(f.conn, frames);
@@ -269,14 +331,28 @@ impl Uplink {
     /// Empties the uplink (the node went down); returns its active flows and their receivers.
     /// Wake-ups planned before are stale.
     pub fn clear(&mut self) -> Vec<(Flow, NodeIdx)> {
-        let flows: Vec<(Flow, NodeIdx)> = self.flows.iter().map(|f| (f.flow, f.to)).collect();
-        for state in std::mem::take(&mut self.flows) {
+        let flows: Vec<(Flow, NodeIdx)> = self.flows.iter().map(|(flow, f)| (*flow, f.to)).collect();
+        for (_, state) in std::mem::take(&mut self.flows) {
             self.recycle(state.frames);
         }
+        self.equal = None;
+        self.caps.clear();
+        self.unreported.clear();
         self.reports.clear();
         self.wake = None;
         self.wakes += 1;
         flows
+    }
+
+    /// Takes `flow` out of the uplink, keeping the caps and the mode's books.
+    fn take_flow(&mut self, flow: Flow) -> Option<FlowState> {
+        let state = self.flows.remove(&flow)?;
+        multiset_remove(&mut self.caps, state.cap.to_bits());
+        self.stale = true;
+        if self.flows.is_empty() {
+            self.equal = None;
+        }
+        Some(state)
     }
 
     fn recycle(&mut self, mut frames: VecDeque<Frame>) {
@@ -285,12 +361,87 @@ impl Uplink {
     }
 }
 
+impl Equal {
+    /// Equal shares begin for `flows`, whose progress was counted in explicit bytes left.
+    fn starting(flows: &mut BTreeMap<Flow, FlowState>) -> Equal {
+        let mut eq = Equal::default();
+        for (flow, f) in flows.iter_mut() {
+            eq.start_front(*flow, f);
+        }
+        eq
+    }
+
+    /// `f`'s front frame, with `front_left_bytes` to go, is now counted in served bytes.
+    fn start_front(&mut self, flow: Flow, f: &mut FlowState) {
+        f.front_done = self.served + f.front_left_bytes;
+        self.done.push(Reverse((f.front_done.to_bits(), flow)));
+    }
+
+    /// Every flow sent `level × elapsed_s` more; front frames that are done leave (see
+    /// [`Uplink::advance`]), flows left with nothing go into `idle`.
+    fn advance(
+        &mut self,
+        elapsed_s: f64,
+        flows: &mut BTreeMap<Flow, FlowState>,
+        (departed, unreported, idle): (&mut Vec<(Flow, Frame)>, &mut Vec<Flow>, &mut Vec<Flow>),
+    ) {
+        self.served += self.level * elapsed_s;
+        let limit = self.served + done_within(self.level);
+        while let Some(Reverse((bits, flow))) = self.done.peek().copied() {
+            if f64::from_bits(bits) > limit {
+                return;
+            }
+            self.done.pop();
+            let Some(f) = flows.get_mut(&flow).filter(|f| f.front_done.to_bits() == bits) else {
+                continue;
+            };
+            departed.push((flow, f.depart()));
+            if f.fill() {
+                unreported.push(flow);
+            }
+            if f.buffered == 0 {
+                idle.push(flow);
+            } else {
+                self.start_front(flow, f);
+            }
+        }
+    }
+
+    /// Served bytes still to go until the first front frame is done.
+    fn next_done(&mut self, flows: &BTreeMap<Flow, FlowState>) -> Option<f64> {
+        while let Some(Reverse((bits, flow))) = self.done.peek().copied() {
+            if flows.get(&flow).is_some_and(|f| f.front_done.to_bits() == bits) {
+                return Some((f64::from_bits(bits) - self.served).max(0.0));
+            }
+            self.done.pop();
+        }
+        None
+    }
+}
+
+/// Bytes of a front frame at `rate` that count as gone: a wake-up rounds a finish up to the
+/// next microsecond, so what is left then is less than a microsecond's worth, or float dust.
+fn done_within(rate: f64) -> f64 {
+    rate * 1e-6 + 1e-3
+}
+
+fn multiset_remove(set: &mut BTreeMap<u64, u32>, key: u64) {
+    if let Some(count) = set.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            set.remove(&key);
+        }
+    }
+}
+
 impl FlowState {
-    /// Moves waiting frames into the send buffer while they fit (the first always does).
-    fn fill(&mut self) {
+    /// Moves waiting frames into the send buffer while they fit (the first always does);
+    /// returns whether the flow had none unreported and now has.
+    fn fill(&mut self) -> bool {
+        let before = self.unreported;
         while let Some(frame) = self.frames.get(self.buffered) {
             if self.buffered > 0 && self.buffered_bytes + frame.size_bytes > SEND_BUFFER_BYTES {
-                return;
+                break;
             }
             if self.buffered == 0 {
                 self.front_left_bytes = frame.size_bytes as f64;
@@ -299,6 +450,7 @@ impl FlowState {
             self.buffered_bytes += frame.size_bytes;
             self.unreported += 1;
         }
+        before == 0 && self.unreported > 0
     }
 
     /// The front frame has left.
@@ -410,5 +562,28 @@ mod tests {
         assert_eq!(changes, [Change::Idle((1, 1), NodeIdx(2)), Change::Finished((1, 1))]);
         up.reshare(2000.0);
         assert_eq!(up.next_departure(), Some(Time::from_millis(2000)), "2000 bytes left at the full rate");
+    }
+
+    #[test]
+    fn a_cap_binding_mid_frame_moves_from_equal_shares_to_explicit_rates_without_losing_progress() {
+        let mut up = Uplink::default();
+        up.push(((1, 1), NodeIdx(2), ConnId::Outbound(1)), frame(1000), INF);
+        up.push(((2, 1), NodeIdx(3), ConnId::Outbound(2)), frame(1000), INF);
+        up.reshare(1000.0);
+        assert_eq!(up.next_departure(), Some(Time::from_millis(2000)), "500 B/s each");
+        let (mut departed, mut changes) = (Vec::new(), Vec::new());
+        up.advance(Time::from_millis(1000), &mut departed, &mut changes);
+        assert_eq!(up.set_cap((2, 1), 100.0), Some((500.0, false)));
+        up.reshare(1000.0);
+        assert_eq!(up.next_departure(), Some(Time::from_micros(1_555_556)), "500 bytes left at 900 B/s");
+        up.advance(Time::from_micros(1_555_556), &mut departed, &mut changes);
+        assert_eq!(departed.len(), 1);
+        assert_eq!(changes, [Change::Idle((1, 1), NodeIdx(2))]);
+        up.reshare(1000.0);
+        assert_eq!(up.set_cap((2, 1), INF), Some((100.0, true)));
+        up.reshare(1000.0);
+        let left_bytes = 500.0 - 100.0 * 0.555_556;
+        let done = 1_555_556 + (left_bytes * 1000.0) as u64 + 1;
+        assert_eq!(up.next_departure(), Some(Time::from_micros(done)), "back to equal shares, alone at 1000 B/s");
     }
 }
