@@ -46,7 +46,6 @@ impl World {
 
     fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
-            Message::Data { bytes, .. } => self.nodes[node.0].summary.bytes_up += bytes.len() as u64,
             Message::Request { .. } => {
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);
                 *count += 1;

@@ -13,8 +13,8 @@
 //! streams alone; nothing reads a clock, OS randomness or a hash map's order.
 //!
 //! Module map: [`scenario`] (schema, validation), [`network`] (latency, bandwidth, loss,
-//! partitions) with [`uplink`] (fair sharing of a sender's rate), [`queue`] (the event queue),
-//! [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
+//! partitions) with [`uplink`] (send buffers, fair sharing of a sender's rate), [`queue`]
+//! (the event queue), [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
 //! `effects` (carrying out machine outputs), [`node`] (machines and the actix driver),
 //! [`trace`], [`report`], [`expect`], [`error`].
 

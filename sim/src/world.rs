@@ -145,6 +145,7 @@ impl World {
     /// The next step for the driver and the virtual time it happens at; `None` at the end.
     pub fn next_step(&mut self) -> Option<(Time, Step)> {
         loop {
+            self.report_sent();
             if let Some(step) = self.pending.pop_front() {
                 return Some((self.now, step));
             }
@@ -177,6 +178,7 @@ impl World {
             summary.pieces = node.store.verified(&self.content).count();
             summary.finalized = node.store.is_finalized();
             summary.running = node.running && self.network.incarnation(NodeIdx(i)) > 0;
+            summary.bytes_up = self.network.data_bytes_up(NodeIdx(i));
             self.outcome.peers.push(summary);
         }
         self.outcome.ended_at = self.now;
@@ -243,7 +245,7 @@ impl World {
                 Some(Step::Input(node, input))
             }
             Item::Wire { link, end, input } => {
-                let (node, incarnation, from) = self.network.arrive(link, end, &input)?;
+                let (node, incarnation, from) = self.network.arrive(self.now, (link, end), &input, &mut self.queue)?;
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
@@ -262,6 +264,17 @@ impl World {
                 None
             }
         }
+    }
+
+    /// Frames that entered a send buffer since the last step are reported to their senders,
+    /// right after that step (a machine that stopped hears nothing).
+    fn report_sent(&mut self) {
+        let (nodes, pending) = (&self.nodes, &mut self.pending);
+        self.network.take_reports(|node, conn, frames| {
+            if nodes[node.0].running {
+                pending.push_back(Step::Input(node, Input::Sent { conn, frames }));
+            }
+        });
     }
 
     fn on_arrival(&mut self, node: NodeIdx, from: NodeIdx, input: &Input) {
