@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod effects;
+pub mod efficiency;
 pub mod error;
 pub mod expect;
 pub mod network;

@@ -151,8 +151,9 @@ pub enum ActionKind {
 /// A checked expectation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expect {
-    /// These peers complete, by the deadline if any.
-    Completes(Vec<NodeIdx>, Option<Time>),
+    /// These peers complete, by the deadline if any, and within the duration of their first
+    /// join if any.
+    Completes(Vec<NodeIdx>, Option<Time>, Option<Duration>),
     /// These peers do not complete.
     Incomplete(Vec<NodeIdx>),
     /// `(peer, piece, from)`.
@@ -165,6 +166,18 @@ pub enum Expect {
     UploadedAtMost(NodeIdx, f64),
     /// `(peer, those that uploaded more)`.
     UploadedLess(NodeIdx, Vec<NodeIdx>),
+    /// Every downloader completes within `factor` × T_min of its join, the median within
+    /// `p50_factor` × T_min.
+    WithinBound {
+        /// Last completion, in units of T_min.
+        factor: f64,
+        /// Median completion, in units of T_min.
+        p50_factor: Option<f64>,
+    },
+    /// `(peers, copies of the file)`: each received at most that much.
+    DownloadedAtMost(Vec<NodeIdx>, f64),
+    /// Nobody banned any of these peers.
+    NotBanned(Vec<NodeIdx>),
 }
 
 const LATENCY_MS_DEFAULT: f64 = 20.0;
@@ -236,7 +249,7 @@ impl Checker<'_> {
         } else {
             StoryLevel::Milestones
         });
-        Ok(Scenario {
+        let scenario = Scenario {
             name: file.name.unwrap_or(stem),
             seed: file.seed,
             end,
@@ -246,7 +259,14 @@ impl Checker<'_> {
             peers,
             actions,
             expects,
-        })
+        };
+        let within_bound = file.expects.iter().find(|e| matches!(e.get_ref(), ExpectFile::WithinBound { .. }));
+        if let Some(expect) = within_bound {
+            if let Err(why) = crate::efficiency::bound(&scenario) {
+                return Err(self.invalid(expect.span(), format!("within-bound: this scenario has no bound: {why}")));
+            }
+        }
+        Ok(scenario)
     }
 
     fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ScenarioError {
@@ -459,10 +479,24 @@ impl Checker<'_> {
         let one = |name: &str| self.node(names, name, &span);
         let many = |list: &[String]| self.select(list, names, peers, &span);
         Ok(match raw {
-            ExpectFile::Completes { peers: list, by_s } => {
+            ExpectFile::Completes { peers: list, by_s, within_s } => {
                 let by = by_s.map(|s| self.time(s, span.clone(), "by_s")).transpose()?;
-                Expect::Completes(many(list)?, by)
+                let within = within_s.map(|s| self.time(s, span.clone(), "within_s")).transpose()?;
+                Expect::Completes(many(list)?, by, within.map(Time::elapsed))
             }
+            ExpectFile::WithinBound { factor, p50_factor } => {
+                for (key, value) in [("factor", Some(*factor)), ("p50_factor", *p50_factor)] {
+                    self.factor(value, key, &span)?;
+                }
+                Expect::WithinBound { factor: *factor, p50_factor: *p50_factor }
+            }
+            ExpectFile::DownloadedAtMost { peers: list, copies } => {
+                if !copies.is_finite() || *copies <= 0.0 {
+                    return Err(self.invalid(span, format!("copies = {copies}: a positive number of file sizes")));
+                }
+                Expect::DownloadedAtMost(many(list)?, *copies)
+            }
+            ExpectFile::NotBanned { peers: list } => Expect::NotBanned(many(list)?),
             ExpectFile::Incomplete { peers: list } => Expect::Incomplete(many(list)?),
             ExpectFile::PieceFrom { peer, piece, from } => {
                 if *piece >= file.piece_count {
@@ -477,6 +511,16 @@ impl Checker<'_> {
             ExpectFile::UploadedAtMost { peer, copies } => Expect::UploadedAtMost(one(peer)?, *copies),
             ExpectFile::UploadedLess { peer, than } => Expect::UploadedLess(one(peer)?, many(than)?),
         })
+    }
+
+    /// A `within-bound` factor: T_min is a lower bound, so a factor below 1 could never hold.
+    fn factor(&self, value: Option<f64>, key: &str, span: &Range<usize>) -> Result<(), ScenarioError> {
+        match value {
+            Some(k) if !k.is_finite() || k < 1.0 => {
+                Err(self.invalid(span.clone(), format!("{key} = {k}: at least 1 (T_min is a lower bound)")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Resolves a peer list with `*` (every downloader) and `prefix*` patterns.
@@ -554,7 +598,7 @@ mod tests {
         let s = parse("[[peer]]\nname = \"L\"\ncount = 3\n[[expect]]\ncheck = \"completes\"\npeers = [\"L*\"]\n")
             .expect("valid scenario");
         assert_eq!(s.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["L1", "L2", "L3"]);
-        assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None));
+        assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None, None));
     }
 
     #[test]
