@@ -202,3 +202,44 @@ fn list(peers: &[NodeIdx], name: &dyn Fn(NodeIdx) -> String) -> String {
         shown.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::report::PeerSummary;
+
+    /// S seeds 1 MB at 100 kB/s to L1 and L2 (joining at 2 s): T_min = 2 MB / 200 kB/s = 10 s.
+    const CROWD: &str = "end_s = 100\n[network]\nup_bytes_per_s = 100_000\n\
+                         [file]\nsize_bytes = 1_000_000\npiece_size_bytes = 16384\n\
+                         [[peer]]\nname = \"S\"\nholds = \"all\"\n[[peer]]\nname = \"L\"\ncount = 2\njoin_s = 2\n\
+                         [[expect]]\ncheck = \"completes\"\npeers = [\"*\"]\nwithin_s = 12\n\
+                         [[expect]]\ncheck = \"within-bound\"\nfactor = 1.2\np50_factor = 1.1\n\
+                         [[expect]]\ncheck = \"downloaded-at-most\"\npeers = [\"*\"]\ncopies = 1.05\n\
+                         [[expect]]\ncheck = \"not-banned\"\npeers = [\"S\"]\n";
+
+    fn run_ending(done_s: [f64; 2], down: [u64; 2], banned_s: bool) -> Vec<bool> {
+        let scenario = Scenario::parse(Path::new("t.toml"), CROWD).expect("valid");
+        let mut peers = vec![PeerSummary::default()];
+        for (at, bytes_down) in done_s.into_iter().zip(down) {
+            let completed_at = Some(Time::from_millis((at * 1000.0) as u64));
+            peers.push(PeerSummary { completed_at, bytes_down, ..PeerSummary::default() });
+        }
+        let mut outcome = Outcome { file_size_bytes: 1_000_000, peers, ..Outcome::default() };
+        if banned_s {
+            outcome.bans.insert((NodeIdx(2), NodeIdx(1)));
+        }
+        check(&scenario, &outcome).into_iter().map(|v| v.held).collect()
+    }
+
+    #[test]
+    fn efficiency_expectations_judge_times_from_join_bytes_down_and_bans() {
+        // 10.5 and 11.5 s from the join: within 12 s, last 1.15 × T_min, median 1.05 ×.
+        assert_eq!(run_ending([12.5, 13.5], [1_000_000, 1_050_000], false), [true; 5]);
+        // 12.5 s from the join: late for within_s and for the 1.2 factor; the median is fine.
+        assert_eq!(run_ending([12.5, 14.5], [1_000_000, 1_000_000], false), [false, false, true, true, true]);
+        // Both at 11.5 s: the median misses 1.1 ×; one downloaded too much; S is banned.
+        assert_eq!(run_ending([13.5, 13.5], [1_060_000, 1_000_000], true), [true, false, false, false, true]);
+    }
+}

@@ -615,6 +615,32 @@ mod tests {
     }
 
     #[test]
+    fn efficiency_expectations_are_validated() {
+        let crowd = "[network]\nup_bytes_per_s = 1000\n[[peer]]\nname = \"S\"\nholds = \"all\"\n\
+                     [[peer]]\nname = \"L\"\ncount = 2\n";
+        let ok = parse(&format!("{crowd}[[expect]]\ncheck = \"within-bound\"\nfactor = 1.3\np50_factor = 1.1\n"))
+            .expect("a flash crowd has a bound");
+        assert_eq!(ok.expects[0], Expect::WithinBound { factor: 1.3, p50_factor: Some(1.1) });
+        let err = parse(&format!("{crowd}[[expect]]\ncheck = \"within-bound\"\nfactor = 1.3\np50_factor = 0.9\n"))
+            .expect_err("below the lower bound");
+        assert!(err.to_string().contains("p50_factor = 0.9: at least 1"), "{err}");
+        let partial = "[[peer]]\nname = \"A\"\nholds = [0]\n[[peer]]\nname = \"L\"\n\
+                       [[expect]]\ncheck = \"within-bound\"\nfactor = 2\n";
+        let err = parse(partial).expect_err("no bound with a partial holder");
+        assert!(err.to_string().contains("no bound: A holds part of the file"), "{err}");
+        let err = parse(&format!("{crowd}[[expect]]\ncheck = \"downloaded-at-most\"\npeers = [\"*\"]\ncopies = 0\n"))
+            .expect_err("zero copies");
+        assert!(err.to_string().contains("copies = 0"), "{err}");
+        let s = parse(&format!(
+            "{crowd}[[expect]]\ncheck = \"not-banned\"\npeers = [\"L*\"]\n\
+             [[expect]]\ncheck = \"completes\"\npeers = [\"L1\"]\nwithin_s = 2.5\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.expects[0], Expect::NotBanned(vec![NodeIdx(2), NodeIdx(3)]));
+        assert_eq!(s.expects[1], Expect::Completes(vec![NodeIdx(2)], None, Some(Duration::from_millis(2500))));
+    }
+
+    #[test]
     fn generated_scenarios_round_trip_through_toml() {
         let s = parse("[[peer]]\nname = \"A\"\nholds = \"0-1\"\nlatency_ms = 5\n").expect("valid scenario");
         assert_eq!(s.peers[0].link.latency, Duration::from_millis(5));
