@@ -36,7 +36,7 @@ use std::fmt;
 use p2p_core::Time;
 
 use crate::report::Outcome;
-use crate::scenario::{ActionKind, NodeIdx, PeerSpec, Scenario};
+use crate::scenario::{ActionKind, FileSpec, NodeIdx, PeerSpec, Scenario};
 
 /// The downloaders' first joins must lie within this fraction of the fluid bound of each other
 /// for the bound to be defined (completion is counted from each one's join, so a wider spread
@@ -67,6 +67,27 @@ impl Bound {
     /// The piece-level bound: T_min plus the pipeline term.
     pub fn piece_s(&self) -> f64 {
         self.fluid_s() + self.pipeline_s
+    }
+
+    /// The terms for `file` spread from these seeders to these downloaders, whatever the rest of
+    /// the scenario does (for a scenario that is not a flash crowd, an estimate of the time its
+    /// transfers need rather than a lower bound).
+    pub fn of(file: &FileSpec, seeders: &[&PeerSpec], downloaders: &[&PeerSpec]) -> Bound {
+        let (file_bytes, pieces) = (file.size_bytes, file.piece_count);
+        let f = file_bytes as f64;
+        let n = downloaders.len() as f64;
+        let seeders_up: f64 = seeders.iter().map(|p| upload_rate(p)).sum();
+        let downloaders_up: f64 = downloaders.iter().map(|p| upload_rate(p)).sum();
+        let down_min = downloaders.iter().map(|p| rate(p.link.down_bytes_per_s)).fold(f64::INFINITY, f64::min);
+        let up_max = seeders.iter().chain(downloaders).map(|p| upload_rate(p)).fold(0.0, f64::max);
+        let hops = f64::from(downloaders.len().max(1).ilog2());
+        Bound {
+            downloaders: u32::try_from(downloaders.len()).unwrap_or(u32::MAX),
+            seeders_s: f / seeders_up,
+            downlink_s: f / down_min,
+            swarm_s: n * f / (seeders_up + downloaders_up),
+            pipeline_s: hops * f / (f64::from(pieces) * up_max),
+        }
     }
 }
 
@@ -152,7 +173,7 @@ pub fn bound(scenario: &Scenario) -> Result<Bound, NoBound> {
         }
     }
     let peers = |list: &[usize]| list.iter().map(|i| &scenario.peers[*i]).collect::<Vec<_>>();
-    let terms = terms(scenario.file.size_bytes, scenario.file.piece_count, &peers(&seeders), &peers(&downloaders));
+    let terms = Bound::of(&scenario.file, &peers(&seeders), &peers(&downloaders));
     if terms.fluid_s() == 0.0 {
         return Err(NoBound::Unlimited);
     }
@@ -163,24 +184,6 @@ pub fn bound(scenario: &Scenario) -> Result<Bound, NoBound> {
         return Err(NoBound::JoinSpread { spread_s, allowed_s });
     }
     Ok(terms)
-}
-
-/// The bound's terms for these seeders and downloaders.
-fn terms(file_bytes: u64, pieces: u32, seeders: &[&PeerSpec], downloaders: &[&PeerSpec]) -> Bound {
-    let f = file_bytes as f64;
-    let n = downloaders.len() as f64;
-    let seeders_up: f64 = seeders.iter().map(|p| upload_rate(p)).sum();
-    let downloaders_up: f64 = downloaders.iter().map(|p| upload_rate(p)).sum();
-    let down_min = downloaders.iter().map(|p| rate(p.link.down_bytes_per_s)).fold(f64::INFINITY, f64::min);
-    let up_max = seeders.iter().chain(downloaders).map(|p| upload_rate(p)).fold(0.0, f64::max);
-    let hops = f64::from(downloaders.len().max(1).ilog2());
-    Bound {
-        downloaders: u32::try_from(downloaders.len()).unwrap_or(u32::MAX),
-        seeders_s: f / seeders_up,
-        downlink_s: f / down_min,
-        swarm_s: n * f / (seeders_up + downloaders_up),
-        pipeline_s: hops * f / (f64::from(pieces) * up_max),
-    }
 }
 
 /// A peer's upload rate: the smaller of its uplink and its own upload limit.
