@@ -1,5 +1,5 @@
 //! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--driver actix|queue]`: runs a scenario in
-//! virtual time and tells what happened (DESIGN.md §5).
+//! virtual time and tells what happened (docs/cli.md).
 //!
 //! Prints the story, a per-peer summary table, the efficiency against the scenario's lower
 //! bound (`p2p_sim::efficiency`) and the expectation verdicts; the last line is always
