@@ -16,7 +16,8 @@
 //! partitions) with [`uplink`] (fair sharing of a sender's rate), [`queue`] (the event queue),
 //! [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
 //! `effects` (carrying out machine outputs), [`node`] (machines and the actix driver),
-//! [`trace`], [`report`], [`expect`], [`error`].
+//! [`trace`], [`report`], [`efficiency`] (a run against the Kumar–Ross lower bound),
+//! [`expect`], [`error`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
