@@ -186,6 +186,11 @@ pub fn bound(scenario: &Scenario) -> Result<Bound, NoBound> {
     Ok(terms)
 }
 
+/// Whether `peer` is a seeder: it holds the whole file at the start and does not download.
+pub fn is_seeder(peer: &PeerSpec, file: &FileSpec) -> bool {
+    !peer.wants && peer.holds.len() == file.piece_count as usize
+}
+
 /// A peer's upload rate: the smaller of its uplink and its own upload limit.
 fn upload_rate(peer: &PeerSpec) -> f64 {
     rate(peer.link.up_bytes_per_s).min(rate(peer.upload_limit_bytes_per_s))
@@ -260,12 +265,7 @@ fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 /// Seeder copies and useful fraction (see the module docs).
 fn seeder_figures(scenario: &Scenario, outcome: &Outcome) -> (Option<f64>, Option<f64>) {
     let file = &scenario.file;
-    let is_seeder = |node: NodeIdx| {
-        node != NodeIdx::TRACKER && {
-            let peer = &scenario.peers[node.0 - 1];
-            !peer.wants && peer.holds.len() == file.piece_count as usize
-        }
-    };
+    let is_seeder = |node: NodeIdx| node != NodeIdx::TRACKER && is_seeder(&scenario.peers[node.0 - 1], file);
     let seeders: Vec<NodeIdx> = (0..scenario.peers.len()).map(NodeIdx::peer).filter(|n| is_seeder(*n)).collect();
     if seeders.is_empty() {
         return (None, None);

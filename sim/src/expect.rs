@@ -95,6 +95,15 @@ fn check_one(expect: &Expect, scenario: &Scenario, outcome: &Outcome, name: &dyn
                 .collect();
             verdict(format!("{} each download at most {copies} copies of the file", list(peers, name)), over.join(", "))
         }
+        Expect::SeederUseful(at_least) => {
+            let useful = efficiency::measure(scenario, outcome).seeder_useful;
+            let detail = match useful {
+                Some(u) if u >= *at_least => String::new(),
+                Some(u) => format!("{:.1} % was", u * 100.0),
+                None => "the seeders uploaded nothing".to_owned(),
+            };
+            verdict(format!("at least {:.1} % of the seeders' upload is useful", at_least * 100.0), detail)
+        }
         Expect::NotBanned(peers) => {
             let banned: Vec<String> = outcome
                 .bans
@@ -217,9 +226,10 @@ mod tests {
                          [[expect]]\ncheck = \"completes\"\npeers = [\"*\"]\nwithin_s = 12\n\
                          [[expect]]\ncheck = \"within-bound\"\nfactor = 1.2\np50_factor = 1.1\n\
                          [[expect]]\ncheck = \"downloaded-at-most\"\npeers = [\"*\"]\ncopies = 1.05\n\
-                         [[expect]]\ncheck = \"not-banned\"\npeers = [\"S\"]\n";
+                         [[expect]]\ncheck = \"not-banned\"\npeers = [\"S\"]\n\
+                         [[expect]]\ncheck = \"seeder-useful\"\nat_least = 0.9\n";
 
-    fn run_ending(done_s: [f64; 2], down: [u64; 2], banned_s: bool) -> Vec<bool> {
+    fn run_ending(done_s: [f64; 2], down: [u64; 2], banned_s: bool, up_pieces: u64) -> Vec<bool> {
         let scenario = Scenario::parse(Path::new("t.toml"), CROWD).expect("valid");
         let mut peers = vec![PeerSummary::default()];
         for (at, bytes_down) in done_s.into_iter().zip(down) {
@@ -227,6 +237,10 @@ mod tests {
             peers.push(PeerSummary { completed_at, bytes_down, ..PeerSummary::default() });
         }
         let mut outcome = Outcome { file_size_bytes: 1_000_000, peers, ..Outcome::default() };
+        // L1 verified 19 distinct pieces from S (piece 18 twice): 19 × 16 KiB useful.
+        outcome.peers[0].bytes_up = up_pieces * 16_384;
+        let (seeder, l1) = (NodeIdx(1), NodeIdx(2));
+        outcome.piece_sources = (0..20).map(|piece| (l1, piece.min(18), seeder)).collect();
         if banned_s {
             outcome.bans.insert((NodeIdx(2), NodeIdx(1)));
         }
@@ -236,10 +250,12 @@ mod tests {
     #[test]
     fn efficiency_expectations_judge_times_from_join_bytes_down_and_bans() {
         // 10.5 and 11.5 s from the join: within 12 s, last 1.15 × T_min, median 1.05 ×.
-        assert_eq!(run_ending([12.5, 13.5], [1_000_000, 1_050_000], false), [true; 5]);
+        assert_eq!(run_ending([12.5, 13.5], [1_000_000, 1_050_000], false, 20), [true; 6]);
         // 12.5 s from the join: late for within_s and for the 1.2 factor; the median is fine.
-        assert_eq!(run_ending([12.5, 14.5], [1_000_000, 1_000_000], false), [false, false, true, true, true]);
-        // Both at 11.5 s: the median misses 1.1 ×; one downloaded too much; S is banned.
-        assert_eq!(run_ending([13.5, 13.5], [1_060_000, 1_000_000], true), [true, false, false, false, true]);
+        assert_eq!(run_ending([12.5, 14.5], [1_000_000, 1_000_000], false, 20), [false, false, true, true, true, true]);
+        // Both at 11.5 s: the median misses 1.1 ×; one downloaded too much; S is banned; S sent
+        // 40 pieces of which 19 were useful.
+        let verdicts = run_ending([13.5, 13.5], [1_060_000, 1_000_000], true, 40);
+        assert_eq!(verdicts, [true, false, false, false, false, true]);
     }
 }

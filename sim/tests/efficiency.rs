@@ -62,19 +62,19 @@ fn every_file_is_a_flash_crowd_with_the_issue_targets() {
     let scenarios = family();
     assert!(scenarios.len() >= 16, "the family of issue 10: {} files", scenarios.len());
     for (path, scenario) in &scenarios {
-        let targets: Vec<f64> = scenario
-            .expects
-            .iter()
-            .filter_map(|e| match e {
-                Expect::WithinBound { factor, .. } => Some(*factor),
-                _ => None,
-            })
-            .collect();
-        assert!(
-            targets.len() == 1 && targets[0] <= 1.5,
-            "{}: one within-bound target of at most 1.5 × T_min",
-            path.display()
-        );
+        let mut targets = (None, None, None);
+        for expect in &scenario.expects {
+            match expect {
+                Expect::WithinBound { factor, .. } => targets.0 = Some(*factor),
+                Expect::DownloadedAtMost(_, copies) => targets.1 = Some(*copies),
+                Expect::SeederUseful(at_least) => targets.2 = Some(*at_least),
+                _ => {}
+            }
+        }
+        let (Some(factor), Some(copies), Some(useful)) = targets else {
+            panic!("{}: within-bound, downloaded-at-most and seeder-useful expected", path.display());
+        };
+        assert!(factor <= 1.5 && copies <= 1.05 && useful >= 0.9, "{}: a target below issue 10's", path.display());
         assert!(efficiency::bound(scenario).is_ok(), "{}", path.display());
     }
 }

@@ -281,6 +281,13 @@ pub enum ExpectFile {
         /// Copies of the file.
         copies: f64,
     },
+    /// At least `at_least` (a fraction) of the seeders' upload was useful (see
+    /// [`crate::efficiency`]; the scenario must have a peer holding the whole file at the start
+    /// that does not download).
+    SeederUseful {
+        /// The smallest useful fraction, in `0.0..=1.0`.
+        at_least: f64,
+    },
     /// No peer banned any of `peers`.
     NotBanned {
         /// Who.

@@ -178,6 +178,8 @@ pub enum Expect {
     DownloadedAtMost(Vec<NodeIdx>, f64),
     /// Nobody banned any of these peers.
     NotBanned(Vec<NodeIdx>),
+    /// At least this fraction of the seeders' upload was useful.
+    SeederUseful(f64),
 }
 
 const LATENCY_MS_DEFAULT: f64 = 20.0;
@@ -497,6 +499,15 @@ impl Checker<'_> {
                 Expect::DownloadedAtMost(many(list)?, *copies)
             }
             ExpectFile::NotBanned { peers: list } => Expect::NotBanned(many(list)?),
+            ExpectFile::SeederUseful { at_least } => {
+                if !(0.0..=1.0).contains(at_least) {
+                    return Err(self.invalid(span, format!("at_least = {at_least}: a fraction from 0 to 1")));
+                }
+                if !peers.iter().any(|p| crate::efficiency::is_seeder(p, file)) {
+                    return Err(self.invalid(span, "seeder-useful: no peer seeds the whole file from the start"));
+                }
+                Expect::SeederUseful(*at_least)
+            }
             ExpectFile::Incomplete { peers: list } => Expect::Incomplete(many(list)?),
             ExpectFile::PieceFrom { peer, piece, from } => {
                 if *piece >= file.piece_count {
@@ -631,6 +642,9 @@ mod tests {
         let err = parse(&format!("{crowd}[[expect]]\ncheck = \"downloaded-at-most\"\npeers = [\"*\"]\ncopies = 0\n"))
             .expect_err("zero copies");
         assert!(err.to_string().contains("copies = 0"), "{err}");
+        let err = parse(partial.replace("within-bound\"\nfactor = 2", "seeder-useful\"\nat_least = 0.9").as_str())
+            .expect_err("nobody seeds the whole file");
+        assert!(err.to_string().contains("seeder-useful: no peer seeds"), "{err}");
         let s = parse(&format!(
             "{crowd}[[expect]]\ncheck = \"not-banned\"\npeers = [\"L*\"]\n\
              [[expect]]\ncheck = \"completes\"\npeers = [\"L1\"]\nwithin_s = 2.5\n"
