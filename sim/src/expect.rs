@@ -85,34 +85,9 @@ fn check_one(expect: &Expect, scenario: &Scenario, outcome: &Outcome, name: &dyn
             let detail = if up <= *copies { String::new() } else { format!("uploaded {up:.1} copies") };
             verdict(format!("{} uploads at most {copies} copies of the file (did {up:.1})", name(*peer)), detail)
         }
-        Expect::DownloadedAtMost(peers, copies) => {
-            let file_bytes = outcome.file_size_bytes.max(1) as f64;
-            let over: Vec<String> = peers
-                .iter()
-                .map(|p| (p, outcome.peer(*p).bytes_down as f64 / file_bytes))
-                .filter(|(_, down)| down > copies)
-                .map(|(p, down)| format!("{} downloaded {down:.3} copies", name(*p)))
-                .collect();
-            verdict(format!("{} each download at most {copies} copies of the file", list(peers, name)), over.join(", "))
-        }
-        Expect::SeederUseful(at_least) => {
-            let useful = efficiency::measure(scenario, outcome).seeder_useful;
-            let detail = match useful {
-                Some(u) if u >= *at_least => String::new(),
-                Some(u) => format!("{:.1} % was", u * 100.0),
-                None => "the seeders uploaded nothing".to_owned(),
-            };
-            verdict(format!("at least {:.1} % of the seeders' upload is useful", at_least * 100.0), detail)
-        }
-        Expect::NotBanned(peers) => {
-            let banned: Vec<String> = outcome
-                .bans
-                .iter()
-                .filter(|(_, banned)| peers.contains(banned))
-                .map(|(by, banned)| format!("{} banned {}", name(*by), name(*banned)))
-                .collect();
-            verdict(format!("nobody bans {}", list(peers, name)), banned.join(", "))
-        }
+        Expect::DownloadedAtMost(peers, copies) => downloaded_at_most(outcome, peers, *copies, name),
+        Expect::SeederUseful(at_least) => seeder_useful(&efficiency::measure(scenario, outcome), *at_least),
+        Expect::NotBanned(peers) => not_banned(outcome, peers, name),
         Expect::UploadedLess(peer, than) => {
             let mine = outcome.peer(*peer).bytes_up;
             let beaten: Vec<String> = than
@@ -158,6 +133,36 @@ fn completes(
     let deadline = by.map_or_else(String::new, |by| format!(" by {by}"));
     let from_join = within.map_or_else(String::new, |w| format!(" within {:.3} s of joining", w.as_secs_f64()));
     verdict(format!("{} complete{deadline}{from_join}", list(peers, name)), late.join(", "))
+}
+
+fn downloaded_at_most(outcome: &Outcome, peers: &[NodeIdx], copies: f64, name: &dyn Fn(NodeIdx) -> String) -> Verdict {
+    let file_bytes = outcome.file_size_bytes.max(1) as f64;
+    let over: Vec<String> = peers
+        .iter()
+        .map(|p| (p, outcome.peer(*p).bytes_down as f64 / file_bytes))
+        .filter(|(_, down)| *down > copies)
+        .map(|(p, down)| format!("{} downloaded {down:.3} copies", name(*p)))
+        .collect();
+    verdict(format!("{} each download at most {copies} copies of the file", list(peers, name)), over.join(", "))
+}
+
+fn seeder_useful(e: &Efficiency, at_least: f64) -> Verdict {
+    let detail = match e.seeder_useful {
+        Some(u) if u >= at_least => String::new(),
+        Some(u) => format!("{:.1} % was", u * 100.0),
+        None => "the seeders uploaded nothing".to_owned(),
+    };
+    verdict(format!("at least {:.1} % of the seeders' upload is useful", at_least * 100.0), detail)
+}
+
+fn not_banned(outcome: &Outcome, peers: &[NodeIdx], name: &dyn Fn(NodeIdx) -> String) -> Verdict {
+    let banned: Vec<String> = outcome
+        .bans
+        .iter()
+        .filter(|(_, banned)| peers.contains(banned))
+        .map(|(by, banned)| format!("{} banned {}", name(*by), name(*banned)))
+        .collect();
+    verdict(format!("nobody bans {}", list(peers, name)), banned.join(", "))
 }
 
 fn within_bound(e: &Efficiency, factor: f64, p50_factor: Option<f64>) -> Verdict {
