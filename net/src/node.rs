@@ -230,7 +230,7 @@ impl PeerHandle {
     /// resumes from all of them; for a peer about to exit.
     pub async fn flush(&self) -> Result<(), NetError> {
         let store = self.store.clone();
-        blocking(move || store.persist_all()).await
+        blocking(move || Ok(store.persist_all()?)).await
     }
 
     async fn command(&self, command: Command) -> Result<(), NetError> {
