@@ -317,6 +317,13 @@ impl Store {
         entry.served.is_full().then(|| entry.path.to_path_buf())
     }
 
+    /// Lets another store open this directory while this one is still alive: for tests that
+    /// restart a store in place (the new one is opened before the old one is dropped).
+    #[cfg(test)]
+    fn unlock(&self) {
+        rustix::fs::flock(&self._lock, rustix::fs::FlockOperation::Unlock).expect("unlock the store");
+    }
+
     fn remember(&self, held: &Held) -> Result<(), StoreError> {
         write_atomically(&self.sidecar(held.manifest.file_id(), "held"), &held.encode())
     }
