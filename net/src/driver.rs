@@ -334,11 +334,13 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             // output for the file relies on it having happened (it has no completion).
             Output::Allocate { manifest } => store.allocate(&manifest),
             Output::PieceVerified { file_id, piece } => match store.mark_verified(file_id, piece) {
-                Ok(()) => self.background(move || {
+                Ok(true) => self.background(move || {
                     if let Err(e) = store.persist_bitfield(file_id) {
                         tracing::error!("cannot record piece {piece} of {file_id}: {e}");
                     }
                 }),
+                // A write already waiting records this piece too.
+                Ok(false) => {}
                 Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
             },
             Output::WriteBlock { file_id, piece, offset, bytes } => {

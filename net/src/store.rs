@@ -52,6 +52,8 @@ struct Entry {
     state: State,
     /// Serialises sidecar writes and finalisation of this file.
     sidecars: Arc<Mutex<()>>,
+    /// Verified pieces wait for a [`Store::persist_bitfield`] that has not read them yet.
+    persist_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,13 +144,17 @@ impl Store {
     }
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
-    /// with the other outputs, then [`Store::persist_bitfield`] on a worker thread.
-    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+    /// with the other outputs. `Ok(true)`: call [`Store::persist_bitfield`] on a worker thread;
+    /// `Ok(false)`: a call already waiting will persist this piece too, so the synced writes
+    /// keep pace with the disk, not with the pieces.
+    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<bool, StoreError> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
         entry.piece_len_checked(piece)?;
         entry.served.set(piece);
-        Ok(())
+        let schedule = !entry.persist_pending;
+        entry.persist_pending = true;
+        Ok(schedule)
     }
 
     /// Moves a fully verified download to the output directory and returns its final path.
@@ -229,15 +235,19 @@ impl Store {
     pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), StoreError> {
         let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
-        // Read under the sidecar lock, so the newest bitfield is always the one written last.
-        let bytes = self.with_entry(file_id, |entry| {
-            Ok((entry.state == State::Downloading).then(|| {
+        // Read under the sidecar lock, so the newest bitfield is always the one written last;
+        // pieces verified from now on ask for another write.
+        let bytes = {
+            let mut entries = self.lock();
+            let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
+            entry.persist_pending = false;
+            (entry.state == State::Downloading).then(|| {
                 let mut bytes = entry.served.len().to_be_bytes().to_vec();
                 bytes.extend_from_slice(entry.served.as_bytes());
                 bytes
-            }))
-        });
-        match bytes? {
+            })
+        };
+        match bytes {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
             None => Ok(()),
         }
@@ -279,7 +289,16 @@ impl Entry {
         served: Bitfield,
         state: State,
     ) -> Entry {
-        Entry { manifest: Arc::new(manifest), file, path: Arc::from(path), served, state, sidecars: Arc::default() }
+        let sidecars = Arc::default();
+        Entry {
+            manifest: Arc::new(manifest),
+            file,
+            path: Arc::from(path),
+            served,
+            state,
+            sidecars,
+            persist_pending: false,
+        }
     }
 
     /// The length of `piece`, if it exists.
@@ -476,6 +495,7 @@ impl p2p_core::store::Store for Store {
     }
 
     fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        // Persisted at once whether or not a write is pending: this owner has no worker.
         Store::mark_verified(self, file_id, piece)?;
         Store::persist_bitfield(self, file_id)
     }

@@ -153,3 +153,18 @@ fn the_disk_store_keeps_the_store_contract() {
     conformance::check(&mut open(), |store| *store = open(), &manifest, &bytes);
     assert_eq!(fs::read(out_dir.join("sample.bin")).expect("the finished file"), bytes);
 }
+
+#[test]
+fn verified_pieces_share_one_pending_bitfield_write() {
+    let f = fixture();
+    let id = f.manifest.file_id();
+    let store = f.store();
+    store.allocate(&f.manifest);
+    assert_eq!(store.mark_verified(id, PieceIndex(0)), Ok(true), "the first piece asks for a write");
+    assert_eq!(store.mark_verified(id, PieceIndex(1)), Ok(false), "the waiting write records this one too");
+    store.persist_bitfield(id).expect("persist");
+    let sidecar = f.store_dir.join(format!("{id}.bitfield"));
+    let written = read_bitfield(&sidecar, f.manifest.piece_count()).expect("a bitfield");
+    assert_eq!(written.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1)], "one write recorded both");
+    assert_eq!(store.mark_verified(id, PieceIndex(2)), Ok(true), "after the write, the next piece asks again");
+}
