@@ -2,7 +2,7 @@
 //!
 //! A download of file `F` lives in the store directory as `F.part` (the file's bytes at their
 //! offsets, created at full length), `F.manifest` (canonical CBOR) and `F.bitfield` (verified
-//! pieces, rewritten atomically after every verified piece), so a restarted peer resumes. On
+//! pieces, rewritten atomically and synced as pieces are verified), so a restarted peer resumes. On
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
 //! read-only from where they are, never copied.
