@@ -28,7 +28,7 @@
 //!   `Disconnected`. Retransmissions cost time, not uplink bytes.
 //!
 //! Rates change only at events (a flow starts or goes idle, a receiver's count changes), and
-//! each uplink has one wake-up pending, at its next frame departure. A link whose two ends are
+//! each uplink has at most one wake-up pending, at or before its next frame departure. A link whose two ends are
 //! both unlimited has no flow at all: its frames leave at once.
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
@@ -423,10 +423,16 @@ impl Network {
         if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
             return;
         }
-        receiver.share_applied = share;
+        let applied = std::mem::replace(&mut receiver.share_applied, share);
         let mut senders = std::mem::take(&mut self.senders);
         senders.extend(receiver.inbound.iter().copied());
         for (sender, other) in senders.drain(..) {
+            // A cap at or above the sender's whole rate never binds: when both the cap it holds
+            // (within the slack of the last share applied) and the new one are, it is not told.
+            let up = self.nodes[sender.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
+            if share >= up && applied * (1.0 - SHARE_SLACK) >= up {
+                continue;
+            }
             let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
                 rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
             });
