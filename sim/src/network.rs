@@ -12,7 +12,7 @@
 //!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
 //!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
 //!   to its other flows, and a downlink is not given more than its rate (give or take the
-//!   [`SHARE_SLACK`] with which a changed share reaches the receiver's other senders). This is
+//!   1/16 slack with which a changed share reaches the receiver's other senders). This is
 //!   max-min fair except where a receiver's inbound flows are uneven — one sender cannot use
 //!   the share another leaves at a saturated downlink. We chose it over global progressive
 //!   filling because a cap then depends only on how many flows a receiver has: a flow starting
