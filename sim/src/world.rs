@@ -22,9 +22,8 @@ use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
-use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+use p2p_core::{Command, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
-use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
@@ -78,7 +77,6 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    pub(crate) sizes: WireSizes,
     ended: bool,
 }
 
@@ -95,9 +93,8 @@ pub fn run_queue(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) 
                 let Some(machine) = machines[node.0].as_mut() else {
                     continue;
                 };
-                machine.handle(now, input);
-                outputs.extend(std::iter::from_fn(|| machine.poll_output()));
-                world.after_step(node, &mut outputs, machine.poll_timeout());
+                let timeout = p2p_core::step(machine, now, input, |output| outputs.push(output));
+                world.after_step(node, &mut outputs, timeout);
             }
         }
     }
@@ -139,7 +136,6 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            sizes: WireSizes::default(),
             ended: false,
         };
         world.start_tracker("starts");
