@@ -12,6 +12,18 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Length of the big-endian length prefix in front of every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
+/// Largest body of a connection's first frame, which must be a `Hello` (or the `Error` that
+/// refuses the connection): the largest `Hello` encodes to well under 100 bytes, the rest is
+/// room for a refusal's detail. A length prefix over it before the handshake costs the remote
+/// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
+pub const HELLO_FRAME_BYTES_MAX: usize = 512;
+
+/// Bytes all the receive buffers of one process's connections may hold together (bytes
+/// received but not yet decoded, and room reserved for the next read). Past it the connection
+/// holding the most is closed: a hostile remote's half-sent frames are the largest holders,
+/// while honest frames complete and leave the buffer at once.
+pub const READ_BUFFERS_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Size of one block: the unit of a `Request`/`Data` exchange. The last block of a piece may be
 /// shorter.
 pub const BLOCK_BYTES: u32 = 256 * 1024;
@@ -173,6 +185,9 @@ pub const REMOTE_RETRY_DELAY: Duration = Duration::from_secs(2);
 pub const UPLOAD_BURST_FRACTION_OF_SECOND: u32 = 8;
 
 const _: () = assert!(BLOCK_BYTES as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(HELLO_FRAME_BYTES_MAX < FRAME_BYTES_MAX);
+// Several frames of the largest size can be received at once before anyone is closed.
+const _: () = assert!(READ_BUFFERS_TOTAL_BYTES_MAX >= 8 * FRAME_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN <= PIECE_BYTES_AUTO_MIN);
 const _: () = assert!(PIECE_BYTES_AUTO_MAX <= PIECE_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_power_of_two());
