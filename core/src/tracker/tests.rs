@@ -491,17 +491,42 @@ fn other_messages_are_unexpected_but_keep_the_connection() {
 }
 
 #[test]
-fn a_restarted_peer_replaces_its_stale_connection() {
+fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (victim, d) = (h.peer(1), h.peer(4));
+    h.announce(victim, &file, &[0]);
+    let impostor = Remote { conn: ConnId::Inbound(11), ..victim };
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(victim.ip)), 50_001);
+    h.input(Input::Connected { conn: impostor.conn, remote });
+    let outputs = h.send(impostor, hello(Role::Peer, 9, victim.port));
+    let refused = outputs
+        .iter()
+        .any(|o| matches!(o, Output::Send { message: Message::Error { code: ErrorCode::BadRequest, .. }, .. }));
+    assert!(refused, "{outputs:?}");
+    assert!(is_closed(&outputs, impostor.conn) && !is_closed(&outputs, victim.conn), "only the impostor goes");
+    assert!(gone(&outputs).is_empty());
+    let fake = manifest("fake", 1);
+    let announced = h.send(
+        impostor,
+        Message::Announce { file_id: fake.file_id(), manifest: Some(Box::new(fake.clone())), have: Bitfield::full(1) },
+    );
+    assert!(announced.is_empty(), "a refused connection announces nothing");
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![victim.addr()]], "the victim is still listed");
+}
+
+#[test]
+fn a_restarted_peer_takes_its_address_back_once_the_old_connection_closed() {
     let mut h = Harness::new(1);
     let file = manifest("f", 1);
     let (old, d) = (h.peer(1), h.peer(4));
     h.announce(old, &file, &[0]);
+    h.input(Input::Disconnected { conn: old.conn });
     let new = Remote { conn: ConnId::Inbound(11), ..old };
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(old.ip)), 50_001);
     h.input(Input::Connected { conn: new.conn, remote });
     let outputs = h.send(new, hello(Role::Peer, 1, old.port));
-    assert!(is_closed(&outputs, old.conn));
-    assert_eq!(gone(&outputs), vec![(old.addr(), GoneReason::Disconnected)]);
+    assert!(matches!(outputs.as_slice(), [Output::Send { message: Message::Hello(_), .. }]), "{outputs:?}");
     h.announce(new, &file, &[0]);
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![old.addr()]], "listed once");
 }
