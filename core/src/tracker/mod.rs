@@ -4,6 +4,7 @@
 //! and closes); its submodules own the state behind the answers:
 //! - `conns` — open connections, their handshake stage and deadlines;
 //! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
+//! - `quotas` — what one peer registration and one source IP may make the tracker keep;
 //! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer;
 //! - `answers` — holder lists recently built per file, reused for a short time.
 //!
@@ -19,6 +20,7 @@
 mod answers;
 mod conns;
 mod locate;
+mod quotas;
 mod registry;
 #[cfg(test)]
 mod tests;
