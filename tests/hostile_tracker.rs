@@ -1,7 +1,8 @@
 //! One hostile client against a real tracker: a flood of announces of fake files with the
 //! largest manifests leaves the tracker's memory under its ceiling (the per-address quotas
-//! refuse the rest) while an honest client keeps getting answers; a `Hello` claiming a live
-//! peer's address is refused and the peer stays listed.
+//! refuse the rest) while an honest client keeps getting answers; frames of the largest size
+//! sent all but their last byte, before and after `Hello`, cost the tracker no more than its
+//! read budget; a `Hello` claiming a live peer's address is refused and the peer stays listed.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use p2p_core::limits::{PIECES_MAX, PIECE_BYTES_MIN, TRACKER_MANIFEST_BYTES_PER_IP_MAX};
+use p2p_core::limits::{
+    FRAME_BYTES_MAX, PIECES_MAX, PIECE_BYTES_MIN, READ_BUFFERS_TOTAL_BYTES_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
+};
 use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
 use p2p_core::{Bitfield, Digest, FileId, Manifest, PeerId};
 
@@ -80,6 +83,48 @@ fn a_flood_of_the_largest_manifests_stays_under_the_memory_ceiling_while_honest_
     assert_eq!(accepted + refused, FLOOD_FILES, "every announce is answered");
     assert!(rss_max_bytes <= TRACKER_RSS_CEILING_BYTES, "tracker RSS reached {} MiB", rss_max_bytes >> 20);
     assert!(locates > 0, "honest locates were asked during the flood");
+}
+
+/// Connections that each send all but the last byte of a frame of the largest size.
+const HALF_SENT_CONNECTIONS: usize = 300;
+/// Of them, those that first complete their handshake.
+const HALF_SENT_AFTER_HELLO: usize = 40;
+/// Tracker memory allowed beyond the read budget, over its memory before the attack.
+const HALF_SENT_SLACK_BYTES: u64 = 32 * 1024 * 1024;
+
+#[test]
+fn frames_sent_all_but_their_last_byte_cost_the_tracker_no_more_than_its_read_budget() {
+    let (tracker, tracker_addr) = Node::tracker();
+    let mut honest = WireClient::hello(None, tracker_addr, Role::Client, 0);
+    let before_bytes = rss_bytes(tracker.pid());
+    let started = Instant::now();
+    let mut hogs = Vec::new();
+    for c in 0..HALF_SENT_CONNECTIONS {
+        let mut hog = if c < HALF_SENT_AFTER_HELLO {
+            WireClient::hello(Some(FLOOD_IP), tracker_addr, Role::Client, 0)
+        } else {
+            WireClient::connect(Some(FLOOD_IP), tracker_addr)
+        };
+        let mut frame = (FRAME_BYTES_MAX as u32).to_be_bytes().to_vec();
+        frame.resize(FRAME_BYTES_MAX + 3, 0xa5);
+        // A refused or evicted connection is closed under the writer: that is the point.
+        let _ = hog.stream.write_all(&frame);
+        hogs.push(hog);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let after_bytes = rss_bytes(tracker.pid());
+    honest.send(&Message::List);
+    assert!(matches!(honest.recv(ANSWER_TIMEOUT), Some(Message::Files { .. })), "an honest client is answered");
+    eprintln!(
+        "{HALF_SENT_CONNECTIONS} connections with {FRAME_BYTES_MAX}-byte frames less one byte ({HALF_SENT_AFTER_HELLO} \
+         after Hello) in {:?}: tracker RSS {} MiB before, {} MiB after",
+        started.elapsed(),
+        before_bytes >> 20,
+        after_bytes >> 20
+    );
+    let ceiling_bytes = before_bytes + READ_BUFFERS_TOTAL_BYTES_MAX as u64 + HALF_SENT_SLACK_BYTES;
+    assert!(after_bytes <= ceiling_bytes, "tracker RSS grew from {} to {} MiB", before_bytes >> 20, after_bytes >> 20);
+    drop(hogs);
 }
 
 #[test]
