@@ -8,7 +8,8 @@
 //! `send().await`, so a busy driver slows the reading down instead of buffering without bound,
 //! and holds no buffer while its socket is idle; what its buffer holds counts against the
 //! driver's [`ReadBudget`], which evicts the largest holders when all together hold too much.
-//! After a bad frame or an eviction it stops reading (the machine answers and closes). The writer takes every frame queued so far and sends them with
+//! After a bad frame it stops reading (the machine answers and closes); after an eviction it
+//! stops and reports the connection closed. The writer takes every frame queued so far and sends them with
 //! vectored writes — many small frames in one system call, a `Data` payload straight from the
 //! buffer it was read into — so it keeps no buffer of its own; the bytes queued for it are
 //! counted so the driver can drop a connection whose remote does not read. Nothing here panics
@@ -137,7 +138,7 @@ pub enum ConnReport {
     /// (or dropped).
     Messages(Vec<Message>, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
-    BadFrame(String),
+    BadFrame(DecodeError),
     /// The stream ended or failed.
     Closed,
 }
@@ -449,13 +450,18 @@ impl Reader {
                 }
                 None if !messages.is_empty() => break None,
                 None => break Some(ConnReport::Closed),
-                Some(Err(FrameError::Io(e))) => {
-                    tracing::debug!("{}: read failed: {e}", self.conn);
+                Some(Err(FrameError::Decode(e))) => {
+                    tracing::debug!("{}: bad frame: {e}", self.conn);
+                    break Some(ConnReport::BadFrame(e));
+                }
+                Some(Err(e @ FrameError::OverBudget { .. })) => {
+                    tracing::warn!("{}: {e}", self.conn);
                     break Some(ConnReport::Closed);
                 }
+                // A socket error (reading never meets an encoding error).
                 Some(Err(e)) => {
-                    tracing::debug!("{}: bad frame: {e}", self.conn);
-                    break Some(ConnReport::BadFrame(e.to_string()));
+                    tracing::debug!("{}: read failed: {e}", self.conn);
+                    break Some(ConnReport::Closed);
                 }
             }
         };
@@ -593,8 +599,8 @@ mod tests {
         sender.write_all(&((HELLO_FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).await.expect("sends");
         let (batch, end) = reader.read_batch(None).await;
         assert!(batch.is_none());
-        let Some(ConnReport::BadFrame(reason)) = end else { panic!("a bad frame, got {end:?}") };
-        assert!(reason.contains(&format!("limit of {HELLO_FRAME_BYTES_MAX} bytes")), "{reason}");
+        let refused = DecodeError::Oversized { len: HELLO_FRAME_BYTES_MAX + 1, max: HELLO_FRAME_BYTES_MAX };
+        assert!(matches!(end, Some(ConnReport::BadFrame(ref e)) if *e == refused), "{end:?}");
     }
 
     #[actix_rt::test]
@@ -611,10 +617,8 @@ mod tests {
         assert_eq!(batch.map(|(messages, _)| messages), Some(vec![Message::List]));
         assert!(end.is_none());
         let (batch, end) = hog_reader.read_batch(None).await;
-        assert!(
-            batch.is_none() && matches!(end, Some(ConnReport::BadFrame(ref r)) if r.contains("evicted")),
-            "{end:?}"
-        );
+        assert!(batch.is_none() && matches!(end, Some(ConnReport::Closed)), "{end:?}");
+        assert!(!hog_reader.share.hold(0), "closed because it was evicted (its sender is still open)");
 
         let mut small = BytesMut::new();
         for _ in 0..2 {

@@ -446,9 +446,9 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                     self.data_permit = None;
                 }
             }
-            ConnReport::BadFrame(reason) => {
-                tracing::warn!("{}: {conn}: bad frame: {reason}", self.label);
-                self.feed(ctx, Input::BadFrame { conn, reason });
+            ConnReport::BadFrame(error) => {
+                tracing::warn!("{}: {conn}: bad frame: {error}", self.label);
+                self.feed(ctx, Input::BadFrame { conn, error });
             }
             ConnReport::Closed => {
                 self.conns.remove(&conn);

@@ -3,8 +3,8 @@
 //! Each connection's reader reports the bytes its buffer holds (allocated: received, not yet
 //! decoded, or reserved for the next read) after every change. When all of them together hold
 //! more than the budget, the connections holding the most are evicted, largest first, until the
-//! rest fit: an evicted reader stops and reports its connection as broken, and the machine
-//! closes it with an error.
+//! rest fit: an evicted reader stops, logs why and reports its connection closed, and the
+//! driver drops it.
 //!
 //! Why evict rather than pause reading: a pause holds every partly received frame where it is,
 //! so a few remotes that send most of a large frame and stop would pause everybody else until

@@ -314,7 +314,7 @@ impl Machine for Peer {
                 }
             }
             Input::Message { conn, message } => self.on_message(conn, message),
-            Input::BadFrame { conn, reason } => self.violation(conn, reason),
+            Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
             // Not used yet: serving is paced by the upload limit alone.
             Input::Sent { .. } => {}
             Input::Timeout => self.on_timeout(),

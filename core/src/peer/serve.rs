@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use crate::error::StoreError;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     BLOCK_BYTES, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, UPLOAD_BURST_FRACTION_OF_SECOND,
@@ -196,7 +197,7 @@ impl Peer {
         file_id: FileId,
         piece: PieceIndex,
         offset: u32,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, StoreError>,
     ) {
         self.uploads.reads_in_flight = self.uploads.reads_in_flight.saturating_sub(1);
         if let Some(remote) = self.remotes.get_mut(&conn) {
