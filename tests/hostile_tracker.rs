@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 #[test]
 fn a_flood_of_the_largest_manifests_stays_under_the_memory_ceiling_while_honest_locates_are_answered() {
     let dir = temp_dir();
-    let original = random_file(dir.path(), "honest.bin", 256 * 1024, 3);
-    let (tracker, tracker_addr) = Node::tracker();
-    let mut seeder =
-        Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
-    let file_id: FileId = seeder.wait_sharing().file_id.parse().expect("a file id");
+    let Swarm { tracker, tracker_addr, seeder, file_id } = Swarm::start(dir.path());
     let mut honest = WireClient::hello(None, tracker_addr, Role::Client, 0);
 
     let floods: Vec<_> = (0..FLOOD_CONNECTIONS)
@@ -130,11 +127,7 @@ fn frames_sent_all_but_their_last_byte_cost_the_tracker_no_more_than_its_read_bu
 #[test]
 fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays_listed() {
     let dir = temp_dir();
-    let original = random_file(dir.path(), "honest.bin", 256 * 1024, 4);
-    let (_tracker, tracker_addr) = Node::tracker();
-    let mut seeder =
-        Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
-    let file_id: FileId = seeder.wait_sharing().file_id.parse().expect("a file id");
+    let Swarm { tracker: _tracker, tracker_addr, seeder, file_id } = Swarm::start(dir.path());
 
     let mut impostor = WireClient::connect(None, tracker_addr);
     let hello = Hello {
@@ -159,6 +152,25 @@ fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays_listed() 
             assert_eq!(holders.peers().map(|p| p.addr).collect::<Vec<_>>(), vec![seeder.addr()], "the seeder stays");
         }
         other => panic!("a locate after the impostor got {other:?}"),
+    }
+}
+
+/// A tracker and a seeder sharing a small honest file with it.
+struct Swarm {
+    tracker: Node,
+    tracker_addr: SocketAddr,
+    seeder: Node,
+    file_id: FileId,
+}
+
+impl Swarm {
+    /// Starts both, with the seeder's files under `dir`, and waits until the file is shared.
+    fn start(dir: &Path) -> Swarm {
+        let original = random_file(dir, "honest.bin", 256 * 1024, 3);
+        let (tracker, tracker_addr) = Node::tracker();
+        let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir, "seeder"), &["--share", path_str(&original)]);
+        let file_id = seeder.wait_sharing().file_id.parse().expect("a file id");
+        Swarm { tracker, tracker_addr, seeder, file_id }
     }
 }
 
