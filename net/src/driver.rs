@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use actix::fut::wrap_future;
 use actix::prelude::*;
 use bytes::BytesMut;
-use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX};
+use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX, READ_BUFFERS_TOTAL_BYTES_MAX};
 use p2p_core::wire::Message;
 use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::connection::{encode_into, ConnEvent, ConnReport, Connection, QueueError};
+use crate::read_budget::ReadBudget;
 use crate::store::Store;
 
 /// How long an outbound connection may take to open.
@@ -103,6 +104,8 @@ pub struct Driver<M: Machine> {
     scratch: BytesMut,
     /// Bytes queued for all the connections' writers.
     queued_total: Arc<AtomicUsize>,
+    /// Bounds the bytes held by all the connections' receive buffers.
+    read_budget: Arc<ReadBudget>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -151,6 +154,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             data_permit: None,
             scratch: BytesMut::new(),
             queued_total: Arc::default(),
+            read_budget: ReadBudget::new(READ_BUFFERS_TOTAL_BYTES_MAX),
             label,
             start: Instant::now(),
             store,
@@ -262,6 +266,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             ctx.address().recipient(),
             self.write_budget.clone(),
             self.queued_total.clone(),
+            &self.read_budget,
         );
         if let Some(old) = self.conns.insert(conn, connection) {
             tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);

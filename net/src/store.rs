@@ -2,7 +2,8 @@
 //!
 //! A download of file `F` lives in the store directory as `F.part` (the file's bytes at their
 //! offsets, created at full length), `F.manifest` (canonical CBOR) and `F.bitfield` (verified
-//! pieces, rewritten atomically and synced as pieces are verified), so a restarted peer resumes. On
+//! pieces, rewritten atomically and synced as pieces are verified), so a restarted peer resumes (a
+//! damaged sidecar is reported and recovered from: see [`Store::resume`]). On
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
 //! read-only from where they are, never copied.
@@ -211,21 +212,44 @@ impl Store {
     /// Picks up an earlier run's download of `file_id`: re-hashes every piece its bitfield
     /// claims (on all cores), keeps those that match, registers the partial file and returns the
     /// manifest and the verified pieces. `None` when there is nothing to resume.
+    ///
+    /// Damaged sidecars never stop a restart; each is reported once (a warning on stderr). A
+    /// `.bitfield` that does not read back is replaced by re-hashing every piece of the `.part`,
+    /// so no verified piece is lost; a `.manifest` that does not read back (or describes
+    /// another file) leaves nothing to check the `.part` against, so the download's files are
+    /// removed and it starts over.
     pub fn resume(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
         let (manifest_path, bitfield_path) = (self.sidecar(file_id, "manifest"), self.sidecar(file_id, "bitfield"));
         if !manifest_path.exists() || !bitfield_path.exists() {
             return Ok(None);
         }
-        let manifest = read_manifest(&manifest_path, file_id)?;
-        let claimed = read_bitfield(&bitfield_path, manifest.piece_count())?;
+        let manifest = match read_manifest(&manifest_path, file_id) {
+            Err(NetError::Corrupt { path, reason }) => {
+                tracing::warn!("{}: {reason}; the download of {file_id} starts over", path.display());
+                for kind in ["bitfield", "part", "manifest"] {
+                    remove_if_present(&self.sidecar(file_id, kind))?;
+                }
+                return Ok(None);
+            }
+            read => read?,
+        };
+        let (claimed, rehash_all) = match read_bitfield(&bitfield_path, manifest.piece_count()) {
+            Err(NetError::Corrupt { path, reason }) => {
+                tracing::warn!("{}: {reason}; every stored piece of {file_id} is hashed again", path.display());
+                (Bitfield::full(manifest.piece_count()), true)
+            }
+            read => (read?, false),
+        };
         let part = self.sidecar(file_id, "part");
         let file = self.create_part(&manifest, &part)?;
         let verified = verify_pieces(&file, &part, &manifest, &claimed)?;
         let entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
         self.lock().insert(file_id, entry);
         if verified != claimed {
-            let failed = claimed.count() - verified.count();
-            tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+            if !rehash_all {
+                let failed = claimed.count() - verified.count();
+                tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+            }
             self.persist_bitfield(file_id)?;
         }
         Ok(Some((manifest, verified)))
