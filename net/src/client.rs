@@ -67,7 +67,7 @@ async fn list_files_now(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool),
 /// Connects to `tracker`, says `Hello` as a client and waits for the tracker's `Hello`.
 async fn handshake(tracker: SocketAddr) -> Result<Framed<TcpStream, FrameCodec>, NetError> {
     let stream = TcpStream::connect(tracker).await.map_err(NetError::socket("connect to", tracker))?;
-    let mut framed = Framed::new(stream, FrameCodec);
+    let mut framed = Framed::new(stream, FrameCodec::default());
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: PeerId(random_id()), listen_port: 0 };
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
