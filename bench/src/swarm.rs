@@ -188,7 +188,7 @@ fn collect(
         let path = complete.text.splitn(3, ' ').nth(2).context("a `complete` line names a path")?;
         paths.push(PathBuf::from(path));
         let downloaded = node.wait_line("downloaded ", EXIT_TIMEOUT).ok();
-        let downloaded_bytes = downloaded.and_then(|line| last_number(&line.text));
+        let downloaded_bytes = downloaded.and_then(|line| bytes_field(&line.text));
         let usage = watcher.take().map_or(ProcUsage::default(), |w| w.finish(EXIT_TIMEOUT));
         let status = node.wait_exit(EXIT_TIMEOUT)?;
         ensure!(status.success(), "{} exited with {status} after completing", node.name());
@@ -207,13 +207,14 @@ fn stop_seeders(seeders: &mut [Seeder]) -> Vec<SeederRun> {
         if node.terminate(EXIT_TIMEOUT).is_err() {
             node.kill();
         }
-        let uploaded_bytes = node.lines_with("uploaded ").last().and_then(|line| last_number(&line.text));
+        let uploaded_bytes = node.lines_with("uploaded ").last().and_then(|line| bytes_field(&line.text));
         runs.push(SeederRun { uploaded_bytes, socket_bytes: None, cpu_s });
     }
     runs
 }
 
-/// The last whitespace-separated token of `text` as a number.
-fn last_number(text: &str) -> Option<u64> {
-    text.split_whitespace().last()?.parse().ok()
+/// The byte count of a `downloaded FILE_ID BYTES …` or `uploaded FILE_ID BYTES …` line (fields
+/// may follow it).
+fn bytes_field(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(2)?.parse().ok()
 }
