@@ -283,6 +283,7 @@ impl Network {
         let retransmit_delay = timeout * ((1u32 << losses) - 1);
         let flow = (id, 1 - side);
         if self.nodes[from.0].link.up_bytes_per_s.is_none() {
+            self.report_sent(now, from, conn, queue);
             self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
         } else {
             self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
@@ -325,6 +326,9 @@ impl Network {
             match item {
                 Queued::Fin => self.fin(now, flow, queue),
                 Queued::Message(message, size_bytes, retransmit_delay) => {
+                    if let Some(conn) = self.link(flow.0).map(|l| l.ends[1 - flow.1].conn) {
+                        self.report_sent(now, from, conn, queue);
+                    }
                     let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
                     self.nodes[from.0].uplink.start(flow, done);
                     self.arrive_later(done, from, flow, (message, size_bytes, retransmit_delay), queue);
@@ -334,6 +338,15 @@ impl Network {
                     return;
                 }
             }
+        }
+    }
+
+    /// A frame of `from`'s `conn` starts its transmission at `now`: the peer hears `Sent` (the
+    /// tracker does not use it, so it is not told).
+    fn report_sent(&self, now: Time, from: NodeIdx, conn: ConnId, queue: &mut Queue) {
+        if from != NodeIdx::TRACKER {
+            let incarnation = self.nodes[from.0].incarnation;
+            queue.push(now, Item::Local { node: from, incarnation, input: Input::Sent { conn, frames: 1 } });
         }
     }
 
@@ -513,6 +526,7 @@ mod tests {
         std::iter::from_fn(|| loop {
             match queue.pop()? {
                 (at, Item::UplinkDone { node, transmission }) => net.uplink_done(at, node, transmission, queue),
+                (_, Item::Local { input: Input::Sent { .. }, .. }) => {}
                 other => return Some(other),
             }
         })
@@ -571,6 +585,26 @@ mod tests {
         net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
         let arrivals: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
+    }
+
+    #[test]
+    fn a_frame_counts_as_sent_when_its_transmission_starts() {
+        let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        drain(&mut net, &mut q);
+        let at = Time::from_millis(20);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        let mut sent = Vec::new();
+        while let Some((time, item)) = q.pop() {
+            match item {
+                Item::UplinkDone { node, transmission } => net.uplink_done(time, node, transmission, &mut q),
+                Item::Local { input: Input::Sent { conn, frames }, .. } => sent.push((time, conn, frames)),
+                _ => {}
+            }
+        }
+        let conn = ConnId::Outbound(1);
+        assert_eq!(sent, [(at, conn, 1), (Time::from_millis(1020), conn, 1)]);
     }
 
     #[test]
