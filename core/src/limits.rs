@@ -93,6 +93,18 @@ pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
 /// Requests one connection may have queued at the serving side before it is told to back off.
 pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
 
+/// Bytes a connection's served blocks may have read or queued and not yet handed to the
+/// transport (the driver's `Sent`) before its next block is read: two blocks, so the next one
+/// is ready as the last leaves, while the rest of its requests wait where a `Cancel` recalls
+/// them.
+pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
+
+/// Connections served at a time (upload slots); the others' requests wait their turn.
+pub const UPLOAD_SLOTS_COUNT: usize = 4;
+
+/// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
+pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
+
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 

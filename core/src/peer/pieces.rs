@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
-use super::offers::Spread;
+use super::uploads::Spread;
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]

@@ -2,8 +2,7 @@
 //!
 //! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
 //! remote exchanges bitfields, requests and data. It owns what we know of the other side's
-//! pieces (one bitfield per file it told us about), our requests in flight to it, and how many
-//! of its requests we have queued.
+//! pieces (one bitfield per file it told us about) and our requests in flight to it.
 
 use std::net::SocketAddr;
 
@@ -13,7 +12,7 @@ use crate::limits::REQUEST_TIMEOUT;
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
-use super::offers::Offer;
+use super::uploads::Offer;
 use super::pieces::BlockKey;
 
 /// Where a connection stands.
@@ -52,10 +51,11 @@ pub(super) struct Remote {
     /// When it last made progress on our requests: a block arrived, or the first request of
     /// an empty pipeline went out.
     pub progress_at: Time,
+    /// Until when it gets no new requests: it let requests wait for [`REQUEST_TIMEOUT`] without
+    /// sending a block (they went to others). A block arriving ends this at once.
+    pub resting_until: Option<Time>,
     /// Pieces assigned to it, per file.
     pub assigned: VecSet<(FileId, PieceIndex)>,
-    /// Its requests we have queued or are reading.
-    pub serving: usize,
     /// When a frame last arrived.
     pub last_heard: Time,
     /// When the connection was opened (for the handshake timeout).
@@ -85,8 +85,8 @@ impl Remote {
             offers: VecMap::new(),
             in_flight: VecSet::new(),
             progress_at: now,
+            resting_until: None,
             assigned: VecSet::new(),
-            serving: 0,
             last_heard: now,
             opened: now,
         }
@@ -104,6 +104,11 @@ impl Remote {
     /// `REQUEST_TIMEOUT`.
     pub fn stall_deadline(&self) -> Option<Time> {
         (!self.in_flight.is_empty()).then_some(self.progress_at + REQUEST_TIMEOUT)
+    }
+
+    /// Whether it may be sent new requests at `now`.
+    pub fn is_resting(&self, now: Time) -> bool {
+        self.resting_until.is_some_and(|until| until > now)
     }
 
     /// An identity for strike and sender bookkeeping.

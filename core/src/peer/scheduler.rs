@@ -59,7 +59,7 @@ impl Peer {
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
-            if remote.in_flight.len() >= REQUESTS_IN_FLIGHT_PER_CONN_MAX {
+            if remote.in_flight.len() >= REQUESTS_IN_FLIGHT_PER_CONN_MAX || remote.is_resting(self.now) {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id) {
@@ -174,25 +174,26 @@ impl Peer {
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
-    /// A block arrived. Unrequested or late blocks are dropped; a block of the wrong length is a
-    /// protocol violation.
+    /// A block arrived. A block requested and then cancelled (late) is still taken while its
+    /// piece is being fetched and lacks it; other unrequested blocks are dropped. A block of the
+    /// wrong length is a protocol violation.
     pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.in_flight.remove(&(file_id, piece, offset)) {
-            return;
-        }
+        // Bytes arriving are progress, requested or late.
+        remote.in_flight.remove(&(file_id, piece, offset));
         remote.progress_at = self.now;
+        remote.resting_until = None;
         let sender = remote.identity();
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let Some(manifest) = entry.manifest.as_ref() else { return };
         let piece_len = manifest.piece_len(piece);
         let Some(block) = block_at(piece_len, offset) else { return };
+        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
+        let bit = 1u64 << block;
         if bytes.len() != block_span(piece_len, block).1 as usize {
             self.violation(conn, format!("block {piece}+{offset} of {} bytes", bytes.len()));
             return;
         }
-        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
-        let bit = 1u64 << block;
         if let Some(mask) = active.assignees.get_mut(&conn) {
             *mask &= !bit;
         }
@@ -256,7 +257,7 @@ impl Peer {
         }
     }
 
-    /// Stops asking `conn` for `piece` (it refused or was too slow): the piece goes to another
+    /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
     /// remote, and this connection is not asked for it again.
     pub(super) fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };

@@ -4,9 +4,11 @@
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
 //! everything. A lone downloader is told everything. While a second downloader of the file is
-//! connected, a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that
-//! were never offered to anyone (a rotating cursor from a random start picks them), so the
-//! downloaders fetch different pieces from the seeder and the rest from each other. Each piece
+//! connected, a newcomer is told only a window of pieces it lacks that were never offered to
+//! anyone (a rotating cursor from a random start picks them): an equal share of the file among
+//! the downloaders, at most `OFFER_WINDOW_PIECES`, so even a file of a few pieces is spread
+//! piece by piece. The downloaders fetch different pieces from the seeder and the rest from
+//! each other. Each piece
 //! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
 //! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
 //! downloader with no offer outstanding is offered one piece, the least offered, so nobody
@@ -22,12 +24,12 @@ use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
 use crate::rng::Rng;
 use crate::wire::Message;
 
-use super::remote::Stage;
-use super::Peer;
+use super::super::remote::Stage;
+use super::super::Peer;
 
 /// How often each piece of a whole file was offered or uploaded to a downloader.
 #[derive(Debug)]
-pub(super) struct Spread {
+pub(in crate::peer) struct Spread {
     offers: Vec<u16>,
     /// Where the next search for a least-offered piece starts.
     cursor: usize,
@@ -37,7 +39,7 @@ pub(super) struct Spread {
 
 /// What a seeder told one downloader of one file.
 #[derive(Debug)]
-pub(super) struct Offer {
+pub(in crate::peer) struct Offer {
     /// Pieces announced to it (its view of our bitfield).
     told: Bitfield,
     /// Announced pieces it neither fetched from us nor reported holding yet.
@@ -91,7 +93,7 @@ impl Peer {
     /// Our bitfield message for `file_id` on `conn`: the whole of what we hold, or the first
     /// window of offers when we shared the whole file ourselves, some piece never went out yet
     /// and `conn` is one of several downloaders.
-    pub(super) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
+    pub(in crate::peer) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
         let have = entry.have.clone();
         let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.unoffered > 0);
@@ -107,7 +109,7 @@ impl Peer {
     }
 
     /// We finished uploading `piece` to `conn`.
-    pub(super) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+    pub(in crate::peer) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         match remote.offers.get_mut(&file_id) {
             Some(offer) => {
@@ -125,7 +127,7 @@ impl Peer {
     }
 
     /// `conn` reported holding `pieces` (from us or from anyone else).
-    pub(super) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
+    pub(in crate::peer) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
             remote.offers.remove(&file_id);
@@ -144,7 +146,7 @@ impl Peer {
 
     /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
     /// is told everything.
-    pub(super) fn downloader_gone(&mut self, file_id: FileId) {
+    pub(in crate::peer) fn downloader_gone(&mut self, file_id: FileId) {
         let mut downloading = self
             .remotes
             .iter()
@@ -172,6 +174,7 @@ impl Peer {
     /// window is full; once every piece went out, one at a time (the least offered), when
     /// nothing is outstanding, so the downloaders fetch what others already got from each other.
     fn fill_window(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
+        let window = self.offer_window(file_id);
         let Some(entry) = self.files.get_mut(&file_id) else { return Vec::new() };
         let spread = entry.spread.get_or_insert_with(|| Spread::new(entry.have.len(), &mut self.rng));
         let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
@@ -179,7 +182,7 @@ impl Peer {
             return Vec::new();
         };
         let mut added = Vec::new();
-        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
+        while offer.outstanding.len() < window {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
             let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
             offer.told.set(piece);
@@ -194,6 +197,19 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
         let Some(offer) = remote.offers.remove(&file_id) else { return Vec::new() };
         offer.told.iter_missing().collect()
+    }
+
+    /// Pieces offered to each downloader at a time: an equal share of the file among the
+    /// downloaders (at least one piece, at most [`OFFER_WINDOW_PIECES`]), so each is offered
+    /// pieces nobody else was offered whatever the file's size.
+    fn offer_window(&self, file_id: FileId) -> usize {
+        let pieces = self.files.get(&file_id).map_or(0, |e| e.have.len() as usize);
+        let downloaders = self
+            .remotes
+            .values()
+            .filter(|r| r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()))
+            .count();
+        (pieces / downloaders.max(1)).clamp(1, OFFER_WINDOW_PIECES)
     }
 
     /// Whether a ready remote other than `conn` is downloading `file_id` from us.
