@@ -87,8 +87,20 @@ pub const OUTBOUND_PEERS_MAX: usize = 32;
 /// remote tries other holders. Bounds the per-piece work of telling remotes about new pieces.
 pub const INBOUND_PEERS_MAX: usize = 64;
 
-/// Block requests a downloader keeps in flight on one connection (pipelining depth).
+/// Most block requests a downloader keeps in flight on one connection (the pipeline's depth
+/// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
 pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
+
+/// Smallest pipeline (bytes of requests in flight) to a remote, and the one it starts with.
+pub const REQUEST_PIPELINE_BYTES_MIN: u64 = BLOCK_BYTES as u64;
+
+/// How long a remote's pipeline lasts at its measured rate: a round trip with room to spare
+/// for the uploader's turns between its upload slots. A slow remote is asked for few blocks at
+/// a time, so the pieces it would hold up go to faster ones.
+pub const REQUEST_PIPELINE_TIME: Duration = Duration::from_secs(1);
+
+/// Shortest stretch over which a remote's delivery rate is measured.
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// Requests one connection may have queued at the serving side before it is told to back off.
 pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PeerId, PieceIndex};
-use crate::limits::REQUEST_TIMEOUT;
+use crate::limits::{
+    RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
+};
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
@@ -54,6 +56,8 @@ pub(super) struct Remote {
     /// Until when it gets no new requests: it let requests wait for [`REQUEST_TIMEOUT`] without
     /// sending a block (they went to others). A block arriving ends this at once.
     pub resting_until: Option<Time>,
+    /// How fast it delivers our requests (sizes our pipeline to it).
+    pub rate: DeliveryRate,
     /// Pieces assigned to it, per file.
     pub assigned: VecSet<(FileId, PieceIndex)>,
     /// When a frame last arrived.
@@ -86,6 +90,7 @@ impl Remote {
             in_flight: VecSet::new(),
             progress_at: now,
             resting_until: None,
+            rate: DeliveryRate::default(),
             assigned: VecSet::new(),
             last_heard: now,
             opened: now,
@@ -97,7 +102,18 @@ impl Remote {
         if self.in_flight.is_empty() {
             self.progress_at = now;
         }
+        self.rate.start(now);
         self.in_flight.insert(key);
+    }
+
+    /// Requests of blocks of `block_bytes` to keep in flight: the bytes it delivers in
+    /// [`REQUEST_PIPELINE_TIME`] at its measured rate, at least [`REQUEST_PIPELINE_BYTES_MIN`]
+    /// and at most [`REQUESTS_IN_FLIGHT_PER_CONN_MAX`] requests.
+    pub fn pipeline_depth(&self, block_bytes: u32) -> usize {
+        let micros = u64::try_from(REQUEST_PIPELINE_TIME.as_micros()).unwrap_or(u64::MAX);
+        let bytes = (self.rate.bytes_per_s().saturating_mul(micros) / 1_000_000).max(REQUEST_PIPELINE_BYTES_MIN);
+        let blocks = bytes.div_ceil(u64::from(block_bytes.max(1)));
+        usize::try_from(blocks).unwrap_or(usize::MAX).min(REQUESTS_IN_FLIGHT_PER_CONN_MAX)
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
@@ -114,5 +130,66 @@ impl Remote {
     /// An identity for strike and sender bookkeeping.
     pub fn identity(&self) -> Option<(PeerId, SocketAddr)> {
         self.peer_id.map(|id| (id, self.addr))
+    }
+}
+
+/// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
+/// its first request on, each new window averaged with the estimate so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DeliveryRate {
+    window_start: Option<Time>,
+    window_bytes: u64,
+    bytes_per_s: u64,
+}
+
+impl DeliveryRate {
+    /// A request went out at `now`: the first one opens the first window.
+    fn start(&mut self, now: Time) {
+        self.window_start.get_or_insert(now);
+    }
+
+    /// `bytes` arrived at `now`.
+    pub fn arrived(&mut self, now: Time, bytes: u64) {
+        let Some(start) = self.window_start else { return };
+        self.window_bytes += bytes;
+        let elapsed_us = now.as_micros().saturating_sub(start.as_micros());
+        let window_us = u64::try_from(RATE_WINDOW.as_micros()).unwrap_or(u64::MAX);
+        if elapsed_us < window_us {
+            return;
+        }
+        let measured = self.window_bytes.saturating_mul(1_000_000) / elapsed_us;
+        self.bytes_per_s = if self.bytes_per_s == 0 { measured } else { (self.bytes_per_s + measured) / 2 };
+        self.window_start = Some(now);
+        self.window_bytes = 0;
+    }
+
+    /// The estimate (zero until a first window closed).
+    pub fn bytes_per_s(&self) -> u64 {
+        self.bytes_per_s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::BLOCK_BYTES;
+
+    #[test]
+    fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {
+        let addr = "10.0.0.1:1".parse().expect("an address");
+        let mut slow = Remote::inbound(addr, Time::ZERO);
+        let mut fast = Remote::inbound(addr, Time::ZERO);
+        let first = Remote::inbound(addr, Time::ZERO).pipeline_depth(BLOCK_BYTES);
+        assert_eq!(first, 1, "nothing measured yet: the smallest pipeline");
+        slow.rate.start(Time::ZERO);
+        fast.rate.start(Time::ZERO);
+        for ms in 1..=20 {
+            slow.rate.arrived(Time::from_millis(ms * 100), 16 * 1024);
+            fast.rate.arrived(Time::from_millis(ms * 100), 256 * 1024);
+        }
+        // 160 KB/s against 2.6 MB/s.
+        assert_eq!(slow.pipeline_depth(16 * 1024), 16, "16 KiB blocks: a count bound, not bytes");
+        assert_eq!(slow.pipeline_depth(BLOCK_BYTES), 1);
+        assert!(fast.pipeline_depth(BLOCK_BYTES) >= 9, "{}", fast.pipeline_depth(BLOCK_BYTES));
     }
 }

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
+    ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
+    STRIKES_BEFORE_BAN_COUNT,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
@@ -57,9 +57,11 @@ impl Peer {
     }
 
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest.as_ref()) else { return };
+        let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
-            if remote.in_flight.len() >= REQUESTS_IN_FLIGHT_PER_CONN_MAX || remote.is_resting(self.now) {
+            if remote.in_flight.len() >= remote.pipeline_depth(block_bytes) || remote.is_resting(self.now) {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id) {
@@ -126,9 +128,10 @@ impl Peer {
         if !ties.is_empty() {
             return Some(Choice::Fresh(ties[self.rng.below(ties.len())]));
         }
-        // Endgame only for a remote with nothing else to do, one duplicate piece at a time:
-        // a busy remote would only fetch twice what is already on its way.
-        if !remote.in_flight.is_empty() {
+        // Endgame only once no piece is left to start, and only for a remote with nothing else
+        // to do, one duplicate piece at a time: before, or with a busy remote, it would only
+        // fetch twice what is already on its way.
+        if !remote.in_flight.is_empty() || download.missing.count() > 0 {
             return None;
         }
         // Candidates are the pieces it holds that are neither ours nor missing: active (or
@@ -182,6 +185,7 @@ impl Peer {
         // Bytes arriving are progress, requested or late.
         remote.in_flight.remove(&(file_id, piece, offset));
         remote.progress_at = self.now;
+        remote.rate.arrived(self.now, bytes.len() as u64);
         remote.resting_until = None;
         let sender = remote.identity();
         let Some(entry) = self.files.get_mut(&file_id) else { return };
@@ -208,6 +212,10 @@ impl Peer {
             self.cancel_block(*loser, file_id, piece, offset, bit);
         }
         if complete {
+            // A late block may complete a piece nobody was fetching any more.
+            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+                download.orphans.unset(piece);
+            }
             self.release_piece(file_id, piece);
         }
         self.push(Output::WriteBlock { file_id, piece, offset, bytes });
@@ -319,6 +327,11 @@ impl Peer {
         download.active_count -= 1;
         entry.have.set(piece);
         download.debug_check(&entry.have);
+        if entry.have.count() == 1 {
+            // Downloaders that started together get their first pieces about now: ask soon
+            // for the holders among them.
+            download.ask_soon(self.now);
+        }
         let progress = self.progress(file_id);
         let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });

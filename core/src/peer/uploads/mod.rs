@@ -74,6 +74,9 @@ struct ConnUploads {
     reads: Vec<ServeJob>,
     /// Bytes read for it since it got its slot.
     turn_bytes: u64,
+    /// Its turn is over: it gets no more reads, and hands its slot on once what was read for
+    /// it left.
+    turn_over: bool,
 }
 
 impl ConnUploads {
@@ -196,7 +199,7 @@ impl Uploads {
         self.fill_slots();
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
-            !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
+            !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
         })?;
         let conn = self.slots[turn];
         if let Some(bucket) = self.bucket.as_mut() {
@@ -210,8 +213,8 @@ impl Uploads {
         Some(self.take(turn))
     }
 
-    /// Takes the first request of the slot holder at `turn`; it goes to the back of the turn
-    /// order, or of the line when its turn is over.
+    /// Takes the first request of the slot holder at `turn`, which goes to the back of the turn
+    /// order; its turn is over once it was served [`UPLOAD_TURN_BYTES`] while others wait.
     fn take(&mut self, turn: usize) -> ServeJob {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
@@ -219,22 +222,29 @@ impl Uploads {
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
+        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty();
         self.reads_in_flight += 1;
-        if state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty() {
-            state.turn_bytes = 0;
-            if !state.queue.is_empty() {
-                self.waiting.push_back(conn);
-            }
-        } else {
-            self.slots.push_back(conn);
-        }
+        self.slots.push_back(conn);
         job
     }
 
-    /// Frees the slots of idle holders and hands free slots to the first in line.
+    /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
+    /// left (to the back of the line if they have requests left), and gives free slots to the
+    /// first in line.
     fn fill_slots(&mut self) {
-        let conns = &self.conns;
-        self.slots.retain(|conn| conns.get(conn).is_some_and(|c| !c.idle()));
+        let mut kept = VecDeque::with_capacity(self.slots.len());
+        while let Some(conn) = self.slots.pop_front() {
+            let Some(state) = self.conns.get_mut(&conn) else { continue };
+            if state.turn_over && state.unsent_bytes == 0 {
+                state.turn_over = false;
+                if !state.queue.is_empty() {
+                    self.waiting.push_back(conn);
+                }
+            } else if !state.idle() {
+                kept.push_back(conn);
+            }
+        }
+        self.slots = kept;
         while self.slots.len() < UPLOAD_SLOTS_COUNT {
             let Some(conn) = self.waiting.pop_front() else { break };
             if let Some(state) = self.conns.get_mut(&conn) {
@@ -242,5 +252,65 @@ impl Uploads {
                 self.slots.push_back(conn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::BLOCK_BYTES;
+
+    const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
+
+    fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
+        let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, piece: PieceIndex(piece), offset: 0, len: BLOCK_BYTES };
+        uploads.request(job).expect("room in the queue");
+    }
+
+    /// Starts every read allowed now; each becomes a queued `Data` frame at once.
+    fn serve(uploads: &mut Uploads) -> Vec<(u64, u32)> {
+        let mut served = Vec::new();
+        while let Some(job) = uploads.next_read(Time::ZERO) {
+            uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
+            uploads.frame_queued(job.conn, Some(job.len));
+            let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
+            served.push((conn, job.piece.0));
+        }
+        served
+    }
+
+    #[test]
+    fn a_connection_gets_its_next_block_only_when_the_earlier_ones_left() {
+        let mut uploads = Uploads::new(None);
+        for piece in 0..5 {
+            request(&mut uploads, 1, piece);
+        }
+        assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads), [(1, 2)]);
+        assert!(uploads.cancel(ConnId::Inbound(1), FILE, PieceIndex(3), 0), "a queued request is recalled");
+        uploads.sent(ConnId::Inbound(1), 2);
+        assert_eq!(serve(&mut uploads), [(1, 4)]);
+    }
+
+    #[test]
+    fn a_bounded_number_of_connections_is_served_and_the_others_take_their_turns() {
+        let mut uploads = Uploads::new(None);
+        let conns = UPLOAD_SLOTS_COUNT as u64 + 2;
+        for conn in 1..=conns {
+            request(&mut uploads, conn, 0);
+            request(&mut uploads, conn, 1);
+        }
+        let first: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(first, (1..=UPLOAD_SLOTS_COUNT as u64).collect::<Vec<_>>(), "one block per turn, slots only");
+        // The first holder's block left: its slot goes to the first in line, and it queues
+        // behind the others for its second block.
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_COUNT as u64 + 1, 0)]);
+        for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
+            uploads.sent(ConnId::Inbound(conn), 1);
+        }
+        let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(next, [conns, 1, 2], "the last newcomer, then the earlier holders in turn");
     }
 }
