@@ -14,8 +14,8 @@ use crate::limits::{
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
-use super::uploads::Offer;
 use super::pieces::BlockKey;
+use super::uploads::Offer;
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! What to request from whom, and what to do with what arrives.
 //!
-//! Each ready remote keeps up to `REQUESTS_IN_FLIGHT_PER_CONN_MAX` block requests in flight.
-//! Blocks come first from the pieces already assigned to it; a new piece is the rarest among
+//! Each ready remote keeps block requests in flight for about `REQUEST_PIPELINE_TIME` of its
+//! measured delivery rate (at least one block, at most `REQUESTS_IN_FLIGHT_PER_CONN_MAX`), so a
+//! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a new piece is the rarest among
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
-//! went away come before fresh ones. When nothing unassigned is left that a remote holds and its
-//! pipeline is empty, it joins a piece another remote is fetching (endgame) and the slower copy
-//! is cancelled as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
+//! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
+//! empty, it joins a piece another remote is fetching (endgame) and the slower copy is cancelled
+//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
 //! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
 
 use std::collections::BTreeSet;
@@ -15,8 +16,8 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
-    STRIKES_BEFORE_BAN_COUNT,
+    ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX,
+    PIECES_ASSIGNED_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;

@@ -263,7 +263,13 @@ mod tests {
     const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
 
     fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
-        let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, piece: PieceIndex(piece), offset: 0, len: BLOCK_BYTES };
+        let job = ServeJob {
+            conn: ConnId::Inbound(conn),
+            file_id: FILE,
+            piece: PieceIndex(piece),
+            offset: 0,
+            len: BLOCK_BYTES,
+        };
         uploads.request(job).expect("room in the queue");
     }
 

@@ -13,7 +13,14 @@ use super::super::Peer;
 use super::ServeJob;
 
 impl Peer {
-    pub(in crate::peer) fn on_request(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) {
+    pub(in crate::peer) fn on_request(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        len: u32,
+    ) {
         let reject = |reason| Message::Reject { file_id, piece, offset, reason };
         let entry = self.files.get(&file_id);
         let piece_len = entry.and_then(|e| e.manifest.as_ref()).and_then(|m| m.piece(piece.0).map(|p| m.piece_len(p)));
