@@ -1,4 +1,4 @@
-//! The command-line contract of DESIGN.md §5 as outside scripts see it: exit code 2 for bad
+//! The command-line contract of docs/cli.md as outside scripts see it: exit code 2 for bad
 //! usage, 1 for a job that failed (with a one-line message on stderr), 0 for success; `tracker`
 //! prints the real port; `ls` lists what is shared.
 

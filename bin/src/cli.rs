@@ -1,4 +1,4 @@
-//! The command line of `p2p-node` (DESIGN.md §5) and the argument types it parses.
+//! The command line of `p2p-node` (docs/cli.md) and the argument types it parses.
 //!
 //! Everything that can be checked without touching the network or a file is checked here, so
 //! a malformed argument is a usage error (exit 2) before anything starts.

@@ -1,4 +1,4 @@
-//! Every stable stdout line of `p2p-node` (DESIGN.md §5 and the extra lines tests rely on) and
+//! Every stable stdout line of `p2p-node` (docs/cli.md and the extra lines tests rely on) and
 //! the exit codes, in one place.
 //!
 //! Outside scripts parse these lines: change a format here and nowhere else, and only by adding.

@@ -1,5 +1,5 @@
 //! `p2p-node`: run a tracker or a peer, compute a file id, list a tracker's files, or watch the
-//! seed's example run in one process (`demo`). The command line is DESIGN.md §5.
+//! seed's example run in one process (`demo`). The command line is docs/cli.md.
 //!
 //! This file only parses, sets up logging and maps the outcome to an exit code; the work is in
 //! the subcommand modules, every stable stdout line in `report.rs`.

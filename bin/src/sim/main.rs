@@ -1,5 +1,5 @@
 //! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--driver actix|queue]`: runs a scenario in
-//! virtual time and tells what happened (DESIGN.md §5).
+//! virtual time and tells what happened (docs/cli.md).
 //!
 //! Prints the story, a per-peer summary table and the expectation verdicts; the last line is
 //! always `trace-digest HEX`. Exit codes: 0 every expectation held, 1 one did not (or the run

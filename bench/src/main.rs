@@ -6,7 +6,8 @@
 //! - `tracker-load` starts a `p2p-node tracker` and drives it with a bounded load generator:
 //!   announces of many files by many peers, then locates as fast as the tracker answers.
 //!
-//! `p2p-node` is found next to this binary: `cargo build --release -p p2p-bin` builds both.
+//! `p2p-node` is found next to this binary: `cargo build --release` builds both (this crate,
+//! `bench/`, is the lab; the product's crates do not depend on it).
 //! Every child process is killed by PID when its case ends, every wait has a timeout, and all
 //! traffic stays on 127.0.0.1.
 
@@ -97,7 +98,7 @@ fn node_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe().context("cannot find this binary's path")?.with_file_name("p2p-node");
     ensure!(
         path.is_file(),
-        "{} not found: build both with `cargo build --release -p p2p-bin --bin p2p-node --bin p2p-bench`",
+        "{} not found: build both with `cargo build --release --bin p2p-node --bin p2p-bench`",
         path.display()
     );
     Ok(path)
