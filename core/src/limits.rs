@@ -127,9 +127,9 @@ pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
 pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
 
 /// Pieces a seeder offers each of several downloaders at a time, beyond what it already
-/// uploaded to it: room for two full sets of assigned pieces, so the pipeline never waits for
-/// the next offer.
-pub const OFFER_WINDOW_PIECES: usize = 2 * PIECES_ASSIGNED_PER_CONN_MAX;
+/// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a
+/// piece nobody else was offered, and no downloader holds offers the others wait for.
+pub const OFFER_WINDOW_PIECES: usize = 1;
 
 /// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;

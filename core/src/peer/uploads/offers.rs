@@ -4,11 +4,11 @@
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
 //! everything. A lone downloader is told everything. While a second downloader of the file is
-//! connected, a newcomer is told only a window of pieces it lacks that were never offered to
-//! anyone (a rotating cursor from a random start picks them): an equal share of the file among
-//! the downloaders, at most `OFFER_WINDOW_PIECES`, so even a file of a few pieces is spread
-//! piece by piece. The downloaders fetch different pieces from the seeder and the rest from
-//! each other. Each piece
+//! connected, a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks that was never
+//! offered to anyone (a rotating cursor from a random start picks them), so each of the
+//! seeder's turns with a downloader (see the upload slots in `uploads`) sends a piece nobody
+//! else got, whatever the file's size and however many downloaders arrive. The downloaders
+//! fetch different pieces from the seeder and the rest from each other. Each piece
 //! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
 //! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
 //! downloader with no offer outstanding is offered one piece, the least offered, so nobody
@@ -174,7 +174,6 @@ impl Peer {
     /// window is full; once every piece went out, one at a time (the least offered), when
     /// nothing is outstanding, so the downloaders fetch what others already got from each other.
     fn fill_window(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
-        let window = self.offer_window(file_id);
         let Some(entry) = self.files.get_mut(&file_id) else { return Vec::new() };
         let spread = entry.spread.get_or_insert_with(|| Spread::new(entry.have.len(), &mut self.rng));
         let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
@@ -182,7 +181,7 @@ impl Peer {
             return Vec::new();
         };
         let mut added = Vec::new();
-        while offer.outstanding.len() < window {
+        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
             let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
             offer.told.set(piece);
@@ -197,19 +196,6 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
         let Some(offer) = remote.offers.remove(&file_id) else { return Vec::new() };
         offer.told.iter_missing().collect()
-    }
-
-    /// Pieces offered to each downloader at a time: an equal share of the file among the
-    /// downloaders (at least one piece, at most [`OFFER_WINDOW_PIECES`]), so each is offered
-    /// pieces nobody else was offered whatever the file's size.
-    fn offer_window(&self, file_id: FileId) -> usize {
-        let pieces = self.files.get(&file_id).map_or(0, |e| e.have.len() as usize);
-        let downloaders = self
-            .remotes
-            .values()
-            .filter(|r| r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()))
-            .count();
-        (pieces / downloaders.max(1)).clamp(1, OFFER_WINDOW_PIECES)
     }
 
     /// Whether a ready remote other than `conn` is downloading `file_id` from us.
