@@ -146,6 +146,10 @@ pub const STRIKES_BEFORE_BAN_COUNT: u32 = 2;
 /// How long a block request may go unanswered before the piece is given to another remote.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest a remote that delivers slowly may let requests wait before they go elsewhere (see
+/// [`REQUEST_TIMEOUT`]).
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+
 /// How long a connection may take to send its `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -5,11 +5,13 @@
 //! pieces (one bitfield per file it told us about) and our requests in flight to it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PeerId, PieceIndex};
 use crate::limits::{
-    RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
+    BLOCK_BYTES, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
+    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
 };
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
@@ -117,9 +119,17 @@ impl Remote {
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
-    /// `REQUEST_TIMEOUT`.
+    /// `REQUEST_TIMEOUT`, or for two blocks' time at its measured rate when that is longer (a
+    /// slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
-        (!self.in_flight.is_empty()).then_some(self.progress_at + REQUEST_TIMEOUT)
+        let rate = self.rate.bytes_per_s();
+        let blocks_time = if rate == 0 {
+            REQUEST_TIMEOUT
+        } else {
+            Duration::from_micros(2 * u64::from(BLOCK_BYTES) * 1_000_000 / rate)
+        };
+        let patience = blocks_time.clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
+        (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
     }
 
     /// Whether it may be sent new requests at `now`.
@@ -172,7 +182,6 @@ impl DeliveryRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::BLOCK_BYTES;
 
     #[test]
     fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {
@@ -191,5 +200,20 @@ mod tests {
         assert_eq!(slow.pipeline_depth(16 * 1024), 16, "16 KiB blocks: a count bound, not bytes");
         assert_eq!(slow.pipeline_depth(BLOCK_BYTES), 1);
         assert!(fast.pipeline_depth(BLOCK_BYTES) >= 9, "{}", fast.pipeline_depth(BLOCK_BYTES));
+    }
+
+    #[test]
+    fn a_slow_remote_that_keeps_delivering_is_given_longer_before_it_counts_as_stalled() {
+        let addr = "10.0.0.1:1".parse().expect("an address");
+        let mut crawling = Remote::inbound(addr, Time::ZERO);
+        let key = (FileId(crate::ids::Digest([1; 32])), PieceIndex(0), 0);
+        crawling.start_request(key, Time::ZERO);
+        assert_eq!(crawling.stall_deadline(), Some(Time::ZERO + REQUEST_TIMEOUT), "nothing measured yet");
+        // 16 KiB a second: two blocks take longer than the longest patience.
+        for s in 1..=4 {
+            crawling.rate.arrived(Time::from_millis(s * 1000), 16 * 1024);
+        }
+        crawling.progress_at = Time::from_millis(4000);
+        assert_eq!(crawling.stall_deadline(), Some(Time::from_millis(4000) + REQUEST_TIMEOUT_MAX));
     }
 }
