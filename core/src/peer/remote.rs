@@ -122,12 +122,9 @@ impl Remote {
     /// `REQUEST_TIMEOUT`, or for two blocks' time at its measured rate when that is longer (a
     /// slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
-        let rate = self.rate.bytes_per_s();
-        let blocks_time = if rate == 0 {
-            REQUEST_TIMEOUT
-        } else {
-            Duration::from_micros(2 * u64::from(BLOCK_BYTES) * 1_000_000 / rate)
-        };
+        let blocks_time = (2 * u64::from(BLOCK_BYTES) * 1_000_000)
+            .checked_div(self.rate.bytes_per_s())
+            .map_or(REQUEST_TIMEOUT, Duration::from_micros);
         let patience = blocks_time.clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
         (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
     }
