@@ -32,3 +32,19 @@ fn run_abcd_scenario() -> String {
     );
     digest.trim().to_owned()
 }
+
+#[test]
+fn table_mode_prints_one_row_per_scenario_and_needs_the_flag_for_several_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let (capped, abcd) = (dir.join("capped-uploads.toml"), dir.join("abcd.toml"));
+    let args = ["--table", path_str(&capped), path_str(&abcd)];
+    let output = run_bounded(sim_bin(), &args, SIM_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "p2p-sim --table exited with {}\n{stdout}", output.status);
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(rows.len(), 3, "a header and two rows:\n{stdout}");
+    assert!(rows[1].starts_with("| capped-uploads | 24 | 8.00 s |"), "its N and T_min: {}", rows[1]);
+    assert!(rows[2].starts_with("| abcd | 2 | - |"), "abcd has no bound: {}", rows[2]);
+    let two_without_flag = run_bounded(sim_bin(), &[path_str(&capped), path_str(&abcd)], SIM_TIMEOUT);
+    assert_eq!(two_without_flag.status.code(), Some(2), "{}", stderr_of(&two_without_flag));
+}

@@ -52,7 +52,7 @@ pub enum ManifestError {
 }
 
 /// A frame that could not be turned into a message.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// The length prefix announces more than the frame limit.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes", max = crate::limits::FRAME_BYTES_MAX)]
@@ -89,5 +89,57 @@ pub enum EncodeError {
     Oversized {
         /// The encoded body length.
         len: usize,
+    },
+}
+
+/// Why storage work a peer asked its driver for (write, hash, read, finalize) failed: the `Err`
+/// of every [`crate::Completion`]. The kinds say what the peer can do about it; the display
+/// text is for the user.
+///
+/// This is the one error type of every store (net's files on disk, sim's memory, the test
+/// harness), so the peer reacts to a failure the same way whichever driver runs it.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The file is not in the store: never allocated, or its allocation failed.
+    #[error("the file is not in the store")]
+    NotStored,
+    /// A block was written to a file that is not being downloaded (shared or complete).
+    #[error("the file is not being downloaded")]
+    NotDownloading,
+    /// A piece that is neither verified nor shared here was asked for.
+    #[error("piece {piece} is not held here")]
+    NotHeld {
+        /// The piece.
+        piece: crate::PieceIndex,
+    },
+    /// The range is not inside one block of one piece of the file.
+    #[error("{len} bytes at offset {offset} do not fit a block of piece {piece}")]
+    OutOfRange {
+        /// The piece.
+        piece: crate::PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// Bytes asked for.
+        len: u64,
+    },
+    /// Finalizing a download that still lacks verified pieces.
+    #[error("only {have} of {total} pieces are verified")]
+    Incomplete {
+        /// Verified pieces.
+        have: u32,
+        /// Pieces in the file.
+        total: u32,
+    },
+    /// The storage itself failed (a full disk, a removed folder, no free final name).
+    #[error("cannot {action} {path}: {detail}", path = path.display())]
+    Io {
+        /// What was being done ("write", "read", "move the finished file to", ...).
+        action: &'static str,
+        /// The path concerned.
+        path: std::path::PathBuf,
+        /// The kind of failure, for a caller that tells a full disk from a missing file.
+        kind: std::io::ErrorKind,
+        /// The system's description of the failure.
+        detail: String,
     },
 }

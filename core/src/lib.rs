@@ -13,8 +13,9 @@
 //!   hash, read) and what it should report ([`Event`]);
 //! - [`Machine::poll_timeout`] is the earliest moment the machine wants [`Input::Timeout`].
 //!
-//! **Every `handle` is followed by a full drain of `poll_output` before the next `handle`.**
-//! Slow work is an [`Output`] followed later by an [`Input::Completed`].
+//! **Every `handle` is followed by a full drain of `poll_output` before the next `handle`**, and
+//! a timer moves once it fired; [`step`] does one input with both rules asserted. Slow work is
+//! an [`Output`] followed later by an [`Input::Completed`].
 //!
 //! Frames on the wire are a 4-byte big-endian length plus one CBOR [`wire::Message`]; see
 //! [`wire::codec`]. Every bound lives in [`limits`].
@@ -31,6 +32,7 @@ pub mod manifest;
 pub mod peer;
 pub mod rng;
 pub mod small;
+pub mod store;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod time;
@@ -38,9 +40,9 @@ pub mod tracker;
 pub mod wire;
 
 pub use bitfield::Bitfield;
-pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError};
+pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError, StoreError};
 pub use ids::{ConnId, Digest, FileId, FileIdPrefix, PeerId, PieceIndex};
-pub use machine::{Command, Completion, Event, GoneReason, Input, Machine, Output, Progress};
+pub use machine::{step, Command, Completion, Event, GoneReason, Input, Machine, Output, Progress};
 pub use manifest::{auto_piece_size, Manifest, ManifestBuilder};
 pub use peer::{Peer, PeerConfig};
 pub use time::Time;

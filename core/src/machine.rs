@@ -10,12 +10,19 @@
 //! **Every `handle` is followed by a full drain before the next `handle`.** Slow work (disk,
 //! hashing) is an output plus a later [`Completion`] input, so `sim` can complete it at once and
 //! `net` on worker threads.
+//!
+//! **A timer moves once it fired**: after `handle(now, Input::Timeout)` the machine's
+//! `poll_timeout()` is `None` or later than `now`; a machine that kept asking for the moment
+//! that just passed would be woken again and again at the same instant.
+//!
+//! [`step`] is steps 1 and 2 with both rules asserted; drivers go through it.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
+use crate::error::{DecodeError, StoreError};
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
 use crate::time::Time;
@@ -49,8 +56,8 @@ pub enum Input {
     BadFrame {
         /// The connection.
         conn: ConnId,
-        /// What was wrong, for the log and the error reply.
-        reason: String,
+        /// What was wrong (its text goes to the log and the error reply).
+        error: DecodeError,
     },
     /// The driver handed `frames` more of this connection's frames, in the order they were
     /// sent, to the transport: the kernel's socket buffer on TCP, the simulated link's send
@@ -105,8 +112,8 @@ pub enum Completion {
         piece: PieceIndex,
         /// The block's offset within the piece.
         offset: u32,
-        /// `Err` holds the I/O error's text (e.g. a full disk).
-        result: Result<(), String>,
+        /// `Err` says why (e.g. a full disk).
+        result: Result<(), StoreError>,
     },
     /// The hash asked for by [`Output::HashPiece`] (SHA-256 of the piece as stored).
     PieceHashed {
@@ -114,8 +121,8 @@ pub enum Completion {
         file_id: FileId,
         /// The piece.
         piece: PieceIndex,
-        /// The digest, or the text of the read error.
-        result: Result<crate::ids::Digest, String>,
+        /// The digest, or why the piece could not be read.
+        result: Result<crate::ids::Digest, StoreError>,
     },
     /// A block asked for by [`Output::ReadBlock`].
     BlockRead {
@@ -127,15 +134,15 @@ pub enum Completion {
         piece: PieceIndex,
         /// The block's offset within the piece.
         offset: u32,
-        /// The bytes, or the text of the read error.
-        result: Result<Bytes, String>,
+        /// The bytes, or why they could not be read.
+        result: Result<Bytes, StoreError>,
     },
     /// The file asked for by [`Output::Finalize`] is in its final place, or could not be.
     Finalized {
         /// The file.
         file_id: FileId,
-        /// `Err` holds the reason.
-        result: Result<(), String>,
+        /// `Err` says why.
+        result: Result<(), StoreError>,
     },
 }
 
@@ -374,4 +381,82 @@ pub trait Machine {
     fn poll_output(&mut self) -> Option<Output>;
     /// The earliest time at which the machine wants `Input::Timeout`.
     fn poll_timeout(&self) -> Option<Time>;
+}
+
+/// One step of the driving contract: `handle(now, input)`, then `poll_output` drained into
+/// `carry_out` until it is empty, then the machine's next timeout (step 3 is the driver's).
+///
+/// # Panics
+/// When the machine breaks the timer rule: after an `Input::Timeout` it still asks to be woken
+/// at `now` or earlier.
+pub fn step<M: Machine + ?Sized>(
+    machine: &mut M,
+    now: Time,
+    input: Input,
+    mut carry_out: impl FnMut(Output),
+) -> Option<Time> {
+    let fired = input == Input::Timeout;
+    machine.handle(now, input);
+    while let Some(output) = machine.poll_output() {
+        carry_out(output);
+    }
+    let next = machine.poll_timeout();
+    assert!(
+        !fired || next.is_none_or(|at| at > now),
+        "a machine's timer must move once it fired: woken at {now}, it asks again for {next:?}"
+    );
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::ids::ConnId;
+
+    /// A machine that turns each input into three outputs and refuses an input while outputs
+    /// are still queued; its timer stays where it is unless told to move.
+    struct Strict {
+        queued: VecDeque<Output>,
+        timer: Option<Time>,
+        timer_moves: bool,
+    }
+
+    impl Machine for Strict {
+        fn handle(&mut self, now: Time, input: Input) {
+            assert!(self.queued.is_empty(), "an input arrived before the last outputs were drained");
+            if input == Input::Timeout && self.timer_moves {
+                self.timer = Some(now + std::time::Duration::from_secs(1));
+            }
+            let close = Output::Close { conn: ConnId::Outbound(1) };
+            self.queued.extend([close.clone(), close.clone(), close]);
+        }
+
+        fn poll_output(&mut self) -> Option<Output> {
+            self.queued.pop_front()
+        }
+
+        fn poll_timeout(&self) -> Option<Time> {
+            self.timer
+        }
+    }
+
+    #[test]
+    fn a_step_drains_every_output_before_the_next_input() {
+        let mut machine = Strict { queued: VecDeque::new(), timer: Some(Time::ZERO), timer_moves: true };
+        let mut carried = 0;
+        for _ in 0..3 {
+            let next = step(&mut machine, Time::ZERO, Input::Timeout, |_| carried += 1);
+            assert!(next > Some(Time::ZERO));
+        }
+        assert_eq!(carried, 9);
+    }
+
+    #[test]
+    #[should_panic(expected = "timer must move once it fired")]
+    fn a_timer_that_does_not_move_after_firing_is_refused() {
+        let mut machine = Strict { queued: VecDeque::new(), timer: Some(Time::ZERO), timer_moves: false };
+        step(&mut machine, Time::ZERO, Input::Timeout, |_| {});
+    }
 }

@@ -229,6 +229,8 @@ fn check_name(name: &str) -> Result<(), ManifestError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn build(bytes: &[u8], piece: u32) -> Manifest {
@@ -269,6 +271,52 @@ mod tests {
         assert!(matches!(Manifest::new("a".into(), 1, 16384, vec![]), Err(ManifestError::PieceCount { .. })));
         assert!(matches!(Manifest::new("a".into(), 1, 1000, vec![]), Err(ManifestError::BadPieceSize(1000))));
         assert!(Manifest::from_cbor(b"\xff\x00").is_err());
+    }
+
+    fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        ("[a-zA-Z0-9_-][a-zA-Z0-9._ -]{0,39}", 0u64..300_000, 14u32..=16).prop_flat_map(|(name, len, shift)| {
+            let piece = 1u32 << shift;
+            let count = len.div_ceil(u64::from(piece)) as usize;
+            proptest::collection::vec(any::<[u8; 32]>().prop_map(Digest), count)
+                .prop_map(move |hashes| Manifest::new(name.clone(), len, piece, hashes).expect("a valid manifest"))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_manifest_round_trips_through_cbor(manifest in arb_manifest()) {
+            let decoded = Manifest::from_cbor(&manifest.to_cbor());
+            prop_assert_eq!(decoded.as_ref().map(Manifest::file_id), Ok(manifest.file_id()));
+            prop_assert_eq!(decoded, Ok(manifest));
+        }
+
+        /// Garbage, or a real manifest with bytes flipped or cut, never panics, and whatever
+        /// decodes is a valid manifest (so a remote cannot plant an unsafe name or a bad count).
+        #[test]
+        fn damaged_manifests_never_panic_and_decode_only_valid(
+            manifest in arb_manifest(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut bytes = manifest.to_cbor();
+            for (at, byte) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] ^= byte;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            for candidate in [&bytes[..], &garbage[..]] {
+                if let Ok(decoded) = Manifest::from_cbor(candidate) {
+                    let checked = Manifest::new(
+                        decoded.name().to_owned(),
+                        decoded.length_bytes(),
+                        decoded.piece_size_bytes(),
+                        decoded.pieces().map(|p| decoded.piece_hash(p)).collect(),
+                    );
+                    prop_assert_eq!(checked, Ok(decoded));
+                }
+            }
+        }
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub enum ConnReport {
     /// (or dropped).
     Messages(Vec<Message>, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
-    BadFrame(String),
+    BadFrame(DecodeError),
     /// The writer handed this many more frames, in the order they were queued, to the socket
     /// (one report per write round): the driver's `Input::Sent`.
     Sent(u32),
@@ -411,13 +411,14 @@ async fn read_batch(
             }
             None if !messages.is_empty() => break None,
             None => break Some(ConnReport::Closed),
-            Some(Err(FrameError::Io(e))) => {
+            Some(Err(FrameError::Decode(e))) => {
+                tracing::debug!("{conn}: bad frame: {e}");
+                break Some(ConnReport::BadFrame(e));
+            }
+            // A socket error (reading never meets an encoding error).
+            Some(Err(e)) => {
                 tracing::debug!("{conn}: read failed: {e}");
                 break Some(ConnReport::Closed);
-            }
-            Some(Err(e)) => {
-                tracing::debug!("{conn}: bad frame: {e}");
-                break Some(ConnReport::BadFrame(e.to_string()));
             }
         }
     };

@@ -443,9 +443,9 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                 }
             }
             ConnReport::Sent(frames) => self.feed(ctx, Input::Sent { conn, frames }),
-            ConnReport::BadFrame(reason) => {
-                tracing::warn!("{}: {conn}: bad frame: {reason}", self.label);
-                self.feed(ctx, Input::BadFrame { conn, reason });
+            ConnReport::BadFrame(error) => {
+                tracing::warn!("{}: {conn}: bad frame: {error}", self.label);
+                self.feed(ctx, Input::BadFrame { conn, error });
             }
             ConnReport::Closed => {
                 self.conns.remove(&conn);

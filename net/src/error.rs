@@ -1,15 +1,15 @@
 //! `NetError`: what went wrong in the network driver or the store, with what was being done and
 //! to which path or address.
 //!
-//! Errors that reach a running machine are turned into `Err(String)` completions (their
-//! `Display` text, which names the path); errors a caller of the public API can act on are
-//! returned as `NetError`.
+//! Failures of storage work a running machine asked for reach it as core's [`StoreError`] (its
+//! completions' error type; [`store_io`] builds the I/O kind); errors a caller of the public API
+//! can act on are returned as `NetError`, which wraps a `StoreError` where one is the cause.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use p2p_core::{CommandError, FileId, ManifestError};
+use p2p_core::{CommandError, FileId, ManifestError, StoreError};
 use thiserror::Error;
 
 /// An error of the network driver, the store or the hasher.
@@ -72,6 +72,9 @@ pub enum NetError {
         /// What went wrong.
         reason: String,
     },
+    /// Storage work failed (the same error a machine's completion carries).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The machine refused a local command.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -91,4 +94,10 @@ impl NetError {
     pub fn socket(action: &'static str, addr: SocketAddr) -> impl FnOnce(io::Error) -> NetError {
         move |error| NetError::Socket { action, addr, error }
     }
+}
+
+/// A [`StoreError::Io`] for `action` on `path`.
+pub fn store_io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.into();
+    move |error| StoreError::Io { action, path, kind: error.kind(), detail: error.to_string() }
 }

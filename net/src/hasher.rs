@@ -11,10 +11,10 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder};
+use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder, StoreError};
 use sha2::Digest as _;
 
-use crate::error::NetError;
+use crate::error::{store_io, NetError};
 
 /// Bytes read from disk at a time while hashing. Every worker thread keeps a buffer of this
 /// size, and how many threads a download has started by its peak depends on how long it ran:
@@ -28,14 +28,14 @@ thread_local! {
 }
 
 /// SHA-256 of `len` bytes of `file` starting at `offset`, read in chunks.
-pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, NetError> {
+pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, StoreError> {
     HASH_BUFFER.with_borrow_mut(|buffer| {
         let mut hasher = sha2::Sha256::new();
         let mut done = 0u64;
         while done < len {
             // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
             let chunk = (len - done).min(HASH_CHUNK_BYTES as u64) as usize;
-            file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(NetError::io("read", path))?;
+            file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(store_io("read", path))?;
             hasher.update(&buffer[..chunk]);
             done += chunk as u64;
         }

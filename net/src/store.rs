@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use p2p_core::limits::BLOCK_BYTES;
-use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex};
+use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex, StoreError};
 
-use crate::error::NetError;
+use crate::error::{store_io, NetError};
 use crate::hasher::hash_range;
 
 /// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
@@ -38,14 +38,15 @@ pub struct Store {
     entries: Mutex<BTreeMap<FileId, Entry>>,
 }
 
-/// One registered file.
-#[derive(Clone, Debug)]
+/// One registered file. A block access reads it under the map's lock and takes out only the
+/// shared handles it needs (file, path), never a copy of the entry.
+#[derive(Debug)]
 struct Entry {
     manifest: Arc<Manifest>,
     /// The open file, or why it could not be opened (reported by every later access).
-    file: Result<Arc<File>, String>,
+    file: Result<Arc<File>, StoreError>,
     /// Where the bytes are.
-    path: PathBuf,
+    path: Arc<Path>,
     /// Pieces that may be served (shared subset, verified so far, or all).
     served: Bitfield,
     state: State,
@@ -99,78 +100,82 @@ impl Store {
             return;
         }
         let part = self.sidecar(file_id, "part");
-        let file = self.create_part(manifest, &part).map(Arc::new).map_err(|e| {
-            tracing::error!("{e}");
-            e.to_string()
-        });
+        let file = self.create_part(manifest, &part).map(Arc::new).inspect_err(|e| tracing::error!("{e}"));
         let served = Bitfield::new(manifest.piece_count());
         let entry = Entry::new(manifest.clone(), file, part, served, State::Downloading);
         self.lock().entry(file_id).or_insert(entry);
     }
 
     /// Writes a received block at its place in the partial file.
-    pub fn write_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: &[u8]) -> Result<(), String> {
-        let entry = self.entry(file_id)?;
-        if entry.state != State::Downloading {
-            return Err(format!("file {file_id} is not being downloaded"));
-        }
-        let at = entry.block_offset(piece, offset, bytes.len())?;
-        let file = entry.file.clone()?;
-        file.write_all_at(bytes, at).map_err(|e| NetError::io("write", &entry.path)(e).to_string())
+    pub fn write_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let (file, path, at) = self.with_entry(file_id, |entry| {
+            if entry.state != State::Downloading {
+                return Err(StoreError::NotDownloading);
+            }
+            entry.access(piece, offset, bytes.len() as u64)
+        })?;
+        file.write_all_at(bytes, at).map_err(store_io("write", &*path))
     }
 
     /// SHA-256 of a piece as stored.
-    pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, String> {
-        let entry = self.entry(file_id)?;
-        let len = u64::from(entry.block_len_checked(piece)?);
-        let file = entry.file.clone()?;
-        hash_range(&file, entry.manifest.piece_offset(piece), len, &entry.path).map_err(|e| e.to_string())
+    pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
+        let (file, path, at, len) = self.with_entry(file_id, |entry| {
+            let len = entry.piece_len_checked(piece)?;
+            let (file, path, at) = entry.access(piece, 0, u64::from(len))?;
+            Ok((file, path, at, len))
+        })?;
+        hash_range(&file, at, u64::from(len), &path)
     }
 
     /// Reads a block of a served piece.
-    pub fn read_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, String> {
-        let entry = self.entry(file_id)?;
-        if !entry.served.has(piece) {
-            return Err(format!("piece {piece} of {file_id} is not served here"));
-        }
-        if len > BLOCK_BYTES {
-            return Err(format!("a block of {len} bytes exceeds the limit of {BLOCK_BYTES}"));
-        }
-        let at = entry.block_offset(piece, offset, len as usize)?;
-        let file = entry.file.clone()?;
-        read_exact_at(&file, len as usize, at).map_err(|e| NetError::io("read", &entry.path)(e).to_string())
+    pub fn read_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        let (file, path, at) = self.with_entry(file_id, |entry| {
+            if !entry.served.has(piece) {
+                return Err(StoreError::NotHeld { piece });
+            }
+            if len > BLOCK_BYTES {
+                return Err(StoreError::OutOfRange { piece, offset, len: u64::from(len) });
+            }
+            entry.access(piece, offset, u64::from(len))
+        })?;
+        read_exact_at(&file, len as usize, at).map_err(store_io("read", &*path))
     }
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
     /// with the other outputs, then [`Store::persist_bitfield`] on a worker thread.
-    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), NetError> {
-        self.lock().get_mut(&file_id).ok_or(NetError::NotStored(file_id))?.served.set(piece);
+    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
+        entry.piece_len_checked(piece)?;
+        entry.served.set(piece);
         Ok(())
     }
 
     /// Moves a fully verified download to the output directory and returns its final path.
-    pub fn finalize(&self, file_id: FileId) -> Result<PathBuf, String> {
-        let entry = self.entry(file_id)?;
-        let _guard = entry.sidecars.lock().unwrap_or_else(PoisonError::into_inner);
-        match entry.state {
-            State::Complete | State::Shared => return Ok(entry.path),
+    pub fn finalize(&self, file_id: FileId) -> Result<PathBuf, StoreError> {
+        let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
+        let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
+        // Read under the sidecar lock, so no bitfield write races the move.
+        let downloading = self.with_entry(file_id, |entry| match entry.state {
+            State::Complete | State::Shared => Ok(Err(entry.path.to_path_buf())),
             State::Downloading if !entry.served.is_full() => {
-                return Err(format!(
-                    "{file_id} is not fully verified ({}/{})",
-                    entry.served.count(),
-                    entry.served.len()
-                ))
+                Err(StoreError::Incomplete { have: entry.served.count(), total: entry.served.len() })
             }
-            State::Downloading => {}
-        }
-        let target = place_final(&entry.path, &self.out, &entry.manifest).map_err(|e| e.to_string())?;
+            State::Downloading => Ok(Ok((entry.path.clone(), entry.manifest.clone()))),
+        })?;
+        // A file already in its final place stays where it is.
+        let (part, manifest) = match downloading {
+            Ok(download) => download,
+            Err(in_place) => return Ok(in_place),
+        };
+        let target = place_final(&part, &self.out, &manifest)?;
         for kind in ["manifest", "bitfield"] {
-            remove_if_present(&self.sidecar(file_id, kind)).map_err(|e| e.to_string())?;
+            remove_if_present(&self.sidecar(file_id, kind))?;
         }
-        let file = File::open(&target).map_err(|e| NetError::io("open", &target)(e).to_string())?;
+        let file = File::open(&target).map_err(store_io("open", &target))?;
         if let Some(stored) = self.lock().get_mut(&file_id) {
             stored.file = Ok(Arc::new(file));
-            stored.path = target.clone();
+            stored.path = Arc::from(target.as_path());
             stored.state = State::Complete;
         }
         Ok(target)
@@ -178,7 +183,7 @@ impl Store {
 
     /// Where the bytes of a registered file are (the final path once complete).
     pub fn path_of(&self, file_id: FileId) -> Option<PathBuf> {
-        self.lock().get(&file_id).map(|entry| entry.path.clone())
+        self.lock().get(&file_id).map(|entry| entry.path.to_path_buf())
     }
 
     /// Every file id this store knows: registered files and partial downloads on disk.
@@ -221,24 +226,28 @@ impl Store {
     }
 
     /// Writes the verified pieces of a download to `<id>.bitfield` (nothing once complete).
-    pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), NetError> {
-        let sidecars = self.lock().get(&file_id).ok_or(NetError::NotStored(file_id))?.sidecars.clone();
+    pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), StoreError> {
+        let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
         // Read under the sidecar lock, so the newest bitfield is always the one written last.
-        let entry = self.entry(file_id).map_err(|_| NetError::NotStored(file_id))?;
-        if entry.state != State::Downloading {
-            return Ok(());
+        let bytes = self.with_entry(file_id, |entry| {
+            Ok((entry.state == State::Downloading).then(|| {
+                let mut bytes = entry.served.len().to_be_bytes().to_vec();
+                bytes.extend_from_slice(entry.served.as_bytes());
+                bytes
+            }))
+        });
+        match bytes? {
+            Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
+            None => Ok(()),
         }
-        let mut bytes = entry.served.len().to_be_bytes().to_vec();
-        bytes.extend_from_slice(entry.served.as_bytes());
-        write_atomically(&self.sidecar(file_id, "bitfield"), &bytes)
     }
 
-    fn create_part(&self, manifest: &Manifest, part: &Path) -> Result<File, NetError> {
+    fn create_part(&self, manifest: &Manifest, part: &Path) -> Result<File, StoreError> {
         write_atomically(&self.sidecar(manifest.file_id(), "manifest"), &manifest.to_cbor())?;
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(part);
-        let file = file.map_err(NetError::io("create", part))?;
-        file.set_len(manifest.length_bytes()).map_err(NetError::io("allocate", part))?;
+        let file = file.map_err(store_io("create", part))?;
+        file.set_len(manifest.length_bytes()).map_err(store_io("allocate", part))?;
         Ok(file)
     }
 
@@ -246,8 +255,13 @@ impl Store {
         self.dir.join(format!("{file_id}.{kind}"))
     }
 
-    fn entry(&self, file_id: FileId) -> Result<Entry, String> {
-        self.lock().get(&file_id).cloned().ok_or_else(|| NetError::NotStored(file_id).to_string())
+    /// `look` applied to the entry of `file_id`, under the map's lock (keep it short: no I/O).
+    fn with_entry<T>(
+        &self,
+        file_id: FileId,
+        look: impl FnOnce(&Entry) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        look(self.lock().get(&file_id).ok_or(StoreError::NotStored)?)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<FileId, Entry>> {
@@ -260,29 +274,31 @@ impl Store {
 impl Entry {
     fn new(
         manifest: Manifest,
-        file: Result<Arc<File>, String>,
+        file: Result<Arc<File>, StoreError>,
         path: PathBuf,
         served: Bitfield,
         state: State,
     ) -> Entry {
-        Entry { manifest: Arc::new(manifest), file, path, served, state, sidecars: Arc::default() }
+        Entry { manifest: Arc::new(manifest), file, path: Arc::from(path), served, state, sidecars: Arc::default() }
     }
 
     /// The length of `piece`, if it exists.
-    fn block_len_checked(&self, piece: PieceIndex) -> Result<u32, String> {
+    fn piece_len_checked(&self, piece: PieceIndex) -> Result<u32, StoreError> {
         match self.manifest.piece(piece.0) {
             Some(piece) => Ok(self.manifest.piece_len(piece)),
-            None => Err(format!("piece {piece} is beyond the {} pieces of the file", self.manifest.piece_count())),
+            None => Err(StoreError::OutOfRange { piece, offset: 0, len: 0 }),
         }
     }
 
-    /// The file offset of `len` bytes at `offset` in `piece`, checked to stay inside the piece.
-    fn block_offset(&self, piece: PieceIndex, offset: u32, len: usize) -> Result<u64, String> {
-        let piece_len = self.block_len_checked(piece)?;
-        if u64::from(offset) + len as u64 > u64::from(piece_len) {
-            return Err(format!("block {offset}+{len} does not fit piece {piece} of {piece_len} bytes"));
+    /// The open file, its path and the file offset of `len` bytes at `offset` in `piece`,
+    /// checked to stay inside the piece.
+    fn access(&self, piece: PieceIndex, offset: u32, len: u64) -> Result<(Arc<File>, Arc<Path>, u64), StoreError> {
+        let piece_len = self.piece_len_checked(piece)?;
+        if u64::from(offset) + len > u64::from(piece_len) {
+            return Err(StoreError::OutOfRange { piece, offset, len });
         }
-        Ok(self.manifest.piece_offset(piece) + u64::from(offset))
+        let at = self.manifest.piece_offset(piece) + u64::from(offset);
+        Ok((self.file.clone()?, self.path.clone(), at))
     }
 }
 
@@ -319,7 +335,7 @@ fn verify_pieces(file: &File, path: &Path, manifest: &Manifest, claimed: &Bitfie
 
 /// Moves `part` to a free name in `out` (`name`, `name.1`, ...) and returns it. A name taken by
 /// a file with exactly the manifest's content is reused; a different file is never replaced.
-fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, NetError> {
+fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
     for attempt in 0..FINAL_NAME_ATTEMPTS_MAX {
         // The manifest's name is one safe path component (checked by Manifest::new).
         let name = match attempt {
@@ -329,20 +345,20 @@ fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, 
         let target = out.join(name);
         match link_or_copy(part, &target) {
             Ok(()) => {
-                fs::remove_file(part).map_err(NetError::io("remove", part))?;
+                fs::remove_file(part).map_err(store_io("remove", part))?;
                 return Ok(target);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if holds_manifest_content(&target, manifest) {
-                    fs::remove_file(part).map_err(NetError::io("remove", part))?;
+                    fs::remove_file(part).map_err(store_io("remove", part))?;
                     return Ok(target);
                 }
             }
-            Err(e) => return Err(NetError::io("move the finished file to", target)(e)),
+            Err(e) => return Err(store_io("move the finished file to", target)(e)),
         }
     }
     let source = io::Error::new(io::ErrorKind::AlreadyExists, "every candidate name is taken");
-    Err(NetError::Io { action: "find a free name in", path: out.to_owned(), error: source })
+    Err(store_io("find a free name in", out)(source))
 }
 
 /// Creates `target` with `source`'s content, failing with `AlreadyExists` rather than replacing
@@ -402,25 +418,28 @@ fn read_bitfield(path: &Path, piece_count: u32) -> Result<Bitfield, NetError> {
 }
 
 /// Replaces `path` with `bytes` through a temporary file and a rename, so a crash leaves the old
-/// or the new content, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+/// or the new content, never a mix. The temporary file is synced before the rename and the
+/// folder after it, so once this returns the new content survives a power cut too.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
     let written = File::create(&temp)
-        .map_err(NetError::io("create", &temp))
-        .and_then(|mut file| file.write_all(bytes).map_err(NetError::io("write", &temp)))
-        .and_then(|()| fs::rename(&temp, path).map_err(NetError::io("rename into place", path)));
+        .map_err(store_io("create", &temp))
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()).map_err(store_io("write", &temp)))
+        .and_then(|()| fs::rename(&temp, path).map_err(store_io("rename into place", path)));
     if written.is_err() {
         // Leave no stray temporary file behind (a full disk, say); the old content stays.
         fs::remove_file(&temp).ok();
     }
-    written
+    written?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    File::open(folder).and_then(|dir| dir.sync_all()).map_err(store_io("sync", folder))
 }
 
-fn remove_if_present(path: &Path) -> Result<(), NetError> {
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetError::io("remove", path)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(store_io("remove", path)(e)),
         _ => Ok(()),
     }
 }
@@ -438,6 +457,52 @@ fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
     // The spare capacity may have been larger than the block.
     buffer.truncate(len);
     Ok(Bytes::from(buffer))
+}
+
+/// The storage contract as the peer's driver sees it, for one owner of the store (the driver
+/// itself shares it with worker threads through the `&self` methods above).
+impl p2p_core::store::Store for Store {
+    fn allocate(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
+        Store::allocate(self, manifest);
+        Ok(())
+    }
+
+    fn write_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
+        Store::write_block(self, file_id, piece, offset, &bytes)
+    }
+
+    fn hash_piece(&mut self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
+        Store::hash_piece(self, file_id, piece)
+    }
+
+    fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        Store::mark_verified(self, file_id, piece)?;
+        Store::persist_bitfield(self, file_id)
+    }
+
+    fn read_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        Store::read_block(self, file_id, piece, offset, len)
+    }
+
+    fn finalize(&mut self, file_id: FileId) -> Result<(), StoreError> {
+        Store::finalize(self, file_id).map(|_| ())
+    }
+
+    fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
+        Store::resume(self, file_id).map_err(|e| match e {
+            NetError::Store(e) => e,
+            NetError::Io { action, path, error } => {
+                StoreError::Io { action, path, kind: error.kind(), detail: error.to_string() }
+            }
+            // A damaged sidecar: the download cannot be resumed from it.
+            other => StoreError::Io {
+                action: "resume from",
+                path: self.dir.clone(),
+                kind: io::ErrorKind::InvalidData,
+                detail: other.to_string(),
+            },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Store tests: a download written out of order, resumed, finalised without overwriting.
 
+use p2p_core::store::conformance;
+
 use super::*;
 use crate::hasher::manifest_of;
 
@@ -66,7 +68,7 @@ fn a_download_survives_a_restart_and_lands_in_out() {
         store.read_block(id, PieceIndex(2), 1, 5).expect("verified").as_ref(),
         &f.piece_bytes(PieceIndex(2))[1..6]
     );
-    assert!(store.finalize(id).is_err(), "piece 1 is missing");
+    assert_eq!(store.finalize(id), Err(StoreError::Incomplete { have: 2, total: 3 }), "piece 1 is missing");
     f.download_piece(&store, PieceIndex(1));
     let path = store.finalize(id).expect("finalize");
     assert_eq!(path, f.out_dir.join("movie.bin"));
@@ -118,9 +120,10 @@ fn shared_files_serve_only_their_pieces_and_reject_bad_ranges() {
     let mut have = Bitfield::new(f.manifest.piece_count());
     have.set(PieceIndex(1));
     store.register_shared(&f.source, f.manifest.clone(), have).expect("share");
-    assert!(store.read_block(id, PieceIndex(0), 0, 10).is_err());
-    assert!(store.read_block(id, PieceIndex(1), 16 * 1024 - 4, 10).is_err(), "crosses the piece end");
-    assert!(store.write_block(id, PieceIndex(1), 0, b"no").is_err(), "shared files are read-only");
+    assert_eq!(store.read_block(id, PieceIndex(0), 0, 10), Err(StoreError::NotHeld { piece: PieceIndex(0) }));
+    let crossing = store.read_block(id, PieceIndex(1), 16 * 1024 - 4, 10);
+    assert!(matches!(crossing, Err(StoreError::OutOfRange { .. })), "crosses the piece end");
+    assert_eq!(store.write_block(id, PieceIndex(1), 0, b"no"), Err(StoreError::NotDownloading), "shared is read-only");
     assert_eq!(store.read_block(id, PieceIndex(1), 0, 3).expect("served").as_ref(), &f.piece_bytes(PieceIndex(1))[..3]);
     assert_eq!(store.finalize(id), Ok(f.source.clone()));
 }
@@ -130,9 +133,23 @@ fn io_errors_name_the_path() {
     let f = fixture();
     let id = f.manifest.file_id();
     let store = f.store();
-    assert!(store.write_block(id, PieceIndex(0), 0, b"x").expect_err("unknown").contains("not in the store"));
+    assert_eq!(store.write_block(id, PieceIndex(0), 0, b"x"), Err(StoreError::NotStored));
     fs::remove_dir_all(&f.store_dir).expect("remove store dir");
     store.allocate(&f.manifest);
     let error = store.write_block(id, PieceIndex(0), 0, b"x").expect_err("allocation failed");
-    assert!(error.contains(&f.store_dir.display().to_string()), "{error}");
+    let StoreError::Io { path, kind, .. } = &error else { panic!("an I/O error: {error}") };
+    assert!(path.starts_with(&f.store_dir), "{error}");
+    assert_eq!(*kind, io::ErrorKind::NotFound);
+    assert!(error.to_string().contains(&f.store_dir.display().to_string()), "{error}");
+}
+
+#[test]
+fn the_disk_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store_dir, out_dir) = (dir.path().join("store"), dir.path().join("out"));
+    let open = || Store::open(&store_dir, &out_dir).expect("open store");
+    let (manifest, bytes) = conformance::sample_file();
+    // A restart reopens the store from disk, as a restarted peer does.
+    conformance::check(&mut open(), |store| *store = open(), &manifest, &bytes);
+    assert_eq!(fs::read(out_dir.join("sample.bin")).expect("the finished file"), bytes);
 }

@@ -66,8 +66,8 @@ impl Machine for Echo {
                 };
                 self.note(conn, format!("echo {} {len}", message.kind()));
             }
-            Input::BadFrame { conn, reason } => {
-                let answer = Message::error(None, ErrorCode::MalformedFrame, reason);
+            Input::BadFrame { conn, error } => {
+                let answer = Message::error(None, ErrorCode::MalformedFrame, error.to_string());
                 self.outputs.push_back(Output::Send { conn, message: answer });
                 self.outputs.push_back(Output::Close { conn });
                 self.note(conn, "bad frame".into());

@@ -3,14 +3,13 @@
 //! story and the outcome. Also where the run's invariants are watched (a piece verified or
 //! served that should not be, a tracker listing a peer past its TTL, requests in flight).
 
-use bytes::{Bytes, BytesMut};
-use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
-use p2p_core::wire::codec::encode_frame;
+use p2p_core::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
+use p2p_core::store::carry_out;
 use p2p_core::wire::Message;
-use p2p_core::{Completion, ConnId, Event, FileId, Input, Output, PieceIndex};
+use p2p_core::{ConnId, Event, Input, Output};
 
 use crate::scenario::{NodeIdx, StoryLevel};
-use crate::store::StoreViolation;
+use crate::store::{PeerStore, StoreViolation};
 use crate::trace::Described;
 use crate::world::{node_name, World};
 
@@ -24,46 +23,16 @@ impl World {
                 self.nodes[node.0].in_flight.remove(&conn);
                 self.network.close(self.now, node, conn, &mut self.queue);
             }
-            Output::Allocate { .. } => self.nodes[node.0].store.allocate(),
-            Output::WriteBlock { file_id, piece, offset, bytes } => {
-                let result = self
-                    .check_file(file_id)
-                    .map(|()| self.nodes[node.0].store.write(&self.content, piece.0, offset, bytes));
-                self.local(node, Input::Completed(Completion::BlockWritten { file_id, piece, offset, result }));
-            }
-            Output::HashPiece { file_id, piece } => {
-                let result = self.check_file(file_id).map(|()| self.nodes[node.0].store.hash(&self.content, piece.0));
-                self.local(node, Input::Completed(Completion::PieceHashed { file_id, piece, result }));
-            }
-            Output::PieceVerified { piece, .. } => {
-                let checked = self.nodes[node.0].store.mark_verified(&self.content, piece.0);
-                self.violation(node, checked.err());
-            }
-            Output::ReadBlock { conn, file_id, piece, offset, len } => {
-                let (result, violation) = match self.check_file(file_id) {
-                    Ok(()) => self.nodes[node.0].store.read(&self.content, piece.0, offset, len),
-                    Err(e) => (Err(e), None),
-                };
-                self.violation(node, violation);
-                self.local(node, Input::Completed(Completion::BlockRead { conn, file_id, piece, offset, result }));
-            }
-            Output::Finalize { file_id } => {
-                let result = self.check_file(file_id);
-                if result.is_ok() {
-                    let checked = self.nodes[node.0].store.finalize(&self.content);
-                    self.violation(node, checked.err());
-                }
-                self.local(node, Input::Completed(Completion::Finalized { file_id, result }));
-            }
             Output::Event(event) => self.event(node, event),
-        }
-    }
-
-    fn check_file(&self, file_id: FileId) -> Result<(), String> {
-        if file_id == self.file_id {
-            Ok(())
-        } else {
-            Err(format!("no such file {}", file_id.short()))
+            storage => {
+                let mut store = PeerStore::new(&mut self.nodes[node.0].store, &self.content, self.file_id);
+                let completion = carry_out(&mut store, storage);
+                let violation = store.violation;
+                self.violation(node, violation);
+                if let Some(completion) = completion {
+                    self.local(node, Input::Completed(completion));
+                }
+            }
         }
     }
 
@@ -77,7 +46,6 @@ impl World {
 
     fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
-            Message::Data { bytes, .. } => self.nodes[node.0].summary.bytes_up += bytes.len() as u64,
             Message::Request { .. } => {
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);
                 *count += 1;
@@ -95,7 +63,7 @@ impl World {
             }
             _ => {}
         }
-        let size_bytes = self.sizes.of(&message);
+        let size_bytes = wire_size(&message);
         self.transmit(node, conn, message, size_bytes);
     }
 
@@ -166,107 +134,13 @@ impl World {
     }
 }
 
-/// Finds the wire size of each message sent without encoding the two most frequent ones
-/// again and again (encoding showed in profiles): a `Request` is the frame of an all-zero
-/// request plus the longer CBOR integers of its fields, and the last `Haves` is remembered, as
-/// a peer sends the same batch to every remote in a row.
-#[derive(Debug, Default)]
-pub(crate) struct WireSizes {
-    scratch: BytesMut,
-    last_haves: Option<(Message, u64)>,
-    zero_request: Option<u64>,
-}
-
-impl WireSizes {
-    /// Bytes `message` occupies on the wire (see [`wire_size`]).
-    pub(crate) fn of(&mut self, message: &Message) -> u64 {
-        if let Message::Request { file_id, piece, offset, len } = message {
-            let zero = *self.zero_request.get_or_insert_with(|| {
-                let zero = Message::Request { file_id: *file_id, piece: PieceIndex(0), offset: 0, len: 0 };
-                wire_size(&zero, &mut self.scratch)
-            });
-            return zero
-                + [piece.0, *offset, *len].into_iter().map(|n| cbor_length_prefix_extra(n.into())).sum::<u64>();
-        }
-        if let Some((last, size)) = &self.last_haves {
-            if last == message {
-                return *size;
-            }
-        }
-        let size = wire_size(message, &mut self.scratch);
-        if matches!(message, Message::Haves { .. }) {
-            self.last_haves = Some((message.clone(), size));
-        }
-        size
-    }
-}
-
-/// Bytes `message` occupies on the wire: the frame `encode_frame` would write. A `Data`
-/// message's payload is not copied to find out: its frame is the empty-payload frame plus the
-/// payload and the longer CBOR length prefix.
-pub(crate) fn wire_size(message: &Message, scratch: &mut BytesMut) -> u64 {
-    let (probe, payload) = match message {
-        Message::Data { file_id, piece, offset, bytes } => {
-            let empty = Message::Data { file_id: *file_id, piece: *piece, offset: *offset, bytes: Bytes::new() };
-            (Some(empty), bytes.len() as u64)
-        }
-        _ => (None, 0),
-    };
-    scratch.clear();
-    // An oversized message would be refused by a real encoder; its size still costs the link.
-    if encode_frame(probe.as_ref().unwrap_or(message), scratch).is_err() {
+/// Bytes `message` occupies on the simulated link: its frame as core's encoder writes it. A
+/// message over the frame limit, which a real encoder refuses, still costs the link (it never
+/// gets through in time).
+fn wire_size(message: &Message) -> u64 {
+    let len = message.encoded_len();
+    if len - FRAME_HEADER_BYTES > FRAME_BYTES_MAX {
         return u64::MAX / 2;
     }
-    scratch.len() as u64 + payload + cbor_length_prefix_extra(payload)
-}
-
-/// Extra bytes a CBOR unsigned integer `len` (or a byte string's length) needs beyond the one
-/// of 0.
-fn cbor_length_prefix_extra(len: u64) -> u64 {
-    match len {
-        0..=23 => 0,
-        24..=0xff => 1,
-        0x100..=0xffff => 2,
-        0x1_0000..=0xffff_ffff => 4,
-        _ => 8,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use p2p_core::Digest;
-
-    #[test]
-    fn data_size_matches_the_encoder_without_copying() {
-        let mut scratch = BytesMut::new();
-        for len in [0usize, 5, 23, 24, 255, 256, 65_535, 65_536, 300_000] {
-            let message = Message::Data {
-                file_id: FileId(Digest([7; 32])),
-                piece: PieceIndex(3),
-                offset: 262_144,
-                bytes: Bytes::from(vec![1u8; len]),
-            };
-            let mut real = BytesMut::new();
-            encode_frame(&message, &mut real).expect("fits a frame");
-            assert_eq!(wire_size(&message, &mut scratch), real.len() as u64, "payload of {len} bytes");
-        }
-    }
-
-    #[test]
-    fn request_size_matches_the_encoder() {
-        let mut sizes = WireSizes::default();
-        let edges = [0u32, 1, 23, 24, 255, 256, 65_535, 65_536, 262_144, u32::MAX];
-        for piece in edges {
-            for offset in edges {
-                for len in edges {
-                    let file_id = FileId(Digest([9; 32]));
-                    let message = Message::Request { file_id, piece: PieceIndex(piece), offset, len };
-                    let mut real = BytesMut::new();
-                    encode_frame(&message, &mut real).expect("fits a frame");
-                    assert_eq!(sizes.of(&message), real.len() as u64, "{message:?}");
-                }
-            }
-        }
-    }
+    len as u64
 }

@@ -13,15 +13,17 @@
 //! streams alone; nothing reads a clock, OS randomness or a hash map's order.
 //!
 //! Module map: [`scenario`] (schema, validation), [`network`] (latency, bandwidth, loss,
-//! partitions) with [`uplink`] (fair sharing of a sender's rate), [`queue`] (the event queue),
-//! [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
+//! partitions) with [`uplink`] (send buffers, fair sharing of a sender's rate), [`queue`]
+//! (the event queue), [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
 //! `effects` (carrying out machine outputs), [`node`] (machines and the actix driver),
-//! [`trace`], [`report`], [`expect`], [`error`].
+//! [`trace`], [`report`], [`efficiency`] (a run against the Kumar–Ross lower bound),
+//! [`expect`], [`error`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod effects;
+pub mod efficiency;
 pub mod error;
 pub mod expect;
 pub mod network;

@@ -4,23 +4,38 @@
 //! The network owns every connection's state and decides *when* each input reaches a machine;
 //! it pushes those inputs onto the central [`Queue`] and never calls a machine itself.
 //!
-//! Model, per message of N bytes from `a` to `b`:
-//! - it occupies `a`'s uplink for N / up-rate, after whatever `a` queued before it (its arrival
-//!   is scheduled when its transmission starts);
-//! - its first byte reaches `b` one link latency (the larger of the two nodes' latencies) plus a
-//!   random jitter after it starts; it then occupies `b`'s downlink for N / down-rate;
-//! - it arrives when both transfers are done, and never before an earlier message of the same
-//!   link direction (a link is an ordered stream, like TCP);
+//! Model, per frame of N bytes from `a` to `b` (N is the wire codec's real frame size):
+//! - it waits in the connection's queue until `a`'s send buffer for that connection has room
+//!   ([`crate::uplink`]), and entering the buffer is reported to `a`'s machine as
+//!   `Input::Sent`;
+//! - it leaves the buffer, front first, at its flow's rate. A flow's rate comes from
+//!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
+//!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
+//!   to its other flows, and no downlink is ever given more than its rate. This is max-min fair
+//!   except where a receiver's inbound flows are uneven — one sender cannot use the share
+//!   another leaves at a saturated downlink. We chose it over global progressive filling
+//!   because a cap then depends only on how many flows a receiver has: a flow starting or
+//!   stopping re-settles its sender and, at most, the receiver's other senders, never a chain
+//!   across the swarm;
+//! - it reaches `b` one link latency (the larger of the two nodes' latencies) plus a random
+//!   jitter after it left, never before an earlier frame of the same link direction (a link is
+//!   an ordered stream, like TCP). The downlink is not a second queue: the caps above keep a
+//!   receiver's inbound rates within its down-rate;
 //! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
-//!   lost message is sent again after a retransmission timeout that doubles on each further
+//!   lost frame is sent again after a retransmission timeout that doubles on each further
 //!   loss (and holds back everything behind it on that connection), and after
 //!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
-//!   `Disconnected`.
+//!   `Disconnected`. Retransmissions cost time, not uplink bytes.
+//!
+//! Rates change only at events (a flow starts or goes idle, a receiver's count changes), and
+//! each uplink has one wake-up pending, at its next frame departure. A link whose two ends are
+//! both unlimited has no flow at all: its frames leave at once.
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
 //! has each end in its node's `by_conn` exactly while that end is open.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -31,7 +46,7 @@ use p2p_core::{ConnId, Input, Time};
 
 use crate::queue::{Item, LinkId, Queue};
 use crate::scenario::{LinkSpec, NodeIdx};
-use crate::uplink::{Flow, Queued, Uplink};
+use crate::uplink::{Change, Flow, Frame, Uplink};
 
 /// The port every simulated node listens on (addresses are labels; no socket is opened).
 pub const LISTEN_PORT: u16 = 7000;
@@ -40,6 +55,10 @@ pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
 /// Shortest retransmission timeout (doubling per further loss); at least two latencies.
 const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 
+/// How far (as a fraction) a receiver's downlink share may move before its other senders are
+/// re-settled; see [`Network::inbound_changed`].
+const SHARE_SLACK: f64 = 1.0 / 16.0;
+
 /// First source port the network gives the accepting side as the opener's address.
 const EPHEMERAL_PORT_FIRST: u16 = 40_000;
 const EPHEMERAL_PORT_COUNT: u64 = 20_000;
@@ -47,7 +66,8 @@ const EPHEMERAL_PORT_COUNT: u64 = 20_000;
 /// What became of a message handed to [`Network::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
-    /// It is on its way (queued on the sender's uplink, or already scheduled to arrive).
+    /// It is on its way (queued for the sender's send buffer, in it, or already scheduled to
+    /// arrive).
     Queued,
     /// It was lost too often and the connection reset.
     Lost,
@@ -64,7 +84,13 @@ struct NetNode {
     incarnation: u32,
     group: u32,
     uplink: Uplink,
-    downlink_free: Time,
+    /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
+    /// which splits its rate equally among them.
+    inbound: BTreeSet<(NodeIdx, Flow)>,
+    /// The downlink share last applied to the senders of `inbound`.
+    share_applied: f64,
+    /// Payload bytes of `Data` frames that left the uplink, over every life.
+    data_bytes_up: u64,
     inbound_next: u64,
     /// The node's open connections and their links.
     by_conn: VecMap<ConnId, LinkId>,
@@ -94,6 +120,15 @@ pub struct Network {
     nodes: Vec<NetNode>,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
+    /// `Sent` reports due, as `(sender, conn, frames)`, until the world takes them.
+    reports: Vec<(NodeIdx, ConnId, u32)>,
+    /// Nodes whose uplink rates must be recomputed now (see [`Network::settle`]).
+    unsettled: Vec<NodeIdx>,
+    /// Scratch for [`Uplink::advance`].
+    departed: Vec<(Flow, Frame)>,
+    changes: Vec<Change>,
+    /// Scratch for [`Network::inbound_changed`].
+    senders: Vec<(NodeIdx, Flow)>,
 }
 
 /// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
@@ -139,12 +174,23 @@ impl Network {
                 incarnation: 0,
                 group: 0,
                 uplink: Uplink::default(),
-                downlink_free: Time::ZERO,
+                inbound: BTreeSet::new(),
+                share_applied: f64::INFINITY,
+                data_bytes_up: 0,
                 inbound_next: 0,
                 by_conn: VecMap::new(),
             })
             .collect();
-        Network { rng: Rng::from_seed(Rng::derive_seed(seed, "network")), nodes, links: Vec::new() }
+        Network {
+            rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
+            nodes,
+            links: Vec::new(),
+            reports: Vec::new(),
+            unsettled: Vec::new(),
+            departed: Vec::new(),
+            changes: Vec::new(),
+            senders: Vec::new(),
+        }
     }
 
     /// The node at `addr`'s host (whatever the port), if any.
@@ -184,7 +230,10 @@ impl Network {
     /// The node vanishes: every link it has is reset; the others hear of it after a latency.
     pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.nodes[node.0].up = false;
-        self.nodes[node.0].uplink.clear();
+        for (flow, to) in self.nodes[node.0].uplink.clear() {
+            self.inbound_changed(node, flow, to, false);
+        }
+        self.settle(now, node, queue);
         // Every link with an end here, including ones this node closed whose goodbye had not
         // left its (now cleared) uplink: the other end must still hear that the link is gone.
         let links: Vec<LinkId> =
@@ -281,99 +330,146 @@ impl Network {
         }
         let timeout = RETRANSMIT_TIMEOUT_MIN.max(self.latency(from, to) * 2);
         let retransmit_delay = timeout * ((1u32 << losses) - 1);
-        let flow = (id, 1 - side);
-        if self.nodes[from.0].link.up_bytes_per_s.is_none() {
-            self.report_sent(now, from, conn, queue);
-            self.arrive_later(now, from, flow, (message, size_bytes, retransmit_delay), queue);
-        } else {
-            self.nodes[from.0].uplink.push(flow, Queued::Message(message, size_bytes, retransmit_delay));
-            self.kick_uplink(now, from, queue);
+        let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, retransmit_delay });
+        if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
+            // Nothing limits the flow: the frame passes the buffer and leaves at once.
+            add_report(&mut self.reports, (from, conn, 1));
+            self.depart(now, from, flow, frame, queue);
+            return Sent::Queued;
         }
+        // Progress so far is counted at the old rates before the set of flows changes.
+        self.advance(now, from, queue);
+        let cap = downlink_share(&self.nodes[to.0]);
+        if self.nodes[from.0].uplink.push((flow, to, conn), frame, cap) {
+            self.inbound_changed(from, flow, to, true);
+        }
+        self.settle(now, from, queue);
         Sent::Queued
     }
 
-    /// Something was queued on `from`'s uplink: it starts now if the uplink is idle, else a
-    /// wake-up is due when the current transmission ends (unless one already is).
-    fn kick_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        let uplink = &mut self.nodes[from.0].uplink;
-        if uplink.is_waking() {
-            return;
-        }
-        match uplink.busy_until(now) {
-            Some(until) => {
-                let wake = uplink.plan_wake();
-                queue.push(until, Item::UplinkDone { node: from, transmission: wake });
-            }
-            None => self.start_uplink(now, from, queue),
-        }
-    }
-
-    /// `from`'s uplink finished the transmission that wake-up `wake` was planned for: the next
-    /// one starts.
+    /// `from`'s uplink wake-up `wake` is due: a frame may have finished leaving.
     pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u64, queue: &mut Queue) {
         if self.nodes[from.0].uplink.take_wake(wake) {
-            self.start_uplink(now, from, queue);
+            self.settle(now, from, queue);
         }
     }
 
-    /// Starts the next transmission on `from`'s uplink (idle at `now`), skipping what belongs to
-    /// dead links: its arrival is scheduled, and a wake-up for its end if more waits behind it.
-    fn start_uplink(&mut self, now: Time, from: NodeIdx, queue: &mut Queue) {
-        while let Some((flow, item)) = self.nodes[from.0].uplink.take_next() {
-            if !self.link(flow.0).is_some_and(|l| l.ends[flow.1].open) {
-                continue;
+    /// Takes the `Sent` reports due, as `(sender, conn, frames)`, in the order they arose.
+    pub fn take_reports(&mut self, mut report: impl FnMut(NodeIdx, ConnId, u32)) {
+        for (node, conn, frames) in self.reports.drain(..) {
+            report(node, conn, frames);
+        }
+    }
+
+    /// Payload bytes of `Data` frames that left `node`'s uplink.
+    pub fn data_bytes_up(&self, node: NodeIdx) -> u64 {
+        self.nodes[node.0].data_bytes_up
+    }
+
+    /// Brings `node` and every node whose rates its changes affect up to `now`: frames that
+    /// finished leave, rates are shared anew, the next wake-up is planned and `Sent` reports
+    /// are collected. A change in a receiver's number of active senders changes its downlink
+    /// share, so its other senders whose rate that share bounds (or now bounds) are settled
+    /// too; their rate changes alter no count, so this stops after that one step.
+    fn settle(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
+        self.unsettled.push(node);
+        while let Some(node) = self.unsettled.pop() {
+            self.advance(now, node, queue);
+            let (n, reports) = (&mut self.nodes[node.0], &mut self.reports);
+            n.uplink.reshare(n.link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64));
+            let at = n.uplink.next_departure();
+            if let (Some(at), Some(wake)) = (at, n.uplink.plan_wake(at)) {
+                queue.push(at, Item::UplinkDone { node, transmission: wake });
             }
-            match item {
-                Queued::Fin => self.fin(now, flow, queue),
-                Queued::Message(message, size_bytes, retransmit_delay) => {
-                    if let Some(conn) = self.link(flow.0).map(|l| l.ends[1 - flow.1].conn) {
-                        self.report_sent(now, from, conn, queue);
-                    }
-                    let done = now + transfer(size_bytes, self.nodes[from.0].link.up_bytes_per_s);
-                    self.nodes[from.0].uplink.start(flow, done);
-                    self.arrive_later(done, from, flow, (message, size_bytes, retransmit_delay), queue);
-                    if self.nodes[from.0].uplink.has_queued() {
-                        self.kick_uplink(now, from, queue);
-                    }
-                    return;
-                }
+            n.uplink.take_reports(|conn, frames| add_report(reports, (node, conn, frames)));
+        }
+    }
+
+    /// Counts `node`'s uplink progress up to `now`; frames that finished leave.
+    fn advance(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
+        let (mut departed, mut changes) = (std::mem::take(&mut self.departed), std::mem::take(&mut self.changes));
+        self.nodes[node.0].uplink.advance(now, &mut departed, &mut changes);
+        for (flow, frame) in departed.drain(..) {
+            self.depart(now, node, flow, frame, queue);
+        }
+        for change in changes.drain(..) {
+            match change {
+                Change::Idle(flow, to) => self.inbound_changed(node, flow, to, false),
+                Change::Finished(flow) => self.fin(now, flow, queue),
             }
         }
+        (self.departed, self.changes) = (departed, changes);
     }
 
-    /// A frame of `from`'s `conn` starts its transmission at `now`: the peer hears `Sent` (the
-    /// tracker does not use it, so it is not told).
-    fn report_sent(&self, now: Time, from: NodeIdx, conn: ConnId, queue: &mut Queue) {
-        if from != NodeIdx::TRACKER {
-            let incarnation = self.nodes[from.0].incarnation;
-            queue.push(now, Item::Local { node: from, incarnation, input: Input::Sent { conn, frames: 1 } });
+    /// `from`'s `flow` into `to` became active or idle: `to`'s downlink share changes, and its
+    /// other senders whose flow that share bounds, or now bounds, must be settled.
+    ///
+    /// A receiver with many short inbound flows (a tracker) would re-settle every sender on every
+    /// change, so its share is applied to the others only once it moved by more than
+    /// [`SHARE_SLACK`] since it was last applied, and only to senders whose rate is off by more
+    /// than that: a sender's rate stays within twice the slack of its cap until its own next
+    /// event (which reads the current share).
+    fn inbound_changed(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx, active: bool) {
+        let receiver = &mut self.nodes[to.0];
+        if receiver.link.down_bytes_per_s.is_none() {
+            return;
         }
+        if active {
+            receiver.inbound.insert((from, flow));
+        } else {
+            receiver.inbound.remove(&(from, flow));
+        }
+        let share = downlink_share(receiver);
+        if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
+            return;
+        }
+        receiver.share_applied = share;
+        let mut senders = std::mem::take(&mut self.senders);
+        senders.extend(receiver.inbound.iter().copied());
+        for (sender, other) in senders.drain(..) {
+            let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
+                rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
+            });
+            if off && sender != from && !self.unsettled.contains(&sender) {
+                self.unsettled.push(sender);
+            }
+        }
+        self.senders = senders;
     }
 
-    /// A message that left `from`'s uplink at `now` reaches the other end after the link's
-    /// latency and jitter (plus any retransmissions), the receiver's downlink, and every
-    /// earlier message of its flow.
-    fn arrive_later(
-        &mut self,
-        now: Time,
-        from: NodeIdx,
-        flow: Flow,
-        (message, size_bytes, retransmit_delay): (Message, u64, Duration),
-        queue: &mut Queue,
-    ) {
+    /// `from`'s `flow` stops: what it queued is dropped (its link is gone).
+    fn drop_flow(&mut self, now: Time, from: NodeIdx, flow: Flow, queue: &mut Queue) {
+        if !self.nodes[from.0].uplink.has_pending(flow) {
+            return;
+        }
+        self.advance(now, from, queue);
+        if let Some(to) = self.nodes[from.0].uplink.remove(flow) {
+            self.inbound_changed(from, flow, to, false);
+        }
+        self.settle(now, from, queue);
+    }
+
+    /// A frame left `from`'s uplink at `now`.
+    fn depart(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
+        if let Message::Data { bytes, .. } = &frame.message {
+            self.nodes[from.0].data_bytes_up += bytes.len() as u64;
+        }
+        self.arrive_later(now, from, flow, frame, queue);
+    }
+
+    /// A frame that left `from`'s uplink at `now` reaches the other end after the link's
+    /// latency and jitter (plus any retransmissions) and every earlier frame of its flow.
+    fn arrive_later(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
         let Some(link) = self.link(flow.0).filter(|l| l.ends[flow.1].open) else {
             return;
         };
         let to = link.ends[flow.1].node;
-        let delay = self.latency(from, to) + self.jitter(from, to) + retransmit_delay;
-        let down = &mut self.nodes[to.0];
-        let down_done = (now + delay).max(down.downlink_free + transfer(size_bytes, down.link.down_bytes_per_s));
-        down.downlink_free = down_done;
+        let delay = self.latency(from, to) + self.jitter(from, to) + frame.retransmit_delay;
         // Looked up (and found alive) at the top of this function; nothing removed it since.
         let link = self.link_mut(flow.0).expect("checked alive above");
-        let arrival = down_done.max(link.last_arrival[flow.1]);
+        let arrival = (now + delay).max(link.last_arrival[flow.1]);
         link.last_arrival[flow.1] = arrival;
-        let input = Input::Message { conn: link.ends[flow.1].conn, message };
+        let input = Input::Message { conn: link.ends[flow.1].conn, message: frame.message };
         queue.push(arrival, Item::Wire { link: flow.0, end: flow.1, input });
     }
 
@@ -407,20 +503,37 @@ impl Network {
         let link = self.link_mut(id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
         if !link.ends[other].open {
-            self.links[id as usize] = None;
+            self.forget(now, id, queue);
             return;
         }
-        if self.nodes[from.0].uplink.has_pending((id, other), now) {
-            self.nodes[from.0].uplink.push((id, other), Queued::Fin);
-            self.kick_uplink(now, from, queue);
-        } else {
+        if !self.nodes[from.0].uplink.close((id, other)) {
             self.fin(now, (id, other), queue);
         }
     }
 
-    /// An input arriving at `end` of `link`: the machine it is for, that machine's life and the
-    /// node at the other end; `None` when that end closed (or reset) since it was sent.
-    pub fn arrive(&mut self, link: LinkId, end: usize, input: &Input) -> Option<(NodeIdx, u32, NodeIdx)> {
+    /// Both ends of `id` closed: the link and whatever its flows still queued go.
+    fn forget(&mut self, now: Time, id: LinkId, queue: &mut Queue) {
+        if let Some(link) = self.links.get_mut(id as usize).and_then(Option::take) {
+            self.drop_flows(now, id, &link, queue);
+        }
+    }
+
+    /// Drops both directions' flows of `link` (number `id`) from their senders' uplinks.
+    fn drop_flows(&mut self, now: Time, id: LinkId, link: &Link, queue: &mut Queue) {
+        for to in 0..2 {
+            self.drop_flow(now, link.ends[1 - to].node, (id, to), queue);
+        }
+    }
+
+    /// An input arriving at `end` of `link` at `now`: the machine it is for, that machine's life
+    /// and the node at the other end; `None` when that end closed (or reset) since it was sent.
+    pub fn arrive(
+        &mut self,
+        now: Time,
+        (link, end): (LinkId, usize),
+        input: &Input,
+        queue: &mut Queue,
+    ) -> Option<(NodeIdx, u32, NodeIdx)> {
         let l = self.link_mut(link)?;
         let (e, other) = (l.ends[end], l.ends[1 - end].node);
         if !e.open {
@@ -428,10 +541,11 @@ impl Network {
         }
         if matches!(input, Input::Disconnected { .. }) {
             l.ends[end].open = false;
-            if !l.ends[1 - end].open {
-                self.links[link as usize] = None;
-            }
+            let both_closed = !l.ends[1 - end].open;
             self.nodes[e.node.0].by_conn.remove(&e.conn);
+            if both_closed {
+                self.forget(now, link, queue);
+            }
         }
         Some((e.node, e.incarnation, other))
     }
@@ -456,6 +570,7 @@ impl Network {
         let Some(link) = self.links.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
+        self.drop_flows(now, id, &link, queue);
         let latency = self.latency(link.ends[0].node, link.ends[1].node);
         for (side, end) in link.ends.iter().enumerate() {
             if !end.open {
@@ -500,17 +615,24 @@ impl Network {
     }
 }
 
-/// Time to push `size_bytes` through a link of `rate` bytes per second (rounded up to 1 µs).
-fn transfer(size_bytes: u64, rate: Option<u64>) -> Duration {
-    match rate {
-        None => Duration::ZERO,
-        Some(rate) => Duration::from_micros((u128::from(size_bytes) * 1_000_000).div_ceil(u128::from(rate)) as u64),
+/// Adds a `Sent` report, merged into the last one when it is for the same connection.
+fn add_report(reports: &mut Vec<(NodeIdx, ConnId, u32)>, (node, conn, frames): (NodeIdx, ConnId, u32)) {
+    match reports.last_mut() {
+        Some((n, c, count)) if (*n, *c) == (node, conn) => *count += frames,
+        _ => reports.push((node, conn, frames)),
     }
+}
+
+/// What each active flow into `node` may take of its downlink: an equal share among them
+/// (infinite when the downlink is unlimited).
+fn downlink_share(node: &NetNode) -> f64 {
+    node.link.down_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64 / node.inbound.len().max(1) as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::SEND_BUFFER_BYTES;
 
     fn link(latency_ms: u64, rate: Option<u64>, loss: f64) -> LinkSpec {
         LinkSpec {
@@ -526,7 +648,6 @@ mod tests {
         std::iter::from_fn(|| loop {
             match queue.pop()? {
                 (at, Item::UplinkDone { node, transmission }) => net.uplink_done(at, node, transmission, queue),
-                (_, Item::Local { input: Input::Sent { .. }, .. }) => {}
                 other => return Some(other),
             }
         })
@@ -587,24 +708,109 @@ mod tests {
         assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
     }
 
-    #[test]
-    fn a_frame_counts_as_sent_when_its_transmission_starts() {
-        let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
-        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+    /// Nodes with `specs`, all up; node 0 connects to each other node `i` as `Outbound(i)`.
+    fn star(specs: Vec<LinkSpec>) -> (Network, Queue) {
+        let count = specs.len();
+        let mut net = Network::new(1, specs);
+        let mut q = Queue::default();
+        for i in 0..count {
+            net.node_up(NodeIdx(i));
+        }
+        for i in 1..count {
+            net.connect(Time::ZERO, NodeIdx(0), ConnId::Outbound(i as u64), node_addr(NodeIdx(i)), &mut q);
+        }
         drain(&mut net, &mut q);
-        let at = Time::from_millis(20);
-        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
-        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
-        let mut sent = Vec::new();
-        while let Some((time, item)) = q.pop() {
-            match item {
-                Item::UplinkDone { node, transmission } => net.uplink_done(time, node, transmission, &mut q),
-                Item::Local { input: Input::Sent { conn, frames }, .. } => sent.push((time, conn, frames)),
-                _ => {}
+        (net, q)
+    }
+
+    /// Node 0 sends one message of each size to node `i` (the `i`-th size to node `i + 1`) at
+    /// `at`; returns when each arrives, by receiver.
+    fn arrivals(net: &mut Network, q: &mut Queue, at: Time, sizes: &[u64]) -> Vec<(Time, String)> {
+        for (i, size) in sizes.iter().enumerate() {
+            let conn = ConnId::Outbound(i as u64 + 1);
+            assert_eq!(net.send(at, NodeIdx(0), conn, (Message::List, *size), q), Sent::Queued);
+        }
+        drain(net, q)
+    }
+
+    #[test]
+    fn two_flows_on_one_uplink_each_get_half_its_rate() {
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[1000, 1000]);
+        let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2030)], "{events:?}");
+    }
+
+    #[test]
+    fn a_flow_bottlenecked_at_its_receiver_leaves_the_rest_of_the_uplink_to_the_other() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(200), ..link(10, None, 0.0) };
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0), narrow, link(10, None, 0.0)]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[200, 800]);
+        let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [Time::from_millis(1030), Time::from_millis(1030)], "200 B/s and 800 B/s: {events:?}");
+    }
+
+    #[test]
+    fn a_message_on_a_new_connection_waits_only_for_its_fair_share_not_behind_a_busy_flow() {
+        let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
+        let block = (Message::List, 10_000);
+        assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(1), block, &mut q), Sent::Queued);
+        let hello = (Message::List, 100);
+        assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(2), hello, &mut q), Sent::Queued);
+        let events = drain(&mut net, &mut q);
+        assert!(events[0].1.starts_with("wire1"), "{events:?}");
+        assert_eq!(events[0].0, Time::from_millis(20 + 200 + 10), "100 bytes at half of 1000 B/s, then the latency");
+        assert_eq!(events[1].0, Time::from_millis(20 + 10_100 + 10), "the link never idles: 10,100 bytes in 10.1 s");
+    }
+
+    #[test]
+    fn a_new_sender_into_a_narrow_downlink_slows_the_flow_already_there() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(1000), ..link(10, None, 0.0) };
+        let mut net = Network::new(1, vec![narrow, link(10, None, 0.0), link(10, None, 0.0)]);
+        let mut q = Queue::default();
+        for node in 0..3 {
+            net.node_up(NodeIdx(node));
+            if node > 0 {
+                net.connect(Time::ZERO, NodeIdx(node), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
             }
         }
+        drain(&mut net, &mut q);
         let conn = ConnId::Outbound(1);
-        assert_eq!(sent, [(at, conn, 1), (Time::from_millis(1020), conn, 1)]);
+        net.send(Time::from_millis(20), NodeIdx(1), conn, (Message::List, 2000), &mut q);
+        // Halfway through, a second sender shares the downlink: 500 B/s each until it is done.
+        while q.peek_time().is_some_and(|t| t < Time::from_millis(1020)) {
+            let (at, item) = q.pop().expect("peeked");
+            if let Item::UplinkDone { node, transmission } = item {
+                net.uplink_done(at, node, transmission, &mut q);
+            }
+        }
+        net.send(Time::from_millis(1020), NodeIdx(2), conn, (Message::List, 500), &mut q);
+        let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
+    }
+
+    #[test]
+    fn frames_are_reported_sent_once_each_in_order_as_the_send_buffer_makes_room() {
+        let (mut net, mut q) = star(vec![link(10, Some(64 * 1024), 0.0); 2]);
+        let conn = ConnId::Outbound(1);
+        let frame_bytes = SEND_BUFFER_BYTES / 4;
+        for _ in 0..10 {
+            net.send(Time::from_millis(20), NodeIdx(0), conn, (Message::List, frame_bytes), &mut q);
+        }
+        let mut reported = Vec::new();
+        net.take_reports(|node, conn, frames| reported.push((Time::from_millis(20), node, conn, frames)));
+        assert_eq!(reported, [(Time::from_millis(20), NodeIdx(0), conn, 4)], "four frames fill the buffer");
+        while let Some((at, item)) = q.pop() {
+            if let Item::UplinkDone { node, transmission } = item {
+                net.uplink_done(at, node, transmission, &mut q);
+                net.take_reports(|node, conn, frames| reported.push((at, node, conn, frames)));
+            }
+        }
+        let counts: Vec<u32> = reported.iter().map(|r| r.3).collect();
+        assert_eq!(counts, [4, 1, 1, 1, 1, 1, 1], "each further frame when one leaves, ten in all");
+        let one_frame_ms = 1000 * frame_bytes / (64 * 1024);
+        assert_eq!(reported[1].0, Time::from_millis(20 + one_frame_ms));
+        assert_eq!(reported[6].0, Time::from_millis(20 + 6 * one_frame_ms));
     }
 
     #[test]

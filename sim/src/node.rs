@@ -73,9 +73,9 @@ impl Handler<StepMsg> for NodeActor {
     type Result = MessageResult<StepMsg>;
 
     fn handle(&mut self, step: StepMsg, _: &mut Context<Self>) -> Self::Result {
-        self.machine.handle(step.now, step.input);
-        let outputs: Vec<Output> = std::iter::from_fn(|| self.machine.poll_output()).collect();
-        MessageResult((outputs, self.machine.poll_timeout()))
+        let mut outputs = Vec::new();
+        let timeout = p2p_core::step(&mut self.machine, step.now, step.input, |output| outputs.push(output));
+        MessageResult((outputs, timeout))
     }
 }
 

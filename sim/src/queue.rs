@@ -65,11 +65,11 @@ pub enum Item {
         /// The life that left.
         incarnation: u32,
     },
-    /// A node's uplink finished sending a message and something waits behind it.
+    /// A frame on a node's uplink finishes leaving (at the rates planned when this was pushed).
     UplinkDone {
         /// The sender.
         node: NodeIdx,
-        /// Which wake-up of the uplink (stale if the node has gone down since).
+        /// Which wake-up of the uplink (stale if rates changed or the node went down since).
         transmission: u64,
     },
     /// The run's end.

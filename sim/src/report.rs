@@ -35,7 +35,7 @@ pub struct PeerSummary {
     pub name: String,
     /// Verified pieces in its store at the end.
     pub pieces: u32,
-    /// File bytes it sent (payload of `Data` messages).
+    /// File bytes that left its uplink (payload of `Data` frames; not what is still queued).
     pub bytes_up: u64,
     /// File bytes it received.
     pub bytes_down: u64,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::rng::Rng;
-use p2p_core::{Bitfield, Digest, Manifest, ManifestBuilder, PieceIndex};
+use p2p_core::{Bitfield, Digest, FileId, Manifest, ManifestBuilder, PieceIndex, StoreError};
 
 /// The shared file: its bytes and manifest.
 #[derive(Debug)]
@@ -119,6 +119,11 @@ impl Store {
         self.allocated
     }
 
+    /// Whether the file is here at all: allocated, or some piece stored.
+    fn holds_file(&self) -> bool {
+        self.allocated || !self.pieces.is_empty()
+    }
+
     /// Whether the file was finalized here.
     pub fn is_finalized(&self) -> bool {
         self.finalized
@@ -197,12 +202,12 @@ impl Store {
         piece: u32,
         offset: u32,
         len: u32,
-    ) -> (Result<Bytes, String>, Option<StoreViolation>) {
+    ) -> (Result<Bytes, StoreError>, Option<StoreViolation>) {
         let state = self.piece(piece);
         let violation = (!state.verified).then_some(StoreViolation::UnverifiedRead(piece));
         let end = u64::from(offset) + u64::from(len);
         let found = match state.stored {
-            Stored::Absent => return (Err(format!("piece {piece} is not stored")), violation),
+            Stored::Absent => return (Err(StoreError::NotHeld { piece: PieceIndex(piece) }), violation),
             Stored::Original => {
                 let original = content.piece(piece);
                 (end <= original.len() as u64).then(|| original.slice(offset as usize..end as usize))
@@ -211,7 +216,7 @@ impl Store {
         };
         match found {
             Some(bytes) => (Ok(bytes), violation),
-            None => (Err(format!("piece {piece} has no bytes at {offset}+{len}")), violation),
+            None => (Err(StoreError::OutOfRange { piece: PieceIndex(piece), offset, len: u64::from(len) }), violation),
         }
     }
 
@@ -288,6 +293,91 @@ impl Store {
     }
 }
 
+/// One peer's store as its driver uses it: core's [`p2p_core::store::Store`] contract over the
+/// scenario's one file. A broken invariant of the run (a wrong piece verified, an unverified
+/// piece read, a bad final file) is no store error: it is kept in `violation` for the outcome.
+#[derive(Debug)]
+pub(crate) struct PeerStore<'a> {
+    store: &'a mut Store,
+    content: &'a Content,
+    file_id: FileId,
+    /// The invariant the operations so far broke, if any.
+    pub(crate) violation: Option<StoreViolation>,
+}
+
+impl<'a> PeerStore<'a> {
+    /// `store` holding `content`, whose id is `file_id`.
+    pub(crate) fn new(store: &'a mut Store, content: &'a Content, file_id: FileId) -> PeerStore<'a> {
+        PeerStore { store, content, file_id, violation: None }
+    }
+
+    /// The length of `piece` of a file this store holds.
+    fn piece_len(&self, file_id: FileId, piece: PieceIndex) -> Result<u32, StoreError> {
+        if file_id != self.file_id || !self.store.holds_file() {
+            return Err(StoreError::NotStored);
+        }
+        let manifest = &self.content.manifest;
+        let out_of_range = StoreError::OutOfRange { piece, offset: 0, len: 0 };
+        manifest.piece(piece.0).map(|p| manifest.piece_len(p)).ok_or(out_of_range)
+    }
+}
+
+impl p2p_core::store::Store for PeerStore<'_> {
+    fn allocate(&mut self, _manifest: &Manifest) -> Result<(), StoreError> {
+        self.store.allocate();
+        Ok(())
+    }
+
+    fn write_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
+        let piece_len = self.piece_len(file_id, piece)?;
+        if self.store.finalized {
+            return Err(StoreError::NotDownloading);
+        }
+        let len = bytes.len() as u64;
+        if u64::from(offset) + len > u64::from(piece_len) {
+            return Err(StoreError::OutOfRange { piece, offset, len });
+        }
+        self.store.write(self.content, piece.0, offset, bytes);
+        Ok(())
+    }
+
+    fn hash_piece(&mut self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
+        self.piece_len(file_id, piece)?;
+        Ok(self.store.hash(self.content, piece.0))
+    }
+
+    fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        self.piece_len(file_id, piece)?;
+        self.violation = self.violation.take().or(self.store.mark_verified(self.content, piece.0).err());
+        Ok(())
+    }
+
+    fn read_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        self.piece_len(file_id, piece)?;
+        let (result, violation) = self.store.read(self.content, piece.0, offset, len);
+        if violation.is_some() {
+            self.violation = self.violation.take().or(violation);
+            return Err(StoreError::NotHeld { piece });
+        }
+        result
+    }
+
+    fn finalize(&mut self, file_id: FileId) -> Result<(), StoreError> {
+        self.piece_len(file_id, PieceIndex(0))?;
+        let have = self.store.verified(self.content);
+        if !have.is_full() {
+            return Err(StoreError::Incomplete { have: have.count(), total: have.len() });
+        }
+        self.violation = self.violation.take().or(self.store.finalize(self.content).err());
+        Ok(())
+    }
+
+    fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
+        let held = file_id == self.file_id && self.store.holds_file();
+        Ok(held.then(|| (self.content.manifest.clone(), self.store.verified(self.content))))
+    }
+}
+
 /// `original` cut into the blocks a download writes it in.
 fn original_blocks(original: &Bytes) -> Blocks {
     (0..original.len())
@@ -359,6 +449,17 @@ mod tests {
         assert_eq!(store.hash(&c, 1), c.manifest.piece_hash(PieceIndex(1)));
         let across = store.read(&c, 1, BLOCK_BYTES - 100, 200).0;
         assert_eq!(across, Ok(piece.slice(block - 100..block + 100)), "a read across two blocks");
+    }
+
+    #[test]
+    fn the_memory_store_keeps_the_store_contract() {
+        let c = content();
+        let mut store = Store::default();
+        // The simulated disk survives a crash of its peer: restarting changes nothing.
+        let mut peer_store = PeerStore::new(&mut store, &c, c.manifest.file_id());
+        p2p_core::store::conformance::check(&mut peer_store, |_| {}, &c.manifest, &c.bytes);
+        // The suite's reads of unverified pieces are refused, and noted as a run's violation.
+        assert_eq!(peer_store.violation, Some(StoreViolation::UnverifiedRead(0)));
     }
 
     #[test]

@@ -1,123 +1,493 @@
-//! One node's uplink: a FIFO queue per connection direction ("flow"), served round-robin, one
-//! message at a time.
+//! One node's uplink as a fluid link: the connections with bytes to send ("flows") share its
+//! rate max-min fairly, and each connection has a bounded send buffer in front of the link.
 //!
-//! A single FIFO over all connections would make a `Hello` on a new connection wait behind
-//! every block queued for the others — head-of-line blocking that real TCP sockets, each with
-//! its own buffer sharing the link fairly, do not have. Round-robin per flow gives each busy
-//! connection an equal share of the rate. The network decides when a transmission ends; this
-//! type only keeps the queues, the order, and until when the uplink is busy.
+//! Per flow, frames first wait in the application's queue (what the machine sent and the
+//! driver holds), then enter the send buffer — a frame enters whole, when it fits in
+//! [`SEND_BUFFER_BYTES`] beside what is there or the buffer is empty — and leave the buffer
+//! front first at the flow's rate. Entering the buffer is what the machine hears as
+//! `Input::Sent`; leaving is what the receiver hears after the link's latency.
 //!
-//! A message that finds the uplink idle starts at once, and its arrival is scheduled then; the
-//! network is woken (one queue item) only when something waits behind a transmission.
+//! A flow is *active* while its buffer holds a frame (a flow with an empty buffer has nothing
+//! waiting either: the first waiting frame always enters an empty buffer). The active flows of
+//! an uplink share its rate by water-filling ([`fair_shares`]): each flow may be capped (the
+//! network caps it at its receiver's downlink share), a capped flow gets its cap, and what it
+//! leaves is split equally among the others. Rates are piecewise constant: they change only
+//! when a flow becomes active or idle, or a cap changes, so the network recomputes them at
+//! those events and wakes the uplink when the next frame finishes leaving — one event per frame
+//! departure, never one per packet. That is the timing packet interleaving gives: a `Hello` on
+//! a new connection leaves after size / (rate / active flows), not after the blocks queued on
+//! other connections.
+//!
+//! This type keeps the queues, the progress and the rates; the network decides the caps, what
+//! becomes of a frame that left, and when to wake.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
 
 use p2p_core::wire::Message;
-use p2p_core::Time;
+use p2p_core::{ConnId, Time};
 
 use crate::queue::LinkId;
+use crate::scenario::NodeIdx;
 
-/// A link and the end its messages travel to.
+/// Bytes one connection's send buffer holds, like a kernel socket buffer. Linux starts a TCP
+/// socket at 16 KiB and autotunes it towards 4 MiB with the bandwidth-delay product; a bulk
+/// connection on a home or rack link settles at a few hundred KiB. 256 KiB holds one block
+/// ([`p2p_core::limits::BLOCK_BYTES`]) or many small frames: what a sender has committed and
+/// can no longer recall with a `Cancel` is about one block per connection.
+pub const SEND_BUFFER_BYTES: u64 = 256 * 1024;
+
+/// A link and the end its frames travel to.
 pub type Flow = (LinkId, usize);
 
-/// What waits in a flow.
+/// A frame on its way: the message, its wire size, and the extra delay its retransmissions
+/// will cost.
 #[derive(Debug)]
-pub enum Queued {
-    /// A message, its wire size, and the extra delay its retransmissions will cost.
-    Message(Message, u64, std::time::Duration),
-    /// The sender closed the connection after the messages before this.
-    Fin,
+pub struct Frame {
+    /// The message.
+    pub message: Message,
+    /// Bytes it occupies on the wire.
+    pub size_bytes: u64,
+    /// Retransmission timeouts it will wait out (lost copies are decided when it is sent).
+    pub retransmit_delay: Duration,
 }
 
-/// The queues of one node's uplink.
-///
-/// The flows with something queued are kept in turn order, each with its queue; a node has
-/// few connections, so finding a flow is a short scan. Emptied queues are kept for reuse, so a
-/// busy uplink does not allocate per message.
+/// One connection direction with something to send.
+#[derive(Debug)]
+struct FlowState {
+    /// The receiving node.
+    to: NodeIdx,
+    /// The sender's connection, for `Sent` reports.
+    conn: ConnId,
+    /// `frames[..buffered]` are in the send buffer (the front one leaving), the rest wait.
+    frames: VecDeque<Frame>,
+    buffered: usize,
+    buffered_bytes: u64,
+    /// Bytes of the front frame not yet gone, as of [`Uplink::updated`] (explicit rates).
+    front_left_bytes: f64,
+    /// The uplink's served bytes at which the front frame is gone (equal shares).
+    front_done: f64,
+    /// Bytes per second while active (explicit rates).
+    rate: f64,
+    /// The most the receiver's downlink gives this flow (infinite: no cap), as last told.
+    cap: f64,
+    /// The rate is the flow's cap (its receiver limits it), not the uplink's share.
+    capped: bool,
+    /// Frames that entered the buffer and the machine has not been told of.
+    unreported: u32,
+    /// The sender closed the connection after these frames.
+    fin: bool,
+}
+
+/// A flow that finished with a frame leaving or being dropped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The flow has nothing left: the receiver's downlink has one sender fewer.
+    Idle(Flow, NodeIdx),
+    /// The flow was closed and has sent everything: the other end hears the close now.
+    Finished(Flow),
+}
+
+/// Equal shares, the usual case (no flow's cap is below an equal split): every flow sends at
+/// `level`, so progress is one number, `served` — the bytes each flow could send since the
+/// mode began — and front frames finish in order of `front_done` (a heap), which makes an
+/// event cost O(log flows) however many flows a tracker's uplink holds.
+#[derive(Debug, Default)]
+struct Equal {
+    level: f64,
+    served: f64,
+    /// `(front_done as bits, flow)`; an entry whose flow has since moved on is skipped. Bits of
+    /// a non-negative f64 order like the number.
+    done: BinaryHeap<Reverse<(u64, Flow)>>,
+}
+
+/// The flows of one node's uplink; see the module docs.
 #[derive(Debug, Default)]
 pub struct Uplink {
-    ready: VecDeque<(Flow, VecDeque<Queued>)>,
-    spare: Vec<VecDeque<Queued>>,
-    /// The flow of the last transmission, and when that transmission ends.
-    sending: Option<(Flow, Time)>,
-    /// The wake-up scheduled for the end of the current transmission, by number.
-    wake: Option<u64>,
+    /// Active flows (a tracker's uplink may hold thousands).
+    flows: BTreeMap<Flow, FlowState>,
+    /// Equal shares when no cap binds; explicit per-flow rates otherwise.
+    equal: Option<Equal>,
+    /// The time the flows' progress is counted to.
+    updated: Time,
+    /// Flows came, went, or got new caps since the last [`reshare`](Uplink::reshare).
+    stale: bool,
+    /// The flows' caps, as a multiset of their bits (to find the smallest at once).
+    caps: BTreeMap<u64, u32>,
+    /// The scheduled wake-up: its number and time.
+    wake: Option<(u64, Time)>,
     /// Counts wake-ups (and lives), so a stale one is recognised.
     wakes: u64,
+    /// Emptied frame queues kept for reuse, so a busy uplink does not allocate per flow.
+    spare: Vec<VecDeque<Frame>>,
+    /// Flows that may have unreported frames, in the order they got them.
+    unreported: Vec<Flow>,
+    /// Reports of flows that went idle before their reports were taken.
+    reports: Vec<(ConnId, u32)>,
+    /// Scratch for explicit rates and for flows going idle.
+    scratch: Scratch,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    caps: Vec<f64>,
+    shares: Vec<f64>,
+    order: Vec<usize>,
+    idle: Vec<Flow>,
 }
 
 impl Uplink {
-    /// Queues `item` on `flow`.
-    pub fn push(&mut self, flow: Flow, item: Queued) {
-        if let Some((_, queue)) = self.ready.iter_mut().find(|(f, _)| *f == flow) {
-            queue.push_back(item);
+    /// Queues `frame` on `flow` (to node `to`, the sender's `conn`), after
+    /// [`advance`](Uplink::advance) to now; a flow that becomes active starts with `cap`.
+    /// Returns true when the flow became active.
+    pub fn push(&mut self, (flow, to, conn): (Flow, NodeIdx, ConnId), frame: Frame, cap: f64) -> bool {
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.frames.push_back(frame);
+            if f.fill() {
+                self.unreported.push(flow);
+            }
+            return false;
+        }
+        let mut frames = self.spare.pop().unwrap_or_default();
+        frames.push_back(frame);
+        let mut state = FlowState {
+            to,
+            conn,
+            frames,
+            buffered: 0,
+            buffered_bytes: 0,
+            front_left_bytes: 0.0,
+            front_done: 0.0,
+            rate: 0.0,
+            cap,
+            capped: false,
+            unreported: 0,
+            fin: false,
+        };
+        state.fill();
+        if let Some(eq) = &mut self.equal {
+            eq.start_front(flow, &mut state);
+        }
+        self.flows.insert(flow, state);
+        self.unreported.push(flow);
+        *self.caps.entry(cap.to_bits()).or_default() += 1;
+        self.stale = true;
+        true
+    }
+
+    /// Whether `flow` has anything to send.
+    pub fn has_pending(&self, flow: Flow) -> bool {
+        self.flows.contains_key(&flow)
+    }
+
+    /// The sender closed `flow`: it finishes after its frames (false when it has none).
+    pub fn close(&mut self, flow: Flow) -> bool {
+        self.flows.get_mut(&flow).map(|f| f.fin = true).is_some()
+    }
+
+    /// Removes `flow` with everything queued on it (its link is gone). Returns the receiver
+    /// when the flow was active.
+    pub fn remove(&mut self, flow: Flow) -> Option<NodeIdx> {
+        let state = self.take_flow(flow)?;
+        let to = state.to;
+        self.recycle(state.frames);
+        Some(to)
+    }
+
+    /// Counts every flow's progress up to `now`: a front frame that is done leaves (into
+    /// `departed`, with its flow), waiting frames enter the freed room, and flows left with
+    /// nothing report a [`Change`]. Rates hold until [`reshare`](Uplink::reshare).
+    pub fn advance(&mut self, now: Time, departed: &mut Vec<(Flow, Frame)>, changes: &mut Vec<Change>) {
+        let elapsed_s = now.saturating_since(self.updated).as_secs_f64();
+        self.updated = now;
+        let mut idle = std::mem::take(&mut self.scratch.idle);
+        match &mut self.equal {
+            Some(eq) => eq.advance(elapsed_s, &mut self.flows, (departed, &mut self.unreported, &mut idle)),
+            None => {
+                for (flow, f) in &mut self.flows {
+                    f.front_left_bytes -= f.rate * elapsed_s;
+                    if f.front_left_bytes <= done_within(f.rate) {
+                        departed.push((*flow, f.depart()));
+                        if f.fill() {
+                            self.unreported.push(*flow);
+                        }
+                    }
+                    if f.buffered == 0 {
+                        idle.push(*flow);
+                    }
+                }
+            }
+        }
+        for flow in idle.drain(..) {
+            // Listed just above from the flows present.
+            let state = self.take_flow(flow).expect("an idle flow is present");
+            changes.push(Change::Idle(flow, state.to));
+            if state.fin {
+                changes.push(Change::Finished(flow));
+            } else if state.unreported > 0 {
+                self.reports.push((state.conn, state.unreported));
+            }
+            self.recycle(state.frames);
+        }
+        self.scratch.idle = idle;
+    }
+
+    /// Shares `capacity` bytes per second (infinite: unlimited) among the active flows, each
+    /// within its cap (see [`fair_shares`]), if anything changed since the last time.
+    pub fn reshare(&mut self, capacity: f64) {
+        if !std::mem::take(&mut self.stale) {
             return;
         }
-        let mut queue = self.spare.pop().unwrap_or_default();
-        queue.push_back(item);
-        self.ready.push_back((flow, queue));
-    }
-
-    /// Until when the uplink is busy, if it is at `now`.
-    pub fn busy_until(&self, now: Time) -> Option<Time> {
-        self.sending.map(|(_, until)| until).filter(|until| *until > now)
-    }
-
-    /// Whether anything waits for the uplink.
-    pub fn has_queued(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    /// Whether `flow` has anything queued or being sent at `now`.
-    pub fn has_pending(&self, flow: Flow, now: Time) -> bool {
-        self.ready.iter().any(|(f, _)| *f == flow) || self.sending.is_some_and(|(f, until)| f == flow && until > now)
-    }
-
-    /// Takes the next item round-robin (the caller sends it, or drops it if its link is gone).
-    pub fn take_next(&mut self) -> Option<(Flow, Queued)> {
-        let (flow, mut queue) = self.ready.pop_front()?;
-        let item = queue.pop_front();
-        if queue.is_empty() {
-            self.spare.push(queue);
-        } else {
-            self.ready.push_back((flow, queue));
+        let equal = capacity / self.flows.len().max(1) as f64;
+        let min_cap = self.caps.keys().next().map_or(f64::INFINITY, |bits| f64::from_bits(*bits));
+        if equal.is_finite() && min_cap >= equal {
+            let eq = self.equal.get_or_insert_with(|| Equal::starting(&mut self.flows));
+            eq.level = equal;
+            return;
         }
-        // A flow is in `ready` only while its queue holds something.
-        Some((flow, item.expect("a ready flow has an item")))
+        if let Some(eq) = self.equal.take() {
+            for f in self.flows.values_mut() {
+                f.front_left_bytes = (f.front_done - eq.served).max(0.0);
+            }
+        }
+        let s = &mut self.scratch;
+        s.caps.clear();
+        s.caps.extend(self.flows.values().map(|f| f.cap));
+        fair_shares(capacity, &s.caps, &mut s.order, &mut s.shares);
+        for (f, rate) in self.flows.values_mut().zip(&s.shares) {
+            f.rate = *rate;
+            f.capped = *rate >= f.cap;
+        }
     }
 
-    /// Marks `flow` as sending until `until`.
-    pub fn start(&mut self, flow: Flow, until: Time) {
-        self.sending = Some((flow, until));
+    /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
+    /// current rate and whether that rate is its old cap (`None`: not active).
+    pub fn set_cap(&mut self, flow: Flow, cap: f64) -> Option<(f64, bool)> {
+        let f = self.flows.get_mut(&flow)?;
+        let old = std::mem::replace(&mut f.cap, cap);
+        let now = match &self.equal {
+            Some(eq) => (eq.level, false),
+            None => (f.rate, f.capped),
+        };
+        if old.to_bits() != cap.to_bits() {
+            multiset_remove(&mut self.caps, old.to_bits());
+            *self.caps.entry(cap.to_bits()).or_default() += 1;
+            self.stale = true;
+        }
+        Some(now)
     }
 
-    /// Whether a wake-up is scheduled.
-    pub fn is_waking(&self) -> bool {
-        self.wake.is_some()
+    /// When the first front frame finishes leaving at the current rates.
+    pub fn next_departure(&mut self) -> Option<Time> {
+        let seconds = match &mut self.equal {
+            Some(eq) => eq.next_done(&self.flows)? / eq.level,
+            None => self.flows.values().map(|f| f.front_left_bytes.max(0.0) / f.rate).min_by(f64::total_cmp)?,
+        };
+        // A finite rate over at most a frame's bytes is far below u64::MAX microseconds; an
+        // infinite rate gives zero.
+        Some(self.updated + Duration::from_micros((seconds * 1e6).ceil() as u64))
     }
 
-    /// Numbers a new wake-up, to be scheduled for the end of the current transmission.
-    pub fn plan_wake(&mut self) -> u64 {
+    /// Takes the `Sent` reports due, as `(conn, frames)` of flows still open at this end.
+    pub fn take_reports(&mut self, mut report: impl FnMut(ConnId, u32)) {
+        for (conn, frames) in self.reports.drain(..) {
+            report(conn, frames);
+        }
+        for flow in self.unreported.drain(..) {
+            let Some(f) = self.flows.get_mut(&flow) else { continue };
+            let frames = std::mem::take(&mut f.unreported);
+            if frames > 0 && !f.fin {
+                report(f.conn, frames);
+            }
+        }
+    }
+
+    /// Numbers a wake-up for `at`, unless one is already planned by then (an early wake-up
+    /// finds nothing due and plans again, which costs less than a stale item per change);
+    /// returns its number when the caller must schedule it.
+    pub fn plan_wake(&mut self, at: Option<Time>) -> Option<u64> {
+        let Some(at) = at else {
+            self.wake = None;
+            return None;
+        };
+        if self.wake.is_some_and(|(_, planned)| planned <= at) {
+            return None;
+        }
         self.wakes += 1;
-        self.wake = Some(self.wakes);
-        self.wakes
+        self.wake = Some((self.wakes, at));
+        Some(self.wakes)
     }
 
     /// Whether wake-up `wake` is the one scheduled (and no longer is).
     pub fn take_wake(&mut self, wake: u64) -> bool {
-        if self.wake != Some(wake) {
+        if self.wake.map(|(number, _)| number) != Some(wake) {
             return false;
         }
         self.wake = None;
         true
     }
 
-    /// Forgets everything (the node went down); wake-ups planned before are stale.
-    pub fn clear(&mut self) {
-        self.ready.clear();
-        self.sending = None;
+    /// Empties the uplink (the node went down); returns its active flows and their receivers.
+    /// Wake-ups planned before are stale.
+    pub fn clear(&mut self) -> Vec<(Flow, NodeIdx)> {
+        let flows: Vec<(Flow, NodeIdx)> = self.flows.iter().map(|(flow, f)| (*flow, f.to)).collect();
+        for (_, state) in std::mem::take(&mut self.flows) {
+            self.recycle(state.frames);
+        }
+        self.equal = None;
+        self.caps.clear();
+        self.unreported.clear();
+        self.reports.clear();
         self.wake = None;
         self.wakes += 1;
+        flows
+    }
+
+    /// Takes `flow` out of the uplink, keeping the caps and the mode's books.
+    fn take_flow(&mut self, flow: Flow) -> Option<FlowState> {
+        let state = self.flows.remove(&flow)?;
+        multiset_remove(&mut self.caps, state.cap.to_bits());
+        self.stale = true;
+        if self.flows.is_empty() {
+            self.equal = None;
+        }
+        Some(state)
+    }
+
+    fn recycle(&mut self, mut frames: VecDeque<Frame>) {
+        frames.clear();
+        self.spare.push(frames);
+    }
+}
+
+impl Equal {
+    /// Equal shares begin for `flows`, whose progress was counted in explicit bytes left.
+    fn starting(flows: &mut BTreeMap<Flow, FlowState>) -> Equal {
+        let mut eq = Equal::default();
+        for (flow, f) in flows.iter_mut() {
+            eq.start_front(*flow, f);
+        }
+        eq
+    }
+
+    /// `f`'s front frame, with `front_left_bytes` to go, is now counted in served bytes.
+    fn start_front(&mut self, flow: Flow, f: &mut FlowState) {
+        f.front_done = self.served + f.front_left_bytes;
+        self.done.push(Reverse((f.front_done.to_bits(), flow)));
+    }
+
+    /// Every flow sent `level × elapsed_s` more; front frames that are done leave (see
+    /// [`Uplink::advance`]), flows left with nothing go into `idle`.
+    fn advance(
+        &mut self,
+        elapsed_s: f64,
+        flows: &mut BTreeMap<Flow, FlowState>,
+        (departed, unreported, idle): (&mut Vec<(Flow, Frame)>, &mut Vec<Flow>, &mut Vec<Flow>),
+    ) {
+        self.served += self.level * elapsed_s;
+        let limit = self.served + done_within(self.level);
+        while let Some(Reverse((bits, flow))) = self.done.peek().copied() {
+            if f64::from_bits(bits) > limit {
+                return;
+            }
+            self.done.pop();
+            let Some(f) = flows.get_mut(&flow).filter(|f| f.front_done.to_bits() == bits) else {
+                continue;
+            };
+            departed.push((flow, f.depart()));
+            if f.fill() {
+                unreported.push(flow);
+            }
+            if f.buffered == 0 {
+                idle.push(flow);
+            } else {
+                self.start_front(flow, f);
+            }
+        }
+    }
+
+    /// Served bytes still to go until the first front frame is done.
+    fn next_done(&mut self, flows: &BTreeMap<Flow, FlowState>) -> Option<f64> {
+        while let Some(Reverse((bits, flow))) = self.done.peek().copied() {
+            if flows.get(&flow).is_some_and(|f| f.front_done.to_bits() == bits) {
+                return Some((f64::from_bits(bits) - self.served).max(0.0));
+            }
+            self.done.pop();
+        }
+        None
+    }
+}
+
+/// Bytes of a front frame at `rate` that count as gone: a wake-up rounds a finish up to the
+/// next microsecond, so what is left then is less than a microsecond's worth, or float dust.
+fn done_within(rate: f64) -> f64 {
+    rate * 1e-6 + 1e-3
+}
+
+fn multiset_remove(set: &mut BTreeMap<u64, u32>, key: u64) {
+    if let Some(count) = set.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            set.remove(&key);
+        }
+    }
+}
+
+impl FlowState {
+    /// Moves waiting frames into the send buffer while they fit (the first always does);
+    /// returns whether the flow had none unreported and now has.
+    fn fill(&mut self) -> bool {
+        let before = self.unreported;
+        while let Some(frame) = self.frames.get(self.buffered) {
+            if self.buffered > 0 && self.buffered_bytes + frame.size_bytes > SEND_BUFFER_BYTES {
+                break;
+            }
+            if self.buffered == 0 {
+                self.front_left_bytes = frame.size_bytes as f64;
+            }
+            self.buffered += 1;
+            self.buffered_bytes += frame.size_bytes;
+            self.unreported += 1;
+        }
+        before == 0 && self.unreported > 0
+    }
+
+    /// The front frame has left.
+    fn depart(&mut self) -> Frame {
+        // Only active flows (a non-empty buffer) are advanced.
+        let frame = self.frames.pop_front().expect("an active flow has a front frame");
+        self.buffered -= 1;
+        self.buffered_bytes -= frame.size_bytes;
+        self.front_left_bytes = self.frames.front().filter(|_| self.buffered > 0).map_or(0.0, |f| f.size_bytes as f64);
+        frame
+    }
+}
+
+/// Max-min fair shares of `capacity` among flows with `caps` (both in bytes per second,
+/// infinite for none), written into `shares` (`order` is scratch): flows are filled in order of
+/// their caps; one whose cap is below an equal split of what is left gets its cap, the rest
+/// split the remainder equally. Every share is at most its cap and the shares sum to at most
+/// the capacity.
+pub fn fair_shares(capacity: f64, caps: &[f64], order: &mut Vec<usize>, shares: &mut Vec<f64>) {
+    let equal = capacity / caps.len().max(1) as f64;
+    shares.clear();
+    shares.extend(caps.iter().map(|cap| cap.min(equal)));
+    // Usually no cap binds and every flow has its equal split already.
+    if caps.iter().all(|cap| *cap >= equal) {
+        return;
+    }
+    order.clear();
+    order.extend(0..caps.len());
+    order.sort_by(|a, b| caps[*a].total_cmp(&caps[*b]));
+    let (mut left, mut count) = (capacity, caps.len());
+    for &i in order.iter() {
+        let share = caps[i].min(left / count as f64);
+        shares[i] = share;
+        if share.is_finite() {
+            left -= share;
+        }
+        count -= 1;
     }
 }
 
@@ -125,14 +495,95 @@ impl Uplink {
 mod tests {
     use super::*;
 
+    const INF: f64 = f64::INFINITY;
+
+    fn shares(capacity: f64, caps: &[f64]) -> Vec<f64> {
+        let mut shares = Vec::new();
+        fair_shares(capacity, caps, &mut Vec::new(), &mut shares);
+        shares
+    }
+
+    fn frame(size_bytes: u64) -> Frame {
+        Frame { message: Message::List, size_bytes, retransmit_delay: Duration::ZERO }
+    }
+
     #[test]
-    fn flows_take_turns() {
+    fn two_flows_on_one_uplink_each_get_half() {
+        assert_eq!(shares(1000.0, &[INF, INF]), [500.0, 500.0]);
+    }
+
+    #[test]
+    fn a_flow_capped_by_its_receiver_leaves_the_rest_to_the_others() {
+        assert_eq!(shares(1000.0, &[INF, 100.0, INF]), [450.0, 100.0, 450.0]);
+        assert_eq!(shares(1000.0, &[600.0, 300.0]), [600.0, 300.0], "caps below the split sum under it");
+    }
+
+    #[test]
+    fn an_unlimited_uplink_gives_each_flow_its_cap() {
+        assert_eq!(shares(INF, &[200.0, INF]), [200.0, INF]);
+    }
+
+    #[test]
+    fn the_send_buffer_takes_frames_while_they_fit_and_a_big_one_only_when_empty() {
         let mut up = Uplink::default();
-        for _ in 0..3 {
-            up.push((1, 1), Queued::Message(Message::List, 10, std::time::Duration::ZERO));
-        }
-        up.push((2, 1), Queued::Fin);
-        let order: Vec<LinkId> = std::iter::from_fn(|| up.take_next()).map(|((link, _), _)| link).collect();
-        assert_eq!(order, [1, 2, 1, 1]);
+        let key = ((1, 1), NodeIdx(2), ConnId::Outbound(1));
+        assert!(up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, frame(1), INF), "the buffer is full");
+        assert!(!up.push(key, frame(SEND_BUFFER_BYTES * 2), INF));
+        let mut reports = Vec::new();
+        up.take_reports(|conn, frames| reports.push((conn, frames)));
+        assert_eq!(reports, [(ConnId::Outbound(1), 2)]);
+
+        up.reshare(SEND_BUFFER_BYTES as f64);
+        let (mut departed, mut changes) = (Vec::new(), Vec::new());
+        let half = up.next_departure().expect("active");
+        assert_eq!(half, Time::from_millis(500));
+        up.advance(half, &mut departed, &mut changes);
+        assert_eq!(departed.len(), 1);
+        let mut reports = Vec::new();
+        up.take_reports(|conn, frames| reports.push((conn, frames)));
+        assert_eq!(reports, [(ConnId::Outbound(1), 1)], "the 1-byte frame entered, the big one waits");
+        up.take_reports(|_, _| panic!("each frame is reported once"));
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_flow_left_with_nothing_goes_idle_and_a_closed_one_finishes() {
+        let mut up = Uplink::default();
+        up.push(((1, 1), NodeIdx(2), ConnId::Outbound(1)), frame(1000), INF);
+        up.push(((2, 0), NodeIdx(3), ConnId::Inbound(1)), frame(3000), INF);
+        assert!(up.close((1, 1)));
+        up.reshare(2000.0);
+        let (mut departed, mut changes) = (Vec::new(), Vec::new());
+        let first = up.next_departure().expect("active");
+        assert_eq!(first, Time::from_millis(1000));
+        up.advance(first, &mut departed, &mut changes);
+        assert_eq!(changes, [Change::Idle((1, 1), NodeIdx(2)), Change::Finished((1, 1))]);
+        up.reshare(2000.0);
+        assert_eq!(up.next_departure(), Some(Time::from_millis(2000)), "2000 bytes left at the full rate");
+    }
+
+    #[test]
+    fn a_cap_binding_mid_frame_moves_from_equal_shares_to_explicit_rates_without_losing_progress() {
+        let mut up = Uplink::default();
+        up.push(((1, 1), NodeIdx(2), ConnId::Outbound(1)), frame(1000), INF);
+        up.push(((2, 1), NodeIdx(3), ConnId::Outbound(2)), frame(1000), INF);
+        up.reshare(1000.0);
+        assert_eq!(up.next_departure(), Some(Time::from_millis(2000)), "500 B/s each");
+        let (mut departed, mut changes) = (Vec::new(), Vec::new());
+        up.advance(Time::from_millis(1000), &mut departed, &mut changes);
+        assert_eq!(up.set_cap((2, 1), 100.0), Some((500.0, false)));
+        up.reshare(1000.0);
+        assert_eq!(up.next_departure(), Some(Time::from_micros(1_555_556)), "500 bytes left at 900 B/s");
+        up.advance(Time::from_micros(1_555_556), &mut departed, &mut changes);
+        assert_eq!(departed.len(), 1);
+        assert_eq!(changes, [Change::Idle((1, 1), NodeIdx(2))]);
+        up.reshare(1000.0);
+        assert_eq!(up.set_cap((2, 1), INF), Some((100.0, true)));
+        up.reshare(1000.0);
+        let left_bytes = 500.0 - 100.0 * 0.555_556;
+        let done = 1_555_556 + (left_bytes * 1000.0) as u64 + 1;
+        assert_eq!(up.next_departure(), Some(Time::from_micros(done)), "back to equal shares, alone at 1000 B/s");
     }
 }

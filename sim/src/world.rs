@@ -22,9 +22,8 @@ use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
-use p2p_core::{Command, ConnId, FileId, Input, Machine, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+use p2p_core::{Command, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
-use crate::effects::WireSizes;
 use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
@@ -78,7 +77,6 @@ pub struct World {
     pub(crate) now: Time,
     pub(crate) trace: Trace,
     pub(crate) outcome: Outcome,
-    pub(crate) sizes: WireSizes,
     ended: bool,
 }
 
@@ -95,9 +93,8 @@ pub fn run_queue(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) 
                 let Some(machine) = machines[node.0].as_mut() else {
                     continue;
                 };
-                machine.handle(now, input);
-                outputs.extend(std::iter::from_fn(|| machine.poll_output()));
-                world.after_step(node, &mut outputs, machine.poll_timeout());
+                let timeout = p2p_core::step(machine, now, input, |output| outputs.push(output));
+                world.after_step(node, &mut outputs, timeout);
             }
         }
     }
@@ -139,7 +136,6 @@ impl World {
             now: Time::ZERO,
             trace: Trace::new(trace),
             outcome,
-            sizes: WireSizes::default(),
             ended: false,
         };
         world.start_tracker("starts");
@@ -149,6 +145,7 @@ impl World {
     /// The next step for the driver and the virtual time it happens at; `None` at the end.
     pub fn next_step(&mut self) -> Option<(Time, Step)> {
         loop {
+            self.report_sent();
             if let Some(step) = self.pending.pop_front() {
                 return Some((self.now, step));
             }
@@ -181,6 +178,7 @@ impl World {
             summary.pieces = node.store.verified(&self.content).count();
             summary.finalized = node.store.is_finalized();
             summary.running = node.running && self.network.incarnation(NodeIdx(i)) > 0;
+            summary.bytes_up = self.network.data_bytes_up(NodeIdx(i));
             self.outcome.peers.push(summary);
         }
         self.outcome.ended_at = self.now;
@@ -247,7 +245,7 @@ impl World {
                 Some(Step::Input(node, input))
             }
             Item::Wire { link, end, input } => {
-                let (node, incarnation, from) = self.network.arrive(link, end, &input)?;
+                let (node, incarnation, from) = self.network.arrive(self.now, (link, end), &input, &mut self.queue)?;
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
@@ -266,6 +264,17 @@ impl World {
                 None
             }
         }
+    }
+
+    /// Frames that entered a send buffer since the last step are reported to their senders,
+    /// right after that step (a machine that stopped hears nothing).
+    fn report_sent(&mut self) {
+        let (nodes, pending) = (&self.nodes, &mut self.pending);
+        self.network.take_reports(|node, conn, frames| {
+            if nodes[node.0].running {
+                pending.push_back(Step::Input(node, Input::Sent { conn, frames }));
+            }
+        });
     }
 
     fn on_arrival(&mut self, node: NodeIdx, from: NodeIdx, input: &Input) {

@@ -1,9 +1,12 @@
 //! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--driver actix|queue]`: runs a scenario in
 //! virtual time and tells what happened (docs/cli.md).
 //!
-//! Prints the story, a per-peer summary table and the expectation verdicts; the last line is
-//! always `trace-digest HEX`. Exit codes: 0 every expectation held, 1 one did not (or the run
-//! could not be carried out), 2 bad usage (bad arguments, or a scenario file that does not
+//! Prints the story, a per-peer summary table, the efficiency against the scenario's lower
+//! bound (`p2p_sim::efficiency`) and the expectation verdicts; the last line is always
+//! `trace-digest HEX`. `p2p-sim --table A.toml B.toml …` instead runs every file (on the
+//! event-queue driver unless `--driver` says otherwise) and prints one markdown row of
+//! efficiency figures per scenario. Exit codes: 0 every expectation held, 1 one did not (or the
+//! run could not be carried out), 2 bad usage (bad arguments, or a scenario file that does not
 //! parse or validate).
 
 #![forbid(unsafe_code)]
@@ -15,23 +18,29 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use p2p_sim::efficiency::{self, EfficiencyReport, TableRow, TABLE_HEADER};
 use p2p_sim::{check, run_actix, run_queue, Outcome, Scenario, SummaryTable, Verdict};
 
 /// Run a swarm scenario in virtual time.
 #[derive(Debug, Parser)]
 #[command(name = "p2p-sim", version, about)]
 struct Cli {
-    /// The scenario file (TOML; see scenarios/README.md).
-    scenario: PathBuf,
+    /// The scenario file (TOML; see scenarios/README.md); several with `--table`.
+    #[arg(required = true)]
+    scenarios: Vec<PathBuf>,
+    /// Run every scenario given and print one markdown table of efficiency figures.
+    #[arg(long, conflicts_with = "trace")]
+    table: bool,
     /// Seed for every random choice (default: the scenario's `seed`).
     #[arg(long)]
     seed: Option<u64>,
     /// Write every event to this file, one line each, virtual time first.
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Which driver steps the machines (both give the same trace).
-    #[arg(long, value_enum, default_value_t = Driver::Actix)]
-    driver: Driver,
+    /// Which driver steps the machines (both give the same trace); default actix, or queue
+    /// with `--table`.
+    #[arg(long, value_enum)]
+    driver: Option<Driver>,
 }
 
 /// The two drivers over the one network model.
@@ -56,14 +65,22 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_HELD });
         }
     };
-    let scenario = match Scenario::load(&cli.scenario) {
-        Ok(scenario) => scenario,
+    let scenarios = match cli.scenarios.iter().map(|path| Scenario::load(path)).collect::<Result<Vec<_>, _>>() {
+        Ok(scenarios) => scenarios,
         Err(e) => {
             eprintln!("p2p-sim: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match run(&cli, &scenario) {
+    let result = match scenarios.as_slice() {
+        _ if cli.table => table(&cli, &scenarios),
+        [scenario] => run(&cli, scenario),
+        _ => {
+            eprintln!("p2p-sim: one scenario file, or several with --table");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match result {
         Ok(true) => ExitCode::from(EXIT_HELD),
         Ok(false) => ExitCode::from(EXIT_FAILED),
         Err(e) => {
@@ -83,10 +100,7 @@ fn run(cli: &Cli, scenario: &Scenario) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    let (outcome, trace_error) = match cli.driver {
-        Driver::Actix => run_actix(scenario, seed, trace).context("starting the actix runtime")?,
-        Driver::Queue => run_queue(scenario, seed, trace),
-    };
+    let (outcome, trace_error) = run_with(cli.driver.unwrap_or(Driver::Actix), scenario, seed, trace)?;
     let verdicts = check(scenario, &outcome);
     let mut stdout = std::io::stdout().lock();
     print_report(&mut stdout, scenario, &outcome, &verdicts).context("writing the report to stdout")?;
@@ -94,6 +108,40 @@ fn run(cli: &Cli, scenario: &Scenario) -> anyhow::Result<bool> {
         return Err(e).with_context(|| format!("writing trace file {}", path.display()));
     }
     Ok(verdicts.iter().all(|v| v.held))
+}
+
+fn run_with(
+    driver: Driver,
+    scenario: &Scenario,
+    seed: u64,
+    trace: Option<Box<dyn Write>>,
+) -> anyhow::Result<(Outcome, Option<std::io::Error>)> {
+    Ok(match driver {
+        Driver::Actix => run_actix(scenario, seed, trace).context("starting the actix runtime")?,
+        Driver::Queue => run_queue(scenario, seed, trace),
+    })
+}
+
+/// Runs every scenario and prints a table row for each as it finishes; `Ok(true)` when every
+/// expectation of every scenario held.
+fn table(cli: &Cli, scenarios: &[Scenario]) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{TABLE_HEADER}").context("writing the table to stdout")?;
+    let mut all_held = true;
+    for scenario in scenarios {
+        let seed = cli.seed.unwrap_or(scenario.seed);
+        let (outcome, _) = run_with(cli.driver.unwrap_or(Driver::Queue), scenario, seed, None)?;
+        let verdicts = check(scenario, &outcome);
+        let held = verdicts.iter().filter(|v| v.held).count();
+        all_held &= held == verdicts.len();
+        let row = TableRow {
+            scenario: outcome.scenario.clone(),
+            efficiency: efficiency::measure(scenario, &outcome),
+            held: (held, verdicts.len()),
+        };
+        write!(stdout, "{row}").and_then(|()| stdout.flush()).context("writing the table to stdout")?;
+    }
+    Ok(all_held)
 }
 
 fn print_report(
@@ -119,6 +167,7 @@ fn print_report(
         writeln!(out, "  {line}")?;
     }
     writeln!(out, "\n{}", SummaryTable(outcome))?;
+    writeln!(out, "{}", EfficiencyReport(&efficiency::measure(scenario, outcome)))?;
     writeln!(out, "expectations:")?;
     for v in verdicts {
         let mark = if v.held { "ok  " } else { "FAIL" };

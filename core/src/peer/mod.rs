@@ -321,7 +321,7 @@ impl Machine for Peer {
                 }
             }
             Input::Message { conn, message } => self.on_message(conn, message),
-            Input::BadFrame { conn, reason } => self.violation(conn, reason),
+            Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
             Input::Sent { conn, frames } => self.on_sent(conn, frames),
             Input::Timeout => self.on_timeout(),
             Input::Command(command) => self.on_command(*command),

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
+use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
     ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX,
@@ -284,7 +285,7 @@ impl Peer {
         file_id: FileId,
         piece: PieceIndex,
         offset: u32,
-        result: Result<(), String>,
+        result: Result<(), StoreError>,
     ) {
         if let Err(reason) = result {
             self.fail_download(file_id, format!("cannot write piece {piece}: {reason}"));
@@ -304,7 +305,7 @@ impl Peer {
         }
     }
 
-    pub(super) fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, String>) {
+    pub(super) fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, StoreError>) {
         let digest = match result {
             Ok(digest) => digest,
             Err(reason) => return self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}")),
@@ -417,7 +418,7 @@ impl Peer {
         self.push(Output::Finalize { file_id });
     }
 
-    pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), String>) {
+    pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         if entry.download.as_ref().is_none_or(|d| d.phase != Phase::Finalizing) {
             return;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::ids::PieceIndex;
-use crate::limits::{BLOCK_BYTES, PIECES_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, PIECES_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_TIMEOUT};
 use crate::machine::{Command, Event};
 use crate::testkit::{file, Harness, NodeIx};
 use crate::time::Time;
@@ -154,11 +154,28 @@ fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
 fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     let mut h = Harness::new(6);
     let (bytes, manifest) = file(6 * 16 * KIB, 16 * 1024, 6);
+    let id = manifest.file_id();
     let (hole, good, leecher) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
     h.share(hole, &manifest, &bytes, None);
-    h.share(good, &manifest, &bytes, None);
     h.silence(hole);
-    fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
+    h.run_for(Duration::from_millis(10));
+    get(&mut h, leecher, &manifest);
+    // The hole is the only holder, so nothing but the request timeout takes its pieces away
+    // (with a second holder, endgame would fetch them there first).
+    h.run_for(REQUEST_TIMEOUT + Duration::from_secs(1));
+    let first = |kind| h.received.iter().find(|(_, to, k)| *to == hole && *k == kind).map(|(at, _, _)| *at);
+    let requested = first("request").expect("the hole was asked for blocks");
+    let cancelled = first("cancel").expect("the unanswered requests were given up");
+    assert!(cancelled >= requested + REQUEST_TIMEOUT, "given up at {cancelled}, asked at {requested}");
+    assert!(!h.completed(leecher, id));
+    h.share(good, &manifest, &bytes, None);
+    h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
+    assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+    let good_addr = h.addr(good);
+    assert!(
+        verified_from(&h, leecher).iter().all(|(_, from)| *from == good_addr),
+        "every piece came from the other holder"
+    );
 }
 
 #[test]

@@ -9,16 +9,20 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, Digest, FileId, PieceIndex};
-use crate::machine::{Command, Completion, Event, Input, Machine, Output};
+use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::machine::{step, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
+use crate::store::carry_out;
 use crate::time::Time;
 use crate::tracker::{Tracker, TrackerConfig};
 use crate::wire::{decode_frame, encode_frame};
+
+mod store;
+use store::MemoryStore;
 
 /// Index of a node in the harness; the tracker is node 0.
 pub type NodeIx = usize;
@@ -40,7 +44,7 @@ struct Node {
     addr: SocketAddr,
     alive: bool,
     /// File contents by id: complete copies for shared files, partial ones for downloads.
-    store: BTreeMap<FileId, Vec<u8>>,
+    store: MemoryStore,
     /// Pieces this node serves with flipped bytes.
     corrupt: BTreeSet<(FileId, PieceIndex)>,
     /// When set, the node never answers requests (a black hole).
@@ -58,6 +62,8 @@ pub struct Harness {
     pending: VecDeque<(NodeIx, Input)>,
     /// Every event with the time and node it came from.
     pub events: Vec<(Time, NodeIx, Event)>,
+    /// Every message delivered: when, to which node, and its kind.
+    pub received: Vec<(Time, NodeIx, &'static str)>,
 }
 
 impl Harness {
@@ -70,6 +76,7 @@ impl Harness {
             links: BTreeMap::new(),
             pending: VecDeque::new(),
             events: Vec::new(),
+            received: Vec::new(),
         };
         harness.nodes.push(Node::new(Machine_::Tracker(Box::new(tracker)), addr(0)));
         harness
@@ -109,7 +116,7 @@ impl Harness {
             Some(list) => list.iter().for_each(|p| _ = have.set(PieceIndex(*p))),
             None => have = Bitfield::full(manifest.piece_count()),
         }
-        self.nodes[node].store.insert(manifest.file_id(), bytes.to_vec());
+        self.nodes[node].store.share(manifest, bytes, have.clone());
         self.command(node, Command::Share { manifest: manifest.clone(), have });
     }
 
@@ -160,7 +167,7 @@ impl Harness {
 
     /// The bytes `node` stores for a file.
     pub fn stored(&self, node: NodeIx, file_id: FileId) -> Option<&[u8]> {
-        self.nodes[node].store.get(&file_id).map(Vec::as_slice)
+        self.nodes[node].store.bytes(file_id)
     }
 
     /// Whether `node` reported `Complete` for `file_id`.
@@ -221,9 +228,9 @@ impl Harness {
         if !self.nodes[node].alive {
             return;
         }
-        let now = self.now;
-        self.nodes[node].machine_mut().handle(now, input);
-        while let Some(output) = self.nodes[node].machine_mut().poll_output() {
+        let mut outputs = Vec::new();
+        step(self.nodes[node].machine_mut(), self.now, input, |output| outputs.push(output));
+        for output in outputs {
             self.carry_out(node, output);
         }
     }
@@ -242,6 +249,7 @@ impl Harness {
                 let mut frame = BytesMut::new();
                 encode_frame(&message, &mut frame).expect("message fits a frame");
                 let message = decode_frame(&mut frame).expect("decodes").expect("whole frame");
+                self.received.push((self.now, peer, message.kind()));
                 self.pending.push_back((peer, Input::Message { conn: peer_conn, message }));
             }
             Output::Close { conn } => {
@@ -271,46 +279,17 @@ impl Harness {
     }
 
     fn storage(&mut self, node: NodeIx, output: Output) {
-        let completion = match output {
-            Output::Allocate { manifest } => {
-                self.nodes[node]
-                    .store
-                    .entry(manifest.file_id())
-                    .or_insert_with(|| vec![0; manifest.length_bytes() as usize]);
-                return;
+        let state = &mut self.nodes[node];
+        let Some(mut completion) = carry_out(&mut state.store, output) else { return };
+        if let Completion::BlockRead { file_id, piece, result: Ok(bytes), .. } = &mut completion {
+            if state.corrupt.contains(&(*file_id, *piece)) {
+                *bytes = bytes.iter().map(|b| b ^ 0x5a).collect();
             }
-            Output::WriteBlock { file_id, piece, offset, bytes } => {
-                let manifest = self.nodes[node].peer_manifest(file_id);
-                let start = (manifest.piece_offset(piece) + u64::from(offset)) as usize;
-                let data = self.nodes[node].store.get_mut(&file_id).expect("allocated before writes");
-                data[start..start + bytes.len()].copy_from_slice(&bytes);
-                Completion::BlockWritten { file_id, piece, offset, result: Ok(()) }
-            }
-            Output::HashPiece { file_id, piece } => {
-                let manifest = self.nodes[node].peer_manifest(file_id);
-                let start = manifest.piece_offset(piece) as usize;
-                let data = &self.nodes[node].store[&file_id];
-                let digest = Digest::of(&data[start..start + manifest.piece_len(piece) as usize]);
-                let completion = Completion::PieceHashed { file_id, piece, result: Ok(digest) };
-                if let Some(held) = &mut self.nodes[node].held_hashes {
-                    held.push(completion);
-                    return;
-                }
-                completion
-            }
-            Output::ReadBlock { conn, file_id, piece, offset, len } => {
-                let manifest = self.nodes[node].peer_manifest(file_id);
-                let start = (manifest.piece_offset(piece) + u64::from(offset)) as usize;
-                let mut bytes = self.nodes[node].store[&file_id][start..start + len as usize].to_vec();
-                if self.nodes[node].corrupt.contains(&(file_id, piece)) {
-                    bytes.iter_mut().for_each(|b| *b ^= 0x5a);
-                }
-                Completion::BlockRead { conn, file_id, piece, offset, result: Ok(Bytes::from(bytes)) }
-            }
-            Output::Finalize { file_id } => Completion::Finalized { file_id, result: Ok(()) },
-            Output::PieceVerified { .. } => return,
-            other => unreachable!("not a storage output: {other:?}"),
-        };
+        }
+        if let (Completion::PieceHashed { .. }, Some(held)) = (&completion, &mut state.held_hashes) {
+            held.push(completion);
+            return;
+        }
         self.pending.push_back((node, Input::Completed(completion)));
     }
 }
@@ -321,7 +300,7 @@ impl Node {
             machine,
             addr,
             alive: true,
-            store: BTreeMap::new(),
+            store: MemoryStore::default(),
             corrupt: BTreeSet::new(),
             silent: false,
             held_hashes: None,
@@ -340,13 +319,6 @@ impl Node {
         match &mut self.machine {
             Machine_::Tracker(t) => t.as_mut(),
             Machine_::Peer(p) => p.as_mut(),
-        }
-    }
-
-    fn peer_manifest(&self, file_id: FileId) -> Manifest {
-        match &self.machine {
-            Machine_::Peer(p) => p.manifest(&file_id).expect("storage work only for known files").clone(),
-            Machine_::Tracker(_) => unreachable!("the tracker stores nothing"),
         }
     }
 }

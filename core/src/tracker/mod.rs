@@ -263,7 +263,7 @@ impl Machine for Tracker {
             Input::Connected { conn, remote } => self.on_connected(now, conn, remote),
             Input::Disconnected { conn } => self.drop_conn(conn),
             Input::Message { conn, message } => self.on_message(now, conn, message),
-            Input::BadFrame { conn, reason } => self.reject(conn, ErrorCode::MalformedFrame, reason),
+            Input::BadFrame { conn, error } => self.reject(conn, ErrorCode::MalformedFrame, error.to_string()),
             // Expiry above is all a timer does; the tracker sends no bulk data, so it needs no
             // backpressure; commands and completions are the peer's.
             Input::Timeout | Input::Sent { .. } | Input::Command(_) | Input::Completed(_) => {}

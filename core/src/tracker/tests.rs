@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::bitfield::Bitfield;
+use crate::error::DecodeError;
 use crate::ids::{Digest, PieceIndex};
-use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX};
+use crate::limits::{FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX};
 use crate::manifest::Manifest;
 
 const PIECE_BYTES: u32 = 16 * 1024;
@@ -423,7 +424,7 @@ fn garbage_closes_only_that_connection() {
     let (a, bad, d) = (h.peer(1), h.peer(2), h.peer(4));
     h.announce(a, &file, &[0]);
     h.announce(bad, &file, &[0]);
-    let outputs = h.input(Input::BadFrame { conn: bad.conn, reason: "frame does not decode".into() });
+    let outputs = h.input(Input::BadFrame { conn: bad.conn, error: DecodeError::Malformed("not CBOR".into()) });
     assert!(matches!(
         &outputs[0],
         Output::Send { message: Message::Error { code: ErrorCode::MalformedFrame, .. }, .. }
@@ -435,7 +436,10 @@ fn garbage_closes_only_that_connection() {
     assert_eq!(gone(&outputs), vec![(bad.addr(), GoneReason::Disconnected)]);
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()]]);
     let stranger = h.connect(7, [10, 0, 0, 7]);
-    assert!(is_closed(&h.input(Input::BadFrame { conn: stranger.conn, reason: "oversized".into() }), stranger.conn));
+    assert!(is_closed(
+        &h.input(Input::BadFrame { conn: stranger.conn, error: DecodeError::Oversized { len: FRAME_BYTES_MAX + 1 } }),
+        stranger.conn
+    ));
     assert_eq!(only_message(&h.send(a, Message::Announced { file_id: file.file_id() })).kind(), "error");
 }
 

@@ -81,6 +81,33 @@ fn write_cbor(message: &Message, dst: &mut BytesMut) {
     ciborium::into_writer(message, dst.writer()).expect("message encodes to a buffer");
 }
 
+impl Message {
+    /// Bytes of the frame [`encode_frame`] writes for this message (the length prefix and the
+    /// CBOR body), counted by running the same serializer into a counter: nothing is written
+    /// and a `Data` payload is not touched. A message over the frame limit has a length too,
+    /// though `encode_frame` refuses it.
+    pub fn encoded_len(&self) -> usize {
+        let mut counter = ByteCounter(0);
+        // Counting cannot fail and every message field is a plain value.
+        ciborium::into_writer(self, &mut counter).expect("message encodes to a counter");
+        FRAME_HEADER_BYTES + counter.0
+    }
+}
+
+/// A writer that keeps only the number of bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Takes one whole frame off the front of `src` and decodes it.
 ///
 /// `Ok(None)`: more bytes are needed (room for the announced body is reserved). `Err`: the
@@ -283,6 +310,24 @@ mod tests {
     }
 
     #[test]
+    fn encoded_len_counts_every_cbor_length_prefix_width() {
+        for len in [0usize, 23, 24, 255, 256, 65_535, 65_536, 262_144] {
+            let data = Message::Data {
+                file_id: FileId(Digest([7; 32])),
+                piece: PieceIndex(3),
+                offset: 262_144,
+                bytes: Bytes::from(vec![1u8; len]),
+            };
+            assert_eq!(data.encoded_len(), frame(&data).len(), "payload of {len} bytes");
+        }
+        for n in [0u32, 23, 24, 255, 256, 65_535, 65_536, u32::MAX] {
+            let request =
+                Message::Request { file_id: FileId(Digest([9; 32])), piece: PieceIndex(n), offset: n, len: n };
+            assert_eq!(request.encoded_len(), frame(&request).len(), "{request:?}");
+        }
+    }
+
+    #[test]
     fn a_data_shaped_body_with_bad_fields_is_malformed() {
         let mut body = Vec::new();
         let fields = vec![
@@ -389,6 +434,11 @@ mod tests {
             let mut buf = frame(&message);
             prop_assert_eq!(decode_frame(&mut buf), Ok(Some(message)));
             prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn encoded_len_is_the_length_of_the_encoded_frame(message in arb_message()) {
+            prop_assert_eq!(message.encoded_len(), frame(&message).len());
         }
 
         #[test]

@@ -217,13 +217,17 @@ pub enum EventFile {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ExpectFile {
-    /// These peers complete (by `by_s` when given).
+    /// These peers complete (by `by_s` when given, and within `within_s` of their first join
+    /// when given).
     Completes {
         /// Who.
         peers: Vec<String>,
         /// Deadline in virtual seconds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by_s: Option<f64>,
+        /// Longest time from each peer's first join to its completion, in seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within_s: Option<f64>,
     },
     /// These peers do not complete.
     Incomplete {
@@ -259,6 +263,35 @@ pub enum ExpectFile {
         peer: String,
         /// Copies of the file.
         copies: f64,
+    },
+    /// Every downloader completes within `factor` × the scenario's fluid bound T_min, counted
+    /// from its join, and the median within `p50_factor` × T_min when given (see
+    /// [`crate::efficiency`]; the scenario must have a bound).
+    WithinBound {
+        /// Largest last-completion time, in units of T_min.
+        factor: f64,
+        /// Largest median completion time, in units of T_min.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        p50_factor: Option<f64>,
+    },
+    /// Each of `peers` received at most `copies` × the file's size.
+    DownloadedAtMost {
+        /// Who.
+        peers: Vec<String>,
+        /// Copies of the file.
+        copies: f64,
+    },
+    /// At least `at_least` (a fraction) of the seeders' upload was useful (see
+    /// [`crate::efficiency`]; the scenario must have a peer holding the whole file at the start
+    /// that does not download).
+    SeederUseful {
+        /// The smallest useful fraction, in `0.0..=1.0`.
+        at_least: f64,
+    },
+    /// No peer banned any of `peers`.
+    NotBanned {
+        /// Who.
+        peers: Vec<String>,
     },
     /// `peer` uploaded fewer bytes than each of `than`.
     UploadedLess {

@@ -151,8 +151,9 @@ pub enum ActionKind {
 /// A checked expectation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expect {
-    /// These peers complete, by the deadline if any.
-    Completes(Vec<NodeIdx>, Option<Time>),
+    /// These peers complete, by the deadline if any, and within the duration of their first
+    /// join if any.
+    Completes(Vec<NodeIdx>, Option<Time>, Option<Duration>),
     /// These peers do not complete.
     Incomplete(Vec<NodeIdx>),
     /// `(peer, piece, from)`.
@@ -165,6 +166,20 @@ pub enum Expect {
     UploadedAtMost(NodeIdx, f64),
     /// `(peer, those that uploaded more)`.
     UploadedLess(NodeIdx, Vec<NodeIdx>),
+    /// Every downloader completes within `factor` × T_min of its join, the median within
+    /// `p50_factor` × T_min.
+    WithinBound {
+        /// Last completion, in units of T_min.
+        factor: f64,
+        /// Median completion, in units of T_min.
+        p50_factor: Option<f64>,
+    },
+    /// `(peers, copies of the file)`: each received at most that much.
+    DownloadedAtMost(Vec<NodeIdx>, f64),
+    /// Nobody banned any of these peers.
+    NotBanned(Vec<NodeIdx>),
+    /// At least this fraction of the seeders' upload was useful.
+    SeederUseful(f64),
 }
 
 const LATENCY_MS_DEFAULT: f64 = 20.0;
@@ -236,7 +251,7 @@ impl Checker<'_> {
         } else {
             StoryLevel::Milestones
         });
-        Ok(Scenario {
+        let scenario = Scenario {
             name: file.name.unwrap_or(stem),
             seed: file.seed,
             end,
@@ -246,7 +261,14 @@ impl Checker<'_> {
             peers,
             actions,
             expects,
-        })
+        };
+        let within_bound = file.expects.iter().find(|e| matches!(e.get_ref(), ExpectFile::WithinBound { .. }));
+        if let Some(expect) = within_bound {
+            if let Err(why) = crate::efficiency::bound(&scenario) {
+                return Err(self.invalid(expect.span(), format!("within-bound: this scenario has no bound: {why}")));
+            }
+        }
+        Ok(scenario)
     }
 
     fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ScenarioError {
@@ -459,9 +481,32 @@ impl Checker<'_> {
         let one = |name: &str| self.node(names, name, &span);
         let many = |list: &[String]| self.select(list, names, peers, &span);
         Ok(match raw {
-            ExpectFile::Completes { peers: list, by_s } => {
+            ExpectFile::Completes { peers: list, by_s, within_s } => {
                 let by = by_s.map(|s| self.time(s, span.clone(), "by_s")).transpose()?;
-                Expect::Completes(many(list)?, by)
+                let within = within_s.map(|s| self.time(s, span.clone(), "within_s")).transpose()?;
+                Expect::Completes(many(list)?, by, within.map(Time::elapsed))
+            }
+            ExpectFile::WithinBound { factor, p50_factor } => {
+                for (key, value) in [("factor", Some(*factor)), ("p50_factor", *p50_factor)] {
+                    self.factor(value, key, &span)?;
+                }
+                Expect::WithinBound { factor: *factor, p50_factor: *p50_factor }
+            }
+            ExpectFile::DownloadedAtMost { peers: list, copies } => {
+                if !copies.is_finite() || *copies <= 0.0 {
+                    return Err(self.invalid(span, format!("copies = {copies}: a positive number of file sizes")));
+                }
+                Expect::DownloadedAtMost(many(list)?, *copies)
+            }
+            ExpectFile::NotBanned { peers: list } => Expect::NotBanned(many(list)?),
+            ExpectFile::SeederUseful { at_least } => {
+                if !(0.0..=1.0).contains(at_least) {
+                    return Err(self.invalid(span, format!("at_least = {at_least}: a fraction from 0 to 1")));
+                }
+                if !peers.iter().any(|p| crate::efficiency::is_seeder(p, file)) {
+                    return Err(self.invalid(span, "seeder-useful: no peer seeds the whole file from the start"));
+                }
+                Expect::SeederUseful(*at_least)
             }
             ExpectFile::Incomplete { peers: list } => Expect::Incomplete(many(list)?),
             ExpectFile::PieceFrom { peer, piece, from } => {
@@ -477,6 +522,16 @@ impl Checker<'_> {
             ExpectFile::UploadedAtMost { peer, copies } => Expect::UploadedAtMost(one(peer)?, *copies),
             ExpectFile::UploadedLess { peer, than } => Expect::UploadedLess(one(peer)?, many(than)?),
         })
+    }
+
+    /// A `within-bound` factor: T_min is a lower bound, so a factor below 1 could never hold.
+    fn factor(&self, value: Option<f64>, key: &str, span: &Range<usize>) -> Result<(), ScenarioError> {
+        match value {
+            Some(k) if !k.is_finite() || k < 1.0 => {
+                Err(self.invalid(span.clone(), format!("{key} = {k}: at least 1 (T_min is a lower bound)")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Resolves a peer list with `*` (every downloader) and `prefix*` patterns.
@@ -554,7 +609,7 @@ mod tests {
         let s = parse("[[peer]]\nname = \"L\"\ncount = 3\n[[expect]]\ncheck = \"completes\"\npeers = [\"L*\"]\n")
             .expect("valid scenario");
         assert_eq!(s.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["L1", "L2", "L3"]);
-        assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None));
+        assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None, None));
     }
 
     #[test]
@@ -568,6 +623,35 @@ mod tests {
         let bad_name = BASE.replace("[file]", "[file]\nname = \"../x\"");
         let err = Scenario::parse(Path::new("t.toml"), &bad_name).expect_err("unsafe file name");
         assert!(err.to_string().starts_with("t.toml:2: [file] unsafe"), "{err}");
+    }
+
+    #[test]
+    fn efficiency_expectations_are_validated() {
+        let crowd = "[network]\nup_bytes_per_s = 1000\n[[peer]]\nname = \"S\"\nholds = \"all\"\n\
+                     [[peer]]\nname = \"L\"\ncount = 2\n";
+        let ok = parse(&format!("{crowd}[[expect]]\ncheck = \"within-bound\"\nfactor = 1.3\np50_factor = 1.1\n"))
+            .expect("a flash crowd has a bound");
+        assert_eq!(ok.expects[0], Expect::WithinBound { factor: 1.3, p50_factor: Some(1.1) });
+        let err = parse(&format!("{crowd}[[expect]]\ncheck = \"within-bound\"\nfactor = 1.3\np50_factor = 0.9\n"))
+            .expect_err("below the lower bound");
+        assert!(err.to_string().contains("p50_factor = 0.9: at least 1"), "{err}");
+        let partial = "[[peer]]\nname = \"A\"\nholds = [0]\n[[peer]]\nname = \"L\"\n\
+                       [[expect]]\ncheck = \"within-bound\"\nfactor = 2\n";
+        let err = parse(partial).expect_err("no bound with a partial holder");
+        assert!(err.to_string().contains("no bound: A holds part of the file"), "{err}");
+        let err = parse(&format!("{crowd}[[expect]]\ncheck = \"downloaded-at-most\"\npeers = [\"*\"]\ncopies = 0\n"))
+            .expect_err("zero copies");
+        assert!(err.to_string().contains("copies = 0"), "{err}");
+        let err = parse(partial.replace("within-bound\"\nfactor = 2", "seeder-useful\"\nat_least = 0.9").as_str())
+            .expect_err("nobody seeds the whole file");
+        assert!(err.to_string().contains("seeder-useful: no peer seeds"), "{err}");
+        let s = parse(&format!(
+            "{crowd}[[expect]]\ncheck = \"not-banned\"\npeers = [\"L*\"]\n\
+             [[expect]]\ncheck = \"completes\"\npeers = [\"L1\"]\nwithin_s = 2.5\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.expects[0], Expect::NotBanned(vec![NodeIdx(2), NodeIdx(3)]));
+        assert_eq!(s.expects[1], Expect::Completes(vec![NodeIdx(2)], None, Some(Duration::from_millis(2500))));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use crate::error::StoreError;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::BLOCK_BYTES;
 use crate::machine::{Event, Output};
@@ -64,7 +65,7 @@ impl Peer {
         file_id: FileId,
         piece: PieceIndex,
         offset: u32,
-        result: Result<Bytes, String>,
+        result: Result<Bytes, StoreError>,
     ) {
         self.uploads.read_done(conn, file_id, piece, offset);
         if let Some(remote) = self.remotes.get(&conn) {
