@@ -1,5 +1,6 @@
 //! A downloader SIGKILLed half-way and restarted on the same store resumes: it reports the pieces
-//! it already verified, fetches only the rest, and ends with a correct file.
+//! it already verified, fetches only the rest, and ends with a correct file — also when the
+//! kill left its `.bitfield` truncated (the restart re-hashes the `.part` and says so once).
 
 mod common;
 
@@ -70,6 +71,37 @@ fn downloader_killed_half_way_resumes_and_fetches_only_the_missing_pieces() {
     );
     assert!(downloaded_bytes < FILE_BYTES, "the second run downloaded the whole file again");
     assert!(seeder.is_running(), "seeder died\n{}", seeder.report());
+}
+
+#[test]
+fn a_truncated_bitfield_is_rebuilt_from_the_part_and_no_verified_piece_is_lost() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "big.bin", FILE_BYTES as usize, 6);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let (piece_size, limit) = (PIECE_BYTES.to_string(), UPLOAD_LIMIT_BYTES_PER_S.to_string());
+    let seeder_args = ["--share", path_str(&original), "--piece-size", &piece_size, "--upload-limit", &limit];
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &seeder_args);
+    let file_id = seeder.wait_sharing().file_id;
+    let (store, out) = (subdir(dir.path(), "downloader"), subdir(dir.path(), "out"));
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+
+    let mut first = Node::peer("downloader (first run)", tracker_addr, &store, &get_args);
+    let verified = wait_store_progress(&store, &mut first, (PIECE_COUNT * 2 / 5) as u32, FULL_DOWNLOAD / 2);
+    first.kill();
+    assert!(!first.has_printed("complete "), "the first run completed before it could be killed\n{}", first.report());
+    let bitfield = store.join(format!("{file_id}.bitfield"));
+    std::fs::write(&bitfield, [0u8, 0]).expect("truncates the bitfield");
+
+    let mut second = Node::peer("downloader (second run)", tracker_addr, &store, &get_args);
+    let (have, total) = parse_have_total(&second.wait_for_line(&format!("resumed {file_id} "), STARTUP_TIMEOUT));
+    eprintln!(
+        "{verified}/{PIECE_COUNT} pieces in the bitfield before it was truncated; {have}/{total} after re-hashing"
+    );
+    assert!(have >= u64::from(verified) && have < total, "resumed with {have}/{total}, {verified} were verified");
+    let copy = second.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&copy, &original);
+    let reports = second.stderr_tail().matches("hashed again").count();
+    assert_eq!(reports, 1, "the damage is reported once on stderr:\n{}", second.stderr_tail());
 }
 
 /// `resumed FILE_ID HAVE/TOTAL` → (HAVE, TOTAL).

@@ -54,11 +54,14 @@ pub enum ManifestError {
 /// A frame that could not be turned into a message.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The length prefix announces more than the frame limit.
-    #[error("frame of {len} bytes exceeds the limit of {max} bytes", max = crate::limits::FRAME_BYTES_MAX)]
+    /// The length prefix announces more than the frame limit (the small one of a connection's
+    /// first frame, or the general one).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     Oversized {
         /// The announced body length.
         len: usize,
+        /// The limit it exceeds.
+        max: usize,
     },
     /// The frame body is not a valid CBOR message.
     #[error("frame does not decode: {0}")]

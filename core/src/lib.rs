@@ -15,7 +15,8 @@
 //!
 //! **Every `handle` is followed by a full drain of `poll_output` before the next `handle`**, and
 //! a timer moves once it fired; [`step`] does one input with both rules asserted. Slow work is
-//! an [`Output`] followed later by an [`Input::Completed`].
+//! an [`Output`] followed later by an [`Input::Completed`]; the storage part of that work is the
+//! [`store::Store`] contract every driver's store implements, failing with a [`StoreError`].
 //!
 //! Frames on the wire are a 4-byte big-endian length plus one CBOR [`wire::Message`]; see
 //! [`wire::codec`]. Every bound lives in [`limits`].

@@ -12,6 +12,18 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Length of the big-endian length prefix in front of every frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
 
+/// Largest body of a connection's first frame, which must be a `Hello` (or the `Error` that
+/// refuses the connection): the largest `Hello` encodes to well under 100 bytes, the rest is
+/// room for a refusal's detail. A length prefix over it before the handshake costs the remote
+/// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
+pub const HELLO_FRAME_BYTES_MAX: usize = 512;
+
+/// Bytes all the receive buffers of one process's connections may hold together (bytes
+/// received but not yet decoded, and room reserved for the next read). Past it the connection
+/// holding the most is closed: a hostile remote's half-sent frames are the largest holders,
+/// while honest frames complete and leave the buffer at once.
+pub const READ_BUFFERS_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Size of one block: the unit of a `Request`/`Data` exchange. The last block of a piece may be
 /// shorter.
 pub const BLOCK_BYTES: u32 = 256 * 1024;
@@ -65,6 +77,28 @@ pub const TRACKER_FILES_MAX: usize = 100_000;
 
 /// Most peers one tracker keeps.
 pub const TRACKER_PEERS_MAX: usize = 100_000;
+
+/// Most files one peer registration (one tracker connection) may announce: as many as a peer
+/// handles at once.
+pub const TRACKER_FILES_PER_PEER_MAX: usize = PEER_FILES_MAX;
+
+/// Manifest bytes (32 per piece, plus the name) of the files one peer registration holds,
+/// summed over its files: room for [`TRACKER_FILES_PER_PEER_MAX`] files of
+/// [`PIECES_AUTO_TARGET_COUNT`] pieces. It also bounds the pieces one registration announces
+/// (its bitfields), to a 32nd of it.
+pub const TRACKER_MANIFEST_BYTES_PER_PEER_MAX: u64 = 32 * 1024 * 1024;
+
+/// Distinct files the peers of one source IP may hold together.
+pub const TRACKER_FILES_PER_IP_MAX: usize = 4 * 1024;
+
+/// Manifest bytes of the distinct files the peers of one source IP hold together: what one
+/// host can make the tracker keep in manifests.
+pub const TRACKER_MANIFEST_BYTES_PER_IP_MAX: u64 = 64 * 1024 * 1024;
+
+/// Pieces the peers of one source IP may announce, summed over all their holdings (bounds their
+/// bitfields to 128 MiB; a thousand peers behind one address holding a thousand files of a
+/// thousand pieces each fit).
+pub const TRACKER_PIECES_PER_IP_MAX: u64 = 1 << 30;
 
 /// Most files one `Files` answer lists (the tracker also keeps the answer well under
 /// [`FRAME_BYTES_MAX`]; `truncated` tells the client more exist).
@@ -201,11 +235,22 @@ pub const REMOTE_RETRY_DELAY: Duration = Duration::from_secs(2);
 pub const UPLOAD_BURST_FRACTION_OF_SECOND: u32 = 8;
 
 const _: () = assert!(BLOCK_BYTES as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(HELLO_FRAME_BYTES_MAX < FRAME_BYTES_MAX);
+// Several frames of the largest size can be received at once before anyone is closed.
+const _: () = assert!(READ_BUFFERS_TOTAL_BYTES_MAX >= 8 * FRAME_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN <= PIECE_BYTES_AUTO_MIN);
 const _: () = assert!(PIECE_BYTES_AUTO_MAX <= PIECE_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_power_of_two());
 // A manifest (name + 32-byte hash per piece + CBOR overhead) must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
+// A peer registration may hold the files of its own largest honest use.
+const _: () =
+    assert!(TRACKER_FILES_PER_PEER_MAX as u64 * PIECES_AUTO_TARGET_COUNT * 32 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
+const _: () = assert!(TRACKER_FILES_PER_PEER_MAX <= TRACKER_FILES_PER_IP_MAX);
+const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX <= TRACKER_MANIFEST_BYTES_PER_IP_MAX);
+const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX / 32 <= TRACKER_PIECES_PER_IP_MAX);
+// The largest file fits every quota.
+const _: () = assert!(PIECES_MAX as u64 * 32 + FILE_NAME_BYTES_MAX as u64 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());

@@ -30,7 +30,7 @@ pub async fn list_files(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool),
 
 async fn list_files_now(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool), NetError> {
     let stream = TcpStream::connect(tracker).await.map_err(NetError::socket("connect to", tracker))?;
-    let mut framed = Framed::new(stream, FrameCodec);
+    let mut framed = Framed::new(stream, FrameCodec::default());
     let protocol = |reason: String| NetError::Protocol { addr: tracker, reason };
     let hello = Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: PeerId(random_id()), listen_port: 0 };
     for message in [Message::Hello(hello), Message::List] {

@@ -1,11 +1,15 @@
 //! One TCP stream: a reader task that turns frames into reports for the driver, and a writer
 //! task that sends the frames the driver queued.
 //!
-//! Framing is core's `encode_frame`/`decode_frame` (also as a `tokio_util` codec, [`FrameCodec`],
-//! for the client). The reader hands the messages it has whole to the driver in one report with
+//! Framing is core's (`FrameDecoder` and `encode_frame`, also as a `tokio_util` codec,
+//! [`FrameCodec`], for the client): a connection's first frame may be only as large as a
+//! `Hello`, and a receive buffer grows with the bytes that arrive, never with what a length
+//! prefix claims. The reader hands the messages it has whole to the driver in one report with
 //! `send().await`, so a busy driver slows the reading down instead of buffering without bound,
-//! and holds no buffer while its socket is idle; after a bad frame it stops reading (the
-//! machine answers and closes). The writer takes every frame queued so far and sends them with
+//! and holds no buffer while its socket is idle; what its buffer holds counts against the
+//! driver's [`ReadBudget`], which evicts the largest holders when all together hold too much.
+//! After a bad frame it stops reading (the machine answers and closes); after an eviction it
+//! stops and reports the connection closed. The writer takes every frame queued so far and sends them with
 //! vectored writes — many small frames in one system call, a `Data` payload straight from the
 //! buffer it was read into — so it keeps no buffer of its own, and after each round tells
 //! the driver how many frames the socket took (the machine's `Input::Sent`); the bytes queued for it are
@@ -21,7 +25,9 @@ use std::time::Duration;
 
 use actix::{Message as ActixMessage, Recipient};
 use bytes::{Buf, Bytes, BytesMut};
-use p2p_core::wire::{decode_frame, encode_frame, encode_frame_parts, Message};
+use p2p_core::wire::{
+    decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max, FrameDecoder, Message,
+};
 use p2p_core::{ConnId, DecodeError, EncodeError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -30,9 +36,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Room reserved in a connection's read buffer before each read. The buffer grows to the size
-/// of the frame being read and is given back whenever it is drained, so an idle connection (a
-/// tracker's thousands of peers) holds no read buffer at all.
+use crate::read_budget::{BudgetShare, ReadBudget};
+
+/// Room reserved in a connection's read buffer before each read. The buffer grows with the
+/// bytes of the frame being read and is given back whenever it is drained, so an idle
+/// connection (a tracker's thousands of peers) holds no read buffer at all.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Most messages already received that a connection hands its driver in one report: the
 /// requests a client pipelines are then handled in one go and their answers leave in one write.
@@ -47,9 +55,12 @@ pub const WRITE_QUEUE_TOTAL_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How long a closing connection may take to flush what was queued for it.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The length-prefixed CBOR framing of core, as a `tokio_util` codec.
+/// The length-prefixed CBOR framing of core, as a `tokio_util` codec for one connection (its
+/// first frame is held to the size of a `Hello`).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FrameCodec;
+pub struct FrameCodec {
+    first_frame_decoded: bool,
+}
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +74,13 @@ pub enum FrameError {
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The receive buffers of all connections held more than their budget, and this
+    /// connection's held the most.
+    #[error("evicted: this connection held the most of the receive buffers' {max_bytes}-byte budget")]
+    OverBudget {
+        /// The budget of all the receive buffers together.
+        max_bytes: usize,
+    },
 }
 
 impl Decoder for FrameCodec {
@@ -70,7 +88,9 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, FrameError> {
-        Ok(decode_frame(src)?)
+        let message = decode_frame_within(src, frame_body_bytes_max(self.first_frame_decoded))?;
+        self.first_frame_decoded |= message.is_some();
+        Ok(message)
     }
 }
 
@@ -258,13 +278,15 @@ impl Connection {
     /// Starts the reader and writer tasks of `stream`, reporting to `driver`. With a
     /// `write_budget`, the reader takes one permit per payload byte of each `Data` message
     /// before handing it on, so received data not yet on disk is bounded. `queued_total`
-    /// counts the bytes queued for every writer of the driver.
+    /// counts the bytes queued for every writer of the driver; `read_budget` bounds the bytes
+    /// held by all its receive buffers.
     pub fn start(
         stream: TcpStream,
         (conn, token, remote): (ConnId, u64, SocketAddr),
         driver: Recipient<ConnEvent>,
         write_budget: Option<Arc<Semaphore>>,
         queued_total: Arc<AtomicUsize>,
+        read_budget: &Arc<ReadBudget>,
     ) -> Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
@@ -272,7 +294,8 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let (queue, commands) = mpsc::unbounded_channel();
         let counters = Arc::new(QueueCounters { conn: AtomicUsize::new(0), total: queued_total });
-        let reader = tokio::spawn(read_loop(read_half, conn, token, driver.clone(), write_budget));
+        let reader = Reader { half: read_half, decoder: FrameDecoder::new(), share: read_budget.join(token), conn };
+        let reader = tokio::spawn(read_loop(reader, token, driver.clone(), write_budget));
         let writer = tokio::spawn(write_loop(write_half, commands, conn, token, driver));
         Connection { token, remote, queue, counters, reader, writer }
     }
@@ -324,16 +347,19 @@ impl Connection {
     }
 }
 
-async fn read_loop(
-    mut half: OwnedReadHalf,
+/// The receiving side of a connection: its socket half, its frames so far and its share of the
+/// driver's read budget.
+struct Reader {
+    half: OwnedReadHalf,
+    decoder: FrameDecoder,
+    share: BudgetShare,
     conn: ConnId,
-    token: u64,
-    driver: Recipient<ConnEvent>,
-    write_budget: Option<Arc<Semaphore>>,
-) {
-    let mut buffer = BytesMut::new();
+}
+
+async fn read_loop(mut reader: Reader, token: u64, driver: Recipient<ConnEvent>, write_budget: Option<Arc<Semaphore>>) {
+    let conn = reader.conn;
     loop {
-        let (batch, end) = read_batch(&mut half, &mut buffer, conn, write_budget.as_ref()).await;
+        let (batch, end) = reader.read_batch(write_budget.as_ref()).await;
         if let Some((messages, permit)) = batch {
             if driver.send(ConnEvent { conn, token, report: ConnReport::Messages(messages, permit) }).await.is_err() {
                 return;
@@ -347,90 +373,105 @@ async fn read_loop(
     }
 }
 
-/// The next message: one already in `buffer`, or one read into it. While it waits for the
-/// socket, a drained buffer is given back. `None` at the end of the stream.
-async fn next_message(half: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Option<Result<Message, FrameError>> {
-    loop {
-        if let Some(decoded) = decode_frame(buffer).map_err(FrameError::from).transpose() {
-            return Some(decoded);
-        }
-        give_back_if_drained(buffer);
-        if let Err(e) = half.readable().await {
-            return Some(Err(e.into()));
-        }
-        buffer.reserve(READ_BUFFER_BYTES);
-        match half.try_read_buf(buffer) {
-            Ok(0) if buffer.is_empty() => return None,
-            Ok(0) => return Some(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Some(Err(e.into())),
-        }
-    }
-}
-
 /// Messages received, with the budget share of the `Data` message that ends them, if any.
 type Batch = (Vec<Message>, Option<OwnedSemaphorePermit>);
 
-/// Waits for a message, then takes the messages already buffered behind it, up to
-/// [`READ_BATCH_MESSAGES_MAX`] or a `Data` message, which ends the batch and waits for its
-/// budget share. Also returns the report that ends the connection, when the stream ended or
-/// broke.
-async fn read_batch(
-    half: &mut OwnedReadHalf,
-    buffer: &mut BytesMut,
-    conn: ConnId,
-    write_budget: Option<&Arc<Semaphore>>,
-) -> (Option<Batch>, Option<ConnReport>) {
-    let mut messages = Vec::new();
-    let mut permit = None;
-    let end = loop {
-        let next = if messages.is_empty() {
-            next_message(half, buffer).await
-        } else {
-            // Only what is buffered: no read, no wait.
-            decode_frame(buffer).map_err(FrameError::from).transpose()
-        };
-        match next {
-            Some(Ok(message)) => {
-                let data_bytes = match &message {
-                    Message::Data { bytes, .. } => Some(bytes.len()),
-                    _ => None,
-                };
-                messages.push(message);
-                if let Some(len) = data_bytes {
-                    if let Some(budget) = write_budget {
-                        // A frame is far smaller than the budget, and the budget is never closed.
-                        permit = budget.clone().acquire_many_owned(len as u32).await.ok();
+impl Reader {
+    /// The next message: one already buffered, or one read. While it waits for the socket, a
+    /// drained buffer is given back. `None` at the end of the stream.
+    async fn next_message(&mut self) -> Option<Result<Message, FrameError>> {
+        loop {
+            if let Some(decoded) = self.decoder.next_message().map_err(FrameError::from).transpose() {
+                return Some(decoded);
+            }
+            self.release_if_drained();
+            tokio::select! {
+                biased;
+                () = self.share.evicted() => return Some(Err(self.over_budget())),
+                readable = self.half.readable() => {
+                    if let Err(e) = readable {
+                        return Some(Err(e.into()));
                     }
-                    break None;
-                }
-                if messages.len() == READ_BATCH_MESSAGES_MAX {
-                    break None;
                 }
             }
-            None if !messages.is_empty() => break None,
-            None => break Some(ConnReport::Closed),
-            Some(Err(FrameError::Decode(e))) => {
-                tracing::debug!("{conn}: bad frame: {e}");
-                break Some(ConnReport::BadFrame(e));
+            self.decoder.reserve(READ_BUFFER_BYTES);
+            let read = self.half.try_read_buf(self.decoder.buffer_mut());
+            if !self.share.hold(self.decoder.capacity_bytes()) {
+                return Some(Err(self.over_budget()));
             }
-            // A socket error (reading never meets an encoding error).
-            Some(Err(e)) => {
-                tracing::debug!("{conn}: read failed: {e}");
-                break Some(ConnReport::Closed);
+            match read {
+                Ok(0) if self.decoder.buffered_bytes() == 0 => return None,
+                Ok(0) => return Some(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(e.into())),
             }
         }
-    };
-    // The messages own their bytes now (a `Data` payload keeps its share of the allocation).
-    give_back_if_drained(buffer);
-    ((!messages.is_empty()).then_some((messages, permit)), end)
-}
+    }
 
-/// Frees a read buffer that holds no unread byte, so waiting connections hold no memory.
-fn give_back_if_drained(buffer: &mut BytesMut) {
-    if buffer.is_empty() {
-        *buffer = BytesMut::new();
+    fn over_budget(&self) -> FrameError {
+        FrameError::OverBudget { max_bytes: self.share.max_bytes() }
+    }
+
+    /// Frees a buffer that holds no unread byte, so waiting connections hold no memory, and
+    /// tells the budget what the buffer holds now.
+    fn release_if_drained(&mut self) {
+        self.decoder.release_if_drained();
+        self.share.hold(self.decoder.capacity_bytes());
+    }
+
+    /// Waits for a message, then takes the messages already buffered behind it, up to
+    /// [`READ_BATCH_MESSAGES_MAX`] or a `Data` message, which ends the batch and waits for its
+    /// budget share. Also returns the report that ends the connection, when the stream ended or
+    /// broke.
+    async fn read_batch(&mut self, write_budget: Option<&Arc<Semaphore>>) -> (Option<Batch>, Option<ConnReport>) {
+        let mut messages = Vec::new();
+        let mut permit = None;
+        let end = loop {
+            let next = if messages.is_empty() {
+                self.next_message().await
+            } else {
+                // Only what is buffered: no read, no wait.
+                self.decoder.next_message().map_err(FrameError::from).transpose()
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let data_bytes = match &message {
+                        Message::Data { bytes, .. } => Some(bytes.len()),
+                        _ => None,
+                    };
+                    messages.push(message);
+                    if let Some(len) = data_bytes {
+                        if let Some(budget) = write_budget {
+                            // A frame is far smaller than the budget, and the budget is never closed.
+                            permit = budget.clone().acquire_many_owned(len as u32).await.ok();
+                        }
+                        break None;
+                    }
+                    if messages.len() == READ_BATCH_MESSAGES_MAX {
+                        break None;
+                    }
+                }
+                None if !messages.is_empty() => break None,
+                None => break Some(ConnReport::Closed),
+                Some(Err(FrameError::Decode(e))) => {
+                    tracing::debug!("{}: bad frame: {e}", self.conn);
+                    break Some(ConnReport::BadFrame(e));
+                }
+                Some(Err(e @ FrameError::OverBudget { .. })) => {
+                    tracing::warn!("{}: {e}", self.conn);
+                    break Some(ConnReport::Closed);
+                }
+                // A socket error (reading never meets an encoding error).
+                Some(Err(e)) => {
+                    tracing::debug!("{}: read failed: {e}", self.conn);
+                    break Some(ConnReport::Closed);
+                }
+            }
+        };
+        // The messages own their bytes now (a `Data` payload keeps its share of the allocation).
+        self.release_if_drained();
+        ((!messages.is_empty()).then_some((messages, permit)), end)
     }
 }
 
@@ -494,6 +535,7 @@ async fn write_until_close(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p2p_core::limits::{FRAME_BYTES_MAX, HELLO_FRAME_BYTES_MAX};
     use p2p_core::wire::ErrorCode;
 
     #[test]
@@ -502,10 +544,16 @@ mod tests {
         let frame = encode_into(&message, &mut BytesMut::new()).expect("fits");
         let mut buffer = BytesMut::from(&frame.head[..]);
         buffer.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
-        assert_eq!(FrameCodec.decode(&mut buffer).expect("valid"), Some(message));
-        assert!(matches!(FrameCodec.decode(&mut buffer), Err(FrameError::Decode(DecodeError::Malformed(_)))));
+        assert_eq!(FrameCodec::default().decode(&mut buffer).expect("valid"), Some(message));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut buffer),
+            Err(FrameError::Decode(DecodeError::Malformed(_)))
+        ));
         let mut oversized = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
-        assert!(matches!(FrameCodec.decode(&mut oversized), Err(FrameError::Decode(DecodeError::Oversized { .. }))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut oversized),
+            Err(FrameError::Decode(DecodeError::Oversized { .. }))
+        ));
     }
 
     #[actix_rt::test]
@@ -513,7 +561,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let mut sender = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
         let (receiver, _) = listener.accept().await.expect("accepts");
-        let (mut half, _write_half) = receiver.into_split();
+        let (half, _write_half) = receiver.into_split();
         let data = Message::Data {
             file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
             piece: p2p_core::PieceIndex(0),
@@ -522,24 +570,76 @@ mod tests {
         };
         let list = Message::List;
         let mut wire = BytesMut::new();
-        for message in [&list, &list, &data, &list] {
+        encode_frame(&list, &mut wire).expect("fits");
+        for message in [&list, &data, &list] {
             encode_frame(message, &mut wire).expect("fits");
         }
         sender.write_all(&wire).await.expect("sends");
         drop(sender);
 
         let budget = Arc::new(Semaphore::new(1000));
-        let mut buffer = BytesMut::new();
-        let conn = ConnId::Inbound(1);
-        let (batch, end) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        let read_budget = ReadBudget::new(1 << 20);
+        let mut reader =
+            Reader { half, decoder: FrameDecoder::new(), share: read_budget.join(1), conn: ConnId::Inbound(1) };
+        let (batch, end) = reader.read_batch(Some(&budget)).await;
         let (messages, permit) = batch.expect("messages");
         assert_eq!(messages, vec![list.clone(), list.clone(), data]);
         assert_eq!(permit.map(|p| p.num_permits()), Some(100), "the data's budget share comes along");
         assert!(end.is_none());
-        let (batch, _) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        let (batch, _) = reader.read_batch(Some(&budget)).await;
         assert_eq!(batch.map(|(messages, _)| messages), Some(vec![list]));
-        let (batch, end) = read_batch(&mut half, &mut buffer, conn, Some(&budget)).await;
+        let (batch, end) = reader.read_batch(Some(&budget)).await;
         assert!(batch.is_none() && matches!(end, Some(ConnReport::Closed)), "then the stream's end");
-        assert_eq!(buffer.capacity(), 0, "a drained reader holds no buffer");
+        assert_eq!(reader.decoder.capacity_bytes(), 0, "a drained reader holds no buffer");
+        assert_eq!(read_budget.total_bytes(), 0, "and counts nothing against the budget");
+    }
+
+    /// A reader of the connection `sender` is connected to, with a share of `read_budget`.
+    async fn connected_reader(read_budget: &Arc<ReadBudget>, token: u64) -> (TcpStream, Reader) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let sender = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
+        let (receiver, _) = listener.accept().await.expect("accepts");
+        let (half, _) = receiver.into_split();
+        let reader =
+            Reader { half, decoder: FrameDecoder::new(), share: read_budget.join(token), conn: ConnId::Inbound(token) };
+        (sender, reader)
+    }
+
+    #[actix_rt::test]
+    async fn a_first_frame_longer_than_a_hello_is_refused_from_its_length_prefix() {
+        let read_budget = ReadBudget::new(1 << 20);
+        let (mut sender, mut reader) = connected_reader(&read_budget, 1).await;
+        sender.write_all(&((HELLO_FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).await.expect("sends");
+        let (batch, end) = reader.read_batch(None).await;
+        assert!(batch.is_none());
+        let refused = DecodeError::Oversized { len: HELLO_FRAME_BYTES_MAX + 1, max: HELLO_FRAME_BYTES_MAX };
+        assert!(matches!(end, Some(ConnReport::BadFrame(ref e)) if *e == refused), "{end:?}");
+    }
+
+    #[actix_rt::test]
+    async fn the_connection_holding_most_of_the_read_budget_is_evicted() {
+        let read_budget = ReadBudget::new(256 * 1024);
+        let (mut hog, mut hog_reader) = connected_reader(&read_budget, 1).await;
+        let (mut honest, mut honest_reader) = connected_reader(&read_budget, 2).await;
+        let mut wire = BytesMut::new();
+        encode_frame(&Message::List, &mut wire).expect("fits");
+        wire.extend_from_slice(&(FRAME_BYTES_MAX as u32).to_be_bytes());
+        wire.extend_from_slice(&vec![0; 300 * 1024]);
+        hog.write_all(&wire).await.expect("sends");
+        let (batch, end) = hog_reader.read_batch(None).await;
+        assert_eq!(batch.map(|(messages, _)| messages), Some(vec![Message::List]));
+        assert!(end.is_none());
+        let (batch, end) = hog_reader.read_batch(None).await;
+        assert!(batch.is_none() && matches!(end, Some(ConnReport::Closed)), "{end:?}");
+        assert!(!hog_reader.share.hold(0), "closed because it was evicted (its sender is still open)");
+
+        let mut small = BytesMut::new();
+        for _ in 0..2 {
+            encode_frame(&Message::List, &mut small).expect("fits");
+        }
+        honest.write_all(&small).await.expect("sends");
+        let (batch, end) = honest_reader.read_batch(None).await;
+        assert_eq!(batch.map(|(messages, _)| messages), Some(vec![Message::List, Message::List]));
+        assert!(end.is_none(), "the small holder reads on");
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use actix::fut::wrap_future;
 use actix::prelude::*;
 use bytes::BytesMut;
-use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX};
+use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX, READ_BUFFERS_TOTAL_BYTES_MAX};
 use p2p_core::wire::Message;
 use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::connection::{encode_into, ConnEvent, ConnReport, Connection, QueueError};
+use crate::read_budget::ReadBudget;
 use crate::store::Store;
 
 /// How long an outbound connection may take to open.
@@ -104,6 +105,8 @@ pub struct Driver<M: Machine> {
     scratch: BytesMut,
     /// Bytes queued for all the connections' writers.
     queued_total: Arc<AtomicUsize>,
+    /// Bounds the bytes held by all the connections' receive buffers.
+    read_budget: Arc<ReadBudget>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -152,6 +155,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             data_permit: None,
             scratch: BytesMut::new(),
             queued_total: Arc::default(),
+            read_budget: ReadBudget::new(READ_BUFFERS_TOTAL_BYTES_MAX),
             label,
             start: Instant::now(),
             store,
@@ -263,6 +267,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             ctx.address().recipient(),
             self.write_budget.clone(),
             self.queued_total.clone(),
+            &self.read_budget,
         );
         if let Some(old) = self.conns.insert(conn, connection) {
             tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);
@@ -335,11 +340,13 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             // output for the file relies on it having happened (it has no completion).
             Output::Allocate { manifest } => store.allocate(&manifest),
             Output::PieceVerified { file_id, piece } => match store.mark_verified(file_id, piece) {
-                Ok(()) => self.background(move || {
+                Ok(true) => self.background(move || {
                     if let Err(e) = store.persist_bitfield(file_id) {
                         tracing::error!("cannot record piece {piece} of {file_id}: {e}");
                     }
                 }),
+                // A write already waiting records this piece too.
+                Ok(false) => {}
                 Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
             },
             Output::WriteBlock { file_id, piece, offset, bytes } => {

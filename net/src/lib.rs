@@ -3,6 +3,7 @@
 //! - [`driver`]: one generic actix actor owning a [`p2p_core::Machine`] (tracker or peer):
 //!   feeds it inputs, drains and executes its outputs, keeps its timer.
 //! - [`connection`]: one reader and one writer task per TCP stream, framed with core's codec.
+//! - [`read_budget`]: the bound on all the connections' receive buffers together.
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
 //! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
 //! - [`client`]: short tool connections to a tracker (`List`).
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod error;
 pub mod hasher;
 pub mod node;
+pub mod read_budget;
 pub mod store;
 
 pub use driver::NodeEvent;

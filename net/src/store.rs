@@ -2,7 +2,8 @@
 //!
 //! A download of file `F` lives in the store directory as `F.part` (the file's bytes at their
 //! offsets, created at full length), `F.manifest` (canonical CBOR) and `F.bitfield` (verified
-//! pieces, rewritten atomically after every verified piece), so a restarted peer resumes. On
+//! pieces, rewritten atomically and synced as pieces are verified), so a restarted peer resumes (a
+//! damaged sidecar is reported and recovered from: see [`Store::resume`]). On
 //! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
 //! sidecars are removed and the file is served from its final path. Shared files are served
 //! read-only from where they are, never copied.
@@ -52,6 +53,8 @@ struct Entry {
     state: State,
     /// Serialises sidecar writes and finalisation of this file.
     sidecars: Arc<Mutex<()>>,
+    /// Verified pieces wait for a [`Store::persist_bitfield`] that has not read them yet.
+    persist_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,13 +145,17 @@ impl Store {
     }
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
-    /// with the other outputs, then [`Store::persist_bitfield`] on a worker thread.
-    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+    /// with the other outputs. `Ok(true)`: call [`Store::persist_bitfield`] on a worker thread;
+    /// `Ok(false)`: a call already waiting will persist this piece too, so the synced writes
+    /// keep pace with the disk, not with the pieces.
+    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<bool, StoreError> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
         entry.piece_len_checked(piece)?;
         entry.served.set(piece);
-        Ok(())
+        let schedule = !entry.persist_pending;
+        entry.persist_pending = true;
+        Ok(schedule)
     }
 
     /// Moves a fully verified download to the output directory and returns its final path.
@@ -205,21 +212,44 @@ impl Store {
     /// Picks up an earlier run's download of `file_id`: re-hashes every piece its bitfield
     /// claims (on all cores), keeps those that match, registers the partial file and returns the
     /// manifest and the verified pieces. `None` when there is nothing to resume.
+    ///
+    /// Damaged sidecars never stop a restart; each is reported once (a warning on stderr). A
+    /// `.bitfield` that does not read back is replaced by re-hashing every piece of the `.part`,
+    /// so no verified piece is lost; a `.manifest` that does not read back (or describes
+    /// another file) leaves nothing to check the `.part` against, so the download's files are
+    /// removed and it starts over.
     pub fn resume(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
         let (manifest_path, bitfield_path) = (self.sidecar(file_id, "manifest"), self.sidecar(file_id, "bitfield"));
         if !manifest_path.exists() || !bitfield_path.exists() {
             return Ok(None);
         }
-        let manifest = read_manifest(&manifest_path, file_id)?;
-        let claimed = read_bitfield(&bitfield_path, manifest.piece_count())?;
+        let manifest = match read_manifest(&manifest_path, file_id) {
+            Err(NetError::Corrupt { path, reason }) => {
+                tracing::warn!("{}: {reason}; the download of {file_id} starts over", path.display());
+                for kind in ["bitfield", "part", "manifest"] {
+                    remove_if_present(&self.sidecar(file_id, kind))?;
+                }
+                return Ok(None);
+            }
+            read => read?,
+        };
+        let (claimed, rehash_all) = match read_bitfield(&bitfield_path, manifest.piece_count()) {
+            Err(NetError::Corrupt { path, reason }) => {
+                tracing::warn!("{}: {reason}; every stored piece of {file_id} is hashed again", path.display());
+                (Bitfield::full(manifest.piece_count()), true)
+            }
+            read => (read?, false),
+        };
         let part = self.sidecar(file_id, "part");
         let file = self.create_part(&manifest, &part)?;
         let verified = verify_pieces(&file, &part, &manifest, &claimed)?;
         let entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
         self.lock().insert(file_id, entry);
         if verified != claimed {
-            let failed = claimed.count() - verified.count();
-            tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+            if !rehash_all {
+                let failed = claimed.count() - verified.count();
+                tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+            }
             self.persist_bitfield(file_id)?;
         }
         Ok(Some((manifest, verified)))
@@ -229,15 +259,19 @@ impl Store {
     pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), StoreError> {
         let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
-        // Read under the sidecar lock, so the newest bitfield is always the one written last.
-        let bytes = self.with_entry(file_id, |entry| {
-            Ok((entry.state == State::Downloading).then(|| {
+        // Read under the sidecar lock, so the newest bitfield is always the one written last;
+        // pieces verified from now on ask for another write.
+        let bytes = {
+            let mut entries = self.lock();
+            let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
+            entry.persist_pending = false;
+            (entry.state == State::Downloading).then(|| {
                 let mut bytes = entry.served.len().to_be_bytes().to_vec();
                 bytes.extend_from_slice(entry.served.as_bytes());
                 bytes
-            }))
-        });
-        match bytes? {
+            })
+        };
+        match bytes {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
             None => Ok(()),
         }
@@ -279,7 +313,16 @@ impl Entry {
         served: Bitfield,
         state: State,
     ) -> Entry {
-        Entry { manifest: Arc::new(manifest), file, path: Arc::from(path), served, state, sidecars: Arc::default() }
+        let sidecars = Arc::default();
+        Entry {
+            manifest: Arc::new(manifest),
+            file,
+            path: Arc::from(path),
+            served,
+            state,
+            sidecars,
+            persist_pending: false,
+        }
     }
 
     /// The length of `piece`, if it exists.
@@ -476,6 +519,7 @@ impl p2p_core::store::Store for Store {
     }
 
     fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+        // Persisted at once whether or not a write is pending: this owner has no worker.
         Store::mark_verified(self, file_id, piece)?;
         Store::persist_bitfield(self, file_id)
     }

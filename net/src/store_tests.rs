@@ -96,6 +96,48 @@ fn resume_drops_pieces_whose_bytes_were_damaged() {
     assert_eq!(again, have, "the corrected bitfield was persisted");
 }
 
+/// A download of pieces 0 and 2 left in the store by an earlier run.
+fn interrupted_download(f: &Fixture) -> FileId {
+    let store = f.store();
+    store.allocate(&f.manifest);
+    f.download_piece(&store, PieceIndex(0));
+    f.download_piece(&store, PieceIndex(2));
+    f.manifest.file_id()
+}
+
+#[test]
+fn a_truncated_bitfield_is_rebuilt_by_hashing_the_part_and_no_verified_piece_is_lost() {
+    let f = fixture();
+    let id = interrupted_download(&f);
+    let bitfield = f.store_dir.join(format!("{id}.bitfield"));
+    for damage in [&[0u8, 0][..], &[0, 0, 0, 9, 0xff][..], &[][..]] {
+        fs::write(&bitfield, damage).expect("damage the bitfield");
+        let (manifest, have) = f.store().resume(id).expect("a damaged bitfield is no error").expect("resumed");
+        assert_eq!(manifest, f.manifest);
+        assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(2)], "after {damage:?}");
+        let (_, again) = f.store().resume(id).expect("resume").expect("resumed");
+        assert_eq!(again, have, "the rebuilt bitfield was persisted");
+    }
+}
+
+#[test]
+fn a_garbage_manifest_starts_the_download_over() {
+    let f = fixture();
+    let id = interrupted_download(&f);
+    let other = manifest_of(&f.source, Some(32 * 1024)).expect("another manifest of the same bytes");
+    for garbage in [b"\xff\x00 not cbor".to_vec(), other.to_cbor()] {
+        fs::write(f.store_dir.join(format!("{id}.manifest")), &garbage).expect("damage the manifest");
+        fs::write(f.store_dir.join(format!("{id}.bitfield")), b"whatever").expect("a bitfield");
+        let store = f.store();
+        assert_eq!(store.resume(id).expect("a damaged manifest is no error"), None, "nothing to resume");
+        assert_eq!(store.known_ids(), Vec::<FileId>::new(), "the damaged download's files are gone");
+        store.allocate(&f.manifest);
+        f.download_piece(&store, PieceIndex(1));
+        let (_, have) = f.store().resume(id).expect("resume").expect("the new download resumes");
+        assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(1)]);
+    }
+}
+
 #[test]
 fn finishing_never_overwrites_a_different_file() {
     let f = fixture();
@@ -152,4 +194,19 @@ fn the_disk_store_keeps_the_store_contract() {
     // A restart reopens the store from disk, as a restarted peer does.
     conformance::check(&mut open(), |store| *store = open(), &manifest, &bytes);
     assert_eq!(fs::read(out_dir.join("sample.bin")).expect("the finished file"), bytes);
+}
+
+#[test]
+fn verified_pieces_share_one_pending_bitfield_write() {
+    let f = fixture();
+    let id = f.manifest.file_id();
+    let store = f.store();
+    store.allocate(&f.manifest);
+    assert_eq!(store.mark_verified(id, PieceIndex(0)), Ok(true), "the first piece asks for a write");
+    assert_eq!(store.mark_verified(id, PieceIndex(1)), Ok(false), "the waiting write records this one too");
+    store.persist_bitfield(id).expect("persist");
+    let sidecar = f.store_dir.join(format!("{id}.bitfield"));
+    let written = read_bitfield(&sidecar, f.manifest.piece_count()).expect("a bitfield");
+    assert_eq!(written.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1)], "one write recorded both");
+    assert_eq!(store.mark_verified(id, PieceIndex(2)), Ok(true), "after the write, the next piece asks again");
 }

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2p_core::{Event, Machine, Output};
+use p2p_core::{Event, Output};
 use p2p_sim::node::NodeMachine;
 use p2p_sim::scenario::{FileFile, HoldsFile, LinkFile, PeerFile, ScenarioFile};
 use p2p_sim::world::Step;
@@ -91,10 +91,9 @@ fn run_with_budget(scenario: &Scenario, leechers: u32, budget: Duration) -> (Out
             Step::Kill(node) => machines[node.0] = None,
             Step::Input(node, input) => {
                 let Some(machine) = machines[node.0].as_mut() else { continue };
-                machine.handle(now, input);
-                outputs.extend(std::iter::from_fn(|| machine.poll_output()));
+                let timeout = p2p_core::step(machine, now, input, |output| outputs.push(output));
                 completed += count_u32(outputs.iter().filter(|o| matches!(o, Output::Event(Event::Complete { .. }))));
-                world.after_step(node, &mut outputs, machine.poll_timeout());
+                world.after_step(node, &mut outputs, timeout);
             }
         }
     };

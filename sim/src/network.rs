@@ -11,12 +11,13 @@
 //! - it leaves the buffer, front first, at its flow's rate. A flow's rate comes from
 //!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
 //!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
-//!   to its other flows, and no downlink is ever given more than its rate. This is max-min fair
-//!   except where a receiver's inbound flows are uneven — one sender cannot use the share
-//!   another leaves at a saturated downlink. We chose it over global progressive filling
-//!   because a cap then depends only on how many flows a receiver has: a flow starting or
-//!   stopping re-settles its sender and, at most, the receiver's other senders, never a chain
-//!   across the swarm;
+//!   to its other flows, and a downlink is not given more than its rate (give or take the
+//!   1/16 slack with which a changed share reaches the receiver's other senders). This is
+//!   max-min fair except where a receiver's inbound flows are uneven — one sender cannot use
+//!   the share another leaves at a saturated downlink. We chose it over global progressive
+//!   filling because a cap then depends only on how many flows a receiver has: a flow starting
+//!   or stopping re-settles its sender and, at most, the receiver's other senders, never a
+//!   chain across the swarm;
 //! - it reaches `b` one link latency (the larger of the two nodes' latencies) plus a random
 //!   jitter after it left, never before an earlier frame of the same link direction (a link is
 //!   an ordered stream, like TCP). The downlink is not a second queue: the caps above keep a
@@ -28,8 +29,8 @@
 //!   `Disconnected`. Retransmissions cost time, not uplink bytes.
 //!
 //! Rates change only at events (a flow starts or goes idle, a receiver's count changes), and
-//! each uplink has one wake-up pending, at its next frame departure. A link whose two ends are
-//! both unlimited has no flow at all: its frames leave at once.
+//! each uplink has at most one wake-up pending, at or before its next frame departure. A link
+//! whose two ends are both unlimited has no flow at all: its frames leave at once.
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
@@ -423,10 +424,16 @@ impl Network {
         if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
             return;
         }
-        receiver.share_applied = share;
+        let applied = std::mem::replace(&mut receiver.share_applied, share);
         let mut senders = std::mem::take(&mut self.senders);
         senders.extend(receiver.inbound.iter().copied());
         for (sender, other) in senders.drain(..) {
+            // A cap at or above the sender's whole rate never binds: when both the cap it holds
+            // (within the slack of the last share applied) and the new one are, it is not told.
+            let up = self.nodes[sender.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
+            if share >= up && applied * (1.0 - SHARE_SLACK) >= up {
+                continue;
+            }
             let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
                 rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
             });

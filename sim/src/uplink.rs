@@ -18,6 +18,11 @@
 //! a new connection leaves after size / (rate / active flows), not after the blocks queued on
 //! other connections.
 //!
+//! While no cap binds — the usual case — every flow has the same rate, so progress is kept as
+//! one count of bytes served per flow and a heap of when each front frame is done: an event
+//! costs O(log flows) even on a tracker's uplink with thousands of replies under way. While a
+//! cap binds, each flow keeps its own rate and bytes left.
+//!
 //! This type keeps the queues, the progress and the rates; the network decides the caps, what
 //! becomes of a frame that left, and when to wake.
 

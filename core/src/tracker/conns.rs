@@ -3,7 +3,8 @@
 //!
 //! Invariants: `deadlines` holds exactly one `(deadline, conn)` per open connection (the
 //! handshake deadline before `Hello`, the idle deadline after); `by_addr` maps a listening
-//! peer's address to the one ready `Role::Peer` connection that claimed it.
+//! peer's address to the one ready `Role::Peer` connection that claimed it; while that
+//! connection lives, nobody else may claim the address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -74,18 +75,25 @@ impl Conns {
         }
     }
 
-    /// Marks `conn` as past its handshake. Returns another connection that had claimed the same
-    /// listening address (a restarted peer's stale connection), which the caller closes.
-    pub(super) fn ready(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr) -> Option<ConnId> {
-        let entry = self.conns.get_mut(&conn)?;
+    /// Marks `conn` as past its handshake, unless another live connection already claimed the
+    /// same listening address: then `conn` is left as it was and that connection is returned
+    /// (the first claimant keeps the address until its connection ends).
+    pub(super) fn ready(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr) -> Result<(), ConnId> {
+        let claims_addr = role == Role::Peer && peer.addr.port() != 0;
+        if claims_addr {
+            if let Some(holder) = self.by_addr.get(&peer.addr).filter(|holder| **holder != conn) {
+                return Err(*holder);
+            }
+        }
+        let Some(entry) = self.conns.get_mut(&conn) else { return Ok(()) };
         entry.stage = Stage::Ready { role, peer };
         self.deadlines.remove(&(entry.deadline, conn));
         entry.deadline = now + IDLE_TIMEOUT;
         self.deadlines.insert((entry.deadline, conn));
-        if role != Role::Peer || peer.addr.port() == 0 {
-            return None;
+        if claims_addr {
+            self.by_addr.insert(peer.addr, conn);
         }
-        self.by_addr.insert(peer.addr, conn).filter(|old| *old != conn)
+        Ok(())
     }
 
     /// Forgets `conn`; returns it if it was open.

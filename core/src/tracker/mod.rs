@@ -4,12 +4,14 @@
 //! and closes); its submodules own the state behind the answers:
 //! - `conns` — open connections, their handshake stage and deadlines;
 //! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
+//! - `quotas` — what one peer registration and one source IP may make the tracker keep;
 //! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer;
 //! - `answers` — holder lists recently built per file, reused for a short time.
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
 //! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
-//! of its `Hello`, so nobody announces someone else's address; [`Role::Client`] connections
+//! of its `Hello`, so nobody announces someone else's address, and while a connection holds an
+//! address a second `Hello` claiming it is refused (it cannot close the first); [`Role::Client`] connections
 //! only `List` and `Locate` and are never holders; a peer is forgotten when its connection
 //! closes, when it leaves, or when it has not announced for `TTL_INTERVALS_COUNT` announce
 //! intervals. Bad input from the network becomes an `Error` reply (and a close for protocol
@@ -18,6 +20,7 @@
 mod answers;
 mod conns;
 mod locate;
+mod quotas;
 mod registry;
 #[cfg(test)]
 mod tests;
@@ -194,12 +197,12 @@ impl Tracker {
             return self.reject(conn, ErrorCode::Unexpected, "a tracker does not serve trackers".to_owned());
         }
         let peer = PeerAddr { peer_id: hello.peer_id, addr: SocketAddr::new(remote.ip(), hello.listen_port) };
-        let stale = self.conns.ready(now, conn, hello.role, peer);
+        if self.conns.ready(now, conn, hello.role, peer).is_err() {
+            let reason = format!("{} is registered by another live connection; retry once it is closed", peer.addr);
+            return self.reject(conn, ErrorCode::BadRequest, reason);
+        }
         let reply = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: self.peer_id, listen_port: 0 };
         self.send(conn, Message::Hello(reply));
-        if let Some(stale) = stale {
-            self.close(stale);
-        }
     }
 
     fn on_request(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr, message: Message) {

@@ -16,10 +16,12 @@
 //! - `FileEntry::counts[p]` is the number of holdings with piece `p`;
 //! - the files' `holders` and the peers' `files` lists describe the same holdings:
 //!   `(f, i)` in peer `p`'s list if and only if `files[f].holders[i] == p`;
-//! - `expiries` holds exactly one `(expires_at, peer slot)` per registered peer.
+//! - `expiries` holds exactly one `(expires_at, peer slot)` per registered peer;
+//! - each peer's `usage`, and `quotas` per source IP, count exactly its holdings (`quotas`).
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use slab::Slab;
@@ -34,6 +36,7 @@ use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr};
 
 use super::answers::Reuse;
 use super::locate;
+use super::quotas::{Cost, Quotas, Usage};
 
 /// Holdings whose bitfields share one allocation of a file's arena.
 const HOLDINGS_PER_CHUNK: usize = 16;
@@ -48,7 +51,7 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, detail: impl Into<String>) -> Refusal {
+    pub(super) fn new(code: ErrorCode, detail: impl Into<String>) -> Refusal {
         Refusal { code, detail: detail.into() }
     }
 }
@@ -64,6 +67,8 @@ pub(super) struct Registry {
     ttl: Duration,
     /// Holder lists recently built per file slot.
     reuse: Reuse,
+    /// What each source IP holds.
+    quotas: Quotas,
 }
 
 /// One known file: its manifest and one holding per peer that announced it.
@@ -90,6 +95,8 @@ pub(super) struct PeerEntry {
     pub(super) peer: PeerAddr,
     /// `(file slot, holding index)` of each file it holds, sorted by file slot.
     files: Vec<(u32, u32)>,
+    /// What its holdings cost.
+    usage: Usage,
     expires_at: Time,
 }
 
@@ -104,6 +111,7 @@ impl Registry {
             expiries: BTreeSet::new(),
             ttl,
             reuse: Reuse::default(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -136,7 +144,7 @@ impl Registry {
         manifest: Option<Manifest>,
         have: Bitfield,
     ) -> Result<bool, Refusal> {
-        self.check_announce(conn, file_id, manifest.as_ref(), &have)?;
+        self.check_announce(conn, peer.addr.ip(), file_id, manifest.as_ref(), &have)?;
         let file_slot = match self.files_by_id.entry(file_id) {
             Entry::Occupied(known) => *known.get(),
             Entry::Vacant(vacant) => match manifest {
@@ -149,7 +157,7 @@ impl Registry {
         let peer_slot = match self.peers_by_conn.entry(conn) {
             Entry::Occupied(known) => *known.get(),
             Entry::Vacant(vacant) => {
-                let record = PeerEntry { conn, peer, files: Vec::new(), expires_at: now };
+                let record = PeerEntry { conn, peer, files: Vec::new(), usage: Usage::default(), expires_at: now };
                 // Slots are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
                 let slot = self.peers.insert(record) as u32;
                 self.expiries.insert((now, slot));
@@ -173,6 +181,9 @@ impl Registry {
                 // Holdings are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
                 let index = file.add_holding(peer_slot, &have) as u32;
                 record.files.insert(at, (file_slot, index));
+                let cost = Cost::of(&file.manifest);
+                record.usage.add(cost);
+                self.quotas.add(record.peer.addr.ip(), file_slot, cost);
                 self.reuse.forget(file_slot);
                 true
             }
@@ -225,7 +236,9 @@ impl Registry {
             return self.forget(conn);
         }
         let (_, index) = record.files.remove(at);
-        self.remove_holding(file_slot, index as usize);
+        record.usage.remove(Cost::of(&self.files[file_slot as usize].manifest));
+        let ip = record.peer.addr.ip();
+        self.remove_holding(file_slot, index as usize, ip);
         None
     }
 
@@ -235,7 +248,7 @@ impl Registry {
         let record = self.peers.remove(peer_slot as usize);
         self.expiries.remove(&(record.expires_at, peer_slot));
         for (file_slot, index) in record.files {
-            self.remove_holding(file_slot, index as usize);
+            self.remove_holding(file_slot, index as usize, record.peer.addr.ip());
         }
         Some(record.peer)
     }
@@ -296,6 +309,7 @@ impl Registry {
     fn check_announce(
         &self,
         conn: ConnId,
+        ip: IpAddr,
         file_id: FileId,
         manifest: Option<&Manifest>,
         have: &Bitfield,
@@ -303,12 +317,14 @@ impl Registry {
         if manifest.is_some_and(|m| m.file_id() != file_id) {
             return Err(Refusal::new(ErrorCode::BadRequest, "the manifest's id is not the announced file id"));
         }
-        let known = self.files_by_id.get(&file_id).map(|slot| &self.files[*slot as usize]);
-        let piece_count = match (known, manifest) {
-            (Some(file), _) => file.manifest.piece_count(),
-            (None, Some(manifest)) => manifest.piece_count(),
+        let known_slot = self.files_by_id.get(&file_id).copied();
+        let known = known_slot.map(|slot| &self.files[slot as usize]);
+        let described = match (known, manifest) {
+            (Some(file), _) => &file.manifest,
+            (None, Some(manifest)) => manifest,
             (None, None) => return Err(Refusal::new(ErrorCode::UnknownFile, "unknown file; send the manifest")),
         };
+        let piece_count = described.piece_count();
         if have.len() != piece_count {
             let detail = format!("bitfield has {} bits, the file has {piece_count} pieces", have.len());
             return Err(Refusal::new(ErrorCode::BadRequest, detail));
@@ -316,16 +332,25 @@ impl Registry {
         if known.is_none() && self.files.len() >= TRACKER_FILES_MAX {
             return Err(Refusal::new(ErrorCode::Overloaded, "the tracker knows too many files"));
         }
-        if !self.peers_by_conn.contains_key(&conn) && self.peers.len() >= TRACKER_PEERS_MAX {
+        let record = self.peers_by_conn.get(&conn).map(|slot| &self.peers[*slot as usize]);
+        if record.is_none() && self.peers.len() >= TRACKER_PEERS_MAX {
             return Err(Refusal::new(ErrorCode::Overloaded, "the tracker knows too many peers"));
+        }
+        let holds = record.zip(known_slot).is_some_and(|(record, slot)| holding_of(record, slot).is_some());
+        if !holds {
+            let cost = Cost::of(described);
+            record.map_or(Usage::default(), |record| record.usage).check(cost)?;
+            self.quotas.check(ip, known_slot, cost)?;
         }
         Ok(())
     }
 
-    /// Removes holding `index` of a file; the holding moved into its place gets its new index.
-    fn remove_holding(&mut self, file_slot: u32, index: usize) {
+    /// Removes holding `index` of a file, held by a peer at `ip`; the holding moved into its
+    /// place gets its new index.
+    fn remove_holding(&mut self, file_slot: u32, index: usize, ip: IpAddr) {
         self.reuse.forget(file_slot);
         let file = &mut self.files[file_slot as usize];
+        self.quotas.remove(ip, file_slot, Cost::of(&file.manifest));
         if let Some(moved) = file.remove_holding(index) {
             let record = &mut self.peers[moved as usize];
             // A holding's peer lists it: the module's invariant.
@@ -350,9 +375,16 @@ impl Registry {
             assert!(record.files.windows(2).all(|w| w[0].0 < w[1].0), "sorted by file slot");
             assert_eq!(self.peers_by_conn[&record.conn] as usize, slot);
             assert!(self.expiries.contains(&(record.expires_at, slot as u32)));
+            let mut usage = Usage::default();
             for (file_slot, index) in &record.files {
                 assert_eq!(self.files[*file_slot as usize].holders[*index as usize] as usize, slot);
+                usage.add(Cost::of(&self.files[*file_slot as usize].manifest));
             }
+            assert_eq!(record.usage, usage);
+            let ip = record.peer.addr.ip();
+            let at_ip: usize =
+                self.peers.iter().filter(|(_, r)| r.peer.addr.ip() == ip).map(|(_, r)| r.files.len()).sum();
+            assert_eq!(self.quotas.holdings(ip) as usize, at_ip);
         }
         let holdings: usize = self.peers.iter().map(|(_, record)| record.files.len()).sum();
         assert_eq!(holdings, self.files.iter().map(|(_, file)| file.holders.len()).sum::<usize>());

@@ -7,7 +7,11 @@ use super::*;
 use crate::bitfield::Bitfield;
 use crate::error::DecodeError;
 use crate::ids::{Digest, PieceIndex};
-use crate::limits::{FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX};
+use crate::limits::{
+    FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX, PIECES_MAX,
+    PIECE_BYTES_MIN, TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
+    TRACKER_MANIFEST_BYTES_PER_PEER_MAX,
+};
 use crate::manifest::Manifest;
 
 const PIECE_BYTES: u32 = 16 * 1024;
@@ -437,7 +441,10 @@ fn garbage_closes_only_that_connection() {
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()]]);
     let stranger = h.connect(7, [10, 0, 0, 7]);
     assert!(is_closed(
-        &h.input(Input::BadFrame { conn: stranger.conn, error: DecodeError::Oversized { len: FRAME_BYTES_MAX + 1 } }),
+        &h.input(Input::BadFrame {
+            conn: stranger.conn,
+            error: DecodeError::Oversized { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX }
+        }),
         stranger.conn
     ));
     assert_eq!(only_message(&h.send(a, Message::Announced { file_id: file.file_id() })).kind(), "error");
@@ -495,17 +502,42 @@ fn other_messages_are_unexpected_but_keep_the_connection() {
 }
 
 #[test]
-fn a_restarted_peer_replaces_its_stale_connection() {
+fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (victim, d) = (h.peer(1), h.peer(4));
+    h.announce(victim, &file, &[0]);
+    let impostor = Remote { conn: ConnId::Inbound(11), ..victim };
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(victim.ip)), 50_001);
+    h.input(Input::Connected { conn: impostor.conn, remote });
+    let outputs = h.send(impostor, hello(Role::Peer, 9, victim.port));
+    let refused = outputs
+        .iter()
+        .any(|o| matches!(o, Output::Send { message: Message::Error { code: ErrorCode::BadRequest, .. }, .. }));
+    assert!(refused, "{outputs:?}");
+    assert!(is_closed(&outputs, impostor.conn) && !is_closed(&outputs, victim.conn), "only the impostor goes");
+    assert!(gone(&outputs).is_empty());
+    let fake = manifest("fake", 1);
+    let announced = h.send(
+        impostor,
+        Message::Announce { file_id: fake.file_id(), manifest: Some(Box::new(fake.clone())), have: Bitfield::full(1) },
+    );
+    assert!(announced.is_empty(), "a refused connection announces nothing");
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![victim.addr()]], "the victim is still listed");
+}
+
+#[test]
+fn a_restarted_peer_takes_its_address_back_once_the_old_connection_closed() {
     let mut h = Harness::new(1);
     let file = manifest("f", 1);
     let (old, d) = (h.peer(1), h.peer(4));
     h.announce(old, &file, &[0]);
+    h.input(Input::Disconnected { conn: old.conn });
     let new = Remote { conn: ConnId::Inbound(11), ..old };
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(old.ip)), 50_001);
     h.input(Input::Connected { conn: new.conn, remote });
     let outputs = h.send(new, hello(Role::Peer, 1, old.port));
-    assert!(is_closed(&outputs, old.conn));
-    assert_eq!(gone(&outputs), vec![(old.addr(), GoneReason::Disconnected)]);
+    assert!(matches!(outputs.as_slice(), [Output::Send { message: Message::Hello(_), .. }]), "{outputs:?}");
     h.announce(new, &file, &[0]);
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![old.addr()]], "listed once");
 }
@@ -650,4 +682,88 @@ fn a_peer_that_held_nothing_is_named_at_once_after_its_first_piece() {
     }
     assert!(h.send(starter, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) }).is_empty());
     assert_eq!(holder_addrs(&h.locate(c, &file))[2], vec![starter.addr()], "its first piece drops the reused lists");
+}
+
+/// Peer `n` connected from `ip`, listening on port `6000 + n`.
+fn peer_at(h: &mut Harness, n: u64, ip: [u8; 4]) -> Remote {
+    let remote = Remote { port: 6000 + n as u16, ..h.connect(n, ip) };
+    h.send(remote, hello(Role::Peer, n, remote.port));
+    remote
+}
+
+/// A manifest of the most pieces a file may have: its hashes take 1 MiB.
+fn largest_manifest(name: &str) -> Manifest {
+    let hashes = vec![Digest([7; 32]); PIECES_MAX as usize];
+    let length = u64::from(PIECES_MAX) * u64::from(PIECE_BYTES_MIN);
+    Manifest::new(name.to_owned(), length, PIECE_BYTES_MIN, hashes).expect("valid")
+}
+
+/// The messages among `outputs`.
+fn messages(outputs: &[Output]) -> Vec<&Message> {
+    outputs.iter().filter_map(|o| if let Output::Send { message, .. } = o { Some(message) } else { None }).collect()
+}
+
+fn announced(outputs: &[Output]) -> bool {
+    matches!(messages(outputs)[..], [Message::Announced { .. }])
+}
+
+fn refused_by_quota(outputs: &[Output]) -> bool {
+    matches!(messages(outputs)[..], [Message::Error { code: ErrorCode::Overloaded, detail, .. }] if detail.starts_with("quota"))
+}
+
+#[test]
+fn a_peer_announces_files_up_to_its_quota_and_no_more() {
+    let mut h = Harness::new(1);
+    h.check = false;
+    let p = h.peer(1);
+    for i in 0..TRACKER_FILES_PER_PEER_MAX {
+        assert!(announced(&h.announce(p, &manifest(&format!("f{i}"), 1), &[0])), "file {i}");
+    }
+    assert!(refused_by_quota(&h.announce(p, &manifest("one-more", 1), &[0])));
+    assert!(announced(&h.announce(p, &manifest("f0", 1), &[0])), "what it holds it may announce again");
+    let other = h.peer(2);
+    assert!(announced(&h.announce(other, &manifest("one-more", 1), &[0])), "another peer is not held back");
+    h.tracker.registry.check_invariants();
+}
+
+#[test]
+fn manifest_bytes_are_bounded_per_peer_and_per_address() {
+    let mut h = Harness::new(1);
+    h.check = false;
+    let cost_bytes = 32 * u64::from(PIECES_MAX) + "big-00".len() as u64;
+    let per_peer = (TRACKER_MANIFEST_BYTES_PER_PEER_MAX / cost_bytes) as usize;
+    let per_ip = (TRACKER_MANIFEST_BYTES_PER_IP_MAX / cost_bytes) as usize;
+    let ip = [10, 0, 9, 9];
+    let (a, b, c) = (peer_at(&mut h, 1, ip), peer_at(&mut h, 2, ip), peer_at(&mut h, 3, ip));
+    let files: Vec<Manifest> = (0..per_ip + 1).map(|i| largest_manifest(&format!("big-{i:02}"))).collect();
+    for (i, file) in files[..per_peer].iter().enumerate() {
+        assert!(announced(&h.announce(a, file, &[])), "file {i}");
+    }
+    assert!(refused_by_quota(&h.announce(a, &files[per_peer], &[])), "past the peer's quota");
+    for (i, file) in files[per_peer..per_ip].iter().enumerate() {
+        let peer = if i < per_peer { b } else { c };
+        assert!(announced(&h.announce(peer, file, &[])), "file {}", per_peer + i);
+    }
+    assert!(refused_by_quota(&h.announce(c, &files[per_ip], &[])), "past the address's quota");
+    assert!(announced(&h.announce(c, &files[0], &[])), "a file the address holds costs no more manifest");
+    let elsewhere = peer_at(&mut h, 4, [10, 0, 9, 10]);
+    assert!(announced(&h.announce(elsewhere, &files[per_ip], &[])), "another address is not held back");
+    h.input(Input::Disconnected { conn: a.conn });
+    assert!(announced(&h.announce(c, &files[per_ip], &[])), "a peer that goes frees its share");
+    h.tracker.registry.check_invariants();
+}
+
+#[test]
+fn the_peers_of_one_address_hold_distinct_files_up_to_its_quota() {
+    let mut h = Harness::new(1);
+    h.check = false;
+    let ip = [10, 0, 9, 9];
+    let peers: Vec<Remote> = (1..=5).map(|n| peer_at(&mut h, n, ip)).collect();
+    for i in 0..TRACKER_FILES_PER_IP_MAX {
+        let peer = peers[i / TRACKER_FILES_PER_PEER_MAX];
+        assert!(announced(&h.announce(peer, &manifest(&format!("f{i}"), 1), &[0])), "file {i}");
+    }
+    assert!(refused_by_quota(&h.announce(peers[4], &manifest("one-more", 1), &[0])));
+    assert!(announced(&h.announce(peers[4], &manifest("f0", 1), &[0])), "a file the address holds is no new file");
+    h.tracker.registry.check_invariants();
 }

@@ -1,9 +1,11 @@
 //! Length-prefixed CBOR framing over byte buffers, with no I/O.
 //!
 //! A frame is a 4-byte big-endian body length followed by one CBOR-encoded [`Message`]. The
-//! length is checked against [`FRAME_BYTES_MAX`] before any body byte is buffered, so a hostile
-//! length costs nothing. `net`'s socket codec, `sim`'s network and the fuzz tests all go through
-//! these functions.
+//! length is checked against the limit before any body byte is buffered, and a length prefix
+//! reserves nothing: a receiver's buffer grows with the bytes that arrive, never with what a
+//! prefix claims. A connection's first frame (its `Hello`) may be at most
+//! [`HELLO_FRAME_BYTES_MAX`], later ones [`FRAME_BYTES_MAX`]; [`FrameDecoder`] applies both.
+//! `net`'s socket codec, `sim`'s network and the fuzz tests all go through these functions.
 //!
 //! A `Data` payload is never copied by the codec: [`encode_frame_parts`] hands it back beside the
 //! encoded head for a vectored write, and [`decode_frame`] returns it as a slice of the received
@@ -19,7 +21,7 @@ use ciborium_io::Read as _;
 use ciborium_ll::{Decoder, Encoder, Header};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
+use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, HELLO_FRAME_BYTES_MAX};
 use crate::wire::message::Message;
 
 /// The encoding of an empty CBOR byte string: the payload placeholder of a `Data` head.
@@ -108,27 +110,47 @@ impl std::io::Write for ByteCounter {
     }
 }
 
-/// Takes one whole frame off the front of `src` and decodes it.
-///
-/// `Ok(None)`: more bytes are needed (room for the announced body is reserved). `Err`: the
-/// stream is broken — the length is over the limit (nothing is consumed) or the body does not
-/// decode (the frame is consumed); the caller should report and close.
+/// Takes one whole frame of at most [`FRAME_BYTES_MAX`] off the front of `src` and decodes it;
+/// see [`decode_frame_within`].
 pub fn decode_frame(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
-    let Some(header) = src.get(..FRAME_HEADER_BYTES) else {
+    decode_frame_within(src, FRAME_BYTES_MAX)
+}
+
+/// Takes one whole frame whose body is at most `body_bytes_max` off the front of `src` and
+/// decodes it.
+///
+/// `Ok(None)`: more bytes are needed (nothing is reserved for them). `Err`: the stream is
+/// broken — the length is over the limit (nothing is consumed) or the body does not decode
+/// (the frame is consumed); the caller should report and close.
+pub fn decode_frame_within(src: &mut BytesMut, body_bytes_max: usize) -> Result<Option<Message>, DecodeError> {
+    let Some(body_len) = body_len(src) else {
         return Ok(None);
     };
-    let mut len_bytes = [0u8; FRAME_HEADER_BYTES];
-    len_bytes.copy_from_slice(header);
-    let body_len = u32::from_be_bytes(len_bytes) as usize;
-    if body_len > FRAME_BYTES_MAX {
-        return Err(DecodeError::Oversized { len: body_len });
+    if body_len > body_bytes_max {
+        return Err(DecodeError::Oversized { len: body_len, max: body_bytes_max });
     }
     if src.len() < FRAME_HEADER_BYTES + body_len {
-        src.reserve(FRAME_HEADER_BYTES + body_len - src.len());
         return Ok(None);
     }
     src.advance(FRAME_HEADER_BYTES);
     decode_body(src.split_to(body_len).freeze()).map(Some)
+}
+
+/// The largest body a connection accepts in its next frame: [`HELLO_FRAME_BYTES_MAX`] until its
+/// first frame was decoded, [`FRAME_BYTES_MAX`] from then on.
+pub fn frame_body_bytes_max(first_frame_decoded: bool) -> usize {
+    if first_frame_decoded {
+        FRAME_BYTES_MAX
+    } else {
+        HELLO_FRAME_BYTES_MAX
+    }
+}
+
+/// The body length the frame at the front of `src` announces, once its prefix is there.
+fn body_len(src: &[u8]) -> Option<usize> {
+    let mut len_bytes = [0u8; FRAME_HEADER_BYTES];
+    len_bytes.copy_from_slice(src.get(..FRAME_HEADER_BYTES)?);
+    Some(u32::from_be_bytes(len_bytes) as usize)
 }
 
 /// Decodes one frame body. A `Data` body decodes its head with serde, an empty byte string in
@@ -185,14 +207,19 @@ fn next_text_is(decoder: &mut Decoder<&[u8]>, expected: &[u8]) -> Option<bool> {
     }
 }
 
-/// A buffer that accumulates bytes as they arrive and yields whole messages.
+/// One connection's receive buffer: it accumulates bytes as they arrive and yields whole
+/// messages, the first under [`HELLO_FRAME_BYTES_MAX`] and the others under
+/// [`FRAME_BYTES_MAX`]. Its memory follows the bytes received, not the length prefixes: the
+/// allocation stays under twice the bytes buffered plus one read, and a drained decoder holds
+/// none.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buffer: BytesMut,
+    first_frame_decoded: bool,
 }
 
 impl FrameDecoder {
-    /// An empty decoder.
+    /// An empty decoder for a connection whose first frame has not arrived.
     pub fn new() -> FrameDecoder {
         FrameDecoder::default()
     }
@@ -202,14 +229,46 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
-    /// The next whole message, if one is buffered; see [`decode_frame`].
+    /// The largest frame body accepted next.
+    pub fn body_bytes_max(&self) -> usize {
+        frame_body_bytes_max(self.first_frame_decoded)
+    }
+
+    /// The next whole message, if one is buffered; see [`decode_frame_within`].
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
-        decode_frame(&mut self.buffer)
+        let body_bytes_max = self.body_bytes_max();
+        let message = decode_frame_within(&mut self.buffer, body_bytes_max)?;
+        self.first_frame_decoded |= message.is_some();
+        Ok(message)
+    }
+
+    /// Makes room for the next read into [`FrameDecoder::buffer_mut`] of up to `read_bytes`.
+    /// Nothing is reserved for what a length prefix claims: when the buffer is full its
+    /// allocation at most doubles, so it grows with the bytes that actually arrive.
+    pub fn reserve(&mut self, read_bytes: usize) {
+        self.buffer.reserve(read_bytes);
+    }
+
+    /// The buffer to read received bytes into (after [`FrameDecoder::reserve`]).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Frees the buffer when it holds no unread byte, so a waiting connection holds no memory.
+    pub fn release_if_drained(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
     }
 
     /// Bytes buffered but not yet decoded.
     pub fn buffered_bytes(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Bytes the buffer holds allocated (buffered or reserved).
+    pub fn capacity_bytes(&self) -> usize {
+        self.buffer.capacity()
     }
 }
 
@@ -229,11 +288,82 @@ mod tests {
         buf
     }
 
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            version: u32::MAX,
+            role: Role::Tracker,
+            peer_id: PeerId([0xff; 16]),
+            listen_port: u16::MAX,
+        })
+    }
+
+    /// A frame whose body is `body_len` bytes of CBOR that is not a message.
+    fn filler_frame(body_len: usize) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(body_len as u32);
+        buf.resize(FRAME_HEADER_BYTES + body_len, 0xff);
+        buf
+    }
+
     #[test]
     fn oversized_length_is_refused_before_buffering() {
         let mut buf = BytesMut::from(&((FRAME_BYTES_MAX as u32) + 1).to_be_bytes()[..]);
-        assert_eq!(decode_frame(&mut buf), Err(DecodeError::Oversized { len: FRAME_BYTES_MAX + 1 }));
+        let refused = Err(DecodeError::Oversized { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX });
+        assert_eq!(decode_frame(&mut buf), refused);
         assert!(buf.capacity() < 1024, "no room reserved for a hostile length");
+    }
+
+    #[test]
+    fn a_length_prefix_reserves_nothing_until_the_bytes_arrive() {
+        let mut buf = BytesMut::from(&(FRAME_BYTES_MAX as u32).to_be_bytes()[..]);
+        assert_eq!(decode_frame(&mut buf), Ok(None));
+        assert!(buf.capacity() < 1024, "a claim of {FRAME_BYTES_MAX} bytes reserved {}", buf.capacity());
+
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&frame(&hello()));
+        assert_eq!(decoder.next_message(), Ok(Some(hello())));
+        decoder.extend(&(FRAME_BYTES_MAX as u32).to_be_bytes());
+        decoder.reserve(8 * 1024);
+        assert!(decoder.capacity_bytes() < 64 * 1024, "reserved {} for a bare prefix", decoder.capacity_bytes());
+        let mut received = FRAME_HEADER_BYTES;
+        while received < 1024 * 1024 {
+            decoder.reserve(8 * 1024);
+            let spare = decoder.capacity_bytes() - decoder.buffered_bytes();
+            decoder.extend(&vec![0; spare.min(100_000)]);
+            received += spare.min(100_000);
+            assert!(
+                decoder.capacity_bytes() <= 2 * received + 16 * 1024,
+                "{} for {received}",
+                decoder.capacity_bytes()
+            );
+        }
+        assert_eq!(decoder.next_message(), Ok(None), "the frame is still incomplete");
+    }
+
+    #[test]
+    fn the_largest_hello_fits_the_first_frame_limit_with_room_for_a_refusal() {
+        let body_len = frame(&hello()).len() - FRAME_HEADER_BYTES;
+        assert!(body_len < 100, "a hello of {body_len} bytes");
+        let refusal = Message::error(None, ErrorCode::Overloaded, "x".repeat(400));
+        assert!(frame(&refusal).len() - FRAME_HEADER_BYTES <= HELLO_FRAME_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_first_frame_over_the_hello_limit_is_refused_and_later_frames_may_be_large() {
+        let mut at_bound = FrameDecoder::new();
+        at_bound.extend(&filler_frame(HELLO_FRAME_BYTES_MAX));
+        assert!(matches!(at_bound.next_message(), Err(DecodeError::Malformed(_))), "decoded, not refused");
+
+        let mut over = FrameDecoder::new();
+        over.extend(&filler_frame(HELLO_FRAME_BYTES_MAX + 1)[..FRAME_HEADER_BYTES]);
+        let refused = Err(DecodeError::Oversized { len: HELLO_FRAME_BYTES_MAX + 1, max: HELLO_FRAME_BYTES_MAX });
+        assert_eq!(over.next_message(), refused, "refused from its prefix alone");
+
+        let mut after_hello = FrameDecoder::new();
+        after_hello.extend(&frame(&hello()));
+        after_hello.extend(&filler_frame(FRAME_BYTES_MAX));
+        assert_eq!(after_hello.next_message(), Ok(Some(hello())));
+        assert!(matches!(after_hello.next_message(), Err(DecodeError::Malformed(_))), "the largest frame is read");
     }
 
     #[test]
@@ -443,19 +573,21 @@ mod tests {
 
         #[test]
         fn messages_split_anywhere_reassemble(messages in proptest::collection::vec(arb_message(), 1..5), split in 1usize..64) {
-            let mut all = BytesMut::new();
+            let mut all = frame(&hello());
             for message in &messages {
                 encode_frame(message, &mut all).expect("fits");
             }
             let mut decoder = FrameDecoder::new();
             let mut got = Vec::new();
             for chunk in all.chunks(split) {
+                decoder.reserve(split);
                 decoder.extend(chunk);
                 while let Some(message) = decoder.next_message().expect("valid stream") {
                     got.push(message);
                 }
             }
-            prop_assert_eq!(got, messages);
+            prop_assert_eq!(got.first(), Some(&hello()));
+            prop_assert_eq!(&got[1..], &messages[..]);
         }
 
         #[test]

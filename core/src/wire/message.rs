@@ -82,7 +82,7 @@ pub enum ErrorCode {
     UnknownFile,
     /// The message names a piece, range or bitfield that does not fit the file.
     BadRequest,
-    /// A limit on files, peers or connections was reached.
+    /// A limit on files, peers or connections, or a per-peer or per-address quota, was reached.
     Overloaded,
     /// The message is not one this side handles.
     Unexpected,

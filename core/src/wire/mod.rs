@@ -4,6 +4,8 @@ pub mod codec;
 mod holders;
 pub mod message;
 
-pub use codec::{decode_frame, encode_frame, encode_frame_parts, FrameDecoder};
+pub use codec::{
+    decode_frame, decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max, FrameDecoder,
+};
 pub use holders::Holders;
 pub use message::{ErrorCode, FileSummary, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
