@@ -121,11 +121,35 @@ pub const OUTBOUND_PEERS_MAX: usize = 32;
 /// remote tries other holders. Bounds the per-piece work of telling remotes about new pieces.
 pub const INBOUND_PEERS_MAX: usize = 64;
 
-/// Block requests a downloader keeps in flight on one connection (pipelining depth).
+/// Most block requests a downloader keeps in flight on one connection (the pipeline's depth
+/// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
 pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
+
+/// Smallest pipeline (bytes of requests in flight) to a remote, and the one it starts with.
+pub const REQUEST_PIPELINE_BYTES_MIN: u64 = BLOCK_BYTES as u64;
+
+/// How long a remote's pipeline lasts at its measured rate: a round trip with room to spare
+/// for the uploader's turns between its upload slots. A slow remote is asked for few blocks at
+/// a time, so the pieces it would hold up go to faster ones.
+pub const REQUEST_PIPELINE_TIME: Duration = Duration::from_secs(1);
+
+/// Shortest stretch over which a remote's delivery rate is measured.
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// Requests one connection may have queued at the serving side before it is told to back off.
 pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
+
+/// Bytes a connection's served blocks may have read or queued and not yet handed to the
+/// transport (the driver's `Sent`) before its next block is read: two blocks, so the next one
+/// is ready as the last leaves, while the rest of its requests wait where a `Cancel` recalls
+/// them.
+pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
+
+/// Connections served at a time (upload slots); the others' requests wait their turn.
+pub const UPLOAD_SLOTS_COUNT: usize = 4;
+
+/// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
+pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
 
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
@@ -137,9 +161,9 @@ pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
 pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
 
 /// Pieces a seeder offers each of several downloaders at a time, beyond what it already
-/// uploaded to it: room for two full sets of assigned pieces, so the pipeline never waits for
-/// the next offer.
-pub const OFFER_WINDOW_PIECES: usize = 2 * PIECES_ASSIGNED_PER_CONN_MAX;
+/// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a
+/// piece nobody else was offered, and no downloader holds offers the others wait for.
+pub const OFFER_WINDOW_PIECES: usize = 1;
 
 /// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
@@ -155,6 +179,10 @@ pub const STRIKES_BEFORE_BAN_COUNT: u32 = 2;
 
 /// How long a block request may go unanswered before the piece is given to another remote.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a remote that delivers slowly may let requests wait before they go elsewhere (see
+/// [`REQUEST_TIMEOUT`]).
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(30);
 
 /// How long a connection may take to send its `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

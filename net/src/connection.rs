@@ -11,7 +11,8 @@
 //! After a bad frame it stops reading (the machine answers and closes); after an eviction it
 //! stops and reports the connection closed. The writer takes every frame queued so far and sends them with
 //! vectored writes — many small frames in one system call, a `Data` payload straight from the
-//! buffer it was read into — so it keeps no buffer of its own; the bytes queued for it are
+//! buffer it was read into — so it keeps no buffer of its own, and after each round tells
+//! the driver how many frames the socket took (the machine's `Input::Sent`); the bytes queued for it are
 //! counted so the driver can drop a connection whose remote does not read. Nothing here panics
 //! on what the remote sends.
 
@@ -139,6 +140,9 @@ pub enum ConnReport {
     Messages(Vec<Message>, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
     BadFrame(DecodeError),
+    /// The writer handed this many more frames, in the order they were queued, to the socket
+    /// (one report per write round): the driver's `Input::Sent`.
+    Sent(u32),
     /// The stream ended or failed.
     Closed,
 }
@@ -479,7 +483,8 @@ async fn write_loop(
     driver: Recipient<ConnEvent>,
 ) {
     let mut out = half;
-    match write_until_close(&mut out, &mut commands).await {
+    let sent = |frames| driver.do_send(ConnEvent { conn, token, report: ConnReport::Sent(frames) });
+    match write_until_close(&mut out, &mut commands, sent).await {
         Ok(()) => {
             if let Err(e) = out.shutdown().await {
                 tracing::debug!("{conn}: shutdown failed: {e}");
@@ -493,17 +498,22 @@ async fn write_loop(
 }
 
 /// Writes queued frames until `Close` or the driver drops the queue: each round takes every
-/// frame queued by then and sends them all.
+/// frame queued by then, sends them all, and tells `sent` how many the socket took.
 async fn write_until_close(
     out: &mut OwnedWriteHalf,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
+    sent: impl Fn(u32),
 ) -> io::Result<()> {
     while let Some(mut command) = commands.recv().await {
         // A fresh queue each round: an idle writer keeps nothing.
         let mut outgoing = Outgoing::default();
+        let mut frames = 0u32;
         let closing = loop {
             match command {
-                WriterCmd::Frame(queued) => outgoing.push(queued),
+                WriterCmd::Frame(queued) => {
+                    outgoing.push(queued);
+                    frames += 1;
+                }
                 WriterCmd::Close => break true,
             }
             match commands.try_recv() {
@@ -512,6 +522,9 @@ async fn write_until_close(
             }
         };
         out.write_all_buf(&mut outgoing).await?;
+        if frames > 0 {
+            sent(frames);
+        }
         if closing {
             return Ok(());
         }

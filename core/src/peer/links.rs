@@ -9,7 +9,7 @@ use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, LOCATE_INTERVAL,
-    OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY,
+    OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -378,11 +378,13 @@ impl Peer {
         }
     }
 
-    /// Closes silent or idle connections and takes the pieces of stalled remotes elsewhere.
+    /// Closes silent or idle connections, takes the pieces of stalled remotes elsewhere (a
+    /// stalled remote rests for a while: no new requests), and wakes remotes whose rest is over.
     pub(super) fn remote_timeouts(&mut self) {
         let now = self.now;
         let mut to_close = Vec::new();
         let mut stalled = Vec::new();
+        let mut rested = Vec::new();
         for (conn, remote) in &self.remotes {
             if remote.stage != Stage::Ready {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
@@ -392,16 +394,28 @@ impl Peer {
                 if deadline <= now {
                     stalled.extend(remote.in_flight.iter().map(|(file_id, piece, _)| (*conn, *file_id, *piece)));
                 }
-            } else if remote.serving == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
+            } else if remote.resting_until.is_some_and(|until| until <= now) {
+                rested.push(*conn);
+            } else if self.uploads.serving(*conn) == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
                 to_close.push(*conn);
             }
+        }
+        for conn in rested {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.resting_until = None;
+            }
+            self.schedule(conn);
         }
         if stalled.is_empty() && to_close.is_empty() {
             return;
         }
         stalled.dedup();
         for (conn, file_id, piece) in stalled {
-            self.give_up_on(conn, file_id, piece);
+            // Slow, not wrong: it keeps its pieces (a late block is still taken) but rests.
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.resting_until = Some(now + REQUEST_TIMEOUT);
+            }
+            self.unassign(conn, file_id, piece);
         }
         for conn in to_close {
             self.close_remote(conn);

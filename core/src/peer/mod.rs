@@ -6,18 +6,18 @@
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
 //! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
 //!   request timeouts, endgame) and what to do with arriving data and hashes;
-//! - `serve`: answering remotes' requests under the upload limit;
-//! - `offers`: which pieces a whole-file holder tells each of several downloaders it has;
+//! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
+//!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
+//!   which pieces a whole-file holder tells each of several downloaders it has (offers);
 //! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
 //!   states and their transitions.
 
 mod links;
-mod offers;
 mod pieces;
 mod remote;
 mod scheduler;
-mod serve;
 mod tracker_link;
+mod uploads;
 
 #[cfg(test)]
 mod tests;
@@ -38,8 +38,8 @@ use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
 use pieces::FileEntry;
 use remote::Remote;
-use serve::Uploads;
 use tracker_link::TrackerLink;
+use uploads::Uploads;
 
 /// How a peer is set up.
 #[derive(Clone, Debug)]
@@ -184,6 +184,13 @@ impl Peer {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
+        if self.remotes.contains_key(&conn) {
+            let data_bytes = match &message {
+                Message::Data { bytes, .. } => Some(u32::try_from(bytes.len()).unwrap_or(u32::MAX)),
+                _ => None,
+            };
+            self.uploads.frame_queued(conn, data_bytes);
+        }
         self.push(Output::Send { conn, message });
     }
 
@@ -315,8 +322,7 @@ impl Machine for Peer {
             }
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
-            // Not used yet: serving is paced by the upload limit alone.
-            Input::Sent { .. } => {}
+            Input::Sent { conn, frames } => self.on_sent(conn, frames),
             Input::Timeout => self.on_timeout(),
             Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),

@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
-use super::offers::Spread;
+use super::uploads::Spread;
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -219,9 +219,14 @@ impl Download {
     /// started together find each other once their first pieces arrived.
     pub fn on_answer(&mut self, now: Time, peers: usize) {
         if !self.located && peers < HOLDERS_PER_PIECE_MAX {
-            self.next_locate = self.next_locate.min(now + LOCATE_INTERVAL_SECOND);
+            self.ask_soon(now);
         }
         self.located = true;
+    }
+
+    /// Asks the tracker again [`LOCATE_INTERVAL_SECOND`] from `now` unless an ask is due sooner.
+    pub fn ask_soon(&mut self, now: Time) {
+        self.next_locate = self.next_locate.min(now + LOCATE_INTERVAL_SECOND);
     }
 
     /// When the tracker may be asked next: at the planned time, but not while the last ask is

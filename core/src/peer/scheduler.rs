@@ -1,11 +1,12 @@
 //! What to request from whom, and what to do with what arrives.
 //!
-//! Each ready remote keeps up to `REQUESTS_IN_FLIGHT_PER_CONN_MAX` block requests in flight.
-//! Blocks come first from the pieces already assigned to it; a new piece is the rarest among
+//! Each ready remote keeps block requests in flight for about `REQUEST_PIPELINE_TIME` of its
+//! measured delivery rate (at least one block, at most `REQUESTS_IN_FLIGHT_PER_CONN_MAX`), so a
+//! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a new piece is the rarest among
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
-//! went away come before fresh ones. When nothing unassigned is left that a remote holds and its
-//! pipeline is empty, it joins a piece another remote is fetching (endgame) and the slower copy
-//! is cancelled as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
+//! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
+//! empty, it joins a piece another remote is fetching (endgame) and the slower copy is cancelled
+//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
 //! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
 
 use std::collections::BTreeSet;
@@ -16,8 +17,8 @@ use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX, PIECES_ASSIGNED_PER_CONN_MAX,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
+    ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX,
+    PIECES_ASSIGNED_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
@@ -58,9 +59,11 @@ impl Peer {
     }
 
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest.as_ref()) else { return };
+        let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
-            if remote.in_flight.len() >= REQUESTS_IN_FLIGHT_PER_CONN_MAX {
+            if remote.in_flight.len() >= remote.pipeline_depth(block_bytes) || remote.is_resting(self.now) {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id) {
@@ -127,9 +130,10 @@ impl Peer {
         if !ties.is_empty() {
             return Some(Choice::Fresh(ties[self.rng.below(ties.len())]));
         }
-        // Endgame only for a remote with nothing else to do, one duplicate piece at a time:
-        // a busy remote would only fetch twice what is already on its way.
-        if !remote.in_flight.is_empty() {
+        // Endgame only once no piece is left to start, and only for a remote with nothing else
+        // to do, one duplicate piece at a time: before, or with a busy remote, it would only
+        // fetch twice what is already on its way.
+        if !remote.in_flight.is_empty() || download.missing.count() > 0 {
             return None;
         }
         // Candidates are the pieces it holds that are neither ours nor missing: active (or
@@ -175,25 +179,27 @@ impl Peer {
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
-    /// A block arrived. Unrequested or late blocks are dropped; a block of the wrong length is a
-    /// protocol violation.
+    /// A block arrived. A block requested and then cancelled (late) is still taken while its
+    /// piece is being fetched and lacks it; other unrequested blocks are dropped. A block of the
+    /// wrong length is a protocol violation.
     pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.in_flight.remove(&(file_id, piece, offset)) {
-            return;
-        }
+        // Bytes arriving are progress, requested or late.
+        remote.in_flight.remove(&(file_id, piece, offset));
         remote.progress_at = self.now;
+        remote.rate.arrived(self.now, bytes.len() as u64);
+        remote.resting_until = None;
         let sender = remote.identity();
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let Some(manifest) = entry.manifest.as_ref() else { return };
         let piece_len = manifest.piece_len(piece);
         let Some(block) = block_at(piece_len, offset) else { return };
+        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
+        let bit = 1u64 << block;
         if bytes.len() != block_span(piece_len, block).1 as usize {
             self.violation(conn, format!("block {piece}+{offset} of {} bytes", bytes.len()));
             return;
         }
-        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
-        let bit = 1u64 << block;
         if let Some(mask) = active.assignees.get_mut(&conn) {
             *mask &= !bit;
         }
@@ -208,6 +214,10 @@ impl Peer {
             self.cancel_block(*loser, file_id, piece, offset, bit);
         }
         if complete {
+            // A late block may complete a piece nobody was fetching any more.
+            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+                download.orphans.unset(piece);
+            }
             self.release_piece(file_id, piece);
         }
         self.push(Output::WriteBlock { file_id, piece, offset, bytes });
@@ -257,7 +267,7 @@ impl Peer {
         }
     }
 
-    /// Stops asking `conn` for `piece` (it refused or was too slow): the piece goes to another
+    /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
     /// remote, and this connection is not asked for it again.
     pub(super) fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
@@ -319,6 +329,11 @@ impl Peer {
         download.active_count -= 1;
         entry.have.set(piece);
         download.debug_check(&entry.have);
+        if entry.have.count() == 1 {
+            // Downloaders that started together get their first pieces about now: ask soon
+            // for the holders among them.
+            download.ask_soon(self.now);
+        }
         let progress = self.progress(file_id);
         let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });

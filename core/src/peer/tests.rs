@@ -73,7 +73,8 @@ fn a_b_c_each_hold_one_piece_d_fetches_all_three_at_once_then_e_fetches_from_d()
 fn requests_are_pipelined_and_bounded_per_connection() {
     let mut h = Harness::new(2);
     let (bytes, manifest) = file(40 * BLOCK_BYTES as usize, 1024 * 1024, 1);
-    let (seeder, leecher) = (h.add_peer(1, None), h.add_peer(2, None));
+    // The pipeline is sized from the seeder's measured rate: 8 MiB/s keeps every request busy.
+    let (seeder, leecher) = (h.add_peer(1, Some(8 * 1024 * 1024)), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
     h.run_for(Duration::from_millis(10));
     get(&mut h, leecher, &manifest);

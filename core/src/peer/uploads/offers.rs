@@ -4,9 +4,11 @@
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
 //! everything. A lone downloader is told everything. While a second downloader of the file is
-//! connected, a newcomer is told only a window of `OFFER_WINDOW_PIECES` pieces it lacks that
-//! were never offered to anyone (a rotating cursor from a random start picks them), so the
-//! downloaders fetch different pieces from the seeder and the rest from each other. Each piece
+//! connected, a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks that was never
+//! offered to anyone (a rotating cursor from a random start picks them), so each of the
+//! seeder's turns with a downloader (see the upload slots in `uploads`) sends a piece nobody
+//! else got, whatever the file's size and however many downloaders arrive. The downloaders
+//! fetch different pieces from the seeder and the rest from each other. Each piece
 //! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
 //! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
 //! downloader with no offer outstanding is offered one piece, the least offered, so nobody
@@ -22,12 +24,12 @@ use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
 use crate::rng::Rng;
 use crate::wire::Message;
 
-use super::remote::Stage;
-use super::Peer;
+use super::super::remote::Stage;
+use super::super::Peer;
 
 /// How often each piece of a whole file was offered or uploaded to a downloader.
 #[derive(Debug)]
-pub(super) struct Spread {
+pub(in crate::peer) struct Spread {
     offers: Vec<u16>,
     /// Where the next search for a least-offered piece starts.
     cursor: usize,
@@ -37,7 +39,7 @@ pub(super) struct Spread {
 
 /// What a seeder told one downloader of one file.
 #[derive(Debug)]
-pub(super) struct Offer {
+pub(in crate::peer) struct Offer {
     /// Pieces announced to it (its view of our bitfield).
     told: Bitfield,
     /// Announced pieces it neither fetched from us nor reported holding yet.
@@ -91,7 +93,7 @@ impl Peer {
     /// Our bitfield message for `file_id` on `conn`: the whole of what we hold, or the first
     /// window of offers when we shared the whole file ourselves, some piece never went out yet
     /// and `conn` is one of several downloaders.
-    pub(super) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
+    pub(in crate::peer) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
         let have = entry.have.clone();
         let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.unoffered > 0);
@@ -107,7 +109,7 @@ impl Peer {
     }
 
     /// We finished uploading `piece` to `conn`.
-    pub(super) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+    pub(in crate::peer) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         match remote.offers.get_mut(&file_id) {
             Some(offer) => {
@@ -125,7 +127,7 @@ impl Peer {
     }
 
     /// `conn` reported holding `pieces` (from us or from anyone else).
-    pub(super) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
+    pub(in crate::peer) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
             remote.offers.remove(&file_id);
@@ -144,7 +146,7 @@ impl Peer {
 
     /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
     /// is told everything.
-    pub(super) fn downloader_gone(&mut self, file_id: FileId) {
+    pub(in crate::peer) fn downloader_gone(&mut self, file_id: FileId) {
         let mut downloading = self
             .remotes
             .iter()

@@ -1,0 +1,322 @@
+//! The upload side of a peer: which remote's request is read from the store next, and when.
+//!
+//! [`Uploads`] is a small machine of its own. Its inputs are a remote's checked request
+//! ([`Uploads::request`]) or cancel, every frame the peer queues on a connection
+//! ([`Uploads::frame_queued`]), the driver's report that frames reached the transport
+//! ([`Uploads::sent`]), a finished read, and a closed connection; its output is the next read
+//! to start ([`Uploads::next_read`]) and the time it wants to be asked again. Its state is
+//! private to this module; `serve.rs` routes the peer's inputs to it and `offers.rs` decides
+//! which pieces a seeder tells each downloader it has (super-seeding).
+//!
+//! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
+//! queued data waiting where a `Cancel` can no longer recall it:
+//! - **Backpressure.** A connection gets its next read only while the bytes read for it and
+//!   not yet reported sent stay under [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its
+//!   requests wait here, where a `Cancel` removes them, not in a transport buffer. The frames
+//!   the peer queued on a connection are counted, and each `Sent` report moves the count of
+//!   frames that left forward, so a `Data` frame is known to be on its way once every frame
+//!   queued before it (and itself) left.
+//! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
+//!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
+//!   passed on. The others wait in arrival order. A slot holder that has been served
+//!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
+//!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
+//!   requests are all served and sent gives its slot up.
+//! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
+//!
+//! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
+//! outstanding with the driver at once.
+
+mod offers;
+mod pacing;
+mod serve;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::limits::{
+    SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_SLOTS_COUNT,
+    UPLOAD_TURN_BYTES,
+};
+use crate::time::Time;
+
+use pacing::TokenBucket;
+
+pub(super) use offers::{Offer, Spread};
+
+/// A queued block request of a remote, and the read the driver is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ServeJob {
+    pub conn: ConnId,
+    pub file_id: FileId,
+    pub piece: PieceIndex,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// A request that cannot be queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct QueueFull;
+
+/// What the upload side keeps per connection.
+#[derive(Debug, Default)]
+struct ConnUploads {
+    /// Requests not yet read, first come first served.
+    queue: VecDeque<ServeJob>,
+    /// Bytes being read for it, or read and not taken by the transport yet.
+    unsent_bytes: u64,
+    /// Frames the peer queued on the connection, and how many of them were reported sent.
+    frames_queued: u64,
+    frames_sent: u64,
+    /// `Data` frames not reported sent: their number among the queued frames, and their bytes.
+    unsent_data: VecDeque<(u64, u32)>,
+    /// Reads started for it and not finished.
+    reads: Vec<ServeJob>,
+    /// Bytes read for it since it got its slot.
+    turn_bytes: u64,
+    /// Its turn is over: it gets no more reads, and hands its slot on once what was read for
+    /// it left.
+    turn_over: bool,
+}
+
+impl ConnUploads {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.unsent_bytes == 0
+    }
+}
+
+/// The serving side's queues, slots, backpressure and pacing.
+#[derive(Debug)]
+pub(super) struct Uploads {
+    bucket: Option<TokenBucket>,
+    /// Every open peer connection the peer sent a frame on.
+    conns: BTreeMap<ConnId, ConnUploads>,
+    /// Connections holding a slot, in turn order (the front is served next).
+    slots: VecDeque<ConnId>,
+    /// Connections with queued requests and no slot, in arrival order.
+    waiting: VecDeque<ConnId>,
+    reads_in_flight: usize,
+    wake_at: Option<Time>,
+}
+
+impl Uploads {
+    /// Unpaced when `limit` is `None`.
+    pub fn new(limit_bytes_per_s: Option<u64>) -> Uploads {
+        Uploads {
+            bucket: limit_bytes_per_s.map(TokenBucket::new),
+            conns: BTreeMap::new(),
+            slots: VecDeque::new(),
+            waiting: VecDeque::new(),
+            reads_in_flight: 0,
+            wake_at: None,
+        }
+    }
+
+    /// When the pacer wants to run again.
+    pub fn wake_at(&self) -> Option<Time> {
+        self.wake_at
+    }
+
+    /// Requests of `conn` queued or being read (a connection serving them is not idle).
+    pub fn serving(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.queue.len() + c.reads.len())
+    }
+
+    /// Queues a checked request.
+    pub fn request(&mut self, job: ServeJob) -> Result<(), QueueFull> {
+        let state = self.conns.entry(job.conn).or_default();
+        if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
+            return Err(QueueFull);
+        }
+        state.queue.push_back(job);
+        if !self.slots.contains(&job.conn) && !self.waiting.contains(&job.conn) {
+            self.waiting.push_back(job.conn);
+        }
+        Ok(())
+    }
+
+    /// Removes a queued request; whether it was queued (a read already started is not recalled).
+    pub fn cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+        let Some(state) = self.conns.get_mut(&conn) else { return false };
+        let found = state.queue.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset);
+        let Some(at) = found else { return false };
+        state.queue.remove(at);
+        if state.queue.is_empty() {
+            self.waiting.retain(|c| *c != conn);
+        }
+        true
+    }
+
+    /// The peer queued a frame on `conn`: `data_bytes` is the payload of a `Data` frame.
+    pub fn frame_queued(&mut self, conn: ConnId, data_bytes: Option<u32>) {
+        let state = self.conns.entry(conn).or_default();
+        state.frames_queued += 1;
+        if let Some(bytes) = data_bytes {
+            state.unsent_data.push_back((state.frames_queued, bytes));
+            state.unsent_bytes += u64::from(bytes);
+        }
+    }
+
+    /// The driver reports `frames` more of `conn`'s frames handed to the transport.
+    pub fn sent(&mut self, conn: ConnId, frames: u32) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        state.frames_sent = (state.frames_sent + u64::from(frames)).min(state.frames_queued);
+        while let Some(&(number, bytes)) = state.unsent_data.front() {
+            if number > state.frames_sent {
+                break;
+            }
+            state.unsent_data.pop_front();
+            state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
+        }
+    }
+
+    /// The read of `conn`'s block at `piece`+`offset` finished (its `Data` frame, if any, is
+    /// counted by [`Uploads::frame_queued`]).
+    pub fn read_done(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        let found = state.reads.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset);
+        if let Some(at) = found {
+            let job = state.reads.swap_remove(at);
+            state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(job.len));
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub fn drop_conn(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.slots.retain(|c| *c != conn);
+        self.waiting.retain(|c| *c != conn);
+    }
+
+    /// The next read to start at `now`, if the read bound, the slots, backpressure and the
+    /// upload limit allow one.
+    pub fn next_read(&mut self, now: Time) -> Option<ServeJob> {
+        self.wake_at = None;
+        if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
+            return None;
+        }
+        self.fill_slots();
+        let turn = self.slots.iter().position(|conn| {
+            let state = &self.conns[conn];
+            !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
+        })?;
+        let conn = self.slots[turn];
+        if let Some(bucket) = self.bucket.as_mut() {
+            bucket.refill(now);
+            if !bucket.can_spend() {
+                self.wake_at = Some(bucket.positive_at());
+                return None;
+            }
+            bucket.spend(self.conns[&conn].queue.front().map_or(0, |j| j.len));
+        }
+        Some(self.take(turn))
+    }
+
+    /// Takes the first request of the slot holder at `turn`, which goes to the back of the turn
+    /// order; its turn is over once it was served [`UPLOAD_TURN_BYTES`] while others wait.
+    fn take(&mut self, turn: usize) -> ServeJob {
+        let conn = self.slots.remove(turn).expect("the caller found this slot");
+        let state = self.conns.get_mut(&conn).expect("slot holders have state");
+        let job = state.queue.pop_front().expect("the caller found a queued request");
+        state.reads.push(job);
+        state.unsent_bytes += u64::from(job.len);
+        state.turn_bytes += u64::from(job.len);
+        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty();
+        self.reads_in_flight += 1;
+        self.slots.push_back(conn);
+        job
+    }
+
+    /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
+    /// left (to the back of the line if they have requests left), and gives free slots to the
+    /// first in line.
+    fn fill_slots(&mut self) {
+        let mut kept = VecDeque::with_capacity(self.slots.len());
+        while let Some(conn) = self.slots.pop_front() {
+            let Some(state) = self.conns.get_mut(&conn) else { continue };
+            if state.turn_over && state.unsent_bytes == 0 {
+                state.turn_over = false;
+                if !state.queue.is_empty() {
+                    self.waiting.push_back(conn);
+                }
+            } else if !state.idle() {
+                kept.push_back(conn);
+            }
+        }
+        self.slots = kept;
+        while self.slots.len() < UPLOAD_SLOTS_COUNT {
+            let Some(conn) = self.waiting.pop_front() else { break };
+            if let Some(state) = self.conns.get_mut(&conn) {
+                state.turn_bytes = 0;
+                self.slots.push_back(conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::BLOCK_BYTES;
+
+    const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
+
+    fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
+        let job = ServeJob {
+            conn: ConnId::Inbound(conn),
+            file_id: FILE,
+            piece: PieceIndex(piece),
+            offset: 0,
+            len: BLOCK_BYTES,
+        };
+        uploads.request(job).expect("room in the queue");
+    }
+
+    /// Starts every read allowed now; each becomes a queued `Data` frame at once.
+    fn serve(uploads: &mut Uploads) -> Vec<(u64, u32)> {
+        let mut served = Vec::new();
+        while let Some(job) = uploads.next_read(Time::ZERO) {
+            uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
+            uploads.frame_queued(job.conn, Some(job.len));
+            let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
+            served.push((conn, job.piece.0));
+        }
+        served
+    }
+
+    #[test]
+    fn a_connection_gets_its_next_block_only_when_the_earlier_ones_left() {
+        let mut uploads = Uploads::new(None);
+        for piece in 0..5 {
+            request(&mut uploads, 1, piece);
+        }
+        assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads), [(1, 2)]);
+        assert!(uploads.cancel(ConnId::Inbound(1), FILE, PieceIndex(3), 0), "a queued request is recalled");
+        uploads.sent(ConnId::Inbound(1), 2);
+        assert_eq!(serve(&mut uploads), [(1, 4)]);
+    }
+
+    #[test]
+    fn a_bounded_number_of_connections_is_served_and_the_others_take_their_turns() {
+        let mut uploads = Uploads::new(None);
+        let conns = UPLOAD_SLOTS_COUNT as u64 + 2;
+        for conn in 1..=conns {
+            request(&mut uploads, conn, 0);
+            request(&mut uploads, conn, 1);
+        }
+        let first: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(first, (1..=UPLOAD_SLOTS_COUNT as u64).collect::<Vec<_>>(), "one block per turn, slots only");
+        // The first holder's block left: its slot goes to the first in line, and it queues
+        // behind the others for its second block.
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_COUNT as u64 + 1, 0)]);
+        for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
+            uploads.sent(ConnId::Inbound(conn), 1);
+        }
+        let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(next, [conns, 1, 2], "the last newcomer, then the earlier holders in turn");
+    }
+}
