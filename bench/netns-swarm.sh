@@ -36,7 +36,7 @@ host() {
   ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${RATE_MBIT}mbit" burst 32kb latency 100ms
 }
 in_host() { local i=$1; shift; ip netns exec "$tag-$i" "$@"; }
-wait_line() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for '$2' in $1" >&2; exit 1; }
+wait_line() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for '$2' in $1:" >&2; cat "${1%.log}.err" >&2; exit 1; }
 
 ip link add "$bridge" type bridge; ip link set "$bridge" up
 for i in $(seq 1 $((N + 2))); do host "$i"; done
@@ -46,16 +46,18 @@ tmin=$(awk -v f=$size -v u=$up -v n=$N 'BEGIN { a = f / u; b = n * f / (u + n * 
 
 for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"
-  in_host 1 "$node" tracker --listen "$net.1:7000" >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
+  # Fresh ports per run, so a run never waits for the last one's sockets to go.
+  tport=$((7000 + run)); pport=$((7100 + run))
+  in_host 1 "$node" tracker --listen "$net.1:$tport" >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
   wait_line "$r/tracker.log" "listening on"
-  in_host 2 "$node" peer --tracker "$net.1:7000" --listen "$net.2:7001" --store "$r/seed" \
+  in_host 2 "$node" peer --tracker "$net.1:$tport" --listen "$net.2:$pport" --store "$r/seed" \
     --share "$work/payload.bin" --piece-size "$PIECE" >"$r/seed.log" 2>"$r/seed.err" & pids+=($!)
   wait_line "$r/seed.log" "^sharing"
   id=$(awk '/^sharing/{print $2; exit}' "$r/seed.log")
   start=$(date +%s.%N); leechers=()
   for i in $(seq 1 "$N"); do
     h=$((i + 2))
-    ( in_host "$h" "$node" peer --tracker "$net.1:7000" --listen "$net.$h:7001" --store "$r/l$i" \
+    ( in_host "$h" "$node" peer --tracker "$net.1:$tport" --listen "$net.$h:$pport" --store "$r/l$i" \
         --get "$id" --out "$r/o$i" --exit-when-done >"$r/l$i.log" 2>"$r/l$i.err"
       echo "$? $(date +%s.%N)" >"$r/l$i.done" ) & leechers+=($!); pids+=($!)
   done
