@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 N=${N:-12}; RATE_MBIT=${RATE_MBIT:-32}; SIZE_MIB=${SIZE_MIB:-16}; PIECE=${PIECE:-262144}; RUNS=${RUNS:-1}
 [ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node
 node="$PWD/target/release/p2p-node"
+. bench/swarm-common.sh
 tag=sw$$; net=10.215.$(( $$ % 200 )); bridge=br$tag
 work=$(mktemp -d); chmod 755 "$work"; spaces=(); pids=()
 cleanup() {
@@ -36,13 +37,12 @@ host() {
   ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${RATE_MBIT}mbit" burst 32kb latency 100ms
 }
 in_host() { local i=$1; shift; ip netns exec "$tag-$i" "$@"; }
-wait_line() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for '$2' in $1:" >&2; cat "${1%.log}.err" >&2; exit 1; }
 
 ip link add "$bridge" type bridge; ip link set "$bridge" up
 for i in $(seq 1 $((N + 2))); do host "$i"; done
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/payload.bin"
 size=$((SIZE_MIB << 20)); up=$((RATE_MBIT * 1000000 / 8))
-tmin=$(awk -v f=$size -v u=$up -v n=$N 'BEGIN { a = f / u; b = n * f / (u + n * u); printf "%.3f", (a > b ? a : b) }')
+tmin=$(kumar_ross "$size" "$up" "$N")
 
 for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"
@@ -62,15 +62,6 @@ for run in $(seq 1 "$RUNS"); do
       echo "$? $(date +%s.%N)" >"$r/l$i.done" ) & leechers+=($!); pids+=($!)
   done
   for p in "${leechers[@]}"; do wait "$p" || true; done
-  ok=0; times=()
-  for i in $(seq 1 "$N"); do
-    read -r code end <"$r/l$i.done"
-    times+=("$(awk -v e="$end" -v s="$start" 'BEGIN { printf "%.3f", e - s }')")
-    [ "$code" = 0 ] && cmp -s "$work/payload.bin" "$r/o$i/payload.bin" && ok=$((ok + 1))
-  done
-  sorted=$(printf '%s\n' "${times[@]}" | sort -n)
-  last=$(echo "$sorted" | tail -1); median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
-  awk -v run="$run" -v n="$N" -v ok=$ok -v last="$last" -v med="$median" -v tmin="$tmin" -v rate="$RATE_MBIT" -v mib="$SIZE_MIB" \
-    'BEGIN { printf "run %d: 1+%d peers, %d Mbit/s uplinks, %d MiB: %d/%d identical, last %.2f s (%.2fx T_min), median %.2f s (%.2fx), T_min %.2f s\n", run, n, rate, mib, ok, n, last, last / tmin, med, med / tmin, tmin }'
+  summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks, $SIZE_MIB MiB"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
 done

@@ -1,0 +1,29 @@
+# Shared by bench/netns-swarm.sh and bench/capped-swarm.sh (sourced, not run): waiting for a
+# node's line, the Kumar-Ross bound, and the summary of one run's leechers.
+
+# wait_line FILE PATTERN: waits (at most 60 s) until FILE has a line matching PATTERN; on a
+# timeout shows the node's stderr (FILE with .err for .log) and exits.
+wait_line() {
+  for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timeout waiting for '$2' in $1:" >&2; cat "${1%.log}.err" >&2; exit 1
+}
+
+# kumar_ross F U N: T_min = max(F/u_s, N*F/(u_s + N*u)) with every upload u and unshaped downlinks.
+kumar_ross() { awk -v f="$1" -v u="$2" -v n="$3" 'BEGIN { a = f / u; b = n * f / (u + n * u); printf "%.3f", (a > b ? a : b) }'; }
+
+# summarize DIR N START PAYLOAD TMIN LABEL: reads each leecher's DIR/lI.done ("EXIT_CODE END_TIME")
+# and copy DIR/oI/payload.bin, and prints the identical copies, the last and the median
+# completion against TMIN.
+summarize() {
+  local dir=$1 n=$2 start=$3 payload=$4 tmin=$5 label=$6 ok=0 times=() code end sorted last median
+  for i in $(seq 1 "$n"); do
+    read -r code end <"$dir/l$i.done"
+    times+=("$(awk -v e="$end" -v s="$start" 'BEGIN { printf "%.3f", e - s }')")
+    [ "$code" = 0 ] && cmp -s "$payload" "$dir/o$i/payload.bin" && ok=$((ok + 1))
+  done
+  sorted=$(printf '%s\n' "${times[@]}" | sort -n)
+  last=$(echo "$sorted" | tail -1)
+  median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
+  awk -v label="$label" -v n="$n" -v ok=$ok -v last="$last" -v med="$median" -v tmin="$tmin" \
+    'BEGIN { printf "%s: %d/%d identical, last %.2f s (%.2fx T_min), median %.2f s (%.2fx), T_min %.2f s\n", label, ok, n, last, last / tmin, med, med / tmin, tmin }'
+}
