@@ -19,7 +19,7 @@ work=$(mktemp -d); chmod 755 "$work"; spaces=(); pids=()
 cleanup() {
   trap - EXIT
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; stop_hosts; wait 2>/dev/null || true
   for s in "${spaces[@]}"; do ip netns del "$s" 2>/dev/null || true; done
   ip link del "$bridge" 2>/dev/null || true; rm -rf "$work"
 }
@@ -36,7 +36,15 @@ host() {
   ip netns exec "$space" ip link set lo up
   ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${RATE_MBIT}mbit" burst 32kb latency 100ms
 }
-in_host() { local i=$1; shift; ip netns exec "$tag-$i" "$@"; }
+# in_host I CMD...: runs CMD in host I's namespace (exec, so a background `in_host` is CMD's PID).
+in_host() { local i=$1; shift; exec ip netns exec "$tag-$i" "$@"; }
+# stop_hosts: stops every process still running in the namespaces (by PID, from `ip netns pids`).
+stop_hosts() {
+  local s p
+  for s in "${spaces[@]}"; do for p in $(ip netns pids "$s" 2>/dev/null); do kill "$p" 2>/dev/null || true; done; done
+  sleep 0.3
+  for s in "${spaces[@]}"; do for p in $(ip netns pids "$s" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done; done
+}
 
 ip link add "$bridge" type bridge; ip link set "$bridge" up
 for i in $(seq 1 $((N + 2))); do host "$i"; done
@@ -57,11 +65,11 @@ for run in $(seq 1 "$RUNS"); do
   start=$(date +%s.%N); leechers=()
   for i in $(seq 1 "$N"); do
     h=$((i + 2))
-    ( in_host "$h" "$node" peer --tracker "$net.1:$tport" --listen "$net.$h:$pport" --store "$r/l$i" \
+    ( ip netns exec "$tag-$h" "$node" peer --tracker "$net.1:$tport" --listen "$net.$h:$pport" --store "$r/l$i" \
         --get "$id" --out "$r/o$i" --exit-when-done >"$r/l$i.log" 2>"$r/l$i.err"
       echo "$? $(date +%s.%N)" >"$r/l$i.done" ) & leechers+=($!); pids+=($!)
   done
   for p in "${leechers[@]}"; do wait "$p" || true; done
   summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks, $SIZE_MIB MiB"
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; stop_hosts; wait 2>/dev/null || true; pids=()
 done
