@@ -151,15 +151,6 @@ pub const UPLOAD_SLOTS_COUNT: usize = 4;
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
 
-/// Bytes a slot holder is served in one turn without an upload limit: two blocks, so that the
-/// first has drained from the transport's send buffer (one block's worth) before the turn ends.
-pub const UPLOAD_TURN_UNPACED_BYTES: u64 = 2 * BLOCK_BYTES as u64;
-
-/// How long a slot holder keeps its slot while it has nothing to be served: its last block is
-/// still draining from the send buffer, and the requests it sends once that block arrives
-/// should find the slot still its own.
-pub const UPLOAD_SLOT_HOLD: Duration = Duration::from_millis(200);
-
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 

@@ -22,15 +22,6 @@
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up.
-//!
-//!   Without an upload limit, `Sent` only says a block entered the transport's send buffer,
-//!   which takes a block at once, so slots would pass on at once and every requester would
-//!   share the uplink. Unpaced, a turn is [`UPLOAD_TURN_UNPACED_BYTES`], more than one buffer's
-//!   worth: the slot passes on once its last block was reported sent, which a full buffer
-//!   allows only after the first drained. And an unpaced holder with nothing left to serve
-//!   keeps its slot for [`UPLOAD_SLOT_HOLD`] from its grant, for the requests it sends when its
-//!   block arrives. Paced, the token bucket releases blocks at the rate they drain, and a turn
-//!   is [`UPLOAD_TURN_BYTES`].
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
@@ -45,7 +36,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_SLOTS_COUNT,
-    UPLOAD_SLOT_HOLD, UPLOAD_TURN_BYTES, UPLOAD_TURN_UNPACED_BYTES,
+    UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -86,8 +77,6 @@ struct ConnUploads {
     /// Its turn is over: it gets no more reads, and hands its slot on once what was read for
     /// it left.
     turn_over: bool,
-    /// Until when it keeps its slot while it has nothing to be served.
-    slot_held_until: Time,
 }
 
 impl ConnUploads {
@@ -207,7 +196,7 @@ impl Uploads {
         if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
             return None;
         }
-        self.fill_slots(now);
+        self.fill_slots();
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
             !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
@@ -216,8 +205,7 @@ impl Uploads {
         if let Some(bucket) = self.bucket.as_mut() {
             bucket.refill(now);
             if !bucket.can_spend() {
-                let at = bucket.positive_at();
-                self.wake_by(at);
+                self.wake_at = Some(bucket.positive_at());
                 return None;
             }
             bucket.spend(self.conns[&conn].queue.front().map_or(0, |j| j.len));
@@ -226,40 +214,24 @@ impl Uploads {
     }
 
     /// Takes the first request of the slot holder at `turn`, which goes to the back of the turn
-    /// order; its turn is over once it was served [`Uploads::turn_bytes_max`] while others wait.
+    /// order; its turn is over once it was served [`UPLOAD_TURN_BYTES`] while others wait.
     fn take(&mut self, turn: usize) -> ServeJob {
-        let turn_bytes_max = self.turn_bytes_max();
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
         let job = state.queue.pop_front().expect("the caller found a queued request");
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
-        state.turn_over = state.turn_bytes >= turn_bytes_max && !self.waiting.is_empty();
+        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty();
         self.reads_in_flight += 1;
         self.slots.push_back(conn);
         job
     }
 
-    /// Asks to run again at `at` at the latest.
-    fn wake_by(&mut self, at: Time) {
-        self.wake_at = Some(self.wake_at.map_or(at, |wake| wake.min(at)));
-    }
-
-    /// Bytes a slot holder is served in one turn: unpaced, a block reported sent may only have
-    /// entered the transport's send buffer, so a turn is more than one buffer's worth.
-    fn turn_bytes_max(&self) -> u64 {
-        if self.bucket.is_some() {
-            UPLOAD_TURN_BYTES
-        } else {
-            UPLOAD_TURN_UNPACED_BYTES
-        }
-    }
-
-    /// Hands on the slots of holders whose turn is over and whose last block left (to the back
-    /// of the line if they have requests left), or that are idle after their
-    /// [`UPLOAD_SLOT_HOLD`], and gives free slots to the first in line.
-    fn fill_slots(&mut self, now: Time) {
+    /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
+    /// left (to the back of the line if they have requests left), and gives free slots to the
+    /// first in line.
+    fn fill_slots(&mut self) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         while let Some(conn) = self.slots.pop_front() {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
@@ -270,10 +242,6 @@ impl Uploads {
                 }
             } else if !state.idle() {
                 kept.push_back(conn);
-            } else if self.bucket.is_none() && now < state.slot_held_until {
-                let until = state.slot_held_until;
-                kept.push_back(conn);
-                self.wake_by(until);
             }
         }
         self.slots = kept;
@@ -281,7 +249,6 @@ impl Uploads {
             let Some(conn) = self.waiting.pop_front() else { break };
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.turn_bytes = 0;
-                state.slot_held_until = now + UPLOAD_SLOT_HOLD;
                 self.slots.push_back(conn);
             }
         }
@@ -308,12 +275,8 @@ mod tests {
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
     fn serve(uploads: &mut Uploads) -> Vec<(u64, u32)> {
-        serve_at(uploads, Time::ZERO)
-    }
-
-    fn serve_at(uploads: &mut Uploads, now: Time) -> Vec<(u64, u32)> {
         let mut served = Vec::new();
-        while let Some(job) = uploads.next_read(now) {
+        while let Some(job) = uploads.next_read(Time::ZERO) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
             uploads.frame_queued(job.conn, Some(job.len));
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
@@ -338,8 +301,7 @@ mod tests {
 
     #[test]
     fn a_bounded_number_of_connections_is_served_and_the_others_take_their_turns() {
-        // Paced (at a rate that never holds a read back): a block reported sent has left.
-        let mut uploads = Uploads::new(Some(1 << 40));
+        let mut uploads = Uploads::new(None);
         let conns = UPLOAD_SLOTS_COUNT as u64 + 2;
         for conn in 1..=conns {
             request(&mut uploads, conn, 0);
@@ -356,35 +318,5 @@ mod tests {
         }
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
         assert_eq!(next, [conns, 1, 2], "the last newcomer, then the earlier holders in turn");
-    }
-
-    #[test]
-    fn unpaced_a_turn_outlasts_a_send_buffer_and_an_idle_holder_keeps_its_slot_a_while() {
-        let mut uploads = Uploads::new(None);
-        let crowd = UPLOAD_SLOTS_COUNT as u64 + 1;
-        for conn in 1..=crowd {
-            request(&mut uploads, conn, 0);
-        }
-        request(&mut uploads, 1, 1);
-        request(&mut uploads, 1, 2);
-        let first: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
-        assert_eq!(first, [1, 2, 3, 4, 1], "two blocks of the first holder's turn unsent at most");
-        // Its first block entered the send buffer; the second waits for it to drain, and then
-        // its turn is over with the third still queued.
-        uploads.sent(ConnId::Inbound(1), 1);
-        assert_eq!(serve(&mut uploads), [], "the turn lasts until the second block was taken");
-        uploads.sent(ConnId::Inbound(1), 1);
-        assert_eq!(serve(&mut uploads), [(crowd, 0)], "the turn was over: the first in line gets the slot");
-        // The other holders' only blocks are sent: they keep their slots for the hold, so a
-        // request they send within it is served before the queued connection.
-        for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
-            uploads.sent(ConnId::Inbound(conn), 1);
-        }
-        assert_eq!(serve(&mut uploads), []);
-        assert_eq!(uploads.wake_at(), Some(Time::ZERO + UPLOAD_SLOT_HOLD));
-        request(&mut uploads, 2, 1);
-        assert_eq!(serve(&mut uploads), [(2, 1)]);
-        uploads.sent(ConnId::Inbound(2), 1);
-        assert_eq!(serve_at(&mut uploads, Time::ZERO + UPLOAD_SLOT_HOLD), [(1, 2)], "after the hold, slots pass on");
     }
 }
