@@ -41,7 +41,8 @@ Examples:
                 --get 3f5c09a1 --out ~/Downloads --exit-when-done
   p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm   (seeds what the store holds)
   p2p-node ls --tracker 192.0.2.10:7000
-  p2p-node id movie.mkv";
+  p2p-node id movie.mkv
+  p2p-node swarm-key team.key   (then --swarm-key team.key on the tracker, every peer and ls)";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -51,6 +52,13 @@ pub enum NodeCommand {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
         listen: SocketAddr,
+        /// The tracker's key pair, created there on first use (default:
+        /// $XDG_STATE_HOME/swarm/tracker.key, else ~/.local/state/swarm/tracker.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A private swarm's key: only nodes holding the same key connect.
+        #[arg(long)]
+        swarm_key: Option<PathBuf>,
     },
     /// Run a peer: share files, download files, seed.
     ///
@@ -79,6 +87,25 @@ pub enum NodeCommand {
         /// Also show the holders of every piece under each file of the table.
         #[arg(long)]
         pieces: bool,
+        /// The private swarm's key, when the tracker has one.
+        #[arg(long)]
+        swarm_key: Option<PathBuf>,
+    },
+    /// Write a new key pair to FILE (mode 0600) and print its peer id.
+    ///
+    /// A peer makes its own in its store (node.key) on first run; this makes one ahead, e.g.
+    /// to know a node's id before it runs. An existing file is never replaced.
+    Keygen {
+        /// Where to write the key (must not exist).
+        path: PathBuf,
+    },
+    /// Write a new random swarm key to FILE (mode 0600).
+    ///
+    /// Give the same file to the tracker, every peer and `ls` with --swarm-key: nodes without
+    /// it cannot connect, announce, locate or download. An existing file is never replaced.
+    SwarmKey {
+        /// Where to write the key (must not exist).
+        path: PathBuf,
     },
     /// Tell the seed's story: A, B, C each hold a piece, D gets all three, E gets it from D.
     Demo,
@@ -118,6 +145,9 @@ pub struct PeerArgs {
     /// the file size).
     #[arg(long, value_parser = parse_piece_size)]
     pub piece_size: Option<u32>,
+    /// A private swarm's key: only nodes holding the same key connect.
+    #[arg(long)]
+    pub swarm_key: Option<PathBuf>,
 }
 
 /// Piece numbers typed as `0,2-3`: sorted, without duplicates.

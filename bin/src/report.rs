@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use p2p_core::wire::FileSummary;
-use p2p_core::FileId;
+use p2p_core::{FileId, PeerId};
 
 /// A failure caused by how the program was called (exit 2), as opposed to a failed job (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,11 @@ pub fn progress(file_id: FileId, have: u32, total: u32, rate_bytes_per_s: u64, p
 /// `FILE_ID`: the output of `p2p-node id`.
 pub fn file_id(file_id: FileId) {
     emit(format_args!("{file_id}"));
+}
+
+/// The output of `p2p-node keygen`: `PEER_ID` (32 hex digits).
+pub fn peer_id(peer_id: PeerId) {
+    emit(format_args!("{peer_id}"));
 }
 
 /// The output of `p2p-node ls`: one line per file,

@@ -22,7 +22,9 @@ pub struct Digest(pub [u8; 32]);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FileId(pub Digest);
 
-/// The id a peer picks for itself at start-up (random, from its seeded RNG).
+/// The id of a node: on TCP, derived from its public key and proven in every connection's
+/// handshake; in the simulator and the test harness, derived from its seed
+/// ([`PeerId::from_seed`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerId(pub [u8; 16]);
 
@@ -108,6 +110,15 @@ impl FileId {
 }
 
 impl PeerId {
+    /// A stand-in id for drivers that run no handshake (the simulator, the test harness): the
+    /// first 16 bytes of the SHA-256 of the seed's little-endian bytes.
+    pub fn from_seed(seed: u64) -> PeerId {
+        let digest = Digest::of(&seed.to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest.0[..16]);
+        PeerId(id)
+    }
+
     /// The first 8 hex digits, for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])

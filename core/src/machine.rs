@@ -32,12 +32,16 @@ use crate::wire::Message;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// A connection is open: an `Outbound` one the machine asked for, or an `Inbound` one the
-    /// driver accepted. `remote` is the other end's address as the socket reports it.
+    /// driver accepted. `remote` is the other end's address as the socket reports it, and
+    /// `peer_id` the id the other end proved in the transport's handshake (by its key on TCP;
+    /// the simulator knows every node's id).
     Connected {
         /// The connection.
         conn: ConnId,
         /// The remote socket address.
         remote: SocketAddr,
+        /// The remote's proven id.
+        peer_id: PeerId,
     },
     /// A connection closed, or an `Outbound` one could not be opened.
     Disconnected {

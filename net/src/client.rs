@@ -2,22 +2,23 @@
 //! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix).
 //! A remote that is not a tracker (an HTTP server, a peer's port, silence) is named as such.
 //!
-//! The client says `Hello` as [`Role::Client`], so the tracker never lists it as a holder, asks
-//! its question, reads the answer and closes. The whole exchange is bounded by a timeout.
+//! The client runs the transport's handshake with the keys it is given (a tool's key pair may
+//! be a new one each run; a private swarm's key is needed to get past the handshake), says
+//! `Hello` as [`Role::Client`], so the tracker never lists it as a holder, asks its question,
+//! reads the answer and closes. The whole exchange is bounded by a timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use p2p_core::wire::{FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
-use p2p_core::PeerId;
-use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::connection::FrameCodec;
 use crate::error::NetError;
+use crate::secure::{self, HandshakeError, Keys, SecureStream};
 
 /// How long a whole client exchange may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,8 +32,8 @@ const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const TEXT_SHOWN_BYTES_MAX: usize = 60;
 
 /// The files the tracker at `tracker` knows, ordered by id, and whether the list was cut short.
-pub async fn list_files(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool), NetError> {
-    match tokio::time::timeout(CLIENT_TIMEOUT, list_files_now(tracker)).await {
+pub async fn list_files(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSummary>, bool), NetError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, list_files_now(tracker, keys)).await {
         Ok(result) => result,
         Err(_) => Err(silent(tracker).await),
     }
@@ -40,15 +41,15 @@ pub async fn list_files(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool),
 
 /// Checks that `tracker` is a swarm tracker: it answers the handshake as one. Anything else
 /// (nothing listening, an HTTP server, a peer's port, silence) is an error naming what it is.
-pub async fn check_tracker(tracker: SocketAddr) -> Result<(), NetError> {
-    match tokio::time::timeout(CLIENT_TIMEOUT, handshake(tracker)).await {
+pub async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> Result<(), NetError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, handshake(tracker, keys)).await {
         Ok(result) => result.map(drop),
         Err(_) => Err(silent(tracker).await),
     }
 }
 
-async fn list_files_now(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool), NetError> {
-    let mut framed = handshake(tracker).await?;
+async fn list_files_now(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSummary>, bool), NetError> {
+    let mut framed = handshake(tracker, keys).await?;
     framed.send(&Message::List).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {
@@ -64,11 +65,20 @@ async fn list_files_now(tracker: SocketAddr) -> Result<(Vec<FileSummary>, bool),
     Err(protocol(tracker, "closed the connection without an answer".into()))
 }
 
-/// Connects to `tracker`, says `Hello` as a client and waits for the tracker's `Hello`.
-async fn handshake(tracker: SocketAddr) -> Result<Framed<TcpStream, FrameCodec>, NetError> {
+/// Connects to `tracker`, runs the transport's handshake, says `Hello` as a client and waits
+/// for the tracker's `Hello`.
+async fn handshake(tracker: SocketAddr, keys: &Keys) -> Result<Framed<SecureStream, FrameCodec>, NetError> {
     let stream = TcpStream::connect(tracker).await.map_err(NetError::socket("connect to", tracker))?;
+    let stream = secure::connect(stream, keys).await.map_err(|e| match e {
+        HandshakeError::NotSwarm { answer } => protocol(tracker, not_swarm(&answer, "not a swarm handshake")),
+        HandshakeError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            protocol(tracker, "closed the connection during the handshake: not a swarm tracker".into())
+        }
+        other => protocol(tracker, other.to_string()),
+    })?;
     let mut framed = Framed::new(stream, FrameCodec::default());
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: PeerId(random_id()), listen_port: 0 };
+    let hello =
+        Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: keys.identity.peer_id(), listen_port: 0 };
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {
@@ -81,7 +91,7 @@ async fn handshake(tracker: SocketAddr) -> Result<Framed<TcpStream, FrameCodec>,
                 return Err(protocol(tracker, format!("refused the handshake: {detail}")))
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(protocol(tracker, not_swarm(framed.read_buffer(), &e.to_string()))),
+            Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
             None => break,
         }
     }
@@ -124,10 +134,4 @@ async fn silent(addr: SocketAddr) -> NetError {
             protocol(addr, format!("no swarm handshake within {CLIENT_TIMEOUT:?}: not a swarm tracker, or overloaded"))
         }
     }
-}
-
-fn random_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    id
 }

@@ -30,13 +30,12 @@ use p2p_core::wire::{
 };
 use p2p_core::{ConnId, DecodeError, EncodeError};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::read_budget::{BudgetShare, ReadBudget};
+use crate::secure::{SecureReader, SecureStream, SecureWriter};
 
 /// Room reserved in a connection's read buffer before each read. The buffer grows with the
 /// bytes of the frame being read and is given back whenever it is drained, so an idle
@@ -275,22 +274,19 @@ pub enum QueueError {
 }
 
 impl Connection {
-    /// Starts the reader and writer tasks of `stream`, reporting to `driver`. With a
+    /// Starts the reader and writer tasks of `stream` (past its handshake), reporting to `driver`. With a
     /// `write_budget`, the reader takes one permit per payload byte of each `Data` message
     /// before handing it on, so received data not yet on disk is bounded. `queued_total`
     /// counts the bytes queued for every writer of the driver; `read_budget` bounds the bytes
     /// held by all its receive buffers.
     pub fn start(
-        stream: TcpStream,
+        stream: SecureStream,
         (conn, token, remote): (ConnId, u64, SocketAddr),
         driver: Recipient<ConnEvent>,
         write_budget: Option<Arc<Semaphore>>,
         queued_total: Arc<AtomicUsize>,
         read_budget: &Arc<ReadBudget>,
     ) -> Connection {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
-        }
         let (read_half, write_half) = stream.into_split();
         let (queue, commands) = mpsc::unbounded_channel();
         let counters = Arc::new(QueueCounters { conn: AtomicUsize::new(0), total: queued_total });
@@ -350,7 +346,7 @@ impl Connection {
 /// The receiving side of a connection: its socket half, its frames so far and its share of the
 /// driver's read budget.
 struct Reader {
-    half: OwnedReadHalf,
+    half: SecureReader,
     decoder: FrameDecoder,
     share: BudgetShare,
     conn: ConnId,
@@ -396,7 +392,7 @@ impl Reader {
             }
             self.decoder.reserve(READ_BUFFER_BYTES);
             let read = self.half.try_read_buf(self.decoder.buffer_mut());
-            if !self.share.hold(self.decoder.capacity_bytes()) {
+            if !self.share.hold(self.buffer_bytes()) {
                 return Some(Err(self.over_budget()));
             }
             match read {
@@ -417,7 +413,13 @@ impl Reader {
     /// tells the budget what the buffer holds now.
     fn release_if_drained(&mut self) {
         self.decoder.release_if_drained();
-        self.share.hold(self.decoder.capacity_bytes());
+        self.half.release_if_drained();
+        self.share.hold(self.buffer_bytes());
+    }
+
+    /// Bytes the receive buffers hold: the frames' and the transport's.
+    fn buffer_bytes(&self) -> usize {
+        self.decoder.capacity_bytes() + self.half.buffer_bytes()
     }
 
     /// Waits for a message, then takes the messages already buffered behind it, up to
@@ -476,7 +478,7 @@ impl Reader {
 }
 
 async fn write_loop(
-    half: OwnedWriteHalf,
+    half: SecureWriter,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
     conn: ConnId,
     token: u64,
@@ -500,7 +502,7 @@ async fn write_loop(
 /// Writes queued frames until `Close` or the driver drops the queue: each round takes every
 /// frame queued by then, sends them all, and tells `sent` how many the socket took.
 async fn write_until_close(
-    out: &mut OwnedWriteHalf,
+    out: &mut SecureWriter,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
     sent: impl Fn(u32),
 ) -> io::Result<()> {
@@ -522,6 +524,7 @@ async fn write_until_close(
             }
         };
         out.write_all_buf(&mut outgoing).await?;
+        out.flush().await?;
         if frames > 0 {
             sent(frames);
         }
@@ -558,10 +561,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn frames_received_together_make_one_batch_ended_by_data() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let mut sender = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
-        let (receiver, _) = listener.accept().await.expect("accepts");
-        let (half, _write_half) = receiver.into_split();
+        let read_budget = ReadBudget::new(1 << 20);
+        let (mut sender, mut reader) = connected_reader(&read_budget, 1).await;
         let data = Message::Data {
             file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
             piece: p2p_core::PieceIndex(0),
@@ -575,12 +576,9 @@ mod tests {
             encode_frame(message, &mut wire).expect("fits");
         }
         sender.write_all(&wire).await.expect("sends");
-        drop(sender);
+        sender.shutdown().await.expect("sent");
 
         let budget = Arc::new(Semaphore::new(1000));
-        let read_budget = ReadBudget::new(1 << 20);
-        let mut reader =
-            Reader { half, decoder: FrameDecoder::new(), share: read_budget.join(1), conn: ConnId::Inbound(1) };
         let (batch, end) = reader.read_batch(Some(&budget)).await;
         let (messages, permit) = batch.expect("messages");
         assert_eq!(messages, vec![list.clone(), list.clone(), data]);
@@ -595,10 +593,9 @@ mod tests {
     }
 
     /// A reader of the connection `sender` is connected to, with a share of `read_budget`.
-    async fn connected_reader(read_budget: &Arc<ReadBudget>, token: u64) -> (TcpStream, Reader) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let sender = TcpStream::connect(listener.local_addr().expect("bound")).await.expect("connects");
-        let (receiver, _) = listener.accept().await.expect("accepts");
+    async fn connected_reader(read_budget: &Arc<ReadBudget>, token: u64) -> (SecureWriter, Reader) {
+        let (sender, receiver) = crate::secure::tests::connected_pair().await;
+        let (_, sender) = sender.into_split();
         let (half, _) = receiver.into_split();
         let reader =
             Reader { half, decoder: FrameDecoder::new(), share: read_budget.join(token), conn: ConnId::Inbound(token) };
@@ -610,6 +607,7 @@ mod tests {
         let read_budget = ReadBudget::new(1 << 20);
         let (mut sender, mut reader) = connected_reader(&read_budget, 1).await;
         sender.write_all(&((HELLO_FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).await.expect("sends");
+        sender.flush().await.expect("sent");
         let (batch, end) = reader.read_batch(None).await;
         assert!(batch.is_none());
         let refused = DecodeError::Oversized { len: HELLO_FRAME_BYTES_MAX + 1, max: HELLO_FRAME_BYTES_MAX };
@@ -626,6 +624,7 @@ mod tests {
         wire.extend_from_slice(&(FRAME_BYTES_MAX as u32).to_be_bytes());
         wire.extend_from_slice(&vec![0; 300 * 1024]);
         hog.write_all(&wire).await.expect("sends");
+        hog.flush().await.expect("sent");
         let (batch, end) = hog_reader.read_batch(None).await;
         assert_eq!(batch.map(|(messages, _)| messages), Some(vec![Message::List]));
         assert!(end.is_none());
@@ -638,6 +637,7 @@ mod tests {
             encode_frame(&Message::List, &mut small).expect("fits");
         }
         honest.write_all(&small).await.expect("sends");
+        honest.flush().await.expect("sent");
         let (batch, end) = honest_reader.read_batch(None).await;
         assert_eq!(batch.map(|(messages, _)| messages), Some(vec![Message::List, Message::List]));
         assert!(end.is_none(), "the small holder reads on");

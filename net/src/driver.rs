@@ -8,7 +8,9 @@
 //!
 //! The driver owns the open connections (by [`ConnId`] and a unique token, so a late report
 //! from a closed connection is ignored; a writer's report of frames handed to its socket becomes
-//! [`Input::Sent`]), the dials in progress, and the store work in flight:
+//! [`Input::Sent`]), the dials and transport handshakes in progress (a connection reaches the
+//! machine only once its remote proved its key, whose id comes with [`Input::Connected`]; a
+//! failed handshake is logged and never reaches it), and the store work in flight:
 //! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
 //! [`STORE_JOBS_MAX`] at once, block writes in a lane of their own) and come back as
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
@@ -38,6 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::connection::{encode_into, ConnEvent, ConnReport, Connection, QueueError};
 use crate::read_budget::ReadBudget;
+use crate::secure::{self, HandshakeError, Keys, SecureStream};
 use crate::store::Store;
 
 /// How long an outbound connection may take to open.
@@ -98,6 +101,8 @@ pub enum ConnectFailure {
     TimedOut,
     /// The remote answered, but not in the swarm protocol, or broke it.
     WrongProtocol(String),
+    /// The transport's handshake failed (another swarm key, say).
+    Handshake(String),
     /// Another socket error.
     Other(String),
 }
@@ -108,6 +113,7 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Refused => write!(f, "connection refused"),
             ConnectFailure::TimedOut => write!(f, "timed out after {CONNECT_TIMEOUT:?}"),
             ConnectFailure::WrongProtocol(reason) => write!(f, "wrong protocol: {reason}"),
+            ConnectFailure::Handshake(reason) => write!(f, "{reason}"),
             ConnectFailure::Other(reason) => write!(f, "{reason}"),
         }
     }
@@ -120,6 +126,10 @@ pub type CommandCheck<M> = fn(&M, &Command) -> Result<(), CommandError>;
 pub struct Driver<M: Machine> {
     machine: M,
     check: CommandCheck<M>,
+    /// What the node proves and checks in every connection's handshake.
+    keys: Arc<Keys>,
+    /// Accepted connections whose handshake is under way.
+    handshaking: usize,
     label: String,
     start: Instant,
     store: Option<Arc<Store>>,
@@ -178,9 +188,11 @@ pub struct Leave;
 pub struct Stop;
 
 impl<M: Machine + Unpin + 'static> Driver<M> {
-    /// A driver for `machine`; `label` prefixes its log lines.
+    /// A driver for `machine` whose connections prove and check `keys`; `label` prefixes its
+    /// log lines.
     pub fn new(
         machine: M,
+        keys: Keys,
         label: String,
         store: Option<Arc<Store>>,
         events: Option<mpsc::UnboundedSender<NodeEvent>>,
@@ -189,6 +201,8 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         Driver {
             machine,
             check: |_, _| Ok(()),
+            keys: Arc::new(keys),
+            handshaking: 0,
             write_budget,
             data_permit: None,
             scratch: BytesMut::new(),
@@ -283,16 +297,26 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
     }
 
     fn dial(&mut self, ctx: &mut Context<Self>, conn: ConnId, addr: SocketAddr) {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
+        let keys = self.keys.clone();
+        let connect = async move {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectFailure::Refused),
+                Ok(Err(e)) => return Err(ConnectFailure::Other(e.to_string())),
+                Err(_) => return Err(ConnectFailure::TimedOut),
+            };
+            secure::connect(stream, &keys).await.map_err(|e| match e {
+                HandshakeError::NotSwarm { .. } => ConnectFailure::WrongProtocol(e.to_string()),
+                other => ConnectFailure::Handshake(other.to_string()),
+            })
+        };
         ctx.spawn(wrap_future(connect).map(move |result, driver: &mut Self, ctx| {
             let reason = match result {
-                Ok(Ok(stream)) => {
+                Ok(stream) => {
                     driver.notify(NodeEvent::Connected { addr });
                     return driver.open(ctx, conn, stream, addr);
                 }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
-                Ok(Err(e)) => ConnectFailure::Other(e.to_string()),
-                Err(_) => ConnectFailure::TimedOut,
+                Err(reason) => reason,
             };
             tracing::debug!("{}: {conn}: cannot connect to {addr}: {reason}", driver.label);
             driver.notify(NodeEvent::ConnectFailed { addr, reason });
@@ -300,7 +324,8 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }));
     }
 
-    fn open(&mut self, ctx: &mut Context<Self>, conn: ConnId, stream: TcpStream, remote: SocketAddr) {
+    fn open(&mut self, ctx: &mut Context<Self>, conn: ConnId, stream: SecureStream, remote: SocketAddr) {
+        let peer_id = stream.peer_id();
         self.next_token += 1;
         let connection = Connection::start(
             stream,
@@ -314,7 +339,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             tracing::warn!("{}: {conn} reused while open; dropping the old one", self.label);
             old.abort();
         }
-        self.feed(ctx, Input::Connected { conn, remote });
+        self.feed(ctx, Input::Connected { conn, remote, peer_id });
     }
 
     fn send(&mut self, conn: ConnId, message: &Message) {
@@ -521,12 +546,26 @@ impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
     type Result = ();
 
     fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
-        if self.conns.len() >= CONNECTIONS_MAX {
-            tracing::warn!("{}: {} connections open; refusing {}", self.label, self.conns.len(), accepted.remote);
+        let Accepted { stream, remote } = accepted;
+        if self.conns.len() + self.handshaking >= CONNECTIONS_MAX {
+            tracing::warn!("{}: {} connections open; refusing {remote}", self.label, self.conns.len() + self.handshaking);
             return;
         }
-        self.next_inbound += 1;
-        self.open(ctx, ConnId::Inbound(self.next_inbound), accepted.stream, accepted.remote);
+        self.handshaking += 1;
+        let keys = self.keys.clone();
+        let handshake = async move { secure::accept(stream, &keys).await };
+        ctx.spawn(wrap_future(handshake).map(move |result, driver: &mut Self, ctx| {
+            driver.handshaking -= 1;
+            match result {
+                Ok(stream) => {
+                    driver.next_inbound += 1;
+                    driver.open(ctx, ConnId::Inbound(driver.next_inbound), stream, remote);
+                }
+                // Another swarm's node is told why; someone else's junk is not news.
+                Err(e @ HandshakeError::SwarmKeyMismatch) => tracing::warn!("{}: {remote}: {e}", driver.label),
+                Err(e) => tracing::debug!("{}: {remote}: {e}", driver.label),
+            }
+        }));
     }
 }
 

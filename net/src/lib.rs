@@ -2,7 +2,9 @@
 //!
 //! - [`driver`]: one generic actix actor owning a [`p2p_core::Machine`] (tracker or peer):
 //!   feeds it inputs, drains and executes its outputs, keeps its timer.
-//! - [`connection`]: one reader and one writer task per TCP stream, framed with core's codec.
+//! - [`connection`]: one reader and one writer task per connection, framed with core's codec.
+//! - [`secure`]: the encrypted transport under every connection (a Noise handshake that
+//!   proves each side's key, then sealed chunks); [`identity`]: the key files it uses.
 //! - [`read_budget`]: the bound on all the connections' receive buffers together.
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
 //! - [`held`]: the store's records of the files it serves, so a restarted peer serves them.
@@ -22,8 +24,10 @@ pub mod driver;
 pub mod error;
 pub mod hasher;
 pub mod held;
+pub mod identity;
 pub mod node;
 pub mod read_budget;
+pub mod secure;
 pub mod store;
 
 pub use driver::{ConnectFailure, NodeEvent};

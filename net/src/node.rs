@@ -1,6 +1,9 @@
 //! The public way to run nodes: [`spawn_tracker`] and [`spawn_peer`], and the handles they
 //! return. Any number of trackers and peers can run in one process (one actix system).
 //!
+//! A tracker is given its keys; a peer keeps its key pair in its store ([`IDENTITY_FILE_NAME`],
+//! created on its first run), so its peer id stays the same from run to run.
+//!
 //! Both functions must be called from inside a running actix system. A peer's slow set-up work
 //! (describing a shared file, re-hashing a resumed download) runs on worker threads before the
 //! resulting command reaches the machine.
@@ -20,7 +23,12 @@ use tokio::sync::mpsc;
 use crate::driver::{Driver, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
+use crate::identity::{Identity, SwarmKey};
+use crate::secure::Keys;
 use crate::store::Store;
+
+/// The file in a peer's store that holds its key pair.
+pub const IDENTITY_FILE_NAME: &str = "node.key";
 
 /// A running tracker.
 #[derive(Debug)]
@@ -44,6 +52,8 @@ pub struct PeerOptions {
     pub upload_limit_bytes_per_s: Option<u64>,
     /// Seed of the peer's RNG (`None`: a random one).
     pub seed: Option<u64>,
+    /// The private swarm's key (`None`: an open swarm).
+    pub swarm_key: Option<SwarmKey>,
     /// Interval between announces to the tracker.
     pub announce_interval: Duration,
 }
@@ -77,21 +87,24 @@ pub struct PeerHandle {
     driver: Addr<Driver<Peer>>,
 }
 
-/// Starts a tracker listening on `listen`.
-pub async fn spawn_tracker(listen: SocketAddr, config: TrackerConfig) -> Result<TrackerHandle, NetError> {
-    spawn_tracker_reporting(listen, config, None).await
+/// Starts a tracker listening on `listen`, proving `keys` (its id is its key's, whatever
+/// `config` says).
+pub async fn spawn_tracker(listen: SocketAddr, config: TrackerConfig, keys: Keys) -> Result<TrackerHandle, NetError> {
+    spawn_tracker_reporting(listen, config, keys, None).await
 }
 
-/// Starts a tracker listening on `listen`; its events (peers announcing and going) go to
-/// `events`, if given.
+/// Starts a tracker listening on `listen`, proving `keys`; its events (peers announcing and
+/// going) go to `events`, if given.
 pub async fn spawn_tracker_reporting(
     listen: SocketAddr,
-    config: TrackerConfig,
+    mut config: TrackerConfig,
+    keys: Keys,
     events: Option<mpsc::UnboundedSender<NodeEvent>>,
 ) -> Result<TrackerHandle, NetError> {
     let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
-    let driver = Driver::new(Tracker::new(config), format!("tracker {addr}"), None, events);
+    config.peer_id = keys.identity.peer_id();
+    let driver = Driver::new(Tracker::new(config), keys, format!("tracker {addr}"), None, events);
     Ok(TrackerHandle { addr, driver: driver.start_with_listener(listener) })
 }
 
@@ -101,15 +114,16 @@ pub async fn spawn_peer(
     events: mpsc::UnboundedSender<NodeEvent>,
 ) -> Result<PeerHandle, NetError> {
     let store = Arc::new(Store::open(&options.store_dir, &options.out_dir)?);
+    let identity = Identity::load_or_create(&options.store_dir.join(IDENTITY_FILE_NAME))?;
     let listener = TcpListener::bind(options.listen).await.map_err(NetError::socket("listen on", options.listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", options.listen))?;
     let seed = options.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
-    let mut config = PeerConfig::new(seed, options.tracker, addr.port());
+    let peer_id = identity.peer_id();
+    let mut config = PeerConfig::new(peer_id, seed, options.tracker, addr.port());
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
-    let peer = Peer::new(config);
-    let peer_id = peer.peer_id();
-    let driver = Driver::new(peer, format!("peer {addr}"), Some(store.clone()), Some(events))
+    let keys = Keys { identity, swarm_key: options.swarm_key };
+    let driver = Driver::new(Peer::new(config), keys, format!("peer {addr}"), Some(store.clone()), Some(events))
         .with_command_check(Peer::check_command);
     Ok(PeerHandle { addr, peer_id, store, driver: driver.start_with_listener(listener) })
 }
@@ -137,6 +151,7 @@ impl PeerOptions {
             store_dir,
             upload_limit_bytes_per_s: None,
             seed: None,
+            swarm_key: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
         }
     }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
-use p2p_core::{ConnId, Input, Time};
+use p2p_core::{ConnId, Input, PeerId, Time};
 
 use crate::queue::{Item, LinkId, Queue};
 use crate::scenario::{LinkSpec, NodeIdx};
@@ -79,6 +79,8 @@ pub enum Sent {
 #[derive(Debug)]
 struct NetNode {
     addr: SocketAddr,
+    /// The id the node proves when it connects (its key's, on TCP); kept across restarts.
+    peer_id: PeerId,
     link: LinkSpec,
     up: bool,
     accepting: bool,
@@ -169,6 +171,7 @@ impl Network {
             .enumerate()
             .map(|(i, link)| NetNode {
                 addr: node_addr(NodeIdx(i)),
+                peer_id: PeerId::from_seed(Rng::derive_seed(seed, &format!("key/{i}"))),
                 link,
                 up: false,
                 accepting: false,
@@ -212,6 +215,12 @@ impl Network {
     /// The node's current life (bumped by every start).
     pub fn incarnation(&self, node: NodeIdx) -> u32 {
         self.nodes[node.0].incarnation
+    }
+
+    /// The id `node` proves to those it connects with: derived from the world's seed, it
+    /// stands in for the key a node keeps in its store.
+    pub fn peer_id(&self, node: NodeIdx) -> PeerId {
+        self.nodes[node.0].peer_id
     }
 
     /// The node starts (again): a new life, reachable if its group allows.
@@ -290,6 +299,7 @@ impl Network {
         let id = self.links.len() as LinkId;
         let port = EPHEMERAL_PORT_FIRST + (id % EPHEMERAL_PORT_COUNT) as u16;
         let opener_addr = SocketAddr::new(self.nodes[from.0].addr.ip(), port);
+        let (opener_id, target_id) = (self.nodes[from.0].peer_id, self.nodes[target.0].peer_id);
         let end = |node: NodeIdx, conn| End { node, conn, incarnation: self.nodes[node.0].incarnation, open: true };
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);
@@ -298,9 +308,14 @@ impl Network {
         self.nodes[target.0].by_conn.insert(inbound, id);
         queue.push(
             accepted,
-            Item::Wire { link: id, end: 1, input: Input::Connected { conn: inbound, remote: opener_addr } },
+            Item::Wire {
+                link: id,
+                end: 1,
+                input: Input::Connected { conn: inbound, remote: opener_addr, peer_id: opener_id },
+            },
         );
-        queue.push(opened, Item::Wire { link: id, end: 0, input: Input::Connected { conn, remote: addr } });
+        let input = Input::Connected { conn, remote: addr, peer_id: target_id };
+        queue.push(opened, Item::Wire { link: id, end: 0, input });
     }
 
     /// `from` sends `message` of `size_bytes` on `conn`; its arrival is queued.

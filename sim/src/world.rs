@@ -359,7 +359,8 @@ impl World {
         let incarnation = self.network.node_up(NodeIdx::TRACKER);
         self.nodes[0].running = true;
         let seed = Rng::derive_seed(self.seed, &format!("tracker/{incarnation}"));
-        let config = TrackerConfig { seed, announce_interval: self.scenario.tracker.announce_interval };
+        let peer_id = self.network.peer_id(NodeIdx::TRACKER);
+        let config = TrackerConfig { peer_id, seed, announce_interval: self.scenario.tracker.announce_interval };
         self.log(NodeIdx::TRACKER, format_args!("{verb} at {}", node_addr(NodeIdx::TRACKER)));
         self.pending.push_back(Step::Spawn(NodeIdx::TRACKER, NodeMachine::Tracker(Box::new(Tracker::new(config)))));
     }
@@ -372,7 +373,7 @@ impl World {
         let incarnation = self.network.node_up(node);
         let spec = &self.scenario.peers[node.0 - 1];
         let seed = Rng::derive_seed(self.seed, &format!("peer/{}/{incarnation}", spec.name));
-        let mut config = PeerConfig::new(seed, node_addr(NodeIdx::TRACKER), LISTEN_PORT);
+        let mut config = PeerConfig::new(self.network.peer_id(node), seed, node_addr(NodeIdx::TRACKER), LISTEN_PORT);
         config.upload_limit_bytes_per_s = spec.upload_limit_bytes_per_s;
         config.announce_interval = self.scenario.tracker.announce_interval;
         let wants = spec.wants;

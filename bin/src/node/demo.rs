@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use p2p_core::{Event, FileId, TrackerConfig};
+use p2p_net::secure::Keys;
 use p2p_net::{spawn_peer, spawn_tracker, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
 use tokio::sync::mpsc;
 
@@ -40,7 +41,7 @@ struct Demo {
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
     let original = write_example_file(dir.path())?;
-    let tracker = spawn_tracker(SocketAddr::from(([127, 0, 0, 1], 0)), TrackerConfig::default())
+    let tracker = spawn_tracker(SocketAddr::from(([127, 0, 0, 1], 0)), TrackerConfig::default(), Keys::new_open())
         .await
         .context("cannot start the tracker")?;
     let (sender, events) = mpsc::unbounded_channel();

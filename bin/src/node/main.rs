@@ -1,5 +1,5 @@
-//! `p2p-node`: run a tracker or a peer, compute a file id, list a tracker's files, or watch the
-//! seed's example run in one process (`demo`). The command line is docs/cli.md.
+//! `p2p-node`: run a tracker or a peer, compute a file id, list a tracker's files, make a key
+//! pair or a swarm key, or watch the seed's example run in one process (`demo`). The command line is docs/cli.md.
 //!
 //! This file only parses, sets up logging and maps the outcome to an exit code; the work is in
 //! the subcommand modules, every stable stdout line in `report.rs`.
@@ -44,10 +44,16 @@ fn main() -> ExitCode {
 
 fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Tracker { listen } => in_actix(tracker::run(listen)),
+        NodeCommand::Tracker { listen, key, swarm_key } => {
+            in_actix(tracker::run(listen, key, swarm_key.as_deref()))
+        }
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
-        NodeCommand::Ls { tracker, pieces } => in_actix(tools::ls(tracker, pieces)),
+        NodeCommand::Ls { tracker, pieces, swarm_key } => {
+            in_actix(tools::ls(tracker, pieces, swarm_key.as_deref()))
+        }
+        NodeCommand::Keygen { path } => tools::keygen(&path),
+        NodeCommand::SwarmKey { path } => tools::swarm_key(&path),
         NodeCommand::Demo => in_actix(demo::run()),
     }
 }

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use p2p_core::limits::RECONNECT_DELAY_MAX;
 use p2p_core::{Event, FileId, FileIdPrefix};
 use p2p_net::client::{self, list_files};
+use p2p_net::secure::Keys;
 use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
 use tokio::sync::mpsc;
 
@@ -26,7 +27,7 @@ use crate::cli::PeerArgs;
 use crate::progress::Progress;
 use crate::reach::Reach;
 use crate::report;
-use crate::tools::Shutdown;
+use crate::tools::{client_keys, Shutdown};
 use crate::uploads::Uploads;
 
 /// How often the reachability of holders is checked against the give-up time.
@@ -44,9 +45,11 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     for path in &args.share {
         check_shareable(path).with_context(|| format!("cannot share {}", path.display()))?;
     }
-    check_tracker(args.tracker).await?;
+    let client_keys = client_keys(args.swarm_key.as_deref())?;
+    check_tracker(args.tracker, &client_keys).await?;
     let (events_sender, mut events) = mpsc::unbounded_channel();
     let mut options = PeerOptions::new(args.tracker, args.store.clone());
+    options.swarm_key = client_keys.swarm_key.clone();
     options.listen = args.listen;
     options.out_dir = args.out.clone().unwrap_or_else(|| args.store.clone());
     options.upload_limit_bytes_per_s = args.upload_limit;
@@ -57,7 +60,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let started = tokio::select! {
         biased;
         signal = shutdown.wait() => Err(signal),
-        started = start_jobs(&peer, &args, &mut session) => Ok(started),
+        started = start_jobs(&peer, &args, &client_keys, &mut session) => Ok(started),
     };
     let result = match started {
         Ok(Ok(())) => session.follow(&mut events, &mut shutdown).await,
@@ -71,12 +74,12 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn check_tracker(tracker: SocketAddr) -> anyhow::Result<()> {
-    client::check_tracker(tracker).await.context("--tracker")
+async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> anyhow::Result<()> {
+    client::check_tracker(tracker, keys).await.context("--tracker")
 }
 
 /// Shares every `--share` and asks for every `--get`.
-async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -> anyhow::Result<()> {
+async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, keys: &Keys, session: &mut Session) -> anyhow::Result<()> {
     let options = ShareOptions {
         piece_size_bytes: args.piece_size,
         only_pieces: args.only_pieces.as_ref().map(|list| list.0.clone()),
@@ -92,7 +95,7 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
         Err(e) => tracing::warn!("cannot serve all the store remembers: {e}"),
     }
     for prefix in &args.get {
-        let file_id = resolve(prefix, peer, args.tracker).await?;
+        let file_id = resolve(prefix, peer, args.tracker, keys).await?;
         if let Some(path) = peer.held_path(file_id) {
             // Downloaded by an earlier run (or shared): checked when the store served it again
             // (same size and modification time, or its pieces hashed again).
@@ -131,7 +134,7 @@ fn check_shareable(path: &Path) -> anyhow::Result<()> {
 
 /// The full id for a typed one: itself, or the single id starting with the prefix among the
 /// store's files, else among the tracker's.
-async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr) -> anyhow::Result<FileId> {
+async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr, keys: &Keys) -> anyhow::Result<FileId> {
     if let Some(file_id) = prefix.as_full() {
         return Ok(file_id);
     }
@@ -139,7 +142,7 @@ async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr) 
         return Ok(file_id);
     }
     let context = || format!("cannot resolve the file id prefix {}", prefix.as_str());
-    let (files, _) = list_files(tracker).await.with_context(context)?;
+    let (files, _) = list_files(tracker, keys).await.with_context(context)?;
     prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
 }
 

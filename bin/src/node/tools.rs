@@ -1,4 +1,5 @@
-//! The small subcommands: `id`, `ls`; and catching SIGINT/SIGTERM.
+//! The small subcommands: `id`, `ls`, `keygen`, `swarm-key`; the keys of a tool's connections;
+//! and catching SIGINT/SIGTERM.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -7,6 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 use p2p_net::client::list_files;
 use p2p_net::hasher::manifest_of;
+use p2p_net::identity::{Identity, SwarmKey};
+use p2p_net::secure::Keys;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::report;
@@ -20,8 +23,9 @@ pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {
 
 /// `p2p-node ls`: the tracker's files, as a table for a person at a terminal, as the stable
 /// lines (holders per piece) for a script.
-pub async fn ls(tracker: SocketAddr, pieces: bool) -> anyhow::Result<()> {
-    let (files, truncated) = list_files(tracker).await.context("cannot list the tracker's files")?;
+pub async fn ls(tracker: SocketAddr, pieces: bool, swarm_key: Option<&Path>) -> anyhow::Result<()> {
+    let keys = client_keys(swarm_key)?;
+    let (files, truncated) = list_files(tracker, &keys).await.context("cannot list the tracker's files")?;
     if files.is_empty() {
         eprintln!("the tracker at {tracker} knows no files");
     } else if std::io::stdout().is_terminal() {
@@ -30,6 +34,31 @@ pub async fn ls(tracker: SocketAddr, pieces: bool) -> anyhow::Result<()> {
         report::files(&files, truncated);
     }
     Ok(())
+}
+
+/// `p2p-node keygen`: a new key pair in `path`; prints its peer id.
+pub fn keygen(path: &Path) -> anyhow::Result<()> {
+    let identity = Identity::create(path)?;
+    report::peer_id(identity.peer_id());
+    Ok(())
+}
+
+/// `p2p-node swarm-key`: a new swarm key in `path`.
+pub fn swarm_key(path: &Path) -> anyhow::Result<()> {
+    SwarmKey::create(path)?;
+    eprintln!("wrote a new swarm key to {}; give it to every node of the swarm (--swarm-key)", path.display());
+    Ok(())
+}
+
+/// The swarm key in `path`, if one is given.
+pub fn load_swarm_key(path: Option<&Path>) -> anyhow::Result<Option<SwarmKey>> {
+    path.map(|path| SwarmKey::load(path).context("--swarm-key")).transpose()
+}
+
+/// The keys of a tool's connections to a tracker: a new key pair each run (a tool is never
+/// listed as a holder, so its id need not last) and the swarm key in `swarm_key`, if given.
+pub fn client_keys(swarm_key: Option<&Path>) -> anyhow::Result<Keys> {
+    Ok(Keys { identity: Identity::generate(), swarm_key: load_swarm_key(swarm_key)? })
 }
 
 /// SIGINT and SIGTERM, caught from the moment [`Shutdown::install`] is called.

@@ -5,23 +5,29 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use p2p_core::wire::PeerAddr;
 use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
+use p2p_net::identity::Identity;
+use p2p_net::secure::Keys;
 use p2p_net::{spawn_tracker_reporting, NodeEvent};
 use rand::RngCore;
 use tokio::sync::mpsc;
 
 use crate::report;
-use crate::tools::Shutdown;
+use crate::tools::{load_swarm_key, Shutdown};
 
-/// Runs the tracker until a signal.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs the tracker until a signal, with the key pair in `key` (or the default place) and the
+/// swarm key in `swarm_key`, if given.
+pub async fn run(listen: SocketAddr, key: Option<PathBuf>, swarm_key: Option<&Path>) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
+    let keys = Keys { identity: tracker_identity(key)?, swarm_key: load_swarm_key(swarm_key)? };
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
     let (sender, mut events) = mpsc::unbounded_channel();
-    let tracker = spawn_tracker_reporting(listen, config, Some(sender)).await.context("cannot start the tracker")?;
+    let tracker =
+        spawn_tracker_reporting(listen, config, keys, Some(sender)).await.context("cannot start the tracker")?;
     report::listening(tracker.addr());
     let mut story = Story::default();
     loop {
@@ -37,6 +43,24 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     tracker.stop();
     Ok(())
+}
+
+/// The tracker's key pair: the one in `key`, else in `$XDG_STATE_HOME/swarm/tracker.key` (or
+/// `~/.local/state/swarm/tracker.key`), created there on first use; a new one for this run
+/// when neither variable is set.
+fn tracker_identity(key: Option<PathBuf>) -> anyhow::Result<Identity> {
+    let state_dir = || {
+        let xdg = std::env::var_os("XDG_STATE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from);
+        xdg.or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+    };
+    let Some(path) = key.or_else(|| state_dir().map(|dir| dir.join("swarm").join("tracker.key"))) else {
+        tracing::info!("no --key, $XDG_STATE_HOME or $HOME: the tracker uses a new key pair this run");
+        return Ok(Identity::generate());
+    };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Identity::load_or_create(&path).context("--key")
 }
 
 /// The live peers as the tracker recorded them, for the story and the loopback warning. Every

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{
     CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, LOCATE_INTERVAL,
     OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
@@ -189,7 +189,14 @@ impl Peer {
         }
     }
 
-    pub(super) fn on_remote_connected(&mut self, conn: ConnId, addr: SocketAddr) {
+    /// A peer-to-peer connection is open and its remote proved the id `proven`: a holder we
+    /// dialled must prove the id the tracker named for it, and a banned id is closed at once.
+    pub(super) fn on_remote_connected(&mut self, conn: ConnId, addr: SocketAddr, proven: PeerId) {
+        if self.banned.contains(&proven) || proven == self.peer_id {
+            self.push(Output::Close { conn });
+            self.on_remote_gone(conn);
+            return;
+        }
         match conn {
             ConnId::Outbound(_) => {
                 let Some(remote) = self.remotes.get_mut(&conn) else {
@@ -197,6 +204,11 @@ impl Peer {
                     self.push(Output::Close { conn });
                     return;
                 };
+                if let Some(named) = remote.peer_id.filter(|named| *named != proven) {
+                    let reason = format!("{addr} proved peer id {proven}, not {named} as the tracker named it");
+                    return self.violation(conn, reason);
+                }
+                remote.peer_id = Some(proven);
                 remote.stage = Stage::AwaitHello;
                 remote.opened = self.now;
                 remote.last_heard = self.now;
@@ -208,7 +220,9 @@ impl Peer {
                     self.push(Output::Close { conn });
                     return;
                 }
-                self.remotes.insert(conn, Remote::inbound(addr, self.now));
+                let mut remote = Remote::inbound(addr, self.now);
+                remote.peer_id = Some(proven);
+                self.remotes.insert(conn, remote);
             }
         }
         let hello = self.hello();
@@ -256,15 +270,14 @@ impl Peer {
             self.violation(conn, detail);
             return;
         }
-        if self.banned.contains(&hello.peer_id) || hello.peer_id == self.peer_id {
-            self.close_remote(conn);
-            return;
-        }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if remote.peer_id != Some(hello.peer_id) {
+            let proven = remote.peer_id.map_or_else(|| "nothing".to_owned(), |id| id.to_string());
+            return self.violation(conn, format!("hello claims peer id {}, but its key proves {proven}", hello.peer_id));
+        }
         if !remote.outbound && hello.listen_port != 0 {
             remote.addr = SocketAddr::new(remote.addr.ip(), hello.listen_port);
         }
-        remote.peer_id = Some(hello.peer_id);
         remote.stage = Stage::Ready;
         let wanted: Vec<FileId> = std::mem::take(&mut remote.wanted).into_iter().collect();
         for file_id in wanted {

@@ -44,7 +44,9 @@ use uploads::Uploads;
 /// How a peer is set up.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
-    /// Seed of the peer's RNG (its id and every tie-break).
+    /// The peer's id (the driver's: proven by its key on TCP).
+    pub peer_id: PeerId,
+    /// Seed of the peer's RNG (every tie-break).
     pub seed: u64,
     /// The tracker's address.
     pub tracker: SocketAddr,
@@ -58,8 +60,9 @@ pub struct PeerConfig {
 
 impl PeerConfig {
     /// A configuration with default intervals and no upload cap.
-    pub fn new(seed: u64, tracker: SocketAddr, listen_port: u16) -> PeerConfig {
+    pub fn new(peer_id: PeerId, seed: u64, tracker: SocketAddr, listen_port: u16) -> PeerConfig {
         PeerConfig {
+            peer_id,
             seed,
             tracker,
             listen_port,
@@ -101,14 +104,11 @@ impl Peer {
     /// A peer that shares and wants nothing yet. It connects to the tracker at its first
     /// timeout, which `poll_timeout` reports as due at once.
     pub fn new(config: PeerConfig) -> Peer {
-        let mut rng = Rng::from_seed(config.seed);
-        let mut id = [0u8; 16];
-        rng.fill(&mut id);
         let uploads = Uploads::new(config.upload_limit_bytes_per_s);
         Peer {
+            peer_id: config.peer_id,
+            rng: Rng::from_seed(config.seed),
             config,
-            peer_id: PeerId(id),
-            rng,
             now: Time::ZERO,
             outputs: VecDeque::new(),
             next_conn: 0,
@@ -306,11 +306,11 @@ impl Machine for Peer {
         debug_assert!(now >= self.now, "time went backwards");
         self.now = self.now.max(now);
         match input {
-            Input::Connected { conn, remote } => {
+            Input::Connected { conn, remote, peer_id } => {
                 if self.tracker.owns(conn) {
                     self.on_tracker_connected(conn);
                 } else {
-                    self.on_remote_connected(conn, remote);
+                    self.on_remote_connected(conn, remote, peer_id);
                 }
             }
             Input::Disconnected { conn } => {

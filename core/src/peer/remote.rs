@@ -36,7 +36,8 @@ pub(super) struct Remote {
     /// The remote's serving address: the target for outbound connections, the source IP and
     /// announced port for inbound ones once its `Hello` arrived.
     pub addr: SocketAddr,
-    /// The remote's id, once its `Hello` arrived (or as the tracker named it).
+    /// The remote's id: as the tracker named it while an outbound connection opens, then as
+    /// the remote's key proved it in the transport's handshake.
     pub peer_id: Option<PeerId>,
     /// Where the connection stands.
     pub stage: Stage,

@@ -382,14 +382,14 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     let connect_to = |outputs: &[Output], to| {
         outputs.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == to)).cloned()
     };
-    let mut peer = super::Peer::new(super::PeerConfig::new(5, tracker, 7001));
+    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
     let at = |ms| Time::from_millis(ms);
     step(&mut peer, at(0), Input::Command(Box::new(Command::Get { file_id: id, resume: None })));
     let Some(Output::Connect { conn: to_tracker, .. }) = connect_to(&step(&mut peer, at(0), Input::Timeout), tracker)
     else {
         panic!("the peer connects to the tracker first");
     };
-    step(&mut peer, at(10), Input::Connected { conn: to_tracker, remote: tracker });
+    step(&mut peer, at(10), Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) });
     let ready = step(
         &mut peer,
         at(20),
@@ -405,7 +405,7 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     let Some(Output::Connect { conn, .. }) = connect_to(&answered, holder.addr) else {
         panic!("the peer connects to the holder: {answered:?}");
     };
-    step(&mut peer, at(20_010), Input::Connected { conn, remote: holder.addr });
+    step(&mut peer, at(20_010), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     let asked = step(&mut peer, at(20_020), Input::Message { conn, message: hello(Role::Peer, holder.peer_id) });
     assert_eq!(sent(&asked), vec![&Message::GetManifest { file_id: id }]);
     // The answer named fewer than 8 peers, so the next ask comes soon (downloaders that
@@ -447,4 +447,63 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     h.release_hashes(leecher);
     h.run_until(Duration::from_secs(1), |h| h.completed(leecher, id));
     assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
+}
+
+/// A peer that asked the tracker for `file` and was named `holder`; returns it with its
+/// outbound connection to the holder, before the connection opens.
+fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate::ConnId) {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
+    step(&mut peer, Time::ZERO, Input::Command(Box::new(Command::Get { file_id: id, resume: None })));
+    let to_tracker = step(&mut peer, Time::ZERO, Input::Timeout)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Connect { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .expect("the peer connects to the tracker");
+    step(&mut peer, Time::from_millis(1), Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) });
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([1; 16]), listen_port: 0 };
+    step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
+    let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
+    let answer = Message::Located { file_id: id, manifest: None, holders };
+    let dialled = step(&mut peer, Time::from_millis(3), Input::Message { conn: to_tracker, message: answer })
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Connect { conn, addr } if addr == holder.addr => Some(conn),
+            _ => None,
+        })
+        .expect("the peer dials the holder");
+    (peer, dialled)
+}
+
+#[test]
+fn a_holder_whose_key_proves_another_id_than_the_tracker_named_is_dropped_unbanned() {
+    use crate::machine::{Event, Input, Output};
+    let holder = crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let impostor = crate::PeerId([8; 16]);
+    let outputs = step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: impostor });
+    assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
+    assert!(sent(&outputs).is_empty(), "no hello to an impostor: {outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));
+    assert!(!outputs.iter().any(|o| matches!(o, Output::Event(Event::PeerBanned { .. }))), "nobody is banned");
+}
+
+#[test]
+fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
+    use crate::machine::{Event, Input, Output};
+    use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+    let holder = crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let opened = step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+    assert!(matches!(sent(&opened)[..], [Message::Hello(_)]), "{opened:?}");
+    let claim = Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: crate::PeerId([9; 16]), listen_port: 0 };
+    let outputs = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: Message::Hello(claim) });
+    assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));
 }

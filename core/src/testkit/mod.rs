@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::machine::{step, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
@@ -36,6 +36,16 @@ const STEPS_MAX: usize = 2_000_000;
 enum Machine_ {
     Tracker(Box<Tracker>),
     Peer(Box<Peer>),
+}
+
+impl Machine_ {
+    /// The id the node proves to those it connects with.
+    fn peer_id(&self) -> PeerId {
+        match self {
+            Machine_::Tracker(tracker) => tracker.peer_id(),
+            Machine_::Peer(peer) => peer.peer_id(),
+        }
+    }
 }
 
 /// One node: its machine, its address, and (for a peer) its in-memory store.
@@ -69,7 +79,7 @@ pub struct Harness {
 impl Harness {
     /// A harness with a tracker seeded by `seed` and no peers.
     pub fn new(seed: u64) -> Harness {
-        let tracker = Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() });
+        let tracker = Tracker::new(tracker_config(seed));
         let mut harness = Harness {
             now: Time::ZERO,
             nodes: Vec::new(),
@@ -85,7 +95,7 @@ impl Harness {
     /// Adds a peer seeded by `seed`, optionally upload-capped; returns its index.
     pub fn add_peer(&mut self, seed: u64, upload_limit_bytes_per_s: Option<u64>) -> NodeIx {
         let ix = self.nodes.len();
-        let mut config = PeerConfig::new(seed, addr(0), 7000);
+        let mut config = PeerConfig::new(PeerId::from_seed(seed), seed, addr(0), 7000);
         config.upload_limit_bytes_per_s = upload_limit_bytes_per_s;
         self.nodes.push(Node::new(Machine_::Peer(Box::new(Peer::new(config))), addr(ix)));
         ix
@@ -161,7 +171,7 @@ impl Harness {
     /// Replaces the tracker with a fresh one that knows nothing.
     pub fn restart_tracker(&mut self, seed: u64) {
         self.crash(TRACKER);
-        let tracker = Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() });
+        let tracker = Tracker::new(tracker_config(seed));
         self.nodes[TRACKER] = Node::new(Machine_::Tracker(Box::new(tracker)), addr(0));
     }
 
@@ -274,8 +284,9 @@ impl Harness {
         self.links.insert((node, conn), (target_ix, inbound));
         self.links.insert((target_ix, inbound), (node, conn));
         let source = SocketAddr::new(self.nodes[node].addr.ip(), 40000);
-        self.pending.push_back((node, Input::Connected { conn, remote: target }));
-        self.pending.push_back((target_ix, Input::Connected { conn: inbound, remote: source }));
+        let (opener_id, target_id) = (self.nodes[node].machine.peer_id(), self.nodes[target_ix].machine.peer_id());
+        self.pending.push_back((node, Input::Connected { conn, remote: target, peer_id: target_id }));
+        self.pending.push_back((target_ix, Input::Connected { conn: inbound, remote: source, peer_id: opener_id }));
     }
 
     fn storage(&mut self, node: NodeIx, output: Output) {
@@ -334,4 +345,9 @@ pub fn file(len: usize, piece_size: u32, seed: u8) -> (Vec<u8>, Manifest) {
     let mut builder = ManifestBuilder::new("file.bin".into(), piece_size).expect("valid piece size");
     builder.update(&bytes);
     (bytes, builder.finish().expect("valid manifest"))
+}
+
+/// A tracker's configuration for `seed`, with the id derived from it.
+fn tracker_config(seed: u64) -> TrackerConfig {
+    TrackerConfig { peer_id: PeerId::from_seed(seed), seed, ..TrackerConfig::default() }
 }

@@ -1,15 +1,16 @@
-//! The tracker's open connections: handshake stage, per-connection deadline, and the index
-//! that keeps one connection per announced peer address.
+//! The tracker's open connections: the id each remote proved, handshake stage,
+//! per-connection deadline, and the indexes that keep one connection per announced peer
+//! address and per peer id.
 //!
 //! Invariants: `deadlines` holds exactly one `(deadline, conn)` per open connection (the
 //! handshake deadline before `Hello`, the idle deadline after); `by_addr` maps a listening
-//! peer's address to the one ready `Role::Peer` connection that claimed it; while that
-//! connection lives, nobody else may claim the address.
+//! peer's address, and `by_id` a peer's proven id, to the one ready `Role::Peer` connection
+//! that claimed it; while that connection lives, nobody else may claim the address or the id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, PeerId};
 use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::time::Time;
 use crate::wire::{PeerAddr, Role};
@@ -33,6 +34,8 @@ pub(super) enum Stage {
 pub(super) struct Conn {
     /// The socket's source address.
     pub(super) remote: SocketAddr,
+    /// The id the remote proved in the transport's handshake.
+    pub(super) peer_id: PeerId,
     /// Handshake stage.
     pub(super) stage: Stage,
     deadline: Time,
@@ -44,6 +47,16 @@ pub(super) struct Conns {
     conns: BTreeMap<ConnId, Conn>,
     deadlines: BTreeSet<(Time, ConnId)>,
     by_addr: BTreeMap<SocketAddr, ConnId>,
+    by_id: BTreeMap<PeerId, ConnId>,
+}
+
+/// Why a `Hello` cannot make its connection ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Claimed {
+    /// Another live connection registered this listening address.
+    Addr,
+    /// Another live connection registered this peer id.
+    Id,
 }
 
 impl Conns {
@@ -58,9 +71,9 @@ impl Conns {
     }
 
     /// Records a new connection that must send `Hello` within the handshake timeout.
-    pub(super) fn open(&mut self, now: Time, conn: ConnId, remote: SocketAddr) {
+    pub(super) fn open(&mut self, now: Time, conn: ConnId, remote: SocketAddr, peer_id: PeerId) {
         let deadline = now + HANDSHAKE_TIMEOUT;
-        let previous = self.conns.insert(conn, Conn { remote, stage: Stage::AwaitingHello, deadline });
+        let previous = self.conns.insert(conn, Conn { remote, peer_id, stage: Stage::AwaitingHello, deadline });
         assert!(previous.is_none(), "a connection is opened once");
         self.deadlines.insert((deadline, conn));
     }
@@ -76,14 +89,16 @@ impl Conns {
     }
 
     /// Marks `conn` as past its handshake, unless another live connection already claimed the
-    /// same listening address: then `conn` is left as it was and that connection is returned
-    /// (the first claimant keeps the address until its connection ends).
-    pub(super) fn ready(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr) -> Result<(), ConnId> {
+    /// same listening address or (for a peer) the same peer id: then `conn` is left as it was
+    /// (the first claimant keeps both until its connection ends).
+    pub(super) fn ready(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr) -> Result<(), Claimed> {
         let claims_addr = role == Role::Peer && peer.addr.port() != 0;
-        if claims_addr {
-            if let Some(holder) = self.by_addr.get(&peer.addr).filter(|holder| **holder != conn) {
-                return Err(*holder);
-            }
+        let other = |holder: &&ConnId| **holder != conn;
+        if claims_addr && self.by_addr.get(&peer.addr).filter(other).is_some() {
+            return Err(Claimed::Addr);
+        }
+        if role == Role::Peer && self.by_id.get(&peer.peer_id).filter(other).is_some() {
+            return Err(Claimed::Id);
         }
         let Some(entry) = self.conns.get_mut(&conn) else { return Ok(()) };
         entry.stage = Stage::Ready { role, peer };
@@ -92,6 +107,9 @@ impl Conns {
         self.deadlines.insert((entry.deadline, conn));
         if claims_addr {
             self.by_addr.insert(peer.addr, conn);
+        }
+        if role == Role::Peer {
+            self.by_id.insert(peer.peer_id, conn);
         }
         Ok(())
     }
@@ -103,6 +121,9 @@ impl Conns {
         if let Stage::Ready { peer, .. } = entry.stage {
             if self.by_addr.get(&peer.addr) == Some(&conn) {
                 self.by_addr.remove(&peer.addr);
+            }
+            if self.by_id.get(&peer.peer_id) == Some(&conn) {
+                self.by_id.remove(&peer.peer_id);
             }
         }
         Some(entry)

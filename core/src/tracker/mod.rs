@@ -36,13 +36,15 @@ use crate::rng::Rng;
 use crate::time::Time;
 use crate::wire::{ErrorCode, Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
 
-use conns::{Conns, Stage};
+use conns::{Claimed, Conns, Stage};
 use registry::{Refusal, Registry};
 
 /// How a tracker is set up.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
-    /// Seed of the tracker's RNG (its id and the holder shuffles).
+    /// The id the tracker sends in its `Hello` (the driver's: proven by its key on TCP).
+    pub peer_id: PeerId,
+    /// Seed of the tracker's RNG (the holder shuffles).
     pub seed: u64,
     /// The announce interval peers are expected to keep; the TTL is a multiple of it.
     pub announce_interval: Duration,
@@ -50,7 +52,7 @@ pub struct TrackerConfig {
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        TrackerConfig { seed: 0, announce_interval: ANNOUNCE_INTERVAL_DEFAULT }
+        TrackerConfig { peer_id: PeerId::from_seed(0), seed: 0, announce_interval: ANNOUNCE_INTERVAL_DEFAULT }
     }
 }
 
@@ -66,17 +68,13 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker that knows no peer yet. Its id and every later random choice come from
-    /// `config.seed`.
+    /// A tracker that knows no peer yet. Every random choice comes from `config.seed`.
     pub fn new(config: TrackerConfig) -> Tracker {
-        let mut rng = Rng::from_seed(config.seed);
-        let mut id = [0u8; 16];
-        rng.fill(&mut id);
         let ttl = config.announce_interval * TTL_INTERVALS_COUNT;
         Tracker {
+            peer_id: config.peer_id,
+            rng: Rng::from_seed(config.seed),
             config,
-            peer_id: PeerId(id),
-            rng,
             conns: Conns::default(),
             registry: Registry::new(ttl),
             outputs: VecDeque::new(),
@@ -158,7 +156,7 @@ impl Tracker {
         self.event(Event::ProtocolViolation { conn, reason });
     }
 
-    fn on_connected(&mut self, now: Time, conn: ConnId, remote: SocketAddr) {
+    fn on_connected(&mut self, now: Time, conn: ConnId, remote: SocketAddr, peer_id: PeerId) {
         // A reused id means the driver lost a `Disconnected`: start the connection afresh.
         self.drop_conn(conn);
         if self.conns.len() >= TRACKER_CONNECTIONS_MAX {
@@ -167,21 +165,22 @@ impl Tracker {
             self.push(Output::Close { conn });
             return;
         }
-        self.conns.open(now, conn, remote);
+        self.conns.open(now, conn, remote, peer_id);
     }
 
     fn on_message(&mut self, now: Time, conn: ConnId, message: Message) {
         // Messages still in flight on a connection this side closed are dropped.
         let Some(entry) = self.conns.get(conn) else { return };
-        let (remote, stage) = (entry.remote, entry.stage);
+        let (remote, proven, stage) = (entry.remote, entry.peer_id, entry.stage);
         self.conns.touch(now, conn);
         match stage {
-            Stage::AwaitingHello => self.on_hello(now, conn, remote, message),
+            Stage::AwaitingHello => self.on_hello(now, conn, (remote, proven), message),
             Stage::Ready { role, peer } => self.on_request(now, conn, role, peer, message),
         }
     }
 
-    fn on_hello(&mut self, now: Time, conn: ConnId, remote: SocketAddr, message: Message) {
+    /// A connection's first message, from `remote` that proved the id `proven`.
+    fn on_hello(&mut self, now: Time, conn: ConnId, (remote, proven): (SocketAddr, PeerId), message: Message) {
         let hello = match message {
             Message::Hello(hello) => hello,
             other => {
@@ -196,9 +195,17 @@ impl Tracker {
         if hello.role == Role::Tracker {
             return self.reject(conn, ErrorCode::Unexpected, "a tracker does not serve trackers".to_owned());
         }
-        let peer = PeerAddr { peer_id: hello.peer_id, addr: SocketAddr::new(remote.ip(), hello.listen_port) };
-        if self.conns.ready(now, conn, hello.role, peer).is_err() {
-            let reason = format!("{} is registered by another live connection; retry once it is closed", peer.addr);
+        if hello.peer_id != proven {
+            let reason = format!("hello claims peer id {}, but the connection's key proves {}", hello.peer_id, proven);
+            return self.reject(conn, ErrorCode::BadRequest, reason);
+        }
+        let peer = PeerAddr { peer_id: proven, addr: SocketAddr::new(remote.ip(), hello.listen_port) };
+        if let Err(claimed) = self.conns.ready(now, conn, hello.role, peer) {
+            let what = match claimed {
+                Claimed::Addr => format!("address {}", peer.addr),
+                Claimed::Id => format!("peer id {}", peer.peer_id),
+            };
+            let reason = format!("{what} is registered by another live connection; retry once it is closed");
             return self.reject(conn, ErrorCode::BadRequest, reason);
         }
         let reply = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: self.peer_id, listen_port: 0 };
@@ -263,7 +270,7 @@ impl Machine for Tracker {
     fn handle(&mut self, now: Time, input: Input) {
         self.expire(now);
         match input {
-            Input::Connected { conn, remote } => self.on_connected(now, conn, remote),
+            Input::Connected { conn, remote, peer_id } => self.on_connected(now, conn, remote, peer_id),
             Input::Disconnected { conn } => self.drop_conn(conn),
             Input::Message { conn, message } => self.on_message(now, conn, message),
             Input::BadFrame { conn, error } => self.reject(conn, ErrorCode::MalformedFrame, error.to_string()),

@@ -41,7 +41,7 @@ impl Remote {
 impl Harness {
     fn new(seed: u64) -> Harness {
         Harness {
-            tracker: Tracker::new(TrackerConfig { seed, ..TrackerConfig::default() }),
+            tracker: Tracker::new(TrackerConfig { peer_id: PeerId::from_seed(seed), seed, ..TrackerConfig::default() }),
             now: Time::ZERO,
             check: true,
         }
@@ -58,7 +58,7 @@ impl Harness {
     fn connect(&mut self, n: u64, ip: [u8; 4]) -> Remote {
         // The source port is ephemeral and never what others are told.
         let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), 50_000);
-        assert!(self.input(Input::Connected { conn: ConnId::Inbound(n), remote }).is_empty());
+        assert!(self.input(Input::Connected { conn: ConnId::Inbound(n), remote, peer_id: id_of(n) }).is_empty());
         Remote { conn: ConnId::Inbound(n), ip, port: 0 }
     }
 
@@ -113,10 +113,16 @@ impl Harness {
     }
 }
 
-fn hello(role: Role, n: u64, port: u16) -> Message {
+/// The id the remote of connection `n` proves (its key's, on TCP).
+fn id_of(n: u64) -> PeerId {
     let mut peer_id = [0u8; 16];
     peer_id[..8].copy_from_slice(&n.to_be_bytes());
-    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: PeerId(peer_id), listen_port: port })
+    PeerId(peer_id)
+}
+
+/// The `Hello` of the remote that proved `id_of(n)`.
+fn hello(role: Role, n: u64, port: u16) -> Message {
+    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: id_of(n), listen_port: port })
 }
 
 fn manifest(name: &str, pieces: u32) -> Manifest {
@@ -509,7 +515,7 @@ fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays() {
     h.announce(victim, &file, &[0]);
     let impostor = Remote { conn: ConnId::Inbound(11), ..victim };
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(victim.ip)), 50_001);
-    h.input(Input::Connected { conn: impostor.conn, remote });
+    h.input(Input::Connected { conn: impostor.conn, remote, peer_id: id_of(9) });
     let outputs = h.send(impostor, hello(Role::Peer, 9, victim.port));
     let refused = outputs
         .iter()
@@ -535,7 +541,7 @@ fn a_restarted_peer_takes_its_address_back_once_the_old_connection_closed() {
     h.input(Input::Disconnected { conn: old.conn });
     let new = Remote { conn: ConnId::Inbound(11), ..old };
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(old.ip)), 50_001);
-    h.input(Input::Connected { conn: new.conn, remote });
+    h.input(Input::Connected { conn: new.conn, remote, peer_id: id_of(1) });
     let outputs = h.send(new, hello(Role::Peer, 1, old.port));
     assert!(matches!(outputs.as_slice(), [Output::Send { message: Message::Hello(_), .. }]), "{outputs:?}");
     h.announce(new, &file, &[0]);
@@ -590,11 +596,11 @@ fn locate_stays_cheap_with_many_holders() {
 fn connections_past_the_limit_are_refused() {
     let mut h = Harness::new(1);
     for n in 0..TRACKER_CONNECTIONS_MAX as u64 {
-        h.tracker
-            .handle(h.now, Input::Connected { conn: ConnId::Inbound(n), remote: "10.0.0.1:1".parse().expect("ok") });
+        let remote = "10.0.0.1:1".parse().expect("ok");
+        h.tracker.handle(h.now, Input::Connected { conn: ConnId::Inbound(n), remote, peer_id: id_of(n) });
     }
     let remote = "10.0.0.2:1".parse().expect("valid address");
-    let outputs = h.input(Input::Connected { conn: ConnId::Inbound(u64::MAX), remote });
+    let outputs = h.input(Input::Connected { conn: ConnId::Inbound(u64::MAX), remote, peer_id: id_of(u64::MAX) });
     assert_eq!(error_code(&outputs[..1]), ErrorCode::Overloaded);
     assert!(is_closed(&outputs, ConnId::Inbound(u64::MAX)));
 }
@@ -766,4 +772,35 @@ fn the_peers_of_one_address_hold_distinct_files_up_to_its_quota() {
     assert!(refused_by_quota(&h.announce(peers[4], &manifest("one-more", 1), &[0])));
     assert!(announced(&h.announce(peers[4], &manifest("f0", 1), &[0])), "a file the address holds is no new file");
     h.tracker.registry.check_invariants();
+}
+
+#[test]
+fn a_hello_claiming_an_id_its_key_does_not_prove_is_refused() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (seeder, d) = (h.peer(1), h.peer(4));
+    h.announce(seeder, &file, &[0]);
+    let liar = h.connect(7, [10, 0, 0, 7]);
+    let outputs = h.send(liar, hello(Role::Peer, 1, 6007));
+    let refused = outputs
+        .iter()
+        .any(|o| matches!(o, Output::Send { message: Message::Error { code: ErrorCode::BadRequest, .. }, .. }));
+    assert!(refused && is_closed(&outputs, liar.conn), "{outputs:?}");
+    assert!(gone(&outputs).is_empty() && !is_closed(&outputs, seeder.conn), "the seeder stays");
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![seeder.addr()]]);
+}
+
+#[test]
+fn a_second_registration_of_a_live_peer_id_is_refused() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (first, d) = (h.peer(1), h.peer(4));
+    h.announce(first, &file, &[0]);
+    // The same key from another address (a copy of the key file running elsewhere).
+    let copy = Remote { conn: ConnId::Inbound(11), ip: [10, 0, 0, 9], port: 6009 };
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(copy.ip)), 50_002);
+    h.input(Input::Connected { conn: copy.conn, remote, peer_id: id_of(1) });
+    let outputs = h.send(copy, hello(Role::Peer, 1, copy.port));
+    assert!(is_closed(&outputs, copy.conn) && !is_closed(&outputs, first.conn), "{outputs:?}");
+    assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![first.addr()]], "the first stays listed alone");
 }
