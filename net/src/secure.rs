@@ -562,23 +562,23 @@ pub(crate) mod tests {
             });
             let mut server = TcpStream::connect(inner_addr).await.expect("connects");
             let mut relayed = 0usize;
-            let mut buffer = [0u8; 4096];
+            let (mut upstream, mut downstream) = ([0u8; 4096], [0u8; 4096]);
             let handshake_bytes = 2 + FIRST_MESSAGE_BYTES + 2 + 64;
             loop {
                 tokio::select! {
-                    read = dialler.read(&mut buffer) => {
+                    read = dialler.read(&mut upstream) => {
                         let n = read.expect("reads");
                         if n == 0 { break; }
-                        for (i, byte) in buffer[..n].iter_mut().enumerate() {
+                        for (i, byte) in upstream[..n].iter_mut().enumerate() {
                             if relayed + i == handshake_bytes + 5 { *byte ^= 1; }
                         }
                         relayed += n;
-                        server.write_all(&buffer[..n]).await.expect("relays");
+                        server.write_all(&upstream[..n]).await.expect("relays");
                     }
-                    read = server.read(&mut buffer) => {
-                        let n = read.expect("reads");
+                    read = server.read(&mut downstream) => {
+                        let Ok(n) = read else { break };
                         if n == 0 { break; }
-                        dialler.write_all(&buffer[..n]).await.expect("relays");
+                        dialler.write_all(&downstream[..n]).await.expect("relays");
                     }
                 }
             }

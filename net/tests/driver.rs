@@ -12,6 +12,7 @@ use p2p_core::wire::{encode_frame, ErrorCode, Message};
 use p2p_core::{Command, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
 use p2p_net::connection::WRITE_QUEUE_BYTES_MAX;
 use p2p_net::driver::{Driver, Local};
+use p2p_net::secure::{self, Keys, SecureStream};
 use p2p_net::NodeEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -102,16 +103,23 @@ async fn start_echo(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (sender, events) = mpsc::unbounded_channel();
-    let driver = Driver::new(Echo { dial, ..Echo::default() }, "echo".into(), None, Some(sender));
+    let driver = Driver::new(Echo { dial, ..Echo::default() }, Keys::new_open(), "echo".into(), None, Some(sender));
     (driver.start_with_listener(listener), addr, events)
+}
+
+/// A client connection to `addr`, past the transport's handshake.
+async fn dial(addr: SocketAddr) -> SecureStream {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    secure::connect(stream, &Keys::new_open()).await.expect("handshake")
 }
 
 /// A new client's frame still comes back: the server goes on serving after what came before.
 async fn assert_still_echoes(addr: SocketAddr) {
-    let mut good = TcpStream::connect(addr).await.expect("connect");
+    let mut good = dial(addr).await;
     let mut frame = BytesMut::new();
     encode_frame(&Message::List, &mut frame).expect("fits");
     good.write_all(&frame).await.expect("write");
+    good.flush().await.expect("sent");
     let mut echoed = vec![0u8; frame.len()];
     tokio::time::timeout(Duration::from_secs(10), good.read_exact(&mut echoed)).await.expect("in time").expect("read");
     assert_eq!(echoed, frame.to_vec(), "the server still echoes on a new connection");
@@ -143,8 +151,9 @@ async fn messages_round_trip_and_the_timer_fires() {
 async fn a_bad_frame_costs_one_answered_connection_and_the_server_goes_on() {
     let (_server, addr, mut events) = start_echo(None).await;
     for garbage in [&[0, 0, 0, 3, 0xff, 0xfe, 0xfd][..], &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]] {
-        let mut hostile = TcpStream::connect(addr).await.expect("connect");
+        let mut hostile = dial(addr).await;
         hostile.write_all(garbage).await.expect("write");
+        hostile.flush().await.expect("sent");
         let mut answer = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), hostile.read_to_end(&mut answer)).await;
         read.expect("closed in time").expect("read");
@@ -158,10 +167,11 @@ async fn a_bad_frame_costs_one_answered_connection_and_the_server_goes_on() {
 #[actix_rt::test]
 async fn a_remote_that_does_not_read_is_dropped_once_its_queue_is_full() {
     let (_server, addr, mut events) = start_echo(None).await;
-    let mut lazy = TcpStream::connect(addr).await.expect("connect");
+    let mut lazy = dial(addr).await;
     let mut frame = BytesMut::new();
     encode_frame(&Message::Locate { file_id: file_id(), with_manifest: false }, &mut frame).expect("fits");
     lazy.write_all(&frame).await.expect("write");
+    lazy.flush().await.expect("sent");
     assert_eq!(next_note(&mut events).await, "disconnected", "the flood overflowed the queue and cost the connection");
     drop(lazy);
     assert_still_echoes(addr).await;

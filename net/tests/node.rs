@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2p_core::{Event, FileId, Manifest, TrackerConfig};
+use p2p_net::secure::Keys;
 use p2p_net::{spawn_peer, spawn_tracker, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
 use tokio::sync::mpsc;
 
@@ -52,7 +53,9 @@ async fn completed(events: &mut mpsc::UnboundedReceiver<NodeEvent>) -> (PathBuf,
 async fn a_peer_fetches_a_shared_file_and_a_restarted_one_fetches_only_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = write_file(dir.path());
-    let tracker = spawn_tracker("127.0.0.1:0".parse().expect("addr"), TrackerConfig::default()).await.expect("tracker");
+    let tracker = spawn_tracker("127.0.0.1:0".parse().expect("addr"), TrackerConfig::default(), Keys::new_open())
+        .await
+        .expect("tracker");
     let (seeder, mut seeder_events) = start_peer(tracker.addr(), dir.path().join("seeder")).await;
     let manifest = share(&seeder, &mut seeder_events, &original).await;
     let file_id: FileId = manifest.file_id();
