@@ -1,7 +1,9 @@
 //! Hostile or broken clients cost the tracker and a seeding peer one closed connection each,
 //! never the process: after garbage, an absurd frame length, a truncated frame, an undecodable
 //! frame, a `Hello` of another version, a message before `Hello` and an idle connection, both
-//! still run and a normal download still succeeds.
+//! still run and a normal download still succeeds. Each is sent twice: as raw bytes where the
+//! transport's handshake is expected, and sealed inside the encrypted stream after it, where
+//! core's framing reads them.
 
 mod common;
 
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use p2p_core::wire::{encode_frame, Hello, Message, Role, PROTOCOL_VERSION};
 use p2p_core::PeerId;
+use p2p_net::secure::Keys;
 
+use common::wire::WireClient;
 use common::{assert_same_file, path_str, random_file, subdir, temp_dir, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT};
 
 /// How long a server may take to close a connection after an invalid frame. Shorter than the
@@ -35,13 +39,19 @@ fn tracker_and_seeder_survive_hostile_bytes_and_still_serve_a_download() {
     let mut idle_connections = Vec::new();
     for (server, addr) in [("tracker", tracker_addr), ("seeder", seeder_addr)] {
         idle_connections.push(connect(addr));
-        send_and_expect_close(server, addr, "text garbage", b"GET / HTTP/1.1\r\nHost: swarm\r\n\r\n\x00\x13\xfe");
-        send_and_expect_close(server, addr, "length 0xFFFFFFFF", &[0xff, 0xff, 0xff, 0xff]);
-        send_and_expect_close(server, addr, "length 0xFFFFFFFF and bytes", &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
-        send_and_expect_close(server, addr, "non-CBOR frame", &frame(&[0xff; 16]));
-        send_and_expect_close(server, addr, "empty frame", &frame(&[]));
-        send_and_expect_close(server, addr, "Hello of another protocol version", &hello(PROTOCOL_VERSION + 1));
-        send_and_expect_close(server, addr, "a message before Hello", &encoded(&Message::List));
+        let hostile: [(&str, Vec<u8>); 7] = [
+            ("text garbage", b"GET / HTTP/1.1\r\nHost: swarm\r\n\r\n\x00\x13\xfe".to_vec()),
+            ("length 0xFFFFFFFF", vec![0xff, 0xff, 0xff, 0xff]),
+            ("length 0xFFFFFFFF and bytes", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]),
+            ("non-CBOR frame", frame(&[0xff; 16])),
+            ("empty frame", frame(&[])),
+            ("Hello of another protocol version", hello(PROTOCOL_VERSION + 1)),
+            ("a message before Hello", encoded(&Message::List)),
+        ];
+        for (what, bytes) in &hostile {
+            send_and_expect_close(server, addr, what, bytes);
+            send_sealed_and_expect_close(server, addr, what, bytes);
+        }
         send_truncated_frame_and_hang_up(addr);
         assert!(tracker.is_running(), "tracker died after hostile bytes to the {server}\n{}", tracker.report());
         assert!(seeder.is_running(), "seeder died after hostile bytes to the {server}\n{}", seeder.report());
@@ -107,6 +117,19 @@ fn send_and_expect_close(server: &str, addr: SocketAddr, what: &str, bytes: &[u8
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
             Err(_) => return, // Reset by the server: closed.
         }
+    }
+}
+
+/// Sends `bytes` inside the encrypted stream, after the handshake, and waits until the server
+/// closes the connection (an error message first is allowed).
+fn send_sealed_and_expect_close(server: &str, addr: SocketAddr, what: &str, bytes: &[u8]) {
+    let mut client = WireClient::connect(None, addr, Keys::new_open()).expect("a handshake");
+    if client.send_bytes(bytes).is_err() {
+        return; // Already closed by the server.
+    }
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while client.recv(deadline.saturating_duration_since(Instant::now())).is_some() {
+        assert!(Instant::now() < deadline, "{server} kept the connection open {CLOSE_TIMEOUT:?} after sealed {what}");
     }
 }
 

@@ -6,19 +6,19 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use p2p_core::limits::{
     FRAME_BYTES_MAX, PIECES_MAX, PIECE_BYTES_MIN, READ_BUFFERS_TOTAL_BYTES_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
 };
-use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
-use p2p_core::{Bitfield, Digest, FileId, Manifest, PeerId};
+use p2p_core::wire::{ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::{Bitfield, Digest, FileId, Manifest};
+use p2p_net::secure::Keys;
 
+use common::wire::WireClient;
 use common::{path_str, random_file, subdir, temp_dir, Node};
 
 /// Fake files the flood announces, each with a manifest of the most pieces a file may have.
@@ -100,12 +100,12 @@ fn frames_sent_all_but_their_last_byte_cost_the_tracker_no_more_than_its_read_bu
         let mut hog = if c < HALF_SENT_AFTER_HELLO {
             WireClient::hello(Some(FLOOD_IP), tracker_addr, Role::Client, 0)
         } else {
-            WireClient::connect(Some(FLOOD_IP), tracker_addr)
+            WireClient::connect(Some(FLOOD_IP), tracker_addr, Keys::new_open()).expect("a handshake")
         };
         let mut frame = (FRAME_BYTES_MAX as u32).to_be_bytes().to_vec();
         frame.resize(FRAME_BYTES_MAX + 3, 0xa5);
         // A refused or evicted connection is closed under the writer: that is the point.
-        let _ = hog.stream.write_all(&frame);
+        let _ = hog.send_bytes(&frame);
         hogs.push(hog);
     }
     thread::sleep(Duration::from_millis(500));
@@ -129,11 +129,11 @@ fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays_listed() 
     let dir = temp_dir();
     let Swarm { tracker: _tracker, tracker_addr, seeder, file_id } = Swarm::start(dir.path());
 
-    let mut impostor = WireClient::connect(None, tracker_addr);
+    let mut impostor = WireClient::connect(None, tracker_addr, Keys::new_open()).expect("a handshake");
     let hello = Hello {
         version: PROTOCOL_VERSION,
         role: Role::Peer,
-        peer_id: PeerId([9; 16]),
+        peer_id: impostor.peer_id(),
         listen_port: seeder.addr().port(),
     };
     impostor.send(&Message::Hello(hello));
@@ -174,62 +174,14 @@ impl Swarm {
     }
 }
 
-/// A client speaking the wire protocol over a blocking socket.
-struct WireClient {
-    stream: TcpStream,
-    buffer: BytesMut,
-}
-
-impl WireClient {
-    /// Connects to `addr`, from `source` when given (any loopback address reaches 127.0.0.1).
-    fn connect(source: Option<Ipv4Addr>, addr: SocketAddr) -> WireClient {
-        let stream = match source {
-            None => TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT).expect("connects"),
-            Some(ip) => connect_from(ip, addr),
-        };
-        WireClient { stream, buffer: BytesMut::new() }
-    }
-
-    /// Connects and exchanges `Hello`s as `role`, listening on `listen_port`.
-    fn hello(source: Option<Ipv4Addr>, addr: SocketAddr, role: Role, listen_port: u16) -> WireClient {
-        let mut client = WireClient::connect(source, addr);
-        let peer_id = PeerId(std::array::from_fn(|i| (i as u16 + listen_port) as u8));
-        client.send(&Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port }));
-        match client.recv(ANSWER_TIMEOUT) {
-            Some(Message::Hello(reply)) => assert_eq!(reply.role, Role::Tracker),
-            other => panic!("hello answered with {other:?}"),
-        }
-        client
-    }
-
-    fn send(&mut self, message: &Message) {
-        let mut frame = BytesMut::new();
-        encode_frame(message, &mut frame).expect("fits a frame");
-        self.stream.write_all(&frame).expect("sends");
-    }
-
-    /// The next message, or `None` once the tracker closed the connection.
-    fn recv(&mut self, timeout: Duration) -> Option<Message> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(message) = decode_frame(&mut self.buffer).expect("the tracker sends valid frames") {
-                return Some(message);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no answer within {timeout:?}");
-            self.stream.set_read_timeout(Some(left)).expect("sets a timeout");
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
+/// The flood's announces.
+trait AnnounceFakes {
     /// Announces `count` fake files of the largest size, reading the answers as they come;
     /// returns how many were accepted and how many refused by a quota.
+    fn announce_fakes(&mut self, connection: usize, count: usize) -> (usize, usize);
+}
+
+impl AnnounceFakes for WireClient {
     fn announce_fakes(&mut self, connection: usize, count: usize) -> (usize, usize) {
         let hashes = vec![Digest([connection as u8; 32]); PIECES_MAX as usize];
         let length_bytes = u64::from(PIECES_MAX) * u64::from(PIECE_BYTES_MIN);
@@ -250,17 +202,6 @@ impl WireClient {
         }
         (accepted, refused)
     }
-}
-
-/// A blocking connection to `addr` from the loopback address `ip`.
-fn connect_from(ip: Ipv4Addr, addr: SocketAddr) -> TcpStream {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    socket.bind(SocketAddr::new(IpAddr::V4(ip), 0)).expect("binds a loopback address");
-    let stream = runtime.block_on(async { socket.connect(addr).await }).expect("connects");
-    let stream = stream.into_std().expect("a std stream");
-    stream.set_nonblocking(false).expect("blocking");
-    stream
 }
 
 /// The resident memory of process `pid`, from `/proc`.

@@ -1,5 +1,5 @@
-//! One load-generator connection to a tracker: p2p-core's own frames and messages over a tokio
-//! `TcpStream`, with pipelined request/reply exchanges.
+//! One load-generator connection to a tracker: the product's transport handshake, then
+//! p2p-core's own frames and messages, with pipelined request/reply exchanges.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use p2p_core::wire::{decode_frame, encode_frame, Hello, Message, Role, PROTOCOL_VERSION};
-use p2p_core::PeerId;
+use p2p_net::identity::Identity;
+use p2p_net::secure::{self, Keys, SecureStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,16 +18,19 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A handshaken connection to the tracker.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: SecureStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
 }
 
 impl Conn {
-    /// Connects, sends `Hello` and waits for the tracker's.
-    pub async fn open(addr: SocketAddr, role: Role, peer_id: PeerId, listen_port: u16) -> anyhow::Result<Conn> {
+    /// Connects, proves `identity` in the handshake (an open swarm), sends `Hello` and waits
+    /// for the tracker's.
+    pub async fn open(addr: SocketAddr, role: Role, identity: Identity, listen_port: u16) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true)?;
+        let peer_id = identity.peer_id();
+        let keys = Keys { identity, swarm_key: None };
+        let stream = secure::connect(stream, &keys).await.with_context(|| format!("handshake with {addr}"))?;
         let mut conn = Conn { stream, read_buf: BytesMut::new(), write_buf: BytesMut::new() };
         conn.queue(&Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port }))?;
         conn.flush().await?;
@@ -45,6 +49,7 @@ impl Conn {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.write_buf.is_empty() {
             self.stream.write_all(&self.write_buf).await.context("cannot send to the tracker")?;
+            self.stream.flush().await.context("cannot send to the tracker")?;
             self.write_buf.clear();
         }
         Ok(())
@@ -61,8 +66,9 @@ impl Conn {
             if let Some(message) = self.try_next()? {
                 return Ok(message);
             }
-            self.read_buf.reserve(READ_CHUNK_BYTES);
-            let n = self.stream.read_buf(&mut self.read_buf).await.context("cannot read from the tracker")?;
+            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            let n = self.stream.read(&mut chunk).await.context("cannot read from the tracker")?;
+            self.read_buf.extend_from_slice(&chunk[..n]);
             if n == 0 {
                 bail!("the tracker closed the connection");
             }

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use p2p_core::limits::{CONNECTIONS_MAX, PIECES_MAX, TRACKER_FILES_MAX};
 use p2p_core::wire::{Message, Role};
-use p2p_core::{Bitfield, Digest, FileId, Manifest, PeerId};
+use p2p_core::{Bitfield, Digest, FileId, Manifest};
+use p2p_net::identity::Identity;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, watch};
@@ -158,7 +159,7 @@ async fn drive(args: &LoadArgs, addr: SocketAddr, files: Files, pid: u32, figure
     let mut peers = Vec::with_capacity(args.peers);
     for i in 0..args.peers {
         let port = PORT_BASE + u16::try_from(i)?;
-        peers.push(Conn::open(addr, Role::Peer, peer_id(args.seed, i), port).await?);
+        peers.push(Conn::open(addr, Role::Peer, identity(args.seed, i), port).await?);
     }
     figures.connect_s = started.elapsed().as_secs_f64();
     let cpu_before = procstat::self_cpu_s();
@@ -178,11 +179,12 @@ async fn drive(args: &LoadArgs, addr: SocketAddr, files: Files, pid: u32, figure
     Ok(())
 }
 
-fn peer_id(seed: u64, i: usize) -> PeerId {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
-    id[8..].copy_from_slice(&seed.to_be_bytes());
-    PeerId(id)
+/// The key pair of load connection `i`: drawn from the seed, so runs name the same peers.
+fn identity(seed: u64, i: usize) -> Identity {
+    let mut private = [0u8; 32];
+    private[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    private[8..16].copy_from_slice(&seed.to_be_bytes());
+    Identity::from_private(private)
 }
 
 /// A random half of the pieces (each piece held with probability 1/2).
@@ -346,7 +348,7 @@ async fn locate_phase(
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for c in 0..args.locate_conns {
-        let mut conn = Conn::open(addr, Role::Client, peer_id(!args.seed, c), 0).await?;
+        let mut conn = Conn::open(addr, Role::Client, identity(!args.seed, c), 0).await?;
         let (files, window, pieces) = (Arc::clone(files), args.window, args.pieces);
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(c as u64));
         tasks.spawn(async move {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of these helpers.
 
+pub mod wire;
+
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
