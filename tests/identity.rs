@@ -34,7 +34,8 @@ fn a_client_claiming_the_seeders_id_is_refused_and_the_download_from_the_seeder_
     let dir = temp_dir();
     let original = random_file(dir.path(), "payload.bin", 1024 * 1024, 11);
     let (_tracker, tracker_addr) = Node::tracker();
-    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
+    let mut seeder =
+        Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &["--share", path_str(&original)]);
     let file_id = seeder.wait_sharing().file_id;
     let seeder_id = holder_id(tracker_addr, file_id.parse().expect("a file id"), seeder.addr());
 
@@ -42,7 +43,9 @@ fn a_client_claiming_the_seeders_id_is_refused_and_the_download_from_the_seeder_
     let mut impostor = WireClient::connect(None, tracker_addr, Keys::new_open()).expect("a handshake");
     impostor.send(&hello(Role::Peer, seeder_id, 7));
     match impostor.recv(ANSWER_TIMEOUT) {
-        Some(Message::Error { code: ErrorCode::BadRequest, detail, .. }) => assert!(detail.contains("proves"), "{detail}"),
+        Some(Message::Error { code: ErrorCode::BadRequest, detail, .. }) => {
+            assert!(detail.contains("proves"), "{detail}")
+        }
         other => panic!("the tracker answered the impostor's hello with {other:?}"),
     }
     assert_eq!(impostor.recv(ANSWER_TIMEOUT), None, "and closed its connection");
@@ -74,7 +77,10 @@ fn nodes_without_the_swarm_key_are_refused_on_both_sides_and_get_nothing() {
         let made = run_node(&["swarm-key", path_str(path)], EXIT_TIMEOUT);
         assert!(made.status.success(), "{}", stderr_of(&made));
     }
-    assert_eq!(std::fs::metadata(&key).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).ok(), Some(0o600));
+    assert_eq!(
+        std::fs::metadata(&key).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).ok(),
+        Some(0o600)
+    );
     let original = random_file(dir.path(), "secret.bin", 512 * 1024, 12);
     let mut tracker = Node::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0", "--swarm-key", path_str(&key)]);
     let tracker_addr = tracker.listening_addr();
@@ -104,7 +110,8 @@ fn nodes_without_the_swarm_key_are_refused_on_both_sides_and_get_nothing() {
         assert!(stderr_of(&refused).contains("handshake failed"), "a peer with {who}: {}", stderr_of(&refused));
         assert!(stderr_of(&refused).contains("swarm key"), "a peer with {who}: {}", stderr_of(&refused));
         assert_eq!(dir_entries(&out), 0, "a peer with {who} wrote a download");
-        assert!(std::fs::read_dir(&store).map_or(true, |d| d.flatten().all(|e| !e.path().to_string_lossy().ends_with(".part"))));
+        assert!(std::fs::read_dir(&store)
+            .map_or(true, |d| d.flatten().all(|e| !e.path().to_string_lossy().ends_with(".part"))));
     }
     let says_why = (0..100).any(|_| {
         thread::sleep(Duration::from_millis(50));
@@ -116,7 +123,11 @@ fn nodes_without_the_swarm_key_are_refused_on_both_sides_and_get_nothing() {
     let mut ls = vec!["ls", "--tracker", tracker_arg.as_str()];
     ls.extend_from_slice(&with_key);
     let listed = run_node(&ls, REFUSAL_TIMEOUT);
-    assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains(&file_id), "{}", stderr_of(&listed));
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains(&file_id),
+        "{}",
+        stderr_of(&listed)
+    );
     let out = subdir(dir.path(), "out");
     let mut get_args = vec!["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
     get_args.extend_from_slice(&with_key);
@@ -135,7 +146,8 @@ fn a_download_relayed_on_the_wire_carries_none_of_the_files_bytes_in_the_clear()
     let share = ["--share", path_str(&original)];
     let store = subdir(dir.path(), "seeder");
     let tracker_arg = tracker_addr.to_string();
-    let mut args = vec!["peer", "--tracker", tracker_arg.as_str(), "--listen", "127.0.0.2:0", "--store", path_str(&store)];
+    let mut args =
+        vec!["peer", "--tracker", tracker_arg.as_str(), "--listen", "127.0.0.2:0", "--store", path_str(&store)];
     args.extend_from_slice(&share);
     let mut seeder = Node::spawn("seeder", &args);
     let seeder_addr = seeder.listening_addr();

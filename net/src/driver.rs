@@ -548,7 +548,11 @@ impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
     fn handle(&mut self, accepted: Accepted, ctx: &mut Context<Self>) {
         let Accepted { stream, remote } = accepted;
         if self.conns.len() + self.handshaking >= CONNECTIONS_MAX {
-            tracing::warn!("{}: {} connections open; refusing {remote}", self.label, self.conns.len() + self.handshaking);
+            tracing::warn!(
+                "{}: {} connections open; refusing {remote}",
+                self.label,
+                self.conns.len() + self.handshaking
+            );
             return;
         }
         self.handshaking += 1;

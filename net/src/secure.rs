@@ -240,7 +240,8 @@ impl SecureStream {
             sealed: BytesMut::new(),
             opened: BytesMut::new(),
         };
-        let writer = SecureWriter { half: write_half, transport, nonce: 0, sealed: BytesMut::new(), gathered: Vec::new() };
+        let writer =
+            SecureWriter { half: write_half, transport, nonce: 0, sealed: BytesMut::new(), gathered: Vec::new() };
         Ok(SecureStream { reader, writer, peer_id })
     }
 
@@ -537,7 +538,9 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let key = SwarmKey::create(&dir.path().join("swarm.key")).expect("a key");
         let other = SwarmKey::create(&dir.path().join("other.key")).expect("a key");
-        for (dialler_key, acceptor_key) in [(None, Some(key.clone())), (Some(key.clone()), None), (Some(key), Some(other))] {
+        for (dialler_key, acceptor_key) in
+            [(None, Some(key.clone())), (Some(key.clone()), None), (Some(key), Some(other))]
+        {
             let (dialled, accepted, ..) = handshaken(dialler_key, acceptor_key).await;
             assert!(matches!(dialled, Err(HandshakeError::RefusedSwarmKey)), "{dialled:?}");
             assert!(matches!(accepted, Err(HandshakeError::SwarmKeyMismatch)), "{accepted:?}");
@@ -585,7 +588,8 @@ pub(crate) mod tests {
             acceptor.await.expect("the acceptor ran")
         };
         let dial = async {
-            let mut stream = connect(TcpStream::connect(addr).await.expect("connects"), &keys).await.expect("handshake");
+            let mut stream =
+                connect(TcpStream::connect(addr).await.expect("connects"), &keys).await.expect("handshake");
             stream.write_all(b"hello there").await.expect("sends");
             stream.flush().await.expect("sent");
             stream.shutdown().await.ok();

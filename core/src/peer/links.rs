@@ -273,7 +273,8 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.peer_id != Some(hello.peer_id) {
             let proven = remote.peer_id.map_or_else(|| "nothing".to_owned(), |id| id.to_string());
-            return self.violation(conn, format!("hello claims peer id {}, but its key proves {proven}", hello.peer_id));
+            return self
+                .violation(conn, format!("hello claims peer id {}, but its key proves {proven}", hello.peer_id));
         }
         if !remote.outbound && hello.listen_port != 0 {
             remote.addr = SocketAddr::new(remote.addr.ip(), hello.listen_port);

@@ -466,8 +466,13 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
             _ => None,
         })
         .expect("the peer connects to the tracker");
-    step(&mut peer, Time::from_millis(1), Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) });
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([1; 16]), listen_port: 0 };
+    step(
+        &mut peer,
+        Time::from_millis(1),
+        Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
+    );
+    let hello =
+        Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([1; 16]), listen_port: 0 };
     step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
     let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
     let answer = Message::Located { file_id: id, manifest: None, holders };
@@ -484,10 +489,12 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
 #[test]
 fn a_holder_whose_key_proves_another_id_than_the_tracker_named_is_dropped_unbanned() {
     use crate::machine::{Event, Input, Output};
-    let holder = crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let holder =
+        crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
     let (mut peer, conn) = dialling_a_named_holder(holder);
     let impostor = crate::PeerId([8; 16]);
-    let outputs = step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: impostor });
+    let outputs =
+        step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: impostor });
     assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
     assert!(sent(&outputs).is_empty(), "no hello to an impostor: {outputs:?}");
     assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));
@@ -498,9 +505,11 @@ fn a_holder_whose_key_proves_another_id_than_the_tracker_named_is_dropped_unbann
 fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
     use crate::machine::{Event, Input, Output};
     use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
-    let holder = crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let holder =
+        crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
     let (mut peer, conn) = dialling_a_named_holder(holder);
-    let opened = step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+    let opened =
+        step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     assert!(matches!(sent(&opened)[..], [Message::Hello(_)]), "{opened:?}");
     let claim = Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: crate::PeerId([9; 16]), listen_port: 0 };
     let outputs = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: Message::Hello(claim) });
