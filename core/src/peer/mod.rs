@@ -9,10 +9,15 @@
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
 //!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
 //!   which pieces a whole-file holder tells each of several downloaders it has (offers);
-//! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
-//!   states and their transitions.
+//! - `downloads`: the piece book of one download, a sub-machine with private state: piece
+//!   states and their one transition API (`STATE.md`), block requests per remote, piece
+//!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
+//!   download asks the tracker for holders;
+//! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
+mod downloads;
 mod links;
+mod locate;
 mod pieces;
 mod remote;
 mod scheduler;
@@ -337,8 +342,11 @@ impl Machine for Peer {
         if self.left {
             return None;
         }
-        let locate =
-            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.locate_at()));
+        let locate = self
+            .files
+            .values()
+            .filter(|f| f.is_fetching())
+            .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
             .into_iter()
