@@ -129,7 +129,9 @@ impl Peer {
 
     /// Makes sure a connection to `peer` exists that exchanges bitfields for `file_id`.
     fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
-        if peer.peer_id == self.peer_id || self.banned.contains(&peer.peer_id) || self.banned_addrs.contains(&peer.addr)
+        if peer.peer_id == self.peer_id
+            || self.bans.is_banned(&peer.peer_id, self.now)
+            || self.bans.is_addr_banned(&peer.addr, self.now)
         {
             return;
         }
@@ -244,7 +246,7 @@ impl Peer {
             self.violation(conn, detail);
             return;
         }
-        if self.banned.contains(&hello.peer_id) || hello.peer_id == self.peer_id {
+        if self.bans.is_banned(&hello.peer_id, self.now) || hello.peer_id == self.peer_id {
             self.close_remote(conn);
             return;
         }

@@ -15,6 +15,7 @@
 //!   download asks the tracker for holders;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
+mod bans;
 mod downloads;
 mod links;
 mod locate;
@@ -27,7 +28,7 @@ mod uploads;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use crate::rng::Rng;
 use crate::time::Time;
 use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
+use bans::Bans;
 use pieces::FileEntry;
 use remote::Remote;
 use tracker_link::TrackerLink;
@@ -88,9 +90,7 @@ pub struct Peer {
     files: BTreeMap<FileId, FileEntry>,
     remotes: BTreeMap<ConnId, Remote>,
     /// Peers that sent bad data, by id and by serving address.
-    strikes: BTreeMap<PeerId, u32>,
-    banned: BTreeSet<PeerId>,
-    banned_addrs: BTreeSet<SocketAddr>,
+    bans: Bans,
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
@@ -121,9 +121,7 @@ impl Peer {
             tracker: TrackerLink::new(),
             files: BTreeMap::new(),
             remotes: BTreeMap::new(),
-            strikes: BTreeMap::new(),
-            banned: BTreeSet::new(),
-            banned_addrs: BTreeSet::new(),
+            bans: Bans::new(),
             retry_at: BTreeMap::new(),
             uploads,
             recent_haves: BTreeMap::new(),

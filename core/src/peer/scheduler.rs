@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ASSIGNED_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT};
+use crate::limits::{BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
@@ -286,12 +286,9 @@ impl Peer {
     }
 
     fn strike(&mut self, peer_id: PeerId, addr: std::net::SocketAddr) {
-        let strikes = self.strikes.entry(peer_id).or_insert(0);
-        *strikes += 1;
-        if *strikes < STRIKES_BEFORE_BAN_COUNT || !self.banned.insert(peer_id) {
+        if self.bans.strike(peer_id, addr, self.now).is_none() {
             return;
         }
-        self.banned_addrs.insert(addr);
         self.event(Event::PeerBanned { peer_id, addr });
         let conns: Vec<ConnId> =
             self.remotes.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect();
