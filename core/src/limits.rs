@@ -177,6 +177,10 @@ pub const OUTPUT_QUEUE_MAX: usize = 1 << 20;
 /// Pieces a remote is proven to have sent bad blocks of before it is banned.
 pub const STRIKES_BEFORE_BAN_COUNT: u32 = 2;
 
+/// Times a piece that failed its hash with several senders is fetched again without one
+/// suspect's blocks (parole) before it is fetched whole again.
+pub const PAROLE_ROUNDS_MAX: usize = 4;
+
 /// How long a remote's first ban lasts; each further ban of the same id lasts twice as long.
 pub const BAN_DURATION_MIN: Duration = Duration::from_secs(5 * 60);
 

@@ -1,6 +1,14 @@
 //! The piece book of one download: the state of every piece (`Slot`, transitions in
 //! `STATE.md`), who fetches which blocks, how many connected remotes hold each piece, which
 //! senders delivered a piece that failed its hash, and where the download stands as a whole.
+//!
+//! Blame only the guilty: every block's sender is recorded. A piece that fails its hash with a
+//! sole sender proves that sender bad. A piece with several senders blames nobody at once: it
+//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again from
+//! others, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
+//! blocks did not change and are now proven good): the suspect is proven bad. If it fails
+//! again, the next suspect goes on parole, at most `PAROLE_ROUNDS_MAX` times before the piece
+//! starts over. An honest sender is never proven bad, whoever else sends what and when.
 //! The state is private; the scheduler and the links change it only through the transition
 //! methods below, and read it through the choice methods (`next_block`, `choose`).
 //!
@@ -13,7 +21,7 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, PeerId, PieceIndex};
-use crate::limits::{ASSIGNEES_PER_PIECE_MAX, LOCATE_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX};
+use crate::limits::{ASSIGNEES_PER_PIECE_MAX, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX, PIECES_ACTIVE_PER_FILE_MAX};
 use crate::rng::Rng;
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
@@ -21,8 +29,11 @@ use crate::time::Time;
 use super::locate::Locate;
 use super::pieces::{all_blocks, block_count};
 
-/// Who sent blocks of a piece: the remote's id and serving address.
-pub(super) type Senders = VecSet<(PeerId, SocketAddr)>;
+/// A remote that sends blocks: its id and serving address.
+pub(super) type Sender = (PeerId, SocketAddr);
+
+/// Who sent which blocks of a piece (a block mask per sender).
+pub(super) type Senders = VecMap<Sender, u64>;
 
 /// Where a download stands as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +85,12 @@ enum Slot {
     Active(Box<ActivePiece>),
     /// Every block is written; its hash is being computed.
     Verifying {
-        /// Remotes that sent its blocks.
+        /// Every block of the piece.
+        all: u64,
+        /// Who sent which of its blocks.
         senders: Senders,
+        /// The suspect whose blocks were fetched again, if the piece is on parole.
+        parole: Option<Parole>,
     },
     /// Verified and served.
     Have,
@@ -92,8 +107,20 @@ struct ActivePiece {
     written: u64,
     /// Requested blocks per assigned connection (two assignees only in endgame).
     assignees: VecMap<ConnId, u64>,
-    /// Remotes that sent blocks of this piece.
+    /// Who sent which blocks of this piece.
     senders: Senders,
+    /// Set while the piece is on parole: an earlier attempt failed with several senders.
+    parole: Option<Parole>,
+}
+
+/// A piece that failed its hash with several senders, fetched again without one suspect's
+/// blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Parole {
+    /// The sender whose blocks were dropped; not asked for this piece while on parole.
+    suspect: Sender,
+    /// Senders put on parole for this piece so far (each once).
+    tried: VecSet<PeerId>,
 }
 
 impl ActivePiece {
@@ -114,7 +141,7 @@ impl ActivePiece {
 /// A piece chosen for a remote, and whether it joins another remote's work (endgame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Choice {
-    /// Nobody fetches it: an orphan, or the rarest missing piece.
+    /// Nobody fetches it: an orphan (maybe on parole), or the rarest missing piece.
     Fresh(PieceIndex),
     /// Another remote fetches it and nothing else is left to start.
     Endgame(PieceIndex),
@@ -156,12 +183,16 @@ pub(super) enum Verdict {
         senders: Senders,
         /// Whether a piece may start again: the download was at `PIECES_ACTIVE_PER_FILE_MAX`.
         room_again: bool,
+        /// The suspect of the parole it was on: its earlier blocks are proven bad.
+        guilty: Option<Sender>,
     },
-    /// It does not match: the piece is `Missing` again and none of its senders is asked for it
-    /// again.
+    /// It does not match: the piece is fetched again, whole (`Missing`, after a sole sender
+    /// or too many rounds) or on parole (`Active` without one suspect's blocks).
     Corrupt {
         /// Who sent its blocks.
         senders: Senders,
+        /// The sole sender, proven bad; it is not asked for this piece again.
+        guilty: Option<Sender>,
     },
 }
 
@@ -311,7 +342,9 @@ impl Download {
     /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
     /// an endgame piece someone else is fetching. `have` is what we verified.
     pub fn choose(&self, remote: Chooser<'_>, have: &Bitfield, rng: &mut Rng) -> Option<Choice> {
-        let usable = |piece: PieceIndex| !self.bad_sources.contains(&(piece, remote.peer_id));
+        let usable = |piece: PieceIndex| {
+            !self.bad_sources.contains(&(piece, remote.peer_id)) && self.suspect(piece) != Some(remote.peer_id)
+        };
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
         // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
         // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
@@ -408,7 +441,9 @@ impl Download {
             return Arrival::Duplicate;
         }
         active.received |= bit;
-        active.senders.extend(sender);
+        if let Some(sender) = sender {
+            *active.senders.get_or_insert_with(sender, || 0) |= bit;
+        }
         let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
         for loser in &losers {
             if let Some(mask) = active.assignees.get_mut(loser) {
@@ -434,7 +469,8 @@ impl Download {
             return false;
         }
         let senders = std::mem::take(&mut active.senders);
-        self.slots[piece.as_usize()] = Slot::Verifying { senders };
+        let (all, parole) = (active.all, active.parole.take());
+        self.slots[piece.as_usize()] = Slot::Verifying { all, senders, parole };
         true
     }
 
@@ -442,21 +478,71 @@ impl Download {
     /// manifest's. A verified piece is set in `have`.
     pub fn hashed(&mut self, piece: PieceIndex, matches: bool, have: &mut Bitfield) -> Verdict {
         let slot = std::mem::replace(&mut self.slots[piece.as_usize()], Slot::Missing);
-        let Slot::Verifying { senders } = slot else {
+        let Slot::Verifying { all, senders, parole } = slot else {
             unreachable!("a hash completes only a piece this download sent to be hashed, in state Verifying")
         };
         let verdict = if matches {
             self.slots[piece.as_usize()] = Slot::Have;
             have.set(piece);
-            Verdict::Verified { senders, room_again: self.active_count == PIECES_ACTIVE_PER_FILE_MAX }
+            self.active_count -= 1;
+            let room_again = self.active_count + 1 == PIECES_ACTIVE_PER_FILE_MAX;
+            Verdict::Verified { senders, room_again, guilty: parole.map(|p| p.suspect) }
         } else {
-            self.missing.set(piece);
-            self.bad_sources.extend(senders.iter().map(|(peer_id, _)| (piece, *peer_id)));
-            Verdict::Corrupt { senders }
+            self.failed(piece, all, senders, parole)
         };
-        self.active_count -= 1;
         self.debug_check(have);
         verdict
+    }
+
+    /// `piece` (every block in `all`) failed its hash: a sole sender is proven bad; with
+    /// several, the next suspect goes on parole; else (every sender tried, or
+    /// `PAROLE_ROUNDS_MAX` rounds) the piece starts over.
+    fn failed(&mut self, piece: PieceIndex, all: u64, senders: Senders, parole: Option<Parole>) -> Verdict {
+        let guilty = match senders.iter().next() {
+            Some((sender, blocks)) if senders.len() == 1 && *blocks == all => Some(*sender),
+            _ => None,
+        };
+        let tried = parole.map(|p| p.tried).unwrap_or_default();
+        // The sender of the fewest blocks: the cheapest to fetch again.
+        let suspect = senders
+            .iter()
+            .filter(|((peer_id, _), _)| !tried.contains(peer_id))
+            .min_by_key(|(_, blocks)| blocks.count_ones())
+            .map(|(sender, blocks)| (*sender, *blocks));
+        match suspect {
+            Some((suspect, blocks)) if guilty.is_none() && tried.len() < PAROLE_ROUNDS_MAX => {
+                let mut kept = senders.clone();
+                kept.remove(&suspect);
+                let mut tried = tried;
+                tried.insert(suspect.0);
+                let active = ActivePiece {
+                    all,
+                    received: all & !blocks,
+                    written: all & !blocks,
+                    assignees: VecMap::new(),
+                    senders: kept,
+                    parole: Some(Parole { suspect, tried }),
+                };
+                self.slots[piece.as_usize()] = Slot::Active(Box::new(active));
+                self.orphans.set(piece);
+            }
+            _ => {
+                self.missing.set(piece);
+                self.active_count -= 1;
+                if let Some((peer_id, _)) = guilty {
+                    self.bad_sources.insert((piece, peer_id));
+                }
+            }
+        }
+        Verdict::Corrupt { senders, guilty }
+    }
+
+    /// The suspect of `piece`, if it is on parole.
+    fn suspect(&self, piece: PieceIndex) -> Option<PeerId> {
+        match self.slots.get(piece.as_usize()) {
+            Some(Slot::Active(active)) => active.parole.as_ref().map(|p| p.suspect.0),
+            _ => None,
+        }
     }
 
     fn active_mut(&mut self, piece: PieceIndex) -> &mut ActivePiece {
@@ -551,8 +637,11 @@ mod tests {
         let mut rng = Rng::from_seed(1);
         let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
         assert!(fetch_all(&mut download, piece, A, 1));
-        let Verdict::Corrupt { senders } = download.hashed(piece, false, &mut have) else { panic!("a bad hash") };
-        assert_eq!(senders.iter().copied().collect::<Vec<_>>(), vec![sender(1).expect("an identity")]);
+        let Verdict::Corrupt { senders, guilty } = download.hashed(piece, false, &mut have) else {
+            panic!("a bad hash")
+        };
+        assert_eq!(senders.keys().copied().collect::<Vec<_>>(), vec![sender(1).expect("an identity")]);
+        assert_eq!(guilty, sender(1), "the sole sender is proven bad");
         assert!(!have.has(piece));
         assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the same sender");
         let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
@@ -578,5 +667,88 @@ mod tests {
         assert_eq!(download.receive(piece, 0, A, sender(1)), Arrival::Duplicate);
         let last = download.receive(piece, 1, A, sender(1));
         assert_eq!(last, Arrival::Taken { losers: vec![], released: vec![A, B] });
+    }
+
+    /// Fetches the blocks of `piece` that `from`'s connection is offered, one at a time.
+    fn fetch_from(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
+        let mut verifying = false;
+        while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
+            download.request(p, block, conn);
+            download.receive(p, block, conn, sender(from));
+            verifying = download.written(p, block);
+        }
+        verifying
+    }
+
+    #[test]
+    fn a_piece_mixed_from_a_liar_and_an_honest_sender_blames_nobody_then_proves_the_liar() {
+        let (mut download, mut have, remote_have) = download(1);
+        let mut rng = Rng::from_seed(1);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4 * BLOCK_BYTES, A);
+        // The liar (1) sends the first block and goes; the honest one (2) sends the rest.
+        download.request(piece, 0, A);
+        download.receive(piece, 0, A, sender(1));
+        download.written(piece, 0);
+        download.unassign(piece, A);
+        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        assert!(fetch_from(&mut download, piece, B, 2));
+        let verdict = download.hashed(piece, false, &mut have);
+        assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
+        // On parole: only the liar's block is fetched again, and not from the liar.
+        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the suspect");
+        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(again, Some(Choice::Fresh(piece)));
+        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
+        assert!(fetch_from(&mut download, piece, B, 2));
+        let verdict = download.hashed(piece, true, &mut have);
+        assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == sender(1)), "{verdict:?}");
+    }
+
+    /// Random interleavings of two honest senders and a liar that sends a bad copy of a block
+    /// half the time: a sender is proven bad only if it is the liar, and the piece completes.
+    #[test]
+    fn an_honest_sender_is_never_proven_bad_in_any_interleaving() {
+        const LIAR: u8 = 3;
+        let conns = [ConnId::Outbound(1), ConnId::Outbound(2), ConnId::Outbound(3)];
+        let mut rng = Rng::from_seed(7);
+        let mut liar_proven = 0;
+        for _ in 0..500 {
+            let (mut download, mut have, remote_have) = download(1);
+            let piece = PieceIndex(0);
+            let mut good = [true; 4];
+            for _round in 0..200 {
+                if have.has(piece) {
+                    break;
+                }
+                let who = rng.below(3);
+                let (conn, n) = (conns[who], who as u8 + 1);
+                if !download.is_active(piece) || download.next_block(conn, [piece].into_iter()).is_none() {
+                    let Some(choice) = download.choose(chooser(conn, n, &remote_have), &have, &mut rng) else {
+                        continue;
+                    };
+                    download.assign(choice, 4 * BLOCK_BYTES, conn);
+                }
+                let Some((_, block)) = download.next_block(conn, [piece].into_iter()) else { continue };
+                download.request(piece, block, conn);
+                download.receive(piece, block, conn, sender(n));
+                good[block as usize] = n != LIAR || rng.below(2) == 0;
+                if rng.below(4) == 0 {
+                    download.unassign(piece, conn);
+                }
+                if !download.written(piece, block) {
+                    continue;
+                }
+                let guilty = match download.hashed(piece, good.iter().all(|g| *g), &mut have) {
+                    Verdict::Verified { guilty, .. } | Verdict::Corrupt { guilty, .. } => guilty,
+                };
+                if let Some((peer_id, _)) = guilty {
+                    assert_eq!(peer_id, PeerId([LIAR; 16]), "an honest sender was proven bad");
+                    liar_proven += 1;
+                }
+            }
+            assert!(have.has(piece), "the piece completed");
+        }
+        assert!(liar_proven > 100, "the liar was proven bad only {liar_proven} times");
     }
 }

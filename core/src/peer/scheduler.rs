@@ -6,8 +6,9 @@
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
 //! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
 //! empty, it joins a piece another remote is fetching (endgame) and the slower copy is cancelled
-//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
-//! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
+//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a
+//! sender proven to have sent a bad block of a piece that failed its hash gets a strike (see
+//! `downloads` for the proof, `bans` for what strikes lead to).
 
 use std::collections::BTreeSet;
 
@@ -208,11 +209,13 @@ impl Peer {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
         let matches = digest == manifest.piece_hash(piece);
-        let (senders, room_again) = match download.hashed(piece, matches, &mut entry.have) {
-            Verdict::Verified { senders, room_again } => (senders, room_again),
-            Verdict::Corrupt { senders } => {
-                for (peer_id, addr) in senders {
-                    self.event(Event::PieceCorrupt { file_id, piece, from: addr });
+        let (senders, room_again, guilty) = match download.hashed(piece, matches, &mut entry.have) {
+            Verdict::Verified { senders, room_again, guilty } => (senders, room_again, guilty),
+            Verdict::Corrupt { senders, guilty } => {
+                for (_, addr) in senders.keys() {
+                    self.event(Event::PieceCorrupt { file_id, piece, from: *addr });
+                }
+                if let Some((peer_id, addr)) = guilty {
                     self.strike(peer_id, addr);
                 }
                 return self.schedule_all();
@@ -224,7 +227,7 @@ impl Peer {
             download.locate_mut().ask_soon(self.now);
         }
         let progress = self.progress(file_id);
-        let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
+        let from = senders.keys().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
         self.queue_have(file_id, piece, progress.have == 1);
@@ -232,6 +235,10 @@ impl Peer {
             self.finalize(file_id);
         } else if room_again {
             self.schedule_all();
+        }
+        if let Some((peer_id, addr)) = guilty {
+            // Its blocks of an earlier attempt were the bad ones (see `downloads`).
+            self.strike(peer_id, addr);
         }
     }
 
