@@ -1,5 +1,5 @@
-//! One TCP stream: a reader task that turns frames into reports for the driver, and a writer
-//! task that sends the frames the driver queued.
+//! One connection past the transport's handshake ([`crate::secure`]): a reader task that turns
+//! frames into reports for the driver, and a writer task that sends the frames the driver queued.
 //!
 //! Framing is core's (`FrameDecoder` and `encode_frame`, also as a `tokio_util` codec,
 //! [`FrameCodec`], for the client): a connection's first frame may be only as large as a
