@@ -157,7 +157,10 @@ fn builder(keys: &Keys) -> snow::Builder<'_> {
     let swarm_key = keys.swarm_key.as_ref().map_or(&OPEN_SWARM_KEY, SwarmKey::as_bytes);
     // ring's AES-GCM (hand-written assembly); what ring lacks (static X25519 keys) is snow's own.
     let resolver = FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver));
-    snow::Builder::with_resolver(params, Box::new(resolver)).prologue(PROLOGUE).local_private_key(keys.identity.private_key()).psk(0, swarm_key)
+    snow::Builder::with_resolver(params, Box::new(resolver))
+        .prologue(PROLOGUE)
+        .local_private_key(keys.identity.private_key())
+        .psk(0, swarm_key)
 }
 
 async fn initiate(mut stream: TcpStream, keys: &Keys) -> Result<SecureStream, HandshakeError> {
