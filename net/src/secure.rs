@@ -16,8 +16,10 @@
 //! so both sides can say why. After the handshake the plaintext byte stream (core's frames) is
 //! cut into chunks of at most [`CHUNK_PLAINTEXT_BYTES_MAX`] bytes, each sealed with the next
 //! nonce of its direction: a chunk that is changed, dropped, repeated or reordered fails to
-//! open and ends the connection. Frame limits apply to the plaintext; a receiver buffers at
-//! most one chunk of ciphertext beyond what it decrypted, and only as its bytes arrive.
+//! open and ends the connection. Frame limits apply to the plaintext. A receiver keeps only
+//! ciphertext that arrived and is not yet a whole chunk: its reads ask for room as they go,
+//! starting small and doubling, up to [`READ_BYTES_MAX`], only while each fills the room it
+//! had, and what its buffers hold counts against the driver's read budget.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -56,9 +58,12 @@ pub const HANDSHAKE_MESSAGE_BYTES_MAX: usize = 256;
 /// payload under the swarm key.
 const FIRST_MESSAGE_BYTES: usize = SECRET_BYTES + TAG_BYTES;
 /// Plaintext bytes a writer seals in one go before it writes them out.
-const WRITE_BATCH_BYTES: usize = 4 * CHUNK_PLAINTEXT_BYTES_MAX;
-/// Room a reader asks for before each read when no chunk is under way.
+const WRITE_BATCH_BYTES: usize = 8 * CHUNK_PLAINTEXT_BYTES_MAX;
+/// Room a reader asks for before a read that follows a short one.
 const READ_BYTES_MIN: usize = 8 * 1024;
+/// The most room a reader asks for before one read: a read that filled its room doubles the
+/// next one's, up to this.
+pub const READ_BYTES_MAX: usize = 4 * (LENGTH_BYTES + NOISE_MESSAGE_BYTES_MAX);
 /// Bytes of an unreadable answer kept to tell what answered (an HTTP server, text).
 const ANSWER_SHOWN_BYTES_MAX: usize = 64;
 
@@ -118,8 +123,10 @@ pub struct SecureReader {
     half: OwnedReadHalf,
     transport: Arc<StatelessTransportState>,
     nonce: u64,
-    /// Received ciphertext not yet opened: at most one chunk and the start of the next.
+    /// Received ciphertext not yet opened (at most [`READ_BYTES_MAX`]).
     sealed: BytesMut,
+    /// Room to ask for before the next read.
+    read_room_bytes: usize,
     /// Opened bytes not yet taken (by [`AsyncRead`] readers only).
     opened: BytesMut,
 }
@@ -245,6 +252,7 @@ impl SecureStream {
             transport: transport.clone(),
             nonce: 0,
             sealed: BytesMut::new(),
+            read_room_bytes: READ_BYTES_MIN,
             opened: BytesMut::new(),
         };
         let writer =
@@ -273,10 +281,15 @@ impl SecureReader {
     /// chunk to `plain`. `Ok(0)` at the end of the stream; `WouldBlock` when no whole chunk
     /// arrived yet.
     pub fn try_read_buf(&mut self, plain: &mut BytesMut) -> io::Result<usize> {
-        self.sealed.reserve(self.read_room());
-        if self.half.try_read_buf(&mut self.sealed)? == 0 {
+        let room = self.read_room();
+        self.sealed.reserve(room);
+        let read = self.half.try_read_buf(&mut self.sealed)?;
+        if read == 0 {
             return if self.sealed.is_empty() { Ok(0) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
         }
+        // More is likely waiting behind a read that filled its room: fewer, larger reads while
+        // data streams in, small ones again once it trickles.
+        self.read_room_bytes = if read >= room { (room * 2).min(READ_BYTES_MAX) } else { READ_BYTES_MIN };
         match self.open_chunks(plain)? {
             0 => Err(io::ErrorKind::WouldBlock.into()),
             opened => Ok(opened),
@@ -298,16 +311,13 @@ impl SecureReader {
         }
     }
 
-    /// Room to ask for before a read: the rest of the chunk under way and the next one, or a
-    /// little when none is (so a read never reserves more than a chunk's worth ahead).
+    /// Room to ask for before a read: at least the rest of the chunk under way.
     fn read_room(&self) -> usize {
-        match self.sealed.get(..LENGTH_BYTES) {
-            Some(length) => {
-                let chunk = LENGTH_BYTES + usize::from(u16::from_be_bytes([length[0], length[1]]));
-                chunk.saturating_sub(self.sealed.len()).max(READ_BYTES_MIN)
-            }
-            None => READ_BYTES_MIN,
-        }
+        let rest_of_chunk = self.sealed.get(..LENGTH_BYTES).map_or(0, |length| {
+            let chunk = LENGTH_BYTES + usize::from(u16::from_be_bytes([length[0], length[1]]));
+            chunk.saturating_sub(self.sealed.len())
+        });
+        rest_of_chunk.max(self.read_room_bytes)
     }
 
     /// Opens every whole chunk received, appending its plaintext to `plain`; returns the
