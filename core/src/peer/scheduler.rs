@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ASSIGNED_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
@@ -254,15 +254,11 @@ impl Peer {
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
-    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker. A download's
-    /// first verified piece goes out at once: it makes this peer a holder the tracker can name
-    /// to others, which matters most while everybody is just starting.
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
+    /// `haves`).
     fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
-        self.recent_haves.entry(file_id).or_default().push(piece);
-        if first {
+        if self.haves.add(file_id, piece, first, self.now) {
             self.flush_haves();
-        } else if self.haves_due.is_none() {
-            self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
         }
     }
 
@@ -273,8 +269,7 @@ impl Peer {
     /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
     /// of a piece twice; that changes nothing.)
     pub(super) fn flush_haves(&mut self) {
-        self.haves_due = None;
-        let recent = std::mem::take(&mut self.recent_haves);
+        let recent = self.haves.take();
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
             let hearing = self.remotes.iter().filter(|(_, r)| {
