@@ -51,7 +51,7 @@ use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 use bans::Bans;
 use haves::HaveBatch;
 use pieces::FileEntry;
-use remote::Remote;
+use remote::Remotes;
 use tracker_link::TrackerLink;
 use uploads::Uploads;
 
@@ -95,11 +95,9 @@ pub struct Peer {
     left: bool,
     tracker: TrackerLink,
     files: BTreeMap<FileId, FileEntry>,
-    remotes: BTreeMap<ConnId, Remote>,
+    remotes: Remotes,
     /// Peers that sent bad data, by id and by serving address.
     bans: Bans,
-    /// Addresses that recently failed to connect, with when they may be tried again.
-    retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
     /// Pieces verified since the last batched `Haves` (to remotes and the tracker).
     haves: HaveBatch,
@@ -125,9 +123,8 @@ impl Peer {
             left: false,
             tracker: TrackerLink::new(),
             files: BTreeMap::new(),
-            remotes: BTreeMap::new(),
+            remotes: Remotes::new(),
             bans: Bans::new(),
-            retry_at: BTreeMap::new(),
             uploads,
             haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,

@@ -29,9 +29,7 @@ use super::Peer;
 impl Peer {
     /// Fills the pipeline of every ready remote.
     pub(super) fn schedule_all(&mut self) {
-        let conns: Vec<ConnId> =
-            self.remotes.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect();
-        for conn in conns {
+        for conn in self.remotes.ready() {
             self.schedule(conn);
         }
     }
@@ -292,9 +290,7 @@ impl Peer {
             return;
         }
         self.event(Event::PeerBanned { peer_id, addr });
-        let conns: Vec<ConnId> =
-            self.remotes.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect();
-        for conn in conns {
+        for conn in self.remotes.of_peer(peer_id) {
             self.close_remote(conn);
         }
     }
