@@ -37,7 +37,7 @@ pub(super) type Senders = VecMap<Sender, u64>;
 
 /// Where a download stands as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// Pieces are being fetched (or waited for).
     Fetching,
     /// Every piece is verified; the driver is moving the file into place.
@@ -226,19 +226,14 @@ impl Download {
         self.availability = vec![0; have.len() as usize];
     }
 
-    /// Whether pieces are being fetched (or waited for).
-    pub fn is_fetching(&self) -> bool {
-        self.phase == Phase::Fetching
+    /// Where the download stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
     }
 
     /// Every piece is verified: the file is being moved into place.
     pub fn finalizing(&mut self) {
         self.phase = Phase::Finalizing;
-    }
-
-    /// Whether the file is being moved into place.
-    pub fn is_finalizing(&self) -> bool {
-        self.phase == Phase::Finalizing
     }
 
     /// The download stops for good; false if it already had.

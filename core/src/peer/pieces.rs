@@ -7,7 +7,7 @@ use crate::limits::BLOCK_BYTES;
 use crate::manifest::Manifest;
 use crate::time::Time;
 
-use super::downloads::Download;
+use super::downloads::{Download, Phase};
 use super::uploads::Spread;
 
 /// A file the peer shares, downloads, or both.
@@ -67,7 +67,7 @@ impl FileEntry {
 
     /// Whether the file is still being fetched.
     pub fn is_fetching(&self) -> bool {
-        self.download.as_ref().is_some_and(Download::is_fetching)
+        self.download.as_ref().is_some_and(|d| d.phase() == Phase::Fetching)
     }
 }
 

@@ -21,7 +21,7 @@ use crate::limits::{BLOCK_BYTES, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
-use super::downloads::{Arrival, Choice, Chooser, Verdict};
+use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
 use super::pieces::{block_at, block_span};
 use super::remote::Stage;
 use super::Peer;
@@ -304,7 +304,7 @@ impl Peer {
 
     pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if !entry.download.as_ref().is_some_and(|d| d.is_finalizing()) {
+        if !entry.download.as_ref().is_some_and(|d| d.phase() == Phase::Finalizing) {
             return;
         }
         match result {
