@@ -600,7 +600,8 @@ mod tests {
         Chooser { conn, peer_id: PeerId([n; 16]), have, busy: false }
     }
 
-    /// Fetches and writes every block of `piece` from `conn`; returns whether it went to hashing.
+    /// Fetches and writes every block of `piece` that `conn` is offered, one at a time; returns
+    /// whether the piece went to hashing.
     fn fetch_all(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
         let mut verifying = false;
         while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
@@ -664,17 +665,6 @@ mod tests {
         assert_eq!(last, Arrival::Taken { losers: vec![], released: vec![A, B] });
     }
 
-    /// Fetches the blocks of `piece` that `from`'s connection is offered, one at a time.
-    fn fetch_from(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
-        let mut verifying = false;
-        while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
-            download.request(p, block, conn);
-            download.receive(p, block, conn, sender(from));
-            verifying = download.written(p, block);
-        }
-        verifying
-    }
-
     #[test]
     fn a_piece_mixed_from_a_liar_and_an_honest_sender_blames_nobody_then_proves_the_liar() {
         let (mut download, mut have, remote_have) = download(1);
@@ -686,7 +676,7 @@ mod tests {
         download.written(piece, 0);
         download.unassign(piece, A);
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
-        assert!(fetch_from(&mut download, piece, B, 2));
+        assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, false, &mut have);
         assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
         // On parole: only the liar's block is fetched again, and not from the liar.
@@ -695,7 +685,7 @@ mod tests {
         assert_eq!(again, Some(Choice::Fresh(piece)));
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
-        assert!(fetch_from(&mut download, piece, B, 2));
+        assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, true, &mut have);
         assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == sender(1)), "{verdict:?}");
     }
