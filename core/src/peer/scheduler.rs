@@ -22,7 +22,7 @@ use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
-use super::pieces::{block_at, block_span};
+use super::pieces::{block_at, block_span, FileEntry};
 use super::remote::Stage;
 use super::Peer;
 
@@ -92,25 +92,27 @@ impl Peer {
         entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng)
     }
 
+    /// Gives `conn` the piece `choose_piece` chose for it.
     fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a piece is chosen only for a download whose manifest is known")
+        };
         let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
         let piece = download.assign(choice, manifest.piece_len(piece), conn);
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
         remote.assigned.insert((file_id, piece));
         let from = remote.addr;
         self.event(Event::PieceRequested { file_id, piece, from });
     }
 
+    /// Requests the block `next_block` offered `conn`.
     fn request_block(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let Some(manifest) = entry.manifest.as_ref() else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a block is offered only of a download whose manifest is known")
+        };
         let (offset, len) = block_span(manifest.piece_len(piece), block);
-        if let Some(download) = entry.download.as_mut() {
-            download.request(piece, block, conn);
-        }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        download.request(piece, block, conn);
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
         remote.start_request((file_id, piece, offset), self.now);
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
@@ -126,8 +128,9 @@ impl Peer {
         remote.rate.arrived(self.now, bytes.len() as u64);
         remote.resting_until = None;
         let sender = remote.identity();
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            return;
+        };
         let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return };
         let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return };
         if bytes.len() != block_span(piece_len, block).1 as usize {
@@ -190,8 +193,9 @@ impl Peer {
             self.fail_download(file_id, format!("cannot write piece {piece}: {reason}"));
             return;
         }
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a write completes a block of a download whose manifest is known")
+        };
         let block = block_at(manifest.piece_len(piece), offset);
         debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
         if block.is_some_and(|block| download.written(piece, block)) {
@@ -204,10 +208,11 @@ impl Peer {
             Ok(digest) => digest,
             Err(reason) => return self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}")),
         };
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, have)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a hash completes a piece of a download whose manifest is known")
+        };
         let matches = digest == manifest.piece_hash(piece);
-        let (senders, room_again, guilty) = match download.hashed(piece, matches, &mut entry.have) {
+        let (senders, room_again, guilty) = match download.hashed(piece, matches, have) {
             Verdict::Verified { senders, room_again, guilty } => (senders, room_again, guilty),
             Verdict::Corrupt { senders, guilty } => {
                 for (_, addr) in senders.keys() {
@@ -219,7 +224,7 @@ impl Peer {
                 return self.schedule_all();
             }
         };
-        if entry.have.count() == 1 {
+        if have.count() == 1 {
             // Downloaders that started together get their first pieces about now: ask soon
             // for the holders among them.
             download.locate_mut().ask_soon(self.now);
