@@ -117,7 +117,8 @@ struct ActivePiece {
 /// blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Parole {
-    /// The sender whose blocks were dropped; not asked for this piece while on parole.
+    /// The sender whose blocks were dropped; not asked for this piece while on parole, unless
+    /// nobody else connected holds it.
     suspect: Sender,
     /// Senders put on parole for this piece so far (each once).
     tried: VecSet<PeerId>,
@@ -337,8 +338,12 @@ impl Download {
     /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
     /// an endgame piece someone else is fetching. `have` is what we verified.
     pub fn choose(&self, remote: Chooser<'_>, have: &Bitfield, rng: &mut Rng) -> Option<Choice> {
+        // A suspect on parole fetches its piece again only when nobody else connected holds it:
+        // the proof does not depend on who sends the dropped blocks again, only the waste does.
         let usable = |piece: PieceIndex| {
-            !self.bad_sources.contains(&(piece, remote.peer_id)) && self.suspect(piece) != Some(remote.peer_id)
+            let sole_holder = self.availability[piece.as_usize()] <= 1;
+            !self.bad_sources.contains(&(piece, remote.peer_id))
+                && (sole_holder || self.suspect(piece) != Some(remote.peer_id))
         };
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
         // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
@@ -668,6 +673,7 @@ mod tests {
     #[test]
     fn a_piece_mixed_from_a_liar_and_an_honest_sender_blames_nobody_then_proves_the_liar() {
         let (mut download, mut have, remote_have) = download(1);
+        download.count_holder(&remote_have, true); // A and B hold it.
         let mut rng = Rng::from_seed(1);
         let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4 * BLOCK_BYTES, A);
         // The liar (1) sends the first block and goes; the honest one (2) sends the rest.
@@ -683,6 +689,10 @@ mod tests {
         assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the suspect");
         let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
         assert_eq!(again, Some(Choice::Fresh(piece)));
+        download.count_holder(&remote_have, false);
+        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng);
+        assert_eq!(alone, Some(Choice::Fresh(piece)), "the suspect, when it is the only holder left");
+        download.count_holder(&remote_have, true);
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
         assert!(fetch_all(&mut download, piece, B, 2));
@@ -700,6 +710,9 @@ mod tests {
         let mut liar_proven = 0;
         for _ in 0..500 {
             let (mut download, mut have, remote_have) = download(1);
+            for _ in 1..conns.len() {
+                download.count_holder(&remote_have, true);
+            }
             let piece = PieceIndex(0);
             let mut good = [true; 4];
             for _round in 0..200 {
