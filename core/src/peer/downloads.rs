@@ -4,8 +4,8 @@
 //!
 //! Blame only the guilty: every block's sender is recorded. A piece that fails its hash with a
 //! sole sender proves that sender bad. A piece with several senders blames nobody at once: it
-//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again from
-//! others, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
+//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again,
+//! from others while anyone else holds the piece, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
 //! blocks did not change and are now proven good): the suspect is proven bad. If it fails
 //! again, the next suspect goes on parole, at most `PAROLE_ROUNDS_MAX` times before the piece
 //! starts over. An honest sender is never proven bad, whoever else sends what and when.
