@@ -1,14 +1,17 @@
 //! The piece book of one download: the state of every piece (`Slot`, transitions in
-//! `STATE.md`), who fetches which blocks, how many connected remotes hold each piece, which
-//! senders delivered a piece that failed its hash, and where the download stands as a whole.
+//! `STATE.md`), who fetches and who sent which blocks, how many connected remotes hold each
+//! piece, which remotes are proven bad for which piece, and where the download stands as a
+//! whole.
 //!
 //! Blame only the guilty: every block's sender is recorded. A piece that fails its hash with a
 //! sole sender proves that sender bad. A piece with several senders blames nobody at once: it
 //! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again,
-//! from others while anyone else holds the piece, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
-//! blocks did not change and are now proven good): the suspect is proven bad. If it fails
-//! again, the next suspect goes on parole, at most `PAROLE_ROUNDS_MAX` times before the piece
-//! starts over. An honest sender is never proven bad, whoever else sends what and when.
+//! from others while anyone else holds the piece, the rest kept. If it then verifies, the
+//! suspect's blocks were the bad ones (the kept blocks did not change and are now proven good):
+//! the suspect is proven bad. If it fails again, the next suspect goes on parole, at most
+//! `PAROLE_ROUNDS_MAX` times before the piece starts over. An honest sender is never proven
+//! bad, whoever else sends what and when.
+//!
 //! The state is private; the scheduler and the links change it only through the transition
 //! methods below, and read it through the choice methods (`next_block`, `choose`).
 //!
@@ -63,7 +66,8 @@ pub(super) struct Download {
     availability: Vec<u16>,
     /// Connected remotes that told us their pieces of the file.
     holders: u32,
-    /// `(piece, remote)` pairs that delivered a piece that failed its hash.
+    /// `(piece, remote)` pairs: the remote alone sent every block of a copy of the piece that
+    /// failed its hash; it is not asked for that piece again.
     bad_sources: BTreeSet<(PieceIndex, PeerId)>,
     /// Pieces in `Slot::Active` or `Slot::Verifying`.
     active_count: usize,
@@ -425,13 +429,7 @@ impl Download {
 
     /// `block` of the active `piece` arrived from `conn` (`sender`, once its hello arrived). A
     /// block requested and then cancelled (late) is still taken while the piece lacks it.
-    pub fn receive(
-        &mut self,
-        piece: PieceIndex,
-        block: u32,
-        conn: ConnId,
-        sender: Option<(PeerId, SocketAddr)>,
-    ) -> Arrival {
+    pub fn receive(&mut self, piece: PieceIndex, block: u32, conn: ConnId, sender: Option<Sender>) -> Arrival {
         let bit = 1u64 << block;
         let active = self.active_mut(piece);
         if let Some(mask) = active.assignees.get_mut(&conn) {
