@@ -504,7 +504,7 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                     self.data_permit = None;
                 }
             }
-            ConnReport::Sent(frames) => self.feed(ctx, Input::Sent { conn, frames }),
+            ConnReport::Sent(data_frames) => self.feed(ctx, Input::Sent { conn, data_frames }),
             ConnReport::BadFrame(error) => {
                 tracing::warn!("{}: {conn}: bad frame: {error}", self.label);
                 self.feed(ctx, Input::BadFrame { conn, error });
