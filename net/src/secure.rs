@@ -265,6 +265,11 @@ impl SecureStream {
         self.peer_id
     }
 
+    /// The TCP stream underneath, for socket options.
+    pub fn tcp(&self) -> &TcpStream {
+        self.writer.half.as_ref()
+    }
+
     /// The two halves, for a reader task and a writer task.
     pub fn into_split(self) -> (SecureReader, SecureWriter) {
         (self.reader, self.writer)
