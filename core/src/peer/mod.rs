@@ -188,12 +188,8 @@ impl Peer {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
-        if self.remotes.contains_key(&conn) {
-            let data_bytes = match &message {
-                Message::Data { bytes, .. } => Some(u32::try_from(bytes.len()).unwrap_or(u32::MAX)),
-                _ => None,
-            };
-            self.uploads.frame_queued(conn, data_bytes);
+        if let (Message::Data { bytes, .. }, true) = (&message, self.remotes.contains_key(&conn)) {
+            self.uploads.data_queued(conn, u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         }
         self.push(Output::Send { conn, message });
     }
@@ -326,7 +322,7 @@ impl Machine for Peer {
             }
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
-            Input::Sent { conn, frames } => self.on_sent(conn, frames),
+            Input::Sent { conn, data_frames } => self.on_sent(conn, data_frames),
             Input::Timeout => self.on_timeout(),
             Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
