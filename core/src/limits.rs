@@ -222,6 +222,10 @@ pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most trackers one peer is given: it keeps a connection to each, announces every file to
+/// each and asks each where the pieces are.
+pub const TRACKERS_PER_PEER_MAX: usize = 8;
+
 /// First delay before reconnecting to the tracker; doubles up to [`RECONNECT_DELAY_MAX`].
 pub const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
 

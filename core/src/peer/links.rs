@@ -340,7 +340,7 @@ impl Peer {
         self.event(Event::ProtocolViolation { conn, reason });
         if self.tracker.owns(conn) {
             self.push(Output::Close { conn });
-            self.on_tracker_lost();
+            self.on_tracker_lost(conn);
         } else {
             self.close_remote(conn);
         }

@@ -2,7 +2,8 @@
 //! every verified piece from the moment it is verified.
 //!
 //! The work is split by concern, each an `impl Peer` block in its own module:
-//! - `tracker_link`: the tracker connection (reconnect with backoff, announce, locate, `Have`);
+//! - `tracker_link`: the tracker connections (reconnect with backoff, announce, locate, `Haves`),
+//!   one per tracker;
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
 //! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
 //!   request timeouts, endgame) and what to do with arriving data and hashes;
@@ -38,7 +39,7 @@ use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
 use pieces::FileEntry;
 use remote::Remote;
-use tracker_link::TrackerLink;
+use tracker_link::TrackerLinks;
 use uploads::Uploads;
 
 /// How a peer is set up.
@@ -46,8 +47,9 @@ use uploads::Uploads;
 pub struct PeerConfig {
     /// Seed of the peer's RNG (its id and every tie-break).
     pub seed: u64,
-    /// The tracker's address.
-    pub tracker: SocketAddr,
+    /// The trackers' addresses (1 to `TRACKERS_PER_PEER_MAX`): the peer announces to each and
+    /// locates from every one that answers.
+    pub trackers: Vec<SocketAddr>,
     /// The port this peer accepts connections on, as the driver bound it.
     pub listen_port: u16,
     /// Upload cap in bytes per second (`None`: unlimited).
@@ -57,11 +59,11 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
-    /// A configuration with default intervals and no upload cap.
+    /// A configuration with one tracker, default intervals and no upload cap.
     pub fn new(seed: u64, tracker: SocketAddr, listen_port: u16) -> PeerConfig {
         PeerConfig {
             seed,
-            tracker,
+            trackers: vec![tracker],
             listen_port,
             upload_limit_bytes_per_s: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
@@ -79,7 +81,7 @@ pub struct Peer {
     outputs: VecDeque<Output>,
     next_conn: u64,
     left: bool,
-    tracker: TrackerLink,
+    tracker: TrackerLinks,
     files: BTreeMap<FileId, FileEntry>,
     remotes: BTreeMap<ConnId, Remote>,
     /// Peers that sent bad data, by id and by serving address.
@@ -98,13 +100,17 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer that shares and wants nothing yet. It connects to the tracker at its first
+    /// A peer that shares and wants nothing yet. It connects to its trackers at its first
     /// timeout, which `poll_timeout` reports as due at once.
+    ///
+    /// Panics when `config.trackers` is empty or longer than
+    /// [`TRACKERS_PER_PEER_MAX`](crate::limits::TRACKERS_PER_PEER_MAX).
     pub fn new(config: PeerConfig) -> Peer {
         let mut rng = Rng::from_seed(config.seed);
         let mut id = [0u8; 16];
         rng.fill(&mut id);
         let uploads = Uploads::new(config.upload_limit_bytes_per_s);
+        let tracker = TrackerLinks::new(&config.trackers);
         Peer {
             config,
             peer_id: PeerId(id),
@@ -113,7 +119,7 @@ impl Peer {
             outputs: VecDeque::new(),
             next_conn: 0,
             left: false,
-            tracker: TrackerLink::new(),
+            tracker,
             files: BTreeMap::new(),
             remotes: BTreeMap::new(),
             strikes: BTreeMap::new(),
@@ -256,7 +262,7 @@ impl Peer {
 
     fn leave(&mut self) {
         self.left = true;
-        if let Some(conn) = self.tracker.ready_conn() {
+        for conn in self.tracker.ready_conns() {
             self.send(conn, Message::Leave { file_id: None });
             self.push(Output::Close { conn });
         }
@@ -315,7 +321,7 @@ impl Machine for Peer {
             }
             Input::Disconnected { conn } => {
                 if self.tracker.owns(conn) {
-                    self.on_tracker_lost();
+                    self.on_tracker_lost(conn);
                 } else {
                     self.on_remote_gone(conn);
                 }
