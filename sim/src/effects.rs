@@ -58,8 +58,10 @@ impl World {
                 }
             }
             Message::Cancel { .. } => self.request_answered(node, conn),
-            Message::Located { holders, .. } if node == NodeIdx::TRACKER => {
-                self.check_located(&holders.peers().collect::<Vec<_>>())
+            Message::Located { holders, .. } => {
+                if let Some(tracker) = self.scenario.tracker_number(node) {
+                    self.check_located(tracker, &holders.peers().collect::<Vec<_>>());
+                }
             }
             _ => {}
         }
@@ -67,17 +69,19 @@ impl World {
         self.transmit(node, conn, message, size_bytes);
     }
 
-    /// Invariant: the tracker names only peers it heard from within its TTL.
-    fn check_located(&mut self, peers: &[p2p_core::wire::PeerAddr]) {
+    /// Invariant: a tracker names only peers it heard from within its TTL.
+    fn check_located(&mut self, tracker: usize, peers: &[p2p_core::wire::PeerAddr]) {
         let ttl = self.tracker_ttl();
+        let node_of_tracker = self.scenario.tracker_node(tracker);
         for peer in peers {
             let Some(holder) = self.network.node_at(peer.addr) else {
                 continue;
             };
-            let heard = self.nodes[holder.0].heard_by_tracker;
+            let heard = self.nodes[holder.0].heard_by_tracker.get(&tracker).copied();
             if heard.is_none_or(|at| self.now.saturating_since(at) > ttl) {
                 let name = self.name(holder).to_owned();
-                let text = format!("tracker at {}: listed {name}, not heard from within its TTL", self.now);
+                let tracker = self.name(node_of_tracker).to_owned();
+                let text = format!("{tracker} at {}: listed {name}, not heard from within its TTL", self.now);
                 self.outcome.violations.push(text);
             }
         }

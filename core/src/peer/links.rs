@@ -140,7 +140,7 @@ impl Peer {
     }
 
     /// Makes sure a connection to `peer` exists that exchanges bitfields for `file_id`.
-    fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
+    pub(super) fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
         if peer.peer_id == self.peer_id || self.banned.contains(&peer.peer_id) || self.banned_addrs.contains(&peer.addr)
         {
             return;
@@ -241,6 +241,7 @@ impl Peer {
             Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
+            Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }

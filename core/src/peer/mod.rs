@@ -5,6 +5,7 @@
 //! - `tracker_link`: the tracker connections (reconnect with backoff, announce, locate, `Haves`),
 //!   one per tracker;
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
+//! - `pex`: peer exchange, telling remotes of the other peers of their files (private state);
 //! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
 //!   request timeouts, endgame) and what to do with arriving data and hashes;
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
@@ -14,6 +15,7 @@
 //!   states and their transitions.
 
 mod links;
+mod pex;
 mod pieces;
 mod remote;
 mod scheduler;
@@ -37,6 +39,7 @@ use crate::rng::Rng;
 use crate::time::Time;
 use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
+use pex::Pex;
 use pieces::FileEntry;
 use remote::Remote;
 use tracker_link::TrackerLinks;
@@ -91,6 +94,7 @@ pub struct Peer {
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
+    pex: Pex,
     /// Pieces verified since the last batched `Haves` (to remotes and the tracker), per file.
     recent_haves: BTreeMap<FileId, Vec<PieceIndex>>,
     /// When batched `Haves` go out, while some are pending.
@@ -127,6 +131,7 @@ impl Peer {
             banned_addrs: BTreeSet::new(),
             retry_at: BTreeMap::new(),
             uploads,
+            pex: Pex::new(),
             recent_haves: BTreeMap::new(),
             haves_due: None,
             connections_check_at: Time::ZERO,
@@ -300,6 +305,7 @@ impl Peer {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
         }
+        self.pex_timeout();
         if self.haves_due.is_some_and(|due| due <= self.now) {
             self.flush_haves();
         }
@@ -346,7 +352,8 @@ impl Machine for Peer {
         let locate =
             self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.locate_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
+        let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections, pex]
             .into_iter()
             .flatten()
             .chain(locate)
