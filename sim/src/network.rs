@@ -166,7 +166,7 @@ fn node_of_addr(addr: SocketAddr, peers_end: usize) -> Option<NodeIdx> {
     match (high, low) {
         (0, 1) => Some(NodeIdx::TRACKER),
         (0, 2..=255) => Some(NodeIdx(peers_end + low as usize - 2)),
-        (1.., 1..=250) => Some(NodeIdx(((high - 1) * 250 + low) as usize)),
+        (1.., 1..=250) => Some(NodeIdx(((high - 1) * 250 + low) as usize)).filter(|node| node.0 < peers_end),
         _ => None,
     }
 }
@@ -719,7 +719,7 @@ mod tests {
         let third = node_addr(NodeIdx(2));
         assert_eq!(net.node_at(SocketAddr::new(third.ip(), 40_001)), Some(NodeIdx(2)));
         assert_eq!(net.listener_at(SocketAddr::new(third.ip(), 40_001)), None);
-        assert_eq!(net.node_at(node_addr(NodeIdx(3))), None, "only three nodes");
+        assert_eq!(net.node_at(node_addr(NodeIdx(3))), None, "only two peers");
     }
 
     #[test]

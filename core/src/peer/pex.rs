@@ -120,3 +120,112 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use crate::bitfield::Bitfield;
+    use crate::ids::{ConnId, PeerId};
+    use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
+    use crate::machine::{step, Command, Event, Input, Output};
+    use crate::peer::{Peer, PeerConfig};
+    use crate::testkit::file;
+    use crate::time::Time;
+    use crate::wire::{Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+
+    fn outputs(peer: &mut Peer, at: Time, input: Input) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        step(peer, at, input, |output| outputs.push(output));
+        outputs
+    }
+
+    fn addr(host: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, host], port))
+    }
+
+    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`
+    /// (peer id `[host; 16]`, serving on port 7001).
+    fn peer_with_remotes(hosts: &[u8]) -> (Peer, Vec<ConnId>) {
+        let mut peer = Peer::new(PeerConfig::new(1, addr(1, 7000), 7001));
+        let conns = hosts.iter().map(|&host| ConnId::Inbound(u64::from(host))).collect::<Vec<_>>();
+        for (&host, &conn) in hosts.iter().zip(&conns) {
+            outputs(&mut peer, Time::ZERO, Input::Connected { conn, remote: addr(host, 40_000) });
+            let hello =
+                Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
+            outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });
+        }
+        (peer, conns)
+    }
+
+    fn peers_sent(outputs: &[Output]) -> Vec<(ConnId, Vec<SocketAddr>)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { conn, message: Message::Peers { peers, .. } } => {
+                    Some((*conn, peers.iter().map(|p| p.addr).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connects(outputs: &[Output]) -> Vec<SocketAddr> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Connect { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_seeder_tells_each_downloader_of_the_others_once() {
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 7);
+        let (mut seeder, conns) = peer_with_remotes(&[2, 3, 4]);
+        let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
+        outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        // Two downloaders and one remote that holds the whole file (it downloads nothing).
+        let bitfields = [Bitfield::new(4), Bitfield::new(4), Bitfield::full(4)];
+        for (conn, have) in conns.iter().zip(bitfields) {
+            let message = Message::Bitfield { file_id: manifest.file_id(), have };
+            outputs(&mut seeder, Time::ZERO, Input::Message { conn: *conn, message });
+        }
+        let round = peers_sent(&outputs(&mut seeder, Time::ZERO + PEX_INTERVAL, Input::Timeout));
+        let mut told: Vec<(ConnId, Vec<SocketAddr>)> =
+            round.into_iter().map(|(conn, mut addrs)| (conn, (addrs.sort(), addrs).1)).collect();
+        told.sort();
+        assert_eq!(
+            told,
+            [(conns[0], vec![addr(3, 7001), addr(4, 7001)]), (conns[1], vec![addr(2, 7001), addr(4, 7001)])],
+            "each downloader hears of the two others; the whole holder hears nothing"
+        );
+        let next = outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Timeout);
+        assert!(peers_sent(&next).is_empty(), "nobody is named twice on a connection: {next:?}");
+    }
+
+    #[test]
+    fn a_downloader_dials_the_peers_it_is_told_of_at_a_bounded_rate_and_refuses_long_lists() {
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 8);
+        let file_id = manifest.file_id();
+        let (mut leecher, conns) = peer_with_remotes(&[2]);
+        outputs(&mut leecher, Time::ZERO, Input::Command(Box::new(Command::Get { file_id, resume: None })));
+        let named = |hosts: std::ops::Range<u8>| {
+            let peers = hosts.map(|h| PeerAddr { peer_id: PeerId([h; 16]), addr: addr(h, 7001) }).collect();
+            Input::Message { conn: conns[0], message: Message::Peers { file_id, peers } }
+        };
+        let at = Time::from_millis(1_000);
+        assert_eq!(connects(&outputs(&mut leecher, at, named(5..7))), [addr(5, 7001), addr(6, 7001)]);
+        let soon = at + (PEX_RECEIVE_INTERVAL_MIN - std::time::Duration::from_millis(1));
+        assert!(connects(&outputs(&mut leecher, soon, named(7..8))).is_empty(), "too soon: ignored");
+        let later = at + PEX_RECEIVE_INTERVAL_MIN;
+        assert_eq!(connects(&outputs(&mut leecher, later, named(7..8))), [addr(7, 7001)]);
+
+        let too_many = u8::try_from(PEX_PEERS_PER_MESSAGE_MAX).expect("a small bound") + 1;
+        let refused = outputs(&mut leecher, later + PEX_RECEIVE_INTERVAL_MIN, named(100..100 + too_many));
+        assert!(connects(&refused).is_empty());
+        assert!(refused.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))), "{refused:?}");
+        assert!(refused.contains(&Output::Close { conn: conns[0] }));
+    }
+}
