@@ -233,7 +233,7 @@ mod tests {
         };
         let cli = with_trackers(2).expect("two trackers");
         let NodeCommand::Peer(peer) = cli.command else { panic!("a peer command") };
-        assert_eq!(peer.trackers, ["127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7001".parse().unwrap()]);
+        assert_eq!(peer.trackers, [SocketAddr::from(([127, 0, 0, 1], 7000)), SocketAddr::from(([127, 0, 0, 1], 7001))]);
         let max = u16::try_from(TRACKERS_PER_PEER_MAX).expect("a small bound");
         assert!(with_trackers(max).is_ok());
         assert_eq!(with_trackers(max + 1).map(drop).map_err(|e| e.kind()), Err(ErrorKind::TooManyValues));

@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_peer_announces_to_and_locates_from_the_tracker_that_is_up_while_the_other_is_retried() {
-        let (up, down): (SocketAddr, SocketAddr) = ("10.0.0.1:7000".parse().unwrap(), "10.0.0.2:7000".parse().unwrap());
+        let (up, down) = (SocketAddr::from(([10, 0, 0, 1], 7000)), SocketAddr::from(([10, 0, 0, 2], 7000)));
         let mut config = PeerConfig::new(1, down, 7001);
         config.trackers.push(up);
         let mut peer = Peer::new(config);
