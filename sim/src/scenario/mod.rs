@@ -680,6 +680,22 @@ mod tests {
     }
 
     #[test]
+    fn several_trackers_follow_the_peers_and_are_named_by_tracker_events() {
+        let two = "[tracker]\ncount = 2\n[[peer]]\nname = \"A\"\n[[peer]]\nname = \"B\"\n";
+        let stop = |name: &str| format!("{two}[[event]]\ndo = \"tracker-stop\"\nat_s = 1\ntracker = \"{name}\"\n");
+        let s = parse(&stop("tracker2")).expect("valid scenario");
+        assert_eq!(s.tracker_node(1), NodeIdx(3), "after the tracker and the two peers");
+        assert_eq!((s.tracker_number(NodeIdx(3)), s.tracker_number(NodeIdx(2))), (Some(1), None));
+        assert_eq!(s.actions.last().map(|a| &a.kind), Some(&ActionKind::TrackerStop(NodeIdx(3))));
+        let err = parse(&stop("tracker3")).expect_err("only two trackers");
+        assert!(err.to_string().contains("no tracker is called \"tracker3\""), "{err}");
+        let err = parse("[tracker]\ncount = 9\n").expect_err("more trackers than a peer keeps");
+        assert!(err.to_string().contains("count = 9"), "{err}");
+        let err = parse("[[peer]]\nname = \"tracker\"\ncount = 2\n").expect_err("a peer named like a tracker");
+        assert!(err.to_string().contains("is not allowed"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_line() {
         let err = parse("[[peer]]\nname = \"A\"\nholds = [9]\n").expect_err("piece 9 is out of range");
         assert!(matches!(err, ScenarioError::Invalid { line: 5, .. }), "{err}");
