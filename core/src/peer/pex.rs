@@ -69,7 +69,7 @@ impl Peer {
     /// What each downloading remote has not heard of yet: `(connection, file, peers)`.
     fn pex_round(&mut self) -> Vec<(ConnId, FileId, Vec<PeerAddr>)> {
         let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
-        for (conn, remote) in &self.remotes {
+        for (conn, remote) in self.remotes.iter() {
             let Some(peer_id) = remote.peer_id.filter(|_| remote.stage == Stage::Ready && remote.addr.port() != 0)
             else {
                 continue;
@@ -81,7 +81,7 @@ impl Peer {
         let mut round = Vec::new();
         for (file_id, peers) in &by_file {
             for (conn, _) in peers {
-                if self.remotes[conn].files.get(file_id).is_some_and(Bitfield::is_full) {
+                if self.remotes.get(conn).is_some_and(|r| r.files.get(file_id).is_some_and(Bitfield::is_full)) {
                     continue;
                 }
                 let told = self.pex.told.entry((*conn, *file_id)).or_default();
