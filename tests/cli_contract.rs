@@ -24,6 +24,15 @@ fn unknown_flag_or_subcommand_is_bad_usage() {
 }
 
 #[test]
+fn more_trackers_than_a_peer_keeps_is_bad_usage() {
+    let dir = temp_dir();
+    let mut args = vec!["peer", "--store", path_str(dir.path())];
+    let max = p2p_core::limits::TRACKERS_PER_PEER_MAX;
+    args.extend(std::iter::repeat_n(["--tracker", "127.0.0.1:9"], max + 1).flatten());
+    assert_bad_usage(&args);
+}
+
+#[test]
 fn malformed_only_pieces_is_bad_usage() {
     let dir = temp_dir();
     let file = random_file(dir.path(), "f.bin", 64 * 1024, 9);

@@ -6,8 +6,9 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-use p2p_core::limits::PIECES_MAX;
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use p2p_core::limits::{PIECES_MAX, TRACKERS_PER_PEER_MAX};
 use p2p_core::manifest::check_piece_size;
 use p2p_core::FileIdPrefix;
 
@@ -114,9 +115,10 @@ pub enum NodeCommand {
 /// Arguments of `p2p-node peer`.
 #[derive(Debug, Args)]
 pub struct PeerArgs {
-    /// The tracker's address.
-    #[arg(long, value_parser = parse_addr)]
-    pub tracker: SocketAddr,
+    /// A tracker's address (repeatable: the peer announces to every tracker and locates from
+    /// every one that answers).
+    #[arg(long = "tracker", required = true, value_parser = parse_addr)]
+    pub trackers: Vec<SocketAddr>,
     /// Address to accept peer connections on.
     #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
     pub listen: SocketAddr,
@@ -148,6 +150,24 @@ pub struct PeerArgs {
     /// A private swarm's key: only nodes holding the same key connect.
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Parses the command line, with the checks clap cannot express: at most
+    /// `TRACKERS_PER_PEER_MAX` `--tracker`s.
+    pub fn try_parse_checked() -> Result<Cli, clap::Error> {
+        Cli::try_parse()?.checked()
+    }
+
+    fn checked(self) -> Result<Cli, clap::Error> {
+        if let NodeCommand::Peer(peer) = &self.command {
+            if peer.trackers.len() > TRACKERS_PER_PEER_MAX {
+                let message = format!("at most {TRACKERS_PER_PEER_MAX} --tracker, got {}", peer.trackers.len());
+                return Err(Cli::command().error(ErrorKind::TooManyValues, message));
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Piece numbers typed as `0,2-3`: sorted, without duplicates.
@@ -229,5 +249,23 @@ mod tests {
         assert_eq!(peer.piece_size, Some(262_144));
         assert!(Cli::try_parse_from(["p2p-node", "id", "f", "--piece-size", "1000"]).is_err());
         assert!(Cli::try_parse_from(["p2p-node", "peer", "--tracker", "127.0.0.1:1"]).is_err(), "--store is required");
+        assert!(Cli::try_parse_from(["p2p-node", "peer", "--store", "s"]).is_err(), "--tracker is required");
+    }
+
+    #[test]
+    fn tracker_may_be_repeated_up_to_its_bound() {
+        let with_trackers = |count: u16| {
+            let mut args = vec!["p2p-node".to_owned(), "peer".into(), "--store".into(), "s".into()];
+            for port in 0..count {
+                args.extend(["--tracker".to_owned(), format!("127.0.0.1:{}", 7000 + port)]);
+            }
+            Cli::try_parse_from(args).and_then(Cli::checked)
+        };
+        let cli = with_trackers(2).expect("two trackers");
+        let NodeCommand::Peer(peer) = cli.command else { panic!("a peer command") };
+        assert_eq!(peer.trackers, [SocketAddr::from(([127, 0, 0, 1], 7000)), SocketAddr::from(([127, 0, 0, 1], 7001))]);
+        let max = u16::try_from(TRACKERS_PER_PEER_MAX).expect("a small bound");
+        assert!(with_trackers(max).is_ok());
+        assert_eq!(with_trackers(max + 1).map(drop).map_err(|e| e.kind()), Err(ErrorKind::TooManyValues));
     }
 }

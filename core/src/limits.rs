@@ -229,12 +229,27 @@ pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 /// asks (and more answers to queue) than it has answered.
 pub const LOCATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often a peer tells its remotes of the other peers of their files it is connected to
+/// (peer exchange); each remote hears of each peer once per connection.
+pub const PEX_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most peers one `Peers` message names; a remote that sends more breaks the protocol.
+pub const PEX_PEERS_PER_MESSAGE_MAX: usize = 32;
+
+/// Shortest time between two `Peers` messages of one file a remote's are acted on; one that
+/// comes sooner is ignored (a remote cannot make a peer dial more often than this).
+pub const PEX_RECEIVE_INTERVAL_MIN: Duration = Duration::from_millis(500);
+
 /// Verified pieces are told to connected remotes in batches at most this often (the tracker
 /// hears of each piece at once).
 pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most trackers one peer is given: it keeps a connection to each, announces every file to
+/// each and asks each where the pieces are.
+pub const TRACKERS_PER_PEER_MAX: usize = 8;
 
 /// First delay before reconnecting to the tracker; doubles up to [`RECONNECT_DELAY_MAX`].
 pub const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
@@ -277,6 +292,10 @@ const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+// An honest sender, ticking every `PEX_INTERVAL`, is never ignored.
+const _: () = assert!(PEX_RECEIVE_INTERVAL_MIN.as_millis() < PEX_INTERVAL.as_millis());
+// A `Peers` message (about 40 bytes per peer) fits a frame with room to spare.
+const _: () = assert!(PEX_PEERS_PER_MESSAGE_MAX * 64 + 1024 <= FRAME_BYTES_MAX);
 // A download counts the connected holders of each piece in a `u16`.
 const _: () = assert!(CONNECTIONS_MAX <= u16::MAX as usize);
 // A piece's blocks are tracked in a u64 mask.

@@ -246,10 +246,16 @@ pub struct Progress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     // ---- peer ----
-    /// The tracker connection is up and the `Hello` exchange is done.
-    TrackerConnected,
-    /// The tracker connection was lost; the peer will reconnect and re-announce.
-    TrackerLost,
+    /// A tracker connection is up and the `Hello` exchange is done.
+    TrackerConnected {
+        /// The tracker.
+        addr: SocketAddr,
+    },
+    /// A tracker connection was lost; the peer will reconnect and re-announce.
+    TrackerLost {
+        /// The tracker.
+        addr: SocketAddr,
+    },
     /// The tracker acknowledged a shared file.
     Sharing {
         /// The file.

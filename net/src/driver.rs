@@ -610,6 +610,10 @@ async fn accept_loop(listener: TcpListener, driver: Recipient<Accepted>) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                // A dual-stack listener (`[::]`) reports IPv4 clients as IPv4-mapped IPv6
+                // addresses; the machines see the plain IPv4 address, so a peer has one address
+                // whichever family the listener has (tracker records, loopback checks, bans).
+                let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
                 if driver.send(Accepted { stream, remote }).await.is_err() {
                     return;
                 }

@@ -35,6 +35,14 @@ pub enum NetError {
         /// The underlying error (shown in the message, so not a separate `source`).
         error: io::Error,
     },
+    /// A peer was given no tracker, or more than it keeps connections to.
+    #[error("a peer needs 1 to {max} trackers, got {count}")]
+    TrackerCount {
+        /// Trackers given.
+        count: usize,
+        /// `TRACKERS_PER_PEER_MAX`.
+        max: usize,
+    },
     /// A file could not be described by a manifest (bad name, piece size, too many pieces).
     #[error("{path}: {error}")]
     Manifest {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use p2p_core::limits::ANNOUNCE_INTERVAL_DEFAULT;
+use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
 use p2p_core::{Bitfield, Command, FileId, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -40,8 +40,8 @@ pub struct TrackerHandle {
 /// How to start a peer; see [`PeerOptions::new`] for the defaults.
 #[derive(Clone, Debug)]
 pub struct PeerOptions {
-    /// The tracker's address.
-    pub tracker: SocketAddr,
+    /// The trackers' addresses (1 to `TRACKERS_PER_PEER_MAX`).
+    pub trackers: Vec<SocketAddr>,
     /// Where to accept peer connections (port 0: any free port).
     pub listen: SocketAddr,
     /// The store directory (partial downloads and their sidecars).
@@ -113,13 +113,18 @@ pub async fn spawn_peer(
     options: PeerOptions,
     events: mpsc::UnboundedSender<NodeEvent>,
 ) -> Result<PeerHandle, NetError> {
+    let (count, max) = (options.trackers.len(), TRACKERS_PER_PEER_MAX);
+    let Some(&first_tracker) = options.trackers.first().filter(|_| count <= max) else {
+        return Err(NetError::TrackerCount { count, max });
+    };
     let store = Arc::new(Store::open(&options.store_dir, &options.out_dir)?);
     let identity = Identity::load_or_create(&options.store_dir.join(IDENTITY_FILE_NAME))?;
     let listener = TcpListener::bind(options.listen).await.map_err(NetError::socket("listen on", options.listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", options.listen))?;
     let seed = options.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
     let peer_id = identity.peer_id();
-    let mut config = PeerConfig::new(peer_id, seed, options.tracker, addr.port());
+    let mut config = PeerConfig::new(peer_id, seed, first_tracker, addr.port());
+    config.trackers.clone_from(&options.trackers);
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
     let keys = Keys { identity, swarm_key: options.swarm_key };
@@ -145,7 +150,7 @@ impl PeerOptions {
     /// of 127.0.0.1, finished files in the store directory, no upload cap, a random seed.
     pub fn new(tracker: SocketAddr, store_dir: PathBuf) -> PeerOptions {
         PeerOptions {
-            tracker,
+            trackers: vec![tracker],
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             out_dir: store_dir.clone(),
             store_dir,

@@ -48,7 +48,8 @@ impl World {
     /// Sends `message` as `node`'s role has it: a `liar-mixed` peer replaces the first block
     /// of a piece with a bad copy and drops the connection after it.
     fn send_as_role(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
-        let liar = node != NodeIdx::TRACKER && self.scenario.peers[node.0 - 1].role == Role::LiarMixed;
+        let liar =
+            self.scenario.tracker_number(node).is_none() && self.scenario.peers[node.0 - 1].role == Role::LiarMixed;
         match message {
             Message::Data { file_id, piece, offset: 0, bytes } if liar && !bytes.is_empty() => {
                 let mut bad = BytesMut::from(&bytes[..]);
@@ -76,8 +77,10 @@ impl World {
                 }
             }
             Message::Cancel { .. } => self.request_answered(node, conn),
-            Message::Located { holders, .. } if node == NodeIdx::TRACKER => {
-                self.check_located(&holders.peers().collect::<Vec<_>>())
+            Message::Located { holders, .. } => {
+                if let Some(tracker) = self.scenario.tracker_number(node) {
+                    self.check_located(tracker, &holders.peers().collect::<Vec<_>>());
+                }
             }
             _ => {}
         }
@@ -85,17 +88,19 @@ impl World {
         self.transmit(node, conn, message, size_bytes);
     }
 
-    /// Invariant: the tracker names only peers it heard from within its TTL.
-    fn check_located(&mut self, peers: &[p2p_core::wire::PeerAddr]) {
+    /// Invariant: a tracker names only peers it heard from within its TTL.
+    fn check_located(&mut self, tracker: usize, peers: &[p2p_core::wire::PeerAddr]) {
         let ttl = self.tracker_ttl();
+        let node_of_tracker = self.scenario.tracker_node(tracker);
         for peer in peers {
             let Some(holder) = self.network.node_at(peer.addr) else {
                 continue;
             };
-            let heard = self.nodes[holder.0].heard_by_tracker;
+            let heard = self.nodes[holder.0].heard_by_tracker.get(&tracker).copied();
             if heard.is_none_or(|at| self.now.saturating_since(at) > ttl) {
                 let name = self.name(holder).to_owned();
-                let text = format!("tracker at {}: listed {name}, not heard from within its TTL", self.now);
+                let tracker = self.name(node_of_tracker).to_owned();
+                let text = format!("{tracker} at {}: listed {name}, not heard from within its TTL", self.now);
                 self.outcome.violations.push(text);
             }
         }

@@ -121,6 +121,8 @@ struct Link {
 pub struct Network {
     rng: Rng,
     nodes: Vec<NetNode>,
+    /// The first node after the peers (the second tracker, if any).
+    peers_end: usize,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
     /// `Sent` reports due, as `(sender, conn, frames)`, until the world takes them.
@@ -134,22 +136,29 @@ pub struct Network {
     senders: Vec<(NodeIdx, Flow)>,
 }
 
-/// The address of node `node`: the tracker is 10.0.0.1, peers count up from 10.0.1.1.
-pub fn node_addr(node: NodeIdx) -> SocketAddr {
-    let ip = if node == NodeIdx::TRACKER {
-        Ipv4Addr::new(10, 0, 0, 1)
-    } else {
-        let i = node.0 - 1;
-        // Scenarios have at most 100,000 peers, so this stays inside 10.0.0.0/8.
-        let host = ((1 + i / 250) << 8) | (1 + i % 250);
-        Ipv4Addr::from(0x0A00_0000 | host as u32)
-    };
-    SocketAddr::V4(SocketAddrV4::new(ip, LISTEN_PORT))
+/// The address of tracker number `number` (0-based): 10.0.0.1, 10.0.0.2, ….
+pub fn tracker_addr(number: usize) -> SocketAddr {
+    // Scenarios have at most `TRACKERS_PER_PEER_MAX` trackers.
+    let host = u8::try_from(number + 1).unwrap_or(u8::MAX);
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, host), LISTEN_PORT))
 }
 
-/// The node whose [`node_addr`] has `addr`'s host, if the host is one `node_addr` gives; the
+/// The address of node `node` among a single tracker's world (or the first tracker and the
+/// peers of any world): the tracker is 10.0.0.1, peers count up from 10.0.1.1.
+pub fn node_addr(node: NodeIdx) -> SocketAddr {
+    if node == NodeIdx::TRACKER {
+        return tracker_addr(0);
+    }
+    let i = node.0 - 1;
+    // Scenarios have at most 100,000 peers, so this stays inside 10.0.0.0/8.
+    let host = ((1 + i / 250) << 8) | (1 + i % 250);
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(0x0A00_0000 | host as u32), LISTEN_PORT))
+}
+
+/// The node whose address has `addr`'s host, if the host is one [`node_addr`] or
+/// [`tracker_addr`] gives, the trackers after the first being nodes `peers_end`, …; the
 /// inverse is arithmetic, so naming a node in a trace line costs no lookup.
-fn node_of_addr(addr: SocketAddr) -> Option<NodeIdx> {
+fn node_of_addr(addr: SocketAddr, peers_end: usize) -> Option<NodeIdx> {
     let SocketAddr::V4(v4) = addr else { return None };
     let ip = u32::from(*v4.ip());
     if ip >> 24 != 0x0A {
@@ -158,19 +167,29 @@ fn node_of_addr(addr: SocketAddr) -> Option<NodeIdx> {
     let (high, low) = ((ip >> 8) & 0xFFFF, ip & 0xFF);
     match (high, low) {
         (0, 1) => Some(NodeIdx::TRACKER),
-        (1.., 1..=250) => Some(NodeIdx(((high - 1) * 250 + low) as usize)),
+        (0, 2..=255) => Some(NodeIdx(peers_end + low as usize - 2)),
+        (1.., 1..=250) => Some(NodeIdx(((high - 1) * 250 + low) as usize)).filter(|node| node.0 < peers_end),
         _ => None,
     }
 }
 
 impl Network {
-    /// A network of `links.len()` nodes, all down, node `i` with link `links[i]`.
+    /// A network of `links.len()` nodes with one tracker, all down, node `i` with link
+    /// `links[i]`.
     pub fn new(seed: u64, links: Vec<LinkSpec>) -> Network {
+        Network::with_trackers(seed, links, 1)
+    }
+
+    /// A network of `links.len()` nodes, all down, node `i` with link `links[i]`: the first
+    /// tracker, the peers, then the other `trackers - 1` trackers.
+    pub fn with_trackers(seed: u64, links: Vec<LinkSpec>, trackers: usize) -> Network {
+        let peers_end = links.len() + 1 - trackers;
+        let addr = |i: usize| if i >= peers_end { tracker_addr(i + 1 - peers_end) } else { node_addr(NodeIdx(i)) };
         let nodes: Vec<NetNode> = links
             .into_iter()
             .enumerate()
             .map(|(i, link)| NetNode {
-                addr: node_addr(NodeIdx(i)),
+                addr: addr(i),
                 peer_id: PeerId::from_seed(Rng::derive_seed(seed, &format!("key/{i}"))),
                 link,
                 up: false,
@@ -188,6 +207,7 @@ impl Network {
         Network {
             rng: Rng::from_seed(Rng::derive_seed(seed, "network")),
             nodes,
+            peers_end,
             links: Vec::new(),
             reports: Vec::new(),
             unsettled: Vec::new(),
@@ -199,7 +219,12 @@ impl Network {
 
     /// The node at `addr`'s host (whatever the port), if any.
     pub fn node_at(&self, addr: SocketAddr) -> Option<NodeIdx> {
-        node_of_addr(addr).filter(|node| node.0 < self.nodes.len())
+        node_of_addr(addr, self.peers_end).filter(|node| node.0 < self.nodes.len())
+    }
+
+    /// The address of `node`.
+    pub fn addr(&self, node: NodeIdx) -> SocketAddr {
+        self.nodes[node.0].addr
     }
 
     /// The node listening at `addr` (its host and [`LISTEN_PORT`]), if any.
@@ -695,17 +720,23 @@ mod tests {
 
     #[test]
     fn addresses_map_back_to_their_nodes() {
-        for node in (0..100_001).map(NodeIdx) {
-            assert_eq!(node_of_addr(node_addr(node)), Some(node));
+        let peers_end = 100_001;
+        for node in (0..peers_end).map(NodeIdx) {
+            assert_eq!(node_of_addr(node_addr(node), peers_end), Some(node));
         }
-        for stranger in ["10.0.0.2:7000", "10.0.1.0:7000", "10.0.1.251:7000", "192.168.0.1:7000", "[::1]:7000"] {
-            assert_eq!(node_of_addr(stranger.parse().expect("an address")), None, "{stranger}");
+        for number in 1..8 {
+            assert_eq!(node_of_addr(tracker_addr(number), peers_end), Some(NodeIdx(peers_end + number - 1)));
         }
-        let net = Network::new(1, vec![link(10, None, 0.0); 3]);
+        for stranger in ["10.0.1.0:7000", "10.0.1.251:7000", "192.168.0.1:7000", "[::1]:7000"] {
+            assert_eq!(node_of_addr(stranger.parse().expect("an address"), peers_end), None, "{stranger}");
+        }
+        let net = Network::with_trackers(1, vec![link(10, None, 0.0); 4], 2);
+        assert_eq!(net.node_at(tracker_addr(1)), Some(NodeIdx(3)), "the second tracker follows the two peers");
+        assert_eq!(net.node_at(tracker_addr(2)), None, "no third tracker");
         let third = node_addr(NodeIdx(2));
         assert_eq!(net.node_at(SocketAddr::new(third.ip(), 40_001)), Some(NodeIdx(2)));
         assert_eq!(net.listener_at(SocketAddr::new(third.ip(), 40_001)), None);
-        assert_eq!(net.node_at(node_addr(NodeIdx(3))), None, "only three nodes");
+        assert_eq!(net.node_at(node_addr(NodeIdx(3))), None, "only two peers");
     }
 
     #[test]

@@ -78,8 +78,8 @@ impl fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = self.name;
         match self.event {
-            Event::TrackerConnected => f.write_str("connected to the tracker"),
-            Event::TrackerLost => f.write_str("lost the tracker"),
+            Event::TrackerConnected { addr } => write!(f, "connected to {}", name(*addr)),
+            Event::TrackerLost { addr } => write!(f, "lost {}", name(*addr)),
             Event::Sharing { name: file, pieces, .. } => write!(f, "sharing {file} ({pieces} pieces)"),
             Event::LocateSent { .. } => f.write_str("asks the tracker where the pieces are"),
             Event::Located { holders, .. } => write!(f, "tracker answers {}", holders_text(holders, name)),

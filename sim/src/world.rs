@@ -24,11 +24,11 @@ use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
 use p2p_core::{Command, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
-use crate::network::{node_addr, Network, Sent, LISTEN_PORT};
+use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
 use crate::report::{Outcome, PeerSummary};
-use crate::scenario::{ActionKind, NodeIdx, Scenario};
+use crate::scenario::{tracker_name, ActionKind, NodeIdx, Scenario};
 use crate::store::{Content, Store};
 use crate::trace::Trace;
 
@@ -54,8 +54,8 @@ pub(crate) struct NodeState {
     timer_fired: Option<Time>,
     pub(crate) store: Store,
     pub(crate) summary: PeerSummary,
-    /// Last time the tracker received anything from this node.
-    pub(crate) heard_by_tracker: Option<Time>,
+    /// Last time each tracker (by number) received anything from this node.
+    pub(crate) heard_by_tracker: VecMap<usize, Time>,
     /// The last located answer told in the story, to tell only changes.
     pub(crate) story_located: Option<String>,
     /// Block requests outstanding per connection (as a downloader).
@@ -106,12 +106,15 @@ impl World {
     pub fn new(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) -> World {
         let file = &scenario.file;
         let content = Content::generate(seed, &file.name, file.size_bytes, file.piece_size_bytes);
+        let trackers = scenario.tracker.count;
         let mut links = vec![scenario.tracker.link];
         links.extend(scenario.peers.iter().map(|p| p.link));
-        let mut nodes = vec![NodeState::new("tracker".to_owned(), Store::default())];
+        links.extend((1..trackers).map(|_| scenario.tracker.link));
+        let mut nodes = vec![NodeState::new(tracker_name(0), Store::default())];
         for peer in &scenario.peers {
             nodes.push(NodeState::new(peer.name.clone(), Store::seeded(peer.holds.iter().copied())));
         }
+        nodes.extend((1..trackers).map(|number| NodeState::new(tracker_name(number), Store::default())));
         let mut queue = Queue::default();
         for (i, action) in scenario.actions.iter().enumerate() {
             queue.push(action.at, Item::Action(i));
@@ -129,7 +132,7 @@ impl World {
             seed,
             file_id: content.manifest.file_id(),
             content,
-            network: Network::new(seed, links),
+            network: Network::with_trackers(seed, links, trackers),
             queue,
             nodes,
             pending: VecDeque::new(),
@@ -138,7 +141,9 @@ impl World {
             outcome,
             ended: false,
         };
-        world.start_tracker("starts");
+        for number in 0..trackers {
+            world.start_tracker(scenario.tracker_node(number), "starts");
+        }
         world
     }
 
@@ -172,7 +177,8 @@ impl World {
 
     /// Ends the run: the outcome and the trace's write error, if any.
     pub fn finish(mut self) -> (Outcome, Option<std::io::Error>) {
-        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+        let peers = self.scenario.peers.len();
+        for (i, node) in self.nodes.iter().enumerate().skip(1).take(peers) {
             let mut summary = node.summary.clone();
             summary.name.clone_from(&node.name);
             summary.pieces = node.store.verified(&self.content).count();
@@ -278,8 +284,8 @@ impl World {
     }
 
     fn on_arrival(&mut self, node: NodeIdx, from: NodeIdx, input: &Input) {
-        if node == NodeIdx::TRACKER {
-            self.nodes[from.0].heard_by_tracker = Some(self.now);
+        if let Some(tracker) = self.scenario.tracker_number(node) {
+            self.nodes[from.0].heard_by_tracker.insert(tracker, self.now);
         }
         match input {
             Input::Connected { conn, .. } => {
@@ -350,19 +356,34 @@ impl World {
             ActionKind::TrackerRestart => {
                 self.tell(NodeIdx::TRACKER, "RESTARTS with empty state".to_owned());
                 self.stop(NodeIdx::TRACKER);
-                self.start_tracker("is back");
+                self.start_tracker(NodeIdx::TRACKER, "is back");
+            }
+            ActionKind::TrackerStop(node) if self.nodes[node.0].running => {
+                self.tell(node, "STOPS".to_owned());
+                self.stop(node);
+            }
+            ActionKind::TrackerStop(node) => self.log(node, format_args!("cannot stop: not running")),
+            ActionKind::TrackerStart(node) if self.nodes[node.0].running => {
+                self.log(node, format_args!("already running; start ignored"));
+            }
+            ActionKind::TrackerStart(node) => {
+                self.tell(node, "STARTS again with empty state".to_owned());
+                self.start_tracker(node, "is back");
             }
         }
     }
 
-    fn start_tracker(&mut self, verb: &str) {
-        let incarnation = self.network.node_up(NodeIdx::TRACKER);
-        self.nodes[0].running = true;
-        let seed = Rng::derive_seed(self.seed, &format!("tracker/{incarnation}"));
-        let peer_id = self.network.peer_id(NodeIdx::TRACKER);
+    fn start_tracker(&mut self, node: NodeIdx, verb: &str) {
+        let incarnation = self.network.node_up(node);
+        self.nodes[node.0].running = true;
+        self.nodes[node.0].timer = None;
+        self.nodes[node.0].timer_fired = None;
+        let seed = Rng::derive_seed(self.seed, &format!("{}/{incarnation}", self.nodes[node.0].name));
+        let peer_id = self.network.peer_id(node);
         let config = TrackerConfig { peer_id, seed, announce_interval: self.scenario.tracker.announce_interval };
-        self.log(NodeIdx::TRACKER, format_args!("{verb} at {}", node_addr(NodeIdx::TRACKER)));
-        self.pending.push_back(Step::Spawn(NodeIdx::TRACKER, NodeMachine::Tracker(Box::new(Tracker::new(config)))));
+        let addr = self.network.addr(node);
+        self.log(node, format_args!("{verb} at {addr}"));
+        self.pending.push_back(Step::Spawn(node, NodeMachine::Tracker(Box::new(Tracker::new(config)))));
     }
 
     fn start_peer(&mut self, node: NodeIdx, verb: &str) {
@@ -373,7 +394,8 @@ impl World {
         let incarnation = self.network.node_up(node);
         let spec = &self.scenario.peers[node.0 - 1];
         let seed = Rng::derive_seed(self.seed, &format!("peer/{}/{incarnation}", spec.name));
-        let mut config = PeerConfig::new(self.network.peer_id(node), seed, node_addr(NodeIdx::TRACKER), LISTEN_PORT);
+        let mut config = PeerConfig::new(self.network.peer_id(node), seed, tracker_addr(0), LISTEN_PORT);
+        config.trackers = (0..self.scenario.tracker.count).map(tracker_addr).collect();
         config.upload_limit_bytes_per_s = spec.upload_limit_bytes_per_s;
         config.announce_interval = self.scenario.tracker.announce_interval;
         let wants = spec.wants;
@@ -455,7 +477,7 @@ impl NodeState {
             timer_fired: None,
             store,
             summary: PeerSummary::default(),
-            heard_by_tracker: None,
+            heard_by_tracker: VecMap::new(),
             story_located: None,
             in_flight: VecMap::new(),
         }

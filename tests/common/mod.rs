@@ -107,7 +107,13 @@ impl Node {
 
     /// Starts a tracker on 127.0.0.1 port 0 and returns it with the address it really listens on.
     pub fn tracker() -> (Node, SocketAddr) {
-        let mut tracker = Node::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0"]);
+        Node::tracker_on("127.0.0.1:0")
+    }
+
+    /// Starts a tracker with `--listen LISTEN` and returns it with the address it really
+    /// listens on.
+    pub fn tracker_on(listen: &str) -> (Node, SocketAddr) {
+        let mut tracker = Node::spawn("tracker", &["tracker", "--listen", listen]);
         let addr = tracker.listening_addr();
         (tracker, addr)
     }
@@ -115,9 +121,18 @@ impl Node {
     /// Starts `p2p-node peer --tracker TRACKER --listen 127.0.0.1:0 --store STORE EXTRA...` and
     /// waits for its `listening on` line.
     pub fn peer(name: &str, tracker: SocketAddr, store: &Path, extra: &[&str]) -> Node {
-        let tracker = tracker.to_string();
-        let store = path_str(store);
-        let mut args = vec!["peer", "--tracker", &tracker, "--listen", "127.0.0.1:0", "--store", store];
+        Node::peer_on(name, &[tracker], "127.0.0.1:0", store, extra)
+    }
+
+    /// Starts `p2p-node peer --tracker T1 --tracker T2 ... --listen LISTEN --store STORE
+    /// EXTRA...` and waits for its `listening on` line.
+    pub fn peer_on(name: &str, trackers: &[SocketAddr], listen: &str, store: &Path, extra: &[&str]) -> Node {
+        let trackers: Vec<String> = trackers.iter().map(SocketAddr::to_string).collect();
+        let mut args = vec!["peer"];
+        for tracker in &trackers {
+            args.extend_from_slice(&["--tracker", tracker]);
+        }
+        args.extend_from_slice(&["--listen", listen, "--store", path_str(store)]);
         args.extend_from_slice(extra);
         let mut peer = Node::spawn(name, &args);
         peer.listening_addr();
@@ -430,6 +445,15 @@ pub fn subdir(parent: &Path, name: &str) -> PathBuf {
     let dir = parent.join(name);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
+}
+
+/// Whether this machine can listen on `::1`; the IPv6 tests skip, saying so, where it cannot.
+pub fn has_ipv6_loopback() -> bool {
+    let usable = TcpListener::bind("[::1]:0").is_ok();
+    if !usable {
+        eprintln!("skipped: this machine has no IPv6 loopback (::1)");
+    }
+    usable
 }
 
 /// A port on 127.0.0.1 that nobody listens on (bound, then released).

@@ -22,12 +22,10 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, NodeCommand};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_checked() {
         Ok(cli) => cli,
         Err(e) => {
             // Printing the usage text only fails when stderr is gone; the exit code still tells.

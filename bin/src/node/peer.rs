@@ -1,6 +1,7 @@
 //! `p2p-node peer`: share files, download files, seed until told to stop.
 //!
-//! Start-up checks every `--share` can be read and the tracker answers as one, then starts the
+//! Start-up checks every `--share` can be read and a tracker answers as one (with several, a
+//! `--tracker` that does not is named on stderr and retried in the background), then starts the
 //! node (which locks the store and checks the output directory is writable): all before the
 //! `listening on` line, each failure one clear error. Then it shares, serves again what the
 //! store remembers, asks for the files, and follows the node's events: the stable lines of
@@ -46,17 +47,18 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         check_shareable(path).with_context(|| format!("cannot share {}", path.display()))?;
     }
     let client_keys = client_keys(args.swarm_key.as_deref())?;
-    check_tracker(args.tracker, &client_keys).await?;
+    check_trackers(&args.trackers, &client_keys).await?;
     let (events_sender, mut events) = mpsc::unbounded_channel();
-    let mut options = PeerOptions::new(args.tracker, args.store.clone());
+    let mut options = PeerOptions::new(args.trackers[0], args.store.clone());
+    options.trackers.clone_from(&args.trackers);
     options.swarm_key = client_keys.swarm_key.clone();
     options.listen = args.listen;
     options.out_dir = args.out.clone().unwrap_or_else(|| args.store.clone());
     options.upload_limit_bytes_per_s = args.upload_limit;
     let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
     report::listening(peer.addr());
-    warn_if_unreachable(peer.addr(), args.tracker);
-    let mut session = Session::new(args.exit_when_done, args.get.len(), args.tracker);
+    warn_if_unreachable(peer.addr(), &args.trackers);
+    let mut session = Session::new(args.exit_when_done, args.get.len(), &args.trackers);
     let started = tokio::select! {
         biased;
         signal = shutdown.wait() => Err(signal),
@@ -74,8 +76,22 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> anyhow::Result<()> {
-    client::check_tracker(tracker, keys).await.context("--tracker")
+/// Every `--tracker` is checked in turn. The peer starts when one of them answers as a
+/// tracker; the others are named on stderr (they may be down for now, and are retried).
+async fn check_trackers(trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<()> {
+    let mut results = Vec::with_capacity(trackers.len());
+    for tracker in trackers {
+        results.push(client::check_tracker(*tracker, keys).await);
+    }
+    if results.iter().any(Result::is_ok) {
+        for error in results.into_iter().filter_map(Result::err) {
+            tracing::warn!("--tracker: {error}; retrying it in the background");
+        }
+        return Ok(());
+    }
+    let first = results.into_iter().find_map(Result::err);
+    // `trackers` is not empty (clap requires one), so neither is `results`.
+    Err(anyhow::Error::new(first.expect("one check per tracker")).context("--tracker"))
 }
 
 /// Shares every `--share` and asks for every `--get`.
@@ -95,7 +111,7 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, keys: &Keys, session: &m
         Err(e) => tracing::warn!("cannot serve all the store remembers: {e}"),
     }
     for prefix in &args.get {
-        let file_id = resolve(prefix, peer, args.tracker, keys).await?;
+        let file_id = resolve(prefix, peer, &args.trackers, keys).await?;
         if let Some(path) = peer.held_path(file_id) {
             // Downloaded by an earlier run (or shared): checked when the store served it again
             // (same size and modification time, or its pieces hashed again).
@@ -133,8 +149,8 @@ fn check_shareable(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The full id for a typed one: itself, or the single id starting with the prefix among the
-/// store's files, else among the tracker's.
-async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr, keys: &Keys) -> anyhow::Result<FileId> {
+/// store's files, else among the files of the first tracker that lists them.
+async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<FileId> {
     if let Some(file_id) = prefix.as_full() {
         return Ok(file_id);
     }
@@ -142,14 +158,22 @@ async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, tracker: SocketAddr, 
         return Ok(file_id);
     }
     let context = || format!("cannot resolve the file id prefix {}", prefix.as_str());
-    let (files, _) = list_files(tracker, keys).await.with_context(context)?;
+    let mut listed = Err(anyhow::anyhow!("no tracker"));
+    for tracker in trackers {
+        listed = list_files(*tracker, keys).await.map_err(anyhow::Error::new);
+        if listed.is_ok() {
+            break;
+        }
+    }
+    let (files, _) = listed.with_context(context)?;
     prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
 }
 
 /// Says at start when peers on other hosts cannot connect to this one: it listens on loopback
-/// while its tracker is elsewhere, so the tracker hands out an address only this host reaches.
-fn warn_if_unreachable(listen: SocketAddr, tracker: SocketAddr) {
-    if listen.ip().is_loopback() && !tracker.ip().is_loopback() {
+/// while a tracker is elsewhere, so that tracker hands out an address only this host reaches.
+fn warn_if_unreachable(listen: SocketAddr, trackers: &[SocketAddr]) {
+    let Some(tracker) = trackers.iter().find(|tracker| !tracker.ip().is_loopback()) else { return };
+    if listen.ip().is_loopback() {
         tracing::warn!(
             "listening on {listen}, a loopback address, while the tracker {tracker} is on another host: \
              peers there cannot connect to this one (use --listen 0.0.0.0:PORT)"
@@ -199,7 +223,7 @@ struct Pieces {
 }
 
 impl Session {
-    fn new(exit_when_done: bool, gets_to_start: usize, tracker: SocketAddr) -> Session {
+    fn new(exit_when_done: bool, gets_to_start: usize, trackers: &[SocketAddr]) -> Session {
         Session {
             exit_when_done,
             started: Instant::now(),
@@ -208,7 +232,7 @@ impl Session {
             gets: BTreeMap::new(),
             gets_to_start,
             progress: Progress::default(),
-            reach: Reach::new(tracker),
+            reach: Reach::new(trackers),
             uploads: Uploads::default(),
             said_unknown: BTreeSet::new(),
         }
@@ -327,7 +351,7 @@ impl Session {
                 tracing::info!("no live peer holds {missing} of {file_id}; waiting for one");
             }
             Event::BlockServed { file_id, len, to, .. } => self.uploads.served(file_id, to, len),
-            Event::TrackerLost => tracing::warn!("lost the tracker; reconnecting"),
+            Event::TrackerLost { addr } => tracing::warn!("lost the tracker {addr}; reconnecting"),
             _ => {}
         }
         Ok(())

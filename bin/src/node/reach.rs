@@ -15,7 +15,7 @@ use p2p_net::ConnectFailure;
 /// The reachability of the holders of this run's downloads.
 #[derive(Debug)]
 pub struct Reach {
-    tracker: SocketAddr,
+    trackers: Vec<SocketAddr>,
     /// The holders the tracker last named, per unfinished download.
     holders: BTreeMap<FileId, BTreeSet<SocketAddr>>,
     /// Since when each unfinished download has verified no piece.
@@ -26,9 +26,14 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// Nothing known yet about the remotes of a peer of `tracker`.
-    pub fn new(tracker: SocketAddr) -> Reach {
-        Reach { tracker, holders: BTreeMap::new(), quiet_since: BTreeMap::new(), failed: BTreeMap::new() }
+    /// Nothing known yet about the remotes of a peer of `trackers`.
+    pub fn new(trackers: &[SocketAddr]) -> Reach {
+        Reach {
+            trackers: trackers.to_vec(),
+            holders: BTreeMap::new(),
+            quiet_since: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
     }
 
     /// The download of `file_id` starts (or verified a piece) at `now`.
@@ -61,7 +66,7 @@ impl Reach {
 
     /// A connection to `addr` failed for `reason`.
     pub fn failed(&mut self, addr: SocketAddr, reason: ConnectFailure) {
-        if addr != self.tracker && !self.holders.values().any(|holders| holders.contains(&addr)) {
+        if !self.trackers.contains(&addr) && !self.holders.values().any(|holders| holders.contains(&addr)) {
             return;
         }
         if self.failed.get(&addr) != Some(&reason) {
@@ -88,7 +93,7 @@ impl Reach {
     }
 
     fn what(&self, addr: SocketAddr) -> &'static str {
-        if addr == self.tracker {
+        if self.trackers.contains(&addr) {
             "the tracker"
         } else {
             "holder"
@@ -97,8 +102,8 @@ impl Reach {
 
     /// Keeps failures of the tracker and of named holders only (the map stays bounded).
     fn forget_unnamed(&mut self) {
-        let (tracker, holders) = (self.tracker, &self.holders);
-        self.failed.retain(|addr, _| *addr == tracker || holders.values().any(|named| named.contains(addr)));
+        let (trackers, holders) = (&self.trackers, &self.holders);
+        self.failed.retain(|addr, _| trackers.contains(addr) || holders.values().any(|named| named.contains(addr)));
     }
 }
 
@@ -116,7 +121,7 @@ mod tests {
     fn gives_up_only_when_every_named_holder_failed_for_the_whole_wait() {
         let file_id = FileId(Digest([7; 32]));
         let start = Instant::now();
-        let mut reach = Reach::new(addr(1));
+        let mut reach = Reach::new(&[addr(1)]);
         reach.progress(file_id, start);
         let late = start + HOLDERS_UNREACHABLE_TIMEOUT;
         assert_eq!(reach.given_up(late), None, "no holder named yet");
@@ -139,7 +144,7 @@ mod tests {
 
     #[test]
     fn failures_of_remotes_never_named_are_not_kept() {
-        let mut reach = Reach::new(addr(1));
+        let mut reach = Reach::new(&[addr(1)]);
         reach.failed(addr(9), ConnectFailure::Refused);
         assert!(reach.failed.is_empty());
         reach.failed(addr(1), ConnectFailure::Refused);

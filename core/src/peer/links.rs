@@ -128,7 +128,7 @@ impl Peer {
     }
 
     /// Makes sure a connection to `peer` exists that exchanges bitfields for `file_id`.
-    fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
+    pub(super) fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
         if peer.peer_id == self.peer_id
             || self.bans.is_banned(&peer.peer_id, self.now)
             || self.bans.is_addr_banned(&peer.addr, self.now)
@@ -231,6 +231,7 @@ impl Peer {
             Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
+            Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }
@@ -323,7 +324,7 @@ impl Peer {
         self.event(Event::ProtocolViolation { conn, reason });
         if self.tracker.owns(conn) {
             self.push(Output::Close { conn });
-            self.on_tracker_lost();
+            self.on_tracker_lost(conn);
         } else {
             self.close_remote(conn);
         }

@@ -81,6 +81,11 @@ impl Locate {
         }
     }
 
+    /// Whether a tracker ever answered with holders (it knew the file).
+    pub fn answered_once(&self) -> bool {
+        self.answered_once
+    }
+
     /// Asks again [`LOCATE_INTERVAL_SECOND`] from `now` unless an ask is due sooner.
     pub fn ask_soon(&mut self, now: Time) {
         self.next_at = self.next_at.min(now + LOCATE_INTERVAL_SECOND);

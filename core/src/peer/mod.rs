@@ -3,12 +3,14 @@
 //!
 //! `Peer` routes inputs between sub-machines. Routing that spans several of them is an
 //! `impl Peer` block per concern:
-//! - `tracker_link`: the tracker connection (reconnect with backoff, announce, locate, `Have`);
+//! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
+//!   announce, locate, `Haves`);
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
 //! - `scheduler`: which remote fetches what (pipelining, request timeouts) and what to do with
 //!   arriving data, written blocks and hashes;
 //!
 //! The sub-machines own their state privately and change it only through their methods:
+//! - `pex`: peer exchange, telling remotes of the other peers of their files;
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
 //!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
 //!   which pieces a whole-file holder tells each of several downloaders it has (offers);
@@ -25,6 +27,7 @@ mod downloads;
 mod haves;
 mod links;
 mod locate;
+mod pex;
 mod pieces;
 mod remote;
 mod scheduler;
@@ -50,9 +53,10 @@ use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
 use haves::HaveBatch;
+use pex::Pex;
 use pieces::FileEntry;
 use remote::Remotes;
-use tracker_link::TrackerLink;
+use tracker_link::TrackerLinks;
 use uploads::Uploads;
 
 /// How a peer is set up.
@@ -62,8 +66,9 @@ pub struct PeerConfig {
     pub peer_id: PeerId,
     /// Seed of the peer's RNG (every tie-break).
     pub seed: u64,
-    /// The tracker's address.
-    pub tracker: SocketAddr,
+    /// The trackers' addresses (1 to `TRACKERS_PER_PEER_MAX`): the peer announces to each and
+    /// locates from every one that answers.
+    pub trackers: Vec<SocketAddr>,
     /// The port this peer accepts connections on, as the driver bound it.
     pub listen_port: u16,
     /// Upload cap in bytes per second (`None`: unlimited).
@@ -73,12 +78,12 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
-    /// A configuration with default intervals and no upload cap.
+    /// A configuration with one tracker, default intervals and no upload cap.
     pub fn new(peer_id: PeerId, seed: u64, tracker: SocketAddr, listen_port: u16) -> PeerConfig {
         PeerConfig {
             peer_id,
             seed,
-            tracker,
+            trackers: vec![tracker],
             listen_port,
             upload_limit_bytes_per_s: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
@@ -96,23 +101,28 @@ pub struct Peer {
     outputs: VecDeque<Output>,
     next_conn: u64,
     left: bool,
-    tracker: TrackerLink,
+    tracker: TrackerLinks,
     files: BTreeMap<FileId, FileEntry>,
     remotes: Remotes,
     /// Peers that sent bad data, by id and by serving address.
     bans: Bans,
     uploads: Uploads,
-    /// Pieces verified since the last batched `Haves` (to remotes and the tracker).
+    pex: Pex,
+    /// Pieces verified since the last batched `Haves` (to remotes and the trackers).
     haves: HaveBatch,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
 }
 
 impl Peer {
-    /// A peer that shares and wants nothing yet. It connects to the tracker at its first
+    /// A peer that shares and wants nothing yet. It connects to its trackers at its first
     /// timeout, which `poll_timeout` reports as due at once.
+    ///
+    /// Panics when `config.trackers` is empty or longer than
+    /// [`TRACKERS_PER_PEER_MAX`](crate::limits::TRACKERS_PER_PEER_MAX).
     pub fn new(config: PeerConfig) -> Peer {
         let uploads = Uploads::new(config.upload_limit_bytes_per_s);
+        let tracker = TrackerLinks::new(&config.trackers);
         Peer {
             peer_id: config.peer_id,
             rng: Rng::from_seed(config.seed),
@@ -121,11 +131,12 @@ impl Peer {
             outputs: VecDeque::new(),
             next_conn: 0,
             left: false,
-            tracker: TrackerLink::new(),
+            tracker,
             files: BTreeMap::new(),
             remotes: Remotes::new(),
             bans: Bans::new(),
             uploads,
+            pex: Pex::new(),
             haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,
         }
@@ -256,7 +267,7 @@ impl Peer {
 
     fn leave(&mut self) {
         self.left = true;
-        if let Some(conn) = self.tracker.ready_conn() {
+        for conn in self.tracker.ready_conns() {
             self.send(conn, Message::Leave { file_id: None });
             self.push(Output::Close { conn });
         }
@@ -294,6 +305,7 @@ impl Peer {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
         }
+        self.pex_timeout();
         if self.haves.due().is_some_and(|due| due <= self.now) {
             self.flush_haves();
         }
@@ -315,7 +327,7 @@ impl Machine for Peer {
             }
             Input::Disconnected { conn } => {
                 if self.tracker.owns(conn) {
-                    self.on_tracker_lost();
+                    self.on_tracker_lost(conn);
                 } else {
                     self.on_remote_gone(conn);
                 }
@@ -343,7 +355,8 @@ impl Machine for Peer {
             .filter(|f| f.is_fetching())
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections]
+        let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex]
             .into_iter()
             .flatten()
             .chain(locate)

@@ -230,7 +230,8 @@ impl Peer {
             download.locate_mut().ask_soon(self.now);
         }
         let progress = self.progress(file_id);
-        let from = senders.keys().next().map_or(self.config.tracker, |(_, addr)| *addr);
+        // `Peer::new` checked there is at least one tracker.
+        let from = senders.keys().next().map_or(self.config.trackers[0], |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
         self.queue_have(file_id, piece, progress.have == 1);
@@ -282,8 +283,8 @@ impl Peer {
                 batches.push((*conn, *file_id, pieces.clone()));
             }
         }
-        if let Some(conn) = self.tracker.ready_conn() {
-            batches.extend(recent.into_iter().map(|(file_id, pieces)| (conn, file_id, pieces)));
+        for conn in self.tracker.ready_conns() {
+            batches.extend(recent.iter().map(|(file_id, pieces)| (conn, *file_id, pieces.clone())));
         }
         for (conn, file_id, pieces) in batches {
             self.send(conn, Message::Haves { file_id, pieces });

@@ -524,7 +524,7 @@ mod tests {
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
             (file_id.clone(), any::<bool>())
                 .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),
-            (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_holders(peer))
+            (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_holders(peer.clone()))
                 .prop_map(|(file_id, manifest, holders)| Message::Located { file_id, manifest, holders }),
             Just(Message::List),
             (file_id.clone(), "[a-z]{0,8}", any::<u64>(), proptest::collection::vec(any::<u32>(), 0..5)).prop_map(
@@ -552,8 +552,10 @@ mod tests {
                 piece: PieceIndex(p),
                 offset: 9
             }),
-            file_id.prop_map(|file_id| Message::GetManifest { file_id }),
+            file_id.clone().prop_map(|file_id| Message::GetManifest { file_id }),
             arb_manifest().prop_map(|manifest| Message::Manifest { manifest: Box::new(manifest) }),
+            (file_id, proptest::collection::vec(peer, 0..4))
+                .prop_map(|(file_id, peers)| Message::Peers { file_id, peers }),
             "[ -~]{0,40}".prop_map(|detail| Message::error(None, ErrorCode::UnknownFile, detail)),
         ]
     }

@@ -18,8 +18,9 @@ use crate::manifest::Manifest;
 use crate::wire::Holders;
 
 /// Protocol version carried in `Hello`; a peer with another version is refused. Version 2
-/// packs a `Located` answer's holders into one byte string of records ([`Holders`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// packs a `Located` answer's holders into one byte string of records ([`Holders`]); version 3
+/// adds peer exchange (`Peers`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What the sender of a `Hello` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +240,14 @@ pub enum Message {
         /// The manifest.
         manifest: Box<Manifest>,
     },
+    /// Peer → peer (peer exchange): other peers of this file the sender is connected to, at
+    /// most `PEX_PEERS_PER_MESSAGE_MAX`, each named once per connection.
+    Peers {
+        /// The file.
+        file_id: FileId,
+        /// The peers: id and serving address.
+        peers: Vec<PeerAddr>,
+    },
 }
 
 impl Message {
@@ -263,6 +272,7 @@ impl Message {
             Message::Cancel { .. } => "cancel",
             Message::GetManifest { .. } => "get-manifest",
             Message::Manifest { .. } => "manifest",
+            Message::Peers { .. } => "peers",
         }
     }
 

@@ -79,7 +79,11 @@ pub struct TrackerFile {
     /// Announce interval in seconds (default 10); the TTL is three of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce_interval_s: Option<f64>,
-    /// The tracker's own link.
+    /// How many trackers run (default 1), named `tracker`, `tracker2`, …; every peer is given
+    /// them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// The trackers' own link.
     #[serde(flatten)]
     pub link: LinkFile,
 }
@@ -210,7 +214,7 @@ pub enum EventFile {
         /// Which pieces.
         pieces: Vec<PieceItem>,
     },
-    /// These nodes (peer names, or `tracker`) are cut off from all others.
+    /// These nodes (peer or tracker names) are cut off from all others.
     Partition {
         /// When.
         at_s: f64,
@@ -226,6 +230,22 @@ pub enum EventFile {
     TrackerRestart {
         /// When.
         at_s: f64,
+    },
+    /// A tracker stops: its connections reset, new ones are refused until it starts again.
+    TrackerStop {
+        /// When.
+        at_s: f64,
+        /// Which (default `tracker`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracker: Option<String>,
+    },
+    /// A stopped tracker starts again, with empty state.
+    TrackerStart {
+        /// When.
+        at_s: f64,
+        /// Which (default `tracker`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracker: Option<String>,
     },
 }
 

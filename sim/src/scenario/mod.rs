@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, PIECES_MAX};
+use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, PIECES_MAX, TRACKERS_PER_PEER_MAX};
 use p2p_core::manifest::check_piece_size;
 use p2p_core::ManifestBuilder;
 use p2p_core::Time;
@@ -26,12 +26,13 @@ pub use file::{
     TrackerFile,
 };
 
-/// A node of the simulated world: index 0 is the tracker, peer `i` of the scenario is `i + 1`.
+/// A node of the simulated world: index 0 is the first tracker, peer `i` of the scenario is
+/// `i + 1`, and the other trackers come after the peers ([`Scenario::tracker_node`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeIdx(pub usize);
 
 impl NodeIdx {
-    /// The tracker's index.
+    /// The first tracker's index.
     pub const TRACKER: NodeIdx = NodeIdx(0);
 
     /// The node of the scenario's peer number `peer` (0-based).
@@ -82,11 +83,13 @@ pub struct LinkSpec {
     pub loss: f64,
 }
 
-/// The tracker's settings.
+/// The trackers' settings.
 #[derive(Clone, Copy, Debug)]
 pub struct TrackerSpec {
     /// Announce interval.
     pub announce_interval: Duration,
+    /// How many trackers run (at least 1, at most `TRACKERS_PER_PEER_MAX`).
+    pub count: usize,
     /// Its link.
     pub link: LinkSpec,
 }
@@ -149,6 +152,10 @@ pub enum ActionKind {
     Heal,
     /// The tracker restarts empty.
     TrackerRestart,
+    /// A tracker stops.
+    TrackerStop(NodeIdx),
+    /// A stopped tracker starts again, empty.
+    TrackerStart(NodeIdx),
 }
 
 /// A checked expectation.
@@ -192,6 +199,26 @@ const PEERS_MAX: usize = 100_000;
 const STORY_PIECES_PEERS_MAX: usize = 12;
 
 impl Scenario {
+    /// The node of tracker number `number` (0-based): the first is node 0, the others follow
+    /// the peers.
+    pub fn tracker_node(&self, number: usize) -> NodeIdx {
+        tracker_node(number, self.peers.len())
+    }
+
+    /// Which tracker `node` is (0-based), if it is one.
+    pub fn tracker_number(&self, node: NodeIdx) -> Option<usize> {
+        match node.0 {
+            0 => Some(0),
+            i if i > self.peers.len() && i - self.peers.len() < self.tracker.count => Some(i - self.peers.len()),
+            _ => None,
+        }
+    }
+
+    /// Every node of the world: the trackers and the peers.
+    pub fn node_count(&self) -> usize {
+        1 + self.peers.len() + self.tracker.count - 1
+    }
+
     /// Reads, parses and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text =
@@ -213,6 +240,24 @@ impl Scenario {
     /// Validates an in-memory scenario (the property tests build these).
     pub fn from_file(file: ScenarioFile) -> Result<Scenario, ScenarioError> {
         Checker { path: Path::new("<generated>"), text: "" }.check(file, "generated".to_owned())
+    }
+}
+
+/// The node of tracker number `number` among `peer_count` peers.
+fn tracker_node(number: usize, peer_count: usize) -> NodeIdx {
+    if number == 0 {
+        NodeIdx::TRACKER
+    } else {
+        NodeIdx(peer_count + number)
+    }
+}
+
+/// The name of tracker number `number` (0-based): `tracker`, `tracker2`, ….
+pub fn tracker_name(number: usize) -> String {
+    if number == 0 {
+        "tracker".to_owned()
+    } else {
+        format!("tracker{}", number + 1)
     }
 }
 
@@ -241,7 +286,7 @@ impl Checker<'_> {
         let (peers, mut actions) = self.peers(&file.peers, &defaults, &spec)?;
         let names = names(&peers);
         for event in &file.events {
-            actions.push(self.event(event.get_ref(), event.span(), &names, &spec)?);
+            actions.push(self.event(event.get_ref(), event.span(), &names, (&spec, &tracker))?);
         }
         actions.sort_by_key(|a| a.at);
         let expects = file
@@ -339,7 +384,12 @@ impl Checker<'_> {
             Some(s) => self.time(s, self.key_span("[tracker]"), "announce_interval_s")?.elapsed(),
             None => ANNOUNCE_INTERVAL_DEFAULT,
         };
-        Ok(TrackerSpec { announce_interval, link: self.link(&raw.link, defaults, self.key_span("[tracker]"))? })
+        let count = raw.count.unwrap_or(1);
+        if !(1..=TRACKERS_PER_PEER_MAX).contains(&count) {
+            let message = format!("[tracker] count = {count}: 1 to {TRACKERS_PER_PEER_MAX}");
+            return Err(self.invalid(self.key_span("[tracker]"), message));
+        }
+        Ok(TrackerSpec { announce_interval, count, link: self.link(&raw.link, defaults, self.key_span("[tracker]"))? })
     }
 
     fn file(&self, raw: &FileFile) -> Result<FileSpec, ScenarioError> {
@@ -371,7 +421,11 @@ impl Checker<'_> {
         for entry in raw {
             let (peer, span) = (entry.get_ref(), entry.span());
             let count = peer.count.unwrap_or(1);
-            if peer.name.is_empty() || peer.name == "tracker" || peer.name.contains(['*', ' ', '@']) || count == 0 {
+            if peer.name.is_empty()
+                || peer.name.starts_with("tracker")
+                || peer.name.contains(['*', ' ', '@'])
+                || count == 0
+            {
                 return Err(self.invalid(span, format!("peer name {:?} (count {count}) is not allowed", peer.name)));
             }
             let holds = match &peer.holds {
@@ -448,9 +502,20 @@ impl Checker<'_> {
         raw: &EventFile,
         span: Range<usize>,
         names: &Names,
-        file: &FileSpec,
+        (file, trackers): (&FileSpec, &TrackerSpec),
     ) -> Result<Action, ScenarioError> {
         let peer = |name: &str| self.node(names, name, &span);
+        let peer_count = names.len();
+        let tracker = |name: Option<&str>| {
+            let name = name.unwrap_or("tracker");
+            let number = (0..trackers.count).find(|&n| tracker_name(n) == name);
+            number.map(|n| tracker_node(n, peer_count)).ok_or_else(|| {
+                self.invalid(
+                    span.clone(),
+                    format!("no tracker is called {name:?} ([tracker] count = {})", trackers.count),
+                )
+            })
+        };
         let (at_s, kind) = match raw {
             EventFile::Join { at_s, peer: p } => (at_s, ActionKind::Join(peer(p)?)),
             EventFile::Leave { at_s, peer: p } => (at_s, ActionKind::Leave(peer(p)?)),
@@ -463,12 +528,14 @@ impl Checker<'_> {
             EventFile::Partition { at_s, nodes } => {
                 let nodes = nodes
                     .iter()
-                    .map(|n| if n == "tracker" { Ok(NodeIdx::TRACKER) } else { peer(n) })
+                    .map(|n| if n.starts_with("tracker") { tracker(Some(n)) } else { peer(n) })
                     .collect::<Result<_, _>>()?;
                 (at_s, ActionKind::Partition(nodes))
             }
             EventFile::Heal { at_s } => (at_s, ActionKind::Heal),
             EventFile::TrackerRestart { at_s } => (at_s, ActionKind::TrackerRestart),
+            EventFile::TrackerStop { at_s, tracker: t } => (at_s, ActionKind::TrackerStop(tracker(t.as_deref())?)),
+            EventFile::TrackerStart { at_s, tracker: t } => (at_s, ActionKind::TrackerStart(tracker(t.as_deref())?)),
         };
         Ok(Action { at: self.time(*at_s, span, "at_s")?, kind })
     }
@@ -613,6 +680,22 @@ mod tests {
             .expect("valid scenario");
         assert_eq!(s.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["L1", "L2", "L3"]);
         assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None, None));
+    }
+
+    #[test]
+    fn several_trackers_follow_the_peers_and_are_named_by_tracker_events() {
+        let two = "[tracker]\ncount = 2\n[[peer]]\nname = \"A\"\n[[peer]]\nname = \"B\"\n";
+        let stop = |name: &str| format!("{two}[[event]]\ndo = \"tracker-stop\"\nat_s = 1\ntracker = \"{name}\"\n");
+        let s = parse(&stop("tracker2")).expect("valid scenario");
+        assert_eq!(s.tracker_node(1), NodeIdx(3), "after the tracker and the two peers");
+        assert_eq!((s.tracker_number(NodeIdx(3)), s.tracker_number(NodeIdx(2))), (Some(1), None));
+        assert_eq!(s.actions.last().map(|a| &a.kind), Some(&ActionKind::TrackerStop(NodeIdx(3))));
+        let err = parse(&stop("tracker3")).expect_err("only two trackers");
+        assert!(err.to_string().contains("no tracker is called \"tracker3\""), "{err}");
+        let err = parse("[tracker]\ncount = 9\n").expect_err("more trackers than a peer keeps");
+        assert!(err.to_string().contains("count = 9"), "{err}");
+        let err = parse("[[peer]]\nname = \"tracker\"\ncount = 2\n").expect_err("a peer named like a tracker");
+        assert!(err.to_string().contains("is not allowed"), "{err}");
     }
 
     #[test]

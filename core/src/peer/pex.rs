@@ -1,0 +1,231 @@
+//! Peer exchange: connected peers of a file tell each other of the other peers of that file
+//! they are connected to, so a swarm keeps finding peers when its trackers are gone or slow.
+//! The trackers remain the first source; what a remote tells is used like a tracker's answer
+//! (a connection is opened to each named peer, within the outbound bound).
+//!
+//! Every `PEX_INTERVAL` a peer sends each remote that downloads a file (one that sent a
+//! bitfield for it that is not whole) a `Peers` message naming up to
+//! `PEX_PEERS_PER_MESSAGE_MAX` of the file's other peers it has a ready connection with and
+//! never named to that remote, drawn at random so that a crowd's members do not all hear of
+//! the same few first. Only peers with a serving address and an id (from their `Hello`) are
+//! named. On the receiving side a remote's `Peers` for a file is acted on at most every
+//! `PEX_RECEIVE_INTERVAL_MIN`, only while the file is being fetched; a message naming more than
+//! `PEX_PEERS_PER_MESSAGE_MAX` peers breaks the protocol.
+//!
+//! State (private to this module): the next round's time, per connection and file the peers
+//! already named to it and when its last message was acted on. Entries of closed connections
+//! are dropped at the next round, so both maps stay within the open connections.
+
+use std::collections::BTreeMap;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, FileId, PeerId};
+use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
+use crate::small::VecSet;
+use crate::time::Time;
+use crate::wire::{Message, PeerAddr};
+
+use super::remote::Stage;
+use super::Peer;
+
+/// The peer-exchange state of one peer.
+#[derive(Debug)]
+pub(super) struct Pex {
+    /// When the next round of `Peers` messages goes out.
+    due_at: Time,
+    /// The peers already named to each connection, per file.
+    told: BTreeMap<(ConnId, FileId), VecSet<PeerId>>,
+    /// When each connection's last `Peers` of each file was acted on.
+    heard_at: BTreeMap<(ConnId, FileId), Time>,
+}
+
+impl Pex {
+    /// Nothing told or heard; the first round is due at once.
+    pub fn new() -> Pex {
+        Pex { due_at: Time::ZERO, told: BTreeMap::new(), heard_at: BTreeMap::new() }
+    }
+
+    /// When the next round is due (the peer asks for it while it has remotes).
+    pub fn due_at(&self) -> Time {
+        self.due_at
+    }
+}
+
+impl Peer {
+    /// Sends this round's `Peers` messages, if the round is due.
+    pub(super) fn pex_timeout(&mut self) {
+        if self.pex.due_at > self.now {
+            return;
+        }
+        self.pex.due_at = self.now + PEX_INTERVAL;
+        let remotes = &self.remotes;
+        self.pex.told.retain(|(conn, _), _| remotes.contains_key(conn));
+        self.pex.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
+        for (conn, file_id, peers) in self.pex_round() {
+            self.send(conn, Message::Peers { file_id, peers });
+        }
+    }
+
+    /// What each downloading remote has not heard of yet: `(connection, file, peers)`.
+    fn pex_round(&mut self) -> Vec<(ConnId, FileId, Vec<PeerAddr>)> {
+        let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
+        for (conn, remote) in self.remotes.iter() {
+            let Some(peer_id) = remote.peer_id.filter(|_| remote.stage == Stage::Ready && remote.addr.port() != 0)
+            else {
+                continue;
+            };
+            for (file_id, _) in remote.files.iter() {
+                by_file.entry(*file_id).or_default().push((*conn, PeerAddr { peer_id, addr: remote.addr }));
+            }
+        }
+        let mut round = Vec::new();
+        for (file_id, peers) in &by_file {
+            for (conn, _) in peers {
+                if self.remotes.get(conn).is_some_and(|r| r.files.get(file_id).is_some_and(Bitfield::is_full)) {
+                    continue;
+                }
+                let told = self.pex.told.entry((*conn, *file_id)).or_default();
+                let mut fresh: Vec<PeerAddr> =
+                    peers.iter().filter(|(c, p)| c != conn && !told.contains(&p.peer_id)).map(|(_, p)| *p).collect();
+                if fresh.is_empty() {
+                    continue;
+                }
+                self.rng.shuffle(&mut fresh);
+                fresh.truncate(PEX_PEERS_PER_MESSAGE_MAX);
+                for peer in &fresh {
+                    told.insert(peer.peer_id);
+                }
+                round.push((*conn, *file_id, fresh));
+            }
+        }
+        round
+    }
+
+    /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
+    pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
+        if peers.len() > PEX_PEERS_PER_MESSAGE_MAX {
+            self.violation(conn, format!("peers message naming {} peers", peers.len()));
+            return;
+        }
+        if !self.files.get(&file_id).is_some_and(|entry| entry.is_fetching()) {
+            return;
+        }
+        let key = (conn, file_id);
+        if self.pex.heard_at.get(&key).is_some_and(|at| self.now < *at + PEX_RECEIVE_INTERVAL_MIN) {
+            return;
+        }
+        self.pex.heard_at.insert(key, self.now);
+        for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
+            self.connect_for(peer, file_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use crate::bitfield::Bitfield;
+    use crate::ids::{ConnId, PeerId};
+    use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
+    use crate::machine::{step, Command, Event, Input, Output};
+    use crate::peer::{Peer, PeerConfig};
+    use crate::testkit::file;
+    use crate::time::Time;
+    use crate::wire::{Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+
+    fn outputs(peer: &mut Peer, at: Time, input: Input) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        step(peer, at, input, |output| outputs.push(output));
+        outputs
+    }
+
+    fn addr(host: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, host], port))
+    }
+
+    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`
+    /// (peer id `[host; 16]`, serving on port 7001).
+    fn peer_with_remotes(hosts: &[u8]) -> (Peer, Vec<ConnId>) {
+        let mut peer = Peer::new(PeerConfig::new(PeerId::from_seed(1), 1, addr(1, 7000), 7001));
+        let conns = hosts.iter().map(|&host| ConnId::Inbound(u64::from(host))).collect::<Vec<_>>();
+        for (&host, &conn) in hosts.iter().zip(&conns) {
+            outputs(&mut peer, Time::ZERO, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
+            let hello =
+                Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
+            outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });
+        }
+        (peer, conns)
+    }
+
+    fn peers_sent(outputs: &[Output]) -> Vec<(ConnId, Vec<SocketAddr>)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { conn, message: Message::Peers { peers, .. } } => {
+                    Some((*conn, peers.iter().map(|p| p.addr).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connects(outputs: &[Output]) -> Vec<SocketAddr> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Connect { addr, .. } => Some(*addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_seeder_tells_each_downloader_of_the_others_once() {
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 7);
+        let (mut seeder, conns) = peer_with_remotes(&[2, 3, 4]);
+        let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
+        outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        // Two downloaders and one remote that holds the whole file (it downloads nothing).
+        let bitfields = [Bitfield::new(4), Bitfield::new(4), Bitfield::full(4)];
+        for (conn, have) in conns.iter().zip(bitfields) {
+            let message = Message::Bitfield { file_id: manifest.file_id(), have };
+            outputs(&mut seeder, Time::ZERO, Input::Message { conn: *conn, message });
+        }
+        let round = peers_sent(&outputs(&mut seeder, Time::ZERO + PEX_INTERVAL, Input::Timeout));
+        let mut told: Vec<(ConnId, Vec<SocketAddr>)> =
+            round.into_iter().map(|(conn, mut addrs)| (conn, (addrs.sort(), addrs).1)).collect();
+        told.sort();
+        assert_eq!(
+            told,
+            [(conns[0], vec![addr(3, 7001), addr(4, 7001)]), (conns[1], vec![addr(2, 7001), addr(4, 7001)])],
+            "each downloader hears of the two others; the whole holder hears nothing"
+        );
+        let next = outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Timeout);
+        assert!(peers_sent(&next).is_empty(), "nobody is named twice on a connection: {next:?}");
+    }
+
+    #[test]
+    fn a_downloader_dials_the_peers_it_is_told_of_at_a_bounded_rate_and_refuses_long_lists() {
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 8);
+        let file_id = manifest.file_id();
+        let (mut leecher, conns) = peer_with_remotes(&[2]);
+        outputs(&mut leecher, Time::ZERO, Input::Command(Box::new(Command::Get { file_id, resume: None })));
+        let named = |hosts: std::ops::Range<u8>| {
+            let peers = hosts.map(|h| PeerAddr { peer_id: PeerId([h; 16]), addr: addr(h, 7001) }).collect();
+            Input::Message { conn: conns[0], message: Message::Peers { file_id, peers } }
+        };
+        let at = Time::from_millis(1_000);
+        assert_eq!(connects(&outputs(&mut leecher, at, named(5..7))), [addr(5, 7001), addr(6, 7001)]);
+        let soon = at + (PEX_RECEIVE_INTERVAL_MIN - std::time::Duration::from_millis(1));
+        assert!(connects(&outputs(&mut leecher, soon, named(7..8))).is_empty(), "too soon: ignored");
+        let later = at + PEX_RECEIVE_INTERVAL_MIN;
+        assert_eq!(connects(&outputs(&mut leecher, later, named(7..8))), [addr(7, 7001)]);
+
+        let too_many = u8::try_from(PEX_PEERS_PER_MESSAGE_MAX).expect("a small bound") + 1;
+        let refused = outputs(&mut leecher, later + PEX_RECEIVE_INTERVAL_MIN, named(100..100 + too_many));
+        assert!(connects(&refused).is_empty());
+        assert!(refused.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))), "{refused:?}");
+        assert!(refused.contains(&Output::Close { conn: conns[0] }));
+    }
+}

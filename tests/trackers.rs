@@ -1,0 +1,123 @@
+//! Beyond one tracker, between real processes: a peer given two trackers goes on when one is
+//! killed, and peers no tracker named to each other meet by peer exchange and finish once the
+//! trackers are killed.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_same_file, path_str, random_file, subdir, temp_dir, wait_store_progress, Node, DOWNLOAD_TIMEOUT,
+    STARTUP_TIMEOUT,
+};
+
+#[test]
+fn two_trackers_one_killed_mid_download_and_the_download_and_a_later_one_complete() {
+    const PIECE_BYTES: usize = 16 * 1024;
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "two.bin", 32 * PIECE_BYTES, 13);
+    let (mut doomed, doomed_addr) = Node::tracker();
+    let (_survivor, survivor_addr) = Node::tracker();
+    let trackers = [doomed_addr, survivor_addr];
+    let piece_size = PIECE_BYTES.to_string();
+    // Slow enough that the download is under way for a few seconds.
+    let seed_args = ["--share", path_str(&original), "--piece-size", &piece_size, "--upload-limit", "131072"];
+    let mut seeder = Node::peer_on("seeder", &trackers, "127.0.0.1:0", &subdir(dir.path(), "s"), &seed_args);
+    let file_id = seeder.wait_sharing().file_id;
+
+    let d_store = subdir(dir.path(), "d");
+    let d_out = subdir(dir.path(), "d-out");
+    let d_args = ["--get", &file_id, "--out", path_str(&d_out), "--exit-when-done"];
+    let mut d = Node::peer_on("d", &trackers, "127.0.0.1:0", &d_store, &d_args);
+    let have = wait_store_progress(&d_store, &mut d, 2, DOWNLOAD_TIMEOUT);
+    assert!(!d.has_printed("complete "), "the download ended before a tracker could be killed mid-way ({have})");
+    doomed.kill();
+    assert_same_file(&d.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+
+    // A peer started now is given the dead tracker first: it finds the file through the other.
+    let e_out = subdir(dir.path(), "e-out");
+    let e_args = ["--get", &file_id, "--out", path_str(&e_out), "--exit-when-done"];
+    let mut e = Node::peer_on("e", &trackers, "127.0.0.1:0", &subdir(dir.path(), "e"), &e_args);
+    assert_same_file(&e.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+}
+
+#[test]
+fn leechers_no_tracker_named_to_each_other_meet_by_peer_exchange_and_finish_without_trackers_or_seeder() {
+    const PIECE_BYTES: usize = 16 * 1024;
+    const PIECES: usize = 32;
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "pex.bin", PIECES * PIECE_BYTES, 21);
+    // Each leecher has its own tracker, and the seeder announces to both: a tracker names the
+    // seeder to its leecher and never the other leecher, whom it does not know.
+    let (mut tracker_1, tracker_1_addr) = Node::tracker();
+    let (mut tracker_2, tracker_2_addr) = Node::tracker();
+    let piece_size = PIECE_BYTES.to_string();
+    // Past its first burst the seeder serves four pieces a second.
+    let seed_args = ["--share", path_str(&original), "--piece-size", &piece_size, "--upload-limit", "65536"];
+    let seeder_store = subdir(dir.path(), "s");
+    let mut seeder =
+        Node::peer_on("seeder", &[tracker_1_addr, tracker_2_addr], "127.0.0.1:0", &seeder_store, &seed_args);
+    let file_id = seeder.wait_sharing().file_id;
+
+    let stores = [subdir(dir.path(), "l1"), subdir(dir.path(), "l2")];
+    let mut leechers: Vec<Node> = [tracker_1_addr, tracker_2_addr]
+        .iter()
+        .zip(&stores)
+        .enumerate()
+        .map(|(i, (tracker, store))| {
+            let out = subdir(dir.path(), &format!("l{}-out", i + 1));
+            // Without --exit-when-done: one that completes first keeps serving the other.
+            let args = ["--get", &file_id, "--out", path_str(&out)];
+            Node::peer(&format!("l{}", i + 1), *tracker, store, &args)
+        })
+        .collect();
+    // Each got the manifest from the seeder (its tracker says so as it announces the file);
+    // then the trackers die.
+    for tracker in [&mut tracker_1, &mut tracker_2] {
+        wait_until("the leecher announces", || tracker.stderr_tail().contains(" wants "));
+        tracker.kill();
+    }
+
+    // Once the two hold every piece between them, the seeder goes too: each must get the rest
+    // from the other, whom only the seeder's peer exchange named. (A finished download's
+    // bitfield file gives way to the finished file.)
+    wait_until("the leechers hold every piece between them", || {
+        union_count(&stores) == PIECES as u32 || leechers.iter_mut().any(|leecher| leecher.has_printed("complete "))
+    });
+    seeder.kill();
+    for leecher in &mut leechers {
+        assert_same_file(&leecher.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+    }
+}
+
+/// Pieces verified in at least one of `stores` (each holds one download's bitfield file: a
+/// 4-byte header, then one bit per piece).
+fn union_count(stores: &[impl AsRef<Path>]) -> u32 {
+    let mut union: Vec<u8> = Vec::new();
+    for store in stores {
+        let Ok(entries) = fs::read_dir(store) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            if !entry.file_name().to_string_lossy().ends_with(".bitfield") {
+                continue;
+            }
+            let bits = fs::read(entry.path()).unwrap_or_default();
+            let bits = bits.get(4..).unwrap_or_default();
+            union.resize(union.len().max(bits.len()), 0);
+            union.iter_mut().zip(bits).for_each(|(u, b)| *u |= b);
+        }
+    }
+    union.iter().map(|b| b.count_ones()).sum()
+}
+
+/// Polls `done` until it holds; panics naming `what` after [`STARTUP_TIMEOUT`] (or
+/// [`DOWNLOAD_TIMEOUT`], the longer).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT.max(DOWNLOAD_TIMEOUT);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
