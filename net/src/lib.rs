@@ -7,6 +7,7 @@
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
 //! - [`held`]: the store's records of the files it serves, so a restarted peer serves them.
 //! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
+//! - [`watch`]: what a driver saw (metrics, who sent each piece, rates), for people watching.
 //! - [`client`]: short tool connections to a tracker (`List`).
 //! - [`node`]: the public entry points, [`spawn_tracker`] (or [`spawn_tracker_reporting`])
 //!   and [`spawn_peer`].
@@ -25,6 +26,7 @@ pub mod held;
 pub mod node;
 pub mod read_budget;
 pub mod store;
+pub mod watch;
 
 pub use driver::{ConnectFailure, NodeEvent};
 pub use error::NetError;

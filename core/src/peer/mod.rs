@@ -9,6 +9,7 @@
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
 //!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
 //!   which pieces a whole-file holder tells each of several downloaders it has (offers);
+//! - `view`: read-only views of files and connections, for a driver to show;
 //! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
 //!   states and their transitions.
 
@@ -18,6 +19,7 @@ mod remote;
 mod scheduler;
 mod tracker_link;
 mod uploads;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,7 @@ use pieces::FileEntry;
 use remote::Remote;
 use tracker_link::TrackerLink;
 use uploads::Uploads;
+pub use view::{FileState, FileView, RemoteView};
 
 /// How a peer is set up.
 #[derive(Clone, Debug)]
