@@ -12,20 +12,23 @@ use std::time::Duration;
 
 use actix::Addr;
 use p2p_core::limits::ANNOUNCE_INTERVAL_DEFAULT;
-use p2p_core::{Bitfield, Command, FileId, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
+use p2p_core::{Bitfield, Command, FileId, FileIdPrefix, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::driver::{Driver, Leave, Local, NodeEvent, Stop};
+use crate::client::list_files;
+use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
 use crate::store::Store;
+use crate::watch::{Metrics, Role};
 
 /// A running tracker.
 #[derive(Debug)]
 pub struct TrackerHandle {
     addr: SocketAddr,
+    metrics: Arc<Metrics>,
     driver: Addr<Driver<Tracker>>,
 }
 
@@ -73,7 +76,9 @@ pub struct Resumed {
 pub struct PeerHandle {
     addr: SocketAddr,
     peer_id: PeerId,
+    tracker: SocketAddr,
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     driver: Addr<Driver<Peer>>,
 }
 
@@ -91,8 +96,10 @@ pub async fn spawn_tracker_reporting(
 ) -> Result<TrackerHandle, NetError> {
     let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
-    let driver = Driver::new(Tracker::new(config), format!("tracker {addr}"), None, events);
-    Ok(TrackerHandle { addr, driver: driver.start_with_listener(listener) })
+    let metrics = Arc::new(Metrics::new(Role::Tracker));
+    let driver =
+        Driver::new(Tracker::new(config), format!("tracker {addr}"), None, events).with_metrics(metrics.clone());
+    Ok(TrackerHandle { addr, metrics, driver: driver.start_with_listener(listener) })
 }
 
 /// Starts a peer; its events go to `events`.
@@ -109,9 +116,12 @@ pub async fn spawn_peer(
     config.announce_interval = options.announce_interval;
     let peer = Peer::new(config);
     let peer_id = peer.peer_id();
+    let metrics = Arc::new(Metrics::new(Role::Peer));
     let driver = Driver::new(peer, format!("peer {addr}"), Some(store.clone()), Some(events))
-        .with_command_check(Peer::check_command);
-    Ok(PeerHandle { addr, peer_id, store, driver: driver.start_with_listener(listener) })
+        .with_command_check(Peer::check_command)
+        .with_metrics(metrics.clone());
+    let driver = driver.start_with_listener(listener);
+    Ok(PeerHandle { addr, peer_id, tracker: options.tracker, store, metrics, driver })
 }
 
 impl TrackerHandle {
@@ -123,6 +133,19 @@ impl TrackerHandle {
     /// Stops the tracker: its listener and every connection close.
     pub fn stop(&self) {
         self.driver.do_send(Stop);
+    }
+
+    /// The tracker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `look` on the tracker's state and returns what it found.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        look: impl FnOnce(DriverView<'_, Tracker>) -> R + Send + 'static,
+    ) -> Result<R, NetError> {
+        self.driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
     }
 }
 
@@ -167,6 +190,42 @@ impl PeerHandle {
         .await?;
         self.command(Command::Share { manifest: manifest.clone(), have }).await?;
         Ok(manifest)
+    }
+
+    /// The peer's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `look` on the peer's state and returns what it found.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        look: impl FnOnce(DriverView<'_, Peer>) -> R + Send + 'static,
+    ) -> Result<R, NetError> {
+        self.driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// The full id for a typed one: itself, or the single id starting with the prefix among the
+    /// store's files, else among the tracker's.
+    pub async fn resolve(&self, prefix: &FileIdPrefix) -> Result<FileId, NetError> {
+        if let Some(file_id) = prefix.as_full() {
+            return Ok(file_id);
+        }
+        if let Ok(file_id) = prefix.resolve(&self.known_ids()) {
+            return Ok(file_id);
+        }
+        let (files, _) = list_files(self.tracker).await?;
+        prefix
+            .resolve(files.iter().map(|file| &file.file_id))
+            .map_err(|error| NetError::Resolve { prefix: prefix.as_str().to_owned(), error })
+    }
+
+    /// Downloads `file_id` into `out` instead of the output directory the peer started with.
+    pub async fn get_into(&self, file_id: FileId, out: &Path) -> Result<Option<Resumed>, NetError> {
+        let store = self.store.clone();
+        let out = out.to_owned();
+        blocking(move || store.set_out(file_id, &out)).await?;
+        self.get(file_id).await
     }
 
     /// Downloads `file_id`, resuming from what the store already verified (re-hashed first).
