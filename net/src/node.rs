@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use actix::Addr;
 use p2p_core::limits::ANNOUNCE_INTERVAL_DEFAULT;
-use p2p_core::{Bitfield, Command, FileId, FileIdPrefix, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
+use p2p_core::{
+    Bitfield, Command, FileId, FileIdPrefix, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig,
+};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -89,7 +89,11 @@ impl Metrics {
         if role == Role::Tracker {
             registry.register("tracker_files", "Files the tracker knows", self.tracker_files.clone());
             registry.register("tracker_peers", "Peers the tracker knows", self.tracker_peers.clone());
-            registry.register("tracker_holdings", "Peer-file holdings the tracker keeps", self.tracker_holdings.clone());
+            registry.register(
+                "tracker_holdings",
+                "Peer-file holdings the tracker keeps",
+                self.tracker_holdings.clone(),
+            );
             return;
         }
         registry.register_with_unit("received", "Payload bytes received", Unit::Bytes, self.received_bytes.clone());

@@ -8,6 +8,7 @@
 
 #[path = "../cli.rs"]
 mod cli;
+mod ctl;
 mod demo;
 mod peer;
 mod progress;
@@ -44,11 +45,12 @@ fn main() -> ExitCode {
 
 fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Tracker { listen } => in_actix(tracker::run(listen)),
+        NodeCommand::Tracker { listen, http } => in_actix(tracker::run(listen, http)),
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
         NodeCommand::Ls { tracker, pieces } => in_actix(tools::ls(tracker, pieces)),
         NodeCommand::Demo => in_actix(demo::run()),
+        NodeCommand::Ctl(args) => ctl::run(&args),
     }
 }
 

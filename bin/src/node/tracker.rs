@@ -1,14 +1,17 @@
-//! `p2p-node tracker`: serve until SIGINT/SIGTERM, telling what happens at the default log
+//! `p2p-node tracker`: serve until SIGINT/SIGTERM (with `--http`, the HTTP API, `/metrics` and
+//! the live piece map too), telling what happens at the default log
 //! level: each peer joining with a file, and leaving (and why); and, once per peer, a warning
 //! when the tracker records a peer at a loopback or unspecified address while other peers are
 //! on other hosts, who would be handed an address they cannot reach.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use p2p_core::wire::PeerAddr;
 use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
+use p2p_net::http::serve_tracker;
 use p2p_net::{spawn_tracker_reporting, NodeEvent};
 use rand::RngCore;
 use tokio::sync::mpsc;
@@ -17,12 +20,20 @@ use crate::report;
 use crate::tools::Shutdown;
 
 /// Runs the tracker until a signal.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, http: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
     let (sender, mut events) = mpsc::unbounded_channel();
     let tracker = spawn_tracker_reporting(listen, config, Some(sender)).await.context("cannot start the tracker")?;
+    let tracker = Arc::new(tracker);
     report::listening(tracker.addr());
+    let http = match http {
+        Some(listen) => Some(serve_tracker(listen, tracker.clone()).context("cannot serve the HTTP API")?),
+        None => None,
+    };
+    if let Some(http) = &http {
+        report::http_on(http.addr());
+    }
     let mut story = Story::default();
     loop {
         tokio::select! {
@@ -34,6 +45,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
                 None => break,
             },
         }
+    }
+    if let Some(http) = http {
+        http.stop().await;
     }
     tracker.stop();
     Ok(())

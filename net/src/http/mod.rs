@@ -72,7 +72,9 @@ fn start(
                 async move {
                     match call {
                         Some(call) => call.await,
-                        None => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down").into()),
+                        None => {
+                            Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down").into())
+                        }
                     }
                 }
             })
@@ -153,7 +155,10 @@ fn authorize(request: &HttpRequest, token: Option<&Token>) -> Result<(), ApiErro
     match (token, header) {
         (Some(token), Some(header)) if token.authorizes(header) => Ok(()),
         (None, _) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "this node accepts no changes: it has no API token")),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer TOKEN)")),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        )),
     }
 }
 

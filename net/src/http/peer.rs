@@ -150,9 +150,10 @@ async fn node(api: Api) -> Result<HttpResponse, ApiError> {
         .inspect(|view| {
             let now = Instant::now();
             let files = view.machine.file_views();
-            let rates = files.iter().filter_map(|file| view.watch.file(&file.file_id)).fold((0, 0), |(down, up), seen| {
-                (down + seen.down.bytes_per_s(now), up + seen.up.bytes_per_s(now))
-            });
+            let rates = files
+                .iter()
+                .filter_map(|file| view.watch.file(&file.file_id))
+                .fold((0, 0), |(down, up), seen| (down + seen.down.bytes_per_s(now), up + seen.up.bytes_per_s(now)));
             (files.len(), view.machine.remote_views().len(), rates)
         })
         .await?;

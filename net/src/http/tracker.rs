@@ -129,7 +129,8 @@ async fn peers(tracker: Api) -> Result<HttpResponse, ApiError> {
             peer_id: peer.peer.peer_id.to_string(),
             addr: peer.peer.addr,
             files_count: peer.files_count,
-            last_announce_ms_ago: u64::try_from(now.saturating_since(peer.announced_at).as_millis()).unwrap_or(u64::MAX),
+            last_announce_ms_ago: u64::try_from(now.saturating_since(peer.announced_at).as_millis())
+                .unwrap_or(u64::MAX),
         })
         .collect();
     let truncated = view.peers_count > peers.len();
