@@ -204,11 +204,20 @@ impl Watch {
         self.files.get(file_id)
     }
 
-    /// Counts the payload of a message that arrived.
+    /// Counts the payload of a message that arrived, and times a tracker's answer to a
+    /// `Locate` (holders, or an error about the file).
     pub fn received(&mut self, message: &Message) {
-        if let Message::Data { file_id, bytes, .. } = message {
-            self.metrics.received_bytes.inc_by(bytes.len() as u64);
-            self.seen(*file_id).down.add(Instant::now(), bytes.len() as u64);
+        match message {
+            Message::Data { file_id, bytes, .. } => {
+                self.metrics.received_bytes.inc_by(bytes.len() as u64);
+                self.seen(*file_id).down.add(Instant::now(), bytes.len() as u64);
+            }
+            Message::Located { file_id, .. } | Message::Error { file_id: Some(file_id), .. } => {
+                if let Some(sent) = self.locating.remove(file_id) {
+                    self.metrics.locate_seconds.observe(sent.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
         }
     }
 
@@ -244,11 +253,6 @@ impl Watch {
             }
             Event::LocateSent { file_id } => {
                 self.locating.insert(*file_id, Instant::now());
-            }
-            Event::Located { file_id, .. } | Event::FileUnknown { file_id } => {
-                if let Some(sent) = self.locating.remove(file_id) {
-                    self.metrics.locate_seconds.observe(sent.elapsed().as_secs_f64());
-                }
             }
             _ => {}
         }
