@@ -14,6 +14,8 @@
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
 //! download completes, and reports how each connection it opens turns out (up, refused, timed
 //! out, wrong protocol) as [`NodeEvent`]s, for the program to say which remotes it can reach.
+//! What it sees go by (payload bytes, verified pieces and their senders, locate round trips)
+//! feeds a [`Watch`], which [`Inspect`] lets the HTTP API read together with the machine.
 //!
 //! Memory is bounded whatever the traffic: received blocks not yet on disk take a share of
 //! [`WRITE_BUDGET_BYTES`] (when it is used up, connections stop reading), and the bytes queued
@@ -172,7 +174,10 @@ pub struct Local(pub Command);
 
 /// Runs a read-only look at the driver's state (its machine, what it saw, its clock) and
 /// answers with what the look returns; for the HTTP API.
-pub struct Inspect<M, R>(pub Box<dyn FnOnce(DriverView<'_, M>) -> R + Send>);
+pub struct Inspect<M, R>(pub Look<M, R>);
+
+/// The look an [`Inspect`] runs.
+pub type Look<M, R> = Box<dyn FnOnce(DriverView<'_, M>) -> R + Send>;
 
 impl<M: 'static, R: 'static> actix::Message for Inspect<M, R> {
     type Result = R;
