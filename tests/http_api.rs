@@ -38,14 +38,14 @@ impl Swarm {
         let original = random_file(dir.path(), "data.bin", FILE_BYTES, 14);
         let mut tracker = Node::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
         let tracker_addr = tracker.listening_addr();
-        let tracker_http = http_addr(&mut tracker);
+        let tracker_http = tracker.http_addr();
         let piece_size = PIECE_BYTES.to_string();
         let seeder_args = ["--share", path_str(&original), "--piece-size", &piece_size];
         let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &seeder_args);
         let file_id = seeder.wait_sharing().file_id;
         let store = subdir(dir.path(), "peer");
         let mut peer = Node::peer("peer", tracker_addr, &store, &["--http", "127.0.0.1:0"]);
-        let peer_http = http_addr(&mut peer);
+        let peer_http = peer.http_addr();
         let token = std::fs::read_to_string(store.join("http-token")).expect("the token file in the store");
         let out = subdir(dir.path(), "out");
         Swarm { _dir: dir, original, out, file_id, _tracker: tracker, tracker_http, seeder, peer, peer_http, token }
@@ -188,12 +188,6 @@ fn ctl_lists_downloads_and_shares_through_a_running_peer() {
     let other_id = shared.split_whitespace().nth(1).expect("shared FILE_ID NAME PIECES").to_owned();
     let line = swarm.peer.wait_for_line(&format!("sharing {other_id} other.bin "), STARTUP_TIMEOUT);
     assert!(line.ends_with(" 1"), "{line}");
-}
-
-/// Waits for the node's `http on ADDR` line.
-fn http_addr(node: &mut Node) -> SocketAddr {
-    let line = node.wait_for_line("http on ", STARTUP_TIMEOUT);
-    line["http on ".len()..].trim().parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
 }
 
 fn agent() -> ureq::Agent {
