@@ -174,8 +174,21 @@ pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
 /// Outputs a machine may queue between two drains; exceeding it is an internal bug.
 pub const OUTPUT_QUEUE_MAX: usize = 1 << 20;
 
-/// Bad pieces a remote may send before it is banned.
+/// Pieces a remote is proven to have sent bad blocks of before it is banned.
 pub const STRIKES_BEFORE_BAN_COUNT: u32 = 2;
+
+/// Times a piece that failed its hash with several senders is fetched again without one
+/// suspect's blocks (parole) before it is fetched whole again.
+pub const PAROLE_ROUNDS_MAX: usize = 4;
+
+/// How long a remote's first ban lasts; each further ban of the same id lasts twice as long.
+pub const BAN_DURATION_MIN: Duration = Duration::from_secs(5 * 60);
+
+/// Longest a ban lasts.
+pub const BAN_DURATION_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// Remote ids (and banned addresses) a peer keeps strikes and bans for.
+pub const STRUCK_PEERS_MAX: usize = 1024;
 
 /// How long a block request may go unanswered before the piece is given to another remote.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -261,6 +274,7 @@ const _: () = assert!(PIECES_MAX as u64 * 32 + FILE_NAME_BYTES_MAX as u64 <= TRA
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
+const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
 // A download counts the connected holders of each piece in a `u16`.
 const _: () = assert!(CONNECTIONS_MAX <= u16::MAX as usize);

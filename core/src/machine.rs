@@ -283,7 +283,8 @@ pub enum Event {
         /// The download's progress after this piece.
         progress: Progress,
     },
-    /// A piece arrived and failed its hash; the sender got a strike.
+    /// A piece arrived and failed its hash; `from` sent blocks of it (a strike only for a
+    /// sender proven bad, see `STATE.md` of the peer).
     PieceCorrupt {
         /// The file.
         file_id: FileId,

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, LOCATE_INTERVAL,
-    OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
+    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX,
+    REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
 };
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
@@ -26,8 +26,7 @@ impl Peer {
         let now = self.now;
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         if let Some(download) = entry.download.as_mut() {
-            download.locate_answered(now);
-            download.on_answer(now, holders.len());
+            download.locate_mut().answered(now, Some(holders.len()));
         }
         if entry.manifest.is_none() {
             match manifest {
@@ -96,15 +95,13 @@ impl Peer {
     }
 
     /// Asks the ready remote `conn` for the manifest of `file_id`, unless another holder was
-    /// asked within the last [`LOCATE_INTERVAL`] (one answer is enough).
+    /// asked within the last [`crate::limits::LOCATE_INTERVAL`] (one answer is enough).
     fn ask_manifest(&mut self, conn: ConnId, file_id: FileId) {
         let now = self.now;
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        if download.manifest_asked.is_some_and(|at| at + LOCATE_INTERVAL > now) {
-            return;
+        if download.ask_manifest(now) {
+            self.send(conn, Message::GetManifest { file_id });
         }
-        download.manifest_asked = Some(now);
-        self.send(conn, Message::GetManifest { file_id });
     }
 
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
@@ -125,23 +122,16 @@ impl Peer {
 
     fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        let missing: Vec<PieceIndex> = wanted
-            .iter()
-            .filter(|(piece, addrs)| addrs.is_empty() && download.availability[piece.as_usize()] == 0)
-            .map(|(piece, _)| *piece)
-            .collect();
-        if missing == download.reported_missing {
-            return;
-        }
-        download.reported_missing = missing.clone();
-        if !missing.is_empty() {
-            self.event(Event::PiecesMissing { file_id, pieces: missing });
+        if let Some(pieces) = download.newly_missing(wanted) {
+            self.event(Event::PiecesMissing { file_id, pieces });
         }
     }
 
     /// Makes sure a connection to `peer` exists that exchanges bitfields for `file_id`.
     fn connect_for(&mut self, peer: PeerAddr, file_id: FileId) {
-        if peer.peer_id == self.peer_id || self.banned.contains(&peer.peer_id) || self.banned_addrs.contains(&peer.addr)
+        if peer.peer_id == self.peer_id
+            || self.bans.is_banned(&peer.peer_id, self.now)
+            || self.bans.is_addr_banned(&peer.addr, self.now)
         {
             return;
         }
@@ -256,7 +246,7 @@ impl Peer {
             self.violation(conn, detail);
             return;
         }
-        if self.banned.contains(&hello.peer_id) || hello.peer_id == self.peer_id {
+        if self.bans.is_banned(&hello.peer_id, self.now) || hello.peer_id == self.peer_id {
             self.close_remote(conn);
             return;
         }
@@ -306,15 +296,8 @@ impl Peer {
         let new: Vec<PieceIndex> = pieces.iter().copied().filter(|p| have.set(*p)).collect();
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        // A remote first heard of by its `Haves` is a holder too; its pieces are counted below.
-        download.holders += u32::from(first);
-        let mut wanted = false;
-        for piece in new {
-            let count = &mut download.availability[piece.as_usize()];
-            *count = count.saturating_add(1);
-            wanted |= download.missing.has(piece) || download.orphans.has(piece);
-        }
-        if wanted {
+        // A remote first heard of by its `Haves` is a holder too.
+        if download.count_new_pieces(first, &new) {
             self.schedule(conn);
         }
     }
@@ -438,7 +421,7 @@ impl Peer {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        download.remove_assignee(piece, conn);
+        download.unassign(piece, conn);
     }
 
     /// Stops fetching `file_id` from `conn`.

@@ -9,11 +9,17 @@
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
 //!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
 //!   which pieces a whole-file holder tells each of several downloaders it has (offers);
+//! - `downloads`: the piece book of one download, a sub-machine with private state: piece
+//!   states and their one transition API (`STATE.md`), block requests per remote, piece
+//!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
+//!   download asks the tracker for holders;
 //! - `view`: read-only views of files and connections, for a driver to show;
-//! - `pieces` and `remote`: the state those modules share. `STATE.md` lists the piece
-//!   states and their transitions.
+//! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
+mod bans;
+mod downloads;
 mod links;
+mod locate;
 mod pieces;
 mod remote;
 mod scheduler;
@@ -24,7 +30,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -38,6 +44,7 @@ use crate::rng::Rng;
 use crate::time::Time;
 use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
+use bans::Bans;
 use pieces::FileEntry;
 use remote::Remote;
 use tracker_link::TrackerLink;
@@ -86,9 +93,7 @@ pub struct Peer {
     files: BTreeMap<FileId, FileEntry>,
     remotes: BTreeMap<ConnId, Remote>,
     /// Peers that sent bad data, by id and by serving address.
-    strikes: BTreeMap<PeerId, u32>,
-    banned: BTreeSet<PeerId>,
-    banned_addrs: BTreeSet<SocketAddr>,
+    bans: Bans,
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
@@ -119,9 +124,7 @@ impl Peer {
             tracker: TrackerLink::new(),
             files: BTreeMap::new(),
             remotes: BTreeMap::new(),
-            strikes: BTreeMap::new(),
-            banned: BTreeSet::new(),
-            banned_addrs: BTreeSet::new(),
+            bans: Bans::new(),
             retry_at: BTreeMap::new(),
             uploads,
             recent_haves: BTreeMap::new(),
@@ -340,8 +343,11 @@ impl Machine for Peer {
         if self.left {
             return None;
         }
-        let locate =
-            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download.as_ref().map(|d| d.locate_at()));
+        let locate = self
+            .files
+            .values()
+            .filter(|f| f.is_fetching())
+            .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
             .into_iter()

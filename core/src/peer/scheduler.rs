@@ -6,8 +6,9 @@
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
 //! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
 //! empty, it joins a piece another remote is fetching (endgame) and the slower copy is cancelled
-//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a piece that
-//! fails its hash strikes its senders (banned after `STRIKES_BEFORE_BAN_COUNT`).
+//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a
+//! sender proven to have sent a bad block of a piece that failed its hash gets a strike (see
+//! `downloads` for the proof, `bans` for what strikes lead to).
 
 use std::collections::BTreeSet;
 
@@ -16,23 +17,14 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ACTIVE_PER_FILE_MAX,
-    PIECES_ASSIGNED_PER_CONN_MAX, STRIKES_BEFORE_BAN_COUNT,
-};
+use crate::limits::{BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
-use super::pieces::{block_at, block_span, Phase, Slot};
+use super::downloads::{Arrival, Choice, Chooser, Verdict};
+use super::pieces::{block_at, block_span};
 use super::remote::Stage;
 use super::Peer;
-
-/// A piece chosen for a remote, and whether it joins another remote's work (endgame).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Choice {
-    Fresh(PieceIndex),
-    Endgame(PieceIndex),
-}
 
 impl Peer {
     /// Fills the pipeline of every ready remote.
@@ -81,86 +73,32 @@ impl Peer {
         }
     }
 
-    /// A block of a piece assigned to `conn` that nobody received and `conn` has not requested;
-    /// outside endgame also one no other remote requested.
+    /// A block of a piece assigned to `conn` that nobody received and `conn` has not requested.
     fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
         let remote = self.remotes.get(&conn)?;
         let download = self.files.get(&file_id)?.download.as_ref()?;
-        for (_, piece) in remote.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX))) {
-            let Slot::Active(active) = &download.slots[piece.as_usize()] else { continue };
-            let mine = active.assignees.get(&conn).copied().unwrap_or(0);
-            let others = active.assignees.iter().filter(|(c, _)| **c != conn).fold(0, |acc, (_, m)| acc | m);
-            let endgame = active.assignees.len() > 1;
-            let taken = active.received | mine | if endgame { 0 } else { others };
-            let free = active.all & !taken;
-            if free != 0 {
-                return Some((*piece, free.trailing_zeros()));
-            }
-        }
-        None
+        let assigned = remote.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX)));
+        download.next_block(conn, assigned.map(|(_, piece)| *piece))
     }
 
-    /// Rarest-first choice of a piece `conn` holds, among pieces nobody is fetching; else an
-    /// endgame piece someone else is fetching.
+    /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
     fn choose_piece(&mut self, conn: ConnId, file_id: FileId) -> Option<Choice> {
         let remote = self.remotes.get(&conn)?;
-        let remote_id = remote.peer_id?;
-        let remote_have = remote.files.get(&file_id)?;
+        let chooser = Chooser {
+            conn,
+            peer_id: remote.peer_id?,
+            have: remote.files.get(&file_id)?,
+            busy: !remote.in_flight.is_empty(),
+        };
         let entry = self.files.get(&file_id)?;
-        let download = entry.download.as_ref()?;
-        let usable = |piece: PieceIndex| !download.bad_sources.contains(&(piece, remote_id));
-        // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
-        // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
-        // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
-        let mut ties: Vec<PieceIndex> = remote_have.iter_and(&download.orphans).filter(|p| usable(*p)).collect();
-        if ties.is_empty() && download.active_count < PIECES_ACTIVE_PER_FILE_MAX {
-            let mut lowest = u16::MAX;
-            for piece in remote_have.iter_and(&download.missing) {
-                let rank = download.availability[piece.as_usize()];
-                if rank > lowest || !usable(piece) {
-                    continue;
-                }
-                if rank < lowest {
-                    lowest = rank;
-                    ties.clear();
-                }
-                ties.push(piece);
-            }
-        }
-        if !ties.is_empty() {
-            return Some(Choice::Fresh(ties[self.rng.below(ties.len())]));
-        }
-        // Endgame only once no piece is left to start, and only for a remote with nothing else
-        // to do, one duplicate piece at a time: before, or with a busy remote, it would only
-        // fetch twice what is already on its way.
-        if !remote.in_flight.is_empty() || download.missing.count() > 0 {
-            return None;
-        }
-        // Candidates are the pieces it holds that are neither ours nor missing: active (or
-        // being verified), in ascending order.
-        let endgame = remote_have.iter_and_not(&entry.have).filter(|p| !download.missing.has(*p)).find(|piece| {
-            match &download.slots[piece.as_usize()] {
-                Slot::Active(active) => {
-                    !active.is_received()
-                        && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
-                        && !active.assignees.contains_key(&conn)
-                        && usable(*piece)
-                }
-                _ => false,
-            }
-        });
-        endgame.map(Choice::Endgame)
+        entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng)
     }
 
     fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
-        let piece = match choice {
-            Choice::Fresh(piece) | Choice::Endgame(piece) => piece,
-        };
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
-        let piece_len = manifest.piece_len(piece);
-        download.start(piece, piece_len);
-        download.add_assignee(piece, conn);
+        let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
+        let piece = download.assign(choice, manifest.piece_len(piece), conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.assigned.insert((file_id, piece));
         let from = remote.addr;
@@ -171,8 +109,8 @@ impl Peer {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let Some(manifest) = entry.manifest.as_ref() else { return };
         let (offset, len) = block_span(manifest.piece_len(piece), block);
-        if let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) {
-            *active.assignees.get_or_insert_with(conn, || 0) |= 1 << block;
+        if let Some(download) = entry.download.as_mut() {
+            download.request(piece, block, conn);
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.start_request((file_id, piece, offset), self.now);
@@ -191,70 +129,34 @@ impl Peer {
         remote.resting_until = None;
         let sender = remote.identity();
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let Some(manifest) = entry.manifest.as_ref() else { return };
-        let piece_len = manifest.piece_len(piece);
-        let Some(block) = block_at(piece_len, offset) else { return };
-        let Some(Slot::Active(active)) = entry.download.as_mut().map(|d| d.slot_mut(piece)) else { return };
-        let bit = 1u64 << block;
+        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return };
+        let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return };
         if bytes.len() != block_span(piece_len, block).1 as usize {
             self.violation(conn, format!("block {piece}+{offset} of {} bytes", bytes.len()));
             return;
         }
-        if let Some(mask) = active.assignees.get_mut(&conn) {
-            *mask &= !bit;
-        }
-        if active.received & bit != 0 {
+        let Arrival::Taken { losers, released } = download.receive(piece, block, conn, sender) else {
             return self.schedule(conn);
-        }
-        active.received |= bit;
-        active.senders.extend(sender);
-        let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
-        let complete = active.is_received();
+        };
         for loser in &losers {
-            self.cancel_block(*loser, file_id, piece, offset, bit);
-        }
-        if complete {
-            // A late block may complete a piece nobody was fetching any more.
-            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
-                download.orphans.unset(piece);
+            // Another remote delivered the block it was also fetching (endgame): cancel its copy.
+            if let Some(remote) = self.remotes.get_mut(loser) {
+                remote.in_flight.remove(&(file_id, piece, offset));
+                self.send(*loser, Message::Cancel { file_id, piece, offset });
             }
-            self.release_piece(file_id, piece);
+        }
+        // Every block of the piece arrived: it no longer occupies any remote.
+        for conn in released {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.assigned.remove(&(file_id, piece));
+            }
         }
         self.push(Output::WriteBlock { file_id, piece, offset, bytes });
         // Only the sender and the remotes whose copy was cancelled have room in their pipelines.
         self.schedule(conn);
         for loser in losers {
             self.schedule(loser);
-        }
-    }
-
-    /// Another remote delivered a block `loser` was also fetching (endgame): cancel its copy.
-    fn cancel_block(&mut self, loser: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bit: u64) {
-        if let Some(Slot::Active(active)) =
-            self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()).map(|d| d.slot_mut(piece))
-        {
-            if let Some(mask) = active.assignees.get_mut(&loser) {
-                *mask &= !bit;
-            }
-        }
-        if let Some(remote) = self.remotes.get_mut(&loser) {
-            remote.in_flight.remove(&(file_id, piece, offset));
-            self.send(loser, Message::Cancel { file_id, piece, offset });
-        }
-    }
-
-    /// Every block of `piece` arrived: it no longer occupies any remote.
-    fn release_piece(&mut self, file_id: FileId, piece: PieceIndex) {
-        let Some(Slot::Active(active)) =
-            self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()).map(|d| d.slot_mut(piece))
-        else {
-            return;
-        };
-        let assignees: Vec<ConnId> = std::mem::take(&mut active.assignees).into_keys().collect();
-        for conn in assignees {
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.assigned.remove(&(file_id, piece));
-            }
         }
     }
 
@@ -272,9 +174,8 @@ impl Peer {
     pub(super) fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.files.get_mut(&file_id).is_some_and(|have| have.unset(piece)) {
-            let download = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut());
-            if let Some(count) = download.and_then(|d| d.availability.get_mut(piece.as_usize())) {
-                *count = count.saturating_sub(1);
+            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+                download.count_lost_piece(piece);
             }
         }
         self.unassign(conn, file_id, piece);
@@ -292,15 +193,10 @@ impl Peer {
             return;
         }
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let Some(manifest) = entry.manifest.as_ref() else { return };
-        let piece_len = manifest.piece_len(piece);
-        let Some(block) = block_at(piece_len, offset) else { return };
-        let Some(download) = entry.download.as_mut() else { return };
-        let Slot::Active(active) = download.slot_mut(piece) else { return };
-        active.written |= 1 << block;
-        if active.written == active.all {
-            let senders = std::mem::take(&mut active.senders);
-            *download.slot_mut(piece) = Slot::Verifying { senders };
+        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let block = block_at(manifest.piece_len(piece), offset);
+        debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
+        if block.is_some_and(|block| download.written(piece, block)) {
             self.push(Output::HashPiece { file_id, piece });
         }
     }
@@ -312,30 +208,26 @@ impl Peer {
         };
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
-        let Slot::Verifying { senders } = download.slot_mut(piece).clone() else { return };
-        if digest != manifest.piece_hash(piece) {
-            download.reset(piece);
-            download.bad_sources.extend(senders.iter().map(|(peer_id, _)| (piece, *peer_id)));
-            for (peer_id, addr) in senders {
-                self.event(Event::PieceCorrupt { file_id, piece, from: addr });
-                self.strike(peer_id, addr);
+        let matches = digest == manifest.piece_hash(piece);
+        let (senders, room_again, guilty) = match download.hashed(piece, matches, &mut entry.have) {
+            Verdict::Verified { senders, room_again, guilty } => (senders, room_again, guilty),
+            Verdict::Corrupt { senders, guilty } => {
+                for (_, addr) in senders.keys() {
+                    self.event(Event::PieceCorrupt { file_id, piece, from: *addr });
+                }
+                if let Some((peer_id, addr)) = guilty {
+                    self.strike(peer_id, addr);
+                }
+                return self.schedule_all();
             }
-            self.schedule_all();
-            return;
-        }
-        *download.slot_mut(piece) = Slot::Have;
-        // At the cap no piece could start: remotes that ran dry then wait for this wake-up.
-        let room_again = download.active_count == PIECES_ACTIVE_PER_FILE_MAX;
-        download.active_count -= 1;
-        entry.have.set(piece);
-        download.debug_check(&entry.have);
+        };
         if entry.have.count() == 1 {
             // Downloaders that started together get their first pieces about now: ask soon
             // for the holders among them.
-            download.ask_soon(self.now);
+            download.locate_mut().ask_soon(self.now);
         }
         let progress = self.progress(file_id);
-        let from = senders.iter().next().map_or(self.config.tracker, |(_, addr)| *addr);
+        let from = senders.keys().next().map_or(self.config.tracker, |(_, addr)| *addr);
         self.push(Output::PieceVerified { file_id, piece });
         self.event(Event::PieceVerified { file_id, piece, from, progress });
         self.queue_have(file_id, piece, progress.have == 1);
@@ -343,6 +235,10 @@ impl Peer {
             self.finalize(file_id);
         } else if room_again {
             self.schedule_all();
+        }
+        if let Some((peer_id, addr)) = guilty {
+            // Its blocks of an earlier attempt were the bad ones (see `downloads`).
+            self.strike(peer_id, addr);
         }
     }
 
@@ -354,7 +250,7 @@ impl Peer {
             let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
             u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
         });
-        let peers = entry.download.as_ref().map_or(0, |d| d.holders);
+        let peers = entry.download.as_ref().map_or(0, |d| d.holders());
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
@@ -397,12 +293,9 @@ impl Peer {
     }
 
     fn strike(&mut self, peer_id: PeerId, addr: std::net::SocketAddr) {
-        let strikes = self.strikes.entry(peer_id).or_insert(0);
-        *strikes += 1;
-        if *strikes < STRIKES_BEFORE_BAN_COUNT || !self.banned.insert(peer_id) {
+        if self.bans.strike(peer_id, addr, self.now).is_none() {
             return;
         }
-        self.banned_addrs.insert(addr);
         self.event(Event::PeerBanned { peer_id, addr });
         let conns: Vec<ConnId> =
             self.remotes.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect();
@@ -414,13 +307,13 @@ impl Peer {
     /// Every piece is verified: ask the driver to move the file into place.
     pub(super) fn finalize(&mut self, file_id: FileId) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        download.phase = Phase::Finalizing;
+        download.finalizing();
         self.push(Output::Finalize { file_id });
     }
 
     pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if entry.download.as_ref().is_none_or(|d| d.phase != Phase::Finalizing) {
+        if !entry.download.as_ref().is_some_and(|d| d.is_finalizing()) {
             return;
         }
         match result {
@@ -435,10 +328,9 @@ impl Peer {
     /// The download cannot go on: stop fetching it and say why. Verified pieces stay served.
     pub(super) fn fail_download(&mut self, file_id: FileId, reason: String) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        if download.phase == Phase::Failed {
+        if !download.fail() {
             return;
         }
-        download.phase = Phase::Failed;
         let assigned: Vec<(ConnId, PieceIndex)> = self
             .remotes
             .iter()

@@ -148,8 +148,7 @@ impl Peer {
         }
         for entry in self.files.values_mut() {
             if let Some(download) = entry.download.as_mut() {
-                download.next_locate = self.now;
-                download.locate_awaited = None;
+                download.locate_mut().tracker_ready(self.now);
             }
         }
         self.locate_due();
@@ -171,7 +170,7 @@ impl Peer {
         let now = self.now;
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         if let Some(download) = entry.download.as_mut() {
-            download.locate_answered(now);
+            download.locate_mut().answered(now, None);
         }
         if entry.manifest.is_some() {
             self.announce(file_id, true);
@@ -200,14 +199,10 @@ impl Peer {
             if !entry.is_fetching() {
                 continue;
             }
-            let have_count = entry.have.count();
+            let (have_count, manifest_known) = (entry.have.count(), entry.manifest.is_some());
             let Some(download) = entry.download.as_mut() else { continue };
-            if download.locate_at() <= now {
-                download.plan_next_locate(now, have_count);
-                download.locate_awaited = ready.map(|_| now);
-                // The first ask is for holders only; they send the manifest.
-                let with_manifest = entry.manifest.is_none() && download.located_without_manifest;
-                download.located_without_manifest |= ready.is_some() && entry.manifest.is_none();
+            if download.locate().due_at() <= now {
+                let with_manifest = download.locate_mut().asked(now, have_count, ready.is_some(), manifest_known);
                 due.push((*file_id, with_manifest));
             }
         }

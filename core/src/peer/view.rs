@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-use super::pieces::Phase;
 use super::remote::Stage;
 use super::Peer;
 use crate::bitfield::Bitfield;
@@ -61,11 +60,11 @@ impl Peer {
         self.files
             .iter()
             .map(|(file_id, entry)| {
-                let state = match entry.download.as_ref().map(|download| download.phase) {
+                let state = match &entry.download {
                     None => FileState::Serving,
-                    Some(Phase::Fetching) => FileState::Downloading,
-                    Some(Phase::Finalizing) => FileState::Finishing,
-                    Some(Phase::Failed) => FileState::Failed,
+                    Some(download) if download.is_fetching() => FileState::Downloading,
+                    Some(download) if download.is_finalizing() => FileState::Finishing,
+                    Some(_) => FileState::Failed,
                 };
                 FileView {
                     file_id: *file_id,

@@ -1,0 +1,754 @@
+//! The piece book of one download: the state of every piece (`Slot`, transitions in
+//! `STATE.md`), who fetches which blocks, how many connected remotes hold each piece, which
+//! senders delivered a piece that failed its hash, and where the download stands as a whole.
+//!
+//! Blame only the guilty: every block's sender is recorded. A piece that fails its hash with a
+//! sole sender proves that sender bad. A piece with several senders blames nobody at once: it
+//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again from
+//! others, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
+//! blocks did not change and are now proven good): the suspect is proven bad. If it fails
+//! again, the next suspect goes on parole, at most `PAROLE_ROUNDS_MAX` times before the piece
+//! starts over. An honest sender is never proven bad, whoever else sends what and when.
+//! The state is private; the scheduler and the links change it only through the transition
+//! methods below, and read it through the choice methods (`next_block`, `choose`).
+//!
+//! Invariant (checked after every piece transition in debug builds): a piece is `Have` exactly
+//! when its bit is set in the file's verified bitfield, `missing` and `orphans` mirror the
+//! slots, and a piece's assignees hold requests only for blocks that are not yet received.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, PeerId, PieceIndex};
+use crate::limits::{ASSIGNEES_PER_PIECE_MAX, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX, PIECES_ACTIVE_PER_FILE_MAX};
+use crate::rng::Rng;
+use crate::small::{VecMap, VecSet};
+use crate::time::Time;
+
+use super::locate::Locate;
+use super::pieces::{all_blocks, block_count};
+
+/// A remote that sends blocks: its id and serving address.
+pub(super) type Sender = (PeerId, SocketAddr);
+
+/// Who sent which blocks of a piece (a block mask per sender).
+pub(super) type Senders = VecMap<Sender, u64>;
+
+/// Where a download stands as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Pieces are being fetched (or waited for).
+    Fetching,
+    /// Every piece is verified; the driver is moving the file into place.
+    Finalizing,
+    /// The download stopped for good (e.g. the disk is full).
+    Failed,
+}
+
+/// A download in progress.
+#[derive(Debug)]
+pub(super) struct Download {
+    phase: Phase,
+    /// One slot per piece (empty until the manifest is known).
+    slots: Vec<Slot>,
+    /// The pieces whose slot is `Missing`, so the piece choice finds them without reading
+    /// every slot.
+    missing: Bitfield,
+    /// The pieces whose slot is `Active` with nobody fetching them (see
+    /// [`ActivePiece::is_orphan`]), so the piece choice finds them without reading any slot.
+    orphans: Bitfield,
+    /// Connected remotes holding each piece (at most `CONNECTIONS_MAX`, so two bytes each: the
+    /// rarest-first scan reads this at random, half the cache lines of four bytes).
+    availability: Vec<u16>,
+    /// Connected remotes that told us their pieces of the file.
+    holders: u32,
+    /// `(piece, remote)` pairs that delivered a piece that failed its hash.
+    bad_sources: BTreeSet<(PieceIndex, PeerId)>,
+    /// Pieces in `Slot::Active` or `Slot::Verifying`.
+    active_count: usize,
+    /// When to ask the tracker for holders.
+    locate: Locate,
+    /// When a holder was last asked for the manifest.
+    manifest_asked: Option<Time>,
+    /// Pieces last reported missing (reported again only when the set changes).
+    reported_missing: Vec<PieceIndex>,
+}
+
+/// The state of one piece of a download; transitions in `STATE.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Nobody is fetching it.
+    Missing,
+    /// Being fetched block by block (boxed: a download has a slot for every piece, few of them
+    /// active, and each active one is several times the size of the others).
+    Active(Box<ActivePiece>),
+    /// Every block is written; its hash is being computed.
+    Verifying {
+        /// Every block of the piece.
+        all: u64,
+        /// Who sent which of its blocks.
+        senders: Senders,
+        /// The suspect whose blocks were fetched again, if the piece is on parole.
+        parole: Option<Parole>,
+    },
+    /// Verified and served.
+    Have,
+}
+
+/// A piece being fetched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ActivePiece {
+    /// Every block of the piece.
+    all: u64,
+    /// Blocks that arrived (and were handed to the driver for writing).
+    received: u64,
+    /// Blocks the driver confirmed written.
+    written: u64,
+    /// Requested blocks per assigned connection (two assignees only in endgame).
+    assignees: VecMap<ConnId, u64>,
+    /// Who sent which blocks of this piece.
+    senders: Senders,
+    /// Set while the piece is on parole: an earlier attempt failed with several senders.
+    parole: Option<Parole>,
+}
+
+/// A piece that failed its hash with several senders, fetched again without one suspect's
+/// blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Parole {
+    /// The sender whose blocks were dropped; not asked for this piece while on parole.
+    suspect: Sender,
+    /// Senders put on parole for this piece so far (each once).
+    tried: VecSet<PeerId>,
+}
+
+impl ActivePiece {
+    fn new(piece_len: u32) -> ActivePiece {
+        ActivePiece { all: all_blocks(block_count(piece_len)), ..ActivePiece::default() }
+    }
+
+    fn is_received(&self) -> bool {
+        self.received == self.all
+    }
+
+    /// Whether the piece is partly fetched and nobody is fetching the rest.
+    fn is_orphan(&self) -> bool {
+        self.assignees.is_empty() && !self.is_received()
+    }
+}
+
+/// A piece chosen for a remote, and whether it joins another remote's work (endgame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Choice {
+    /// Nobody fetches it: an orphan (maybe on parole), or the rarest missing piece.
+    Fresh(PieceIndex),
+    /// Another remote fetches it and nothing else is left to start.
+    Endgame(PieceIndex),
+}
+
+/// What a remote asking for pieces brings to the choice.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Chooser<'a> {
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its id (pieces it delivered corrupt are not asked of it again).
+    pub peer_id: PeerId,
+    /// The pieces it holds.
+    pub have: &'a Bitfield,
+    /// Whether it has requests of ours in flight.
+    pub busy: bool,
+}
+
+/// What a block arriving for a piece being fetched changed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Another remote delivered it first: nothing to write.
+    Duplicate,
+    /// Taken: to be written.
+    Taken {
+        /// Other remotes whose request for the same block is cancelled (endgame).
+        losers: Vec<ConnId>,
+        /// When this was the piece's last block: every remote that was fetching the piece.
+        released: Vec<ConnId>,
+    },
+}
+
+/// The hash of a piece that was verifying.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// It matches: the piece is `Have`.
+    Verified {
+        /// Who sent its blocks.
+        senders: Senders,
+        /// Whether a piece may start again: the download was at `PIECES_ACTIVE_PER_FILE_MAX`.
+        room_again: bool,
+        /// The suspect of the parole it was on: its earlier blocks are proven bad.
+        guilty: Option<Sender>,
+    },
+    /// It does not match: the piece is fetched again, whole (`Missing`, after a sole sender
+    /// or too many rounds) or on parole (`Active` without one suspect's blocks).
+    Corrupt {
+        /// Who sent its blocks.
+        senders: Senders,
+        /// The sole sender, proven bad; it is not asked for this piece again.
+        guilty: Option<Sender>,
+    },
+}
+
+impl Download {
+    /// A download whose manifest is not known yet; the first ask of the tracker is due at `now`.
+    pub fn new(now: Time) -> Download {
+        Download {
+            phase: Phase::Fetching,
+            slots: Vec::new(),
+            missing: Bitfield::new(0),
+            orphans: Bitfield::new(0),
+            availability: Vec::new(),
+            holders: 0,
+            bad_sources: BTreeSet::new(),
+            active_count: 0,
+            locate: Locate::new(now),
+            manifest_asked: None,
+            reported_missing: Vec::new(),
+        }
+    }
+
+    /// Sizes the per-piece state for a manifest whose verified pieces are `have`.
+    pub fn init_slots(&mut self, have: &Bitfield) {
+        self.slots =
+            (0..have.len()).map(|i| if have.has(PieceIndex(i)) { Slot::Have } else { Slot::Missing }).collect();
+        self.missing = Bitfield::full(have.len());
+        for piece in have.iter() {
+            self.missing.unset(piece);
+        }
+        self.orphans = Bitfield::new(have.len());
+        self.availability = vec![0; have.len() as usize];
+    }
+
+    /// Whether pieces are being fetched (or waited for).
+    pub fn is_fetching(&self) -> bool {
+        self.phase == Phase::Fetching
+    }
+
+    /// Every piece is verified: the file is being moved into place.
+    pub fn finalizing(&mut self) {
+        self.phase = Phase::Finalizing;
+    }
+
+    /// Whether the file is being moved into place.
+    pub fn is_finalizing(&self) -> bool {
+        self.phase == Phase::Finalizing
+    }
+
+    /// The download stops for good; false if it already had.
+    pub fn fail(&mut self) -> bool {
+        let first = self.phase != Phase::Failed;
+        self.phase = Phase::Failed;
+        first
+    }
+
+    /// The tracker-ask schedule.
+    pub fn locate(&self) -> &Locate {
+        &self.locate
+    }
+
+    /// The tracker-ask schedule, to record an ask or an answer.
+    pub fn locate_mut(&mut self) -> &mut Locate {
+        &mut self.locate
+    }
+
+    /// Whether a holder may be asked for the manifest at `now`: not if another was asked within
+    /// the last [`LOCATE_INTERVAL`] (one answer is enough). Records the ask when it may.
+    pub fn ask_manifest(&mut self, now: Time) -> bool {
+        if self.manifest_asked.is_some_and(|at| at + LOCATE_INTERVAL > now) {
+            return false;
+        }
+        self.manifest_asked = Some(now);
+        true
+    }
+
+    /// The pieces of `wanted` nobody holds, when they differ from those last reported.
+    pub fn newly_missing(&mut self, wanted: &[(PieceIndex, Vec<SocketAddr>)]) -> Option<Vec<PieceIndex>> {
+        let missing: Vec<PieceIndex> = wanted
+            .iter()
+            .filter(|(piece, addrs)| addrs.is_empty() && self.availability[piece.as_usize()] == 0)
+            .map(|(piece, _)| *piece)
+            .collect();
+        if missing == self.reported_missing {
+            return None;
+        }
+        self.reported_missing = missing.clone();
+        (!missing.is_empty()).then_some(missing)
+    }
+
+    /// Connected remotes that told us their pieces of the file.
+    pub fn holders(&self) -> u32 {
+        self.holders
+    }
+
+    /// Records that a connected remote holds (`+1`) or no longer holds (`-1`) `pieces`.
+    pub fn count_holder(&mut self, pieces: &Bitfield, holds: bool) {
+        self.holders = if holds { self.holders.saturating_add(1) } else { self.holders.saturating_sub(1) };
+        for piece in pieces.iter() {
+            if let Some(count) = self.availability.get_mut(piece.as_usize()) {
+                *count = if holds { count.saturating_add(1) } else { count.saturating_sub(1) };
+            }
+        }
+    }
+
+    /// A remote told us of more pieces it holds (`first`: the first we hear of it for this
+    /// file). Returns whether we want any of them.
+    pub fn count_new_pieces(&mut self, first: bool, pieces: &[PieceIndex]) -> bool {
+        self.holders += u32::from(first);
+        let mut wanted = false;
+        for piece in pieces {
+            let count = &mut self.availability[piece.as_usize()];
+            *count = count.saturating_add(1);
+            wanted |= self.missing.has(*piece) || self.orphans.has(*piece);
+        }
+        wanted
+    }
+
+    /// A remote turned out not to serve `piece` after all.
+    pub fn count_lost_piece(&mut self, piece: PieceIndex) {
+        if let Some(count) = self.availability.get_mut(piece.as_usize()) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Whether `piece` exists and is being fetched.
+    pub fn is_active(&self, piece: PieceIndex) -> bool {
+        matches!(self.slots.get(piece.as_usize()), Some(Slot::Active(_)))
+    }
+
+    /// A block of a piece assigned to `conn` (among `assigned`) that nobody received and `conn`
+    /// has not requested; outside endgame also one no other remote requested.
+    pub fn next_block(&self, conn: ConnId, assigned: impl Iterator<Item = PieceIndex>) -> Option<(PieceIndex, u32)> {
+        for piece in assigned {
+            let Some(Slot::Active(active)) = self.slots.get(piece.as_usize()) else { continue };
+            let mine = active.assignees.get(&conn).copied().unwrap_or(0);
+            let others = active.assignees.iter().filter(|(c, _)| **c != conn).fold(0, |acc, (_, m)| acc | m);
+            let endgame = active.assignees.len() > 1;
+            let taken = active.received | mine | if endgame { 0 } else { others };
+            let free = active.all & !taken;
+            if free != 0 {
+                return Some((piece, free.trailing_zeros()));
+            }
+        }
+        None
+    }
+
+    /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
+    /// an endgame piece someone else is fetching. `have` is what we verified.
+    pub fn choose(&self, remote: Chooser<'_>, have: &Bitfield, rng: &mut Rng) -> Option<Choice> {
+        let usable = |piece: PieceIndex| {
+            !self.bad_sources.contains(&(piece, remote.peer_id)) && self.suspect(piece) != Some(remote.peer_id)
+        };
+        // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
+        // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
+        // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
+        let mut ties: Vec<PieceIndex> = remote.have.iter_and(&self.orphans).filter(|p| usable(*p)).collect();
+        if ties.is_empty() && self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
+            let mut lowest = u16::MAX;
+            for piece in remote.have.iter_and(&self.missing) {
+                let rank = self.availability[piece.as_usize()];
+                if rank > lowest || !usable(piece) {
+                    continue;
+                }
+                if rank < lowest {
+                    lowest = rank;
+                    ties.clear();
+                }
+                ties.push(piece);
+            }
+        }
+        if !ties.is_empty() {
+            return Some(Choice::Fresh(ties[rng.below(ties.len())]));
+        }
+        // Endgame only once no piece is left to start, and only for a remote with nothing else
+        // to do, one duplicate piece at a time: before, or with a busy remote, it would only
+        // fetch twice what is already on its way.
+        if remote.busy || self.missing.count() > 0 {
+            return None;
+        }
+        // Candidates are the pieces it holds that are neither ours nor missing: active (or
+        // being verified), in ascending order.
+        let endgame = remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)).find(|piece| {
+            match &self.slots[piece.as_usize()] {
+                Slot::Active(active) => {
+                    !active.is_received()
+                        && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
+                        && !active.assignees.contains_key(&remote.conn)
+                        && usable(*piece)
+                }
+                _ => false,
+            }
+        });
+        endgame.map(Choice::Endgame)
+    }
+
+    /// `conn` fetches the chosen piece (of `piece_len` bytes) from now on: a `Missing` piece
+    /// becomes `Active`.
+    pub fn assign(&mut self, choice: Choice, piece_len: u32, conn: ConnId) -> PieceIndex {
+        let piece = match choice {
+            Choice::Fresh(piece) | Choice::Endgame(piece) => piece,
+        };
+        if self.missing.unset(piece) {
+            self.slots[piece.as_usize()] = Slot::Active(Box::new(ActivePiece::new(piece_len)));
+            self.active_count += 1;
+        }
+        let Slot::Active(active) = &mut self.slots[piece.as_usize()] else {
+            unreachable!("a chosen piece is missing or active, and a missing one was just started")
+        };
+        active.assignees.insert(conn, 0);
+        self.orphans.unset(piece);
+        piece
+    }
+
+    /// `conn` requests `block` of `piece`, which `next_block` offered it.
+    pub fn request(&mut self, piece: PieceIndex, block: u32, conn: ConnId) {
+        let active = self.active_mut(piece);
+        *active.assignees.get_or_insert_with(conn, || 0) |= 1 << block;
+    }
+
+    /// `conn` no longer fetches `piece`; the piece is an orphan if nobody else does and blocks
+    /// are still missing.
+    pub fn unassign(&mut self, piece: PieceIndex, conn: ConnId) {
+        if let Some(Slot::Active(active)) = self.slots.get_mut(piece.as_usize()) {
+            active.assignees.remove(&conn);
+            if active.is_orphan() {
+                self.orphans.set(piece);
+            }
+        }
+    }
+
+    /// `block` of the active `piece` arrived from `conn` (`sender`, once its hello arrived). A
+    /// block requested and then cancelled (late) is still taken while the piece lacks it.
+    pub fn receive(
+        &mut self,
+        piece: PieceIndex,
+        block: u32,
+        conn: ConnId,
+        sender: Option<(PeerId, SocketAddr)>,
+    ) -> Arrival {
+        let bit = 1u64 << block;
+        let active = self.active_mut(piece);
+        if let Some(mask) = active.assignees.get_mut(&conn) {
+            *mask &= !bit;
+        }
+        if active.received & bit != 0 {
+            return Arrival::Duplicate;
+        }
+        active.received |= bit;
+        if let Some(sender) = sender {
+            *active.senders.get_or_insert_with(sender, || 0) |= bit;
+        }
+        let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
+        for loser in &losers {
+            if let Some(mask) = active.assignees.get_mut(loser) {
+                *mask &= !bit;
+            }
+        }
+        let mut released = Vec::new();
+        if active.is_received() {
+            // Nobody fetches it any more (a late block may complete a piece nobody was
+            // fetching).
+            released = std::mem::take(&mut active.assignees).into_keys().collect();
+            self.orphans.unset(piece);
+        }
+        Arrival::Taken { losers, released }
+    }
+
+    /// The driver wrote `block` of `piece`. Returns whether that was its last block: the piece
+    /// is `Verifying`, to be hashed.
+    pub fn written(&mut self, piece: PieceIndex, block: u32) -> bool {
+        let active = self.active_mut(piece);
+        active.written |= 1 << block;
+        if active.written != active.all {
+            return false;
+        }
+        let senders = std::mem::take(&mut active.senders);
+        let (all, parole) = (active.all, active.parole.take());
+        self.slots[piece.as_usize()] = Slot::Verifying { all, senders, parole };
+        true
+    }
+
+    /// The driver hashed the verifying `piece`; `matches` says whether the hash is the
+    /// manifest's. A verified piece is set in `have`.
+    pub fn hashed(&mut self, piece: PieceIndex, matches: bool, have: &mut Bitfield) -> Verdict {
+        let slot = std::mem::replace(&mut self.slots[piece.as_usize()], Slot::Missing);
+        let Slot::Verifying { all, senders, parole } = slot else {
+            unreachable!("a hash completes only a piece this download sent to be hashed, in state Verifying")
+        };
+        let verdict = if matches {
+            self.slots[piece.as_usize()] = Slot::Have;
+            have.set(piece);
+            self.active_count -= 1;
+            let room_again = self.active_count + 1 == PIECES_ACTIVE_PER_FILE_MAX;
+            Verdict::Verified { senders, room_again, guilty: parole.map(|p| p.suspect) }
+        } else {
+            self.failed(piece, all, senders, parole)
+        };
+        self.debug_check(have);
+        verdict
+    }
+
+    /// `piece` (every block in `all`) failed its hash: a sole sender is proven bad; with
+    /// several, the next suspect goes on parole; else (every sender tried, or
+    /// `PAROLE_ROUNDS_MAX` rounds) the piece starts over.
+    fn failed(&mut self, piece: PieceIndex, all: u64, senders: Senders, parole: Option<Parole>) -> Verdict {
+        let guilty = match senders.iter().next() {
+            Some((sender, blocks)) if senders.len() == 1 && *blocks == all => Some(*sender),
+            _ => None,
+        };
+        let tried = parole.map(|p| p.tried).unwrap_or_default();
+        // The sender of the fewest blocks: the cheapest to fetch again.
+        let suspect = senders
+            .iter()
+            .filter(|((peer_id, _), _)| !tried.contains(peer_id))
+            .min_by_key(|(_, blocks)| blocks.count_ones())
+            .map(|(sender, blocks)| (*sender, *blocks));
+        match suspect {
+            Some((suspect, blocks)) if guilty.is_none() && tried.len() < PAROLE_ROUNDS_MAX => {
+                let mut kept = senders.clone();
+                kept.remove(&suspect);
+                let mut tried = tried;
+                tried.insert(suspect.0);
+                let active = ActivePiece {
+                    all,
+                    received: all & !blocks,
+                    written: all & !blocks,
+                    assignees: VecMap::new(),
+                    senders: kept,
+                    parole: Some(Parole { suspect, tried }),
+                };
+                self.slots[piece.as_usize()] = Slot::Active(Box::new(active));
+                self.orphans.set(piece);
+            }
+            _ => {
+                self.missing.set(piece);
+                self.active_count -= 1;
+                if let Some((peer_id, _)) = guilty {
+                    self.bad_sources.insert((piece, peer_id));
+                }
+            }
+        }
+        Verdict::Corrupt { senders, guilty }
+    }
+
+    /// The suspect of `piece`, if it is on parole.
+    fn suspect(&self, piece: PieceIndex) -> Option<PeerId> {
+        match self.slots.get(piece.as_usize()) {
+            Some(Slot::Active(active)) => active.parole.as_ref().map(|p| p.suspect.0),
+            _ => None,
+        }
+    }
+
+    fn active_mut(&mut self, piece: PieceIndex) -> &mut ActivePiece {
+        match &mut self.slots[piece.as_usize()] {
+            Slot::Active(active) => active,
+            other => unreachable!("piece {piece} is {other:?}, not being fetched"),
+        }
+    }
+
+    /// Checks the slot/bitfield agreement and the active count.
+    fn debug_check(&self, have: &Bitfield) {
+        if cfg!(debug_assertions) {
+            let mut active = 0;
+            for (i, slot) in self.slots.iter().enumerate() {
+                let piece = PieceIndex(i as u32);
+                debug_assert_eq!(matches!(slot, Slot::Have), have.has(piece), "slot/have disagree for {piece}");
+                debug_assert_eq!(
+                    matches!(slot, Slot::Missing),
+                    self.missing.has(piece),
+                    "slot/missing disagree for {piece}"
+                );
+                let orphan = matches!(slot, Slot::Active(a) if a.is_orphan());
+                debug_assert_eq!(orphan, self.orphans.has(piece), "slot/orphans disagree for {piece}");
+                if let Slot::Active(a) = slot {
+                    active += 1;
+                    for mask in a.assignees.values() {
+                        debug_assert_eq!(mask & a.received, 0, "request outstanding for a received block");
+                    }
+                }
+                active += usize::from(matches!(slot, Slot::Verifying { .. }));
+            }
+            debug_assert_eq!(active, self.active_count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::BLOCK_BYTES;
+
+    const A: ConnId = ConnId::Outbound(1);
+    const B: ConnId = ConnId::Outbound(2);
+
+    fn sender(n: u8) -> Option<(PeerId, SocketAddr)> {
+        Some((PeerId([n; 16]), SocketAddr::from(([10, 0, 0, n], 7000))))
+    }
+
+    /// A download of `pieces` pieces of two blocks each, one remote holding all of them.
+    fn download(pieces: u32) -> (Download, Bitfield, Bitfield) {
+        let mut download = Download::new(Time::ZERO);
+        let have = Bitfield::new(pieces);
+        download.init_slots(&have);
+        let remote_have = Bitfield::full(pieces);
+        download.count_holder(&remote_have, true);
+        (download, have, remote_have)
+    }
+
+    fn chooser(conn: ConnId, n: u8, have: &Bitfield) -> Chooser<'_> {
+        Chooser { conn, peer_id: PeerId([n; 16]), have, busy: false }
+    }
+
+    /// Fetches and writes every block of `piece` from `conn`; returns whether it went to hashing.
+    fn fetch_all(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
+        let mut verifying = false;
+        while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
+            download.request(p, block, conn);
+            assert!(matches!(download.receive(p, block, conn, sender(from)), Arrival::Taken { .. }));
+            verifying = download.written(p, block);
+        }
+        verifying
+    }
+
+    #[test]
+    fn a_piece_goes_from_missing_through_active_and_verifying_to_have() {
+        let (mut download, mut have, remote_have) = download(1);
+        let mut rng = Rng::from_seed(1);
+        let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng);
+        assert_eq!(choice, Some(Choice::Fresh(PieceIndex(0))));
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        assert!(download.is_active(piece));
+        assert!(fetch_all(&mut download, piece, A, 1), "the last write sends the piece to be hashed");
+        let verdict = download.hashed(piece, true, &mut have);
+        assert!(matches!(verdict, Verdict::Verified { room_again: false, .. }), "{verdict:?}");
+        assert!(have.has(piece));
+        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "nothing left");
+    }
+
+    #[test]
+    fn a_corrupt_piece_is_missing_again_and_not_asked_of_its_sender() {
+        let (mut download, mut have, remote_have) = download(1);
+        let mut rng = Rng::from_seed(1);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        assert!(fetch_all(&mut download, piece, A, 1));
+        let Verdict::Corrupt { senders, guilty } = download.hashed(piece, false, &mut have) else {
+            panic!("a bad hash")
+        };
+        assert_eq!(senders.keys().copied().collect::<Vec<_>>(), vec![sender(1).expect("an identity")]);
+        assert_eq!(guilty, sender(1), "the sole sender is proven bad");
+        assert!(!have.has(piece));
+        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the same sender");
+        let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(other, Some(Choice::Fresh(piece)), "from another");
+    }
+
+    #[test]
+    fn in_endgame_the_first_copy_of_a_block_wins_and_the_other_request_is_cancelled() {
+        let (mut download, have, remote_have) = download(1);
+        let mut rng = Rng::from_seed(1);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        download.request(piece, 0, A);
+        download.request(piece, 1, A);
+        let busy_b = Chooser { busy: true, ..chooser(B, 2, &remote_have) };
+        assert_eq!(download.choose(busy_b, &have, &mut rng), None, "a busy remote does not duplicate");
+        let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(endgame, Some(Choice::Endgame(piece)));
+        download.assign(Choice::Endgame(piece), 2 * BLOCK_BYTES, B);
+        assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "endgame asks for taken blocks");
+        download.request(piece, 0, B);
+        let first = download.receive(piece, 0, B, sender(2));
+        assert_eq!(first, Arrival::Taken { losers: vec![A], released: vec![] });
+        assert_eq!(download.receive(piece, 0, A, sender(1)), Arrival::Duplicate);
+        let last = download.receive(piece, 1, A, sender(1));
+        assert_eq!(last, Arrival::Taken { losers: vec![], released: vec![A, B] });
+    }
+
+    /// Fetches the blocks of `piece` that `from`'s connection is offered, one at a time.
+    fn fetch_from(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
+        let mut verifying = false;
+        while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
+            download.request(p, block, conn);
+            download.receive(p, block, conn, sender(from));
+            verifying = download.written(p, block);
+        }
+        verifying
+    }
+
+    #[test]
+    fn a_piece_mixed_from_a_liar_and_an_honest_sender_blames_nobody_then_proves_the_liar() {
+        let (mut download, mut have, remote_have) = download(1);
+        let mut rng = Rng::from_seed(1);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4 * BLOCK_BYTES, A);
+        // The liar (1) sends the first block and goes; the honest one (2) sends the rest.
+        download.request(piece, 0, A);
+        download.receive(piece, 0, A, sender(1));
+        download.written(piece, 0);
+        download.unassign(piece, A);
+        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        assert!(fetch_from(&mut download, piece, B, 2));
+        let verdict = download.hashed(piece, false, &mut have);
+        assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
+        // On parole: only the liar's block is fetched again, and not from the liar.
+        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the suspect");
+        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(again, Some(Choice::Fresh(piece)));
+        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
+        assert!(fetch_from(&mut download, piece, B, 2));
+        let verdict = download.hashed(piece, true, &mut have);
+        assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == sender(1)), "{verdict:?}");
+    }
+
+    /// Random interleavings of two honest senders and a liar that sends a bad copy of a block
+    /// half the time: a sender is proven bad only if it is the liar, and the piece completes.
+    #[test]
+    fn an_honest_sender_is_never_proven_bad_in_any_interleaving() {
+        const LIAR: u8 = 3;
+        let conns = [ConnId::Outbound(1), ConnId::Outbound(2), ConnId::Outbound(3)];
+        let mut rng = Rng::from_seed(7);
+        let mut liar_proven = 0;
+        for _ in 0..500 {
+            let (mut download, mut have, remote_have) = download(1);
+            let piece = PieceIndex(0);
+            let mut good = [true; 4];
+            for _round in 0..200 {
+                if have.has(piece) {
+                    break;
+                }
+                let who = rng.below(3);
+                let (conn, n) = (conns[who], who as u8 + 1);
+                if !download.is_active(piece) || download.next_block(conn, [piece].into_iter()).is_none() {
+                    let Some(choice) = download.choose(chooser(conn, n, &remote_have), &have, &mut rng) else {
+                        continue;
+                    };
+                    download.assign(choice, 4 * BLOCK_BYTES, conn);
+                }
+                let Some((_, block)) = download.next_block(conn, [piece].into_iter()) else { continue };
+                download.request(piece, block, conn);
+                download.receive(piece, block, conn, sender(n));
+                good[block as usize] = n != LIAR || rng.below(2) == 0;
+                if rng.below(4) == 0 {
+                    download.unassign(piece, conn);
+                }
+                if !download.written(piece, block) {
+                    continue;
+                }
+                let guilty = match download.hashed(piece, good.iter().all(|g| *g), &mut have) {
+                    Verdict::Verified { guilty, .. } | Verdict::Corrupt { guilty, .. } => guilty,
+                };
+                if let Some((peer_id, _)) = guilty {
+                    assert_eq!(peer_id, PeerId([LIAR; 16]), "an honest sender was proven bad");
+                    liar_proven += 1;
+                }
+            }
+            assert!(have.has(piece), "the piece completed");
+        }
+        assert!(liar_proven > 100, "the liar was proven bad only {liar_proven} times");
+    }
+}
