@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix::Addr;
 use p2p_core::limits::ANNOUNCE_INTERVAL_DEFAULT;
 use p2p_core::{
-    Bitfield, Command, FileId, FileIdPrefix, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig,
+    Bitfield, Command, FileId, FileIdPrefix, Machine, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker,
+    TrackerConfig,
 };
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -147,7 +148,7 @@ impl TrackerHandle {
         &self,
         look: impl FnOnce(DriverView<'_, Tracker>) -> R + Send + 'static,
     ) -> Result<R, NetError> {
-        self.driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
+        inspect(&self.driver, look).await
     }
 }
 
@@ -204,7 +205,7 @@ impl PeerHandle {
         &self,
         look: impl FnOnce(DriverView<'_, Peer>) -> R + Send + 'static,
     ) -> Result<R, NetError> {
-        self.driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
+        inspect(&self.driver, look).await
     }
 
     /// The full id for a typed one: itself, or the single id starting with the prefix among the
@@ -311,6 +312,14 @@ fn pieces_to_share(manifest: &Manifest, only: Option<&[u32]>, path: &Path) -> Re
         have.set(PieceIndex(piece));
     }
     Ok(have)
+}
+
+/// Runs `look` on the state of `driver`'s machine.
+async fn inspect<M: Machine + Unpin + 'static, R: Send + 'static>(
+    driver: &Addr<Driver<M>>,
+    look: impl FnOnce(DriverView<'_, M>) -> R + Send + 'static,
+) -> Result<R, NetError> {
+    driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
 }
 
 async fn blocking<T: Send + 'static>(
