@@ -44,7 +44,7 @@ impl Swarm {
         let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &seeder_args);
         let file_id = seeder.wait_sharing().file_id;
         let store = subdir(dir.path(), "peer");
-        let mut peer = Node::peer("peer", tracker_addr, &store, &["--http", "127.0.0.1:0"]);
+        let mut peer = Node::peer("peer", tracker_addr, &store, &["--http", "127.0.0.1:0", "--json"]);
         let peer_http = peer.http_addr();
         let token = std::fs::read_to_string(store.join("http-token")).expect("the token file in the store");
         let out = subdir(dir.path(), "out");
@@ -59,6 +59,8 @@ impl Swarm {
 #[test]
 fn a_download_added_over_the_api_completes_byte_identical_and_metrics_match_the_cli() {
     let mut swarm = Swarm::start();
+    let events = agent().get(&format!("http://{}/api/v1/events", swarm.peer_http)).call().expect("the event stream");
+    let mut events = std::io::BufReader::new(events.into_reader());
     let body = json!({ "file_id": &swarm.file_id[..10], "out": path_str(&swarm.out) });
     let (status, answer) = post(swarm.peer_http, "downloads", Some(&swarm.bearer()), &body.to_string());
     assert_eq!(status, 202, "{answer}");
@@ -68,6 +70,14 @@ fn a_download_added_over_the_api_completes_byte_identical_and_metrics_match_the_
     let downloaded_bytes = swarm.peer.wait_downloaded(&swarm.file_id);
     assert_eq!(path, swarm.out.join("data.bin"), "into the folder the request named");
     assert_same_file(&path, &swarm.original);
+    let json_line = swarm.peer.wait_for_line("{\"event\":\"downloaded\"", STARTUP_TIMEOUT);
+    let json_line: Value = serde_json::from_str(&json_line).expect("--json prints JSON");
+    assert_eq!(
+        (json_line["file_id"].as_str(), json_line["bytes"].as_u64()),
+        (Some(&swarm.file_id[..]), Some(downloaded_bytes))
+    );
+    let streamed = next_event(&mut events, "complete");
+    assert_eq!(streamed["path"].as_str(), Some(path_str(&path)), "the stream tells what stdout tells");
 
     let metrics = prometheus_samples(&get_text(swarm.peer_http, "/metrics"));
     assert_eq!(metrics["swarm_received_bytes_total"], downloaded_bytes as f64, "{metrics:?}");
@@ -188,6 +198,20 @@ fn ctl_lists_downloads_and_shares_through_a_running_peer() {
     let other_id = shared.split_whitespace().nth(1).expect("shared FILE_ID NAME PIECES").to_owned();
     let line = swarm.peer.wait_for_line(&format!("sharing {other_id} other.bin "), STARTUP_TIMEOUT);
     assert!(line.ends_with(" 1"), "{line}");
+}
+
+/// The next server-sent event of `kind` on a stream.
+fn next_event(stream: &mut impl std::io::BufRead, kind: &str) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).expect("the stream") > 0, "the stream ended before a {kind} event");
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let event: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("not JSON: {data:?}: {e}"));
+        if event["event"] == kind {
+            return event;
+        }
+    }
 }
 
 fn agent() -> ureq::Agent {

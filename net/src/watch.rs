@@ -19,9 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// A rate is measured over windows of at least this length.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// A rate not updated for this long reads as zero (nothing moved).
-const RATE_STALE_AFTER: Duration = Duration::from_secs(3);
+pub const RATE_STALE_AFTER: Duration = Duration::from_secs(3);
 /// Upper bounds of the locate latency histogram's buckets, in seconds.
 const LOCATE_BUCKETS_S: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
