@@ -449,6 +449,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
             },
             Output::WriteBlock { file_id, piece, offset, bytes } => {
+                self.watch.kept(file_id, bytes.len());
                 let permit = self.data_permit.take();
                 let lane = self.write_jobs.clone();
                 self.work(ctx, lane, move || {

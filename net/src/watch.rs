@@ -3,8 +3,10 @@
 //! ([`FileSeen`]). The driver updates a [`Watch`] from the messages it carries and the events
 //! it reports; the HTTP API reads it through the driver (see [`crate::driver::Inspect`]).
 //!
-//! Everything here is bounded by what the machine keeps: one [`FileSeen`] per file the machine
-//! reports on, one source per piece, one pending locate per file.
+//! Everything here is bounded by what the machine keeps: a [`FileSeen`] is made only for a file
+//! the machine itself names (a block it has written, a block it sends, a piece it verified), one
+//! source per piece, one pending locate per file it asked about. Messages from remotes only
+//! move the global counters.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -173,7 +175,7 @@ impl Meter {
 pub struct FileSeen {
     /// Who sent each verified piece (by piece index; `None`: not from the network this run).
     pub sources: Vec<Option<SocketAddr>>,
-    /// Payload received.
+    /// Payload received and kept (duplicates the machine dropped are not counted).
     pub down: Meter,
     /// Payload sent.
     pub up: Meter,
@@ -208,9 +210,8 @@ impl Watch {
     /// `Locate` (holders, or an error about the file).
     pub fn received(&mut self, message: &Message) {
         match message {
-            Message::Data { file_id, bytes, .. } => {
+            Message::Data { bytes, .. } => {
                 self.metrics.received_bytes.inc_by(bytes.len() as u64);
-                self.seen(*file_id).down.add(Instant::now(), bytes.len() as u64);
             }
             Message::Located { file_id, .. } | Message::Error { file_id: Some(file_id), .. } => {
                 if let Some(sent) = self.locating.remove(file_id) {
@@ -219,6 +220,11 @@ impl Watch {
             }
             _ => {}
         }
+    }
+
+    /// Counts a received block the machine kept (asked to write) for the file's rate.
+    pub fn kept(&mut self, file_id: FileId, len_bytes: usize) {
+        self.seen(file_id).down.add(Instant::now(), len_bytes as u64);
     }
 
     /// Counts the payload of a message handed to a connection.
