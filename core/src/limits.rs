@@ -139,14 +139,15 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(100);
 /// Requests one connection may have queued at the serving side before it is told to back off.
 pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
 
-/// Bytes a connection's served blocks may have read or queued and not yet handed to the
-/// transport (the driver's `Sent`) before its next block is read: two blocks, so the next one
-/// is ready as the last leaves, while the rest of its requests wait where a `Cancel` recalls
-/// them.
+/// Bytes a connection's served blocks may have read or queued and not yet reported gone (the
+/// driver's `Sent`) before its next block is read: two blocks, so the next one is ready as the
+/// last leaves, while the rest of its requests wait where a `Cancel` recalls them.
 pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 
-/// Connections served at a time (upload slots); the others' requests wait their turn.
-pub const UPLOAD_SLOTS_COUNT: usize = 4;
+/// Connections served at a time (upload slots); the others' requests wait their turn. Two:
+/// each block a holder serves leaves at half its uplink, so a piece can be passed on soon,
+/// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
+pub const UPLOAD_SLOTS_COUNT: usize = 2;
 
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;

@@ -59,17 +59,21 @@ pub enum Input {
         /// What was wrong (its text goes to the log and the error reply).
         error: DecodeError,
     },
-    /// The driver handed `frames` more of this connection's frames, in the order they were
-    /// sent, to the transport: the kernel's socket buffer on TCP, the simulated link's send
-    /// buffer in the simulator. A frame waiting in the driver's own queue is not sent yet.
-    /// This is the machine's backpressure signal: a peer serves a connection's next block only
-    /// when the earlier ones are on their way, so queued data never waits behind a slow link
-    /// where a `Cancel` can no longer recall it. Drivers report every frame exactly once.
+    /// `data_frames` more of this connection's `Data` frames left the sender, in the order
+    /// they were sent: their last byte went out on the link in the simulator, or on TCP the
+    /// socket took it while its unsent bytes stay under a small bound (`TCP_NOTSENT_LOWAT`),
+    /// so what the kernel still holds unsent is a fraction of a block. A frame waiting in a
+    /// driver's queue or a send buffer is not sent. This is the machine's backpressure and
+    /// upload-slot signal: a peer serves a connection's next block only as the earlier ones
+    /// drain, and passes an upload slot on once the bytes of its turn really left, so queued
+    /// data never waits behind a slow link where a `Cancel` can no longer recall it. Drivers
+    /// report every `Data` frame exactly once and may send other frames ahead of `Data`
+    /// frames not yet started (control traffic first).
     Sent {
         /// The connection.
         conn: ConnId,
-        /// How many frames left the driver's queue since the last report.
-        frames: u32,
+        /// How many `Data` frames left since the last report.
+        data_frames: u32,
     },
     /// The time asked for by `poll_timeout` has come.
     Timeout,

@@ -9,11 +9,13 @@
 //! and holds no buffer while its socket is idle; what its buffer holds counts against the
 //! driver's [`ReadBudget`], which evicts the largest holders when all together hold too much.
 //! After a bad frame it stops reading (the machine answers and closes); after an eviction it
-//! stops and reports the connection closed. The writer takes every frame queued so far and sends them with
-//! vectored writes — many small frames in one system call, a `Data` payload straight from the
-//! buffer it was read into — so it keeps no buffer of its own, and after each round tells
-//! the driver how many frames the socket took (the machine's `Input::Sent`); the bytes queued for it are
-//! counted so the driver can drop a connection whose remote does not read. Nothing here panics
+//! stops and reports the connection closed. The writer takes every frame queued so far, control frames ahead of
+//! `Data`, and sends them with vectored writes — many small frames in one system call, a
+//! `Data` payload straight from the buffer it was read into — so it keeps no buffer of its
+//! own. The socket holds at most [`SOCKET_UNSENT_BYTES_MAX`] unsent, so a `Data` frame it took
+//! whole has (nearly) left, and after each write the writer tells the driver how many did (the
+//! machine's `Input::Sent`); the bytes queued for it are counted so the driver can drop a
+//! connection whose remote does not read. Nothing here panics
 //! on what the remote sends.
 
 use std::collections::VecDeque;
@@ -52,6 +54,12 @@ pub const WRITE_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most bytes queued for all the connections of one driver; a connection whose frame would
 /// exceed it is dropped, so slow readers together cannot pin unbounded memory.
 pub const WRITE_QUEUE_TOTAL_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes a socket may hold that did not go out yet (`TCP_NOTSENT_LOWAT`): the kernel takes
+/// more only below this, so a `Data` frame the socket took whole has all but about this much
+/// (and one segment batch) on the wire — what the machine counts as sent for its backpressure
+/// and upload slots — and little queued data waits where no `Cancel` can recall it. Bytes
+/// sent and not yet acknowledged are not counted: the congestion window still fills.
+pub const SOCKET_UNSENT_BYTES_MAX: u32 = 64 * 1024;
 /// How long a closing connection may take to flush what was queued for it.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -111,6 +119,8 @@ const SCRATCH_SPARE_BYTES: usize = 64 * 1024;
 pub struct Frame {
     head: Bytes,
     payload: Bytes,
+    /// A `Data` frame: reported sent when it left, and sent after control frames queued with it.
+    data: bool,
 }
 
 impl Frame {
@@ -127,7 +137,8 @@ pub fn encode_into(message: &Message, scratch: &mut BytesMut) -> Result<Frame, F
         scratch.reserve(SCRATCH_SPARE_BYTES);
     }
     let payload = encode_frame_parts(message, scratch)?;
-    Ok(Frame { head: scratch.split().freeze(), payload })
+    let data = matches!(message, Message::Data { .. });
+    Ok(Frame { head: scratch.split().freeze(), payload, data })
 }
 
 /// What a connection tells its driver.
@@ -140,8 +151,8 @@ pub enum ConnReport {
     Messages(Vec<Message>, Option<OwnedSemaphorePermit>),
     /// A frame was oversized or did not decode; nothing more is read.
     BadFrame(DecodeError),
-    /// The writer handed this many more frames, in the order they were queued, to the socket
-    /// (one report per write round): the driver's `Input::Sent`.
+    /// This many more `Data` frames, in the order they were queued, left through the socket
+    /// (see [`SOCKET_UNSENT_BYTES_MAX`]): the driver's `Input::Sent`.
     Sent(u32),
     /// The stream ended or failed.
     Closed,
@@ -193,12 +204,25 @@ impl Drop for QueuedFrame {
 struct Outgoing {
     frames: VecDeque<QueuedFrame>,
     remaining: usize,
+    /// `Data` frames fully written since [`Outgoing::take_data_written`].
+    data_written: u32,
 }
 
 impl Outgoing {
+    /// Adds a frame taken off the queue, before the round's writing starts: a control frame
+    /// goes ahead of the round's `Data` frames, so it never waits for bulk data.
     fn push(&mut self, queued: QueuedFrame) {
         self.remaining += queued.frame.wire_len();
-        self.frames.push_back(queued);
+        let first_data = (!queued.frame.data).then(|| self.frames.iter().position(|f| f.frame.data)).flatten();
+        match first_data {
+            Some(at) => self.frames.insert(at, queued),
+            None => self.frames.push_back(queued),
+        }
+    }
+
+    /// The number of `Data` frames fully written since the last call.
+    fn take_data_written(&mut self) -> u32 {
+        std::mem::take(&mut self.data_written)
     }
 }
 
@@ -237,7 +261,9 @@ impl Buf for Outgoing {
             frame.payload.advance(from_payload);
             count -= from_head + from_payload;
             if frame.head.is_empty() && frame.payload.is_empty() {
+                let data = frame.data;
                 self.frames.pop_front();
+                self.data_written += u32::from(data);
             }
         }
     }
@@ -290,6 +316,9 @@ impl Connection {
     ) -> Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("{conn} {remote}: cannot set TCP_NODELAY: {e}");
+        }
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(SOCKET_UNSENT_BYTES_MAX) {
+            tracing::debug!("{conn} {remote}: cannot set TCP_NOTSENT_LOWAT: {e}");
         }
         let (read_half, write_half) = stream.into_split();
         let (queue, commands) = mpsc::unbounded_channel();
@@ -498,7 +527,8 @@ async fn write_loop(
 }
 
 /// Writes queued frames until `Close` or the driver drops the queue: each round takes every
-/// frame queued by then, sends them all, and tells `sent` how many the socket took.
+/// frame queued by then (control frames first) and sends them all, telling `sent` after each
+/// write how many `Data` frames the socket took whole.
 async fn write_until_close(
     out: &mut OwnedWriteHalf,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
@@ -507,13 +537,9 @@ async fn write_until_close(
     while let Some(mut command) = commands.recv().await {
         // A fresh queue each round: an idle writer keeps nothing.
         let mut outgoing = Outgoing::default();
-        let mut frames = 0u32;
         let closing = loop {
             match command {
-                WriterCmd::Frame(queued) => {
-                    outgoing.push(queued);
-                    frames += 1;
-                }
+                WriterCmd::Frame(queued) => outgoing.push(queued),
                 WriterCmd::Close => break true,
             }
             match commands.try_recv() {
@@ -521,9 +547,14 @@ async fn write_until_close(
                 Err(_) => break false,
             }
         };
-        out.write_all_buf(&mut outgoing).await?;
-        if frames > 0 {
-            sent(frames);
+        while outgoing.has_remaining() {
+            if out.write_buf(&mut outgoing).await? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let data_frames = outgoing.take_data_written();
+            if data_frames > 0 {
+                sent(data_frames);
+            }
         }
         if closing {
             return Ok(());
@@ -554,6 +585,36 @@ mod tests {
             FrameCodec::default().decode(&mut oversized),
             Err(FrameError::Decode(DecodeError::Oversized { .. }))
         ));
+    }
+
+    fn queued(message: &Message) -> QueuedFrame {
+        let frame = encode_into(message, &mut BytesMut::new()).expect("fits");
+        let counters = Arc::new(QueueCounters { conn: AtomicUsize::new(0), total: Arc::new(AtomicUsize::new(0)) });
+        QueuedFrame { counted: 0, frame, counters }
+    }
+
+    #[test]
+    fn control_frames_go_ahead_of_data_and_data_is_counted_once_written_whole() {
+        let data = |piece| Message::Data {
+            file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
+            piece: p2p_core::PieceIndex(piece),
+            offset: 0,
+            bytes: Bytes::from_static(&[7; 100]),
+        };
+        let mut outgoing = Outgoing::default();
+        for message in [data(0), Message::List, data(1), Message::List] {
+            outgoing.push(queued(&message));
+        }
+        let order: Vec<bool> = outgoing.frames.iter().map(|q| q.frame.data).collect();
+        assert_eq!(order, [false, false, true, true], "both lists first, the data in its order");
+        let lists = 2 * outgoing.frames[0].frame.wire_len();
+        let first_data = outgoing.frames[2].frame.wire_len();
+        outgoing.advance(lists + first_data - 1);
+        assert_eq!(outgoing.take_data_written(), 0, "one byte of the first data frame is unwritten");
+        outgoing.advance(1);
+        assert_eq!(outgoing.take_data_written(), 1);
+        outgoing.advance(outgoing.remaining());
+        assert_eq!(outgoing.take_data_written(), 1);
     }
 
     #[actix_rt::test]

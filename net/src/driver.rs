@@ -7,8 +7,8 @@
 //! queue until the drain is over, so every `handle` is followed by a full drain before the next.
 //!
 //! The driver owns the open connections (by [`ConnId`] and a unique token, so a late report
-//! from a closed connection is ignored; a writer's report of frames handed to its socket becomes
-//! [`Input::Sent`]), the dials in progress, and the store work in flight:
+//! from a closed connection is ignored; a writer's report of `Data` frames that left through its
+//! socket becomes [`Input::Sent`]), the dials in progress, and the store work in flight:
 //! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
 //! [`STORE_JOBS_MAX`] at once, block writes in a lane of their own) and come back as
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
@@ -549,7 +549,7 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                     self.data_permit = None;
                 }
             }
-            ConnReport::Sent(frames) => self.feed(ctx, Input::Sent { conn, frames }),
+            ConnReport::Sent(data_frames) => self.feed(ctx, Input::Sent { conn, data_frames }),
             ConnReport::BadFrame(error) => {
                 tracing::warn!("{}: {conn}: bad frame: {error}", self.label);
                 self.feed(ctx, Input::BadFrame { conn, error });

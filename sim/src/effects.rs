@@ -3,12 +3,13 @@
 //! story and the outcome. Also where the run's invariants are watched (a piece verified or
 //! served that should not be, a tracker listing a peer past its TTL, requests in flight).
 
+use bytes::BytesMut;
 use p2p_core::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
 use p2p_core::store::carry_out;
 use p2p_core::wire::Message;
 use p2p_core::{ConnId, Event, Input, Output};
 
-use crate::scenario::{NodeIdx, StoryLevel};
+use crate::scenario::{NodeIdx, Role, StoryLevel};
 use crate::store::{PeerStore, StoreViolation};
 use crate::trace::Described;
 use crate::world::{node_name, World};
@@ -18,7 +19,7 @@ impl World {
     pub(crate) fn dispatch(&mut self, node: NodeIdx, output: Output) {
         match output {
             Output::Connect { conn, addr } => self.network.connect(self.now, node, conn, addr, &mut self.queue),
-            Output::Send { conn, message } => self.send(node, conn, message),
+            Output::Send { conn, message } => self.send_as_role(node, conn, message),
             Output::Close { conn } => {
                 self.nodes[node.0].in_flight.remove(&conn);
                 self.network.close(self.now, node, conn, &mut self.queue);
@@ -41,6 +42,23 @@ impl World {
             let text = format!("{} at {}: {v:?}", self.name(node), self.now);
             self.log(node, format_args!("INVARIANT BROKEN: {v:?}"));
             self.outcome.violations.push(text);
+        }
+    }
+
+    /// Sends `message` as `node`'s role has it: a `liar-mixed` peer replaces the first block
+    /// of a piece with a bad copy and drops the connection after it.
+    fn send_as_role(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
+        let liar = node != NodeIdx::TRACKER && self.scenario.peers[node.0 - 1].role == Role::LiarMixed;
+        match message {
+            Message::Data { file_id, piece, offset: 0, bytes } if liar && !bytes.is_empty() => {
+                let mut bad = BytesMut::from(&bytes[..]);
+                bad[0] ^= 0xff;
+                self.send(node, conn, Message::Data { file_id, piece, offset: 0, bytes: bad.freeze() });
+                self.nodes[node.0].in_flight.remove(&conn);
+                self.network.close(self.now, node, conn, &mut self.queue);
+                self.local(node, Input::Disconnected { conn });
+            }
+            message => self.send(node, conn, message),
         }
     }
 

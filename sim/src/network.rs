@@ -5,10 +5,10 @@
 //! it pushes those inputs onto the central [`Queue`] and never calls a machine itself.
 //!
 //! Model, per frame of N bytes from `a` to `b` (N is the wire codec's real frame size):
-//! - it waits in the connection's queue until `a`'s send buffer for that connection has room
-//!   ([`crate::uplink`]), and entering the buffer is reported to `a`'s machine as
-//!   `Input::Sent`;
-//! - it leaves the buffer, front first, at its flow's rate. A flow's rate comes from
+//! - it waits in the connection's queue (control frames ahead of `Data`) until `a`'s send
+//!   buffer for that connection has room ([`crate::uplink`]);
+//! - it leaves the buffer, front first, at its flow's rate, and a `Data` frame that left is
+//!   reported to `a`'s machine as `Input::Sent`. A flow's rate comes from
 //!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
 //!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
 //!   to its other flows, and a downlink is not given more than its rate (give or take the
@@ -334,7 +334,9 @@ impl Network {
         let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, retransmit_delay });
         if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
             // Nothing limits the flow: the frame passes the buffer and leaves at once.
-            add_report(&mut self.reports, (from, conn, 1));
+            if matches!(frame.message, Message::Data { .. }) {
+                add_report(&mut self.reports, (from, conn, 1));
+            }
             self.depart(now, from, flow, frame, queue);
             return Sent::Queued;
         }
@@ -796,28 +798,41 @@ mod tests {
         assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
     }
 
+    fn data(piece: u32) -> Message {
+        let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
+        Message::Data { file_id, piece: p2p_core::PieceIndex(piece), offset: 0, bytes: bytes::Bytes::new() }
+    }
+
     #[test]
-    fn frames_are_reported_sent_once_each_in_order_as_the_send_buffer_makes_room() {
+    fn data_frames_are_reported_sent_once_each_as_they_leave_and_control_frames_pass_waiting_data() {
         let (mut net, mut q) = star(vec![link(10, Some(64 * 1024), 0.0); 2]);
         let conn = ConnId::Outbound(1);
         let frame_bytes = SEND_BUFFER_BYTES / 4;
-        for _ in 0..10 {
-            net.send(Time::from_millis(20), NodeIdx(0), conn, (Message::List, frame_bytes), &mut q);
+        let start = Time::from_millis(20);
+        for piece in 0..6 {
+            net.send(start, NodeIdx(0), conn, (data(piece), frame_bytes), &mut q);
         }
+        net.send(start, NodeIdx(0), conn, (Message::List, 1), &mut q);
         let mut reported = Vec::new();
-        net.take_reports(|node, conn, frames| reported.push((Time::from_millis(20), node, conn, frames)));
-        assert_eq!(reported, [(Time::from_millis(20), NodeIdx(0), conn, 4)], "four frames fill the buffer");
+        net.take_reports(|_, _, frames| reported.push((start, frames)));
+        assert!(reported.is_empty(), "frames in the send buffer have not left");
+        let mut arrivals = Vec::new();
         while let Some((at, item)) = q.pop() {
-            if let Item::UplinkDone { node, transmission } = item {
-                net.uplink_done(at, node, transmission, &mut q);
-                net.take_reports(|node, conn, frames| reported.push((at, node, conn, frames)));
+            match item {
+                Item::UplinkDone { node, transmission } => {
+                    net.uplink_done(at, node, transmission, &mut q);
+                    net.take_reports(|_, _, frames| reported.push((at, frames)));
+                }
+                Item::Wire { input: Input::Message { message, .. }, .. } => arrivals.push(message.kind()),
+                _ => {}
             }
         }
-        let counts: Vec<u32> = reported.iter().map(|r| r.3).collect();
-        assert_eq!(counts, [4, 1, 1, 1, 1, 1, 1], "each further frame when one leaves, ten in all");
+        assert_eq!(reported.iter().map(|r| r.1).sum::<u32>(), 6, "each data frame once, the list not");
         let one_frame_ms = 1000 * frame_bytes / (64 * 1024);
-        assert_eq!(reported[1].0, Time::from_millis(20 + one_frame_ms));
-        assert_eq!(reported[6].0, Time::from_millis(20 + 6 * one_frame_ms));
+        assert_eq!(reported[0], (start + Duration::from_millis(one_frame_ms), 1), "when the first left");
+        assert_eq!(reported.last().map(|r| r.0), Some(start + Duration::from_micros(6000 * one_frame_ms + 16)));
+        let list_at = arrivals.iter().position(|kind| *kind == "list");
+        assert_eq!(list_at, Some(4), "behind the four frames in the buffer, ahead of the two waiting");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! rate max-min fairly, and each connection has a bounded send buffer in front of the link.
 //!
 //! Per flow, frames first wait in the application's queue (what the machine sent and the
-//! driver holds), then enter the send buffer — a frame enters whole, when it fits in
+//! driver holds), where a control frame (anything but `Data`) goes ahead of waiting `Data`
+//! frames, then enter the send buffer — a frame enters whole, when it fits in
 //! [`SEND_BUFFER_BYTES`] beside what is there or the buffer is empty — and leave the buffer
-//! front first at the flow's rate. Entering the buffer is what the machine hears as
-//! `Input::Sent`; leaving is what the receiver hears after the link's latency.
+//! front first at the flow's rate. A `Data` frame leaving is what the machine hears as
+//! `Input::Sent` (its bytes are gone, none can be recalled or is still queued at this end);
+//! the receiver hears the frame after the link's latency.
 //!
 //! A flow is *active* while its buffer holds a frame (a flow with an empty buffer has nothing
 //! waiting either: the first waiting frame always enters an empty buffer). The active flows of
@@ -79,7 +81,7 @@ struct FlowState {
     cap: f64,
     /// The rate is the flow's cap (its receiver limits it), not the uplink's share.
     capped: bool,
-    /// Frames that entered the buffer and the machine has not been told of.
+    /// `Data` frames that left and the machine has not been told of.
     unreported: u32,
     /// The sender closed the connection after these frames.
     fin: bool,
@@ -148,10 +150,8 @@ impl Uplink {
     /// Returns true when the flow became active.
     pub fn push(&mut self, (flow, to, conn): (Flow, NodeIdx, ConnId), frame: Frame, cap: f64) -> bool {
         if let Some(f) = self.flows.get_mut(&flow) {
-            f.frames.push_back(frame);
-            if f.fill() {
-                self.unreported.push(flow);
-            }
+            f.enqueue(frame);
+            f.fill();
             return false;
         }
         let mut frames = self.spare.pop().unwrap_or_default();
@@ -175,7 +175,6 @@ impl Uplink {
             eq.start_front(flow, &mut state);
         }
         self.flows.insert(flow, state);
-        self.unreported.push(flow);
         *self.caps.entry(cap.to_bits()).or_default() += 1;
         self.stale = true;
         true
@@ -213,10 +212,12 @@ impl Uplink {
                 for (flow, f) in &mut self.flows {
                     f.front_left_bytes -= f.rate * elapsed_s;
                     if f.front_left_bytes <= done_within(f.rate) {
-                        departed.push((*flow, f.depart()));
-                        if f.fill() {
+                        let frame = f.depart();
+                        if f.unreported == 1 && is_data(&frame) {
                             self.unreported.push(*flow);
                         }
+                        departed.push((*flow, frame));
+                        f.fill();
                     }
                     if f.buffered == 0 {
                         idle.push(*flow);
@@ -400,10 +401,12 @@ impl Equal {
             let Some(f) = flows.get_mut(&flow).filter(|f| f.front_done.to_bits() == bits) else {
                 continue;
             };
-            departed.push((flow, f.depart()));
-            if f.fill() {
+            let frame = f.depart();
+            if f.unreported == 1 && is_data(&frame) {
                 unreported.push(flow);
             }
+            departed.push((flow, frame));
+            f.fill();
             if f.buffered == 0 {
                 idle.push(flow);
             } else {
@@ -424,6 +427,10 @@ impl Equal {
     }
 }
 
+fn is_data(frame: &Frame) -> bool {
+    matches!(frame.message, Message::Data { .. })
+}
+
 /// Bytes of a front frame at `rate` that count as gone: a wake-up rounds a finish up to the
 /// next microsecond, so what is left then is less than a microsecond's worth, or float dust.
 fn done_within(rate: f64) -> f64 {
@@ -440,10 +447,8 @@ fn multiset_remove(set: &mut BTreeMap<u64, u32>, key: u64) {
 }
 
 impl FlowState {
-    /// Moves waiting frames into the send buffer while they fit (the first always does);
-    /// returns whether the flow had none unreported and now has.
-    fn fill(&mut self) -> bool {
-        let before = self.unreported;
+    /// Moves waiting frames into the send buffer while they fit (the first always does).
+    fn fill(&mut self) {
         while let Some(frame) = self.frames.get(self.buffered) {
             if self.buffered > 0 && self.buffered_bytes + frame.size_bytes > SEND_BUFFER_BYTES {
                 break;
@@ -453,15 +458,28 @@ impl FlowState {
             }
             self.buffered += 1;
             self.buffered_bytes += frame.size_bytes;
-            self.unreported += 1;
         }
-        before == 0 && self.unreported > 0
     }
 
-    /// The front frame has left.
+    /// Queues `frame` behind the frames in the send buffer: a control frame (anything but
+    /// `Data`) goes ahead of the `Data` frames still waiting, so announcements, requests and
+    /// cancels never wait for bulk data that has not entered the buffer yet.
+    fn enqueue(&mut self, frame: Frame) {
+        let waiting_data =
+            (!is_data(&frame)).then(|| self.frames.iter().skip(self.buffered).position(is_data)).flatten();
+        match waiting_data {
+            Some(at) => self.frames.insert(self.buffered + at, frame),
+            None => self.frames.push_back(frame),
+        }
+    }
+
+    /// The front frame has left; a `Data` frame is to be reported sent.
     fn depart(&mut self) -> Frame {
         // Only active flows (a non-empty buffer) are advanced.
         let frame = self.frames.pop_front().expect("an active flow has a front frame");
+        if is_data(&frame) {
+            self.unreported += 1;
+        }
         self.buffered -= 1;
         self.buffered_bytes -= frame.size_bytes;
         self.front_left_bytes = self.frames.front().filter(|_| self.buffered > 0).map_or(0.0, |f| f.size_bytes as f64);
@@ -528,17 +546,27 @@ mod tests {
         assert_eq!(shares(INF, &[200.0, INF]), [200.0, INF]);
     }
 
+    fn data(size_bytes: u64) -> Frame {
+        let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
+        let message = Message::Data { file_id, piece: p2p_core::PieceIndex(0), offset: 0, bytes: bytes::Bytes::new() };
+        Frame { message, size_bytes, retransmit_delay: Duration::ZERO }
+    }
+
+    fn reports(up: &mut Uplink) -> Vec<(ConnId, u32)> {
+        let mut reports = Vec::new();
+        up.take_reports(|conn, frames| reports.push((conn, frames)));
+        reports
+    }
+
     #[test]
     fn the_send_buffer_takes_frames_while_they_fit_and_a_big_one_only_when_empty() {
         let mut up = Uplink::default();
         let key = ((1, 1), NodeIdx(2), ConnId::Outbound(1));
-        assert!(up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
-        assert!(!up.push(key, frame(SEND_BUFFER_BYTES / 2), INF));
-        assert!(!up.push(key, frame(1), INF), "the buffer is full");
-        assert!(!up.push(key, frame(SEND_BUFFER_BYTES * 2), INF));
-        let mut reports = Vec::new();
-        up.take_reports(|conn, frames| reports.push((conn, frames)));
-        assert_eq!(reports, [(ConnId::Outbound(1), 2)]);
+        assert!(up.push(key, data(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, data(SEND_BUFFER_BYTES / 2), INF));
+        assert!(!up.push(key, data(1), INF), "the buffer is full");
+        assert!(!up.push(key, data(SEND_BUFFER_BYTES * 2), INF));
+        assert_eq!(reports(&mut up), [], "nothing left yet");
 
         up.reshare(SEND_BUFFER_BYTES as f64);
         let (mut departed, mut changes) = (Vec::new(), Vec::new());
@@ -546,11 +574,32 @@ mod tests {
         assert_eq!(half, Time::from_millis(500));
         up.advance(half, &mut departed, &mut changes);
         assert_eq!(departed.len(), 1);
-        let mut reports = Vec::new();
-        up.take_reports(|conn, frames| reports.push((conn, frames)));
-        assert_eq!(reports, [(ConnId::Outbound(1), 1)], "the 1-byte frame entered, the big one waits");
-        up.take_reports(|_, _| panic!("each frame is reported once"));
+        assert_eq!(reports(&mut up), [(ConnId::Outbound(1), 1)], "the first frame left");
+        assert_eq!(reports(&mut up), [], "each frame is reported once");
+        // The 1-byte frame entered the freed room, the big one waits: it leaves after both.
+        up.reshare(SEND_BUFFER_BYTES as f64);
+        let second = up.next_departure().expect("active");
+        assert_eq!(second, Time::from_millis(1000));
+        up.advance(second, &mut departed, &mut changes);
+        assert_eq!(reports(&mut up), [(ConnId::Outbound(1), 1)]);
         assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_control_frame_goes_ahead_of_waiting_data_but_not_of_the_buffer() {
+        let mut up = Uplink::default();
+        let key = ((1, 1), NodeIdx(2), ConnId::Outbound(1));
+        up.push(key, data(SEND_BUFFER_BYTES), INF);
+        up.push(key, data(SEND_BUFFER_BYTES), INF);
+        up.push(key, frame(100), INF);
+        up.reshare(SEND_BUFFER_BYTES as f64);
+        let (mut departed, mut changes) = (Vec::new(), Vec::new());
+        while let Some(at) = up.next_departure() {
+            up.advance(at, &mut departed, &mut changes);
+            up.reshare(SEND_BUFFER_BYTES as f64);
+        }
+        let kinds: Vec<&str> = departed.iter().map(|(_, f)| f.message.kind()).collect();
+        assert_eq!(kinds, ["data", "list", "data"]);
     }
 
     #[test]

@@ -266,13 +266,13 @@ impl World {
         }
     }
 
-    /// Frames that entered a send buffer since the last step are reported to their senders,
+    /// `Data` frames that left their sender's uplink since the last step are reported to it,
     /// right after that step (a machine that stopped hears nothing).
     fn report_sent(&mut self) {
         let (nodes, pending) = (&self.nodes, &mut self.pending);
         self.network.take_reports(|node, conn, frames| {
             if nodes[node.0].running {
-                pending.push_back(Step::Input(node, Input::Sent { conn, frames }));
+                pending.push_back(Step::Input(node, Input::Sent { conn, data_frames: frames }));
             }
         });
     }

@@ -13,7 +13,8 @@
 //! nobody completes and each downloader's last report names exactly those pieces; a second full
 //! holder may serve corrupted copies of random pieces, which must be caught by hash and never
 //! kept; (v) the tracker never lists a peer past its TTL; (vi) requests in flight per connection
-//! stay bounded. (i), (ii), (v) and (vi) are watched by the world while it runs and arrive as
+//! stay bounded; (vii) a liar that sends one bad block per piece and drops the connection
+//! (`liar-mixed`) may join as another full holder, and no honest peer is ever banned by anyone. (i), (ii), (v) and (vi) are watched by the world while it runs and arrive as
 //! `Outcome::violations`. The moderate regime is held to all of them; the whole regime to all
 //! but (iii) in CI, and to (iii) in the ignored `random_swarms_over_the_whole_regime_stay_live`
 //! (issue 10: slow uplinks stall the swarm today).
@@ -33,7 +34,7 @@ use std::path::Path;
 
 use p2p_core::limits::REQUESTS_IN_FLIGHT_PER_CONN_MAX;
 use p2p_sim::efficiency::{self, Bound};
-use p2p_sim::scenario::{EventFile, FileFile, HoldsFile, LinkFile, PeerFile, PieceItem};
+use p2p_sim::scenario::{EventFile, FileFile, HoldsFile, LinkFile, NodeIdx, PeerFile, PieceItem, Role};
 use p2p_sim::{run_queue, Outcome, Scenario, ScenarioFile};
 use proptest::prelude::*;
 use toml::Spanned;
@@ -80,6 +81,8 @@ struct Swarm {
     missing_mask: u64,
     /// Pieces a second full holder, BAD, serves corrupted (0: no BAD peer).
     corrupt_mask: u64,
+    /// Whether LIAR, a full holder with the `liar-mixed` role, joins.
+    liar: bool,
     peers: Vec<PeerPlan>,
 }
 
@@ -151,19 +154,23 @@ fn swarm(regime: Regime) -> impl Strategy<Value = Swarm> {
         prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
         prop_oneof![2 => Just(0u64), 1 => any::<u64>()],
         proptest::collection::vec(peer, 1..60),
+        proptest::bool::weighted(0.25),
     )
         .prop_map(
-            |(seed, (piece_bytes, pieces), seeder_up, latency_ms, jitter_ms, loss, missing, corrupt, peers)| Swarm {
-                seed,
-                pieces,
-                piece_bytes,
-                seeder_up_bytes_per_s: seeder_up,
-                latency_ms,
-                jitter_ms,
-                loss,
-                missing_mask: missing & all_pieces(pieces) & !1, // piece 0 always exists
-                corrupt_mask: corrupt & all_pieces(pieces) & !(missing & all_pieces(pieces) & !1),
-                peers,
+            |(seed, (piece_bytes, pieces), seeder_up, latency_ms, jitter_ms, loss, missing, corrupt, peers, liar)| {
+                Swarm {
+                    seed,
+                    pieces,
+                    piece_bytes,
+                    seeder_up_bytes_per_s: seeder_up,
+                    latency_ms,
+                    jitter_ms,
+                    loss,
+                    missing_mask: missing & all_pieces(pieces) & !1, // piece 0 always exists
+                    corrupt_mask: corrupt & all_pieces(pieces) & !(missing & all_pieces(pieces) & !1),
+                    liar,
+                    peers,
+                }
             },
         )
 }
@@ -198,6 +205,15 @@ fn scenario_file(swarm: &Swarm) -> ScenarioFile {
         peers.push(bad);
         let pieces = pieces_of(swarm.corrupt_mask, swarm.pieces).into_iter().map(PieceItem::Index).collect();
         events.push(Spanned::new(0..0, EventFile::Corrupt { at_s: 0.0, peer: "BAD".to_owned(), pieces }));
+    }
+    if swarm.liar {
+        peers.push(PeerFile {
+            name: "LIAR".to_owned(),
+            holds: Some(list(available)),
+            wants: Some(false),
+            role: Some(Role::LiarMixed),
+            ..PeerFile::default()
+        });
     }
     for (i, plan) in swarm.peers.iter().enumerate() {
         let mut peer = PeerFile {
@@ -269,6 +285,10 @@ fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32], liv
     let bound = REQUESTS_IN_FLIGHT_PER_CONN_MAX * 4;
     if outcome.requests_in_flight_max > bound {
         return Err(format!("{} requests in flight on one connection", outcome.requests_in_flight_max));
+    }
+    let name = |node: NodeIdx| scenario.peers.get(node.0.wrapping_sub(1)).map_or("tracker", |p| p.name.as_str());
+    if let Some((by, banned)) = outcome.bans.iter().find(|(_, banned)| !["BAD", "LIAR"].contains(&name(*banned))) {
+        return Err(format!("(vii) {} banned {}, an honest peer", name(*by), name(*banned)));
     }
     let end = scenario.end.as_micros() as f64 / 1e6;
     let settle = settle_s(scenario);

@@ -1,14 +1,17 @@
 //! The piece book of one download: the state of every piece (`Slot`, transitions in
-//! `STATE.md`), who fetches which blocks, how many connected remotes hold each piece, which
-//! senders delivered a piece that failed its hash, and where the download stands as a whole.
+//! `STATE.md`), who fetches and who sent which blocks, how many connected remotes hold each
+//! piece, which remotes are proven bad for which piece, and where the download stands as a
+//! whole.
 //!
 //! Blame only the guilty: every block's sender is recorded. A piece that fails its hash with a
 //! sole sender proves that sender bad. A piece with several senders blames nobody at once: it
-//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again from
-//! others, the rest kept. If it then verifies, the suspect's blocks were the bad ones (the kept
-//! blocks did not change and are now proven good): the suspect is proven bad. If it fails
-//! again, the next suspect goes on parole, at most `PAROLE_ROUNDS_MAX` times before the piece
-//! starts over. An honest sender is never proven bad, whoever else sends what and when.
+//! goes on parole — the blocks of one suspect (the sender of the fewest) are fetched again,
+//! from others while anyone else holds the piece, the rest kept. If it then verifies, the
+//! suspect's blocks were the bad ones (the kept blocks did not change and are now proven good):
+//! the suspect is proven bad. If it fails again, the next suspect goes on parole, at most
+//! `PAROLE_ROUNDS_MAX` times before the piece starts over. An honest sender is never proven
+//! bad, whoever else sends what and when.
+//!
 //! The state is private; the scheduler and the links change it only through the transition
 //! methods below, and read it through the choice methods (`next_block`, `choose`).
 //!
@@ -37,7 +40,7 @@ pub(super) type Senders = VecMap<Sender, u64>;
 
 /// Where a download stands as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// Pieces are being fetched (or waited for).
     Fetching,
     /// Every piece is verified; the driver is moving the file into place.
@@ -63,7 +66,8 @@ pub(super) struct Download {
     availability: Vec<u16>,
     /// Connected remotes that told us their pieces of the file.
     holders: u32,
-    /// `(piece, remote)` pairs that delivered a piece that failed its hash.
+    /// `(piece, remote)` pairs: the remote alone sent every block of a copy of the piece that
+    /// failed its hash; it is not asked for that piece again.
     bad_sources: BTreeSet<(PieceIndex, PeerId)>,
     /// Pieces in `Slot::Active` or `Slot::Verifying`.
     active_count: usize,
@@ -117,7 +121,8 @@ struct ActivePiece {
 /// blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Parole {
-    /// The sender whose blocks were dropped; not asked for this piece while on parole.
+    /// The sender whose blocks were dropped; not asked for this piece while on parole, unless
+    /// nobody else connected holds it.
     suspect: Sender,
     /// Senders put on parole for this piece so far (each once).
     tried: VecSet<PeerId>,
@@ -226,19 +231,14 @@ impl Download {
         self.availability = vec![0; have.len() as usize];
     }
 
-    /// Whether pieces are being fetched (or waited for).
-    pub fn is_fetching(&self) -> bool {
-        self.phase == Phase::Fetching
+    /// Where the download stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
     }
 
     /// Every piece is verified: the file is being moved into place.
     pub fn finalizing(&mut self) {
         self.phase = Phase::Finalizing;
-    }
-
-    /// Whether the file is being moved into place.
-    pub fn is_finalizing(&self) -> bool {
-        self.phase == Phase::Finalizing
     }
 
     /// The download stops for good; false if it already had.
@@ -342,8 +342,12 @@ impl Download {
     /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
     /// an endgame piece someone else is fetching. `have` is what we verified.
     pub fn choose(&self, remote: Chooser<'_>, have: &Bitfield, rng: &mut Rng) -> Option<Choice> {
+        // A suspect on parole fetches its piece again only when nobody else connected holds it:
+        // the proof does not depend on who sends the dropped blocks again, only the waste does.
         let usable = |piece: PieceIndex| {
-            !self.bad_sources.contains(&(piece, remote.peer_id)) && self.suspect(piece) != Some(remote.peer_id)
+            let sole_holder = self.availability[piece.as_usize()] <= 1;
+            !self.bad_sources.contains(&(piece, remote.peer_id))
+                && (sole_holder || self.suspect(piece) != Some(remote.peer_id))
         };
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
         // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
@@ -425,13 +429,7 @@ impl Download {
 
     /// `block` of the active `piece` arrived from `conn` (`sender`, once its hello arrived). A
     /// block requested and then cancelled (late) is still taken while the piece lacks it.
-    pub fn receive(
-        &mut self,
-        piece: PieceIndex,
-        block: u32,
-        conn: ConnId,
-        sender: Option<(PeerId, SocketAddr)>,
-    ) -> Arrival {
+    pub fn receive(&mut self, piece: PieceIndex, block: u32, conn: ConnId, sender: Option<Sender>) -> Arrival {
         let bit = 1u64 << block;
         let active = self.active_mut(piece);
         if let Some(mask) = active.assignees.get_mut(&conn) {
@@ -605,7 +603,8 @@ mod tests {
         Chooser { conn, peer_id: PeerId([n; 16]), have, busy: false }
     }
 
-    /// Fetches and writes every block of `piece` from `conn`; returns whether it went to hashing.
+    /// Fetches and writes every block of `piece` that `conn` is offered, one at a time; returns
+    /// whether the piece went to hashing.
     fn fetch_all(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
         let mut verifying = false;
         while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
@@ -669,20 +668,10 @@ mod tests {
         assert_eq!(last, Arrival::Taken { losers: vec![], released: vec![A, B] });
     }
 
-    /// Fetches the blocks of `piece` that `from`'s connection is offered, one at a time.
-    fn fetch_from(download: &mut Download, piece: PieceIndex, conn: ConnId, from: u8) -> bool {
-        let mut verifying = false;
-        while let Some((p, block)) = download.next_block(conn, [piece].into_iter()) {
-            download.request(p, block, conn);
-            download.receive(p, block, conn, sender(from));
-            verifying = download.written(p, block);
-        }
-        verifying
-    }
-
     #[test]
     fn a_piece_mixed_from_a_liar_and_an_honest_sender_blames_nobody_then_proves_the_liar() {
         let (mut download, mut have, remote_have) = download(1);
+        download.count_holder(&remote_have, true); // A and B hold it.
         let mut rng = Rng::from_seed(1);
         let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4 * BLOCK_BYTES, A);
         // The liar (1) sends the first block and goes; the honest one (2) sends the rest.
@@ -691,16 +680,20 @@ mod tests {
         download.written(piece, 0);
         download.unassign(piece, A);
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
-        assert!(fetch_from(&mut download, piece, B, 2));
+        assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, false, &mut have);
         assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
         // On parole: only the liar's block is fetched again, and not from the liar.
         assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the suspect");
         let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
         assert_eq!(again, Some(Choice::Fresh(piece)));
+        download.count_holder(&remote_have, false);
+        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng);
+        assert_eq!(alone, Some(Choice::Fresh(piece)), "the suspect, when it is the only holder left");
+        download.count_holder(&remote_have, true);
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
-        assert!(fetch_from(&mut download, piece, B, 2));
+        assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, true, &mut have);
         assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == sender(1)), "{verdict:?}");
     }
@@ -715,6 +708,9 @@ mod tests {
         let mut liar_proven = 0;
         for _ in 0..500 {
             let (mut download, mut have, remote_have) = download(1);
+            for _ in 1..conns.len() {
+                download.count_holder(&remote_have, true);
+            }
             let piece = PieceIndex(0);
             let mut good = [true; 4];
             for _round in 0..200 {

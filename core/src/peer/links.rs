@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
-use crate::limits::{
-    CONNECTIONS_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX,
-    REMOTE_RETRY_DELAY, REQUEST_TIMEOUT,
-};
+use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, REQUEST_TIMEOUT};
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
@@ -135,31 +132,18 @@ impl Peer {
         {
             return;
         }
-        let existing =
-            self.remotes.iter().find(|(_, r)| r.peer_id == Some(peer.peer_id) || r.addr == peer.addr).map(|(c, _)| *c);
-        if let Some(conn) = existing {
+        if let Some(conn) = self.remotes.find(peer.peer_id, peer.addr) {
             self.want_file(conn, file_id);
             return;
         }
-        let outbound = self.remotes.values().filter(|r| r.outbound).count();
-        let retry_ok = self.retry_at.get(&peer.addr).is_none_or(|t| *t <= self.now);
-        if outbound >= OUTBOUND_PEERS_MAX || self.remotes.len() >= CONNECTIONS_MAX || !retry_ok {
+        if !self.remotes.may_open(peer.addr, self.now) {
             return;
         }
-        self.retry_at.remove(&peer.addr);
         let conn = self.new_conn();
         let mut remote = Remote::outbound(peer.addr, Some(peer.peer_id), self.now);
         remote.wanted.insert(file_id);
-        self.remotes.insert(conn, remote);
+        self.remotes.open(conn, remote);
         self.push(Output::Connect { conn, addr: peer.addr });
-    }
-
-    /// Leaves `addr` alone for a while after a failed or refused connection. Expired entries
-    /// are dropped here, so the map holds only addresses that failed recently.
-    fn back_off(&mut self, addr: SocketAddr) {
-        let now = self.now;
-        self.retry_at.retain(|_, until| *until > now);
-        self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
     }
 
     /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done and the
@@ -192,13 +176,12 @@ impl Peer {
                 remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
-                let inbound = self.remotes.values().filter(|r| !r.outbound).count();
-                if self.left || inbound >= INBOUND_PEERS_MAX || self.remotes.len() >= CONNECTIONS_MAX {
+                if self.left || !self.remotes.may_accept() {
                     self.send(conn, Message::error(None, ErrorCode::Overloaded, "too many connections"));
                     self.push(Output::Close { conn });
                     return;
                 }
-                self.remotes.insert(conn, Remote::inbound(addr, self.now));
+                self.remotes.accept(conn, Remote::inbound(addr, self.now));
             }
         }
         let hello = self.hello();
@@ -214,7 +197,7 @@ impl Peer {
                 // Refused (e.g. the remote is full): not a violation; try it again later.
                 Message::Error { .. } if remote.outbound => {
                     let addr = remote.addr;
-                    self.back_off(addr);
+                    self.remotes.back_off(addr, self.now);
                     self.close_remote(conn);
                 }
                 other => self.violation(conn, format!("{} before hello", other.kind())),
@@ -341,7 +324,7 @@ impl Peer {
     pub(super) fn on_remote_gone(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.remove(&conn) else { return };
         if remote.outbound && remote.stage != Stage::Ready {
-            self.back_off(remote.addr);
+            self.remotes.back_off(remote.addr, self.now);
         }
         for (file_id, have) in remote.files.iter() {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
@@ -368,7 +351,7 @@ impl Peer {
         let mut to_close = Vec::new();
         let mut stalled = Vec::new();
         let mut rested = Vec::new();
-        for (conn, remote) in &self.remotes {
+        for (conn, remote) in self.remotes.iter() {
             if remote.stage != Stage::Ready {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
                     to_close.push(*conn);

@@ -1,11 +1,14 @@
 //! The peer state machine: shares files, downloads files from many remotes at once, and serves
 //! every verified piece from the moment it is verified.
 //!
-//! The work is split by concern, each an `impl Peer` block in its own module:
+//! `Peer` routes inputs between sub-machines. Routing that spans several of them is an
+//! `impl Peer` block per concern:
 //! - `tracker_link`: the tracker connection (reconnect with backoff, announce, locate, `Have`);
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
-//! - `scheduler`: which piece and block to request from whom (rarest first, pipelining,
-//!   request timeouts, endgame) and what to do with arriving data and hashes;
+//! - `scheduler`: which remote fetches what (pipelining, request timeouts) and what to do with
+//!   arriving data, written blocks and hashes;
+//!
+//! The sub-machines own their state privately and change it only through their methods:
 //! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
 //!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
 //!   which pieces a whole-file holder tells each of several downloaders it has (offers);
@@ -13,11 +16,14 @@
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
+//! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
+//!   batching of `Haves` to remotes and the tracker;
 //! - `view`: read-only views of files and connections, for a driver to show;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
 mod bans;
 mod downloads;
+mod haves;
 mod links;
 mod locate;
 mod pieces;
@@ -36,7 +42,7 @@ use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::error::CommandError;
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ConnId, FileId, PeerId};
 use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -45,8 +51,9 @@ use crate::time::Time;
 use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
+use haves::HaveBatch;
 use pieces::FileEntry;
-use remote::Remote;
+use remote::Remotes;
 use tracker_link::TrackerLink;
 use uploads::Uploads;
 pub use view::{FileState, FileView, RemoteView};
@@ -91,16 +98,12 @@ pub struct Peer {
     left: bool,
     tracker: TrackerLink,
     files: BTreeMap<FileId, FileEntry>,
-    remotes: BTreeMap<ConnId, Remote>,
+    remotes: Remotes,
     /// Peers that sent bad data, by id and by serving address.
     bans: Bans,
-    /// Addresses that recently failed to connect, with when they may be tried again.
-    retry_at: BTreeMap<SocketAddr, Time>,
     uploads: Uploads,
-    /// Pieces verified since the last batched `Haves` (to remotes and the tracker), per file.
-    recent_haves: BTreeMap<FileId, Vec<PieceIndex>>,
-    /// When batched `Haves` go out, while some are pending.
-    haves_due: Option<Time>,
+    /// Pieces verified since the last batched `Haves` (to remotes and the tracker).
+    haves: HaveBatch,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
 }
@@ -123,12 +126,10 @@ impl Peer {
             left: false,
             tracker: TrackerLink::new(),
             files: BTreeMap::new(),
-            remotes: BTreeMap::new(),
+            remotes: Remotes::new(),
             bans: Bans::new(),
-            retry_at: BTreeMap::new(),
             uploads,
-            recent_haves: BTreeMap::new(),
-            haves_due: None,
+            haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,
         }
     }
@@ -190,12 +191,8 @@ impl Peer {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
-        if self.remotes.contains_key(&conn) {
-            let data_bytes = match &message {
-                Message::Data { bytes, .. } => Some(u32::try_from(bytes.len()).unwrap_or(u32::MAX)),
-                _ => None,
-            };
-            self.uploads.frame_queued(conn, data_bytes);
+        if let (Message::Data { bytes, .. }, true) = (&message, self.remotes.contains_key(&conn)) {
+            self.uploads.data_queued(conn, u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         }
         self.push(Output::Send { conn, message });
     }
@@ -300,7 +297,7 @@ impl Peer {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
         }
-        if self.haves_due.is_some_and(|due| due <= self.now) {
+        if self.haves.due().is_some_and(|due| due <= self.now) {
             self.flush_haves();
         }
         self.pump_uploads();
@@ -328,7 +325,7 @@ impl Machine for Peer {
             }
             Input::Message { conn, message } => self.on_message(conn, message),
             Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
-            Input::Sent { conn, frames } => self.on_sent(conn, frames),
+            Input::Sent { conn, data_frames } => self.on_sent(conn, data_frames),
             Input::Timeout => self.on_timeout(),
             Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
@@ -349,7 +346,7 @@ impl Machine for Peer {
             .filter(|f| f.is_fetching())
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves_due, connections]
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections]
             .into_iter()
             .flatten()
             .chain(locate)

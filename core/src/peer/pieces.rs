@@ -7,7 +7,7 @@ use crate::limits::BLOCK_BYTES;
 use crate::manifest::Manifest;
 use crate::time::Time;
 
-use super::downloads::Download;
+use super::downloads::{Download, Phase};
 use super::uploads::Spread;
 
 /// A file the peer shares, downloads, or both.
@@ -65,9 +65,18 @@ impl FileEntry {
         }
     }
 
+    /// The manifest, the download and the verified pieces, for a download whose manifest is
+    /// known.
+    pub fn download_parts(&mut self) -> Option<(&Manifest, &mut Download, &mut Bitfield)> {
+        match (self.manifest.as_ref(), self.download.as_mut()) {
+            (Some(manifest), Some(download)) => Some((manifest, download, &mut self.have)),
+            _ => None,
+        }
+    }
+
     /// Whether the file is still being fetched.
     pub fn is_fetching(&self) -> bool {
-        self.download.as_ref().is_some_and(Download::is_fetching)
+        self.download.as_ref().is_some_and(|d| d.phase() == Phase::Fetching)
     }
 }
 

@@ -1,17 +1,22 @@
-//! Per-connection state of a peer: one `Remote` per open peer-to-peer connection.
+//! Per-connection state of a peer: one `Remote` per open peer-to-peer connection, and the
+//! table of them (`Remotes`), which owns the connection policy: at most
+//! `OUTBOUND_PEERS_MAX` connections opened here, `INBOUND_PEERS_MAX` accepted, `CONNECTIONS_MAX`
+//! in all, and an address that failed to connect left alone for `REMOTE_RETRY_DELAY`.
 //!
 //! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
 //! remote exchanges bitfields, requests and data. It owns what we know of the other side's
 //! pieces (one bitfield per file it told us about) and our requests in flight to it.
 
+use std::collections::{btree_map, BTreeMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{FileId, PeerId, PieceIndex};
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    BLOCK_BYTES, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
-    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
+    BLOCK_BYTES, CONNECTIONS_MAX, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX, RATE_WINDOW, REMOTE_RETRY_DELAY,
+    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
+    REQUEST_TIMEOUT_MAX,
 };
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
@@ -140,6 +145,108 @@ impl Remote {
     }
 }
 
+/// The open (or opening) peer-to-peer connections; see the module docs for the policy.
+#[derive(Debug, Default)]
+pub(super) struct Remotes {
+    by_conn: BTreeMap<ConnId, Remote>,
+    /// Addresses that recently failed to connect, with when they may be tried again.
+    retry_at: BTreeMap<SocketAddr, Time>,
+}
+
+impl Remotes {
+    /// No connection.
+    pub fn new() -> Remotes {
+        Remotes::default()
+    }
+
+    /// The connection `conn`, if open.
+    pub fn get(&self, conn: &ConnId) -> Option<&Remote> {
+        self.by_conn.get(conn)
+    }
+
+    /// The connection `conn`, if open.
+    pub fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Remote> {
+        self.by_conn.get_mut(conn)
+    }
+
+    /// Whether `conn` is open.
+    pub fn contains_key(&self, conn: &ConnId) -> bool {
+        self.by_conn.contains_key(conn)
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.by_conn.is_empty()
+    }
+
+    /// Every connection, in `ConnId` order.
+    pub fn iter(&self) -> btree_map::Iter<'_, ConnId, Remote> {
+        self.by_conn.iter()
+    }
+
+    /// Every connection id, in order.
+    pub fn keys(&self) -> btree_map::Keys<'_, ConnId, Remote> {
+        self.by_conn.keys()
+    }
+
+    /// Every connection, in `ConnId` order.
+    pub fn values(&self) -> btree_map::Values<'_, ConnId, Remote> {
+        self.by_conn.values()
+    }
+
+    /// Forgets `conn`.
+    pub fn remove(&mut self, conn: &ConnId) -> Option<Remote> {
+        self.by_conn.remove(conn)
+    }
+
+    /// The connections whose handshake is done.
+    pub fn ready(&self) -> Vec<ConnId> {
+        self.by_conn.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect()
+    }
+
+    /// The connections to `peer_id`.
+    pub fn of_peer(&self, peer_id: PeerId) -> Vec<ConnId> {
+        self.by_conn.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect()
+    }
+
+    /// A connection to `peer_id` or to `addr`, if one is open.
+    pub fn find(&self, peer_id: PeerId, addr: SocketAddr) -> Option<ConnId> {
+        self.by_conn.iter().find(|(_, r)| r.peer_id == Some(peer_id) || r.addr == addr).map(|(c, _)| *c)
+    }
+
+    /// Whether a connection to `addr` may be opened at `now`: under the caps, and `addr` did
+    /// not fail within [`REMOTE_RETRY_DELAY`].
+    pub fn may_open(&self, addr: SocketAddr, now: Time) -> bool {
+        let outbound = self.by_conn.values().filter(|r| r.outbound).count();
+        let retry_ok = self.retry_at.get(&addr).is_none_or(|t| *t <= now);
+        outbound < OUTBOUND_PEERS_MAX && self.by_conn.len() < CONNECTIONS_MAX && retry_ok
+    }
+
+    /// Records a connection being opened (see [`Remotes::may_open`]).
+    pub fn open(&mut self, conn: ConnId, remote: Remote) {
+        self.retry_at.remove(&remote.addr);
+        self.by_conn.insert(conn, remote);
+    }
+
+    /// Whether another inbound connection may be accepted.
+    pub fn may_accept(&self) -> bool {
+        let inbound = self.by_conn.values().filter(|r| !r.outbound).count();
+        inbound < INBOUND_PEERS_MAX && self.by_conn.len() < CONNECTIONS_MAX
+    }
+
+    /// Records an accepted connection (see [`Remotes::may_accept`]).
+    pub fn accept(&mut self, conn: ConnId, remote: Remote) {
+        self.by_conn.insert(conn, remote);
+    }
+
+    /// Leaves `addr` alone for a while after a failed or refused connection at `now`. Expired
+    /// entries are dropped here, so the map holds only addresses that failed recently.
+    pub fn back_off(&mut self, addr: SocketAddr, now: Time) {
+        self.retry_at.retain(|_, until| *until > now);
+        self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
+    }
+}
+
 /// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
 /// its first request on, each new window averaged with the estimate so far.
 #[derive(Clone, Copy, Debug, Default)]
@@ -212,5 +319,21 @@ mod tests {
         }
         crawling.progress_at = Time::from_millis(4000);
         assert_eq!(crawling.stall_deadline(), Some(Time::from_millis(4000) + REQUEST_TIMEOUT_MAX));
+    }
+
+    #[test]
+    fn a_failed_address_waits_out_its_back_off_and_outbound_connections_are_capped() {
+        let mut remotes = Remotes::new();
+        let addr: SocketAddr = "10.0.0.1:1".parse().expect("an address");
+        assert!(remotes.may_open(addr, Time::ZERO));
+        remotes.back_off(addr, Time::ZERO);
+        assert!(!remotes.may_open(addr, Time::ZERO + REMOTE_RETRY_DELAY / 2), "backing off");
+        assert!(remotes.may_open(addr, Time::ZERO + REMOTE_RETRY_DELAY));
+        for n in 0..OUTBOUND_PEERS_MAX as u64 {
+            let other = SocketAddr::from(([10, 0, 1, 1], 1000 + n as u16));
+            remotes.open(ConnId::Outbound(n), Remote::outbound(other, None, Time::ZERO));
+        }
+        assert!(!remotes.may_open("10.0.0.2:1".parse().expect("an address"), Time::ZERO), "at the cap");
+        assert!(remotes.may_accept() == (OUTBOUND_PEERS_MAX < CONNECTIONS_MAX), "inbound has its own cap");
     }
 }

@@ -17,21 +17,19 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, HAVE_BATCH_INTERVAL, PIECES_ASSIGNED_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
 use crate::wire::Message;
 
-use super::downloads::{Arrival, Choice, Chooser, Verdict};
-use super::pieces::{block_at, block_span};
+use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
+use super::pieces::{block_at, block_span, FileEntry};
 use super::remote::Stage;
 use super::Peer;
 
 impl Peer {
     /// Fills the pipeline of every ready remote.
     pub(super) fn schedule_all(&mut self) {
-        let conns: Vec<ConnId> =
-            self.remotes.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect();
-        for conn in conns {
+        for conn in self.remotes.ready() {
             self.schedule(conn);
         }
     }
@@ -94,25 +92,27 @@ impl Peer {
         entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng)
     }
 
+    /// Gives `conn` the piece `choose_piece` chose for it.
     fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a piece is chosen only for a download whose manifest is known")
+        };
         let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
         let piece = download.assign(choice, manifest.piece_len(piece), conn);
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
         remote.assigned.insert((file_id, piece));
         let from = remote.addr;
         self.event(Event::PieceRequested { file_id, piece, from });
     }
 
+    /// Requests the block `next_block` offered `conn`.
     fn request_block(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let Some(manifest) = entry.manifest.as_ref() else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a block is offered only of a download whose manifest is known")
+        };
         let (offset, len) = block_span(manifest.piece_len(piece), block);
-        if let Some(download) = entry.download.as_mut() {
-            download.request(piece, block, conn);
-        }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        download.request(piece, block, conn);
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
         remote.start_request((file_id, piece, offset), self.now);
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
@@ -128,8 +128,9 @@ impl Peer {
         remote.rate.arrived(self.now, bytes.len() as u64);
         remote.resting_until = None;
         let sender = remote.identity();
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            return;
+        };
         let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return };
         let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return };
         if bytes.len() != block_span(piece_len, block).1 as usize {
@@ -192,8 +193,9 @@ impl Peer {
             self.fail_download(file_id, format!("cannot write piece {piece}: {reason}"));
             return;
         }
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a write completes a block of a download whose manifest is known")
+        };
         let block = block_at(manifest.piece_len(piece), offset);
         debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
         if block.is_some_and(|block| download.written(piece, block)) {
@@ -206,10 +208,11 @@ impl Peer {
             Ok(digest) => digest,
             Err(reason) => return self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}")),
         };
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let (Some(manifest), Some(download)) = (entry.manifest.as_ref(), entry.download.as_mut()) else { return };
+        let Some((manifest, download, have)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a hash completes a piece of a download whose manifest is known")
+        };
         let matches = digest == manifest.piece_hash(piece);
-        let (senders, room_again, guilty) = match download.hashed(piece, matches, &mut entry.have) {
+        let (senders, room_again, guilty) = match download.hashed(piece, matches, have) {
             Verdict::Verified { senders, room_again, guilty } => (senders, room_again, guilty),
             Verdict::Corrupt { senders, guilty } => {
                 for (_, addr) in senders.keys() {
@@ -221,7 +224,7 @@ impl Peer {
                 return self.schedule_all();
             }
         };
-        if entry.have.count() == 1 {
+        if have.count() == 1 {
             // Downloaders that started together get their first pieces about now: ask soon
             // for the holders among them.
             download.locate_mut().ask_soon(self.now);
@@ -254,15 +257,11 @@ impl Peer {
         Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
     }
 
-    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker. A download's
-    /// first verified piece goes out at once: it makes this peer a holder the tracker can name
-    /// to others, which matters most while everybody is just starting.
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
+    /// `haves`).
     fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
-        self.recent_haves.entry(file_id).or_default().push(piece);
-        if first {
+        if self.haves.add(file_id, piece, first, self.now) {
             self.flush_haves();
-        } else if self.haves_due.is_none() {
-            self.haves_due = Some(self.now + HAVE_BATCH_INTERVAL);
         }
     }
 
@@ -273,8 +272,7 @@ impl Peer {
     /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
     /// of a piece twice; that changes nothing.)
     pub(super) fn flush_haves(&mut self) {
-        self.haves_due = None;
-        let recent = std::mem::take(&mut self.recent_haves);
+        let recent = self.haves.take();
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
             let hearing = self.remotes.iter().filter(|(_, r)| {
@@ -297,9 +295,7 @@ impl Peer {
             return;
         }
         self.event(Event::PeerBanned { peer_id, addr });
-        let conns: Vec<ConnId> =
-            self.remotes.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect();
-        for conn in conns {
+        for conn in self.remotes.of_peer(peer_id) {
             self.close_remote(conn);
         }
     }
@@ -313,7 +309,7 @@ impl Peer {
 
     pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if !entry.download.as_ref().is_some_and(|d| d.is_finalizing()) {
+        if !entry.download.as_ref().is_some_and(|d| d.phase() == Phase::Finalizing) {
             return;
         }
         match result {

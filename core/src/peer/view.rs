@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use super::downloads::Phase;
 use super::remote::Stage;
 use super::Peer;
 use crate::bitfield::Bitfield;
@@ -60,11 +61,11 @@ impl Peer {
         self.files
             .iter()
             .map(|(file_id, entry)| {
-                let state = match &entry.download {
+                let state = match entry.download.as_ref().map(|download| download.phase()) {
                     None => FileState::Serving,
-                    Some(download) if download.is_fetching() => FileState::Downloading,
-                    Some(download) if download.is_finalizing() => FileState::Finishing,
-                    Some(_) => FileState::Failed,
+                    Some(Phase::Fetching) => FileState::Downloading,
+                    Some(Phase::Finalizing) => FileState::Finishing,
+                    Some(Phase::Failed) => FileState::Failed,
                 };
                 FileView {
                     file_id: *file_id,

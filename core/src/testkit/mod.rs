@@ -240,8 +240,10 @@ impl Harness {
             Output::Connect { conn, addr } => self.connect(node, conn, addr),
             Output::Send { conn, message } => {
                 let Some(&(peer, peer_conn)) = self.links.get(&(node, conn)) else { return };
-                // Handed to the "transport" at once: the sender may serve its next block.
-                self.pending.push_back((node, Input::Sent { conn, frames: 1 }));
+                // Gone at once: the sender may serve its next block.
+                if matches!(message, crate::wire::Message::Data { .. }) {
+                    self.pending.push_back((node, Input::Sent { conn, data_frames: 1 }));
+                }
                 if self.nodes[node].silent && matches!(message, crate::wire::Message::Data { .. }) {
                     return;
                 }

@@ -127,9 +127,26 @@ pub struct PeerFile {
     /// Upload cap given to the peer's own scheduler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_limit_bytes_per_s: Option<u64>,
+    /// How it behaves as a sender (default: honest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// Link overrides.
     #[serde(flatten)]
     pub link: LinkFile,
+}
+
+/// The `role` key: an adversary's behaviour, carried out by the simulator around an honest
+/// machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Serves what its store holds.
+    #[default]
+    Honest,
+    /// Sends a bad copy of the first block of every piece it is asked for, then drops that
+    /// connection, so an honest holder finishes the piece: each such piece fails its hash with
+    /// two senders.
+    LiarMixed,
 }
 
 /// The `holds` key.

@@ -22,7 +22,8 @@ use crate::error::ScenarioError;
 mod file;
 
 pub use file::{
-    EventFile, ExpectFile, FileFile, HoldsFile, LinkFile, PeerFile, PieceItem, ScenarioFile, StoryLevel, TrackerFile,
+    EventFile, ExpectFile, FileFile, HoldsFile, LinkFile, PeerFile, PieceItem, Role, ScenarioFile, StoryLevel,
+    TrackerFile,
 };
 
 /// A node of the simulated world: index 0 is the tracker, peer `i` of the scenario is `i + 1`.
@@ -114,6 +115,8 @@ pub struct PeerSpec {
     pub wants: bool,
     /// Upload cap.
     pub upload_limit_bytes_per_s: Option<u64>,
+    /// How it behaves as a sender.
+    pub role: Role,
     /// Its link.
     pub link: LinkSpec,
 }
@@ -384,8 +387,8 @@ impl Checker<'_> {
                 }
                 let node = NodeIdx::peer(peers.len());
                 actions.extend(self.peer_actions(peer, node, span.clone())?);
-                let upload_limit_bytes_per_s = peer.upload_limit_bytes_per_s;
-                peers.push(PeerSpec { name, holds: holds.clone(), wants, upload_limit_bytes_per_s, link });
+                let (upload_limit_bytes_per_s, role) = (peer.upload_limit_bytes_per_s, peer.role.unwrap_or_default());
+                peers.push(PeerSpec { name, holds: holds.clone(), wants, upload_limit_bytes_per_s, role, link });
             }
         }
         Ok((peers, actions))

@@ -1,21 +1,20 @@
 //! The upload side of a peer: which remote's request is read from the store next, and when.
 //!
 //! [`Uploads`] is a small machine of its own. Its inputs are a remote's checked request
-//! ([`Uploads::request`]) or cancel, every frame the peer queues on a connection
-//! ([`Uploads::frame_queued`]), the driver's report that frames reached the transport
-//! ([`Uploads::sent`]), a finished read, and a closed connection; its output is the next read
-//! to start ([`Uploads::next_read`]) and the time it wants to be asked again. Its state is
-//! private to this module; `serve.rs` routes the peer's inputs to it and `offers.rs` decides
-//! which pieces a seeder tells each downloader it has (super-seeding).
+//! ([`Uploads::request`]) or cancel, every `Data` frame the peer queues on a connection
+//! ([`Uploads::data_queued`]), the driver's report that `Data` frames left
+//! ([`Uploads::sent`], from `Input::Sent`), a finished read, and a closed connection; its
+//! output is the next read to start ([`Uploads::next_read`]) and the time it wants to be asked
+//! again. Its state is private to this module; `serve.rs` routes the peer's inputs to it and
+//! `offers.rs` decides which pieces a seeder tells each downloader it has (super-seeding).
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
 //! queued data waiting where a `Cancel` can no longer recall it:
 //! - **Backpressure.** A connection gets its next read only while the bytes read for it and
-//!   not yet reported sent stay under [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its
-//!   requests wait here, where a `Cancel` removes them, not in a transport buffer. The frames
-//!   the peer queued on a connection are counted, and each `Sent` report moves the count of
-//!   frames that left forward, so a `Data` frame is known to be on its way once every frame
-//!   queued before it (and itself) left.
+//!   not yet reported sent stay under [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] (one block leaving,
+//!   one waiting behind it): the rest of its requests wait here, where a `Cancel` removes
+//!   them, not in a transport buffer. `Data` frames leave a connection in the order they were
+//!   queued, so each report of sent frames retires the oldest ones.
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
 //!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
 //!   passed on. The others wait in arrival order. A slot holder that has been served
@@ -63,13 +62,10 @@ pub(super) struct QueueFull;
 struct ConnUploads {
     /// Requests not yet read, first come first served.
     queue: VecDeque<ServeJob>,
-    /// Bytes being read for it, or read and not taken by the transport yet.
+    /// Bytes being read for it, or read and not reported sent yet.
     unsent_bytes: u64,
-    /// Frames the peer queued on the connection, and how many of them were reported sent.
-    frames_queued: u64,
-    frames_sent: u64,
-    /// `Data` frames not reported sent: their number among the queued frames, and their bytes.
-    unsent_data: VecDeque<(u64, u32)>,
+    /// The payload bytes of each `Data` frame queued on it and not reported sent, in order.
+    unsent_data: VecDeque<u32>,
     /// Reads started for it and not finished.
     reads: Vec<ServeJob>,
     /// Bytes read for it since it got its slot.
@@ -147,31 +143,24 @@ impl Uploads {
         true
     }
 
-    /// The peer queued a frame on `conn`: `data_bytes` is the payload of a `Data` frame.
-    pub fn frame_queued(&mut self, conn: ConnId, data_bytes: Option<u32>) {
+    /// The peer queued a `Data` frame of `bytes` payload on `conn`.
+    pub fn data_queued(&mut self, conn: ConnId, bytes: u32) {
         let state = self.conns.entry(conn).or_default();
-        state.frames_queued += 1;
-        if let Some(bytes) = data_bytes {
-            state.unsent_data.push_back((state.frames_queued, bytes));
-            state.unsent_bytes += u64::from(bytes);
-        }
+        state.unsent_data.push_back(bytes);
+        state.unsent_bytes += u64::from(bytes);
     }
 
-    /// The driver reports `frames` more of `conn`'s frames handed to the transport.
-    pub fn sent(&mut self, conn: ConnId, frames: u32) {
+    /// The driver reports `data_frames` more of `conn`'s `Data` frames sent.
+    pub fn sent(&mut self, conn: ConnId, data_frames: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
-        state.frames_sent = (state.frames_sent + u64::from(frames)).min(state.frames_queued);
-        while let Some(&(number, bytes)) = state.unsent_data.front() {
-            if number > state.frames_sent {
-                break;
-            }
-            state.unsent_data.pop_front();
+        for _ in 0..data_frames {
+            let Some(bytes) = state.unsent_data.pop_front() else { break };
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
         }
     }
 
     /// The read of `conn`'s block at `piece`+`offset` finished (its `Data` frame, if any, is
-    /// counted by [`Uploads::frame_queued`]).
+    /// counted by [`Uploads::data_queued`]).
     pub fn read_done(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
         self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
         let Some(state) = self.conns.get_mut(&conn) else { return };
@@ -278,7 +267,7 @@ mod tests {
         let mut served = Vec::new();
         while let Some(job) = uploads.next_read(Time::ZERO) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
-            uploads.frame_queued(job.conn, Some(job.len));
+            uploads.data_queued(job.conn, job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
             served.push((conn, job.piece.0));
         }
@@ -316,7 +305,10 @@ mod tests {
         for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
             uploads.sent(ConnId::Inbound(conn), 1);
         }
+        // Every holder but the newcomer let its slot go: the last newcomer, then the earlier
+        // holders in turn.
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
-        assert_eq!(next, [conns, 1, 2], "the last newcomer, then the earlier holders in turn");
+        let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
+        assert_eq!(next, expected);
     }
 }

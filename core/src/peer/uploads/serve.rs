@@ -45,9 +45,9 @@ impl Peer {
         self.uploads.cancel(conn, file_id, piece, offset);
     }
 
-    /// The driver handed `frames` more of `conn`'s frames to the transport.
-    pub(in crate::peer) fn on_sent(&mut self, conn: ConnId, frames: u32) {
-        self.uploads.sent(conn, frames);
+    /// `data_frames` more of `conn`'s `Data` frames left.
+    pub(in crate::peer) fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
+        self.uploads.sent(conn, data_frames);
         self.pump_uploads();
     }
 
