@@ -5,9 +5,8 @@
 //! `listening on` line, each failure one clear error. Then it shares, serves again what the
 //! store remembers, asks for the files, and follows the node's events: the stable lines of
 //! `report.rs`, progress, which holders cannot be reached (`reach.rs`), failures. With `--http`
-//! it serves the HTTP API, whose shares and downloads the run follows as it follows its own
-//! (`Job`s). With
-//! `--exit-when-done` it leaves once every `--get` is complete; otherwise on SIGINT/SIGTERM
+//! it serves the HTTP API, whose shares and downloads (`Job`s) the run follows as it follows
+//! its own. With `--exit-when-done` it leaves once every `--get` is complete; otherwise on SIGINT/SIGTERM
 //! (exit 130/143 while a download is unfinished). Leaving tells the tracker, waits briefly for
 //! the connections to flush, and writes the downloads' verified pieces.
 
@@ -24,7 +23,7 @@ use p2p_core::{Event, FileId};
 use p2p_net::client;
 use p2p_net::http::limits::EVENTS_BUFFERED_MAX;
 use p2p_net::http::{serve_peer, HttpHandle, Job, PeerApi, Token};
-use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
+use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::PeerArgs;
@@ -124,7 +123,7 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     for path in &args.share {
         // The error names the path.
         let manifest = peer.share(path, options.clone()).await.context("cannot share")?;
-        session.on_job(Job::Shared { manifest });
+        session.shares.insert(manifest.file_id());
     }
     match peer.reseed().await {
         Ok(seeding) => session.seeding.extend(seeding),
@@ -237,11 +236,12 @@ impl Session {
             tokio::select! {
                 biased;
                 signal = shutdown.wait() => return self.stopped_by(signal),
+                // Before the events: a download is followed before its first event arrives.
+                Some(job) = jobs.recv() => self.on_job(job),
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event)?,
                     None => bail!("the peer stopped unexpectedly"),
                 },
-                Some(job) = jobs.recv() => self.on_job(job),
                 _ = check.tick() => self.check_reach()?,
             }
         }
@@ -270,17 +270,8 @@ impl Session {
         }
     }
 
-    /// A share or download started (by the command line or through the API): follow it.
-    fn on_job(&mut self, job: Job) {
-        match job {
-            Job::Shared { manifest } => {
-                self.shares.insert(manifest.file_id());
-            }
-            Job::Getting { file_id, resumed } => self.getting(file_id, resumed),
-        }
-    }
-
-    fn getting(&mut self, file_id: FileId, resumed: Option<Resumed>) {
+    /// A download started (by the command line or through the API): follow it.
+    fn on_job(&mut self, Job::Getting { file_id, resumed }: Job) {
         let resumed = resumed.filter(|resumed| resumed.have > 0);
         if let Some(resumed) = resumed {
             report::resumed(file_id, resumed.have, resumed.total);
@@ -326,11 +317,14 @@ impl Session {
 
     fn on_machine_event(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Sharing { file_id, name, pieces } if self.shares.remove(&file_id) => {
-                report::sharing(file_id, &name, pieces);
-            }
             Event::Sharing { file_id, name, pieces } if self.seeding.remove(&file_id) => {
                 report::seeding(file_id, &name, pieces);
+            }
+            // A `--share`, or a share added through the API (which may be acknowledged before
+            // its job is followed).
+            Event::Sharing { file_id, name, pieces } => {
+                self.shares.remove(&file_id);
+                report::sharing(file_id, &name, pieces);
             }
             Event::PieceVerified { file_id, progress, .. } => {
                 if let Some(pieces) = self.gets.get_mut(&file_id) {

@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use p2p_core::peer::{FileState, FileView};
-use p2p_core::{FileId, FileIdPrefix, Manifest, PieceIndex};
+use p2p_core::{FileId, FileIdPrefix, PieceIndex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
@@ -22,14 +22,10 @@ use crate::node::{PeerHandle, Resumed, ShareOptions};
 use crate::watch::FileSeen;
 
 /// A change made through the API, for the program running the peer to follow as it follows
-/// its command line's (to print `sharing`, `complete`, `downloaded`).
+/// its command line's (to print `complete` and `downloaded`; shares need no following: their
+/// `sharing` event says it all). Told right after the download's command reached the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
-    /// A file is now shared.
-    Shared {
-        /// Its manifest.
-        manifest: Manifest,
-    },
     /// A download started.
     Getting {
         /// The file.
@@ -269,7 +265,6 @@ async fn share(api: Api, request: HttpRequest, body: web::Payload) -> Result<Htt
         "name": manifest.name(),
         "pieces_total": manifest.piece_count(),
     });
-    api.tell(Job::Shared { manifest });
     Ok(HttpResponse::Created().json(answer))
 }
 
