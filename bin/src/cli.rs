@@ -43,7 +43,9 @@ Examples:
   p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm   (seeds what the store holds)
   p2p-node ls --tracker 192.0.2.10:7000
   p2p-node id movie.mkv
-  p2p-node swarm-key team.key   (then --swarm-key team.key on the tracker, every peer and ls)";
+  p2p-node swarm-key team.key   (then --swarm-key team.key on the tracker, every peer and ls)
+  p2p-node tracker --listen 0.0.0.0:7000 --http 127.0.0.1:8000   (open http://127.0.0.1:8000/)
+  p2p-node ctl --http 127.0.0.1:8001 --token-file ~/.swarm/http-token get 3f5c09a1 --out ~/Downloads";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -60,6 +62,10 @@ pub enum NodeCommand {
         /// A private swarm's key: only nodes holding the same key connect.
         #[arg(long)]
         swarm_key: Option<PathBuf>,
+        /// Serve the HTTP API, /metrics and the live piece map on this address (port 0: any
+        /// free port); prints `http on ADDR`.
+        #[arg(long, value_parser = parse_addr)]
+        http: Option<SocketAddr>,
     },
     /// Run a peer: share files, download files, seed.
     ///
@@ -110,6 +116,43 @@ pub enum NodeCommand {
     },
     /// Tell the seed's story: A, B, C each hold a piece, D gets all three, E gets it from D.
     Demo,
+    /// Talk to a running peer through its HTTP API (its --http address).
+    Ctl(CtlArgs),
+}
+
+/// Arguments of `p2p-node ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The peer's HTTP API address (its --http).
+    #[arg(long, value_parser = parse_addr)]
+    pub http: SocketAddr,
+    /// The file holding the peer's API token (its --http-token-file, by default
+    /// `STORE/http-token`); needed by `get` and `share`.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The subcommands of `p2p-node ctl`.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// List the peer's files: `FILE_ID STATE HAVE/TOTAL NAME` per line.
+    Ls,
+    /// Start a download (a file id or a unique prefix of at least 8 hex digits).
+    Get {
+        /// The file.
+        file_id: FileIdPrefix,
+        /// Where the finished file goes (default: the peer's --out).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Share a file.
+    Share {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// Arguments of `p2p-node peer`.
@@ -147,6 +190,17 @@ pub struct PeerArgs {
     /// the file size).
     #[arg(long, value_parser = parse_piece_size)]
     pub piece_size: Option<u32>,
+    /// Serve the HTTP API, /metrics, the event stream and the live page on this address (port
+    /// 0: any free port); prints `http on ADDR`.
+    #[arg(long, value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
+    /// The API token for changes (share, download) is read from this file (default:
+    /// `STORE/http-token`, created on first run, readable by the owner only).
+    #[arg(long, requires = "http")]
+    pub http_token_file: Option<PathBuf>,
+    /// Also print every event as a JSON line on stdout, beside the text lines.
+    #[arg(long)]
+    pub json: bool,
     /// A private swarm's key: only nodes holding the same key connect.
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,

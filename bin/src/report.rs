@@ -2,16 +2,21 @@
 //! the exit codes, in one place.
 //!
 //! Outside scripts parse these lines: change a format here and nowhere else, and only by adding.
+//! A peer's events are also published as JSON objects (`{"event": "complete", ...}`), on stdout
+//! beside the text lines with `--json` and on the HTTP event stream; see [`publish_events`].
 
 use std::fmt;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use p2p_core::wire::FileSummary;
 use p2p_core::{FileId, PeerId};
+use serde_json::json;
+use tokio::sync::broadcast;
 
 /// A failure caused by how the program was called (exit 2), as opposed to a failed job (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,36 @@ pub struct UsageError(pub String);
 /// seeding node down, so the error is ignored.
 fn emit(line: fmt::Arguments<'_>) {
     writeln!(std::io::stdout().lock(), "{line}").ok();
+}
+
+/// Where events go besides the text lines; set once, before the first line.
+static EVENTS: OnceLock<Events> = OnceLock::new();
+
+/// Where a peer's events go as JSON objects.
+#[derive(Debug)]
+pub struct Events {
+    /// One JSON line on stdout per event, beside the text line (`--json`).
+    pub json_lines: bool,
+    /// The HTTP event stream.
+    pub stream: Option<broadcast::Sender<Arc<str>>>,
+}
+
+/// Publishes every later event as JSON to `events` (the first call wins).
+pub fn publish_events(events: Events) {
+    EVENTS.set(events).ok();
+}
+
+/// Publishes one event, if anyone listens.
+fn publish(event: serde_json::Value) {
+    let Some(events) = EVENTS.get() else { return };
+    let line: Arc<str> = event.to_string().into();
+    if events.json_lines {
+        emit(format_args!("{line}"));
+    }
+    if let Some(stream) = &events.stream {
+        // No stream open: nobody to tell.
+        stream.send(line).ok();
+    }
 }
 
 /// Exit code of a successful run.
@@ -96,21 +131,31 @@ pub fn count(n: u32, unit: &str) -> String {
 /// `listening on ADDR`: the node accepts connections at its real address.
 pub fn listening(addr: SocketAddr) {
     emit(format_args!("listening on {addr}"));
+    publish(json!({ "event": "listening", "addr": addr }));
+}
+
+/// `http on ADDR`: the HTTP API, /metrics and the web page are served at ADDR.
+pub fn http_on(addr: SocketAddr) {
+    emit(format_args!("http on {addr}"));
+    publish(json!({ "event": "http", "addr": addr }));
 }
 
 /// `sharing FILE_ID NAME PIECES`: the tracker acknowledged a shared file.
 pub fn sharing(file_id: FileId, name: &str, pieces: u32) {
     emit(format_args!("sharing {file_id} {name} {pieces}"));
+    publish(json!({ "event": "sharing", "file_id": file_id.to_string(), "name": name, "pieces": pieces }));
 }
 
 /// `resumed FILE_ID HAVE/TOTAL`: the store already held verified pieces of a download.
 pub fn resumed(file_id: FileId, have: u32, total: u32) {
     emit(format_args!("resumed {file_id} {have}/{total}"));
+    publish(json!({ "event": "resumed", "file_id": file_id.to_string(), "have": have, "total": total }));
 }
 
 /// `complete FILE_ID PATH`: every piece verified and the file is at PATH.
 pub fn complete(file_id: FileId, path: &Path) {
     emit(format_args!("complete {file_id} {}", path.display()));
+    publish(json!({ "event": "complete", "file_id": file_id.to_string(), "path": path }));
 }
 
 /// `downloaded FILE_ID BYTES useful=U duplicate=D`: payload bytes of the file received over
@@ -119,12 +164,20 @@ pub fn complete(file_id: FileId, path: &Path) {
 pub fn downloaded(file_id: FileId, bytes: u64, useful_bytes: u64) {
     let duplicate_bytes = bytes.saturating_sub(useful_bytes);
     emit(format_args!("downloaded {file_id} {bytes} useful={useful_bytes} duplicate={duplicate_bytes}"));
+    publish(json!({
+        "event": "downloaded",
+        "file_id": file_id.to_string(),
+        "bytes": bytes,
+        "useful_bytes": useful_bytes,
+        "duplicate_bytes": duplicate_bytes,
+    }));
 }
 
 /// `seeding FILE_ID NAME PIECES`: the tracker acknowledged a file the store remembered serving
 /// (shared or downloaded by an earlier run; not a `--share` of this run).
 pub fn seeding(file_id: FileId, name: &str, pieces: u32) {
     emit(format_args!("seeding {file_id} {name} {pieces}"));
+    publish(json!({ "event": "seeding", "file_id": file_id.to_string(), "name": name, "pieces": pieces }));
 }
 
 /// `progress FILE_ID HAVE/TOTAL RATE_BYTES_PER_S peers=N RATE ETA`: a plain progress line; the
@@ -134,6 +187,31 @@ pub fn progress(file_id: FileId, have: u32, total: u32, rate_bytes_per_s: u64, p
     let rate = indicatif::HumanBytes(rate_bytes_per_s);
     let left = left.map_or_else(|| "?".to_owned(), |left| indicatif::HumanDuration(left).to_string());
     emit(format_args!("progress {file_id} {have}/{total} {rate_bytes_per_s}B/s peers={peers} {rate}/s ETA {left}"));
+    publish(json!({
+        "event": "progress",
+        "file_id": file_id.to_string(),
+        "have": have,
+        "total": total,
+        "rate_bytes_per_s": rate_bytes_per_s,
+        "peers": peers,
+    }));
+}
+
+/// `FILE_ID STATE HAVE/TOTAL NAME`: one file of `p2p-node ctl ls` (`?` for a name not known
+/// yet).
+pub fn ctl_file(file_id: &str, state: &str, have: u64, total: u64, name: Option<&str>) {
+    emit(format_args!("{file_id} {state} {have}/{total} {}", name.unwrap_or("?")));
+}
+
+/// `downloading FILE_ID`: `p2p-node ctl get` started a download.
+pub fn ctl_downloading(file_id: &str) {
+    emit(format_args!("downloading {file_id}"));
+}
+
+/// `shared FILE_ID NAME PIECES`: `p2p-node ctl share` shared a file (the peer prints `sharing`
+/// once the tracker acknowledged it).
+pub fn ctl_shared(file_id: &str, name: &str, pieces: u64) {
+    emit(format_args!("shared {file_id} {name} {pieces}"));
 }
 
 /// `FILE_ID`: the output of `p2p-node id`.

@@ -16,6 +16,8 @@
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
 //! download completes, and reports how each connection it opens turns out (up, refused, timed
 //! out, wrong protocol) as [`NodeEvent`]s, for the program to say which remotes it can reach.
+//! What it sees go by (payload bytes, verified pieces and their senders, locate round trips)
+//! feeds a [`Watch`], which [`Inspect`] lets the HTTP API read together with the machine.
 //!
 //! Memory is bounded whatever the traffic: received blocks not yet on disk take a share of
 //! [`WRITE_BUDGET_BYTES`] (when it is used up, connections stop reading), and the bytes queued
@@ -42,6 +44,7 @@ use crate::connection::{encode_into, ConnEvent, ConnReport, Connection, QueueErr
 use crate::read_budget::ReadBudget;
 use crate::secure::{self, HandshakeError, Keys, SecureStream};
 use crate::store::Store;
+use crate::watch::{Metrics, Role, Watch};
 
 /// How long an outbound connection may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -156,6 +159,8 @@ pub struct Driver<M: Machine> {
     /// Bounds the bytes held by all the connections' receive buffers.
     read_budget: Arc<ReadBudget>,
     listener: Option<JoinHandle<()>>,
+    /// Metrics and per-file observations, for people watching the node.
+    watch: Watch,
 }
 
 impl<M: Machine> std::fmt::Debug for Driver<M> {
@@ -176,6 +181,34 @@ pub struct Accepted {
 #[derive(Debug, actix::Message)]
 #[rtype(result = "Result<(), CommandError>")]
 pub struct Local(pub Command);
+
+/// Runs a read-only look at the driver's state (its machine, what it saw, its clock) and
+/// answers with what the look returns; for the HTTP API.
+pub struct Inspect<M, R>(pub Look<M, R>);
+
+/// The look an [`Inspect`] runs.
+pub type Look<M, R> = Box<dyn FnOnce(DriverView<'_, M>) -> R + Send>;
+
+impl<M: 'static, R: 'static> actix::Message for Inspect<M, R> {
+    type Result = R;
+}
+
+impl<M, R> std::fmt::Debug for Inspect<M, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspect")
+    }
+}
+
+/// What an [`Inspect`] may read.
+#[derive(Debug)]
+pub struct DriverView<'a, M> {
+    /// The machine.
+    pub machine: &'a M,
+    /// What the driver saw it do.
+    pub watch: &'a Watch,
+    /// The machine's clock now.
+    pub now: Time,
+}
 
 /// `Command::Leave`, answered once the connections it closed are flushed and closed.
 #[derive(Debug, actix::Message)]
@@ -222,7 +255,14 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             store_jobs: Arc::new(Semaphore::new(STORE_JOBS_MAX - WRITE_JOBS_MAX)),
             write_jobs: Arc::new(Semaphore::new(WRITE_JOBS_MAX)),
             listener: None,
+            watch: Watch::new(Arc::new(Metrics::new(Role::Peer))),
         }
+    }
+
+    /// Has the driver feed `metrics` (by default, fresh peer metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Driver<M> {
+        self.watch = Watch::new(metrics);
+        self
     }
 
     /// Has every local command checked by `check` first.
@@ -255,6 +295,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 self.execute(ctx, output);
             }
         }
+        self.watch.connections(self.conns.len());
         self.arm_timer(ctx);
     }
 
@@ -276,9 +317,11 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
     }
 
     fn count_received(&mut self, input: &Input) {
-        if let Input::Message { message: Message::Data { file_id, bytes, .. }, .. } = input {
+        let Input::Message { message, .. } = input else { return };
+        if let Message::Data { file_id, bytes, .. } = message {
             *self.received_bytes.entry(*file_id).or_default() += bytes.len() as u64;
         }
+        self.watch.received(message);
     }
 
     fn execute(&mut self, ctx: &mut Context<Self>, output: Output) {
@@ -355,7 +398,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             }
         };
         match connection.send(frame) {
-            Ok(()) => {}
+            Ok(()) => self.watch.sent(message),
             Err(QueueError::Full) => {
                 tracing::warn!("{}: {conn} {}: remote does not read; dropping it", self.label, connection.remote());
                 self.drop_conn(conn);
@@ -390,6 +433,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
 
     fn report(&mut self, event: Event) {
         tracing::debug!("{}: {event:?}", self.label);
+        self.watch.event(&event);
         if let Event::ProtocolViolation { conn: conn @ ConnId::Outbound(_), reason } = &event {
             if let Some(connection) = self.conns.get(conn) {
                 let reason = ConnectFailure::WrongProtocol(reason.clone());
@@ -430,6 +474,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
             },
             Output::WriteBlock { file_id, piece, offset, bytes } => {
+                self.watch.kept(file_id, bytes.len());
                 let permit = self.data_permit.take();
                 let lane = self.write_jobs.clone();
                 self.work(ctx, lane, move || {
@@ -580,6 +625,15 @@ impl<M: Machine + Unpin + 'static> Handler<Local> for Driver<M> {
         (self.check)(&self.machine, &command)?;
         self.feed(ctx, Input::Command(Box::new(command)));
         Ok(())
+    }
+}
+
+impl<M: Machine + Unpin + 'static, R: Send + 'static> Handler<Inspect<M, R>> for Driver<M> {
+    type Result = MessageResult<Inspect<M, R>>;
+
+    fn handle(&mut self, Inspect(look): Inspect<M, R>, _ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
+        MessageResult(look(DriverView { machine: &self.machine, watch: &self.watch, now }))
     }
 }
 

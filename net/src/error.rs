@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use p2p_core::{CommandError, FileId, ManifestError, StoreError};
+use p2p_core::{CommandError, FileId, IdError, ManifestError, StoreError};
 use thiserror::Error;
 
 /// An error of the network driver, the store or the hasher.
@@ -89,6 +89,14 @@ pub enum NetError {
     /// The machine refused a local command.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A typed file id matches no file, or several, of the store's and the tracker's.
+    #[error("cannot resolve the file id prefix {prefix}: {error}")]
+    Resolve {
+        /// What was typed.
+        prefix: String,
+        /// Why it matches no single file.
+        error: IdError,
+    },
     /// The driver actor is gone (the node was stopped).
     #[error("the node has stopped")]
     Stopped,

@@ -9,6 +9,8 @@
 //! - [`store`]: partial downloads, their sidecars, shared and finished files.
 //! - [`held`]: the store's records of the files it serves, so a restarted peer serves them.
 //! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
+//! - [`watch`]: what a driver saw (metrics, who sent each piece, rates), for people watching.
+//! - [`http`]: the HTTP API, `/metrics` and web pages of a running tracker or peer.
 //! - [`client`]: short tool connections to a tracker (`List`).
 //! - [`node`]: the public entry points, [`spawn_tracker`] (or [`spawn_tracker_reporting`])
 //!   and [`spawn_peer`].
@@ -24,11 +26,13 @@ pub mod driver;
 pub mod error;
 pub mod hasher;
 pub mod held;
+pub mod http;
 pub mod identity;
 pub mod node;
 pub mod read_budget;
 pub mod secure;
 pub mod store;
+pub mod watch;
 
 pub use driver::{ConnectFailure, NodeEvent};
 pub use error::NetError;

@@ -15,17 +15,22 @@ use std::time::Duration;
 
 use actix::Addr;
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
-use p2p_core::{Bitfield, Command, FileId, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker, TrackerConfig};
+use p2p_core::{
+    Bitfield, Command, FileId, FileIdPrefix, Machine, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker,
+    TrackerConfig,
+};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::driver::{Driver, Leave, Local, NodeEvent, Stop};
+use crate::client::list_files;
+use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
 use crate::identity::{Identity, SwarmKey};
 use crate::secure::Keys;
 use crate::store::Store;
+use crate::watch::{Metrics, Role};
 
 /// The file in a peer's store that holds its key pair.
 pub const IDENTITY_FILE_NAME: &str = "node.key";
@@ -34,6 +39,7 @@ pub const IDENTITY_FILE_NAME: &str = "node.key";
 #[derive(Debug)]
 pub struct TrackerHandle {
     addr: SocketAddr,
+    metrics: Arc<Metrics>,
     driver: Addr<Driver<Tracker>>,
 }
 
@@ -83,7 +89,10 @@ pub struct Resumed {
 pub struct PeerHandle {
     addr: SocketAddr,
     peer_id: PeerId,
+    trackers: Vec<SocketAddr>,
+    swarm_key: Option<SwarmKey>,
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
     driver: Addr<Driver<Peer>>,
 }
 
@@ -104,8 +113,10 @@ pub async fn spawn_tracker_reporting(
     let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
     config.peer_id = keys.identity.peer_id();
-    let driver = Driver::new(Tracker::new(config), keys, format!("tracker {addr}"), None, events);
-    Ok(TrackerHandle { addr, driver: driver.start_with_listener(listener) })
+    let metrics = Arc::new(Metrics::new(Role::Tracker));
+    let driver =
+        Driver::new(Tracker::new(config), keys, format!("tracker {addr}"), None, events).with_metrics(metrics.clone());
+    Ok(TrackerHandle { addr, metrics, driver: driver.start_with_listener(listener) })
 }
 
 /// Starts a peer; its events go to `events`.
@@ -127,10 +138,14 @@ pub async fn spawn_peer(
     config.trackers.clone_from(&options.trackers);
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
+    let swarm_key = options.swarm_key.clone();
     let keys = Keys { identity, swarm_key: options.swarm_key };
+    let metrics = Arc::new(Metrics::new(Role::Peer));
     let driver = Driver::new(Peer::new(config), keys, format!("peer {addr}"), Some(store.clone()), Some(events))
-        .with_command_check(Peer::check_command);
-    Ok(PeerHandle { addr, peer_id, store, driver: driver.start_with_listener(listener) })
+        .with_command_check(Peer::check_command)
+        .with_metrics(metrics.clone());
+    let driver = driver.start_with_listener(listener);
+    Ok(PeerHandle { addr, peer_id, trackers: options.trackers, swarm_key, store, metrics, driver })
 }
 
 impl TrackerHandle {
@@ -142,6 +157,19 @@ impl TrackerHandle {
     /// Stops the tracker: its listener and every connection close.
     pub fn stop(&self) {
         self.driver.do_send(Stop);
+    }
+
+    /// The tracker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `look` on the tracker's state and returns what it found.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        look: impl FnOnce(DriverView<'_, Tracker>) -> R + Send + 'static,
+    ) -> Result<R, NetError> {
+        inspect(&self.driver, look).await
     }
 }
 
@@ -187,6 +215,53 @@ impl PeerHandle {
         .await?;
         self.command(Command::Share { manifest: manifest.clone(), have }).await?;
         Ok(manifest)
+    }
+
+    /// The peer's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `look` on the peer's state and returns what it found.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        look: impl FnOnce(DriverView<'_, Peer>) -> R + Send + 'static,
+    ) -> Result<R, NetError> {
+        inspect(&self.driver, look).await
+    }
+
+    /// The full id for a typed one: itself, or the single id starting with the prefix among the
+    /// store's files, else among the files of the first tracker that lists them.
+    pub async fn resolve(&self, prefix: &FileIdPrefix) -> Result<FileId, NetError> {
+        if let Some(file_id) = prefix.as_full() {
+            return Ok(file_id);
+        }
+        if let Ok(file_id) = prefix.resolve(&self.known_ids()) {
+            return Ok(file_id);
+        }
+        // A listing is a client's connection: a fresh key pair, in the peer's swarm.
+        let keys = Keys { identity: Identity::generate(), swarm_key: self.swarm_key.clone() };
+        let (first, others) =
+            self.trackers.split_first().ok_or(NetError::TrackerCount { count: 0, max: TRACKERS_PER_PEER_MAX })?;
+        let mut listed = list_files(*first, &keys).await;
+        for tracker in others {
+            if listed.is_ok() {
+                break;
+            }
+            listed = list_files(*tracker, &keys).await;
+        }
+        let (files, _) = listed?;
+        prefix
+            .resolve(files.iter().map(|file| &file.file_id))
+            .map_err(|error| NetError::Resolve { prefix: prefix.as_str().to_owned(), error })
+    }
+
+    /// Downloads `file_id` into `out` instead of the output directory the peer started with.
+    pub async fn get_into(&self, file_id: FileId, out: &Path) -> Result<Option<Resumed>, NetError> {
+        let store = self.store.clone();
+        let out = out.to_owned();
+        blocking(move || store.set_out(file_id, &out)).await?;
+        self.get(file_id).await
     }
 
     /// Downloads `file_id`, resuming from what the store already verified (re-hashed first).
@@ -270,6 +345,14 @@ fn pieces_to_share(manifest: &Manifest, only: Option<&[u32]>, path: &Path) -> Re
         have.set(PieceIndex(piece));
     }
     Ok(have)
+}
+
+/// Runs `look` on the state of `driver`'s machine.
+async fn inspect<M: Machine + Unpin + 'static, R: Send + 'static>(
+    driver: &Addr<Driver<M>>,
+    look: impl FnOnce(DriverView<'_, M>) -> R + Send + 'static,
+) -> Result<R, NetError> {
+    driver.send(Inspect(Box::new(look))).await.map_err(|_| NetError::Stopped)
 }
 
 async fn blocking<T: Send + 'static>(

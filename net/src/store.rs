@@ -48,6 +48,8 @@ const WRITE_CHECK_FILE_NAME: &str = ".p2p-write-check";
 pub struct Store {
     dir: PathBuf,
     out: PathBuf,
+    /// Output directories of downloads that go elsewhere than `out`.
+    outs: Mutex<BTreeMap<FileId, PathBuf>>,
     entries: Mutex<BTreeMap<FileId, Entry>>,
     /// Holds the exclusive lock on `<dir>/lock` while the store is open.
     _lock: File,
@@ -90,12 +92,27 @@ impl Store {
         let lock = lock_dir(dir)?;
         fs::create_dir_all(out).map_err(NetError::io("create the output directory", out))?;
         check_writable(out)?;
-        Ok(Store { dir: dir.to_owned(), out: out.to_owned(), entries: Mutex::new(BTreeMap::new()), _lock: lock })
+        Ok(Store {
+            dir: dir.to_owned(),
+            out: out.to_owned(),
+            outs: Mutex::new(BTreeMap::new()),
+            entries: Mutex::new(BTreeMap::new()),
+            _lock: lock,
+        })
     }
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Has the download of `file_id` finish in `out` instead of the store's output directory;
+    /// `out` is created if missing and checked to be writable.
+    pub fn set_out(&self, file_id: FileId, out: &Path) -> Result<(), NetError> {
+        fs::create_dir_all(out).map_err(NetError::io("create the output directory", out))?;
+        check_writable(out)?;
+        self.outs.lock().unwrap_or_else(PoisonError::into_inner).insert(file_id, out.to_owned());
+        Ok(())
     }
 
     /// Serves `have` pieces of the file at `path`, described by `manifest`, read-only in place.
@@ -196,7 +213,8 @@ impl Store {
             Ok(download) => download,
             Err(in_place) => return Ok(in_place),
         };
-        let target = place_final(&part, &self.out, &manifest)?;
+        let out = self.outs.lock().unwrap_or_else(PoisonError::into_inner).get(&file_id).cloned();
+        let target = place_final(&part, out.as_deref().unwrap_or(&self.out), &manifest)?;
         for kind in ["manifest", "bitfield"] {
             remove_if_present(&self.sidecar(file_id, kind))?;
         }

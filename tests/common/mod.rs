@@ -192,6 +192,13 @@ impl Node {
         self.listen_addr.unwrap_or_else(|| panic!("{}: `listening on` was not awaited yet", self.name))
     }
 
+    /// Waits for `http on ADDR` (a node started with `--http`) and returns ADDR.
+    pub fn http_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_line("http on ", STARTUP_TIMEOUT);
+        let addr = line["http on ".len()..].trim();
+        addr.parse().unwrap_or_else(|e| panic!("{}: bad address in {line:?}: {e}", self.name))
+    }
+
     /// Waits for `sharing FILE_ID NAME PIECES` and returns it parsed.
     pub fn wait_sharing(&mut self) -> Sharing {
         let line = self.wait_for_line("sharing ", STARTUP_TIMEOUT);

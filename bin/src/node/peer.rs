@@ -5,24 +5,28 @@
 //! node (which locks the store and checks the output directory is writable): all before the
 //! `listening on` line, each failure one clear error. Then it shares, serves again what the
 //! store remembers, asks for the files, and follows the node's events: the stable lines of
-//! `report.rs`, progress, which holders cannot be reached (`reach.rs`), failures. With
-//! `--exit-when-done` it leaves once every `--get` is complete; otherwise on SIGINT/SIGTERM
+//! `report.rs`, progress, which holders cannot be reached (`reach.rs`), failures. With `--http`
+//! it serves the HTTP API, whose shares and downloads (`Job`s) the run follows as it follows
+//! its own. With `--exit-when-done` it leaves once every `--get` is complete; otherwise on SIGINT/SIGTERM
 //! (exit 130/143 while a download is unfinished). Leaving tells the tracker, waits briefly for
 //! the connections to flush, and writes the downloads' verified pieces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use p2p_core::limits::RECONNECT_DELAY_MAX;
-use p2p_core::{Event, FileId, FileIdPrefix};
-use p2p_net::client::{self, list_files};
+use p2p_core::{Event, FileId};
+use p2p_net::client;
+use p2p_net::http::limits::EVENTS_BUFFERED_MAX;
+use p2p_net::http::{serve_peer, HttpHandle, Job, PeerApi, Token};
 use p2p_net::secure::Keys;
 use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::PeerArgs;
 use crate::progress::Progress;
@@ -48,6 +52,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     }
     let client_keys = client_keys(args.swarm_key.as_deref())?;
     check_trackers(&args.trackers, &client_keys).await?;
+    let stream = args.http.is_some().then(|| broadcast::channel(EVENTS_BUFFERED_MAX).0);
+    report::publish_events(report::Events { json_lines: args.json, stream: stream.clone() });
     let (events_sender, mut events) = mpsc::unbounded_channel();
     let mut options = PeerOptions::new(args.trackers[0], args.store.clone());
     options.trackers.clone_from(&args.trackers);
@@ -55,20 +61,28 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     options.listen = args.listen;
     options.out_dir = args.out.clone().unwrap_or_else(|| args.store.clone());
     options.upload_limit_bytes_per_s = args.upload_limit;
-    let peer = spawn_peer(options, events_sender).await.context("cannot start the peer")?;
+    let peer = Arc::new(spawn_peer(options, events_sender).await.context("cannot start the peer")?);
     report::listening(peer.addr());
     warn_if_unreachable(peer.addr(), &args.trackers);
+    let (jobs_sender, mut jobs) = mpsc::unbounded_channel();
+    let http = match args.http {
+        Some(listen) => Some(start_http(listen, &peer, &args, stream, jobs_sender)?),
+        None => None,
+    };
     let mut session = Session::new(args.exit_when_done, args.get.len(), &args.trackers);
     let started = tokio::select! {
         biased;
         signal = shutdown.wait() => Err(signal),
-        started = start_jobs(&peer, &args, &client_keys, &mut session) => Ok(started),
+        started = start_jobs(&peer, &args, &mut session) => Ok(started),
     };
     let result = match started {
-        Ok(Ok(())) => session.follow(&mut events, &mut shutdown).await,
+        Ok(Ok(())) => session.follow(&mut events, &mut jobs, &mut shutdown).await,
         Ok(Err(e)) => Err(e),
         Err(signal) => session.stopped_by(signal),
     };
+    if let Some(http) = http {
+        http.stop().await;
+    }
     leave(&peer).await;
     if let Some(summary) = session.uploads.summary() {
         tracing::info!("{summary}");
@@ -94,8 +108,33 @@ async fn check_trackers(trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<
     Err(anyhow::Error::new(first.expect("one check per tracker")).context("--tracker"))
 }
 
+/// Serves the peer's HTTP API; its token comes from `--http-token-file`, else from the store
+/// (created there on first run).
+fn start_http(
+    listen: SocketAddr,
+    peer: &Arc<PeerHandle>,
+    args: &PeerArgs,
+    events: Option<broadcast::Sender<Arc<str>>>,
+    jobs: mpsc::UnboundedSender<Job>,
+) -> anyhow::Result<HttpHandle> {
+    let token = match &args.http_token_file {
+        Some(path) => Token::load(path),
+        None => Token::load_or_create(&default_token_path(&args.store)),
+    };
+    let token = token.context("--http-token-file")?;
+    let api = PeerApi { peer: peer.clone(), token: Some(token), events, jobs: Some(jobs) };
+    let http = serve_peer(listen, api).context("cannot serve the HTTP API")?;
+    report::http_on(http.addr());
+    Ok(http)
+}
+
+/// Where a peer keeps its API token unless told otherwise.
+fn default_token_path(store: &Path) -> PathBuf {
+    store.join("http-token")
+}
+
 /// Shares every `--share` and asks for every `--get`.
-async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, keys: &Keys, session: &mut Session) -> anyhow::Result<()> {
+async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -> anyhow::Result<()> {
     let options = ShareOptions {
         piece_size_bytes: args.piece_size,
         only_pieces: args.only_pieces.as_ref().map(|list| list.0.clone()),
@@ -111,7 +150,7 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, keys: &Keys, session: &m
         Err(e) => tracing::warn!("cannot serve all the store remembers: {e}"),
     }
     for prefix in &args.get {
-        let file_id = resolve(prefix, peer, &args.trackers, keys).await?;
+        let file_id = peer.resolve(prefix).await?;
         if let Some(path) = peer.held_path(file_id) {
             // Downloaded by an earlier run (or shared): checked when the store served it again
             // (same size and modification time, or its pieces hashed again).
@@ -121,20 +160,8 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, keys: &Keys, session: &m
             continue;
         }
         let resumed = peer.get(file_id).await.with_context(|| format!("cannot download {file_id}"))?;
-        let resumed = resumed.filter(|resumed| resumed.have > 0);
-        if let Some(resumed) = resumed {
-            report::resumed(file_id, resumed.have, resumed.total);
-        }
-        let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces {
-            have: resumed.have,
-            total: resumed.total,
-            have_bytes: resumed.have_bytes,
-            start_have_bytes: resumed.have_bytes,
-        });
-        session.progress.start(file_id, pieces.start_have_bytes);
-        session.gets.insert(file_id, pieces);
+        session.on_job(Job::Getting { file_id, resumed });
         session.gets_to_start -= 1;
-        session.reach.progress(file_id, Instant::now());
     }
     Ok(())
 }
@@ -146,27 +173,6 @@ fn check_shareable(path: &Path) -> anyhow::Result<()> {
         bail!("not a regular file");
     }
     Ok(())
-}
-
-/// The full id for a typed one: itself, or the single id starting with the prefix among the
-/// store's files, else among the files of the first tracker that lists them.
-async fn resolve(prefix: &FileIdPrefix, peer: &PeerHandle, trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<FileId> {
-    if let Some(file_id) = prefix.as_full() {
-        return Ok(file_id);
-    }
-    if let Ok(file_id) = prefix.resolve(&peer.known_ids()) {
-        return Ok(file_id);
-    }
-    let context = || format!("cannot resolve the file id prefix {}", prefix.as_str());
-    let mut listed = Err(anyhow::anyhow!("no tracker"));
-    for tracker in trackers {
-        listed = list_files(*tracker, keys).await.map_err(anyhow::Error::new);
-        if listed.is_ok() {
-            break;
-        }
-    }
-    let (files, _) = listed.with_context(context)?;
-    prefix.resolve(files.iter().map(|file| &file.file_id)).with_context(context)
 }
 
 /// Says at start when peers on other hosts cannot connect to this one: it listens on loopback
@@ -242,6 +248,7 @@ impl Session {
     async fn follow(
         &mut self,
         events: &mut mpsc::UnboundedReceiver<NodeEvent>,
+        jobs: &mut mpsc::UnboundedReceiver<Job>,
         shutdown: &mut Shutdown,
     ) -> anyhow::Result<()> {
         let mut check = tokio::time::interval(REACH_CHECK_INTERVAL);
@@ -249,6 +256,8 @@ impl Session {
             tokio::select! {
                 biased;
                 signal = shutdown.wait() => return self.stopped_by(signal),
+                // Before the events: a download is followed before its first event arrives.
+                Some(job) = jobs.recv() => self.on_job(job),
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event)?,
                     None => bail!("the peer stopped unexpectedly"),
@@ -281,6 +290,23 @@ impl Session {
         }
     }
 
+    /// A download started (by the command line or through the API): follow it.
+    fn on_job(&mut self, Job::Getting { file_id, resumed }: Job) {
+        let resumed = resumed.filter(|resumed| resumed.have > 0);
+        if let Some(resumed) = resumed {
+            report::resumed(file_id, resumed.have, resumed.total);
+        }
+        let pieces = resumed.map_or(Pieces::default(), |resumed| Pieces {
+            have: resumed.have,
+            total: resumed.total,
+            have_bytes: resumed.have_bytes,
+            start_have_bytes: resumed.have_bytes,
+        });
+        self.progress.start(file_id, pieces.start_have_bytes);
+        self.gets.insert(file_id, pieces);
+        self.reach.progress(file_id, Instant::now());
+    }
+
     fn done(&self) -> bool {
         self.exit_when_done && self.shares.is_empty() && self.gets.is_empty()
     }
@@ -311,11 +337,14 @@ impl Session {
 
     fn on_machine_event(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Sharing { file_id, name, pieces } if self.shares.remove(&file_id) => {
-                report::sharing(file_id, &name, pieces);
-            }
             Event::Sharing { file_id, name, pieces } if self.seeding.remove(&file_id) => {
                 report::seeding(file_id, &name, pieces);
+            }
+            // A `--share`, or a share added through the API (which may be acknowledged before
+            // its job is followed).
+            Event::Sharing { file_id, name, pieces } => {
+                self.shares.remove(&file_id);
+                report::sharing(file_id, &name, pieces);
             }
             Event::PieceVerified { file_id, progress, .. } => {
                 if let Some(pieces) = self.gets.get_mut(&file_id) {

@@ -1,4 +1,5 @@
-//! `p2p-node tracker`: serve until SIGINT/SIGTERM, telling what happens at the default log
+//! `p2p-node tracker`: serve until SIGINT/SIGTERM (with `--http`, the HTTP API, `/metrics` and
+//! the live piece map too), telling what happens at the default log
 //! level: each peer joining with a file, and leaving (and why); and, once per peer, a warning
 //! when the tracker records a peer at a loopback or unspecified address while other peers are
 //! on other hosts, who would be handed an address they cannot reach.
@@ -6,10 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use p2p_core::wire::PeerAddr;
 use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
+use p2p_net::http::serve_tracker;
 use p2p_net::identity::Identity;
 use p2p_net::secure::Keys;
 use p2p_net::{spawn_tracker_reporting, NodeEvent};
@@ -20,15 +23,28 @@ use crate::report;
 use crate::tools::{load_swarm_key, Shutdown};
 
 /// Runs the tracker until a signal, with the key pair in `key` (or the default place) and the
-/// swarm key in `swarm_key`, if given.
-pub async fn run(listen: SocketAddr, key: Option<PathBuf>, swarm_key: Option<&Path>) -> anyhow::Result<()> {
+/// swarm key in `swarm_key`, if given, serving the HTTP API on `http` if given.
+pub async fn run(
+    listen: SocketAddr,
+    key: Option<PathBuf>,
+    swarm_key: Option<&Path>,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
     let keys = Keys { identity: tracker_identity(key)?, swarm_key: load_swarm_key(swarm_key)? };
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
     let (sender, mut events) = mpsc::unbounded_channel();
     let tracker =
         spawn_tracker_reporting(listen, config, keys, Some(sender)).await.context("cannot start the tracker")?;
+    let tracker = Arc::new(tracker);
     report::listening(tracker.addr());
+    let http = match http {
+        Some(listen) => Some(serve_tracker(listen, tracker.clone()).context("cannot serve the HTTP API")?),
+        None => None,
+    };
+    if let Some(http) = &http {
+        report::http_on(http.addr());
+    }
     let mut story = Story::default();
     loop {
         tokio::select! {
@@ -40,6 +56,9 @@ pub async fn run(listen: SocketAddr, key: Option<PathBuf>, swarm_key: Option<&Pa
                 None => break,
             },
         }
+    }
+    if let Some(http) = http {
+        http.stop().await;
     }
     tracker.stop();
     Ok(())

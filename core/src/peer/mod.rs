@@ -20,6 +20,7 @@
 //!   download asks the tracker for holders;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker;
+//! - `view`: read-only views of files and connections, for a driver to show;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
 mod bans;
@@ -33,6 +34,7 @@ mod remote;
 mod scheduler;
 mod tracker_link;
 mod uploads;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -58,6 +60,7 @@ use pieces::FileEntry;
 use remote::Remotes;
 use tracker_link::TrackerLinks;
 use uploads::Uploads;
+pub use view::{FileState, FileView, RemoteView};
 
 /// How a peer is set up.
 #[derive(Clone, Debug)]

@@ -150,7 +150,11 @@ mod tests {
         let mut peer = Peer::new(PeerConfig::new(PeerId::from_seed(1), 1, addr(1, 7000), 7001));
         let conns = hosts.iter().map(|&host| ConnId::Inbound(u64::from(host))).collect::<Vec<_>>();
         for (&host, &conn) in hosts.iter().zip(&conns) {
-            outputs(&mut peer, Time::ZERO, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
+            outputs(
+                &mut peer,
+                Time::ZERO,
+                Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) },
+            );
             let hello =
                 Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
             outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });

@@ -516,3 +516,30 @@ fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
     assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
     assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));
 }
+
+#[test]
+fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_connections() {
+    use super::{FileState, FileView};
+    let mut h = Harness::new(4);
+    let (bytes, manifest) = file(4 * 64 * KIB, 64 * 1024, 9);
+    let id = manifest.file_id();
+    let [seeder, downloader] = [21, 22].map(|seed| h.add_peer(seed, Some(64 * KIB as u64)));
+    h.share(seeder, &manifest, &bytes, Some(&[0, 1, 2]));
+    let states = |h: &Harness, node| -> Vec<(FileState, u32, u32)> {
+        h.peer(node).file_views().iter().map(|f: &FileView| (f.state, f.have.count(), f.have.len())).collect()
+    };
+    h.run_for(Duration::from_millis(10));
+    assert_eq!(states(&h, seeder), vec![(FileState::Serving, 3, 4)], "a partial share");
+    get(&mut h, downloader, &manifest);
+    h.run_until(Duration::from_secs(1), |h| !h.peer(downloader).file_views().is_empty());
+    let unknown = h.peer(downloader).file_views();
+    assert_eq!(
+        (unknown[0].state, unknown[0].name.as_deref(), unknown[0].have.len()),
+        (FileState::Downloading, None, 0)
+    );
+    h.run_until(Duration::from_secs(10), |h| h.peer(downloader).have(&id).is_some_and(|have| have.count() == 3));
+    assert_eq!(states(&h, downloader), vec![(FileState::Downloading, 3, 4)], "piece 3 has no holder");
+    let remotes = h.peer(downloader).remote_views();
+    assert!(remotes.iter().any(|r| r.ready && r.addr == h.addr(seeder) && r.peer_id.is_some()), "{remotes:?}");
+    assert_eq!(h.peer(downloader).file_views()[0].name.as_deref(), Some(manifest.name()));
+}

@@ -6,7 +6,8 @@
 //! - `registry` — soft state: file → manifest + one bitfield per holder, peer → TTL;
 //! - `quotas` — what one peer registration and one source IP may make the tracker keep;
 //! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer;
-//! - `answers` — holder lists recently built per file, reused for a short time.
+//! - `answers` — holder lists recently built per file, reused for a short time;
+//! - `view` — read-only views of the registry for a driver to show.
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
 //! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
@@ -24,6 +25,9 @@ mod quotas;
 mod registry;
 #[cfg(test)]
 mod tests;
+mod view;
+
+pub use view::{TrackedFile, TrackedPeer, TrackerView, ViewBounds};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -89,6 +93,11 @@ impl Tracker {
     /// The id the tracker sends in its `Hello`.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Its files and peers, within `bounds`; changes nothing.
+    pub fn view(&self, bounds: ViewBounds) -> TrackerView {
+        self.registry.view(bounds)
     }
 
     fn push(&mut self, output: Output) {

@@ -37,6 +37,7 @@ use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr};
 use super::answers::Reuse;
 use super::locate;
 use super::quotas::{Cost, Quotas, Usage};
+use super::view::{TrackedFile, TrackedPeer, TrackerView, ViewBounds};
 
 /// Holdings whose bitfields share one allocation of a file's arena.
 const HOLDINGS_PER_CHUNK: usize = 16;
@@ -306,6 +307,48 @@ impl Registry {
         Message::Files { files, truncated: false }
     }
 
+    /// A view of the registry within `bounds`; see [`TrackerView`].
+    pub(super) fn view(&self, bounds: ViewBounds) -> TrackerView {
+        let files = self.files_by_id.iter().take(bounds.files_max).map(|(file_id, slot)| {
+            let file = &self.files[*slot as usize];
+            let piece_count = file.manifest.piece_count();
+            let mut holders: Vec<(PeerAddr, Bitfield)> = (0..file.holding_count())
+                .filter_map(|index| {
+                    let bits = Bitfield::from_bytes(piece_count, file.holding_bits(index))?;
+                    Some((self.peers[file.holder(index) as usize].peer, bits))
+                })
+                .collect();
+            holders.sort_by_key(|(peer, _)| (peer.addr, peer.peer_id));
+            holders.truncate(bounds.holders_max);
+            TrackedFile {
+                file_id: *file_id,
+                name: file.manifest.name().to_owned(),
+                length_bytes: file.manifest.length_bytes(),
+                holders_per_piece: file.counts.clone(),
+                holders,
+                holders_count: file.holding_count(),
+            }
+        });
+        let mut peers: Vec<TrackedPeer> = self
+            .peers
+            .iter()
+            .map(|(_, entry)| TrackedPeer {
+                peer: entry.peer,
+                files_count: entry.files.len(),
+                announced_at: Time::from_micros(entry.expires_at.as_micros().saturating_sub(duration_micros(self.ttl))),
+            })
+            .collect();
+        peers.sort_by_key(|peer| (peer.peer.addr, peer.peer.peer_id));
+        peers.truncate(bounds.peers_max);
+        TrackerView {
+            files: files.collect(),
+            files_count: self.files.len(),
+            peers,
+            peers_count: self.peers.len(),
+            holdings_count: self.peers.iter().map(|(_, entry)| entry.files.len()).sum(),
+        }
+    }
+
     fn check_announce(
         &self,
         conn: ConnId,
@@ -501,6 +544,10 @@ fn locate_holding(stride: usize, index: usize) -> (usize, std::ops::Range<usize>
 }
 
 /// Whether the packed bits hold no piece.
+fn duration_micros(span: Duration) -> u64 {
+    u64::try_from(span.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn is_empty(bits: &[u8]) -> bool {
     bits.iter().all(|byte| *byte == 0)
 }

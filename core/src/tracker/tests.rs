@@ -804,3 +804,29 @@ fn a_second_registration_of_a_live_peer_id_is_refused() {
     assert!(is_closed(&outputs, copy.conn) && !is_closed(&outputs, first.conn), "{outputs:?}");
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![first.addr()]], "the first stays listed alone");
 }
+
+#[test]
+fn the_view_shows_each_files_holders_and_each_peers_last_announce_within_bounds() {
+    let mut h = Harness::new(1);
+    let (a, b) = (h.peer(1), h.peer(2));
+    let (first, second) = (manifest("first", 4), manifest("second", 2));
+    h.announce(a, &first, &[0, 1]);
+    h.now = Time::from_millis(2000);
+    h.announce(b, &first, &[1, 2, 3]);
+    h.announce(b, &second, &[0]);
+    let all = ViewBounds { files_max: 10, holders_max: 10, peers_max: 10 };
+    let view = h.tracker.view(all);
+    assert_eq!((view.files_count, view.peers_count, view.holdings_count), (2, 2, 3));
+    let file = view.files.iter().find(|file| file.file_id == first.file_id()).expect("the first file");
+    assert_eq!(file.holders_per_piece, vec![1, 2, 1, 1]);
+    let holders: Vec<(SocketAddr, Vec<u32>)> =
+        file.holders.iter().map(|(peer, have)| (peer.addr, have.iter().map(|p| p.0).collect())).collect();
+    assert_eq!(holders, vec![(a.addr(), vec![0, 1]), (b.addr(), vec![1, 2, 3])], "ordered by address");
+    let announced: Vec<(SocketAddr, usize, Time)> =
+        view.peers.iter().map(|peer| (peer.peer.addr, peer.files_count, peer.announced_at)).collect();
+    assert_eq!(announced, vec![(a.addr(), 1, Time::ZERO), (b.addr(), 2, Time::from_millis(2000))]);
+
+    let cut = h.tracker.view(ViewBounds { files_max: 1, holders_max: 1, peers_max: 0 });
+    assert_eq!((cut.files.len(), cut.files[0].holders.len(), cut.peers.len()), (1, 1, 0));
+    assert_eq!((cut.files_count, cut.peers_count), (2, 2), "the counts are of everything");
+}

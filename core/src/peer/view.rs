@@ -1,0 +1,95 @@
+//! Read-only views of a peer, for a driver to show (an HTTP API, a status page): the files it
+//! shares and downloads, and its connections. Building a view changes nothing, so a driver may
+//! build one between any two inputs; the order is the machine's (by file id, by connection).
+
+use std::net::SocketAddr;
+
+use super::downloads::Phase;
+use super::remote::Stage;
+use super::Peer;
+use crate::bitfield::Bitfield;
+use crate::ids::{ConnId, FileId, PeerId};
+
+/// Where a file stands for this peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// Being downloaded (or waiting for holders or for its manifest).
+    Downloading,
+    /// Every piece is verified; the file is being moved into place.
+    Finishing,
+    /// The download stopped for good.
+    Failed,
+    /// Served: every piece, or the pieces of a partial share.
+    Serving,
+}
+
+/// One file as the peer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileView {
+    /// The file.
+    pub file_id: FileId,
+    /// Its name, once the manifest is known.
+    pub name: Option<String>,
+    /// Its length, once the manifest is known.
+    pub length_bytes: Option<u64>,
+    /// Verified pieces (zero-length until the manifest is known).
+    pub have: Bitfield,
+    /// Where it stands.
+    pub state: FileState,
+}
+
+/// One peer-to-peer connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteView {
+    /// The connection.
+    pub conn: ConnId,
+    /// The remote's serving address.
+    pub addr: SocketAddr,
+    /// Its id, once its `Hello` arrived.
+    pub peer_id: Option<PeerId>,
+    /// Whether the handshake is done.
+    pub ready: bool,
+    /// How fast it delivers this peer's requests (zero until measured).
+    pub download_bytes_per_s: u64,
+    /// Block requests in flight to it.
+    pub requests_in_flight: usize,
+}
+
+impl Peer {
+    /// Every file the peer shares or downloads, by file id.
+    pub fn file_views(&self) -> Vec<FileView> {
+        self.files
+            .iter()
+            .map(|(file_id, entry)| {
+                let state = match entry.download.as_ref().map(|download| download.phase()) {
+                    None => FileState::Serving,
+                    Some(Phase::Fetching) => FileState::Downloading,
+                    Some(Phase::Finalizing) => FileState::Finishing,
+                    Some(Phase::Failed) => FileState::Failed,
+                };
+                FileView {
+                    file_id: *file_id,
+                    name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
+                    length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
+                    have: entry.have.clone(),
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// Every peer-to-peer connection, open or opening, by connection id.
+    pub fn remote_views(&self) -> Vec<RemoteView> {
+        self.remotes
+            .iter()
+            .map(|(conn, remote)| RemoteView {
+                conn: *conn,
+                addr: remote.addr,
+                peer_id: remote.peer_id,
+                ready: remote.stage == Stage::Ready,
+                download_bytes_per_s: remote.rate.bytes_per_s(),
+                requests_in_flight: remote.in_flight.len(),
+            })
+            .collect()
+    }
+}
