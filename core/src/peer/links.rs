@@ -63,11 +63,12 @@ impl Peer {
 
     /// The first `Located` of a download: size the piece state and ask the driver to store it.
     fn adopt_manifest(&mut self, file_id: FileId, manifest: Manifest) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        // Only a download starts without its manifest, and it keeps its `Download` until the
+        // file is complete.
+        let Some(entry) = self.files.get_mut(&file_id) else { unreachable!("a manifest is adopted for a download") };
+        let Some(download) = entry.download.as_mut() else { unreachable!("a download without a manifest") };
         let have = Bitfield::new(manifest.piece_count());
-        if let Some(download) = entry.download.as_mut() {
-            download.init_slots(&have);
-        }
+        download.init_slots(&have);
         entry.have = have;
         entry.manifest = Some(manifest.clone());
         let empty = manifest.piece_count() == 0;
@@ -118,7 +119,9 @@ impl Peer {
     }
 
     fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else {
+            unreachable!("missing pieces are reported for a download being fetched")
+        };
         if let Some(pieces) = download.newly_missing(wanted) {
             self.event(Event::PiecesMissing { file_id, pieces });
         }
