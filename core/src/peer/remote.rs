@@ -200,6 +200,11 @@ impl Remotes {
         self.by_conn.remove(conn)
     }
 
+    /// How many remotes told us they hold `piece` of `file_id`.
+    pub fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
+        self.values().filter(|r| r.files.get(&file_id).is_some_and(|have| have.has(piece))).count()
+    }
+
     /// The connections whose handshake is done.
     pub fn ready(&self) -> Vec<ConnId> {
         self.by_conn.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect()

@@ -17,11 +17,16 @@
 //!   queued, so each report of sent frames retires the oldest ones.
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
 //!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
-//!   passed on. The others wait in arrival order. A slot holder that has been served
+//!   passed on. The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
+//!
+//! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
+//!   fewest of our remotes hold (the earliest in line among equals), and a slot holder's
+//!   requests of that piece are read before its others: a piece that only a few peers hold
+//!   spreads before copies of pieces many could already serve.
 //!
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
 //! outstanding with the driver at once.
@@ -179,35 +184,40 @@ impl Uploads {
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
-    /// upload limit allow one.
-    pub fn next_read(&mut self, now: Time) -> Option<ServeJob> {
+    /// upload limit allow one. `holders` counts the remotes that hold a piece.
+    pub fn next_read(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Option<ServeJob> {
         self.wake_at = None;
         if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
             return None;
         }
-        self.fill_slots();
+        let mut rarity = Rarity { holders, known: Vec::new() };
+        self.fill_slots(&mut rarity);
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
             !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
         })?;
-        let conn = self.slots[turn];
         if let Some(bucket) = self.bucket.as_mut() {
             bucket.refill(now);
             if !bucket.can_spend() {
                 self.wake_at = Some(bucket.positive_at());
                 return None;
             }
-            bucket.spend(self.conns[&conn].queue.front().map_or(0, |j| j.len));
         }
-        Some(self.take(turn))
+        let job = self.take(turn, &mut rarity);
+        if let Some(bucket) = self.bucket.as_mut() {
+            bucket.spend(job.len);
+        }
+        Some(job)
     }
 
-    /// Takes the first request of the slot holder at `turn`, which goes to the back of the turn
-    /// order; its turn is over once it was served [`UPLOAD_TURN_BYTES`] while others wait.
-    fn take(&mut self, turn: usize) -> ServeJob {
+    /// Takes the request of the slot holder at `turn` for its rarest piece (the first such),
+    /// and puts the holder at the back of the turn order; its turn is over once it was served
+    /// [`UPLOAD_TURN_BYTES`] while others wait.
+    fn take(&mut self, turn: usize, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> ServeJob {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
-        let job = state.queue.pop_front().expect("the caller found a queued request");
+        let (at, _) = rarity.rarest(&state.queue).expect("the caller found a queued request");
+        let job = state.queue.remove(at).expect("rarest names a queued request");
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
@@ -219,8 +229,8 @@ impl Uploads {
 
     /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
     /// left (to the back of the line if they have requests left), and gives free slots to the
-    /// first in line.
-    fn fill_slots(&mut self) {
+    /// ones in line that asked for the rarest pieces.
+    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         while let Some(conn) = self.slots.pop_front() {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
@@ -235,12 +245,46 @@ impl Uploads {
         }
         self.slots = kept;
         while self.slots.len() < UPLOAD_SLOTS_COUNT {
-            let Some(conn) = self.waiting.pop_front() else { break };
+            let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
+                let queue = self.conns.get(conn).map(|c| &c.queue);
+                (queue.and_then(|q| rarity.rarest(q)).map_or(usize::MAX, |(_, holders)| holders), *line)
+            });
+            let Some((line, _)) = next else { break };
+            let Some(conn) = self.waiting.remove(line) else { break };
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.turn_bytes = 0;
                 self.slots.push_back(conn);
             }
         }
+    }
+}
+
+/// Holder counts of pieces, each asked of the peer once per [`Uploads::next_read`].
+struct Rarity<F> {
+    holders: F,
+    known: Vec<(FileId, PieceIndex, usize)>,
+}
+
+impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
+    fn holders(&mut self, file_id: FileId, piece: PieceIndex) -> usize {
+        if let Some(&(_, _, count)) = self.known.iter().find(|(f, p, _)| *f == file_id && *p == piece) {
+            return count;
+        }
+        let count = (self.holders)(file_id, piece);
+        self.known.push((file_id, piece, count));
+        count
+    }
+
+    /// The position of the first request for the rarest piece in `queue`, and its holders.
+    fn rarest(&mut self, queue: &VecDeque<ServeJob>) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        for (at, job) in queue.iter().enumerate() {
+            let count = self.holders(job.file_id, job.piece);
+            if best.is_none_or(|(_, least)| count < least) {
+                best = Some((at, count));
+            }
+        }
+        best
     }
 }
 
@@ -264,8 +308,13 @@ mod tests {
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
     fn serve(uploads: &mut Uploads) -> Vec<(u64, u32)> {
+        serve_rarest(uploads, |_| 0)
+    }
+
+    /// [`serve`], with `holders` counting the remotes that hold a piece.
+    fn serve_rarest(uploads: &mut Uploads, holders: impl Fn(u32) -> usize) -> Vec<(u64, u32)> {
         let mut served = Vec::new();
-        while let Some(job) = uploads.next_read(Time::ZERO) {
+        while let Some(job) = uploads.next_read(Time::ZERO, |_, piece| holders(piece.0)) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
             uploads.data_queued(job.conn, job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
@@ -310,5 +359,24 @@ mod tests {
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
         let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
         assert_eq!(next, expected);
+    }
+
+    #[test]
+    fn free_slots_and_a_holder_s_next_block_go_to_the_rarest_piece() {
+        let mut uploads = Uploads::new(None);
+        // Piece 9 is held by nobody else, the others by three remotes.
+        let holders = |piece| if piece == 9 { 0 } else { 3 };
+        request(&mut uploads, 1, 0);
+        request(&mut uploads, 2, 1);
+        request(&mut uploads, 3, 2);
+        request(&mut uploads, 3, 9);
+        request(&mut uploads, 4, 9);
+        let first = serve_rarest(&mut uploads, holders);
+        assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare piece first, its request before the others");
+        for conn in [3, 4] {
+            uploads.sent(ConnId::Inbound(conn), 1);
+        }
+        // Nothing rare is left: the earliest in line.
+        assert_eq!(serve_rarest(&mut uploads, holders), [(1, 0), (2, 1)]);
     }
 }

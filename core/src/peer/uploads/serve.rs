@@ -53,7 +53,11 @@ impl Peer {
 
     /// Starts the reads the upload side allows now.
     pub(in crate::peer) fn pump_uploads(&mut self) {
-        while let Some(job) = self.uploads.next_read(self.now) {
+        loop {
+            let remotes = &self.remotes;
+            let Some(job) = self.uploads.next_read(self.now, |file_id, piece| remotes.holders(file_id, piece)) else {
+                break;
+            };
             let ServeJob { conn, file_id, piece, offset, len } = job;
             self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
         }
