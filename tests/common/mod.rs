@@ -358,9 +358,13 @@ pub fn run_node(args: &[&str], timeout: Duration) -> Output {
 
 /// `program args` with stdout and stderr piped, no stdin, and no inherited `RUST_LOG` (the
 /// tests read stdout lines and must not get debug logs mixed into stderr).
+/// A node the tests start keeps nothing outside the folders its arguments name: without
+/// `XDG_STATE_HOME` and `HOME` a tracker makes a new key each run instead of writing one to the
+/// user's state folder.
 fn piped(program: &str, args: &[&str]) -> Command {
     let mut command = Command::new(program);
-    command.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args).env_remove("RUST_LOG").env_remove("XDG_STATE_HOME").env_remove("HOME");
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command
 }
 
