@@ -20,7 +20,7 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 wait_line() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for '$2' in $1" >&2; exit 1; }
 # start NAME ARGS...: runs p2p-node in the background, stdout to $work/NAME.log.
 start() { local name=$1; shift; "$node" "$@" >"$work/$name.log" 2>"$work/$name.err" & pids+=($!); wait_line "$work/$name.log" "listening on"; }
-tracker() { start "$1" tracker --listen 127.0.0.1:0; awk '/listening on/{print $3; exit}' "$work/$1.log"; }
+tracker() { start "$1" tracker --listen 127.0.0.1:0 --key "$work/$1.key"; awk '/listening on/{print $3; exit}' "$work/$1.log"; }
 file_id() { awk '/^sharing/{print $2; exit}' "$work/$1.log"; }
 
 echo "== 1. seed example: A, B, C hold one piece each of a 3-piece file; D gets all three"

@@ -28,7 +28,7 @@ tmin=$(kumar_ross "$size" "$UP" "$N")
 
 for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"
-  "$node" tracker --listen 127.0.0.1:0 >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
+  "$node" tracker --listen 127.0.0.1:0 --key "$r/tracker.key" >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
   wait_line "$r/tracker.log" "listening on"
   tracker=$(awk '/listening on/{print $3; exit}' "$r/tracker.log")
   "$node" peer --tracker "$tracker" --store "$r/seed" --share "$work/payload.bin" --piece-size "$PIECE" \

@@ -56,7 +56,7 @@ for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"
   # Fresh ports per run, so a run never waits for the last one's sockets to go.
   tport=$((7000 + run)); pport=$((7100 + run))
-  in_host 1 "$node" tracker --listen "$net.1:$tport" >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
+  in_host 1 "$node" tracker --listen "$net.1:$tport" --key "$r/tracker.key" >"$r/tracker.log" 2>"$r/tracker.err" & pids+=($!)
   wait_line "$r/tracker.log" "listening on"
   in_host 2 "$node" peer --tracker "$net.1:$tport" --listen "$net.2:$pport" --store "$r/seed" \
     --share "$work/payload.bin" --piece-size "$PIECE" >"$r/seed.log" 2>"$r/seed.err" & pids+=($!)

@@ -316,12 +316,26 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }
     }
 
+    /// Counts the block bytes received for each file this node was told to download. Only
+    /// those files get a count: the ids in a remote's `Data` frames are the remote's choice, and
+    /// a count per id it names would grow without bound.
     fn count_received(&mut self, input: &Input) {
-        let Input::Message { message, .. } = input else { return };
-        if let Message::Data { file_id, bytes, .. } = message {
-            *self.received_bytes.entry(*file_id).or_default() += bytes.len() as u64;
+        match input {
+            Input::Command(command) => {
+                if let Command::Get { file_id, .. } = command.as_ref() {
+                    self.received_bytes.entry(*file_id).or_default();
+                }
+            }
+            Input::Message { message, .. } => {
+                if let Message::Data { file_id, bytes, .. } = message {
+                    if let Some(count) = self.received_bytes.get_mut(file_id) {
+                        *count += bytes.len() as u64;
+                    }
+                }
+                self.watch.received(message);
+            }
+            _ => {}
         }
-        self.watch.received(message);
     }
 
     fn execute(&mut self, ctx: &mut Context<Self>, output: Output) {
