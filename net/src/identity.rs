@@ -158,9 +158,10 @@ fn write_new_secret(path: &Path, secret: &[u8; SECRET_BYTES]) -> Result<(), NetE
     write_secret(path, secret)
 }
 
-/// Writes `secret` to `path` unless the file exists already (then the existing one stays):
-/// a temporary file of mode 0600 beside it, synced, then hard-linked to `path`.
-fn write_secret(path: &Path, secret: &[u8; SECRET_BYTES]) -> Result<(), NetError> {
+/// Writes `secret` (as hex digits) to `path` unless the file exists already (then the existing
+/// one stays): a temporary file of mode 0600 beside it, synced, then hard-linked to `path`, so
+/// a crash never leaves a partly written secret under its name.
+pub(crate) fn write_secret(path: &Path, secret: &[u8]) -> Result<(), NetError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let written = (|| {

@@ -1,15 +1,15 @@
 //! The bearer token that mutating endpoints require: read from a file, or created in one (mode
 //! 0600) on first run. The token is compared in constant time and never printed or returned.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::Read;
 use std::path::Path;
 
 use rand::RngCore;
 
 use super::limits::{TOKEN_BYTES, TOKEN_FILE_BYTES_MAX};
 use crate::error::NetError;
+use crate::identity::write_secret;
 
 /// A secret that authorizes changes through the API.
 #[derive(Clone)]
@@ -39,16 +39,8 @@ impl Token {
     pub fn load_or_create(path: &Path) -> Result<Token, NetError> {
         let mut bytes = [0u8; TOKEN_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let created = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
-        match created {
-            Ok(mut file) => {
-                let token = hex::encode(bytes);
-                writeln!(file, "{token}").map_err(NetError::io("write the token file", path))?;
-                Ok(Token(token))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Token::load(path),
-            Err(e) => Err(NetError::io("create the token file", path)(e)),
-        }
+        write_secret(path, &bytes)?;
+        Token::load(path)
     }
 
     /// Whether an `Authorization` header value carries this token (`Bearer TOKEN`).
