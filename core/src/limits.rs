@@ -149,6 +149,19 @@ pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 /// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
 pub const UPLOAD_SLOTS_COUNT: usize = 2;
 
+/// Connections that wait for an upload slot at most; a request of any other is refused
+/// (`Busy`) and goes to another holder. As many as there are slots: a slot that frees finds a
+/// request already queued, and no request waits for more than about two turns.
+pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
+
+/// How long a downloader leaves a remote that refused a request as `Busy` (its upload slots
+/// and line are taken) before asking it again; its pieces go to other holders meanwhile.
+pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How long an uploader holds room in its line for a connection it refused (`Busy`): long
+/// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip.
+pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(1500);
+
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
 

@@ -228,7 +228,7 @@ impl Peer {
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
-            Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
+            Message::Reject { file_id, piece, offset, reason } => self.on_reject(conn, file_id, piece, offset, reason),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
@@ -362,13 +362,12 @@ impl Peer {
         }
     }
 
-    /// Closes silent or idle connections, takes the pieces of stalled remotes elsewhere (a
-    /// stalled remote rests for a while: no new requests), and wakes remotes whose rest is over.
+    /// Closes silent or idle connections, and takes the pieces of stalled remotes elsewhere (a
+    /// stalled remote rests for a while: no new requests; see `Peer::wake_rested`).
     pub(super) fn remote_timeouts(&mut self) {
         let now = self.now;
         let mut to_close = Vec::new();
         let mut stalled = Vec::new();
-        let mut rested = Vec::new();
         for (conn, remote) in self.remotes.iter() {
             if remote.stage != Stage::Ready {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
@@ -378,17 +377,9 @@ impl Peer {
                 if deadline <= now {
                     stalled.extend(remote.in_flight.iter().map(|(file_id, piece, _)| (*conn, *file_id, *piece)));
                 }
-            } else if remote.resting_until.is_some_and(|until| until <= now) {
-                rested.push(*conn);
             } else if self.uploads.serving(*conn) == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
                 to_close.push(*conn);
             }
-        }
-        for conn in rested {
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.resting_until = None;
-            }
-            self.schedule(conn);
         }
         if stalled.is_empty() && to_close.is_empty() {
             return;

@@ -304,6 +304,7 @@ impl Peer {
     fn on_timeout(&mut self) {
         self.tracker_timeout();
         self.locate_due();
+        self.wake_rested();
         if self.connections_check_at <= self.now {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
@@ -359,7 +360,8 @@ impl Machine for Peer {
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex]
+        let rested = self.remotes.values().filter_map(|r| r.resting_until).min();
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()
             .chain(locate)

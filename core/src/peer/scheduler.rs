@@ -17,9 +17,9 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, PIECES_ASSIGNED_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, BUSY_RETRY_DELAY, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
-use crate::wire::Message;
+use crate::wire::{Message, RejectReason};
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
 use super::pieces::{block_at, block_span, FileEntry};
@@ -30,6 +30,23 @@ impl Peer {
     /// Fills the pipeline of every ready remote.
     pub(super) fn schedule_all(&mut self) {
         for conn in self.remotes.ready() {
+            self.schedule(conn);
+        }
+    }
+
+    /// Remotes whose rest is over (stalled, or `Busy`) get requests again.
+    pub(super) fn wake_rested(&mut self) {
+        let now = self.now;
+        let rested: Vec<ConnId> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.resting_until.is_some_and(|until| until <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in rested {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.resting_until = None;
+            }
             self.schedule(conn);
         }
     }
@@ -161,13 +178,28 @@ impl Peer {
         }
     }
 
-    /// The remote will not serve a block: give the piece to someone else.
-    pub(super) fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+    /// The remote will not serve a block: give the piece to someone else. A remote that is
+    /// `Busy` (its upload slots and line are taken) keeps its pieces and is asked again after
+    /// [`BUSY_RETRY_DELAY`]; any other refusal means it will not serve this piece.
+    pub(super) fn on_reject(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        reason: RejectReason,
+    ) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.in_flight.remove(&(file_id, piece, offset)) {
-            self.give_up_on(conn, file_id, piece);
-            self.schedule_all();
+        if !remote.in_flight.remove(&(file_id, piece, offset)) {
+            return;
         }
+        if reason == RejectReason::Busy {
+            remote.resting_until = Some(self.now + BUSY_RETRY_DELAY);
+            self.unassign(conn, file_id, piece);
+        } else {
+            self.give_up_on(conn, file_id, piece);
+        }
+        self.schedule_all();
     }
 
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another

@@ -21,6 +21,14 @@
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up.
+//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot; a request of a
+//!   connection that is neither served nor in line is refused (`Busy`) while the line is full,
+//!   so the downloader asks another holder of the piece at once instead of waiting here for
+//!   every turn before its own (choking, in BitTorrent's terms). A refused connection gets a
+//!   ticket: room in the line goes to ticket holders first, in the order they were refused.
+//!   A slot holder whose turn ends while tickets are out leaves the line (its queued requests
+//!   refused too) and takes a ticket itself, so the line goes round every asker, not only
+//!   the few that ask again the moment they were served.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
@@ -39,8 +47,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_SLOTS_COUNT,
-    UPLOAD_TURN_BYTES,
+    BUSY_TICKET_TIME, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_MAX,
+    UPLOAD_SLOTS_COUNT, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -58,9 +66,10 @@ pub(super) struct ServeJob {
     pub len: u32,
 }
 
-/// A request that cannot be queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already.
+/// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, or
+/// it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct QueueFull;
+pub(super) struct Busy;
 
 /// What the upload side keeps per connection.
 #[derive(Debug, Default)]
@@ -98,6 +107,12 @@ pub(super) struct Uploads {
     waiting: VecDeque<ConnId>,
     reads_in_flight: usize,
     wake_at: Option<Time>,
+    /// Connections refused because the line was full, in the order they were first refused,
+    /// with when they were last refused: room in the line goes to them first, while they come
+    /// back within [`BUSY_TICKET_TIME`].
+    tickets: VecDeque<(ConnId, Time)>,
+    /// Queued requests of connections that left the line, to be answered `Busy`.
+    refused: Vec<ServeJob>,
 }
 
 impl Uploads {
@@ -110,6 +125,8 @@ impl Uploads {
             waiting: VecDeque::new(),
             reads_in_flight: 0,
             wake_at: None,
+            tickets: VecDeque::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -123,14 +140,19 @@ impl Uploads {
         self.conns.get(&conn).map_or(0, |c| c.queue.len() + c.reads.len())
     }
 
-    /// Queues a checked request.
-    pub fn request(&mut self, job: ServeJob) -> Result<(), QueueFull> {
+    /// Queues a checked request at `now`, unless its connection has too many queued, or is not
+    /// in line and no room in the line is free for it.
+    pub fn request(&mut self, job: ServeJob, now: Time) -> Result<(), Busy> {
+        let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
+        if !in_line && !self.admit(job.conn, now) {
+            return Err(Busy);
+        }
         let state = self.conns.entry(job.conn).or_default();
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
-            return Err(QueueFull);
+            return Err(Busy);
         }
         state.queue.push_back(job);
-        if !self.slots.contains(&job.conn) && !self.waiting.contains(&job.conn) {
+        if !in_line {
             self.waiting.push_back(job.conn);
         }
         Ok(())
@@ -176,11 +198,37 @@ impl Uploads {
         }
     }
 
+    /// Whether `conn`, not in line, may join it at `now`: room is free and not held for
+    /// connections refused before it. A refused connection gets a ticket (or keeps its own).
+    fn admit(&mut self, conn: ConnId, now: Time) -> bool {
+        self.tickets.retain(|(_, at)| *at + BUSY_TICKET_TIME > now);
+        let room = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len());
+        let ticket = self.tickets.iter().position(|(c, _)| *c == conn);
+        if ticket.unwrap_or(self.tickets.len()) < room {
+            if let Some(at) = ticket {
+                self.tickets.remove(at);
+            }
+            return true;
+        }
+        match ticket {
+            Some(at) => self.tickets[at].1 = now,
+            None => self.tickets.push_back((conn, now)),
+        }
+        false
+    }
+
+    /// The queued requests of connections that left the line to make room for refused ones:
+    /// each is to be answered `Busy`.
+    pub fn take_refused(&mut self) -> Vec<ServeJob> {
+        std::mem::take(&mut self.refused)
+    }
+
     /// Forgets a closed connection.
     pub fn drop_conn(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
         self.slots.retain(|c| *c != conn);
         self.waiting.retain(|c| *c != conn);
+        self.tickets.retain(|(c, _)| *c != conn);
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
@@ -221,7 +269,8 @@ impl Uploads {
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
-        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty();
+        let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
+        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && others_wait;
         self.reads_in_flight += 1;
         self.slots.push_back(conn);
         job
@@ -236,7 +285,12 @@ impl Uploads {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
             if state.turn_over && state.unsent_bytes == 0 {
                 state.turn_over = false;
-                if !state.queue.is_empty() {
+                if let Some(&(_, at)) = self.tickets.back().filter(|_| !state.queue.is_empty()) {
+                    // Others were refused and come back: it makes room for them, and its turn
+                    // comes again after theirs.
+                    self.refused.extend(state.queue.drain(..));
+                    self.tickets.push_back((conn, at));
+                } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
                 }
             } else if !state.idle() {
@@ -303,7 +357,7 @@ mod tests {
             offset: 0,
             len: BLOCK_BYTES,
         };
-        uploads.request(job).expect("room in the queue");
+        uploads.request(job, Time::ZERO).expect("room in the queue");
     }
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.

@@ -35,7 +35,7 @@ impl Peer {
         if !self.remotes.contains_key(&conn) {
             return;
         }
-        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }).is_err() {
+        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }, self.now).is_err() {
             return self.send(conn, reject(RejectReason::Busy));
         }
         self.pump_uploads();
@@ -51,7 +51,8 @@ impl Peer {
         self.pump_uploads();
     }
 
-    /// Starts the reads the upload side allows now.
+    /// Starts the reads the upload side allows now, and refuses the requests of connections
+    /// that left the upload line.
     pub(in crate::peer) fn pump_uploads(&mut self) {
         loop {
             let remotes = &self.remotes;
@@ -60,6 +61,9 @@ impl Peer {
             };
             let ServeJob { conn, file_id, piece, offset, len } = job;
             self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
+        }
+        for ServeJob { conn, file_id, piece, offset, .. } in self.uploads.take_refused() {
+            self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Busy });
         }
     }
 
