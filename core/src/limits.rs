@@ -154,6 +154,11 @@ pub const UPLOAD_SLOTS_COUNT: usize = 2;
 /// request already queued, and no request waits for more than about two turns.
 pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
 
+/// Bytes queued (and unsent) over an uploader's line under which it takes any asker, however
+/// many are in line: two blocks, so an uplink serving pieces far smaller than a block still
+/// has enough queued to stay busy over a round trip.
+pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
+
 /// How long a downloader leaves a remote that refused a request as `Busy` (its upload slots
 /// and line are taken) before asking it again; its pieces go to other holders meanwhile.
 pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(500);

@@ -21,8 +21,9 @@
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up.
-//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot; a request of a
-//!   connection that is neither served nor in line is refused (`Busy`) while the line is full,
+//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the
+//!   line holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection
+//!   that is neither served nor in line is refused (`Busy`) while the line is full,
 //!   so the downloader asks another holder of the piece at once instead of waiting here for
 //!   every turn before its own (choking, in BitTorrent's terms). A refused connection gets a
 //!   ticket: room in the line goes to ticket holders first, in the order they were refused.
@@ -47,8 +48,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    BUSY_TICKET_TIME, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_MAX,
-    UPLOAD_SLOTS_COUNT, UPLOAD_TURN_BYTES,
+    BUSY_TICKET_TIME, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX,
+    UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -92,6 +93,11 @@ struct ConnUploads {
 impl ConnUploads {
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.unsent_bytes == 0
+    }
+
+    /// Bytes queued for it or read and not yet sent.
+    fn bytes(&self) -> u64 {
+        self.queue.iter().map(|j| u64::from(j.len)).sum::<u64>() + self.unsent_bytes
     }
 }
 
@@ -202,7 +208,13 @@ impl Uploads {
     /// connections refused before it. A refused connection gets a ticket (or keeps its own).
     fn admit(&mut self, conn: ConnId, now: Time) -> bool {
         self.tickets.retain(|(_, at)| *at + BUSY_TICKET_TIME > now);
-        let room = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len());
+        let in_line = self.slots.iter().chain(&self.waiting);
+        let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
+        let room = if line_bytes < UPLOAD_LINE_BYTES_MIN {
+            self.tickets.len() + 1
+        } else {
+            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
+        };
         let ticket = self.tickets.iter().position(|(c, _)| *c == conn);
         if ticket.unwrap_or(self.tickets.len()) < room {
             if let Some(at) = ticket {
