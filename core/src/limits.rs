@@ -187,6 +187,12 @@ pub const OFFER_WINDOW_PIECES: usize = 1;
 /// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
 
+/// Shortest time without a block from the remote fetching a piece before another remote may
+/// fetch it too (endgame); longer for a remote whose measured rate makes two blocks take
+/// longer. A remote that keeps delivering is not duplicated: its copy would arrive about as
+/// soon, and the duplicate's bytes would be wasted uplink.
+pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Most remotes working on the same piece at once (more than one only in endgame).
 pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
 
