@@ -251,7 +251,7 @@ impl Uploads {
             return None;
         }
         let mut rarity = Rarity { holders, known: Vec::new() };
-        self.fill_slots(&mut rarity);
+        self.fill_slots(&mut rarity, now);
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
             !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
@@ -289,19 +289,20 @@ impl Uploads {
     }
 
     /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
-    /// left (to the back of the line if they have requests left), and gives free slots to the
-    /// ones in line that asked for the rarest pieces.
-    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) {
+    /// left (to the back of the line if they have requests left; out of it, with a ticket taken
+    /// at `now`, while tickets are out), and gives free slots to the ones in line that asked
+    /// for the rarest pieces.
+    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         while let Some(conn) = self.slots.pop_front() {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
             if state.turn_over && state.unsent_bytes == 0 {
                 state.turn_over = false;
-                if let Some(&(_, at)) = self.tickets.back().filter(|_| !state.queue.is_empty()) {
+                if !self.tickets.is_empty() && !state.queue.is_empty() {
                     // Others were refused and come back: it makes room for them, and its turn
                     // comes again after theirs.
                     self.refused.extend(state.queue.drain(..));
-                    self.tickets.push_back((conn, at));
+                    self.tickets.push_back((conn, now));
                 } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
                 }
@@ -372,6 +373,18 @@ mod tests {
         uploads.request(job, Time::ZERO).expect("room in the queue");
     }
 
+    /// A request of `conn` for `piece` at `at_ms`: whether it was queued.
+    fn ask(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64) -> bool {
+        let job = ServeJob {
+            conn: ConnId::Inbound(conn),
+            file_id: FILE,
+            piece: PieceIndex(piece),
+            offset: 0,
+            len: BLOCK_BYTES,
+        };
+        uploads.request(job, Time::from_millis(at_ms)).is_ok()
+    }
+
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
     fn serve(uploads: &mut Uploads) -> Vec<(u64, u32)> {
         serve_rarest(uploads, |_| 0)
@@ -425,6 +438,48 @@ mod tests {
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
         let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
         assert_eq!(next, expected);
+    }
+
+    #[test]
+    fn a_full_line_refuses_newcomers_and_lets_the_refused_in_first() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
+        }
+        assert!(!ask(&mut uploads, line + 1, 0, 0), "the line is full");
+        assert!(!ask(&mut uploads, line + 2, 0, 0), "still full");
+        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
+        // The first holder's block left and it asks for nothing more: one room frees, held for
+        // the first connection refused, not for a newcomer or the second refused.
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        assert!(!ask(&mut uploads, line + 3, 0, 100), "a newcomer waits behind the tickets");
+        assert!(!ask(&mut uploads, line + 2, 0, 100), "the second ticket waits for the first");
+        assert!(ask(&mut uploads, line + 1, 0, 100), "the first ticket gets the room");
+        // Tickets lapse when their holders do not come back.
+        uploads.sent(ConnId::Inbound(2), 1);
+        serve(&mut uploads);
+        let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
+        assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
+    }
+
+    #[test]
+    fn a_holder_whose_turn_ends_while_others_were_refused_leaves_the_line() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0));
+        }
+        assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
+        assert!(!ask(&mut uploads, line + 1, 0, 0));
+        serve(&mut uploads);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
+        assert!(ask(&mut uploads, line + 1, 0, 100), "the refused connection comes in");
+        assert!(!ask(&mut uploads, 1, 1, 100), "the one that left waits its turn");
     }
 
     #[test]
