@@ -142,7 +142,6 @@ pub async fn spawn_peer(
     let keys = Keys { identity, swarm_key: options.swarm_key };
     let metrics = Arc::new(Metrics::new(Role::Peer));
     let driver = Driver::new(Peer::new(config), keys, format!("peer {addr}"), Some(store.clone()), Some(events))
-        .with_command_check(Peer::check_command)
         .with_metrics(metrics.clone());
     let driver = driver.start_with_listener(listener);
     Ok(PeerHandle { addr, peer_id, trackers: options.trackers, swarm_key, store, metrics, driver })
