@@ -331,3 +331,37 @@ fn a_restarted_peer_seeds_what_its_store_holds_and_a_finished_get_is_not_fetched
     assert!(again.wait_exit(EXIT_TIMEOUT).success(), "{}", again.report());
     assert_same_file(&copy, &original);
 }
+
+#[test]
+fn a_fresh_store_reuses_the_file_already_in_out_and_fetches_only_the_pieces_that_fail() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "done.bin", (PIECE_BYTES * 4) as usize, 27);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let (mut seeder, file_id) = capped_seeder(dir.path(), tracker_addr, &original);
+
+    // The finished file is in --out (an earlier run on another store left it there).
+    let out = subdir(dir.path(), "out");
+    fs::copy(&original, out.join("done.bin")).expect("copy");
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+    let mut again = Node::peer("downloader (fresh store)", tracker_addr, &subdir(dir.path(), "fresh"), &get_args);
+    assert_eq!(again.wait_complete(&file_id, STARTUP_TIMEOUT), out.join("done.bin"));
+    assert_eq!(again.wait_downloaded(&file_id), 0, "a verified file in --out is not fetched again");
+    assert!(again.wait_exit(EXIT_TIMEOUT).success(), "{}", again.report());
+
+    // A copy with one damaged piece: the other three are kept, that one is fetched.
+    let damaged_out = subdir(dir.path(), "damaged-out");
+    let damaged = damaged_out.join("done.bin");
+    fs::copy(&original, &damaged).expect("copy");
+    let mut file = fs::OpenOptions::new().write(true).open(&damaged).expect("open");
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(PIECE_BYTES * 2 + 10)).expect("seek");
+    file.write_all(b"not the original bytes").expect("damage");
+    drop(file);
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&damaged_out), "--exit-when-done"];
+    let mut repair = Node::peer("downloader (damaged copy)", tracker_addr, &subdir(dir.path(), "fresh2"), &get_args);
+    let copy = repair.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&copy, &original);
+    let line = repair.wait_for_line(&format!("downloaded {file_id} "), STARTUP_TIMEOUT);
+    assert!(line.contains(&format!(" useful={PIECE_BYTES} ")), "only the damaged piece is fetched: {line:?}");
+    assert!(repair.wait_exit(EXIT_TIMEOUT).success(), "{}", repair.report());
+    assert!(seeder.is_running(), "{}", seeder.report());
+}

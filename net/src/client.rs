@@ -1,5 +1,6 @@
 //! Short client connections to a tracker, for tools: the check that an address is a tracker
-//! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix).
+//! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix),
+//! a file's manifest (a peer checking whether a download is already in its output folder).
 //! A remote that is not a tracker (an HTTP server, a peer's port, silence) is named as such.
 //!
 //! The client runs the transport's handshake with the keys it is given (a tool's key pair may
@@ -11,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2p_core::wire::{FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::{FileId, Manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -39,6 +41,15 @@ pub async fn list_files(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSum
     }
 }
 
+/// The manifest of `file_id` as the tracker at `tracker` knows it; `None` when it knows no such
+/// file.
+pub async fn locate_manifest(tracker: SocketAddr, keys: &Keys, file_id: FileId) -> Result<Option<Manifest>, NetError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, locate_manifest_now(tracker, keys, file_id)).await {
+        Ok(result) => result,
+        Err(_) => Err(silent(tracker).await),
+    }
+}
+
 /// Checks that `tracker` is a swarm tracker: it answers the handshake as one. Anything else
 /// (nothing listening, an HTTP server, a peer's port, silence) is an error naming what it is.
 pub async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> Result<(), NetError> {
@@ -54,6 +65,27 @@ async fn list_files_now(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSum
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {
             Some(Ok(Message::Files { files, truncated })) => return Ok((files, truncated)),
+            Some(Ok(Message::Error { detail, .. })) => {
+                return Err(protocol(tracker, format!("tracker refused: {detail}")))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
+            None => break,
+        }
+    }
+    Err(protocol(tracker, "closed the connection without an answer".into()))
+}
+
+async fn locate_manifest_now(tracker: SocketAddr, keys: &Keys, file_id: FileId) -> Result<Option<Manifest>, NetError> {
+    let mut framed = handshake(tracker, keys).await?;
+    let ask = Message::Locate { file_id, with_manifest: true };
+    framed.send(&ask).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
+    for _ in 0..CLIENT_MESSAGES_MAX {
+        match framed.next().await {
+            Some(Ok(Message::Located { file_id: located, manifest, .. })) if located == file_id => {
+                return Ok(manifest.map(|manifest| *manifest))
+            }
+            Some(Ok(Message::Error { code: ErrorCode::UnknownFile, .. })) => return Ok(None),
             Some(Ok(Message::Error { detail, .. })) => {
                 return Err(protocol(tracker, format!("tracker refused: {detail}")))
             }
