@@ -109,8 +109,13 @@ async fn handshake(tracker: SocketAddr, keys: &Keys) -> Result<Framed<SecureStre
         other => protocol(tracker, other.to_string()),
     })?;
     let mut framed = Framed::new(stream, FrameCodec::default());
-    let hello =
-        Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: keys.identity.peer_id(), listen_port: 0 };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+        peer_id: keys.identity.peer_id(),
+        listen_port: 0,
+        listen_ip: None,
+    };
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {

@@ -136,6 +136,8 @@ pub async fn spawn_peer(
     let peer_id = identity.peer_id();
     let mut config = PeerConfig::new(peer_id, seed, first_tracker, addr.port());
     config.trackers.clone_from(&options.trackers);
+    // Told to trackers, which take it for a peer that reaches them over loopback.
+    config.listen_ip = Some(addr.ip()).filter(|ip| !ip.is_unspecified());
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
     let swarm_key = options.swarm_key.clone();

@@ -294,6 +294,7 @@ mod tests {
             role: Role::Tracker,
             peer_id: PeerId([0xff; 16]),
             listen_port: u16::MAX,
+            listen_ip: Some(std::net::IpAddr::from([0xff; 16])),
         })
     }
 
@@ -514,7 +515,8 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 role: Role::Peer,
                 peer_id: PeerId(id),
-                listen_port: port
+                listen_port: port,
+                listen_ip: None
             })),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
