@@ -13,6 +13,9 @@ use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use p2p_core::wire::{Message, Role};
+
+use common::wire::WireClient;
 use common::{
     assert_same_file, node_bin, path_str, random_file, run_bounded, run_node, stderr_of, subdir, temp_dir,
     wait_store_progress, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT, STARTUP_TIMEOUT,
@@ -364,4 +367,70 @@ fn a_fresh_store_reuses_the_file_already_in_out_and_fetches_only_the_pieces_that
     assert!(line.contains(&format!(" useful={PIECE_BYTES} ")), "only the damaged piece is fetched: {line:?}");
     assert!(repair.wait_exit(EXIT_TIMEOUT).success(), "{}", repair.report());
     assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+#[test]
+fn a_holder_that_accepts_and_says_nothing_is_named_with_the_timeout_and_the_download_gives_up() {
+    let silent = fake_holder(|stream| {
+        // Holds the connection open without a byte, as a stuck process or a black hole would.
+        thread::sleep(UNREACHABLE_FAILURE);
+        drop(stream);
+    });
+    gives_up_on_the_fake_holder(silent, "handshake failed: no answer within", 28);
+}
+
+#[test]
+fn a_holder_that_speaks_another_protocol_is_named_as_such_and_the_download_gives_up() {
+    let web_server = fake_holder(|mut stream| {
+        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").ok();
+    });
+    gives_up_on_the_fake_holder(web_server, "wrong protocol: handshake failed: the remote does not speak", 29);
+}
+
+/// A listener on 127.0.0.1 that hands each connection to `serve` on a thread of its own.
+fn fake_holder(serve: fn(std::net::TcpStream)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    thread::spawn(move || {
+        for stream in listener.incoming().take(FAKE_HOLDER_CONNECTIONS_MAX).flatten() {
+            thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
+/// Connections a [`fake_holder`] accepts before its thread ends.
+const FAKE_HOLDER_CONNECTIONS_MAX: usize = 64;
+
+/// A tracker told that the peer at `holder` holds a whole file, and a downloader of that file
+/// with `--exit-when-done`: it must exit 1 within the bounded time, its last stderr line naming
+/// the holder's address and `reason`.
+fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 512 * 1024, seed);
+    let manifest = p2p_net::hasher::manifest_of(&original, None).expect("a manifest");
+    let file_id = manifest.file_id().to_string();
+    let (_tracker, tracker_addr) = Node::tracker();
+    // The announcer's connection comes from 127.0.0.1, so the tracker records the holder at
+    // 127.0.0.1 with the port it announces: the fake holder's.
+    let mut announcer = WireClient::hello(None, tracker_addr, Role::Peer, holder.port());
+    let have = p2p_core::Bitfield::full(manifest.piece_count());
+    announcer.send(&Message::Announce { file_id: manifest.file_id(), manifest: Some(Box::new(manifest)), have });
+    match announcer.recv(STARTUP_TIMEOUT) {
+        Some(Message::Announced { .. }) => {}
+        other => panic!("the announce was answered with {other:?}"),
+    }
+
+    let tracker = tracker_addr.to_string();
+    let store = subdir(dir.path(), "downloader");
+    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--get", &file_id, "--exit-when-done"];
+    let started = Instant::now();
+    let output = run_node(&args, UNREACHABLE_FAILURE);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < UNREACHABLE_FAILURE, "gave up after {:?}", started.elapsed());
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.contains(&format!("cannot reach any holder of {file_id}")), "the last line says why: {stderr}");
+    assert!(last.contains(&format!("{holder} ({reason}")), "names the holder and why: {stderr}");
+    drop(announcer);
 }
