@@ -284,19 +284,33 @@ fn a_download_whose_only_holder_is_unreachable_gives_up_naming_it_and_why() {
     let file_id = seeder.wait_sharing().file_id;
     let handed_out = format!("127.0.0.1:{seeder_port}");
 
-    let store = subdir(dir.path(), "downloader");
-    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--get", &file_id, "--exit-when-done"];
+    let stderr = download_giving_up(
+        tracker_addr,
+        &subdir(dir.path(), "downloader"),
+        &file_id,
+        &handed_out,
+        "connection refused",
+    );
+    let said = stderr.lines().filter(|line| line.contains(&format!("cannot connect to holder {handed_out}"))).count();
+    assert_eq!(said, 1, "the failure is said once at the default level, not per retry: {stderr}");
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Runs a download of `file_id` on `store` with `--exit-when-done`, whose holders cannot be
+/// reached: it must exit 1 within the bounded time, its last stderr line naming `holder` and
+/// `reason`. Returns its stderr.
+fn download_giving_up(tracker: SocketAddr, store: &Path, file_id: &str, holder: &str, reason: &str) -> String {
+    let tracker = tracker.to_string();
+    let args = ["peer", "--tracker", &tracker, "--store", path_str(store), "--get", file_id, "--exit-when-done"];
     let started = Instant::now();
     let output = run_node(&args, UNREACHABLE_FAILURE);
     let stderr = stderr_of(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < UNREACHABLE_FAILURE, "gave up after {:?}", started.elapsed());
     let last = stderr.lines().last().unwrap_or("");
     assert!(last.contains(&format!("cannot reach any holder of {file_id}")), "the last line says why: {stderr}");
-    assert!(last.contains(&format!("{handed_out} (connection refused)")), "names the holder and why: {stderr}");
-    let said = stderr.lines().filter(|line| line.contains(&format!("cannot connect to holder {handed_out}"))).count();
-    assert_eq!(said, 1, "the failure is said once at the default level, not per retry: {stderr}");
-    eprintln!("gave up after {:?}", started.elapsed());
-    assert!(seeder.is_running(), "{}", seeder.report());
+    assert!(last.contains(&format!("{holder} ({reason}")), "names the holder and why: {stderr}");
+    stderr
 }
 
 /// Bound on giving up on unreachable holders: the node's wait (20 s) and some slack.
@@ -403,8 +417,7 @@ fn fake_holder(serve: fn(std::net::TcpStream)) -> SocketAddr {
 const FAKE_HOLDER_CONNECTIONS_MAX: usize = 64;
 
 /// A tracker told that the peer at `holder` holds a whole file, and a downloader of that file
-/// with `--exit-when-done`: it must exit 1 within the bounded time, its last stderr line naming
-/// the holder's address and `reason`.
+/// that gives up on it for `reason` ([`download_giving_up`]).
 fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
     let dir = temp_dir();
     let original = random_file(dir.path(), "f.bin", 512 * 1024, seed);
@@ -421,16 +434,6 @@ fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
         other => panic!("the announce was answered with {other:?}"),
     }
 
-    let tracker = tracker_addr.to_string();
-    let store = subdir(dir.path(), "downloader");
-    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--get", &file_id, "--exit-when-done"];
-    let started = Instant::now();
-    let output = run_node(&args, UNREACHABLE_FAILURE);
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(started.elapsed() < UNREACHABLE_FAILURE, "gave up after {:?}", started.elapsed());
-    let last = stderr.lines().last().unwrap_or("");
-    assert!(last.contains(&format!("cannot reach any holder of {file_id}")), "the last line says why: {stderr}");
-    assert!(last.contains(&format!("{holder} ({reason}")), "names the holder and why: {stderr}");
+    download_giving_up(tracker_addr, &subdir(dir.path(), "downloader"), &file_id, &holder.to_string(), reason);
     drop(announcer);
 }

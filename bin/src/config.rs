@@ -183,7 +183,7 @@ mod tests {
             ("trackers = [\"127.0.0.1:7000\"]", "unknown key `trackers`"),
             ("config = \"other.toml\"", "unknown key `config`"),
             ("exit-when-done = \"yes\"", "`exit-when-done` is true or false"),
-            ("store = [\"a\", \"b\"]", "`store` takes one value"),
+            ("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]", "`listen` takes one value"),
             ("upload-limit = 1.5", "`upload-limit` takes a string or a whole number"),
             ("store = ", "not valid TOML"),
         ];

@@ -60,36 +60,40 @@ pub async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> Result<(), NetEr
 }
 
 async fn list_files_now(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSummary>, bool), NetError> {
-    let mut framed = handshake(tracker, keys).await?;
-    framed.send(&Message::List).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
-    for _ in 0..CLIENT_MESSAGES_MAX {
-        match framed.next().await {
-            Some(Ok(Message::Files { files, truncated })) => return Ok((files, truncated)),
-            Some(Ok(Message::Error { detail, .. })) => {
-                return Err(protocol(tracker, format!("tracker refused: {detail}")))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
-            None => break,
-        }
-    }
-    Err(protocol(tracker, "closed the connection without an answer".into()))
+    ask(tracker, keys, Message::List, |answer| match answer {
+        Message::Files { files, truncated } => Ok((files, truncated)),
+        other => Err(other),
+    })
+    .await
 }
 
 async fn locate_manifest_now(tracker: SocketAddr, keys: &Keys, file_id: FileId) -> Result<Option<Manifest>, NetError> {
+    ask(tracker, keys, Message::Locate { file_id, with_manifest: true }, |answer| match answer {
+        Message::Located { file_id: located, manifest, .. } if located == file_id => Ok(manifest.map(|m| *m)),
+        Message::Error { code: ErrorCode::UnknownFile, .. } => Ok(None),
+        other => Err(other),
+    })
+    .await
+}
+
+/// Says `question` to the tracker at `tracker` after the handshakes and returns what `answer`
+/// makes of the first message it takes (it hands back the others). An `Error` it does not
+/// take is the tracker's refusal; other messages are skipped, up to a bound.
+async fn ask<T>(
+    tracker: SocketAddr,
+    keys: &Keys,
+    question: Message,
+    answer: impl Fn(Message) -> Result<T, Message>,
+) -> Result<T, NetError> {
     let mut framed = handshake(tracker, keys).await?;
-    let ask = Message::Locate { file_id, with_manifest: true };
-    framed.send(&ask).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
+    framed.send(&question).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
-        match framed.next().await {
-            Some(Ok(Message::Located { file_id: located, manifest, .. })) if located == file_id => {
-                return Ok(manifest.map(|manifest| *manifest))
-            }
-            Some(Ok(Message::Error { code: ErrorCode::UnknownFile, .. })) => return Ok(None),
-            Some(Ok(Message::Error { detail, .. })) => {
+        match framed.next().await.map(|message| message.map(&answer)) {
+            Some(Ok(Ok(answer))) => return Ok(answer),
+            Some(Ok(Err(Message::Error { detail, .. }))) => {
                 return Err(protocol(tracker, format!("tracker refused: {detail}")))
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(Err(_))) => continue,
             Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
             None => break,
         }

@@ -1,7 +1,8 @@
 //! A picture of a run (`p2p-sim SCENARIO --svg FILE`): one timeline per peer, virtual time from
 //! left to right. In a peer's row every piece it verified is a mark at the time it arrived, at
 //! the height of its piece number, coloured by the peer that sent it (labelled `piece ← sender`
-//! while the row has few marks); its completion is a black bar; the scenario's faults are
+//! while the row has few marks), over pale bands for the pieces it held from the start; its
+//! completion is a black bar; the scenario's faults are
 //! marked where they strike: a peer's join, leave, crash, restart and corrupted pieces in its
 //! row, partitions and tracker restarts or stops as dashed lines across every row, and whom it
 //! banned at the row's end. Every mark carries a tooltip with its exact time.
@@ -10,7 +11,7 @@
 //! so the same run gives the same bytes. It is bounded whatever the run: at most [`ROWS_MAX`]
 //! peers and [`MARKS_MAX`] piece marks are drawn, and a note says what was left out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use p2p_core::Time;
@@ -51,6 +52,9 @@ pub fn render(scenario: &Scenario, outcome: &Outcome) -> String {
     layout.axis(&mut svg);
     for (i, peer) in outcome.peers.iter().take(ROWS_MAX).enumerate() {
         layout.row(&mut svg, i, &peer.name, peer.completed_at);
+        if let Some(spec) = scenario.peers.get(i) {
+            layout.held(&mut svg, i, &spec.holds);
+        }
     }
     let colours = Colours::new(outcome);
     layout.pieces(&mut svg, outcome, &colours);
@@ -156,6 +160,26 @@ impl Layout {
                  <title>{} complete at {at}</title></rect>",
                 x - 1.0,
                 escape(name)
+            );
+        }
+    }
+
+    /// The pieces a peer holds from the start: a pale band along each run of their lanes.
+    fn held(&self, svg: &mut String, row: usize, holds: &BTreeSet<u32>) {
+        let (left, right) = (self.x(Time::ZERO), self.x(Time::from_micros(self.end_us)));
+        let mut pieces = holds.iter().copied().peekable();
+        while let Some(first) = pieces.next() {
+            let mut last = first;
+            while let Some(next) = pieces.next_if(|next| *next == last + 1) {
+                last = next;
+            }
+            let (top, bottom) = (self.lane_top(row, first), self.lane_top(row, last) + self.lane_px);
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{left:.1}\" y=\"{top:.2}\" width=\"{:.1}\" height=\"{:.2}\" fill=\"#d8e8d0\">\
+                 <title>holds pieces {first}-{last} from the start</title></rect>",
+                right - left,
+                bottom - top
             );
         }
     }
