@@ -40,7 +40,7 @@ mod view;
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -76,6 +76,8 @@ pub struct PeerConfig {
     pub trackers: Vec<SocketAddr>,
     /// The port this peer accepts connections on, as the driver bound it.
     pub listen_port: u16,
+    /// The one IP address it listens on, told to trackers (`None`: every address, or unknown).
+    pub listen_ip: Option<IpAddr>,
     /// Upload cap in bytes per second (`None`: unlimited).
     pub upload_limit_bytes_per_s: Option<u64>,
     /// Interval between announces to the tracker.
@@ -90,6 +92,7 @@ impl PeerConfig {
             seed,
             trackers: vec![tracker],
             listen_port,
+            listen_ip: None,
             upload_limit_bytes_per_s: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
         }
@@ -230,6 +233,7 @@ impl Peer {
             role: Role::Peer,
             peer_id: self.peer_id,
             listen_port: self.config.listen_port,
+            listen_ip: self.config.listen_ip,
         })
     }
 
