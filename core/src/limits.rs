@@ -307,6 +307,11 @@ const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX <= TRACKER_MANIFEST_BY
 const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX / 32 <= TRACKER_PIECES_PER_IP_MAX);
 // The largest file fits every quota.
 const _: () = assert!(PIECES_MAX as u64 * 32 + FILE_NAME_BYTES_MAX as u64 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
+// The largest directory fits every quota too.
+const _: () = assert!(
+    PIECES_MAX as u64 * 32 + (FILE_NAME_BYTES_MAX + TREE_PATHS_TOTAL_BYTES_MAX) as u64
+        <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX
+);
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());

@@ -37,7 +37,7 @@ use crate::hasher::hash_range;
 use crate::held::{Found, Held};
 use crate::item::ItemFiles;
 
-/// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
+/// Names tried for a finished file or directory (`name`, `name.1`, ...) before giving up.
 const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
 
 /// The file in a store directory whose exclusive lock the store's process holds.
@@ -518,12 +518,7 @@ fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bitfield) -> R
 /// Moves `part` to a free name in `out` (`name`, `name.1`, ...) and returns it. A name taken by
 /// a file with exactly the manifest's content is reused; a different file is never replaced.
 fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
-    for attempt in 0..FINAL_NAME_ATTEMPTS_MAX {
-        // The manifest's name is one safe path component (checked by Manifest::new).
-        let name = match attempt {
-            0 => manifest.name().to_owned(),
-            n => format!("{}.{n}", manifest.name()),
-        };
+    for name in final_names(manifest) {
         let target = out.join(name);
         match link_or_copy(part, &target) {
             Ok(()) => {
@@ -541,6 +536,15 @@ fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, 
     }
     let source = io::Error::new(io::ErrorKind::AlreadyExists, "every candidate name is taken");
     Err(store_io("find a free name in", out)(source))
+}
+
+/// The names a finished item may take in its output directory, in order: `name`, `name.1`, ...
+/// (the manifest's name is one safe path component, checked by `Manifest::new`).
+pub(crate) fn final_names(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
+    (0..FINAL_NAME_ATTEMPTS_MAX).map(|attempt| match attempt {
+        0 => manifest.name().to_owned(),
+        n => format!("{}.{n}", manifest.name()),
+    })
 }
 
 /// Creates `target` with `source`'s content, failing with `AlreadyExists` rather than replacing

@@ -22,9 +22,7 @@ use p2p_core::{auto_piece_size, Manifest, ManifestBuilder, ManifestError, StoreE
 
 use crate::error::{store_io, NetError};
 use crate::hasher::feed_file;
-
-/// Names tried for a finished directory (`name`, `name.1`, ...) before giving up.
-const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
+use crate::store::final_names;
 
 /// The entries of the directory `root` in manifest order: its regular files (with their sizes)
 /// and its empty directories, below the root.
@@ -113,12 +111,8 @@ pub fn place(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, St
         _ => {}
     }
     lay_out(part, &staging, manifest)?;
-    for attempt in 0..FINAL_NAME_ATTEMPTS_MAX {
-        // The manifest's name is one safe path component (checked by Manifest::new).
-        let target = match attempt {
-            0 => out.join(manifest.name()),
-            n => out.join(format!("{}.{n}", manifest.name())),
-        };
+    for name in final_names(manifest) {
+        let target = out.join(name);
         let renamed = rustix::fs::renameat_with(
             rustix::fs::CWD,
             &staging,
