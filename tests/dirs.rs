@@ -1,6 +1,7 @@
 //! A directory shared with `--share DIR` is one item: `p2p-node id DIR` prints the id the seeder
-//! announces, and `--get` recreates the tree under `--out` byte for byte (empty files and empty
-//! directories included), also when the downloader was SIGKILLed half-way and restarted.
+//! announces, `--get` recreates the tree under `--out` byte for byte (empty files and empty
+//! directories included), also when the downloader was SIGKILLed half-way and restarted, and a
+//! store that shared or downloaded a tree seeds it again when restarted without flags.
 
 mod common;
 
@@ -99,6 +100,14 @@ fn a_directory_of_three_levels_and_a_hundred_files_round_trips_byte_identical() 
     assert!(copy.join("level-0/sub 0/nothing here").is_dir(), "the empty directory is recreated");
     assert!(downloader.wait_exit(DOWNLOAD_TIMEOUT).success(), "{}", downloader.report());
     assert!(seeder.is_running(), "seeder died\n{}", seeder.report());
+
+    // Both stores remember the tree: restarted without flags, each seeds it again.
+    seeder.terminate();
+    seeder.wait_exit(DOWNLOAD_TIMEOUT);
+    for (name, store) in [("seeder (restarted)", &seeder_store), ("downloader (restarted)", &store)] {
+        let mut restarted = Node::peer(name, tracker_addr, store, &[]);
+        restarted.wait_for_line(&format!("seeding {} album ", sharing.file_id), STARTUP_TIMEOUT);
+    }
 }
 
 const BIG_FILE_BYTES: usize = 2 * 1024 * 1024;
