@@ -177,3 +177,35 @@ fn holds_tree(root: &Path, manifest: &Manifest) -> bool {
             })
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_lists_files_and_empty_directories_in_manifest_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("top");
+        fs::create_dir_all(root.join("a/empty")).expect("mkdir");
+        fs::create_dir_all(root.join("b")).expect("mkdir");
+        fs::write(root.join("a.txt"), b"12345").expect("write");
+        fs::write(root.join("a/z"), b"").expect("write");
+        fs::write(root.join("b/c"), b"xy").expect("write");
+        let listed: Vec<(String, Option<u64>)> =
+            walk(&root).expect("walk").iter().map(|e| (e.path().join("/"), e.length_bytes())).collect();
+        let expected = [("a/empty", None), ("a/z", Some(0)), ("a.txt", Some(5)), ("b/c", Some(2))];
+        assert_eq!(listed, expected.map(|(p, len)| (p.to_owned(), len)));
+        let manifest = manifest_of_tree(&root.join("b/.."), None).expect("manifest");
+        assert_eq!((manifest.name(), manifest.length_bytes()), ("top", 7), "named after the directory itself");
+    }
+
+    #[test]
+    fn a_symbolic_link_in_the_tree_is_refused_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("top");
+        fs::create_dir_all(&root).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", root.join("escape")).expect("symlink");
+        let error = walk(&root).expect_err("a link is not shared").to_string();
+        assert!(error.contains("escape") && error.contains("symbolic link"), "{error}");
+    }
+}
