@@ -43,6 +43,7 @@ Examples:
   p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm   (seeds what the store holds)
   p2p-node ls --tracker 192.0.2.10:7000
   p2p-node id movie.mkv
+  p2p-node peer --tracker 192.0.2.10:7000 --store ~/.swarm --share photos/   (a directory, as one item)
   p2p-node swarm-key team.key   (then --swarm-key team.key on the tracker, every peer and ls)
   p2p-node tracker --listen 0.0.0.0:7000 --http 127.0.0.1:8000   (open http://127.0.0.1:8000/)
   p2p-node ctl --http 127.0.0.1:8001 --token-file ~/.swarm/http-token get 3f5c09a1 --out ~/Downloads";
@@ -77,11 +78,12 @@ pub enum NodeCommand {
     /// earlier runs, until SIGINT/SIGTERM, or exits once the downloads are done
     /// (--exit-when-done). One peer per store.
     Peer(PeerArgs),
-    /// Print the FILE_ID of a file, offline.
+    /// Print the FILE_ID of a file or directory, offline.
     ///
-    /// The same bytes and piece size give the same FILE_ID everywhere.
+    /// The same bytes and piece size (and for a directory, the same tree) give the same
+    /// FILE_ID everywhere.
     Id {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
         /// Piece size in bytes (a power of two, 16 KiB to 16 MiB; default: from the file size).
         #[arg(long, value_parser = parse_piece_size)]
@@ -181,7 +183,7 @@ pub struct PeerArgs {
     /// Store directory: partial downloads and their state.
     #[arg(long)]
     pub store: PathBuf,
-    /// A file to share (repeatable).
+    /// A file, or a directory tree as one item, to share (repeatable).
     #[arg(long)]
     pub share: Vec<PathBuf>,
     /// Share only these pieces of each --share, e.g. `0,2-3`.

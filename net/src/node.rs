@@ -202,8 +202,9 @@ impl PeerHandle {
         self.peer_id
     }
 
-    /// Shares the file at `path`: describes it on a worker thread, registers it with the store
-    /// (served in place) and tells the machine. Returns its manifest.
+    /// Shares the file or directory at `path` (a directory as one item): describes it on a
+    /// worker thread, registers it with the store (served in place) and tells the machine.
+    /// Returns its manifest.
     pub async fn share(&self, path: &Path, options: ShareOptions) -> Result<Manifest, NetError> {
         let store = self.store.clone();
         let path = path.to_owned();

@@ -167,11 +167,14 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     Ok(())
 }
 
-/// A `--share` must be a regular file this process can read.
+/// A `--share` must be a regular file or a directory this process can read.
 fn check_shareable(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path)?;
-    if !file.metadata()?.is_file() {
-        bail!("not a regular file");
+    let metadata = file.metadata()?;
+    if metadata.is_dir() {
+        std::fs::read_dir(path)?;
+    } else if !metadata.is_file() {
+        bail!("not a regular file or a directory");
     }
     Ok(())
 }
