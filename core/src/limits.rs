@@ -173,12 +173,15 @@ pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
 pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
 
 /// How long a downloader leaves a remote that refused a request as `Busy` (its upload slots
-/// and line are taken) before asking it again; its pieces go to other holders meanwhile.
-pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// and line are taken) before asking it again; its pieces go to other holders meanwhile. A
+/// few blocks' time on a fast link, so room that frees in the line is taken again soon.
+pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// How long an uploader holds room in its line for a connection it refused (`Busy`): long
 /// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip.
-pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(1500);
+pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);
+
+const _: () = assert!(BUSY_RETRY_DELAY.as_millis() * 2 <= BUSY_TICKET_TIME.as_millis());
 
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
