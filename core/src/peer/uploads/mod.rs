@@ -378,14 +378,7 @@ mod tests {
     const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
 
     fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
-        let job = ServeJob {
-            conn: ConnId::Inbound(conn),
-            file_id: FILE,
-            piece: PieceIndex(piece),
-            offset: 0,
-            len: BLOCK_BYTES,
-        };
-        uploads.request(job, Time::ZERO).expect("room in the queue");
+        assert!(ask(uploads, conn, piece, 0), "room in the queue");
     }
 
     /// A request of `conn` for `piece` at `at_ms`: whether it was queued.
