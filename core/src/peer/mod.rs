@@ -43,7 +43,7 @@ mod view;
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,6 +79,8 @@ pub struct PeerConfig {
     pub trackers: Vec<SocketAddr>,
     /// The port this peer accepts connections on, as the driver bound it.
     pub listen_port: u16,
+    /// The one IP address it listens on, told to trackers (`None`: every address, or unknown).
+    pub listen_ip: Option<IpAddr>,
     /// Upload cap in bytes per second (`None`: unlimited).
     pub upload_limit_bytes_per_s: Option<u64>,
     /// Interval between announces to the tracker.
@@ -93,6 +95,7 @@ impl PeerConfig {
             seed,
             trackers: vec![tracker],
             listen_port,
+            listen_ip: None,
             upload_limit_bytes_per_s: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
         }
@@ -233,6 +236,7 @@ impl Peer {
             role: Role::Peer,
             peer_id: self.peer_id,
             listen_port: self.config.listen_port,
+            listen_ip: self.config.listen_ip,
         })
     }
 

@@ -323,8 +323,13 @@ mod tests {
 
         outputs(&mut peer, 5, Input::Disconnected { conn: to_down });
         outputs(&mut peer, 10, Input::Connected { conn: to_up, remote: up, peer_id: crate::PeerId([9; 16]) });
-        let hello =
-            Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([9; 16]), listen_port: 0 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Tracker,
+            peer_id: crate::PeerId([9; 16]),
+            listen_port: 0,
+            listen_ip: None,
+        };
         let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
         let locates: Vec<_> = ready
             .iter()
