@@ -83,7 +83,13 @@ fn corpus() -> Vec<Message> {
     have.set(PieceIndex(10));
     let holders = Holders::pack(3, [(peer, &[0b101u8][..])].into_iter());
     vec![
-        Message::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([9; 16]), listen_port: 7 }),
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: PeerId([9; 16]),
+            listen_port: 7,
+            listen_ip: None,
+        }),
         Message::Announce { file_id, manifest: Some(Box::new(manifest(1))), have: have.clone() },
         Message::Have { file_id, piece: PieceIndex(4) },
         Message::Haves { file_id, pieces: vec![PieceIndex(1), PieceIndex(3)] },

@@ -582,7 +582,9 @@ impl Peer {
     /// Offers `conn` more pieces of `file_id` (everything left when it is the only downloader)
     /// and sends them in one `Haves`.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(entry) = self.files.get(&file_id) else { return };
+        let entry = self.files.get(&file_id);
+        debug_assert!(entry.is_some(), "only a file the peer holds is offered");
+        let Some(entry) = entry else { return };
         let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
         let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
