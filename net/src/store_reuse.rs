@@ -11,6 +11,7 @@ use p2p_core::{Bitfield, Manifest};
 
 use super::{encode_bitfield, store_io, verify_pieces, write_atomically, Store};
 use crate::error::NetError;
+use crate::item::ItemFiles;
 
 /// What a file in the output folder is to a download.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,8 +20,8 @@ pub enum Reused {
     Whole(PathBuf),
     /// This many pieces verified, copied into the download's `.part` (its resume picks them up).
     Partial(u32),
-    /// Nothing usable: no such file, another length, no piece matches, or the store already
-    /// knows the file.
+    /// Nothing usable: no such file, another length, no piece matches, a directory, or the store
+    /// already knows the file.
     Nothing,
 }
 
@@ -30,7 +31,10 @@ impl Store {
     /// piece, on all cores.
     pub fn reuse_out(&self, manifest: &Manifest) -> Result<Reused, NetError> {
         let file_id = manifest.file_id();
-        if self.lock().contains_key(&file_id) || self.sidecar(file_id, "manifest").exists() {
+        // A directory finished earlier is laid out under a free name, so there is no one path to
+        // look at: only single files are taken up.
+        if manifest.tree().is_some() || self.lock().contains_key(&file_id) || self.sidecar(file_id, "manifest").exists()
+        {
             return Ok(Reused::Nothing);
         }
         let out = self.outs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&file_id).cloned();
@@ -40,7 +44,8 @@ impl Store {
         if !metadata.is_file() || metadata.len() != manifest.length_bytes() {
             return Ok(Reused::Nothing);
         }
-        let verified = verify_pieces(&file, &path, manifest, &Bitfield::full(manifest.piece_count()))?;
+        let file = ItemFiles::File { file, path: path.clone() };
+        let verified = verify_pieces(&file, manifest, &Bitfield::full(manifest.piece_count()))?;
         if verified.is_full() {
             self.register_shared(&path, manifest.clone(), verified)?;
             return Ok(Reused::Whole(path));
