@@ -1,26 +1,29 @@
 //! The peer state machine: shares files, downloads files from many remotes at once, and serves
 //! every verified piece from the moment it is verified.
 //!
-//! `Peer` routes inputs between sub-machines. Routing that spans several of them is an
-//! `impl Peer` block per concern:
-//! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
-//!   announce, locate, `Haves`);
+//! `Peer` routes inputs between sub-machines. The routing to the tracker links and to the
+//! upload side is here, in this file; routing that spans several sub-machines and is not yet a
+//! sub-machine of its own is an `impl Peer` block per concern:
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
 //! - `scheduler`: which remote fetches what (pipelining, request timeouts) and what to do with
 //!   arriving data, written blocks and hashes;
+//! - `pex`: peer exchange, telling remotes of the other peers of their files (its state,
+//!   `Pex`, is private).
 //!
 //! The sub-machines own their state privately and change it only through their methods:
-//! - `pex`: peer exchange, telling remotes of the other peers of their files;
-//! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
-//!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
-//!   which pieces a whole-file holder tells each of several downloaders it has (offers);
+//! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
+//!   handshake, when to announce), and the tracker side of a file (announce, locate schedule);
+//! - `uploads`: the upload side: which remote's request is read next (upload slots,
+//!   backpressure from the driver's `Sent`, the upload limit), the checks on a request
+//!   (`serve`), and which pieces a whole-file holder tells each of several downloaders it has
+//!   (`offers`);
 //! - `downloads`: the piece book of one download, a sub-machine with private state: piece
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker;
-//! - `view`: read-only views of files and connections, for a driver to show;
+//! - `view`: read-only views of one file or one connection, for a driver to show;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
 mod bans;
@@ -584,7 +587,9 @@ impl Peer {
     /// Offers `conn` more pieces of `file_id` (everything left when it is the only downloader)
     /// and sends them in one `Haves`.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(entry) = self.files.get(&file_id) else { return };
+        let entry = self.files.get(&file_id);
+        debug_assert!(entry.is_some(), "only a file the peer holds is offered");
+        let Some(entry) = entry else { return };
         let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
         let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
