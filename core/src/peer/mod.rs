@@ -18,6 +18,8 @@
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
+//! - `slots`: which inbound connections are accepted, and which idle one makes way for a
+//!   newcomer when all are taken;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker;
 //! - `view`: read-only views of files and connections, for a driver to show;
@@ -32,6 +34,7 @@ mod pex;
 mod pieces;
 mod remote;
 mod scheduler;
+mod slots;
 mod tracker_link;
 mod uploads;
 mod view;

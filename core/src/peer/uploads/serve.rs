@@ -47,6 +47,9 @@ impl Peer {
 
     /// `data_frames` more of `conn`'s `Data` frames left.
     pub(in crate::peer) fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
+        if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
+            remote.useful_at = self.now;
+        }
         self.uploads.sent(conn, data_frames);
         self.pump_uploads();
     }
