@@ -28,7 +28,7 @@ use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
 use crate::report::{Outcome, PeerSummary};
-use crate::scenario::{tracker_name, ActionKind, NodeIdx, Scenario};
+use crate::scenario::{tracker_name, ActionKind, NodeIdx, Role, Scenario};
 use crate::store::{Content, Store};
 use crate::trace::Trace;
 
@@ -141,6 +141,11 @@ impl World {
             outcome,
             ended: false,
         };
+        for (i, peer) in scenario.peers.iter().enumerate() {
+            if peer.role == Role::NoKey {
+                world.network.lacks_key(NodeIdx(i + 1));
+            }
+        }
         for number in 0..trackers {
             world.start_tracker(scenario.tracker_node(number), "starts");
         }
