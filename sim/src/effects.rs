@@ -72,7 +72,7 @@ impl World {
         }
     }
 
-    fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
+    pub(crate) fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
             Message::Request { .. } => {
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);
