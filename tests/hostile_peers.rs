@@ -145,7 +145,13 @@ impl PrivateSwarm {
 
 fn send_hello(client: &mut WireClient, listen_port: u16) {
     let peer_id = client.peer_id();
-    client.send(&Message::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id, listen_port }));
+    client.send(&Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        peer_id,
+        listen_port,
+        listen_ip: None,
+    }));
 }
 
 /// A connection to `seeder` past its `Hello`, that will exchange nothing.
@@ -281,7 +287,13 @@ async fn lie(mut stream: SecureStream, peer_id: PeerId, port: u16, file: &(Manif
         while let Ok(Some(message)) = decode_frame(&mut buffer) {
             let answer = match message {
                 Message::Hello(_) => {
-                    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id, listen_port: port };
+                    let hello = Hello {
+                        version: PROTOCOL_VERSION,
+                        role: Role::Peer,
+                        peer_id,
+                        listen_port: port,
+                        listen_ip: None,
+                    };
                     let have = Bitfield::full(manifest.piece_count());
                     vec![Message::Hello(hello), Message::Bitfield { file_id: manifest.file_id(), have }]
                 }

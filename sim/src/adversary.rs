@@ -46,7 +46,13 @@ impl World {
         }
         if let Input::Connected { .. } = input {
             let peer_id = self.network.peer_id(node);
-            let hello = Hello { version: PROTOCOL_VERSION, role: WireRole::Peer, peer_id, listen_port: LISTEN_PORT };
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                role: WireRole::Peer,
+                peer_id,
+                listen_port: LISTEN_PORT,
+                listen_ip: None,
+            };
             self.send(node, conn, Message::Hello(hello));
         }
         true

@@ -152,7 +152,13 @@ mod tests {
         let conn = ConnId::Inbound(u64::from(n));
         let from = addr(u32::from(n));
         peer.handle(now, Input::Connected { conn, remote: from, peer_id: peer_id(n) });
-        let hello = Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: peer_id(n), listen_port: 40_000 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: peer_id(n),
+            listen_port: 40_000,
+            listen_ip: None,
+        };
         peer.handle(now, Input::Message { conn, message: Message::Hello(hello) });
         std::iter::from_fn(|| peer.poll_output()).collect()
     }
