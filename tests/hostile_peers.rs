@@ -66,11 +66,13 @@ fn a_liar_mixing_bad_blocks_into_pieces_the_seeder_finishes_never_gets_the_seede
     let dir = temp_dir();
     let swarm = PrivateSwarm::new(dir.path());
     let piece_size_bytes = 1024 * 1024;
-    let original = random_file(dir.path(), "payload.bin", 8 * piece_size_bytes, 31);
+    let original = random_file(dir.path(), "payload.bin", 16 * piece_size_bytes, 31);
     let bytes = std::fs::read(&original).expect("reads the original");
     let (_tracker, tracker_addr) = swarm.tracker();
-    // Slowed down, so that the download lasts long enough for the liar to be asked again.
-    let seeder_args = ["--share", path_str(&original), "--piece-size", "1048576", "--upload-limit", "1500000"];
+    // More pieces than one connection is assigned at once, so the liar is asked for some
+    // whichever holder the downloader reaches first; and the seeder slowed down, so that the
+    // download lasts long enough for the liar to be asked again.
+    let seeder_args = ["--share", path_str(&original), "--piece-size", "1048576", "--upload-limit", "3000000"];
     let mut seeder = Node::peer(
         "seeder",
         tracker_addr,
@@ -93,12 +95,13 @@ fn a_liar_mixing_bad_blocks_into_pieces_the_seeder_finishes_never_gets_the_seede
     let api = downloader.http_addr();
     assert_same_file(&downloader.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
     let liar_id = liar.keys.identity.peer_id();
-    let lies = liar.stop();
-    assert!(lies >= 1, "the downloader never asked the liar for a first block; the test proved nothing");
+    let Tally { connections, requests, lies } = liar.stop();
+    let tally = format!("the liar had {connections} connection(s), {requests} request(s)");
+    assert!(lies >= 1, "the downloader never asked the liar for a first block ({tally}); the test proved nothing");
 
     let stats = node_json(api, "node");
     let log = downloader.stderr_tail();
-    println!("{lies} bad block(s) sent; the downloader's counts: {stats}");
+    println!("{tally}, {lies} bad block(s) sent; the downloader's counts: {stats}");
     assert!(!log.contains(&format!("banned peer {seeder_id}")), "the honest seeder was banned:\n{log}");
     assert!(stats["pieces_corrupt"].as_u64() >= Some(1), "the liar's pieces failed their hash: {stats}");
     match stats["peers_banned"].as_u64() {
@@ -222,7 +225,7 @@ struct Liar {
     addr: SocketAddr,
     keys: Keys,
     file: Arc<(Manifest, Vec<u8>)>,
-    lies: Arc<AtomicUsize>,
+    tally: Arc<[AtomicUsize; 3]>,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -233,8 +236,8 @@ impl Liar {
         listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("an address");
         let file = Arc::new((manifest, bytes));
-        let (lies, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-        let (keys2, file2, lies2, stop2) = (keys.clone(), Arc::clone(&file), Arc::clone(&lies), Arc::clone(&stop));
+        let (tally, stop) = (Arc::new([(); 3].map(|_| AtomicUsize::new(0))), Arc::new(AtomicBool::new(false)));
+        let (keys2, file2, tally2, stop2) = (keys.clone(), Arc::clone(&file), Arc::clone(&tally), Arc::clone(&stop));
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             runtime.block_on(async move {
@@ -242,17 +245,18 @@ impl Liar {
                 while !stop2.load(Ordering::Relaxed) {
                     let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
                     if let Ok(Ok((stream, _))) = accepted {
-                        let (keys, file, lies) = (keys2.clone(), Arc::clone(&file2), Arc::clone(&lies2));
+                        let (keys, file, tally) = (keys2.clone(), Arc::clone(&file2), Arc::clone(&tally2));
                         tokio::spawn(async move {
                             if let Ok(stream) = secure::accept(stream, &keys).await {
-                                lie(stream, keys.identity.peer_id(), addr.port(), &file, &lies).await;
+                                tally[0].fetch_add(1, Ordering::Relaxed);
+                                lie(stream, keys.identity.peer_id(), addr.port(), &file, &tally).await;
                             }
                         });
                     }
                 }
             });
         });
-        Liar { addr, keys, file, lies, stop, thread }
+        Liar { addr, keys, file, tally, stop, thread }
     }
 
     /// Registers the liar at the tracker as a holder of the whole file; the registration lasts
@@ -270,16 +274,30 @@ impl Liar {
         }
     }
 
-    /// Stops accepting; returns how many bad blocks it sent.
-    fn stop(self) -> usize {
+    /// Stops accepting; returns what it did.
+    fn stop(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the liar's thread");
-        self.lies.load(Ordering::Relaxed)
+        let [connections, requests, lies] = self.tally.as_ref().each_ref().map(|n| n.load(Ordering::Relaxed));
+        Tally { connections, requests, lies }
     }
 }
 
+/// What the liar saw and did: connections past their handshake, block requests, bad blocks sent.
+struct Tally {
+    connections: usize,
+    requests: usize,
+    lies: usize,
+}
+
 /// One connection of the liar, until it lies once or the remote closes.
-async fn lie(mut stream: SecureStream, peer_id: PeerId, port: u16, file: &(Manifest, Vec<u8>), lies: &AtomicUsize) {
+async fn lie(
+    mut stream: SecureStream,
+    peer_id: PeerId,
+    port: u16,
+    file: &(Manifest, Vec<u8>),
+    tally: &[AtomicUsize; 3],
+) {
     let (manifest, bytes) = file;
     let mut buffer = BytesMut::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -294,16 +312,21 @@ async fn lie(mut stream: SecureStream, peer_id: PeerId, port: u16, file: &(Manif
                         listen_port: port,
                         listen_ip: None,
                     };
-                    let have = Bitfield::full(manifest.piece_count());
-                    vec![Message::Hello(hello), Message::Bitfield { file_id: manifest.file_id(), have }]
+                    vec![Message::Hello(hello)]
+                }
+                // As an honest holder does, it answers the downloader's bitfield with its own
+                // (sent earlier, it could arrive before the downloader knows the manifest).
+                Message::Bitfield { file_id, .. } if file_id == manifest.file_id() => {
+                    vec![Message::Bitfield { file_id, have: Bitfield::full(manifest.piece_count()) }]
                 }
                 Message::Request { file_id, piece, offset, len } => {
+                    tally[1].fetch_add(1, Ordering::Relaxed);
                     let start = usize::try_from(manifest.piece_offset(piece)).expect("fits") + offset as usize;
                     let mut block = bytes[start..start + len as usize].to_vec();
                     if offset == 0 {
                         block[0] ^= 0xff;
                         send(&mut stream, &[Message::Data { file_id, piece, offset, bytes: Bytes::from(block) }]).await;
-                        lies.fetch_add(1, Ordering::Relaxed);
+                        tally[2].fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                     vec![Message::Data { file_id, piece, offset, bytes: Bytes::from(block) }]
