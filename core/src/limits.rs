@@ -130,9 +130,26 @@ pub const TRACKER_CONNECTIONS_MAX: usize = TRACKER_PEERS_MAX + 4096;
 /// Most peer-to-peer connections a downloading peer opens on its own initiative.
 pub const OUTBOUND_PEERS_MAX: usize = 32;
 
-/// Most peer-to-peer connections a peer accepts; more are refused (`Overloaded`) and the
-/// remote tries other holders. Bounds the per-piece work of telling remotes about new pieces.
+/// Most peer-to-peer connections a peer accepts; past it a newcomer takes the slot of the
+/// connection idle for longest (see [`INBOUND_IDLE_BEFORE_EVICTION`]), or is refused
+/// (`Overloaded`) when none is idle long enough, and the remote tries other holders. Bounds
+/// the per-piece work of telling remotes about new pieces.
 pub const INBOUND_PEERS_MAX: usize = 64;
+
+/// Most peer-to-peer connections a peer accepts from one source IP, unless the IP is a
+/// loopback address. A NAT may hide several honest peers, so an address gets an eighth of the
+/// inbound slots, not one. Loopback is exempt: a process on the node's own host can already do
+/// anything to it (stop it, read its store), so the cap would protect nothing there, while
+/// swarms of many nodes on one machine (tests, benches) all connect from 127.0.0.1.
+pub const INBOUND_PEERS_PER_IP_MAX: usize = 8;
+
+/// How long an accepted connection may go without giving a block we asked for or taking a
+/// block we served before a newcomer may take its slot while all [`INBOUND_PEERS_MAX`] are
+/// taken. A connection with requests of ours in flight is never evicted; of the others, the
+/// one idle for longest goes. Long enough for a newcomer to exchange bitfields and get its
+/// first turn at a busy uploader; a remote that only keeps its connection alive (any frame
+/// resets the idle timeout) loses its slot this long after it last exchanged data.
+pub const INBOUND_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(10);
 
 /// Most block requests a downloader keeps in flight on one connection (the pipeline's depth
 /// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
@@ -344,6 +361,10 @@ const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(INBOUND_PEERS_PER_IP_MAX < INBOUND_PEERS_MAX);
+// A connection is evicted only after it could have timed out its handshake.
+const _: () = assert!(HANDSHAKE_TIMEOUT.as_millis() <= INBOUND_IDLE_BEFORE_EVICTION.as_millis());
+const _: () = assert!(INBOUND_IDLE_BEFORE_EVICTION.as_millis() < IDLE_TIMEOUT.as_millis());
 // An honest sender, ticking every `PEX_INTERVAL`, is never ignored.
 const _: () = assert!(PEX_RECEIVE_INTERVAL_MIN.as_millis() < PEX_INTERVAL.as_millis());
 // A `Peers` message (about 40 bytes per peer) fits a frame with room to spare.

@@ -1,7 +1,8 @@
 //! Peer-to-peer connections: opening them to the holders the tracker names, the `Hello`
 //! handshake, the manifest from a holder when the download does not know it yet, the bitfield
 //! exchange, `Have` updates, and tearing a connection down (which hands its pieces back to the
-//! scheduler). Also the handling of a `Located` answer.
+//! scheduler). Also the handling of a `Located` answer, and carrying out `slots`' decision on
+//! each inbound connection (accept, evict an idle one for it, or refuse).
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
 
 use super::remote::{Remote, Stage};
+use super::slots::{admit, Admission, Refusal};
 use super::Peer;
 
 impl Peer {
@@ -191,10 +193,22 @@ impl Peer {
                 remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
-                if self.left || !self.remotes.may_accept() {
-                    self.send(conn, Message::error(None, ErrorCode::Overloaded, "too many connections"));
-                    self.push(Output::Close { conn });
-                    return;
+                let admission = if self.left {
+                    Admission::Refuse(Refusal::Busy)
+                } else {
+                    admit(&self.remotes, addr.ip(), self.now)
+                };
+                match admission {
+                    Admission::Accept => {}
+                    Admission::Evict(idle) => {
+                        self.send(idle, Message::error(None, ErrorCode::Overloaded, "slot given to a newcomer"));
+                        self.close_remote(idle);
+                    }
+                    Admission::Refuse(why) => {
+                        self.send(conn, Message::error(None, ErrorCode::Overloaded, why.detail()));
+                        self.push(Output::Close { conn });
+                        return;
+                    }
                 }
                 let mut remote = Remote::inbound(addr, self.now);
                 remote.peer_id = Some(proven);

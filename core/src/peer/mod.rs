@@ -21,6 +21,8 @@
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
+//! - `slots`: which inbound connections are accepted, and which idle one makes way for a
+//!   newcomer when all are taken;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker;
 //! - `view`: read-only views of one file or one connection, for a driver to show;
@@ -35,6 +37,7 @@ mod pex;
 mod pieces;
 mod remote;
 mod scheduler;
+mod slots;
 mod tracker_link;
 mod uploads;
 mod view;
@@ -500,6 +503,9 @@ impl Peer {
 
     /// `data_frames` more of `conn`'s `Data` frames left.
     fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
+        if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
+            remote.useful_at = self.now;
+        }
         self.uploads.sent(conn, data_frames);
         self.pump_uploads();
     }

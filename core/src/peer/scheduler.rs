@@ -152,8 +152,10 @@ impl Peer {
     /// wrong length is a protocol violation.
     pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        // Bytes arriving are progress, requested or late.
-        remote.in_flight.remove(&(file_id, piece, offset));
+        // Bytes arriving are progress, requested or late; only a requested block is useful.
+        if remote.in_flight.remove(&(file_id, piece, offset)) {
+            remote.useful_at = self.now;
+        }
         remote.progress_at = self.now;
         remote.rate.arrived(self.now, bytes.len() as u64);
         remote.resting_until = None;
