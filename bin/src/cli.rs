@@ -67,6 +67,10 @@ pub enum NodeCommand {
         /// free port); prints `http on ADDR`.
         #[arg(long, value_parser = parse_addr)]
         http: Option<SocketAddr>,
+        /// Read options from this TOML file (keys: the long options above, e.g. `listen =
+        /// "0.0.0.0:7000"`); options on the command line win.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Run a peer: share files, download files, seed.
     ///
@@ -120,6 +124,15 @@ pub enum NodeCommand {
     Demo,
     /// Talk to a running peer through its HTTP API (its --http address).
     Ctl(CtlArgs),
+    /// Print a completion script for SHELL on stdout.
+    ///
+    /// E.g. `p2p-node completions bash > ~/.local/share/bash-completion/completions/p2p-node`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page on stdout (roff), e.g. `p2p-node man > ~/.local/share/man/man1/p2p-node.1`.
+    Man,
 }
 
 /// Arguments of `p2p-node ctl`.
@@ -206,13 +219,18 @@ pub struct PeerArgs {
     /// A private swarm's key: only nodes holding the same key connect.
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,
+    /// Read options from this TOML file (keys: the long options above, e.g. `tracker =
+    /// ["192.0.2.10:7000"]`, `exit-when-done = true`); options on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl Cli {
-    /// Parses the command line, with the checks clap cannot express: at most
-    /// `TRACKERS_PER_PEER_MAX` `--tracker`s.
+    /// Parses the command line, with the options of its `--config` file (`config.rs`) and
+    /// the checks clap cannot express: at most `TRACKERS_PER_PEER_MAX` `--tracker`s.
     pub fn try_parse_checked() -> Result<Cli, clap::Error> {
-        Cli::try_parse()?.checked()
+        let args = crate::config::expand(std::env::args_os().collect(), &Cli::command())?;
+        Cli::try_parse_from(args)?.checked()
     }
 
     fn checked(self) -> Result<Cli, clap::Error> {

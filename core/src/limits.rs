@@ -13,7 +13,7 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Largest body of a connection's first frame, which must be a `Hello` (or the `Error` that
-/// refuses the connection): the largest `Hello` encodes to well under 100 bytes, the rest is
+/// refuses the connection): the largest `Hello` encodes to under 160 bytes, the rest is
 /// room for a refusal's detail. A length prefix over it before the handshake costs the remote
 /// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 512;

@@ -312,11 +312,7 @@ impl Store {
             let mut entries = self.lock();
             let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
             entry.persist_pending = false;
-            (entry.state == State::Downloading).then(|| {
-                let mut bytes = entry.served.len().to_be_bytes().to_vec();
-                bytes.extend_from_slice(entry.served.as_bytes());
-                bytes
-            })
+            (entry.state == State::Downloading).then(|| encode_bitfield(&entry.served))
         };
         match bytes {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
@@ -592,6 +588,13 @@ fn read_manifest(path: &Path, file_id: FileId) -> Result<Manifest, NetError> {
     Ok(manifest)
 }
 
+/// A `.bitfield` sidecar's bytes: the piece count (4 bytes, big-endian), then the bits.
+fn encode_bitfield(bitfield: &Bitfield) -> Vec<u8> {
+    let mut bytes = bitfield.len().to_be_bytes().to_vec();
+    bytes.extend_from_slice(bitfield.as_bytes());
+    bytes
+}
+
 fn read_bitfield(path: &Path, piece_count: u32) -> Result<Bitfield, NetError> {
     let bytes = fs::read(path).map_err(NetError::io("read", path))?;
     let corrupt = |reason: &str| NetError::Corrupt { path: path.to_owned(), reason: reason.into() };
@@ -681,6 +684,10 @@ fn into_store_error(error: NetError, action: &'static str, path: &Path) -> Store
         },
     }
 }
+
+#[path = "store_reuse.rs"]
+mod reuse;
+pub use reuse::Reused;
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

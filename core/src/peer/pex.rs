@@ -155,8 +155,13 @@ mod tests {
                 Time::ZERO,
                 Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) },
             );
-            let hello =
-                Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Peer,
+                peer_id: PeerId([host; 16]),
+                listen_port: 7001,
+                listen_ip: None,
+            };
             outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });
         }
         (peer, conns)
