@@ -1,7 +1,8 @@
 //! A directory shared with `--share DIR` is one item: `p2p-node id DIR` prints the id the seeder
 //! announces, `--get` recreates the tree under `--out` byte for byte (empty files and empty
-//! directories included), also when the downloader was SIGKILLed half-way and restarted, and a
-//! store that shared or downloaded a tree seeds it again when restarted without flags.
+//! directories included), also when the downloader was SIGKILLed half-way and restarted; a
+//! fresh store finds the finished tree in `--out` and fetches nothing, and a store that shared
+//! or downloaded a tree seeds it again when restarted without flags.
 
 mod common;
 
@@ -100,6 +101,11 @@ fn a_directory_of_three_levels_and_a_hundred_files_round_trips_byte_identical() 
     assert!(copy.join("level-0/sub 0/nothing here").is_dir(), "the empty directory is recreated");
     assert!(downloader.wait_exit(DOWNLOAD_TIMEOUT).success(), "{}", downloader.report());
     assert!(seeder.is_running(), "seeder died\n{}", seeder.report());
+
+    // A fresh store whose --out already holds the tree takes it up without fetching a byte.
+    let mut again = Node::peer("downloader (fresh store)", tracker_addr, &subdir(dir.path(), "fresh"), &get_args);
+    assert_eq!(again.wait_complete(&sharing.file_id, DOWNLOAD_TIMEOUT), copy);
+    assert_eq!(again.wait_downloaded(&sharing.file_id), 0, "the tree in --out was fetched again");
 
     // Both stores remember the tree: restarted without flags, each seeds it again.
     seeder.terminate();

@@ -445,11 +445,31 @@ mod tests {
     }
 
     fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        prop_oneof![arb_file_manifest(), arb_tree_manifest()]
+    }
+
+    fn arb_file_manifest() -> impl Strategy<Value = Manifest> {
         ("[a-zA-Z0-9_-][a-zA-Z0-9._ -]{0,39}", 0u64..300_000, 14u32..=16).prop_flat_map(|(name, len, shift)| {
             let piece = 1u32 << shift;
             let count = len.div_ceil(u64::from(piece)) as usize;
             proptest::collection::vec(any::<[u8; 32]>().prop_map(Digest), count)
                 .prop_map(move |hashes| Manifest::new(name.clone(), len, piece, hashes).expect("a valid manifest"))
+        })
+    }
+
+    /// A directory of up to five files in a folder and five at the top (a map keeps the paths
+    /// sorted and unique).
+    fn arb_tree_manifest() -> impl Strategy<Value = Manifest> {
+        let files = || proptest::collection::btree_map("[a-z]{1,8}", 0u64..60_000, 0..5);
+        (files(), files()).prop_flat_map(|(inner, top)| {
+            let inside = inner.into_iter().map(|(name, len)| TreeEntry::file(vec!["d".to_owned(), name], len));
+            let outside = top.into_iter().map(|(name, len)| TreeEntry::file(vec![format!("e{name}")], len));
+            let entries: Vec<TreeEntry> = inside.chain(outside).collect();
+            let len: u64 = entries.iter().filter_map(TreeEntry::length_bytes).sum();
+            let count = len.div_ceil(16_384) as usize;
+            proptest::collection::vec(any::<[u8; 32]>().prop_map(Digest), count).prop_map(move |hashes| {
+                Manifest::new_tree("dir".into(), entries.clone(), 16_384, hashes).expect("a valid manifest")
+            })
         })
     }
 
@@ -478,12 +498,12 @@ mod tests {
             bytes.truncate(cut.index(bytes.len() + 1));
             for candidate in [&bytes[..], &garbage[..]] {
                 if let Ok(decoded) = Manifest::from_cbor(candidate) {
-                    let checked = Manifest::new(
-                        decoded.name().to_owned(),
-                        decoded.length_bytes(),
-                        decoded.piece_size_bytes(),
-                        decoded.pieces().map(|p| decoded.piece_hash(p)).collect(),
-                    );
+                    let (name, piece_size) = (decoded.name().to_owned(), decoded.piece_size_bytes());
+                    let hashes = decoded.pieces().map(|p| decoded.piece_hash(p)).collect();
+                    let checked = match decoded.tree() {
+                        None => Manifest::new(name, decoded.length_bytes(), piece_size, hashes),
+                        Some(tree) => Manifest::new_tree(name, tree.to_vec(), piece_size, hashes),
+                    };
                     prop_assert_eq!(checked, Ok(decoded));
                 }
             }

@@ -2,7 +2,8 @@
 //! still find it at `<out>/<name>` (put there by an earlier run on another store, or copied by
 //! hand). Its pieces are checked against the manifest; a file that matches whole is served in
 //! place like a share and nothing is fetched, and one that matches in part seeds the download's
-//! `.part` with its good pieces, so only the others are fetched.
+//! `.part` with its good pieces, so only the others are fetched. A directory is taken up only
+//! when `<out>/<name>` holds exactly its tree, every piece verified.
 
 use std::fs::{self, File};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use p2p_core::{Bitfield, Manifest};
 use super::{encode_bitfield, store_io, verify_pieces, write_atomically, Store};
 use crate::error::NetError;
 use crate::item::ItemFiles;
+use crate::tree::holds_tree;
 
 /// What a file in the output folder is to a download.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,8 +22,8 @@ pub enum Reused {
     Whole(PathBuf),
     /// This many pieces verified, copied into the download's `.part` (its resume picks them up).
     Partial(u32),
-    /// Nothing usable: no such file, another length, no piece matches, a directory, or the store
-    /// already knows the file.
+    /// Nothing usable: no such file, another length, no piece matches, a directory that is not
+    /// exactly the tree, or the store already knows the file.
     Nothing,
 }
 
@@ -31,14 +33,19 @@ impl Store {
     /// piece, on all cores.
     pub fn reuse_out(&self, manifest: &Manifest) -> Result<Reused, NetError> {
         let file_id = manifest.file_id();
-        // A directory finished earlier is laid out under a free name, so there is no one path to
-        // look at: only single files are taken up.
-        if manifest.tree().is_some() || self.lock().contains_key(&file_id) || self.sidecar(file_id, "manifest").exists()
-        {
+        if self.lock().contains_key(&file_id) || self.sidecar(file_id, "manifest").exists() {
             return Ok(Reused::Nothing);
         }
         let out = self.outs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&file_id).cloned();
         let path = out.unwrap_or_else(|| self.out.clone()).join(manifest.name());
+        if manifest.tree().is_some() {
+            // A directory is taken up only whole: exactly its tree under the manifest's name.
+            if !holds_tree(&path, manifest) {
+                return Ok(Reused::Nothing);
+            }
+            self.register_shared(&path, manifest.clone(), Bitfield::full(manifest.piece_count()))?;
+            return Ok(Reused::Whole(path));
+        }
         let Ok(file) = File::open(&path) else { return Ok(Reused::Nothing) };
         let metadata = file.metadata().map_err(NetError::io("inspect", &path))?;
         if !metadata.is_file() || metadata.len() != manifest.length_bytes() {

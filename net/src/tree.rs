@@ -167,7 +167,7 @@ fn lay_out(part: &Path, root: &Path, manifest: &Manifest) -> Result<(), StoreErr
 
 /// Whether the directory `root` holds exactly the tree of `manifest`: the same entries, and
 /// every piece matching its hash.
-fn holds_tree(root: &Path, manifest: &Manifest) -> bool {
+pub(crate) fn holds_tree(root: &Path, manifest: &Manifest) -> bool {
     let same_entries = walk(root).is_ok_and(|entries| Some(&entries[..]) == manifest.tree());
     same_entries
         && crate::item::ItemFiles::open(root, manifest).is_ok_and(|files| {
