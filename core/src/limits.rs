@@ -229,8 +229,9 @@ pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 /// asks (and more answers to queue) than it has answered.
 pub const LOCATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often a peer with no ready tracker tells its remotes of the other peers of their files
-/// it is connected to (peer exchange); each remote hears of each peer once per connection.
+/// How often a peer tells its remotes of the other peers of their files it is connected to
+/// (peer exchange): while a tracker is ready, a connection is told once; each remote hears of
+/// each peer once per connection.
 pub const PEX_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most peers one `Peers` message names; a remote that sends more breaks the protocol.

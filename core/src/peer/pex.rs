@@ -12,12 +12,14 @@
 //! is told, in a `Peers` message, of up to [`PEX_PEERS_PER_MESSAGE_MAX`] of the file's other
 //! peers we have a ready connection with, drawn at random so that a crowd's members do not all
 //! hear of the same few first. Only peers with a serving address and an id (from their
-//! `Hello`) are named, and nobody is named twice on a connection. Peer exchange stands in for
-//! the trackers, the first source of peers: while one of our trackers is ready, no round goes
-//! out (its answers name the swarm to every member, and a crowd's members telling each other
-//! of everyone they meet would cost messages and connection attempts in proportion to the
-//! connections); while none is ready, each round tells every downloading remote of the peers
-//! not yet named to it, so a swarm whose trackers are gone keeps forming.
+//! `Hello`) are named, and nobody is named twice on a connection. How often a connection is
+//! told depends on the trackers, the first source of peers:
+//! - while one of our trackers is ready, a connection gets one message, its first: an
+//!   introduction to the peers we know (a tracker names the holders of pieces, so a newcomer
+//!   of a crowd, holding nothing, would otherwise be found by others only once it holds
+//!   pieces), at one message per connection rather than one per connection and round;
+//! - while none is ready, the peers not yet named to it follow every round, so a swarm whose
+//!   trackers are gone keeps forming.
 //!
 //! **Receiving.** A remote's `Peers` for a file is acted on at most every
 //! [`PEX_RECEIVE_INTERVAL_MIN`], only while the file is being fetched; a message naming more
@@ -45,7 +47,8 @@ use super::Peer;
 pub(super) struct Pex {
     /// When the next round of `Peers` messages goes out.
     due_at: Time,
-    /// The peers already named to each connection, per file.
+    /// The peers already named to each connection, per file (an entry exists once a message
+    /// went out on it).
     told: BTreeMap<(ConnId, FileId), VecSet<PeerId>>,
     /// When each connection's last `Peers` of each file was acted on.
     heard_at: BTreeMap<(ConnId, FileId), Time>,
@@ -77,8 +80,8 @@ impl Pex {
         self.due_at
     }
 
-    /// This round's messages, if the round is due at `now` (empty otherwise, and while
-    /// `tracker_ready`: one of our trackers is ready).
+    /// This round's messages, if the round is due at `now` (empty otherwise). `tracker_ready`
+    /// says whether one of our trackers is ready (see the module docs).
     pub fn round(&mut self, now: Time, remotes: &Remotes, tracker_ready: bool, rng: &mut Rng) -> Round {
         if self.due_at > now {
             return Vec::new();
@@ -86,17 +89,25 @@ impl Pex {
         self.due_at = now + PEX_INTERVAL;
         self.told.retain(|(conn, _), _| remotes.contains_key(conn));
         self.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
-        if tracker_ready {
+        let due: Vec<(ConnId, FileId)> = remotes
+            .iter()
+            .filter(|(_, remote)| remote.stage == Stage::Ready)
+            .flat_map(|(conn, remote)| remote.files.iter().map(move |(file_id, have)| (*conn, *file_id, have)))
+            .filter(|(conn, file_id, have)| {
+                let introduced = self.told.contains_key(&(*conn, *file_id));
+                !have.is_full() && (!tracker_ready || !introduced)
+            })
+            .map(|(conn, file_id, _)| (conn, file_id))
+            .collect();
+        if due.is_empty() {
             return Vec::new();
         }
         let by_file = nameable_by_file(remotes);
         let mut round = Vec::new();
-        for (file_id, peers) in &by_file {
-            for &(conn, _) in peers {
-                let downloads = remotes.get(&conn).and_then(|r| r.files.get(file_id)).is_some_and(|have| !have.is_full());
-                if let Some(fresh) = downloads.then(|| self.fresh(conn, *file_id, peers, rng)).flatten() {
-                    round.push((conn, *file_id, fresh));
-                }
+        for (conn, file_id) in due {
+            let Some(peers) = by_file.get(&file_id) else { continue };
+            if let Some(fresh) = self.fresh(conn, file_id, peers, rng) {
+                round.push((conn, file_id, fresh));
             }
         }
         round
@@ -201,22 +212,21 @@ mod tests {
         SocketAddr::from(([10, 0, 0, host], port))
     }
 
-    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`
-    /// (peer id `[host; 16]`, serving on port 7001).
+    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`.
     fn peer_with_remotes(hosts: &[u8]) -> (Peer, Vec<ConnId>) {
         let mut peer = Peer::new(PeerConfig::new(PeerId::from_seed(1), 1, addr(1, 7000), 7001));
-        let conns = hosts.iter().map(|&host| ConnId::Inbound(u64::from(host))).collect::<Vec<_>>();
-        for (&host, &conn) in hosts.iter().zip(&conns) {
-            outputs(
-                &mut peer,
-                Time::ZERO,
-                Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) },
-            );
-            let hello =
-                Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
-            outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });
-        }
+        let conns = hosts.iter().map(|&host| accept(&mut peer, host, Time::ZERO)).collect();
         (peer, conns)
+    }
+
+    /// A ready inbound connection from `host` (peer id `[host; 16]`, serving on port 7001) at `at`.
+    fn accept(peer: &mut Peer, host: u8, at: Time) -> ConnId {
+        let conn = ConnId::Inbound(u64::from(host));
+        outputs(peer, at, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
+        let hello =
+            Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
+        outputs(peer, at, Input::Message { conn, message: Message::Hello(hello) });
+        conn
     }
 
     fn peers_sent(outputs: &[Output]) -> Vec<(ConnId, Vec<SocketAddr>)> {
@@ -267,8 +277,9 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_named_only_while_no_tracker_is_ready() {
+    fn while_a_tracker_is_ready_a_connection_is_told_once_and_once_it_is_gone_of_every_newcomer() {
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 9);
+        let file_id = manifest.file_id();
         let (mut seeder, conns) = peer_with_remotes(&[2, 3]);
         let tracker = addr(1, 7000);
         let dialled = outputs(&mut seeder, Time::ZERO, Input::Timeout);
@@ -283,16 +294,25 @@ mod tests {
         outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
         outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        let downloads = |seeder: &mut Peer, conn, at| {
+            let message = Message::Bitfield { file_id, have: Bitfield::new(4) };
+            outputs(seeder, at, Input::Message { conn, message });
+        };
         for conn in &conns {
-            let message = Message::Bitfield { file_id: manifest.file_id(), have: Bitfield::new(4) };
-            outputs(&mut seeder, Time::ZERO, Input::Message { conn: *conn, message });
+            downloads(&mut seeder, *conn, Time::ZERO);
         }
+        let round = |seeder: &mut Peer, n: u32| peers_sent(&outputs(seeder, Time::ZERO + PEX_INTERVAL * n, Input::Timeout));
 
-        let quiet = outputs(&mut seeder, Time::ZERO + PEX_INTERVAL, Input::Timeout);
-        assert!(peers_sent(&quiet).is_empty(), "the tracker answers: no peer exchange: {quiet:?}");
-        outputs(&mut seeder, Time::ZERO + PEX_INTERVAL, Input::Disconnected { conn: to_tracker });
-        let round = peers_sent(&outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Timeout));
-        assert_eq!(round, [(conns[0], vec![addr(3, 7001)]), (conns[1], vec![addr(2, 7001)])], "the tracker is gone");
+        let first = round(&mut seeder, 1);
+        assert_eq!(first, [(conns[0], vec![addr(3, 7001)]), (conns[1], vec![addr(2, 7001)])], "an introduction each");
+        let newcomer = accept(&mut seeder, 4, Time::ZERO + PEX_INTERVAL);
+        downloads(&mut seeder, newcomer, Time::ZERO + PEX_INTERVAL);
+        let mut second = round(&mut seeder, 2);
+        second.iter_mut().for_each(|(_, addrs)| addrs.sort());
+        assert_eq!(second, [(newcomer, vec![addr(2, 7001), addr(3, 7001)])], "the tracker answers: only the newcomer");
+        outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Disconnected { conn: to_tracker });
+        let third = round(&mut seeder, 3);
+        assert_eq!(third, [(conns[0], vec![addr(4, 7001)]), (conns[1], vec![addr(4, 7001)])], "the tracker is gone");
     }
 
     #[test]
