@@ -115,7 +115,13 @@ impl Pex {
 
     /// The peers of `peers` (the file's nameable ones) that `conn` has not heard of, at most a
     /// message's worth drawn at random, recorded as told; `None` when there are none.
-    fn fresh(&mut self, conn: ConnId, file_id: FileId, peers: &[(ConnId, PeerAddr)], rng: &mut Rng) -> Option<Vec<PeerAddr>> {
+    fn fresh(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        peers: &[(ConnId, PeerAddr)],
+        rng: &mut Rng,
+    ) -> Option<Vec<PeerAddr>> {
         let told = self.told.get(&(conn, file_id));
         let mut fresh: Vec<PeerAddr> = peers
             .iter()
@@ -129,7 +135,9 @@ impl Pex {
         fresh.truncate(PEX_PEERS_PER_MESSAGE_MAX);
         let mut kept = VecSet::new();
         // Only peers still connected stay recorded: the set stays within the connection bound.
-        kept.extend(told.into_iter().flat_map(VecSet::iter).copied().filter(|id| peers.iter().any(|(_, p)| p.peer_id == *id)));
+        kept.extend(
+            told.into_iter().flat_map(VecSet::iter).copied().filter(|id| peers.iter().any(|(_, p)| p.peer_id == *id)),
+        );
         kept.extend(fresh.iter().map(|p| p.peer_id));
         self.told.insert((conn, file_id), kept);
         Some(fresh)
@@ -301,7 +309,8 @@ mod tests {
         for conn in &conns {
             downloads(&mut seeder, *conn, Time::ZERO);
         }
-        let round = |seeder: &mut Peer, n: u32| peers_sent(&outputs(seeder, Time::ZERO + PEX_INTERVAL * n, Input::Timeout));
+        let round =
+            |seeder: &mut Peer, n: u32| peers_sent(&outputs(seeder, Time::ZERO + PEX_INTERVAL * n, Input::Timeout));
 
         let first = round(&mut seeder, 1);
         assert_eq!(first, [(conns[0], vec![addr(3, 7001)]), (conns[1], vec![addr(2, 7001)])], "an introduction each");
