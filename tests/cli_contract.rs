@@ -157,3 +157,46 @@ fn assert_job_failed(args: &[&str], output: &Output) {
     let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "p2p-node {args:?} should explain the failure in one stderr line, got:\n{stderr}");
 }
+
+#[test]
+fn completions_and_the_man_page_list_every_subcommand() {
+    let subcommands = ["tracker", "peer", "id", "ls", "keygen", "swarm-key", "demo", "ctl", "completions", "man"];
+    for shell in ["bash", "zsh", "fish"] {
+        let output = run_node(&["completions", shell], COMMAND_TIMEOUT);
+        assert!(output.status.success(), "completions {shell}: {}", stderr_of(&output));
+        let script = String::from_utf8_lossy(&output.stdout);
+        for word in subcommands.iter().chain(&["--exit-when-done", "--config"]) {
+            let word = if shell == "fish" { word.trim_start_matches('-') } else { word };
+            assert!(script.contains(word), "the {shell} script knows {word}");
+        }
+    }
+    assert_bad_usage(&["completions", "no-such-shell"]);
+
+    let output = run_node(&["man"], COMMAND_TIMEOUT);
+    assert!(output.status.success(), "man: {}", stderr_of(&output));
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "a roff page: {}", &page[..page.len().min(200)]);
+    assert!(page.contains(".TH p2p-node 1"), "section 1 page of p2p-node");
+    for subcommand in subcommands {
+        // roff writes a hyphen as `\-`.
+        assert!(page.contains(&subcommand.replace('-', "\\-")), "the page lists {subcommand}");
+    }
+}
+
+#[test]
+fn a_config_file_sets_the_options_and_the_command_line_overrides_it() {
+    let dir = temp_dir();
+    let port = unused_port();
+    let config = dir.path().join("tracker.toml");
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n")).expect("write the configuration");
+    let mut tracker = Node::spawn("tracker (configured)", &["tracker", "--config", path_str(&config)]);
+    assert_eq!(tracker.listening_addr().port(), port, "the file's --listen");
+    let mut typed =
+        Node::spawn("tracker (typed)", &["tracker", "--config", path_str(&config), "--listen", "127.0.0.1:0"]);
+    assert_ne!(typed.listening_addr().port(), port, "the typed --listen wins");
+
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten-on = \"127.0.0.1:0\"\n").expect("write");
+    let output = run_node(&["tracker", "--config", path_str(&config)], COMMAND_TIMEOUT);
+    assert_eq!(output.status.code(), Some(2), "an unknown key is bad usage");
+    assert!(stderr_of(&output).contains("unknown key `listen-on`"), "{}", stderr_of(&output));
+}

@@ -13,6 +13,9 @@ use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use p2p_core::wire::{Message, Role};
+
+use common::wire::WireClient;
 use common::{
     assert_same_file, node_bin, path_str, random_file, run_bounded, run_node, stderr_of, subdir, temp_dir,
     wait_store_progress, Node, DOWNLOAD_TIMEOUT, EXIT_TIMEOUT, STARTUP_TIMEOUT,
@@ -281,19 +284,33 @@ fn a_download_whose_only_holder_is_unreachable_gives_up_naming_it_and_why() {
     let file_id = seeder.wait_sharing().file_id;
     let handed_out = format!("127.0.0.1:{seeder_port}");
 
-    let store = subdir(dir.path(), "downloader");
-    let args = ["peer", "--tracker", &tracker, "--store", path_str(&store), "--get", &file_id, "--exit-when-done"];
+    let stderr = download_giving_up(
+        tracker_addr,
+        &subdir(dir.path(), "downloader"),
+        &file_id,
+        &handed_out,
+        "connection refused",
+    );
+    let said = stderr.lines().filter(|line| line.contains(&format!("cannot connect to holder {handed_out}"))).count();
+    assert_eq!(said, 1, "the failure is said once at the default level, not per retry: {stderr}");
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Runs a download of `file_id` on `store` with `--exit-when-done`, whose holders cannot be
+/// reached: it must exit 1 within the bounded time, its last stderr line naming `holder` and
+/// `reason`. Returns its stderr.
+fn download_giving_up(tracker: SocketAddr, store: &Path, file_id: &str, holder: &str, reason: &str) -> String {
+    let tracker = tracker.to_string();
+    let args = ["peer", "--tracker", &tracker, "--store", path_str(store), "--get", file_id, "--exit-when-done"];
     let started = Instant::now();
     let output = run_node(&args, UNREACHABLE_FAILURE);
     let stderr = stderr_of(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < UNREACHABLE_FAILURE, "gave up after {:?}", started.elapsed());
     let last = stderr.lines().last().unwrap_or("");
     assert!(last.contains(&format!("cannot reach any holder of {file_id}")), "the last line says why: {stderr}");
-    assert!(last.contains(&format!("{handed_out} (connection refused)")), "names the holder and why: {stderr}");
-    let said = stderr.lines().filter(|line| line.contains(&format!("cannot connect to holder {handed_out}"))).count();
-    assert_eq!(said, 1, "the failure is said once at the default level, not per retry: {stderr}");
-    eprintln!("gave up after {:?}", started.elapsed());
-    assert!(seeder.is_running(), "{}", seeder.report());
+    assert!(last.contains(&format!("{holder} ({reason}")), "names the holder and why: {stderr}");
+    stderr
 }
 
 /// Bound on giving up on unreachable holders: the node's wait (20 s) and some slack.
@@ -330,4 +347,93 @@ fn a_restarted_peer_seeds_what_its_store_holds_and_a_finished_get_is_not_fetched
     assert_eq!(again.wait_downloaded(&file_id), 0, "a finished download is not fetched again");
     assert!(again.wait_exit(EXIT_TIMEOUT).success(), "{}", again.report());
     assert_same_file(&copy, &original);
+}
+
+#[test]
+fn a_fresh_store_reuses_the_file_already_in_out_and_fetches_only_the_pieces_that_fail() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "done.bin", (PIECE_BYTES * 4) as usize, 27);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let (mut seeder, file_id) = capped_seeder(dir.path(), tracker_addr, &original);
+
+    // The finished file is in --out (an earlier run on another store left it there).
+    let out = subdir(dir.path(), "out");
+    fs::copy(&original, out.join("done.bin")).expect("copy");
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+    let mut again = Node::peer("downloader (fresh store)", tracker_addr, &subdir(dir.path(), "fresh"), &get_args);
+    assert_eq!(again.wait_complete(&file_id, STARTUP_TIMEOUT), out.join("done.bin"));
+    assert_eq!(again.wait_downloaded(&file_id), 0, "a verified file in --out is not fetched again");
+    assert!(again.wait_exit(EXIT_TIMEOUT).success(), "{}", again.report());
+
+    // A copy with one damaged piece: the other three are kept, that one is fetched.
+    let damaged_out = subdir(dir.path(), "damaged-out");
+    let damaged = damaged_out.join("done.bin");
+    fs::copy(&original, &damaged).expect("copy");
+    let mut file = fs::OpenOptions::new().write(true).open(&damaged).expect("open");
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(PIECE_BYTES * 2 + 10)).expect("seek");
+    file.write_all(b"not the original bytes").expect("damage");
+    drop(file);
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&damaged_out), "--exit-when-done"];
+    let mut repair = Node::peer("downloader (damaged copy)", tracker_addr, &subdir(dir.path(), "fresh2"), &get_args);
+    let copy = repair.wait_complete(&file_id, DOWNLOAD_TIMEOUT);
+    assert_same_file(&copy, &original);
+    let line = repair.wait_for_line(&format!("downloaded {file_id} "), STARTUP_TIMEOUT);
+    assert!(line.contains(&format!(" useful={PIECE_BYTES} ")), "only the damaged piece is fetched: {line:?}");
+    assert!(repair.wait_exit(EXIT_TIMEOUT).success(), "{}", repair.report());
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+#[test]
+fn a_holder_that_accepts_and_says_nothing_is_named_with_the_timeout_and_the_download_gives_up() {
+    let silent = fake_holder(|stream| {
+        // Holds the connection open without a byte, as a stuck process or a black hole would.
+        thread::sleep(UNREACHABLE_FAILURE);
+        drop(stream);
+    });
+    gives_up_on_the_fake_holder(silent, "handshake failed: no answer within", 28);
+}
+
+#[test]
+fn a_holder_that_speaks_another_protocol_is_named_as_such_and_the_download_gives_up() {
+    let web_server = fake_holder(|mut stream| {
+        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").ok();
+    });
+    gives_up_on_the_fake_holder(web_server, "wrong protocol: handshake failed: the remote does not speak", 29);
+}
+
+/// A listener on 127.0.0.1 that hands each connection to `serve` on a thread of its own.
+fn fake_holder(serve: fn(std::net::TcpStream)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    thread::spawn(move || {
+        for stream in listener.incoming().take(FAKE_HOLDER_CONNECTIONS_MAX).flatten() {
+            thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
+/// Connections a [`fake_holder`] accepts before its thread ends.
+const FAKE_HOLDER_CONNECTIONS_MAX: usize = 64;
+
+/// A tracker told that the peer at `holder` holds a whole file, and a downloader of that file
+/// that gives up on it for `reason` ([`download_giving_up`]).
+fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "f.bin", 512 * 1024, seed);
+    let manifest = p2p_net::hasher::manifest_of(&original, None).expect("a manifest");
+    let file_id = manifest.file_id().to_string();
+    let (_tracker, tracker_addr) = Node::tracker();
+    // The announcer's connection comes from 127.0.0.1, so the tracker records the holder at
+    // 127.0.0.1 with the port it announces: the fake holder's.
+    let mut announcer = WireClient::hello(None, tracker_addr, Role::Peer, holder.port());
+    let have = p2p_core::Bitfield::full(manifest.piece_count());
+    announcer.send(&Message::Announce { file_id: manifest.file_id(), manifest: Some(Box::new(manifest)), have });
+    match announcer.recv(STARTUP_TIMEOUT) {
+        Some(Message::Announced { .. }) => {}
+        other => panic!("the announce was answered with {other:?}"),
+    }
+
+    download_giving_up(tracker_addr, &subdir(dir.path(), "downloader"), &file_id, &holder.to_string(), reason);
+    drop(announcer);
 }

@@ -48,3 +48,46 @@ fn table_mode_prints_one_row_per_scenario_and_needs_the_flag_for_several_files()
     let two_without_flag = run_bounded(sim_bin(), &[path_str(&capped), path_str(&abcd)], SIM_TIMEOUT);
     assert_eq!(two_without_flag.status.code(), Some(2), "{}", stderr_of(&two_without_flag));
 }
+
+#[test]
+fn svg_draws_the_abcd_run_the_same_way_every_time() {
+    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/abcd.toml");
+    let dir = common::temp_dir();
+    let draw = |name: &str| {
+        let path = dir.path().join(name);
+        let output = run_bounded(sim_bin(), &[path_str(&scenario), "--svg", path_str(&path)], SIM_TIMEOUT);
+        assert!(output.status.success(), "p2p-sim --svg exited with {}\n{}", output.status, stderr_of(&output));
+        std::fs::read_to_string(&path).expect("the picture is written")
+    };
+    let svg = draw("first.svg");
+    assert_eq!(svg, draw("second.svg"), "the same run draws the same bytes");
+    assert_well_formed(&svg);
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{}", &svg[..80]);
+    // D got piece 0 from A, 1 from B and 2 from C; E got every piece from D.
+    for (piece, sender) in [(0, "A"), (1, "B"), (2, "C"), (0, "D"), (1, "D"), (2, "D")] {
+        assert!(svg.contains(&format!(">{piece} \u{2190} {sender}</text>")), "piece {piece} from {sender} is labelled");
+    }
+    assert_eq!(svg.matches(" complete at ").count(), 2, "D and E complete");
+    assert_eq!(svg.matches(">leaves</text>").count(), 3, "A, B and C leave");
+}
+
+/// Every element opened is closed, in order, and nothing but comments and text is outside
+/// the root element.
+fn assert_well_formed(svg: &str) {
+    let mut open: Vec<&str> = Vec::new();
+    let mut rest = svg;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map(|end| start + end).expect("every tag ends");
+        let tag = &rest[start + 1..end];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop(), Some(name), "</{name}> closes the element opened last");
+        } else if !tag.ends_with('/') {
+            open.push(tag.split_whitespace().next().expect("a tag name"));
+        }
+        rest = &rest[end + 1..];
+        if open.is_empty() {
+            assert!(rest.trim().is_empty(), "nothing after the root element: {rest:?}");
+        }
+    }
+    assert!(open.is_empty(), "unclosed elements: {open:?}");
+}

@@ -43,6 +43,7 @@ Examples:
   p2p-node peer --tracker 192.0.2.10:7000 --listen 0.0.0.0:7001 --store ~/.swarm   (seeds what the store holds)
   p2p-node ls --tracker 192.0.2.10:7000
   p2p-node id movie.mkv
+  p2p-node peer --tracker 192.0.2.10:7000 --store ~/.swarm --share photos/   (a directory, as one item)
   p2p-node swarm-key team.key   (then --swarm-key team.key on the tracker, every peer and ls)
   p2p-node tracker --listen 0.0.0.0:7000 --http 127.0.0.1:8000   (open http://127.0.0.1:8000/)
   p2p-node ctl --http 127.0.0.1:8001 --token-file ~/.swarm/http-token get 3f5c09a1 --out ~/Downloads";
@@ -66,6 +67,10 @@ pub enum NodeCommand {
         /// free port); prints `http on ADDR`.
         #[arg(long, value_parser = parse_addr)]
         http: Option<SocketAddr>,
+        /// Read options from this TOML file (keys: the long options above, e.g. `listen =
+        /// "0.0.0.0:7000"`); options on the command line win.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Run a peer: share files, download files, seed.
     ///
@@ -73,11 +78,12 @@ pub enum NodeCommand {
     /// earlier runs, until SIGINT/SIGTERM, or exits once the downloads are done
     /// (--exit-when-done). One peer per store.
     Peer(PeerArgs),
-    /// Print the FILE_ID of a file, offline.
+    /// Print the FILE_ID of a file or directory, offline.
     ///
-    /// The same bytes and piece size give the same FILE_ID everywhere.
+    /// The same bytes and piece size (and for a directory, the same tree) give the same
+    /// FILE_ID everywhere.
     Id {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
         /// Piece size in bytes (a power of two, 16 KiB to 16 MiB; default: from the file size).
         #[arg(long, value_parser = parse_piece_size)]
@@ -118,6 +124,15 @@ pub enum NodeCommand {
     Demo,
     /// Talk to a running peer through its HTTP API (its --http address).
     Ctl(CtlArgs),
+    /// Print a completion script for SHELL on stdout.
+    ///
+    /// E.g. `p2p-node completions bash > ~/.local/share/bash-completion/completions/p2p-node`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page on stdout (roff), e.g. `p2p-node man > ~/.local/share/man/man1/p2p-node.1`.
+    Man,
 }
 
 /// Arguments of `p2p-node ctl`.
@@ -168,7 +183,7 @@ pub struct PeerArgs {
     /// Store directory: partial downloads and their state.
     #[arg(long)]
     pub store: PathBuf,
-    /// A file to share (repeatable).
+    /// A file, or a directory tree as one item, to share (repeatable).
     #[arg(long)]
     pub share: Vec<PathBuf>,
     /// Share only these pieces of each --share, e.g. `0,2-3`.
@@ -204,13 +219,18 @@ pub struct PeerArgs {
     /// A private swarm's key: only nodes holding the same key connect.
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,
+    /// Read options from this TOML file (keys: the long options above, e.g. `tracker =
+    /// ["192.0.2.10:7000"]`, `exit-when-done = true`); options on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl Cli {
-    /// Parses the command line, with the checks clap cannot express: at most
-    /// `TRACKERS_PER_PEER_MAX` `--tracker`s.
+    /// Parses the command line, with the options of its `--config` file (`config.rs`) and
+    /// the checks clap cannot express: at most `TRACKERS_PER_PEER_MAX` `--tracker`s.
     pub fn try_parse_checked() -> Result<Cli, clap::Error> {
-        Cli::try_parse()?.checked()
+        let args = crate::config::expand(std::env::args_os().collect(), &Cli::command())?;
+        Cli::try_parse_from(args)?.checked()
     }
 
     fn checked(self) -> Result<Cli, clap::Error> {

@@ -46,6 +46,10 @@ pub enum ManifestError {
     /// The file would need more pieces than the system allows.
     #[error("file needs {0} pieces, more than the limit of {max}", max = crate::limits::PIECES_MAX)]
     TooManyPieces(u64),
+    /// The file list of a directory breaks a rule: an unsafe path, a list out of order, too
+    /// many entries or path bytes, or sizes that do not add up to the length.
+    #[error("invalid directory tree: {0}")]
+    BadTree(String),
     /// The bytes are not a CBOR manifest.
     #[error("manifest does not decode: {0}")]
     Decode(String),

@@ -13,7 +13,7 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Largest body of a connection's first frame, which must be a `Hello` (or the `Error` that
-/// refuses the connection): the largest `Hello` encodes to well under 100 bytes, the rest is
+/// refuses the connection): the largest `Hello` encodes to under 160 bytes, the rest is
 /// room for a refusal's detail. A length prefix over it before the handshake costs the remote
 /// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 512;
@@ -48,6 +48,19 @@ pub const PIECES_MAX: u32 = 32 * 1024;
 
 /// Longest file name a manifest may carry, in bytes of UTF-8.
 pub const FILE_NAME_BYTES_MAX: usize = 255;
+
+/// Most entries (files and empty directories) the tree of a shared directory may list.
+pub const TREE_ENTRIES_MAX: usize = 10_000;
+
+/// Most components of one path in a shared directory's tree (its depth below the root).
+pub const TREE_PATH_COMPONENTS_MAX: usize = 32;
+
+/// Longest path in a shared directory's tree, in bytes of UTF-8 with a `/` between components.
+pub const TREE_PATH_BYTES_MAX: usize = 1024;
+
+/// Most bytes of path text (each path with its separators) a tree may list in all: bounds the
+/// manifest of a directory beyond its piece hashes.
+pub const TREE_PATHS_TOTAL_BYTES_MAX: usize = 1024 * 1024;
 
 /// Most holders the tracker returns per piece in one `Located` answer.
 pub const HOLDERS_PER_PIECE_MAX: usize = 8;
@@ -280,6 +293,13 @@ const _: () = assert!(PIECE_BYTES_AUTO_MAX <= PIECE_BYTES_MAX);
 const _: () = assert!(PIECE_BYTES_MIN.is_power_of_two() && PIECE_BYTES_MAX.is_power_of_two());
 // A manifest (name + 32-byte hash per piece + CBOR overhead) must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
+// A directory's manifest (hashes, then each entry's path, length and about 16 bytes of CBOR
+// framing) must fit in one frame too.
+const _: () = assert!(
+    (PIECES_MAX as usize) * 40 + FILE_NAME_BYTES_MAX + TREE_PATHS_TOTAL_BYTES_MAX + TREE_ENTRIES_MAX * 32 + 1024
+        <= FRAME_BYTES_MAX
+);
+const _: () = assert!(TREE_PATH_BYTES_MAX <= TREE_PATHS_TOTAL_BYTES_MAX);
 // A peer registration may hold the files of its own largest honest use.
 const _: () =
     assert!(TRACKER_FILES_PER_PEER_MAX as u64 * PIECES_AUTO_TARGET_COUNT * 32 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
@@ -288,6 +308,11 @@ const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX <= TRACKER_MANIFEST_BY
 const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX / 32 <= TRACKER_PIECES_PER_IP_MAX);
 // The largest file fits every quota.
 const _: () = assert!(PIECES_MAX as u64 * 32 + FILE_NAME_BYTES_MAX as u64 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
+// The largest directory fits every quota too.
+const _: () = assert!(
+    PIECES_MAX as u64 * 32 + (FILE_NAME_BYTES_MAX + TREE_PATHS_TOTAL_BYTES_MAX) as u64
+        <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX
+);
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());

@@ -15,14 +15,15 @@
 //! `poll_timeout()` is `None` or later than `now`; a machine that kept asking for the moment
 //! that just passed would be woken again and again at the same instant.
 //!
-//! [`step`] is steps 1 and 2 with both rules asserted; drivers go through it.
+//! [`step`] is steps 1 and 2 with both rules asserted, and [`step_command`] the same for a local
+//! command, whose refusal the caller hears as an `Err`; every driver goes through them.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
-use crate::error::{DecodeError, StoreError};
+use crate::error::{CommandError, DecodeError, StoreError};
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
 use crate::time::Time;
@@ -392,6 +393,16 @@ pub enum GoneReason {
 pub trait Machine {
     /// Applies one input at time `now` (never earlier than the previous `now`).
     fn handle(&mut self, now: Time, input: Input);
+    /// Applies a local command at time `now`, or refuses it, unchanged, with the caller's
+    /// mistake (a bitfield of the wrong length, one file too many). A refused command queues
+    /// no output. `handle(now, Input::Command(..))` applies the same checks and drops a
+    /// refused command silently, for drivers that replay commands they built themselves.
+    ///
+    /// The default takes every command.
+    fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
+        self.handle(now, Input::Command(Box::new(command)));
+        Ok(())
+    }
     /// The next thing for the driver to do, or `None` when drained.
     fn poll_output(&mut self) -> Option<Output>;
     /// The earliest time at which the machine wants `Input::Timeout`.
@@ -408,19 +419,37 @@ pub fn step<M: Machine + ?Sized>(
     machine: &mut M,
     now: Time,
     input: Input,
-    mut carry_out: impl FnMut(Output),
+    carry_out: impl FnMut(Output),
 ) -> Option<Time> {
     let fired = input == Input::Timeout;
     machine.handle(now, input);
-    while let Some(output) = machine.poll_output() {
-        carry_out(output);
-    }
-    let next = machine.poll_timeout();
+    let next = drain(machine, carry_out);
     assert!(
         !fired || next.is_none_or(|at| at > now),
         "a machine's timer must move once it fired: woken at {now}, it asks again for {next:?}"
     );
     next
+}
+
+/// [`step`] for a local command: [`Machine::command`], then the same drain; the machine's next
+/// timeout, or why it refused the command.
+pub fn step_command<M: Machine + ?Sized>(
+    machine: &mut M,
+    now: Time,
+    command: Command,
+    carry_out: impl FnMut(Output),
+) -> Result<Option<Time>, CommandError> {
+    let taken = machine.command(now, command);
+    let next = drain(machine, carry_out);
+    taken.map(|()| next)
+}
+
+/// Carries out every queued output, then asks for the next timeout.
+fn drain<M: Machine + ?Sized>(machine: &mut M, mut carry_out: impl FnMut(Output)) -> Option<Time> {
+    while let Some(output) = machine.poll_output() {
+        carry_out(output);
+    }
+    machine.poll_timeout()
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! `Manifest`: what a file is (name, length, piece size, SHA-256 of every piece) and the
-//! `FileId` derived from it.
+//! `Manifest`: what an item is (name, length, piece size, SHA-256 of every piece, and for a
+//! directory its file list) and the `FileId` derived from it.
 //!
-//! A manifest that exists has been validated: its name cannot escape a download folder, its piece
-//! size is in range, and its hash count matches its length. The id is SHA-256 of the canonical
-//! CBOR encoding (fields in declaration order, digests as byte strings), so the same bytes and
-//! piece size give the same id on every machine.
+//! A manifest that exists has been validated: its name (and every path of a directory's tree,
+//! see [`tree`]) cannot escape a download folder, its piece size is in range, and its hash count
+//! matches its length. The id is SHA-256 of the canonical CBOR encoding (fields in declaration
+//! order, digests as byte strings), so the same bytes and piece size give the same id on every
+//! machine. A single file's manifest has no `tree` field at all, so its encoding and id do not
+//! depend on directory support.
 
 use std::sync::Arc;
 
@@ -17,8 +19,13 @@ use crate::limits::{
     PIECE_BYTES_MAX, PIECE_BYTES_MIN,
 };
 
-/// A validated description of a file. Build one with [`Manifest::new`] or
-/// [`ManifestBuilder`]; decode one with [`Manifest::from_cbor`].
+mod tree;
+
+use tree::Tree;
+pub use tree::{FileSpan, TreeEntry};
+
+/// A validated description of a file or a directory tree. Build one with [`Manifest::new`],
+/// [`Manifest::new_tree`] or [`ManifestBuilder`]; decode one with [`Manifest::from_cbor`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawManifest")]
 pub struct Manifest {
@@ -27,6 +34,9 @@ pub struct Manifest {
     piece_size_bytes: u32,
     /// Shared by every copy: a simulated swarm holds one manifest per peer.
     piece_hashes: Arc<[Digest]>,
+    /// A directory's files and empty directories; absent for a single file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tree: Option<Arc<Tree>>,
 }
 
 /// The unchecked wire form; every decoded manifest passes through [`Manifest::new`].
@@ -36,15 +46,41 @@ struct RawManifest {
     length_bytes: u64,
     piece_size_bytes: u32,
     piece_hashes: Vec<Digest>,
+    #[serde(default)]
+    tree: Option<Vec<TreeEntry>>,
 }
 
 impl Manifest {
-    /// A manifest from its parts, checked against every rule.
+    /// A single file's manifest from its parts, checked against every rule.
     pub fn new(
         name: String,
         length_bytes: u64,
         piece_size_bytes: u32,
         piece_hashes: Vec<Digest>,
+    ) -> Result<Manifest, ManifestError> {
+        Manifest::checked(name, length_bytes, piece_size_bytes, piece_hashes, None)
+    }
+
+    /// A directory's manifest: `name` is the directory's, `entries` its files and empty
+    /// directories in order (see [`tree`]), `piece_hashes` over the files' bytes in that order.
+    pub fn new_tree(
+        name: String,
+        entries: Vec<TreeEntry>,
+        piece_size_bytes: u32,
+        piece_hashes: Vec<Digest>,
+    ) -> Result<Manifest, ManifestError> {
+        let length_bytes =
+            entries.iter().try_fold(0u64, |sum, entry| sum.checked_add(entry.length_bytes().unwrap_or(0)));
+        let length_bytes = length_bytes.ok_or_else(|| ManifestError::BadTree("file sizes overflow".into()))?;
+        Manifest::checked(name, length_bytes, piece_size_bytes, piece_hashes, Some(entries))
+    }
+
+    fn checked(
+        name: String,
+        length_bytes: u64,
+        piece_size_bytes: u32,
+        piece_hashes: Vec<Digest>,
+        tree: Option<Vec<TreeEntry>>,
     ) -> Result<Manifest, ManifestError> {
         check_name(&name)?;
         check_piece_size(u64::from(piece_size_bytes))?;
@@ -55,7 +91,8 @@ impl Manifest {
         if piece_hashes.len() as u64 != expected {
             return Err(ManifestError::PieceCount { hashes: piece_hashes.len(), expected });
         }
-        Ok(Manifest { name, length_bytes, piece_size_bytes, piece_hashes: piece_hashes.into() })
+        let tree = tree.map(|entries| Tree::new(entries, length_bytes)).transpose()?.map(Arc::new);
+        Ok(Manifest { name, length_bytes, piece_size_bytes, piece_hashes: piece_hashes.into(), tree })
     }
 
     /// Decodes and validates a manifest from its CBOR encoding.
@@ -76,12 +113,37 @@ impl Manifest {
         FileId(Digest::of(&self.to_cbor()))
     }
 
-    /// The file name (a single safe path component).
+    /// The file's or directory's name (a single safe path component).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The file length in bytes.
+    /// A directory's files and empty directories, in item order; `None` for a single file.
+    pub fn tree(&self) -> Option<&[TreeEntry]> {
+        self.tree.as_deref().map(Tree::entries)
+    }
+
+    /// Bytes of path text in a directory's tree (0 for a single file).
+    pub fn tree_paths_bytes(&self) -> usize {
+        self.tree.as_deref().map_or(0, Tree::paths_total_bytes)
+    }
+
+    /// The files holding the `len_bytes` bytes at offset `at` of the item, in order (for a
+    /// single file: entry 0 at `at`). Empty files and directories hold no bytes and never appear.
+    ///
+    /// # Panics
+    /// When the range does not lie inside the item (a caller's bug: pieces and blocks are
+    /// checked against the manifest first).
+    pub fn spans(&self, at: u64, len_bytes: u64) -> impl Iterator<Item = FileSpan> + '_ {
+        let end = at.checked_add(len_bytes).filter(|end| *end <= self.length_bytes);
+        assert!(end.is_some(), "{len_bytes} bytes at {at} lie outside an item of {} bytes", self.length_bytes);
+        let single = self.tree.is_none() && len_bytes > 0;
+        let single = single.then_some(FileSpan { entry: 0, offset_bytes: at, len_bytes });
+        let tree = self.tree.as_deref().map(|tree| tree.spans(at, len_bytes));
+        single.into_iter().chain(tree.into_iter().flatten())
+    }
+
+    /// The item's length in bytes (for a directory, the sum of its files' sizes).
     pub fn length_bytes(&self) -> u64 {
         self.length_bytes
     }
@@ -128,14 +190,16 @@ impl Manifest {
 impl TryFrom<RawManifest> for Manifest {
     type Error = ManifestError;
     fn try_from(raw: RawManifest) -> Result<Manifest, ManifestError> {
-        Manifest::new(raw.name, raw.length_bytes, raw.piece_size_bytes, raw.piece_hashes)
+        Manifest::checked(raw.name, raw.length_bytes, raw.piece_size_bytes, raw.piece_hashes, raw.tree)
     }
 }
 
-/// Computes a manifest from a file's bytes fed in order, piece by piece or in any chunks.
+/// Computes a manifest from a file's bytes fed in order, piece by piece or in any chunks (for a
+/// directory: its files' bytes in the order of its tree).
 #[derive(Debug)]
 pub struct ManifestBuilder {
     name: String,
+    tree: Option<Vec<TreeEntry>>,
     piece_size_bytes: u32,
     length_bytes: u64,
     current: sha2::Sha256,
@@ -150,12 +214,25 @@ impl ManifestBuilder {
         check_piece_size(u64::from(piece_size_bytes))?;
         Ok(ManifestBuilder {
             name,
+            tree: None,
             piece_size_bytes,
             length_bytes: 0,
             current: Default::default(),
             current_len: 0,
             hashes: Vec::new(),
         })
+    }
+
+    /// Starts a manifest for the directory `name` holding `entries` (in the order of
+    /// [`Manifest::tree`]); the files' bytes are fed in that order.
+    pub fn new_tree(
+        name: String,
+        entries: Vec<TreeEntry>,
+        piece_size_bytes: u32,
+    ) -> Result<ManifestBuilder, ManifestError> {
+        let mut builder = ManifestBuilder::new(name, piece_size_bytes)?;
+        builder.tree = Some(entries);
+        Ok(builder)
     }
 
     /// Feeds the next bytes of the file.
@@ -179,7 +256,17 @@ impl ManifestBuilder {
         if self.current_len > 0 {
             self.finish_piece();
         }
-        Manifest::new(self.name, self.length_bytes, self.piece_size_bytes, self.hashes)
+        match self.tree {
+            None => Manifest::new(self.name, self.length_bytes, self.piece_size_bytes, self.hashes),
+            Some(entries) => {
+                let manifest = Manifest::new_tree(self.name, entries, self.piece_size_bytes, self.hashes)?;
+                if manifest.length_bytes != self.length_bytes {
+                    let (listed, fed) = (manifest.length_bytes, self.length_bytes);
+                    return Err(ManifestError::BadTree(format!("{fed} bytes fed for files of {listed} bytes")));
+                }
+                Ok(manifest)
+            }
+        }
     }
 
     fn finish_piece(&mut self) {
@@ -215,7 +302,7 @@ fn piece_count_for(length_bytes: u64, piece_size_bytes: u32) -> u64 {
 
 /// A name is one plain path component on every platform: it cannot be empty, `.` or `..`,
 /// contain a separator, a drive colon or a control character, or exceed the length limit.
-fn check_name(name: &str) -> Result<(), ManifestError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ManifestError> {
     let bad = name.is_empty()
         || name.len() > FILE_NAME_BYTES_MAX
         || name == "."
@@ -271,6 +358,90 @@ mod tests {
         assert!(matches!(Manifest::new("a".into(), 1, 16384, vec![]), Err(ManifestError::PieceCount { .. })));
         assert!(matches!(Manifest::new("a".into(), 1, 1000, vec![]), Err(ManifestError::BadPieceSize(1000))));
         assert!(Manifest::from_cbor(b"\xff\x00").is_err());
+    }
+
+    fn tree_entries() -> Vec<TreeEntry> {
+        let path = |text: &str| text.split('/').map(str::to_owned).collect::<Vec<_>>();
+        vec![
+            TreeEntry::file(path("a/b/one.bin"), 20_000),
+            TreeEntry::file(path("a/empty.txt"), 0),
+            TreeEntry::empty_dir(path("a/nothing")),
+            TreeEntry::file(path("z.bin"), 30_000),
+        ]
+    }
+
+    #[test]
+    fn a_single_file_encodes_without_a_tree_and_keeps_its_id() {
+        let manifest = build(b"hello world", 16 * 1024);
+        assert!(manifest.tree().is_none());
+        let bytes = manifest.to_cbor();
+        assert_eq!(bytes[0], 0xa4, "a map of exactly four fields");
+        assert!(!bytes.windows(4).any(|w| w == b"tree"));
+        // The id of these bytes before directories existed: every single file keeps its id.
+        assert_eq!(manifest.file_id().to_string(), "683b9e47057a9c339d1e10cbc49d5266b066565b4c63284fcfcbf99a2662fbdc");
+    }
+
+    #[test]
+    fn a_directory_round_trips_and_maps_pieces_across_its_files() {
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 249) as u8).collect();
+        let mut builder = ManifestBuilder::new_tree("dir".into(), tree_entries(), 16 * 1024).expect("valid");
+        builder.update(&bytes);
+        let manifest = builder.finish().expect("valid");
+        assert_eq!((manifest.length_bytes(), manifest.piece_count()), (50_000, 4));
+        let decoded = Manifest::from_cbor(&manifest.to_cbor()).expect("round trip");
+        assert_eq!(decoded, manifest);
+        assert_ne!(decoded.file_id(), build(&bytes, 16 * 1024).file_id(), "the tree is part of the id");
+        // Piece 1 is bytes 16384..32768: the end of one.bin, then the start of z.bin.
+        let spans: Vec<FileSpan> = manifest.spans(manifest.piece_offset(PieceIndex(1)), 16_384).collect();
+        assert_eq!(
+            spans,
+            vec![
+                FileSpan { entry: 0, offset_bytes: 16_384, len_bytes: 3_616 },
+                FileSpan { entry: 3, offset_bytes: 0, len_bytes: 12_768 },
+            ]
+        );
+        let single = build(&bytes, 16 * 1024);
+        assert_eq!(
+            single.spans(100, 5).collect::<Vec<_>>(),
+            vec![FileSpan { entry: 0, offset_bytes: 100, len_bytes: 5 }]
+        );
+    }
+
+    #[test]
+    fn a_fed_length_that_differs_from_the_tree_is_refused() {
+        let mut builder = ManifestBuilder::new_tree("dir".into(), tree_entries(), 16 * 1024).expect("valid");
+        builder.update(&[0u8; 49_999]);
+        assert!(matches!(builder.finish(), Err(ManifestError::BadTree(_))), "one byte short, same piece count");
+        let mut builder = ManifestBuilder::new_tree("dir".into(), tree_entries(), 16 * 1024).expect("valid");
+        builder.update(&[0u8; 100]);
+        assert!(builder.finish().is_err(), "pieces missing");
+    }
+
+    /// What a remote could send: any name, length and tree, bypassing the constructors.
+    #[derive(Serialize)]
+    struct Forged {
+        name: String,
+        length_bytes: u64,
+        piece_size_bytes: u32,
+        piece_hashes: Vec<Digest>,
+        tree: Vec<TreeEntry>,
+    }
+
+    #[test]
+    fn a_decoded_tree_whose_paths_escape_is_refused() {
+        for escape in [&["..", "etc", "passwd"][..], &["/etc"], &["a", "..", "..", "x"], &[""], &["a/b"]] {
+            let forged = Forged {
+                name: "dir".into(),
+                length_bytes: 1,
+                piece_size_bytes: 16 * 1024,
+                piece_hashes: vec![Digest([0; 32])],
+                tree: vec![TreeEntry::file(escape.iter().map(|c| (*c).to_owned()).collect(), 1)],
+            };
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&forged, &mut bytes).expect("encode");
+            let decoded = Manifest::from_cbor(&bytes);
+            assert!(matches!(&decoded, Err(ManifestError::Decode(e)) if e.contains("tree")), "{escape:?}: {decoded:?}");
+        }
     }
 
     fn arb_manifest() -> impl Strategy<Value = Manifest> {

@@ -1,5 +1,6 @@
 //! Short client connections to a tracker, for tools: the check that an address is a tracker
-//! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix).
+//! (a peer's start-up), the list of known files (`p2p-node ls`, resolving a typed id prefix),
+//! a file's manifest (a peer checking whether a download is already in its output folder).
 //! A remote that is not a tracker (an HTTP server, a peer's port, silence) is named as such.
 //!
 //! The client runs the transport's handshake with the keys it is given (a tool's key pair may
@@ -11,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2p_core::wire::{FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::{FileId, Manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -39,6 +41,15 @@ pub async fn list_files(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSum
     }
 }
 
+/// The manifest of `file_id` as the tracker at `tracker` knows it; `None` when it knows no such
+/// file.
+pub async fn locate_manifest(tracker: SocketAddr, keys: &Keys, file_id: FileId) -> Result<Option<Manifest>, NetError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, locate_manifest_now(tracker, keys, file_id)).await {
+        Ok(result) => result,
+        Err(_) => Err(silent(tracker).await),
+    }
+}
+
 /// Checks that `tracker` is a swarm tracker: it answers the handshake as one. Anything else
 /// (nothing listening, an HTTP server, a peer's port, silence) is an error naming what it is.
 pub async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> Result<(), NetError> {
@@ -49,15 +60,40 @@ pub async fn check_tracker(tracker: SocketAddr, keys: &Keys) -> Result<(), NetEr
 }
 
 async fn list_files_now(tracker: SocketAddr, keys: &Keys) -> Result<(Vec<FileSummary>, bool), NetError> {
+    ask(tracker, keys, Message::List, |answer| match answer {
+        Message::Files { files, truncated } => Ok((files, truncated)),
+        other => Err(other),
+    })
+    .await
+}
+
+async fn locate_manifest_now(tracker: SocketAddr, keys: &Keys, file_id: FileId) -> Result<Option<Manifest>, NetError> {
+    ask(tracker, keys, Message::Locate { file_id, with_manifest: true }, |answer| match answer {
+        Message::Located { file_id: located, manifest, .. } if located == file_id => Ok(manifest.map(|m| *m)),
+        Message::Error { code: ErrorCode::UnknownFile, .. } => Ok(None),
+        other => Err(other),
+    })
+    .await
+}
+
+/// Says `question` to the tracker at `tracker` after the handshakes and returns what `answer`
+/// makes of the first message it takes (it hands back the others). An `Error` it does not
+/// take is the tracker's refusal; other messages are skipped, up to a bound.
+async fn ask<T>(
+    tracker: SocketAddr,
+    keys: &Keys,
+    question: Message,
+    answer: impl Fn(Message) -> Result<T, Message>,
+) -> Result<T, NetError> {
     let mut framed = handshake(tracker, keys).await?;
-    framed.send(&Message::List).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
+    framed.send(&question).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
-        match framed.next().await {
-            Some(Ok(Message::Files { files, truncated })) => return Ok((files, truncated)),
-            Some(Ok(Message::Error { detail, .. })) => {
+        match framed.next().await.map(|message| message.map(&answer)) {
+            Some(Ok(Ok(answer))) => return Ok(answer),
+            Some(Ok(Err(Message::Error { detail, .. }))) => {
                 return Err(protocol(tracker, format!("tracker refused: {detail}")))
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(Err(_))) => continue,
             Some(Err(e)) => return Err(protocol(tracker, e.to_string())),
             None => break,
         }
@@ -77,8 +113,13 @@ async fn handshake(tracker: SocketAddr, keys: &Keys) -> Result<Framed<SecureStre
         other => protocol(tracker, other.to_string()),
     })?;
     let mut framed = Framed::new(stream, FrameCodec::default());
-    let hello =
-        Hello { version: PROTOCOL_VERSION, role: Role::Client, peer_id: keys.identity.peer_id(), listen_port: 0 };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+        peer_id: keys.identity.peer_id(),
+        listen_port: 0,
+        listen_ip: None,
+    };
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {

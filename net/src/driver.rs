@@ -1,8 +1,10 @@
 //! The driver: one actix actor that owns a sans-IO [`Machine`] (tracker or peer) and carries out
 //! what it asks for.
 //!
-//! Loop: every input goes through `handle(now, input)`, then `poll_output` is drained fully and
-//! each output executed, then a single timer is (re)armed at `poll_timeout`. Outputs never feed
+//! Loop: every input goes through core's [`step`] (`handle(now, input)`, then `poll_output`
+//! drained fully, with the timer rule asserted), a local command through [`step_command`] (its
+//! refusal is the caller's answer), then each output is executed and a single timer is
+//! (re)armed at `poll_timeout`. Outputs never feed
 //! the machine directly: inputs they cause (a send that found its connection gone) wait in a
 //! queue until the drain is over, so every `handle` is followed by a full drain before the next.
 //!
@@ -35,7 +37,9 @@ use actix::prelude::*;
 use bytes::BytesMut;
 use p2p_core::limits::{CONNECTIONS_MAX, FRAME_BYTES_MAX, READ_BUFFERS_TOTAL_BYTES_MAX};
 use p2p_core::wire::Message;
-use p2p_core::{Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time};
+use p2p_core::{
+    step, step_command, Command, CommandError, Completion, ConnId, Event, FileId, Input, Machine, Output, Time,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -122,13 +126,11 @@ impl std::fmt::Display for ConnectFailure {
     }
 }
 
-/// Checks a local command against the machine's state before the machine is handed it.
-pub type CommandCheck<M> = fn(&M, &Command) -> Result<(), CommandError>;
-
 /// The actor around a machine; see the module docs.
 pub struct Driver<M: Machine> {
     machine: M,
-    check: CommandCheck<M>,
+    /// Outputs of the last step, carried out once the machine is drained.
+    drained: Vec<Output>,
     /// What the node proves and checks in every connection's handshake.
     keys: Arc<Keys>,
     /// Accepted connections whose handshake is under way.
@@ -233,7 +235,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         let write_budget = store.is_some().then(|| Arc::new(Semaphore::new(WRITE_BUDGET_BYTES)));
         Driver {
             machine,
-            check: |_, _| Ok(()),
+            drained: Vec::new(),
             keys: Arc::new(keys),
             handshaking: 0,
             write_budget,
@@ -265,12 +267,6 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         self
     }
 
-    /// Has every local command checked by `check` first.
-    pub fn with_command_check(mut self, check: CommandCheck<M>) -> Driver<M> {
-        self.check = check;
-        self
-    }
-
     /// Starts the actor and a task accepting connections on `listener`.
     pub fn start_with_listener(self, listener: TcpListener) -> Addr<Driver<M>> {
         Driver::create(move |ctx| {
@@ -284,19 +280,32 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         Time::from_elapsed(self.start.elapsed())
     }
 
-    /// Handles `input`, then every input its outputs caused, each followed by a full drain.
+    /// Handles `input`, then every input its outputs caused, each a [`step`] (a full drain).
     fn feed(&mut self, ctx: &mut Context<Self>, input: Input) {
         self.pending.push_back(input);
+        self.run_pending(ctx);
+    }
+
+    /// Steps the machine through every queued input, carrying out the outputs of each step
+    /// before the next; then re-arms the timer.
+    fn run_pending(&mut self, ctx: &mut Context<Self>) {
         while let Some(input) = self.pending.pop_front() {
             self.count_received(&input);
             let now = self.now();
-            self.machine.handle(now, input);
-            while let Some(output) = self.machine.poll_output() {
-                self.execute(ctx, output);
-            }
+            let mut outputs = std::mem::take(&mut self.drained);
+            step(&mut self.machine, now, input, |output| outputs.push(output));
+            self.carry_out(ctx, &mut outputs);
+            self.drained = outputs;
         }
         self.watch.connections(self.conns.len());
         self.arm_timer(ctx);
+    }
+
+    /// Carries out a drained step's outputs (inputs they cause wait in `pending`).
+    fn carry_out(&mut self, ctx: &mut Context<Self>, outputs: &mut Vec<Output>) {
+        for output in outputs.drain(..) {
+            self.execute(ctx, output);
+        }
     }
 
     fn arm_timer(&mut self, ctx: &mut Context<Self>) {
@@ -320,21 +329,19 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
     /// those files get a count: the ids in a remote's `Data` frames are the remote's choice, and
     /// a count per id it names would grow without bound.
     fn count_received(&mut self, input: &Input) {
-        match input {
-            Input::Command(command) => {
-                if let Command::Get { file_id, .. } = command.as_ref() {
-                    self.received_bytes.entry(*file_id).or_default();
-                }
+        let Input::Message { message, .. } = input else { return };
+        if let Message::Data { file_id, bytes, .. } = message {
+            if let Some(count) = self.received_bytes.get_mut(file_id) {
+                *count += bytes.len() as u64;
             }
-            Input::Message { message, .. } => {
-                if let Message::Data { file_id, bytes, .. } = message {
-                    if let Some(count) = self.received_bytes.get_mut(file_id) {
-                        *count += bytes.len() as u64;
-                    }
-                }
-                self.watch.received(message);
-            }
-            _ => {}
+        }
+        self.watch.received(message);
+    }
+
+    /// Starts counting the bytes received for a file the node is told to download.
+    fn count_command(&mut self, command: &Command) {
+        if let Command::Get { file_id, .. } = command {
+            self.received_bytes.entry(*file_id).or_default();
         }
     }
 
@@ -636,9 +643,14 @@ impl<M: Machine + Unpin + 'static> Handler<Local> for Driver<M> {
     type Result = Result<(), CommandError>;
 
     fn handle(&mut self, Local(command): Local, ctx: &mut Context<Self>) -> Result<(), CommandError> {
-        (self.check)(&self.machine, &command)?;
-        self.feed(ctx, Input::Command(Box::new(command)));
-        Ok(())
+        self.count_command(&command);
+        let now = self.now();
+        let mut outputs = std::mem::take(&mut self.drained);
+        let taken = step_command(&mut self.machine, now, command, |output| outputs.push(output));
+        self.carry_out(ctx, &mut outputs);
+        self.drained = outputs;
+        self.run_pending(ctx);
+        taken.map(|_| ())
     }
 }
 
@@ -655,7 +667,7 @@ impl<M: Machine + Unpin + 'static> Handler<Leave> for Driver<M> {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _leave: Leave, ctx: &mut Context<Self>) -> ResponseFuture<()> {
-        self.feed(ctx, Input::Command(Box::new(Command::Leave)));
+        Handler::<Local>::handle(self, Local(Command::Leave), ctx).ok();
         let closing = std::mem::take(&mut self.closing);
         Box::pin(async move {
             for task in closing {

@@ -1,4 +1,5 @@
-//! SHA-256 work: hashing a stored piece and describing a whole file by its [`Manifest`].
+//! SHA-256 work: hashing a stored piece and describing a whole file or directory by its
+//! [`Manifest`].
 //!
 //! Everything here blocks on disk and CPU, so callers run it on worker threads
 //! (`tokio::task::spawn_blocking`), never on the reactor. Files are streamed through a fixed
@@ -29,8 +30,21 @@ thread_local! {
 
 /// SHA-256 of `len` bytes of `file` starting at `offset`, read in chunks.
 pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, StoreError> {
+    let mut hasher = sha2::Sha256::new();
+    feed_range(&mut hasher, file, offset, len, path)?;
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// Feeds `len` bytes of `file` starting at `offset` to `hasher`, read in chunks (a piece of a
+/// directory is hashed file by file).
+pub fn feed_range(
+    hasher: &mut sha2::Sha256,
+    file: &File,
+    offset: u64,
+    len: u64,
+    path: &Path,
+) -> Result<(), StoreError> {
     HASH_BUFFER.with_borrow_mut(|buffer| {
-        let mut hasher = sha2::Sha256::new();
         let mut done = 0u64;
         while done < len {
             // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
@@ -39,34 +53,46 @@ pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Dig
             hasher.update(&buffer[..chunk]);
             done += chunk as u64;
         }
-        Ok(Digest(hasher.finalize().into()))
+        Ok(())
     })
 }
 
-/// The manifest of the file at `path`, cut into pieces of `piece_size_bytes` (or the automatic
-/// size for its length). The name is the path's last component.
+/// The manifest of the file or directory at `path`, cut into pieces of `piece_size_bytes` (or
+/// the automatic size for its length). The name is the path's last component; a directory is
+/// described as one item (see [`crate::tree`]).
 pub fn manifest_of(path: &Path, piece_size_bytes: Option<u32>) -> Result<Manifest, NetError> {
+    let metadata = std::fs::metadata(path).map_err(NetError::io("inspect", path))?;
+    if metadata.is_dir() {
+        return crate::tree::manifest_of_tree(path, piece_size_bytes);
+    }
     let mut file = File::open(path).map_err(NetError::io("open", path))?;
     let metadata = file.metadata().map_err(NetError::io("inspect", path))?;
     if !metadata.is_file() {
-        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file or a directory");
         return Err(NetError::Io { action: "describe", path: path.to_owned(), error: source });
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let piece_size = piece_size_bytes.unwrap_or_else(|| auto_piece_size(metadata.len()));
     let to_manifest_error = |error| NetError::Manifest { path: path.to_owned(), error };
     let mut builder = ManifestBuilder::new(name, piece_size).map_err(to_manifest_error)?;
+    feed_file(&mut builder, &mut file, path)?;
+    builder.finish().map_err(to_manifest_error)
+}
+
+/// Feeds the whole of `file` to `builder`; returns the bytes fed.
+pub(crate) fn feed_file(builder: &mut ManifestBuilder, file: &mut File, path: &Path) -> Result<u64, NetError> {
     let mut buffer = vec![0u8; HASH_CHUNK_BYTES];
+    let mut fed = 0u64;
     loop {
         let read = match file.read(&mut buffer) {
-            Ok(0) => break,
+            Ok(0) => return Ok(fed),
             Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(NetError::io("read", path)(e)),
         };
         builder.update(&buffer[..read]);
+        fed += read as u64;
     }
-    builder.finish().map_err(to_manifest_error)
 }
 
 #[cfg(test)]
@@ -98,7 +124,6 @@ mod tests {
         let missing = dir.path().join("missing");
         let error = manifest_of(&missing, None).expect_err("missing file");
         assert!(error.to_string().contains("missing"), "{error}");
-        assert!(manifest_of(dir.path(), None).is_err(), "a directory is not shared");
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").expect("write");
         assert!(matches!(manifest_of(&path, Some(1000)), Err(NetError::Manifest { .. })));

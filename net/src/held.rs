@@ -1,25 +1,26 @@
-//! The store's memory of the files its peer serves from outside the store directory: files it
-//! shared and downloads it finished. Each is one `<id>.held` record in the store directory
-//! (written atomically), so a peer restarted on the same store serves them again without being
-//! told: the record keeps the file's path, its manifest, the pieces served, and the file's size
-//! and modification time when they were last verified. A file whose size and time are unchanged
-//! is served without hashing; one whose time changed has its pieces hashed again first.
+//! The store's memory of the items its peer serves from outside the store directory: files and
+//! directories it shared and downloads it finished. Each is one `<id>.held` record in the store
+//! directory (written atomically), so a peer restarted on the same store serves them again
+//! without being told: the record keeps the item's path, its manifest, the pieces served, and
+//! its size and modification stamp when they were last verified (see [`crate::item::stamp`]:
+//! for a directory, over every file). An item whose size and stamp are unchanged is served
+//! without hashing; one whose stamp changed has its pieces hashed again first.
 //!
 //! The record is a few text lines, `KEY VALUE`, with binary values (the path's bytes, the
 //! bitfield, the manifest's canonical CBOR) in hex.
 
 use std::ffi::OsString;
-use std::fs::{File, Metadata};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use p2p_core::{Bitfield, FileId, Manifest};
+
+use crate::item::stamp;
 
 /// The first line of every record (its format's version).
 const RECORD_HEADER: &str = "swarm-held 1";
 
-/// What a store remembers of one file it serves from outside the store directory.
+/// What a store remembers of one item it serves from outside the store directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     /// Where the file is (absolute).
@@ -28,9 +29,10 @@ pub struct Held {
     pub manifest: Manifest,
     /// The pieces served (all of them, unless a subset was shared).
     pub have: Bitfield,
-    /// The file's size when its pieces were last verified.
+    /// The item's size when its pieces were last verified.
     pub length_bytes: u64,
-    /// Its modification time then, in nanoseconds since the Unix epoch.
+    /// Its modification stamp then: a file's time in nanoseconds since the Unix epoch, a
+    /// digest of every file's size and time for a directory.
     pub modified_ns: u128,
 }
 
@@ -41,23 +43,24 @@ pub enum Found {
     Unchanged,
     /// Same size, another modification time: hash the recorded pieces again.
     Touched,
-    /// Gone, or another size: forget it.
+    /// Gone, or another size (a directory: a file gone or of another size): forget it.
     Gone,
 }
 
 impl Held {
-    /// A record of the file at `path` as it is now.
-    pub fn of(path: &Path, manifest: Manifest, have: Bitfield, file: &File) -> std::io::Result<Held> {
-        let metadata = file.metadata()?;
+    /// A record of the item at `path` as it is now.
+    pub fn of(path: &Path, manifest: Manifest, have: Bitfield) -> std::io::Result<Held> {
         let path = std::path::absolute(path)?;
-        Ok(Held { path, manifest, have, length_bytes: metadata.len(), modified_ns: modified_ns(&metadata) })
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "a file of the item is gone or changed size");
+        let (length_bytes, modified_ns) = stamp(&path, &manifest).ok_or_else(gone)?;
+        Ok(Held { path, manifest, have, length_bytes, modified_ns })
     }
 
-    /// How the file on disk compares with this record.
+    /// How the item on disk compares with this record.
     pub fn check(&self) -> Found {
-        match std::fs::metadata(&self.path) {
-            Ok(metadata) if metadata.len() == self.length_bytes && metadata.is_file() => {
-                if modified_ns(&metadata) == self.modified_ns {
+        match stamp(&self.path, &self.manifest) {
+            Some((length, modified)) if length == self.length_bytes => {
+                if modified == self.modified_ns {
                     Found::Unchanged
                 } else {
                     Found::Touched
@@ -111,11 +114,6 @@ impl Held {
     }
 }
 
-fn modified_ns(metadata: &Metadata) -> u128 {
-    // A file system without modification times reads as 0: every restart then re-hashes.
-    metadata.modified().ok().and_then(|at| at.duration_since(UNIX_EPOCH).ok()).map_or(0, |since| since.as_nanos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,8 +129,7 @@ mod tests {
         let manifest = manifest_of(&path, Some(16 * 1024)).expect("manifest");
         let mut have = Bitfield::new(manifest.piece_count());
         have.set(p2p_core::PieceIndex(1));
-        let file = File::open(&path).expect("open");
-        let held = Held::of(&path, manifest.clone(), have, &file).expect("record");
+        let held = Held::of(&path, manifest.clone(), have).expect("record");
         let read = Held::decode(&held.encode(), manifest.file_id()).expect("decode");
         assert_eq!(read, held);
         assert_eq!(read.check(), Found::Unchanged);
@@ -140,7 +137,7 @@ mod tests {
         assert!(Held::decode(b"swarm-held 1\npath 00\n", manifest.file_id()).is_err(), "cut short");
 
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-        File::options().write(true).open(&path).expect("open").set_modified(later).expect("touch");
+        std::fs::File::options().write(true).open(&path).expect("open").set_modified(later).expect("touch");
         assert_eq!(read.check(), Found::Touched);
         std::fs::write(&path, b"shorter").expect("rewrite");
         assert_eq!(read.check(), Found::Gone);

@@ -6,9 +6,12 @@
 //! - [`secure`]: the encrypted transport under every connection (a Noise handshake that
 //!   proves each side's key, then sealed chunks); [`identity`]: the key files it uses.
 //! - [`read_budget`]: the bound on all the connections' receive buffers together.
-//! - [`store`]: partial downloads, their sidecars, shared and finished files.
-//! - [`held`]: the store's records of the files it serves, so a restarted peer serves them.
-//! - [`hasher`]: SHA-256 of pieces and whole-file manifests, for worker threads.
+//! - [`store`]: partial downloads, their sidecars, shared and finished files and directories.
+//! - [`item`]: an item's bytes on disk, one file or a directory's files, read and hashed
+//!   across file boundaries; [`tree`]: describing a directory as one item and laying a
+//!   downloaded one out under the output directory.
+//! - [`held`]: the store's records of the items it serves, so a restarted peer serves them.
+//! - [`hasher`]: SHA-256 of pieces and whole-item manifests, for worker threads.
 //! - [`watch`]: what a driver saw (metrics, who sent each piece, rates), for people watching.
 //! - [`http`]: the HTTP API, `/metrics` and web pages of a running tracker or peer.
 //! - [`client`]: short tool connections to a tracker (`List`).
@@ -28,10 +31,12 @@ pub mod hasher;
 pub mod held;
 pub mod http;
 pub mod identity;
+pub mod item;
 pub mod node;
 pub mod read_budget;
 pub mod secure;
 pub mod store;
+pub mod tree;
 pub mod watch;
 
 pub use driver::{ConnectFailure, NodeEvent};

@@ -23,13 +23,13 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::client::list_files;
+use crate::client::{list_files, locate_manifest};
 use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
 use crate::identity::{Identity, SwarmKey};
 use crate::secure::Keys;
-use crate::store::Store;
+use crate::store::{Reused, Store};
 use crate::watch::{Metrics, Role};
 
 /// The file in a peer's store that holds its key pair.
@@ -136,13 +136,14 @@ pub async fn spawn_peer(
     let peer_id = identity.peer_id();
     let mut config = PeerConfig::new(peer_id, seed, first_tracker, addr.port());
     config.trackers.clone_from(&options.trackers);
+    // Told to trackers, which take it for a peer that reaches them over loopback.
+    config.listen_ip = Some(addr.ip()).filter(|ip| !ip.is_unspecified());
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
     let swarm_key = options.swarm_key.clone();
     let keys = Keys { identity, swarm_key: options.swarm_key };
     let metrics = Arc::new(Metrics::new(Role::Peer));
     let driver = Driver::new(Peer::new(config), keys, format!("peer {addr}"), Some(store.clone()), Some(events))
-        .with_command_check(Peer::check_command)
         .with_metrics(metrics.clone());
     let driver = driver.start_with_listener(listener);
     Ok(PeerHandle { addr, peer_id, trackers: options.trackers, swarm_key, store, metrics, driver })
@@ -201,8 +202,9 @@ impl PeerHandle {
         self.peer_id
     }
 
-    /// Shares the file at `path`: describes it on a worker thread, registers it with the store
-    /// (served in place) and tells the machine. Returns its manifest.
+    /// Shares the file or directory at `path` (a directory as one item): describes it on a
+    /// worker thread, registers it with the store (served in place) and tells the machine.
+    /// Returns its manifest.
     pub async fn share(&self, path: &Path, options: ShareOptions) -> Result<Manifest, NetError> {
         let store = self.store.clone();
         let path = path.to_owned();
@@ -256,12 +258,12 @@ impl PeerHandle {
             .map_err(|error| NetError::Resolve { prefix: prefix.as_str().to_owned(), error })
     }
 
-    /// Downloads `file_id` into `out` instead of the output directory the peer started with.
-    pub async fn get_into(&self, file_id: FileId, out: &Path) -> Result<Option<Resumed>, NetError> {
+    /// Has the download of `file_id` finish in `out` instead of the output directory the peer
+    /// started with (created if missing, checked to be writable).
+    pub async fn set_out(&self, file_id: FileId, out: &Path) -> Result<(), NetError> {
         let store = self.store.clone();
         let out = out.to_owned();
-        blocking(move || store.set_out(file_id, &out)).await?;
-        self.get(file_id).await
+        blocking(move || store.set_out(file_id, &out)).await
     }
 
     /// Downloads `file_id`, resuming from what the store already verified (re-hashed first).
@@ -301,6 +303,46 @@ impl PeerHandle {
     /// downloaded by an earlier run): such a file needs no download.
     pub fn held_path(&self, file_id: FileId) -> Option<PathBuf> {
         self.store.held_path(file_id)
+    }
+
+    /// Where the whole of `file_id` already is, if anywhere: a file this peer serves whole
+    /// ([`PeerHandle::held_path`]), else a file the store never saw that is in the download's
+    /// output folder under its manifest's name (asked of the trackers) and verifies piece by
+    /// piece; that one is served from then on. A file there that verifies in part seeds the
+    /// download, so [`PeerHandle::get`] fetches only its other pieces. Call it before `get`
+    /// (and after [`PeerHandle::set_out`] for a download that goes elsewhere).
+    pub async fn find_whole(&self, file_id: FileId) -> Result<Option<PathBuf>, NetError> {
+        if let Some(path) = self.held_path(file_id) {
+            return Ok(Some(path));
+        }
+        if self.known_ids().contains(&file_id) {
+            return Ok(None);
+        }
+        let Some(manifest) = self.locate_manifest(file_id).await else { return Ok(None) };
+        let store = self.store.clone();
+        let found = manifest.clone();
+        match blocking(move || store.reuse_out(&found)).await? {
+            Reused::Whole(path) => {
+                let have = Bitfield::full(manifest.piece_count());
+                self.command(Command::Share { manifest, have }).await?;
+                Ok(Some(path))
+            }
+            Reused::Partial(_) | Reused::Nothing => Ok(None),
+        }
+    }
+
+    /// The manifest of `file_id` from the first tracker that knows it; `None` when none does
+    /// (the download learns it from holders then), a tracker that cannot be asked is logged.
+    async fn locate_manifest(&self, file_id: FileId) -> Option<Manifest> {
+        let keys = Keys { identity: Identity::generate(), swarm_key: self.swarm_key.clone() };
+        for tracker in &self.trackers {
+            match locate_manifest(*tracker, &keys, file_id).await {
+                Ok(Some(manifest)) => return Some(manifest),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("cannot ask for the manifest of {file_id}: {e}"),
+            }
+        }
+        None
     }
 
     /// Every file id the store knows (shared, downloaded, partial on disk); for resolving a

@@ -1,13 +1,16 @@
-//! The store: the files a peer serves and the partial files it downloads.
+//! The store: the items (files and directory trees) a peer serves and the partial ones it
+//! downloads.
 //!
-//! A download of file `F` lives in the store directory as `F.part` (the file's bytes at their
-//! offsets, created at full length), `F.manifest` (canonical CBOR) and `F.bitfield` (verified
-//! pieces, rewritten atomically and synced as pieces are verified), so a restarted peer resumes (a
-//! damaged sidecar is reported and recovered from: see [`Store::resume`]). On
-//! completion `F.part` is moved to `<out>/<name>` without ever replacing a different file, the
-//! sidecars are removed and the file is served from its final path. Shared files are served
-//! read-only from where they are, never copied; the store remembers both kinds of served files
-//! in `F.held` records (see [`crate::held`]) and serves them again after a restart.
+//! A download of item `F` lives in the store directory as `F.part` (the item's bytes at their
+//! offsets, created at full length; a directory's files one after the other), `F.manifest`
+//! (canonical CBOR) and `F.bitfield` (verified pieces, rewritten atomically and synced as pieces
+//! are verified), so a restarted peer resumes (a damaged sidecar is reported and recovered
+//! from: see [`Store::resume`]). On completion a file's `F.part` is moved to `<out>/<name>`, a
+//! directory's is laid out as its tree there (see [`crate::tree`]), never replacing anything
+//! different; the sidecars are removed and the item is served from its final path. Shared
+//! items are served read-only from where they are, never copied; the store remembers both kinds
+//! of served items in `F.held` records (see [`crate::held`]) and serves them again after a
+//! restart.
 //!
 //! One process per store: an open store holds an exclusive lock on `<dir>/lock`, and opening
 //! checks the output directory is writable, so a second process or a read-only directory fails
@@ -22,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -33,8 +35,9 @@ use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex, StoreError};
 use crate::error::{store_io, NetError};
 use crate::hasher::hash_range;
 use crate::held::{Found, Held};
+use crate::item::ItemFiles;
 
-/// Names tried for a finished file (`name`, `name.1`, ...) before giving up.
+/// Names tried for a finished file or directory (`name`, `name.1`, ...) before giving up.
 const FINAL_NAME_ATTEMPTS_MAX: u32 = 1000;
 
 /// The file in a store directory whose exclusive lock the store's process holds.
@@ -60,8 +63,8 @@ pub struct Store {
 #[derive(Debug)]
 struct Entry {
     manifest: Arc<Manifest>,
-    /// The open file, or why it could not be opened (reported by every later access).
-    file: Result<Arc<File>, StoreError>,
+    /// The item's bytes, or why they could not be opened (reported by every later access).
+    file: Result<Arc<ItemFiles>, StoreError>,
     /// Where the bytes are.
     path: Arc<Path>,
     /// Pieces that may be served (shared subset, verified so far, or all).
@@ -115,16 +118,11 @@ impl Store {
         Ok(())
     }
 
-    /// Serves `have` pieces of the file at `path`, described by `manifest`, read-only in place.
-    /// The store remembers it (see [`crate::held`]).
+    /// Serves `have` pieces of the file or directory at `path`, described by `manifest`,
+    /// read-only in place. The store remembers it (see [`crate::held`]).
     pub fn register_shared(&self, path: &Path, manifest: Manifest, have: Bitfield) -> Result<(), NetError> {
-        let file = File::open(path).map_err(NetError::io("open", path))?;
-        let length = file.metadata().map_err(NetError::io("inspect", path))?.len();
-        if length != manifest.length_bytes() {
-            let reason = format!("changed while being shared ({length} bytes, {} expected)", manifest.length_bytes());
-            return Err(NetError::Corrupt { path: path.to_owned(), reason });
-        }
-        let held = Held::of(path, manifest.clone(), have.clone(), &file).map_err(NetError::io("inspect", path))?;
+        let file = ItemFiles::open(path, &manifest)?;
+        let held = Held::of(path, manifest.clone(), have.clone()).map_err(NetError::io("inspect", path))?;
         self.remember(&held)?;
         let entry = Entry::new(manifest, Ok(Arc::new(file)), held.path, have, State::Shared);
         let file_id = entry.manifest.file_id();
@@ -141,7 +139,8 @@ impl Store {
             return;
         }
         let part = self.sidecar(file_id, "part");
-        let file = self.create_part(manifest, &part).map(Arc::new).inspect_err(|e| tracing::error!("{e}"));
+        let file = self.create_part(manifest, &part).map(|file| Arc::new(ItemFiles::part(file, &part)));
+        let file = file.inspect_err(|e| tracing::error!("{e}"));
         let served = Bitfield::new(manifest.piece_count());
         let entry = Entry::new(manifest.clone(), file, part, served, State::Downloading);
         self.lock().entry(file_id).or_insert(entry);
@@ -149,28 +148,28 @@ impl Store {
 
     /// Writes a received block at its place in the partial file.
     pub fn write_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: &[u8]) -> Result<(), StoreError> {
-        let (file, path, at) = self.with_entry(file_id, |entry| {
+        let (file, at) = self.with_entry(file_id, |entry| {
             if entry.state != State::Downloading {
                 return Err(StoreError::NotDownloading);
             }
             entry.access(piece, offset, bytes.len() as u64)
         })?;
-        file.write_all_at(bytes, at).map_err(store_io("write", &*path))
+        file.write_all_at(bytes, at)
     }
 
     /// SHA-256 of a piece as stored.
     pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
-        let (file, path, at, len) = self.with_entry(file_id, |entry| {
+        let (file, at, len) = self.with_entry(file_id, |entry| {
             let len = entry.piece_len_checked(piece)?;
-            let (file, path, at) = entry.access(piece, 0, u64::from(len))?;
-            Ok((file, path, at, len))
+            let (file, at) = entry.access(piece, 0, u64::from(len))?;
+            Ok((file, at, len))
         })?;
-        hash_range(&file, at, u64::from(len), &path)
+        file.hash(at, u64::from(len))
     }
 
     /// Reads a block of a served piece.
     pub fn read_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
-        let (file, path, at) = self.with_entry(file_id, |entry| {
+        let (file, at) = self.with_entry(file_id, |entry| {
             if !entry.served.has(piece) {
                 return Err(StoreError::NotHeld { piece });
             }
@@ -179,7 +178,7 @@ impl Store {
             }
             entry.access(piece, offset, u64::from(len))
         })?;
-        read_exact_at(&file, len as usize, at).map_err(store_io("read", &*path))
+        file.read(len as usize, at)
     }
 
     /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
@@ -214,12 +213,16 @@ impl Store {
             Err(in_place) => return Ok(in_place),
         };
         let out = self.outs.lock().unwrap_or_else(PoisonError::into_inner).get(&file_id).cloned();
-        let target = place_final(&part, out.as_deref().unwrap_or(&self.out), &manifest)?;
+        let out = out.as_deref().unwrap_or(&self.out);
+        let target = match manifest.tree() {
+            None => place_final(&part, out, &manifest)?,
+            Some(_) => crate::tree::place(&part, out, &manifest)?,
+        };
         for kind in ["manifest", "bitfield"] {
             remove_if_present(&self.sidecar(file_id, kind))?;
         }
-        let file = File::open(&target).map_err(store_io("open", &target))?;
-        let held = Held::of(&target, (*manifest).clone(), Bitfield::full(manifest.piece_count()), &file);
+        let file = ItemFiles::open(&target, &manifest).map_err(|e| into_store_error(e, "open", &target))?;
+        let held = Held::of(&target, (*manifest).clone(), Bitfield::full(manifest.piece_count()));
         if let Err(e) = held.map_err(store_io("inspect", &target)).and_then(|held| self.remember(&held)) {
             // The download is done all the same; only a restart will not seed it unasked.
             tracing::warn!("{e}");
@@ -285,8 +288,8 @@ impl Store {
             read => (read?, false),
         };
         let part = self.sidecar(file_id, "part");
-        let file = self.create_part(&manifest, &part)?;
-        let verified = verify_pieces(&file, &part, &manifest, &claimed)?;
+        let file = ItemFiles::part(self.create_part(&manifest, &part)?, &part);
+        let verified = verify_pieces(&file, &manifest, &claimed)?;
         let entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
         self.lock().insert(file_id, entry);
         if verified != claimed {
@@ -309,11 +312,7 @@ impl Store {
             let mut entries = self.lock();
             let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
             entry.persist_pending = false;
-            (entry.state == State::Downloading).then(|| {
-                let mut bytes = entry.served.len().to_be_bytes().to_vec();
-                bytes.extend_from_slice(entry.served.as_bytes());
-                bytes
-            })
+            (entry.state == State::Downloading).then(|| encode_bitfield(&entry.served))
         };
         match bytes {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
@@ -350,11 +349,11 @@ impl Store {
         if found == Found::Gone {
             return self.forget(&record, &format!("{} is gone or changed size", held.path.display()));
         }
-        let file = File::open(&held.path).map_err(NetError::io("open", &held.path))?;
+        let file = ItemFiles::open(&held.path, &held.manifest)?;
         let mut have = held.have.clone();
         if found == Found::Touched {
-            have = verify_pieces(&file, &held.path, &held.manifest, &held.have)?;
-            let again = Held::of(&held.path, held.manifest.clone(), have.clone(), &file);
+            have = verify_pieces(&file, &held.manifest, &held.have)?;
+            let again = Held::of(&held.path, held.manifest.clone(), have.clone());
             self.remember(&again.map_err(NetError::io("inspect", &held.path))?)?;
         }
         let entry = Entry::new(held.manifest.clone(), Ok(Arc::new(file)), held.path, have.clone(), State::Shared);
@@ -424,7 +423,7 @@ impl Store {
 impl Entry {
     fn new(
         manifest: Manifest,
-        file: Result<Arc<File>, StoreError>,
+        file: Result<Arc<ItemFiles>, StoreError>,
         path: PathBuf,
         served: Bitfield,
         state: State,
@@ -449,15 +448,15 @@ impl Entry {
         }
     }
 
-    /// The open file, its path and the file offset of `len` bytes at `offset` in `piece`,
-    /// checked to stay inside the piece.
-    fn access(&self, piece: PieceIndex, offset: u32, len: u64) -> Result<(Arc<File>, Arc<Path>, u64), StoreError> {
+    /// The item's bytes and the item offset of `len` bytes at `offset` in `piece`, checked to
+    /// stay inside the piece.
+    fn access(&self, piece: PieceIndex, offset: u32, len: u64) -> Result<(Arc<ItemFiles>, u64), StoreError> {
         let piece_len = self.piece_len_checked(piece)?;
         if u64::from(offset) + len > u64::from(piece_len) {
             return Err(StoreError::OutOfRange { piece, offset, len });
         }
         let at = self.manifest.piece_offset(piece) + u64::from(offset);
-        Ok((self.file.clone()?, self.path.clone(), at))
+        Ok((self.file.clone()?, at))
     }
 }
 
@@ -482,7 +481,7 @@ fn check_writable(dir: &Path) -> Result<(), NetError> {
 }
 
 /// The pieces of `claimed` whose stored bytes match the manifest, hashed on every core.
-fn verify_pieces(file: &File, path: &Path, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
+fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
     let pieces: Vec<PieceIndex> = claimed.iter().collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_worker = pieces.len().div_ceil(workers).max(1);
@@ -494,7 +493,7 @@ fn verify_pieces(file: &File, path: &Path, manifest: &Manifest, claimed: &Bitfie
                     let mut good = Vec::new();
                     for &piece in chunk {
                         let len = u64::from(manifest.piece_len(piece));
-                        if hash_range(file, manifest.piece_offset(piece), len, path)? == manifest.piece_hash(piece) {
+                        if file.hash(manifest.piece_offset(piece), len)? == manifest.piece_hash(piece) {
                             good.push(piece);
                         }
                     }
@@ -515,12 +514,7 @@ fn verify_pieces(file: &File, path: &Path, manifest: &Manifest, claimed: &Bitfie
 /// Moves `part` to a free name in `out` (`name`, `name.1`, ...) and returns it. A name taken by
 /// a file with exactly the manifest's content is reused; a different file is never replaced.
 fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
-    for attempt in 0..FINAL_NAME_ATTEMPTS_MAX {
-        // The manifest's name is one safe path component (checked by Manifest::new).
-        let name = match attempt {
-            0 => manifest.name().to_owned(),
-            n => format!("{}.{n}", manifest.name()),
-        };
+    for name in final_names(manifest) {
         let target = out.join(name);
         match link_or_copy(part, &target) {
             Ok(()) => {
@@ -538,6 +532,15 @@ fn place_final(part: &Path, out: &Path, manifest: &Manifest) -> Result<PathBuf, 
     }
     let source = io::Error::new(io::ErrorKind::AlreadyExists, "every candidate name is taken");
     Err(store_io("find a free name in", out)(source))
+}
+
+/// The names a finished item may take in its output directory, in order: `name`, `name.1`, ...
+/// (the manifest's name is one safe path component, checked by `Manifest::new`).
+pub(crate) fn final_names(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
+    (0..FINAL_NAME_ATTEMPTS_MAX).map(|attempt| match attempt {
+        0 => manifest.name().to_owned(),
+        n => format!("{}.{n}", manifest.name()),
+    })
 }
 
 /// Creates `target` with `source`'s content, failing with `AlreadyExists` rather than replacing
@@ -585,6 +588,13 @@ fn read_manifest(path: &Path, file_id: FileId) -> Result<Manifest, NetError> {
     Ok(manifest)
 }
 
+/// A `.bitfield` sidecar's bytes: the piece count (4 bytes, big-endian), then the bits.
+fn encode_bitfield(bitfield: &Bitfield) -> Vec<u8> {
+    let mut bytes = bitfield.len().to_be_bytes().to_vec();
+    bytes.extend_from_slice(bitfield.as_bytes());
+    bytes
+}
+
 fn read_bitfield(path: &Path, piece_count: u32) -> Result<Bitfield, NetError> {
     let bytes = fs::read(path).map_err(NetError::io("read", path))?;
     let corrupt = |reason: &str| NetError::Corrupt { path: path.to_owned(), reason: reason.into() };
@@ -623,21 +633,6 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Reads `len` bytes of `file` at `offset` into a new buffer that is not zeroed first (the read
-/// fills it; a block read is on every served byte's path).
-fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
-    let mut buffer = Vec::with_capacity(len);
-    while buffer.len() < len {
-        let at = offset + buffer.len() as u64;
-        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), at)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    // The spare capacity may have been larger than the block.
-    buffer.truncate(len);
-    Ok(Bytes::from(buffer))
-}
-
 /// The storage contract as the peer's driver sees it, for one owner of the store (the driver
 /// itself shares it with worker threads through the `&self` methods above).
 impl p2p_core::store::Store for Store {
@@ -669,21 +664,30 @@ impl p2p_core::store::Store for Store {
     }
 
     fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
-        Store::resume(self, file_id).map_err(|e| match e {
-            NetError::Store(e) => e,
-            NetError::Io { action, path, error } => {
-                StoreError::Io { action, path, kind: error.kind(), detail: error.to_string() }
-            }
-            // A damaged sidecar: the download cannot be resumed from it.
-            other => StoreError::Io {
-                action: "resume from",
-                path: self.dir.clone(),
-                kind: io::ErrorKind::InvalidData,
-                detail: other.to_string(),
-            },
-        })
+        Store::resume(self, file_id).map_err(|e| into_store_error(e, "resume from", &self.dir))
     }
 }
+
+/// A store's [`NetError`] as the [`StoreError`] a machine's completion carries; anything but an
+/// I/O error (a damaged sidecar, an item that changed) fails `action` on `path`.
+fn into_store_error(error: NetError, action: &'static str, path: &Path) -> StoreError {
+    match error {
+        NetError::Store(e) => e,
+        NetError::Io { action, path, error } => {
+            StoreError::Io { action, path, kind: error.kind(), detail: error.to_string() }
+        }
+        other => StoreError::Io {
+            action,
+            path: path.to_owned(),
+            kind: io::ErrorKind::InvalidData,
+            detail: other.to_string(),
+        },
+    }
+}
+
+#[path = "store_reuse.rs"]
+mod reuse;
+pub use reuse::Reused;
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

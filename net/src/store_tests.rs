@@ -1,5 +1,7 @@
 //! Store tests: a download written out of order, resumed, finalised without overwriting.
 
+use std::os::unix::fs::FileExt;
+
 use p2p_core::store::conformance;
 
 use super::*;
@@ -257,4 +259,80 @@ fn verified_pieces_share_one_pending_bitfield_write() {
     let written = read_bitfield(&sidecar, f.manifest.piece_count()).expect("a bitfield");
     assert_eq!(written.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1)], "one write recorded both");
     assert_eq!(store.mark_verified(id, PieceIndex(2)), Ok(true), "after the write, the next piece asks again");
+}
+
+/// A directory of three levels: a file across pieces 0 and 1, an empty file, an empty
+/// directory, and a file across pieces 1 to 3; its bytes in item order.
+fn tree_fixture(root: &Path) -> (Manifest, Vec<u8>) {
+    let one: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    let two: Vec<u8> = (0..25_000u32).map(|i| (i % 13) as u8).collect();
+    fs::create_dir_all(root.join("a/b")).expect("mkdir");
+    fs::create_dir_all(root.join("a/nothing")).expect("mkdir");
+    fs::write(root.join("a/b/one.bin"), &one).expect("write");
+    fs::write(root.join("a/empty.txt"), b"").expect("write");
+    fs::write(root.join("z.bin"), &two).expect("write");
+    let manifest = manifest_of(root, Some(16 * 1024)).expect("a directory's manifest");
+    (manifest, [one, two].concat())
+}
+
+#[test]
+fn a_shared_directory_serves_pieces_across_its_files_and_is_remembered() {
+    let f = fixture();
+    let root = f._dir.path().join("photos");
+    let (manifest, bytes) = tree_fixture(&root);
+    let id = manifest.file_id();
+    assert_eq!((manifest.name(), manifest.length_bytes(), manifest.piece_count()), ("photos", 55_000, 4));
+    assert_eq!(manifest.tree().map(<[_]>::len), Some(4), "two files, the empty file and the empty directory");
+    let store = f.store();
+    store.register_shared(&root, manifest.clone(), Bitfield::full(4)).expect("share");
+    // Piece 1 starts in one.bin and ends in z.bin.
+    let piece = PieceIndex(1);
+    let read = store.read_block(id, piece, 0, manifest.piece_len(piece)).expect("read across files");
+    assert_eq!(read.as_ref(), &bytes[16_384..32_768]);
+    assert_eq!(store.hash_piece(id, piece), Ok(manifest.piece_hash(piece)));
+    drop(store);
+
+    let store = f.store();
+    assert_eq!(store.reopen(id).expect("reopen").map(|(_, have)| have.is_full()), Some(true));
+    drop(store);
+    let file = OpenOptions::new().write(true).open(root.join("z.bin")).expect("open");
+    file.write_all_at(b"XX", 20_000).expect("damage the last piece");
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).expect("touch");
+    let (_, have) = f.store().reopen(id).expect("reopen").expect("remembered");
+    assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1), PieceIndex(2)], "re-hashed");
+    fs::remove_file(root.join("a/b/one.bin")).expect("remove a file");
+    assert_eq!(f.store().reopen(id).expect("reopen"), None, "a file gone: forgotten");
+}
+
+#[test]
+fn a_downloaded_directory_is_laid_out_as_its_tree_beside_a_different_one() {
+    let f = fixture();
+    let (manifest, bytes) = tree_fixture(&f._dir.path().join("photos"));
+    let id = manifest.file_id();
+    fs::create_dir_all(f.out_dir.join("photos")).expect("mkdir");
+    fs::write(f.out_dir.join("photos/mine.txt"), b"not the download").expect("write");
+    let store = f.store();
+    store.allocate(&manifest);
+    for piece in manifest.pieces() {
+        let start = manifest.piece_offset(piece) as usize;
+        let piece_bytes = &bytes[start..start + manifest.piece_len(piece) as usize];
+        store.write_block(id, piece, 0, piece_bytes).expect("write");
+        assert_eq!(store.hash_piece(id, piece), Ok(manifest.piece_hash(piece)));
+        store.mark_verified(id, piece).expect("mark");
+    }
+    let path = store.finalize(id).expect("finalize");
+    assert_eq!(path, f.out_dir.join("photos.1"), "the different tree is kept");
+    assert_eq!(fs::read(f.out_dir.join("photos/mine.txt")).expect("untouched"), b"not the download");
+    let copy = manifest_of(&path, Some(16 * 1024)).expect("describe the copy");
+    assert_eq!(copy.tree(), manifest.tree(), "the same tree");
+    assert!(manifest.pieces().all(|p| copy.piece_hash(p) == manifest.piece_hash(p)), "the same bytes");
+    assert!(path.join("a/nothing").is_dir() && fs::read(path.join("a/empty.txt")).expect("empty").is_empty());
+    let piece = PieceIndex(2);
+    let read = store.read_block(id, piece, 0, 100).expect("served from the tree");
+    assert_eq!(read.as_ref(), &bytes[32_768..32_868]);
+    assert!(!f.store_dir.join(format!("{id}.part")).exists());
+    let leftovers: Vec<_> = fs::read_dir(&f.out_dir).expect("list").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "no staging directory left: {leftovers:?}");
+    drop(store);
+    assert_eq!(f.store().reopen(id).expect("reopen").map(|(_, have)| have.is_full()), Some(true), "seeded again");
 }

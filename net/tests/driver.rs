@@ -1,6 +1,8 @@
 //! The driver loop, checked with a tiny fake machine over real loopback sockets: messages go
 //! both ways through the framing, the timer fires, a bad frame costs exactly one connection
-//! (answered, flushed, closed) and the listener keeps serving.
+//! (answered, flushed, closed) and the listener keeps serving. The fake machine refuses an input
+//! that comes before its outputs were drained, so every test also checks that the driver drains
+//! before the next input.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ impl Echo {
 
 impl Machine for Echo {
     fn handle(&mut self, now: Time, input: Input) {
+        // The driving contract: every input comes after the outputs of the last were drained.
+        assert!(self.outputs.is_empty(), "the driver handed {input:?} before draining {:?}", self.outputs);
         match input {
             Input::Command(command) if matches!(*command, Command::Get { .. }) => {
                 if let Some(addr) = self.dial {

@@ -112,6 +112,7 @@ impl World {
             Event::PieceVerified { piece, from, .. } => {
                 let from = self.network.node_at(*from).unwrap_or(NodeIdx::TRACKER);
                 self.outcome.piece_sources.push((node, piece.0, from));
+                self.outcome.piece_verified_at.push(self.now);
                 pieces_level
             }
             Event::Complete { .. } => {

@@ -16,7 +16,7 @@
 //! partitions) with [`uplink`] (send buffers, fair sharing of a sender's rate), [`queue`]
 //! (the event queue), [`store`] (each peer's in-memory disk), [`world`] (the model and the event-queue driver),
 //! `effects` (carrying out machine outputs), [`node`] (machines and the actix driver),
-//! [`trace`], [`report`], [`efficiency`] (a run against the Kumar–Ross lower bound),
+//! [`trace`], [`report`], [`svg`] (a picture of a run), [`efficiency`] (a run against the Kumar–Ross lower bound),
 //! [`expect`], [`error`].
 
 #![forbid(unsafe_code)]
@@ -32,6 +32,7 @@ pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod store;
+pub mod svg;
 pub mod trace;
 pub mod uplink;
 pub mod world;

@@ -69,6 +69,8 @@ pub struct Outcome {
     /// `(downloader, piece, source)` for every verified piece, in the order they were verified
     /// (a list, not a map: a 10,000-peer run verifies 2.5 million pieces).
     pub piece_sources: Vec<(NodeIdx, u32, NodeIdx)>,
+    /// When each entry of `piece_sources` was verified (same index).
+    pub piece_verified_at: Vec<Time>,
     /// `(banner, banned)`.
     pub bans: BTreeSet<(NodeIdx, NodeIdx)>,
     /// The last missing-pieces report of each downloader.

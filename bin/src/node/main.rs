@@ -8,8 +8,11 @@
 
 #[path = "../cli.rs"]
 mod cli;
+#[path = "../config.rs"]
+mod config;
 mod ctl;
 mod demo;
+mod manual;
 mod peer;
 mod progress;
 mod reach;
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
 
 fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Tracker { listen, key, swarm_key, http } => {
+        NodeCommand::Tracker { listen, key, swarm_key, http, config: _ } => {
             in_actix(tracker::run(listen, key, swarm_key.as_deref(), http))
         }
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
@@ -53,6 +56,8 @@ fn run(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::SwarmKey { path } => tools::swarm_key(&path),
         NodeCommand::Demo => in_actix(demo::run()),
         NodeCommand::Ctl(args) => ctl::run(&args),
+        NodeCommand::Completions { shell } => manual::completions(shell),
+        NodeCommand::Man => manual::man(),
     }
 }
 

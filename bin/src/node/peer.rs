@@ -151,9 +151,10 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     }
     for prefix in &args.get {
         let file_id = peer.resolve(prefix).await?;
-        if let Some(path) = peer.held_path(file_id) {
+        if let Some(path) = peer.find_whole(file_id).await? {
             // Downloaded by an earlier run (or shared): checked when the store served it again
-            // (same size and modification time, or its pieces hashed again).
+            // (same size and modification time, or its pieces hashed again); or found in
+            // `--out` and verified piece by piece.
             report::complete(file_id, &path);
             report::downloaded(file_id, 0, 0);
             session.gets_to_start -= 1;
@@ -166,11 +167,14 @@ async fn start_jobs(peer: &PeerHandle, args: &PeerArgs, session: &mut Session) -
     Ok(())
 }
 
-/// A `--share` must be a regular file this process can read.
+/// A `--share` must be a regular file or a directory this process can read.
 fn check_shareable(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path)?;
-    if !file.metadata()?.is_file() {
-        bail!("not a regular file");
+    let metadata = file.metadata()?;
+    if metadata.is_dir() {
+        std::fs::read_dir(path)?;
+    } else if !metadata.is_file() {
+        bail!("not a regular file or a directory");
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--driver actix|queue]`: runs a scenario in
-//! virtual time and tells what happened (docs/cli.md).
+//! `p2p-sim SCENARIO.toml [--seed N] [--trace FILE] [--svg FILE] [--driver actix|queue]`: runs a
+//! scenario in virtual time and tells what happened (docs/cli.md), and draws it with `--svg`.
 //!
 //! Prints the story, a per-peer summary table, the efficiency against the scenario's lower
 //! bound (`p2p_sim::efficiency`) and the expectation verdicts; the last line is always
@@ -42,6 +42,10 @@ struct Cli {
     /// Write every event to this file, one line each, virtual time first.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Draw the run into this SVG file: a timeline per peer of the pieces it received and
+    /// from whom, with the scenario's faults marked.
+    #[arg(long, conflicts_with = "table", value_name = "FILE")]
+    svg: Option<PathBuf>,
     /// Which driver steps the machines (both give the same trace); default actix, or queue
     /// with `--table`.
     #[arg(long, value_enum)]
@@ -52,7 +56,8 @@ struct Cli {
 const EXAMPLES: &str = "\
 Examples:
   p2p-sim scenarios/abcd.toml                      A, B, C hold a piece each; D gets all three
-  p2p-sim scenarios/abcd.toml --seed 7 --trace t   another seed; every event written to t";
+  p2p-sim scenarios/abcd.toml --seed 7 --trace t   another seed; every event written to t
+  p2p-sim scenarios/abcd.toml --svg abcd.svg       the run drawn: who got which piece from whom, when";
 
 /// The two drivers over the one network model.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -113,6 +118,10 @@ fn run(cli: &Cli, scenario: &Scenario) -> anyhow::Result<bool> {
     };
     let (outcome, trace_error) = run_with(cli.driver.unwrap_or(Driver::Actix), scenario, seed, trace)?;
     let verdicts = check(scenario, &outcome);
+    if let Some(path) = &cli.svg {
+        std::fs::write(path, p2p_sim::svg::render(scenario, &outcome))
+            .with_context(|| format!("writing the picture {}", path.display()))?;
+    }
     let mut stdout = std::io::stdout().lock();
     print_report(&mut stdout, scenario, &outcome, &verdicts).context("writing the report to stdout")?;
     if let (Some(e), Some(path)) = (trace_error, &cli.trace) {

@@ -40,26 +40,28 @@ mod view;
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::bitfield::Bitfield;
-use crate::error::CommandError;
-use crate::ids::{ConnId, FileId, PeerId};
+use crate::error::{CommandError, StoreError};
+use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
 use crate::time::Time;
-use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+use crate::wire::{ErrorCode, Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
 use haves::HaveBatch;
 use pex::Pex;
 use pieces::FileEntry;
 use remote::Remotes;
-use tracker_link::TrackerLinks;
-use uploads::Uploads;
+use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
+use uploads::{Held, OurFile, ServeJob, Uploads};
 pub use view::{FileState, FileView, RemoteView};
 
 /// How a peer is set up.
@@ -74,6 +76,8 @@ pub struct PeerConfig {
     pub trackers: Vec<SocketAddr>,
     /// The port this peer accepts connections on, as the driver bound it.
     pub listen_port: u16,
+    /// The one IP address it listens on, told to trackers (`None`: every address, or unknown).
+    pub listen_ip: Option<IpAddr>,
     /// Upload cap in bytes per second (`None`: unlimited).
     pub upload_limit_bytes_per_s: Option<u64>,
     /// Interval between announces to the tracker.
@@ -88,6 +92,7 @@ impl PeerConfig {
             seed,
             trackers: vec![tracker],
             listen_port,
+            listen_ip: None,
             upload_limit_bytes_per_s: None,
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
         }
@@ -165,14 +170,24 @@ impl Peer {
         self.files.get(file_id).and_then(|f| f.manifest.as_ref())
     }
 
+    /// Every file the peer shares or downloads, by file id.
+    pub fn file_views(&self) -> Vec<FileView> {
+        self.files.iter().map(|(file_id, entry)| FileView::of(*file_id, entry)).collect()
+    }
+
+    /// Every peer-to-peer connection, open or opening, by connection id.
+    pub fn remote_views(&self) -> Vec<RemoteView> {
+        self.remotes.iter().map(|(conn, remote)| RemoteView::of(*conn, remote)).collect()
+    }
+
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
         self.remotes.values().map(|r| r.in_flight.len()).sum()
     }
 
-    /// Checks a local command before it is handed to `handle`: the caller's mistakes are errors
-    /// here, not silent no-ops inside the machine.
-    pub fn check_command(&self, command: &Command) -> Result<(), CommandError> {
+    /// Checks a local command against the peer's state: the caller's mistakes are errors
+    /// ([`Machine::command`] returns them), not silent no-ops inside the machine.
+    fn check_command(&self, command: &Command) -> Result<(), CommandError> {
         let adds_file = match command {
             Command::Share { manifest, have } => {
                 if have.len() != manifest.piece_count() {
@@ -218,6 +233,7 @@ impl Peer {
             role: Role::Peer,
             peer_id: self.peer_id,
             listen_port: self.config.listen_port,
+            listen_ip: self.config.listen_ip,
         })
     }
 
@@ -316,6 +332,269 @@ impl Peer {
     }
 }
 
+/// Routing to and from the tracker links (`tracker_link`).
+impl Peer {
+    /// On every tracker link: connects, times out a silent handshake, or re-announces,
+    /// whichever is due.
+    fn tracker_timeout(&mut self) {
+        if self.left {
+            return;
+        }
+        for due in self.tracker.due(self.now, self.config.announce_interval) {
+            match due {
+                LinkDue::Connect(link, addr) => {
+                    let conn = self.new_conn();
+                    self.push(Output::Connect { conn, addr });
+                    self.tracker.connecting(link, conn);
+                }
+                LinkDue::HandshakeTimedOut(conn) => {
+                    self.push(Output::Close { conn });
+                    self.on_tracker_lost(conn);
+                }
+                LinkDue::Announce(conn) => self.announce_all(conn),
+            }
+        }
+    }
+
+    fn on_tracker_connected(&mut self, conn: ConnId) {
+        let hello = self.hello();
+        self.send(conn, hello);
+        self.tracker.connected(conn, self.now);
+    }
+
+    /// A tracker connection closed or could not be opened: that tracker is retried after its
+    /// backoff; with no tracker left, no file counts as announced.
+    fn on_tracker_lost(&mut self, conn: ConnId) {
+        let Some(lost) = self.tracker.lost(conn, self.now) else { return };
+        if lost.was_ready {
+            self.event(Event::TrackerLost { addr: lost.addr });
+        }
+        if lost.none_ready {
+            for entry in self.files.values_mut() {
+                entry.announced = false;
+            }
+        }
+    }
+
+    fn on_tracker_message(&mut self, conn: ConnId, message: Message) {
+        match message {
+            Message::Hello(hello) => {
+                let valid = hello.version == PROTOCOL_VERSION && hello.role == Role::Tracker;
+                match self.tracker.hello(conn, valid, self.now, self.config.announce_interval) {
+                    Handshake::Ready(addr) => self.on_tracker_ready(conn, addr),
+                    Handshake::Refused => {
+                        let reason = format!("unexpected tracker hello {hello:?}");
+                        self.event(Event::ProtocolViolation { conn, reason });
+                        self.push(Output::Close { conn });
+                        self.on_tracker_lost(conn);
+                    }
+                }
+            }
+            Message::Announced { file_id } => {
+                let sharing = self.files.get_mut(&file_id).and_then(|entry| tracker_link::acknowledged(file_id, entry));
+                if let Some(event) = sharing {
+                    self.event(event);
+                }
+            }
+            Message::Located { file_id, manifest, holders } => self.on_located(file_id, manifest.map(|m| *m), &holders),
+            Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
+                self.on_unknown_file(conn, file_id)
+            }
+            // Other errors answer a single request; the periodic announce and locate retry.
+            _ => {}
+        }
+    }
+
+    /// The tracker at `addr` answered the handshake on `conn`: every file is announced to it,
+    /// and every download may ask it where its pieces are.
+    fn on_tracker_ready(&mut self, conn: ConnId, addr: SocketAddr) {
+        self.event(Event::TrackerConnected { addr });
+        self.announce_all(conn);
+        let now = self.now;
+        for download in self.files.values_mut().filter_map(|entry| entry.download.as_mut()) {
+            download.locate_mut().tracker_ready(now);
+        }
+        self.locate_due();
+    }
+
+    /// A tracker does not know `file_id`: it hears the manifest, when this peer knows it. A
+    /// download that no tracker located yet reports the file unknown.
+    fn on_unknown_file(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(entry) = self.files.get_mut(&file_id) else { return };
+        match tracker_link::unknown(entry, self.now) {
+            Unknown::Announce => self.announce_to(conn, file_id, true),
+            Unknown::Report => self.event(Event::FileUnknown { file_id }),
+            Unknown::Ignore => {}
+        }
+    }
+
+    /// Announces the pieces held of every file whose manifest is known on the tracker
+    /// connection `conn`.
+    fn announce_all(&mut self, conn: ConnId) {
+        let announcements: Vec<Message> = self
+            .files
+            .iter()
+            .filter_map(|(file_id, entry)| tracker_link::announcement(*file_id, entry, false))
+            .collect();
+        for message in announcements {
+            self.send(conn, message);
+        }
+    }
+
+    /// Announces the pieces held of `file_id` to every ready tracker (with the manifest when a
+    /// tracker may not know the file).
+    fn announce(&mut self, file_id: FileId, with_manifest: bool) {
+        for conn in self.tracker.ready_conns() {
+            self.announce_to(conn, file_id, with_manifest);
+        }
+    }
+
+    /// Announces the pieces held of `file_id` on the tracker connection `conn`, once its
+    /// manifest is known.
+    fn announce_to(&mut self, conn: ConnId, file_id: FileId, with_manifest: bool) {
+        let announcement = self.files.get(&file_id).and_then(|e| tracker_link::announcement(file_id, e, with_manifest));
+        if let Some(message) = announcement {
+            self.send(conn, message);
+        }
+    }
+
+    /// Sends `Locate` to every ready tracker for every download whose next locate is due.
+    fn locate_due(&mut self) {
+        let ready = self.tracker.ready_conns();
+        let due = tracker_link::locates_due(&mut self.files, self.now, !ready.is_empty());
+        if ready.is_empty() {
+            return;
+        }
+        for (file_id, with_manifest) in due {
+            for &conn in &ready {
+                self.send(conn, Message::Locate { file_id, with_manifest });
+            }
+            self.event(Event::LocateSent { file_id });
+        }
+    }
+}
+
+/// Routing to and from the upload side (`uploads`: serving and offers).
+impl Peer {
+    /// A ready remote asks for a block: a request for a piece we verified, for a block inside
+    /// it, is queued for the upload side; anything else is rejected.
+    fn on_request(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) {
+        let reject = |reason| Message::Reject { file_id, piece, offset, reason };
+        if let Err(reason) = uploads::check_request(self.files.get(&file_id), piece, offset, len) {
+            return self.send(conn, reject(reason));
+        }
+        debug_assert!(self.remotes.contains_key(&conn), "requests come from open connections");
+        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }).is_err() {
+            return self.send(conn, reject(RejectReason::Busy));
+        }
+        self.pump_uploads();
+    }
+
+    fn on_cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+        self.uploads.cancel(conn, file_id, piece, offset);
+    }
+
+    /// `data_frames` more of `conn`'s `Data` frames left.
+    fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
+        self.uploads.sent(conn, data_frames);
+        self.pump_uploads();
+    }
+
+    /// Starts the reads the upload side allows now.
+    fn pump_uploads(&mut self) {
+        loop {
+            let (remotes, files) = (&self.remotes, &self.files);
+            // A download keeps its pieces' holder counts; other files' are counted over the remotes.
+            let holders = |file_id: FileId, piece| match files.get(&file_id).and_then(|e| e.download.as_ref()) {
+                Some(download) => download.availability(piece),
+                None => remotes.holders(file_id, piece),
+            };
+            let Some(job) = self.uploads.next_read(self.now, holders) else {
+                break;
+            };
+            let ServeJob { conn, file_id, piece, offset, len } = job;
+            self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
+        }
+    }
+
+    /// A read the upload side chose finished: its block goes to the remote that asked.
+    fn on_block_read(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        result: Result<Bytes, StoreError>,
+    ) {
+        self.uploads.read_done(conn, file_id, piece, offset);
+        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr) {
+            match result {
+                Ok(bytes) => {
+                    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                    self.send(conn, Message::Data { file_id, piece, offset, bytes });
+                    self.event(Event::BlockServed { file_id, piece, len, to });
+                    if uploads::is_last_block(self.files.get(&file_id), piece, offset, len) {
+                        self.offer_uploaded(conn, file_id, piece);
+                    }
+                }
+                Err(_) => self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::ReadFailed }),
+            }
+        }
+        self.pump_uploads();
+    }
+
+    /// Our bitfield message for `file_id` on `conn`: what we hold, or the pieces offered to it
+    /// (see `offers`).
+    fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
+        let entry = self.files.get(&file_id)?;
+        let holds = self.remotes.get(&conn)?.files.get(&file_id);
+        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
+        let remotes = &self.remotes;
+        let other = || uploads::other_downloader(remotes, conn, file_id);
+        let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, other, &mut self.rng);
+        Some(Message::Bitfield { file_id, have })
+    }
+
+    /// We finished uploading `piece` to `conn`.
+    fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        if self.uploads.offers_mut().uploaded(conn, file_id, piece) {
+            self.top_up(conn, file_id);
+        }
+    }
+
+    /// `conn` reported holding `pieces` (from us or from anyone else).
+    fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        match self.uploads.offers_mut().held(conn, file_id, holds, pieces) {
+            Held::Complete => self.downloader_gone(file_id),
+            Held::Room => self.top_up(conn, file_id),
+            Held::Nothing => {}
+        }
+    }
+
+    /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
+    /// is told everything.
+    fn downloader_gone(&mut self, file_id: FileId) {
+        let sole = uploads::sole_downloader(&self.remotes, file_id);
+        if let Some(conn) = sole.filter(|conn| self.uploads.offers().sees_offers(*conn, file_id)) {
+            self.top_up(conn, file_id);
+        }
+    }
+
+    /// Offers `conn` more pieces of `file_id` (everything left when it is the only downloader)
+    /// and sends them in one `Haves`.
+    fn top_up(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(entry) = self.files.get(&file_id) else { return };
+        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        let other = uploads::other_downloader(&self.remotes, conn, file_id);
+        let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
+        if !pieces.is_empty() {
+            self.send(conn, Message::Haves { file_id, pieces });
+        }
+    }
+}
+
 impl Machine for Peer {
     fn handle(&mut self, now: Time, input: Input) {
         debug_assert!(now >= self.now, "time went backwards");
@@ -342,6 +621,12 @@ impl Machine for Peer {
             Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
         }
+    }
+
+    fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
+        self.check_command(&command)?;
+        self.handle(now, Input::Command(Box::new(command)));
+        Ok(())
     }
 
     fn poll_output(&mut self) -> Option<Output> {

@@ -231,8 +231,13 @@ mod tests {
     fn accept(peer: &mut Peer, host: u8, at: Time) -> ConnId {
         let conn = ConnId::Inbound(u64::from(host));
         outputs(peer, at, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
-        let hello =
-            Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: PeerId([host; 16]), listen_port: 7001 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: PeerId([host; 16]),
+            listen_port: 7001,
+            listen_ip: None,
+        };
         outputs(peer, at, Input::Message { conn, message: Message::Hello(hello) });
         conn
     }
@@ -298,7 +303,13 @@ mod tests {
         };
         let tracker_id = PeerId([1; 16]);
         outputs(&mut seeder, Time::ZERO, Input::Connected { conn: to_tracker, remote: tracker, peer_id: tracker_id });
-        let hello = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: tracker_id, listen_port: 0 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Tracker,
+            peer_id: tracker_id,
+            listen_port: 0,
+            listen_ip: None,
+        };
         outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
         outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));

@@ -8,7 +8,6 @@ use crate::manifest::Manifest;
 use crate::time::Time;
 
 use super::downloads::{Download, Phase};
-use super::uploads::Spread;
 
 /// A file the peer shares, downloads, or both.
 #[derive(Debug)]
@@ -26,8 +25,6 @@ pub(super) struct FileEntry {
     /// Whether the file came from a local share rather than a download: only such a holder
     /// offers its pieces a few at a time (see `offers`).
     pub shared_here: bool,
-    /// Offer counts, once the whole file was offered piece by piece to downloaders.
-    pub spread: Option<Spread>,
 }
 
 impl FileEntry {
@@ -40,7 +37,6 @@ impl FileEntry {
             sharing_reported: false,
             download: None,
             shared_here: true,
-            spread: None,
         }
     }
 
@@ -61,7 +57,6 @@ impl FileEntry {
             sharing_reported: true,
             download: Some(download),
             shared_here: false,
-            spread: None,
         }
     }
 

@@ -22,7 +22,6 @@ use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
 use super::pieces::BlockKey;
-use super::uploads::Offer;
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +53,6 @@ pub(super) struct Remote {
     pub files: VecMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
     pub bitfield_sent: VecSet<FileId>,
-    /// Files of which we told it only the pieces we offer (see `offers`).
-    pub offers: VecMap<FileId, Offer>,
     /// Our block requests in flight to it.
     pub in_flight: VecSet<BlockKey>,
     /// When it last made progress on our requests: a block arrived, or the first request of
@@ -94,7 +91,6 @@ impl Remote {
             wanted: VecSet::new(),
             files: VecMap::new(),
             bitfield_sent: VecSet::new(),
-            offers: VecMap::new(),
             in_flight: VecSet::new(),
             progress_at: now,
             resting_until: None,

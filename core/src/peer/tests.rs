@@ -378,7 +378,9 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let holder = PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid address") };
-    let hello = |role, peer_id| Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port: 0 });
+    let hello = |role, peer_id| {
+        Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port: 0, listen_ip: None })
+    };
     let connect_to = |outputs: &[Output], to| {
         outputs.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == to)).cloned()
     };
@@ -471,8 +473,13 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
         Time::from_millis(1),
         Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
     );
-    let hello =
-        Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([1; 16]), listen_port: 0 };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Tracker,
+        peer_id: crate::PeerId([1; 16]),
+        listen_port: 0,
+        listen_ip: None,
+    };
     step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
     let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
     let answer = Message::Located { file_id: id, manifest: None, holders };
@@ -511,7 +518,13 @@ fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
     let opened =
         step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     assert!(matches!(sent(&opened)[..], [Message::Hello(_)]), "{opened:?}");
-    let claim = Hello { version: PROTOCOL_VERSION, role: Role::Peer, peer_id: crate::PeerId([9; 16]), listen_port: 0 };
+    let claim = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        peer_id: crate::PeerId([9; 16]),
+        listen_port: 0,
+        listen_ip: None,
+    };
     let outputs = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: Message::Hello(claim) });
     assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
     assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));

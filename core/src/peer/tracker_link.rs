@@ -7,17 +7,25 @@
 //! of each download are: every ready tracker is asked at once, every 2 s while a download is
 //! stuck, less and less often while pieces keep arriving. Every answer is used; the first one
 //! to arrive lets the next ask be planned, so a tracker that is down or slow delays nothing.
+//!
+//! [`TrackerLinks`] owns the links' state (private): its inputs are the deadlines
+//! ([`TrackerLinks::due`]), a connection opened, a tracker's `Hello` and a connection lost;
+//! its outputs say what is due ([`LinkDue`]), how a handshake ended ([`Handshake`]) and what a
+//! loss means ([`Lost`]). `Peer` routes them: it names connections, sends what the links ask
+//! for and reports the events. The free functions here are the tracker side of a file's
+//! record: its announce, the acknowledgement, an unknown file and the locate schedule.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::ids::{ConnId, FileId};
 use crate::limits::{HANDSHAKE_TIMEOUT, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, TRACKERS_PER_PEER_MAX};
-use crate::machine::{Event, Output};
+use crate::machine::Event;
 use crate::time::Time;
-use crate::wire::{ErrorCode, Message, Role, PROTOCOL_VERSION};
+use crate::wire::Message;
 
-use super::Peer;
+use super::pieces::FileEntry;
 
 /// Where one tracker connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,185 +110,174 @@ impl TrackerLinks {
     }
 }
 
-impl Peer {
-    /// On every link: connects, times out a silent handshake, or re-announces, whichever is due.
-    pub(super) fn tracker_timeout(&mut self) {
-        if self.left {
-            return;
-        }
-        for link in 0..self.tracker.links.len() {
-            self.link_timeout(link);
-        }
-    }
-
-    fn link_timeout(&mut self, link: usize) {
-        let Link { addr, stage, .. } = self.tracker.links[link];
-        match stage {
-            Stage::Idle { retry_at } if retry_at <= self.now => {
-                let conn = self.new_conn();
-                self.push(Output::Connect { conn, addr });
-                self.tracker.links[link].stage = Stage::Connecting(conn);
-            }
-            Stage::AwaitHello { conn, since } if since + HANDSHAKE_TIMEOUT <= self.now => {
-                self.push(Output::Close { conn });
-                self.on_tracker_lost(conn);
-            }
-            Stage::Ready { conn, next_announce } if next_announce <= self.now => {
-                let next_announce = self.now + self.config.announce_interval;
-                self.tracker.links[link].stage = Stage::Ready { conn, next_announce };
-                let files: Vec<FileId> = self.files.keys().copied().collect();
-                for file_id in files {
-                    self.announce_to(conn, file_id, false);
+impl TrackerLinks {
+    /// What is due on the links at `now`, in the order the trackers were given: an idle link
+    /// whose retry time came is to be connected, a silent handshake to be closed, and a ready
+    /// link whose announce time came is to announce every file (its next announce is planned
+    /// `announce_interval` from `now` here).
+    pub fn due(&mut self, now: Time, announce_interval: Duration) -> Vec<LinkDue> {
+        let mut due = Vec::new();
+        for (at, link) in self.links.iter_mut().enumerate() {
+            match link.stage {
+                Stage::Idle { retry_at } if retry_at <= now => due.push(LinkDue::Connect(LinkId(at), link.addr)),
+                Stage::AwaitHello { conn, since } if since + HANDSHAKE_TIMEOUT <= now => {
+                    due.push(LinkDue::HandshakeTimedOut(conn))
                 }
-            }
-            _ => {}
-        }
-    }
-
-    pub(super) fn on_tracker_connected(&mut self, conn: ConnId) {
-        let Some(link) = self.tracker.link_of(conn) else { return };
-        let hello = self.hello();
-        self.send(conn, hello);
-        self.tracker.links[link].stage = Stage::AwaitHello { conn, since: self.now };
-    }
-
-    /// A tracker connection closed or could not be opened: retry that tracker after its backoff.
-    pub(super) fn on_tracker_lost(&mut self, conn: ConnId) {
-        let Some(link) = self.tracker.link_of(conn) else { return };
-        let Link { addr, stage, backoff } = self.tracker.links[link];
-        if matches!(stage, Stage::Ready { .. }) {
-            self.event(Event::TrackerLost { addr });
-        }
-        self.tracker.links[link].stage = Stage::Idle { retry_at: self.now + backoff };
-        self.tracker.links[link].backoff = (backoff * 2).min(RECONNECT_DELAY_MAX);
-        if self.tracker.ready_conns().is_empty() {
-            for entry in self.files.values_mut() {
-                entry.announced = false;
-            }
-        }
-    }
-
-    pub(super) fn on_tracker_message(&mut self, conn: ConnId, message: Message) {
-        match message {
-            Message::Hello(hello) => {
-                let awaited = self
-                    .tracker
-                    .link_of(conn)
-                    .filter(|&link| matches!(self.tracker.links[link].stage, Stage::AwaitHello { .. }));
-                let valid = hello.version == PROTOCOL_VERSION && hello.role == Role::Tracker;
-                match awaited {
-                    Some(link) if valid => self.on_tracker_ready(link, conn),
-                    _ => {
-                        self.event(Event::ProtocolViolation {
-                            conn,
-                            reason: format!("unexpected tracker hello {hello:?}"),
-                        });
-                        self.push(Output::Close { conn });
-                        self.on_tracker_lost(conn);
-                    }
+                Stage::Ready { conn, next_announce } if next_announce <= now => {
+                    link.stage = Stage::Ready { conn, next_announce: now + announce_interval };
+                    due.push(LinkDue::Announce(conn));
                 }
+                _ => {}
             }
-            Message::Announced { file_id } => self.on_announced(file_id),
-            Message::Located { file_id, manifest, holders } => self.on_located(file_id, manifest.map(|m| *m), &holders),
-            Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
-                self.on_unknown_file(conn, file_id)
-            }
-            // Other errors answer a single request; the periodic announce and locate retry.
-            _ => {}
+        }
+        due
+    }
+
+    /// The driver is connecting `link` (one [`LinkDue::Connect`] named) as `conn`.
+    pub fn connecting(&mut self, link: LinkId, conn: ConnId) {
+        let link = &mut self.links[link.0];
+        debug_assert!(matches!(link.stage, Stage::Idle { .. }), "only an idle link connects");
+        link.stage = Stage::Connecting(conn);
+    }
+
+    /// The tracker connection `conn` is open at `now`: the peer sends its `Hello` and waits
+    /// for the tracker's.
+    pub fn connected(&mut self, conn: ConnId, now: Time) {
+        let link = self.link_of(conn);
+        debug_assert!(link.is_some(), "the peer routes only its tracker connections here");
+        if let Some(link) = link {
+            self.links[link].stage = Stage::AwaitHello { conn, since: now };
         }
     }
 
-    fn on_tracker_ready(&mut self, link: usize, conn: ConnId) {
-        let next_announce = self.now + self.config.announce_interval;
-        let addr = self.tracker.links[link].addr;
-        self.tracker.links[link].stage = Stage::Ready { conn, next_announce };
-        self.tracker.links[link].backoff = RECONNECT_DELAY_MIN;
-        self.event(Event::TrackerConnected { addr });
-        let files: Vec<FileId> = self.files.keys().copied().collect();
-        for file_id in files {
-            self.announce_to(conn, file_id, false);
-        }
-        for entry in self.files.values_mut() {
-            if let Some(download) = entry.download.as_mut() {
-                download.locate_mut().tracker_ready(self.now);
+    /// The tracker sent its `Hello` on `conn` at `now`; `valid` when its version and role are
+    /// right. A link that awaited it is ready, and announces next `announce_interval` later.
+    pub fn hello(&mut self, conn: ConnId, valid: bool, now: Time, announce_interval: Duration) -> Handshake {
+        let awaited = self.link_of(conn).filter(|&link| matches!(self.links[link].stage, Stage::AwaitHello { .. }));
+        match awaited {
+            Some(link) if valid => {
+                let link = &mut self.links[link];
+                link.stage = Stage::Ready { conn, next_announce: now + announce_interval };
+                link.backoff = RECONNECT_DELAY_MIN;
+                Handshake::Ready(link.addr)
             }
-        }
-        self.locate_due();
-    }
-
-    fn on_announced(&mut self, file_id: FileId) {
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        entry.announced = true;
-        if entry.sharing_reported {
-            return;
-        }
-        entry.sharing_reported = true;
-        let name = entry.manifest.as_ref().map(|m| m.name().to_owned()).unwrap_or_default();
-        let pieces = entry.have.count();
-        self.event(Event::Sharing { file_id, name, pieces });
-    }
-
-    /// A tracker does not know `file_id`: it hears the manifest, when this peer knows it. A
-    /// download that no tracker located yet reports the file unknown.
-    fn on_unknown_file(&mut self, conn: ConnId, file_id: FileId) {
-        let now = self.now;
-        let Some(entry) = self.files.get_mut(&file_id) else { return };
-        let mut located = false;
-        if let Some(download) = entry.download.as_mut() {
-            download.locate_mut().answered(now, None);
-            located = download.locate().answered_once();
-        }
-        if entry.manifest.is_some() {
-            self.announce_to(conn, file_id, true);
-        } else if !located {
-            self.event(Event::FileUnknown { file_id });
+            _ => Handshake::Refused,
         }
     }
 
-    /// Announces the pieces held of `file_id` to every ready tracker (with the manifest when a
-    /// tracker may not know the file).
-    pub(super) fn announce(&mut self, file_id: FileId, with_manifest: bool) {
-        for conn in self.tracker.ready_conns() {
-            self.announce_to(conn, file_id, with_manifest);
-        }
+    /// The tracker connection `conn` closed or could not be opened at `now`: its link retries
+    /// after its backoff, which doubles up to [`RECONNECT_DELAY_MAX`].
+    pub fn lost(&mut self, conn: ConnId, now: Time) -> Option<Lost> {
+        let link = self.link_of(conn);
+        debug_assert!(link.is_some(), "the peer routes only its tracker connections here");
+        let link = link?;
+        let Link { addr, stage, backoff } = self.links[link];
+        self.links[link].stage = Stage::Idle { retry_at: now + backoff };
+        self.links[link].backoff = (backoff * 2).min(RECONNECT_DELAY_MAX);
+        let was_ready = matches!(stage, Stage::Ready { .. });
+        Some(Lost { addr, was_ready, none_ready: self.ready_conns().is_empty() })
     }
+}
 
-    /// Announces the pieces held of `file_id` on the tracker connection `conn`. Files whose
-    /// manifest is not yet known are skipped.
-    fn announce_to(&mut self, conn: ConnId, file_id: FileId, with_manifest: bool) {
-        let Some(entry) = self.files.get(&file_id) else { return };
-        let Some(manifest) = entry.manifest.as_ref() else { return };
-        let manifest = with_manifest.then(|| Box::new(manifest.clone()));
-        let message = Message::Announce { file_id, manifest, have: entry.have.clone() };
-        self.send(conn, message);
-    }
+/// A link, as [`TrackerLinks::due`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LinkId(usize);
 
-    /// Sends `Locate` to every ready tracker for every download whose next locate is due.
-    pub(super) fn locate_due(&mut self) {
-        let now = self.now;
-        let ready = self.tracker.ready_conns();
-        let mut due: Vec<(FileId, bool)> = Vec::new();
-        for (file_id, entry) in &mut self.files {
-            if !entry.is_fetching() {
-                continue;
-            }
-            let (have_count, manifest_known) = (entry.have.count(), entry.manifest.is_some());
-            let Some(download) = entry.download.as_mut() else { continue };
-            if download.locate().due_at() <= now {
-                let with_manifest = download.locate_mut().asked(now, have_count, !ready.is_empty(), manifest_known);
-                due.push((*file_id, with_manifest));
-            }
+/// What a link needs from the peer at its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LinkDue {
+    /// Connect to the tracker at this address, then tell [`TrackerLinks::connecting`].
+    Connect(LinkId, SocketAddr),
+    /// The tracker did not answer the handshake on this connection in time: close it.
+    HandshakeTimedOut(ConnId),
+    /// Announce every file on this connection.
+    Announce(ConnId),
+}
+
+/// The outcome of a tracker's `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// The link to the tracker at this address is ready.
+    Ready(SocketAddr),
+    /// Unexpected (no handshake awaited it) or invalid: the connection is to be closed.
+    Refused,
+}
+
+/// A lost tracker connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Lost {
+    /// The tracker.
+    pub addr: SocketAddr,
+    /// Whether its handshake was done (the loss is reported).
+    pub was_ready: bool,
+    /// Whether no tracker is ready any more.
+    pub none_ready: bool,
+}
+
+/// The announce of the pieces held of `file_id` (with the manifest when a tracker may not know
+/// the file); `None` while the manifest is not known.
+pub(super) fn announcement(file_id: FileId, entry: &FileEntry, with_manifest: bool) -> Option<Message> {
+    let manifest = entry.manifest.as_ref()?;
+    let manifest = with_manifest.then(|| Box::new(manifest.clone()));
+    Some(Message::Announce { file_id, manifest, have: entry.have.clone() })
+}
+
+/// A tracker acknowledged an announce of `file_id`: the `Sharing` report, the first time.
+pub(super) fn acknowledged(file_id: FileId, entry: &mut FileEntry) -> Option<Event> {
+    entry.announced = true;
+    if entry.sharing_reported {
+        return None;
+    }
+    entry.sharing_reported = true;
+    let name = entry.manifest.as_ref().map(|m| m.name().to_owned()).unwrap_or_default();
+    Some(Event::Sharing { file_id, name, pieces: entry.have.count() })
+}
+
+/// What the peer does when a tracker does not know a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unknown {
+    /// Announce it with its manifest to that tracker.
+    Announce,
+    /// Report the file unknown: no tracker located it yet and its manifest is not known.
+    Report,
+    /// Nothing: another tracker located it already.
+    Ignore,
+}
+
+/// A tracker does not know the file of `entry` at `now`: the answer counts for its download's
+/// locate schedule, and the file is announced to it when its manifest is known.
+pub(super) fn unknown(entry: &mut FileEntry, now: Time) -> Unknown {
+    let mut located = false;
+    if let Some(download) = entry.download.as_mut() {
+        download.locate_mut().answered(now, None);
+        located = download.locate().answered_once();
+    }
+    if entry.manifest.is_some() {
+        Unknown::Announce
+    } else if located {
+        Unknown::Ignore
+    } else {
+        Unknown::Report
+    }
+}
+
+/// The downloads whose next `Locate` is due at `now`, each with whether it asks for the
+/// manifest; each is planned again (`sent`: some tracker is ready to hear it).
+pub(super) fn locates_due(files: &mut BTreeMap<FileId, FileEntry>, now: Time, sent: bool) -> Vec<(FileId, bool)> {
+    let mut due = Vec::new();
+    for (file_id, entry) in files.iter_mut() {
+        if !entry.is_fetching() {
+            continue;
         }
-        if ready.is_empty() {
-            return;
-        }
-        for (file_id, with_manifest) in due {
-            for &conn in &ready {
-                self.send(conn, Message::Locate { file_id, with_manifest });
-            }
-            self.event(Event::LocateSent { file_id });
+        let (have_count, manifest_known) = (entry.have.count(), entry.manifest.is_some());
+        let download = entry.download.as_mut();
+        debug_assert!(download.is_some(), "a file being fetched has a download");
+        let Some(download) = download else { continue };
+        if download.locate().due_at() <= now {
+            due.push((*file_id, download.locate_mut().asked(now, have_count, sent, manifest_known)));
         }
     }
+    due
 }
 
 #[cfg(test)]
@@ -326,8 +323,13 @@ mod tests {
 
         outputs(&mut peer, 5, Input::Disconnected { conn: to_down });
         outputs(&mut peer, 10, Input::Connected { conn: to_up, remote: up, peer_id: crate::PeerId([9; 16]) });
-        let hello =
-            Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: crate::PeerId([9; 16]), listen_port: 0 };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Tracker,
+            peer_id: crate::PeerId([9; 16]),
+            listen_port: 0,
+            listen_ip: None,
+        };
         let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
         let locates: Vec<_> = ready
             .iter()

@@ -1,12 +1,14 @@
 //! Read-only views of a peer, for a driver to show (an HTTP API, a status page): the files it
-//! shares and downloads, and its connections. Building a view changes nothing, so a driver may
-//! build one between any two inputs; the order is the machine's (by file id, by connection).
+//! shares and downloads, and its connections. This module owns no state: it builds a view from
+//! the peer's record of one file or one connection, and `Peer::file_views` and
+//! `Peer::remote_views` list them in the machine's order (by file id, by connection). Building
+//! a view changes nothing, so a driver may build one between any two inputs.
 
 use std::net::SocketAddr;
 
 use super::downloads::Phase;
-use super::remote::Stage;
-use super::Peer;
+use super::pieces::FileEntry;
+use super::remote::{Remote, Stage};
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId};
 
@@ -55,41 +57,35 @@ pub struct RemoteView {
     pub requests_in_flight: usize,
 }
 
-impl Peer {
-    /// Every file the peer shares or downloads, by file id.
-    pub fn file_views(&self) -> Vec<FileView> {
-        self.files
-            .iter()
-            .map(|(file_id, entry)| {
-                let state = match entry.download.as_ref().map(|download| download.phase()) {
-                    None => FileState::Serving,
-                    Some(Phase::Fetching) => FileState::Downloading,
-                    Some(Phase::Finalizing) => FileState::Finishing,
-                    Some(Phase::Failed) => FileState::Failed,
-                };
-                FileView {
-                    file_id: *file_id,
-                    name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
-                    length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
-                    have: entry.have.clone(),
-                    state,
-                }
-            })
-            .collect()
+impl FileView {
+    /// The view of `entry`, the peer's record of `file_id`.
+    pub(super) fn of(file_id: FileId, entry: &FileEntry) -> FileView {
+        let state = match entry.download.as_ref().map(|download| download.phase()) {
+            None => FileState::Serving,
+            Some(Phase::Fetching) => FileState::Downloading,
+            Some(Phase::Finalizing) => FileState::Finishing,
+            Some(Phase::Failed) => FileState::Failed,
+        };
+        FileView {
+            file_id,
+            name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
+            length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
+            have: entry.have.clone(),
+            state,
+        }
     }
+}
 
-    /// Every peer-to-peer connection, open or opening, by connection id.
-    pub fn remote_views(&self) -> Vec<RemoteView> {
-        self.remotes
-            .iter()
-            .map(|(conn, remote)| RemoteView {
-                conn: *conn,
-                addr: remote.addr,
-                peer_id: remote.peer_id,
-                ready: remote.stage == Stage::Ready,
-                download_bytes_per_s: remote.rate.bytes_per_s(),
-                requests_in_flight: remote.in_flight.len(),
-            })
-            .collect()
+impl RemoteView {
+    /// The view of `remote`, the peer's record of the connection `conn`.
+    pub(super) fn of(conn: ConnId, remote: &Remote) -> RemoteView {
+        RemoteView {
+            conn,
+            addr: remote.addr,
+            peer_id: remote.peer_id,
+            ready: remote.stage == Stage::Ready,
+            download_bytes_per_s: remote.rate.bytes_per_s(),
+            requests_in_flight: remote.in_flight.len(),
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
 //! [`PROTOCOL_VERSION`]; a peer's address is its connection's source IP with the listen port
-//! of its `Hello`, so nobody announces someone else's address, and while a connection holds an
+//! of its `Hello` (from a loopback source, the routable listen IP its `Hello` names, if any), so
+//! nobody on another host announces someone else's address, and while a connection holds an
 //! address a second `Hello` claiming it is refused (it cannot close the first); [`Role::Client`] connections
 //! only `List` and `Locate` and are never holders; a peer is forgotten when its connection
 //! closes, when it leaves, or when it has not announced for `TTL_INTERVALS_COUNT` announce
@@ -30,7 +31,7 @@ mod view;
 pub use view::{TrackedFile, TrackedPeer, TrackerView, ViewBounds};
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::ids::{ConnId, FileId, PeerId};
@@ -208,7 +209,8 @@ impl Tracker {
             let reason = format!("hello claims peer id {}, but the connection's key proves {}", hello.peer_id, proven);
             return self.reject(conn, ErrorCode::BadRequest, reason);
         }
-        let peer = PeerAddr { peer_id: proven, addr: SocketAddr::new(remote.ip(), hello.listen_port) };
+        let ip = recorded_ip(remote.ip(), hello.listen_ip);
+        let peer = PeerAddr { peer_id: proven, addr: SocketAddr::new(ip, hello.listen_port) };
         if let Err(claimed) = self.conns.ready(now, conn, hello.role, peer) {
             let what = match claimed {
                 Claimed::Addr => format!("address {}", peer.addr),
@@ -217,7 +219,13 @@ impl Tracker {
             let reason = format!("{what} is registered by another live connection; retry once it is closed");
             return self.reject(conn, ErrorCode::BadRequest, reason);
         }
-        let reply = Hello { version: PROTOCOL_VERSION, role: Role::Tracker, peer_id: self.peer_id, listen_port: 0 };
+        let reply = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Tracker,
+            peer_id: self.peer_id,
+            listen_port: 0,
+            listen_ip: None,
+        };
         self.send(conn, Message::Hello(reply));
     }
 
@@ -272,6 +280,16 @@ impl Tracker {
                 self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, detail));
             }
         }
+    }
+}
+
+/// The IP a peer is recorded at: its connection's source, unless that source is loopback and
+/// the peer says it listens on one address that other hosts may reach (a peer on the tracker's
+/// host that reached it at 127.0.0.1). So a remote host can name no address but its own.
+fn recorded_ip(source: IpAddr, announced: Option<IpAddr>) -> IpAddr {
+    match announced {
+        Some(ip) if source.is_loopback() && !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()) => ip,
+        _ => source,
     }
 }
 

@@ -26,7 +26,7 @@ use super::registry::Refusal;
 /// What one holding of a file costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Cost {
-    /// The manifest: 32 bytes per piece hash, plus the name.
+    /// The manifest: 32 bytes per piece hash, plus the name and a directory's paths.
     manifest_bytes: u64,
     /// One bit each in the holder's bitfield.
     pieces: u64,
@@ -36,7 +36,8 @@ impl Cost {
     /// The cost of holding the file `manifest` describes.
     pub(super) fn of(manifest: &Manifest) -> Cost {
         let pieces = u64::from(manifest.piece_count());
-        Cost { manifest_bytes: 32 * pieces + manifest.name().len() as u64, pieces }
+        let text_bytes = manifest.name().len() + manifest.tree_paths_bytes();
+        Cost { manifest_bytes: 32 * pieces + text_bytes as u64, pieces }
     }
 }
 

@@ -122,7 +122,7 @@ fn id_of(n: u64) -> PeerId {
 
 /// The `Hello` of the remote that proved `id_of(n)`.
 fn hello(role: Role, n: u64, port: u16) -> Message {
-    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: id_of(n), listen_port: port })
+    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: id_of(n), listen_port: port, listen_ip: None })
 }
 
 fn manifest(name: &str, pieces: u32) -> Manifest {
@@ -192,7 +192,13 @@ fn handshake_answers_with_the_trackers_hello() {
 fn version_mismatch_is_refused_and_closed() {
     let mut h = Harness::new(1);
     let a = h.connect(1, [10, 0, 0, 1]);
-    let mut bad = Hello { version: PROTOCOL_VERSION + 1, role: Role::Peer, peer_id: PeerId([1; 16]), listen_port: 1 };
+    let mut bad = Hello {
+        version: PROTOCOL_VERSION + 1,
+        role: Role::Peer,
+        peer_id: PeerId([1; 16]),
+        listen_port: 1,
+        listen_ip: None,
+    };
     let outputs = h.send(a, Message::Hello(bad.clone()));
     assert!(matches!(
         &outputs[0],
@@ -829,4 +835,36 @@ fn the_view_shows_each_files_holders_and_each_peers_last_announce_within_bounds(
     let cut = h.tracker.view(ViewBounds { files_max: 1, holders_max: 1, peers_max: 0 });
     assert_eq!((cut.files.len(), cut.files[0].holders.len(), cut.peers.len()), (1, 1, 0));
     assert_eq!((cut.files_count, cut.peers_count), (2, 2), "the counts are of everything");
+}
+
+#[test]
+fn a_peer_on_the_trackers_host_is_recorded_at_the_routable_ip_it_listens_on() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 4);
+    let hello = |n: u64, listen_ip: [u8; 4]| Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        peer_id: id_of(n),
+        listen_port: 7000 + n as u16,
+        listen_ip: Some(IpAddr::V4(Ipv4Addr::from(listen_ip))),
+    };
+    // (connection, source IP, IP its Hello names, where others are told it is)
+    let cases = [
+        (1, [127, 0, 0, 1], [192, 0, 2, 10], [192, 0, 2, 10]), // same host, listens on its network address
+        (2, [127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 1]),   // a loopback listen IP is not taken
+        (3, [127, 0, 0, 1], [0, 0, 0, 0], [127, 0, 0, 1]),     // nor an unspecified one
+        (4, [198, 51, 100, 4], [192, 0, 2, 99], [198, 51, 100, 4]), // another host names only itself
+    ];
+    for (n, source, listen_ip, _) in cases {
+        let remote = h.connect(n, source);
+        let outputs = h.send(remote, Message::Hello(hello(n, listen_ip)));
+        assert!(matches!(only_message(&outputs), Message::Hello(_)), "{outputs:?}");
+        h.announce(remote, &file, &[0, 1, 2, 3]);
+    }
+    let asker = h.peer(9);
+    let (peers, _) = h.locate(asker, &file);
+    for (n, _, _, recorded) in cases {
+        let named = peers.iter().find(|peer| peer.peer_id == id_of(n)).expect("every holder is named");
+        assert_eq!(named.addr, SocketAddr::from((recorded, 7000 + n as u16)), "peer {n}");
+    }
 }

@@ -7,7 +7,7 @@
 //! validated while it decodes, a `Bitfield`'s length matches its bytes); indices that need a
 //! manifest to check are checked by the machine that receives them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,12 @@ pub struct Hello {
     pub peer_id: PeerId,
     /// The port the sender accepts peer connections on (0 when it does not listen).
     pub listen_port: u16,
+    /// The IP address the sender listens on, when it listens on one address (not every
+    /// address of a family). A tracker records it in place of the connection's source IP
+    /// only where that source is loopback and this is not (a peer on the tracker's host that
+    /// reached it at 127.0.0.1 but serves other hosts). Absent from the encoding when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_ip: Option<IpAddr>,
 }
 
 /// A peer as the tracker tells others of it.

@@ -284,14 +284,14 @@ async fn download(api: Api, request: HttpRequest, body: web::Payload) -> Result<
     }
     let peer = &api.api.peer;
     let file_id = peer.resolve(&prefix).await?;
-    if let Some(path) = peer.held_path(file_id) {
+    if let Some(out) = &out {
+        peer.set_out(file_id, out).await?;
+    }
+    if let Some(path) = peer.find_whole(file_id).await? {
         let answer = serde_json::json!({ "file_id": file_id.to_string(), "state": "complete", "path": path });
         return Ok(HttpResponse::Ok().json(answer));
     }
-    let resumed = match &out {
-        Some(out) => peer.get_into(file_id, out).await?,
-        None => peer.get(file_id).await?,
-    };
+    let resumed = peer.get(file_id).await?;
     api.tell(Job::Getting { file_id, resumed });
     let answer = serde_json::json!({ "file_id": file_id.to_string(), "state": "downloading" });
     Ok(HttpResponse::build(StatusCode::ACCEPTED).json(answer))

@@ -5,8 +5,9 @@
 //! ([`Uploads::data_queued`]), the driver's report that `Data` frames left
 //! ([`Uploads::sent`], from `Input::Sent`), a finished read, and a closed connection; its
 //! output is the next read to start ([`Uploads::next_read`]) and the time it wants to be asked
-//! again. Its state is private to this module; `serve.rs` routes the peer's inputs to it and
-//! `offers.rs` decides which pieces a seeder tells each downloader it has (super-seeding).
+//! again. Its state is private to this module; `serve.rs` checks the requests `Peer` routes to
+//! it, and [`Offers`] (`offers.rs`), which it owns, decides which pieces a seeder tells each
+//! downloader it has (super-seeding).
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
 //! queued data waiting where a `Cancel` can no longer recall it:
@@ -46,7 +47,8 @@ use crate::time::Time;
 
 use pacing::TokenBucket;
 
-pub(super) use offers::{Offer, Spread};
+pub(super) use offers::{other_downloader, sole_downloader, Held, Offers, OurFile};
+pub(super) use serve::{check_request, is_last_block};
 
 /// A queued block request of a remote, and the read the driver is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,7 @@ pub(super) struct Uploads {
     waiting: VecDeque<ConnId>,
     reads_in_flight: usize,
     wake_at: Option<Time>,
+    offers: Offers,
 }
 
 impl Uploads {
@@ -110,6 +113,7 @@ impl Uploads {
             waiting: VecDeque::new(),
             reads_in_flight: 0,
             wake_at: None,
+            offers: Offers::new(),
         }
     }
 
@@ -176,8 +180,19 @@ impl Uploads {
         }
     }
 
-    /// Forgets a closed connection.
+    /// What a seeder offers each downloader.
+    pub fn offers(&self) -> &Offers {
+        &self.offers
+    }
+
+    /// What a seeder offers each downloader, to change.
+    pub fn offers_mut(&mut self) -> &mut Offers {
+        &mut self.offers
+    }
+
+    /// Forgets a closed connection, and what was offered on it.
     pub fn drop_conn(&mut self, conn: ConnId) {
+        self.offers.drop_conn(conn);
         self.conns.remove(&conn);
         self.slots.retain(|c| *c != conn);
         self.waiting.retain(|c| *c != conn);

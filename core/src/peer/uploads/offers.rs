@@ -15,21 +15,55 @@
 //! waits for a piece the others cannot give it. A downloader that is alone again is told
 //! everything that is left. The seeder keeps per file one offer count per piece; per
 //! connection, what it told and which offered pieces are still outstanding.
+//!
+//! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
+//! finished upload, a report of held pieces, a lone downloader and a closed connection; its
+//! outputs are the pieces to tell. `Peer` routes them and sends the messages; the free
+//! functions say which remotes are downloaders.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
 use crate::rng::Rng;
-use crate::wire::Message;
 
-use super::super::remote::Stage;
-use super::super::Peer;
+use super::super::remote::{Remote, Remotes, Stage};
+
+/// The seeder's offers: per file it spreads, how often each piece went out; per downloader and
+/// file, what it was told. Private to this module; `Peer` routes its inputs here.
+#[derive(Debug, Default)]
+pub(in crate::peer) struct Offers {
+    spreads: BTreeMap<FileId, Spread>,
+    /// What each downloader that sees only offers was told, by connection and file.
+    told: BTreeMap<(ConnId, FileId), Offer>,
+}
+
+/// One file of ours as the seeder's offers see it.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::peer) struct OurFile<'a> {
+    /// The file.
+    pub file_id: FileId,
+    /// The pieces we hold.
+    pub have: &'a Bitfield,
+    /// Whether the file came from a local share (only such a holder offers).
+    pub shared_here: bool,
+}
+
+/// What a downloader's report of held pieces means for its offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::peer) enum Held {
+    /// It holds the whole file now: it is no downloader any more.
+    Complete,
+    /// Offered pieces came in from elsewhere: it has room for more offers.
+    Room,
+    /// Nothing changes.
+    Nothing,
+}
 
 /// How often each piece of a whole file was offered or uploaded to a downloader.
 #[derive(Debug)]
-pub(in crate::peer) struct Spread {
+struct Spread {
     offers: Vec<u16>,
     /// Where the next search for a least-offered piece starts.
     cursor: usize,
@@ -39,11 +73,128 @@ pub(in crate::peer) struct Spread {
 
 /// What a seeder told one downloader of one file.
 #[derive(Debug)]
-pub(in crate::peer) struct Offer {
+struct Offer {
     /// Pieces announced to it (its view of our bitfield).
     told: Bitfield,
     /// Announced pieces it neither fetched from us nor reported holding yet.
     outstanding: BTreeSet<PieceIndex>,
+}
+
+impl Offers {
+    /// No file spread, nothing offered.
+    pub fn new() -> Offers {
+        Offers::default()
+    }
+
+    /// The pieces to tell `conn` we hold of `ours` in our first bitfield: everything, or the
+    /// first window of offers when we shared the whole file ourselves, some piece never went
+    /// out yet and `conn` (which holds `holds`, if it told us) is one of several downloaders.
+    pub fn first_bitfield(
+        &mut self,
+        conn: ConnId,
+        ours: OurFile<'_>,
+        holds: Option<&Bitfield>,
+        other_downloader: impl FnOnce() -> bool,
+        rng: &mut Rng,
+    ) -> Bitfield {
+        let OurFile { file_id, have, shared_here } = ours;
+        let spreading = shared_here && have.is_full() && self.spreads.get(&file_id).is_none_or(|s| s.unoffered > 0);
+        let downloading = holds.is_some_and(|h| !h.is_full());
+        if !spreading || !downloading || !other_downloader() {
+            return have.clone();
+        }
+        let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
+        self.told.insert((conn, file_id), offer);
+        self.fill_window(conn, ours, holds, rng);
+        self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
+    }
+
+    /// We finished uploading `piece` of `file_id` to `conn`; whether it has room for another
+    /// offer now.
+    pub fn uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> bool {
+        match self.told.get_mut(&(conn, file_id)) {
+            Some(offer) => offer.outstanding.remove(&piece),
+            // A downloader that sees everything chose this piece itself: count the copy.
+            None => {
+                if let Some(spread) = self.spreads.get_mut(&file_id) {
+                    spread.count(piece);
+                }
+                false
+            }
+        }
+    }
+
+    /// `conn`, which holds `holds` of `file_id` now, reported holding `pieces` more (from us
+    /// or from anyone else).
+    pub fn held(&mut self, conn: ConnId, file_id: FileId, holds: Option<&Bitfield>, pieces: &[PieceIndex]) -> Held {
+        if holds.is_some_and(Bitfield::is_full) {
+            self.told.remove(&(conn, file_id));
+            return Held::Complete;
+        }
+        let Some(offer) = self.told.get_mut(&(conn, file_id)) else { return Held::Nothing };
+        let before = offer.outstanding.len();
+        for piece in pieces {
+            offer.outstanding.remove(piece);
+        }
+        if offer.outstanding.len() < before {
+            Held::Room
+        } else {
+            Held::Nothing
+        }
+    }
+
+    /// Whether `conn` sees only the pieces offered to it of `file_id`.
+    pub fn sees_offers(&self, conn: ConnId, file_id: FileId) -> bool {
+        self.told.contains_key(&(conn, file_id))
+    }
+
+    /// The pieces to tell `conn` (which holds `holds`, if it told us) now that it has room:
+    /// up to the window while `other_downloader`, else everything not yet told, after which
+    /// it sees all we hold.
+    pub fn top_up(
+        &mut self,
+        conn: ConnId,
+        ours: OurFile<'_>,
+        holds: Option<&Bitfield>,
+        other_downloader: bool,
+        rng: &mut Rng,
+    ) -> Vec<PieceIndex> {
+        if other_downloader {
+            return self.fill_window(conn, ours, holds, rng);
+        }
+        let offer = self.told.remove(&(conn, ours.file_id));
+        offer.map(|offer| offer.told.iter_missing().collect()).unwrap_or_default()
+    }
+
+    /// Forgets the offers to a closed connection.
+    pub fn drop_conn(&mut self, conn: ConnId) {
+        self.told.retain(|(c, _), _| *c != conn);
+    }
+
+    /// Adds pieces `conn` lacks to its offer and returns them: never-offered ones until the
+    /// window is full; once every piece went out, one at a time (the least offered), when
+    /// nothing is outstanding, so the downloaders fetch what others already got from each other.
+    fn fill_window(
+        &mut self,
+        conn: ConnId,
+        ours: OurFile<'_>,
+        holds: Option<&Bitfield>,
+        rng: &mut Rng,
+    ) -> Vec<PieceIndex> {
+        let spread = self.spreads.entry(ours.file_id).or_insert_with(|| Spread::new(ours.have.len(), rng));
+        let (Some(holds), Some(offer)) = (holds, self.told.get_mut(&(conn, ours.file_id))) else {
+            return Vec::new();
+        };
+        let mut added = Vec::new();
+        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
+            let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
+            let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
+            offer.told.set(piece);
+            offer.outstanding.insert(piece);
+            added.push(piece);
+        }
+        added
+    }
 }
 
 impl Spread {
@@ -89,121 +240,22 @@ impl Spread {
     }
 }
 
-impl Peer {
-    /// Our bitfield message for `file_id` on `conn`: the whole of what we hold, or the first
-    /// window of offers when we shared the whole file ourselves, some piece never went out yet
-    /// and `conn` is one of several downloaders.
-    pub(in crate::peer) fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
-        let entry = self.files.get(&file_id)?;
-        let have = entry.have.clone();
-        let spreading = entry.shared_here && have.is_full() && entry.spread.as_ref().is_none_or(|s| s.unoffered > 0);
-        let downloading = self.remotes.get(&conn)?.files.get(&file_id).is_some_and(|h| !h.is_full());
-        if !spreading || !downloading || !self.other_downloader(conn, file_id) {
-            return Some(Message::Bitfield { file_id, have });
-        }
-        let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
-        self.remotes.get_mut(&conn)?.offers.insert(file_id, offer);
-        self.fill_window(conn, file_id);
-        let told = self.remotes.get(&conn)?.offers.get(&file_id)?.told.clone();
-        Some(Message::Bitfield { file_id, have: told })
-    }
+/// Whether a ready remote other than `conn` is downloading `file_id` from us.
+pub(in crate::peer) fn other_downloader(remotes: &Remotes, conn: ConnId, file_id: FileId) -> bool {
+    remotes.iter().any(|(c, r)| *c != conn && is_downloader(r, file_id))
+}
 
-    /// We finished uploading `piece` to `conn`.
-    pub(in crate::peer) fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        match remote.offers.get_mut(&file_id) {
-            Some(offer) => {
-                if offer.outstanding.remove(&piece) {
-                    self.top_up(conn, file_id);
-                }
-            }
-            // A downloader that sees everything chose this piece itself: count the copy.
-            None => {
-                if let Some(spread) = self.files.get_mut(&file_id).and_then(|e| e.spread.as_mut()) {
-                    spread.count(piece);
-                }
-            }
-        }
+/// The one ready remote downloading `file_id` from us, if exactly one is.
+pub(in crate::peer) fn sole_downloader(remotes: &Remotes, file_id: FileId) -> Option<ConnId> {
+    let mut downloading = remotes.iter().filter(|(_, r)| is_downloader(r, file_id));
+    match (downloading.next(), downloading.next()) {
+        (Some((conn, _)), None) => Some(*conn),
+        _ => None,
     }
+}
 
-    /// `conn` reported holding `pieces` (from us or from anyone else).
-    pub(in crate::peer) fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.files.get(&file_id).is_some_and(Bitfield::is_full) {
-            remote.offers.remove(&file_id);
-            self.downloader_gone(file_id);
-            return;
-        }
-        let Some(offer) = remote.offers.get_mut(&file_id) else { return };
-        let before = offer.outstanding.len();
-        for piece in pieces {
-            offer.outstanding.remove(piece);
-        }
-        if offer.outstanding.len() < before {
-            self.top_up(conn, file_id);
-        }
-    }
-
-    /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
-    /// is told everything.
-    pub(in crate::peer) fn downloader_gone(&mut self, file_id: FileId) {
-        let mut downloading = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()));
-        let (Some((conn, remote)), None) = (downloading.next(), downloading.next()) else { return };
-        if remote.offers.contains_key(&file_id) {
-            self.top_up(*conn, file_id);
-        }
-    }
-
-    /// Offers `conn` more pieces up to the window (everything left when it is the only
-    /// downloader) and sends them in one `Haves`.
-    fn top_up(&mut self, conn: ConnId, file_id: FileId) {
-        let pieces = if self.other_downloader(conn, file_id) {
-            self.fill_window(conn, file_id)
-        } else {
-            self.tell_rest(conn, file_id)
-        };
-        if !pieces.is_empty() {
-            self.send(conn, Message::Haves { file_id, pieces });
-        }
-    }
-
-    /// Adds pieces `conn` lacks to its offer and returns them: never-offered ones until the
-    /// window is full; once every piece went out, one at a time (the least offered), when
-    /// nothing is outstanding, so the downloaders fetch what others already got from each other.
-    fn fill_window(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
-        let Some(entry) = self.files.get_mut(&file_id) else { return Vec::new() };
-        let spread = entry.spread.get_or_insert_with(|| Spread::new(entry.have.len(), &mut self.rng));
-        let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
-        let (Some(holds), Some(offer)) = (remote.files.get(&file_id), remote.offers.get_mut(&file_id)) else {
-            return Vec::new();
-        };
-        let mut added = Vec::new();
-        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
-            let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
-            let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
-            offer.told.set(piece);
-            offer.outstanding.insert(piece);
-            added.push(piece);
-        }
-        added
-    }
-
-    /// Tells `conn` every piece not yet told and stops offering: it sees all we hold.
-    fn tell_rest(&mut self, conn: ConnId, file_id: FileId) -> Vec<PieceIndex> {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return Vec::new() };
-        let Some(offer) = remote.offers.remove(&file_id) else { return Vec::new() };
-        offer.told.iter_missing().collect()
-    }
-
-    /// Whether a ready remote other than `conn` is downloading `file_id` from us.
-    fn other_downloader(&self, conn: ConnId, file_id: FileId) -> bool {
-        self.remotes
-            .iter()
-            .any(|(c, r)| *c != conn && r.stage == Stage::Ready && r.files.get(&file_id).is_some_and(|h| !h.is_full()))
-    }
+fn is_downloader(remote: &Remote, file_id: FileId) -> bool {
+    remote.stage == Stage::Ready && remote.files.get(&file_id).is_some_and(|h| !h.is_full())
 }
 
 #[cfg(test)]
