@@ -130,9 +130,26 @@ pub const TRACKER_CONNECTIONS_MAX: usize = TRACKER_PEERS_MAX + 4096;
 /// Most peer-to-peer connections a downloading peer opens on its own initiative.
 pub const OUTBOUND_PEERS_MAX: usize = 32;
 
-/// Most peer-to-peer connections a peer accepts; more are refused (`Overloaded`) and the
-/// remote tries other holders. Bounds the per-piece work of telling remotes about new pieces.
+/// Most peer-to-peer connections a peer accepts; past it a newcomer takes the slot of the
+/// connection idle for longest (see [`INBOUND_IDLE_BEFORE_EVICTION`]), or is refused
+/// (`Overloaded`) when none is idle long enough, and the remote tries other holders. Bounds
+/// the per-piece work of telling remotes about new pieces.
 pub const INBOUND_PEERS_MAX: usize = 64;
+
+/// Most peer-to-peer connections a peer accepts from one source IP, unless the IP is a
+/// loopback address. A NAT may hide several honest peers, so an address gets an eighth of the
+/// inbound slots, not one. Loopback is exempt: a process on the node's own host can already do
+/// anything to it (stop it, read its store), so the cap would protect nothing there, while
+/// swarms of many nodes on one machine (tests, benches) all connect from 127.0.0.1.
+pub const INBOUND_PEERS_PER_IP_MAX: usize = 8;
+
+/// How long an accepted connection may go without giving a block we asked for or taking a
+/// block we served before a newcomer may take its slot while all [`INBOUND_PEERS_MAX`] are
+/// taken. A connection with requests of ours in flight is never evicted; of the others, the
+/// one idle for longest goes. Long enough for a newcomer to exchange bitfields and get its
+/// first turn at a busy uploader; a remote that only keeps its connection alive (any frame
+/// resets the idle timeout) loses its slot this long after it last exchanged data.
+pub const INBOUND_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(10);
 
 /// Most block requests a downloader keeps in flight on one connection (the pipeline's depth
 /// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
@@ -162,6 +179,27 @@ pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 /// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
 pub const UPLOAD_SLOTS_COUNT: usize = 2;
 
+/// Connections that wait for an upload slot at most; a request of any other is refused
+/// (`Busy`) and goes to another holder. As many as there are slots: a slot that frees finds a
+/// request already queued, and no request waits for more than about two turns.
+pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
+
+/// Bytes queued (and unsent) over an uploader's line under which it takes any asker, however
+/// many are in line: two blocks, so an uplink serving pieces far smaller than a block still
+/// has enough queued to stay busy over a round trip.
+pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
+
+/// How long a downloader leaves a remote that refused a request as `Busy` (its upload slots
+/// and line are taken) before asking it again; its pieces go to other holders meanwhile. A
+/// few blocks' time on a fast link, so room that frees in the line is taken again soon.
+pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// How long an uploader holds room in its line for a connection it refused (`Busy`): long
+/// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip.
+pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);
+
+const _: () = assert!(BUSY_RETRY_DELAY.as_millis() * 2 <= BUSY_TICKET_TIME.as_millis());
+
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
 
@@ -181,6 +219,12 @@ pub const OFFER_WINDOW_PIECES: usize = 1;
 
 /// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
+
+/// Shortest time without a block from the remote fetching a piece before another remote may
+/// fetch it too (endgame); longer for a remote whose measured rate makes two blocks take
+/// longer. A remote that keeps delivering is not duplicated: its copy would arrive about as
+/// soon, and the duplicate's bytes would be wasted uplink.
+pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Most remotes working on the same piece at once (more than one only in endgame).
 pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
@@ -318,6 +362,10 @@ const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(INBOUND_PEERS_PER_IP_MAX < INBOUND_PEERS_MAX);
+// A connection is evicted only after it could have timed out its handshake.
+const _: () = assert!(HANDSHAKE_TIMEOUT.as_millis() <= INBOUND_IDLE_BEFORE_EVICTION.as_millis());
+const _: () = assert!(INBOUND_IDLE_BEFORE_EVICTION.as_millis() < IDLE_TIMEOUT.as_millis());
 // An honest sender, ticking every `PEX_INTERVAL`, is never ignored.
 const _: () = assert!(PEX_RECEIVE_INTERVAL_MIN.as_millis() < PEX_INTERVAL.as_millis());
 // A `Peers` message (about 40 bytes per peer) fits a frame with room to spare.

@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use p2p_core::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, REQUESTS_IN_FLIGHT_PER_CONN_MAX};
 use p2p_core::store::carry_out;
-use p2p_core::wire::Message;
+use p2p_core::wire::{Hello, Message};
 use p2p_core::{ConnId, Event, Input, Output};
 
 use crate::scenario::{NodeIdx, Role, StoryLevel};
@@ -46,12 +46,15 @@ impl World {
     }
 
     /// Sends `message` as `node`'s role has it: a `liar-mixed` peer replaces the first block
-    /// of a piece with a bad copy and drops the connection after it.
+    /// of a piece with a bad copy and drops the connection after it; an `impersonator` claims
+    /// another peer's id in its `Hello`s.
     fn send_as_role(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
-        let liar =
-            self.scenario.tracker_number(node).is_none() && self.scenario.peers[node.0 - 1].role == Role::LiarMixed;
-        match message {
-            Message::Data { file_id, piece, offset: 0, bytes } if liar && !bytes.is_empty() => {
+        let role = match self.scenario.tracker_number(node) {
+            Some(_) => Role::Honest,
+            None => self.scenario.peers[node.0 - 1].role,
+        };
+        match (role, message) {
+            (Role::LiarMixed, Message::Data { file_id, piece, offset: 0, bytes }) if !bytes.is_empty() => {
                 let mut bad = BytesMut::from(&bytes[..]);
                 bad[0] ^= 0xff;
                 self.send(node, conn, Message::Data { file_id, piece, offset: 0, bytes: bad.freeze() });
@@ -59,11 +62,17 @@ impl World {
                 self.network.close(self.now, node, conn, &mut self.queue);
                 self.local(node, Input::Disconnected { conn });
             }
-            message => self.send(node, conn, message),
+            (Role::Impersonator, Message::Hello(hello)) => {
+                // The first other peer: its id is what the impersonator claims to be.
+                let victim = if node.0 == 1 && self.scenario.peers.len() > 1 { NodeIdx(2) } else { NodeIdx(1) };
+                let claimed = Hello { peer_id: self.network.peer_id(victim), ..hello };
+                self.send(node, conn, Message::Hello(claimed));
+            }
+            (_, message) => self.send(node, conn, message),
         }
     }
 
-    fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
+    pub(crate) fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
             Message::Request { .. } => {
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);

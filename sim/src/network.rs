@@ -97,6 +97,8 @@ struct NetNode {
     inbound_next: u64,
     /// The node's open connections and their links.
     by_conn: VecMap<ConnId, LinkId>,
+    /// It lacks the swarm key: every handshake with it fails (see [`Network::lacks_key`]).
+    keyless: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -202,6 +204,7 @@ impl Network {
                 data_bytes_up: 0,
                 inbound_next: 0,
                 by_conn: VecMap::new(),
+                keyless: false,
             })
             .collect();
         Network {
@@ -246,6 +249,13 @@ impl Network {
     /// stands in for the key a node keeps in its store.
     pub fn peer_id(&self, node: NodeIdx) -> PeerId {
         self.nodes[node.0].peer_id
+    }
+
+    /// `node` does not hold the swarm key the others share: every connection it opens or is
+    /// opened to it fails its handshake. The opener sees the connection fail, the acceptor
+    /// nothing (a transport's failed handshake never reaches a machine).
+    pub fn lacks_key(&mut self, node: NodeIdx) {
+        self.nodes[node.0].keyless = true;
     }
 
     /// The node starts (again): a new life, reachable if its group allows.
@@ -302,12 +312,12 @@ impl Network {
     }
 
     /// `from` opens connection `conn` to `addr`: both ends get `Connected`, or the opener gets
-    /// `Disconnected` when nobody reachable listens there.
+    /// `Disconnected` when nobody reachable listens there or either end lacks the swarm key.
     pub fn connect(&mut self, now: Time, from: NodeIdx, conn: ConnId, addr: SocketAddr, queue: &mut Queue) {
         let target = self.listener_at(addr);
         let reachable = target.filter(|t| {
-            let t = &self.nodes[t.0];
-            t.up && t.accepting && t.group == self.nodes[from.0].group
+            let (t, from) = (&self.nodes[t.0], &self.nodes[from.0]);
+            t.up && t.accepting && t.group == from.group && !t.keyless && !from.keyless
         });
         let latency = self.latency(from, target.unwrap_or(from));
         let Some(target) = reachable.filter(|t| *t != from) else {

@@ -28,7 +28,7 @@ use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
 use crate::queue::{Item, Queue};
 use crate::report::{Outcome, PeerSummary};
-use crate::scenario::{tracker_name, ActionKind, NodeIdx, Scenario};
+use crate::scenario::{tracker_name, ActionKind, NodeIdx, Role, Scenario};
 use crate::store::{Content, Store};
 use crate::trace::Trace;
 
@@ -141,6 +141,11 @@ impl World {
             outcome,
             ended: false,
         };
+        for (i, peer) in scenario.peers.iter().enumerate() {
+            if peer.role == Role::NoKey {
+                world.network.lacks_key(NodeIdx(i + 1));
+            }
+        }
         for number in 0..trackers {
             world.start_tracker(scenario.tracker_node(number), "starts");
         }
@@ -245,6 +250,9 @@ impl World {
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
+                if self.hog_input(node, &input) {
+                    return None;
+                }
                 if let Input::Disconnected { conn } = input {
                     self.on_disconnected(node, conn, "reset");
                 }
@@ -256,6 +264,9 @@ impl World {
                     return None;
                 }
                 self.on_arrival(node, from, &input);
+                if self.hog_input(node, &input) {
+                    return None;
+                }
                 Some(Step::Input(node, input))
             }
             Item::UplinkDone { node, transmission } => {
@@ -411,6 +422,9 @@ impl World {
         let pieces = format!("{} of {} pieces", have.count(), have.len());
         self.tell(node, format!("{verb} at {} holding {pieces}", node_addr(node)));
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
+        if self.scenario.peers[node.0 - 1].role == Role::SlotHog {
+            self.hog_slots(node);
+        }
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
             self.local(node, Input::Command(Box::new(Command::Get { file_id: self.file_id, resume })));

@@ -81,22 +81,44 @@ impl WireClient {
 
     /// The next message, or `None` once the remote closed the connection.
     pub fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        match self.recv_within(timeout) {
+            Received::Message(message) => Some(message),
+            Received::Closed => None,
+            Received::Nothing => panic!("no answer within {timeout:?}"),
+        }
+    }
+
+    /// The next message, the remote's close, or nothing within `timeout`.
+    pub fn recv_within(&mut self, timeout: Duration) -> Received {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(message) = decode_frame(&mut self.buffer).expect("the remote sends valid frames") {
-                return Some(message);
+                return Received::Message(message);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no answer within {timeout:?}");
+            if left.is_zero() {
+                return Received::Nothing;
+            }
             let mut chunk = [0u8; 16 * 1024];
             let stream = &mut self.stream;
             match self.runtime.block_on(async { tokio::time::timeout(left, stream.read(&mut chunk)).await }) {
-                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Received::Closed,
                 Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
                 Err(_) => {}
             }
         }
     }
+}
+
+/// What [`WireClient::recv_within`] saw.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A whole message.
+    Message(Message),
+    /// The remote closed the connection.
+    Closed,
+    /// Nothing before the time was up.
+    Nothing,
 }
 
 /// A TCP connection to `addr`, from the loopback address `source` when given (any loopback

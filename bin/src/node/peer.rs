@@ -385,6 +385,7 @@ impl Session {
             }
             Event::BlockServed { file_id, len, to, .. } => self.uploads.served(file_id, to, len),
             Event::TrackerLost { addr } => tracing::warn!("lost the tracker {addr}; reconnecting"),
+            Event::PeerBanned { peer_id, addr } => tracing::warn!("banned peer {peer_id} at {addr}: it sent bad data"),
             _ => {}
         }
         Ok(())

@@ -346,8 +346,15 @@ impl Download {
     }
 
     /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
-    /// an endgame piece someone else is fetching. `have` is what we verified.
-    pub fn choose(&self, remote: Chooser<'_>, have: &Bitfield, rng: &mut Rng) -> Option<Choice> {
+    /// an endgame piece someone else is fetching, only one whose every fetcher is `lagging`
+    /// (clearly slower than the remote asking could be). `have` is what we verified.
+    pub fn choose(
+        &self,
+        remote: Chooser<'_>,
+        have: &Bitfield,
+        rng: &mut Rng,
+        lagging: impl Fn(ConnId) -> bool,
+    ) -> Option<Choice> {
         // A suspect on parole fetches its piece again only when nobody else connected holds it:
         // the proof does not depend on who sends the dropped blocks again, only the waste does.
         let usable = |piece: PieceIndex| {
@@ -376,9 +383,10 @@ impl Download {
         if !ties.is_empty() {
             return Some(Choice::Fresh(ties[rng.below(ties.len())]));
         }
-        // Endgame only once no piece is left to start, and only for a remote with nothing else
-        // to do, one duplicate piece at a time: before, or with a busy remote, it would only
-        // fetch twice what is already on its way.
+        // Endgame only once no piece is left to start, only for a remote with nothing else to
+        // do, one duplicate piece at a time, and only of a piece whose fetchers lag: otherwise
+        // it would only fetch twice what is already on its way (a copy already read at the
+        // uploader is not recalled by a `Cancel`).
         if remote.busy || self.missing.count() > 0 {
             return None;
         }
@@ -390,6 +398,7 @@ impl Download {
                     !active.is_received()
                         && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
                         && !active.assignees.contains_key(&remote.conn)
+                        && active.assignees.keys().all(|c| lagging(*c))
                         && usable(*piece)
                 }
                 _ => false,
@@ -625,7 +634,7 @@ mod tests {
     fn a_piece_goes_from_missing_through_active_and_verifying_to_have() {
         let (mut download, mut have, remote_have) = download(1);
         let mut rng = Rng::from_seed(1);
-        let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng);
+        let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(choice, Some(Choice::Fresh(PieceIndex(0))));
         let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
         assert!(download.is_active(piece));
@@ -633,7 +642,7 @@ mod tests {
         let verdict = download.hashed(piece, true, &mut have);
         assert!(matches!(verdict, Verdict::Verified { room_again: false, .. }), "{verdict:?}");
         assert!(have.has(piece));
-        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "nothing left");
+        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true), None, "nothing left");
     }
 
     #[test]
@@ -648,8 +657,12 @@ mod tests {
         assert_eq!(senders.keys().copied().collect::<Vec<_>>(), vec![sender(1).expect("an identity")]);
         assert_eq!(guilty, sender(1), "the sole sender is proven bad");
         assert!(!have.has(piece));
-        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the same sender");
-        let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(
+            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true),
+            None,
+            "not from the same sender"
+        );
+        let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(other, Some(Choice::Fresh(piece)), "from another");
     }
 
@@ -661,8 +674,10 @@ mod tests {
         download.request(piece, 0, A);
         download.request(piece, 1, A);
         let busy_b = Chooser { busy: true, ..chooser(B, 2, &remote_have) };
-        assert_eq!(download.choose(busy_b, &have, &mut rng), None, "a busy remote does not duplicate");
-        let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(download.choose(busy_b, &have, &mut rng, |_| true), None, "a busy remote does not duplicate");
+        let prompt = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| false);
+        assert_eq!(prompt, None, "a piece whose fetcher keeps up is not fetched twice");
+        let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(endgame, Some(Choice::Endgame(piece)));
         download.assign(Choice::Endgame(piece), 2 * BLOCK_BYTES, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "endgame asks for taken blocks");
@@ -702,11 +717,15 @@ mod tests {
         let verdict = download.hashed(piece, false, &mut have);
         assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
         // On parole: only the liar's block is fetched again, and not from the liar.
-        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng), None, "not from the suspect");
-        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng);
+        assert_eq!(
+            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true),
+            None,
+            "not from the suspect"
+        );
+        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(again, Some(Choice::Fresh(piece)));
         download.count_holder(&remote_have, false);
-        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng);
+        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(alone, Some(Choice::Fresh(piece)), "the suspect, when it is the only holder left");
         download.count_holder(&remote_have, true);
         download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
@@ -738,7 +757,8 @@ mod tests {
                 let who = rng.below(3);
                 let (conn, n) = (conns[who], who as u8 + 1);
                 if !download.is_active(piece) || download.next_block(conn, [piece].into_iter()).is_none() {
-                    let Some(choice) = download.choose(chooser(conn, n, &remote_have), &have, &mut rng) else {
+                    let Some(choice) = download.choose(chooser(conn, n, &remote_have), &have, &mut rng, |_| true)
+                    else {
                         continue;
                     };
                     download.assign(choice, 4 * BLOCK_BYTES, conn);

@@ -1,7 +1,8 @@
 //! Peer-to-peer connections: opening them to the holders the tracker names, the `Hello`
 //! handshake, the manifest from a holder when the download does not know it yet, the bitfield
 //! exchange, `Have` updates, and tearing a connection down (which hands its pieces back to the
-//! scheduler). Also the handling of a `Located` answer.
+//! scheduler). Also the handling of a `Located` answer, and carrying out `slots`' decision on
+//! each inbound connection (accept, evict an idle one for it, or refuse).
 
 use std::net::SocketAddr;
 
@@ -13,6 +14,7 @@ use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
 
 use super::remote::{Remote, Stage};
+use super::slots::{admit, Admission, Refusal};
 use super::Peer;
 
 impl Peer {
@@ -191,10 +193,22 @@ impl Peer {
                 remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
-                if self.left || !self.remotes.may_accept() {
-                    self.send(conn, Message::error(None, ErrorCode::Overloaded, "too many connections"));
-                    self.push(Output::Close { conn });
-                    return;
+                let admission = if self.left {
+                    Admission::Refuse(Refusal::Busy)
+                } else {
+                    admit(&self.remotes, addr.ip(), self.now)
+                };
+                match admission {
+                    Admission::Accept => {}
+                    Admission::Evict(idle) => {
+                        self.send(idle, Message::error(None, ErrorCode::Overloaded, "slot given to a newcomer"));
+                        self.close_remote(idle);
+                    }
+                    Admission::Refuse(why) => {
+                        self.send(conn, Message::error(None, ErrorCode::Overloaded, why.detail()));
+                        self.push(Output::Close { conn });
+                        return;
+                    }
                 }
                 let mut remote = Remote::inbound(addr, self.now);
                 remote.peer_id = Some(proven);
@@ -228,7 +242,7 @@ impl Peer {
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
-            Message::Reject { file_id, piece, offset, .. } => self.on_reject(conn, file_id, piece, offset),
+            Message::Reject { file_id, piece, offset, reason } => self.on_reject(conn, file_id, piece, offset, reason),
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
@@ -362,13 +376,12 @@ impl Peer {
         }
     }
 
-    /// Closes silent or idle connections, takes the pieces of stalled remotes elsewhere (a
-    /// stalled remote rests for a while: no new requests), and wakes remotes whose rest is over.
+    /// Closes silent or idle connections, and takes the pieces of stalled remotes elsewhere (a
+    /// stalled remote rests for a while: no new requests; see `Peer::wake_rested`).
     pub(super) fn remote_timeouts(&mut self) {
         let now = self.now;
         let mut to_close = Vec::new();
         let mut stalled = Vec::new();
-        let mut rested = Vec::new();
         for (conn, remote) in self.remotes.iter() {
             if remote.stage != Stage::Ready {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
@@ -378,17 +391,9 @@ impl Peer {
                 if deadline <= now {
                     stalled.extend(remote.in_flight.iter().map(|(file_id, piece, _)| (*conn, *file_id, *piece)));
                 }
-            } else if remote.resting_until.is_some_and(|until| until <= now) {
-                rested.push(*conn);
             } else if self.uploads.serving(*conn) == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
                 to_close.push(*conn);
             }
-        }
-        for conn in rested {
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.resting_until = None;
-            }
-            self.schedule(conn);
         }
         if stalled.is_empty() && to_close.is_empty() {
             return;

@@ -1,26 +1,31 @@
 //! The peer state machine: shares files, downloads files from many remotes at once, and serves
 //! every verified piece from the moment it is verified.
 //!
-//! `Peer` routes inputs between sub-machines. Routing that spans several of them is an
-//! `impl Peer` block per concern:
-//! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
-//!   announce, locate, `Haves`);
+//! `Peer` routes inputs between sub-machines. The routing to the tracker links and to the
+//! upload side is here, in this file; routing that spans several sub-machines and is not yet a
+//! sub-machine of its own is an `impl Peer` block per concern:
 //! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
 //! - `scheduler`: which remote fetches what (pipelining, request timeouts) and what to do with
 //!   arriving data, written blocks and hashes;
+//! - `pex`: peer exchange, telling remotes of the other peers of their files (its state,
+//!   `Pex`, is private).
 //!
 //! The sub-machines own their state privately and change it only through their methods:
-//! - `pex`: peer exchange, telling remotes of the other peers of their files;
-//! - `uploads`: the upload side, a sub-machine with private state: which remote's request is
-//!   read next (upload slots, backpressure from the driver's `Sent`, the upload limit), and
-//!   which pieces a whole-file holder tells each of several downloaders it has (offers);
+//! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
+//!   handshake, when to announce), and the tracker side of a file (announce, locate schedule);
+//! - `uploads`: the upload side: which remote's request is read next (upload slots,
+//!   backpressure from the driver's `Sent`, the upload limit), the checks on a request
+//!   (`serve`), and which pieces a whole-file holder tells each of several downloaders it has
+//!   (`offers`);
 //! - `downloads`: the piece book of one download, a sub-machine with private state: piece
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
+//! - `slots`: which inbound connections are accepted, and which idle one makes way for a
+//!   newcomer when all are taken;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker;
-//! - `view`: read-only views of files and connections, for a driver to show;
+//! - `view`: read-only views of one file or one connection, for a driver to show;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
 mod bans;
@@ -32,6 +37,7 @@ mod pex;
 mod pieces;
 mod remote;
 mod scheduler;
+mod slots;
 mod tracker_link;
 mod uploads;
 mod view;
@@ -320,6 +326,7 @@ impl Peer {
     fn on_timeout(&mut self) {
         self.tracker_timeout();
         self.locate_due();
+        self.wake_rested();
         if self.connections_check_at <= self.now {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
@@ -484,7 +491,7 @@ impl Peer {
             return self.send(conn, reject(reason));
         }
         debug_assert!(self.remotes.contains_key(&conn), "requests come from open connections");
-        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }).is_err() {
+        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }, self.now).is_err() {
             return self.send(conn, reject(RejectReason::Busy));
         }
         self.pump_uploads();
@@ -496,11 +503,15 @@ impl Peer {
 
     /// `data_frames` more of `conn`'s `Data` frames left.
     fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
+        if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
+            remote.useful_at = self.now;
+        }
         self.uploads.sent(conn, data_frames);
         self.pump_uploads();
     }
 
-    /// Starts the reads the upload side allows now.
+    /// Starts the reads the upload side allows now, and refuses the queued requests of
+    /// connections that left the upload line.
     fn pump_uploads(&mut self) {
         loop {
             let (remotes, files) = (&self.remotes, &self.files);
@@ -514,6 +525,9 @@ impl Peer {
             };
             let ServeJob { conn, file_id, piece, offset, len } = job;
             self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
+        }
+        for ServeJob { conn, file_id, piece, offset, .. } in self.uploads.take_refused() {
+            self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Busy });
         }
     }
 
@@ -584,7 +598,9 @@ impl Peer {
     /// Offers `conn` more pieces of `file_id` (everything left when it is the only downloader)
     /// and sends them in one `Haves`.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(entry) = self.files.get(&file_id) else { return };
+        let entry = self.files.get(&file_id);
+        debug_assert!(entry.is_some(), "only a file the peer holds is offered");
+        let Some(entry) = entry else { return };
         let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
         let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
@@ -644,7 +660,8 @@ impl Machine for Peer {
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex]
+        let rested = self.remotes.values().filter_map(|r| r.resting_until).min();
+        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()
             .chain(locate)

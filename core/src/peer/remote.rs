@@ -1,7 +1,8 @@
 //! Per-connection state of a peer: one `Remote` per open peer-to-peer connection, and the
-//! table of them (`Remotes`), which owns the connection policy: at most
-//! `OUTBOUND_PEERS_MAX` connections opened here, `INBOUND_PEERS_MAX` accepted, `CONNECTIONS_MAX`
-//! in all, and an address that failed to connect left alone for `REMOTE_RETRY_DELAY`.
+//! table of them (`Remotes`), which owns the outbound connection policy: at most
+//! `OUTBOUND_PEERS_MAX` connections opened here, `CONNECTIONS_MAX` in all, and an address that
+//! failed to connect left alone for `REMOTE_RETRY_DELAY`. Which inbound connections are
+//! accepted is `slots.rs`.
 //!
 //! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
 //! remote exchanges bitfields, requests and data. It owns what we know of the other side's
@@ -14,9 +15,8 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    BLOCK_BYTES, CONNECTIONS_MAX, INBOUND_PEERS_MAX, OUTBOUND_PEERS_MAX, RATE_WINDOW, REMOTE_RETRY_DELAY,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
-    REQUEST_TIMEOUT_MAX,
+    BLOCK_BYTES, CONNECTIONS_MAX, OUTBOUND_PEERS_MAX, RATE_WINDOW, REMOTE_RETRY_DELAY, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
+    REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
 };
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
@@ -65,6 +65,9 @@ pub(super) struct Remote {
     pub rate: DeliveryRate,
     /// Pieces assigned to it, per file.
     pub assigned: VecSet<(FileId, PieceIndex)>,
+    /// When it last gave a block we asked for or took one we served (or connected): the
+    /// least useful inbound connection, idle for longest, makes way for a newcomer.
+    pub useful_at: Time,
     /// When a frame last arrived.
     pub last_heard: Time,
     /// When the connection was opened (for the handshake timeout).
@@ -96,6 +99,7 @@ impl Remote {
             resting_until: None,
             rate: DeliveryRate::default(),
             assigned: VecSet::new(),
+            useful_at: now,
             last_heard: now,
             opened: now,
         }
@@ -230,13 +234,7 @@ impl Remotes {
         self.by_conn.insert(conn, remote);
     }
 
-    /// Whether another inbound connection may be accepted.
-    pub fn may_accept(&self) -> bool {
-        let inbound = self.by_conn.values().filter(|r| !r.outbound).count();
-        inbound < INBOUND_PEERS_MAX && self.by_conn.len() < CONNECTIONS_MAX
-    }
-
-    /// Records an accepted connection (see [`Remotes::may_accept`]).
+    /// Records an accepted connection (see `slots::admit`).
     pub fn accept(&mut self, conn: ConnId, remote: Remote) {
         self.by_conn.insert(conn, remote);
     }
@@ -336,6 +334,5 @@ mod tests {
             remotes.open(ConnId::Outbound(n), Remote::outbound(other, None, Time::ZERO));
         }
         assert!(!remotes.may_open("10.0.0.2:1".parse().expect("an address"), Time::ZERO), "at the cap");
-        assert!(remotes.may_accept() == (OUTBOUND_PEERS_MAX < CONNECTIONS_MAX), "inbound has its own cap");
     }
 }

@@ -5,31 +5,59 @@
 //! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a new piece is the rarest among
 //! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
 //! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
-//! empty, it joins a piece another remote is fetching (endgame) and the slower copy is cancelled
-//! as blocks arrive. Every block is written by the driver, every written piece is hashed, and a
+//! empty, it joins a piece another remote is fetching (endgame) if that remote lags (nothing
+//! arrived from it for a while), and the slower copy is cancelled as blocks arrive. Every block is written by the driver, every written piece is hashed, and a
 //! sender proven to have sent a bad block of a piece that failed its hash gets a strike (see
 //! `downloads` for the proof, `bans` for what strikes lead to).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, PIECES_ASSIGNED_PER_CONN_MAX};
+use crate::limits::{BLOCK_BYTES, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX};
 use crate::machine::{Event, Output, Progress};
-use crate::wire::Message;
+use crate::time::Time;
+use crate::wire::{Message, RejectReason};
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
 use super::pieces::{block_at, block_span, FileEntry};
-use super::remote::Stage;
+use super::remote::{Remote, Stage};
 use super::Peer;
+
+/// Whether `remote` delivers clearly slower than an endgame warrants: nothing arrived from it
+/// for [`ENDGAME_PATIENCE`], or for two blocks' time at its measured rate when that is longer.
+fn lags(remote: &Remote, now: Time) -> bool {
+    let blocks_time = (2 * u64::from(BLOCK_BYTES) * 1_000_000)
+        .checked_div(remote.rate.bytes_per_s())
+        .map_or(ENDGAME_PATIENCE, Duration::from_micros);
+    remote.progress_at + blocks_time.max(ENDGAME_PATIENCE) <= now
+}
 
 impl Peer {
     /// Fills the pipeline of every ready remote.
     pub(super) fn schedule_all(&mut self) {
         for conn in self.remotes.ready() {
+            self.schedule(conn);
+        }
+    }
+
+    /// Remotes whose rest is over (stalled, or `Busy`) get requests again.
+    pub(super) fn wake_rested(&mut self) {
+        let now = self.now;
+        let rested: Vec<ConnId> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.resting_until.is_some_and(|until| until <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in rested {
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.resting_until = None;
+            }
             self.schedule(conn);
         }
     }
@@ -89,7 +117,9 @@ impl Peer {
             busy: !remote.in_flight.is_empty(),
         };
         let entry = self.files.get(&file_id)?;
-        entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng)
+        let (remotes, now) = (&self.remotes, self.now);
+        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| lags(r, now));
+        entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng, lagging)
     }
 
     /// Gives `conn` the piece `choose_piece` chose for it.
@@ -122,8 +152,10 @@ impl Peer {
     /// wrong length is a protocol violation.
     pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        // Bytes arriving are progress, requested or late.
-        remote.in_flight.remove(&(file_id, piece, offset));
+        // Bytes arriving are progress, requested or late; only a requested block is useful.
+        if remote.in_flight.remove(&(file_id, piece, offset)) {
+            remote.useful_at = self.now;
+        }
         remote.progress_at = self.now;
         remote.rate.arrived(self.now, bytes.len() as u64);
         remote.resting_until = None;
@@ -161,13 +193,28 @@ impl Peer {
         }
     }
 
-    /// The remote will not serve a block: give the piece to someone else.
-    pub(super) fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+    /// The remote will not serve a block: give the piece to someone else. A remote that is
+    /// `Busy` (its upload slots and line are taken) keeps its pieces and is asked again after
+    /// [`BUSY_RETRY_DELAY`]; any other refusal means it will not serve this piece.
+    pub(super) fn on_reject(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        reason: RejectReason,
+    ) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.in_flight.remove(&(file_id, piece, offset)) {
-            self.give_up_on(conn, file_id, piece);
-            self.schedule_all();
+        if !remote.in_flight.remove(&(file_id, piece, offset)) {
+            return;
         }
+        if reason == RejectReason::Busy {
+            remote.resting_until = Some(self.now + BUSY_RETRY_DELAY);
+            self.unassign(conn, file_id, piece);
+        } else {
+            self.give_up_on(conn, file_id, piece);
+        }
+        self.schedule_all();
     }
 
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another

@@ -151,6 +151,15 @@ pub enum Role {
     /// connection, so an honest holder finishes the piece: each such piece fails its hash with
     /// two senders.
     LiarMixed,
+    /// Claims the id of the first other peer of the scenario in every `Hello` (to trackers and
+    /// peers), while its key proves its own: every such `Hello` is refused.
+    Impersonator,
+    /// Besides its honest machine, opens one connection more than one address may hold to
+    /// every initial holder, says `Hello` on each and then nothing: it keeps inbound slots.
+    SlotHog,
+    /// Lacks the swarm key the others share: every connection to or from it fails its
+    /// handshake.
+    NoKey,
 }
 
 /// The `holds` key.

@@ -22,6 +22,15 @@
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up.
+//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the
+//!   line holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection
+//!   that is neither served nor in line is refused (`Busy`) while the line is full,
+//!   so the downloader asks another holder of the piece at once instead of waiting here for
+//!   every turn before its own (choking, in BitTorrent's terms). A refused connection gets a
+//!   ticket: room in the line goes to ticket holders first, in the order they were refused.
+//!   A slot holder whose turn ends while tickets are out leaves the line (its queued requests
+//!   refused too) and takes a ticket itself, so the line goes round every asker, not only
+//!   the few that ask again the moment they were served.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
@@ -40,8 +49,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_SLOTS_COUNT,
-    UPLOAD_TURN_BYTES,
+    BUSY_TICKET_TIME, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX,
+    UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -60,9 +69,10 @@ pub(super) struct ServeJob {
     pub len: u32,
 }
 
-/// A request that cannot be queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already.
+/// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, or
+/// it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct QueueFull;
+pub(super) struct Busy;
 
 /// What the upload side keeps per connection.
 #[derive(Debug, Default)]
@@ -86,6 +96,11 @@ impl ConnUploads {
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.unsent_bytes == 0
     }
+
+    /// Bytes queued for it or read and not yet sent.
+    fn bytes(&self) -> u64 {
+        self.queue.iter().map(|j| u64::from(j.len)).sum::<u64>() + self.unsent_bytes
+    }
 }
 
 /// The serving side's queues, slots, backpressure and pacing.
@@ -100,6 +115,12 @@ pub(super) struct Uploads {
     waiting: VecDeque<ConnId>,
     reads_in_flight: usize,
     wake_at: Option<Time>,
+    /// Connections refused because the line was full, in the order they were first refused,
+    /// with when they were last refused: room in the line goes to them first, while they come
+    /// back within [`BUSY_TICKET_TIME`].
+    tickets: VecDeque<(ConnId, Time)>,
+    /// Queued requests of connections that left the line, to be answered `Busy`.
+    refused: Vec<ServeJob>,
     offers: Offers,
 }
 
@@ -113,6 +134,8 @@ impl Uploads {
             waiting: VecDeque::new(),
             reads_in_flight: 0,
             wake_at: None,
+            tickets: VecDeque::new(),
+            refused: Vec::new(),
             offers: Offers::new(),
         }
     }
@@ -127,14 +150,19 @@ impl Uploads {
         self.conns.get(&conn).map_or(0, |c| c.queue.len() + c.reads.len())
     }
 
-    /// Queues a checked request.
-    pub fn request(&mut self, job: ServeJob) -> Result<(), QueueFull> {
+    /// Queues a checked request at `now`, unless its connection has too many queued, or is not
+    /// in line and no room in the line is free for it.
+    pub fn request(&mut self, job: ServeJob, now: Time) -> Result<(), Busy> {
+        let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
+        if !in_line && !self.admit(job.conn, now) {
+            return Err(Busy);
+        }
         let state = self.conns.entry(job.conn).or_default();
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
-            return Err(QueueFull);
+            return Err(Busy);
         }
         state.queue.push_back(job);
-        if !self.slots.contains(&job.conn) && !self.waiting.contains(&job.conn) {
+        if !in_line {
             self.waiting.push_back(job.conn);
         }
         Ok(())
@@ -180,6 +208,37 @@ impl Uploads {
         }
     }
 
+    /// Whether `conn`, not in line, may join it at `now`: room is free and not held for
+    /// connections refused before it. A refused connection gets a ticket (or keeps its own).
+    fn admit(&mut self, conn: ConnId, now: Time) -> bool {
+        self.tickets.retain(|(_, at)| *at + BUSY_TICKET_TIME > now);
+        let in_line = self.slots.iter().chain(&self.waiting);
+        let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
+        let room = if line_bytes < UPLOAD_LINE_BYTES_MIN {
+            self.tickets.len() + 1
+        } else {
+            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
+        };
+        let ticket = self.tickets.iter().position(|(c, _)| *c == conn);
+        if ticket.unwrap_or(self.tickets.len()) < room {
+            if let Some(at) = ticket {
+                self.tickets.remove(at);
+            }
+            return true;
+        }
+        match ticket {
+            Some(at) => self.tickets[at].1 = now,
+            None => self.tickets.push_back((conn, now)),
+        }
+        false
+    }
+
+    /// The queued requests of connections that left the line to make room for refused ones:
+    /// each is to be answered `Busy`.
+    pub fn take_refused(&mut self) -> Vec<ServeJob> {
+        std::mem::take(&mut self.refused)
+    }
+
     /// What a seeder offers each downloader.
     pub fn offers(&self) -> &Offers {
         &self.offers
@@ -196,6 +255,7 @@ impl Uploads {
         self.conns.remove(&conn);
         self.slots.retain(|c| *c != conn);
         self.waiting.retain(|c| *c != conn);
+        self.tickets.retain(|(c, _)| *c != conn);
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
@@ -206,7 +266,7 @@ impl Uploads {
             return None;
         }
         let mut rarity = Rarity { holders, known: Vec::new() };
-        self.fill_slots(&mut rarity);
+        self.fill_slots(&mut rarity, now);
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
             !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
@@ -236,22 +296,29 @@ impl Uploads {
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
-        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && !self.waiting.is_empty();
+        let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
+        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && others_wait;
         self.reads_in_flight += 1;
         self.slots.push_back(conn);
         job
     }
 
     /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
-    /// left (to the back of the line if they have requests left), and gives free slots to the
-    /// ones in line that asked for the rarest pieces.
-    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) {
+    /// left (to the back of the line if they have requests left; out of it, with a ticket taken
+    /// at `now`, while tickets are out), and gives free slots to the ones in line that asked
+    /// for the rarest pieces.
+    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         while let Some(conn) = self.slots.pop_front() {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
             if state.turn_over && state.unsent_bytes == 0 {
                 state.turn_over = false;
-                if !state.queue.is_empty() {
+                if !self.tickets.is_empty() && !state.queue.is_empty() {
+                    // Others were refused and come back: it makes room for them, and its turn
+                    // comes again after theirs.
+                    self.refused.extend(state.queue.drain(..));
+                    self.tickets.push_back((conn, now));
+                } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
                 }
             } else if !state.idle() {
@@ -311,6 +378,11 @@ mod tests {
     const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
 
     fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
+        assert!(ask(uploads, conn, piece, 0), "room in the queue");
+    }
+
+    /// A request of `conn` for `piece` at `at_ms`: whether it was queued.
+    fn ask(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64) -> bool {
         let job = ServeJob {
             conn: ConnId::Inbound(conn),
             file_id: FILE,
@@ -318,7 +390,7 @@ mod tests {
             offset: 0,
             len: BLOCK_BYTES,
         };
-        uploads.request(job).expect("room in the queue");
+        uploads.request(job, Time::from_millis(at_ms)).is_ok()
     }
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
@@ -374,6 +446,48 @@ mod tests {
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
         let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
         assert_eq!(next, expected);
+    }
+
+    #[test]
+    fn a_full_line_refuses_newcomers_and_lets_the_refused_in_first() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
+        }
+        assert!(!ask(&mut uploads, line + 1, 0, 0), "the line is full");
+        assert!(!ask(&mut uploads, line + 2, 0, 0), "still full");
+        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
+        // The first holder's block left and it asks for nothing more: one room frees, held for
+        // the first connection refused, not for a newcomer or the second refused.
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        assert!(!ask(&mut uploads, line + 3, 0, 100), "a newcomer waits behind the tickets");
+        assert!(!ask(&mut uploads, line + 2, 0, 100), "the second ticket waits for the first");
+        assert!(ask(&mut uploads, line + 1, 0, 100), "the first ticket gets the room");
+        // Tickets lapse when their holders do not come back.
+        uploads.sent(ConnId::Inbound(2), 1);
+        serve(&mut uploads);
+        let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
+        assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
+    }
+
+    #[test]
+    fn a_holder_whose_turn_ends_while_others_were_refused_leaves_the_line() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0));
+        }
+        assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
+        assert!(!ask(&mut uploads, line + 1, 0, 0));
+        serve(&mut uploads);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
+        assert!(ask(&mut uploads, line + 1, 0, 100), "the refused connection comes in");
+        assert!(!ask(&mut uploads, 1, 1, 100), "the one that left waits its turn");
     }
 
     #[test]

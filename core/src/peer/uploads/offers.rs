@@ -182,9 +182,10 @@ impl Offers {
         rng: &mut Rng,
     ) -> Vec<PieceIndex> {
         let spread = self.spreads.entry(ours.file_id).or_insert_with(|| Spread::new(ours.have.len(), rng));
-        let (Some(holds), Some(offer)) = (holds, self.told.get_mut(&(conn, ours.file_id))) else {
-            return Vec::new();
-        };
+        let offer = self.told.get_mut(&(conn, ours.file_id));
+        debug_assert!(offer.is_some(), "a window is filled only for a downloader that sees offers");
+        // A downloader that took back its bitfield (the file is unknown to it) is told nothing.
+        let (Some(holds), Some(offer)) = (holds, offer) else { return Vec::new() };
         let mut added = Vec::new();
         while offer.outstanding.len() < OFFER_WINDOW_PIECES {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };

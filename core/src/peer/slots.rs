@@ -1,0 +1,191 @@
+//! Inbound slots: whether a peer accepts a new inbound connection, and which connection makes
+//! way for it when every slot is taken.
+//!
+//! A peer accepts at most [`INBOUND_PEERS_MAX`] connections, at most
+//! [`INBOUND_PEERS_PER_IP_MAX`] of them from one source IP unless it is a loopback address
+//! (the limit's docs say why loopback is exempt). Holding a slot costs a remote one frame per
+//! idle timeout, so slots are not kept by merely staying connected: when all are taken, the
+//! inbound connection that has gone longest without giving a block we asked for or taking a
+//! block we served makes way for the newcomer, once it has been idle for
+//! [`INBOUND_IDLE_BEFORE_EVICTION`]. A connection with our requests in flight (mid-transfer of
+//! data we want) is never evicted. When no connection qualifies, the newcomer is refused.
+//!
+//! This module only decides, over the table of remotes; `links` carries the decision out.
+
+use std::net::IpAddr;
+
+use crate::ids::ConnId;
+use crate::limits::{CONNECTIONS_MAX, INBOUND_IDLE_BEFORE_EVICTION, INBOUND_PEERS_MAX, INBOUND_PEERS_PER_IP_MAX};
+use crate::time::Time;
+
+use super::remote::Remotes;
+
+/// What to do with a new inbound connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// A slot is free.
+    Accept,
+    /// Every slot is taken: close this idle connection and accept the newcomer.
+    Evict(ConnId),
+    /// Refuse the newcomer, for this reason.
+    Refuse(Refusal),
+}
+
+/// Why a new inbound connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Every slot is taken by a connection that exchanged data recently.
+    Busy,
+    /// Its source IP holds [`INBOUND_PEERS_PER_IP_MAX`] connections already.
+    AddressFull,
+}
+
+impl Refusal {
+    /// The detail of the `Overloaded` error the newcomer is sent.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Refusal::Busy => "too many connections",
+            Refusal::AddressFull => "too many connections from this address",
+        }
+    }
+}
+
+/// Decides on a connection from `ip` arriving at `now`; see the module docs.
+pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
+    let ip = ip.to_canonical();
+    let inbound = || remotes.iter().filter(|(_, r)| !r.outbound);
+    if !ip.is_loopback()
+        && inbound().filter(|(_, r)| r.addr.ip().to_canonical() == ip).count() >= INBOUND_PEERS_PER_IP_MAX
+    {
+        return Admission::Refuse(Refusal::AddressFull);
+    }
+    if inbound().count() < INBOUND_PEERS_MAX && remotes.iter().len() < CONNECTIONS_MAX {
+        return Admission::Accept;
+    }
+    inbound()
+        .filter(|(_, r)| r.in_flight.is_empty() && r.useful_at + INBOUND_IDLE_BEFORE_EVICTION <= now)
+        .min_by_key(|(conn, r)| (r.useful_at, **conn))
+        .map_or(Admission::Refuse(Refusal::Busy), |(conn, _)| Admission::Evict(*conn))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ids::{Digest, FileId, PeerId, PieceIndex};
+    use crate::machine::{Input, Machine, Output};
+    use crate::peer::remote::Remote;
+    use crate::peer::{Peer, PeerConfig};
+    use crate::wire::{ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+
+    fn addr(host: u32) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::from(0x0A00_0000 | host), 40_000))
+    }
+
+    /// `count` inbound connections, one per IP from 10.0.0.1 on, accepted at `at`.
+    fn filled(count: usize, at: Time) -> Remotes {
+        let mut remotes = Remotes::new();
+        for n in 0..count {
+            let host = u32::try_from(n + 1).expect("a small count");
+            assert_eq!(admit(&remotes, addr(host).ip(), at), Admission::Accept, "slot {n} is free");
+            remotes.accept(ConnId::Inbound(n as u64), Remote::inbound(addr(host), at));
+        }
+        remotes
+    }
+
+    #[test]
+    fn when_every_slot_is_taken_the_connection_idle_longest_makes_way_once_idle_long_enough() {
+        let mut remotes = filled(INBOUND_PEERS_MAX, Time::ZERO);
+        let newcomer = addr(1000).ip();
+        let soon = Time::ZERO + (INBOUND_IDLE_BEFORE_EVICTION - Duration::from_millis(1));
+        assert_eq!(admit(&remotes, newcomer, soon), Admission::Refuse(Refusal::Busy), "all exchanged data lately");
+        let later = Time::ZERO + INBOUND_IDLE_BEFORE_EVICTION;
+        assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(0)), "ties go by connection");
+        // The first gave a block lately, the second has our requests in flight: the third goes.
+        let first = remotes.get_mut(&ConnId::Inbound(0)).expect("open");
+        first.useful_at = Time::from_millis(1);
+        let second = remotes.get_mut(&ConnId::Inbound(1)).expect("open");
+        second.in_flight.insert((FileId(Digest([1; 32])), PieceIndex(0), 0));
+        for n in 2..INBOUND_PEERS_MAX as u64 {
+            remotes.get_mut(&ConnId::Inbound(n)).expect("open").useful_at = Time::from_millis(2);
+        }
+        remotes.get_mut(&ConnId::Inbound(2)).expect("open").useful_at = Time::ZERO;
+        assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(2)));
+        let much_later = later + INBOUND_IDLE_BEFORE_EVICTION;
+        assert_eq!(admit(&remotes, newcomer, much_later), Admission::Evict(ConnId::Inbound(2)));
+        remotes.remove(&ConnId::Inbound(2));
+        assert_eq!(admit(&remotes, newcomer, soon), Admission::Accept, "a slot is free again");
+    }
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_slots_unless_it_is_loopback() {
+        let mut remotes = Remotes::new();
+        let host = addr(7);
+        for n in 0..INBOUND_PEERS_PER_IP_MAX as u64 {
+            assert_eq!(admit(&remotes, host.ip(), Time::ZERO), Admission::Accept);
+            let port = 50_000 + u16::try_from(n).expect("small");
+            remotes.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(host.ip(), port), Time::ZERO));
+        }
+        assert_eq!(admit(&remotes, host.ip(), Time::ZERO), Admission::Refuse(Refusal::AddressFull));
+        let mapped = IpAddr::from(Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped());
+        assert_eq!(admit(&remotes, mapped, Time::ZERO), Admission::Refuse(Refusal::AddressFull), "one host");
+        assert_eq!(admit(&remotes, addr(8).ip(), Time::ZERO), Admission::Accept, "another address");
+
+        let mut local = Remotes::new();
+        let loopback = IpAddr::from(Ipv4Addr::LOCALHOST);
+        for n in 0..INBOUND_PEERS_MAX as u64 {
+            assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Accept, "loopback slot {n}");
+            local.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(loopback, 40_000), Time::ZERO));
+        }
+        assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Refuse(Refusal::Busy), "the overall cap holds");
+    }
+
+    fn peer_id(n: u8) -> PeerId {
+        PeerId([n; 16])
+    }
+
+    /// Accepts an inbound connection at `now` whose key proved `peer_id(n)`, and has it say
+    /// `Hello`; returns what the peer output.
+    fn connect(peer: &mut Peer, n: u8, now: Time) -> Vec<Output> {
+        let conn = ConnId::Inbound(u64::from(n));
+        let from = addr(u32::from(n));
+        peer.handle(now, Input::Connected { conn, remote: from, peer_id: peer_id(n) });
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: peer_id(n),
+            listen_port: 40_000,
+            listen_ip: None,
+        };
+        peer.handle(now, Input::Message { conn, message: Message::Hello(hello) });
+        std::iter::from_fn(|| peer.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_newcomer_at_a_full_peer_closes_the_slot_of_a_remote_that_only_keeps_its_connection_alive() {
+        let tracker = SocketAddr::from(([10, 255, 0, 1], 7000));
+        let mut peer = Peer::new(PeerConfig::new(peer_id(0), 1, tracker, 40_000));
+        let hogs = u8::try_from(INBOUND_PEERS_MAX).expect("fits");
+        for n in 1..=hogs {
+            let outputs = connect(&mut peer, n, Time::ZERO);
+            assert!(!outputs.iter().any(|o| matches!(o, Output::Close { .. })), "slot {n} is free: {outputs:?}");
+        }
+        let keepalive_at = Time::ZERO + INBOUND_IDLE_BEFORE_EVICTION;
+        let refused =
+            connect(&mut peer, hogs + 1, Time::ZERO + (INBOUND_IDLE_BEFORE_EVICTION - Duration::from_millis(1)));
+        assert!(refused.contains(&Output::Close { conn: ConnId::Inbound(u64::from(hogs) + 1) }), "{refused:?}");
+        // Every hog keeps its connection alive with a frame that exchanges no data.
+        for n in 1..=hogs {
+            let message = Message::error(None, ErrorCode::BadRequest, "still here");
+            peer.handle(keepalive_at, Input::Message { conn: ConnId::Inbound(u64::from(n)), message });
+        }
+
+        let outputs = connect(&mut peer, hogs + 2, keepalive_at);
+        let closed: Vec<ConnId> =
+            outputs.iter().filter_map(|o| if let Output::Close { conn } = o { Some(*conn) } else { None }).collect();
+        assert_eq!(closed, vec![ConnId::Inbound(1)], "the first hog makes way: {outputs:?}");
+        assert!(peer.remotes.contains_key(&ConnId::Inbound(u64::from(hogs) + 2)), "the newcomer is in");
+    }
+}
