@@ -287,7 +287,8 @@ pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 pub const LOCATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often a peer tells its remotes of the other peers of their files it is connected to
-/// (peer exchange); each remote hears of each peer once per connection.
+/// (peer exchange): while a tracker is ready, a connection is told once; each remote hears of
+/// each peer once per connection.
 pub const PEX_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most peers one `Peers` message names; a remote that sends more breaks the protocol.

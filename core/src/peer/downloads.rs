@@ -297,6 +297,12 @@ impl Download {
         }
     }
 
+    /// How many connected remotes told us they hold `piece` (the rarity count the upload side
+    /// orders its reads by, kept here as bitfields change).
+    pub fn availability(&self, piece: PieceIndex) -> usize {
+        self.availability.get(piece.as_usize()).map_or(0, |count| usize::from(*count))
+    }
+
     /// A remote told us of more pieces it holds (`first`: the first we hear of it for this
     /// file). Returns whether we want any of them.
     pub fn count_new_pieces(&mut self, first: bool, pieces: &[PieceIndex]) -> bool {
@@ -681,6 +687,18 @@ mod tests {
         assert_eq!(download.receive(piece, 0, A, sender(1)), Arrival::Duplicate);
         let last = download.receive(piece, 1, A, sender(1));
         assert_eq!(last, Arrival::Taken { losers: vec![], released: vec![A, B] });
+    }
+
+    #[test]
+    fn availability_follows_the_remotes_bitfields_haves_and_losses() {
+        let (mut download, _, remote_have) = download(3);
+        assert_eq!((0..3).map(|p| download.availability(PieceIndex(p))).collect::<Vec<_>>(), [1, 1, 1]);
+        download.count_new_pieces(true, &[PieceIndex(2)]);
+        download.count_lost_piece(PieceIndex(0));
+        assert_eq!((0..3).map(|p| download.availability(PieceIndex(p))).collect::<Vec<_>>(), [0, 1, 2]);
+        download.count_holder(&remote_have, false);
+        assert_eq!((0..3).map(|p| download.availability(PieceIndex(p))).collect::<Vec<_>>(), [0, 0, 1]);
+        assert_eq!(download.availability(PieceIndex(3)), 0, "past the last piece");
     }
 
     #[test]

@@ -514,8 +514,13 @@ impl Peer {
     /// connections that left the upload line.
     fn pump_uploads(&mut self) {
         loop {
-            let remotes = &self.remotes;
-            let Some(job) = self.uploads.next_read(self.now, |file_id, piece| remotes.holders(file_id, piece)) else {
+            let (remotes, files) = (&self.remotes, &self.files);
+            // A download keeps its pieces' holder counts; other files' are counted over the remotes.
+            let holders = |file_id: FileId, piece| match files.get(&file_id).and_then(|e| e.download.as_ref()) {
+                Some(download) => download.availability(piece),
+                None => remotes.holders(file_id, piece),
+            };
+            let Some(job) = self.uploads.next_read(self.now, holders) else {
                 break;
             };
             let ServeJob { conn, file_id, piece, offset, len } = job;

@@ -3,29 +3,43 @@
 //! The trackers remain the first source; what a remote tells is used like a tracker's answer
 //! (a connection is opened to each named peer, within the outbound bound).
 //!
-//! Every `PEX_INTERVAL` a peer sends each remote that downloads a file (one that sent a
-//! bitfield for it that is not whole) a `Peers` message naming up to
-//! `PEX_PEERS_PER_MESSAGE_MAX` of the file's other peers it has a ready connection with and
-//! never named to that remote, drawn at random so that a crowd's members do not all hear of
-//! the same few first. Only peers with a serving address and an id (from their `Hello`) are
-//! named. On the receiving side a remote's `Peers` for a file is acted on at most every
-//! `PEX_RECEIVE_INTERVAL_MIN`, only while the file is being fetched; a message naming more than
-//! `PEX_PEERS_PER_MESSAGE_MAX` peers breaks the protocol.
+//! [`Pex`] is a sub-machine with private state. Its inputs are a round's view of the peer's
+//! connections ([`Pex::round`], every [`PEX_INTERVAL`]) and a remote's `Peers` message
+//! ([`Pex::heard`]); its outputs are the `Peers` messages to send and the verdict on a message
+//! received. The peer routes its timer and the `Peers` messages it receives here.
 //!
-//! State (private to this module): the next round's time, per connection and file the peers
-//! already named to it and when its last message was acted on. Entries of closed connections
-//! are dropped at the next round, so both maps stay within the open connections.
+//! **Sending.** A remote that downloads a file (it sent a bitfield for it that is not whole)
+//! is told, in a `Peers` message, of up to [`PEX_PEERS_PER_MESSAGE_MAX`] of the file's other
+//! peers we have a ready connection with, drawn at random so that a crowd's members do not all
+//! hear of the same few first. Only peers with a serving address and an id (from their
+//! `Hello`) are named, and nobody is named twice on a connection. How often a connection is
+//! told depends on the trackers, the first source of peers:
+//! - while one of our trackers is ready, a connection gets one message, its first: an
+//!   introduction to the peers we know (a tracker names the holders of pieces, so a newcomer
+//!   of a crowd, holding nothing, would otherwise be found by others only once it holds
+//!   pieces), at one message per connection rather than one per connection and round;
+//! - while none is ready, the peers not yet named to it follow every round, so a swarm whose
+//!   trackers are gone keeps forming.
+//!
+//! **Receiving.** A remote's `Peers` for a file is acted on at most every
+//! [`PEX_RECEIVE_INTERVAL_MIN`], only while the file is being fetched; a message naming more
+//! than [`PEX_PEERS_PER_MESSAGE_MAX`] peers breaks the protocol.
+//!
+//! State: the next round's time and, per connection and file, the peers named to it (pruned to
+//! the peers still connected, so within the connection bound) and when its last message was
+//! acted on. Entries of closed connections are dropped at the next round, so both maps stay
+//! within the open connections.
 
 use std::collections::BTreeMap;
 
-use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId};
 use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
+use crate::rng::Rng;
 use crate::small::VecSet;
 use crate::time::Time;
 use crate::wire::{Message, PeerAddr};
 
-use super::remote::Stage;
+use super::remote::{Remotes, Stage};
 use super::Peer;
 
 /// The peer-exchange state of one peer.
@@ -33,11 +47,27 @@ use super::Peer;
 pub(super) struct Pex {
     /// When the next round of `Peers` messages goes out.
     due_at: Time,
-    /// The peers already named to each connection, per file.
+    /// The peers already named to each connection, per file (an entry exists once a message
+    /// went out on it).
     told: BTreeMap<(ConnId, FileId), VecSet<PeerId>>,
     /// When each connection's last `Peers` of each file was acted on.
     heard_at: BTreeMap<(ConnId, FileId), Time>,
 }
+
+/// What to do with a `Peers` message a remote sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Heard {
+    /// Dial the peers it names, as if a tracker named them.
+    Use,
+    /// Drop it: the file is not being fetched, or the remote's last one was acted on too
+    /// recently.
+    Ignore,
+    /// It names more peers than a message may: a protocol violation.
+    TooLong,
+}
+
+/// One round's `Peers` messages: `(connection, file, peers)`.
+pub(super) type Round = Vec<(ConnId, FileId, Vec<PeerAddr>)>;
 
 impl Pex {
     /// Nothing told or heard; the first round is due at once.
@@ -49,74 +79,120 @@ impl Pex {
     pub fn due_at(&self) -> Time {
         self.due_at
     }
-}
 
-impl Peer {
-    /// Sends this round's `Peers` messages, if the round is due.
-    pub(super) fn pex_timeout(&mut self) {
-        if self.pex.due_at > self.now {
-            return;
+    /// This round's messages, if the round is due at `now` (empty otherwise). `tracker_ready`
+    /// says whether one of our trackers is ready (see the module docs).
+    pub fn round(&mut self, now: Time, remotes: &Remotes, tracker_ready: bool, rng: &mut Rng) -> Round {
+        if self.due_at > now {
+            return Vec::new();
         }
-        self.pex.due_at = self.now + PEX_INTERVAL;
-        let remotes = &self.remotes;
-        self.pex.told.retain(|(conn, _), _| remotes.contains_key(conn));
-        self.pex.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
-        for (conn, file_id, peers) in self.pex_round() {
-            self.send(conn, Message::Peers { file_id, peers });
+        self.due_at = now + PEX_INTERVAL;
+        self.told.retain(|(conn, _), _| remotes.contains_key(conn));
+        self.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
+        let due: Vec<(ConnId, FileId)> = remotes
+            .iter()
+            .filter(|(_, remote)| remote.stage == Stage::Ready)
+            .flat_map(|(conn, remote)| remote.files.iter().map(move |(file_id, have)| (*conn, *file_id, have)))
+            .filter(|(conn, file_id, have)| {
+                let introduced = self.told.contains_key(&(*conn, *file_id));
+                !have.is_full() && (!tracker_ready || !introduced)
+            })
+            .map(|(conn, file_id, _)| (conn, file_id))
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
         }
-    }
-
-    /// What each downloading remote has not heard of yet: `(connection, file, peers)`.
-    fn pex_round(&mut self) -> Vec<(ConnId, FileId, Vec<PeerAddr>)> {
-        let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
-        for (conn, remote) in self.remotes.iter() {
-            let Some(peer_id) = remote.peer_id.filter(|_| remote.stage == Stage::Ready && remote.addr.port() != 0)
-            else {
-                continue;
-            };
-            for (file_id, _) in remote.files.iter() {
-                by_file.entry(*file_id).or_default().push((*conn, PeerAddr { peer_id, addr: remote.addr }));
-            }
-        }
+        let by_file = nameable_by_file(remotes);
         let mut round = Vec::new();
-        for (file_id, peers) in &by_file {
-            for (conn, _) in peers {
-                if self.remotes.get(conn).is_some_and(|r| r.files.get(file_id).is_some_and(Bitfield::is_full)) {
-                    continue;
-                }
-                let told = self.pex.told.entry((*conn, *file_id)).or_default();
-                let mut fresh: Vec<PeerAddr> =
-                    peers.iter().filter(|(c, p)| c != conn && !told.contains(&p.peer_id)).map(|(_, p)| *p).collect();
-                if fresh.is_empty() {
-                    continue;
-                }
-                self.rng.shuffle(&mut fresh);
-                fresh.truncate(PEX_PEERS_PER_MESSAGE_MAX);
-                for peer in &fresh {
-                    told.insert(peer.peer_id);
-                }
-                round.push((*conn, *file_id, fresh));
+        for (conn, file_id) in due {
+            let Some(peers) = by_file.get(&file_id) else { continue };
+            if let Some(fresh) = self.fresh(conn, file_id, peers, rng) {
+                round.push((conn, file_id, fresh));
             }
         }
         round
     }
 
-    /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
-    pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
-        if peers.len() > PEX_PEERS_PER_MESSAGE_MAX {
-            self.violation(conn, format!("peers message naming {} peers", peers.len()));
-            return;
+    /// The peers of `peers` (the file's nameable ones) that `conn` has not heard of, at most a
+    /// message's worth drawn at random, recorded as told; `None` when there are none.
+    fn fresh(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        peers: &[(ConnId, PeerAddr)],
+        rng: &mut Rng,
+    ) -> Option<Vec<PeerAddr>> {
+        let told = self.told.get(&(conn, file_id));
+        let mut fresh: Vec<PeerAddr> = peers
+            .iter()
+            .filter(|(c, p)| *c != conn && told.is_none_or(|told| !told.contains(&p.peer_id)))
+            .map(|(_, p)| *p)
+            .collect();
+        if fresh.is_empty() {
+            return None;
         }
-        if !self.files.get(&file_id).is_some_and(|entry| entry.is_fetching()) {
-            return;
+        rng.shuffle(&mut fresh);
+        fresh.truncate(PEX_PEERS_PER_MESSAGE_MAX);
+        let mut kept = VecSet::new();
+        // Only peers still connected stay recorded: the set stays within the connection bound.
+        kept.extend(
+            told.into_iter().flat_map(VecSet::iter).copied().filter(|id| peers.iter().any(|(_, p)| p.peer_id == *id)),
+        );
+        kept.extend(fresh.iter().map(|p| p.peer_id));
+        self.told.insert((conn, file_id), kept);
+        Some(fresh)
+    }
+
+    /// A remote on `conn` sent a `Peers` for `file_id` naming `named` peers at `now`;
+    /// `fetching` says whether we fetch the file.
+    pub fn heard(&mut self, now: Time, conn: ConnId, file_id: FileId, named: usize, fetching: bool) -> Heard {
+        if named > PEX_PEERS_PER_MESSAGE_MAX {
+            return Heard::TooLong;
         }
         let key = (conn, file_id);
-        if self.pex.heard_at.get(&key).is_some_and(|at| self.now < *at + PEX_RECEIVE_INTERVAL_MIN) {
-            return;
+        if !fetching || self.heard_at.get(&key).is_some_and(|at| now < *at + PEX_RECEIVE_INTERVAL_MIN) {
+            return Heard::Ignore;
         }
-        self.pex.heard_at.insert(key, self.now);
-        for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
-            self.connect_for(peer, file_id);
+        self.heard_at.insert(key, now);
+        Heard::Use
+    }
+}
+
+/// Per file, the ready remotes that may be named (an id and a serving address), with their
+/// connections.
+fn nameable_by_file(remotes: &Remotes) -> BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> {
+    let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
+    for (conn, remote) in remotes.iter() {
+        let Some(peer_id) = remote.peer_id.filter(|_| remote.stage == Stage::Ready && remote.addr.port() != 0) else {
+            continue;
+        };
+        for (file_id, _) in remote.files.iter() {
+            by_file.entry(*file_id).or_default().push((*conn, PeerAddr { peer_id, addr: remote.addr }));
+        }
+    }
+    by_file
+}
+
+impl Peer {
+    /// Sends this round's `Peers` messages, if the round is due.
+    pub(super) fn pex_timeout(&mut self) {
+        let tracker_ready = !self.tracker.ready_conns().is_empty();
+        for (conn, file_id, peers) in self.pex.round(self.now, &self.remotes, tracker_ready, &mut self.rng) {
+            self.send(conn, Message::Peers { file_id, peers });
+        }
+    }
+
+    /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
+    pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
+        let fetching = self.files.get(&file_id).is_some_and(|entry| entry.is_fetching());
+        match self.pex.heard(self.now, conn, file_id, peers.len(), fetching) {
+            Heard::TooLong => self.violation(conn, format!("peers message naming {} peers", peers.len())),
+            Heard::Ignore => {}
+            Heard::Use => {
+                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
+                    self.connect_for(peer, file_id);
+                }
+            }
         }
     }
 }
@@ -144,27 +220,26 @@ mod tests {
         SocketAddr::from(([10, 0, 0, host], port))
     }
 
-    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`
-    /// (peer id `[host; 16]`, serving on port 7001).
+    /// A peer of tracker 10.0.0.1, with a ready inbound connection from each of `hosts`.
     fn peer_with_remotes(hosts: &[u8]) -> (Peer, Vec<ConnId>) {
         let mut peer = Peer::new(PeerConfig::new(PeerId::from_seed(1), 1, addr(1, 7000), 7001));
-        let conns = hosts.iter().map(|&host| ConnId::Inbound(u64::from(host))).collect::<Vec<_>>();
-        for (&host, &conn) in hosts.iter().zip(&conns) {
-            outputs(
-                &mut peer,
-                Time::ZERO,
-                Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) },
-            );
-            let hello = Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Peer,
-                peer_id: PeerId([host; 16]),
-                listen_port: 7001,
-                listen_ip: None,
-            };
-            outputs(&mut peer, Time::ZERO, Input::Message { conn, message: Message::Hello(hello) });
-        }
+        let conns = hosts.iter().map(|&host| accept(&mut peer, host, Time::ZERO)).collect();
         (peer, conns)
+    }
+
+    /// A ready inbound connection from `host` (peer id `[host; 16]`, serving on port 7001) at `at`.
+    fn accept(peer: &mut Peer, host: u8, at: Time) -> ConnId {
+        let conn = ConnId::Inbound(u64::from(host));
+        outputs(peer, at, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            peer_id: PeerId([host; 16]),
+            listen_port: 7001,
+            listen_ip: None,
+        };
+        outputs(peer, at, Input::Message { conn, message: Message::Hello(hello) });
+        conn
     }
 
     fn peers_sent(outputs: &[Output]) -> Vec<(ConnId, Vec<SocketAddr>)> {
@@ -212,6 +287,52 @@ mod tests {
         );
         let next = outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Timeout);
         assert!(peers_sent(&next).is_empty(), "nobody is named twice on a connection: {next:?}");
+    }
+
+    #[test]
+    fn while_a_tracker_is_ready_a_connection_is_told_once_and_once_it_is_gone_of_every_newcomer() {
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 9);
+        let file_id = manifest.file_id();
+        let (mut seeder, conns) = peer_with_remotes(&[2, 3]);
+        let tracker = addr(1, 7000);
+        let dialled = outputs(&mut seeder, Time::ZERO, Input::Timeout);
+        let Some(&Output::Connect { conn: to_tracker, .. }) =
+            dialled.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == tracker))
+        else {
+            panic!("the peer dials its tracker: {dialled:?}");
+        };
+        let tracker_id = PeerId([1; 16]);
+        outputs(&mut seeder, Time::ZERO, Input::Connected { conn: to_tracker, remote: tracker, peer_id: tracker_id });
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Tracker,
+            peer_id: tracker_id,
+            listen_port: 0,
+            listen_ip: None,
+        };
+        outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
+        let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
+        outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        let downloads = |seeder: &mut Peer, conn, at| {
+            let message = Message::Bitfield { file_id, have: Bitfield::new(4) };
+            outputs(seeder, at, Input::Message { conn, message });
+        };
+        for conn in &conns {
+            downloads(&mut seeder, *conn, Time::ZERO);
+        }
+        let round =
+            |seeder: &mut Peer, n: u32| peers_sent(&outputs(seeder, Time::ZERO + PEX_INTERVAL * n, Input::Timeout));
+
+        let first = round(&mut seeder, 1);
+        assert_eq!(first, [(conns[0], vec![addr(3, 7001)]), (conns[1], vec![addr(2, 7001)])], "an introduction each");
+        let newcomer = accept(&mut seeder, 4, Time::ZERO + PEX_INTERVAL);
+        downloads(&mut seeder, newcomer, Time::ZERO + PEX_INTERVAL);
+        let mut second = round(&mut seeder, 2);
+        second.iter_mut().for_each(|(_, addrs)| addrs.sort());
+        assert_eq!(second, [(newcomer, vec![addr(2, 7001), addr(3, 7001)])], "the tracker answers: only the newcomer");
+        outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Disconnected { conn: to_tracker });
+        let third = round(&mut seeder, 3);
+        assert_eq!(third, [(conns[0], vec![addr(4, 7001)]), (conns[1], vec![addr(4, 7001)])], "the tracker is gone");
     }
 
     #[test]
