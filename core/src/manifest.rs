@@ -2,7 +2,7 @@
 //! directory its file list) and the `FileId` derived from it.
 //!
 //! A manifest that exists has been validated: its name (and every path of a directory's tree,
-//! see [`tree`]) cannot escape a download folder, its piece size is in range, and its hash count
+//! see [`TreeEntry`]) cannot escape a download folder, its piece size is in range, and its hash count
 //! matches its length. The id is SHA-256 of the canonical CBOR encoding (fields in declaration
 //! order, digests as byte strings), so the same bytes and piece size give the same id on every
 //! machine. A single file's manifest has no `tree` field at all, so its encoding and id do not
@@ -62,7 +62,7 @@ impl Manifest {
     }
 
     /// A directory's manifest: `name` is the directory's, `entries` its files and empty
-    /// directories in order (see [`tree`]), `piece_hashes` over the files' bytes in that order.
+    /// directories in order (see [`TreeEntry`]), `piece_hashes` over the files' bytes in that order.
     pub fn new_tree(
         name: String,
         entries: Vec<TreeEntry>,
