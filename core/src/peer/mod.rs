@@ -59,11 +59,11 @@ use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
 use crate::time::Time;
-use crate::wire::{ErrorCode, Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
+use crate::wire::{ErrorCode, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
 use haves::HaveBatch;
-use pex::Pex;
+use pex::{Heard, Pex};
 use pieces::FileEntry;
 use remote::Remotes;
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
@@ -607,6 +607,31 @@ impl Peer {
         let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
         if !pieces.is_empty() {
             self.send(conn, Message::Haves { file_id, pieces });
+        }
+    }
+}
+
+/// Routing to and from peer exchange (`pex`: `Pex` decides, `Peer` sends and connects).
+impl Peer {
+    /// Sends this round's `Peers` messages, if the round is due.
+    pub(super) fn pex_timeout(&mut self) {
+        let tracker_ready = !self.tracker.ready_conns().is_empty();
+        for (conn, file_id, peers) in self.pex.round(self.now, &self.remotes, tracker_ready, &mut self.rng) {
+            self.send(conn, Message::Peers { file_id, peers });
+        }
+    }
+
+    /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
+    pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
+        let fetching = self.files.get(&file_id).is_some_and(|entry| entry.is_fetching());
+        match self.pex.heard(self.now, conn, file_id, peers.len(), fetching) {
+            Heard::TooLong => self.violation(conn, format!("peers message naming {} peers", peers.len())),
+            Heard::Ignore => {}
+            Heard::Use => {
+                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
+                    self.connect_for(peer, file_id);
+                }
+            }
         }
     }
 }

@@ -37,10 +37,9 @@ use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVA
 use crate::rng::Rng;
 use crate::small::VecSet;
 use crate::time::Time;
-use crate::wire::{Message, PeerAddr};
+use crate::wire::PeerAddr;
 
 use super::remote::{Remotes, Stage};
-use super::Peer;
 
 /// The peer-exchange state of one peer.
 #[derive(Debug)]
@@ -171,30 +170,6 @@ fn nameable_by_file(remotes: &Remotes) -> BTreeMap<FileId, Vec<(ConnId, PeerAddr
         }
     }
     by_file
-}
-
-impl Peer {
-    /// Sends this round's `Peers` messages, if the round is due.
-    pub(super) fn pex_timeout(&mut self) {
-        let tracker_ready = !self.tracker.ready_conns().is_empty();
-        for (conn, file_id, peers) in self.pex.round(self.now, &self.remotes, tracker_ready, &mut self.rng) {
-            self.send(conn, Message::Peers { file_id, peers });
-        }
-    }
-
-    /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
-    pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
-        let fetching = self.files.get(&file_id).is_some_and(|entry| entry.is_fetching());
-        match self.pex.heard(self.now, conn, file_id, peers.len(), fetching) {
-            Heard::TooLong => self.violation(conn, format!("peers message naming {} peers", peers.len())),
-            Heard::Ignore => {}
-            Heard::Use => {
-                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
-                    self.connect_for(peer, file_id);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
