@@ -481,7 +481,7 @@ fn check_writable(dir: &Path) -> Result<(), NetError> {
 }
 
 /// The pieces of `claimed` whose stored bytes match the manifest, hashed on every core.
-fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
+pub(crate) fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
     let pieces: Vec<PieceIndex> = claimed.iter().collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_worker = pieces.len().div_ceil(workers).max(1);

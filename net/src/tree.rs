@@ -18,11 +18,11 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use p2p_core::limits::{TREE_ENTRIES_MAX, TREE_PATH_COMPONENTS_MAX};
-use p2p_core::{auto_piece_size, Manifest, ManifestBuilder, ManifestError, StoreError, TreeEntry};
+use p2p_core::{auto_piece_size, Bitfield, Manifest, ManifestBuilder, ManifestError, StoreError, TreeEntry};
 
 use crate::error::{store_io, NetError};
 use crate::hasher::feed_file;
-use crate::store::final_names;
+use crate::store::{final_names, verify_pieces};
 
 /// The entries of the directory `root` in manifest order: its regular files (with their sizes)
 /// and its empty directories, below the root.
@@ -169,13 +169,10 @@ fn lay_out(part: &Path, root: &Path, manifest: &Manifest) -> Result<(), StoreErr
 /// every piece matching its hash.
 pub(crate) fn holds_tree(root: &Path, manifest: &Manifest) -> bool {
     let same_entries = walk(root).is_ok_and(|entries| Some(&entries[..]) == manifest.tree());
+    let every_piece = Bitfield::full(manifest.piece_count());
     same_entries
-        && crate::item::ItemFiles::open(root, manifest).is_ok_and(|files| {
-            manifest.pieces().all(|piece| {
-                let (at, len) = (manifest.piece_offset(piece), u64::from(manifest.piece_len(piece)));
-                files.hash(at, len).ok() == Some(manifest.piece_hash(piece))
-            })
-        })
+        && crate::item::ItemFiles::open(root, manifest)
+            .is_ok_and(|files| verify_pieces(&files, manifest, &every_piece).is_ok_and(|good| good.is_full()))
 }
 
 #[cfg(test)]
