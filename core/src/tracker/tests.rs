@@ -295,6 +295,10 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
     let d = h.peer(4);
     let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
     assert_eq!(error_code(&outputs), ErrorCode::UnknownFile, "refused announces register nothing");
+    assert!(announced(&h.announce(a, &other, &[0])));
+    let known_id_other_manifest =
+        Message::Announce { file_id: other.file_id(), manifest: Some(Box::new(file.clone())), have: have(&other, &[]) };
+    assert_eq!(error_code(&h.send(d, known_id_other_manifest)), ErrorCode::BadRequest, "a known file's id, too");
 }
 
 #[test]
