@@ -872,3 +872,20 @@ fn a_peer_on_the_trackers_host_is_recorded_at_the_routable_ip_it_listens_on() {
         assert_eq!(named.addr, SocketAddr::from((recorded, 7000 + n as u16)), "peer {n}");
     }
 }
+
+#[test]
+fn a_loopback_source_is_loopback_also_as_an_ipv4_mapped_address() {
+    let mapped = IpAddr::from(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+    let routable = IpAddr::from([192, 0, 2, 10]);
+    assert_eq!(super::recorded_ip(mapped, Some(routable)), routable, "a dual-stack listener's loopback client");
+    let mapped_loopback_listen = IpAddr::from(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped());
+    let local = IpAddr::from(Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        super::recorded_ip(mapped, Some(mapped_loopback_listen)),
+        local,
+        "a mapped loopback listen IP is not taken"
+    );
+    let remote = IpAddr::from(Ipv4Addr::new(198, 51, 100, 4).to_ipv6_mapped());
+    let canonical_remote = IpAddr::from([198, 51, 100, 4]);
+    assert_eq!(super::recorded_ip(remote, Some(routable)), canonical_remote, "another host names only itself");
+}
