@@ -633,8 +633,10 @@ impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
                     driver.next_inbound += 1;
                     driver.open(ctx, ConnId::Inbound(driver.next_inbound), stream, remote);
                 }
-                // Another swarm's node is told why; someone else's junk is not news.
-                Err(e @ HandshakeError::SwarmKeyMismatch) => tracing::warn!("{}: {remote}: {e}", driver.label),
+                // Another swarm's node, or a key refused, is told why; someone else's junk is not news.
+                Err(e @ (HandshakeError::SwarmKeyMismatch | HandshakeError::NotAllowed(_))) => {
+                    tracing::warn!("{}: {remote}: {e}", driver.label)
+                }
                 Err(e) => tracing::debug!("{}: {remote}: {e}", driver.label),
             }
         }));
