@@ -27,7 +27,8 @@
 //!   the other peers of their files;
 //! - `view`: read-only views of one file or one connection, for a driver to show; `config`:
 //!   how a peer is set up;
-//! - `pieces` and `remote`: the per-file and per-connection state the modules share.
+//! - `pieces` and `remote`: the per-file and per-connection state the modules share; both keep
+//!   it private and change it through one method per step of a file's or a connection's life.
 
 mod bans;
 mod config;
@@ -68,7 +69,7 @@ use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
 use pieces::FileEntry;
-use remote::{Remote, Remotes, Stage};
+use remote::{Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
@@ -138,12 +139,12 @@ impl Peer {
 
     /// The verified pieces of a file, if the peer knows it.
     pub fn have(&self, file_id: &FileId) -> Option<&Bitfield> {
-        self.files.get(file_id).map(|f| &f.have)
+        self.files.get(file_id).map(|f| f.have())
     }
 
     /// The manifest of a file, if the peer knows it.
     pub fn manifest(&self, file_id: &FileId) -> Option<&Manifest> {
-        self.files.get(file_id).and_then(|f| f.manifest.as_ref())
+        self.files.get(file_id).and_then(|f| f.manifest())
     }
 
     /// Every file the peer shares or downloads, by file id.
@@ -158,7 +159,7 @@ impl Peer {
 
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
-        self.remotes.values().map(|r| r.requests.len()).sum()
+        self.remotes.values().map(|r| r.requests().len()).sum()
     }
 
     /// Checks a local command against the peer's state: the caller's mistakes are errors
@@ -236,12 +237,8 @@ impl Peer {
     fn share(&mut self, manifest: Manifest, have: Bitfield) {
         let file_id = manifest.file_id();
         match self.files.get_mut(&file_id) {
-            Some(entry) if entry.manifest.is_some() => {
-                // Already known: add the pieces to what is served.
-                for piece in have.iter() {
-                    entry.have.set(piece);
-                }
-            }
+            // Already known: add the pieces to what is served.
+            Some(entry) if entry.manifest().is_some() => entry.add_pieces(&have),
             _ => {
                 self.files.insert(file_id, FileEntry::shared(manifest, have));
             }
@@ -253,12 +250,12 @@ impl Peer {
         if self.files.contains_key(&file_id) {
             return;
         }
-        let entry = FileEntry::download(resume, self.now);
-        let complete = entry.have.is_full() && entry.manifest.is_some();
+        let entry = FileEntry::downloading(resume, self.now);
+        let complete = entry.have().is_full() && entry.manifest().is_some();
         self.files.insert(file_id, entry);
         if complete {
             self.scheduler().finalize(file_id);
-        } else if self.files[&file_id].manifest.is_some() {
+        } else if self.files[&file_id].manifest().is_some() {
             self.announce(file_id, true);
         }
         self.locate_due();
@@ -387,9 +384,10 @@ impl Peer {
         let recent = self.haves.take();
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
-            let hearing = self.remotes.iter().filter(|(_, r)| {
-                r.bitfield_sent.contains(file_id) && !r.files.get(file_id).is_some_and(Bitfield::is_full)
-            });
+            let hearing = self
+                .remotes
+                .iter()
+                .filter(|(_, r)| r.has_our_bitfield(*file_id) && !r.pieces(*file_id).is_some_and(Bitfield::is_full));
             for (conn, _) in hearing {
                 batches.push((*conn, *file_id, pieces.clone()));
             }
@@ -446,16 +444,11 @@ impl Peer {
     }
 
     /// A tracker connection closed or could not be opened: that tracker is retried after its
-    /// backoff; with no tracker left, no file counts as announced.
+    /// backoff.
     fn on_tracker_lost(&mut self, conn: ConnId) {
         let Some(lost) = self.tracker.lost(conn, self.now) else { return };
         if lost.was_ready {
             self.event(Event::TrackerLost { addr: lost.addr });
-        }
-        if lost.none_ready {
-            for entry in self.files.values_mut() {
-                entry.announced = false;
-            }
         }
     }
 
@@ -494,7 +487,7 @@ impl Peer {
         self.event(Event::TrackerConnected { addr });
         self.announce_all(conn);
         let now = self.now;
-        for download in self.files.values_mut().filter_map(|entry| entry.download.as_mut()) {
+        for download in self.files.values_mut().filter_map(|entry| entry.download_mut()) {
             download.locate_mut().tracker_ready(now);
         }
         self.locate_due();
@@ -568,10 +561,10 @@ impl Peer {
     fn on_located(&mut self, file_id: FileId, manifest: Option<Manifest>, holders: &Holders) {
         let now = self.now;
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if let Some(download) = entry.download.as_mut() {
+        if let Some(download) = entry.download_mut() {
             download.locate_mut().answered(now, Some(holders.len()));
         }
-        if entry.manifest.is_none() {
+        if entry.manifest().is_none() {
             match manifest {
                 Some(manifest) if manifest.file_id() == file_id => self.adopt_manifest(file_id, manifest),
                 // Holders only: they are asked for the manifest once connected.
@@ -586,10 +579,10 @@ impl Peer {
             }
         }
         let Some(entry) = self.files.get(&file_id) else { return };
-        if !entry.is_fetching() || holders.piece_count() != entry.have.len() {
+        if !entry.is_fetching() || holders.piece_count() != entry.have().len() {
             return;
         }
-        let links::Located { useful, wanted } = links::located(&entry.have, holders);
+        let links::Located { useful, wanted } = links::located(entry.have(), holders);
         for peer in useful {
             self.connect_for(peer, file_id);
         }
@@ -602,11 +595,7 @@ impl Peer {
         // Only a download starts without its manifest, and it keeps its `Download` until the
         // file is complete.
         let Some(entry) = self.files.get_mut(&file_id) else { unreachable!("a manifest is adopted for a download") };
-        let Some(download) = entry.download.as_mut() else { unreachable!("a download without a manifest") };
-        let have = Bitfield::new(manifest.piece_count());
-        download.init_slots(&have);
-        entry.have = have;
-        entry.manifest = Some(manifest.clone());
+        entry.adopt_manifest(manifest.clone());
         let empty = manifest.piece_count() == 0;
         self.push(Output::Allocate { manifest });
         self.announce(file_id, false);
@@ -614,15 +603,11 @@ impl Peer {
             self.scheduler().finalize(file_id);
         }
         // Holders that waited for the manifest exchange bitfields now.
-        let waiting: Vec<ConnId> = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.stage == Stage::Ready && r.wanted.contains(&file_id))
-            .map(|(c, _)| *c)
-            .collect();
+        let waiting: Vec<ConnId> =
+            self.remotes.iter().filter(|(_, r)| r.is_ready() && r.wants(file_id)).map(|(c, _)| *c).collect();
         for conn in waiting {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.wanted.remove(&file_id);
+                remote.unwant(file_id);
             }
             self.want_file(conn, file_id);
         }
@@ -632,14 +617,14 @@ impl Peer {
     /// asked within the last [`crate::limits::LOCATE_INTERVAL`] (one answer is enough).
     fn ask_manifest(&mut self, conn: ConnId, file_id: FileId) {
         let now = self.now;
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         if download.ask_manifest(now) {
             self.send(conn, Message::GetManifest { file_id });
         }
     }
 
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
-        match self.files.get(&file_id).and_then(|e| e.manifest.clone()) {
+        match self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
             Some(manifest) => self.send(conn, Message::Manifest { manifest: Box::new(manifest) }),
             None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
         }
@@ -649,13 +634,13 @@ impl Peer {
     /// of its contents, so it cannot be forged); otherwise it is late or unasked and dropped.
     fn on_manifest(&mut self, manifest: Manifest) {
         let file_id = manifest.file_id();
-        if self.files.get(&file_id).is_some_and(|e| e.manifest.is_none() && e.is_fetching()) {
+        if self.files.get(&file_id).is_some_and(|e| e.manifest().is_none() && e.is_fetching()) {
             self.adopt_manifest(file_id, manifest);
         }
     }
 
     fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else {
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else {
             unreachable!("missing pieces are reported for a download being fetched")
         };
         if let Some(pieces) = download.newly_missing(wanted) {
@@ -679,23 +664,21 @@ impl Peer {
             return;
         }
         let conn = self.new_conn();
-        let mut remote = Remote::outbound(peer.addr, Some(peer.peer_id), self.now);
-        remote.wanted.insert(file_id);
-        self.remotes.open(conn, remote);
+        self.remotes.open(conn, Remote::outbound(peer.addr, peer.peer_id, file_id, self.now));
         self.push(Output::Connect { conn, addr: peer.addr });
     }
 
     /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done and the
     /// manifest is known (a ready remote is asked for it meanwhile).
     fn want_file(&mut self, conn: ConnId, file_id: FileId) {
-        let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest.is_some());
+        let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest().is_some());
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.stage != Stage::Ready || !manifest_known {
-            remote.wanted.insert(file_id);
-            if remote.stage == Stage::Ready {
+        if !remote.is_ready() || !manifest_known {
+            remote.want(file_id);
+            if remote.is_ready() {
                 self.ask_manifest(conn, file_id);
             }
-        } else if remote.bitfield_sent.insert(file_id) {
+        } else if remote.send_bitfield(file_id) {
             if let Some(message) = self.bitfield_for(conn, file_id) {
                 self.send(conn, message);
             }
@@ -717,14 +700,10 @@ impl Peer {
                     self.push(Output::Close { conn });
                     return;
                 };
-                if let Some(named) = remote.peer_id.filter(|named| *named != proven) {
+                if let Err(named) = remote.connected(proven, self.now) {
                     let reason = format!("{addr} proved peer id {proven}, not {named} as the tracker named it");
                     return self.violation(conn, reason);
                 }
-                remote.peer_id = Some(proven);
-                remote.stage = Stage::AwaitHello;
-                remote.opened = self.now;
-                remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
                 let admission = if self.left {
@@ -744,9 +723,7 @@ impl Peer {
                         return;
                     }
                 }
-                let mut remote = Remote::inbound(addr, self.now);
-                remote.peer_id = Some(proven);
-                self.remotes.accept(conn, remote);
+                self.remotes.accept(conn, Remote::inbound(addr, proven, self.now));
             }
         }
         let hello = self.hello();
@@ -755,13 +732,13 @@ impl Peer {
 
     fn on_remote_message(&mut self, conn: ConnId, message: Message) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        remote.last_heard = self.now;
-        if remote.stage != Stage::Ready {
+        remote.heard(self.now);
+        if !remote.is_ready() {
             match message {
                 Message::Hello(hello) => self.on_remote_hello(conn, hello),
                 // Refused (e.g. the remote is full): not a violation; try it again later.
-                Message::Error { .. } if remote.outbound => {
-                    let addr = remote.addr;
+                Message::Error { .. } if remote.is_outbound() => {
+                    let addr = remote.addr();
                     self.remotes.back_off(addr, self.now);
                     self.close_remote(conn);
                 }
@@ -816,8 +793,8 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.files.insert(file_id, have.clone());
-        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+        let old = remote.set_pieces(file_id, have.clone());
+        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);
             }
@@ -835,9 +812,9 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let (first, new) = links::record_haves(remote, file_id, piece_count, pieces);
+        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
         self.offer_held(conn, file_id, &new);
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
         if download.count_new_pieces(first, &new) {
             self.scheduler().schedule(conn);
@@ -846,14 +823,14 @@ impl Peer {
 
     /// The number of pieces of a file whose manifest is known.
     fn piece_count(&self, file_id: FileId) -> Option<u32> {
-        self.files.get(&file_id)?.manifest.as_ref().map(|m| m.piece_count())
+        self.files.get(&file_id)?.manifest().map(|m| m.piece_count())
     }
 
     /// The remote does not have a file after all: stop asking it for that file.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.files.remove(&file_id);
-        if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
+        let old = remote.forget_file(file_id);
+        if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);
         }
         self.scheduler().release_file(conn, file_id);
@@ -882,18 +859,18 @@ impl Peer {
     /// A peer-to-peer connection is gone: give its pieces back to the scheduler.
     fn on_remote_gone(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.remove(&conn) else { return };
-        if remote.outbound && remote.stage != Stage::Ready {
-            self.remotes.back_off(remote.addr, self.now);
+        if remote.is_outbound() && !remote.is_ready() {
+            self.remotes.back_off(remote.addr(), self.now);
         }
-        for (file_id, have) in remote.files.iter() {
-            if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
+        for (file_id, have) in remote.files() {
+            if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download_mut()) {
                 download.count_holder(have, false);
             }
             if !have.is_full() {
                 self.downloader_gone(*file_id);
             }
         }
-        let orphaned = self.scheduler().conn_gone(conn, &remote.requests);
+        let orphaned = self.scheduler().conn_gone(conn, remote.requests());
         self.uploads.drop_conn(conn);
         if orphaned {
             // Its pieces are orphans now: other remotes may take them.
@@ -943,7 +920,7 @@ impl Peer {
     /// `data_frames` more of `conn`'s `Data` frames left.
     fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
         if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
-            remote.useful_at = self.now;
+            remote.useful(self.now);
         }
         self.uploads.sent(conn, data_frames);
         self.pump_uploads();
@@ -955,7 +932,7 @@ impl Peer {
         loop {
             let (remotes, files) = (&self.remotes, &self.files);
             // A download keeps its pieces' holder counts; other files' are counted over the remotes.
-            let holders = |file_id: FileId, piece| match files.get(&file_id).and_then(|e| e.download.as_ref()) {
+            let holders = |file_id: FileId, piece| match files.get(&file_id).and_then(|e| e.download()) {
                 Some(download) => download.availability(piece),
                 None => remotes.holders(file_id, piece),
             };
@@ -980,7 +957,7 @@ impl Peer {
         result: Result<Bytes, StoreError>,
     ) {
         self.uploads.read_done(conn, file_id, piece, offset);
-        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr) {
+        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr()) {
             match result {
                 Ok(bytes) => {
                     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -1000,8 +977,8 @@ impl Peer {
     /// (see `offers`).
     fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
-        let holds = self.remotes.get(&conn)?.files.get(&file_id);
-        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
+        let holds = self.remotes.get(&conn)?.pieces(file_id);
+        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
         let remotes = &self.remotes;
         let other = || uploads::other_downloader(remotes, conn, file_id);
         let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, other, &mut self.rng);
@@ -1017,7 +994,7 @@ impl Peer {
 
     /// `conn` reported holding `pieces` (from us or from anyone else).
     fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         match self.uploads.offers_mut().held(conn, file_id, holds, pieces) {
             Held::Complete => self.downloader_gone(file_id),
             Held::Room => self.top_up(conn, file_id),
@@ -1040,8 +1017,8 @@ impl Peer {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
-        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
         let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
         if !pieces.is_empty() {
@@ -1117,14 +1094,11 @@ impl Machine for Peer {
         if self.left {
             return None;
         }
-        let locate = self
-            .files
-            .values()
-            .filter(|f| f.is_fetching())
-            .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
+        let locate =
+            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.values().filter_map(|r| r.requests.resting_until()).min();
+        let rested = self.remotes.values().filter_map(|r| r.requests().resting_until()).min();
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()

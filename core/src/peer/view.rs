@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use super::downloads::Phase;
 use super::pieces::FileEntry;
-use super::remote::{Remote, Stage};
+use super::remote::Remote;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId};
 
@@ -60,7 +60,7 @@ pub struct RemoteView {
 impl FileView {
     /// The view of `entry`, the peer's record of `file_id`.
     pub(super) fn of(file_id: FileId, entry: &FileEntry) -> FileView {
-        let state = match entry.download.as_ref().map(|download| download.phase()) {
+        let state = match entry.download().map(|download| download.phase()) {
             None => FileState::Serving,
             Some(Phase::Fetching) => FileState::Downloading,
             Some(Phase::Finalizing) => FileState::Finishing,
@@ -68,9 +68,9 @@ impl FileView {
         };
         FileView {
             file_id,
-            name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
-            length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
-            have: entry.have.clone(),
+            name: entry.manifest().map(|manifest| manifest.name().to_owned()),
+            length_bytes: entry.manifest().map(|manifest| manifest.length_bytes()),
+            have: entry.have().clone(),
             state,
         }
     }
@@ -81,11 +81,11 @@ impl RemoteView {
     pub(super) fn of(conn: ConnId, remote: &Remote) -> RemoteView {
         RemoteView {
             conn,
-            addr: remote.addr,
-            peer_id: remote.peer_id,
-            ready: remote.stage == Stage::Ready,
-            download_bytes_per_s: remote.requests.bytes_per_s(),
-            requests_in_flight: remote.requests.len(),
+            addr: remote.addr(),
+            peer_id: Some(remote.peer_id()),
+            ready: remote.is_ready(),
+            download_bytes_per_s: remote.requests().bytes_per_s(),
+            requests_in_flight: remote.requests().len(),
         }
     }
 }
