@@ -431,7 +431,7 @@ impl Peer {
     }
 
     /// Stops fetching `file_id` from `conn`.
-    fn release_file(&mut self, conn: ConnId, file_id: FileId) {
+    pub(super) fn release_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
         let pieces: Vec<PieceIndex> = remote.assigned.iter().filter(|(f, _)| *f == file_id).map(|(_, p)| *p).collect();
         for piece in pieces {

@@ -29,6 +29,7 @@
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
 mod bans;
+mod control;
 mod downloads;
 mod haves;
 mod links;
@@ -62,6 +63,7 @@ use crate::time::Time;
 use crate::wire::{ErrorCode, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
+use control::{Completed, StoreWork};
 use haves::HaveBatch;
 use pex::{Heard, Pex};
 use pieces::FileEntry;
@@ -126,6 +128,8 @@ pub struct Peer {
     haves: HaveBatch,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
+    /// Store work in flight per file, and the files being removed (`control`).
+    store_work: StoreWork,
 }
 
 impl Peer {
@@ -153,6 +157,7 @@ impl Peer {
             pex: Pex::new(),
             haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,
+            store_work: StoreWork::new(),
         }
     }
 
@@ -186,6 +191,12 @@ impl Peer {
         self.remotes.iter().map(|(conn, remote)| RemoteView::of(*conn, remote)).collect()
     }
 
+    /// Whether `file_id` was removed and store work for it is still in flight (see
+    /// [`Command::Remove`]).
+    pub fn is_removing(&self, file_id: &FileId) -> bool {
+        self.store_work.is_removing(file_id)
+    }
+
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
         self.remotes.values().map(|r| r.in_flight.len()).sum()
@@ -199,6 +210,7 @@ impl Peer {
                 if have.len() != manifest.piece_count() {
                     return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                 }
+                self.check_not_removing(&manifest.file_id())?;
                 !self.files.contains_key(&manifest.file_id())
             }
             Command::Get { file_id, resume } => {
@@ -207,17 +219,30 @@ impl Peer {
                         return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                     }
                 }
+                self.check_not_removing(file_id)?;
                 !self.files.contains_key(file_id)
+            }
+            Command::Pause { .. } | Command::Resume { .. } | Command::Remove { .. } => {
+                return self.check_control(command)
             }
             Command::Leave => false,
         };
-        if adds_file && self.files.len() >= PEER_FILES_MAX {
+        // A file being removed still counts against the limit.
+        if adds_file && self.files.len() + self.store_work.removing_count() >= PEER_FILES_MAX {
             return Err(CommandError::TooManyFiles);
         }
         Ok(())
     }
 
+    fn check_not_removing(&self, file_id: &FileId) -> Result<(), CommandError> {
+        if self.store_work.is_removing(file_id) {
+            return Err(CommandError::Removing);
+        }
+        Ok(())
+    }
+
     fn push(&mut self, output: Output) {
+        self.store_work.asked(&output);
         assert!(self.outputs.len() < OUTPUT_QUEUE_MAX, "output queue not drained between inputs");
         self.outputs.push_back(output);
     }
@@ -255,6 +280,9 @@ impl Peer {
         match command {
             Command::Share { manifest, have } => self.share(manifest, have),
             Command::Get { file_id, resume } => self.get(file_id, resume),
+            Command::Pause { file_id } => self.pause(file_id),
+            Command::Resume { file_id } => self.resume(file_id),
+            Command::Remove { file_id } => self.remove(file_id),
             Command::Leave => self.leave(),
         }
     }
@@ -303,6 +331,11 @@ impl Peer {
     }
 
     fn on_completed(&mut self, completion: Completion) {
+        match self.store_work.completed(&completion) {
+            Completed::Route => {}
+            Completed::Absorbed => return,
+            Completed::Removed(file_id) => return self.event(Event::Removed { file_id }),
+        }
         match completion {
             Completion::BlockWritten { file_id, piece, offset, result } => {
                 self.on_block_written(file_id, piece, offset, result)
