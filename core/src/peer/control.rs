@@ -8,8 +8,10 @@
 //! whole has nothing to fetch (removing it stops serving it).
 //!
 //! **Remove.** The file leaves the peer's files at once: from then on nothing fetches, serves
-//! or announces it, and every ready tracker hears `Leave` for it (after the pieces verified
-//! but not yet told, so the tracker's record ends in order). The store work the peer asked for
+//! or announces it, every ready tracker hears `Leave` for it (after the pieces verified but
+//! not yet told, so the tracker's record ends in order), and every remote that exchanged
+//! pieces of it with this peer hears it is unknown here (it stops asking for it; a later
+//! download of the file exchanges bitfields afresh). The store work the peer asked for
 //! the file may still be under way: block writes, hashes and the final move, each answered by
 //! exactly one completion. The file stays *removing* until the last of those completions
 //! arrived; they are absorbed here and never reach the scheduler, for which a completion of a
@@ -27,7 +29,7 @@ use std::collections::{btree_map, BTreeMap, BTreeSet};
 use crate::error::CommandError;
 use crate::ids::{ConnId, FileId};
 use crate::machine::{Command, Completion, Event, Output};
-use crate::wire::Message;
+use crate::wire::{ErrorCode, Message};
 
 use super::downloads::Phase;
 use super::Peer;
@@ -178,8 +180,25 @@ impl Peer {
         for conn in self.tracker.ready_conns() {
             self.send(conn, Message::Leave { file_id: Some(file_id) });
         }
+        self.forget_exchanges(file_id);
         if self.store_work.remove(file_id) {
             self.event(Event::Removed { file_id });
+        }
+    }
+
+    /// Ends the exchange of `file_id` with every remote: each that heard of our pieces or told
+    /// us of its own hears we do not have the file (and stops asking us for it), and our record
+    /// of its pieces goes, so a later download of the file starts the exchange over.
+    fn forget_exchanges(&mut self, file_id: FileId) {
+        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
+        for conn in conns {
+            let Some(remote) = self.remotes.get_mut(&conn) else { continue };
+            let told = remote.bitfield_sent.remove(&file_id);
+            let heard = remote.files.remove(&file_id).is_some();
+            remote.wanted.remove(&file_id);
+            if told || heard {
+                self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
+            }
         }
     }
 
@@ -277,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_download_waits_for_its_hashes_then_is_gone_and_the_tracker_hears_it_leaves() {
+    fn a_removed_download_waits_for_its_hashes_then_is_gone_and_can_be_fetched_again() {
         let mut h = Harness::new(22);
         let (bytes, manifest) = file(32 * 16 * 1024, 16 * 1024, 22);
         let id = manifest.file_id();
@@ -306,5 +325,10 @@ mod tests {
         h.release_hashes(leecher);
         h.run_until(Duration::from_secs(1), removed);
         assert!(!h.peer(leecher).is_removing(&id));
+
+        // The seeder heard the file is unknown here: a new download exchanges bitfields afresh.
+        h.command(leecher, Command::Get { file_id: id, resume: None });
+        h.run_until(Duration::from_secs(30), |h| h.completed(leecher, id));
+        assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
     }
 }

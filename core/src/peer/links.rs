@@ -322,9 +322,11 @@ impl Peer {
         self.files.get(&file_id)?.manifest.as_ref().map(|m| m.piece_count())
     }
 
-    /// The remote does not have a file after all: stop asking it for that file.
+    /// The remote does not have a file after all: stop asking it for that file. The exchange
+    /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        remote.bitfield_sent.remove(&file_id);
         let old = remote.files.remove(&file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
             download.count_holder(&old, false);
