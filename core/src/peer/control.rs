@@ -165,7 +165,7 @@ impl Peer {
         if download.resume() {
             download.locate_mut().ask_soon(now);
             self.locate_due();
-            self.schedule_all();
+            self.scheduler().schedule_all();
         }
     }
 
@@ -206,7 +206,7 @@ impl Peer {
     fn release_everywhere(&mut self, file_id: FileId) {
         let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
         for conn in conns {
-            self.release_file(conn, file_id);
+            self.scheduler().release_file(conn, file_id);
         }
     }
 }

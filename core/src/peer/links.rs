@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
-use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, REQUEST_TIMEOUT};
+use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT};
 use crate::machine::{Event, Output};
 use crate::manifest::Manifest;
 use crate::wire::{ErrorCode, Holders, Message, PeerAddr, PROTOCOL_VERSION};
@@ -77,7 +77,7 @@ impl Peer {
         self.push(Output::Allocate { manifest });
         self.announce(file_id, false);
         if empty {
-            self.finalize(file_id);
+            self.scheduler().finalize(file_id);
         }
         // Holders that waited for the manifest exchange bitfields now.
         let waiting: Vec<ConnId> = self
@@ -242,7 +242,9 @@ impl Peer {
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
-            Message::Reject { file_id, piece, offset, reason } => self.on_reject(conn, file_id, piece, offset, reason),
+            Message::Reject { file_id, piece, offset, reason } => {
+                self.scheduler().on_reject(conn, file_id, piece, offset, reason)
+            }
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
@@ -295,7 +297,7 @@ impl Peer {
             download.count_holder(&have, true);
         }
         self.want_file(conn, file_id);
-        self.schedule(conn);
+        self.scheduler().schedule(conn);
     }
 
     /// The remote verified more pieces; it is asked for them if we want them.
@@ -313,7 +315,7 @@ impl Peer {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
         if download.count_new_pieces(first, &new) {
-            self.schedule(conn);
+            self.scheduler().schedule(conn);
         }
     }
 
@@ -331,8 +333,8 @@ impl Peer {
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
             download.count_holder(&old, false);
         }
-        self.release_file(conn, file_id);
-        self.schedule_all();
+        self.scheduler().release_file(conn, file_id);
+        self.scheduler().schedule_all();
     }
 
     /// The remote broke the protocol: report and close.
@@ -368,18 +370,16 @@ impl Peer {
                 self.downloader_gone(*file_id);
             }
         }
-        for (file_id, piece) in &remote.assigned {
-            self.unassign(conn, *file_id, *piece);
-        }
+        let orphaned = self.scheduler().conn_gone(conn, &remote.requests);
         self.uploads.drop_conn(conn);
-        if !remote.assigned.is_empty() {
+        if orphaned {
             // Its pieces are orphans now: other remotes may take them.
-            self.schedule_all();
+            self.scheduler().schedule_all();
         }
     }
 
     /// Closes silent or idle connections, and takes the pieces of stalled remotes elsewhere (a
-    /// stalled remote rests for a while: no new requests; see `Peer::wake_rested`).
+    /// stalled remote rests for a while: no new requests; see `Scheduler::wake_rested`).
     pub(super) fn remote_timeouts(&mut self) {
         let now = self.now;
         let mut to_close = Vec::new();
@@ -389,9 +389,9 @@ impl Peer {
                 if remote.opened + HANDSHAKE_TIMEOUT <= now {
                     to_close.push(*conn);
                 }
-            } else if let Some(deadline) = remote.stall_deadline() {
+            } else if let Some(deadline) = remote.requests.stall_deadline() {
                 if deadline <= now {
-                    stalled.extend(remote.in_flight.iter().map(|(file_id, piece, _)| (*conn, *file_id, *piece)));
+                    stalled.push(*conn);
                 }
             } else if self.uploads.serving(*conn) == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
                 to_close.push(*conn);
@@ -400,44 +400,12 @@ impl Peer {
         if stalled.is_empty() && to_close.is_empty() {
             return;
         }
-        stalled.dedup();
-        for (conn, file_id, piece) in stalled {
-            // Slow, not wrong: it keeps its pieces (a late block is still taken) but rests.
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.resting_until = Some(now + REQUEST_TIMEOUT);
-            }
-            self.unassign(conn, file_id, piece);
+        for conn in stalled {
+            self.scheduler().stalled(conn);
         }
         for conn in to_close {
             self.close_remote(conn);
         }
-        self.schedule_all();
-    }
-
-    /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
-    /// stay, and the piece is free for another remote.
-    pub(super) fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        let mut cancelled = Vec::new();
-        if let Some(remote) = self.remotes.get_mut(&conn) {
-            remote.assigned.remove(&(file_id, piece));
-            cancelled.extend(remote.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).copied());
-            for key in &cancelled {
-                remote.in_flight.remove(key);
-            }
-        }
-        for (_, _, offset) in cancelled {
-            self.send(conn, Message::Cancel { file_id, piece, offset });
-        }
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
-        download.unassign(piece, conn);
-    }
-
-    /// Stops fetching `file_id` from `conn`.
-    pub(super) fn release_file(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(remote) = self.remotes.get(&conn) else { return };
-        let pieces: Vec<PieceIndex> = remote.assigned.iter().filter(|(f, _)| *f == file_id).map(|(_, p)| *p).collect();
-        for piece in pieces {
-            self.unassign(conn, file_id, piece);
-        }
+        self.scheduler().schedule_all();
     }
 }

@@ -1,14 +1,10 @@
 //! The peer state machine: shares files, downloads files from many remotes at once, and serves
 //! every verified piece from the moment it is verified.
 //!
-//! `Peer` routes inputs between sub-machines. The routing to the tracker links and to the
-//! upload side is here, in this file; routing that spans several sub-machines and is not yet a
-//! sub-machine of its own is an `impl Peer` block per concern:
-//! - `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange);
-//! - `scheduler`: which remote fetches what (pipelining, request timeouts) and what to do with
-//!   arriving data, written blocks and hashes;
-//! - `pex`: peer exchange, telling remotes of the other peers of their files (its state,
-//!   `Pex`, is private).
+//! `Peer` routes inputs between sub-machines. The routing to the tracker links, the download
+//! pipeline, the upload side and peer exchange is here, in this file, one `impl Peer` block per
+//! sub-machine; routing that spans several sub-machines and is not yet a sub-machine of its own
+//! is `links`: peer-to-peer connections (open to holders, handshake, bitfield exchange).
 //!
 //! The sub-machines own their state privately and change it only through their methods:
 //! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
@@ -17,6 +13,9 @@
 //!   backpressure from the driver's `Sent`, the upload limit), the checks on a request
 //!   (`serve`), and which pieces a whole-file holder tells each of several downloaders it has
 //!   (`offers`);
+//! - `scheduler`: the download pipeline: which remote fetches what (pipelining, endgame, the
+//!   requests in flight per connection, which it owns) and what to do with arriving data,
+//!   refusals, written blocks, hashes and the finished file;
 //! - `downloads`: the piece book of one download, a sub-machine with private state: piece
 //!   states and their one transition API (`STATE.md`), block requests per remote, piece
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
@@ -24,7 +23,11 @@
 //! - `slots`: which inbound connections are accepted, and which idle one makes way for a
 //!   newcomer when all are taken;
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
-//!   batching of `Haves` to remotes and the tracker;
+//!   batching of `Haves` to remotes and the tracker; `pex`: peer exchange, telling remotes of
+//!   the other peers of their files;
+//! - `control`: pausing, resuming and removing a file on the user's command; it owns the count
+//!   of store work in flight per file, so a removal ends only once no completion for the file
+//!   can arrive;
 //! - `view`: read-only views of one file or one connection, for a driver to show;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share.
 
@@ -54,7 +57,7 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::error::{CommandError, StoreError};
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -68,6 +71,7 @@ use haves::HaveBatch;
 use pex::{Heard, Pex};
 use pieces::FileEntry;
 use remote::Remotes;
+use scheduler::{Hashed, Scheduler};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
 use uploads::{Held, OurFile, ServeJob, Uploads};
 pub use view::{FileState, FileView, RemoteView};
@@ -114,7 +118,7 @@ pub struct Peer {
     peer_id: PeerId,
     rng: Rng,
     now: Time,
-    outputs: VecDeque<Output>,
+    outputs: Outputs,
     next_conn: u64,
     left: bool,
     tracker: TrackerLinks,
@@ -146,7 +150,7 @@ impl Peer {
             rng: Rng::from_seed(config.seed),
             config,
             now: Time::ZERO,
-            outputs: VecDeque::new(),
+            outputs: Outputs::default(),
             next_conn: 0,
             left: false,
             tracker,
@@ -199,7 +203,7 @@ impl Peer {
 
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
-        self.remotes.values().map(|r| r.in_flight.len()).sum()
+        self.remotes.values().map(|r| r.requests.len()).sum()
     }
 
     /// Checks a local command against the peer's state: the caller's mistakes are errors
@@ -242,9 +246,12 @@ impl Peer {
     }
 
     fn push(&mut self, output: Output) {
-        self.store_work.asked(&output);
-        assert!(self.outputs.len() < OUTPUT_QUEUE_MAX, "output queue not drained between inputs");
-        self.outputs.push_back(output);
+        self.outputs.push(output);
+    }
+
+    /// The download pipeline over this peer's connections and files, for the input at hand.
+    fn scheduler(&mut self) -> Scheduler<'_> {
+        Scheduler::new(self.now, &mut self.remotes, &mut self.files, &mut self.rng, &mut self.outputs)
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
@@ -311,7 +318,7 @@ impl Peer {
         let complete = entry.have.is_full() && entry.manifest.is_some();
         self.files.insert(file_id, entry);
         if complete {
-            self.finalize(file_id);
+            self.scheduler().finalize(file_id);
         } else if self.files[&file_id].manifest.is_some() {
             self.announce(file_id, true);
         }
@@ -338,13 +345,13 @@ impl Peer {
         }
         match completion {
             Completion::BlockWritten { file_id, piece, offset, result } => {
-                self.on_block_written(file_id, piece, offset, result)
+                self.scheduler().on_block_written(file_id, piece, offset, result)
             }
             Completion::PieceHashed { file_id, piece, result } => self.on_piece_hashed(file_id, piece, result),
             Completion::BlockRead { conn, file_id, piece, offset, result } => {
                 self.on_block_read(conn, file_id, piece, offset, result)
             }
-            Completion::Finalized { file_id, result } => self.on_finalized(file_id, result),
+            Completion::Finalized { file_id, result } => self.scheduler().on_finalized(file_id, result),
         }
     }
 
@@ -359,7 +366,7 @@ impl Peer {
     fn on_timeout(&mut self) {
         self.tracker_timeout();
         self.locate_due();
-        self.wake_rested();
+        self.scheduler().wake_rested();
         if self.connections_check_at <= self.now {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
@@ -369,6 +376,108 @@ impl Peer {
             self.flush_haves();
         }
         self.pump_uploads();
+    }
+}
+
+/// The peer's queue of outputs, drained by the driver after every input; bounded by
+/// [`OUTPUT_QUEUE_MAX`] (a full queue means a driver broke the drain rule).
+#[derive(Debug, Default)]
+struct Outputs(VecDeque<Output>);
+
+impl Outputs {
+    fn push(&mut self, output: Output) {
+        assert!(self.0.len() < OUTPUT_QUEUE_MAX, "output queue not drained between inputs");
+        self.0.push_back(output);
+    }
+
+    fn pop(&mut self) -> Option<Output> {
+        self.0.pop_front()
+    }
+}
+
+/// Routing to and from the download pipeline (`scheduler`), and what a verified or corrupt
+/// piece means for `haves` and `bans`.
+impl Peer {
+    /// A block arrived on `conn`.
+    fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
+        if let Err(wrong) = self.scheduler().on_data(conn, file_id, piece, offset, bytes) {
+            self.violation(conn, wrong.to_string());
+        }
+    }
+
+    /// The driver hashed `piece`: a verified piece is reported, batched for `Haves`, and may
+    /// complete the file; a sender proven bad gets a strike.
+    fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, StoreError>) {
+        match self.scheduler().on_piece_hashed(file_id, piece, result) {
+            Hashed::Failed => {}
+            Hashed::Corrupt { guilty } => {
+                if let Some((peer_id, addr)) = guilty {
+                    self.strike(peer_id, addr);
+                }
+                self.scheduler().schedule_all();
+            }
+            Hashed::Verified { from, progress, room_again, guilty } => {
+                // `Peer::new` checked there is at least one tracker.
+                let from = from.unwrap_or(self.config.trackers[0]);
+                self.push(Output::PieceVerified { file_id, piece });
+                self.event(Event::PieceVerified { file_id, piece, from, progress });
+                self.queue_have(file_id, piece, progress.have == 1);
+                if progress.have == progress.total {
+                    self.scheduler().finalize(file_id);
+                } else if room_again {
+                    self.scheduler().schedule_all();
+                }
+                if let Some((peer_id, addr)) = guilty {
+                    // Its blocks of an earlier attempt were the bad ones (see `downloads`).
+                    self.strike(peer_id, addr);
+                }
+            }
+        }
+    }
+
+    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
+    /// `haves`).
+    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
+        if self.haves.add(file_id, piece, first, self.now) {
+            self.flush_haves();
+        }
+    }
+
+    /// Sends the pieces verified since the last batch to the tracker and to every remote that
+    /// exchanged bitfields for the file, except those that told us they hold the whole file. A
+    /// remote that told us only some pieces hears of every piece, also of those it holds: a
+    /// seeder that offers pieces a few at a time (see `offers`) learns this way which of its
+    /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
+    /// of a piece twice; that changes nothing.)
+    fn flush_haves(&mut self) {
+        let recent = self.haves.take();
+        let mut batches = Vec::new();
+        for (file_id, pieces) in &recent {
+            let hearing = self.remotes.iter().filter(|(_, r)| {
+                r.bitfield_sent.contains(file_id) && !r.files.get(file_id).is_some_and(Bitfield::is_full)
+            });
+            for (conn, _) in hearing {
+                batches.push((*conn, *file_id, pieces.clone()));
+            }
+        }
+        for conn in self.tracker.ready_conns() {
+            batches.extend(recent.iter().map(|(file_id, pieces)| (conn, *file_id, pieces.clone())));
+        }
+        for (conn, file_id, pieces) in batches {
+            self.send(conn, Message::Haves { file_id, pieces });
+        }
+    }
+
+    /// `peer_id`, serving at `addr`, is proven to have sent bad data: a strike, and at the
+    /// last strike a ban that closes its connections.
+    fn strike(&mut self, peer_id: PeerId, addr: SocketAddr) {
+        if self.bans.strike(peer_id, addr, self.now).is_none() {
+            return;
+        }
+        self.event(Event::PeerBanned { peer_id, addr });
+        for conn in self.remotes.of_peer(peer_id) {
+            self.close_remote(conn);
+        }
     }
 }
 
@@ -704,7 +813,10 @@ impl Machine for Peer {
     }
 
     fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop()?;
+        // Counted as it leaves for the driver: a removal waits for the store work out there.
+        self.store_work.asked(&output);
+        Some(output)
     }
 
     fn poll_timeout(&self) -> Option<Time> {
@@ -718,7 +830,7 @@ impl Machine for Peer {
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.values().filter_map(|r| r.resting_until).min();
+        let rested = self.remotes.values().filter_map(|r| r.requests.resting_until()).min();
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()

@@ -1,69 +1,294 @@
-//! What to request from whom, and what to do with what arrives.
+//! The download pipeline: what to request from whom, and what to do with what arrives.
 //!
 //! Each ready remote keeps block requests in flight for about `REQUEST_PIPELINE_TIME` of its
 //! measured delivery rate (at least one block, at most `REQUESTS_IN_FLIGHT_PER_CONN_MAX`), so a
-//! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a new piece is the rarest among
-//! the connected remotes (random tie-break) that it holds; partially fetched pieces whose remote
-//! went away come before fresh ones. When no piece is left to start and a remote's pipeline is
-//! empty, it joins a piece another remote is fetching (endgame) if that remote lags (nothing
-//! arrived from it for a while), and the slower copy is cancelled as blocks arrive. Every block is written by the driver, every written piece is hashed, and a
-//! sender proven to have sent a bad block of a piece that failed its hash gets a strike (see
-//! `downloads` for the proof, `bans` for what strikes lead to).
+//! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a
+//! new piece is the rarest among the connected remotes (random tie-break) that it holds;
+//! partially fetched pieces whose remote went away come before fresh ones. When no piece is left
+//! to start and a remote's pipeline is empty, it joins a piece another remote is fetching
+//! (endgame) if that remote lags (nothing arrived from it for a while), and the slower copy is
+//! cancelled as blocks arrive. Every block is written by the driver, every written piece is
+//! hashed, and a sender proven to have sent a bad block of a piece that failed its hash is
+//! named to the peer, which strikes it (see `downloads` for the proof, `bans` for what strikes
+//! lead to).
+//!
+//! [`Scheduler`] is a sub-machine over the peer's connection and file tables, borrowed for one
+//! input. It owns one piece of state privately: each connection's [`Requests`] (blocks in
+//! flight, pieces assigned, delivery rate, rest), which nothing outside this module changes.
+//! Its inputs are its methods (a block arrived, a request was refused, a block was written, a
+//! piece was hashed, the file was moved into place, a connection stalled or went away); its
+//! outputs are `Request`/`Cancel` messages and the storage and event [`Output`]s, pushed onto
+//! the peer's queue, and the verdicts the peer routes on ([`Hashed`], [`WrongLength`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::bitfield::Bitfield;
 use crate::error::StoreError;
-use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{BLOCK_BYTES, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX};
+use crate::ids::{ConnId, Digest, FileId, PieceIndex};
+use crate::limits::{
+    BLOCK_BYTES, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
+    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
+    REQUEST_TIMEOUT_MAX,
+};
 use crate::machine::{Event, Output, Progress};
+use crate::rng::Rng;
+use crate::small::VecSet;
 use crate::time::Time;
 use crate::wire::{Message, RejectReason};
 
-use super::downloads::{Arrival, Choice, Chooser, Phase, Verdict};
-use super::pieces::{block_at, block_span, FileEntry};
-use super::remote::{Remote, Stage};
-use super::Peer;
+use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
+use super::pieces::{block_at, block_span, BlockKey, FileEntry};
+use super::remote::{Remotes, Stage};
+use super::Outputs;
 
-/// Whether `remote` delivers clearly slower than an endgame warrants: nothing arrived from it
-/// for [`ENDGAME_PATIENCE`], or for two blocks' time at its measured rate when that is longer.
-fn lags(remote: &Remote, now: Time) -> bool {
-    let blocks_time = (2 * u64::from(BLOCK_BYTES) * 1_000_000)
-        .checked_div(remote.rate.bytes_per_s())
-        .map_or(ENDGAME_PATIENCE, Duration::from_micros);
-    remote.progress_at + blocks_time.max(ENDGAME_PATIENCE) <= now
+/// Our requests on one connection: the scheduler's private state of a remote.
+#[derive(Debug)]
+pub(super) struct Requests {
+    /// Block requests in flight.
+    in_flight: VecSet<BlockKey>,
+    /// Pieces assigned to the remote, per file.
+    assigned: VecSet<(FileId, PieceIndex)>,
+    /// When it last made progress on our requests: a block arrived, or the first request of
+    /// an empty pipeline went out.
+    progress_at: Time,
+    /// Until when it gets no new requests: it let requests wait for [`REQUEST_TIMEOUT`] without
+    /// sending a block (they went to others), or it answered `Busy`. A block arriving ends
+    /// this at once.
+    resting_until: Option<Time>,
+    /// How fast it delivers our requests (sizes our pipeline to it).
+    rate: DeliveryRate,
 }
 
-impl Peer {
+impl Requests {
+    /// Nothing requested yet, on a connection opened at `now`.
+    pub fn new(now: Time) -> Requests {
+        Requests {
+            in_flight: VecSet::new(),
+            assigned: VecSet::new(),
+            progress_at: now,
+            resting_until: None,
+            rate: DeliveryRate::default(),
+        }
+    }
+
+    /// How many block requests are in flight.
+    pub fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether no block request is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// The measured delivery rate (zero until a first window closed).
+    pub fn bytes_per_s(&self) -> u64 {
+        self.rate.bytes_per_s()
+    }
+
+    /// Until when the remote gets no new requests, if it rests.
+    pub fn resting_until(&self) -> Option<Time> {
+        self.resting_until
+    }
+
+    /// Records a request sent at `now`.
+    pub fn start(&mut self, key: BlockKey, now: Time) {
+        if self.in_flight.is_empty() {
+            self.progress_at = now;
+        }
+        self.rate.start(now);
+        self.in_flight.insert(key);
+    }
+
+    /// Requests of blocks of `block_bytes` to keep in flight: the bytes it delivers in
+    /// [`REQUEST_PIPELINE_TIME`] at its measured rate, at least [`REQUEST_PIPELINE_BYTES_MIN`]
+    /// and at most [`REQUESTS_IN_FLIGHT_PER_CONN_MAX`] requests.
+    fn pipeline_depth(&self, block_bytes: u32) -> usize {
+        let micros = u64::try_from(REQUEST_PIPELINE_TIME.as_micros()).unwrap_or(u64::MAX);
+        let bytes = (self.rate.bytes_per_s().saturating_mul(micros) / 1_000_000).max(REQUEST_PIPELINE_BYTES_MIN);
+        let blocks = bytes.div_ceil(u64::from(block_bytes.max(1)));
+        usize::try_from(blocks).unwrap_or(usize::MAX).min(REQUESTS_IN_FLIGHT_PER_CONN_MAX)
+    }
+
+    /// When the remote counts as stalled: requests are waiting and nothing arrived for
+    /// `REQUEST_TIMEOUT`, or for two blocks' time at its measured rate when that is longer (a
+    /// slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
+    pub fn stall_deadline(&self) -> Option<Time> {
+        let patience = self.two_blocks_time().unwrap_or(REQUEST_TIMEOUT).clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
+        (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
+    }
+
+    /// Whether it may be sent new requests at `now`.
+    fn is_resting(&self, now: Time) -> bool {
+        self.resting_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
+    /// from it for [`ENDGAME_PATIENCE`], or for two blocks' time at its measured rate when that
+    /// is longer.
+    fn lags(&self, now: Time) -> bool {
+        self.progress_at + self.two_blocks_time().unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
+    }
+
+    /// Two whole blocks' time at the measured rate (`None` until a rate is measured).
+    fn two_blocks_time(&self) -> Option<Duration> {
+        (2 * u64::from(BLOCK_BYTES) * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
+    }
+
+    /// The pieces of `file_id` assigned to the remote, in order.
+    fn assigned_in(&self, file_id: FileId) -> impl Iterator<Item = PieceIndex> + '_ {
+        self.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX))).map(|(_, piece)| *piece)
+    }
+
+    /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
+    fn unassign(&mut self, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
+        self.assigned.remove(&(file_id, piece));
+        let cancelled: Vec<BlockKey> =
+            self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).copied().collect();
+        for key in &cancelled {
+            self.in_flight.remove(key);
+        }
+        cancelled.into_iter().map(|(_, _, offset)| offset).collect()
+    }
+}
+
+/// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
+/// its first request on, each new window averaged with the estimate so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct DeliveryRate {
+    window_start: Option<Time>,
+    window_bytes: u64,
+    bytes_per_s: u64,
+}
+
+impl DeliveryRate {
+    /// A request went out at `now`: the first one opens the first window.
+    fn start(&mut self, now: Time) {
+        self.window_start.get_or_insert(now);
+    }
+
+    /// `bytes` arrived at `now`.
+    fn arrived(&mut self, now: Time, bytes: u64) {
+        let Some(start) = self.window_start else { return };
+        self.window_bytes += bytes;
+        let elapsed_us = now.as_micros().saturating_sub(start.as_micros());
+        let window_us = u64::try_from(RATE_WINDOW.as_micros()).unwrap_or(u64::MAX);
+        if elapsed_us < window_us {
+            return;
+        }
+        let measured = self.window_bytes.saturating_mul(1_000_000) / elapsed_us;
+        self.bytes_per_s = if self.bytes_per_s == 0 { measured } else { (self.bytes_per_s + measured) / 2 };
+        self.window_start = Some(now);
+        self.window_bytes = 0;
+    }
+
+    /// The estimate (zero until a first window closed).
+    fn bytes_per_s(&self) -> u64 {
+        self.bytes_per_s
+    }
+}
+
+/// A block whose length is not its span in the piece: the remote broke the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WrongLength {
+    /// The piece.
+    pub piece: PieceIndex,
+    /// The block's offset in the piece.
+    pub offset: u32,
+    /// The bytes that arrived.
+    pub len: usize,
+}
+
+impl std::fmt::Display for WrongLength {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "block {}+{} of {} bytes", self.piece, self.offset, self.len)
+    }
+}
+
+/// What a piece's hash means for the rest of the peer.
+#[derive(Debug)]
+pub(super) enum Hashed {
+    /// The piece could not be read back: the download failed (reported already).
+    Failed,
+    /// The piece failed its hash (reported already); `guilty` is proven to have sent bad data.
+    /// The piece is free again: pipelines are refilled after the strike.
+    Corrupt {
+        /// The sender to strike.
+        guilty: Option<Sender>,
+    },
+    /// The piece is verified. The peer reports it, queues it for `Haves`, then finalizes the
+    /// file when `progress` is whole (or refills pipelines when `room_again`), then strikes
+    /// `guilty`.
+    Verified {
+        /// The address of one sender, if a sender is known.
+        from: Option<SocketAddr>,
+        /// The file's progress with the piece.
+        progress: Progress,
+        /// Whether remotes the piece held up have room for requests again.
+        room_again: bool,
+        /// A sender whose blocks of an earlier attempt were the bad ones (see `downloads`).
+        guilty: Option<Sender>,
+    },
+}
+
+/// The download pipeline over the peer's tables, for one input (see the module docs).
+pub(super) struct Scheduler<'a> {
+    now: Time,
+    remotes: &'a mut Remotes,
+    files: &'a mut BTreeMap<FileId, FileEntry>,
+    rng: &'a mut Rng,
+    out: &'a mut Outputs,
+}
+
+impl<'a> Scheduler<'a> {
+    /// The pipeline at `now` over the peer's connections and files.
+    pub fn new(
+        now: Time,
+        remotes: &'a mut Remotes,
+        files: &'a mut BTreeMap<FileId, FileEntry>,
+        rng: &'a mut Rng,
+        out: &'a mut Outputs,
+    ) -> Scheduler<'a> {
+        Scheduler { now, remotes, files, rng, out }
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.out.push(Output::Send { conn, message });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
+    }
+
     /// Fills the pipeline of every ready remote.
-    pub(super) fn schedule_all(&mut self) {
+    pub fn schedule_all(&mut self) {
         for conn in self.remotes.ready() {
             self.schedule(conn);
         }
     }
 
     /// Remotes whose rest is over (stalled, or `Busy`) get requests again.
-    pub(super) fn wake_rested(&mut self) {
+    pub fn wake_rested(&mut self) {
         let now = self.now;
         let rested: Vec<ConnId> = self
             .remotes
             .iter()
-            .filter(|(_, r)| r.resting_until.is_some_and(|until| until <= now))
+            .filter(|(_, r)| r.requests.resting_until.is_some_and(|until| until <= now))
             .map(|(c, _)| *c)
             .collect();
         for conn in rested {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.resting_until = None;
+                remote.requests.resting_until = None;
             }
             self.schedule(conn);
         }
     }
 
     /// Fills `conn`'s pipeline with block requests for every file it can help with.
-    pub(super) fn schedule(&mut self, conn: ConnId) {
+    pub fn schedule(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
         if remote.stage != Stage::Ready {
             return;
@@ -81,15 +306,15 @@ impl Peer {
         let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
-            if remote.in_flight.len() >= remote.pipeline_depth(block_bytes) || remote.is_resting(self.now) {
+            let requests = &remote.requests;
+            if requests.in_flight.len() >= requests.pipeline_depth(block_bytes) || requests.is_resting(self.now) {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id) {
                 self.request_block(conn, file_id, piece, block);
                 continue;
             }
-            let assigned = remote.assigned.iter().filter(|(f, _)| *f == file_id).count();
-            if assigned >= PIECES_ASSIGNED_PER_CONN_MAX {
+            if requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX {
                 return;
             }
             match self.choose_piece(conn, file_id) {
@@ -103,8 +328,7 @@ impl Peer {
     fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
         let remote = self.remotes.get(&conn)?;
         let download = self.files.get(&file_id)?.download.as_ref()?;
-        let assigned = remote.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX)));
-        download.next_block(conn, assigned.map(|(_, piece)| *piece))
+        download.next_block(conn, remote.requests.assigned_in(file_id))
     }
 
     /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
@@ -114,12 +338,12 @@ impl Peer {
             conn,
             peer_id: remote.peer_id?,
             have: remote.files.get(&file_id)?,
-            busy: !remote.in_flight.is_empty(),
+            busy: !remote.requests.in_flight.is_empty(),
         };
         let entry = self.files.get(&file_id)?;
-        let (remotes, now) = (&self.remotes, self.now);
-        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| lags(r, now));
-        entry.download.as_ref()?.choose(chooser, &entry.have, &mut self.rng, lagging)
+        let (remotes, now) = (&*self.remotes, self.now);
+        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests.lags(now));
+        entry.download.as_ref()?.choose(chooser, &entry.have, self.rng, lagging)
     }
 
     /// Gives `conn` the piece `choose_piece` chose for it.
@@ -130,7 +354,7 @@ impl Peer {
         let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
         let piece = download.assign(choice, manifest.piece_len(piece), conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
-        remote.assigned.insert((file_id, piece));
+        remote.requests.assigned.insert((file_id, piece));
         let from = remote.addr;
         self.event(Event::PieceRequested { file_id, piece, from });
     }
@@ -143,73 +367,76 @@ impl Peer {
         let (offset, len) = block_span(manifest.piece_len(piece), block);
         download.request(piece, block, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
-        remote.start_request((file_id, piece, offset), self.now);
+        remote.requests.start((file_id, piece, offset), self.now);
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
     /// A block arrived. A block requested and then cancelled (late) is still taken while its
     /// piece is being fetched and lacks it; other unrequested blocks are dropped. A block of the
-    /// wrong length is a protocol violation.
-    pub(super) fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+    /// wrong length is a protocol violation, for the peer to act on.
+    pub fn on_data(
+        &mut self,
+        conn: ConnId,
+        file_id: FileId,
+        piece: PieceIndex,
+        offset: u32,
+        bytes: Bytes,
+    ) -> Result<(), WrongLength> {
+        let now = self.now;
+        let Some(remote) = self.remotes.get_mut(&conn) else { return Ok(()) };
         // Bytes arriving are progress, requested or late; only a requested block is useful.
-        if remote.in_flight.remove(&(file_id, piece, offset)) {
-            remote.useful_at = self.now;
+        let requests = &mut remote.requests;
+        if requests.in_flight.remove(&(file_id, piece, offset)) {
+            remote.useful_at = now;
         }
-        remote.progress_at = self.now;
-        remote.rate.arrived(self.now, bytes.len() as u64);
-        remote.resting_until = None;
+        requests.progress_at = now;
+        requests.rate.arrived(now, bytes.len() as u64);
+        requests.resting_until = None;
         let sender = remote.identity();
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
-            return;
+            return Ok(());
         };
-        let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return };
-        let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return };
+        let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return Ok(()) };
+        let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return Ok(()) };
         if bytes.len() != block_span(piece_len, block).1 as usize {
-            self.violation(conn, format!("block {piece}+{offset} of {} bytes", bytes.len()));
-            return;
+            return Err(WrongLength { piece, offset, len: bytes.len() });
         }
         let Arrival::Taken { losers, released } = download.receive(piece, block, conn, sender) else {
-            return self.schedule(conn);
+            self.schedule(conn);
+            return Ok(());
         };
         for loser in &losers {
             // Another remote delivered the block it was also fetching (endgame): cancel its copy.
             if let Some(remote) = self.remotes.get_mut(loser) {
-                remote.in_flight.remove(&(file_id, piece, offset));
+                remote.requests.in_flight.remove(&(file_id, piece, offset));
                 self.send(*loser, Message::Cancel { file_id, piece, offset });
             }
         }
         // Every block of the piece arrived: it no longer occupies any remote.
         for conn in released {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.assigned.remove(&(file_id, piece));
+                remote.requests.assigned.remove(&(file_id, piece));
             }
         }
-        self.push(Output::WriteBlock { file_id, piece, offset, bytes });
+        self.out.push(Output::WriteBlock { file_id, piece, offset, bytes });
         // Only the sender and the remotes whose copy was cancelled have room in their pipelines.
         self.schedule(conn);
         for loser in losers {
             self.schedule(loser);
         }
+        Ok(())
     }
 
     /// The remote will not serve a block: give the piece to someone else. A remote that is
     /// `Busy` (its upload slots and line are taken) keeps its pieces and is asked again after
     /// [`BUSY_RETRY_DELAY`]; any other refusal means it will not serve this piece.
-    pub(super) fn on_reject(
-        &mut self,
-        conn: ConnId,
-        file_id: FileId,
-        piece: PieceIndex,
-        offset: u32,
-        reason: RejectReason,
-    ) {
+    pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, reason: RejectReason) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.in_flight.remove(&(file_id, piece, offset)) {
+        if !remote.requests.in_flight.remove(&(file_id, piece, offset)) {
             return;
         }
         if reason == RejectReason::Busy {
-            remote.resting_until = Some(self.now + BUSY_RETRY_DELAY);
+            remote.requests.resting_until = Some(self.now + BUSY_RETRY_DELAY);
             self.unassign(conn, file_id, piece);
         } else {
             self.give_up_on(conn, file_id, piece);
@@ -219,7 +446,7 @@ impl Peer {
 
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
     /// remote, and this connection is not asked for it again.
-    pub(super) fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+    fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.files.get_mut(&file_id).is_some_and(|have| have.unset(piece)) {
             if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
@@ -229,7 +456,52 @@ impl Peer {
         self.unassign(conn, file_id, piece);
     }
 
-    pub(super) fn on_block_written(
+    /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
+    /// stay, and the piece is free for another remote.
+    pub fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+        let cancelled = self.remotes.get_mut(&conn).map(|r| r.requests.unassign(file_id, piece)).unwrap_or_default();
+        for offset in cancelled {
+            self.send(conn, Message::Cancel { file_id, piece, offset });
+        }
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        download.unassign(piece, conn);
+    }
+
+    /// Stops fetching `file_id` from `conn`.
+    pub fn release_file(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(remote) = self.remotes.get(&conn) else { return };
+        let pieces: Vec<PieceIndex> = remote.requests.assigned_in(file_id).collect();
+        for piece in pieces {
+            self.unassign(conn, file_id, piece);
+        }
+    }
+
+    /// `conn` let its requests wait past its stall deadline: slow, not wrong, it keeps its
+    /// pieces' received blocks (a late block is still taken) but rests for
+    /// [`REQUEST_TIMEOUT`], and the pieces it has requests for go to others.
+    pub fn stalled(&mut self, conn: ConnId) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let mut pieces: Vec<(FileId, PieceIndex)> =
+            remote.requests.in_flight.iter().map(|(file_id, piece, _)| (*file_id, *piece)).collect();
+        pieces.dedup();
+        remote.requests.resting_until = Some(self.now + REQUEST_TIMEOUT);
+        for (file_id, piece) in pieces {
+            self.unassign(conn, file_id, piece);
+        }
+    }
+
+    /// The connection `conn` is gone (its remote already forgotten) with `requests`: its
+    /// pieces are free for others. Returns whether it had any (pipelines are worth refilling).
+    pub fn conn_gone(&mut self, conn: ConnId, requests: &Requests) -> bool {
+        debug_assert!(!self.remotes.contains_key(&conn), "only a forgotten connection's pieces are orphaned");
+        for (file_id, piece) in &requests.assigned {
+            self.unassign(conn, *file_id, *piece);
+        }
+        !requests.assigned.is_empty()
+    }
+
+    /// The driver wrote a block: a piece whose every block is written is hashed.
+    pub fn on_block_written(
         &mut self,
         file_id: FileId,
         piece: PieceIndex,
@@ -246,14 +518,24 @@ impl Peer {
         let block = block_at(manifest.piece_len(piece), offset);
         debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
         if block.is_some_and(|block| download.written(piece, block)) {
-            self.push(Output::HashPiece { file_id, piece });
+            self.out.push(Output::HashPiece { file_id, piece });
         }
     }
 
-    pub(super) fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, StoreError>) {
+    /// The driver hashed a written piece: it is verified or corrupt (see [`Hashed`] for what
+    /// the peer does next).
+    pub fn on_piece_hashed(
+        &mut self,
+        file_id: FileId,
+        piece: PieceIndex,
+        result: Result<Digest, StoreError>,
+    ) -> Hashed {
         let digest = match result {
             Ok(digest) => digest,
-            Err(reason) => return self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}")),
+            Err(reason) => {
+                self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}"));
+                return Hashed::Failed;
+            }
         };
         let Some((manifest, download, have)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a hash completes a piece of a download whose manifest is known")
@@ -265,10 +547,7 @@ impl Peer {
                 for (_, addr) in senders.keys() {
                     self.event(Event::PieceCorrupt { file_id, piece, from: *addr });
                 }
-                if let Some((peer_id, addr)) = guilty {
-                    self.strike(peer_id, addr);
-                }
-                return self.schedule_all();
+                return Hashed::Corrupt { guilty };
             }
         };
         if have.count() == 1 {
@@ -276,86 +555,19 @@ impl Peer {
             // for the holders among them.
             download.locate_mut().ask_soon(self.now);
         }
-        let progress = self.progress(file_id);
-        // `Peer::new` checked there is at least one tracker.
-        let from = senders.keys().next().map_or(self.config.trackers[0], |(_, addr)| *addr);
-        self.push(Output::PieceVerified { file_id, piece });
-        self.event(Event::PieceVerified { file_id, piece, from, progress });
-        self.queue_have(file_id, piece, progress.have == 1);
-        if progress.have == progress.total {
-            self.finalize(file_id);
-        } else if room_again {
-            self.schedule_all();
-        }
-        if let Some((peer_id, addr)) = guilty {
-            // Its blocks of an earlier attempt were the bad ones (see `downloads`).
-            self.strike(peer_id, addr);
-        }
-    }
-
-    fn progress(&self, file_id: FileId) -> Progress {
-        let entry = &self.files[&file_id];
-        let have_bytes = entry.manifest.as_ref().map_or(0, |m| {
-            // Every held piece is full size but the last, which may be short.
-            let last = PieceIndex(m.piece_count().saturating_sub(1));
-            let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
-            u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
-        });
-        let peers = entry.download.as_ref().map_or(0, |d| d.holders());
-        Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
-    }
-
-    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
-    /// `haves`).
-    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
-        if self.haves.add(file_id, piece, first, self.now) {
-            self.flush_haves();
-        }
-    }
-
-    /// Sends the pieces verified since the last batch to the tracker and to every remote that
-    /// exchanged bitfields for the file, except those that told us they hold the whole file. A
-    /// remote that told us only some pieces hears of every piece, also of those it holds: a
-    /// seeder that offers pieces a few at a time (see `offers`) learns this way which of its
-    /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
-    /// of a piece twice; that changes nothing.)
-    pub(super) fn flush_haves(&mut self) {
-        let recent = self.haves.take();
-        let mut batches = Vec::new();
-        for (file_id, pieces) in &recent {
-            let hearing = self.remotes.iter().filter(|(_, r)| {
-                r.bitfield_sent.contains(file_id) && !r.files.get(file_id).is_some_and(Bitfield::is_full)
-            });
-            for (conn, _) in hearing {
-                batches.push((*conn, *file_id, pieces.clone()));
-            }
-        }
-        for conn in self.tracker.ready_conns() {
-            batches.extend(recent.iter().map(|(file_id, pieces)| (conn, *file_id, pieces.clone())));
-        }
-        for (conn, file_id, pieces) in batches {
-            self.send(conn, Message::Haves { file_id, pieces });
-        }
-    }
-
-    fn strike(&mut self, peer_id: PeerId, addr: std::net::SocketAddr) {
-        if self.bans.strike(peer_id, addr, self.now).is_none() {
-            return;
-        }
-        self.event(Event::PeerBanned { peer_id, addr });
-        for conn in self.remotes.of_peer(peer_id) {
-            self.close_remote(conn);
-        }
+        let from = senders.keys().next().map(|(_, addr)| *addr);
+        Hashed::Verified { from, progress: progress(&self.files[&file_id]), room_again, guilty }
     }
 
     /// Every piece is verified: ask the driver to move the file into place.
-    pub(super) fn finalize(&mut self, file_id: FileId) {
+    pub fn finalize(&mut self, file_id: FileId) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         download.finalizing();
-        self.push(Output::Finalize { file_id });
+        self.out.push(Output::Finalize { file_id });
     }
 
-    pub(super) fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
+    /// The driver moved the finished file into place (or could not).
+    pub fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
         if !entry.download.as_ref().is_some_and(|d| d.phase() == Phase::Finalizing) {
             return;
@@ -370,7 +582,7 @@ impl Peer {
     }
 
     /// The download cannot go on: stop fetching it and say why. Verified pieces stay served.
-    pub(super) fn fail_download(&mut self, file_id: FileId, reason: String) {
+    fn fail_download(&mut self, file_id: FileId, reason: String) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         if !download.fail() {
             return;
@@ -378,7 +590,7 @@ impl Peer {
         let assigned: Vec<(ConnId, PieceIndex)> = self
             .remotes
             .iter()
-            .flat_map(|(c, r)| r.assigned.iter().filter(|(f, _)| *f == file_id).map(move |(_, p)| (*c, *p)))
+            .flat_map(|(c, r)| r.requests.assigned_in(file_id).map(move |p| (*c, p)))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -386,5 +598,56 @@ impl Peer {
             self.unassign(conn, file_id, piece);
         }
         self.event(Event::DownloadFailed { file_id, reason });
+    }
+}
+
+/// A file's progress: its verified pieces and bytes, and the holders its download counts.
+fn progress(entry: &FileEntry) -> Progress {
+    let have_bytes = entry.manifest.as_ref().map_or(0, |m| {
+        // Every held piece is full size but the last, which may be short.
+        let last = PieceIndex(m.piece_count().saturating_sub(1));
+        let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
+        u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
+    });
+    let peers = entry.download.as_ref().map_or(0, |d| d.holders());
+    Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::remote::Remote;
+
+    #[test]
+    fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {
+        let addr = "10.0.0.1:1".parse().expect("an address");
+        let mut slow = Remote::inbound(addr, Time::ZERO).requests;
+        let mut fast = Remote::inbound(addr, Time::ZERO).requests;
+        let first = Remote::inbound(addr, Time::ZERO).requests.pipeline_depth(BLOCK_BYTES);
+        assert_eq!(first, 1, "nothing measured yet: the smallest pipeline");
+        slow.rate.start(Time::ZERO);
+        fast.rate.start(Time::ZERO);
+        for ms in 1..=20 {
+            slow.rate.arrived(Time::from_millis(ms * 100), 16 * 1024);
+            fast.rate.arrived(Time::from_millis(ms * 100), 256 * 1024);
+        }
+        // 160 KB/s against 2.6 MB/s.
+        assert_eq!(slow.pipeline_depth(16 * 1024), 16, "16 KiB blocks: a count bound, not bytes");
+        assert_eq!(slow.pipeline_depth(BLOCK_BYTES), 1);
+        assert!(fast.pipeline_depth(BLOCK_BYTES) >= 9, "{}", fast.pipeline_depth(BLOCK_BYTES));
+    }
+
+    #[test]
+    fn a_slow_remote_that_keeps_delivering_is_given_longer_before_it_counts_as_stalled() {
+        let mut crawling = Requests::new(Time::ZERO);
+        let key = (FileId(crate::ids::Digest([1; 32])), PieceIndex(0), 0);
+        crawling.start(key, Time::ZERO);
+        assert_eq!(crawling.stall_deadline(), Some(Time::ZERO + REQUEST_TIMEOUT), "nothing measured yet");
+        // 16 KiB a second: two blocks take longer than the longest patience.
+        for s in 1..=4 {
+            crawling.rate.arrived(Time::from_millis(s * 1000), 16 * 1024);
+        }
+        crawling.progress_at = Time::from_millis(4000);
+        assert_eq!(crawling.stall_deadline(), Some(Time::from_millis(4000) + REQUEST_TIMEOUT_MAX));
     }
 }

@@ -63,7 +63,7 @@ pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
         return Admission::Accept;
     }
     inbound()
-        .filter(|(_, r)| r.in_flight.is_empty() && r.useful_at + INBOUND_IDLE_BEFORE_EVICTION <= now)
+        .filter(|(_, r)| r.requests.is_empty() && r.useful_at + INBOUND_IDLE_BEFORE_EVICTION <= now)
         .min_by_key(|(conn, r)| (r.useful_at, **conn))
         .map_or(Admission::Refuse(Refusal::Busy), |(conn, _)| Admission::Evict(*conn))
 }
@@ -107,7 +107,7 @@ mod tests {
         let first = remotes.get_mut(&ConnId::Inbound(0)).expect("open");
         first.useful_at = Time::from_millis(1);
         let second = remotes.get_mut(&ConnId::Inbound(1)).expect("open");
-        second.in_flight.insert((FileId(Digest([1; 32])), PieceIndex(0), 0));
+        second.requests.start((FileId(Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
         for n in 2..INBOUND_PEERS_MAX as u64 {
             remotes.get_mut(&ConnId::Inbound(n)).expect("open").useful_at = Time::from_millis(2);
         }

@@ -87,8 +87,8 @@ impl RemoteView {
             addr: remote.addr,
             peer_id: remote.peer_id,
             ready: remote.stage == Stage::Ready,
-            download_bytes_per_s: remote.rate.bytes_per_s(),
-            requests_in_flight: remote.in_flight.len(),
+            download_bytes_per_s: remote.requests.bytes_per_s(),
+            requests_in_flight: remote.requests.len(),
         }
     }
 }
