@@ -142,7 +142,7 @@ impl PrivateSwarm {
 
     /// A new key pair of this swarm.
     fn keys(&self) -> Keys {
-        Keys { identity: Identity::generate(), swarm_key: Some(self.key.clone()) }
+        Keys::new(Identity::generate(), Some(self.key.clone()))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Proven identities, encrypted links and private swarms, against the real binaries on
 //! loopback: a client claiming the seeder's id without its key is refused by the tracker and
 //! by the seeder, and the download from the real seeder completes; nodes without a private
-//! swarm's key are refused with a clear error on both sides and get no data; and every byte of
-//! a download between two peers, read on the wire by a relay, is encrypted.
+//! swarm's key are refused with a clear error on both sides and get no data; ids off an
+//! allow-list are refused with a clear error on both sides, and a tracker pinned by id must
+//! prove it; and every byte of a download between two peers, read on the wire by a relay, is
+//! encrypted.
 
 mod common;
 
@@ -227,4 +229,74 @@ fn relay(listen: SocketAddr, target: SocketAddr) -> Arc<Mutex<Vec<u8>>> {
         }
     });
     captured
+}
+
+/// Runs `p2p-node keygen PATH` and returns the new key's peer id.
+fn keygen(path: &Path) -> String {
+    let made = run_node(&["keygen", path_str(path)], EXIT_TIMEOUT);
+    assert!(made.status.success(), "{}", stderr_of(&made));
+    String::from_utf8_lossy(&made.stdout).trim().to_owned()
+}
+
+#[test]
+fn an_allow_list_refuses_other_ids_on_both_sides_and_a_pinned_tracker_must_prove_its_id() {
+    let dir = temp_dir();
+    let (seeder_store, member_store) = (subdir(dir.path(), "seeder"), subdir(dir.path(), "member"));
+    let tracker_key = dir.path().join("tracker.key");
+    let tracker_id = keygen(&tracker_key);
+    let seeder_id = keygen(&seeder_store.join("node.key"));
+    let member_id = keygen(&member_store.join("node.key"));
+    let allow = dir.path().join("allow");
+    std::fs::write(&allow, format!("# the swarm\n{tracker_id}\n{seeder_id}\n{member_id}  # member\n"))
+        .expect("written");
+    let original = random_file(dir.path(), "team.bin", 256 * 1024, 13);
+    let mut tracker = Node::spawn(
+        "tracker",
+        &["tracker", "--listen", "127.0.0.1:0", "--key", path_str(&tracker_key), "--allow", path_str(&allow)],
+    );
+    let tracker_addr = tracker.listening_addr();
+    let pinned = format!("{tracker_id}@{tracker_addr}");
+    let trusting = ["--allow", path_str(&allow)];
+    let seeder_args = [&["--share", path_str(&original)][..], &trusting[..]].concat();
+    let mut seeder = Node::spawn(
+        "seeder",
+        &[&["peer", "--tracker", pinned.as_str(), "--store", path_str(&seeder_store)][..], &seeder_args].concat(),
+    );
+    seeder.listening_addr();
+    let file_id = seeder.wait_sharing().file_id;
+
+    let tracker_arg = tracker_addr.to_string();
+    let outsider = subdir(dir.path(), "outsider");
+    let refused = run_node(
+        &["peer", "--tracker", &tracker_arg, "--store", path_str(&outsider), "--get", &file_id, "--exit-when-done"],
+        REFUSAL_TIMEOUT,
+    );
+    assert_eq!(refused.status.code(), Some(1), "an unlisted peer: {}", stderr_of(&refused));
+    assert!(stderr_of(&refused).contains("allow-list"), "an unlisted peer is told why: {}", stderr_of(&refused));
+    let says_why = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(50));
+        tracker.stderr_tail().contains("not on this node's allow-list")
+    });
+    assert!(says_why, "the tracker says why it refused:\n{}", tracker.stderr_tail());
+    let listed = run_node(&["ls", "--tracker", &tracker_arg], REFUSAL_TIMEOUT);
+    assert_eq!(listed.status.code(), Some(1), "ls with a new key");
+    assert!(listed.stdout.is_empty() && stderr_of(&listed).contains("allow-list"), "{}", stderr_of(&listed));
+    let member_key = member_store.join("node.key");
+    let listed = run_node(&["ls", "--tracker", &tracker_arg, "--key", path_str(&member_key)], REFUSAL_TIMEOUT);
+    assert!(listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains(&file_id), "ls --key");
+
+    let wrong_pin = format!("{seeder_id}@{tracker_addr}");
+    let misled = run_node(&["peer", "--tracker", &wrong_pin, "--store", path_str(&outsider)], REFUSAL_TIMEOUT);
+    assert_eq!(misled.status.code(), Some(1), "a tracker proving another id: {}", stderr_of(&misled));
+    assert!(stderr_of(&misled).contains("pinned"), "the peer says why: {}", stderr_of(&misled));
+
+    let out = subdir(dir.path(), "out");
+    let get = [&["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"][..], &trusting[..]].concat();
+    let mut member = Node::spawn(
+        "member",
+        &[&["peer", "--tracker", pinned.as_str(), "--store", path_str(&member_store)][..], &get].concat(),
+    );
+    assert_same_file(&member.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+    assert!(member.wait_exit(EXIT_TIMEOUT).success(), "{}", member.report());
+    assert!(seeder.is_running() && tracker.is_running());
 }

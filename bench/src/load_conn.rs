@@ -29,7 +29,7 @@ impl Conn {
     pub async fn open(addr: SocketAddr, role: Role, identity: Identity, listen_port: u16) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
         let peer_id = identity.peer_id();
-        let keys = Keys { identity, swarm_key: None };
+        let keys = Keys::new(identity, None);
         let stream = secure::connect(stream, &keys).await.with_context(|| format!("handshake with {addr}"))?;
         let mut conn = Conn { stream, read_buf: BytesMut::new(), write_buf: BytesMut::new() };
         conn.queue(&Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None }))?;

@@ -10,7 +10,8 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use p2p_core::limits::{PIECES_MAX, TRACKERS_PER_PEER_MAX};
 use p2p_core::manifest::check_piece_size;
-use p2p_core::FileIdPrefix;
+use p2p_core::{FileIdPrefix, PeerId};
+use p2p_net::identity::parse_peer_id;
 
 /// Share and download files peer to peer.
 ///
@@ -63,6 +64,10 @@ pub enum NodeCommand {
         /// A private swarm's key: only nodes holding the same key connect.
         #[arg(long)]
         swarm_key: Option<PathBuf>,
+        /// Let only the peer ids in FILE connect (one a line, `#` starts a comment), peers and
+        /// tools alike; others are refused after the handshake, with a clear error on both sides.
+        #[arg(long, value_name = "FILE")]
+        allow: Option<PathBuf>,
         /// Serve the HTTP API, /metrics and the live piece map on this address (port 0: any
         /// free port); prints `http on ADDR`.
         #[arg(long, value_parser = parse_addr)]
@@ -103,6 +108,10 @@ pub enum NodeCommand {
         /// The private swarm's key, when the tracker has one.
         #[arg(long)]
         swarm_key: Option<PathBuf>,
+        /// The key pair to prove, one on the tracker's allow-list (a peer's STORE/node.key, or
+        /// one from `p2p-node keygen`); default: a new one each run.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Write a new key pair to FILE (mode 0600) and print its peer id.
     ///
@@ -193,9 +202,10 @@ pub enum CtlCommand {
 #[derive(Debug, Args)]
 pub struct PeerArgs {
     /// A tracker's address (repeatable: the peer announces to every tracker and locates from
-    /// every one that answers).
-    #[arg(long = "tracker", required = true, value_parser = parse_addr)]
-    pub trackers: Vec<SocketAddr>,
+    /// every one that answers); as ID@ADDR, the tracker must prove peer id ID (its key is
+    /// pinned: another key at ADDR is refused).
+    #[arg(long = "tracker", required = true, value_parser = parse_tracker, value_name = "[ID@]ADDR")]
+    pub trackers: Vec<TrackerAddr>,
     /// Address to accept peer connections on.
     #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_addr)]
     pub listen: SocketAddr,
@@ -238,6 +248,10 @@ pub struct PeerArgs {
     /// A private swarm's key: only nodes holding the same key connect.
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,
+    /// Connect only with the peer ids in FILE (one a line, `#` starts a comment), both ways;
+    /// its trackers' ids must be on it too.
+    #[arg(long, value_name = "FILE")]
+    pub allow: Option<PathBuf>,
     /// Read options from this TOML file (keys: the long options above, e.g. `tracker =
     /// ["192.0.2.10:7000"]`, `exit-when-done = true`); options on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -260,6 +274,30 @@ impl Cli {
             }
         }
         Ok(self)
+    }
+}
+
+/// A `--tracker`: its address and, when pinned, the peer id its key must prove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerAddr {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The id it must prove (`ID@ADDR`).
+    pub pinned: Option<PeerId>,
+}
+
+impl PeerArgs {
+    /// The trackers' addresses, in order.
+    pub fn tracker_addrs(&self) -> Vec<SocketAddr> {
+        self.trackers.iter().map(|tracker| tracker.addr).collect()
+    }
+}
+
+/// `ADDR` or `ID@ADDR`.
+fn parse_tracker(text: &str) -> Result<TrackerAddr, String> {
+    match text.split_once('@') {
+        Some((id, addr)) => Ok(TrackerAddr { addr: parse_addr(addr)?, pinned: Some(parse_peer_id(id)?) }),
+        None => Ok(TrackerAddr { addr: parse_addr(text)?, pinned: None }),
     }
 }
 
@@ -346,6 +384,16 @@ mod tests {
     }
 
     #[test]
+    fn a_tracker_may_be_pinned_to_a_peer_id() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let pinned = parse_tracker(&format!("{id}@127.0.0.1:7000")).expect("valid");
+        assert_eq!(pinned.addr, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert_eq!(pinned.pinned.map(|id| id.to_string()), Some(id.to_owned()));
+        assert_eq!(parse_tracker("127.0.0.1:7000").expect("valid").pinned, None);
+        assert!(parse_tracker("0123@127.0.0.1:7000").expect_err("a short id").contains("not a peer id"));
+    }
+
+    #[test]
     fn tracker_may_be_repeated_up_to_its_bound() {
         let with_trackers = |count: u16| {
             let mut args = vec!["p2p-node".to_owned(), "peer".into(), "--store".into(), "s".into()];
@@ -356,7 +404,10 @@ mod tests {
         };
         let cli = with_trackers(2).expect("two trackers");
         let NodeCommand::Peer(peer) = cli.command else { panic!("a peer command") };
-        assert_eq!(peer.trackers, [SocketAddr::from(([127, 0, 0, 1], 7000)), SocketAddr::from(([127, 0, 0, 1], 7001))]);
+        assert_eq!(
+            peer.tracker_addrs(),
+            [SocketAddr::from(([127, 0, 0, 1], 7000)), SocketAddr::from(([127, 0, 0, 1], 7001))]
+        );
         let max = u16::try_from(TRACKERS_PER_PEER_MAX).expect("a small bound");
         assert!(with_trackers(max).is_ok());
         assert_eq!(with_trackers(max + 1).map(drop).map_err(|e| e.kind()), Err(ErrorKind::TooManyValues));

@@ -151,7 +151,7 @@ mod tests {
     fn every_key_of_the_file_sets_its_option() {
         let peer = peer(parse_with(PEER, &["peer"]).expect("valid"));
         let tracker = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        assert_eq!(peer.trackers, [tracker(7000), tracker(7001)]);
+        assert_eq!(peer.tracker_addrs(), [tracker(7000), tracker(7001)]);
         assert_eq!(peer.store, Path::new("/srv/swarm"));
         assert_eq!(peer.listen, SocketAddr::from(([0, 0, 0, 0], 7002)));
         assert_eq!(peer.get.len(), 1);
@@ -163,7 +163,11 @@ mod tests {
     fn the_command_line_overrides_the_file() {
         let typed = ["peer", "--tracker", "127.0.0.1:9000", "--listen=127.0.0.1:9001", "--upload-limit", "5"];
         let peer = peer(parse_with(PEER, &typed).expect("valid"));
-        assert_eq!(peer.trackers, [SocketAddr::from(([127, 0, 0, 1], 9000))], "the typed list replaces the file's");
+        assert_eq!(
+            peer.tracker_addrs(),
+            [SocketAddr::from(([127, 0, 0, 1], 9000))],
+            "the typed list replaces the file's"
+        );
         assert_eq!(peer.listen, SocketAddr::from(([127, 0, 0, 1], 9001)));
         assert_eq!(peer.upload_limit, Some(5));
         assert_eq!(peer.store, Path::new("/srv/swarm"), "what is not typed comes from the file");

@@ -15,7 +15,16 @@
 //! `poll_timeout()` is `None` or later than `now`; a machine that kept asking for the moment
 //! that just passed would be woken again and again at the same instant.
 //!
-//! [`step`] is steps 1 and 2 with both rules asserted, and [`step_command`] the same for a local
+//! **A received block is written in the drain of the message that brought it**: an
+//! [`Output::WriteBlock`] comes only out of the drain of an `Input::Message` carrying a `Data`
+//! message, at most one per such message, with that message's bytes. So the memory of received
+//! blocks is bounded by the driver alone: a driver that gives each `Data` message a share of a
+//! write budget holds the share while that message's drain runs, hands it to the `WriteBlock`
+//! it produced (freed once the write completes), and frees it at the end of the drain when the
+//! machine dropped the block (a duplicate, a cancelled request, a failed download). No budget
+//! travels through the machine, and none is needed there: the machine keeps no received bytes.
+//!
+//! [`step`] is steps 1 and 2 with all three rules asserted, and [`step_command`] the same for a local
 //! command, whose refusal the caller hears as an `Err`; every driver goes through them.
 
 use std::net::SocketAddr;
@@ -199,7 +208,8 @@ pub enum Output {
         /// The file.
         manifest: Manifest,
     },
-    /// Write a received block at its place in the file's partial copy.
+    /// Write a received block at its place in the file's partial copy. Only the drain of the
+    /// `Data` message that brought the block asks for it (see the module docs).
     WriteBlock {
         /// The file.
         file_id: FileId,
@@ -436,17 +446,31 @@ pub trait Machine {
 /// `carry_out` until it is empty, then the machine's next timeout (step 3 is the driver's).
 ///
 /// # Panics
-/// When the machine breaks the timer rule: after an `Input::Timeout` it still asks to be woken
-/// at `now` or earlier.
+/// When the machine breaks the timer rule (after an `Input::Timeout` it still asks to be woken
+/// at `now` or earlier) or the write rule (a `WriteBlock` that no `Data` message of this input
+/// brought, or a second one for the same message).
 pub fn step<M: Machine + ?Sized>(
     machine: &mut M,
     now: Time,
     input: Input,
-    carry_out: impl FnMut(Output),
+    mut carry_out: impl FnMut(Output),
 ) -> Option<Time> {
     let fired = input == Input::Timeout;
+    let mut received = match &input {
+        Input::Message { message: Message::Data { bytes, .. }, .. } => Some(bytes.len()),
+        _ => None,
+    };
     machine.handle(now, input);
-    let next = drain(machine, carry_out);
+    let next = drain(machine, |output| {
+        if let Output::WriteBlock { bytes, .. } = &output {
+            assert_eq!(
+                received.take(),
+                Some(bytes.len()),
+                "a block is written only in the drain of the one Data message that brought it"
+            );
+        }
+        carry_out(output);
+    });
     assert!(
         !fired || next.is_none_or(|at| at > now),
         "a machine's timer must move once it fired: woken at {now}, it asks again for {next:?}"
@@ -525,5 +549,58 @@ mod tests {
     fn a_timer_that_does_not_move_after_firing_is_refused() {
         let mut machine = Strict { queued: VecDeque::new(), timer: Some(Time::ZERO), timer_moves: false };
         step(&mut machine, Time::ZERO, Input::Timeout, |_| {});
+    }
+
+    /// A machine that asks `writes` times to write a block of 16 bytes, whatever the input.
+    struct Writer {
+        queued: VecDeque<Output>,
+        writes: usize,
+    }
+
+    impl Machine for Writer {
+        fn handle(&mut self, _now: Time, _input: Input) {
+            let file_id = FileId(crate::ids::Digest([1; 32]));
+            let write =
+                Output::WriteBlock { file_id, piece: PieceIndex(0), offset: 0, bytes: Bytes::from(vec![0; 16]) };
+            self.queued.extend(std::iter::repeat_n(write, self.writes));
+        }
+
+        fn poll_output(&mut self) -> Option<Output> {
+            self.queued.pop_front()
+        }
+
+        fn poll_timeout(&self) -> Option<Time> {
+            None
+        }
+    }
+
+    fn data(len: usize) -> Input {
+        let file_id = FileId(crate::ids::Digest([1; 32]));
+        let message = Message::Data { file_id, piece: PieceIndex(0), offset: 0, bytes: Bytes::from(vec![0; len]) };
+        Input::Message { conn: ConnId::Outbound(1), message }
+    }
+
+    #[test]
+    fn a_block_is_written_in_the_drain_of_the_data_message_that_brought_it() {
+        let mut machine = Writer { queued: VecDeque::new(), writes: 1 };
+        let mut written = 0;
+        step(&mut machine, Time::ZERO, data(16), |output| {
+            written += usize::from(matches!(output, Output::WriteBlock { .. }))
+        });
+        assert_eq!(written, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "a block is written only in the drain of the one Data message that brought it")]
+    fn a_write_without_a_data_message_is_refused() {
+        let mut machine = Writer { queued: VecDeque::new(), writes: 1 };
+        step(&mut machine, Time::ZERO, Input::Timeout, |_| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "a block is written only in the drain of the one Data message that brought it")]
+    fn a_second_write_for_one_data_message_is_refused() {
+        let mut machine = Writer { queued: VecDeque::new(), writes: 2 };
+        step(&mut machine, Time::ZERO, data(16), |_| {});
     }
 }

@@ -493,6 +493,11 @@ impl Reader {
                     tracing::warn!("{}: {e}", self.conn);
                     break Some(ConnReport::Closed);
                 }
+                // The remote refused our key after the handshake: worth a line.
+                Some(Err(FrameError::Io(e))) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    tracing::warn!("{}: {e}", self.conn);
+                    break Some(ConnReport::Closed);
+                }
                 // A socket error (reading never meets an encoding error).
                 Some(Err(e)) => {
                     tracing::debug!("{}: read failed: {e}", self.conn);

@@ -13,7 +13,7 @@
 //! socket becomes [`Input::Sent`]), the dials and transport handshakes in progress (a connection
 //! reaches the machine only once its remote proved its key, whose id comes with
 //! [`Input::Connected`]; a failed handshake is logged and never reaches it), and the store work
-//! in flight://! block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
+//! in flight: block writes, hashes, reads and finalisation run on worker threads (`spawn_blocking`, at most
 //! [`STORE_JOBS_MAX`] at once, block writes in a lane of their own) and come back as
 //! [`Input::Completed`]. It also counts the payload bytes received per file, reported when a
 //! download completes, and reports how each connection it opens turns out (up, refused, timed
@@ -152,7 +152,9 @@ pub struct Driver<M: Machine> {
     write_jobs: Arc<Semaphore>,
     /// Bounds received data not yet written (peers only: drivers with a store).
     write_budget: Option<Arc<Semaphore>>,
-    /// The budget share of the `Data` message being handled, for the write it causes.
+    /// The budget share of the `Data` message being handled, for the write it causes: core's
+    /// write rule (`p2p_core::machine`) says the only `WriteBlock` for the block comes out of
+    /// this message's drain, so the share is handed to it there, or freed when the drain ends.
     data_permit: Option<OwnedSemaphorePermit>,
     /// Where outgoing frames are encoded; see [`encode_into`].
     scratch: BytesMut,
@@ -634,8 +636,10 @@ impl<M: Machine + Unpin + 'static> Handler<Accepted> for Driver<M> {
                     driver.next_inbound += 1;
                     driver.open(ctx, ConnId::Inbound(driver.next_inbound), stream, remote);
                 }
-                // Another swarm's node is told why; someone else's junk is not news.
-                Err(e @ HandshakeError::SwarmKeyMismatch) => tracing::warn!("{}: {remote}: {e}", driver.label),
+                // Another swarm's node, or a key refused, is told why; someone else's junk is not news.
+                Err(e @ (HandshakeError::SwarmKeyMismatch | HandshakeError::NotAllowed(_))) => {
+                    tracing::warn!("{}: {remote}: {e}", driver.label)
+                }
                 Err(e) => tracing::debug!("{}: {remote}: {e}", driver.label),
             }
         }));

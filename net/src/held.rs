@@ -13,7 +13,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use p2p_core::{Bitfield, FileId, Manifest};
+use p2p_core::{Bitfield, FileId, Manifest, ManifestError};
+use thiserror::Error;
 
 use crate::item::stamp;
 
@@ -34,6 +35,32 @@ pub struct Held {
     /// Its modification stamp then: a file's time in nanoseconds since the Unix epoch, a
     /// digest of every file's size and time for a directory.
     pub modified_ns: u128,
+}
+
+/// What is wrong with a record that does not decode.
+#[derive(Debug, Error)]
+pub enum HeldError {
+    /// Not UTF-8.
+    #[error("not text")]
+    NotText,
+    /// Another first line.
+    #[error("does not start with {RECORD_HEADER:?}")]
+    Header,
+    /// A line is missing or names another key.
+    #[error("no {0} line")]
+    Missing(&'static str),
+    /// A line's value does not parse.
+    #[error("bad {0}")]
+    Bad(&'static str),
+    /// The manifest's bytes do not decode.
+    #[error("bad manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    /// The manifest is another file's.
+    #[error("describes another file")]
+    OtherFile,
+    /// The pieces, length or path disagree with the manifest (or the path is relative).
+    #[error("disagrees with its manifest")]
+    Disagrees,
 }
 
 /// How a remembered file compares with its record.
@@ -86,29 +113,29 @@ impl Held {
     }
 
     /// Reads a record that must describe `file_id`; `Err` says what is wrong with it.
-    pub fn decode(bytes: &[u8], file_id: FileId) -> Result<Held, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+    pub fn decode(bytes: &[u8], file_id: FileId) -> Result<Held, HeldError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| HeldError::NotText)?;
         let mut lines = text.lines();
         if lines.next() != Some(RECORD_HEADER) {
-            return Err(format!("does not start with {RECORD_HEADER:?}"));
+            return Err(HeldError::Header);
         }
-        let mut field = |key: &str| {
-            let line = lines.next().ok_or_else(|| format!("ends before {key}"))?;
-            line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).ok_or_else(|| format!("no {key} line"))
+        let mut field = |key: &'static str| {
+            let line = lines.next().ok_or(HeldError::Missing(key))?;
+            line.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).ok_or(HeldError::Missing(key))
         };
-        let unhex = |value: &str| hex::decode(value).map_err(|e| e.to_string());
-        let path = PathBuf::from(OsString::from_vec(unhex(field("path")?)?));
-        let length_bytes = field("length-bytes")?.parse().map_err(|_| "bad length".to_owned())?;
-        let modified_ns = field("modified-ns")?.parse().map_err(|_| "bad modification time".to_owned())?;
-        let (count, bits) = field("have")?.split_once(' ').ok_or("bad have line")?;
-        let count: u32 = count.parse().map_err(|_| "bad piece count".to_owned())?;
-        let have = Bitfield::from_bytes(count, &unhex(bits)?).ok_or("bitfield of the wrong size")?;
-        let manifest = Manifest::from_cbor(&unhex(field("manifest")?)?).map_err(|e| e.to_string())?;
+        let unhex = |value: &str, what| hex::decode(value).map_err(|_| HeldError::Bad(what));
+        let path = PathBuf::from(OsString::from_vec(unhex(field("path")?, "path")?));
+        let length_bytes = field("length-bytes")?.parse().map_err(|_| HeldError::Bad("length"))?;
+        let modified_ns = field("modified-ns")?.parse().map_err(|_| HeldError::Bad("modification time"))?;
+        let (count, bits) = field("have")?.split_once(' ').ok_or(HeldError::Bad("have line"))?;
+        let count: u32 = count.parse().map_err(|_| HeldError::Bad("piece count"))?;
+        let have = Bitfield::from_bytes(count, &unhex(bits, "bitfield")?).ok_or(HeldError::Bad("bitfield size"))?;
+        let manifest = Manifest::from_cbor(&unhex(field("manifest")?, "manifest")?)?;
         if manifest.file_id() != file_id {
-            return Err("describes another file".into());
+            return Err(HeldError::OtherFile);
         }
         if have.len() != manifest.piece_count() || manifest.length_bytes() != length_bytes || !path.is_absolute() {
-            return Err("disagrees with its manifest".into());
+            return Err(HeldError::Disagrees);
         }
         Ok(Held { path, manifest, have, length_bytes, modified_ns })
     }
@@ -133,8 +160,10 @@ mod tests {
         let read = Held::decode(&held.encode(), manifest.file_id()).expect("decode");
         assert_eq!(read, held);
         assert_eq!(read.check(), Found::Unchanged);
-        assert!(Held::decode(&held.encode(), FileId(p2p_core::Digest([0; 32]))).is_err(), "another file's id");
-        assert!(Held::decode(b"swarm-held 1\npath 00\n", manifest.file_id()).is_err(), "cut short");
+        let other = FileId(p2p_core::Digest([0; 32]));
+        assert!(matches!(Held::decode(&held.encode(), other), Err(HeldError::OtherFile)), "another file's id");
+        let cut = Held::decode(b"swarm-held 1\npath 00\n", manifest.file_id());
+        assert!(matches!(cut, Err(HeldError::Missing("length-bytes"))), "cut short");
 
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
         std::fs::File::options().write(true).open(&path).expect("open").set_modified(later).expect("touch");

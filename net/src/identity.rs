@@ -1,11 +1,13 @@
 //! A node's key files: its static X25519 key pair ([`Identity`], from which its [`PeerId`] is
-//! derived) and the optional shared secret of a private swarm ([`SwarmKey`]).
+//! derived), the optional shared secret of a private swarm ([`SwarmKey`]) and the optional list
+//! of the peer ids it lets connect ([`AllowList`]).
 //!
 //! Both are 32 secret bytes, stored as one line of 64 hex digits in a file only its owner may
 //! read (mode 0600). A file is written whole or not at all: the bytes go to a temporary file
 //! beside it, which is then linked to the final name, so a reader never sees half a key and
 //! two processes creating the same file at once end up with the same key.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -128,6 +130,43 @@ impl fmt::Debug for SwarmKey {
     }
 }
 
+/// The peer ids a node lets connect (`--allow FILE`): one id (32 hex digits) a line; blank
+/// lines and text after `#` are ignored. Not secret: ids are public.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList(BTreeSet<PeerId>);
+
+impl AllowList {
+    /// Reads the list in `path`; a line that is no peer id is an error naming it.
+    pub fn load(path: &Path) -> Result<AllowList, NetError> {
+        let text = fs::read_to_string(path).map_err(NetError::io("read", path))?;
+        AllowList::parse(&text).map_err(|reason| NetError::Corrupt { path: path.to_owned(), reason })
+    }
+
+    /// The list in `text` (see the type's docs); `Err` names the first bad line.
+    pub fn parse(text: &str) -> Result<AllowList, String> {
+        let mut ids = BTreeSet::new();
+        for (number, line) in text.lines().enumerate() {
+            let id = line.split('#').next().unwrap_or_default().trim();
+            if id.is_empty() {
+                continue;
+            }
+            ids.insert(parse_peer_id(id).map_err(|e| format!("line {}: {e}", number + 1))?);
+        }
+        Ok(AllowList(ids))
+    }
+
+    /// Whether `peer_id` is on the list.
+    pub fn allows(&self, peer_id: PeerId) -> bool {
+        self.0.contains(&peer_id)
+    }
+}
+
+/// A peer id as printed: 32 hex digits.
+pub fn parse_peer_id(text: &str) -> Result<PeerId, String> {
+    let bytes = hex::decode(text).ok().and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+    bytes.map(PeerId).ok_or_else(|| format!("{text:?} is not a peer id (32 hex digits)"))
+}
+
 fn random_secret() -> [u8; SECRET_BYTES] {
     let mut secret = [0u8; SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -204,6 +243,16 @@ mod tests {
         assert_eq!(SwarmKey::load(&path).expect("read back"), key);
         fs::write(&path, "not hex\n").expect("written");
         assert!(matches!(SwarmKey::load(&path), Err(NetError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn an_allow_list_takes_one_id_a_line_with_comments_and_names_a_bad_line() {
+        let (a, b) = (Identity::generate().peer_id(), Identity::generate().peer_id());
+        let list = AllowList::parse(&format!("# the team\n{a}\n\n  {b}  # laptop\n")).expect("valid");
+        assert!(list.allows(a) && list.allows(b));
+        assert!(!list.allows(Identity::generate().peer_id()));
+        let err = AllowList::parse(&format!("{a}\n{}\n", &b.to_string()[..30])).expect_err("a short id");
+        assert!(err.starts_with("line 2: "), "{err}");
     }
 
     #[test]

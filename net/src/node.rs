@@ -28,7 +28,7 @@ use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
 use crate::identity::{Identity, SwarmKey};
-use crate::secure::Keys;
+use crate::secure::{Keys, Trust};
 use crate::store::{Reused, Store};
 use crate::watch::{Metrics, Role};
 
@@ -65,6 +65,8 @@ pub struct PeerOptions {
     pub seed: Option<u64>,
     /// The private swarm's key (`None`: an open swarm).
     pub swarm_key: Option<SwarmKey>,
+    /// The remotes it lets connect and the trackers' pinned ids (default: any remote).
+    pub trust: Trust,
     /// Interval between announces to the tracker.
     pub announce_interval: Duration,
 }
@@ -95,7 +97,9 @@ pub struct PeerHandle {
     addr: SocketAddr,
     peer_id: PeerId,
     trackers: Vec<SocketAddr>,
-    swarm_key: Option<SwarmKey>,
+    /// Its own keys, also for its short client connections to its trackers (an allow-list at
+    /// a tracker lets them through as it lets the peer).
+    keys: Keys,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     driver: Addr<Driver<Peer>>,
@@ -145,13 +149,13 @@ pub async fn spawn_peer(
     config.listen_ip = Some(addr.ip()).filter(|ip| !ip.is_unspecified());
     config.upload_limit_bytes_per_s = options.upload_limit_bytes_per_s;
     config.announce_interval = options.announce_interval;
-    let swarm_key = options.swarm_key.clone();
-    let keys = Keys { identity, swarm_key: options.swarm_key };
+    let keys = Keys { identity, swarm_key: options.swarm_key, trust: Arc::new(options.trust) };
     let metrics = Arc::new(Metrics::new(Role::Peer));
-    let driver = Driver::new(Peer::new(config), keys, format!("peer {addr}"), Some(store.clone()), Some(events))
-        .with_metrics(metrics.clone());
+    let driver =
+        Driver::new(Peer::new(config), keys.clone(), format!("peer {addr}"), Some(store.clone()), Some(events))
+            .with_metrics(metrics.clone());
     let driver = driver.start_with_listener(listener);
-    Ok(PeerHandle { addr, peer_id, trackers: options.trackers, swarm_key, store, metrics, driver })
+    Ok(PeerHandle { addr, peer_id, trackers: options.trackers, keys, store, metrics, driver })
 }
 
 impl TrackerHandle {
@@ -191,6 +195,7 @@ impl PeerOptions {
             upload_limit_bytes_per_s: None,
             seed: None,
             swarm_key: None,
+            trust: Trust::default(),
             announce_interval: ANNOUNCE_INTERVAL_DEFAULT,
         }
     }
@@ -246,16 +251,15 @@ impl PeerHandle {
         if let Ok(file_id) = prefix.resolve(&self.known_ids()) {
             return Ok(file_id);
         }
-        // A listing is a client's connection: a fresh key pair, in the peer's swarm.
-        let keys = Keys { identity: Identity::generate(), swarm_key: self.swarm_key.clone() };
+        let keys = &self.keys;
         let (first, others) =
             self.trackers.split_first().ok_or(NetError::TrackerCount { count: 0, max: TRACKERS_PER_PEER_MAX })?;
-        let mut listed = list_files(*first, &keys).await;
+        let mut listed = list_files(*first, keys).await;
         for tracker in others {
             if listed.is_ok() {
                 break;
             }
-            listed = list_files(*tracker, &keys).await;
+            listed = list_files(*tracker, keys).await;
         }
         let (files, _) = listed?;
         prefix
@@ -339,9 +343,9 @@ impl PeerHandle {
     /// The manifest of `file_id` from the first tracker that knows it; `None` when none does
     /// (the download learns it from holders then), a tracker that cannot be asked is logged.
     async fn locate_manifest(&self, file_id: FileId) -> Option<Manifest> {
-        let keys = Keys { identity: Identity::generate(), swarm_key: self.swarm_key.clone() };
+        let keys = &self.keys;
         for tracker in &self.trackers {
-            match locate_manifest(*tracker, &keys, file_id).await {
+            match locate_manifest(*tracker, keys, file_id).await {
                 Ok(Some(manifest)) => return Some(manifest),
                 Ok(None) => {}
                 Err(e) => tracing::debug!("cannot ask for the manifest of {file_id}: {e}"),

@@ -13,7 +13,10 @@
 //! On the wire every Noise message (at most 65,535 bytes) follows a 2-byte big-endian length.
 //! Handshake messages are at most [`HANDSHAKE_MESSAGE_BYTES_MAX`]; a responder that cannot
 //! read the first one (another swarm key) answers with a zero length, the refusal, and closes,
-//! so both sides can say why. After the handshake the plaintext byte stream (core's frames) is
+//! so both sides can say why. A side that learns the other's id and does not trust it (not on
+//! its allow-list, or, dialling a pinned address, not the pinned id: [`Trust`]) finishes its
+//! part of the handshake and then sends the same refusal, an empty chunk, and closes: the
+//! other side's first read fails with [`REFUSED_AFTER_HANDSHAKE`]. After the handshake the plaintext byte stream (core's frames) is
 //! cut into chunks of at most [`CHUNK_PLAINTEXT_BYTES_MAX`] bytes, each sealed with the next
 //! nonce of its direction: a chunk that is changed, dropped, repeated or reordered fails to
 //! open and ends the connection. Frame limits apply to the plaintext. A receiver keeps only
@@ -21,7 +24,9 @@
 //! starting small and doubling, up to [`READ_BYTES_MAX`], only while each fills the room it
 //! had, and what its buffers hold counts against the driver's read budget.
 
+use std::collections::BTreeMap;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -36,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::identity::{peer_id_of, Identity, SwarmKey, SECRET_BYTES};
+use crate::identity::{peer_id_of, AllowList, Identity, SwarmKey, SECRET_BYTES};
 
 /// The Noise protocol every connection speaks.
 pub const NOISE_PROTOCOL: &str = "Noise_XXpsk0_25519_AESGCM_SHA256";
@@ -64,23 +69,52 @@ const READ_BYTES_MIN: usize = 8 * 1024;
 /// The most room a reader asks for before one read: a read that filled its room doubles the
 /// next one's, up to this.
 pub const READ_BYTES_MAX: usize = 4 * (LENGTH_BYTES + NOISE_MESSAGE_BYTES_MAX);
+/// What a remote's refusal after the handshake means.
+pub const REFUSED_AFTER_HANDSHAKE: &str =
+    "refused by the remote: this node's peer id is not on its allow-list, or the remote refused its key";
 /// Bytes of an unreadable answer kept to tell what answered (an HTTP server, text).
 const ANSWER_SHOWN_BYTES_MAX: usize = 64;
 
-/// What a node proves and checks in its handshakes: its key pair and, in a private swarm, the
-/// swarm key.
+/// What a node proves and checks in its handshakes: its key pair, in a private swarm the swarm
+/// key, and whom it trusts.
 #[derive(Clone, Debug)]
 pub struct Keys {
     /// The node's static key pair.
     pub identity: Identity,
     /// The private swarm's key (`None`: an open swarm).
     pub swarm_key: Option<SwarmKey>,
+    /// The remotes it lets its connections reach.
+    pub trust: Arc<Trust>,
+}
+
+/// The remotes a node lets its connections reach, by the ids their keys prove.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// The ids allowed, both ways (`None`: any id).
+    pub allow: Option<AllowList>,
+    /// The id the remote at an address it dials must prove (a tracker's pinned key).
+    pub pinned: BTreeMap<SocketAddr, PeerId>,
 }
 
 impl Keys {
+    /// `identity` in the swarm of `swarm_key`, trusting any remote.
+    pub fn new(identity: Identity, swarm_key: Option<SwarmKey>) -> Keys {
+        Keys { identity, swarm_key, trust: Arc::default() }
+    }
+
     /// A new key pair, in an open swarm (a tracker or tool that keeps no key file).
     pub fn new_open() -> Keys {
-        Keys { identity: Identity::generate(), swarm_key: None }
+        Keys::new(Identity::generate(), None)
+    }
+
+    /// Why a remote that proved `remote` (reached at `addr`, when we dialled) is refused.
+    fn distrusts(&self, remote: PeerId, dialled: Option<SocketAddr>) -> Option<HandshakeError> {
+        let pinned = dialled.and_then(|addr| self.trust.pinned.get(&addr));
+        if let Some(&expected) = pinned.filter(|expected| **expected != remote) {
+            return Some(HandshakeError::NotPinned { expected, proven: remote });
+        }
+        let allowed = self.trust.allow.as_ref().is_none_or(|allow| allow.allows(remote));
+        (!allowed).then_some(HandshakeError::NotAllowed(remote))
     }
 }
 
@@ -93,6 +127,17 @@ pub enum HandshakeError {
     /// (Initiator) The remote refused our first message: it holds another swarm key.
     #[error("handshake failed: refused by the remote: it holds another swarm key (or none, or we hold none)")]
     RefusedSwarmKey,
+    /// The remote proved an id that is not on our allow-list: we refused it.
+    #[error("refused peer id {0}: it is not on this node's allow-list (--allow)")]
+    NotAllowed(PeerId),
+    /// (Initiator) The remote at a pinned address proved another id than the pinned one.
+    #[error("handshake failed: the remote proved peer id {proven}, not {expected} pinned by --tracker ID@ADDR")]
+    NotPinned {
+        /// The id pinned for the address.
+        expected: PeerId,
+        /// The id the remote proved.
+        proven: PeerId,
+    },
     /// The remote's bytes are not a swarm handshake; `answer` holds the first of them.
     #[error("handshake failed: the remote does not speak the swarm protocol")]
     NotSwarm {
@@ -181,8 +226,12 @@ async fn initiate(mut stream: TcpStream, keys: &Keys) -> Result<SecureStream, Ha
         return Err(HandshakeError::RefusedSwarmKey);
     }
     noise.read_message(&answer, &mut message)?;
+    let distrust = keys.distrusts(remote_id(&noise)?, stream.peer_addr().ok());
     let len = noise.write_message(&[], &mut message)?;
     write_handshake_message(&mut stream, &message[..len]).await?;
+    if let Some(distrust) = distrust {
+        return Err(refuse(stream, distrust).await);
+    }
     SecureStream::open(stream, noise)
 }
 
@@ -205,7 +254,25 @@ async fn respond(mut stream: TcpStream, keys: &Keys) -> Result<SecureStream, Han
     write_handshake_message(&mut stream, &message[..len]).await?;
     let last = read_handshake_message(&mut stream).await?;
     noise.read_message(&last, &mut message)?;
+    if let Some(distrust) = keys.distrusts(remote_id(&noise)?, None) {
+        return Err(refuse(stream, distrust).await);
+    }
     SecureStream::open(stream, noise)
+}
+
+/// The id the remote's static key proves, once the handshake message carrying it was read.
+fn remote_id(noise: &snow::HandshakeState) -> Result<PeerId, HandshakeError> {
+    // XX always carries the remote's static key; a missing one is a failed handshake.
+    Ok(noise.get_remote_static().map(peer_id_of).ok_or(snow::Error::Input)?)
+}
+
+/// Refuses a remote after a handshake that proved its key: sends the refusal, an empty
+/// chunk (a sealed one holds at least its tag), so the remote can say why, and closes.
+async fn refuse(mut stream: TcpStream, why: HandshakeError) -> HandshakeError {
+    // The connection ends either way.
+    write_handshake_message(&mut stream, &[]).await.ok();
+    stream.shutdown().await.ok();
+    why
 }
 
 /// Small frames (requests, handshake messages) leave at once.
@@ -243,8 +310,7 @@ async fn read_handshake_message(stream: &mut TcpStream) -> Result<Vec<u8>, Hands
 
 impl SecureStream {
     fn open(stream: TcpStream, noise: snow::HandshakeState) -> Result<SecureStream, HandshakeError> {
-        // XX always carries the remote's static key; a missing one is a failed handshake.
-        let peer_id = noise.get_remote_static().map(peer_id_of).ok_or(snow::Error::Input)?;
+        let peer_id = remote_id(&noise)?;
         let transport = Arc::new(noise.into_stateless_transport_mode()?);
         let (read_half, write_half) = stream.into_split();
         let reader = SecureReader {
@@ -331,6 +397,9 @@ impl SecureReader {
         let mut added = 0;
         while let Some(length) = self.sealed.get(..LENGTH_BYTES) {
             let len = usize::from(u16::from_be_bytes([length[0], length[1]]));
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, REFUSED_AFTER_HANDSHAKE));
+            }
             if len < TAG_BYTES {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "a sealed chunk shorter than its tag"));
             }
@@ -520,14 +589,76 @@ pub(crate) mod tests {
         dialler_swarm_key: Option<SwarmKey>,
         acceptor_swarm_key: Option<SwarmKey>,
     ) -> (Result<SecureStream, HandshakeError>, Result<SecureStream, HandshakeError>, Keys, Keys) {
+        let dialler = Keys::new(Identity::generate(), dialler_swarm_key);
+        let acceptor = Keys::new(Identity::generate(), acceptor_swarm_key);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let (dialled, accepted) = handshaken_with(listener, &dialler, &acceptor).await;
+        (dialled, accepted, dialler, acceptor)
+    }
+
+    /// Both ends of a connection to `listener` after their handshakes, the dialler's first.
+    async fn handshaken_with(
+        listener: tokio::net::TcpListener,
+        dialler: &Keys,
+        acceptor: &Keys,
+    ) -> (Result<SecureStream, HandshakeError>, Result<SecureStream, HandshakeError>) {
+        let addr = listener.local_addr().expect("bound");
+        let dial = async { connect(TcpStream::connect(addr).await.expect("connects"), dialler).await };
+        let answer = async { accept(listener.accept().await.expect("accepts").0, acceptor).await };
+        tokio::join!(dial, answer)
+    }
+
+    /// Keys of a new key pair in an open swarm that trust what `trust` says.
+    fn trusting(trust: Trust) -> Keys {
+        Keys { trust: Arc::new(trust), ..Keys::new_open() }
+    }
+
+    /// The error of the first read on `stream`, which the remote refused.
+    async fn refusal_read(stream: Result<SecureStream, HandshakeError>) -> io::Error {
+        let mut stream = stream.expect("the refused side finishes its handshake");
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect_err("the remote refused")
+    }
+
+    #[actix_rt::test]
+    async fn an_id_off_the_allow_list_is_refused_on_both_sides_whichever_dials() {
+        let listed = Keys::new_open();
+        let list = AllowList::parse(&listed.identity.peer_id().to_string()).expect("one id");
+        let strict = trusting(Trust { allow: Some(list), ..Trust::default() });
+        let stranger = Keys::new_open();
+        for (dialler, acceptor) in [(&stranger, &strict), (&strict, &stranger)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let (dialled, accepted) = handshaken_with(listener, dialler, acceptor).await;
+            let (refuser, refused) =
+                if dialler.trust.allow.is_some() { (dialled, accepted) } else { (accepted, dialled) };
+            let proven = stranger.identity.peer_id();
+            assert!(matches!(refuser, Err(HandshakeError::NotAllowed(id)) if id == proven), "{refuser:?}");
+            let error = refusal_read(refused).await;
+            assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
+            assert!(error.to_string().contains("allow-list"), "{error}");
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let (dialled, accepted) = handshaken_with(listener, &listed, &strict).await;
+        assert!(dialled.is_ok() && accepted.is_ok(), "a listed id is let in");
+    }
+
+    #[actix_rt::test]
+    async fn a_pinned_address_must_prove_the_pinned_id() {
+        let (tracker, impostor) = (Keys::new_open(), Keys::new_open());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("bound");
-        let dialler = Keys { identity: Identity::generate(), swarm_key: dialler_swarm_key };
-        let acceptor = Keys { identity: Identity::generate(), swarm_key: acceptor_swarm_key };
-        let dial = async { connect(TcpStream::connect(addr).await.expect("connects"), &dialler).await };
-        let answer = async { accept(listener.accept().await.expect("accepts").0, &acceptor).await };
-        let (dialled, accepted) = tokio::join!(dial, answer);
-        (dialled, accepted, dialler, acceptor)
+        let pinned = BTreeMap::from([(addr, tracker.identity.peer_id())]);
+        let peer = trusting(Trust { pinned, ..Trust::default() });
+        let (dialled, accepted) = handshaken_with(listener, &peer, &impostor).await;
+        let (expected, proven) = (tracker.identity.peer_id(), impostor.identity.peer_id());
+        assert!(
+            matches!(dialled, Err(HandshakeError::NotPinned { expected: e, proven: p }) if e == expected && p == proven),
+            "{dialled:?}"
+        );
+        assert_eq!(refusal_read(accepted).await.kind(), io::ErrorKind::PermissionDenied);
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("binds again");
+        let (dialled, accepted) = handshaken_with(listener, &peer, &tracker).await;
+        assert!(dialled.is_ok() && accepted.is_ok(), "the pinned key is let in");
     }
 
     /// Both ends of an open-swarm connection, the dialler's first.
@@ -573,14 +704,14 @@ pub(crate) mod tests {
     async fn a_chunk_altered_in_transit_ends_the_stream() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("bound");
-        let keys = Keys { identity: Identity::generate(), swarm_key: None };
+        let keys = Keys::new_open();
         // A relay that flips one bit of the first chunk after the handshake.
         let relay = async {
             let (mut dialler, _) = listener.accept().await.expect("accepts");
             let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
             let inner_addr = inner.local_addr().expect("bound");
             let acceptor = tokio::spawn(async move {
-                let keys = Keys { identity: Identity::generate(), swarm_key: None };
+                let keys = Keys::new_open();
                 let mut stream = accept(inner.accept().await.expect("accepts").0, &keys).await.expect("handshake");
                 let mut byte = [0u8; 1];
                 stream.read_exact(&mut byte).await

@@ -343,11 +343,11 @@ impl Store {
         let bytes = fs::read(&record).map_err(NetError::io("read", &record))?;
         let held = match Held::decode(&bytes, file_id) {
             Ok(held) => held,
-            Err(reason) => return self.forget(&record, &reason),
+            Err(reason) => return self.forget(&record, reason),
         };
         let found = held.check();
         if found == Found::Gone {
-            return self.forget(&record, &format!("{} is gone or changed size", held.path.display()));
+            return self.forget(&record, format_args!("{} is gone or changed size", held.path.display()));
         }
         let file = ItemFiles::open(&held.path, &held.manifest)?;
         let mut have = held.have.clone();
@@ -402,7 +402,7 @@ impl Store {
         write_atomically(&self.sidecar(held.manifest.file_id(), "held"), &held.encode())
     }
 
-    fn forget(&self, record: &Path, reason: &str) -> Result<Option<(Manifest, Bitfield)>, NetError> {
+    fn forget(&self, record: &Path, reason: impl std::fmt::Display) -> Result<Option<(Manifest, Bitfield)>, NetError> {
         tracing::warn!("no longer serving what {} remembers: {reason}", record.display());
         remove_if_present(record)?;
         Ok(None)

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use p2p_core::limits::TRACKER_FILES_PER_IP_MAX;
 use p2p_core::Time;
 
 use crate::efficiency::{self, Efficiency};
@@ -88,6 +89,7 @@ fn check_one(expect: &Expect, scenario: &Scenario, outcome: &Outcome, name: &dyn
         Expect::DownloadedAtMost(peers, copies) => downloaded_at_most(outcome, peers, *copies, name),
         Expect::SeederUseful(at_least) => seeder_useful(&efficiency::measure(scenario, outcome), *at_least),
         Expect::NotBanned(peers) => not_banned(outcome, peers, name),
+        Expect::TrackerBounded(flooders) => tracker_bounded(outcome, flooders, name),
         Expect::UploadedLess(peer, than) => {
             let mine = outcome.peer(*peer).bytes_up;
             let beaten: Vec<String> = than
@@ -163,6 +165,33 @@ fn not_banned(outcome: &Outcome, peers: &[NodeIdx], name: &dyn Fn(NodeIdx) -> St
         .map(|(by, banned)| format!("{} banned {}", name(*by), name(*banned)))
         .collect();
     verdict(format!("nobody bans {}", list(peers, name)), banned.join(", "))
+}
+
+fn tracker_bounded(outcome: &Outcome, flooders: &[NodeIdx], name: &dyn Fn(NodeIdx) -> String) -> Verdict {
+    let over: Vec<String> = outcome
+        .floods
+        .iter()
+        // A flood nothing refused did not reach the quotas: it proves nothing.
+        .filter(|((flooder, _), tally)| flooders.contains(flooder) && !(tally.within_quota() && tally.refused > 0))
+        .map(|((flooder, tracker), tally)| {
+            format!(
+                "tracker {tracker} kept {} of {}'s fake files, refused {}",
+                tally.accepted,
+                name(*flooder),
+                tally.refused
+            )
+        })
+        .collect();
+    let unseen: Vec<String> = flooders
+        .iter()
+        .filter(|f| !outcome.floods.keys().any(|(flooder, _)| flooder == *f))
+        .map(|f| format!("{} never flooded", name(*f)))
+        .collect();
+    let expected = format!(
+        "trackers refuse part of {}'s flood and keep at most {TRACKER_FILES_PER_IP_MAX} fake files of it",
+        list(flooders, name)
+    );
+    verdict(expected, [over, unseen].concat().join(", "))
 }
 
 fn within_bound(e: &Efficiency, factor: f64, p50_factor: Option<f64>) -> Verdict {

@@ -38,6 +38,7 @@ pub mod trace;
 pub mod uplink;
 pub mod world;
 
+pub use adversary::{FloodTally, FLOOD_CONNECTIONS};
 pub use error::ScenarioError;
 pub use expect::{check, Verdict};
 pub use node::run_actix;

@@ -314,6 +314,20 @@ impl Network {
     /// `from` opens connection `conn` to `addr`: both ends get `Connected`, or the opener gets
     /// `Disconnected` when nobody reachable listens there or either end lacks the swarm key.
     pub fn connect(&mut self, now: Time, from: NodeIdx, conn: ConnId, addr: SocketAddr, queue: &mut Queue) {
+        let opener_id = self.nodes[from.0].peer_id;
+        self.connect_as(now, (from, opener_id), conn, addr, queue);
+    }
+
+    /// As [`Network::connect`], with `from` proving the key of `opener_id` on this connection
+    /// (an adversary holding keys besides its node's).
+    pub fn connect_as(
+        &mut self,
+        now: Time,
+        (from, opener_id): (NodeIdx, PeerId),
+        conn: ConnId,
+        addr: SocketAddr,
+        queue: &mut Queue,
+    ) {
         let target = self.listener_at(addr);
         let reachable = target.filter(|t| {
             let (t, from) = (&self.nodes[t.0], &self.nodes[from.0]);
@@ -334,7 +348,7 @@ impl Network {
         let id = self.links.len() as LinkId;
         let port = EPHEMERAL_PORT_FIRST + (id % EPHEMERAL_PORT_COUNT) as u16;
         let opener_addr = SocketAddr::new(self.nodes[from.0].addr.ip(), port);
-        let (opener_id, target_id) = (self.nodes[from.0].peer_id, self.nodes[target.0].peer_id);
+        let target_id = self.nodes[target.0].peer_id;
         let end = |node: NodeIdx, conn| End { node, conn, incarnation: self.nodes[node.0].incarnation, open: true };
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);

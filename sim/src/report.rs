@@ -9,6 +9,7 @@ use std::fmt;
 
 use p2p_core::Time;
 
+use crate::adversary::FloodTally;
 use crate::scenario::NodeIdx;
 
 /// One line of the readable story.
@@ -77,6 +78,8 @@ pub struct Outcome {
     pub missing: BTreeMap<NodeIdx, Vec<u32>>,
     /// Broken invariants, in words (empty on a healthy run).
     pub violations: Vec<String>,
+    /// What each tracker answered each `tracker-flooder`: `(flooder, tracker number)` → tally.
+    pub floods: BTreeMap<(NodeIdx, usize), FloodTally>,
     /// Largest number of block requests one connection had outstanding.
     pub requests_in_flight_max: usize,
     /// The readable story.

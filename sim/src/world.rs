@@ -66,7 +66,7 @@ pub(crate) struct NodeState {
 #[derive(Debug)]
 pub struct World {
     pub(crate) scenario: Scenario,
-    seed: u64,
+    pub(crate) seed: u64,
     pub(crate) content: Content,
     /// The file's id (hashing the manifest on every storage call would dominate a large run).
     pub(crate) file_id: FileId,
@@ -250,7 +250,7 @@ impl World {
                 if !self.is_current(node, incarnation) {
                     return None;
                 }
-                if self.hog_input(node, &input) {
+                if self.adversary_input(node, &input) {
                     return None;
                 }
                 if let Input::Disconnected { conn } = input {
@@ -264,7 +264,7 @@ impl World {
                     return None;
                 }
                 self.on_arrival(node, from, &input);
-                if self.hog_input(node, &input) {
+                if self.adversary_input(node, &input) {
                     return None;
                 }
                 Some(Step::Input(node, input))
@@ -422,9 +422,7 @@ impl World {
         let pieces = format!("{} of {} pieces", have.count(), have.len());
         self.tell(node, format!("{verb} at {} holding {pieces}", node_addr(node)));
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
-        if self.scenario.peers[node.0 - 1].role == Role::SlotHog {
-            self.hog_slots(node);
-        }
+        self.adversary_joined(node);
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
             self.local(node, Input::Command(Box::new(Command::Get { file_id: self.file_id, resume })));

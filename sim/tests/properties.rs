@@ -14,7 +14,9 @@
 //! holder may serve corrupted copies of random pieces, which must be caught by hash and never
 //! kept; (v) the tracker never lists a peer past its TTL; (vi) requests in flight per connection
 //! stay bounded; (vii) a liar that sends one bad block per piece and drops the connection
-//! (`liar-mixed`) may join as another full holder, and no honest peer is ever banned by anyone. (i), (ii), (v) and (vi) are watched by the world while it runs and arrive as
+//! (`liar-mixed`) may join as another full holder, and no honest peer is ever banned by anyone;
+//! (viii) a `tracker-flooder` may join and announce fake files past its address's quotas: the
+//! tracker keeps no more of them than the quota. (i), (ii), (v) and (vi) are watched by the world while it runs and arrive as
 //! `Outcome::violations`. The moderate regime is held to all of them; the whole regime to all
 //! but (iii) in CI, and to (iii) in the ignored `random_swarms_over_the_whole_regime_stay_live`
 //! (issue 10: slow uplinks stall the swarm today).
@@ -83,6 +85,8 @@ struct Swarm {
     corrupt_mask: u64,
     /// Whether LIAR, a full holder with the `liar-mixed` role, joins.
     liar: bool,
+    /// Whether FLOOD, a `tracker-flooder`, joins.
+    flooder: bool,
     peers: Vec<PeerPlan>,
 }
 
@@ -155,9 +159,22 @@ fn swarm(regime: Regime) -> impl Strategy<Value = Swarm> {
         prop_oneof![2 => Just(0u64), 1 => any::<u64>()],
         proptest::collection::vec(peer, 1..60),
         proptest::bool::weighted(0.25),
+        proptest::bool::weighted(0.25),
     )
         .prop_map(
-            |(seed, (piece_bytes, pieces), seeder_up, latency_ms, jitter_ms, loss, missing, corrupt, peers, liar)| {
+            |(
+                seed,
+                (piece_bytes, pieces),
+                seeder_up,
+                latency_ms,
+                jitter_ms,
+                loss,
+                missing,
+                corrupt,
+                peers,
+                liar,
+                flooder,
+            )| {
                 Swarm {
                     seed,
                     pieces,
@@ -169,6 +186,7 @@ fn swarm(regime: Regime) -> impl Strategy<Value = Swarm> {
                     missing_mask: missing & all_pieces(pieces) & !1, // piece 0 always exists
                     corrupt_mask: corrupt & all_pieces(pieces) & !(missing & all_pieces(pieces) & !1),
                     liar,
+                    flooder,
                     peers,
                 }
             },
@@ -212,6 +230,14 @@ fn scenario_file(swarm: &Swarm) -> ScenarioFile {
             holds: Some(list(available)),
             wants: Some(false),
             role: Some(Role::LiarMixed),
+            ..PeerFile::default()
+        });
+    }
+    if swarm.flooder {
+        peers.push(PeerFile {
+            name: "FLOOD".to_owned(),
+            wants: Some(false),
+            role: Some(Role::TrackerFlooder),
             ..PeerFile::default()
         });
     }
@@ -289,6 +315,9 @@ fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32], liv
     let name = |node: NodeIdx| scenario.peers.get(node.0.wrapping_sub(1)).map_or("tracker", |p| p.name.as_str());
     if let Some((by, banned)) = outcome.bans.iter().find(|(_, banned)| !["BAD", "LIAR"].contains(&name(*banned))) {
         return Err(format!("(vii) {} banned {}, an honest peer", name(*by), name(*banned)));
+    }
+    if let Some(((flooder, tracker), tally)) = outcome.floods.iter().find(|(_, tally)| !tally.within_quota()) {
+        return Err(format!("(viii) tracker {tracker} kept {tally:?} of {}'s flood", name(*flooder)));
     }
     let end = scenario.end.as_micros() as f64 / 1e6;
     let settle = settle_s(scenario);

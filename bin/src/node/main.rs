@@ -46,12 +46,14 @@ fn main() -> ExitCode {
 
 fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Tracker { listen, key, swarm_key, http, config: _ } => {
-            in_actix(tracker::run(listen, key, swarm_key.as_deref(), http))
+        NodeCommand::Tracker { listen, key, swarm_key, allow, http, config: _ } => {
+            in_actix(tracker::run(listen, key, (swarm_key.as_deref(), allow.as_deref()), http))
         }
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
-        NodeCommand::Ls { tracker, pieces, swarm_key } => in_actix(tools::ls(tracker, pieces, swarm_key.as_deref())),
+        NodeCommand::Ls { tracker, pieces, swarm_key, key } => {
+            in_actix(tools::ls(tracker, pieces, (swarm_key.as_deref(), key.as_deref())))
+        }
         NodeCommand::Keygen { path } => tools::keygen(&path),
         NodeCommand::SwarmKey { path } => tools::swarm_key(&path),
         NodeCommand::Demo => in_actix(demo::run()),

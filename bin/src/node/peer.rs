@@ -24,15 +24,17 @@ use p2p_core::{Event, FileId};
 use p2p_net::client;
 use p2p_net::http::limits::EVENTS_BUFFERED_MAX;
 use p2p_net::http::{serve_peer, HttpHandle, Job, PeerApi, Token};
-use p2p_net::secure::Keys;
-use p2p_net::{spawn_peer, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
+use p2p_net::identity::Identity;
+use p2p_net::node::IDENTITY_FILE_NAME;
+use p2p_net::secure::{Keys, Trust};
+use p2p_net::{spawn_peer, NetError, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::PeerArgs;
 use crate::progress::Progress;
 use crate::reach::Reach;
 use crate::report;
-use crate::tools::{client_keys, Shutdown};
+use crate::tools::{load_allow_list, load_swarm_key, Shutdown};
 use crate::uploads::Uploads;
 
 /// How often the reachability of holders is checked against the give-up time.
@@ -50,26 +52,28 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     for path in &args.share {
         check_shareable(path).with_context(|| format!("cannot share {}", path.display()))?;
     }
-    let client_keys = client_keys(args.swarm_key.as_deref())?;
-    check_trackers(&args.trackers, &client_keys).await?;
+    let keys = peer_keys(&args)?;
+    let trackers = args.tracker_addrs();
+    check_trackers(&trackers, &keys).await?;
     let stream = args.http.is_some().then(|| broadcast::channel(EVENTS_BUFFERED_MAX).0);
     report::publish_events(report::Events { json_lines: args.json, stream: stream.clone() });
     let (events_sender, mut events) = mpsc::unbounded_channel();
-    let mut options = PeerOptions::new(args.trackers[0], args.store.clone());
-    options.trackers.clone_from(&args.trackers);
-    options.swarm_key = client_keys.swarm_key.clone();
+    let mut options = PeerOptions::new(trackers[0], args.store.clone());
+    options.trackers.clone_from(&trackers);
+    options.swarm_key = keys.swarm_key.clone();
+    options.trust = (*keys.trust).clone();
     options.listen = args.listen;
     options.out_dir = args.out.clone().unwrap_or_else(|| args.store.clone());
     options.upload_limit_bytes_per_s = args.upload_limit;
     let peer = Arc::new(spawn_peer(options, events_sender).await.context("cannot start the peer")?);
     report::listening(peer.addr());
-    warn_if_unreachable(peer.addr(), &args.trackers);
+    warn_if_unreachable(peer.addr(), &trackers);
     let (jobs_sender, mut jobs) = mpsc::unbounded_channel();
     let http = match args.http {
         Some(listen) => Some(start_http(listen, &peer, &args, stream, jobs_sender)?),
         None => None,
     };
-    let mut session = Session::new(args.exit_when_done, args.get.len(), &args.trackers);
+    let mut session = Session::new(args.exit_when_done, args.get.len(), &trackers);
     let started = tokio::select! {
         biased;
         signal = shutdown.wait() => Err(signal),
@@ -88,6 +92,19 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         tracing::info!("{summary}");
     }
     result
+}
+
+/// The peer's own keys (its key pair in the store, made on first run), which its start-up
+/// check of the trackers proves too, so a tracker's allow-list lets the check through as it
+/// lets the peer; the swarm key, the allow-list and the pinned trackers' ids.
+fn peer_keys(args: &PeerArgs) -> anyhow::Result<Keys> {
+    let store = &args.store;
+    let created = std::fs::create_dir_all(store).map_err(NetError::io("create the store directory", store));
+    created.context("cannot start the peer")?;
+    let identity = Identity::load_or_create(&store.join(IDENTITY_FILE_NAME)).context("cannot start the peer")?;
+    let pinned = args.trackers.iter().filter_map(|tracker| Some((tracker.addr, tracker.pinned?))).collect();
+    let trust = Trust { allow: load_allow_list(args.allow.as_deref())?, pinned };
+    Ok(Keys { identity, swarm_key: load_swarm_key(args.swarm_key.as_deref())?, trust: Arc::new(trust) })
 }
 
 /// Every `--tracker` is checked in turn. The peer starts when one of them answers as a

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use p2p_net::client::list_files;
 use p2p_net::hasher::manifest_of;
-use p2p_net::identity::{Identity, SwarmKey};
+use p2p_net::identity::{AllowList, Identity, SwarmKey};
 use p2p_net::secure::Keys;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -23,8 +23,16 @@ pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {
 
 /// `p2p-node ls`: the tracker's files, as a table for a person at a terminal, as the stable
 /// lines (holders per piece) for a script.
-pub async fn ls(tracker: SocketAddr, pieces: bool, swarm_key: Option<&Path>) -> anyhow::Result<()> {
-    let keys = client_keys(swarm_key)?;
+pub async fn ls(
+    tracker: SocketAddr,
+    pieces: bool,
+    (swarm_key, key): (Option<&Path>, Option<&Path>),
+) -> anyhow::Result<()> {
+    let identity = match key {
+        Some(path) => Identity::load_or_create(path).context("--key")?,
+        None => Identity::generate(),
+    };
+    let keys = Keys::new(identity, load_swarm_key(swarm_key)?);
     let (files, truncated) = list_files(tracker, &keys).await.context("cannot list the tracker's files")?;
     if files.is_empty() {
         eprintln!("the tracker at {tracker} knows no files");
@@ -55,10 +63,9 @@ pub fn load_swarm_key(path: Option<&Path>) -> anyhow::Result<Option<SwarmKey>> {
     path.map(|path| SwarmKey::load(path).context("--swarm-key")).transpose()
 }
 
-/// The keys of a tool's connections to a tracker: a new key pair each run (a tool is never
-/// listed as a holder, so its id need not last) and the swarm key in `swarm_key`, if given.
-pub fn client_keys(swarm_key: Option<&Path>) -> anyhow::Result<Keys> {
-    Ok(Keys { identity: Identity::generate(), swarm_key: load_swarm_key(swarm_key)? })
+/// The allow-list in `path`, if one is given.
+pub fn load_allow_list(path: Option<&Path>) -> anyhow::Result<Option<AllowList>> {
+    path.map(|path| AllowList::load(path).context("--allow")).transpose()
 }
 
 /// SIGINT and SIGTERM, caught from the moment [`Shutdown::install`] is called.

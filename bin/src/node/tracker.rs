@@ -14,24 +14,25 @@ use p2p_core::wire::PeerAddr;
 use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
 use p2p_net::http::serve_tracker;
 use p2p_net::identity::Identity;
-use p2p_net::secure::Keys;
+use p2p_net::secure::{Keys, Trust};
 use p2p_net::{spawn_tracker_reporting, NodeEvent};
 use rand::RngCore;
 use tokio::sync::mpsc;
 
 use crate::report;
-use crate::tools::{load_swarm_key, Shutdown};
+use crate::tools::{load_allow_list, load_swarm_key, Shutdown};
 
-/// Runs the tracker until a signal, with the key pair in `key` (or the default place) and the
-/// swarm key in `swarm_key`, if given, serving the HTTP API on `http` if given.
+/// Runs the tracker until a signal, with the key pair in `key` (or the default place), the
+/// swarm key and the allow-list in the files given, serving the HTTP API on `http` if given.
 pub async fn run(
     listen: SocketAddr,
     key: Option<PathBuf>,
-    swarm_key: Option<&Path>,
+    (swarm_key, allow): (Option<&Path>, Option<&Path>),
     http: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
-    let keys = Keys { identity: tracker_identity(key)?, swarm_key: load_swarm_key(swarm_key)? };
+    let trust = Trust { allow: load_allow_list(allow)?, ..Trust::default() };
+    let keys = Keys { identity: tracker_identity(key)?, swarm_key: load_swarm_key(swarm_key)?, trust: Arc::new(trust) };
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
     let (sender, mut events) = mpsc::unbounded_channel();
     let tracker =

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use crate::ids::ConnId;
 use crate::limits::{CONNECTIONS_MAX, INBOUND_IDLE_BEFORE_EVICTION, INBOUND_PEERS_MAX, INBOUND_PEERS_PER_IP_MAX};
 use crate::time::Time;
+use crate::wire::is_loopback;
 
 use super::remote::Remotes;
 
@@ -54,7 +55,7 @@ impl Refusal {
 pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
     let ip = ip.to_canonical();
     let inbound = || remotes.iter().filter(|(_, r)| !r.outbound);
-    if !ip.is_loopback()
+    if !is_loopback(ip)
         && inbound().filter(|(_, r)| r.addr.ip().to_canonical() == ip).count() >= INBOUND_PEERS_PER_IP_MAX
     {
         return Admission::Refuse(Refusal::AddressFull);
@@ -140,6 +141,14 @@ mod tests {
             local.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(loopback, 40_000), Time::ZERO));
         }
         assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Refuse(Refusal::Busy), "the overall cap holds");
+
+        // Loopback through a dual-stack listener is loopback too.
+        let mut mapped = Remotes::new();
+        let mapped_ip = IpAddr::from(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        for n in 0..=INBOUND_PEERS_PER_IP_MAX as u64 {
+            assert_eq!(admit(&mapped, mapped_ip, Time::ZERO), Admission::Accept, "mapped loopback slot {n}");
+            mapped.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(mapped_ip, 40_000), Time::ZERO));
+        }
     }
 
     fn peer_id(n: u8) -> PeerId {

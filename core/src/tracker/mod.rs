@@ -39,7 +39,7 @@ use crate::limits::{ANNOUNCE_INTERVAL_DEFAULT, OUTPUT_QUEUE_MAX, TRACKER_CONNECT
 use crate::machine::{Event, GoneReason, Input, Machine, Output};
 use crate::rng::Rng;
 use crate::time::Time;
-use crate::wire::{ErrorCode, Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+use crate::wire::{is_loopback, ErrorCode, Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
 
 use conns::{Claimed, Conns, Stage};
 use registry::{Refusal, Registry};
@@ -285,10 +285,13 @@ impl Tracker {
 
 /// The IP a peer is recorded at: its connection's source, unless that source is loopback and
 /// the peer says it listens on one address that other hosts may reach (a peer on the tracker's
-/// host that reached it at 127.0.0.1). So a remote host can name no address but its own.
+/// host that reached it at 127.0.0.1). So a remote host can name no address but its own. Both
+/// are taken in canonical form (an IPv4-mapped IPv6 address as its IPv4 one), so one host is
+/// one IP to the quotas, whichever listener it came through.
 fn recorded_ip(source: IpAddr, announced: Option<IpAddr>) -> IpAddr {
-    match announced {
-        Some(ip) if source.is_loopback() && !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()) => ip,
+    let source = source.to_canonical();
+    match announced.map(|ip| ip.to_canonical()) {
+        Some(ip) if is_loopback(source) && !(is_loopback(ip) || ip.is_unspecified() || ip.is_multicast()) => ip,
         _ => source,
     }
 }

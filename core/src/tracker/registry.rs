@@ -357,9 +357,6 @@ impl Registry {
         manifest: Option<&Manifest>,
         have: &Bitfield,
     ) -> Result<(), Refusal> {
-        if manifest.is_some_and(|m| m.file_id() != file_id) {
-            return Err(Refusal::new(ErrorCode::BadRequest, "the manifest's id is not the announced file id"));
-        }
         let known_slot = self.files_by_id.get(&file_id).copied();
         let known = known_slot.map(|slot| &self.files[slot as usize]);
         let described = match (known, manifest) {
@@ -384,6 +381,16 @@ impl Registry {
             let cost = Cost::of(described);
             record.map_or(Usage::default(), |record| record.usage).check(cost)?;
             self.quotas.check(ip, known_slot, cost)?;
+        }
+        // Last, as the dearest check: hashing a manifest of the most pieces costs more than
+        // every check above together, and a flood of announces past a quota never gets here.
+        let matches = match (known, manifest) {
+            (Some(file), Some(manifest)) => file.manifest == *manifest,
+            (None, Some(manifest)) => manifest.file_id() == file_id,
+            (_, None) => true,
+        };
+        if !matches {
+            return Err(Refusal::new(ErrorCode::BadRequest, "the manifest's id is not the announced file id"));
         }
         Ok(())
     }

@@ -295,6 +295,10 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
     let d = h.peer(4);
     let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
     assert_eq!(error_code(&outputs), ErrorCode::UnknownFile, "refused announces register nothing");
+    assert!(announced(&h.announce(a, &other, &[0])));
+    let known_id_other_manifest =
+        Message::Announce { file_id: other.file_id(), manifest: Some(Box::new(file.clone())), have: have(&other, &[]) };
+    assert_eq!(error_code(&h.send(d, known_id_other_manifest)), ErrorCode::BadRequest, "a known file's id, too");
 }
 
 #[test]
@@ -867,4 +871,21 @@ fn a_peer_on_the_trackers_host_is_recorded_at_the_routable_ip_it_listens_on() {
         let named = peers.iter().find(|peer| peer.peer_id == id_of(n)).expect("every holder is named");
         assert_eq!(named.addr, SocketAddr::from((recorded, 7000 + n as u16)), "peer {n}");
     }
+}
+
+#[test]
+fn a_loopback_source_is_loopback_also_as_an_ipv4_mapped_address() {
+    let mapped = IpAddr::from(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+    let routable = IpAddr::from([192, 0, 2, 10]);
+    assert_eq!(super::recorded_ip(mapped, Some(routable)), routable, "a dual-stack listener's loopback client");
+    let mapped_loopback_listen = IpAddr::from(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped());
+    let local = IpAddr::from(Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        super::recorded_ip(mapped, Some(mapped_loopback_listen)),
+        local,
+        "a mapped loopback listen IP is not taken"
+    );
+    let remote = IpAddr::from(Ipv4Addr::new(198, 51, 100, 4).to_ipv6_mapped());
+    let canonical_remote = IpAddr::from([198, 51, 100, 4]);
+    assert_eq!(super::recorded_ip(remote, Some(routable)), canonical_remote, "another host names only itself");
 }

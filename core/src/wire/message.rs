@@ -61,6 +61,13 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
 }
 
+/// Whether `ip` is this host's own: a loopback address, also written as an IPv4-mapped IPv6
+/// address (`::ffff:127.0.0.1`, a loopback client of a dual-stack `[::]` listener). The one rule
+/// for what the tracker and a peer trust as coming from their own host.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 /// One file in a `Files` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSummary {

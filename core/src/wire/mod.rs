@@ -8,4 +8,6 @@ pub use codec::{
     decode_frame, decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max, FrameDecoder,
 };
 pub use holders::Holders;
-pub use message::{ErrorCode, FileSummary, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
+pub use message::{
+    is_loopback, ErrorCode, FileSummary, Hello, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION,
+};

@@ -160,6 +160,9 @@ pub enum Role {
     /// Lacks the swarm key the others share: every connection to or from it fails its
     /// handshake.
     NoKey,
+    /// Besides its honest machine, opens connections of its own to every tracker and announces
+    /// fake files on them, more than one address's quotas allow.
+    TrackerFlooder,
 }
 
 /// The `holds` key.
@@ -337,6 +340,12 @@ pub enum ExpectFile {
     /// No peer banned any of `peers`.
     NotBanned {
         /// Who.
+        peers: Vec<String>,
+    },
+    /// Every tracker refused part of each `tracker-flooder` of `peers`' flood and kept no more
+    /// of its fake files than one address's quota.
+    TrackerBounded {
+        /// The flooders.
         peers: Vec<String>,
     },
     /// `peer` uploaded fewer bytes than each of `than`.

@@ -188,6 +188,9 @@ pub enum Expect {
     DownloadedAtMost(Vec<NodeIdx>, f64),
     /// Nobody banned any of these peers.
     NotBanned(Vec<NodeIdx>),
+    /// Every tracker kept each of these flooders within its address's quota, and refused part
+    /// of its flood.
+    TrackerBounded(Vec<NodeIdx>),
     /// At least this fraction of the seeders' upload was useful.
     SeederUseful(f64),
 }
@@ -569,6 +572,14 @@ impl Checker<'_> {
                 Expect::DownloadedAtMost(many(list)?, *copies)
             }
             ExpectFile::NotBanned { peers: list } => Expect::NotBanned(many(list)?),
+            ExpectFile::TrackerBounded { peers: list } => {
+                let flooders = many(list)?;
+                if let Some(other) = flooders.iter().find(|p| peers[p.0 - 1].role != Role::TrackerFlooder) {
+                    let detail = format!("tracker-bounded: {} is no tracker-flooder", peers[other.0 - 1].name);
+                    return Err(self.invalid(span, detail));
+                }
+                Expect::TrackerBounded(flooders)
+            }
             ExpectFile::SeederUseful { at_least } => {
                 if !(0.0..=1.0).contains(at_least) {
                     return Err(self.invalid(span, format!("at_least = {at_least}: a fraction from 0 to 1")));
@@ -738,6 +749,17 @@ mod tests {
         .expect("valid");
         assert_eq!(s.expects[0], Expect::NotBanned(vec![NodeIdx(2), NodeIdx(3)]));
         assert_eq!(s.expects[1], Expect::Completes(vec![NodeIdx(2)], None, Some(Duration::from_millis(2500))));
+    }
+
+    #[test]
+    fn tracker_bounded_names_only_tracker_flooders() {
+        let peers = "[[peer]]\nname = \"S\"\nholds = \"all\"\n\
+                     [[peer]]\nname = \"F\"\nrole = \"tracker-flooder\"\nwants = false\n";
+        let s = parse(&format!("{peers}[[expect]]\ncheck = \"tracker-bounded\"\npeers = [\"F\"]\n")).expect("valid");
+        assert_eq!(s.expects[0], Expect::TrackerBounded(vec![NodeIdx(2)]));
+        let err = parse(&format!("{peers}[[expect]]\ncheck = \"tracker-bounded\"\npeers = [\"S\"]\n"))
+            .expect_err("S floods nothing");
+        assert!(err.to_string().contains("S is no tracker-flooder"), "{err}");
     }
 
     #[test]
