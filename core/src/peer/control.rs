@@ -193,9 +193,9 @@ impl Peer {
         let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
         for conn in conns {
             let Some(remote) = self.remotes.get_mut(&conn) else { continue };
-            let told = remote.bitfield_sent.remove(&file_id);
-            let heard = remote.files.remove(&file_id).is_some();
-            remote.wanted.remove(&file_id);
+            let told = remote.has_our_bitfield(file_id);
+            let heard = remote.forget_file(file_id).is_some();
+            remote.unwant(file_id);
             if told || heard {
                 self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
             }

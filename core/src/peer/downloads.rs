@@ -462,9 +462,9 @@ impl Download {
         }
     }
 
-    /// `block` of the active `piece` arrived from `conn` (`sender`, once its hello arrived). A
+    /// `block` of the active `piece` arrived from `conn` (whose remote is `sender`). A
     /// block requested and then cancelled (late) is still taken while the piece lacks it.
-    pub fn receive(&mut self, piece: PieceIndex, block: u32, conn: ConnId, sender: Option<Sender>) -> Arrival {
+    pub fn receive(&mut self, piece: PieceIndex, block: u32, conn: ConnId, sender: Sender) -> Arrival {
         let bit = 1u64 << block;
         let active = self.active_mut(piece);
         if let Some(mask) = active.assignees.get_mut(&conn) {
@@ -474,9 +474,7 @@ impl Download {
             return Arrival::Duplicate;
         }
         active.received |= bit;
-        if let Some(sender) = sender {
-            *active.senders.get_or_insert_with(sender, || 0) |= bit;
-        }
+        *active.senders.get_or_insert_with(sender, || 0) |= bit;
         let losers: Vec<ConnId> = active.assignees.iter().filter(|(_, m)| **m & bit != 0).map(|(c, _)| *c).collect();
         for loser in &losers {
             if let Some(mask) = active.assignees.get_mut(loser) {
@@ -620,8 +618,8 @@ mod tests {
     const A: ConnId = ConnId::Outbound(1);
     const B: ConnId = ConnId::Outbound(2);
 
-    fn sender(n: u8) -> Option<(PeerId, SocketAddr)> {
-        Some((PeerId([n; 16]), SocketAddr::from(([10, 0, 0, n], 7000))))
+    fn sender(n: u8) -> Sender {
+        (PeerId([n; 16]), SocketAddr::from(([10, 0, 0, n], 7000)))
     }
 
     /// A download of `pieces` pieces of two blocks each, one remote holding all of them.
@@ -674,8 +672,8 @@ mod tests {
         let Verdict::Corrupt { senders, guilty } = download.hashed(piece, false, &mut have) else {
             panic!("a bad hash")
         };
-        assert_eq!(senders.keys().copied().collect::<Vec<_>>(), vec![sender(1).expect("an identity")]);
-        assert_eq!(guilty, sender(1), "the sole sender is proven bad");
+        assert_eq!(senders.keys().copied().collect::<Vec<_>>(), vec![sender(1)]);
+        assert_eq!(guilty, Some(sender(1)), "the sole sender is proven bad");
         assert!(!have.has(piece));
         assert_eq!(
             download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true),
@@ -752,7 +750,7 @@ mod tests {
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
         assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, true, &mut have);
-        assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == sender(1)), "{verdict:?}");
+        assert!(matches!(verdict, Verdict::Verified { guilty, .. } if guilty == Some(sender(1))), "{verdict:?}");
     }
 
     /// Random interleavings of two honest senders and a liar that sends a bad copy of a block

@@ -7,7 +7,6 @@
 //! - which holders of a `Located` answer are worth a connection, and who holds each missing
 //!   piece ([`located`]);
 //! - whether a remote's `Hello` completes its handshake ([`hello`]);
-//! - what a remote's `Have`s add to what we know it holds ([`record_haves`]);
 //! - which connections timed out: a handshake too slow, a connection idle too long, a remote
 //!   that let our requests stall ([`timeouts`], checked once a second).
 
@@ -19,7 +18,7 @@ use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT};
 use crate::time::Time;
 use crate::wire::{Hello, Holders, PeerAddr, PROTOCOL_VERSION};
 
-use super::remote::{Remote, Remotes, Stage};
+use super::remote::{Remote, Remotes};
 
 /// What a `Located` answer means for a download: the missing pieces with up to
 /// [`HOLDERS_PER_PIECE_MAX`] holders' addresses each, and the holders of any of them.
@@ -62,8 +61,8 @@ pub(super) enum HelloRefused {
     WrongId {
         /// The id its `Hello` names.
         claimed: PeerId,
-        /// The id its key proved, if any.
-        proven: Option<PeerId>,
+        /// The id its key proved.
+        proven: PeerId,
     },
 }
 
@@ -72,7 +71,6 @@ impl std::fmt::Display for HelloRefused {
         match self {
             HelloRefused::Version { theirs } => write!(f, "protocol version {PROTOCOL_VERSION} here, {theirs} there"),
             HelloRefused::WrongId { claimed, proven } => {
-                let proven = proven.map_or_else(|| "nothing".to_owned(), |id| id.to_string());
                 write!(f, "hello claims peer id {claimed}, but its key proves {proven}")
             }
         }
@@ -86,28 +84,10 @@ pub(super) fn hello(remote: &mut Remote, hello: &Hello) -> Result<Vec<FileId>, H
     if hello.version != PROTOCOL_VERSION {
         return Err(HelloRefused::Version { theirs: hello.version });
     }
-    if remote.peer_id != Some(hello.peer_id) {
-        return Err(HelloRefused::WrongId { claimed: hello.peer_id, proven: remote.peer_id });
+    if remote.peer_id() != hello.peer_id {
+        return Err(HelloRefused::WrongId { claimed: hello.peer_id, proven: remote.peer_id() });
     }
-    if !remote.outbound && hello.listen_port != 0 {
-        remote.addr = SocketAddr::new(remote.addr.ip(), hello.listen_port);
-    }
-    remote.stage = Stage::Ready;
-    Ok(std::mem::take(&mut remote.wanted).into_iter().collect())
-}
-
-/// Records that `remote` holds `pieces` of `file_id` (of `piece_count` pieces, each checked
-/// against it). Returns whether this is the first we hear of the file from it, and the pieces
-/// that are new.
-pub(super) fn record_haves(
-    remote: &mut Remote,
-    file_id: FileId,
-    piece_count: u32,
-    pieces: &[PieceIndex],
-) -> (bool, Vec<PieceIndex>) {
-    let first = !remote.files.contains_key(&file_id);
-    let have = remote.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
-    (first, pieces.iter().copied().filter(|p| have.set(*p)).collect())
+    Ok(remote.ready(hello.listen_port))
 }
 
 /// The connections whose deadline passed at `now`.
@@ -124,15 +104,15 @@ pub(super) struct Timeouts {
 pub(super) fn timeouts(remotes: &Remotes, now: Time, serving: impl Fn(ConnId) -> usize) -> Timeouts {
     let mut found = Timeouts::default();
     for (conn, remote) in remotes.iter() {
-        if remote.stage != Stage::Ready {
-            if remote.opened + HANDSHAKE_TIMEOUT <= now {
+        if let Some(opened) = remote.handshake_since() {
+            if opened + HANDSHAKE_TIMEOUT <= now {
                 found.close.push(*conn);
             }
-        } else if let Some(deadline) = remote.requests.stall_deadline() {
+        } else if let Some(deadline) = remote.requests().stall_deadline() {
             if deadline <= now {
                 found.stalled.push(*conn);
             }
-        } else if serving(*conn) == 0 && remote.last_heard + IDLE_TIMEOUT <= now {
+        } else if serving(*conn) == 0 && remote.last_heard() + IDLE_TIMEOUT <= now {
             found.close.push(*conn);
         }
     }

@@ -73,7 +73,7 @@ use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
 use pieces::FileEntry;
-use remote::{Remote, Remotes, Stage};
+use remote::{Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
@@ -172,7 +172,7 @@ impl Peer {
 
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
-        self.remotes.values().map(|r| r.requests.len()).sum()
+        self.remotes.values().map(|r| r.requests().len()).sum()
     }
 
     /// Checks a local command against the peer's state: the caller's mistakes are errors
@@ -422,9 +422,10 @@ impl Peer {
         let recent = self.haves.take();
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
-            let hearing = self.remotes.iter().filter(|(_, r)| {
-                r.bitfield_sent.contains(file_id) && !r.files.get(file_id).is_some_and(Bitfield::is_full)
-            });
+            let hearing = self
+                .remotes
+                .iter()
+                .filter(|(_, r)| r.has_our_bitfield(*file_id) && !r.pieces(*file_id).is_some_and(Bitfield::is_full));
             for (conn, _) in hearing {
                 batches.push((*conn, *file_id, pieces.clone()));
             }
@@ -649,15 +650,11 @@ impl Peer {
             self.scheduler().finalize(file_id);
         }
         // Holders that waited for the manifest exchange bitfields now.
-        let waiting: Vec<ConnId> = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.stage == Stage::Ready && r.wanted.contains(&file_id))
-            .map(|(c, _)| *c)
-            .collect();
+        let waiting: Vec<ConnId> =
+            self.remotes.iter().filter(|(_, r)| r.is_ready() && r.wants(file_id)).map(|(c, _)| *c).collect();
         for conn in waiting {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.wanted.remove(&file_id);
+                remote.unwant(file_id);
             }
             self.want_file(conn, file_id);
         }
@@ -714,9 +711,7 @@ impl Peer {
             return;
         }
         let conn = self.new_conn();
-        let mut remote = Remote::outbound(peer.addr, Some(peer.peer_id), self.now);
-        remote.wanted.insert(file_id);
-        self.remotes.open(conn, remote);
+        self.remotes.open(conn, Remote::outbound(peer.addr, peer.peer_id, file_id, self.now));
         self.push(Output::Connect { conn, addr: peer.addr });
     }
 
@@ -725,12 +720,12 @@ impl Peer {
     fn want_file(&mut self, conn: ConnId, file_id: FileId) {
         let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest.is_some());
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.stage != Stage::Ready || !manifest_known {
-            remote.wanted.insert(file_id);
-            if remote.stage == Stage::Ready {
+        if !remote.is_ready() || !manifest_known {
+            remote.want(file_id);
+            if remote.is_ready() {
                 self.ask_manifest(conn, file_id);
             }
-        } else if remote.bitfield_sent.insert(file_id) {
+        } else if remote.send_bitfield(file_id) {
             if let Some(message) = self.bitfield_for(conn, file_id) {
                 self.send(conn, message);
             }
@@ -752,14 +747,10 @@ impl Peer {
                     self.push(Output::Close { conn });
                     return;
                 };
-                if let Some(named) = remote.peer_id.filter(|named| *named != proven) {
+                if let Err(named) = remote.connected(proven, self.now) {
                     let reason = format!("{addr} proved peer id {proven}, not {named} as the tracker named it");
                     return self.violation(conn, reason);
                 }
-                remote.peer_id = Some(proven);
-                remote.stage = Stage::AwaitHello;
-                remote.opened = self.now;
-                remote.last_heard = self.now;
             }
             ConnId::Inbound(_) => {
                 let admission = if self.left {
@@ -779,9 +770,7 @@ impl Peer {
                         return;
                     }
                 }
-                let mut remote = Remote::inbound(addr, self.now);
-                remote.peer_id = Some(proven);
-                self.remotes.accept(conn, remote);
+                self.remotes.accept(conn, Remote::inbound(addr, proven, self.now));
             }
         }
         let hello = self.hello();
@@ -790,13 +779,13 @@ impl Peer {
 
     fn on_remote_message(&mut self, conn: ConnId, message: Message) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        remote.last_heard = self.now;
-        if remote.stage != Stage::Ready {
+        remote.heard(self.now);
+        if !remote.is_ready() {
             match message {
                 Message::Hello(hello) => self.on_remote_hello(conn, hello),
                 // Refused (e.g. the remote is full): not a violation; try it again later.
-                Message::Error { .. } if remote.outbound => {
-                    let addr = remote.addr;
+                Message::Error { .. } if remote.is_outbound() => {
+                    let addr = remote.addr();
                     self.remotes.back_off(addr, self.now);
                     self.close_remote(conn);
                 }
@@ -851,7 +840,7 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.files.insert(file_id, have.clone());
+        let old = remote.set_pieces(file_id, have.clone());
         if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);
@@ -870,7 +859,7 @@ impl Peer {
             return;
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let (first, new) = links::record_haves(remote, file_id, piece_count, pieces);
+        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
@@ -888,8 +877,7 @@ impl Peer {
     /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        remote.bitfield_sent.remove(&file_id);
-        let old = remote.files.remove(&file_id);
+        let old = remote.forget_file(file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
             download.count_holder(&old, false);
         }
@@ -919,10 +907,10 @@ impl Peer {
     /// A peer-to-peer connection is gone: give its pieces back to the scheduler.
     fn on_remote_gone(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.remove(&conn) else { return };
-        if remote.outbound && remote.stage != Stage::Ready {
-            self.remotes.back_off(remote.addr, self.now);
+        if remote.is_outbound() && !remote.is_ready() {
+            self.remotes.back_off(remote.addr(), self.now);
         }
-        for (file_id, have) in remote.files.iter() {
+        for (file_id, have) in remote.files() {
             if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
                 download.count_holder(have, false);
             }
@@ -930,7 +918,7 @@ impl Peer {
                 self.downloader_gone(*file_id);
             }
         }
-        let orphaned = self.scheduler().conn_gone(conn, &remote.requests);
+        let orphaned = self.scheduler().conn_gone(conn, remote.requests());
         self.uploads.drop_conn(conn);
         if orphaned {
             // Its pieces are orphans now: other remotes may take them.
@@ -980,7 +968,7 @@ impl Peer {
     /// `data_frames` more of `conn`'s `Data` frames left.
     fn on_sent(&mut self, conn: ConnId, data_frames: u32) {
         if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
-            remote.useful_at = self.now;
+            remote.useful(self.now);
         }
         self.uploads.sent(conn, data_frames);
         self.pump_uploads();
@@ -1017,7 +1005,7 @@ impl Peer {
         result: Result<Bytes, StoreError>,
     ) {
         self.uploads.read_done(conn, file_id, piece, offset);
-        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr) {
+        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr()) {
             match result {
                 Ok(bytes) => {
                     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -1037,7 +1025,7 @@ impl Peer {
     /// (see `offers`).
     fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
-        let holds = self.remotes.get(&conn)?.files.get(&file_id);
+        let holds = self.remotes.get(&conn)?.pieces(file_id);
         let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
         let remotes = &self.remotes;
         let other = || uploads::other_downloader(remotes, conn, file_id);
@@ -1054,7 +1042,7 @@ impl Peer {
 
     /// `conn` reported holding `pieces` (from us or from anyone else).
     fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         match self.uploads.offers_mut().held(conn, file_id, holds, pieces) {
             Held::Complete => self.downloader_gone(file_id),
             Held::Room => self.top_up(conn, file_id),
@@ -1078,7 +1066,7 @@ impl Peer {
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
         let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.files.get(&file_id));
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
         let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
         if !pieces.is_empty() {
@@ -1164,7 +1152,7 @@ impl Machine for Peer {
             .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.values().filter_map(|r| r.requests.resting_until()).min();
+        let rested = self.remotes.values().filter_map(|r| r.requests().resting_until()).min();
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()

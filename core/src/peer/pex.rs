@@ -39,7 +39,7 @@ use crate::small::VecSet;
 use crate::time::Time;
 use crate::wire::PeerAddr;
 
-use super::remote::{Remotes, Stage};
+use super::remote::Remotes;
 
 /// The peer-exchange state of one peer.
 #[derive(Debug)]
@@ -90,8 +90,8 @@ impl Pex {
         self.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
         let due: Vec<(ConnId, FileId)> = remotes
             .iter()
-            .filter(|(_, remote)| remote.stage == Stage::Ready)
-            .flat_map(|(conn, remote)| remote.files.iter().map(move |(file_id, have)| (*conn, *file_id, have)))
+            .filter(|(_, remote)| remote.is_ready())
+            .flat_map(|(conn, remote)| remote.files().map(move |(file_id, have)| (*conn, *file_id, have)))
             .filter(|(conn, file_id, have)| {
                 let introduced = self.told.contains_key(&(*conn, *file_id));
                 !have.is_full() && (!tracker_ready || !introduced)
@@ -162,11 +162,12 @@ impl Pex {
 fn nameable_by_file(remotes: &Remotes) -> BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> {
     let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
     for (conn, remote) in remotes.iter() {
-        let Some(peer_id) = remote.peer_id.filter(|_| remote.stage == Stage::Ready && remote.addr.port() != 0) else {
+        if !remote.is_ready() || remote.addr().port() == 0 {
             continue;
-        };
-        for (file_id, _) in remote.files.iter() {
-            by_file.entry(*file_id).or_default().push((*conn, PeerAddr { peer_id, addr: remote.addr }));
+        }
+        let named = PeerAddr { peer_id: remote.peer_id(), addr: remote.addr() };
+        for (file_id, _) in remote.files() {
+            by_file.entry(*file_id).or_default().push((*conn, named));
         }
     }
     by_file

@@ -7,7 +7,8 @@
 //! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
 //! remote exchanges bitfields, requests and data. It owns what we know of the other side's
 //! pieces (one bitfield per file it told us about) and, privately to the scheduler, our
-//! requests to it ([`Requests`]).
+//! requests to it ([`Requests`]). Its state is private: callers read it through accessors and
+//! change it through one method per step of the connection's life.
 
 use std::collections::{btree_map, BTreeMap};
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use super::scheduler::Requests;
 
 /// Where a connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stage {
+enum Stage {
     /// We asked the driver to connect.
     Connecting,
     /// Open; waiting for the other side's `Hello`.
@@ -31,48 +32,53 @@ pub(super) enum Stage {
     Ready,
 }
 
-/// One open (or opening) peer-to-peer connection.
+/// One open (or opening) peer-to-peer connection. Its state changes only through the
+/// methods below, each one step of the connection's life (connected, handshake done, a
+/// bitfield or `Haves` heard, a block exchanged).
 #[derive(Debug)]
 pub(super) struct Remote {
     /// The remote's serving address: the target for outbound connections, the source IP and
     /// announced port for inbound ones once its `Hello` arrived.
-    pub addr: SocketAddr,
-    /// The remote's id: as the tracker named it while an outbound connection opens, then as
-    /// the remote's key proved it in the transport's handshake.
-    pub peer_id: Option<PeerId>,
+    addr: SocketAddr,
+    /// The remote's id: as the tracker (or a remote) named it while an outbound connection
+    /// opens, then as the remote's key proved it in the transport's handshake.
+    peer_id: PeerId,
     /// Where the connection stands.
-    pub stage: Stage,
+    stage: Stage,
     /// Whether we opened it.
-    pub outbound: bool,
+    outbound: bool,
     /// Files to send our bitfield for once the handshake is done and the manifest is known.
-    pub wanted: VecSet<FileId>,
-    /// The remote's pieces, per file it sent a bitfield for.
-    pub files: VecMap<FileId, Bitfield>,
+    wanted: VecSet<FileId>,
+    /// The remote's pieces, per file it sent a bitfield (or `Haves`) for.
+    files: VecMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
-    pub bitfield_sent: VecSet<FileId>,
+    bitfield_sent: VecSet<FileId>,
     /// Our requests to it (the scheduler's state of the remote).
-    pub requests: Requests,
+    requests: Requests,
     /// When it last gave a block we asked for or took one we served (or connected): the
     /// least useful inbound connection, idle for longest, makes way for a newcomer.
-    pub useful_at: Time,
+    useful_at: Time,
     /// When a frame last arrived.
-    pub last_heard: Time,
+    last_heard: Time,
     /// When the connection was opened (for the handshake timeout).
-    pub opened: Time,
+    opened: Time,
 }
 
 impl Remote {
-    /// A connection we are opening to `addr`.
-    pub fn outbound(addr: SocketAddr, peer_id: Option<PeerId>, now: Time) -> Remote {
-        Remote::new(addr, peer_id, Stage::Connecting, true, now)
+    /// A connection we are opening to `addr`, whose id the tracker (or a remote) named, to
+    /// exchange bitfields for `file_id`.
+    pub fn outbound(addr: SocketAddr, peer_id: PeerId, file_id: FileId, now: Time) -> Remote {
+        let mut remote = Remote::new(addr, peer_id, Stage::Connecting, true, now);
+        remote.wanted.insert(file_id);
+        remote
     }
 
-    /// A connection the driver accepted from `addr`.
-    pub fn inbound(addr: SocketAddr, now: Time) -> Remote {
-        Remote::new(addr, None, Stage::AwaitHello, false, now)
+    /// A connection the driver accepted from `addr`, whose key proved `peer_id`.
+    pub fn inbound(addr: SocketAddr, peer_id: PeerId, now: Time) -> Remote {
+        Remote::new(addr, peer_id, Stage::AwaitHello, false, now)
     }
 
-    fn new(addr: SocketAddr, peer_id: Option<PeerId>, stage: Stage, outbound: bool, now: Time) -> Remote {
+    fn new(addr: SocketAddr, peer_id: PeerId, stage: Stage, outbound: bool, now: Time) -> Remote {
         Remote {
             addr,
             peer_id,
@@ -88,9 +94,150 @@ impl Remote {
         }
     }
 
+    /// The remote's serving address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The remote's id: named (outbound, still connecting) or proven.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
     /// An identity for strike and sender bookkeeping.
-    pub fn identity(&self) -> Option<(PeerId, SocketAddr)> {
-        self.peer_id.map(|id| (id, self.addr))
+    pub fn identity(&self) -> (PeerId, SocketAddr) {
+        (self.peer_id, self.addr)
+    }
+
+    /// Whether we opened it.
+    pub fn is_outbound(&self) -> bool {
+        self.outbound
+    }
+
+    /// Whether the handshake is done (only then are bitfields, requests and data exchanged).
+    pub fn is_ready(&self) -> bool {
+        self.stage == Stage::Ready
+    }
+
+    /// When the handshake times out: the connection opened, or (outbound) was connected, at
+    /// the returned time; `None` once the handshake is done.
+    pub fn handshake_since(&self) -> Option<Time> {
+        (!self.is_ready()).then_some(self.opened)
+    }
+
+    /// When a frame last arrived.
+    pub fn last_heard(&self) -> Time {
+        self.last_heard
+    }
+
+    /// When it last gave a block we asked for or took one we served.
+    pub fn useful_at(&self) -> Time {
+        self.useful_at
+    }
+
+    /// The remote's pieces of `file_id`, if it told us of the file.
+    pub fn pieces(&self, file_id: FileId) -> Option<&Bitfield> {
+        self.files.get(&file_id)
+    }
+
+    /// Every file it told us of, with its pieces, in id order.
+    pub fn files(&self) -> impl Iterator<Item = (&FileId, &Bitfield)> {
+        self.files.iter()
+    }
+
+    /// Whether it waits for our bitfield of `file_id` (see [`Remote::want`]).
+    pub fn wants(&self, file_id: FileId) -> bool {
+        self.wanted.contains(&file_id)
+    }
+
+    /// Whether we sent it our bitfield of `file_id`.
+    pub fn has_our_bitfield(&self, file_id: FileId) -> bool {
+        self.bitfield_sent.contains(&file_id)
+    }
+
+    /// Our requests to it.
+    pub fn requests(&self) -> &Requests {
+        &self.requests
+    }
+
+    /// Our requests to it, for the scheduler to change.
+    pub fn requests_mut(&mut self) -> &mut Requests {
+        &mut self.requests
+    }
+
+    /// A frame arrived at `now`.
+    pub fn heard(&mut self, now: Time) {
+        self.last_heard = now;
+    }
+
+    /// It gave a block we asked for, or took one we served, at `now`.
+    pub fn useful(&mut self, now: Time) {
+        self.useful_at = now;
+    }
+
+    /// The outbound connection opened at `now` and its key proved `proven`; the handshake
+    /// starts. `Err` carries the id it was named by when the key proves another.
+    pub fn connected(&mut self, proven: PeerId, now: Time) -> Result<(), PeerId> {
+        debug_assert!(self.outbound && self.stage == Stage::Connecting, "only a dialled remote connects");
+        if self.peer_id != proven {
+            return Err(self.peer_id);
+        }
+        self.stage = Stage::AwaitHello;
+        self.opened = now;
+        self.last_heard = now;
+        Ok(())
+    }
+
+    /// The handshake is done (see `links::hello`); an inbound remote serves at the
+    /// `listen_port` it announced (0: none). Returns the files to exchange bitfields for now.
+    pub fn ready(&mut self, listen_port: u16) -> Vec<FileId> {
+        if !self.outbound && listen_port != 0 {
+            self.addr = SocketAddr::new(self.addr.ip(), listen_port);
+        }
+        self.stage = Stage::Ready;
+        std::mem::take(&mut self.wanted).into_iter().collect()
+    }
+
+    /// Our bitfield of `file_id` goes out once the handshake is done and the manifest known.
+    pub fn want(&mut self, file_id: FileId) {
+        self.wanted.insert(file_id);
+    }
+
+    /// Takes `file_id` off the files waiting for our bitfield; whether it was there.
+    pub fn unwant(&mut self, file_id: FileId) -> bool {
+        self.wanted.remove(&file_id)
+    }
+
+    /// Records that our bitfield of `file_id` goes out now; `false` if it already went.
+    pub fn send_bitfield(&mut self, file_id: FileId) -> bool {
+        self.bitfield_sent.insert(file_id)
+    }
+
+    /// The remote's bitfield of `file_id` arrived; returns the one it replaces.
+    pub fn set_pieces(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+        self.files.insert(file_id, have)
+    }
+
+    /// The remote holds `pieces` of `file_id` (of `piece_count` pieces, each checked against
+    /// it). Returns whether this is the first we hear of the file from it, and the pieces that
+    /// are new.
+    pub fn add_pieces(&mut self, file_id: FileId, piece_count: u32, pieces: &[PieceIndex]) -> (bool, Vec<PieceIndex>) {
+        let first = !self.files.contains_key(&file_id);
+        let have = self.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
+        (first, pieces.iter().copied().filter(|p| have.set(*p)).collect())
+    }
+
+    /// The remote refused `piece` of `file_id`: it no longer counts as holding it. Whether it
+    /// did.
+    pub fn drop_piece(&mut self, file_id: FileId, piece: PieceIndex) -> bool {
+        self.files.get_mut(&file_id).is_some_and(|have| have.unset(piece))
+    }
+
+    /// The remote does not have `file_id` after all; returns the pieces it claimed. The
+    /// exchange of the file with it is over: a bitfield it sends later starts it over.
+    pub fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
+        self.bitfield_sent.remove(&file_id);
+        self.files.remove(&file_id)
     }
 }
 
@@ -150,22 +297,22 @@ impl Remotes {
 
     /// How many remotes told us they hold `piece` of `file_id`.
     pub fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
-        self.values().filter(|r| r.files.get(&file_id).is_some_and(|have| have.has(piece))).count()
+        self.values().filter(|r| r.pieces(file_id).is_some_and(|have| have.has(piece))).count()
     }
 
     /// The connections whose handshake is done.
     pub fn ready(&self) -> Vec<ConnId> {
-        self.by_conn.iter().filter(|(_, r)| r.stage == Stage::Ready).map(|(c, _)| *c).collect()
+        self.by_conn.iter().filter(|(_, r)| r.is_ready()).map(|(c, _)| *c).collect()
     }
 
     /// The connections to `peer_id`.
     pub fn of_peer(&self, peer_id: PeerId) -> Vec<ConnId> {
-        self.by_conn.iter().filter(|(_, r)| r.peer_id == Some(peer_id)).map(|(c, _)| *c).collect()
+        self.by_conn.iter().filter(|(_, r)| r.peer_id == peer_id).map(|(c, _)| *c).collect()
     }
 
     /// A connection to `peer_id` or to `addr`, if one is open.
     pub fn find(&self, peer_id: PeerId, addr: SocketAddr) -> Option<ConnId> {
-        self.by_conn.iter().find(|(_, r)| r.peer_id == Some(peer_id) || r.addr == addr).map(|(c, _)| *c)
+        self.by_conn.iter().find(|(_, r)| r.peer_id == peer_id || r.addr == addr).map(|(c, _)| *c)
     }
 
     /// Whether a connection to `addr` may be opened at `now`: under the caps, and `addr` did
@@ -209,7 +356,10 @@ mod tests {
         assert!(remotes.may_open(addr, Time::ZERO + REMOTE_RETRY_DELAY));
         for n in 0..OUTBOUND_PEERS_MAX as u64 {
             let other = SocketAddr::from(([10, 0, 1, 1], 1000 + n as u16));
-            remotes.open(ConnId::Outbound(n), Remote::outbound(other, None, Time::ZERO));
+            remotes.open(
+                ConnId::Outbound(n),
+                Remote::outbound(other, PeerId([1; 16]), FileId(crate::ids::Digest([1; 32])), Time::ZERO),
+            );
         }
         assert!(!remotes.may_open("10.0.0.2:1".parse().expect("an address"), Time::ZERO), "at the cap");
     }

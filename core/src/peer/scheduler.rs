@@ -41,7 +41,7 @@ use crate::wire::{Message, RejectReason};
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
 use super::pieces::{block_at, block_span, BlockKey, FileEntry};
-use super::remote::{Remotes, Stage};
+use super::remote::Remotes;
 use super::Outputs;
 
 /// Our requests on one connection: the scheduler's private state of a remote.
@@ -276,12 +276,12 @@ impl<'a> Scheduler<'a> {
         let rested: Vec<ConnId> = self
             .remotes
             .iter()
-            .filter(|(_, r)| r.requests.resting_until.is_some_and(|until| until <= now))
+            .filter(|(_, r)| r.requests().resting_until.is_some_and(|until| until <= now))
             .map(|(c, _)| *c)
             .collect();
         for conn in rested {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.requests.resting_until = None;
+                remote.requests_mut().resting_until = None;
             }
             self.schedule(conn);
         }
@@ -290,10 +290,10 @@ impl<'a> Scheduler<'a> {
     /// Fills `conn`'s pipeline with block requests for every file it can help with.
     pub fn schedule(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
-        if remote.stage != Stage::Ready {
+        if !remote.is_ready() {
             return;
         }
-        let files: Vec<FileId> = remote.files.keys().copied().collect();
+        let files: Vec<FileId> = remote.files().map(|(file_id, _)| *file_id).collect();
         for file_id in files {
             if self.files.get(&file_id).is_some_and(|e| e.is_fetching()) {
                 self.fill(conn, file_id);
@@ -306,7 +306,7 @@ impl<'a> Scheduler<'a> {
         let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
-            let requests = &remote.requests;
+            let requests = remote.requests();
             if requests.in_flight.len() >= requests.pipeline_depth(block_bytes) || requests.is_resting(self.now) {
                 return;
             }
@@ -328,7 +328,7 @@ impl<'a> Scheduler<'a> {
     fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
         let remote = self.remotes.get(&conn)?;
         let download = self.files.get(&file_id)?.download.as_ref()?;
-        download.next_block(conn, remote.requests.assigned_in(file_id))
+        download.next_block(conn, remote.requests().assigned_in(file_id))
     }
 
     /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
@@ -336,13 +336,13 @@ impl<'a> Scheduler<'a> {
         let remote = self.remotes.get(&conn)?;
         let chooser = Chooser {
             conn,
-            peer_id: remote.peer_id?,
-            have: remote.files.get(&file_id)?,
-            busy: !remote.requests.in_flight.is_empty(),
+            peer_id: remote.peer_id(),
+            have: remote.pieces(file_id)?,
+            busy: !remote.requests().in_flight.is_empty(),
         };
         let entry = self.files.get(&file_id)?;
         let (remotes, now) = (&*self.remotes, self.now);
-        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests.lags(now));
+        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now));
         entry.download.as_ref()?.choose(chooser, &entry.have, self.rng, lagging)
     }
 
@@ -354,8 +354,8 @@ impl<'a> Scheduler<'a> {
         let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
         let piece = download.assign(choice, manifest.piece_len(piece), conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
-        remote.requests.assigned.insert((file_id, piece));
-        let from = remote.addr;
+        remote.requests_mut().assigned.insert((file_id, piece));
+        let from = remote.addr();
         self.event(Event::PieceRequested { file_id, piece, from });
     }
 
@@ -367,7 +367,7 @@ impl<'a> Scheduler<'a> {
         let (offset, len) = block_span(manifest.piece_len(piece), block);
         download.request(piece, block, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
-        remote.requests.start((file_id, piece, offset), self.now);
+        remote.requests_mut().start((file_id, piece, offset), self.now);
         self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
@@ -385,10 +385,10 @@ impl<'a> Scheduler<'a> {
         let now = self.now;
         let Some(remote) = self.remotes.get_mut(&conn) else { return Ok(()) };
         // Bytes arriving are progress, requested or late; only a requested block is useful.
-        let requests = &mut remote.requests;
-        if requests.in_flight.remove(&(file_id, piece, offset)) {
-            remote.useful_at = now;
+        if remote.requests_mut().in_flight.remove(&(file_id, piece, offset)) {
+            remote.useful(now);
         }
+        let requests = remote.requests_mut();
         requests.progress_at = now;
         requests.rate.arrived(now, bytes.len() as u64);
         requests.resting_until = None;
@@ -408,14 +408,14 @@ impl<'a> Scheduler<'a> {
         for loser in &losers {
             // Another remote delivered the block it was also fetching (endgame): cancel its copy.
             if let Some(remote) = self.remotes.get_mut(loser) {
-                remote.requests.in_flight.remove(&(file_id, piece, offset));
+                remote.requests_mut().in_flight.remove(&(file_id, piece, offset));
                 self.send(*loser, Message::Cancel { file_id, piece, offset });
             }
         }
         // Every block of the piece arrived: it no longer occupies any remote.
         for conn in released {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.requests.assigned.remove(&(file_id, piece));
+                remote.requests_mut().assigned.remove(&(file_id, piece));
             }
         }
         self.out.push(Output::WriteBlock { file_id, piece, offset, bytes });
@@ -432,11 +432,11 @@ impl<'a> Scheduler<'a> {
     /// [`BUSY_RETRY_DELAY`]; any other refusal means it will not serve this piece.
     pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, reason: RejectReason) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.requests.in_flight.remove(&(file_id, piece, offset)) {
+        if !remote.requests_mut().in_flight.remove(&(file_id, piece, offset)) {
             return;
         }
         if reason == RejectReason::Busy {
-            remote.requests.resting_until = Some(self.now + BUSY_RETRY_DELAY);
+            remote.requests_mut().resting_until = Some(self.now + BUSY_RETRY_DELAY);
             self.unassign(conn, file_id, piece);
         } else {
             self.give_up_on(conn, file_id, piece);
@@ -448,7 +448,7 @@ impl<'a> Scheduler<'a> {
     /// remote, and this connection is not asked for it again.
     fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.files.get_mut(&file_id).is_some_and(|have| have.unset(piece)) {
+        if remote.drop_piece(file_id, piece) {
             if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
                 download.count_lost_piece(piece);
             }
@@ -459,7 +459,8 @@ impl<'a> Scheduler<'a> {
     /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
     /// stay, and the piece is free for another remote.
     pub fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        let cancelled = self.remotes.get_mut(&conn).map(|r| r.requests.unassign(file_id, piece)).unwrap_or_default();
+        let cancelled =
+            self.remotes.get_mut(&conn).map(|r| r.requests_mut().unassign(file_id, piece)).unwrap_or_default();
         for offset in cancelled {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
@@ -470,7 +471,7 @@ impl<'a> Scheduler<'a> {
     /// Stops fetching `file_id` from `conn`.
     pub fn release_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
-        let pieces: Vec<PieceIndex> = remote.requests.assigned_in(file_id).collect();
+        let pieces: Vec<PieceIndex> = remote.requests().assigned_in(file_id).collect();
         for piece in pieces {
             self.unassign(conn, file_id, piece);
         }
@@ -482,9 +483,9 @@ impl<'a> Scheduler<'a> {
     pub fn stalled(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let mut pieces: Vec<(FileId, PieceIndex)> =
-            remote.requests.in_flight.iter().map(|(file_id, piece, _)| (*file_id, *piece)).collect();
+            remote.requests().in_flight.iter().map(|(file_id, piece, _)| (*file_id, *piece)).collect();
         pieces.dedup();
-        remote.requests.resting_until = Some(self.now + REQUEST_TIMEOUT);
+        remote.requests_mut().resting_until = Some(self.now + REQUEST_TIMEOUT);
         for (file_id, piece) in pieces {
             self.unassign(conn, file_id, piece);
         }
@@ -590,7 +591,7 @@ impl<'a> Scheduler<'a> {
         let assigned: Vec<(ConnId, PieceIndex)> = self
             .remotes
             .iter()
-            .flat_map(|(c, r)| r.requests.assigned_in(file_id).map(move |p| (*c, p)))
+            .flat_map(|(c, r)| r.requests().assigned_in(file_id).map(move |p| (*c, p)))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -616,14 +617,12 @@ fn progress(entry: &FileEntry) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::remote::Remote;
 
     #[test]
     fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {
-        let addr = "10.0.0.1:1".parse().expect("an address");
-        let mut slow = Remote::inbound(addr, Time::ZERO).requests;
-        let mut fast = Remote::inbound(addr, Time::ZERO).requests;
-        let first = Remote::inbound(addr, Time::ZERO).requests.pipeline_depth(BLOCK_BYTES);
+        let mut slow = Requests::new(Time::ZERO);
+        let mut fast = Requests::new(Time::ZERO);
+        let first = Requests::new(Time::ZERO).pipeline_depth(BLOCK_BYTES);
         assert_eq!(first, 1, "nothing measured yet: the smallest pipeline");
         slow.rate.start(Time::ZERO);
         fast.rate.start(Time::ZERO);

@@ -54,9 +54,9 @@ impl Refusal {
 /// Decides on a connection from `ip` arriving at `now`; see the module docs.
 pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
     let ip = ip.to_canonical();
-    let inbound = || remotes.iter().filter(|(_, r)| !r.outbound);
+    let inbound = || remotes.iter().filter(|(_, r)| !r.is_outbound());
     if !is_loopback(ip)
-        && inbound().filter(|(_, r)| r.addr.ip().to_canonical() == ip).count() >= INBOUND_PEERS_PER_IP_MAX
+        && inbound().filter(|(_, r)| r.addr().ip().to_canonical() == ip).count() >= INBOUND_PEERS_PER_IP_MAX
     {
         return Admission::Refuse(Refusal::AddressFull);
     }
@@ -64,8 +64,8 @@ pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
         return Admission::Accept;
     }
     inbound()
-        .filter(|(_, r)| r.requests.is_empty() && r.useful_at + INBOUND_IDLE_BEFORE_EVICTION <= now)
-        .min_by_key(|(conn, r)| (r.useful_at, **conn))
+        .filter(|(_, r)| r.requests().is_empty() && r.useful_at() + INBOUND_IDLE_BEFORE_EVICTION <= now)
+        .min_by_key(|(conn, r)| (r.useful_at(), **conn))
         .map_or(Admission::Refuse(Refusal::Busy), |(conn, _)| Admission::Evict(*conn))
 }
 
@@ -91,7 +91,7 @@ mod tests {
         for n in 0..count {
             let host = u32::try_from(n + 1).expect("a small count");
             assert_eq!(admit(&remotes, addr(host).ip(), at), Admission::Accept, "slot {n} is free");
-            remotes.accept(ConnId::Inbound(n as u64), Remote::inbound(addr(host), at));
+            remotes.accept(ConnId::Inbound(n as u64), Remote::inbound(addr(host), PeerId([1; 16]), at));
         }
         remotes
     }
@@ -106,13 +106,13 @@ mod tests {
         assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(0)), "ties go by connection");
         // The first gave a block lately, the second has our requests in flight: the third goes.
         let first = remotes.get_mut(&ConnId::Inbound(0)).expect("open");
-        first.useful_at = Time::from_millis(1);
+        first.useful(Time::from_millis(1));
         let second = remotes.get_mut(&ConnId::Inbound(1)).expect("open");
-        second.requests.start((FileId(Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
+        second.requests_mut().start((FileId(Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
         for n in 2..INBOUND_PEERS_MAX as u64 {
-            remotes.get_mut(&ConnId::Inbound(n)).expect("open").useful_at = Time::from_millis(2);
+            remotes.get_mut(&ConnId::Inbound(n)).expect("open").useful(Time::from_millis(2));
         }
-        remotes.get_mut(&ConnId::Inbound(2)).expect("open").useful_at = Time::ZERO;
+        remotes.get_mut(&ConnId::Inbound(2)).expect("open").useful(Time::ZERO);
         assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(2)));
         let much_later = later + INBOUND_IDLE_BEFORE_EVICTION;
         assert_eq!(admit(&remotes, newcomer, much_later), Admission::Evict(ConnId::Inbound(2)));
@@ -127,7 +127,10 @@ mod tests {
         for n in 0..INBOUND_PEERS_PER_IP_MAX as u64 {
             assert_eq!(admit(&remotes, host.ip(), Time::ZERO), Admission::Accept);
             let port = 50_000 + u16::try_from(n).expect("small");
-            remotes.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(host.ip(), port), Time::ZERO));
+            remotes.accept(
+                ConnId::Inbound(n),
+                Remote::inbound(SocketAddr::new(host.ip(), port), PeerId([1; 16]), Time::ZERO),
+            );
         }
         assert_eq!(admit(&remotes, host.ip(), Time::ZERO), Admission::Refuse(Refusal::AddressFull));
         let mapped = IpAddr::from(Ipv4Addr::new(10, 0, 0, 7).to_ipv6_mapped());
@@ -138,7 +141,10 @@ mod tests {
         let loopback = IpAddr::from(Ipv4Addr::LOCALHOST);
         for n in 0..INBOUND_PEERS_MAX as u64 {
             assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Accept, "loopback slot {n}");
-            local.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(loopback, 40_000), Time::ZERO));
+            local.accept(
+                ConnId::Inbound(n),
+                Remote::inbound(SocketAddr::new(loopback, 40_000), PeerId([1; 16]), Time::ZERO),
+            );
         }
         assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Refuse(Refusal::Busy), "the overall cap holds");
 
@@ -147,7 +153,10 @@ mod tests {
         let mapped_ip = IpAddr::from(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
         for n in 0..=INBOUND_PEERS_PER_IP_MAX as u64 {
             assert_eq!(admit(&mapped, mapped_ip, Time::ZERO), Admission::Accept, "mapped loopback slot {n}");
-            mapped.accept(ConnId::Inbound(n), Remote::inbound(SocketAddr::new(mapped_ip, 40_000), Time::ZERO));
+            mapped.accept(
+                ConnId::Inbound(n),
+                Remote::inbound(SocketAddr::new(mapped_ip, 40_000), PeerId([1; 16]), Time::ZERO),
+            );
         }
     }
 

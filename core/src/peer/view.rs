@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use super::downloads::Phase;
 use super::pieces::FileEntry;
-use super::remote::{Remote, Stage};
+use super::remote::Remote;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId};
 
@@ -84,11 +84,11 @@ impl RemoteView {
     pub(super) fn of(conn: ConnId, remote: &Remote) -> RemoteView {
         RemoteView {
             conn,
-            addr: remote.addr,
-            peer_id: remote.peer_id,
-            ready: remote.stage == Stage::Ready,
-            download_bytes_per_s: remote.requests.bytes_per_s(),
-            requests_in_flight: remote.requests.len(),
+            addr: remote.addr(),
+            peer_id: Some(remote.peer_id()),
+            ready: remote.is_ready(),
+            download_bytes_per_s: remote.requests().bytes_per_s(),
+            requests_in_flight: remote.requests().len(),
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
 use crate::rng::Rng;
 
-use super::super::remote::{Remote, Remotes, Stage};
+use super::super::remote::{Remote, Remotes};
 
 /// The seeder's offers: per file it spreads, how often each piece went out; per downloader and
 /// file, what it was told. Private to this module; `Peer` routes its inputs here.
@@ -256,7 +256,7 @@ pub(in crate::peer) fn sole_downloader(remotes: &Remotes, file_id: FileId) -> Op
 }
 
 fn is_downloader(remote: &Remote, file_id: FileId) -> bool {
-    remote.stage == Stage::Ready && remote.files.get(&file_id).is_some_and(|h| !h.is_full())
+    remote.is_ready() && remote.pieces(file_id).is_some_and(|h| !h.is_full())
 }
 
 #[cfg(test)]
