@@ -62,7 +62,7 @@ pub struct RemoteView {
 impl FileView {
     /// The view of `entry`, the peer's record of `file_id`.
     pub(super) fn of(file_id: FileId, entry: &FileEntry) -> FileView {
-        let state = match entry.download.as_ref().map(|download| download.phase()) {
+        let state = match entry.download().map(|download| download.phase()) {
             None => FileState::Serving,
             Some(Phase::Fetching) => FileState::Downloading,
             Some(Phase::Paused) => FileState::Paused,
@@ -71,9 +71,9 @@ impl FileView {
         };
         FileView {
             file_id,
-            name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
-            length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
-            have: entry.have.clone(),
+            name: entry.manifest().map(|manifest| manifest.name().to_owned()),
+            length_bytes: entry.manifest().map(|manifest| manifest.length_bytes()),
+            have: entry.have().clone(),
             state,
         }
     }
