@@ -32,6 +32,7 @@ use crate::machine::{Command, Completion, Event, Output};
 use crate::wire::{ErrorCode, Message};
 
 use super::downloads::Phase;
+use super::pieces::FileEntry;
 use super::Peer;
 
 /// Store work in flight per file, and the files being removed; see the module docs.
@@ -141,7 +142,7 @@ impl Peer {
                 CommandError::UnknownFile
             });
         };
-        match (command, entry.download.as_ref().map(|download| download.phase())) {
+        match (command, entry.download().map(|download| download.phase())) {
             (Command::Pause { .. }, Some(Phase::Fetching)) | (Command::Resume { .. }, Some(Phase::Paused)) => Ok(()),
             (Command::Pause { .. }, _) => Err(CommandError::NotFetching),
             (Command::Resume { .. }, _) => Err(CommandError::NotPaused),
@@ -151,7 +152,7 @@ impl Peer {
 
     /// Pauses the download `file_id` (checked to be fetching).
     pub(super) fn pause(&mut self, file_id: FileId) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|entry| entry.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
         if download.pause() {
             self.release_everywhere(file_id);
         }
@@ -161,7 +162,7 @@ impl Peer {
     /// requests from the remotes it knows.
     pub(super) fn resume(&mut self, file_id: FileId) {
         let now = self.now;
-        let Some(download) = self.files.get_mut(&file_id).and_then(|entry| entry.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
         if download.resume() {
             download.locate_mut().ask_soon(now);
             self.locate_due();
