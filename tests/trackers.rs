@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_same_file, path_str, random_file, subdir, temp_dir, wait_store_progress, Node, DOWNLOAD_TIMEOUT,
-    STARTUP_TIMEOUT,
+    assert_same_file, path_str, random_file, run_node, stderr_of, subdir, temp_dir, unused_port, wait_store_progress,
+    Node, DOWNLOAD_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -66,6 +66,28 @@ fn a_silent_first_tracker_does_not_hold_up_a_get_that_the_second_one_serves() {
     // A client that gives up on a silent tracker probes it in HTTP (after its 5 s timeout):
     // none came, so neither the start nor the download waited for it.
     assert!(!silent.probed.load(Ordering::SeqCst), "the download waited for the silent tracker's timeout");
+}
+
+#[test]
+fn ls_of_two_trackers_lists_the_files_of_the_one_that_answers_and_names_it() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "listed.bin", 4 * 16 * 1024, 18);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "s"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+    // Nothing listens at the first address: it refuses, and the second is asked at once.
+    let down = SocketAddr::from(([127, 0, 0, 1], unused_port())).to_string();
+    let up = tracker_addr.to_string();
+
+    let listed = run_node(&["ls", "--tracker", &down, "--tracker", &up], STARTUP_TIMEOUT);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr_of(&listed));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(stdout.starts_with(&format!("{file_id} listed.bin ")), "{stdout}");
+    assert!(stderr_of(&listed).contains(&format!("files of the tracker at {up}")), "{}", stderr_of(&listed));
+
+    let none = run_node(&["ls", "--tracker", &down, "--tracker", &down], STARTUP_TIMEOUT);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stderr_of(&none).contains(&down), "{}", stderr_of(&none));
 }
 
 /// A listener that accepts connections and never says a byte, noting whether one of them was
