@@ -13,7 +13,7 @@ use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
-use crate::machine::{step, Command, Completion, Event, Input, Machine, Output};
+use crate::machine::{step, step_command, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
 use crate::store::carry_out;
@@ -130,9 +130,22 @@ impl Harness {
         self.command(node, Command::Share { manifest: manifest.clone(), have });
     }
 
-    /// Gives a local command to a peer.
+    /// Gives a local command to a peer now (none to a crashed one).
+    ///
+    /// # Panics
+    /// When the peer refuses it (a test's mistake).
     pub fn command(&mut self, node: NodeIx, command: Command) {
-        self.pending.push_back((node, Input::Command(Box::new(command))));
+        if !self.nodes[node].alive {
+            return;
+        }
+        let mut outputs = Vec::new();
+        let taken = step_command(self.nodes[node].machine_mut(), self.now, command, |output| outputs.push(output));
+        if let Err(refused) = taken {
+            panic!("node {node} refused a command: {refused}");
+        }
+        for output in outputs {
+            self.carry_out(node, output);
+        }
     }
 
     /// Makes `node` serve flipped bytes for `piece`.
