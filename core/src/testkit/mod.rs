@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
+use crate::error::CommandError;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::machine::{step, step_command, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
@@ -133,19 +134,24 @@ impl Harness {
     /// Gives a local command to a peer now (none to a crashed one).
     ///
     /// # Panics
-    /// When the peer refuses it (a test's mistake).
+    /// When the peer refuses it (a test's mistake; [`Harness::try_command`] expects refusals).
     pub fn command(&mut self, node: NodeIx, command: Command) {
+        if let Err(refused) = self.try_command(node, command) {
+            panic!("node {node} refused a command: {refused}");
+        }
+    }
+
+    /// Gives a local command to a peer now (none to a crashed one), or hears why it refused.
+    pub fn try_command(&mut self, node: NodeIx, command: Command) -> Result<(), CommandError> {
         if !self.nodes[node].alive {
-            return;
+            return Ok(());
         }
         let mut outputs = Vec::new();
         let taken = step_command(self.nodes[node].machine_mut(), self.now, command, |output| outputs.push(output));
-        if let Err(refused) = taken {
-            panic!("node {node} refused a command: {refused}");
-        }
         for output in outputs {
             self.carry_out(node, output);
         }
+        taken.map(|_| ())
     }
 
     /// Makes `node` serve flipped bytes for `piece`.
