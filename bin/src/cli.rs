@@ -99,9 +99,11 @@ pub enum NodeCommand {
     /// A table on a terminal (size, pieces, holders, how well the pieces are covered); one
     /// `FILE_ID NAME LENGTH_BYTES peers=N holders=...` line per file otherwise.
     Ls {
-        /// The tracker's address.
-        #[arg(long, value_parser = parse_addr)]
-        tracker: SocketAddr,
+        /// The tracker's address; several may be given (as a peer's `--tracker`): they are
+        /// asked in turn, the next after 300 ms without an answer, and the first answer is
+        /// listed, its tracker named on stderr.
+        #[arg(long, value_parser = parse_addr, required = true)]
+        tracker: Vec<SocketAddr>,
         /// Also show the holders of every piece under each file of the table.
         #[arg(long)]
         pieces: bool,
@@ -151,7 +153,7 @@ pub struct CtlArgs {
     #[arg(long, value_parser = parse_addr)]
     pub http: SocketAddr,
     /// The file holding the peer's API token (its --http-token-file, by default
-    /// `STORE/http-token`); needed by `get` and `share`.
+    /// `STORE/http-token`); needed by every subcommand but `ls`.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// What to do.
@@ -176,6 +178,25 @@ pub enum CtlCommand {
     Share {
         /// The file.
         path: PathBuf,
+    },
+    /// Pause a download: it stops fetching and keeps serving its verified pieces.
+    Pause {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+    },
+    /// Resume a paused download.
+    Resume {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+    },
+    /// Remove a file: the peer stops serving and fetching it and forgets it.
+    Rm {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+        /// Also delete a download's partial data in the store (never a shared or finished
+        /// file).
+        #[arg(long)]
+        delete_data: bool,
     },
 }
 

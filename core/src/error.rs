@@ -75,6 +75,9 @@ pub enum DecodeError {
 /// A local command a machine refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CommandError {
+    /// The machine takes no local command (a tracker).
+    #[error("this machine takes no command")]
+    Unsupported,
     /// The peer already handles as many files as the limit allows.
     #[error("too many files (limit {max})", max = crate::limits::PEER_FILES_MAX)]
     TooManyFiles,
@@ -86,6 +89,19 @@ pub enum CommandError {
         /// Pieces in the manifest.
         expected: u32,
     },
+    /// The peer has no such file.
+    #[error("this peer has no such file")]
+    UnknownFile,
+    /// Only a download still fetching pieces can be paused.
+    #[error("only a download still fetching pieces can be paused")]
+    NotFetching,
+    /// Only a paused download can be resumed.
+    #[error("the download is not paused")]
+    NotPaused,
+    /// The file is being removed (store work for it is finishing); it can be added again once
+    /// it is gone.
+    #[error("the file is being removed; try again in a moment")]
+    Removing,
 }
 
 /// A message this side could not put into a frame.

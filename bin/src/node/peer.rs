@@ -27,7 +27,7 @@ use p2p_net::http::{serve_peer, HttpHandle, Job, PeerApi, Token};
 use p2p_net::identity::Identity;
 use p2p_net::node::IDENTITY_FILE_NAME;
 use p2p_net::secure::{Keys, Trust};
-use p2p_net::{spawn_peer, NetError, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
+use p2p_net::{spawn_peer, NetError, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::PeerArgs;
@@ -107,22 +107,36 @@ fn peer_keys(args: &PeerArgs) -> anyhow::Result<Keys> {
     Ok(Keys { identity, swarm_key: load_swarm_key(args.swarm_key.as_deref())?, trust: Arc::new(trust) })
 }
 
-/// Every `--tracker` is checked in turn. The peer starts when one of them answers as a
-/// tracker; the others are named on stderr (they may be down for now, and are retried).
+/// Every `--tracker` is checked at once. The peer starts as soon as one of them answers as a
+/// tracker; each other one is named on stderr once its check fails (it may be down for now, and
+/// is retried), also after the start: a silent tracker does not hold the start up.
 async fn check_trackers(trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<()> {
-    let mut results = Vec::with_capacity(trackers.len());
-    for tracker in trackers {
-        results.push(client::check_tracker(*tracker, keys).await);
+    let (sender, mut verdicts) = mpsc::unbounded_channel();
+    for (index, tracker) in trackers.iter().copied().enumerate() {
+        let (keys, sender) = (keys.clone(), sender.clone());
+        actix_rt::spawn(async move {
+            // Nobody listens any more once the peer stopped.
+            sender.send((index, client::check_tracker(tracker, &keys).await)).ok();
+        });
     }
-    if results.iter().any(Result::is_ok) {
-        for error in results.into_iter().filter_map(Result::err) {
-            tracing::warn!("--tracker: {error}; retrying it in the background");
-        }
-        return Ok(());
+    drop(sender);
+    let retrying = |error: p2p_net::NetError| tracing::warn!("--tracker: {error}; retrying it in the background");
+    let mut failed = BTreeMap::new();
+    while let Some((index, verdict)) = verdicts.recv().await {
+        let Err(error) = verdict else {
+            failed.into_values().for_each(retrying);
+            actix_rt::spawn(async move {
+                while let Some((_, verdict)) = verdicts.recv().await {
+                    verdict.err().map(retrying);
+                }
+            });
+            return Ok(());
+        };
+        failed.insert(index, error);
     }
-    let first = results.into_iter().find_map(Result::err);
-    // `trackers` is not empty (clap requires one), so neither is `results`.
-    Err(anyhow::Error::new(first.expect("one check per tracker")).context("--tracker"))
+    // `trackers` is not empty (clap requires one), so neither is `failed`.
+    let first = failed.into_values().next().expect("one check per tracker");
+    Err(anyhow::Error::new(first).context("--tracker"))
 }
 
 /// Serves the peer's HTTP API; its token comes from `--http-token-file`, else from the store
@@ -311,8 +325,26 @@ impl Session {
         }
     }
 
-    /// A download started (by the command line or through the API): follow it.
-    fn on_job(&mut self, Job::Getting { file_id, resumed }: Job) {
+    /// A change made by the command line or through the API: follow it.
+    fn on_job(&mut self, job: Job) {
+        match job {
+            Job::Getting { file_id, resumed } => self.getting(file_id, resumed),
+            // A paused download makes no progress on purpose: its holders are not given up on.
+            Job::Paused { file_id } => self.reach.finish(file_id),
+            Job::Resumed { file_id } => self.reach.progress(file_id, Instant::now()),
+            // Nothing is waited for any more: a removed download is neither done nor failed.
+            Job::Removed { file_id } => {
+                self.gets.remove(&file_id);
+                self.shares.remove(&file_id);
+                self.seeding.remove(&file_id);
+                self.progress.finish(file_id);
+                self.reach.finish(file_id);
+            }
+        }
+    }
+
+    /// A download started: follow it.
+    fn getting(&mut self, file_id: FileId, resumed: Option<Resumed>) {
         let resumed = resumed.filter(|resumed| resumed.have > 0);
         if let Some(resumed) = resumed {
             report::resumed(file_id, resumed.have, resumed.total);

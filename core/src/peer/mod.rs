@@ -25,6 +25,9 @@
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker; `pex`: peer exchange, telling remotes of
 //!   the other peers of their files;
+//! - `control`: pausing, resuming and removing a file on the user's command; it owns the count
+//!   of store work in flight per file, so a removal ends only once no completion for the file
+//!   can arrive;
 //! - `view`: read-only views of one file or one connection, for a driver to show; `config`:
 //!   how a peer is set up;
 //! - `pieces` and `remote`: the per-file and per-connection state the modules share; both keep
@@ -32,6 +35,7 @@
 
 mod bans;
 mod config;
+mod control;
 mod downloads;
 mod haves;
 mod links;
@@ -65,6 +69,7 @@ use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, RejectReason, Ro
 
 use bans::Bans;
 pub use config::PeerConfig;
+use control::{Completed, StoreWork};
 use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
@@ -97,6 +102,8 @@ pub struct Peer {
     haves: HaveBatch,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
+    /// Store work in flight per file, and the files being removed (`control`).
+    store_work: StoreWork,
 }
 
 impl Peer {
@@ -124,6 +131,7 @@ impl Peer {
             pex: Pex::new(),
             haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,
+            store_work: StoreWork::new(),
         }
     }
 
@@ -157,6 +165,12 @@ impl Peer {
         self.remotes.iter().map(|(conn, remote)| RemoteView::of(*conn, remote)).collect()
     }
 
+    /// Whether `file_id` was removed and store work for it is still in flight (see
+    /// [`Command::Remove`]).
+    pub fn is_removing(&self, file_id: &FileId) -> bool {
+        self.store_work.is_removing(file_id)
+    }
+
     /// Block requests this peer has in flight over all connections.
     pub fn requests_in_flight(&self) -> usize {
         self.remotes.values().map(|r| r.requests().len()).sum()
@@ -170,6 +184,7 @@ impl Peer {
                 if have.len() != manifest.piece_count() {
                     return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                 }
+                self.check_not_removing(&manifest.file_id())?;
                 !self.files.contains_key(&manifest.file_id())
             }
             Command::Get { file_id, resume } => {
@@ -178,12 +193,24 @@ impl Peer {
                         return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                     }
                 }
+                self.check_not_removing(file_id)?;
                 !self.files.contains_key(file_id)
+            }
+            Command::Pause { .. } | Command::Resume { .. } | Command::Remove { .. } => {
+                return self.check_control(command)
             }
             Command::Leave => false,
         };
-        if adds_file && self.files.len() >= PEER_FILES_MAX {
+        // A file being removed still counts against the limit.
+        if adds_file && self.files.len() + self.store_work.removing_count() >= PEER_FILES_MAX {
             return Err(CommandError::TooManyFiles);
+        }
+        Ok(())
+    }
+
+    fn check_not_removing(&self, file_id: &FileId) -> Result<(), CommandError> {
+        if self.store_work.is_removing(file_id) {
+            return Err(CommandError::Removing);
         }
         Ok(())
     }
@@ -223,13 +250,17 @@ impl Peer {
         ConnId::Outbound(self.next_conn)
     }
 
+    /// Applies a command `check_command` took (a peer that left ignores it).
     fn on_command(&mut self, command: Command) {
-        if self.left || self.check_command(&command).is_err() {
+        if self.left {
             return;
         }
         match command {
             Command::Share { manifest, have } => self.share(manifest, have),
             Command::Get { file_id, resume } => self.get(file_id, resume),
+            Command::Pause { file_id } => self.pause(file_id),
+            Command::Resume { file_id } => self.resume(file_id),
+            Command::Remove { file_id } => self.remove(file_id),
             Command::Leave => self.leave(),
         }
     }
@@ -274,6 +305,11 @@ impl Peer {
     }
 
     fn on_completed(&mut self, completion: Completion) {
+        match self.store_work.completed(&completion) {
+            Completed::Route => {}
+            Completed::Absorbed => return,
+            Completed::Removed(file_id) => return self.event(Event::Removed { file_id }),
+        }
         match completion {
             Completion::BlockWritten { file_id, piece, offset, result } => {
                 self.scheduler().on_block_written(file_id, piece, offset, result)
@@ -826,7 +862,8 @@ impl Peer {
         self.files.get(&file_id)?.manifest().map(|m| m.piece_count())
     }
 
-    /// The remote does not have a file after all: stop asking it for that file.
+    /// The remote does not have a file after all: stop asking it for that file. The exchange
+    /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let old = remote.forget_file(file_id);
@@ -1075,19 +1112,23 @@ impl Machine for Peer {
             Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
             Input::Sent { conn, data_frames } => self.on_sent(conn, data_frames),
             Input::Timeout => self.on_timeout(),
-            Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
         }
     }
 
     fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
         self.check_command(&command)?;
-        self.handle(now, Input::Command(Box::new(command)));
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+        self.on_command(command);
         Ok(())
     }
 
     fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop()
+        let output = self.outputs.pop()?;
+        // Counted as it leaves for the driver: a removal waits for the store work out there.
+        self.store_work.asked(&output);
+        Some(output)
     }
 
     fn poll_timeout(&self) -> Option<Time> {

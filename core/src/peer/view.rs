@@ -17,6 +17,8 @@ use crate::ids::{ConnId, FileId, PeerId};
 pub enum FileState {
     /// Being downloaded (or waiting for holders or for its manifest).
     Downloading,
+    /// A download whose fetching is paused; its verified pieces are served.
+    Paused,
     /// Every piece is verified; the file is being moved into place.
     Finishing,
     /// The download stopped for good.
@@ -63,6 +65,7 @@ impl FileView {
         let state = match entry.download().map(|download| download.phase()) {
             None => FileState::Serving,
             Some(Phase::Fetching) => FileState::Downloading,
+            Some(Phase::Paused) => FileState::Paused,
             Some(Phase::Finalizing) => FileState::Finishing,
             Some(Phase::Failed) => FileState::Failed,
         };
