@@ -384,7 +384,7 @@ impl Peer {
     /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
     /// of a piece twice; that changes nothing.)
     fn flush_haves(&mut self) {
-        let recent = self.haves.take();
+        let recent = self.haves.take(self.now);
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
             let hearing = self
