@@ -2,7 +2,9 @@
 //! loopback: clients that take every inbound slot of a seeder and only keep their connections
 //! alive make way for an honest downloader, which completes; and a holder that sends garbage
 //! for the first block of each piece it is asked for (then drops the connection, so the honest
-//! seeder finishes the piece) costs the download nothing and never gets the seeder banned.
+//! seeder finishes the piece) costs the download nothing and never gets the seeder banned; and
+//! clients that take every upload slot of a seeder, keep asking for blocks and never read what
+//! they are sent give their slots up to an honest downloader, which completes.
 
 mod common;
 
@@ -14,10 +16,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use p2p_core::limits::INBOUND_PEERS_MAX;
+use p2p_core::limits::{BLOCK_BYTES, INBOUND_PEERS_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT};
 use p2p_core::manifest::{Manifest, ManifestBuilder};
 use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
-use p2p_core::{Bitfield, FileId, PeerId};
+use p2p_core::{Bitfield, FileId, PeerId, PieceIndex};
 use p2p_net::identity::{Identity, SwarmKey};
 use p2p_net::secure::{self, Keys, SecureStream};
 use serde_json::Value;
@@ -59,6 +61,99 @@ fn hogs_holding_every_inbound_slot_of_a_seeder_make_way_for_an_honest_downloader
     let evicted = keepalive.stop();
     assert!(evicted >= 1, "the downloader completed, yet no hog lost its slot");
     assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Piece size of the seeder in the stalled-readers test: one block per piece.
+const STALL_PIECE_BYTES: u32 = BLOCK_BYTES;
+/// Pieces of its file: far more than the socket buffers of a reader that does not read hold.
+const STALL_PIECES: u32 = 64;
+/// How long the readers that do not read ask for blocks before the honest downloader starts:
+/// long enough for their socket buffers to fill, so they hold both slots when it arrives.
+const STALL_HEAD_START: Duration = Duration::from_secs(3);
+
+#[test]
+fn clients_that_ask_for_blocks_and_never_read_give_their_upload_slots_to_an_honest_downloader() {
+    let dir = temp_dir();
+    let swarm = PrivateSwarm::new(dir.path());
+    let original = random_file(dir.path(), "payload.bin", (STALL_PIECES * STALL_PIECE_BYTES) as usize, 41);
+    let (_tracker, tracker_addr) = swarm.tracker();
+    let piece_size = STALL_PIECE_BYTES.to_string();
+    let seeder_args = ["--share", path_str(&original), "--piece-size", piece_size.as_str()];
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &swarm.args(&seeder_args));
+    let file_id = seeder.wait_sharing().file_id;
+    let file: FileId = file_id.parse().expect("a file id");
+
+    let stalled =
+        StalledReaders::start((0..UPLOAD_SLOTS_COUNT).map(|_| hog(seeder.addr(), swarm.keys())).collect(), file);
+    thread::sleep(STALL_HEAD_START);
+    let out = subdir(dir.path(), "out");
+    let get_args = swarm.args(&["--get", file_id.as_str(), "--out", path_str(&out)]);
+    let mut downloader = Node::peer("downloader", tracker_addr, &subdir(dir.path(), "downloader"), &get_args);
+    let started = std::time::Instant::now();
+    assert_same_file(&downloader.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+    let took = started.elapsed();
+    let counts = stalled.stop();
+    println!("the downloader completed in {took:?}; (Data, Busy) frames each reader was sent: {counts:?}");
+    for (data, busy) in counts {
+        assert!(data >= 1, "a reader that does not read was never served; the test proved nothing");
+        assert!(busy >= 1, "a reader whose frames did not leave was never refused");
+    }
+    assert!(took + STALL_HEAD_START >= UPLOAD_STALL_TIMEOUT, "completed in {took:?}: the slots were not held");
+    assert!(seeder.is_running(), "{}", seeder.report());
+}
+
+/// Clients that ask a seeder for blocks of `file`, a few every
+/// [`StalledReaders::ASK_INTERVAL`] (piece after piece, round and round), on a thread, and read
+/// nothing until they are stopped.
+struct StalledReaders {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<WireClient>>,
+}
+
+impl StalledReaders {
+    const ASK_INTERVAL: Duration = Duration::from_millis(250);
+    const ASKS_AT_A_TIME: u32 = 4;
+
+    fn start(mut readers: Vec<WireClient>, file_id: FileId) -> StalledReaders {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut next = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                for reader in &mut readers {
+                    for piece in (next..next + Self::ASKS_AT_A_TIME).map(|p| PieceIndex(p % STALL_PIECES)) {
+                        let request = Message::Request { file_id, piece, offset: 0, len: BLOCK_BYTES };
+                        let mut frame = BytesMut::new();
+                        encode_frame(&request, &mut frame).expect("fits");
+                        // The seeder does not close them; an error would show in the counts.
+                        let _ = reader.send_bytes(&frame);
+                    }
+                }
+                next += Self::ASKS_AT_A_TIME;
+                thread::sleep(Self::ASK_INTERVAL);
+            }
+            readers
+        });
+        StalledReaders { stop, thread }
+    }
+
+    /// Stops asking, reads what each was sent; returns the `Data` frames and `Busy` refusals.
+    fn stop(self) -> Vec<(usize, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut readers = self.thread.join().expect("the readers' thread");
+        let count = |reader: &mut WireClient| {
+            let (mut data, mut busy) = (0, 0);
+            while let Received::Message(message) = reader.recv_within(Duration::from_millis(500)) {
+                match message {
+                    Message::Data { .. } => data += 1,
+                    Message::Reject { reason: p2p_core::wire::RejectReason::Busy, .. } => busy += 1,
+                    _ => {}
+                }
+            }
+            (data, busy)
+        };
+        readers.iter_mut().map(count).collect()
+    }
 }
 
 #[test]

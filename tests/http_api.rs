@@ -1,7 +1,8 @@
 //! The HTTP API of running nodes, from outside: a download added over the API completes with a
 //! byte-identical file and the `/metrics` counters agree with the `downloaded` line; changes
-//! without the token are refused and change nothing; bad requests get clear 4xx answers; and
-//! `p2p-node ctl` drives a peer the same way.
+//! without the token are refused and change nothing; bad requests get clear 4xx answers; a
+//! paused download stops, resumes and completes, and a removed file is forgotten by the peer and
+//! the tracker; and `p2p-node ctl` drives a peer the same way.
 
 mod common;
 
@@ -34,13 +35,19 @@ struct Swarm {
 
 impl Swarm {
     fn start() -> Swarm {
+        Swarm::start_with_seeder(&[])
+    }
+
+    /// The swarm, with `seeder_extra` on the seeder's command line.
+    fn start_with_seeder(seeder_extra: &[&str]) -> Swarm {
         let dir = temp_dir();
         let original = random_file(dir.path(), "data.bin", FILE_BYTES, 14);
         let mut tracker = Node::spawn("tracker", &["tracker", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
         let tracker_addr = tracker.listening_addr();
         let tracker_http = tracker.http_addr();
         let piece_size = PIECE_BYTES.to_string();
-        let seeder_args = ["--share", path_str(&original), "--piece-size", &piece_size];
+        let mut seeder_args = vec!["--share", path_str(&original), "--piece-size", &piece_size];
+        seeder_args.extend_from_slice(seeder_extra);
         let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &seeder_args);
         let file_id = seeder.wait_sharing().file_id;
         let store = subdir(dir.path(), "peer");
@@ -200,6 +207,101 @@ fn ctl_lists_downloads_and_shares_through_a_running_peer() {
     assert!(line.ends_with(" 1"), "{line}");
 }
 
+#[test]
+fn a_paused_download_stops_resumes_byte_identical_and_a_removed_file_is_forgotten() {
+    // About 7 s for the whole file: time to pause it on the way.
+    let swarm = Swarm::start_with_seeder(&["--upload-limit", "200000"]);
+    let (http, bearer, id) = (swarm.peer_http, swarm.bearer(), swarm.file_id.as_str());
+    let file_path = format!("/api/v1/files/{id}");
+    let store = swarm.out.parent().expect("the test folder").join("peer");
+    let start = |out: &std::path::Path| {
+        let body = json!({ "file_id": id, "out": path_str(out) }).to_string();
+        let (status, answer) = post(http, "downloads", Some(&bearer), &body);
+        assert_eq!(status, 202, "{answer}");
+    };
+    let pieces_have = || get(http, &file_path).1["pieces_have"].as_u64().unwrap_or(0);
+
+    // Paused, then removed with its data: nothing of it stays.
+    start(&swarm.out);
+    wait_until("two pieces", || pieces_have() >= 2);
+    let (status, answer) = post(http, &format!("files/{}/pause", &id[..8]), Some(&bearer), "");
+    assert_eq!((status, answer["state"].as_str()), (200, Some("paused")), "{answer}");
+    let paused = stable_pieces(http, &file_path);
+    assert!(paused < PIECE_COUNT, "paused before the end: {paused}");
+    let (status, answer) = delete(http, &format!("{file_path}?delete_data=true"), None);
+    assert_eq!(status, 401, "a removal needs the token: {answer}");
+    let (status, answer) = delete(http, &format!("{file_path}?delete_data=true"), Some(&bearer));
+    assert_eq!((status, answer["state"].as_str()), (200, Some("removed")), "{answer}");
+    assert_eq!(get(http, "/api/v1/files").1["files"], json!([]), "the peer no longer lists it");
+    assert_eq!(get(http, &file_path).0, 404);
+    let left: Vec<String> = std::fs::read_dir(&store)
+        .expect("the store")
+        .map(|entry| entry.expect("an entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(id))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "--delete-data leaves nothing of the download in the store");
+    wait_for_holders(swarm.tracker_http, id, 1);
+
+    // Fetched afresh elsewhere, paused and resumed: byte-identical.
+    let out = subdir(swarm.out.parent().expect("the test folder"), "out2");
+    start(&out);
+    wait_until("a piece", || pieces_have() >= 1);
+    let (status, _) = post(http, &format!("files/{id}/pause"), Some(&bearer), "");
+    assert_eq!(status, 200);
+    let paused = stable_pieces(http, &file_path);
+    assert!(paused < PIECE_COUNT, "paused before the end: {paused}");
+    let (status, answer) = post(http, &format!("files/{id}/pause"), Some(&bearer), "");
+    assert_eq!(status, 409, "a paused download cannot be paused again: {answer}");
+    let (status, answer) = post(http, &format!("files/{id}/resume"), Some(&bearer), "");
+    assert_eq!((status, answer["state"].as_str()), (200, Some("downloading")), "{answer}");
+    let mut peer = swarm.peer;
+    let path = peer.wait_complete(id, DOWNLOAD_TIMEOUT);
+    assert_eq!(path, out.join("data.bin"));
+    assert_same_file(&path, &swarm.original);
+    wait_for_holders(swarm.tracker_http, id, 2);
+
+    // Removed once complete, through ctl: the peer and the tracker forget it; the file stays.
+    let token_file = store.join("http-token");
+    let rm = run_node(
+        &["ctl", "--http", &http.to_string(), "--token-file", path_str(&token_file), "rm", &id[..10]],
+        STARTUP_TIMEOUT,
+    );
+    assert_eq!(rm.status.code(), Some(0), "{}", String::from_utf8_lossy(&rm.stderr));
+    assert_eq!(String::from_utf8_lossy(&rm.stdout).trim(), format!("removed {id}"));
+    assert_eq!(get(http, "/api/v1/files").1["files"], json!([]));
+    assert!(!store.join(format!("{id}.held")).exists(), "a restart would not serve it again");
+    assert_same_file(&path, &swarm.original);
+    wait_for_holders(swarm.tracker_http, id, 1);
+}
+
+/// Waits (bounded) until `done` holds.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DOWNLOAD_TIMEOUT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "waited too long for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pieces a paused download holds once blocks already on their way have landed, checked
+/// to stay the same for two seconds.
+fn stable_pieces(http: SocketAddr, file_path: &str) -> u64 {
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, before) = get(http, file_path);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, after) = get(http, file_path);
+    assert_eq!(after["state"], "paused", "{after}");
+    assert_eq!(before["pieces_have"], after["pieces_have"], "no progress while paused");
+    after["pieces_have"].as_u64().unwrap_or(0)
+}
+
+/// Waits (bounded) until the tracker lists `count` holders of the file.
+fn wait_for_holders(tracker_http: SocketAddr, file_id: &str, count: usize) {
+    let path = format!("/api/v1/files/{file_id}");
+    let holders = || get(tracker_http, &path).1["holders"].as_array().map_or(0, Vec::len);
+    wait_until(&format!("{count} holders on the tracker"), || holders() == count);
+}
+
 /// The next server-sent event of `kind` on a stream.
 fn next_event(stream: &mut impl std::io::BufRead, kind: &str) -> Value {
     let mut line = String::new();
@@ -244,6 +346,14 @@ fn post(addr: SocketAddr, endpoint: &str, authorization: Option<&str>, body: &st
         request = request.set("Authorization", authorization);
     }
     json_of(request.send_string(body))
+}
+
+fn delete(addr: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, Value) {
+    let mut request = agent().delete(&format!("http://{addr}{path}"));
+    if let Some(authorization) = authorization {
+        request = request.set("Authorization", authorization);
+    }
+    json_of(request.call())
 }
 
 /// The unlabelled samples of a Prometheus text exposition, checking every line's syntax:

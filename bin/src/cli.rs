@@ -151,7 +151,7 @@ pub struct CtlArgs {
     #[arg(long, value_parser = parse_addr)]
     pub http: SocketAddr,
     /// The file holding the peer's API token (its --http-token-file, by default
-    /// `STORE/http-token`); needed by `get` and `share`.
+    /// `STORE/http-token`); needed by every subcommand but `ls`.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// What to do.
@@ -176,6 +176,25 @@ pub enum CtlCommand {
     Share {
         /// The file.
         path: PathBuf,
+    },
+    /// Pause a download: it stops fetching and keeps serving its verified pieces.
+    Pause {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+    },
+    /// Resume a paused download.
+    Resume {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+    },
+    /// Remove a file: the peer stops serving and fetching it and forgets it.
+    Rm {
+        /// The file (an id or a unique prefix of the peer's files).
+        file_id: FileIdPrefix,
+        /// Also delete a download's partial data in the store (never a shared or finished
+        /// file).
+        #[arg(long)]
+        delete_data: bool,
     },
 }
 

@@ -203,9 +203,10 @@ pub fn ctl_file(file_id: &str, state: &str, have: u64, total: u64, name: Option<
     emit(format_args!("{file_id} {state} {have}/{total} {}", name.unwrap_or("?")));
 }
 
-/// `downloading FILE_ID`: `p2p-node ctl get` started a download.
-pub fn ctl_downloading(file_id: &str) {
-    emit(format_args!("downloading {file_id}"));
+/// `STATE FILE_ID`: what `p2p-node ctl get`, `pause`, `resume` or `rm` left the file in
+/// (`downloading`, `paused`, `removed`).
+pub fn ctl_state(state: &str, file_id: &str) {
+    emit(format_args!("{state} {file_id}"));
 }
 
 /// `shared FILE_ID NAME PIECES`: `p2p-node ctl share` shared a file (the peer prints `sharing`

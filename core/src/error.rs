@@ -86,6 +86,19 @@ pub enum CommandError {
         /// Pieces in the manifest.
         expected: u32,
     },
+    /// The peer has no such file.
+    #[error("this peer has no such file")]
+    UnknownFile,
+    /// Only a download still fetching pieces can be paused.
+    #[error("only a download still fetching pieces can be paused")]
+    NotFetching,
+    /// Only a paused download can be resumed.
+    #[error("the download is not paused")]
+    NotPaused,
+    /// The file is being removed (store work for it is finishing); it can be added again once
+    /// it is gone.
+    #[error("the file is being removed; try again in a moment")]
+    Removing,
 }
 
 /// A message this side could not put into a frame.

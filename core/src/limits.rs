@@ -194,6 +194,12 @@ pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
 /// few blocks' time on a fast link, so room that frees in the line is taken again soon.
 pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// How long an upload slot holder may go without any of its queued `Data` frames leaving
+/// (its remote does not read) before it gives the slot up to a connection waiting for one.
+/// Far longer than TCP's retransmission back-off on a lossy link, so an honest slow reader
+/// keeps its slot; its requests are refused (`Busy`) until its frames drain.
+pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long an uploader holds room in its line for a connection it refused (`Busy`): long
 /// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip.
 pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);

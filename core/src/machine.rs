@@ -115,6 +115,23 @@ pub enum Command {
         /// What an earlier run already verified.
         resume: Option<(Manifest, Bitfield)>,
     },
+    /// Stop fetching the download `file_id`: its requests in flight are cancelled and no
+    /// holder is asked; its verified pieces stay served (see the peer's `control` module).
+    Pause {
+        /// The file.
+        file_id: FileId,
+    },
+    /// Fetch the paused download `file_id` again.
+    Resume {
+        /// The file.
+        file_id: FileId,
+    },
+    /// Stop serving and fetching `file_id`, tell the trackers, and forget it;
+    /// [`Event::Removed`] follows once no store work for it is in flight.
+    Remove {
+        /// The file.
+        file_id: FileId,
+    },
     /// Tell the tracker this peer leaves, and close every connection.
     Leave,
 }
@@ -349,6 +366,12 @@ pub enum Event {
         file_id: FileId,
         /// Why.
         reason: String,
+    },
+    /// A file removed by [`Command::Remove`] is gone: no completion for it is due any more,
+    /// so its store data may be forgotten.
+    Removed {
+        /// The file.
+        file_id: FileId,
     },
     /// A piece was served to a remote (all its requested blocks sent).
     BlockServed {

@@ -463,6 +463,9 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 self.notify(NodeEvent::ConnectFailed { addr: connection.remote(), reason });
             }
         }
+        if let Event::Removed { file_id } = &event {
+            self.received_bytes.remove(file_id);
+        }
         let Some(events) = &self.events else { return };
         let completed = match &event {
             Event::Complete { file_id } => Some(*file_id),

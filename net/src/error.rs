@@ -97,6 +97,14 @@ pub enum NetError {
         /// Why it matches no single file.
         error: IdError,
     },
+    /// A removed file's store work did not finish in time; its store data is kept.
+    #[error("the store work for {file_id} did not finish within {waited:?}; its data in the store is kept")]
+    RemovalPending {
+        /// The file.
+        file_id: FileId,
+        /// How long the removal waited.
+        waited: std::time::Duration,
+    },
     /// The driver actor is gone (the node was stopped).
     #[error("the node has stopped")]
     Stopped,

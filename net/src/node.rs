@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
@@ -31,6 +31,11 @@ use crate::identity::{Identity, SwarmKey};
 use crate::secure::{Keys, Trust};
 use crate::store::{Reused, Store};
 use crate::watch::{Metrics, Role};
+
+/// How long [`PeerHandle::remove`] waits for the store work in flight for the file.
+pub const REMOVAL_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often [`PeerHandle::remove`] looks whether that work is done.
+const REMOVAL_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The file in a peer's store that holds its key pair.
 pub const IDENTITY_FILE_NAME: &str = "node.key";
@@ -347,6 +352,35 @@ impl PeerHandle {
             }
         }
         None
+    }
+
+    /// Pauses the download of `file_id` (see [`Command::Pause`]).
+    pub async fn pause(&self, file_id: FileId) -> Result<(), NetError> {
+        self.command(Command::Pause { file_id }).await
+    }
+
+    /// Resumes the paused download of `file_id`.
+    pub async fn resume(&self, file_id: FileId) -> Result<(), NetError> {
+        self.command(Command::Resume { file_id }).await
+    }
+
+    /// Stops serving and fetching `file_id` and forgets it: the machine at once (the trackers
+    /// hear it leaves the file), the store once no store work for the file is in flight any
+    /// more (see [`crate::store::Store::remove`]; `delete_partial` deletes a download's data
+    /// in the store).
+    pub async fn remove(&self, file_id: FileId, delete_partial: bool) -> Result<(), NetError> {
+        self.command(Command::Remove { file_id }).await?;
+        let started = Instant::now();
+        // Store jobs take a block's or a piece's time; the wait is short, and polled so the
+        // driver needs no bookkeeping of who waits for which file.
+        while self.inspect(move |view| view.machine.is_removing(&file_id)).await? {
+            if started.elapsed() >= REMOVAL_WAIT_MAX {
+                return Err(NetError::RemovalPending { file_id, waited: REMOVAL_WAIT_MAX });
+            }
+            tokio::time::sleep(REMOVAL_POLL_INTERVAL).await;
+        }
+        let store = self.store.clone();
+        blocking(move || store.remove(file_id, delete_partial)).await
     }
 
     /// Every file id the store knows (shared, downloaded, partial on disk); for resolving a

@@ -368,6 +368,29 @@ impl Store {
         entry.served.is_full().then(|| entry.path.to_path_buf())
     }
 
+    /// Removes `file_id`: it is served no more, and a restarted peer does not serve it again
+    /// (its `.held` record goes). A download's data in the store stays, its verified pieces
+    /// recorded, so a later `--get` resumes it; with `delete_partial` it goes too (`.part`,
+    /// `.manifest`, `.bitfield`). A shared file or a finished download in the output
+    /// directory is never deleted. Call it once the machine asks nothing more of the file.
+    pub fn remove(&self, file_id: FileId, delete_partial: bool) -> Result<(), NetError> {
+        let sidecars = self.lock().get(&file_id).map(|entry| entry.sidecars.clone()).unwrap_or_default();
+        if !delete_partial && self.lock().get(&file_id).is_some_and(|entry| entry.state == State::Downloading) {
+            self.persist_bitfield(file_id)?;
+        }
+        // Held while the entry and its files go, so no bitfield write races the removal.
+        let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
+        self.lock().remove(&file_id);
+        self.outs.lock().unwrap_or_else(PoisonError::into_inner).remove(&file_id);
+        remove_if_present(&self.sidecar(file_id, "held"))?;
+        if delete_partial {
+            for kind in ["part", "bitfield", "manifest"] {
+                remove_if_present(&self.sidecar(file_id, kind))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Lets another store open this directory while this one is still alive: for tests that
     /// restart a store in place (the new one is opened before the old one is dropped).
     #[cfg(test)]

@@ -260,6 +260,10 @@ impl Watch {
             Event::LocateSent { file_id } => {
                 self.locating.insert(*file_id, Instant::now());
             }
+            Event::Removed { file_id } => {
+                self.files.remove(file_id);
+                self.locating.remove(file_id);
+            }
             _ => {}
         }
     }

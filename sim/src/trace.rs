@@ -93,6 +93,7 @@ impl fmt::Display for Described<'_> {
             Event::FileUnknown { .. } => f.write_str("the tracker does not know the file (yet)"),
             Event::Complete { .. } => f.write_str("COMPLETE"),
             Event::DownloadFailed { reason, .. } => write!(f, "download failed: {reason}"),
+            Event::Removed { .. } => f.write_str("removed the file"),
             Event::BlockServed { piece, len, to, .. } => {
                 write!(f, "served {len} bytes of piece {piece} to {}", name(*to))
             }

@@ -1,5 +1,5 @@
 //! `p2p-node ctl`: asks a running peer, through its HTTP API, for its files, a download or a
-//! share. Paths are made absolute here, since the peer may run in another directory. An answer
+//! share, or to pause, resume or remove a file. Paths are made absolute here, since the peer may run in another directory. An answer
 //! other than a success is the job failing (exit 1) with the peer's message.
 
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<()> {
                     file_id.parse::<p2p_core::FileIdPrefix>()?.as_full().context("an id")?,
                     Path::new(path),
                 ),
-                None => report::ctl_downloading(file_id),
+                None => report::ctl_state(text(&answer, "state")?, file_id),
             }
             Ok(())
         }
@@ -39,7 +39,18 @@ pub fn run(args: &CtlArgs) -> anyhow::Result<()> {
             report::ctl_shared(text(&answer, "file_id")?, text(&answer, "name")?, pieces);
             Ok(())
         }
+        CtlCommand::Pause { file_id } => changed(&api.post(&format!("files/{}/pause", file_id.as_str()), json!({}))?),
+        CtlCommand::Resume { file_id } => changed(&api.post(&format!("files/{}/resume", file_id.as_str()), json!({}))?),
+        CtlCommand::Rm { file_id, delete_data } => {
+            changed(&api.delete(&format!("files/{}?delete_data={delete_data}", file_id.as_str()))?)
+        }
     }
+}
+
+/// Prints the state a change left a file in.
+fn changed(answer: &Value) -> anyhow::Result<()> {
+    report::ctl_state(text(answer, "state")?, text(answer, "file_id")?);
+    Ok(())
 }
 
 fn ls(api: &Api) -> anyhow::Result<()> {
@@ -77,13 +88,22 @@ impl Api {
     }
 
     fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let request = self.authorized(self.agent().post(&format!("{}/{path}", self.base)))?;
+        answer(request.send_json(body))
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        answer(self.authorized(self.agent().delete(&format!("{}/{path}", self.base)))?.call())
+    }
+
+    /// `request` with the token of `--token-file`, which changes need.
+    fn authorized(&self, request: ureq::Request) -> anyhow::Result<ureq::Request> {
         let Some(token_file) = &self.token_file else {
             return Err(report::UsageError("this needs --token-file (the peer's STORE/http-token)".into()).into());
         };
         let token = std::fs::read_to_string(token_file)
             .with_context(|| format!("cannot read the token file {}", token_file.display()))?;
-        let request = self.agent().post(&format!("{}/{path}", self.base));
-        answer(request.set("Authorization", &format!("Bearer {}", token.trim())).send_json(body))
+        Ok(request.set("Authorization", &format!("Bearer {}", token.trim())))
     }
 
     fn agent(&self) -> ureq::Agent {

@@ -27,7 +27,7 @@ use p2p_net::http::{serve_peer, HttpHandle, Job, PeerApi, Token};
 use p2p_net::identity::Identity;
 use p2p_net::node::IDENTITY_FILE_NAME;
 use p2p_net::secure::{Keys, Trust};
-use p2p_net::{spawn_peer, NetError, NodeEvent, PeerHandle, PeerOptions, ShareOptions};
+use p2p_net::{spawn_peer, NetError, NodeEvent, PeerHandle, PeerOptions, Resumed, ShareOptions};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::cli::PeerArgs;
@@ -311,8 +311,26 @@ impl Session {
         }
     }
 
-    /// A download started (by the command line or through the API): follow it.
-    fn on_job(&mut self, Job::Getting { file_id, resumed }: Job) {
+    /// A change made by the command line or through the API: follow it.
+    fn on_job(&mut self, job: Job) {
+        match job {
+            Job::Getting { file_id, resumed } => self.getting(file_id, resumed),
+            // A paused download makes no progress on purpose: its holders are not given up on.
+            Job::Paused { file_id } => self.reach.finish(file_id),
+            Job::Resumed { file_id } => self.reach.progress(file_id, Instant::now()),
+            // Nothing is waited for any more: a removed download is neither done nor failed.
+            Job::Removed { file_id } => {
+                self.gets.remove(&file_id);
+                self.shares.remove(&file_id);
+                self.seeding.remove(&file_id);
+                self.progress.finish(file_id);
+                self.reach.finish(file_id);
+            }
+        }
+    }
+
+    /// A download started: follow it.
+    fn getting(&mut self, file_id: FileId, resumed: Option<Resumed>) {
         let resumed = resumed.filter(|resumed| resumed.have > 0);
         if let Some(resumed) = resumed {
             report::resumed(file_id, resumed.have, resumed.total);

@@ -47,6 +47,8 @@ pub(super) type Senders = VecMap<Sender, u64>;
 pub(super) enum Phase {
     /// Pieces are being fetched (or waited for).
     Fetching,
+    /// Fetching is paused (`control`): nothing is requested until it resumes.
+    Paused,
     /// Every piece is verified; the driver is moving the file into place.
     Finalizing,
     /// The download stopped for good (e.g. the disk is full).
@@ -266,6 +268,24 @@ impl Download {
     /// Every piece is verified: the file is being moved into place.
     pub fn finalizing(&mut self) {
         self.phase = Phase::Finalizing;
+    }
+
+    /// Fetching pauses; false unless the download was fetching.
+    pub fn pause(&mut self) -> bool {
+        let fetching = self.phase == Phase::Fetching;
+        if fetching {
+            self.phase = Phase::Paused;
+        }
+        fetching
+    }
+
+    /// Fetching resumes; false unless the download was paused.
+    pub fn resume(&mut self) -> bool {
+        let paused = self.phase == Phase::Paused;
+        if paused {
+            self.phase = Phase::Fetching;
+        }
+        paused
     }
 
     /// The download stops for good; false if it already had.

@@ -25,12 +25,17 @@
 //! - `bans`: strikes and expiring bans of remotes proven to have sent bad data; `haves`: the
 //!   batching of `Haves` to remotes and the tracker; `pex`: peer exchange, telling remotes of
 //!   the other peers of their files;
+//! - `control`: pausing, resuming and removing a file on the user's command; it owns the count
+//!   of store work in flight per file, so a removal ends only once no completion for the file
+//!   can arrive;
 //! - `view`: read-only views of one file or one connection, for a driver to show; `config`:
 //!   how a peer is set up;
-//! - `pieces` and `remote`: the per-file and per-connection state the modules share.
+//! - `pieces` and `remote`: the per-file and per-connection state the modules share; both keep
+//!   it private and change it through one method per step of a file's or a connection's life.
 
 mod bans;
 mod config;
+mod control;
 mod downloads;
 mod haves;
 mod links;
@@ -64,6 +69,7 @@ use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, RejectReason, Ro
 
 use bans::Bans;
 pub use config::PeerConfig;
+use control::{Completed, StoreWork};
 use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
@@ -96,6 +102,8 @@ pub struct Peer {
     haves: HaveBatch,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
+    /// Store work in flight per file, and the files being removed (`control`).
+    store_work: StoreWork,
 }
 
 impl Peer {
@@ -123,6 +131,7 @@ impl Peer {
             pex: Pex::new(),
             haves: HaveBatch::new(),
             connections_check_at: Time::ZERO,
+            store_work: StoreWork::new(),
         }
     }
 
@@ -138,12 +147,12 @@ impl Peer {
 
     /// The verified pieces of a file, if the peer knows it.
     pub fn have(&self, file_id: &FileId) -> Option<&Bitfield> {
-        self.files.get(file_id).map(|f| &f.have)
+        self.files.get(file_id).map(|f| f.have())
     }
 
     /// The manifest of a file, if the peer knows it.
     pub fn manifest(&self, file_id: &FileId) -> Option<&Manifest> {
-        self.files.get(file_id).and_then(|f| f.manifest.as_ref())
+        self.files.get(file_id).and_then(|f| f.manifest())
     }
 
     /// Every file the peer shares or downloads, by file id.
@@ -154,6 +163,12 @@ impl Peer {
     /// Every peer-to-peer connection, open or opening, by connection id.
     pub fn remote_views(&self) -> Vec<RemoteView> {
         self.remotes.iter().map(|(conn, remote)| RemoteView::of(*conn, remote)).collect()
+    }
+
+    /// Whether `file_id` was removed and store work for it is still in flight (see
+    /// [`Command::Remove`]).
+    pub fn is_removing(&self, file_id: &FileId) -> bool {
+        self.store_work.is_removing(file_id)
     }
 
     /// Block requests this peer has in flight over all connections.
@@ -169,6 +184,7 @@ impl Peer {
                 if have.len() != manifest.piece_count() {
                     return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                 }
+                self.check_not_removing(&manifest.file_id())?;
                 !self.files.contains_key(&manifest.file_id())
             }
             Command::Get { file_id, resume } => {
@@ -177,12 +193,24 @@ impl Peer {
                         return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
                     }
                 }
+                self.check_not_removing(file_id)?;
                 !self.files.contains_key(file_id)
+            }
+            Command::Pause { .. } | Command::Resume { .. } | Command::Remove { .. } => {
+                return self.check_control(command)
             }
             Command::Leave => false,
         };
-        if adds_file && self.files.len() >= PEER_FILES_MAX {
+        // A file being removed still counts against the limit.
+        if adds_file && self.files.len() + self.store_work.removing_count() >= PEER_FILES_MAX {
             return Err(CommandError::TooManyFiles);
+        }
+        Ok(())
+    }
+
+    fn check_not_removing(&self, file_id: &FileId) -> Result<(), CommandError> {
+        if self.store_work.is_removing(file_id) {
+            return Err(CommandError::Removing);
         }
         Ok(())
     }
@@ -229,6 +257,9 @@ impl Peer {
         match command {
             Command::Share { manifest, have } => self.share(manifest, have),
             Command::Get { file_id, resume } => self.get(file_id, resume),
+            Command::Pause { file_id } => self.pause(file_id),
+            Command::Resume { file_id } => self.resume(file_id),
+            Command::Remove { file_id } => self.remove(file_id),
             Command::Leave => self.leave(),
         }
     }
@@ -236,12 +267,8 @@ impl Peer {
     fn share(&mut self, manifest: Manifest, have: Bitfield) {
         let file_id = manifest.file_id();
         match self.files.get_mut(&file_id) {
-            Some(entry) if entry.manifest.is_some() => {
-                // Already known: add the pieces to what is served.
-                for piece in have.iter() {
-                    entry.have.set(piece);
-                }
-            }
+            // Already known: add the pieces to what is served.
+            Some(entry) if entry.manifest().is_some() => entry.add_pieces(&have),
             _ => {
                 self.files.insert(file_id, FileEntry::shared(manifest, have));
             }
@@ -253,12 +280,12 @@ impl Peer {
         if self.files.contains_key(&file_id) {
             return;
         }
-        let entry = FileEntry::download(resume, self.now);
-        let complete = entry.have.is_full() && entry.manifest.is_some();
+        let entry = FileEntry::downloading(resume, self.now);
+        let complete = entry.have().is_full() && entry.manifest().is_some();
         self.files.insert(file_id, entry);
         if complete {
             self.scheduler().finalize(file_id);
-        } else if self.files[&file_id].manifest.is_some() {
+        } else if self.files[&file_id].manifest().is_some() {
             self.announce(file_id, true);
         }
         self.locate_due();
@@ -277,6 +304,11 @@ impl Peer {
     }
 
     fn on_completed(&mut self, completion: Completion) {
+        match self.store_work.completed(&completion) {
+            Completed::Route => {}
+            Completed::Absorbed => return,
+            Completed::Removed(file_id) => return self.event(Event::Removed { file_id }),
+        }
         match completion {
             Completion::BlockWritten { file_id, piece, offset, result } => {
                 self.scheduler().on_block_written(file_id, piece, offset, result)
@@ -447,16 +479,11 @@ impl Peer {
     }
 
     /// A tracker connection closed or could not be opened: that tracker is retried after its
-    /// backoff; with no tracker left, no file counts as announced.
+    /// backoff.
     fn on_tracker_lost(&mut self, conn: ConnId) {
         let Some(lost) = self.tracker.lost(conn, self.now) else { return };
         if lost.was_ready {
             self.event(Event::TrackerLost { addr: lost.addr });
-        }
-        if lost.none_ready {
-            for entry in self.files.values_mut() {
-                entry.announced = false;
-            }
         }
     }
 
@@ -495,7 +522,7 @@ impl Peer {
         self.event(Event::TrackerConnected { addr });
         self.announce_all(conn);
         let now = self.now;
-        for download in self.files.values_mut().filter_map(|entry| entry.download.as_mut()) {
+        for download in self.files.values_mut().filter_map(|entry| entry.download_mut()) {
             download.locate_mut().tracker_ready(now);
         }
         self.locate_due();
@@ -569,10 +596,10 @@ impl Peer {
     fn on_located(&mut self, file_id: FileId, manifest: Option<Manifest>, holders: &Holders) {
         let now = self.now;
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if let Some(download) = entry.download.as_mut() {
+        if let Some(download) = entry.download_mut() {
             download.locate_mut().answered(now, Some(holders.len()));
         }
-        if entry.manifest.is_none() {
+        if entry.manifest().is_none() {
             match manifest {
                 Some(manifest) if manifest.file_id() == file_id => self.adopt_manifest(file_id, manifest),
                 // Holders only: they are asked for the manifest once connected.
@@ -587,10 +614,10 @@ impl Peer {
             }
         }
         let Some(entry) = self.files.get(&file_id) else { return };
-        if !entry.is_fetching() || holders.piece_count() != entry.have.len() {
+        if !entry.is_fetching() || holders.piece_count() != entry.have().len() {
             return;
         }
-        let links::Located { useful, wanted } = links::located(&entry.have, holders);
+        let links::Located { useful, wanted } = links::located(entry.have(), holders);
         for peer in useful {
             self.connect_for(peer, file_id);
         }
@@ -603,11 +630,7 @@ impl Peer {
         // Only a download starts without its manifest, and it keeps its `Download` until the
         // file is complete.
         let Some(entry) = self.files.get_mut(&file_id) else { unreachable!("a manifest is adopted for a download") };
-        let Some(download) = entry.download.as_mut() else { unreachable!("a download without a manifest") };
-        let have = Bitfield::new(manifest.piece_count());
-        download.init_slots(&have);
-        entry.have = have;
-        entry.manifest = Some(manifest.clone());
+        entry.adopt_manifest(manifest.clone());
         let empty = manifest.piece_count() == 0;
         self.push(Output::Allocate { manifest });
         self.announce(file_id, false);
@@ -629,14 +652,14 @@ impl Peer {
     /// asked within the last [`crate::limits::LOCATE_INTERVAL`] (one answer is enough).
     fn ask_manifest(&mut self, conn: ConnId, file_id: FileId) {
         let now = self.now;
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         if download.ask_manifest(now) {
             self.send(conn, Message::GetManifest { file_id });
         }
     }
 
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
-        match self.files.get(&file_id).and_then(|e| e.manifest.clone()) {
+        match self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
             Some(manifest) => self.send(conn, Message::Manifest { manifest: Box::new(manifest) }),
             None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
         }
@@ -646,13 +669,13 @@ impl Peer {
     /// of its contents, so it cannot be forged); otherwise it is late or unasked and dropped.
     fn on_manifest(&mut self, manifest: Manifest) {
         let file_id = manifest.file_id();
-        if self.files.get(&file_id).is_some_and(|e| e.manifest.is_none() && e.is_fetching()) {
+        if self.files.get(&file_id).is_some_and(|e| e.manifest().is_none() && e.is_fetching()) {
             self.adopt_manifest(file_id, manifest);
         }
     }
 
     fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else {
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else {
             unreachable!("missing pieces are reported for a download being fetched")
         };
         if let Some(pieces) = download.newly_missing(wanted) {
@@ -683,7 +706,7 @@ impl Peer {
     /// Sends our bitfield for `file_id` on `conn` now, or once its handshake is done and the
     /// manifest is known (a ready remote is asked for it meanwhile).
     fn want_file(&mut self, conn: ConnId, file_id: FileId) {
-        let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest.is_some());
+        let manifest_known = self.files.get(&file_id).is_some_and(|e| e.manifest().is_some());
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if !remote.is_ready() || !manifest_known {
             remote.want(file_id);
@@ -806,7 +829,7 @@ impl Peer {
         }
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let old = remote.set_pieces(file_id, have.clone());
-        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);
             }
@@ -826,7 +849,7 @@ impl Peer {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
         self.offer_held(conn, file_id, &new);
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
         if download.count_new_pieces(first, &new) {
             self.scheduler().schedule(conn);
@@ -835,14 +858,15 @@ impl Peer {
 
     /// The number of pieces of a file whose manifest is known.
     fn piece_count(&self, file_id: FileId) -> Option<u32> {
-        self.files.get(&file_id)?.manifest.as_ref().map(|m| m.piece_count())
+        self.files.get(&file_id)?.manifest().map(|m| m.piece_count())
     }
 
-    /// The remote does not have a file after all: stop asking it for that file.
+    /// The remote does not have a file after all: stop asking it for that file. The exchange
+    /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let old = remote.forget_file(file_id);
-        if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download.as_mut())) {
+        if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);
         }
         self.scheduler().release_file(conn, file_id);
@@ -875,7 +899,7 @@ impl Peer {
             self.remotes.back_off(remote.addr(), self.now);
         }
         for (file_id, have) in remote.files() {
-            if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download.as_mut()) {
+            if let Some(download) = self.files.get_mut(file_id).and_then(|e| e.download_mut()) {
                 download.count_holder(have, false);
             }
             if !have.is_full() {
@@ -986,7 +1010,7 @@ impl Peer {
     fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
         let holds = self.remotes.get(&conn)?.pieces(file_id);
-        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
+        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
         let remotes = &self.remotes;
         let other = || uploads::other_downloader(remotes, conn, file_id);
         let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, other, &mut self.rng);
@@ -1025,7 +1049,7 @@ impl Peer {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
-        let ours = OurFile { file_id, have: &entry.have, shared_here: entry.shared_here };
+        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
         let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
         let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
@@ -1095,18 +1119,18 @@ impl Machine for Peer {
     }
 
     fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop()
+        let output = self.outputs.pop()?;
+        // Counted as it leaves for the driver: a removal waits for the store work out there.
+        self.store_work.asked(&output);
+        Some(output)
     }
 
     fn poll_timeout(&self) -> Option<Time> {
         if self.left {
             return None;
         }
-        let locate = self
-            .files
-            .values()
-            .filter(|f| f.is_fetching())
-            .filter_map(|f| f.download.as_ref().map(|d| d.locate().due_at()));
+        let locate =
+            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
         let rested = self.remotes.values().filter_map(|r| r.requests().resting_until()).min();

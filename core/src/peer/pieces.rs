@@ -1,5 +1,7 @@
 //! Per-file state of a peer: the manifest, the verified pieces, the download (see
-//! `downloads`) while pieces are missing, and the block arithmetic of a piece.
+//! `downloads`) while pieces are missing, and the block arithmetic of a piece. A `FileEntry`'s
+//! state is private: callers read it through accessors and change it through one method per
+//! step of the file's life (shared, manifest adopted, acknowledged by a tracker, finished).
 
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PieceIndex};
@@ -13,35 +15,26 @@ use super::downloads::{Download, Phase};
 #[derive(Debug)]
 pub(super) struct FileEntry {
     /// The manifest; `None` only for a download whose first `Located` has not arrived.
-    pub manifest: Option<Manifest>,
+    manifest: Option<Manifest>,
     /// Verified pieces (zero-length until the manifest is known).
-    pub have: Bitfield,
-    /// Whether the current tracker connection acknowledged an announce of this file.
-    pub announced: bool,
+    have: Bitfield,
     /// Whether `Event::Sharing` was reported (once per file).
-    pub sharing_reported: bool,
+    sharing_reported: bool,
     /// Download state, while pieces are missing or the file is being finalized.
-    pub download: Option<Download>,
+    download: Option<Download>,
     /// Whether the file came from a local share rather than a download: only such a holder
     /// offers its pieces a few at a time (see `offers`).
-    pub shared_here: bool,
+    shared_here: bool,
 }
 
 impl FileEntry {
     /// A file shared from a complete or partial local copy.
     pub fn shared(manifest: Manifest, have: Bitfield) -> FileEntry {
-        FileEntry {
-            manifest: Some(manifest),
-            have,
-            announced: false,
-            sharing_reported: false,
-            download: None,
-            shared_here: true,
-        }
+        FileEntry { manifest: Some(manifest), have, sharing_reported: false, download: None, shared_here: true }
     }
 
     /// A download; `resume` is what a store already verified.
-    pub fn download(resume: Option<(Manifest, Bitfield)>, now: Time) -> FileEntry {
+    pub fn downloading(resume: Option<(Manifest, Bitfield)>, now: Time) -> FileEntry {
         let mut download = Download::new(now);
         let (manifest, have) = match resume {
             Some((manifest, have)) => {
@@ -50,14 +43,61 @@ impl FileEntry {
             }
             None => (None, Bitfield::new(0)),
         };
-        FileEntry {
-            manifest,
-            have,
-            announced: false,
-            sharing_reported: true,
-            download: Some(download),
-            shared_here: false,
+        FileEntry { manifest, have, sharing_reported: true, download: Some(download), shared_here: false }
+    }
+
+    /// The manifest, if known.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// The verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// The download, while pieces are missing or the file is being finalized.
+    pub fn download(&self) -> Option<&Download> {
+        self.download.as_ref()
+    }
+
+    /// The download, for the scheduler and the routing to change (its own state stays private
+    /// to `downloads`).
+    pub fn download_mut(&mut self) -> Option<&mut Download> {
+        self.download.as_mut()
+    }
+
+    /// Whether the file came from a local share rather than a download.
+    pub fn is_shared_here(&self) -> bool {
+        self.shared_here
+    }
+
+    /// The pieces of `have` (of this file's length) are served too.
+    pub fn add_pieces(&mut self, have: &Bitfield) {
+        debug_assert!(self.manifest.is_some(), "pieces are added to a file whose manifest is known");
+        for piece in have.iter() {
+            self.have.set(piece);
         }
+    }
+
+    /// The first manifest of a download arrived: its pieces are sized by it, none verified.
+    pub fn adopt_manifest(&mut self, manifest: Manifest) {
+        let Some(download) = self.download.as_mut() else { unreachable!("only a download adopts a manifest") };
+        debug_assert!(self.manifest.is_none(), "a manifest is adopted once");
+        self.have = Bitfield::new(manifest.piece_count());
+        download.init_slots(&self.have);
+        self.manifest = Some(manifest);
+    }
+
+    /// A tracker acknowledged an announce of the file: whether `Event::Sharing` is due (only
+    /// the first time).
+    pub fn sharing_due(&mut self) -> bool {
+        !std::mem::replace(&mut self.sharing_reported, true)
+    }
+
+    /// The download is over: the file is complete and in place.
+    pub fn finished(&mut self) {
+        self.download = None;
     }
 
     /// The manifest, the download and the verified pieces, for a download whose manifest is

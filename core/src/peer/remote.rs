@@ -233,8 +233,10 @@ impl Remote {
         self.files.get_mut(&file_id).is_some_and(|have| have.unset(piece))
     }
 
-    /// The remote does not have `file_id` after all; returns the pieces it claimed.
+    /// The remote does not have `file_id` after all; returns the pieces it claimed. The
+    /// exchange of the file with it is over: a bitfield it sends later starts it over.
     pub fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
+        self.bitfield_sent.remove(&file_id);
         self.files.remove(&file_id)
     }
 }

@@ -302,7 +302,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest.as_ref()) else { return };
+        let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
         let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
@@ -327,7 +327,7 @@ impl<'a> Scheduler<'a> {
     /// A block of a piece assigned to `conn` that nobody received and `conn` has not requested.
     fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
         let remote = self.remotes.get(&conn)?;
-        let download = self.files.get(&file_id)?.download.as_ref()?;
+        let download = self.files.get(&file_id)?.download()?;
         download.next_block(conn, remote.requests().assigned_in(file_id))
     }
 
@@ -341,11 +341,11 @@ impl<'a> Scheduler<'a> {
             busy: !remote.requests().in_flight.is_empty(),
         };
         let entry = self.files.get(&file_id)?;
-        let (remotes, now, download) = (&*self.remotes, self.now, entry.download.as_ref()?);
-        let block_bytes = entry.manifest.as_ref()?.piece_size_bytes().min(BLOCK_BYTES);
+        let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
+        let block_bytes = entry.manifest()?.piece_size_bytes().min(BLOCK_BYTES);
         let quiet = download.quiet(now, block_bytes);
         let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now));
-        download.choose(chooser, &entry.have, self.rng, lagging)
+        download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
     /// Gives `conn` the piece `choose_piece` chose for it.
@@ -452,7 +452,7 @@ impl<'a> Scheduler<'a> {
     fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         if remote.drop_piece(file_id, piece) {
-            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) {
+            if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
                 download.count_lost_piece(piece);
             }
         }
@@ -467,7 +467,7 @@ impl<'a> Scheduler<'a> {
         for offset in cancelled {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         download.unassign(piece, conn);
     }
 
@@ -565,7 +565,7 @@ impl<'a> Scheduler<'a> {
 
     /// Every piece is verified: ask the driver to move the file into place.
     pub fn finalize(&mut self, file_id: FileId) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         download.finalizing();
         self.out.push(Output::Finalize { file_id });
     }
@@ -573,12 +573,12 @@ impl<'a> Scheduler<'a> {
     /// The driver moved the finished file into place (or could not).
     pub fn on_finalized(&mut self, file_id: FileId, result: Result<(), StoreError>) {
         let Some(entry) = self.files.get_mut(&file_id) else { return };
-        if !entry.download.as_ref().is_some_and(|d| d.phase() == Phase::Finalizing) {
+        if !entry.download().is_some_and(|d| d.phase() == Phase::Finalizing) {
             return;
         }
         match result {
             Ok(()) => {
-                entry.download = None;
+                entry.finished();
                 self.event(Event::Complete { file_id });
             }
             Err(reason) => self.fail_download(file_id, format!("cannot move the finished file into place: {reason}")),
@@ -587,7 +587,7 @@ impl<'a> Scheduler<'a> {
 
     /// The download cannot go on: stop fetching it and say why. Verified pieces stay served.
     fn fail_download(&mut self, file_id: FileId, reason: String) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download.as_mut()) else { return };
+        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         if !download.fail() {
             return;
         }
@@ -607,14 +607,14 @@ impl<'a> Scheduler<'a> {
 
 /// A file's progress: its verified pieces and bytes, and the holders its download counts.
 fn progress(entry: &FileEntry) -> Progress {
-    let have_bytes = entry.manifest.as_ref().map_or(0, |m| {
+    let have_bytes = entry.manifest().map_or(0, |m| {
         // Every held piece is full size but the last, which may be short.
         let last = PieceIndex(m.piece_count().saturating_sub(1));
-        let short = if entry.have.has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
-        u64::from(entry.have.count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
+        let short = if entry.have().has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
+        u64::from(entry.have().count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
     });
-    let peers = entry.download.as_ref().map_or(0, |d| d.holders());
-    Progress { have: entry.have.count(), total: entry.have.len(), have_bytes, peers }
+    let peers = entry.download().map_or(0, |d| d.holders());
+    Progress { have: entry.have().count(), total: entry.have().len(), have_bytes, peers }
 }
 
 #[cfg(test)]

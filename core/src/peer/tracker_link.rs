@@ -175,7 +175,7 @@ impl TrackerLinks {
         self.links[link].stage = Stage::Idle { retry_at: now + backoff };
         self.links[link].backoff = (backoff * 2).min(RECONNECT_DELAY_MAX);
         let was_ready = matches!(stage, Stage::Ready { .. });
-        Some(Lost { addr, was_ready, none_ready: self.ready_conns().is_empty() })
+        Some(Lost { addr, was_ready })
     }
 }
 
@@ -210,27 +210,23 @@ pub(super) struct Lost {
     pub addr: SocketAddr,
     /// Whether its handshake was done (the loss is reported).
     pub was_ready: bool,
-    /// Whether no tracker is ready any more.
-    pub none_ready: bool,
 }
 
 /// The announce of the pieces held of `file_id` (with the manifest when a tracker may not know
 /// the file); `None` while the manifest is not known.
 pub(super) fn announcement(file_id: FileId, entry: &FileEntry, with_manifest: bool) -> Option<Message> {
-    let manifest = entry.manifest.as_ref()?;
+    let manifest = entry.manifest()?;
     let manifest = with_manifest.then(|| Box::new(manifest.clone()));
-    Some(Message::Announce { file_id, manifest, have: entry.have.clone() })
+    Some(Message::Announce { file_id, manifest, have: entry.have().clone() })
 }
 
 /// A tracker acknowledged an announce of `file_id`: the `Sharing` report, the first time.
 pub(super) fn acknowledged(file_id: FileId, entry: &mut FileEntry) -> Option<Event> {
-    entry.announced = true;
-    if entry.sharing_reported {
+    if !entry.sharing_due() {
         return None;
     }
-    entry.sharing_reported = true;
-    let name = entry.manifest.as_ref().map(|m| m.name().to_owned()).unwrap_or_default();
-    Some(Event::Sharing { file_id, name, pieces: entry.have.count() })
+    let name = entry.manifest().map(|m| m.name().to_owned()).unwrap_or_default();
+    Some(Event::Sharing { file_id, name, pieces: entry.have().count() })
 }
 
 /// What the peer does when a tracker does not know a file.
@@ -248,11 +244,11 @@ pub(super) enum Unknown {
 /// locate schedule, and the file is announced to it when its manifest is known.
 pub(super) fn unknown(entry: &mut FileEntry, now: Time) -> Unknown {
     let mut located = false;
-    if let Some(download) = entry.download.as_mut() {
+    if let Some(download) = entry.download_mut() {
         download.locate_mut().answered(now, None);
         located = download.locate().answered_once();
     }
-    if entry.manifest.is_some() {
+    if entry.manifest().is_some() {
         Unknown::Announce
     } else if located {
         Unknown::Ignore
@@ -269,8 +265,8 @@ pub(super) fn locates_due(files: &mut BTreeMap<FileId, FileEntry>, now: Time, se
         if !entry.is_fetching() {
             continue;
         }
-        let (have_count, manifest_known) = (entry.have.count(), entry.manifest.is_some());
-        let download = entry.download.as_mut();
+        let (have_count, manifest_known) = (entry.have().count(), entry.manifest().is_some());
+        let download = entry.download_mut();
         debug_assert!(download.is_some(), "a file being fetched has a download");
         let Some(download) = download else { continue };
         if download.locate().due_at() <= now {

@@ -17,6 +17,8 @@ use crate::ids::{ConnId, FileId, PeerId};
 pub enum FileState {
     /// Being downloaded (or waiting for holders or for its manifest).
     Downloading,
+    /// A download whose fetching is paused; its verified pieces are served.
+    Paused,
     /// Every piece is verified; the file is being moved into place.
     Finishing,
     /// The download stopped for good.
@@ -60,17 +62,18 @@ pub struct RemoteView {
 impl FileView {
     /// The view of `entry`, the peer's record of `file_id`.
     pub(super) fn of(file_id: FileId, entry: &FileEntry) -> FileView {
-        let state = match entry.download.as_ref().map(|download| download.phase()) {
+        let state = match entry.download().map(|download| download.phase()) {
             None => FileState::Serving,
             Some(Phase::Fetching) => FileState::Downloading,
+            Some(Phase::Paused) => FileState::Paused,
             Some(Phase::Finalizing) => FileState::Finishing,
             Some(Phase::Failed) => FileState::Failed,
         };
         FileView {
             file_id,
-            name: entry.manifest.as_ref().map(|manifest| manifest.name().to_owned()),
-            length_bytes: entry.manifest.as_ref().map(|manifest| manifest.length_bytes()),
-            have: entry.have.clone(),
+            name: entry.manifest().map(|manifest| manifest.name().to_owned()),
+            length_bytes: entry.manifest().map(|manifest| manifest.length_bytes()),
+            have: entry.have().clone(),
             state,
         }
     }

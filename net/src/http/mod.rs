@@ -139,7 +139,8 @@ impl From<NetError> for ApiError {
             | NetError::Manifest { .. }
             | NetError::NoSuchPiece { .. }
             | NetError::Corrupt { .. } => StatusCode::BAD_REQUEST,
-            NetError::Command(_) => StatusCode::CONFLICT,
+            NetError::Command(p2p_core::CommandError::UnknownFile) => StatusCode::NOT_FOUND,
+            NetError::Command(_) | NetError::RemovalPending { .. } => StatusCode::CONFLICT,
             NetError::Socket { .. } | NetError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             NetError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

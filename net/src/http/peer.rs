@@ -1,5 +1,7 @@
 //! A peer's API: its files (state, pieces, rates), one file's pieces and who sent each, its
-//! connections and counters, adding a share or a download, and the event stream.
+//! connections and counters, adding a share or a download, pausing, resuming and removing a
+//! file, and the event stream. Changes are made one at a time, so a removal's store clean-up
+//! never overlaps the next change to the same file.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +35,21 @@ pub enum Job {
         /// What the store already held of it.
         resumed: Option<Resumed>,
     },
+    /// A download was paused.
+    Paused {
+        /// The file.
+        file_id: FileId,
+    },
+    /// A paused download goes on.
+    Resumed {
+        /// The file.
+        file_id: FileId,
+    },
+    /// A file was removed: the peer neither serves nor fetches it any more.
+    Removed {
+        /// The file.
+        file_id: FileId,
+    },
 }
 
 /// What a peer's API serves.
@@ -50,7 +67,8 @@ pub struct PeerApi {
 
 /// Serves `api` on `listen`.
 pub fn serve_peer(listen: SocketAddr, api: PeerApi) -> Result<HttpHandle, NetError> {
-    let state = web::Data::new(State { api, streams: Arc::new(Semaphore::new(EVENT_STREAMS_MAX)) });
+    let streams = Arc::new(Semaphore::new(EVENT_STREAMS_MAX));
+    let state = web::Data::new(State { api, streams, changes: tokio::sync::Mutex::new(()) });
     start(listen, move |config| {
         config
             .app_data(state.clone())
@@ -59,6 +77,9 @@ pub fn serve_peer(listen: SocketAddr, api: PeerApi) -> Result<HttpHandle, NetErr
             .route("/api/v1/node", web::get().to(node))
             .route("/api/v1/files", web::get().to(files))
             .route("/api/v1/files/{id}", web::get().to(file))
+            .route("/api/v1/files/{id}", web::delete().to(remove))
+            .route("/api/v1/files/{id}/pause", web::post().to(pause))
+            .route("/api/v1/files/{id}/resume", web::post().to(resume))
             .route("/api/v1/connections", web::get().to(connections))
             .route("/api/v1/shares", web::post().to(share))
             .route("/api/v1/downloads", web::post().to(download))
@@ -71,6 +92,8 @@ struct State {
     api: PeerApi,
     /// Permits for event streams.
     streams: Arc<Semaphore>,
+    /// Held by each change while it is made.
+    changes: tokio::sync::Mutex<()>,
 }
 
 type Api = web::Data<State>;
@@ -111,6 +134,7 @@ impl FileJson {
     fn of(view: &FileView, seen: Option<&FileSeen>, now: Instant) -> FileJson {
         let state = match view.state {
             FileState::Downloading => "downloading",
+            FileState::Paused => "paused",
             FileState::Finishing => "finishing",
             FileState::Failed => "failed",
             FileState::Serving if view.have.is_full() => "complete",
@@ -186,13 +210,11 @@ async fn files(api: Api) -> Result<HttpResponse, ApiError> {
 }
 
 async fn file(api: Api, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let prefix: FileIdPrefix = id.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
     let peer = &api.api.peer;
+    let file_id = known_file(peer, &id).await?;
     let detail = peer
         .inspect(move |view| {
-            let files = view.machine.file_views();
-            let file_id = prefix.resolve(files.iter().map(|file| &file.file_id)).ok()?;
-            let file = files.into_iter().find(|file| file.file_id == file_id)?;
+            let file = view.machine.file_views().into_iter().find(|file| file.file_id == file_id)?;
             let seen = view.watch.file(&file_id);
             let sources = seen.map_or(&[][..], |seen| &seen.sources[..]);
             let pieces = (0..file.have.len())
@@ -202,12 +224,31 @@ async fn file(api: Api, id: web::Path<String>) -> Result<HttpResponse, ApiError>
                     from: sources.get(index as usize).copied().flatten(),
                 })
                 .collect();
-            Some((FileJson::of(&file, seen, Instant::now()), pieces, file_id))
+            Some((FileJson::of(&file, seen, Instant::now()), pieces))
         })
         .await?;
-    let (file, pieces, file_id) = detail.ok_or_else(|| ApiError::not_found(format!("this peer has no file {id}")))?;
+    let (file, pieces) = detail.ok_or_else(|| no_such_file(&id))?;
     let path = peer.held_path(file_id);
     Ok(HttpResponse::Ok().json(FileDetailJson { file, path, pieces }))
+}
+
+/// The full id of the peer's file that `id` (64 hex digits or a unique prefix) names.
+async fn known_file(peer: &PeerHandle, id: &str) -> Result<FileId, ApiError> {
+    let prefix: FileIdPrefix = id.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    let resolved = peer
+        .inspect(move |view| {
+            let files = view.machine.file_views();
+            prefix.resolve(files.iter().map(|file| &file.file_id))
+        })
+        .await?;
+    resolved.map_err(|e| match e {
+        p2p_core::IdError::UnknownPrefix(_) => no_such_file(id),
+        other => ApiError::bad_request(format!("{other}")),
+    })
+}
+
+fn no_such_file(id: &str) -> ApiError {
+    ApiError::not_found(format!("this peer has no file {id}"))
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +296,7 @@ struct ShareRequest {
 async fn share(api: Api, request: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     authorize(&request, api.api.token.as_ref())?;
     let ShareRequest { path, piece_size_bytes } = json_body(body).await?;
+    let _change = api.changes.lock().await;
     if !path.is_absolute() {
         return Err(ApiError::bad_request("the path to share must be absolute"));
     }
@@ -282,6 +324,7 @@ async fn download(api: Api, request: HttpRequest, body: web::Payload) -> Result<
     if out.as_ref().is_some_and(|out| !out.is_absolute()) {
         return Err(ApiError::bad_request("the output folder must be an absolute path"));
     }
+    let _change = api.changes.lock().await;
     let peer = &api.api.peer;
     let file_id = peer.resolve(&prefix).await?;
     if let Some(out) = &out {
@@ -295,6 +338,43 @@ async fn download(api: Api, request: HttpRequest, body: web::Payload) -> Result<
     api.tell(Job::Getting { file_id, resumed });
     let answer = serde_json::json!({ "file_id": file_id.to_string(), "state": "downloading" });
     Ok(HttpResponse::build(StatusCode::ACCEPTED).json(answer))
+}
+
+async fn pause(api: Api, request: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&request, api.api.token.as_ref())?;
+    let _change = api.changes.lock().await;
+    let file_id = known_file(&api.api.peer, &id).await?;
+    api.api.peer.pause(file_id).await?;
+    api.tell(Job::Paused { file_id });
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "file_id": file_id.to_string(), "state": "paused" })))
+}
+
+async fn resume(api: Api, request: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&request, api.api.token.as_ref())?;
+    let _change = api.changes.lock().await;
+    let file_id = known_file(&api.api.peer, &id).await?;
+    api.api.peer.resume(file_id).await?;
+    api.tell(Job::Resumed { file_id });
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "file_id": file_id.to_string(), "state": "downloading" })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// Also delete a download's data in the store.
+    #[serde(default)]
+    delete_data: bool,
+}
+
+async fn remove(api: Api, request: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&request, api.api.token.as_ref())?;
+    let query = web::Query::<RemoveQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::bad_request(format!("malformed query: {e}")))?;
+    let _change = api.changes.lock().await;
+    let file_id = known_file(&api.api.peer, &id).await?;
+    api.api.peer.remove(file_id, query.delete_data).await?;
+    api.tell(Job::Removed { file_id });
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "file_id": file_id.to_string(), "state": "removed" })))
 }
 
 async fn events(api: Api) -> Result<HttpResponse, ApiError> {

@@ -21,7 +21,9 @@
 //!   passed on. The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
-//!   requests are all served and sent gives its slot up.
+//!   requests are all served and sent gives its slot up. So does one none of whose `Data`
+//!   frames left for [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never
+//!   reads): its queued requests are refused, as are its new ones until its frames drain.
 //! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the
 //!   line holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection
 //!   that is neither served nor in line is refused (`Busy`) while the line is full,
@@ -51,7 +53,8 @@ use std::time::Duration;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
-    SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_TURN_BYTES,
+    SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT,
+    UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -101,11 +104,19 @@ struct ConnUploads {
     /// asks again a round trip after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY)),
     /// at most [`BUSY_TICKET_TIME_MAX`].
     ticket_time: Duration,
+    /// Since when its oldest unsent `Data` frame waits to leave (from the first look at the
+    /// slots after it was queued); `None` while it has none.
+    stalled_since: Option<Time>,
 }
 
 impl ConnUploads {
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.unsent_bytes == 0
+    }
+
+    /// Whether its frames have not left for [`UPLOAD_STALL_TIMEOUT`] at `now`.
+    fn stalled(&self, now: Time) -> bool {
+        self.stalled_since.is_some_and(|since| since + UPLOAD_STALL_TIMEOUT <= now)
     }
 
     /// Bytes queued for it or read and not yet sent.
@@ -126,6 +137,8 @@ pub(super) struct Uploads {
     waiting: VecDeque<ConnId>,
     reads_in_flight: usize,
     wake_at: Option<Time>,
+    /// When the first slot holder whose frames do not leave would give its slot up.
+    stall_wake_at: Option<Time>,
     /// Connections refused because the line was full, in the order they were first refused,
     /// with when they were last refused: room in the line goes to them first, while they come
     /// back within [`BUSY_TICKET_TIME`].
@@ -145,15 +158,19 @@ impl Uploads {
             waiting: VecDeque::new(),
             reads_in_flight: 0,
             wake_at: None,
+            stall_wake_at: None,
             tickets: VecDeque::new(),
             refused: Vec::new(),
             offers: Offers::new(),
         }
     }
 
-    /// When the pacer wants to run again.
+    /// When the pacer, or a slot holder whose frames do not leave, wants a look again.
     pub fn wake_at(&self) -> Option<Time> {
-        self.wake_at
+        match (self.wake_at, self.stall_wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Requests of `conn` queued or being read (a connection serving them is not idle).
@@ -171,6 +188,9 @@ impl Uploads {
         holders: impl Fn(FileId, PieceIndex) -> usize,
     ) -> Result<(), Busy> {
         let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
+        if self.conns.get(&job.conn).is_some_and(|state| state.stalled(now)) {
+            return Err(Busy);
+        }
         if !in_line && !self.admit(job.conn, now) && !self.make_room(job, holders) {
             return Err(Busy);
         }
@@ -210,6 +230,8 @@ impl Uploads {
         for _ in 0..data_frames {
             let Some(bytes) = state.unsent_data.pop_front() else { break };
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
+            // Its frames move: the wait starts again from the next look.
+            state.stalled_since = None;
         }
     }
 
@@ -312,7 +334,8 @@ impl Uploads {
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
     /// upload limit allow one. `holders` counts the remotes that hold a piece.
     pub fn next_read(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Option<ServeJob> {
-        self.wake_at = None;
+        // Reads in flight come back here when they finish, so no timer is kept while they bound.
+        (self.wake_at, self.stall_wake_at) = (None, None);
         if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
             return None;
         }
@@ -360,8 +383,24 @@ impl Uploads {
     /// for the rarest pieces.
     fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
+        let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
         while let Some(conn) = self.slots.pop_front() {
             let Some(state) = self.conns.get_mut(&conn) else { continue };
+            if state.unsent_data.is_empty() {
+                state.stalled_since = None;
+            } else if state.stalled_since.is_none() {
+                state.stalled_since = Some(now);
+            }
+            if others_wait && state.stalled(now) {
+                // Its remote does not read: the slot goes to one that does.
+                state.turn_over = false;
+                self.refused.extend(state.queue.drain(..));
+                continue;
+            }
+            if let Some(since) = state.stalled_since.filter(|_| others_wait) {
+                let due = since + UPLOAD_STALL_TIMEOUT;
+                self.stall_wake_at = Some(self.stall_wake_at.map_or(due, |at| at.min(due)));
+            }
             if state.turn_over && state.unsent_bytes == 0 {
                 state.turn_over = false;
                 if !self.tickets.is_empty() && !state.queue.is_empty() {
@@ -398,7 +437,7 @@ pub(super) fn piece_holders<'a>(
     remotes: &'a Remotes,
     files: &'a BTreeMap<FileId, FileEntry>,
 ) -> impl Fn(FileId, PieceIndex) -> usize + 'a {
-    move |file_id, piece| match files.get(&file_id).and_then(|e| e.download.as_ref()) {
+    move |file_id, piece| match files.get(&file_id).and_then(|e| e.download()) {
         Some(download) => download.availability(piece),
         None => remotes.holders(file_id, piece),
     }
@@ -463,8 +502,13 @@ mod tests {
 
     /// [`serve`], with `holders` counting the remotes that hold a piece.
     fn serve_rarest(uploads: &mut Uploads, holders: impl Fn(u32) -> usize) -> Vec<(u64, u32)> {
+        serve_at(uploads, Time::ZERO, holders)
+    }
+
+    /// [`serve_rarest`] at `now`.
+    fn serve_at(uploads: &mut Uploads, now: Time, holders: impl Fn(u32) -> usize) -> Vec<(u64, u32)> {
         let mut served = Vec::new();
-        while let Some(job) = uploads.next_read(Time::ZERO, |_, piece| holders(piece.0)) {
+        while let Some(job) = uploads.next_read(now, |_, piece| holders(piece.0)) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
             uploads.data_queued(job.conn, job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
@@ -570,5 +614,53 @@ mod tests {
         }
         // Nothing rare is left: the earliest in line.
         assert_eq!(serve_rarest(&mut uploads, holders), [(1, 0), (2, 1)]);
+    }
+
+    #[test]
+    fn a_slot_holder_whose_frames_do_not_leave_gives_its_slot_to_one_waiting() {
+        assert_eq!(UPLOAD_SLOTS_COUNT, 2, "two holders, one waiting");
+        let mut uploads = Uploads::new(None);
+        for conn in 1..=3 {
+            request(&mut uploads, conn, 0);
+            request(&mut uploads, conn, 1);
+        }
+        let mut first = serve(&mut uploads);
+        first.sort_unstable();
+        assert_eq!(first, [(1, 0), (2, 0)], "1 and 2 hold the slots, one block each while 3 waits");
+        request(&mut uploads, 1, 2);
+        let due = Time::ZERO + UPLOAD_STALL_TIMEOUT;
+        assert_eq!(uploads.wake_at(), Some(due), "a look is due when the holders' frames have waited too long");
+        let just_before = Time::from_millis(UPLOAD_STALL_TIMEOUT.as_millis() as u64 - 1);
+        assert_eq!(serve_at(&mut uploads, just_before, |_| 0), [], "3 waits while nobody's frames waited that long");
+        assert!(uploads.take_refused().is_empty());
+        // At the bound 2's frame leaves, so 2 takes its turns again; 1 never read: its slot
+        // goes to 3, its queued requests are refused, and so are new ones.
+        uploads.sent(ConnId::Inbound(2), 1);
+        let mut then = serve_at(&mut uploads, due, |_| 0);
+        then.sort_unstable();
+        assert_eq!(then, [(2, 1), (3, 0), (3, 1)]);
+        assert!(uploads.wake_at().is_none_or(|at| at > due), "the timer moves on once it fired");
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        assert_eq!(refused, [(ConnId::Inbound(1), 1), (ConnId::Inbound(1), 2)]);
+        let at_ms = UPLOAD_STALL_TIMEOUT.as_millis() as u64;
+        assert!(!ask(&mut uploads, 1, 3, at_ms), "busy while its frame waits");
+        // Once its frame left, it asks like anyone else.
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert!(ask(&mut uploads, 1, 4, at_ms), "room in the line once its frame left");
+    }
+
+    #[test]
+    fn a_slot_holder_whose_frames_do_not_leave_keeps_its_slot_while_nobody_waits() {
+        let mut uploads = Uploads::new(None);
+        request(&mut uploads, 1, 0);
+        request(&mut uploads, 1, 1);
+        assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)]);
+        request(&mut uploads, 1, 2);
+        assert_eq!(uploads.wake_at(), None, "no look is due while nobody waits");
+        let long_after = Time::ZERO + UPLOAD_STALL_TIMEOUT * 3;
+        assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [], "its frames have not left");
+        uploads.sent(ConnId::Inbound(1), 2);
+        assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [(1, 2)], "it is served as soon as they did");
+        assert!(uploads.take_refused().is_empty());
     }
 }

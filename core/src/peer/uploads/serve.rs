@@ -19,8 +19,8 @@ pub(in crate::peer) fn check_request(
     offset: u32,
     len: u32,
 ) -> Result<(), RejectReason> {
-    let verified = entry.filter(|e| e.have.has(piece));
-    let manifest = verified.and_then(|e| e.manifest.as_ref());
+    let verified = entry.filter(|e| e.have().has(piece));
+    let manifest = verified.and_then(|e| e.manifest());
     let piece_len = manifest.and_then(|m| m.piece(piece.0).map(|p| m.piece_len(p))).ok_or(RejectReason::NotHave)?;
     let in_range = len > 0 && len <= BLOCK_BYTES && offset.checked_add(len).is_some_and(|end| end <= piece_len);
     if in_range {
@@ -32,6 +32,6 @@ pub(in crate::peer) fn check_request(
 
 /// Whether `offset..offset + len` ends `piece` of the file `entry`.
 pub(in crate::peer) fn is_last_block(entry: Option<&FileEntry>, piece: PieceIndex, offset: u32, len: u32) -> bool {
-    let manifest = entry.and_then(|e| e.manifest.as_ref());
+    let manifest = entry.and_then(|e| e.manifest());
     manifest.is_some_and(|m| offset.checked_add(len) == Some(m.piece_len(piece)))
 }
