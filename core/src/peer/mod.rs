@@ -1076,11 +1076,12 @@ impl Peer {
     /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
     pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
         let fetching = self.files.get(&file_id).is_some_and(|entry| entry.is_fetching());
-        match self.pex.heard(self.now, conn, file_id, peers.len(), fetching) {
+        let mesh = (&self.remotes, !self.tracker.ready_conns().is_empty());
+        match self.pex.heard(self.now, (conn, file_id), peers.len(), fetching, mesh) {
             Heard::TooLong => self.violation(conn, format!("peers message naming {} peers", peers.len())),
             Heard::Ignore => {}
-            Heard::Use => {
-                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
+            Heard::Use(most) => {
+                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0).take(most) {
                     self.connect_for(peer, file_id);
                 }
             }
