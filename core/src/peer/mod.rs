@@ -1138,7 +1138,7 @@ impl Machine for Peer {
             self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.values().filter_map(|r| r.requests().resting_until()).min();
+        let rested = self.remotes.first_rest_end();
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()
