@@ -1,17 +1,21 @@
 //! Beyond one tracker, between real processes: a peer given two trackers goes on when one is
-//! killed, and peers no tracker named to each other meet by peer exchange and finish once the
-//! trackers are killed.
+//! killed, a silent first tracker does not hold a download up, and peers no tracker named to
+//! each other meet by peer exchange and finish once the trackers are killed.
 
 mod common;
 
 use std::fs;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_same_file, path_str, random_file, subdir, temp_dir, wait_store_progress, Node, DOWNLOAD_TIMEOUT,
-    STARTUP_TIMEOUT,
+    assert_same_file, path_str, random_file, run_node, stderr_of, subdir, temp_dir, unused_port, wait_store_progress,
+    Node, DOWNLOAD_TIMEOUT, STARTUP_TIMEOUT,
 };
 
 #[test]
@@ -42,6 +46,87 @@ fn two_trackers_one_killed_mid_download_and_the_download_and_a_later_one_complet
     let e_args = ["--get", &file_id, "--out", path_str(&e_out), "--exit-when-done"];
     let mut e = Node::peer_on("e", &trackers, "127.0.0.1:0", &subdir(dir.path(), "e"), &e_args);
     assert_same_file(&e.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+}
+
+#[test]
+fn a_silent_first_tracker_does_not_hold_up_a_get_that_the_second_one_serves() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "quiet.bin", 8 * 16 * 1024, 17);
+    let silent = SilentTracker::start();
+    let (_tracker, tracker_addr) = Node::tracker();
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "s"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+
+    let out = subdir(dir.path(), "d-out");
+    let args = ["--get", &file_id, "--out", path_str(&out), "--exit-when-done"];
+    let trackers = [silent.addr, tracker_addr];
+    let mut d = Node::peer_on("d", &trackers, "127.0.0.1:0", &subdir(dir.path(), "d"), &args);
+    assert_same_file(&d.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+    assert!(silent.connections.load(Ordering::SeqCst) > 0, "the silent tracker was never asked");
+    // A client that gives up on a silent tracker probes it in HTTP (after its 5 s timeout):
+    // none came, so neither the start nor the download waited for it.
+    assert!(!silent.probed.load(Ordering::SeqCst), "the download waited for the silent tracker's timeout");
+}
+
+#[test]
+fn ls_of_two_trackers_lists_the_files_of_the_one_that_answers_and_names_it() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "listed.bin", 4 * 16 * 1024, 18);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "s"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+    // Nothing listens at the first address: it refuses, and the second is asked at once.
+    let down = SocketAddr::from(([127, 0, 0, 1], unused_port())).to_string();
+    let up = tracker_addr.to_string();
+
+    let listed = run_node(&["ls", "--tracker", &down, "--tracker", &up], STARTUP_TIMEOUT);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr_of(&listed));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(stdout.starts_with(&format!("{file_id} listed.bin ")), "{stdout}");
+    assert!(stderr_of(&listed).contains(&format!("files of the tracker at {up}")), "{}", stderr_of(&listed));
+
+    let none = run_node(&["ls", "--tracker", &down, "--tracker", &down], STARTUP_TIMEOUT);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stderr_of(&none).contains(&down), "{}", stderr_of(&none));
+}
+
+/// A listener that accepts connections and never says a byte, noting whether one of them was
+/// the HTTP probe a client sends a silent tracker once its wait for a handshake timed out.
+struct SilentTracker {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    probed: Arc<AtomicBool>,
+}
+
+impl SilentTracker {
+    /// Connections it accepts before its thread ends.
+    const CONNECTIONS_MAX: usize = 64;
+
+    fn start() -> SilentTracker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (connections, probed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (counted, seen) = (connections.clone(), probed.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().take(SilentTracker::CONNECTIONS_MAX).flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                thread::spawn(move || hold_silently(stream, &seen));
+            }
+        });
+        SilentTracker { addr, connections, probed }
+    }
+}
+
+/// Reads what a connection sends without a byte in answer, for a bounded time or until it
+/// closes; sets `probed` when it opens with an HTTP request.
+fn hold_silently(mut stream: TcpStream, probed: &AtomicBool) {
+    stream.set_read_timeout(Some(DOWNLOAD_TIMEOUT)).ok();
+    let mut opening = [0u8; 5];
+    if stream.read_exact(&mut opening).is_ok() && opening.starts_with(b"HEAD ") {
+        probed.store(true, Ordering::SeqCst);
+    }
+    std::io::copy(&mut stream.take(1 << 20), &mut std::io::sink()).ok();
 }
 
 #[test]

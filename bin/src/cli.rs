@@ -99,9 +99,11 @@ pub enum NodeCommand {
     /// A table on a terminal (size, pieces, holders, how well the pieces are covered); one
     /// `FILE_ID NAME LENGTH_BYTES peers=N holders=...` line per file otherwise.
     Ls {
-        /// The tracker's address.
-        #[arg(long, value_parser = parse_addr)]
-        tracker: SocketAddr,
+        /// The tracker's address; several may be given (as a peer's `--tracker`): they are
+        /// asked in turn, the next after 300 ms without an answer, and the first answer is
+        /// listed, its tracker named on stderr.
+        #[arg(long, value_parser = parse_addr, required = true)]
+        tracker: Vec<SocketAddr>,
         /// Also show the holders of every piece under each file of the table.
         #[arg(long)]
         pieces: bool,

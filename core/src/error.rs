@@ -75,6 +75,9 @@ pub enum DecodeError {
 /// A local command a machine refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CommandError {
+    /// The machine takes no local command (a tracker).
+    #[error("this machine takes no command")]
+    Unsupported,
     /// The peer already handles as many files as the limit allows.
     #[error("too many files (limit {max})", max = crate::limits::PEER_FILES_MAX)]
     TooManyFiles,

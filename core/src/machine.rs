@@ -2,12 +2,14 @@
 //! one `Output` enum out.
 //!
 //! A driver (`net` over TCP, `sim` over a virtual network) owns a machine and loops:
-//! 1. `handle(now, input)` with the next input;
+//! 1. `handle(now, input)` with the next input, or `command(now, command)` with a local
+//!    command (which the machine checks and may refuse: the caller's mistake comes back as an
+//!    `Err`, and a refused command changes nothing);
 //! 2. `poll_output()` until it returns `None`, carrying out each output;
 //! 3. sleep until the next input or `poll_timeout()`, whichever is first; at the timeout,
 //!    `handle(now, Input::Timeout)`.
 //!
-//! **Every `handle` is followed by a full drain before the next `handle`.** Slow work (disk,
+//! **Every `handle` or `command` is followed by a full drain before the next one.** Slow work (disk,
 //! hashing) is an output plus a later [`Completion`] input, so `sim` can complete it at once and
 //! `net` on worker threads.
 //!
@@ -91,13 +93,12 @@ pub enum Input {
     },
     /// The time asked for by `poll_timeout` has come.
     Timeout,
-    /// A local command (peer only); boxed, being rare and larger than the other inputs.
-    Command(Box<Command>),
     /// Slow work asked for by an output is done (peer only).
     Completed(Completion),
 }
 
-/// A local command to a peer, from its command line or scenario.
+/// A local command to a peer, from its command line or scenario; given through
+/// [`Machine::command`], which checks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Serve the pieces in `have` of the file described by `manifest`, and announce them.
@@ -426,15 +427,13 @@ pub enum GoneReason {
 pub trait Machine {
     /// Applies one input at time `now` (never earlier than the previous `now`).
     fn handle(&mut self, now: Time, input: Input);
-    /// Applies a local command at time `now`, or refuses it, unchanged, with the caller's
-    /// mistake (a bitfield of the wrong length, one file too many). A refused command queues
-    /// no output. `handle(now, Input::Command(..))` applies the same checks and drops a
-    /// refused command silently, for drivers that replay commands they built themselves.
+    /// Applies a local command at time `now` (never earlier than the previous `now`), or
+    /// refuses it, unchanged, with the caller's mistake (a bitfield of the wrong length, one
+    /// file too many). A refused command queues no output.
     ///
-    /// The default takes every command.
-    fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
-        self.handle(now, Input::Command(Box::new(command)));
-        Ok(())
+    /// The default refuses every command, for a machine that takes none (the tracker).
+    fn command(&mut self, _now: Time, _command: Command) -> Result<(), CommandError> {
+        Err(CommandError::Unsupported)
     }
     /// The next thing for the driver to do, or `None` when drained.
     fn poll_output(&mut self) -> Option<Output>;

@@ -7,10 +7,17 @@
 //! be a new one each run; a private swarm's key is needed to get past the handshake), says
 //! `Hello` as [`Role::Client`], so the tracker never lists it as a holder, asks its question,
 //! reads the answer and closes. The whole exchange is bounded by a timeout.
+//!
+//! A peer with several trackers asks them in turn, hedged ([`first_answer`]): a tracker that
+//! is down or silent costs at most [`TRACKER_HEDGE_DELAY`] while another answers, and one
+//! that answers at once spares the others a connection.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use p2p_core::wire::{ErrorCode, FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
 use p2p_core::{FileId, Manifest};
@@ -24,6 +31,10 @@ use crate::secure::{self, HandshakeError, Keys, SecureStream};
 
 /// How long a whole client exchange may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`first_answer`] waits for a tracker's answer before it asks the next one too:
+/// a tracker on a working network answers a client within a few round trips, so this is
+/// rarely reached unless the tracker is silent, and it is short beside [`CLIENT_TIMEOUT`].
+pub const TRACKER_HEDGE_DELAY: Duration = Duration::from_millis(300);
 /// Messages a client reads while waiting for its answer before giving up.
 const CLIENT_MESSAGES_MAX: usize = 16;
 /// What an HTTP server is called in errors.
@@ -48,6 +59,55 @@ pub async fn locate_manifest(tracker: SocketAddr, keys: &Keys, file_id: FileId) 
         Ok(result) => result,
         Err(_) => Err(silent(tracker).await),
     }
+}
+
+/// Asks the trackers of `trackers` in turn, hedged: the next one is asked as soon as the one
+/// before fails or has nothing, or after [`TRACKER_HEDGE_DELAY`] without an answer, so a
+/// tracker that is down or silent delays the answer by at most that, and trackers that answer
+/// at once are not asked beyond the first. Returns the first answer that has something
+/// (`Some`) as soon as it comes; the questions still out are dropped and their connections
+/// closed. `Ok(None)` when none had it and at least one answered; the error of the first
+/// tracker (in the order given) when none answered. Errors of trackers that do not decide the
+/// outcome go to the debug log.
+pub async fn first_answer<T, F>(trackers: &[SocketAddr], ask: impl Fn(SocketAddr) -> F) -> Result<Option<T>, NetError>
+where
+    F: Future<Output = Result<Option<T>, NetError>>,
+{
+    let mut waiting = trackers.iter().copied().enumerate();
+    let mut pending = FuturesUnordered::new();
+    let mut errors = BTreeMap::new();
+    let mut answered = false;
+    loop {
+        if pending.is_empty() {
+            let Some((index, tracker)) = waiting.next() else { break };
+            pending.push(tagged(index, ask(tracker)));
+        }
+        let more_waiting = waiting.len() > 0;
+        tokio::select! {
+            Some((index, result)) = pending.next() => match result {
+                Ok(Some(answer)) => return Ok(Some(answer)),
+                Ok(None) => answered = true,
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    errors.insert(index, e);
+                }
+            },
+            () = tokio::time::sleep(TRACKER_HEDGE_DELAY), if more_waiting => {
+                if let Some((index, tracker)) = waiting.next() {
+                    pending.push(tagged(index, ask(tracker)));
+                }
+            }
+        }
+    }
+    match errors.into_values().next() {
+        Some(error) if !answered => Err(error),
+        _ => Ok(None),
+    }
+}
+
+/// `question`'s answer with the index of the tracker asked.
+async fn tagged<T>(index: usize, question: impl Future<Output = T>) -> (usize, T) {
+    (index, question.await)
 }
 
 /// Checks that `tracker` is a swarm tracker: it answers the handshake as one. Anything else
@@ -174,5 +234,77 @@ async fn silent(addr: SocketAddr) -> NetError {
         _ => {
             protocol(addr, format!("no swarm handshake within {CLIENT_TIMEOUT:?}: not a swarm tracker, or overloaded"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn trackers(count: u16) -> Vec<SocketAddr> {
+        (1..=count).map(|port| SocketAddr::from(([127, 0, 0, 1], port))).collect()
+    }
+
+    fn refused(tracker: SocketAddr) -> NetError {
+        protocol(tracker, "refused".into())
+    }
+
+    #[tokio::test]
+    async fn a_tracker_that_answers_at_once_spares_the_others_a_question() {
+        let asked = Mutex::new(Vec::new());
+        let answer = first_answer(&trackers(3), |tracker| {
+            asked.lock().expect("not poisoned").push(tracker.port());
+            async move { Ok(Some(tracker.port())) }
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(Some(1)));
+        assert_eq!(*asked.lock().expect("not poisoned"), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_silent_tracker_holds_the_answer_up_only_until_the_next_is_asked() {
+        let started = tokio::time::Instant::now();
+        let answer = first_answer(&trackers(2), |tracker| async move {
+            if tracker.port() == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Some(tracker.port()))
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(Some(2)));
+        assert!(started.elapsed() < CLIENT_TIMEOUT, "asked the second after {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn trackers_that_fail_or_know_nothing_are_followed_at_once_and_the_first_error_wins() {
+        let asked = Mutex::new(Vec::new());
+        let none_had_it = first_answer(&trackers(3), |tracker| {
+            asked.lock().expect("not poisoned").push(tracker.port());
+            async move {
+                match tracker.port() {
+                    1 => Err(refused(tracker)),
+                    2 => Ok(None::<u16>),
+                    _ => Ok(Some(3)),
+                }
+            }
+        })
+        .await;
+        assert_eq!(none_had_it.ok(), Some(Some(3)));
+        assert_eq!(*asked.lock().expect("not poisoned"), vec![1, 2, 3]);
+
+        let two = trackers(2);
+        let all_down = first_answer(&two, |tracker| async move { Err::<Option<u16>, _>(refused(tracker)) });
+        let error = all_down.await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("127.0.0.1:1"), "{error}");
+        let one_answered = first_answer(&two, |tracker| async move {
+            if tracker.port() == 1 {
+                Ok(None::<u16>)
+            } else {
+                Err(refused(tracker))
+            }
+        });
+        assert_eq!(one_answered.await.ok(), Some(None));
     }
 }

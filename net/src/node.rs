@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
 use p2p_core::{
-    Bitfield, Command, FileId, FileIdPrefix, Machine, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker,
+    Bitfield, Command, FileId, FileIdPrefix, IdError, Machine, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker,
     TrackerConfig,
 };
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::client::{list_files, locate_manifest};
+use crate::client::{first_answer, list_files, locate_manifest};
 use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::manifest_of;
@@ -243,7 +243,8 @@ impl PeerHandle {
     }
 
     /// The full id for a typed one: itself, or the single id starting with the prefix among the
-    /// store's files, else among the files of the first tracker that lists them.
+    /// store's files, else among the files of the first tracker whose list has it (all are
+    /// asked at once).
     pub async fn resolve(&self, prefix: &FileIdPrefix) -> Result<FileId, NetError> {
         if let Some(file_id) = prefix.as_full() {
             return Ok(file_id);
@@ -252,19 +253,19 @@ impl PeerHandle {
             return Ok(file_id);
         }
         let keys = &self.keys;
-        let (first, others) =
-            self.trackers.split_first().ok_or(NetError::TrackerCount { count: 0, max: TRACKERS_PER_PEER_MAX })?;
-        let mut listed = list_files(*first, keys).await;
-        for tracker in others {
-            if listed.is_ok() {
-                break;
+        let resolve = |tracker| async move {
+            let (files, _) = list_files(tracker, keys).await?;
+            match prefix.resolve(files.iter().map(|file| &file.file_id)) {
+                Ok(file_id) => Ok(Some(file_id)),
+                Err(IdError::UnknownPrefix(_)) => Ok(None),
+                Err(error) => Err(NetError::Resolve { prefix: prefix.as_str().to_owned(), error }),
             }
-            listed = list_files(*tracker, keys).await;
-        }
-        let (files, _) = listed?;
-        prefix
-            .resolve(files.iter().map(|file| &file.file_id))
-            .map_err(|error| NetError::Resolve { prefix: prefix.as_str().to_owned(), error })
+        };
+        let unknown = || NetError::Resolve {
+            prefix: prefix.as_str().to_owned(),
+            error: IdError::UnknownPrefix(prefix.as_str().to_owned()),
+        };
+        first_answer(&self.trackers, resolve).await?.ok_or_else(unknown)
     }
 
     /// Has the download of `file_id` finish in `out` instead of the output directory the peer
@@ -340,18 +341,16 @@ impl PeerHandle {
         }
     }
 
-    /// The manifest of `file_id` from the first tracker that knows it; `None` when none does
-    /// (the download learns it from holders then), a tracker that cannot be asked is logged.
+    /// The manifest of `file_id` from the first tracker that answers with it (all are asked at
+    /// once); `None` when none does (the download learns it from holders then), or none can be
+    /// asked (logged).
     async fn locate_manifest(&self, file_id: FileId) -> Option<Manifest> {
         let keys = &self.keys;
-        for tracker in &self.trackers {
-            match locate_manifest(*tracker, keys, file_id).await {
-                Ok(Some(manifest)) => return Some(manifest),
-                Ok(None) => {}
-                Err(e) => tracing::debug!("cannot ask for the manifest of {file_id}: {e}"),
-            }
-        }
-        None
+        let found = first_answer(&self.trackers, |tracker| locate_manifest(tracker, keys, file_id)).await;
+        found.unwrap_or_else(|e| {
+            tracing::debug!("cannot ask for the manifest of {file_id}: {e}");
+            None
+        })
     }
 
     /// Pauses the download of `file_id` (see [`Command::Pause`]).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::wire::{encode_frame, ErrorCode, Message};
-use p2p_core::{Command, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
+use p2p_core::{Command, CommandError, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
 use p2p_net::connection::WRITE_QUEUE_BYTES_MAX;
 use p2p_net::driver::{Driver, Local};
 use p2p_net::secure::{self, Keys, SecureStream};
@@ -40,11 +40,6 @@ impl Machine for Echo {
         // The driving contract: every input comes after the outputs of the last were drained.
         assert!(self.outputs.is_empty(), "the driver handed {input:?} before draining {:?}", self.outputs);
         match input {
-            Input::Command(command) if matches!(*command, Command::Get { .. }) => {
-                if let Some(addr) = self.dial {
-                    self.outputs.push_back(Output::Connect { conn: ConnId::Outbound(1), addr });
-                }
-            }
             Input::Connected { conn: conn @ ConnId::Outbound(_), .. } => {
                 self.outputs.push_back(Output::Send { conn, message: Message::List });
                 let bytes = Bytes::from(vec![7u8; 1 << 20]);
@@ -83,6 +78,14 @@ impl Machine for Echo {
             }
             _ => {}
         }
+    }
+
+    fn command(&mut self, _now: Time, command: Command) -> Result<(), CommandError> {
+        assert!(self.outputs.is_empty(), "the driver gave {command:?} before draining {:?}", self.outputs);
+        if let (Command::Get { .. }, Some(addr)) = (&command, self.dial) {
+            self.outputs.push_back(Output::Connect { conn: ConnId::Outbound(1), addr });
+        }
+        Ok(())
     }
 
     fn poll_output(&mut self) -> Option<Output> {

@@ -95,6 +95,11 @@ fn run_with_budget(scenario: &Scenario, leechers: u32, budget: Duration) -> (Out
                 completed += count_u32(outputs.iter().filter(|o| matches!(o, Output::Event(Event::Complete { .. }))));
                 world.after_step(node, &mut outputs, timeout);
             }
+            Step::Command(node, command) => {
+                let Some(machine) = machines[node.0].as_mut() else { continue };
+                let (timeout, refused) = p2p_sim::node::step_command(machine, now, *command, &mut outputs);
+                world.after_command(node, &mut outputs, timeout, refused);
+            }
         }
     };
     let wall = started.elapsed();

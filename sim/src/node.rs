@@ -12,7 +12,7 @@
 use std::io::Write;
 
 use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
-use p2p_core::{Input, Machine, Output, Peer, Time, Tracker};
+use p2p_core::{Command, CommandError, Input, Machine, Output, Peer, Time, Tracker};
 
 use crate::report::Outcome;
 use crate::scenario::Scenario;
@@ -32,6 +32,13 @@ impl Machine for NodeMachine {
         match self {
             NodeMachine::Tracker(m) => m.handle(now, input),
             NodeMachine::Peer(m) => m.handle(now, input),
+        }
+    }
+
+    fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
+        match self {
+            NodeMachine::Tracker(m) => m.command(now, command),
+            NodeMachine::Peer(m) => m.command(now, command),
         }
     }
 
@@ -79,6 +86,40 @@ impl Handler<StepMsg> for NodeActor {
     }
 }
 
+/// One local command at a virtual time; answered like [`StepMsg`], with the refusal if any.
+struct CommandMsg {
+    now: Time,
+    command: Command,
+}
+
+impl Message for CommandMsg {
+    type Result = (Vec<Output>, Option<Time>, Option<CommandError>);
+}
+
+impl Handler<CommandMsg> for NodeActor {
+    type Result = MessageResult<CommandMsg>;
+
+    fn handle(&mut self, msg: CommandMsg, _: &mut Context<Self>) -> Self::Result {
+        let mut outputs = Vec::new();
+        let (timeout, refused) = step_command(&mut self.machine, msg.now, msg.command, &mut outputs);
+        MessageResult((outputs, timeout, refused))
+    }
+}
+
+/// [`p2p_core::step_command`] for both drivers: the machine's next timeout (unchanged by a
+/// refused command) and the refusal, if any.
+pub fn step_command(
+    machine: &mut NodeMachine,
+    now: Time,
+    command: Command,
+    outputs: &mut Vec<Output>,
+) -> (Option<Time>, Option<CommandError>) {
+    match p2p_core::step_command(machine, now, command, |output| outputs.push(output)) {
+        Ok(timeout) => (timeout, None),
+        Err(refused) => (machine.poll_timeout(), Some(refused)),
+    }
+}
+
 /// Runs `scenario` with `seed` on the actix driver: a current-thread actix system whose tokio
 /// clock is paused (virtual). Fails only when the runtime cannot be built.
 pub fn run_actix(
@@ -119,6 +160,15 @@ async fn drive(mut world: World) -> (Outcome, Option<std::io::Error>) {
                     Ok((mut outputs, timeout)) => world.after_step(node, &mut outputs, timeout),
                     // The actor is alive while its address is held; a closed mailbox would be a
                     // bug in this driver, so the machine is treated as having output nothing.
+                    Err(_) => world.after_step(node, &mut Vec::new(), None),
+                }
+            }
+            Step::Command(node, command) => {
+                let Some(Some(actor)) = actors.get(node.0) else {
+                    continue;
+                };
+                match actor.send(CommandMsg { now, command: *command }).await {
+                    Ok((mut outputs, timeout, refused)) => world.after_command(node, &mut outputs, timeout, refused),
                     Err(_) => world.after_step(node, &mut Vec::new(), None),
                 }
             }

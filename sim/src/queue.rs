@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use dary_heap::QuaternaryHeap;
 
-use p2p_core::{Input, Time};
+use p2p_core::{Command, Input, Time};
 
 use crate::scenario::NodeIdx;
 
@@ -40,7 +40,7 @@ pub enum Item {
         wanted: Time,
     },
     /// An input for a machine that does not travel over a link (a storage completion, a
-    /// command, a connection reset notice).
+    /// connection reset notice).
     Local {
         /// The machine.
         node: NodeIdx,
@@ -48,6 +48,15 @@ pub enum Item {
         incarnation: u32,
         /// The input.
         input: Input,
+    },
+    /// A local command for a peer (boxed: rare, and larger than the other items).
+    Command {
+        /// The peer.
+        node: NodeIdx,
+        /// Which life of the node it is for; dropped if the node has restarted since.
+        incarnation: u32,
+        /// The command.
+        command: Box<Command>,
     },
     /// An input arriving over a link at one of its ends (dropped if that end closed).
     Wire {

@@ -22,7 +22,7 @@ use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
-use p2p_core::{Command, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+use p2p_core::{Command, CommandError, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
 use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
@@ -44,6 +44,9 @@ pub enum Step {
     Kill(NodeIdx),
     /// Give the node's machine this input, drain it, and call [`World::after_step`].
     Input(NodeIdx, Input),
+    /// Give the node's machine this local command (`p2p_core::step_command`), drain it, and
+    /// call [`World::after_command`].
+    Command(NodeIdx, Box<Command>),
 }
 
 #[derive(Debug)]
@@ -95,6 +98,13 @@ pub fn run_queue(scenario: &Scenario, seed: u64, trace: Option<Box<dyn Write>>) 
                 };
                 let timeout = p2p_core::step(machine, now, input, |output| outputs.push(output));
                 world.after_step(node, &mut outputs, timeout);
+            }
+            Step::Command(node, command) => {
+                let Some(machine) = machines[node.0].as_mut() else {
+                    continue;
+                };
+                let (timeout, refused) = crate::node::step_command(machine, now, *command, &mut outputs);
+                world.after_command(node, &mut outputs, timeout, refused);
             }
         }
     }
@@ -180,6 +190,21 @@ impl World {
         self.set_timer(node, timeout);
     }
 
+    /// [`World::after_step`] for a command, which `refused` says the machine refused (the
+    /// world built it, so a refusal is the simulator's mistake, noted in the trace).
+    pub fn after_command(
+        &mut self,
+        node: NodeIdx,
+        outputs: &mut Vec<Output>,
+        timeout: Option<Time>,
+        refused: Option<CommandError>,
+    ) {
+        if let Some(refused) = refused {
+            self.log(node, format_args!("refused a command: {refused}"));
+        }
+        self.after_step(node, outputs, timeout);
+    }
+
     /// Ends the run: the outcome and the trace's write error, if any.
     pub fn finish(mut self) -> (Outcome, Option<std::io::Error>) {
         let peers = self.scenario.peers.len();
@@ -215,6 +240,12 @@ impl World {
         self.trace.record(now, &self.nodes[node.0].name, text);
     }
 
+    /// Queues a local command for `node`'s current life, at the current time.
+    fn command(&mut self, node: NodeIdx, command: Command) {
+        let incarnation = self.network.incarnation(node);
+        self.queue.push(self.now, Item::Command { node, incarnation, command: Box::new(command) });
+    }
+
     /// Queues an input for `node`'s current life, at the current time.
     pub(crate) fn local(&mut self, node: NodeIdx, input: Input) {
         let incarnation = self.network.incarnation(node);
@@ -245,6 +276,9 @@ impl World {
                 state.timer = None;
                 state.timer_fired = Some(wanted);
                 Some(Step::Input(node, Input::Timeout))
+            }
+            Item::Command { node, incarnation, command } => {
+                self.is_current(node, incarnation).then_some(Step::Command(node, command))
             }
             Item::Local { node, incarnation, input } => {
                 if !self.is_current(node, incarnation) {
@@ -425,9 +459,9 @@ impl World {
         self.adversary_joined(node);
         let manifest = self.content.manifest.clone();
         if wants && !self.nodes[node.0].store.is_finalized() {
-            self.local(node, Input::Command(Box::new(Command::Get { file_id: self.file_id, resume })));
+            self.command(node, Command::Get { file_id: self.file_id, resume });
         } else if have.count() > 0 {
-            self.local(node, Input::Command(Box::new(Command::Share { manifest, have })));
+            self.command(node, Command::Share { manifest, have });
         }
     }
 
@@ -438,7 +472,7 @@ impl World {
         }
         self.tell(node, "leaves".to_owned());
         self.network.stop_accepting(node);
-        self.local(node, Input::Command(Box::new(Command::Leave)));
+        self.command(node, Command::Leave);
         let incarnation = self.network.incarnation(node);
         self.queue.push(self.now + LEAVE_GRACE, Item::Vanish { node, incarnation });
     }

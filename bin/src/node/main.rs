@@ -52,7 +52,7 @@ fn run(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Peer(args) => in_actix(peer::run(args)),
         NodeCommand::Id { path, piece_size } => tools::id(&path, piece_size),
         NodeCommand::Ls { tracker, pieces, swarm_key, key } => {
-            in_actix(tools::ls(tracker, pieces, (swarm_key.as_deref(), key.as_deref())))
+            in_actix(tools::ls(&tracker, pieces, (swarm_key.as_deref(), key.as_deref())))
         }
         NodeCommand::Keygen { path } => tools::keygen(&path),
         NodeCommand::SwarmKey { path } => tools::swarm_key(&path),

@@ -107,22 +107,36 @@ fn peer_keys(args: &PeerArgs) -> anyhow::Result<Keys> {
     Ok(Keys { identity, swarm_key: load_swarm_key(args.swarm_key.as_deref())?, trust: Arc::new(trust) })
 }
 
-/// Every `--tracker` is checked in turn. The peer starts when one of them answers as a
-/// tracker; the others are named on stderr (they may be down for now, and are retried).
+/// Every `--tracker` is checked at once. The peer starts as soon as one of them answers as a
+/// tracker; each other one is named on stderr once its check fails (it may be down for now, and
+/// is retried), also after the start: a silent tracker does not hold the start up.
 async fn check_trackers(trackers: &[SocketAddr], keys: &Keys) -> anyhow::Result<()> {
-    let mut results = Vec::with_capacity(trackers.len());
-    for tracker in trackers {
-        results.push(client::check_tracker(*tracker, keys).await);
+    let (sender, mut verdicts) = mpsc::unbounded_channel();
+    for (index, tracker) in trackers.iter().copied().enumerate() {
+        let (keys, sender) = (keys.clone(), sender.clone());
+        actix_rt::spawn(async move {
+            // Nobody listens any more once the peer stopped.
+            sender.send((index, client::check_tracker(tracker, &keys).await)).ok();
+        });
     }
-    if results.iter().any(Result::is_ok) {
-        for error in results.into_iter().filter_map(Result::err) {
-            tracing::warn!("--tracker: {error}; retrying it in the background");
-        }
-        return Ok(());
+    drop(sender);
+    let retrying = |error: p2p_net::NetError| tracing::warn!("--tracker: {error}; retrying it in the background");
+    let mut failed = BTreeMap::new();
+    while let Some((index, verdict)) = verdicts.recv().await {
+        let Err(error) = verdict else {
+            failed.into_values().for_each(retrying);
+            actix_rt::spawn(async move {
+                while let Some((_, verdict)) = verdicts.recv().await {
+                    verdict.err().map(retrying);
+                }
+            });
+            return Ok(());
+        };
+        failed.insert(index, error);
     }
-    let first = results.into_iter().find_map(Result::err);
-    // `trackers` is not empty (clap requires one), so neither is `results`.
-    Err(anyhow::Error::new(first.expect("one check per tracker")).context("--tracker"))
+    // `trackers` is not empty (clap requires one), so neither is `failed`.
+    let first = failed.into_values().next().expect("one check per tracker");
+    Err(anyhow::Error::new(first).context("--tracker"))
 }
 
 /// Serves the peer's HTTP API; its token comes from `--http-token-file`, else from the store

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::Context;
-use p2p_net::client::list_files;
+use anyhow::{bail, Context};
+use p2p_net::client::{first_answer, list_files};
 use p2p_net::hasher::manifest_of;
 use p2p_net::identity::{AllowList, Identity, SwarmKey};
 use p2p_net::secure::Keys;
@@ -24,7 +24,7 @@ pub fn id(path: &Path, piece_size_bytes: Option<u32>) -> anyhow::Result<()> {
 /// `p2p-node ls`: the tracker's files, as a table for a person at a terminal, as the stable
 /// lines (holders per piece) for a script.
 pub async fn ls(
-    tracker: SocketAddr,
+    trackers: &[SocketAddr],
     pieces: bool,
     (swarm_key, key): (Option<&Path>, Option<&Path>),
 ) -> anyhow::Result<()> {
@@ -33,7 +33,14 @@ pub async fn ls(
         None => Identity::generate(),
     };
     let keys = Keys::new(identity, load_swarm_key(swarm_key)?);
-    let (files, truncated) = list_files(tracker, &keys).await.context("cannot list the tracker's files")?;
+    let keys = &keys;
+    let listed = first_answer(trackers, |tracker| async move { Ok(Some((tracker, list_files(tracker, keys).await?))) });
+    let listed = listed.await.context("cannot list the tracker's files")?;
+    // Every answer is `Some`, so there is one unless an error came back.
+    let Some((tracker, (files, truncated))) = listed else { bail!("no tracker answered") };
+    if trackers.len() > 1 {
+        eprintln!("files of the tracker at {tracker}");
+    }
     if files.is_empty() {
         eprintln!("the tracker at {tracker} knows no files");
     } else if std::io::stdout().is_terminal() {

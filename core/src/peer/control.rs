@@ -318,9 +318,10 @@ mod tests {
         assert!(h.peer(leecher).file_views().is_empty(), "the file is no longer listed");
         assert_eq!(received_after(&h, TRACKER, "leave", Time::ZERO), 1);
         // A new download of the file waits until the removal is over.
-        h.command(leecher, Command::Get { file_id: id, resume: None });
+        let refused = h.try_command(leecher, Command::Get { file_id: id, resume: None });
+        assert_eq!(refused, Err(CommandError::Removing), "a Get while removing is refused");
         h.run_for(Duration::from_secs(2));
-        assert!(h.peer(leecher).file_views().is_empty(), "a Get while removing is refused");
+        assert!(h.peer(leecher).file_views().is_empty(), "and changes nothing");
         assert_eq!(received_after(&h, seeder, "request", removed_at), 0);
 
         h.release_hashes(leecher);

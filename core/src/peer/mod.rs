@@ -250,8 +250,9 @@ impl Peer {
         ConnId::Outbound(self.next_conn)
     }
 
+    /// Applies a command `check_command` took (a peer that left ignores it).
     fn on_command(&mut self, command: Command) {
-        if self.left || self.check_command(&command).is_err() {
+        if self.left {
             return;
         }
         match command {
@@ -1112,14 +1113,15 @@ impl Machine for Peer {
             Input::BadFrame { conn, error } => self.violation(conn, error.to_string()),
             Input::Sent { conn, data_frames } => self.on_sent(conn, data_frames),
             Input::Timeout => self.on_timeout(),
-            Input::Command(command) => self.on_command(*command),
             Input::Completed(completion) => self.on_completed(completion),
         }
     }
 
     fn command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
         self.check_command(&command)?;
-        self.handle(now, Input::Command(Box::new(command)));
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+        self.on_command(command);
         Ok(())
     }
 

@@ -206,7 +206,7 @@ mod tests {
     use crate::bitfield::Bitfield;
     use crate::ids::{ConnId, PeerId};
     use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
-    use crate::machine::{step, Command, Event, Input, Output};
+    use crate::machine::{step, step_command, Command, Event, Input, Output};
     use crate::peer::{Peer, PeerConfig};
     use crate::testkit::file;
     use crate::time::Time;
@@ -271,7 +271,7 @@ mod tests {
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 7);
         let (mut seeder, conns) = peer_with_remotes(&[2, 3, 4]);
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
-        outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        step_command(&mut seeder, Time::ZERO, share, |_| {}).expect("a valid command");
         // Two downloaders and one remote that holds the whole file (it downloads nothing).
         let bitfields = [Bitfield::new(4), Bitfield::new(4), Bitfield::full(4)];
         for (conn, have) in conns.iter().zip(bitfields) {
@@ -314,7 +314,7 @@ mod tests {
         };
         outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
-        outputs(&mut seeder, Time::ZERO, Input::Command(Box::new(share)));
+        step_command(&mut seeder, Time::ZERO, share, |_| {}).expect("a valid command");
         let downloads = |seeder: &mut Peer, conn, at| {
             let message = Message::Bitfield { file_id, have: Bitfield::new(4) };
             outputs(seeder, at, Input::Message { conn, message });
@@ -342,7 +342,8 @@ mod tests {
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 8);
         let file_id = manifest.file_id();
         let (mut leecher, conns) = peer_with_remotes(&[2]);
-        outputs(&mut leecher, Time::ZERO, Input::Command(Box::new(Command::Get { file_id, resume: None })));
+        step_command(&mut leecher, Time::ZERO, Command::Get { file_id, resume: None }, |_| {})
+            .expect("a valid command");
         let named = |hosts: std::ops::Range<u8>| {
             let peers = hosts.map(|h| PeerAddr { peer_id: PeerId([h; 16]), addr: addr(h, 7001) }).collect();
             Input::Message { conn: conns[0], message: Message::Peers { file_id, peers } }

@@ -360,6 +360,11 @@ fn step(peer: &mut super::Peer, at: Time, input: crate::machine::Input) -> Vec<c
     std::iter::from_fn(|| peer.poll_output()).collect()
 }
 
+/// Gives `peer` a command at `at`; its outputs are dropped.
+fn command(peer: &mut super::Peer, at: Time, command: Command) {
+    crate::machine::step_command(peer, at, command, |_| {}).expect("a valid command");
+}
+
 fn sent(outputs: &[crate::machine::Output]) -> Vec<&crate::wire::Message> {
     outputs
         .iter()
@@ -386,7 +391,7 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     };
     let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
     let at = |ms| Time::from_millis(ms);
-    step(&mut peer, at(0), Input::Command(Box::new(Command::Get { file_id: id, resume: None })));
+    command(&mut peer, at(0), Command::Get { file_id: id, resume: None });
     let Some(Output::Connect { conn: to_tracker, .. }) = connect_to(&step(&mut peer, at(0), Input::Timeout), tracker)
     else {
         panic!("the peer connects to the tracker first");
@@ -460,7 +465,7 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
-    step(&mut peer, Time::ZERO, Input::Command(Box::new(Command::Get { file_id: id, resume: None })));
+    command(&mut peer, Time::ZERO, Command::Get { file_id: id, resume: None });
     let to_tracker = step(&mut peer, Time::ZERO, Input::Timeout)
         .into_iter()
         .find_map(|o| match o {

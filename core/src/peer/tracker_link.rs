@@ -281,7 +281,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use crate::limits::RECONNECT_DELAY_MIN;
-    use crate::machine::{step, Command, Input, Output};
+    use crate::machine::{step, step_command, Command, Input, Output};
     use crate::peer::{Peer, PeerConfig};
     use crate::testkit::file;
     use crate::time::Time;
@@ -312,7 +312,7 @@ mod tests {
         let mut peer = Peer::new(config);
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
         let get = Command::Get { file_id: manifest.file_id(), resume: None };
-        outputs(&mut peer, 0, Input::Command(Box::new(get)));
+        step_command(&mut peer, Time::ZERO, get, |_| {}).expect("a valid command");
         let first = connects(&outputs(&mut peer, 0, Input::Timeout));
         assert_eq!(first.iter().map(|(_, addr)| *addr).collect::<Vec<_>>(), [down, up], "both trackers at once");
         let (to_down, to_up) = (first[0].0, first[1].0);

@@ -12,8 +12,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
+use crate::error::CommandError;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
-use crate::machine::{step, Command, Completion, Event, Input, Machine, Output};
+use crate::machine::{step, step_command, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
 use crate::store::carry_out;
@@ -130,9 +131,27 @@ impl Harness {
         self.command(node, Command::Share { manifest: manifest.clone(), have });
     }
 
-    /// Gives a local command to a peer.
+    /// Gives a local command to a peer now (none to a crashed one).
+    ///
+    /// # Panics
+    /// When the peer refuses it (a test's mistake; [`Harness::try_command`] expects refusals).
     pub fn command(&mut self, node: NodeIx, command: Command) {
-        self.pending.push_back((node, Input::Command(Box::new(command))));
+        if let Err(refused) = self.try_command(node, command) {
+            panic!("node {node} refused a command: {refused}");
+        }
+    }
+
+    /// Gives a local command to a peer now (none to a crashed one), or hears why it refused.
+    pub fn try_command(&mut self, node: NodeIx, command: Command) -> Result<(), CommandError> {
+        if !self.nodes[node].alive {
+            return Ok(());
+        }
+        let mut outputs = Vec::new();
+        let taken = step_command(self.nodes[node].machine_mut(), self.now, command, |output| outputs.push(output));
+        for output in outputs {
+            self.carry_out(node, output);
+        }
+        taken.map(|_| ())
     }
 
     /// Makes `node` serve flipped bytes for `piece`.

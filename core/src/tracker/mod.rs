@@ -306,7 +306,7 @@ impl Machine for Tracker {
             Input::BadFrame { conn, error } => self.reject(conn, ErrorCode::MalformedFrame, error.to_string()),
             // Expiry above is all a timer does; the tracker sends no bulk data, so it needs no
             // backpressure; commands and completions are the peer's.
-            Input::Timeout | Input::Sent { .. } | Input::Command(_) | Input::Completed(_) => {}
+            Input::Timeout | Input::Sent { .. } | Input::Completed(_) => {}
         }
     }
 
