@@ -18,6 +18,16 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 /// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 512;
 
+/// Bytes of a frame body (other than `Data`, whose payload is sliced, not decoded) beyond
+/// which decoding it costs enough to be done off the thread other connections wait on: a
+/// manifest of many pieces decodes item by item.
+pub const BODY_DECODE_CHEAP_BYTES_MAX: usize = 64 * 1024;
+
+/// Frame bodies over [`BODY_DECODE_CHEAP_BYTES_MAX`] one process decodes off its connections'
+/// thread at once; a connection with one more waits its turn (and reads nothing meanwhile).
+/// Their bodies count against [`READ_BUFFERS_TOTAL_BYTES_MAX`] until they are decoded.
+pub const BODY_DECODES_OFF_THREAD_MAX: usize = 2;
+
 /// Bytes all the receive buffers of one process's connections may hold together (bytes
 /// received but not yet decoded, and room reserved for the next read). Past it the connection
 /// holding the most is closed: a hostile remote's half-sent frames are the largest holders,
@@ -205,6 +215,13 @@ pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);
 
 const _: () = assert!(BUSY_RETRY_DELAY.as_millis() * 2 <= BUSY_TICKET_TIME.as_millis());
+
+/// Longest an uploader holds room in its line for a refused connection that takes long to
+/// come back (a round trip far longer than [`BUSY_RETRY_DELAY`]): room held for a downloader
+/// that went elsewhere is room nobody uses.
+pub const BUSY_TICKET_TIME_MAX: Duration = Duration::from_secs(2);
+
+const _: () = assert!(BUSY_TICKET_TIME.as_millis() <= BUSY_TICKET_TIME_MAX.as_millis());
 
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
