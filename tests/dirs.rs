@@ -1,8 +1,9 @@
 //! A directory shared with `--share DIR` is one item: `p2p-node id DIR` prints the id the seeder
 //! announces, `--get` recreates the tree under `--out` byte for byte (empty files and empty
 //! directories included), also when the downloader was SIGKILLed half-way and restarted; a
-//! fresh store finds the finished tree in `--out` and fetches nothing, and a store that shared
-//! or downloaded a tree seeds it again when restarted without flags.
+//! fresh store finds the finished tree in `--out` and fetches nothing (and of a tree there in
+//! part, only the pieces it lacks), and a store that shared or downloaded a tree seeds it again
+//! when restarted without flags.
 
 mod common;
 
@@ -150,4 +151,53 @@ fn a_directory_download_killed_half_way_resumes_and_lays_out_the_same_tree() {
     let downloaded = second.wait_downloaded(&sharing.file_id);
     let item_bytes = u64::from(pieces) * RESUME_PIECE_BYTES;
     assert!(downloaded < item_bytes, "the second run fetched {downloaded} bytes: the whole item again");
+}
+
+#[test]
+fn a_tree_partly_in_out_keeps_its_verified_pieces_and_fetches_only_the_rest() {
+    let dir = temp_dir();
+    let original = make_tree(dir.path(), "album", 70_000);
+    let (_tracker, tracker_addr) = Node::tracker();
+    let share_args = ["--share", path_str(&original), "--piece-size", SMALL_PIECE_BYTES];
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "seeder"), &share_args);
+    let sharing = seeder.wait_sharing();
+
+    // An earlier copy of the tree in --out, one file missing and another damaged.
+    let out = subdir(dir.path(), "out");
+    let partial = out.join("album");
+    let mut item_bytes = 0;
+    for (relative, bytes) in tree_of(&original) {
+        match bytes {
+            None => fs::create_dir_all(partial.join(&relative)).expect("create a directory"),
+            Some(bytes) => {
+                item_bytes += bytes.len() as u64;
+                let path = partial.join(&relative);
+                fs::create_dir_all(path.parent().expect("a parent")).expect("create a directory");
+                fs::write(path, bytes).expect("copy a file");
+            }
+        }
+    }
+    let find = |name: &str| {
+        let found = tree_of(&partial).into_keys().find(|path| path.ends_with(name));
+        partial.join(found.unwrap_or_else(|| panic!("{name} in the tree")))
+    };
+    fs::remove_file(find("file-001.bin")).expect("remove a file");
+    let damaged = find("file-005.bin");
+    let mut bytes = fs::read(&damaged).expect("read");
+    bytes[30_000..30_010].copy_from_slice(b"not theirs");
+    fs::write(&damaged, bytes).expect("damage a file");
+
+    let get_args = ["--get", sharing.file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+    let mut downloader = Node::peer("downloader", tracker_addr, &subdir(dir.path(), "fresh"), &get_args);
+    let copy = downloader.wait_complete(&sharing.file_id, DOWNLOAD_TIMEOUT);
+    assert_eq!(copy, out.join("album.1"), "the finished tree goes beside the partial one");
+    assert_same_tree(&copy, &original);
+    // The missing file (7,919 bytes) touches at most 2 pieces, the damaged bytes at most 2.
+    let downloaded = downloader.wait_downloaded(&sharing.file_id);
+    let piece_bytes: u64 = SMALL_PIECE_BYTES.parse().expect("a number");
+    assert!(
+        downloaded > 0 && downloaded <= 4 * piece_bytes,
+        "fetched {downloaded} of the item's {item_bytes} bytes: more than the pieces the copy lacks"
+    );
+    assert!(downloader.wait_exit(DOWNLOAD_TIMEOUT).success(), "{}", downloader.report());
 }

@@ -206,6 +206,13 @@ pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);
 
 const _: () = assert!(BUSY_RETRY_DELAY.as_millis() * 2 <= BUSY_TICKET_TIME.as_millis());
 
+/// Longest an uploader holds room in its line for a refused connection that takes long to
+/// come back (a round trip far longer than [`BUSY_RETRY_DELAY`]): room held for a downloader
+/// that went elsewhere is room nobody uses.
+pub const BUSY_TICKET_TIME_MAX: Duration = Duration::from_secs(2);
+
+const _: () = assert!(BUSY_TICKET_TIME.as_millis() <= BUSY_TICKET_TIME_MAX.as_millis());
+
 /// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
 pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
 

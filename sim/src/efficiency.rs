@@ -24,10 +24,10 @@
 //! **The run's figures.** A downloader's completion time is counted from its first join; the
 //! last, median (p50) and p99 of them (nearest rank; a downloader that never completed counts as
 //! infinitely late) are divided by both bounds. Seeder copies are the seeders' file bytes up / F.
-//! A seeder byte is *useful* when it belongs to a piece that a downloader verified crediting that
-//! seeder as the sender, the first time that downloader verified that piece; the useful fraction
-//! is useful bytes / seeder bytes up, so blocks thrown away, duplicates, pieces given up and
-//! bytes queued but never delivered all count against it. Leecher bytes down / F is given as the
+//! A seeder byte is *useful* when it is the first copy of its block to reach a downloader that
+//! verified the block's piece (a piece's blocks may come from several senders, each credited
+//! with its own); the useful fraction is useful bytes / seeder bytes up, so blocks thrown away,
+//! duplicates, pieces never verified and bytes queued but never delivered all count against it. Leecher bytes down / F is given as the
 //! maximum and the median over downloaders.
 
 use std::collections::BTreeSet;
@@ -271,14 +271,17 @@ fn seeder_figures(scenario: &Scenario, outcome: &Outcome) -> (Option<f64>, Optio
         return (None, None);
     }
     let up: u64 = seeders.iter().map(|n| outcome.peer(*n).bytes_up).sum();
-    let mut verified = BTreeSet::new();
-    let mut useful = 0u64;
-    for (downloader, piece, source) in &outcome.piece_sources {
-        if verified.insert((*downloader, *piece)) && is_seeder(*source) {
-            let start = u64::from(*piece) * u64::from(file.piece_size_bytes);
-            useful += (file.size_bytes - start).min(u64::from(file.piece_size_bytes));
-        }
-    }
+    let verified: BTreeSet<(NodeIdx, u32)> =
+        outcome.piece_sources.iter().map(|(node, piece, _)| (*node, *piece)).collect();
+    // A stable sort keeps each block's copies in arrival order: the first is its first copy.
+    let mut arrivals = outcome.block_arrivals.clone();
+    arrivals.sort_by_key(|&(node, piece, offset, _, _)| (node, piece, offset));
+    arrivals.dedup_by_key(|&mut (node, piece, offset, _, _)| (node, piece, offset));
+    let useful: u64 = arrivals
+        .iter()
+        .filter(|(node, piece, _, from, _)| is_seeder(*from) && verified.contains(&(*node, *piece)))
+        .map(|(_, _, _, _, len)| u64::from(*len))
+        .sum();
     let useful = (up > 0).then(|| useful as f64 / up as f64);
     (Some(up as f64 / file.size_bytes as f64), useful)
 }
@@ -488,15 +491,24 @@ mod tests {
     }
 
     #[test]
-    fn seeder_bytes_count_as_useful_once_per_downloader_and_piece() {
+    fn seeder_bytes_count_as_useful_once_per_downloader_and_block_of_a_verified_piece() {
         let s = scenario("");
         let mut o = outcome(&s, &[None; 4], &[0; 4]);
         let (seeder, l1, l2) = (NodeIdx::peer(0), NodeIdx::peer(1), NodeIdx::peer(2));
-        // The seeder sent 4 pieces (1 MiB); L1 verified piece 0 from it twice (only the first
-        // counts), L2 piece 0 from it and piece 1 from L1 (not the seeder's).
-        o.piece_sources = vec![(l1, 0, seeder), (l1, 0, seeder), (l2, 0, seeder), (l2, 1, l1), (l1, 2, seeder)];
+        let half = 131_072;
+        // The seeder sent 4 pieces' worth (1 MiB): piece 0 to L1 twice (only the first copy
+        // counts), piece 0 to L2, and half of piece 1 to L2, whose other half came from L1 (the
+        // seeder's half counts, though L2 credits L1 with the piece). Piece 2 went to L1, which
+        // never verified it.
+        o.block_arrived(l1, seeder, 0, 0, 2 * half);
+        o.block_arrived(l1, seeder, 0, 0, 2 * half);
+        o.block_arrived(l2, seeder, 0, 0, 2 * half);
+        o.block_arrived(l2, seeder, 1, 0, half);
+        o.block_arrived(l2, l1, 1, half, half);
+        o.block_arrived(l1, seeder, 2, 0, half);
+        o.piece_sources = vec![(l1, 0, seeder), (l2, 0, seeder), (l2, 1, l1)];
         let e = measure(&s, &o);
         assert_eq!(e.seeder_copies, Some(0.25));
-        assert_eq!(e.seeder_useful, Some(0.75), "3 of the 4 pieces sent were useful");
+        assert_eq!(e.seeder_useful, Some(0.625), "2.5 of the 4 pieces sent were useful");
     }
 }

@@ -271,9 +271,13 @@ mod tests {
             peers.push(PeerSummary { completed_at, bytes_down, ..PeerSummary::default() });
         }
         let mut outcome = Outcome { file_size_bytes: 1_000_000, peers, ..Outcome::default() };
-        // L1 verified 19 distinct pieces from S (piece 18 twice): 19 × 16 KiB useful.
+        // L1 verified 19 distinct pieces from S (piece 18's block arrived twice): 19 × 16 KiB
+        // useful.
         outcome.peers[0].bytes_up = up_pieces * 16_384;
         let (seeder, l1) = (NodeIdx(1), NodeIdx(2));
+        for piece in 0..20 {
+            outcome.block_arrived(l1, seeder, piece.min(18), 0, 16_384);
+        }
         outcome.piece_sources = (0..20).map(|piece| (l1, piece.min(18), seeder)).collect();
         if banned_s {
             outcome.bans.insert((NodeIdx(2), NodeIdx(1)));

@@ -72,6 +72,11 @@ pub struct Outcome {
     pub piece_sources: Vec<(NodeIdx, u32, NodeIdx)>,
     /// When each entry of `piece_sources` was verified (same index).
     pub piece_verified_at: Vec<Time>,
+    /// `(downloader, piece, offset, sender, length)` of every block that reached a downloader,
+    /// in arrival order: the first entry of a block at a downloader is its first copy, later
+    /// ones are duplicates. Kept as a list (sorted only when measured) because it grows by one
+    /// entry per block in every run.
+    pub block_arrivals: Vec<(NodeIdx, u32, u32, NodeIdx, u32)>,
     /// `(banner, banned)`.
     pub bans: BTreeSet<(NodeIdx, NodeIdx)>,
     /// The last missing-pieces report of each downloader.
@@ -94,6 +99,11 @@ impl Outcome {
     /// The summary of peer `node` (a peer, not the tracker).
     pub fn peer(&self, node: NodeIdx) -> &PeerSummary {
         &self.peers[node.0 - 1]
+    }
+
+    /// `len` bytes at `offset` of `piece` arrived at `node` from `from` (see `block_arrivals`).
+    pub fn block_arrived(&mut self, node: NodeIdx, from: NodeIdx, piece: u32, offset: u32, len: u32) {
+        self.block_arrivals.push((node, piece, offset, from, len));
     }
 }
 

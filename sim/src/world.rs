@@ -338,8 +338,10 @@ impl World {
                 self.log(node, format_args!("{conn} connected with {other}"));
             }
             Input::Disconnected { conn } => self.on_disconnected(node, *conn, "closed by the other end"),
-            Input::Message { conn, message: Message::Data { bytes, .. } } => {
+            Input::Message { conn, message: Message::Data { piece, offset, bytes, .. } } => {
                 self.nodes[node.0].summary.bytes_down += bytes.len() as u64;
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                self.outcome.block_arrived(node, from, piece.0, *offset, len);
                 self.request_answered(node, *conn);
             }
             Input::Message { conn, message: Message::Reject { .. } } => self.request_answered(node, *conn),

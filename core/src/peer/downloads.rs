@@ -21,16 +21,20 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, PeerId, PieceIndex};
-use crate::limits::{ASSIGNEES_PER_PIECE_MAX, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX, PIECES_ACTIVE_PER_FILE_MAX};
+use crate::limits::{
+    ASSIGNEES_PER_PIECE_MAX, ENDGAME_PATIENCE, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX, PIECES_ACTIVE_PER_FILE_MAX,
+};
 use crate::rng::Rng;
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
 use super::locate::Locate;
 use super::pieces::{all_blocks, block_count};
+use super::scheduler::DeliveryRate;
 
 /// A remote that sends blocks: its id and serving address.
 pub(super) type Sender = (PeerId, SocketAddr);
@@ -79,6 +83,9 @@ pub(super) struct Download {
     manifest_asked: Option<Time>,
     /// Pieces last reported missing (reported again only when the set changes).
     reported_missing: Vec<PieceIndex>,
+    /// How fast blocks arrive over all remotes together, and when the last one did.
+    arrivals: DeliveryRate,
+    arrived_at: Option<Time>,
 }
 
 /// The state of one piece of a download; transitions in `STATE.md`.
@@ -218,7 +225,27 @@ impl Download {
             locate: Locate::new(now),
             manifest_asked: None,
             reported_missing: Vec::new(),
+            arrivals: DeliveryRate::default(),
+            arrived_at: None,
         }
+    }
+
+    /// `bytes` of a block arrived at `now`, from any remote.
+    pub fn arrived(&mut self, now: Time, bytes: u64) {
+        self.arrivals.start(now);
+        self.arrivals.arrived(now, bytes);
+        self.arrived_at = Some(now);
+    }
+
+    /// Whether blocks stopped arriving at `now`: none came from any remote for two blocks of
+    /// `block_bytes` at the download's measured rate, or for [`ENDGAME_PATIENCE`] before a
+    /// rate is measured. While blocks keep coming the downlink is busy, and a second copy of a
+    /// piece (endgame) would only take a share of it from the pieces under way.
+    pub fn quiet(&self, now: Time, block_bytes: u32) -> bool {
+        let blocks_time = (2 * u64::from(block_bytes) * 1_000_000)
+            .checked_div(self.arrivals.bytes_per_s())
+            .map_or(ENDGAME_PATIENCE, Duration::from_micros);
+        self.arrived_at.is_none_or(|at| at + blocks_time <= now)
     }
 
     /// Sizes the per-piece state for a manifest whose verified pieces are `have`.

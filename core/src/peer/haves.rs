@@ -1,6 +1,9 @@
 //! Batching of `Haves`: pieces verified since the last batch, per file, and when the batch goes
-//! out (`HAVE_BATCH_INTERVAL` after its first piece, at once for a download's first piece). The
-//! state is private; the peer sends what [`HaveBatch::take`] hands it.
+//! out: at once when the last batch went out at least `HAVE_BATCH_INTERVAL` ago (or for a
+//! download's first piece), else that long after the last batch. A piece verified after a
+//! quiet spell is told at once (every hop of a piece through the swarm waits for it), and a
+//! peer verifying many pieces still sends at most one batch per interval. The state is
+//! private; the peer sends what [`HaveBatch::take`] hands it.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,8 @@ use crate::time::Time;
 pub(super) struct HaveBatch {
     pieces: BTreeMap<FileId, Vec<PieceIndex>>,
     due: Option<Time>,
+    /// When the last batch went out.
+    sent_at: Option<Time>,
 }
 
 impl HaveBatch {
@@ -21,15 +26,18 @@ impl HaveBatch {
         HaveBatch::default()
     }
 
-    /// Adds `piece`, verified at `now`. Returns whether the batch must go out at once: a
-    /// download's `first` piece makes this peer a holder the tracker can name to others, which
-    /// matters most while everybody is just starting.
+    /// Adds `piece`, verified at `now`. Returns whether the batch must go out at once: the last
+    /// one went out at least [`HAVE_BATCH_INTERVAL`] ago, or a download's `first` piece makes
+    /// this peer a holder the tracker can name to others, which matters most while everybody is
+    /// just starting.
     pub fn add(&mut self, file_id: FileId, piece: PieceIndex, first: bool, now: Time) -> bool {
         self.pieces.entry(file_id).or_default().push(piece);
-        if !first && self.due.is_none() {
-            self.due = Some(now + HAVE_BATCH_INTERVAL);
+        let next = self.sent_at.map_or(now, |at| at + HAVE_BATCH_INTERVAL);
+        if first || next <= now {
+            return true;
         }
-        first
+        self.due.get_or_insert(next);
+        false
     }
 
     /// When the batch goes out, if pieces are waiting.
@@ -37,9 +45,10 @@ impl HaveBatch {
         self.due
     }
 
-    /// The pieces waiting, per file; the batch is empty afterwards.
-    pub fn take(&mut self) -> BTreeMap<FileId, Vec<PieceIndex>> {
+    /// The pieces waiting, per file, going out at `now`; the batch is empty afterwards.
+    pub fn take(&mut self, now: Time) -> BTreeMap<FileId, Vec<PieceIndex>> {
         self.due = None;
+        self.sent_at = Some(now);
         std::mem::take(&mut self.pieces)
     }
 }
@@ -50,15 +59,22 @@ mod tests {
     use crate::ids::Digest;
 
     #[test]
-    fn pieces_wait_for_the_interval_unless_a_download_just_got_its_first() {
+    fn a_piece_after_a_quiet_spell_goes_at_once_and_the_next_wait_for_the_interval() {
         let file = FileId(Digest([1; 32]));
+        let ms = Time::from_millis;
         let mut batch = HaveBatch::new();
-        assert!(!batch.add(file, PieceIndex(3), false, Time::ZERO));
-        assert!(!batch.add(file, PieceIndex(4), false, Time::from_millis(5)));
-        assert_eq!(batch.due(), Some(Time::ZERO + HAVE_BATCH_INTERVAL), "from the first piece");
-        assert!(batch.add(file, PieceIndex(0), true, Time::from_millis(6)), "a first piece goes at once");
-        assert_eq!(batch.take()[&file], vec![PieceIndex(3), PieceIndex(4), PieceIndex(0)]);
+        assert!(batch.add(file, PieceIndex(1), false, Time::ZERO), "nothing went out before");
+        assert_eq!(batch.take(Time::ZERO)[&file], vec![PieceIndex(1)]);
+        assert!(!batch.add(file, PieceIndex(3), false, ms(10)));
+        assert!(!batch.add(file, PieceIndex(4), false, ms(20)));
+        assert_eq!(batch.due(), Some(Time::ZERO + HAVE_BATCH_INTERVAL), "from the last batch");
+        assert!(batch.add(file, PieceIndex(0), true, ms(30)), "a first piece goes at once");
+        assert_eq!(batch.take(ms(30))[&file], vec![PieceIndex(3), PieceIndex(4), PieceIndex(0)]);
         assert_eq!(batch.due(), None);
-        assert!(batch.take().is_empty());
+        assert!(!batch.add(file, PieceIndex(5), false, ms(40)));
+        assert_eq!(batch.due(), Some(ms(30) + HAVE_BATCH_INTERVAL));
+        let quiet = ms(30) + HAVE_BATCH_INTERVAL;
+        assert_eq!(batch.take(quiet)[&file], vec![PieceIndex(5)]);
+        assert!(batch.add(file, PieceIndex(6), false, quiet + HAVE_BATCH_INTERVAL), "quiet for an interval");
     }
 }

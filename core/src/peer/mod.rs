@@ -79,7 +79,7 @@ use remote::{Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
-use uploads::{Held, OurFile, ServeJob, Uploads};
+use uploads::{piece_holders, Held, OurFile, ServeJob, Uploads};
 pub use view::{FileState, FileView, RemoteView};
 
 /// The peer state machine; see the module docs and [`Machine`].
@@ -418,7 +418,7 @@ impl Peer {
     /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
     /// of a piece twice; that changes nothing.)
     fn flush_haves(&mut self) {
-        let recent = self.haves.take();
+        let recent = self.haves.take(self.now);
         let mut batches = Vec::new();
         for (file_id, pieces) in &recent {
             let hearing = self
@@ -945,7 +945,8 @@ impl Peer {
             return self.send(conn, reject(reason));
         }
         debug_assert!(self.remotes.contains_key(&conn), "requests come from open connections");
-        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }, self.now).is_err() {
+        let holders = piece_holders(&self.remotes, &self.files);
+        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }, self.now, holders).is_err() {
             return self.send(conn, reject(RejectReason::Busy));
         }
         self.pump_uploads();
@@ -968,12 +969,7 @@ impl Peer {
     /// connections that left the upload line.
     fn pump_uploads(&mut self) {
         loop {
-            let (remotes, files) = (&self.remotes, &self.files);
-            // A download keeps its pieces' holder counts; other files' are counted over the remotes.
-            let holders = |file_id: FileId, piece| match files.get(&file_id).and_then(|e| e.download()) {
-                Some(download) => download.availability(piece),
-                None => remotes.holders(file_id, piece),
-            };
+            let holders = piece_holders(&self.remotes, &self.files);
             let Some(job) = self.uploads.next_read(self.now, holders) else {
                 break;
             };

@@ -158,7 +158,7 @@ impl Requests {
 /// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
 /// its first request on, each new window averaged with the estimate so far.
 #[derive(Clone, Copy, Debug, Default)]
-struct DeliveryRate {
+pub(super) struct DeliveryRate {
     window_start: Option<Time>,
     window_bytes: u64,
     bytes_per_s: u64,
@@ -166,12 +166,12 @@ struct DeliveryRate {
 
 impl DeliveryRate {
     /// A request went out at `now`: the first one opens the first window.
-    fn start(&mut self, now: Time) {
+    pub(super) fn start(&mut self, now: Time) {
         self.window_start.get_or_insert(now);
     }
 
     /// `bytes` arrived at `now`.
-    fn arrived(&mut self, now: Time, bytes: u64) {
+    pub(super) fn arrived(&mut self, now: Time, bytes: u64) {
         let Some(start) = self.window_start else { return };
         self.window_bytes += bytes;
         let elapsed_us = now.as_micros().saturating_sub(start.as_micros());
@@ -186,7 +186,7 @@ impl DeliveryRate {
     }
 
     /// The estimate (zero until a first window closed).
-    fn bytes_per_s(&self) -> u64 {
+    pub(super) fn bytes_per_s(&self) -> u64 {
         self.bytes_per_s
     }
 }
@@ -341,9 +341,11 @@ impl<'a> Scheduler<'a> {
             busy: !remote.requests().in_flight.is_empty(),
         };
         let entry = self.files.get(&file_id)?;
-        let (remotes, now) = (&*self.remotes, self.now);
-        let lagging = |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now));
-        entry.download()?.choose(chooser, entry.have(), self.rng, lagging)
+        let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
+        let block_bytes = entry.manifest()?.piece_size_bytes().min(BLOCK_BYTES);
+        let quiet = download.quiet(now, block_bytes);
+        let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now));
+        download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
     /// Gives `conn` the piece `choose_piece` chose for it.
@@ -396,6 +398,7 @@ impl<'a> Scheduler<'a> {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             return Ok(());
         };
+        download.arrived(now, bytes.len() as u64);
         let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return Ok(()) };
         let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return Ok(()) };
         if bytes.len() != block_span(piece_len, block).1 as usize {

@@ -48,15 +48,20 @@ mod pacing;
 mod serve;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    BUSY_TICKET_TIME, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_PER_CONN_MAX,
-    UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BYTES,
+    BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
+    SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT,
+    UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
 use pacing::TokenBucket;
+
+use super::pieces::FileEntry;
+use super::remote::Remotes;
 
 pub(super) use offers::{other_downloader, sole_downloader, Held, Offers, OurFile};
 pub(super) use serve::{check_request, is_last_block};
@@ -92,6 +97,13 @@ struct ConnUploads {
     /// Its turn is over: it gets no more reads, and hands its slot on once what was read for
     /// it left.
     turn_over: bool,
+    /// When its request was last refused because the line was full.
+    refused_at: Option<Time>,
+    /// How long its ticket holds room for it: [`BUSY_TICKET_TIME`], or half as long again as
+    /// it took to come back after its last refusal when that is longer (a remote far away
+    /// asks again a round trip after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY)),
+    /// at most [`BUSY_TICKET_TIME_MAX`].
+    ticket_time: Duration,
     /// Since when its oldest unsent `Data` frame waits to leave (from the first look at the
     /// slots after it was queued); `None` while it has none.
     stalled_since: Option<Time>,
@@ -167,13 +179,19 @@ impl Uploads {
     }
 
     /// Queues a checked request at `now`, unless its connection has too many queued, or is not
-    /// in line and no room in the line is free for it.
-    pub fn request(&mut self, job: ServeJob, now: Time) -> Result<(), Busy> {
+    /// in line and no room in the line is free for it nor can be made (see
+    /// [`Uploads::make_room`]). `holders` counts the remotes that hold a piece.
+    pub fn request(
+        &mut self,
+        job: ServeJob,
+        now: Time,
+        holders: impl Fn(FileId, PieceIndex) -> usize,
+    ) -> Result<(), Busy> {
         let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
         if self.conns.get(&job.conn).is_some_and(|state| state.stalled(now)) {
             return Err(Busy);
         }
-        if !in_line && !self.admit(job.conn, now) {
+        if !in_line && !self.admit(job.conn, now) && !self.make_room(job, holders) {
             return Err(Busy);
         }
         let state = self.conns.entry(job.conn).or_default();
@@ -232,7 +250,10 @@ impl Uploads {
     /// Whether `conn`, not in line, may join it at `now`: room is free and not held for
     /// connections refused before it. A refused connection gets a ticket (or keeps its own).
     fn admit(&mut self, conn: ConnId, now: Time) -> bool {
-        self.tickets.retain(|(_, at)| *at + BUSY_TICKET_TIME > now);
+        let conns = &self.conns;
+        self.tickets.retain(|(c, at)| {
+            *at + conns.get(c).map_or(BUSY_TICKET_TIME, |s| s.ticket_time.max(BUSY_TICKET_TIME)) > now
+        });
         let in_line = self.slots.iter().chain(&self.waiting);
         let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
         let room = if line_bytes < UPLOAD_LINE_BYTES_MIN {
@@ -251,7 +272,38 @@ impl Uploads {
             Some(at) => self.tickets[at].1 = now,
             None => self.tickets.push_back((conn, now)),
         }
+        let state = self.conns.entry(conn).or_default();
+        let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
+        state.ticket_time = (cycle * 3 / 2).clamp(BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX);
+        state.refused_at = Some(now);
         false
+    }
+
+    /// Makes room in the full line for `job` by sending out the waiting connection whose rarest
+    /// request is held by the most remotes, if that is more than hold `job`'s piece: its
+    /// requests are refused (`Busy`), and it asks another holder of its pieces, while `job`'s
+    /// piece has fewer others to come from. So a piece that only this peer (or few) can give,
+    /// such as a seeder's piece nobody has yet, is never kept out by requests for pieces others
+    /// could serve. Returns whether room was made.
+    fn make_room(&mut self, job: ServeJob, holders: impl Fn(FileId, PieceIndex) -> usize) -> bool {
+        let mut rarity = Rarity { holders, known: Vec::new() };
+        let asked = rarity.holders(job.file_id, job.piece);
+        let commonest = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter_map(|(line, conn)| {
+                let queue = &self.conns.get(conn)?.queue;
+                Some((rarity.rarest(queue).map_or(usize::MAX, |(_, count)| count), line))
+            })
+            .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)));
+        let Some((count, line)) = commonest.filter(|&(count, _)| count > asked) else { return false };
+        debug_assert!(count > 0, "more holders than another piece");
+        let Some(conn) = self.waiting.remove(line) else { return false };
+        if let Some(state) = self.conns.get_mut(&conn) {
+            self.refused.extend(state.queue.drain(..));
+        }
+        true
     }
 
     /// The queued requests of connections that left the line to make room for refused ones:
@@ -379,6 +431,18 @@ impl Uploads {
     }
 }
 
+/// How many of our remotes hold a piece: a download keeps its pieces' holder counts; other
+/// files' are counted over the remotes. The rarity the line and the slots order requests by.
+pub(super) fn piece_holders<'a>(
+    remotes: &'a Remotes,
+    files: &'a BTreeMap<FileId, FileEntry>,
+) -> impl Fn(FileId, PieceIndex) -> usize + 'a {
+    move |file_id, piece| match files.get(&file_id).and_then(|e| e.download()) {
+        Some(download) => download.availability(piece),
+        None => remotes.holders(file_id, piece),
+    }
+}
+
 /// Holder counts of pieces, each asked of the peer once per [`Uploads::next_read`].
 struct Rarity<F> {
     holders: F,
@@ -428,7 +492,7 @@ mod tests {
             offset: 0,
             len: BLOCK_BYTES,
         };
-        uploads.request(job, Time::from_millis(at_ms)).is_ok()
+        uploads.request(job, Time::from_millis(at_ms), |_, _| 0).is_ok()
     }
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
