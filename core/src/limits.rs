@@ -18,6 +18,16 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 /// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 512;
 
+/// Bytes of a frame body (other than `Data`, whose payload is sliced, not decoded) beyond
+/// which decoding it costs enough to be done off the thread other connections wait on: a
+/// manifest of many pieces decodes item by item.
+pub const BODY_DECODE_CHEAP_BYTES_MAX: usize = 64 * 1024;
+
+/// Frame bodies over [`BODY_DECODE_CHEAP_BYTES_MAX`] one process decodes off its connections'
+/// thread at once; a connection with one more waits its turn (and reads nothing meanwhile).
+/// Their bodies count against [`READ_BUFFERS_TOTAL_BYTES_MAX`] until they are decoded.
+pub const BODY_DECODES_OFF_THREAD_MAX: usize = 2;
+
 /// Bytes all the receive buffers of one process's connections may hold together (bytes
 /// received but not yet decoded, and room reserved for the next read). Past it the connection
 /// holding the most is closed: a hostile remote's half-sent frames are the largest holders,

@@ -4,7 +4,10 @@
 //! Framing is core's (`FrameDecoder` and `encode_frame`, also as a `tokio_util` codec,
 //! [`FrameCodec`], for the client): a connection's first frame may be only as large as a
 //! `Hello`, and a receive buffer grows with the bytes that arrive, never with what a length
-//! prefix claims. The reader hands the messages it has whole to the driver in one report with
+//! prefix claims. A body dear to decode (a manifest of many pieces: over
+//! [`BODY_DECODE_CHEAP_BYTES_MAX`](p2p_core::limits::BODY_DECODE_CHEAP_BYTES_MAX), not `Data`) is decoded on a blocking thread, at most
+//! [`BODY_DECODES_OFF_THREAD_MAX`] at once per process, so the thread every connection shares
+//! answers the others' small requests meanwhile. The reader hands the messages it has whole to the driver in one report with
 //! `send().await`, so a busy driver slows the reading down instead of buffering without bound,
 //! and holds no buffer while its socket is idle; what its buffer holds counts against the
 //! driver's [`ReadBudget`], which evicts the largest holders when all together hold too much.
@@ -27,8 +30,10 @@ use std::time::Duration;
 
 use actix::{Message as ActixMessage, Recipient};
 use bytes::{Buf, Bytes, BytesMut};
+use p2p_core::limits::BODY_DECODES_OFF_THREAD_MAX;
 use p2p_core::wire::{
-    decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max, FrameDecoder, Message,
+    body_decodes_cheaply, decode_body, decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max,
+    FrameDecoder, Message,
 };
 use p2p_core::{ConnId, DecodeError, EncodeError};
 use tokio::io::AsyncWriteExt;
@@ -372,6 +377,11 @@ impl Connection {
     }
 }
 
+/// The lanes of [`BODY_DECODES_OFF_THREAD_MAX`]: dear frame bodies (a manifest of many pieces)
+/// are decoded on blocking threads, so the connections' thread keeps answering the cheap
+/// requests of others (a tracker's locates behind a flood of announces) meanwhile.
+static DEAR_DECODES: Semaphore = Semaphore::const_new(BODY_DECODES_OFF_THREAD_MAX);
+
 /// The receiving side of a connection: its socket half, its frames so far and its share of the
 /// driver's read budget.
 struct Reader {
@@ -406,7 +416,7 @@ impl Reader {
     /// drained buffer is given back. `None` at the end of the stream.
     async fn next_message(&mut self) -> Option<Result<Message, FrameError>> {
         loop {
-            if let Some(decoded) = self.decoder.next_message().map_err(FrameError::from).transpose() {
+            if let Some(decoded) = self.buffered_message().await {
                 return Some(decoded);
             }
             self.release_if_drained();
@@ -432,6 +442,32 @@ impl Reader {
                 Err(e) => return Some(Err(e.into())),
             }
         }
+    }
+
+    /// The next message already buffered, if any. A body [`body_decodes_cheaply`] does not
+    /// approve of is decoded on a blocking thread, one of [`DEAR_DECODES`]' lanes, and counts
+    /// against the read budget until then.
+    async fn buffered_message(&mut self) -> Option<Result<Message, FrameError>> {
+        let body = match self.decoder.next_body() {
+            Ok(body) => body?,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if body_decodes_cheaply(&body) {
+            return Some(decode_body(body).map_err(FrameError::from));
+        }
+        if !self.share.hold(self.buffer_bytes() + body.len()) {
+            return Some(Err(self.over_budget()));
+        }
+        // The semaphore is static and never closed.
+        let lane = DEAR_DECODES.acquire().await.ok();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let _lane = lane;
+            decode_body(body)
+        });
+        Some(match decoded.await {
+            Ok(decoded) => decoded.map_err(FrameError::from),
+            Err(e) => Err(FrameError::Io(io::Error::other(e))),
+        })
     }
 
     fn over_budget(&self) -> FrameError {
@@ -462,8 +498,8 @@ impl Reader {
             let next = if messages.is_empty() {
                 self.next_message().await
             } else {
-                // Only what is buffered: no read, no wait.
-                self.decoder.next_message().map_err(FrameError::from).transpose()
+                // Only what is buffered: no read, no wait but for a dear body's decoding.
+                self.buffered_message().await
             };
             match next {
                 Some(Ok(message)) => {
@@ -657,6 +693,38 @@ mod tests {
         assert!(batch.is_none() && matches!(end, Some(ConnReport::Closed)), "then the stream's end");
         assert_eq!(reader.decoder.capacity_bytes(), 0, "a drained reader holds no buffer");
         assert_eq!(read_budget.total_bytes(), 0, "and counts nothing against the budget");
+    }
+
+    #[actix_rt::test]
+    async fn a_dear_body_is_decoded_off_the_thread_in_its_place_among_the_others() {
+        let read_budget = ReadBudget::new(4 << 20);
+        let (mut sender, mut reader) = connected_reader(&read_budget, 1).await;
+        let hashes = vec![p2p_core::Digest([3; 32]); 4096];
+        let manifest = p2p_core::Manifest::new("big".to_owned(), 4096 * 16 * 1024, 16 * 1024, hashes).expect("valid");
+        let big = Message::Manifest { manifest: Box::new(manifest) };
+        let mut big_frame = BytesMut::new();
+        encode_frame(&big, &mut big_frame).expect("fits");
+        let big_body = &big_frame[p2p_core::limits::FRAME_HEADER_BYTES..];
+        assert!(!p2p_core::wire::body_decodes_cheaply(big_body), "the manifest is decoded off the thread");
+        let mut wire = BytesMut::new();
+        encode_frame(&Message::List, &mut wire).expect("fits");
+        wire.extend_from_slice(&big_frame);
+        encode_frame(&Message::List, &mut wire).expect("fits");
+        sender.write_all(&wire).await.expect("sends");
+        sender.shutdown().await.expect("sent");
+
+        let mut received = Vec::new();
+        loop {
+            let (batch, end) = reader.read_batch(None).await;
+            received.extend(batch.into_iter().flat_map(|(messages, _)| messages));
+            if end.is_some() {
+                break;
+            }
+        }
+        let kinds: Vec<&str> = received.iter().map(Message::kind).collect();
+        assert_eq!(kinds, ["list", "manifest", "list"], "in order");
+        assert!(received[1] == big, "the manifest decoded whole");
+        assert_eq!(read_budget.total_bytes(), 0, "nothing counted once decoded");
     }
 
     /// A reader of the connection `sender` is connected to, with a share of `read_budget`.

@@ -21,7 +21,7 @@ use ciborium_io::Read as _;
 use ciborium_ll::{Decoder, Encoder, Header};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, HELLO_FRAME_BYTES_MAX};
+use crate::limits::{BODY_DECODE_CHEAP_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, HELLO_FRAME_BYTES_MAX};
 use crate::wire::message::Message;
 
 /// The encoding of an empty CBOR byte string: the payload placeholder of a `Data` head.
@@ -123,6 +123,13 @@ pub fn decode_frame(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> 
 /// broken — the length is over the limit (nothing is consumed) or the body does not decode
 /// (the frame is consumed); the caller should report and close.
 pub fn decode_frame_within(src: &mut BytesMut, body_bytes_max: usize) -> Result<Option<Message>, DecodeError> {
+    take_body_within(src, body_bytes_max)?.map(decode_body).transpose()
+}
+
+/// Takes one whole frame's body of at most `body_bytes_max` off the front of `src`, not yet
+/// decoded (see [`decode_body`]). `Ok(None)`: more bytes are needed. `Err`: the length is over
+/// the limit (nothing is consumed).
+fn take_body_within(src: &mut BytesMut, body_bytes_max: usize) -> Result<Option<Bytes>, DecodeError> {
     let Some(body_len) = body_len(src) else {
         return Ok(None);
     };
@@ -133,7 +140,13 @@ pub fn decode_frame_within(src: &mut BytesMut, body_bytes_max: usize) -> Result<
         return Ok(None);
     }
     src.advance(FRAME_HEADER_BYTES);
-    decode_body(src.split_to(body_len).freeze()).map(Some)
+    Ok(Some(src.split_to(body_len).freeze()))
+}
+
+/// Whether decoding `body` is cheap: it is small, or a `Data` body (its payload is sliced,
+/// not decoded).
+pub fn body_decodes_cheaply(body: &[u8]) -> bool {
+    body.len() <= BODY_DECODE_CHEAP_BYTES_MAX || data_payload(body).is_some()
 }
 
 /// The largest body a connection accepts in its next frame: [`HELLO_FRAME_BYTES_MAX`] until its
@@ -153,10 +166,10 @@ fn body_len(src: &[u8]) -> Option<usize> {
     Some(u32::from_be_bytes(len_bytes) as usize)
 }
 
-/// Decodes one frame body. A `Data` body decodes its head with serde, an empty byte string in
+/// Decodes one frame body (from [`FrameDecoder::next_body`]). A `Data` body decodes its head with serde, an empty byte string in
 /// place of the payload, and takes the payload as a slice of `body`; any other body, or one
 /// that does not have that shape, decodes whole.
-fn decode_body(body: Bytes) -> Result<Message, DecodeError> {
+pub fn decode_body(body: Bytes) -> Result<Message, DecodeError> {
     if let Some((payload_header_at, payload)) = data_payload(&body) {
         let mut head = Vec::with_capacity(payload_header_at + 1);
         head.extend_from_slice(&body[..payload_header_at]);
@@ -236,10 +249,18 @@ impl FrameDecoder {
 
     /// The next whole message, if one is buffered; see [`decode_frame_within`].
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        self.next_body()?.map(decode_body).transpose()
+    }
+
+    /// The next whole frame's body, if one is buffered, not yet decoded: its caller decodes it
+    /// with [`decode_body`] (where it likes, when [`body_decodes_cheaply`] says it is dear).
+    /// The limits are those of [`FrameDecoder::next_message`].
+    pub fn next_body(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let body_bytes_max = self.body_bytes_max();
-        let message = decode_frame_within(&mut self.buffer, body_bytes_max)?;
-        self.first_frame_decoded |= message.is_some();
-        Ok(message)
+        let body = take_body_within(&mut self.buffer, body_bytes_max)?;
+        // A first frame that does not decode closes the connection, so none comes after it.
+        self.first_frame_decoded |= body.is_some();
+        Ok(body)
     }
 
     /// Makes room for the next read into [`FrameDecoder::buffer_mut`] of up to `read_bytes`.

@@ -5,7 +5,8 @@ mod holders;
 pub mod message;
 
 pub use codec::{
-    decode_frame, decode_frame_within, encode_frame, encode_frame_parts, frame_body_bytes_max, FrameDecoder,
+    body_decodes_cheaply, decode_body, decode_frame, decode_frame_within, encode_frame, encode_frame_parts,
+    frame_body_bytes_max, FrameDecoder,
 };
 pub use holders::Holders;
 pub use message::{
