@@ -437,3 +437,38 @@ fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
     download_giving_up(tracker_addr, &subdir(dir.path(), "downloader"), &file_id, &holder.to_string(), reason);
     drop(announcer);
 }
+
+#[test]
+fn the_default_output_tells_who_joins_what_is_sent_to_whom_and_who_leaves() {
+    let dir = temp_dir();
+    let original = random_file(dir.path(), "story.bin", 8 * 16 * 1024, 34);
+    let (tracker, tracker_addr) = Node::tracker();
+    let mut seeder = Node::peer("seeder", tracker_addr, &subdir(dir.path(), "s"), &["--share", path_str(&original)]);
+    let file_id = seeder.wait_sharing().file_id;
+    let short = &file_id[..8];
+    let out = subdir(dir.path(), "out");
+    let get_args = ["--get", file_id.as_str(), "--out", path_str(&out), "--exit-when-done"];
+    let mut downloader = Node::peer("downloader", tracker_addr, &subdir(dir.path(), "d"), &get_args);
+    let downloader_addr = downloader.addr();
+    assert_same_file(&downloader.wait_complete(&file_id, DOWNLOAD_TIMEOUT), &original);
+    assert!(downloader.wait_exit(EXIT_TIMEOUT).success(), "{}", downloader.report());
+
+    // Without RUST_LOG or -v: the tracker tells the downloader joining and leaving, the seeder
+    // whom it sends to, and on leaving how much it sent to whom.
+    for line in [format!("peer {downloader_addr} wants {short}"), format!("peer {downloader_addr} left")] {
+        wait_for_stderr(&tracker, &line);
+    }
+    wait_for_stderr(&seeder, &format!("sending {short} to 127.0.0.1:"));
+    seeder.terminate();
+    seeder.wait_exit(EXIT_TIMEOUT);
+    wait_for_stderr(&seeder, "to 1 peer: 127.0.0.1:");
+}
+
+/// Waits (bounded) until `node` printed `text` on stderr.
+fn wait_for_stderr(node: &Node, text: &str) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while !node.stderr_tail().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} on stderr:\n{}", node.stderr_tail());
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -88,7 +88,7 @@ impl Bitfield {
 
     /// The pieces in the set, in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = PieceIndex> + '_ {
-        (0..self.len).map(PieceIndex).filter(|p| self.has(*p))
+        self.iter_combined(self, |mine, _| mine)
     }
 
     /// The pieces not in the set, in ascending order.
@@ -96,34 +96,43 @@ impl Bitfield {
         (0..self.len).map(PieceIndex).filter(|p| !self.has(*p))
     }
 
-    /// The pieces in this set and not in `other`, in ascending order; whole bytes with nothing
-    /// to offer are skipped, so a scan over a nearly complete download costs little.
+    /// The pieces in this set and not in `other`, in ascending order; words of 64 pieces with
+    /// nothing to offer are skipped, so a scan over a nearly complete download costs little.
     pub fn iter_and_not<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
         self.iter_combined(other, |mine, theirs| mine & !theirs)
     }
 
-    /// The pieces in this set and in `other`, in ascending order (whole bytes skipped as in
+    /// The pieces in this set and in `other`, in ascending order (empty words skipped as in
     /// [`Bitfield::iter_and_not`]).
     pub fn iter_and<'a>(&'a self, other: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
         self.iter_combined(other, |mine, theirs| mine & theirs)
     }
 
-    /// The pieces whose bit is set in `combine(byte of self, byte of other)`, in ascending
-    /// order; `other` counts as empty past its end.
+    /// The pieces whose bit is set in `combine(word of self, word of other)`, 64 pieces a
+    /// word, in ascending order; `other` counts as empty past its end.
     fn iter_combined<'a>(
         &'a self,
         other: &'a Bitfield,
-        combine: impl Fn(u8, u8) -> u8 + 'a,
+        combine: impl Fn(u64, u64) -> u64 + 'a,
     ) -> impl Iterator<Item = PieceIndex> + 'a {
-        let others = other.bytes.iter().copied().chain(std::iter::repeat(0));
-        self.bytes.iter().zip(others).enumerate().flat_map(move |(at, (mine, theirs))| {
-            let mut left = combine(*mine, theirs);
+        (0..self.bytes.len().div_ceil(8)).flat_map(move |at| {
+            let mut left = combine(Self::word(&self.bytes, at), Self::word(&other.bytes, at));
             std::iter::from_fn(move || {
                 let bit = (left != 0).then(|| left.leading_zeros())?;
-                left &= !(0x80 >> bit);
-                Some(PieceIndex(at as u32 * 8 + bit))
+                left &= !((1 << 63) >> bit);
+                Some(PieceIndex(at as u32 * 64 + bit))
             })
         })
+    }
+
+    /// Pieces `64 × at` to `64 × at + 63` of `bytes`, the first in the most significant bit;
+    /// zero past the end.
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        let chunk = bytes.get(at * 8..).unwrap_or_default();
+        let chunk = &chunk[..chunk.len().min(8)];
+        let mut word = [0; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        u64::from_be_bytes(word)
     }
 
     fn bytes_for(len: u32) -> usize {

@@ -317,6 +317,16 @@ pub const PEX_INTERVAL: Duration = Duration::from_secs(1);
 /// Most peers one `Peers` message names; a remote that sends more breaks the protocol.
 pub const PEX_PEERS_PER_MESSAGE_MAX: usize = 32;
 
+/// Most peers the introduction names, the one `Peers` message a connection gets while a
+/// tracker is ready: enough for a newcomer to meet others before it holds pieces, few enough
+/// that a crowd's mesh stays sparse (each remote more is more `Haves` and requests to it).
+pub const PEX_INTRODUCTION_PEERS_MAX: usize = 8;
+
+/// Connections for a file (open or opening) under which a peer dials the peers a `Peers`
+/// message names while a tracker is ready; without a ready tracker it dials them all. The
+/// tracker names holders as they appear, so the mesh peer exchange adds stays this sparse.
+pub const PEX_MESH_PEERS: usize = 16;
+
 /// Shortest time between two `Peers` messages of one file a remote's are acted on; one that
 /// comes sooner is ignored (a remote cannot make a peer dial more often than this).
 pub const PEX_RECEIVE_INTERVAL_MIN: Duration = Duration::from_millis(500);

@@ -22,18 +22,12 @@
 //! refused.
 //!
 //! [`StoreWork`] owns the count of store work in flight per file and the set of files being
-//! removed; the `impl Peer` block routes the three commands.
+//! removed; the control block of `Peer`'s routing (in `mod.rs`) carries out the three commands.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet};
 
-use crate::error::CommandError;
-use crate::ids::{ConnId, FileId};
-use crate::machine::{Command, Completion, Event, Output};
-use crate::wire::{ErrorCode, Message};
-
-use super::downloads::Phase;
-use super::pieces::FileEntry;
-use super::Peer;
+use crate::ids::FileId;
+use crate::machine::{Completion, Output};
 
 /// Store work in flight per file, and the files being removed; see the module docs.
 #[derive(Debug, Default)]
@@ -127,98 +121,14 @@ fn answered(completion: &Completion) -> Option<FileId> {
     }
 }
 
-/// Routing of the control commands.
-impl Peer {
-    /// Refuses a control command the peer's state does not allow.
-    pub(super) fn check_control(&self, command: &Command) -> Result<(), CommandError> {
-        let file_id = match command {
-            Command::Pause { file_id } | Command::Resume { file_id } | Command::Remove { file_id } => file_id,
-            Command::Share { .. } | Command::Get { .. } | Command::Leave => return Ok(()),
-        };
-        let Some(entry) = self.files.get(file_id) else {
-            return Err(if self.store_work.is_removing(file_id) {
-                CommandError::Removing
-            } else {
-                CommandError::UnknownFile
-            });
-        };
-        match (command, entry.download().map(|download| download.phase())) {
-            (Command::Pause { .. }, Some(Phase::Fetching)) | (Command::Resume { .. }, Some(Phase::Paused)) => Ok(()),
-            (Command::Pause { .. }, _) => Err(CommandError::NotFetching),
-            (Command::Resume { .. }, _) => Err(CommandError::NotPaused),
-            _ => Ok(()),
-        }
-    }
-
-    /// Pauses the download `file_id` (checked to be fetching).
-    pub(super) fn pause(&mut self, file_id: FileId) {
-        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
-        if download.pause() {
-            self.release_everywhere(file_id);
-        }
-    }
-
-    /// Resumes the paused download `file_id`: it asks the trackers for holders at once and
-    /// requests from the remotes it knows.
-    pub(super) fn resume(&mut self, file_id: FileId) {
-        let now = self.now;
-        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
-        if download.resume() {
-            download.locate_mut().ask_soon(now);
-            self.locate_due();
-            self.scheduler().schedule_all();
-        }
-    }
-
-    /// Removes `file_id` (see the module docs).
-    pub(super) fn remove(&mut self, file_id: FileId) {
-        if !self.files.contains_key(&file_id) {
-            return;
-        }
-        self.release_everywhere(file_id);
-        self.flush_haves();
-        self.files.remove(&file_id);
-        for conn in self.tracker.ready_conns() {
-            self.send(conn, Message::Leave { file_id: Some(file_id) });
-        }
-        self.forget_exchanges(file_id);
-        if self.store_work.remove(file_id) {
-            self.event(Event::Removed { file_id });
-        }
-    }
-
-    /// Ends the exchange of `file_id` with every remote: each that heard of our pieces or told
-    /// us of its own hears we do not have the file (and stops asking us for it), and our record
-    /// of its pieces goes, so a later download of the file starts the exchange over.
-    fn forget_exchanges(&mut self, file_id: FileId) {
-        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
-        for conn in conns {
-            let Some(remote) = self.remotes.get_mut(&conn) else { continue };
-            let told = remote.has_our_bitfield(file_id);
-            let heard = remote.forget_file(file_id).is_some();
-            remote.unwant(file_id);
-            if told || heard {
-                self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
-            }
-        }
-    }
-
-    /// Releases every piece of `file_id` assigned to a remote, cancelling its requests.
-    fn release_everywhere(&mut self, file_id: FileId) {
-        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
-        for conn in conns {
-            self.scheduler().release_file(conn, file_id);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::error::StoreError;
-    use crate::ids::{Digest, PieceIndex};
+    use crate::error::{CommandError, StoreError};
+    use crate::ids::{ConnId, Digest, PieceIndex};
+    use crate::machine::{Command, Event};
     use crate::peer::FileState;
     use crate::testkit::{file, Harness, NodeIx, TRACKER};
     use crate::time::Time;

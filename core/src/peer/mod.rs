@@ -3,8 +3,8 @@
 //!
 //! `Peer` routes inputs between sub-machines: every `impl Peer` block is in this file, one per
 //! sub-machine it routes to and from (the tracker links, the peer-to-peer links, the download
-//! pipeline, the upload side, peer exchange). The sub-machines own their state privately and
-//! change it only through their methods:
+//! pipeline, the upload side, peer exchange, local control). The sub-machines own their state
+//! privately and change it only through their methods:
 //! - `tracker_link`: the tracker connections, one per tracker (reconnect with backoff,
 //!   handshake, when to announce), and the tracker side of a file (announce, locate schedule);
 //! - `uploads`: the upload side: which remote's request is read next (upload slots,
@@ -70,6 +70,7 @@ use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, RejectReason, Ro
 use bans::Bans;
 pub use config::PeerConfig;
 use control::{Completed, StoreWork};
+use downloads::Phase;
 use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
@@ -1073,14 +1074,100 @@ impl Peer {
     /// A remote named other peers of `file_id`: connect to them as to holders a tracker named.
     pub(super) fn on_peers(&mut self, conn: ConnId, file_id: FileId, peers: Vec<PeerAddr>) {
         let fetching = self.files.get(&file_id).is_some_and(|entry| entry.is_fetching());
-        match self.pex.heard(self.now, conn, file_id, peers.len(), fetching) {
+        let mesh = (&self.remotes, !self.tracker.ready_conns().is_empty());
+        match self.pex.heard(self.now, (conn, file_id), peers.len(), fetching, mesh) {
             Heard::TooLong => self.violation(conn, format!("peers message naming {} peers", peers.len())),
             Heard::Ignore => {}
-            Heard::Use => {
-                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0) {
+            Heard::Use(most) => {
+                for peer in peers.into_iter().filter(|peer| peer.addr.port() != 0).take(most) {
                     self.connect_for(peer, file_id);
                 }
             }
+        }
+    }
+}
+
+/// Routing of the control commands (`control`: pause, resume, remove).
+impl Peer {
+    /// Refuses a control command the peer's state does not allow.
+    fn check_control(&self, command: &Command) -> Result<(), CommandError> {
+        let file_id = match command {
+            Command::Pause { file_id } | Command::Resume { file_id } | Command::Remove { file_id } => file_id,
+            Command::Share { .. } | Command::Get { .. } | Command::Leave => return Ok(()),
+        };
+        let Some(entry) = self.files.get(file_id) else {
+            return Err(if self.store_work.is_removing(file_id) {
+                CommandError::Removing
+            } else {
+                CommandError::UnknownFile
+            });
+        };
+        match (command, entry.download().map(|download| download.phase())) {
+            (Command::Pause { .. }, Some(Phase::Fetching)) | (Command::Resume { .. }, Some(Phase::Paused)) => Ok(()),
+            (Command::Pause { .. }, _) => Err(CommandError::NotFetching),
+            (Command::Resume { .. }, _) => Err(CommandError::NotPaused),
+            _ => Ok(()),
+        }
+    }
+
+    /// Pauses the download `file_id` (checked to be fetching).
+    fn pause(&mut self, file_id: FileId) {
+        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
+        if download.pause() {
+            self.release_everywhere(file_id);
+        }
+    }
+
+    /// Resumes the paused download `file_id`: it asks the trackers for holders at once and
+    /// requests from the remotes it knows.
+    fn resume(&mut self, file_id: FileId) {
+        let now = self.now;
+        let Some(download) = self.files.get_mut(&file_id).and_then(FileEntry::download_mut) else { return };
+        if download.resume() {
+            download.locate_mut().ask_soon(now);
+            self.locate_due();
+            self.scheduler().schedule_all();
+        }
+    }
+
+    /// Removes `file_id` (see the module docs).
+    fn remove(&mut self, file_id: FileId) {
+        if !self.files.contains_key(&file_id) {
+            return;
+        }
+        self.release_everywhere(file_id);
+        self.flush_haves();
+        self.files.remove(&file_id);
+        for conn in self.tracker.ready_conns() {
+            self.send(conn, Message::Leave { file_id: Some(file_id) });
+        }
+        self.forget_exchanges(file_id);
+        if self.store_work.remove(file_id) {
+            self.event(Event::Removed { file_id });
+        }
+    }
+
+    /// Ends the exchange of `file_id` with every remote: each that heard of our pieces or told
+    /// us of its own hears we do not have the file (and stops asking us for it), and our record
+    /// of its pieces goes, so a later download of the file starts the exchange over.
+    fn forget_exchanges(&mut self, file_id: FileId) {
+        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
+        for conn in conns {
+            let Some(remote) = self.remotes.get_mut(&conn) else { continue };
+            let told = remote.has_our_bitfield(file_id);
+            let heard = remote.forget_file(file_id).is_some();
+            remote.unwant(file_id);
+            if told || heard {
+                self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
+            }
+        }
+    }
+
+    /// Releases every piece of `file_id` assigned to a remote, cancelling its requests.
+    fn release_everywhere(&mut self, file_id: FileId) {
+        let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
+        for conn in conns {
+            self.scheduler().release_file(conn, file_id);
         }
     }
 }
@@ -1135,7 +1222,7 @@ impl Machine for Peer {
             self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download().map(|d| d.locate().due_at()));
         let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
         let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.values().filter_map(|r| r.requests().resting_until()).min();
+        let rested = self.remotes.first_rest_end();
         [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
             .into_iter()
             .flatten()

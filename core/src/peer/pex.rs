@@ -15,15 +15,20 @@
 //! `Hello`) are named, and nobody is named twice on a connection. How often a connection is
 //! told depends on the trackers, the first source of peers:
 //! - while one of our trackers is ready, a connection gets one message, its first: an
-//!   introduction to the peers we know (a tracker names the holders of pieces, so a newcomer
-//!   of a crowd, holding nothing, would otherwise be found by others only once it holds
-//!   pieces), at one message per connection rather than one per connection and round;
+//!   introduction to at most [`PEX_INTRODUCTION_PEERS_MAX`] of the peers we know (a tracker
+//!   names the holders of pieces, so a newcomer of a crowd, holding nothing, would otherwise
+//!   be found by others only once it holds pieces), at one message per connection rather than
+//!   one per connection and round;
 //! - while none is ready, the peers not yet named to it follow every round, so a swarm whose
 //!   trackers are gone keeps forming.
 //!
 //! **Receiving.** A remote's `Peers` for a file is acted on at most every
 //! [`PEX_RECEIVE_INTERVAL_MIN`], only while the file is being fetched; a message naming more
-//! than [`PEX_PEERS_PER_MESSAGE_MAX`] peers breaks the protocol.
+//! than [`PEX_PEERS_PER_MESSAGE_MAX`] peers breaks the protocol. While one of our trackers is
+//! ready, only as many of the named peers are dialled as keep the file's connections (open or
+//! opening) under [`PEX_MESH_PEERS`]: the tracker keeps naming holders as they appear, and
+//! every connection more is more `Haves` and requests to carry, so a crowd's mesh stays
+//! sparse. Without a ready tracker every named peer is dialled (within the outbound bound).
 //!
 //! State: the next round's time and, per connection and file, the peers named to it (pruned to
 //! the peers still connected, so within the connection bound) and when its last message was
@@ -33,7 +38,9 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{ConnId, FileId, PeerId};
-use crate::limits::{PEX_INTERVAL, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN};
+use crate::limits::{
+    PEX_INTERVAL, PEX_INTRODUCTION_PEERS_MAX, PEX_MESH_PEERS, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN,
+};
 use crate::rng::Rng;
 use crate::small::VecSet;
 use crate::time::Time;
@@ -56,10 +63,10 @@ pub(super) struct Pex {
 /// What to do with a `Peers` message a remote sent.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Heard {
-    /// Dial the peers it names, as if a tracker named them.
-    Use,
-    /// Drop it: the file is not being fetched, or the remote's last one was acted on too
-    /// recently.
+    /// Dial this many of the peers it names (the first ones), as if a tracker named them.
+    Use(usize),
+    /// Drop it: the file is not being fetched, the remote's last one was acted on too
+    /// recently, or a tracker is ready and the file's mesh is full.
     Ignore,
     /// It names more peers than a message may: a protocol violation.
     TooLong,
@@ -103,9 +110,10 @@ impl Pex {
         }
         let by_file = nameable_by_file(remotes);
         let mut round = Vec::new();
+        let most = if tracker_ready { PEX_INTRODUCTION_PEERS_MAX } else { PEX_PEERS_PER_MESSAGE_MAX };
         for (conn, file_id) in due {
             let Some(peers) = by_file.get(&file_id) else { continue };
-            if let Some(fresh) = self.fresh(conn, file_id, peers, rng) {
+            if let Some(fresh) = self.fresh(conn, file_id, peers, most, rng) {
                 round.push((conn, file_id, fresh));
             }
         }
@@ -119,6 +127,7 @@ impl Pex {
         conn: ConnId,
         file_id: FileId,
         peers: &[(ConnId, PeerAddr)],
+        most: usize,
         rng: &mut Rng,
     ) -> Option<Vec<PeerAddr>> {
         let told = self.told.get(&(conn, file_id));
@@ -131,7 +140,7 @@ impl Pex {
             return None;
         }
         rng.shuffle(&mut fresh);
-        fresh.truncate(PEX_PEERS_PER_MESSAGE_MAX);
+        fresh.truncate(most);
         let mut kept = VecSet::new();
         // Only peers still connected stay recorded: the set stays within the connection bound.
         kept.extend(
@@ -143,8 +152,16 @@ impl Pex {
     }
 
     /// A remote on `conn` sent a `Peers` for `file_id` naming `named` peers at `now`;
-    /// `fetching` says whether we fetch the file.
-    pub fn heard(&mut self, now: Time, conn: ConnId, file_id: FileId, named: usize, fetching: bool) -> Heard {
+    /// `fetching` says whether we fetch the file, `remotes` are our connections and
+    /// `tracker_ready` whether one of our trackers is ready (see the module docs).
+    pub fn heard(
+        &mut self,
+        now: Time,
+        (conn, file_id): (ConnId, FileId),
+        named: usize,
+        fetching: bool,
+        (remotes, tracker_ready): (&Remotes, bool),
+    ) -> Heard {
         if named > PEX_PEERS_PER_MESSAGE_MAX {
             return Heard::TooLong;
         }
@@ -152,8 +169,17 @@ impl Pex {
         if !fetching || self.heard_at.get(&key).is_some_and(|at| now < *at + PEX_RECEIVE_INTERVAL_MIN) {
             return Heard::Ignore;
         }
+        let most = if tracker_ready {
+            let meshed = remotes.values().filter(|r| r.pieces(file_id).is_some() || r.wants(file_id));
+            PEX_MESH_PEERS.saturating_sub(meshed.count())
+        } else {
+            named
+        };
+        if most == 0 {
+            return Heard::Ignore;
+        }
         self.heard_at.insert(key, now);
-        Heard::Use
+        Heard::Use(most)
     }
 }
 
@@ -334,5 +360,33 @@ mod tests {
         assert!(connects(&refused).is_empty());
         assert!(refused.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))), "{refused:?}");
         assert!(refused.contains(&Output::Close { conn: conns[0] }));
+    }
+
+    #[test]
+    fn while_a_tracker_is_ready_named_peers_are_dialled_only_up_to_the_mesh_size() {
+        use crate::limits::PEX_MESH_PEERS;
+        use crate::peer::pex::{Heard, Pex};
+        use crate::peer::remote::{Remote, Remotes};
+
+        let file_id = crate::ids::FileId(crate::ids::Digest([5; 32]));
+        let mut remotes = Remotes::new();
+        let mut pex = Pex::new();
+        let mut heard = |remotes: &Remotes, conn: u64, tracker_ready| {
+            pex.heard(Time::ZERO, (ConnId::Inbound(conn), file_id), 8, true, (remotes, tracker_ready))
+        };
+        let connected = PEX_MESH_PEERS as u8 - 3;
+        for host in 2..2 + connected {
+            let mut remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
+            remote.set_pieces(file_id, Bitfield::new(4));
+            remotes.accept(ConnId::Inbound(u64::from(host)), remote);
+        }
+        assert_eq!(heard(&remotes, 2, true), Heard::Use(3), "three more fill the mesh");
+        assert_eq!(heard(&remotes, 3, false), Heard::Use(8), "no tracker: every named peer");
+        for host in 2 + connected..2 + connected + 3 {
+            let mut remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
+            remote.set_pieces(file_id, Bitfield::new(4));
+            remotes.accept(ConnId::Inbound(u64::from(host)), remote);
+        }
+        assert_eq!(heard(&remotes, 4, true), Heard::Ignore, "the mesh is full");
     }
 }

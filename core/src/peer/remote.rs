@@ -12,6 +12,7 @@
 
 use std::collections::{btree_map, BTreeMap};
 use std::net::SocketAddr;
+use std::ops::Bound;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
@@ -247,6 +248,10 @@ pub(super) struct Remotes {
     by_conn: BTreeMap<ConnId, Remote>,
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
+    /// Every resting remote's rest end (see [`Requests::resting_until`]), earliest first: the
+    /// peer's next wake-up and the rests that are over are read here, not by a walk over
+    /// every connection after each input.
+    rests: VecSet<(Time, ConnId)>,
 }
 
 impl Remotes {
@@ -280,6 +285,14 @@ impl Remotes {
         self.by_conn.iter()
     }
 
+    /// The connections after `after` (all when `None`), in `ConnId` order.
+    pub fn iter_after(&self, after: Option<ConnId>) -> btree_map::Range<'_, ConnId, Remote> {
+        match after {
+            Some(conn) => self.by_conn.range((Bound::Excluded(conn), Bound::Unbounded)),
+            None => self.by_conn.range(..),
+        }
+    }
+
     /// Every connection id, in order.
     pub fn keys(&self) -> btree_map::Keys<'_, ConnId, Remote> {
         self.by_conn.keys()
@@ -292,7 +305,33 @@ impl Remotes {
 
     /// Forgets `conn`.
     pub fn remove(&mut self, conn: &ConnId) -> Option<Remote> {
-        self.by_conn.remove(conn)
+        let remote = self.by_conn.remove(conn)?;
+        if let Some(until) = remote.requests.resting_until() {
+            self.rests.remove(&(until, *conn));
+        }
+        Some(remote)
+    }
+
+    /// `conn`'s rest end moved from `old` to `new` (the scheduler changed it).
+    pub fn rest_changed(&mut self, conn: ConnId, old: Option<Time>, new: Option<Time>) {
+        if let Some(old) = old {
+            self.rests.remove(&(old, conn));
+        }
+        if let Some(new) = new {
+            self.rests.insert((new, conn));
+        }
+    }
+
+    /// The earliest rest end, over or not.
+    pub fn first_rest_end(&self) -> Option<Time> {
+        self.rests.iter().next().map(|(until, _)| *until)
+    }
+
+    /// The remotes whose rest is over at `now`, in `ConnId` order.
+    pub fn rests_over(&self, now: Time) -> Vec<ConnId> {
+        let mut over: Vec<ConnId> = self.rests.iter().take_while(|(until, _)| *until <= now).map(|(_, c)| *c).collect();
+        over.sort_unstable();
+        over
     }
 
     /// How many remotes told us they hold `piece` of `file_id`.

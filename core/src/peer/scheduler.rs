@@ -140,7 +140,12 @@ impl Requests {
 
     /// The pieces of `file_id` assigned to the remote, in order.
     fn assigned_in(&self, file_id: FileId) -> impl Iterator<Item = PieceIndex> + '_ {
-        self.assigned.range((file_id, PieceIndex(0))..=(file_id, PieceIndex(u32::MAX))).map(|(_, piece)| *piece)
+        self.assigned_from(file_id, PieceIndex(0))
+    }
+
+    /// The pieces of `file_id` from `first` on assigned to the remote, in order.
+    fn assigned_from(&self, file_id: FileId, first: PieceIndex) -> impl Iterator<Item = PieceIndex> + '_ {
+        self.assigned.range((file_id, first)..=(file_id, PieceIndex(u32::MAX))).map(|(_, piece)| *piece)
     }
 
     /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
@@ -234,6 +239,18 @@ pub(super) enum Hashed {
     },
 }
 
+/// Where a fill looks for the next block to request. Within one fill only the remote's own
+/// requests and assignments change the answer, so a piece found with no block left stays so:
+/// after a block of a piece is requested, the pieces before it need no second look, and after
+/// a piece is assigned because none had a block left, only that piece does.
+#[derive(Clone, Copy, Debug)]
+enum Look {
+    /// The assigned pieces from this one on.
+    From(PieceIndex),
+    /// Only this piece, just assigned.
+    Only(PieceIndex),
+}
+
 /// The download pipeline over the peer's tables, for one input (see the module docs).
 pub(super) struct Scheduler<'a> {
     now: Time,
@@ -270,27 +287,51 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Fills the pipelines of the ready remotes that hold `piece`, which has just become free
+    /// to fetch (its remote refused it), until one of them takes it: only they can, and the
+    /// others' choices did not change. A downloader told `Busy` thus asks the next holder with
+    /// room, not every remote at once.
+    fn schedule_holders(&mut self, file_id: FileId, piece: PieceIndex) {
+        let now = self.now;
+        let mut after = None;
+        // One holder at a time, in `ConnId` order: filling one remote's pipeline changes no
+        // other remote's stage, rest or pieces.
+        while let Some(conn) = self
+            .remotes
+            .iter_after(after)
+            .filter(|(_, r)| r.is_ready() && !r.requests().is_resting(now))
+            .find(|(_, r)| r.pieces(file_id).is_some_and(|have| have.has(piece)))
+            .map(|(conn, _)| *conn)
+        {
+            self.schedule(conn);
+            if self.remotes.get(&conn).is_some_and(|r| r.requests().assigned.contains(&(file_id, piece))) {
+                return;
+            }
+            after = Some(conn);
+        }
+    }
+
     /// Remotes whose rest is over (stalled, or `Busy`) get requests again.
     pub fn wake_rested(&mut self) {
-        let now = self.now;
-        let rested: Vec<ConnId> = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| r.requests().resting_until.is_some_and(|until| until <= now))
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in rested {
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.requests_mut().resting_until = None;
-            }
+        for conn in self.remotes.rests_over(self.now) {
+            self.rest(conn, None);
             self.schedule(conn);
+        }
+    }
+
+    /// Starts (`Some` end) or ends `conn`'s rest, keeping the table's index of rests.
+    fn rest(&mut self, conn: ConnId, until: Option<Time>) {
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let old = std::mem::replace(&mut remote.requests_mut().resting_until, until);
+        if old != until {
+            self.remotes.rest_changed(conn, old, until);
         }
     }
 
     /// Fills `conn`'s pipeline with block requests for every file it can help with.
     pub fn schedule(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
-        if !remote.is_ready() {
+        if !remote.is_ready() || remote.requests().is_resting(self.now) {
             return;
         }
         let files: Vec<FileId> = remote.files().map(|(file_id, _)| *file_id).collect();
@@ -304,31 +345,39 @@ impl<'a> Scheduler<'a> {
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
         let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
+        let mut look = Look::From(PieceIndex(0));
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
             let requests = remote.requests();
             if requests.in_flight.len() >= requests.pipeline_depth(block_bytes) || requests.is_resting(self.now) {
                 return;
             }
-            if let Some((piece, block)) = self.next_block(conn, file_id) {
+            if let Some((piece, block)) = self.next_block(conn, file_id, look) {
                 self.request_block(conn, file_id, piece, block);
+                if let Look::From(_) = look {
+                    look = Look::From(piece);
+                }
                 continue;
             }
             if requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX {
                 return;
             }
             match self.choose_piece(conn, file_id) {
-                Some(choice) => self.assign(conn, file_id, choice),
+                Some(choice) => look = Look::Only(self.assign(conn, file_id, choice)),
                 None => return,
             }
         }
     }
 
-    /// A block of a piece assigned to `conn` that nobody received and `conn` has not requested.
-    fn next_block(&self, conn: ConnId, file_id: FileId) -> Option<(PieceIndex, u32)> {
+    /// A block of a piece assigned to `conn`, among those `look` names, that nobody received
+    /// and `conn` has not requested.
+    fn next_block(&self, conn: ConnId, file_id: FileId, look: Look) -> Option<(PieceIndex, u32)> {
         let remote = self.remotes.get(&conn)?;
         let download = self.files.get(&file_id)?.download()?;
-        download.next_block(conn, remote.requests().assigned_in(file_id))
+        match look {
+            Look::From(first) => download.next_block(conn, remote.requests().assigned_from(file_id, first)),
+            Look::Only(piece) => download.next_block(conn, std::iter::once(piece)),
+        }
     }
 
     /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
@@ -348,8 +397,8 @@ impl<'a> Scheduler<'a> {
         download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
-    /// Gives `conn` the piece `choose_piece` chose for it.
-    fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) {
+    /// Gives `conn` the piece `choose_piece` chose for it; returns the piece.
+    fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) -> PieceIndex {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a piece is chosen only for a download whose manifest is known")
         };
@@ -359,6 +408,7 @@ impl<'a> Scheduler<'a> {
         remote.requests_mut().assigned.insert((file_id, piece));
         let from = remote.addr();
         self.event(Event::PieceRequested { file_id, piece, from });
+        piece
     }
 
     /// Requests the block `next_block` offered `conn`.
@@ -393,8 +443,8 @@ impl<'a> Scheduler<'a> {
         let requests = remote.requests_mut();
         requests.progress_at = now;
         requests.rate.arrived(now, bytes.len() as u64);
-        requests.resting_until = None;
         let sender = remote.identity();
+        self.rest(conn, None);
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             return Ok(());
         };
@@ -439,12 +489,12 @@ impl<'a> Scheduler<'a> {
             return;
         }
         if reason == RejectReason::Busy {
-            remote.requests_mut().resting_until = Some(self.now + BUSY_RETRY_DELAY);
+            self.rest(conn, Some(self.now + BUSY_RETRY_DELAY));
             self.unassign(conn, file_id, piece);
         } else {
             self.give_up_on(conn, file_id, piece);
         }
-        self.schedule_all();
+        self.schedule_holders(file_id, piece);
     }
 
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
@@ -488,7 +538,7 @@ impl<'a> Scheduler<'a> {
         let mut pieces: Vec<(FileId, PieceIndex)> =
             remote.requests().in_flight.iter().map(|(file_id, piece, _)| (*file_id, *piece)).collect();
         pieces.dedup();
-        remote.requests_mut().resting_until = Some(self.now + REQUEST_TIMEOUT);
+        self.rest(conn, Some(self.now + REQUEST_TIMEOUT));
         for (file_id, piece) in pieces {
             self.unassign(conn, file_id, piece);
         }
