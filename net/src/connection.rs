@@ -4,7 +4,7 @@
 //! Framing is core's (`FrameDecoder` and `encode_frame`, also as a `tokio_util` codec,
 //! [`FrameCodec`], for the client): a connection's first frame may be only as large as a
 //! `Hello`, and a receive buffer grows with the bytes that arrive, never with what a length
-//! prefix claims. A body dear to decode (a manifest of many pieces: over
+//! prefix claims. A body costly to decode (a manifest of many pieces: over
 //! [`BODY_DECODE_CHEAP_BYTES_MAX`](p2p_core::limits::BODY_DECODE_CHEAP_BYTES_MAX), not `Data`) is decoded on a blocking thread, at most
 //! [`BODY_DECODES_OFF_THREAD_MAX`] at once per process, so the thread every connection shares
 //! answers the others' small requests meanwhile. The reader hands the messages it has whole to the driver in one report with
@@ -377,7 +377,7 @@ impl Connection {
     }
 }
 
-/// The lanes of [`BODY_DECODES_OFF_THREAD_MAX`]: dear frame bodies (a manifest of many pieces)
+/// The lanes of [`BODY_DECODES_OFF_THREAD_MAX`]: costly frame bodies (a manifest of many pieces)
 /// are decoded on blocking threads, so the connections' thread keeps answering the cheap
 /// requests of others (a tracker's locates behind a flood of announces) meanwhile.
 static DEAR_DECODES: Semaphore = Semaphore::const_new(BODY_DECODES_OFF_THREAD_MAX);
@@ -498,7 +498,7 @@ impl Reader {
             let next = if messages.is_empty() {
                 self.next_message().await
             } else {
-                // Only what is buffered: no read, no wait but for a dear body's decoding.
+                // Only what is buffered: no read, no wait but for a costly body's decoding.
                 self.buffered_message().await
             };
             match next {

@@ -253,7 +253,7 @@ impl FrameDecoder {
     }
 
     /// The next whole frame's body, if one is buffered, not yet decoded: its caller decodes it
-    /// with [`decode_body`] (where it likes, when [`body_decodes_cheaply`] says it is dear).
+    /// with [`decode_body`] (where it likes, when [`body_decodes_cheaply`] says it is costly).
     /// The limits are those of [`FrameDecoder::next_message`].
     pub fn next_body(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let body_bytes_max = self.body_bytes_max();
