@@ -383,22 +383,30 @@ fn a_fresh_store_reuses_the_file_already_in_out_and_fetches_only_the_pieces_that
     assert!(seeder.is_running(), "{}", seeder.report());
 }
 
+/// Both cases wait out the node's bounded search for a reachable holder, so they run side by
+/// side: as two tests they would take two of the test harness's threads for that long.
 #[test]
-fn a_holder_that_accepts_and_says_nothing_is_named_with_the_timeout_and_the_download_gives_up() {
-    let silent = fake_holder(|stream| {
-        // Holds the connection open without a byte, as a stuck process or a black hole would.
-        thread::sleep(UNREACHABLE_FAILURE);
-        drop(stream);
+fn a_holder_that_says_nothing_or_speaks_another_protocol_is_named_and_the_download_gives_up() {
+    let silent = thread::spawn(|| {
+        let holder = fake_holder(|stream| {
+            // Holds the connection open without a byte, as a stuck process or a black hole would.
+            thread::sleep(UNREACHABLE_FAILURE);
+            drop(stream);
+        });
+        gives_up_on_the_fake_holder(holder, "handshake failed: no answer within", 28);
     });
-    gives_up_on_the_fake_holder(silent, "handshake failed: no answer within", 28);
-}
-
-#[test]
-fn a_holder_that_speaks_another_protocol_is_named_as_such_and_the_download_gives_up() {
-    let web_server = fake_holder(|mut stream| {
-        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").ok();
+    let web_server = thread::spawn(|| {
+        let holder = fake_holder(|mut stream| {
+            stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").ok();
+        });
+        gives_up_on_the_fake_holder(holder, "wrong protocol: handshake failed: the remote does not speak", 29);
     });
-    gives_up_on_the_fake_holder(web_server, "wrong protocol: handshake failed: the remote does not speak", 29);
+    for (case, handle) in [("a silent holder", silent), ("a web server", web_server)] {
+        if let Err(panic) = handle.join() {
+            eprintln!("the case of {case} failed");
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// A listener on 127.0.0.1 that hands each connection to `serve` on a thread of its own.

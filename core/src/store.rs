@@ -2,8 +2,7 @@
 //! implements (net's files on disk, sim's memory, the test harness), and [`carry_out`], the one
 //! mapping from a peer's storage [`Output`]s to the [`Completion`]s it expects back.
 //!
-//! The rules every store keeps, checked for all of them by the `conformance` suite (built with
-//! core's `testkit` feature):
+//! The rules every store keeps, checked for all of them by the [`conformance`] suite:
 //! - blocks land at their place whatever the order they are written in; a piece hashes to its
 //!   manifest digest once all its blocks are written;
 //! - only verified (or shared) pieces are read back, and every access stays inside one piece;
@@ -79,9 +78,7 @@ pub fn carry_out(store: &mut impl Store, output: Output) -> Option<Completion> {
     }
 }
 
-/// The conformance suite every [`Store`] passes (enabled by the `testkit` feature, so the
-/// drivers' crates run it in their tests).
-#[cfg(any(test, feature = "testkit"))]
+/// The conformance suite every [`Store`] passes, which the drivers' crates run in their tests.
 pub mod conformance {
     use super::*;
     use crate::limits::BLOCK_BYTES;
