@@ -1,8 +1,12 @@
-//! Scale benchmark: one seeder and N leechers sharing a 256-piece file on the event-queue
-//! driver. Prints wall time, simulated time and events per second for each N.
+//! Scale benchmark: four seeders and N leechers sharing a 256-piece file on the event-queue
+//! driver. Prints wall time, simulated time, events per second and, where the scenario has a
+//! Kumar–Ross bound, the last and median completion over T_min for each N.
 //!
 //! `cargo bench -p p2p-sim --bench scale` runs 1,000 and 10,000 peers; give other counts as
-//! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`. A run that exceeds
+//! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`. The leechers arrive in ten
+//! waves over the first ten seconds (no bound: late arrivals find the file spread), or all at
+//! once after the argument `flash` (a flash crowd, whose bound is defined):
+//! `cargo bench -p p2p-sim --bench scale -- flash 10000`. A run that exceeds
 //! `SCALE_WALL_BUDGET_S` seconds of wall time (default 300) is stopped there and reported as
 //! partial: how far in virtual time it got, and how many peers had completed. The trace digest
 //! (its first 16 hex digits) shows that a change to the simulator kept the run the same.
@@ -13,6 +17,7 @@
 use std::time::{Duration, Instant};
 
 use p2p_core::{Event, Output};
+use p2p_sim::efficiency;
 use p2p_sim::node::NodeMachine;
 use p2p_sim::scenario::{FileFile, HoldsFile, LinkFile, PeerFile, ScenarioFile};
 use p2p_sim::world::Step;
@@ -31,7 +36,16 @@ const WALL_BUDGET_S_DEFAULT: u64 = 300;
 /// Steps between two looks at the wall clock.
 const STEPS_PER_CLOCK_CHECK: u64 = 4096;
 
-fn scenario(leechers: u32) -> Scenario {
+/// How the leechers arrive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// In ten waves, one a second.
+    Waves,
+    /// All at the start.
+    Flash,
+}
+
+fn scenario(leechers: u32, arrival: Arrival) -> Scenario {
     let peer = |name: &str, count: Option<u32>, holds: Option<HoldsFile>, join_s: f64| PeerFile {
         name: name.to_owned(),
         count,
@@ -41,9 +55,12 @@ fn scenario(leechers: u32) -> Scenario {
     };
     let all = Some(HoldsFile::Word("all".to_owned()));
     let mut peers = vec![peer("S", Some(SEEDERS), all, 0.0)];
-    // Leechers arrive in ten waves over the first ten seconds.
-    let wave = leechers.div_ceil(10);
-    for i in 0..10 {
+    let waves = match arrival {
+        Arrival::Waves => 10,
+        Arrival::Flash => 1,
+    };
+    let wave = leechers.div_ceil(waves);
+    for i in 0..waves {
         let count = wave.min(leechers - (wave * i).min(leechers));
         if count > 0 {
             peers.push(peer(&format!("W{i}-"), Some(count), None, f64::from(i)));
@@ -111,22 +128,37 @@ fn count_u32<T>(items: impl Iterator<Item = T>) -> u32 {
 }
 
 fn main() {
-    let counts: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arrival = if args.iter().any(|a| a == "flash") { Arrival::Flash } else { Arrival::Waves };
+    let counts: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let counts = if counts.is_empty() { vec![1_000, 10_000] } else { counts };
     let budget_s =
         std::env::var("SCALE_WALL_BUDGET_S").ok().and_then(|v| v.parse().ok()).unwrap_or(WALL_BUDGET_S_DEFAULT);
-    println!("| peers | pieces | wall time | simulated time | events | events/s | completed | trace digest |");
-    println!("|------:|-------:|----------:|---------------:|-------:|---------:|----------:|:-------------|");
+    println!(
+        "| peers | pieces | wall time | simulated time | events | events/s | completed | T/T_min last, p50 | trace digest |"
+    );
+    println!(
+        "|------:|-------:|----------:|---------------:|-------:|---------:|----------:|:------------------|:-------------|"
+    );
     for leechers in counts {
-        let scenario = scenario(leechers);
+        let scenario = scenario(leechers, arrival);
         let (outcome, finished, wall) = run_with_budget(&scenario, leechers, Duration::from_secs(budget_s));
         let done = outcome.peers.iter().filter(|p| p.completed_at.is_some()).count();
+        let measured = efficiency::measure(&scenario, &outcome);
+        let ratios = match (&measured.bound, measured.last_s, measured.p50_s) {
+            (Ok(bound), Some(last), Some(p50)) => {
+                let t_min = bound.fluid_s();
+                format!("{:.2}, {:.2} (T_min {t_min:.2} s)", last / t_min, p50 / t_min)
+            }
+            (Ok(_), _, _) => "- (not all completed)".to_owned(),
+            (Err(why), _, _) => format!("n/a ({why})"),
+        };
         let simulated = match (finished, outcome.last_completion) {
             (true, Some(t)) => format!("{t} (last completion)"),
             _ => format!("{} reached (stopped)", outcome.ended_at),
         };
         println!(
-            "| {} | {PIECES} | {:.1} s | {simulated} | {} | {:.2} M | {done}/{leechers} | {} |",
+            "| {} | {PIECES} | {:.1} s | {simulated} | {} | {:.2} M | {done}/{leechers} | {ratios} | {} |",
             leechers + SEEDERS,
             wall.as_secs_f64(),
             outcome.events,
