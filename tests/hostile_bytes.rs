@@ -86,6 +86,7 @@ fn hello(version: u32) -> Vec<u8> {
         peer_id: PeerId([7; 16]),
         listen_port: 0,
         listen_ip: None,
+        room_calls: false,
     }))
 }
 

@@ -249,6 +249,7 @@ fn send_hello(client: &mut WireClient, listen_port: u16) {
         peer_id,
         listen_port,
         listen_ip: None,
+        room_calls: false,
     }));
 }
 
@@ -406,6 +407,7 @@ async fn lie(
                         peer_id,
                         listen_port: port,
                         listen_ip: None,
+                        room_calls: false,
                     };
                     vec![Message::Hello(hello)]
                 }

@@ -183,6 +183,7 @@ fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays_listed() 
         peer_id: impostor.peer_id(),
         listen_port: seeder.addr().port(),
         listen_ip: None,
+        room_calls: false,
     };
     impostor.send(&Message::Hello(hello));
     match impostor.recv(ANSWER_TIMEOUT) {

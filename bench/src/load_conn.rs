@@ -32,7 +32,14 @@ impl Conn {
         let keys = Keys::new(identity, None);
         let stream = secure::connect(stream, &keys).await.with_context(|| format!("handshake with {addr}"))?;
         let mut conn = Conn { stream, read_buf: BytesMut::new(), write_buf: BytesMut::new() };
-        conn.queue(&Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None }))?;
+        conn.queue(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            peer_id,
+            listen_port,
+            listen_ip: None,
+            room_calls: false,
+        }))?;
         conn.flush().await?;
         match conn.recv().await? {
             Message::Hello(_) => Ok(conn),

@@ -204,6 +204,12 @@ pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
 /// few blocks' time on a fast link, so room that frees in the line is taken again soon.
 pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// How long a downloader leaves a remote that refused a request as `Busy` and takes part in
+/// room calls before asking it again without having been called (`Room`): the call ends the
+/// wait at once, so this only bounds the wait for a call that never comes (its ticket was
+/// dropped). Its pieces go to other holders meanwhile.
+pub const BUSY_CALL_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// How long an upload slot holder may go without any of its queued `Data` frames leaving
 /// (its remote does not read) before it gives the slot up to a connection waiting for one.
 /// Far longer than TCP's retransmission back-off on a lossy link, so an honest slow reader
@@ -211,7 +217,8 @@ pub const BUSY_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an uploader holds room in its line for a connection it refused (`Busy`): long
-/// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip.
+/// enough for the downloader to ask again after [`BUSY_RETRY_DELAY`] and a round trip, or
+/// after a round trip once called (`Room`).
 pub const BUSY_TICKET_TIME: Duration = Duration::from_millis(600);
 
 const _: () = assert!(BUSY_RETRY_DELAY.as_millis() * 2 <= BUSY_TICKET_TIME.as_millis());

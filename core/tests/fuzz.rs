@@ -89,6 +89,7 @@ fn corpus() -> Vec<Message> {
             peer_id: PeerId([9; 16]),
             listen_port: 7,
             listen_ip: None,
+            room_calls: false,
         }),
         Message::Announce { file_id, manifest: Some(Box::new(manifest(1))), have: have.clone() },
         Message::Have { file_id, piece: PieceIndex(4) },

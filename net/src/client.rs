@@ -179,6 +179,7 @@ async fn handshake(tracker: SocketAddr, keys: &Keys) -> Result<Framed<SecureStre
         peer_id: keys.identity.peer_id(),
         listen_port: 0,
         listen_ip: None,
+        room_calls: false,
     };
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {

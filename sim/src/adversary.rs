@@ -145,7 +145,14 @@ impl World {
     /// `node`'s `Hello` as a peer listening on `port`.
     fn hello(&self, node: NodeIdx, port: u16) -> Hello {
         let peer_id = self.network.peer_id(node);
-        Hello { version: PROTOCOL_VERSION, role: WireRole::Peer, peer_id, listen_port: port, listen_ip: None }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role: WireRole::Peer,
+            peer_id,
+            listen_port: port,
+            listen_ip: None,
+            room_calls: false,
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
-use p2p_core::wire::Message;
+use p2p_core::wire::{Message, RejectReason};
 use p2p_core::{Command, CommandError, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
 
 use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
@@ -343,6 +343,11 @@ impl World {
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 self.outcome.block_arrived(node, from, piece.0, *offset, len);
                 self.request_answered(node, *conn);
+            }
+            // From a peer taking part in room calls (every honest one here), `Busy` answers
+            // every request outstanding on the connection.
+            Input::Message { conn, message: Message::Reject { reason: RejectReason::Busy, .. } } => {
+                self.nodes[node.0].in_flight.remove(conn);
             }
             Input::Message { conn, message: Message::Reject { .. } } => self.request_answered(node, *conn),
             _ => {}

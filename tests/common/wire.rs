@@ -45,7 +45,14 @@ impl WireClient {
     pub fn hello(source: Option<Ipv4Addr>, addr: SocketAddr, role: Role, listen_port: u16) -> WireClient {
         let mut client = WireClient::connect(source, addr, Keys::new_open()).expect("a handshake");
         let peer_id = client.peer_id();
-        client.send(&Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None }));
+        client.send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            peer_id,
+            listen_port,
+            listen_ip: None,
+            room_calls: false,
+        }));
         match client.recv(CONNECT_TIMEOUT) {
             Some(Message::Hello(reply)) => assert_eq!(reply.role, Role::Tracker),
             other => panic!("hello answered with {other:?}"),

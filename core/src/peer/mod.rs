@@ -79,7 +79,7 @@ use remote::{Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
-use uploads::{piece_holders, Held, OurFile, ServeJob, Uploads};
+use uploads::{piece_holders, Held, OurFile, Refused, ServeJob, Uploads};
 pub use view::{FileState, FileView, RemoteView};
 
 /// The peer state machine; see the module docs and [`Machine`].
@@ -243,6 +243,7 @@ impl Peer {
             peer_id: self.peer_id,
             listen_port: self.config.listen_port,
             listen_ip: self.config.listen_ip,
+            room_calls: true,
         })
     }
 
@@ -793,6 +794,15 @@ impl Peer {
             Message::Reject { file_id, piece, offset, reason } => {
                 self.scheduler().on_reject(conn, file_id, piece, offset, reason)
             }
+            Message::Room => {
+                if !self.scheduler().on_room(conn) {
+                    self.send(conn, Message::Pass);
+                }
+            }
+            Message::Pass => {
+                self.uploads.pass(conn);
+                self.pump_uploads();
+            }
             Message::GetManifest { file_id } => self.on_get_manifest(conn, file_id),
             Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
@@ -910,6 +920,8 @@ impl Peer {
         }
         let orphaned = self.scheduler().conn_gone(conn, remote.requests());
         self.uploads.drop_conn(conn);
+        // Its place in the upload line, if it had one, is free.
+        self.pump_uploads();
         if orphaned {
             // Its pieces are orphans now: other remotes may take them.
             self.scheduler().schedule_all();
@@ -944,12 +956,15 @@ impl Peer {
         if let Err(reason) = uploads::check_request(self.files.get(&file_id), piece, offset, len) {
             return self.send(conn, reject(reason));
         }
+        let room_calls = self.remotes.get(&conn).is_some_and(Remote::room_calls);
         debug_assert!(self.remotes.contains_key(&conn), "requests come from open connections");
         let holders = piece_holders(&self.remotes, &self.files);
-        if self.uploads.request(ServeJob { conn, file_id, piece, offset, len }, self.now, holders).is_err() {
-            return self.send(conn, reject(RejectReason::Busy));
+        let job = ServeJob { conn, file_id, piece, offset, len };
+        match self.uploads.request(job, self.now, room_calls, holders) {
+            Ok(()) => self.pump_uploads(),
+            Err(Refused::Busy) => self.send(conn, reject(RejectReason::Busy)),
+            Err(Refused::Covered) => {}
         }
-        self.pump_uploads();
     }
 
     fn on_cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
@@ -965,8 +980,8 @@ impl Peer {
         self.pump_uploads();
     }
 
-    /// Starts the reads the upload side allows now, and refuses the queued requests of
-    /// connections that left the upload line.
+    /// Starts the reads the upload side allows now, refuses the queued requests of
+    /// connections that left the upload line, and calls those room in it is free for.
     fn pump_uploads(&mut self) {
         loop {
             let holders = piece_holders(&self.remotes, &self.files);
@@ -978,6 +993,9 @@ impl Peer {
         }
         for ServeJob { conn, file_id, piece, offset, .. } in self.uploads.take_refused() {
             self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Busy });
+        }
+        for conn in self.uploads.take_calls(self.now) {
+            self.send(conn, Message::Room);
         }
     }
 

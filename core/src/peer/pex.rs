@@ -239,6 +239,7 @@ mod tests {
             peer_id: PeerId([host; 16]),
             listen_port: 7001,
             listen_ip: None,
+            room_calls: false,
         };
         outputs(peer, at, Input::Message { conn, message: Message::Hello(hello) });
         conn
@@ -311,6 +312,7 @@ mod tests {
             peer_id: tracker_id,
             listen_port: 0,
             listen_ip: None,
+            room_calls: false,
         };
         outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };

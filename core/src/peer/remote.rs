@@ -63,6 +63,8 @@ pub(super) struct Remote {
     last_heard: Time,
     /// When the connection was opened (for the handshake timeout).
     opened: Time,
+    /// Its `Hello` said it takes part in room calls (`Room`; see `uploads`).
+    room_calls: bool,
 }
 
 impl Remote {
@@ -92,12 +94,19 @@ impl Remote {
             useful_at: now,
             last_heard: now,
             opened: now,
+            room_calls: false,
         }
     }
 
     /// The remote's serving address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether it takes part in room calls: it is told when room in our upload line is free
+    /// for it, and tells us when room in its own is free for us.
+    pub fn room_calls(&self) -> bool {
+        self.room_calls
     }
 
     /// The remote's id: named (outbound, still connecting) or proven.
@@ -190,11 +199,13 @@ impl Remote {
     }
 
     /// The handshake is done (see `links::hello`); an inbound remote serves at the
-    /// `listen_port` it announced (0: none). Returns the files to exchange bitfields for now.
-    pub fn ready(&mut self, listen_port: u16) -> Vec<FileId> {
+    /// `listen_port` it announced (0: none), and takes part in room calls if it said so.
+    /// Returns the files to exchange bitfields for now.
+    pub fn ready(&mut self, listen_port: u16, room_calls: bool) -> Vec<FileId> {
         if !self.outbound && listen_port != 0 {
             self.addr = SocketAddr::new(self.addr.ip(), listen_port);
         }
+        self.room_calls = room_calls;
         self.stage = Stage::Ready;
         std::mem::take(&mut self.wanted).into_iter().collect()
     }

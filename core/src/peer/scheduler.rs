@@ -29,7 +29,7 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PieceIndex};
 use crate::limits::{
-    BLOCK_BYTES, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
+    BLOCK_BYTES, BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
     REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
     REQUEST_TIMEOUT_MAX,
 };
@@ -56,8 +56,11 @@ pub(super) struct Requests {
     progress_at: Time,
     /// Until when it gets no new requests: it let requests wait for [`REQUEST_TIMEOUT`] without
     /// sending a block (they went to others), or it answered `Busy`. A block arriving ends
-    /// this at once.
+    /// this at once, unless it waits for a call.
     resting_until: Option<Time>,
+    /// It answered `Busy` and takes part in room calls: it is asked again when it calls
+    /// (`Room`), not when a block it read before the refusal arrives.
+    awaits_call: bool,
     /// How fast it delivers our requests (sizes our pipeline to it).
     rate: DeliveryRate,
 }
@@ -70,6 +73,7 @@ impl Requests {
             assigned: VecSet::new(),
             progress_at: now,
             resting_until: None,
+            awaits_call: false,
             rate: DeliveryRate::default(),
         }
     }
@@ -322,6 +326,9 @@ impl<'a> Scheduler<'a> {
     /// Starts (`Some` end) or ends `conn`'s rest, keeping the table's index of rests.
     fn rest(&mut self, conn: ConnId, until: Option<Time>) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        if until.is_none() {
+            remote.requests_mut().awaits_call = false;
+        }
         let old = std::mem::replace(&mut remote.requests_mut().resting_until, until);
         if old != until {
             self.remotes.rest_changed(conn, old, until);
@@ -443,8 +450,11 @@ impl<'a> Scheduler<'a> {
         let requests = remote.requests_mut();
         requests.progress_at = now;
         requests.rate.arrived(now, bytes.len() as u64);
+        let awaits_call = requests.awaits_call;
         let sender = remote.identity();
-        self.rest(conn, None);
+        if !awaits_call {
+            self.rest(conn, None);
+        }
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             return Ok(());
         };
@@ -481,11 +491,30 @@ impl<'a> Scheduler<'a> {
     }
 
     /// The remote will not serve a block: give the piece to someone else. A remote that is
-    /// `Busy` (its upload slots and line are taken) keeps its pieces and is asked again after
-    /// [`BUSY_RETRY_DELAY`]; any other refusal means it will not serve this piece.
+    /// `Busy` (its upload slots and line are taken) keeps its pieces in our view. One that
+    /// takes part in room calls answered every request we had outstanding with it (see
+    /// `uploads`): all its pieces go to other holders, and it is asked again when it calls
+    /// (`Room`, see [`Scheduler::on_room`]), or after [`BUSY_CALL_WAIT_MAX`] without a call.
+    /// Another gives up this piece and is asked again after [`BUSY_RETRY_DELAY`]. Any other
+    /// refusal means it will not serve this piece.
     pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, reason: RejectReason) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if !remote.requests_mut().in_flight.remove(&(file_id, piece, offset)) {
+        let was_in_flight = remote.requests_mut().in_flight.remove(&(file_id, piece, offset));
+        if reason == RejectReason::Busy && remote.room_calls() {
+            // Even when this request was cancelled meanwhile: the others are dropped all the same.
+            let pieces: Vec<(FileId, PieceIndex)> = remote.requests().assigned.iter().copied().collect();
+            remote.requests_mut().awaits_call = true;
+            self.rest(conn, Some(self.now + BUSY_CALL_WAIT_MAX));
+            // Nothing to cancel: the remote dropped our other requests.
+            for &(file_id, piece) in &pieces {
+                self.release(conn, file_id, piece);
+            }
+            for (file_id, piece) in pieces {
+                self.schedule_holders(file_id, piece);
+            }
+            return;
+        }
+        if !was_in_flight {
             return;
         }
         if reason == RejectReason::Busy {
@@ -495,6 +524,15 @@ impl<'a> Scheduler<'a> {
             self.give_up_on(conn, file_id, piece);
         }
         self.schedule_holders(file_id, piece);
+    }
+
+    /// `conn` calls: room in its upload line is free for us. Its rest ends and it is asked
+    /// for what it can give; returns whether it was asked for anything (if not, the room is
+    /// to be passed on).
+    pub fn on_room(&mut self, conn: ConnId) -> bool {
+        self.rest(conn, None);
+        self.schedule(conn);
+        self.remotes.get(&conn).is_some_and(|r| !r.requests().is_empty())
     }
 
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
@@ -512,13 +550,20 @@ impl<'a> Scheduler<'a> {
     /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
     /// stay, and the piece is free for another remote.
     pub fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        let cancelled =
-            self.remotes.get_mut(&conn).map(|r| r.requests_mut().unassign(file_id, piece)).unwrap_or_default();
-        for offset in cancelled {
+        for offset in self.release(conn, file_id, piece) {
             self.send(conn, Message::Cancel { file_id, piece, offset });
         }
-        let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
-        download.unassign(piece, conn);
+    }
+
+    /// Takes `piece` away from `conn` without telling it; returns the offsets of the requests
+    /// for the piece that were in flight.
+    fn release(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
+        let withdrawn =
+            self.remotes.get_mut(&conn).map(|r| r.requests_mut().unassign(file_id, piece)).unwrap_or_default();
+        if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
+            download.unassign(piece, conn);
+        }
+        withdrawn
     }
 
     /// Stops fetching `file_id` from `conn`.

@@ -176,6 +176,7 @@ mod tests {
             peer_id: peer_id(n),
             listen_port: 40_000,
             listen_ip: None,
+            room_calls: false,
         };
         peer.handle(now, Input::Message { conn, message: Message::Hello(hello) });
         std::iter::from_fn(|| peer.poll_output()).collect()

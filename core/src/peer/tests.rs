@@ -384,7 +384,14 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let holder = PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid address") };
     let hello = |role, peer_id| {
-        Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port: 0, listen_ip: None })
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            peer_id,
+            listen_port: 0,
+            listen_ip: None,
+            room_calls: false,
+        })
     };
     let connect_to = |outputs: &[Output], to| {
         outputs.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == to)).cloned()
@@ -484,6 +491,7 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
         peer_id: crate::PeerId([1; 16]),
         listen_port: 0,
         listen_ip: None,
+        room_calls: false,
     };
     step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
     let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
@@ -529,6 +537,7 @@ fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
         peer_id: crate::PeerId([9; 16]),
         listen_port: 0,
         listen_ip: None,
+        room_calls: false,
     };
     let outputs = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: Message::Hello(claim) });
     assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
@@ -560,4 +569,67 @@ fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_con
     let remotes = h.peer(downloader).remote_views();
     assert!(remotes.iter().any(|r| r.ready && r.addr == h.addr(seeder) && r.peer_id.is_some()), "{remotes:?}");
     assert_eq!(h.peer(downloader).file_views()[0].name.as_deref(), Some(manifest.name()));
+}
+
+#[test]
+fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_when_it_calls() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
+    let holder =
+        crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let (mut peer, conn) = dialling_a_named_holder(holder);
+    // The file `dialling_a_named_holder` asks for.
+    let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let id = manifest.file_id();
+    let at = Time::from_millis;
+    step(&mut peer, at(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Peer,
+        peer_id: holder.peer_id,
+        listen_port: 7000,
+        listen_ip: None,
+        room_calls: true,
+    };
+    let hear = |peer: &mut super::Peer, ms, message| step(peer, at(ms), Input::Message { conn, message });
+    hear(&mut peer, 20, Message::Hello(hello));
+    hear(&mut peer, 21, Message::Manifest { manifest: Box::new(manifest.clone()) });
+    let asked = hear(&mut peer, 22, Message::Bitfield { file_id: id, have: crate::Bitfield::full(4) });
+    let requests = |outputs: &[Output]| -> Vec<u32> {
+        sent(outputs)
+            .iter()
+            .filter_map(|m| match m {
+                Message::Request { piece, .. } => Some(piece.0),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut pieces = requests(&asked);
+    pieces.sort_unstable();
+    assert_eq!(pieces, [0, 1, 2, 3], "its whole pipeline: {asked:?}");
+    // One `Busy` answers them all: nothing is cancelled (they were dropped), nothing asked.
+    let first = PieceIndex(pieces[0]);
+    let busy = Message::Reject { file_id: id, piece: first, offset: 0, reason: RejectReason::Busy };
+    let refused = hear(&mut peer, 30, busy);
+    assert!(sent(&refused).is_empty(), "{refused:?}");
+    // Neither time nor a block it read before the refusal brings a new request.
+    let later = step(&mut peer, at(1_000), Input::Timeout);
+    assert!(requests(&later).is_empty(), "{later:?}");
+    let block = bytes::Bytes::copy_from_slice(&bytes[16 * KIB..32 * KIB]);
+    let data = hear(&mut peer, 1_100, Message::Data { file_id: id, piece: PieceIndex(1), offset: 0, bytes: block });
+    assert!(requests(&data).is_empty(), "{data:?}");
+    // Its call does: the pieces it gave up are asked for again.
+    let called = hear(&mut peer, 1_200, Message::Room);
+    let mut again = requests(&called);
+    again.sort_unstable();
+    assert_eq!(again, [0, 2, 3], "{called:?}");
+    // Called again with everything it holds asked for already: the room is passed on.
+    let busy = Message::Reject { file_id: id, piece: PieceIndex(again[0]), offset: 0, reason: RejectReason::Busy };
+    hear(&mut peer, 1_300, busy);
+    let blocks = [0, 2, 3].map(|p| bytes::Bytes::copy_from_slice(&bytes[p * 16 * KIB..(p + 1) * 16 * KIB]));
+    for (piece, block) in [0, 2, 3].into_iter().zip(blocks) {
+        hear(&mut peer, 1_400, Message::Data { file_id: id, piece: PieceIndex(piece), offset: 0, bytes: block });
+    }
+    let passed = hear(&mut peer, 1_500, Message::Room);
+    assert!(matches!(sent(&passed)[..], [Message::Pass]), "{passed:?}");
 }

@@ -325,6 +325,7 @@ mod tests {
             peer_id: crate::PeerId([9; 16]),
             listen_port: 0,
             listen_ip: None,
+            room_calls: false,
         };
         let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
         let locates: Vec<_> = ready

@@ -225,6 +225,7 @@ impl Tracker {
             peer_id: self.peer_id,
             listen_port: 0,
             listen_ip: None,
+            room_calls: false,
         };
         self.send(conn, Message::Hello(reply));
     }

@@ -122,7 +122,14 @@ fn id_of(n: u64) -> PeerId {
 
 /// The `Hello` of the remote that proved `id_of(n)`.
 fn hello(role: Role, n: u64, port: u16) -> Message {
-    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id: id_of(n), listen_port: port, listen_ip: None })
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        peer_id: id_of(n),
+        listen_port: port,
+        listen_ip: None,
+        room_calls: false,
+    })
 }
 
 fn manifest(name: &str, pieces: u32) -> Manifest {
@@ -198,6 +205,7 @@ fn version_mismatch_is_refused_and_closed() {
         peer_id: PeerId([1; 16]),
         listen_port: 1,
         listen_ip: None,
+        room_calls: false,
     };
     let outputs = h.send(a, Message::Hello(bad.clone()));
     assert!(matches!(
@@ -851,6 +859,7 @@ fn a_peer_on_the_trackers_host_is_recorded_at_the_routable_ip_it_listens_on() {
         peer_id: id_of(n),
         listen_port: 7000 + n as u16,
         listen_ip: Some(IpAddr::V4(Ipv4Addr::from(listen_ip))),
+        room_calls: false,
     };
     // (connection, source IP, IP its Hello names, where others are told it is)
     let cases = [

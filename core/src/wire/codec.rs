@@ -316,6 +316,7 @@ mod tests {
             peer_id: PeerId([0xff; 16]),
             listen_port: u16::MAX,
             listen_ip: Some(std::net::IpAddr::from([0xff; 16])),
+            room_calls: true,
         })
     }
 
@@ -360,6 +361,35 @@ mod tests {
             );
         }
         assert_eq!(decoder.next_message(), Ok(None), "the frame is still incomplete");
+    }
+
+    #[test]
+    fn a_hello_without_room_calls_encodes_as_before_and_one_with_them_decodes_where_they_are_unknown() {
+        let Message::Hello(mut calling) = hello() else { unreachable!("hello() is a Hello") };
+        calling.listen_ip = None;
+        let plain = Hello { room_calls: false, ..calling.clone() };
+        let body = |hello: &Hello| frame(&Message::Hello(hello.clone())).split_off(FRAME_HEADER_BYTES);
+        let needle = b"room_calls";
+        assert!(!body(&plain).windows(needle.len()).any(|w| w == needle), "the field is absent when false");
+        assert!(body(&calling).windows(needle.len()).any(|w| w == needle));
+        // A peer that predates the field: its `Hello` has the other five.
+        #[derive(serde::Deserialize)]
+        struct EarlierHello {
+            version: u32,
+            role: Role,
+            peer_id: PeerId,
+            listen_port: u16,
+            listen_ip: Option<std::net::IpAddr>,
+        }
+        #[derive(serde::Deserialize)]
+        enum EarlierMessage {
+            Hello(EarlierHello),
+        }
+        let decoded: EarlierMessage = ciborium::from_reader(&body(&calling)[..]).expect("unknown fields are skipped");
+        let EarlierMessage::Hello(earlier) = decoded;
+        let fields = (earlier.version, earlier.role, earlier.peer_id, earlier.listen_port, earlier.listen_ip);
+        assert_eq!(fields, (u32::MAX, Role::Tracker, PeerId([0xff; 16]), u16::MAX, None));
+        assert_eq!(decode_body(body(&plain).freeze()), Ok(Message::Hello(plain)));
     }
 
     #[test]
@@ -532,12 +562,13 @@ mod tests {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         });
         prop_oneof![
-            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(id, port)| Message::Hello(Hello {
+            (any::<[u8; 16]>(), any::<u16>(), any::<bool>()).prop_map(|(id, port, room_calls)| Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Peer,
                 peer_id: PeerId(id),
                 listen_port: port,
-                listen_ip: None
+                listen_ip: None,
+                room_calls,
             })),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
@@ -575,6 +606,8 @@ mod tests {
                 piece: PieceIndex(p),
                 offset: 9
             }),
+            Just(Message::Room),
+            Just(Message::Pass),
             file_id.clone().prop_map(|file_id| Message::GetManifest { file_id }),
             arb_manifest().prop_map(|manifest| Message::Manifest { manifest: Box::new(manifest) }),
             (file_id, proptest::collection::vec(peer, 0..4))

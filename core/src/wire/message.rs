@@ -50,6 +50,13 @@ pub struct Hello {
     /// reached it at 127.0.0.1 but serves other hosts). Absent from the encoding when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_ip: Option<IpAddr>,
+    /// The sender takes part in room calls: as an uploader it sends `Room` to a remote it
+    /// refused as `Busy` once room in its upload line is free for it, and as a downloader it
+    /// waits for that call rather than asking such a remote again on a timer. A peer sends
+    /// `Room` only to remotes that said so here. Absent from the encoding when false, so peers
+    /// that do not know the field decode the `Hello` as before (serde skips unknown fields).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub room_calls: bool,
 }
 
 /// A peer as the tracker tells others of it.
@@ -233,6 +240,12 @@ pub enum Message {
         /// Why.
         reason: RejectReason,
     },
+    /// Peer → peer: room in the sender's upload line is free for the receiver, whose request
+    /// it refused as `Busy`: ask now. Sent only to a remote whose `Hello` set `room_calls`.
+    Room,
+    /// Peer → peer: the answer to a `Room` call when the sender has nothing to ask of the
+    /// caller now: the room it held goes to the next.
+    Pass,
     /// Peer → peer: forget an earlier `Request` (another remote delivered the piece).
     Cancel {
         /// The file's id.
@@ -282,6 +295,8 @@ impl Message {
             Message::Request { .. } => "request",
             Message::Data { .. } => "data",
             Message::Reject { .. } => "reject",
+            Message::Room => "room",
+            Message::Pass => "pass",
             Message::Cancel { .. } => "cancel",
             Message::GetManifest { .. } => "get-manifest",
             Message::Manifest { .. } => "manifest",

@@ -33,6 +33,18 @@
 //!   A slot holder whose turn ends while tickets are out leaves the line (its queued requests
 //!   refused too) and takes a ticket itself, so the line goes round every asker, not only
 //!   the few that ask again the moment they were served.
+//! - **Room calls.** A remote whose `Hello` set `room_calls` does not ask again on a timer
+//!   after a refusal: when room in the line is free for its ticket, it is called (`Room`,
+//!   from [`Uploads::take_calls`]) and the room is held for it until it asks, answers that
+//!   it has nothing to ask (`Pass`, [`Uploads::pass`]), or [`BUSY_TICKET_TIME`] passed (a
+//!   round trip with room to spare). Until then its ticket keeps its place however long the
+//!   line takes. To such a remote one `Busy` answers every request it has outstanding: of a
+//!   refused queue only the first request is answered, and requests arriving uncalled within
+//!   [`BUSY_TICKET_TIME`] of the refusal (sent before it arrived) are dropped
+//!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per
+//!   turn, not once per pipelined request and retry. Other remotes ask again after
+//!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they
+//!   do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
@@ -76,10 +88,16 @@ pub(super) struct ServeJob {
     pub len: u32,
 }
 
-/// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, or
-/// it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
+/// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, its
+/// remote does not read, or it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Busy;
+pub(super) enum Refused {
+    /// To be answered `Busy`.
+    Busy,
+    /// Not to be answered: its remote takes part in room calls and was answered `Busy` moments
+    /// ago, which answers every request it had outstanding, this one too (it was on its way).
+    Covered,
+}
 
 /// What the upload side keeps per connection.
 #[derive(Debug, Default)]
@@ -97,6 +115,8 @@ struct ConnUploads {
     /// Its turn is over: it gets no more reads, and hands its slot on once what was read for
     /// it left.
     turn_over: bool,
+    /// Its remote takes part in room calls: its ticket waits to be called.
+    room_calls: bool,
     /// When its request was last refused because the line was full.
     refused_at: Option<Time>,
     /// How long its ticket holds room for it: [`BUSY_TICKET_TIME`], or half as long again as
@@ -125,6 +145,37 @@ impl ConnUploads {
     }
 }
 
+/// A connection refused because the line was full, waiting for room in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ticket {
+    conn: ConnId,
+    /// When it was last refused, or called.
+    at: Time,
+    /// It was called (`Room`) at `at` and room is held for it.
+    called: bool,
+}
+
+impl Ticket {
+    /// Whether a request of its connection arriving at `now` was on its way when the `Busy`
+    /// that gave it the ticket was sent (within [`BUSY_TICKET_TIME`], a round trip with room to
+    /// spare, and before any call): for a remote taking part in room calls, that `Busy`
+    /// answered it.
+    fn covers(&self, now: Time) -> bool {
+        !self.called && now < self.at + BUSY_TICKET_TIME
+    }
+}
+
+/// Refuses `state`'s queued requests into `refused`, each to be answered `Busy`; to a remote
+/// taking part in room calls one `Busy` answers them all.
+fn refuse_queue(state: &mut ConnUploads, refused: &mut Vec<ServeJob>) {
+    if state.room_calls {
+        refused.extend(state.queue.front().copied());
+        state.queue.clear();
+    } else {
+        refused.extend(state.queue.drain(..));
+    }
+}
+
 /// The serving side's queues, slots, backpressure and pacing.
 #[derive(Debug)]
 pub(super) struct Uploads {
@@ -139,10 +190,12 @@ pub(super) struct Uploads {
     wake_at: Option<Time>,
     /// When the first slot holder whose frames do not leave would give its slot up.
     stall_wake_at: Option<Time>,
-    /// Connections refused because the line was full, in the order they were first refused,
-    /// with when they were last refused: room in the line goes to them first, while they come
-    /// back within [`BUSY_TICKET_TIME`].
-    tickets: VecDeque<(ConnId, Time)>,
+    /// When the first ticket holding room that a called connection waits behind lapses.
+    ticket_wake_at: Option<Time>,
+    /// Connections refused because the line was full, in the order they were first refused:
+    /// room in the line goes to them first, while they come back within their ticket's time
+    /// (see [`Uploads::lapse_tickets`]).
+    tickets: VecDeque<Ticket>,
     /// Queued requests of connections that left the line, to be answered `Busy`.
     refused: Vec<ServeJob>,
     offers: Offers,
@@ -159,18 +212,17 @@ impl Uploads {
             reads_in_flight: 0,
             wake_at: None,
             stall_wake_at: None,
+            ticket_wake_at: None,
             tickets: VecDeque::new(),
             refused: Vec::new(),
             offers: Offers::new(),
         }
     }
 
-    /// When the pacer, or a slot holder whose frames do not leave, wants a look again.
+    /// When the pacer, a slot holder whose frames do not leave, or a ticket whose room is to
+    /// go to a connection waiting for a call wants a look again.
     pub fn wake_at(&self) -> Option<Time> {
-        match (self.wake_at, self.stall_wake_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.wake_at, self.stall_wake_at, self.ticket_wake_at].into_iter().flatten().min()
     }
 
     /// Requests of `conn` queued or being read (a connection serving them is not idle).
@@ -180,23 +232,33 @@ impl Uploads {
 
     /// Queues a checked request at `now`, unless its connection has too many queued, or is not
     /// in line and no room in the line is free for it nor can be made (see
-    /// [`Uploads::make_room`]). `holders` counts the remotes that hold a piece.
+    /// [`Uploads::make_room`]). `room_calls`: its remote takes part in room calls. `holders`
+    /// counts the remotes that hold a piece.
     pub fn request(
         &mut self,
         job: ServeJob,
         now: Time,
+        room_calls: bool,
         holders: impl Fn(FileId, PieceIndex) -> usize,
-    ) -> Result<(), Busy> {
+    ) -> Result<(), Refused> {
         let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
-        if self.conns.get(&job.conn).is_some_and(|state| state.stalled(now)) {
-            return Err(Busy);
+        let state = self.conns.entry(job.conn).or_default();
+        state.room_calls = room_calls;
+        if state.stalled(now) {
+            return Err(Refused::Busy);
         }
-        if !in_line && !self.admit(job.conn, now) && !self.make_room(job, holders) {
-            return Err(Busy);
+        if !in_line && room_calls && self.tickets.iter().any(|t| t.conn == job.conn && t.covers(now)) {
+            return Err(Refused::Covered);
+        }
+        if !in_line && !self.admit(job.conn, now) {
+            if !self.make_room(job, now, holders) {
+                return Err(Refused::Busy);
+            }
+            self.tickets.retain(|t| t.conn != job.conn);
         }
         let state = self.conns.entry(job.conn).or_default();
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
-            return Err(Busy);
+            return Err(Refused::Busy);
         }
         state.queue.push_back(job);
         if !in_line {
@@ -248,20 +310,12 @@ impl Uploads {
     }
 
     /// Whether `conn`, not in line, may join it at `now`: room is free and not held for
-    /// connections refused before it. A refused connection gets a ticket (or keeps its own).
+    /// connections refused before it. A refused connection gets a ticket (or keeps its own,
+    /// to be called again if it was called).
     fn admit(&mut self, conn: ConnId, now: Time) -> bool {
-        let conns = &self.conns;
-        self.tickets.retain(|(c, at)| {
-            *at + conns.get(c).map_or(BUSY_TICKET_TIME, |s| s.ticket_time.max(BUSY_TICKET_TIME)) > now
-        });
-        let in_line = self.slots.iter().chain(&self.waiting);
-        let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
-        let room = if line_bytes < UPLOAD_LINE_BYTES_MIN {
-            self.tickets.len() + 1
-        } else {
-            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
-        };
-        let ticket = self.tickets.iter().position(|(c, _)| *c == conn);
+        self.lapse_tickets(now);
+        let room = self.room();
+        let ticket = self.tickets.iter().position(|t| t.conn == conn);
         if ticket.unwrap_or(self.tickets.len()) < room {
             if let Some(at) = ticket {
                 self.tickets.remove(at);
@@ -269,8 +323,8 @@ impl Uploads {
             return true;
         }
         match ticket {
-            Some(at) => self.tickets[at].1 = now,
-            None => self.tickets.push_back((conn, now)),
+            Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false },
+            None => self.tickets.push_back(Ticket { conn, at: now, called: false }),
         }
         let state = self.conns.entry(conn).or_default();
         let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
@@ -279,13 +333,60 @@ impl Uploads {
         false
     }
 
+    /// How many connections (tickets first, in order) the line takes in now: any number while
+    /// it holds less than [`UPLOAD_LINE_BYTES_MIN`], else its free places.
+    fn room(&self) -> usize {
+        let in_line = self.slots.iter().chain(&self.waiting);
+        let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
+        if line_bytes < UPLOAD_LINE_BYTES_MIN {
+            self.tickets.len() + 1
+        } else {
+            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
+        }
+    }
+
+    /// Drops the tickets that lapsed by `now` (see [`lapses_at`]).
+    fn lapse_tickets(&mut self, now: Time) {
+        let conns = &self.conns;
+        self.tickets.retain(|t| lapses_at(conns, t).is_none_or(|at| at > now));
+    }
+
+    /// `conn`, called, has nothing to ask (`Pass`): the room held for it is free.
+    pub fn pass(&mut self, conn: ConnId) {
+        self.tickets.retain(|t| t.conn != conn || !t.called);
+    }
+
+    /// The connections to call at `now` (`Room`): those taking part in room calls whose
+    /// tickets room in the line is free for and that were not called yet. Plans a look for
+    /// when a ticket holding room lapses while a connection waits for its call.
+    pub fn take_calls(&mut self, now: Time) -> Vec<ConnId> {
+        self.ticket_wake_at = None;
+        if self.tickets.is_empty() {
+            return Vec::new();
+        }
+        self.lapse_tickets(now);
+        let room = self.room();
+        let mut calls = Vec::new();
+        for ticket in self.tickets.iter_mut().take(room) {
+            if !ticket.called && self.conns.get(&ticket.conn).is_some_and(|s| s.room_calls) {
+                *ticket = Ticket { conn: ticket.conn, at: now, called: true };
+                calls.push(ticket.conn);
+            }
+        }
+        let conns = &self.conns;
+        if self.tickets.iter().any(|t| lapses_at(conns, t).is_none()) {
+            self.ticket_wake_at = self.tickets.iter().filter_map(|t| lapses_at(conns, t)).min();
+        }
+        calls
+    }
+
     /// Makes room in the full line for `job` by sending out the waiting connection whose rarest
     /// request is held by the most remotes, if that is more than hold `job`'s piece: its
     /// requests are refused (`Busy`), and it asks another holder of its pieces, while `job`'s
     /// piece has fewer others to come from. So a piece that only this peer (or few) can give,
     /// such as a seeder's piece nobody has yet, is never kept out by requests for pieces others
     /// could serve. Returns whether room was made.
-    fn make_room(&mut self, job: ServeJob, holders: impl Fn(FileId, PieceIndex) -> usize) -> bool {
+    fn make_room(&mut self, job: ServeJob, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> bool {
         let mut rarity = Rarity { holders, known: Vec::new() };
         let asked = rarity.holders(job.file_id, job.piece);
         let commonest = self
@@ -301,8 +402,10 @@ impl Uploads {
         debug_assert!(count > 0, "more holders than another piece");
         let Some(conn) = self.waiting.remove(line) else { return false };
         if let Some(state) = self.conns.get_mut(&conn) {
-            self.refused.extend(state.queue.drain(..));
+            refuse_queue(state, &mut self.refused);
         }
+        // Its turn comes again once room frees.
+        self.tickets.push_back(Ticket { conn, at: now, called: false });
         true
     }
 
@@ -328,7 +431,7 @@ impl Uploads {
         self.conns.remove(&conn);
         self.slots.retain(|c| *c != conn);
         self.waiting.retain(|c| *c != conn);
-        self.tickets.retain(|(c, _)| *c != conn);
+        self.tickets.retain(|t| t.conn != conn);
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
@@ -394,7 +497,7 @@ impl Uploads {
             if others_wait && state.stalled(now) {
                 // Its remote does not read: the slot goes to one that does.
                 state.turn_over = false;
-                self.refused.extend(state.queue.drain(..));
+                refuse_queue(state, &mut self.refused);
                 continue;
             }
             if let Some(since) = state.stalled_since.filter(|_| others_wait) {
@@ -406,8 +509,8 @@ impl Uploads {
                 if !self.tickets.is_empty() && !state.queue.is_empty() {
                     // Others were refused and come back: it makes room for them, and its turn
                     // comes again after theirs.
-                    self.refused.extend(state.queue.drain(..));
-                    self.tickets.push_back((conn, now));
+                    refuse_queue(state, &mut self.refused);
+                    self.tickets.push_back(Ticket { conn, at: now, called: false });
                 } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
                 }
@@ -428,6 +531,20 @@ impl Uploads {
                 self.slots.push_back(conn);
             }
         }
+    }
+}
+
+/// When `ticket` lapses, if it can: a called one [`BUSY_TICKET_TIME`] after its call, one of a
+/// remote that asks again on a timer its ticket time after its last refusal. One waiting for
+/// its call keeps its place until it is called.
+fn lapses_at(conns: &BTreeMap<ConnId, ConnUploads>, ticket: &Ticket) -> Option<Time> {
+    let state = conns.get(&ticket.conn);
+    if ticket.called {
+        return Some(ticket.at + BUSY_TICKET_TIME);
+    }
+    match state {
+        Some(state) if state.room_calls => None,
+        _ => Some(ticket.at + state.map_or(BUSY_TICKET_TIME, |s| s.ticket_time.max(BUSY_TICKET_TIME))),
     }
 }
 
@@ -485,6 +602,16 @@ mod tests {
 
     /// A request of `conn` for `piece` at `at_ms`: whether it was queued.
     fn ask(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64) -> bool {
+        ask_as(uploads, conn, piece, at_ms, false)
+    }
+
+    /// [`ask`], from a remote that takes part in room calls when `room_calls`.
+    fn ask_as(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64, room_calls: bool) -> bool {
+        answer(uploads, conn, piece, at_ms, room_calls).is_ok()
+    }
+
+    /// What becomes of a request (see [`ask_as`]).
+    fn answer(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64, room_calls: bool) -> Result<(), Refused> {
         let job = ServeJob {
             conn: ConnId::Inbound(conn),
             file_id: FILE,
@@ -492,7 +619,7 @@ mod tests {
             offset: 0,
             len: BLOCK_BYTES,
         };
-        uploads.request(job, Time::from_millis(at_ms), |_, _| 0).is_ok()
+        uploads.request(job, Time::from_millis(at_ms), room_calls, |_, _| 0)
     }
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
@@ -577,6 +704,81 @@ mod tests {
         serve(&mut uploads);
         let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
         assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
+    }
+
+    #[test]
+    fn a_refused_connection_that_takes_calls_is_called_when_room_frees_and_keeps_its_place_until_then() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
+        }
+        let (first, second) = (line + 1, line + 2);
+        assert!(!ask_as(&mut uploads, first, 0, 0, true), "the line is full");
+        assert!(!ask_as(&mut uploads, second, 0, 0, true));
+        assert!(uploads.take_calls(Time::ZERO).is_empty(), "no room yet");
+        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
+        // Long after any ticket of a remote asking on a timer would have lapsed, the first
+        // holder's block leaves and it asks for nothing more: the first refused is called,
+        // and the room is held for it, not for a newcomer.
+        // Within the stall timeout, so no slot holder loses its slot for not reading.
+        let later = Time::ZERO + BUSY_TICKET_TIME_MAX * 2;
+        assert!(later < Time::ZERO + UPLOAD_STALL_TIMEOUT);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve_at(&mut uploads, later, |_| 0);
+        assert_eq!(uploads.take_calls(later), [ConnId::Inbound(first)]);
+        assert!(uploads.take_calls(later).is_empty(), "called once");
+        let later_ms = later.as_micros() / 1000;
+        assert!(!ask(&mut uploads, line + 3, 0, later_ms), "the room is held for the called one");
+        // It does not come back: its room goes to the next once its ticket lapsed.
+        let wake = uploads.wake_at().expect("a look when the called ticket lapses");
+        assert_eq!(wake, later + BUSY_TICKET_TIME);
+        assert_eq!(uploads.take_calls(wake), [ConnId::Inbound(second)]);
+        assert!(ask_as(&mut uploads, second, 0, wake.as_micros() / 1000, true), "the called one comes in");
+    }
+
+    #[test]
+    fn a_called_connection_that_passes_frees_its_room_for_the_next_at_once() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask(&mut uploads, conn, 0, 0));
+        }
+        let (first, second) = (line + 1, line + 2);
+        assert!(!ask_as(&mut uploads, first, 0, 0, true));
+        assert!(!ask_as(&mut uploads, second, 0, 0, true));
+        serve(&mut uploads);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(first)]);
+        uploads.pass(ConnId::Inbound(first));
+        assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(second)], "the next is called at once");
+    }
+
+    #[test]
+    fn to_a_remote_taking_calls_one_busy_answers_every_request_it_has_outstanding() {
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        assert!(ask_as(&mut uploads, 1, 0, 0, true));
+        assert!(ask_as(&mut uploads, 1, 1, 0, true), "it queues more while in line");
+        assert!(ask_as(&mut uploads, 1, 2, 0, true));
+        for conn in 2..=line {
+            assert!(ask(&mut uploads, conn, 0, 0));
+        }
+        let caller = line + 1;
+        assert_eq!(answer(&mut uploads, caller, 0, 0, true), Err(Refused::Busy), "the line is full");
+        let on_its_way = BUSY_TICKET_TIME.as_millis() as u64 - 1;
+        assert_eq!(answer(&mut uploads, caller, 1, on_its_way, true), Err(Refused::Covered), "answered already");
+        // Much later (no call came, so its remote asks on its own): answered again.
+        let late = BUSY_TICKET_TIME.as_millis() as u64;
+        assert_eq!(answer(&mut uploads, caller, 2, late, true), Err(Refused::Busy));
+        // 1's turn ends while a ticket is out: of its queued requests only the first is answered.
+        serve(&mut uploads);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve_at(&mut uploads, Time::from_millis(late), |_| 0);
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of pieces 1 and 2");
+        assert_eq!(uploads.serving(ConnId::Inbound(1)), 0, "nothing of it is queued");
     }
 
     #[test]
