@@ -192,6 +192,9 @@ pub(super) struct Uploads {
     stall_wake_at: Option<Time>,
     /// When the first ticket holding room that a called connection waits behind lapses.
     ticket_wake_at: Option<Time>,
+    /// When the first ticket lapses (`None`: none can), or [`Time::ZERO`] once tickets changed:
+    /// [`Uploads::lapse_tickets`] looks through the tickets only when it is due.
+    lapse_due: Option<Time>,
     /// Connections refused because the line was full, in the order they were first refused:
     /// room in the line goes to them first, while they come back within their ticket's time
     /// (see [`Uploads::lapse_tickets`]).
@@ -213,6 +216,7 @@ impl Uploads {
             wake_at: None,
             stall_wake_at: None,
             ticket_wake_at: None,
+            lapse_due: None,
             tickets: VecDeque::new(),
             refused: Vec::new(),
             offers: Offers::new(),
@@ -243,7 +247,9 @@ impl Uploads {
     ) -> Result<(), Refused> {
         let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
         let state = self.conns.entry(job.conn).or_default();
-        state.room_calls = room_calls;
+        if std::mem::replace(&mut state.room_calls, room_calls) != room_calls {
+            self.lapse_due = Some(Time::ZERO);
+        }
         if state.stalled(now) {
             return Err(Refused::Busy);
         }
@@ -255,6 +261,7 @@ impl Uploads {
                 return Err(Refused::Busy);
             }
             self.tickets.retain(|t| t.conn != job.conn);
+            self.tickets_changed();
         }
         let state = self.conns.entry(job.conn).or_default();
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
@@ -319,6 +326,7 @@ impl Uploads {
         if ticket.unwrap_or(self.tickets.len()) < room {
             if let Some(at) = ticket {
                 self.tickets.remove(at);
+                self.tickets_changed();
             }
             return true;
         }
@@ -330,6 +338,7 @@ impl Uploads {
         let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
         state.ticket_time = (cycle * 3 / 2).clamp(BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX);
         state.refused_at = Some(now);
+        self.tickets_changed();
         false
     }
 
@@ -345,15 +354,25 @@ impl Uploads {
         }
     }
 
+    /// A ticket came, went or changed: the next [`Uploads::lapse_tickets`] looks through them.
+    fn tickets_changed(&mut self) {
+        self.lapse_due = Some(Time::ZERO);
+    }
+
     /// Drops the tickets that lapsed by `now` (see [`lapses_at`]).
     fn lapse_tickets(&mut self, now: Time) {
+        if self.lapse_due.is_none_or(|due| due > now) {
+            return;
+        }
         let conns = &self.conns;
         self.tickets.retain(|t| lapses_at(conns, t).is_none_or(|at| at > now));
+        self.lapse_due = self.tickets.iter().filter_map(|t| lapses_at(conns, t)).min();
     }
 
     /// `conn`, called, has nothing to ask (`Pass`): the room held for it is free.
     pub fn pass(&mut self, conn: ConnId) {
         self.tickets.retain(|t| t.conn != conn || !t.called);
+        self.tickets_changed();
     }
 
     /// The connections to call at `now` (`Room`): those taking part in room calls whose
@@ -371,11 +390,14 @@ impl Uploads {
             if !ticket.called && self.conns.get(&ticket.conn).is_some_and(|s| s.room_calls) {
                 *ticket = Ticket { conn: ticket.conn, at: now, called: true };
                 calls.push(ticket.conn);
+                let lapses = now + BUSY_TICKET_TIME;
+                self.lapse_due = Some(self.lapse_due.map_or(lapses, |due| due.min(lapses)));
             }
         }
         let conns = &self.conns;
-        if self.tickets.iter().any(|t| lapses_at(conns, t).is_none()) {
-            self.ticket_wake_at = self.tickets.iter().filter_map(|t| lapses_at(conns, t)).min();
+        if self.lapse_due.is_some() && self.tickets.iter().any(|t| lapses_at(conns, t).is_none()) {
+            // Exact here: the tickets were looked through, or none changed, since it was set.
+            self.ticket_wake_at = self.lapse_due;
         }
         calls
     }
@@ -406,6 +428,7 @@ impl Uploads {
         }
         // Its turn comes again once room frees.
         self.tickets.push_back(Ticket { conn, at: now, called: false });
+        self.tickets_changed();
         true
     }
 
@@ -432,6 +455,7 @@ impl Uploads {
         self.slots.retain(|c| *c != conn);
         self.waiting.retain(|c| *c != conn);
         self.tickets.retain(|t| t.conn != conn);
+        self.tickets_changed();
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
@@ -511,6 +535,7 @@ impl Uploads {
                     // comes again after theirs.
                     refuse_queue(state, &mut self.refused);
                     self.tickets.push_back(Ticket { conn, at: now, called: false });
+                    self.lapse_due = Some(Time::ZERO);
                 } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
                 }
