@@ -29,6 +29,13 @@
 //! with its own); the useful fraction is useful bytes / seeder bytes up, so blocks thrown away,
 //! duplicates, pieces never verified and bytes queued but never delivered all count against it. Leecher bytes down / F is given as the
 //! maximum and the median over downloaders.
+//!
+//! **Where the time goes** (a diagnostic, not a target): *every piece out* is when the
+//! downloaders together first held every piece (each verified by at least one of them),
+//! counted from the first downloader's join. Before it the seeders' pieces trickle out, and
+//! where F/u_s is the bound every second it lies past F/u_s is lost one for one; after it the
+//! last pieces only spread among the downloaders, the part the piece-level bound's pipeline
+//! term allows for.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -228,6 +235,9 @@ pub struct Efficiency {
     pub down_max_copies: Option<f64>,
     /// The median downloader bytes down / F.
     pub down_median_copies: Option<f64>,
+    /// Seconds from the first downloader's join until the downloaders together held every
+    /// piece (`None`: some piece never reached one).
+    pub all_out_s: Option<f64>,
 }
 
 /// The efficiency figures of `outcome`, a run of `scenario`.
@@ -242,6 +252,7 @@ pub fn measure(scenario: &Scenario, outcome: &Outcome) -> Efficiency {
     let mut downs: Vec<f64> = downloaders.iter().map(|i| outcome.peers[*i].bytes_down as f64 / file_bytes).collect();
     downs.sort_by(f64::total_cmp);
     let (seeder_copies, seeder_useful) = seeder_figures(scenario, outcome);
+    let first_join = downloaders.iter().map(|i| joins[*i]).min().unwrap_or(Time::ZERO);
     Efficiency {
         bound: bound(scenario),
         downloaders: downloaders.len(),
@@ -253,7 +264,19 @@ pub fn measure(scenario: &Scenario, outcome: &Outcome) -> Efficiency {
         seeder_useful,
         down_max_copies: downs.last().copied(),
         down_median_copies: percentile(&downs, 0.5),
+        all_out_s: all_out(scenario, outcome).map(|at| seconds(at) - seconds(first_join)),
     }
+}
+
+/// When the downloaders together first held every piece of the file.
+fn all_out(scenario: &Scenario, outcome: &Outcome) -> Option<Time> {
+    let mut first: Vec<Option<Time>> = vec![None; scenario.file.piece_count as usize];
+    for ((_, piece, _), at) in outcome.piece_sources.iter().zip(&outcome.piece_verified_at) {
+        if let Some(slot) = first.get_mut(*piece as usize) {
+            *slot = Some(slot.map_or(*at, |t| t.min(*at)));
+        }
+    }
+    first.into_iter().try_fold(Time::ZERO, |last, at| at.map(|at| last.max(at)))
 }
 
 /// The nearest-rank percentile `p` (in 0..=1) of `sorted`.
@@ -339,7 +362,17 @@ impl fmt::Display for EfficiencyReport<'_> {
             "  leecher bytes down / F: max {}, median {}",
             copies(e.down_max_copies),
             copies(e.down_median_copies)
-        )
+        )?;
+        match (e.all_out_s, &e.bound) {
+            (Some(out), Ok(b)) => writeln!(
+                f,
+                "  every piece out: {out:.3} s after the first join ({:.2} × F/u_s), the last completion {} later",
+                out / b.seeders_s,
+                e.last_s.map_or_else(|| "-".to_owned(), |last| format!("{:.3} s", last - out))
+            ),
+            (Some(out), Err(_)) => writeln!(f, "  every piece out: {out:.3} s after the first join"),
+            (None, _) => writeln!(f, "  every piece out: never"),
+        }
     }
 }
 
@@ -356,8 +389,9 @@ pub struct TableRow {
 
 /// The header of the markdown table [`TableRow`]s are printed in.
 pub const TABLE_HEADER: &str = "| scenario | N | T_min | T last | ratio | p50 ratio | piece-level ratio | \
-                                seeder copies | seeder useful | leecher bytes/F max | expectations |\n\
-                                |:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|";
+                                seeder copies | seeder useful | leecher bytes/F max | every piece out / (F/u_s) | \
+                                expectations |\n\
+                                |:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|";
 
 impl fmt::Display for TableRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -368,7 +402,7 @@ impl fmt::Display for TableRow {
         let last = e.last_s.map_or_else(|| format!("{}/{} done", e.completed, e.downloaders), |t| format!("{t:.2} s"));
         writeln!(
             f,
-            "| {} | {} | {} | {last} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {last} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
             self.scenario,
             e.downloaders,
             fixed(t_min, " s"),
@@ -378,6 +412,7 @@ impl fmt::Display for TableRow {
             fixed(e.seeder_copies, ""),
             fixed(e.seeder_useful.map(|u| u * 100.0), " %"),
             fixed(e.down_max_copies, ""),
+            fixed(ratio(e.all_out_s, e.bound.as_ref().ok().map(|b| b.seeders_s)), "×"),
             self.held.0,
             self.held.1
         )
@@ -510,5 +545,24 @@ mod tests {
         let e = measure(&s, &o);
         assert_eq!(e.seeder_copies, Some(0.25));
         assert_eq!(e.seeder_useful, Some(0.625), "2.5 of the 4 pieces sent were useful");
+    }
+
+    #[test]
+    fn every_piece_is_out_when_the_last_piece_first_reached_a_downloader() {
+        let s = scenario("");
+        let mut o = outcome(&s, &[None; 4], &[0; 4]);
+        let (seeder, l1, l2) = (NodeIdx::peer(0), NodeIdx::peer(1), NodeIdx::peer(2));
+        let at = |s: f64| Time::from_micros((s * 1e6) as u64);
+        // Pieces 0 to 14 first reach L1 at 2 s, 2.2 s, ..., 4.8 s; piece 15 reaches L2 at 5 s,
+        // before L1 (6 s): the swarm holds every piece from 5 s on, 4 s after the leechers joined.
+        for piece in 0..15 {
+            o.piece_sources.push((l1, piece, seeder));
+            o.piece_verified_at.push(at(2.0 + 0.2 * f64::from(piece)));
+        }
+        assert_eq!(measure(&s, &o).all_out_s, None, "piece 15 reached nobody");
+        o.piece_sources.extend([(l2, 15, seeder), (l1, 15, l2)]);
+        o.piece_verified_at.extend([at(5.0), at(6.0)]);
+        let out = measure(&s, &o).all_out_s.expect("every piece reached a downloader");
+        assert!(close(out, 4.0), "{out}");
     }
 }
