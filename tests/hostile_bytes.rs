@@ -80,14 +80,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 /// A well-formed `Hello` frame claiming protocol `version`.
 fn hello(version: u32) -> Vec<u8> {
-    encoded(&Message::Hello(Hello {
-        version,
-        role: Role::Peer,
-        peer_id: PeerId([7; 16]),
-        listen_port: 0,
-        listen_ip: None,
-        room_calls: false,
-    }))
+    encoded(&Message::Hello(Hello { version, ..Hello::new(Role::Peer, PeerId([7; 16]), 0) }))
 }
 
 /// `message` framed by the protocol's own encoder.

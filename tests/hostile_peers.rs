@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::{BLOCK_BYTES, INBOUND_PEERS_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT};
 use p2p_core::manifest::{Manifest, ManifestBuilder};
-use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role};
 use p2p_core::{Bitfield, FileId, PeerId, PieceIndex};
 use p2p_net::identity::{Identity, SwarmKey};
 use p2p_net::secure::{self, Keys, SecureStream};
@@ -243,14 +243,7 @@ impl PrivateSwarm {
 
 fn send_hello(client: &mut WireClient, listen_port: u16) {
     let peer_id = client.peer_id();
-    client.send(&Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Peer,
-        peer_id,
-        listen_port,
-        listen_ip: None,
-        room_calls: false,
-    }));
+    client.send(&Message::Hello(Hello::new(Role::Peer, peer_id, listen_port)));
 }
 
 /// A connection to `seeder` past its `Hello`, that will exchange nothing.
@@ -401,14 +394,7 @@ async fn lie(
         while let Ok(Some(message)) = decode_frame(&mut buffer) {
             let answer = match message {
                 Message::Hello(_) => {
-                    let hello = Hello {
-                        version: PROTOCOL_VERSION,
-                        role: Role::Peer,
-                        peer_id,
-                        listen_port: port,
-                        listen_ip: None,
-                        room_calls: false,
-                    };
+                    let hello = Hello::new(Role::Peer, peer_id, port);
                     vec![Message::Hello(hello)]
                 }
                 // As an honest holder does, it answers the downloader's bitfield with its own

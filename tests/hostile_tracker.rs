@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use p2p_core::limits::{
     FRAME_BYTES_MAX, PIECES_MAX, PIECE_BYTES_MIN, READ_BUFFERS_TOTAL_BYTES_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
 };
-use p2p_core::wire::{ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, Hello, Message, Role};
 use p2p_core::{Bitfield, Digest, FileId, Manifest};
 use p2p_net::secure::Keys;
 
@@ -177,14 +177,7 @@ fn a_hello_claiming_a_live_peers_address_is_refused_and_the_peer_stays_listed() 
     let Swarm { tracker: _tracker, tracker_addr, seeder, file_id } = Swarm::start(dir.path());
 
     let mut impostor = WireClient::connect(None, tracker_addr, Keys::new_open()).expect("a handshake");
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Peer,
-        peer_id: impostor.peer_id(),
-        listen_port: seeder.addr().port(),
-        listen_ip: None,
-        room_calls: false,
-    };
+    let hello = Hello::new(Role::Peer, impostor.peer_id(), seeder.addr().port());
     impostor.send(&Message::Hello(hello));
     match impostor.recv(ANSWER_TIMEOUT) {
         Some(Message::Error { code: ErrorCode::BadRequest, detail, .. }) => {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use p2p_core::wire::{ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, Hello, Message, Role};
 use p2p_core::{FileId, PeerId};
 use p2p_net::secure::Keys;
 
@@ -174,7 +174,7 @@ fn a_download_relayed_on_the_wire_carries_none_of_the_files_bytes_in_the_clear()
 
 /// The `Hello` of a peer claiming `peer_id`.
 fn hello(role: Role, peer_id: PeerId, listen_port: u16) -> Message {
-    Message::Hello(Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None, room_calls: false })
+    Message::Hello(Hello::new(role, peer_id, listen_port))
 }
 
 /// The id the tracker lists for the holder at `addr` of `file_id`.

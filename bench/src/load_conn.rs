@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
-use p2p_core::wire::{decode_frame, encode_frame, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{decode_frame, encode_frame, Hello, Message, Role};
 use p2p_net::identity::Identity;
 use p2p_net::secure::{self, Keys, SecureStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,14 +32,7 @@ impl Conn {
         let keys = Keys::new(identity, None);
         let stream = secure::connect(stream, &keys).await.with_context(|| format!("handshake with {addr}"))?;
         let mut conn = Conn { stream, read_buf: BytesMut::new(), write_buf: BytesMut::new() };
-        conn.queue(&Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            peer_id,
-            listen_port,
-            listen_ip: None,
-            room_calls: false,
-        }))?;
+        conn.queue(&Message::Hello(Hello::new(role, peer_id, listen_port)))?;
         conn.flush().await?;
         match conn.recv().await? {
             Message::Hello(_) => Ok(conn),

@@ -14,7 +14,7 @@
 //!   to the same manifest and file id.
 
 use bytes::{Bytes, BytesMut};
-use p2p_core::wire::{decode_frame, PROTOCOL_VERSION};
+use p2p_core::wire::decode_frame;
 use p2p_core::wire::{encode_frame, ErrorCode, FrameDecoder, Hello, Holders, Message, PeerAddr, RejectReason, Role};
 use p2p_core::{Bitfield, DecodeError, Digest, FileId, Manifest, PeerId, PieceIndex};
 use proptest::prelude::*;
@@ -83,14 +83,7 @@ fn corpus() -> Vec<Message> {
     have.set(PieceIndex(10));
     let holders = Holders::pack(3, [(peer, &[0b101u8][..])].into_iter());
     vec![
-        Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Peer,
-            peer_id: PeerId([9; 16]),
-            listen_port: 7,
-            listen_ip: None,
-            room_calls: false,
-        }),
+        Message::Hello(Hello::new(Role::Peer, PeerId([9; 16]), 7)),
         Message::Announce { file_id, manifest: Some(Box::new(manifest(1))), have: have.clone() },
         Message::Have { file_id, piece: PieceIndex(4) },
         Message::Haves { file_id, pieces: vec![PieceIndex(1), PieceIndex(3)] },

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use p2p_core::wire::{ErrorCode, FileSummary, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, FileSummary, Hello, Message, Role};
 use p2p_core::{FileId, Manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -173,14 +173,7 @@ async fn handshake(tracker: SocketAddr, keys: &Keys) -> Result<Framed<SecureStre
         other => protocol(tracker, other.to_string()),
     })?;
     let mut framed = Framed::new(stream, FrameCodec::default());
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Client,
-        peer_id: keys.identity.peer_id(),
-        listen_port: 0,
-        listen_ip: None,
-        room_calls: false,
-    };
+    let hello = Hello::new(Role::Client, keys.identity.peer_id(), 0);
     framed.send(&Message::Hello(hello)).await.map_err(|e| protocol(tracker, format!("cannot send: {e}")))?;
     for _ in 0..CLIENT_MESSAGES_MAX {
         match framed.next().await {

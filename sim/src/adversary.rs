@@ -15,7 +15,7 @@ use p2p_core::limits::{
     INBOUND_PEERS_PER_IP_MAX, PIECE_BYTES_MIN, TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX,
 };
 use p2p_core::rng::Rng;
-use p2p_core::wire::{ErrorCode, Hello, Message, Role as WireRole, PROTOCOL_VERSION};
+use p2p_core::wire::{ErrorCode, Hello, Message, Role as WireRole};
 use p2p_core::{Bitfield, ConnId, Digest, Input, Manifest, PeerId};
 
 use crate::network::{node_addr, tracker_addr, LISTEN_PORT};
@@ -145,14 +145,7 @@ impl World {
     /// `node`'s `Hello` as a peer listening on `port`.
     fn hello(&self, node: NodeIdx, port: u16) -> Hello {
         let peer_id = self.network.peer_id(node);
-        Hello {
-            version: PROTOCOL_VERSION,
-            role: WireRole::Peer,
-            peer_id,
-            listen_port: port,
-            listen_ip: None,
-            room_calls: false,
-        }
+        Hello::new(WireRole::Peer, peer_id, port)
     }
 }
 

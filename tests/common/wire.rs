@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use p2p_core::wire::{decode_frame, encode_frame, Hello, Message, Role, PROTOCOL_VERSION};
+use p2p_core::wire::{decode_frame, encode_frame, Hello, Message, Role};
 use p2p_core::PeerId;
 use p2p_net::secure::{self, HandshakeError, Keys, SecureStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,14 +45,7 @@ impl WireClient {
     pub fn hello(source: Option<Ipv4Addr>, addr: SocketAddr, role: Role, listen_port: u16) -> WireClient {
         let mut client = WireClient::connect(source, addr, Keys::new_open()).expect("a handshake");
         let peer_id = client.peer_id();
-        client.send(&Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            peer_id,
-            listen_port,
-            listen_ip: None,
-            room_calls: false,
-        }));
+        client.send(&Message::Hello(Hello::new(role, peer_id, listen_port)));
         match client.recv(CONNECT_TIMEOUT) {
             Some(Message::Hello(reply)) => assert_eq!(reply.role, Role::Tracker),
             other => panic!("hello answered with {other:?}"),

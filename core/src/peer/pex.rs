@@ -210,7 +210,7 @@ mod tests {
     use crate::peer::{Peer, PeerConfig};
     use crate::testkit::file;
     use crate::time::Time;
-    use crate::wire::{Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+    use crate::wire::{Hello, Message, PeerAddr, Role};
 
     fn outputs(peer: &mut Peer, at: Time, input: Input) -> Vec<Output> {
         let mut outputs = Vec::new();
@@ -233,14 +233,7 @@ mod tests {
     fn accept(peer: &mut Peer, host: u8, at: Time) -> ConnId {
         let conn = ConnId::Inbound(u64::from(host));
         outputs(peer, at, Input::Connected { conn, remote: addr(host, 40_000), peer_id: PeerId([host; 16]) });
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Peer,
-            peer_id: PeerId([host; 16]),
-            listen_port: 7001,
-            listen_ip: None,
-            room_calls: false,
-        };
+        let hello = Hello::new(Role::Peer, PeerId([host; 16]), 7001);
         outputs(peer, at, Input::Message { conn, message: Message::Hello(hello) });
         conn
     }
@@ -306,14 +299,7 @@ mod tests {
         };
         let tracker_id = PeerId([1; 16]);
         outputs(&mut seeder, Time::ZERO, Input::Connected { conn: to_tracker, remote: tracker, peer_id: tracker_id });
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Tracker,
-            peer_id: tracker_id,
-            listen_port: 0,
-            listen_ip: None,
-            room_calls: false,
-        };
+        let hello = Hello::new(Role::Tracker, tracker_id, 0);
         outputs(&mut seeder, Time::ZERO, Input::Message { conn: to_tracker, message: Message::Hello(hello) });
         let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
         step_command(&mut seeder, Time::ZERO, share, |_| {}).expect("a valid command");

@@ -79,7 +79,7 @@ mod tests {
     use crate::machine::{Input, Machine, Output};
     use crate::peer::remote::Remote;
     use crate::peer::{Peer, PeerConfig};
-    use crate::wire::{ErrorCode, Hello, Message, Role, PROTOCOL_VERSION};
+    use crate::wire::{ErrorCode, Hello, Message, Role};
 
     fn addr(host: u32) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::from(0x0A00_0000 | host), 40_000))
@@ -170,14 +170,7 @@ mod tests {
         let conn = ConnId::Inbound(u64::from(n));
         let from = addr(u32::from(n));
         peer.handle(now, Input::Connected { conn, remote: from, peer_id: peer_id(n) });
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Peer,
-            peer_id: peer_id(n),
-            listen_port: 40_000,
-            listen_ip: None,
-            room_calls: false,
-        };
+        let hello = Hello::new(Role::Peer, peer_id(n), 40_000);
         peer.handle(now, Input::Message { conn, message: Message::Hello(hello) });
         std::iter::from_fn(|| peer.poll_output()).collect()
     }

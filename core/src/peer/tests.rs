@@ -378,21 +378,12 @@ fn sent(outputs: &[crate::machine::Output]) -> Vec<&crate::wire::Message> {
 #[test]
 fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_out_while_one_is_unanswered() {
     use crate::machine::{Input, Output};
-    use crate::wire::{Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
+    use crate::wire::{Hello, Message, PeerAddr, Role};
     let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let holder = PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid address") };
-    let hello = |role, peer_id| {
-        Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            peer_id,
-            listen_port: 0,
-            listen_ip: None,
-            room_calls: false,
-        })
-    };
+    let hello = |role, peer_id| Message::Hello(Hello::new(role, peer_id, 0));
     let connect_to = |outputs: &[Output], to| {
         outputs.iter().find(|o| matches!(o, Output::Connect { addr, .. } if *addr == to)).cloned()
     };
@@ -467,7 +458,7 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
 /// outbound connection to the holder, before the connection opens.
 fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate::ConnId) {
     use crate::machine::{Input, Output};
-    use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+    use crate::wire::{Hello, Message, Role};
     let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
@@ -485,14 +476,7 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
         Time::from_millis(1),
         Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
     );
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Tracker,
-        peer_id: crate::PeerId([1; 16]),
-        listen_port: 0,
-        listen_ip: None,
-        room_calls: false,
-    };
+    let hello = Hello::new(Role::Tracker, crate::PeerId([1; 16]), 0);
     step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
     let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
     let answer = Message::Located { file_id: id, manifest: None, holders };
@@ -524,21 +508,14 @@ fn a_holder_whose_key_proves_another_id_than_the_tracker_named_is_dropped_unbann
 #[test]
 fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
     use crate::machine::{Event, Input, Output};
-    use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+    use crate::wire::{Hello, Message, Role};
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
     let (mut peer, conn) = dialling_a_named_holder(holder);
     let opened =
         step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     assert!(matches!(sent(&opened)[..], [Message::Hello(_)]), "{opened:?}");
-    let claim = Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Peer,
-        peer_id: crate::PeerId([9; 16]),
-        listen_port: 0,
-        listen_ip: None,
-        room_calls: false,
-    };
+    let claim = Hello::new(Role::Peer, crate::PeerId([9; 16]), 0);
     let outputs = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: Message::Hello(claim) });
     assert!(outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn)), "{outputs:?}");
     assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. }))));

@@ -285,7 +285,7 @@ mod tests {
     use crate::peer::{Peer, PeerConfig};
     use crate::testkit::file;
     use crate::time::Time;
-    use crate::wire::{Hello, Message, Role, PROTOCOL_VERSION};
+    use crate::wire::{Hello, Message, Role};
 
     /// What `peer` outputs for `input` at `ms` milliseconds.
     fn outputs(peer: &mut Peer, ms: u64, input: Input) -> Vec<Output> {
@@ -319,14 +319,7 @@ mod tests {
 
         outputs(&mut peer, 5, Input::Disconnected { conn: to_down });
         outputs(&mut peer, 10, Input::Connected { conn: to_up, remote: up, peer_id: crate::PeerId([9; 16]) });
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Tracker,
-            peer_id: crate::PeerId([9; 16]),
-            listen_port: 0,
-            listen_ip: None,
-            room_calls: false,
-        };
+        let hello = Hello::new(Role::Tracker, crate::PeerId([9; 16]), 0);
         let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
         let locates: Vec<_> = ready
             .iter()

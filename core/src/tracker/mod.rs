@@ -219,14 +219,7 @@ impl Tracker {
             let reason = format!("{what} is registered by another live connection; retry once it is closed");
             return self.reject(conn, ErrorCode::BadRequest, reason);
         }
-        let reply = Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Tracker,
-            peer_id: self.peer_id,
-            listen_port: 0,
-            listen_ip: None,
-            room_calls: false,
-        };
+        let reply = Hello::new(Role::Tracker, self.peer_id, 0);
         self.send(conn, Message::Hello(reply));
     }
 

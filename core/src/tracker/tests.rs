@@ -122,14 +122,7 @@ fn id_of(n: u64) -> PeerId {
 
 /// The `Hello` of the remote that proved `id_of(n)`.
 fn hello(role: Role, n: u64, port: u16) -> Message {
-    Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        role,
-        peer_id: id_of(n),
-        listen_port: port,
-        listen_ip: None,
-        room_calls: false,
-    })
+    Message::Hello(Hello::new(role, id_of(n), port))
 }
 
 fn manifest(name: &str, pieces: u32) -> Manifest {
@@ -199,14 +192,7 @@ fn handshake_answers_with_the_trackers_hello() {
 fn version_mismatch_is_refused_and_closed() {
     let mut h = Harness::new(1);
     let a = h.connect(1, [10, 0, 0, 1]);
-    let mut bad = Hello {
-        version: PROTOCOL_VERSION + 1,
-        role: Role::Peer,
-        peer_id: PeerId([1; 16]),
-        listen_port: 1,
-        listen_ip: None,
-        room_calls: false,
-    };
+    let mut bad = Hello { version: PROTOCOL_VERSION + 1, ..Hello::new(Role::Peer, PeerId([1; 16]), 1) };
     let outputs = h.send(a, Message::Hello(bad.clone()));
     assert!(matches!(
         &outputs[0],
@@ -854,12 +840,8 @@ fn a_peer_on_the_trackers_host_is_recorded_at_the_routable_ip_it_listens_on() {
     let mut h = Harness::new(1);
     let file = manifest("f", 4);
     let hello = |n: u64, listen_ip: [u8; 4]| Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Peer,
-        peer_id: id_of(n),
-        listen_port: 7000 + n as u16,
         listen_ip: Some(IpAddr::V4(Ipv4Addr::from(listen_ip))),
-        room_calls: false,
+        ..Hello::new(Role::Peer, id_of(n), 7000 + n as u16)
     };
     // (connection, source IP, IP its Hello names, where others are told it is)
     let cases = [

@@ -59,6 +59,15 @@ pub struct Hello {
     pub room_calls: bool,
 }
 
+impl Hello {
+    /// A `Hello` of this build's [`PROTOCOL_VERSION`] from `peer_id` as `role`, listening on
+    /// `listen_port`, that names no listen IP and takes no part in room calls: what a tracker
+    /// or a client sends. A peer's own sets the other fields too.
+    pub fn new(role: Role, peer_id: PeerId, listen_port: u16) -> Hello {
+        Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None, room_calls: false }
+    }
+}
+
 /// A peer as the tracker tells others of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PeerAddr {
