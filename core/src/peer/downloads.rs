@@ -417,7 +417,10 @@ impl Download {
             let mut lowest = u16::MAX;
             for piece in remote.have.iter_and(&self.missing) {
                 let rank = self.availability[piece.as_usize()];
-                if rank > lowest || !usable(piece) {
+                // A missing piece is on no parole (only an active one is): of `usable`, only
+                // the bad sources apply, and its slot need not be read.
+                debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
+                if rank > lowest || self.bad_sources.contains(&(piece, remote.peer_id)) {
                     continue;
                 }
                 if rank < lowest {
