@@ -844,8 +844,10 @@ impl Peer {
             self.violation(conn, format!("bitfield of {} bits for {piece_count} pieces", have.len()));
             return;
         }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.set_pieces(file_id, have.clone());
+        if !self.remotes.contains_key(&conn) {
+            return;
+        }
+        let old = self.remotes.set_pieces(&conn, file_id, have.clone());
         if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);
@@ -863,8 +865,7 @@ impl Peer {
             self.violation(conn, format!("have for piece {bad} of a {piece_count}-piece file"));
             return;
         }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
+        let Some((first, new)) = self.remotes.add_pieces(&conn, file_id, piece_count, pieces) else { return };
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
@@ -881,8 +882,10 @@ impl Peer {
     /// The remote does not have a file after all: stop asking it for that file. The exchange
     /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.forget_file(file_id);
+        if !self.remotes.contains_key(&conn) {
+            return;
+        }
+        let old = self.remotes.forget_file(&conn, file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);
         }
@@ -1178,8 +1181,8 @@ impl Peer {
         for conn in conns {
             let Some(remote) = self.remotes.get_mut(&conn) else { continue };
             let told = remote.has_our_bitfield(file_id);
-            let heard = remote.forget_file(file_id).is_some();
             remote.unwant(file_id);
+            let heard = self.remotes.forget_file(&conn, file_id).is_some();
             if told || heard {
                 self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
             }
