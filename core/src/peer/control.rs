@@ -8,7 +8,7 @@
 //! whole has nothing to fetch (removing it stops serving it).
 //!
 //! **Remove.** The file leaves the peer's files at once: from then on nothing fetches, serves
-//! or announces it, every ready tracker hears `Leave` for it (after the pieces verified but
+//! or announces it, every open tracker connection hears `Leave` for it (after the pieces verified but
 //! not yet told, so the tracker's record ends in order), and every remote that exchanged
 //! pieces of it with this peer hears it is unknown here (it stops asking for it; a later
 //! download of the file exchanges bitfields afresh). The store work the peer asked for

@@ -52,7 +52,7 @@ impl Locate {
         }
     }
 
-    /// An ask goes out at `now` (over a ready tracker connection when `sent`), with
+    /// An ask goes out at `now` (over an open tracker connection when `sent`), with
     /// `have_count` pieces verified. Returns whether it asks for the manifest too: a download
     /// without one asks for holders only, which then send it, until a tracker named holders.
     pub fn asked(&mut self, now: Time, have_count: u32, sent: bool, manifest_known: bool) -> bool {

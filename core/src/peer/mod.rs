@@ -296,7 +296,7 @@ impl Peer {
 
     fn leave(&mut self) {
         self.left = true;
-        for conn in self.tracker.ready_conns() {
+        for conn in self.tracker.open_conns() {
             self.send(conn, Message::Leave { file_id: None });
             self.push(Output::Close { conn });
         }
@@ -430,7 +430,7 @@ impl Peer {
                 batches.push((*conn, *file_id, pieces.clone()));
             }
         }
-        for conn in self.tracker.ready_conns() {
+        for conn in self.tracker.open_conns() {
             batches.extend(recent.iter().map(|(file_id, pieces)| (conn, *file_id, pieces.clone())));
         }
         for (conn, file_id, pieces) in batches {
@@ -475,10 +475,18 @@ impl Peer {
         }
     }
 
+    /// A tracker connection is open: our `Hello`, then at once every file's announce and every
+    /// download's locate (see [`TrackerLinks::open_conns`]).
     fn on_tracker_connected(&mut self, conn: ConnId) {
         let hello = self.hello();
         self.send(conn, hello);
         self.tracker.connected(conn, self.now);
+        self.announce_all(conn);
+        let now = self.now;
+        for download in self.files.values_mut().filter_map(|entry| entry.download_mut()) {
+            download.locate_mut().tracker_ready(now);
+        }
+        self.locate_due();
     }
 
     /// A tracker connection closed or could not be opened: that tracker is retried after its
@@ -495,7 +503,7 @@ impl Peer {
             Message::Hello(hello) => {
                 let valid = hello.version == PROTOCOL_VERSION && hello.role == Role::Tracker;
                 match self.tracker.hello(conn, valid, self.now, self.config.announce_interval) {
-                    Handshake::Ready(addr) => self.on_tracker_ready(conn, addr),
+                    Handshake::Ready(addr) => self.event(Event::TrackerConnected { addr }),
                     Handshake::Refused => {
                         let reason = format!("unexpected tracker hello {hello:?}");
                         self.event(Event::ProtocolViolation { conn, reason });
@@ -517,18 +525,6 @@ impl Peer {
             // Other errors answer a single request; the periodic announce and locate retry.
             _ => {}
         }
-    }
-
-    /// The tracker at `addr` answered the handshake on `conn`: every file is announced to it,
-    /// and every download may ask it where its pieces are.
-    fn on_tracker_ready(&mut self, conn: ConnId, addr: SocketAddr) {
-        self.event(Event::TrackerConnected { addr });
-        self.announce_all(conn);
-        let now = self.now;
-        for download in self.files.values_mut().filter_map(|entry| entry.download_mut()) {
-            download.locate_mut().tracker_ready(now);
-        }
-        self.locate_due();
     }
 
     /// A tracker does not know `file_id`: it hears the manifest, when this peer knows it. A
@@ -555,10 +551,10 @@ impl Peer {
         }
     }
 
-    /// Announces the pieces held of `file_id` to every ready tracker (with the manifest when a
-    /// tracker may not know the file).
+    /// Announces the pieces held of `file_id` on every open tracker connection (with the
+    /// manifest when a tracker may not know the file).
     fn announce(&mut self, file_id: FileId, with_manifest: bool) {
-        for conn in self.tracker.ready_conns() {
+        for conn in self.tracker.open_conns() {
             self.announce_to(conn, file_id, with_manifest);
         }
     }
@@ -572,15 +568,16 @@ impl Peer {
         }
     }
 
-    /// Sends `Locate` to every ready tracker for every download whose next locate is due.
+    /// Sends `Locate` to every open tracker connection for every download whose next locate
+    /// is due.
     fn locate_due(&mut self) {
-        let ready = self.tracker.ready_conns();
-        let due = tracker_link::locates_due(&mut self.files, self.now, !ready.is_empty());
-        if ready.is_empty() {
+        let open = self.tracker.open_conns();
+        let due = tracker_link::locates_due(&mut self.files, self.now, !open.is_empty());
+        if open.is_empty() {
             return;
         }
         for (file_id, with_manifest) in due {
-            for &conn in &ready {
+            for &conn in &open {
                 self.send(conn, Message::Locate { file_id, with_manifest });
             }
             self.event(Event::LocateSent { file_id });
@@ -661,10 +658,18 @@ impl Peer {
         }
     }
 
+    /// A remote asks for the manifest of `file_id`. Without it the remote holds nothing of the
+    /// file, so the question stands for an empty bitfield: our bitfield follows the manifest,
+    /// and the asker can request pieces as soon as it has both, a round trip sooner than if it
+    /// sent its bitfield first.
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
-        match self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
-            Some(manifest) => self.send(conn, Message::Manifest { manifest: Box::new(manifest) }),
-            None => self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here")),
+        let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest().cloned()) else {
+            return self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here"));
+        };
+        let piece_count = manifest.piece_count();
+        self.send(conn, Message::Manifest { manifest: Box::new(manifest) });
+        if self.remotes.get(&conn).is_some_and(|r| r.pieces(file_id).is_none()) {
+            self.on_remote_bitfield(conn, file_id, Bitfield::new(piece_count));
         }
     }
 
@@ -839,8 +844,10 @@ impl Peer {
             self.violation(conn, format!("bitfield of {} bits for {piece_count} pieces", have.len()));
             return;
         }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.set_pieces(file_id, have.clone());
+        if !self.remotes.contains_key(&conn) {
+            return;
+        }
+        let old = self.remotes.set_pieces(&conn, file_id, have.clone());
         if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);
@@ -858,8 +865,7 @@ impl Peer {
             self.violation(conn, format!("have for piece {bad} of a {piece_count}-piece file"));
             return;
         }
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
+        let Some((first, new)) = self.remotes.add_pieces(&conn, file_id, piece_count, pieces) else { return };
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
@@ -876,8 +882,10 @@ impl Peer {
     /// The remote does not have a file after all: stop asking it for that file. The exchange
     /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let old = remote.forget_file(file_id);
+        if !self.remotes.contains_key(&conn) {
+            return;
+        }
+        let old = self.remotes.forget_file(&conn, file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);
         }
@@ -1156,7 +1164,7 @@ impl Peer {
         self.release_everywhere(file_id);
         self.flush_haves();
         self.files.remove(&file_id);
-        for conn in self.tracker.ready_conns() {
+        for conn in self.tracker.open_conns() {
             self.send(conn, Message::Leave { file_id: Some(file_id) });
         }
         self.forget_exchanges(file_id);
@@ -1173,8 +1181,8 @@ impl Peer {
         for conn in conns {
             let Some(remote) = self.remotes.get_mut(&conn) else { continue };
             let told = remote.has_our_bitfield(file_id);
-            let heard = remote.forget_file(file_id).is_some();
             remote.unwant(file_id);
+            let heard = self.remotes.forget_file(&conn, file_id).is_some();
             if told || heard {
                 self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "removed here"));
             }

@@ -364,16 +364,16 @@ mod tests {
         };
         let connected = PEX_MESH_PEERS as u8 - 3;
         for host in 2..2 + connected {
-            let mut remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
-            remote.set_pieces(file_id, Bitfield::new(4));
+            let remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
             remotes.accept(ConnId::Inbound(u64::from(host)), remote);
+            remotes.set_pieces(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
         }
         assert_eq!(heard(&remotes, 2, true), Heard::Use(3), "three more fill the mesh");
         assert_eq!(heard(&remotes, 3, false), Heard::Use(8), "no tracker: every named peer");
         for host in 2 + connected..2 + connected + 3 {
-            let mut remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
-            remote.set_pieces(file_id, Bitfield::new(4));
+            let remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
             remotes.accept(ConnId::Inbound(u64::from(host)), remote);
+            remotes.set_pieces(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
         }
         assert_eq!(heard(&remotes, 4, true), Heard::Ignore, "the mesh is full");
     }

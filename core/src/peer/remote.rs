@@ -226,14 +226,14 @@ impl Remote {
     }
 
     /// The remote's bitfield of `file_id` arrived; returns the one it replaces.
-    pub fn set_pieces(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+    fn set_pieces(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
         self.files.insert(file_id, have)
     }
 
     /// The remote holds `pieces` of `file_id` (of `piece_count` pieces, each checked against
     /// it). Returns whether this is the first we hear of the file from it, and the pieces that
     /// are new.
-    pub fn add_pieces(&mut self, file_id: FileId, piece_count: u32, pieces: &[PieceIndex]) -> (bool, Vec<PieceIndex>) {
+    fn add_pieces(&mut self, file_id: FileId, piece_count: u32, pieces: &[PieceIndex]) -> (bool, Vec<PieceIndex>) {
         let first = !self.files.contains_key(&file_id);
         let have = self.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
         (first, pieces.iter().copied().filter(|p| have.set(*p)).collect())
@@ -241,22 +241,37 @@ impl Remote {
 
     /// The remote refused `piece` of `file_id`: it no longer counts as holding it. Whether it
     /// did.
-    pub fn drop_piece(&mut self, file_id: FileId, piece: PieceIndex) -> bool {
+    fn drop_piece(&mut self, file_id: FileId, piece: PieceIndex) -> bool {
         self.files.get_mut(&file_id).is_some_and(|have| have.unset(piece))
     }
 
     /// The remote does not have `file_id` after all; returns the pieces it claimed. The
     /// exchange of the file with it is over: a bitfield it sends later starts it over.
-    pub fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
+    fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
         self.bitfield_sent.remove(&file_id);
         self.files.remove(&file_id)
     }
+}
+
+/// How many remotes hold each piece of one file, kept as their bitfields change.
+#[derive(Debug, Default)]
+struct Held {
+    /// Remotes that told us of the file (its entry goes with the last of them).
+    remotes: u32,
+    /// Per piece, the remotes holding it (at most `CONNECTIONS_MAX`: two bytes each).
+    counts: Vec<u16>,
 }
 
 /// The open (or opening) peer-to-peer connections; see the module docs for the policy.
 #[derive(Debug, Default)]
 pub(super) struct Remotes {
     by_conn: BTreeMap<ConnId, Remote>,
+    /// Per file some remote told us of, how many remotes hold each piece: the rarity the upload
+    /// side orders a seeded file's requests by is read here instead of being counted over every
+    /// remote (thousands) at each look. Only the methods below change a remote's pieces, and
+    /// each keeps this in step. Bounded by the files we know (a bitfield or `Haves` is taken
+    /// only for a file whose manifest we have) times their pieces.
+    held: VecMap<FileId, Held>,
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
     /// Every resting remote's rest end (see [`Requests::resting_until`]), earliest first: the
@@ -320,7 +335,59 @@ impl Remotes {
         if let Some(until) = remote.requests.resting_until() {
             self.rests.remove(&(until, *conn));
         }
+        for (file_id, have) in remote.files() {
+            count_holder(&mut self.held, *file_id, have, false);
+        }
         Some(remote)
+    }
+
+    /// `conn`'s bitfield of `file_id` arrived; returns the one it replaces (`None` also when
+    /// `conn` is not open).
+    pub fn set_pieces(&mut self, conn: &ConnId, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+        let remote = self.by_conn.get_mut(conn)?;
+        count_holder(&mut self.held, file_id, &have, true);
+        let old = remote.set_pieces(file_id, have);
+        if let Some(old) = &old {
+            count_holder(&mut self.held, file_id, old, false);
+        }
+        old
+    }
+
+    /// `conn` holds `pieces` of `file_id` (of `piece_count` pieces, each checked against it).
+    /// Returns whether this is the first we hear of the file from it, and the pieces that are
+    /// new; `None` when `conn` is not open.
+    pub fn add_pieces(
+        &mut self,
+        conn: &ConnId,
+        file_id: FileId,
+        piece_count: u32,
+        pieces: &[PieceIndex],
+    ) -> Option<(bool, Vec<PieceIndex>)> {
+        let remote = self.by_conn.get_mut(conn)?;
+        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
+        let held = self.held.get_or_insert_with(file_id, Held::default);
+        held.remotes += u32::from(first);
+        for piece in &new {
+            count_piece(held, *piece, true);
+        }
+        Some((first, new))
+    }
+
+    /// `conn` refused `piece` of `file_id`: it no longer counts as holding it. Whether it did.
+    pub fn drop_piece(&mut self, conn: &ConnId, file_id: FileId, piece: PieceIndex) -> bool {
+        let dropped = self.by_conn.get_mut(conn).is_some_and(|r| r.drop_piece(file_id, piece));
+        if let Some(held) = self.held.get_mut(&file_id).filter(|_| dropped) {
+            count_piece(held, piece, false);
+        }
+        dropped
+    }
+
+    /// `conn` does not have `file_id` after all; returns the pieces it claimed. The exchange
+    /// of the file with it is over: a bitfield it sends later starts it over.
+    pub fn forget_file(&mut self, conn: &ConnId, file_id: FileId) -> Option<Bitfield> {
+        let old = self.by_conn.get_mut(conn)?.forget_file(file_id)?;
+        count_holder(&mut self.held, file_id, &old, false);
+        Some(old)
     }
 
     /// `conn`'s rest end moved from `old` to `new` (the scheduler changed it).
@@ -347,7 +414,14 @@ impl Remotes {
 
     /// How many remotes told us they hold `piece` of `file_id`.
     pub fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
-        self.values().filter(|r| r.pieces(file_id).is_some_and(|have| have.has(piece))).count()
+        let held = self.held.get(&file_id);
+        let count = held.and_then(|h| h.counts.get(piece.as_usize())).map_or(0, |count| usize::from(*count));
+        debug_assert_eq!(
+            count,
+            self.values().filter(|r| r.pieces(file_id).is_some_and(|have| have.has(piece))).count(),
+            "holder count of {piece} out of step with the remotes' pieces"
+        );
+        count
     }
 
     /// The connections whose handshake is done.
@@ -376,12 +450,24 @@ impl Remotes {
     /// Records a connection being opened (see [`Remotes::may_open`]).
     pub fn open(&mut self, conn: ConnId, remote: Remote) {
         self.retry_at.remove(&remote.addr);
-        self.by_conn.insert(conn, remote);
+        self.insert(conn, remote);
     }
 
     /// Records an accepted connection (see `slots::admit`).
     pub fn accept(&mut self, conn: ConnId, remote: Remote) {
-        self.by_conn.insert(conn, remote);
+        self.insert(conn, remote);
+    }
+
+    fn insert(&mut self, conn: ConnId, remote: Remote) {
+        for (file_id, have) in remote.files() {
+            count_holder(&mut self.held, *file_id, have, true);
+        }
+        if let Some(old) = self.by_conn.insert(conn, remote) {
+            debug_assert!(false, "{conn} opened twice");
+            for (file_id, have) in old.files() {
+                count_holder(&mut self.held, *file_id, have, false);
+            }
+        }
     }
 
     /// Leaves `addr` alone for a while after a failed or refused connection at `now`. Expired
@@ -390,6 +476,28 @@ impl Remotes {
         self.retry_at.retain(|_, until| *until > now);
         self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
     }
+}
+
+/// A remote's pieces `have` of `file_id` start (`holds`) or stop counting.
+fn count_holder(held: &mut VecMap<FileId, Held>, file_id: FileId, have: &Bitfield, holds: bool) {
+    let entry = held.get_or_insert_with(file_id, Held::default);
+    entry.remotes = if holds { entry.remotes.saturating_add(1) } else { entry.remotes.saturating_sub(1) };
+    for piece in have.iter() {
+        count_piece(entry, piece, holds);
+    }
+    if entry.remotes == 0 {
+        held.remove(&file_id);
+    }
+}
+
+/// One more (`holds`) or one fewer remote holds `piece`.
+fn count_piece(held: &mut Held, piece: PieceIndex, holds: bool) {
+    let at = piece.as_usize();
+    if held.counts.len() <= at {
+        held.counts.resize(at + 1, 0);
+    }
+    let count = &mut held.counts[at];
+    *count = if holds { count.saturating_add(1) } else { count.saturating_sub(1) };
 }
 
 #[cfg(test)]
@@ -412,5 +520,55 @@ mod tests {
             );
         }
         assert!(!remotes.may_open("10.0.0.2:1".parse().expect("an address"), Time::ZERO), "at the cap");
+    }
+
+    /// The holder counts, piece by piece, against a walk over every remote's pieces.
+    fn assert_counts_walk(remotes: &Remotes, file_id: FileId, pieces: u32) -> Vec<usize> {
+        (0..pieces)
+            .map(|p| {
+                let piece = PieceIndex(p);
+                let walked = remotes.values().filter(|r| r.pieces(file_id).is_some_and(|h| h.has(piece))).count();
+                assert_eq!(remotes.holders(file_id, piece), walked, "piece {p}");
+                walked
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holder_counts_follow_bitfields_haves_refusals_forgets_and_closes() {
+        let file_id = FileId(crate::ids::Digest([2; 32]));
+        let other = FileId(crate::ids::Digest([3; 32]));
+        let mut remotes = Remotes::new();
+        for n in 0..3u8 {
+            let addr = SocketAddr::from(([10, 0, 0, n + 1], 1000));
+            remotes.accept(ConnId::Inbound(u64::from(n)), Remote::inbound(addr, PeerId([n; 16]), Time::ZERO));
+        }
+        let (a, b, c) = (ConnId::Inbound(0), ConnId::Inbound(1), ConnId::Inbound(2));
+        remotes.set_pieces(&a, file_id, Bitfield::full(4));
+        let mut some = Bitfield::new(4);
+        some.set(PieceIndex(1));
+        remotes.set_pieces(&b, file_id, some);
+        remotes.set_pieces(&b, other, Bitfield::full(4));
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 1]);
+        assert_eq!(remotes.add_pieces(&c, file_id, 4, &[PieceIndex(3)]), Some((true, vec![PieceIndex(3)])));
+        assert_eq!(
+            remotes.add_pieces(&b, file_id, 4, &[PieceIndex(1), PieceIndex(3)]),
+            Some((false, vec![PieceIndex(3)]))
+        );
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 3]);
+        assert!(remotes.drop_piece(&a, file_id, PieceIndex(3)));
+        assert!(!remotes.drop_piece(&a, file_id, PieceIndex(3)), "dropped already");
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 2]);
+        // A new bitfield replaces the old one's counts.
+        remotes.set_pieces(&a, file_id, Bitfield::new(4));
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [0, 1, 0, 2]);
+        assert!(remotes.forget_file(&b, file_id).is_some());
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [0, 0, 0, 1]);
+        remotes.remove(&c);
+        assert_eq!(assert_counts_walk(&remotes, file_id, 4), [0, 0, 0, 0]);
+        assert_eq!(assert_counts_walk(&remotes, other, 4), [1, 1, 1, 1]);
+        remotes.remove(&b);
+        remotes.remove(&a);
+        assert!(remotes.held.is_empty(), "no remote tells of any file: nothing is kept");
     }
 }

@@ -538,8 +538,10 @@ impl<'a> Scheduler<'a> {
     /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
     /// remote, and this connection is not asked for it again.
     fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        if remote.drop_piece(file_id, piece) {
+        if !self.remotes.contains_key(&conn) {
+            return;
+        }
+        if self.remotes.drop_piece(&conn, file_id, piece) {
             if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
                 download.count_lost_piece(piece);
             }

@@ -394,13 +394,19 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
     else {
         panic!("the peer connects to the tracker first");
     };
-    step(&mut peer, at(10), Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) });
+    let open = step(
+        &mut peer,
+        at(10),
+        Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
+    );
+    let our_hello = Message::Hello(Hello { room_calls: true, ..Hello::new(Role::Peer, peer.peer_id(), 7001) });
+    assert_eq!(sent(&open), vec![&our_hello, &Message::Locate { file_id: id, with_manifest: false }]);
     let ready = step(
         &mut peer,
         at(20),
         Input::Message { conn: to_tracker, message: hello(Role::Tracker, crate::PeerId([1; 16])) },
     );
-    assert_eq!(sent(&ready), vec![&Message::Locate { file_id: id, with_manifest: false }]);
+    assert!(sent(&ready).is_empty(), "asked once: {ready:?}");
     // However long the answer takes, no second ask goes out meanwhile.
     let waiting = step(&mut peer, at(20_000), Input::Timeout);
     assert!(!sent(&waiting).iter().any(|m| matches!(m, Message::Locate { .. })), "{waiting:?}");
@@ -429,6 +435,32 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
         sent(&adopted).iter().any(|m| matches!(m, Message::Bitfield { file_id, .. } if *file_id == id)),
         "{adopted:?}"
     );
+}
+
+#[test]
+fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
+    use crate::machine::Input;
+    use crate::wire::{Hello, Message, Role};
+    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 22);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let (asker, addr) = (crate::PeerId([7; 16]), "10.0.0.2:40000".parse().expect("valid address"));
+    let mut holder = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
+    let at = |ms| Time::from_millis(ms);
+    command(&mut holder, at(0), Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(4) });
+    let conn = crate::ConnId::Inbound(1);
+    step(&mut holder, at(10), Input::Connected { conn, remote: addr, peer_id: asker });
+    step(&mut holder, at(20), Input::Message { conn, message: Message::Hello(Hello::new(Role::Peer, asker, 7002)) });
+    // Asking for the manifest says the asker holds nothing: our bitfield follows at once.
+    let answered = step(&mut holder, at(30), Input::Message { conn, message: Message::GetManifest { file_id: id } });
+    let have = crate::Bitfield::full(4);
+    assert_eq!(
+        sent(&answered),
+        vec![&Message::Manifest { manifest: Box::new(manifest) }, &Message::Bitfield { file_id: id, have }]
+    );
+    // The asker's own (empty) bitfield, sent once it has the manifest, is not answered twice.
+    let empty = Message::Bitfield { file_id: id, have: crate::Bitfield::new(4) };
+    assert!(sent(&step(&mut holder, at(40), Input::Message { conn, message: empty })).is_empty());
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! every file to every tracker (again at each interval and after every reconnect, so a
 //! restarted tracker rebuilds its soft state; verified pieces reach them in the batched `Haves`
 //! the scheduler sends remotes, at most every `HAVE_BATCH_INTERVAL`), and ask where the pieces
-//! of each download are: every ready tracker is asked at once, every 2 s while a download is
+//! of each download are: every tracker is asked at once (right behind our `Hello`, not a round
+//! trip later), every 2 s while a download is
 //! stuck, less and less often while pieces keep arriving. Every answer is used; the first one
 //! to arrive lets the next ask be planned, so a tracker that is down or slow delays nothing.
 //!
@@ -98,6 +99,18 @@ impl TrackerLinks {
         self.links.iter().filter_map(ready).collect()
     }
 
+    /// The connections our `Hello` went out on, ready or still awaiting the tracker's, in the
+    /// order the trackers were given. A tracker reads a connection's messages in order, so
+    /// what follows our `Hello` is read once it accepted it: announces and locates need not
+    /// wait a round trip for its answer.
+    pub fn open_conns(&self) -> Vec<ConnId> {
+        let open = |link: &Link| match link.stage {
+            Stage::AwaitHello { conn, .. } | Stage::Ready { conn, .. } => Some(conn),
+            Stage::Idle { .. } | Stage::Connecting(_) => None,
+        };
+        self.links.iter().filter_map(open).collect()
+    }
+
     /// When a link next needs attention.
     pub fn deadline(&self) -> Option<Time> {
         let deadline = |link: &Link| match link.stage {
@@ -140,8 +153,8 @@ impl TrackerLinks {
         link.stage = Stage::Connecting(conn);
     }
 
-    /// The tracker connection `conn` is open at `now`: the peer sends its `Hello` and waits
-    /// for the tracker's.
+    /// The tracker connection `conn` is open at `now`: the peer sends its `Hello` (and what
+    /// follows it, see [`TrackerLinks::open_conns`]) and waits for the tracker's.
     pub fn connected(&mut self, conn: ConnId, now: Time) {
         let link = self.link_of(conn);
         debug_assert!(link.is_some(), "the peer routes only its tracker connections here");
@@ -318,18 +331,23 @@ mod tests {
         let (to_down, to_up) = (first[0].0, first[1].0);
 
         outputs(&mut peer, 5, Input::Disconnected { conn: to_down });
-        outputs(&mut peer, 10, Input::Connected { conn: to_up, remote: up, peer_id: crate::PeerId([9; 16]) });
-        let hello = Hello::new(Role::Tracker, crate::PeerId([9; 16]), 0);
-        let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
-        let locates: Vec<_> = ready
+        let open =
+            outputs(&mut peer, 10, Input::Connected { conn: to_up, remote: up, peer_id: crate::PeerId([9; 16]) });
+        let sent: Vec<_> = open
             .iter()
-            .filter(|o| matches!(o, Output::Send { message: Message::Locate { .. }, .. }))
-            .map(|o| match o {
-                Output::Send { conn, .. } => *conn,
-                _ => unreachable!("filtered on Send"),
+            .filter_map(|o| match o {
+                Output::Send { conn, message } => Some((*conn, message.kind())),
+                _ => None,
             })
             .collect();
-        assert_eq!(locates, [to_up], "the download asks the tracker that is up, without waiting for the other");
+        assert_eq!(
+            sent,
+            [(to_up, "hello"), (to_up, "locate")],
+            "the download asks the tracker that is up right behind the hello, without waiting for the other"
+        );
+        let hello = Hello::new(Role::Tracker, crate::PeerId([9; 16]), 0);
+        let ready = outputs(&mut peer, 20, Input::Message { conn: to_up, message: Message::Hello(hello) });
+        assert!(!ready.iter().any(|o| matches!(o, Output::Send { .. })), "asked once: {ready:?}");
 
         // The tracker that is down is retried after its backoff, and after twice that next time.
         let retry_ms = 5 + RECONNECT_DELAY_MIN.as_millis() as u64;
