@@ -268,10 +268,13 @@ pub const OFFER_WINDOW_PIECES: usize = 1;
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
 
 /// Shortest time without a block from the remote fetching a piece before another remote may
-/// fetch it too (endgame); longer for a remote whose measured rate makes two blocks take
+/// fetch it too (endgame); longer for a remote whose measured rate makes four blocks take
 /// longer. A remote that keeps delivering is not duplicated: its copy would arrive about as
-/// soon, and the duplicate's bytes would be wasted uplink.
-pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(1);
+/// soon, and the duplicate's bytes would be wasted uplink. A request can wait seconds in a
+/// busy holder's upload line (refusals, rests, room calls), and a block that already left when
+/// our `Cancel` arrives is a whole block of some uplink spent twice: the patience is meant for
+/// a fetcher that is stuck, not for one whose turn has not come yet.
+pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Most remotes working on the same piece at once (more than one only in endgame).
 pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;

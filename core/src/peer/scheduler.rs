@@ -131,15 +131,21 @@ impl Requests {
     }
 
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
-    /// from it for [`ENDGAME_PATIENCE`], or for two blocks' time at its measured rate when that
-    /// is longer.
+    /// from it for [`ENDGAME_PATIENCE`], or for four blocks' time at its measured rate when
+    /// that is longer (a request can wait that long in its upload line: a turn on each of its
+    /// two slots, then our own block at half its rate).
     fn lags(&self, now: Time) -> bool {
-        self.progress_at + self.two_blocks_time().unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
+        self.progress_at + self.blocks_time(4).unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
     }
 
     /// Two whole blocks' time at the measured rate (`None` until a rate is measured).
     fn two_blocks_time(&self) -> Option<Duration> {
-        (2 * u64::from(BLOCK_BYTES) * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
+        self.blocks_time(2)
+    }
+
+    /// `blocks` whole blocks' time at the measured rate (`None` until a rate is measured).
+    fn blocks_time(&self, blocks: u64) -> Option<Duration> {
+        (blocks * u64::from(BLOCK_BYTES) * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
     }
 
     /// The pieces of `file_id` assigned to the remote, in order.

@@ -42,7 +42,10 @@
 //!   refused queue only the first request is answered, and requests arriving uncalled within
 //!   [`BUSY_TICKET_TIME`] of the refusal (sent before it arrived) are dropped
 //!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per
-//!   turn, not once per pipelined request and retry. Other remotes ask again after
+//!   turn, not once per pipelined request and retry. A request that crossed the `Busy` may
+//!   still be queued (the line had room when it arrived); the downloader takes it for refused
+//!   and asks again when called, so a request for a block already queued or being read for the
+//!   connection is dropped too: the block is sent once. Other remotes ask again after
 //!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they
 //!   do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
@@ -95,7 +98,9 @@ pub(super) enum Refused {
     /// To be answered `Busy`.
     Busy,
     /// Not to be answered: its remote takes part in room calls and was answered `Busy` moments
-    /// ago, which answers every request it had outstanding, this one too (it was on its way).
+    /// ago, which answers every request it had outstanding, this one too (it was on its way);
+    /// or the same block is already queued or being read for the connection, and that copy
+    /// answers it.
     Covered,
 }
 
@@ -264,6 +269,12 @@ impl Uploads {
             self.tickets_changed();
         }
         let state = self.conns.entry(job.conn).or_default();
+        // A request crossing our `Busy` may be queued after all (the line had room by then),
+        // and the downloader, taking it for refused, asks again when called: one copy is sent.
+        let same = |j: &ServeJob| j.file_id == job.file_id && j.piece == job.piece && j.offset == job.offset;
+        if state.queue.iter().chain(&state.reads).any(same) {
+            return Err(Refused::Covered);
+        }
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
             return Err(Refused::Busy);
         }
@@ -778,6 +789,18 @@ mod tests {
         assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(first)]);
         uploads.pass(ConnId::Inbound(first));
         assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(second)], "the next is called at once");
+    }
+
+    #[test]
+    fn a_block_asked_for_again_while_queued_or_being_read_is_sent_once() {
+        let mut uploads = Uploads::new(None);
+        assert_eq!(answer(&mut uploads, 1, 0, 0, true), Ok(()));
+        assert_eq!(answer(&mut uploads, 1, 1, 0, true), Ok(()));
+        assert_eq!(answer(&mut uploads, 1, 1, 10, true), Err(Refused::Covered), "queued already");
+        let reading = uploads.next_read(Time::ZERO, |_, _| 0).map(|job| job.piece);
+        assert_eq!(reading, Some(PieceIndex(0)));
+        assert_eq!(answer(&mut uploads, 1, 0, 20, true), Err(Refused::Covered), "being read");
+        assert_eq!(answer(&mut uploads, 2, 0, 20, true), Ok(()), "another connection's copy is its own");
     }
 
     #[test]
