@@ -78,6 +78,23 @@ pub const HOLDERS_PER_PIECE_MAX: usize = 8;
 /// Most distinct peers one `Located` answer may name.
 pub const LOCATED_PEERS_MAX: usize = 64;
 
+/// Most askers the tracker names one peer to within [`LOCATED_NAMING_WINDOW`], while other
+/// holders of the same pieces can be named instead: a peer admits only [`INBOUND_PEERS_MAX`]
+/// connections, so naming the few early holders of a flash crowd to every newcomer sends most
+/// of them to a refusal while later holders sit idle. A piece whose every holder was named
+/// this often still gets one named holder.
+pub const LOCATED_NAMINGS_PER_PEER_MAX: u32 = INBOUND_PEERS_MAX as u32;
+
+/// The window over which [`LOCATED_NAMINGS_PER_PEER_MAX`] counts: as long as a downloader
+/// that was refused waits before it asks the tracker again.
+pub const LOCATED_NAMING_WINDOW: Duration = LOCATE_INTERVAL;
+
+/// Most peers that hold none of a file's pieces yet (but know its manifest) one `Located`
+/// answer names beside the holders, when the holders leave room: newcomers of a flash crowd
+/// meet each other before they hold pieces (each then fetches what another just received),
+/// and a downloader without the manifest has more peers to ask for it than the few holders.
+pub const LOCATED_NEWCOMERS_MAX: usize = 8;
+
 /// How long the tracker reuses the holder lists it built for a file's `Located` answers (a
 /// holder coming or going drops them sooner).
 pub const LOCATED_REUSE_TIME: Duration = Duration::from_secs(1);

@@ -4,8 +4,8 @@
 //! not know yet, exchanges bitfields and `Have`s, carries out `slots`' decision on each inbound
 //! connection, and tears a connection down (its pieces go back to the scheduler). This module
 //! decides, from the connection table and the message at hand:
-//! - which holders of a `Located` answer are worth a connection, and who holds each missing
-//!   piece ([`located`]);
+//! - which peers of a `Located` answer are worth a connection (holders of a missing piece, and
+//!   newcomers that hold nothing yet), and who holds each missing piece ([`located`]);
 //! - whether a remote's `Hello` completes its handshake ([`hello`]);
 //! - which connections timed out: a handshake too slow, a connection idle too long, a remote
 //!   that let our requests stall ([`timeouts`], checked once a second).
@@ -24,17 +24,25 @@ use super::remote::{Remote, Remotes};
 /// [`HOLDERS_PER_PIECE_MAX`] holders' addresses each, and the holders of any of them.
 #[derive(Debug)]
 pub(super) struct Located {
-    /// The holders that hold a piece we miss, in the answer's order.
+    /// The holders that hold a piece we miss, in the answer's order, then the peers that hold
+    /// nothing yet: the tracker names a few such newcomers so that a crowd that starts
+    /// together meets before its first pieces arrive, and each fetches what another received.
     pub useful: Vec<PeerAddr>,
     /// Every missing piece, with the addresses of some of its holders.
     pub wanted: Vec<(PieceIndex, Vec<SocketAddr>)>,
 }
 
-/// Which of `holders` hold pieces missing from `have` (of the same length).
+/// Which of `holders` hold pieces missing from `have` (of the same length), and which hold
+/// nothing.
 pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
     let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> = have.iter_missing().map(|p| (p, Vec::new())).collect();
     let mut useful = Vec::new();
+    let mut newcomers = Vec::new();
     for (peer, bits) in holders.iter() {
+        if bits.count() == 0 {
+            newcomers.push(peer);
+            continue;
+        }
         let mut holds_missing = false;
         for (_, addrs) in wanted.iter_mut().filter(|(piece, _)| bits.has(*piece)) {
             holds_missing = true;
@@ -46,6 +54,7 @@ pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
             useful.push(peer);
         }
     }
+    useful.append(&mut newcomers);
     Located { useful, wanted }
 }
 

@@ -17,15 +17,17 @@ pub(super) struct Locate {
     /// The current interval between asks: doubled while pieces keep arriving, reset when
     /// none arrived since the last ask.
     interval: Duration,
-    /// Whether an answer to an ask arrived.
-    answered_once: bool,
     /// Verified pieces at the last ask.
     have_at_ask: u32,
     /// When the last ask went out, while its answer is awaited (no second ask meanwhile).
     awaited_since: Option<Time>,
-    /// Whether the tracker was asked for holders only, the manifest being unknown: they are
-    /// asked for it, and the tracker only if that did not work by the next ask.
-    asked_without_manifest: bool,
+    /// Whether a tracker answered with holders (it knew the file). While the manifest is
+    /// unknown the first ask is for holders only, which then send it; the asks after such an
+    /// answer ask the tracker for it too. An answer that only says the file is not known yet
+    /// (its holders have not announced) names nobody to ask, so it does not count.
+    located: bool,
+    /// Whether a tracker said it does not know the file.
+    told_unknown: bool,
 }
 
 impl Locate {
@@ -34,10 +36,10 @@ impl Locate {
         Locate {
             next_at: now,
             interval: LOCATE_INTERVAL,
-            answered_once: false,
             have_at_ask: 0,
             awaited_since: None,
-            asked_without_manifest: false,
+            located: false,
+            told_unknown: false,
         }
     }
 
@@ -51,39 +53,46 @@ impl Locate {
     }
 
     /// An ask goes out at `now` (over an open tracker connection when `sent`), with
-    /// `have_count` pieces verified. Returns whether it asks for the manifest too: the first
-    /// ask of a download without one is for holders only, which then send it.
+    /// `have_count` pieces verified. Returns whether it asks for the manifest too: a download
+    /// without one asks for holders only, which then send it, until a tracker named holders.
     pub fn asked(&mut self, now: Time, have_count: u32, sent: bool, manifest_known: bool) -> bool {
         self.interval =
             if have_count > self.have_at_ask { (self.interval * 2).min(LOCATE_INTERVAL_MAX) } else { LOCATE_INTERVAL };
         self.have_at_ask = have_count;
         self.next_at = now + self.interval;
         self.awaited_since = sent.then_some(now);
-        let with_manifest = !manifest_known && self.asked_without_manifest;
-        self.asked_without_manifest |= sent && !manifest_known;
-        with_manifest
+        !manifest_known && self.located
     }
 
     /// The tracker answered at `now`, naming `peers` peers (`None`: it does not know the
     /// file). The next ask waits at least [`LOCATE_INTERVAL`] from here, however long the
     /// answer took. The first answer that names only a few asks again soon: the tracker names
     /// only peers that hold pieces, so downloaders that started together find each other once
-    /// their first pieces arrived.
+    /// their first pieces arrived. So does the first answer that the file is not known (yet):
+    /// in a crowd that starts with its seeders, the seeders' announces may reach the tracker
+    /// just after the downloaders' first asks.
     pub fn answered(&mut self, now: Time, peers: Option<usize>) {
         if self.awaited_since.take().is_some() {
             self.next_at = self.next_at.max(now + LOCATE_INTERVAL);
         }
-        if let Some(peers) = peers {
-            if !self.answered_once && peers < HOLDERS_PER_PIECE_MAX {
+        match peers {
+            Some(peers) => {
+                if !self.located && peers < HOLDERS_PER_PIECE_MAX {
+                    self.ask_soon(now);
+                }
+                self.located = true;
+            }
+            None if !self.located && !self.told_unknown => {
+                self.told_unknown = true;
                 self.ask_soon(now);
             }
-            self.answered_once = true;
+            None => {}
         }
     }
 
     /// Whether a tracker ever answered with holders (it knew the file).
     pub fn answered_once(&self) -> bool {
-        self.answered_once
+        self.located
     }
 
     /// Asks again [`LOCATE_INTERVAL_SECOND`] from `now` unless an ask is due sooner.
@@ -120,9 +129,19 @@ mod tests {
     }
 
     #[test]
-    fn the_first_ask_without_a_manifest_is_for_holders_only() {
+    fn asks_without_a_manifest_are_for_holders_only_until_a_tracker_named_holders() {
         let mut locate = Locate::new(Time::ZERO);
         assert!(!locate.asked(Time::ZERO, 0, true, false));
-        assert!(locate.asked(Time::from_millis(5000), 0, true, false));
+        locate.answered(Time::from_millis(100), None);
+        let soon = Time::from_millis(100) + LOCATE_INTERVAL_SECOND;
+        assert_eq!(locate.due_at(), soon, "the file not known yet: ask again soon, once");
+        assert!(!locate.asked(soon, 0, true, false), "no holder was named to send the manifest");
+        locate.answered(soon, None);
+        assert_eq!(locate.due_at(), soon + LOCATE_INTERVAL, "not known again: the base interval");
+        let first = locate.due_at();
+        assert!(!locate.asked(first, 0, true, false));
+        locate.answered(first, Some(1));
+        assert!(locate.asked(locate.due_at(), 0, true, false), "holders named: the tracker sends it too");
+        assert!(!locate.asked(locate.due_at(), 0, true, true), "the manifest is known");
     }
 }

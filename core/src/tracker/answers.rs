@@ -49,9 +49,9 @@ struct Lists {
 }
 
 impl Reuse {
-    /// The next of `file_slot`'s lists that does not name `asker`, unless the file still
-    /// [`Reuse::wants`] another list.
-    pub(super) fn get(&mut self, file_slot: u32, asker: Option<u32>) -> Option<Holders> {
+    /// The next of `file_slot`'s lists that does not name `asker`, with the peer slots it
+    /// names, unless the file still [`Reuse::wants`] another list.
+    pub(super) fn get(&mut self, file_slot: u32, asker: Option<u32>) -> Option<(Holders, Vec<u32>)> {
         if self.wants(file_slot) {
             return None;
         }
@@ -65,7 +65,7 @@ impl Reuse {
             file.next = (file.next + 1) % file.lists.len();
             if asker.is_none_or(|asker| !slots.contains(&asker)) {
                 file.handed += 1;
-                return Some(holders.clone());
+                return Some((holders.clone(), slots.clone()));
             }
         }
         None

@@ -6,16 +6,25 @@
 //! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
 //! so an answer costs about one bitfield per named peer whatever the piece count.
 //!
+//! A flash crowd asks at once while few peers hold pieces, and each peer admits only so many
+//! connections, so the choice spreads the askers: a peer already named to
+//! [`LOCATED_NAMINGS_PER_PEER_MAX`] askers in the current naming window is passed over while
+//! other holders of the same pieces can be named (a piece whose every holder was passed over
+//! still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold
+//! nothing yet but know the manifest are named beside the holders, so newcomers meet each
+//! other and have more peers to ask for the manifest. The registry counts the namings.
+//!
 //! Cost: the holdings are walked once in a random cyclic order (random start, random stride
-//! coprime with their number). Holders still wanted per piece are kept as a 4-bit saturating
-//! counter in bit planes over 64-bit words, started at `8 - quota` so that reaching 8 means
-//! "enough": each visited peer costs a few word operations per 64 pieces. The walk stops as soon
-//! as every piece has its quota, the peer cap is hit, or every holding was visited.
+//! coprime with their number), a second time only for pieces left without a holder. Holders
+//! still wanted per piece are kept as a 4-bit saturating counter in bit planes over 64-bit
+//! words, started at `8 - quota` so that reaching 8 means "enough": each visited peer costs a
+//! few word operations per 64 pieces. The walk stops as soon as every piece has its quota, the
+//! peer cap is hit, or every holding was visited.
 
 use slab::Slab;
 
 use crate::ids::PieceIndex;
-use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_PEERS_MAX};
+use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX};
 use crate::rng::Rng;
 use crate::wire::Holders;
 
@@ -27,28 +36,60 @@ const PLANES: usize = 4;
 const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
 
 /// The holders of a `Located` answer, and the peer slot of each (in the same order).
-/// `asker_index` is the asker's holding in `file`, if it holds the file.
+/// `asker_index` is the asker's holding in `file`, if it holds the file; `window` is the
+/// current naming window (see [`PeerEntry::may_be_named`]).
 pub(super) fn select(
     file: &FileEntry,
     asker_index: Option<usize>,
     peer_table: &Slab<PeerEntry>,
+    window: u64,
     rng: &mut Rng,
 ) -> (Holders, Vec<u32>) {
     let mut named: Vec<(u32, usize)> = Vec::new();
     let mut counter = Counter::new(file, asker_index);
+    let mut uncovered = counter.need.clone();
+    let mut passed_over = false;
     let total = file.holding_count();
-    if !counter.is_satisfied() && total > 0 {
+    let (start, stride) = if total > 0 && !counter.is_satisfied() {
         let stride = coprime_stride(total, rng);
-        let mut index = rng.below(total);
-        for _ in 0..total {
-            let (holding, slot) = (index, file.holder(index));
-            index = (index + stride) % total;
-            if Some(holding) == asker_index || peer_table[slot as usize].peer.addr.port() == 0 {
+        (rng.below(total), stride)
+    } else {
+        (0, 1)
+    };
+    let walk = || (0..total).map(move |i| (start + i * stride) % total);
+    let eligible = |holding: usize| {
+        Some(holding) != asker_index && peer_table[file.holder(holding) as usize].peer.addr.port() != 0
+    };
+    if !counter.is_satisfied() {
+        // Where one answer could name every peer of the file, the mesh forms through the
+        // holders as their first pieces arrive, and a denser one only adds messages.
+        let newcomers_max = if total > LOCATED_PEERS_MAX { LOCATED_NEWCOMERS_MAX } else { 0 };
+        let mut newcomers = 0;
+        for holding in walk().filter(|&h| eligible(h)) {
+            let (slot, bits) = (file.holder(holding), file.holding_bits(holding));
+            if !peer_table[slot as usize].may_be_named(window) {
+                passed_over = true;
                 continue;
             }
-            if counter.add(file.holding_bits(holding)) {
+            if counter.add(bits) {
+                cover(&mut uncovered, bits);
                 named.push((slot, holding));
-                if counter.is_satisfied() || named.len() == LOCATED_PEERS_MAX {
+            } else if newcomers < newcomers_max && bits.iter().all(|byte| *byte == 0) {
+                newcomers += 1;
+                named.push((slot, holding));
+            }
+            if counter.is_satisfied() || named.len() == LOCATED_PEERS_MAX {
+                break;
+            }
+        }
+    }
+    // Pieces whose every holder was passed over get one named anyway.
+    if passed_over && named.len() < LOCATED_PEERS_MAX && uncovered.iter().any(|word| *word != 0) {
+        for holding in walk().filter(|&h| eligible(h)) {
+            let bits = file.holding_bits(holding);
+            if cover(&mut uncovered, bits) {
+                named.push((file.holder(holding), holding));
+                if named.len() == LOCATED_PEERS_MAX || uncovered.iter().all(|word| *word == 0) {
                     break;
                 }
             }
@@ -58,6 +99,20 @@ pub(super) fn select(
     // The arena holds exactly piece_count bits per holding, and at most LOCATED_PEERS_MAX are named.
     let holders = Holders::pack(file.manifest.piece_count(), records);
     (holders, named.into_iter().map(|(slot, _)| slot).collect())
+}
+
+/// Clears the pieces of `bits` (packed, most significant bit first) from `uncovered` (64
+/// pieces a word, the counter's layout); true when it cleared any.
+fn cover(uncovered: &mut [u64], bits: &[u8]) -> bool {
+    let mut any = false;
+    for (word, chunk) in uncovered.iter_mut().zip(bits.chunks(8)) {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let have = u64::from_be_bytes(bytes) & *word;
+        any |= have != 0;
+        *word &= !have;
+    }
+    any
 }
 
 /// Per piece, how many more holders it wants, as a saturating bit-plane counter.

@@ -28,7 +28,10 @@ use slab::Slab;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
-use crate::limits::{FRAME_BYTES_MAX, LIST_FILES_MAX, TRACKER_FILES_MAX, TRACKER_PEERS_MAX};
+use crate::limits::{
+    FRAME_BYTES_MAX, LIST_FILES_MAX, LOCATED_NAMINGS_PER_PEER_MAX, LOCATED_NAMING_WINDOW, TRACKER_FILES_MAX,
+    TRACKER_PEERS_MAX,
+};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
 use crate::time::Time;
@@ -99,6 +102,32 @@ pub(super) struct PeerEntry {
     /// What its holdings cost.
     usage: Usage,
     expires_at: Time,
+    /// The naming window of `named` (see [`naming_window`]).
+    named_in: u64,
+    /// Askers it was named to in window `named_in`.
+    named: u32,
+}
+
+impl PeerEntry {
+    /// Whether `select` may name it in naming `window` while other holders of the same pieces
+    /// can be named instead: it was named to fewer than [`LOCATED_NAMINGS_PER_PEER_MAX`]
+    /// askers in that window.
+    pub(super) fn may_be_named(&self, window: u64) -> bool {
+        self.named_in != window || self.named < LOCATED_NAMINGS_PER_PEER_MAX
+    }
+
+    /// Counts one asker it was named to in naming `window`.
+    fn count_naming(&mut self, window: u64) {
+        if self.named_in != window {
+            (self.named_in, self.named) = (window, 0);
+        }
+        self.named = self.named.saturating_add(1);
+    }
+}
+
+/// The naming window `now` falls in: [`LOCATED_NAMING_WINDOW`]s since the tracker started.
+fn naming_window(now: Time) -> u64 {
+    now.as_micros() / duration_micros(LOCATED_NAMING_WINDOW).max(1)
 }
 
 impl Registry {
@@ -158,7 +187,15 @@ impl Registry {
         let peer_slot = match self.peers_by_conn.entry(conn) {
             Entry::Occupied(known) => *known.get(),
             Entry::Vacant(vacant) => {
-                let record = PeerEntry { conn, peer, files: Vec::new(), usage: Usage::default(), expires_at: now };
+                let record = PeerEntry {
+                    conn,
+                    peer,
+                    files: Vec::new(),
+                    usage: Usage::default(),
+                    expires_at: now,
+                    named_in: 0,
+                    named: 0,
+                };
                 // Slots are bounded by TRACKER_PEERS_MAX, far below u32::MAX.
                 let slot = self.peers.insert(record) as u32;
                 self.expiries.insert((now, slot));
@@ -260,7 +297,8 @@ impl Registry {
     }
 
     /// The `Located` answer for `file_id` as seen by `asker`, or `None` for an unknown file. The
-    /// holders are a list kept for reuse when one suits the asker (see `answers`).
+    /// holders are a list kept for reuse when one suits the asker (see `answers`); each peer
+    /// named counts one naming (see [`PeerEntry::may_be_named`]).
     pub(super) fn locate(
         &mut self,
         now: Time,
@@ -274,18 +312,24 @@ impl Registry {
         let asker_slot = self.peers_by_conn.get(&asker).copied();
         let asker_index = asker_slot.and_then(|slot| holding_of(&self.peers[slot as usize], file_slot));
         let manifest = with_manifest.then(|| Box::new(file.manifest.clone()));
-        if let Some(holders) = self.reuse.get(file_slot, asker_slot) {
-            return Some(Message::Located { file_id, manifest, holders });
-        }
-        if self.reuse.wants(file_slot) {
-            let (holders, slots) = locate::select(file, None, &self.peers, rng);
-            let suits = asker_slot.is_none_or(|asker| !slots.contains(&asker));
-            self.reuse.insert(now, file_slot, holders.clone(), slots);
-            if suits {
-                return Some(Message::Located { file_id, manifest, holders });
+        let window = naming_window(now);
+        let (holders, slots) = match self.reuse.get(file_slot, asker_slot) {
+            Some(reused) => reused,
+            None => {
+                let mut fresh = None;
+                if self.reuse.wants(file_slot) {
+                    let (holders, slots) = locate::select(file, None, &self.peers, window, rng);
+                    if asker_slot.is_none_or(|asker| !slots.contains(&asker)) {
+                        fresh = Some((holders.clone(), slots.clone()));
+                    }
+                    self.reuse.insert(now, file_slot, holders, slots);
+                }
+                fresh.unwrap_or_else(|| locate::select(file, asker_index, &self.peers, window, rng))
             }
+        };
+        for slot in slots {
+            self.peers[slot as usize].count_naming(window);
         }
-        let (holders, _) = locate::select(file, asker_index, &self.peers, rng);
         Some(Message::Located { file_id, manifest, holders })
     }
 

@@ -880,3 +880,57 @@ fn a_loopback_source_is_loopback_also_as_an_ipv4_mapped_address() {
     let canonical_remote = IpAddr::from([198, 51, 100, 4]);
     assert_eq!(super::recorded_ip(remote, Some(routable)), canonical_remote, "another host names only itself");
 }
+
+#[test]
+fn a_peer_named_to_many_askers_is_passed_over_while_another_holds_its_pieces() {
+    use crate::limits::{LOCATED_NAMINGS_PER_PEER_MAX, LOCATED_NAMING_WINDOW};
+    let mut h = Harness::new(8);
+    let file = manifest("f", 2);
+    let first = h.peer(1);
+    h.announce(first, &file, &[0, 1]);
+    let c = h.join(100, Role::Client, 0);
+    for _ in 0..LOCATED_NAMINGS_PER_PEER_MAX {
+        assert_eq!(holder_addrs(&h.locate(c, &file)), vec![vec![first.addr()]; 2], "the only holder");
+    }
+    let second = h.peer(2);
+    h.announce(second, &file, &[0, 1]);
+    assert_eq!(holder_addrs(&h.locate(c, &file)), vec![vec![second.addr()]; 2], "the first was named enough");
+    h.now = h.now + LOCATED_NAMING_WINDOW;
+    let both = holder_addrs(&h.locate(c, &file));
+    assert!(both.iter().all(|piece| piece.len() == 2), "a new window names both again: {both:?}");
+
+    // A piece whose only holder was named enough still gets it named.
+    let mut h = Harness::new(9);
+    let first = h.peer(1);
+    h.announce(first, &file, &[0, 1]);
+    let c = h.join(100, Role::Client, 0);
+    for _ in 0..LOCATED_NAMINGS_PER_PEER_MAX {
+        h.locate(c, &file);
+    }
+    let second = h.peer(2);
+    h.announce(second, &file, &[0]);
+    let (peers, holders) = h.locate(c, &file);
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_eq!(peers[holders[1][0] as usize].addr, first.addr(), "piece 1 has only the first holder");
+}
+
+#[test]
+fn peers_holding_nothing_are_named_beside_the_holders_once_an_answer_cannot_name_everyone() {
+    use crate::limits::LOCATED_NEWCOMERS_MAX;
+    let mut h = Harness::new(10);
+    let file = manifest("f", 3);
+    let seeder = h.peer(1);
+    h.announce(seeder, &file, &[0, 1, 2]);
+    for n in 2..=LOCATED_PEERS_MAX as u64 {
+        let newcomer = h.peer(n);
+        h.announce(newcomer, &file, &[]);
+    }
+    let c = h.join(200, Role::Client, 0);
+    let (peers, _) = h.locate(c, &file);
+    assert_eq!(peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![seeder.addr()], "one answer could name all");
+    let newcomer = h.peer(LOCATED_PEERS_MAX as u64 + 1);
+    h.announce(newcomer, &file, &[]);
+    let (peers, holders) = h.locate(c, &file);
+    assert_eq!(peers.len(), 1 + LOCATED_NEWCOMERS_MAX, "{peers:?}");
+    assert!(holders.iter().all(|piece| piece.len() == 1), "the newcomers hold nothing: {holders:?}");
+}
