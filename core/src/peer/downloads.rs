@@ -96,17 +96,24 @@ enum Slot {
     /// Being fetched block by block (boxed: a download has a slot for every piece, few of them
     /// active, and each active one is several times the size of the others).
     Active(Box<ActivePiece>),
-    /// Every block is written; its hash is being computed.
-    Verifying {
-        /// Every block of the piece.
-        all: u64,
-        /// Who sent which of its blocks.
-        senders: Senders,
-        /// The suspect whose blocks were fetched again, if the piece is on parole.
-        parole: Option<Parole>,
-    },
+    /// Every block is written; its hash is being computed (boxed for the same reason: a slot
+    /// is two words, and a scale run holds millions of them).
+    Verifying(Box<Verifying>),
     /// Verified and served.
     Have,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() <= 16, "a slot stays two words");
+
+/// A piece whose every block is written, being hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Verifying {
+    /// Every block of the piece.
+    all: u64,
+    /// Who sent which of its blocks.
+    senders: Senders,
+    /// The suspect whose blocks were fetched again, if the piece is on parole.
+    parole: Option<Parole>,
 }
 
 /// A piece being fetched.
@@ -417,7 +424,10 @@ impl Download {
             let mut lowest = u16::MAX;
             for piece in remote.have.iter_and(&self.missing) {
                 let rank = self.availability[piece.as_usize()];
-                if rank > lowest || !usable(piece) {
+                // A missing piece is on no parole (only an active one is): of `usable`, only
+                // the bad sources apply, and its slot need not be read.
+                debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
+                if rank > lowest || self.bad_sources.contains(&(piece, remote.peer_id)) {
                     continue;
                 }
                 if rank < lowest {
@@ -528,7 +538,7 @@ impl Download {
         }
         let senders = std::mem::take(&mut active.senders);
         let (all, parole) = (active.all, active.parole.take());
-        self.slots[piece.as_usize()] = Slot::Verifying { all, senders, parole };
+        self.slots[piece.as_usize()] = Slot::Verifying(Box::new(Verifying { all, senders, parole }));
         true
     }
 
@@ -536,9 +546,10 @@ impl Download {
     /// manifest's. A verified piece is set in `have`.
     pub fn hashed(&mut self, piece: PieceIndex, matches: bool, have: &mut Bitfield) -> Verdict {
         let slot = std::mem::replace(&mut self.slots[piece.as_usize()], Slot::Missing);
-        let Slot::Verifying { all, senders, parole } = slot else {
+        let Slot::Verifying(verifying) = slot else {
             unreachable!("a hash completes only a piece this download sent to be hashed, in state Verifying")
         };
+        let Verifying { all, senders, parole } = *verifying;
         let verdict = if matches {
             self.slots[piece.as_usize()] = Slot::Have;
             have.set(piece);
@@ -630,7 +641,7 @@ impl Download {
                         debug_assert_eq!(mask & a.received, 0, "request outstanding for a received block");
                     }
                 }
-                active += usize::from(matches!(slot, Slot::Verifying { .. }));
+                active += usize::from(matches!(slot, Slot::Verifying(_)));
             }
             debug_assert_eq!(active, self.active_count);
         }

@@ -40,7 +40,7 @@ use crate::time::Time;
 use crate::wire::{Message, RejectReason};
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
-use super::pieces::{block_at, block_span, BlockKey, FileEntry};
+use super::pieces::{block_at, block_count, block_span, BlockKey, FileEntry};
 use super::remote::Remotes;
 use super::Outputs;
 
@@ -156,6 +156,11 @@ impl Requests {
     /// The pieces of `file_id` from `first` on assigned to the remote, in order.
     fn assigned_from(&self, file_id: FileId, first: PieceIndex) -> impl Iterator<Item = PieceIndex> + '_ {
         self.assigned.range((file_id, first)..=(file_id, PieceIndex(u32::MAX))).map(|(_, piece)| *piece)
+    }
+
+    /// Whether every one of the `blocks` blocks of `piece` is requested and in flight.
+    fn requested_whole(&self, file_id: FileId, piece: PieceIndex, blocks: u32) -> bool {
+        self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).len() >= blocks as usize
     }
 
     /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
@@ -385,10 +390,23 @@ impl<'a> Scheduler<'a> {
     /// A block of a piece assigned to `conn`, among those `look` names, that nobody received
     /// and `conn` has not requested.
     fn next_block(&self, conn: ConnId, file_id: FileId, look: Look) -> Option<(PieceIndex, u32)> {
-        let remote = self.remotes.get(&conn)?;
-        let download = self.files.get(&file_id)?.download()?;
+        let requests = self.remotes.get(&conn)?.requests();
+        let entry = self.files.get(&file_id)?;
+        let (manifest, download) = (entry.manifest()?, entry.download()?);
         match look {
-            Look::From(first) => download.next_block(conn, remote.requests().assigned_from(file_id, first)),
+            // A piece whose every block `conn` has requested offers it nothing: the piece book,
+            // a few pointers away from here, is read only for the others.
+            Look::From(first) => {
+                let open = requests.assigned_from(file_id, first).filter(|piece| {
+                    let whole = requests.requested_whole(file_id, *piece, block_count(manifest.piece_len(*piece)));
+                    debug_assert!(
+                        !whole || download.next_block(conn, std::iter::once(*piece)).is_none(),
+                        "{conn} requested every block of {piece}, yet the piece book offers one"
+                    );
+                    !whole
+                });
+                download.next_block(conn, open)
+            }
             Look::Only(piece) => download.next_block(conn, std::iter::once(piece)),
         }
     }
