@@ -95,6 +95,13 @@ pub const LOCATED_NAMING_WINDOW: Duration = LOCATE_INTERVAL;
 /// and a downloader without the manifest has more peers to ask for it than the few holders.
 pub const LOCATED_NEWCOMERS_MAX: usize = 8;
 
+/// Manifest bytes the tracker sends in `Located` answers per [`LOCATED_NAMING_WINDOW`], over
+/// all askers; past it (the window's first manifest always goes, whatever its size), an asker
+/// of the manifest gets the holders only, which send it as they do for a first ask. A crowd
+/// that asks at once would otherwise hold the tracker's uplink for seconds with copies of one
+/// manifest, and a flood of small `Locate`s cannot make the tracker send more than this.
+pub const LOCATED_MANIFEST_BYTES_PER_WINDOW: u64 = 1024 * 1024;
+
 /// How long the tracker reuses the holder lists it built for a file's `Located` answers (a
 /// holder coming or going drops them sooner).
 pub const LOCATED_REUSE_TIME: Duration = Duration::from_secs(1);

@@ -39,6 +39,11 @@ impl Cost {
         let text_bytes = manifest.name().len() + manifest.tree_paths_bytes();
         Cost { manifest_bytes: 32 * pieces + text_bytes as u64, pieces }
     }
+
+    /// Bytes of the manifest: its piece hashes, name and paths.
+    pub(super) fn manifest_bytes(self) -> u64 {
+        self.manifest_bytes
+    }
 }
 
 /// What one peer registration holds.

@@ -29,8 +29,8 @@ use slab::Slab;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
-    FRAME_BYTES_MAX, LIST_FILES_MAX, LOCATED_NAMINGS_PER_PEER_MAX, LOCATED_NAMING_WINDOW, TRACKER_FILES_MAX,
-    TRACKER_PEERS_MAX,
+    FRAME_BYTES_MAX, LIST_FILES_MAX, LOCATED_MANIFEST_BYTES_PER_WINDOW, LOCATED_NAMINGS_PER_PEER_MAX,
+    LOCATED_NAMING_WINDOW, TRACKER_FILES_MAX, TRACKER_PEERS_MAX,
 };
 use crate::manifest::Manifest;
 use crate::rng::Rng;
@@ -73,6 +73,9 @@ pub(super) struct Registry {
     reuse: Reuse,
     /// What each source IP holds.
     quotas: Quotas,
+    /// The naming window of `manifest_bytes`, and the manifest bytes answers carried in it
+    /// (bounded by [`LOCATED_MANIFEST_BYTES_PER_WINDOW`]).
+    manifests_sent: (u64, u64),
 }
 
 /// One known file: its manifest and one holding per peer that announced it.
@@ -125,6 +128,20 @@ impl PeerEntry {
     }
 }
 
+/// Whether an answer of naming `window` may carry `manifest`, counting it in `sent` (the
+/// window and the manifest bytes sent in it) if so: while fewer than
+/// [`LOCATED_MANIFEST_BYTES_PER_WINDOW`] were.
+fn spend_manifest(sent: &mut (u64, u64), window: u64, manifest: &Manifest) -> bool {
+    if sent.0 != window {
+        *sent = (window, 0);
+    }
+    if sent.1 >= LOCATED_MANIFEST_BYTES_PER_WINDOW {
+        return false;
+    }
+    sent.1 += Cost::of(manifest).manifest_bytes();
+    true
+}
+
 /// The naming window `now` falls in: [`LOCATED_NAMING_WINDOW`]s since the tracker started.
 fn naming_window(now: Time) -> u64 {
     now.as_micros() / duration_micros(LOCATED_NAMING_WINDOW).max(1)
@@ -142,6 +159,7 @@ impl Registry {
             ttl,
             reuse: Reuse::default(),
             quotas: Quotas::default(),
+            manifests_sent: (0, 0),
         }
     }
 
@@ -311,8 +329,9 @@ impl Registry {
         let file = &self.files[file_slot as usize];
         let asker_slot = self.peers_by_conn.get(&asker).copied();
         let asker_index = asker_slot.and_then(|slot| holding_of(&self.peers[slot as usize], file_slot));
-        let manifest = with_manifest.then(|| Box::new(file.manifest.clone()));
         let window = naming_window(now);
+        let manifest = (with_manifest && spend_manifest(&mut self.manifests_sent, window, &file.manifest))
+            .then(|| Box::new(file.manifest.clone()));
         let (holders, slots) = match self.reuse.get(file_slot, asker_slot) {
             Some(reused) => reused,
             None => {

@@ -89,11 +89,11 @@ impl Harness {
 
     /// The answer to a `Locate`, as the peers named and, per piece, indices into them.
     fn locate(&mut self, remote: Remote, manifest: &Manifest) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
-        let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id(), with_manifest: true });
+        let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id(), with_manifest: false });
         match only_message(&outputs) {
             Message::Located { file_id, manifest: got, holders } => {
                 assert_eq!(*file_id, manifest.file_id());
-                assert_eq!(got.as_deref(), Some(manifest));
+                assert_eq!(*got, None, "not asked for");
                 assert_eq!(holders.piece_count(), manifest.piece_count());
                 let (peers, have): (Vec<PeerAddr>, Vec<Bitfield>) = holders.iter().unzip();
                 let holders = manifest
@@ -933,4 +933,30 @@ fn peers_holding_nothing_are_named_beside_the_holders_once_an_answer_cannot_name
     let (peers, holders) = h.locate(c, &file);
     assert_eq!(peers.len(), 1 + LOCATED_NEWCOMERS_MAX, "{peers:?}");
     assert!(holders.iter().all(|piece| piece.len() == 1), "the newcomers hold nothing: {holders:?}");
+}
+
+#[test]
+fn answers_carry_a_bounded_number_of_manifest_bytes_per_window() {
+    use crate::limits::{LOCATED_MANIFEST_BYTES_PER_WINDOW, LOCATED_NAMING_WINDOW};
+    let mut h = Harness::new(11);
+    // A quarter of the budget each: four answers carry it, the fifth names the holder only.
+    let pieces = u32::try_from(LOCATED_MANIFEST_BYTES_PER_WINDOW / 4 / 32).expect("fits");
+    let file = manifest("f", pieces);
+    let seeder = h.peer(1);
+    h.announce(seeder, &file, &[0]);
+    let asker = h.peer(2);
+    let ask = Message::Locate { file_id: file.file_id(), with_manifest: true };
+    let carried = |h: &mut Harness| match only_message(&h.send(asker, ask.clone())) {
+        Message::Located { manifest, holders, .. } => {
+            assert_eq!(holders.peers().map(|p| p.addr).collect::<Vec<_>>(), vec![seeder.addr()]);
+            manifest.is_some()
+        }
+        other => panic!("expected Located, got {other:?}"),
+    };
+    for n in 0..4 {
+        assert!(carried(&mut h), "answer {n} is within the budget");
+    }
+    assert!(!carried(&mut h), "the budget is spent: the holders send it");
+    h.now = h.now + LOCATED_NAMING_WINDOW;
+    assert!(carried(&mut h), "a new window, a new budget");
 }
