@@ -613,11 +613,12 @@ fn locate_holding(stride: usize, index: usize) -> (usize, std::ops::Range<usize>
     (index / HOLDINGS_PER_CHUNK, start..start + stride)
 }
 
-/// Whether the packed bits hold no piece.
+/// `span` in whole microseconds, saturating at `u64::MAX`.
 fn duration_micros(span: Duration) -> u64 {
     u64::try_from(span.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Whether the packed bits hold no piece.
 fn is_empty(bits: &[u8]) -> bool {
     bits.iter().all(|byte| *byte == 0)
 }
