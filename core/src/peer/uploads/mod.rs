@@ -718,13 +718,20 @@ mod tests {
         assert_eq!(next, expected);
     }
 
-    #[test]
-    fn a_full_line_refuses_newcomers_and_lets_the_refused_in_first() {
+    /// An upload line taken whole: connections `1..=line` each asked for piece 0 at time 0,
+    /// filling every slot and every place in line. Returns it with `line`.
+    fn full_line() -> (Uploads, u64) {
         let mut uploads = Uploads::new(None);
         let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
         for conn in 1..=line {
             assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
         }
+        (uploads, line)
+    }
+
+    #[test]
+    fn a_full_line_refuses_newcomers_and_lets_the_refused_in_first() {
+        let (mut uploads, line) = full_line();
         assert!(!ask(&mut uploads, line + 1, 0, 0), "the line is full");
         assert!(!ask(&mut uploads, line + 2, 0, 0), "still full");
         assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
@@ -744,11 +751,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_that_takes_calls_is_called_when_room_frees_and_keeps_its_place_until_then() {
-        let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
-        for conn in 1..=line {
-            assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
-        }
+        let (mut uploads, line) = full_line();
         let (first, second) = (line + 1, line + 2);
         assert!(!ask_as(&mut uploads, first, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
@@ -775,11 +778,7 @@ mod tests {
 
     #[test]
     fn a_called_connection_that_passes_frees_its_room_for_the_next_at_once() {
-        let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
-        for conn in 1..=line {
-            assert!(ask(&mut uploads, conn, 0, 0));
-        }
+        let (mut uploads, line) = full_line();
         let (first, second) = (line + 1, line + 2);
         assert!(!ask_as(&mut uploads, first, 0, 0, true));
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
@@ -831,11 +830,7 @@ mod tests {
 
     #[test]
     fn a_holder_whose_turn_ends_while_others_were_refused_leaves_the_line() {
-        let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
-        for conn in 1..=line {
-            assert!(ask(&mut uploads, conn, 0, 0));
-        }
+        let (mut uploads, line) = full_line();
         assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
         assert!(!ask(&mut uploads, line + 1, 0, 0));
         serve(&mut uploads);
