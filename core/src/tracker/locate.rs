@@ -28,7 +28,7 @@ use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_
 use crate::rng::Rng;
 use crate::wire::Holders;
 
-use super::registry::{FileEntry, PeerEntry};
+use super::registry::{is_empty, FileEntry, PeerEntry};
 
 /// Planes of the per-piece counter: values 0..=15, of which 8 (`HOLDERS_PER_PIECE_MAX`) means
 /// the piece has enough named holders.
@@ -74,7 +74,7 @@ pub(super) fn select(
             if counter.add(bits) {
                 cover(&mut uncovered, bits);
                 named.push((slot, holding));
-            } else if newcomers < newcomers_max && bits.iter().all(|byte| *byte == 0) {
+            } else if newcomers < newcomers_max && is_empty(bits) {
                 newcomers += 1;
                 named.push((slot, holding));
             }

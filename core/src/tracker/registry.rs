@@ -619,7 +619,7 @@ fn duration_micros(span: Duration) -> u64 {
 }
 
 /// Whether the packed bits hold no piece.
-fn is_empty(bits: &[u8]) -> bool {
+pub(super) fn is_empty(bits: &[u8]) -> bool {
     bits.iter().all(|byte| *byte == 0)
 }
 
