@@ -226,8 +226,9 @@ impl Peer {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
-        if let (Message::Data { bytes, .. }, true) = (&message, self.remotes.contains_key(&conn)) {
-            self.uploads.data_queued(conn, u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+        if let (Message::Data { file_id, piece, offset, bytes }, true) = (&message, self.remotes.contains_key(&conn)) {
+            let block = (*file_id, *piece, *offset);
+            self.uploads.data_queued(conn, block, u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         }
         self.push(Output::Send { conn, message });
     }
@@ -1002,7 +1003,8 @@ impl Peer {
         for ServeJob { conn, file_id, piece, offset, .. } in self.uploads.take_refused() {
             self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Busy });
         }
-        for conn in self.uploads.take_calls(self.now) {
+        let holders = piece_holders(&self.remotes, &self.files);
+        for conn in self.uploads.take_calls(self.now, holders) {
             self.send(conn, Message::Room);
         }
     }

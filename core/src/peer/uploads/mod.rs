@@ -44,8 +44,8 @@
 //!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per
 //!   turn, not once per pipelined request and retry. A request that crossed the `Busy` may
 //!   still be queued (the line had room when it arrived); the downloader takes it for refused
-//!   and asks again when called, so a request for a block already queued or being read for the
-//!   connection is dropped too: the block is sent once. Other remotes ask again after
+//!   and asks again when called, so a request for a block already queued, being read or
+//!   waiting to leave on the connection is dropped too: the block is sent once. Other remotes ask again after
 //!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they
 //!   do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
@@ -53,7 +53,12 @@
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
 //!   fewest of our remotes hold (the earliest in line among equals), and a slot holder's
 //!   requests of that piece are read before its others: a piece that only a few peers hold
-//!   spreads before copies of pieces many could already serve.
+//!   spreads before copies of pieces many could already serve. Room in the line goes to the
+//!   tickets the same way (by the piece each was refused, the earliest refused among equals),
+//!   and while the line is full the rarest ticket is called anyway when its piece has fewer
+//!   holders than a waiting connection's rarest one: its request then makes room. So a
+//!   seeder's piece that nobody holds yet is not kept waiting behind copies of one that
+//!   went out already, whoever asked first.
 //!
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
 //! outstanding with the driver at once.
@@ -111,8 +116,9 @@ struct ConnUploads {
     queue: VecDeque<ServeJob>,
     /// Bytes being read for it, or read and not reported sent yet.
     unsent_bytes: u64,
-    /// The payload bytes of each `Data` frame queued on it and not reported sent, in order.
-    unsent_data: VecDeque<u32>,
+    /// Each `Data` frame queued on it and not reported sent, in order: its block and payload
+    /// bytes.
+    unsent_data: VecDeque<((FileId, PieceIndex, u32), u32)>,
     /// Reads started for it and not finished.
     reads: Vec<ServeJob>,
     /// Bytes read for it since it got its slot.
@@ -158,6 +164,9 @@ struct Ticket {
     at: Time,
     /// It was called (`Room`) at `at` and room is held for it.
     called: bool,
+    /// The piece of the refused request it asked for first (the rarest of a refused queue):
+    /// room goes to the ticket whose piece is rarest.
+    asked: Option<(FileId, PieceIndex)>,
 }
 
 impl Ticket {
@@ -261,8 +270,9 @@ impl Uploads {
         if !in_line && room_calls && self.tickets.iter().any(|t| t.conn == job.conn && t.covers(now)) {
             return Err(Refused::Covered);
         }
-        if !in_line && !self.admit(job.conn, now) {
-            if !self.make_room(job, now, holders) {
+        let mut rarity = Rarity { holders, known: Vec::new() };
+        if !in_line && !self.admit(job, now, &mut rarity) {
+            if !self.make_room(job, now, &mut rarity) {
                 return Err(Refused::Busy);
             }
             self.tickets.retain(|t| t.conn != job.conn);
@@ -270,9 +280,11 @@ impl Uploads {
         }
         let state = self.conns.entry(job.conn).or_default();
         // A request crossing our `Busy` may be queued after all (the line had room by then),
-        // and the downloader, taking it for refused, asks again when called: one copy is sent.
-        let same = |j: &ServeJob| j.file_id == job.file_id && j.piece == job.piece && j.offset == job.offset;
-        if state.queue.iter().chain(&state.reads).any(same) {
+        // and the downloader, taking it for refused, asks again when called: one copy is sent,
+        // also when the first is read and still waits to leave.
+        let block = (job.file_id, job.piece, job.offset);
+        let same = |j: &ServeJob| (j.file_id, j.piece, j.offset) == block;
+        if state.queue.iter().chain(&state.reads).any(same) || state.unsent_data.iter().any(|(b, _)| *b == block) {
             return Err(Refused::Covered);
         }
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
@@ -297,10 +309,11 @@ impl Uploads {
         true
     }
 
-    /// The peer queued a `Data` frame of `bytes` payload on `conn`.
-    pub fn data_queued(&mut self, conn: ConnId, bytes: u32) {
+    /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
+    /// piece and offset.
+    pub fn data_queued(&mut self, conn: ConnId, block: (FileId, PieceIndex, u32), bytes: u32) {
         let state = self.conns.entry(conn).or_default();
-        state.unsent_data.push_back(bytes);
+        state.unsent_data.push_back((block, bytes));
         state.unsent_bytes += u64::from(bytes);
     }
 
@@ -308,7 +321,7 @@ impl Uploads {
     pub fn sent(&mut self, conn: ConnId, data_frames: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         for _ in 0..data_frames {
-            let Some(bytes) = state.unsent_data.pop_front() else { break };
+            let Some((_, bytes)) = state.unsent_data.pop_front() else { break };
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
             // Its frames move: the wait starts again from the next look.
             state.stalled_since = None;
@@ -327,23 +340,31 @@ impl Uploads {
         }
     }
 
-    /// Whether `conn`, not in line, may join it at `now`: room is free and not held for
-    /// connections refused before it. A refused connection gets a ticket (or keeps its own,
-    /// to be called again if it was called).
-    fn admit(&mut self, conn: ConnId, now: Time) -> bool {
+    /// Whether `job`'s connection, not in line, may join it at `now`: room is free and not held
+    /// for tickets ahead of it (see [`Uploads::ticket_order`]); a newcomer comes after every
+    /// ticket. A refused connection gets a ticket (or keeps its own, to be called again if it
+    /// was called).
+    fn admit(&mut self, job: ServeJob, now: Time, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
+        let conn = job.conn;
         self.lapse_tickets(now);
         let room = self.room();
         let ticket = self.tickets.iter().position(|t| t.conn == conn);
-        if ticket.unwrap_or(self.tickets.len()) < room {
+        let place = match ticket {
+            Some(at) if room > 0 => self.ticket_order(rarity).iter().position(|&i| i == at).unwrap_or(at),
+            Some(at) => at,
+            None => self.tickets.len(),
+        };
+        if place < room {
             if let Some(at) = ticket {
                 self.tickets.remove(at);
                 self.tickets_changed();
             }
             return true;
         }
+        let asked = Some((job.file_id, job.piece));
         match ticket {
-            Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false },
-            None => self.tickets.push_back(Ticket { conn, at: now, called: false }),
+            Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false, asked },
+            None => self.tickets.push_back(Ticket { conn, at: now, called: false, asked }),
         }
         let state = self.conns.entry(conn).or_default();
         let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
@@ -386,10 +407,27 @@ impl Uploads {
         self.tickets_changed();
     }
 
+    /// The tickets in the order room in the line goes to them: those called first (room is
+    /// held for them), then by how few of our remotes hold the piece each asked for, so a
+    /// piece only we (or few) can give, such as a seeder's piece nobody has yet, is not kept
+    /// waiting behind copies others could serve; among equals in the order they were refused.
+    fn ticket_order(&self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Vec<usize> {
+        let mut order: Vec<(bool, usize, usize)> = (self.tickets.iter().enumerate())
+            .map(|(at, t)| {
+                (!t.called, t.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, at)| at).collect()
+    }
+
     /// The connections to call at `now` (`Room`): those taking part in room calls whose
-    /// tickets room in the line is free for and that were not called yet. Plans a look for
-    /// when a ticket holding room lapses while a connection waits for its call.
-    pub fn take_calls(&mut self, now: Time) -> Vec<ConnId> {
+    /// tickets room in the line is free for (in [`Uploads::ticket_order`]) and that were not
+    /// called yet; while the line is full, the first ticket when fewer remotes hold its piece
+    /// than the commonest rarest piece of a waiting connection (its request will make room,
+    /// see [`Uploads::make_room`]). Plans a look for when a ticket holding room lapses while a
+    /// connection waits for its call. `holders` counts the remotes that hold a piece.
+    pub fn take_calls(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Vec<ConnId> {
         self.ticket_wake_at = None;
         if self.tickets.is_empty() {
             return Vec::new();
@@ -397,9 +435,20 @@ impl Uploads {
         self.lapse_tickets(now);
         let room = self.room();
         let mut calls = Vec::new();
-        for ticket in self.tickets.iter_mut().take(room) {
+        let mut rarity = Rarity { holders, known: Vec::new() };
+        let mut order = self.ticket_order(&mut rarity);
+        if room == 0 {
+            let first = order.first().map(|&at| self.tickets[at]);
+            let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, piece)| {
+                let asked = rarity.holders(file_id, piece);
+                self.commonest_waiting(&mut rarity).is_some_and(|(count, _)| count > asked)
+            });
+            order.truncate(usize::from(rarer));
+        }
+        for &at in order.iter().take(room.max(1)) {
+            let ticket = &mut self.tickets[at];
             if !ticket.called && self.conns.get(&ticket.conn).is_some_and(|s| s.room_calls) {
-                *ticket = Ticket { conn: ticket.conn, at: now, called: true };
+                *ticket = Ticket { called: true, at: now, ..*ticket };
                 calls.push(ticket.conn);
                 let lapses = now + BUSY_TICKET_TIME;
                 self.lapse_due = Some(self.lapse_due.map_or(lapses, |due| due.min(lapses)));
@@ -419,28 +468,37 @@ impl Uploads {
     /// piece has fewer others to come from. So a piece that only this peer (or few) can give,
     /// such as a seeder's piece nobody has yet, is never kept out by requests for pieces others
     /// could serve. Returns whether room was made.
-    fn make_room(&mut self, job: ServeJob, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> bool {
-        let mut rarity = Rarity { holders, known: Vec::new() };
+    fn make_room(
+        &mut self,
+        job: ServeJob,
+        now: Time,
+        rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>,
+    ) -> bool {
         let asked = rarity.holders(job.file_id, job.piece);
-        let commonest = self
-            .waiting
-            .iter()
-            .enumerate()
+        let commonest = self.commonest_waiting(rarity);
+        let Some((count, line)) = commonest.filter(|&(count, _)| count > asked) else { return false };
+        debug_assert!(count > 0, "more holders than another piece");
+        let Some(conn) = self.waiting.remove(line) else { return false };
+        let mut asked = None;
+        if let Some(state) = self.conns.get_mut(&conn) {
+            asked = rarity.rarest_piece(&state.queue);
+            refuse_queue(state, &mut self.refused);
+        }
+        // Its turn comes again once room frees.
+        self.tickets.push_back(Ticket { conn, at: now, called: false, asked });
+        self.tickets_changed();
+        true
+    }
+
+    /// The waiting connection whose rarest request is held by the most remotes (the first in
+    /// line among equals): how many hold it, and its place in line.
+    fn commonest_waiting(&self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Option<(usize, usize)> {
+        (self.waiting.iter().enumerate())
             .filter_map(|(line, conn)| {
                 let queue = &self.conns.get(conn)?.queue;
                 Some((rarity.rarest(queue).map_or(usize::MAX, |(_, count)| count), line))
             })
-            .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)));
-        let Some((count, line)) = commonest.filter(|&(count, _)| count > asked) else { return false };
-        debug_assert!(count > 0, "more holders than another piece");
-        let Some(conn) = self.waiting.remove(line) else { return false };
-        if let Some(state) = self.conns.get_mut(&conn) {
-            refuse_queue(state, &mut self.refused);
-        }
-        // Its turn comes again once room frees.
-        self.tickets.push_back(Ticket { conn, at: now, called: false });
-        self.tickets_changed();
-        true
+            .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)))
     }
 
     /// The queued requests of connections that left the line to make room for refused ones:
@@ -544,8 +602,9 @@ impl Uploads {
                 if !self.tickets.is_empty() && !state.queue.is_empty() {
                     // Others were refused and come back: it makes room for them, and its turn
                     // comes again after theirs.
+                    let asked = rarity.rarest_piece(&state.queue);
                     refuse_queue(state, &mut self.refused);
-                    self.tickets.push_back(Ticket { conn, at: now, called: false });
+                    self.tickets.push_back(Ticket { conn, at: now, called: false, asked });
                     self.lapse_due = Some(Time::ZERO);
                 } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
@@ -612,6 +671,12 @@ impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
         count
     }
 
+    /// The rarest piece `queue` asks for (the first such).
+    fn rarest_piece(&mut self, queue: &VecDeque<ServeJob>) -> Option<(FileId, PieceIndex)> {
+        let (at, _) = self.rarest(queue)?;
+        queue.get(at).map(|job| (job.file_id, job.piece))
+    }
+
     /// The position of the first request for the rarest piece in `queue`, and its holders.
     fn rarest(&mut self, queue: &VecDeque<ServeJob>) -> Option<(usize, usize)> {
         let mut best: Option<(usize, usize)> = None;
@@ -673,7 +738,7 @@ mod tests {
         let mut served = Vec::new();
         while let Some(job) = uploads.next_read(now, |_, piece| holders(piece.0)) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
-            uploads.data_queued(job.conn, job.len);
+            uploads.data_queued(job.conn, (job.file_id, job.piece, job.offset), job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
             served.push((conn, job.piece.0));
         }
@@ -755,7 +820,7 @@ mod tests {
         let (first, second) = (line + 1, line + 2);
         assert!(!ask_as(&mut uploads, first, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
-        assert!(uploads.take_calls(Time::ZERO).is_empty(), "no room yet");
+        assert!(uploads.take_calls(Time::ZERO, |_, _| 0).is_empty(), "no room yet");
         assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
         // Long after any ticket of a remote asking on a timer would have lapsed, the first
         // holder's block leaves and it asks for nothing more: the first refused is called,
@@ -765,14 +830,14 @@ mod tests {
         assert!(later < Time::ZERO + UPLOAD_STALL_TIMEOUT);
         uploads.sent(ConnId::Inbound(1), 1);
         serve_at(&mut uploads, later, |_| 0);
-        assert_eq!(uploads.take_calls(later), [ConnId::Inbound(first)]);
-        assert!(uploads.take_calls(later).is_empty(), "called once");
+        assert_eq!(uploads.take_calls(later, |_, _| 0), [ConnId::Inbound(first)]);
+        assert!(uploads.take_calls(later, |_, _| 0).is_empty(), "called once");
         let later_ms = later.as_micros() / 1000;
         assert!(!ask(&mut uploads, line + 3, 0, later_ms), "the room is held for the called one");
         // It does not come back: its room goes to the next once its ticket lapsed.
         let wake = uploads.wake_at().expect("a look when the called ticket lapses");
         assert_eq!(wake, later + BUSY_TICKET_TIME);
-        assert_eq!(uploads.take_calls(wake), [ConnId::Inbound(second)]);
+        assert_eq!(uploads.take_calls(wake, |_, _| 0), [ConnId::Inbound(second)]);
         assert!(ask_as(&mut uploads, second, 0, wake.as_micros() / 1000, true), "the called one comes in");
     }
 
@@ -785,9 +850,9 @@ mod tests {
         serve(&mut uploads);
         uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
-        assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(first)]);
+        assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(first)]);
         uploads.pass(ConnId::Inbound(first));
-        assert_eq!(uploads.take_calls(Time::ZERO), [ConnId::Inbound(second)], "the next is called at once");
+        assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(second)], "the next is called at once");
     }
 
     #[test]
@@ -800,6 +865,52 @@ mod tests {
         assert_eq!(reading, Some(PieceIndex(0)));
         assert_eq!(answer(&mut uploads, 1, 0, 20, true), Err(Refused::Covered), "being read");
         assert_eq!(answer(&mut uploads, 2, 0, 20, true), Ok(()), "another connection's copy is its own");
+        uploads.read_done(ConnId::Inbound(1), FILE, PieceIndex(0), 0);
+        uploads.data_queued(ConnId::Inbound(1), (FILE, PieceIndex(0), 0), BLOCK_BYTES);
+        assert_eq!(answer(&mut uploads, 1, 0, 30, true), Err(Refused::Covered), "read, waiting to leave");
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(answer(&mut uploads, 1, 0, 40, true), Ok(()), "it left: asked again, it is sent again");
+    }
+
+    /// Piece 0 is held by five remotes, every other piece by none.
+    fn piece_zero_common(_: FileId, piece: PieceIndex) -> usize {
+        if piece.0 == 0 {
+            5
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn room_goes_first_to_the_ticket_that_asked_for_the_rarest_piece() {
+        let (mut uploads, line) = full_line();
+        let (common, rare) = (line + 1, line + 2);
+        assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
+        assert!(!ask_as(&mut uploads, rare, 1, 0, true));
+        serve(&mut uploads);
+        uploads.sent(ConnId::Inbound(1), 1);
+        serve(&mut uploads);
+        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(rare)], "refused later");
+        uploads.pass(ConnId::Inbound(rare));
+        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(common)]);
+    }
+
+    #[test]
+    fn a_ticket_for_a_rarer_piece_than_a_waiting_connection_asked_for_is_called_into_a_full_line() {
+        let (mut uploads, line) = full_line();
+        serve(&mut uploads);
+        let (common, rare) = (line + 1, line + 2);
+        assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
+        assert!(uploads.take_calls(Time::ZERO, piece_zero_common).is_empty(), "no rarer piece than the line's");
+        assert!(!ask_as(&mut uploads, rare, 1, 0, true));
+        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(rare)]);
+        assert!(uploads.take_calls(Time::ZERO, piece_zero_common).is_empty(), "one such call at a time");
+        let job =
+            ServeJob { conn: ConnId::Inbound(rare), file_id: FILE, piece: PieceIndex(1), offset: 0, len: BLOCK_BYTES };
+        assert_eq!(uploads.request(job, Time::from_millis(60), true, piece_zero_common), Ok(()), "it makes room");
+        let refused: Vec<ConnId> = uploads.take_refused().iter().map(|j| j.conn).collect();
+        let first_waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
+        assert_eq!(refused, [ConnId::Inbound(first_waiting)], "a waiting asker of the common piece leaves the line");
     }
 
     #[test]
