@@ -36,12 +36,11 @@
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
 //! has each end in its node's `by_conn` exactly while that end is open.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use p2p_core::rng::Rng;
-use p2p_core::small::VecMap;
+use p2p_core::small::{VecMap, VecSet};
 use p2p_core::wire::Message;
 use p2p_core::{ConnId, Input, PeerId, Time};
 
@@ -88,8 +87,9 @@ struct NetNode {
     group: u32,
     uplink: Uplink,
     /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
-    /// which splits its rate equally among them.
-    inbound: BTreeSet<(NodeIdx, Flow)>,
+    /// which splits its rate equally among them. A sorted vector, compact for the lookups at
+    /// every flow's start and end.
+    inbound: VecSet<(NodeIdx, Flow)>,
     /// The downlink share last applied to the senders of `inbound`.
     share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
@@ -199,7 +199,7 @@ impl Network {
                 incarnation: 0,
                 group: 0,
                 uplink: Uplink::default(),
-                inbound: BTreeSet::new(),
+                inbound: VecSet::new(),
                 share_applied: f64::INFINITY,
                 data_bytes_up: 0,
                 inbound_next: 0,

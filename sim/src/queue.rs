@@ -5,18 +5,20 @@
 //! Items come out in `(time, push order)` order: a global sequence number breaks ties, so the
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
-//! Layout, for speed at scale: items live in a slab and a four-ary heap (`dary_heap`) holds
-//! only small `(time, sequence, slot)` keys, so sifting moves 24 bytes, not a whole input, no
-//! item is boxed, and a pop over a large queue touches half the levels of a binary heap (the
-//! scale benchmark's figures are in BENCHMARKS.md). Items pushed for the time of the item last taken
-//! (storage completions, mostly) skip the heap: they go to a FIFO, which is already in push
-//! order, and `pop` takes whichever of the heap's top and the FIFO's front comes first — the
-//! same order a single heap would give.
+//! Layout, for speed at scale: items live in a slab, and small `(time, sequence, slot)` keys
+//! wait in a radix heap, so no item is boxed or moved while it waits. A run's keys only grow:
+//! each is pushed at or after the time of the key last taken, with a sequence number above
+//! every earlier one. A radix heap uses that: a key waits in the bucket named by the highest
+//! bit in which it differs from the key last taken, and a pop empties only the lowest
+//! non-empty bucket into lower ones. Each key moves a few times, always appended to or read
+//! in order from a short vector, where a comparison heap of hundreds of thousands of keys
+//! misses the cache at every level of every pop (the scale benchmark's figures are in
+//! BENCHMARKS.md). A key pushed into the past (only tests do) waits in a small ordinary heap
+//! beside it, and `pop` takes whichever of the two comes first: the same order one heap would
+//! give.
 
 use std::cmp::Reverse;
-use std::collections::VecDeque;
-
-use dary_heap::QuaternaryHeap;
+use std::collections::BinaryHeap;
 
 use p2p_core::{Command, Input, Time};
 
@@ -88,22 +90,50 @@ pub enum Item {
 /// Where an item waits: its time, its push order (unique), and its slot in the slab.
 type Key = (Time, u64, u32);
 
+/// A bucket for each highest differing bit of the 128-bit `(time, sequence)` order, and one
+/// for the key last taken.
+const BUCKETS: usize = 129;
+
+/// A key's order as one number: the time above the sequence number.
+fn order((at, seq, _): Key) -> u128 {
+    (u128::from(at.as_micros()) << 64) | u128::from(seq)
+}
+
 /// A min-queue of items by `(time, push order)`.
-#[derive(Default)]
 pub struct Queue {
-    heap: QuaternaryHeap<Reverse<Key>>,
-    /// Keys at `now`, in push order.
-    current: VecDeque<Key>,
-    /// The time of the item last taken.
-    now: Time,
+    /// `buckets[b]` holds keys whose order first differs from `last`'s at bit `b - 1` (counted
+    /// from the lowest), `buckets[0]` the key equal to it; bit `b` of `filled` tells whether
+    /// `buckets[b]` has any.
+    buckets: Vec<Vec<Key>>,
+    filled: [u64; 3],
+    /// The order of the key last moved into `buckets[0]`: no key in the buckets is below it.
+    last: u128,
+    /// Keys pushed below `last`, in an ordinary heap.
+    past: BinaryHeap<Reverse<Key>>,
+    len: usize,
     slab: Vec<Option<Item>>,
     free: Vec<u32>,
     seq: u64,
 }
 
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            filled: [0; 3],
+            last: 0,
+            past: BinaryHeap::new(),
+            len: 0,
+            slab: Vec::new(),
+            free: Vec::new(),
+            seq: 0,
+        }
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("len", &self.len()).field("pushed", &self.seq).finish()
+        f.debug_struct("Queue").field("len", &self.len).field("pushed", &self.seq).finish()
     }
 }
 
@@ -124,29 +154,29 @@ impl Queue {
         };
         let key = (at, self.seq, slot);
         self.seq += 1;
-        if at == self.now {
-            self.current.push_back(key);
+        self.len += 1;
+        if order(key) < self.last {
+            self.past.push(Reverse(key));
         } else {
-            self.heap.push(Reverse(key));
+            self.file(key);
         }
     }
 
     /// The time of the earliest item.
-    pub fn peek_time(&self) -> Option<Time> {
+    pub fn peek_time(&mut self) -> Option<Time> {
         self.peek_key().map(|(at, _, _)| at)
     }
 
     /// Takes the earliest item.
     pub fn pop(&mut self) -> Option<(Time, Item)> {
         let key = self.peek_key()?;
-        if self.current.front() == Some(&key) {
-            self.current.pop_front();
+        if self.past.peek().is_some_and(|Reverse(p)| *p == key) {
+            self.past.pop();
         } else {
-            self.heap.pop();
-            if key.0 != self.now {
-                self.move_to(key.0);
-            }
+            self.buckets[0].clear();
+            self.filled[0] &= !1;
         }
+        self.len -= 1;
         let (at, _, slot) = key;
         self.free.push(slot);
         // Every key names a filled slot: a slot is emptied only here, when its key leaves.
@@ -159,25 +189,45 @@ impl Queue {
         self.seq
     }
 
-    fn len(&self) -> usize {
-        self.heap.len() + self.current.len()
+    /// Puts `key` (not below `last`) in its bucket.
+    fn file(&mut self, key: Key) {
+        let bucket = (128 - (order(key) ^ self.last).leading_zeros()) as usize;
+        self.buckets[bucket].push(key);
+        self.filled[bucket / 64] |= 1 << (bucket % 64);
     }
 
-    fn peek_key(&self) -> Option<Key> {
-        match (self.heap.peek(), self.current.front()) {
-            (Some(Reverse(h)), Some(c)) => Some(*h.min(c)),
-            (Some(Reverse(h)), None) => Some(*h),
-            (None, c) => c.copied(),
+    /// The earliest key, which (unless it waits in `past`) is then alone in `buckets[0]`.
+    fn peek_key(&mut self) -> Option<Key> {
+        if self.filled[0] & 1 == 0 {
+            self.refill();
+        }
+        let radix = self.buckets[0].first().copied();
+        match (radix, self.past.peek()) {
+            (Some(r), Some(Reverse(p))) => Some(r.min(*p)),
+            (r, p) => r.or(p.map(|Reverse(p)| *p)),
         }
     }
 
-    /// The current time becomes `at`; keys left at the old time (only when something was
-    /// pushed into the past) go back to the heap, so the FIFO holds one time only.
-    fn move_to(&mut self, at: Time) {
-        self.now = at;
-        for key in self.current.drain(..) {
-            self.heap.push(Reverse(key));
+    /// Empties the lowest non-empty bucket: its least key becomes `last` and goes to
+    /// `buckets[0]`, the others to buckets below the one they came from.
+    fn refill(&mut self) {
+        let Some(word) = self.filled.iter().position(|w| *w != 0) else {
+            return;
+        };
+        let bucket = word * 64 + self.filled[word].trailing_zeros() as usize;
+        let keys = std::mem::take(&mut self.buckets[bucket]);
+        self.filled[word] &= !(1 << (bucket % 64));
+        // The bucket was marked filled, so it has a least key.
+        let least = keys.iter().map(|k| order(*k)).min().expect("a filled bucket has keys");
+        self.last = least;
+        for key in &keys {
+            self.file(*key);
         }
+        // Every key went to a lower bucket (each shares `least`'s bits above `bucket - 1`): the
+        // emptied vector goes back, keeping its room for the next keys of that bucket.
+        let mut keys = keys;
+        keys.clear();
+        self.buckets[bucket] = keys;
     }
 }
 
@@ -215,5 +265,38 @@ mod tests {
         q.push(Time::from_millis(0), Item::Action(5));
         q.push(Time::from_millis(1), Item::Action(6));
         assert_eq!(actions(&mut q), [5, 3, 4, 6, 2]);
+    }
+
+    #[test]
+    fn interleaved_pushes_and_pops_come_out_as_a_sorted_set_would() {
+        let mut rng = p2p_core::rng::Rng::from_seed(7);
+        let (mut q, mut sorted) = (Queue::default(), std::collections::BTreeSet::new());
+        let mut now = 0;
+        for n in 0..20_000 {
+            if rng.below(3) > 0 {
+                // Mostly at or after now, sometimes far ahead, now and then into the past.
+                let at = match rng.below(20) {
+                    0 => now / 2,
+                    1 => now + 1_000_000 + rng.below(1 << 30) as u64,
+                    _ => now + rng.below(50_000) as u64,
+                };
+                q.push(Time::from_micros(at), Item::Action(n));
+                sorted.insert((at, n));
+            } else {
+                let taken = q.pop().map(|(at, item)| match item {
+                    Item::Action(n) => (at.as_micros(), n),
+                    _ => unreachable!("only actions were pushed"),
+                });
+                assert_eq!(taken, sorted.pop_first());
+                now = taken.map_or(now, |(at, _)| at);
+            }
+        }
+        let rest: Vec<(u64, usize)> = std::iter::from_fn(|| q.pop())
+            .map(|(at, item)| match item {
+                Item::Action(n) => (at.as_micros(), n),
+                _ => unreachable!("only actions were pushed"),
+            })
+            .collect();
+        assert_eq!(rest, sorted.into_iter().collect::<Vec<_>>());
     }
 }

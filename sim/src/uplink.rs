@@ -32,6 +32,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use p2p_core::small::VecMap;
 use p2p_core::wire::Message;
 use p2p_core::{ConnId, Time};
 
@@ -120,8 +121,10 @@ pub struct Uplink {
     updated: Time,
     /// Flows came, went, or got new caps since the last [`reshare`](Uplink::reshare).
     stale: bool,
-    /// The flows' caps, as a multiset of their bits (to find the smallest at once).
-    caps: BTreeMap<u64, u32>,
+    /// The flows' caps, as a multiset of their bits (to find the smallest at once). A
+    /// cap is a receiver's downlink rate over its flow count, so values repeat and a sorted
+    /// vector of the distinct ones stays short.
+    caps: VecMap<u64, u32>,
     /// The scheduled wake-up: its number and time.
     wake: Option<(u64, Time)>,
     /// Counts wake-ups (and lives), so a stale one is recognised.
@@ -175,7 +178,7 @@ impl Uplink {
             eq.start_front(flow, &mut state);
         }
         self.flows.insert(flow, state);
-        *self.caps.entry(cap.to_bits()).or_default() += 1;
+        *self.caps.get_or_insert_with(cap.to_bits(), || 0) += 1;
         self.stale = true;
         true
     }
@@ -278,7 +281,7 @@ impl Uplink {
         };
         if old.to_bits() != cap.to_bits() {
             multiset_remove(&mut self.caps, old.to_bits());
-            *self.caps.entry(cap.to_bits()).or_default() += 1;
+            *self.caps.get_or_insert_with(cap.to_bits(), || 0) += 1;
             self.stale = true;
         }
         Some(now)
@@ -342,7 +345,7 @@ impl Uplink {
             self.recycle(state.frames);
         }
         self.equal = None;
-        self.caps.clear();
+        self.caps = VecMap::new();
         self.unreported.clear();
         self.reports.clear();
         self.wake = None;
@@ -437,7 +440,7 @@ fn done_within(rate: f64) -> f64 {
     rate * 1e-6 + 1e-3
 }
 
-fn multiset_remove(set: &mut BTreeMap<u64, u32>, key: u64) {
+fn multiset_remove(set: &mut VecMap<u64, u32>, key: u64) {
     if let Some(count) = set.get_mut(&key) {
         *count -= 1;
         if *count == 0 {
