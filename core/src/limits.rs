@@ -34,9 +34,22 @@ pub const BODY_DECODES_OFF_THREAD_MAX: usize = 2;
 /// while honest frames complete and leave the buffer at once.
 pub const READ_BUFFERS_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Size of one block: the unit of a `Request`/`Data` exchange. The last block of a piece may be
-/// shorter.
+/// Size of one block, the unit of a `Request`/`Data` exchange, in pieces of up to
+/// [`BLOCKS_PER_PIECE_MAX`] blocks (a piece no larger is one block; larger pieces have blocks
+/// of a [`BLOCKS_PER_PIECE_MAX`]th of the piece, see `Manifest::block_bytes`). The last block of
+/// a piece may be shorter. A block is what one duplicate (an endgame copy, a request that
+/// crossed a `Busy`) wastes of an uplink; smaller blocks did not pay (see BENCHMARKS.md,
+/// "Swarm efficiency"): a piece still comes from one holder outside endgame, so splitting it
+/// only adds requests and lets late blocks of a reassigned piece arrive twice.
 pub const BLOCK_BYTES: u32 = 256 * 1024;
+
+/// Most blocks in one piece: a download tracks a piece's blocks (requested, received, written,
+/// each sender's) in a `u64` mask.
+pub const BLOCKS_PER_PIECE_MAX: u32 = 64;
+
+/// Largest block of any piece (that of the largest pieces): the longest `Request` a peer
+/// serves and the largest `Data` payload.
+pub const BLOCK_BYTES_MAX: u32 = PIECE_BYTES_MAX / BLOCKS_PER_PIECE_MAX;
 
 /// Smallest piece size a manifest may declare.
 pub const PIECE_BYTES_MIN: u32 = 16 * 1024;
@@ -189,8 +202,10 @@ pub const INBOUND_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(10);
 /// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
 pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
 
-/// Smallest pipeline (bytes of requests in flight) to a remote, and the one it starts with.
-pub const REQUEST_PIPELINE_BYTES_MIN: u64 = BLOCK_BYTES as u64;
+/// Smallest pipeline (bytes of requests in flight) to a remote, and the one it starts with:
+/// bytes, not blocks, so a round trip before the remote's rate is measured carries as much
+/// whatever the block size.
+pub const REQUEST_PIPELINE_BYTES_MIN: u64 = 256 * 1024;
 
 /// How long a remote's pipeline lasts at its measured rate: a round trip with room to spare
 /// for the uploader's turns between its upload slots. A slow remote is asked for few blocks at
@@ -219,9 +234,9 @@ pub const UPLOAD_SLOTS_COUNT: usize = 2;
 pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
 
 /// Bytes queued (and unsent) over an uploader's line under which it takes any asker, however
-/// many are in line: two blocks, so an uplink serving pieces far smaller than a block still
-/// has enough queued to stay busy over a round trip.
-pub const UPLOAD_LINE_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
+/// many are in line, so an uplink serving small pieces still has enough queued to stay busy
+/// over a round trip.
+pub const UPLOAD_LINE_BYTES_MIN: u64 = 512 * 1024;
 
 /// How long a downloader leaves a remote that refused a request as `Busy` (its upload slots
 /// and line are taken) before asking it again; its pieces go to other holders meanwhile. A
@@ -254,8 +269,10 @@ pub const BUSY_TICKET_TIME_MAX: Duration = Duration::from_secs(2);
 
 const _: () = assert!(BUSY_TICKET_TIME.as_millis() <= BUSY_TICKET_TIME_MAX.as_millis());
 
-/// Bytes a slot holder is served in one turn before it makes way for a waiting connection.
-pub const UPLOAD_TURN_BYTES: u64 = BLOCK_BYTES as u64;
+/// Bytes a slot holder is served in one turn before it makes way for a waiting connection: a
+/// piece of the usual size, not one block, so a turn hands over a piece its holder can pass
+/// on rather than a share of several.
+pub const UPLOAD_TURN_BYTES: u64 = 256 * 1024;
 
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
@@ -394,7 +411,8 @@ pub const HOLDERS_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes a peer may upload in one burst when an upload limit is set, as a share of one second.
 pub const UPLOAD_BURST_FRACTION_OF_SECOND: u32 = 8;
 
-const _: () = assert!(BLOCK_BYTES as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(BLOCK_BYTES_MAX as usize + 1024 <= FRAME_BYTES_MAX);
+const _: () = assert!(BLOCK_BYTES <= BLOCK_BYTES_MAX);
 const _: () = assert!(HOLDERS_UNREACHABLE_TIMEOUT.as_millis() >= 4 * REMOTE_RETRY_DELAY.as_millis());
 const _: () = assert!(HELLO_FRAME_BYTES_MAX < FRAME_BYTES_MAX);
 // Several frames of the largest size can be received at once before anyone is closed.
@@ -440,4 +458,4 @@ const _: () = assert!(PEX_PEERS_PER_MESSAGE_MAX * 64 + 1024 <= FRAME_BYTES_MAX);
 // A download counts the connected holders of each piece in a `u16`.
 const _: () = assert!(CONNECTIONS_MAX <= u16::MAX as usize);
 // A piece's blocks are tracked in a u64 mask.
-const _: () = assert!(PIECE_BYTES_MAX / BLOCK_BYTES <= 64);
+const _: () = assert!(BLOCKS_PER_PIECE_MAX <= 64);

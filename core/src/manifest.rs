@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ManifestError;
 use crate::ids::{Digest, FileId, PieceIndex};
 use crate::limits::{
-    FILE_NAME_BYTES_MAX, PIECES_AUTO_TARGET_COUNT, PIECES_MAX, PIECE_BYTES_AUTO_MAX, PIECE_BYTES_AUTO_MIN,
-    PIECE_BYTES_MAX, PIECE_BYTES_MIN,
+    BLOCKS_PER_PIECE_MAX, BLOCK_BYTES, FILE_NAME_BYTES_MAX, PIECES_AUTO_TARGET_COUNT, PIECES_MAX, PIECE_BYTES_AUTO_MAX,
+    PIECE_BYTES_AUTO_MIN, PIECE_BYTES_MAX, PIECE_BYTES_MIN,
 };
 
 mod tree;
@@ -151,6 +151,13 @@ impl Manifest {
     /// The size of every piece but possibly the last.
     pub fn piece_size_bytes(&self) -> u32 {
         self.piece_size_bytes
+    }
+
+    /// The size of every block of a piece but possibly its last: [`BLOCK_BYTES`], a whole piece
+    /// if pieces are smaller, or a [`BLOCKS_PER_PIECE_MAX`]th of a piece if pieces are larger
+    /// than that many blocks.
+    pub fn block_bytes(&self) -> u32 {
+        BLOCK_BYTES.max(self.piece_size_bytes.div_ceil(BLOCKS_PER_PIECE_MAX)).min(self.piece_size_bytes)
     }
 
     /// Number of pieces.
@@ -319,11 +326,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::limits::BLOCK_BYTES_MAX;
 
     fn build(bytes: &[u8], piece: u32) -> Manifest {
         let mut builder = ManifestBuilder::new("f.bin".into(), piece).expect("valid");
         builder.update(bytes);
         builder.finish().expect("valid")
+    }
+
+    #[test]
+    fn blocks_are_the_block_size_at_most_a_piece_and_at_most_a_64th_of_one() {
+        let block = |piece| build(b"x", piece).block_bytes();
+        assert_eq!(block(PIECE_BYTES_MIN), PIECE_BYTES_MIN.min(BLOCK_BYTES));
+        assert_eq!(block(BLOCK_BYTES), BLOCK_BYTES);
+        assert_eq!(block(BLOCK_BYTES * BLOCKS_PER_PIECE_MAX), BLOCK_BYTES);
+        assert_eq!(block(PIECE_BYTES_MAX), BLOCK_BYTES_MAX);
+        assert_eq!(PIECE_BYTES_MAX.div_ceil(BLOCK_BYTES_MAX), BLOCKS_PER_PIECE_MAX, "the largest piece fits a mask");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use p2p_core::limits::BLOCK_BYTES;
+use p2p_core::limits::BLOCK_BYTES_MAX;
 use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex, StoreError};
 
 use crate::error::{store_io, NetError};
@@ -173,7 +173,7 @@ impl Store {
             if !entry.served.has(piece) {
                 return Err(StoreError::NotHeld { piece });
             }
-            if len > BLOCK_BYTES {
+            if len > BLOCK_BYTES_MAX {
                 return Err(StoreError::OutOfRange { piece, offset, len: u64::from(len) });
             }
             entry.access(piece, offset, u64::from(len))

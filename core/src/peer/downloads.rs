@@ -33,7 +33,7 @@ use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 
 use super::locate::Locate;
-use super::pieces::{all_blocks, block_count};
+use super::pieces::all_blocks;
 use super::scheduler::DeliveryRate;
 
 /// A remote that sends blocks: its id and serving address.
@@ -145,8 +145,8 @@ struct Parole {
 }
 
 impl ActivePiece {
-    fn new(piece_len: u32) -> ActivePiece {
-        ActivePiece { all: all_blocks(block_count(piece_len)), ..ActivePiece::default() }
+    fn new(blocks: u32) -> ActivePiece {
+        ActivePiece { all: all_blocks(blocks), ..ActivePiece::default() }
     }
 
     fn is_received(&self) -> bool {
@@ -464,14 +464,14 @@ impl Download {
         endgame.map(Choice::Endgame)
     }
 
-    /// `conn` fetches the chosen piece (of `piece_len` bytes) from now on: a `Missing` piece
+    /// `conn` fetches the chosen piece (of `blocks` blocks) from now on: a `Missing` piece
     /// becomes `Active`.
-    pub fn assign(&mut self, choice: Choice, piece_len: u32, conn: ConnId) -> PieceIndex {
+    pub fn assign(&mut self, choice: Choice, blocks: u32, conn: ConnId) -> PieceIndex {
         let piece = match choice {
             Choice::Fresh(piece) | Choice::Endgame(piece) => piece,
         };
         if self.missing.unset(piece) {
-            self.slots[piece.as_usize()] = Slot::Active(Box::new(ActivePiece::new(piece_len)));
+            self.slots[piece.as_usize()] = Slot::Active(Box::new(ActivePiece::new(blocks)));
             self.active_count += 1;
         }
         let Slot::Active(active) = &mut self.slots[piece.as_usize()] else {
@@ -651,7 +651,6 @@ impl Download {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::BLOCK_BYTES;
 
     const A: ConnId = ConnId::Outbound(1);
     const B: ConnId = ConnId::Outbound(2);
@@ -692,7 +691,7 @@ mod tests {
         let mut rng = Rng::from_seed(1);
         let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(choice, Some(Choice::Fresh(PieceIndex(0))));
-        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2, A);
         assert!(download.is_active(piece));
         assert!(fetch_all(&mut download, piece, A, 1), "the last write sends the piece to be hashed");
         let verdict = download.hashed(piece, true, &mut have);
@@ -705,7 +704,7 @@ mod tests {
     fn a_corrupt_piece_is_missing_again_and_not_asked_of_its_sender() {
         let (mut download, mut have, remote_have) = download(1);
         let mut rng = Rng::from_seed(1);
-        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2, A);
         assert!(fetch_all(&mut download, piece, A, 1));
         let Verdict::Corrupt { senders, guilty } = download.hashed(piece, false, &mut have) else {
             panic!("a bad hash")
@@ -726,7 +725,7 @@ mod tests {
     fn in_endgame_the_first_copy_of_a_block_wins_and_the_other_request_is_cancelled() {
         let (mut download, have, remote_have) = download(1);
         let mut rng = Rng::from_seed(1);
-        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2 * BLOCK_BYTES, A);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2, A);
         download.request(piece, 0, A);
         download.request(piece, 1, A);
         let busy_b = Chooser { busy: true, ..chooser(B, 2, &remote_have) };
@@ -735,7 +734,7 @@ mod tests {
         assert_eq!(prompt, None, "a piece whose fetcher keeps up is not fetched twice");
         let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(endgame, Some(Choice::Endgame(piece)));
-        download.assign(Choice::Endgame(piece), 2 * BLOCK_BYTES, B);
+        download.assign(Choice::Endgame(piece), 2, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "endgame asks for taken blocks");
         download.request(piece, 0, B);
         let first = download.receive(piece, 0, B, sender(2));
@@ -762,13 +761,13 @@ mod tests {
         let (mut download, mut have, remote_have) = download(1);
         download.count_holder(&remote_have, true); // A and B hold it.
         let mut rng = Rng::from_seed(1);
-        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4 * BLOCK_BYTES, A);
+        let piece = download.assign(Choice::Fresh(PieceIndex(0)), 4, A);
         // The liar (1) sends the first block and goes; the honest one (2) sends the rest.
         download.request(piece, 0, A);
         download.receive(piece, 0, A, sender(1));
         download.written(piece, 0);
         download.unassign(piece, A);
-        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        download.assign(Choice::Fresh(piece), 4, B);
         assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, false, &mut have);
         assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
@@ -784,7 +783,7 @@ mod tests {
         let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
         assert_eq!(alone, Some(Choice::Fresh(piece)), "the suspect, when it is the only holder left");
         download.count_holder(&remote_have, true);
-        download.assign(Choice::Fresh(piece), 4 * BLOCK_BYTES, B);
+        download.assign(Choice::Fresh(piece), 4, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "only the suspect's block");
         assert!(fetch_all(&mut download, piece, B, 2));
         let verdict = download.hashed(piece, true, &mut have);
@@ -817,7 +816,7 @@ mod tests {
                     else {
                         continue;
                     };
-                    download.assign(choice, 4 * BLOCK_BYTES, conn);
+                    download.assign(choice, 4, conn);
                 }
                 let Some((_, block)) = download.next_block(conn, [piece].into_iter()) else { continue };
                 download.request(piece, block, conn);

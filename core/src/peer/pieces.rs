@@ -5,7 +5,6 @@
 
 use crate::bitfield::Bitfield;
 use crate::ids::{FileId, PieceIndex};
-use crate::limits::BLOCK_BYTES;
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -115,15 +114,15 @@ impl FileEntry {
     }
 }
 
-/// Number of blocks in a piece of `piece_len` bytes.
-pub(super) fn block_count(piece_len: u32) -> u32 {
-    piece_len.div_ceil(BLOCK_BYTES)
+/// Number of blocks of `block_bytes` in a piece of `piece_len` bytes.
+pub(super) fn block_count(block_bytes: u32, piece_len: u32) -> u32 {
+    piece_len.div_ceil(block_bytes.max(1))
 }
 
 /// Offset and length of block `block` of a piece of `piece_len` bytes.
-pub(super) fn block_span(piece_len: u32, block: u32) -> (u32, u32) {
-    let offset = block * BLOCK_BYTES;
-    (offset, (piece_len - offset).min(BLOCK_BYTES))
+pub(super) fn block_span(block_bytes: u32, piece_len: u32, block: u32) -> (u32, u32) {
+    let offset = block * block_bytes;
+    (offset, (piece_len - offset).min(block_bytes))
 }
 
 /// Mask with the low `blocks` bits set: every block of a piece.
@@ -136,8 +135,9 @@ pub(super) fn all_blocks(blocks: u32) -> u64 {
 }
 
 /// The block index an offset names, if it is a block boundary inside the piece.
-pub(super) fn block_at(piece_len: u32, offset: u32) -> Option<u32> {
-    (offset.is_multiple_of(BLOCK_BYTES) && offset < piece_len.max(1)).then_some(offset / BLOCK_BYTES)
+pub(super) fn block_at(block_bytes: u32, piece_len: u32, offset: u32) -> Option<u32> {
+    let block_bytes = block_bytes.max(1);
+    (offset.is_multiple_of(block_bytes) && offset < piece_len.max(1)).then_some(offset / block_bytes)
 }
 
 /// Key of one outstanding block request on a connection.
@@ -147,16 +147,20 @@ pub(super) type BlockKey = (FileId, PieceIndex, u32);
 mod tests {
     use super::*;
 
+    use crate::limits::BLOCK_BYTES;
+
     #[test]
     fn block_arithmetic_covers_short_last_blocks() {
-        assert_eq!(block_count(BLOCK_BYTES * 2 + 1), 3);
-        assert_eq!(block_span(BLOCK_BYTES * 2 + 1, 2), (BLOCK_BYTES * 2, 1));
-        assert_eq!(block_count(10), 1);
-        assert_eq!(block_span(10, 0), (0, 10));
+        const B: u32 = BLOCK_BYTES;
+        assert_eq!(block_count(B, B * 2 + 1), 3);
+        assert_eq!(block_span(B, B * 2 + 1, 2), (B * 2, 1));
+        assert_eq!(block_count(B, 10), 1);
+        assert_eq!(block_span(B, 10, 0), (0, 10));
         assert_eq!(all_blocks(3), 0b111);
         assert_eq!(all_blocks(64), u64::MAX);
-        assert_eq!(block_at(BLOCK_BYTES * 2, BLOCK_BYTES), Some(1));
-        assert_eq!(block_at(BLOCK_BYTES * 2, 7), None);
-        assert_eq!(block_at(BLOCK_BYTES * 2, BLOCK_BYTES * 2), None);
+        assert_eq!(block_at(B, B * 2, B), Some(1));
+        assert_eq!(block_at(B, B * 2, 7), None);
+        assert_eq!(block_at(B, B * 2, B * 2), None);
+        assert_eq!(block_at(4 * B, B * 8, B), None, "a boundary of other blocks is none of these");
     }
 }

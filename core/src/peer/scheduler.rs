@@ -29,9 +29,9 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PieceIndex};
 use crate::limits::{
-    BLOCK_BYTES, BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
     REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
-    REQUEST_TIMEOUT_MAX,
+    REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -118,10 +118,10 @@ impl Requests {
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
-    /// `REQUEST_TIMEOUT`, or for two blocks' time at its measured rate when that is longer (a
-    /// slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
+    /// `REQUEST_TIMEOUT`, or for two upload turns' time at its measured rate when that is longer
+    /// (a slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
-        let patience = self.two_blocks_time().unwrap_or(REQUEST_TIMEOUT).clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
+        let patience = self.turns_time(2).unwrap_or(REQUEST_TIMEOUT).clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
         (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
     }
 
@@ -131,21 +131,17 @@ impl Requests {
     }
 
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
-    /// from it for [`ENDGAME_PATIENCE`], or for four blocks' time at its measured rate when
-    /// that is longer (a request can wait that long in its upload line: a turn on each of its
-    /// two slots, then our own block at half its rate).
+    /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
+    /// when that is longer (a request can wait that long in its upload line: a turn on each of
+    /// its two slots, then our own turn at half its rate).
     fn lags(&self, now: Time) -> bool {
-        self.progress_at + self.blocks_time(4).unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
+        self.progress_at + self.turns_time(4).unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
     }
 
-    /// Two whole blocks' time at the measured rate (`None` until a rate is measured).
-    fn two_blocks_time(&self) -> Option<Duration> {
-        self.blocks_time(2)
-    }
-
-    /// `blocks` whole blocks' time at the measured rate (`None` until a rate is measured).
-    fn blocks_time(&self, blocks: u64) -> Option<Duration> {
-        (blocks * u64::from(BLOCK_BYTES) * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
+    /// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at the measured rate (`None`
+    /// until a rate is measured).
+    fn turns_time(&self, turns: u64) -> Option<Duration> {
+        (turns * UPLOAD_TURN_BYTES * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
     }
 
     /// The pieces of `file_id` assigned to the remote, in order.
@@ -365,7 +361,7 @@ impl<'a> Scheduler<'a> {
 
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
-        let block_bytes = manifest.piece_size_bytes().min(BLOCK_BYTES);
+        let block_bytes = manifest.block_bytes();
         let mut look = Look::From(PieceIndex(0));
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
@@ -396,12 +392,14 @@ impl<'a> Scheduler<'a> {
         let requests = self.remotes.get(&conn)?.requests();
         let entry = self.files.get(&file_id)?;
         let (manifest, download) = (entry.manifest()?, entry.download()?);
+        let block_bytes = manifest.block_bytes();
         match look {
             // A piece whose every block `conn` has requested offers it nothing: the piece book,
             // a few pointers away from here, is read only for the others.
             Look::From(first) => {
                 let open = requests.assigned_from(file_id, first).filter(|piece| {
-                    let whole = requests.requested_whole(file_id, *piece, block_count(manifest.piece_len(*piece)));
+                    let whole =
+                        requests.requested_whole(file_id, *piece, block_count(block_bytes, manifest.piece_len(*piece)));
                     debug_assert!(
                         !whole || download.next_block(conn, std::iter::once(*piece)).is_none(),
                         "{conn} requested every block of {piece}, yet the piece book offers one"
@@ -425,7 +423,7 @@ impl<'a> Scheduler<'a> {
         };
         let entry = self.files.get(&file_id)?;
         let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
-        let block_bytes = entry.manifest()?.piece_size_bytes().min(BLOCK_BYTES);
+        let block_bytes = entry.manifest()?.block_bytes();
         let quiet = download.quiet(now, block_bytes);
         let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now));
         download.choose(chooser, entry.have(), self.rng, lagging)
@@ -437,7 +435,8 @@ impl<'a> Scheduler<'a> {
             unreachable!("a piece is chosen only for a download whose manifest is known")
         };
         let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
-        let piece = download.assign(choice, manifest.piece_len(piece), conn);
+        let blocks = block_count(manifest.block_bytes(), manifest.piece_len(piece));
+        let piece = download.assign(choice, blocks, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
         remote.requests_mut().assigned.insert((file_id, piece));
         let from = remote.addr();
@@ -450,7 +449,7 @@ impl<'a> Scheduler<'a> {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a block is offered only of a download whose manifest is known")
         };
-        let (offset, len) = block_span(manifest.piece_len(piece), block);
+        let (offset, len) = block_span(manifest.block_bytes(), manifest.piece_len(piece), block);
         download.request(piece, block, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
         remote.requests_mut().start((file_id, piece, offset), self.now);
@@ -487,8 +486,11 @@ impl<'a> Scheduler<'a> {
         };
         download.arrived(now, bytes.len() as u64);
         let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return Ok(()) };
-        let Some(block) = block_at(piece_len, offset).filter(|_| download.is_active(piece)) else { return Ok(()) };
-        if bytes.len() != block_span(piece_len, block).1 as usize {
+        let block_bytes = manifest.block_bytes();
+        let Some(block) = block_at(block_bytes, piece_len, offset).filter(|_| download.is_active(piece)) else {
+            return Ok(());
+        };
+        if bytes.len() != block_span(block_bytes, piece_len, block).1 as usize {
             return Err(WrongLength { piece, offset, len: bytes.len() });
         }
         let Arrival::Taken { losers, released } = download.receive(piece, block, conn, sender) else {
@@ -643,7 +645,7 @@ impl<'a> Scheduler<'a> {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a write completes a block of a download whose manifest is known")
         };
-        let block = block_at(manifest.piece_len(piece), offset);
+        let block = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset);
         debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
         if block.is_some_and(|block| download.written(piece, block)) {
             self.out.push(Output::HashPiece { file_id, piece });
@@ -749,7 +751,8 @@ mod tests {
     fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {
         let mut slow = Requests::new(Time::ZERO);
         let mut fast = Requests::new(Time::ZERO);
-        let first = Requests::new(Time::ZERO).pipeline_depth(BLOCK_BYTES);
+        const BLOCK: u32 = 256 * 1024;
+        let first = Requests::new(Time::ZERO).pipeline_depth(BLOCK);
         assert_eq!(first, 1, "nothing measured yet: the smallest pipeline");
         slow.rate.start(Time::ZERO);
         fast.rate.start(Time::ZERO);
@@ -759,8 +762,8 @@ mod tests {
         }
         // 160 KB/s against 2.6 MB/s.
         assert_eq!(slow.pipeline_depth(16 * 1024), 16, "16 KiB blocks: a count bound, not bytes");
-        assert_eq!(slow.pipeline_depth(BLOCK_BYTES), 1);
-        assert!(fast.pipeline_depth(BLOCK_BYTES) >= 9, "{}", fast.pipeline_depth(BLOCK_BYTES));
+        assert_eq!(slow.pipeline_depth(BLOCK), 1);
+        assert!(fast.pipeline_depth(BLOCK) >= 9, "{}", fast.pipeline_depth(BLOCK));
     }
 
     #[test]

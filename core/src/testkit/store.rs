@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{Digest, FileId, PieceIndex};
-use crate::limits::BLOCK_BYTES;
+use crate::limits::BLOCK_BYTES_MAX;
 use crate::manifest::Manifest;
 use crate::store::Store;
 
@@ -105,7 +105,7 @@ impl Store for MemoryStore {
         if !file.served.has(piece) {
             return Err(StoreError::NotHeld { piece });
         }
-        if len > BLOCK_BYTES {
+        if len > BLOCK_BYTES_MAX {
             return Err(StoreError::OutOfRange { piece, offset, len: u64::from(len) });
         }
         let range = file.range(piece, offset, u64::from(len))?;

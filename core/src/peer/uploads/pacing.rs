@@ -1,6 +1,6 @@
 //! Upload pacing under a configured limit: a token bucket.
 
-use crate::limits::{BLOCK_BYTES, UPLOAD_BURST_FRACTION_OF_SECOND};
+use crate::limits::{BLOCK_BYTES_MAX, UPLOAD_BURST_FRACTION_OF_SECOND};
 use crate::time::Time;
 
 const MICROS_PER_SECOND: i128 = 1_000_000;
@@ -18,7 +18,7 @@ pub(super) struct TokenBucket {
 impl TokenBucket {
     pub fn new(rate_bytes_per_s: u64) -> TokenBucket {
         let rate = i128::from(rate_bytes_per_s.max(1));
-        let burst_bytes = (rate / i128::from(UPLOAD_BURST_FRACTION_OF_SECOND)).max(i128::from(BLOCK_BYTES));
+        let burst_bytes = (rate / i128::from(UPLOAD_BURST_FRACTION_OF_SECOND)).max(i128::from(BLOCK_BYTES_MAX));
         let burst = burst_bytes * MICROS_PER_SECOND;
         TokenBucket { rate_bytes_per_s: rate, burst, balance: burst, refilled_at: Time::ZERO }
     }
@@ -65,7 +65,7 @@ mod tests {
             }
         }
         // 10 s at 1 MB/s plus the initial burst, within one block.
-        let expected = 10_000_000 + u64::from(BLOCK_BYTES);
+        let expected = 10_000_000 + u64::from(BLOCK_BYTES_MAX);
         assert!(sent.abs_diff(expected) <= 200_000, "sent {sent}, expected about {expected}");
     }
 }

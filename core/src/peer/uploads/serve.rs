@@ -5,7 +5,6 @@
 //! become `ReadBlock` outputs, and finished reads become `Data` (or a `Reject`).
 
 use crate::ids::PieceIndex;
-use crate::limits::BLOCK_BYTES;
 use crate::wire::RejectReason;
 
 use super::super::pieces::FileEntry;
@@ -21,8 +20,10 @@ pub(in crate::peer) fn check_request(
 ) -> Result<(), RejectReason> {
     let verified = entry.filter(|e| e.have().has(piece));
     let manifest = verified.and_then(|e| e.manifest());
-    let piece_len = manifest.and_then(|m| m.piece(piece.0).map(|p| m.piece_len(p))).ok_or(RejectReason::NotHave)?;
-    let in_range = len > 0 && len <= BLOCK_BYTES && offset.checked_add(len).is_some_and(|end| end <= piece_len);
+    let (piece_len, block_bytes) = manifest
+        .and_then(|m| m.piece(piece.0).map(|p| (m.piece_len(p), m.block_bytes())))
+        .ok_or(RejectReason::NotHave)?;
+    let in_range = len > 0 && len <= block_bytes && offset.checked_add(len).is_some_and(|end| end <= piece_len);
     if in_range {
         Ok(())
     } else {
