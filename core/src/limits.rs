@@ -223,6 +223,13 @@ pub const SERVE_QUEUE_PER_CONN_MAX: usize = 64;
 /// last leaves, while the rest of its requests wait where a `Cancel` recalls them.
 pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 
+/// Unsent bytes of a connection under which its next block is read even when two of its blocks
+/// are unsent: blocks of small pieces are each reported gone so soon that two would leave its
+/// share of the uplink idle between reports. Larger blocks wait for the second to be gone, so
+/// a connection's queued data stays two blocks however large its pieces, not
+/// [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] in blocks of 64 KiB (a queue of seconds on a slow link).
+pub const SERVE_UNSENT_BYTES_FLOOR: u64 = 128 * 1024;
+
 /// Connections served at a time (upload slots); the others' requests wait their turn. Two:
 /// each block a holder serves leaves at half its uplink, so a piece can be passed on soon,
 /// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.

@@ -11,9 +11,10 @@
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
 //! queued data waiting where a `Cancel` can no longer recall it:
-//! - **Backpressure.** A connection gets its next read only while the bytes read for it and
-//!   not yet reported sent stay under [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] (one block leaving,
-//!   one waiting behind it): the rest of its requests wait here, where a `Cancel` removes
+//! - **Backpressure.** A connection gets its next read only while fewer than two blocks read
+//!   for it are not yet reported sent (one leaving, one waiting behind it; more while they
+//!   total under [`SERVE_UNSENT_BYTES_FLOOR`], small blocks), and their bytes stay under
+//!   [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its requests wait here, where a `Cancel` removes
 //!   them, not in a transport buffer. `Data` frames leave a connection in the order they were
 //!   queued, so each report of sent frames retires the oldest ones.
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
@@ -73,8 +74,8 @@ use std::time::Duration;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
-    SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT,
-    UPLOAD_TURN_BYTES,
+    SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
+    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -148,6 +149,15 @@ impl ConnUploads {
     /// Whether its frames have not left for [`UPLOAD_STALL_TIMEOUT`] at `now`.
     fn stalled(&self, now: Time) -> bool {
         self.stalled_since.is_some_and(|since| since + UPLOAD_STALL_TIMEOUT <= now)
+    }
+
+    /// Whether its next block may be read: under two blocks read and unsent, or under
+    /// [`SERVE_UNSENT_BYTES_FLOOR`] unsent (small blocks), and under
+    /// [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] either way.
+    fn has_room(&self) -> bool {
+        let blocks = self.reads.len() + self.unsent_data.len();
+        self.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
+            && (blocks < 2 || self.unsent_bytes < SERVE_UNSENT_BYTES_FLOOR)
     }
 
     /// Bytes queued for it or read and not yet sent.
@@ -539,7 +549,7 @@ impl Uploads {
         self.fill_slots(&mut rarity, now);
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
-            !state.turn_over && !state.queue.is_empty() && state.unsent_bytes < SERVE_UNSENT_BYTES_PER_CONN_MAX
+            !state.turn_over && !state.queue.is_empty() && state.has_room()
         })?;
         if let Some(bucket) = self.bucket.as_mut() {
             bucket.refill(now);
@@ -757,6 +767,20 @@ mod tests {
         assert!(uploads.cancel(ConnId::Inbound(1), FILE, PieceIndex(3), 0), "a queued request is recalled");
         uploads.sent(ConnId::Inbound(1), 2);
         assert_eq!(serve(&mut uploads), [(1, 4)]);
+    }
+
+    #[test]
+    fn small_blocks_are_read_ahead_up_to_the_floor_not_only_two() {
+        let mut uploads = Uploads::new(None);
+        let len = 16 * 1024;
+        for piece in 0..20 {
+            let job = ServeJob { conn: ConnId::Inbound(1), file_id: FILE, piece: PieceIndex(piece), offset: 0, len };
+            assert_eq!(uploads.request(job, Time::ZERO, false, |_, _| 0), Ok(()));
+        }
+        let floor_blocks = usize::try_from(SERVE_UNSENT_BYTES_FLOOR / u64::from(len)).expect("small");
+        assert_eq!(serve(&mut uploads).len(), floor_blocks, "blocks under the floor are read ahead");
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads).len(), 1, "one left, one more is read");
     }
 
     #[test]
