@@ -88,8 +88,15 @@ pub const TREE_PATHS_TOTAL_BYTES_MAX: usize = 1024 * 1024;
 /// Most holders the tracker returns per piece in one `Located` answer.
 pub const HOLDERS_PER_PIECE_MAX: usize = 8;
 
-/// Most distinct peers one `Located` answer may name.
+/// Most distinct peers one `Located` answer may name (what a peer accepts on the wire).
 pub const LOCATED_PEERS_MAX: usize = 64;
+
+/// Most distinct peers the tracker names in one `Located` answer: as many as the asker opens
+/// connections to on its own ([`OUTBOUND_PEERS_MAX`]), since it dials the peers of an answer
+/// only while it has outbound room and forgets the rest. Each name costs the tracker's uplink
+/// a record (peer, address and bitfield), and a flash crowd's askers all ask within one locate
+/// interval: names past what an asker can dial delay the other askers' answers.
+pub const LOCATED_PEERS_NAMED_MAX: usize = OUTBOUND_PEERS_MAX;
 
 /// Most askers the tracker names one peer to within [`LOCATED_NAMING_WINDOW`], while other
 /// holders of the same pieces can be named instead: a peer admits only [`INBOUND_PEERS_MAX`]
@@ -456,6 +463,7 @@ const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(LOCATED_PEERS_NAMED_MAX <= LOCATED_PEERS_MAX);
 const _: () = assert!(INBOUND_PEERS_PER_IP_MAX < INBOUND_PEERS_MAX);
 // A connection is evicted only after it could have timed out its handshake.
 const _: () = assert!(HANDSHAKE_TIMEOUT.as_millis() <= INBOUND_IDLE_BEFORE_EVICTION.as_millis());

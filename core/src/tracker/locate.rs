@@ -2,15 +2,16 @@
 //!
 //! Owns one pure function, [`select`]: given a file's holdings and the asker, names live holders
 //! so that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
-//! [`LOCATED_PEERS_MAX`] peers in all, never the asker, in an order drawn from the tracker's
-//! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
+//! [`LOCATED_PEERS_NAMED_MAX`] peers in all (more, up to [`LOCATED_PEERS_MAX`], only where a
+//! piece would otherwise have no named holder), never the asker, in an order drawn from the
+//! tracker's seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
 //! so an answer costs about one bitfield per named peer whatever the piece count.
 //!
 //! A flash crowd asks at once while few peers hold pieces, and each peer admits only so many
 //! connections, so the choice spreads the askers: a peer already named to
 //! [`LOCATED_NAMINGS_PER_PEER_MAX`] askers in the current naming window is passed over while
-//! other holders of the same pieces can be named (a piece whose every holder was passed over
-//! still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold
+//! other holders of the same pieces can be named (a piece whose every holder was passed over,
+//! or that the first walk left uncovered at its peer cap, still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold
 //! nothing yet but know the manifest are named beside the holders, so newcomers meet each
 //! other and have more peers to ask for the manifest. The registry counts the namings.
 //!
@@ -24,7 +25,7 @@
 use slab::Slab;
 
 use crate::ids::PieceIndex;
-use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX};
+use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX, LOCATED_PEERS_NAMED_MAX};
 use crate::rng::Rng;
 use crate::wire::Holders;
 
@@ -63,7 +64,7 @@ pub(super) fn select(
     if !counter.is_satisfied() {
         // Where one answer could name every peer of the file, the mesh forms through the
         // holders as their first pieces arrive, and a denser one only adds messages.
-        let newcomers_max = if total > LOCATED_PEERS_MAX { LOCATED_NEWCOMERS_MAX } else { 0 };
+        let newcomers_max = if total > LOCATED_PEERS_NAMED_MAX { LOCATED_NEWCOMERS_MAX } else { 0 };
         let mut newcomers = 0;
         for holding in walk().filter(|&h| eligible(h)) {
             let (slot, bits) = (file.holder(holding), file.holding_bits(holding));
@@ -78,13 +79,15 @@ pub(super) fn select(
                 newcomers += 1;
                 named.push((slot, holding));
             }
-            if counter.is_satisfied() || named.len() == LOCATED_PEERS_MAX {
+            if counter.is_satisfied() || named.len() == LOCATED_PEERS_NAMED_MAX {
                 break;
             }
         }
     }
-    // Pieces whose every holder was passed over get one named anyway.
-    if passed_over && named.len() < LOCATED_PEERS_MAX && uncovered.iter().any(|word| *word != 0) {
+    // Pieces whose every holder was passed over, or that the first walk left without a holder
+    // when it reached its peer cap, get one named anyway, past that cap if need be.
+    let capped = named.len() == LOCATED_PEERS_NAMED_MAX;
+    if (passed_over || capped) && uncovered.iter().any(|word| *word != 0) {
         for holding in walk().filter(|&h| eligible(h)) {
             let bits = file.holding_bits(holding);
             if cover(&mut uncovered, bits) {
