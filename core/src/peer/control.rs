@@ -7,19 +7,18 @@
 //! Resuming fetches the rest. Only a download still fetching can be paused: a file served
 //! whole has nothing to fetch (removing it stops serving it).
 //!
-//! **Remove.** The file leaves the peer's files at once: from then on nothing fetches, serves
-//! or announces it, every open tracker connection hears `Leave` for it (after the pieces verified but
-//! not yet told, so the tracker's record ends in order), and every remote that exchanged
-//! pieces of it with this peer hears it is unknown here (it stops asking for it; a later
-//! download of the file exchanges bitfields afresh). The store work the peer asked for
-//! the file may still be under way: block writes, hashes and the final move, each answered by
-//! exactly one completion. The file stays *removing* until the last of those completions
-//! arrived; they are absorbed here and never reach the scheduler, for which a completion of a
-//! file it does not know is impossible. Then [`Event::Removed`] tells the driver no completion
-//! for the file is due any more, so it may forget the file's store data. While a file is
-//! removing, a `Share` or `Get` of it is refused. Block reads for remotes are not counted: a
-//! read that completes after the removal is answered from what the store still holds, or
-//! refused.
+//! **Remove.** The file leaves the peer's files at once: from then on nothing fetches, serves or
+//! announces it, every open tracker connection hears `Leave` for it (after the pieces verified but
+//! not yet told, so the tracker's record ends in order), and every remote that exchanged pieces of
+//! it with this peer hears it is unknown here (it stops asking for it; a later download of the file
+//! exchanges bitfields afresh). The store work the peer asked for the file may still be under way:
+//! block writes, hashes and the final move, each answered by exactly one completion. The file stays
+//! *removing* until the last of those completions arrived; they are absorbed here and never reach
+//! the scheduler, for which a completion of a file it does not know is impossible. Then
+//! [`Event::Removed`](crate::machine::Event::Removed) tells the driver no completion for the file
+//! is due any more, so it may forget the file's store data. While a file is removing, a `Share` or
+//! `Get` of it is refused. Block reads for remotes are not counted: a read that completes after the
+//! removal is answered from what the store still holds, or refused.
 //!
 //! [`StoreWork`] owns the count of store work in flight per file and the set of files being
 //! removed; the control block of `Peer`'s routing (in `mod.rs`) carries out the three commands.

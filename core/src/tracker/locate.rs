@@ -1,19 +1,20 @@
 //! The holder choice behind a `Located` answer.
 //!
-//! Owns one pure function, [`select`]: given a file's holdings and the asker, names live holders
-//! so that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
-//! [`LOCATED_PEERS_NAMED_MAX`] peers in all (more, up to [`LOCATED_PEERS_MAX`], only where a
-//! piece would otherwise have no named holder), never the asker, in an order drawn from the
-//! tracker's seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists,
-//! so an answer costs about one bitfield per named peer whatever the piece count.
+//! Owns one pure function, [`select`]: given a file's holdings and the asker, names live holders so
+//! that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
+//! [`LOCATED_PEERS_NAMED_MAX`] peers in all (more, up to [`LOCATED_PEERS_MAX`], only where a piece
+//! would otherwise have no named holder), never the asker, in an order drawn from the tracker's
+//! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists, so
+//! an answer costs about one bitfield per named peer whatever the piece count.
 //!
 //! A flash crowd asks at once while few peers hold pieces, and each peer admits only so many
 //! connections, so the choice spreads the askers: a peer already named to
-//! [`LOCATED_NAMINGS_PER_PEER_MAX`] askers in the current naming window is passed over while
-//! other holders of the same pieces can be named (a piece whose every holder was passed over,
-//! or that the first walk left uncovered at its peer cap, still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold
-//! nothing yet but know the manifest are named beside the holders, so newcomers meet each
-//! other and have more peers to ask for the manifest. The registry counts the namings.
+//! [`LOCATED_NAMINGS_PER_PEER_MAX`](crate::limits::LOCATED_NAMINGS_PER_PEER_MAX) askers in the
+//! current naming window is passed over while other holders of the same pieces can be named (a
+//! piece whose every holder was passed over, or that the first walk left uncovered at its peer cap,
+//! still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold nothing
+//! yet but know the manifest are named beside the holders, so newcomers meet each other and have
+//! more peers to ask for the manifest. The registry counts the namings.
 //!
 //! Cost: the holdings are walked once in a random cyclic order (random start, random stride
 //! coprime with their number), a second time only for pieces left without a holder. Holders

@@ -11,12 +11,12 @@
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
 //! queued data waiting where a `Cancel` can no longer recall it:
-//! - **Backpressure.** A connection gets its next read only while fewer than two blocks read
-//!   for it are not yet reported sent (one leaving, one waiting behind it; more while they
-//!   total under [`SERVE_UNSENT_BYTES_FLOOR`], small blocks), and their bytes stay under
-//!   [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its requests wait here, where a `Cancel` removes
-//!   them, not in a transport buffer. `Data` frames leave a connection in the order they were
-//!   queued, so each report of sent frames retires the oldest ones.
+//! - **Backpressure.** A connection gets its next read only while fewer than two blocks read for it
+//!   are not yet reported sent (one leaving, one waiting behind it; more while they total under
+//!   [`SERVE_UNSENT_BYTES_FLOOR`], small blocks), and their bytes stay under
+//!   [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its requests wait here, where a `Cancel`
+//!   removes them, not in a transport buffer. `Data` frames leave a connection in the order they
+//!   were queued, so each report of sent frames retires the oldest ones.
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
 //!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
 //!   passed on. The others wait in line. A slot holder that has been served
@@ -25,30 +25,29 @@
 //!   requests are all served and sent gives its slot up. So does one none of whose `Data`
 //!   frames left for [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never
 //!   reads): its queued requests are refused, as are its new ones until its frames drain.
-//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the
-//!   line holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection
-//!   that is neither served nor in line is refused (`Busy`) while the line is full,
-//!   so the downloader asks another holder of the piece at once instead of waiting here for
-//!   every turn before its own (choking, in BitTorrent's terms). A refused connection gets a
-//!   ticket: room in the line goes to ticket holders first, in the order they were refused.
-//!   A slot holder whose turn ends while tickets are out leaves the line (its queued requests
-//!   refused too) and takes a ticket itself, so the line goes round every asker, not only
-//!   the few that ask again the moment they were served.
-//! - **Room calls.** A remote whose `Hello` set `room_calls` does not ask again on a timer
-//!   after a refusal: when room in the line is free for its ticket, it is called (`Room`,
-//!   from [`Uploads::take_calls`]) and the room is held for it until it asks, answers that
-//!   it has nothing to ask (`Pass`, [`Uploads::pass`]), or [`BUSY_TICKET_TIME`] passed (a
-//!   round trip with room to spare). Until then its ticket keeps its place however long the
-//!   line takes. To such a remote one `Busy` answers every request it has outstanding: of a
-//!   refused queue only the first request is answered, and requests arriving uncalled within
-//!   [`BUSY_TICKET_TIME`] of the refusal (sent before it arrived) are dropped
-//!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per
-//!   turn, not once per pipelined request and retry. A request that crossed the `Busy` may
-//!   still be queued (the line had room when it arrived); the downloader takes it for refused
-//!   and asks again when called, so a request for a block already queued, being read or
-//!   waiting to leave on the connection is dropped too: the block is sent once. Other remotes ask again after
-//!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they
-//!   do not.
+//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the line
+//!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection that is
+//!   neither served nor in line is refused (`Busy`) while the line is full, so the downloader asks
+//!   another holder of the piece at once instead of waiting here for every turn before its own
+//!   (choking, in BitTorrent's terms). A refused connection gets a ticket: room in the line goes to
+//!   ticket holders first (rarest piece first, see below). A slot holder whose turn ends while
+//!   tickets are out leaves the line (its queued requests refused too) and takes a ticket itself,
+//!   so the line goes round every asker, not only the few that ask again the moment they were
+//!   served.
+//! - **Room calls.** A remote whose `Hello` set `room_calls` does not ask again on a timer after a
+//!   refusal: when room in the line is free for its ticket, it is called (`Room`, from
+//!   [`Uploads::take_calls`]) and the room is held for it until it asks, answers that it has
+//!   nothing to ask (`Pass`, [`Uploads::pass`]), or [`BUSY_TICKET_TIME`] passed (a round trip with
+//!   room to spare). Until then its ticket keeps its place however long the line takes. To such a
+//!   remote one `Busy` answers every request it has outstanding: of a refused queue only the first
+//!   request is answered, and requests arriving uncalled within [`BUSY_TICKET_TIME`] of the refusal
+//!   (sent before it arrived) are dropped ([`Refused::Covered`]). So a full uploader answers each
+//!   waiting downloader once per turn, not once per pipelined request and retry. A request that
+//!   crossed the `Busy` may still be queued (the line had room when it arrived); the downloader
+//!   takes it for refused and asks again when called, so a request for a block already queued,
+//!   being read or waiting to leave on the connection is dropped too: the block is sent once. Other
+//!   remotes ask again after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their
+//!   tickets lapse when they do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
