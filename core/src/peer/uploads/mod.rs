@@ -279,9 +279,9 @@ impl Uploads {
         if !in_line && room_calls && self.tickets.iter().any(|t| t.conn == job.conn && t.covers(now)) {
             return Err(Refused::Covered);
         }
-        let mut rarity = Rarity { holders, known: Vec::new() };
-        if !in_line && !self.admit(job, now, &mut rarity) {
-            if !self.make_room(job, now, &mut rarity) {
+        let rarity = Rarity { holders };
+        if !in_line && !self.admit(job, now, &rarity) {
+            if !self.make_room(job, now, &rarity) {
                 return Err(Refused::Busy);
             }
             self.tickets.retain(|t| t.conn != job.conn);
@@ -353,7 +353,7 @@ impl Uploads {
     /// for tickets ahead of it (see [`Uploads::ticket_order`]); a newcomer comes after every
     /// ticket. A refused connection gets a ticket (or keeps its own, to be called again if it
     /// was called).
-    fn admit(&mut self, job: ServeJob, now: Time, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
+    fn admit(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
         let conn = job.conn;
         self.lapse_tickets(now);
         let room = self.room();
@@ -420,7 +420,7 @@ impl Uploads {
     /// held for them), then by how few of our remotes hold the piece each asked for, so a
     /// piece only we (or few) can give, such as a seeder's piece nobody has yet, is not kept
     /// waiting behind copies others could serve; among equals in the order they were refused.
-    fn ticket_order(&self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Vec<usize> {
+    fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Vec<usize> {
         let mut order: Vec<(bool, usize, usize)> = (self.tickets.iter().enumerate())
             .map(|(at, t)| {
                 (!t.called, t.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
@@ -444,13 +444,13 @@ impl Uploads {
         self.lapse_tickets(now);
         let room = self.room();
         let mut calls = Vec::new();
-        let mut rarity = Rarity { holders, known: Vec::new() };
-        let mut order = self.ticket_order(&mut rarity);
+        let rarity = Rarity { holders };
+        let mut order = self.ticket_order(&rarity);
         if room == 0 {
             let first = order.first().map(|&at| self.tickets[at]);
             let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, piece)| {
                 let asked = rarity.holders(file_id, piece);
-                self.commonest_waiting(&mut rarity).is_some_and(|(count, _)| count > asked)
+                self.commonest_waiting(&rarity).is_some_and(|(count, _)| count > asked)
             });
             order.truncate(usize::from(rarer));
         }
@@ -477,12 +477,7 @@ impl Uploads {
     /// piece has fewer others to come from. So a piece that only this peer (or few) can give,
     /// such as a seeder's piece nobody has yet, is never kept out by requests for pieces others
     /// could serve. Returns whether room was made.
-    fn make_room(
-        &mut self,
-        job: ServeJob,
-        now: Time,
-        rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>,
-    ) -> bool {
+    fn make_room(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
         let asked = rarity.holders(job.file_id, job.piece);
         let commonest = self.commonest_waiting(rarity);
         let Some((count, line)) = commonest.filter(|&(count, _)| count > asked) else { return false };
@@ -501,7 +496,7 @@ impl Uploads {
 
     /// The waiting connection whose rarest request is held by the most remotes (the first in
     /// line among equals): how many hold it, and its place in line.
-    fn commonest_waiting(&self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Option<(usize, usize)> {
+    fn commonest_waiting(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Option<(usize, usize)> {
         (self.waiting.iter().enumerate())
             .filter_map(|(line, conn)| {
                 let queue = &self.conns.get(conn)?.queue;
@@ -544,8 +539,8 @@ impl Uploads {
         if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
             return None;
         }
-        let mut rarity = Rarity { holders, known: Vec::new() };
-        self.fill_slots(&mut rarity, now);
+        let rarity = Rarity { holders };
+        self.fill_slots(&rarity, now);
         let turn = self.slots.iter().position(|conn| {
             let state = &self.conns[conn];
             !state.turn_over && !state.queue.is_empty() && state.has_room()
@@ -557,7 +552,7 @@ impl Uploads {
                 return None;
             }
         }
-        let job = self.take(turn, &mut rarity);
+        let job = self.take(turn, &rarity);
         if let Some(bucket) = self.bucket.as_mut() {
             bucket.spend(job.len);
         }
@@ -567,7 +562,7 @@ impl Uploads {
     /// Takes the request of the slot holder at `turn` for its rarest piece (the first such),
     /// and puts the holder at the back of the turn order; its turn is over once it was served
     /// [`UPLOAD_TURN_BYTES`] while others wait.
-    fn take(&mut self, turn: usize, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> ServeJob {
+    fn take(&mut self, turn: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> ServeJob {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
         let (at, _) = rarity.rarest(&state.queue).expect("the caller found a queued request");
@@ -586,7 +581,7 @@ impl Uploads {
     /// left (to the back of the line if they have requests left; out of it, with a ticket taken
     /// at `now`, while tickets are out), and gives free slots to the ones in line that asked
     /// for the rarest pieces.
-    fn fill_slots(&mut self, rarity: &mut Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
+    fn fill_slots(&mut self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
         while let Some(conn) = self.slots.pop_front() {
@@ -664,30 +659,25 @@ pub(super) fn piece_holders<'a>(
     }
 }
 
-/// Holder counts of pieces, each asked of the peer once per [`Uploads::next_read`].
+/// Holder counts of pieces, asked of the peer's per-piece counts at each look (a count is a
+/// map lookup and an index, cheaper than remembering the counts already asked for).
 struct Rarity<F> {
     holders: F,
-    known: Vec<(FileId, PieceIndex, usize)>,
 }
 
 impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
-    fn holders(&mut self, file_id: FileId, piece: PieceIndex) -> usize {
-        if let Some(&(_, _, count)) = self.known.iter().find(|(f, p, _)| *f == file_id && *p == piece) {
-            return count;
-        }
-        let count = (self.holders)(file_id, piece);
-        self.known.push((file_id, piece, count));
-        count
+    fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
+        (self.holders)(file_id, piece)
     }
 
     /// The rarest piece `queue` asks for (the first such).
-    fn rarest_piece(&mut self, queue: &VecDeque<ServeJob>) -> Option<(FileId, PieceIndex)> {
+    fn rarest_piece(&self, queue: &VecDeque<ServeJob>) -> Option<(FileId, PieceIndex)> {
         let (at, _) = self.rarest(queue)?;
         queue.get(at).map(|job| (job.file_id, job.piece))
     }
 
     /// The position of the first request for the rarest piece in `queue`, and its holders.
-    fn rarest(&mut self, queue: &VecDeque<ServeJob>) -> Option<(usize, usize)> {
+    fn rarest(&self, queue: &VecDeque<ServeJob>) -> Option<(usize, usize)> {
         let mut best: Option<(usize, usize)> = None;
         for (at, job) in queue.iter().enumerate() {
             let count = self.holders(job.file_id, job.piece);
