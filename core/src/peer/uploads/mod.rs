@@ -359,7 +359,10 @@ impl Uploads {
         let room = self.room();
         let ticket = self.tickets.iter().position(|t| t.conn == conn);
         let place = match ticket {
-            Some(at) if room > 0 => self.ticket_order(rarity).iter().position(|&i| i == at).unwrap_or(at),
+            Some(at) if room > 0 => {
+                let key = self.ticket_key(at, rarity);
+                (0..self.tickets.len()).filter(|&other| self.ticket_key(other, rarity) < key).count()
+            }
             Some(at) => at,
             None => self.tickets.len(),
         };
@@ -421,13 +424,16 @@ impl Uploads {
     /// piece only we (or few) can give, such as a seeder's piece nobody has yet, is not kept
     /// waiting behind copies others could serve; among equals in the order they were refused.
     fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Vec<usize> {
-        let mut order: Vec<(bool, usize, usize)> = (self.tickets.iter().enumerate())
-            .map(|(at, t)| {
-                (!t.called, t.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
-            })
-            .collect();
+        let mut order: Vec<(bool, usize, usize)> =
+            (0..self.tickets.len()).map(|at| self.ticket_key(at, rarity)).collect();
         order.sort_unstable();
         order.into_iter().map(|(_, _, at)| at).collect()
+    }
+
+    /// Where ticket `at` sorts in [`Uploads::ticket_order`] (unique: it ends with `at`).
+    fn ticket_key(&self, at: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> (bool, usize, usize) {
+        let ticket = &self.tickets[at];
+        (!ticket.called, ticket.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
     }
 
     /// The connections to call at `now` (`Room`): those taking part in room calls whose
