@@ -311,9 +311,9 @@ pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
 /// soon, and the duplicate's bytes would be wasted uplink. A request can wait seconds in a
 /// busy holder's upload line (refusals, rests, room calls), and a block that already left when
 /// our `Cancel` arrives is a whole block of some uplink spent twice: the patience is meant for
-/// a fetcher that is stuck, not for one whose turn has not come yet. It is longer than a
-/// 256 KiB block takes at half of a 125 KB/s uplink (one of its two upload slots), so a
-/// remote not yet measured whose block is leaving such an uplink is not duplicated.
+/// a fetcher that is stuck, not for one whose turn has not come yet. A remote not yet measured
+/// is given four upload turns' time at the slowest rate another remote delivered at, when that is
+/// longer: where every uplink is slow, its first block takes seconds to leave.
 pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Most remotes working on the same piece at once (more than one only in endgame).

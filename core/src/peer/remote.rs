@@ -424,6 +424,12 @@ impl Remotes {
         count
     }
 
+    /// The slowest rate at which any remote delivered our requests (zero while none was
+    /// measured): what a remote that has delivered nothing yet is expected to manage.
+    pub fn slowest_delivery(&self) -> u64 {
+        self.values().map(|r| r.requests().bytes_per_s()).filter(|rate| *rate > 0).min().unwrap_or(0)
+    }
+
     /// The connections whose handshake is done.
     pub fn ready(&self) -> Vec<ConnId> {
         self.by_conn.iter().filter(|(_, r)| r.is_ready()).map(|(c, _)| *c).collect()

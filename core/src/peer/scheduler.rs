@@ -121,8 +121,18 @@ impl Requests {
     /// `REQUEST_TIMEOUT`, or for two upload turns' time at its measured rate when that is longer
     /// (a slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
-        let patience = self.turns_time(2).unwrap_or(REQUEST_TIMEOUT).clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
+        let patience = turns_time(2, self.rate.bytes_per_s())
+            .unwrap_or(REQUEST_TIMEOUT)
+            .clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
         (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
+    }
+
+    /// The measured delivery rate, or `unmeasured_bytes_per_s` before one is measured.
+    fn rate_or(&self, unmeasured_bytes_per_s: u64) -> u64 {
+        match self.rate.bytes_per_s() {
+            0 => unmeasured_bytes_per_s,
+            measured => measured,
+        }
     }
 
     /// Whether it may be sent new requests at `now`.
@@ -133,15 +143,13 @@ impl Requests {
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
     /// when that is longer (a request can wait that long in its upload line: a turn on each of
-    /// its two slots, then our own turn at half its rate).
-    fn lags(&self, now: Time) -> bool {
-        self.progress_at + self.turns_time(4).unwrap_or(ENDGAME_PATIENCE).max(ENDGAME_PATIENCE) <= now
-    }
-
-    /// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at the measured rate (`None`
-    /// until a rate is measured).
-    fn turns_time(&self, turns: u64) -> Option<Duration> {
-        (turns * UPLOAD_TURN_BYTES * 1_000_000).checked_div(self.rate.bytes_per_s()).map(Duration::from_micros)
+    /// its two slots, then our own turn at half its rate). A remote that has delivered nothing
+    /// yet is given the time at `unmeasured_bytes_per_s`, the slowest rate another remote
+    /// delivered at: until its first block arrives nothing says it is faster, and where every
+    /// uplink is slow its first block takes seconds to leave.
+    fn lags(&self, now: Time, unmeasured_bytes_per_s: u64) -> bool {
+        let patience = turns_time(4, self.rate_or(unmeasured_bytes_per_s)).unwrap_or(ENDGAME_PATIENCE);
+        self.progress_at + patience.max(ENDGAME_PATIENCE) <= now
     }
 
     /// The pieces of `file_id` assigned to the remote, in order.
@@ -172,6 +180,11 @@ impl Requests {
         }
         cancelled.into_iter().map(|(_, _, offset)| offset).collect()
     }
+}
+
+/// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at `bytes_per_s` (`None` at zero).
+fn turns_time(turns: u64, bytes_per_s: u64) -> Option<Duration> {
+    (turns * UPLOAD_TURN_BYTES * 1_000_000).checked_div(bytes_per_s).map(Duration::from_micros)
 }
 
 /// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
@@ -425,7 +438,9 @@ impl<'a> Scheduler<'a> {
         let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
         let block_bytes = entry.manifest()?.block_bytes();
         let quiet = download.quiet(now, block_bytes);
-        let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now));
+        // Read only when the download is quiet, which is rare: one pass over the remotes.
+        let unmeasured = if quiet { remotes.slowest_delivery() } else { 0 };
+        let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now, unmeasured));
         download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
@@ -764,6 +779,26 @@ mod tests {
         assert_eq!(slow.pipeline_depth(16 * 1024), 16, "16 KiB blocks: a count bound, not bytes");
         assert_eq!(slow.pipeline_depth(BLOCK), 1);
         assert!(fast.pipeline_depth(BLOCK) >= 9, "{}", fast.pipeline_depth(BLOCK));
+    }
+
+    #[test]
+    fn a_remote_not_yet_measured_lags_after_four_turns_at_the_slowest_rate_measured() {
+        let mut waiting = Requests::new(Time::ZERO);
+        waiting.start((FileId(crate::ids::Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
+        assert!(!waiting.lags(Time::ZERO + (ENDGAME_PATIENCE - Duration::from_millis(1)), 0));
+        assert!(waiting.lags(Time::ZERO + ENDGAME_PATIENCE, 0), "no rate measured anywhere: the patience");
+        // Half of a 125 KB/s uplink: four turns take longer than the patience.
+        let slowest = 62_500;
+        let four_turns = Duration::from_micros(4 * UPLOAD_TURN_BYTES * 1_000_000 / slowest);
+        assert!(four_turns > ENDGAME_PATIENCE);
+        assert!(!waiting.lags(Time::ZERO + (four_turns - Duration::from_millis(1)), slowest));
+        assert!(waiting.lags(Time::ZERO + four_turns, slowest));
+        // Its own rate, once measured, is what counts.
+        for s in 1..=4 {
+            waiting.rate.arrived(Time::from_millis(s * 100), 1024 * 1024);
+        }
+        waiting.progress_at = Time::from_millis(400);
+        assert!(waiting.lags(Time::from_millis(400) + ENDGAME_PATIENCE, slowest));
     }
 
     #[test]
