@@ -1026,6 +1026,9 @@ impl Peer {
                     self.send(conn, Message::Data { file_id, piece, offset, bytes });
                     self.event(Event::BlockServed { file_id, piece, len, to });
                     if uploads::is_last_block(self.files.get(&file_id), piece, offset, len) {
+                        if let Some(entry) = self.files.get_mut(&file_id) {
+                            entry.sent_whole(piece);
+                        }
                         self.offer_uploaded(conn, file_id, piece);
                     }
                 }
@@ -1041,9 +1044,7 @@ impl Peer {
         let entry = self.files.get(&file_id)?;
         let holds = self.remotes.get(&conn)?.pieces(file_id);
         let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
-        let remotes = &self.remotes;
-        let other = || uploads::other_downloader(remotes, conn, file_id);
-        let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, other, &mut self.rng);
+        let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, &mut self.rng);
         Some(Message::Bitfield { file_id, have })
     }
 

@@ -24,12 +24,22 @@ pub(super) struct FileEntry {
     /// Whether the file came from a local share rather than a download: only such a holder
     /// offers its pieces a few at a time (see `offers`).
     shared_here: bool,
+    /// Pieces whose last block we read for a remote: a copy is on its way or arrived, whether
+    /// or not its receiver announced it yet (empty until the first such read).
+    sent_whole: Bitfield,
 }
 
 impl FileEntry {
     /// A file shared from a complete or partial local copy.
     pub fn shared(manifest: Manifest, have: Bitfield) -> FileEntry {
-        FileEntry { manifest: Some(manifest), have, sharing_reported: false, download: None, shared_here: true }
+        FileEntry {
+            manifest: Some(manifest),
+            have,
+            sharing_reported: false,
+            download: None,
+            shared_here: true,
+            sent_whole: Bitfield::new(0),
+        }
     }
 
     /// A download; `resume` is what a store already verified.
@@ -42,7 +52,14 @@ impl FileEntry {
             }
             None => (None, Bitfield::new(0)),
         };
-        FileEntry { manifest, have, sharing_reported: true, download: Some(download), shared_here: false }
+        FileEntry {
+            manifest,
+            have,
+            sharing_reported: true,
+            download: Some(download),
+            shared_here: false,
+            sent_whole: Bitfield::new(0),
+        }
     }
 
     /// The manifest, if known.
@@ -69,6 +86,21 @@ impl FileEntry {
     /// Whether the file came from a local share rather than a download.
     pub fn is_shared_here(&self) -> bool {
         self.shared_here
+    }
+
+    /// We read the last block of `piece` for a remote.
+    pub fn sent_whole(&mut self, piece: PieceIndex) {
+        if self.sent_whole.len() != self.have.len() {
+            self.sent_whole = Bitfield::new(self.have.len());
+        }
+        if piece.0 < self.sent_whole.len() {
+            self.sent_whole.set(piece);
+        }
+    }
+
+    /// Whether we read the last block of `piece` for a remote.
+    pub fn has_sent_whole(&self, piece: PieceIndex) -> bool {
+        piece.0 < self.sent_whole.len() && self.sent_whole.has(piece)
     }
 
     /// The pieces of `have` (of this file's length) are served too.

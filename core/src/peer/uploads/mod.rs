@@ -654,14 +654,20 @@ fn lapses_at(conns: &BTreeMap<ConnId, ConnUploads>, ticket: &Ticket) -> Option<T
 }
 
 /// How many of our remotes hold a piece: a download keeps its pieces' holder counts; other
-/// files' are counted over the remotes. The rarity the line and the slots order requests by.
+/// files' are counted over the remotes. A piece we sent whole counts as held at least once
+/// although its receiver has not announced it yet, so the line does not send it again
+/// before a piece nobody has. The rarity the line and the slots order requests by.
 pub(super) fn piece_holders<'a>(
     remotes: &'a Remotes,
     files: &'a BTreeMap<FileId, FileEntry>,
 ) -> impl Fn(FileId, PieceIndex) -> usize + 'a {
-    move |file_id, piece| match files.get(&file_id).and_then(|e| e.download()) {
-        Some(download) => download.availability(piece),
-        None => remotes.holders(file_id, piece),
+    move |file_id, piece| {
+        let entry = files.get(&file_id);
+        let held = match entry.and_then(|e| e.download()) {
+            Some(download) => download.availability(piece),
+            None => remotes.holders(file_id, piece),
+        };
+        held.max(usize::from(entry.is_some_and(|e| e.has_sent_whole(piece))))
     }
 }
 
@@ -698,6 +704,20 @@ impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_piece_we_sent_whole_counts_as_held_before_its_receiver_announces_it() {
+        let (_, manifest) = crate::testkit::file(4 * 16 * 1024, 16 * 1024, 3);
+        let file_id = manifest.file_id();
+        let mut files = BTreeMap::new();
+        files.insert(file_id, FileEntry::shared(manifest, crate::Bitfield::full(4)));
+        let remotes = Remotes::new();
+        assert_eq!(piece_holders(&remotes, &files)(file_id, PieceIndex(2)), 0, "nobody holds it yet");
+        files.get_mut(&file_id).expect("shared above").sent_whole(PieceIndex(2));
+        let holders = piece_holders(&remotes, &files);
+        assert_eq!(holders(file_id, PieceIndex(2)), 1, "its copy is on its way");
+        assert_eq!(holders(file_id, PieceIndex(1)), 0);
+    }
     use crate::limits::BLOCK_BYTES;
 
     const FILE: FileId = FileId(crate::ids::Digest([7; 32]));

@@ -3,17 +3,18 @@
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
-//! everything. A lone downloader is told everything. While a second downloader of the file is
-//! connected, a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks that was never
-//! offered to anyone (a rotating cursor from a random start picks them), so each of the
+//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks
+//! that was never offered to anyone (a rotating cursor from a random start picks them), also
+//! when it is the only downloader so far: in a flash crowd the first to connect is alone for a
+//! moment, and told everything it would ask the seeder for pieces offered to others. So each of the
 //! seeder's turns with a downloader (see the upload slots in `uploads`) sends a piece nobody
 //! else got, whatever the file's size and however many downloaders arrive. The downloaders
 //! fetch different pieces from the seeder and the rest from each other. Each piece
 //! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
 //! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
 //! downloader with no offer outstanding is offered one piece, the least offered, so nobody
-//! waits for a piece the others cannot give it. A downloader that is alone again is told
-//! everything that is left. The seeder keeps per file one offer count per piece; per
+//! waits for a piece the others cannot give it. A downloader that is alone when it has room
+//! for an offer (or again, once the others left) is told everything that is left. The seeder keeps per file one offer count per piece; per
 //! connection, what it told and which offered pieces are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
@@ -88,19 +89,18 @@ impl Offers {
 
     /// The pieces to tell `conn` we hold of `ours` in our first bitfield: everything, or the
     /// first window of offers when we shared the whole file ourselves, some piece never went
-    /// out yet and `conn` (which holds `holds`, if it told us) is one of several downloaders.
+    /// out yet and `conn` (which holds `holds`, if it told us) is a downloader.
     pub fn first_bitfield(
         &mut self,
         conn: ConnId,
         ours: OurFile<'_>,
         holds: Option<&Bitfield>,
-        other_downloader: impl FnOnce() -> bool,
         rng: &mut Rng,
     ) -> Bitfield {
         let OurFile { file_id, have, shared_here } = ours;
         let spreading = shared_here && have.is_full() && self.spreads.get(&file_id).is_none_or(|s| s.unoffered > 0);
         let downloading = holds.is_some_and(|h| !h.is_full());
-        if !spreading || !downloading || !other_downloader() {
+        if !spreading || !downloading {
             return have.clone();
         }
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
