@@ -1,30 +1,62 @@
 //! [`Holders`]: the peers a `Located` answer names, each with the pieces it holds, packed.
 //!
-//! On the wire a holder list is `[piece_count, records]`: one CBOR byte string of fixed-size
-//! records, one per named peer — its 16-byte id, its IP as 16 bytes (IPv4 as an IPv4-mapped
-//! IPv6 address), its port (2 bytes, big-endian) and its bitfield (`piece_count` bits, most
-//! significant first). The tracker builds the records straight from its bit arena, the encoder
-//! copies one byte string, and a built list is shared (reference-counted) between the answers
-//! that reuse it. Decoding checks the record size and the count against
-//! [`LOCATED_PEERS_MAX`]; stray bits past `piece_count` are cleared when a bitfield is read.
+//! On the wire a holder list is `[piece_count, records]`: one CBOR byte string of records, one
+//! per named peer — its 16-byte id, a tag byte, its IP (4 bytes for IPv4, 16 for IPv6), its
+//! port (2 bytes, big-endian) and what it holds, in the form the tag names:
+//! - nothing more, for a peer that holds none of the pieces or all of them;
+//! - its bitfield (`piece_count` bits, most significant first);
+//! - a list: a 2-byte count, then that many piece indices in increasing order, each in one
+//!   byte when the file has at most 256 pieces, else two (big-endian), whichever of list and
+//!   bitfield is shorter.
+//!
+//! The tag's low bit is the address family (set: IPv6), its next two bits the form. A flash
+//! crowd's answers name seeders, newcomers that hold nothing yet and holders of a few pieces;
+//! an IPv4 swarm needs no 16-byte addresses. Every byte of an answer is the tracker's uplink,
+//! which a crowd asking at once waits on: at 256 pieces a seeder's or newcomer's record is 23
+//! bytes and a holder of three pieces 28, where a bitfield and a mapped address made 66.
+//!
+//! The tracker builds the records straight from its bit arena, the encoder copies one byte
+//! string, and a built list is shared (reference-counted) between the answers that reuse it.
+//! Decoding walks the records once: a tag with unknown bits, a record cut short, a list that
+//! is empty, out of order or names a piece past the count, bytes left over or more than
+//! [`LOCATED_PEERS_MAX`] records refuse the list; stray bits past `piece_count` are cleared
+//! when a bitfield is read.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::bitfield::Bitfield;
-use crate::ids::PeerId;
+use crate::ids::{PeerId, PieceIndex};
 use crate::limits::{LOCATED_PEERS_MAX, PIECES_MAX};
 use crate::wire::PeerAddr;
 
-/// Bytes of a record before its bitfield: peer id, IPv6 address, port.
-const ADDR_RECORD_BYTES: usize = 16 + 16 + 2;
+/// Bytes of a peer id.
+const ID_BYTES: usize = 16;
+/// Tag bit: the address is IPv6 (16 bytes), not IPv4 (4 bytes).
+const TAG_IPV6: u8 = 0b001;
+/// Tag bits saying what the peer holds.
+const TAG_PIECES: u8 = 0b110;
+/// The peer holds none of the pieces.
+const TAG_NONE: u8 = 0b000;
+/// The peer holds every piece.
+const TAG_ALL: u8 = 0b010;
+/// The peer's bitfield follows its address.
+const TAG_BITS: u8 = 0b100;
+/// The list of the peer's pieces follows its address.
+const TAG_LIST: u8 = 0b110;
+/// Bytes of a list's count.
+const LIST_COUNT_BYTES: usize = 2;
+// A piece index fits in a list's two bytes.
+const _: () = assert!(PIECES_MAX <= 1 << 16);
 
 /// A bounded list of holders, each a peer and its bitfield over `piece_count` pieces.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Holders {
     piece_count: u32,
+    /// Records in `records` (checked on decode, or counted by `pack`).
+    count: usize,
     records: Bytes,
 }
 
@@ -35,21 +67,46 @@ impl Holders {
     /// When a bitfield has another length or there are more than [`LOCATED_PEERS_MAX`] holders:
     /// the callers build lists from checked state.
     pub fn pack<'a>(piece_count: u32, holders: impl ExactSizeIterator<Item = (PeerAddr, &'a [u8])>) -> Holders {
-        assert!(holders.len() <= LOCATED_PEERS_MAX, "at most {LOCATED_PEERS_MAX} holders");
-        let stride = bits_bytes(piece_count);
-        let mut records = Vec::with_capacity(holders.len() * (ADDR_RECORD_BYTES + stride));
+        let count = holders.len();
+        assert!(count <= LOCATED_PEERS_MAX, "at most {LOCATED_PEERS_MAX} holders");
+        let full = Bitfield::full(piece_count);
+        let width = index_bytes(piece_count);
+        let mut records = Vec::new();
         for (peer, bits) in holders {
-            assert_eq!(bits.len(), stride, "a holder's bits cover the file's pieces");
-            records.extend_from_slice(&peer.peer_id.0);
-            let ip = match peer.addr.ip() {
-                IpAddr::V4(ip) => ip.to_ipv6_mapped(),
-                IpAddr::V6(ip) => ip,
+            assert_eq!(bits.len(), full.as_bytes().len(), "a holder's bits cover the file's pieces");
+            let held = held_count(bits, full.as_bytes());
+            let pieces = if held == 0 {
+                TAG_NONE
+            } else if held == piece_count as usize {
+                TAG_ALL
+            } else if LIST_COUNT_BYTES + held * width < bits.len() {
+                TAG_LIST
+            } else {
+                TAG_BITS
             };
-            records.extend_from_slice(&ip.octets());
+            records.extend_from_slice(&peer.peer_id.0);
+            match peer.addr.ip().to_canonical() {
+                IpAddr::V4(ip) => {
+                    records.push(pieces);
+                    records.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    records.push(pieces | TAG_IPV6);
+                    records.extend_from_slice(&ip.octets());
+                }
+            }
             records.extend_from_slice(&peer.addr.port().to_be_bytes());
-            records.extend_from_slice(bits);
+            if pieces == TAG_BITS {
+                records.extend_from_slice(bits);
+            } else if pieces == TAG_LIST {
+                // A list is chosen only while shorter than the bitfield, so `held` < 2^16.
+                records.extend_from_slice(&(held as u16).to_be_bytes());
+                for piece in held_pieces(bits, full.as_bytes()) {
+                    records.extend_from_slice(&piece.to_be_bytes()[4 - width..]);
+                }
+            }
         }
-        Holders { piece_count, records: Bytes::from(records) }
+        Holders { piece_count, count, records: Bytes::from(records) }
     }
 
     /// Number of pieces each bitfield covers.
@@ -59,12 +116,12 @@ impl Holders {
 
     /// Number of holders named.
     pub fn len(&self) -> usize {
-        self.records.len() / self.record_bytes()
+        self.count
     }
 
     /// True when no holder is named.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.count == 0
     }
 
     /// Bytes the records take (what the list costs in memory and on the wire).
@@ -74,43 +131,135 @@ impl Holders {
 
     /// The holders, in the order named, each with its bitfield.
     pub fn iter(&self) -> impl Iterator<Item = (PeerAddr, Bitfield)> + '_ {
-        self.records.chunks_exact(self.record_bytes()).map(|record| {
-            let (addr, bits) = record.split_at(ADDR_RECORD_BYTES);
-            // The record size was checked on decode, or set by `pack`.
-            let bits = Bitfield::from_bytes(self.piece_count, bits).expect("record holds the piece count's bits");
-            (peer_of(addr), bits)
+        self.records().map(|record| {
+            let bits = match record.pieces {
+                Pieces::Nothing => Bitfield::new(self.piece_count),
+                Pieces::Every => Bitfield::full(self.piece_count),
+                // The record size was checked on decode, or set by `pack`.
+                Pieces::Bits(bits) => {
+                    Bitfield::from_bytes(self.piece_count, bits).expect("record holds the piece count's bits")
+                }
+                Pieces::List(indices) => {
+                    let mut bits = Bitfield::new(self.piece_count);
+                    for piece in list_pieces(indices, index_bytes(self.piece_count)) {
+                        bits.set(PieceIndex(piece));
+                    }
+                    bits
+                }
+            };
+            (record.peer, bits)
         })
     }
 
     /// The holders, in the order named.
     pub fn peers(&self) -> impl Iterator<Item = PeerAddr> + '_ {
-        self.records.chunks_exact(self.record_bytes()).map(|record| peer_of(&record[..ADDR_RECORD_BYTES]))
+        self.records().map(|record| record.peer)
     }
 
     /// The same list without its records, and the records: the codec writes the head and hands
     /// the records to the writer as they are (see `encode_frame_parts`).
     pub(crate) fn split_records(&self) -> (Holders, Bytes) {
-        (Holders { piece_count: self.piece_count, records: Bytes::new() }, self.records.clone())
+        (Holders { piece_count: self.piece_count, count: 0, records: Bytes::new() }, self.records.clone())
     }
 
-    fn record_bytes(&self) -> usize {
-        ADDR_RECORD_BYTES + bits_bytes(self.piece_count)
+    /// The records in order; every record was checked on decode, or written by `pack`.
+    fn records(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let mut rest: &[u8] = &self.records;
+        std::iter::from_fn(move || {
+            let (record, tail) = read_record(rest, self.piece_count)?;
+            rest = tail;
+            Some(record)
+        })
     }
+}
+
+/// One record as read.
+struct Record<'a> {
+    peer: PeerAddr,
+    pieces: Pieces<'a>,
+}
+
+/// What a record says the peer holds.
+enum Pieces<'a> {
+    Nothing,
+    Every,
+    Bits(&'a [u8]),
+    /// Piece indices, checked on decode (or written by `pack`): increasing, below the count.
+    List(&'a [u8]),
+}
+
+/// Reads the record at the front of `bytes` (of a list over `piece_count` pieces) and returns
+/// it with the bytes after it; `None` when `bytes` is empty, cut short, the tag is not known
+/// or a list is empty, out of order or names a piece past the count.
+fn read_record(bytes: &[u8], piece_count: u32) -> Option<(Record<'_>, &[u8])> {
+    let (id, rest) = bytes.split_first_chunk::<ID_BYTES>()?;
+    let (&tag, rest) = rest.split_first()?;
+    let (ip, rest) = if tag & TAG_IPV6 != 0 {
+        let (ip, rest) = rest.split_first_chunk::<16>()?;
+        (IpAddr::V6(Ipv6Addr::from(*ip)), rest)
+    } else {
+        let (ip, rest) = rest.split_first_chunk::<4>()?;
+        (IpAddr::V4(Ipv4Addr::from(*ip)), rest)
+    };
+    let (port, rest) = rest.split_first_chunk::<2>()?;
+    if tag & !(TAG_IPV6 | TAG_PIECES) != 0 {
+        return None;
+    }
+    let (pieces, rest) = match tag & TAG_PIECES {
+        TAG_NONE => (Pieces::Nothing, rest),
+        TAG_ALL => (Pieces::Every, rest),
+        TAG_BITS => {
+            let (bits, rest) = rest.split_at_checked(bits_bytes(piece_count))?;
+            (Pieces::Bits(bits), rest)
+        }
+        _ => {
+            let (count, rest) = rest.split_first_chunk::<LIST_COUNT_BYTES>()?;
+            let width = index_bytes(piece_count);
+            let (indices, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*count)) * width)?;
+            let mut last = None;
+            for piece in list_pieces(indices, width) {
+                if piece >= piece_count || last.is_some_and(|last| piece <= last) {
+                    return None;
+                }
+                last = Some(piece);
+            }
+            last?;
+            (Pieces::List(indices), rest)
+        }
+    };
+    let peer = PeerAddr { peer_id: PeerId(*id), addr: SocketAddr::new(ip.to_canonical(), u16::from_be_bytes(*port)) };
+    Some((Record { peer, pieces }, rest))
+}
+
+/// Pieces set in `bits`, not counting stray bits (those clear in `full`, the whole file).
+fn held_count(bits: &[u8], full: &[u8]) -> usize {
+    bits.iter().zip(full).map(|(byte, all)| (byte & all).count_ones() as usize).sum()
+}
+
+/// The pieces set in `bits` in increasing order, not counting stray bits (as [`held_count`]).
+fn held_pieces<'a>(bits: &'a [u8], full: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+    bits.iter().zip(full).enumerate().flat_map(|(index, (byte, all))| {
+        let byte = byte & all;
+        (0..8u32).filter(move |bit| byte & (0x80 >> bit) != 0).map(move |bit| index as u32 * 8 + bit)
+    })
+}
+
+/// Bytes of one piece index in a list: one while every index fits in a byte.
+fn index_bytes(piece_count: u32) -> usize {
+    if piece_count <= 256 {
+        1
+    } else {
+        2
+    }
+}
+
+/// The indices of a list, `width` bytes each, big-endian.
+fn list_pieces(indices: &[u8], width: usize) -> impl Iterator<Item = u32> + '_ {
+    indices.chunks_exact(width).map(|index| index.iter().fold(0u32, |value, byte| value << 8 | u32::from(*byte)))
 }
 
 fn bits_bytes(piece_count: u32) -> usize {
     (piece_count as usize).div_ceil(8)
-}
-
-/// The peer of a record's first [`ADDR_RECORD_BYTES`] bytes.
-fn peer_of(addr: &[u8]) -> PeerAddr {
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&addr[..16]);
-    let mut ip = [0u8; 16];
-    ip.copy_from_slice(&addr[16..32]);
-    let port = u16::from_be_bytes([addr[32], addr[33]]);
-    let ip = Ipv6Addr::from(ip).to_canonical();
-    PeerAddr { peer_id: PeerId(id), addr: SocketAddr::new(ip, port) }
 }
 
 impl std::fmt::Debug for Holders {
@@ -131,45 +280,112 @@ impl<'de> Deserialize<'de> for Holders {
         if piece_count > PIECES_MAX {
             return Err(serde::de::Error::custom("holders' bitfields longer than the piece limit"));
         }
-        let holders = Holders { piece_count, records: Bytes::from(records.into_vec()) };
-        if !holders.records.len().is_multiple_of(holders.record_bytes()) || holders.len() > LOCATED_PEERS_MAX {
-            return Err(serde::de::Error::custom("holder records do not fit the piece count or the holder limit"));
+        let mut rest = records.as_slice();
+        let mut count = 0;
+        while !rest.is_empty() {
+            let Some((_, tail)) = read_record(rest, piece_count) else {
+                return Err(serde::de::Error::custom("a holder record is cut short, malformed or has an unknown tag"));
+            };
+            count += 1;
+            if count > LOCATED_PEERS_MAX {
+                return Err(serde::de::Error::custom("more holder records than the holder limit"));
+            }
+            rest = tail;
         }
-        Ok(holders)
+        Ok(Holders { piece_count, count, records: Bytes::from(records.into_vec()) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::PieceIndex;
+
+    fn decode(piece_count: u32, records: &[u8]) -> Result<Holders, ciborium::de::Error<std::io::Error>> {
+        let mut encoded = Vec::new();
+        ciborium::into_writer(&(piece_count, serde_bytes::Bytes::new(records)), &mut encoded).expect("encodes");
+        ciborium::from_reader::<Holders, _>(&encoded[..])
+    }
 
     #[test]
-    fn records_round_trip_both_address_families() {
+    fn records_round_trip_both_address_families_and_every_kind_of_holding() {
         let v4 = PeerAddr { peer_id: PeerId([1; 16]), addr: SocketAddr::from(([10, 0, 0, 7], 6001)) };
         let v6 = PeerAddr { peer_id: PeerId([2; 16]), addr: "[2001:db8::5]:7000".parse().expect("an address") };
-        let mut a = Bitfield::new(11);
-        a.set(PieceIndex(10));
-        let b = Bitfield::full(11);
-        let holders = Holders::pack(11, [(v4, a.as_bytes()), (v6, b.as_bytes())].into_iter());
-        assert_eq!(holders.len(), 2);
-        assert_eq!(holders.iter().collect::<Vec<_>>(), vec![(v4, a), (v6, b)]);
+        let mapped = PeerAddr { peer_id: PeerId([3; 16]), addr: "[::ffff:10.0.0.9]:7001".parse().expect("an address") };
+        let mut some = Bitfield::new(11);
+        some.set(PieceIndex(10));
+        let (all, none) = (Bitfield::full(11), Bitfield::new(11));
+        let holders = Holders::pack(
+            11,
+            [(v4, some.as_bytes()), (v6, all.as_bytes()), (mapped, none.as_bytes()), (v4, all.as_bytes())].into_iter(),
+        );
+        assert_eq!(holders.len(), 4);
+        let unmapped = PeerAddr { addr: SocketAddr::from(([10, 0, 0, 9], 7001)), ..mapped };
+        let expected = vec![(v4, some), (v6, all.clone()), (unmapped, none), (v4, all)];
+        assert_eq!(holders.iter().collect::<Vec<_>>(), expected);
+        // id, tag, address and port each; a bitfield only where the peer holds some pieces.
+        assert_eq!(holders.size_bytes(), (16 + 1 + 4 + 2 + 2) + (16 + 1 + 16 + 2) + (16 + 1 + 4 + 2) * 2);
         let mut encoded = Vec::new();
         ciborium::into_writer(&holders, &mut encoded).expect("encodes");
         let decoded: Holders = ciborium::from_reader(&encoded[..]).expect("decodes");
         assert_eq!(decoded, holders);
+        assert_eq!(decoded.iter().collect::<Vec<_>>(), expected);
     }
 
     #[test]
-    fn records_of_the_wrong_size_are_refused() {
-        let mut encoded = Vec::new();
-        ciborium::into_writer(&(8u32, serde_bytes::Bytes::new(&[0u8; ADDR_RECORD_BYTES + 2])), &mut encoded)
-            .expect("encodes");
-        assert!(ciborium::from_reader::<Holders, _>(&encoded[..]).is_err());
-        let mut stray = Vec::new();
-        let record = [[0u8; ADDR_RECORD_BYTES].as_slice(), &[0xff]].concat();
-        ciborium::into_writer(&(3u32, serde_bytes::Bytes::new(&record)), &mut stray).expect("encodes");
-        let decoded: Holders = ciborium::from_reader(&stray[..]).expect("decodes");
+    fn a_holder_of_a_few_pieces_is_listed_in_one_or_two_bytes_a_piece() {
+        let peer = PeerAddr { peer_id: PeerId([1; 16]), addr: SocketAddr::from(([10, 0, 0, 7], 6001)) };
+        for (piece_count, width) in [(256u32, 1usize), (257, 2), (PIECES_MAX, 2)] {
+            let mut few = Bitfield::new(piece_count);
+            for piece in [0, 7, 8, piece_count - 1] {
+                few.set(PieceIndex(piece));
+            }
+            let mut many = Bitfield::full(piece_count);
+            many.unset(PieceIndex(3));
+            let holders = Holders::pack(piece_count, [(peer, few.as_bytes()), (peer, many.as_bytes())].into_iter());
+            let bitfield_bytes = piece_count.div_ceil(8) as usize;
+            assert_eq!(holders.size_bytes(), (23 + 2 + 4 * width) + (23 + bitfield_bytes), "{piece_count} pieces");
+            let mut encoded = Vec::new();
+            ciborium::into_writer(&holders, &mut encoded).expect("encodes");
+            let decoded: Holders = ciborium::from_reader(&encoded[..]).expect("decodes");
+            assert_eq!(decoded.iter().collect::<Vec<_>>(), vec![(peer, few), (peer, many)]);
+        }
+    }
+
+    #[test]
+    fn hostile_records_are_refused() {
+        let head = |tag: u8| [[7u8; ID_BYTES].as_slice(), &[tag]].concat();
+        let v4_all = [head(TAG_ALL).as_slice(), &[10, 0, 0, 1], &[0x1b, 0x58]].concat();
+        assert!(decode(8, &v4_all).is_ok_and(|h| h.len() == 1));
+        let cut = |pieces, record: &[u8]| (1..record.len()).all(|end| decode(pieces, &record[..end]).is_err());
+        assert!(cut(8, &v4_all), "a record cut anywhere");
+        let v6_bits = [head(TAG_BITS | TAG_IPV6).as_slice(), &[0; 16], &[0, 1], &[0xff; 2]].concat();
+        assert!(decode(9, &v6_bits).is_ok_and(|h| h.len() == 1));
+        assert!(cut(9, &v6_bits), "an IPv6 record or its bitfield cut anywhere");
+        assert!(decode(17, &v6_bits).is_err(), "a bitfield shorter than the piece count");
+        assert!(decode(8, &[v4_all.as_slice(), &[0]].concat()).is_err(), "bytes after the last record");
+        for tag in [TAG_PIECES, TAG_PIECES | TAG_IPV6, 0b1000, 0x80] {
+            let record = [head(tag).as_slice(), &[10, 0, 0, 1], &[0x1b, 0x58]].concat();
+            assert!(decode(8, &record).is_err(), "unknown tag {tag:#b}");
+        }
+        assert!(decode(8, &v4_all.repeat(LOCATED_PEERS_MAX)).is_ok());
+        assert!(decode(8, &v4_all.repeat(LOCATED_PEERS_MAX + 1)).is_err(), "past the holder limit");
+        assert!(decode(PIECES_MAX + 1, &[]).is_err(), "bitfields past the piece limit");
+        // A list of `count` pieces whose indices are `pieces`.
+        let list_of = |count: u8, pieces: &[u8]| {
+            [head(TAG_LIST).as_slice(), &[10, 0, 0, 1], &[0x1b, 0x58], &[0, count], pieces].concat()
+        };
+        let list = |pieces: &[u8]| list_of(u8::try_from(pieces.len()).expect("a short list"), pieces);
+        assert!(decode(256, &list(&[1, 5, 255])).is_ok_and(|h| h.len() == 1));
+        assert!(cut(256, &list(&[1, 5, 255])), "a list cut anywhere");
+        assert!(decode(256, &list(&[])).is_err(), "an empty list");
+        assert!(decode(256, &list(&[5, 1])).is_err(), "a list out of order");
+        assert!(decode(256, &list(&[5, 5])).is_err(), "a piece listed twice");
+        assert!(decode(200, &list(&[1, 200])).is_err(), "a piece past the count");
+        assert!(decode(300, &list_of(2, &[0, 1, 1, 2])).is_ok(), "two bytes an index past 256 pieces");
+        assert!(decode(300, &list_of(2, &[0, 1, 1])).is_err(), "an index cut short");
+        assert!(decode(300, &list_of(1, &[1, 44])).is_err(), "a piece past the count in two bytes");
+        let stray = [head(TAG_BITS).as_slice(), &[10, 0, 0, 1], &[0x1b, 0x58], &[0xff]].concat();
+        let decoded = decode(3, &stray).expect("decodes");
         assert_eq!(decoded.iter().next().map(|(_, bits)| bits), Some(Bitfield::full(3)), "stray bits are cleared");
     }
 }

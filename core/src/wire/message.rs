@@ -19,8 +19,10 @@ use crate::wire::Holders;
 
 /// Protocol version carried in `Hello`; a peer with another version is refused. Version 2
 /// packs a `Located` answer's holders into one byte string of records ([`Holders`]); version 3
-/// adds peer exchange (`Peers`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// adds peer exchange (`Peers`); version 4 gives each holder record a tag that says whether
+/// the peer holds nothing, everything or the bitfield that follows, and an IPv4 address in 4
+/// bytes.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What the sender of a `Hello` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
