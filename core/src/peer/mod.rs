@@ -326,10 +326,12 @@ impl Peer {
     }
 
     fn on_message(&mut self, conn: ConnId, message: Message) {
-        if self.tracker.owns(conn) {
-            self.on_tracker_message(conn, message);
-        } else {
+        // A connection is a remote's or a tracker's, never both: the remotes, which carry most
+        // messages, are looked up first.
+        if self.remotes.contains_key(&conn) {
             self.on_remote_message(conn, message);
+        } else if self.tracker.owns(conn) {
+            self.on_tracker_message(conn, message);
         }
     }
 

@@ -400,9 +400,15 @@ impl Uploads {
     /// How many connections (tickets first, in order) the line takes in now: any number while
     /// it holds less than [`UPLOAD_LINE_BYTES_MIN`], else its free places.
     fn room(&self) -> usize {
-        let in_line = self.slots.iter().chain(&self.waiting);
-        let line_bytes: u64 = in_line.filter_map(|c| self.conns.get(c)).map(ConnUploads::bytes).sum();
-        if line_bytes < UPLOAD_LINE_BYTES_MIN {
+        // Counted only as far as the bound: past it the line's bytes do not matter.
+        let mut in_line = self.slots.iter().chain(&self.waiting).filter_map(|c| self.conns.get(c));
+        let short = in_line
+            .try_fold(0, |bytes, state| {
+                let bytes = bytes + state.bytes();
+                (bytes < UPLOAD_LINE_BYTES_MIN).then_some(bytes)
+            })
+            .is_some();
+        if short {
             self.tickets.len() + 1
         } else {
             (self.gauge.slots() + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
