@@ -418,7 +418,7 @@ impl Network {
     }
 
     /// `from`'s uplink wake-up `wake` is due: a frame may have finished leaving.
-    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u64, queue: &mut Queue) {
+    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u32, queue: &mut Queue) {
         if self.nodes[from.0].uplink.take_wake(wake) {
             self.settle(now, from, queue);
         }
