@@ -128,6 +128,10 @@ impl Bitfield {
     /// Pieces `64 × at` to `64 × at + 63` of `bytes`, the first in the most significant bit;
     /// zero past the end.
     fn word(bytes: &[u8], at: usize) -> u64 {
+        // Every word but a short last one is read whole, without the copy into a zeroed buffer.
+        if let Some(whole) = bytes.get(at * 8..at * 8 + 8).and_then(|chunk| <[u8; 8]>::try_from(chunk).ok()) {
+            return u64::from_be_bytes(whole);
+        }
         let chunk = bytes.get(at * 8..).unwrap_or_default();
         let chunk = &chunk[..chunk.len().min(8)];
         let mut word = [0; 8];

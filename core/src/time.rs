@@ -61,9 +61,26 @@ impl Sub for Time {
 }
 
 impl fmt::Display for Time {
-    /// Seconds with millisecond precision, e.g. `12.345s`.
+    /// Seconds with millisecond precision, e.g. `12.345s`. Written digit by digit into one
+    /// buffer: every line of a simulator trace begins with a time, and the formatter's
+    /// zero padding cost more than the rest of the line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:03}s", self.0 / 1_000_000, (self.0 / 1000) % 1000)
+        let digit = |n: u64| b'0' + (n % 10) as u8;
+        let millis = self.0 / 1000 % 1000;
+        // At most 14 digits of seconds (u64::MAX microseconds), then `.mmms`.
+        let mut text = [0u8; 20];
+        let mut at = text.len() - 5;
+        text[at..].copy_from_slice(&[b'.', digit(millis / 100), digit(millis / 10), digit(millis), b's']);
+        let mut secs = self.0 / 1_000_000;
+        loop {
+            at -= 1;
+            text[at] = digit(secs);
+            secs /= 10;
+            if secs == 0 {
+                break;
+            }
+        }
+        f.write_str(std::str::from_utf8(&text[at..]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -82,5 +99,7 @@ mod tests {
     fn displays_seconds_with_millis() {
         assert_eq!(Time::from_micros(12_345_678).to_string(), "12.345s");
         assert_eq!(Time::ZERO.to_string(), "0.000s");
+        assert_eq!(Time::from_micros(1_000_999).to_string(), "1.000s");
+        assert_eq!(Time::from_micros(u64::MAX).to_string(), "18446744073709.551s");
     }
 }

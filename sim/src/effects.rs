@@ -49,11 +49,7 @@ impl World {
     /// of a piece with a bad copy and drops the connection after it; an `impersonator` claims
     /// another peer's id in its `Hello`s.
     fn send_as_role(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
-        let role = match self.scenario.tracker_number(node) {
-            Some(_) => Role::Honest,
-            None => self.scenario.peers[node.0 - 1].role,
-        };
-        match (role, message) {
+        match (self.roles[node.0], message) {
             (Role::LiarMixed, Message::Data { file_id, piece, offset: 0, bytes }) if !bytes.is_empty() => {
                 let mut bad = BytesMut::from(&bytes[..]);
                 bad[0] ^= 0xff;

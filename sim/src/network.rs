@@ -34,13 +34,14 @@
 //!
 //! A partition puts nodes into groups: links between groups are reset, and connecting across
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
-//! has each end in its node's `by_conn` exactly while that end is open.
+//! has each end in `by_conn` exactly while that end is open.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use p2p_core::rng::Rng;
-use p2p_core::small::{VecMap, VecSet};
+use p2p_core::small::VecSet;
 use p2p_core::wire::Message;
 use p2p_core::{ConnId, Input, PeerId, Time};
 
@@ -95,8 +96,6 @@ struct NetNode {
     /// Payload bytes of `Data` frames that left the uplink, over every life.
     data_bytes_up: u64,
     inbound_next: u64,
-    /// The node's open connections and their links.
-    by_conn: VecMap<ConnId, LinkId>,
     /// It lacks the swarm key: every handshake with it fails (see [`Network::lacks_key`]).
     keyless: bool,
 }
@@ -127,6 +126,10 @@ pub struct Network {
     peers_end: usize,
     /// Links by id (ids count up from 0; a closed link's slot stays empty).
     links: Vec<Option<Link>>,
+    /// Every node's open connections and their links. Looked up for every frame sent, and never
+    /// iterated: one hash probe where a search per node's sorted list of its connections missed
+    /// the cache at every step.
+    by_conn: ConnLinks,
     /// `Sent` reports due, as `(sender, conn, frames)`, until the world takes them.
     reports: Vec<(NodeIdx, ConnId, u32)>,
     /// Nodes whose uplink rates must be recomputed now (see [`Network::settle`]).
@@ -203,7 +206,6 @@ impl Network {
                 share_applied: f64::INFINITY,
                 data_bytes_up: 0,
                 inbound_next: 0,
-                by_conn: VecMap::new(),
                 keyless: false,
             })
             .collect();
@@ -212,6 +214,7 @@ impl Network {
             nodes,
             peers_end,
             links: Vec::new(),
+            by_conn: ConnLinks::default(),
             reports: Vec::new(),
             unsettled: Vec::new(),
             departed: Vec::new(),
@@ -353,8 +356,8 @@ impl Network {
         let ends = [end(from, conn), end(target, inbound)];
         let (accepted, opened) = (now + latency, now + latency * 2);
         self.links.push(Some(Link { ends, last_arrival: [opened, accepted], accepted_at: accepted }));
-        self.nodes[from.0].by_conn.insert(conn, id);
-        self.nodes[target.0].by_conn.insert(inbound, id);
+        self.by_conn.insert((from, conn), id);
+        self.by_conn.insert((target, inbound), id);
         queue.push(
             accepted,
             Item::Wire {
@@ -376,7 +379,7 @@ impl Network {
         (message, size_bytes): (Message, u64),
         queue: &mut Queue,
     ) -> Sent {
-        let Some(&id) = self.nodes[from.0].by_conn.get(&conn) else {
+        let Some(&id) = self.by_conn.get(&(from, conn)) else {
             return Sent::NoLink;
         };
         let Some(link) = self.link(id) else {
@@ -415,7 +418,7 @@ impl Network {
     }
 
     /// `from`'s uplink wake-up `wake` is due: a frame may have finished leaving.
-    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u64, queue: &mut Queue) {
+    pub fn uplink_done(&mut self, now: Time, from: NodeIdx, wake: u32, queue: &mut Queue) {
         if self.nodes[from.0].uplink.take_wake(wake) {
             self.settle(now, from, queue);
         }
@@ -560,7 +563,7 @@ impl Network {
 
     /// The link of `from`'s `conn` and the index of its other end.
     fn other_end(&self, from: NodeIdx, conn: ConnId) -> Option<(LinkId, usize)> {
-        let id = *self.nodes[from.0].by_conn.get(&conn)?;
+        let id = *self.by_conn.get(&(from, conn))?;
         let link = self.link(id)?;
         Some((id, usize::from(link.ends[0].node == from && link.ends[0].conn == conn)))
     }
@@ -571,7 +574,7 @@ impl Network {
         let Some((id, other)) = self.other_end(from, conn) else {
             return;
         };
-        self.nodes[from.0].by_conn.remove(&conn);
+        self.by_conn.remove(&(from, conn));
         // `other_end` found the link in `links` just above.
         let link = self.link_mut(id).expect("other_end only names live links");
         link.ends[1 - other].open = false;
@@ -615,7 +618,7 @@ impl Network {
         if matches!(input, Input::Disconnected { .. }) {
             l.ends[end].open = false;
             let both_closed = !l.ends[1 - end].open;
-            self.nodes[e.node.0].by_conn.remove(&e.conn);
+            self.by_conn.remove(&(e.node, e.conn));
             if both_closed {
                 self.forget(now, link, queue);
             }
@@ -623,18 +626,17 @@ impl Network {
         Some((e.node, e.incarnation, other))
     }
 
-    /// Links currently open at `node`, as `(conn, remote node)`.
+    /// Links currently open at `node`, as `(conn, remote node)`, in `ConnId` order.
     pub fn connections(&self, node: NodeIdx) -> Vec<(ConnId, NodeIdx)> {
-        self.nodes[node.0]
-            .by_conn
-            .iter()
-            .map(|(conn, id)| {
-                // `by_conn` names live links only (see the module docs).
-                let l = self.link(*id).expect("by_conn names live links");
-                let other = usize::from(l.ends[0].node == node && l.ends[0].conn == *conn);
-                (*conn, l.ends[other].node)
+        let mut open: Vec<(ConnId, NodeIdx)> = self
+            .live_links()
+            .flat_map(|(_, l)| {
+                let open_here = |side: usize| l.ends[side].open && l.ends[side].node == node;
+                (0..2).filter(move |side| open_here(*side)).map(move |side| (l.ends[side].conn, l.ends[1 - side].node))
             })
-            .collect()
+            .collect();
+        open.sort_unstable();
+        open
     }
 
     /// Resets a link: both open ends close now; each live one hears `Disconnected` after a
@@ -649,7 +651,7 @@ impl Network {
             if !end.open {
                 continue;
             }
-            self.nodes[end.node.0].by_conn.remove(&end.conn);
+            self.by_conn.remove(&(end.node, end.conn));
             let alive = self.nodes[end.node.0].up && self.nodes[end.node.0].incarnation == end.incarnation;
             // The acceptor only knows of the link once its `Connected` arrived.
             let known = side == 0 || link.accepted_at <= now;
@@ -685,6 +687,38 @@ impl Network {
         }
         // `below` takes a usize; jitter bounds are far below usize::MAX microseconds.
         Duration::from_micros(self.rng.below(micros.min(usize::MAX as u64) as usize) as u64)
+    }
+}
+
+/// Every node's open connections and their links (see `Network::by_conn`). A hash map, which
+/// the workspace otherwise forbids for its random iteration order: this one is never iterated,
+/// and its hasher is fixed.
+#[allow(clippy::disallowed_types)]
+type ConnLinks = std::collections::HashMap<(NodeIdx, ConnId), LinkId, BuildHasherDefault<KeyHasher>>;
+
+/// Hashes the network's `(node, connection)` keys: a few small integers, mixed by a rotate and
+/// a multiply per word (as rustc's own hasher does). Lookups only, so the table's order, which
+/// the hash decides, never reaches a result.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
     }
 }
 

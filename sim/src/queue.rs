@@ -6,7 +6,9 @@
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
 //! Layout, for speed at scale: items live in a slab, and small `(time, sequence, slot)` keys
-//! wait in a radix heap, so no item is boxed or moved while it waits. A run's keys only grow:
+//! wait in a radix heap, so no item is boxed or moved while it waits. An uplink wake-up, the
+//! commonest item, is kept in its key instead (node and wake-up number in the slot's place):
+//! it never touches the slab, whose slot would be out of the cache by the time it is taken. A run's keys only grow:
 //! each is pushed at or after the time of the key last taken, with a sequence number above
 //! every earlier one. A radix heap uses that: a key waits in the bucket named by the highest
 //! bit in which it differs from the key last taken, and a pop empties only the lowest
@@ -81,21 +83,25 @@ pub enum Item {
         /// The sender.
         node: NodeIdx,
         /// Which wake-up of the uplink (stale if rates changed or the node went down since).
-        transmission: u64,
+        transmission: u32,
     },
     /// The run's end.
     End,
 }
 
-/// Where an item waits: its time, its push order (unique), and its slot in the slab.
-type Key = (Time, u64, u32);
+/// Where an item waits: its time, its push order (unique), and what it is: a slot in the slab,
+/// or an uplink wake-up ([`WAKE`] set on its node, and its number).
+type Key = (Time, u64, u32, u32);
+
+/// Marks a key's node as an uplink wake-up's (slots and nodes stay below it).
+const WAKE: u32 = 1 << 31;
 
 /// A bucket for each highest differing bit of the 128-bit `(time, sequence)` order, and one
 /// for the key last taken.
 const BUCKETS: usize = 129;
 
 /// A key's order as one number: the time above the sequence number.
-fn order((at, seq, _): Key) -> u128 {
+fn order((at, seq, _, _): Key) -> u128 {
     (u128::from(at.as_micros()) << 64) | u128::from(seq)
 }
 
@@ -140,19 +146,11 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// Schedules `item` at `at`.
     pub fn push(&mut self, at: Time, item: Item) {
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot as usize] = Some(item);
-                slot
-            }
-            None => {
-                // A run holds far fewer than 4 billion items at once.
-                let slot = u32::try_from(self.slab.len()).expect("fewer than 2^32 pending items");
-                self.slab.push(Some(item));
-                slot
-            }
+        let (what, wake) = match item {
+            Item::UplinkDone { node, transmission } if node.0 < WAKE as usize => (node.0 as u32 | WAKE, transmission),
+            item => (self.put(item), 0),
         };
-        let key = (at, self.seq, slot);
+        let key = (at, self.seq, what, wake);
         self.seq += 1;
         self.len += 1;
         if order(key) < self.last {
@@ -162,9 +160,26 @@ impl Queue {
         }
     }
 
+    /// Keeps `item` in the slab; returns its slot.
+    fn put(&mut self, item: Item) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(item);
+                slot
+            }
+            None => {
+                // A run holds far fewer than 2 billion items at once.
+                let slot = u32::try_from(self.slab.len()).ok().filter(|slot| *slot < WAKE);
+                let slot = slot.expect("fewer than 2^31 pending items");
+                self.slab.push(Some(item));
+                slot
+            }
+        }
+    }
+
     /// The time of the earliest item.
     pub fn peek_time(&mut self) -> Option<Time> {
-        self.peek_key().map(|(at, _, _)| at)
+        self.peek_key().map(|(at, _, _, _)| at)
     }
 
     /// Takes the earliest item.
@@ -177,7 +192,11 @@ impl Queue {
             self.filled[0] &= !1;
         }
         self.len -= 1;
-        let (at, _, slot) = key;
+        let (at, _, what, wake) = key;
+        if what & WAKE != 0 {
+            return Some((at, Item::UplinkDone { node: NodeIdx((what & !WAKE) as usize), transmission: wake }));
+        }
+        let slot = what;
         self.free.push(slot);
         // Every key names a filled slot: a slot is emptied only here, when its key leaves.
         let item = self.slab[slot as usize].take().expect("a queued key names a filled slot");

@@ -126,9 +126,10 @@ pub struct Uplink {
     /// vector of the distinct ones stays short.
     caps: VecMap<u64, u32>,
     /// The scheduled wake-up: its number and time.
-    wake: Option<(u64, Time)>,
-    /// Counts wake-ups (and lives), so a stale one is recognised.
-    wakes: u64,
+    wake: Option<(u32, Time)>,
+    /// Counts wake-ups (and lives), so a stale one is recognised (numbers wrap after 2^32
+    /// wake-ups of one uplink, billions of frames apart).
+    wakes: u32,
     /// Emptied frame queues kept for reuse, so a busy uplink does not allocate per flow.
     spare: Vec<VecDeque<Frame>>,
     /// Flows that may have unreported frames, in the order they got them.
@@ -315,7 +316,7 @@ impl Uplink {
     /// Numbers a wake-up for `at`, unless one is already planned by then (an early wake-up
     /// finds nothing due and plans again, which costs less than a stale item per change);
     /// returns its number when the caller must schedule it.
-    pub fn plan_wake(&mut self, at: Option<Time>) -> Option<u64> {
+    pub fn plan_wake(&mut self, at: Option<Time>) -> Option<u32> {
         let Some(at) = at else {
             self.wake = None;
             return None;
@@ -323,13 +324,13 @@ impl Uplink {
         if self.wake.is_some_and(|(_, planned)| planned <= at) {
             return None;
         }
-        self.wakes += 1;
+        self.wakes = self.wakes.wrapping_add(1);
         self.wake = Some((self.wakes, at));
         Some(self.wakes)
     }
 
     /// Whether wake-up `wake` is the one scheduled (and no longer is).
-    pub fn take_wake(&mut self, wake: u64) -> bool {
+    pub fn take_wake(&mut self, wake: u32) -> bool {
         if self.wake.map(|(number, _)| number) != Some(wake) {
             return false;
         }
@@ -349,7 +350,7 @@ impl Uplink {
         self.unreported.clear();
         self.reports.clear();
         self.wake = None;
-        self.wakes += 1;
+        self.wakes = self.wakes.wrapping_add(1);
         flows
     }
 

@@ -76,6 +76,9 @@ pub struct World {
     pub(crate) network: Network,
     pub(crate) queue: Queue,
     pub(crate) nodes: Vec<NodeState>,
+    /// Each node's role (the trackers' honest), by node: read for every message sent, so kept
+    /// apart from the scenario's peer specs, whose other fields it would pull into the cache.
+    pub(crate) roles: Vec<Role>,
     pending: VecDeque<Step>,
     pub(crate) now: Time,
     pub(crate) trace: Trace,
@@ -125,6 +128,9 @@ impl World {
             nodes.push(NodeState::new(peer.name.clone(), Store::seeded(peer.holds.iter().copied())));
         }
         nodes.extend((1..trackers).map(|number| NodeState::new(tracker_name(number), Store::default())));
+        let mut roles = vec![Role::Honest];
+        roles.extend(scenario.peers.iter().map(|p| p.role));
+        roles.extend((1..trackers).map(|_| Role::Honest));
         let mut queue = Queue::default();
         for (i, action) in scenario.actions.iter().enumerate() {
             queue.push(action.at, Item::Action(i));
@@ -145,6 +151,7 @@ impl World {
             network: Network::with_trackers(seed, links, trackers),
             queue,
             nodes,
+            roles,
             pending: VecDeque::new(),
             now: Time::ZERO,
             trace: Trace::new(trace),
@@ -367,13 +374,13 @@ impl World {
     }
 
     fn set_timer(&mut self, node: NodeIdx, timeout: Option<Time>) {
-        let incarnation = self.network.incarnation(node);
         let state = &mut self.nodes[node.0];
         match timeout {
             // A machine that still asks for a timer that already fired has not moved it; firing
             // it again at once would loop forever, so it waits for the next input instead.
             Some(wanted) if state.timer != Some(wanted) && state.timer_fired != Some(wanted) => {
                 state.timer = Some(wanted);
+                let incarnation = self.network.incarnation(node);
                 self.queue.push(wanted.max(self.now), Item::Timer { node, incarnation, wanted });
             }
             Some(_) => {}

@@ -326,10 +326,12 @@ impl Peer {
     }
 
     fn on_message(&mut self, conn: ConnId, message: Message) {
-        if self.tracker.owns(conn) {
-            self.on_tracker_message(conn, message);
-        } else {
+        // A connection is a remote's or a tracker's, never both: the remotes, which carry most
+        // messages, are looked up first.
+        if self.remotes.contains_key(&conn) {
             self.on_remote_message(conn, message);
+        } else if self.tracker.owns(conn) {
+            self.on_tracker_message(conn, message);
         }
     }
 
@@ -985,7 +987,7 @@ impl Peer {
         if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
             remote.useful(self.now);
         }
-        self.uploads.sent(conn, data_frames);
+        self.uploads.sent(conn, data_frames, self.now);
         self.pump_uploads();
     }
 
