@@ -237,33 +237,15 @@ pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 /// [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] in blocks of 64 KiB (a queue of seconds on a slow link).
 pub const SERVE_UNSENT_BYTES_FLOOR: u64 = 128 * 1024;
 
-/// Connections served at a time (upload slots) while their receivers take what the uplink
-/// gives; the others' requests wait their turn. One: a block leaves at the whole uplink's rate,
-/// so its receiver can pass its piece on soonest. More while receivers hold their flows back
-/// (see [`UPLOAD_SLOTS_MAX`]).
-pub const UPLOAD_SLOTS_COUNT: usize = 1;
-
-/// Connections served at a time at most: while the slots' receivers hold their flows back
-/// (downlinks shared with their other senders), an uploader serves more, one per
-/// [`UPLOAD_RATE_WINDOW`] that fell short (see `peer::uploads::gauge`).
-pub const UPLOAD_SLOTS_MAX: usize = 16;
-
-/// The span over which an uploader measures the bytes that left its uplink to judge its slot
-/// count: a few 256 KiB blocks at 1 MB/s.
-pub const UPLOAD_RATE_WINDOW: Duration = Duration::from_millis(500);
-
-/// A gap between reports of frames sent after which the uplink counts as having been silent
-/// (nothing to send), not slow: the rate is measured again from the next report.
-pub const UPLOAD_RATE_SILENCE: Duration = Duration::from_secs(2);
-
-/// The fraction (numerator, denominator) of the best rate an uplink sent while connections
-/// waited, under which its slots' receivers count as holding it back: it serves one more.
-pub const UPLOAD_RATE_SHORTFALL: (u64, u64) = (3, 4);
+/// Connections served at a time (upload slots); the others' requests wait their turn. Two:
+/// each block a holder serves leaves at half its uplink, so a piece can be passed on soon,
+/// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
+pub const UPLOAD_SLOTS_COUNT: usize = 2;
 
 /// Connections that wait for an upload slot at most; a request of any other is refused
-/// (`Busy`) and goes to another holder. Two: a slot that frees finds a request already
-/// queued, and no request waits for more than a few turns.
-pub const UPLOAD_LINE_MAX: usize = 2;
+/// (`Busy`) and goes to another holder. As many as there are slots: a slot that frees finds a
+/// request already queued, and no request waits for more than about two turns.
+pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
 
 /// Bytes queued (and unsent) over an uploader's line under which it takes any asker, however
 /// many are in line, so an uplink serving small pieces still has enough queued to stay busy

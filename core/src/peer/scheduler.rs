@@ -142,11 +142,11 @@ impl Requests {
 
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
-    /// when that is longer (a request can wait that long in its upload line: a turn for its
-    /// slot holder and for each connection in line before us, then our own). A remote that has
-    /// delivered nothing yet is given the time at `unmeasured_bytes_per_s`, the slowest rate
-    /// another remote delivered at: until its first block arrives nothing says it is faster,
-    /// and where every uplink is slow its first block takes seconds to leave.
+    /// when that is longer (a request can wait that long in its upload line: a turn on each of
+    /// its two slots, then our own turn at half its rate). A remote that has delivered nothing
+    /// yet is given the time at `unmeasured_bytes_per_s`, the slowest rate another remote
+    /// delivered at: until its first block arrives nothing says it is faster, and where every
+    /// uplink is slow its first block takes seconds to leave.
     fn lags(&self, now: Time, unmeasured_bytes_per_s: u64) -> bool {
         let patience = turns_time(4, self.rate_or(unmeasured_bytes_per_s)).unwrap_or(ENDGAME_PATIENCE);
         self.progress_at + patience.max(ENDGAME_PATIENCE) <= now

@@ -6,9 +6,8 @@
 //! ([`Uploads::sent`], from `Input::Sent`), a finished read, and a closed connection; its
 //! output is the next read to start ([`Uploads::next_read`]) and the time it wants to be asked
 //! again. Its state is private to this module; `serve.rs` checks the requests `Peer` routes to
-//! it, [`Offers`] (`offers.rs`), which it owns, decides which pieces a seeder tells each
-//! downloader it has (super-seeding), and the slot gauge (`gauge.rs`), which it owns too, how
-//! many connections it serves at once.
+//! it, and [`Offers`] (`offers.rs`), which it owns, decides which pieces a seeder tells each
+//! downloader it has (super-seeding).
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
 //! queued data waiting where a `Cancel` can no longer recall it:
@@ -18,10 +17,9 @@
 //!   [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its requests wait here, where a `Cancel`
 //!   removes them, not in a transport buffer. `Data` frames leave a connection in the order they
 //!   were queued, so each report of sent frames retires the oldest ones.
-//! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connection is served at a time, so its
-//!   blocks (and pieces) leave at the whole uplink's rate and can be passed on soonest; more
-//!   while the slots' receivers hold their flows back and leave the uplink idle (the slot
-//!   gauge, `gauge.rs`, judges that from the bytes that left). The others wait in line. A slot holder that has been served
+//! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
+//!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
+//!   passed on. The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up. So does one none of whose `Data`
@@ -65,7 +63,6 @@
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
 //! outstanding with the driver at once.
 
-mod gauge;
 mod offers;
 mod pacing;
 mod serve;
@@ -77,11 +74,10 @@ use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
     SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
-    UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BYTES,
+    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
-use gauge::SlotGauge;
 use pacing::TokenBucket;
 
 use super::pieces::FileEntry;
@@ -228,8 +224,6 @@ pub(super) struct Uploads {
     tickets: VecDeque<Ticket>,
     /// Queued requests of connections that left the line, to be answered `Busy`.
     refused: Vec<ServeJob>,
-    /// How many connections are served at a time.
-    gauge: SlotGauge,
     offers: Offers,
 }
 
@@ -248,7 +242,6 @@ impl Uploads {
             lapse_due: None,
             tickets: VecDeque::new(),
             refused: Vec::new(),
-            gauge: SlotGauge::new(),
             offers: Offers::new(),
         }
     }
@@ -333,19 +326,15 @@ impl Uploads {
         state.unsent_bytes += u64::from(bytes);
     }
 
-    /// The driver reports at `now` `data_frames` more of `conn`'s `Data` frames sent.
-    pub fn sent(&mut self, conn: ConnId, data_frames: u32, now: Time) {
+    /// The driver reports `data_frames` more of `conn`'s `Data` frames sent.
+    pub fn sent(&mut self, conn: ConnId, data_frames: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
-        let mut left = 0;
         for _ in 0..data_frames {
             let Some((_, bytes)) = state.unsent_data.pop_front() else { break };
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
-            left += u64::from(bytes);
             // Its frames move: the wait starts again from the next look.
             state.stalled_since = None;
         }
-        let demanded = (!self.waiting.is_empty() || !self.tickets.is_empty()) && self.slots.len() >= self.gauge.slots();
-        self.gauge.sent(now, left, demanded);
     }
 
     /// The read of `conn`'s block at `piece`+`offset` finished (its `Data` frame, if any, is
@@ -411,7 +400,7 @@ impl Uploads {
         if short {
             self.tickets.len() + 1
         } else {
-            (self.gauge.slots() + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
+            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
         }
     }
 
@@ -641,7 +630,7 @@ impl Uploads {
             }
         }
         self.slots = kept;
-        while self.slots.len() < self.gauge.slots() {
+        while self.slots.len() < UPLOAD_SLOTS_COUNT {
             let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
                 let queue = self.conns.get(conn).map(|c| &c.queue);
                 (queue.and_then(|q| rarity.rarest(q)).map_or(usize::MAX, |(_, holders)| holders), *line)
@@ -721,7 +710,7 @@ impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{BLOCK_BYTES, UPLOAD_SLOTS_COUNT};
+    use crate::limits::BLOCK_BYTES;
 
     #[test]
     fn a_piece_we_sent_whole_counts_as_held_before_its_receiver_announces_it() {
@@ -794,10 +783,10 @@ mod tests {
             request(&mut uploads, 1, piece);
         }
         assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         assert_eq!(serve(&mut uploads), [(1, 2)]);
         assert!(uploads.cancel(ConnId::Inbound(1), FILE, PieceIndex(3), 0), "a queued request is recalled");
-        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 2);
         assert_eq!(serve(&mut uploads), [(1, 4)]);
     }
 
@@ -811,28 +800,32 @@ mod tests {
         }
         let floor_blocks = usize::try_from(SERVE_UNSENT_BYTES_FLOOR / u64::from(len)).expect("small");
         assert_eq!(serve(&mut uploads).len(), floor_blocks, "blocks under the floor are read ahead");
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         assert_eq!(serve(&mut uploads).len(), 1, "one left, one more is read");
     }
 
     #[test]
     fn a_bounded_number_of_connections_is_served_and_the_others_take_their_turns() {
-        assert_eq!(UPLOAD_SLOTS_COUNT, 1, "one holder, the rest in line");
         let mut uploads = Uploads::new(None);
-        let conns = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        let conns = UPLOAD_SLOTS_COUNT as u64 + 2;
         for conn in 1..=conns {
             request(&mut uploads, conn, 0);
             request(&mut uploads, conn, 1);
         }
-        assert_eq!(serve(&mut uploads), [(1, 0)], "one block per turn, the slot only");
-        // Each holder's block left: its slot goes to the first in line, and it queues behind
-        // the others for its second block.
-        for conn in 1..conns {
-            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO);
-            assert_eq!(serve(&mut uploads), [(conn + 1, 0)]);
+        let first: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(first, (1..=UPLOAD_SLOTS_COUNT as u64).collect::<Vec<_>>(), "one block per turn, slots only");
+        // The first holder's block left: its slot goes to the first in line, and it queues
+        // behind the others for its second block.
+        uploads.sent(ConnId::Inbound(1), 1);
+        assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_COUNT as u64 + 1, 0)]);
+        for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
+            uploads.sent(ConnId::Inbound(conn), 1);
         }
-        uploads.sent(ConnId::Inbound(conns), 1, Time::ZERO);
-        assert_eq!(serve(&mut uploads), [(1, 1)], "the first holder's turn comes again");
+        // Every holder but the newcomer let its slot go: the last newcomer, then the earlier
+        // holders in turn.
+        let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
+        let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
+        assert_eq!(next, expected);
     }
 
     /// An upload line taken whole: connections `1..=line` each asked for piece 0 at time 0,
@@ -854,13 +847,13 @@ mod tests {
         assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
         // The first holder's block left and it asks for nothing more: one room frees, held for
         // the first connection refused, not for a newcomer or the second refused.
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
         assert!(!ask(&mut uploads, line + 3, 0, 100), "a newcomer waits behind the tickets");
         assert!(!ask(&mut uploads, line + 2, 0, 100), "the second ticket waits for the first");
         assert!(ask(&mut uploads, line + 1, 0, 100), "the first ticket gets the room");
         // Tickets lapse when their holders do not come back.
-        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(2), 1);
         serve(&mut uploads);
         let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
         assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
@@ -880,7 +873,7 @@ mod tests {
         // Within the stall timeout, so no slot holder loses its slot for not reading.
         let later = Time::ZERO + BUSY_TICKET_TIME_MAX * 2;
         assert!(later < Time::ZERO + UPLOAD_STALL_TIMEOUT);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve_at(&mut uploads, later, |_| 0);
         assert_eq!(uploads.take_calls(later, |_, _| 0), [ConnId::Inbound(first)]);
         assert!(uploads.take_calls(later, |_, _| 0).is_empty(), "called once");
@@ -900,7 +893,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, first, 0, 0, true));
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(first)]);
         uploads.pass(ConnId::Inbound(first));
@@ -920,7 +913,7 @@ mod tests {
         uploads.read_done(ConnId::Inbound(1), FILE, PieceIndex(0), 0);
         uploads.data_queued(ConnId::Inbound(1), (FILE, PieceIndex(0), 0), BLOCK_BYTES);
         assert_eq!(answer(&mut uploads, 1, 0, 30, true), Err(Refused::Covered), "read, waiting to leave");
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         assert_eq!(answer(&mut uploads, 1, 0, 40, true), Ok(()), "it left: asked again, it is sent again");
     }
 
@@ -940,7 +933,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, rare, 1, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(rare)], "refused later");
         uploads.pass(ConnId::Inbound(rare));
@@ -984,7 +977,7 @@ mod tests {
         assert_eq!(answer(&mut uploads, caller, 2, late, true), Err(Refused::Busy));
         // 1's turn ends while a ticket is out: of its queued requests only the first is answered.
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve_at(&mut uploads, Time::from_millis(late), |_| 0);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of pieces 1 and 2");
@@ -997,7 +990,7 @@ mod tests {
         assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
         assert!(!ask(&mut uploads, line + 1, 0, 0));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
@@ -1011,46 +1004,49 @@ mod tests {
         // Piece 9 is held by nobody else, the others by three remotes.
         let holders = |piece| if piece == 9 { 0 } else { 3 };
         request(&mut uploads, 1, 0);
-        request(&mut uploads, 2, 2);
-        request(&mut uploads, 2, 9);
+        request(&mut uploads, 2, 1);
+        request(&mut uploads, 3, 2);
         request(&mut uploads, 3, 9);
-        let mut served = Vec::new();
-        for _ in 0..4 {
-            let turn = serve_rarest(&mut uploads, holders);
-            assert_eq!(turn.len(), 1, "one slot: {turn:?}");
-            served.extend(turn.iter().copied());
-            uploads.sent(ConnId::Inbound(turn[0].0), 1, Time::ZERO);
+        request(&mut uploads, 4, 9);
+        let first = serve_rarest(&mut uploads, holders);
+        assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare piece first, its request before the others");
+        for conn in [3, 4] {
+            uploads.sent(ConnId::Inbound(conn), 1);
         }
-        // The askers of the rare piece first, its request before the other; then, nothing
-        // rare left, the earliest in line.
-        assert_eq!(served, [(2, 9), (3, 9), (1, 0), (2, 2)]);
+        // Nothing rare is left: the earliest in line.
+        assert_eq!(serve_rarest(&mut uploads, holders), [(1, 0), (2, 1)]);
     }
 
     #[test]
     fn a_slot_holder_whose_frames_do_not_leave_gives_its_slot_to_one_waiting() {
-        assert_eq!(UPLOAD_SLOTS_COUNT, 1, "one holder, one waiting");
+        assert_eq!(UPLOAD_SLOTS_COUNT, 2, "two holders, one waiting");
         let mut uploads = Uploads::new(None);
-        for conn in 1..=2 {
+        for conn in 1..=3 {
             request(&mut uploads, conn, 0);
             request(&mut uploads, conn, 1);
         }
-        assert_eq!(serve(&mut uploads), [(1, 0)], "1 holds the slot, one block while 2 waits");
+        let mut first = serve(&mut uploads);
+        first.sort_unstable();
+        assert_eq!(first, [(1, 0), (2, 0)], "1 and 2 hold the slots, one block each while 3 waits");
         request(&mut uploads, 1, 2);
         let due = Time::ZERO + UPLOAD_STALL_TIMEOUT;
-        assert_eq!(uploads.wake_at(), Some(due), "a look is due when the holder's frames have waited too long");
+        assert_eq!(uploads.wake_at(), Some(due), "a look is due when the holders' frames have waited too long");
         let just_before = Time::from_millis(UPLOAD_STALL_TIMEOUT.as_millis() as u64 - 1);
-        assert_eq!(serve_at(&mut uploads, just_before, |_| 0), [], "2 waits while no frame waited that long");
+        assert_eq!(serve_at(&mut uploads, just_before, |_| 0), [], "3 waits while nobody's frames waited that long");
         assert!(uploads.take_refused().is_empty());
-        // 1 never read: its slot goes to 2, its queued requests are refused, and so are new ones.
-        let then = serve_at(&mut uploads, due, |_| 0);
-        assert_eq!(then, [(2, 0), (2, 1)]);
+        // At the bound 2's frame leaves, so 2 takes its turns again; 1 never read: its slot
+        // goes to 3, its queued requests are refused, and so are new ones.
+        uploads.sent(ConnId::Inbound(2), 1);
+        let mut then = serve_at(&mut uploads, due, |_| 0);
+        then.sort_unstable();
+        assert_eq!(then, [(2, 1), (3, 0), (3, 1)]);
         assert!(uploads.wake_at().is_none_or(|at| at > due), "the timer moves on once it fired");
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1), (ConnId::Inbound(1), 2)]);
         let at_ms = UPLOAD_STALL_TIMEOUT.as_millis() as u64;
         assert!(!ask(&mut uploads, 1, 3, at_ms), "busy while its frame waits");
         // Once its frame left, it asks like anyone else.
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 1);
         assert!(ask(&mut uploads, 1, 4, at_ms), "room in the line once its frame left");
     }
 
@@ -1064,7 +1060,7 @@ mod tests {
         assert_eq!(uploads.wake_at(), None, "no look is due while nobody waits");
         let long_after = Time::ZERO + UPLOAD_STALL_TIMEOUT * 3;
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [], "its frames have not left");
-        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO);
+        uploads.sent(ConnId::Inbound(1), 2);
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [(1, 2)], "it is served as soon as they did");
         assert!(uploads.take_refused().is_empty());
     }
