@@ -36,7 +36,6 @@
 //! groups fails (as does connecting to a node that is down). Invariant: every link in `links`
 //! has each end in `by_conn` exactly while that end is open.
 
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -692,35 +691,9 @@ impl Network {
 
 /// Every node's open connections and their links (see `Network::by_conn`). A hash map, which
 /// the workspace otherwise forbids for its random iteration order: this one is never iterated,
-/// and its hasher is fixed.
+/// and its hasher's seed is fixed.
 #[allow(clippy::disallowed_types)]
-type ConnLinks = std::collections::HashMap<(NodeIdx, ConnId), LinkId, BuildHasherDefault<KeyHasher>>;
-
-/// Hashes the network's `(node, connection)` keys: a few small integers, mixed by a rotate and
-/// a multiply per word (as rustc's own hasher does). Lookups only, so the table's order, which
-/// the hash decides, never reaches a result.
-#[derive(Clone, Copy, Debug, Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64(u64::from(*byte));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, word: usize) {
-        self.write_u64(word as u64);
-    }
-}
+type ConnLinks = std::collections::HashMap<(NodeIdx, ConnId), LinkId, foldhash::fast::FixedState>;
 
 /// Adds a `Sent` report, merged into the last one when it is for the same connection.
 fn add_report(reports: &mut Vec<(NodeIdx, ConnId, u32)>, (node, conn, frames): (NodeIdx, ConnId, u32)) {

@@ -5,19 +5,18 @@
 //! Items come out in `(time, push order)` order: a global sequence number breaks ties, so the
 //! order of a run depends only on what was pushed, never on the queue's internal layout.
 //!
-//! Layout, for speed at scale: items live in a slab, and small `(time, sequence, slot)` keys
-//! wait in a radix heap, so no item is boxed or moved while it waits. An uplink wake-up, the
-//! commonest item, is kept in its key instead (node and wake-up number in the slot's place):
-//! it never touches the slab, whose slot would be out of the cache by the time it is taken. A run's keys only grow:
-//! each is pushed at or after the time of the key last taken, with a sequence number above
-//! every earlier one. A radix heap uses that: a key waits in the bucket named by the highest
-//! bit in which it differs from the key last taken, and a pop empties only the lowest
-//! non-empty bucket into lower ones. Each key moves a few times, always appended to or read
-//! in order from a short vector, where a comparison heap of hundreds of thousands of keys
-//! misses the cache at every level of every pop (the scale benchmark's figures are in
-//! BENCHMARKS.md). A key pushed into the past (only tests do) waits in a small ordinary heap
-//! beside it, and `pop` takes whichever of the two comes first: the same order one heap would
-//! give.
+//! Layout, for speed at scale: items live in a slab, and small `(time, sequence, slot)` keys wait
+//! in a radix heap, so no item is boxed or moved while it waits. An uplink wake-up, the commonest
+//! item, is kept in its key instead (node and wake-up number in the slot's place): it never touches
+//! the slab, whose slot would be out of the cache by the time it is taken. A run's keys only grow:
+//! each is pushed at or after the time of the key last taken, with a sequence number above every
+//! earlier one. A radix heap uses that: a key waits in the bucket named by the highest bit in which
+//! it differs from the key last taken, and a pop empties only the lowest non-empty bucket into
+//! lower ones. Each key moves a few times, always appended to or read in order from a short vector,
+//! where a comparison heap of hundreds of thousands of keys misses the cache at every level of
+//! every pop (the scale benchmark's figures are in BENCHMARKS.md). A key pushed into the past (only
+//! tests do) waits in a small ordinary heap beside it, and `pop` takes whichever of the two comes
+//! first: the same order one heap would give.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -3,19 +3,19 @@
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every piece went out once: after that the swarm holds the file and newcomers are told
-//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks
-//! that was never offered to anyone (a rotating cursor from a random start picks them), also
-//! when it is the only downloader so far: in a flash crowd the first to connect is alone for a
-//! moment, and told everything it would ask the seeder for pieces offered to others. So each of the
-//! seeder's turns with a downloader (see the upload slots in `uploads`) sends a piece nobody
-//! else got, whatever the file's size and however many downloaders arrive. The downloaders
-//! fetch different pieces from the seeder and the rest from each other. Each piece
-//! the seeder finishes uploading to a downloader, and each offered piece the downloader reports
-//! holding (fetched elsewhere), makes room for one more offer. Once every piece went out, a
-//! downloader with no offer outstanding is offered one piece, the least offered, so nobody
-//! waits for a piece the others cannot give it. A downloader that is alone when it has room
-//! for an offer (or again, once the others left) is told everything that is left. The seeder keeps per file one offer count per piece; per
-//! connection, what it told and which offered pieces are still outstanding.
+//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks that
+//! was never offered to anyone (a rotating cursor from a random start picks them), also when it is
+//! the only downloader so far: in a flash crowd the first to connect is alone for a moment, and
+//! told everything it would ask the seeder for pieces offered to others. So each of the seeder's
+//! turns with a downloader (see the upload slots in `uploads`) sends a piece nobody else got,
+//! whatever the file's size and however many downloaders arrive. The downloaders fetch different
+//! pieces from the seeder and the rest from each other. Each piece the seeder finishes uploading to
+//! a downloader, and each offered piece the downloader reports holding (fetched elsewhere), makes
+//! room for one more offer. Once every piece went out, a downloader with no offer outstanding is
+//! offered one piece, the least offered, so nobody waits for a piece the others cannot give it. A
+//! downloader that is alone when it has room for an offer (or again, once the others left) is told
+//! everything that is left. The seeder keeps per file one offer count per piece; per connection,
+//! what it told and which offered pieces are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
 //! finished upload, a report of held pieces, a lone downloader and a closed connection; its
