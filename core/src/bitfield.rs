@@ -139,7 +139,8 @@ impl Bitfield {
         u64::from_be_bytes(word)
     }
 
-    fn bytes_for(len: u32) -> usize {
+    /// Bytes of the packed form of a set over `len` pieces.
+    pub(crate) fn bytes_for(len: u32) -> usize {
         (len as usize).div_ceil(8)
     }
 

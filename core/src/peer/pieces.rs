@@ -93,14 +93,12 @@ impl FileEntry {
         if self.sent_whole.len() != self.have.len() {
             self.sent_whole = Bitfield::new(self.have.len());
         }
-        if piece.0 < self.sent_whole.len() {
-            self.sent_whole.set(piece);
-        }
+        self.sent_whole.set(piece);
     }
 
     /// Whether we read the last block of `piece` for a remote.
     pub fn has_sent_whole(&self, piece: PieceIndex) -> bool {
-        piece.0 < self.sent_whole.len() && self.sent_whole.has(piece)
+        self.sent_whole.has(piece)
     }
 
     /// The pieces of `have` (of this file's length) are served too.

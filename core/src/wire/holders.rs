@@ -69,12 +69,12 @@ impl Holders {
     pub fn pack<'a>(piece_count: u32, holders: impl ExactSizeIterator<Item = (PeerAddr, &'a [u8])>) -> Holders {
         let count = holders.len();
         assert!(count <= LOCATED_PEERS_MAX, "at most {LOCATED_PEERS_MAX} holders");
-        let full = Bitfield::full(piece_count);
         let width = index_bytes(piece_count);
         let mut records = Vec::new();
         for (peer, bits) in holders {
-            assert_eq!(bits.len(), full.as_bytes().len(), "a holder's bits cover the file's pieces");
-            let held = held_count(bits, full.as_bytes());
+            // Read as a bitfield, which leaves out stray bits past the count.
+            let set = Bitfield::from_bytes(piece_count, bits).expect("a holder's bits cover the file's pieces");
+            let held = set.count() as usize;
             let pieces = if held == 0 {
                 TAG_NONE
             } else if held == piece_count as usize {
@@ -101,8 +101,8 @@ impl Holders {
             } else if pieces == TAG_LIST {
                 // A list is chosen only while shorter than the bitfield, so `held` < 2^16.
                 records.extend_from_slice(&(held as u16).to_be_bytes());
-                for piece in held_pieces(bits, full.as_bytes()) {
-                    records.extend_from_slice(&piece.to_be_bytes()[4 - width..]);
+                for piece in set.iter() {
+                    records.extend_from_slice(&piece.0.to_be_bytes()[4 - width..]);
                 }
             }
         }
@@ -209,7 +209,7 @@ fn read_record(bytes: &[u8], piece_count: u32) -> Option<(Record<'_>, &[u8])> {
         TAG_NONE => (Pieces::Nothing, rest),
         TAG_ALL => (Pieces::Every, rest),
         TAG_BITS => {
-            let (bits, rest) = rest.split_at_checked(bits_bytes(piece_count))?;
+            let (bits, rest) = rest.split_at_checked(Bitfield::bytes_for(piece_count))?;
             (Pieces::Bits(bits), rest)
         }
         _ => {
@@ -231,19 +231,6 @@ fn read_record(bytes: &[u8], piece_count: u32) -> Option<(Record<'_>, &[u8])> {
     Some((Record { peer, pieces }, rest))
 }
 
-/// Pieces set in `bits`, not counting stray bits (those clear in `full`, the whole file).
-fn held_count(bits: &[u8], full: &[u8]) -> usize {
-    bits.iter().zip(full).map(|(byte, all)| (byte & all).count_ones() as usize).sum()
-}
-
-/// The pieces set in `bits` in increasing order, not counting stray bits (as [`held_count`]).
-fn held_pieces<'a>(bits: &'a [u8], full: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
-    bits.iter().zip(full).enumerate().flat_map(|(index, (byte, all))| {
-        let byte = byte & all;
-        (0..8u32).filter(move |bit| byte & (0x80 >> bit) != 0).map(move |bit| index as u32 * 8 + bit)
-    })
-}
-
 /// Bytes of one piece index in a list: one while every index fits in a byte.
 fn index_bytes(piece_count: u32) -> usize {
     if piece_count <= 256 {
@@ -256,10 +243,6 @@ fn index_bytes(piece_count: u32) -> usize {
 /// The indices of a list, `width` bytes each, big-endian.
 fn list_pieces(indices: &[u8], width: usize) -> impl Iterator<Item = u32> + '_ {
     indices.chunks_exact(width).map(|index| index.iter().fold(0u32, |value, byte| value << 8 | u32::from(*byte)))
-}
-
-fn bits_bytes(piece_count: u32) -> usize {
-    (piece_count as usize).div_ceil(8)
 }
 
 impl std::fmt::Debug for Holders {
