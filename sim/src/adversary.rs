@@ -31,16 +31,29 @@ pub const FLOOD_CONNECTIONS: usize = TRACKER_FILES_PER_IP_MAX / TRACKER_FILES_PE
 /// What one tracker answered a flooder's announces.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodTally {
-    /// Announces answered `Announced`: fake files the tracker keeps for the flooder.
+    /// Announces answered `Announced`, over the whole flood.
     pub accepted: usize,
     /// Announces refused by a quota.
     pub refused: usize,
+    /// The most fake files the tracker kept for the flooder at once: those accepted on
+    /// connections still open. A tracker forgets a registration whose connection closes, and
+    /// both ends hear of a close after the same latency, so the flooder hears of it before any
+    /// answer the freed quota made room for.
+    pub kept_max: usize,
+    /// Fake files accepted on each flood connection still open.
+    open: [usize; FLOOD_CONNECTIONS],
 }
 
 impl FloodTally {
-    /// Whether the tracker kept no more fake files than one address may make it keep.
+    /// Whether the tracker kept no more fake files at once than one address may make it keep.
     pub fn within_quota(&self) -> bool {
-        self.accepted <= TRACKER_FILES_PER_IP_MAX
+        self.kept_max <= TRACKER_FILES_PER_IP_MAX
+    }
+
+    fn accept(&mut self, k: usize) {
+        self.accepted += 1;
+        self.open[k] += 1;
+        self.kept_max = self.kept_max.max(self.open.iter().sum());
     }
 }
 
@@ -109,7 +122,8 @@ impl World {
     }
 
     /// On flood connection `own` of `flooder`: at the connection, `Hello` and every announce;
-    /// then each answer goes into the tally of its tracker.
+    /// then each answer goes into the tally of its tracker, and a close takes what that
+    /// connection had kept out of it.
     fn flood_input(&mut self, flooder: NodeIdx, conn: ConnId, own: usize, input: &Input) {
         let (number, k) = (own / FLOOD_CONNECTIONS, own % FLOOD_CONNECTIONS);
         match input {
@@ -122,10 +136,15 @@ impl World {
                     self.send(flooder, conn, fake_announce(flooder, own, i));
                 }
             }
+            Input::Disconnected { .. } => {
+                if let Some(tally) = self.outcome.floods.get_mut(&(flooder, number)) {
+                    tally.open[k] = 0;
+                }
+            }
             Input::Message { message, .. } => {
                 let Some(tally) = self.outcome.floods.get_mut(&(flooder, number)) else { return };
                 match message {
-                    Message::Announced { .. } => tally.accepted += 1,
+                    Message::Announced { .. } => tally.accept(k),
                     Message::Error { code: ErrorCode::Overloaded, detail, .. } if detail.starts_with("quota") => {
                         tally.refused += 1;
                     }

@@ -175,8 +175,8 @@ fn tracker_bounded(outcome: &Outcome, flooders: &[NodeIdx], name: &dyn Fn(NodeId
         .filter(|((flooder, _), tally)| flooders.contains(flooder) && !(tally.within_quota() && tally.refused > 0))
         .map(|((flooder, tracker), tally)| {
             format!(
-                "tracker {tracker} kept {} of {}'s fake files, refused {}",
-                tally.accepted,
+                "tracker {tracker} kept {} of {}'s fake files at once, refused {}",
+                tally.kept_max,
                 name(*flooder),
                 tally.refused
             )
