@@ -399,8 +399,11 @@ pub const PEX_MESH_PEERS: usize = 16;
 pub const PEX_RECEIVE_INTERVAL_MIN: Duration = Duration::from_millis(500);
 
 /// Verified pieces are told to connected remotes in batches at most this often (the tracker
-/// hears of each piece at once).
-pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// hears of each piece at once). Every hop of a piece through the swarm waits for the `Haves`
+/// that tell its new holder's remotes, so the interval is short next to a piece's time at an
+/// upload slot's share of a link; a peer verifying many small pieces a second still sends a
+/// few batches a second, not one per piece.
+pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
