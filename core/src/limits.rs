@@ -120,7 +120,7 @@ pub const LOCATED_NEWCOMERS_MAX: usize = 8;
 /// of the manifest gets the holders only, which send it as they do for a first ask. A crowd
 /// that asks at once would otherwise hold the tracker's uplink for seconds with copies of one
 /// manifest, and a flood of small `Locate`s cannot make the tracker send more than this.
-pub const LOCATED_MANIFEST_BYTES_PER_WINDOW: u64 = 1024 * 1024;
+pub const LOCATED_MANIFEST_BYTES_PER_WINDOW: u64 = 256 * 1024;
 
 /// How long the tracker reuses the holder lists it built for a file's `Located` answers (a
 /// holder coming or going drops them sooner).
@@ -366,6 +366,12 @@ pub const LOCATE_INTERVAL: Duration = Duration::from_secs(2);
 /// downloaders that started at the same time hold pieces a moment later and can serve each
 /// other from then on.
 pub const LOCATE_INTERVAL_SECOND: Duration = Duration::from_millis(250);
+
+/// A `Locate` answer that took longer than this marks the tracker busy: its uplink is queued
+/// with answers to a crowd, and every ask adds one more. Until an answer comes sooner, a
+/// download that already exchanges pieces with [`PEX_MESH_PEERS`] remotes skips its asks and
+/// finds further peers by peer exchange. Ten round trips of a 50 ms path.
+pub const LOCATE_BUSY_ANSWER_DELAY: Duration = Duration::from_millis(500);
 
 /// Longest interval between two asks of a download that keeps making progress (the interval
 /// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).

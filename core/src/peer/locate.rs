@@ -1,11 +1,14 @@
 //! When a download asks the tracker where its pieces are: later and later while pieces keep
 //! arriving, soon again when it is stuck, never twice while an answer is awaited (unless the
-//! answer is overdue). One `Locate` per download; its state is private to this module.
+//! answer is overdue). One `Locate` per download; its state is private to this module. It
+//! also tells whether the tracker answers late (busy with a crowd's asks), so that a download
+//! that has peers to exchange with spares it (see `tracker_link::locates_due`).
 
 use std::time::Duration;
 
 use crate::limits::{
-    HOLDERS_PER_PIECE_MAX, LOCATE_ANSWER_TIMEOUT, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX, LOCATE_INTERVAL_SECOND,
+    HOLDERS_PER_PIECE_MAX, LOCATE_ANSWER_TIMEOUT, LOCATE_BUSY_ANSWER_DELAY, LOCATE_INTERVAL, LOCATE_INTERVAL_MAX,
+    LOCATE_INTERVAL_SECOND,
 };
 use crate::time::Time;
 
@@ -28,6 +31,9 @@ pub(super) struct Locate {
     located: bool,
     /// Whether a tracker said it does not know the file.
     told_unknown: bool,
+    /// How long the last answer took: a tracker whose uplink is queued with answers to a
+    /// crowd answers late, and every ask it is sent meanwhile lengthens its queue.
+    answer_delay: Duration,
 }
 
 impl Locate {
@@ -40,6 +46,7 @@ impl Locate {
             awaited_since: None,
             located: false,
             told_unknown: false,
+            answer_delay: Duration::ZERO,
         }
     }
 
@@ -72,7 +79,8 @@ impl Locate {
     /// in a crowd that starts with its seeders, the seeders' announces may reach the tracker
     /// just after the downloaders' first asks.
     pub fn answered(&mut self, now: Time, peers: Option<usize>) {
-        if self.awaited_since.take().is_some() {
+        if let Some(sent) = self.awaited_since.take() {
+            self.answer_delay = now - sent;
             self.next_at = self.next_at.max(now + LOCATE_INTERVAL);
         }
         match peers {
@@ -88,6 +96,12 @@ impl Locate {
             }
             None => {}
         }
+    }
+
+    /// Whether the last answer took longer than [`LOCATE_BUSY_ANSWER_DELAY`]: the tracker is
+    /// busy answering a crowd.
+    pub fn tracker_busy(&self) -> bool {
+        self.answer_delay > LOCATE_BUSY_ANSWER_DELAY
     }
 
     /// Whether a tracker ever answered with holders (it knew the file).
@@ -126,6 +140,21 @@ mod tests {
         locate.asked(second, 5, true, true);
         locate.answered(second, Some(HOLDERS_PER_PIECE_MAX));
         assert_eq!(locate.due_at(), second + LOCATE_INTERVAL, "stuck: the base interval");
+    }
+
+    #[test]
+    fn an_answer_later_than_the_busy_delay_marks_the_tracker_busy_and_a_prompt_one_clears_it() {
+        let mut locate = Locate::new(Time::ZERO);
+        locate.asked(Time::ZERO, 0, true, true);
+        let late = Time::ZERO + LOCATE_BUSY_ANSWER_DELAY + Duration::from_millis(1);
+        locate.answered(late, Some(HOLDERS_PER_PIECE_MAX));
+        assert!(locate.tracker_busy());
+        assert_eq!(locate.due_at(), late + LOCATE_INTERVAL, "the schedule itself is unchanged");
+        locate.asked(locate.due_at(), 0, true, true);
+        let prompt = locate.due_at();
+        locate.asked(prompt, 0, true, true);
+        locate.answered(prompt + LOCATE_BUSY_ANSWER_DELAY, Some(HOLDERS_PER_PIECE_MAX));
+        assert!(!locate.tracker_busy());
     }
 
     #[test]

@@ -60,7 +60,7 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::{CommandError, StoreError};
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX};
+use crate::limits::{CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
@@ -575,7 +575,12 @@ impl Peer {
     /// is due.
     fn locate_due(&mut self) {
         let open = self.tracker.open_conns();
-        let due = tracker_link::locates_due(&mut self.files, self.now, !open.is_empty());
+        // Meshed: bitfields exchanged with PEX_MESH_PEERS remotes, as many as peer exchange
+        // fills a mesh to.
+        let remotes = &self.remotes;
+        let meshed =
+            |file_id| remotes.values().filter(|r| r.pieces(file_id).is_some()).nth(PEX_MESH_PEERS - 1).is_some();
+        let due = tracker_link::locates_due(&mut self.files, self.now, !open.is_empty(), meshed);
         if open.is_empty() {
             return;
         }

@@ -272,7 +272,15 @@ pub(super) fn unknown(entry: &mut FileEntry, now: Time) -> Unknown {
 
 /// The downloads whose next `Locate` is due at `now`, each with whether it asks for the
 /// manifest; each is planned again (`sent`: some tracker is ready to hear it).
-pub(super) fn locates_due(files: &mut BTreeMap<FileId, FileEntry>, now: Time, sent: bool) -> Vec<(FileId, bool)> {
+/// A download whose tracker is busy (its last answer came late) and that exchanges pieces with
+/// `meshed` peers already is planned again without asking: it learns of the crowd's other
+/// peers by peer exchange, and the asks the tracker is spared are the answers others wait for.
+pub(super) fn locates_due(
+    files: &mut BTreeMap<FileId, FileEntry>,
+    now: Time,
+    sent: bool,
+    meshed: impl Fn(FileId) -> bool,
+) -> Vec<(FileId, bool)> {
     let mut due = Vec::new();
     for (file_id, entry) in files.iter_mut() {
         if !entry.is_fetching() {
@@ -282,8 +290,13 @@ pub(super) fn locates_due(files: &mut BTreeMap<FileId, FileEntry>, now: Time, se
         let download = entry.download_mut();
         debug_assert!(download.is_some(), "a file being fetched has a download");
         let Some(download) = download else { continue };
-        if download.locate().due_at() <= now {
-            due.push((*file_id, download.locate_mut().asked(now, have_count, sent, manifest_known)));
+        if download.locate().due_at() > now {
+            continue;
+        }
+        let spared = manifest_known && download.locate().tracker_busy() && meshed(*file_id);
+        let asked = download.locate_mut().asked(now, have_count, sent && !spared, manifest_known);
+        if !spared {
+            due.push((*file_id, asked));
         }
     }
     due
@@ -358,5 +371,31 @@ mod tests {
         let doubled_ms = retry_ms + 1 + 2 * RECONNECT_DELAY_MIN.as_millis() as u64;
         assert!(connects(&outputs(&mut peer, doubled_ms - 1, Input::Timeout)).is_empty(), "the backoff doubled");
         assert_eq!(connects(&outputs(&mut peer, doubled_ms, Input::Timeout)).len(), 1);
+    }
+
+    #[test]
+    fn a_meshed_download_spares_a_busy_tracker_its_ask_and_asks_a_prompt_one() {
+        use std::collections::BTreeMap;
+
+        use super::{locates_due, FileEntry};
+        use crate::bitfield::Bitfield;
+        use crate::limits::{LOCATE_BUSY_ANSWER_DELAY, LOCATE_INTERVAL};
+
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
+        let file_id = manifest.file_id();
+        let entry = FileEntry::downloading(Some((manifest.clone(), Bitfield::new(manifest.piece_count()))), Time::ZERO);
+        let mut files = BTreeMap::from([(file_id, entry)]);
+        assert_eq!(locates_due(&mut files, Time::ZERO, true, |_| true), [(file_id, false)], "no answer yet: ask");
+        let late = Time::ZERO + LOCATE_BUSY_ANSWER_DELAY * 2;
+        let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
+        download.locate_mut().answered(late, Some(1));
+        let due = late + LOCATE_INTERVAL;
+        assert!(locates_due(&mut files, due, true, |_| false).len() == 1, "busy but not meshed: ask");
+        let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
+        download.locate_mut().answered(due + LOCATE_BUSY_ANSWER_DELAY * 2, Some(1));
+        let next = due + LOCATE_BUSY_ANSWER_DELAY * 2 + LOCATE_INTERVAL;
+        assert!(locates_due(&mut files, next, true, |_| true).is_empty(), "busy and meshed: spared");
+        let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
+        assert_eq!(download.locate().due_at(), next + LOCATE_INTERVAL, "planned again as if asked");
     }
 }
