@@ -404,12 +404,18 @@ pub const PEX_MESH_PEERS: usize = 16;
 /// comes sooner is ignored (a remote cannot make a peer dial more often than this).
 pub const PEX_RECEIVE_INTERVAL_MIN: Duration = Duration::from_millis(500);
 
-/// Verified pieces are told to connected remotes in batches at most this often (the tracker
-/// hears of each piece at once). Every hop of a piece through the swarm waits for the `Haves`
-/// that tell its new holder's remotes, so the interval is short next to a piece's time at an
-/// upload slot's share of a link; a peer verifying many small pieces a second still sends a
-/// few batches a second, not one per piece.
-pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Verified pieces of small pieces' files are told to connected remotes in batches at most
+/// this often (the tracker hears of each piece at once): a peer verifying many small pieces a
+/// second sends a few batches a second, not one per piece.
+pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Pieces at least this large are told in batches at most every
+/// [`HAVE_BATCH_INTERVAL_LARGE_PIECES`]: such a piece takes long enough to pass on that the
+/// wait for a batch adds to each of its hops, and few of them are verified a second.
+pub const HAVE_BATCH_LARGE_PIECE_BYTES: u32 = 64 * 1024;
+
+/// The batch interval for pieces of at least [`HAVE_BATCH_LARGE_PIECE_BYTES`].
+pub const HAVE_BATCH_INTERVAL_LARGE_PIECES: Duration = Duration::from_millis(100);
 
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -60,7 +60,10 @@ use bytes::Bytes;
 use crate::bitfield::Bitfield;
 use crate::error::{CommandError, StoreError};
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
-use crate::limits::{CONNECTION_CHECK_INTERVAL, OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS};
+use crate::limits::{
+    CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_PIECES, HAVE_BATCH_LARGE_PIECE_BYTES,
+    OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS,
+};
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
@@ -410,7 +413,13 @@ impl Peer {
     /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
     /// `haves`).
     fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
-        if self.haves.add(file_id, piece, first, self.now) {
+        let large = self
+            .files
+            .get(&file_id)
+            .and_then(|e| e.manifest())
+            .is_some_and(|m| m.piece_size_bytes() >= HAVE_BATCH_LARGE_PIECE_BYTES);
+        let interval = if large { HAVE_BATCH_INTERVAL_LARGE_PIECES } else { HAVE_BATCH_INTERVAL };
+        if self.haves.add(file_id, piece, first, interval, self.now) {
             self.flush_haves();
         }
     }
