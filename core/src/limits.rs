@@ -302,6 +302,12 @@ pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
 /// piece nobody else was offered, and no downloader holds offers the others wait for.
 pub const OFFER_WINDOW_PIECES: usize = 1;
 
+/// Downloaders of a file a seeder has an offer outstanding with at once, at least (more for
+/// small pieces, up to [`UPLOAD_LINE_BYTES_MIN`] of them): twice its upload slots and places in
+/// line, so a request is on its way whenever a slot frees. The other downloaders are offered a
+/// piece as these are served, not all when they connect (see `peer/uploads/offers.rs`).
+pub const OFFERS_OUTSTANDING_MIN: usize = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX);
+
 /// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
 

@@ -945,6 +945,9 @@ impl Peer {
         }
         let orphaned = self.scheduler().conn_gone(conn, remote.requests());
         self.uploads.drop_conn(conn);
+        for (file_id, _) in remote.files().filter(|(_, have)| !have.is_full()) {
+            self.offer_round(*file_id);
+        }
         // Its place in the upload line, if it had one, is free.
         self.pump_uploads();
         if orphaned {
@@ -970,6 +973,12 @@ impl Peer {
         }
         self.scheduler().schedule_all();
     }
+}
+
+/// `entry` (of `file_id`) as the seeder's offers see it.
+fn our_file(file_id: FileId, entry: &FileEntry) -> OurFile<'_> {
+    let piece_bytes = entry.manifest().map_or(1, |m| m.piece_size_bytes());
+    OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here(), piece_bytes }
 }
 
 /// Routing to and from the upload side (`uploads`: serving and offers).
@@ -1059,7 +1068,7 @@ impl Peer {
     fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
         let holds = self.remotes.get(&conn)?.pieces(file_id);
-        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
+        let ours = our_file(file_id, entry);
         let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, &mut self.rng);
         Some(Message::Bitfield { file_id, have })
     }
@@ -1067,6 +1076,14 @@ impl Peer {
     /// We finished uploading `piece` to `conn`.
     fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
         if self.uploads.offers_mut().uploaded(conn, file_id, piece) {
+            self.offer_round(file_id);
+        }
+    }
+
+    /// Offers more pieces of `file_id` to the downloaders the offers choose (see `offers`).
+    fn offer_round(&mut self, file_id: FileId) {
+        let Some(entry) = self.files.get(&file_id) else { return };
+        for conn in self.uploads.offers().offerees(our_file(file_id, entry)) {
             self.top_up(conn, file_id);
         }
     }
@@ -1076,7 +1093,7 @@ impl Peer {
         let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         match self.uploads.offers_mut().held(conn, file_id, holds, pieces) {
             Held::Complete => self.downloader_gone(file_id),
-            Held::Room => self.top_up(conn, file_id),
+            Held::Room => self.offer_round(file_id),
             Held::Nothing => {}
         }
     }
@@ -1096,7 +1113,7 @@ impl Peer {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
-        let ours = OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here() };
+        let ours = our_file(file_id, entry);
         let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
         let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);

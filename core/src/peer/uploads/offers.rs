@@ -9,24 +9,30 @@
 //! told everything it would ask the seeder for pieces offered to others. So each of the seeder's
 //! turns with a downloader (see the upload slots in `uploads`) sends a piece nobody else got,
 //! whatever the file's size and however many downloaders arrive. The downloaders fetch different
-//! pieces from the seeder and the rest from each other. Each piece the seeder finishes uploading to
-//! a downloader, and each offered piece the downloader reports holding (fetched elsewhere), makes
-//! room for one more offer. Once every piece went out, a downloader with no offer outstanding is
-//! offered one piece, the least offered, so nobody waits for a piece the others cannot give it. A
-//! downloader that is alone when it has room for an offer (or again, once the others left) is told
-//! everything that is left. The seeder keeps per file one offer count per piece; per connection,
-//! what it told and which offered pieces are still outstanding.
+//! pieces from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_MIN`
+//! downloaders (more for small pieces) have an offer outstanding at once, enough to keep the
+//! seeder's slots and line busy: a newcomer beyond them is told nothing yet, and each piece the
+//! seeder finishes uploading to a downloader, each offered piece a downloader reports holding
+//! (fetched elsewhere) and each downloader that leaves makes room for one more offer, to the
+//! downloaders with none outstanding, those told nothing yet first, in the order they connected.
+//! So the first copies go out in the order the seeder can send them instead of all being promised
+//! when a crowd connects (a downloader promised a piece while a dozen others wait for the seeder
+//! holds the only claim to it until its turn). Once every piece went out, a downloader with no
+//! offer outstanding is offered one piece, the least offered, so nobody waits for a piece the
+//! others cannot give it. A downloader that is alone when it has room for an offer (or again, once
+//! the others left) is told everything that is left. The seeder keeps per file one offer count per
+//! piece; per connection, what it told and which offered pieces are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
 //! finished upload, a report of held pieces, a lone downloader and a closed connection; its
-//! outputs are the pieces to tell. `Peer` routes them and sends the messages; the free
+//! outputs are the pieces to tell and the downloaders to tell more ([`Offers::offerees`]). `Peer` routes them and sends the messages; the free
 //! functions say which remotes are downloaders.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
-use crate::limits::{OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES};
+use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES, UPLOAD_LINE_BYTES_MIN};
 use crate::rng::Rng;
 
 use super::super::remote::{Remote, Remotes};
@@ -49,6 +55,8 @@ pub(in crate::peer) struct OurFile<'a> {
     pub have: &'a Bitfield,
     /// Whether the file came from a local share (only such a holder offers).
     pub shared_here: bool,
+    /// Its pieces' size.
+    pub piece_bytes: u32,
 }
 
 /// What a downloader's report of held pieces means for its offers.
@@ -97,15 +105,18 @@ impl Offers {
         holds: Option<&Bitfield>,
         rng: &mut Rng,
     ) -> Bitfield {
-        let OurFile { file_id, have, shared_here } = ours;
+        let OurFile { file_id, have, shared_here, piece_bytes } = ours;
         let spreading = shared_here && have.is_full() && self.spreads.get(&file_id).is_none_or(|s| s.unoffered > 0);
         let downloading = holds.is_some_and(|h| !h.is_full());
         if !spreading || !downloading {
             return have.clone();
         }
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
+        let pending = self.pending(file_id);
         self.told.insert((conn, file_id), offer);
-        self.fill_window(conn, ours, holds, rng);
+        if pending < offers_outstanding_max(piece_bytes) {
+            self.fill_window(conn, ours, holds, rng);
+        }
         self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
     }
 
@@ -141,6 +152,24 @@ impl Offers {
         } else {
             Held::Nothing
         }
+    }
+
+    /// Downloaders of `file_id` with an offer outstanding (told, neither uploaded nor held).
+    fn pending(&self, file_id: FileId) -> usize {
+        self.told.iter().filter(|((_, f), offer)| *f == file_id && !offer.outstanding.is_empty()).count()
+    }
+
+    /// The downloaders of `ours` to offer more now (see [`Offers::top_up`]): while fewer than
+    /// [`offers_outstanding_max`] have an offer outstanding, those with none, the ones told
+    /// nothing yet first, each in connection order (the order they came in).
+    pub fn offerees(&self, ours: OurFile<'_>) -> Vec<ConnId> {
+        let room = offers_outstanding_max(ours.piece_bytes).saturating_sub(self.pending(ours.file_id));
+        let mut idle: Vec<(bool, ConnId)> = (self.told.iter())
+            .filter(|((_, file_id), offer)| *file_id == ours.file_id && offer.outstanding.is_empty())
+            .map(|((conn, _), offer)| (offer.told.count() > 0, *conn))
+            .collect();
+        idle.sort_unstable();
+        idle.into_iter().take(room).map(|(_, conn)| conn).collect()
     }
 
     /// Whether `conn` sees only the pieces offered to it of `file_id`.
@@ -196,6 +225,13 @@ impl Offers {
         }
         added
     }
+}
+
+/// Downloaders of a file with an offer outstanding at once: [`OFFERS_OUTSTANDING_MIN`], or
+/// as many as hold [`UPLOAD_LINE_BYTES_MIN`] of pieces of `piece_bytes`.
+fn offers_outstanding_max(piece_bytes: u32) -> usize {
+    let for_bytes = UPLOAD_LINE_BYTES_MIN.div_ceil(u64::from(piece_bytes.max(1)));
+    OFFERS_OUTSTANDING_MIN.max(usize::try_from(for_bytes).unwrap_or(usize::MAX))
 }
 
 impl Spread {
@@ -262,6 +298,40 @@ fn is_downloader(remote: &Remote, file_id: FileId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crowd_is_offered_pieces_as_the_seeder_serves_them_those_told_nothing_first() {
+        let mut rng = Rng::from_seed(1);
+        let mut offers = Offers::new();
+        let (have, nothing) = (Bitfield::full(16), Bitfield::new(16));
+        let ours = OurFile {
+            file_id: FileId(crate::ids::Digest([7; 32])),
+            have: &have,
+            shared_here: true,
+            piece_bytes: 256 * 1024,
+        };
+        let crowd = OFFERS_OUTSTANDING_MIN as u64 + 2;
+        let told: Vec<u32> = (1..=crowd)
+            .map(|n| offers.first_bitfield(ConnId::Inbound(n), ours, Some(&nothing), &mut rng).count())
+            .collect();
+        let mut expected = vec![1; OFFERS_OUTSTANDING_MIN];
+        expected.extend([0, 0]);
+        assert_eq!(told, expected, "one piece each to as many as the seeder serves soon, nothing yet to the rest");
+        assert!(offers.offerees(ours).is_empty(), "no room while every offer is outstanding");
+        let first = ConnId::Inbound(1);
+        let piece = offers.told[&(first, ours.file_id)].outstanding.first().copied().expect("one offer");
+        assert!(offers.uploaded(first, ours.file_id, piece));
+        let next = ConnId::Inbound(OFFERS_OUTSTANDING_MIN as u64 + 1);
+        assert_eq!(offers.offerees(ours), [next], "the first told nothing, not the one just served");
+        let offered = offers.top_up(next, ours, Some(&nothing), true, &mut rng);
+        assert_eq!(offered.len(), 1);
+        assert!(!offered.contains(&piece), "a piece never offered");
+        assert!(offers.offerees(ours).is_empty());
+        // Small pieces: as many outstanding as fill the line's bytes.
+        let small = OurFile { piece_bytes: 16 * 1024, ..ours };
+        assert!(offers_outstanding_max(small.piece_bytes) > OFFERS_OUTSTANDING_MIN);
+        assert_eq!(offers.offerees(small).len(), 2, "both the served one and the last newcomer");
+    }
 
     #[test]
     fn least_offered_pieces_go_first_and_every_piece_once_before_any_twice() {
