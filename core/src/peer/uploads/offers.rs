@@ -25,8 +25,9 @@
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
 //! finished upload, a report of held pieces, a lone downloader and a closed connection; its
-//! outputs are the pieces to tell and the downloaders to tell more ([`Offers::offerees`]). `Peer` routes them and sends the messages; the free
-//! functions say which remotes are downloaders.
+//! outputs are the pieces to tell and the downloaders to tell more ([`Offers::offerees`]).
+//! `Peer` routes them and sends the messages; the free functions say which remotes are
+//! downloaders.
 
 use std::collections::{BTreeMap, BTreeSet};
 
