@@ -104,6 +104,11 @@ impl Locate {
         self.answer_delay > LOCATE_BUSY_ANSWER_DELAY
     }
 
+    /// Whether pieces arrived since the last ask (`have_count` verified now).
+    pub fn progressing(&self, have_count: u32) -> bool {
+        have_count > self.have_at_ask
+    }
+
     /// Whether a tracker ever answered with holders (it knew the file).
     pub fn answered_once(&self) -> bool {
         self.located

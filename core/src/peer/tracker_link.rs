@@ -272,9 +272,11 @@ pub(super) fn unknown(entry: &mut FileEntry, now: Time) -> Unknown {
 
 /// The downloads whose next `Locate` is due at `now`, each with whether it asks for the
 /// manifest; each is planned again (`sent`: some tracker is ready to hear it).
-/// A download whose tracker is busy (its last answer came late) and that exchanges pieces with
-/// `meshed` peers already is planned again without asking: it learns of the crowd's other
-/// peers by peer exchange, and the asks the tracker is spared are the answers others wait for.
+/// A download whose tracker is busy (its last answer came late), that exchanges pieces with
+/// `meshed` peers already and got pieces since its last ask is planned again without asking:
+/// it learns of the crowd's other peers by peer exchange, and the asks the tracker is spared
+/// are the answers others wait for. One that got nothing asks: its peers may all lack what it
+/// misses, and a holder they do not know of only the tracker can name.
 pub(super) fn locates_due(
     files: &mut BTreeMap<FileId, FileEntry>,
     now: Time,
@@ -293,7 +295,8 @@ pub(super) fn locates_due(
         if download.locate().due_at() > now {
             continue;
         }
-        let spared = manifest_known && download.locate().tracker_busy() && meshed(*file_id);
+        let locate = download.locate();
+        let spared = manifest_known && locate.tracker_busy() && locate.progressing(have_count) && meshed(*file_id);
         let asked = download.locate_mut().asked(now, have_count, sent && !spared, manifest_known);
         if !spared {
             due.push((*file_id, asked));
@@ -374,28 +377,35 @@ mod tests {
     }
 
     #[test]
-    fn a_meshed_download_spares_a_busy_tracker_its_ask_and_asks_a_prompt_one() {
+    fn a_meshed_download_that_gets_pieces_spares_a_busy_tracker_its_ask_and_a_stuck_one_asks() {
         use std::collections::BTreeMap;
 
         use super::{locates_due, FileEntry};
         use crate::bitfield::Bitfield;
+        use crate::ids::{FileId, PieceIndex};
         use crate::limits::{LOCATE_BUSY_ANSWER_DELAY, LOCATE_INTERVAL};
 
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
         let file_id = manifest.file_id();
         let entry = FileEntry::downloading(Some((manifest.clone(), Bitfield::new(manifest.piece_count()))), Time::ZERO);
         let mut files = BTreeMap::from([(file_id, entry)]);
+        let answer_late = |files: &mut BTreeMap<FileId, FileEntry>, asked: Time| {
+            let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
+            download.locate_mut().answered(asked + LOCATE_BUSY_ANSWER_DELAY * 2, Some(1));
+            download.locate().due_at()
+        };
         assert_eq!(locates_due(&mut files, Time::ZERO, true, |_| true), [(file_id, false)], "no answer yet: ask");
-        let late = Time::ZERO + LOCATE_BUSY_ANSWER_DELAY * 2;
+        let due = answer_late(&mut files, Time::ZERO);
+        let (_, _, have) = files.get_mut(&file_id).and_then(FileEntry::download_parts).expect("a manifest");
+        have.set(PieceIndex(0));
+        assert_eq!(locates_due(&mut files, due, true, |_| false).len(), 1, "busy, a piece came, not meshed: ask");
+        let due = answer_late(&mut files, due);
+        assert_eq!(locates_due(&mut files, due, true, |_| true).len(), 1, "busy and meshed, but stuck: ask");
+        let due = answer_late(&mut files, due);
+        let (_, _, have) = files.get_mut(&file_id).and_then(FileEntry::download_parts).expect("a manifest");
+        have.set(PieceIndex(1));
+        assert!(locates_due(&mut files, due, true, |_| true).is_empty(), "busy, meshed and a piece came: spared");
         let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
-        download.locate_mut().answered(late, Some(1));
-        let due = late + LOCATE_INTERVAL;
-        assert!(locates_due(&mut files, due, true, |_| false).len() == 1, "busy but not meshed: ask");
-        let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
-        download.locate_mut().answered(due + LOCATE_BUSY_ANSWER_DELAY * 2, Some(1));
-        let next = due + LOCATE_BUSY_ANSWER_DELAY * 2 + LOCATE_INTERVAL;
-        assert!(locates_due(&mut files, next, true, |_| true).is_empty(), "busy and meshed: spared");
-        let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
-        assert_eq!(download.locate().due_at(), next + LOCATE_INTERVAL, "planned again as if asked");
+        assert_eq!(download.locate().due_at(), due + LOCATE_INTERVAL * 2, "planned again as if asked");
     }
 }
