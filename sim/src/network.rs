@@ -7,6 +7,9 @@
 //! Model, per frame of N bytes from `a` to `b` (N is the wire codec's real frame size):
 //! - it waits in the connection's queue (control frames ahead of `Data`) until `a`'s send
 //!   buffer for that connection has room ([`crate::uplink`]);
+//! - it occupies the link for its N bytes plus the headers of the TCP segments that carry it
+//!   ([`link_bytes`]: 66 bytes per 1,448, as a kernel shaper counts them), so a link's rate
+//!   is its rate on the wire, not of payload;
 //! - it leaves the buffer, front first, at its flow's rate, and a `Data` frame that left is
 //!   reported to `a`'s machine as `Input::Sent`. A flow's rate comes from
 //!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
@@ -54,6 +57,16 @@ pub const LISTEN_PORT: u16 = 7000;
 pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
 /// Shortest retransmission timeout (doubling per further loss); at least two latencies.
 const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+
+/// Payload bytes one TCP segment carries (an Ethernet MTU of 1,500 less the IPv4 and TCP
+/// headers with timestamps).
+pub const SEGMENT_PAYLOAD_BYTES: u64 = 1448;
+/// Bytes of headers each segment adds on the link: Ethernet 14, IPv4 20, TCP with the
+/// timestamp option 32 — what a Linux shaper (`tc tbf`) counts against its rate beside the
+/// payload, so a link's payload rate is 1,448/1,514 of its rate. The transport's own framing
+/// (a 2-byte length and a 16-byte tag per sealed chunk of up to 64 KiB) adds well under 0.1 %
+/// and is left out.
+pub const SEGMENT_HEADER_BYTES: u64 = 66;
 
 /// How far (as a fraction) a receiver's downlink share may move before its other senders are
 /// re-settled; see [`Network::inbound_changed`].
@@ -397,7 +410,8 @@ impl Network {
         }
         let timeout = RETRANSMIT_TIMEOUT_MIN.max(self.latency(from, to) * 2);
         let retransmit_delay = timeout * ((1u32 << losses) - 1);
-        let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, retransmit_delay });
+        let link_bytes = link_bytes(size_bytes);
+        let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, link_bytes, retransmit_delay });
         if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
             // Nothing limits the flow: the frame passes the buffer and leaves at once.
             if matches!(frame.message, Message::Data { .. }) {
@@ -703,6 +717,13 @@ fn add_report(reports: &mut Vec<(NodeIdx, ConnId, u32)>, (node, conn, frames): (
     }
 }
 
+/// Bytes a frame of `size_bytes` occupies on a link: itself and the headers of the segments
+/// that carry it. A frame written alone fills its own segments (a connection's frames share
+/// one only when written together, a small effect left out).
+pub fn link_bytes(size_bytes: u64) -> u64 {
+    size_bytes + size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES) * SEGMENT_HEADER_BYTES
+}
+
 /// What each active flow into `node` may take of its downlink: an equal share among them
 /// (infinite when the downlink is unlimited).
 fn downlink_share(node: &NetNode) -> f64 {
@@ -713,6 +734,24 @@ fn downlink_share(node: &NetNode) -> f64 {
 mod tests {
     use super::*;
     use crate::uplink::SEND_BUFFER_BYTES;
+
+    /// The size of a frame that takes `link` bytes of the link with its headers (for the
+    /// sizes these tests use).
+    fn sized_for_link(link: u64) -> u64 {
+        let size = link - link.div_ceil(SEGMENT_PAYLOAD_BYTES + SEGMENT_HEADER_BYTES) * SEGMENT_HEADER_BYTES;
+        assert_eq!(link_bytes(size), link, "no frame takes exactly {link} bytes of the link");
+        size
+    }
+
+    #[test]
+    fn a_frame_takes_the_headers_of_its_segments_of_the_link() {
+        assert_eq!(link_bytes(1), 1 + 66, "a segment of its own");
+        assert_eq!(link_bytes(1448), 1514, "one full segment");
+        assert_eq!(link_bytes(1449), 1449 + 2 * 66);
+        let block = 256 * 1024;
+        let payload_share = block as f64 / link_bytes(block) as f64;
+        assert!((payload_share - 1448.0 / 1514.0).abs() < 1e-3, "bulk data carries 1448/1514: {payload_share}");
+    }
 
     fn link(latency_ms: u64, rate: Option<u64>, loss: f64) -> LinkSpec {
         LinkSpec {
@@ -788,8 +827,8 @@ mod tests {
         let connected = drain(&mut net, &mut q).len();
         assert_eq!(connected, 2);
         let at = Time::from_millis(20);
-        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
-        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(1000)), &mut q);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(1000)), &mut q);
         let arrivals: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(arrivals, [Time::from_millis(1030), Time::from_millis(2030)]);
     }
@@ -822,7 +861,7 @@ mod tests {
     #[test]
     fn two_flows_on_one_uplink_each_get_half_its_rate() {
         let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
-        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[1000, 1000]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[sized_for_link(1000), sized_for_link(1000)]);
         let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
         assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2030)], "{events:?}");
     }
@@ -831,7 +870,7 @@ mod tests {
     fn a_flow_bottlenecked_at_its_receiver_leaves_the_rest_of_the_uplink_to_the_other() {
         let narrow = LinkSpec { down_bytes_per_s: Some(200), ..link(10, None, 0.0) };
         let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0), narrow, link(10, None, 0.0)]);
-        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[200, 800]);
+        let events = arrivals(&mut net, &mut q, Time::from_millis(20), &[sized_for_link(200), sized_for_link(800)]);
         let times: Vec<Time> = events.iter().map(|(t, _)| *t).collect();
         assert_eq!(times, [Time::from_millis(1030), Time::from_millis(1030)], "200 B/s and 800 B/s: {events:?}");
     }
@@ -839,9 +878,9 @@ mod tests {
     #[test]
     fn a_message_on_a_new_connection_waits_only_for_its_fair_share_not_behind_a_busy_flow() {
         let (mut net, mut q) = star(vec![link(10, Some(1000), 0.0); 3]);
-        let block = (Message::List, 10_000);
+        let block = (Message::List, sized_for_link(10_000));
         assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(1), block, &mut q), Sent::Queued);
-        let hello = (Message::List, 100);
+        let hello = (Message::List, sized_for_link(100));
         assert_eq!(net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(2), hello, &mut q), Sent::Queued);
         let events = drain(&mut net, &mut q);
         assert!(events[0].1.starts_with("wire1"), "{events:?}");
@@ -862,7 +901,7 @@ mod tests {
         }
         drain(&mut net, &mut q);
         let conn = ConnId::Outbound(1);
-        net.send(Time::from_millis(20), NodeIdx(1), conn, (Message::List, 2000), &mut q);
+        net.send(Time::from_millis(20), NodeIdx(1), conn, (Message::List, sized_for_link(2000)), &mut q);
         // Halfway through, a second sender shares the downlink: 500 B/s each until it is done.
         while q.peek_time().is_some_and(|t| t < Time::from_millis(1020)) {
             let (at, item) = q.pop().expect("peeked");
@@ -870,7 +909,7 @@ mod tests {
                 net.uplink_done(at, node, transmission, &mut q);
             }
         }
-        net.send(Time::from_millis(1020), NodeIdx(2), conn, (Message::List, 500), &mut q);
+        net.send(Time::from_millis(1020), NodeIdx(2), conn, (Message::List, sized_for_link(500)), &mut q);
         let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
     }
@@ -884,7 +923,9 @@ mod tests {
     fn data_frames_are_reported_sent_once_each_as_they_leave_and_control_frames_pass_waiting_data() {
         let (mut net, mut q) = star(vec![link(10, Some(64 * 1024), 0.0); 2]);
         let conn = ConnId::Outbound(1);
-        let frame_bytes = SEND_BUFFER_BYTES / 4;
+        // Four fit in the send buffer, and each takes a second of the link.
+        let frame_bytes = sized_for_link(64 * 1024);
+        assert!(4 * frame_bytes <= SEND_BUFFER_BYTES && 5 * frame_bytes > SEND_BUFFER_BYTES);
         let start = Time::from_millis(20);
         for piece in 0..6 {
             net.send(start, NodeIdx(0), conn, (data(piece), frame_bytes), &mut q);
@@ -905,9 +946,9 @@ mod tests {
             }
         }
         assert_eq!(reported.iter().map(|r| r.1).sum::<u32>(), 6, "each data frame once, the list not");
-        let one_frame_ms = 1000 * frame_bytes / (64 * 1024);
-        assert_eq!(reported[0], (start + Duration::from_millis(one_frame_ms), 1), "when the first left");
-        assert_eq!(reported.last().map(|r| r.0), Some(start + Duration::from_micros(6000 * one_frame_ms + 16)));
+        assert_eq!(reported[0], (start + Duration::from_secs(1), 1), "when the first left");
+        let list_us = (link_bytes(1) * 1_000_000).div_ceil(64 * 1024);
+        assert_eq!(reported.last().map(|r| r.0), Some(start + Duration::from_micros(6_000_000 + list_us)));
         let list_at = arrivals.iter().position(|kind| *kind == "list");
         assert_eq!(list_at, Some(4), "behind the four frames in the buffer, ahead of the two waiting");
     }
@@ -946,7 +987,7 @@ mod tests {
         let (mut net, mut q) = two_nodes(link(10, Some(1000), 0.0));
         net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
         drain(&mut net, &mut q);
-        net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, 1000), &mut q);
+        net.send(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(1000)), &mut q);
         net.close(Time::ZERO, NodeIdx(1), ConnId::Outbound(1), &mut q);
         let events = drain(&mut net, &mut q);
         assert_eq!(events[0].0, Time::from_millis(1010));

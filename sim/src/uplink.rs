@@ -5,7 +5,8 @@
 //! driver holds), where a control frame (anything but `Data`) goes ahead of waiting `Data`
 //! frames, then enter the send buffer — a frame enters whole, when it fits in
 //! [`SEND_BUFFER_BYTES`] beside what is there or the buffer is empty — and leave the buffer
-//! front first at the flow's rate. A `Data` frame leaving is what the machine hears as
+//! front first at the flow's rate, each taking its [`Frame::link_bytes`] (its size and its
+//! packets' headers) of the link. A `Data` frame leaving is what the machine hears as
 //! `Input::Sent` (its bytes are gone, none can be recalled or is still queued at this end);
 //! the receiver hears the frame after the link's latency.
 //!
@@ -49,14 +50,16 @@ pub const SEND_BUFFER_BYTES: u64 = 256 * 1024;
 /// A link and the end its frames travel to.
 pub type Flow = (LinkId, usize);
 
-/// A frame on its way: the message, its wire size, and the extra delay its retransmissions
-/// will cost.
+/// A frame on its way: the message, its size, what it costs the link, and the extra delay its
+/// retransmissions will cost.
 #[derive(Debug)]
 pub struct Frame {
     /// The message.
     pub message: Message,
-    /// Bytes it occupies on the wire.
+    /// Bytes of the encoded frame: what it takes of the send buffer.
     pub size_bytes: u64,
+    /// Bytes it occupies on the link: the frame and the headers of the packets that carry it.
+    pub link_bytes: u64,
     /// Retransmission timeouts it will wait out (lost copies are decided when it is sent).
     pub retransmit_delay: Duration,
 }
@@ -458,7 +461,7 @@ impl FlowState {
                 break;
             }
             if self.buffered == 0 {
-                self.front_left_bytes = frame.size_bytes as f64;
+                self.front_left_bytes = frame.link_bytes as f64;
             }
             self.buffered += 1;
             self.buffered_bytes += frame.size_bytes;
@@ -486,7 +489,7 @@ impl FlowState {
         }
         self.buffered -= 1;
         self.buffered_bytes -= frame.size_bytes;
-        self.front_left_bytes = self.frames.front().filter(|_| self.buffered > 0).map_or(0.0, |f| f.size_bytes as f64);
+        self.front_left_bytes = self.frames.front().filter(|_| self.buffered > 0).map_or(0.0, |f| f.link_bytes as f64);
         frame
     }
 }
@@ -531,7 +534,7 @@ mod tests {
     }
 
     fn frame(size_bytes: u64) -> Frame {
-        Frame { message: Message::List, size_bytes, retransmit_delay: Duration::ZERO }
+        Frame { message: Message::List, size_bytes, link_bytes: size_bytes, retransmit_delay: Duration::ZERO }
     }
 
     #[test]
@@ -553,7 +556,7 @@ mod tests {
     fn data(size_bytes: u64) -> Frame {
         let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
         let message = Message::Data { file_id, piece: p2p_core::PieceIndex(0), offset: 0, bytes: bytes::Bytes::new() };
-        Frame { message, size_bytes, retransmit_delay: Duration::ZERO }
+        Frame { message, size_bytes, link_bytes: size_bytes, retransmit_delay: Duration::ZERO }
     }
 
     fn reports(up: &mut Uplink) -> Vec<(ConnId, u32)> {
