@@ -377,6 +377,14 @@ impl Download {
         }
     }
 
+    /// Whether `piece` may be started from `peer_id`: it is missing (nobody fetches it), a
+    /// piece may start, and `peer_id` is not proven bad for it.
+    pub fn may_start(&self, piece: PieceIndex, peer_id: PeerId) -> bool {
+        self.missing.has(piece)
+            && self.active_count < PIECES_ACTIVE_PER_FILE_MAX
+            && !self.bad_sources.contains(&(piece, peer_id))
+    }
+
     /// Whether `piece` exists and is being fetched.
     pub fn is_active(&self, piece: PieceIndex) -> bool {
         matches!(self.slots.get(piece.as_usize()), Some(Slot::Active(_)))

@@ -248,6 +248,7 @@ impl Peer {
             listen_port: self.config.listen_port,
             listen_ip: self.config.listen_ip,
             room_calls: true,
+            takes_pushes: true,
         })
     }
 
@@ -740,9 +741,36 @@ impl Peer {
             }
         } else if remote.send_bitfield(file_id) {
             if let Some(message) = self.bitfield_for(conn, file_id) {
+                let push = self.first_offer_push(conn, &message);
+                if let Some(job) = push {
+                    let ServeJob { file_id, piece, offset, len, .. } = job;
+                    self.send(conn, Message::Pushed { file_id, piece, offset, len });
+                }
                 self.send(conn, message);
+                if let Some(ServeJob { conn, file_id, piece, offset, len }) = push {
+                    self.on_request(conn, file_id, piece, offset, len);
+                }
             }
         }
+    }
+
+    /// The block request a whole-file seeder takes on behalf of a downloader holding nothing
+    /// whose first bitfield from us, `bitfield`, offers it one piece: that piece's first
+    /// block, which the downloader would ask for a round trip later.
+    fn first_offer_push(&self, conn: ConnId, bitfield: &Message) -> Option<ServeJob> {
+        let Message::Bitfield { file_id, have } = bitfield else { return None };
+        let remote = self.remotes.get(&conn)?;
+        if !remote.takes_pushes()
+            || remote.pieces(*file_id).is_none_or(|held| held.count() > 0)
+            || !self.uploads.offers().sees_offers(conn, *file_id)
+            || have.count() != 1
+        {
+            return None;
+        }
+        let piece = have.iter().next()?;
+        let manifest = self.files.get(file_id)?.manifest()?;
+        let (offset, len) = pieces::block_span(manifest.block_bytes(), manifest.piece_len(piece), 0);
+        Some(ServeJob { conn, file_id: *file_id, piece, offset, len })
     }
 
     /// A peer-to-peer connection is open and its remote proved the id `proven`: a holder we
@@ -812,6 +840,11 @@ impl Peer {
             Message::Haves { file_id, pieces } => self.on_remote_haves(conn, file_id, &pieces),
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
+            Message::Pushed { file_id, piece, offset, len } => {
+                if !self.scheduler().on_pushed(conn, file_id, piece, offset, len) {
+                    self.send(conn, Message::Cancel { file_id, piece, offset });
+                }
+            }
             Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
             Message::Reject { file_id, piece, offset, reason } => {
                 self.scheduler().on_reject(conn, file_id, piece, offset, reason)

@@ -65,6 +65,8 @@ pub(super) struct Remote {
     opened: Time,
     /// Its `Hello` said it takes part in room calls (`Room`; see `uploads`).
     room_calls: bool,
+    /// Its `Hello` said it takes `Pushed` block requests (see `Peer::first_offer_push`).
+    takes_pushes: bool,
 }
 
 impl Remote {
@@ -95,6 +97,7 @@ impl Remote {
             last_heard: now,
             opened: now,
             room_calls: false,
+            takes_pushes: false,
         }
     }
 
@@ -107,6 +110,11 @@ impl Remote {
     /// for it, and tells us when room in its own is free for us.
     pub fn room_calls(&self) -> bool {
         self.room_calls
+    }
+
+    /// Whether it takes `Pushed`: a block request we take on its behalf.
+    pub fn takes_pushes(&self) -> bool {
+        self.takes_pushes
     }
 
     /// The remote's id: named (outbound, still connecting) or proven.
@@ -199,13 +207,14 @@ impl Remote {
     }
 
     /// The handshake is done (see `links::hello`); an inbound remote serves at the
-    /// `listen_port` it announced (0: none), and takes part in room calls if it said so.
-    /// Returns the files to exchange bitfields for now.
-    pub fn ready(&mut self, listen_port: u16, room_calls: bool) -> Vec<FileId> {
+    /// `listen_port` it announced (0: none), takes part in room calls and takes pushes if it
+    /// said so. Returns the files to exchange bitfields for now.
+    pub fn ready(&mut self, listen_port: u16, room_calls: bool, takes_pushes: bool) -> Vec<FileId> {
         if !self.outbound && listen_port != 0 {
             self.addr = SocketAddr::new(self.addr.ip(), listen_port);
         }
         self.room_calls = room_calls;
+        self.takes_pushes = takes_pushes;
         self.stage = Stage::Ready;
         std::mem::take(&mut self.wanted).into_iter().collect()
     }

@@ -461,14 +461,49 @@ impl<'a> Scheduler<'a> {
 
     /// Requests the block `next_block` offered `conn`.
     fn request_block(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) {
+        let (offset, len) = self.start_request(conn, file_id, piece, block);
+        self.send(conn, Message::Request { file_id, piece, offset, len });
+    }
+
+    /// Records a request of `block` of `piece`, assigned to `conn`, as in flight; returns its
+    /// offset and length.
+    fn start_request(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) -> (u32, u32) {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
-            unreachable!("a block is offered only of a download whose manifest is known")
+            unreachable!("a block is requested only of a download whose manifest is known")
         };
         let (offset, len) = block_span(manifest.block_bytes(), manifest.piece_len(piece), block);
         download.request(piece, block, conn);
-        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is offered only to a remote") };
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is requested only of a remote") };
         remote.requests_mut().start((file_id, piece, offset), self.now);
-        self.send(conn, Message::Request { file_id, piece, offset, len });
+        (offset, len)
+    }
+
+    /// `conn` took a request of ours for a block on our behalf (`Pushed`): it counts as our
+    /// own when the block is one we would ask it for now, a block of a piece nobody fetches,
+    /// with room in its pipeline. Returns whether it was taken (if not, it is to be
+    /// cancelled).
+    pub fn on_pushed(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> bool {
+        let Some(remote) = self.remotes.get(&conn) else { return false };
+        let requests = remote.requests();
+        let Some(entry) = self.files.get(&file_id).filter(|e| e.is_fetching()) else { return false };
+        let (Some(manifest), Some(download)) = (entry.manifest(), entry.download()) else { return false };
+        let block_bytes = manifest.block_bytes();
+        let Some(block) = manifest.piece(piece.0).and_then(|p| block_at(block_bytes, manifest.piece_len(p), offset))
+        else {
+            return false;
+        };
+        if block_span(block_bytes, manifest.piece_len(piece), block).1 != len
+            || !remote.is_ready()
+            || requests.is_resting(self.now)
+            || requests.in_flight.len() >= requests.pipeline_depth(block_bytes)
+            || requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX
+            || !download.may_start(piece, remote.peer_id())
+        {
+            return false;
+        }
+        self.assign(conn, file_id, Choice::Fresh(piece));
+        self.start_request(conn, file_id, piece, block);
+        true
     }
 
     /// A block arrived. A block requested and then cancelled (late) is still taken while its

@@ -401,7 +401,8 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
         at(10),
         Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
     );
-    let our_hello = Message::Hello(Hello { room_calls: true, ..Hello::new(Role::Peer, peer.peer_id(), 7001) });
+    let our_hello =
+        Message::Hello(Hello { room_calls: true, takes_pushes: true, ..Hello::new(Role::Peer, peer.peer_id(), 7001) });
     assert_eq!(sent(&open), vec![&our_hello, &Message::Locate { file_id: id, with_manifest: false }]);
     let ready = step(
         &mut peer,
@@ -586,18 +587,26 @@ fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_con
     assert_eq!(h.peer(downloader).file_views()[0].name.as_deref(), Some(manifest.name()));
 }
 
-#[test]
-fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_when_it_calls() {
-    use crate::machine::{Input, Output};
-    use crate::wire::{Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
+/// A peer whose connection to the holder the tracker named for its file is open (at 10 ms,
+/// before any `Hello`): the peer, the connection, the holder, and the file's bytes and manifest.
+fn connected_to_a_named_holder() -> (super::Peer, crate::ConnId, crate::wire::PeerAddr, Vec<u8>, crate::Manifest) {
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
     let (mut peer, conn) = dialling_a_named_holder(holder);
     // The file `dialling_a_named_holder` asks for.
     let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let connected = crate::machine::Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id };
+    step(&mut peer, Time::from_millis(10), connected);
+    (peer, conn, holder, bytes, manifest)
+}
+
+#[test]
+fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_when_it_calls() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
+    let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder();
     let id = manifest.file_id();
     let at = Time::from_millis;
-    step(&mut peer, at(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     let hello = Hello {
         version: PROTOCOL_VERSION,
         role: Role::Peer,
@@ -605,6 +614,7 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
         listen_port: 7000,
         listen_ip: None,
         room_calls: true,
+        takes_pushes: false,
     };
     let hear = |peer: &mut super::Peer, ms, message| step(peer, at(ms), Input::Message { conn, message });
     hear(&mut peer, 20, Message::Hello(hello));
@@ -647,4 +657,70 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
     }
     let passed = hear(&mut peer, 1_500, Message::Room);
     assert!(matches!(sent(&passed)[..], [Message::Pass]), "{passed:?}");
+}
+
+#[test]
+fn a_pushed_block_counts_as_our_request_and_one_we_would_not_ask_for_is_cancelled() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, Role};
+    let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder();
+    let id = manifest.file_id();
+    let at = Time::from_millis;
+    let hear = |peer: &mut super::Peer, ms, message| step(peer, at(ms), Input::Message { conn, message });
+    hear(&mut peer, 20, Message::Hello(Hello { room_calls: true, ..Hello::new(Role::Peer, holder.peer_id, 7000) }));
+    // Before the manifest is known nothing can be taken on our behalf.
+    let pushed =
+        |piece: u32, offset: u32, len: u32| Message::Pushed { file_id: id, piece: PieceIndex(piece), offset, len };
+    let cancel = |piece: u32, offset: u32| Message::Cancel { file_id: id, piece: PieceIndex(piece), offset };
+    let early = hear(&mut peer, 21, pushed(2, 0, 16 * 1024));
+    assert_eq!(sent(&early), vec![&cancel(2, 0)]);
+    hear(&mut peer, 22, Message::Manifest { manifest: Box::new(manifest.clone()) });
+    let taken = hear(&mut peer, 23, pushed(2, 0, 16 * 1024));
+    assert!(sent(&taken).is_empty(), "{taken:?}");
+    // A second push of the same block, a range that is no block, a piece past the end and
+    // another file are all cancelled, and none is a protocol violation.
+    let unknown = crate::FileId(crate::ids::Digest([9; 32]));
+    for (ms, message, answer) in [
+        (24, pushed(2, 0, 16 * 1024), cancel(2, 0)),
+        (25, pushed(1, 0, 1), cancel(1, 0)),
+        (26, pushed(1, 7, 16 * 1024), cancel(1, 7)),
+        (27, pushed(4, 0, 16 * 1024), cancel(4, 0)),
+        (
+            28,
+            Message::Pushed { file_id: unknown, piece: PieceIndex(0), offset: 0, len: 1 },
+            Message::Cancel { file_id: unknown, piece: PieceIndex(0), offset: 0 },
+        ),
+    ] {
+        let outputs = hear(&mut peer, ms, message);
+        assert_eq!(sent(&outputs), vec![&answer], "{outputs:?}");
+    }
+    // Its bitfield: the other pieces are asked for, not the pushed one.
+    let asked = hear(&mut peer, 30, Message::Bitfield { file_id: id, have: crate::Bitfield::full(4) });
+    let mut requested: Vec<u32> = sent(&asked)
+        .iter()
+        .filter_map(|m| match m {
+            Message::Request { piece, .. } => Some(piece.0),
+            _ => None,
+        })
+        .collect();
+    requested.sort_unstable();
+    assert_eq!(requested, [0, 1, 3], "{asked:?}");
+    // The pushed block is taken as a requested one.
+    let block = bytes::Bytes::copy_from_slice(&bytes[2 * 16 * KIB..3 * 16 * KIB]);
+    let data = hear(&mut peer, 40, Message::Data { file_id: id, piece: PieceIndex(2), offset: 0, bytes: block });
+    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(2), .. })), "{data:?}");
+}
+
+#[test]
+fn a_whole_file_seeder_takes_a_newcomers_first_request_on_its_behalf() {
+    let mut h = Harness::new(3);
+    let (bytes, manifest) = file(4 * 64 * KIB, 64 * 1024, 9);
+    let (seeder, downloader) = (h.add_peer(1, None), h.add_peer(2, None));
+    h.share(seeder, &manifest, &bytes, None);
+    fetch(&mut h, downloader, &manifest, &bytes, Duration::from_secs(10));
+    let kinds = |node: NodeIx, kind: &str| h.received.iter().filter(|(_, n, k)| *n == node && *k == kind).count();
+    // The seeder offers one piece at a time; the first goes out with its offer, unasked.
+    assert_eq!(kinds(downloader, "pushed"), 1);
+    assert_eq!(kinds(seeder, "request"), 3);
+    assert_eq!(kinds(seeder, "cancel"), 0);
 }

@@ -317,6 +317,7 @@ mod tests {
             listen_port: u16::MAX,
             listen_ip: Some(std::net::IpAddr::from([0xff; 16])),
             room_calls: true,
+            takes_pushes: true,
         })
     }
 
@@ -364,14 +365,15 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_without_room_calls_encodes_as_before_and_one_with_them_decodes_where_they_are_unknown() {
+    fn a_hello_without_room_calls_or_pushes_encodes_as_before_and_one_with_them_decodes_where_they_are_unknown() {
         let Message::Hello(mut calling) = hello() else { unreachable!("hello() is a Hello") };
         calling.listen_ip = None;
-        let plain = Hello { room_calls: false, ..calling.clone() };
+        let plain = Hello { room_calls: false, takes_pushes: false, ..calling.clone() };
         let body = |hello: &Hello| frame(&Message::Hello(hello.clone())).split_off(FRAME_HEADER_BYTES);
-        let needle = b"room_calls";
-        assert!(!body(&plain).windows(needle.len()).any(|w| w == needle), "the field is absent when false");
-        assert!(body(&calling).windows(needle.len()).any(|w| w == needle));
+        for needle in [&b"room_calls"[..], b"takes_pushes"] {
+            assert!(!body(&plain).windows(needle.len()).any(|w| w == needle), "the field is absent when false");
+            assert!(body(&calling).windows(needle.len()).any(|w| w == needle));
+        }
         // A peer that predates the field: its `Hello` has the other five.
         #[derive(serde::Deserialize)]
         struct EarlierHello {
@@ -562,14 +564,17 @@ mod tests {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         });
         prop_oneof![
-            (any::<[u8; 16]>(), any::<u16>(), any::<bool>()).prop_map(|(id, port, room_calls)| Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                role: Role::Peer,
-                peer_id: PeerId(id),
-                listen_port: port,
-                listen_ip: None,
-                room_calls,
-            })),
+            (any::<[u8; 16]>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(
+                |(id, port, room_calls, takes_pushes)| Message::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Peer,
+                    peer_id: PeerId(id),
+                    listen_port: port,
+                    listen_ip: None,
+                    room_calls,
+                    takes_pushes,
+                })
+            ),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, piece: PieceIndex(p) }),
@@ -606,6 +611,8 @@ mod tests {
                 piece: PieceIndex(p),
                 offset: 9
             }),
+            (file_id.clone(), any::<u32>(), any::<u32>(), any::<u32>())
+                .prop_map(|(file_id, p, offset, len)| Message::Pushed { file_id, piece: PieceIndex(p), offset, len }),
             Just(Message::Room),
             Just(Message::Pass),
             file_id.clone().prop_map(|file_id| Message::GetManifest { file_id }),

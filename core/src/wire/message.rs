@@ -59,14 +59,27 @@ pub struct Hello {
     /// that do not know the field decode the `Hello` as before (serde skips unknown fields).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub room_calls: bool,
+    /// The sender takes `Pushed`: a holder may take a block request on its behalf. A peer
+    /// sends `Pushed` only to remotes that said so here. Absent from the encoding when false,
+    /// as `room_calls`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takes_pushes: bool,
 }
 
 impl Hello {
     /// A `Hello` of this build's [`PROTOCOL_VERSION`] from `peer_id` as `role`, listening on
-    /// `listen_port`, that names no listen IP and takes no part in room calls: what a tracker
-    /// or a client sends. A peer's own sets the other fields too.
+    /// `listen_port`, that names no listen IP, takes no part in room calls and takes no
+    /// pushes: what a tracker or a client sends. A peer's own sets the other fields too.
     pub fn new(role: Role, peer_id: PeerId, listen_port: u16) -> Hello {
-        Hello { version: PROTOCOL_VERSION, role, peer_id, listen_port, listen_ip: None, room_calls: false }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            peer_id,
+            listen_port,
+            listen_ip: None,
+            room_calls: false,
+            takes_pushes: false,
+        }
     }
 }
 
@@ -257,6 +270,22 @@ pub enum Message {
     /// Peer → peer: the answer to a `Room` call when the sender has nothing to ask of the
     /// caller now: the room it held goes to the next.
     Pass,
+    /// Peer → peer: the sender took a `Request` for this block on the receiver's behalf, a
+    /// round trip before the receiver could send one: a whole-file seeder's first offer to a
+    /// downloader that holds nothing, sent just before the `Bitfield` that offers the piece.
+    /// `Data` or a `Reject` follows as for a request of the receiver's; a receiver that does
+    /// not want the block answers `Cancel`. Sent only to a remote whose `Hello` set
+    /// `takes_pushes`.
+    Pushed {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+        /// Bytes to come (at most one block).
+        len: u32,
+    },
     /// Peer → peer: forget an earlier `Request` (another remote delivered the piece).
     Cancel {
         /// The file's id.
@@ -308,6 +337,7 @@ impl Message {
             Message::Reject { .. } => "reject",
             Message::Room => "room",
             Message::Pass => "pass",
+            Message::Pushed { .. } => "pushed",
             Message::Cancel { .. } => "cancel",
             Message::GetManifest { .. } => "get-manifest",
             Message::Manifest { .. } => "manifest",
