@@ -3,14 +3,15 @@
 # leechers (default 24) on 127.0.0.1, every peer's upload capped with --upload-limit (default
 # 4 MiB/s), a 32 MiB file in 256 KiB pieces, all leechers started together. Prints the last and
 # the median completion against the Kumar-Ross bound T_min = max(F/u_s, N*F/(u_s + N*u)) and
-# checks every copy.
+# checks every copy; with the defaults it first prints the simulator's prediction for the same
+# setup (scenarios/capped-uploads.toml, seeds 1-3), which should agree within 10 %.
 #
 # Usage: bench/capped-swarm.sh [--no-build]
 #   env: N=24 UP=4194304 SIZE_MIB=32 PIECE=262144 RUNS=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-24}; UP=${UP:-4194304}; SIZE_MIB=${SIZE_MIB:-32}; PIECE=${PIECE:-262144}; RUNS=${RUNS:-1}
-[ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node
+[ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node --bin p2p-sim
 node="$PWD/target/release/p2p-node"
 . bench/swarm-common.sh
 work=$(mktemp -d); pids=()
@@ -25,6 +26,8 @@ trap cleanup EXIT
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/payload.bin"
 size=$((SIZE_MIB << 20))
 tmin=$(kumar_ross "$size" "$UP" "$N")
+defaults=$([ "$N/$UP/$SIZE_MIB/$PIECE" = 24/4194304/32/262144 ] && echo true || echo false)
+predict scenarios/capped-uploads.toml "$defaults"
 
 for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"

@@ -1,5 +1,6 @@
 # Shared by bench/netns-swarm.sh and bench/capped-swarm.sh (sourced, not run): waiting for a
-# node's line, the Kumar-Ross bound, and the summary of one run's leechers.
+# node's line, the Kumar-Ross bound, the simulator's prediction, and the summary of one run's
+# leechers.
 
 # wait_line FILE PATTERN: waits (at most 60 s) until FILE has a line matching PATTERN; on a
 # timeout shows the node's stderr (FILE with .err for .log) and exits.
@@ -10,6 +11,18 @@ wait_line() {
 
 # kumar_ross F U N: T_min = max(F/u_s, N*F/(u_s + N*u)) with every upload u and unshaped downlinks.
 kumar_ross() { awk -v f="$1" -v u="$2" -v n="$3" 'BEGIN { a = f / u; b = n * f / (u + n * u); printf "%.3f", (a > b ? a : b) }'; }
+
+# predict SCENARIO DEFAULTS: the simulator's last completion over T_min for SCENARIO (its twin of
+# this script's setup) over seeds 1-3, when DEFAULTS is true (the script runs that setup) and
+# target/release/p2p-sim exists.
+predict() {
+  [ "$2" = true ] && [ -x target/release/p2p-sim ] || return 0
+  local seed ratios=()
+  for seed in 1 2 3; do
+    ratios+=("$(target/release/p2p-sim --seed "$seed" "$1" | awk '/T\/T_min: last/ { print $3; exit }')")
+  done
+  echo "simulator's prediction ($1, seeds 1-3): last ${ratios[*]} x T_min"
+}
 
 # summarize DIR N START PAYLOAD TMIN LABEL: reads each leecher's DIR/lI.done ("EXIT_CODE END_TIME")
 # and copy DIR/oI/payload.bin, and prints the identical copies, the last and the median
