@@ -38,16 +38,20 @@
 //!   refusal: when room in the line is free for its ticket, it is called (`Room`, from
 //!   [`Uploads::take_calls`]) and the room is held for it until it asks, answers that it has
 //!   nothing to ask (`Pass`, [`Uploads::pass`]), or [`BUSY_TICKET_TIME`] passed (a round trip with
-//!   room to spare). Until then its ticket keeps its place however long the line takes. To such a
-//!   remote one `Busy` answers every request it has outstanding: of a refused queue only the first
-//!   request is answered, and requests arriving uncalled within [`BUSY_TICKET_TIME`] of the refusal
-//!   (sent before it arrived) are dropped ([`Refused::Covered`]). So a full uploader answers each
-//!   waiting downloader once per turn, not once per pipelined request and retry. A request that
-//!   crossed the `Busy` may still be queued (the line had room when it arrived); the downloader
-//!   takes it for refused and asks again when called, so a request for a block already queued,
-//!   being read or waiting to leave on the connection is dropped too: the block is sent once. Other
-//!   remotes ask again after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their
-//!   tickets lapse when they do not.
+//!   room to spare): called with room free, it is let in when it asks even if the line took others
+//!   meanwhile (it takes any asker while it holds few bytes), so its call is not answered `Busy`.
+//!   Each such call holds one of the line's places, so at most as many tickets are called at once
+//!   as it has free (at least one). Until then its ticket keeps its place however long the line
+//!   takes. To such a remote one `Busy` answers every request it has outstanding: of a refused
+//!   queue only the first request is answered, and requests arriving uncalled within
+//!   [`BUSY_TICKET_TIME`] of the refusal (sent before it arrived) are dropped
+//!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per turn, not
+//!   once per pipelined request and retry. A request that crossed the `Busy` may still be queued
+//!   (the line had room when it arrived); the downloader takes it for refused and asks again when
+//!   called, so a request for a block already queued, being read or waiting to leave on the
+//!   connection is dropped too: the block is sent once. Other remotes ask again after
+//!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they do
+//!   not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
@@ -173,6 +177,9 @@ struct Ticket {
     at: Time,
     /// It was called (`Room`) at `at` and room is held for it.
     called: bool,
+    /// It was called while the line had room for it (not into a full line for a rarer piece,
+    /// whose request must make room): it is let in when it comes, whoever came in since.
+    held: bool,
     /// The piece of the refused request it asked for first (the rarest of a refused queue):
     /// room goes to the ticket whose piece is rarest.
     asked: Option<(FileId, PieceIndex)>,
@@ -358,6 +365,9 @@ impl Uploads {
         self.lapse_tickets(now);
         let room = self.room();
         let ticket = self.tickets.iter().position(|t| t.conn == conn);
+        // A ticket called with room had its room held from its call on: newcomers and requests
+        // let in since (while the line held few bytes) did not take it.
+        let held = ticket.is_some_and(|at| self.tickets[at].held);
         let place = match ticket {
             Some(at) if room > 0 => {
                 let key = self.ticket_key(at, rarity);
@@ -366,7 +376,7 @@ impl Uploads {
             Some(at) => at,
             None => self.tickets.len(),
         };
-        if place < room {
+        if held || place < room {
             if let Some(at) = ticket {
                 self.tickets.remove(at);
                 self.tickets_changed();
@@ -375,8 +385,8 @@ impl Uploads {
         }
         let asked = Some((job.file_id, job.piece));
         match ticket {
-            Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false, asked },
-            None => self.tickets.push_back(Ticket { conn, at: now, called: false, asked }),
+            Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false, held: false, asked },
+            None => self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked }),
         }
         let state = self.conns.entry(conn).or_default();
         let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
@@ -442,12 +452,13 @@ impl Uploads {
         (!ticket.called, ticket.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
     }
 
-    /// The connections to call at `now` (`Room`): those taking part in room calls whose
-    /// tickets room in the line is free for (in [`Uploads::ticket_order`]) and that were not
-    /// called yet; while the line is full, the first ticket when fewer remotes hold its piece
-    /// than the commonest rarest piece of a waiting connection (its request will make room,
-    /// see [`Uploads::make_room`]). Plans a look for when a ticket holding room lapses while a
-    /// connection waits for its call. `holders` counts the remotes that hold a piece.
+    /// The connections to call at `now` (`Room`): those taking part in room calls whose tickets
+    /// room in the line is free for (in [`Uploads::ticket_order`], no more than the line's free
+    /// places) and that were not called yet; while the line is full, the first ticket when fewer
+    /// remotes hold its piece than the commonest rarest piece of a waiting connection (its request
+    /// will make room, see [`Uploads::make_room`]). Plans a look for when a ticket holding room
+    /// lapses while a connection waits for its call. `holders` counts the remotes that hold a
+    /// piece.
     pub fn take_calls(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Vec<ConnId> {
         self.ticket_wake_at = None;
         if self.tickets.is_empty() {
@@ -466,10 +477,14 @@ impl Uploads {
             });
             order.truncate(usize::from(rarer));
         }
-        for &at in order.iter().take(room.max(1)) {
+        // A call holds room in the line for its ticket until it comes (see `admit`): at most
+        // as many as the line has free places, so that the calls that come do not fill it past
+        // its bound (while it holds few bytes it takes any asker, but not any number of calls).
+        let places = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len());
+        for &at in order.iter().take(room.min(places).max(1)) {
             let ticket = &mut self.tickets[at];
             if !ticket.called && self.conns.get(&ticket.conn).is_some_and(|s| s.room_calls) {
-                *ticket = Ticket { called: true, at: now, ..*ticket };
+                *ticket = Ticket { called: true, held: room > 0, at: now, ..*ticket };
                 calls.push(ticket.conn);
                 let lapses = now + BUSY_TICKET_TIME;
                 self.lapse_due = Some(self.lapse_due.map_or(lapses, |due| due.min(lapses)));
@@ -501,7 +516,7 @@ impl Uploads {
             refuse_queue(state, &mut self.refused);
         }
         // Its turn comes again once room frees.
-        self.tickets.push_back(Ticket { conn, at: now, called: false, asked });
+        self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked });
         self.tickets_changed();
         true
     }
@@ -620,7 +635,7 @@ impl Uploads {
                     // comes again after theirs.
                     let asked = rarity.rarest_piece(&state.queue);
                     refuse_queue(state, &mut self.refused);
-                    self.tickets.push_back(Ticket { conn, at: now, called: false, asked });
+                    self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked });
                     self.lapse_due = Some(Time::ZERO);
                 } else if !state.queue.is_empty() {
                     self.waiting.push_back(conn);
@@ -884,6 +899,47 @@ mod tests {
         assert_eq!(wake, later + BUSY_TICKET_TIME);
         assert_eq!(uploads.take_calls(wake, |_, _| 0), [ConnId::Inbound(second)]);
         assert!(ask_as(&mut uploads, second, 0, wake.as_micros() / 1000, true), "the called one comes in");
+    }
+
+    #[test]
+    fn a_connection_called_into_a_line_holding_few_bytes_is_let_in_though_newcomers_filled_it_since() {
+        const SMALL: u32 = 16 * 1024;
+        let per_conn = u32::try_from(UPLOAD_LINE_BYTES_MIN / u64::from(SMALL) / 4).expect("small");
+        // Each asker queues a quarter of the bytes under which the line takes anyone.
+        let ask_small = |uploads: &mut Uploads, conn: u64, blocks: u32, at_ms: u64| {
+            (0..blocks).all(|piece| {
+                let job = ServeJob {
+                    conn: ConnId::Inbound(conn),
+                    file_id: FILE,
+                    piece: PieceIndex(piece),
+                    offset: 0,
+                    len: SMALL,
+                };
+                uploads.request(job, Time::from_millis(at_ms), true, |_, _| 0).is_ok()
+            })
+        };
+        let mut uploads = Uploads::new(None);
+        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        for conn in 1..=line {
+            assert!(ask_small(&mut uploads, conn, per_conn, 0), "room in line for {conn}");
+        }
+        let called = line + 1;
+        assert!(!ask_small(&mut uploads, called, 1, 0), "the line is full");
+        serve(&mut uploads);
+        for conn in 1..=UPLOAD_SLOTS_COUNT as u64 {
+            uploads.sent(ConnId::Inbound(conn), per_conn);
+        }
+        // The first holders were served and left: the line holds few bytes, and the refused
+        // one is called.
+        serve(&mut uploads);
+        assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(called)]);
+        // Newcomers come before its request does; while the line holds few bytes they are let
+        // in, until it is full again.
+        for newcomer in line + 2..line + 2 + UPLOAD_SLOTS_COUNT as u64 {
+            assert!(ask_small(&mut uploads, newcomer, per_conn, 10), "few bytes in line: {newcomer} is let in");
+        }
+        assert!(!ask_small(&mut uploads, line + 10, 1, 10), "the line is full again");
+        assert!(ask_small(&mut uploads, called, 1, 30), "the room held for the called one is its own");
     }
 
     #[test]
