@@ -13,7 +13,7 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 
 /// Largest body of a connection's first frame, which must be a `Hello` (or the `Error` that
-/// refuses the connection): the largest `Hello` encodes to under 160 bytes, the rest is
+/// refuses the connection): the largest `Hello` encodes to under 192 bytes, the rest is
 /// room for a refusal's detail. A length prefix over it before the handshake costs the remote
 /// its connection, so an unauthenticated stranger never makes a receiver buffer more than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 512;
@@ -208,6 +208,10 @@ pub const INBOUND_IDLE_BEFORE_EVICTION: Duration = Duration::from_secs(10);
 /// Most block requests a downloader keeps in flight on one connection (the pipeline's depth
 /// is sized from the remote's rate, see [`REQUEST_PIPELINE_TIME`]).
 pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 16;
+
+/// Most blocks one `Requests` message may ask for: what a downloader keeps in flight on one
+/// connection. A message asking for more (or for fewer than two) breaks the protocol.
+pub const REQUESTS_PER_MESSAGE_MAX: usize = REQUESTS_IN_FLIGHT_PER_CONN_MAX;
 
 /// Smallest pipeline (bytes of requests in flight) to a remote, and the one it starts with:
 /// bytes, not blocks, so a round trip before the remote's rate is measured carries as much

@@ -91,6 +91,7 @@ fn corpus() -> Vec<Message> {
         Message::Located { file_id, manifest: Some(Box::new(manifest(2))), holders },
         Message::Bitfield { file_id, have },
         Message::Request { file_id, piece: PieceIndex(1), offset: 16_384, len: 16_384 },
+        Message::Requests { file_id, blocks: vec![(PieceIndex(1), 0, 16_384), (PieceIndex(2), 16_384, 16_384)] },
         Message::Data { file_id, piece: PieceIndex(1), offset: 0, bytes: Bytes::from(vec![0xAB; 300]) },
         Message::Reject { file_id, piece: PieceIndex(1), offset: 0, reason: RejectReason::Busy },
         Message::Cancel { file_id, piece: PieceIndex(1), offset: 0 },

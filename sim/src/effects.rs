@@ -70,14 +70,16 @@ impl World {
 
     pub(crate) fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
-            Message::Request { .. } => {
+            Message::Request { .. } | Message::Requests { .. } => {
+                let blocks = if let Message::Requests { blocks, .. } = &message { blocks.len() } else { 1 };
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);
-                *count += 1;
+                *count += blocks;
                 let count = *count;
                 self.outcome.requests_in_flight_max = self.outcome.requests_in_flight_max.max(count);
-                if count == REQUESTS_IN_FLIGHT_PER_CONN_MAX * 4 + 1 {
+                let limit = REQUESTS_IN_FLIGHT_PER_CONN_MAX * 4;
+                if count > limit && count - blocks <= limit {
                     let text =
-                        format!("{} at {}: over {count} requests in flight on {conn}", self.name(node), self.now);
+                        format!("{} at {}: over {limit} requests in flight on {conn}", self.name(node), self.now);
                     self.outcome.violations.push(text);
                 }
             }

@@ -96,7 +96,7 @@ pub(super) fn hello(remote: &mut Remote, hello: &Hello) -> Result<Vec<FileId>, H
     if remote.peer_id() != hello.peer_id {
         return Err(HelloRefused::WrongId { claimed: hello.peer_id, proven: remote.peer_id() });
     }
-    Ok(remote.ready(hello.listen_port, hello.room_calls, hello.takes_pushes))
+    Ok(remote.ready(hello))
 }
 
 /// The connections whose deadline passed at `now`.

@@ -62,7 +62,7 @@ use crate::error::{CommandError, StoreError};
 use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
     CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_PIECES, HAVE_BATCH_LARGE_PIECE_BYTES,
-    OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS,
+    OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
 };
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -249,6 +249,7 @@ impl Peer {
             listen_ip: self.config.listen_ip,
             room_calls: true,
             takes_pushes: true,
+            request_batches: true,
         })
     }
 
@@ -839,6 +840,7 @@ impl Peer {
             Message::Have { file_id, piece } => self.on_remote_haves(conn, file_id, &[piece]),
             Message::Haves { file_id, pieces } => self.on_remote_haves(conn, file_id, &pieces),
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
+            Message::Requests { file_id, blocks } => self.on_requests(conn, file_id, &blocks),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
             Message::Pushed { file_id, piece, offset, len } => {
                 if !self.scheduler().on_pushed(conn, file_id, piece, offset, len) {
@@ -1031,6 +1033,18 @@ impl Peer {
             Ok(()) => self.pump_uploads(),
             Err(Refused::Busy) => self.send(conn, reject(RejectReason::Busy)),
             Err(Refused::Covered) => {}
+        }
+    }
+
+    /// A ready remote asks for several blocks at once: each is handled as a `Request` of its
+    /// own, in order. More than [`REQUESTS_PER_MESSAGE_MAX`] (or fewer than two) in one
+    /// message break the protocol.
+    fn on_requests(&mut self, conn: ConnId, file_id: FileId, blocks: &[(PieceIndex, u32, u32)]) {
+        if !(2..=REQUESTS_PER_MESSAGE_MAX).contains(&blocks.len()) {
+            return self.violation(conn, format!("requests of {} blocks in one message", blocks.len()));
+        }
+        for &(piece, offset, len) in blocks {
+            self.on_request(conn, file_id, piece, offset, len);
         }
     }
 

@@ -19,6 +19,7 @@ use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{CONNECTIONS_MAX, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY};
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
+use crate::wire::Hello;
 
 use super::scheduler::Requests;
 
@@ -67,6 +68,8 @@ pub(super) struct Remote {
     room_calls: bool,
     /// Its `Hello` said it takes `Pushed` block requests (see `Peer::first_offer_push`).
     takes_pushes: bool,
+    /// Its `Hello` said it takes `Requests`: several block requests in one message.
+    request_batches: bool,
 }
 
 impl Remote {
@@ -98,6 +101,7 @@ impl Remote {
             opened: now,
             room_calls: false,
             takes_pushes: false,
+            request_batches: false,
         }
     }
 
@@ -115,6 +119,11 @@ impl Remote {
     /// Whether it takes `Pushed`: a block request we take on its behalf.
     pub fn takes_pushes(&self) -> bool {
         self.takes_pushes
+    }
+
+    /// Whether it takes `Requests`: the blocks we ask it for at once go in one message.
+    pub fn request_batches(&self) -> bool {
+        self.request_batches
     }
 
     /// The remote's id: named (outbound, still connecting) or proven.
@@ -206,15 +215,16 @@ impl Remote {
         Ok(())
     }
 
-    /// The handshake is done (see `links::hello`); an inbound remote serves at the
-    /// `listen_port` it announced (0: none), takes part in room calls and takes pushes if it
-    /// said so. Returns the files to exchange bitfields for now.
-    pub fn ready(&mut self, listen_port: u16, room_calls: bool, takes_pushes: bool) -> Vec<FileId> {
-        if !self.outbound && listen_port != 0 {
-            self.addr = SocketAddr::new(self.addr.ip(), listen_port);
+    /// The handshake is done with `hello` (see `links::hello`); an inbound remote serves at
+    /// the `listen_port` it announced (0: none), takes part in room calls, takes pushes and
+    /// takes request batches if it said so. Returns the files to exchange bitfields for now.
+    pub fn ready(&mut self, hello: &Hello) -> Vec<FileId> {
+        if !self.outbound && hello.listen_port != 0 {
+            self.addr = SocketAddr::new(self.addr.ip(), hello.listen_port);
         }
-        self.room_calls = room_calls;
-        self.takes_pushes = takes_pushes;
+        self.room_calls = hello.room_calls;
+        self.takes_pushes = hello.takes_pushes;
+        self.request_batches = hello.request_batches;
         self.stage = Stage::Ready;
         std::mem::take(&mut self.wanted).into_iter().collect()
     }

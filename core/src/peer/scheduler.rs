@@ -30,8 +30,8 @@ use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PieceIndex};
 use crate::limits::{
     BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT,
-    REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
+    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
+    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -41,7 +41,7 @@ use crate::wire::{Message, RejectReason};
 
 use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
 use super::pieces::{block_at, block_count, block_span, BlockKey, FileEntry};
-use super::remote::Remotes;
+use super::remote::{Remote, Remotes};
 use super::Outputs;
 
 /// Our requests on one connection: the scheduler's private state of a remote.
@@ -372,7 +372,24 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Fills `conn`'s pipeline for `file_id`. The blocks asked for go in one `Requests`
+    /// message to a remote that takes request batches (one frame, however many), each in a
+    /// `Request` of its own otherwise.
     fn fill(&mut self, conn: ConnId, file_id: FileId) {
+        let mut blocks = Vec::new();
+        self.fill_blocks(conn, file_id, &mut blocks);
+        debug_assert!(blocks.len() <= REQUESTS_PER_MESSAGE_MAX, "a pipeline is at most that deep");
+        if blocks.len() > 1 && self.remotes.get(&conn).is_some_and(Remote::request_batches) {
+            return self.send(conn, Message::Requests { file_id, blocks });
+        }
+        for (piece, offset, len) in blocks {
+            self.send(conn, Message::Request { file_id, piece, offset, len });
+        }
+    }
+
+    /// Requests blocks of `file_id` from `conn` until its pipeline is full or nothing is left
+    /// to ask it for; the requests to send are appended to `blocks`.
+    fn fill_blocks(&mut self, conn: ConnId, file_id: FileId, blocks: &mut Vec<(PieceIndex, u32, u32)>) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
         let block_bytes = manifest.block_bytes();
         let mut look = Look::From(PieceIndex(0));
@@ -383,7 +400,8 @@ impl<'a> Scheduler<'a> {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id, look) {
-                self.request_block(conn, file_id, piece, block);
+                let (offset, len) = self.start_request(conn, file_id, piece, block);
+                blocks.push((piece, offset, len));
                 if let Look::From(_) = look {
                     look = Look::From(piece);
                 }
@@ -457,12 +475,6 @@ impl<'a> Scheduler<'a> {
         let from = remote.addr();
         self.event(Event::PieceRequested { file_id, piece, from });
         piece
-    }
-
-    /// Requests the block `next_block` offered `conn`.
-    fn request_block(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) {
-        let (offset, len) = self.start_request(conn, file_id, piece, block);
-        self.send(conn, Message::Request { file_id, piece, offset, len });
     }
 
     /// Records a request of `block` of `piece`, assigned to `conn`, as in flight; returns its

@@ -164,7 +164,8 @@ fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     // (with a second holder, endgame would fetch them there first).
     h.run_for(REQUEST_TIMEOUT + Duration::from_secs(1));
     let first = |kind| h.received.iter().find(|(_, to, k)| *to == hole && *k == kind).map(|(at, _, _)| *at);
-    let requested = first("request").expect("the hole was asked for blocks");
+    let requested = h.requested.iter().find(|(_, to)| *to == hole).map(|(at, _)| *at);
+    let requested = requested.expect("the hole was asked for blocks");
     let cancelled = first("cancel").expect("the unanswered requests were given up");
     assert!(cancelled >= requested + REQUEST_TIMEOUT, "given up at {cancelled}, asked at {requested}");
     assert!(!h.completed(leecher, id));
@@ -401,8 +402,12 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
         at(10),
         Input::Connected { conn: to_tracker, remote: tracker, peer_id: crate::PeerId([1; 16]) },
     );
-    let our_hello =
-        Message::Hello(Hello { room_calls: true, takes_pushes: true, ..Hello::new(Role::Peer, peer.peer_id(), 7001) });
+    let our_hello = Message::Hello(Hello {
+        room_calls: true,
+        takes_pushes: true,
+        request_batches: true,
+        ..Hello::new(Role::Peer, peer.peer_id(), 7001)
+    });
     assert_eq!(sent(&open), vec![&our_hello, &Message::Locate { file_id: id, with_manifest: false }]);
     let ready = step(
         &mut peer,
@@ -615,6 +620,7 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
         listen_ip: None,
         room_calls: true,
         takes_pushes: false,
+        request_batches: true,
     };
     let hear = |peer: &mut super::Peer, ms, message| step(peer, at(ms), Input::Message { conn, message });
     hear(&mut peer, 20, Message::Hello(hello));
@@ -623,9 +629,10 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
     let requests = |outputs: &[Output]| -> Vec<u32> {
         sent(outputs)
             .iter()
-            .filter_map(|m| match m {
-                Message::Request { piece, .. } => Some(piece.0),
-                _ => None,
+            .flat_map(|m| match m {
+                Message::Request { piece, .. } => vec![piece.0],
+                Message::Requests { blocks, .. } => blocks.iter().map(|(piece, _, _)| piece.0).collect(),
+                _ => Vec::new(),
             })
             .collect()
     };
@@ -657,6 +664,61 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
     }
     let passed = hear(&mut peer, 1_500, Message::Room);
     assert!(matches!(sent(&passed)[..], [Message::Pass]), "{passed:?}");
+}
+
+#[test]
+fn a_seeder_serves_the_blocks_of_a_requests_message_in_order_and_refuses_an_oversized_one() {
+    use crate::limits::REQUESTS_PER_MESSAGE_MAX;
+    use crate::machine::{Event, Input, Output};
+    use crate::wire::{Hello, Message, Role};
+    let (_, manifest) = file(32 * 16 * KIB, 16 * 1024, 23);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
+    command(&mut peer, Time::ZERO, Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(32) });
+    let open = |peer: &mut super::Peer, n: u64| {
+        let conn = crate::ConnId::Inbound(n);
+        let remote = std::net::SocketAddr::from(([10, 0, 0, 10 + n as u8], 7000));
+        let peer_id = crate::PeerId([n as u8; 16]);
+        step(peer, Time::from_millis(10 * n), Input::Connected { conn, remote, peer_id });
+        let hello = Message::Hello(Hello::new(Role::Peer, peer_id, 7000));
+        step(peer, Time::from_millis(10 * n + 1), Input::Message { conn, message: hello });
+        conn
+    };
+    let reads = |outputs: &[Output]| -> Vec<u32> {
+        (outputs.iter())
+            .filter_map(|o| match o {
+                Output::ReadBlock { piece, .. } => Some(piece.0),
+                _ => None,
+            })
+            .collect()
+    };
+    let conn = open(&mut peer, 1);
+    let blocks = vec![(PieceIndex(3), 0, 16 * 1024), (PieceIndex(1), 0, 16 * 1024), (PieceIndex(2), 0, 16 * 1024)];
+    let asked = step(
+        &mut peer,
+        Time::from_millis(12),
+        Input::Message { conn, message: Message::Requests { file_id: id, blocks } },
+    );
+    assert_eq!(reads(&asked), [3, 1, 2], "each block read, in the order asked: {asked:?}");
+
+    let violated = |outputs: &[Output], conn| {
+        outputs.iter().any(|o| matches!(o, Output::Event(Event::ProtocolViolation { .. })))
+            && outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn))
+    };
+    let conn = open(&mut peer, 2);
+    let blocks: Vec<_> = (0..=REQUESTS_PER_MESSAGE_MAX as u32).map(|p| (PieceIndex(p), 0, 16 * 1024)).collect();
+    let oversized = step(
+        &mut peer,
+        Time::from_millis(22),
+        Input::Message { conn, message: Message::Requests { file_id: id, blocks } },
+    );
+    assert!(violated(&oversized, conn), "{oversized:?}");
+    assert!(reads(&oversized).is_empty(), "nothing of it is read: {oversized:?}");
+    let conn = open(&mut peer, 3);
+    let single = Message::Requests { file_id: id, blocks: vec![(PieceIndex(0), 0, 16 * 1024)] };
+    let outputs = step(&mut peer, Time::from_millis(32), Input::Message { conn, message: single });
+    assert!(violated(&outputs, conn), "one block goes in a Request: {outputs:?}");
 }
 
 #[test]
@@ -721,6 +783,6 @@ fn a_whole_file_seeder_takes_a_newcomers_first_request_on_its_behalf() {
     let kinds = |node: NodeIx, kind: &str| h.received.iter().filter(|(_, n, k)| *n == node && *k == kind).count();
     // The seeder offers one piece at a time; the first goes out with its offer, unasked.
     assert_eq!(kinds(downloader, "pushed"), 1);
-    assert_eq!(kinds(seeder, "request"), 3);
+    assert_eq!(h.requested.iter().filter(|(_, to)| *to == seeder).count(), 3, "blocks asked for");
     assert_eq!(kinds(seeder, "cancel"), 0);
 }

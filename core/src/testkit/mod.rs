@@ -75,6 +75,9 @@ pub struct Harness {
     pub events: Vec<(Time, NodeIx, Event)>,
     /// Every message delivered: when, to which node, and its kind.
     pub received: Vec<(Time, NodeIx, &'static str)>,
+    /// Every block request delivered (a `Request`, or one block of a `Requests`): when and to
+    /// which node.
+    pub requested: Vec<(Time, NodeIx)>,
 }
 
 impl Harness {
@@ -88,6 +91,7 @@ impl Harness {
             pending: VecDeque::new(),
             events: Vec::new(),
             received: Vec::new(),
+            requested: Vec::new(),
         };
         harness.nodes.push(Node::new(Machine_::Tracker(Box::new(tracker)), addr(0)));
         harness
@@ -281,6 +285,12 @@ impl Harness {
                 encode_frame(&message, &mut frame).expect("message fits a frame");
                 let message = decode_frame(&mut frame).expect("decodes").expect("whole frame");
                 self.received.push((self.now, peer, message.kind()));
+                let blocks = match &message {
+                    crate::wire::Message::Request { .. } => 1,
+                    crate::wire::Message::Requests { blocks, .. } => blocks.len(),
+                    _ => 0,
+                };
+                self.requested.extend((0..blocks).map(|_| (self.now, peer)));
                 self.pending.push_back((peer, Input::Message { conn: peer_conn, message }));
             }
             Output::Close { conn } => {

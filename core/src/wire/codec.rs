@@ -318,6 +318,7 @@ mod tests {
             listen_ip: Some(std::net::IpAddr::from([0xff; 16])),
             room_calls: true,
             takes_pushes: true,
+            request_batches: true,
         })
     }
 
@@ -368,9 +369,9 @@ mod tests {
     fn a_hello_without_room_calls_or_pushes_encodes_as_before_and_one_with_them_decodes_where_they_are_unknown() {
         let Message::Hello(mut calling) = hello() else { unreachable!("hello() is a Hello") };
         calling.listen_ip = None;
-        let plain = Hello { room_calls: false, takes_pushes: false, ..calling.clone() };
+        let plain = Hello { room_calls: false, takes_pushes: false, request_batches: false, ..calling.clone() };
         let body = |hello: &Hello| frame(&Message::Hello(hello.clone())).split_off(FRAME_HEADER_BYTES);
-        for needle in [&b"room_calls"[..], b"takes_pushes"] {
+        for needle in [&b"room_calls"[..], b"takes_pushes", b"request_batches"] {
             assert!(!body(&plain).windows(needle.len()).any(|w| w == needle), "the field is absent when false");
             assert!(body(&calling).windows(needle.len()).any(|w| w == needle));
         }
@@ -397,7 +398,7 @@ mod tests {
     #[test]
     fn the_largest_hello_fits_the_first_frame_limit_with_room_for_a_refusal() {
         let body_len = frame(&hello()).len() - FRAME_HEADER_BYTES;
-        assert!(body_len < 160, "a hello of {body_len} bytes");
+        assert!(body_len < 192, "a hello of {body_len} bytes");
         let refusal = Message::error(None, ErrorCode::Overloaded, "x".repeat(400));
         assert!(frame(&refusal).len() - FRAME_HEADER_BYTES <= HELLO_FRAME_BYTES_MAX);
     }
@@ -564,8 +565,8 @@ mod tests {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         });
         prop_oneof![
-            (any::<[u8; 16]>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(
-                |(id, port, room_calls, takes_pushes)| Message::Hello(Hello {
+            (any::<[u8; 16]>(), any::<u16>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(id, port, room_calls, takes_pushes, request_batches)| Message::Hello(Hello {
                     version: PROTOCOL_VERSION,
                     role: Role::Peer,
                     peer_id: PeerId(id),
@@ -573,6 +574,7 @@ mod tests {
                     listen_ip: None,
                     room_calls,
                     takes_pushes,
+                    request_batches,
                 })
             ),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
@@ -595,6 +597,12 @@ mod tests {
             (file_id.clone(), arb_bitfield()).prop_map(|(file_id, have)| Message::Bitfield { file_id, have }),
             (file_id.clone(), any::<u32>(), any::<u32>(), any::<u32>())
                 .prop_map(|(file_id, p, offset, len)| Message::Request { file_id, piece: PieceIndex(p), offset, len }),
+            (file_id.clone(), proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u32>()), 0..20)).prop_map(
+                |(file_id, blocks)| Message::Requests {
+                    file_id,
+                    blocks: blocks.into_iter().map(|(p, offset, len)| (PieceIndex(p), offset, len)).collect()
+                }
+            ),
             (file_id.clone(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
                 |(file_id, p, bytes)| {
                     Message::Data { file_id, piece: PieceIndex(p), offset: 0, bytes: bytes.into() }

@@ -64,12 +64,17 @@ pub struct Hello {
     /// as `room_calls`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub takes_pushes: bool,
+    /// The sender takes `Requests`: several block requests in one message. A peer sends
+    /// `Requests` only to remotes that said so here (to others each block in a `Request`).
+    /// Absent from the encoding when false, as `room_calls`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_batches: bool,
 }
 
 impl Hello {
     /// A `Hello` of this build's [`PROTOCOL_VERSION`] from `peer_id` as `role`, listening on
-    /// `listen_port`, that names no listen IP, takes no part in room calls and takes no
-    /// pushes: what a tracker or a client sends. A peer's own sets the other fields too.
+    /// `listen_port`, that names no listen IP, takes no part in room calls and takes neither
+    /// pushes nor request batches: what a tracker or a client sends. A peer's own sets the other fields too.
     pub fn new(role: Role, peer_id: PeerId, listen_port: u16) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
@@ -79,6 +84,7 @@ impl Hello {
             listen_ip: None,
             room_calls: false,
             takes_pushes: false,
+            request_batches: false,
         }
     }
 }
@@ -242,6 +248,17 @@ pub enum Message {
         /// Bytes wanted (at most one block).
         len: u32,
     },
+    /// Peer → peer: several `Request`s of one file in one message, each answered as if it came
+    /// alone and in this order: the blocks a downloader asks a remote for at once (a first
+    /// pipeline, a refill after a call) cost one frame, not one each. At most
+    /// [`REQUESTS_PER_MESSAGE_MAX`](crate::limits::REQUESTS_PER_MESSAGE_MAX) blocks, at least two;
+    /// sent only to a remote whose `Hello` set `request_batches`.
+    Requests {
+        /// The file's id.
+        file_id: FileId,
+        /// The blocks wanted: piece, offset within the piece, bytes (at most one block each).
+        blocks: Vec<(PieceIndex, u32, u32)>,
+    },
     /// Peer → peer: bytes of a piece, answering a `Request`.
     Data {
         /// The file's id.
@@ -333,6 +350,7 @@ impl Message {
             Message::Error { .. } => "error",
             Message::Bitfield { .. } => "bitfield",
             Message::Request { .. } => "request",
+            Message::Requests { .. } => "requests",
             Message::Data { .. } => "data",
             Message::Reject { .. } => "reject",
             Message::Room => "room",
