@@ -10,9 +10,8 @@
 //! requests to it ([`Requests`]). Its state is private: callers read it through accessors and
 //! change it through one method per step of the connection's life.
 
-use std::collections::{btree_map, BTreeMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Bound;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
@@ -284,7 +283,7 @@ struct Held {
 /// The open (or opening) peer-to-peer connections; see the module docs for the policy.
 #[derive(Debug, Default)]
 pub(super) struct Remotes {
-    by_conn: BTreeMap<ConnId, Remote>,
+    by_conn: ByConn,
     /// Per file some remote told us of, how many remotes hold each piece: the rarity the upload
     /// side orders a seeded file's requests by is read here instead of being counted over every
     /// remote (thousands) at each look. Only the methods below change a remote's pieces, and
@@ -326,26 +325,25 @@ impl Remotes {
     }
 
     /// Every connection, in `ConnId` order.
-    pub fn iter(&self) -> btree_map::Iter<'_, ConnId, Remote> {
-        self.by_conn.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        self.by_conn.entries.iter().map(pair)
     }
 
     /// The connections after `after` (all when `None`), in `ConnId` order.
-    pub fn iter_after(&self, after: Option<ConnId>) -> btree_map::Range<'_, ConnId, Remote> {
-        match after {
-            Some(conn) => self.by_conn.range((Bound::Excluded(conn), Bound::Unbounded)),
-            None => self.by_conn.range(..),
-        }
+    pub fn iter_after(&self, after: Option<ConnId>) -> Iter<'_> {
+        let entries = &self.by_conn.entries;
+        let start = after.map_or(0, |after| entries.partition_point(|(conn, _)| *conn <= after));
+        entries[start..].iter().map(pair)
     }
 
     /// Every connection id, in order.
-    pub fn keys(&self) -> btree_map::Keys<'_, ConnId, Remote> {
-        self.by_conn.keys()
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &ConnId> + DoubleEndedIterator + Clone {
+        self.by_conn.entries.iter().map(|(conn, _)| conn)
     }
 
     /// Every connection, in `ConnId` order.
-    pub fn values(&self) -> btree_map::Values<'_, ConnId, Remote> {
-        self.by_conn.values()
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &Remote> + DoubleEndedIterator + Clone {
+        self.by_conn.entries.iter().map(|(_, remote)| remote)
     }
 
     /// Forgets `conn`.
@@ -451,23 +449,23 @@ impl Remotes {
 
     /// The connections whose handshake is done.
     pub fn ready(&self) -> Vec<ConnId> {
-        self.by_conn.iter().filter(|(_, r)| r.is_ready()).map(|(c, _)| *c).collect()
+        self.iter().filter(|(_, r)| r.is_ready()).map(|(c, _)| *c).collect()
     }
 
     /// The connections to `peer_id`.
     pub fn of_peer(&self, peer_id: PeerId) -> Vec<ConnId> {
-        self.by_conn.iter().filter(|(_, r)| r.peer_id == peer_id).map(|(c, _)| *c).collect()
+        self.iter().filter(|(_, r)| r.peer_id == peer_id).map(|(c, _)| *c).collect()
     }
 
     /// A connection to `peer_id` or to `addr`, if one is open.
     pub fn find(&self, peer_id: PeerId, addr: SocketAddr) -> Option<ConnId> {
-        self.by_conn.iter().find(|(_, r)| r.peer_id == peer_id || r.addr == addr).map(|(c, _)| *c)
+        self.iter().find(|(_, r)| r.peer_id == peer_id || r.addr == addr).map(|(c, _)| *c)
     }
 
     /// Whether a connection to `addr` may be opened at `now`: under the caps, and `addr` did
     /// not fail within [`REMOTE_RETRY_DELAY`].
     pub fn may_open(&self, addr: SocketAddr, now: Time) -> bool {
-        let outbound = self.by_conn.values().filter(|r| r.outbound).count();
+        let outbound = self.values().filter(|r| r.outbound).count();
         let retry_ok = self.retry_at.get(&addr).is_none_or(|t| *t <= now);
         outbound < OUTBOUND_PEERS_MAX && self.by_conn.len() < CONNECTIONS_MAX && retry_ok
     }
@@ -500,6 +498,78 @@ impl Remotes {
     pub fn back_off(&mut self, addr: SocketAddr, now: Time) {
         self.retry_at.retain(|_, until| *until > now);
         self.retry_at.insert(addr, now + REMOTE_RETRY_DELAY);
+    }
+}
+
+/// The remotes by connection: a vector sorted by `ConnId`, walked in order as one block, and a
+/// hash index of each connection's place in it. Every message looks its remote up here first:
+/// one probe of the index reads a line or two, where a search of an ordered tree reads a cold
+/// node at each level. Connections open and close far less often than messages arrive, so
+/// renumbering the places behind an insertion or a removal is cheap.
+#[derive(Debug, Default)]
+struct ByConn {
+    entries: Vec<(ConnId, Remote)>,
+    /// Where each connection of `entries` is.
+    index: ConnIndex,
+}
+
+/// Remotes in `ConnId` order, as `(conn, remote)`.
+pub(super) type Iter<'a> =
+    std::iter::Map<std::slice::Iter<'a, (ConnId, Remote)>, fn(&(ConnId, Remote)) -> (&ConnId, &Remote)>;
+
+fn pair((conn, remote): &(ConnId, Remote)) -> (&ConnId, &Remote) {
+    (conn, remote)
+}
+
+/// A hash map, which the workspace otherwise forbids for its random iteration order: this one
+/// is never iterated (order comes from `ByConn::entries`), and its hasher's seed is fixed.
+#[allow(clippy::disallowed_types)]
+type ConnIndex = std::collections::HashMap<ConnId, usize, foldhash::fast::FixedState>;
+
+impl ByConn {
+    fn get(&self, conn: &ConnId) -> Option<&Remote> {
+        self.index.get(conn).map(|at| &self.entries[*at].1)
+    }
+
+    fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Remote> {
+        self.index.get(conn).map(|at| &mut self.entries[*at].1)
+    }
+
+    fn contains_key(&self, conn: &ConnId) -> bool {
+        self.index.contains_key(conn)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds or replaces `conn`'s remote; returns the one replaced.
+    fn insert(&mut self, conn: ConnId, remote: Remote) -> Option<Remote> {
+        if let Some(at) = self.index.get(&conn) {
+            return Some(std::mem::replace(&mut self.entries[*at].1, remote));
+        }
+        let at = self.entries.partition_point(|(c, _)| *c < conn);
+        self.entries.insert(at, (conn, remote));
+        self.renumber(at);
+        None
+    }
+
+    fn remove(&mut self, conn: &ConnId) -> Option<Remote> {
+        let at = self.index.remove(conn)?;
+        let (_, remote) = self.entries.remove(at);
+        self.renumber(at);
+        Some(remote)
+    }
+
+    /// Records the places of the entries from `from` on, which moved.
+    fn renumber(&mut self, from: usize) {
+        for (at, (conn, _)) in self.entries.iter().enumerate().skip(from) {
+            self.index.insert(*conn, at);
+        }
     }
 }
 
@@ -545,6 +615,29 @@ mod tests {
             );
         }
         assert!(!remotes.may_open("10.0.0.2:1".parse().expect("an address"), Time::ZERO), "at the cap");
+    }
+
+    #[test]
+    fn remotes_are_found_by_connection_and_walked_in_connection_order_as_they_come_and_go() {
+        let mut remotes = Remotes::new();
+        let remote = |n: u8| Remote::inbound(SocketAddr::from(([10, 0, 1, n], 1)), PeerId([n; 16]), Time::ZERO);
+        let conns = [ConnId::Inbound(5), ConnId::Outbound(9), ConnId::Inbound(1), ConnId::Outbound(2)];
+        for (n, conn) in (1..).zip(conns) {
+            remotes.accept(conn, remote(n));
+        }
+        remotes.remove(&ConnId::Inbound(5));
+        remotes.accept(ConnId::Inbound(3), remote(9));
+        let mut sorted = vec![ConnId::Outbound(9), ConnId::Inbound(1), ConnId::Outbound(2), ConnId::Inbound(3)];
+        sorted.sort_unstable();
+        assert_eq!(remotes.keys().copied().collect::<Vec<_>>(), sorted);
+        for (conn, n) in
+            [(ConnId::Outbound(9), 2), (ConnId::Inbound(1), 3), (ConnId::Outbound(2), 4), (ConnId::Inbound(3), 9)]
+        {
+            assert_eq!(remotes.get(&conn).map(Remote::peer_id), Some(PeerId([n; 16])), "{conn}");
+        }
+        assert!(remotes.get(&ConnId::Inbound(5)).is_none());
+        let after: Vec<ConnId> = remotes.iter_after(Some(sorted[1])).map(|(conn, _)| *conn).collect();
+        assert_eq!(after, sorted[2..]);
     }
 
     /// The holder counts, piece by piece, against a walk over every remote's pieces.
