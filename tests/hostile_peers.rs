@@ -1,8 +1,9 @@
 //! Hostile peers inside a private swarm (they hold the swarm key), against the real binaries on
 //! loopback: clients that take every inbound slot of a seeder and only keep their connections
-//! alive make way for an honest downloader, which completes; and a holder that sends garbage
-//! for the first block of each piece it is asked for (then drops the connection, so the honest
-//! seeder finishes the piece) costs the download nothing and never gets the seeder banned; and
+//! alive make way for an honest downloader, which completes (a newcomer meanwhile gets the
+//! manifest it asks for and is refused); and a holder that sends garbage for the first block of
+//! each piece it is asked for (then drops the connection, so the honest seeder finishes the
+//! piece) costs the download nothing and never gets the seeder banned; and
 //! clients that take every upload slot of a seeder, keep asking for blocks and never read what
 //! they are sent give their slots up to an honest downloader, which completes.
 
@@ -46,11 +47,20 @@ fn hogs_holding_every_inbound_slot_of_a_seeder_make_way_for_an_honest_downloader
     let file_id = seeder.wait_sharing().file_id;
 
     let hogs: Vec<WireClient> = (0..INBOUND_PEERS_MAX).map(|_| hog(seeder.addr(), swarm.keys())).collect();
+    // With every slot taken by connections that exchanged nothing for less than the eviction
+    // delay, a newcomer is let in beside them only to have its manifest ask answered.
     let mut one_more = WireClient::connect(None, seeder.addr(), swarm.keys()).expect("a handshake");
     send_hello(&mut one_more, 0);
     match one_more.recv(CONNECT_TIMEOUT) {
-        Some(Message::Error { code: ErrorCode::Overloaded, .. }) => {}
-        other => panic!("with every slot taken, a newcomer that exchanged nothing was answered {other:?}"),
+        Some(Message::Hello(_)) => {}
+        other => panic!("with every slot taken, a newcomer's hello was answered {other:?}"),
+    }
+    let file: FileId = file_id.parse().expect("a file id");
+    one_more.send(&Message::GetManifest { file_id: file });
+    match (one_more.recv(CONNECT_TIMEOUT), one_more.recv(CONNECT_TIMEOUT), one_more.recv(CONNECT_TIMEOUT)) {
+        (Some(Message::Manifest { manifest }), Some(Message::Error { code: ErrorCode::Overloaded, .. }), None)
+            if manifest.file_id() == file => {}
+        other => panic!("a newcomer's manifest ask beside the full slots was answered {other:?}"),
     }
     let keepalive = Keepalive::start(hogs);
 

@@ -190,6 +190,19 @@ pub const OUTBOUND_PEERS_MAX: usize = 32;
 /// the per-piece work of telling remotes about new pieces.
 pub const INBOUND_PEERS_MAX: usize = 64;
 
+/// Inbound connections a peer whose [`INBOUND_PEERS_MAX`] slots are all taken (by remotes
+/// that exchanged data lately) still accepts, beside them, only to answer one manifest ask
+/// before it refuses them: a flash crowd's newcomers can join the exchange only once they know
+/// the manifest, the tracker sends it to few, and the peers it names as knowing it are the
+/// ones whose slots fill first. Each costs a `Hello`, at most one manifest and a refusal; one
+/// that asks nothing is refused at its first message or closed after [`INBOUND_COURTESY_TIMEOUT`].
+pub const INBOUND_COURTESY_MAX: usize = 16;
+
+/// How long a connection accepted beyond the slots ([`INBOUND_COURTESY_MAX`]) stays open at
+/// most, handshake included: the remote's manifest ask comes a round trip after it connected
+/// (it sends it once our `Hello` arrives), so an honest asker is answered well within it.
+pub const INBOUND_COURTESY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most peer-to-peer connections a peer accepts from one source IP, unless the IP is a
 /// loopback address. A NAT may hide several honest peers, so an address gets an eighth of the
 /// inbound slots, not one. Loopback is exempt: a process on the node's own host can already do

@@ -7,8 +7,9 @@
 //! - which peers of a `Located` answer are worth a connection (holders of a missing piece, and
 //!   newcomers that hold nothing yet), and who holds each missing piece ([`located`]);
 //! - whether a remote's `Hello` completes its handshake ([`hello`]);
-//! - which connections timed out: a handshake too slow, a connection idle too long, a remote
-//!   that let our requests stall ([`timeouts`], checked once a second).
+//! - which connections timed out: a courtesy connection (see `slots`) kept past its second, a
+//!   handshake too slow, a connection idle too long, a remote that let our requests stall
+//!   ([`timeouts`], checked once a second).
 
 use std::net::SocketAddr;
 
@@ -102,8 +103,10 @@ pub(super) fn hello(remote: &mut Remote, hello: &Hello) -> Result<Vec<FileId>, H
 /// The connections whose deadline passed at `now`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Timeouts {
-    /// Handshakes that took longer than [`HANDSHAKE_TIMEOUT`], and ready connections idle for
-    /// [`IDLE_TIMEOUT`] (no request of ours waiting, nothing being served to them).
+    /// Courtesy connections (see `slots`) still open
+    /// [`crate::limits::INBOUND_COURTESY_TIMEOUT`] after they connected, handshakes that took
+    /// longer than [`HANDSHAKE_TIMEOUT`], and ready connections idle for [`IDLE_TIMEOUT`] (no
+    /// request of ours waiting, nothing being served to them).
     pub close: Vec<ConnId>,
     /// Ready remotes that let our requests wait past their stall deadline.
     pub stalled: Vec<ConnId>,
@@ -113,7 +116,11 @@ pub(super) struct Timeouts {
 pub(super) fn timeouts(remotes: &Remotes, now: Time, serving: impl Fn(ConnId) -> usize) -> Timeouts {
     let mut found = Timeouts::default();
     for (conn, remote) in remotes.iter() {
-        if let Some(opened) = remote.handshake_since() {
+        if let Some(deadline) = remote.courtesy_deadline() {
+            if deadline <= now {
+                found.close.push(*conn);
+            }
+        } else if let Some(opened) = remote.handshake_since() {
             if opened + HANDSHAKE_TIMEOUT <= now {
                 found.close.push(*conn);
             }

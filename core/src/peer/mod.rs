@@ -800,19 +800,21 @@ impl Peer {
                 } else {
                     admit(&self.remotes, addr.ip(), self.now)
                 };
-                match admission {
-                    Admission::Accept => {}
+                let remote = match admission {
+                    Admission::Accept => Remote::inbound(addr, proven, self.now),
                     Admission::Evict(idle) => {
                         self.send(idle, Message::error(None, ErrorCode::Overloaded, "slot given to a newcomer"));
                         self.close_remote(idle);
+                        Remote::inbound(addr, proven, self.now)
                     }
+                    Admission::Courtesy => Remote::courtesy(addr, proven, self.now),
                     Admission::Refuse(why) => {
                         self.send(conn, Message::error(None, ErrorCode::Overloaded, why.detail()));
                         self.push(Output::Close { conn });
                         return;
                     }
-                }
-                self.remotes.accept(conn, Remote::inbound(addr, proven, self.now));
+                };
+                self.remotes.accept(conn, remote);
             }
         }
         let hello = self.hello();
@@ -834,6 +836,9 @@ impl Peer {
                 other => self.violation(conn, format!("{} before hello", other.kind())),
             }
             return;
+        }
+        if remote.is_courtesy() {
+            return self.on_courtesy_message(conn, message);
         }
         match message {
             Message::Bitfield { file_id, have } => self.on_remote_bitfield(conn, file_id, have),
@@ -866,9 +871,29 @@ impl Peer {
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
                 self.forget_remote_file(conn, file_id)
             }
+            // A full holder that answered our manifest ask (or gave our slot to a newcomer):
+            // it is tried again as one that refused us at once, the back-off counted from
+            // when the connection opened.
+            Message::Error { code: ErrorCode::Overloaded, .. } if remote.is_outbound() => {
+                let (addr, opened) = (remote.addr(), remote.opened());
+                self.remotes.back_off(addr, opened);
+                self.close_remote(conn);
+            }
             Message::Error { .. } => {}
             other => self.violation(conn, format!("unexpected {}", other.kind())),
         }
+    }
+
+    /// The first message of a remote accepted beyond the slots (see `slots`) after its
+    /// handshake: a manifest ask is answered; then, whatever it sent, it is refused as busy.
+    fn on_courtesy_message(&mut self, conn: ConnId, message: Message) {
+        if let Message::GetManifest { file_id } = message {
+            if let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
+                self.send(conn, Message::Manifest { manifest: Box::new(manifest) });
+            }
+        }
+        self.send(conn, Message::error(None, ErrorCode::Overloaded, Refusal::Busy.detail()));
+        self.close_remote(conn);
     }
 
     fn on_remote_hello(&mut self, conn: ConnId, hello: Hello) {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
-use crate::limits::{CONNECTIONS_MAX, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY};
+use crate::limits::{CONNECTIONS_MAX, INBOUND_COURTESY_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY};
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 use crate::wire::Hello;
@@ -69,6 +69,9 @@ pub(super) struct Remote {
     takes_pushes: bool,
     /// Its `Hello` said it takes `Requests`: several block requests in one message.
     request_batches: bool,
+    /// Accepted beyond the inbound slots only to answer a manifest ask (see `slots`): its
+    /// first message after the handshake is answered and the connection closed.
+    courtesy: bool,
 }
 
 impl Remote {
@@ -83,6 +86,12 @@ impl Remote {
     /// A connection the driver accepted from `addr`, whose key proved `peer_id`.
     pub fn inbound(addr: SocketAddr, peer_id: PeerId, now: Time) -> Remote {
         Remote::new(addr, peer_id, Stage::AwaitHello, false, now)
+    }
+
+    /// A connection the driver accepted from `addr` while every inbound slot is taken, kept
+    /// only to answer its manifest ask (see `slots`).
+    pub fn courtesy(addr: SocketAddr, peer_id: PeerId, now: Time) -> Remote {
+        Remote { courtesy: true, ..Remote::inbound(addr, peer_id, now) }
     }
 
     fn new(addr: SocketAddr, peer_id: PeerId, stage: Stage, outbound: bool, now: Time) -> Remote {
@@ -101,6 +110,7 @@ impl Remote {
             room_calls: false,
             takes_pushes: false,
             request_batches: false,
+            courtesy: false,
         }
     }
 
@@ -145,10 +155,26 @@ impl Remote {
         self.stage == Stage::Ready
     }
 
+    /// Whether it was accepted beyond the inbound slots, only to answer a manifest ask.
+    pub fn is_courtesy(&self) -> bool {
+        self.courtesy
+    }
+
     /// When the handshake times out: the connection opened, or (outbound) was connected, at
     /// the returned time; `None` once the handshake is done.
     pub fn handshake_since(&self) -> Option<Time> {
         (!self.is_ready()).then_some(self.opened)
+    }
+
+    /// When a courtesy connection is closed if it is still open, handshake done or not; `None`
+    /// for the others.
+    pub fn courtesy_deadline(&self) -> Option<Time> {
+        self.courtesy.then_some(self.opened + INBOUND_COURTESY_TIMEOUT)
+    }
+
+    /// When the connection opened (outbound: when it was connected).
+    pub fn opened(&self) -> Time {
+        self.opened
     }
 
     /// When a frame last arrived.

@@ -8,14 +8,21 @@
 //! inbound connection that has gone longest without giving a block we asked for or taking a
 //! block we served makes way for the newcomer, once it has been idle for
 //! [`INBOUND_IDLE_BEFORE_EVICTION`]. A connection with our requests in flight (mid-transfer of
-//! data we want) is never evicted. When no connection qualifies, the newcomer is refused.
+//! data we want) is never evicted. When no connection qualifies, the newcomer is accepted
+//! as a courtesy beside the slots, up to [`INBOUND_COURTESY_MAX`] of them at once: it is sent our
+//! `Hello`, its manifest ask is answered, and its first message (whatever it is) gets the
+//! refusal; past that bound it is refused at once. A flash crowd's newcomer learns the manifest
+//! from the peers the tracker names as knowing it, whose slots fill first, and without it
+//! could not join the exchange until its next ask of the tracker.
 //!
 //! This module only decides, over the table of remotes; `links` carries the decision out.
 
 use std::net::IpAddr;
 
 use crate::ids::ConnId;
-use crate::limits::{CONNECTIONS_MAX, INBOUND_IDLE_BEFORE_EVICTION, INBOUND_PEERS_MAX, INBOUND_PEERS_PER_IP_MAX};
+use crate::limits::{
+    CONNECTIONS_MAX, INBOUND_COURTESY_MAX, INBOUND_IDLE_BEFORE_EVICTION, INBOUND_PEERS_MAX, INBOUND_PEERS_PER_IP_MAX,
+};
 use crate::time::Time;
 use crate::wire::is_loopback;
 
@@ -28,6 +35,9 @@ pub(super) enum Admission {
     Accept,
     /// Every slot is taken: close this idle connection and accept the newcomer.
     Evict(ConnId),
+    /// Every slot is taken by a connection that exchanged data lately: accept the newcomer
+    /// only to answer its manifest ask (`Remote::courtesy`), then refuse it as busy.
+    Courtesy,
     /// Refuse the newcomer, for this reason.
     Refuse(Refusal),
 }
@@ -60,13 +70,21 @@ pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
     {
         return Admission::Refuse(Refusal::AddressFull);
     }
-    if inbound().count() < INBOUND_PEERS_MAX && remotes.iter().len() < CONNECTIONS_MAX {
+    let courtesies = inbound().filter(|(_, r)| r.is_courtesy()).count();
+    let room = remotes.iter().len() < CONNECTIONS_MAX;
+    if inbound().count() - courtesies < INBOUND_PEERS_MAX && room {
         return Admission::Accept;
     }
-    inbound()
-        .filter(|(_, r)| r.requests().is_empty() && r.useful_at() + INBOUND_IDLE_BEFORE_EVICTION <= now)
-        .min_by_key(|(conn, r)| (r.useful_at(), **conn))
-        .map_or(Admission::Refuse(Refusal::Busy), |(conn, _)| Admission::Evict(*conn))
+    let idle = inbound()
+        .filter(|(_, r)| {
+            !r.is_courtesy() && r.requests().is_empty() && r.useful_at() + INBOUND_IDLE_BEFORE_EVICTION <= now
+        })
+        .min_by_key(|(conn, r)| (r.useful_at(), **conn));
+    match idle {
+        Some((conn, _)) => Admission::Evict(*conn),
+        None if courtesies < INBOUND_COURTESY_MAX && room => Admission::Courtesy,
+        None => Admission::Refuse(Refusal::Busy),
+    }
 }
 
 #[cfg(test)]
@@ -101,7 +119,12 @@ mod tests {
         let mut remotes = filled(INBOUND_PEERS_MAX, Time::ZERO);
         let newcomer = addr(1000).ip();
         let soon = Time::ZERO + (INBOUND_IDLE_BEFORE_EVICTION - Duration::from_millis(1));
-        assert_eq!(admit(&remotes, newcomer, soon), Admission::Refuse(Refusal::Busy), "all exchanged data lately");
+        assert_eq!(admit(&remotes, newcomer, soon), Admission::Courtesy, "all exchanged data lately: a manifest ask");
+        for n in 0..INBOUND_COURTESY_MAX {
+            let courtesy = Remote::courtesy(addr(2000 + n as u32), PeerId([2; 16]), Time::ZERO);
+            remotes.accept(ConnId::Inbound(1000 + n as u64), courtesy);
+        }
+        assert_eq!(admit(&remotes, newcomer, soon), Admission::Refuse(Refusal::Busy), "a few such asks at once");
         let later = Time::ZERO + INBOUND_IDLE_BEFORE_EVICTION;
         assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(0)), "ties go by connection");
         // The first gave a block lately, the second has our requests in flight: the third goes.
@@ -146,7 +169,11 @@ mod tests {
                 Remote::inbound(SocketAddr::new(loopback, 40_000), PeerId([1; 16]), Time::ZERO),
             );
         }
-        assert_eq!(admit(&local, loopback, Time::ZERO), Admission::Refuse(Refusal::Busy), "the overall cap holds");
+        assert_eq!(
+            admit(&local, loopback, Time::ZERO),
+            Admission::Courtesy,
+            "the overall cap holds: only a manifest ask beside it"
+        );
 
         // Loopback through a dual-stack listener is loopback too.
         let mut mapped = Remotes::new();
@@ -187,7 +214,8 @@ mod tests {
         let keepalive_at = Time::ZERO + INBOUND_IDLE_BEFORE_EVICTION;
         let refused =
             connect(&mut peer, hogs + 1, Time::ZERO + (INBOUND_IDLE_BEFORE_EVICTION - Duration::from_millis(1)));
-        assert!(refused.contains(&Output::Close { conn: ConnId::Inbound(u64::from(hogs) + 1) }), "{refused:?}");
+        assert!(!refused.contains(&Output::Close { conn: ConnId::Inbound(u64::from(hogs) + 1) }), "{refused:?}");
+        assert!(peer.remotes.get(&ConnId::Inbound(u64::from(hogs) + 1)).is_some_and(Remote::is_courtesy));
         // Every hog keeps its connection alive with a frame that exchanges no data.
         for n in 1..=hogs {
             let message = Message::error(None, ErrorCode::BadRequest, "still here");

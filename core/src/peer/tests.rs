@@ -476,6 +476,70 @@ fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
 }
 
 #[test]
+fn a_full_holder_answers_a_newcomers_manifest_ask_before_refusing_it_and_keeps_few_such_newcomers_for_long() {
+    use crate::limits::{CONNECTION_CHECK_INTERVAL, INBOUND_COURTESY_MAX, INBOUND_COURTESY_TIMEOUT, INBOUND_PEERS_MAX};
+    use crate::machine::{Input, Output};
+    use crate::wire::{ErrorCode, Hello, Message, Role};
+    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 23);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let mut holder = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
+    let at = |ms| Time::from_millis(ms);
+    command(&mut holder, at(0), Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(4) });
+    // Remote `n` connects from its own address and says `Hello`; what the holder sent it.
+    let connect = |holder: &mut super::Peer, n: u16, ms: u64| {
+        let (conn, peer_id) = (crate::ConnId::Inbound(u64::from(n)), crate::PeerId::from_seed(1000 + u64::from(n)));
+        let addr = std::net::SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000));
+        let mut outputs = step(holder, at(ms), Input::Connected { conn, remote: addr, peer_id });
+        let hello = Message::Hello(Hello::new(Role::Peer, peer_id, 40_000));
+        outputs.extend(step(holder, at(ms), Input::Message { conn, message: hello }));
+        (conn, outputs)
+    };
+    let closed = |outputs: &[Output], conn| outputs.contains(&Output::Close { conn });
+    let refused = |outputs: &[Output]| {
+        sent(outputs).iter().any(|m| matches!(m, Message::Error { code: ErrorCode::Overloaded, .. }))
+    };
+    let slots = u16::try_from(INBOUND_PEERS_MAX).expect("fits");
+    for n in 1..=slots {
+        let (conn, outputs) = connect(&mut holder, n, 0);
+        assert!(!closed(&outputs, conn), "slot {n} is free: {outputs:?}");
+    }
+
+    // Every slot exchanged data lately: a newcomer is let in only to ask for the manifest.
+    let (asker, outputs) = connect(&mut holder, slots + 1, 100);
+    assert!(!closed(&outputs, asker) && !refused(&outputs), "{outputs:?}");
+    let answered =
+        step(&mut holder, at(200), Input::Message { conn: asker, message: Message::GetManifest { file_id: id } });
+    let messages = sent(&answered);
+    assert_eq!(messages.len(), 2, "the manifest and the refusal, no bitfield: {answered:?}");
+    assert_eq!(messages[0], &Message::Manifest { manifest: Box::new(manifest.clone()) });
+    assert!(refused(&answered) && closed(&answered, asker), "{answered:?}");
+
+    // One that knows the manifest already gets the refusal at its first message.
+    let (knower, _) = connect(&mut holder, slots + 2, 300);
+    let bitfield = Message::Bitfield { file_id: id, have: crate::Bitfield::new(4) };
+    let turned = step(&mut holder, at(400), Input::Message { conn: knower, message: bitfield });
+    assert_eq!(sent(&turned).len(), 1, "{turned:?}");
+    assert!(refused(&turned) && closed(&turned, knower), "{turned:?}");
+
+    // At most INBOUND_COURTESY_MAX wait at once; the next is refused as it connects, and the
+    // silent ones are closed once their time is up, the one that never said `Hello` too.
+    let courtesy = u16::try_from(INBOUND_COURTESY_MAX).expect("fits");
+    let mut silent: Vec<crate::ConnId> = (1..courtesy).map(|i| connect(&mut holder, slots + 10 + i, 500).0).collect();
+    let mute = crate::ConnId::Inbound(u64::from(slots + 10));
+    let (remote, peer_id) = (std::net::SocketAddr::from(([10, 2, 0, 1], 40_000)), crate::PeerId::from_seed(999));
+    step(&mut holder, at(500), Input::Connected { conn: mute, remote, peer_id });
+    silent.push(mute);
+    let (late, outputs) = connect(&mut holder, slots + 10 + courtesy, 500);
+    assert!(refused(&outputs) && closed(&outputs, late), "{outputs:?}");
+    let due = 500 + (INBOUND_COURTESY_TIMEOUT + CONNECTION_CHECK_INTERVAL).as_millis() as u64;
+    let timed_out = step(&mut holder, at(due), Input::Timeout);
+    assert!(silent.iter().all(|conn| closed(&timed_out, *conn)), "{timed_out:?}");
+    let (again, outputs) = connect(&mut holder, slots + 10 + courtesy + 1, due);
+    assert!(!closed(&outputs, again), "room for a newcomer's ask again: {outputs:?}");
+}
+
+#[test]
 fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     // More pieces than may be active at once, and every hash held back: the downloader fills
     // its active pieces and waits. As soon as the hashes arrive it must start the rest itself;
@@ -532,6 +596,26 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate
         })
         .expect("the peer dials the holder");
     (peer, dialled)
+}
+
+#[test]
+fn a_holder_that_answers_the_manifest_ask_then_refuses_is_dialled_again_only_after_the_back_off() {
+    use crate::limits::REMOTE_RETRY_DELAY;
+    use crate::machine::{Input, Output};
+    use crate::wire::{ErrorCode, Hello, Message, Role};
+    let holder =
+        crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let (mut peer, conn) = dialling_a_named_holder(holder);
+    step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+    let hello = Message::Hello(Hello::new(Role::Peer, holder.peer_id, 7000));
+    let asked = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: hello });
+    assert!(sent(&asked).iter().any(|m| matches!(m, Message::GetManifest { .. })), "{asked:?}");
+    let busy = Message::error(None, ErrorCode::Overloaded, "too many connections");
+    let refused = step(&mut peer, Time::from_millis(30), Input::Message { conn, message: busy });
+    assert!(refused.contains(&Output::Close { conn }), "{refused:?}");
+    let retry_ms = 10 + REMOTE_RETRY_DELAY.as_millis() as u64;
+    assert!(!peer.remotes.may_open(holder.addr, Time::from_millis(retry_ms - 1)));
+    assert!(peer.remotes.may_open(holder.addr, Time::from_millis(retry_ms)), "counted from when it opened");
 }
 
 #[test]
