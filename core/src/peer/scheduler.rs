@@ -63,6 +63,10 @@ pub(super) struct Requests {
     awaits_call: bool,
     /// How fast it delivers our requests (sizes our pipeline to it).
     rate: DeliveryRate,
+    /// The requests sent at `last_sent_at`, the latest instant any went out: a `Busy` for
+    /// one of them came after all our requests, so none of ours crossed it.
+    last_sent: Vec<BlockKey>,
+    last_sent_at: Time,
 }
 
 impl Requests {
@@ -75,6 +79,8 @@ impl Requests {
             resting_until: None,
             awaits_call: false,
             rate: DeliveryRate::default(),
+            last_sent: Vec::new(),
+            last_sent_at: now,
         }
     }
 
@@ -105,6 +111,17 @@ impl Requests {
         }
         self.rate.start(now);
         self.in_flight.insert(key);
+        if self.last_sent_at != now {
+            self.last_sent.clear();
+            self.last_sent_at = now;
+        }
+        self.last_sent.push(key);
+    }
+
+    /// Whether we sent requests after `key` (so after the remote answered it, they may have
+    /// crossed its answer).
+    fn sent_after(&self, key: BlockKey) -> bool {
+        !self.last_sent.contains(&key)
     }
 
     /// Requests of blocks of `block_bytes` to keep in flight: the bytes it delivers in
@@ -594,11 +611,18 @@ impl<'a> Scheduler<'a> {
         if reason == RejectReason::Busy && remote.room_calls() {
             // Even when this request was cancelled meanwhile: the others are dropped all the same.
             let pieces: Vec<(FileId, PieceIndex)> = remote.requests().assigned.iter().copied().collect();
+            let crossed = remote.requests().sent_after((file_id, piece, offset));
             remote.requests_mut().awaits_call = true;
             self.rest(conn, Some(self.now + BUSY_CALL_WAIT_MAX));
-            // Nothing to cancel: the remote dropped our other requests.
+            // The remote dropped our requests sent with or before the refused one. Those sent
+            // later crossed its `Busy` and may have found room there after all: cancel them, or
+            // the pieces they ask for, freed here for other holders, would come twice.
             for &(file_id, piece) in &pieces {
-                self.release(conn, file_id, piece);
+                if crossed {
+                    self.unassign(conn, file_id, piece);
+                } else {
+                    self.release(conn, file_id, piece);
+                }
             }
             for (file_id, piece) in pieces {
                 self.schedule_holders(file_id, piece);

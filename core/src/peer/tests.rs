@@ -723,7 +723,8 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
     let mut pieces = requests(&asked);
     pieces.sort_unstable();
     assert_eq!(pieces, [0, 1, 2, 3], "its whole pipeline: {asked:?}");
-    // One `Busy` answers them all: nothing is cancelled (they were dropped), nothing asked.
+    // One `Busy` answers them all, sent with the refused one: nothing is cancelled (they were
+    // dropped), nothing asked.
     let first = PieceIndex(pieces[0]);
     let busy = Message::Reject { file_id: id, piece: first, offset: 0, reason: RejectReason::Busy };
     let refused = hear(&mut peer, 30, busy);
@@ -869,4 +870,31 @@ fn a_whole_file_seeder_takes_a_newcomers_first_request_on_its_behalf() {
     assert_eq!(kinds(downloader, "pushed"), 1);
     assert_eq!(h.requested.iter().filter(|(_, to)| *to == seeder).count(), 3, "blocks asked for");
     assert_eq!(kinds(seeder, "cancel"), 0);
+}
+
+#[test]
+fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crossed_it() {
+    use crate::machine::Output;
+    use crate::wire::{Hello, Message, RejectReason, Role};
+    let (mut peer, conn, holder, _, manifest) = connected_to_a_named_holder();
+    let id = manifest.file_id();
+    let at = Time::from_millis;
+    let hear =
+        |peer: &mut super::Peer, ms, message| step(peer, at(ms), crate::machine::Input::Message { conn, message });
+    let hello = Hello { room_calls: true, ..Hello::new(Role::Peer, holder.peer_id, 7000) };
+    hear(&mut peer, 20, Message::Hello(hello));
+    hear(&mut peer, 21, Message::Manifest { manifest: Box::new(manifest.clone()) });
+    let mut have = crate::Bitfield::new(4);
+    have.set(PieceIndex(0));
+    let asked = hear(&mut peer, 22, Message::Bitfield { file_id: id, have });
+    assert!(matches!(sent(&asked)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{asked:?}");
+    // The remote gets piece 1 and is asked for it: a request sent after the first one.
+    let later = hear(&mut peer, 25, Message::Have { file_id: id, piece: PieceIndex(1) });
+    assert!(matches!(sent(&later)[..], [Message::Request { piece: PieceIndex(1), .. }]), "{later:?}");
+    // Its `Busy` for the first crossed the second, which may have found room after all.
+    let busy = Message::Reject { file_id: id, piece: PieceIndex(0), offset: 0, reason: RejectReason::Busy };
+    let refused = hear(&mut peer, 30, busy);
+    let cancels: Vec<&Message> = sent(&refused).into_iter().filter(|m| matches!(m, Message::Cancel { .. })).collect();
+    assert_eq!(cancels, [&Message::Cancel { file_id: id, piece: PieceIndex(1), offset: 0 }], "{refused:?}");
+    assert!(!refused.iter().any(|o| matches!(o, Output::Close { .. })), "{refused:?}");
 }
