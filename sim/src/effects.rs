@@ -71,7 +71,7 @@ impl World {
     pub(crate) fn send(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match &message {
             Message::Request { .. } | Message::Requests { .. } => {
-                let blocks = if let Message::Requests { blocks, .. } = &message { blocks.len() } else { 1 };
+                let blocks = message.block_requests();
                 let count = self.nodes[node.0].in_flight.get_or_insert_with(conn, || 0);
                 *count += blocks;
                 let count = *count;

@@ -285,12 +285,7 @@ impl Harness {
                 encode_frame(&message, &mut frame).expect("message fits a frame");
                 let message = decode_frame(&mut frame).expect("decodes").expect("whole frame");
                 self.received.push((self.now, peer, message.kind()));
-                let blocks = match &message {
-                    crate::wire::Message::Request { .. } => 1,
-                    crate::wire::Message::Requests { blocks, .. } => blocks.len(),
-                    _ => 0,
-                };
-                self.requested.extend((0..blocks).map(|_| (self.now, peer)));
+                self.requested.extend((0..message.block_requests()).map(|_| (self.now, peer)));
                 self.pending.push_back((peer, Input::Message { conn: peer_conn, message }));
             }
             Output::Close { conn } => {

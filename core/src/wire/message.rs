@@ -334,6 +334,16 @@ pub enum Message {
 }
 
 impl Message {
+    /// How many block requests it carries: one for a `Request`, one per block of a `Requests`,
+    /// none for any other message.
+    pub fn block_requests(&self) -> usize {
+        match self {
+            Message::Request { .. } => 1,
+            Message::Requests { blocks, .. } => blocks.len(),
+            _ => 0,
+        }
+    }
+
     /// A short name of the variant, for logs and traces.
     pub fn kind(&self) -> &'static str {
         match self {
