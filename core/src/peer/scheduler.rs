@@ -157,6 +157,12 @@ impl Requests {
         self.resting_until.is_some_and(|until| until > now)
     }
 
+    /// Whether another request of a `block_bytes` block may go out at `now`: it does not rest
+    /// and its pipeline has room.
+    fn takes_another(&self, block_bytes: u32, now: Time) -> bool {
+        !self.is_resting(now) && self.in_flight.len() < self.pipeline_depth(block_bytes)
+    }
+
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
     /// when that is longer (a request can wait that long in its upload line: a turn on each of
@@ -413,7 +419,7 @@ impl<'a> Scheduler<'a> {
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
             let requests = remote.requests();
-            if requests.in_flight.len() >= requests.pipeline_depth(block_bytes) || requests.is_resting(self.now) {
+            if !requests.takes_another(block_bytes, self.now) {
                 return;
             }
             if let Some((piece, block)) = self.next_block(conn, file_id, look) {
@@ -523,8 +529,7 @@ impl<'a> Scheduler<'a> {
         };
         if block_span(block_bytes, manifest.piece_len(piece), block).1 != len
             || !remote.is_ready()
-            || requests.is_resting(self.now)
-            || requests.in_flight.len() >= requests.pipeline_depth(block_bytes)
+            || !requests.takes_another(block_bytes, self.now)
             || requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX
             || !download.may_start(piece, remote.peer_id())
         {
