@@ -378,6 +378,16 @@ fn sent(outputs: &[crate::machine::Output]) -> Vec<&crate::wire::Message> {
         .collect()
 }
 
+/// A peer sharing the whole of a file of `pieces` pieces of 16 KiB (its bytes drawn from
+/// `seed`) since time zero: the peer and the file's manifest.
+fn seeding(pieces: u32, seed: u8) -> (super::Peer, crate::Manifest) {
+    let (_, manifest) = file(pieces as usize * 16 * KIB, 16 * 1024, seed);
+    let tracker = "10.0.0.1:7000".parse().expect("valid address");
+    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
+    command(&mut peer, Time::ZERO, Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(pieces) });
+    (peer, manifest)
+}
+
 #[test]
 fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_out_while_one_is_unanswered() {
     use crate::machine::{Input, Output};
@@ -449,13 +459,10 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
 fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
     use crate::machine::Input;
     use crate::wire::{Hello, Message, Role};
-    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 22);
+    let (mut holder, manifest) = seeding(4, 22);
     let id = manifest.file_id();
-    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let (asker, addr) = (crate::PeerId([7; 16]), "10.0.0.2:40000".parse().expect("valid address"));
-    let mut holder = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
     let at = |ms| Time::from_millis(ms);
-    command(&mut holder, at(0), Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(4) });
     let conn = crate::ConnId::Inbound(1);
     step(&mut holder, at(10), Input::Connected { conn, remote: addr, peer_id: asker });
     step(&mut holder, at(20), Input::Message { conn, message: Message::Hello(Hello::new(Role::Peer, asker, 7002)) });
@@ -480,12 +487,9 @@ fn a_full_holder_answers_a_newcomers_manifest_ask_before_refusing_it_and_keeps_f
     use crate::limits::{CONNECTION_CHECK_INTERVAL, INBOUND_COURTESY_MAX, INBOUND_COURTESY_TIMEOUT, INBOUND_PEERS_MAX};
     use crate::machine::{Input, Output};
     use crate::wire::{ErrorCode, Hello, Message, Role};
-    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 23);
+    let (mut holder, manifest) = seeding(4, 23);
     let id = manifest.file_id();
-    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
-    let mut holder = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
     let at = |ms| Time::from_millis(ms);
-    command(&mut holder, at(0), Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(4) });
     // Remote `n` connects from its own address and says `Hello`; what the holder sent it.
     let connect = |holder: &mut super::Peer, n: u16, ms: u64| {
         let (conn, peer_id) = (crate::ConnId::Inbound(u64::from(n)), crate::PeerId::from_seed(1000 + u64::from(n)));
@@ -756,11 +760,8 @@ fn a_seeder_serves_the_blocks_of_a_requests_message_in_order_and_refuses_an_over
     use crate::limits::REQUESTS_PER_MESSAGE_MAX;
     use crate::machine::{Event, Input, Output};
     use crate::wire::{Hello, Message, Role};
-    let (_, manifest) = file(32 * 16 * KIB, 16 * 1024, 23);
+    let (mut peer, manifest) = seeding(32, 23);
     let id = manifest.file_id();
-    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
-    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
-    command(&mut peer, Time::ZERO, Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(32) });
     let open = |peer: &mut super::Peer, n: u64| {
         let conn = crate::ConnId::Inbound(n);
         let remote = std::net::SocketAddr::from(([10, 0, 0, 10 + n as u8], 7000));
