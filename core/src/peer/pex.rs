@@ -131,16 +131,18 @@ impl Pex {
         rng: &mut Rng,
     ) -> Option<Vec<PeerAddr>> {
         let told = self.told.get(&(conn, file_id));
-        let mut fresh: Vec<PeerAddr> = peers
+        // Drawn among references (the same draws as among the addresses themselves), and only
+        // the chosen few copied: the message holds `most` addresses, not the file's every peer.
+        let mut candidates: Vec<&PeerAddr> = peers
             .iter()
             .filter(|(c, p)| *c != conn && told.is_none_or(|told| !told.contains(&p.peer_id)))
-            .map(|(_, p)| *p)
+            .map(|(_, p)| p)
             .collect();
-        if fresh.is_empty() {
+        if candidates.is_empty() {
             return None;
         }
-        rng.shuffle(&mut fresh);
-        fresh.truncate(most);
+        rng.shuffle(&mut candidates);
+        let fresh: Vec<PeerAddr> = candidates.into_iter().take(most).copied().collect();
         let mut kept = VecSet::new();
         // Only peers still connected stay recorded: the set stays within the connection bound.
         kept.extend(

@@ -118,6 +118,9 @@ pub(super) enum Refused {
 struct ConnUploads {
     /// Requests not yet read, first come first served.
     queue: VecDeque<ServeJob>,
+    /// The bytes `queue` asks for, kept with it: the line's bytes are summed at every look for
+    /// room, over queues of up to [`SERVE_QUEUE_PER_CONN_MAX`] requests.
+    queued_bytes: u64,
     /// Bytes being read for it, or read and not reported sent yet.
     unsent_bytes: u64,
     /// Each `Data` frame queued on it and not reported sent, in order: its block and payload
@@ -165,7 +168,27 @@ impl ConnUploads {
 
     /// Bytes queued for it or read and not yet sent.
     fn bytes(&self) -> u64 {
-        self.queue.iter().map(|j| u64::from(j.len)).sum::<u64>() + self.unsent_bytes
+        debug_assert_eq!(self.queued_bytes, self.queue.iter().map(|j| u64::from(j.len)).sum::<u64>());
+        self.queued_bytes + self.unsent_bytes
+    }
+
+    /// Queues `job` last.
+    fn enqueue(&mut self, job: ServeJob) {
+        self.queued_bytes += u64::from(job.len);
+        self.queue.push_back(job);
+    }
+
+    /// Takes the queued request at `at` out of the queue.
+    fn dequeue(&mut self, at: usize) -> Option<ServeJob> {
+        let job = self.queue.remove(at)?;
+        self.queued_bytes -= u64::from(job.len);
+        Some(job)
+    }
+
+    /// Empties the queue; its requests, in order.
+    fn drain_queue(&mut self) -> std::collections::vec_deque::Drain<'_, ServeJob> {
+        self.queued_bytes = 0;
+        self.queue.drain(..)
     }
 }
 
@@ -199,10 +222,9 @@ impl Ticket {
 /// taking part in room calls one `Busy` answers them all.
 fn refuse_queue(state: &mut ConnUploads, refused: &mut Vec<ServeJob>) {
     if state.room_calls {
-        refused.extend(state.queue.front().copied());
-        state.queue.clear();
+        refused.extend(state.drain_queue().next());
     } else {
-        refused.extend(state.queue.drain(..));
+        refused.extend(state.drain_queue());
     }
 }
 
@@ -313,7 +335,7 @@ impl Uploads {
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
             return Err(Refused::Busy);
         }
-        state.queue.push_back(job);
+        state.enqueue(job);
         if !in_line {
             self.waiting.push_back(job.conn);
         }
@@ -325,7 +347,7 @@ impl Uploads {
         let Some(state) = self.conns.get_mut(&conn) else { return false };
         let found = state.queue.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset);
         let Some(at) = found else { return false };
-        state.queue.remove(at);
+        state.dequeue(at);
         if state.queue.is_empty() {
             self.waiting.retain(|c| *c != conn);
         }
@@ -442,13 +464,24 @@ impl Uploads {
         self.tickets_changed();
     }
 
-    /// The tickets in the order room in the line goes to them: those called first (room is
-    /// held for them), then by how few of our remotes hold the piece each asked for, so a
-    /// piece only we (or few) can give, such as a seeder's piece nobody has yet, is not kept
-    /// waiting behind copies others could serve; among equals in the order they were refused.
-    fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Vec<usize> {
+    /// The first `first` tickets in the order room in the line goes to them: those called
+    /// first (room is held for them), then by how few of our remotes hold the piece each asked
+    /// for, so a piece only we (or few) can give, such as a seeder's piece nobody has yet, is
+    /// not kept waiting behind copies others could serve; among equals in the order they were
+    /// refused. Only those few are sorted: the line calls a handful at a time, however many
+    /// tickets are out.
+    fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>, first: usize) -> Vec<usize> {
+        if first == 0 {
+            return Vec::new();
+        }
         let mut order: Vec<(bool, usize, usize)> =
             (0..self.tickets.len()).map(|at| self.ticket_key(at, rarity)).collect();
+        if first < order.len() {
+            // The keys are unique (each ends with its ticket's place): the `first` least are
+            // the same tickets in the same order as a whole sort's first.
+            order.select_nth_unstable(first - 1);
+            order.truncate(first);
+        }
         order.sort_unstable();
         order.into_iter().map(|(_, _, at)| at).collect()
     }
@@ -475,20 +508,24 @@ impl Uploads {
         let room = self.room();
         let mut calls = Vec::new();
         let rarity = Rarity { holders };
-        let mut order = self.ticket_order(&rarity);
-        if room == 0 {
-            let first = order.first().map(|&at| self.tickets[at]);
-            let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, piece)| {
-                let asked = rarity.holders(file_id, piece);
-                self.commonest_waiting(&rarity).is_some_and(|(count, _)| count > asked)
-            });
-            order.truncate(usize::from(rarer));
-        }
         // A call holds room in the line for its ticket until it comes (see `admit`): at most
         // as many as the line has free places, so that the calls that come do not fill it past
         // its bound (while it holds few bytes it takes any asker, but not any number of calls).
         let places = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len());
-        for &at in order.iter().take(room.min(places).max(1)) {
+        let callable = room.min(places).max(1);
+        // Called tickets come first in the order and are not called again: when there are as
+        // many as may be called, nobody is, and the others need not be ordered.
+        let called = self.tickets.iter().filter(|t| t.called).count();
+        let mut order = self.ticket_order(&rarity, if called >= callable { 0 } else { callable });
+        if room == 0 {
+            let first = order.first().map(|&at| self.tickets[at]);
+            let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, piece)| {
+                let asked = rarity.holders(file_id, piece);
+                self.waiting_commoner_than(asked, &rarity)
+            });
+            order.truncate(usize::from(rarer));
+        }
+        for &at in &order {
             let ticket = &mut self.tickets[at];
             if !ticket.called && self.conns.get(&ticket.conn).is_some_and(|s| s.room_calls) {
                 *ticket = Ticket { called: true, held: room > 0, at: now, ..*ticket };
@@ -537,6 +574,16 @@ impl Uploads {
                 Some((rarity.rarest(queue).map_or(usize::MAX, |(_, count)| count), line))
             })
             .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)))
+    }
+
+    /// Whether a waiting connection's rarest request is held by more than `asked` remotes
+    /// ([`Uploads::commonest_waiting`]'s count above `asked`): a queue's look ends at its
+    /// first request held by fewer.
+    fn waiting_commoner_than(&self, asked: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
+        self.waiting
+            .iter()
+            .filter_map(|conn| self.conns.get(conn))
+            .any(|state| state.queue.iter().all(|job| rarity.holders(job.file_id, job.piece) > asked))
     }
 
     /// The queued requests of connections that left the line to make room for refused ones:
@@ -600,7 +647,7 @@ impl Uploads {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
         let (at, _) = rarity.rarest(&state.queue).expect("the caller found a queued request");
-        let job = state.queue.remove(at).expect("rarest names a queued request");
+        let job = state.dequeue(at).expect("rarest names a queued request");
         state.reads.push(job);
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
