@@ -410,6 +410,11 @@ pub const LOCATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// each peer once per connection.
 pub const PEX_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How soon after a downloading remote's first bitfield a peer's next exchange round comes
+/// (at most): long enough that the newcomers of a crowd arriving together are all connected
+/// and named to each other in one round.
+pub const PEX_INTRODUCTION_DELAY: Duration = Duration::from_millis(200);
+
 /// Most peers one `Peers` message names; a remote that sends more breaks the protocol.
 pub const PEX_PEERS_PER_MESSAGE_MAX: usize = 32;
 

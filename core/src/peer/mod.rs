@@ -925,6 +925,9 @@ impl Peer {
             return;
         }
         let old = self.remotes.set_pieces(&conn, file_id, have.clone());
+        if old.is_none() && !have.is_full() {
+            self.pex.newcomer(self.now);
+        }
         if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
             if let Some(old) = old {
                 download.count_holder(&old, false);

@@ -18,7 +18,10 @@
 //!   introduction to at most [`PEX_INTRODUCTION_PEERS_MAX`] of the peers we know (a tracker
 //!   names the holders of pieces, so a newcomer of a crowd, holding nothing, would otherwise
 //!   be found by others only once it holds pieces), at one message per connection rather than
-//!   one per connection and round;
+//!   one per connection and round. A downloader's first bitfield brings the next round forward
+//!   to at most [`PEX_INTRODUCTION_DELAY`] away: the newcomers of a crowd meet each other
+//!   before the first pieces arrive, and pass those on at once instead of after the tracker's
+//!   next answer;
 //! - while none is ready, the peers not yet named to it follow every round, so a swarm whose
 //!   trackers are gone keeps forming.
 //!
@@ -39,7 +42,8 @@ use std::collections::BTreeMap;
 
 use crate::ids::{ConnId, FileId, PeerId};
 use crate::limits::{
-    PEX_INTERVAL, PEX_INTRODUCTION_PEERS_MAX, PEX_MESH_PEERS, PEX_PEERS_PER_MESSAGE_MAX, PEX_RECEIVE_INTERVAL_MIN,
+    PEX_INTERVAL, PEX_INTRODUCTION_DELAY, PEX_INTRODUCTION_PEERS_MAX, PEX_MESH_PEERS, PEX_PEERS_PER_MESSAGE_MAX,
+    PEX_RECEIVE_INTERVAL_MIN,
 };
 use crate::rng::Rng;
 use crate::small::VecSet;
@@ -84,6 +88,12 @@ impl Pex {
     /// When the next round is due (the peer asks for it while it has remotes).
     pub fn due_at(&self) -> Time {
         self.due_at
+    }
+
+    /// A remote that downloads a file sent its first bitfield for it at `now`: the next round
+    /// comes within [`PEX_INTRODUCTION_DELAY`] (see the module docs).
+    pub fn newcomer(&mut self, now: Time) {
+        self.due_at = self.due_at.min(now + PEX_INTRODUCTION_DELAY);
     }
 
     /// This round's messages, if the round is due at `now` (empty otherwise). `tracker_ready`
@@ -285,6 +295,28 @@ mod tests {
         );
         let next = outputs(&mut seeder, Time::ZERO + PEX_INTERVAL * 2, Input::Timeout);
         assert!(peers_sent(&next).is_empty(), "nobody is named twice on a connection: {next:?}");
+    }
+
+    #[test]
+    fn a_downloader_s_first_bitfield_brings_the_next_round_forward() {
+        use crate::limits::PEX_INTRODUCTION_DELAY;
+
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 6);
+        let (mut seeder, conns) = peer_with_remotes(&[2, 3]);
+        let share = Command::Share { manifest: manifest.clone(), have: Bitfield::full(4) };
+        step_command(&mut seeder, Time::ZERO, share, |_| {}).expect("a valid command");
+        assert!(peers_sent(&outputs(&mut seeder, Time::ZERO, Input::Timeout)).is_empty(), "nobody downloads yet");
+        let joined = Time::from_millis(300);
+        assert!(joined + PEX_INTRODUCTION_DELAY < Time::ZERO + PEX_INTERVAL, "sooner than the next round");
+        for conn in &conns {
+            let message = Message::Bitfield { file_id: manifest.file_id(), have: Bitfield::new(4) };
+            outputs(&mut seeder, joined, Input::Message { conn: *conn, message });
+        }
+        let early = joined + (PEX_INTRODUCTION_DELAY - std::time::Duration::from_millis(1));
+        assert!(peers_sent(&outputs(&mut seeder, early, Input::Timeout)).is_empty(), "not before the delay");
+        let mut told = peers_sent(&outputs(&mut seeder, joined + PEX_INTRODUCTION_DELAY, Input::Timeout));
+        told.sort();
+        assert_eq!(told, [(conns[0], vec![addr(3, 7001)]), (conns[1], vec![addr(2, 7001)])]);
     }
 
     #[test]
