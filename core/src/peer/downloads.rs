@@ -496,6 +496,16 @@ impl Download {
         *active.assignees.get_or_insert_with(conn, || 0) |= 1 << block;
     }
 
+    /// `conn` will not send `block` of `piece` after all (it answered our withdrawal): the block
+    /// may be asked for again.
+    pub fn unrequest(&mut self, piece: PieceIndex, block: u32, conn: ConnId) {
+        if let Some(Slot::Active(active)) = self.slots.get_mut(piece.as_usize()) {
+            if let Some(mask) = active.assignees.get_mut(&conn) {
+                *mask &= !(1 << block);
+            }
+        }
+    }
+
     /// `conn` no longer fetches `piece`; the piece is an orphan if nobody else does and blocks
     /// are still missing.
     pub fn unassign(&mut self, piece: PieceIndex, conn: ConnId) {

@@ -250,6 +250,7 @@ impl Peer {
             room_calls: true,
             takes_pushes: true,
             request_batches: true,
+            withdrawals: true,
         })
     }
 
@@ -847,6 +848,11 @@ impl Peer {
             Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
             Message::Requests { file_id, blocks } => self.on_requests(conn, file_id, &blocks),
             Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
+            Message::Withdraw { file_id, piece, offset } => {
+                if self.uploads.withdraw(conn, file_id, piece, offset) {
+                    self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Withdrawn });
+                }
+            }
             Message::Pushed { file_id, piece, offset, len } => {
                 if !self.scheduler().on_pushed(conn, file_id, piece, offset, len) {
                     self.send(conn, Message::Cancel { file_id, piece, offset });

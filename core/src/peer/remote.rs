@@ -69,6 +69,8 @@ pub(super) struct Remote {
     takes_pushes: bool,
     /// Its `Hello` said it takes `Requests`: several block requests in one message.
     request_batches: bool,
+    /// Its `Hello` said it answers `Withdraw` (see `Scheduler::stalled`).
+    withdrawals: bool,
     /// Accepted beyond the inbound slots only to answer a manifest ask (see `slots`): its
     /// first message after the handshake is answered and the connection closed.
     courtesy: bool,
@@ -110,6 +112,7 @@ impl Remote {
             room_calls: false,
             takes_pushes: false,
             request_batches: false,
+            withdrawals: false,
             courtesy: false,
         }
     }
@@ -133,6 +136,11 @@ impl Remote {
     /// Whether it takes `Requests`: the blocks we ask it for at once go in one message.
     pub fn request_batches(&self) -> bool {
         self.request_batches
+    }
+
+    /// Whether it answers `Withdraw`: whether a request withdrawn from it can still be served.
+    pub fn withdrawals(&self) -> bool {
+        self.withdrawals
     }
 
     /// The remote's id: named (outbound, still connecting) or proven.
@@ -241,8 +249,8 @@ impl Remote {
     }
 
     /// The handshake is done with `hello` (see `links::hello`); an inbound remote serves at
-    /// the `listen_port` it announced (0: none), takes part in room calls, takes pushes and
-    /// takes request batches if it said so. Returns the files to exchange bitfields for now.
+    /// the `listen_port` it announced (0: none), takes part in room calls, takes pushes, takes
+    /// request batches and answers withdrawals if it said so. Returns the files to exchange bitfields for now.
     pub fn ready(&mut self, hello: &Hello) -> Vec<FileId> {
         if !self.outbound && hello.listen_port != 0 {
             self.addr = SocketAddr::new(self.addr.ip(), hello.listen_port);
@@ -250,6 +258,7 @@ impl Remote {
         self.room_calls = hello.room_calls;
         self.takes_pushes = hello.takes_pushes;
         self.request_batches = hello.request_batches;
+        self.withdrawals = hello.withdrawals;
         self.stage = Stage::Ready;
         std::mem::take(&mut self.wanted).into_iter().collect()
     }

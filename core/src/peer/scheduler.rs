@@ -17,7 +17,7 @@
 //! flight, pieces assigned, delivery rate, rest), which nothing outside this module changes.
 //! Its inputs are its methods (a block arrived, a request was refused, a block was written, a
 //! piece was hashed, the file was moved into place, a connection stalled or went away); its
-//! outputs are `Request`/`Cancel` messages and the storage and event [`Output`]s, pushed onto
+//! outputs are `Request`/`Cancel`/`Withdraw` messages and the storage and event [`Output`]s, pushed onto
 //! the peer's queue, and the verdicts the peer routes on ([`Hashed`], [`WrongLength`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +63,9 @@ pub(super) struct Requests {
     awaits_call: bool,
     /// How fast it delivers our requests (sizes our pipeline to it).
     rate: DeliveryRate,
+    /// It let our requests wait past its stall deadline and we withdrew them (`Withdraw`):
+    /// their pieces stay with it until it answers. Ends when a block arrives.
+    withdrawing: bool,
     /// The requests sent at `last_sent_at`, the latest instant any went out: a `Busy` for
     /// one of them came after all our requests, so none of ours crossed it.
     last_sent: Vec<BlockKey>,
@@ -79,6 +82,7 @@ impl Requests {
             resting_until: None,
             awaits_call: false,
             rate: DeliveryRate::default(),
+            withdrawing: false,
             last_sent: Vec::new(),
             last_sent_at: now,
         }
@@ -191,6 +195,11 @@ impl Requests {
     fn requested_whole(&self, file_id: FileId, piece: PieceIndex, blocks: u32) -> bool {
         let requested = self.in_flight.iter().filter(|(f, p, _)| *p == piece && *f == file_id).count();
         requested >= blocks as usize
+    }
+
+    /// Whether a request of a block of `piece` is in flight.
+    fn fetches(&self, file_id: FileId, piece: PieceIndex) -> bool {
+        self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).next().is_some()
     }
 
     /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
@@ -559,6 +568,7 @@ impl<'a> Scheduler<'a> {
         }
         let requests = remote.requests_mut();
         requests.progress_at = now;
+        requests.withdrawing = false;
         requests.rate.arrived(now, bytes.len() as u64);
         let awaits_call = requests.awaits_call;
         let sender = remote.identity();
@@ -613,6 +623,12 @@ impl<'a> Scheduler<'a> {
     pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, reason: RejectReason) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         let was_in_flight = remote.requests_mut().in_flight.remove(&(file_id, piece, offset));
+        if reason == RejectReason::Withdrawn {
+            if was_in_flight {
+                self.withdrawn(conn, file_id, piece, offset);
+            }
+            return;
+        }
         if reason == RejectReason::Busy && remote.room_calls() {
             // Even when this request was cancelled meanwhile: the others are dropped all the same.
             let pieces: Vec<(FileId, PieceIndex)> = remote.requests().assigned.iter().copied().collect();
@@ -644,6 +660,24 @@ impl<'a> Scheduler<'a> {
             self.give_up_on(conn, file_id, piece);
         }
         self.schedule_holders(file_id, piece);
+    }
+
+    /// `conn` answered that it will not send the block at `offset` of `piece`, which we
+    /// withdrew: the block may be asked for again, and once no other block of the piece can
+    /// still come from `conn`, another holder is asked for the piece.
+    fn withdrawn(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            return;
+        };
+        if let Some(block) =
+            manifest.piece(piece.0).and_then(|p| block_at(manifest.block_bytes(), manifest.piece_len(p), offset))
+        {
+            download.unrequest(piece, block, conn);
+        }
+        if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
+            self.release(conn, file_id, piece);
+            self.schedule_holders(file_id, piece);
+        }
     }
 
     /// `conn` calls: room in its upload line is free for us. Its rest ends and it is asked
@@ -699,13 +733,32 @@ impl<'a> Scheduler<'a> {
 
     /// `conn` let its requests wait past its stall deadline: slow, not wrong, it keeps its
     /// pieces' received blocks (a late block is still taken) but rests for
-    /// [`REQUEST_TIMEOUT`], and the pieces it has requests for go to others.
+    /// [`REQUEST_TIMEOUT`], and the pieces it has requests for go to others. From a remote that
+    /// answers `Withdraw` they go only once it answered that their blocks will not come: a
+    /// block leaving a slow uplink takes seconds and tells nothing of itself until it is all
+    /// in, so one already on its way would otherwise come twice. If it lets its next deadline
+    /// pass too (no answer, no block), they go then.
     pub fn stalled(&mut self, conn: ConnId) {
+        let now = self.now;
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        let withdraw = remote.withdrawals() && !remote.requests().withdrawing;
+        let requests = remote.requests_mut();
+        let keys: Vec<BlockKey> = requests.in_flight.iter().copied().collect();
+        requests.withdrawing = withdraw;
+        self.rest(conn, Some(now + REQUEST_TIMEOUT));
+        if withdraw {
+            // Its next deadline, should it neither answer nor send, counts from now.
+            if let Some(remote) = self.remotes.get_mut(&conn) {
+                remote.requests_mut().progress_at = now;
+            }
+            for (file_id, piece, offset) in keys {
+                self.send(conn, Message::Withdraw { file_id, piece, offset });
+            }
+            return;
+        }
         let mut pieces: Vec<(FileId, PieceIndex)> =
-            remote.requests().in_flight.iter().map(|(file_id, piece, _)| (*file_id, *piece)).collect();
+            keys.into_iter().map(|(file_id, piece, _)| (file_id, piece)).collect();
         pieces.dedup();
-        self.rest(conn, Some(self.now + REQUEST_TIMEOUT));
         for (file_id, piece) in pieces {
             self.unassign(conn, file_id, piece);
         }

@@ -161,13 +161,14 @@ fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     h.run_for(Duration::from_millis(10));
     get(&mut h, leecher, &manifest);
     // The hole is the only holder, so nothing but the request timeout takes its pieces away
-    // (with a second holder, endgame would fetch them there first).
+    // (with a second holder, endgame would fetch them there first): they are withdrawn, and
+    // the hole, whose blocks left it (and were lost), answers that they will not come.
     h.run_for(REQUEST_TIMEOUT + Duration::from_secs(1));
     let first = |kind| h.received.iter().find(|(_, to, k)| *to == hole && *k == kind).map(|(at, _, _)| *at);
     let requested = h.requested.iter().find(|(_, to)| *to == hole).map(|(at, _)| *at);
     let requested = requested.expect("the hole was asked for blocks");
-    let cancelled = first("cancel").expect("the unanswered requests were given up");
-    assert!(cancelled >= requested + REQUEST_TIMEOUT, "given up at {cancelled}, asked at {requested}");
+    let withdrawn = first("withdraw").expect("the unanswered requests were withdrawn");
+    assert!(withdrawn >= requested + REQUEST_TIMEOUT, "withdrawn at {withdrawn}, asked at {requested}");
     assert!(!h.completed(leecher, id));
     h.share(good, &manifest, &bytes, None);
     h.run_until(Duration::from_secs(60), |h| h.completed(leecher, id));
@@ -416,6 +417,7 @@ fn the_first_ask_is_for_holders_one_of_which_sends_the_manifest_and_no_ask_goes_
         room_calls: true,
         takes_pushes: true,
         request_batches: true,
+        withdrawals: true,
         ..Hello::new(Role::Peer, peer.peer_id(), 7001)
     });
     assert_eq!(sent(&open), vec![&our_hello, &Message::Locate { file_id: id, with_manifest: false }]);
@@ -709,6 +711,7 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
         room_calls: true,
         takes_pushes: false,
         request_batches: true,
+        withdrawals: false,
     };
     let hear = |peer: &mut super::Peer, ms, message| step(peer, at(ms), Input::Message { conn, message });
     hear(&mut peer, 20, Message::Hello(hello));
@@ -898,4 +901,133 @@ fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crosse
     let cancels: Vec<&Message> = sent(&refused).into_iter().filter(|m| matches!(m, Message::Cancel { .. })).collect();
     assert_eq!(cancels, [&Message::Cancel { file_id: id, piece: PieceIndex(1), offset: 0 }], "{refused:?}");
     assert!(!refused.iter().any(|o| matches!(o, Output::Close { .. })), "{refused:?}");
+}
+
+/// A peer fetching a 4-piece file whose piece 0 only two remotes hold, A (dialled) and B
+/// (inbound), both answering `Withdraw`: it asked A for the piece, and A let the request wait
+/// past its stall deadline. Returns the peer, A's and B's connections, the file's bytes and
+/// the outputs of the stall.
+fn a_request_stalled_with_a_second_holder(
+) -> (super::Peer, crate::ConnId, crate::ConnId, Vec<u8>, crate::Manifest, Vec<crate::machine::Output>) {
+    use crate::machine::Input;
+    use crate::wire::{Hello, Message, Role};
+    let (mut peer, a, holder, bytes, manifest) = connected_to_a_named_holder();
+    let id = manifest.file_id();
+    let mut piece_0 = crate::Bitfield::new(4);
+    piece_0.set(PieceIndex(0));
+    let hello = |peer_id| {
+        Message::Hello(Hello { room_calls: true, withdrawals: true, ..Hello::new(Role::Peer, peer_id, 7000) })
+    };
+    let hear =
+        |peer: &mut super::Peer, ms, conn, message| step(peer, Time::from_millis(ms), Input::Message { conn, message });
+    hear(&mut peer, 20, a, hello(holder.peer_id));
+    hear(&mut peer, 21, a, Message::Manifest { manifest: Box::new(manifest.clone()) });
+    let asked = hear(&mut peer, 22, a, Message::Bitfield { file_id: id, have: piece_0.clone() });
+    assert!(matches!(sent(&asked)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{asked:?}");
+    let b = crate::ConnId::Inbound(1);
+    let (b_addr, b_id) = (std::net::SocketAddr::from(([10, 0, 0, 3], 7000)), crate::PeerId([8; 16]));
+    step(&mut peer, Time::from_millis(30), Input::Connected { conn: b, remote: b_addr, peer_id: b_id });
+    hear(&mut peer, 31, b, hello(b_id));
+    let b_asked = hear(&mut peer, 32, b, Message::Bitfield { file_id: id, have: piece_0 });
+    assert!(sent_to(&b_asked, b).is_empty(), "piece 0 is A's: {b_asked:?}");
+    let stall = step(&mut peer, Time::from_millis(22) + REQUEST_TIMEOUT + Duration::from_millis(100), Input::Timeout);
+    (peer, a, b, bytes, manifest, stall)
+}
+
+/// The messages about blocks (requests, cancels, withdrawals) among `outputs` sent to `to`.
+fn sent_to(outputs: &[crate::machine::Output], to: crate::ConnId) -> Vec<&crate::wire::Message> {
+    use crate::wire::Message;
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            crate::machine::Output::Send { conn, message } if *conn == to => Some(message),
+            _ => None,
+        })
+        .filter(|m| m.block_requests() > 0 || matches!(m, Message::Cancel { .. } | Message::Withdraw { .. }))
+        .collect()
+}
+
+#[test]
+fn a_stalled_request_is_withdrawn_and_its_piece_asked_of_another_holder_only_once_it_cannot_come() {
+    use crate::machine::Input;
+    use crate::wire::{Message, RejectReason};
+    let (mut peer, a, b, _, manifest, stall) = a_request_stalled_with_a_second_holder();
+    let id = manifest.file_id();
+    // Its block may be on its way from A (a block tells nothing of itself until it is all in).
+    assert_eq!(sent_to(&stall, a), [&Message::Withdraw { file_id: id, piece: PieceIndex(0), offset: 0 }], "{stall:?}");
+    assert!(sent_to(&stall, b).is_empty(), "{stall:?}");
+    // A answers that it will not come: B is asked.
+    let withdrawn = Message::Reject { file_id: id, piece: PieceIndex(0), offset: 0, reason: RejectReason::Withdrawn };
+    let answered = step(&mut peer, Time::from_millis(10_200), Input::Message { conn: a, message: withdrawn });
+    assert!(matches!(sent_to(&answered, b)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{answered:?}");
+    assert!(sent_to(&answered, a).is_empty(), "{answered:?}");
+}
+
+#[test]
+fn a_withdrawn_request_whose_block_comes_is_asked_of_nobody_else() {
+    use crate::machine::{Input, Output};
+    use crate::wire::Message;
+    let (mut peer, a, b, bytes, manifest, stall) = a_request_stalled_with_a_second_holder();
+    let id = manifest.file_id();
+    assert!(sent_to(&stall, b).is_empty(), "{stall:?}");
+    let block = bytes::Bytes::copy_from_slice(&bytes[..16 * KIB]);
+    let data = Message::Data { file_id: id, piece: PieceIndex(0), offset: 0, bytes: block };
+    let arrived = step(&mut peer, Time::from_millis(10_200), Input::Message { conn: a, message: data });
+    assert!(arrived.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(0), .. })), "{arrived:?}");
+    assert!(sent_to(&arrived, b).is_empty(), "{arrived:?}");
+    // Nor later, when its stall deadline would have passed again.
+    let later = step(&mut peer, Time::from_millis(21_000), Input::Timeout);
+    assert!(sent_to(&later, b).is_empty(), "{later:?}");
+}
+
+#[test]
+fn a_withdrawal_is_answered_unless_the_block_is_being_read_and_its_data_answers() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{Hello, Message, RejectReason, Role};
+    let (mut peer, manifest) = seeding(32, 24);
+    let id = manifest.file_id();
+    let conn = crate::ConnId::Inbound(1);
+    let (remote, peer_id) = (std::net::SocketAddr::from(([10, 0, 0, 11], 7000)), crate::PeerId([1; 16]));
+    step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote, peer_id });
+    let hello = Hello { withdrawals: true, request_batches: true, ..Hello::new(Role::Peer, peer_id, 7000) };
+    step(&mut peer, Time::from_millis(11), Input::Message { conn, message: Message::Hello(hello) });
+    let blocks: Vec<_> = (0..16).map(|p| (PieceIndex(p), 0, 16 * 1024)).collect();
+    let asked = step(
+        &mut peer,
+        Time::from_millis(12),
+        Input::Message { conn, message: Message::Requests { file_id: id, blocks } },
+    );
+    let read: Vec<u32> = (asked.iter())
+        .filter_map(|o| match o {
+            Output::ReadBlock { piece, .. } => Some(piece.0),
+            _ => None,
+        })
+        .collect();
+    assert!(read.contains(&0) && !read.contains(&15), "the first blocks are read, the rest wait: {asked:?}");
+    let withdraw = |piece| Message::Withdraw { file_id: id, piece: PieceIndex(piece), offset: 0 };
+    let reading = step(&mut peer, Time::from_millis(13), Input::Message { conn, message: withdraw(0) });
+    assert!(sent(&reading).is_empty(), "its Data answers: {reading:?}");
+    let waiting = step(&mut peer, Time::from_millis(14), Input::Message { conn, message: withdraw(15) });
+    let answer = Message::Reject { file_id: id, piece: PieceIndex(15), offset: 0, reason: RejectReason::Withdrawn };
+    assert_eq!(sent(&waiting), [&answer], "{waiting:?}");
+    // Never asked for: nothing can come either.
+    let unknown = step(&mut peer, Time::from_millis(15), Input::Message { conn, message: withdraw(20) });
+    assert!(matches!(sent(&unknown)[..], [Message::Reject { reason: RejectReason::Withdrawn, .. }]), "{unknown:?}");
+}
+
+#[test]
+fn a_withdrawal_left_unanswered_gives_the_piece_up_at_the_next_deadline() {
+    use crate::machine::Input;
+    use crate::wire::Message;
+    let (mut peer, a, b, _, manifest, stall) = a_request_stalled_with_a_second_holder();
+    let id = manifest.file_id();
+    assert!(sent_to(&stall, b).is_empty(), "{stall:?}");
+    let given_up =
+        step(&mut peer, Time::from_millis(22) + 2 * REQUEST_TIMEOUT + Duration::from_millis(200), Input::Timeout);
+    assert_eq!(
+        sent_to(&given_up, a),
+        [&Message::Cancel { file_id: id, piece: PieceIndex(0), offset: 0 }],
+        "{given_up:?}"
+    );
+    assert!(matches!(sent_to(&given_up, b)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{given_up:?}");
 }

@@ -319,6 +319,7 @@ mod tests {
             room_calls: true,
             takes_pushes: true,
             request_batches: true,
+            withdrawals: true,
         })
     }
 
@@ -369,9 +370,15 @@ mod tests {
     fn a_hello_without_room_calls_or_pushes_encodes_as_before_and_one_with_them_decodes_where_they_are_unknown() {
         let Message::Hello(mut calling) = hello() else { unreachable!("hello() is a Hello") };
         calling.listen_ip = None;
-        let plain = Hello { room_calls: false, takes_pushes: false, request_batches: false, ..calling.clone() };
+        let plain = Hello {
+            room_calls: false,
+            takes_pushes: false,
+            request_batches: false,
+            withdrawals: false,
+            ..calling.clone()
+        };
         let body = |hello: &Hello| frame(&Message::Hello(hello.clone())).split_off(FRAME_HEADER_BYTES);
-        for needle in [&b"room_calls"[..], b"takes_pushes", b"request_batches"] {
+        for needle in [&b"room_calls"[..], b"takes_pushes", b"request_batches", b"withdrawals"] {
             assert!(!body(&plain).windows(needle.len()).any(|w| w == needle), "the field is absent when false");
             assert!(body(&calling).windows(needle.len()).any(|w| w == needle));
         }
@@ -565,8 +572,8 @@ mod tests {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         });
         prop_oneof![
-            (any::<[u8; 16]>(), any::<u16>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-                |(id, port, room_calls, takes_pushes, request_batches)| Message::Hello(Hello {
+            (any::<[u8; 16]>(), any::<u16>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(id, port, room_calls, takes_pushes, request_batches, withdrawals)| Message::Hello(Hello {
                     version: PROTOCOL_VERSION,
                     role: Role::Peer,
                     peer_id: PeerId(id),
@@ -575,6 +582,7 @@ mod tests {
                     room_calls,
                     takes_pushes,
                     request_batches,
+                    withdrawals,
                 })
             ),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
@@ -614,10 +622,21 @@ mod tests {
                 offset: 0,
                 reason: RejectReason::Busy
             }),
+            (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Reject {
+                file_id,
+                piece: PieceIndex(p),
+                offset: 0,
+                reason: RejectReason::Withdrawn
+            }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Cancel {
                 file_id,
                 piece: PieceIndex(p),
                 offset: 9
+            }),
+            (file_id.clone(), any::<u32>(), any::<u32>()).prop_map(|(file_id, p, offset)| Message::Withdraw {
+                file_id,
+                piece: PieceIndex(p),
+                offset
             }),
             (file_id.clone(), any::<u32>(), any::<u32>(), any::<u32>())
                 .prop_map(|(file_id, p, offset, len)| Message::Pushed { file_id, piece: PieceIndex(p), offset, len }),

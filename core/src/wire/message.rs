@@ -69,12 +69,17 @@ pub struct Hello {
     /// Absent from the encoding when false, as `room_calls`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request_batches: bool,
+    /// The sender answers `Withdraw`. A peer sends `Withdraw` only to remotes that said so
+    /// here (to others a `Cancel`). Absent from the encoding when false, as `room_calls`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawals: bool,
 }
 
 impl Hello {
     /// A `Hello` of this build's [`PROTOCOL_VERSION`] from `peer_id` as `role`, listening on
-    /// `listen_port`, that names no listen IP, takes no part in room calls and takes neither
-    /// pushes nor request batches: what a tracker or a client sends. A peer's own sets the other fields too.
+    /// `listen_port`, that names no listen IP, takes no part in room calls, takes neither
+    /// pushes nor request batches and answers no `Withdraw`: what a tracker or a client sends.
+    /// A peer's own sets the other fields too.
     pub fn new(role: Role, peer_id: PeerId, listen_port: u16) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
@@ -85,6 +90,7 @@ impl Hello {
             room_calls: false,
             takes_pushes: false,
             request_batches: false,
+            withdrawals: false,
         }
     }
 }
@@ -150,6 +156,9 @@ pub enum RejectReason {
     BadRange,
     /// The server could not read its own copy.
     ReadFailed,
+    /// The answer to a `Withdraw`: the block will not be sent (its request was dropped, or
+    /// never queued).
+    Withdrawn,
 }
 
 /// Every protocol message.
@@ -312,6 +321,19 @@ pub enum Message {
         /// Offset within the piece.
         offset: u32,
     },
+    /// Peer → peer: forget an earlier `Request`, and say so unless its block is on its way: the
+    /// receiver answers `Reject` `Withdrawn` unless it already started reading the block, whose
+    /// `Data` then comes instead. Either answer follows every `Data` sent before it, so the
+    /// sender knows whether the block can still come, and asks another holder for it only when
+    /// it cannot. Sent only to a remote whose `Hello` set `withdrawals`.
+    Withdraw {
+        /// The file's id.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Offset within the piece.
+        offset: u32,
+    },
     /// Peer → peer: send me the manifest of this file. A downloader asks a holder the tracker
     /// named, so the tracker's link does not carry a manifest to every downloader.
     GetManifest {
@@ -367,6 +389,7 @@ impl Message {
             Message::Pass => "pass",
             Message::Pushed { .. } => "pushed",
             Message::Cancel { .. } => "cancel",
+            Message::Withdraw { .. } => "withdraw",
             Message::GetManifest { .. } => "get-manifest",
             Message::Manifest { .. } => "manifest",
             Message::Peers { .. } => "peers",

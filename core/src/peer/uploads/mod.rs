@@ -1,7 +1,7 @@
 //! The upload side of a peer: which remote's request is read from the store next, and when.
 //!
 //! [`Uploads`] is a small machine of its own. Its inputs are a remote's checked request
-//! ([`Uploads::request`]) or cancel, every `Data` frame the peer queues on a connection
+//! ([`Uploads::request`]), cancel or withdrawal, every `Data` frame the peer queues on a connection
 //! ([`Uploads::data_queued`]), the driver's report that `Data` frames left
 //! ([`Uploads::sent`], from `Input::Sent`), a finished read, and a closed connection; its
 //! output is the next read to start ([`Uploads::next_read`]) and the time it wants to be asked
@@ -352,6 +352,16 @@ impl Uploads {
             self.waiting.retain(|c| *c != conn);
         }
         true
+    }
+
+    /// Removes a queued request that its downloader withdraws; whether to answer that its block
+    /// will not come: unless a read of it started, whose `Data` frame answers instead (a frame
+    /// already queued leaves before the answer).
+    pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+        self.cancel(conn, file_id, piece, offset);
+        self.conns.get(&conn).is_none_or(|state| {
+            !state.reads.iter().any(|j| j.file_id == file_id && j.piece == piece && j.offset == offset)
+        })
     }
 
     /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
