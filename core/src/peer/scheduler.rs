@@ -669,9 +669,8 @@ impl<'a> Scheduler<'a> {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             return;
         };
-        if let Some(block) =
-            manifest.piece(piece.0).and_then(|p| block_at(manifest.block_bytes(), manifest.piece_len(p), offset))
-        {
+        // The request was in flight, so its piece and offset are ones we asked for.
+        if let Some(block) = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset) {
             download.unrequest(piece, block, conn);
         }
         if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
@@ -745,12 +744,12 @@ impl<'a> Scheduler<'a> {
         let requests = remote.requests_mut();
         let keys: Vec<BlockKey> = requests.in_flight.iter().copied().collect();
         requests.withdrawing = withdraw;
-        self.rest(conn, Some(now + REQUEST_TIMEOUT));
         if withdraw {
             // Its next deadline, should it neither answer nor send, counts from now.
-            if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.requests_mut().progress_at = now;
-            }
+            requests.progress_at = now;
+        }
+        self.rest(conn, Some(now + REQUEST_TIMEOUT));
+        if withdraw {
             for (file_id, piece, offset) in keys {
                 self.send(conn, Message::Withdraw { file_id, piece, offset });
             }

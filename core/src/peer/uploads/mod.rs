@@ -100,6 +100,13 @@ pub(super) struct ServeJob {
     pub len: u32,
 }
 
+impl ServeJob {
+    /// The block it asks for: its file, piece and offset.
+    fn block(&self) -> (FileId, PieceIndex, u32) {
+        (self.file_id, self.piece, self.offset)
+    }
+}
+
 /// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, its
 /// remote does not read, or it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,8 +334,8 @@ impl Uploads {
         // A request crossing our `Busy` may be queued after all (the line had room by then),
         // and the downloader, taking it for refused, asks again when called: one copy is sent,
         // also when the first is read and still waits to leave.
-        let block = (job.file_id, job.piece, job.offset);
-        let same = |j: &ServeJob| (j.file_id, j.piece, j.offset) == block;
+        let block = job.block();
+        let same = |j: &ServeJob| j.block() == block;
         if state.queue.iter().chain(&state.reads).any(same) || state.unsent_data.iter().any(|(b, _)| *b == block) {
             return Err(Refused::Covered);
         }
@@ -345,7 +352,7 @@ impl Uploads {
     /// Removes a queued request; whether it was queued (a read already started is not recalled).
     pub fn cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
         let Some(state) = self.conns.get_mut(&conn) else { return false };
-        let found = state.queue.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset);
+        let found = state.queue.iter().position(|j| j.block() == (file_id, piece, offset));
         let Some(at) = found else { return false };
         state.dequeue(at);
         if state.queue.is_empty() {
@@ -359,9 +366,7 @@ impl Uploads {
     /// already queued leaves before the answer).
     pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
         self.cancel(conn, file_id, piece, offset);
-        self.conns.get(&conn).is_none_or(|state| {
-            !state.reads.iter().any(|j| j.file_id == file_id && j.piece == piece && j.offset == offset)
-        })
+        self.conns.get(&conn).is_none_or(|state| !state.reads.iter().any(|j| j.block() == (file_id, piece, offset)))
     }
 
     /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
@@ -388,7 +393,7 @@ impl Uploads {
     pub fn read_done(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
         self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
         let Some(state) = self.conns.get_mut(&conn) else { return };
-        let found = state.reads.iter().position(|j| j.file_id == file_id && j.piece == piece && j.offset == offset);
+        let found = state.reads.iter().position(|j| j.block() == (file_id, piece, offset));
         if let Some(at) = found {
             let job = state.reads.swap_remove(at);
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(job.len));
@@ -848,7 +853,7 @@ mod tests {
         let mut served = Vec::new();
         while let Some(job) = uploads.next_read(now, |_, piece| holders(piece.0)) {
             uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
-            uploads.data_queued(job.conn, (job.file_id, job.piece, job.offset), job.len);
+            uploads.data_queued(job.conn, job.block(), job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
             served.push((conn, job.piece.0));
         }
