@@ -17,9 +17,7 @@
 //! (`liar-mixed`) may join as another full holder, and no honest peer is ever banned by anyone;
 //! (viii) a `tracker-flooder` may join and announce fake files past its address's quotas: the
 //! tracker keeps no more of them than the quota. (i), (ii), (v) and (vi) are watched by the world while it runs and arrive as
-//! `Outcome::violations`. The moderate regime is held to all of them; the whole regime to all
-//! but (iii) in CI, and to (iii) in the ignored `random_swarms_over_the_whole_regime_stay_live`
-//! (issue 10: slow uplinks stall the swarm today).
+//! `Outcome::violations`. Both regimes are held to all of them.
 //!
 //! Fault-free flash crowds (one seeder, 2–40 leechers joining together, the whole regime's
 //! links) keep the invariants and, when all complete, never finish faster than the bound; the
@@ -303,8 +301,8 @@ fn settle_s(scenario: &Scenario) -> f64 {
     SETTLE_S + LIVENESS_BOUND_FACTOR * Bound::of(&scenario.file, &seeders, &downloaders).fluid_s()
 }
 
-/// Checks every invariant of one run, liveness (iii) only when `live`; `Err` says which broke.
-fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32], live: bool) -> Result<(), String> {
+/// Checks every invariant of one run; `Err` says which broke.
+fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32]) -> Result<(), String> {
     if !outcome.violations.is_empty() {
         return Err(format!("invariants broken: {:#?}", outcome.violations));
     }
@@ -334,7 +332,7 @@ fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32], liv
             continue;
         }
         let node = p2p_sim::scenario::NodeIdx::peer(i);
-        if live && missing.is_empty() && summary.completed_at.is_none() {
+        if missing.is_empty() && summary.completed_at.is_none() {
             return Err(format!("(iii) {} is running with every piece available but did not complete", spec.name));
         }
         if !missing.is_empty() {
@@ -350,7 +348,7 @@ fn check_invariants(scenario: &Scenario, outcome: &Outcome, missing: &[u32], liv
     Ok(())
 }
 
-fn run_swarm(swarm: &Swarm, live: bool) -> Result<(), String> {
+fn run_swarm(swarm: &Swarm) -> Result<(), String> {
     let file = scenario_file(swarm);
     let text = toml::to_string(&file).expect("a scenario serializes");
     let scenario = Scenario::from_file(file).map_err(|e| format!("generated an invalid scenario: {e}\n{text}"))?;
@@ -359,7 +357,7 @@ fn run_swarm(swarm: &Swarm, live: bool) -> Result<(), String> {
         return Err(format!("the scenario lacks pieces {:?}, the swarm {missing:?}", missing_pieces(&scenario)));
     }
     let (outcome, _) = run_queue(&scenario, swarm.seed, None);
-    check_invariants(&scenario, &outcome, &missing, live)
+    check_invariants(&scenario, &outcome, &missing)
         .map_err(|why| format!("{why}\nseed {}; reproduce with p2p-sim on this scenario:\n{text}", swarm.seed))
 }
 
@@ -377,22 +375,14 @@ proptest! {
 
     #[test]
     fn random_swarms_keep_every_invariant(swarm in swarm(Regime::Moderate)) {
-        if let Err(why) = run_swarm(&swarm, true) {
+        if let Err(why) = run_swarm(&swarm) {
             prop_assert!(false, "{}", why);
         }
     }
 
     #[test]
-    fn random_swarms_over_the_whole_regime_stay_safe(swarm in swarm(Regime::Whole)) {
-        if let Err(why) = run_swarm(&swarm, false) {
-            prop_assert!(false, "{}", why);
-        }
-    }
-
-    #[test]
-    #[ignore = "issue 10: slow uplinks stall the swarm (a 70 KB/s seeder: nobody completes)"]
-    fn random_swarms_over_the_whole_regime_stay_live(swarm in swarm(Regime::Whole)) {
-        if let Err(why) = run_swarm(&swarm, true) {
+    fn random_swarms_over_the_whole_regime_keep_every_invariant(swarm in swarm(Regime::Whole)) {
+        if let Err(why) = run_swarm(&swarm) {
             prop_assert!(false, "{}", why);
         }
     }
@@ -534,6 +524,6 @@ fn saved_regressions_still_hold() {
         let missing = missing_pieces(&scenario);
         let verdicts = p2p_sim::check(&scenario, &outcome);
         assert!(verdicts.iter().all(|v| v.held), "{}: {verdicts:#?}", path.display());
-        check_invariants(&scenario, &outcome, &missing, true).unwrap_or_else(|why| panic!("{}: {why}", path.display()));
+        check_invariants(&scenario, &outcome, &missing).unwrap_or_else(|why| panic!("{}: {why}", path.display()));
     }
 }
