@@ -78,12 +78,23 @@ impl Bitfield {
 
     /// Number of pieces in the set.
     pub fn count(&self) -> u32 {
-        self.bytes.iter().map(|b| b.count_ones()).sum()
+        // Eight bytes at a time: a count per byte costs as much as one per word.
+        let words = self.bytes.chunks_exact(8);
+        let tail: u32 = words.remainder().iter().map(|b| b.count_ones()).sum();
+        let word = |chunk: &[u8]| chunk.iter().fold(0u64, |word, b| word << 8 | u64::from(*b));
+        tail + words.map(|chunk| word(chunk).count_ones()).sum::<u32>()
     }
 
-    /// True when every piece is in the set.
+    /// True when every piece is in the set: every whole byte full, and the last one's bits up
+    /// to `len` (those past it are zero). Stops at the first byte that lacks a piece.
     pub fn is_full(&self) -> bool {
-        self.count() == self.len
+        let (whole, tail) = self.bytes.split_at(self.len as usize / 8);
+        whole.iter().all(|b| *b == 0xff) && tail.iter().all(|b| b.count_ones() == self.len % 8)
+    }
+
+    /// True when any piece is in the set.
+    pub fn any(&self) -> bool {
+        self.bytes.iter().any(|b| *b != 0)
     }
 
     /// The pieces in the set, in ascending order.
@@ -223,6 +234,15 @@ mod tests {
         let field = Bitfield::full(11);
         assert_eq!(field.count(), 11);
         assert!(field.is_full());
+        assert!(field.any());
+        assert!(!Bitfield::new(11).any());
+        let mut gap = Bitfield::full(11);
+        gap.unset(PieceIndex(10));
+        assert!(!gap.is_full(), "the last byte lacks a piece");
+        gap.set(PieceIndex(10));
+        gap.unset(PieceIndex(3));
+        assert!(!gap.is_full(), "a whole byte lacks a piece");
+        assert!(Bitfield::full(16).is_full() && Bitfield::new(0).is_full());
         assert_eq!(field.as_bytes(), &[0xff, 0xe0]);
         let cleaned = Bitfield::from_bytes(11, &[0xff, 0xff]).expect("two bytes for 11 bits");
         assert_eq!(cleaned, field);

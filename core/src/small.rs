@@ -76,8 +76,9 @@ impl<T: Ord> VecSet<T> {
     /// The elements within `range`, in ascending order.
     pub fn range(&self, range: RangeInclusive<T>) -> std::slice::Iter<'_, T> {
         let start = self.items.partition_point(|item| item < range.start());
-        let end = self.items.partition_point(|item| item <= range.end());
-        self.items[start..end.max(start)].iter()
+        // The end is searched for only past the start.
+        let len = self.items[start..].partition_point(|item| item <= range.end());
+        self.items[start..start + len].iter()
     }
 }
 

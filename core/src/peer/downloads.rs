@@ -77,6 +77,9 @@ pub(super) struct Download {
     bad_sources: BTreeSet<(PieceIndex, PeerId)>,
     /// Pieces in `Slot::Active` or `Slot::Verifying`.
     active_count: usize,
+    /// Whether a piece was ever put on parole: until one is, no slot is read for a suspect
+    /// (the piece choice would read an active piece's boxed state per orphan it looks at).
+    paroled: bool,
     /// When to ask the tracker for holders.
     locate: Locate,
     /// When a holder was last asked for the manifest.
@@ -229,6 +232,7 @@ impl Download {
             holders: 0,
             bad_sources: BTreeSet::new(),
             active_count: 0,
+            paroled: false,
             locate: Locate::new(now),
             manifest_asked: None,
             reported_missing: Vec::new(),
@@ -409,13 +413,14 @@ impl Download {
 
     /// Rarest-first choice of a piece the remote holds, among pieces nobody is fetching; else
     /// an endgame piece someone else is fetching, only one whose every fetcher is `lagging`
-    /// (clearly slower than the remote asking could be). `have` is what we verified.
+    /// (clearly slower than the remote asking could be; `None` when none can be, as while
+    /// the download is not quiet). `have` is what we verified.
     pub fn choose(
         &self,
         remote: Chooser<'_>,
         have: &Bitfield,
         rng: &mut Rng,
-        lagging: impl Fn(ConnId) -> bool,
+        lagging: Option<impl Fn(ConnId) -> bool>,
     ) -> Option<Choice> {
         // A suspect on parole fetches its piece again only when nobody else connected holds it:
         // the proof does not depend on who sends the dropped blocks again, only the waste does.
@@ -426,35 +431,44 @@ impl Download {
         };
         // Orphaned partial pieces first, then the rarest missing piece; one draw among the ties
         // (a draw per tie would cost more than the scan). Only pieces the remote holds can be
-        // chosen: walk just those, once, with the orphans and the missing pieces as bitfields.
-        let mut ties: Vec<PieceIndex> = remote.have.iter_and(&self.orphans).filter(|p| usable(*p)).collect();
-        if ties.is_empty() && self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
-            let mut lowest = u16::MAX;
-            for piece in remote.have.iter_and(&self.missing) {
-                let rank = self.availability[piece.as_usize()];
-                // A missing piece is on no parole (only an active one is): of `usable`, only
-                // the bad sources apply, and its slot need not be read.
-                debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
-                if rank > lowest || self.bad_sources.contains(&(piece, remote.peer_id)) {
-                    continue;
-                }
-                if rank < lowest {
-                    lowest = rank;
-                    ties.clear();
-                }
-                ties.push(piece);
-            }
+        // chosen: walk just those, with the orphans and the missing pieces as bitfields. The
+        // ties are counted, then walked again to the one drawn, rather than collected.
+        let orphans = || remote.have.iter_and(&self.orphans).filter(|p| usable(*p));
+        let orphan_count = orphans().count();
+        if orphan_count > 0 {
+            return orphans().nth(rng.below(orphan_count)).map(Choice::Fresh);
         }
-        if !ties.is_empty() {
-            return Some(Choice::Fresh(ties[rng.below(ties.len())]));
+        if self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
+            // A missing piece is on no parole (only an active one is): of `usable`, only the
+            // bad sources apply, and its slot need not be read.
+            let fresh =
+                || remote.have.iter_and(&self.missing).filter(|p| !self.bad_sources.contains(&(*p, remote.peer_id)));
+            let (mut lowest, mut ties) = (u16::MAX, 0);
+            for piece in fresh() {
+                debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
+                let rank = self.availability[piece.as_usize()];
+                if rank < lowest {
+                    (lowest, ties) = (rank, 0);
+                }
+                if rank == lowest {
+                    ties += 1;
+                }
+            }
+            if ties > 0 {
+                let mut rarest = fresh().filter(|p| self.availability[p.as_usize()] == lowest);
+                return rarest.nth(rng.below(ties)).map(Choice::Fresh);
+            }
         }
         // Endgame only once no piece is left to start, only for a remote with nothing else to
         // do, one duplicate piece at a time, and only of a piece whose fetchers lag: otherwise
         // it would only fetch twice what is already on its way (a copy already read at the
         // uploader is not recalled by a `Cancel`).
-        if remote.busy || self.missing.count() > 0 {
+        if remote.busy || self.missing.any() {
             return None;
         }
+        // Without `lagging` no fetcher lags, so only a piece nobody fetches could be taken: an
+        // orphan, which the first look above already refused. The scan would find nothing.
+        let lagging = lagging?;
         // Candidates are the pieces it holds that are neither ours nor missing: active (or
         // being verified), in ascending order.
         let endgame = remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)).find(|piece| {
@@ -612,6 +626,7 @@ impl Download {
                 };
                 self.slots[piece.as_usize()] = Slot::Active(Box::new(active));
                 self.orphans.set(piece);
+                self.paroled = true;
             }
             _ => {
                 self.missing.set(piece);
@@ -626,6 +641,9 @@ impl Download {
 
     /// The suspect of `piece`, if it is on parole.
     fn suspect(&self, piece: PieceIndex) -> Option<PeerId> {
+        if !self.paroled {
+            return None;
+        }
         match self.slots.get(piece.as_usize()) {
             Some(Slot::Active(active)) => active.parole.as_ref().map(|p| p.suspect.0),
             _ => None,
@@ -707,7 +725,7 @@ mod tests {
     fn a_piece_goes_from_missing_through_active_and_verifying_to_have() {
         let (mut download, mut have, remote_have) = download(1);
         let mut rng = Rng::from_seed(1);
-        let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
+        let choice = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, Some(|_: ConnId| true));
         assert_eq!(choice, Some(Choice::Fresh(PieceIndex(0))));
         let piece = download.assign(Choice::Fresh(PieceIndex(0)), 2, A);
         assert!(download.is_active(piece));
@@ -715,7 +733,11 @@ mod tests {
         let verdict = download.hashed(piece, true, &mut have);
         assert!(matches!(verdict, Verdict::Verified { room_again: false, .. }), "{verdict:?}");
         assert!(have.has(piece));
-        assert_eq!(download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true), None, "nothing left");
+        assert_eq!(
+            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, Some(|_: ConnId| true)),
+            None,
+            "nothing left"
+        );
     }
 
     #[test]
@@ -731,11 +753,11 @@ mod tests {
         assert_eq!(guilty, Some(sender(1)), "the sole sender is proven bad");
         assert!(!have.has(piece));
         assert_eq!(
-            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true),
+            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, Some(|_: ConnId| true)),
             None,
             "not from the same sender"
         );
-        let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
+        let other = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, Some(|_: ConnId| true));
         assert_eq!(other, Some(Choice::Fresh(piece)), "from another");
     }
 
@@ -747,10 +769,14 @@ mod tests {
         download.request(piece, 0, A);
         download.request(piece, 1, A);
         let busy_b = Chooser { busy: true, ..chooser(B, 2, &remote_have) };
-        assert_eq!(download.choose(busy_b, &have, &mut rng, |_| true), None, "a busy remote does not duplicate");
-        let prompt = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| false);
+        assert_eq!(
+            download.choose(busy_b, &have, &mut rng, Some(|_: ConnId| true)),
+            None,
+            "a busy remote does not duplicate"
+        );
+        let prompt = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, Some(|_: ConnId| false));
         assert_eq!(prompt, None, "a piece whose fetcher keeps up is not fetched twice");
-        let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
+        let endgame = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, Some(|_: ConnId| true));
         assert_eq!(endgame, Some(Choice::Endgame(piece)));
         download.assign(Choice::Endgame(piece), 2, B);
         assert_eq!(download.next_block(B, [piece].into_iter()), Some((piece, 0)), "endgame asks for taken blocks");
@@ -791,14 +817,14 @@ mod tests {
         assert!(matches!(verdict, Verdict::Corrupt { guilty: None, .. }), "nobody proven: {verdict:?}");
         // On parole: only the liar's block is fetched again, and not from the liar.
         assert_eq!(
-            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true),
+            download.choose(chooser(A, 1, &remote_have), &have, &mut rng, Some(|_: ConnId| true)),
             None,
             "not from the suspect"
         );
-        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, |_| true);
+        let again = download.choose(chooser(B, 2, &remote_have), &have, &mut rng, Some(|_: ConnId| true));
         assert_eq!(again, Some(Choice::Fresh(piece)));
         download.count_holder(&remote_have, false);
-        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, |_| true);
+        let alone = download.choose(chooser(A, 1, &remote_have), &have, &mut rng, Some(|_: ConnId| true));
         assert_eq!(alone, Some(Choice::Fresh(piece)), "the suspect, when it is the only holder left");
         download.count_holder(&remote_have, true);
         download.assign(Choice::Fresh(piece), 4, B);
@@ -830,7 +856,8 @@ mod tests {
                 let who = rng.below(3);
                 let (conn, n) = (conns[who], who as u8 + 1);
                 if !download.is_active(piece) || download.next_block(conn, [piece].into_iter()).is_none() {
-                    let Some(choice) = download.choose(chooser(conn, n, &remote_have), &have, &mut rng, |_| true)
+                    let Some(choice) =
+                        download.choose(chooser(conn, n, &remote_have), &have, &mut rng, Some(|_: ConnId| true))
                     else {
                         continue;
                     };

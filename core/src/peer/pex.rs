@@ -105,13 +105,19 @@ impl Pex {
         self.due_at = now + PEX_INTERVAL;
         self.told.retain(|(conn, _), _| remotes.contains_key(conn));
         self.heard_at.retain(|(conn, _), _| remotes.contains_key(conn));
+        // The remotes come in connection order and each one's files in id order, as the keys
+        // of `told` do: one walk over both finds who was introduced, not a search per pair.
+        let mut told = self.told.keys().peekable();
         let due: Vec<(ConnId, FileId)> = remotes
             .iter()
             .filter(|(_, remote)| remote.is_ready())
             .flat_map(|(conn, remote)| remote.files().map(move |(file_id, have)| (*conn, *file_id, have)))
             .filter(|(conn, file_id, have)| {
-                let introduced = self.told.contains_key(&(*conn, *file_id));
-                !have.is_full() && (!tracker_ready || !introduced)
+                let key = (*conn, *file_id);
+                while told.next_if(|told| **told < key).is_some() {}
+                let introduced = told.peek().is_some_and(|told| **told == key);
+                // The pieces (behind one more pointer) are read only for a connection that is due.
+                (!tracker_ready || !introduced) && !have.is_full()
             })
             .map(|(conn, file_id, _)| (conn, file_id))
             .collect();

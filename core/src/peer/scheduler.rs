@@ -487,10 +487,12 @@ impl<'a> Scheduler<'a> {
         let entry = self.files.get(&file_id)?;
         let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
         let block_bytes = entry.manifest()?.block_bytes();
-        let quiet = download.quiet(now, block_bytes);
-        // Read only when the download is quiet, which is rare: one pass over the remotes.
-        let unmeasured = if quiet { remotes.slowest_delivery() } else { 0 };
-        let lagging = |c: ConnId| quiet && remotes.get(&c).is_none_or(|r| r.requests().lags(now, unmeasured));
+        // Fetchers can lag only while the download is quiet, which is rare; only then are the
+        // remotes passed over once for the slowest delivery.
+        let lagging = download.quiet(now, block_bytes).then(|| {
+            let unmeasured = remotes.slowest_delivery();
+            move |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now, unmeasured))
+        });
         download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
