@@ -1,7 +1,7 @@
 //! When a download asks the tracker where its pieces are: later and later while pieces keep
-//! arriving, soon again when it is stuck, never twice while an answer is awaited (unless the
-//! answer is overdue). One `Locate` per download; its state is private to this module. It
-//! also tells whether the tracker answers late (busy with a crowd's asks), so that a download
+//! arriving, soon again when it is stuck, sooner still while it lacks the manifest, never twice
+//! while an answer is awaited (unless the answer is overdue). One `Locate` per download; its
+//! state is private to this module. It also tells whether the tracker answers late (busy with a crowd's asks), so that a download
 //! that has peers to exchange with spares it (see `tracker_link::locates_due`).
 
 use std::time::Duration;
@@ -34,6 +34,12 @@ pub(super) struct Locate {
     /// How long the last answer took: a tracker whose uplink is queued with answers to a
     /// crowd answers late, and every ask it is sent meanwhile lengthens its queue.
     answer_delay: Duration,
+    /// The last ask went out while the manifest was unknown.
+    asked_without_manifest: bool,
+    /// How long after an answer naming holders a download that still lacks the manifest asks
+    /// again: from [`LOCATE_INTERVAL_SECOND`], doubled at each such answer up to
+    /// [`LOCATE_INTERVAL`].
+    unmanifested_wait: Duration,
 }
 
 impl Locate {
@@ -47,6 +53,8 @@ impl Locate {
             located: false,
             told_unknown: false,
             answer_delay: Duration::ZERO,
+            asked_without_manifest: false,
+            unmanifested_wait: LOCATE_INTERVAL_SECOND,
         }
     }
 
@@ -68,6 +76,7 @@ impl Locate {
         self.have_at_ask = have_count;
         self.next_at = now + self.interval;
         self.awaited_since = sent.then_some(now);
+        self.asked_without_manifest = !manifest_known;
         !manifest_known && self.located
     }
 
@@ -78,10 +87,23 @@ impl Locate {
     /// their first pieces arrived. So does the first answer that the file is not known (yet):
     /// in a crowd that starts with its seeders, the seeders' announces may reach the tracker
     /// just after the downloaders' first asks.
+    ///
+    /// A download that asked without the manifest and is answered with holders asks again
+    /// [`LOCATE_INTERVAL_SECOND`] later, then at twice the wait each time, up to
+    /// [`LOCATE_INTERVAL`], unless the answer came late (the tracker is busy): until some peer
+    /// sends it the manifest it can neither fetch nor be named to others, and in a crowd that
+    /// arrives at once the holders it was named admit few connections and the tracker sends
+    /// the manifest itself to few askers
+    /// ([`LOCATED_MANIFEST_BYTES_PER_WINDOW`](crate::limits::LOCATED_MANIFEST_BYTES_PER_WINDOW)),
+    /// while the askers that got it are named as newcomers from their announce on.
     pub fn answered(&mut self, now: Time, peers: Option<usize>) {
         if let Some(sent) = self.awaited_since.take() {
             self.answer_delay = now - sent;
             self.next_at = self.next_at.max(now + LOCATE_INTERVAL);
+            if self.asked_without_manifest && peers.is_some() && !self.tracker_busy() {
+                self.next_at = now + self.unmanifested_wait;
+                self.unmanifested_wait = (self.unmanifested_wait * 2).min(LOCATE_INTERVAL);
+            }
         }
         match peers {
             Some(peers) => {
@@ -160,6 +182,28 @@ mod tests {
         locate.asked(prompt, 0, true, true);
         locate.answered(prompt + LOCATE_BUSY_ANSWER_DELAY, Some(HOLDERS_PER_PIECE_MAX));
         assert!(!locate.tracker_busy());
+    }
+
+    #[test]
+    fn a_download_without_the_manifest_asks_again_at_growing_waits_until_it_has_it() {
+        let mut locate = Locate::new(Time::ZERO);
+        let mut now = Time::ZERO;
+        for wait_ms in [250, 500, 1000, 2000, 2000] {
+            locate.asked(now, 0, true, false);
+            now = now + Duration::from_millis(50);
+            locate.answered(now, Some(HOLDERS_PER_PIECE_MAX));
+            assert_eq!(locate.due_at(), now + Duration::from_millis(wait_ms));
+            now = locate.due_at();
+        }
+        locate.asked(now, 0, true, true);
+        locate.answered(now, Some(HOLDERS_PER_PIECE_MAX));
+        assert_eq!(locate.due_at(), now + LOCATE_INTERVAL, "the manifest is known: the base interval");
+
+        let mut busy = Locate::new(Time::ZERO);
+        busy.asked(Time::ZERO, 0, true, false);
+        let late = Time::ZERO + LOCATE_BUSY_ANSWER_DELAY + Duration::from_millis(1);
+        busy.answered(late, Some(HOLDERS_PER_PIECE_MAX));
+        assert_eq!(busy.due_at(), late + LOCATE_INTERVAL, "a late answer: the tracker is not asked sooner");
     }
 
     #[test]
