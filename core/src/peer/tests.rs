@@ -981,8 +981,8 @@ fn a_withdrawn_request_whose_block_comes_is_asked_of_nobody_else() {
 }
 
 #[test]
-fn a_withdrawal_is_answered_unless_the_block_is_being_read_and_its_data_answers() {
-    use crate::machine::{Input, Output};
+fn a_withdrawal_is_answered_unless_the_block_is_being_read_or_sent_and_its_data_answers() {
+    use crate::machine::{Completion, Input, Output};
     use crate::wire::{Hello, Message, RejectReason, Role};
     let (mut peer, manifest) = seeding(32, 24);
     let id = manifest.file_id();
@@ -1003,10 +1003,22 @@ fn a_withdrawal_is_answered_unless_the_block_is_being_read_and_its_data_answers(
             _ => None,
         })
         .collect();
-    assert!(read.contains(&0) && !read.contains(&15), "the first blocks are read, the rest wait: {asked:?}");
+    assert!(
+        read.contains(&0) && read.contains(&1) && !read.contains(&15),
+        "the first blocks are read, the rest wait: {asked:?}"
+    );
     let withdraw = |piece| Message::Withdraw { file_id: id, piece: PieceIndex(piece), offset: 0 };
     let reading = step(&mut peer, Time::from_millis(13), Input::Message { conn, message: withdraw(0) });
     assert!(sent(&reading).is_empty(), "its Data answers: {reading:?}");
+    // A block read and queued but not yet sent: its Data frame answers too, for a Reject would
+    // overtake it (drivers send control frames ahead of queued Data).
+    let block = bytes::Bytes::from(vec![0u8; 16 * 1024]);
+    let result = Ok(block);
+    let done = Completion::BlockRead { conn, file_id: id, piece: PieceIndex(1), offset: 0, result };
+    let queued = step(&mut peer, Time::from_millis(13), Input::Completed(done));
+    assert!(sent(&queued).iter().any(|m| matches!(m, Message::Data { piece: PieceIndex(1), .. })), "{queued:?}");
+    let unsent = step(&mut peer, Time::from_millis(13), Input::Message { conn, message: withdraw(1) });
+    assert!(sent(&unsent).is_empty(), "its queued Data answers: {unsent:?}");
     let waiting = step(&mut peer, Time::from_millis(14), Input::Message { conn, message: withdraw(15) });
     let answer = Message::Reject { file_id: id, piece: PieceIndex(15), offset: 0, reason: RejectReason::Withdrawn };
     assert_eq!(sent(&waiting), [&answer], "{waiting:?}");

@@ -322,8 +322,8 @@ pub enum Message {
         offset: u32,
     },
     /// Peer → peer: forget an earlier `Request`, and say so unless its block is on its way: the
-    /// receiver answers `Reject` `Withdrawn` unless it already started reading the block, whose
-    /// `Data` then comes instead. Either answer follows every `Data` sent before it, so the
+    /// receiver answers `Reject` `Withdrawn` unless it already read the block or started reading it,
+    /// whose `Data` then comes instead. Either answer follows every `Data` sent before it, so the
     /// sender knows whether the block can still come, and asks another holder for it only when
     /// it cannot. Sent only to a remote whose `Hello` set `withdrawals`.
     Withdraw {

@@ -362,11 +362,15 @@ impl Uploads {
     }
 
     /// Removes a queued request that its downloader withdraws; whether to answer that its block
-    /// will not come: unless a read of it started, whose `Data` frame answers instead (a frame
-    /// already queued leaves before the answer).
+    /// will not come: unless a read of it started or its `Data` frame waits to leave, for then
+    /// that frame answers instead (an answer sent now would overtake it: control frames jump
+    /// the data queue).
     pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
         self.cancel(conn, file_id, piece, offset);
-        self.conns.get(&conn).is_none_or(|state| !state.reads.iter().any(|j| j.block() == (file_id, piece, offset)))
+        let block = (file_id, piece, offset);
+        self.conns.get(&conn).is_none_or(|state| {
+            !state.reads.iter().any(|j| j.block() == block) && !state.unsent_data.iter().any(|(b, _)| *b == block)
+        })
     }
 
     /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
