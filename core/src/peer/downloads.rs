@@ -486,6 +486,26 @@ impl Download {
         endgame.map(Choice::Endgame)
     }
 
+    /// A piece to take from a slower fetcher for `remote`, idle, once no piece is left to start
+    /// (as for endgame): one it holds that a single other remote fetches, for which
+    /// `outpaced` holds; with that fetcher.
+    pub fn outpaced_fetch(
+        &self,
+        remote: &Chooser<'_>,
+        have: &Bitfield,
+        outpaced: impl Fn(ConnId, PieceIndex) -> bool,
+    ) -> Option<(PieceIndex, ConnId)> {
+        if remote.busy || self.missing.any() {
+            return None;
+        }
+        remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)).find_map(|piece| {
+            let Slot::Active(active) = &self.slots[piece.as_usize()] else { return None };
+            let mut fetchers = active.assignees.keys();
+            let (Some(&fetcher), None) = (fetchers.next(), fetchers.next()) else { return None };
+            (!active.is_received() && fetcher != remote.conn && outpaced(fetcher, piece)).then_some((piece, fetcher))
+        })
+    }
+
     /// `conn` fetches the chosen piece (of `blocks` blocks) from now on: a `Missing` piece
     /// becomes `Active`.
     pub fn assign(&mut self, choice: Choice, blocks: u32, conn: ConnId) -> PieceIndex {

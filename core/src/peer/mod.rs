@@ -1032,6 +1032,15 @@ impl Peer {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
         if stalled.is_empty() && close.is_empty() {
+            // An idle remote may take a piece from a slower fetcher once blocks stopped
+            // arriving (`Scheduler::recall_outpaced`), which no input announces: look again.
+            let now = self.now;
+            let quiet = self.files.values().any(|e| {
+                e.is_fetching() && e.manifest().zip(e.download()).is_some_and(|(m, d)| d.quiet(now, m.block_bytes()))
+            });
+            if quiet {
+                self.scheduler().schedule_all();
+            }
             return;
         }
         for conn in stalled {

@@ -7,14 +7,15 @@
 //! partially fetched pieces whose remote went away come before fresh ones. When no piece is left
 //! to start and a remote's pipeline is empty, it joins a piece another remote is fetching
 //! (endgame) if that remote lags (nothing arrived from it for a while), and the slower copy is
-//! cancelled as blocks arrive. Every block is written by the driver, every written piece is
-//! hashed, and a sender proven to have sent a bad block of a piece that failed its hash is
-//! named to the peer, which strikes it (see `downloads` for the proof, `bans` for what strikes
-//! lead to).
+//! cancelled as blocks arrive; or, if that remote is clearly slower than it, the piece is
+//! withdrawn from that remote and fetched from it once the remote answered that its blocks will
+//! not come. Every block is written by the driver, every written piece is hashed, and a sender
+//! proven to have sent a bad block of a piece that failed its hash is named to the peer, which
+//! strikes it (see `downloads` for the proof, `bans` for what strikes lead to).
 //!
 //! [`Scheduler`] is a sub-machine over the peer's connection and file tables, borrowed for one
 //! input. It owns one piece of state privately: each connection's [`Requests`] (blocks in
-//! flight, pieces assigned, delivery rate, rest), which nothing outside this module changes.
+//! flight, pieces assigned, delivery rate, rest, recalls), which nothing outside this module changes.
 //! Its inputs are its methods (a block arrived, a request was refused, a block was written, a
 //! piece was hashed, the file was moved into place, a connection stalled or went away); its
 //! outputs are `Request`/`Cancel`/`Withdraw` messages and the storage and event [`Output`]s, pushed onto
@@ -29,13 +30,13 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PieceIndex};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, OUTPACE_FACTOR, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
     REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
     REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
-use crate::small::VecSet;
+use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 use crate::wire::{Message, RejectReason};
 
@@ -70,6 +71,9 @@ pub(super) struct Requests {
     /// one of them came after all our requests, so none of ours crossed it.
     last_sent: Vec<BlockKey>,
     last_sent_at: Time,
+    /// Pieces whose requests we withdrew for a faster remote, idle, that holds them: by piece,
+    /// that remote, which is asked first once this one answered that they will not come.
+    recalls: VecMap<(FileId, PieceIndex), ConnId>,
 }
 
 impl Requests {
@@ -85,6 +89,7 @@ impl Requests {
             withdrawing: false,
             last_sent: Vec::new(),
             last_sent_at: now,
+            recalls: VecMap::new(),
         }
     }
 
@@ -202,9 +207,21 @@ impl Requests {
         self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).next().is_some()
     }
 
+    /// Whether a remote delivering at `bytes_per_s` would fetch a block of `block_bytes`
+    /// [`OUTPACE_FACTOR`] times as fast as this one, measured or given `unmeasured_bytes_per_s`,
+    /// and nothing arrived from this one for two such blocks' time at that rate.
+    fn outpaced_by(&self, now: Time, bytes_per_s: u64, block_bytes: u32, unmeasured_bytes_per_s: u64) -> bool {
+        let rate = self.rate_or(unmeasured_bytes_per_s);
+        let Some(two_blocks) = (2 * u64::from(block_bytes) * 1_000_000).checked_div(bytes_per_s) else {
+            return false;
+        };
+        rate > 0 && bytes_per_s >= OUTPACE_FACTOR * rate && self.progress_at + Duration::from_micros(two_blocks) <= now
+    }
+
     /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
     fn unassign(&mut self, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
         self.assigned.remove(&(file_id, piece));
+        self.recalls.remove(&(file_id, piece));
         let cancelled: Vec<BlockKey> =
             self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).copied().collect();
         for key in &cancelled {
@@ -444,7 +461,10 @@ impl<'a> Scheduler<'a> {
             }
             match self.choose_piece(conn, file_id) {
                 Some(choice) => look = Look::Only(self.assign(conn, file_id, choice)),
-                None => return,
+                None => {
+                    self.recall_outpaced(conn, file_id);
+                    return;
+                }
             }
         }
     }
@@ -494,6 +514,41 @@ impl<'a> Scheduler<'a> {
             move |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now, unmeasured))
         });
         download.choose(chooser, entry.have(), self.rng, lagging)
+    }
+
+    /// `conn`, idle, found nothing to fetch: a piece it holds that one clearly slower remote
+    /// fetches, whose block has not arrived, is withdrawn from that remote (`Withdraw`), to be
+    /// fetched from `conn` once the remote answered that its block will not come. A block
+    /// whose upload started comes anyway, and nothing is fetched twice: a slow holder does not
+    /// keep the last pieces while a fast one idles.
+    fn recall_outpaced(&mut self, conn: ConnId, file_id: FileId) {
+        let Some(remote) = self.remotes.get(&conn) else { return };
+        let (rate, busy) = (remote.requests().bytes_per_s(), !remote.requests().in_flight.is_empty());
+        let Some(have) = remote.pieces(file_id) else { return };
+        let chooser = Chooser { conn, peer_id: remote.peer_id(), have, busy };
+        let Some(entry) = self.files.get(&file_id) else { return };
+        let (Some(download), Some(manifest)) = (entry.download(), entry.manifest()) else { return };
+        let (remotes, now, block_bytes) = (&*self.remotes, self.now, manifest.block_bytes());
+        if rate == 0 || !download.quiet(now, block_bytes) {
+            return;
+        }
+        let unmeasured = remotes.slowest_delivery();
+        let outpaced = |c: ConnId, piece: PieceIndex| {
+            remotes.get(&c).is_some_and(|r| {
+                r.withdrawals()
+                    && !r.requests().withdrawing
+                    && !r.requests().recalls.contains_key(&(file_id, piece))
+                    && r.requests().outpaced_by(now, rate, block_bytes, unmeasured)
+            })
+        };
+        let Some((piece, fetcher)) = download.outpaced_fetch(&chooser, entry.have(), outpaced) else { return };
+        let Some(requests) = self.remotes.get_mut(&fetcher).map(Remote::requests_mut) else { return };
+        requests.recalls.insert((file_id, piece), conn);
+        let offsets: Vec<u32> =
+            requests.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).map(|k| k.2).collect();
+        for offset in offsets {
+            self.send(fetcher, Message::Withdraw { file_id, piece, offset });
+        }
     }
 
     /// Gives `conn` the piece `choose_piece` chose for it; returns the piece.
@@ -604,6 +659,7 @@ impl<'a> Scheduler<'a> {
         for conn in released {
             if let Some(remote) = self.remotes.get_mut(&conn) {
                 remote.requests_mut().assigned.remove(&(file_id, piece));
+                remote.requests_mut().recalls.remove(&(file_id, piece));
             }
         }
         self.out.push(Output::WriteBlock { file_id, piece, offset, bytes });
@@ -676,7 +732,12 @@ impl<'a> Scheduler<'a> {
             download.unrequest(piece, block, conn);
         }
         if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
+            let recalled_for =
+                self.remotes.get(&conn).and_then(|r| r.requests().recalls.get(&(file_id, piece)).copied());
             self.release(conn, file_id, piece);
+            if let Some(faster) = recalled_for {
+                self.schedule(faster);
+            }
             self.schedule_holders(file_id, piece);
         }
     }

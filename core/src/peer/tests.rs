@@ -1043,3 +1043,23 @@ fn a_withdrawal_left_unanswered_gives_the_piece_up_at_the_next_deadline() {
     );
     assert!(matches!(sent_to(&given_up, b)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{given_up:?}");
 }
+
+#[test]
+fn a_slow_holder_gives_the_pieces_it_has_not_started_up_to_a_fast_idle_one() {
+    let mut h = Harness::new(21);
+    let (bytes, manifest) = file(64 * 64 * KIB, 64 * 1024, 21);
+    let id = manifest.file_id();
+    let kib = KIB as u64;
+    let (fast, slow, leecher) = (h.add_peer(1, Some(4096 * kib)), h.add_peer(2, Some(16 * kib)), h.add_peer(3, None));
+    h.share(fast, &manifest, &bytes, None);
+    h.share(slow, &manifest, &bytes, None);
+    let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(120));
+    // The slow holder (a piece every 4 s) was asked for pieces while the fast one served the
+    // rest; those it had not started were withdrawn and fetched from the fast one, idle by
+    // then. Left with them, it takes 16 s.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(h.received.iter().any(|(_, to, kind)| *to == slow && *kind == "withdraw"), "nothing withdrawn");
+    let from = verified_from(&h, leecher);
+    assert_eq!(from.len(), 64, "each piece verified once: {from:?}");
+    assert!(h.completed(leecher, id));
+}
