@@ -1027,7 +1027,7 @@ impl Peer {
 
     /// Closes connections whose handshake or idle deadline passed, and takes the pieces of
     /// stalled remotes elsewhere (a stalled remote rests for a while: no new requests; see
-    /// `Scheduler::stalled`).
+    /// `Scheduler::stalled`); while a download is quiet, fills the pipelines again.
     fn remote_timeouts(&mut self) {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
