@@ -91,12 +91,13 @@ pub const HOLDERS_PER_PIECE_MAX: usize = 8;
 /// Most distinct peers one `Located` answer may name (what a peer accepts on the wire).
 pub const LOCATED_PEERS_MAX: usize = 64;
 
-/// Most distinct peers the tracker names in one `Located` answer: as many as the asker opens
-/// connections to on its own ([`OUTBOUND_PEERS_MAX`]), since it dials the peers of an answer
-/// only while it has outbound room and forgets the rest. Each name costs the tracker's uplink
-/// a record (peer, address and bitfield), and a flash crowd's askers all ask within one locate
-/// interval: names past what an asker can dial delay the other askers' answers.
-pub const LOCATED_PEERS_NAMED_MAX: usize = OUTBOUND_PEERS_MAX;
+/// Most distinct peers the tracker names in one `Located` answer. The asker dials the peers of
+/// an answer only while it has outbound room ([`OUTBOUND_PEERS_MAX`]) and forgets the rest, but
+/// a name it is already connected to takes no room (the connection is asked for the file), so
+/// an answer names a few more peers than a newcomer can dial. Each name costs the tracker's
+/// uplink a record (peer, address and bitfield), and a flash crowd's askers all ask within one
+/// locate interval: names past what an asker can use delay the other askers' answers.
+pub const LOCATED_PEERS_NAMED_MAX: usize = 32;
 
 /// Most askers the tracker names one peer to within [`LOCATED_NAMING_WINDOW`], while other
 /// holders of the same pieces can be named instead: a peer admits only [`INBOUND_PEERS_MAX`]
@@ -181,8 +182,12 @@ pub const CONNECTIONS_MAX: usize = 4096;
 /// tracks, plus room for clients such as `p2p-node ls`.
 pub const TRACKER_CONNECTIONS_MAX: usize = TRACKER_PEERS_MAX + 4096;
 
-/// Most peer-to-peer connections a downloading peer opens on its own initiative.
-pub const OUTBOUND_PEERS_MAX: usize = 32;
+/// Most peer-to-peer connections a downloading peer opens on its own initiative. In a crowd
+/// every peer also accepts about as many as it opens, and each connection costs its handshake,
+/// bitfields and a `Haves` per batch of verified pieces while a peer fetches a block from only
+/// a few remotes at a time: with 32 almost half of a 1,000-peer crowd's connections carried no
+/// block.
+pub const OUTBOUND_PEERS_MAX: usize = 24;
 
 /// Most peer-to-peer connections a peer accepts; past it a newcomer takes the slot of the
 /// connection idle for longest (see [`INBOUND_IDLE_BEFORE_EVICTION`]), or is refused
@@ -512,6 +517,7 @@ const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_mi
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
 const _: () = assert!(LOCATED_PEERS_NAMED_MAX <= LOCATED_PEERS_MAX);
+const _: () = assert!(OUTBOUND_PEERS_MAX <= LOCATED_PEERS_NAMED_MAX);
 const _: () = assert!(INBOUND_PEERS_PER_IP_MAX < INBOUND_PEERS_MAX);
 // A connection is evicted only after it could have timed out its handshake.
 const _: () = assert!(HANDSHAKE_TIMEOUT.as_millis() <= INBOUND_IDLE_BEFORE_EVICTION.as_millis());

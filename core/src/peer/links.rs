@@ -25,9 +25,12 @@ use super::remote::{Remote, Remotes};
 /// [`HOLDERS_PER_PIECE_MAX`] holders' addresses each, and the holders of any of them.
 #[derive(Debug)]
 pub(super) struct Located {
-    /// The holders that hold a piece we miss, in the answer's order, then the peers that hold
-    /// nothing yet: the tracker names a few such newcomers so that a crowd that starts
+    /// The peers that hold nothing yet, then the holders that hold a piece we miss, each in the
+    /// answer's order: the tracker names a few such newcomers so that a crowd that starts
     /// together meets before its first pieces arrive, and each fetches what another received.
+    /// They come first because the peers are dialled in this order while outbound room lasts,
+    /// and an answer names more holders than that room: the holders left out are busy
+    /// serving others, the newcomers are who a newcomer trades with first.
     pub useful: Vec<PeerAddr>,
     /// Every missing piece, with the addresses of some of its holders.
     pub wanted: Vec<(PieceIndex, Vec<SocketAddr>)>,
@@ -37,11 +40,11 @@ pub(super) struct Located {
 /// nothing.
 pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
     let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> = have.iter_missing().map(|p| (p, Vec::new())).collect();
+    let mut holding = Vec::new();
     let mut useful = Vec::new();
-    let mut newcomers = Vec::new();
     for (peer, bits) in holders.iter() {
         if bits.count() == 0 {
-            newcomers.push(peer);
+            useful.push(peer);
             continue;
         }
         let mut holds_missing = false;
@@ -52,10 +55,10 @@ pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
             }
         }
         if holds_missing {
-            useful.push(peer);
+            holding.push(peer);
         }
     }
-    useful.append(&mut newcomers);
+    useful.append(&mut holding);
     Located { useful, wanted }
 }
 
