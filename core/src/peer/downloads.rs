@@ -463,25 +463,18 @@ impl Download {
         // do, one duplicate piece at a time, and only of a piece whose fetchers lag: otherwise
         // it would only fetch twice what is already on its way (a copy already read at the
         // uploader is not recalled by a `Cancel`).
-        if remote.busy || self.missing.any() {
-            return None;
-        }
         // Without `lagging` no fetcher lags, so only a piece nobody fetches could be taken: an
         // orphan, which the first look above already refused. The scan would find nothing.
         let lagging = lagging?;
-        // Candidates are the pieces it holds that are neither ours nor missing: active (or
-        // being verified), in ascending order.
-        let endgame = remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)).find(|piece| {
-            match &self.slots[piece.as_usize()] {
-                Slot::Active(active) => {
-                    !active.is_received()
-                        && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
-                        && !active.assignees.contains_key(&remote.conn)
-                        && active.assignees.keys().all(|c| lagging(*c))
-                        && usable(*piece)
-                }
-                _ => false,
+        let endgame = self.started_held(&remote, have)?.find(|piece| match &self.slots[piece.as_usize()] {
+            Slot::Active(active) => {
+                !active.is_received()
+                    && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
+                    && !active.assignees.contains_key(&remote.conn)
+                    && active.assignees.keys().all(|c| lagging(*c))
+                    && usable(*piece)
             }
+            _ => false,
         });
         endgame.map(Choice::Endgame)
     }
@@ -495,15 +488,26 @@ impl Download {
         have: &Bitfield,
         outpaced: impl Fn(ConnId, PieceIndex) -> bool,
     ) -> Option<(PieceIndex, ConnId)> {
-        if remote.busy || self.missing.any() {
-            return None;
-        }
-        remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)).find_map(|piece| {
+        self.started_held(remote, have)?.find_map(|piece| {
             let Slot::Active(active) = &self.slots[piece.as_usize()] else { return None };
             let mut fetchers = active.assignees.keys();
             let (Some(&fetcher), None) = (fetchers.next(), fetchers.next()) else { return None };
             (!active.is_received() && fetcher != remote.conn && outpaced(fetcher, piece)).then_some((piece, fetcher))
         })
+    }
+
+    /// The pieces `remote` holds that someone fetches (active, or being verified) and we lack,
+    /// in ascending order, when `remote` has nothing in flight and no piece is left to start:
+    /// what endgame and taking a piece from a slower fetcher look among; `None` otherwise.
+    fn started_held<'r>(
+        &'r self,
+        remote: &Chooser<'r>,
+        have: &'r Bitfield,
+    ) -> Option<impl Iterator<Item = PieceIndex> + 'r> {
+        if remote.busy || self.missing.any() {
+            return None;
+        }
+        Some(remote.have.iter_and_not(have).filter(|p| !self.missing.has(*p)))
     }
 
     /// `conn` fetches the chosen piece (of `blocks` blocks) from now on: a `Missing` piece

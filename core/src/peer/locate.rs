@@ -1,8 +1,9 @@
 //! When a download asks the tracker where its pieces are: later and later while pieces keep
 //! arriving, soon again when it is stuck, sooner still while it lacks the manifest, never twice
 //! while an answer is awaited (unless the answer is overdue). One `Locate` per download; its
-//! state is private to this module. It also tells whether the tracker answers late (busy with a crowd's asks), so that a download
-//! that has peers to exchange with spares it (see `tracker_link::locates_due`).
+//! state is private to this module. It also tells whether the tracker answers late (busy with
+//! a crowd's asks), so that a download that has peers to exchange with spares it (see
+//! `tracker_link::locates_due`).
 
 use std::time::Duration;
 

@@ -204,7 +204,12 @@ impl Requests {
 
     /// Whether a request of a block of `piece` is in flight.
     fn fetches(&self, file_id: FileId, piece: PieceIndex) -> bool {
-        self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).next().is_some()
+        self.of_piece(file_id, piece).next().is_some()
+    }
+
+    /// Its requests in flight for blocks of `piece`, by offset.
+    fn of_piece(&self, file_id: FileId, piece: PieceIndex) -> std::slice::Iter<'_, BlockKey> {
+        self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX))
     }
 
     /// Whether a remote delivering at `bytes_per_s` would fetch a block of `block_bytes`
@@ -222,13 +227,24 @@ impl Requests {
     fn unassign(&mut self, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
         self.assigned.remove(&(file_id, piece));
         self.recalls.remove(&(file_id, piece));
-        let cancelled: Vec<BlockKey> =
-            self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).copied().collect();
+        let cancelled: Vec<BlockKey> = self.of_piece(file_id, piece).copied().collect();
         for key in &cancelled {
             self.in_flight.remove(key);
         }
         cancelled.into_iter().map(|(_, _, offset)| offset).collect()
     }
+}
+
+/// `conn` as a download's piece choice sees it: its peer, what it holds of `file_id`, and
+/// whether it has requests in flight.
+fn chooser(remotes: &Remotes, conn: ConnId, file_id: FileId) -> Option<Chooser<'_>> {
+    let remote = remotes.get(&conn)?;
+    Some(Chooser {
+        conn,
+        peer_id: remote.peer_id(),
+        have: remote.pieces(file_id)?,
+        busy: !remote.requests().in_flight.is_empty(),
+    })
 }
 
 /// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at `bytes_per_s` (`None` at zero).
@@ -497,13 +513,7 @@ impl<'a> Scheduler<'a> {
 
     /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
     fn choose_piece(&mut self, conn: ConnId, file_id: FileId) -> Option<Choice> {
-        let remote = self.remotes.get(&conn)?;
-        let chooser = Chooser {
-            conn,
-            peer_id: remote.peer_id(),
-            have: remote.pieces(file_id)?,
-            busy: !remote.requests().in_flight.is_empty(),
-        };
+        let chooser = chooser(self.remotes, conn, file_id)?;
         let entry = self.files.get(&file_id)?;
         let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
         let block_bytes = entry.manifest()?.block_bytes();
@@ -522,16 +532,14 @@ impl<'a> Scheduler<'a> {
     /// whose upload started comes anyway, and nothing is fetched twice: a slow holder does not
     /// keep the last pieces while a fast one idles.
     fn recall_outpaced(&mut self, conn: ConnId, file_id: FileId) {
-        let Some(remote) = self.remotes.get(&conn) else { return };
-        let (rate, busy) = (remote.requests().bytes_per_s(), !remote.requests().in_flight.is_empty());
-        let Some(have) = remote.pieces(file_id) else { return };
-        let chooser = Chooser { conn, peer_id: remote.peer_id(), have, busy };
+        let rate = self.remotes.get(&conn).map_or(0, |r| r.requests().bytes_per_s());
         let Some(entry) = self.files.get(&file_id) else { return };
         let (Some(download), Some(manifest)) = (entry.download(), entry.manifest()) else { return };
         let (remotes, now, block_bytes) = (&*self.remotes, self.now, manifest.block_bytes());
         if rate == 0 || !download.quiet(now, block_bytes) {
             return;
         }
+        let Some(chooser) = chooser(remotes, conn, file_id) else { return };
         let unmeasured = remotes.slowest_delivery();
         let outpaced = |c: ConnId, piece: PieceIndex| {
             remotes.get(&c).is_some_and(|r| {
@@ -544,8 +552,7 @@ impl<'a> Scheduler<'a> {
         let Some((piece, fetcher)) = download.outpaced_fetch(&chooser, entry.have(), outpaced) else { return };
         let Some(requests) = self.remotes.get_mut(&fetcher).map(Remote::requests_mut) else { return };
         requests.recalls.insert((file_id, piece), conn);
-        let offsets: Vec<u32> =
-            requests.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX)).map(|k| k.2).collect();
+        let offsets: Vec<u32> = requests.of_piece(file_id, piece).map(|k| k.2).collect();
         for offset in offsets {
             self.send(fetcher, Message::Withdraw { file_id, piece, offset });
         }

@@ -179,6 +179,11 @@ impl ConnUploads {
         self.queued_bytes + self.unsent_bytes
     }
 
+    /// Whether `block` is being read or its `Data` frame waits to leave: it will be sent.
+    fn on_its_way(&self, block: (FileId, PieceIndex, u32)) -> bool {
+        self.reads.iter().any(|j| j.block() == block) || self.unsent_data.iter().any(|(b, _)| *b == block)
+    }
+
     /// Queues `job` last.
     fn enqueue(&mut self, job: ServeJob) {
         self.queued_bytes += u64::from(job.len);
@@ -335,8 +340,7 @@ impl Uploads {
         // and the downloader, taking it for refused, asks again when called: one copy is sent,
         // also when the first is read and still waits to leave.
         let block = job.block();
-        let same = |j: &ServeJob| j.block() == block;
-        if state.queue.iter().chain(&state.reads).any(same) || state.unsent_data.iter().any(|(b, _)| *b == block) {
+        if state.queue.iter().any(|j| j.block() == block) || state.on_its_way(block) {
             return Err(Refused::Covered);
         }
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
@@ -367,10 +371,7 @@ impl Uploads {
     /// the data queue).
     pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
         self.cancel(conn, file_id, piece, offset);
-        let block = (file_id, piece, offset);
-        self.conns.get(&conn).is_none_or(|state| {
-            !state.reads.iter().any(|j| j.block() == block) && !state.unsent_data.iter().any(|(b, _)| *b == block)
-        })
+        self.conns.get(&conn).is_none_or(|state| !state.on_its_way((file_id, piece, offset)))
     }
 
     /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
