@@ -15,11 +15,12 @@
 //!
 //! [`Scheduler`] is a sub-machine over the peer's connection and file tables, borrowed for one
 //! input. It owns one piece of state privately: each connection's [`Requests`] (blocks in
-//! flight, pieces assigned, delivery rate, rest, recalls), which nothing outside this module changes.
-//! Its inputs are its methods (a block arrived, a request was refused, a block was written, a
-//! piece was hashed, the file was moved into place, a connection stalled or went away); its
-//! outputs are `Request`/`Cancel`/`Withdraw` messages and the storage and event [`Output`]s, pushed onto
-//! the peer's queue, and the verdicts the peer routes on ([`Hashed`], [`WrongLength`]).
+//! flight, pieces assigned, delivery rate, rest, recalls), which nothing outside this module
+//! changes. Its inputs are its methods (a block arrived, a request was refused, a block was
+//! written, a piece was hashed, the file was moved into place, a connection stalled or went
+//! away); its outputs are `Request`/`Cancel`/`Withdraw` messages and the storage and event
+//! [`Output`]s, pushed onto the peer's queue, and the verdicts the peer routes on ([`Hashed`],
+//! [`WrongLength`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
