@@ -455,6 +455,14 @@ pub const HAVE_BATCH_LARGE_PIECE_BYTES: u32 = 64 * 1024;
 /// The batch interval for pieces of at least [`HAVE_BATCH_LARGE_PIECE_BYTES`].
 pub const HAVE_BATCH_INTERVAL_LARGE_PIECES: Duration = Duration::from_millis(100);
 
+/// Blocks at least this large that a downloader asked for after a request the remote refused
+/// (`Busy`) are withdrawn (`Withdraw`), not cancelled: such a block, queued at the remote after
+/// all (it called us before the request arrived), is read and on its way before a `Cancel`
+/// arrives, and fetched from another holder too it would come twice. Smaller blocks are
+/// cancelled and their pieces asked of others at once: the answer to a withdrawal can wait
+/// behind a block leaving a slow uplink, a wait a small block's duplicate costs less than.
+pub const CROSSED_WITHDRAW_BLOCK_BYTES_MIN: u32 = 128 * 1024;
+
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 

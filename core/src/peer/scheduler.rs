@@ -31,9 +31,9 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ConnId, Digest, FileId, PieceIndex};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, ENDGAME_PATIENCE, OUTPACE_FACTOR, PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
-    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR,
+    PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX,
+    REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -670,6 +670,14 @@ impl<'a> Scheduler<'a> {
                 remote.requests_mut().recalls.remove(&(file_id, piece));
             }
         }
+        // A remote waiting for a call keeps a piece only while blocks of it are on their way
+        // (read before its `Busy`, or withdrawn too late): the rest goes to other holders.
+        let requests = self.remotes.get(&conn).map(Remote::requests);
+        if awaits_call && requests.is_some_and(|r| r.assigned.contains(&(file_id, piece)) && !r.fetches(file_id, piece))
+        {
+            self.release(conn, file_id, piece);
+            self.schedule_holders(file_id, piece);
+        }
         self.out.push(Output::WriteBlock { file_id, piece, offset, bytes });
         // Only the sender and the remotes whose copy was cancelled have room in their pipelines.
         self.schedule(conn);
@@ -682,7 +690,8 @@ impl<'a> Scheduler<'a> {
     /// The remote will not serve a block: give the piece to someone else. A remote that is
     /// `Busy` (its upload slots and line are taken) keeps its pieces in our view. One that
     /// takes part in room calls answered every request we had outstanding with it (see
-    /// `uploads`): all its pieces go to other holders, and it is asked again when it calls
+    /// `uploads`): all its pieces go to other holders (those we asked for after the refused
+    /// one once it answered our `Withdraw`), and it is asked again when it calls
     /// (`Room`, see [`Scheduler::on_room`]), or after [`BUSY_CALL_WAIT_MAX`] without a call.
     /// Another gives up this piece and is asked again after [`BUSY_RETRY_DELAY`]. Any other
     /// refusal means it will not serve this piece.
@@ -699,8 +708,31 @@ impl<'a> Scheduler<'a> {
             // Even when this request was cancelled meanwhile: the others are dropped all the same.
             let pieces: Vec<(FileId, PieceIndex)> = remote.requests().assigned.iter().copied().collect();
             let crossed = remote.requests().sent_after((file_id, piece, offset));
+            let block_bytes = self.files.get(&file_id).and_then(FileEntry::manifest).map(|m| m.block_bytes());
+            let withdraw = crossed && remote.withdrawals() && block_bytes >= Some(CROSSED_WITHDRAW_BLOCK_BYTES_MIN);
             remote.requests_mut().awaits_call = true;
+            let keys: Vec<BlockKey> =
+                if withdraw { remote.requests().in_flight.iter().copied().collect() } else { Vec::new() };
             self.rest(conn, Some(self.now + BUSY_CALL_WAIT_MAX));
+            if withdraw {
+                // Requests sent after the refused one crossed the `Busy`, and one may have
+                // found room there after all (called meanwhile): a `Cancel` comes too late for
+                // a block already read. Withdrawn, each piece goes to other holders once the
+                // remote answered that its block will not come; a block already read comes.
+                if was_in_flight {
+                    self.unrequest(conn, file_id, piece, offset);
+                }
+                for (file_id, piece, offset) in keys {
+                    self.send(conn, Message::Withdraw { file_id, piece, offset });
+                }
+                for (file_id, piece) in pieces {
+                    if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
+                        self.release(conn, file_id, piece);
+                        self.schedule_holders(file_id, piece);
+                    }
+                }
+                return;
+            }
             // The remote dropped our requests sent with or before the refused one. Those sent
             // later crossed its `Busy` and may have found room there after all: cancel them, or
             // the pieces they ask for, freed here for other holders, would come twice.
@@ -732,12 +764,8 @@ impl<'a> Scheduler<'a> {
     /// withdrew: the block may be asked for again, and once no other block of the piece can
     /// still come from `conn`, another holder is asked for the piece.
     fn withdrawn(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
-        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+        if !self.unrequest(conn, file_id, piece, offset) {
             return;
-        };
-        // The request was in flight, so its piece and offset are ones we asked for.
-        if let Some(block) = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset) {
-            download.unrequest(piece, block, conn);
         }
         if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
             let recalled_for =
@@ -748,6 +776,19 @@ impl<'a> Scheduler<'a> {
             }
             self.schedule_holders(file_id, piece);
         }
+    }
+
+    /// The block at `offset` of `piece`, which `conn` was asked for, will not come from it: the
+    /// block may be asked for again. Returns whether the file is still being fetched.
+    fn unrequest(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+        let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            return false;
+        };
+        // The request was in flight, so its piece and offset are ones we asked for.
+        if let Some(block) = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset) {
+            download.unrequest(piece, block, conn);
+        }
+        true
     }
 
     /// `conn` calls: room in its upload line is free for us. Its rest ends and it is asked

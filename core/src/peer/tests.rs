@@ -570,10 +570,10 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
 
 /// A peer that asked the tracker for `file` and was named `holder`; returns it with its
 /// outbound connection to the holder, before the connection opens.
-fn dialling_a_named_holder(holder: crate::wire::PeerAddr) -> (super::Peer, crate::ConnId) {
+fn dialling_a_named_holder(holder: crate::wire::PeerAddr, piece_bytes: usize) -> (super::Peer, crate::ConnId) {
     use crate::machine::{Input, Output};
     use crate::wire::{Hello, Message, Role};
-    let (_, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let (_, manifest) = file(4 * piece_bytes, piece_bytes as u32, 21);
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
@@ -611,7 +611,7 @@ fn a_holder_that_answers_the_manifest_ask_then_refuses_is_dialled_again_only_aft
     use crate::wire::{ErrorCode, Hello, Message, Role};
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
-    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let (mut peer, conn) = dialling_a_named_holder(holder, 16 * KIB);
     step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     let hello = Message::Hello(Hello::new(Role::Peer, holder.peer_id, 7000));
     let asked = step(&mut peer, Time::from_millis(20), Input::Message { conn, message: hello });
@@ -629,7 +629,7 @@ fn a_holder_whose_key_proves_another_id_than_the_tracker_named_is_dropped_unbann
     use crate::machine::{Event, Input, Output};
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
-    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let (mut peer, conn) = dialling_a_named_holder(holder, 16 * KIB);
     let impostor = crate::PeerId([8; 16]);
     let outputs =
         step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: impostor });
@@ -645,7 +645,7 @@ fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
     use crate::wire::{Hello, Message, Role};
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
-    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let (mut peer, conn) = dialling_a_named_holder(holder, 16 * KIB);
     let opened =
         step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
     assert!(matches!(sent(&opened)[..], [Message::Hello(_)]), "{opened:?}");
@@ -682,14 +682,22 @@ fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_con
     assert_eq!(h.peer(downloader).file_views()[0].name.as_deref(), Some(manifest.name()));
 }
 
-/// A peer whose connection to the holder the tracker named for its file is open (at 10 ms,
-/// before any `Hello`): the peer, the connection, the holder, and the file's bytes and manifest.
+/// A peer whose connection to the holder the tracker named for its file of four 16 KiB
+/// pieces is open (at 10 ms, before any `Hello`): the peer, the connection, the holder, and the
+/// file's bytes and manifest.
 fn connected_to_a_named_holder() -> (super::Peer, crate::ConnId, crate::wire::PeerAddr, Vec<u8>, crate::Manifest) {
+    connected_to_a_named_holder_of(16 * KIB)
+}
+
+/// [`connected_to_a_named_holder`], the file's four pieces of `piece_bytes`.
+fn connected_to_a_named_holder_of(
+    piece_bytes: usize,
+) -> (super::Peer, crate::ConnId, crate::wire::PeerAddr, Vec<u8>, crate::Manifest) {
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
-    let (mut peer, conn) = dialling_a_named_holder(holder);
+    let (mut peer, conn) = dialling_a_named_holder(holder, piece_bytes);
     // The file `dialling_a_named_holder` asks for.
-    let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 21);
+    let (bytes, manifest) = file(4 * piece_bytes, piece_bytes as u32, 21);
     let connected = crate::machine::Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id };
     step(&mut peer, Time::from_millis(10), connected);
     (peer, conn, holder, bytes, manifest)
@@ -876,16 +884,21 @@ fn a_whole_file_seeder_takes_a_newcomers_first_request_on_its_behalf() {
     assert_eq!(kinds(seeder, "cancel"), 0);
 }
 
-#[test]
-fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crossed_it() {
-    use crate::machine::Output;
+/// A peer fetching a file of four `piece_bytes` pieces from one holder that takes part in room
+/// calls (and answers `Withdraw` if `withdrawals`): it asked for piece 0, then for piece 1, and
+/// the holder's `Busy` for piece 0 crossed the second request. Returns the peer, the connection, the file's bytes and
+/// manifest, and the outputs of the refusal.
+fn a_busy_crossed_by_a_later_request(
+    withdrawals: bool,
+    piece_bytes: usize,
+) -> (super::Peer, crate::ConnId, Vec<u8>, crate::Manifest, Vec<crate::machine::Output>) {
     use crate::wire::{Hello, Message, RejectReason, Role};
-    let (mut peer, conn, holder, _, manifest) = connected_to_a_named_holder();
+    let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder_of(piece_bytes);
     let id = manifest.file_id();
     let at = Time::from_millis;
     let hear =
         |peer: &mut super::Peer, ms, message| step(peer, at(ms), crate::machine::Input::Message { conn, message });
-    let hello = Hello { room_calls: true, ..Hello::new(Role::Peer, holder.peer_id, 7000) };
+    let hello = Hello { room_calls: true, withdrawals, ..Hello::new(Role::Peer, holder.peer_id, 7000) };
     hear(&mut peer, 20, Message::Hello(hello));
     hear(&mut peer, 21, Message::Manifest { manifest: Box::new(manifest.clone()) });
     let mut have = crate::Bitfield::new(4);
@@ -898,9 +911,37 @@ fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crosse
     // Its `Busy` for the first crossed the second, which may have found room after all.
     let busy = Message::Reject { file_id: id, piece: PieceIndex(0), offset: 0, reason: RejectReason::Busy };
     let refused = hear(&mut peer, 30, busy);
-    let cancels: Vec<&Message> = sent(&refused).into_iter().filter(|m| matches!(m, Message::Cancel { .. })).collect();
-    assert_eq!(cancels, [&Message::Cancel { file_id: id, piece: PieceIndex(1), offset: 0 }], "{refused:?}");
-    assert!(!refused.iter().any(|o| matches!(o, Output::Close { .. })), "{refused:?}");
+    assert!(!refused.iter().any(|o| matches!(o, crate::machine::Output::Close { .. })), "{refused:?}");
+    (peer, conn, bytes, manifest, refused)
+}
+
+#[test]
+fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crossed_it() {
+    use crate::wire::Message;
+    // A remote that does not answer `Withdraw`; and a block whose duplicate costs less than
+    // the round trip a withdrawal waits.
+    for (withdrawals, piece_bytes) in [(false, 128 * KIB), (true, 64 * KIB)] {
+        let (_, conn, _, manifest, refused) = a_busy_crossed_by_a_later_request(withdrawals, piece_bytes);
+        let cancel = Message::Cancel { file_id: manifest.file_id(), piece: PieceIndex(1), offset: 0 };
+        assert_eq!(sent_to(&refused, conn), [&cancel], "{refused:?}");
+    }
+}
+
+#[test]
+fn a_busy_crossed_by_a_later_request_withdraws_it_and_its_block_is_taken_when_it_comes() {
+    use crate::machine::{Input, Output};
+    use crate::wire::Message;
+    let (mut peer, conn, bytes, manifest, refused) = a_busy_crossed_by_a_later_request(true, 128 * KIB);
+    let id = manifest.file_id();
+    // The remote may have been calling us when the request arrived and read its block: withdrawn,
+    // the piece stays with it until it answers.
+    assert_eq!(sent_to(&refused, conn), [&Message::Withdraw { file_id: id, piece: PieceIndex(1), offset: 0 }]);
+    let len = manifest.piece_len(manifest.piece(1).expect("piece 1")) as usize;
+    let start = manifest.piece_len(manifest.piece(0).expect("piece 0")) as usize;
+    let block = bytes::Bytes::copy_from_slice(&bytes[start..start + len]);
+    let message = Message::Data { file_id: id, piece: PieceIndex(1), offset: 0, bytes: block };
+    let data = step(&mut peer, Time::from_millis(40), Input::Message { conn, message });
+    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(1), .. })), "{data:?}");
 }
 
 /// A peer fetching a 4-piece file whose piece 0 only two remotes hold, A (dialled) and B

@@ -47,9 +47,9 @@
 //!   [`BUSY_TICKET_TIME`] of the refusal (sent before it arrived) are dropped
 //!   ([`Refused::Covered`]). So a full uploader answers each waiting downloader once per turn, not
 //!   once per pipelined request and retry. A request that crossed the `Busy` may still be queued
-//!   (the line had room when it arrived); the downloader takes it for refused and asks again when
-//!   called, so a request for a block already queued, being read or waiting to leave on the
-//!   connection is dropped too: the block is sent once. Other remotes ask again after
+//!   (the line had room when it arrived, or it came after a call); the downloader withdraws it
+//!   (or cancels it) and may ask again when called, so a request for a block already queued,
+//!   being read or waiting to leave on the connection is dropped too: the block is sent once. Other remotes ask again after
 //!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they do
 //!   not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
