@@ -310,6 +310,12 @@ const _: () = assert!(BUSY_TICKET_TIME.as_millis() <= BUSY_TICKET_TIME_MAX.as_mi
 /// on rather than a share of several.
 pub const UPLOAD_TURN_BYTES: u64 = 256 * 1024;
 
+/// Blocks at least this large end a slot holder's turn each while others wait: on a slow
+/// uplink a few such blocks at a slot's share keep the line waiting for seconds while other
+/// holders of its pieces idle. A turn of smaller blocks stays [`UPLOAD_TURN_BYTES`]: a turn
+/// per block would cost a call's round trip for every few milliseconds of sending.
+pub const UPLOAD_TURN_BLOCK_BYTES_MIN: u32 = 64 * 1024;
+
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 

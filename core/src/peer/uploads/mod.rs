@@ -20,7 +20,8 @@
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
 //!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
 //!   passed on. The others wait in line. A slot holder that has been served
-//!   [`UPLOAD_TURN_BYTES`] in its turn while others wait goes to the back of the line
+//!   [`UPLOAD_TURN_BYTES`] (or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its
+//!   turn while others wait goes to the back of the line
 //!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
 //!   requests are all served and sent gives its slot up. So does one none of whose `Data`
 //!   frames left for [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never
@@ -78,7 +79,7 @@ use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
     SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
-    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BYTES,
+    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -662,7 +663,8 @@ impl Uploads {
 
     /// Takes the request of the slot holder at `turn` for its rarest piece (the first such),
     /// and puts the holder at the back of the turn order; its turn is over once it was served
-    /// [`UPLOAD_TURN_BYTES`] while others wait.
+    /// [`UPLOAD_TURN_BYTES`], or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`], while
+    /// others wait.
     fn take(&mut self, turn: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> ServeJob {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
@@ -672,7 +674,8 @@ impl Uploads {
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
-        state.turn_over = state.turn_bytes >= UPLOAD_TURN_BYTES && others_wait;
+        let turn_bytes = if job.len >= UPLOAD_TURN_BLOCK_BYTES_MIN { job.len.into() } else { UPLOAD_TURN_BYTES };
+        state.turn_over = state.turn_bytes >= turn_bytes.min(UPLOAD_TURN_BYTES) && others_wait;
         self.reads_in_flight += 1;
         self.slots.push_back(conn);
         job
@@ -915,6 +918,30 @@ mod tests {
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
         let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
         assert_eq!(next, expected);
+    }
+
+    #[test]
+    fn a_turn_is_one_large_block_while_others_wait() {
+        let mut uploads = Uploads::new(None);
+        let ask_block = |uploads: &mut Uploads, conn, piece| {
+            let len = UPLOAD_TURN_BLOCK_BYTES_MIN;
+            let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, piece: PieceIndex(piece), offset: 0, len };
+            assert_eq!(uploads.request(job, Time::ZERO, false, |_, _| 0), Ok(()));
+        };
+        for conn in 1..=UPLOAD_SLOTS_COUNT as u64 {
+            for piece in 0..4 {
+                ask_block(&mut uploads, conn, piece);
+            }
+        }
+        let waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
+        ask_block(&mut uploads, waiting, 0);
+        let first: Vec<(u64, u32)> = serve(&mut uploads);
+        assert!(first.iter().all(|&(conn, _)| conn != waiting), "slots only: {first:?}");
+        // The first holder's blocks left: its turn is over, and the waiting connection is served
+        // before its third block.
+        let unsent = first.iter().filter(|&&(conn, _)| conn == 1).count();
+        uploads.sent(ConnId::Inbound(1), u32::try_from(unsent).expect("a few"));
+        assert_eq!(serve(&mut uploads), [(waiting, 0)]);
     }
 
     /// An upload line taken whole: connections `1..=line` each asked for piece 0 at time 0,
