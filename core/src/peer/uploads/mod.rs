@@ -21,11 +21,11 @@
 //!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
 //!   passed on. The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] (or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its
-//!   turn while others wait goes to the back of the line
-//!   (rotation, so a queued request waits for a few turns, not for every connection); one whose
-//!   requests are all served and sent gives its slot up. So does one none of whose `Data`
-//!   frames left for [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never
-//!   reads): its queued requests are refused, as are its new ones until its frames drain.
+//!   turn while others wait goes to the back of the line (rotation, so a queued request waits
+//!   for a few turns, not for every connection); one whose requests are all served and sent
+//!   gives its slot up. So does one none of whose `Data` frames left for
+//!   [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never reads): its queued
+//!   requests are refused, as are its new ones until its frames drain.
 //! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the line
 //!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection that is
 //!   neither served nor in line is refused (`Busy`) while the line is full, so the downloader asks
@@ -50,9 +50,9 @@
 //!   once per pipelined request and retry. A request that crossed the `Busy` may still be queued
 //!   (the line had room when it arrived, or it came after a call); the downloader withdraws it
 //!   (or cancels it) and may ask again when called, so a request for a block already queued,
-//!   being read or waiting to leave on the connection is dropped too: the block is sent once. Other remotes ask again after
-//!   [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and their tickets lapse when they do
-//!   not.
+//!   being read or waiting to leave on the connection is dropped too: the block is sent once.
+//!   Other remotes ask again after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY) and
+//!   their tickets lapse when they do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
 //! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
