@@ -99,6 +99,13 @@ pub const LOCATED_PEERS_MAX: usize = 64;
 /// locate interval: names past what an asker can use delay the other askers' answers.
 pub const LOCATED_PEERS_NAMED_MAX: usize = 32;
 
+/// Most peers the tracker names to an asker that has not announced the file, in a swarm of
+/// more than [`LOCATED_PEERS_NAMED_MAX`] peers: it does not know the manifest yet, so it needs
+/// one peer that sends it and meets the rest of the swarm through the peers it connects to
+/// (peer exchange, the next answer). A crowd's askers all ask at once and the tracker's
+/// uplink is shared by their answers, so a short answer arrives sooner.
+pub const LOCATED_PEERS_UNANNOUNCED_MAX: usize = 8;
+
 /// Most askers the tracker names one peer to within [`LOCATED_NAMING_WINDOW`], while other
 /// holders of the same pieces can be named instead: a peer admits only [`INBOUND_PEERS_MAX`]
 /// connections, so naming the few early holders of a flash crowd to every newcomer sends most
@@ -202,6 +209,12 @@ pub const INBOUND_PEERS_MAX: usize = 64;
 /// ones whose slots fill first. Each costs a `Hello`, at most one manifest and a refusal; one
 /// that asks nothing is refused at its first message or closed after [`INBOUND_COURTESY_TIMEOUT`].
 pub const INBOUND_COURTESY_MAX: usize = 16;
+
+/// Inbound connections a peer whose slots and courtesies ([`INBOUND_COURTESY_MAX`]) are all
+/// taken still accepts, beside them, only to refer: its first message after the handshake is
+/// answered with a `Peers` naming up to [`PEX_INTRODUCTION_PEERS_MAX`] of our ready remotes of
+/// the file it names (they know the manifest), then refused as busy.
+pub const INBOUND_REFERRALS_MAX: usize = 64;
 
 /// How long a connection accepted beyond the slots ([`INBOUND_COURTESY_MAX`]) stays open at
 /// most, handshake included: the remote's manifest ask comes a round trip after it connected

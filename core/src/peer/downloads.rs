@@ -326,6 +326,12 @@ impl Download {
         true
     }
 
+    /// A remote refused us while the manifest was asked: another may be asked at once.
+    /// Returns whether an ask was outstanding.
+    pub fn manifest_refused(&mut self) -> bool {
+        self.manifest_asked.take().is_some()
+    }
+
     /// The pieces of `wanted` nobody holds, when they differ from those last reported.
     pub fn newly_missing(&mut self, wanted: &[(PieceIndex, Vec<SocketAddr>)]) -> Option<Vec<PieceIndex>> {
         let missing: Vec<PieceIndex> = wanted

@@ -78,7 +78,7 @@ use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
 use pex::{Heard, Pex};
 use pieces::FileEntry;
-use remote::{Remote, Remotes};
+use remote::{Courtesy, Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
@@ -669,12 +669,29 @@ impl Peer {
     }
 
     /// Asks the ready remote `conn` for the manifest of `file_id`, unless another holder was
-    /// asked within the last [`crate::limits::LOCATE_INTERVAL`] (one answer is enough).
+    /// asked within the last [`crate::limits::LOCATE_INTERVAL`] (one answer is enough; one that
+    /// cannot answer makes way for the next at once, see [`Peer::manifest_refused`]).
     fn ask_manifest(&mut self, conn: ConnId, file_id: FileId) {
         let now = self.now;
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         if download.ask_manifest(now) {
             self.send(conn, Message::GetManifest { file_id });
+        }
+    }
+
+    /// A remote we may have asked for the manifest of `files` cannot send it (it does not know
+    /// the file, or refused us as busy): where the manifest is still unknown and was asked,
+    /// another ready remote that may send it is asked at once, not after the ask's interval.
+    fn manifest_refused(&mut self, files: &[FileId]) {
+        for &file_id in files {
+            let Some(entry) = self.files.get_mut(&file_id).filter(|e| e.manifest().is_none()) else { continue };
+            if !entry.download_mut().is_some_and(|download| download.manifest_refused()) {
+                continue;
+            }
+            let ready = self.remotes.iter().find(|(_, r)| r.may_send_manifest(file_id)).map(|(c, _)| *c);
+            if let Some(conn) = ready {
+                self.ask_manifest(conn, file_id);
+            }
         }
     }
 
@@ -808,7 +825,7 @@ impl Peer {
                         self.close_remote(idle);
                         Remote::inbound(addr, proven, self.now)
                     }
-                    Admission::Courtesy => Remote::courtesy(addr, proven, self.now),
+                    Admission::Courtesy(kind) => Remote::courtesy(addr, proven, self.now, kind),
                     Admission::Refuse(why) => {
                         self.send(conn, Message::error(None, ErrorCode::Overloaded, why.detail()));
                         self.push(Output::Close { conn });
@@ -875,15 +892,19 @@ impl Peer {
             Message::Manifest { manifest } => self.on_manifest(*manifest),
             Message::Peers { file_id, peers } => self.on_peers(conn, file_id, peers),
             Message::Error { file_id: Some(file_id), code: ErrorCode::UnknownFile, .. } => {
-                self.forget_remote_file(conn, file_id)
+                self.forget_remote_file(conn, file_id);
+                self.manifest_refused(&[file_id]);
             }
-            // A full holder that answered our manifest ask (or gave our slot to a newcomer):
-            // it is tried again as one that refused us at once, the back-off counted from
-            // when the connection opened.
+            // A full holder that answered our manifest ask, or referred us to other peers (or
+            // gave our slot to a newcomer): it is tried again as one that refused us at once,
+            // the back-off counted from when the connection opened, and a manifest we still
+            // lack is asked of another ready remote.
             Message::Error { code: ErrorCode::Overloaded, .. } if remote.is_outbound() => {
                 let (addr, opened) = (remote.addr(), remote.opened());
+                let unanswered: Vec<FileId> = remote.wanted_files().collect();
                 self.remotes.back_off(addr, opened);
                 self.close_remote(conn);
+                self.manifest_refused(&unanswered);
             }
             Message::Error { .. } => {}
             other => self.violation(conn, format!("unexpected {}", other.kind())),
@@ -891,12 +912,24 @@ impl Peer {
     }
 
     /// The first message of a remote accepted beyond the slots (see `slots`) after its
-    /// handshake: a manifest ask is answered; then, whatever it sent, it is refused as busy.
+    /// handshake: a manifest ask is answered with the manifest, or, past the courtesies, the
+    /// file it names with other peers of that file; then, whatever it sent, it is refused as
+    /// busy.
     fn on_courtesy_message(&mut self, conn: ConnId, message: Message) {
-        if let Message::GetManifest { file_id } = message {
-            if let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
-                self.send(conn, Message::Manifest { manifest: Box::new(manifest) });
+        let kind = self.remotes.get(&conn).and_then(Remote::courtesy_kind);
+        match (kind, message) {
+            (Some(Courtesy::Manifest), Message::GetManifest { file_id }) => {
+                if let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest().cloned()) {
+                    self.send(conn, Message::Manifest { manifest: Box::new(manifest) });
+                }
             }
+            (Some(Courtesy::Referral), Message::GetManifest { file_id } | Message::Bitfield { file_id, .. }) => {
+                let peers = pex::referral(&self.remotes, conn, file_id, &mut self.rng);
+                if !peers.is_empty() {
+                    self.send(conn, Message::Peers { file_id, peers });
+                }
+            }
+            _ => {}
         }
         self.send(conn, Message::error(None, ErrorCode::Overloaded, Refusal::Busy.detail()));
         self.close_remote(conn);

@@ -201,6 +201,21 @@ impl Pex {
     }
 }
 
+/// Up to [`PEX_INTRODUCTION_PEERS_MAX`] of our ready remotes of `file_id` other than `conn`,
+/// drawn at random: where a peer too busy to take `conn` sends it instead.
+pub(super) fn referral(remotes: &Remotes, conn: ConnId, file_id: FileId, rng: &mut Rng) -> Vec<PeerAddr> {
+    let mut candidates: Vec<PeerAddr> = remotes
+        .iter()
+        .filter(|(c, r)| {
+            **c != conn && r.is_ready() && !r.is_courtesy() && r.addr().port() != 0 && r.pieces(file_id).is_some()
+        })
+        .map(|(_, r)| PeerAddr { peer_id: r.peer_id(), addr: r.addr() })
+        .collect();
+    rng.shuffle(&mut candidates);
+    candidates.truncate(PEX_INTRODUCTION_PEERS_MAX);
+    candidates
+}
+
 /// Per file, the ready remotes that may be named (an id and a serving address), with their
 /// connections.
 fn nameable_by_file(remotes: &Remotes) -> BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> {

@@ -54,6 +54,8 @@ pub(super) struct Remote {
     files: VecMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
     bitfield_sent: VecSet<FileId>,
+    /// Files it told us it does not know: it is not asked for their manifest again.
+    unknown: VecSet<FileId>,
     /// Our requests to it (the scheduler's state of the remote).
     requests: Requests,
     /// When it last gave a block we asked for or took one we served (or connected): the
@@ -71,9 +73,18 @@ pub(super) struct Remote {
     request_batches: bool,
     /// Its `Hello` said it answers `Withdraw` (see `Scheduler::stalled`).
     withdrawals: bool,
-    /// Accepted beyond the inbound slots only to answer a manifest ask (see `slots`): its
-    /// first message after the handshake is answered and the connection closed.
-    courtesy: bool,
+    /// Accepted beyond the inbound slots only to answer its first message after the handshake
+    /// (see `slots`), after which the connection is closed.
+    courtesy: Option<Courtesy>,
+}
+
+/// What a connection accepted beyond the inbound slots is answered (see `slots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Courtesy {
+    /// Its manifest ask, with the manifest.
+    Manifest,
+    /// Whatever file it names, with other peers of that file to connect to instead.
+    Referral,
 }
 
 impl Remote {
@@ -91,9 +102,9 @@ impl Remote {
     }
 
     /// A connection the driver accepted from `addr` while every inbound slot is taken, kept
-    /// only to answer its manifest ask (see `slots`).
-    pub fn courtesy(addr: SocketAddr, peer_id: PeerId, now: Time) -> Remote {
-        Remote { courtesy: true, ..Remote::inbound(addr, peer_id, now) }
+    /// only to answer its first message as `kind` says (see `slots`).
+    pub fn courtesy(addr: SocketAddr, peer_id: PeerId, now: Time, kind: Courtesy) -> Remote {
+        Remote { courtesy: Some(kind), ..Remote::inbound(addr, peer_id, now) }
     }
 
     fn new(addr: SocketAddr, peer_id: PeerId, stage: Stage, outbound: bool, now: Time) -> Remote {
@@ -103,6 +114,7 @@ impl Remote {
             stage,
             outbound,
             wanted: VecSet::new(),
+            unknown: VecSet::new(),
             files: VecMap::new(),
             bitfield_sent: VecSet::new(),
             requests: Requests::new(now),
@@ -113,7 +125,7 @@ impl Remote {
             takes_pushes: false,
             request_batches: false,
             withdrawals: false,
-            courtesy: false,
+            courtesy: None,
         }
     }
 
@@ -163,9 +175,15 @@ impl Remote {
         self.stage == Stage::Ready
     }
 
-    /// Whether it was accepted beyond the inbound slots, only to answer a manifest ask.
-    pub fn is_courtesy(&self) -> bool {
+    /// How it is answered, if it was accepted beyond the inbound slots (only to answer its
+    /// first message).
+    pub fn courtesy_kind(&self) -> Option<Courtesy> {
         self.courtesy
+    }
+
+    /// Whether it was accepted beyond the inbound slots, only to answer its first message.
+    pub fn is_courtesy(&self) -> bool {
+        self.courtesy.is_some()
     }
 
     /// When the handshake times out: the connection opened, or (outbound) was connected, at
@@ -177,7 +195,7 @@ impl Remote {
     /// When a courtesy connection is closed if it is still open, handshake done or not; `None`
     /// for the others.
     pub fn courtesy_deadline(&self) -> Option<Time> {
-        self.courtesy.then_some(self.opened + INBOUND_COURTESY_TIMEOUT)
+        self.courtesy.map(|_| self.opened + INBOUND_COURTESY_TIMEOUT)
     }
 
     /// When the connection opened (outbound: when it was connected).
@@ -203,6 +221,17 @@ impl Remote {
     /// Every file it told us of, with its pieces, in id order.
     pub fn files(&self) -> impl Iterator<Item = (&FileId, &Bitfield)> {
         self.files.iter()
+    }
+
+    /// The files whose bitfields wait for the handshake or the manifest (see [`Remote::want`]).
+    pub fn wanted_files(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.wanted.iter().copied()
+    }
+
+    /// Whether it may send us the manifest of `file_id`: it is ready, waits for our bitfield
+    /// of the file and did not tell us it does not know the file.
+    pub fn may_send_manifest(&self, file_id: FileId) -> bool {
+        self.is_ready() && self.wants(file_id) && !self.unknown.contains(&file_id)
     }
 
     /// Whether it waits for our bitfield of `file_id` (see [`Remote::want`]).
@@ -302,6 +331,7 @@ impl Remote {
     /// exchange of the file with it is over: a bitfield it sends later starts it over.
     fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
         self.bitfield_sent.remove(&file_id);
+        self.unknown.insert(file_id);
         self.files.remove(&file_id)
     }
 }

@@ -11,9 +11,14 @@
 //! data we want) is never evicted. When no connection qualifies, the newcomer is accepted
 //! as a courtesy beside the slots, up to [`INBOUND_COURTESY_MAX`] of them at once: it is sent our
 //! `Hello`, its manifest ask is answered, and its first message (whatever it is) gets the
-//! refusal; past that bound it is refused at once. A flash crowd's newcomer learns the manifest
+//! refusal. Past that bound, up to [`INBOUND_REFERRALS_MAX`] more are accepted the same way
+//! only to be referred: the file their first message names is answered with a `Peers` of
+//! other peers of it we are connected to, which know the manifest, before the refusal; past
+//! both bounds a newcomer is refused at once. A flash crowd's newcomer learns the manifest
 //! from the peers the tracker names as knowing it, whose slots fill first, and without it
-//! could not join the exchange until its next ask of the tracker.
+//! could not join the exchange until its next ask of the tracker, which a crowd's asks queue
+//! behind one another on the tracker's uplink; a referral costs a few hundred bytes where the
+//! manifest costs one per piece hash.
 //!
 //! This module only decides, over the table of remotes; `links` carries the decision out.
 
@@ -22,11 +27,12 @@ use std::net::IpAddr;
 use crate::ids::ConnId;
 use crate::limits::{
     CONNECTIONS_MAX, INBOUND_COURTESY_MAX, INBOUND_IDLE_BEFORE_EVICTION, INBOUND_PEERS_MAX, INBOUND_PEERS_PER_IP_MAX,
+    INBOUND_REFERRALS_MAX,
 };
 use crate::time::Time;
 use crate::wire::is_loopback;
 
-use super::remote::Remotes;
+use super::remote::{Courtesy, Remotes};
 
 /// What to do with a new inbound connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,8 +42,9 @@ pub(super) enum Admission {
     /// Every slot is taken: close this idle connection and accept the newcomer.
     Evict(ConnId),
     /// Every slot is taken by a connection that exchanged data lately: accept the newcomer
-    /// only to answer its manifest ask (`Remote::courtesy`), then refuse it as busy.
-    Courtesy,
+    /// only to answer its first message as this says (`Remote::courtesy`), then refuse it as
+    /// busy.
+    Courtesy(Courtesy),
     /// Refuse the newcomer, for this reason.
     Refuse(Refusal),
 }
@@ -70,9 +77,10 @@ pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
     {
         return Admission::Refuse(Refusal::AddressFull);
     }
-    let courtesies = inbound().filter(|(_, r)| r.is_courtesy()).count();
+    let courtesies = inbound().filter(|(_, r)| r.courtesy_kind() == Some(Courtesy::Manifest)).count();
+    let referrals = inbound().filter(|(_, r)| r.courtesy_kind() == Some(Courtesy::Referral)).count();
     let room = remotes.iter().len() < CONNECTIONS_MAX;
-    if inbound().count() - courtesies < INBOUND_PEERS_MAX && room {
+    if inbound().count() - courtesies - referrals < INBOUND_PEERS_MAX && room {
         return Admission::Accept;
     }
     let idle = inbound()
@@ -82,7 +90,8 @@ pub(super) fn admit(remotes: &Remotes, ip: IpAddr, now: Time) -> Admission {
         .min_by_key(|(conn, r)| (r.useful_at(), **conn));
     match idle {
         Some((conn, _)) => Admission::Evict(*conn),
-        None if courtesies < INBOUND_COURTESY_MAX && room => Admission::Courtesy,
+        None if courtesies < INBOUND_COURTESY_MAX && room => Admission::Courtesy(Courtesy::Manifest),
+        None if referrals < INBOUND_REFERRALS_MAX && room => Admission::Courtesy(Courtesy::Referral),
         None => Admission::Refuse(Refusal::Busy),
     }
 }
@@ -119,12 +128,19 @@ mod tests {
         let mut remotes = filled(INBOUND_PEERS_MAX, Time::ZERO);
         let newcomer = addr(1000).ip();
         let soon = Time::ZERO + (INBOUND_IDLE_BEFORE_EVICTION - Duration::from_millis(1));
-        assert_eq!(admit(&remotes, newcomer, soon), Admission::Courtesy, "all exchanged data lately: a manifest ask");
+        let manifest = Admission::Courtesy(Courtesy::Manifest);
+        assert_eq!(admit(&remotes, newcomer, soon), manifest, "all exchanged data lately: a manifest ask");
         for n in 0..INBOUND_COURTESY_MAX {
-            let courtesy = Remote::courtesy(addr(2000 + n as u32), PeerId([2; 16]), Time::ZERO);
+            let courtesy = Remote::courtesy(addr(2000 + n as u32), PeerId([2; 16]), Time::ZERO, Courtesy::Manifest);
             remotes.accept(ConnId::Inbound(1000 + n as u64), courtesy);
         }
-        assert_eq!(admit(&remotes, newcomer, soon), Admission::Refuse(Refusal::Busy), "a few such asks at once");
+        let referral = Admission::Courtesy(Courtesy::Referral);
+        assert_eq!(admit(&remotes, newcomer, soon), referral, "a few manifest asks at once, then referrals");
+        for n in 0..INBOUND_REFERRALS_MAX {
+            let courtesy = Remote::courtesy(addr(3000 + n as u32), PeerId([3; 16]), Time::ZERO, Courtesy::Referral);
+            remotes.accept(ConnId::Inbound(2000 + n as u64), courtesy);
+        }
+        assert_eq!(admit(&remotes, newcomer, soon), Admission::Refuse(Refusal::Busy), "a bounded number of both");
         let later = Time::ZERO + INBOUND_IDLE_BEFORE_EVICTION;
         assert_eq!(admit(&remotes, newcomer, later), Admission::Evict(ConnId::Inbound(0)), "ties go by connection");
         // The first gave a block lately, the second has our requests in flight: the third goes.
@@ -171,7 +187,7 @@ mod tests {
         }
         assert_eq!(
             admit(&local, loopback, Time::ZERO),
-            Admission::Courtesy,
+            Admission::Courtesy(Courtesy::Manifest),
             "the overall cap holds: only a manifest ask beside it"
         );
 

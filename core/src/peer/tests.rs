@@ -484,23 +484,31 @@ fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
     assert!(sent(&step(&mut holder, at(40), Input::Message { conn, message: empty })).is_empty());
 }
 
+/// Remote `n` connects to `holder` at `at` from its own address (10.1.x.y, serving on port
+/// 40000) and says `Hello`; returns its connection and what the holder output.
+fn connect_numbered(holder: &mut super::Peer, n: u16, at: Time) -> (crate::ConnId, Vec<crate::machine::Output>) {
+    use crate::machine::Input;
+    use crate::wire::{Hello, Message, Role};
+    let (conn, peer_id) = (crate::ConnId::Inbound(u64::from(n)), crate::PeerId::from_seed(1000 + u64::from(n)));
+    let addr = std::net::SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000));
+    let mut outputs = step(holder, at, Input::Connected { conn, remote: addr, peer_id });
+    let hello = Message::Hello(Hello::new(Role::Peer, peer_id, 40_000));
+    outputs.extend(step(holder, at, Input::Message { conn, message: hello }));
+    (conn, outputs)
+}
+
 #[test]
 fn a_full_holder_answers_a_newcomers_manifest_ask_before_refusing_it_and_keeps_few_such_newcomers_for_long() {
-    use crate::limits::{CONNECTION_CHECK_INTERVAL, INBOUND_COURTESY_MAX, INBOUND_COURTESY_TIMEOUT, INBOUND_PEERS_MAX};
+    use crate::limits::{
+        CONNECTION_CHECK_INTERVAL, INBOUND_COURTESY_MAX, INBOUND_COURTESY_TIMEOUT, INBOUND_PEERS_MAX,
+        INBOUND_REFERRALS_MAX,
+    };
     use crate::machine::{Input, Output};
-    use crate::wire::{ErrorCode, Hello, Message, Role};
+    use crate::wire::{ErrorCode, Message};
     let (mut holder, manifest) = seeding(4, 23);
     let id = manifest.file_id();
     let at = |ms| Time::from_millis(ms);
-    // Remote `n` connects from its own address and says `Hello`; what the holder sent it.
-    let connect = |holder: &mut super::Peer, n: u16, ms: u64| {
-        let (conn, peer_id) = (crate::ConnId::Inbound(u64::from(n)), crate::PeerId::from_seed(1000 + u64::from(n)));
-        let addr = std::net::SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000));
-        let mut outputs = step(holder, at(ms), Input::Connected { conn, remote: addr, peer_id });
-        let hello = Message::Hello(Hello::new(Role::Peer, peer_id, 40_000));
-        outputs.extend(step(holder, at(ms), Input::Message { conn, message: hello }));
-        (conn, outputs)
-    };
+    let connect = |holder: &mut super::Peer, n: u16, ms: u64| connect_numbered(holder, n, at(ms));
     let closed = |outputs: &[Output], conn| outputs.contains(&Output::Close { conn });
     let refused = |outputs: &[Output]| {
         sent(outputs).iter().any(|m| matches!(m, Message::Error { code: ErrorCode::Overloaded, .. }))
@@ -528,9 +536,10 @@ fn a_full_holder_answers_a_newcomers_manifest_ask_before_refusing_it_and_keeps_f
     assert_eq!(sent(&turned).len(), 1, "{turned:?}");
     assert!(refused(&turned) && closed(&turned, knower), "{turned:?}");
 
-    // At most INBOUND_COURTESY_MAX wait at once; the next is refused as it connects, and the
-    // silent ones are closed once their time is up, the one that never said `Hello` too.
-    let courtesy = u16::try_from(INBOUND_COURTESY_MAX).expect("fits");
+    // At most INBOUND_COURTESY_MAX wait at once, then INBOUND_REFERRALS_MAX to be referred;
+    // the next is refused as it connects, and the silent ones are closed once their time is
+    // up, the one that never said `Hello` too.
+    let courtesy = u16::try_from(INBOUND_COURTESY_MAX + INBOUND_REFERRALS_MAX).expect("fits");
     let mut silent: Vec<crate::ConnId> = (1..courtesy).map(|i| connect(&mut holder, slots + 10 + i, 500).0).collect();
     let mute = crate::ConnId::Inbound(u64::from(slots + 10));
     let (remote, peer_id) = (std::net::SocketAddr::from(([10, 2, 0, 1], 40_000)), crate::PeerId::from_seed(999));
@@ -568,9 +577,95 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
 }
 
+#[test]
+fn past_its_courtesies_a_full_holder_refers_a_newcomer_to_peers_of_its_file_instead_of_the_manifest() {
+    use crate::limits::{INBOUND_COURTESY_MAX, INBOUND_PEERS_MAX, PEX_INTRODUCTION_PEERS_MAX};
+    use crate::machine::{Input, Output};
+    use crate::wire::{ErrorCode, Message};
+    let (mut holder, manifest) = seeding(4, 24);
+    let id = manifest.file_id();
+    let at = |ms| Time::from_millis(ms);
+    let connect = |holder: &mut super::Peer, n: u16, ms: u64| connect_numbered(holder, n, at(ms)).0;
+    // Every slot is taken by a downloader of the file, which knows its manifest.
+    let slots = u16::try_from(INBOUND_PEERS_MAX).expect("fits");
+    for n in 1..=slots {
+        let conn = connect(&mut holder, n, 0);
+        let bitfield = Message::Bitfield { file_id: id, have: crate::Bitfield::new(4) };
+        step(&mut holder, at(0), Input::Message { conn, message: bitfield });
+    }
+    let courtesy = u16::try_from(INBOUND_COURTESY_MAX).expect("fits");
+    for n in 1..=courtesy {
+        connect(&mut holder, slots + n, 100);
+    }
+    let referred = connect(&mut holder, slots + courtesy + 1, 100);
+    let answered =
+        step(&mut holder, at(200), Input::Message { conn: referred, message: Message::GetManifest { file_id: id } });
+    let messages = sent(&answered);
+    assert_eq!(messages.len(), 2, "peers of the file and the refusal, no manifest: {answered:?}");
+    let Message::Peers { file_id, peers } = messages[0] else { panic!("a referral first: {answered:?}") };
+    assert_eq!((*file_id, peers.len()), (id, PEX_INTRODUCTION_PEERS_MAX));
+    let slot_holder =
+        |p: &&crate::wire::PeerAddr| p.addr.port() == 40_000 && p.addr.ip().to_string().starts_with("10.1.0.");
+    assert!(peers.iter().all(|p| slot_holder(&p)), "only peers that know the file: {peers:?}");
+    assert!(matches!(messages[1], Message::Error { code: ErrorCode::Overloaded, .. }), "{answered:?}");
+    assert!(answered.contains(&Output::Close { conn: referred }), "{answered:?}");
+}
+
+#[test]
+fn a_download_asks_another_ready_holder_for_the_manifest_at_once_when_the_one_asked_cannot_send_it() {
+    use crate::machine::{Input, Output};
+    use crate::wire::{ErrorCode, Hello, Message, PeerAddr, Role};
+    let named =
+        |n: u8| PeerAddr { peer_id: crate::PeerId([n; 16]), addr: std::net::SocketAddr::from(([10, 0, 0, n], 7000)) };
+    let holders = [named(2), named(3), named(4)];
+    let (mut peer, conns) = dialling_named_holders(&holders, 16 * KIB);
+    let mut asked = Vec::new();
+    for (conn, holder) in conns.iter().zip(&holders) {
+        let conn = *conn;
+        step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+        let hello = Message::Hello(Hello::new(Role::Peer, holder.peer_id, 7000));
+        let outputs = step(&mut peer, Time::from_millis(10), Input::Message { conn, message: hello });
+        if sent(&outputs).iter().any(|m| matches!(m, Message::GetManifest { .. })) {
+            asked.push(conn);
+        }
+    }
+    assert_eq!(asked, vec![conns[0]], "one holder is asked at a time");
+    let file_id = *peer.files.keys().next().expect("the download");
+    let asked_of = |outputs: &[Output]| {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { conn, message: Message::GetManifest { file_id: asked } } if *asked == file_id => {
+                    Some(*conn)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The first does not know the file after all: another is asked at once.
+    let unknown = Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here");
+    let outputs = step(&mut peer, Time::from_millis(30), Input::Message { conn: conns[0], message: unknown });
+    let second = asked_of(&outputs);
+    assert!(second.len() == 1 && second[0] != conns[0], "{outputs:?}");
+    // That one is too busy to send it: the last is asked at once.
+    let busy = Message::error(None, ErrorCode::Overloaded, "too many connections");
+    let outputs = step(&mut peer, Time::from_millis(40), Input::Message { conn: second[0], message: busy });
+    assert!(outputs.contains(&Output::Close { conn: second[0] }), "{outputs:?}");
+    let third = asked_of(&outputs);
+    assert!(third.len() == 1 && third[0] != conns[0] && third[0] != second[0], "{outputs:?}");
+}
+
 /// A peer that asked the tracker for `file` and was named `holder`; returns it with its
 /// outbound connection to the holder, before the connection opens.
 fn dialling_a_named_holder(holder: crate::wire::PeerAddr, piece_bytes: usize) -> (super::Peer, crate::ConnId) {
+    let (peer, conns) = dialling_named_holders(&[holder], piece_bytes);
+    (peer, conns[0])
+}
+
+/// A peer that asked the tracker for a file of four pieces of `piece_bytes` and was named
+/// `holders` (each holding all of it); returns it with its outbound connections to them, in
+/// order, before they open.
+fn dialling_named_holders(holders: &[crate::wire::PeerAddr], piece_bytes: usize) -> (super::Peer, Vec<crate::ConnId>) {
     use crate::machine::{Input, Output};
     use crate::wire::{Hello, Message, Role};
     let (_, manifest) = file(4 * piece_bytes, piece_bytes as u32, 21);
@@ -592,15 +687,22 @@ fn dialling_a_named_holder(holder: crate::wire::PeerAddr, piece_bytes: usize) ->
     );
     let hello = Hello::new(Role::Tracker, crate::PeerId([1; 16]), 0);
     step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: Message::Hello(hello) });
-    let holders = crate::wire::Holders::pack(4, [(holder, crate::Bitfield::full(4).as_bytes())].into_iter());
-    let answer = Message::Located { file_id: id, manifest: None, holders };
-    let dialled = step(&mut peer, Time::from_millis(3), Input::Message { conn: to_tracker, message: answer })
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Connect { conn, addr } if addr == holder.addr => Some(conn),
-            _ => None,
+    let full = crate::Bitfield::full(4);
+    let holders_list = crate::wire::Holders::pack(4, holders.iter().map(|h| (*h, full.as_bytes())));
+    let answer = Message::Located { file_id: id, manifest: None, holders: holders_list };
+    let outputs = step(&mut peer, Time::from_millis(3), Input::Message { conn: to_tracker, message: answer });
+    let dialled = holders
+        .iter()
+        .map(|holder| {
+            outputs
+                .iter()
+                .find_map(|o| match o {
+                    Output::Connect { conn, addr } if *addr == holder.addr => Some(*conn),
+                    _ => None,
+                })
+                .expect("the peer dials every holder")
         })
-        .expect("the peer dials the holder");
+        .collect();
     (peer, dialled)
 }
 

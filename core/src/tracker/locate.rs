@@ -14,7 +14,9 @@
 //! piece whose every holder was passed over, or that the first walk left uncovered at its peer cap,
 //! still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold nothing
 //! yet but know the manifest are named beside the holders, so newcomers meet each other and have
-//! more peers to ask for the manifest. The registry counts the namings.
+//! more peers to ask for the manifest. An asker that does not know the manifest yet is named
+//! fewer ([`Names::Few`]): it can use a peer only to get the manifest until it has it. The
+//! registry counts the namings.
 //!
 //! Cost: the holdings are walked once in a random cyclic order (random start, random stride
 //! coprime with their number), a second time only for pieces left without a holder. Holders
@@ -26,7 +28,10 @@
 use slab::Slab;
 
 use crate::ids::PieceIndex;
-use crate::limits::{HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX, LOCATED_PEERS_NAMED_MAX};
+use crate::limits::{
+    HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX, LOCATED_PEERS_NAMED_MAX,
+    LOCATED_PEERS_UNANNOUNCED_MAX,
+};
 use crate::rng::Rng;
 use crate::wire::Holders;
 
@@ -37,6 +42,18 @@ use super::registry::{is_empty, FileEntry, PeerEntry};
 const PLANES: usize = 4;
 const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
 
+/// How many peers an answer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Names {
+    /// Enough holders for every piece, up to [`LOCATED_PEERS_NAMED_MAX`], with up to
+    /// [`LOCATED_NEWCOMERS_MAX`] newcomers beside them.
+    Full,
+    /// Up to [`LOCATED_PEERS_UNANNOUNCED_MAX`] peers, newcomers or holders alike, for an asker
+    /// that does not know the manifest yet: it can fetch nothing before one of them sends it,
+    /// and meets the rest of the swarm through them.
+    Few,
+}
+
 /// The holders of a `Located` answer, and the peer slot of each (in the same order).
 /// `asker_index` is the asker's holding in `file`, if it holds the file; `window` is the
 /// current naming window (see [`PeerEntry::may_be_named`]).
@@ -46,7 +63,12 @@ pub(super) fn select(
     peer_table: &Slab<PeerEntry>,
     window: u64,
     rng: &mut Rng,
+    names: Names,
 ) -> (Holders, Vec<u32>) {
+    let named_max = match names {
+        Names::Full => LOCATED_PEERS_NAMED_MAX,
+        Names::Few => LOCATED_PEERS_UNANNOUNCED_MAX,
+    };
     let mut named: Vec<(u32, usize)> = Vec::new();
     let mut counter = Counter::new(file, asker_index);
     let mut uncovered = counter.need.clone();
@@ -65,7 +87,11 @@ pub(super) fn select(
     if !counter.is_satisfied() {
         // Where one answer could name every peer of the file, the mesh forms through the
         // holders as their first pieces arrive, and a denser one only adds messages.
-        let newcomers_max = if total > LOCATED_PEERS_NAMED_MAX { LOCATED_NEWCOMERS_MAX } else { 0 };
+        let newcomers_max = match names {
+            Names::Few => named_max,
+            Names::Full if total > LOCATED_PEERS_NAMED_MAX => LOCATED_NEWCOMERS_MAX,
+            Names::Full => 0,
+        };
         let mut newcomers = 0;
         for holding in walk().filter(|&h| eligible(h)) {
             let (slot, bits) = (file.holder(holding), file.holding_bits(holding));
@@ -80,15 +106,16 @@ pub(super) fn select(
                 newcomers += 1;
                 named.push((slot, holding));
             }
-            if counter.is_satisfied() || named.len() == LOCATED_PEERS_NAMED_MAX {
+            if counter.is_satisfied() || named.len() == named_max {
                 break;
             }
         }
     }
     // Pieces whose every holder was passed over, or that the first walk left without a holder
     // when it reached its peer cap, get one named anyway, past that cap if need be.
-    let capped = named.len() == LOCATED_PEERS_NAMED_MAX;
-    if (passed_over || capped) && uncovered.iter().any(|word| *word != 0) {
+    let capped = named.len() == named_max;
+    let second = names == Names::Full || named.is_empty();
+    if second && (passed_over || capped) && uncovered.iter().any(|word| *word != 0) {
         for holding in walk().filter(|&h| eligible(h)) {
             let bits = file.holding_bits(holding);
             if cover(&mut uncovered, bits) {

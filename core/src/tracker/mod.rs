@@ -253,7 +253,7 @@ impl Tracker {
                     self.event(Event::PeerGone { peer, reason: GoneReason::Left });
                 }
             }
-            Message::Locate { file_id, with_manifest } => self.on_locate(now, conn, file_id, with_manifest),
+            Message::Locate { file_id, with_manifest } => self.on_locate(now, (conn, role), file_id, with_manifest),
             Message::List => {
                 let files = self.registry.list();
                 self.send(conn, files);
@@ -266,8 +266,9 @@ impl Tracker {
         }
     }
 
-    fn on_locate(&mut self, now: Time, conn: ConnId, file_id: FileId, with_manifest: bool) {
-        match self.registry.locate(now, file_id, conn, with_manifest, &mut self.rng) {
+    fn on_locate(&mut self, now: Time, asker: (ConnId, Role), file_id: FileId, with_manifest: bool) {
+        let conn = asker.0;
+        match self.registry.locate(now, file_id, asker, with_manifest, &mut self.rng) {
             Some(located) => self.send(conn, located),
             None => {
                 let detail = "no live peer holds this file";

@@ -30,15 +30,15 @@ use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PieceIndex};
 use crate::limits::{
     FRAME_BYTES_MAX, LIST_FILES_MAX, LOCATED_MANIFEST_BYTES_PER_WINDOW, LOCATED_NAMINGS_PER_PEER_MAX,
-    LOCATED_NAMING_WINDOW, TRACKER_FILES_MAX, TRACKER_PEERS_MAX,
+    LOCATED_NAMING_WINDOW, LOCATED_PEERS_NAMED_MAX, TRACKER_FILES_MAX, TRACKER_PEERS_MAX,
 };
 use crate::manifest::Manifest;
 use crate::rng::Rng;
 use crate::time::Time;
-use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr};
+use crate::wire::{ErrorCode, FileSummary, Message, PeerAddr, Role};
 
 use super::answers::Reuse;
-use super::locate;
+use super::locate::{self, Names};
 use super::quotas::{Cost, Quotas, Usage};
 use super::view::{TrackedFile, TrackedPeer, TrackerView, ViewBounds};
 
@@ -314,14 +314,16 @@ impl Registry {
         self.reuse.expire(now);
     }
 
-    /// The `Located` answer for `file_id` as seen by `asker`, or `None` for an unknown file. The
-    /// holders are a list kept for reuse when one suits the asker (see `answers`); each peer
-    /// named counts one naming (see [`PeerEntry::may_be_named`]).
+    /// The `Located` answer for `file_id` as seen by `asker` (its connection and role), or
+    /// `None` for an unknown file. The holders are a list kept for reuse when one suits the
+    /// asker (see `answers`), or, for a peer that has not announced the file in a swarm one
+    /// answer cannot name whole, a few peers to get the manifest from ([`Names::Few`]); each
+    /// peer named counts one naming (see [`PeerEntry::may_be_named`]).
     pub(super) fn locate(
         &mut self,
         now: Time,
         file_id: FileId,
-        asker: ConnId,
+        (asker, role): (ConnId, Role),
         with_manifest: bool,
         rng: &mut Rng,
     ) -> Option<Message> {
@@ -332,18 +334,23 @@ impl Registry {
         let window = naming_window(now);
         let manifest = (with_manifest && spend_manifest(&mut self.manifests_sent, window, &file.manifest))
             .then(|| Box::new(file.manifest.clone()));
-        let (holders, slots) = match self.reuse.get(file_slot, asker_slot) {
+        // An asker that has not announced the file does not know its manifest yet (a download
+        // announces as soon as it does): it is sent a few peers to get it from, not a reused list.
+        let unannounced = role == Role::Peer && asker_index.is_none() && file.holding_count() > LOCATED_PEERS_NAMED_MAX;
+        let reused = if unannounced { None } else { self.reuse.get(file_slot, asker_slot) };
+        let (holders, slots) = match reused {
+            _ if unannounced => locate::select(file, None, &self.peers, window, rng, Names::Few),
             Some(reused) => reused,
             None => {
                 let mut fresh = None;
                 if self.reuse.wants(file_slot) {
-                    let (holders, slots) = locate::select(file, None, &self.peers, window, rng);
+                    let (holders, slots) = locate::select(file, None, &self.peers, window, rng, Names::Full);
                     if asker_slot.is_none_or(|asker| !slots.contains(&asker)) {
                         fresh = Some((holders.clone(), slots.clone()));
                     }
                     self.reuse.insert(now, file_slot, holders, slots);
                 }
-                fresh.unwrap_or_else(|| locate::select(file, asker_index, &self.peers, window, rng))
+                fresh.unwrap_or_else(|| locate::select(file, asker_index, &self.peers, window, rng, Names::Full))
             }
         };
         for slot in slots {

@@ -970,3 +970,33 @@ fn answers_carry_a_bounded_number_of_manifest_bytes_per_window() {
     h.now = h.now + LOCATED_NAMING_WINDOW;
     assert!(carried(&mut h), "a new window, a new budget");
 }
+
+#[test]
+fn a_peer_that_has_not_announced_the_file_of_a_large_swarm_is_named_a_few_peers_to_get_its_manifest_from() {
+    use crate::limits::LOCATED_PEERS_UNANNOUNCED_MAX;
+    let mut h = Harness::new(11);
+    let file = manifest("f", 64);
+    let all: Vec<u32> = (0..64).collect();
+    for n in 1..=4 {
+        let seeder = h.peer(n);
+        h.announce(seeder, &file, &all);
+    }
+    for n in 5..=LOCATED_PEERS_NAMED_MAX as u64 + 8 {
+        let newcomer = h.peer(n);
+        h.announce(newcomer, &file, &[]);
+    }
+    // A downloader without the manifest has not announced the file: a few names, any of which
+    // can send it the manifest.
+    let asker = h.peer(200);
+    let (peers, _) = h.locate(asker, &file);
+    assert!(!peers.is_empty() && peers.len() <= LOCATED_PEERS_UNANNOUNCED_MAX, "{peers:?}");
+    // Once it announced (it knows the manifest), the whole answer.
+    h.announce(asker, &file, &[]);
+    let (peers, holders) = h.locate(asker, &file);
+    assert!(peers.len() > LOCATED_PEERS_UNANNOUNCED_MAX, "{peers:?}");
+    assert!(holders.iter().all(|piece| piece.len() == 4), "every seeder of every piece: {holders:?}");
+    // A client asking where the pieces are (it announces nothing) gets the whole answer too.
+    let client = h.join(201, Role::Client, 0);
+    let (peers, _) = h.locate(client, &file);
+    assert!(peers.len() > LOCATED_PEERS_UNANNOUNCED_MAX, "{peers:?}");
+}
