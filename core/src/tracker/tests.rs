@@ -593,8 +593,6 @@ fn locate_stays_cheap_with_many_holders() {
     for _ in 0..200 {
         let (peers, holders) = h.locate(asker, &file);
         assert!(peers.len() <= LOCATED_PEERS_MAX);
-        let empty: Vec<usize> = holders.iter().enumerate().filter(|(_, l)| l.is_empty()).map(|(i, _)| i).collect();
-        eprintln!("DBG peers={} empty={:?}", peers.len(), &empty[..empty.len().min(10)]);
         assert!(holders.iter().all(|list| !list.is_empty() && list.len() <= HOLDERS_PER_PIECE_MAX));
     }
 }
