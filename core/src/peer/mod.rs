@@ -1001,9 +1001,8 @@ impl Peer {
     /// The remote does not have a file after all: stop asking it for that file. The exchange
     /// of the file on this connection is over: a bitfield it sends later starts it over.
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
-        if !self.remotes.contains_key(&conn) {
-            return;
-        }
+        let Some(remote) = self.remotes.get_mut(&conn) else { return };
+        remote.knows_not(file_id);
         let old = self.remotes.forget_file(&conn, file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);

@@ -206,10 +206,8 @@ impl Pex {
 pub(super) fn referral(remotes: &Remotes, conn: ConnId, file_id: FileId, rng: &mut Rng) -> Vec<PeerAddr> {
     let mut candidates: Vec<PeerAddr> = remotes
         .iter()
-        .filter(|(c, r)| {
-            **c != conn && r.is_ready() && !r.is_courtesy() && r.addr().port() != 0 && r.pieces(file_id).is_some()
-        })
-        .map(|(_, r)| PeerAddr { peer_id: r.peer_id(), addr: r.addr() })
+        .filter(|(c, r)| **c != conn && !r.is_courtesy() && r.pieces(file_id).is_some())
+        .filter_map(|(_, r)| r.nameable())
         .collect();
     rng.shuffle(&mut candidates);
     candidates.truncate(PEX_INTRODUCTION_PEERS_MAX);
@@ -221,10 +219,7 @@ pub(super) fn referral(remotes: &Remotes, conn: ConnId, file_id: FileId, rng: &m
 fn nameable_by_file(remotes: &Remotes) -> BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> {
     let mut by_file: BTreeMap<FileId, Vec<(ConnId, PeerAddr)>> = BTreeMap::new();
     for (conn, remote) in remotes.iter() {
-        if !remote.is_ready() || remote.addr().port() == 0 {
-            continue;
-        }
-        let named = PeerAddr { peer_id: remote.peer_id(), addr: remote.addr() };
+        let Some(named) = remote.nameable() else { continue };
         for (file_id, _) in remote.files() {
             by_file.entry(*file_id).or_default().push((*conn, named));
         }

@@ -18,7 +18,7 @@ use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
 use crate::limits::{CONNECTIONS_MAX, INBOUND_COURTESY_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY};
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
-use crate::wire::Hello;
+use crate::wire::{Hello, PeerAddr};
 
 use super::scheduler::Requests;
 
@@ -175,6 +175,12 @@ impl Remote {
         self.stage == Stage::Ready
     }
 
+    /// Its id and serving address, when it may be named to other peers: it is ready and said
+    /// where it serves.
+    pub fn nameable(&self) -> Option<PeerAddr> {
+        (self.is_ready() && self.addr.port() != 0).then(|| PeerAddr { peer_id: self.peer_id(), addr: self.addr })
+    }
+
     /// How it is answered, if it was accepted beyond the inbound slots (only to answer its
     /// first message).
     pub fn courtesy_kind(&self) -> Option<Courtesy> {
@@ -232,6 +238,11 @@ impl Remote {
     /// of the file and did not tell us it does not know the file.
     pub fn may_send_manifest(&self, file_id: FileId) -> bool {
         self.is_ready() && self.wants(file_id) && !self.unknown.contains(&file_id)
+    }
+
+    /// It told us it does not know `file_id`: it is not asked for the file's manifest again.
+    pub fn knows_not(&mut self, file_id: FileId) {
+        self.unknown.insert(file_id);
     }
 
     /// Whether it waits for our bitfield of `file_id` (see [`Remote::want`]).
@@ -331,7 +342,6 @@ impl Remote {
     /// exchange of the file with it is over: a bitfield it sends later starts it over.
     fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
         self.bitfield_sent.remove(&file_id);
-        self.unknown.insert(file_id);
         self.files.remove(&file_id)
     }
 }
@@ -715,6 +725,24 @@ mod tests {
                 walked
             })
             .collect()
+    }
+
+    #[test]
+    fn only_a_remote_that_told_us_it_does_not_know_a_file_is_not_asked_its_manifest() {
+        let file_id = FileId(crate::ids::Digest([2; 32]));
+        let mut remotes = Remotes::new();
+        let conn = ConnId::Inbound(0);
+        let addr = SocketAddr::from(([10, 0, 0, 1], 1000));
+        remotes.accept(conn, Remote::inbound(addr, PeerId([1; 16]), Time::ZERO));
+        let remote = remotes.get_mut(&conn).expect("accepted");
+        remote.ready(&crate::wire::Hello::new(crate::wire::Role::Peer, PeerId([1; 16]), 1000));
+        remote.want(file_id);
+        assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
+        // Our own removal of the file forgets its exchange, not what the remote knows.
+        remotes.forget_file(&conn, file_id);
+        assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
+        remotes.get_mut(&conn).expect("accepted").knows_not(file_id);
+        assert!(!remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
     }
 
     #[test]
