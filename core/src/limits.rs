@@ -429,6 +429,26 @@ pub const LOCATE_BUSY_ANSWER_DELAY: Duration = Duration::from_millis(500);
 /// doubles from [`LOCATE_INTERVAL`] while pieces keep arriving).
 pub const LOCATE_INTERVAL_MAX: Duration = Duration::from_secs(30);
 
+/// Longest a tracker holds a peer's `Locate` of a file it does not know yet, waiting for an
+/// announce that registers the file, before it answers that the file is unknown. A crowd that
+/// starts with its seeders asks before their announces arrive; a round trip to the tracker
+/// and the announce's way through the crowd's asks take a fraction of this.
+pub const LOCATE_PARK_TIME: Duration = Duration::from_secs(1);
+
+/// How long after the announce that registers a file the tracker answers the `Locate`s parked
+/// for it (see [`LOCATE_PARK_TIME`]): seeders that start together announce within moments of
+/// each other, and answers sent at the first announce would all name that one seeder. As long
+/// as a download waits to ask again after a first answer naming few.
+pub const LOCATE_PARK_SETTLE_TIME: Duration = LOCATE_INTERVAL_SECOND;
+
+/// Most `Locate`s of not yet known files one tracker connection has parked at a time (see
+/// [`LOCATE_PARK_TIME`]); past it an ask is answered at once. A download asks once per file.
+pub const PARKED_ASKS_PER_CONN_MAX: usize = 4;
+
+/// Most `Locate`s a tracker parks per [`LOCATE_PARK_TIME`] in all (about 100 bytes each, 6.5 MB
+/// at most); past it an ask is answered at once.
+pub const PARKED_ASKS_MAX: usize = 65_536;
+
 /// How long a downloader waits for the answer to its `Locate` before it may ask again. One ask
 /// per download is outstanding at a time, so a tracker that answers slowly is not sent more
 /// asks (and more answers to queue) than it has answered.
@@ -541,6 +561,8 @@ const _: () = assert!(
 // A `Located` answer for the largest file must fit in one frame.
 const _: () = assert!((PIECES_MAX as usize) * (HOLDERS_PER_PIECE_MAX * 2 + 2) + 1024 * 64 <= FRAME_BYTES_MAX);
 const _: () = assert!(LOCATE_INTERVAL_SECOND.as_millis() < LOCATE_INTERVAL.as_millis());
+const _: () = assert!(LOCATE_PARK_SETTLE_TIME.as_millis() < LOCATE_PARK_TIME.as_millis());
+const _: () = assert!(LOCATE_PARK_TIME.as_millis() < LOCATE_ANSWER_TIMEOUT.as_millis());
 const _: () = assert!(BAN_DURATION_MIN.as_millis() <= BAN_DURATION_MAX.as_millis());
 const _: () = assert!(OUTBOUND_PEERS_MAX + INBOUND_PEERS_MAX <= CONNECTIONS_MAX);
 const _: () = assert!(LOCATED_PEERS_NAMED_MAX <= LOCATED_PEERS_MAX);

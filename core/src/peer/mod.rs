@@ -554,12 +554,14 @@ impl Peer {
     }
 
     /// Announces the pieces held of every file whose manifest is known on the tracker
-    /// connection `conn`.
+    /// connection `conn`, with the manifest of a file shared here that no tracker acknowledged
+    /// yet: a seeder that starts with its tracker would otherwise be told the file is unknown
+    /// a round trip later, behind the answers to a crowd that asks for it meanwhile.
     fn announce_all(&mut self, conn: ConnId) {
         let announcements: Vec<Message> = self
             .files
             .iter()
-            .filter_map(|(file_id, entry)| tracker_link::announcement(*file_id, entry, false))
+            .filter_map(|(file_id, entry)| tracker_link::announcement(*file_id, entry, entry.unacknowledged()))
             .collect();
         for message in announcements {
             self.send(conn, message);
@@ -682,15 +684,23 @@ impl Peer {
     /// A remote we may have asked for the manifest of `files` cannot send it (it does not know
     /// the file, or refused us as busy): where the manifest is still unknown and was asked,
     /// another ready remote that may send it is asked at once, not after the ask's interval.
+    /// Where no remote is left to ask (none ready, none connecting), the tracker is asked again
+    /// soon for other peers: its last answer may be seconds old, and the peers it names now
+    /// include the newcomers that got the manifest meanwhile.
     fn manifest_refused(&mut self, files: &[FileId]) {
+        let now = self.now;
         for &file_id in files {
             let Some(entry) = self.files.get_mut(&file_id).filter(|e| e.manifest().is_none()) else { continue };
-            if !entry.download_mut().is_some_and(|download| download.manifest_refused()) {
-                continue;
-            }
+            let Some(download) = entry.download_mut() else { continue };
+            let asked = download.manifest_refused();
             let ready = self.remotes.iter().find(|(_, r)| r.may_send_manifest(file_id)).map(|(c, _)| *c);
-            if let Some(conn) = ready {
-                self.ask_manifest(conn, file_id);
+            match ready {
+                Some(conn) if asked => self.ask_manifest(conn, file_id),
+                Some(_) => {}
+                None if !self.remotes.values().any(|r| !r.is_ready() && r.wants(file_id)) => {
+                    download.locate_mut().ask_soon(now);
+                }
+                None => {}
             }
         }
     }
@@ -845,11 +855,14 @@ impl Peer {
         if !remote.is_ready() {
             match message {
                 Message::Hello(hello) => self.on_remote_hello(conn, hello),
-                // Refused (e.g. the remote is full): not a violation; try it again later.
+                // Refused (e.g. the remote is full): not a violation; try it again later, and
+                // look elsewhere for a manifest we lack.
                 Message::Error { .. } if remote.is_outbound() => {
                     let addr = remote.addr();
+                    let unanswered: Vec<FileId> = remote.wanted_files().collect();
                     self.remotes.back_off(addr, self.now);
                     self.close_remote(conn);
+                    self.manifest_refused(&unanswered);
                 }
                 other => self.violation(conn, format!("{} before hello", other.kind())),
             }

@@ -118,6 +118,12 @@ impl FileEntry {
         self.manifest = Some(manifest);
     }
 
+    /// Whether a file shared here waits for a tracker's first acknowledgement: no tracker may
+    /// know it yet, so its announces carry the manifest.
+    pub fn unacknowledged(&self) -> bool {
+        !self.sharing_reported
+    }
+
     /// A tracker acknowledged an announce of the file: whether `Event::Sharing` is due (only
     /// the first time).
     pub fn sharing_due(&mut self) -> bool {

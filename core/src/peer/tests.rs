@@ -1206,3 +1206,50 @@ fn a_slow_holder_gives_the_pieces_it_has_not_started_up_to_a_fast_idle_one() {
     assert_eq!(from.len(), 64, "each piece verified once: {from:?}");
     assert!(h.completed(leecher, id));
 }
+
+#[test]
+fn a_download_without_the_manifest_refused_by_every_peer_it_knows_asks_the_tracker_again_soon() {
+    use crate::limits::LOCATE_INTERVAL_SECOND;
+    use crate::machine::{Input, Output};
+    use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, Role};
+    let (_, manifest) = file(4 * 16 * KIB, 16 * KIB as u32, 21);
+    let id = manifest.file_id();
+    let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
+    let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
+    command(&mut peer, Time::ZERO, Command::Get { file_id: id, resume: None });
+    let connects = |outputs: &[Output]| {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Connect { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let asks = |outputs: &[Output]| sent(outputs).iter().filter(|m| matches!(m, Message::Locate { .. })).count();
+    let to_tracker = connects(&step(&mut peer, Time::ZERO, Input::Timeout))[0];
+    let tracker_id = crate::PeerId([1; 16]);
+    step(&mut peer, Time::from_millis(1), Input::Connected { conn: to_tracker, remote: tracker, peer_id: tracker_id });
+    let hello = Message::Hello(Hello::new(Role::Tracker, tracker_id, 0));
+    step(&mut peer, Time::from_millis(2), Input::Message { conn: to_tracker, message: hello });
+    let holder = PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
+    let full = crate::Bitfield::full(4);
+    let located = || Message::Located {
+        file_id: id,
+        manifest: None,
+        holders: Holders::pack(4, [(holder, full.as_bytes())].into_iter()),
+    };
+    let dialled = step(&mut peer, Time::from_millis(3), Input::Message { conn: to_tracker, message: located() });
+    let conn = connects(&dialled)[0];
+    // The second ask, answered while the holder is still being dialled: the next is planned
+    // further off.
+    let at = Time::from_millis(3) + LOCATE_INTERVAL_SECOND;
+    assert_eq!(asks(&step(&mut peer, at, Input::Timeout)), 1);
+    step(&mut peer, at, Input::Message { conn: to_tracker, message: located() });
+    let refused_at = at + Duration::from_millis(20);
+    step(&mut peer, refused_at, Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id });
+    let busy = Message::error(None, ErrorCode::Overloaded, "too many connections");
+    step(&mut peer, refused_at, Input::Message { conn, message: busy });
+    let soon = refused_at + LOCATE_INTERVAL_SECOND;
+    assert_eq!(asks(&step(&mut peer, soon, Input::Timeout)), 1, "nobody left to ask for the manifest");
+}

@@ -377,6 +377,33 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_file_is_announced_with_its_manifest_until_a_tracker_acknowledged_it() {
+        let tracker = SocketAddr::from(([10, 0, 0, 1], 7000));
+        let mut peer = Peer::new(PeerConfig::new(crate::PeerId::from_seed(1), 1, tracker, 7001));
+        let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
+        let file_id = manifest.file_id();
+        let share = Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(manifest.piece_count()) };
+        step_command(&mut peer, Time::ZERO, share, |_| {}).expect("a valid command");
+        let tracker_id = crate::PeerId([9; 16]);
+        let mut announces_with_manifest = |ms: u64| {
+            let conn = connects(&outputs(&mut peer, ms, Input::Timeout))[0].0;
+            let open = outputs(&mut peer, ms, Input::Connected { conn, remote: tracker, peer_id: tracker_id });
+            let hello = Message::Hello(Hello::new(Role::Tracker, tracker_id, 0));
+            outputs(&mut peer, ms, Input::Message { conn, message: hello });
+            outputs(&mut peer, ms, Input::Message { conn, message: Message::Announced { file_id } });
+            outputs(&mut peer, ms, Input::Disconnected { conn });
+            let announce = open.iter().find_map(|o| match o {
+                Output::Send { message: Message::Announce { manifest, .. }, .. } => Some(manifest.is_some()),
+                _ => None,
+            });
+            announce.expect("an announce right behind the hello")
+        };
+        assert!(announces_with_manifest(0), "no tracker may know the file yet");
+        let retry_ms = RECONNECT_DELAY_MIN.as_millis() as u64;
+        assert!(!announces_with_manifest(retry_ms), "a tracker acknowledged it");
+    }
+
+    #[test]
     fn a_meshed_download_that_gets_pieces_spares_a_busy_tracker_its_ask_and_a_stuck_one_asks() {
         use std::collections::BTreeMap;
 

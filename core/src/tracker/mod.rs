@@ -7,6 +7,7 @@
 //! - `quotas` — what one peer registration and one source IP may make the tracker keep;
 //! - `locate` — the bounded, shuffled choice of holders named in a `Located` answer;
 //! - `answers` — holder lists recently built per file, reused for a short time;
+//! - `parked` — peers' asks for a file not known yet, answered soon after an announce registers it;
 //! - `view` — read-only views of the registry for a driver to show.
 //!
 //! Rules enforced here: the first message on a connection is a `Hello` of
@@ -22,6 +23,7 @@
 mod answers;
 mod conns;
 mod locate;
+mod parked;
 mod quotas;
 mod registry;
 #[cfg(test)]
@@ -42,6 +44,7 @@ use crate::time::Time;
 use crate::wire::{is_loopback, ErrorCode, Hello, Message, PeerAddr, Role, PROTOCOL_VERSION};
 
 use conns::{Claimed, Conns, Stage};
+use parked::Parked;
 use registry::{Refusal, Registry};
 
 /// How a tracker is set up.
@@ -69,6 +72,7 @@ pub struct Tracker {
     rng: Rng,
     conns: Conns,
     registry: Registry,
+    parked: Parked,
     outputs: VecDeque<Output>,
 }
 
@@ -82,6 +86,7 @@ impl Tracker {
             config,
             conns: Conns::default(),
             registry: Registry::new(ttl),
+            parked: Parked::default(),
             outputs: VecDeque::new(),
         }
     }
@@ -118,7 +123,7 @@ impl Tracker {
         self.push(Output::Event(event));
     }
 
-    /// Fires every connection deadline and peer TTL that is due at `now`.
+    /// Fires every connection deadline, peer TTL and parked ask that is due at `now`.
     fn expire(&mut self, now: Time) {
         while let Some((conn, entry)) = self.conns.pop_due(now) {
             if entry.stage == Stage::AwaitingHello {
@@ -133,6 +138,12 @@ impl Tracker {
             self.event(Event::PeerGone { peer, reason: GoneReason::Expired });
         }
         self.registry.expire_reuse(now);
+        while let Some((conn, file_id, with_manifest)) = self.parked.pop_due(now) {
+            // Only a peer's ask is parked, on a connection that may have closed since.
+            if self.conns.get(conn).is_some() {
+                self.answer(now, (conn, Role::Peer), file_id, with_manifest);
+            }
+        }
     }
 
     fn forget_peer(&mut self, conn: ConnId, reason: GoneReason) {
@@ -233,6 +244,7 @@ impl Tracker {
                             self.event(Event::PeerAnnounced { peer, file_id, pieces });
                         }
                         self.send(conn, Message::Announced { file_id });
+                        self.parked.known(now, file_id);
                     }
                     Err(refusal) => self.send_error(conn, Some(file_id), refusal),
                 }
@@ -266,7 +278,18 @@ impl Tracker {
         }
     }
 
+    /// A `Locate`: a peer's ask of a file not known yet is parked (see `parked`), any other
+    /// answered at once.
     fn on_locate(&mut self, now: Time, asker: (ConnId, Role), file_id: FileId, with_manifest: bool) {
+        let (conn, role) = asker;
+        if role == Role::Peer && !self.registry.knows(file_id) && self.parked.park(now, conn, file_id, with_manifest) {
+            return;
+        }
+        self.answer(now, asker, file_id, with_manifest);
+    }
+
+    /// Answers a `Locate` with the holders of `file_id`, or that no live peer holds it.
+    fn answer(&mut self, now: Time, asker: (ConnId, Role), file_id: FileId, with_manifest: bool) {
         let conn = asker.0;
         match self.registry.locate(now, file_id, asker, with_manifest, &mut self.rng) {
             Some(located) => self.send(conn, located),
@@ -310,9 +333,9 @@ impl Machine for Tracker {
     }
 
     fn poll_timeout(&self) -> Option<Time> {
-        match (self.conns.next_deadline(), self.registry.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.conns.next_deadline(), self.registry.next_expiry(), self.parked.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

@@ -359,6 +359,11 @@ impl Registry {
         Some(Message::Located { file_id, manifest, holders })
     }
 
+    /// Whether some live peer announced `file_id` (its manifest is known).
+    pub(super) fn knows(&self, file_id: FileId) -> bool {
+        self.files_by_id.contains_key(&file_id)
+    }
+
     /// The `Files` answer: summaries ordered by file id, bounded in count and encoded size.
     pub(super) fn list(&self) -> Message {
         let budget_bytes = FRAME_BYTES_MAX / 2;

@@ -9,8 +9,9 @@ use crate::error::DecodeError;
 use crate::ids::{Digest, PieceIndex};
 use crate::limits::{
     FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX,
-    LOCATED_PEERS_NAMED_MAX, PIECES_MAX, PIECE_BYTES_MIN, TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX,
-    TRACKER_MANIFEST_BYTES_PER_IP_MAX, TRACKER_MANIFEST_BYTES_PER_PEER_MAX,
+    LOCATED_PEERS_NAMED_MAX, LOCATE_PARK_SETTLE_TIME, LOCATE_PARK_TIME, PARKED_ASKS_PER_CONN_MAX, PIECES_MAX,
+    PIECE_BYTES_MIN, TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
+    TRACKER_MANIFEST_BYTES_PER_PEER_MAX,
 };
 use crate::manifest::Manifest;
 
@@ -104,6 +105,14 @@ impl Harness {
             }
             other => panic!("expected Located, got {other:?}"),
         }
+    }
+
+    /// The answer to a peer's `Locate` of a file the tracker does not know: parked, answered
+    /// when its time is up.
+    fn locate_unknown(&mut self, remote: Remote, file_id: FileId) -> Vec<Output> {
+        let parked = self.send(remote, Message::Locate { file_id, with_manifest: false });
+        assert!(parked.is_empty(), "a peer's ask of an unknown file is parked: {parked:?}");
+        self.advance(LOCATE_PARK_TIME)
     }
 
     fn advance(&mut self, span: Duration) -> Vec<Output> {
@@ -287,7 +296,7 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
     assert_eq!(error_code(&outputs), ErrorCode::BadRequest);
     assert!(!is_closed(&outputs, a.conn));
     let d = h.peer(4);
-    let outputs = h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false });
+    let outputs = h.locate_unknown(d, file.file_id());
     assert_eq!(error_code(&outputs), ErrorCode::UnknownFile, "refused announces register nothing");
     assert!(announced(&h.announce(a, &other, &[0])));
     let known_id_other_manifest =
@@ -371,10 +380,48 @@ fn a_peer_that_stops_announcing_expires_and_reannouncing_refreshes() {
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![b.addr()]]);
     let outputs = h.advance(ttl / 2);
     assert_eq!(gone(&outputs), vec![(b.addr(), GoneReason::Expired)]);
-    assert_eq!(
-        error_code(&h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false })),
-        ErrorCode::UnknownFile
-    );
+    assert_eq!(error_code(&h.locate_unknown(d, file.file_id())), ErrorCode::UnknownFile);
+}
+
+#[test]
+fn a_peers_ask_before_the_file_is_known_is_answered_a_settle_time_after_the_first_announce() {
+    let mut h = Harness::new(1);
+    let file = manifest("f", 1);
+    let (a, b, d) = (h.peer(1), h.peer(2), h.peer(4));
+    let client = h.join(5, Role::Client, 0);
+    let ask = Message::Locate { file_id: file.file_id(), with_manifest: false };
+    assert!(h.send(d, ask.clone()).is_empty(), "parked");
+    assert_eq!(error_code(&h.send(client, ask)), ErrorCode::UnknownFile, "a client is answered at once");
+    let announced = h.announce(a, &file, &[0]);
+    assert!(!announced.iter().any(|o| matches!(o, Output::Send { conn, .. } if *conn == d.conn)), "not yet");
+    h.now = h.now + LOCATE_PARK_SETTLE_TIME / 2;
+    h.announce(b, &file, &[0]);
+    let outputs = h.advance(LOCATE_PARK_SETTLE_TIME / 2);
+    match only_message(&outputs) {
+        Message::Located { holders, .. } => {
+            let named: Vec<SocketAddr> = holders.peers().map(|peer| peer.addr).collect();
+            assert_eq!(named.len(), 2, "both seeders that announced meanwhile: {named:?}");
+        }
+        other => panic!("expected Located, got {other:?}"),
+    }
+    assert!(h.advance(LOCATE_PARK_TIME).is_empty(), "answered once");
+}
+
+#[test]
+fn parked_asks_are_bounded_per_connection_and_a_closed_ones_are_dropped() {
+    let mut h = Harness::new(1);
+    let (d, e) = (h.peer(4), h.peer(5));
+    let files: Vec<Manifest> = (0..=PARKED_ASKS_PER_CONN_MAX).map(|n| manifest(&format!("f{n}"), 1)).collect();
+    for file in &files[..PARKED_ASKS_PER_CONN_MAX] {
+        assert!(h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false }).is_empty());
+    }
+    let past = Message::Locate { file_id: files[PARKED_ASKS_PER_CONN_MAX].file_id(), with_manifest: false };
+    assert_eq!(error_code(&h.send(d, past)), ErrorCode::UnknownFile, "past the bound: answered at once");
+    assert!(h.send(e, Message::Locate { file_id: files[0].file_id(), with_manifest: false }).is_empty());
+    h.input(Input::Disconnected { conn: e.conn });
+    let outputs = h.advance(LOCATE_PARK_TIME);
+    assert_eq!(outputs.len(), PARKED_ASKS_PER_CONN_MAX, "d's asks, none to the closed e: {outputs:?}");
+    assert!(outputs.iter().all(|o| matches!(o, Output::Send { conn, .. } if *conn == d.conn)));
 }
 
 #[test]
@@ -386,10 +433,7 @@ fn disconnect_forgets_the_peer_at_once() {
     let outputs = h.input(Input::Disconnected { conn: a.conn });
     assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Disconnected)]);
     assert!(!is_closed(&outputs, a.conn), "no Close for a connection already closed");
-    assert_eq!(
-        error_code(&h.send(d, Message::Locate { file_id: file.file_id(), with_manifest: false })),
-        ErrorCode::UnknownFile
-    );
+    assert_eq!(error_code(&h.locate_unknown(d, file.file_id())), ErrorCode::UnknownFile);
 }
 
 #[test]
@@ -401,18 +445,12 @@ fn leave_forgets_one_file_or_every_file() {
     h.announce(a, &g, &[0]);
     let outputs = h.send(a, Message::Leave { file_id: Some(f.file_id()) });
     assert!(outputs.is_empty(), "still a holder of g");
-    assert_eq!(
-        error_code(&h.send(d, Message::Locate { file_id: f.file_id(), with_manifest: false })),
-        ErrorCode::UnknownFile
-    );
+    assert_eq!(error_code(&h.locate_unknown(d, f.file_id())), ErrorCode::UnknownFile);
     assert_eq!(holder_addrs(&h.locate(d, &g)), vec![vec![a.addr()]]);
     h.announce(a, &f, &[0]);
     let outputs = h.send(a, Message::Leave { file_id: None });
     assert_eq!(gone(&outputs), vec![(a.addr(), GoneReason::Left)]);
-    assert_eq!(
-        error_code(&h.send(d, Message::Locate { file_id: g.file_id(), with_manifest: false })),
-        ErrorCode::UnknownFile
-    );
+    assert_eq!(error_code(&h.locate_unknown(d, g.file_id())), ErrorCode::UnknownFile);
 }
 
 #[test]

@@ -201,7 +201,10 @@ pub enum Message {
         /// The file, or every file.
         file_id: Option<FileId>,
     },
-    /// Peer → tracker: who holds the pieces of this file?
+    /// Peer → tracker: who holds the pieces of this file? The tracker may hold the ask of a
+    /// file it does not know yet for up to
+    /// [`LOCATE_PARK_TIME`](crate::limits::LOCATE_PARK_TIME), answering once an announce
+    /// registers the file.
     Locate {
         /// The file's id.
         file_id: FileId,
