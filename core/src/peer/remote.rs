@@ -240,7 +240,8 @@ impl Remote {
         self.is_ready() && self.wants(file_id) && !self.unknown.contains(&file_id)
     }
 
-    /// It told us it does not know `file_id`: it is not asked for the file's manifest again.
+    /// It told us it does not know `file_id`: it is not asked for the file's manifest again,
+    /// until it tells us of pieces of the file.
     pub fn knows_not(&mut self, file_id: FileId) {
         self.unknown.insert(file_id);
     }
@@ -320,6 +321,7 @@ impl Remote {
 
     /// The remote's bitfield of `file_id` arrived; returns the one it replaces.
     fn set_pieces(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+        self.unknown.remove(&file_id);
         self.files.insert(file_id, have)
     }
 
@@ -328,6 +330,9 @@ impl Remote {
     /// are new.
     fn add_pieces(&mut self, file_id: FileId, piece_count: u32, pieces: &[PieceIndex]) -> (bool, Vec<PieceIndex>) {
         let first = !self.files.contains_key(&file_id);
+        if first {
+            self.unknown.remove(&file_id);
+        }
         let have = self.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
         (first, pieces.iter().copied().filter(|p| have.set(*p)).collect())
     }
@@ -728,7 +733,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_remote_that_told_us_it_does_not_know_a_file_is_not_asked_its_manifest() {
+    fn only_a_remote_that_told_us_it_does_not_know_a_file_is_not_asked_its_manifest_until_it_holds_pieces() {
         let file_id = FileId(crate::ids::Digest([2; 32]));
         let mut remotes = Remotes::new();
         let conn = ConnId::Inbound(0);
@@ -743,6 +748,13 @@ mod tests {
         assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
         remotes.get_mut(&conn).expect("accepted").knows_not(file_id);
         assert!(!remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
+        // Pieces of the file it tells us of later show it has come to know it.
+        remotes.set_pieces(&conn, file_id, Bitfield::new(4));
+        assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
+        remotes.get_mut(&conn).expect("accepted").knows_not(file_id);
+        remotes.forget_file(&conn, file_id);
+        remotes.add_pieces(&conn, file_id, 4, &[PieceIndex(1)]);
+        assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
     }
 
     #[test]
