@@ -51,6 +51,14 @@ pub const BLOCKS_PER_PIECE_MAX: u32 = 64;
 /// serves and the largest `Data` payload.
 pub const BLOCK_BYTES_MAX: u32 = PIECE_BYTES_MAX / BLOCKS_PER_PIECE_MAX;
 
+/// Most chunks in a piece: a piece's digest is SHA-256 of its chunks' digests (see
+/// `manifest/digest.rs`), so the list that lets each chunk be checked on its own is at most
+/// 16 digests, 512 bytes.
+pub const CHUNKS_PER_PIECE_MAX: u32 = 16;
+
+/// Smallest chunk of a piece (that of pieces up to 256 KiB; a smaller piece is one chunk).
+pub const CHUNK_BYTES_MIN: u32 = 16 * 1024;
+
 /// Smallest piece size a manifest may declare.
 pub const PIECE_BYTES_MIN: u32 = 16 * 1024;
 

@@ -1,4 +1,4 @@
-//! SHA-256 work: hashing a stored piece and describing a whole file or directory by its
+//! SHA-256 work: the digest of a stored piece and describing a whole file or directory by its
 //! [`Manifest`].
 //!
 //! Everything here blocks on disk and CPU, so callers run it on worker threads
@@ -12,8 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder, StoreError};
-use sha2::Digest as _;
+use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder, PieceHasher, StoreError};
 
 use crate::error::{store_io, NetError};
 
@@ -28,22 +27,23 @@ thread_local! {
     static HASH_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; HASH_CHUNK_BYTES]);
 }
 
-/// SHA-256 of `len` bytes of `file` starting at `offset`, read in chunks.
-pub fn hash_range(file: &File, offset: u64, len: u64, path: &Path) -> Result<Digest, StoreError> {
-    let mut hasher = sha2::Sha256::new();
+/// The digest of the piece of `len` bytes of `file` at `offset`, of a manifest whose pieces
+/// are `piece_size_bytes`, read in chunks.
+pub fn piece_digest_at(
+    file: &File,
+    offset: u64,
+    len: u64,
+    piece_size_bytes: u32,
+    path: &Path,
+) -> Result<Digest, StoreError> {
+    let mut hasher = PieceHasher::new(piece_size_bytes);
     feed_range(&mut hasher, file, offset, len, path)?;
-    Ok(Digest(hasher.finalize().into()))
+    Ok(hasher.finish())
 }
 
 /// Feeds `len` bytes of `file` starting at `offset` to `hasher`, read in chunks (a piece of a
 /// directory is hashed file by file).
-pub fn feed_range(
-    hasher: &mut sha2::Sha256,
-    file: &File,
-    offset: u64,
-    len: u64,
-    path: &Path,
-) -> Result<(), StoreError> {
+pub fn feed_range(hasher: &mut PieceHasher, file: &File, offset: u64, len: u64, path: &Path) -> Result<(), StoreError> {
     HASH_BUFFER.with_borrow_mut(|buffer| {
         let mut done = 0u64;
         while done < len {
@@ -112,10 +112,11 @@ mod tests {
         let file = File::open(&path).expect("open");
         for piece in manifest.pieces() {
             let len = u64::from(manifest.piece_len(piece));
-            let digest = hash_range(&file, manifest.piece_offset(piece), len, &path).expect("hash");
+            let digest = piece_digest_at(&file, manifest.piece_offset(piece), len, manifest.piece_size_bytes(), &path)
+                .expect("hash");
             assert_eq!(digest, manifest.piece_hash(piece), "{piece}");
         }
-        assert_eq!(manifest.piece_hash(PieceIndex(0)), Digest::of(&bytes[..16 * 1024]));
+        assert_eq!(manifest.piece_hash(PieceIndex(0)), p2p_core::piece_digest(16 * 1024, &bytes[..16 * 1024]));
     }
 
     #[test]

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use p2p_core::{Digest, Manifest, StoreError};
+use p2p_core::{Digest, Manifest, PieceHasher, StoreError};
 use sha2::Digest as _;
 
 use crate::error::{store_io, NetError};
-use crate::hasher::{feed_range, hash_range};
+use crate::hasher::{feed_range, piece_digest_at};
 use crate::tree::join;
 
 /// Where an item's bytes are.
@@ -84,17 +84,18 @@ impl ItemFiles {
         }
     }
 
-    /// SHA-256 of `len` bytes at item offset `at`.
-    pub fn hash(&self, at: u64, len: u64) -> Result<Digest, StoreError> {
+    /// The digest of the piece of `len` bytes at item offset `at`, of a manifest whose pieces are
+    /// `piece_size_bytes` (see [`p2p_core::PieceHasher`]).
+    pub fn piece_digest(&self, at: u64, len: u64, piece_size_bytes: u32) -> Result<Digest, StoreError> {
         match self {
-            ItemFiles::File { file, path } => hash_range(file, at, len, path),
+            ItemFiles::File { file, path } => piece_digest_at(file, at, len, piece_size_bytes, path),
             ItemFiles::Tree { root, manifest } => {
-                let mut hasher = sha2::Sha256::new();
+                let mut hasher = PieceHasher::new(piece_size_bytes);
                 for span in manifest.spans(at, len) {
                     let (file, path) = open_entry(root, manifest, span.entry)?;
                     feed_range(&mut hasher, &file, span.offset_bytes, span.len_bytes, &path)?;
                 }
-                Ok(Digest(hasher.finalize().into()))
+                Ok(hasher.finish())
             }
         }
     }

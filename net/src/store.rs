@@ -33,7 +33,7 @@ use p2p_core::limits::BLOCK_BYTES_MAX;
 use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex, StoreError};
 
 use crate::error::{store_io, NetError};
-use crate::hasher::hash_range;
+use crate::hasher::piece_digest_at;
 use crate::held::{Found, Held};
 use crate::item::ItemFiles;
 
@@ -157,14 +157,14 @@ impl Store {
         file.write_all_at(bytes, at)
     }
 
-    /// SHA-256 of a piece as stored.
+    /// The digest of a piece as stored.
     pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
-        let (file, at, len) = self.with_entry(file_id, |entry| {
+        let (file, at, len, piece_size) = self.with_entry(file_id, |entry| {
             let len = entry.piece_len_checked(piece)?;
             let (file, at) = entry.access(piece, 0, u64::from(len))?;
-            Ok((file, at, len))
+            Ok((file, at, len, entry.manifest.piece_size_bytes()))
         })?;
-        file.hash(at, u64::from(len))
+        file.piece_digest(at, u64::from(len), piece_size)
     }
 
     /// Reads a block of a served piece.
@@ -516,7 +516,9 @@ pub(crate) fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bit
                     let mut good = Vec::new();
                     for &piece in chunk {
                         let len = u64::from(manifest.piece_len(piece));
-                        if file.hash(manifest.piece_offset(piece), len)? == manifest.piece_hash(piece) {
+                        let digest =
+                            file.piece_digest(manifest.piece_offset(piece), len, manifest.piece_size_bytes())?;
+                        if digest == manifest.piece_hash(piece) {
                             good.push(piece);
                         }
                     }
@@ -597,7 +599,8 @@ fn holds_manifest_content(path: &Path, manifest: &Manifest) -> bool {
     }
     manifest.pieces().all(|piece| {
         let len = u64::from(manifest.piece_len(piece));
-        hash_range(&file, manifest.piece_offset(piece), len, path).ok() == Some(manifest.piece_hash(piece))
+        let at = manifest.piece_offset(piece);
+        piece_digest_at(&file, at, len, manifest.piece_size_bytes(), path).ok() == Some(manifest.piece_hash(piece))
     })
 }
 

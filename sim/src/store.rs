@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::rng::Rng;
-use p2p_core::{Bitfield, Digest, FileId, Manifest, ManifestBuilder, PieceIndex, StoreError};
+use p2p_core::{piece_digest, Bitfield, Digest, FileId, Manifest, ManifestBuilder, PieceIndex, StoreError};
 
 /// The shared file: its bytes and manifest.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ impl Store {
         if self.piece(piece).stored == Stored::Original {
             return content.manifest.piece_hash(PieceIndex(piece));
         }
-        Digest::of(&self.assemble(content, piece))
+        piece_digest(content.manifest.piece_size_bytes(), &self.assemble(content, piece))
     }
 
     /// Records a piece as verified; a piece that differs from the original is a violation.

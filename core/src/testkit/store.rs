@@ -9,7 +9,7 @@ use crate::bitfield::Bitfield;
 use crate::error::StoreError;
 use crate::ids::{Digest, FileId, PieceIndex};
 use crate::limits::BLOCK_BYTES_MAX;
-use crate::manifest::Manifest;
+use crate::manifest::{piece_digest, Manifest};
 use crate::store::Store;
 
 /// Files by id: complete copies for shared files, partial ones for downloads.
@@ -90,7 +90,7 @@ impl Store for MemoryStore {
         let file = self.file(file_id)?;
         let len = file.manifest.piece(piece.0).map_or(0, |p| file.manifest.piece_len(p));
         let range = file.range(piece, 0, u64::from(len))?;
-        Ok(Digest::of(&file.bytes[range]))
+        Ok(piece_digest(file.manifest.piece_size_bytes(), &file.bytes[range]))
     }
 
     fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {

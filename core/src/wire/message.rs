@@ -21,8 +21,10 @@ use crate::wire::Holders;
 /// packs a `Located` answer's holders into one byte string of records ([`Holders`]); version 3
 /// adds peer exchange (`Peers`); version 4 gives each holder record a tag that says whether
 /// the peer holds nothing, everything or the bitfield that follows, and an IPv4 address in 4
-/// bytes.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// bytes; version 5 defines a piece's digest as SHA-256 of its chunks' digests (see
+/// [`PieceHasher`](crate::PieceHasher)), so the same file has another id and its pieces other
+/// digests than under version 4, whose peers would take ours for liars.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// What the sender of a `Hello` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
