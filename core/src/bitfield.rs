@@ -119,6 +119,40 @@ impl Bitfield {
         self.iter_combined(other, |mine, theirs| mine & theirs)
     }
 
+    /// Number of pieces in this set and in both `b` and `c`, counted 64 at a time.
+    pub fn count_and_and(&self, b: &Bitfield, c: &Bitfield) -> u32 {
+        (0..self.words()).map(|at| Self::and_and(self, b, c, at).count_ones()).sum()
+    }
+
+    /// The `n`th piece (from 0, in ascending order) in this set and in both `b` and `c`, found
+    /// by counting 64 pieces at a time.
+    pub fn nth_and_and(&self, b: &Bitfield, c: &Bitfield, mut n: u32) -> Option<PieceIndex> {
+        for at in 0..self.words() {
+            let mut word = Self::and_and(self, b, c, at);
+            let ones = word.count_ones();
+            if n >= ones {
+                n -= ones;
+                continue;
+            }
+            for _ in 0..n {
+                word &= !((1 << 63) >> word.leading_zeros());
+            }
+            return Some(PieceIndex(at as u32 * 64 + word.leading_zeros()));
+        }
+        None
+    }
+
+    /// Words of 64 pieces in the set's range.
+    fn words(&self) -> usize {
+        self.bytes.len().div_ceil(8)
+    }
+
+    /// Word `at` of `a`, `b` and `c` combined with `&` (a shorter set counts as empty past its
+    /// end).
+    fn and_and(a: &Bitfield, b: &Bitfield, c: &Bitfield, at: usize) -> u64 {
+        Self::word(&a.bytes, at) & Self::word(&b.bytes, at) & Self::word(&c.bytes, at)
+    }
+
     /// The pieces whose bit is set in `combine(word of self, word of other)`, 64 pieces a
     /// word, in ascending order; `other` counts as empty past its end.
     fn iter_combined<'a>(
@@ -126,7 +160,7 @@ impl Bitfield {
         other: &'a Bitfield,
         combine: impl Fn(u64, u64) -> u64 + 'a,
     ) -> impl Iterator<Item = PieceIndex> + 'a {
-        (0..self.bytes.len().div_ceil(8)).flat_map(move |at| {
+        (0..self.words()).flat_map(move |at| {
             let mut left = combine(Self::word(&self.bytes, at), Self::word(&other.bytes, at));
             std::iter::from_fn(move || {
                 let bit = (left != 0).then(|| left.leading_zeros())?;
@@ -199,7 +233,33 @@ impl<'de> Deserialize<'de> for Bitfield {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn three_way_counts_and_picks_match_a_walk_of_every_piece(
+            len in 1u32..300,
+            seeds in prop::array::uniform3(any::<u64>()),
+        ) {
+            let set = |seed: u64| {
+                let mut field = Bitfield::new(len);
+                for piece in (0..len).filter(|p| !(seed.rotate_left(*p % 64) ^ u64::from(*p)).is_multiple_of(3)) {
+                    field.set(PieceIndex(piece));
+                }
+                field
+            };
+            let (a, b, c) = (set(seeds[0]), set(seeds[1]), set(seeds[2]));
+            let both: Vec<PieceIndex> =
+                (0..len).map(PieceIndex).filter(|p| a.has(*p) && b.has(*p) && c.has(*p)).collect();
+            prop_assert_eq!(a.count_and_and(&b, &c) as usize, both.len());
+            for (n, piece) in both.iter().enumerate() {
+                prop_assert_eq!(a.nth_and_and(&b, &c, n as u32), Some(*piece));
+            }
+            prop_assert_eq!(a.nth_and_and(&b, &c, both.len() as u32), None);
+        }
+    }
 
     #[test]
     fn pieces_in_one_set_and_not_the_other_come_in_order() {
