@@ -471,35 +471,9 @@ impl Download {
         if orphan_count > 0 {
             return orphans().nth(rng.below(orphan_count)).map(Choice::Fresh);
         }
-        if self.active_count < PIECES_ACTIVE_PER_FILE_MAX && !self.rarity.is_empty() && self.bad_sources.is_empty() {
-            // The levels from the rarest up: the first holding a missing piece of the remote's
-            // gives the ties, counted and then found 64 pieces at a time.
-            for level in &self.rarity {
-                let ties = remote.have.count_and_and(&self.missing, level);
-                if ties > 0 {
-                    let nth = rng.below(ties as usize) as u32;
-                    return remote.have.nth_and_and(&self.missing, level, nth).map(Choice::Fresh);
-                }
-            }
-        } else if self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
-            // A missing piece is on no parole (only an active one is): of `usable`, only the
-            // bad sources apply, and its slot need not be read.
-            let fresh =
-                || remote.have.iter_and(&self.missing).filter(|p| !self.bad_sources.contains(&(*p, remote.peer_id)));
-            let (mut lowest, mut ties) = (u16::MAX, 0);
-            for piece in fresh() {
-                debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
-                let rank = self.availability[piece.as_usize()];
-                if rank < lowest {
-                    (lowest, ties) = (rank, 0);
-                }
-                if rank == lowest {
-                    ties += 1;
-                }
-            }
-            if ties > 0 {
-                let mut rarest = fresh().filter(|p| self.availability[p.as_usize()] == lowest);
-                return rarest.nth(rng.below(ties)).map(Choice::Fresh);
+        if self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
+            if let Some(choice) = self.rarest_missing(&remote, rng) {
+                return Some(choice);
             }
         }
         // Endgame only once no piece is left to start, only for a remote with nothing else to
@@ -537,6 +511,43 @@ impl Download {
             let (Some(&fetcher), None) = (fetchers.next(), fetchers.next()) else { return None };
             (!active.is_received() && fetcher != remote.conn && outpaced(fetcher, piece)).then_some((piece, fetcher))
         })
+    }
+
+    /// The rarest missing piece `remote` holds, one random draw among the ties (in ascending
+    /// order); `None` when it holds none we miss.
+    fn rarest_missing(&self, remote: &Chooser<'_>, rng: &mut Rng) -> Option<Choice> {
+        if !self.rarity.is_empty() && self.bad_sources.is_empty() {
+            // The levels from the rarest up: the first holding a missing piece of the remote's
+            // gives the ties, counted and then found 64 pieces at a time.
+            for level in &self.rarity {
+                let ties = remote.have.count_and_and(&self.missing, level);
+                if ties > 0 {
+                    let nth = rng.below(ties as usize) as u32;
+                    return remote.have.nth_and_and(&self.missing, level, nth).map(Choice::Fresh);
+                }
+            }
+            return None;
+        }
+        // A missing piece is on no parole (only an active one is): of `usable`, only the bad
+        // sources apply, and its slot need not be read.
+        let fresh =
+            || remote.have.iter_and(&self.missing).filter(|p| !self.bad_sources.contains(&(*p, remote.peer_id)));
+        let (mut lowest, mut ties) = (u16::MAX, 0);
+        for piece in fresh() {
+            debug_assert_eq!(self.suspect(piece), None, "missing piece {piece} on parole");
+            let rank = self.availability[piece.as_usize()];
+            if rank < lowest {
+                (lowest, ties) = (rank, 0);
+            }
+            if rank == lowest {
+                ties += 1;
+            }
+        }
+        if ties == 0 {
+            return None;
+        }
+        let mut rarest = fresh().filter(|p| self.availability[p.as_usize()] == lowest);
+        rarest.nth(rng.below(ties)).map(Choice::Fresh)
     }
 
     /// The pieces `remote` holds that someone fetches (active, or being verified) and we lack,
