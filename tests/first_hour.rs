@@ -13,6 +13,7 @@ use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use p2p_core::limits::CHUNKS_PER_PIECE_MAX;
 use p2p_core::wire::{Message, Role};
 
 use common::wire::WireClient;
@@ -44,8 +45,8 @@ fn interrupted_download_exits_130_or_143_and_the_same_command_resumes_it() {
     let status = first.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(130), "SIGINT mid-download must exit 130\n{}", first.report());
     let (have, total) = interrupted_at(&first);
-    assert_eq!(total, PIECE_COUNT as u32, "the message counts the file's pieces");
-    assert!(have < total, "interrupted with {have}/{total} pieces; the download was not over");
+    assert_eq!(total, PIECE_COUNT as u32 * CHUNKS_PER_PIECE_MAX, "the message counts the file's chunks");
+    assert!(have < total, "interrupted with {have}/{total} chunks; the download was not over");
 
     // The store holds at least what the message said: the same command resumes from there.
     let mut second = Node::peer("downloader (SIGTERM)", tracker_addr, &store, &get_args);
@@ -435,7 +436,7 @@ fn gives_up_on_the_fake_holder(holder: SocketAddr, reason: &str, seed: u64) {
     // The announcer's connection comes from 127.0.0.1, so the tracker records the holder at
     // 127.0.0.1 with the port it announces: the fake holder's.
     let mut announcer = WireClient::hello(None, tracker_addr, Role::Peer, holder.port());
-    let have = p2p_core::Bitfield::full(manifest.piece_count());
+    let have = p2p_core::Bitfield::full(manifest.chunk_count());
     announcer.send(&Message::Announce { file_id: manifest.file_id(), manifest: Some(Box::new(manifest)), have });
     match announcer.recv(STARTUP_TIMEOUT) {
         Some(Message::Announced { .. }) => {}

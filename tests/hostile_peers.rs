@@ -17,10 +17,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use p2p_core::limits::{BLOCK_BYTES, INBOUND_PEERS_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT};
+use p2p_core::limits::{
+    BLOCK_BYTES, CHUNKS_PER_PIECE_MAX, INBOUND_PEERS_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT,
+};
 use p2p_core::manifest::{Manifest, ManifestBuilder};
 use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role};
-use p2p_core::{Bitfield, FileId, PeerId, PieceIndex};
+use p2p_core::{Bitfield, ChunkIndex, Digest, FileId, PeerId};
 use p2p_net::identity::{Identity, SwarmKey};
 use p2p_net::secure::{self, Keys, SecureStream};
 use serde_json::Value;
@@ -73,10 +75,10 @@ fn hogs_holding_every_inbound_slot_of_a_seeder_make_way_for_an_honest_downloader
     assert!(seeder.is_running(), "{}", seeder.report());
 }
 
-/// Piece size of the seeder in the stalled-readers test: one block per piece.
-const STALL_PIECE_BYTES: u32 = BLOCK_BYTES;
-/// Pieces of its file: far more than the socket buffers of a reader that does not read hold.
-const STALL_PIECES: u32 = 64;
+/// Piece size of the seeder in the stalled-readers test: one block per chunk.
+const STALL_PIECE_BYTES: u32 = BLOCK_BYTES * CHUNKS_PER_PIECE_MAX;
+/// Chunks of its file: far more than the socket buffers of a reader that does not read hold.
+const STALL_CHUNKS: u32 = 64;
 /// How long the readers that do not read ask for blocks before the honest downloader starts:
 /// long enough for their socket buffers to fill, so they hold both slots when it arrives.
 const STALL_HEAD_START: Duration = Duration::from_secs(3);
@@ -85,7 +87,7 @@ const STALL_HEAD_START: Duration = Duration::from_secs(3);
 fn clients_that_ask_for_blocks_and_never_read_give_their_upload_slots_to_an_honest_downloader() {
     let dir = temp_dir();
     let swarm = PrivateSwarm::new(dir.path());
-    let original = random_file(dir.path(), "payload.bin", (STALL_PIECES * STALL_PIECE_BYTES) as usize, 41);
+    let original = random_file(dir.path(), "payload.bin", (STALL_CHUNKS * BLOCK_BYTES) as usize, 41);
     let (_tracker, tracker_addr) = swarm.tracker();
     let piece_size = STALL_PIECE_BYTES.to_string();
     let seeder_args = ["--share", path_str(&original), "--piece-size", piece_size.as_str()];
@@ -131,8 +133,8 @@ impl StalledReaders {
             let mut next = 0;
             while !stopped.load(Ordering::Relaxed) {
                 for reader in &mut readers {
-                    for piece in (next..next + Self::ASKS_AT_A_TIME).map(|p| PieceIndex(p % STALL_PIECES)) {
-                        let request = Message::Request { file_id, piece, offset: 0, len: BLOCK_BYTES };
+                    for chunk in (next..next + Self::ASKS_AT_A_TIME).map(|c| ChunkIndex(c % STALL_CHUNKS)) {
+                        let request = Message::Request { file_id, chunk, offset: 0, len: BLOCK_BYTES };
                         let mut frame = BytesMut::new();
                         encode_frame(&request, &mut frame).expect("fits");
                         // The seeder does not close them; an error would show in the counts.
@@ -208,7 +210,7 @@ fn a_liar_mixing_bad_blocks_into_pieces_the_seeder_finishes_never_gets_the_seede
     let log = downloader.stderr_tail();
     println!("{tally}, {lies} bad block(s) sent; the downloader's counts: {stats}");
     assert!(!log.contains(&format!("banned peer {seeder_id}")), "the honest seeder was banned:\n{log}");
-    assert!(stats["pieces_corrupt"].as_u64() >= Some(1), "the liar's pieces failed their hash: {stats}");
+    assert!(stats["chunks_corrupt"].as_u64() >= Some(1), "the liar's chunks failed their hash: {stats}");
     match stats["peers_banned"].as_u64() {
         Some(0) => {}
         Some(1) => assert!(log.contains(&format!("banned peer {liar_id}")), "one ban, not the liar's:\n{log}"),
@@ -314,7 +316,7 @@ fn was_evicted(hog: &mut WireClient) -> bool {
 /// A frame that exchanges no data: a `Have` of a file the seeder does not know.
 fn hog_ping(hog: &mut WireClient, unknown: FileId) -> std::io::Result<()> {
     let mut frame = BytesMut::new();
-    encode_frame(&Message::Have { file_id: unknown, piece: p2p_core::PieceIndex(0) }, &mut frame).expect("fits");
+    encode_frame(&Message::Have { file_id: unknown, chunk: p2p_core::ChunkIndex(0) }, &mut frame).expect("fits");
     hog.send_bytes(&frame)
 }
 
@@ -365,7 +367,7 @@ impl Liar {
         send_hello(&mut client, self.addr.port());
         assert!(matches!(client.recv(CONNECT_TIMEOUT), Some(Message::Hello(_))), "the tracker said hello");
         let manifest = self.file.0.clone();
-        let have = Bitfield::full(manifest.piece_count());
+        let have = Bitfield::full(manifest.chunk_count());
         client.send(&Message::Announce { file_id: manifest.file_id(), manifest: Some(Box::new(manifest)), have });
         match client.recv(CONNECT_TIMEOUT) {
             Some(Message::Announced { .. }) => client,
@@ -410,19 +412,30 @@ async fn lie(
                 // As an honest holder does, it answers the downloader's bitfield with its own
                 // (sent earlier, it could arrive before the downloader knows the manifest).
                 Message::Bitfield { file_id, .. } if file_id == manifest.file_id() => {
-                    vec![Message::Bitfield { file_id, have: Bitfield::full(manifest.piece_count()) }]
+                    vec![Message::Bitfield { file_id, have: Bitfield::full(manifest.chunk_count()) }]
                 }
-                Message::Request { file_id, piece, offset, len } => {
+                Message::Request { file_id, chunk, offset, len } => {
                     tally[1].fetch_add(1, Ordering::Relaxed);
-                    let start = usize::try_from(manifest.piece_offset(piece)).expect("fits") + offset as usize;
+                    let start = usize::try_from(manifest.chunk_offset(chunk)).expect("fits") + offset as usize;
                     let mut block = bytes[start..start + len as usize].to_vec();
+                    // The true list of the chunk's piece, as an honest holder sends it first.
+                    let piece = manifest.piece_of(chunk);
+                    let digests = manifest
+                        .chunks_of(piece)
+                        .map(|c| {
+                            let at = usize::try_from(manifest.chunk_offset(c)).expect("fits");
+                            Digest::of(&bytes[at..at + manifest.chunk_len(c) as usize])
+                        })
+                        .collect();
+                    let list = Message::Chunks { file_id, piece, digests };
                     if offset == 0 {
                         block[0] ^= 0xff;
-                        send(&mut stream, &[Message::Data { file_id, piece, offset, bytes: Bytes::from(block) }]).await;
+                        let data = Message::Data { file_id, chunk, offset, bytes: Bytes::from(block) };
+                        send(&mut stream, &[list, data]).await;
                         tally[2].fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    vec![Message::Data { file_id, piece, offset, bytes: Bytes::from(block) }]
+                    vec![list, Message::Data { file_id, chunk, offset, bytes: Bytes::from(block) }]
                 }
                 _ => Vec::new(),
             };

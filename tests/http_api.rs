@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 
 const PIECE_BYTES: usize = 64 * 1024;
 const FILE_BYTES: usize = PIECE_BYTES * 20 + 1234;
-const PIECE_COUNT: u64 = 21;
+/// Pieces of 64 KiB go in four chunks of 16 KiB; the last piece is one short chunk.
+const CHUNK_COUNT: u64 = 20 * 4 + 1;
 
 /// A tracker and a seeder of one file, and a peer with the HTTP API that wants nothing yet.
 struct Swarm {
@@ -88,19 +89,19 @@ fn a_download_added_over_the_api_completes_byte_identical_and_metrics_match_the_
 
     let metrics = prometheus_samples(&get_text(swarm.peer_http, "/metrics"));
     assert_eq!(metrics["swarm_received_bytes_total"], downloaded_bytes as f64, "{metrics:?}");
-    assert_eq!(metrics["swarm_pieces_verified_total"], PIECE_COUNT as f64);
+    assert_eq!(metrics["swarm_chunks_verified_total"], CHUNK_COUNT as f64);
     assert!(metrics["process_resident_memory_bytes"] > 0.0);
 
     let (status, file) = get(swarm.peer_http, &format!("/api/v1/files/{}", &swarm.file_id[..12]));
     assert_eq!(status, 200, "{file}");
-    assert_eq!((file["state"].as_str(), file["pieces_have"].as_u64()), (Some("complete"), Some(PIECE_COUNT)));
+    assert_eq!((file["state"].as_str(), file["chunks_have"].as_u64()), (Some("complete"), Some(CHUNK_COUNT)));
     let seeder = swarm.seeder.addr().to_string();
-    let pieces = file["pieces"].as_array().expect("pieces");
-    assert!(pieces.iter().all(|piece| piece["have"] == true && piece["from"] == seeder.as_str()), "{file}");
+    let chunks = file["chunks"].as_array().expect("chunks");
+    assert!(chunks.iter().all(|chunk| chunk["have"] == true && chunk["from"] == seeder.as_str()), "{file}");
 
-    // The tracker hears of the new holder's pieces from its batched `Have`s.
+    // The tracker hears of the new holder's chunks from its batched `Have`s.
     let tracked_path = format!("/api/v1/files/{}", swarm.file_id);
-    let holds_all = |holder: &Value| holder["pieces"].as_array().map(Vec::len) == Some(PIECE_COUNT as usize);
+    let holds_all = |holder: &Value| holder["chunks"].as_array().map(Vec::len) == Some(CHUNK_COUNT as usize);
     let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
     loop {
         let (status, tracked) = get(swarm.tracker_http, &tracked_path);
@@ -191,7 +192,7 @@ fn ctl_lists_downloads_and_shares_through_a_running_peer() {
     assert_same_file(&path, &swarm.original);
 
     let ls = ctl(&["ls"]);
-    let expected = format!("{} complete {PIECE_COUNT}/{PIECE_COUNT} data.bin", swarm.file_id);
+    let expected = format!("{} complete {CHUNK_COUNT}/{CHUNK_COUNT} data.bin", swarm.file_id);
     assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), expected);
 
     let unknown = ctl(&["get", "00000000"]);
@@ -219,15 +220,15 @@ fn a_paused_download_stops_resumes_byte_identical_and_a_removed_file_is_forgotte
         let (status, answer) = post(http, "downloads", Some(&bearer), &body);
         assert_eq!(status, 202, "{answer}");
     };
-    let pieces_have = || get(http, &file_path).1["pieces_have"].as_u64().unwrap_or(0);
+    let chunks_have = || get(http, &file_path).1["chunks_have"].as_u64().unwrap_or(0);
 
     // Paused, then removed with its data: nothing of it stays.
     start(&swarm.out);
-    wait_until("two pieces", || pieces_have() >= 2);
+    wait_until("two chunks", || chunks_have() >= 2);
     let (status, answer) = post(http, &format!("files/{}/pause", &id[..8]), Some(&bearer), "");
     assert_eq!((status, answer["state"].as_str()), (200, Some("paused")), "{answer}");
-    let paused = stable_pieces(http, &file_path);
-    assert!(paused < PIECE_COUNT, "paused before the end: {paused}");
+    let paused = stable_chunks(http, &file_path);
+    assert!(paused < CHUNK_COUNT, "paused before the end: {paused}");
     let (status, answer) = delete(http, &format!("{file_path}?delete_data=true"), None);
     assert_eq!(status, 401, "a removal needs the token: {answer}");
     let (status, answer) = delete(http, &format!("{file_path}?delete_data=true"), Some(&bearer));
@@ -245,11 +246,11 @@ fn a_paused_download_stops_resumes_byte_identical_and_a_removed_file_is_forgotte
     // Fetched afresh elsewhere, paused and resumed: byte-identical.
     let out = subdir(swarm.out.parent().expect("the test folder"), "out2");
     start(&out);
-    wait_until("a piece", || pieces_have() >= 1);
+    wait_until("a chunk", || chunks_have() >= 1);
     let (status, _) = post(http, &format!("files/{id}/pause"), Some(&bearer), "");
     assert_eq!(status, 200);
-    let paused = stable_pieces(http, &file_path);
-    assert!(paused < PIECE_COUNT, "paused before the end: {paused}");
+    let paused = stable_chunks(http, &file_path);
+    assert!(paused < CHUNK_COUNT, "paused before the end: {paused}");
     let (status, answer) = post(http, &format!("files/{id}/pause"), Some(&bearer), "");
     assert_eq!(status, 409, "a paused download cannot be paused again: {answer}");
     let (status, answer) = post(http, &format!("files/{id}/resume"), Some(&bearer), "");
@@ -283,16 +284,16 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The pieces a paused download holds once blocks already on their way have landed, checked
+/// The chunks a paused download holds once blocks already on their way have landed, checked
 /// to stay the same for two seconds.
-fn stable_pieces(http: SocketAddr, file_path: &str) -> u64 {
+fn stable_chunks(http: SocketAddr, file_path: &str) -> u64 {
     std::thread::sleep(Duration::from_millis(500));
     let (_, before) = get(http, file_path);
     std::thread::sleep(Duration::from_secs(2));
     let (_, after) = get(http, file_path);
     assert_eq!(after["state"], "paused", "{after}");
-    assert_eq!(before["pieces_have"], after["pieces_have"], "no progress while paused");
-    after["pieces_have"].as_u64().unwrap_or(0)
+    assert_eq!(before["chunks_have"], after["chunks_have"], "no progress while paused");
+    after["chunks_have"].as_u64().unwrap_or(0)
 }
 
 /// Waits (bounded) until the tracker lists `count` holders of the file.

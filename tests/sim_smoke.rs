@@ -63,9 +63,13 @@ fn svg_draws_the_abcd_run_the_same_way_every_time() {
     assert_eq!(svg, draw("second.svg"), "the same run draws the same bytes");
     assert_well_formed(&svg);
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{}", &svg[..80]);
-    // D got piece 0 from A, 1 from B and 2 from C; E got every piece from D.
+    // D got piece 0 from A, 1 from B and 2 from C; E got every piece from D. A mark is a chunk,
+    // a piece of 256 KiB four chunks.
     for (piece, sender) in [(0, "A"), (1, "B"), (2, "C"), (0, "D"), (1, "D"), (2, "D")] {
-        assert!(svg.contains(&format!(">{piece} \u{2190} {sender}</text>")), "piece {piece} from {sender} is labelled");
+        for chunk in piece * 4..piece * 4 + 4 {
+            let label = format!(">{chunk} \u{2190} {sender}</text>");
+            assert!(svg.contains(&label), "chunk {chunk} of piece {piece} from {sender} is labelled");
+        }
     }
     assert_eq!(svg.matches(" complete at ").count(), 2, "D and E complete");
     assert_eq!(svg.matches(">leaves</text>").count(), 3, "A, B and C leave");

@@ -238,7 +238,7 @@ async fn announce_phase(
             let mine = |f: &usize| (f % peer_count == i) == first;
             let requests = (0..files.len()).filter(mine).map(|f| {
                 let (file_id, manifest) = &files[f];
-                let have = random_half(&mut rng, manifest.piece_count());
+                let have = random_half(&mut rng, manifest.chunk_count());
                 Message::Announce { file_id: *file_id, manifest: first.then(|| Box::new(manifest.clone())), have }
             });
             let mut tally = Tally::new(pieces);
@@ -279,7 +279,7 @@ async fn keepalive(
             () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
         }
         let (file_id, manifest) = &files[i % files.len()];
-        let have = random_half(rng, manifest.piece_count());
+        let have = random_half(rng, manifest.chunk_count());
         conn.queue(&Message::Announce { file_id: *file_id, manifest: None, have })?;
         conn.flush().await?;
         conn.recv().await?;
@@ -310,11 +310,11 @@ impl Tally {
                 self.ok += 1;
             }
             (Message::Locate { file_id: asked, .. }, Message::Located { file_id, holders, .. })
-                if file_id == asked && !holders.is_empty() && holders.piece_count() == self.pieces =>
+                if file_id == asked && !holders.is_empty() && holders.chunk_count() == self.pieces =>
             {
                 self.ok += 1;
                 if self.first_located.is_none() {
-                    let pieces = holders.piece_count();
+                    let pieces = holders.chunk_count();
                     let listed: u64 = holders.iter().map(|(_, bits)| u64::from(bits.count())).sum();
                     self.first_located = Some(format!(
                         "{pieces} pieces, {} peers named with their bitfields ({} bytes of records), \

@@ -79,25 +79,25 @@ pub enum Signal {
     Terminate,
 }
 
-/// A download stopped by a signal before it was complete. Its verified pieces are in the
+/// A download stopped by a signal before it was complete. Its verified chunks are in the
 /// store, so the same command resumes it.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted at {}; run the same command to resume", at_pieces(*.have, *.total))]
+#[error("interrupted at {}; run the same command to resume", at_chunks(*.have, *.total))]
 pub struct Interrupted {
     /// The signal that stopped it.
     pub signal: Signal,
-    /// Verified pieces of the unfinished downloads.
+    /// Verified chunks of the unfinished downloads.
     pub have: u32,
     /// Pieces of the unfinished downloads whose size is known.
     pub total: u32,
 }
 
-/// `H/T pieces`, or what it means when no download knew its size yet.
-fn at_pieces(have: u32, total: u32) -> String {
+/// `H/T chunks`, or what it means when no download knew its size yet.
+fn at_chunks(have: u32, total: u32) -> String {
     if total == 0 {
         "the start (no file size known yet)".to_owned()
     } else {
-        format!("{have}/{total} pieces")
+        format!("{have}/{total} chunks")
     }
 }
 
@@ -146,7 +146,7 @@ pub fn sharing(file_id: FileId, name: &str, pieces: u32) {
     publish(json!({ "event": "sharing", "file_id": file_id.to_string(), "name": name, "pieces": pieces }));
 }
 
-/// `resumed FILE_ID HAVE/TOTAL`: the store already held verified pieces of a download.
+/// `resumed FILE_ID HAVE/TOTAL`: the store already held verified chunks of a download.
 pub fn resumed(file_id: FileId, have: u32, total: u32) {
     emit(format_args!("resumed {file_id} {have}/{total}"));
     publish(json!({ "event": "resumed", "file_id": file_id.to_string(), "have": have, "total": total }));
@@ -159,8 +159,8 @@ pub fn complete(file_id: FileId, path: &Path) {
 }
 
 /// `downloaded FILE_ID BYTES useful=U duplicate=D`: payload bytes of the file received over
-/// the network this run; of those, U are the pieces this run verified and D the rest (blocks
-/// fetched twice near the end, pieces that failed their hash).
+/// the network this run; of those, U are the chunks this run verified and D the rest (blocks
+/// fetched twice near the end, chunks that failed their hash).
 pub fn downloaded(file_id: FileId, bytes: u64, useful_bytes: u64) {
     let duplicate_bytes = bytes.saturating_sub(useful_bytes);
     emit(format_args!("downloaded {file_id} {bytes} useful={useful_bytes} duplicate={duplicate_bytes}"));
@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn an_interruption_says_where_it_stopped() {
         let at = |have, total| Interrupted { signal: Signal::Interrupt, have, total }.to_string();
-        assert_eq!(at(3, 8), "interrupted at 3/8 pieces; run the same command to resume");
+        assert_eq!(at(3, 8), "interrupted at 3/8 chunks; run the same command to resume");
         assert_eq!(at(0, 0), "interrupted at the start (no file size known yet); run the same command to resume");
     }
 

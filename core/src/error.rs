@@ -81,12 +81,12 @@ pub enum CommandError {
     /// The peer already handles as many files as the limit allows.
     #[error("too many files (limit {max})", max = crate::limits::PEER_FILES_MAX)]
     TooManyFiles,
-    /// The bitfield given does not match the manifest's piece count.
-    #[error("bitfield has {got} bits, the manifest has {expected} pieces")]
+    /// The bitfield given does not match the manifest's chunk count.
+    #[error("bitfield has {got} bits, the manifest has {expected} chunks")]
     BitfieldLength {
         /// Bits given.
         got: u32,
-        /// Pieces in the manifest.
+        /// Chunks in the manifest.
         expected: u32,
     },
     /// The peer has no such file.
@@ -129,28 +129,28 @@ pub enum StoreError {
     /// A block was written to a file that is not being downloaded (shared or complete).
     #[error("the file is not being downloaded")]
     NotDownloading,
-    /// A piece that is neither verified nor shared here was asked for.
-    #[error("piece {piece} is not held here")]
+    /// A chunk that is neither verified nor shared here was asked for.
+    #[error("chunk {chunk} is not held here")]
     NotHeld {
-        /// The piece.
-        piece: crate::PieceIndex,
+        /// The chunk.
+        chunk: crate::ChunkIndex,
     },
-    /// The range is not inside one block of one piece of the file.
-    #[error("{len} bytes at offset {offset} do not fit a block of piece {piece}")]
+    /// The range is not inside one block of one chunk of the file.
+    #[error("{len} bytes at offset {offset} do not fit a block of chunk {chunk}")]
     OutOfRange {
-        /// The piece.
-        piece: crate::PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: crate::ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// Bytes asked for.
         len: u64,
     },
-    /// Finalizing a download that still lacks verified pieces.
-    #[error("only {have} of {total} pieces are verified")]
+    /// Finalizing a download that still lacks verified chunks.
+    #[error("only {have} of {total} chunks are verified")]
     Incomplete {
-        /// Verified pieces.
+        /// Verified chunks.
         have: u32,
-        /// Pieces in the file.
+        /// Chunks in the file.
         total: u32,
     },
     /// The storage itself failed (a full disk, a removed folder, no free final name).

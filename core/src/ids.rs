@@ -33,6 +33,12 @@ pub struct PeerId(pub [u8; 16]);
 #[serde(transparent)]
 pub struct PieceIndex(pub u32);
 
+/// The index of a chunk within its file, counted from 0: the unit peers exchange, announce and
+/// verify (see [`Manifest::chunk_bytes`](crate::manifest::Manifest::chunk_bytes)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChunkIndex(pub u32);
+
 /// A connection, named by the side that created it: the machine names the connections it opens
 /// (`Outbound`), the driver names those it accepts (`Inbound`). The two never collide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,6 +138,13 @@ impl PieceIndex {
     }
 }
 
+impl ChunkIndex {
+    /// The index as a `usize`, for indexing vectors.
+    pub fn as_usize(self) -> usize {
+        self.0 as usize
+    }
+}
+
 impl FileIdPrefix {
     /// The prefix, as lowercase hex digits.
     pub fn as_str(&self) -> &str {
@@ -222,6 +235,12 @@ impl fmt::Debug for PeerId {
 }
 
 impl fmt::Display for PieceIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for ChunkIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
     }

@@ -42,9 +42,12 @@ pub mod wire;
 
 pub use bitfield::Bitfield;
 pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError, StoreError};
-pub use ids::{ConnId, Digest, FileId, FileIdPrefix, PeerId, PieceIndex};
+pub use ids::{ChunkIndex, ConnId, Digest, FileId, FileIdPrefix, PeerId, PieceIndex};
 pub use machine::{step, step_command, Command, Completion, Event, GoneReason, Input, Machine, Output, Progress};
-pub use manifest::{auto_piece_size, piece_digest, FileSpan, Manifest, ManifestBuilder, PieceHasher, TreeEntry};
+pub use manifest::{
+    auto_piece_size, piece_digest, piece_digest_of_chunks, FileSpan, Manifest, ManifestBuilder, PieceHasher, TreeEntry,
+};
 pub use peer::{Peer, PeerConfig};
+pub use store::Resume;
 pub use time::Time;
 pub use tracker::{Tracker, TrackerConfig};

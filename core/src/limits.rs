@@ -34,27 +34,42 @@ pub const BODY_DECODES_OFF_THREAD_MAX: usize = 2;
 /// while honest frames complete and leave the buffer at once.
 pub const READ_BUFFERS_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Size of one block, the unit of a `Request`/`Data` exchange, in pieces of up to
-/// [`BLOCKS_PER_PIECE_MAX`] blocks (a piece no larger is one block; larger pieces have blocks
-/// of a [`BLOCKS_PER_PIECE_MAX`]th of the piece, see `Manifest::block_bytes`). The last block of
-/// a piece may be shorter. A block is what one duplicate (an endgame copy, a request that
+/// Size of one block, the unit of a `Request`/`Data` exchange, in chunks of up to
+/// [`BLOCKS_PER_CHUNK_MAX`] blocks (a chunk no larger is one block; larger chunks have blocks
+/// of a [`BLOCKS_PER_CHUNK_MAX`]th of the chunk, see `Manifest::block_bytes`). The last block of
+/// a chunk may be shorter. A block is what one duplicate (an endgame copy, a request that
 /// crossed a `Busy`) wastes of an uplink; smaller blocks did not pay (see BENCHMARKS.md,
-/// "Swarm efficiency"): a piece still comes from one holder outside endgame, so splitting it
-/// only adds requests and lets late blocks of a reassigned piece arrive twice.
+/// "Swarm efficiency"): a chunk still comes from one holder outside endgame, so splitting it
+/// only adds requests and lets late blocks of a reassigned chunk arrive twice.
 pub const BLOCK_BYTES: u32 = 256 * 1024;
 
-/// Most blocks in one piece: a download tracks a piece's blocks (requested, received, written,
+/// Most blocks in one chunk: a download tracks a chunk's blocks (requested, received, written,
 /// each sender's) in a `u64` mask.
-pub const BLOCKS_PER_PIECE_MAX: u32 = 64;
+pub const BLOCKS_PER_CHUNK_MAX: u32 = 64;
 
-/// Largest block of any piece (that of the largest pieces): the longest `Request` a peer
+/// Largest block of any chunk (that of the largest chunks): the longest `Request` a peer
 /// serves and the largest `Data` payload.
-pub const BLOCK_BYTES_MAX: u32 = PIECE_BYTES_MAX / BLOCKS_PER_PIECE_MAX;
+pub const BLOCK_BYTES_MAX: u32 = {
+    let largest_chunks_block = PIECE_BYTES_MAX / CHUNKS_PER_PIECE_MAX / BLOCKS_PER_CHUNK_MAX;
+    if largest_chunks_block > BLOCK_BYTES {
+        largest_chunks_block
+    } else {
+        BLOCK_BYTES
+    }
+};
 
-/// Most chunks in a piece: a piece's digest is SHA-256 of its chunks' digests (see
-/// `manifest/digest.rs`), so the list that lets each chunk be checked on its own is at most
-/// 16 digests, 512 bytes.
-pub const CHUNKS_PER_PIECE_MAX: u32 = 16;
+/// Most chunks in a piece. Peers exchange and verify chunks, so a chunk can be passed on as
+/// soon as it is checked, while its piece is still arriving; a piece's digest is SHA-256 of
+/// its chunks' digests (see `manifest/digest.rs`), so the list that lets each chunk be checked
+/// on its own is at most 4 digests, 128 bytes. Finer chunks spread a file faster through a
+/// crowd but cost every transfer more frames, writes and hashes per byte (see BENCHMARKS.md,
+/// "Swarm efficiency").
+pub const CHUNKS_PER_PIECE_MAX: u32 = 4;
+
+/// Most chunk digest lists a peer remembers having sent on one connection (see
+/// `peer/lists.rs`): a list forgotten is sent again, 128 bytes, before the next block of its
+/// piece.
+pub const SENT_LISTS_PER_CONN_MAX: usize = 64;
 
 /// Smallest chunk of a piece (that of pieces up to 256 KiB; a smaller piece is one chunk).
 pub const CHUNK_BYTES_MIN: u32 = 16 * 1024;
@@ -74,8 +89,11 @@ pub const PIECE_BYTES_AUTO_MAX: u32 = 4 * 1024 * 1024;
 /// The automatic piece-size choice aims at no more than this many pieces per file.
 pub const PIECES_AUTO_TARGET_COUNT: u64 = 1024;
 
-/// Most pieces a manifest may list (bounds the manifest and bitfield sizes).
+/// Most pieces a manifest may list (bounds the manifest's size).
 pub const PIECES_MAX: u32 = 32 * 1024;
+
+/// Most chunks a file may have (bounds the bitfields' sizes).
+pub const CHUNKS_MAX: u32 = PIECES_MAX * CHUNKS_PER_PIECE_MAX;
 
 /// Longest file name a manifest may carry, in bytes of UTF-8.
 pub const FILE_NAME_BYTES_MAX: usize = 255;
@@ -494,13 +512,13 @@ pub const PEX_RECEIVE_INTERVAL_MIN: Duration = Duration::from_millis(500);
 /// second sends a few batches a second, not one per piece.
 pub const HAVE_BATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Pieces at least this large are told in batches at most every
-/// [`HAVE_BATCH_INTERVAL_LARGE_PIECES`]: such a piece takes long enough to pass on that the
+/// Chunks at least this large are told in batches at most every
+/// [`HAVE_BATCH_INTERVAL_LARGE_CHUNKS`]: such a chunk takes long enough to pass on that the
 /// wait for a batch adds to each of its hops, and few of them are verified a second.
-pub const HAVE_BATCH_LARGE_PIECE_BYTES: u32 = 64 * 1024;
+pub const HAVE_BATCH_LARGE_CHUNK_BYTES: u32 = 64 * 1024;
 
-/// The batch interval for pieces of at least [`HAVE_BATCH_LARGE_PIECE_BYTES`].
-pub const HAVE_BATCH_INTERVAL_LARGE_PIECES: Duration = Duration::from_millis(100);
+/// The batch interval for chunks of at least [`HAVE_BATCH_LARGE_CHUNK_BYTES`].
+pub const HAVE_BATCH_INTERVAL_LARGE_CHUNKS: Duration = Duration::from_millis(100);
 
 /// Blocks at least this large that a downloader asked for after a request the remote refused
 /// (`Busy`) are withdrawn (`Withdraw`), not cancelled: such a block, queued at the remote after
@@ -585,5 +603,5 @@ const _: () = assert!(PEX_RECEIVE_INTERVAL_MIN.as_millis() < PEX_INTERVAL.as_mil
 const _: () = assert!(PEX_PEERS_PER_MESSAGE_MAX * 64 + 1024 <= FRAME_BYTES_MAX);
 // A download counts the connected holders of each piece in a `u16`.
 const _: () = assert!(CONNECTIONS_MAX <= u16::MAX as usize);
-// A piece's blocks are tracked in a u64 mask.
-const _: () = assert!(BLOCKS_PER_PIECE_MAX <= 64);
+// A chunk's blocks are tracked in a u64 mask.
+const _: () = assert!(BLOCKS_PER_CHUNK_MAX <= 64);

@@ -35,8 +35,9 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::error::{CommandError, DecodeError, StoreError};
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
+use crate::store::Resume;
 use crate::time::Time;
 use crate::wire::Message;
 
@@ -101,23 +102,23 @@ pub enum Input {
 /// [`Machine::command`], which checks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Serve the pieces in `have` of the file described by `manifest`, and announce them.
+    /// Serve the chunks in `have` of the file described by `manifest`, and announce them.
     Share {
         /// The file.
         manifest: Manifest,
-        /// The pieces this peer holds and serves (all, or a subset for a partial holder).
+        /// The chunks this peer holds and serves (all, or a subset for a partial holder).
         have: Bitfield,
     },
-    /// Download the file `file_id`. `resume` carries the manifest and the verified pieces a
+    /// Download the file `file_id`. `resume` carries the manifest and the verified chunks a
     /// store already holds from an earlier run.
     Get {
         /// The file.
         file_id: FileId,
         /// What an earlier run already verified.
-        resume: Option<(Manifest, Bitfield)>,
+        resume: Option<Resume>,
     },
     /// Stop fetching the download `file_id`: its requests in flight are cancelled and no
-    /// holder is asked; its verified pieces stay served (see the peer's `control` module).
+    /// holder is asked; its verified chunks stay served (see the peer's `control` module).
     Pause {
         /// The file.
         file_id: FileId,
@@ -144,21 +145,30 @@ pub enum Completion {
     BlockWritten {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// The block's offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// The block's offset within the chunk.
         offset: u32,
         /// `Err` says why (e.g. a full disk).
         result: Result<(), StoreError>,
     },
-    /// The hash asked for by [`Output::HashPiece`] (SHA-256 of the piece as stored).
-    PieceHashed {
+    /// The hash asked for by [`Output::HashChunk`] (SHA-256 of the chunk as stored).
+    ChunkHashed {
+        /// The file.
+        file_id: FileId,
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// The digest, or why the chunk could not be read.
+        result: Result<crate::ids::Digest, StoreError>,
+    },
+    /// The list asked for by [`Output::ReadChunkDigests`].
+    ChunkDigestsRead {
         /// The file.
         file_id: FileId,
         /// The piece.
         piece: PieceIndex,
-        /// The digest, or why the piece could not be read.
-        result: Result<crate::ids::Digest, StoreError>,
+        /// Its chunks' digests, in order, or why they could not be read.
+        result: Result<Vec<crate::ids::Digest>, StoreError>,
     },
     /// A block asked for by [`Output::ReadBlock`].
     BlockRead {
@@ -166,9 +176,9 @@ pub enum Completion {
         conn: ConnId,
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// The block's offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// The block's offset within the chunk.
         offset: u32,
         /// The bytes, or why they could not be read.
         result: Result<Bytes, StoreError>,
@@ -214,41 +224,61 @@ pub enum Output {
     WriteBlock {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// The bytes.
         bytes: Bytes,
     },
-    /// Hash a piece as stored; answer with [`Completion::PieceHashed`].
-    HashPiece {
+    /// Hash a chunk as stored; answer with [`Completion::ChunkHashed`].
+    HashChunk {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
+        /// The chunk.
+        chunk: ChunkIndex,
     },
-    /// A piece passed its hash: record it as verified (persisted, so a restart resumes).
-    PieceVerified {
+    /// A chunk passed its hash: record it as verified (persisted, so a restart resumes).
+    ChunkVerified {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
+        /// The chunk.
+        chunk: ChunkIndex,
     },
-    /// Read a block of a verified piece for a remote; answer with [`Completion::BlockRead`].
+    /// Read a block of a verified chunk for a remote; answer with [`Completion::BlockRead`].
     ReadBlock {
         /// The requesting connection.
         conn: ConnId,
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// Bytes to read.
         len: u32,
     },
-    /// Every piece is verified: move the file to its final place; answer with
+    /// Keep the chunk digests of a piece of a download with its verified chunks; no completion
+    /// (see [`crate::store::Store::keep_list`]).
+    KeepList {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Its chunks' digests, checked against the manifest.
+        digests: Vec<crate::ids::Digest>,
+    },
+    /// Read the digests of the chunks of a piece held whole, to send before its chunks (see
+    /// `Message::Chunks`); answer with [`Completion::ChunkDigestsRead`].
+    ReadChunkDigests {
+        /// The file.
+        file_id: FileId,
+        /// The piece.
+        piece: PieceIndex,
+        /// Its chunks, in order.
+        chunks: Vec<ChunkIndex>,
+    },
+    /// Every chunk is verified: move the file to its final place; answer with
     /// [`Completion::Finalized`].
     Finalize {
         /// The file.
@@ -261,9 +291,9 @@ pub enum Output {
 /// Progress of one download.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
-    /// Verified pieces.
+    /// Verified chunks.
     pub have: u32,
-    /// Pieces in the file.
+    /// Chunks in the file.
     pub total: u32,
     /// Verified bytes.
     pub have_bytes: u64,
@@ -291,48 +321,48 @@ pub enum Event {
         file_id: FileId,
         /// Its name.
         name: String,
-        /// Pieces this peer serves.
+        /// Pieces this peer serves whole.
         pieces: u32,
     },
-    /// The peer asked the tracker where the pieces of a file are.
+    /// The peer asked the tracker where the chunks of a file are.
     LocateSent {
         /// The file.
         file_id: FileId,
     },
-    /// The tracker answered a `Locate`: per piece, the holders it named.
+    /// The tracker answered a `Locate`: per chunk, the holders it named.
     Located {
         /// The file.
         file_id: FileId,
-        /// `(piece, holders)` for every piece still wanted.
-        holders: Vec<(PieceIndex, Vec<SocketAddr>)>,
+        /// `(chunk, holders)` for every chunk still wanted.
+        holders: Vec<(ChunkIndex, Vec<SocketAddr>)>,
     },
-    /// A piece was assigned to a remote and its blocks requested.
-    PieceRequested {
+    /// A chunk was assigned to a remote and its blocks requested.
+    ChunkRequested {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
+        /// The chunk.
+        chunk: ChunkIndex,
         /// The remote asked.
         from: SocketAddr,
     },
-    /// A piece arrived and passed its hash.
-    PieceVerified {
+    /// A chunk arrived and passed its hash.
+    ChunkVerified {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
+        /// The chunk.
+        chunk: ChunkIndex,
         /// Who sent it.
         from: SocketAddr,
-        /// The download's progress after this piece.
+        /// The download's progress after this chunk.
         progress: Progress,
     },
-    /// A piece arrived and failed its hash; `from` sent blocks of it (a strike only for a
+    /// A chunk arrived and failed its hash; `from` sent blocks of it (a strike only for a
     /// sender proven bad, see `STATE.md` of the peer).
-    PieceCorrupt {
+    ChunkCorrupt {
         /// The file.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
+        /// The chunk.
+        chunk: ChunkIndex,
         /// Who sent it.
         from: SocketAddr,
     },
@@ -343,12 +373,12 @@ pub enum Event {
         /// Its address.
         addr: SocketAddr,
     },
-    /// No live peer holds these pieces; the download waits for a holder.
-    PiecesMissing {
+    /// No live peer holds these chunks; the download waits for a holder.
+    ChunksMissing {
         /// The file.
         file_id: FileId,
-        /// The pieces nobody holds.
-        pieces: Vec<PieceIndex>,
+        /// The chunks nobody holds.
+        chunks: Vec<ChunkIndex>,
     },
     /// The tracker does not know a file this peer wants (nobody announced it); the peer keeps
     /// asking.
@@ -356,7 +386,7 @@ pub enum Event {
         /// The file.
         file_id: FileId,
     },
-    /// Every piece is verified and the file is in its final place.
+    /// Every chunk is verified and the file is in its final place.
     Complete {
         /// The file.
         file_id: FileId,
@@ -374,12 +404,23 @@ pub enum Event {
         /// The file.
         file_id: FileId,
     },
-    /// A piece was served to a remote (all its requested blocks sent).
-    BlockServed {
+    /// The chunks of a piece cannot be served: the store could not read their digests, or
+    /// they do not hash to the piece's (damaged on disk). The requests waiting for them are
+    /// refused; later ones try again.
+    ServeFailed {
         /// The file.
         file_id: FileId,
         /// The piece.
         piece: PieceIndex,
+        /// Why.
+        reason: String,
+    },
+    /// A chunk was served to a remote (all its requested blocks sent).
+    BlockServed {
+        /// The file.
+        file_id: FileId,
+        /// The chunk.
+        chunk: ChunkIndex,
         /// Bytes sent.
         len: u32,
         /// To whom.
@@ -400,8 +441,8 @@ pub enum Event {
         peer: crate::wire::PeerAddr,
         /// The file.
         file_id: FileId,
-        /// Pieces it holds.
-        pieces: u32,
+        /// Chunks it holds.
+        chunks: u32,
     },
     /// A peer was forgotten: it left, disconnected, or its TTL ran out.
     PeerGone {
@@ -560,7 +601,7 @@ mod tests {
         fn handle(&mut self, _now: Time, _input: Input) {
             let file_id = FileId(crate::ids::Digest([1; 32]));
             let write =
-                Output::WriteBlock { file_id, piece: PieceIndex(0), offset: 0, bytes: Bytes::from(vec![0; 16]) };
+                Output::WriteBlock { file_id, chunk: ChunkIndex(0), offset: 0, bytes: Bytes::from(vec![0; 16]) };
             self.queued.extend(std::iter::repeat_n(write, self.writes));
         }
 
@@ -575,7 +616,7 @@ mod tests {
 
     fn data(len: usize) -> Input {
         let file_id = FileId(crate::ids::Digest([1; 32]));
-        let message = Message::Data { file_id, piece: PieceIndex(0), offset: 0, bytes: Bytes::from(vec![0; len]) };
+        let message = Message::Data { file_id, chunk: ChunkIndex(0), offset: 0, bytes: Bytes::from(vec![0; len]) };
         Input::Message { conn: ConnId::Outbound(1), message }
     }
 

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bitfield::Bitfield;
 use crate::error::ManifestError;
-use crate::ids::{Digest, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, Digest, FileId, PieceIndex};
 use crate::limits::{
-    BLOCKS_PER_PIECE_MAX, BLOCK_BYTES, FILE_NAME_BYTES_MAX, PIECES_AUTO_TARGET_COUNT, PIECES_MAX, PIECE_BYTES_AUTO_MAX,
+    BLOCKS_PER_CHUNK_MAX, BLOCK_BYTES, FILE_NAME_BYTES_MAX, PIECES_AUTO_TARGET_COUNT, PIECES_MAX, PIECE_BYTES_AUTO_MAX,
     PIECE_BYTES_AUTO_MIN, PIECE_BYTES_MAX, PIECE_BYTES_MIN,
 };
 
@@ -24,7 +25,7 @@ mod digest;
 mod tree;
 
 use digest::for_each_unit;
-pub use digest::{chunk_bytes, piece_digest, PieceHasher};
+pub use digest::{chunk_bytes, piece_digest, piece_digest_of_chunks, PieceHasher};
 use tree::Tree;
 pub use tree::{FileSpan, TreeEntry};
 
@@ -157,11 +158,12 @@ impl Manifest {
         self.piece_size_bytes
     }
 
-    /// The size of every block of a piece but possibly its last: [`BLOCK_BYTES`], a whole piece
-    /// if pieces are smaller, or a [`BLOCKS_PER_PIECE_MAX`]th of a piece if pieces are larger
+    /// The size of every block of a chunk but possibly its last: [`BLOCK_BYTES`], a whole chunk
+    /// if chunks are smaller, or a [`BLOCKS_PER_CHUNK_MAX`]th of a chunk if chunks are larger
     /// than that many blocks.
     pub fn block_bytes(&self) -> u32 {
-        BLOCK_BYTES.max(self.piece_size_bytes.div_ceil(BLOCKS_PER_PIECE_MAX)).min(self.piece_size_bytes)
+        let chunk_bytes = self.chunk_bytes();
+        BLOCK_BYTES.max(chunk_bytes.div_ceil(BLOCKS_PER_CHUNK_MAX)).min(chunk_bytes)
     }
 
     /// Number of pieces.
@@ -195,6 +197,73 @@ impl Manifest {
         let rest = self.length_bytes - self.piece_offset(piece);
         // rest >= 1 for an existing piece and is capped by the piece size.
         rest.min(u64::from(self.piece_size_bytes)) as u32
+    }
+
+    /// The size of every chunk but possibly the last of each piece (see [`chunk_bytes`]).
+    pub fn chunk_bytes(&self) -> u32 {
+        chunk_bytes(self.piece_size_bytes)
+    }
+
+    /// How many chunks every piece but possibly the last has.
+    pub fn chunks_per_piece(&self) -> u32 {
+        self.piece_size_bytes / self.chunk_bytes()
+    }
+
+    /// Number of chunks: chunk boundaries fall on piece boundaries, since a chunk size divides
+    /// the piece size (both are powers of two).
+    pub fn chunk_count(&self) -> u32 {
+        // At most CHUNKS_PER_PIECE_MAX chunks for each of at most PIECES_MAX pieces: a u32.
+        self.length_bytes.div_ceil(u64::from(self.chunk_bytes())) as u32
+    }
+
+    /// The chunk `index` if it exists in this file.
+    pub fn chunk(&self, index: u32) -> Option<ChunkIndex> {
+        (index < self.chunk_count()).then_some(ChunkIndex(index))
+    }
+
+    /// Every chunk of the file, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkIndex> {
+        (0..self.chunk_count()).map(ChunkIndex)
+    }
+
+    /// Byte offset of `chunk` in the file.
+    pub fn chunk_offset(&self, chunk: ChunkIndex) -> u64 {
+        u64::from(chunk.0) * u64::from(self.chunk_bytes())
+    }
+
+    /// Length of `chunk` in bytes (the last chunk of the file may be short).
+    pub fn chunk_len(&self, chunk: ChunkIndex) -> u32 {
+        let rest = self.length_bytes - self.chunk_offset(chunk);
+        // rest >= 1 for an existing chunk and is capped by the chunk size.
+        rest.min(u64::from(self.chunk_bytes())) as u32
+    }
+
+    /// The piece `chunk` is part of.
+    pub fn piece_of(&self, chunk: ChunkIndex) -> PieceIndex {
+        PieceIndex(chunk.0 / self.chunks_per_piece())
+    }
+
+    /// The place of `chunk` in its piece's list of chunk digests.
+    pub fn place_in_piece(&self, chunk: ChunkIndex) -> usize {
+        (chunk.0 % self.chunks_per_piece()) as usize
+    }
+
+    /// The chunks of `piece`, in order.
+    pub fn chunks_of(&self, piece: PieceIndex) -> impl Iterator<Item = ChunkIndex> {
+        let first = piece.0 * self.chunks_per_piece();
+        let end = (first + self.chunks_per_piece()).min(self.chunk_count());
+        (first..end).map(ChunkIndex)
+    }
+
+    /// Whether `digests` are the chunk digests of `piece`: as many as it has chunks, hashing
+    /// together to the piece's digest in the manifest.
+    pub fn is_chunk_list(&self, piece: PieceIndex, digests: &[Digest]) -> bool {
+        digests.len() == self.chunks_of(piece).count() && piece_digest_of_chunks(digests) == self.piece_hash(piece)
+    }
+
+    /// The pieces held whole in `chunks`, a bitfield over this file's chunks.
+    pub fn whole_pieces<'a>(&'a self, chunks: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
+        self.pieces().filter(|piece| self.chunks_of(*piece).all(|chunk| chunks.has(chunk)))
     }
 }
 
@@ -325,7 +394,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::limits::BLOCK_BYTES_MAX;
+    use crate::limits::{BLOCK_BYTES_MAX, CHUNKS_PER_PIECE_MAX};
 
     fn build(bytes: &[u8], piece: u32) -> Manifest {
         let mut builder = ManifestBuilder::new("f.bin".into(), piece).expect("valid");
@@ -334,13 +403,36 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_the_block_size_at_most_a_piece_and_at_most_a_64th_of_one() {
+    fn blocks_are_the_block_size_at_most_a_chunk_and_at_most_a_64th_of_one() {
         let block = |piece| build(b"x", piece).block_bytes();
         assert_eq!(block(PIECE_BYTES_MIN), PIECE_BYTES_MIN.min(BLOCK_BYTES));
-        assert_eq!(block(BLOCK_BYTES), BLOCK_BYTES);
-        assert_eq!(block(BLOCK_BYTES * BLOCKS_PER_PIECE_MAX), BLOCK_BYTES);
+        assert_eq!(block(256 * 1024), 64 * 1024, "a chunk of a quarter piece");
+        assert_eq!(block(BLOCK_BYTES * CHUNKS_PER_PIECE_MAX), BLOCK_BYTES);
         assert_eq!(block(PIECE_BYTES_MAX), BLOCK_BYTES_MAX);
-        assert_eq!(PIECE_BYTES_MAX.div_ceil(BLOCK_BYTES_MAX), BLOCKS_PER_PIECE_MAX, "the largest piece fits a mask");
+        let largest_chunk = chunk_bytes(PIECE_BYTES_MAX);
+        assert!(largest_chunk.div_ceil(BLOCK_BYTES_MAX) <= BLOCKS_PER_CHUNK_MAX, "the largest chunk fits a mask");
+    }
+
+    #[test]
+    fn chunks_cut_pieces_and_the_file_in_order() {
+        let bytes = vec![5u8; 256 * 1024 * 2 + 70 * 1024];
+        let manifest = build(&bytes, 256 * 1024);
+        assert_eq!((manifest.piece_count(), manifest.chunk_count(), manifest.chunks_per_piece()), (3, 10, 4));
+        let last_piece: Vec<_> = manifest.chunks_of(PieceIndex(2)).collect();
+        assert_eq!(last_piece, [ChunkIndex(8), ChunkIndex(9)]);
+        assert_eq!(manifest.chunk_len(ChunkIndex(9)), 6 * 1024);
+        assert_eq!(manifest.piece_of(ChunkIndex(9)), PieceIndex(2));
+        assert_eq!(manifest.place_in_piece(ChunkIndex(9)), 1);
+        let list: Vec<Digest> = bytes[512 * 1024..].chunks(64 * 1024).map(Digest::of).collect();
+        assert!(manifest.is_chunk_list(PieceIndex(2), &list));
+        assert!(!manifest.is_chunk_list(PieceIndex(2), &list[..1]));
+        assert!(!manifest.is_chunk_list(PieceIndex(1), &list));
+        let mut held = Bitfield::new(10);
+        for chunk in [0, 1, 2, 3, 4, 8, 9] {
+            held.set(ChunkIndex(chunk));
+        }
+        let whole: Vec<_> = manifest.whole_pieces(&held).collect();
+        assert_eq!(whole, [PieceIndex(0), PieceIndex(2)]);
     }
 
     #[test]

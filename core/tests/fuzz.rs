@@ -16,7 +16,7 @@
 use bytes::{Bytes, BytesMut};
 use p2p_core::wire::decode_frame;
 use p2p_core::wire::{encode_frame, ErrorCode, FrameDecoder, Hello, Holders, Message, PeerAddr, RejectReason, Role};
-use p2p_core::{Bitfield, DecodeError, Digest, FileId, Manifest, PeerId, PieceIndex};
+use p2p_core::{Bitfield, ChunkIndex, DecodeError, Digest, FileId, Manifest, PeerId, PieceIndex};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -79,22 +79,23 @@ fn corpus() -> Vec<Message> {
     let file_id = FileId(Digest([3; 32]));
     let peer = PeerAddr { peer_id: PeerId([5; 16]), addr: "127.0.0.1:7001".parse().expect("an address") };
     let mut have = Bitfield::new(11);
-    have.set(PieceIndex(2));
-    have.set(PieceIndex(10));
+    have.set(ChunkIndex(2));
+    have.set(ChunkIndex(10));
     let holders = Holders::pack(3, [(peer, &[0b101u8][..])].into_iter());
     vec![
         Message::Hello(Hello::new(Role::Peer, PeerId([9; 16]), 7)),
         Message::Announce { file_id, manifest: Some(Box::new(manifest(1))), have: have.clone() },
-        Message::Have { file_id, piece: PieceIndex(4) },
-        Message::Haves { file_id, pieces: vec![PieceIndex(1), PieceIndex(3)] },
+        Message::Have { file_id, chunk: ChunkIndex(4) },
+        Message::Haves { file_id, chunks: vec![ChunkIndex(1), ChunkIndex(3)] },
         Message::Locate { file_id, with_manifest: true },
         Message::Located { file_id, manifest: Some(Box::new(manifest(2))), holders },
         Message::Bitfield { file_id, have },
-        Message::Request { file_id, piece: PieceIndex(1), offset: 16_384, len: 16_384 },
-        Message::Requests { file_id, blocks: vec![(PieceIndex(1), 0, 16_384), (PieceIndex(2), 16_384, 16_384)] },
-        Message::Data { file_id, piece: PieceIndex(1), offset: 0, bytes: Bytes::from(vec![0xAB; 300]) },
-        Message::Reject { file_id, piece: PieceIndex(1), offset: 0, reason: RejectReason::Busy },
-        Message::Cancel { file_id, piece: PieceIndex(1), offset: 0 },
+        Message::Request { file_id, chunk: ChunkIndex(1), offset: 16_384, len: 16_384 },
+        Message::Requests { file_id, blocks: vec![(ChunkIndex(1), 0, 16_384), (ChunkIndex(2), 16_384, 16_384)] },
+        Message::Data { file_id, chunk: ChunkIndex(1), offset: 0, bytes: Bytes::from(vec![0xAB; 300]) },
+        Message::Chunks { file_id, piece: PieceIndex(1), digests: vec![Digest([3; 32]), Digest([4; 32])] },
+        Message::Reject { file_id, chunk: ChunkIndex(1), offset: 0, reason: RejectReason::Busy },
+        Message::Cancel { file_id, chunk: ChunkIndex(1), offset: 0 },
         Message::GetManifest { file_id },
         Message::Manifest { manifest: Box::new(manifest(3)) },
         Message::Peers { file_id, peers: vec![peer] },

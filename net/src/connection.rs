@@ -640,9 +640,9 @@ mod tests {
 
     #[test]
     fn control_frames_go_ahead_of_data_and_data_is_counted_once_written_whole() {
-        let data = |piece| Message::Data {
+        let data = |chunk| Message::Data {
             file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
-            piece: p2p_core::PieceIndex(piece),
+            chunk: p2p_core::ChunkIndex(chunk),
             offset: 0,
             bytes: Bytes::from_static(&[7; 100]),
         };
@@ -668,7 +668,7 @@ mod tests {
         let (mut sender, mut reader) = connected_reader(&read_budget, 1).await;
         let data = Message::Data {
             file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
-            piece: p2p_core::PieceIndex(0),
+            chunk: p2p_core::ChunkIndex(0),
             offset: 0,
             bytes: Bytes::from_static(&[7; 100]),
         };

@@ -489,34 +489,44 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             // Inline: it is a few small writes once per download, and every later store
             // output for the file relies on it having happened (it has no completion).
             Output::Allocate { manifest } => store.allocate(&manifest),
-            Output::PieceVerified { file_id, piece } => match store.mark_verified(file_id, piece) {
+            Output::ChunkVerified { file_id, chunk } => match store.mark_verified(file_id, chunk) {
                 Ok(true) => self.background(move || {
                     if let Err(e) = store.persist_bitfield(file_id) {
-                        tracing::error!("cannot record piece {piece} of {file_id}: {e}");
+                        tracing::error!("cannot record chunk {chunk} of {file_id}: {e}");
                     }
                 }),
-                // A write already waiting records this piece too.
+                // A write already waiting records this chunk too.
                 Ok(false) => {}
-                Err(e) => tracing::error!("{}: cannot record piece {piece}: {e}", self.label),
+                Err(e) => tracing::error!("{}: cannot record chunk {chunk}: {e}", self.label),
             },
-            Output::WriteBlock { file_id, piece, offset, bytes } => {
+            // Inline: no disk (written with the next bitfield).
+            Output::KeepList { file_id, piece, digests } => {
+                if let Err(e) = store.keep_list(file_id, piece, &digests) {
+                    tracing::error!("{}: cannot keep the chunk list of piece {}: {e}", self.label, piece.0);
+                }
+            }
+            Output::WriteBlock { file_id, chunk, offset, bytes } => {
                 self.watch.kept(file_id, bytes.len());
                 let permit = self.data_permit.take();
                 let lane = self.write_jobs.clone();
                 self.work(ctx, lane, move || {
-                    let result = store.write_block(file_id, piece, offset, &bytes);
+                    let result = store.write_block(file_id, chunk, offset, &bytes);
                     drop(permit);
-                    Completion::BlockWritten { file_id, piece, offset, result }
+                    Completion::BlockWritten { file_id, chunk, offset, result }
                 })
             }
-            Output::HashPiece { file_id, piece } => self.work(ctx, self.store_jobs.clone(), move || {
-                let result = store.hash_piece(file_id, piece);
-                Completion::PieceHashed { file_id, piece, result }
+            Output::HashChunk { file_id, chunk } => self.work(ctx, self.store_jobs.clone(), move || {
+                let result = store.hash_chunk(file_id, chunk);
+                Completion::ChunkHashed { file_id, chunk, result }
             }),
-            Output::ReadBlock { conn, file_id, piece, offset, len } => {
+            Output::ReadChunkDigests { file_id, piece, chunks } => self.work(ctx, self.store_jobs.clone(), move || {
+                let result = store.chunk_digests(file_id, &chunks);
+                Completion::ChunkDigestsRead { file_id, piece, result }
+            }),
+            Output::ReadBlock { conn, file_id, chunk, offset, len } => {
                 self.work(ctx, self.store_jobs.clone(), move || {
-                    let result = store.read_block(file_id, piece, offset, len);
-                    Completion::BlockRead { conn, file_id, piece, offset, result }
+                    let result = store.read_block(file_id, chunk, offset, len);
+                    Completion::BlockRead { conn, file_id, chunk, offset, result }
                 })
             }
             Output::Finalize { file_id } => self.work(ctx, self.store_jobs.clone(), move || {

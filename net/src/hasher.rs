@@ -37,20 +37,26 @@ pub fn piece_digest_at(
     path: &Path,
 ) -> Result<Digest, StoreError> {
     let mut hasher = PieceHasher::new(piece_size_bytes);
-    feed_range(&mut hasher, file, offset, len, path)?;
+    feed_range(&mut |bytes| hasher.update(bytes), file, offset, len, path)?;
     Ok(hasher.finish())
 }
 
-/// Feeds `len` bytes of `file` starting at `offset` to `hasher`, read in chunks (a piece of a
+/// Feeds `len` bytes of `file` starting at `offset` to `feed`, read in chunks (a piece of a
 /// directory is hashed file by file).
-pub fn feed_range(hasher: &mut PieceHasher, file: &File, offset: u64, len: u64, path: &Path) -> Result<(), StoreError> {
+pub fn feed_range(
+    feed: &mut impl FnMut(&[u8]),
+    file: &File,
+    offset: u64,
+    len: u64,
+    path: &Path,
+) -> Result<(), StoreError> {
     HASH_BUFFER.with_borrow_mut(|buffer| {
         let mut done = 0u64;
         while done < len {
             // The chunk is at most HASH_CHUNK_BYTES, so it fits in usize.
             let chunk = (len - done).min(HASH_CHUNK_BYTES as u64) as usize;
             file.read_exact_at(&mut buffer[..chunk], offset + done).map_err(store_io("read", path))?;
-            hasher.update(&buffer[..chunk]);
+            feed(&buffer[..chunk]);
             done += chunk as u64;
         }
         Ok(())

@@ -134,7 +134,7 @@ impl Held {
         if manifest.file_id() != file_id {
             return Err(HeldError::OtherFile);
         }
-        if have.len() != manifest.piece_count() || manifest.length_bytes() != length_bytes || !path.is_absolute() {
+        if have.len() != manifest.chunk_count() || manifest.length_bytes() != length_bytes || !path.is_absolute() {
             return Err(HeldError::Disagrees);
         }
         Ok(Held { path, manifest, have, length_bytes, modified_ns })
@@ -154,8 +154,8 @@ mod tests {
         let path = odd_dir.join("file.bin");
         std::fs::write(&path, vec![7u8; 40_000]).expect("write");
         let manifest = manifest_of(&path, Some(16 * 1024)).expect("manifest");
-        let mut have = Bitfield::new(manifest.piece_count());
-        have.set(p2p_core::PieceIndex(1));
+        let mut have = Bitfield::new(manifest.chunk_count());
+        have.set(p2p_core::ChunkIndex(1));
         let held = Held::of(&path, manifest.clone(), have).expect("record");
         let read = Held::decode(&held.encode(), manifest.file_id()).expect("decode");
         assert_eq!(read, held);

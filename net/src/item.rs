@@ -17,7 +17,7 @@ use p2p_core::{Digest, Manifest, PieceHasher, StoreError};
 use sha2::Digest as _;
 
 use crate::error::{store_io, NetError};
-use crate::hasher::{feed_range, piece_digest_at};
+use crate::hasher::feed_range;
 use crate::tree::join;
 
 /// Where an item's bytes are.
@@ -87,15 +87,28 @@ impl ItemFiles {
     /// The digest of the piece of `len` bytes at item offset `at`, of a manifest whose pieces are
     /// `piece_size_bytes` (see [`p2p_core::PieceHasher`]).
     pub fn piece_digest(&self, at: u64, len: u64, piece_size_bytes: u32) -> Result<Digest, StoreError> {
+        let mut hasher = PieceHasher::new(piece_size_bytes);
+        self.feed(&mut |bytes| hasher.update(bytes), at, len)?;
+        Ok(hasher.finish())
+    }
+
+    /// The SHA-256 digest of the `len` bytes at item offset `at` (a chunk's).
+    pub fn digest(&self, at: u64, len: u64) -> Result<Digest, StoreError> {
+        let mut hasher = sha2::Sha256::new();
+        self.feed(&mut |bytes| hasher.update(bytes), at, len)?;
+        Ok(Digest(hasher.finalize().into()))
+    }
+
+    /// Feeds the `len` bytes at item offset `at` to `feed`, a directory's file by file.
+    fn feed(&self, feed: &mut impl FnMut(&[u8]), at: u64, len: u64) -> Result<(), StoreError> {
         match self {
-            ItemFiles::File { file, path } => piece_digest_at(file, at, len, piece_size_bytes, path),
+            ItemFiles::File { file, path } => feed_range(feed, file, at, len, path),
             ItemFiles::Tree { root, manifest } => {
-                let mut hasher = PieceHasher::new(piece_size_bytes);
                 for span in manifest.spans(at, len) {
                     let (file, path) = open_entry(root, manifest, span.entry)?;
-                    feed_range(&mut hasher, &file, span.offset_bytes, span.len_bytes, &path)?;
+                    feed_range(feed, &file, span.offset_bytes, span.len_bytes, &path)?;
                 }
-                Ok(hasher.finish())
+                Ok(())
             }
         }
     }

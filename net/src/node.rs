@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
 use p2p_core::{
-    Bitfield, Command, FileId, FileIdPrefix, IdError, Machine, Manifest, Peer, PeerConfig, PeerId, PieceIndex, Tracker,
+    Bitfield, Command, FileId, FileIdPrefix, IdError, Machine, Manifest, Peer, PeerConfig, PeerId, Tracker,
     TrackerConfig,
 };
 use rand::RngCore;
@@ -83,11 +83,11 @@ pub struct ShareOptions {
 /// What a store already held of a file asked for with [`PeerHandle::get`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resumed {
-    /// Pieces verified on disk.
+    /// Chunks verified on disk.
     pub have: u32,
-    /// Bytes of those pieces.
+    /// Bytes of those chunks.
     pub have_bytes: u64,
-    /// Pieces in the file.
+    /// Chunks in the file.
     pub total: u32,
 }
 
@@ -280,10 +280,10 @@ impl PeerHandle {
     pub async fn get(&self, file_id: FileId) -> Result<Option<Resumed>, NetError> {
         let store = self.store.clone();
         let resume = blocking(move || store.resume(file_id)).await?;
-        let resumed = resume.as_ref().map(|(manifest, have)| Resumed {
-            have: have.count(),
-            have_bytes: have.iter().map(|piece| u64::from(manifest.piece_len(piece))).sum(),
-            total: manifest.piece_count(),
+        let resumed = resume.as_ref().map(|resume| Resumed {
+            have: resume.have.count(),
+            have_bytes: resume.have.iter().map(|chunk| u64::from(resume.manifest.chunk_len(chunk))).sum(),
+            total: resume.manifest.chunk_count(),
         });
         self.command(Command::Get { file_id, resume }).await?;
         Ok(resumed)
@@ -333,7 +333,7 @@ impl PeerHandle {
         let found = manifest.clone();
         match blocking(move || store.reuse_out(&found)).await? {
             Reused::Whole(path) => {
-                let have = Bitfield::full(manifest.piece_count());
+                let have = Bitfield::full(manifest.chunk_count());
                 self.command(Command::Share { manifest, have }).await?;
                 Ok(Some(path))
             }
@@ -412,16 +412,16 @@ impl PeerHandle {
     }
 }
 
-/// The pieces of `manifest` to share: all, or the listed ones, each checked to exist.
+/// The chunks of `manifest` to share: all, or those of the listed pieces, each checked to
+/// exist.
 fn pieces_to_share(manifest: &Manifest, only: Option<&[u32]>, path: &Path) -> Result<Bitfield, NetError> {
-    let count = manifest.piece_count();
-    let Some(only) = only else { return Ok(Bitfield::full(count)) };
-    let mut have = Bitfield::new(count);
+    let Some(only) = only else { return Ok(Bitfield::full(manifest.chunk_count())) };
+    let mut have = Bitfield::new(manifest.chunk_count());
     for &piece in only {
-        if piece >= count {
-            return Err(NetError::NoSuchPiece { piece, count, path: path.to_owned() });
-        }
-        have.set(PieceIndex(piece));
+        let Some(piece) = manifest.pieces().nth(piece as usize) else {
+            return Err(NetError::NoSuchPiece { piece, count: manifest.piece_count(), path: path.to_owned() });
+        };
+        manifest.chunks_of(piece).for_each(|chunk| _ = have.set(chunk));
     }
     Ok(have)
 }

@@ -3,8 +3,9 @@
 //!
 //! A download of item `F` lives in the store directory as `F.part` (the item's bytes at their
 //! offsets, created at full length; a directory's files one after the other), `F.manifest`
-//! (canonical CBOR) and `F.bitfield` (verified pieces, rewritten atomically and synced as pieces
-//! are verified), so a restarted peer resumes (a damaged sidecar is reported and recovered
+//! (canonical CBOR), `F.bitfield` (verified chunks, rewritten atomically and synced as chunks
+//! are verified) and `F.lists` (the chunk digest lists the peer learned, written before the
+//! bitfield, so a chunk of a piece held in part can be checked again), so a restarted peer resumes (a damaged sidecar is reported and recovered
 //! from: see [`Store::resume`]). On completion a file's `F.part` is moved to `<out>/<name>`, a
 //! directory's is laid out as its tree there (see [`crate::tree`]), never replacing anything
 //! different; the sidecars are removed and the item is served from its final path. Shared
@@ -16,8 +17,8 @@
 //! checks the output directory is writable, so a second process or a read-only directory fails
 //! before anything is fetched.
 //!
-//! Invariants: only registered files are served, and only their verified (or shared) pieces,
-//! checked again here although the machine checks them too; every access stays inside one piece
+//! Invariants: only registered files are served, and only their verified (or shared) chunks,
+//! checked again here although the machine checks them too; every access stays inside one chunk
 //! and one block; memory per operation is one block or one hash chunk, whatever the file size.
 //! Every method blocks on disk: call them from worker threads. I/O errors are values naming the
 //! path, never panics.
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use p2p_core::limits::BLOCK_BYTES_MAX;
-use p2p_core::{Bitfield, Digest, FileId, Manifest, PieceIndex, StoreError};
+use p2p_core::{Bitfield, ChunkIndex, Digest, FileId, Manifest, PieceIndex, Resume, StoreError};
 
 use crate::error::{store_io, NetError};
 use crate::hasher::piece_digest_at;
@@ -67,13 +68,17 @@ struct Entry {
     file: Result<Arc<ItemFiles>, StoreError>,
     /// Where the bytes are.
     path: Arc<Path>,
-    /// Pieces that may be served (shared subset, verified so far, or all).
+    /// Chunks that may be served (shared subset, verified so far, or all).
     served: Bitfield,
     state: State,
     /// Serialises sidecar writes and finalisation of this file.
     sidecars: Arc<Mutex<()>>,
-    /// Verified pieces wait for a [`Store::persist_bitfield`] that has not read them yet.
+    /// Verified chunks wait for a [`Store::persist_bitfield`] that has not read them yet.
     persist_pending: bool,
+    /// The chunk digest lists of a download (see [`Store::keep_list`]).
+    lists: BTreeMap<PieceIndex, Vec<Digest>>,
+    /// Lists kept since the last write of `F.lists`.
+    lists_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +123,7 @@ impl Store {
         Ok(())
     }
 
-    /// Serves `have` pieces of the file or directory at `path`, described by `manifest`,
+    /// Serves `have` chunks of the file or directory at `path`, described by `manifest`,
     /// read-only in place. The store remembers it (see [`crate::held`]).
     pub fn register_shared(&self, path: &Path, manifest: Manifest, have: Bitfield) -> Result<(), NetError> {
         let file = ItemFiles::open(path, &manifest)?;
@@ -141,55 +146,73 @@ impl Store {
         let part = self.sidecar(file_id, "part");
         let file = self.create_part(manifest, &part).map(|file| Arc::new(ItemFiles::part(file, &part)));
         let file = file.inspect_err(|e| tracing::error!("{e}"));
-        let served = Bitfield::new(manifest.piece_count());
+        let served = Bitfield::new(manifest.chunk_count());
         let entry = Entry::new(manifest.clone(), file, part, served, State::Downloading);
         self.lock().entry(file_id).or_insert(entry);
     }
 
     /// Writes a received block at its place in the partial file.
-    pub fn write_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn write_block(&self, file_id: FileId, chunk: ChunkIndex, offset: u32, bytes: &[u8]) -> Result<(), StoreError> {
         let (file, at) = self.with_entry(file_id, |entry| {
             if entry.state != State::Downloading {
                 return Err(StoreError::NotDownloading);
             }
-            entry.access(piece, offset, bytes.len() as u64)
+            entry.access(chunk, offset, bytes.len() as u64)
         })?;
         file.write_all_at(bytes, at)
     }
 
-    /// The digest of a piece as stored.
-    pub fn hash_piece(&self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
-        let (file, at, len, piece_size) = self.with_entry(file_id, |entry| {
-            let len = entry.piece_len_checked(piece)?;
-            let (file, at) = entry.access(piece, 0, u64::from(len))?;
-            Ok((file, at, len, entry.manifest.piece_size_bytes()))
+    /// The digest (SHA-256) of a chunk as stored.
+    pub fn hash_chunk(&self, file_id: FileId, chunk: ChunkIndex) -> Result<Digest, StoreError> {
+        let (file, at, len) = self.with_entry(file_id, |entry| {
+            let len = entry.chunk_len_checked(chunk)?;
+            let (file, at) = entry.access(chunk, 0, u64::from(len))?;
+            Ok((file, at, len))
         })?;
-        file.piece_digest(at, u64::from(len), piece_size)
+        file.digest(at, u64::from(len))
     }
 
-    /// Reads a block of a served piece.
-    pub fn read_block(&self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+    /// The digests of `chunks` as stored (see [`p2p_core::store::Store::chunk_digests`]).
+    pub fn chunk_digests(&self, file_id: FileId, chunks: &[ChunkIndex]) -> Result<Vec<Digest>, StoreError> {
+        chunks.iter().map(|chunk| self.hash_chunk(file_id, *chunk)).collect()
+    }
+
+    /// Reads a block of a served chunk.
+    pub fn read_block(&self, file_id: FileId, chunk: ChunkIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
         let (file, at) = self.with_entry(file_id, |entry| {
-            if !entry.served.has(piece) {
-                return Err(StoreError::NotHeld { piece });
+            if !entry.served.has(chunk) {
+                return Err(StoreError::NotHeld { chunk });
             }
             if len > BLOCK_BYTES_MAX {
-                return Err(StoreError::OutOfRange { piece, offset, len: u64::from(len) });
+                return Err(StoreError::OutOfRange { chunk, offset, len: u64::from(len) });
             }
-            entry.access(piece, offset, u64::from(len))
+            entry.access(chunk, offset, u64::from(len))
         })?;
         file.read(len as usize, at)
     }
 
-    /// Records a verified piece: it is served from now on. Cheap (no disk): call it in order
-    /// with the other outputs. `Ok(true)`: call [`Store::persist_bitfield`] on a worker thread;
-    /// `Ok(false)`: a call already waiting will persist this piece too, so the synced writes
-    /// keep pace with the disk, not with the pieces.
-    pub fn mark_verified(&self, file_id: FileId, piece: PieceIndex) -> Result<bool, StoreError> {
+    /// Keeps the chunk digests of `piece` of a download, checked by the peer: written to
+    /// `F.lists` with the next bitfield, so every chunk the bitfield records has its list on
+    /// disk. Cheap (no disk).
+    pub fn keep_list(&self, file_id: FileId, piece: PieceIndex, digests: &[Digest]) -> Result<(), StoreError> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
-        entry.piece_len_checked(piece)?;
-        entry.served.set(piece);
+        if entry.state == State::Downloading && piece.0 < entry.manifest.piece_count() {
+            entry.lists.insert(piece, digests.to_vec());
+            entry.lists_pending = true;
+        }
+        Ok(())
+    }
+
+    /// Records a verified chunk: it is served from now on. Cheap (no disk): call it in order
+    /// with the other outputs. `Ok(true)`: call [`Store::persist_bitfield`] on a worker thread;
+    /// `Ok(false)`: a call already waiting will persist this chunk too, so the synced writes
+    /// keep pace with the disk, not with the chunks.
+    pub fn mark_verified(&self, file_id: FileId, chunk: ChunkIndex) -> Result<bool, StoreError> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
+        entry.chunk_len_checked(chunk)?;
+        entry.served.set(chunk);
         let schedule = !entry.persist_pending;
         entry.persist_pending = true;
         Ok(schedule)
@@ -218,11 +241,11 @@ impl Store {
             None => place_final(&part, out, &manifest)?,
             Some(_) => crate::tree::place(&part, out, &manifest)?,
         };
-        for kind in ["manifest", "bitfield"] {
+        for kind in ["manifest", "bitfield", "lists"] {
             remove_if_present(&self.sidecar(file_id, kind))?;
         }
         let file = ItemFiles::open(&target, &manifest).map_err(|e| into_store_error(e, "open", &target))?;
-        let held = Held::of(&target, (*manifest).clone(), Bitfield::full(manifest.piece_count()));
+        let held = Held::of(&target, (*manifest).clone(), Bitfield::full(manifest.chunk_count()));
         if let Err(e) = held.map_err(store_io("inspect", &target)).and_then(|held| self.remember(&held)) {
             // The download is done all the same; only a restart will not seed it unasked.
             tracing::warn!("{e}");
@@ -256,16 +279,16 @@ impl Store {
         ids
     }
 
-    /// Picks up an earlier run's download of `file_id`: re-hashes every piece its bitfield
+    /// Picks up an earlier run's download of `file_id`: re-hashes every chunk its bitfield
     /// claims (on all cores), keeps those that match, registers the partial file and returns the
-    /// manifest and the verified pieces. `None` when there is nothing to resume.
+    /// manifest and the verified chunks. `None` when there is nothing to resume.
     ///
     /// Damaged sidecars never stop a restart; each is reported once (a warning on stderr). A
-    /// `.bitfield` that does not read back is replaced by re-hashing every piece of the `.part`,
-    /// so no verified piece is lost; a `.manifest` that does not read back (or describes
+    /// `.bitfield` that does not read back is replaced by re-hashing every chunk of the `.part`,
+    /// so no verified chunk is lost; a `.manifest` that does not read back (or describes
     /// another file) leaves nothing to check the `.part` against, so the download's files are
     /// removed and it starts over.
-    pub fn resume(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
+    pub fn resume(&self, file_id: FileId) -> Result<Option<Resume>, NetError> {
         let (manifest_path, bitfield_path) = (self.sidecar(file_id, "manifest"), self.sidecar(file_id, "bitfield"));
         if !manifest_path.exists() || !bitfield_path.exists() {
             return Ok(None);
@@ -273,48 +296,69 @@ impl Store {
         let manifest = match read_manifest(&manifest_path, file_id) {
             Err(NetError::Corrupt { path, reason }) => {
                 tracing::warn!("{}: {reason}; the download of {file_id} starts over", path.display());
-                for kind in ["bitfield", "part", "manifest"] {
+                for kind in ["bitfield", "lists", "part", "manifest"] {
                     remove_if_present(&self.sidecar(file_id, kind))?;
                 }
                 return Ok(None);
             }
             read => read?,
         };
-        let (claimed, rehash_all) = match read_bitfield(&bitfield_path, manifest.piece_count()) {
+        let (claimed, rehash_all) = match read_bitfield(&bitfield_path, manifest.chunk_count()) {
             Err(NetError::Corrupt { path, reason }) => {
-                tracing::warn!("{}: {reason}; every stored piece of {file_id} is hashed again", path.display());
-                (Bitfield::full(manifest.piece_count()), true)
+                tracing::warn!("{}: {reason}; every stored chunk of {file_id} is hashed again", path.display());
+                (Bitfield::full(manifest.chunk_count()), true)
             }
             read => (read?, false),
         };
+        let lists_path = self.sidecar(file_id, "lists");
+        let lists = match read_lists(&lists_path, &manifest) {
+            Err(NetError::Corrupt { path, reason }) => {
+                tracing::warn!("{}: {reason}; pieces of {file_id} held in part are fetched again", path.display());
+                BTreeMap::new()
+            }
+            read => read?,
+        };
         let part = self.sidecar(file_id, "part");
         let file = ItemFiles::part(self.create_part(&manifest, &part)?, &part);
-        let verified = verify_pieces(&file, &manifest, &claimed)?;
-        let entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
+        let mut verified = verify_pieces(&file, &manifest, &claimed)?;
+        verify_listed_chunks(&file, &manifest, &claimed, &lists, &mut verified)?;
+        // The lists of pieces held whole are of no more use: their chunks are checked with the
+        // piece.
+        let lists: BTreeMap<PieceIndex, Vec<Digest>> = lists
+            .into_iter()
+            .filter(|(piece, _)| manifest.chunks_of(*piece).any(|chunk| !verified.has(chunk)))
+            .collect();
+        let mut entry = Entry::new(manifest.clone(), Ok(Arc::new(file)), part, verified.clone(), State::Downloading);
+        entry.lists = lists.clone();
         self.lock().insert(file_id, entry);
         if verified != claimed {
             if !rehash_all {
                 let failed = claimed.count() - verified.count();
-                tracing::warn!("{file_id}: {failed} of {} stored pieces failed their hash", claimed.count());
+                tracing::warn!("{file_id}: {failed} of {} stored chunks failed their hash", claimed.count());
             }
             self.persist_bitfield(file_id)?;
         }
-        Ok(Some((manifest, verified)))
+        Ok(Some(Resume { manifest, have: verified, lists: lists.into_iter().collect() }))
     }
 
-    /// Writes the verified pieces of a download to `<id>.bitfield` (nothing once complete).
+    /// Writes the verified chunks of a download to `<id>.bitfield` (nothing once complete).
     pub fn persist_bitfield(&self, file_id: FileId) -> Result<(), StoreError> {
         let sidecars = self.with_entry(file_id, |entry| Ok(entry.sidecars.clone()))?;
         let _guard = sidecars.lock().unwrap_or_else(PoisonError::into_inner);
         // Read under the sidecar lock, so the newest bitfield is always the one written last;
-        // pieces verified from now on ask for another write.
-        let bytes = {
+        // chunks verified from now on ask for another write.
+        let (bitfield, lists) = {
             let mut entries = self.lock();
             let entry = entries.get_mut(&file_id).ok_or(StoreError::NotStored)?;
             entry.persist_pending = false;
-            (entry.state == State::Downloading).then(|| encode_bitfield(&entry.served))
+            let downloading = entry.state == State::Downloading;
+            let lists = (downloading && std::mem::take(&mut entry.lists_pending)).then(|| encode_lists(&entry.lists));
+            (downloading.then(|| encode_bitfield(&entry.served)), lists)
         };
-        match bytes {
+        if let Some(lists) = lists {
+            write_atomically(&self.sidecar(file_id, "lists"), &lists)?;
+        }
+        match bitfield {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
             None => Ok(()),
         }
@@ -335,8 +379,8 @@ impl Store {
     }
 
     /// Serves a remembered file again: as recorded when its size and modification time are
-    /// unchanged, else after hashing its recorded pieces again (keeping those that match).
-    /// Returns its manifest and the pieces served; `None` (and the record is forgotten) when
+    /// unchanged, else after hashing its recorded chunks again (keeping those that match).
+    /// Returns its manifest and the chunks served; `None` (and the record is forgotten) when
     /// the file is gone, has another size, or the record is damaged.
     pub fn reopen(&self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, NetError> {
         let record = self.sidecar(file_id, "held");
@@ -369,7 +413,7 @@ impl Store {
     }
 
     /// Removes `file_id`: it is served no more, and a restarted peer does not serve it again
-    /// (its `.held` record goes). A download's data in the store stays, its verified pieces
+    /// (its `.held` record goes). A download's data in the store stays, its verified chunks
     /// recorded, so a later `--get` resumes it; with `delete_partial` it goes too (`.part`,
     /// `.manifest`, `.bitfield`). A shared file or a finished download in the output
     /// directory is never deleted. Call it once the machine asks nothing more of the file.
@@ -384,7 +428,7 @@ impl Store {
         self.outs.lock().unwrap_or_else(PoisonError::into_inner).remove(&file_id);
         remove_if_present(&self.sidecar(file_id, "held"))?;
         if delete_partial {
-            for kind in ["part", "bitfield", "manifest"] {
+            for kind in ["part", "bitfield", "lists", "manifest"] {
                 remove_if_present(&self.sidecar(file_id, kind))?;
             }
         }
@@ -460,25 +504,27 @@ impl Entry {
             state,
             sidecars,
             persist_pending: false,
+            lists: BTreeMap::new(),
+            lists_pending: false,
         }
     }
 
-    /// The length of `piece`, if it exists.
-    fn piece_len_checked(&self, piece: PieceIndex) -> Result<u32, StoreError> {
-        match self.manifest.piece(piece.0) {
-            Some(piece) => Ok(self.manifest.piece_len(piece)),
-            None => Err(StoreError::OutOfRange { piece, offset: 0, len: 0 }),
+    /// The length of `chunk`, if it exists.
+    fn chunk_len_checked(&self, chunk: ChunkIndex) -> Result<u32, StoreError> {
+        match self.manifest.chunk(chunk.0) {
+            Some(chunk) => Ok(self.manifest.chunk_len(chunk)),
+            None => Err(StoreError::OutOfRange { chunk, offset: 0, len: 0 }),
         }
     }
 
-    /// The item's bytes and the item offset of `len` bytes at `offset` in `piece`, checked to
-    /// stay inside the piece.
-    fn access(&self, piece: PieceIndex, offset: u32, len: u64) -> Result<(Arc<ItemFiles>, u64), StoreError> {
-        let piece_len = self.piece_len_checked(piece)?;
-        if u64::from(offset) + len > u64::from(piece_len) {
-            return Err(StoreError::OutOfRange { piece, offset, len });
+    /// The item's bytes and the item offset of `len` bytes at `offset` in `chunk`, checked to
+    /// stay inside the chunk.
+    fn access(&self, chunk: ChunkIndex, offset: u32, len: u64) -> Result<(Arc<ItemFiles>, u64), StoreError> {
+        let chunk_len = self.chunk_len_checked(chunk)?;
+        if u64::from(offset) + len > u64::from(chunk_len) {
+            return Err(StoreError::OutOfRange { chunk, offset, len });
         }
-        let at = self.manifest.piece_offset(piece) + u64::from(offset);
+        let at = self.manifest.chunk_offset(chunk) + u64::from(offset);
         Ok((self.file.clone()?, at))
     }
 }
@@ -503,18 +549,21 @@ fn check_writable(dir: &Path) -> Result<(), NetError> {
     fs::remove_file(&probe).map_err(NetError::io("remove", &probe))
 }
 
-/// The pieces of `claimed` whose stored bytes match the manifest, hashed on every core.
+/// The chunks of `claimed` (a bitfield over the item's chunks) whose pieces are claimed whole
+/// and whose stored bytes match the manifest, hashed on every core. A piece claimed in part is
+/// left out: its chunks cannot be checked one by one without its list (see
+/// `p2p_core::Manifest::is_chunk_list`), and the peer fetches it again.
 pub(crate) fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bitfield) -> Result<Bitfield, NetError> {
-    let pieces: Vec<PieceIndex> = claimed.iter().collect();
+    let pieces: Vec<PieceIndex> = manifest.whole_pieces(claimed).collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per_worker = pieces.len().div_ceil(workers).max(1);
     let results: Vec<Result<Vec<PieceIndex>, NetError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = pieces
             .chunks(per_worker)
-            .map(|chunk| {
+            .map(|share| {
                 scope.spawn(move || {
                     let mut good = Vec::new();
-                    for &piece in chunk {
+                    for &piece in share {
                         let len = u64::from(manifest.piece_len(piece));
                         let digest =
                             file.piece_digest(manifest.piece_offset(piece), len, manifest.piece_size_bytes())?;
@@ -529,9 +578,9 @@ pub(crate) fn verify_pieces(file: &ItemFiles, manifest: &Manifest, claimed: &Bit
         // A worker only panics on a bug in hashing; re-raise it on this thread.
         handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
     });
-    let mut verified = Bitfield::new(manifest.piece_count());
+    let mut verified = Bitfield::new(manifest.chunk_count());
     for piece in results.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
-        verified.set(piece);
+        manifest.chunks_of(piece).for_each(|chunk| _ = verified.set(chunk));
     }
     Ok(verified)
 }
@@ -614,22 +663,85 @@ fn read_manifest(path: &Path, file_id: FileId) -> Result<Manifest, NetError> {
     Ok(manifest)
 }
 
-/// A `.bitfield` sidecar's bytes: the piece count (4 bytes, big-endian), then the bits.
+/// The chunks of `claimed` of pieces held in part (not in `verified`) whose list is in `lists`
+/// and whose stored bytes match it, added to `verified`.
+fn verify_listed_chunks(
+    file: &ItemFiles,
+    manifest: &Manifest,
+    claimed: &Bitfield,
+    lists: &BTreeMap<PieceIndex, Vec<Digest>>,
+    verified: &mut Bitfield,
+) -> Result<(), StoreError> {
+    for (piece, list) in lists {
+        for (place, chunk) in manifest.chunks_of(*piece).enumerate() {
+            if claimed.has(chunk) && !verified.has(chunk) {
+                let digest = file.digest(manifest.chunk_offset(chunk), u64::from(manifest.chunk_len(chunk)))?;
+                if digest == list[place] {
+                    verified.set(chunk);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `.lists` sidecar's bytes: per list, the piece (4 bytes, big-endian), the digest count (1
+/// byte), then the digests.
+fn encode_lists(lists: &BTreeMap<PieceIndex, Vec<Digest>>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (piece, digests) in lists {
+        bytes.extend_from_slice(&piece.0.to_be_bytes());
+        // At most CHUNKS_PER_PIECE_MAX digests.
+        bytes.push(digests.len() as u8);
+        digests.iter().for_each(|digest| bytes.extend_from_slice(&digest.0));
+    }
+    bytes
+}
+
+/// Reads a `.lists` sidecar (none: no lists); each list must be its piece's (see
+/// `Manifest::is_chunk_list`).
+fn read_lists(path: &Path, manifest: &Manifest) -> Result<BTreeMap<PieceIndex, Vec<Digest>>, NetError> {
+    let bytes = match fs::read(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        read => read.map_err(NetError::io("read", path))?,
+    };
+    let corrupt = |reason: &str| NetError::Corrupt { path: path.to_owned(), reason: reason.into() };
+    let mut lists = BTreeMap::new();
+    let mut rest = &bytes[..];
+    while let Some((piece, after)) = rest.split_first_chunk::<4>() {
+        let (count, after) = after.split_first().ok_or_else(|| corrupt("a list cut short"))?;
+        let (digests, after) =
+            after.split_at_checked(usize::from(*count) * 32).ok_or_else(|| corrupt("a list cut short"))?;
+        let piece = PieceIndex(u32::from_be_bytes(*piece));
+        let digests: Vec<Digest> = digests.chunks_exact(32).map(|d| Digest(d.try_into().expect("32 bytes"))).collect();
+        if piece.0 >= manifest.piece_count() || !manifest.is_chunk_list(piece, &digests) {
+            return Err(corrupt("a list that is not its piece's"));
+        }
+        lists.insert(piece, digests);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("a list cut short"));
+    }
+    Ok(lists)
+}
+
+/// A `.bitfield` sidecar's bytes: the chunk count (4 bytes, big-endian), then the bits.
 fn encode_bitfield(bitfield: &Bitfield) -> Vec<u8> {
     let mut bytes = bitfield.len().to_be_bytes().to_vec();
     bytes.extend_from_slice(bitfield.as_bytes());
     bytes
 }
 
-fn read_bitfield(path: &Path, piece_count: u32) -> Result<Bitfield, NetError> {
+fn read_bitfield(path: &Path, chunk_count: u32) -> Result<Bitfield, NetError> {
     let bytes = fs::read(path).map_err(NetError::io("read", path))?;
     let corrupt = |reason: &str| NetError::Corrupt { path: path.to_owned(), reason: reason.into() };
     let (len, bits) = bytes.split_at_checked(4).ok_or_else(|| corrupt("too short"))?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-    if len != piece_count {
-        return Err(corrupt("piece count differs from the manifest"));
+    if len != chunk_count {
+        return Err(corrupt("chunk count differs from the manifest"));
     }
-    Bitfield::from_bytes(len, bits).ok_or_else(|| corrupt("byte count differs from the piece count"))
+    Bitfield::from_bytes(len, bits).ok_or_else(|| corrupt("byte count differs from the chunk count"))
 }
 
 /// Replaces `path` with `bytes` through a temporary file and a rename, so a crash leaves the old
@@ -667,29 +779,33 @@ impl p2p_core::store::Store for Store {
         Ok(())
     }
 
-    fn write_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
-        Store::write_block(self, file_id, piece, offset, &bytes)
+    fn write_block(&mut self, file_id: FileId, chunk: ChunkIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
+        Store::write_block(self, file_id, chunk, offset, &bytes)
     }
 
-    fn hash_piece(&mut self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
-        Store::hash_piece(self, file_id, piece)
+    fn hash_chunk(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<Digest, StoreError> {
+        Store::hash_chunk(self, file_id, chunk)
     }
 
-    fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+    fn mark_verified(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<(), StoreError> {
         // Persisted at once whether or not a write is pending: this owner has no worker.
-        Store::mark_verified(self, file_id, piece)?;
+        Store::mark_verified(self, file_id, chunk)?;
         Store::persist_bitfield(self, file_id)
     }
 
-    fn read_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
-        Store::read_block(self, file_id, piece, offset, len)
+    fn read_block(&mut self, file_id: FileId, chunk: ChunkIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+        Store::read_block(self, file_id, chunk, offset, len)
     }
 
     fn finalize(&mut self, file_id: FileId) -> Result<(), StoreError> {
         Store::finalize(self, file_id).map(|_| ())
     }
 
-    fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
+    fn keep_list(&mut self, file_id: FileId, piece: PieceIndex, digests: &[Digest]) -> Result<(), StoreError> {
+        Store::keep_list(self, file_id, piece, digests)
+    }
+
+    fn resume(&mut self, file_id: FileId) -> Result<Option<Resume>, StoreError> {
         Store::resume(self, file_id).map_err(|e| into_store_error(e, "resume from", &self.dir))
     }
 }

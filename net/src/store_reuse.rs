@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use p2p_core::limits::BLOCK_BYTES;
-use p2p_core::{Bitfield, Manifest, PieceIndex};
+use p2p_core::{Bitfield, Manifest};
 
 use super::{encode_bitfield, store_io, verify_pieces, write_atomically, Store};
 use crate::error::NetError;
@@ -45,7 +45,7 @@ impl Store {
         let path = out.unwrap_or_else(|| self.out.clone()).join(manifest.name());
         if manifest.tree().is_some() {
             if holds_tree(&path, manifest) {
-                self.register_shared(&path, manifest.clone(), Bitfield::full(manifest.piece_count()))?;
+                self.register_shared(&path, manifest.clone(), Bitfield::full(manifest.chunk_count()))?;
                 return Ok(Reused::Whole(path));
             }
             if !path.is_dir() {
@@ -66,7 +66,7 @@ impl Store {
             return Ok(Reused::Nothing);
         }
         let file = ItemFiles::File { file, path: path.clone() };
-        let verified = verify_pieces(&file, manifest, &Bitfield::full(manifest.piece_count()))?;
+        let verified = verify_pieces(&file, manifest, &Bitfield::full(manifest.chunk_count()))?;
         if verified.is_full() {
             self.register_shared(&path, manifest.clone(), verified)?;
             return Ok(Reused::Whole(path));
@@ -91,7 +91,7 @@ impl Store {
     }
 }
 
-/// The pieces of the directory `manifest` describes whose bytes all lie in files that are at
+/// The chunks of the pieces of the directory `manifest` describes whose bytes all lie in files that are at
 /// `root` with the manifest's length: the only ones worth hashing (a missing or resized file
 /// fails every piece it is part of).
 fn pieces_in_place(root: &Path, manifest: &Manifest) -> Bitfield {
@@ -103,25 +103,25 @@ fn pieces_in_place(root: &Path, manifest: &Manifest) -> Bitfield {
             None => true,
         })
         .collect();
-    let mut pieces = Bitfield::new(manifest.piece_count());
-    for piece in (0..manifest.piece_count()).map(PieceIndex) {
+    let mut chunks = Bitfield::new(manifest.chunk_count());
+    for piece in manifest.pieces() {
         let (at, len) = (manifest.piece_offset(piece), u64::from(manifest.piece_len(piece)));
         if manifest.spans(at, len).all(|span| in_place.get(span.entry).copied().unwrap_or(false)) {
-            pieces.set(piece);
+            manifest.chunks_of(piece).for_each(|chunk| _ = chunks.set(chunk));
         }
     }
-    pieces
+    chunks
 }
 
-/// Writes a new `.part` at `part` of the item's length holding the `pieces` of `item`, read a
+/// Writes a new `.part` at `part` of the item's length holding the `chunks` of `item`, read a
 /// block at a time.
-fn copy_pieces(item: &ItemFiles, manifest: &Manifest, pieces: &Bitfield, part: &Path) -> Result<(), NetError> {
+fn copy_pieces(item: &ItemFiles, manifest: &Manifest, chunks: &Bitfield, part: &Path) -> Result<(), NetError> {
     let file = File::create(part).map_err(store_io("create", part))?;
     file.set_len(manifest.length_bytes()).map_err(store_io("size", part))?;
     let part_file = ItemFiles::part(file, part);
-    for piece in pieces.iter() {
+    for chunk in chunks.iter() {
         let (start, end) =
-            (manifest.piece_offset(piece), manifest.piece_offset(piece) + u64::from(manifest.piece_len(piece)));
+            (manifest.chunk_offset(chunk), manifest.chunk_offset(chunk) + u64::from(manifest.chunk_len(chunk)));
         let mut at = start;
         while at < end {
             // At most a block, so it fits in usize.

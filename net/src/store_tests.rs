@@ -32,19 +32,22 @@ impl Fixture {
         Store::open(&self.store_dir, &self.out_dir).expect("open store")
     }
 
-    fn piece_bytes(&self, piece: PieceIndex) -> &[u8] {
-        let start = self.manifest.piece_offset(piece) as usize;
-        &self.bytes[start..start + self.manifest.piece_len(piece) as usize]
+    fn piece_bytes(&self, piece: ChunkIndex) -> &[u8] {
+        let start = self.manifest.chunk_offset(piece) as usize;
+        &self.bytes[start..start + self.manifest.chunk_len(piece) as usize]
     }
 
     /// Writes `piece` in two blocks, checks its hash and records it.
-    fn download_piece(&self, store: &Store, piece: PieceIndex) {
+    fn download_piece(&self, store: &Store, piece: ChunkIndex) {
         let id = self.manifest.file_id();
         let bytes = self.piece_bytes(piece);
         let half = bytes.len() / 2;
         store.write_block(id, piece, half as u32, &bytes[half..]).expect("second half");
         store.write_block(id, piece, 0, &bytes[..half]).expect("first half");
-        assert_eq!(store.hash_piece(id, piece), Ok(self.manifest.piece_hash(piece)));
+        assert_eq!(
+            store.hash_chunk(id, piece).map(|d| p2p_core::piece_digest_of_chunks(&[d])),
+            Ok(self.manifest.piece_hash(p2p_core::PieceIndex(piece.0)))
+        );
         store.mark_verified(id, piece).expect("mark");
         store.persist_bitfield(id).expect("persist");
     }
@@ -56,29 +59,29 @@ fn a_download_survives_a_restart_and_lands_in_out() {
     let id = f.manifest.file_id();
     let store = f.store();
     store.allocate(&f.manifest);
-    assert!(store.read_block(id, PieceIndex(0), 0, 10).is_err(), "unverified pieces are not served");
-    f.download_piece(&store, PieceIndex(2));
-    f.download_piece(&store, PieceIndex(0));
+    assert!(store.read_block(id, ChunkIndex(0), 0, 10).is_err(), "unverified pieces are not served");
+    f.download_piece(&store, ChunkIndex(2));
+    f.download_piece(&store, ChunkIndex(0));
     drop(store);
 
     let store = f.store();
-    let (manifest, have) = store.resume(id).expect("resume").expect("something to resume");
+    let p2p_core::Resume { manifest, have, .. } = store.resume(id).expect("resume").expect("something to resume");
     assert_eq!(manifest, f.manifest);
-    assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(2)]);
+    assert_eq!(have.iter().collect::<Vec<_>>(), vec![ChunkIndex(0), ChunkIndex(2)]);
     assert_eq!(store.known_ids(), vec![id]);
     assert_eq!(
-        store.read_block(id, PieceIndex(2), 1, 5).expect("verified").as_ref(),
-        &f.piece_bytes(PieceIndex(2))[1..6]
+        store.read_block(id, ChunkIndex(2), 1, 5).expect("verified").as_ref(),
+        &f.piece_bytes(ChunkIndex(2))[1..6]
     );
     assert_eq!(store.finalize(id), Err(StoreError::Incomplete { have: 2, total: 3 }), "piece 1 is missing");
-    f.download_piece(&store, PieceIndex(1));
+    f.download_piece(&store, ChunkIndex(1));
     let path = store.finalize(id).expect("finalize");
     assert_eq!(path, f.out_dir.join("movie.bin"));
     assert_eq!(fs::read(&path).expect("read final"), f.bytes);
     assert_eq!(store.path_of(id), Some(path));
     assert!(!f.store_dir.join(format!("{id}.part")).exists());
     assert!(!f.store_dir.join(format!("{id}.bitfield")).exists());
-    assert_eq!(store.read_block(id, PieceIndex(1), 0, 4).expect("served").as_ref(), &f.piece_bytes(PieceIndex(1))[..4]);
+    assert_eq!(store.read_block(id, ChunkIndex(1), 0, 4).expect("served").as_ref(), &f.piece_bytes(ChunkIndex(1))[..4]);
 }
 
 #[test]
@@ -87,14 +90,14 @@ fn resume_drops_pieces_whose_bytes_were_damaged() {
     let id = f.manifest.file_id();
     let store = f.store();
     store.allocate(&f.manifest);
-    f.download_piece(&store, PieceIndex(0));
-    f.download_piece(&store, PieceIndex(1));
+    f.download_piece(&store, ChunkIndex(0));
+    f.download_piece(&store, ChunkIndex(1));
     drop(store);
     let part = OpenOptions::new().write(true).open(f.store_dir.join(format!("{id}.part"))).expect("open part");
     part.write_all_at(b"XXXX", 100).expect("damage piece 0");
-    let (_, have) = f.store().resume(id).expect("resume").expect("something to resume");
-    assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(1)]);
-    let (_, again) = f.store().resume(id).expect("resume").expect("something to resume");
+    let p2p_core::Resume { have, .. } = f.store().resume(id).expect("resume").expect("something to resume");
+    assert_eq!(have.iter().collect::<Vec<_>>(), vec![ChunkIndex(1)]);
+    let p2p_core::Resume { have: again, .. } = f.store().resume(id).expect("resume").expect("something to resume");
     assert_eq!(again, have, "the corrected bitfield was persisted");
 }
 
@@ -102,8 +105,8 @@ fn resume_drops_pieces_whose_bytes_were_damaged() {
 fn interrupted_download(f: &Fixture) -> FileId {
     let store = f.store();
     store.allocate(&f.manifest);
-    f.download_piece(&store, PieceIndex(0));
-    f.download_piece(&store, PieceIndex(2));
+    f.download_piece(&store, ChunkIndex(0));
+    f.download_piece(&store, ChunkIndex(2));
     f.manifest.file_id()
 }
 
@@ -114,10 +117,11 @@ fn a_truncated_bitfield_is_rebuilt_by_hashing_the_part_and_no_verified_piece_is_
     let bitfield = f.store_dir.join(format!("{id}.bitfield"));
     for damage in [&[0u8, 0][..], &[0, 0, 0, 9, 0xff][..], &[][..]] {
         fs::write(&bitfield, damage).expect("damage the bitfield");
-        let (manifest, have) = f.store().resume(id).expect("a damaged bitfield is no error").expect("resumed");
+        let p2p_core::Resume { manifest, have, .. } =
+            f.store().resume(id).expect("a damaged bitfield is no error").expect("resumed");
         assert_eq!(manifest, f.manifest);
-        assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(2)], "after {damage:?}");
-        let (_, again) = f.store().resume(id).expect("resume").expect("resumed");
+        assert_eq!(have.iter().collect::<Vec<_>>(), vec![ChunkIndex(0), ChunkIndex(2)], "after {damage:?}");
+        let p2p_core::Resume { have: again, .. } = f.store().resume(id).expect("resume").expect("resumed");
         assert_eq!(again, have, "the rebuilt bitfield was persisted");
     }
 }
@@ -134,10 +138,10 @@ fn a_garbage_manifest_starts_the_download_over() {
         assert_eq!(store.resume(id).expect("a damaged manifest is no error"), None, "nothing to resume");
         assert_eq!(store.known_ids(), Vec::<FileId>::new(), "the damaged download's files are gone");
         store.allocate(&f.manifest);
-        f.download_piece(&store, PieceIndex(1));
+        f.download_piece(&store, ChunkIndex(1));
         drop(store); // one store per directory at a time
-        let (_, have) = f.store().resume(id).expect("resume").expect("the new download resumes");
-        assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(1)]);
+        let p2p_core::Resume { have, .. } = f.store().resume(id).expect("resume").expect("the new download resumes");
+        assert_eq!(have.iter().collect::<Vec<_>>(), vec![ChunkIndex(1)]);
     }
 }
 
@@ -148,7 +152,7 @@ fn finishing_never_overwrites_a_different_file() {
     fs::write(f.out_dir.join("movie.bin"), b"precious").expect("existing file");
     let store = f.store();
     store.allocate(&f.manifest);
-    for piece in f.manifest.pieces() {
+    for piece in f.manifest.chunks() {
         f.download_piece(&store, piece);
     }
     let path = store.finalize(f.manifest.file_id()).expect("finalize");
@@ -162,14 +166,14 @@ fn shared_files_serve_only_their_pieces_and_reject_bad_ranges() {
     let f = fixture();
     let id = f.manifest.file_id();
     let store = f.store();
-    let mut have = Bitfield::new(f.manifest.piece_count());
-    have.set(PieceIndex(1));
+    let mut have = Bitfield::new(f.manifest.chunk_count());
+    have.set(ChunkIndex(1));
     store.register_shared(&f.source, f.manifest.clone(), have).expect("share");
-    assert_eq!(store.read_block(id, PieceIndex(0), 0, 10), Err(StoreError::NotHeld { piece: PieceIndex(0) }));
-    let crossing = store.read_block(id, PieceIndex(1), 16 * 1024 - 4, 10);
+    assert_eq!(store.read_block(id, ChunkIndex(0), 0, 10), Err(StoreError::NotHeld { chunk: ChunkIndex(0) }));
+    let crossing = store.read_block(id, ChunkIndex(1), 16 * 1024 - 4, 10);
     assert!(matches!(crossing, Err(StoreError::OutOfRange { .. })), "crosses the piece end");
-    assert_eq!(store.write_block(id, PieceIndex(1), 0, b"no"), Err(StoreError::NotDownloading), "shared is read-only");
-    assert_eq!(store.read_block(id, PieceIndex(1), 0, 3).expect("served").as_ref(), &f.piece_bytes(PieceIndex(1))[..3]);
+    assert_eq!(store.write_block(id, ChunkIndex(1), 0, b"no"), Err(StoreError::NotDownloading), "shared is read-only");
+    assert_eq!(store.read_block(id, ChunkIndex(1), 0, 3).expect("served").as_ref(), &f.piece_bytes(ChunkIndex(1))[..3]);
     assert_eq!(store.finalize(id), Ok(f.source.clone()));
 }
 
@@ -178,10 +182,10 @@ fn io_errors_name_the_path() {
     let f = fixture();
     let id = f.manifest.file_id();
     let store = f.store();
-    assert_eq!(store.write_block(id, PieceIndex(0), 0, b"x"), Err(StoreError::NotStored));
+    assert_eq!(store.write_block(id, ChunkIndex(0), 0, b"x"), Err(StoreError::NotStored));
     fs::remove_dir_all(&f.store_dir).expect("remove store dir");
     store.allocate(&f.manifest);
-    let error = store.write_block(id, PieceIndex(0), 0, b"x").expect_err("allocation failed");
+    let error = store.write_block(id, ChunkIndex(0), 0, b"x").expect_err("allocation failed");
     let StoreError::Io { path, kind, .. } = &error else { panic!("an I/O error: {error}") };
     assert!(path.starts_with(&f.store_dir), "{error}");
     assert_eq!(*kind, io::ErrorKind::NotFound);
@@ -219,7 +223,7 @@ fn served_files_are_remembered_and_rehashed_only_when_touched() {
     let f = fixture();
     let id = f.manifest.file_id();
     let store = f.store();
-    store.register_shared(&f.source, f.manifest.clone(), Bitfield::full(f.manifest.piece_count())).expect("share");
+    store.register_shared(&f.source, f.manifest.clone(), Bitfield::full(f.manifest.chunk_count())).expect("share");
     drop(store);
 
     let store = f.store();
@@ -236,7 +240,7 @@ fn served_files_are_remembered_and_rehashed_only_when_touched() {
     part.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).expect("touch");
     let store = f.store();
     let (_, have) = store.reopen(id).expect("reopen").expect("remembered");
-    assert!(!have.has(PieceIndex(0)) && have.count() == f.manifest.piece_count() - 1, "piece 0 hashed again");
+    assert!(!have.has(ChunkIndex(0)) && have.count() == f.manifest.chunk_count() - 1, "piece 0 hashed again");
     assert_eq!(store.held_path(id), None, "not all of it any more");
     drop(store);
 
@@ -252,13 +256,13 @@ fn verified_pieces_share_one_pending_bitfield_write() {
     let id = f.manifest.file_id();
     let store = f.store();
     store.allocate(&f.manifest);
-    assert_eq!(store.mark_verified(id, PieceIndex(0)), Ok(true), "the first piece asks for a write");
-    assert_eq!(store.mark_verified(id, PieceIndex(1)), Ok(false), "the waiting write records this one too");
+    assert_eq!(store.mark_verified(id, ChunkIndex(0)), Ok(true), "the first piece asks for a write");
+    assert_eq!(store.mark_verified(id, ChunkIndex(1)), Ok(false), "the waiting write records this one too");
     store.persist_bitfield(id).expect("persist");
     let sidecar = f.store_dir.join(format!("{id}.bitfield"));
-    let written = read_bitfield(&sidecar, f.manifest.piece_count()).expect("a bitfield");
-    assert_eq!(written.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1)], "one write recorded both");
-    assert_eq!(store.mark_verified(id, PieceIndex(2)), Ok(true), "after the write, the next piece asks again");
+    let written = read_bitfield(&sidecar, f.manifest.chunk_count()).expect("a bitfield");
+    assert_eq!(written.iter().collect::<Vec<_>>(), vec![ChunkIndex(0), ChunkIndex(1)], "one write recorded both");
+    assert_eq!(store.mark_verified(id, ChunkIndex(2)), Ok(true), "after the write, the next piece asks again");
 }
 
 /// A directory of three levels: a file across pieces 0 and 1, an empty file, an empty
@@ -281,15 +285,18 @@ fn a_shared_directory_serves_pieces_across_its_files_and_is_remembered() {
     let root = f._dir.path().join("photos");
     let (manifest, bytes) = tree_fixture(&root);
     let id = manifest.file_id();
-    assert_eq!((manifest.name(), manifest.length_bytes(), manifest.piece_count()), ("photos", 55_000, 4));
+    assert_eq!((manifest.name(), manifest.length_bytes(), manifest.chunk_count()), ("photos", 55_000, 4));
     assert_eq!(manifest.tree().map(<[_]>::len), Some(4), "two files, the empty file and the empty directory");
     let store = f.store();
     store.register_shared(&root, manifest.clone(), Bitfield::full(4)).expect("share");
     // Piece 1 starts in one.bin and ends in z.bin.
-    let piece = PieceIndex(1);
-    let read = store.read_block(id, piece, 0, manifest.piece_len(piece)).expect("read across files");
+    let piece = ChunkIndex(1);
+    let read = store.read_block(id, piece, 0, manifest.chunk_len(piece)).expect("read across files");
     assert_eq!(read.as_ref(), &bytes[16_384..32_768]);
-    assert_eq!(store.hash_piece(id, piece), Ok(manifest.piece_hash(piece)));
+    assert_eq!(
+        store.hash_chunk(id, piece).map(|d| p2p_core::piece_digest_of_chunks(&[d])),
+        Ok(manifest.piece_hash(p2p_core::PieceIndex(piece.0)))
+    );
     drop(store);
 
     let store = f.store();
@@ -299,7 +306,7 @@ fn a_shared_directory_serves_pieces_across_its_files_and_is_remembered() {
     file.write_all_at(b"XX", 20_000).expect("damage the last piece");
     file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).expect("touch");
     let (_, have) = f.store().reopen(id).expect("reopen").expect("remembered");
-    assert_eq!(have.iter().collect::<Vec<_>>(), vec![PieceIndex(0), PieceIndex(1), PieceIndex(2)], "re-hashed");
+    assert_eq!(have.iter().collect::<Vec<_>>(), vec![ChunkIndex(0), ChunkIndex(1), ChunkIndex(2)], "re-hashed");
     fs::remove_file(root.join("a/b/one.bin")).expect("remove a file");
     assert_eq!(f.store().reopen(id).expect("reopen"), None, "a file gone: forgotten");
 }
@@ -313,11 +320,14 @@ fn a_downloaded_directory_is_laid_out_as_its_tree_beside_a_different_one() {
     fs::write(f.out_dir.join("photos/mine.txt"), b"not the download").expect("write");
     let store = f.store();
     store.allocate(&manifest);
-    for piece in manifest.pieces() {
-        let start = manifest.piece_offset(piece) as usize;
-        let piece_bytes = &bytes[start..start + manifest.piece_len(piece) as usize];
+    for piece in manifest.chunks() {
+        let start = manifest.chunk_offset(piece) as usize;
+        let piece_bytes = &bytes[start..start + manifest.chunk_len(piece) as usize];
         store.write_block(id, piece, 0, piece_bytes).expect("write");
-        assert_eq!(store.hash_piece(id, piece), Ok(manifest.piece_hash(piece)));
+        assert_eq!(
+            store.hash_chunk(id, piece).map(|d| p2p_core::piece_digest_of_chunks(&[d])),
+            Ok(manifest.piece_hash(p2p_core::PieceIndex(piece.0)))
+        );
         store.mark_verified(id, piece).expect("mark");
     }
     let path = store.finalize(id).expect("finalize");
@@ -327,7 +337,7 @@ fn a_downloaded_directory_is_laid_out_as_its_tree_beside_a_different_one() {
     assert_eq!(copy.tree(), manifest.tree(), "the same tree");
     assert!(manifest.pieces().all(|p| copy.piece_hash(p) == manifest.piece_hash(p)), "the same bytes");
     assert!(path.join("a/nothing").is_dir() && fs::read(path.join("a/empty.txt")).expect("empty").is_empty());
-    let piece = PieceIndex(2);
+    let piece = ChunkIndex(2);
     let read = store.read_block(id, piece, 0, 100).expect("served from the tree");
     assert_eq!(read.as_ref(), &bytes[32_768..32_868]);
     assert!(!f.store_dir.join(format!("{id}.part")).exists());

@@ -169,10 +169,10 @@ fn lay_out(part: &Path, root: &Path, manifest: &Manifest) -> Result<(), StoreErr
 /// every piece matching its hash.
 pub(crate) fn holds_tree(root: &Path, manifest: &Manifest) -> bool {
     let same_entries = walk(root).is_ok_and(|entries| Some(&entries[..]) == manifest.tree());
-    let every_piece = Bitfield::full(manifest.piece_count());
+    let every_chunk = Bitfield::full(manifest.chunk_count());
     same_entries
         && crate::item::ItemFiles::open(root, manifest)
-            .is_ok_and(|files| verify_pieces(&files, manifest, &every_piece).is_ok_and(|good| good.is_full()))
+            .is_ok_and(|files| verify_pieces(&files, manifest, &every_chunk).is_ok_and(|good| good.is_full()))
 }
 
 #[cfg(test)]

@@ -45,10 +45,10 @@ pub struct Metrics {
     pub received_bytes: Counter,
     /// Payload bytes sent in `Data` messages.
     pub sent_bytes: Counter,
-    /// Pieces that arrived and passed their hash.
-    pub pieces_verified: Counter,
-    /// Pieces that arrived and failed their hash.
-    pub pieces_corrupt: Counter,
+    /// Chunks that arrived and passed their hash.
+    pub chunks_verified: Counter,
+    /// Chunks that arrived and failed their hash.
+    pub chunks_corrupt: Counter,
     /// Remotes banned for bad data.
     pub peers_banned: Counter,
     /// Open connections.
@@ -71,8 +71,8 @@ impl Metrics {
             registry: Registry::with_prefix("swarm"),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
-            pieces_verified: Counter::default(),
-            pieces_corrupt: Counter::default(),
+            chunks_verified: Counter::default(),
+            chunks_corrupt: Counter::default(),
             peers_banned: Counter::default(),
             connections: Gauge::default(),
             locate_seconds: Histogram::new(LOCATE_BUCKETS_S.into_iter()),
@@ -100,8 +100,8 @@ impl Metrics {
         }
         registry.register_with_unit("received", "Payload bytes received", Unit::Bytes, self.received_bytes.clone());
         registry.register_with_unit("sent", "Payload bytes sent", Unit::Bytes, self.sent_bytes.clone());
-        registry.register("pieces_verified", "Pieces that passed their hash", self.pieces_verified.clone());
-        registry.register("pieces_corrupt", "Pieces that failed their hash", self.pieces_corrupt.clone());
+        registry.register("chunks_verified", "Chunks that passed their hash", self.chunks_verified.clone());
+        registry.register("chunks_corrupt", "Chunks that failed their hash", self.chunks_corrupt.clone());
         registry.register("peers_banned", "Remotes banned for bad data", self.peers_banned.clone());
         registry.register_with_unit(
             "locate_duration",
@@ -243,16 +243,16 @@ impl Watch {
     /// Records what `event` tells.
     pub fn event(&mut self, event: &Event) {
         match event {
-            Event::PieceVerified { file_id, piece, from, .. } => {
-                self.metrics.pieces_verified.inc();
+            Event::ChunkVerified { file_id, chunk, from, .. } => {
+                self.metrics.chunks_verified.inc();
                 let sources = &mut self.seen(*file_id).sources;
-                if sources.len() <= piece.as_usize() {
-                    sources.resize(piece.as_usize() + 1, None);
+                if sources.len() <= chunk.as_usize() {
+                    sources.resize(chunk.as_usize() + 1, None);
                 }
-                sources[piece.as_usize()] = Some(*from);
+                sources[chunk.as_usize()] = Some(*from);
             }
-            Event::PieceCorrupt { .. } => {
-                self.metrics.pieces_corrupt.inc();
+            Event::ChunkCorrupt { .. } => {
+                self.metrics.chunks_corrupt.inc();
             }
             Event::PeerBanned { .. } => {
                 self.metrics.peers_banned.inc();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::wire::{encode_frame, ErrorCode, Message};
-use p2p_core::{Command, CommandError, ConnId, Digest, Event, FileId, Input, Machine, Output, PieceIndex, Time};
+use p2p_core::{ChunkIndex, Command, CommandError, ConnId, Digest, Event, FileId, Input, Machine, Output, Time};
 use p2p_net::connection::WRITE_QUEUE_BYTES_MAX;
 use p2p_net::driver::{Driver, Local};
 use p2p_net::secure::{self, Keys, SecureStream};
@@ -43,7 +43,7 @@ impl Machine for Echo {
             Input::Connected { conn: conn @ ConnId::Outbound(_), .. } => {
                 self.outputs.push_back(Output::Send { conn, message: Message::List });
                 let bytes = Bytes::from(vec![7u8; 1 << 20]);
-                let data = Message::Data { file_id: file_id(), piece: PieceIndex(0), offset: 0, bytes };
+                let data = Message::Data { file_id: file_id(), chunk: ChunkIndex(0), offset: 0, bytes };
                 self.outputs.push_back(Output::Send { conn, message: data });
                 self.wake_at = Some(now + Duration::from_millis(30));
             }
@@ -51,7 +51,7 @@ impl Machine for Echo {
                 // A flood larger than any write queue may hold, for a remote that does not read.
                 for _ in 0..FLOOD_BLOCKS {
                     let bytes = Bytes::from(vec![0u8; BLOCK_BYTES as usize]);
-                    let data = Message::Data { file_id: file_id(), piece: PieceIndex(0), offset: 0, bytes };
+                    let data = Message::Data { file_id: file_id(), chunk: ChunkIndex(0), offset: 0, bytes };
                     self.outputs.push_back(Output::Send { conn, message: data });
                 }
             }

@@ -67,22 +67,25 @@ async fn a_peer_fetches_a_shared_file_and_a_restarted_one_fetches_only_the_rest(
     assert_eq!(received, FILE_BYTES as u64);
     first.stop();
 
-    // A store that verified pieces 0..4 in an earlier run: built by hand from the original.
+    // A store that verified the chunks of pieces 0..4 in an earlier run: built by hand from the
+    // original.
     let store = dir.path().join("second");
     let partial = p2p_net::store::Store::open(&store, &store).expect("store");
     partial.allocate(&manifest);
     let bytes = std::fs::read(&original).expect("original");
-    for piece in manifest.pieces().take(4) {
-        let start = manifest.piece_offset(piece) as usize;
-        let block = &bytes[start..start + manifest.piece_len(piece) as usize];
-        partial.write_block(file_id, piece, 0, block).expect("write");
-        partial.mark_verified(file_id, piece).expect("mark");
+    let chunks: Vec<_> = manifest.pieces().take(4).flat_map(|piece| manifest.chunks_of(piece)).collect();
+    for &chunk in &chunks {
+        let start = manifest.chunk_offset(chunk) as usize;
+        let block = &bytes[start..start + manifest.chunk_len(chunk) as usize];
+        partial.write_block(file_id, chunk, 0, block).expect("write");
+        partial.mark_verified(file_id, chunk).expect("mark");
     }
     partial.persist_bitfield(file_id).expect("persist");
     drop(partial);
 
     let (second, mut second_events) = start_peer(tracker.addr(), store).await;
-    let resumed = Resumed { have: 4, have_bytes: 4 * u64::from(PIECE_BYTES), total: manifest.piece_count() };
+    let have = chunks.len() as u32;
+    let resumed = Resumed { have, have_bytes: 4 * u64::from(PIECE_BYTES), total: manifest.chunk_count() };
     assert_eq!(second.get(file_id).await.expect("get"), Some(resumed));
     let (path, received) = completed(&mut second_events).await;
     assert_eq!(std::fs::read(&path).expect("copy"), bytes);

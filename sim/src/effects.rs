@@ -50,10 +50,10 @@ impl World {
     /// another peer's id in its `Hello`s.
     fn send_as_role(&mut self, node: NodeIdx, conn: ConnId, message: Message) {
         match (self.roles[node.0], message) {
-            (Role::LiarMixed, Message::Data { file_id, piece, offset: 0, bytes }) if !bytes.is_empty() => {
+            (Role::LiarMixed, Message::Data { file_id, chunk, offset: 0, bytes }) if !bytes.is_empty() => {
                 let mut bad = BytesMut::from(&bytes[..]);
                 bad[0] ^= 0xff;
-                self.send(node, conn, Message::Data { file_id, piece, offset: 0, bytes: bad.freeze() });
+                self.send(node, conn, Message::Data { file_id, chunk, offset: 0, bytes: bad.freeze() });
                 self.nodes[node.0].in_flight.remove(&conn);
                 self.network.close(self.now, node, conn, &mut self.queue);
                 self.local(node, Input::Disconnected { conn });
@@ -116,10 +116,10 @@ impl World {
     fn event(&mut self, node: NodeIdx, event: Event) {
         let pieces_level = self.scenario.story == StoryLevel::Pieces;
         let told = match &event {
-            Event::PieceVerified { piece, from, .. } => {
+            Event::ChunkVerified { chunk, from, .. } => {
                 let from = self.network.node_at(*from).unwrap_or(NodeIdx::TRACKER);
-                self.outcome.piece_sources.push((node, piece.0, from));
-                self.outcome.piece_verified_at.push(self.now);
+                self.outcome.chunk_sources.push((node, chunk.0, from));
+                self.outcome.chunk_verified_at.push(self.now);
                 pieces_level
             }
             Event::Complete { .. } => {
@@ -133,8 +133,11 @@ impl World {
                 self.outcome.bans.insert((node, banned));
                 true
             }
-            Event::PiecesMissing { pieces, .. } => {
-                let pieces: Vec<u32> = pieces.iter().map(|p| p.0).collect();
+            Event::ChunksMissing { chunks, .. } => {
+                // Scenarios name pieces; a piece is missing while any of its chunks is.
+                let per_piece = self.content.manifest.chunks_per_piece();
+                let mut pieces: Vec<u32> = chunks.iter().map(|c| c.0 / per_piece).collect();
+                pieces.dedup();
                 self.outcome.missing.insert(node, pieces.clone()) != Some(pieces)
             }
             Event::Located { .. } if pieces_level => {
@@ -145,8 +148,8 @@ impl World {
                 changed
             }
             Event::LocateSent { .. } => pieces_level && self.nodes[node.0].story_located.is_none(),
-            Event::PieceRequested { .. } | Event::Sharing { .. } => pieces_level,
-            Event::PieceCorrupt { .. } | Event::DownloadFailed { .. } => true,
+            Event::ChunkRequested { .. } | Event::Sharing { .. } => pieces_level,
+            Event::ChunkCorrupt { .. } | Event::DownloadFailed { .. } => true,
             _ => false,
         };
         if told {

@@ -271,7 +271,7 @@ pub fn measure(scenario: &Scenario, outcome: &Outcome) -> Efficiency {
 /// When the downloaders together first held every piece of the file.
 fn all_out(scenario: &Scenario, outcome: &Outcome) -> Option<Time> {
     let mut first: Vec<Option<Time>> = vec![None; scenario.file.piece_count as usize];
-    for ((_, piece, _), at) in outcome.piece_sources.iter().zip(&outcome.piece_verified_at) {
+    for ((_, piece, _), at) in outcome.chunk_sources.iter().zip(&outcome.chunk_verified_at) {
         if let Some(slot) = first.get_mut(*piece as usize) {
             *slot = Some(slot.map_or(*at, |t| t.min(*at)));
         }
@@ -295,7 +295,7 @@ fn seeder_figures(scenario: &Scenario, outcome: &Outcome) -> (Option<f64>, Optio
     }
     let up: u64 = seeders.iter().map(|n| outcome.peer(*n).bytes_up).sum();
     let verified: BTreeSet<(NodeIdx, u32)> =
-        outcome.piece_sources.iter().map(|(node, piece, _)| (*node, *piece)).collect();
+        outcome.chunk_sources.iter().map(|(node, piece, _)| (*node, *piece)).collect();
     // A stable sort keeps each block's copies in arrival order: the first is its first copy.
     let mut arrivals = outcome.block_arrivals.clone();
     arrivals.sort_by_key(|&(node, piece, offset, _, _)| (node, piece, offset));
@@ -541,7 +541,7 @@ mod tests {
         o.block_arrived(l2, seeder, 1, 0, half);
         o.block_arrived(l2, l1, 1, half, half);
         o.block_arrived(l1, seeder, 2, 0, half);
-        o.piece_sources = vec![(l1, 0, seeder), (l2, 0, seeder), (l2, 1, l1)];
+        o.chunk_sources = vec![(l1, 0, seeder), (l2, 0, seeder), (l2, 1, l1)];
         let e = measure(&s, &o);
         assert_eq!(e.seeder_copies, Some(0.25));
         assert_eq!(e.seeder_useful, Some(0.625), "2.5 of the 4 pieces sent were useful");
@@ -556,12 +556,12 @@ mod tests {
         // Pieces 0 to 14 first reach L1 at 2 s, 2.2 s, ..., 4.8 s; piece 15 reaches L2 at 5 s,
         // before L1 (6 s): the swarm holds every piece from 5 s on, 4 s after the leechers joined.
         for piece in 0..15 {
-            o.piece_sources.push((l1, piece, seeder));
-            o.piece_verified_at.push(at(2.0 + 0.2 * f64::from(piece)));
+            o.chunk_sources.push((l1, piece, seeder));
+            o.chunk_verified_at.push(at(2.0 + 0.2 * f64::from(piece)));
         }
         assert_eq!(measure(&s, &o).all_out_s, None, "piece 15 reached nobody");
-        o.piece_sources.extend([(l2, 15, seeder), (l1, 15, l2)]);
-        o.piece_verified_at.extend([at(5.0), at(6.0)]);
+        o.chunk_sources.extend([(l2, 15, seeder), (l1, 15, l2)]);
+        o.chunk_verified_at.extend([at(5.0), at(6.0)]);
         let out = measure(&s, &o).all_out_s.expect("every piece reached a downloader");
         assert!(close(out, 4.0), "{out}");
     }

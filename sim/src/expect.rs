@@ -54,9 +54,9 @@ fn check_one(expect: &Expect, scenario: &Scenario, outcome: &Outcome, name: &dyn
         }
         Expect::PieceFrom(peer, piece, from) => {
             let sources: Vec<NodeIdx> = outcome
-                .piece_sources
+                .chunk_sources
                 .iter()
-                .filter(|(p, i, _)| p == peer && i == piece)
+                .filter(|(p, chunk, _)| p == peer && chunk / outcome.chunks_per_piece.max(1) == *piece)
                 .map(|(_, _, source)| *source)
                 .collect();
             let detail = if sources.contains(from) {
@@ -278,7 +278,7 @@ mod tests {
         for piece in 0..20 {
             outcome.block_arrived(l1, seeder, piece.min(18), 0, 16_384);
         }
-        outcome.piece_sources = (0..20).map(|piece| (l1, piece.min(18), seeder)).collect();
+        outcome.chunk_sources = (0..20).map(|piece| (l1, piece.min(18), seeder)).collect();
         if banned_s {
             outcome.bans.insert((NodeIdx(2), NodeIdx(1)));
         }

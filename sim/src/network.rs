@@ -914,9 +914,9 @@ mod tests {
         assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
     }
 
-    fn data(piece: u32) -> Message {
+    fn data(chunk: u32) -> Message {
         let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
-        Message::Data { file_id, piece: p2p_core::PieceIndex(piece), offset: 0, bytes: bytes::Bytes::new() }
+        Message::Data { file_id, chunk: p2p_core::ChunkIndex(chunk), offset: 0, bytes: bytes::Bytes::new() }
     }
 
     #[test]

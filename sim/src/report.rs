@@ -1,4 +1,4 @@
-//! What a run leaves behind: the [`Outcome`] (per-peer figures, who sent which piece, bans,
+//! What a run leaves behind: the [`Outcome`] (per-peer figures, who sent which chunk, bans,
 //! missing-piece reports, broken invariants, the story and the trace digest).
 //!
 //! Expectations are checked against an outcome, and the binary prints one; nothing here
@@ -34,8 +34,8 @@ impl fmt::Display for StoryLine {
 pub struct PeerSummary {
     /// The peer's name.
     pub name: String,
-    /// Verified pieces in its store at the end.
-    pub pieces: u32,
+    /// Verified chunks in its store at the end.
+    pub chunks: u32,
     /// File bytes that left its uplink (payload of `Data` frames; not what is still queued).
     pub bytes_up: u64,
     /// File bytes it received.
@@ -57,8 +57,10 @@ pub struct Outcome {
     pub seed: u64,
     /// The file's size.
     pub file_size_bytes: u64,
-    /// The file's pieces.
-    pub piece_count: u32,
+    /// The file's chunks (see `p2p_core::Manifest::chunk_bytes`).
+    pub chunk_count: u32,
+    /// The chunks of each of its pieces but possibly the last.
+    pub chunks_per_piece: u32,
     /// Virtual time when the run stopped.
     pub ended_at: Time,
     /// Virtual time of the last completion, if any.
@@ -67,12 +69,12 @@ pub struct Outcome {
     pub events: u64,
     /// Per peer, in scenario order.
     pub peers: Vec<PeerSummary>,
-    /// `(downloader, piece, source)` for every verified piece, in the order they were verified
-    /// (a list, not a map: a 10,000-peer run verifies 2.5 million pieces).
-    pub piece_sources: Vec<(NodeIdx, u32, NodeIdx)>,
-    /// When each entry of `piece_sources` was verified (same index).
-    pub piece_verified_at: Vec<Time>,
-    /// `(downloader, piece, offset, sender, length)` of every block that reached a downloader,
+    /// `(downloader, chunk, source)` for every verified chunk, in the order they were verified
+    /// (a list, not a map: a 10,000-peer run verifies 2.5 million chunks).
+    pub chunk_sources: Vec<(NodeIdx, u32, NodeIdx)>,
+    /// When each entry of `chunk_sources` was verified (same index).
+    pub chunk_verified_at: Vec<Time>,
+    /// `(downloader, chunk, offset, sender, length)` of every block that reached a downloader,
     /// in arrival order: the first entry of a block at a downloader is its first copy, later
     /// ones are duplicates. Kept as a list (sorted only when measured) because it grows by one
     /// entry per block in every run.
@@ -101,9 +103,9 @@ impl Outcome {
         &self.peers[node.0 - 1]
     }
 
-    /// `len` bytes at `offset` of `piece` arrived at `node` from `from` (see `block_arrivals`).
-    pub fn block_arrived(&mut self, node: NodeIdx, from: NodeIdx, piece: u32, offset: u32, len: u32) {
-        self.block_arrivals.push((node, piece, offset, from, len));
+    /// `len` bytes at `offset` of `chunk` arrived at `node` from `from` (see `block_arrivals`).
+    pub fn block_arrived(&mut self, node: NodeIdx, from: NodeIdx, chunk: u32, offset: u32, len: u32) {
+        self.block_arrivals.push((node, chunk, offset, from, len));
     }
 }
 
@@ -117,13 +119,13 @@ impl fmt::Display for SummaryTable<'_> {
         writeln!(
             f,
             "{:<10} {:>7} {:>12} {:>12} {:>10}  state",
-            "peer", "pieces", "bytes up", "bytes down", "complete"
+            "peer", "chunks", "bytes up", "bytes down", "complete"
         )?;
         for p in &outcome.peers {
             let done = p.completed_at.map_or_else(|| "-".to_owned(), |t| t.to_string());
             let state = if p.running { "running" } else { "gone" };
-            let pieces = format!("{}/{}", p.pieces, outcome.piece_count);
-            writeln!(f, "{:<10} {:>7} {:>12} {:>12} {:>10}  {state}", p.name, pieces, p.bytes_up, p.bytes_down, done)?;
+            let chunks = format!("{}/{}", p.chunks, outcome.chunk_count);
+            writeln!(f, "{:<10} {:>7} {:>12} {:>12} {:>10}  {state}", p.name, chunks, p.bytes_up, p.bytes_down, done)?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A picture of a run (`p2p-sim SCENARIO --svg FILE`): one timeline per peer, virtual time from
-//! left to right. In a peer's row every piece it verified is a mark at the time it arrived, at
-//! the height of its piece number, coloured by the peer that sent it (labelled `piece ← sender`
+//! left to right. In a peer's row every chunk it verified is a mark at the time it arrived, at
+//! the height of its piece's number, coloured by the peer that sent it (labelled `chunk ← sender`
 //! while the row has few marks), over pale bands for the pieces it held from the start; its
 //! completion is a black bar; the scenario's faults are
 //! marked where they strike: a peer's join, leave, crash, restart and corrupted pieces in its
@@ -9,7 +9,7 @@
 //!
 //! The picture is built from the scenario and the outcome alone, with fixed-precision numbers,
 //! so the same run gives the same bytes. It is bounded whatever the run: at most [`ROWS_MAX`]
-//! peers and [`MARKS_MAX`] piece marks are drawn, and a note says what was left out.
+//! peers and [`MARKS_MAX`] chunk marks are drawn, and a note says what was left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -79,7 +79,7 @@ impl Layout {
     fn new(scenario: &Scenario, outcome: &Outcome) -> Layout {
         let end_us = scenario.end.as_micros().max(outcome.ended_at.as_micros()).max(1);
         let rows = outcome.peers.len().min(ROWS_MAX);
-        let piece_count = outcome.piece_count.max(1);
+        let piece_count = outcome.chunk_count.div_ceil(outcome.chunks_per_piece.max(1)).max(1);
         let lane_px = (ROW_PIECES_PX_MAX / f64::from(piece_count)).min(LANE_PX_MAX);
         let row_px = lane_px * f64::from(piece_count) + ROW_GAP_PX;
         let height_px = TOP_PX + row_px * rows as f64 + LEGEND_PX + 20.0;
@@ -109,10 +109,10 @@ impl Layout {
         );
         let _ = writeln!(svg, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
         let title = format!(
-            "{} (seed {}): {} pieces, {} peers; pieces received, by sender",
+            "{} (seed {}): {} chunks, {} peers; chunks received (in their pieces' lanes), by sender",
             outcome.scenario,
             outcome.seed,
-            outcome.piece_count,
+            outcome.chunk_count,
             outcome.peers.len()
         );
         let _ =
@@ -186,21 +186,21 @@ impl Layout {
 
     fn pieces(&self, svg: &mut String, outcome: &Outcome, colours: &Colours) {
         let mut per_row = vec![0usize; self.rows];
-        for (downloader, _, _) in &outcome.piece_sources {
+        for (downloader, _, _) in &outcome.chunk_sources {
             if let Some(count) = downloader.0.checked_sub(1).and_then(|row| per_row.get_mut(row)) {
                 *count += 1;
             }
         }
-        let arrivals = outcome.piece_sources.iter().zip(&outcome.piece_verified_at).take(MARKS_MAX);
-        for (&(downloader, piece, source), &at) in arrivals {
+        let arrivals = outcome.chunk_sources.iter().zip(&outcome.chunk_verified_at).take(MARKS_MAX);
+        for (&(downloader, chunk, source), &at) in arrivals {
             let Some(row) = downloader.0.checked_sub(1).filter(|row| *row < self.rows) else { continue };
-            let (x, y) = (self.x(at), self.lane_top(row, piece));
+            let (x, y) = (self.x(at), self.lane_top(row, chunk / outcome.chunks_per_piece.max(1)));
             let height = self.lane_px.max(1.0);
             let sender = name_of(outcome, source);
             let _ = write!(
                 svg,
                 "<rect x=\"{:.1}\" y=\"{y:.2}\" width=\"3\" height=\"{height:.2}\" fill=\"{}\">\
-                 <title>piece {piece} from {} at {at}</title></rect>",
+                 <title>chunk {chunk} from {} at {at}</title></rect>",
                 x - 1.5,
                 colours.colour(source),
                 escape(sender)
@@ -208,7 +208,7 @@ impl Layout {
             if per_row[row] <= LABELLED_MARKS_MAX {
                 let _ = write!(
                     svg,
-                    "<text x=\"{:.1}\" y=\"{:.2}\" font-size=\"10\">{piece} \u{2190} {}</text>",
+                    "<text x=\"{:.1}\" y=\"{:.2}\" font-size=\"10\">{chunk} \u{2190} {}</text>",
                     x + 4.0,
                     y + height / 2.0 + 3.5,
                     escape(sender)
@@ -216,8 +216,8 @@ impl Layout {
             }
             svg.push('\n');
         }
-        if outcome.piece_sources.len() > MARKS_MAX {
-            let note = format!("the first {MARKS_MAX} of {} pieces are drawn", outcome.piece_sources.len());
+        if outcome.chunk_sources.len() > MARKS_MAX {
+            let note = format!("the first {MARKS_MAX} of {} chunks are drawn", outcome.chunk_sources.len());
             let _ = writeln!(svg, "<text x=\"10\" y=\"50\" fill=\"#a00\">{note}</text>");
         }
     }
@@ -321,7 +321,7 @@ struct Colours {
 
 impl Colours {
     fn new(outcome: &Outcome) -> Colours {
-        let mut senders: Vec<NodeIdx> = outcome.piece_sources.iter().map(|(_, _, source)| *source).collect();
+        let mut senders: Vec<NodeIdx> = outcome.chunk_sources.iter().map(|(_, _, source)| *source).collect();
         senders.sort_unstable();
         senders.dedup();
         let by_sender = senders.into_iter().zip(PALETTE).collect();

@@ -81,24 +81,25 @@ impl fmt::Display for Described<'_> {
             Event::TrackerConnected { addr } => write!(f, "connected to {}", name(*addr)),
             Event::TrackerLost { addr } => write!(f, "lost {}", name(*addr)),
             Event::Sharing { name: file, pieces, .. } => write!(f, "sharing {file} ({pieces} pieces)"),
-            Event::LocateSent { .. } => f.write_str("asks the tracker where the pieces are"),
+            Event::LocateSent { .. } => f.write_str("asks the tracker where the chunks are"),
             Event::Located { holders, .. } => write!(f, "tracker answers {}", holders_text(holders, name)),
-            Event::PieceRequested { piece, from, .. } => write!(f, "requests piece {piece} from {}", name(*from)),
-            Event::PieceVerified { piece, from, progress, .. } => {
-                write!(f, "got piece {piece} from {} ({}/{})", name(*from), progress.have, progress.total)
+            Event::ChunkRequested { chunk, from, .. } => write!(f, "requests chunk {chunk} from {}", name(*from)),
+            Event::ChunkVerified { chunk, from, progress, .. } => {
+                write!(f, "got chunk {chunk} from {} ({}/{})", name(*from), progress.have, progress.total)
             }
-            Event::PieceCorrupt { piece, from, .. } => write!(f, "piece {piece} from {} failed its hash", name(*from)),
+            Event::ChunkCorrupt { chunk, from, .. } => write!(f, "chunk {chunk} from {} failed its hash", name(*from)),
             Event::PeerBanned { addr, .. } => write!(f, "bans {}", name(*addr)),
-            Event::PiecesMissing { pieces, .. } => write!(f, "reports pieces missing: {}", pieces_text(pieces)),
+            Event::ChunksMissing { chunks, .. } => write!(f, "reports chunks missing: {}", chunks_text(chunks)),
             Event::FileUnknown { .. } => f.write_str("the tracker does not know the file (yet)"),
             Event::Complete { .. } => f.write_str("COMPLETE"),
             Event::DownloadFailed { reason, .. } => write!(f, "download failed: {reason}"),
+            Event::ServeFailed { piece, reason, .. } => write!(f, "cannot serve piece {}: {reason}", piece.0),
             Event::Removed { .. } => f.write_str("removed the file"),
-            Event::BlockServed { piece, len, to, .. } => {
-                write!(f, "served {len} bytes of piece {piece} to {}", name(*to))
+            Event::BlockServed { chunk, len, to, .. } => {
+                write!(f, "served {len} bytes of chunk {chunk} to {}", name(*to))
             }
             Event::ProtocolViolation { conn, reason } => write!(f, "protocol violation on {conn}: {reason}"),
-            Event::PeerAnnounced { peer, pieces, .. } => write!(f, "{} announced {pieces} pieces", name(peer.addr)),
+            Event::PeerAnnounced { peer, chunks, .. } => write!(f, "{} announced {chunks} chunks", name(peer.addr)),
             Event::PeerGone { peer, reason } => {
                 let why = match reason {
                     GoneReason::Left => "left",
@@ -112,21 +113,21 @@ impl fmt::Display for Described<'_> {
 }
 
 /// `0@A 1@B,C 2@-` for a located answer.
-pub fn holders_text(holders: &[(p2p_core::PieceIndex, Vec<SocketAddr>)], name: Names<'_>) -> String {
+pub fn holders_text(holders: &[(p2p_core::ChunkIndex, Vec<SocketAddr>)], name: Names<'_>) -> String {
     let parts: Vec<String> = holders
         .iter()
-        .map(|(piece, addrs)| {
+        .map(|(chunk, addrs)| {
             let who: Vec<String> = addrs.iter().map(|a| name(*a).into_owned()).collect();
             let who = if who.is_empty() { "-".to_owned() } else { who.join(",") };
-            format!("{piece}@{who}")
+            format!("{chunk}@{who}")
         })
         .collect();
     parts.join(" ")
 }
 
-/// `[2, 5]` for a list of pieces.
-pub fn pieces_text(pieces: &[p2p_core::PieceIndex]) -> String {
-    let numbers: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+/// `[2, 5]` for a list of chunks.
+pub fn chunks_text(chunks: &[p2p_core::ChunkIndex]) -> String {
+    let numbers: Vec<String> = chunks.iter().map(|c| c.to_string()).collect();
     format!("[{}]", numbers.join(", "))
 }
 

@@ -555,7 +555,7 @@ mod tests {
 
     fn data(size_bytes: u64) -> Frame {
         let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
-        let message = Message::Data { file_id, piece: p2p_core::PieceIndex(0), offset: 0, bytes: bytes::Bytes::new() };
+        let message = Message::Data { file_id, chunk: p2p_core::ChunkIndex(0), offset: 0, bytes: bytes::Bytes::new() };
         Frame { message, size_bytes, link_bytes: size_bytes, retransmit_delay: Duration::ZERO }
     }
 

@@ -22,7 +22,10 @@ use p2p_core::limits::TTL_INTERVALS_COUNT;
 use p2p_core::rng::Rng;
 use p2p_core::small::VecMap;
 use p2p_core::wire::{Message, RejectReason};
-use p2p_core::{Command, CommandError, ConnId, FileId, Input, Output, Peer, PeerConfig, Time, Tracker, TrackerConfig};
+use p2p_core::{
+    Command, CommandError, ConnId, FileId, Input, Output, Peer, PeerConfig, PieceIndex, Resume, Time, Tracker,
+    TrackerConfig,
+};
 
 use crate::network::{node_addr, tracker_addr, Network, Sent, LISTEN_PORT};
 use crate::node::NodeMachine;
@@ -125,7 +128,8 @@ impl World {
         links.extend((1..trackers).map(|_| scenario.tracker.link));
         let mut nodes = vec![NodeState::new(tracker_name(0), Store::default())];
         for peer in &scenario.peers {
-            nodes.push(NodeState::new(peer.name.clone(), Store::seeded(peer.holds.iter().copied())));
+            let chunks = peer.holds.iter().flat_map(|p| content.manifest.chunks_of(PieceIndex(*p))).map(|c| c.0);
+            nodes.push(NodeState::new(peer.name.clone(), Store::seeded(chunks)));
         }
         nodes.extend((1..trackers).map(|number| NodeState::new(tracker_name(number), Store::default())));
         let mut roles = vec![Role::Honest];
@@ -140,7 +144,8 @@ impl World {
             scenario: scenario.name.clone(),
             seed,
             file_size_bytes: file.size_bytes,
-            piece_count: file.piece_count,
+            chunk_count: content.manifest.chunk_count(),
+            chunks_per_piece: content.manifest.chunks_per_piece(),
             ..Outcome::default()
         };
         let mut world = World {
@@ -218,7 +223,7 @@ impl World {
         for (i, node) in self.nodes.iter().enumerate().skip(1).take(peers) {
             let mut summary = node.summary.clone();
             summary.name.clone_from(&node.name);
-            summary.pieces = node.store.verified(&self.content).count();
+            summary.chunks = node.store.verified(&self.content).count();
             summary.finalized = node.store.is_finalized();
             summary.running = node.running && self.network.incarnation(NodeIdx(i)) > 0;
             summary.bytes_up = self.network.data_bytes_up(NodeIdx(i));
@@ -345,10 +350,10 @@ impl World {
                 self.log(node, format_args!("{conn} connected with {other}"));
             }
             Input::Disconnected { conn } => self.on_disconnected(node, *conn, "closed by the other end"),
-            Input::Message { conn, message: Message::Data { piece, offset, bytes, .. } } => {
+            Input::Message { conn, message: Message::Data { chunk, offset, bytes, .. } } => {
                 self.nodes[node.0].summary.bytes_down += bytes.len() as u64;
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                self.outcome.block_arrived(node, from, piece.0, *offset, len);
+                self.outcome.block_arrived(node, from, chunk.0, *offset, len);
                 self.request_answered(node, *conn);
             }
             // From a peer taking part in room calls (every honest one here), `Busy` answers
@@ -399,8 +404,11 @@ impl World {
             }
             ActionKind::Crash(node) => self.log(node, format_args!("cannot crash: not running")),
             ActionKind::Corrupt(node, pieces) => {
-                let hit = self.nodes[node.0].store.corrupt(&self.content, &pieces);
-                self.tell(node, format!("its copy of pieces {hit:?} goes bad"));
+                let manifest = &self.content.manifest;
+                let chunks: Vec<u32> =
+                    pieces.iter().flat_map(|p| manifest.chunks_of(PieceIndex(*p))).map(|c| c.0).collect();
+                let hit = self.nodes[node.0].store.corrupt(&self.content, &chunks);
+                self.tell(node, format!("its copy of chunks {hit:?} goes bad"));
             }
             ActionKind::Partition(nodes) => {
                 let names: Vec<&str> = nodes.iter().map(|n| self.name(*n)).collect();
@@ -464,11 +472,14 @@ impl World {
         state.timer_fired = None;
         state.story_located = None;
         let have = state.store.verified(&self.content);
-        let resume =
-            (have.count() > 0 || state.store.is_allocated()).then(|| (self.content.manifest.clone(), have.clone()));
+        let resume = (have.count() > 0 || state.store.is_allocated()).then(|| Resume {
+            manifest: self.content.manifest.clone(),
+            have: have.clone(),
+            lists: state.store.lists(),
+        });
         let machine = Peer::new(config);
-        let pieces = format!("{} of {} pieces", have.count(), have.len());
-        self.tell(node, format!("{verb} at {} holding {pieces}", node_addr(node)));
+        let chunks = format!("{} of {} chunks", have.count(), have.len());
+        self.tell(node, format!("{verb} at {} holding {chunks}", node_addr(node)));
         self.pending.push_back(Step::Spawn(node, NodeMachine::Peer(Box::new(machine))));
         self.adversary_joined(node);
         let manifest = self.content.manifest.clone();

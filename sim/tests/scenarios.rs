@@ -75,7 +75,7 @@ fn actix_paused_clock_driver_and_event_queue_driver_agree_on_every_scenario() {
         assert_eq!(queued.ended_at, acted.ended_at, "{name}");
         assert_eq!(queued.last_completion, acted.last_completion, "{name}");
         assert_eq!(queued.peers, acted.peers, "{name}: per-peer outcome");
-        assert_eq!(queued.piece_sources, acted.piece_sources, "{name}");
+        assert_eq!(queued.chunk_sources, acted.chunk_sources, "{name}");
         assert_eq!((&queued.bans, &queued.missing), (&acted.bans, &acted.missing), "{name}");
         assert_eq!(queued.violations, acted.violations, "{name}");
         assert_eq!(queued.story, acted.story, "{name}: story");

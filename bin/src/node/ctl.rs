@@ -63,15 +63,15 @@ fn ls(api: &Api) -> anyhow::Result<()> {
         file_id: String,
         name: Option<String>,
         state: String,
-        pieces_have: u64,
-        pieces_total: u64,
+        chunks_have: u64,
+        chunks_total: u64,
     }
     let files: Files = serde_json::from_value(api.get("files")?).context("an unexpected answer")?;
     if files.files.is_empty() {
         eprintln!("the peer has no files");
     }
     for file in &files.files {
-        report::ctl_file(&file.file_id, &file.state, file.pieces_have, file.pieces_total, file.name.as_deref());
+        report::ctl_file(&file.file_id, &file.state, file.chunks_have, file.chunks_total, file.name.as_deref());
     }
     Ok(())
 }

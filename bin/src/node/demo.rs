@@ -128,11 +128,11 @@ impl Demo {
                 bail!("{name} did not finish the download in {STEP_TIMEOUT:?}");
             };
             match (&event, requested_at_once) {
-                (NodeEvent::Machine(Event::PieceRequested { .. }), Some(count)) if who == name => {
+                (NodeEvent::Machine(Event::ChunkRequested { .. }), Some(count)) if who == name => {
                     requested_at_once = Some(count + 1);
                 }
-                (NodeEvent::Machine(Event::PieceVerified { .. }), Some(count)) if who == name => {
-                    self.say(&format!("{name} had {count} requests in flight at once when the first piece arrived"));
+                (NodeEvent::Machine(Event::ChunkVerified { .. }), Some(count)) if who == name => {
+                    self.say(&format!("{name} had {count} requests in flight at once when the first chunk arrived"));
                     requested_at_once = None;
                 }
                 _ => {}
@@ -169,21 +169,21 @@ impl Demo {
     fn narrate(&self, who: &str, event: &Event) -> anyhow::Result<()> {
         let line = match event {
             Event::Sharing { pieces, .. } => format!("{who} shares {pieces} piece(s); the tracker acknowledged"),
-            Event::LocateSent { .. } => format!("{who} asks the tracker: where are the pieces?"),
+            Event::LocateSent { .. } => format!("{who} asks the tracker: where are the chunks?"),
             Event::Located { holders, .. } => {
                 let answer: Vec<String> =
-                    holders.iter().map(|(piece, at)| format!("piece {piece} @ {}", self.name_all(at))).collect();
+                    holders.iter().map(|(chunk, at)| format!("chunk {chunk} @ {}", self.name_all(at))).collect();
                 format!("tracker answers {who}: {}", answer.join(", "))
             }
-            Event::PieceRequested { piece, from, .. } => {
-                format!("{who} requests piece {piece} from {}", self.name(*from))
+            Event::ChunkRequested { chunk, from, .. } => {
+                format!("{who} requests chunk {chunk} from {}", self.name(*from))
             }
-            Event::PieceVerified { piece, from, progress, .. } => {
-                format!("{who} verified piece {piece} from {} ({}/{})", self.name(*from), progress.have, progress.total)
+            Event::ChunkVerified { chunk, from, progress, .. } => {
+                format!("{who} verified chunk {chunk} from {} ({}/{})", self.name(*from), progress.have, progress.total)
             }
-            Event::BlockServed { piece, len, .. } => format!("{who} sent {len} bytes of piece {piece}"),
-            Event::PieceCorrupt { piece, from, .. } => {
-                format!("{who}: piece {piece} from {} was corrupt", self.name(*from))
+            Event::BlockServed { chunk, len, .. } => format!("{who} sent {len} bytes of chunk {chunk}"),
+            Event::ChunkCorrupt { chunk, from, .. } => {
+                format!("{who}: chunk {chunk} from {} was corrupt", self.name(*from))
             }
             Event::DownloadFailed { reason, .. } => bail!("{who}'s download failed: {reason}"),
             _ => return Ok(()),

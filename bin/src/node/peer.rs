@@ -399,7 +399,7 @@ impl Session {
                 self.shares.remove(&file_id);
                 report::sharing(file_id, &name, pieces);
             }
-            Event::PieceVerified { file_id, progress, .. } => {
+            Event::ChunkVerified { file_id, progress, .. } => {
                 if let Some(pieces) = self.gets.get_mut(&file_id) {
                     pieces.have = progress.have;
                     pieces.total = progress.total;
@@ -428,8 +428,8 @@ impl Session {
                 }
                 self.reach.located(file_id, holders.into_iter().flat_map(|(_, addrs)| addrs));
             }
-            Event::PiecesMissing { file_id, pieces } => {
-                let missing = report::count(pieces.len() as u32, "piece");
+            Event::ChunksMissing { file_id, chunks } => {
+                let missing = report::count(chunks.len() as u32, "chunk");
                 tracing::info!("no live peer holds {missing} of {file_id}; waiting for one");
             }
             Event::BlockServed { file_id, len, to, .. } => self.uploads.served(file_id, to, len),

@@ -99,12 +99,12 @@ struct Story {
 impl Story {
     fn on_event(&mut self, event: &Event) {
         match event {
-            Event::PeerAnnounced { peer, file_id, pieces: 0 } => {
+            Event::PeerAnnounced { peer, file_id, chunks: 0 } => {
                 tracing::info!("peer {} wants {}", peer.addr, file_id.short());
                 self.joined(*peer);
             }
-            Event::PeerAnnounced { peer, file_id, pieces } => {
-                let held = report::count(*pieces, "piece");
+            Event::PeerAnnounced { peer, file_id, chunks } => {
+                let held = report::count(*chunks, "chunk");
                 tracing::info!("peer {} holds {} ({held})", peer.addr, file_id.short());
                 self.joined(*peer);
             }

@@ -86,6 +86,15 @@ pub(super) fn for_each_unit(mut bytes: &[u8], unit_bytes: u32, filled: &mut u32,
     }
 }
 
+/// The digest of a piece from its chunks' digests, in order.
+pub fn piece_digest_of_chunks(chunk_digests: &[Digest]) -> Digest {
+    let mut hasher = sha2::Sha256::new();
+    for digest in chunk_digests {
+        hasher.update(digest.0);
+    }
+    Digest(hasher.finalize().into())
+}
+
 /// The digest of the piece `bytes` of a manifest whose pieces are `piece_size_bytes`.
 pub fn piece_digest(piece_size_bytes: u32, bytes: &[u8]) -> Digest {
     let mut hasher = PieceHasher::new(piece_size_bytes);
@@ -108,10 +117,11 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_a_sixteenth_of_a_piece_but_never_under_16_kib() {
+    fn chunks_are_a_quarter_of_a_piece_but_never_under_16_kib() {
         assert_eq!(chunk_bytes(PIECE_BYTES_MIN), 16 * 1024);
-        assert_eq!(chunk_bytes(256 * 1024), 16 * 1024);
-        assert_eq!(chunk_bytes(1024 * 1024), 64 * 1024);
+        assert_eq!(chunk_bytes(32 * 1024), 16 * 1024);
+        assert_eq!(chunk_bytes(256 * 1024), 64 * 1024);
+        assert_eq!(chunk_bytes(1024 * 1024), 256 * 1024);
         assert_eq!(chunk_bytes(PIECE_BYTES_MAX), PIECE_BYTES_MAX / CHUNKS_PER_PIECE_MAX);
     }
 

@@ -1,15 +1,15 @@
 //! Local control of one file: pausing and resuming a download, and removing a file.
 //!
-//! **Pause.** A paused download stops fetching: every piece assigned to a remote is released
+//! **Pause.** A paused download stops fetching: every chunk assigned to a remote is released
 //! (its requests in flight are cancelled), no tracker is asked for holders, and peers named by
 //! peer exchange are not contacted for it; a block already on its way is still taken. It keeps
-//! its verified pieces and goes on serving and announcing them, like a partial holder.
+//! its verified chunks and goes on serving and announcing them, like a partial holder.
 //! Resuming fetches the rest. Only a download still fetching can be paused: a file served
 //! whole has nothing to fetch (removing it stops serving it).
 //!
 //! **Remove.** The file leaves the peer's files at once: from then on nothing fetches, serves or
-//! announces it, every open tracker connection hears `Leave` for it (after the pieces verified but
-//! not yet told, so the tracker's record ends in order), and every remote that exchanged pieces of
+//! announces it, every open tracker connection hears `Leave` for it (after the chunks verified but
+//! not yet told, so the tracker's record ends in order), and every remote that exchanged chunks of
 //! it with this peer hears it is unknown here (it stops asking for it; a later download of the file
 //! exchanges bitfields afresh). The store work the peer asked for the file may still be under way:
 //! block writes, hashes and the final move, each answered by exactly one completion. The file stays
@@ -103,7 +103,7 @@ impl StoreWork {
 /// The file whose completion will answer `output`, if one will.
 fn awaited(output: &Output) -> Option<FileId> {
     match output {
-        Output::WriteBlock { file_id, .. } | Output::HashPiece { file_id, .. } | Output::Finalize { file_id } => {
+        Output::WriteBlock { file_id, .. } | Output::HashChunk { file_id, .. } | Output::Finalize { file_id } => {
             Some(*file_id)
         }
         _ => None,
@@ -114,9 +114,9 @@ fn awaited(output: &Output) -> Option<FileId> {
 fn answered(completion: &Completion) -> Option<FileId> {
     match completion {
         Completion::BlockWritten { file_id, .. }
-        | Completion::PieceHashed { file_id, .. }
+        | Completion::ChunkHashed { file_id, .. }
         | Completion::Finalized { file_id, .. } => Some(*file_id),
-        Completion::BlockRead { .. } => None,
+        Completion::BlockRead { .. } | Completion::ChunkDigestsRead { .. } => None,
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
 
     use super::*;
     use crate::error::{CommandError, StoreError};
-    use crate::ids::{ConnId, Digest, PieceIndex};
+    use crate::ids::{ChunkIndex, ConnId, Digest};
     use crate::machine::{Command, Event};
     use crate::peer::FileState;
     use crate::testkit::{file, Harness, NodeIx, TRACKER};
@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn written(file_id: FileId) -> Completion {
-        Completion::BlockWritten { file_id, piece: PieceIndex(0), offset: 0, result: Ok(()) }
+        Completion::BlockWritten { file_id, chunk: ChunkIndex(0), offset: 0, result: Ok(()) }
     }
 
     /// Messages of `kind` that `node` received after `after`.
@@ -158,17 +158,17 @@ mod tests {
         let (removed, kept) = (file_id(1), file_id(2));
         let mut work = StoreWork::new();
         for file_id in [removed, removed, kept] {
-            work.asked(&Output::WriteBlock { file_id, piece: PieceIndex(0), offset: 0, bytes: bytes::Bytes::new() });
+            work.asked(&Output::WriteBlock { file_id, chunk: ChunkIndex(0), offset: 0, bytes: bytes::Bytes::new() });
         }
         let conn = ConnId::Inbound(1);
-        work.asked(&Output::ReadBlock { conn, file_id: removed, piece: PieceIndex(0), offset: 0, len: 1 });
+        work.asked(&Output::ReadBlock { conn, file_id: removed, chunk: ChunkIndex(0), offset: 0, len: 1 });
         assert!(!work.remove(removed), "two writes are in flight");
         assert!(work.is_removing(&removed));
         assert_eq!(work.completed(&written(kept)), Completed::Route, "another file's work is routed");
         let read = Completion::BlockRead {
             conn,
             file_id: removed,
-            piece: PieceIndex(0),
+            chunk: ChunkIndex(0),
             offset: 0,
             result: Err(StoreError::NotStored),
         };
@@ -196,7 +196,7 @@ mod tests {
         let paused_at = h.now();
         let view = h.peer(leecher).file_views().into_iter().find(|view| view.file_id == id);
         assert_eq!(view.map(|view| view.state), Some(FileState::Paused));
-        // Blocks already on their way may still complete a piece; nothing new is asked for.
+        // Blocks already on their way may still complete a chunk; nothing new is asked for.
         let have_paused = have(&h, leecher, id);
         h.run_for(Duration::from_secs(20));
         assert_eq!(requested_after(&h, seeder, paused_at), 0, "no request while paused");
@@ -226,7 +226,7 @@ mod tests {
         h.run_for(Duration::from_millis(1));
         let removed_at = h.now();
         let removed = |h: &Harness| h.events_of(leecher).any(|(_, _, e)| *e == Event::Removed { file_id: id });
-        assert!(h.peer(leecher).is_removing(&id), "hashes of written pieces are still out");
+        assert!(h.peer(leecher).is_removing(&id), "hashes of written chunks are still out");
         assert!(!removed(&h));
         assert!(h.peer(leecher).file_views().is_empty(), "the file is no longer listed");
         assert_eq!(received_after(&h, TRACKER, "leave", Time::ZERO), 1);

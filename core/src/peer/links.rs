@@ -2,10 +2,10 @@
 //! peer's links routing (in `mod.rs`) opens connections to the holders the tracker or peer
 //! exchange names, runs the `Hello` handshake, asks a holder for the manifest a download does
 //! not know yet, exchanges bitfields and `Have`s, carries out `slots`' decision on each inbound
-//! connection, and tears a connection down (its pieces go back to the scheduler). This module
+//! connection, and tears a connection down (its chunks go back to the scheduler). This module
 //! decides, from the connection table and the message at hand:
-//! - which peers of a `Located` answer are worth a connection (holders of a missing piece, and
-//!   newcomers that hold nothing yet), and who holds each missing piece ([`located`]);
+//! - which peers of a `Located` answer are worth a connection (holders of a missing chunk, and
+//!   newcomers that hold nothing yet), and who holds each missing chunk ([`located`]);
 //! - whether a remote's `Hello` completes its handshake ([`hello`]);
 //! - which connections timed out: a courtesy connection (see `slots`) kept past its second, a
 //!   handshake too slow, a connection idle too long, a remote that let our requests stall
@@ -14,32 +14,32 @@
 use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId, PeerId};
 use crate::limits::{HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT};
 use crate::time::Time;
 use crate::wire::{Hello, Holders, PeerAddr, PROTOCOL_VERSION};
 
 use super::remote::{Remote, Remotes};
 
-/// What a `Located` answer means for a download: the missing pieces with up to
+/// What a `Located` answer means for a download: the missing chunks with up to
 /// [`HOLDERS_PER_PIECE_MAX`] holders' addresses each, and the holders of any of them.
 #[derive(Debug)]
 pub(super) struct Located {
-    /// The peers that hold nothing yet, then the holders that hold a piece we miss, each in the
+    /// The peers that hold nothing yet, then the holders that hold a chunk we miss, each in the
     /// answer's order: the tracker names a few such newcomers so that a crowd that starts
-    /// together meets before its first pieces arrive, and each fetches what another received.
+    /// together meets before its first chunks arrive, and each fetches what another received.
     /// They come first because the peers are dialled in this order while outbound room lasts,
     /// and an answer names more holders than that room: the holders left out are busy
     /// serving others, the newcomers are who a newcomer trades with first.
     pub useful: Vec<PeerAddr>,
-    /// Every missing piece, with the addresses of some of its holders.
-    pub wanted: Vec<(PieceIndex, Vec<SocketAddr>)>,
+    /// Every missing chunk, with the addresses of some of its holders.
+    pub wanted: Vec<(ChunkIndex, Vec<SocketAddr>)>,
 }
 
-/// Which of `holders` hold pieces missing from `have` (of the same length), and which hold
+/// Which of `holders` hold chunks missing from `have` (of the same length), and which hold
 /// nothing.
 pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
-    let mut wanted: Vec<(PieceIndex, Vec<SocketAddr>)> = have.iter_missing().map(|p| (p, Vec::new())).collect();
+    let mut wanted: Vec<(ChunkIndex, Vec<SocketAddr>)> = have.iter_missing().map(|p| (p, Vec::new())).collect();
     let mut holding = Vec::new();
     let mut useful = Vec::new();
     for (peer, bits) in holders.iter() {
@@ -48,7 +48,7 @@ pub(super) fn located(have: &Bitfield, holders: &Holders) -> Located {
             continue;
         }
         let mut holds_missing = false;
-        for (_, addrs) in wanted.iter_mut().filter(|(piece, _)| bits.has(*piece)) {
+        for (_, addrs) in wanted.iter_mut().filter(|(chunk, _)| bits.has(*chunk)) {
             holds_missing = true;
             if addrs.len() < HOLDERS_PER_PIECE_MAX {
                 addrs.push(peer.addr);

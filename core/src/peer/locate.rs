@@ -1,4 +1,4 @@
-//! When a download asks the tracker where its pieces are: later and later while pieces keep
+//! When a download asks the tracker where its chunks are: later and later while chunks keep
 //! arriving, soon again when it is stuck, sooner still while it lacks the manifest, never twice
 //! while an answer is awaited (unless the answer is overdue). One `Locate` per download; its
 //! state is private to this module. It also tells whether the tracker answers late (busy with
@@ -18,10 +18,10 @@ use crate::time::Time;
 pub(super) struct Locate {
     /// When to ask the tracker again.
     next_at: Time,
-    /// The current interval between asks: doubled while pieces keep arriving, reset when
+    /// The current interval between asks: doubled while chunks keep arriving, reset when
     /// none arrived since the last ask.
     interval: Duration,
-    /// Verified pieces at the last ask.
+    /// Verified chunks at the last ask.
     have_at_ask: u32,
     /// When the last ask went out, while its answer is awaited (no second ask meanwhile).
     awaited_since: Option<Time>,
@@ -69,7 +69,7 @@ impl Locate {
     }
 
     /// An ask goes out at `now` (over an open tracker connection when `sent`), with
-    /// `have_count` pieces verified. Returns whether it asks for the manifest too: a download
+    /// `have_count` chunks verified. Returns whether it asks for the manifest too: a download
     /// without one asks for holders only, which then send it, until a tracker named holders.
     pub fn asked(&mut self, now: Time, have_count: u32, sent: bool, manifest_known: bool) -> bool {
         self.interval =
@@ -84,8 +84,8 @@ impl Locate {
     /// The tracker answered at `now`, naming `peers` peers (`None`: it does not know the
     /// file). The next ask waits at least [`LOCATE_INTERVAL`] from here, however long the
     /// answer took. The first answer that names only a few asks again soon: the tracker names
-    /// only peers that hold pieces, so downloaders that started together find each other once
-    /// their first pieces arrived. So does the first answer that the file is not known (yet):
+    /// only peers that hold chunks, so downloaders that started together find each other once
+    /// their first chunks arrived. So does the first answer that the file is not known (yet):
     /// in a crowd that starts with its seeders, the seeders' announces may reach the tracker
     /// just after the downloaders' first asks.
     ///
@@ -127,7 +127,7 @@ impl Locate {
         self.answer_delay > LOCATE_BUSY_ANSWER_DELAY
     }
 
-    /// Whether pieces arrived since the last ask (`have_count` verified now).
+    /// Whether chunks arrived since the last ask (`have_count` verified now).
     pub fn progressing(&self, have_count: u32) -> bool {
         have_count > self.have_at_ask
     }
@@ -154,7 +154,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn asks_back_off_while_pieces_arrive_and_return_to_the_base_interval_when_stuck() {
+    fn asks_back_off_while_chunks_arrive_and_return_to_the_base_interval_when_stuck() {
         let mut locate = Locate::new(Time::ZERO);
         assert_eq!(locate.due_at(), Time::ZERO);
         locate.asked(Time::ZERO, 0, true, true);

@@ -1,5 +1,5 @@
 //! The peer state machine: shares files, downloads files from many remotes at once, and serves
-//! every verified piece from the moment it is verified.
+//! every verified chunk from the moment it is verified.
 //!
 //! `Peer` routes inputs between sub-machines: every `impl Peer` block is in this file, one per
 //! sub-machine it routes to and from (the tracker links, the peer-to-peer links, the download
@@ -9,13 +9,13 @@
 //!   handshake, when to announce), and the tracker side of a file (announce, locate schedule);
 //! - `uploads`: the upload side: which remote's request is read next (upload slots,
 //!   backpressure from the driver's `Sent`, the upload limit), the checks on a request
-//!   (`serve`), and which pieces a whole-file holder tells each of several downloaders it has
+//!   (`serve`), and which chunks a whole-file holder tells each of several downloaders it has
 //!   (`offers`);
 //! - `scheduler`: the download pipeline: which remote fetches what (pipelining, endgame, the
 //!   requests in flight per connection, which it owns) and what to do with arriving data,
 //!   refusals, written blocks, hashes and the finished file;
-//! - `downloads`: the piece book of one download, a sub-machine with private state: piece
-//!   states and their one transition API (`STATE.md`), block requests per remote, piece
+//! - `downloads`: the chunk book of one download, a sub-machine with private state: chunk
+//!   states and their one transition API (`STATE.md`), block requests per remote, chunk
 //!   availability, rarest-first and endgame choice, verification outcomes; `locate`: when a
 //!   download asks the tracker for holders;
 //! - `links`: the decisions about peer-to-peer connections (which holders of a `Located` to
@@ -30,18 +30,19 @@
 //!   can arrive;
 //! - `view`: read-only views of one file or one connection, for a driver to show; `config`:
 //!   how a peer is set up;
-//! - `pieces` and `remote`: the per-file and per-connection state the modules share; both keep
+//! - `chunks` and `remote`: the per-file and per-connection state the modules share; both keep
 //!   it private and change it through one method per step of a file's or a connection's life.
 
 mod bans;
+mod chunks;
 mod config;
 mod control;
 mod downloads;
 mod haves;
 mod links;
+mod lists;
 mod locate;
 mod pex;
-mod pieces;
 mod remote;
 mod scheduler;
 mod slots;
@@ -59,30 +60,32 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::error::{CommandError, StoreError};
-use crate::ids::{ConnId, Digest, FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_PIECES, HAVE_BATCH_LARGE_PIECE_BYTES,
+    CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_CHUNKS, HAVE_BATCH_LARGE_CHUNK_BYTES,
     OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
 };
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
+use crate::store::Resume;
 use crate::time::Time;
 use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
+use chunks::FileEntry;
 pub use config::PeerConfig;
 use control::{Completed, StoreWork};
 use downloads::Phase;
 use haves::HaveBatch;
 use links::{HelloRefused, Timeouts};
+use lists::{Block, Lists, Ready};
 use pex::{Heard, Pex};
-use pieces::FileEntry;
 use remote::{Courtesy, Remote, Remotes};
 use scheduler::{Hashed, Scheduler};
 use slots::{admit, Admission, Refusal};
 use tracker_link::{Handshake, LinkDue, TrackerLinks, Unknown};
-use uploads::{piece_holders, Held, OurFile, Refused, ServeJob, Uploads};
+use uploads::{chunk_holders, Held, OurFile, Refused, ServeJob, Uploads};
 pub use view::{FileState, FileView, RemoteView};
 
 /// The peer state machine; see the module docs and [`Machine`].
@@ -102,8 +105,9 @@ pub struct Peer {
     bans: Bans,
     uploads: Uploads,
     pex: Pex,
-    /// Pieces verified since the last batched `Haves` (to remotes and the trackers).
+    /// Chunks verified since the last batched `Haves` (to remotes and the trackers).
     haves: HaveBatch,
+    lists: Lists,
     /// When connection deadlines are checked next.
     connections_check_at: Time,
     /// Store work in flight per file, and the files being removed (`control`).
@@ -134,6 +138,7 @@ impl Peer {
             uploads,
             pex: Pex::new(),
             haves: HaveBatch::new(),
+            lists: Lists::default(),
             connections_check_at: Time::ZERO,
             store_work: StoreWork::new(),
         }
@@ -149,7 +154,7 @@ impl Peer {
         self.peer_id
     }
 
-    /// The verified pieces of a file, if the peer knows it.
+    /// The verified chunks of a file, if the peer knows it.
     pub fn have(&self, file_id: &FileId) -> Option<&Bitfield> {
         self.files.get(file_id).map(|f| f.have())
     }
@@ -185,16 +190,16 @@ impl Peer {
     fn check_command(&self, command: &Command) -> Result<(), CommandError> {
         let adds_file = match command {
             Command::Share { manifest, have } => {
-                if have.len() != manifest.piece_count() {
-                    return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
+                if have.len() != manifest.chunk_count() {
+                    return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.chunk_count() });
                 }
                 self.check_not_removing(&manifest.file_id())?;
                 !self.files.contains_key(&manifest.file_id())
             }
             Command::Get { file_id, resume } => {
-                if let Some((manifest, have)) = resume {
-                    if have.len() != manifest.piece_count() {
-                        return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.piece_count() });
+                if let Some(Resume { manifest, have, .. }) = resume {
+                    if have.len() != manifest.chunk_count() {
+                        return Err(CommandError::BitfieldLength { got: have.len(), expected: manifest.chunk_count() });
                     }
                 }
                 self.check_not_removing(file_id)?;
@@ -229,8 +234,8 @@ impl Peer {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
-        if let (Message::Data { file_id, piece, offset, bytes }, true) = (&message, self.remotes.contains_key(&conn)) {
-            let block = (*file_id, *piece, *offset);
+        if let (Message::Data { file_id, chunk, offset, bytes }, true) = (&message, self.remotes.contains_key(&conn)) {
+            let block = (*file_id, *chunk, *offset);
             self.uploads.data_queued(conn, block, u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         }
         self.push(Output::Send { conn, message });
@@ -276,9 +281,10 @@ impl Peer {
 
     fn share(&mut self, manifest: Manifest, have: Bitfield) {
         let file_id = manifest.file_id();
+        let have = self.lists.checkable(&manifest, &have);
         match self.files.get_mut(&file_id) {
-            // Already known: add the pieces to what is served.
-            Some(entry) if entry.manifest().is_some() => entry.add_pieces(&have),
+            // Already known: add the chunks to what is served.
+            Some(entry) if entry.manifest().is_some() => entry.add_chunks(&have),
             _ => {
                 self.files.insert(file_id, FileEntry::shared(manifest, have));
             }
@@ -286,10 +292,17 @@ impl Peer {
         self.announce(file_id, true);
     }
 
-    fn get(&mut self, file_id: FileId, resume: Option<(Manifest, Bitfield)>) {
+    fn get(&mut self, file_id: FileId, resume: Option<Resume>) {
         if self.files.contains_key(&file_id) {
             return;
         }
+        let resume = resume.map(|Resume { manifest, have, lists }| {
+            for (piece, digests) in lists {
+                self.lists.learn(&manifest, piece, &digests);
+            }
+            let have = self.lists.checkable(&manifest, &have);
+            (manifest, have)
+        });
         let entry = FileEntry::downloading(resume, self.now);
         let complete = entry.have().is_full() && entry.manifest().is_some();
         self.files.insert(file_id, entry);
@@ -320,12 +333,15 @@ impl Peer {
             Completed::Removed(file_id) => return self.event(Event::Removed { file_id }),
         }
         match completion {
-            Completion::BlockWritten { file_id, piece, offset, result } => {
-                self.scheduler().on_block_written(file_id, piece, offset, result)
+            Completion::BlockWritten { file_id, chunk, offset, result } => {
+                self.scheduler().on_block_written(file_id, chunk, offset, result)
             }
-            Completion::PieceHashed { file_id, piece, result } => self.on_piece_hashed(file_id, piece, result),
-            Completion::BlockRead { conn, file_id, piece, offset, result } => {
-                self.on_block_read(conn, file_id, piece, offset, result)
+            Completion::ChunkHashed { file_id, chunk, result } => self.on_chunk_hashed(file_id, chunk, result),
+            Completion::ChunkDigestsRead { file_id, piece, result } => {
+                self.on_chunk_digests_read(file_id, piece, result)
+            }
+            Completion::BlockRead { conn, file_id, chunk, offset, result } => {
+                self.on_block_read(conn, file_id, chunk, offset, result)
             }
             Completion::Finalized { file_id, result } => self.scheduler().on_finalized(file_id, result),
         }
@@ -374,19 +390,28 @@ impl Outputs {
 }
 
 /// Routing to and from the download pipeline (`scheduler`), and what a verified or corrupt
-/// piece means for `haves` and `bans`.
+/// chunk means for `haves` and `bans`.
 impl Peer {
     /// A block arrived on `conn`.
-    fn on_data(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) {
-        if let Err(wrong) = self.scheduler().on_data(conn, file_id, piece, offset, bytes) {
+    fn on_data(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32, bytes: Bytes) {
+        let manifest = self.files.get(&file_id).and_then(FileEntry::manifest);
+        if manifest.is_some_and(|m| m.chunk(chunk.0).is_some() && !self.lists.can_check(m, chunk)) {
+            // Its holder sends the list first on every connection, unless it thinks we know
+            // it: the block cannot be checked, so it is not taken; the request times out and
+            // goes elsewhere. No blame: we may have forgotten the list with the file.
+            return;
+        }
+        if let Err(wrong) = self.scheduler().on_data(conn, file_id, chunk, offset, bytes) {
             self.violation(conn, wrong.to_string());
         }
     }
 
-    /// The driver hashed `piece`: a verified piece is reported, batched for `Haves`, and may
+    /// The driver hashed `chunk`: a verified chunk is reported, batched for `Haves`, and may
     /// complete the file; a sender proven bad gets a strike.
-    fn on_piece_hashed(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Digest, StoreError>) {
-        match self.scheduler().on_piece_hashed(file_id, piece, result) {
+    fn on_chunk_hashed(&mut self, file_id: FileId, chunk: ChunkIndex, result: Result<Digest, StoreError>) {
+        let Some(manifest) = self.files.get(&file_id).and_then(FileEntry::manifest) else { return };
+        let result = result.map(|digest| self.lists.checks(manifest, chunk, digest));
+        match self.scheduler().on_chunk_hashed(file_id, chunk, result) {
             Hashed::Failed => {}
             Hashed::Corrupt { guilty } => {
                 if let Some((peer_id, addr)) = guilty {
@@ -397,9 +422,9 @@ impl Peer {
             Hashed::Verified { from, progress, room_again, guilty } => {
                 // `Peer::new` checked there is at least one tracker.
                 let from = from.unwrap_or(self.config.trackers[0]);
-                self.push(Output::PieceVerified { file_id, piece });
-                self.event(Event::PieceVerified { file_id, piece, from, progress });
-                self.queue_have(file_id, piece, progress.have == 1);
+                self.push(Output::ChunkVerified { file_id, chunk });
+                self.event(Event::ChunkVerified { file_id, chunk, from, progress });
+                self.queue_have(file_id, chunk, progress.have == 1);
                 if progress.have == progress.total {
                     self.scheduler().finalize(file_id);
                 } else if room_again {
@@ -413,43 +438,43 @@ impl Peer {
         }
     }
 
-    /// Queues `piece` for the next batched `Haves` to the remotes and the tracker (see
+    /// Queues `chunk` for the next batched `Haves` to the remotes and the tracker (see
     /// `haves`).
-    fn queue_have(&mut self, file_id: FileId, piece: PieceIndex, first: bool) {
+    fn queue_have(&mut self, file_id: FileId, chunk: ChunkIndex, first: bool) {
         let large = self
             .files
             .get(&file_id)
             .and_then(|e| e.manifest())
-            .is_some_and(|m| m.piece_size_bytes() >= HAVE_BATCH_LARGE_PIECE_BYTES);
-        let interval = if large { HAVE_BATCH_INTERVAL_LARGE_PIECES } else { HAVE_BATCH_INTERVAL };
-        if self.haves.add(file_id, piece, first, interval, self.now) {
+            .is_some_and(|m| m.chunk_bytes() >= HAVE_BATCH_LARGE_CHUNK_BYTES);
+        let interval = if large { HAVE_BATCH_INTERVAL_LARGE_CHUNKS } else { HAVE_BATCH_INTERVAL };
+        if self.haves.add(file_id, chunk, first, interval, self.now) {
             self.flush_haves();
         }
     }
 
-    /// Sends the pieces verified since the last batch to the tracker and to every remote that
+    /// Sends the chunks verified since the last batch to the tracker and to every remote that
     /// exchanged bitfields for the file, except those that told us they hold the whole file. A
-    /// remote that told us only some pieces hears of every piece, also of those it holds: a
-    /// seeder that offers pieces a few at a time (see `offers`) learns this way which of its
+    /// remote that told us only some chunks hears of every chunk, also of those it holds: a
+    /// seeder that offers chunks a few at a time (see `offers`) learns this way which of its
     /// offers we fetched elsewhere. (A remote whose bitfield went out within the batch may hear
-    /// of a piece twice; that changes nothing.)
+    /// of a chunk twice; that changes nothing.)
     fn flush_haves(&mut self) {
         let recent = self.haves.take(self.now);
         let mut batches = Vec::new();
-        for (file_id, pieces) in &recent {
+        for (file_id, chunks) in &recent {
             let hearing = self
                 .remotes
                 .iter()
-                .filter(|(_, r)| r.has_our_bitfield(*file_id) && !r.pieces(*file_id).is_some_and(Bitfield::is_full));
+                .filter(|(_, r)| r.has_our_bitfield(*file_id) && !r.chunks(*file_id).is_some_and(Bitfield::is_full));
             for (conn, _) in hearing {
-                batches.push((*conn, *file_id, pieces.clone()));
+                batches.push((*conn, *file_id, chunks.clone()));
             }
         }
         for conn in self.tracker.open_conns() {
-            batches.extend(recent.iter().map(|(file_id, pieces)| (conn, *file_id, pieces.clone())));
+            batches.extend(recent.iter().map(|(file_id, chunks)| (conn, *file_id, chunks.clone())));
         }
-        for (conn, file_id, pieces) in batches {
-            self.send(conn, Message::Haves { file_id, pieces });
+        for (conn, file_id, chunks) in batches {
+            self.send(conn, Message::Haves { file_id, chunks });
         }
     }
 
@@ -553,7 +578,7 @@ impl Peer {
         }
     }
 
-    /// Announces the pieces held of every file whose manifest is known on the tracker
+    /// Announces the chunks held of every file whose manifest is known on the tracker
     /// connection `conn`, with the manifest of a file shared here that no tracker acknowledged
     /// yet: a seeder that starts with its tracker would otherwise be told the file is unknown
     /// a round trip later, behind the answers to a crowd that asks for it meanwhile.
@@ -568,7 +593,7 @@ impl Peer {
         }
     }
 
-    /// Announces the pieces held of `file_id` on every open tracker connection (with the
+    /// Announces the chunks held of `file_id` on every open tracker connection (with the
     /// manifest when a tracker may not know the file).
     fn announce(&mut self, file_id: FileId, with_manifest: bool) {
         for conn in self.tracker.open_conns() {
@@ -576,7 +601,7 @@ impl Peer {
         }
     }
 
-    /// Announces the pieces held of `file_id` on the tracker connection `conn`, once its
+    /// Announces the chunks held of `file_id` on the tracker connection `conn`, once its
     /// manifest is known.
     fn announce_to(&mut self, conn: ConnId, file_id: FileId, with_manifest: bool) {
         let announcement = self.files.get(&file_id).and_then(|e| tracker_link::announcement(file_id, e, with_manifest));
@@ -593,7 +618,7 @@ impl Peer {
         // fills a mesh to.
         let remotes = &self.remotes;
         let meshed =
-            |file_id| remotes.values().filter(|r| r.pieces(file_id).is_some()).nth(PEX_MESH_PEERS - 1).is_some();
+            |file_id| remotes.values().filter(|r| r.chunks(file_id).is_some()).nth(PEX_MESH_PEERS - 1).is_some();
         let due = tracker_link::locates_due(&mut self.files, self.now, !open.is_empty(), meshed);
         if open.is_empty() {
             return;
@@ -613,8 +638,8 @@ impl Peer {
 /// down.
 impl Peer {
     /// Handles the tracker's answer to `Locate`: learns the manifest if new (or connects to
-    /// the holders to ask them for it), connects to holders of wanted pieces, and reports
-    /// pieces no live peer holds.
+    /// the holders to ask them for it), connects to holders of wanted chunks, and reports
+    /// chunks no live peer holds.
     fn on_located(&mut self, file_id: FileId, manifest: Option<Manifest>, holders: &Holders) {
         let now = self.now;
         let Some(entry) = self.files.get_mut(&file_id) else { return };
@@ -636,7 +661,7 @@ impl Peer {
             }
         }
         let Some(entry) = self.files.get(&file_id) else { return };
-        if !entry.is_fetching() || holders.piece_count() != entry.have().len() {
+        if !entry.is_fetching() || holders.chunk_count() != entry.have().len() {
             return;
         }
         let links::Located { useful, wanted } = links::located(entry.have(), holders);
@@ -647,13 +672,13 @@ impl Peer {
         self.event(Event::Located { file_id, holders: wanted });
     }
 
-    /// The first `Located` of a download: size the piece state and ask the driver to store it.
+    /// The first `Located` of a download: size the chunk state and ask the driver to store it.
     fn adopt_manifest(&mut self, file_id: FileId, manifest: Manifest) {
         // Only a download starts without its manifest, and it keeps its `Download` until the
         // file is complete.
         let Some(entry) = self.files.get_mut(&file_id) else { unreachable!("a manifest is adopted for a download") };
         entry.adopt_manifest(manifest.clone());
-        let empty = manifest.piece_count() == 0;
+        let empty = manifest.chunk_count() == 0;
         self.push(Output::Allocate { manifest });
         self.announce(file_id, false);
         if empty {
@@ -707,16 +732,16 @@ impl Peer {
 
     /// A remote asks for the manifest of `file_id`. Without it the remote holds nothing of the
     /// file, so the question stands for an empty bitfield: our bitfield follows the manifest,
-    /// and the asker can request pieces as soon as it has both, a round trip sooner than if it
+    /// and the asker can request chunks as soon as it has both, a round trip sooner than if it
     /// sent its bitfield first.
     fn on_get_manifest(&mut self, conn: ConnId, file_id: FileId) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest().cloned()) else {
             return self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here"));
         };
-        let piece_count = manifest.piece_count();
+        let chunk_count = manifest.chunk_count();
         self.send(conn, Message::Manifest { manifest: Box::new(manifest) });
-        if self.remotes.get(&conn).is_some_and(|r| r.pieces(file_id).is_none()) {
-            self.on_remote_bitfield(conn, file_id, Bitfield::new(piece_count));
+        if self.remotes.get(&conn).is_some_and(|r| r.chunks(file_id).is_none()) {
+            self.on_remote_bitfield(conn, file_id, Bitfield::new(chunk_count));
         }
     }
 
@@ -729,12 +754,12 @@ impl Peer {
         }
     }
 
-    fn report_missing(&mut self, file_id: FileId, wanted: &[(PieceIndex, Vec<SocketAddr>)]) {
+    fn report_missing(&mut self, file_id: FileId, wanted: &[(ChunkIndex, Vec<SocketAddr>)]) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else {
-            unreachable!("missing pieces are reported for a download being fetched")
+            unreachable!("missing chunks are reported for a download being fetched")
         };
-        if let Some(pieces) = download.newly_missing(wanted) {
-            self.event(Event::PiecesMissing { file_id, pieces });
+        if let Some(chunks) = download.newly_missing(wanted) {
+            self.event(Event::ChunksMissing { file_id, chunks });
         }
     }
 
@@ -772,34 +797,34 @@ impl Peer {
             if let Some(message) = self.bitfield_for(conn, file_id) {
                 let push = self.first_offer_push(conn, &message);
                 if let Some(job) = push {
-                    let ServeJob { file_id, piece, offset, len, .. } = job;
-                    self.send(conn, Message::Pushed { file_id, piece, offset, len });
+                    let ServeJob { file_id, chunk, offset, len, .. } = job;
+                    self.send(conn, Message::Pushed { file_id, chunk, offset, len });
                 }
                 self.send(conn, message);
-                if let Some(ServeJob { conn, file_id, piece, offset, len }) = push {
-                    self.on_request(conn, file_id, piece, offset, len);
+                if let Some(ServeJob { conn, file_id, chunk, offset, len }) = push {
+                    self.on_request(conn, file_id, chunk, offset, len);
                 }
             }
         }
     }
 
     /// The block request a whole-file seeder takes on behalf of a downloader holding nothing
-    /// whose first bitfield from us, `bitfield`, offers it one piece: that piece's first
+    /// whose first bitfield from us, `bitfield`, offers it one chunk: that chunk's first
     /// block, which the downloader would ask for a round trip later.
     fn first_offer_push(&self, conn: ConnId, bitfield: &Message) -> Option<ServeJob> {
         let Message::Bitfield { file_id, have } = bitfield else { return None };
         let remote = self.remotes.get(&conn)?;
         if !remote.takes_pushes()
-            || remote.pieces(*file_id).is_none_or(|held| held.count() > 0)
+            || remote.chunks(*file_id).is_none_or(|held| held.count() > 0)
             || !self.uploads.offers().sees_offers(conn, *file_id)
             || have.count() != 1
         {
             return None;
         }
-        let piece = have.iter().next()?;
+        let chunk = have.iter().next()?;
         let manifest = self.files.get(file_id)?.manifest()?;
-        let (offset, len) = pieces::block_span(manifest.block_bytes(), manifest.piece_len(piece), 0);
-        Some(ServeJob { conn, file_id: *file_id, piece, offset, len })
+        let (offset, len) = chunks::block_span(manifest.block_bytes(), manifest.chunk_len(chunk), 0);
+        Some(ServeJob { conn, file_id: *file_id, chunk, offset, len })
     }
 
     /// A peer-to-peer connection is open and its remote proved the id `proven`: a holder we
@@ -873,24 +898,25 @@ impl Peer {
         }
         match message {
             Message::Bitfield { file_id, have } => self.on_remote_bitfield(conn, file_id, have),
-            Message::Have { file_id, piece } => self.on_remote_haves(conn, file_id, &[piece]),
-            Message::Haves { file_id, pieces } => self.on_remote_haves(conn, file_id, &pieces),
-            Message::Request { file_id, piece, offset, len } => self.on_request(conn, file_id, piece, offset, len),
+            Message::Have { file_id, chunk } => self.on_remote_haves(conn, file_id, &[chunk]),
+            Message::Haves { file_id, chunks } => self.on_remote_haves(conn, file_id, &chunks),
+            Message::Request { file_id, chunk, offset, len } => self.on_request(conn, file_id, chunk, offset, len),
             Message::Requests { file_id, blocks } => self.on_requests(conn, file_id, &blocks),
-            Message::Cancel { file_id, piece, offset } => self.on_cancel(conn, file_id, piece, offset),
-            Message::Withdraw { file_id, piece, offset } => {
-                if self.uploads.withdraw(conn, file_id, piece, offset) {
-                    self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Withdrawn });
+            Message::Cancel { file_id, chunk, offset } => self.on_cancel(conn, file_id, chunk, offset),
+            Message::Withdraw { file_id, chunk, offset } => {
+                if self.uploads.withdraw(conn, file_id, chunk, offset) {
+                    self.send(conn, Message::Reject { file_id, chunk, offset, reason: RejectReason::Withdrawn });
                 }
             }
-            Message::Pushed { file_id, piece, offset, len } => {
-                if !self.scheduler().on_pushed(conn, file_id, piece, offset, len) {
-                    self.send(conn, Message::Cancel { file_id, piece, offset });
+            Message::Pushed { file_id, chunk, offset, len } => {
+                if !self.scheduler().on_pushed(conn, file_id, chunk, offset, len) {
+                    self.send(conn, Message::Cancel { file_id, chunk, offset });
                 }
             }
-            Message::Data { file_id, piece, offset, bytes } => self.on_data(conn, file_id, piece, offset, bytes),
-            Message::Reject { file_id, piece, offset, reason } => {
-                self.scheduler().on_reject(conn, file_id, piece, offset, reason)
+            Message::Data { file_id, chunk, offset, bytes } => self.on_data(conn, file_id, chunk, offset, bytes),
+            Message::Chunks { file_id, piece, digests } => self.on_remote_chunks(conn, file_id, piece, &digests),
+            Message::Reject { file_id, chunk, offset, reason } => {
+                self.scheduler().on_reject(conn, file_id, chunk, offset, reason)
             }
             Message::Room => {
                 if !self.scheduler().on_room(conn) {
@@ -965,18 +991,20 @@ impl Peer {
     }
 
     fn on_remote_bitfield(&mut self, conn: ConnId, file_id: FileId, have: Bitfield) {
-        let Some(piece_count) = self.piece_count(file_id) else {
+        let Some(chunk_count) = self.chunk_count(file_id) else {
             self.send(conn, Message::error(Some(file_id), ErrorCode::UnknownFile, "file not known here"));
             return;
         };
-        if have.len() != piece_count {
-            self.violation(conn, format!("bitfield of {} bits for {piece_count} pieces", have.len()));
+        if have.len() != chunk_count {
+            self.violation(conn, format!("bitfield of {} bits for {chunk_count} chunks", have.len()));
             return;
         }
         if !self.remotes.contains_key(&conn) {
             return;
         }
-        let old = self.remotes.set_pieces(&conn, file_id, have.clone());
+        // A new bitfield may follow a removal of the file there: what it knew of it is gone.
+        self.lists.forget_sent(conn, file_id);
+        let old = self.remotes.set_chunks(&conn, file_id, have.clone());
         if old.is_none() && !have.is_full() {
             self.pex.newcomer(self.now);
         }
@@ -990,25 +1018,43 @@ impl Peer {
         self.scheduler().schedule(conn);
     }
 
-    /// The remote verified more pieces; it is asked for them if we want them.
-    fn on_remote_haves(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
-        let Some(piece_count) = self.piece_count(file_id) else { return };
-        if let Some(bad) = pieces.iter().find(|p| p.0 >= piece_count) {
-            self.violation(conn, format!("have for piece {bad} of a {piece_count}-piece file"));
+    /// A holder sent the list of `piece` before its chunks: kept to check them, when this peer
+    /// fetches the file and the list is new. A list that is not the piece's is a lie.
+    fn on_remote_chunks(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, digests: &[Digest]) {
+        let Some(entry) = self.files.get(&file_id) else { return };
+        let (Some(manifest), Some(_)) = (entry.manifest(), entry.download()) else { return };
+        let known = self.lists.knows(file_id, piece);
+        if self.lists.learn(manifest, piece, digests) {
+            if !known {
+                self.push(Output::KeepList { file_id, piece, digests: digests.to_vec() });
+            }
             return;
         }
-        let Some((first, new)) = self.remotes.add_pieces(&conn, file_id, piece_count, pieces) else { return };
+        if let Some((peer_id, addr)) = self.remotes.get(&conn).map(Remote::identity) {
+            self.strike(peer_id, addr);
+        }
+        self.violation(conn, format!("chunk digests that do not hash to piece {} of the manifest", piece.0));
+    }
+
+    /// The remote verified more chunks; it is asked for them if we want them.
+    fn on_remote_haves(&mut self, conn: ConnId, file_id: FileId, chunks: &[ChunkIndex]) {
+        let Some(chunk_count) = self.chunk_count(file_id) else { return };
+        if let Some(bad) = chunks.iter().find(|p| p.0 >= chunk_count) {
+            self.violation(conn, format!("have for chunk {bad} of a {chunk_count}-chunk file"));
+            return;
+        }
+        let Some((first, new)) = self.remotes.add_chunks(&conn, file_id, chunk_count, chunks) else { return };
         self.offer_held(conn, file_id, &new);
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         // A remote first heard of by its `Haves` is a holder too.
-        if download.count_new_pieces(first, &new) {
+        if download.count_new_chunks(first, &new) {
             self.scheduler().schedule(conn);
         }
     }
 
-    /// The number of pieces of a file whose manifest is known.
-    fn piece_count(&self, file_id: FileId) -> Option<u32> {
-        self.files.get(&file_id)?.manifest().map(|m| m.piece_count())
+    /// The number of chunks of a file whose manifest is known.
+    fn chunk_count(&self, file_id: FileId) -> Option<u32> {
+        self.files.get(&file_id)?.manifest().map(|m| m.chunk_count())
     }
 
     /// The remote does not have a file after all: stop asking it for that file. The exchange
@@ -1016,6 +1062,7 @@ impl Peer {
     fn forget_remote_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
         remote.knows_not(file_id);
+        self.lists.forget_sent(conn, file_id);
         let old = self.remotes.forget_file(&conn, file_id);
         if let (Some(old), Some(download)) = (old, self.files.get_mut(&file_id).and_then(|e| e.download_mut())) {
             download.count_holder(&old, false);
@@ -1043,9 +1090,10 @@ impl Peer {
         }
     }
 
-    /// A peer-to-peer connection is gone: give its pieces back to the scheduler.
+    /// A peer-to-peer connection is gone: give its chunks back to the scheduler.
     fn on_remote_gone(&mut self, conn: ConnId) {
         let Some(remote) = self.remotes.remove(&conn) else { return };
+        self.lists.forget_conn(conn);
         if remote.is_outbound() && !remote.is_ready() {
             self.remotes.back_off(remote.addr(), self.now);
         }
@@ -1065,19 +1113,19 @@ impl Peer {
         // Its place in the upload line, if it had one, is free.
         self.pump_uploads();
         if orphaned {
-            // Its pieces are orphans now: other remotes may take them.
+            // Its chunks are orphans now: other remotes may take them.
             self.scheduler().schedule_all();
         }
     }
 
-    /// Closes connections whose handshake or idle deadline passed, and takes the pieces of
+    /// Closes connections whose handshake or idle deadline passed, and takes the chunks of
     /// stalled remotes elsewhere (a stalled remote rests for a while: no new requests; see
     /// `Scheduler::stalled`); while a download is quiet, fills the pipelines again.
     fn remote_timeouts(&mut self) {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
         if stalled.is_empty() && close.is_empty() {
-            // An idle remote may take a piece from a slower fetcher once blocks stopped
+            // An idle remote may take a chunk from a slower fetcher once blocks stopped
             // arriving (`Scheduler::recall_outpaced`), which no input announces: look again.
             let now = self.now;
             let quiet = self.files.values().any(|e| {
@@ -1100,23 +1148,23 @@ impl Peer {
 
 /// `entry` (of `file_id`) as the seeder's offers see it.
 fn our_file(file_id: FileId, entry: &FileEntry) -> OurFile<'_> {
-    let piece_bytes = entry.manifest().map_or(1, |m| m.piece_size_bytes());
-    OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here(), piece_bytes }
+    let chunk_bytes = entry.manifest().map_or(1, |m| m.chunk_bytes());
+    OurFile { file_id, have: entry.have(), shared_here: entry.is_shared_here(), chunk_bytes }
 }
 
 /// Routing to and from the upload side (`uploads`: serving and offers).
 impl Peer {
-    /// A ready remote asks for a block: a request for a piece we verified, for a block inside
+    /// A ready remote asks for a block: a request for a chunk we verified, for a block inside
     /// it, is queued for the upload side; anything else is rejected.
-    fn on_request(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) {
-        let reject = |reason| Message::Reject { file_id, piece, offset, reason };
-        if let Err(reason) = uploads::check_request(self.files.get(&file_id), piece, offset, len) {
+    fn on_request(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32, len: u32) {
+        let reject = |reason| Message::Reject { file_id, chunk, offset, reason };
+        if let Err(reason) = uploads::check_request(self.files.get(&file_id), chunk, offset, len) {
             return self.send(conn, reject(reason));
         }
         let room_calls = self.remotes.get(&conn).is_some_and(Remote::room_calls);
         debug_assert!(self.remotes.contains_key(&conn), "requests come from open connections");
-        let holders = piece_holders(&self.remotes, &self.files);
-        let job = ServeJob { conn, file_id, piece, offset, len };
+        let holders = chunk_holders(&self.remotes, &self.files);
+        let job = ServeJob { conn, file_id, chunk, offset, len };
         match self.uploads.request(job, self.now, room_calls, holders) {
             Ok(()) => self.pump_uploads(),
             Err(Refused::Busy) => self.send(conn, reject(RejectReason::Busy)),
@@ -1127,17 +1175,17 @@ impl Peer {
     /// A ready remote asks for several blocks at once: each is handled as a `Request` of its
     /// own, in order. More than [`REQUESTS_PER_MESSAGE_MAX`] (or fewer than two) in one
     /// message break the protocol.
-    fn on_requests(&mut self, conn: ConnId, file_id: FileId, blocks: &[(PieceIndex, u32, u32)]) {
+    fn on_requests(&mut self, conn: ConnId, file_id: FileId, blocks: &[(ChunkIndex, u32, u32)]) {
         if !(2..=REQUESTS_PER_MESSAGE_MAX).contains(&blocks.len()) {
             return self.violation(conn, format!("requests of {} blocks in one message", blocks.len()));
         }
-        for &(piece, offset, len) in blocks {
-            self.on_request(conn, file_id, piece, offset, len);
+        for &(chunk, offset, len) in blocks {
+            self.on_request(conn, file_id, chunk, offset, len);
         }
     }
 
-    fn on_cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
-        self.uploads.cancel(conn, file_id, piece, offset);
+    fn on_cancel(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) {
+        self.uploads.cancel(conn, file_id, chunk, offset);
     }
 
     /// `data_frames` more of `conn`'s `Data` frames left.
@@ -1153,17 +1201,17 @@ impl Peer {
     /// connections that left the upload line, and calls those room in it is free for.
     fn pump_uploads(&mut self) {
         loop {
-            let holders = piece_holders(&self.remotes, &self.files);
+            let holders = chunk_holders(&self.remotes, &self.files);
             let Some(job) = self.uploads.next_read(self.now, holders) else {
                 break;
             };
-            let ServeJob { conn, file_id, piece, offset, len } = job;
-            self.push(Output::ReadBlock { conn, file_id, piece, offset, len });
+            let ServeJob { conn, file_id, chunk, offset, len } = job;
+            self.push(Output::ReadBlock { conn, file_id, chunk, offset, len });
         }
-        for ServeJob { conn, file_id, piece, offset, .. } in self.uploads.take_refused() {
-            self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::Busy });
+        for ServeJob { conn, file_id, chunk, offset, .. } in self.uploads.take_refused() {
+            self.send(conn, Message::Reject { file_id, chunk, offset, reason: RejectReason::Busy });
         }
-        let holders = piece_holders(&self.remotes, &self.files);
+        let holders = chunk_holders(&self.remotes, &self.files);
         for conn in self.uploads.take_calls(self.now, holders) {
             self.send(conn, Message::Room);
         }
@@ -1174,48 +1222,91 @@ impl Peer {
         &mut self,
         conn: ConnId,
         file_id: FileId,
-        piece: PieceIndex,
+        chunk: ChunkIndex,
         offset: u32,
         result: Result<Bytes, StoreError>,
     ) {
-        self.uploads.read_done(conn, file_id, piece, offset);
-        if let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr()) {
+        self.uploads.read_done(conn, file_id, chunk, offset);
+        if self.remotes.contains_key(&conn) {
             match result {
-                Ok(bytes) => {
-                    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                    self.send(conn, Message::Data { file_id, piece, offset, bytes });
-                    self.event(Event::BlockServed { file_id, piece, len, to });
-                    if uploads::is_last_block(self.files.get(&file_id), piece, offset, len) {
-                        if let Some(entry) = self.files.get_mut(&file_id) {
-                            entry.sent_whole(piece);
-                        }
-                        self.offer_uploaded(conn, file_id, piece);
-                    }
-                }
-                Err(_) => self.send(conn, Message::Reject { file_id, piece, offset, reason: RejectReason::ReadFailed }),
+                Ok(bytes) => self.deliver(Block { conn, file_id, chunk, offset, bytes }),
+                Err(_) => self.send(conn, Message::Reject { file_id, chunk, offset, reason: RejectReason::ReadFailed }),
             }
         }
         self.pump_uploads();
     }
 
-    /// Our bitfield message for `file_id` on `conn`: what we hold, or the pieces offered to it
+    /// Sends a block read for a remote, after its piece's list when the remote needs it to
+    /// check the chunk (see `lists`); a block whose list is still to be read waits for it.
+    fn deliver(&mut self, block: Block) {
+        let Some(manifest) = self.files.get(&block.file_id).and_then(FileEntry::manifest) else { return };
+        let (file_id, piece) = (block.file_id, manifest.piece_of(block.chunk));
+        let block = match self.lists.ready(manifest, block) {
+            Ready::Now(block) => block,
+            Ready::ListFirst(digests, block) => {
+                self.send(block.conn, Message::Chunks { file_id, piece, digests: digests.into() });
+                block
+            }
+            Ready::Waits { read } => {
+                if read {
+                    self.push(Output::ReadChunkDigests { file_id, piece, chunks: manifest.chunks_of(piece).collect() });
+                }
+                return;
+            }
+        };
+        let Block { conn, file_id, chunk, offset, bytes } = block;
+        let Some(to) = self.remotes.get(&conn).map(|remote| remote.addr()) else { return };
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.send(conn, Message::Data { file_id, chunk, offset, bytes });
+        self.event(Event::BlockServed { file_id, chunk, len, to });
+        if uploads::is_last_block(self.files.get(&file_id), chunk, offset, len) {
+            if let Some(entry) = self.files.get_mut(&file_id) {
+                entry.sent_whole(chunk);
+            }
+            self.offer_uploaded(conn, file_id, chunk);
+        }
+    }
+
+    /// The store read the list of `piece` of `file_id` for blocks waiting to go out: they go,
+    /// after it; a list the store cannot read, or reads wrong, fails them.
+    fn on_chunk_digests_read(&mut self, file_id: FileId, piece: PieceIndex, result: Result<Vec<Digest>, StoreError>) {
+        let Some(manifest) = self.files.get(&file_id).and_then(FileEntry::manifest) else { return };
+        let (kept, waiting) = self.lists.read(manifest, piece, result.as_deref().ok());
+        if !kept {
+            let reason = match result {
+                Ok(_) => "the chunks as stored do not hash to the piece's digest".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            self.event(Event::ServeFailed { file_id, piece, reason });
+        }
+        for block in waiting {
+            if kept {
+                self.deliver(block);
+            } else {
+                let Block { conn, file_id, chunk, offset, .. } = block;
+                self.send(conn, Message::Reject { file_id, chunk, offset, reason: RejectReason::ReadFailed });
+            }
+        }
+    }
+
+    /// Our bitfield message for `file_id` on `conn`: what we hold, or the chunks offered to it
     /// (see `offers`).
     fn bitfield_for(&mut self, conn: ConnId, file_id: FileId) -> Option<Message> {
         let entry = self.files.get(&file_id)?;
-        let holds = self.remotes.get(&conn)?.pieces(file_id);
+        let holds = self.remotes.get(&conn)?.chunks(file_id);
         let ours = our_file(file_id, entry);
         let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, &mut self.rng);
         Some(Message::Bitfield { file_id, have })
     }
 
-    /// We finished uploading `piece` to `conn`.
-    fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        if self.uploads.offers_mut().uploaded(conn, file_id, piece) {
+    /// We finished uploading `chunk` to `conn`.
+    fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) {
+        if self.uploads.offers_mut().uploaded(conn, file_id, chunk) {
             self.offer_round(file_id);
         }
     }
 
-    /// Offers more pieces of `file_id` to the downloaders the offers choose (see `offers`).
+    /// Offers more chunks of `file_id` to the downloaders the offers choose (see `offers`).
     fn offer_round(&mut self, file_id: FileId) {
         let Some(entry) = self.files.get(&file_id) else { return };
         for conn in self.uploads.offers().offerees(our_file(file_id, entry)) {
@@ -1223,10 +1314,10 @@ impl Peer {
         }
     }
 
-    /// `conn` reported holding `pieces` (from us or from anyone else).
-    fn offer_held(&mut self, conn: ConnId, file_id: FileId, pieces: &[PieceIndex]) {
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
-        match self.uploads.offers_mut().held(conn, file_id, holds, pieces) {
+    /// `conn` reported holding `chunks` (from us or from anyone else).
+    fn offer_held(&mut self, conn: ConnId, file_id: FileId, chunks: &[ChunkIndex]) {
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.chunks(file_id));
+        match self.uploads.offers_mut().held(conn, file_id, holds, chunks) {
             Held::Complete => self.downloader_gone(file_id),
             Held::Room => self.offer_round(file_id),
             Held::Nothing => {}
@@ -1242,18 +1333,18 @@ impl Peer {
         }
     }
 
-    /// Offers `conn` more pieces of `file_id` (everything left when it is the only downloader)
+    /// Offers `conn` more chunks of `file_id` (everything left when it is the only downloader)
     /// and sends them in one `Haves`.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
         let ours = our_file(file_id, entry);
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.pieces(file_id));
+        let holds = self.remotes.get(&conn).and_then(|remote| remote.chunks(file_id));
         let other = uploads::other_downloader(&self.remotes, conn, file_id);
-        let pieces = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
-        if !pieces.is_empty() {
-            self.send(conn, Message::Haves { file_id, pieces });
+        let chunks = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
+        if !chunks.is_empty() {
+            self.send(conn, Message::Haves { file_id, chunks });
         }
     }
 }
@@ -1335,6 +1426,7 @@ impl Peer {
         self.release_everywhere(file_id);
         self.flush_haves();
         self.files.remove(&file_id);
+        self.lists.forget_file(file_id);
         for conn in self.tracker.open_conns() {
             self.send(conn, Message::Leave { file_id: Some(file_id) });
         }
@@ -1344,9 +1436,9 @@ impl Peer {
         }
     }
 
-    /// Ends the exchange of `file_id` with every remote: each that heard of our pieces or told
+    /// Ends the exchange of `file_id` with every remote: each that heard of our chunks or told
     /// us of its own hears we do not have the file (and stops asking us for it), and our record
-    /// of its pieces goes, so a later download of the file starts the exchange over.
+    /// of its chunks goes, so a later download of the file starts the exchange over.
     fn forget_exchanges(&mut self, file_id: FileId) {
         let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
         for conn in conns {
@@ -1360,7 +1452,7 @@ impl Peer {
         }
     }
 
-    /// Releases every piece of `file_id` assigned to a remote, cancelling its requests.
+    /// Releases every chunk of `file_id` assigned to a remote, cancelling its requests.
     fn release_everywhere(&mut self, file_id: FileId) {
         let conns: Vec<ConnId> = self.remotes.keys().copied().collect();
         for conn in conns {

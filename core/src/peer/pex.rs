@@ -16,11 +16,11 @@
 //! told depends on the trackers, the first source of peers:
 //! - while one of our trackers is ready, a connection gets one message, its first: an
 //!   introduction to at most [`PEX_INTRODUCTION_PEERS_MAX`] of the peers we know (a tracker
-//!   names the holders of pieces, so a newcomer of a crowd, holding nothing, would otherwise
-//!   be found by others only once it holds pieces), at one message per connection rather than
+//!   names the holders of chunks, so a newcomer of a crowd, holding nothing, would otherwise
+//!   be found by others only once it holds chunks), at one message per connection rather than
 //!   one per connection and round. A downloader's first bitfield brings the next round forward
 //!   to at most [`PEX_INTRODUCTION_DELAY`] away: the newcomers of a crowd meet each other
-//!   before the first pieces arrive, and pass those on at once instead of after the tracker's
+//!   before the first chunks arrive, and pass those on at once instead of after the tracker's
 //!   next answer;
 //! - while none is ready, the peers not yet named to it follow every round, so a swarm whose
 //!   trackers are gone keeps forming.
@@ -116,7 +116,7 @@ impl Pex {
                 let key = (*conn, *file_id);
                 while told.next_if(|told| **told < key).is_some() {}
                 let introduced = told.peek().is_some_and(|told| **told == key);
-                // The pieces (behind one more pointer) are read only for a connection that is due.
+                // The chunks (behind one more pointer) are read only for a connection that is due.
                 (!tracker_ready || !introduced) && !have.is_full()
             })
             .map(|(conn, file_id, _)| (conn, file_id))
@@ -188,7 +188,7 @@ impl Pex {
             return Heard::Ignore;
         }
         let most = if tracker_ready {
-            let meshed = remotes.values().filter(|r| r.pieces(file_id).is_some() || r.wants(file_id));
+            let meshed = remotes.values().filter(|r| r.chunks(file_id).is_some() || r.wants(file_id));
             PEX_MESH_PEERS.saturating_sub(meshed.count())
         } else {
             named
@@ -206,7 +206,7 @@ impl Pex {
 pub(super) fn referral(remotes: &Remotes, conn: ConnId, file_id: FileId, rng: &mut Rng) -> Vec<PeerAddr> {
     let mut candidates: Vec<PeerAddr> = remotes
         .iter()
-        .filter(|(c, r)| **c != conn && !r.is_courtesy() && r.pieces(file_id).is_some())
+        .filter(|(c, r)| **c != conn && !r.is_courtesy() && r.chunks(file_id).is_some())
         .filter_map(|(_, r)| r.nameable())
         .collect();
     rng.shuffle(&mut candidates);
@@ -416,14 +416,14 @@ mod tests {
         for host in 2..2 + connected {
             let remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
             remotes.accept(ConnId::Inbound(u64::from(host)), remote);
-            remotes.set_pieces(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
+            remotes.set_chunks(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
         }
         assert_eq!(heard(&remotes, 2, true), Heard::Use(3), "three more fill the mesh");
         assert_eq!(heard(&remotes, 3, false), Heard::Use(8), "no tracker: every named peer");
         for host in 2 + connected..2 + connected + 3 {
             let remote = Remote::inbound(addr(host, 40_000), PeerId([host; 16]), Time::ZERO);
             remotes.accept(ConnId::Inbound(u64::from(host)), remote);
-            remotes.set_pieces(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
+            remotes.set_chunks(&ConnId::Inbound(u64::from(host)), file_id, Bitfield::new(4));
         }
         assert_eq!(heard(&remotes, 4, true), Heard::Ignore, "the mesh is full");
     }

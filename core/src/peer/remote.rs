@@ -6,7 +6,7 @@
 //!
 //! A remote is first `Connecting` (outbound only), then `AwaitHello`, then `Ready`. Only a ready
 //! remote exchanges bitfields, requests and data. It owns what we know of the other side's
-//! pieces (one bitfield per file it told us about) and, privately to the scheduler, our
+//! chunks (one bitfield per file it told us about) and, privately to the scheduler, our
 //! requests to it ([`Requests`]). Its state is private: callers read it through accessors and
 //! change it through one method per step of the connection's life.
 
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId, PeerId};
 use crate::limits::{CONNECTIONS_MAX, INBOUND_COURTESY_TIMEOUT, OUTBOUND_PEERS_MAX, REMOTE_RETRY_DELAY};
 use crate::small::{VecMap, VecSet};
 use crate::time::Time;
@@ -50,7 +50,7 @@ pub(super) struct Remote {
     outbound: bool,
     /// Files to send our bitfield for once the handshake is done and the manifest is known.
     wanted: VecSet<FileId>,
-    /// The remote's pieces, per file it sent a bitfield (or `Haves`) for.
+    /// The remote's chunks, per file it sent a bitfield (or `Haves`) for.
     files: VecMap<FileId, Bitfield>,
     /// Files we sent our bitfield for on this connection.
     bitfield_sent: VecSet<FileId>,
@@ -219,12 +219,12 @@ impl Remote {
         self.useful_at
     }
 
-    /// The remote's pieces of `file_id`, if it told us of the file.
-    pub fn pieces(&self, file_id: FileId) -> Option<&Bitfield> {
+    /// The remote's chunks of `file_id`, if it told us of the file.
+    pub fn chunks(&self, file_id: FileId) -> Option<&Bitfield> {
         self.files.get(&file_id)
     }
 
-    /// Every file it told us of, with its pieces, in id order.
+    /// Every file it told us of, with its chunks, in id order.
     pub fn files(&self) -> impl Iterator<Item = (&FileId, &Bitfield)> {
         self.files.iter()
     }
@@ -241,7 +241,7 @@ impl Remote {
     }
 
     /// It told us it does not know `file_id`: it is not asked for the file's manifest again,
-    /// until it tells us of pieces of the file.
+    /// until it tells us of chunks of the file.
     pub fn knows_not(&mut self, file_id: FileId) {
         self.unknown.insert(file_id);
     }
@@ -320,30 +320,30 @@ impl Remote {
     }
 
     /// The remote's bitfield of `file_id` arrived; returns the one it replaces.
-    fn set_pieces(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+    fn set_chunks(&mut self, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
         self.unknown.remove(&file_id);
         self.files.insert(file_id, have)
     }
 
-    /// The remote holds `pieces` of `file_id` (of `piece_count` pieces, each checked against
-    /// it). Returns whether this is the first we hear of the file from it, and the pieces that
+    /// The remote holds `chunks` of `file_id` (of `chunk_count` chunks, each checked against
+    /// it). Returns whether this is the first we hear of the file from it, and the chunks that
     /// are new.
-    fn add_pieces(&mut self, file_id: FileId, piece_count: u32, pieces: &[PieceIndex]) -> (bool, Vec<PieceIndex>) {
+    fn add_chunks(&mut self, file_id: FileId, chunk_count: u32, chunks: &[ChunkIndex]) -> (bool, Vec<ChunkIndex>) {
         let first = !self.files.contains_key(&file_id);
         if first {
             self.unknown.remove(&file_id);
         }
-        let have = self.files.get_or_insert_with(file_id, || Bitfield::new(piece_count));
-        (first, pieces.iter().copied().filter(|p| have.set(*p)).collect())
+        let have = self.files.get_or_insert_with(file_id, || Bitfield::new(chunk_count));
+        (first, chunks.iter().copied().filter(|p| have.set(*p)).collect())
     }
 
-    /// The remote refused `piece` of `file_id`: it no longer counts as holding it. Whether it
+    /// The remote refused `chunk` of `file_id`: it no longer counts as holding it. Whether it
     /// did.
-    fn drop_piece(&mut self, file_id: FileId, piece: PieceIndex) -> bool {
-        self.files.get_mut(&file_id).is_some_and(|have| have.unset(piece))
+    fn drop_chunk(&mut self, file_id: FileId, chunk: ChunkIndex) -> bool {
+        self.files.get_mut(&file_id).is_some_and(|have| have.unset(chunk))
     }
 
-    /// The remote does not have `file_id` after all; returns the pieces it claimed. The
+    /// The remote does not have `file_id` after all; returns the chunks it claimed. The
     /// exchange of the file with it is over: a bitfield it sends later starts it over.
     fn forget_file(&mut self, file_id: FileId) -> Option<Bitfield> {
         self.bitfield_sent.remove(&file_id);
@@ -351,12 +351,12 @@ impl Remote {
     }
 }
 
-/// How many remotes hold each piece of one file, kept as their bitfields change.
+/// How many remotes hold each chunk of one file, kept as their bitfields change.
 #[derive(Debug, Default)]
 struct Held {
     /// Remotes that told us of the file (its entry goes with the last of them).
     remotes: u32,
-    /// Per piece, the remotes holding it (at most `CONNECTIONS_MAX`: two bytes each).
+    /// Per chunk, the remotes holding it (at most `CONNECTIONS_MAX`: two bytes each).
     counts: Vec<u16>,
 }
 
@@ -364,11 +364,11 @@ struct Held {
 #[derive(Debug, Default)]
 pub(super) struct Remotes {
     by_conn: ByConn,
-    /// Per file some remote told us of, how many remotes hold each piece: the rarity the upload
+    /// Per file some remote told us of, how many remotes hold each chunk: the rarity the upload
     /// side orders a seeded file's requests by is read here instead of being counted over every
-    /// remote (thousands) at each look. Only the methods below change a remote's pieces, and
+    /// remote (thousands) at each look. Only the methods below change a remote's chunks, and
     /// each keeps this in step. Bounded by the files we know (a bitfield or `Haves` is taken
-    /// only for a file whose manifest we have) times their pieces.
+    /// only for a file whose manifest we have) times their chunks.
     held: VecMap<FileId, Held>,
     /// Addresses that recently failed to connect, with when they may be tried again.
     retry_at: BTreeMap<SocketAddr, Time>,
@@ -440,46 +440,46 @@ impl Remotes {
 
     /// `conn`'s bitfield of `file_id` arrived; returns the one it replaces (`None` also when
     /// `conn` is not open).
-    pub fn set_pieces(&mut self, conn: &ConnId, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
+    pub fn set_chunks(&mut self, conn: &ConnId, file_id: FileId, have: Bitfield) -> Option<Bitfield> {
         let remote = self.by_conn.get_mut(conn)?;
         count_holder(&mut self.held, file_id, &have, true);
-        let old = remote.set_pieces(file_id, have);
+        let old = remote.set_chunks(file_id, have);
         if let Some(old) = &old {
             count_holder(&mut self.held, file_id, old, false);
         }
         old
     }
 
-    /// `conn` holds `pieces` of `file_id` (of `piece_count` pieces, each checked against it).
-    /// Returns whether this is the first we hear of the file from it, and the pieces that are
+    /// `conn` holds `chunks` of `file_id` (of `chunk_count` chunks, each checked against it).
+    /// Returns whether this is the first we hear of the file from it, and the chunks that are
     /// new; `None` when `conn` is not open.
-    pub fn add_pieces(
+    pub fn add_chunks(
         &mut self,
         conn: &ConnId,
         file_id: FileId,
-        piece_count: u32,
-        pieces: &[PieceIndex],
-    ) -> Option<(bool, Vec<PieceIndex>)> {
+        chunk_count: u32,
+        chunks: &[ChunkIndex],
+    ) -> Option<(bool, Vec<ChunkIndex>)> {
         let remote = self.by_conn.get_mut(conn)?;
-        let (first, new) = remote.add_pieces(file_id, piece_count, pieces);
+        let (first, new) = remote.add_chunks(file_id, chunk_count, chunks);
         let held = self.held.get_or_insert_with(file_id, Held::default);
         held.remotes += u32::from(first);
-        for piece in &new {
-            count_piece(held, *piece, true);
+        for chunk in &new {
+            count_chunk(held, *chunk, true);
         }
         Some((first, new))
     }
 
-    /// `conn` refused `piece` of `file_id`: it no longer counts as holding it. Whether it did.
-    pub fn drop_piece(&mut self, conn: &ConnId, file_id: FileId, piece: PieceIndex) -> bool {
-        let dropped = self.by_conn.get_mut(conn).is_some_and(|r| r.drop_piece(file_id, piece));
+    /// `conn` refused `chunk` of `file_id`: it no longer counts as holding it. Whether it did.
+    pub fn drop_chunk(&mut self, conn: &ConnId, file_id: FileId, chunk: ChunkIndex) -> bool {
+        let dropped = self.by_conn.get_mut(conn).is_some_and(|r| r.drop_chunk(file_id, chunk));
         if let Some(held) = self.held.get_mut(&file_id).filter(|_| dropped) {
-            count_piece(held, piece, false);
+            count_chunk(held, chunk, false);
         }
         dropped
     }
 
-    /// `conn` does not have `file_id` after all; returns the pieces it claimed. The exchange
+    /// `conn` does not have `file_id` after all; returns the chunks it claimed. The exchange
     /// of the file with it is over: a bitfield it sends later starts it over.
     pub fn forget_file(&mut self, conn: &ConnId, file_id: FileId) -> Option<Bitfield> {
         let old = self.by_conn.get_mut(conn)?.forget_file(file_id)?;
@@ -509,14 +509,14 @@ impl Remotes {
         over
     }
 
-    /// How many remotes told us they hold `piece` of `file_id`.
-    pub fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
+    /// How many remotes told us they hold `chunk` of `file_id`.
+    pub fn holders(&self, file_id: FileId, chunk: ChunkIndex) -> usize {
         let held = self.held.get(&file_id);
-        let count = held.and_then(|h| h.counts.get(piece.as_usize())).map_or(0, |count| usize::from(*count));
+        let count = held.and_then(|h| h.counts.get(chunk.as_usize())).map_or(0, |count| usize::from(*count));
         debug_assert_eq!(
             count,
-            self.values().filter(|r| r.pieces(file_id).is_some_and(|have| have.has(piece))).count(),
-            "holder count of {piece} out of step with the remotes' pieces"
+            self.values().filter(|r| r.chunks(file_id).is_some_and(|have| have.has(chunk))).count(),
+            "holder count of {chunk} out of step with the remotes' chunks"
         );
         count
     }
@@ -653,21 +653,21 @@ impl ByConn {
     }
 }
 
-/// A remote's pieces `have` of `file_id` start (`holds`) or stop counting.
+/// A remote's chunks `have` of `file_id` start (`holds`) or stop counting.
 fn count_holder(held: &mut VecMap<FileId, Held>, file_id: FileId, have: &Bitfield, holds: bool) {
     let entry = held.get_or_insert_with(file_id, Held::default);
     entry.remotes = if holds { entry.remotes.saturating_add(1) } else { entry.remotes.saturating_sub(1) };
-    for piece in have.iter() {
-        count_piece(entry, piece, holds);
+    for chunk in have.iter() {
+        count_chunk(entry, chunk, holds);
     }
     if entry.remotes == 0 {
         held.remove(&file_id);
     }
 }
 
-/// One more (`holds`) or one fewer remote holds `piece`.
-fn count_piece(held: &mut Held, piece: PieceIndex, holds: bool) {
-    let at = piece.as_usize();
+/// One more (`holds`) or one fewer remote holds `chunk`.
+fn count_chunk(held: &mut Held, chunk: ChunkIndex, holds: bool) {
+    let at = chunk.as_usize();
     if held.counts.len() <= at {
         held.counts.resize(at + 1, 0);
     }
@@ -720,20 +720,20 @@ mod tests {
         assert_eq!(after, sorted[2..]);
     }
 
-    /// The holder counts, piece by piece, against a walk over every remote's pieces.
-    fn assert_counts_walk(remotes: &Remotes, file_id: FileId, pieces: u32) -> Vec<usize> {
-        (0..pieces)
+    /// The holder counts, chunk by chunk, against a walk over every remote's chunks.
+    fn assert_counts_walk(remotes: &Remotes, file_id: FileId, chunks: u32) -> Vec<usize> {
+        (0..chunks)
             .map(|p| {
-                let piece = PieceIndex(p);
-                let walked = remotes.values().filter(|r| r.pieces(file_id).is_some_and(|h| h.has(piece))).count();
-                assert_eq!(remotes.holders(file_id, piece), walked, "piece {p}");
+                let chunk = ChunkIndex(p);
+                let walked = remotes.values().filter(|r| r.chunks(file_id).is_some_and(|h| h.has(chunk))).count();
+                assert_eq!(remotes.holders(file_id, chunk), walked, "chunk {p}");
                 walked
             })
             .collect()
     }
 
     #[test]
-    fn only_a_remote_that_told_us_it_does_not_know_a_file_is_not_asked_its_manifest_until_it_holds_pieces() {
+    fn only_a_remote_that_told_us_it_does_not_know_a_file_is_not_asked_its_manifest_until_it_holds_chunks() {
         let file_id = FileId(crate::ids::Digest([2; 32]));
         let mut remotes = Remotes::new();
         let conn = ConnId::Inbound(0);
@@ -748,12 +748,12 @@ mod tests {
         assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
         remotes.get_mut(&conn).expect("accepted").knows_not(file_id);
         assert!(!remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
-        // Pieces of the file it tells us of later show it has come to know it.
-        remotes.set_pieces(&conn, file_id, Bitfield::new(4));
+        // Chunks of the file it tells us of later show it has come to know it.
+        remotes.set_chunks(&conn, file_id, Bitfield::new(4));
         assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
         remotes.get_mut(&conn).expect("accepted").knows_not(file_id);
         remotes.forget_file(&conn, file_id);
-        remotes.add_pieces(&conn, file_id, 4, &[PieceIndex(1)]);
+        remotes.add_chunks(&conn, file_id, 4, &[ChunkIndex(1)]);
         assert!(remotes.get(&conn).is_some_and(|r| r.may_send_manifest(file_id)));
     }
 
@@ -767,23 +767,23 @@ mod tests {
             remotes.accept(ConnId::Inbound(u64::from(n)), Remote::inbound(addr, PeerId([n; 16]), Time::ZERO));
         }
         let (a, b, c) = (ConnId::Inbound(0), ConnId::Inbound(1), ConnId::Inbound(2));
-        remotes.set_pieces(&a, file_id, Bitfield::full(4));
+        remotes.set_chunks(&a, file_id, Bitfield::full(4));
         let mut some = Bitfield::new(4);
-        some.set(PieceIndex(1));
-        remotes.set_pieces(&b, file_id, some);
-        remotes.set_pieces(&b, other, Bitfield::full(4));
+        some.set(ChunkIndex(1));
+        remotes.set_chunks(&b, file_id, some);
+        remotes.set_chunks(&b, other, Bitfield::full(4));
         assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 1]);
-        assert_eq!(remotes.add_pieces(&c, file_id, 4, &[PieceIndex(3)]), Some((true, vec![PieceIndex(3)])));
+        assert_eq!(remotes.add_chunks(&c, file_id, 4, &[ChunkIndex(3)]), Some((true, vec![ChunkIndex(3)])));
         assert_eq!(
-            remotes.add_pieces(&b, file_id, 4, &[PieceIndex(1), PieceIndex(3)]),
-            Some((false, vec![PieceIndex(3)]))
+            remotes.add_chunks(&b, file_id, 4, &[ChunkIndex(1), ChunkIndex(3)]),
+            Some((false, vec![ChunkIndex(3)]))
         );
         assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 3]);
-        assert!(remotes.drop_piece(&a, file_id, PieceIndex(3)));
-        assert!(!remotes.drop_piece(&a, file_id, PieceIndex(3)), "dropped already");
+        assert!(remotes.drop_chunk(&a, file_id, ChunkIndex(3)));
+        assert!(!remotes.drop_chunk(&a, file_id, ChunkIndex(3)), "dropped already");
         assert_eq!(assert_counts_walk(&remotes, file_id, 4), [1, 2, 1, 2]);
         // A new bitfield replaces the old one's counts.
-        remotes.set_pieces(&a, file_id, Bitfield::new(4));
+        remotes.set_chunks(&a, file_id, Bitfield::new(4));
         assert_eq!(assert_counts_walk(&remotes, file_id, 4), [0, 1, 0, 2]);
         assert!(remotes.forget_file(&b, file_id).is_some());
         assert_eq!(assert_counts_walk(&remotes, file_id, 4), [0, 0, 0, 1]);

@@ -2,22 +2,22 @@
 //!
 //! Each ready remote keeps block requests in flight for about `REQUEST_PIPELINE_TIME` of its
 //! measured delivery rate (at least one block, at most `REQUESTS_IN_FLIGHT_PER_CONN_MAX`), so a
-//! slow remote holds up few pieces. Blocks come first from the pieces already assigned to it; a
-//! new piece is the rarest among the connected remotes (random tie-break) that it holds;
-//! partially fetched pieces whose remote went away come before fresh ones. When no piece is left
-//! to start and a remote's pipeline is empty, it joins a piece another remote is fetching
+//! slow remote holds up few chunks. Blocks come first from the chunks already assigned to it; a
+//! new chunk is the rarest among the connected remotes (random tie-break) that it holds;
+//! partially fetched chunks whose remote went away come before fresh ones. When no chunk is left
+//! to start and a remote's pipeline is empty, it joins a chunk another remote is fetching
 //! (endgame) if that remote lags (nothing arrived from it for a while), and the slower copy is
-//! cancelled as blocks arrive; or, if that remote is clearly slower than it, the piece is
+//! cancelled as blocks arrive; or, if that remote is clearly slower than it, the chunk is
 //! withdrawn from that remote and fetched from it once the remote answered that its blocks will
-//! not come. Every block is written by the driver, every written piece is hashed, and a sender
-//! proven to have sent a bad block of a piece that failed its hash is named to the peer, which
+//! not come. Every block is written by the driver, every written chunk is hashed, and a sender
+//! proven to have sent a bad block of a chunk that failed its hash is named to the peer, which
 //! strikes it (see `downloads` for the proof, `bans` for what strikes lead to).
 //!
 //! [`Scheduler`] is a sub-machine over the peer's connection and file tables, borrowed for one
-//! input. It owns one piece of state privately: each connection's [`Requests`] (blocks in
-//! flight, pieces assigned, delivery rate, rest, recalls), which nothing outside this module
+//! input. It owns one chunk of state privately: each connection's [`Requests`] (blocks in
+//! flight, chunks assigned, delivery rate, rest, recalls), which nothing outside this module
 //! changes. Its inputs are its methods (a block arrived, a request was refused, a block was
-//! written, a piece was hashed, the file was moved into place, a connection stalled or went
+//! written, a chunk was hashed, the file was moved into place, a connection stalled or went
 //! away); its outputs are `Request`/`Cancel`/`Withdraw` messages and the storage and event
 //! [`Output`]s, pushed onto the peer's queue, and the verdicts the peer routes on ([`Hashed`],
 //! [`WrongLength`]).
@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::ids::{ConnId, Digest, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
     BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR,
     PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX,
@@ -41,8 +41,8 @@ use crate::small::{VecMap, VecSet};
 use crate::time::Time;
 use crate::wire::{Message, RejectReason};
 
+use super::chunks::{block_at, block_count, block_span, BlockKey, FileEntry};
 use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
-use super::pieces::{block_at, block_count, block_span, BlockKey, FileEntry};
 use super::remote::{Remote, Remotes};
 use super::Outputs;
 
@@ -51,8 +51,8 @@ use super::Outputs;
 pub(super) struct Requests {
     /// Block requests in flight.
     in_flight: VecSet<BlockKey>,
-    /// Pieces assigned to the remote, per file.
-    assigned: VecSet<(FileId, PieceIndex)>,
+    /// Chunks assigned to the remote, per file.
+    assigned: VecSet<(FileId, ChunkIndex)>,
     /// When it last made progress on our requests: a block arrived, or the first request of
     /// an empty pipeline went out.
     progress_at: Time,
@@ -66,15 +66,15 @@ pub(super) struct Requests {
     /// How fast it delivers our requests (sizes our pipeline to it).
     rate: DeliveryRate,
     /// It let our requests wait past its stall deadline and we withdrew them (`Withdraw`):
-    /// their pieces stay with it until it answers. Ends when a block arrives.
+    /// their chunks stay with it until it answers. Ends when a block arrives.
     withdrawing: bool,
     /// The requests sent at `last_sent_at`, the latest instant any went out: a `Busy` for
     /// one of them came after all our requests, so none of ours crossed it.
     last_sent: Vec<BlockKey>,
     last_sent_at: Time,
-    /// Pieces whose requests we withdrew for a faster remote, idle, that holds them: by piece,
+    /// Chunks whose requests we withdrew for a faster remote, idle, that holds them: by chunk,
     /// that remote, which is asked first once this one answered that they will not come.
-    recalls: VecMap<(FileId, PieceIndex), ConnId>,
+    recalls: VecMap<(FileId, ChunkIndex), ConnId>,
 }
 
 impl Requests {
@@ -185,32 +185,32 @@ impl Requests {
         self.progress_at + patience.max(ENDGAME_PATIENCE) <= now
     }
 
-    /// The pieces of `file_id` assigned to the remote, in order.
-    fn assigned_in(&self, file_id: FileId) -> impl Iterator<Item = PieceIndex> + '_ {
-        self.assigned_from(file_id, PieceIndex(0))
+    /// The chunks of `file_id` assigned to the remote, in order.
+    fn assigned_in(&self, file_id: FileId) -> impl Iterator<Item = ChunkIndex> + '_ {
+        self.assigned_from(file_id, ChunkIndex(0))
     }
 
-    /// The pieces of `file_id` from `first` on assigned to the remote, in order.
-    fn assigned_from(&self, file_id: FileId, first: PieceIndex) -> impl Iterator<Item = PieceIndex> + '_ {
-        self.assigned.range((file_id, first)..=(file_id, PieceIndex(u32::MAX))).map(|(_, piece)| *piece)
+    /// The chunks of `file_id` from `first` on assigned to the remote, in order.
+    fn assigned_from(&self, file_id: FileId, first: ChunkIndex) -> impl Iterator<Item = ChunkIndex> + '_ {
+        self.assigned.range((file_id, first)..=(file_id, ChunkIndex(u32::MAX))).map(|(_, chunk)| *chunk)
     }
 
-    /// Whether every one of the `blocks` blocks of `piece` is requested and in flight. A scan
-    /// of the few requests in flight, piece numbers first: cheaper than two searches comparing
+    /// Whether every one of the `blocks` blocks of `chunk` is requested and in flight. A scan
+    /// of the few requests in flight, chunk numbers first: cheaper than two searches comparing
     /// whole file ids.
-    fn requested_whole(&self, file_id: FileId, piece: PieceIndex, blocks: u32) -> bool {
-        let requested = self.in_flight.iter().filter(|(f, p, _)| *p == piece && *f == file_id).count();
+    fn requested_whole(&self, file_id: FileId, chunk: ChunkIndex, blocks: u32) -> bool {
+        let requested = self.in_flight.iter().filter(|(f, p, _)| *p == chunk && *f == file_id).count();
         requested >= blocks as usize
     }
 
-    /// Whether a request of a block of `piece` is in flight.
-    fn fetches(&self, file_id: FileId, piece: PieceIndex) -> bool {
-        self.of_piece(file_id, piece).next().is_some()
+    /// Whether a request of a block of `chunk` is in flight.
+    fn fetches(&self, file_id: FileId, chunk: ChunkIndex) -> bool {
+        self.of_chunk(file_id, chunk).next().is_some()
     }
 
-    /// Its requests in flight for blocks of `piece`, by offset.
-    fn of_piece(&self, file_id: FileId, piece: PieceIndex) -> std::slice::Iter<'_, BlockKey> {
-        self.in_flight.range((file_id, piece, 0)..=(file_id, piece, u32::MAX))
+    /// Its requests in flight for blocks of `chunk`, by offset.
+    fn of_chunk(&self, file_id: FileId, chunk: ChunkIndex) -> std::slice::Iter<'_, BlockKey> {
+        self.in_flight.range((file_id, chunk, 0)..=(file_id, chunk, u32::MAX))
     }
 
     /// Whether a remote delivering at `bytes_per_s` would fetch a block of `block_bytes`
@@ -224,11 +224,11 @@ impl Requests {
         rate > 0 && bytes_per_s >= OUTPACE_FACTOR * rate && self.progress_at + Duration::from_micros(two_blocks) <= now
     }
 
-    /// Takes `piece` away: its requests in flight are dropped and returned (their offsets).
-    fn unassign(&mut self, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
-        self.assigned.remove(&(file_id, piece));
-        self.recalls.remove(&(file_id, piece));
-        let cancelled: Vec<BlockKey> = self.of_piece(file_id, piece).copied().collect();
+    /// Takes `chunk` away: its requests in flight are dropped and returned (their offsets).
+    fn unassign(&mut self, file_id: FileId, chunk: ChunkIndex) -> Vec<u32> {
+        self.assigned.remove(&(file_id, chunk));
+        self.recalls.remove(&(file_id, chunk));
+        let cancelled: Vec<BlockKey> = self.of_chunk(file_id, chunk).copied().collect();
         for key in &cancelled {
             self.in_flight.remove(key);
         }
@@ -236,14 +236,14 @@ impl Requests {
     }
 }
 
-/// `conn` as a download's piece choice sees it: its peer, what it holds of `file_id`, and
+/// `conn` as a download's chunk choice sees it: its peer, what it holds of `file_id`, and
 /// whether it has requests in flight.
 fn chooser(remotes: &Remotes, conn: ConnId, file_id: FileId) -> Option<Chooser<'_>> {
     let remote = remotes.get(&conn)?;
     Some(Chooser {
         conn,
         peer_id: remote.peer_id(),
-        have: remote.pieces(file_id)?,
+        have: remote.chunks(file_id)?,
         busy: !remote.requests().in_flight.is_empty(),
     })
 }
@@ -289,12 +289,12 @@ impl DeliveryRate {
     }
 }
 
-/// A block whose length is not its span in the piece: the remote broke the protocol.
+/// A block whose length is not its span in the chunk: the remote broke the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct WrongLength {
-    /// The piece.
-    pub piece: PieceIndex,
-    /// The block's offset in the piece.
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// The block's offset in the chunk.
     pub offset: u32,
     /// The bytes that arrived.
     pub len: usize,
@@ -302,30 +302,30 @@ pub(super) struct WrongLength {
 
 impl std::fmt::Display for WrongLength {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "block {}+{} of {} bytes", self.piece, self.offset, self.len)
+        write!(f, "block {}+{} of {} bytes", self.chunk, self.offset, self.len)
     }
 }
 
-/// What a piece's hash means for the rest of the peer.
+/// What a chunk's hash means for the rest of the peer.
 #[derive(Debug)]
 pub(super) enum Hashed {
-    /// The piece could not be read back: the download failed (reported already).
+    /// The chunk could not be read back: the download failed (reported already).
     Failed,
-    /// The piece failed its hash (reported already); `guilty` is proven to have sent bad data.
-    /// The piece is free again: pipelines are refilled after the strike.
+    /// The chunk failed its hash (reported already); `guilty` is proven to have sent bad data.
+    /// The chunk is free again: pipelines are refilled after the strike.
     Corrupt {
         /// The sender to strike.
         guilty: Option<Sender>,
     },
-    /// The piece is verified. The peer reports it, queues it for `Haves`, then finalizes the
+    /// The chunk is verified. The peer reports it, queues it for `Haves`, then finalizes the
     /// file when `progress` is whole (or refills pipelines when `room_again`), then strikes
     /// `guilty`.
     Verified {
         /// The address of one sender, if a sender is known.
         from: Option<SocketAddr>,
-        /// The file's progress with the piece.
+        /// The file's progress with the chunk.
         progress: Progress,
-        /// Whether remotes the piece held up have room for requests again.
+        /// Whether remotes the chunk held up have room for requests again.
         room_again: bool,
         /// A sender whose blocks of an earlier attempt were the bad ones (see `downloads`).
         guilty: Option<Sender>,
@@ -333,15 +333,15 @@ pub(super) enum Hashed {
 }
 
 /// Where a fill looks for the next block to request. Within one fill only the remote's own
-/// requests and assignments change the answer, so a piece found with no block left stays so:
-/// after a block of a piece is requested, the pieces before it need no second look, and after
-/// a piece is assigned because none had a block left, only that piece does.
+/// requests and assignments change the answer, so a chunk found with no block left stays so:
+/// after a block of a chunk is requested, the chunks before it need no second look, and after
+/// a chunk is assigned because none had a block left, only that chunk does.
 #[derive(Clone, Copy, Debug)]
 enum Look {
-    /// The assigned pieces from this one on.
-    From(PieceIndex),
-    /// Only this piece, just assigned.
-    Only(PieceIndex),
+    /// The assigned chunks from this one on.
+    From(ChunkIndex),
+    /// Only this chunk, just assigned.
+    Only(ChunkIndex),
 }
 
 /// The download pipeline over the peer's tables, for one input (see the module docs).
@@ -380,24 +380,24 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Fills the pipelines of the ready remotes that hold `piece`, which has just become free
+    /// Fills the pipelines of the ready remotes that hold `chunk`, which has just become free
     /// to fetch (its remote refused it), until one of them takes it: only they can, and the
     /// others' choices did not change. A downloader told `Busy` thus asks the next holder with
     /// room, not every remote at once.
-    fn schedule_holders(&mut self, file_id: FileId, piece: PieceIndex) {
+    fn schedule_holders(&mut self, file_id: FileId, chunk: ChunkIndex) {
         let now = self.now;
         let mut after = None;
         // One holder at a time, in `ConnId` order: filling one remote's pipeline changes no
-        // other remote's stage, rest or pieces.
+        // other remote's stage, rest or chunks.
         while let Some(conn) = self
             .remotes
             .iter_after(after)
             .filter(|(_, r)| r.is_ready() && !r.requests().is_resting(now))
-            .find(|(_, r)| r.pieces(file_id).is_some_and(|have| have.has(piece)))
+            .find(|(_, r)| r.chunks(file_id).is_some_and(|have| have.has(chunk)))
             .map(|(conn, _)| *conn)
         {
             self.schedule(conn);
-            if self.remotes.get(&conn).is_some_and(|r| r.requests().assigned.contains(&(file_id, piece))) {
+            if self.remotes.get(&conn).is_some_and(|r| r.requests().assigned.contains(&(file_id, chunk))) {
                 return;
             }
             after = Some(conn);
@@ -448,35 +448,35 @@ impl<'a> Scheduler<'a> {
         if blocks.len() > 1 && self.remotes.get(&conn).is_some_and(Remote::request_batches) {
             return self.send(conn, Message::Requests { file_id, blocks });
         }
-        for (piece, offset, len) in blocks {
-            self.send(conn, Message::Request { file_id, piece, offset, len });
+        for (chunk, offset, len) in blocks {
+            self.send(conn, Message::Request { file_id, chunk, offset, len });
         }
     }
 
     /// Requests blocks of `file_id` from `conn` until its pipeline is full or nothing is left
     /// to ask it for; the requests to send are appended to `blocks`.
-    fn fill_blocks(&mut self, conn: ConnId, file_id: FileId, blocks: &mut Vec<(PieceIndex, u32, u32)>) {
+    fn fill_blocks(&mut self, conn: ConnId, file_id: FileId, blocks: &mut Vec<(ChunkIndex, u32, u32)>) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
         let block_bytes = manifest.block_bytes();
-        let mut look = Look::From(PieceIndex(0));
+        let mut look = Look::From(ChunkIndex(0));
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
             let requests = remote.requests();
             if !requests.takes_another(block_bytes, self.now) {
                 return;
             }
-            if let Some((piece, block)) = self.next_block(conn, file_id, look) {
-                let (offset, len) = self.start_request(conn, file_id, piece, block);
-                blocks.push((piece, offset, len));
+            if let Some((chunk, block)) = self.next_block(conn, file_id, look) {
+                let (offset, len) = self.start_request(conn, file_id, chunk, block);
+                blocks.push((chunk, offset, len));
                 if let Look::From(_) = look {
-                    look = Look::From(piece);
+                    look = Look::From(chunk);
                 }
                 continue;
             }
             if requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX {
                 return;
             }
-            match self.choose_piece(conn, file_id) {
+            match self.choose_chunk(conn, file_id) {
                 Some(choice) => look = Look::Only(self.assign(conn, file_id, choice)),
                 None => {
                     self.recall_outpaced(conn, file_id);
@@ -486,34 +486,34 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// A block of a piece assigned to `conn`, among those `look` names, that nobody received
+    /// A block of a chunk assigned to `conn`, among those `look` names, that nobody received
     /// and `conn` has not requested.
-    fn next_block(&self, conn: ConnId, file_id: FileId, look: Look) -> Option<(PieceIndex, u32)> {
+    fn next_block(&self, conn: ConnId, file_id: FileId, look: Look) -> Option<(ChunkIndex, u32)> {
         let requests = self.remotes.get(&conn)?.requests();
         let entry = self.files.get(&file_id)?;
         let (manifest, download) = (entry.manifest()?, entry.download()?);
         let block_bytes = manifest.block_bytes();
         match look {
-            // A piece whose every block `conn` has requested offers it nothing: the piece book,
+            // A chunk whose every block `conn` has requested offers it nothing: the chunk book,
             // a few pointers away from here, is read only for the others.
             Look::From(first) => {
-                let open = requests.assigned_from(file_id, first).filter(|piece| {
+                let open = requests.assigned_from(file_id, first).filter(|chunk| {
                     let whole =
-                        requests.requested_whole(file_id, *piece, block_count(block_bytes, manifest.piece_len(*piece)));
+                        requests.requested_whole(file_id, *chunk, block_count(block_bytes, manifest.chunk_len(*chunk)));
                     debug_assert!(
-                        !whole || download.next_block(conn, std::iter::once(*piece)).is_none(),
-                        "{conn} requested every block of {piece}, yet the piece book offers one"
+                        !whole || download.next_block(conn, std::iter::once(*chunk)).is_none(),
+                        "{conn} requested every block of {chunk}, yet the chunk book offers one"
                     );
                     !whole
                 });
                 download.next_block(conn, open)
             }
-            Look::Only(piece) => download.next_block(conn, std::iter::once(piece)),
+            Look::Only(chunk) => download.next_block(conn, std::iter::once(chunk)),
         }
     }
 
-    /// The next piece for `conn` (see [`super::downloads::Download::choose`]).
-    fn choose_piece(&mut self, conn: ConnId, file_id: FileId) -> Option<Choice> {
+    /// The next chunk for `conn` (see [`super::downloads::Download::choose`]).
+    fn choose_chunk(&mut self, conn: ConnId, file_id: FileId) -> Option<Choice> {
         let chooser = chooser(self.remotes, conn, file_id)?;
         let entry = self.files.get(&file_id)?;
         let (remotes, now, download) = (&*self.remotes, self.now, entry.download()?);
@@ -527,11 +527,11 @@ impl<'a> Scheduler<'a> {
         download.choose(chooser, entry.have(), self.rng, lagging)
     }
 
-    /// `conn`, idle, found nothing to fetch: a piece it holds that one clearly slower remote
+    /// `conn`, idle, found nothing to fetch: a chunk it holds that one clearly slower remote
     /// fetches, whose block has not arrived, is withdrawn from that remote (`Withdraw`), to be
     /// fetched from `conn` once the remote answered that its block will not come. A block
     /// whose upload started comes anyway, and nothing is fetched twice: a slow holder does not
-    /// keep the last pieces while a fast one idles.
+    /// keep the last chunks while a fast one idles.
     fn recall_outpaced(&mut self, conn: ConnId, file_id: FileId) {
         let rate = self.remotes.get(&conn).map_or(0, |r| r.requests().bytes_per_s());
         let Some(entry) = self.files.get(&file_id) else { return };
@@ -542,93 +542,93 @@ impl<'a> Scheduler<'a> {
         }
         let Some(chooser) = chooser(remotes, conn, file_id) else { return };
         let unmeasured = remotes.slowest_delivery();
-        let outpaced = |c: ConnId, piece: PieceIndex| {
+        let outpaced = |c: ConnId, chunk: ChunkIndex| {
             remotes.get(&c).is_some_and(|r| {
                 r.withdrawals()
                     && !r.requests().withdrawing
-                    && !r.requests().recalls.contains_key(&(file_id, piece))
+                    && !r.requests().recalls.contains_key(&(file_id, chunk))
                     && r.requests().outpaced_by(now, rate, block_bytes, unmeasured)
             })
         };
-        let Some((piece, fetcher)) = download.outpaced_fetch(&chooser, entry.have(), outpaced) else { return };
+        let Some((chunk, fetcher)) = download.outpaced_fetch(&chooser, entry.have(), outpaced) else { return };
         let Some(requests) = self.remotes.get_mut(&fetcher).map(Remote::requests_mut) else { return };
-        requests.recalls.insert((file_id, piece), conn);
-        let offsets: Vec<u32> = requests.of_piece(file_id, piece).map(|k| k.2).collect();
+        requests.recalls.insert((file_id, chunk), conn);
+        let offsets: Vec<u32> = requests.of_chunk(file_id, chunk).map(|k| k.2).collect();
         for offset in offsets {
-            self.send(fetcher, Message::Withdraw { file_id, piece, offset });
+            self.send(fetcher, Message::Withdraw { file_id, chunk, offset });
         }
     }
 
-    /// Gives `conn` the piece `choose_piece` chose for it; returns the piece.
-    fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) -> PieceIndex {
+    /// Gives `conn` the chunk `choose_chunk` chose for it; returns the chunk.
+    fn assign(&mut self, conn: ConnId, file_id: FileId, choice: Choice) -> ChunkIndex {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
-            unreachable!("a piece is chosen only for a download whose manifest is known")
+            unreachable!("a chunk is chosen only for a download whose manifest is known")
         };
-        let (Choice::Fresh(piece) | Choice::Endgame(piece)) = choice;
-        let blocks = block_count(manifest.block_bytes(), manifest.piece_len(piece));
-        let piece = download.assign(choice, blocks, conn);
-        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a piece is chosen only for a remote") };
-        remote.requests_mut().assigned.insert((file_id, piece));
+        let (Choice::Fresh(chunk) | Choice::Endgame(chunk)) = choice;
+        let blocks = block_count(manifest.block_bytes(), manifest.chunk_len(chunk));
+        let chunk = download.assign(choice, blocks, conn);
+        let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a chunk is chosen only for a remote") };
+        remote.requests_mut().assigned.insert((file_id, chunk));
         let from = remote.addr();
-        self.event(Event::PieceRequested { file_id, piece, from });
-        piece
+        self.event(Event::ChunkRequested { file_id, chunk, from });
+        chunk
     }
 
-    /// Records a request of `block` of `piece`, assigned to `conn`, as in flight; returns its
+    /// Records a request of `block` of `chunk`, assigned to `conn`, as in flight; returns its
     /// offset and length.
-    fn start_request(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, block: u32) -> (u32, u32) {
+    fn start_request(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, block: u32) -> (u32, u32) {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a block is requested only of a download whose manifest is known")
         };
-        let (offset, len) = block_span(manifest.block_bytes(), manifest.piece_len(piece), block);
-        download.request(piece, block, conn);
+        let (offset, len) = block_span(manifest.block_bytes(), manifest.chunk_len(chunk), block);
+        download.request(chunk, block, conn);
         let Some(remote) = self.remotes.get_mut(&conn) else { unreachable!("a block is requested only of a remote") };
-        remote.requests_mut().start((file_id, piece, offset), self.now);
+        remote.requests_mut().start((file_id, chunk, offset), self.now);
         (offset, len)
     }
 
     /// `conn` took a request of ours for a block on our behalf (`Pushed`): it counts as our
-    /// own when the block is one we would ask it for now, a block of a piece nobody fetches,
+    /// own when the block is one we would ask it for now, a block of a chunk nobody fetches,
     /// with room in its pipeline. Returns whether it was taken (if not, it is to be
     /// cancelled).
-    pub fn on_pushed(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> bool {
+    pub fn on_pushed(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32, len: u32) -> bool {
         let Some(remote) = self.remotes.get(&conn) else { return false };
         let requests = remote.requests();
         let Some(entry) = self.files.get(&file_id).filter(|e| e.is_fetching()) else { return false };
         let (Some(manifest), Some(download)) = (entry.manifest(), entry.download()) else { return false };
         let block_bytes = manifest.block_bytes();
-        let Some(block) = manifest.piece(piece.0).and_then(|p| block_at(block_bytes, manifest.piece_len(p), offset))
+        let Some(block) = manifest.chunk(chunk.0).and_then(|p| block_at(block_bytes, manifest.chunk_len(p), offset))
         else {
             return false;
         };
-        if block_span(block_bytes, manifest.piece_len(piece), block).1 != len
+        if block_span(block_bytes, manifest.chunk_len(chunk), block).1 != len
             || !remote.is_ready()
             || !requests.takes_another(block_bytes, self.now)
             || requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX
-            || !download.may_start(piece, remote.peer_id())
+            || !download.may_start(chunk, remote.peer_id())
         {
             return false;
         }
-        self.assign(conn, file_id, Choice::Fresh(piece));
-        self.start_request(conn, file_id, piece, block);
+        self.assign(conn, file_id, Choice::Fresh(chunk));
+        self.start_request(conn, file_id, chunk, block);
         true
     }
 
     /// A block arrived. A block requested and then cancelled (late) is still taken while its
-    /// piece is being fetched and lacks it; other unrequested blocks are dropped. A block of the
+    /// chunk is being fetched and lacks it; other unrequested blocks are dropped. A block of the
     /// wrong length is a protocol violation, for the peer to act on.
     pub fn on_data(
         &mut self,
         conn: ConnId,
         file_id: FileId,
-        piece: PieceIndex,
+        chunk: ChunkIndex,
         offset: u32,
         bytes: Bytes,
     ) -> Result<(), WrongLength> {
         let now = self.now;
         let Some(remote) = self.remotes.get_mut(&conn) else { return Ok(()) };
         // Bytes arriving are progress, requested or late; only a requested block is useful.
-        if remote.requests_mut().in_flight.remove(&(file_id, piece, offset)) {
+        if remote.requests_mut().in_flight.remove(&(file_id, chunk, offset)) {
             remote.useful(now);
         }
         let requests = remote.requests_mut();
@@ -644,41 +644,41 @@ impl<'a> Scheduler<'a> {
             return Ok(());
         };
         download.arrived(now, bytes.len() as u64);
-        let Some(piece_len) = manifest.piece(piece.0).map(|p| manifest.piece_len(p)) else { return Ok(()) };
+        let Some(chunk_len) = manifest.chunk(chunk.0).map(|p| manifest.chunk_len(p)) else { return Ok(()) };
         let block_bytes = manifest.block_bytes();
-        let Some(block) = block_at(block_bytes, piece_len, offset).filter(|_| download.is_active(piece)) else {
+        let Some(block) = block_at(block_bytes, chunk_len, offset).filter(|_| download.is_active(chunk)) else {
             return Ok(());
         };
-        if bytes.len() != block_span(block_bytes, piece_len, block).1 as usize {
-            return Err(WrongLength { piece, offset, len: bytes.len() });
+        if bytes.len() != block_span(block_bytes, chunk_len, block).1 as usize {
+            return Err(WrongLength { chunk, offset, len: bytes.len() });
         }
-        let Arrival::Taken { losers, released } = download.receive(piece, block, conn, sender) else {
+        let Arrival::Taken { losers, released } = download.receive(chunk, block, conn, sender) else {
             self.schedule(conn);
             return Ok(());
         };
         for loser in &losers {
             // Another remote delivered the block it was also fetching (endgame): cancel its copy.
             if let Some(remote) = self.remotes.get_mut(loser) {
-                remote.requests_mut().in_flight.remove(&(file_id, piece, offset));
-                self.send(*loser, Message::Cancel { file_id, piece, offset });
+                remote.requests_mut().in_flight.remove(&(file_id, chunk, offset));
+                self.send(*loser, Message::Cancel { file_id, chunk, offset });
             }
         }
-        // Every block of the piece arrived: it no longer occupies any remote.
+        // Every block of the chunk arrived: it no longer occupies any remote.
         for conn in released {
             if let Some(remote) = self.remotes.get_mut(&conn) {
-                remote.requests_mut().assigned.remove(&(file_id, piece));
-                remote.requests_mut().recalls.remove(&(file_id, piece));
+                remote.requests_mut().assigned.remove(&(file_id, chunk));
+                remote.requests_mut().recalls.remove(&(file_id, chunk));
             }
         }
-        // A remote waiting for a call keeps a piece only while blocks of it are on their way
+        // A remote waiting for a call keeps a chunk only while blocks of it are on their way
         // (read before its `Busy`, or withdrawn too late): the rest goes to other holders.
         let requests = self.remotes.get(&conn).map(Remote::requests);
-        if awaits_call && requests.is_some_and(|r| r.assigned.contains(&(file_id, piece)) && !r.fetches(file_id, piece))
+        if awaits_call && requests.is_some_and(|r| r.assigned.contains(&(file_id, chunk)) && !r.fetches(file_id, chunk))
         {
-            self.release(conn, file_id, piece);
-            self.schedule_holders(file_id, piece);
+            self.release(conn, file_id, chunk);
+            self.schedule_holders(file_id, chunk);
         }
-        self.out.push(Output::WriteBlock { file_id, piece, offset, bytes });
+        self.out.push(Output::WriteBlock { file_id, chunk, offset, bytes });
         // Only the sender and the remotes whose copy was cancelled have room in their pipelines.
         self.schedule(conn);
         for loser in losers {
@@ -687,27 +687,27 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 
-    /// The remote will not serve a block: give the piece to someone else. A remote that is
-    /// `Busy` (its upload slots and line are taken) keeps its pieces in our view. One that
+    /// The remote will not serve a block: give the chunk to someone else. A remote that is
+    /// `Busy` (its upload slots and line are taken) keeps its chunks in our view. One that
     /// takes part in room calls answered every request we had outstanding with it (see
-    /// `uploads`): all its pieces go to other holders (those we asked for after the refused
+    /// `uploads`): all its chunks go to other holders (those we asked for after the refused
     /// one once it answered our `Withdraw`), and it is asked again when it calls
     /// (`Room`, see [`Scheduler::on_room`]), or after [`BUSY_CALL_WAIT_MAX`] without a call.
-    /// Another gives up this piece and is asked again after [`BUSY_RETRY_DELAY`]. Any other
-    /// refusal means it will not serve this piece.
-    pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32, reason: RejectReason) {
+    /// Another gives up this chunk and is asked again after [`BUSY_RETRY_DELAY`]. Any other
+    /// refusal means it will not serve this chunk.
+    pub fn on_reject(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32, reason: RejectReason) {
         let Some(remote) = self.remotes.get_mut(&conn) else { return };
-        let was_in_flight = remote.requests_mut().in_flight.remove(&(file_id, piece, offset));
+        let was_in_flight = remote.requests_mut().in_flight.remove(&(file_id, chunk, offset));
         if reason == RejectReason::Withdrawn {
             if was_in_flight {
-                self.withdrawn(conn, file_id, piece, offset);
+                self.withdrawn(conn, file_id, chunk, offset);
             }
             return;
         }
         if reason == RejectReason::Busy && remote.room_calls() {
             // Even when this request was cancelled meanwhile: the others are dropped all the same.
-            let pieces: Vec<(FileId, PieceIndex)> = remote.requests().assigned.iter().copied().collect();
-            let crossed = remote.requests().sent_after((file_id, piece, offset));
+            let chunks: Vec<(FileId, ChunkIndex)> = remote.requests().assigned.iter().copied().collect();
+            let crossed = remote.requests().sent_after((file_id, chunk, offset));
             let block_bytes = self.files.get(&file_id).and_then(FileEntry::manifest).map(|m| m.block_bytes());
             let withdraw = crossed && remote.withdrawals() && block_bytes >= Some(CROSSED_WITHDRAW_BLOCK_BYTES_MIN);
             remote.requests_mut().awaits_call = true;
@@ -717,34 +717,34 @@ impl<'a> Scheduler<'a> {
             if withdraw {
                 // Requests sent after the refused one crossed the `Busy`, and one may have
                 // found room there after all (called meanwhile): a `Cancel` comes too late for
-                // a block already read. Withdrawn, each piece goes to other holders once the
+                // a block already read. Withdrawn, each chunk goes to other holders once the
                 // remote answered that its block will not come; a block already read comes.
                 if was_in_flight {
-                    self.unrequest(conn, file_id, piece, offset);
+                    self.unrequest(conn, file_id, chunk, offset);
                 }
-                for (file_id, piece, offset) in keys {
-                    self.send(conn, Message::Withdraw { file_id, piece, offset });
+                for (file_id, chunk, offset) in keys {
+                    self.send(conn, Message::Withdraw { file_id, chunk, offset });
                 }
-                for (file_id, piece) in pieces {
-                    if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
-                        self.release(conn, file_id, piece);
-                        self.schedule_holders(file_id, piece);
+                for (file_id, chunk) in chunks {
+                    if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, chunk)) {
+                        self.release(conn, file_id, chunk);
+                        self.schedule_holders(file_id, chunk);
                     }
                 }
                 return;
             }
             // The remote dropped our requests sent with or before the refused one. Those sent
             // later crossed its `Busy` and may have found room there after all: cancel them, or
-            // the pieces they ask for, freed here for other holders, would come twice.
-            for &(file_id, piece) in &pieces {
+            // the chunks they ask for, freed here for other holders, would come twice.
+            for &(file_id, chunk) in &chunks {
                 if crossed {
-                    self.unassign(conn, file_id, piece);
+                    self.unassign(conn, file_id, chunk);
                 } else {
-                    self.release(conn, file_id, piece);
+                    self.release(conn, file_id, chunk);
                 }
             }
-            for (file_id, piece) in pieces {
-                self.schedule_holders(file_id, piece);
+            for (file_id, chunk) in chunks {
+                self.schedule_holders(file_id, chunk);
             }
             return;
         }
@@ -753,40 +753,40 @@ impl<'a> Scheduler<'a> {
         }
         if reason == RejectReason::Busy {
             self.rest(conn, Some(self.now + BUSY_RETRY_DELAY));
-            self.unassign(conn, file_id, piece);
+            self.unassign(conn, file_id, chunk);
         } else {
-            self.give_up_on(conn, file_id, piece);
+            self.give_up_on(conn, file_id, chunk);
         }
-        self.schedule_holders(file_id, piece);
+        self.schedule_holders(file_id, chunk);
     }
 
-    /// `conn` answered that it will not send the block at `offset` of `piece`, which we
-    /// withdrew: the block may be asked for again, and once no other block of the piece can
-    /// still come from `conn`, another holder is asked for the piece.
-    fn withdrawn(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
-        if !self.unrequest(conn, file_id, piece, offset) {
+    /// `conn` answered that it will not send the block at `offset` of `chunk`, which we
+    /// withdrew: the block may be asked for again, and once no other block of the chunk can
+    /// still come from `conn`, another holder is asked for the chunk.
+    fn withdrawn(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) {
+        if !self.unrequest(conn, file_id, chunk, offset) {
             return;
         }
-        if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, piece)) {
+        if !self.remotes.get(&conn).is_some_and(|r| r.requests().fetches(file_id, chunk)) {
             let recalled_for =
-                self.remotes.get(&conn).and_then(|r| r.requests().recalls.get(&(file_id, piece)).copied());
-            self.release(conn, file_id, piece);
+                self.remotes.get(&conn).and_then(|r| r.requests().recalls.get(&(file_id, chunk)).copied());
+            self.release(conn, file_id, chunk);
             if let Some(faster) = recalled_for {
                 self.schedule(faster);
             }
-            self.schedule_holders(file_id, piece);
+            self.schedule_holders(file_id, chunk);
         }
     }
 
-    /// The block at `offset` of `piece`, which `conn` was asked for, will not come from it: the
+    /// The block at `offset` of `chunk`, which `conn` was asked for, will not come from it: the
     /// block may be asked for again. Returns whether the file is still being fetched.
-    fn unrequest(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+    fn unrequest(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) -> bool {
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             return false;
         };
-        // The request was in flight, so its piece and offset are ones we asked for.
-        if let Some(block) = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset) {
-            download.unrequest(piece, block, conn);
+        // The request was in flight, so its chunk and offset are ones we asked for.
+        if let Some(block) = block_at(manifest.block_bytes(), manifest.chunk_len(chunk), offset) {
+            download.unrequest(chunk, block, conn);
         }
         true
     }
@@ -800,35 +800,35 @@ impl<'a> Scheduler<'a> {
         self.remotes.get(&conn).is_some_and(|r| !r.requests().is_empty())
     }
 
-    /// Stops asking `conn` for `piece` (it refused it): the piece goes to another
+    /// Stops asking `conn` for `chunk` (it refused it): the chunk goes to another
     /// remote, and this connection is not asked for it again.
-    fn give_up_on(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
+    fn give_up_on(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) {
         if !self.remotes.contains_key(&conn) {
             return;
         }
-        if self.remotes.drop_piece(&conn, file_id, piece) {
+        if self.remotes.drop_chunk(&conn, file_id, chunk) {
             if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
-                download.count_lost_piece(piece);
+                download.count_lost_chunk(chunk);
             }
         }
-        self.unassign(conn, file_id, piece);
+        self.unassign(conn, file_id, chunk);
     }
 
-    /// Takes `piece` away from `conn`: cancels its requests for the piece; the received blocks
-    /// stay, and the piece is free for another remote.
-    pub fn unassign(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) {
-        for offset in self.release(conn, file_id, piece) {
-            self.send(conn, Message::Cancel { file_id, piece, offset });
+    /// Takes `chunk` away from `conn`: cancels its requests for the chunk; the received blocks
+    /// stay, and the chunk is free for another remote.
+    pub fn unassign(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) {
+        for offset in self.release(conn, file_id, chunk) {
+            self.send(conn, Message::Cancel { file_id, chunk, offset });
         }
     }
 
-    /// Takes `piece` away from `conn` without telling it; returns the offsets of the requests
-    /// for the piece that were in flight.
-    fn release(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> Vec<u32> {
+    /// Takes `chunk` away from `conn` without telling it; returns the offsets of the requests
+    /// for the chunk that were in flight.
+    fn release(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) -> Vec<u32> {
         let withdrawn =
-            self.remotes.get_mut(&conn).map(|r| r.requests_mut().unassign(file_id, piece)).unwrap_or_default();
+            self.remotes.get_mut(&conn).map(|r| r.requests_mut().unassign(file_id, chunk)).unwrap_or_default();
         if let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) {
-            download.unassign(piece, conn);
+            download.unassign(chunk, conn);
         }
         withdrawn
     }
@@ -836,15 +836,15 @@ impl<'a> Scheduler<'a> {
     /// Stops fetching `file_id` from `conn`.
     pub fn release_file(&mut self, conn: ConnId, file_id: FileId) {
         let Some(remote) = self.remotes.get(&conn) else { return };
-        let pieces: Vec<PieceIndex> = remote.requests().assigned_in(file_id).collect();
-        for piece in pieces {
-            self.unassign(conn, file_id, piece);
+        let chunks: Vec<ChunkIndex> = remote.requests().assigned_in(file_id).collect();
+        for chunk in chunks {
+            self.unassign(conn, file_id, chunk);
         }
     }
 
     /// `conn` let its requests wait past its stall deadline: slow, not wrong, it keeps its
-    /// pieces' received blocks (a late block is still taken) but rests for
-    /// [`REQUEST_TIMEOUT`], and the pieces it has requests for go to others. From a remote that
+    /// chunks' received blocks (a late block is still taken) but rests for
+    /// [`REQUEST_TIMEOUT`], and the chunks it has requests for go to others. From a remote that
     /// answers `Withdraw` they go only once it answered that their blocks will not come: a
     /// block leaving a slow uplink takes seconds and tells nothing of itself until it is all
     /// in, so one already on its way would otherwise come twice. If it lets its next deadline
@@ -862,81 +862,76 @@ impl<'a> Scheduler<'a> {
         }
         self.rest(conn, Some(now + REQUEST_TIMEOUT));
         if withdraw {
-            for (file_id, piece, offset) in keys {
-                self.send(conn, Message::Withdraw { file_id, piece, offset });
+            for (file_id, chunk, offset) in keys {
+                self.send(conn, Message::Withdraw { file_id, chunk, offset });
             }
             return;
         }
-        let mut pieces: Vec<(FileId, PieceIndex)> =
-            keys.into_iter().map(|(file_id, piece, _)| (file_id, piece)).collect();
-        pieces.dedup();
-        for (file_id, piece) in pieces {
-            self.unassign(conn, file_id, piece);
+        let mut chunks: Vec<(FileId, ChunkIndex)> =
+            keys.into_iter().map(|(file_id, chunk, _)| (file_id, chunk)).collect();
+        chunks.dedup();
+        for (file_id, chunk) in chunks {
+            self.unassign(conn, file_id, chunk);
         }
     }
 
     /// The connection `conn` is gone (its remote already forgotten) with `requests`: its
-    /// pieces are free for others. Returns whether it had any (pipelines are worth refilling).
+    /// chunks are free for others. Returns whether it had any (pipelines are worth refilling).
     pub fn conn_gone(&mut self, conn: ConnId, requests: &Requests) -> bool {
-        debug_assert!(!self.remotes.contains_key(&conn), "only a forgotten connection's pieces are orphaned");
-        for (file_id, piece) in &requests.assigned {
-            self.unassign(conn, *file_id, *piece);
+        debug_assert!(!self.remotes.contains_key(&conn), "only a forgotten connection's chunks are orphaned");
+        for (file_id, chunk) in &requests.assigned {
+            self.unassign(conn, *file_id, *chunk);
         }
         !requests.assigned.is_empty()
     }
 
-    /// The driver wrote a block: a piece whose every block is written is hashed.
+    /// The driver wrote a block: a chunk whose every block is written is hashed.
     pub fn on_block_written(
         &mut self,
         file_id: FileId,
-        piece: PieceIndex,
+        chunk: ChunkIndex,
         offset: u32,
         result: Result<(), StoreError>,
     ) {
         if let Err(reason) = result {
-            self.fail_download(file_id, format!("cannot write piece {piece}: {reason}"));
+            self.fail_download(file_id, format!("cannot write chunk {chunk}: {reason}"));
             return;
         }
         let Some((manifest, download, _)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
             unreachable!("a write completes a block of a download whose manifest is known")
         };
-        let block = block_at(manifest.block_bytes(), manifest.piece_len(piece), offset);
+        let block = block_at(manifest.block_bytes(), manifest.chunk_len(chunk), offset);
         debug_assert!(block.is_some(), "a write completes a block this peer asked to write");
-        if block.is_some_and(|block| download.written(piece, block)) {
-            self.out.push(Output::HashPiece { file_id, piece });
+        if block.is_some_and(|block| download.written(chunk, block)) {
+            self.out.push(Output::HashChunk { file_id, chunk });
         }
     }
 
-    /// The driver hashed a written piece: it is verified or corrupt (see [`Hashed`] for what
-    /// the peer does next).
-    pub fn on_piece_hashed(
-        &mut self,
-        file_id: FileId,
-        piece: PieceIndex,
-        result: Result<Digest, StoreError>,
-    ) -> Hashed {
-        let digest = match result {
-            Ok(digest) => digest,
+    /// The driver hashed a written chunk, and the digest matched what the chunk's piece
+    /// expects or not (`result`): it is verified or corrupt (see [`Hashed`] for what the peer
+    /// does next).
+    pub fn on_chunk_hashed(&mut self, file_id: FileId, chunk: ChunkIndex, result: Result<bool, StoreError>) -> Hashed {
+        let matches = match result {
+            Ok(matches) => matches,
             Err(reason) => {
-                self.fail_download(file_id, format!("cannot read back piece {piece}: {reason}"));
+                self.fail_download(file_id, format!("cannot read back chunk {chunk}: {reason}"));
                 return Hashed::Failed;
             }
         };
-        let Some((manifest, download, have)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
-            unreachable!("a hash completes a piece of a download whose manifest is known")
+        let Some((_, download, have)) = self.files.get_mut(&file_id).and_then(FileEntry::download_parts) else {
+            unreachable!("a hash completes a chunk of a download whose manifest is known")
         };
-        let matches = digest == manifest.piece_hash(piece);
-        let (senders, room_again, guilty) = match download.hashed(piece, matches, have) {
+        let (senders, room_again, guilty) = match download.hashed(chunk, matches, have) {
             Verdict::Verified { senders, room_again, guilty } => (senders, room_again, guilty),
             Verdict::Corrupt { senders, guilty } => {
                 for (_, addr) in senders.keys() {
-                    self.event(Event::PieceCorrupt { file_id, piece, from: *addr });
+                    self.event(Event::ChunkCorrupt { file_id, chunk, from: *addr });
                 }
                 return Hashed::Corrupt { guilty };
             }
         };
         if have.count() == 1 {
-            // Downloaders that started together get their first pieces about now: ask soon
+            // Downloaders that started together get their first chunks about now: ask soon
             // for the holders among them.
             download.locate_mut().ask_soon(self.now);
         }
@@ -944,7 +939,7 @@ impl<'a> Scheduler<'a> {
         Hashed::Verified { from, progress: progress(&self.files[&file_id]), room_again, guilty }
     }
 
-    /// Every piece is verified: ask the driver to move the file into place.
+    /// Every chunk is verified: ask the driver to move the file into place.
     pub fn finalize(&mut self, file_id: FileId) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         download.finalizing();
@@ -966,33 +961,33 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// The download cannot go on: stop fetching it and say why. Verified pieces stay served.
+    /// The download cannot go on: stop fetching it and say why. Verified chunks stay served.
     fn fail_download(&mut self, file_id: FileId, reason: String) {
         let Some(download) = self.files.get_mut(&file_id).and_then(|e| e.download_mut()) else { return };
         if !download.fail() {
             return;
         }
-        let assigned: Vec<(ConnId, PieceIndex)> = self
+        let assigned: Vec<(ConnId, ChunkIndex)> = self
             .remotes
             .iter()
             .flat_map(|(c, r)| r.requests().assigned_in(file_id).map(move |p| (*c, p)))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        for (conn, piece) in assigned {
-            self.unassign(conn, file_id, piece);
+        for (conn, chunk) in assigned {
+            self.unassign(conn, file_id, chunk);
         }
         self.event(Event::DownloadFailed { file_id, reason });
     }
 }
 
-/// A file's progress: its verified pieces and bytes, and the holders its download counts.
+/// A file's progress: its verified chunks and bytes, and the holders its download counts.
 fn progress(entry: &FileEntry) -> Progress {
     let have_bytes = entry.manifest().map_or(0, |m| {
-        // Every held piece is full size but the last, which may be short.
-        let last = PieceIndex(m.piece_count().saturating_sub(1));
-        let short = if entry.have().has(last) { m.piece_size_bytes() - m.piece_len(last) } else { 0 };
-        u64::from(entry.have().count()) * u64::from(m.piece_size_bytes()) - u64::from(short)
+        // Every held chunk is full size but the last, which may be short.
+        let last = ChunkIndex(m.chunk_count().saturating_sub(1));
+        let short = if entry.have().has(last) { m.chunk_bytes() - m.chunk_len(last) } else { 0 };
+        u64::from(entry.have().count()) * u64::from(m.chunk_bytes()) - u64::from(short)
     });
     let peers = entry.download().map_or(0, |d| d.holders());
     Progress { have: entry.have().count(), total: entry.have().len(), have_bytes, peers }
@@ -1024,7 +1019,7 @@ mod tests {
     #[test]
     fn a_remote_not_yet_measured_lags_after_four_turns_at_the_slowest_rate_measured() {
         let mut waiting = Requests::new(Time::ZERO);
-        waiting.start((FileId(crate::ids::Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
+        waiting.start((FileId(crate::ids::Digest([1; 32])), ChunkIndex(0), 0), Time::ZERO);
         assert!(!waiting.lags(Time::ZERO + (ENDGAME_PATIENCE - Duration::from_millis(1)), 0));
         assert!(waiting.lags(Time::ZERO + ENDGAME_PATIENCE, 0), "no rate measured anywhere: the patience");
         // Half of a 125 KB/s uplink: four turns take longer than the patience.
@@ -1044,7 +1039,7 @@ mod tests {
     #[test]
     fn a_slow_remote_that_keeps_delivering_is_given_longer_before_it_counts_as_stalled() {
         let mut crawling = Requests::new(Time::ZERO);
-        let key = (FileId(crate::ids::Digest([1; 32])), PieceIndex(0), 0);
+        let key = (FileId(crate::ids::Digest([1; 32])), ChunkIndex(0), 0);
         crawling.start(key, Time::ZERO);
         assert_eq!(crawling.stall_deadline(), Some(Time::ZERO + REQUEST_TIMEOUT), "nothing measured yet");
         // 16 KiB a second: two blocks take longer than the longest patience.

@@ -18,7 +18,7 @@
 //! from the peers the tracker names as knowing it, whose slots fill first, and without it
 //! could not join the exchange until its next ask of the tracker, which a crowd's asks queue
 //! behind one another on the tracker's uplink; a referral costs a few hundred bytes where the
-//! manifest costs one per piece hash.
+//! manifest costs one per chunk hash.
 //!
 //! This module only decides, over the table of remotes; `links` carries the decision out.
 
@@ -102,7 +102,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ids::{Digest, FileId, PeerId, PieceIndex};
+    use crate::ids::{ChunkIndex, Digest, FileId, PeerId};
     use crate::machine::{Input, Machine, Output};
     use crate::peer::remote::Remote;
     use crate::peer::{Peer, PeerConfig};
@@ -147,7 +147,7 @@ mod tests {
         let first = remotes.get_mut(&ConnId::Inbound(0)).expect("open");
         first.useful(Time::from_millis(1));
         let second = remotes.get_mut(&ConnId::Inbound(1)).expect("open");
-        second.requests_mut().start((FileId(Digest([1; 32])), PieceIndex(0), 0), Time::ZERO);
+        second.requests_mut().start((FileId(Digest([1; 32])), ChunkIndex(0), 0), Time::ZERO);
         for n in 2..INBOUND_PEERS_MAX as u64 {
             remotes.get_mut(&ConnId::Inbound(n)).expect("open").useful(Time::from_millis(2));
         }

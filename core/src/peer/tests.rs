@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::ids::PieceIndex;
+use crate::ids::{ChunkIndex, PieceIndex};
 use crate::limits::{BLOCK_BYTES, PIECES_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_TIMEOUT};
 use crate::machine::{Command, Event};
 use crate::testkit::{file, Harness, NodeIx};
@@ -26,10 +26,10 @@ fn fetch(h: &mut Harness, node: NodeIx, manifest: &crate::Manifest, bytes: &[u8]
     h.now() - start
 }
 
-fn verified_from(h: &Harness, node: NodeIx) -> Vec<(PieceIndex, std::net::SocketAddr)> {
+fn verified_from(h: &Harness, node: NodeIx) -> Vec<(ChunkIndex, std::net::SocketAddr)> {
     h.events_of(node)
         .filter_map(|(_, _, e)| match e {
-            Event::PieceVerified { piece, from, .. } => Some((*piece, *from)),
+            Event::ChunkVerified { chunk, from, .. } => Some((*chunk, *from)),
             _ => None,
         })
         .collect()
@@ -38,6 +38,7 @@ fn verified_from(h: &Harness, node: NodeIx) -> Vec<(PieceIndex, std::net::Socket
 #[test]
 fn a_b_c_each_hold_one_piece_d_fetches_all_three_at_once_then_e_fetches_from_d() {
     let mut h = Harness::new(1);
+    // Pieces of four chunks: each chunk is checked against its piece's list, sent before it.
     let (bytes, manifest) = file(3 * 64 * KIB, 64 * 1024, 7);
     let id = manifest.file_id();
     let [a, b, c, d, e] = [11, 12, 13, 14, 15].map(|seed| h.add_peer(seed, None));
@@ -50,14 +51,16 @@ fn a_b_c_each_hold_one_piece_d_fetches_all_three_at_once_then_e_fetches_from_d()
     get(&mut h, d, &manifest);
     h.run_until(Duration::from_secs(5), |h| h.completed(d, id));
     assert_eq!(h.stored(d, id), Some(&bytes[..]));
-    let mut sources = verified_from(&h, d);
+    let mut sources: Vec<_> = verified_from(&h, d).into_iter().map(|(c, from)| (manifest.piece_of(c), from)).collect();
     sources.sort();
-    assert_eq!(sources, vec![(PieceIndex(0), h.addr(a)), (PieceIndex(1), h.addr(b)), (PieceIndex(2), h.addr(c))]);
-    // The three requests went out together, before any piece arrived.
+    sources.dedup();
+    let holders = [(PieceIndex(0), h.addr(a)), (PieceIndex(1), h.addr(b)), (PieceIndex(2), h.addr(c))];
+    assert_eq!(sources, holders, "every chunk of a piece from the piece's holder");
+    // The requests went out together, before any chunk arrived.
     let requested: Vec<Time> =
-        h.events_of(d).filter_map(|(t, _, e)| matches!(e, Event::PieceRequested { .. }).then_some(*t)).collect();
-    let first_verified = h.events_of(d).find(|(_, _, e)| matches!(e, Event::PieceVerified { .. })).map(|(t, _, _)| *t);
-    assert_eq!(requested.len(), 3);
+        h.events_of(d).filter_map(|(t, _, e)| matches!(e, Event::ChunkRequested { .. }).then_some(*t)).collect();
+    let first_verified = h.events_of(d).find(|(_, _, e)| matches!(e, Event::ChunkVerified { .. })).map(|(t, _, _)| *t);
+    assert_eq!(requested.len(), 12);
     assert!(requested.iter().all(|t| Some(*t) <= first_verified));
 
     for node in [a, b, c] {
@@ -72,7 +75,7 @@ fn a_b_c_each_hold_one_piece_d_fetches_all_three_at_once_then_e_fetches_from_d()
 #[test]
 fn requests_are_pipelined_and_bounded_per_connection() {
     let mut h = Harness::new(2);
-    let (bytes, manifest) = file(40 * BLOCK_BYTES as usize, 1024 * 1024, 1);
+    let (bytes, manifest) = file(40 * BLOCK_BYTES as usize, 4 * 1024 * 1024, 1);
     // The pipeline is sized from the seeder's measured rate: 8 MiB/s keeps every request busy.
     let (seeder, leecher) = (h.add_peer(1, Some(8 * 1024 * 1024)), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
@@ -88,7 +91,7 @@ fn requests_are_pipelined_and_bounded_per_connection() {
 }
 
 #[test]
-fn rarest_pieces_are_fetched_first() {
+fn rarest_chunks_are_fetched_first() {
     let mut h = Harness::new(3);
     let (bytes, manifest) = file(40 * 16 * KIB, 16 * 1024, 3);
     let common: Vec<u32> = (0..30).collect();
@@ -100,11 +103,11 @@ fn rarest_pieces_are_fetched_first() {
     }
     let leecher = h.add_peer(9, None);
     fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(10));
-    // Pieces 30..40 exist only on `full`; it is asked for them before the common ones.
+    // Chunks 30..40 exist only on `full`; it is asked for them before the common ones.
     let from_full: Vec<u32> = h
         .events_of(leecher)
         .filter_map(|(_, _, e)| match e {
-            Event::PieceRequested { piece, from, .. } if *from == h.addr(full) => Some(piece.0),
+            Event::ChunkRequested { chunk, from, .. } if *from == h.addr(full) => Some(chunk.0),
             _ => None,
         })
         .collect();
@@ -120,18 +123,18 @@ fn a_corrupt_seeder_is_struck_banned_and_the_file_is_still_correct() {
     let (liar, honest, leecher) = (h.add_peer(1, None), h.add_peer(2, None), h.add_peer(3, None));
     h.share(liar, &manifest, &bytes, None);
     h.share(honest, &manifest, &bytes, None);
-    for piece in 0..64 {
-        h.corrupt(liar, id, piece);
+    for chunk in 0..64 {
+        h.corrupt(liar, id, chunk);
     }
     fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(20));
-    let corrupt = h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::PieceCorrupt { .. })).count();
+    let corrupt = h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::ChunkCorrupt { .. })).count();
     assert!(corrupt >= 1);
     assert!(h.events_of(leecher).any(|(_, _, e)| matches!(e, Event::PeerBanned { addr, .. } if *addr == h.addr(liar))));
     assert!(verified_from(&h, leecher).iter().all(|(_, from)| *from == h.addr(honest)));
 }
 
 #[test]
-fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
+fn a_chunk_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
     let mut h = Harness::new(5);
     let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 5);
     let id = manifest.file_id();
@@ -143,7 +146,7 @@ fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
     assert!(!h.completed(leecher, id));
     assert!(h
         .events_of(leecher)
-        .any(|(_, _, e)| *e == Event::PiecesMissing { file_id: id, pieces: vec![PieceIndex(2)] }));
+        .any(|(_, _, e)| *e == Event::ChunksMissing { file_id: id, chunks: vec![ChunkIndex(2)] }));
     assert_eq!(h.peer(leecher).have(&id).map(|b| b.count()), Some(3));
     h.share(late, &manifest, &bytes, Some(&[2]));
     h.run_until(Duration::from_secs(10), |h| h.completed(leecher, id));
@@ -151,7 +154,7 @@ fn a_piece_nobody_holds_is_reported_and_fetched_once_a_holder_appears() {
 }
 
 #[test]
-fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
+fn a_silent_remote_times_out_and_its_chunk_goes_elsewhere() {
     let mut h = Harness::new(6);
     let (bytes, manifest) = file(6 * 16 * KIB, 16 * 1024, 6);
     let id = manifest.file_id();
@@ -160,7 +163,7 @@ fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     h.silence(hole);
     h.run_for(Duration::from_millis(10));
     get(&mut h, leecher, &manifest);
-    // The hole is the only holder, so nothing but the request timeout takes its pieces away
+    // The hole is the only holder, so nothing but the request timeout takes its chunks away
     // (with a second holder, endgame would fetch them there first): they are withdrawn, and
     // the hole, whose blocks left it (and were lost), answers that they will not come.
     h.run_for(REQUEST_TIMEOUT + Duration::from_secs(1));
@@ -176,7 +179,7 @@ fn a_silent_remote_times_out_and_its_piece_goes_elsewhere() {
     let good_addr = h.addr(good);
     assert!(
         verified_from(&h, leecher).iter().all(|(_, from)| *from == good_addr),
-        "every piece came from the other holder"
+        "every chunk came from the other holder"
     );
 }
 
@@ -233,8 +236,8 @@ fn same_seed_same_events() {
         let (bytes, manifest) = file(20 * 16 * KIB, 16 * 1024, 1);
         let seeders: Vec<NodeIx> = (0..3).map(|s| h.add_peer(seed + s, None)).collect();
         for (i, node) in seeders.iter().enumerate() {
-            let pieces: Vec<u32> = (0..20).filter(|p| p % 3 != i as u32).collect();
-            h.share(*node, &manifest, &bytes, Some(&pieces));
+            let chunks: Vec<u32> = (0..20).filter(|p| p % 3 != i as u32).collect();
+            h.share(*node, &manifest, &bytes, Some(&chunks));
         }
         let leechers: Vec<NodeIx> = (0..4).map(|s| h.add_peer(seed + 10 + s, None)).collect();
         h.run_for(Duration::from_millis(10));
@@ -270,17 +273,17 @@ fn a_full_seeder_refuses_extra_connections_politely_and_everyone_still_completes
 #[test]
 fn endgame_lets_an_idle_fast_remote_finish_what_a_slow_one_holds_up() {
     let mut h = Harness::new(11);
-    let (bytes, manifest) = file(8 * 256 * KIB, 256 * 1024, 11);
-    // 32 KiB/s after a one-block burst: the slow seeder needs 8 s per piece it was given; the
-    // fast one takes such a piece over once the slow one lagged for `ENDGAME_PATIENCE`.
+    let (bytes, manifest) = file(8 * 256 * KIB, 1024 * 1024, 11);
+    // 32 KiB/s after a one-block burst: the slow seeder needs 8 s per chunk it was given; the
+    // fast one takes such a chunk over once the slow one lagged for `ENDGAME_PATIENCE`.
     let (slow, fast, leecher) = (h.add_peer(1, Some(32 * 1024)), h.add_peer(2, None), h.add_peer(3, None));
     h.share(slow, &manifest, &bytes, None);
     h.share(fast, &manifest, &bytes, None);
     let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
     let from_slow = verified_from(&h, leecher).iter().filter(|(_, from)| *from == h.addr(slow)).count();
     let within = crate::limits::ENDGAME_PATIENCE + Duration::from_secs(1);
-    assert!(took < within, "took {took:?}; the slow seeder delivered {from_slow} pieces");
-    assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 pieces");
+    assert!(took < within, "took {took:?}; the slow seeder delivered {from_slow} chunks");
+    assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 chunks");
 }
 
 #[test]
@@ -288,7 +291,7 @@ fn a_progressing_download_asks_the_tracker_less_and_less_often_and_a_stuck_one_k
     let mut h = Harness::new(12);
     let (bytes, manifest) = file(32 * 64 * KIB, 64 * 1024, 12);
     let id = manifest.file_id();
-    // 64 KiB/s: about 30 s of steady progress, one piece a second.
+    // 64 KiB/s: about 30 s of steady progress, one chunk a second.
     let (seeder, leecher) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
     let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(60));
@@ -304,7 +307,7 @@ fn a_progressing_download_asks_the_tracker_less_and_less_often_and_a_stuck_one_k
     get(&mut h, stuck, &manifest);
     h.run_for(Duration::from_secs(20));
     let stuck_asks = h.events_of(stuck).filter(|(_, _, e)| matches!(e, Event::LocateSent { .. })).count();
-    assert!(stuck_asks >= 9, "a download waiting for a missing piece asked only {stuck_asks} times in 20 s");
+    assert!(stuck_asks >= 9, "a download waiting for a missing chunk asked only {stuck_asks} times in 20 s");
 }
 
 #[test]
@@ -330,7 +333,7 @@ fn one_seeder_and_eight_downloaders_started_together_the_seeder_uploads_little_m
             _ => None,
         })
         .sum();
-    // Before the seeder spread distinct pieces and downloaders found each other early: 2.02×,
+    // Before the seeder spread distinct chunks and downloaders found each other early: 2.02×,
     // everyone done after 7.8 s.
     let multiple = uploaded as f64 / bytes.len() as f64;
     let took = h.now();
@@ -339,11 +342,11 @@ fn one_seeder_and_eight_downloaders_started_together_the_seeder_uploads_little_m
 }
 
 #[test]
-fn a_seeder_offering_pieces_a_few_at_a_time_hears_of_offers_fetched_elsewhere_and_offers_more() {
+fn a_seeder_offering_chunks_a_few_at_a_time_hears_of_offers_fetched_elsewhere_and_offers_more() {
     let mut h = Harness::new(14);
     let (bytes, manifest) = file(64 * 16 * KIB, 16 * 1024, 14);
     let id = manifest.file_id();
-    // Piece 63 exists only on the slow seeder; the partial holder serves the rest at once, so
+    // Chunk 63 exists only on the slow seeder; the partial holder serves the rest at once, so
     // the downloaders fetch most of the seeder's offers from it.
     let (seeder, partial) = (h.add_peer(1, Some(64 * 1024)), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
@@ -379,13 +382,13 @@ fn sent(outputs: &[crate::machine::Output]) -> Vec<&crate::wire::Message> {
         .collect()
 }
 
-/// A peer sharing the whole of a file of `pieces` pieces of 16 KiB (its bytes drawn from
+/// A peer sharing the whole of a file of `chunks` chunks of 16 KiB (its bytes drawn from
 /// `seed`) since time zero: the peer and the file's manifest.
-fn seeding(pieces: u32, seed: u8) -> (super::Peer, crate::Manifest) {
-    let (_, manifest) = file(pieces as usize * 16 * KIB, 16 * 1024, seed);
+fn seeding(chunks: u32, seed: u8) -> (super::Peer, crate::Manifest) {
+    let (_, manifest) = file(chunks as usize * 16 * KIB, 16 * 1024, seed);
     let tracker = "10.0.0.1:7000".parse().expect("valid address");
     let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(6), 6, tracker, 7001));
-    command(&mut peer, Time::ZERO, Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(pieces) });
+    command(&mut peer, Time::ZERO, Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(chunks) });
     (peer, manifest)
 }
 
@@ -469,7 +472,7 @@ fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
     step(&mut holder, at(10), Input::Connected { conn, remote: addr, peer_id: asker });
     step(&mut holder, at(20), Input::Message { conn, message: Message::Hello(Hello::new(Role::Peer, asker, 7002)) });
     // Asking for the manifest says the asker holds nothing: our bitfield follows at once (the
-    // holder shared the whole file itself, so it tells a newcomer one offered piece).
+    // holder shared the whole file itself, so it tells a newcomer one offered chunk).
     let answered = step(&mut holder, at(30), Input::Message { conn, message: Message::GetManifest { file_id: id } });
     let answered = sent(&answered);
     assert_eq!(answered.len(), 2, "{answered:?}");
@@ -556,12 +559,12 @@ fn a_full_holder_answers_a_newcomers_manifest_ask_before_refusing_it_and_keeps_f
 
 #[test]
 fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
-    // More pieces than may be active at once, and every hash held back: the downloader fills
-    // its active pieces and waits. As soon as the hashes arrive it must start the rest itself;
+    // More chunks than may be active at once, and every hash held back: the downloader fills
+    // its active chunks and waits. As soon as the hashes arrive it must start the rest itself;
     // nothing else wakes it (the seeder has nothing more to say).
     let mut h = Harness::new(3);
-    let pieces = PIECES_ACTIVE_PER_FILE_MAX + 8;
-    let (bytes, manifest) = file(pieces * 16 * KIB, 16 * 1024, 5);
+    let chunks = PIECES_ACTIVE_PER_FILE_MAX + 8;
+    let (bytes, manifest) = file(chunks * 16 * KIB, 16 * 1024, 5);
     let id = manifest.file_id();
     let (seeder, leecher) = (h.add_peer(1, None), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
@@ -570,8 +573,8 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     get(&mut h, leecher, &manifest);
     h.run_for(Duration::from_secs(2));
     let requested =
-        |h: &Harness| h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::PieceRequested { .. })).count();
-    assert_eq!(requested(&h), PIECES_ACTIVE_PER_FILE_MAX, "no piece starts while the active ones wait for hashes");
+        |h: &Harness| h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::ChunkRequested { .. })).count();
+    assert_eq!(requested(&h), PIECES_ACTIVE_PER_FILE_MAX, "no chunk starts while the active ones wait for hashes");
     h.release_hashes(leecher);
     h.run_until(Duration::from_secs(1), |h| h.completed(leecher, id));
     assert_eq!(h.stored(leecher, id), Some(&bytes[..]));
@@ -657,18 +660,18 @@ fn a_download_asks_another_ready_holder_for_the_manifest_at_once_when_the_one_as
 
 /// A peer that asked the tracker for `file` and was named `holder`; returns it with its
 /// outbound connection to the holder, before the connection opens.
-fn dialling_a_named_holder(holder: crate::wire::PeerAddr, piece_bytes: usize) -> (super::Peer, crate::ConnId) {
-    let (peer, conns) = dialling_named_holders(&[holder], piece_bytes);
+fn dialling_a_named_holder(holder: crate::wire::PeerAddr, chunk_bytes: usize) -> (super::Peer, crate::ConnId) {
+    let (peer, conns) = dialling_named_holders(&[holder], chunk_bytes);
     (peer, conns[0])
 }
 
-/// A peer that asked the tracker for a file of four pieces of `piece_bytes` and was named
+/// A peer that asked the tracker for a file of one piece of four chunks of `chunk_bytes` and was named
 /// `holders` (each holding all of it); returns it with its outbound connections to them, in
 /// order, before they open.
-fn dialling_named_holders(holders: &[crate::wire::PeerAddr], piece_bytes: usize) -> (super::Peer, Vec<crate::ConnId>) {
+fn dialling_named_holders(holders: &[crate::wire::PeerAddr], chunk_bytes: usize) -> (super::Peer, Vec<crate::ConnId>) {
     use crate::machine::{Input, Output};
     use crate::wire::{Hello, Message, Role};
-    let (_, manifest) = file(4 * piece_bytes, piece_bytes as u32, 21);
+    let (_, manifest) = file(4 * chunk_bytes, 4 * chunk_bytes as u32, 21);
     let id = manifest.file_id();
     let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("valid address");
     let mut peer = super::Peer::new(super::PeerConfig::new(crate::PeerId::from_seed(5), 5, tracker, 7001));
@@ -758,7 +761,7 @@ fn a_hello_claiming_another_id_than_the_key_proved_is_a_violation() {
 }
 
 #[test]
-fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_connections() {
+fn views_show_a_partial_share_a_download_waiting_for_a_missing_chunk_and_the_connections() {
     use super::{FileState, FileView};
     let mut h = Harness::new(4);
     let (bytes, manifest) = file(4 * 64 * KIB, 64 * 1024, 9);
@@ -769,7 +772,7 @@ fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_con
         h.peer(node).file_views().iter().map(|f: &FileView| (f.state, f.have.count(), f.have.len())).collect()
     };
     h.run_for(Duration::from_millis(10));
-    assert_eq!(states(&h, seeder), vec![(FileState::Serving, 3, 4)], "a partial share");
+    assert_eq!(states(&h, seeder), vec![(FileState::Serving, 12, 16)], "a partial share");
     get(&mut h, downloader, &manifest);
     h.run_until(Duration::from_secs(1), |h| !h.peer(downloader).file_views().is_empty());
     let unknown = h.peer(downloader).file_views();
@@ -777,36 +780,49 @@ fn views_show_a_partial_share_a_download_waiting_for_a_missing_piece_and_the_con
         (unknown[0].state, unknown[0].name.as_deref(), unknown[0].have.len()),
         (FileState::Downloading, None, 0)
     );
-    h.run_until(Duration::from_secs(10), |h| h.peer(downloader).have(&id).is_some_and(|have| have.count() == 3));
-    assert_eq!(states(&h, downloader), vec![(FileState::Downloading, 3, 4)], "piece 3 has no holder");
+    h.run_until(Duration::from_secs(10), |h| h.peer(downloader).have(&id).is_some_and(|have| have.count() == 12));
+    assert_eq!(states(&h, downloader), vec![(FileState::Downloading, 12, 16)], "piece 3 has no holder");
     let remotes = h.peer(downloader).remote_views();
     assert!(remotes.iter().any(|r| r.ready && r.addr == h.addr(seeder) && r.peer_id.is_some()), "{remotes:?}");
     assert_eq!(h.peer(downloader).file_views()[0].name.as_deref(), Some(manifest.name()));
 }
 
+/// The list of the chunks of a file of one piece, as its holder sends it before the first
+/// `Data` of the piece on a connection.
+fn list_of_the_piece(bytes: &[u8], manifest: &crate::Manifest) -> crate::wire::Message {
+    let digests = manifest
+        .chunks()
+        .map(|c| {
+            let at = manifest.chunk_offset(c) as usize;
+            crate::Digest::of(&bytes[at..at + manifest.chunk_len(c) as usize])
+        })
+        .collect();
+    crate::wire::Message::Chunks { file_id: manifest.file_id(), piece: PieceIndex(0), digests }
+}
+
 /// A peer whose connection to the holder the tracker named for its file of four 16 KiB
-/// pieces is open (at 10 ms, before any `Hello`): the peer, the connection, the holder, and the
+/// chunks is open (at 10 ms, before any `Hello`): the peer, the connection, the holder, and the
 /// file's bytes and manifest.
 fn connected_to_a_named_holder() -> (super::Peer, crate::ConnId, crate::wire::PeerAddr, Vec<u8>, crate::Manifest) {
     connected_to_a_named_holder_of(16 * KIB)
 }
 
-/// [`connected_to_a_named_holder`], the file's four pieces of `piece_bytes`.
+/// [`connected_to_a_named_holder`], the file's four chunks of `chunk_bytes`.
 fn connected_to_a_named_holder_of(
-    piece_bytes: usize,
+    chunk_bytes: usize,
 ) -> (super::Peer, crate::ConnId, crate::wire::PeerAddr, Vec<u8>, crate::Manifest) {
     let holder =
         crate::wire::PeerAddr { peer_id: crate::PeerId([7; 16]), addr: "10.0.0.2:7000".parse().expect("valid") };
-    let (mut peer, conn) = dialling_a_named_holder(holder, piece_bytes);
+    let (mut peer, conn) = dialling_a_named_holder(holder, chunk_bytes);
     // The file `dialling_a_named_holder` asks for.
-    let (bytes, manifest) = file(4 * piece_bytes, piece_bytes as u32, 21);
+    let (bytes, manifest) = file(4 * chunk_bytes, 4 * chunk_bytes as u32, 21);
     let connected = crate::machine::Input::Connected { conn, remote: holder.addr, peer_id: holder.peer_id };
     step(&mut peer, Time::from_millis(10), connected);
     (peer, conn, holder, bytes, manifest)
 }
 
 #[test]
-fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_when_it_calls() {
+fn a_busy_remote_taking_room_calls_gives_up_every_chunk_and_is_asked_again_only_when_it_calls() {
     use crate::machine::{Input, Output};
     use crate::wire::{Hello, Message, RejectReason, Role, PROTOCOL_VERSION};
     let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder();
@@ -831,38 +847,39 @@ fn a_busy_remote_taking_room_calls_gives_up_every_piece_and_is_asked_again_only_
         sent(outputs)
             .iter()
             .flat_map(|m| match m {
-                Message::Request { piece, .. } => vec![piece.0],
-                Message::Requests { blocks, .. } => blocks.iter().map(|(piece, _, _)| piece.0).collect(),
+                Message::Request { chunk, .. } => vec![chunk.0],
+                Message::Requests { blocks, .. } => blocks.iter().map(|(chunk, _, _)| chunk.0).collect(),
                 _ => Vec::new(),
             })
             .collect()
     };
-    let mut pieces = requests(&asked);
-    pieces.sort_unstable();
-    assert_eq!(pieces, [0, 1, 2, 3], "its whole pipeline: {asked:?}");
+    let mut chunks = requests(&asked);
+    chunks.sort_unstable();
+    assert_eq!(chunks, [0, 1, 2, 3], "its whole pipeline: {asked:?}");
     // One `Busy` answers them all, sent with the refused one: nothing is cancelled (they were
     // dropped), nothing asked.
-    let first = PieceIndex(pieces[0]);
-    let busy = Message::Reject { file_id: id, piece: first, offset: 0, reason: RejectReason::Busy };
+    let first = ChunkIndex(chunks[0]);
+    let busy = Message::Reject { file_id: id, chunk: first, offset: 0, reason: RejectReason::Busy };
     let refused = hear(&mut peer, 30, busy);
     assert!(sent(&refused).is_empty(), "{refused:?}");
     // Neither time nor a block it read before the refusal brings a new request.
     let later = step(&mut peer, at(1_000), Input::Timeout);
     assert!(requests(&later).is_empty(), "{later:?}");
     let block = bytes::Bytes::copy_from_slice(&bytes[16 * KIB..32 * KIB]);
-    let data = hear(&mut peer, 1_100, Message::Data { file_id: id, piece: PieceIndex(1), offset: 0, bytes: block });
+    hear(&mut peer, 1_050, list_of_the_piece(&bytes, &manifest));
+    let data = hear(&mut peer, 1_100, Message::Data { file_id: id, chunk: ChunkIndex(1), offset: 0, bytes: block });
     assert!(requests(&data).is_empty(), "{data:?}");
-    // Its call does: the pieces it gave up are asked for again.
+    // Its call does: the chunks it gave up are asked for again.
     let called = hear(&mut peer, 1_200, Message::Room);
     let mut again = requests(&called);
     again.sort_unstable();
     assert_eq!(again, [0, 2, 3], "{called:?}");
     // Called again with everything it holds asked for already: the room is passed on.
-    let busy = Message::Reject { file_id: id, piece: PieceIndex(again[0]), offset: 0, reason: RejectReason::Busy };
+    let busy = Message::Reject { file_id: id, chunk: ChunkIndex(again[0]), offset: 0, reason: RejectReason::Busy };
     hear(&mut peer, 1_300, busy);
     let blocks = [0, 2, 3].map(|p| bytes::Bytes::copy_from_slice(&bytes[p * 16 * KIB..(p + 1) * 16 * KIB]));
-    for (piece, block) in [0, 2, 3].into_iter().zip(blocks) {
-        hear(&mut peer, 1_400, Message::Data { file_id: id, piece: PieceIndex(piece), offset: 0, bytes: block });
+    for (chunk, block) in [0, 2, 3].into_iter().zip(blocks) {
+        hear(&mut peer, 1_400, Message::Data { file_id: id, chunk: ChunkIndex(chunk), offset: 0, bytes: block });
     }
     let passed = hear(&mut peer, 1_500, Message::Room);
     assert!(matches!(sent(&passed)[..], [Message::Pass]), "{passed:?}");
@@ -887,13 +904,13 @@ fn a_seeder_serves_the_blocks_of_a_requests_message_in_order_and_refuses_an_over
     let reads = |outputs: &[Output]| -> Vec<u32> {
         (outputs.iter())
             .filter_map(|o| match o {
-                Output::ReadBlock { piece, .. } => Some(piece.0),
+                Output::ReadBlock { chunk, .. } => Some(chunk.0),
                 _ => None,
             })
             .collect()
     };
     let conn = open(&mut peer, 1);
-    let blocks = vec![(PieceIndex(3), 0, 16 * 1024), (PieceIndex(1), 0, 16 * 1024), (PieceIndex(2), 0, 16 * 1024)];
+    let blocks = vec![(ChunkIndex(3), 0, 16 * 1024), (ChunkIndex(1), 0, 16 * 1024), (ChunkIndex(2), 0, 16 * 1024)];
     let asked = step(
         &mut peer,
         Time::from_millis(12),
@@ -906,7 +923,7 @@ fn a_seeder_serves_the_blocks_of_a_requests_message_in_order_and_refuses_an_over
             && outputs.iter().any(|o| matches!(o, Output::Close { conn: c } if *c == conn))
     };
     let conn = open(&mut peer, 2);
-    let blocks: Vec<_> = (0..=REQUESTS_PER_MESSAGE_MAX as u32).map(|p| (PieceIndex(p), 0, 16 * 1024)).collect();
+    let blocks: Vec<_> = (0..=REQUESTS_PER_MESSAGE_MAX as u32).map(|p| (ChunkIndex(p), 0, 16 * 1024)).collect();
     let oversized = step(
         &mut peer,
         Time::from_millis(22),
@@ -915,7 +932,7 @@ fn a_seeder_serves_the_blocks_of_a_requests_message_in_order_and_refuses_an_over
     assert!(violated(&oversized, conn), "{oversized:?}");
     assert!(reads(&oversized).is_empty(), "nothing of it is read: {oversized:?}");
     let conn = open(&mut peer, 3);
-    let single = Message::Requests { file_id: id, blocks: vec![(PieceIndex(0), 0, 16 * 1024)] };
+    let single = Message::Requests { file_id: id, blocks: vec![(ChunkIndex(0), 0, 16 * 1024)] };
     let outputs = step(&mut peer, Time::from_millis(32), Input::Message { conn, message: single });
     assert!(violated(&outputs, conn), "one block goes in a Request: {outputs:?}");
 }
@@ -931,14 +948,14 @@ fn a_pushed_block_counts_as_our_request_and_one_we_would_not_ask_for_is_cancelle
     hear(&mut peer, 20, Message::Hello(Hello { room_calls: true, ..Hello::new(Role::Peer, holder.peer_id, 7000) }));
     // Before the manifest is known nothing can be taken on our behalf.
     let pushed =
-        |piece: u32, offset: u32, len: u32| Message::Pushed { file_id: id, piece: PieceIndex(piece), offset, len };
-    let cancel = |piece: u32, offset: u32| Message::Cancel { file_id: id, piece: PieceIndex(piece), offset };
+        |chunk: u32, offset: u32, len: u32| Message::Pushed { file_id: id, chunk: ChunkIndex(chunk), offset, len };
+    let cancel = |chunk: u32, offset: u32| Message::Cancel { file_id: id, chunk: ChunkIndex(chunk), offset };
     let early = hear(&mut peer, 21, pushed(2, 0, 16 * 1024));
     assert_eq!(sent(&early), vec![&cancel(2, 0)]);
     hear(&mut peer, 22, Message::Manifest { manifest: Box::new(manifest.clone()) });
     let taken = hear(&mut peer, 23, pushed(2, 0, 16 * 1024));
     assert!(sent(&taken).is_empty(), "{taken:?}");
-    // A second push of the same block, a range that is no block, a piece past the end and
+    // A second push of the same block, a range that is no block, a chunk past the end and
     // another file are all cancelled, and none is a protocol violation.
     let unknown = crate::FileId(crate::ids::Digest([9; 32]));
     for (ms, message, answer) in [
@@ -948,19 +965,19 @@ fn a_pushed_block_counts_as_our_request_and_one_we_would_not_ask_for_is_cancelle
         (27, pushed(4, 0, 16 * 1024), cancel(4, 0)),
         (
             28,
-            Message::Pushed { file_id: unknown, piece: PieceIndex(0), offset: 0, len: 1 },
-            Message::Cancel { file_id: unknown, piece: PieceIndex(0), offset: 0 },
+            Message::Pushed { file_id: unknown, chunk: ChunkIndex(0), offset: 0, len: 1 },
+            Message::Cancel { file_id: unknown, chunk: ChunkIndex(0), offset: 0 },
         ),
     ] {
         let outputs = hear(&mut peer, ms, message);
         assert_eq!(sent(&outputs), vec![&answer], "{outputs:?}");
     }
-    // Its bitfield: the other pieces are asked for, not the pushed one.
+    // Its bitfield: the other chunks are asked for, not the pushed one.
     let asked = hear(&mut peer, 30, Message::Bitfield { file_id: id, have: crate::Bitfield::full(4) });
     let mut requested: Vec<u32> = sent(&asked)
         .iter()
         .filter_map(|m| match m {
-            Message::Request { piece, .. } => Some(piece.0),
+            Message::Request { chunk, .. } => Some(chunk.0),
             _ => None,
         })
         .collect();
@@ -968,34 +985,35 @@ fn a_pushed_block_counts_as_our_request_and_one_we_would_not_ask_for_is_cancelle
     assert_eq!(requested, [0, 1, 3], "{asked:?}");
     // The pushed block is taken as a requested one.
     let block = bytes::Bytes::copy_from_slice(&bytes[2 * 16 * KIB..3 * 16 * KIB]);
-    let data = hear(&mut peer, 40, Message::Data { file_id: id, piece: PieceIndex(2), offset: 0, bytes: block });
-    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(2), .. })), "{data:?}");
+    hear(&mut peer, 35, list_of_the_piece(&bytes, &manifest));
+    let data = hear(&mut peer, 40, Message::Data { file_id: id, chunk: ChunkIndex(2), offset: 0, bytes: block });
+    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { chunk: ChunkIndex(2), .. })), "{data:?}");
 }
 
 #[test]
 fn a_whole_file_seeder_takes_a_newcomers_first_request_on_its_behalf() {
     let mut h = Harness::new(3);
-    let (bytes, manifest) = file(4 * 64 * KIB, 64 * 1024, 9);
+    let (bytes, manifest) = file(4 * 16 * KIB, 16 * 1024, 9);
     let (seeder, downloader) = (h.add_peer(1, None), h.add_peer(2, None));
     h.share(seeder, &manifest, &bytes, None);
     fetch(&mut h, downloader, &manifest, &bytes, Duration::from_secs(10));
     let kinds = |node: NodeIx, kind: &str| h.received.iter().filter(|(_, n, k)| *n == node && *k == kind).count();
-    // The seeder offers one piece at a time; the first goes out with its offer, unasked.
+    // The seeder offers one chunk at a time; the first goes out with its offer, unasked.
     assert_eq!(kinds(downloader, "pushed"), 1);
     assert_eq!(h.requested.iter().filter(|(_, to)| *to == seeder).count(), 3, "blocks asked for");
     assert_eq!(kinds(seeder, "cancel"), 0);
 }
 
-/// A peer fetching a file of four `piece_bytes` pieces from one holder that takes part in room
-/// calls (and answers `Withdraw` if `withdrawals`): it asked for piece 0, then for piece 1, and
-/// the holder's `Busy` for piece 0 crossed the second request. Returns the peer, the connection, the file's bytes and
+/// A peer fetching a file of four `chunk_bytes` chunks from one holder that takes part in room
+/// calls (and answers `Withdraw` if `withdrawals`): it asked for chunk 0, then for chunk 1, and
+/// the holder's `Busy` for chunk 0 crossed the second request. Returns the peer, the connection, the file's bytes and
 /// manifest, and the outputs of the refusal.
 fn a_busy_crossed_by_a_later_request(
     withdrawals: bool,
-    piece_bytes: usize,
+    chunk_bytes: usize,
 ) -> (super::Peer, crate::ConnId, Vec<u8>, crate::Manifest, Vec<crate::machine::Output>) {
     use crate::wire::{Hello, Message, RejectReason, Role};
-    let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder_of(piece_bytes);
+    let (mut peer, conn, holder, bytes, manifest) = connected_to_a_named_holder_of(chunk_bytes);
     let id = manifest.file_id();
     let at = Time::from_millis;
     let hear =
@@ -1004,14 +1022,14 @@ fn a_busy_crossed_by_a_later_request(
     hear(&mut peer, 20, Message::Hello(hello));
     hear(&mut peer, 21, Message::Manifest { manifest: Box::new(manifest.clone()) });
     let mut have = crate::Bitfield::new(4);
-    have.set(PieceIndex(0));
+    have.set(ChunkIndex(0));
     let asked = hear(&mut peer, 22, Message::Bitfield { file_id: id, have });
-    assert!(matches!(sent(&asked)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{asked:?}");
-    // The remote gets piece 1 and is asked for it: a request sent after the first one.
-    let later = hear(&mut peer, 25, Message::Have { file_id: id, piece: PieceIndex(1) });
-    assert!(matches!(sent(&later)[..], [Message::Request { piece: PieceIndex(1), .. }]), "{later:?}");
+    assert!(matches!(sent(&asked)[..], [Message::Request { chunk: ChunkIndex(0), .. }]), "{asked:?}");
+    // The remote gets chunk 1 and is asked for it: a request sent after the first one.
+    let later = hear(&mut peer, 25, Message::Have { file_id: id, chunk: ChunkIndex(1) });
+    assert!(matches!(sent(&later)[..], [Message::Request { chunk: ChunkIndex(1), .. }]), "{later:?}");
     // Its `Busy` for the first crossed the second, which may have found room after all.
-    let busy = Message::Reject { file_id: id, piece: PieceIndex(0), offset: 0, reason: RejectReason::Busy };
+    let busy = Message::Reject { file_id: id, chunk: ChunkIndex(0), offset: 0, reason: RejectReason::Busy };
     let refused = hear(&mut peer, 30, busy);
     assert!(!refused.iter().any(|o| matches!(o, crate::machine::Output::Close { .. })), "{refused:?}");
     (peer, conn, bytes, manifest, refused)
@@ -1022,9 +1040,9 @@ fn a_busy_for_an_earlier_request_cancels_the_requests_sent_after_it_which_crosse
     use crate::wire::Message;
     // A remote that does not answer `Withdraw`; and a block whose duplicate costs less than
     // the round trip a withdrawal waits.
-    for (withdrawals, piece_bytes) in [(false, 128 * KIB), (true, 64 * KIB)] {
-        let (_, conn, _, manifest, refused) = a_busy_crossed_by_a_later_request(withdrawals, piece_bytes);
-        let cancel = Message::Cancel { file_id: manifest.file_id(), piece: PieceIndex(1), offset: 0 };
+    for (withdrawals, chunk_bytes) in [(false, 128 * KIB), (true, 64 * KIB)] {
+        let (_, conn, _, manifest, refused) = a_busy_crossed_by_a_later_request(withdrawals, chunk_bytes);
+        let cancel = Message::Cancel { file_id: manifest.file_id(), chunk: ChunkIndex(1), offset: 0 };
         assert_eq!(sent_to(&refused, conn), [&cancel], "{refused:?}");
     }
 }
@@ -1036,18 +1054,20 @@ fn a_busy_crossed_by_a_later_request_withdraws_it_and_its_block_is_taken_when_it
     let (mut peer, conn, bytes, manifest, refused) = a_busy_crossed_by_a_later_request(true, 128 * KIB);
     let id = manifest.file_id();
     // The remote may have been calling us when the request arrived and read its block: withdrawn,
-    // the piece stays with it until it answers.
-    assert_eq!(sent_to(&refused, conn), [&Message::Withdraw { file_id: id, piece: PieceIndex(1), offset: 0 }]);
-    let len = manifest.piece_len(manifest.piece(1).expect("piece 1")) as usize;
-    let start = manifest.piece_len(manifest.piece(0).expect("piece 0")) as usize;
+    // the chunk stays with it until it answers.
+    assert_eq!(sent_to(&refused, conn), [&Message::Withdraw { file_id: id, chunk: ChunkIndex(1), offset: 0 }]);
+    let len = manifest.chunk_len(manifest.chunk(1).expect("chunk 1")) as usize;
+    let start = manifest.chunk_len(manifest.chunk(0).expect("chunk 0")) as usize;
     let block = bytes::Bytes::copy_from_slice(&bytes[start..start + len]);
-    let message = Message::Data { file_id: id, piece: PieceIndex(1), offset: 0, bytes: block };
+    let list = list_of_the_piece(&bytes, &manifest);
+    step(&mut peer, Time::from_millis(35), Input::Message { conn, message: list });
+    let message = Message::Data { file_id: id, chunk: ChunkIndex(1), offset: 0, bytes: block };
     let data = step(&mut peer, Time::from_millis(40), Input::Message { conn, message });
-    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(1), .. })), "{data:?}");
+    assert!(data.iter().any(|o| matches!(o, Output::WriteBlock { chunk: ChunkIndex(1), .. })), "{data:?}");
 }
 
-/// A peer fetching a 4-piece file whose piece 0 only two remotes hold, A (dialled) and B
-/// (inbound), both answering `Withdraw`: it asked A for the piece, and A let the request wait
+/// A peer fetching a 4-chunk file whose chunk 0 only two remotes hold, A (dialled) and B
+/// (inbound), both answering `Withdraw`: it asked A for the chunk, and A let the request wait
 /// past its stall deadline. Returns the peer, A's and B's connections, the file's bytes and
 /// the outputs of the stall.
 fn a_request_stalled_with_a_second_holder(
@@ -1056,8 +1076,8 @@ fn a_request_stalled_with_a_second_holder(
     use crate::wire::{Hello, Message, Role};
     let (mut peer, a, holder, bytes, manifest) = connected_to_a_named_holder();
     let id = manifest.file_id();
-    let mut piece_0 = crate::Bitfield::new(4);
-    piece_0.set(PieceIndex(0));
+    let mut chunk_0 = crate::Bitfield::new(4);
+    chunk_0.set(ChunkIndex(0));
     let hello = |peer_id| {
         Message::Hello(Hello { room_calls: true, withdrawals: true, ..Hello::new(Role::Peer, peer_id, 7000) })
     };
@@ -1065,14 +1085,14 @@ fn a_request_stalled_with_a_second_holder(
         |peer: &mut super::Peer, ms, conn, message| step(peer, Time::from_millis(ms), Input::Message { conn, message });
     hear(&mut peer, 20, a, hello(holder.peer_id));
     hear(&mut peer, 21, a, Message::Manifest { manifest: Box::new(manifest.clone()) });
-    let asked = hear(&mut peer, 22, a, Message::Bitfield { file_id: id, have: piece_0.clone() });
-    assert!(matches!(sent(&asked)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{asked:?}");
+    let asked = hear(&mut peer, 22, a, Message::Bitfield { file_id: id, have: chunk_0.clone() });
+    assert!(matches!(sent(&asked)[..], [Message::Request { chunk: ChunkIndex(0), .. }]), "{asked:?}");
     let b = crate::ConnId::Inbound(1);
     let (b_addr, b_id) = (std::net::SocketAddr::from(([10, 0, 0, 3], 7000)), crate::PeerId([8; 16]));
     step(&mut peer, Time::from_millis(30), Input::Connected { conn: b, remote: b_addr, peer_id: b_id });
     hear(&mut peer, 31, b, hello(b_id));
-    let b_asked = hear(&mut peer, 32, b, Message::Bitfield { file_id: id, have: piece_0 });
-    assert!(sent_to(&b_asked, b).is_empty(), "piece 0 is A's: {b_asked:?}");
+    let b_asked = hear(&mut peer, 32, b, Message::Bitfield { file_id: id, have: chunk_0 });
+    assert!(sent_to(&b_asked, b).is_empty(), "chunk 0 is A's: {b_asked:?}");
     let stall = step(&mut peer, Time::from_millis(22) + REQUEST_TIMEOUT + Duration::from_millis(100), Input::Timeout);
     (peer, a, b, bytes, manifest, stall)
 }
@@ -1091,18 +1111,18 @@ fn sent_to(outputs: &[crate::machine::Output], to: crate::ConnId) -> Vec<&crate:
 }
 
 #[test]
-fn a_stalled_request_is_withdrawn_and_its_piece_asked_of_another_holder_only_once_it_cannot_come() {
+fn a_stalled_request_is_withdrawn_and_its_chunk_asked_of_another_holder_only_once_it_cannot_come() {
     use crate::machine::Input;
     use crate::wire::{Message, RejectReason};
     let (mut peer, a, b, _, manifest, stall) = a_request_stalled_with_a_second_holder();
     let id = manifest.file_id();
     // Its block may be on its way from A (a block tells nothing of itself until it is all in).
-    assert_eq!(sent_to(&stall, a), [&Message::Withdraw { file_id: id, piece: PieceIndex(0), offset: 0 }], "{stall:?}");
+    assert_eq!(sent_to(&stall, a), [&Message::Withdraw { file_id: id, chunk: ChunkIndex(0), offset: 0 }], "{stall:?}");
     assert!(sent_to(&stall, b).is_empty(), "{stall:?}");
     // A answers that it will not come: B is asked.
-    let withdrawn = Message::Reject { file_id: id, piece: PieceIndex(0), offset: 0, reason: RejectReason::Withdrawn };
+    let withdrawn = Message::Reject { file_id: id, chunk: ChunkIndex(0), offset: 0, reason: RejectReason::Withdrawn };
     let answered = step(&mut peer, Time::from_millis(10_200), Input::Message { conn: a, message: withdrawn });
-    assert!(matches!(sent_to(&answered, b)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{answered:?}");
+    assert!(matches!(sent_to(&answered, b)[..], [Message::Request { chunk: ChunkIndex(0), .. }]), "{answered:?}");
     assert!(sent_to(&answered, a).is_empty(), "{answered:?}");
 }
 
@@ -1114,9 +1134,11 @@ fn a_withdrawn_request_whose_block_comes_is_asked_of_nobody_else() {
     let id = manifest.file_id();
     assert!(sent_to(&stall, b).is_empty(), "{stall:?}");
     let block = bytes::Bytes::copy_from_slice(&bytes[..16 * KIB]);
-    let data = Message::Data { file_id: id, piece: PieceIndex(0), offset: 0, bytes: block };
+    let list = list_of_the_piece(&bytes, &manifest);
+    step(&mut peer, Time::from_millis(10_200), Input::Message { conn: a, message: list });
+    let data = Message::Data { file_id: id, chunk: ChunkIndex(0), offset: 0, bytes: block };
     let arrived = step(&mut peer, Time::from_millis(10_200), Input::Message { conn: a, message: data });
-    assert!(arrived.iter().any(|o| matches!(o, Output::WriteBlock { piece: PieceIndex(0), .. })), "{arrived:?}");
+    assert!(arrived.iter().any(|o| matches!(o, Output::WriteBlock { chunk: ChunkIndex(0), .. })), "{arrived:?}");
     assert!(sent_to(&arrived, b).is_empty(), "{arrived:?}");
     // Nor later, when its stall deadline would have passed again.
     let later = step(&mut peer, Time::from_millis(21_000), Input::Timeout);
@@ -1134,7 +1156,7 @@ fn a_withdrawal_is_answered_unless_the_block_is_being_read_or_sent_and_its_data_
     step(&mut peer, Time::from_millis(10), Input::Connected { conn, remote, peer_id });
     let hello = Hello { withdrawals: true, request_batches: true, ..Hello::new(Role::Peer, peer_id, 7000) };
     step(&mut peer, Time::from_millis(11), Input::Message { conn, message: Message::Hello(hello) });
-    let blocks: Vec<_> = (0..16).map(|p| (PieceIndex(p), 0, 16 * 1024)).collect();
+    let blocks: Vec<_> = (0..16).map(|p| (ChunkIndex(p), 0, 16 * 1024)).collect();
     let asked = step(
         &mut peer,
         Time::from_millis(12),
@@ -1142,7 +1164,7 @@ fn a_withdrawal_is_answered_unless_the_block_is_being_read_or_sent_and_its_data_
     );
     let read: Vec<u32> = (asked.iter())
         .filter_map(|o| match o {
-            Output::ReadBlock { piece, .. } => Some(piece.0),
+            Output::ReadBlock { chunk, .. } => Some(chunk.0),
             _ => None,
         })
         .collect();
@@ -1150,20 +1172,20 @@ fn a_withdrawal_is_answered_unless_the_block_is_being_read_or_sent_and_its_data_
         read.contains(&0) && read.contains(&1) && !read.contains(&15),
         "the first blocks are read, the rest wait: {asked:?}"
     );
-    let withdraw = |piece| Message::Withdraw { file_id: id, piece: PieceIndex(piece), offset: 0 };
+    let withdraw = |chunk| Message::Withdraw { file_id: id, chunk: ChunkIndex(chunk), offset: 0 };
     let reading = step(&mut peer, Time::from_millis(13), Input::Message { conn, message: withdraw(0) });
     assert!(sent(&reading).is_empty(), "its Data answers: {reading:?}");
     // A block read and queued but not yet sent: its Data frame answers too, for a Reject would
     // overtake it (drivers send control frames ahead of queued Data).
     let block = bytes::Bytes::from(vec![0u8; 16 * 1024]);
     let result = Ok(block);
-    let done = Completion::BlockRead { conn, file_id: id, piece: PieceIndex(1), offset: 0, result };
+    let done = Completion::BlockRead { conn, file_id: id, chunk: ChunkIndex(1), offset: 0, result };
     let queued = step(&mut peer, Time::from_millis(13), Input::Completed(done));
-    assert!(sent(&queued).iter().any(|m| matches!(m, Message::Data { piece: PieceIndex(1), .. })), "{queued:?}");
+    assert!(sent(&queued).iter().any(|m| matches!(m, Message::Data { chunk: ChunkIndex(1), .. })), "{queued:?}");
     let unsent = step(&mut peer, Time::from_millis(13), Input::Message { conn, message: withdraw(1) });
     assert!(sent(&unsent).is_empty(), "its queued Data answers: {unsent:?}");
     let waiting = step(&mut peer, Time::from_millis(14), Input::Message { conn, message: withdraw(15) });
-    let answer = Message::Reject { file_id: id, piece: PieceIndex(15), offset: 0, reason: RejectReason::Withdrawn };
+    let answer = Message::Reject { file_id: id, chunk: ChunkIndex(15), offset: 0, reason: RejectReason::Withdrawn };
     assert_eq!(sent(&waiting), [&answer], "{waiting:?}");
     // Never asked for: nothing can come either.
     let unknown = step(&mut peer, Time::from_millis(15), Input::Message { conn, message: withdraw(20) });
@@ -1171,7 +1193,7 @@ fn a_withdrawal_is_answered_unless_the_block_is_being_read_or_sent_and_its_data_
 }
 
 #[test]
-fn a_withdrawal_left_unanswered_gives_the_piece_up_at_the_next_deadline() {
+fn a_withdrawal_left_unanswered_gives_the_chunk_up_at_the_next_deadline() {
     use crate::machine::Input;
     use crate::wire::Message;
     let (mut peer, a, b, _, manifest, stall) = a_request_stalled_with_a_second_holder();
@@ -1181,14 +1203,14 @@ fn a_withdrawal_left_unanswered_gives_the_piece_up_at_the_next_deadline() {
         step(&mut peer, Time::from_millis(22) + 2 * REQUEST_TIMEOUT + Duration::from_millis(200), Input::Timeout);
     assert_eq!(
         sent_to(&given_up, a),
-        [&Message::Cancel { file_id: id, piece: PieceIndex(0), offset: 0 }],
+        [&Message::Cancel { file_id: id, chunk: ChunkIndex(0), offset: 0 }],
         "{given_up:?}"
     );
-    assert!(matches!(sent_to(&given_up, b)[..], [Message::Request { piece: PieceIndex(0), .. }]), "{given_up:?}");
+    assert!(matches!(sent_to(&given_up, b)[..], [Message::Request { chunk: ChunkIndex(0), .. }]), "{given_up:?}");
 }
 
 #[test]
-fn a_slow_holder_gives_the_pieces_it_has_not_started_up_to_a_fast_idle_one() {
+fn a_slow_holder_gives_the_chunks_it_has_not_started_up_to_a_fast_idle_one() {
     let mut h = Harness::new(21);
     let (bytes, manifest) = file(64 * 64 * KIB, 64 * 1024, 21);
     let id = manifest.file_id();
@@ -1197,13 +1219,13 @@ fn a_slow_holder_gives_the_pieces_it_has_not_started_up_to_a_fast_idle_one() {
     h.share(fast, &manifest, &bytes, None);
     h.share(slow, &manifest, &bytes, None);
     let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(120));
-    // The slow holder (a piece every 4 s) was asked for pieces while the fast one served the
+    // The slow holder (a chunk every 4 s) was asked for chunks while the fast one served the
     // rest; those it had not started were withdrawn and fetched from the fast one, idle by
     // then. Left with them, it takes 16 s.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(h.received.iter().any(|(_, to, kind)| *to == slow && *kind == "withdraw"), "nothing withdrawn");
     let from = verified_from(&h, leecher);
-    assert_eq!(from.len(), 64, "each piece verified once: {from:?}");
+    assert_eq!(from.len(), manifest.chunk_count() as usize, "each chunk verified once: {from:?}");
     assert!(h.completed(leecher, id));
 }
 

@@ -2,11 +2,11 @@
 //! reconnect with exponential backoff, each link on its own, so a tracker that is down is
 //! retried at most every `RECONNECT_DELAY_MAX` while the others serve), handshake, announce
 //! every file to every tracker (again at each interval and after every reconnect, so a
-//! restarted tracker rebuilds its soft state; verified pieces reach them in the batched `Haves`
-//! the scheduler sends remotes, at most every `HAVE_BATCH_INTERVAL`), and ask where the pieces
+//! restarted tracker rebuilds its soft state; verified chunks reach them in the batched `Haves`
+//! the scheduler sends remotes, at most every `HAVE_BATCH_INTERVAL`), and ask where the chunks
 //! of each download are: every tracker is asked at once (right behind our `Hello`, not a round
 //! trip later), every 2 s while a download is
-//! stuck, less and less often while pieces keep arriving. Every answer is used; the first one
+//! stuck, less and less often while chunks keep arriving. Every answer is used; the first one
 //! to arrive lets the next ask be planned, so a tracker that is down or slow delays nothing.
 //!
 //! [`TrackerLinks`] owns the links' state (private): its inputs are the deadlines
@@ -26,7 +26,7 @@ use crate::machine::Event;
 use crate::time::Time;
 use crate::wire::Message;
 
-use super::pieces::FileEntry;
+use super::chunks::FileEntry;
 
 /// Where one tracker connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +225,7 @@ pub(super) struct Lost {
     pub was_ready: bool,
 }
 
-/// The announce of the pieces held of `file_id` (with the manifest when a tracker may not know
+/// The announce of the chunks held of `file_id` (with the manifest when a tracker may not know
 /// the file); `None` while the manifest is not known.
 pub(super) fn announcement(file_id: FileId, entry: &FileEntry, with_manifest: bool) -> Option<Message> {
     let manifest = entry.manifest()?;
@@ -235,11 +235,11 @@ pub(super) fn announcement(file_id: FileId, entry: &FileEntry, with_manifest: bo
 
 /// A tracker acknowledged an announce of `file_id`: the `Sharing` report, the first time.
 pub(super) fn acknowledged(file_id: FileId, entry: &mut FileEntry) -> Option<Event> {
-    if !entry.sharing_due() {
-        return None;
-    }
-    let name = entry.manifest().map(|m| m.name().to_owned()).unwrap_or_default();
-    Some(Event::Sharing { file_id, name, pieces: entry.have().count() })
+    let manifest = entry.manifest()?;
+    // At most PIECES_MAX pieces: a u32.
+    let pieces = manifest.whole_pieces(entry.have()).count() as u32;
+    let name = manifest.name().to_owned();
+    entry.sharing_due().then_some(Event::Sharing { file_id, name, pieces })
 }
 
 /// What the peer does when a tracker does not know a file.
@@ -272,8 +272,8 @@ pub(super) fn unknown(entry: &mut FileEntry, now: Time) -> Unknown {
 
 /// The downloads whose next `Locate` is due at `now`, each with whether it asks for the
 /// manifest; each is planned again (`sent`: some tracker is ready to hear it).
-/// A download whose tracker is busy (its last answer came late), that exchanges pieces with
-/// `meshed` peers already and got pieces since its last ask is planned again without asking:
+/// A download whose tracker is busy (its last answer came late), that exchanges chunks with
+/// `meshed` peers already and got chunks since its last ask is planned again without asking:
 /// it learns of the crowd's other peers by peer exchange, and the asks the tracker is spared
 /// are the answers others wait for. One that got nothing asks: its peers may all lack what it
 /// misses, and a holder they do not know of only the tracker can name.
@@ -382,7 +382,7 @@ mod tests {
         let mut peer = Peer::new(PeerConfig::new(crate::PeerId::from_seed(1), 1, tracker, 7001));
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
         let file_id = manifest.file_id();
-        let share = Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(manifest.piece_count()) };
+        let share = Command::Share { manifest: manifest.clone(), have: crate::Bitfield::full(manifest.chunk_count()) };
         step_command(&mut peer, Time::ZERO, share, |_| {}).expect("a valid command");
         let tracker_id = crate::PeerId([9; 16]);
         let mut announces_with_manifest = |ms: u64| {
@@ -404,17 +404,17 @@ mod tests {
     }
 
     #[test]
-    fn a_meshed_download_that_gets_pieces_spares_a_busy_tracker_its_ask_and_a_stuck_one_asks() {
+    fn a_meshed_download_that_gets_chunks_spares_a_busy_tracker_its_ask_and_a_stuck_one_asks() {
         use std::collections::BTreeMap;
 
         use super::{locates_due, FileEntry};
         use crate::bitfield::Bitfield;
-        use crate::ids::{FileId, PieceIndex};
+        use crate::ids::{ChunkIndex, FileId};
         use crate::limits::{LOCATE_BUSY_ANSWER_DELAY, LOCATE_INTERVAL};
 
         let (_, manifest) = file(4 * 16 * 1024, 16 * 1024, 3);
         let file_id = manifest.file_id();
-        let entry = FileEntry::downloading(Some((manifest.clone(), Bitfield::new(manifest.piece_count()))), Time::ZERO);
+        let entry = FileEntry::downloading(Some((manifest.clone(), Bitfield::new(manifest.chunk_count()))), Time::ZERO);
         let mut files = BTreeMap::from([(file_id, entry)]);
         let answer_late = |files: &mut BTreeMap<FileId, FileEntry>, asked: Time| {
             let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
@@ -424,14 +424,14 @@ mod tests {
         assert_eq!(locates_due(&mut files, Time::ZERO, true, |_| true), [(file_id, false)], "no answer yet: ask");
         let due = answer_late(&mut files, Time::ZERO);
         let (_, _, have) = files.get_mut(&file_id).and_then(FileEntry::download_parts).expect("a manifest");
-        have.set(PieceIndex(0));
-        assert_eq!(locates_due(&mut files, due, true, |_| false).len(), 1, "busy, a piece came, not meshed: ask");
+        have.set(ChunkIndex(0));
+        assert_eq!(locates_due(&mut files, due, true, |_| false).len(), 1, "busy, a chunk came, not meshed: ask");
         let due = answer_late(&mut files, due);
         assert_eq!(locates_due(&mut files, due, true, |_| true).len(), 1, "busy and meshed, but stuck: ask");
         let due = answer_late(&mut files, due);
         let (_, _, have) = files.get_mut(&file_id).and_then(FileEntry::download_parts).expect("a manifest");
-        have.set(PieceIndex(1));
-        assert!(locates_due(&mut files, due, true, |_| true).is_empty(), "busy, meshed and a piece came: spared");
+        have.set(ChunkIndex(1));
+        assert!(locates_due(&mut files, due, true, |_| true).is_empty(), "busy, meshed and a chunk came: spared");
         let download = files.get_mut(&file_id).and_then(|e| e.download_mut()).expect("a download");
         assert_eq!(download.locate().due_at(), due + LOCATE_INTERVAL * 2, "planned again as if asked");
     }

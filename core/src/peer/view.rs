@@ -6,8 +6,8 @@
 
 use std::net::SocketAddr;
 
+use super::chunks::FileEntry;
 use super::downloads::Phase;
-use super::pieces::FileEntry;
 use super::remote::Remote;
 use crate::bitfield::Bitfield;
 use crate::ids::{ConnId, FileId, PeerId};
@@ -17,13 +17,13 @@ use crate::ids::{ConnId, FileId, PeerId};
 pub enum FileState {
     /// Being downloaded (or waiting for holders or for its manifest).
     Downloading,
-    /// A download whose fetching is paused; its verified pieces are served.
+    /// A download whose fetching is paused; its verified chunks are served.
     Paused,
-    /// Every piece is verified; the file is being moved into place.
+    /// Every chunk is verified; the file is being moved into place.
     Finishing,
     /// The download stopped for good.
     Failed,
-    /// Served: every piece, or the pieces of a partial share.
+    /// Served: every chunk, or the chunks of a partial share.
     Serving,
 }
 
@@ -36,7 +36,7 @@ pub struct FileView {
     pub name: Option<String>,
     /// Its length, once the manifest is known.
     pub length_bytes: Option<u64>,
-    /// Verified pieces (zero-length until the manifest is known).
+    /// Verified chunks (zero-length until the manifest is known).
     pub have: Bitfield,
     /// Where it stands.
     pub state: FileState,

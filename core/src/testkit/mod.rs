@@ -13,7 +13,7 @@ use bytes::BytesMut;
 
 use crate::bitfield::Bitfield;
 use crate::error::CommandError;
-use crate::ids::{ConnId, FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId, PeerId, PieceIndex};
 use crate::machine::{step, step_command, Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::{Manifest, ManifestBuilder};
 use crate::peer::{Peer, PeerConfig};
@@ -56,8 +56,8 @@ struct Node {
     alive: bool,
     /// File contents by id: complete copies for shared files, partial ones for downloads.
     store: MemoryStore,
-    /// Pieces this node serves with flipped bytes.
-    corrupt: BTreeSet<(FileId, PieceIndex)>,
+    /// Chunks this node serves with flipped bytes.
+    corrupt: BTreeSet<(FileId, ChunkIndex)>,
     /// When set, the node never answers requests (a black hole).
     silent: bool,
     /// While set, the node's hash results wait here (a CPU that falls behind).
@@ -124,12 +124,13 @@ impl Harness {
         }
     }
 
-    /// Makes `node` share `bytes` as `manifest`, serving only `pieces` (all when `None`).
+    /// Makes `node` share `bytes` as `manifest`, serving only the chunks of `pieces` (all when
+    /// `None`).
     pub fn share(&mut self, node: NodeIx, manifest: &Manifest, bytes: &[u8], pieces: Option<&[u32]>) {
-        let mut have = Bitfield::new(manifest.piece_count());
+        let mut have = Bitfield::new(manifest.chunk_count());
         match pieces {
-            Some(list) => list.iter().for_each(|p| _ = have.set(PieceIndex(*p))),
-            None => have = Bitfield::full(manifest.piece_count()),
+            Some(list) => list.iter().flat_map(|p| manifest.chunks_of(PieceIndex(*p))).for_each(|c| _ = have.set(c)),
+            None => have = Bitfield::full(manifest.chunk_count()),
         }
         self.nodes[node].store.share(manifest, bytes, have.clone());
         self.command(node, Command::Share { manifest: manifest.clone(), have });
@@ -158,9 +159,9 @@ impl Harness {
         taken.map(|_| ())
     }
 
-    /// Makes `node` serve flipped bytes for `piece`.
-    pub fn corrupt(&mut self, node: NodeIx, file_id: FileId, piece: u32) {
-        self.nodes[node].corrupt.insert((file_id, PieceIndex(piece)));
+    /// Makes `node` serve flipped bytes for `chunk`.
+    pub fn corrupt(&mut self, node: NodeIx, file_id: FileId, chunk: u32) {
+        self.nodes[node].corrupt.insert((file_id, ChunkIndex(chunk)));
     }
 
     /// Makes `node` accept requests and never answer them.
@@ -318,12 +319,12 @@ impl Harness {
     fn storage(&mut self, node: NodeIx, output: Output) {
         let state = &mut self.nodes[node];
         let Some(mut completion) = carry_out(&mut state.store, output) else { return };
-        if let Completion::BlockRead { file_id, piece, result: Ok(bytes), .. } = &mut completion {
-            if state.corrupt.contains(&(*file_id, *piece)) {
+        if let Completion::BlockRead { file_id, chunk, result: Ok(bytes), .. } = &mut completion {
+            if state.corrupt.contains(&(*file_id, *chunk)) {
                 *bytes = bytes.iter().map(|b| b ^ 0x5a).collect();
             }
         }
-        if let (Completion::PieceHashed { .. }, Some(held)) = (&completion, &mut state.held_hashes) {
+        if let (Completion::ChunkHashed { .. }, Some(held)) = (&completion, &mut state.held_hashes) {
             held.push(completion);
             return;
         }
@@ -365,7 +366,7 @@ fn addr(ix: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, (ix / 250) as u8, (ix % 250) as u8 + 1], 7000))
 }
 
-/// `len` bytes of deterministic content and its manifest with `piece_size` pieces.
+/// `len` bytes of deterministic content and its manifest with pieces of `piece_size` bytes.
 pub fn file(len: usize, piece_size: u32, seed: u8) -> (Vec<u8>, Manifest) {
     let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8).collect();
     let mut builder = ManifestBuilder::new("file.bin".into(), piece_size).expect("valid piece size");

@@ -7,10 +7,10 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::error::StoreError;
-use crate::ids::{Digest, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, Digest, FileId, PieceIndex};
 use crate::limits::BLOCK_BYTES_MAX;
-use crate::manifest::{piece_digest, Manifest};
-use crate::store::Store;
+use crate::manifest::Manifest;
+use crate::store::{Resume, Store};
 
 /// Files by id: complete copies for shared files, partial ones for downloads.
 #[derive(Debug, Default)]
@@ -22,8 +22,10 @@ pub(crate) struct MemoryStore {
 struct MemoryFile {
     manifest: Manifest,
     bytes: Vec<u8>,
-    /// Pieces that may be read: shared, or verified so far.
+    /// Chunks that may be read: shared, or verified so far.
     served: Bitfield,
+    /// The chunk digest lists the peer asked to keep.
+    lists: BTreeMap<PieceIndex, Vec<Digest>>,
     state: State,
 }
 
@@ -35,9 +37,15 @@ enum State {
 }
 
 impl MemoryStore {
-    /// Serves the pieces in `have` of `bytes`, described by `manifest`.
+    /// Serves the chunks in `have` of `bytes`, described by `manifest`.
     pub(crate) fn share(&mut self, manifest: &Manifest, bytes: &[u8], have: Bitfield) {
-        let file = MemoryFile { manifest: manifest.clone(), bytes: bytes.to_vec(), served: have, state: State::Shared };
+        let file = MemoryFile {
+            manifest: manifest.clone(),
+            bytes: bytes.to_vec(),
+            served: have,
+            lists: BTreeMap::new(),
+            state: State::Shared,
+        };
         self.files.insert(manifest.file_id(), file);
     }
 
@@ -52,15 +60,15 @@ impl MemoryStore {
 }
 
 impl MemoryFile {
-    /// The byte range of `len` bytes at `offset` in `piece`, checked to stay inside the piece.
-    fn range(&self, piece: PieceIndex, offset: u32, len: u64) -> Result<std::ops::Range<usize>, StoreError> {
-        let out_of_range = StoreError::OutOfRange { piece, offset, len };
-        let Some(piece) = self.manifest.piece(piece.0) else { return Err(out_of_range) };
-        if u64::from(offset) + len > u64::from(self.manifest.piece_len(piece)) {
+    /// The byte range of `len` bytes at `offset` in `chunk`, checked to stay inside the chunk.
+    fn range(&self, chunk: ChunkIndex, offset: u32, len: u64) -> Result<std::ops::Range<usize>, StoreError> {
+        let out_of_range = StoreError::OutOfRange { chunk, offset, len };
+        let Some(chunk) = self.manifest.chunk(chunk.0) else { return Err(out_of_range) };
+        if u64::from(offset) + len > u64::from(self.manifest.chunk_len(chunk)) {
             return Err(out_of_range);
         }
         // Harness files are small: every offset fits in usize.
-        let start = (self.manifest.piece_offset(piece) + u64::from(offset)) as usize;
+        let start = (self.manifest.chunk_offset(chunk) + u64::from(offset)) as usize;
         Ok(start..start + len as usize)
     }
 }
@@ -70,45 +78,46 @@ impl Store for MemoryStore {
         self.files.entry(manifest.file_id()).or_insert_with(|| MemoryFile {
             manifest: manifest.clone(),
             bytes: vec![0; manifest.length_bytes() as usize],
-            served: Bitfield::new(manifest.piece_count()),
+            served: Bitfield::new(manifest.chunk_count()),
+            lists: BTreeMap::new(),
             state: State::Downloading,
         });
         Ok(())
     }
 
-    fn write_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
+    fn write_block(&mut self, file_id: FileId, chunk: ChunkIndex, offset: u32, bytes: Bytes) -> Result<(), StoreError> {
         let file = self.file(file_id)?;
         if file.state != State::Downloading {
             return Err(StoreError::NotDownloading);
         }
-        let range = file.range(piece, offset, bytes.len() as u64)?;
+        let range = file.range(chunk, offset, bytes.len() as u64)?;
         file.bytes[range].copy_from_slice(&bytes);
         Ok(())
     }
 
-    fn hash_piece(&mut self, file_id: FileId, piece: PieceIndex) -> Result<Digest, StoreError> {
+    fn hash_chunk(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<Digest, StoreError> {
         let file = self.file(file_id)?;
-        let len = file.manifest.piece(piece.0).map_or(0, |p| file.manifest.piece_len(p));
-        let range = file.range(piece, 0, u64::from(len))?;
-        Ok(piece_digest(file.manifest.piece_size_bytes(), &file.bytes[range]))
+        let len = file.manifest.chunk(chunk.0).map_or(0, |p| file.manifest.chunk_len(p));
+        let range = file.range(chunk, 0, u64::from(len))?;
+        Ok(Digest::of(&file.bytes[range]))
     }
 
-    fn mark_verified(&mut self, file_id: FileId, piece: PieceIndex) -> Result<(), StoreError> {
+    fn mark_verified(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<(), StoreError> {
         let file = self.file(file_id)?;
-        file.range(piece, 0, 0)?;
-        file.served.set(piece);
+        file.range(chunk, 0, 0)?;
+        file.served.set(chunk);
         Ok(())
     }
 
-    fn read_block(&mut self, file_id: FileId, piece: PieceIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
+    fn read_block(&mut self, file_id: FileId, chunk: ChunkIndex, offset: u32, len: u32) -> Result<Bytes, StoreError> {
         let file = self.file(file_id)?;
-        if !file.served.has(piece) {
-            return Err(StoreError::NotHeld { piece });
+        if !file.served.has(chunk) {
+            return Err(StoreError::NotHeld { chunk });
         }
         if len > BLOCK_BYTES_MAX {
-            return Err(StoreError::OutOfRange { piece, offset, len: u64::from(len) });
+            return Err(StoreError::OutOfRange { chunk, offset, len: u64::from(len) });
         }
-        let range = file.range(piece, offset, u64::from(len))?;
+        let range = file.range(chunk, offset, u64::from(len))?;
         Ok(Bytes::copy_from_slice(&file.bytes[range]))
     }
 
@@ -123,9 +132,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn resume(&mut self, file_id: FileId) -> Result<Option<(Manifest, Bitfield)>, StoreError> {
+    fn keep_list(&mut self, file_id: FileId, piece: PieceIndex, digests: &[Digest]) -> Result<(), StoreError> {
+        self.file(file_id)?.lists.insert(piece, digests.to_vec());
+        Ok(())
+    }
+
+    fn resume(&mut self, file_id: FileId) -> Result<Option<Resume>, StoreError> {
         let download = self.files.get(&file_id).filter(|f| f.state == State::Downloading);
-        Ok(download.map(|f| (f.manifest.clone(), f.served.clone())))
+        Ok(download.map(|f| Resume {
+            manifest: f.manifest.clone(),
+            have: f.served.clone(),
+            lists: f.lists.iter().map(|(piece, list)| (*piece, list.clone())).collect(),
+        }))
     }
 }
 

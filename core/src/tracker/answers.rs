@@ -6,13 +6,13 @@
 //! afresh (so newcomers are not all sent to the same few holders): up to
 //! [`LOCATED_REUSED_PER_FILE_COUNT`] per file while the byte budget allows (see
 //! [`Reuse::wants`]), each drawn with its own shuffle, so load still spreads. A list is built as for an asker that holds nothing, which
-//! also suits any asker it does not name: an asker's own pieces only lower its quotas. An asker
+//! also suits any asker it does not name: an asker's own chunks only lower its quotas. An asker
 //! named in every list gets a list of its own, built fresh; so does every asker of a file that
 //! has no list while the budget is used up (lists are never evicted early: under a working set
 //! larger than the budget, evicting would throw lists away before they are reused).
 //!
 //! Invariants: the registry drops a file's lists whenever one of its holders comes or goes, so a
-//! list never names a peer the tracker has forgotten (pieces gained by known holders show up
+//! list never names a peer the tracker has forgotten (chunks gained by known holders show up
 //! within the reuse time); `Tracker` calls [`Reuse::expire`] before every input, so no list
 //! older than the reuse time is handed out; `built` holds one `(built_at, file slot)` per file
 //! with lists; lists are kept only while fewer than [`LOCATED_REUSE_BYTES_MAX`] bytes are, so

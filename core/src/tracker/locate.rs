@@ -1,17 +1,17 @@
 //! The holder choice behind a `Located` answer.
 //!
 //! Owns one pure function, [`select`]: given a file's holdings and the asker, names live holders so
-//! that every piece has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
-//! [`LOCATED_PEERS_NAMED_MAX`] peers in all (more, up to [`LOCATED_PEERS_MAX`], only where a piece
+//! that every chunk has up to [`HOLDERS_PER_PIECE_MAX`] of them, at most
+//! [`LOCATED_PEERS_NAMED_MAX`] peers in all (more, up to [`LOCATED_PEERS_MAX`], only where a chunk
 //! would otherwise have no named holder), never the asker, in an order drawn from the tracker's
 //! seeded RNG so load spreads. Each named peer comes with its whole bitfield: bits, not lists, so
-//! an answer costs about one bitfield per named peer whatever the piece count.
+//! an answer costs about one bitfield per named peer whatever the chunk count.
 //!
-//! A flash crowd asks at once while few peers hold pieces, and each peer admits only so many
+//! A flash crowd asks at once while few peers hold chunks, and each peer admits only so many
 //! connections, so the choice spreads the askers: a peer already named to
 //! [`LOCATED_NAMINGS_PER_PEER_MAX`](crate::limits::LOCATED_NAMINGS_PER_PEER_MAX) askers in the
-//! current naming window is passed over while other holders of the same pieces can be named (a
-//! piece whose every holder was passed over, or that the first walk left uncovered at its peer cap,
+//! current naming window is passed over while other holders of the same chunks can be named (a
+//! chunk whose every holder was passed over, or that the first walk left uncovered at its peer cap,
 //! still gets one, in a second walk), and up to [`LOCATED_NEWCOMERS_MAX`] peers that hold nothing
 //! yet but know the manifest are named beside the holders, so newcomers meet each other and have
 //! more peers to ask for the manifest. An asker that does not know the manifest yet is named
@@ -19,15 +19,15 @@
 //! registry counts the namings.
 //!
 //! Cost: the holdings are walked once in a random cyclic order (random start, random stride
-//! coprime with their number), a second time only for pieces left without a holder. Holders
-//! still wanted per piece are kept as a 4-bit saturating counter in bit planes over 64-bit
+//! coprime with their number), a second time only for chunks left without a holder. Holders
+//! still wanted per chunk are kept as a 4-bit saturating counter in bit planes over 64-bit
 //! words, started at `8 - quota` so that reaching 8 means "enough": each visited peer costs a
-//! few word operations per 64 pieces. The walk stops as soon as every piece has its quota, the
+//! few word operations per 64 chunks. The walk stops as soon as every chunk has its quota, the
 //! peer cap is hit, or every holding was visited.
 
 use slab::Slab;
 
-use crate::ids::PieceIndex;
+use crate::ids::ChunkIndex;
 use crate::limits::{
     HOLDERS_PER_PIECE_MAX, LOCATED_NEWCOMERS_MAX, LOCATED_PEERS_MAX, LOCATED_PEERS_NAMED_MAX,
     LOCATED_PEERS_UNANNOUNCED_MAX,
@@ -37,15 +37,15 @@ use crate::wire::Holders;
 
 use super::registry::{is_empty, FileEntry, PeerEntry};
 
-/// Planes of the per-piece counter: values 0..=15, of which 8 (`HOLDERS_PER_PIECE_MAX`) means
-/// the piece has enough named holders.
+/// Planes of the per-chunk counter: values 0..=15, of which 8 (`HOLDERS_PER_PIECE_MAX`) means
+/// the chunk has enough named holders.
 const PLANES: usize = 4;
 const _: () = assert!(HOLDERS_PER_PIECE_MAX == 1 << (PLANES - 1));
 
 /// How many peers an answer names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Names {
-    /// Enough holders for every piece, up to [`LOCATED_PEERS_NAMED_MAX`], with up to
+    /// Enough holders for every chunk, up to [`LOCATED_PEERS_NAMED_MAX`], with up to
     /// [`LOCATED_NEWCOMERS_MAX`] newcomers beside them.
     Full,
     /// Up to [`LOCATED_PEERS_UNANNOUNCED_MAX`] peers, newcomers or holders alike, for an asker
@@ -86,7 +86,7 @@ pub(super) fn select(
     };
     if !counter.is_satisfied() {
         // Where one answer could name every peer of the file, the mesh forms through the
-        // holders as their first pieces arrive, and a denser one only adds messages.
+        // holders as their first chunks arrive, and a denser one only adds messages.
         let newcomers_max = match names {
             Names::Few => named_max,
             Names::Full if total > LOCATED_PEERS_NAMED_MAX => LOCATED_NEWCOMERS_MAX,
@@ -111,7 +111,7 @@ pub(super) fn select(
             }
         }
     }
-    // Pieces whose every holder was passed over, or that the first walk left without a holder
+    // Chunks whose every holder was passed over, or that the first walk left without a holder
     // when it reached its peer cap, get one named anyway, past that cap if need be.
     let capped = named.len() == named_max;
     let second = names == Names::Full || named.is_empty();
@@ -127,13 +127,13 @@ pub(super) fn select(
         }
     }
     let records = named.iter().map(|&(slot, holding)| (peer_table[slot as usize].peer, file.holding_bits(holding)));
-    // The arena holds exactly piece_count bits per holding, and at most LOCATED_PEERS_MAX are named.
-    let holders = Holders::pack(file.manifest.piece_count(), records);
+    // The arena holds exactly chunk_count bits per holding, and at most LOCATED_PEERS_MAX are named.
+    let holders = Holders::pack(file.manifest.chunk_count(), records);
     (holders, named.into_iter().map(|(slot, _)| slot).collect())
 }
 
-/// Clears the pieces of `bits` (packed, most significant bit first) from `uncovered` (64
-/// pieces a word, the counter's layout); true when it cleared any.
+/// Clears the chunks of `bits` (packed, most significant bit first) from `uncovered` (64
+/// chunks a word, the counter's layout); true when it cleared any.
 fn cover(uncovered: &mut [u64], bits: &[u8]) -> bool {
     let mut any = false;
     for (word, chunk) in uncovered.iter_mut().zip(bits.chunks(8)) {
@@ -146,18 +146,18 @@ fn cover(uncovered: &mut [u64], bits: &[u8]) -> bool {
     any
 }
 
-/// Per piece, how many more holders it wants, as a saturating bit-plane counter.
+/// Per chunk, how many more holders it wants, as a saturating bit-plane counter.
 struct Counter {
-    /// `planes[p][w]`: bit `p` of the counters of the 64 pieces in word `w`.
+    /// `planes[p][w]`: bit `p` of the counters of the 64 chunks in word `w`.
     planes: [Vec<u64>; PLANES],
-    /// Pieces that still want holders.
+    /// Chunks that still want holders.
     need: Vec<u64>,
 }
 
 impl Counter {
-    /// Counters at `8 - quota`, where a piece's quota is its holders other than the asker,
-    /// capped at 8. A word of 64 pieces that all have more than 8 holders (the common case in a
-    /// big swarm) wants 8 of each whoever asks: its counters stay at 0, with no per-piece work.
+    /// Counters at `8 - quota`, where a chunk's quota is its holders other than the asker,
+    /// capped at 8. A word of 64 chunks that all have more than 8 holders (the common case in a
+    /// big swarm) wants 8 of each whoever asks: its counters stay at 0, with no per-chunk work.
     fn new(file: &FileEntry, asker_index: Option<usize>) -> Counter {
         let words = file.counts.len().div_ceil(64);
         let mut planes: [Vec<u64>; PLANES] = std::array::from_fn(|_| vec![0; words]);
@@ -169,9 +169,9 @@ impl Counter {
                 continue;
             }
             for (i, &count) in counts.iter().enumerate() {
-                let piece = word * 64 + i;
+                let chunk = word * 64 + i;
                 // The asker's own bit is in the count but it is never named to itself.
-                let own = asker_index.is_some_and(|index| file.holding_has(index, PieceIndex(piece as u32)));
+                let own = asker_index.is_some_and(|index| file.holding_has(index, ChunkIndex(chunk as u32)));
                 let quota = (count.saturating_sub(u32::from(own)) as usize).min(HOLDERS_PER_PIECE_MAX);
                 let start = HOLDERS_PER_PIECE_MAX - quota;
                 let bit = 63 - i;
@@ -184,7 +184,7 @@ impl Counter {
         Counter { planes, need }
     }
 
-    /// Counts one holder's pieces; true when it holds a piece that still wanted holders.
+    /// Counts one holder's chunks; true when it holds a chunk that still wanted holders.
     fn add(&mut self, bits: &[u8]) -> bool {
         let words = bits.chunks_exact(8);
         let tail = words.remainder();
@@ -201,7 +201,7 @@ impl Counter {
         useful_any
     }
 
-    /// Adds one to the counters of the pieces set in `have` that still want holders.
+    /// Adds one to the counters of the chunks set in `have` that still want holders.
     fn add_word(&mut self, word: usize, have: u64) -> bool {
         let mut carry = have & self.need[word];
         if carry == 0 {

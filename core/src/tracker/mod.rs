@@ -1,4 +1,4 @@
-//! The tracker state machine: who holds which piece of which file.
+//! The tracker state machine: who holds which chunk of which file.
 //!
 //! [`Tracker`] owns the connection protocol (handshake, per-connection deadlines, error replies
 //! and closes); its submodules own the state behind the answers:
@@ -237,11 +237,11 @@ impl Tracker {
     fn on_request(&mut self, now: Time, conn: ConnId, role: Role, peer: PeerAddr, message: Message) {
         match message {
             Message::Announce { file_id, manifest, have } if role == Role::Peer => {
-                let pieces = have.count();
+                let chunks = have.count();
                 match self.registry.announce(now, conn, peer, file_id, manifest.map(|m| *m), have) {
                     Ok(first) => {
                         if first {
-                            self.event(Event::PeerAnnounced { peer, file_id, pieces });
+                            self.event(Event::PeerAnnounced { peer, file_id, chunks });
                         }
                         self.send(conn, Message::Announced { file_id });
                         self.parked.known(now, file_id);
@@ -249,14 +249,14 @@ impl Tracker {
                     Err(refusal) => self.send_error(conn, Some(file_id), refusal),
                 }
             }
-            Message::Have { file_id, piece } if role == Role::Peer => {
-                if let Err(refusal) = self.registry.have(conn, file_id, piece) {
+            Message::Have { file_id, chunk } if role == Role::Peer => {
+                if let Err(refusal) = self.registry.have(conn, file_id, chunk) {
                     self.send_error(conn, Some(file_id), refusal);
                 }
             }
-            Message::Haves { file_id, pieces } if role == Role::Peer => {
-                // One refusal answers the batch: the pieces after it are refused for the same reason.
-                if let Some(refusal) = pieces.iter().find_map(|piece| self.registry.have(conn, file_id, *piece).err()) {
+            Message::Haves { file_id, chunks } if role == Role::Peer => {
+                // One refusal answers the batch: the chunks after it are refused for the same reason.
+                if let Some(refusal) = chunks.iter().find_map(|chunk| self.registry.have(conn, file_id, *chunk).err()) {
                     self.send_error(conn, Some(file_id), refusal);
                 }
             }

@@ -1,9 +1,9 @@
 //! What one peer registration and one source IP may make the tracker keep.
 //!
-//! Every holding (a peer holding a file) costs its file's manifest bytes and one bit per piece.
-//! A peer registration is charged for each of its holdings (its pieces are at most a 32nd of
+//! Every holding (a peer holding a file) costs its file's manifest bytes and one bit per chunk.
+//! A peer registration is charged for each of its holdings (its chunks are at most a 32nd of
 //! its manifest bytes); a source IP is charged for each distinct file its peers hold (the
-//! manifest is kept once) and for the pieces of all their holdings. An announce that would take a new holding past a bound is refused with an
+//! manifest is kept once) and for the chunks of all their holdings. An announce that would take a new holding past a bound is refused with an
 //! `Overloaded` error naming the bound; what is already held stays. Peer ids are chosen by the
 //! peers themselves, so a registration (one connection, one address) and its source IP are
 //! what the quotas count.
@@ -26,21 +26,21 @@ use super::registry::Refusal;
 /// What one holding of a file costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Cost {
-    /// The manifest: 32 bytes per piece hash, plus the name and a directory's paths.
+    /// The manifest: 32 bytes per chunk hash, plus the name and a directory's paths.
     manifest_bytes: u64,
     /// One bit each in the holder's bitfield.
-    pieces: u64,
+    chunks: u64,
 }
 
 impl Cost {
     /// The cost of holding the file `manifest` describes.
     pub(super) fn of(manifest: &Manifest) -> Cost {
-        let pieces = u64::from(manifest.piece_count());
+        let chunks = u64::from(manifest.chunk_count());
         let text_bytes = manifest.name().len() + manifest.tree_paths_bytes();
-        Cost { manifest_bytes: 32 * pieces + text_bytes as u64, pieces }
+        Cost { manifest_bytes: 32 * chunks + text_bytes as u64, chunks }
     }
 
-    /// Bytes of the manifest: its piece hashes, name and paths.
+    /// Bytes of the manifest: its chunk hashes, name and paths.
     pub(super) fn manifest_bytes(self) -> u64 {
         self.manifest_bytes
     }
@@ -87,8 +87,8 @@ struct IpUsage {
     files: BTreeMap<u32, u32>,
     /// Manifest bytes of the distinct files in `files`.
     manifest_bytes: u64,
-    /// Pieces of every holding.
-    pieces: u64,
+    /// Chunks of every holding.
+    chunks: u64,
 }
 
 /// The usage of every source IP with a holding.
@@ -110,9 +110,9 @@ impl Quotas {
             let bound = TRACKER_MANIFEST_BYTES_PER_IP_MAX;
             return Err(over(format!("the files of one address's peers may have at most {bound} manifest bytes")));
         }
-        if usage.pieces + cost.pieces > TRACKER_PIECES_PER_IP_MAX {
+        if usage.chunks + cost.chunks > TRACKER_PIECES_PER_IP_MAX {
             return Err(over(format!(
-                "the peers of one address may announce at most {TRACKER_PIECES_PER_IP_MAX} pieces"
+                "the peers of one address may announce at most {TRACKER_PIECES_PER_IP_MAX} chunks"
             )));
         }
         Ok(())
@@ -126,14 +126,14 @@ impl Quotas {
             usage.manifest_bytes += cost.manifest_bytes;
         }
         *holdings += 1;
-        usage.pieces += cost.pieces;
+        usage.chunks += cost.chunks;
     }
 
     /// Uncounts a holding of file `file_slot` by a peer at `ip`.
     pub(super) fn remove(&mut self, ip: IpAddr, file_slot: u32, cost: Cost) {
         // A holding that goes was counted when it came (the module's invariant).
         let usage = self.by_ip.get_mut(&ip).expect("a holding that goes was counted");
-        usage.pieces -= cost.pieces;
+        usage.chunks -= cost.chunks;
         let holdings = usage.files.get_mut(&file_slot).expect("a holding that goes was counted");
         *holdings -= 1;
         if *holdings == 0 {
@@ -161,19 +161,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pieces_of_one_address_are_bounded_across_its_holdings() {
+    fn the_chunks_of_one_address_are_bounded_across_its_holdings() {
         let ip = IpAddr::from([10, 0, 0, 1]);
-        let half = Cost { manifest_bytes: 0, pieces: TRACKER_PIECES_PER_IP_MAX / 2 };
+        let half = Cost { manifest_bytes: 0, chunks: TRACKER_PIECES_PER_IP_MAX / 2 };
         let mut quotas = Quotas::default();
         for file_slot in [1, 1] {
             assert_eq!(quotas.check(ip, Some(file_slot), half), Ok(()));
             quotas.add(ip, file_slot, half);
         }
-        let one = Cost { manifest_bytes: 0, pieces: 1 };
-        assert!(quotas.check(ip, Some(1), one).is_err(), "at the bound, one piece more is refused");
+        let one = Cost { manifest_bytes: 0, chunks: 1 };
+        assert!(quotas.check(ip, Some(1), one).is_err(), "at the bound, one chunk more is refused");
         assert_eq!(quotas.check(IpAddr::from([10, 0, 0, 2]), Some(1), one), Ok(()));
         quotas.remove(ip, 1, half);
-        assert_eq!(quotas.check(ip, Some(1), one), Ok(()), "a holding that goes frees its pieces");
+        assert_eq!(quotas.check(ip, Some(1), one), Ok(()), "a holding that goes frees its chunks");
         assert_eq!(quotas.holdings(ip), 1);
     }
 }

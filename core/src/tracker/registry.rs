@@ -1,4 +1,4 @@
-//! The tracker's soft state: which peer holds which piece of which file, and when each peer's
+//! The tracker's soft state: which peer holds which chunk of which file, and when each peer's
 //! registration expires.
 //!
 //! A peer is registered under the tracker connection it announced on ([`ConnId`]): it lives as
@@ -13,7 +13,7 @@
 //! Invariants (checked by `Registry::check_invariants` after every input in the tests):
 //! - a file exists while at least one peer holds it (possibly with an empty bitfield), and a
 //!   peer exists while it holds at least one file — memory stays bounded by live announces;
-//! - `FileEntry::counts[p]` is the number of holdings with piece `p`;
+//! - `FileEntry::counts[p]` is the number of holdings with chunk `p`;
 //! - the files' `holders` and the peers' `files` lists describe the same holdings:
 //!   `(f, i)` in peer `p`'s list if and only if `files[f].holders[i] == p`;
 //! - `expiries` holds exactly one `(expires_at, peer slot)` per registered peer;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
     FRAME_BYTES_MAX, LIST_FILES_MAX, LOCATED_MANIFEST_BYTES_PER_WINDOW, LOCATED_NAMINGS_PER_PEER_MAX,
     LOCATED_NAMING_WINDOW, LOCATED_PEERS_NAMED_MAX, TRACKER_FILES_MAX, TRACKER_PEERS_MAX,
@@ -90,7 +90,7 @@ pub(super) struct FileEntry {
     /// The holders' bitfields, `stride` bytes each, in holding order, `HOLDINGS_PER_CHUNK` per
     /// chunk; only the last chunk may be partly used.
     chunks: Vec<Box<[u8]>>,
-    /// Live holders of each piece.
+    /// Live holders of each chunk.
     pub(super) counts: Vec<u32>,
 }
 
@@ -112,7 +112,7 @@ pub(super) struct PeerEntry {
 }
 
 impl PeerEntry {
-    /// Whether `select` may name it in naming `window` while other holders of the same pieces
+    /// Whether `select` may name it in naming `window` while other holders of the same chunks
     /// can be named instead: it was named to fewer than [`LOCATED_NAMINGS_PER_PEER_MAX`]
     /// askers in that window.
     pub(super) fn may_be_named(&self, window: u64) -> bool {
@@ -250,30 +250,30 @@ impl Registry {
         Ok(first)
     }
 
-    /// Adds `piece` to what the peer on `conn` holds of `file_id`.
-    pub(super) fn have(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> Result<(), Refusal> {
+    /// Adds `chunk` to what the peer on `conn` holds of `file_id`.
+    pub(super) fn have(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) -> Result<(), Refusal> {
         let Some(&file_slot) = self.files_by_id.get(&file_id) else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for an unknown file"));
         };
         let file = &mut self.files[file_slot as usize];
-        if piece.0 >= file.manifest.piece_count() {
-            return Err(Refusal::new(ErrorCode::BadRequest, format!("piece {piece} is out of range")));
+        if chunk.0 >= file.manifest.chunk_count() {
+            return Err(Refusal::new(ErrorCode::BadRequest, format!("chunk {chunk} is out of range")));
         }
         let index = self.peers_by_conn.get(&conn).and_then(|slot| holding_of(&self.peers[*slot as usize], file_slot));
         let Some(index) = index else {
             return Err(Refusal::new(ErrorCode::BadRequest, "have for a file this peer did not announce"));
         };
-        // A peer's first piece makes it a holder others should hear of at once (downloaders
+        // A peer's first chunk makes it a holder others should hear of at once (downloaders
         // that started together find each other so): lists that leave it out go.
         if is_empty(file.holding_bits(index)) {
             self.reuse.forget(file_slot);
         }
         let file = &mut self.files[file_slot as usize];
-        let mask = 0x80u8 >> (piece.0 % 8);
-        let byte = &mut file.holding_bits_mut(index)[piece.as_usize() / 8];
+        let mask = 0x80u8 >> (chunk.0 % 8);
+        let byte = &mut file.holding_bits_mut(index)[chunk.as_usize() / 8];
         if *byte & mask == 0 {
             *byte |= mask;
-            file.counts[piece.as_usize()] += 1;
+            file.counts[chunk.as_usize()] += 1;
         }
         Ok(())
     }
@@ -371,7 +371,7 @@ impl Registry {
         let mut files = Vec::new();
         for (file_id, slot) in &self.files_by_id {
             let file = &self.files[*slot as usize];
-            // An upper bound on the CBOR size: id, name, numbers, ≤ 5 bytes per piece count.
+            // An upper bound on the CBOR size: id, name, numbers, ≤ 5 bytes per chunk count.
             let cost_bytes = 128 + file.manifest.name().len() + 5 * file.counts.len();
             if files.len() == LIST_FILES_MAX || used_bytes + cost_bytes > budget_bytes {
                 return Message::Files { files, truncated: true };
@@ -386,10 +386,10 @@ impl Registry {
     pub(super) fn view(&self, bounds: ViewBounds) -> TrackerView {
         let files = self.files_by_id.iter().take(bounds.files_max).map(|(file_id, slot)| {
             let file = &self.files[*slot as usize];
-            let piece_count = file.manifest.piece_count();
+            let chunk_count = file.manifest.chunk_count();
             let mut holders: Vec<(PeerAddr, Bitfield)> = (0..file.holding_count())
                 .filter_map(|index| {
-                    let bits = Bitfield::from_bytes(piece_count, file.holding_bits(index))?;
+                    let bits = Bitfield::from_bytes(chunk_count, file.holding_bits(index))?;
                     Some((self.peers[file.holder(index) as usize].peer, bits))
                 })
                 .collect();
@@ -399,7 +399,7 @@ impl Registry {
                 file_id: *file_id,
                 name: file.manifest.name().to_owned(),
                 length_bytes: file.manifest.length_bytes(),
-                holders_per_piece: file.counts.clone(),
+                holders_per_piece: holders_per_piece(&file.manifest, &file.counts),
                 holders,
                 holders_count: file.holding_count(),
             }
@@ -439,9 +439,9 @@ impl Registry {
             (None, Some(manifest)) => manifest,
             (None, None) => return Err(Refusal::new(ErrorCode::UnknownFile, "unknown file; send the manifest")),
         };
-        let piece_count = described.piece_count();
-        if have.len() != piece_count {
-            let detail = format!("bitfield has {} bits, the file has {piece_count} pieces", have.len());
+        let chunk_count = described.chunk_count();
+        if have.len() != chunk_count {
+            let detail = format!("bitfield has {} bits, the file has {chunk_count} chunks", have.len());
             return Err(Refusal::new(ErrorCode::BadRequest, detail));
         }
         if known.is_none() && self.files.len() >= TRACKER_FILES_MAX {
@@ -457,7 +457,7 @@ impl Registry {
             record.map_or(Usage::default(), |record| record.usage).check(cost)?;
             self.quotas.check(ip, known_slot, cost)?;
         }
-        // Last, as the dearest check: hashing a manifest of the most pieces costs more than
+        // Last, as the dearest check: hashing a manifest of the most chunks costs more than
         // every check above together, and a flood of announces past a quota never gets here.
         let matches = match (known, manifest) {
             (Some(file), Some(manifest)) => file.manifest == *manifest,
@@ -516,9 +516,9 @@ impl Registry {
         for (_, file) in &self.files {
             assert!(!file.holders.is_empty());
             assert_eq!(file.chunks.len(), file.holders.len().div_ceil(HOLDINGS_PER_CHUNK));
-            for piece in file.manifest.pieces() {
-                let holders = (0..file.holders.len()).filter(|i| file.holding_has(*i, piece)).count();
-                assert_eq!(file.counts[piece.as_usize()] as usize, holders);
+            for chunk in file.manifest.chunks() {
+                let holders = (0..file.holders.len()).filter(|i| file.holding_has(*i, chunk)).count();
+                assert_eq!(file.counts[chunk.as_usize()] as usize, holders);
             }
         }
     }
@@ -526,8 +526,8 @@ impl Registry {
 
 impl FileEntry {
     fn new(manifest: Manifest) -> FileEntry {
-        let counts = vec![0; manifest.piece_count() as usize];
-        let stride = (manifest.piece_count() as usize).div_ceil(8);
+        let counts = vec![0; manifest.chunk_count() as usize];
+        let stride = (manifest.chunk_count() as usize).div_ceil(8);
         FileEntry { manifest, stride, holders: Vec::new(), chunks: Vec::new(), counts }
     }
 
@@ -552,15 +552,15 @@ impl FileEntry {
         &mut self.chunks[chunk][range]
     }
 
-    /// Subtracts the pieces of holding `index` from the per-piece counts.
+    /// Subtracts the chunks of holding `index` from the per-chunk counts.
     fn uncount(&mut self, index: usize) {
         let (chunk, range) = locate_holding(self.stride, index);
         add_counts(&mut self.counts, &self.chunks[chunk][range], -1);
     }
 
-    /// Whether holding `index` has `piece`.
-    pub(super) fn holding_has(&self, index: usize, piece: PieceIndex) -> bool {
-        self.holding_bits(index)[piece.as_usize() / 8] & (0x80 >> (piece.0 % 8)) != 0
+    /// Whether holding `index` has `chunk`.
+    pub(super) fn holding_has(&self, index: usize, chunk: ChunkIndex) -> bool {
+        self.holding_bits(index)[chunk.as_usize() / 8] & (0x80 >> (chunk.0 % 8)) != 0
     }
 
     /// Replaces the bits of holding `index`.
@@ -608,9 +608,16 @@ impl FileEntry {
             length_bytes: self.manifest.length_bytes(),
             // Bounded by TRACKER_PEERS_MAX, far below u32::MAX.
             peer_count: peer_count as u32,
-            holders_per_piece: self.counts.clone(),
+            holders_per_piece: holders_per_piece(&self.manifest, &self.counts),
         }
     }
+}
+
+/// The holders of each piece of `manifest`: of `per_chunk`, the holders of each chunk, the
+/// fewest among the piece's chunks.
+fn holders_per_piece(manifest: &Manifest, per_chunk: &[u32]) -> Vec<u32> {
+    let per_chunk = |chunk: ChunkIndex| per_chunk.get(chunk.as_usize()).copied().unwrap_or(0);
+    manifest.pieces().map(|piece| manifest.chunks_of(piece).map(per_chunk).min().unwrap_or(0)).collect()
 }
 
 /// The holding index of `record` in file `file_slot`, if it holds the file.
@@ -630,12 +637,12 @@ fn duration_micros(span: Duration) -> u64 {
     u64::try_from(span.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Whether the packed bits hold no piece.
+/// Whether the packed bits hold no chunk.
 pub(super) fn is_empty(bits: &[u8]) -> bool {
     bits.iter().all(|byte| *byte == 0)
 }
 
-/// Adds `sign` (±1) to the count of every piece set in the packed bits `have`.
+/// Adds `sign` (±1) to the count of every chunk set in the packed bits `have`.
 fn add_counts(counts: &mut [u32], have: &[u8], sign: i32) {
     for (byte_index, &byte) in have.iter().enumerate() {
         let mut rest = byte;

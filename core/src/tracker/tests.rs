@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::bitfield::Bitfield;
 use crate::error::DecodeError;
-use crate::ids::{Digest, PieceIndex};
+use crate::ids::{ChunkIndex, Digest};
 use crate::limits::{
     FRAME_BYTES_MAX, HANDSHAKE_TIMEOUT, HOLDERS_PER_PIECE_MAX, IDLE_TIMEOUT, LOCATED_PEERS_MAX,
     LOCATED_PEERS_NAMED_MAX, LOCATE_PARK_SETTLE_TIME, LOCATE_PARK_TIME, PARKED_ASKS_PER_CONN_MAX, PIECES_MAX,
@@ -79,27 +79,27 @@ impl Harness {
         self.join(n, Role::Peer, 6000 + n as u16)
     }
 
-    fn announce(&mut self, remote: Remote, manifest: &Manifest, pieces: &[u32]) -> Vec<Output> {
+    fn announce(&mut self, remote: Remote, manifest: &Manifest, chunks: &[u32]) -> Vec<Output> {
         let message = Message::Announce {
             file_id: manifest.file_id(),
             manifest: Some(Box::new(manifest.clone())),
-            have: have(manifest, pieces),
+            have: have(manifest, chunks),
         };
         self.send(remote, message)
     }
 
-    /// The answer to a `Locate`, as the peers named and, per piece, indices into them.
+    /// The answer to a `Locate`, as the peers named and, per chunk, indices into them.
     fn locate(&mut self, remote: Remote, manifest: &Manifest) -> (Vec<PeerAddr>, Vec<Vec<u16>>) {
         let outputs = self.send(remote, Message::Locate { file_id: manifest.file_id(), with_manifest: false });
         match only_message(&outputs) {
             Message::Located { file_id, manifest: got, holders } => {
                 assert_eq!(*file_id, manifest.file_id());
                 assert_eq!(*got, None, "not asked for");
-                assert_eq!(holders.piece_count(), manifest.piece_count());
+                assert_eq!(holders.chunk_count(), manifest.chunk_count());
                 let (peers, have): (Vec<PeerAddr>, Vec<Bitfield>) = holders.iter().unzip();
                 let holders = manifest
-                    .pieces()
-                    .map(|piece| (0..peers.len()).filter(|i| have[*i].has(piece)).map(|i| i as u16).collect())
+                    .chunks()
+                    .map(|chunk| (0..peers.len()).filter(|i| have[*i].has(chunk)).map(|i| i as u16).collect())
                     .collect();
                 (peers, holders)
             }
@@ -134,15 +134,15 @@ fn hello(role: Role, n: u64, port: u16) -> Message {
     Message::Hello(Hello::new(role, id_of(n), port))
 }
 
-fn manifest(name: &str, pieces: u32) -> Manifest {
-    let hashes = (0..pieces).map(|i| Digest::of(&i.to_be_bytes())).collect();
-    Manifest::new(name.to_owned(), u64::from(pieces) * u64::from(PIECE_BYTES), PIECE_BYTES, hashes).expect("valid")
+fn manifest(name: &str, chunks: u32) -> Manifest {
+    let hashes = (0..chunks).map(|i| Digest::of(&i.to_be_bytes())).collect();
+    Manifest::new(name.to_owned(), u64::from(chunks) * u64::from(PIECE_BYTES), PIECE_BYTES, hashes).expect("valid")
 }
 
-fn have(manifest: &Manifest, pieces: &[u32]) -> Bitfield {
-    let mut field = Bitfield::new(manifest.piece_count());
-    for &piece in pieces {
-        field.set(PieceIndex(piece));
+fn have(manifest: &Manifest, chunks: &[u32]) -> Bitfield {
+    let mut field = Bitfield::new(manifest.chunk_count());
+    for &chunk in chunks {
+        field.set(ChunkIndex(chunk));
     }
     field
 }
@@ -175,7 +175,7 @@ fn gone(outputs: &[Output]) -> Vec<(SocketAddr, GoneReason)> {
         .collect()
 }
 
-/// Per piece, the addresses a `Located` answer names.
+/// Per chunk, the addresses a `Located` answer names.
 fn holder_addrs(located: &(Vec<PeerAddr>, Vec<Vec<u16>>)) -> Vec<Vec<SocketAddr>> {
     let (peers, holders) = located;
     holders.iter().map(|list| list.iter().map(|&i| peers[usize::from(i)].addr).collect()).collect()
@@ -257,7 +257,7 @@ fn announce_with_manifest_is_recorded_and_reported_once() {
     assert_eq!(
         outputs,
         vec![
-            Output::Event(Event::PeerAnnounced { peer, file_id: file.file_id(), pieces: 2 }),
+            Output::Event(Event::PeerAnnounced { peer, file_id: file.file_id(), chunks: 2 }),
             Output::Send { conn: a.conn, message: Message::Announced { file_id: file.file_id() } },
         ]
     );
@@ -305,7 +305,7 @@ fn announce_with_a_wrong_manifest_or_bitfield_is_a_bad_request() {
 }
 
 #[test]
-fn located_lists_each_pieces_holders_at_their_announced_addresses() {
+fn located_lists_each_chunks_holders_at_their_announced_addresses() {
     let mut h = Harness::new(1);
     let file = manifest("abc", 3);
     let (a, b, c, d) = (h.peer(1), h.peer(2), h.peer(3), h.peer(4));
@@ -343,15 +343,15 @@ fn holders_per_piece_and_peers_per_answer_are_capped() {
     let located = h.locate(asker, &file);
     assert!(located.1.iter().all(|list| list.len() == HOLDERS_PER_PIECE_MAX));
     assert!(located.0.len() <= LOCATED_PEERS_NAMED_MAX);
-    // Each piece names distinct peers.
+    // Each chunk names distinct peers.
     for list in &located.1 {
         let mut sorted = list.clone();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), list.len());
     }
-    // 200 single-piece holders: past its peer cap the answer names one holder of each piece
-    // still without one, up to what a peer accepts, before every piece has a holder.
+    // 200 single-chunk holders: past its peer cap the answer names one holder of each chunk
+    // still without one, up to what a peer accepts, before every chunk has a holder.
     let mut h = Harness::new(1);
     for n in 0..200 {
         let p = h.peer(n + 1);
@@ -459,13 +459,13 @@ fn have_adds_a_holder_and_bad_haves_are_refused_without_closing() {
     let file = manifest("f", 2);
     let (a, d) = (h.peer(1), h.peer(4));
     h.announce(a, &file, &[0]);
-    assert!(h.send(a, Message::Have { file_id: file.file_id(), piece: PieceIndex(1) }).is_empty());
+    assert!(h.send(a, Message::Have { file_id: file.file_id(), chunk: ChunkIndex(1) }).is_empty());
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()], vec![a.addr()]]);
-    let out_of_range = h.send(a, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) });
+    let out_of_range = h.send(a, Message::Have { file_id: file.file_id(), chunk: ChunkIndex(2) });
     assert_eq!(error_code(&out_of_range), ErrorCode::BadRequest);
-    let unknown = h.send(a, Message::Have { file_id: manifest("g", 1).file_id(), piece: PieceIndex(0) });
+    let unknown = h.send(a, Message::Have { file_id: manifest("g", 1).file_id(), chunk: ChunkIndex(0) });
     assert_eq!(error_code(&unknown), ErrorCode::BadRequest);
-    let not_announced = h.send(d, Message::Have { file_id: file.file_id(), piece: PieceIndex(0) });
+    let not_announced = h.send(d, Message::Have { file_id: file.file_id(), chunk: ChunkIndex(0) });
     assert_eq!(error_code(&not_announced), ErrorCode::BadRequest);
     assert_eq!(holder_addrs(&h.locate(d, &file)), vec![vec![a.addr()], vec![a.addr()]]);
 }
@@ -506,7 +506,7 @@ fn clients_may_only_query_and_are_never_listed() {
     let (a, client) = (h.peer(1), h.join(2, Role::Client, 7000));
     h.announce(a, &file, &[0]);
     assert_eq!(error_code(&h.announce(client, &file, &[0])), ErrorCode::Unexpected);
-    let have = Message::Have { file_id: file.file_id(), piece: PieceIndex(0) };
+    let have = Message::Have { file_id: file.file_id(), chunk: ChunkIndex(0) };
     assert_eq!(error_code(&h.send(client, have)), ErrorCode::Unexpected);
     assert_eq!(holder_addrs(&h.locate(client, &file)), vec![vec![a.addr()]]);
     let outputs = h.send(client, Message::List);
@@ -521,7 +521,7 @@ fn clients_may_only_query_and_are_never_listed() {
 }
 
 #[test]
-fn list_is_ordered_by_file_id_with_per_piece_counts() {
+fn list_is_ordered_by_file_id_with_per_chunk_counts() {
     let mut h = Harness::new(1);
     let files: Vec<Manifest> = ["a", "b", "c", "d"].iter().map(|name| manifest(name, 2)).collect();
     let (p, q) = (h.peer(1), h.peer(2));
@@ -618,11 +618,11 @@ fn locate_stays_cheap_with_many_holders() {
     for n in 0..2000u64 {
         let p = Remote { port: 6000, ..h.connect(n, [10, (n >> 8) as u8, n as u8, 1]) };
         h.tracker.handle(h.now, Input::Message { conn: p.conn, message: hello(Role::Peer, n, 6000) });
-        let pieces: Vec<u32> = ((7 - n as u32 % 7) % 7..256).step_by(7).collect();
+        let chunks: Vec<u32> = ((7 - n as u32 % 7) % 7..256).step_by(7).collect();
         let message = Message::Announce {
             file_id: file.file_id(),
             manifest: Some(Box::new(file.clone())),
-            have: have(&file, &pieces),
+            have: have(&file, &chunks),
         };
         h.tracker.handle(h.now, Input::Message { conn: p.conn, message });
         while h.tracker.poll_output().is_some() {}
@@ -666,8 +666,8 @@ fn the_manifest_travels_only_when_asked_for() {
     }
 }
 
-/// Enough holders that an answer names only some of them (8 per piece), so reused lists differ.
-fn announce_thirty_holders_of_pieces_0_and_1(h: &mut Harness, file: &Manifest) {
+/// Enough holders that an answer names only some of them (8 per chunk), so reused lists differ.
+fn announce_thirty_holders_of_chunks_0_and_1(h: &mut Harness, file: &Manifest) {
     for n in 1..=30 {
         let p = h.peer(n);
         h.announce(p, file, &[0, 1]);
@@ -680,7 +680,7 @@ fn holder_lists_are_reused_in_turn_until_a_holder_comes_or_goes_or_they_age() {
     let mut h = Harness::new(5);
     let file = manifest("f", 3);
     // An answer names 8 of the 30 holders, drawn anew for each list.
-    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
+    announce_thirty_holders_of_chunks_0_and_1(&mut h, &file);
     let c = h.join(100, Role::Client, 0);
     let answers: Vec<_> = (0..LISTS * 3).map(|_| h.locate(c, &file)).collect();
     for i in LISTS..answers.len() {
@@ -695,14 +695,14 @@ fn holder_lists_are_reused_in_turn_until_a_holder_comes_or_goes_or_they_age() {
     }
     let holder = answers[0].0[0];
     let holder = Remote { conn: ConnId::Inbound(holder.addr.port() as u64 - 6000), ip: [0; 4], port: 0 };
-    assert!(h.send(holder, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) }).is_empty());
-    assert_eq!(holder_addrs(&h.locate(c, &file))[2].len(), 1, "a new piece of a known holder may wait");
+    assert!(h.send(holder, Message::Have { file_id: file.file_id(), chunk: ChunkIndex(2) }).is_empty());
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2].len(), 1, "a new chunk of a known holder may wait");
     h.now = h.now + LOCATED_REUSE_TIME;
     assert_eq!(holder_addrs(&h.locate(c, &file))[2].len(), 2, "and shows once the lists are old");
 
     h.input(Input::Disconnected { conn: newcomer.conn });
     let addrs = holder_addrs(&h.locate(c, &file));
-    assert!(addrs.iter().all(|piece| !piece.contains(&newcomer.addr())), "a gone holder drops the lists");
+    assert!(addrs.iter().all(|chunk| !chunk.contains(&newcomer.addr())), "a gone holder drops the lists");
 }
 
 #[test]
@@ -710,7 +710,7 @@ fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_
     use crate::limits::{LOCATED_REUSED_PER_FILE_COUNT as LISTS, LOCATED_REUSES_PER_LIST_MAX as REUSES};
     let mut h = Harness::new(6);
     let file = manifest("f", 3);
-    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
+    announce_thirty_holders_of_chunks_0_and_1(&mut h, &file);
     let c = h.join(100, Role::Client, 0);
     let first: Vec<_> = (0..LISTS * REUSES).map(|_| h.locate(c, &file)).collect();
     assert!(first.iter().all(|answer| first[..LISTS].contains(answer)), "one round reuses the first lists");
@@ -719,18 +719,18 @@ fn a_reused_holder_list_goes_to_a_bounded_number_of_askers_then_fresh_lists_are_
 }
 
 #[test]
-fn a_peer_that_held_nothing_is_named_at_once_after_its_first_piece() {
+fn a_peer_that_held_nothing_is_named_at_once_after_its_first_chunk() {
     let mut h = Harness::new(7);
     let file = manifest("f", 3);
-    announce_thirty_holders_of_pieces_0_and_1(&mut h, &file);
+    announce_thirty_holders_of_chunks_0_and_1(&mut h, &file);
     let starter = h.peer(31);
     h.announce(starter, &file, &[]);
     let c = h.join(100, Role::Client, 0);
     for _ in 0..crate::limits::LOCATED_REUSED_PER_FILE_COUNT {
-        assert!(holder_addrs(&h.locate(c, &file))[2].is_empty(), "nobody holds piece 2 yet");
+        assert!(holder_addrs(&h.locate(c, &file))[2].is_empty(), "nobody holds chunk 2 yet");
     }
-    assert!(h.send(starter, Message::Have { file_id: file.file_id(), piece: PieceIndex(2) }).is_empty());
-    assert_eq!(holder_addrs(&h.locate(c, &file))[2], vec![starter.addr()], "its first piece drops the reused lists");
+    assert!(h.send(starter, Message::Have { file_id: file.file_id(), chunk: ChunkIndex(2) }).is_empty());
+    assert_eq!(holder_addrs(&h.locate(c, &file))[2], vec![starter.addr()], "its first chunk drops the reused lists");
 }
 
 /// Peer `n` connected from `ip`, listening on port `6000 + n`.
@@ -740,7 +740,7 @@ fn peer_at(h: &mut Harness, n: u64, ip: [u8; 4]) -> Remote {
     remote
 }
 
-/// A manifest of the most pieces a file may have: its hashes take 1 MiB.
+/// A manifest of the most chunks a file may have: its hashes take 1 MiB.
 fn largest_manifest(name: &str) -> Manifest {
     let hashes = vec![Digest([7; 32]); PIECES_MAX as usize];
     let length = u64::from(PIECES_MAX) * u64::from(PIECE_BYTES_MIN);
@@ -921,7 +921,7 @@ fn a_loopback_source_is_loopback_also_as_an_ipv4_mapped_address() {
 }
 
 #[test]
-fn a_peer_named_to_many_askers_is_passed_over_while_another_holds_its_pieces() {
+fn a_peer_named_to_many_askers_is_passed_over_while_another_holds_its_chunks() {
     use crate::limits::{LOCATED_NAMINGS_PER_PEER_MAX, LOCATED_NAMING_WINDOW};
     let mut h = Harness::new(8);
     let file = manifest("f", 2);
@@ -936,9 +936,9 @@ fn a_peer_named_to_many_askers_is_passed_over_while_another_holds_its_pieces() {
     assert_eq!(holder_addrs(&h.locate(c, &file)), vec![vec![second.addr()]; 2], "the first was named enough");
     h.now = h.now + LOCATED_NAMING_WINDOW;
     let both = holder_addrs(&h.locate(c, &file));
-    assert!(both.iter().all(|piece| piece.len() == 2), "a new window names both again: {both:?}");
+    assert!(both.iter().all(|chunk| chunk.len() == 2), "a new window names both again: {both:?}");
 
-    // A piece whose only holder was named enough still gets it named.
+    // A chunk whose only holder was named enough still gets it named.
     let mut h = Harness::new(9);
     let first = h.peer(1);
     h.announce(first, &file, &[0, 1]);
@@ -950,7 +950,7 @@ fn a_peer_named_to_many_askers_is_passed_over_while_another_holds_its_pieces() {
     h.announce(second, &file, &[0]);
     let (peers, holders) = h.locate(c, &file);
     assert_eq!(peers.len(), 2, "{peers:?}");
-    assert_eq!(peers[holders[1][0] as usize].addr, first.addr(), "piece 1 has only the first holder");
+    assert_eq!(peers[holders[1][0] as usize].addr, first.addr(), "chunk 1 has only the first holder");
 }
 
 #[test]
@@ -967,7 +967,7 @@ fn peers_holding_nothing_are_named_beside_the_holders_once_an_answer_cannot_name
     let c = h.join(200, Role::Client, 0);
     let (peers, _) = h.locate(c, &file);
     assert_eq!(peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![seeder.addr()], "one answer could name all");
-    // Eight more seeders: the walk looks for eight holders of each piece among nine, passing
+    // Eight more seeders: the walk looks for eight holders of each chunk among nine, passing
     // most of the newcomers on the way, of which it names only so many.
     for n in 1..=HOLDERS_PER_PIECE_MAX as u64 {
         let seeder = h.peer(LOCATED_PEERS_NAMED_MAX as u64 + n);
@@ -976,7 +976,7 @@ fn peers_holding_nothing_are_named_beside_the_holders_once_an_answer_cannot_name
     let (peers, holders) = h.locate(c, &file);
     assert_eq!(peers.len(), HOLDERS_PER_PIECE_MAX + LOCATED_NEWCOMERS_MAX, "{peers:?}");
     assert!(
-        holders.iter().all(|piece| piece.len() == HOLDERS_PER_PIECE_MAX),
+        holders.iter().all(|chunk| chunk.len() == HOLDERS_PER_PIECE_MAX),
         "the newcomers hold nothing: {holders:?}"
     );
 }
@@ -986,8 +986,8 @@ fn answers_carry_a_bounded_number_of_manifest_bytes_per_window() {
     use crate::limits::{LOCATED_MANIFEST_BYTES_PER_WINDOW, LOCATED_NAMING_WINDOW};
     let mut h = Harness::new(11);
     // A quarter of the budget each: four answers carry it, the fifth names the holder only.
-    let pieces = u32::try_from(LOCATED_MANIFEST_BYTES_PER_WINDOW / 4 / 32).expect("fits");
-    let file = manifest("f", pieces);
+    let chunks = u32::try_from(LOCATED_MANIFEST_BYTES_PER_WINDOW / 4 / 32).expect("fits");
+    let file = manifest("f", chunks);
     let seeder = h.peer(1);
     h.announce(seeder, &file, &[0]);
     let asker = h.peer(2);
@@ -1030,8 +1030,8 @@ fn a_peer_that_has_not_announced_the_file_of_a_large_swarm_is_named_a_few_peers_
     h.announce(asker, &file, &[]);
     let (peers, holders) = h.locate(asker, &file);
     assert!(peers.len() > LOCATED_PEERS_UNANNOUNCED_MAX, "{peers:?}");
-    assert!(holders.iter().all(|piece| piece.len() == 4), "every seeder of every piece: {holders:?}");
-    // A client asking where the pieces are (it announces nothing) gets the whole answer too.
+    assert!(holders.iter().all(|chunk| chunk.len() == 4), "every seeder of every chunk: {holders:?}");
+    // A client asking where the chunks are (it announces nothing) gets the whole answer too.
     let client = h.join(201, Role::Client, 0);
     let (peers, _) = h.locate(client, &file);
     assert!(peers.len() > LOCATED_PEERS_UNANNOUNCED_MAX, "{peers:?}");

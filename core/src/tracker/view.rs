@@ -1,5 +1,5 @@
-//! A read-only view of a tracker's registry, for a driver to show (an HTTP API, a piece map):
-//! every file with its holders per piece, every peer with its address and last announce.
+//! A read-only view of a tracker's registry, for a driver to show (an HTTP API, a chunk map):
+//! every file with its holders per chunk, every peer with its address and last announce.
 //! Building a view changes nothing; it is bounded by the caller's maxima and ordered (files by
 //! id, holders and peers by address), so the same state gives the same view.
 
@@ -43,9 +43,9 @@ pub struct TrackedFile {
     pub name: String,
     /// Its length.
     pub length_bytes: u64,
-    /// Live holders of each piece.
+    /// Live holders of each chunk.
     pub holders_per_piece: Vec<u32>,
-    /// Holders by address with the pieces each holds, at most [`ViewBounds::holders_max`].
+    /// Holders by address with the chunks each holds, at most [`ViewBounds::holders_max`].
     pub holders: Vec<(PeerAddr, Bitfield)>,
     /// Peers holding (or wanting) the file.
     pub holders_count: usize,

@@ -42,8 +42,8 @@ pub fn encode_frame_parts(message: &Message, dst: &mut BytesMut) -> Result<Bytes
     let start = dst.len();
     dst.put_u32(0);
     let payload = match message {
-        Message::Data { file_id, piece, offset, bytes } => {
-            let head = Message::Data { file_id: *file_id, piece: *piece, offset: *offset, bytes: Bytes::new() };
+        Message::Data { file_id, chunk, offset, bytes } => {
+            let head = Message::Data { file_id: *file_id, chunk: *chunk, offset: *offset, bytes: Bytes::new() };
             write_head(&head, bytes.len(), dst);
             bytes.clone()
         }
@@ -174,8 +174,8 @@ pub fn decode_body(body: Bytes) -> Result<Message, DecodeError> {
         let mut head = Vec::with_capacity(payload_header_at + 1);
         head.extend_from_slice(&body[..payload_header_at]);
         head.push(EMPTY_BYTE_STRING);
-        if let Ok(Message::Data { file_id, piece, offset, .. }) = ciborium::from_reader(&head[..]) {
-            return Ok(Message::Data { file_id, piece, offset, bytes: body.slice(payload) });
+        if let Ok(Message::Data { file_id, chunk, offset, .. }) = ciborium::from_reader(&head[..]) {
+            return Ok(Message::Data { file_id, chunk, offset, bytes: body.slice(payload) });
         }
     }
     ciborium::from_reader(&body[..]).map_err(|e| DecodeError::Malformed(e.to_string()))
@@ -297,7 +297,7 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use crate::bitfield::Bitfield;
-    use crate::ids::{Digest, FileId, PeerId, PieceIndex};
+    use crate::ids::{ChunkIndex, Digest, FileId, PeerId, PieceIndex};
     use crate::manifest::Manifest;
     use crate::wire::message::{ErrorCode, FileSummary, Hello, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
     use crate::wire::Holders;
@@ -463,7 +463,7 @@ mod tests {
         let payload = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         let data = Message::Data {
             file_id: FileId(Digest([7; 32])),
-            piece: PieceIndex(3),
+            chunk: ChunkIndex(3),
             offset: 65_536,
             bytes: payload.clone(),
         };
@@ -506,7 +506,7 @@ mod tests {
         for len in [0usize, 23, 24, 255, 256, 65_535, 65_536, 262_144] {
             let data = Message::Data {
                 file_id: FileId(Digest([7; 32])),
-                piece: PieceIndex(3),
+                chunk: ChunkIndex(3),
                 offset: 262_144,
                 bytes: Bytes::from(vec![1u8; len]),
             };
@@ -514,7 +514,7 @@ mod tests {
         }
         for n in [0u32, 23, 24, 255, 256, 65_535, 65_536, u32::MAX] {
             let request =
-                Message::Request { file_id: FileId(Digest([9; 32])), piece: PieceIndex(n), offset: n, len: n };
+                Message::Request { file_id: FileId(Digest([9; 32])), chunk: ChunkIndex(n), offset: n, len: n };
             assert_eq!(request.encoded_len(), frame(&request).len(), "{request:?}");
         }
     }
@@ -524,7 +524,7 @@ mod tests {
         let mut body = Vec::new();
         let fields = vec![
             ("file_id", ciborium::Value::Bytes(vec![1; 5])),
-            ("piece", 1.into()),
+            ("chunk", 1.into()),
             ("offset", 0.into()),
             ("bytes", ciborium::Value::Bytes(vec![9; 10])),
         ];
@@ -587,9 +587,11 @@ mod tests {
             ),
             (file_id.clone(), proptest::option::of(arb_manifest().prop_map(Box::new)), arb_bitfield())
                 .prop_map(|(file_id, manifest, have)| Message::Announce { file_id, manifest, have }),
-            (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, piece: PieceIndex(p) }),
-            (file_id.clone(), proptest::collection::vec(any::<u32>().prop_map(PieceIndex), 0..8))
-                .prop_map(|(file_id, pieces)| Message::Haves { file_id, pieces }),
+            (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Have { file_id, chunk: ChunkIndex(p) }),
+            (file_id.clone(), proptest::collection::vec(any::<u32>().prop_map(ChunkIndex), 0..8))
+                .prop_map(|(file_id, chunks)| Message::Haves { file_id, chunks }),
+            (file_id.clone(), any::<u32>(), proptest::collection::vec(any::<[u8; 32]>().prop_map(Digest), 0..5))
+                .prop_map(|(file_id, piece, digests)| Message::Chunks { file_id, piece: PieceIndex(piece), digests }),
             proptest::option::of(file_id.clone()).prop_map(|file_id| Message::Leave { file_id }),
             (file_id.clone(), any::<bool>())
                 .prop_map(|(file_id, with_manifest)| Message::Locate { file_id, with_manifest }),
@@ -604,42 +606,42 @@ mod tests {
             ),
             (file_id.clone(), arb_bitfield()).prop_map(|(file_id, have)| Message::Bitfield { file_id, have }),
             (file_id.clone(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(file_id, p, offset, len)| Message::Request { file_id, piece: PieceIndex(p), offset, len }),
+                .prop_map(|(file_id, p, offset, len)| Message::Request { file_id, chunk: ChunkIndex(p), offset, len }),
             (file_id.clone(), proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u32>()), 0..20)).prop_map(
                 |(file_id, blocks)| Message::Requests {
                     file_id,
-                    blocks: blocks.into_iter().map(|(p, offset, len)| (PieceIndex(p), offset, len)).collect()
+                    blocks: blocks.into_iter().map(|(p, offset, len)| (ChunkIndex(p), offset, len)).collect()
                 }
             ),
             (file_id.clone(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
                 |(file_id, p, bytes)| {
-                    Message::Data { file_id, piece: PieceIndex(p), offset: 0, bytes: bytes.into() }
+                    Message::Data { file_id, chunk: ChunkIndex(p), offset: 0, bytes: bytes.into() }
                 }
             ),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Reject {
                 file_id,
-                piece: PieceIndex(p),
+                chunk: ChunkIndex(p),
                 offset: 0,
                 reason: RejectReason::Busy
             }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Reject {
                 file_id,
-                piece: PieceIndex(p),
+                chunk: ChunkIndex(p),
                 offset: 0,
                 reason: RejectReason::Withdrawn
             }),
             (file_id.clone(), any::<u32>()).prop_map(|(file_id, p)| Message::Cancel {
                 file_id,
-                piece: PieceIndex(p),
+                chunk: ChunkIndex(p),
                 offset: 9
             }),
             (file_id.clone(), any::<u32>(), any::<u32>()).prop_map(|(file_id, p, offset)| Message::Withdraw {
                 file_id,
-                piece: PieceIndex(p),
+                chunk: ChunkIndex(p),
                 offset
             }),
             (file_id.clone(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(file_id, p, offset, len)| Message::Pushed { file_id, piece: PieceIndex(p), offset, len }),
+                .prop_map(|(file_id, p, offset, len)| Message::Pushed { file_id, chunk: ChunkIndex(p), offset, len }),
             Just(Message::Room),
             Just(Message::Pass),
             file_id.clone().prop_map(|file_id| Message::GetManifest { file_id }),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::bitfield::Bitfield;
-use crate::ids::{FileId, PeerId, PieceIndex};
+use crate::ids::{ChunkIndex, Digest, FileId, PeerId, PieceIndex};
 use crate::manifest::Manifest;
 use crate::wire::Holders;
 
@@ -21,10 +21,10 @@ use crate::wire::Holders;
 /// packs a `Located` answer's holders into one byte string of records ([`Holders`]); version 3
 /// adds peer exchange (`Peers`); version 4 gives each holder record a tag that says whether
 /// the peer holds nothing, everything or the bitfield that follows, and an IPv4 address in 4
-/// bytes; version 5 defines a piece's digest as SHA-256 of its chunks' digests (see
-/// [`PieceHasher`](crate::PieceHasher)), so the same file has another id and its pieces other
+/// bytes; version 5 defines a chunk's digest as SHA-256 of its chunks' digests (see
+/// [`PieceHasher`](crate::PieceHasher)), so the same file has another id and its chunks other
 /// digests than under version 4, whose peers would take ours for liars.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// What the sender of a `Hello` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,9 +122,9 @@ pub struct FileSummary {
     pub name: String,
     /// The file's length.
     pub length_bytes: u64,
-    /// Live peers holding at least one piece.
+    /// Live peers holding at least one chunk.
     pub peer_count: u32,
-    /// Live holders of each piece, by piece index.
+    /// Live holders of each chunk, by chunk index.
     pub holders_per_piece: Vec<u32>,
 }
 
@@ -139,7 +139,7 @@ pub enum ErrorCode {
     MalformedFrame,
     /// The file id is not known here; an announcer should send the manifest.
     UnknownFile,
-    /// The message names a piece, range or bitfield that does not fit the file.
+    /// The message names a chunk, range or bitfield that does not fit the file.
     BadRequest,
     /// A limit on files, peers or connections, or a per-peer or per-address quota, was reached.
     Overloaded,
@@ -150,11 +150,11 @@ pub enum ErrorCode {
 /// Why a peer refused a block request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectReason {
-    /// The piece is not verified here (or the file is unknown).
+    /// The chunk is not verified here (or the file is unknown).
     NotHave,
     /// The serving queue for this connection is full; ask again later or elsewhere.
     Busy,
-    /// Offset or length do not fit the piece.
+    /// Offset or length do not fit the chunk.
     BadRange,
     /// The server could not read its own copy.
     ReadFailed,
@@ -168,7 +168,7 @@ pub enum RejectReason {
 pub enum Message {
     /// Opens a connection; see [`Hello`].
     Hello(Hello),
-    /// Peer → tracker: "I hold these pieces of this file". Carries the manifest the first
+    /// Peer → tracker: "I hold these chunks of this file". Carries the manifest the first
     /// time, or when the tracker answered `UnknownFile`.
     Announce {
         /// The file's id.
@@ -176,7 +176,7 @@ pub enum Message {
         /// The manifest, when the tracker may not know the file (boxed, as in every message:
         /// it is rare, and inline it would make every message as large as itself).
         manifest: Option<Box<Manifest>>,
-        /// The pieces the announcer holds.
+        /// The chunks the announcer holds.
         have: Bitfield,
     },
     /// Tracker → peer: the announce of `file_id` was recorded.
@@ -184,26 +184,26 @@ pub enum Message {
         /// The file's id.
         file_id: FileId,
     },
-    /// Peer → tracker or peer → peer: one more piece is verified and served.
+    /// Peer → tracker or peer → peer: one more chunk is verified and served.
     Have {
         /// The file's id.
         file_id: FileId,
-        /// The new piece.
-        piece: PieceIndex,
+        /// The new chunk.
+        chunk: ChunkIndex,
     },
-    /// Peer → peer: more pieces are verified and served (batched `Have`s).
+    /// Peer → peer: more chunks are verified and served (batched `Have`s).
     Haves {
         /// The file's id.
         file_id: FileId,
-        /// The new pieces.
-        pieces: Vec<PieceIndex>,
+        /// The new chunks.
+        chunks: Vec<ChunkIndex>,
     },
     /// Peer → tracker: stop listing me for this file (`None`: for every file).
     Leave {
         /// The file, or every file.
         file_id: Option<FileId>,
     },
-    /// Peer → tracker: who holds the pieces of this file? The tracker may hold the ask of a
+    /// Peer → tracker: who holds the chunks of this file? The tracker may hold the ask of a
     /// file it does not know yet for up to
     /// [`LOCATE_PARK_TIME`](crate::limits::LOCATE_PARK_TIME), answering once an announce
     /// registers the file.
@@ -214,15 +214,15 @@ pub enum Message {
         /// send it).
         with_manifest: bool,
     },
-    /// Tracker → peer: live holders of a file, each named once with the pieces it holds
-    /// (bits, not lists: the answer stays small however many pieces the file has).
+    /// Tracker → peer: live holders of a file, each named once with the chunks it holds
+    /// (bits, not lists: the answer stays small however many chunks the file has).
     Located {
         /// The file's id.
         file_id: FileId,
         /// The manifest, when the `Locate` asked for it.
         manifest: Option<Box<Manifest>>,
         /// Holders chosen by the tracker (bounded, shuffled; never the asker), each with the
-        /// pieces it holds.
+        /// chunks it holds.
         holders: Holders,
     },
     /// Client → tracker: which files do you know?
@@ -243,21 +243,21 @@ pub enum Message {
         /// A human-readable detail for logs.
         detail: String,
     },
-    /// Peer ↔ peer: all pieces the sender holds of a file. The opener of a connection sends it
+    /// Peer ↔ peer: all chunks the sender holds of a file. The opener of a connection sends it
     /// for the file it wants; the other side answers with its own.
     Bitfield {
         /// The file's id.
         file_id: FileId,
-        /// The sender's verified pieces.
+        /// The sender's verified chunks.
         have: Bitfield,
     },
-    /// Peer → peer: send me `len` bytes of `piece` from `offset`.
+    /// Peer → peer: send me `len` bytes of `chunk` from `offset`.
     Request {
         /// The file's id.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// Bytes wanted (at most one block).
         len: u32,
@@ -270,27 +270,39 @@ pub enum Message {
     Requests {
         /// The file's id.
         file_id: FileId,
-        /// The blocks wanted: piece, offset within the piece, bytes (at most one block each).
-        blocks: Vec<(PieceIndex, u32, u32)>,
+        /// The blocks wanted: chunk, offset within the chunk, bytes (at most one block each).
+        blocks: Vec<(ChunkIndex, u32, u32)>,
     },
-    /// Peer → peer: bytes of a piece, answering a `Request`.
+    /// Peer → peer: bytes of a chunk, answering a `Request`.
     Data {
+        /// The file's id.
+        file_id: FileId,
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
+        offset: u32,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// Peer → peer: the digests of the chunks of `piece`, which let the receiver check each of
+    /// them on its own (see [`Manifest::is_chunk_list`]). A holder sends it on a connection
+    /// before the first `Data` of a chunk of a piece of several chunks; a piece of one chunk
+    /// needs none.
+    Chunks {
         /// The file's id.
         file_id: FileId,
         /// The piece.
         piece: PieceIndex,
-        /// Offset within the piece.
-        offset: u32,
-        /// The bytes.
-        bytes: Bytes,
+        /// Its chunks' digests, in order.
+        digests: Vec<Digest>,
     },
     /// Peer → peer: a `Request` will not be served.
     Reject {
         /// The file's id.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// Why.
         reason: RejectReason,
@@ -303,27 +315,27 @@ pub enum Message {
     Pass,
     /// Peer → peer: the sender took a `Request` for this block on the receiver's behalf, a
     /// round trip before the receiver could send one: a whole-file seeder's first offer to a
-    /// downloader that holds nothing, sent just before the `Bitfield` that offers the piece.
+    /// downloader that holds nothing, sent just before the `Bitfield` that offers the chunk.
     /// `Data` or a `Reject` follows as for a request of the receiver's; a receiver that does
     /// not want the block answers `Cancel`. Sent only to a remote whose `Hello` set
     /// `takes_pushes`.
     Pushed {
         /// The file's id.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
         /// Bytes to come (at most one block).
         len: u32,
     },
-    /// Peer → peer: forget an earlier `Request` (another remote delivered the piece).
+    /// Peer → peer: forget an earlier `Request` (another remote delivered the chunk).
     Cancel {
         /// The file's id.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
     },
     /// Peer → peer: forget an earlier `Request`, and say so unless its block is on its way: the
@@ -334,9 +346,9 @@ pub enum Message {
     Withdraw {
         /// The file's id.
         file_id: FileId,
-        /// The piece.
-        piece: PieceIndex,
-        /// Offset within the piece.
+        /// The chunk.
+        chunk: ChunkIndex,
+        /// Offset within the chunk.
         offset: u32,
     },
     /// Peer → peer: send me the manifest of this file. A downloader asks a holder the tracker
@@ -389,6 +401,7 @@ impl Message {
             Message::Request { .. } => "request",
             Message::Requests { .. } => "requests",
             Message::Data { .. } => "data",
+            Message::Chunks { .. } => "chunks",
             Message::Reject { .. } => "reject",
             Message::Room => "room",
             Message::Pass => "pass",

@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use p2p_core::peer::{FileState, FileView};
-use p2p_core::{FileId, FileIdPrefix, PieceIndex};
+use p2p_core::{ChunkIndex, FileId, FileIdPrefix};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
@@ -105,25 +105,25 @@ struct FileJson {
     name: Option<String>,
     length_bytes: Option<u64>,
     state: &'static str,
-    pieces_have: u32,
-    pieces_total: u32,
+    chunks_have: u32,
+    chunks_total: u32,
     received_bytes: u64,
     sent_bytes: u64,
     download_bytes_per_s: u64,
     upload_bytes_per_s: u64,
 }
 
-/// One file with its pieces.
+/// One file with its chunks.
 #[derive(Debug, Serialize)]
 struct FileDetailJson {
     #[serde(flatten)]
     file: FileJson,
     path: Option<PathBuf>,
-    pieces: Vec<PieceJson>,
+    chunks: Vec<ChunkJson>,
 }
 
 #[derive(Debug, Serialize)]
-struct PieceJson {
+struct ChunkJson {
     index: u32,
     have: bool,
     /// Who sent it, when it came over the network in this run.
@@ -145,8 +145,8 @@ impl FileJson {
             name: view.name.clone(),
             length_bytes: view.length_bytes,
             state,
-            pieces_have: view.have.count(),
-            pieces_total: view.have.len(),
+            chunks_have: view.have.count(),
+            chunks_total: view.have.len(),
             received_bytes: seen.map_or(0, |seen| seen.down.total_bytes),
             sent_bytes: seen.map_or(0, |seen| seen.up.total_bytes),
             download_bytes_per_s: seen.map_or(0, |seen| seen.down.bytes_per_s(now)),
@@ -185,8 +185,8 @@ async fn node(api: Api) -> Result<HttpResponse, ApiError> {
         "connections": connections,
         "received_bytes": metrics.received_bytes.get(),
         "sent_bytes": metrics.sent_bytes.get(),
-        "pieces_verified": metrics.pieces_verified.get(),
-        "pieces_corrupt": metrics.pieces_corrupt.get(),
+        "chunks_verified": metrics.chunks_verified.get(),
+        "chunks_corrupt": metrics.chunks_corrupt.get(),
         "peers_banned": metrics.peers_banned.get(),
         "download_bytes_per_s": rates.0,
         "upload_bytes_per_s": rates.1,
@@ -217,19 +217,19 @@ async fn file(api: Api, id: web::Path<String>) -> Result<HttpResponse, ApiError>
             let file = view.machine.file_views().into_iter().find(|file| file.file_id == file_id)?;
             let seen = view.watch.file(&file_id);
             let sources = seen.map_or(&[][..], |seen| &seen.sources[..]);
-            let pieces = (0..file.have.len())
-                .map(|index| PieceJson {
+            let chunks = (0..file.have.len())
+                .map(|index| ChunkJson {
                     index,
-                    have: file.have.has(PieceIndex(index)),
+                    have: file.have.has(ChunkIndex(index)),
                     from: sources.get(index as usize).copied().flatten(),
                 })
                 .collect();
-            Some((FileJson::of(&file, seen, Instant::now()), pieces))
+            Some((FileJson::of(&file, seen, Instant::now()), chunks))
         })
         .await?;
-    let (file, pieces) = detail.ok_or_else(|| no_such_file(&id))?;
+    let (file, chunks) = detail.ok_or_else(|| no_such_file(&id))?;
     let path = peer.held_path(file_id);
-    Ok(HttpResponse::Ok().json(FileDetailJson { file, path, pieces }))
+    Ok(HttpResponse::Ok().json(FileDetailJson { file, path, chunks }))
 }
 
 /// The full id of the peer's file that `id` (64 hex digits or a unique prefix) names.

@@ -41,7 +41,7 @@ struct FileJson {
     pieces_total: usize,
     holders_count: usize,
     holders_per_piece: Vec<u32>,
-    /// Holders by address with the pieces each holds (only in one file's answer).
+    /// Holders by address with the chunks each holds (only in one file's answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     holders: Option<Vec<HolderJson>>,
 }
@@ -50,7 +50,7 @@ struct FileJson {
 struct HolderJson {
     peer_id: String,
     addr: SocketAddr,
-    pieces: Vec<u32>,
+    chunks: Vec<u32>,
 }
 
 impl FileJson {
@@ -61,7 +61,7 @@ impl FileJson {
                 .map(|(peer, have)| HolderJson {
                     peer_id: peer.peer_id.to_string(),
                     addr: peer.addr,
-                    pieces: have.iter().map(|piece| piece.0).collect(),
+                    chunks: have.iter().map(|chunk| chunk.0).collect(),
                 })
                 .collect()
         });

@@ -6,7 +6,7 @@
 //! ([`Uploads::sent`], from `Input::Sent`), a finished read, and a closed connection; its
 //! output is the next read to start ([`Uploads::next_read`]) and the time it wants to be asked
 //! again. Its state is private to this module; `serve.rs` checks the requests `Peer` routes to
-//! it, and [`Offers`] (`offers.rs`), which it owns, decides which pieces a seeder tells each
+//! it, and [`Offers`] (`offers.rs`), which it owns, decides which chunks a seeder tells each
 //! downloader it has (super-seeding).
 //!
 //! Three mechanisms decide the order, chosen so that a slow uplink is filled without its
@@ -18,7 +18,7 @@
 //!   removes them, not in a transport buffer. `Data` frames leave a connection in the order they
 //!   were queued, so each report of sent frames retires the oldest ones.
 //! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
-//!   gets a useful share of the uplink and its blocks (and pieces) arrive soon enough to be
+//!   gets a useful share of the uplink and its blocks (and chunks) arrive soon enough to be
 //!   passed on. The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] (or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its
 //!   turn while others wait goes to the back of the line (rotation, so a queued request waits
@@ -27,11 +27,11 @@
 //!   [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never reads): its queued
 //!   requests are refused, as are its new ones until its frames drain.
 //! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the line
-//!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small pieces); a request of a connection that is
+//!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small chunks); a request of a connection that is
 //!   neither served nor in line is refused (`Busy`) while the line is full, so the downloader asks
-//!   another holder of the piece at once instead of waiting here for every turn before its own
+//!   another holder of the chunk at once instead of waiting here for every turn before its own
 //!   (choking, in BitTorrent's terms). A refused connection gets a ticket: room in the line goes to
-//!   ticket holders first (rarest piece first, see below). A slot holder whose turn ends while
+//!   ticket holders first (rarest chunk first, see below). A slot holder whose turn ends while
 //!   tickets are out leaves the line (its queued requests refused too) and takes a ticket itself,
 //!   so the line goes round every asker, not only the few that ask again the moment they were
 //!   served.
@@ -55,14 +55,14 @@
 //!   their tickets lapse when they do not.
 //! - **Pacing.** With an upload limit, a token bucket (`pacing.rs`) spends the rate.
 //!
-//! - **Rarest first.** A free slot goes to the waiting connection that asked for the piece the
+//! - **Rarest first.** A free slot goes to the waiting connection that asked for the chunk the
 //!   fewest of our remotes hold (the earliest in line among equals), and a slot holder's
-//!   requests of that piece are read before its others: a piece that only a few peers hold
-//!   spreads before copies of pieces many could already serve. Room in the line goes to the
-//!   tickets the same way (by the piece each was refused, the earliest refused among equals),
-//!   and while the line is full the rarest ticket is called anyway when its piece has fewer
+//!   requests of that chunk are read before its others: a chunk that only a few peers hold
+//!   spreads before copies of chunks many could already serve. Room in the line goes to the
+//!   tickets the same way (by the chunk each was refused, the earliest refused among equals),
+//!   and while the line is full the rarest ticket is called anyway when its chunk has fewer
 //!   holders than a waiting connection's rarest one: its request then makes room. So a
-//!   seeder's piece that nobody holds yet is not kept waiting behind copies of one that
+//!   seeder's chunk that nobody holds yet is not kept waiting behind copies of one that
 //!   went out already, whoever asked first.
 //!
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
@@ -75,7 +75,7 @@ mod serve;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
     SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
@@ -85,7 +85,7 @@ use crate::time::Time;
 
 use pacing::TokenBucket;
 
-use super::pieces::FileEntry;
+use super::chunks::FileEntry;
 use super::remote::Remotes;
 
 pub(super) use offers::{other_downloader, sole_downloader, Held, Offers, OurFile};
@@ -96,15 +96,15 @@ pub(super) use serve::{check_request, is_last_block};
 pub(super) struct ServeJob {
     pub conn: ConnId,
     pub file_id: FileId,
-    pub piece: PieceIndex,
+    pub chunk: ChunkIndex,
     pub offset: u32,
     pub len: u32,
 }
 
 impl ServeJob {
-    /// The block it asks for: its file, piece and offset.
-    fn block(&self) -> (FileId, PieceIndex, u32) {
-        (self.file_id, self.piece, self.offset)
+    /// The block it asks for: its file, chunk and offset.
+    fn block(&self) -> (FileId, ChunkIndex, u32) {
+        (self.file_id, self.chunk, self.offset)
     }
 }
 
@@ -133,7 +133,7 @@ struct ConnUploads {
     unsent_bytes: u64,
     /// Each `Data` frame queued on it and not reported sent, in order: its block and payload
     /// bytes.
-    unsent_data: VecDeque<((FileId, PieceIndex, u32), u32)>,
+    unsent_data: VecDeque<((FileId, ChunkIndex, u32), u32)>,
     /// Reads started for it and not finished.
     reads: Vec<ServeJob>,
     /// Bytes read for it since it got its slot.
@@ -181,7 +181,7 @@ impl ConnUploads {
     }
 
     /// Whether `block` is being read or its `Data` frame waits to leave: it will be sent.
-    fn on_its_way(&self, block: (FileId, PieceIndex, u32)) -> bool {
+    fn on_its_way(&self, block: (FileId, ChunkIndex, u32)) -> bool {
         self.reads.iter().any(|j| j.block() == block) || self.unsent_data.iter().any(|(b, _)| *b == block)
     }
 
@@ -213,12 +213,12 @@ struct Ticket {
     at: Time,
     /// It was called (`Room`) at `at` and room is held for it.
     called: bool,
-    /// It was called while the line had room for it (not into a full line for a rarer piece,
+    /// It was called while the line had room for it (not into a full line for a rarer chunk,
     /// whose request must make room): it is let in when it comes, whoever came in since.
     held: bool,
-    /// The piece of the refused request it asked for first (the rarest of a refused queue):
-    /// room goes to the ticket whose piece is rarest.
-    asked: Option<(FileId, PieceIndex)>,
+    /// The chunk of the refused request it asked for first (the rarest of a refused queue):
+    /// room goes to the ticket whose chunk is rarest.
+    asked: Option<(FileId, ChunkIndex)>,
 }
 
 impl Ticket {
@@ -309,13 +309,13 @@ impl Uploads {
     /// Queues a checked request at `now`, unless its connection has too many queued, or is not
     /// in line and no room in the line is free for it nor can be made (see
     /// [`Uploads::make_room`]). `room_calls`: its remote takes part in room calls. `holders`
-    /// counts the remotes that hold a piece.
+    /// counts the remotes that hold a chunk.
     pub fn request(
         &mut self,
         job: ServeJob,
         now: Time,
         room_calls: bool,
-        holders: impl Fn(FileId, PieceIndex) -> usize,
+        holders: impl Fn(FileId, ChunkIndex) -> usize,
     ) -> Result<(), Refused> {
         let in_line = self.slots.contains(&job.conn) || self.waiting.contains(&job.conn);
         let state = self.conns.entry(job.conn).or_default();
@@ -355,9 +355,9 @@ impl Uploads {
     }
 
     /// Removes a queued request; whether it was queued (a read already started is not recalled).
-    pub fn cancel(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
+    pub fn cancel(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) -> bool {
         let Some(state) = self.conns.get_mut(&conn) else { return false };
-        let found = state.queue.iter().position(|j| j.block() == (file_id, piece, offset));
+        let found = state.queue.iter().position(|j| j.block() == (file_id, chunk, offset));
         let Some(at) = found else { return false };
         state.dequeue(at);
         if state.queue.is_empty() {
@@ -370,14 +370,14 @@ impl Uploads {
     /// will not come: unless a read of it started or its `Data` frame waits to leave, for then
     /// that frame answers instead (an answer sent now would overtake it: control frames jump
     /// the data queue).
-    pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) -> bool {
-        self.cancel(conn, file_id, piece, offset);
-        self.conns.get(&conn).is_none_or(|state| !state.on_its_way((file_id, piece, offset)))
+    pub fn withdraw(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) -> bool {
+        self.cancel(conn, file_id, chunk, offset);
+        self.conns.get(&conn).is_none_or(|state| !state.on_its_way((file_id, chunk, offset)))
     }
 
     /// The peer queued a `Data` frame of `bytes` payload on `conn`, the block at `block`'s file,
-    /// piece and offset.
-    pub fn data_queued(&mut self, conn: ConnId, block: (FileId, PieceIndex, u32), bytes: u32) {
+    /// chunk and offset.
+    pub fn data_queued(&mut self, conn: ConnId, block: (FileId, ChunkIndex, u32), bytes: u32) {
         let state = self.conns.entry(conn).or_default();
         state.unsent_data.push_back((block, bytes));
         state.unsent_bytes += u64::from(bytes);
@@ -394,12 +394,12 @@ impl Uploads {
         }
     }
 
-    /// The read of `conn`'s block at `piece`+`offset` finished (its `Data` frame, if any, is
+    /// The read of `conn`'s block at `chunk`+`offset` finished (its `Data` frame, if any, is
     /// counted by [`Uploads::data_queued`]).
-    pub fn read_done(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex, offset: u32) {
+    pub fn read_done(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex, offset: u32) {
         self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
         let Some(state) = self.conns.get_mut(&conn) else { return };
-        let found = state.reads.iter().position(|j| j.block() == (file_id, piece, offset));
+        let found = state.reads.iter().position(|j| j.block() == (file_id, chunk, offset));
         if let Some(at) = found {
             let job = state.reads.swap_remove(at);
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(job.len));
@@ -410,7 +410,7 @@ impl Uploads {
     /// for tickets ahead of it (see [`Uploads::ticket_order`]); a newcomer comes after every
     /// ticket. A refused connection gets a ticket (or keeps its own, to be called again if it
     /// was called).
-    fn admit(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
+    fn admit(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> bool {
         let conn = job.conn;
         self.lapse_tickets(now);
         let room = self.room();
@@ -433,7 +433,7 @@ impl Uploads {
             }
             return true;
         }
-        let asked = Some((job.file_id, job.piece));
+        let asked = Some((job.file_id, job.chunk));
         match ticket {
             Some(at) => self.tickets[at] = Ticket { conn, at: now, called: false, held: false, asked },
             None => self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked }),
@@ -486,12 +486,12 @@ impl Uploads {
     }
 
     /// The first `first` tickets in the order room in the line goes to them: those called
-    /// first (room is held for them), then by how few of our remotes hold the piece each asked
-    /// for, so a piece only we (or few) can give, such as a seeder's piece nobody has yet, is
+    /// first (room is held for them), then by how few of our remotes hold the chunk each asked
+    /// for, so a chunk only we (or few) can give, such as a seeder's chunk nobody has yet, is
     /// not kept waiting behind copies others could serve; among equals in the order they were
     /// refused. Only those few are sorted: the line calls a handful at a time, however many
     /// tickets are out.
-    fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>, first: usize) -> Vec<usize> {
+    fn ticket_order(&self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>, first: usize) -> Vec<usize> {
         if first == 0 {
             return Vec::new();
         }
@@ -508,19 +508,19 @@ impl Uploads {
     }
 
     /// Where ticket `at` sorts in [`Uploads::ticket_order`] (unique: it ends with `at`).
-    fn ticket_key(&self, at: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> (bool, usize, usize) {
+    fn ticket_key(&self, at: usize, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> (bool, usize, usize) {
         let ticket = &self.tickets[at];
-        (!ticket.called, ticket.asked.map_or(usize::MAX, |(file_id, piece)| rarity.holders(file_id, piece)), at)
+        (!ticket.called, ticket.asked.map_or(usize::MAX, |(file_id, chunk)| rarity.holders(file_id, chunk)), at)
     }
 
     /// The connections to call at `now` (`Room`): those taking part in room calls whose tickets
     /// room in the line is free for (in [`Uploads::ticket_order`], no more than the line's free
     /// places) and that were not called yet; while the line is full, the first ticket when fewer
-    /// remotes hold its piece than the commonest rarest piece of a waiting connection (its request
+    /// remotes hold its chunk than the commonest rarest chunk of a waiting connection (its request
     /// will make room, see [`Uploads::make_room`]). Plans a look for when a ticket holding room
     /// lapses while a connection waits for its call. `holders` counts the remotes that hold a
-    /// piece.
-    pub fn take_calls(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Vec<ConnId> {
+    /// chunk.
+    pub fn take_calls(&mut self, now: Time, holders: impl Fn(FileId, ChunkIndex) -> usize) -> Vec<ConnId> {
         self.ticket_wake_at = None;
         if self.tickets.is_empty() {
             return Vec::new();
@@ -540,8 +540,8 @@ impl Uploads {
         let mut order = self.ticket_order(&rarity, if called >= callable { 0 } else { callable });
         if room == 0 {
             let first = order.first().map(|&at| self.tickets[at]);
-            let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, piece)| {
-                let asked = rarity.holders(file_id, piece);
+            let rarer = first.filter(|t| !t.called).and_then(|t| t.asked).is_some_and(|(file_id, chunk)| {
+                let asked = rarity.holders(file_id, chunk);
                 self.waiting_commoner_than(asked, &rarity)
             });
             order.truncate(usize::from(rarer));
@@ -564,20 +564,20 @@ impl Uploads {
     }
 
     /// Makes room in the full line for `job` by sending out the waiting connection whose rarest
-    /// request is held by the most remotes, if that is more than hold `job`'s piece: its
-    /// requests are refused (`Busy`), and it asks another holder of its pieces, while `job`'s
-    /// piece has fewer others to come from. So a piece that only this peer (or few) can give,
-    /// such as a seeder's piece nobody has yet, is never kept out by requests for pieces others
+    /// request is held by the most remotes, if that is more than hold `job`'s chunk: its
+    /// requests are refused (`Busy`), and it asks another holder of its chunks, while `job`'s
+    /// chunk has fewer others to come from. So a chunk that only this peer (or few) can give,
+    /// such as a seeder's chunk nobody has yet, is never kept out by requests for chunks others
     /// could serve. Returns whether room was made.
-    fn make_room(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
-        let asked = rarity.holders(job.file_id, job.piece);
+    fn make_room(&mut self, job: ServeJob, now: Time, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> bool {
+        let asked = rarity.holders(job.file_id, job.chunk);
         let commonest = self.commonest_waiting(rarity);
         let Some((count, line)) = commonest.filter(|&(count, _)| count > asked) else { return false };
-        debug_assert!(count > 0, "more holders than another piece");
+        debug_assert!(count > 0, "more holders than another chunk");
         let Some(conn) = self.waiting.remove(line) else { return false };
         let mut asked = None;
         if let Some(state) = self.conns.get_mut(&conn) {
-            asked = rarity.rarest_piece(&state.queue);
+            asked = rarity.rarest_chunk(&state.queue);
             refuse_queue(state, &mut self.refused);
         }
         // Its turn comes again once room frees.
@@ -588,7 +588,7 @@ impl Uploads {
 
     /// The waiting connection whose rarest request is held by the most remotes (the first in
     /// line among equals): how many hold it, and its place in line.
-    fn commonest_waiting(&self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> Option<(usize, usize)> {
+    fn commonest_waiting(&self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> Option<(usize, usize)> {
         (self.waiting.iter().enumerate())
             .filter_map(|(line, conn)| {
                 let queue = &self.conns.get(conn)?.queue;
@@ -600,11 +600,11 @@ impl Uploads {
     /// Whether a waiting connection's rarest request is held by more than `asked` remotes
     /// ([`Uploads::commonest_waiting`]'s count above `asked`): a queue's look ends at its
     /// first request held by fewer.
-    fn waiting_commoner_than(&self, asked: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> bool {
+    fn waiting_commoner_than(&self, asked: usize, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> bool {
         self.waiting
             .iter()
             .filter_map(|conn| self.conns.get(conn))
-            .any(|state| state.queue.iter().all(|job| rarity.holders(job.file_id, job.piece) > asked))
+            .any(|state| state.queue.iter().all(|job| rarity.holders(job.file_id, job.chunk) > asked))
     }
 
     /// The queued requests of connections that left the line to make room for refused ones:
@@ -634,8 +634,8 @@ impl Uploads {
     }
 
     /// The next read to start at `now`, if the read bound, the slots, backpressure and the
-    /// upload limit allow one. `holders` counts the remotes that hold a piece.
-    pub fn next_read(&mut self, now: Time, holders: impl Fn(FileId, PieceIndex) -> usize) -> Option<ServeJob> {
+    /// upload limit allow one. `holders` counts the remotes that hold a chunk.
+    pub fn next_read(&mut self, now: Time, holders: impl Fn(FileId, ChunkIndex) -> usize) -> Option<ServeJob> {
         // Reads in flight come back here when they finish, so no timer is kept while they bound.
         (self.wake_at, self.stall_wake_at) = (None, None);
         if self.reads_in_flight >= SERVE_READS_IN_FLIGHT_MAX {
@@ -661,11 +661,11 @@ impl Uploads {
         Some(job)
     }
 
-    /// Takes the request of the slot holder at `turn` for its rarest piece (the first such),
+    /// Takes the request of the slot holder at `turn` for its rarest chunk (the first such),
     /// and puts the holder at the back of the turn order; its turn is over once it was served
     /// [`UPLOAD_TURN_BYTES`], or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`], while
     /// others wait.
-    fn take(&mut self, turn: usize, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>) -> ServeJob {
+    fn take(&mut self, turn: usize, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> ServeJob {
         let conn = self.slots.remove(turn).expect("the caller found this slot");
         let state = self.conns.get_mut(&conn).expect("slot holders have state");
         let (at, _) = rarity.rarest(&state.queue).expect("the caller found a queued request");
@@ -684,8 +684,8 @@ impl Uploads {
     /// Hands on the slots of holders that are idle, or whose turn is over and whose last block
     /// left (to the back of the line if they have requests left; out of it, with a ticket taken
     /// at `now`, while tickets are out), and gives free slots to the ones in line that asked
-    /// for the rarest pieces.
-    fn fill_slots(&mut self, rarity: &Rarity<impl Fn(FileId, PieceIndex) -> usize>, now: Time) {
+    /// for the rarest chunks.
+    fn fill_slots(&mut self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>, now: Time) {
         let mut kept = VecDeque::with_capacity(self.slots.len());
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
         while let Some(conn) = self.slots.pop_front() {
@@ -710,7 +710,7 @@ impl Uploads {
                 if !self.tickets.is_empty() && !state.queue.is_empty() {
                     // Others were refused and come back: it makes room for them, and its turn
                     // comes again after theirs.
-                    let asked = rarity.rarest_piece(&state.queue);
+                    let asked = rarity.rarest_chunk(&state.queue);
                     refuse_queue(state, &mut self.refused);
                     self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked });
                     self.lapse_due = Some(Time::ZERO);
@@ -751,46 +751,46 @@ fn lapses_at(conns: &ConnStates, ticket: &Ticket) -> Option<Time> {
     }
 }
 
-/// How many of our remotes hold a piece: a download keeps its pieces' holder counts; other
-/// files' are counted over the remotes. A piece we sent whole counts as held at least once
+/// How many of our remotes hold a chunk: a download keeps its chunks' holder counts; other
+/// files' are counted over the remotes. A chunk we sent whole counts as held at least once
 /// although its receiver has not announced it yet, so the line does not send it again
-/// before a piece nobody has. The rarity the line and the slots order requests by.
-pub(super) fn piece_holders<'a>(
+/// before a chunk nobody has. The rarity the line and the slots order requests by.
+pub(super) fn chunk_holders<'a>(
     remotes: &'a Remotes,
     files: &'a BTreeMap<FileId, FileEntry>,
-) -> impl Fn(FileId, PieceIndex) -> usize + 'a {
-    move |file_id, piece| {
+) -> impl Fn(FileId, ChunkIndex) -> usize + 'a {
+    move |file_id, chunk| {
         let entry = files.get(&file_id);
         let held = match entry.and_then(|e| e.download()) {
-            Some(download) => download.availability(piece),
-            None => remotes.holders(file_id, piece),
+            Some(download) => download.availability(chunk),
+            None => remotes.holders(file_id, chunk),
         };
-        held.max(usize::from(entry.is_some_and(|e| e.has_sent_whole(piece))))
+        held.max(usize::from(entry.is_some_and(|e| e.has_sent_whole(chunk))))
     }
 }
 
-/// Holder counts of pieces, asked of the peer's per-piece counts at each look (a count is a
+/// Holder counts of chunks, asked of the peer's per-chunk counts at each look (a count is a
 /// map lookup and an index, cheaper than remembering the counts already asked for).
 struct Rarity<F> {
     holders: F,
 }
 
-impl<F: Fn(FileId, PieceIndex) -> usize> Rarity<F> {
-    fn holders(&self, file_id: FileId, piece: PieceIndex) -> usize {
-        (self.holders)(file_id, piece)
+impl<F: Fn(FileId, ChunkIndex) -> usize> Rarity<F> {
+    fn holders(&self, file_id: FileId, chunk: ChunkIndex) -> usize {
+        (self.holders)(file_id, chunk)
     }
 
-    /// The rarest piece `queue` asks for (the first such).
-    fn rarest_piece(&self, queue: &VecDeque<ServeJob>) -> Option<(FileId, PieceIndex)> {
+    /// The rarest chunk `queue` asks for (the first such).
+    fn rarest_chunk(&self, queue: &VecDeque<ServeJob>) -> Option<(FileId, ChunkIndex)> {
         let (at, _) = self.rarest(queue)?;
-        queue.get(at).map(|job| (job.file_id, job.piece))
+        queue.get(at).map(|job| (job.file_id, job.chunk))
     }
 
-    /// The position of the first request for the rarest piece in `queue`, and its holders.
+    /// The position of the first request for the rarest chunk in `queue`, and its holders.
     fn rarest(&self, queue: &VecDeque<ServeJob>) -> Option<(usize, usize)> {
         let mut best: Option<(usize, usize)> = None;
         for (at, job) in queue.iter().enumerate() {
-            let count = self.holders(job.file_id, job.piece);
+            let count = self.holders(job.file_id, job.chunk);
             if best.is_none_or(|(_, least)| count < least) {
                 best = Some((at, count));
             }
@@ -805,41 +805,41 @@ mod tests {
     use crate::limits::BLOCK_BYTES;
 
     #[test]
-    fn a_piece_we_sent_whole_counts_as_held_before_its_receiver_announces_it() {
+    fn a_chunk_we_sent_whole_counts_as_held_before_its_receiver_announces_it() {
         let (_, manifest) = crate::testkit::file(4 * 16 * 1024, 16 * 1024, 3);
         let file_id = manifest.file_id();
         let mut files = BTreeMap::new();
         files.insert(file_id, FileEntry::shared(manifest, crate::Bitfield::full(4)));
         let remotes = Remotes::new();
-        assert_eq!(piece_holders(&remotes, &files)(file_id, PieceIndex(2)), 0, "nobody holds it yet");
-        files.get_mut(&file_id).expect("shared above").sent_whole(PieceIndex(2));
-        let holders = piece_holders(&remotes, &files);
-        assert_eq!(holders(file_id, PieceIndex(2)), 1, "its copy is on its way");
-        assert_eq!(holders(file_id, PieceIndex(1)), 0);
+        assert_eq!(chunk_holders(&remotes, &files)(file_id, ChunkIndex(2)), 0, "nobody holds it yet");
+        files.get_mut(&file_id).expect("shared above").sent_whole(ChunkIndex(2));
+        let holders = chunk_holders(&remotes, &files);
+        assert_eq!(holders(file_id, ChunkIndex(2)), 1, "its copy is on its way");
+        assert_eq!(holders(file_id, ChunkIndex(1)), 0);
     }
 
     const FILE: FileId = FileId(crate::ids::Digest([7; 32]));
 
-    fn request(uploads: &mut Uploads, conn: u64, piece: u32) {
-        assert!(ask(uploads, conn, piece, 0), "room in the queue");
+    fn request(uploads: &mut Uploads, conn: u64, chunk: u32) {
+        assert!(ask(uploads, conn, chunk, 0), "room in the queue");
     }
 
-    /// A request of `conn` for `piece` at `at_ms`: whether it was queued.
-    fn ask(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64) -> bool {
-        ask_as(uploads, conn, piece, at_ms, false)
+    /// A request of `conn` for `chunk` at `at_ms`: whether it was queued.
+    fn ask(uploads: &mut Uploads, conn: u64, chunk: u32, at_ms: u64) -> bool {
+        ask_as(uploads, conn, chunk, at_ms, false)
     }
 
     /// [`ask`], from a remote that takes part in room calls when `room_calls`.
-    fn ask_as(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64, room_calls: bool) -> bool {
-        answer(uploads, conn, piece, at_ms, room_calls).is_ok()
+    fn ask_as(uploads: &mut Uploads, conn: u64, chunk: u32, at_ms: u64, room_calls: bool) -> bool {
+        answer(uploads, conn, chunk, at_ms, room_calls).is_ok()
     }
 
     /// What becomes of a request (see [`ask_as`]).
-    fn answer(uploads: &mut Uploads, conn: u64, piece: u32, at_ms: u64, room_calls: bool) -> Result<(), Refused> {
+    fn answer(uploads: &mut Uploads, conn: u64, chunk: u32, at_ms: u64, room_calls: bool) -> Result<(), Refused> {
         let job = ServeJob {
             conn: ConnId::Inbound(conn),
             file_id: FILE,
-            piece: PieceIndex(piece),
+            chunk: ChunkIndex(chunk),
             offset: 0,
             len: BLOCK_BYTES,
         };
@@ -851,7 +851,7 @@ mod tests {
         serve_rarest(uploads, |_| 0)
     }
 
-    /// [`serve`], with `holders` counting the remotes that hold a piece.
+    /// [`serve`], with `holders` counting the remotes that hold a chunk.
     fn serve_rarest(uploads: &mut Uploads, holders: impl Fn(u32) -> usize) -> Vec<(u64, u32)> {
         serve_at(uploads, Time::ZERO, holders)
     }
@@ -859,11 +859,11 @@ mod tests {
     /// [`serve_rarest`] at `now`.
     fn serve_at(uploads: &mut Uploads, now: Time, holders: impl Fn(u32) -> usize) -> Vec<(u64, u32)> {
         let mut served = Vec::new();
-        while let Some(job) = uploads.next_read(now, |_, piece| holders(piece.0)) {
-            uploads.read_done(job.conn, job.file_id, job.piece, job.offset);
+        while let Some(job) = uploads.next_read(now, |_, chunk| holders(chunk.0)) {
+            uploads.read_done(job.conn, job.file_id, job.chunk, job.offset);
             uploads.data_queued(job.conn, job.block(), job.len);
             let ConnId::Inbound(conn) = job.conn else { unreachable!("inbound only") };
-            served.push((conn, job.piece.0));
+            served.push((conn, job.chunk.0));
         }
         served
     }
@@ -871,13 +871,13 @@ mod tests {
     #[test]
     fn a_connection_gets_its_next_block_only_when_the_earlier_ones_left() {
         let mut uploads = Uploads::new(None);
-        for piece in 0..5 {
-            request(&mut uploads, 1, piece);
+        for chunk in 0..5 {
+            request(&mut uploads, 1, chunk);
         }
         assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
         uploads.sent(ConnId::Inbound(1), 1);
         assert_eq!(serve(&mut uploads), [(1, 2)]);
-        assert!(uploads.cancel(ConnId::Inbound(1), FILE, PieceIndex(3), 0), "a queued request is recalled");
+        assert!(uploads.cancel(ConnId::Inbound(1), FILE, ChunkIndex(3), 0), "a queued request is recalled");
         uploads.sent(ConnId::Inbound(1), 2);
         assert_eq!(serve(&mut uploads), [(1, 4)]);
     }
@@ -886,8 +886,8 @@ mod tests {
     fn small_blocks_are_read_ahead_up_to_the_floor_not_only_two() {
         let mut uploads = Uploads::new(None);
         let len = 16 * 1024;
-        for piece in 0..20 {
-            let job = ServeJob { conn: ConnId::Inbound(1), file_id: FILE, piece: PieceIndex(piece), offset: 0, len };
+        for chunk in 0..20 {
+            let job = ServeJob { conn: ConnId::Inbound(1), file_id: FILE, chunk: ChunkIndex(chunk), offset: 0, len };
             assert_eq!(uploads.request(job, Time::ZERO, false, |_, _| 0), Ok(()));
         }
         let floor_blocks = usize::try_from(SERVE_UNSENT_BYTES_FLOOR / u64::from(len)).expect("small");
@@ -923,14 +923,14 @@ mod tests {
     #[test]
     fn a_turn_is_one_large_block_while_others_wait() {
         let mut uploads = Uploads::new(None);
-        let ask_block = |uploads: &mut Uploads, conn, piece| {
+        let ask_block = |uploads: &mut Uploads, conn, chunk| {
             let len = UPLOAD_TURN_BLOCK_BYTES_MIN;
-            let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, piece: PieceIndex(piece), offset: 0, len };
+            let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, chunk: ChunkIndex(chunk), offset: 0, len };
             assert_eq!(uploads.request(job, Time::ZERO, false, |_, _| 0), Ok(()));
         };
         for conn in 1..=UPLOAD_SLOTS_COUNT as u64 {
-            for piece in 0..4 {
-                ask_block(&mut uploads, conn, piece);
+            for chunk in 0..4 {
+                ask_block(&mut uploads, conn, chunk);
             }
         }
         let waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
@@ -944,7 +944,7 @@ mod tests {
         assert_eq!(serve(&mut uploads), [(waiting, 0)]);
     }
 
-    /// An upload line taken whole: connections `1..=line` each asked for piece 0 at time 0,
+    /// An upload line taken whole: connections `1..=line` each asked for chunk 0 at time 0,
     /// filling every slot and every place in line. Returns it with `line`.
     fn full_line() -> (Uploads, u64) {
         let mut uploads = Uploads::new(None);
@@ -1008,11 +1008,11 @@ mod tests {
         let per_conn = u32::try_from(UPLOAD_LINE_BYTES_MIN / u64::from(SMALL) / 4).expect("small");
         // Each asker queues a quarter of the bytes under which the line takes anyone.
         let ask_small = |uploads: &mut Uploads, conn: u64, blocks: u32, at_ms: u64| {
-            (0..blocks).all(|piece| {
+            (0..blocks).all(|chunk| {
                 let job = ServeJob {
                     conn: ConnId::Inbound(conn),
                     file_id: FILE,
-                    piece: PieceIndex(piece),
+                    chunk: ChunkIndex(chunk),
                     offset: 0,
                     len: SMALL,
                 };
@@ -1063,20 +1063,20 @@ mod tests {
         assert_eq!(answer(&mut uploads, 1, 0, 0, true), Ok(()));
         assert_eq!(answer(&mut uploads, 1, 1, 0, true), Ok(()));
         assert_eq!(answer(&mut uploads, 1, 1, 10, true), Err(Refused::Covered), "queued already");
-        let reading = uploads.next_read(Time::ZERO, |_, _| 0).map(|job| job.piece);
-        assert_eq!(reading, Some(PieceIndex(0)));
+        let reading = uploads.next_read(Time::ZERO, |_, _| 0).map(|job| job.chunk);
+        assert_eq!(reading, Some(ChunkIndex(0)));
         assert_eq!(answer(&mut uploads, 1, 0, 20, true), Err(Refused::Covered), "being read");
         assert_eq!(answer(&mut uploads, 2, 0, 20, true), Ok(()), "another connection's copy is its own");
-        uploads.read_done(ConnId::Inbound(1), FILE, PieceIndex(0), 0);
-        uploads.data_queued(ConnId::Inbound(1), (FILE, PieceIndex(0), 0), BLOCK_BYTES);
+        uploads.read_done(ConnId::Inbound(1), FILE, ChunkIndex(0), 0);
+        uploads.data_queued(ConnId::Inbound(1), (FILE, ChunkIndex(0), 0), BLOCK_BYTES);
         assert_eq!(answer(&mut uploads, 1, 0, 30, true), Err(Refused::Covered), "read, waiting to leave");
         uploads.sent(ConnId::Inbound(1), 1);
         assert_eq!(answer(&mut uploads, 1, 0, 40, true), Ok(()), "it left: asked again, it is sent again");
     }
 
-    /// Piece 0 is held by five remotes, every other piece by none.
-    fn piece_zero_common(_: FileId, piece: PieceIndex) -> usize {
-        if piece.0 == 0 {
+    /// Chunk 0 is held by five remotes, every other chunk by none.
+    fn chunk_zero_common(_: FileId, chunk: ChunkIndex) -> usize {
+        if chunk.0 == 0 {
             5
         } else {
             0
@@ -1084,7 +1084,7 @@ mod tests {
     }
 
     #[test]
-    fn room_goes_first_to_the_ticket_that_asked_for_the_rarest_piece() {
+    fn room_goes_first_to_the_ticket_that_asked_for_the_rarest_chunk() {
         let (mut uploads, line) = full_line();
         let (common, rare) = (line + 1, line + 2);
         assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
@@ -1092,27 +1092,27 @@ mod tests {
         serve(&mut uploads);
         uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
-        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(rare)], "refused later");
+        assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(rare)], "refused later");
         uploads.pass(ConnId::Inbound(rare));
-        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(common)]);
+        assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(common)]);
     }
 
     #[test]
-    fn a_ticket_for_a_rarer_piece_than_a_waiting_connection_asked_for_is_called_into_a_full_line() {
+    fn a_ticket_for_a_rarer_chunk_than_a_waiting_connection_asked_for_is_called_into_a_full_line() {
         let (mut uploads, line) = full_line();
         serve(&mut uploads);
         let (common, rare) = (line + 1, line + 2);
         assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
-        assert!(uploads.take_calls(Time::ZERO, piece_zero_common).is_empty(), "no rarer piece than the line's");
+        assert!(uploads.take_calls(Time::ZERO, chunk_zero_common).is_empty(), "no rarer chunk than the line's");
         assert!(!ask_as(&mut uploads, rare, 1, 0, true));
-        assert_eq!(uploads.take_calls(Time::ZERO, piece_zero_common), [ConnId::Inbound(rare)]);
-        assert!(uploads.take_calls(Time::ZERO, piece_zero_common).is_empty(), "one such call at a time");
+        assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(rare)]);
+        assert!(uploads.take_calls(Time::ZERO, chunk_zero_common).is_empty(), "one such call at a time");
         let job =
-            ServeJob { conn: ConnId::Inbound(rare), file_id: FILE, piece: PieceIndex(1), offset: 0, len: BLOCK_BYTES };
-        assert_eq!(uploads.request(job, Time::from_millis(60), true, piece_zero_common), Ok(()), "it makes room");
+            ServeJob { conn: ConnId::Inbound(rare), file_id: FILE, chunk: ChunkIndex(1), offset: 0, len: BLOCK_BYTES };
+        assert_eq!(uploads.request(job, Time::from_millis(60), true, chunk_zero_common), Ok(()), "it makes room");
         let refused: Vec<ConnId> = uploads.take_refused().iter().map(|j| j.conn).collect();
         let first_waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
-        assert_eq!(refused, [ConnId::Inbound(first_waiting)], "a waiting asker of the common piece leaves the line");
+        assert_eq!(refused, [ConnId::Inbound(first_waiting)], "a waiting asker of the common chunk leaves the line");
     }
 
     #[test]
@@ -1136,8 +1136,8 @@ mod tests {
         serve(&mut uploads);
         uploads.sent(ConnId::Inbound(1), 1);
         serve_at(&mut uploads, Time::from_millis(late), |_| 0);
-        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
-        assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of pieces 1 and 2");
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
+        assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of chunks 1 and 2");
         assert_eq!(uploads.serving(ConnId::Inbound(1)), 0, "nothing of it is queued");
     }
 
@@ -1149,24 +1149,24 @@ mod tests {
         serve(&mut uploads);
         uploads.sent(ConnId::Inbound(1), 1);
         serve(&mut uploads);
-        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
         assert!(ask(&mut uploads, line + 1, 0, 100), "the refused connection comes in");
         assert!(!ask(&mut uploads, 1, 1, 100), "the one that left waits its turn");
     }
 
     #[test]
-    fn free_slots_and_a_holder_s_next_block_go_to_the_rarest_piece() {
+    fn free_slots_and_a_holder_s_next_block_go_to_the_rarest_chunk() {
         let mut uploads = Uploads::new(None);
-        // Piece 9 is held by nobody else, the others by three remotes.
-        let holders = |piece| if piece == 9 { 0 } else { 3 };
+        // Chunk 9 is held by nobody else, the others by three remotes.
+        let holders = |chunk| if chunk == 9 { 0 } else { 3 };
         request(&mut uploads, 1, 0);
         request(&mut uploads, 2, 1);
         request(&mut uploads, 3, 2);
         request(&mut uploads, 3, 9);
         request(&mut uploads, 4, 9);
         let first = serve_rarest(&mut uploads, holders);
-        assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare piece first, its request before the others");
+        assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare chunk first, its request before the others");
         for conn in [3, 4] {
             uploads.sent(ConnId::Inbound(conn), 1);
         }
@@ -1198,7 +1198,7 @@ mod tests {
         then.sort_unstable();
         assert_eq!(then, [(2, 1), (3, 0), (3, 1)]);
         assert!(uploads.wake_at().is_none_or(|at| at > due), "the timer moves on once it fired");
-        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.piece.0)).collect();
+        let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1), (ConnId::Inbound(1), 2)]);
         let at_ms = UPLOAD_STALL_TIMEOUT.as_millis() as u64;
         assert!(!ask(&mut uploads, 1, 3, at_ms), "busy while its frame waits");

@@ -1,44 +1,44 @@
-//! Seeding to several downloaders at once: which pieces a peer that holds a whole file tells
+//! Seeding to several downloaders at once: which chunks a peer that holds a whole file tells
 //! each downloader it has (super-seeding).
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
-//! every piece went out once: after that the swarm holds the file and newcomers are told
-//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) piece it lacks that
+//! every chunk went out once: after that the swarm holds the file and newcomers are told
+//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) chunk it lacks that
 //! was never offered to anyone (a rotating cursor from a random start picks them), also when it is
 //! the only downloader so far: in a flash crowd the first to connect is alone for a moment, and
-//! told everything it would ask the seeder for pieces offered to others. So each of the seeder's
-//! turns with a downloader (see the upload slots in `uploads`) sends a piece nobody else got,
+//! told everything it would ask the seeder for chunks offered to others. So each of the seeder's
+//! turns with a downloader (see the upload slots in `uploads`) sends a chunk nobody else got,
 //! whatever the file's size and however many downloaders arrive. The downloaders fetch different
-//! pieces from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_MIN`
-//! downloaders (more for small pieces) have an offer outstanding at once, enough to keep the
-//! seeder's slots and line busy: a newcomer beyond them is told nothing yet, and each piece the
-//! seeder finishes uploading to a downloader, each offered piece a downloader reports holding
+//! chunks from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_MIN`
+//! downloaders (more for small chunks) have an offer outstanding at once, enough to keep the
+//! seeder's slots and line busy: a newcomer beyond them is told nothing yet, and each chunk the
+//! seeder finishes uploading to a downloader, each offered chunk a downloader reports holding
 //! (fetched elsewhere) and each downloader that leaves makes room for one more offer, to the
 //! downloaders with none outstanding, those told nothing yet first, in the order they connected.
 //! So the first copies go out in the order the seeder can send them instead of all being promised
-//! when a crowd connects (a downloader promised a piece while a dozen others wait for the seeder
-//! holds the only claim to it until its turn). Once every piece went out, a downloader with no
-//! offer outstanding is offered one piece, the least offered, so nobody waits for a piece the
+//! when a crowd connects (a downloader promised a chunk while a dozen others wait for the seeder
+//! holds the only claim to it until its turn). Once every chunk went out, a downloader with no
+//! offer outstanding is offered one chunk, the least offered, so nobody waits for a chunk the
 //! others cannot give it. A downloader that is alone when it has room for an offer (or again, once
 //! the others left) is told everything that is left. The seeder keeps per file one offer count per
-//! piece; per connection, what it told and which offered pieces are still outstanding.
+//! chunk; per connection, what it told and which offered chunks are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
-//! finished upload, a report of held pieces, a lone downloader and a closed connection; its
-//! outputs are the pieces to tell and the downloaders to tell more ([`Offers::offerees`]).
+//! finished upload, a report of held chunks, a lone downloader and a closed connection; its
+//! outputs are the chunks to tell and the downloaders to tell more ([`Offers::offerees`]).
 //! `Peer` routes them and sends the messages; the free functions say which remotes are
 //! downloaders.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
-use crate::ids::{ConnId, FileId, PieceIndex};
+use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES, UPLOAD_LINE_BYTES_MIN};
 use crate::rng::Rng;
 
 use super::super::remote::{Remote, Remotes};
 
-/// The seeder's offers: per file it spreads, how often each piece went out; per downloader and
+/// The seeder's offers: per file it spreads, how often each chunk went out; per downloader and
 /// file, what it was told. Private to this module; `Peer` routes its inputs here.
 #[derive(Debug, Default)]
 pub(in crate::peer) struct Offers {
@@ -52,42 +52,42 @@ pub(in crate::peer) struct Offers {
 pub(in crate::peer) struct OurFile<'a> {
     /// The file.
     pub file_id: FileId,
-    /// The pieces we hold.
+    /// The chunks we hold.
     pub have: &'a Bitfield,
     /// Whether the file came from a local share (only such a holder offers).
     pub shared_here: bool,
-    /// Its pieces' size.
-    pub piece_bytes: u32,
+    /// Its chunks' size.
+    pub chunk_bytes: u32,
 }
 
-/// What a downloader's report of held pieces means for its offers.
+/// What a downloader's report of held chunks means for its offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::peer) enum Held {
     /// It holds the whole file now: it is no downloader any more.
     Complete,
-    /// Offered pieces came in from elsewhere: it has room for more offers.
+    /// Offered chunks came in from elsewhere: it has room for more offers.
     Room,
     /// Nothing changes.
     Nothing,
 }
 
-/// How often each piece of a whole file was offered or uploaded to a downloader.
+/// How often each chunk of a whole file was offered or uploaded to a downloader.
 #[derive(Debug)]
 struct Spread {
     offers: Vec<u16>,
-    /// Where the next search for a least-offered piece starts.
+    /// Where the next search for a least-offered chunk starts.
     cursor: usize,
-    /// Pieces never offered.
+    /// Chunks never offered.
     unoffered: usize,
 }
 
 /// What a seeder told one downloader of one file.
 #[derive(Debug)]
 struct Offer {
-    /// Pieces announced to it (its view of our bitfield).
+    /// Chunks announced to it (its view of our bitfield).
     told: Bitfield,
-    /// Announced pieces it neither fetched from us nor reported holding yet.
-    outstanding: BTreeSet<PieceIndex>,
+    /// Announced chunks it neither fetched from us nor reported holding yet.
+    outstanding: BTreeSet<ChunkIndex>,
 }
 
 impl Offers {
@@ -96,8 +96,8 @@ impl Offers {
         Offers::default()
     }
 
-    /// The pieces to tell `conn` we hold of `ours` in our first bitfield: everything, or the
-    /// first window of offers when we shared the whole file ourselves, some piece never went
+    /// The chunks to tell `conn` we hold of `ours` in our first bitfield: everything, or the
+    /// first window of offers when we shared the whole file ourselves, some chunk never went
     /// out yet and `conn` (which holds `holds`, if it told us) is a downloader.
     pub fn first_bitfield(
         &mut self,
@@ -106,7 +106,7 @@ impl Offers {
         holds: Option<&Bitfield>,
         rng: &mut Rng,
     ) -> Bitfield {
-        let OurFile { file_id, have, shared_here, piece_bytes } = ours;
+        let OurFile { file_id, have, shared_here, chunk_bytes } = ours;
         let spreading = shared_here && have.is_full() && self.spreads.get(&file_id).is_none_or(|s| s.unoffered > 0);
         let downloading = holds.is_some_and(|h| !h.is_full());
         if !spreading || !downloading {
@@ -115,38 +115,38 @@ impl Offers {
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
         let pending = self.pending(file_id);
         self.told.insert((conn, file_id), offer);
-        if pending < offers_outstanding_max(piece_bytes) {
+        if pending < offers_outstanding_max(chunk_bytes) {
             self.fill_window(conn, ours, holds, rng);
         }
         self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
     }
 
-    /// We finished uploading `piece` of `file_id` to `conn`; whether it has room for another
+    /// We finished uploading `chunk` of `file_id` to `conn`; whether it has room for another
     /// offer now.
-    pub fn uploaded(&mut self, conn: ConnId, file_id: FileId, piece: PieceIndex) -> bool {
+    pub fn uploaded(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) -> bool {
         match self.told.get_mut(&(conn, file_id)) {
-            Some(offer) => offer.outstanding.remove(&piece),
-            // A downloader that sees everything chose this piece itself: count the copy.
+            Some(offer) => offer.outstanding.remove(&chunk),
+            // A downloader that sees everything chose this chunk itself: count the copy.
             None => {
                 if let Some(spread) = self.spreads.get_mut(&file_id) {
-                    spread.count(piece);
+                    spread.count(chunk);
                 }
                 false
             }
         }
     }
 
-    /// `conn`, which holds `holds` of `file_id` now, reported holding `pieces` more (from us
+    /// `conn`, which holds `holds` of `file_id` now, reported holding `chunks` more (from us
     /// or from anyone else).
-    pub fn held(&mut self, conn: ConnId, file_id: FileId, holds: Option<&Bitfield>, pieces: &[PieceIndex]) -> Held {
+    pub fn held(&mut self, conn: ConnId, file_id: FileId, holds: Option<&Bitfield>, chunks: &[ChunkIndex]) -> Held {
         if holds.is_some_and(Bitfield::is_full) {
             self.told.remove(&(conn, file_id));
             return Held::Complete;
         }
         let Some(offer) = self.told.get_mut(&(conn, file_id)) else { return Held::Nothing };
         let before = offer.outstanding.len();
-        for piece in pieces {
-            offer.outstanding.remove(piece);
+        for chunk in chunks {
+            offer.outstanding.remove(chunk);
         }
         if offer.outstanding.len() < before {
             Held::Room
@@ -164,7 +164,7 @@ impl Offers {
     /// [`offers_outstanding_max`] have an offer outstanding, those with none, the ones told
     /// nothing yet first, each in connection order (the order they came in).
     pub fn offerees(&self, ours: OurFile<'_>) -> Vec<ConnId> {
-        let room = offers_outstanding_max(ours.piece_bytes).saturating_sub(self.pending(ours.file_id));
+        let room = offers_outstanding_max(ours.chunk_bytes).saturating_sub(self.pending(ours.file_id));
         let mut idle: Vec<(bool, ConnId)> = (self.told.iter())
             .filter(|((_, file_id), offer)| *file_id == ours.file_id && offer.outstanding.is_empty())
             .map(|((conn, _), offer)| (offer.told.count() > 0, *conn))
@@ -173,12 +173,12 @@ impl Offers {
         idle.into_iter().take(room).map(|(_, conn)| conn).collect()
     }
 
-    /// Whether `conn` sees only the pieces offered to it of `file_id`.
+    /// Whether `conn` sees only the chunks offered to it of `file_id`.
     pub fn sees_offers(&self, conn: ConnId, file_id: FileId) -> bool {
         self.told.contains_key(&(conn, file_id))
     }
 
-    /// The pieces to tell `conn` (which holds `holds`, if it told us) now that it has room:
+    /// The chunks to tell `conn` (which holds `holds`, if it told us) now that it has room:
     /// up to the window while `other_downloader`, else everything not yet told, after which
     /// it sees all we hold.
     pub fn top_up(
@@ -188,7 +188,7 @@ impl Offers {
         holds: Option<&Bitfield>,
         other_downloader: bool,
         rng: &mut Rng,
-    ) -> Vec<PieceIndex> {
+    ) -> Vec<ChunkIndex> {
         if other_downloader {
             return self.fill_window(conn, ours, holds, rng);
         }
@@ -201,8 +201,8 @@ impl Offers {
         self.told.retain(|(c, _), _| *c != conn);
     }
 
-    /// Adds pieces `conn` lacks to its offer and returns them: never-offered ones until the
-    /// window is full; once every piece went out, one at a time (the least offered), when
+    /// Adds chunks `conn` lacks to its offer and returns them: never-offered ones until the
+    /// window is full; once every chunk went out, one at a time (the least offered), when
     /// nothing is outstanding, so the downloaders fetch what others already got from each other.
     fn fill_window(
         &mut self,
@@ -210,7 +210,7 @@ impl Offers {
         ours: OurFile<'_>,
         holds: Option<&Bitfield>,
         rng: &mut Rng,
-    ) -> Vec<PieceIndex> {
+    ) -> Vec<ChunkIndex> {
         let spread = self.spreads.entry(ours.file_id).or_insert_with(|| Spread::new(ours.have.len(), rng));
         let offer = self.told.get_mut(&(conn, ours.file_id));
         debug_assert!(offer.is_some(), "a window is filled only for a downloader that sees offers");
@@ -219,31 +219,31 @@ impl Offers {
         let mut added = Vec::new();
         while offer.outstanding.len() < OFFER_WINDOW_PIECES {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
-            let Some(piece) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
-            offer.told.set(piece);
-            offer.outstanding.insert(piece);
-            added.push(piece);
+            let Some(chunk) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
+            offer.told.set(chunk);
+            offer.outstanding.insert(chunk);
+            added.push(chunk);
         }
         added
     }
 }
 
 /// Downloaders of a file with an offer outstanding at once: [`OFFERS_OUTSTANDING_MIN`], or
-/// as many as hold [`UPLOAD_LINE_BYTES_MIN`] of pieces of `piece_bytes`.
-fn offers_outstanding_max(piece_bytes: u32) -> usize {
-    let for_bytes = UPLOAD_LINE_BYTES_MIN.div_ceil(u64::from(piece_bytes.max(1)));
+/// as many as hold [`UPLOAD_LINE_BYTES_MIN`] of chunks of `chunk_bytes`.
+fn offers_outstanding_max(chunk_bytes: u32) -> usize {
+    let for_bytes = UPLOAD_LINE_BYTES_MIN.div_ceil(u64::from(chunk_bytes.max(1)));
     OFFERS_OUTSTANDING_MIN.max(usize::try_from(for_bytes).unwrap_or(usize::MAX))
 }
 
 impl Spread {
-    fn new(piece_count: u32, rng: &mut Rng) -> Spread {
-        let start = rng.below(piece_count.max(1) as usize);
-        Spread { offers: vec![0; piece_count as usize], cursor: start, unoffered: piece_count as usize }
+    fn new(chunk_count: u32, rng: &mut Rng) -> Spread {
+        let start = rng.below(chunk_count.max(1) as usize);
+        Spread { offers: vec![0; chunk_count as usize], cursor: start, unoffered: chunk_count as usize }
     }
 
-    /// Counts one more copy of `piece` handed out.
-    fn count(&mut self, piece: PieceIndex) {
-        if let Some(offers) = self.offers.get_mut(piece.as_usize()) {
+    /// Counts one more copy of `chunk` handed out.
+    fn count(&mut self, chunk: ChunkIndex) {
+        if let Some(offers) = self.offers.get_mut(chunk.as_usize()) {
             if *offers == 0 {
                 self.unoffered -= 1;
             }
@@ -251,9 +251,9 @@ impl Spread {
         }
     }
 
-    /// The least-offered piece offered at most `offers_max` times for which `eligible` holds,
+    /// The least-offered chunk offered at most `offers_max` times for which `eligible` holds,
     /// searching a bounded stretch from the cursor; counts it as offered.
-    fn pick(&mut self, offers_max: u16, eligible: impl Fn(PieceIndex) -> bool) -> Option<PieceIndex> {
+    fn pick(&mut self, offers_max: u16, eligible: impl Fn(ChunkIndex) -> bool) -> Option<ChunkIndex> {
         if offers_max == 0 && self.unoffered == 0 {
             return None;
         }
@@ -262,7 +262,7 @@ impl Spread {
         for step in 0..len.min(OFFER_SCAN_PIECES_MAX) {
             let i = (self.cursor + step) % len;
             let offers = self.offers[i];
-            if offers > offers_max || best.is_some_and(|(b, _)| b <= offers) || !eligible(PieceIndex(i as u32)) {
+            if offers > offers_max || best.is_some_and(|(b, _)| b <= offers) || !eligible(ChunkIndex(i as u32)) {
                 continue;
             }
             best = Some((offers, i));
@@ -272,9 +272,9 @@ impl Spread {
         }
         let (_, i) = best?;
         self.cursor = (i + 1) % len;
-        let piece = PieceIndex(i as u32);
-        self.count(piece);
-        Some(piece)
+        let chunk = ChunkIndex(i as u32);
+        self.count(chunk);
+        Some(chunk)
     }
 }
 
@@ -293,7 +293,7 @@ pub(in crate::peer) fn sole_downloader(remotes: &Remotes, file_id: FileId) -> Op
 }
 
 fn is_downloader(remote: &Remote, file_id: FileId) -> bool {
-    remote.is_ready() && remote.pieces(file_id).is_some_and(|h| !h.is_full())
+    remote.is_ready() && remote.chunks(file_id).is_some_and(|h| !h.is_full())
 }
 
 #[cfg(test)]
@@ -301,7 +301,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_crowd_is_offered_pieces_as_the_seeder_serves_them_those_told_nothing_first() {
+    fn a_crowd_is_offered_chunks_as_the_seeder_serves_them_those_told_nothing_first() {
         let mut rng = Rng::from_seed(1);
         let mut offers = Offers::new();
         let (have, nothing) = (Bitfield::full(16), Bitfield::new(16));
@@ -309,7 +309,7 @@ mod tests {
             file_id: FileId(crate::ids::Digest([7; 32])),
             have: &have,
             shared_here: true,
-            piece_bytes: 256 * 1024,
+            chunk_bytes: 256 * 1024,
         };
         let crowd = OFFERS_OUTSTANDING_MIN as u64 + 2;
         let told: Vec<u32> = (1..=crowd)
@@ -317,36 +317,36 @@ mod tests {
             .collect();
         let mut expected = vec![1; OFFERS_OUTSTANDING_MIN];
         expected.extend([0, 0]);
-        assert_eq!(told, expected, "one piece each to as many as the seeder serves soon, nothing yet to the rest");
+        assert_eq!(told, expected, "one chunk each to as many as the seeder serves soon, nothing yet to the rest");
         assert!(offers.offerees(ours).is_empty(), "no room while every offer is outstanding");
         let first = ConnId::Inbound(1);
-        let piece = offers.told[&(first, ours.file_id)].outstanding.first().copied().expect("one offer");
-        assert!(offers.uploaded(first, ours.file_id, piece));
+        let chunk = offers.told[&(first, ours.file_id)].outstanding.first().copied().expect("one offer");
+        assert!(offers.uploaded(first, ours.file_id, chunk));
         let next = ConnId::Inbound(OFFERS_OUTSTANDING_MIN as u64 + 1);
         assert_eq!(offers.offerees(ours), [next], "the first told nothing, not the one just served");
         let offered = offers.top_up(next, ours, Some(&nothing), true, &mut rng);
         assert_eq!(offered.len(), 1);
-        assert!(!offered.contains(&piece), "a piece never offered");
+        assert!(!offered.contains(&chunk), "a chunk never offered");
         assert!(offers.offerees(ours).is_empty());
-        // Small pieces: as many outstanding as fill the line's bytes.
-        let small = OurFile { piece_bytes: 16 * 1024, ..ours };
-        assert!(offers_outstanding_max(small.piece_bytes) > OFFERS_OUTSTANDING_MIN);
+        // Small chunks: as many outstanding as fill the line's bytes.
+        let small = OurFile { chunk_bytes: 16 * 1024, ..ours };
+        assert!(offers_outstanding_max(small.chunk_bytes) > OFFERS_OUTSTANDING_MIN);
         assert_eq!(offers.offerees(small).len(), 2, "both the served one and the last newcomer");
     }
 
     #[test]
-    fn least_offered_pieces_go_first_and_every_piece_once_before_any_twice() {
+    fn least_offered_chunks_go_first_and_every_chunk_once_before_any_twice() {
         let mut rng = Rng::from_seed(1);
         let mut spread = Spread::new(10, &mut rng);
         let mut first_round: Vec<u32> = (0..10).filter_map(|_| spread.pick(u16::MAX, |_| true).map(|p| p.0)).collect();
         first_round.sort_unstable();
         assert_eq!(first_round, (0..10).collect::<Vec<u32>>());
-        assert_eq!(spread.pick(0, |_| true), None, "every piece went out once");
-        // Piece 3 is not eligible now: the others go round again, 3 stays at one offer.
+        assert_eq!(spread.pick(0, |_| true), None, "every chunk went out once");
+        // Chunk 3 is not eligible now: the others go round again, 3 stays at one offer.
         let second: Vec<u32> = (0..9).filter_map(|_| spread.pick(u16::MAX, |p| p.0 != 3).map(|p| p.0)).collect();
         assert_eq!(second.len(), 9);
         assert!(!second.contains(&3));
-        assert_eq!(spread.pick(u16::MAX, |_| true), Some(PieceIndex(3)));
+        assert_eq!(spread.pick(u16::MAX, |_| true), Some(ChunkIndex(3)));
         assert_eq!(spread.pick(u16::MAX, |_| false), None);
     }
 }

@@ -1,10 +1,10 @@
-//! Per-file state of a peer: the manifest, the verified pieces, the download (see
-//! `downloads`) while pieces are missing, and the block arithmetic of a piece. A `FileEntry`'s
+//! Per-file state of a peer: the manifest, the verified chunks, the download (see
+//! `downloads`) while chunks are missing, and the block arithmetic of a chunk. A `FileEntry`'s
 //! state is private: callers read it through accessors and change it through one method per
 //! step of the file's life (shared, manifest adopted, acknowledged by a tracker, finished).
 
 use crate::bitfield::Bitfield;
-use crate::ids::{FileId, PieceIndex};
+use crate::ids::{ChunkIndex, FileId};
 use crate::manifest::Manifest;
 use crate::time::Time;
 
@@ -15,16 +15,16 @@ use super::downloads::{Download, Phase};
 pub(super) struct FileEntry {
     /// The manifest; `None` only for a download whose first `Located` has not arrived.
     manifest: Option<Manifest>,
-    /// Verified pieces (zero-length until the manifest is known).
+    /// Verified chunks (zero-length until the manifest is known).
     have: Bitfield,
     /// Whether `Event::Sharing` was reported (once per file).
     sharing_reported: bool,
-    /// Download state, while pieces are missing or the file is being finalized.
+    /// Download state, while chunks are missing or the file is being finalized.
     download: Option<Download>,
     /// Whether the file came from a local share rather than a download: only such a holder
-    /// offers its pieces a few at a time (see `offers`).
+    /// offers its chunks a few at a time (see `offers`).
     shared_here: bool,
-    /// Pieces whose last block we read for a remote: a copy is on its way or arrived, whether
+    /// Chunks whose last block we read for a remote: a copy is on its way or arrived, whether
     /// or not its receiver announced it yet (empty until the first such read).
     sent_whole: Bitfield,
 }
@@ -67,12 +67,12 @@ impl FileEntry {
         self.manifest.as_ref()
     }
 
-    /// The verified pieces.
+    /// The verified chunks.
     pub fn have(&self) -> &Bitfield {
         &self.have
     }
 
-    /// The download, while pieces are missing or the file is being finalized.
+    /// The download, while chunks are missing or the file is being finalized.
     pub fn download(&self) -> Option<&Download> {
         self.download.as_ref()
     }
@@ -88,32 +88,32 @@ impl FileEntry {
         self.shared_here
     }
 
-    /// We read the last block of `piece` for a remote.
-    pub fn sent_whole(&mut self, piece: PieceIndex) {
+    /// We read the last block of `chunk` for a remote.
+    pub fn sent_whole(&mut self, chunk: ChunkIndex) {
         if self.sent_whole.len() != self.have.len() {
             self.sent_whole = Bitfield::new(self.have.len());
         }
-        self.sent_whole.set(piece);
+        self.sent_whole.set(chunk);
     }
 
-    /// Whether we read the last block of `piece` for a remote.
-    pub fn has_sent_whole(&self, piece: PieceIndex) -> bool {
-        self.sent_whole.has(piece)
+    /// Whether we read the last block of `chunk` for a remote.
+    pub fn has_sent_whole(&self, chunk: ChunkIndex) -> bool {
+        self.sent_whole.has(chunk)
     }
 
-    /// The pieces of `have` (of this file's length) are served too.
-    pub fn add_pieces(&mut self, have: &Bitfield) {
-        debug_assert!(self.manifest.is_some(), "pieces are added to a file whose manifest is known");
-        for piece in have.iter() {
-            self.have.set(piece);
+    /// The chunks of `have` (of this file's length) are served too.
+    pub fn add_chunks(&mut self, have: &Bitfield) {
+        debug_assert!(self.manifest.is_some(), "chunks are added to a file whose manifest is known");
+        for chunk in have.iter() {
+            self.have.set(chunk);
         }
     }
 
-    /// The first manifest of a download arrived: its pieces are sized by it, none verified.
+    /// The first manifest of a download arrived: its chunks are sized by it, none verified.
     pub fn adopt_manifest(&mut self, manifest: Manifest) {
         let Some(download) = self.download.as_mut() else { unreachable!("only a download adopts a manifest") };
         debug_assert!(self.manifest.is_none(), "a manifest is adopted once");
-        self.have = Bitfield::new(manifest.piece_count());
+        self.have = Bitfield::new(manifest.chunk_count());
         download.init_slots(&self.have);
         self.manifest = Some(manifest);
     }
@@ -135,7 +135,7 @@ impl FileEntry {
         self.download = None;
     }
 
-    /// The manifest, the download and the verified pieces, for a download whose manifest is
+    /// The manifest, the download and the verified chunks, for a download whose manifest is
     /// known.
     pub fn download_parts(&mut self) -> Option<(&Manifest, &mut Download, &mut Bitfield)> {
         match (self.manifest.as_ref(), self.download.as_mut()) {
@@ -150,18 +150,18 @@ impl FileEntry {
     }
 }
 
-/// Number of blocks of `block_bytes` in a piece of `piece_len` bytes.
-pub(super) fn block_count(block_bytes: u32, piece_len: u32) -> u32 {
-    piece_len.div_ceil(block_bytes.max(1))
+/// Number of blocks of `block_bytes` in a chunk of `chunk_len` bytes.
+pub(super) fn block_count(block_bytes: u32, chunk_len: u32) -> u32 {
+    chunk_len.div_ceil(block_bytes.max(1))
 }
 
-/// Offset and length of block `block` of a piece of `piece_len` bytes.
-pub(super) fn block_span(block_bytes: u32, piece_len: u32, block: u32) -> (u32, u32) {
+/// Offset and length of block `block` of a chunk of `chunk_len` bytes.
+pub(super) fn block_span(block_bytes: u32, chunk_len: u32, block: u32) -> (u32, u32) {
     let offset = block * block_bytes;
-    (offset, (piece_len - offset).min(block_bytes))
+    (offset, (chunk_len - offset).min(block_bytes))
 }
 
-/// Mask with the low `blocks` bits set: every block of a piece.
+/// Mask with the low `blocks` bits set: every block of a chunk.
 pub(super) fn all_blocks(blocks: u32) -> u64 {
     if blocks >= 64 {
         u64::MAX
@@ -170,14 +170,14 @@ pub(super) fn all_blocks(blocks: u32) -> u64 {
     }
 }
 
-/// The block index an offset names, if it is a block boundary inside the piece.
-pub(super) fn block_at(block_bytes: u32, piece_len: u32, offset: u32) -> Option<u32> {
+/// The block index an offset names, if it is a block boundary inside the chunk.
+pub(super) fn block_at(block_bytes: u32, chunk_len: u32, offset: u32) -> Option<u32> {
     let block_bytes = block_bytes.max(1);
-    (offset.is_multiple_of(block_bytes) && offset < piece_len.max(1)).then_some(offset / block_bytes)
+    (offset.is_multiple_of(block_bytes) && offset < chunk_len.max(1)).then_some(offset / block_bytes)
 }
 
 /// Key of one outstanding block request on a connection.
-pub(super) type BlockKey = (FileId, PieceIndex, u32);
+pub(super) type BlockKey = (FileId, ChunkIndex, u32);
 
 #[cfg(test)]
 mod tests {
