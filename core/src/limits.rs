@@ -361,8 +361,16 @@ pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 /// Pieces a downloader has started but not yet verified, per file (bounds partial state).
 pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
 
-/// Most pieces a remote is assigned at once on one connection.
-pub const PIECES_ASSIGNED_PER_CONN_MAX: usize = 8;
+/// Most chunks a remote is assigned at once on one connection (see [`CLAIMS_TIME`]).
+pub const CHUNKS_CLAIMED_PER_CONN_MAX: usize = 8;
+
+/// A connection claims the chunks its remote delivers in this time at its measured rate (at
+/// least one, at most [`CHUNKS_CLAIMED_PER_CONN_MAX`]): a chunk claimed by a slow remote waits
+/// there while faster ones could fetch it, and near the end it is fetched twice.
+pub const CLAIMS_TIME: Duration = Duration::from_millis(500);
+
+/// Chunks a connection claims before its remote's rate is measured.
+pub const CHUNKS_CLAIMED_UNMEASURED: usize = 2;
 
 /// Pieces a seeder offers each of several downloaders at a time, beyond what it already
 /// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a

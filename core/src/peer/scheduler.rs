@@ -31,9 +31,10 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR,
-    PIECES_ASSIGNED_PER_CONN_MAX, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX,
-    REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CHUNKS_CLAIMED_UNMEASURED, CLAIMS_TIME,
+    CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
+    REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
+    UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -142,6 +143,19 @@ impl Requests {
         let bytes = (self.rate.bytes_per_s().saturating_mul(micros) / 1_000_000).max(REQUEST_PIPELINE_BYTES_MIN);
         let blocks = bytes.div_ceil(u64::from(block_bytes.max(1)));
         usize::try_from(blocks).unwrap_or(usize::MAX).min(REQUESTS_IN_FLIGHT_PER_CONN_MAX)
+    }
+
+    /// Chunks of `chunk_bytes` the remote may be assigned at once: what it delivers in
+    /// [`CLAIMS_TIME`] at its measured rate, at least one and at most
+    /// [`CHUNKS_CLAIMED_PER_CONN_MAX`]; [`CHUNKS_CLAIMED_UNMEASURED`] before it is measured.
+    fn claims(&self, chunk_bytes: u32) -> usize {
+        let rate = self.rate.bytes_per_s();
+        if rate == 0 {
+            return CHUNKS_CLAIMED_UNMEASURED;
+        }
+        let micros = u64::try_from(CLAIMS_TIME.as_micros()).unwrap_or(u64::MAX);
+        let chunks = (rate.saturating_mul(micros) / 1_000_000) / u64::from(chunk_bytes.max(1));
+        usize::try_from(chunks).unwrap_or(usize::MAX).clamp(1, CHUNKS_CLAIMED_PER_CONN_MAX)
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
@@ -457,7 +471,7 @@ impl<'a> Scheduler<'a> {
     /// to ask it for; the requests to send are appended to `blocks`.
     fn fill_blocks(&mut self, conn: ConnId, file_id: FileId, blocks: &mut Vec<(ChunkIndex, u32, u32)>) {
         let Some(manifest) = self.files.get(&file_id).and_then(|e| e.manifest()) else { return };
-        let block_bytes = manifest.block_bytes();
+        let (block_bytes, chunk_bytes) = (manifest.block_bytes(), manifest.chunk_bytes());
         let mut look = Look::From(ChunkIndex(0));
         loop {
             let Some(remote) = self.remotes.get(&conn) else { return };
@@ -473,7 +487,7 @@ impl<'a> Scheduler<'a> {
                 }
                 continue;
             }
-            if requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX {
+            if requests.assigned_in(file_id).count() >= requests.claims(chunk_bytes) {
                 return;
             }
             match self.choose_chunk(conn, file_id) {
@@ -604,7 +618,7 @@ impl<'a> Scheduler<'a> {
         if block_span(block_bytes, manifest.chunk_len(chunk), block).1 != len
             || !remote.is_ready()
             || !requests.takes_another(block_bytes, self.now)
-            || requests.assigned_in(file_id).count() >= PIECES_ASSIGNED_PER_CONN_MAX
+            || requests.assigned_in(file_id).count() >= requests.claims(manifest.chunk_bytes())
             || !download.may_start(chunk, remote.peer_id())
         {
             return false;
