@@ -356,7 +356,9 @@ impl Store {
             (downloading.then(|| encode_bitfield(&entry.served)), lists)
         };
         if let Some(lists) = lists {
-            write_atomically(&self.sidecar(file_id, "lists"), &lists)?;
+            // Not synced: the bitfield's write just after syncs the folder, and a list lost to
+            // a power cut costs only the refetch of its piece's chunks.
+            replace(&self.sidecar(file_id, "lists"), &lists, false)?;
         }
         match bitfield {
             Some(bytes) => write_atomically(&self.sidecar(file_id, "bitfield"), &bytes),
@@ -748,20 +750,31 @@ fn read_bitfield(path: &Path, chunk_count: u32) -> Result<Bitfield, NetError> {
 /// or the new content, never a mix. The temporary file is synced before the rename and the
 /// folder after it, so once this returns the new content survives a power cut too.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    replace(path, bytes, true)?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    File::open(folder).and_then(|dir| dir.sync_all()).map_err(store_io("sync", folder))
+}
+
+/// Replaces `path` with `bytes` through a temporary file and a rename, synced before the rename
+/// when `durable`. Unsynced, a power cut may leave the file empty or cut short: only for a
+/// sidecar whose loss costs a refetch (the `.lists`, read back strictly).
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StoreError> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
     let written = File::create(&temp)
         .map_err(store_io("create", &temp))
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()).map_err(store_io("write", &temp)))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
+                .map_err(store_io("write", &temp))
+        })
         .and_then(|()| fs::rename(&temp, path).map_err(store_io("rename into place", path)));
     if written.is_err() {
         // Leave no stray temporary file behind (a full disk, say); the old content stays.
         fs::remove_file(&temp).ok();
     }
-    written?;
-    let folder = path.parent().unwrap_or(Path::new("."));
-    File::open(folder).and_then(|dir| dir.sync_all()).map_err(store_io("sync", folder))
+    written
 }
 
 fn remove_if_present(path: &Path) -> Result<(), StoreError> {
