@@ -52,6 +52,10 @@ use crate::watch::{Metrics, Role, Watch};
 
 /// How long an outbound connection may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a verified chunk waits for its bitfield write, which records every chunk verified
+/// meanwhile too: a crash loses at most this long of verified chunks (fetched again).
+pub const BITFIELD_WRITE_DELAY: Duration = Duration::from_millis(250);
 /// Store jobs (disk and hashing) running on worker threads at once, per driver: at most
 /// [`WRITE_JOBS_MAX`] block writes, and the rest hashing, reading and finalising.
 pub const STORE_JOBS_MAX: usize = 8;
@@ -490,7 +494,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             // output for the file relies on it having happened (it has no completion).
             Output::Allocate { manifest } => store.allocate(&manifest),
             Output::ChunkVerified { file_id, chunk } => match store.mark_verified(file_id, chunk) {
-                Ok(true) => self.background(move || {
+                Ok(true) => self.persist_later(move || {
                     if let Err(e) = store.persist_bitfield(file_id) {
                         tracing::error!("cannot record chunk {chunk} of {file_id}: {e}");
                     }
@@ -556,10 +560,13 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }));
     }
 
-    /// Runs `job` on a worker thread; nothing comes back.
-    fn background(&self, job: impl FnOnce() + Send + 'static) {
+    /// Runs `job`, a bitfield write, on a worker thread after [`BITFIELD_WRITE_DELAY`];
+    /// nothing comes back. The chunks verified meanwhile go in the same write: the writes, each
+    /// synced and holding a store worker, keep to a few a second however fast chunks come.
+    fn persist_later(&self, job: impl FnOnce() + Send + 'static) {
         let permits = self.store_jobs.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(BITFIELD_WRITE_DELAY).await;
             let _permit = permits.acquire_owned().await.ok();
             tokio::task::spawn_blocking(job).await.ok();
         });
