@@ -18,7 +18,7 @@
 //! from the peers the tracker names as knowing it, whose slots fill first, and without it
 //! could not join the exchange until its next ask of the tracker, which a crowd's asks queue
 //! behind one another on the tracker's uplink; a referral costs a few hundred bytes where the
-//! manifest costs one per chunk hash.
+//! manifest costs one per piece hash.
 //!
 //! This module only decides, over the table of remotes; `links` carries the decision out.
 

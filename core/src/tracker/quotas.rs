@@ -26,7 +26,7 @@ use super::registry::Refusal;
 /// What one holding of a file costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Cost {
-    /// The manifest: 32 bytes per chunk hash, plus the name and a directory's paths.
+    /// The manifest: 32 bytes per piece hash, plus the name and a directory's paths.
     manifest_bytes: u64,
     /// One bit each in the holder's bitfield.
     chunks: u64,
@@ -40,7 +40,7 @@ impl Cost {
         Cost { manifest_bytes: 32 * chunks + text_bytes as u64, chunks }
     }
 
-    /// Bytes of the manifest: its chunk hashes, name and paths.
+    /// Bytes of the manifest: its piece hashes, name and paths.
     pub(super) fn manifest_bytes(self) -> u64 {
         self.manifest_bytes
     }
