@@ -115,6 +115,15 @@ impl Lists {
         true
     }
 
+    /// A block of `chunk` is about to be read for a remote: the piece whose list to read from
+    /// the store at the same time, when it needs one that is neither known nor being read.
+    pub fn start_read(&mut self, manifest: &Manifest, chunk: ChunkIndex) -> Option<PieceIndex> {
+        let piece = manifest.piece_of(chunk);
+        let file_id = manifest.file_id();
+        (Self::needed(manifest, piece) && !self.knows(file_id, piece) && self.reading.insert((file_id, piece)))
+            .then_some(piece)
+    }
+
     /// `block` is about to go out: what must go before it.
     pub fn ready(&mut self, manifest: &Manifest, block: Block) -> Ready {
         let piece = manifest.piece_of(block.chunk);
@@ -228,7 +237,10 @@ mod tests {
         let file_id = manifest.file_id();
         let mut lists = Lists::default();
         let at = |conn, chunk| Block { file_id, ..block(conn, chunk) };
-        assert!(matches!(lists.ready(&manifest, at(1, 4)), Ready::Waits { read: true }));
+        assert_eq!(lists.start_read(&manifest, ChunkIndex(4)), Some(PieceIndex(1)), "read with the block");
+        assert_eq!(lists.start_read(&manifest, ChunkIndex(5)), None, "one read");
+        assert_eq!(lists.start_read(&manifest, ChunkIndex(8)), Some(PieceIndex(2)));
+        assert!(matches!(lists.ready(&manifest, at(1, 4)), Ready::Waits { read: false }));
         assert!(matches!(lists.ready(&manifest, at(2, 5)), Ready::Waits { read: false }), "one read");
         let (kept, waiting) = lists.read(&manifest, PieceIndex(1), Some(&list(&manifest, &bytes, 1)));
         assert!(kept);
@@ -236,7 +248,7 @@ mod tests {
         assert!(matches!(lists.ready(&manifest, at(1, 4)), Ready::ListFirst(..)));
         assert!(matches!(lists.ready(&manifest, at(1, 6)), Ready::Now(_)), "already sent on this connection");
         assert!(matches!(lists.ready(&manifest, at(2, 6)), Ready::ListFirst(..)));
-        assert!(matches!(lists.ready(&manifest, at(2, 9)), Ready::Waits { read: true }), "another piece");
+        assert!(matches!(lists.ready(&manifest, at(2, 9)), Ready::Waits { read: false }), "read with its block");
         lists.forget_sent(ConnId::Inbound(1), file_id);
         assert!(matches!(lists.ready(&manifest, at(1, 6)), Ready::ListFirst(..)));
     }

@@ -1206,6 +1206,7 @@ impl Peer {
                 break;
             };
             let ServeJob { conn, file_id, chunk, offset, len } = job;
+            self.read_list_ahead(file_id, chunk);
             self.push(Output::ReadBlock { conn, file_id, chunk, offset, len });
         }
         for ServeJob { conn, file_id, chunk, offset, .. } in self.uploads.take_refused() {
@@ -1234,6 +1235,16 @@ impl Peer {
             }
         }
         self.pump_uploads();
+    }
+
+    /// A block of `chunk` is read for a remote: its piece's list, when the remote will need it
+    /// and it is not known, is read from the store at the same time, not after the block.
+    fn read_list_ahead(&mut self, file_id: FileId, chunk: ChunkIndex) {
+        let Some(manifest) = self.files.get(&file_id).and_then(FileEntry::manifest) else { return };
+        if let Some(piece) = self.lists.start_read(manifest, chunk) {
+            let chunks = manifest.chunks_of(piece).collect();
+            self.push(Output::ReadChunkDigests { file_id, piece, chunks });
+        }
     }
 
     /// Sends a block read for a remote, after its piece's list when the remote needs it to
