@@ -400,6 +400,7 @@ impl Registry {
                 name: file.manifest.name().to_owned(),
                 length_bytes: file.manifest.length_bytes(),
                 holders_per_piece: holders_per_piece(&file.manifest, &file.counts),
+                chunks_per_piece: file.manifest.chunks_per_piece(),
                 holders,
                 holders_count: file.holding_count(),
             }

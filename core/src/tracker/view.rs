@@ -43,8 +43,10 @@ pub struct TrackedFile {
     pub name: String,
     /// Its length.
     pub length_bytes: u64,
-    /// Live holders of each chunk.
+    /// Live holders of each piece: the fewest of any of its chunks.
     pub holders_per_piece: Vec<u32>,
+    /// Chunks in each piece but possibly the last.
+    pub chunks_per_piece: u32,
     /// Holders by address with the chunks each holds, at most [`ViewBounds::holders_max`].
     pub holders: Vec<(PeerAddr, Bitfield)>,
     /// Peers holding (or wanting) the file.
