@@ -45,7 +45,8 @@ pub use error::{CommandError, DecodeError, EncodeError, IdError, ManifestError, 
 pub use ids::{ChunkIndex, ConnId, Digest, FileId, FileIdPrefix, PeerId, PieceIndex};
 pub use machine::{step, step_command, Command, Completion, Event, GoneReason, Input, Machine, Output, Progress};
 pub use manifest::{
-    auto_piece_size, piece_digest, piece_digest_of_chunks, FileSpan, Manifest, ManifestBuilder, PieceHasher, TreeEntry,
+    auto_piece_size, piece_digest, piece_digest_of_chunks, Described, FileSpan, Manifest, ManifestBuilder, PieceHasher,
+    TreeEntry,
 };
 pub use peer::{Peer, PeerConfig};
 pub use store::Resume;

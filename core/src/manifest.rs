@@ -274,6 +274,16 @@ impl TryFrom<RawManifest> for Manifest {
     }
 }
 
+/// A manifest with the digests of all its chunks, in order, as describing the bytes computes
+/// them: whoever described a file serves each piece's chunk list without reading it again.
+#[derive(Clone, Debug)]
+pub struct Described {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The digest of every chunk, in chunk order.
+    pub chunk_digests: Vec<Digest>,
+}
+
 /// Computes a manifest from a file's bytes fed in order, piece by piece or in any chunks (for a
 /// directory: its files' bytes in the order of its tree).
 #[derive(Debug)]
@@ -285,6 +295,8 @@ pub struct ManifestBuilder {
     current: PieceHasher,
     current_len: u32,
     hashes: Vec<Digest>,
+    /// Every finished chunk's digest (32 bytes a chunk, at most [`crate::limits::CHUNKS_MAX`]).
+    chunk_digests: Vec<Digest>,
 }
 
 impl ManifestBuilder {
@@ -300,6 +312,7 @@ impl ManifestBuilder {
             current: PieceHasher::new(piece_size_bytes),
             current_len: 0,
             hashes: Vec::new(),
+            chunk_digests: Vec::new(),
         })
     }
 
@@ -322,32 +335,40 @@ impl ManifestBuilder {
         for_each_unit(bytes, self.piece_size_bytes, &mut current_len, |now, full| {
             self.current.update(now);
             if full {
-                self.hashes.push(self.current.finish());
+                self.finish_piece();
             }
         });
         self.current_len = current_len;
     }
 
     /// The manifest of everything fed so far.
-    pub fn finish(mut self) -> Result<Manifest, ManifestError> {
+    pub fn finish(self) -> Result<Manifest, ManifestError> {
+        self.describe().map(|described| described.manifest)
+    }
+
+    /// The manifest of everything fed so far, with its chunks' digests.
+    pub fn describe(mut self) -> Result<Described, ManifestError> {
         if self.current_len > 0 {
             self.finish_piece();
         }
-        match self.tree {
-            None => Manifest::new(self.name, self.length_bytes, self.piece_size_bytes, self.hashes),
+        let manifest = match self.tree {
+            None => Manifest::new(self.name, self.length_bytes, self.piece_size_bytes, self.hashes)?,
             Some(entries) => {
                 let manifest = Manifest::new_tree(self.name, entries, self.piece_size_bytes, self.hashes)?;
                 if manifest.length_bytes != self.length_bytes {
                     let (listed, fed) = (manifest.length_bytes, self.length_bytes);
                     return Err(ManifestError::BadTree(format!("{fed} bytes fed for files of {listed} bytes")));
                 }
-                Ok(manifest)
+                manifest
             }
-        }
+        };
+        Ok(Described { manifest, chunk_digests: self.chunk_digests })
     }
 
     fn finish_piece(&mut self) {
-        self.hashes.push(self.current.finish());
+        let chunks = self.current.finish_chunks();
+        self.hashes.push(piece_digest_of_chunks(&chunks));
+        self.chunk_digests.extend(chunks);
         self.current_len = 0;
     }
 }
@@ -433,6 +454,20 @@ mod tests {
         }
         let whole: Vec<_> = manifest.whole_pieces(&held).collect();
         assert_eq!(whole, [PieceIndex(0), PieceIndex(2)]);
+    }
+
+    #[test]
+    fn describing_keeps_every_chunks_digest() {
+        let bytes: Vec<u8> = (0..256 * 1024 * 2 + 70 * 1024).map(|i: u32| (i % 249) as u8).collect();
+        let mut builder = ManifestBuilder::new("f.bin".into(), 256 * 1024).expect("valid");
+        for part in bytes.chunks(10_000) {
+            builder.update(part);
+        }
+        let described = builder.describe().expect("valid");
+        let chunks: Vec<Digest> = bytes.chunks(64 * 1024).map(Digest::of).collect();
+        assert_eq!(described.chunk_digests, chunks);
+        assert_eq!(described.manifest, build(&bytes, 256 * 1024));
+        assert!(described.manifest.is_chunk_list(PieceIndex(2), &chunks[8..]));
     }
 
     #[test]

@@ -523,8 +523,8 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
                 let result = store.hash_chunk(file_id, chunk);
                 Completion::ChunkHashed { file_id, chunk, result }
             }),
-            Output::ReadChunkDigests { file_id, piece, chunks } => self.work(ctx, self.store_jobs.clone(), move || {
-                let result = store.chunk_digests(file_id, &chunks);
+            Output::ReadChunkDigests { file_id, piece, .. } => self.work(ctx, self.store_jobs.clone(), move || {
+                let result = store.chunk_digests(file_id, piece);
                 Completion::ChunkDigestsRead { file_id, piece, result }
             }),
             Output::ReadBlock { conn, file_id, chunk, offset, len } => {

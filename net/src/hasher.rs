@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use p2p_core::{auto_piece_size, Digest, Manifest, ManifestBuilder, PieceHasher, StoreError};
+use p2p_core::{auto_piece_size, Described, Digest, Manifest, ManifestBuilder, PieceHasher, StoreError};
 
 use crate::error::{store_io, NetError};
 
@@ -67,9 +67,14 @@ pub fn feed_range(
 /// the automatic size for its length). The name is the path's last component; a directory is
 /// described as one item (see [`crate::tree`]).
 pub fn manifest_of(path: &Path, piece_size_bytes: Option<u32>) -> Result<Manifest, NetError> {
+    describe(path, piece_size_bytes).map(|described| described.manifest)
+}
+
+/// [`manifest_of`], with the digests of every chunk computed on the way.
+pub fn describe(path: &Path, piece_size_bytes: Option<u32>) -> Result<Described, NetError> {
     let metadata = std::fs::metadata(path).map_err(NetError::io("inspect", path))?;
     if metadata.is_dir() {
-        return crate::tree::manifest_of_tree(path, piece_size_bytes);
+        return crate::tree::describe_tree(path, piece_size_bytes);
     }
     let mut file = File::open(path).map_err(NetError::io("open", path))?;
     let metadata = file.metadata().map_err(NetError::io("inspect", path))?;
@@ -82,7 +87,7 @@ pub fn manifest_of(path: &Path, piece_size_bytes: Option<u32>) -> Result<Manifes
     let to_manifest_error = |error| NetError::Manifest { path: path.to_owned(), error };
     let mut builder = ManifestBuilder::new(name, piece_size).map_err(to_manifest_error)?;
     feed_file(&mut builder, &mut file, path)?;
-    builder.finish().map_err(to_manifest_error)
+    builder.describe().map_err(to_manifest_error)
 }
 
 /// Feeds the whole of `file` to `builder`; returns the bytes fed.

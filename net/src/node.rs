@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use p2p_core::limits::{ANNOUNCE_INTERVAL_DEFAULT, TRACKERS_PER_PEER_MAX};
 use p2p_core::{
-    Bitfield, Command, FileId, FileIdPrefix, IdError, Machine, Manifest, Peer, PeerConfig, PeerId, Tracker,
+    Bitfield, Command, Described, FileId, FileIdPrefix, IdError, Machine, Manifest, Peer, PeerConfig, PeerId, Tracker,
     TrackerConfig,
 };
 use rand::RngCore;
@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::client::{first_answer, list_files, locate_manifest};
 use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
-use crate::hasher::manifest_of;
+use crate::hasher::describe;
 use crate::identity::{Identity, SwarmKey};
 use crate::secure::{Keys, Trust};
 use crate::store::{Reused, Store};
@@ -219,9 +219,10 @@ impl PeerHandle {
         let store = self.store.clone();
         let path = path.to_owned();
         let (manifest, have) = blocking(move || {
-            let manifest = manifest_of(&path, options.piece_size_bytes)?;
+            let Described { manifest, chunk_digests } = describe(&path, options.piece_size_bytes)?;
             let have = pieces_to_share(&manifest, options.only_pieces.as_deref(), &path)?;
             store.register_shared(&path, manifest.clone(), have.clone())?;
+            store.learn_lists(manifest.file_id(), &chunk_digests);
             Ok((manifest, have))
         })
         .await?;

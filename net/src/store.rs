@@ -75,7 +75,10 @@ struct Entry {
     sidecars: Arc<Mutex<()>>,
     /// Verified chunks wait for a [`Store::persist_bitfield`] that has not read them yet.
     persist_pending: bool,
-    /// The chunk digest lists of a download (see [`Store::keep_list`]).
+    /// The chunk digest lists known, each checked against the manifest: of a download (see
+    /// [`Store::keep_list`], written to `F.lists`) and of served pieces (see
+    /// [`Store::chunk_digests`]). At most [`p2p_core::limits::CHUNKS_PER_PIECE_MAX`] digests a
+    /// piece.
     lists: BTreeMap<PieceIndex, Vec<Digest>>,
     /// Lists kept since the last write of `F.lists`.
     lists_pending: bool,
@@ -172,9 +175,53 @@ impl Store {
         file.digest(at, u64::from(len))
     }
 
-    /// The digests of `chunks` as stored (see [`p2p_core::store::Store::chunk_digests`]).
-    pub fn chunk_digests(&self, file_id: FileId, chunks: &[ChunkIndex]) -> Result<Vec<Digest>, StoreError> {
-        chunks.iter().map(|chunk| self.hash_chunk(file_id, *chunk)).collect()
+    /// The chunk digests of `piece` as stored: its list (see
+    /// [`p2p_core::store::Store::chunk_digests`]). A list known already (from describing the
+    /// item, from the download, or from an earlier call) is answered from memory; else the piece
+    /// is hashed, and its list kept when it matches the manifest, so a served piece is hashed
+    /// once at most.
+    pub fn chunk_digests(&self, file_id: FileId, piece: PieceIndex) -> Result<Vec<Digest>, StoreError> {
+        let known = self.with_entry(file_id, |entry| {
+            if piece.0 >= entry.manifest.piece_count() {
+                // Past the last piece: named by the first chunk past the file's.
+                return Err(StoreError::OutOfRange {
+                    chunk: ChunkIndex(entry.manifest.chunk_count()),
+                    offset: 0,
+                    len: 0,
+                });
+            }
+            Ok(entry.lists.get(&piece).cloned().ok_or_else(|| entry.manifest.clone()))
+        })?;
+        let manifest = match known {
+            Ok(list) => return Ok(list),
+            Err(manifest) => manifest,
+        };
+        let list: Vec<Digest> =
+            manifest.chunks_of(piece).map(|chunk| self.hash_chunk(file_id, chunk)).collect::<Result<_, _>>()?;
+        if manifest.is_chunk_list(piece, &list) {
+            if let Some(entry) = self.lock().get_mut(&file_id) {
+                entry.lists.insert(piece, list.clone());
+            }
+        }
+        Ok(list)
+    }
+
+    /// Keeps the chunk digests of a whole item, in chunk order, as describing it computed
+    /// them: its pieces' lists are then served without reading the item (see
+    /// [`Store::chunk_digests`]). Digests that are not the item's are ignored.
+    pub fn learn_lists(&self, file_id: FileId, chunk_digests: &[Digest]) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&file_id) else { return };
+        let manifest = entry.manifest.clone();
+        if chunk_digests.len() != manifest.chunk_count() as usize || manifest.chunks_per_piece() == 1 {
+            return;
+        }
+        for piece in manifest.pieces() {
+            let list: Vec<Digest> = manifest.chunks_of(piece).map(|chunk| chunk_digests[chunk.0 as usize]).collect();
+            if manifest.is_chunk_list(piece, &list) {
+                entry.lists.insert(piece, list);
+            }
+        }
     }
 
     /// Reads a block of a served chunk.
@@ -798,6 +845,15 @@ impl p2p_core::store::Store for Store {
 
     fn hash_chunk(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<Digest, StoreError> {
         Store::hash_chunk(self, file_id, chunk)
+    }
+
+    fn chunk_digests(
+        &mut self,
+        file_id: FileId,
+        piece: PieceIndex,
+        _chunks: &[ChunkIndex],
+    ) -> Result<Vec<Digest>, StoreError> {
+        Store::chunk_digests(self, file_id, piece)
     }
 
     fn mark_verified(&mut self, file_id: FileId, chunk: ChunkIndex) -> Result<(), StoreError> {

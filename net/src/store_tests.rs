@@ -177,6 +177,32 @@ fn shared_files_serve_only_their_pieces_and_reject_bad_ranges() {
     assert_eq!(store.finalize(id), Ok(f.source.clone()));
 }
 
+/// The lists of a shared file of 64 KiB pieces (four chunks each) are answered from what
+/// describing it computed, or hashed once: the bytes are not read again for them.
+#[test]
+fn chunk_lists_are_hashed_at_most_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("lists.bin");
+    let bytes: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    fs::write(&source, &bytes).expect("write source");
+    let described = crate::hasher::describe(&source, Some(64 * 1024)).expect("describe");
+    let manifest = described.manifest.clone();
+    let id = manifest.file_id();
+    let store = Store::open(&dir.path().join("store"), &dir.path().join("out")).expect("open store");
+    let full = Bitfield::full(manifest.chunk_count());
+    store.register_shared(&source, manifest.clone(), full).expect("share");
+    let hashed = store.chunk_digests(id, PieceIndex(0)).expect("hashed");
+    assert!(manifest.is_chunk_list(PieceIndex(0), &hashed));
+    store.learn_lists(id, &described.chunk_digests);
+    // Spoil the bytes: the lists known stay what the manifest says.
+    fs::write(&source, vec![0u8; bytes.len()]).expect("overwrite");
+    for piece in manifest.pieces() {
+        let list = store.chunk_digests(id, piece).expect("known");
+        assert!(manifest.is_chunk_list(piece, &list), "piece {}", piece.0);
+    }
+    assert!(matches!(store.chunk_digests(id, PieceIndex(3)), Err(StoreError::OutOfRange { .. })));
+}
+
 #[test]
 fn io_errors_name_the_path() {
     let f = fixture();

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use p2p_core::limits::{TREE_ENTRIES_MAX, TREE_PATH_COMPONENTS_MAX};
-use p2p_core::{auto_piece_size, Bitfield, Manifest, ManifestBuilder, ManifestError, StoreError, TreeEntry};
+use p2p_core::{auto_piece_size, Bitfield, Described, Manifest, ManifestBuilder, ManifestError, StoreError, TreeEntry};
 
 use crate::error::{store_io, NetError};
 use crate::hasher::feed_file;
@@ -72,8 +72,8 @@ fn unshareable(path: &Path, why: &str) -> NetError {
     NetError::Io { action: "share", path: path.to_owned(), error }
 }
 
-/// The manifest of the directory `root` as one item (see the module docs).
-pub fn manifest_of_tree(root: &Path, piece_size_bytes: Option<u32>) -> Result<Manifest, NetError> {
+/// The manifest of the directory `root` as one item (see the module docs), with its chunks' digests.
+pub fn describe_tree(root: &Path, piece_size_bytes: Option<u32>) -> Result<Described, NetError> {
     let entries = walk(root)?;
     // `.`, `..` or a trailing slash have no last component: name the directory itself.
     let absolute = fs::canonicalize(root).map_err(NetError::io("inspect", root))?;
@@ -92,7 +92,7 @@ pub fn manifest_of_tree(root: &Path, piece_size_bytes: Option<u32>) -> Result<Ma
             return Err(to_manifest_error(changed));
         }
     }
-    builder.finish().map_err(to_manifest_error)
+    builder.describe().map_err(to_manifest_error)
 }
 
 /// Where `entry` of a tree rooted at `root` is.
@@ -192,7 +192,7 @@ mod tests {
             walk(&root).expect("walk").iter().map(|e| (e.path().join("/"), e.length_bytes())).collect();
         let expected = [("a/empty", None), ("a/z", Some(0)), ("a.txt", Some(5)), ("b/c", Some(2))];
         assert_eq!(listed, expected.map(|(p, len)| (p.to_owned(), len)));
-        let manifest = manifest_of_tree(&root.join("b/.."), None).expect("manifest");
+        let manifest = describe_tree(&root.join("b/.."), None).expect("manifest").manifest;
         assert_eq!((manifest.name(), manifest.length_bytes()), ("top", 7), "named after the directory itself");
     }
 

@@ -25,8 +25,8 @@ pub struct PieceHasher {
     /// The chunk being fed.
     chunk: sha2::Sha256,
     chunk_len: u32,
-    /// The digests of the finished chunks, fed as they finish.
-    chunks: sha2::Sha256,
+    /// The digests of the finished chunks, in order.
+    chunks: Vec<Digest>,
 }
 
 impl PieceHasher {
@@ -37,7 +37,7 @@ impl PieceHasher {
             chunk_bytes: chunk_bytes(piece_size_bytes).max(1),
             chunk: sha2::Sha256::new(),
             chunk_len: 0,
-            chunks: sha2::Sha256::new(),
+            chunks: Vec::with_capacity(CHUNKS_PER_PIECE_MAX as usize),
         }
     }
 
@@ -55,15 +55,21 @@ impl PieceHasher {
 
     /// The digest of the piece fed, and a hasher ready for the next piece.
     pub fn finish(&mut self) -> Digest {
+        piece_digest_of_chunks(&self.finish_chunks())
+    }
+
+    /// The digests of the piece's chunks (its list, see [`piece_digest_of_chunks`]), and a
+    /// hasher ready for the next piece.
+    pub fn finish_chunks(&mut self) -> Vec<Digest> {
         if self.chunk_len > 0 {
             self.finish_chunk();
         }
-        Digest(std::mem::take(&mut self.chunks).finalize().into())
+        std::mem::replace(&mut self.chunks, Vec::with_capacity(CHUNKS_PER_PIECE_MAX as usize))
     }
 
     fn finish_chunk(&mut self) {
         let chunk = std::mem::take(&mut self.chunk).finalize();
-        self.chunks.update(chunk);
+        self.chunks.push(Digest(chunk.into()));
         self.chunk_len = 0;
     }
 }
@@ -151,9 +157,12 @@ mod tests {
             }
             hasher.update(rest);
             prop_assert_eq!(hasher.finish(), by_rule(piece_size, &bytes));
-            // The hasher starts afresh after finishing.
+            // The hasher starts afresh after finishing, and its list is the chunks' digests.
             hasher.update(&bytes);
-            prop_assert_eq!(hasher.finish(), by_rule(piece_size, &bytes));
+            let list = hasher.finish_chunks();
+            let chunks: Vec<Digest> = bytes.chunks(chunk_bytes(piece_size) as usize).map(Digest::of).collect();
+            prop_assert_eq!(piece_digest_of_chunks(&list), by_rule(piece_size, &bytes));
+            prop_assert_eq!(list, chunks);
         }
     }
 }
