@@ -102,6 +102,17 @@ impl Bitfield {
         self.iter_combined(self, |mine, _| mine)
     }
 
+    /// The groups of `per_group` consecutive chunks (the last group may be shorter) whose every
+    /// chunk is in the set, by group index in ascending order: the pieces held whole, when the
+    /// set is over a file's chunks and a piece is `per_group` chunks.
+    pub fn whole_groups(&self, per_group: u32) -> impl Iterator<Item = u32> + '_ {
+        let per_group = per_group.max(1);
+        (0..self.len.div_ceil(per_group)).filter(move |group| {
+            let first = group * per_group;
+            (first..(first + per_group).min(self.len)).all(|chunk| self.has(ChunkIndex(chunk)))
+        })
+    }
+
     /// The chunks not in the set, in ascending order.
     pub fn iter_missing(&self) -> impl Iterator<Item = ChunkIndex> + '_ {
         (0..self.len).map(ChunkIndex).filter(|p| !self.has(*p))
@@ -236,6 +247,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn whole_groups_count_a_short_last_group_whole_when_it_is() {
+        let mut set = Bitfield::new(10);
+        for chunk in [0, 1, 2, 3, 5, 8, 9] {
+            set.set(ChunkIndex(chunk));
+        }
+        assert_eq!(set.whole_groups(4).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(set.whole_groups(1).count(), 7);
+        assert_eq!(Bitfield::new(0).whole_groups(4).count(), 0);
+    }
 
     proptest! {
         #[test]

@@ -196,10 +196,10 @@ pub const TRACKER_FILES_PER_IP_MAX: usize = 4 * 1024;
 /// host can make the tracker keep in manifests.
 pub const TRACKER_MANIFEST_BYTES_PER_IP_MAX: u64 = 64 * 1024 * 1024;
 
-/// Pieces the peers of one source IP may announce, summed over all their holdings (bounds their
+/// Chunks the peers of one source IP may announce, summed over all their holdings (bounds their
 /// bitfields to 128 MiB; a thousand peers behind one address holding a thousand files of a
-/// thousand pieces each fit).
-pub const TRACKER_PIECES_PER_IP_MAX: u64 = 1 << 30;
+/// thousand chunks each fit).
+pub const TRACKER_CHUNKS_PER_IP_MAX: u64 = 1 << 30;
 
 /// Most files one `Files` answer lists (the tracker also keeps the answer well under
 /// [`FRAME_BYTES_MAX`]; `truncated` tells the client more exist).
@@ -358,8 +358,8 @@ pub const UPLOAD_TURN_BLOCK_BYTES_MIN: u32 = 64 * 1024;
 /// Block reads the serving side has outstanding with its driver at once (bounds memory).
 pub const SERVE_READS_IN_FLIGHT_MAX: usize = 32;
 
-/// Pieces a downloader has started but not yet verified, per file (bounds partial state).
-pub const PIECES_ACTIVE_PER_FILE_MAX: usize = 256;
+/// Chunks a downloader has started but not yet verified, per file (bounds partial state).
+pub const CHUNKS_ACTIVE_PER_FILE_MAX: usize = 256;
 
 /// Most chunks a remote is assigned at once on one connection (see [`CLAIMS_TIME`]).
 pub const CHUNKS_CLAIMED_PER_CONN_MAX: usize = 8;
@@ -372,19 +372,19 @@ pub const CLAIMS_TIME: Duration = Duration::from_millis(500);
 /// Chunks a connection claims before its remote's rate is measured.
 pub const CHUNKS_CLAIMED_UNMEASURED: usize = 2;
 
-/// Pieces a seeder offers each of several downloaders at a time, beyond what it already
+/// Chunks a seeder offers each of several downloaders at a time, beyond what it already
 /// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a
-/// piece nobody else was offered, and no downloader holds offers the others wait for.
-pub const OFFER_WINDOW_PIECES: usize = 1;
+/// chunk nobody else was offered, and no downloader holds offers the others wait for.
+pub const OFFER_WINDOW_CHUNKS: usize = 1;
 
 /// Downloaders of a file a seeder has an offer outstanding with at once, at least (more for
-/// small pieces, up to [`UPLOAD_LINE_BYTES_MIN`] of them): twice its upload slots and places in
+/// small chunks, up to [`UPLOAD_LINE_BYTES_MIN`] of them): twice its upload slots and places in
 /// line, so a request is on its way whenever a slot frees. The other downloaders are offered a
-/// piece as these are served, not all when they connect (see `peer/uploads/offers.rs`).
+/// chunk as these are served, not all when they connect (see `peer/uploads/offers.rs`).
 pub const OFFERS_OUTSTANDING_MIN: usize = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX);
 
-/// Pieces a seeder looks at to choose one offer (bounds the search in very large files).
-pub const OFFER_SCAN_PIECES_MAX: usize = 4096;
+/// Chunks a seeder looks at to choose one offer (bounds the search in very large files).
+pub const OFFER_SCAN_CHUNKS_MAX: usize = 4096;
 
 /// Shortest time without a block from the remote fetching a piece before another remote may
 /// fetch it too (endgame); longer for a remote whose measured rate makes four blocks take
@@ -402,8 +402,8 @@ pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(5);
 /// start; see `Scheduler::recall_outpaced`).
 pub const OUTPACE_FACTOR: u64 = 4;
 
-/// Most remotes working on the same piece at once (more than one only in endgame).
-pub const ASSIGNEES_PER_PIECE_MAX: usize = 2;
+/// Most remotes working on the same chunk at once (more than one only in endgame).
+pub const ASSIGNEES_PER_CHUNK_MAX: usize = 2;
 
 /// Outputs a machine may queue between two drains; exceeding it is an internal bug.
 pub const OUTPUT_QUEUE_MAX: usize = 1 << 20;
@@ -584,7 +584,7 @@ const _: () =
     assert!(TRACKER_FILES_PER_PEER_MAX as u64 * PIECES_AUTO_TARGET_COUNT * 32 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
 const _: () = assert!(TRACKER_FILES_PER_PEER_MAX <= TRACKER_FILES_PER_IP_MAX);
 const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX <= TRACKER_MANIFEST_BYTES_PER_IP_MAX);
-const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX / 32 <= TRACKER_PIECES_PER_IP_MAX);
+const _: () = assert!(TRACKER_MANIFEST_BYTES_PER_PEER_MAX / 32 <= TRACKER_CHUNKS_PER_IP_MAX);
 // The largest file fits every quota.
 const _: () = assert!(PIECES_MAX as u64 * 32 + FILE_NAME_BYTES_MAX as u64 <= TRACKER_MANIFEST_BYTES_PER_PEER_MAX);
 // The largest directory fits every quota too.

@@ -262,8 +262,8 @@ impl Manifest {
     }
 
     /// The pieces held whole in `chunks`, a bitfield over this file's chunks.
-    pub fn whole_pieces<'a>(&'a self, chunks: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
-        self.pieces().filter(|piece| self.chunks_of(*piece).all(|chunk| chunks.has(chunk)))
+    pub fn whole_pieces<'a>(&self, chunks: &'a Bitfield) -> impl Iterator<Item = PieceIndex> + 'a {
+        chunks.whole_groups(self.chunks_per_piece()).map(PieceIndex)
     }
 }
 

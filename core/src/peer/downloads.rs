@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::bitfield::Bitfield;
 use crate::ids::{ChunkIndex, ConnId, PeerId};
 use crate::limits::{
-    ASSIGNEES_PER_PIECE_MAX, ENDGAME_PATIENCE, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX, PIECES_ACTIVE_PER_FILE_MAX,
+    ASSIGNEES_PER_CHUNK_MAX, CHUNKS_ACTIVE_PER_FILE_MAX, ENDGAME_PATIENCE, LOCATE_INTERVAL, PAROLE_ROUNDS_MAX,
 };
 use crate::rng::Rng;
 use crate::small::{VecMap, VecSet};
@@ -216,7 +216,7 @@ pub(super) enum Verdict {
     Verified {
         /// Who sent its blocks.
         senders: Senders,
-        /// Whether a chunk may start again: the download was at `PIECES_ACTIVE_PER_FILE_MAX`.
+        /// Whether a chunk may start again: the download was at `CHUNKS_ACTIVE_PER_FILE_MAX`.
         room_again: bool,
         /// The suspect of the parole it was on: its earlier blocks are proven bad.
         guilty: Option<Sender>,
@@ -418,7 +418,7 @@ impl Download {
     /// chunk may start, and `peer_id` is not proven bad for it.
     pub fn may_start(&self, chunk: ChunkIndex, peer_id: PeerId) -> bool {
         self.missing.has(chunk)
-            && self.active_count < PIECES_ACTIVE_PER_FILE_MAX
+            && self.active_count < CHUNKS_ACTIVE_PER_FILE_MAX
             && !self.bad_sources.contains(&(chunk, peer_id))
     }
 
@@ -471,7 +471,7 @@ impl Download {
         if orphan_count > 0 {
             return orphans().nth(rng.below(orphan_count)).map(Choice::Fresh);
         }
-        if self.active_count < PIECES_ACTIVE_PER_FILE_MAX {
+        if self.active_count < CHUNKS_ACTIVE_PER_FILE_MAX {
             if let Some(choice) = self.rarest_missing(&remote, rng) {
                 return Some(choice);
             }
@@ -486,7 +486,7 @@ impl Download {
         let endgame = self.started_held(&remote, have)?.find(|chunk| match &self.slots[chunk.as_usize()] {
             Slot::Active(active) => {
                 !active.is_received()
-                    && active.assignees.len() < ASSIGNEES_PER_PIECE_MAX
+                    && active.assignees.len() < ASSIGNEES_PER_CHUNK_MAX
                     && !active.assignees.contains_key(&remote.conn)
                     && active.assignees.keys().all(|c| lagging(*c))
                     && usable(*chunk)
@@ -664,7 +664,7 @@ impl Download {
             self.slots[chunk.as_usize()] = Slot::Have;
             have.set(chunk);
             self.active_count -= 1;
-            let room_again = self.active_count + 1 == PIECES_ACTIVE_PER_FILE_MAX;
+            let room_again = self.active_count + 1 == CHUNKS_ACTIVE_PER_FILE_MAX;
             Verdict::Verified { senders, room_again, guilty: parole.map(|p| p.suspect) }
         } else {
             self.failed(chunk, all, senders, parole)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::ids::{ChunkIndex, PieceIndex};
 use crate::limits::{
-    BLOCK_BYTES, CHUNKS_CLAIMED_UNMEASURED, PIECES_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
+    BLOCK_BYTES, CHUNKS_ACTIVE_PER_FILE_MAX, CHUNKS_CLAIMED_UNMEASURED, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
     REQUEST_TIMEOUT,
 };
 use crate::machine::{Command, Event};
@@ -482,7 +482,7 @@ fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
     assert_eq!(answered[0], &Message::Manifest { manifest: Box::new(manifest) });
     assert!(
         matches!(answered[1], Message::Bitfield { file_id, have }
-            if *file_id == id && have.count() as usize == crate::limits::OFFER_WINDOW_PIECES),
+            if *file_id == id && have.count() as usize == crate::limits::OFFER_WINDOW_CHUNKS),
         "{answered:?}"
     );
     // The asker's own (empty) bitfield, sent once it has the manifest, is not answered twice.
@@ -566,7 +566,7 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     // its active chunks and waits. As soon as the hashes arrive it must start the rest itself;
     // nothing else wakes it (the seeder has nothing more to say).
     let mut h = Harness::new(3);
-    let chunks = PIECES_ACTIVE_PER_FILE_MAX + 8;
+    let chunks = CHUNKS_ACTIVE_PER_FILE_MAX + 8;
     let (bytes, manifest) = file(chunks * 16 * KIB, 16 * 1024, 5);
     let id = manifest.file_id();
     let (seeder, leecher) = (h.add_peer(1, None), h.add_peer(2, None));
@@ -577,7 +577,7 @@ fn a_download_whose_hashing_fell_behind_resumes_as_the_hashes_come_in() {
     h.run_for(Duration::from_secs(2));
     let requested =
         |h: &Harness| h.events_of(leecher).filter(|(_, _, e)| matches!(e, Event::ChunkRequested { .. })).count();
-    assert_eq!(requested(&h), PIECES_ACTIVE_PER_FILE_MAX, "no chunk starts while the active ones wait for hashes");
+    assert_eq!(requested(&h), CHUNKS_ACTIVE_PER_FILE_MAX, "no chunk starts while the active ones wait for hashes");
     h.release_hashes(leecher);
     h.run_until(Duration::from_secs(1), |h| h.completed(leecher, id));
     assert_eq!(h.stored(leecher, id), Some(&bytes[..]));

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::limits::{
-    TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
-    TRACKER_MANIFEST_BYTES_PER_PEER_MAX, TRACKER_PIECES_PER_IP_MAX,
+    TRACKER_CHUNKS_PER_IP_MAX, TRACKER_FILES_PER_IP_MAX, TRACKER_FILES_PER_PEER_MAX, TRACKER_MANIFEST_BYTES_PER_IP_MAX,
+    TRACKER_MANIFEST_BYTES_PER_PEER_MAX,
 };
 use crate::manifest::Manifest;
 use crate::wire::ErrorCode;
@@ -110,9 +110,9 @@ impl Quotas {
             let bound = TRACKER_MANIFEST_BYTES_PER_IP_MAX;
             return Err(over(format!("the files of one address's peers may have at most {bound} manifest bytes")));
         }
-        if usage.chunks + cost.chunks > TRACKER_PIECES_PER_IP_MAX {
+        if usage.chunks + cost.chunks > TRACKER_CHUNKS_PER_IP_MAX {
             return Err(over(format!(
-                "the peers of one address may announce at most {TRACKER_PIECES_PER_IP_MAX} chunks"
+                "the peers of one address may announce at most {TRACKER_CHUNKS_PER_IP_MAX} chunks"
             )));
         }
         Ok(())
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn the_chunks_of_one_address_are_bounded_across_its_holdings() {
         let ip = IpAddr::from([10, 0, 0, 1]);
-        let half = Cost { manifest_bytes: 0, chunks: TRACKER_PIECES_PER_IP_MAX / 2 };
+        let half = Cost { manifest_bytes: 0, chunks: TRACKER_CHUNKS_PER_IP_MAX / 2 };
         let mut quotas = Quotas::default();
         for file_slot in [1, 1] {
             assert_eq!(quotas.check(ip, Some(file_slot), half), Ok(()));

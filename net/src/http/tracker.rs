@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
 use p2p_core::tracker::{TrackedFile, ViewBounds};
-use p2p_core::{Bitfield, ChunkIndex, FileIdPrefix, Time, Tracker};
+use p2p_core::{FileIdPrefix, Time, Tracker};
 use serde::Serialize;
 
 use super::limits::{FILES_LISTED_MAX, HOLDERS_LISTED_MAX, PEERS_LISTED_MAX};
@@ -63,7 +63,7 @@ impl FileJson {
                 .map(|(peer, have)| HolderJson {
                     peer_id: peer.peer_id.to_string(),
                     addr: peer.addr,
-                    pieces: whole_pieces(have, file.chunks_per_piece, file.holders_per_piece.len()),
+                    pieces: have.whole_groups(file.chunks_per_piece).collect(),
                     chunks: have.iter().map(|chunk| chunk.0).collect(),
                 })
                 .collect()
@@ -78,18 +78,6 @@ impl FileJson {
             holders,
         }
     }
-}
-
-/// The pieces (of `pieces`, each of `per_piece` chunks but possibly the last) whose every chunk
-/// `have` holds.
-fn whole_pieces(have: &Bitfield, per_piece: u32, pieces: usize) -> Vec<u32> {
-    let per_piece = per_piece.max(1);
-    (0..u32::try_from(pieces).unwrap_or(u32::MAX))
-        .filter(|piece| {
-            let first = piece * per_piece;
-            (first..(first + per_piece).min(have.len())).all(|chunk| have.has(ChunkIndex(chunk)))
-        })
-        .collect()
 }
 
 const LISTING: ViewBounds = ViewBounds { files_max: FILES_LISTED_MAX, holders_max: 0, peers_max: 0 };

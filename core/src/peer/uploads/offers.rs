@@ -3,7 +3,7 @@
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
 //! every chunk went out once: after that the swarm holds the file and newcomers are told
-//! everything. Until then a newcomer is told only `OFFER_WINDOW_PIECES` (one) chunk it lacks that
+//! everything. Until then a newcomer is told only `OFFER_WINDOW_CHUNKS` (one) chunk it lacks that
 //! was never offered to anyone (a rotating cursor from a random start picks them), also when it is
 //! the only downloader so far: in a flash crowd the first to connect is alone for a moment, and
 //! told everything it would ask the seeder for chunks offered to others. So each of the seeder's
@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ChunkIndex, ConnId, FileId};
-use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_PIECES_MAX, OFFER_WINDOW_PIECES, UPLOAD_LINE_BYTES_MIN};
+use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN};
 use crate::rng::Rng;
 
 use super::super::remote::{Remote, Remotes};
@@ -217,7 +217,7 @@ impl Offers {
         // A downloader that took back its bitfield (the file is unknown to it) is told nothing.
         let (Some(holds), Some(offer)) = (holds, offer) else { return Vec::new() };
         let mut added = Vec::new();
-        while offer.outstanding.len() < OFFER_WINDOW_PIECES {
+        while offer.outstanding.len() < OFFER_WINDOW_CHUNKS {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
             let Some(chunk) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
             offer.told.set(chunk);
@@ -259,7 +259,7 @@ impl Spread {
         }
         let len = self.offers.len();
         let mut best: Option<(u16, usize)> = None;
-        for step in 0..len.min(OFFER_SCAN_PIECES_MAX) {
+        for step in 0..len.min(OFFER_SCAN_CHUNKS_MAX) {
             let i = (self.cursor + step) % len;
             let offers = self.offers[i];
             if offers > offers_max || best.is_some_and(|(b, _)| b <= offers) || !eligible(ChunkIndex(i as u32)) {
