@@ -48,7 +48,7 @@ fn hogs_holding_every_inbound_slot_of_a_seeder_make_way_for_an_honest_downloader
     );
     let file_id = seeder.wait_sharing().file_id;
 
-    let hogs: Vec<WireClient> = (0..INBOUND_PEERS_MAX).map(|_| hog(seeder.addr(), swarm.keys())).collect();
+    let hogs: Vec<WireClient> = (0..INBOUND_PEERS_MAX).map(|_| hog(seeder.addr(), swarm.keys(), None)).collect();
     // With every slot taken by connections that exchanged nothing for less than the eviction
     // delay, a newcomer is let in beside them only to have its manifest ask answered.
     let mut one_more = WireClient::connect(None, seeder.addr(), swarm.keys()).expect("a handshake");
@@ -79,6 +79,10 @@ fn hogs_holding_every_inbound_slot_of_a_seeder_make_way_for_an_honest_downloader
 const STALL_PIECE_BYTES: u32 = BLOCK_BYTES * CHUNKS_PER_PIECE_MAX;
 /// Chunks of its file: far more than the socket buffers of a reader that does not read hold.
 const STALL_CHUNKS: u32 = 64;
+/// The receive buffer of a reader that does not read: small, so the seeder's frames stop
+/// leaving after its own send buffer and this fill, well within the head start however busy
+/// the machine (a loopback socket's buffer grows to megabytes otherwise).
+const STALL_RECV_BUFFER_BYTES: u32 = 64 * 1024;
 /// How long the readers that do not read ask for blocks before the honest downloader starts:
 /// long enough for their socket buffers to fill, so they hold both slots when it arrives.
 const STALL_HEAD_START: Duration = Duration::from_secs(3);
@@ -95,8 +99,8 @@ fn clients_that_ask_for_blocks_and_never_read_give_their_upload_slots_to_an_hone
     let file_id = seeder.wait_sharing().file_id;
     let file: FileId = file_id.parse().expect("a file id");
 
-    let stalled =
-        StalledReaders::start((0..UPLOAD_SLOTS_COUNT).map(|_| hog(seeder.addr(), swarm.keys())).collect(), file);
+    let readers = (0..UPLOAD_SLOTS_COUNT).map(|_| hog(seeder.addr(), swarm.keys(), Some(STALL_RECV_BUFFER_BYTES)));
+    let stalled = StalledReaders::start(readers.collect(), file);
     thread::sleep(STALL_HEAD_START);
     let out = subdir(dir.path(), "out");
     let get_args = swarm.args(&["--get", file_id.as_str(), "--out", path_str(&out)]);
@@ -258,9 +262,10 @@ fn send_hello(client: &mut WireClient, listen_port: u16) {
     client.send(&Message::Hello(Hello::new(Role::Peer, peer_id, listen_port)));
 }
 
-/// A connection to `seeder` past its `Hello`, that will exchange nothing.
-fn hog(seeder: SocketAddr, keys: Keys) -> WireClient {
-    let mut client = WireClient::connect(None, seeder, keys).expect("a handshake");
+/// A connection to `seeder` past its `Hello`, that will exchange nothing; its socket's receive
+/// buffer is `recv_buffer_bytes` when given.
+fn hog(seeder: SocketAddr, keys: Keys, recv_buffer_bytes: Option<u32>) -> WireClient {
+    let mut client = WireClient::connect_with(None, seeder, keys, recv_buffer_bytes).expect("a handshake");
     send_hello(&mut client, 0);
     match client.recv(CONNECT_TIMEOUT) {
         Some(Message::Hello(_)) => client,

@@ -42,6 +42,9 @@ pub struct Manifest {
     /// A directory's files and empty directories; absent for a single file.
     #[serde(skip_serializing_if = "Option::is_none")]
     tree: Option<Arc<Tree>>,
+    /// The hash of the fields above, computed once: ids are asked for at every block.
+    #[serde(skip)]
+    file_id: FileId,
 }
 
 /// The unchecked wire form; every decoded manifest passes through [`Manifest::new`].
@@ -97,7 +100,11 @@ impl Manifest {
             return Err(ManifestError::PieceCount { hashes: piece_hashes.len(), expected });
         }
         let tree = tree.map(|entries| Tree::new(entries, length_bytes)).transpose()?.map(Arc::new);
-        Ok(Manifest { name, length_bytes, piece_size_bytes, piece_hashes: piece_hashes.into(), tree })
+        let piece_hashes = piece_hashes.into();
+        let placeholder = FileId(Digest([0; 32]));
+        let mut manifest = Manifest { name, length_bytes, piece_size_bytes, piece_hashes, tree, file_id: placeholder };
+        manifest.file_id = FileId(Digest::of(&manifest.to_cbor()));
+        Ok(manifest)
     }
 
     /// Decodes and validates a manifest from its CBOR encoding.
@@ -115,7 +122,7 @@ impl Manifest {
 
     /// The file's id.
     pub fn file_id(&self) -> FileId {
-        FileId(Digest::of(&self.to_cbor()))
+        self.file_id
     }
 
     /// The file's or directory's name (a single safe path component).
@@ -480,6 +487,9 @@ mod tests {
         }
         let chunked = builder.finish().expect("valid");
         assert_eq!(whole.file_id(), chunked.file_id());
+        assert_eq!(whole.file_id(), FileId(Digest::of(&whole.to_cbor())), "the id is the encoding's hash");
+        let decoded = Manifest::from_cbor(&whole.to_cbor()).expect("decodes");
+        assert_eq!((decoded.file_id(), &decoded), (whole.file_id(), &whole));
         assert_eq!(whole.piece_count(), 7);
         assert_eq!(whole.piece_len(PieceIndex(6)), 100_000 - 6 * 16 * 1024);
         assert_eq!(whole.piece_hash(PieceIndex(0)), piece_digest(16 * 1024, &bytes[..16 * 1024]));

@@ -30,9 +30,21 @@ impl WireClient {
     /// Connects to `addr`, from the loopback address `source` when given, and runs the
     /// handshake with `keys`.
     pub fn connect(source: Option<Ipv4Addr>, addr: SocketAddr, keys: Keys) -> Result<WireClient, HandshakeError> {
+        WireClient::connect_with(source, addr, keys, None)
+    }
+
+    /// [`WireClient::connect`], with the socket's receive buffer set to `recv_buffer_bytes`
+    /// when given (a client that reads nothing then holds up its sender after that much, not
+    /// after the megabytes a loopback socket grows to).
+    pub fn connect_with(
+        source: Option<Ipv4Addr>,
+        addr: SocketAddr,
+        keys: Keys,
+        recv_buffer_bytes: Option<u32>,
+    ) -> Result<WireClient, HandshakeError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         let stream = runtime.block_on(async {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(source, addr))
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(source, addr, recv_buffer_bytes))
                 .await
                 .map_err(|_| HandshakeError::TimedOut(CONNECT_TIMEOUT))??;
             secure::connect(stream, &keys).await
@@ -123,13 +135,20 @@ pub enum Received {
 
 /// A TCP connection to `addr`, from the loopback address `source` when given (any loopback
 /// address reaches 127.0.0.1).
-async fn tcp_connect(source: Option<Ipv4Addr>, addr: SocketAddr) -> io::Result<TcpStream> {
-    match source {
-        None => TcpStream::connect(addr).await,
-        Some(ip) => {
-            let socket = TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
-            socket.connect(addr).await
-        }
+async fn tcp_connect(
+    source: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    recv_buffer_bytes: Option<u32>,
+) -> io::Result<TcpStream> {
+    if source.is_none() && recv_buffer_bytes.is_none() {
+        return TcpStream::connect(addr).await;
     }
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(bytes) = recv_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+    }
+    socket.connect(addr).await
 }
