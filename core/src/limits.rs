@@ -369,8 +369,11 @@ pub const CHUNKS_CLAIMED_PER_CONN_MAX: usize = 8;
 /// there while faster ones could fetch it, and near the end it is fetched twice.
 pub const CLAIMS_TIME: Duration = Duration::from_millis(500);
 
-/// Chunks a connection claims before its remote's rate is measured.
-pub const CHUNKS_CLAIMED_UNMEASURED: usize = 2;
+/// Bytes of chunks a connection claims before its remote's rate is measured (at least one
+/// chunk, at most [`CHUNKS_CLAIMED_PER_CONN_MAX`]): the smallest pipeline's, so the first round
+/// trips of a new connection carry as much whatever the chunk size (two chunks of 16 KiB leave
+/// the crowds of the scale bench's small pieces waiting on round trips).
+pub const CLAIMS_UNMEASURED_BYTES: u64 = REQUEST_PIPELINE_BYTES_MIN;
 
 /// Chunks a seeder offers each of several downloaders at a time, beyond what it already
 /// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a

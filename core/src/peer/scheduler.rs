@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CHUNKS_CLAIMED_UNMEASURED, CLAIMS_TIME,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CLAIMS_TIME, CLAIMS_UNMEASURED_BYTES,
     CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
     REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
     UPLOAD_TURN_BYTES,
@@ -146,16 +146,10 @@ impl Requests {
     }
 
     /// Chunks of `chunk_bytes` the remote may be assigned at once: what it delivers in
-    /// [`CLAIMS_TIME`] at its measured rate, at least one and at most
-    /// [`CHUNKS_CLAIMED_PER_CONN_MAX`]; [`CHUNKS_CLAIMED_UNMEASURED`] before it is measured.
+    /// [`CLAIMS_TIME`] at its measured rate, [`CLAIMS_UNMEASURED_BYTES`] before it is measured;
+    /// at least one and at most [`CHUNKS_CLAIMED_PER_CONN_MAX`].
     fn claims(&self, chunk_bytes: u32) -> usize {
-        let rate = self.rate.bytes_per_s();
-        if rate == 0 {
-            return CHUNKS_CLAIMED_UNMEASURED;
-        }
-        let micros = u64::try_from(CLAIMS_TIME.as_micros()).unwrap_or(u64::MAX);
-        let chunks = (rate.saturating_mul(micros) / 1_000_000) / u64::from(chunk_bytes.max(1));
-        usize::try_from(chunks).unwrap_or(usize::MAX).clamp(1, CHUNKS_CLAIMED_PER_CONN_MAX)
+        claims_for(self.rate.bytes_per_s(), chunk_bytes)
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
@@ -265,6 +259,17 @@ fn chooser(remotes: &Remotes, conn: ConnId, file_id: FileId) -> Option<Chooser<'
 /// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at `bytes_per_s` (`None` at zero).
 fn turns_time(turns: u64, bytes_per_s: u64) -> Option<Duration> {
     (turns * UPLOAD_TURN_BYTES * 1_000_000).checked_div(bytes_per_s).map(Duration::from_micros)
+}
+
+/// Chunks of `chunk_bytes` a remote delivering `bytes_per_s` (0: not measured yet) may be
+/// assigned at once on a connection; see [`Requests::claims`].
+pub(super) fn claims_for(bytes_per_s: u64, chunk_bytes: u32) -> usize {
+    let bytes = match bytes_per_s {
+        0 => CLAIMS_UNMEASURED_BYTES,
+        rate => rate.saturating_mul(u64::try_from(CLAIMS_TIME.as_micros()).unwrap_or(u64::MAX)) / 1_000_000,
+    };
+    let chunks = bytes / u64::from(chunk_bytes.max(1));
+    usize::try_from(chunks).unwrap_or(usize::MAX).clamp(1, CHUNKS_CLAIMED_PER_CONN_MAX)
 }
 
 /// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
@@ -1010,6 +1015,16 @@ fn progress(entry: &FileEntry) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_cover_half_a_second_at_the_rate_and_a_pipeline_before_it_is_measured() {
+        const KIB: u32 = 1024;
+        assert_eq!(claims_for(0, 16 * KIB), CHUNKS_CLAIMED_PER_CONN_MAX, "256 KiB of 16 KiB chunks, capped");
+        assert_eq!(claims_for(0, 64 * KIB), 4);
+        assert_eq!(claims_for(0, 1024 * KIB), 1, "never none");
+        assert_eq!(claims_for(1_000_000, 64 * KIB), 7, "500 kB of 64 KiB chunks");
+        assert_eq!(claims_for(10_000, 64 * KIB), 1, "a slow remote claims one");
+    }
 
     #[test]
     fn a_remote_that_delivers_faster_gets_a_deeper_pipeline() {

@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use crate::ids::{ChunkIndex, PieceIndex};
-use crate::limits::{
-    BLOCK_BYTES, CHUNKS_ACTIVE_PER_FILE_MAX, CHUNKS_CLAIMED_UNMEASURED, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
-    REQUEST_TIMEOUT,
-};
+use crate::limits::{BLOCK_BYTES, CHUNKS_ACTIVE_PER_FILE_MAX, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUEST_TIMEOUT};
 use crate::machine::{Command, Event};
 use crate::testkit::{file, Harness, NodeIx};
 use crate::time::Time;
@@ -856,9 +853,9 @@ fn a_busy_remote_taking_room_calls_gives_up_every_chunk_and_is_asked_again_only_
             })
             .collect()
     };
-    // As many chunks as a remote not measured yet may claim.
+    // As many chunks as a remote not measured yet may claim (of the four).
     let chunks = requests(&asked);
-    assert_eq!(chunks.len(), CHUNKS_CLAIMED_UNMEASURED, "its claims: {asked:?}");
+    assert_eq!(chunks.len(), super::scheduler::claims_for(0, 16 * 1024).min(4), "its claims: {asked:?}");
     // One `Busy` answers them all, sent with the refused one: nothing is cancelled (they were
     // dropped), nothing asked.
     let first = ChunkIndex(chunks[0]);
@@ -1009,9 +1006,9 @@ fn a_pushed_block_counts_as_our_request_and_one_we_would_not_ask_for_is_cancelle
             _ => None,
         })
         .collect();
-    // As many as a remote not measured yet may claim, the pushed one among them.
+    // As many as a remote not measured yet may claim (of the four), the pushed one among them.
     assert!(!requested.contains(&2), "{asked:?}");
-    assert_eq!(requested.len(), CHUNKS_CLAIMED_UNMEASURED - 1, "{asked:?}");
+    assert_eq!(requested.len(), super::scheduler::claims_for(0, 16 * 1024).min(4) - 1, "{asked:?}");
     // The pushed block is taken as a requested one.
     let block = bytes::Bytes::copy_from_slice(&bytes[2 * 16 * KIB..3 * 16 * KIB]);
     hear(&mut peer, 35, list_of_the_piece(&bytes, &manifest));
