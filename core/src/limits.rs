@@ -369,11 +369,17 @@ pub const CHUNKS_CLAIMED_PER_CONN_MAX: usize = 8;
 /// there while faster ones could fetch it, and near the end it is fetched twice.
 pub const CLAIMS_TIME: Duration = Duration::from_millis(500);
 
-/// Bytes of chunks a connection claims before its remote's rate is measured (at least one
-/// chunk, at most [`CHUNKS_CLAIMED_PER_CONN_MAX`]): the smallest pipeline's, so the first round
-/// trips of a new connection carry as much whatever the chunk size (two chunks of 16 KiB leave
-/// the crowds of the scale bench's small pieces waiting on round trips).
-pub const CLAIMS_UNMEASURED_BYTES: u64 = REQUEST_PIPELINE_BYTES_MIN;
+/// Bytes of chunks a connection claims before its remote's rate is measured (at least
+/// [`CHUNKS_CLAIMED_UNMEASURED_MIN`], at most [`CHUNKS_CLAIMED_PER_CONN_MAX`]): bytes, so a new
+/// connection's first round trips carry as much whatever the chunk size (two chunks of 16 KiB
+/// leave the crowds of the scale bench's small pieces waiting on round trips); half the
+/// smallest pipeline, since a chunk claimed by a holder that turns out slow waits there while
+/// faster ones could fetch it.
+pub const CLAIMS_UNMEASURED_BYTES: u64 = 128 * 1024;
+
+/// Chunks a connection claims before its remote's rate is measured, at least: two, so a
+/// request is on its way while the first chunk arrives.
+pub const CHUNKS_CLAIMED_UNMEASURED_MIN: usize = 2;
 
 /// Chunks a seeder offers each of several downloaders at a time, beyond what it already
 /// uploaded to it: one, so each of the seeder's turns with a downloader (upload slots) sends a

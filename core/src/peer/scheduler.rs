@@ -31,10 +31,10 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CLAIMS_TIME, CLAIMS_UNMEASURED_BYTES,
-    CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR, RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX,
-    REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
-    UPLOAD_TURN_BYTES,
+    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CHUNKS_CLAIMED_UNMEASURED_MIN, CLAIMS_TIME,
+    CLAIMS_UNMEASURED_BYTES, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR, RATE_WINDOW,
+    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
+    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -146,8 +146,9 @@ impl Requests {
     }
 
     /// Chunks of `chunk_bytes` the remote may be assigned at once: what it delivers in
-    /// [`CLAIMS_TIME`] at its measured rate, [`CLAIMS_UNMEASURED_BYTES`] before it is measured;
-    /// at least one and at most [`CHUNKS_CLAIMED_PER_CONN_MAX`].
+    /// [`CLAIMS_TIME`] at its measured rate (at least one), [`CLAIMS_UNMEASURED_BYTES`] before it
+    /// is measured (at least [`CHUNKS_CLAIMED_UNMEASURED_MIN`]); at most
+    /// [`CHUNKS_CLAIMED_PER_CONN_MAX`].
     fn claims(&self, chunk_bytes: u32) -> usize {
         claims_for(self.rate.bytes_per_s(), chunk_bytes)
     }
@@ -264,12 +265,12 @@ fn turns_time(turns: u64, bytes_per_s: u64) -> Option<Duration> {
 /// Chunks of `chunk_bytes` a remote delivering `bytes_per_s` (0: not measured yet) may be
 /// assigned at once on a connection; see [`Requests::claims`].
 pub(super) fn claims_for(bytes_per_s: u64, chunk_bytes: u32) -> usize {
-    let bytes = match bytes_per_s {
-        0 => CLAIMS_UNMEASURED_BYTES,
-        rate => rate.saturating_mul(u64::try_from(CLAIMS_TIME.as_micros()).unwrap_or(u64::MAX)) / 1_000_000,
+    let (bytes, least) = match bytes_per_s {
+        0 => (CLAIMS_UNMEASURED_BYTES, CHUNKS_CLAIMED_UNMEASURED_MIN),
+        rate => (rate.saturating_mul(u64::try_from(CLAIMS_TIME.as_micros()).unwrap_or(u64::MAX)) / 1_000_000, 1),
     };
     let chunks = bytes / u64::from(chunk_bytes.max(1));
-    usize::try_from(chunks).unwrap_or(usize::MAX).clamp(1, CHUNKS_CLAIMED_PER_CONN_MAX)
+    usize::try_from(chunks).unwrap_or(usize::MAX).clamp(least, CHUNKS_CLAIMED_PER_CONN_MAX)
 }
 
 /// Bytes a remote delivered per second: measured over windows of at least [`RATE_WINDOW`] from
@@ -1017,11 +1018,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claims_cover_half_a_second_at_the_rate_and_a_pipeline_before_it_is_measured() {
+    fn claims_cover_half_a_second_at_the_rate_and_128_kib_before_it_is_measured() {
         const KIB: u32 = 1024;
-        assert_eq!(claims_for(0, 16 * KIB), CHUNKS_CLAIMED_PER_CONN_MAX, "256 KiB of 16 KiB chunks, capped");
-        assert_eq!(claims_for(0, 64 * KIB), 4);
-        assert_eq!(claims_for(0, 1024 * KIB), 1, "never none");
+        assert_eq!(claims_for(0, 16 * KIB), 8, "128 KiB of 16 KiB chunks");
+        assert_eq!(claims_for(0, 64 * KIB), 2);
+        assert_eq!(claims_for(0, 1024 * KIB), CHUNKS_CLAIMED_UNMEASURED_MIN, "two, however large");
+        assert_eq!(claims_for(0, 8 * KIB), CHUNKS_CLAIMED_PER_CONN_MAX, "capped");
         assert_eq!(claims_for(1_000_000, 64 * KIB), 7, "500 kB of 64 KiB chunks");
         assert_eq!(claims_for(10_000, 64 * KIB), 1, "a slow remote claims one");
     }
