@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::{Bytes, BytesMut};
 use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::rng::Rng;
-use p2p_core::{Bitfield, ChunkIndex, Digest, FileId, Manifest, ManifestBuilder, PieceIndex, Resume, StoreError};
+use p2p_core::{
+    Bitfield, ChunkIndex, Described, Digest, FileId, Manifest, ManifestBuilder, PieceIndex, Resume, StoreError,
+};
 
 /// The shared file: its bytes and manifest.
 #[derive(Debug)]
@@ -28,7 +30,7 @@ pub struct Content {
 }
 
 impl Content {
-    /// `size_bytes` of seeded random bytes named `name`, cut into chunks of `piece_size_bytes`.
+    /// `size_bytes` of seeded random bytes named `name`, cut into pieces of `piece_size_bytes`.
     pub fn generate(seed: u64, name: &str, size_bytes: u64, piece_size_bytes: u32) -> Content {
         let mut rng = Rng::from_seed(Rng::derive_seed(seed, "file"));
         // Scenario validation bounds the size by PIECES_MAX chunks of at most 16 MiB.
@@ -37,8 +39,7 @@ impl Content {
         // The name and chunk size were validated with the scenario.
         let mut builder = ManifestBuilder::new(name.to_owned(), piece_size_bytes).expect("validated name and size");
         builder.update(&bytes);
-        let manifest = builder.finish().expect("validated chunk count");
-        let chunk_digests = bytes.chunks(manifest.chunk_bytes() as usize).map(Digest::of).collect();
+        let Described { manifest, chunk_digests } = builder.describe().expect("validated chunk count");
         Content { bytes: Bytes::from(bytes), manifest, chunk_digests }
     }
 

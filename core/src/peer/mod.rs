@@ -1146,6 +1146,11 @@ impl Peer {
     }
 }
 
+/// The store read of `piece`'s chunk list (see `lists`).
+fn read_list(manifest: &Manifest, piece: PieceIndex) -> Output {
+    Output::ReadChunkDigests { file_id: manifest.file_id(), piece, chunks: manifest.chunks_of(piece).collect() }
+}
+
 /// `entry` (of `file_id`) as the seeder's offers see it.
 fn our_file(file_id: FileId, entry: &FileEntry) -> OurFile<'_> {
     let chunk_bytes = entry.manifest().map_or(1, |m| m.chunk_bytes());
@@ -1242,8 +1247,7 @@ impl Peer {
     fn read_list_ahead(&mut self, file_id: FileId, chunk: ChunkIndex) {
         let Some(manifest) = self.files.get(&file_id).and_then(FileEntry::manifest) else { return };
         if let Some(piece) = self.lists.start_read(manifest, chunk) {
-            let chunks = manifest.chunks_of(piece).collect();
-            self.push(Output::ReadChunkDigests { file_id, piece, chunks });
+            self.push(read_list(manifest, piece));
         }
     }
 
@@ -1260,7 +1264,7 @@ impl Peer {
             }
             Ready::Waits { read } => {
                 if read {
-                    self.push(Output::ReadChunkDigests { file_id, piece, chunks: manifest.chunks_of(piece).collect() });
+                    self.push(read_list(manifest, piece));
                 }
                 return;
             }
