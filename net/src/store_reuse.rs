@@ -91,9 +91,9 @@ impl Store {
     }
 }
 
-/// The chunks of the pieces of the directory `manifest` describes whose bytes all lie in files that are at
-/// `root` with the manifest's length: the only ones worth hashing (a missing or resized file
-/// fails every piece it is part of).
+/// The chunks of the pieces of the directory `manifest` describes whose bytes all lie in files
+/// that are at `root` with the manifest's length: the only ones worth hashing (a missing or
+/// resized file fails every piece it is part of).
 fn pieces_in_place(root: &Path, manifest: &Manifest) -> Bitfield {
     let tree = manifest.tree().unwrap_or_default();
     let in_place: Vec<bool> = tree
