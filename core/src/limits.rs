@@ -406,9 +406,9 @@ pub const OFFER_SCAN_CHUNKS_MAX: usize = 4096;
 /// longer: where every uplink is slow, its first block takes seconds to leave.
 pub const ENDGAME_PATIENCE: Duration = Duration::from_secs(5);
 
-/// How many times faster than a piece's fetcher an idle remote holding the piece must deliver
-/// for the piece to be withdrawn from that fetcher and asked of it (once no piece is left to
-/// start; see `Scheduler::recall_outpaced`).
+/// How many times faster than a chunk's fetcher an idle remote holding the chunk must deliver
+/// for the chunk to be withdrawn from that fetcher and asked of it (once no chunk the idle
+/// remote holds is left to start; see `Scheduler::recall_outpaced`).
 pub const OUTPACE_FACTOR: u64 = 4;
 
 /// Most remotes working on the same chunk at once (more than one only in endgame).

@@ -496,9 +496,9 @@ impl Download {
         endgame.map(Choice::Endgame)
     }
 
-    /// A chunk to take from a slower fetcher for `remote`, idle, once no chunk is left to start
-    /// (as for endgame): one it holds that a single other remote fetches, for which
-    /// `outpaced` holds; with that fetcher.
+    /// A chunk to take from a slower fetcher for `remote`, idle, once no chunk it holds is left
+    /// to start: one it holds that a single other remote fetches, for which `outpaced` holds;
+    /// with that fetcher.
     pub fn outpaced_fetch(
         &self,
         remote: &Chooser<'_>,

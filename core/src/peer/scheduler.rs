@@ -4,12 +4,12 @@
 //! measured delivery rate (at least one block, at most `REQUESTS_IN_FLIGHT_PER_CONN_MAX`), so a
 //! slow remote holds up few chunks. Blocks come first from the chunks already assigned to it; a
 //! new chunk is the rarest among the connected remotes (random tie-break) that it holds;
-//! partially fetched chunks whose remote went away come before fresh ones. When no chunk is left
-//! to start and a remote's pipeline is empty, it joins a chunk another remote is fetching
-//! (endgame) if that remote lags (nothing arrived from it for a while), and the slower copy is
-//! cancelled as blocks arrive; or, if that remote is clearly slower than it, the chunk is
-//! withdrawn from that remote and fetched from it once the remote answered that its blocks will
-//! not come. Every block is written by the driver, every written chunk is hashed, and a sender
+//! partially fetched chunks whose remote went away come before fresh ones. When no chunk it
+//! holds is left to start and a remote's pipeline is empty, it joins a chunk another remote is
+//! fetching (endgame) if that remote lags (nothing arrived from it for a while; only once the
+//! download went quiet), and the slower copy is cancelled as blocks arrive; or, if that remote
+//! is clearly slower than it, the chunk is withdrawn from that remote and fetched from it once
+//! the remote answered that its blocks will not come (at any time). Every block is written by the driver, every written chunk is hashed, and a sender
 //! proven to have sent a bad block of a chunk that failed its hash is named to the peer, which
 //! strikes it (see `downloads` for the proof, `bans` for what strikes lead to).
 //!
@@ -551,13 +551,15 @@ impl<'a> Scheduler<'a> {
     /// fetches, whose block has not arrived, is withdrawn from that remote (`Withdraw`), to be
     /// fetched from `conn` once the remote answered that its block will not come. A block
     /// whose upload started comes anyway, and nothing is fetched twice: a slow holder does not
-    /// keep the last chunks while a fast one idles.
+    /// keep chunks while a fast one idles. This holds while other blocks keep arriving too
+    /// (unlike endgame, which fetches a second copy): where uplinks differ, the chunks parked
+    /// at slow holders are what the download waits for long before it goes quiet.
     fn recall_outpaced(&mut self, conn: ConnId, file_id: FileId) {
         let rate = self.remotes.get(&conn).map_or(0, |r| r.requests().bytes_per_s());
         let Some(entry) = self.files.get(&file_id) else { return };
         let (Some(download), Some(manifest)) = (entry.download(), entry.manifest()) else { return };
         let (remotes, now, block_bytes) = (&*self.remotes, self.now, manifest.block_bytes());
-        if rate == 0 || !download.quiet(now, block_bytes) {
+        if rate == 0 {
             return;
         }
         let Some(chooser) = chooser(remotes, conn, file_id) else { return };

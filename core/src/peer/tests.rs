@@ -1256,6 +1256,25 @@ fn a_slow_holder_gives_the_chunks_it_has_not_started_up_to_a_fast_idle_one() {
 }
 
 #[test]
+fn a_slow_holder_gives_up_its_chunks_to_a_fast_idle_one_while_another_still_delivers() {
+    let mut h = Harness::new(22);
+    let (bytes, manifest) = file(64 * 64 * KIB, 64 * 1024, 22);
+    let kib = KIB as u64;
+    let fast = h.add_peer(1, Some(4096 * kib));
+    let (medium, slow, leecher) = (h.add_peer(2, Some(128 * kib)), h.add_peer(3, Some(16 * kib)), h.add_peer(4, None));
+    for holder in [fast, medium, slow] {
+        h.share(holder, &manifest, &bytes, None);
+    }
+    let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(120));
+    // The medium holder's blocks keep coming after the fast one ran out of chunks to start, so
+    // the download does not go quiet; the fast one takes what waits at the slow one all the
+    // same. Waiting for the download to go quiet, it takes about 5 s.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(h.received.iter().any(|(_, to, kind)| *to == slow && *kind == "withdraw"), "nothing withdrawn");
+    assert_eq!(verified_from(&h, leecher).len(), manifest.chunk_count() as usize, "each chunk verified once");
+}
+
+#[test]
 fn a_download_without_the_manifest_refused_by_every_peer_it_knows_asks_the_tracker_again_soon() {
     use crate::limits::LOCATE_INTERVAL_SECOND;
     use crate::machine::{Input, Output};
