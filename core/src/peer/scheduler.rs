@@ -9,9 +9,10 @@
 //! fetching (endgame) if that remote lags (nothing arrived from it for a while; only once the
 //! download went quiet), and the slower copy is cancelled as blocks arrive; or, if that remote
 //! is clearly slower than it, the chunk is withdrawn from that remote and fetched from it once
-//! the remote answered that its blocks will not come (at any time). Every block is written by the driver, every written chunk is hashed, and a sender
-//! proven to have sent a bad block of a chunk that failed its hash is named to the peer, which
-//! strikes it (see `downloads` for the proof, `bans` for what strikes lead to).
+//! the remote answered that its blocks will not come (at any time). Every block is written by
+//! the driver, every written chunk is hashed, and a sender proven to have sent a bad block of a
+//! chunk that failed its hash is named to the peer, which strikes it (see `downloads` for the
+//! proof, `bans` for what strikes lead to).
 //!
 //! [`Scheduler`] is a sub-machine over the peer's connection and file tables, borrowed for one
 //! input. It owns one chunk of state privately: each connection's [`Requests`] (blocks in

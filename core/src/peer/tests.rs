@@ -1268,7 +1268,7 @@ fn a_slow_holder_gives_up_its_chunks_to_a_fast_idle_one_while_another_still_deli
     let took = fetch(&mut h, leecher, &manifest, &bytes, Duration::from_secs(120));
     // The medium holder's blocks keep coming after the fast one ran out of chunks to start, so
     // the download does not go quiet; the fast one takes what waits at the slow one all the
-    // same. Waiting for the download to go quiet, it takes about 5 s.
+    // same, not only after the medium holder's last block.
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(h.received.iter().any(|(_, to, kind)| *to == slow && *kind == "withdraw"), "nothing withdrawn");
     assert_eq!(verified_from(&h, leecher).len(), manifest.chunk_count() as usize, "each chunk verified once");
