@@ -134,15 +134,12 @@ pub enum Received {
 }
 
 /// A TCP connection to `addr`, from the loopback address `source` when given (any loopback
-/// address reaches 127.0.0.1).
+/// address reaches 127.0.0.1), with a receive buffer of `recv_buffer_bytes` when given.
 async fn tcp_connect(
     source: Option<Ipv4Addr>,
     addr: SocketAddr,
     recv_buffer_bytes: Option<u32>,
 ) -> io::Result<TcpStream> {
-    if source.is_none() && recv_buffer_bytes.is_none() {
-        return TcpStream::connect(addr).await;
-    }
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(bytes) = recv_buffer_bytes {
         socket.set_recv_buffer_size(bytes)?;
