@@ -1125,8 +1125,10 @@ impl Peer {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
         if stalled.is_empty() && close.is_empty() {
-            // An idle remote may take a chunk from a slower fetcher once blocks stopped
-            // arriving (`Scheduler::recall_outpaced`), which no input announces: look again.
+            // A fetcher comes to lag (endgame) or to be outpaced by an idle remote
+            // (`Scheduler::recall_outpaced`) by time passing, which no input announces: look
+            // again while a download is quiet. While blocks still arrive, an outpaced fetcher is
+            // found when some input fills the idle remote's pipeline.
             let now = self.now;
             let quiet = self.files.values().any(|e| {
                 e.is_fetching() && e.manifest().zip(e.download()).is_some_and(|(m, d)| d.quiet(now, m.block_bytes()))
