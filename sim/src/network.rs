@@ -21,8 +21,15 @@
 //!   filling because a cap then depends only on how many flows a receiver has: a flow starting
 //!   or stopping re-settles its sender and, at most, the receiver's other senders, never a
 //!   chain across the swarm;
+//! - an uplink given a standing queue ([`LinkSpec::queue`], none by default) holds it while
+//!   it sends bulk data: a loss-based TCP fills the FIFO of a shaper such as `tc tbf` until
+//!   the FIFO drops, so every frame leaving such an uplink, control frames on idle
+//!   connections too, waits that long behind the bytes in front of it. The queue drains at the
+//!   link's rate once `Data` stops leaving: a frame leaving `t` after the last `Data` frame
+//!   waits `queue - t`. The flows' shares of the rate do not change, only when their frames
+//!   arrive;
 //! - it reaches `b` one link latency (the larger of the two nodes' latencies) plus a random
-//!   jitter after it left, never before an earlier frame of the same link direction (a link is
+//!   jitter after it left (and its standing queue), never before an earlier frame of the same link direction (a link is
 //!   an ordered stream, like TCP). The downlink is not a second queue: the caps above keep a
 //!   receiver's inbound rates within its down-rate;
 //! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
@@ -107,6 +114,8 @@ struct NetNode {
     share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
     data_bytes_up: u64,
+    /// When the last `Data` frame left the uplink (the standing queue drains from then on).
+    data_left_at: Option<Time>,
     inbound_next: u64,
     /// It lacks the swarm key: every handshake with it fails (see [`Network::lacks_key`]).
     keyless: bool,
@@ -217,6 +226,7 @@ impl Network {
                 inbound: VecSet::new(),
                 share_applied: f64::INFINITY,
                 data_bytes_up: 0,
+                data_left_at: None,
                 inbound_next: 0,
                 keyless: false,
             })
@@ -540,14 +550,20 @@ impl Network {
 
     /// A frame left `from`'s uplink at `now`.
     fn depart(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
+        let node = &mut self.nodes[from.0];
         if let Message::Data { bytes, .. } = &frame.message {
-            self.nodes[from.0].data_bytes_up += bytes.len() as u64;
+            node.data_bytes_up += bytes.len() as u64;
+            node.data_left_at = Some(now);
         }
-        self.arrive_later(now, from, flow, frame, queue);
+        // The standing queue drains at the link's rate once bulk data stops leaving.
+        let standing =
+            node.data_left_at.map_or(Duration::ZERO, |at| node.link.queue.saturating_sub(now.saturating_since(at)));
+        self.arrive_later(now + standing, from, flow, frame, queue);
     }
 
-    /// A frame that left `from`'s uplink at `now` reaches the other end after the link's
-    /// latency and jitter (plus any retransmissions) and every earlier frame of its flow.
+    /// A frame that left `from`'s uplink (and its standing queue) at `now` reaches the other
+    /// end after the link's latency and jitter (plus any retransmissions) and every earlier
+    /// frame of its flow.
     fn arrive_later(&mut self, now: Time, from: NodeIdx, flow: Flow, frame: Frame, queue: &mut Queue) {
         let Some(link) = self.link(flow.0).filter(|l| l.ends[flow.1].open) else {
             return;
@@ -759,6 +775,7 @@ mod tests {
             jitter: Duration::ZERO,
             up_bytes_per_s: rate,
             down_bytes_per_s: rate,
+            queue: Duration::ZERO,
             loss,
         }
     }
@@ -917,6 +934,47 @@ mod tests {
     fn data(chunk: u32) -> Message {
         let file_id = p2p_core::FileId(p2p_core::Digest([1; 32]));
         Message::Data { file_id, chunk: p2p_core::ChunkIndex(chunk), offset: 0, bytes: bytes::Bytes::new() }
+    }
+
+    #[test]
+    fn frames_leaving_an_uplink_that_sends_data_wait_out_its_standing_queue_until_it_drains() {
+        let queued = LinkSpec { queue: Duration::from_millis(100), ..link(10, Some(10_000), 0.0) };
+        let (mut net, mut q) = star(vec![queued, link(10, None, 0.0), link(10, None, 0.0)]);
+        let mut arrivals = Vec::new();
+        let mut run_until = |net: &mut Network, q: &mut Queue, until: u64| {
+            while q.peek_time().is_some_and(|t| t < Time::from_millis(until)) {
+                match q.pop().expect("peeked") {
+                    (at, Item::UplinkDone { node, transmission }) => net.uplink_done(at, node, transmission, q),
+                    (at, Item::Wire { input: Input::Message { message, .. }, .. }) => {
+                        arrivals.push((at, message.kind()))
+                    }
+                    _ => {}
+                }
+            }
+        };
+        // The block takes the link from 20 ms to 1,020 ms, then waits out the whole queue.
+        net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(1), (data(0), sized_for_link(10_000)), &mut q);
+        run_until(&mut net, &mut q, 1040);
+        // Leaves at 1,050 ms, behind what is left of the queue 30 ms after the block left.
+        net.send(
+            Time::from_millis(1040),
+            NodeIdx(0),
+            ConnId::Outbound(2),
+            (Message::List, sized_for_link(100)),
+            &mut q,
+        );
+        run_until(&mut net, &mut q, 2000);
+        // The queue drained long ago.
+        net.send(
+            Time::from_millis(2000),
+            NodeIdx(0),
+            ConnId::Outbound(2),
+            (Message::List, sized_for_link(100)),
+            &mut q,
+        );
+        run_until(&mut net, &mut q, 3000);
+        let expected = [(1020 + 100 + 10, "data"), (1050 + 70 + 10, "list"), (2010 + 10, "list")];
+        assert_eq!(arrivals, expected.map(|(ms, kind)| (Time::from_millis(ms), kind)));
     }
 
     #[test]

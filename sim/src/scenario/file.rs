@@ -66,6 +66,9 @@ pub struct LinkFile {
     /// Downlink rate (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_bytes_per_s: Option<u64>,
+    /// Standing queue at the uplink while it sends bulk data, in milliseconds (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<f64>,
     /// Probability that a message is lost (it is retransmitted later; four losses in a row reset
     /// the connection) (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +122,10 @@ pub struct PeerFile {
     /// When it starts (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_s: Option<f64>,
+    /// With `count`, the peers start evenly spread over this many seconds from `join_s`, in
+    /// name order (default 0: all at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_spread_s: Option<f64>,
     /// When it leaves politely (tells the tracker, closes its connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leave_s: Option<f64>,

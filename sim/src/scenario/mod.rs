@@ -79,6 +79,9 @@ pub struct LinkSpec {
     pub up_bytes_per_s: Option<u64>,
     /// Downlink rate; `None` is unlimited.
     pub down_bytes_per_s: Option<u64>,
+    /// The standing queue in front of the uplink while it sends bulk data (see
+    /// `crate::network`).
+    pub queue: Duration,
     /// Loss probability per message, in `0.0..1.0`.
     pub loss: f64,
 }
@@ -360,6 +363,9 @@ impl Checker<'_> {
         if let Some(ms) = raw.jitter_ms {
             link.jitter = self.millis(ms, span.clone(), "jitter_ms")?;
         }
+        if let Some(ms) = raw.queue_ms {
+            link.queue = self.millis(ms, span.clone(), "queue_ms")?;
+        }
         if let Some(loss) = raw.loss {
             if !(0.0..1.0).contains(&loss) {
                 return Err(self.invalid(span, format!("loss = {loss}: must be at least 0 and below 1")));
@@ -437,13 +443,16 @@ impl Checker<'_> {
             };
             let wants = peer.wants.unwrap_or(holds.len() < file.piece_count as usize);
             let link = self.link(&peer.link, defaults, span.clone())?;
+            let spread = peer.join_spread_s.map(|s| self.time(s, span.clone(), "join_spread_s")).transpose()?;
+            let spread = spread.map_or(Duration::ZERO, Time::elapsed);
             for i in 1..=count {
                 let name = if peer.count.is_some() { format!("{}{i}", peer.name) } else { peer.name.clone() };
                 if !seen.insert(name.clone()) || peers.len() >= PEERS_MAX {
                     return Err(self.invalid(span, format!("peer {name:?} is named twice (or over {PEERS_MAX} peers)")));
                 }
                 let node = NodeIdx::peer(peers.len());
-                actions.extend(self.peer_actions(peer, node, span.clone())?);
+                let late = spread.mul_f64(f64::from(i - 1) / f64::from(count.max(2) - 1));
+                actions.extend(self.peer_actions(peer, node, late, span.clone())?);
                 let (upload_limit_bytes_per_s, role) = (peer.upload_limit_bytes_per_s, peer.role.unwrap_or_default());
                 peers.push(PeerSpec { name, holds: holds.clone(), wants, upload_limit_bytes_per_s, role, link });
             }
@@ -451,9 +460,16 @@ impl Checker<'_> {
         Ok((peers, actions))
     }
 
-    fn peer_actions(&self, peer: &PeerFile, node: NodeIdx, span: Range<usize>) -> Result<Vec<Action>, ScenarioError> {
+    /// The actions of `peer` as `node`, its join `late` after its `join_s`.
+    fn peer_actions(
+        &self,
+        peer: &PeerFile,
+        node: NodeIdx,
+        late: Duration,
+        span: Range<usize>,
+    ) -> Result<Vec<Action>, ScenarioError> {
         let at = |s: Option<f64>, key| s.map(|s| self.time(s, span.clone(), key)).transpose();
-        let join = at(peer.join_s, "join_s")?.unwrap_or(Time::ZERO);
+        let join = at(peer.join_s, "join_s")?.unwrap_or(Time::ZERO) + late;
         let mut actions = vec![Action { at: join, kind: ActionKind::Join(node) }];
         if let Some(leave) = at(peer.leave_s, "leave_s")? {
             actions.push(Action { at: leave, kind: ActionKind::Leave(node) });
@@ -649,6 +665,7 @@ fn default_link() -> LinkSpec {
         jitter: Duration::ZERO,
         up_bytes_per_s: None,
         down_bytes_per_s: None,
+        queue: Duration::ZERO,
         loss: 0.0,
     }
 }
@@ -691,6 +708,14 @@ mod tests {
             .expect("valid scenario");
         assert_eq!(s.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["L1", "L2", "L3"]);
         assert_eq!(s.expects[0], Expect::Completes(vec![NodeIdx(1), NodeIdx(2), NodeIdx(3)], None, None));
+    }
+
+    #[test]
+    fn counted_peers_join_spread_evenly_over_their_spread_in_name_order() {
+        let s = parse("[[peer]]\nname = \"L\"\ncount = 3\njoin_s = 1\njoin_spread_s = 0.03\n").expect("valid scenario");
+        let joins: Vec<(Time, ActionKind)> = s.actions.iter().map(|a| (a.at, a.kind.clone())).collect();
+        let expected = [(1000, 1), (1015, 2), (1030, 3)];
+        assert_eq!(joins, expected.map(|(ms, node)| (Time::from_millis(ms), ActionKind::Join(NodeIdx(node)))));
     }
 
     #[test]
