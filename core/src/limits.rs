@@ -392,6 +392,18 @@ pub const OFFER_WINDOW_CHUNKS: usize = 1;
 /// chunk as these are served, not all when they connect (see `peer/uploads/offers.rs`).
 pub const OFFERS_OUTSTANDING_MIN: usize = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX);
 
+/// How long a seeder's only downloader must have been connected before it is told every chunk
+/// left rather than a window of offers. A flash crowd's peers connect within a moment of each
+/// other, not at once: the first one, told everything while the others still shake hands,
+/// would ask the seeder for chunks offered to them and take one of its slots for the whole
+/// download.
+pub const OFFERS_ALONE_AFTER: Duration = Duration::from_millis(500);
+
+/// Chunks offered at a time to a seeder's only downloader until it has been connected for
+/// [`OFFERS_ALONE_AFTER`]: enough to keep a fast link busy for that while, all of them chunks
+/// never offered, so a crowd arriving meanwhile is offered others.
+pub const OFFER_WINDOW_ALONE_CHUNKS: usize = 8;
+
 /// Chunks a seeder looks at to choose one offer (bounds the search in very large files).
 pub const OFFER_SCAN_CHUNKS_MAX: usize = 4096;
 

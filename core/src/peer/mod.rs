@@ -63,7 +63,8 @@ use crate::error::{CommandError, StoreError};
 use crate::ids::{ChunkIndex, ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
     CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_CHUNKS, HAVE_BATCH_LARGE_CHUNK_BYTES,
-    OUTPUT_QUEUE_MAX, PEER_FILES_MAX, PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
+    OFFERS_ALONE_AFTER, OFFER_WINDOW_ALONE_CHUNKS, OFFER_WINDOW_CHUNKS, OUTPUT_QUEUE_MAX, PEER_FILES_MAX,
+    PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
 };
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -1319,7 +1320,18 @@ impl Peer {
     /// We finished uploading `chunk` to `conn`.
     fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) {
         if self.uploads.offers_mut().uploaded(conn, file_id, chunk) {
+            self.offer_room(conn, file_id);
+        }
+    }
+
+    /// One of `conn`'s offers of `file_id` is no longer outstanding: the downloaders the
+    /// offers choose are offered more, or `conn` itself when it is the only one (its window is
+    /// topped up as each offer is served, not once all are).
+    fn offer_room(&mut self, conn: ConnId, file_id: FileId) {
+        if uploads::other_downloader(&self.remotes, conn, file_id) {
             self.offer_round(file_id);
+        } else {
+            self.top_up(conn, file_id);
         }
     }
 
@@ -1336,7 +1348,7 @@ impl Peer {
         let holds = self.remotes.get(&conn).and_then(|remote| remote.chunks(file_id));
         match self.uploads.offers_mut().held(conn, file_id, holds, chunks) {
             Held::Complete => self.downloader_gone(file_id),
-            Held::Room => self.offer_round(file_id),
+            Held::Room => self.offer_room(conn, file_id),
             Held::Nothing => {}
         }
     }
@@ -1350,16 +1362,23 @@ impl Peer {
         }
     }
 
-    /// Offers `conn` more chunks of `file_id` (everything left when it is the only downloader)
-    /// and sends them in one `Haves`.
+    /// Offers `conn` more chunks of `file_id` and sends them in one `Haves`: a window of them,
+    /// a wider one while it is the only downloader, everything left once it is and has been
+    /// connected for [`OFFERS_ALONE_AFTER`].
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
         let Some(entry) = entry else { return };
         let ours = our_file(file_id, entry);
-        let holds = self.remotes.get(&conn).and_then(|remote| remote.chunks(file_id));
-        let other = uploads::other_downloader(&self.remotes, conn, file_id);
-        let chunks = self.uploads.offers_mut().top_up(conn, ours, holds, other, &mut self.rng);
+        let remote = self.remotes.get(&conn);
+        let holds = remote.and_then(|remote| remote.chunks(file_id));
+        let settled = remote.is_some_and(|remote| self.now.saturating_since(remote.opened()) >= OFFERS_ALONE_AFTER);
+        let window = match (uploads::other_downloader(&self.remotes, conn, file_id), settled) {
+            (true, _) => Some(OFFER_WINDOW_CHUNKS),
+            (false, false) => Some(OFFER_WINDOW_ALONE_CHUNKS),
+            (false, true) => None,
+        };
+        let chunks = self.uploads.offers_mut().top_up(conn, ours, holds, window, &mut self.rng);
         if !chunks.is_empty() {
             self.send(conn, Message::Haves { file_id, chunks });
         }

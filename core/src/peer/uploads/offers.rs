@@ -20,8 +20,13 @@
 //! holds the only claim to it until its turn). Once every chunk went out, a downloader with no
 //! offer outstanding is offered one chunk, the least offered, so nobody waits for a chunk the
 //! others cannot give it. A downloader that is alone when it has room for an offer (or again, once
-//! the others left) is told everything that is left. The seeder keeps per file one offer count per
-//! chunk; per connection, what it told and which offered chunks are still outstanding.
+//! the others left) is told everything that is left, once it has been connected for
+//! `OFFERS_ALONE_AFTER`: a crowd's peers connect within moments of each other, and the first,
+//! told everything before the others are seen, would ask for chunks offered to them (the seeder
+//! sends them twice) and keep one of the seeder's slots for the whole download. Until then it is
+//! offered up to `OFFER_WINDOW_ALONE_CHUNKS` never-offered chunks, topped up as each comes in.
+//! The seeder keeps per file one offer count per chunk; per connection, what it told and which
+//! offered chunks are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
 //! finished upload, a report of held chunks, a lone downloader and a closed connection; its
@@ -116,7 +121,7 @@ impl Offers {
         let pending = self.pending(file_id);
         self.told.insert((conn, file_id), offer);
         if pending < offers_outstanding_max(chunk_bytes) {
-            self.fill_window(conn, ours, holds, rng);
+            self.fill_window(conn, ours, holds, OFFER_WINDOW_CHUNKS, rng);
         }
         self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
     }
@@ -179,18 +184,18 @@ impl Offers {
     }
 
     /// The chunks to tell `conn` (which holds `holds`, if it told us) now that it has room:
-    /// up to the window while `other_downloader`, else everything not yet told, after which
-    /// it sees all we hold.
+    /// up to `window` outstanding, or everything not yet told without one (after which it
+    /// sees all we hold).
     pub fn top_up(
         &mut self,
         conn: ConnId,
         ours: OurFile<'_>,
         holds: Option<&Bitfield>,
-        other_downloader: bool,
+        window: Option<usize>,
         rng: &mut Rng,
     ) -> Vec<ChunkIndex> {
-        if other_downloader {
-            return self.fill_window(conn, ours, holds, rng);
+        if let Some(window) = window {
+            return self.fill_window(conn, ours, holds, window, rng);
         }
         let offer = self.told.remove(&(conn, ours.file_id));
         offer.map(|offer| offer.told.iter_missing().collect()).unwrap_or_default()
@@ -201,14 +206,16 @@ impl Offers {
         self.told.retain(|(c, _), _| *c != conn);
     }
 
-    /// Adds chunks `conn` lacks to its offer and returns them: never-offered ones until the
-    /// window is full; once every chunk went out, one at a time (the least offered), when
-    /// nothing is outstanding, so the downloaders fetch what others already got from each other.
+    /// Adds chunks `conn` lacks to its offer and returns them: never-offered ones until
+    /// `window` are outstanding; once every chunk went out, one at a time (the least offered),
+    /// when nothing is outstanding, so the downloaders fetch what others already got from each
+    /// other.
     fn fill_window(
         &mut self,
         conn: ConnId,
         ours: OurFile<'_>,
         holds: Option<&Bitfield>,
+        window: usize,
         rng: &mut Rng,
     ) -> Vec<ChunkIndex> {
         let spread = self.spreads.entry(ours.file_id).or_insert_with(|| Spread::new(ours.have.len(), rng));
@@ -217,7 +224,7 @@ impl Offers {
         // A downloader that took back its bitfield (the file is unknown to it) is told nothing.
         let (Some(holds), Some(offer)) = (holds, offer) else { return Vec::new() };
         let mut added = Vec::new();
-        while offer.outstanding.len() < OFFER_WINDOW_CHUNKS {
+        while offer.outstanding.len() < window {
             let offers_max = if offer.outstanding.is_empty() { u16::MAX } else { 0 };
             let Some(chunk) = spread.pick(offers_max, |p| !holds.has(p) && !offer.told.has(p)) else { break };
             offer.told.set(chunk);
@@ -324,7 +331,7 @@ mod tests {
         assert!(offers.uploaded(first, ours.file_id, chunk));
         let next = ConnId::Inbound(OFFERS_OUTSTANDING_MIN as u64 + 1);
         assert_eq!(offers.offerees(ours), [next], "the first told nothing, not the one just served");
-        let offered = offers.top_up(next, ours, Some(&nothing), true, &mut rng);
+        let offered = offers.top_up(next, ours, Some(&nothing), Some(OFFER_WINDOW_CHUNKS), &mut rng);
         assert_eq!(offered.len(), 1);
         assert!(!offered.contains(&chunk), "a chunk never offered");
         assert!(offers.offerees(ours).is_empty());
