@@ -955,24 +955,13 @@ mod tests {
         // The block takes the link from 20 ms to 1,020 ms, then waits out the whole queue.
         net.send(Time::from_millis(20), NodeIdx(0), ConnId::Outbound(1), (data(0), sized_for_link(10_000)), &mut q);
         run_until(&mut net, &mut q, 1040);
-        // Leaves at 1,050 ms, behind what is left of the queue 30 ms after the block left.
-        net.send(
-            Time::from_millis(1040),
-            NodeIdx(0),
-            ConnId::Outbound(2),
-            (Message::List, sized_for_link(100)),
-            &mut q,
-        );
-        run_until(&mut net, &mut q, 2000);
-        // The queue drained long ago.
-        net.send(
-            Time::from_millis(2000),
-            NodeIdx(0),
-            ConnId::Outbound(2),
-            (Message::List, sized_for_link(100)),
-            &mut q,
-        );
-        run_until(&mut net, &mut q, 3000);
+        // A list leaves at 1,050 ms, behind what is left of the queue 30 ms after the block
+        // left; another at 2,010 ms, when the queue drained long ago.
+        for (at, until) in [(1040, 2000), (2000, 3000)] {
+            let list = (Message::List, sized_for_link(100));
+            net.send(Time::from_millis(at), NodeIdx(0), ConnId::Outbound(2), list, &mut q);
+            run_until(&mut net, &mut q, until);
+        }
         let expected = [(1020 + 100 + 10, "data"), (1050 + 70 + 10, "list"), (2010 + 10, "list")];
         assert_eq!(arrivals, expected.map(|(ms, kind)| (Time::from_millis(ms), kind)));
     }
