@@ -29,9 +29,9 @@
 //!   waits `queue - t`. The flows' shares of the rate do not change, only when their frames
 //!   arrive;
 //! - it reaches `b` one link latency (the larger of the two nodes' latencies) plus a random
-//!   jitter after it left (and its standing queue), never before an earlier frame of the same link direction (a link is
-//!   an ordered stream, like TCP). The downlink is not a second queue: the caps above keep a
-//!   receiver's inbound rates within its down-rate;
+//!   jitter after it left (and its standing queue), never before an earlier frame of the same
+//!   link direction (a link is an ordered stream, like TCP). The downlink is not a second
+//!   queue: the caps above keep a receiver's inbound rates within its down-rate;
 //! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
 //!   lost frame is sent again after a retransmission timeout that doubles on each further
 //!   loss (and holds back everything behind it on that connection), and after
