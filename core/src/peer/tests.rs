@@ -342,6 +342,46 @@ fn one_seeder_and_eight_downloaders_started_together_the_seeder_uploads_little_m
 }
 
 #[test]
+fn a_crowd_whose_first_downloader_comes_alone_gets_every_chunk_from_the_seeder_once_before_any_twice() {
+    let mut h = Harness::new(25);
+    let (bytes, manifest) = file(64 * 16 * KIB, 64 * 1024, 25);
+    let id = manifest.file_id();
+    let rate = 256 * 1024;
+    let seeder = h.add_peer(1, Some(rate));
+    h.share(seeder, &manifest, &bytes, None);
+    h.run_for(Duration::from_millis(10));
+    // The first downloader is alone for a few of the seeder's chunks, as when the processes
+    // of a real crowd start one after another; the others come 200 ms later.
+    let first = h.add_peer(100, Some(4 * rate));
+    get(&mut h, first, &manifest);
+    h.run_for(Duration::from_millis(200));
+    let mut downloaders: Vec<NodeIx> = (1..6).map(|s| h.add_peer(100 + s, Some(4 * rate))).collect();
+    for node in &downloaders {
+        get(&mut h, *node, &manifest);
+    }
+    downloaders.push(first);
+    h.run_until(Duration::from_secs(60), |h| downloaders.iter().all(|n| h.completed(*n, id)));
+    assert!(downloaders.iter().all(|n| h.stored(*n, id) == Some(&bytes[..])));
+    let served = h.events_of(seeder).filter_map(|(_, _, e)| match e {
+        Event::BlockServed { chunk, .. } => Some(*chunk),
+        _ => None,
+    });
+    let mut first_copies = std::collections::BTreeSet::new();
+    let mut again = Vec::new();
+    for chunk in served {
+        if first_copies.len() == manifest.chunk_count() as usize {
+            break;
+        }
+        if !first_copies.insert(chunk) {
+            again.push(chunk);
+        }
+    }
+    // Told everything when its first offer was served, the first downloader asked the seeder
+    // for chunks it then also offered to the others.
+    assert!(again.is_empty(), "sent twice before every chunk went out once: {again:?}");
+}
+
+#[test]
 fn a_seeder_offering_chunks_a_few_at_a_time_hears_of_offers_fetched_elsewhere_and_offers_more() {
     let mut h = Harness::new(14);
     let (bytes, manifest) = file(64 * 16 * KIB, 16 * 1024, 14);
