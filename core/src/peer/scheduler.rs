@@ -557,12 +557,12 @@ impl<'a> Scheduler<'a> {
     /// at slow holders are what the download waits for long before it goes quiet.
     fn recall_outpaced(&mut self, conn: ConnId, file_id: FileId) {
         let rate = self.remotes.get(&conn).map_or(0, |r| r.requests().bytes_per_s());
-        let Some(entry) = self.files.get(&file_id) else { return };
-        let (Some(download), Some(manifest)) = (entry.download(), entry.manifest()) else { return };
-        let (remotes, now, block_bytes) = (&*self.remotes, self.now, manifest.block_bytes());
         if rate == 0 {
             return;
         }
+        let Some(entry) = self.files.get(&file_id) else { return };
+        let (Some(download), Some(manifest)) = (entry.download(), entry.manifest()) else { return };
+        let (remotes, now, block_bytes) = (&*self.remotes, self.now, manifest.block_bytes());
         let Some(chooser) = chooser(remotes, conn, file_id) else { return };
         let unmeasured = remotes.slowest_delivery();
         let outpaced = |c: ConnId, chunk: ChunkIndex| {
