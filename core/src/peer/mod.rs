@@ -1319,8 +1319,21 @@ impl Peer {
 
     /// We finished uploading `chunk` to `conn`.
     fn offer_uploaded(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) {
+        let spreading = !self.uploads.offers().spread_out(file_id);
         if self.uploads.offers_mut().uploaded(conn, file_id, chunk) {
             self.offer_room(conn, file_id);
+        }
+        self.offer_spread_out(file_id, spreading);
+    }
+
+    /// Tells every downloader of `file_id` that sees only offers everything left, when every
+    /// chunk is in the swarm now and was not while `spreading`: the first copies are out, and
+    /// the seeder's upload goes to whatever its downloaders lack most, as any holder's does.
+    fn offer_spread_out(&mut self, file_id: FileId, spreading: bool) {
+        if spreading && self.uploads.offers().spread_out(file_id) {
+            for conn in self.uploads.offers().offered_to(file_id) {
+                self.top_up(conn, file_id);
+            }
         }
     }
 
@@ -1346,11 +1359,13 @@ impl Peer {
     /// `conn` reported holding `chunks` (from us or from anyone else).
     fn offer_held(&mut self, conn: ConnId, file_id: FileId, chunks: &[ChunkIndex]) {
         let holds = self.remotes.get(&conn).and_then(|remote| remote.chunks(file_id));
+        let spreading = !self.uploads.offers().spread_out(file_id);
         match self.uploads.offers_mut().held(conn, file_id, holds, chunks) {
             Held::Complete => self.downloader_gone(file_id),
             Held::Room => self.offer_room(conn, file_id),
             Held::Nothing => {}
         }
+        self.offer_spread_out(file_id, spreading);
     }
 
     /// A downloader of `file_id` left or completed: if one is left and it sees only offers, it
@@ -1364,7 +1379,7 @@ impl Peer {
 
     /// Offers `conn` more chunks of `file_id` and sends them in one `Haves`: a window of them,
     /// a wider one while it is the only downloader, everything left once it is and has been
-    /// connected for [`OFFERS_ALONE_AFTER`].
+    /// connected for [`OFFERS_ALONE_AFTER`], or once every chunk is in the swarm.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
@@ -1373,10 +1388,14 @@ impl Peer {
         let remote = self.remotes.get(&conn);
         let holds = remote.and_then(|remote| remote.chunks(file_id));
         let settled = remote.is_some_and(|remote| self.now.saturating_since(remote.opened()) >= OFFERS_ALONE_AFTER);
-        let window = match (uploads::other_downloader(&self.remotes, conn, file_id), settled) {
-            (true, _) => Some(OFFER_WINDOW_CHUNKS),
-            (false, false) => Some(OFFER_WINDOW_ALONE_CHUNKS),
-            (false, true) => None,
+        let window = if self.uploads.offers().spread_out(file_id) {
+            None
+        } else {
+            match (uploads::other_downloader(&self.remotes, conn, file_id), settled) {
+                (true, _) => Some(OFFER_WINDOW_CHUNKS),
+                (false, false) => Some(OFFER_WINDOW_ALONE_CHUNKS),
+                (false, true) => None,
+            }
         };
         let chunks = self.uploads.offers_mut().top_up(conn, ours, holds, window, &mut self.rng);
         if !chunks.is_empty() {

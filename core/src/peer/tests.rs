@@ -577,6 +577,64 @@ fn a_seeders_only_downloader_is_offered_a_window_until_it_has_been_alone_a_while
     assert_eq!(next.len(), OFFER_WINDOW_CHUNKS, "{next:?}");
 }
 
+#[test]
+fn once_every_chunk_is_in_the_swarm_a_seeders_downloaders_are_told_everything() {
+    use crate::machine::{Input, Output};
+    use crate::wire::Message;
+    let chunks = 8;
+    let (mut holder, manifest) = seeding(chunks, 25);
+    let id = manifest.file_id();
+    let at = |ms| Time::from_millis(ms);
+    let told = |outputs: &[Output], to: crate::ConnId| -> Vec<ChunkIndex> {
+        let told = outputs.iter().filter_map(|o| match o {
+            Output::Send { conn, message: Message::Bitfield { have, .. } } if *conn == to => {
+                Some(have.iter().collect::<Vec<_>>())
+            }
+            Output::Send { conn, message: Message::Haves { chunks, .. } } if *conn == to => Some(chunks.clone()),
+            _ => None,
+        });
+        told.flatten().collect()
+    };
+    let empty = || Message::Bitfield { file_id: id, have: crate::Bitfield::new(chunks) };
+    let downloaders = [connect_numbered(&mut holder, 1, at(10)).0, connect_numbered(&mut holder, 2, at(10)).0];
+    let mut offered: Vec<Vec<ChunkIndex>> = (downloaders.iter())
+        .map(|conn| told(&step(&mut holder, at(10), Input::Message { conn: *conn, message: empty() }), *conn))
+        .collect();
+    // Each reports holding what it was offered (fetched from each other, as far as the seeder
+    // knows), in turns, until every chunk is in the swarm.
+    let mut reported = [0, 0];
+    let mut in_swarm = std::collections::BTreeSet::new();
+    for turn in 0..4 * chunks as usize {
+        let i = turn % 2;
+        let news: Vec<ChunkIndex> = offered[i][reported[i]..].to_vec();
+        if news.is_empty() {
+            continue;
+        }
+        reported[i] = offered[i].len();
+        in_swarm.extend(news.iter().copied());
+        let message = Message::Haves { file_id: id, chunks: news };
+        let outputs = step(&mut holder, at(20 + turn as u64), Input::Message { conn: downloaders[i], message });
+        for (j, conn) in downloaders.iter().enumerate() {
+            offered[j].extend(told(&outputs, *conn));
+        }
+        if in_swarm.len() < chunks as usize {
+            for (j, offers) in offered.iter().enumerate() {
+                assert!(offers.len() <= reported[j] + 1, "one offer at a time while spreading: {offered:?}");
+            }
+        } else {
+            break;
+        }
+    }
+    assert_eq!(in_swarm.len(), chunks as usize, "every chunk was offered and reported: {offered:?}");
+    for (offers, conn) in offered.iter().zip(downloaders) {
+        let mut all: Vec<u32> = offers.iter().map(|c| c.0).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), chunks as usize, "{conn:?} is told every chunk, once: {offers:?}");
+        assert_eq!(offers.len(), chunks as usize, "{conn:?} is told no chunk twice: {offers:?}");
+    }
+}
+
 /// Remote `n` connects to `holder` at `at` from its own address (10.1.x.y, serving on port
 /// 40000) and says `Hello`; returns its connection and what the holder output.
 fn connect_numbered(holder: &mut super::Peer, n: u16, at: Time) -> (crate::ConnId, Vec<crate::machine::Output>) {

@@ -2,8 +2,10 @@
 //! each downloader it has (super-seeding).
 //!
 //! Only a peer that shared the whole file itself (an initial seeder) does this, and only until
-//! every chunk went out once: after that the swarm holds the file and newcomers are told
-//! everything. Until then a newcomer is told only `OFFER_WINDOW_CHUNKS` (one) chunk it lacks that
+//! every chunk is in the swarm (uploaded whole by us, or reported held by a downloader): then
+//! every downloader is told everything at once, and so is each newcomer. The first copies are
+//! out by then, and the seeder's upload serves whatever its downloaders lack most, as any
+//! holder's does, rather than one offered chunk at a time that others may hold already. Until then a newcomer is told only `OFFER_WINDOW_CHUNKS` (one) chunk it lacks that
 //! was never offered to anyone (a rotating cursor from a random start picks them), also when it is
 //! the only downloader so far: in a flash crowd the first to connect is alone for a moment, and
 //! told everything it would ask the seeder for chunks offered to others. So each of the seeder's
@@ -17,7 +19,7 @@
 //! downloaders with none outstanding, those told nothing yet first, in the order they connected.
 //! So the first copies go out in the order the seeder can send them instead of all being promised
 //! when a crowd connects (a downloader promised a chunk while a dozen others wait for the seeder
-//! holds the only claim to it until its turn). Once every chunk went out, a downloader with no
+//! holds the only claim to it until its turn). Once every chunk was offered, a downloader with no
 //! offer outstanding is offered one chunk, the least offered, so nobody waits for a chunk the
 //! others cannot give it. A downloader that is alone when it has room for an offer (or again, once
 //! the others left) is told everything that is left, once it has been connected for
@@ -25,12 +27,13 @@
 //! told everything before the others are seen, would ask for chunks offered to them (the seeder
 //! sends them twice) and keep one of the seeder's slots for the whole download. Until then it is
 //! offered up to `OFFER_WINDOW_ALONE_CHUNKS` never-offered chunks, topped up as each comes in.
-//! The seeder keeps per file one offer count per chunk; per connection, what it told and which
-//! offered chunks are still outstanding.
+//! The seeder keeps per file one offer count per chunk and which chunks are in the swarm; per
+//! connection, what it told and which offered chunks are still outstanding.
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
 //! finished upload, a report of held chunks, a lone downloader and a closed connection; its
-//! outputs are the chunks to tell and the downloaders to tell more ([`Offers::offerees`]).
+//! outputs are the chunks to tell and the downloaders to tell more ([`Offers::offerees`], every
+//! one of them once the file is spread out: [`Offers::offered_to`]).
 //! `Peer` routes them and sends the messages; the free functions say which remotes are
 //! downloaders.
 
@@ -84,6 +87,10 @@ struct Spread {
     cursor: usize,
     /// Chunks never offered.
     unoffered: usize,
+    /// Whether each chunk is in the swarm: we uploaded it whole, or a downloader reported it.
+    out: Vec<bool>,
+    /// Chunks not in the swarm yet.
+    missing: usize,
 }
 
 /// What a seeder told one downloader of one file.
@@ -112,7 +119,7 @@ impl Offers {
         rng: &mut Rng,
     ) -> Bitfield {
         let OurFile { file_id, have, shared_here, chunk_bytes } = ours;
-        let spreading = shared_here && have.is_full() && self.spreads.get(&file_id).is_none_or(|s| s.unoffered > 0);
+        let spreading = shared_here && have.is_full() && !self.spread_out(file_id);
         let downloading = holds.is_some_and(|h| !h.is_full());
         if !spreading || !downloading {
             return have.clone();
@@ -129,6 +136,9 @@ impl Offers {
     /// We finished uploading `chunk` of `file_id` to `conn`; whether it has room for another
     /// offer now.
     pub fn uploaded(&mut self, conn: ConnId, file_id: FileId, chunk: ChunkIndex) -> bool {
+        if let Some(spread) = self.spreads.get_mut(&file_id) {
+            spread.went_out(chunk);
+        }
         match self.told.get_mut(&(conn, file_id)) {
             Some(offer) => offer.outstanding.remove(&chunk),
             // A downloader that sees everything chose this chunk itself: count the copy.
@@ -144,6 +154,9 @@ impl Offers {
     /// `conn`, which holds `holds` of `file_id` now, reported holding `chunks` more (from us
     /// or from anyone else).
     pub fn held(&mut self, conn: ConnId, file_id: FileId, holds: Option<&Bitfield>, chunks: &[ChunkIndex]) -> Held {
+        if let Some(spread) = self.spreads.get_mut(&file_id) {
+            chunks.iter().for_each(|chunk| spread.went_out(*chunk));
+        }
         if holds.is_some_and(Bitfield::is_full) {
             self.told.remove(&(conn, file_id));
             return Held::Complete;
@@ -176,6 +189,17 @@ impl Offers {
             .collect();
         idle.sort_unstable();
         idle.into_iter().take(room).map(|(_, conn)| conn).collect()
+    }
+
+    /// Whether every chunk of `file_id` is in the swarm (we uploaded it, or a downloader
+    /// reported holding it).
+    pub fn spread_out(&self, file_id: FileId) -> bool {
+        self.spreads.get(&file_id).is_some_and(|s| s.missing == 0)
+    }
+
+    /// The downloaders of `file_id` that see only offers.
+    pub fn offered_to(&self, file_id: FileId) -> Vec<ConnId> {
+        self.told.keys().filter(|(_, f)| *f == file_id).map(|(conn, _)| *conn).collect()
     }
 
     /// Whether `conn` sees only the chunks offered to it of `file_id`.
@@ -245,7 +269,16 @@ fn offers_outstanding_max(chunk_bytes: u32) -> usize {
 impl Spread {
     fn new(chunk_count: u32, rng: &mut Rng) -> Spread {
         let start = rng.below(chunk_count.max(1) as usize);
-        Spread { offers: vec![0; chunk_count as usize], cursor: start, unoffered: chunk_count as usize }
+        let count = chunk_count as usize;
+        Spread { offers: vec![0; count], cursor: start, unoffered: count, out: vec![false; count], missing: count }
+    }
+
+    /// `chunk` is in the swarm now.
+    fn went_out(&mut self, chunk: ChunkIndex) {
+        if let Some(out) = self.out.get_mut(chunk.as_usize()).filter(|out| !**out) {
+            *out = true;
+            self.missing -= 1;
+        }
     }
 
     /// Counts one more copy of `chunk` handed out.
