@@ -303,6 +303,13 @@ pub const SERVE_UNSENT_BYTES_FLOOR: u64 = 128 * 1024;
 /// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
 pub const UPLOAD_SLOTS_COUNT: usize = 2;
 
+/// Slots given to others after which a connection refused for lack of room, and not served
+/// since, goes ahead of those asking for rarer chunks (for room in the line and for a slot),
+/// and is no longer sent out of the line to make room: rarest first alone keeps a downloader
+/// that is behind, whose chunks are common, waiting for every turn. Two rounds of the slots
+/// and the line.
+pub const UPLOAD_STARVED_TURNS: u64 = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+
 /// Connections that wait for an upload slot at most; a request of any other is refused
 /// (`Busy`) and goes to another holder. As many as there are slots: a slot that frees finds a
 /// request already queued, and no request waits for more than about two turns.

@@ -63,7 +63,11 @@
 //!   and while the line is full the rarest ticket is called anyway when its chunk has fewer
 //!   holders than a waiting connection's rarest one: its request then makes room. So a
 //!   seeder's chunk that nobody holds yet is not kept waiting behind copies of one that
-//!   went out already, whoever asked first.
+//!   went out already, whoever asked first. Rarest first has a bound: a connection refused for
+//!   lack of room and not served while [`UPLOAD_STARVED_TURNS`] slots went to others goes
+//!   ahead of every rarer asker, for room in the line and for a slot, and is not sent out of
+//!   the line to make room. A downloader that fell behind asks for chunks many hold, and every
+//!   holder would otherwise serve the others first, turn after turn.
 //!
 //! Slot holders take turns block by block, and at most [`SERVE_READS_IN_FLIGHT_MAX`] reads are
 //! outstanding with the driver at once.
@@ -79,7 +83,7 @@ use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
     BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
     SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
-    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
+    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_STARVED_TURNS, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
@@ -145,6 +149,9 @@ struct ConnUploads {
     room_calls: bool,
     /// When its request was last refused because the line was full.
     refused_at: Option<Time>,
+    /// The slot count ([`Uploads::turns`]) when it was refused (or sent out of the line)
+    /// without being served a block since.
+    unserved_since: Option<u64>,
     /// How long its ticket holds room for it: [`BUSY_TICKET_TIME`], or half as long again as
     /// it took to come back after its last refusal when that is longer (a remote far away
     /// asks again a round trip after [`BUSY_RETRY_DELAY`](crate::limits::BUSY_RETRY_DELAY)),
@@ -158,6 +165,12 @@ struct ConnUploads {
 impl ConnUploads {
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.unsent_bytes == 0
+    }
+
+    /// Whether [`UPLOAD_STARVED_TURNS`] slots were given to others since it was first refused
+    /// (`turns` given so far) and it was not served.
+    fn starved(&self, turns: u64) -> bool {
+        self.unserved_since.is_some_and(|since| since + UPLOAD_STARVED_TURNS <= turns)
     }
 
     /// Whether its frames have not left for [`UPLOAD_STALL_TIMEOUT`] at `now`.
@@ -274,6 +287,8 @@ pub(super) struct Uploads {
     /// Queued requests of connections that left the line, to be answered `Busy`.
     refused: Vec<ServeJob>,
     offers: Offers,
+    /// Slots given so far: how long a refused connection waited is counted in turns.
+    turns: u64,
 }
 
 impl Uploads {
@@ -292,6 +307,7 @@ impl Uploads {
             tickets: VecDeque::new(),
             refused: Vec::new(),
             offers: Offers::new(),
+            turns: 0,
         }
     }
 
@@ -442,6 +458,7 @@ impl Uploads {
         let cycle = state.refused_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
         state.ticket_time = (cycle * 3 / 2).clamp(BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX);
         state.refused_at = Some(now);
+        state.unserved_since.get_or_insert(self.turns);
         self.tickets_changed();
         false
     }
@@ -495,7 +512,7 @@ impl Uploads {
         if first == 0 {
             return Vec::new();
         }
-        let mut order: Vec<(bool, usize, usize)> =
+        let mut order: Vec<(bool, bool, usize, usize)> =
             (0..self.tickets.len()).map(|at| self.ticket_key(at, rarity)).collect();
         if first < order.len() {
             // The keys are unique (each ends with its ticket's place): the `first` least are
@@ -504,13 +521,19 @@ impl Uploads {
             order.truncate(first);
         }
         order.sort_unstable();
-        order.into_iter().map(|(_, _, at)| at).collect()
+        order.into_iter().map(|(_, _, _, at)| at).collect()
     }
 
     /// Where ticket `at` sorts in [`Uploads::ticket_order`] (unique: it ends with `at`).
-    fn ticket_key(&self, at: usize, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> (bool, usize, usize) {
+    fn ticket_key(
+        &self,
+        at: usize,
+        rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>,
+    ) -> (bool, bool, usize, usize) {
         let ticket = &self.tickets[at];
-        (!ticket.called, ticket.asked.map_or(usize::MAX, |(file_id, chunk)| rarity.holders(file_id, chunk)), at)
+        let starved = self.conns.get(&ticket.conn).is_some_and(|state| state.starved(self.turns));
+        let holders = ticket.asked.map_or(usize::MAX, |(file_id, chunk)| rarity.holders(file_id, chunk));
+        (!ticket.called, !starved, holders, at)
     }
 
     /// The connections to call at `now` (`Room`): those taking part in room calls whose tickets
@@ -579,6 +602,7 @@ impl Uploads {
         if let Some(state) = self.conns.get_mut(&conn) {
             asked = rarity.rarest_chunk(&state.queue);
             refuse_queue(state, &mut self.refused);
+            state.unserved_since.get_or_insert(self.turns);
         }
         // Its turn comes again once room frees.
         self.tickets.push_back(Ticket { conn, at: now, called: false, held: false, asked });
@@ -591,7 +615,8 @@ impl Uploads {
     fn commonest_waiting(&self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> Option<(usize, usize)> {
         (self.waiting.iter().enumerate())
             .filter_map(|(line, conn)| {
-                let queue = &self.conns.get(conn)?.queue;
+                let state = self.conns.get(conn).filter(|state| !state.starved(self.turns))?;
+                let queue = &state.queue;
                 Some((rarity.rarest(queue).map_or(usize::MAX, |(_, count)| count), line))
             })
             .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)))
@@ -671,6 +696,7 @@ impl Uploads {
         let (at, _) = rarity.rarest(&state.queue).expect("the caller found a queued request");
         let job = state.dequeue(at).expect("rarest names a queued request");
         state.reads.push(job);
+        state.unserved_since = None;
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
@@ -724,14 +750,17 @@ impl Uploads {
         self.slots = kept;
         while self.slots.len() < UPLOAD_SLOTS_COUNT {
             let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
-                let queue = self.conns.get(conn).map(|c| &c.queue);
-                (queue.and_then(|q| rarity.rarest(q)).map_or(usize::MAX, |(_, holders)| holders), *line)
+                let state = self.conns.get(conn);
+                let starved = state.is_some_and(|state| state.starved(self.turns));
+                let holders = state.and_then(|state| rarity.rarest(&state.queue)).map_or(usize::MAX, |(_, n)| n);
+                (!starved, holders, *line)
             });
             let Some((line, _)) = next else { break };
             let Some(conn) = self.waiting.remove(line) else { break };
             if let Some(state) = self.conns.get_mut(&conn) {
                 state.turn_bytes = 0;
                 self.slots.push_back(conn);
+                self.turns += 1;
             }
         }
     }
@@ -1095,6 +1124,67 @@ mod tests {
         assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(rare)], "refused later");
         uploads.pass(ConnId::Inbound(rare));
         assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(common)]);
+    }
+
+    #[test]
+    fn a_connection_asking_for_a_common_chunk_is_served_within_its_starved_turns_though_rarer_ones_keep_asking() {
+        let mut uploads = Uploads::new(None);
+        let askers = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64 + 2;
+        let common = askers + 1;
+        // Each asker of rare chunks (held by nobody else) asks for a new one whenever it may.
+        let mut next_rare = vec![0u32; askers as usize + 1];
+        let mut ask_rare = |uploads: &mut Uploads, conn: u64, at_ms: u64| {
+            next_rare[conn as usize] += 1;
+            let chunk = u32::try_from(conn * 1000).expect("small") + next_rare[conn as usize];
+            let job = ServeJob {
+                conn: ConnId::Inbound(conn),
+                file_id: FILE,
+                chunk: ChunkIndex(chunk),
+                offset: 0,
+                len: BLOCK_BYTES,
+            };
+            uploads.request(job, Time::from_millis(at_ms), true, chunk_zero_common).is_ok()
+        };
+        let ask_common = |uploads: &mut Uploads, at_ms: u64| {
+            let job = ServeJob {
+                conn: ConnId::Inbound(common),
+                file_id: FILE,
+                chunk: ChunkIndex(0),
+                offset: 0,
+                len: BLOCK_BYTES,
+            };
+            uploads.request(job, Time::from_millis(at_ms), true, chunk_zero_common).is_ok()
+        };
+        for conn in 1..=askers {
+            for _ in 0..2 {
+                ask_rare(&mut uploads, conn, 0);
+            }
+        }
+        assert!(!ask_common(&mut uploads, 0), "the line is full");
+        let mut served_common = None;
+        for round in 1..=100u64 {
+            let now = Time::from_millis(round * 10);
+            let served = serve_at(&mut uploads, now, |chunk| chunk_zero_common(FILE, ChunkIndex(chunk)));
+            if served.iter().any(|&(conn, _)| conn == common) {
+                served_common = Some(uploads.turns);
+                break;
+            }
+            for (conn, _) in served {
+                uploads.sent(ConnId::Inbound(conn), 1);
+            }
+            uploads.take_refused();
+            for called in uploads.take_calls(now, chunk_zero_common) {
+                let ConnId::Inbound(conn) = called else { unreachable!("inbound only") };
+                if conn == common {
+                    ask_common(&mut uploads, round * 10);
+                } else {
+                    ask_rare(&mut uploads, conn, round * 10);
+                    ask_rare(&mut uploads, conn, round * 10);
+                }
+            }
+        }
+        let turns = served_common.expect("the asker of the common chunk is served");
+        assert!(turns <= UPLOAD_STARVED_TURNS + askers, "served after {turns} turns");
     }
 
     #[test]
