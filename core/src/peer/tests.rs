@@ -530,75 +530,55 @@ fn a_holder_asked_for_the_manifest_sends_its_bitfield_behind_it_once() {
 #[test]
 fn a_seeders_only_downloader_is_offered_a_window_until_it_has_been_alone_a_while_and_one_chunk_in_a_crowd() {
     use crate::limits::{OFFERS_ALONE_AFTER, OFFER_WINDOW_ALONE_CHUNKS, OFFER_WINDOW_CHUNKS};
-    use crate::machine::{Input, Output};
+    use crate::machine::Input;
     use crate::wire::Message;
     let chunks = 64;
     let (mut holder, manifest) = seeding(chunks, 24);
     let id = manifest.file_id();
     let at = |ms| Time::from_millis(ms);
-    let told = |outputs: &[Output], to: crate::ConnId| -> Vec<ChunkIndex> {
-        let told = outputs.iter().filter_map(|o| match o {
-            Output::Send { conn, message: Message::Bitfield { have, .. } } if *conn == to => {
-                Some(have.iter().collect::<Vec<_>>())
-            }
-            Output::Send { conn, message: Message::Haves { chunks, .. } } if *conn == to => Some(chunks.clone()),
-            _ => None,
-        });
-        told.flatten().collect()
-    };
     let empty = || Message::Bitfield { file_id: id, have: crate::Bitfield::new(chunks) };
     let holds = |chunks: &[ChunkIndex]| Message::Haves { file_id: id, chunks: chunks.to_vec() };
 
     let (first, _) = connect_numbered(&mut holder, 1, at(10));
-    let offered = told(&step(&mut holder, at(10), Input::Message { conn: first, message: empty() }), first);
+    let offered = told_to(&step(&mut holder, at(10), Input::Message { conn: first, message: empty() }), first);
     assert_eq!(offered.len(), OFFER_WINDOW_CHUNKS);
     // Its offer came in (from elsewhere): alone, but connected only just now, it is offered a
     // wider window of chunks, not every one.
-    let window = told(&step(&mut holder, at(20), Input::Message { conn: first, message: holds(&offered) }), first);
+    let window = told_to(&step(&mut holder, at(20), Input::Message { conn: first, message: holds(&offered) }), first);
     assert_eq!(window.len(), OFFER_WINDOW_ALONE_CHUNKS, "{window:?}");
     assert!(!window.contains(&offered[0]));
     // A chunk of the window in, it is topped up at once, without waiting for the others.
-    let more = told(&step(&mut holder, at(30), Input::Message { conn: first, message: holds(&window[..1]) }), first);
+    let more = told_to(&step(&mut holder, at(30), Input::Message { conn: first, message: holds(&window[..1]) }), first);
     assert_eq!(more.len(), 1, "{more:?}");
     // Alone for `OFFERS_ALONE_AFTER`, it is told every chunk left at its next room.
     let later = 10 + u64::try_from(OFFERS_ALONE_AFTER.as_millis()).expect("short");
     let rest =
-        told(&step(&mut holder, at(later), Input::Message { conn: first, message: holds(&window[1..2]) }), first);
+        told_to(&step(&mut holder, at(later), Input::Message { conn: first, message: holds(&window[1..2]) }), first);
     assert_eq!(rest.len(), chunks as usize - 2 - OFFER_WINDOW_ALONE_CHUNKS, "every chunk not yet told");
 
     // A crowd: the second downloader arrives before the first one's offer came in, and each
     // is offered one chunk at a time from then on.
     let (mut holder, _) = seeding(chunks, 24);
     let (first, _) = connect_numbered(&mut holder, 1, at(10));
-    let offered = told(&step(&mut holder, at(10), Input::Message { conn: first, message: empty() }), first);
+    let offered = told_to(&step(&mut holder, at(10), Input::Message { conn: first, message: empty() }), first);
     let (second, _) = connect_numbered(&mut holder, 2, at(15));
-    assert_eq!(told(&step(&mut holder, at(15), Input::Message { conn: second, message: empty() }), second).len(), 1);
-    let next = told(&step(&mut holder, at(20), Input::Message { conn: first, message: holds(&offered) }), first);
+    assert_eq!(told_to(&step(&mut holder, at(15), Input::Message { conn: second, message: empty() }), second).len(), 1);
+    let next = told_to(&step(&mut holder, at(20), Input::Message { conn: first, message: holds(&offered) }), first);
     assert_eq!(next.len(), OFFER_WINDOW_CHUNKS, "{next:?}");
 }
 
 #[test]
 fn once_every_chunk_is_in_the_swarm_a_seeders_downloaders_are_told_everything() {
-    use crate::machine::{Input, Output};
+    use crate::machine::Input;
     use crate::wire::Message;
     let chunks = 8;
     let (mut holder, manifest) = seeding(chunks, 25);
     let id = manifest.file_id();
     let at = |ms| Time::from_millis(ms);
-    let told = |outputs: &[Output], to: crate::ConnId| -> Vec<ChunkIndex> {
-        let told = outputs.iter().filter_map(|o| match o {
-            Output::Send { conn, message: Message::Bitfield { have, .. } } if *conn == to => {
-                Some(have.iter().collect::<Vec<_>>())
-            }
-            Output::Send { conn, message: Message::Haves { chunks, .. } } if *conn == to => Some(chunks.clone()),
-            _ => None,
-        });
-        told.flatten().collect()
-    };
     let empty = || Message::Bitfield { file_id: id, have: crate::Bitfield::new(chunks) };
     let downloaders = [connect_numbered(&mut holder, 1, at(10)).0, connect_numbered(&mut holder, 2, at(10)).0];
     let mut offered: Vec<Vec<ChunkIndex>> = (downloaders.iter())
-        .map(|conn| told(&step(&mut holder, at(10), Input::Message { conn: *conn, message: empty() }), *conn))
+        .map(|conn| told_to(&step(&mut holder, at(10), Input::Message { conn: *conn, message: empty() }), *conn))
         .collect();
     // Each reports holding what it was offered (fetched from each other, as far as the seeder
     // knows), in turns, until every chunk is in the swarm.
@@ -615,7 +595,7 @@ fn once_every_chunk_is_in_the_swarm_a_seeders_downloaders_are_told_everything() 
         let message = Message::Haves { file_id: id, chunks: news };
         let outputs = step(&mut holder, at(20 + turn as u64), Input::Message { conn: downloaders[i], message });
         for (j, conn) in downloaders.iter().enumerate() {
-            offered[j].extend(told(&outputs, *conn));
+            offered[j].extend(told_to(&outputs, *conn));
         }
         if in_swarm.len() < chunks as usize {
             for (j, offers) in offered.iter().enumerate() {
@@ -633,6 +613,18 @@ fn once_every_chunk_is_in_the_swarm_a_seeders_downloaders_are_told_everything() 
         assert_eq!(all.len(), chunks as usize, "{conn:?} is told every chunk, once: {offers:?}");
         assert_eq!(offers.len(), chunks as usize, "{conn:?} is told no chunk twice: {offers:?}");
     }
+}
+
+/// The chunks `outputs` tell `to` we hold, in the order told: a `Bitfield`'s, then `Haves`'.
+fn told_to(outputs: &[crate::machine::Output], to: crate::ConnId) -> Vec<ChunkIndex> {
+    use crate::machine::Output;
+    use crate::wire::Message;
+    let told = outputs.iter().filter_map(|o| match o {
+        Output::Send { conn, message: Message::Bitfield { have, .. } } if *conn == to => Some(have.iter().collect()),
+        Output::Send { conn, message: Message::Haves { chunks, .. } } if *conn == to => Some(chunks.clone()),
+        _ => None,
+    });
+    told.flatten().collect()
 }
 
 /// Remote `n` connects to `holder` at `at` from its own address (10.1.x.y, serving on port

@@ -865,6 +865,18 @@ mod tests {
 
     /// What becomes of a request (see [`ask_as`]).
     fn answer(uploads: &mut Uploads, conn: u64, chunk: u32, at_ms: u64, room_calls: bool) -> Result<(), Refused> {
+        answer_among(uploads, conn, chunk, at_ms, room_calls, |_, _| 0)
+    }
+
+    /// [`answer`], with `holders` counting the remotes that hold a chunk.
+    fn answer_among(
+        uploads: &mut Uploads,
+        conn: u64,
+        chunk: u32,
+        at_ms: u64,
+        room_calls: bool,
+        holders: impl Fn(FileId, ChunkIndex) -> usize,
+    ) -> Result<(), Refused> {
         let job = ServeJob {
             conn: ConnId::Inbound(conn),
             file_id: FILE,
@@ -872,7 +884,7 @@ mod tests {
             offset: 0,
             len: BLOCK_BYTES,
         };
-        uploads.request(job, Time::from_millis(at_ms), room_calls, |_, _| 0)
+        uploads.request(job, Time::from_millis(at_ms), room_calls, holders)
     }
 
     /// Starts every read allowed now; each becomes a queued `Data` frame at once.
@@ -1136,24 +1148,10 @@ mod tests {
         let mut ask_rare = |uploads: &mut Uploads, conn: u64, at_ms: u64| {
             next_rare[conn as usize] += 1;
             let chunk = u32::try_from(conn * 1000).expect("small") + next_rare[conn as usize];
-            let job = ServeJob {
-                conn: ConnId::Inbound(conn),
-                file_id: FILE,
-                chunk: ChunkIndex(chunk),
-                offset: 0,
-                len: BLOCK_BYTES,
-            };
-            uploads.request(job, Time::from_millis(at_ms), true, chunk_zero_common).is_ok()
+            answer_among(uploads, conn, chunk, at_ms, true, chunk_zero_common).is_ok()
         };
         let ask_common = |uploads: &mut Uploads, at_ms: u64| {
-            let job = ServeJob {
-                conn: ConnId::Inbound(common),
-                file_id: FILE,
-                chunk: ChunkIndex(0),
-                offset: 0,
-                len: BLOCK_BYTES,
-            };
-            uploads.request(job, Time::from_millis(at_ms), true, chunk_zero_common).is_ok()
+            answer_among(uploads, common, 0, at_ms, true, chunk_zero_common).is_ok()
         };
         for conn in 1..=askers {
             for _ in 0..2 {

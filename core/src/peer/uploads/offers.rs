@@ -5,9 +5,10 @@
 //! every chunk is in the swarm (uploaded whole by us, or reported held by a downloader): then
 //! every downloader is told everything at once, and so is each newcomer. The first copies are
 //! out by then, and the seeder's upload serves whatever its downloaders lack most, as any
-//! holder's does, rather than one offered chunk at a time that others may hold already. Until then a newcomer is told only `OFFER_WINDOW_CHUNKS` (one) chunk it lacks that
-//! was never offered to anyone (a rotating cursor from a random start picks them), also when it is
-//! the only downloader so far: in a flash crowd the first to connect is alone for a moment, and
+//! holder's does, rather than one offered chunk at a time that others may hold already. Until
+//! then a newcomer is told only `OFFER_WINDOW_CHUNKS` (one) chunk it lacks that was never
+//! offered to anyone (a rotating cursor from a random start picks them), also when it is the
+//! only downloader so far: in a flash crowd the first to connect is alone for a moment, and
 //! told everything it would ask the seeder for chunks offered to others. So each of the seeder's
 //! turns with a downloader (see the upload slots in `uploads`) sends a chunk nobody else got,
 //! whatever the file's size and however many downloaders arrive. The downloaders fetch different
