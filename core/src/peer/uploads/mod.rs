@@ -167,12 +167,6 @@ impl ConnUploads {
         self.queue.is_empty() && self.unsent_bytes == 0
     }
 
-    /// Whether [`UPLOAD_STARVED_TURNS`] slots were given to others since it was first refused
-    /// (`turns` given so far) and it was not served.
-    fn starved(&self, turns: u64) -> bool {
-        self.unserved_since.is_some_and(|since| since + UPLOAD_STARVED_TURNS <= turns)
-    }
-
     /// Whether its frames have not left for [`UPLOAD_STALL_TIMEOUT`] at `now`.
     fn stalled(&self, now: Time) -> bool {
         self.stalled_since.is_some_and(|since| since + UPLOAD_STALL_TIMEOUT <= now)
@@ -524,6 +518,13 @@ impl Uploads {
         order.into_iter().map(|(_, _, _, at)| at).collect()
     }
 
+    /// Whether `conn` was refused (or sent out of the line) and not served while
+    /// [`UPLOAD_STARVED_TURNS`] slots went to others.
+    fn starved(&self, conn: ConnId) -> bool {
+        let since = self.conns.get(&conn).and_then(|state| state.unserved_since);
+        since.is_some_and(|since| since + UPLOAD_STARVED_TURNS <= self.turns)
+    }
+
     /// Where ticket `at` sorts in [`Uploads::ticket_order`] (unique: it ends with `at`).
     fn ticket_key(
         &self,
@@ -531,7 +532,7 @@ impl Uploads {
         rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>,
     ) -> (bool, bool, usize, usize) {
         let ticket = &self.tickets[at];
-        let starved = self.conns.get(&ticket.conn).is_some_and(|state| state.starved(self.turns));
+        let starved = self.starved(ticket.conn);
         let holders = ticket.asked.map_or(usize::MAX, |(file_id, chunk)| rarity.holders(file_id, chunk));
         (!ticket.called, !starved, holders, at)
     }
@@ -615,8 +616,7 @@ impl Uploads {
     fn commonest_waiting(&self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>) -> Option<(usize, usize)> {
         (self.waiting.iter().enumerate())
             .filter_map(|(line, conn)| {
-                let state = self.conns.get(conn).filter(|state| !state.starved(self.turns))?;
-                let queue = &state.queue;
+                let queue = &self.conns.get(conn).filter(|_| !self.starved(*conn))?.queue;
                 Some((rarity.rarest(queue).map_or(usize::MAX, |(_, count)| count), line))
             })
             .max_by_key(|&(count, line)| (count, std::cmp::Reverse(line)))
@@ -750,10 +750,9 @@ impl Uploads {
         self.slots = kept;
         while self.slots.len() < UPLOAD_SLOTS_COUNT {
             let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
-                let state = self.conns.get(conn);
-                let starved = state.is_some_and(|state| state.starved(self.turns));
-                let holders = state.and_then(|state| rarity.rarest(&state.queue)).map_or(usize::MAX, |(_, n)| n);
-                (!starved, holders, *line)
+                let queue = self.conns.get(conn).map(|c| &c.queue);
+                let holders = queue.and_then(|q| rarity.rarest(q)).map_or(usize::MAX, |(_, holders)| holders);
+                (!self.starved(**conn), holders, *line)
             });
             let Some((line, _)) = next else { break };
             let Some(conn) = self.waiting.remove(line) else { break };

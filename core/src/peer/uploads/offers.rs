@@ -88,9 +88,9 @@ struct Spread {
     cursor: usize,
     /// Chunks never offered.
     unoffered: usize,
-    /// Whether each chunk is in the swarm: we uploaded it whole, or a downloader reported it.
-    out: Vec<bool>,
-    /// Chunks not in the swarm yet.
+    /// Chunks in the swarm: we uploaded them whole, or a downloader reported them.
+    in_swarm: Bitfield,
+    /// Chunks not in the swarm yet (`in_swarm`'s missing ones, counted as they are set).
     missing: usize,
 }
 
@@ -271,13 +271,13 @@ impl Spread {
     fn new(chunk_count: u32, rng: &mut Rng) -> Spread {
         let start = rng.below(chunk_count.max(1) as usize);
         let count = chunk_count as usize;
-        Spread { offers: vec![0; count], cursor: start, unoffered: count, out: vec![false; count], missing: count }
+        let in_swarm = Bitfield::new(chunk_count);
+        Spread { offers: vec![0; count], cursor: start, unoffered: count, in_swarm, missing: count }
     }
 
     /// `chunk` is in the swarm now.
     fn went_out(&mut self, chunk: ChunkIndex) {
-        if let Some(out) = self.out.get_mut(chunk.as_usize()).filter(|out| !**out) {
-            *out = true;
+        if self.in_swarm.set(chunk) {
             self.missing -= 1;
         }
     }
