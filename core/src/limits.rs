@@ -567,6 +567,10 @@ pub const CROSSED_WITHDRAW_BLOCK_BYTES_MIN: u32 = 128 * 1024;
 /// How often connection deadlines (handshake, stalled requests, idleness) are checked.
 pub const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often they are checked while a download has nothing left to start, where a fetcher
+/// that comes to lag (endgame) holds up the whole download until the check finds it.
+pub const ENDGAME_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Most trackers one peer is given: it keeps a connection to each, announces every file to
 /// each and asks each where the pieces are.
 pub const TRACKERS_PER_PEER_MAX: usize = 8;

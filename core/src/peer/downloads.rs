@@ -260,6 +260,12 @@ impl Download {
         self.arrived_at = Some(now);
     }
 
+    /// Whether every chunk still missing is being fetched (none is left to start): the
+    /// stretch where a fetcher that lags holds up the whole download (endgame).
+    pub fn nothing_to_start(&self) -> bool {
+        self.phase == Phase::Fetching && !self.missing.any() && self.active_count > 0
+    }
+
     /// Whether blocks stopped arriving at `now`: none came from any remote for two blocks of
     /// `block_bytes` at the download's measured rate, or for [`ENDGAME_PATIENCE`] before a
     /// rate is measured. While blocks keep coming the downlink is busy, and a second copy of a

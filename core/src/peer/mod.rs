@@ -62,9 +62,9 @@ use crate::bitfield::Bitfield;
 use crate::error::{CommandError, StoreError};
 use crate::ids::{ChunkIndex, ConnId, Digest, FileId, PeerId, PieceIndex};
 use crate::limits::{
-    CONNECTION_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_CHUNKS, HAVE_BATCH_LARGE_CHUNK_BYTES,
-    OFFERS_ALONE_AFTER, OFFER_WINDOW_ALONE_CHUNKS, OFFER_WINDOW_CHUNKS, OUTPUT_QUEUE_MAX, PEER_FILES_MAX,
-    PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
+    CONNECTION_CHECK_INTERVAL, ENDGAME_CHECK_INTERVAL, HAVE_BATCH_INTERVAL, HAVE_BATCH_INTERVAL_LARGE_CHUNKS,
+    HAVE_BATCH_LARGE_CHUNK_BYTES, OFFERS_ALONE_AFTER, OFFER_WINDOW_ALONE_CHUNKS, OFFER_WINDOW_CHUNKS, OUTPUT_QUEUE_MAX,
+    PEER_FILES_MAX, PEX_MESH_PEERS, REQUESTS_PER_MESSAGE_MAX,
 };
 use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
@@ -365,8 +365,12 @@ impl Peer {
         if self.connections_check_at <= self.now {
             self.connections_check_at = self.now + CONNECTION_CHECK_INTERVAL;
             self.remote_timeouts();
+            self.check_endgame_soon();
         }
         self.pex_timeout();
+        for (conn, file_id) in self.uploads.offers_mut().settled(self.now) {
+            self.top_up(conn, file_id);
+        }
         if self.haves.due().is_some_and(|due| due <= self.now) {
             self.flush_haves();
         }
@@ -431,6 +435,7 @@ impl Peer {
                 } else if room_again {
                     self.scheduler().schedule_all();
                 }
+                self.check_endgame_soon();
                 if let Some((peer_id, addr)) = guilty {
                     // Its blocks of an earlier attempt were the bad ones (see `downloads`).
                     self.strike(peer_id, addr);
@@ -1122,6 +1127,15 @@ impl Peer {
     /// Closes connections whose handshake or idle deadline passed, and takes the chunks of
     /// stalled remotes elsewhere (a stalled remote rests for a while: no new requests; see
     /// `Scheduler::stalled`); while a download is quiet, fills the pipelines again.
+    /// Brings the next connection check forward to [`ENDGAME_CHECK_INTERVAL`] from now while
+    /// some download has nothing left to start: then one lagging fetcher holds up the whole
+    /// download, and the check is what finds it lagging (`remote_timeouts`).
+    fn check_endgame_soon(&mut self) {
+        if self.files.values().any(|e| e.download().is_some_and(downloads::Download::nothing_to_start)) {
+            self.connections_check_at = self.connections_check_at.min(self.now + ENDGAME_CHECK_INTERVAL);
+        }
+    }
+
     fn remote_timeouts(&mut self) {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
@@ -1378,8 +1392,9 @@ impl Peer {
     }
 
     /// Offers `conn` more chunks of `file_id` and sends them in one `Haves`: a window of them,
-    /// a wider one while it is the only downloader, everything left once it is and has been
-    /// connected for [`OFFERS_ALONE_AFTER`], or once every chunk is in the swarm.
+    /// a wider one while it is the only downloader (and again when it settles, see
+    /// `Offers::settles_at`), everything left once it is and has been connected for
+    /// [`OFFERS_ALONE_AFTER`], or once every chunk is in the swarm.
     fn top_up(&mut self, conn: ConnId, file_id: FileId) {
         let entry = self.files.get(&file_id);
         debug_assert!(entry.is_some(), "only a file the peer holds is offered");
@@ -1387,13 +1402,19 @@ impl Peer {
         let ours = our_file(file_id, entry);
         let remote = self.remotes.get(&conn);
         let holds = remote.and_then(|remote| remote.chunks(file_id));
-        let settled = remote.is_some_and(|remote| self.now.saturating_since(remote.opened()) >= OFFERS_ALONE_AFTER);
+        let settles_at = remote.map(|remote| remote.opened() + OFFERS_ALONE_AFTER);
+        let settled = settles_at.is_some_and(|at| at <= self.now);
         let window = if self.uploads.offers().spread_out(file_id) {
             None
         } else {
             match (uploads::other_downloader(&self.remotes, conn, file_id), settled) {
                 (true, _) => Some(OFFER_WINDOW_CHUNKS),
-                (false, false) => Some(OFFER_WINDOW_ALONE_CHUNKS),
+                (false, false) => {
+                    if let Some(at) = settles_at {
+                        self.uploads.offers_mut().settles_at(conn, file_id, at);
+                    }
+                    Some(OFFER_WINDOW_ALONE_CHUNKS)
+                }
                 (false, true) => None,
             }
         };

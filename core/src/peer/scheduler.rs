@@ -32,10 +32,10 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
-    BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CHUNKS_CLAIMED_UNMEASURED_MIN, CLAIMS_TIME,
-    CLAIMS_UNMEASURED_BYTES, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR, RATE_WINDOW,
-    REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN, REQUEST_PIPELINE_TIME,
-    REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX, UPLOAD_TURN_BYTES,
+    BLOCK_BYTES_MAX, BUSY_CALL_WAIT_MAX, BUSY_RETRY_DELAY, CHUNKS_CLAIMED_PER_CONN_MAX, CHUNKS_CLAIMED_UNMEASURED_MIN,
+    CLAIMS_TIME, CLAIMS_UNMEASURED_BYTES, CROSSED_WITHDRAW_BLOCK_BYTES_MIN, ENDGAME_PATIENCE, OUTPACE_FACTOR,
+    RATE_WINDOW, REQUESTS_IN_FLIGHT_PER_CONN_MAX, REQUESTS_PER_MESSAGE_MAX, REQUEST_PIPELINE_BYTES_MIN,
+    REQUEST_PIPELINE_TIME, REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX,
 };
 use crate::machine::{Event, Output, Progress};
 use crate::rng::Rng;
@@ -46,6 +46,7 @@ use crate::wire::{Message, RejectReason};
 use super::chunks::{block_at, block_count, block_span, BlockKey, FileEntry};
 use super::downloads::{Arrival, Choice, Chooser, Phase, Sender, Verdict};
 use super::remote::{Remote, Remotes};
+use super::uploads::turn_bytes;
 use super::Outputs;
 
 /// Our requests on one connection: the scheduler's private state of a remote.
@@ -158,7 +159,7 @@ impl Requests {
     /// `REQUEST_TIMEOUT`, or for two upload turns' time at its measured rate when that is longer
     /// (a slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
-        let patience = turns_time(2, self.rate.bytes_per_s())
+        let patience = turns_time(2, BLOCK_BYTES_MAX, self.rate.bytes_per_s())
             .unwrap_or(REQUEST_TIMEOUT)
             .clamp(REQUEST_TIMEOUT, REQUEST_TIMEOUT_MAX);
         (!self.in_flight.is_empty()).then_some(self.progress_at + patience)
@@ -185,13 +186,13 @@ impl Requests {
 
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
-    /// when that is longer (a request can wait that long in its upload line: a turn on each of
+    /// (turns of the file's `block_bytes` blocks, see [`turn_bytes`]) when that is longer (a request can wait that long in its upload line: a turn on each of
     /// its two slots, then our own turn at half its rate). A remote that has delivered nothing
     /// yet is given the time at `unmeasured_bytes_per_s`, the slowest rate another remote
     /// delivered at: until its first block arrives nothing says it is faster, and where every
     /// uplink is slow its first block takes seconds to leave.
-    fn lags(&self, now: Time, unmeasured_bytes_per_s: u64) -> bool {
-        let patience = turns_time(4, self.rate_or(unmeasured_bytes_per_s)).unwrap_or(ENDGAME_PATIENCE);
+    fn lags(&self, now: Time, block_bytes: u32, unmeasured_bytes_per_s: u64) -> bool {
+        let patience = turns_time(4, block_bytes, self.rate_or(unmeasured_bytes_per_s)).unwrap_or(ENDGAME_PATIENCE);
         self.progress_at + patience.max(ENDGAME_PATIENCE) <= now
     }
 
@@ -258,9 +259,10 @@ fn chooser(remotes: &Remotes, conn: ConnId, file_id: FileId) -> Option<Chooser<'
     })
 }
 
-/// `turns` whole upload turns' ([`UPLOAD_TURN_BYTES`]) time at `bytes_per_s` (`None` at zero).
-fn turns_time(turns: u64, bytes_per_s: u64) -> Option<Duration> {
-    (turns * UPLOAD_TURN_BYTES * 1_000_000).checked_div(bytes_per_s).map(Duration::from_micros)
+/// `turns` whole upload turns' time at `bytes_per_s` (`None` at zero), for blocks of
+/// `block_bytes` (see [`turn_bytes`]).
+fn turns_time(turns: u64, block_bytes: u32, bytes_per_s: u64) -> Option<Duration> {
+    (turns * turn_bytes(block_bytes) * 1_000_000).checked_div(bytes_per_s).map(Duration::from_micros)
 }
 
 /// Chunks of `chunk_bytes` a remote delivering `bytes_per_s` (0: not measured yet) may be
@@ -543,7 +545,7 @@ impl<'a> Scheduler<'a> {
         // remotes passed over once for the slowest delivery.
         let lagging = download.quiet(now, block_bytes).then(|| {
             let unmeasured = remotes.slowest_delivery();
-            move |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now, unmeasured))
+            move |c: ConnId| remotes.get(&c).is_none_or(|r| r.requests().lags(now, block_bytes, unmeasured))
         });
         download.choose(chooser, entry.have(), self.rng, lagging)
     }
@@ -1019,6 +1021,7 @@ fn progress(entry: &FileEntry) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::UPLOAD_TURN_BYTES;
 
     #[test]
     fn claims_cover_half_a_second_at_the_rate_and_128_kib_before_it_is_measured() {
@@ -1052,22 +1055,29 @@ mod tests {
 
     #[test]
     fn a_remote_not_yet_measured_lags_after_four_turns_at_the_slowest_rate_measured() {
+        const BLOCK: u32 = 256 * 1024;
         let mut waiting = Requests::new(Time::ZERO);
         waiting.start((FileId(crate::ids::Digest([1; 32])), ChunkIndex(0), 0), Time::ZERO);
-        assert!(!waiting.lags(Time::ZERO + (ENDGAME_PATIENCE - Duration::from_millis(1)), 0));
-        assert!(waiting.lags(Time::ZERO + ENDGAME_PATIENCE, 0), "no rate measured anywhere: the patience");
+        assert!(!waiting.lags(Time::ZERO + (ENDGAME_PATIENCE - Duration::from_millis(1)), BLOCK, 0));
+        assert!(waiting.lags(Time::ZERO + ENDGAME_PATIENCE, BLOCK, 0), "no rate measured anywhere: the patience");
         // Half of a 125 KB/s uplink: four turns take longer than the patience.
         let slowest = 62_500;
         let four_turns = Duration::from_micros(4 * UPLOAD_TURN_BYTES * 1_000_000 / slowest);
         assert!(four_turns > ENDGAME_PATIENCE);
-        assert!(!waiting.lags(Time::ZERO + (four_turns - Duration::from_millis(1)), slowest));
-        assert!(waiting.lags(Time::ZERO + four_turns, slowest));
+        assert!(!waiting.lags(Time::ZERO + (four_turns - Duration::from_millis(1)), BLOCK, slowest));
+        assert!(waiting.lags(Time::ZERO + four_turns, BLOCK, slowest));
+        // Where a turn is one block of 64 KiB, four turns are four such blocks.
+        let slower = 31_250;
+        let four_block_turns = Duration::from_micros(4 * 64 * 1024 * 1_000_000 / slower);
+        assert!(four_block_turns > ENDGAME_PATIENCE);
+        assert!(!waiting.lags(Time::ZERO + (four_block_turns - Duration::from_millis(1)), 64 * 1024, slower));
+        assert!(waiting.lags(Time::ZERO + four_block_turns, 64 * 1024, slower));
         // Its own rate, once measured, is what counts.
         for s in 1..=4 {
             waiting.rate.arrived(Time::from_millis(s * 100), 1024 * 1024);
         }
         waiting.progress_at = Time::from_millis(400);
-        assert!(waiting.lags(Time::from_millis(400) + ENDGAME_PATIENCE, slowest));
+        assert!(waiting.lags(Time::from_millis(400) + ENDGAME_PATIENCE, BLOCK, slowest));
     }
 
     #[test]

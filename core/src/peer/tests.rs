@@ -1,6 +1,7 @@
 //! Peer behaviour, driven through the public inputs and outputs of real machines in the
 //! [`crate::testkit`] harness (tracker + peers + in-memory stores, virtual time).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::ids::{ChunkIndex, PieceIndex};
@@ -284,6 +285,73 @@ fn endgame_lets_an_idle_fast_remote_finish_what_a_slow_one_holds_up() {
     let within = crate::limits::ENDGAME_PATIENCE + Duration::from_secs(1);
     assert!(took < within, "took {took:?}; the slow seeder delivered {from_slow} chunks");
     assert!(from_slow <= 2, "the slow seeder delivered {from_slow} of 8 chunks");
+}
+
+/// A silent seeder, which takes requests and never answers, and a fast one share a file; a
+/// third peer starts to download it. Returns the harness, the three nodes and when the
+/// download started.
+fn silent_and_fast_seeders(seed: u64) -> (Harness, [NodeIx; 3], crate::Manifest, Time) {
+    let mut h = Harness::new(seed);
+    let (bytes, manifest) = file(16 * 64 * KIB, 64 * 1024, seed as u8);
+    let [silent, fast, leecher] = [1, 2, 3].map(|s| h.add_peer(s, None));
+    h.share(silent, &manifest, &bytes, None);
+    h.share(fast, &manifest, &bytes, None);
+    h.silence(silent);
+    h.run_for(Duration::from_millis(10));
+    let start = h.now();
+    get(&mut h, leecher, &manifest);
+    (h, [silent, fast, leecher], manifest, start)
+}
+
+/// When `node` verified each chunk, from whom.
+fn verified_at(h: &Harness, node: NodeIx) -> Vec<(Time, ChunkIndex, std::net::SocketAddr)> {
+    h.events_of(node)
+        .filter_map(|(at, _, e)| match e {
+            Event::ChunkVerified { chunk, from, .. } => Some((*at, *chunk, *from)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lone_downloader_is_told_everything_once_settled_though_offered_chunks_come_from_elsewhere() {
+    // Each seeder offers the lone downloader a window of chunks. The ones both offered that
+    // it asked of the silent seeder stay outstanding at the fast one, which therefore never
+    // has room for another offer: it tells everything once the downloader has been connected
+    // for `OFFERS_ALONE_AFTER`, room or not.
+    let (mut h, [silent, _, leecher], manifest, start) = silent_and_fast_seeders(14);
+    h.run_for(Duration::from_secs(1));
+    let asked_of_silent: BTreeSet<ChunkIndex> = h
+        .events_of(leecher)
+        .filter_map(|(_, _, e)| match e {
+            Event::ChunkRequested { chunk, from, .. } if *from == h.addr(silent) => Some(*chunk),
+            _ => None,
+        })
+        .collect();
+    assert!(!asked_of_silent.is_empty(), "the silent seeder was asked for chunks");
+    let verified = verified_at(&h, leecher);
+    let settled = start + crate::limits::OFFERS_ALONE_AFTER + Duration::from_millis(100);
+    let late: Vec<_> = verified.iter().filter(|(at, _, _)| *at > settled).collect();
+    assert!(late.is_empty(), "verified late: {late:?}");
+    let total = manifest.chunk_count() as usize;
+    assert_eq!(verified.len() + asked_of_silent.len(), total, "every other chunk is in by {settled}");
+}
+
+#[test]
+fn a_download_held_up_only_by_a_silent_fetcher_takes_a_chunk_elsewhere_as_soon_as_it_lags() {
+    // Once the fast seeder delivered everything else, the download has nothing left to start
+    // and waits for the silent seeder alone, which lags `ENDGAME_PATIENCE` after its requests
+    // went out. The check that finds it comes every `ENDGAME_CHECK_INTERVAL` in that stretch.
+    let (mut h, [_, fast, leecher], _, start) = silent_and_fast_seeders(14);
+    let verified = |h: &Harness| verified_at(h, leecher).len();
+    h.run_for(Duration::from_secs(1));
+    let before = verified(&h);
+    h.run_until(Duration::from_secs(30), |h| verified(h) > before);
+    let (at, _, from) = verified_at(&h, leecher)[before];
+    assert_eq!(from, h.addr(fast));
+    let lags = start + crate::limits::ENDGAME_PATIENCE;
+    assert!(at >= lags, "taken over at {at}, before the silent seeder lagged");
+    assert!(at <= lags + crate::limits::ENDGAME_CHECK_INTERVAL, "taken over at {at}");
 }
 
 #[test]

@@ -238,6 +238,18 @@ impl Ticket {
     }
 }
 
+/// Bytes a slot holder's turn lasts while others wait, for blocks of `block_bytes`: one block
+/// of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`] (at most [`UPLOAD_TURN_BYTES`]), else
+/// [`UPLOAD_TURN_BYTES`] of smaller blocks. A downloader sizes its patience with a busy
+/// holder in these turns.
+pub(super) fn turn_bytes(block_bytes: u32) -> u64 {
+    if block_bytes >= UPLOAD_TURN_BLOCK_BYTES_MIN {
+        u64::from(block_bytes).min(UPLOAD_TURN_BYTES)
+    } else {
+        UPLOAD_TURN_BYTES
+    }
+}
+
 /// Refuses `state`'s queued requests into `refused`, each to be answered `Busy`; to a remote
 /// taking part in room calls one `Busy` answers them all.
 fn refuse_queue(state: &mut ConnUploads, refused: &mut Vec<ServeJob>) {
@@ -308,7 +320,10 @@ impl Uploads {
     /// When the pacer, a slot holder whose frames do not leave, or a ticket whose room is to
     /// go to a connection waiting for a call wants a look again.
     pub fn wake_at(&self) -> Option<Time> {
-        [self.wake_at, self.stall_wake_at, self.ticket_wake_at].into_iter().flatten().min()
+        [self.wake_at, self.stall_wake_at, self.ticket_wake_at, self.offers.settle_wake_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Requests of `conn` queued or being read (a connection serving them is not idle).
@@ -700,8 +715,7 @@ impl Uploads {
         state.unsent_bytes += u64::from(job.len);
         state.turn_bytes += u64::from(job.len);
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
-        let turn_bytes = if job.len >= UPLOAD_TURN_BLOCK_BYTES_MIN { job.len.into() } else { UPLOAD_TURN_BYTES };
-        state.turn_over = state.turn_bytes >= turn_bytes.min(UPLOAD_TURN_BYTES) && others_wait;
+        state.turn_over = state.turn_bytes >= turn_bytes(job.len) && others_wait;
         self.reads_in_flight += 1;
         self.slots.push_back(conn);
         job

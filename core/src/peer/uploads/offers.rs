@@ -27,12 +27,16 @@
 //! `OFFERS_ALONE_AFTER`: a crowd's peers connect within moments of each other, and the first,
 //! told everything before the others are seen, would ask for chunks offered to them (the seeder
 //! sends them twice) and keep one of the seeder's slots for the whole download. Until then it is
-//! offered up to `OFFER_WINDOW_ALONE_CHUNKS` never-offered chunks, topped up as each comes in.
+//! offered up to `OFFER_WINDOW_ALONE_CHUNKS` never-offered chunks, topped up as each comes in,
+//! and offered again when that time is up, room or not (see [`Offers::settles_at`]): an offered
+//! chunk it fetches from another holder stays outstanding until that holder delivers.
 //! The seeder keeps per file one offer count per chunk and which chunks are in the swarm; per
-//! connection, what it told and which offered chunks are still outstanding.
+//! connection, what it told and which offered chunks are still outstanding; and when each lone
+//! downloader settles (at most one entry per downloader and file).
 //!
 //! [`Offers`] owns that state (private). Its inputs are a downloader's first bitfield, a
-//! finished upload, a report of held chunks, a lone downloader and a closed connection; its
+//! finished upload, a report of held chunks, a lone downloader, time passing (a lone
+//! downloader settling: [`Offers::settled`]) and a closed connection; its
 //! outputs are the chunks to tell and the downloaders to tell more ([`Offers::offerees`], every
 //! one of them once the file is spread out: [`Offers::offered_to`]).
 //! `Peer` routes them and sends the messages; the free functions say which remotes are
@@ -44,6 +48,7 @@ use crate::bitfield::Bitfield;
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN};
 use crate::rng::Rng;
+use crate::time::Time;
 
 use super::super::remote::{Remote, Remotes};
 
@@ -54,6 +59,9 @@ pub(in crate::peer) struct Offers {
     spreads: BTreeMap<FileId, Spread>,
     /// What each downloader that sees only offers was told, by connection and file.
     told: BTreeMap<(ConnId, FileId), Offer>,
+    /// Lone downloaders offered a window, by when they will have been connected for
+    /// `OFFERS_ALONE_AFTER`: then they are told everything left, whether or not room came.
+    settling: BTreeSet<(Time, ConnId, FileId)>,
 }
 
 /// One file of ours as the seeder's offers see it.
@@ -226,9 +234,38 @@ impl Offers {
         offer.map(|offer| offer.told.iter_missing().collect()).unwrap_or_default()
     }
 
+    /// `conn`, the only downloader of `file_id` and offered a window of it, settles `at`: it is
+    /// to be offered again then (see [`Offers::settled`]). An offered chunk it fetches from
+    /// another holder stays outstanding here until that one delivers, and room for another
+    /// offer would come only then.
+    pub fn settles_at(&mut self, conn: ConnId, file_id: FileId, at: Time) {
+        self.settling.insert((at, conn, file_id));
+    }
+
+    /// When the next downloader settles.
+    pub fn settle_wake_at(&self) -> Option<Time> {
+        self.settling.first().map(|(at, _, _)| *at)
+    }
+
+    /// The downloaders settled by `now` that still see only offers, each once.
+    pub fn settled(&mut self, now: Time) -> Vec<(ConnId, FileId)> {
+        let mut due = Vec::new();
+        while let Some(&(at, conn, file_id)) = self.settling.first() {
+            if at > now {
+                break;
+            }
+            self.settling.pop_first();
+            if self.told.contains_key(&(conn, file_id)) {
+                due.push((conn, file_id));
+            }
+        }
+        due
+    }
+
     /// Forgets the offers to a closed connection.
     pub fn drop_conn(&mut self, conn: ConnId) {
         self.told.retain(|(c, _), _| *c != conn);
+        self.settling.retain(|(_, c, _)| *c != conn);
     }
 
     /// Adds chunks `conn` lacks to its offer and returns them: never-offered ones until
