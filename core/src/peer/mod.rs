@@ -1124,9 +1124,6 @@ impl Peer {
         }
     }
 
-    /// Closes connections whose handshake or idle deadline passed, and takes the chunks of
-    /// stalled remotes elsewhere (a stalled remote rests for a while: no new requests; see
-    /// `Scheduler::stalled`); while a download is quiet, fills the pipelines again.
     /// Brings the next connection check forward to [`ENDGAME_CHECK_INTERVAL`] from now while
     /// some download has nothing left to start: then one lagging fetcher holds up the whole
     /// download, and the check is what finds it lagging (`remote_timeouts`).
@@ -1136,6 +1133,9 @@ impl Peer {
         }
     }
 
+    /// Closes connections whose handshake or idle deadline passed, and takes the chunks of
+    /// stalled remotes elsewhere (a stalled remote rests for a while: no new requests; see
+    /// `Scheduler::stalled`); while a download is quiet, fills the pipelines again.
     fn remote_timeouts(&mut self) {
         let uploads = &self.uploads;
         let Timeouts { close, stalled } = links::timeouts(&self.remotes, self.now, |conn| uploads.serving(conn));
