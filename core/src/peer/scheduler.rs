@@ -156,8 +156,9 @@ impl Requests {
     }
 
     /// When the remote counts as stalled: requests are waiting and nothing arrived for
-    /// `REQUEST_TIMEOUT`, or for two upload turns' time at its measured rate when that is longer
-    /// (a slow remote that keeps delivering is not stalled), at most `REQUEST_TIMEOUT_MAX`.
+    /// `REQUEST_TIMEOUT`, or for two upload turns' time (the longest turns) at its measured rate
+    /// when that is longer (a slow remote that keeps delivering is not stalled), at most
+    /// `REQUEST_TIMEOUT_MAX`.
     pub fn stall_deadline(&self) -> Option<Time> {
         let patience = turns_time(2, BLOCK_BYTES_MAX, self.rate.bytes_per_s())
             .unwrap_or(REQUEST_TIMEOUT)
@@ -186,8 +187,9 @@ impl Requests {
 
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
-    /// (turns of the file's `block_bytes` blocks, see [`turn_bytes`]) when that is longer (a request can wait that long in its upload line: a turn on each of
-    /// its two slots, then our own turn at half its rate). A remote that has delivered nothing
+    /// when that is longer, turns of the file's `block_bytes` blocks (see [`turn_bytes`]): a
+    /// request can wait that long in its upload line, a turn on each of its two slots, then
+    /// our own turn at half its rate. A remote that has delivered nothing
     /// yet is given the time at `unmeasured_bytes_per_s`, the slowest rate another remote
     /// delivered at: until its first block arrives nothing says it is faster, and where every
     /// uplink is slow its first block takes seconds to leave.
