@@ -28,12 +28,7 @@ fn fetch(h: &mut Harness, node: NodeIx, manifest: &crate::Manifest, bytes: &[u8]
 }
 
 fn verified_from(h: &Harness, node: NodeIx) -> Vec<(ChunkIndex, std::net::SocketAddr)> {
-    h.events_of(node)
-        .filter_map(|(_, _, e)| match e {
-            Event::ChunkVerified { chunk, from, .. } => Some((*chunk, *from)),
-            _ => None,
-        })
-        .collect()
+    verified_at(h, node).into_iter().map(|(_, chunk, from)| (chunk, from)).collect()
 }
 
 #[test]
