@@ -2,12 +2,14 @@
 # The efficiency check on kernel-shaped links: a tracker, one seeder and N leechers (default 12),
 # each in a network namespace of its own on one bridge, every uplink shaped by `tc tbf`
 # (default 32 Mbit/s), a 16 MiB file in 256 KiB pieces, all leechers started together.
+# With DOWN_MBIT set, every downlink is shaped too: a tbf on the bridge's side of each host's
+# veth, which every frame towards that host passes, whoever sent it.
 # Prints the last and the median completion against the Kumar-Ross bound
-# T_min = max(F/u_s, N*F/(u_s + N*u)) (downlinks are not shaped), checks every copy, and says
+# T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) (F/d only with shaped downlinks), checks every copy, and says
 # what the shapers saw: the seeder's bytes on the wire over F (headers and retransmissions
 # included) and the packets every shaper dropped. With the defaults it first prints the
-# simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3), which
-# should agree within 20 %.
+# simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3; with
+# DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml), which should agree within 20 %.
 #
 # TCP in the namespaces uses CC (default cubic, the Linux default) through each namespace's
 # route, whatever the host's default is: a host set to BBR v1 loses 5-8 % of the seeder's
@@ -20,12 +22,12 @@
 # `tc` per host and sample, so it is off by default.
 #
 # Usage (as root; needs iproute2 with tc): bench/netns-swarm.sh [--no-build]
-#   env: N=12 RATE_MBIT=32 SIZE_MIB=16 PIECE=262144 RUNS=1 CC=cubic QUEUES=0
+#   env: N=12 RATE_MBIT=32 DOWN_MBIT= SIZE_MIB=16 PIECE=262144 RUNS=1 CC=cubic QUEUES=0
 # Traffic stays inside the namespaces and the bridge this script creates and removes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-12}; RATE_MBIT=${RATE_MBIT:-32}; SIZE_MIB=${SIZE_MIB:-16}; PIECE=${PIECE:-262144}; RUNS=${RUNS:-1}
-CC=${CC:-cubic}; QUEUES=${QUEUES:-0}
+CC=${CC:-cubic}; QUEUES=${QUEUES:-0}; DOWN_MBIT=${DOWN_MBIT:-}
 [ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node --bin p2p-sim
 node="$PWD/target/release/p2p-node"
 . bench/swarm-common.sh
@@ -40,7 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# host I: namespace $tag-I with address $net.I on the bridge, its egress shaped by tbf.
+# host I: namespace $tag-I with address $net.I on the bridge, its egress shaped by tbf (and
+# with DOWN_MBIT its ingress, by a tbf on the bridge's port).
 host() {
   local i=$1 space="$tag-$1"
   ip netns add "$space"; spaces+=("$space")
@@ -51,6 +54,7 @@ host() {
   ip netns exec "$space" ip link set lo up
   ip netns exec "$space" ip route replace "$net.0/24" dev eth0 proto kernel scope link src "$net.$i" congctl "$CC"
   ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${RATE_MBIT}mbit" burst 32kb latency 100ms
+  [ -z "$DOWN_MBIT" ] || tc qdisc add dev "v$tag$i" root tbf rate "${DOWN_MBIT}mbit" burst 32kb latency 100ms
 }
 # shaped I: "BYTES DROPPED", what host I's shaper has sent and dropped since it was made.
 shaped() { ip netns exec "$tag-$1" tc -s qdisc show dev eth0 | awk '/ Sent /{ print $2, $7 + 0; exit }'; }
@@ -81,9 +85,11 @@ ip link add "$bridge" type bridge; ip link set "$bridge" up
 for i in $(seq 1 $((N + 2))); do host "$i"; done
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/payload.bin"
 size=$((SIZE_MIB << 20)); up=$((RATE_MBIT * 1000000 / 8))
-tmin=$(kumar_ross "$size" "$up" "$N")
-defaults=$([ "$N/$RATE_MBIT/$SIZE_MIB/$PIECE" = 12/32/16/262144 ] && echo true || echo false)
-predict scenarios/shaped-links.toml "$defaults"
+tmin=$(kumar_ross "$size" "$up" "$N" "$((${DOWN_MBIT:-0} * 1000000 / 8))")
+case "$N/$RATE_MBIT/${DOWN_MBIT:-none}/$SIZE_MIB/$PIECE" in
+  12/32/none/16/262144) predict scenarios/shaped-links.toml true ;;
+  12/32/32/16/262144) predict scenarios/shaped-links-symmetric.toml true ;;
+esac
 
 for run in $(seq 1 "$RUNS"); do
   r="$work/run$run"; mkdir -p "$r"
@@ -106,7 +112,7 @@ for run in $(seq 1 "$RUNS"); do
   [ "$QUEUES" = 1 ] && { sample_queues >"$r/queues" & pids+=($!); sampler=$!; }
   for p in "${leechers[@]}"; do wait "$p" || true; done
   [ "$QUEUES" = 1 ] && { kill "$sampler" 2>/dev/null || true; }
-  summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks ($CC), $SIZE_MIB MiB"
+  summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks${DOWN_MBIT:+ and $DOWN_MBIT Mbit/s downlinks} ($CC), $SIZE_MIB MiB"
   read -r sent_now dropped_now < <(shaped 2)
   awk -v b=$((sent_now - seed_sent)) -v f="$size" -v sd=$((dropped_now - seed_dropped)) -v d=$(($(shapers_dropped) - dropped)) \
     'BEGIN { printf "  shapers: the seeder sent %.2f F on the wire and dropped %d packets; every uplink together dropped %d\n", b / f, sd, d }'

@@ -9,8 +9,12 @@ wait_line() {
   echo "timeout waiting for '$2' in $1:" >&2; cat "${1%.log}.err" >&2; exit 1
 }
 
-# kumar_ross F U N: T_min = max(F/u_s, N*F/(u_s + N*u)) with every upload u and unshaped downlinks.
-kumar_ross() { awk -v f="$1" -v u="$2" -v n="$3" 'BEGIN { a = f / u; b = n * f / (u + n * u); printf "%.3f", (a > b ? a : b) }'; }
+# kumar_ross F U N [D]: T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) with every upload u and every
+# download D (unshaped downlinks when D is missing or 0).
+kumar_ross() {
+  awk -v f="$1" -v u="$2" -v n="$3" -v d="${4:-0}" 'BEGIN { a = f / u; b = n * f / (u + n * u); c = d > 0 ? f / d : 0
+    t = a > b ? a : b; printf "%.3f", (t > c ? t : c) }'
+}
 
 # predict SCENARIO DEFAULTS: the simulator's last completion over T_min for SCENARIO (its twin of
 # this script's setup) over seeds 1-3, when DEFAULTS is true (the script runs that setup) and

@@ -11,16 +11,18 @@
 //!   ([`link_bytes`]: 66 bytes per 1,448, as a kernel shaper counts them), so a link's rate
 //!   is its rate on the wire, not of payload;
 //! - it leaves the buffer, front first, at its flow's rate, and a `Data` frame that left is
-//!   reported to `a`'s machine as `Input::Sent`. A flow's rate comes from
-//!   water-filling `a`'s up-rate over `a`'s active flows, each capped at an equal share of its
-//!   receiver's down-rate among the receiver's active inbound flows: a sender's leftover goes
-//!   to its other flows, and a downlink is not given more than its rate (give or take the
-//!   1/16 slack with which a changed share reaches the receiver's other senders). This is
-//!   max-min fair except where a receiver's inbound flows are uneven — one sender cannot use
-//!   the share another leaves at a saturated downlink. We chose it over global progressive
-//!   filling because a cap then depends only on how many flows a receiver has: a flow starting
-//!   or stopping re-settles its sender and, at most, the receiver's other senders, never a
-//!   chain across the swarm;
+//!   reported to `a`'s machine as `Input::Sent`. A flow's rate comes from water-filling
+//!   `a`'s up-rate over `a`'s active flows, each capped at its receiver's downlink share: a
+//!   sender's leftover goes to its other flows. A receiver's share is max-min fair among its
+//!   active inbound flows: flows their senders hold below an equal split keep their rates and
+//!   the others split what those leave, as TCP flows through one shaped downlink do. When a
+//!   sender's rates move, its receivers' shares are computed again, and a share that moved
+//!   re-settles the receiver's other senders: a downlink is not given more than its rate, give
+//!   or take the 1/16 slack with which a moved rate or share is passed on. Passing changes on
+//!   can chain across the swarm, so one event follows at most
+//!   [`SHARE_FOLLOWS_PER_SETTLE_MAX`] receivers (the rest catch up at their next change), and
+//!   a downlink with more than [`FAIR_SHARE_FLOWS_MAX`] inbound flows (a tracker's) is split
+//!   equally;
 //! - an uplink given a standing queue ([`LinkSpec::queue`], none by default) holds it while
 //!   it sends bulk data: a loss-based TCP fills the FIFO of a shaper such as `tc tbf` until
 //!   the FIFO drops, so every frame leaving such an uplink, control frames on idle
@@ -76,8 +78,19 @@ pub const SEGMENT_PAYLOAD_BYTES: u64 = 1448;
 pub const SEGMENT_HEADER_BYTES: u64 = 66;
 
 /// How far (as a fraction) a receiver's downlink share may move before its other senders are
-/// re-settled; see [`Network::inbound_changed`].
+/// re-settled, and a flow's rate before its receiver's share is computed again; see
+/// [`Network::apply_share`] and [`Network::reshare`].
 const SHARE_SLACK: f64 = 1.0 / 16.0;
+
+/// Most active inbound flows a downlink shares max-min fairly, and most active flows of an
+/// uplink whose moved rates are passed on to their receivers. Past it a downlink is split
+/// equally: such a node is a tracker, whose many flows are short replies and requests, and a
+/// scan of them at every change would cost the simulator its scale.
+pub const FAIR_SHARE_FLOWS_MAX: usize = 64;
+
+/// Most receivers whose downlink share one event computes again because a sender's rates
+/// moved (see [`Network::reshare`]).
+pub const SHARE_FOLLOWS_PER_SETTLE_MAX: usize = 64;
 
 /// First source port the network gives the accepting side as the opener's address.
 const EPHEMERAL_PORT_FIRST: u16 = 40_000;
@@ -107,9 +120,12 @@ struct NetNode {
     group: u32,
     uplink: Uplink,
     /// Active flows into this node, as `(sender, flow)`; kept only for a limited downlink,
-    /// which splits its rate equally among them. A sorted vector, compact for the lookups at
+    /// which shares its rate among them. A sorted vector, compact for the lookups at
     /// every flow's start and end.
     inbound: VecSet<(NodeIdx, Flow)>,
+    /// The senders of `inbound`, flow by flow: their up-rates summed, and how many are
+    /// unlimited. While the sum is within the down-rate the downlink cannot be full.
+    inbound_up: InboundUp,
     /// The downlink share last applied to the senders of `inbound`.
     share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
@@ -119,6 +135,42 @@ struct NetNode {
     inbound_next: u64,
     /// It lacks the swarm key: every handshake with it fails (see [`Network::lacks_key`]).
     keyless: bool,
+}
+
+impl NetNode {
+    /// Whether the active inbound flows, with one more from a sender of up-rate `joining`
+    /// (`Some(None)`: unlimited), could together send faster than the downlink takes.
+    fn downlink_may_fill(&self, joining: Option<Option<u64>>) -> bool {
+        let Some(down) = self.link.down_bytes_per_s else { return false };
+        let mut up = self.inbound_up;
+        if let Some(rate) = joining {
+            up.add(rate);
+        }
+        up.unlimited > 0 || up.bytes_per_s > down
+    }
+}
+
+/// Up-rates of a receiver's senders, one entry per active inbound flow.
+#[derive(Clone, Copy, Debug, Default)]
+struct InboundUp {
+    bytes_per_s: u64,
+    unlimited: u32,
+}
+
+impl InboundUp {
+    fn add(&mut self, rate: Option<u64>) {
+        match rate {
+            Some(rate) => self.bytes_per_s += rate,
+            None => self.unlimited += 1,
+        }
+    }
+
+    fn remove(&mut self, rate: Option<u64>) {
+        match rate {
+            Some(rate) => self.bytes_per_s -= rate,
+            None => self.unlimited -= 1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -158,8 +210,11 @@ pub struct Network {
     /// Scratch for [`Uplink::advance`].
     departed: Vec<(Flow, Frame)>,
     changes: Vec<Change>,
-    /// Scratch for [`Network::inbound_changed`].
+    /// Scratch for [`Network::apply_share`].
     senders: Vec<(NodeIdx, Flow)>,
+    /// Scratch for [`Network::reshare`]: rates before and after, and the receivers to follow.
+    rates: Vec<(NodeIdx, f64)>,
+    moved: Vec<NodeIdx>,
 }
 
 /// The address of tracker number `number` (0-based): 10.0.0.1, 10.0.0.2, ….
@@ -224,6 +279,7 @@ impl Network {
                 group: 0,
                 uplink: Uplink::default(),
                 inbound: VecSet::new(),
+                inbound_up: InboundUp::default(),
                 share_applied: f64::INFINITY,
                 data_bytes_up: 0,
                 data_left_at: None,
@@ -242,6 +298,8 @@ impl Network {
             departed: Vec::new(),
             changes: Vec::new(),
             senders: Vec::new(),
+            rates: Vec::new(),
+            moved: Vec::new(),
         }
     }
 
@@ -432,7 +490,7 @@ impl Network {
         }
         // Progress so far is counted at the old rates before the set of flows changes.
         self.advance(now, from, queue);
-        let cap = downlink_share(&self.nodes[to.0]);
+        let cap = self.downlink_share(to, Some(from));
         if self.nodes[from.0].uplink.push((flow, to, conn), frame, cap) {
             self.inbound_changed(from, flow, to, true);
         }
@@ -461,21 +519,55 @@ impl Network {
 
     /// Brings `node` and every node whose rates its changes affect up to `now`: frames that
     /// finished leave, rates are shared anew, the next wake-up is planned and `Sent` reports
-    /// are collected. A change in a receiver's number of active senders changes its downlink
-    /// share, so its other senders whose rate that share bounds (or now bounds) are settled
-    /// too; their rate changes alter no count, so this stops after that one step.
+    /// are collected. A change in a receiver's active senders, or in their rates, changes its
+    /// downlink share, so its other senders whose rate that share bounds (or now bounds) are
+    /// settled too, up to [`SHARE_FOLLOWS_PER_SETTLE_MAX`] receivers followed.
     fn settle(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.unsettled.push(node);
+        let mut follows = SHARE_FOLLOWS_PER_SETTLE_MAX;
         while let Some(node) = self.unsettled.pop() {
             self.advance(now, node, queue);
+            self.reshare(node, &mut follows);
             let (n, reports) = (&mut self.nodes[node.0], &mut self.reports);
-            n.uplink.reshare(n.link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64));
             let at = n.uplink.next_departure();
             if let (Some(at), Some(wake)) = (at, n.uplink.plan_wake(at)) {
                 queue.push(at, Item::UplinkDone { node, transmission: wake });
             }
             n.uplink.take_reports(|conn, frames| add_report(reports, (node, conn, frames)));
         }
+    }
+
+    /// Shares `node`'s uplink anew; each receiver with a limited downlink whose flow from it
+    /// moved by more than [`SHARE_SLACK`] has its share computed again, while `follows` lasts.
+    fn reshare(&mut self, node: NodeIdx, follows: &mut usize) {
+        let capacity = self.nodes[node.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
+        let uplink = &mut self.nodes[node.0].uplink;
+        if *follows == 0 || !uplink.is_stale() || uplink.active_flows() > FAIR_SHARE_FLOWS_MAX {
+            uplink.reshare(capacity);
+            return;
+        }
+        let (mut rates, mut moved) = (std::mem::take(&mut self.rates), std::mem::take(&mut self.moved));
+        uplink.rates(&mut rates);
+        let before = rates.len();
+        uplink.reshare(capacity);
+        uplink.rates(&mut rates);
+        let (old, new) = rates.split_at(before);
+        for (&(to, was), &(_, is)) in old.iter().zip(new) {
+            if (is - was).abs() > is.max(was) * SHARE_SLACK && self.nodes[to.0].downlink_may_fill(None) {
+                moved.push(to);
+            }
+        }
+        moved.sort_unstable();
+        moved.dedup();
+        for to in moved.drain(..) {
+            if *follows == 0 {
+                break;
+            }
+            *follows -= 1;
+            self.apply_share(to, None);
+        }
+        rates.clear();
+        (self.rates, self.moved) = (rates, moved);
     }
 
     /// Counts `node`'s uplink progress up to `now`; frames that finished leave.
@@ -503,16 +595,27 @@ impl Network {
     /// than that: a sender's rate stays within twice the slack of its cap until its own next
     /// event (which reads the current share).
     fn inbound_changed(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx, active: bool) {
-        let receiver = &mut self.nodes[to.0];
-        if receiver.link.down_bytes_per_s.is_none() {
+        if self.nodes[to.0].link.down_bytes_per_s.is_none() {
             return;
         }
+        let up = self.nodes[from.0].link.up_bytes_per_s;
+        let receiver = &mut self.nodes[to.0];
         if active {
-            receiver.inbound.insert((from, flow));
-        } else {
-            receiver.inbound.remove(&(from, flow));
+            if receiver.inbound.insert((from, flow)) {
+                receiver.inbound_up.add(up);
+            }
+        } else if receiver.inbound.remove(&(from, flow)) {
+            receiver.inbound_up.remove(up);
         }
-        let share = downlink_share(receiver);
+        self.apply_share(to, Some(from));
+    }
+
+    /// Computes `to`'s downlink share again and, when it moved by more than [`SHARE_SLACK`]
+    /// since it was last applied, caps its senders' flows at it; those whose rate is then off
+    /// are settled, but for `from`, which the caller settles.
+    fn apply_share(&mut self, to: NodeIdx, from: Option<NodeIdx>) {
+        let share = self.downlink_share(to, None);
+        let receiver = &mut self.nodes[to.0];
         if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
             return;
         }
@@ -529,11 +632,50 @@ impl Network {
             let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
                 rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
             });
-            if off && sender != from && !self.unsettled.contains(&sender) {
+            if off && Some(sender) != from && !self.unsettled.contains(&sender) {
                 self.unsettled.push(sender);
             }
         }
         self.senders = senders;
+    }
+
+    /// `to`'s downlink share, the most each of its active inbound flows may take, with a flow
+    /// from `joining` about to start (counted as taking its share): max-min fair, so flows
+    /// their senders hold below it keep their rates and the rest split what those leave.
+    /// Infinite for a downlink its senders cannot fill; an equal split past
+    /// [`FAIR_SHARE_FLOWS_MAX`] flows.
+    fn downlink_share(&self, to: NodeIdx, joining: Option<NodeIdx>) -> f64 {
+        let node = &self.nodes[to.0];
+        let Some(down) = node.link.down_bytes_per_s else { return f64::INFINITY };
+        if !node.downlink_may_fill(joining.map(|sender| self.nodes[sender.0].link.up_bytes_per_s)) {
+            return f64::INFINITY;
+        }
+        let (down, count) = (down as f64, (node.inbound.len() + usize::from(joining.is_some())).max(1));
+        let mut level = down / count as f64;
+        if node.inbound.len() > FAIR_SHARE_FLOWS_MAX {
+            return level;
+        }
+        // Water-filling: each pass holds the flows below the level at their rates and splits
+        // the rest anew; the level only rises, so the held flows only grow, in at most one
+        // pass per flow.
+        loop {
+            let (mut held_bytes_per_s, mut held) = (0.0, 0);
+            for &(sender, flow) in node.inbound.iter() {
+                let rate = self.nodes[sender.0].uplink.rate_of(flow);
+                if let Some((rate, false)) = rate.filter(|(rate, _)| *rate > 0.0 && *rate < level) {
+                    held_bytes_per_s += rate;
+                    held += 1;
+                }
+            }
+            if held == 0 || held == count {
+                return level;
+            }
+            let next = (down - held_bytes_per_s) / (count - held) as f64;
+            if next <= level {
+                return level;
+            }
+            level = next;
+        }
     }
 
     /// `from`'s `flow` stops: what it queued is dropped (its link is gone).
@@ -740,12 +882,6 @@ pub fn link_bytes(size_bytes: u64) -> u64 {
     size_bytes + size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES) * SEGMENT_HEADER_BYTES
 }
 
-/// What each active flow into `node` may take of its downlink: an equal share among them
-/// (infinite when the downlink is unlimited).
-fn downlink_share(node: &NetNode) -> f64 {
-    node.link.down_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64 / node.inbound.len().max(1) as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,6 +1065,58 @@ mod tests {
         net.send(Time::from_millis(1020), NodeIdx(2), conn, (Message::List, sized_for_link(500)), &mut q);
         let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
         assert_eq!(times, [Time::from_millis(2030), Time::from_millis(2530)]);
+    }
+
+    /// Node 0 with `receiver`'s link; nodes 1.. with `senders`' links, each connected to node
+    /// 0 as its `Outbound(1)`, and node `senders.len() + 1` with `other`'s link, to which node
+    /// 1 is connected as its `Outbound(2)`.
+    fn into_one(receiver: LinkSpec, senders: &[LinkSpec], other: LinkSpec) -> (Network, Queue) {
+        let mut specs = vec![receiver];
+        specs.extend_from_slice(senders);
+        specs.push(other);
+        let count = specs.len();
+        let mut net = Network::new(1, specs);
+        let mut q = Queue::default();
+        for node in 0..count {
+            net.node_up(NodeIdx(node));
+        }
+        for node in 1..count - 1 {
+            net.connect(Time::ZERO, NodeIdx(node), ConnId::Outbound(1), node_addr(NodeIdx(0)), &mut q);
+        }
+        net.connect(Time::ZERO, NodeIdx(1), ConnId::Outbound(2), node_addr(NodeIdx(count - 1)), &mut q);
+        drain(&mut net, &mut q);
+        (net, q)
+    }
+
+    #[test]
+    fn a_sender_held_below_its_share_of_a_narrow_downlink_leaves_the_rest_to_the_others() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(1000), ..link(10, None, 0.0) };
+        let slow = link(10, Some(300), 0.0);
+        let (mut net, mut q) = into_one(narrow, &[slow, link(10, None, 0.0)], link(10, None, 0.0));
+        let at = Time::from_millis(20);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(3000)), &mut q);
+        net.send(at, NodeIdx(2), ConnId::Outbound(1), (Message::List, sized_for_link(700)), &mut q);
+        let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        // The slow sender takes 300 B/s of the downlink, the other the 700 B/s it leaves (not
+        // half of it, 500 B/s).
+        assert_eq!(times, [Time::from_millis(20 + 1000 + 10), Time::from_millis(20 + 10_000 + 10)]);
+    }
+
+    #[test]
+    fn a_sender_whose_rate_rises_takes_its_share_back_from_the_others() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(1200), ..link(10, None, 0.0) };
+        let (mut net, mut q) = into_one(narrow, &[link(10, Some(1000), 0.0), link(10, None, 0.0)], link(10, None, 0.0));
+        let at = Time::from_millis(20);
+        // Node 1 splits its 1000 B/s between node 0 and node 3 for a second, so node 2 gets the
+        // 700 B/s of node 0's downlink that node 1 leaves; then node 1's flow to node 0 rises
+        // and the two share the downlink, 600 B/s each: node 2's 1300 bytes take 2 s.
+        net.send(at, NodeIdx(1), ConnId::Outbound(2), (Message::List, sized_for_link(500)), &mut q);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(5000)), &mut q);
+        net.send(at, NodeIdx(2), ConnId::Outbound(1), (Message::List, sized_for_link(1300)), &mut q);
+        let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        // Node 3's 500 bytes; node 2's; node 1's 5000 bytes, 500 + 600 of them by 2,020 ms and
+        // the rest at 1000 B/s once node 2 is done.
+        assert_eq!(times, [Time::from_millis(1030), Time::from_millis(2030), Time::from_millis(5930)]);
     }
 
     fn data(chunk: u32) -> Message {

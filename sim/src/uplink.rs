@@ -124,9 +124,9 @@ pub struct Uplink {
     updated: Time,
     /// Flows came, went, or got new caps since the last [`reshare`](Uplink::reshare).
     stale: bool,
-    /// The flows' caps, as a multiset of their bits (to find the smallest at once). A
-    /// cap is a receiver's downlink rate over its flow count, so values repeat and a sorted
-    /// vector of the distinct ones stays short.
+    /// The flows' caps, as a multiset of their bits (to find the smallest at once). A cap is
+    /// a receiver's downlink share, most often its rate over its flow count, so values repeat
+    /// and a sorted vector of the distinct ones stays short.
     caps: VecMap<u64, u32>,
     /// The scheduled wake-up: its number and time.
     wake: Option<(u32, Time)>,
@@ -274,15 +274,42 @@ impl Uplink {
         }
     }
 
+    /// Whether flows came, went or got new caps since the last [`reshare`](Uplink::reshare).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// How many flows have something to send.
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// `flow`'s rate as of the last [`reshare`](Uplink::reshare), and whether that rate is its
+    /// cap (its receiver, not this uplink, holds it there); `None` when it is not active.
+    pub fn rate_of(&self, flow: Flow) -> Option<(f64, bool)> {
+        let f = self.flows.get(&flow)?;
+        Some(match &self.equal {
+            Some(eq) => (eq.level, false),
+            None => (f.rate, f.capped),
+        })
+    }
+
+    /// Appends each active flow's receiver and rate (as of the last
+    /// [`reshare`](Uplink::reshare)) to `out`, in the same order on every call while the set
+    /// of flows stays the same.
+    pub fn rates(&self, out: &mut Vec<(NodeIdx, f64)>) {
+        out.extend(self.flows.values().map(|f| {
+            let rate = self.equal.as_ref().map_or(f.rate, |eq| eq.level);
+            (f.to, rate)
+        }));
+    }
+
     /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
     /// current rate and whether that rate is its old cap (`None`: not active).
     pub fn set_cap(&mut self, flow: Flow, cap: f64) -> Option<(f64, bool)> {
+        let now = self.rate_of(flow)?;
         let f = self.flows.get_mut(&flow)?;
         let old = std::mem::replace(&mut f.cap, cap);
-        let now = match &self.equal {
-            Some(eq) => (eq.level, false),
-            None => (f.rate, f.capped),
-        };
         if old.to_bits() != cap.to_bits() {
             multiset_remove(&mut self.caps, old.to_bits());
             *self.caps.get_or_insert_with(cap.to_bits(), || 0) += 1;
