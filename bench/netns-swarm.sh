@@ -9,7 +9,8 @@
 # what the shapers saw: the seeder's bytes on the wire over F (headers and retransmissions
 # included) and the packets every shaper dropped. With the defaults it first prints the
 # simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3; with
-# DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml), which should agree within 20 %.
+# DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml; with N=20 RATE_MBIT=8 DOWN_MBIT=32
+# SIZE_MIB=4, scenarios/shaped-links-8mbit.toml), which should agree within 20 %.
 #
 # TCP in the namespaces uses CC (default cubic, the Linux default) through each namespace's
 # route, whatever the host's default is: a host set to BBR v1 loses 5-8 % of the seeder's
@@ -89,6 +90,7 @@ tmin=$(kumar_ross "$size" "$up" "$N" "$((${DOWN_MBIT:-0} * 1000000 / 8))")
 case "$N/$RATE_MBIT/${DOWN_MBIT:-none}/$SIZE_MIB/$PIECE" in
   12/32/none/16/262144) predict scenarios/shaped-links.toml true ;;
   12/32/32/16/262144) predict scenarios/shaped-links-symmetric.toml true ;;
+  20/8/32/4/262144) predict scenarios/shaped-links-8mbit.toml true ;;
 esac
 
 for run in $(seq 1 "$RUNS"); do
