@@ -89,7 +89,7 @@ const SHARE_SLACK: f64 = 1.0 / 16.0;
 pub const FAIR_SHARE_FLOWS_MAX: usize = 64;
 
 /// Most receivers whose downlink share one event computes again because a sender's rates
-/// moved (see [`Network::reshare`]).
+/// moved (the rest catch up at their next change).
 pub const SHARE_FOLLOWS_PER_SETTLE_MAX: usize = 64;
 
 /// First source port the network gives the accepting side as the opener's address.
