@@ -490,7 +490,10 @@ impl Network {
         }
         // Progress so far is counted at the old rates before the set of flows changes.
         self.advance(now, from, queue);
-        let cap = self.downlink_share(to, Some(from));
+        // Only a flow that starts takes a cap: the share costs a scan of the receiver's senders,
+        // which a frame queued behind others need not pay.
+        let starts = !self.nodes[from.0].uplink.has_pending(flow);
+        let cap = if starts { self.downlink_share(to, Some(from)) } else { f64::INFINITY };
         if self.nodes[from.0].uplink.push((flow, to, conn), frame, cap) {
             self.inbound_changed(from, flow, to, true);
         }

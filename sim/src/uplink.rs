@@ -287,21 +287,23 @@ impl Uplink {
     /// `flow`'s rate as of the last [`reshare`](Uplink::reshare), and whether that rate is its
     /// cap (its receiver, not this uplink, holds it there); `None` when it is not active.
     pub fn rate_of(&self, flow: Flow) -> Option<(f64, bool)> {
-        let f = self.flows.get(&flow)?;
-        Some(match &self.equal {
-            Some(eq) => (eq.level, false),
-            None => (f.rate, f.capped),
-        })
+        self.flows.get(&flow).map(|f| self.rate_and_capped(f))
     }
 
     /// Appends each active flow's receiver and rate (as of the last
     /// [`reshare`](Uplink::reshare)) to `out`, in the same order on every call while the set
     /// of flows stays the same.
     pub fn rates(&self, out: &mut Vec<(NodeIdx, f64)>) {
-        out.extend(self.flows.values().map(|f| {
-            let rate = self.equal.as_ref().map_or(f.rate, |eq| eq.level);
-            (f.to, rate)
-        }));
+        out.extend(self.flows.values().map(|f| (f.to, self.rate_and_capped(f).0)));
+    }
+
+    /// An active flow's rate and whether it is its cap: every flow's is the level under equal
+    /// shares, where no cap binds.
+    fn rate_and_capped(&self, f: &FlowState) -> (f64, bool) {
+        match &self.equal {
+            Some(eq) => (eq.level, false),
+            None => (f.rate, f.capped),
+        }
     }
 
     /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
