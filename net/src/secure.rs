@@ -450,17 +450,27 @@ impl SecureWriter {
         'slices: for slice in slices {
             let mut rest: &[u8] = slice;
             while !rest.is_empty() {
+                if !self.gathered.is_empty() && rest.len() >= CHUNK_PLAINTEXT_BYTES_MAX {
+                    // A long slice (a block's payload) after short ones (its frame's head):
+                    // the short ones go as a chunk of their own, so the long one is sealed
+                    // where it lies rather than copied in behind them.
+                    self.seal_gathered()?;
+                }
                 let room = (CHUNK_PLAINTEXT_BYTES_MAX - self.gathered.len()).min(WRITE_BATCH_BYTES - taken);
                 if room == 0 {
                     break 'slices;
                 }
                 let part = rest.len().min(room);
-                self.gathered.extend_from_slice(&rest[..part]);
+                if self.gathered.is_empty() && part == CHUNK_PLAINTEXT_BYTES_MAX {
+                    self.seal_chunk(&rest[..part])?;
+                } else {
+                    self.gathered.extend_from_slice(&rest[..part]);
+                    if self.gathered.len() == CHUNK_PLAINTEXT_BYTES_MAX {
+                        self.seal_gathered()?;
+                    }
+                }
                 rest = &rest[part..];
                 taken += part;
-                if self.gathered.len() == CHUNK_PLAINTEXT_BYTES_MAX {
-                    self.seal_gathered()?;
-                }
             }
         }
         if !self.gathered.is_empty() {
@@ -470,15 +480,23 @@ impl SecureWriter {
     }
 
     fn seal_gathered(&mut self) -> io::Result<()> {
-        let len = self.gathered.len() + TAG_BYTES;
+        let gathered = std::mem::take(&mut self.gathered);
+        let sealed = self.seal_chunk(&gathered);
+        self.gathered = gathered;
+        self.gathered.clear();
+        sealed
+    }
+
+    /// Seals `plaintext`, at most [`CHUNK_PLAINTEXT_BYTES_MAX`], as the next chunk.
+    fn seal_chunk(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        let len = plaintext.len() + TAG_BYTES;
         self.sealed.put_u16(len as u16);
         let start = self.sealed.len();
         self.sealed.resize(start + len, 0);
         self.transport
-            .write_message(self.nonce, &self.gathered, &mut self.sealed[start..])
+            .write_message(self.nonce, plaintext, &mut self.sealed[start..])
             .map_err(|e| io::Error::other(format!("cannot seal a chunk: {e}")))?;
         self.nonce += 1;
-        self.gathered.clear();
         Ok(())
     }
 
@@ -582,6 +600,7 @@ impl std::fmt::Debug for SecureWriter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// Both ends of a loopback connection after their handshakes, the dialler's first, each
     /// with a new key pair and the given swarm key.
@@ -679,6 +698,17 @@ pub(crate) mod tests {
         let mut received = vec![0u8; big.len()];
         accepted.read_exact(&mut received).await.expect("receives");
         assert!(received == big, "the bytes arrive whole and in order");
+        // A frame's short head, a long payload sealed where it lies, and a short tail.
+        let mut framed = Bytes::from_static(b"head:").chain(Bytes::from(big.clone())).chain(&b":tail"[..]);
+        dialled.write_all_buf(&mut framed).await.expect("sends the slices");
+        dialled.flush().await.expect("sent");
+        let mut received = vec![0u8; big.len() + 10];
+        accepted.read_exact(&mut received).await.expect("receives");
+        assert!(
+            received[..5] == *b"head:"
+                && received[5..5 + big.len()] == big[..]
+                && received[5 + big.len()..] == *b":tail"
+        );
         accepted.write_all(b"back").await.expect("answers");
         accepted.flush().await.expect("answered");
         let mut back = [0u8; 4];

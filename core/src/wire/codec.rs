@@ -223,12 +223,16 @@ fn next_text_is(decoder: &mut Decoder<&[u8]>, expected: &[u8]) -> Option<bool> {
 /// One connection's receive buffer: it accumulates bytes as they arrive and yields whole
 /// messages, the first under [`HELLO_FRAME_BYTES_MAX`] and the others under
 /// [`FRAME_BYTES_MAX`]. Its memory follows the bytes received, not the length prefixes: the
-/// allocation stays under twice the bytes buffered plus one read, and a drained decoder holds
-/// none.
+/// allocation stays under twice the bytes buffered plus one read, or the size of a frame the
+/// remote sent whole before, and a drained decoder holds none.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buffer: BytesMut,
     first_frame_decoded: bool,
+    /// The largest frame (head and body) taken off the buffer so far: room for a frame under
+    /// way is reserved up to this at once, where growing the buffer by doubling would copy
+    /// what it holds at every step.
+    frame_bytes_seen_max: usize,
 }
 
 impl FrameDecoder {
@@ -258,16 +262,23 @@ impl FrameDecoder {
     pub fn next_body(&mut self) -> Result<Option<Bytes>, DecodeError> {
         let body_bytes_max = self.body_bytes_max();
         let body = take_body_within(&mut self.buffer, body_bytes_max)?;
-        // A first frame that does not decode closes the connection, so none comes after it.
-        self.first_frame_decoded |= body.is_some();
+        if let Some(body) = &body {
+            // A first frame that does not decode closes the connection, so none comes after it.
+            self.first_frame_decoded = true;
+            self.frame_bytes_seen_max = self.frame_bytes_seen_max.max(FRAME_HEADER_BYTES + body.len());
+        }
         Ok(body)
     }
 
-    /// Makes room for the next read into [`FrameDecoder::buffer_mut`] of up to `read_bytes`.
-    /// Nothing is reserved for what a length prefix claims: when the buffer is full its
-    /// allocation at most doubles, so it grows with the bytes that actually arrive.
+    /// Makes room for the next read into [`FrameDecoder::buffer_mut`] of up to `read_bytes`,
+    /// and for the rest of the frame under way as far as a frame received before was long.
+    /// Nothing more is reserved for what a length prefix claims: past that, the buffer's
+    /// allocation at most doubles when full, so it grows with the bytes that actually arrive.
     pub fn reserve(&mut self, read_bytes: usize) {
-        self.buffer.reserve(read_bytes);
+        let rest_of_frame = body_len(&self.buffer).map_or(0, |len| {
+            (FRAME_HEADER_BYTES + len).min(self.frame_bytes_seen_max).saturating_sub(self.buffer.len())
+        });
+        self.buffer.reserve(read_bytes.max(rest_of_frame));
     }
 
     /// The buffer to read received bytes into (after [`FrameDecoder::reserve`]).
@@ -337,6 +348,34 @@ mod tests {
         let refused = Err(DecodeError::Oversized { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX });
         assert_eq!(decode_frame(&mut buf), refused);
         assert!(buf.capacity() < 1024, "no room reserved for a hostile length");
+    }
+
+    #[test]
+    fn a_frame_under_way_gets_room_up_to_the_largest_frame_the_remote_sent() {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&frame(&hello()));
+        assert_eq!(decoder.next_message(), Ok(Some(hello())));
+        let big = filler_frame(300 * 1024);
+        decoder.extend(&big[..FRAME_HEADER_BYTES]);
+        decoder.reserve(8 * 1024);
+        assert!(decoder.capacity_bytes() < 64 * 1024, "the first such frame grows with its bytes");
+        decoder.extend(&big[FRAME_HEADER_BYTES..]);
+        // Still held, as a block is until it is on disk: the buffer cannot take its room back.
+        let first = decoder.next_body().expect("within limits");
+        assert!(first.is_some());
+
+        // The next one as long: room for all of it at its prefix, so no byte of it is copied
+        // as the buffer grows.
+        decoder.extend(&big[..FRAME_HEADER_BYTES]);
+        decoder.reserve(8 * 1024);
+        assert!(decoder.capacity_bytes() >= big.len(), "{} for a frame of {}", decoder.capacity_bytes(), big.len());
+        decoder.extend(&big[FRAME_HEADER_BYTES..]);
+        assert!(decoder.next_body().expect("within limits").is_some());
+
+        // A longer claim gets no more than the longest frame received.
+        decoder.extend(&(FRAME_BYTES_MAX as u32).to_be_bytes());
+        decoder.reserve(8 * 1024);
+        assert!(decoder.capacity_bytes() <= big.len(), "{} for a bare prefix", decoder.capacity_bytes());
     }
 
     #[test]
