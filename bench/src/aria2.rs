@@ -96,8 +96,13 @@ pub fn run(file: &TestFile, work: &Path, timeout: Duration) -> anyhow::Result<Sw
     };
     drop(seeder);
     ensure!(sha256_of(&get_dir.join(name))? == file.sha256, "aria2c's copy differs from the shared file");
-    let downloader =
-        DownloaderRun { wall_s, cpu_s: usage.cpu_s, peak_rss_kib: usage.peak_rss_kib, downloaded_bytes: None };
+    let downloader = DownloaderRun {
+        wall_s,
+        cpu_s: usage.cpu_s,
+        sys_s: usage.sys_s,
+        peak_rss_kib: usage.peak_rss_kib,
+        downloaded_bytes: None,
+    };
     Ok(SwarmRun { downloaders: vec![downloader], seeders: vec![seeder_run] })
 }
 

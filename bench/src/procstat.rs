@@ -1,6 +1,7 @@
 //! A process's resource use read from `/proc`, without unsafe code.
 //!
-//! CPU time comes from `/proc/PID/stat` (utime + stime). A child that has exited but is not
+//! CPU time comes from `/proc/PID/stat` (utime + stime, and stime alone: time in the kernel,
+//! which tells a run slowed by the host's memory or disk from one slowed by the program). A child that has exited but is not
 //! reaped yet is a zombie whose `stat` still holds its final CPU time, so the [`Watcher`] keeps
 //! sampling until it sees the zombie state and only then lets the caller reap the child: the CPU
 //! figure is exact. Peak RSS is the kernel's own high-water mark `VmHWM` from
@@ -21,6 +22,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub struct ProcSample {
     /// User + system CPU time so far, in clock ticks.
     pub cpu_ticks: u64,
+    /// The system part of `cpu_ticks`.
+    pub sys_ticks: u64,
     /// Peak resident set (`VmHWM`), KiB; absent once the process released its memory.
     pub hwm_kib: Option<u64>,
     /// Current resident set (`VmRSS`), KiB.
@@ -34,6 +37,8 @@ pub struct ProcSample {
 pub struct ProcUsage {
     /// User + system CPU seconds (final when `exited`).
     pub cpu_s: f64,
+    /// The system part of `cpu_s`.
+    pub sys_s: f64,
     /// Highest `VmHWM` read, KiB.
     pub peak_rss_kib: u64,
     /// The watcher saw the process exit (so `cpu_s` is its final figure).
@@ -63,10 +68,11 @@ pub fn ticks_to_s(ticks: u64) -> f64 {
 /// Reads `pid` now; `None` when the process is gone (reaped) or `/proc` is unreadable.
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (state, cpu_ticks) = parse_stat(&stat)?;
+    let (state, cpu_ticks, sys_ticks) = parse_stat(&stat)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     Some(ProcSample {
         cpu_ticks,
+        sys_ticks,
         hwm_kib: status_kib(&status, "VmHWM:"),
         rss_kib: status_kib(&status, "VmRSS:"),
         zombie: state == 'Z' || state == 'X',
@@ -75,12 +81,12 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 
 /// CPU seconds this process (the bench itself) has used so far.
 pub fn self_cpu_s() -> f64 {
-    let ticks = fs::read_to_string("/proc/self/stat").ok().and_then(|stat| parse_stat(&stat)).map_or(0, |(_, t)| t);
+    let ticks = fs::read_to_string("/proc/self/stat").ok().and_then(|stat| parse_stat(&stat)).map_or(0, |(_, t, _)| t);
     ticks_to_s(ticks)
 }
 
-/// State letter and utime + stime from the text of `/proc/PID/stat`.
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
+/// State letter, utime + stime and stime from the text of `/proc/PID/stat`.
+fn parse_stat(stat: &str) -> Option<(char, u64, u64)> {
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -88,7 +94,7 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((state, utime + stime))
+    Some((state, utime + stime, stime))
 }
 
 /// A `Key:   123 kB` value of `/proc/PID/status`, in KiB.
@@ -131,6 +137,7 @@ fn watch(pid: u32, stop: &AtomicBool) -> ProcUsage {
     while !stop.load(Ordering::Relaxed) {
         let Some(now) = sample(pid) else { break };
         usage.cpu_s = ticks_to_s(now.cpu_ticks);
+        usage.sys_s = ticks_to_s(now.sys_ticks);
         usage.peak_rss_kib = usage.peak_rss_kib.max(now.hwm_kib.unwrap_or(0));
         if now.zombie {
             usage.exited = true;
@@ -148,7 +155,7 @@ mod tests {
     #[test]
     fn stat_fields_are_read_after_the_command_name() {
         let stat = "42 (a (b) c) Z 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0 5 0 0";
-        assert_eq!(parse_stat(stat), Some(('Z', 280)));
+        assert_eq!(parse_stat(stat), Some(('Z', 280, 30)));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct DownloaderRun {
     pub wall_s: f64,
     /// User + system CPU seconds over its whole life.
     pub cpu_s: f64,
+    /// The system part of `cpu_s`.
+    pub sys_s: f64,
     /// Peak RSS, KiB.
     pub peak_rss_kib: u64,
     /// Its `downloaded FILE_ID BYTES` figure.
@@ -193,7 +195,13 @@ fn collect(
         let status = node.wait_exit(EXIT_TIMEOUT)?;
         ensure!(status.success(), "{} exited with {status} after completing", node.name());
         ensure!(usage.exited, "{}: its exit was not observed in /proc", node.name());
-        runs.push(DownloaderRun { wall_s, cpu_s: usage.cpu_s, peak_rss_kib: usage.peak_rss_kib, downloaded_bytes });
+        runs.push(DownloaderRun {
+            wall_s,
+            cpu_s: usage.cpu_s,
+            sys_s: usage.sys_s,
+            peak_rss_kib: usage.peak_rss_kib,
+            downloaded_bytes,
+        });
     }
     Ok((runs, paths))
 }

@@ -206,7 +206,8 @@ fn notes(options: &TransferOptions, ceiling: &HashCeiling) -> Vec<String> {
         ),
         ceiling_note(ceiling),
         "wall: downloader spawn → its `complete` line (slowest downloader when several); \
-         CPU and peak RSS: the downloader process (max over downloaders), from /proc"
+         CPU (its system part in brackets) and peak RSS: the downloader process (max over \
+         downloaders), from /proc"
             .to_owned(),
     ]
 }
@@ -221,7 +222,7 @@ fn summarise(results: &[CaseResult]) -> Table {
         "wall s (median)",
         "each run s",
         "MiB/s",
-        "dl CPU s",
+        "dl CPU s (system)",
         "dl peak RSS MiB",
         "notes",
     ]);
@@ -263,7 +264,8 @@ fn row(result: &CaseResult, swarm_1to1: Option<f64>) -> Vec<String> {
     cells.push(format!("{wall:.2}"));
     cells.push(each.join(", "));
     cells.push(format!("{:.0}", size_mib / wall));
-    cells.push(format!("{:.2}", max_of(|d| d.cpu_s).unwrap_or(0.0)));
+    let cpu = max_of(|d| d.cpu_s).unwrap_or(0.0);
+    cells.push(format!("{cpu:.2} ({:.2})", max_of(|d| d.sys_s).unwrap_or(0.0)));
     cells.push(format!("{:.1}", max_of(|d| d.peak_rss_kib as f64 / 1024.0).unwrap_or(0.0)));
     cells.push(case_notes(result, &ok, wall, swarm_1to1));
     cells
