@@ -4,9 +4,10 @@
 //! which tells a run slowed by the host's memory or disk from one slowed by the program). A
 //! child that has exited but is not reaped yet is a zombie whose `stat` still holds its final
 //! CPU time, so the [`Watcher`] keeps sampling until it sees the zombie state and only then lets
-//! the caller reap the child: the CPU figure is exact. Peak RSS is the kernel's own high-water mark `VmHWM` from
-//! `/proc/PID/status`, polled every [`POLL_INTERVAL`]; it disappears when the process tears its
-//! memory down, so the last reading (at most one interval before exit) is kept.
+//! the caller reap the child: the CPU figure is exact. Peak RSS is the kernel's own high-water
+//! mark `VmHWM` from `/proc/PID/status`, polled every [`POLL_INTERVAL`]; it disappears when the
+//! process tears its memory down, so the last reading (at most one interval before exit) is
+//! kept.
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
