@@ -111,7 +111,9 @@ fn decode_stream(bytes: &[u8], chunk: usize) -> (Vec<Message>, Option<DecodeErro
     let mut messages = Vec::new();
     let chunk = if chunk == 0 { bytes.len().max(1) } else { chunk };
     for read in bytes.chunks(chunk) {
-        decoder.reserve(read.len());
+        // Both ways of making room, by the parity of the read size: whole frames ahead of
+        // their bytes, or room that follows the bytes.
+        decoder.reserve(read.len(), chunk % 2 == 1);
         decoder.extend(read);
         loop {
             match decoder.next_message() {

@@ -429,7 +429,10 @@ impl Reader {
                     }
                 }
             }
-            self.decoder.reserve(READ_BUFFER_BYTES);
+            // A frame's room is reserved whole at its prefix only while the buffers hold under
+            // half their budget: near it, room follows the bytes that arrive, so the remotes
+            // that send most are the ones evicted, not those with the longest frames.
+            self.decoder.reserve(READ_BUFFER_BYTES, self.share.roomy());
             let read = self.half.try_read_buf(self.decoder.buffer_mut());
             if !self.share.hold(self.buffer_bytes()) {
                 return Some(Err(self.over_budget()));

@@ -105,6 +105,12 @@ impl BudgetShare {
         state.holders.get(&self.token).is_some_and(|holder| !holder.evicted)
     }
 
+    /// Whether all the receive buffers together hold under half the budget: room enough to
+    /// reserve whole frames ahead of their bytes.
+    pub fn roomy(&self) -> bool {
+        self.budget.lock().total_bytes < self.budget.max_bytes / 2
+    }
+
     /// The budget of all the receive buffers together.
     pub fn max_bytes(&self) -> usize {
         self.budget.max_bytes
@@ -133,6 +139,8 @@ mod tests {
     fn within_the_budget_nobody_is_evicted_and_leaving_frees_the_bytes() {
         let budget = ReadBudget::new(100);
         let (a, b) = (budget.join(1), budget.join(2));
+        assert!(a.hold(30) && b.hold(19) && a.roomy(), "under half the budget");
+        assert!(b.hold(20) && !a.roomy() && !b.roomy(), "half the budget held");
         assert!(a.hold(60) && b.hold(40), "exactly at the budget");
         assert_eq!(budget.total_bytes(), 100);
         drop(a);

@@ -271,11 +271,12 @@ impl FrameDecoder {
     }
 
     /// Makes room for the next read into [`FrameDecoder::buffer_mut`] of up to `read_bytes`,
-    /// and for the rest of the frame under way as far as a frame received before was long.
-    /// Nothing more is reserved for what a length prefix claims: past that, the buffer's
-    /// allocation at most doubles when full, so it grows with the bytes that actually arrive.
-    pub fn reserve(&mut self, read_bytes: usize) {
-        let rest_of_frame = body_len(&self.buffer).map_or(0, |len| {
+    /// and with `whole_frame` for the rest of the frame under way as far as a frame received
+    /// before was long. Nothing more is reserved for what a length prefix claims: past that,
+    /// the buffer's allocation at most doubles when full, so it grows with the bytes that
+    /// actually arrive.
+    pub fn reserve(&mut self, read_bytes: usize, whole_frame: bool) {
+        let rest_of_frame = body_len(&self.buffer).filter(|_| whole_frame).map_or(0, |len| {
             (FRAME_HEADER_BYTES + len).min(self.frame_bytes_seen_max).saturating_sub(self.buffer.len())
         });
         self.buffer.reserve(read_bytes.max(rest_of_frame));
@@ -357,7 +358,7 @@ mod tests {
         assert_eq!(decoder.next_message(), Ok(Some(hello())));
         let big = filler_frame(300 * 1024);
         decoder.extend(&big[..FRAME_HEADER_BYTES]);
-        decoder.reserve(8 * 1024);
+        decoder.reserve(8 * 1024, true);
         assert!(decoder.capacity_bytes() < 64 * 1024, "the first such frame grows with its bytes");
         decoder.extend(&big[FRAME_HEADER_BYTES..]);
         // Still held, as a block is until it is on disk: the buffer cannot take its room back.
@@ -367,14 +368,22 @@ mod tests {
         // The next one as long: room for all of it at its prefix, so no byte of it is copied
         // as the buffer grows.
         decoder.extend(&big[..FRAME_HEADER_BYTES]);
-        decoder.reserve(8 * 1024);
+        decoder.reserve(8 * 1024, true);
         assert!(decoder.capacity_bytes() >= big.len(), "{} for a frame of {}", decoder.capacity_bytes(), big.len());
+        decoder.extend(&big[FRAME_HEADER_BYTES..]);
+        let second = decoder.next_body().expect("within limits");
+        assert!(second.is_some());
+
+        // Not asked for the whole frame (the budget runs short): room follows the bytes.
+        decoder.extend(&big[..FRAME_HEADER_BYTES]);
+        decoder.reserve(8 * 1024, false);
+        assert!(decoder.capacity_bytes() < 64 * 1024, "{} for a bare prefix", decoder.capacity_bytes());
         decoder.extend(&big[FRAME_HEADER_BYTES..]);
         assert!(decoder.next_body().expect("within limits").is_some());
 
         // A longer claim gets no more than the longest frame received.
         decoder.extend(&(FRAME_BYTES_MAX as u32).to_be_bytes());
-        decoder.reserve(8 * 1024);
+        decoder.reserve(8 * 1024, true);
         assert!(decoder.capacity_bytes() <= big.len(), "{} for a bare prefix", decoder.capacity_bytes());
     }
 
@@ -388,11 +397,11 @@ mod tests {
         decoder.extend(&frame(&hello()));
         assert_eq!(decoder.next_message(), Ok(Some(hello())));
         decoder.extend(&(FRAME_BYTES_MAX as u32).to_be_bytes());
-        decoder.reserve(8 * 1024);
+        decoder.reserve(8 * 1024, true);
         assert!(decoder.capacity_bytes() < 64 * 1024, "reserved {} for a bare prefix", decoder.capacity_bytes());
         let mut received = FRAME_HEADER_BYTES;
         while received < 1024 * 1024 {
-            decoder.reserve(8 * 1024);
+            decoder.reserve(8 * 1024, true);
             let spare = decoder.capacity_bytes() - decoder.buffered_bytes();
             decoder.extend(&vec![0; spare.min(100_000)]);
             received += spare.min(100_000);
@@ -713,7 +722,7 @@ mod tests {
             let mut decoder = FrameDecoder::new();
             let mut got = Vec::new();
             for chunk in all.chunks(split) {
-                decoder.reserve(split);
+                decoder.reserve(split, true);
                 decoder.extend(chunk);
                 while let Some(message) = decoder.next_message().expect("valid stream") {
                     got.push(message);
