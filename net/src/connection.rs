@@ -63,7 +63,14 @@ pub const WRITE_QUEUE_TOTAL_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// (and one segment batch) on the wire — what the machine counts as sent for its backpressure
 /// and upload slots — and little queued data waits where no `Cancel` can recall it. Bytes
 /// sent and not yet acknowledged are not counted: the congestion window still fills.
-pub const SOCKET_UNSENT_BYTES_MAX: u32 = 64 * 1024;
+///
+/// Small, because each byte still unsent when the machine hears `Sent` is time in which it
+/// believes a slot's block gone and starts serving the next connection beside it: on a slow
+/// uplink shared by two slots, 64 KiB is over a tenth of a second of such overlap per block,
+/// and the overlapping flows pass each chunk on more slowly. Where the link is fast the
+/// socket drains as fast as the writer refills it, and the lower mark costs no throughput
+/// (BENCHMARKS.md, "Transfer").
+pub const SOCKET_UNSENT_BYTES_MAX: u32 = 16 * 1024;
 /// How long a closing connection may take to flush what was queued for it.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
