@@ -96,14 +96,7 @@ pub fn run(file: &TestFile, work: &Path, timeout: Duration) -> anyhow::Result<Sw
     };
     drop(seeder);
     ensure!(sha256_of(&get_dir.join(name))? == file.sha256, "aria2c's copy differs from the shared file");
-    let downloader = DownloaderRun {
-        wall_s,
-        cpu_s: usage.cpu_s,
-        sys_s: usage.sys_s,
-        peak_rss_kib: usage.peak_rss_kib,
-        downloaded_bytes: None,
-    };
-    Ok(SwarmRun { downloaders: vec![downloader], seeders: vec![seeder_run] })
+    Ok(SwarmRun { downloaders: vec![DownloaderRun::new(wall_s, &usage, None)], seeders: vec![seeder_run] })
 }
 
 fn wait_seeder(tracker: &HttpTracker, seeder: &mut NodeProc, port: u16) -> anyhow::Result<()> {

@@ -55,6 +55,19 @@ pub struct DownloaderRun {
     pub downloaded_bytes: Option<u64>,
 }
 
+impl DownloaderRun {
+    /// Its figures: `wall_s` as measured, CPU and peak RSS as its watcher saw them.
+    pub fn new(wall_s: f64, usage: &ProcUsage, downloaded_bytes: Option<u64>) -> DownloaderRun {
+        DownloaderRun {
+            wall_s,
+            cpu_s: usage.cpu_s,
+            sys_s: usage.sys_s,
+            peak_rss_kib: usage.peak_rss_kib,
+            downloaded_bytes,
+        }
+    }
+}
+
 /// One seeder's figures.
 #[derive(Clone, Debug)]
 pub struct SeederRun {
@@ -195,13 +208,7 @@ fn collect(
         let status = node.wait_exit(EXIT_TIMEOUT)?;
         ensure!(status.success(), "{} exited with {status} after completing", node.name());
         ensure!(usage.exited, "{}: its exit was not observed in /proc", node.name());
-        runs.push(DownloaderRun {
-            wall_s,
-            cpu_s: usage.cpu_s,
-            sys_s: usage.sys_s,
-            peak_rss_kib: usage.peak_rss_kib,
-            downloaded_bytes,
-        });
+        runs.push(DownloaderRun::new(wall_s, &usage, downloaded_bytes));
     }
     Ok((runs, paths))
 }
