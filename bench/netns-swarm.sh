@@ -3,14 +3,16 @@
 # each in a network namespace of its own on one bridge, every uplink shaped by `tc tbf`
 # (default 32 Mbit/s), a 16 MiB file in 256 KiB pieces, all leechers started together.
 # With DOWN_MBIT set, every downlink is shaped too: a tbf on the bridge's side of each host's
-# veth, which every frame towards that host passes, whoever sent it.
+# veth, which every frame towards that host passes, whoever sent it. With SEED_MBIT set, the
+# seeder's uplink is shaped to that rate instead (a fast seeder).
 # Prints the last and the median completion against the Kumar-Ross bound
 # T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) (F/d only with shaped downlinks), checks every copy, and says
 # what the shapers saw: the seeder's bytes on the wire over F (headers and retransmissions
 # included) and the packets every shaper dropped. With the defaults it first prints the
 # simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3; with
-# DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml; with N=20 RATE_MBIT=8 DOWN_MBIT=32
-# SIZE_MIB=4, scenarios/shaped-links-8mbit.toml), which should agree within 20 %.
+# DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml; with SEED_MBIT=160 DOWN_MBIT=32 too,
+# scenarios/shaped-links-fast-seeder.toml; with N=20 RATE_MBIT=8 DOWN_MBIT=32 SIZE_MIB=4,
+# scenarios/shaped-links-8mbit.toml), which should agree within 20 %.
 #
 # TCP in the namespaces uses CC (default cubic, the Linux default) through each namespace's
 # route, whatever the host's default is: a host set to BBR v1 loses 5-8 % of the seeder's
@@ -23,12 +25,12 @@
 # `tc` per host and sample, so it is off by default.
 #
 # Usage (as root; needs iproute2 with tc): bench/netns-swarm.sh [--no-build]
-#   env: N=12 RATE_MBIT=32 DOWN_MBIT= SIZE_MIB=16 PIECE=262144 RUNS=1 CC=cubic QUEUES=0
+#   env: N=12 RATE_MBIT=32 DOWN_MBIT= SEED_MBIT= SIZE_MIB=16 PIECE=262144 RUNS=1 CC=cubic QUEUES=0
 # Traffic stays inside the namespaces and the bridge this script creates and removes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-12}; RATE_MBIT=${RATE_MBIT:-32}; SIZE_MIB=${SIZE_MIB:-16}; PIECE=${PIECE:-262144}; RUNS=${RUNS:-1}
-CC=${CC:-cubic}; QUEUES=${QUEUES:-0}; DOWN_MBIT=${DOWN_MBIT:-}
+CC=${CC:-cubic}; QUEUES=${QUEUES:-0}; DOWN_MBIT=${DOWN_MBIT:-}; SEED_MBIT=${SEED_MBIT:-}
 [ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node --bin p2p-sim
 node="$PWD/target/release/p2p-node"
 . bench/swarm-common.sh
@@ -46,7 +48,8 @@ trap cleanup EXIT
 # host I: namespace $tag-I with address $net.I on the bridge, its egress shaped by tbf (and
 # with DOWN_MBIT its ingress, by a tbf on the bridge's port).
 host() {
-  local i=$1 space="$tag-$1"
+  local i=$1 space="$tag-$1" rate=$RATE_MBIT
+  [ "$1" != 2 ] || rate=${SEED_MBIT:-$RATE_MBIT}
   ip netns add "$space"; spaces+=("$space")
   ip link add "v$tag$i" type veth peer name eth0 netns "$space"
   ip link set "v$tag$i" master "$bridge" up
@@ -54,7 +57,7 @@ host() {
   ip netns exec "$space" ip link set eth0 up
   ip netns exec "$space" ip link set lo up
   ip netns exec "$space" ip route replace "$net.0/24" dev eth0 proto kernel scope link src "$net.$i" congctl "$CC"
-  ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${RATE_MBIT}mbit" burst 32kb latency 100ms
+  ip netns exec "$space" tc qdisc add dev eth0 root tbf rate "${rate}mbit" burst 32kb latency 100ms
   [ -z "$DOWN_MBIT" ] || tc qdisc add dev "v$tag$i" root tbf rate "${DOWN_MBIT}mbit" burst 32kb latency 100ms
 }
 # shaped I: "BYTES DROPPED", what host I's shaper has sent and dropped since it was made.
@@ -85,12 +88,13 @@ stop_hosts() {
 ip link add "$bridge" type bridge; ip link set "$bridge" up
 for i in $(seq 1 $((N + 2))); do host "$i"; done
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/payload.bin"
-size=$((SIZE_MIB << 20)); up=$((RATE_MBIT * 1000000 / 8))
-tmin=$(kumar_ross "$size" "$up" "$N" "$((${DOWN_MBIT:-0} * 1000000 / 8))")
-case "$N/$RATE_MBIT/${DOWN_MBIT:-none}/$SIZE_MIB/$PIECE" in
-  12/32/none/16/262144) predict scenarios/shaped-links.toml true ;;
-  12/32/32/16/262144) predict scenarios/shaped-links-symmetric.toml true ;;
-  20/8/32/4/262144) predict scenarios/shaped-links-8mbit.toml true ;;
+size=$((SIZE_MIB << 20)); up=$((RATE_MBIT * 1000000 / 8)); seed_up=$((${SEED_MBIT:-$RATE_MBIT} * 1000000 / 8))
+tmin=$(kumar_ross "$size" "$up" "$N" "$((${DOWN_MBIT:-0} * 1000000 / 8))" "$seed_up")
+case "$N/$RATE_MBIT/${DOWN_MBIT:-none}/${SEED_MBIT:-same}/$SIZE_MIB/$PIECE" in
+  12/32/none/same/16/262144) predict scenarios/shaped-links.toml true ;;
+  12/32/32/same/16/262144) predict scenarios/shaped-links-symmetric.toml true ;;
+  12/32/32/160/16/262144) predict scenarios/shaped-links-fast-seeder.toml true ;;
+  20/8/32/same/4/262144) predict scenarios/shaped-links-8mbit.toml true ;;
 esac
 
 for run in $(seq 1 "$RUNS"); do
@@ -114,13 +118,13 @@ for run in $(seq 1 "$RUNS"); do
   [ "$QUEUES" = 1 ] && { sample_queues >"$r/queues" & pids+=($!); sampler=$!; }
   for p in "${leechers[@]}"; do wait "$p" || true; done
   [ "$QUEUES" = 1 ] && { kill "$sampler" 2>/dev/null || true; }
-  summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks${DOWN_MBIT:+ and $DOWN_MBIT Mbit/s downlinks} ($CC), $SIZE_MIB MiB"
+  summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks${SEED_MBIT:+, the seeder $SEED_MBIT Mbit/s,}${DOWN_MBIT:+ and $DOWN_MBIT Mbit/s downlinks} ($CC), $SIZE_MIB MiB"
   read -r sent_now dropped_now < <(shaped 2)
   awk -v b=$((sent_now - seed_sent)) -v f="$size" -v sd=$((dropped_now - seed_dropped)) -v d=$(($(shapers_dropped) - dropped)) \
     'BEGIN { printf "  shapers: the seeder sent %.2f F on the wire and dropped %d packets; every uplink together dropped %d\n", b / f, sd, d }'
-  [ "$QUEUES" = 1 ] && awk -v rate=$up '{ s[$1] += $2; n[$1]++; all += $2 } END {
+  [ "$QUEUES" = 1 ] && awk -v rate=$up -v seed_rate=$seed_up '{ s[$1] += $2; n[$1]++; t[$1] += $2 / ($1 == 2 ? seed_rate : rate) } END {
       printf "  shaper queues, mean while the leechers ran:"
-      for (h = 2; h <= 5; h++) printf " host %d %.1f ms,", h, s[h] / n[h] / rate * 1000
-      printf " all %.1f ms\n", all / NR / rate * 1000 }' "$r/queues"
+      for (h = 2; h <= 5; h++) { printf " host %d %.1f ms,", h, t[h] / n[h] * 1000; all += t[h] }
+      printf " all %.1f ms\n", all / NR * 1000 }' "$r/queues"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; stop_hosts; wait 2>/dev/null || true; pids=()
 done

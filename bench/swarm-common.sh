@@ -9,10 +9,11 @@ wait_line() {
   echo "timeout waiting for '$2' in $1:" >&2; cat "${1%.log}.err" >&2; exit 1
 }
 
-# kumar_ross F U N [D]: T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) with every upload u and every
-# download D (unshaped downlinks when D is missing or 0).
+# kumar_ross F U N [D [US]]: T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) with every leecher's upload
+# U, every download D (unshaped downlinks when D is missing or 0) and the seeder's upload US
+# (U when missing).
 kumar_ross() {
-  awk -v f="$1" -v u="$2" -v n="$3" -v d="${4:-0}" 'BEGIN { a = f / u; b = n * f / (u + n * u); c = d > 0 ? f / d : 0
+  awk -v f="$1" -v u="$2" -v n="$3" -v d="${4:-0}" -v us="${5:-$2}" 'BEGIN { a = f / us; b = n * f / (us + n * u); c = d > 0 ? f / d : 0
     t = a > b ? a : b; printf "%.3f", (t > c ? t : c) }'
 }
 

@@ -17,9 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use p2p_core::limits::{
-    BLOCK_BYTES, CHUNKS_PER_PIECE_MAX, INBOUND_PEERS_MAX, UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT,
-};
+use p2p_core::limits::{BLOCK_BYTES, CHUNKS_PER_PIECE_MAX, INBOUND_PEERS_MAX, UPLOAD_SLOTS_MIN, UPLOAD_STALL_TIMEOUT};
 use p2p_core::manifest::{Manifest, ManifestBuilder};
 use p2p_core::wire::{decode_frame, encode_frame, ErrorCode, Hello, Message, Role};
 use p2p_core::{Bitfield, ChunkIndex, Digest, FileId, PeerId};
@@ -99,7 +97,7 @@ fn clients_that_ask_for_blocks_and_never_read_give_their_upload_slots_to_an_hone
     let file_id = seeder.wait_sharing().file_id;
     let file: FileId = file_id.parse().expect("a file id");
 
-    let readers = (0..UPLOAD_SLOTS_COUNT).map(|_| hog(seeder.addr(), swarm.keys(), Some(STALL_RECV_BUFFER_BYTES)));
+    let readers = (0..UPLOAD_SLOTS_MIN).map(|_| hog(seeder.addr(), swarm.keys(), Some(STALL_RECV_BUFFER_BYTES)));
     let stalled = StalledReaders::start(readers.collect(), file);
     thread::sleep(STALL_HEAD_START);
     let out = subdir(dir.path(), "out");

@@ -298,22 +298,32 @@ pub const SERVE_UNSENT_BYTES_PER_CONN_MAX: u64 = 2 * BLOCK_BYTES as u64;
 /// [`SERVE_UNSENT_BYTES_PER_CONN_MAX`] in blocks of 64 KiB (a queue of seconds on a slow link).
 pub const SERVE_UNSENT_BYTES_FLOOR: u64 = 128 * 1024;
 
-/// Connections served at a time (upload slots); the others' requests wait their turn. Two:
-/// each block a holder serves leaves at half its uplink, so a piece can be passed on soon,
-/// and a second flow keeps the uplink busy when one receiver's downlink is the narrower.
-pub const UPLOAD_SLOTS_COUNT: usize = 2;
+/// Connections served at a time (upload slots) at least; the others' requests wait their
+/// turn. Two: each block a holder serves leaves at half its uplink, so a piece can be passed
+/// on soon, and a second flow keeps the uplink busy when one receiver's downlink is the
+/// narrower. More open while more make the upload faster (`peer/uploads/slot_count.rs`).
+pub const UPLOAD_SLOTS_MIN: usize = 2;
+
+/// Upload slots at most: enough for an uplink sixteen times as fast as its receivers'
+/// downlinks, and a bound on the connections a peer serves at once whatever its measurements.
+pub const UPLOAD_SLOTS_MAX: usize = 16;
 
 /// Slots given to others after which a connection refused for lack of room, and not served
 /// since, goes ahead of those asking for rarer chunks (for room in the line and for a slot),
 /// and is no longer sent out of the line to make room: rarest first alone keeps a downloader
-/// that is behind, whose chunks are common, waiting for every turn. Two rounds of the slots
-/// and the line.
-pub const UPLOAD_STARVED_TURNS: u64 = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+/// that is behind, whose chunks are common, waiting for every turn. Two rounds of the fewest
+/// slots and their line.
+pub const UPLOAD_STARVED_TURNS: u64 = 2 * (UPLOAD_SLOTS_MIN * (1 + UPLOAD_LINE_PER_SLOT)) as u64;
 
-/// Connections that wait for an upload slot at most; a request of any other is refused
-/// (`Busy`) and goes to another holder. As many as there are slots: a slot that frees finds a
-/// request already queued, and no request waits for more than about two turns.
-pub const UPLOAD_LINE_MAX: usize = UPLOAD_SLOTS_COUNT;
+/// Connections that wait for an upload slot at most, per slot open; a request of any other is
+/// refused (`Busy`) and goes to another holder. One: a slot that frees finds a request already
+/// queued, and no request waits for more than about two turns.
+pub const UPLOAD_LINE_PER_SLOT: usize = 1;
+
+/// Blocks a peer remembers having sent on one connection, for [`BUSY_TICKET_TIME`] each: a
+/// request for one of them crossed our `Busy` (its downloader cancelled the copy it had asked
+/// for and asks again when called), and the frame already on its way answers it.
+pub const SENT_BLOCKS_REMEMBERED_PER_CONN_MAX: usize = 8;
 
 /// Bytes queued (and unsent) over an uploader's line under which it takes any asker, however
 /// many are in line, so an uplink serving small pieces still has enough queued to stay busy
@@ -393,11 +403,11 @@ pub const CHUNKS_CLAIMED_UNMEASURED_MIN: usize = 2;
 /// chunk nobody else was offered, and no downloader holds offers the others wait for.
 pub const OFFER_WINDOW_CHUNKS: usize = 1;
 
-/// Downloaders of a file a seeder has an offer outstanding with at once, at least (more for
-/// small chunks, up to [`UPLOAD_LINE_BYTES_MIN`] of them): twice its upload slots and places in
-/// line, so a request is on its way whenever a slot frees. The other downloaders are offered a
-/// chunk as these are served, not all when they connect (see `peer/uploads/offers.rs`).
-pub const OFFERS_OUTSTANDING_MIN: usize = 2 * (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX);
+/// Downloaders of a file a seeder has an offer outstanding with at once, per upload slot open
+/// (more for small chunks, up to [`UPLOAD_LINE_BYTES_MIN`] of them): twice its slots and places
+/// in line, so a request is on its way whenever a slot frees. The other downloaders are offered
+/// a chunk as these are served, not all when they connect (see `peer/uploads/offers.rs`).
+pub const OFFERS_OUTSTANDING_PER_SLOT: usize = 2 * (1 + UPLOAD_LINE_PER_SLOT);
 
 /// How long a seeder's only downloader must have been connected before it is told every chunk
 /// left rather than a window of offers. A flash crowd's peers connect within a moment of each

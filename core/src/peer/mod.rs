@@ -1215,7 +1215,7 @@ impl Peer {
         if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
             remote.useful(self.now);
         }
-        self.uploads.sent(conn, data_frames);
+        self.uploads.sent(conn, data_frames, self.now);
         self.pump_uploads();
     }
 

@@ -17,16 +17,18 @@
 //!   [`SERVE_UNSENT_BYTES_PER_CONN_MAX`]: the rest of its requests wait here, where a `Cancel`
 //!   removes them, not in a transport buffer. `Data` frames leave a connection in the order they
 //!   were queued, so each report of sent frames retires the oldest ones.
-//! - **Upload slots.** At most [`UPLOAD_SLOTS_COUNT`] connections are served at a time, so each
-//!   gets a useful share of the uplink and its blocks (and chunks) arrive soon enough to be
-//!   passed on. The others wait in line. A slot holder that has been served
+//! - **Upload slots.** A few connections are served at a time, so each gets a useful share of
+//!   the uplink and its blocks (and chunks) arrive soon enough to be passed on: at least
+//!   [`UPLOAD_SLOTS_MIN`](crate::limits::UPLOAD_SLOTS_MIN), more while more make the upload
+//!   faster, because the receivers' downlinks take less than a slot's share ([`SlotCount`],
+//!   `slot_count.rs`, which this machine owns). The others wait in line. A slot holder that has been served
 //!   [`UPLOAD_TURN_BYTES`] (or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its
 //!   turn while others wait goes to the back of the line (rotation, so a queued request waits
 //!   for a few turns, not for every connection); one whose requests are all served and sent
 //!   gives its slot up. So does one none of whose `Data` frames left for
 //!   [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never reads): its queued
 //!   requests are refused, as are its new ones until its frames drain.
-//! - **A short line.** At most [`UPLOAD_LINE_MAX`] connections wait for a slot (more while the line
+//! - **A short line.** At most [`UPLOAD_LINE_PER_SLOT`] connections per slot wait for one (more while the line
 //!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small chunks); a request of a connection that is
 //!   neither served nor in line is refused (`Busy`) while the line is full, so the downloader asks
 //!   another holder of the chunk at once instead of waiting here for every turn before its own
@@ -75,19 +77,21 @@
 mod offers;
 mod pacing;
 mod serve;
+mod slot_count;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::ids::{ChunkIndex, ConnId, FileId};
 use crate::limits::{
-    BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SERVE_QUEUE_PER_CONN_MAX, SERVE_READS_IN_FLIGHT_MAX,
-    SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN, UPLOAD_LINE_MAX,
-    UPLOAD_SLOTS_COUNT, UPLOAD_STALL_TIMEOUT, UPLOAD_STARVED_TURNS, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
+    BUSY_TICKET_TIME, BUSY_TICKET_TIME_MAX, SENT_BLOCKS_REMEMBERED_PER_CONN_MAX, SERVE_QUEUE_PER_CONN_MAX,
+    SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN,
+    UPLOAD_LINE_PER_SLOT, UPLOAD_STALL_TIMEOUT, UPLOAD_STARVED_TURNS, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
 };
 use crate::time::Time;
 
 use pacing::TokenBucket;
+use slot_count::SlotCount;
 
 use super::chunks::FileEntry;
 use super::remote::Remotes;
@@ -113,7 +117,7 @@ impl ServeJob {
 }
 
 /// A request that is not queued: the connection has [`SERVE_QUEUE_PER_CONN_MAX`] already, its
-/// remote does not read, or it is not in line and the line is full (see [`UPLOAD_LINE_MAX`]).
+/// remote does not read, or it is not in line and the line is full (see [`UPLOAD_LINE_PER_SLOT`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Refused {
     /// To be answered `Busy`.
@@ -138,6 +142,8 @@ struct ConnUploads {
     /// Each `Data` frame queued on it and not reported sent, in order: its block and payload
     /// bytes.
     unsent_data: VecDeque<((FileId, ChunkIndex, u32), u32)>,
+    /// The last [`SENT_BLOCKS_REMEMBERED_PER_CONN_MAX`] blocks reported sent, and when.
+    sent_lately: VecDeque<((FileId, ChunkIndex, u32), Time)>,
     /// Reads started for it and not finished.
     reads: Vec<ServeJob>,
     /// Bytes read for it since it got its slot.
@@ -190,6 +196,12 @@ impl ConnUploads {
     /// Whether `block` is being read or its `Data` frame waits to leave: it will be sent.
     fn on_its_way(&self, block: (FileId, ChunkIndex, u32)) -> bool {
         self.reads.iter().any(|j| j.block() == block) || self.unsent_data.iter().any(|(b, _)| *b == block)
+    }
+
+    /// Whether `block` was reported sent less than [`BUSY_TICKET_TIME`] before `now`: a request
+    /// for it now crossed our `Busy`, and the frame on its way answers it.
+    fn sent_lately(&self, block: (FileId, ChunkIndex, u32), now: Time) -> bool {
+        self.sent_lately.iter().any(|(b, at)| *b == block && now < *at + BUSY_TICKET_TIME)
     }
 
     /// Queues `job` last.
@@ -295,6 +307,8 @@ pub(super) struct Uploads {
     offers: Offers,
     /// Slots given so far: how long a refused connection waited is counted in turns.
     turns: u64,
+    /// How many slots to fill.
+    slot_count: SlotCount,
 }
 
 impl Uploads {
@@ -314,6 +328,7 @@ impl Uploads {
             refused: Vec::new(),
             offers: Offers::new(),
             turns: 0,
+            slot_count: SlotCount::new(),
         }
     }
 
@@ -364,9 +379,9 @@ impl Uploads {
         let state = self.conns.entry(job.conn).or_default();
         // A request crossing our `Busy` may be queued after all (the line had room by then),
         // and the downloader, taking it for refused, asks again when called: one copy is sent,
-        // also when the first is read and still waits to leave.
+        // also when the first is read and still waits to leave, or left moments ago.
         let block = job.block();
-        if state.queue.iter().any(|j| j.block() == block) || state.on_its_way(block) {
+        if state.queue.iter().any(|j| j.block() == block) || state.on_its_way(block) || state.sent_lately(block, now) {
             return Err(Refused::Covered);
         }
         if state.queue.len() + state.reads.len() >= SERVE_QUEUE_PER_CONN_MAX {
@@ -408,15 +423,25 @@ impl Uploads {
         state.unsent_bytes += u64::from(bytes);
     }
 
-    /// The driver reports `data_frames` more of `conn`'s `Data` frames sent.
-    pub fn sent(&mut self, conn: ConnId, data_frames: u32) {
+    /// The driver reports `data_frames` more of `conn`'s `Data` frames sent at `now`.
+    pub fn sent(&mut self, conn: ConnId, data_frames: u32, now: Time) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
+        let (mut sent_bytes, mut frames) = (0, 0);
         for _ in 0..data_frames {
-            let Some((_, bytes)) = state.unsent_data.pop_front() else { break };
+            let Some((block, bytes)) = state.unsent_data.pop_front() else { break };
+            if state.sent_lately.len() == SENT_BLOCKS_REMEMBERED_PER_CONN_MAX {
+                state.sent_lately.pop_front();
+            }
+            state.sent_lately.push_back((block, now));
+            sent_bytes += u64::from(bytes);
+            frames += 1;
             state.unsent_bytes = state.unsent_bytes.saturating_sub(u64::from(bytes));
             // Its frames move: the wait starts again from the next look.
             state.stalled_since = None;
         }
+        let waiting = !self.waiting.is_empty() || !self.tickets.is_empty();
+        self.slot_count.sent(now, sent_bytes, frames, waiting);
+        self.offers.set_slots(self.slot_count.slots());
     }
 
     /// The read of `conn`'s block at `chunk`+`offset` finished (its `Data` frame, if any, is
@@ -486,8 +511,14 @@ impl Uploads {
         if short {
             self.tickets.len() + 1
         } else {
-            (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len())
+            self.line_places().saturating_sub(self.slots.len() + self.waiting.len())
         }
+    }
+
+    /// Connections served or waiting in line at most: the slots open and
+    /// [`UPLOAD_LINE_PER_SLOT`] places in line for each.
+    fn line_places(&self) -> usize {
+        self.slot_count.slots() * (1 + UPLOAD_LINE_PER_SLOT)
     }
 
     /// A ticket came, went or changed: the next [`Uploads::lapse_tickets`] looks through them.
@@ -571,7 +602,7 @@ impl Uploads {
         // A call holds room in the line for its ticket until it comes (see `admit`): at most
         // as many as the line has free places, so that the calls that come do not fill it past
         // its bound (while it holds few bytes it takes any asker, but not any number of calls).
-        let places = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX).saturating_sub(self.slots.len() + self.waiting.len());
+        let places = self.line_places().saturating_sub(self.slots.len() + self.waiting.len());
         let callable = room.min(places).max(1);
         // Called tickets come first in the order and are not called again: when there are as
         // many as may be called, nobody is, and the others need not be ordered.
@@ -762,7 +793,7 @@ impl Uploads {
             }
         }
         self.slots = kept;
-        while self.slots.len() < UPLOAD_SLOTS_COUNT {
+        while self.slots.len() < self.slot_count.slots() {
             let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
                 let queue = self.conns.get(conn).map(|c| &c.queue);
                 let holders = queue.and_then(|q| rarity.rarest(q)).map_or(usize::MAX, |(_, holders)| holders);
@@ -844,7 +875,7 @@ impl<F: Fn(FileId, ChunkIndex) -> usize> Rarity<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::BLOCK_BYTES;
+    use crate::limits::{BLOCK_BYTES, UPLOAD_SLOTS_MIN};
 
     #[test]
     fn a_chunk_we_sent_whole_counts_as_held_before_its_receiver_announces_it() {
@@ -929,10 +960,10 @@ mod tests {
             request(&mut uploads, 1, chunk);
         }
         assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         assert_eq!(serve(&mut uploads), [(1, 2)]);
         assert!(uploads.cancel(ConnId::Inbound(1), FILE, ChunkIndex(3), 0), "a queued request is recalled");
-        uploads.sent(ConnId::Inbound(1), 2);
+        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO);
         assert_eq!(serve(&mut uploads), [(1, 4)]);
     }
 
@@ -946,31 +977,31 @@ mod tests {
         }
         let floor_blocks = usize::try_from(SERVE_UNSENT_BYTES_FLOOR / u64::from(len)).expect("small");
         assert_eq!(serve(&mut uploads).len(), floor_blocks, "blocks under the floor are read ahead");
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         assert_eq!(serve(&mut uploads).len(), 1, "one left, one more is read");
     }
 
     #[test]
     fn a_bounded_number_of_connections_is_served_and_the_others_take_their_turns() {
         let mut uploads = Uploads::new(None);
-        let conns = UPLOAD_SLOTS_COUNT as u64 + 2;
+        let conns = UPLOAD_SLOTS_MIN as u64 + 2;
         for conn in 1..=conns {
             request(&mut uploads, conn, 0);
             request(&mut uploads, conn, 1);
         }
         let first: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
-        assert_eq!(first, (1..=UPLOAD_SLOTS_COUNT as u64).collect::<Vec<_>>(), "one block per turn, slots only");
+        assert_eq!(first, (1..=UPLOAD_SLOTS_MIN as u64).collect::<Vec<_>>(), "one block per turn, slots only");
         // The first holder's block left: its slot goes to the first in line, and it queues
         // behind the others for its second block.
-        uploads.sent(ConnId::Inbound(1), 1);
-        assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_COUNT as u64 + 1, 0)]);
-        for conn in 2..=UPLOAD_SLOTS_COUNT as u64 {
-            uploads.sent(ConnId::Inbound(conn), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
+        assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_MIN as u64 + 1, 0)]);
+        for conn in 2..=UPLOAD_SLOTS_MIN as u64 {
+            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO);
         }
         // Every holder but the newcomer let its slot go: the last newcomer, then the earlier
         // holders in turn.
         let next: Vec<u64> = serve(&mut uploads).into_iter().map(|(c, _)| c).collect();
-        let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_COUNT as u64 - 1).collect();
+        let expected: Vec<u64> = std::iter::once(conns).chain(1..UPLOAD_SLOTS_MIN as u64 - 1).collect();
         assert_eq!(next, expected);
     }
 
@@ -982,19 +1013,19 @@ mod tests {
             let job = ServeJob { conn: ConnId::Inbound(conn), file_id: FILE, chunk: ChunkIndex(chunk), offset: 0, len };
             assert_eq!(uploads.request(job, Time::ZERO, false, |_, _| 0), Ok(()));
         };
-        for conn in 1..=UPLOAD_SLOTS_COUNT as u64 {
+        for conn in 1..=UPLOAD_SLOTS_MIN as u64 {
             for chunk in 0..4 {
                 ask_block(&mut uploads, conn, chunk);
             }
         }
-        let waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
+        let waiting = UPLOAD_SLOTS_MIN as u64 + 1;
         ask_block(&mut uploads, waiting, 0);
         let first: Vec<(u64, u32)> = serve(&mut uploads);
         assert!(first.iter().all(|&(conn, _)| conn != waiting), "slots only: {first:?}");
         // The first holder's blocks left: its turn is over, and the waiting connection is served
         // before its third block.
         let unsent = first.iter().filter(|&&(conn, _)| conn == 1).count();
-        uploads.sent(ConnId::Inbound(1), u32::try_from(unsent).expect("a few"));
+        uploads.sent(ConnId::Inbound(1), u32::try_from(unsent).expect("a few"), Time::ZERO);
         assert_eq!(serve(&mut uploads), [(waiting, 0)]);
     }
 
@@ -1002,7 +1033,7 @@ mod tests {
     /// filling every slot and every place in line. Returns it with `line`.
     fn full_line() -> (Uploads, u64) {
         let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        let line = (UPLOAD_SLOTS_MIN * (1 + UPLOAD_LINE_PER_SLOT)) as u64;
         for conn in 1..=line {
             assert!(ask(&mut uploads, conn, 0, 0), "room in line for {conn}");
         }
@@ -1014,16 +1045,16 @@ mod tests {
         let (mut uploads, line) = full_line();
         assert!(!ask(&mut uploads, line + 1, 0, 0), "the line is full");
         assert!(!ask(&mut uploads, line + 2, 0, 0), "still full");
-        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
+        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_MIN);
         // The first holder's block left and it asks for nothing more: one room frees, held for
         // the first connection refused, not for a newcomer or the second refused.
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve(&mut uploads);
         assert!(!ask(&mut uploads, line + 3, 0, 100), "a newcomer waits behind the tickets");
         assert!(!ask(&mut uploads, line + 2, 0, 100), "the second ticket waits for the first");
         assert!(ask(&mut uploads, line + 1, 0, 100), "the first ticket gets the room");
         // Tickets lapse when their holders do not come back.
-        uploads.sent(ConnId::Inbound(2), 1);
+        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO);
         serve(&mut uploads);
         let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
         assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
@@ -1036,14 +1067,14 @@ mod tests {
         assert!(!ask_as(&mut uploads, first, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
         assert!(uploads.take_calls(Time::ZERO, |_, _| 0).is_empty(), "no room yet");
-        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_COUNT);
+        assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_MIN);
         // Long after any ticket of a remote asking on a timer would have lapsed, the first
         // holder's block leaves and it asks for nothing more: the first refused is called,
         // and the room is held for it, not for a newcomer.
         // Within the stall timeout, so no slot holder loses its slot for not reading.
         let later = Time::ZERO + BUSY_TICKET_TIME_MAX * 2;
         assert!(later < Time::ZERO + UPLOAD_STALL_TIMEOUT);
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve_at(&mut uploads, later, |_| 0);
         assert_eq!(uploads.take_calls(later, |_, _| 0), [ConnId::Inbound(first)]);
         assert!(uploads.take_calls(later, |_, _| 0).is_empty(), "called once");
@@ -1074,15 +1105,15 @@ mod tests {
             })
         };
         let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        let line = (UPLOAD_SLOTS_MIN * (1 + UPLOAD_LINE_PER_SLOT)) as u64;
         for conn in 1..=line {
             assert!(ask_small(&mut uploads, conn, per_conn, 0), "room in line for {conn}");
         }
         let called = line + 1;
         assert!(!ask_small(&mut uploads, called, 1, 0), "the line is full");
         serve(&mut uploads);
-        for conn in 1..=UPLOAD_SLOTS_COUNT as u64 {
-            uploads.sent(ConnId::Inbound(conn), per_conn);
+        for conn in 1..=UPLOAD_SLOTS_MIN as u64 {
+            uploads.sent(ConnId::Inbound(conn), per_conn, Time::ZERO);
         }
         // The first holders were served and left: the line holds few bytes, and the refused
         // one is called.
@@ -1090,7 +1121,7 @@ mod tests {
         assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(called)]);
         // Newcomers come before its request does; while the line holds few bytes they are let
         // in, until it is full again.
-        for newcomer in line + 2..line + 2 + UPLOAD_SLOTS_COUNT as u64 {
+        for newcomer in line + 2..line + 2 + UPLOAD_SLOTS_MIN as u64 {
             assert!(ask_small(&mut uploads, newcomer, per_conn, 10), "few bytes in line: {newcomer} is let in");
         }
         assert!(!ask_small(&mut uploads, line + 10, 1, 10), "the line is full again");
@@ -1104,7 +1135,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, first, 0, 0, true));
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(first)]);
         uploads.pass(ConnId::Inbound(first));
@@ -1112,7 +1143,7 @@ mod tests {
     }
 
     #[test]
-    fn a_block_asked_for_again_while_queued_or_being_read_is_sent_once() {
+    fn a_block_asked_for_again_while_queued_being_read_or_just_sent_is_sent_once() {
         let mut uploads = Uploads::new(None);
         assert_eq!(answer(&mut uploads, 1, 0, 0, true), Ok(()));
         assert_eq!(answer(&mut uploads, 1, 1, 0, true), Ok(()));
@@ -1124,8 +1155,12 @@ mod tests {
         uploads.read_done(ConnId::Inbound(1), FILE, ChunkIndex(0), 0);
         uploads.data_queued(ConnId::Inbound(1), (FILE, ChunkIndex(0), 0), BLOCK_BYTES);
         assert_eq!(answer(&mut uploads, 1, 0, 30, true), Err(Refused::Covered), "read, waiting to leave");
-        uploads.sent(ConnId::Inbound(1), 1);
-        assert_eq!(answer(&mut uploads, 1, 0, 40, true), Ok(()), "it left: asked again, it is sent again");
+        uploads.sent(ConnId::Inbound(1), 1, Time::from_millis(40));
+        // The downloader cancelled its copy when our `Busy` crossed the request, and asks
+        // again when called: the frame on its way answers it.
+        assert_eq!(answer(&mut uploads, 1, 0, 50, true), Err(Refused::Covered), "it left moments ago");
+        let later = 40 + u64::try_from(BUSY_TICKET_TIME.as_millis()).expect("short");
+        assert_eq!(answer(&mut uploads, 1, 0, later, true), Ok(()), "long gone: asked again, it is sent again");
     }
 
     /// Chunk 0 is held by five remotes, every other chunk by none.
@@ -1144,7 +1179,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, rare, 1, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(rare)], "refused later");
         uploads.pass(ConnId::Inbound(rare));
@@ -1154,7 +1189,7 @@ mod tests {
     #[test]
     fn a_connection_asking_for_a_common_chunk_is_served_within_its_starved_turns_though_rarer_ones_keep_asking() {
         let mut uploads = Uploads::new(None);
-        let askers = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64 + 2;
+        let askers = (UPLOAD_SLOTS_MIN * (1 + UPLOAD_LINE_PER_SLOT)) as u64 + 2;
         let common = askers + 1;
         // Each asker of rare chunks (held by nobody else) asks for a new one whenever it may.
         let mut next_rare = vec![0u32; askers as usize + 1];
@@ -1181,7 +1216,7 @@ mod tests {
                 break;
             }
             for (conn, _) in served {
-                uploads.sent(ConnId::Inbound(conn), 1);
+                uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO);
             }
             uploads.take_refused();
             for called in uploads.take_calls(now, chunk_zero_common) {
@@ -1212,14 +1247,14 @@ mod tests {
             ServeJob { conn: ConnId::Inbound(rare), file_id: FILE, chunk: ChunkIndex(1), offset: 0, len: BLOCK_BYTES };
         assert_eq!(uploads.request(job, Time::from_millis(60), true, chunk_zero_common), Ok(()), "it makes room");
         let refused: Vec<ConnId> = uploads.take_refused().iter().map(|j| j.conn).collect();
-        let first_waiting = UPLOAD_SLOTS_COUNT as u64 + 1;
+        let first_waiting = UPLOAD_SLOTS_MIN as u64 + 1;
         assert_eq!(refused, [ConnId::Inbound(first_waiting)], "a waiting asker of the common chunk leaves the line");
     }
 
     #[test]
     fn to_a_remote_taking_calls_one_busy_answers_every_request_it_has_outstanding() {
         let mut uploads = Uploads::new(None);
-        let line = (UPLOAD_SLOTS_COUNT + UPLOAD_LINE_MAX) as u64;
+        let line = (UPLOAD_SLOTS_MIN * (1 + UPLOAD_LINE_PER_SLOT)) as u64;
         assert!(ask_as(&mut uploads, 1, 0, 0, true));
         assert!(ask_as(&mut uploads, 1, 1, 0, true), "it queues more while in line");
         assert!(ask_as(&mut uploads, 1, 2, 0, true));
@@ -1235,7 +1270,7 @@ mod tests {
         assert_eq!(answer(&mut uploads, caller, 2, late, true), Err(Refused::Busy));
         // 1's turn ends while a ticket is out: of its queued requests only the first is answered.
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve_at(&mut uploads, Time::from_millis(late), |_| 0);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of chunks 1 and 2");
@@ -1248,7 +1283,7 @@ mod tests {
         assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
         assert!(!ask(&mut uploads, line + 1, 0, 0));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         serve(&mut uploads);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
@@ -1269,7 +1304,7 @@ mod tests {
         let first = serve_rarest(&mut uploads, holders);
         assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare chunk first, its request before the others");
         for conn in [3, 4] {
-            uploads.sent(ConnId::Inbound(conn), 1);
+            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO);
         }
         // Nothing rare is left: the earliest in line.
         assert_eq!(serve_rarest(&mut uploads, holders), [(1, 0), (2, 1)]);
@@ -1277,7 +1312,7 @@ mod tests {
 
     #[test]
     fn a_slot_holder_whose_frames_do_not_leave_gives_its_slot_to_one_waiting() {
-        assert_eq!(UPLOAD_SLOTS_COUNT, 2, "two holders, one waiting");
+        assert_eq!(UPLOAD_SLOTS_MIN, 2, "two holders, one waiting");
         let mut uploads = Uploads::new(None);
         for conn in 1..=3 {
             request(&mut uploads, conn, 0);
@@ -1294,7 +1329,7 @@ mod tests {
         assert!(uploads.take_refused().is_empty());
         // At the bound 2's frame leaves, so 2 takes its turns again; 1 never read: its slot
         // goes to 3, its queued requests are refused, and so are new ones.
-        uploads.sent(ConnId::Inbound(2), 1);
+        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO);
         let mut then = serve_at(&mut uploads, due, |_| 0);
         then.sort_unstable();
         assert_eq!(then, [(2, 1), (3, 0), (3, 1)]);
@@ -1304,7 +1339,7 @@ mod tests {
         let at_ms = UPLOAD_STALL_TIMEOUT.as_millis() as u64;
         assert!(!ask(&mut uploads, 1, 3, at_ms), "busy while its frame waits");
         // Once its frame left, it asks like anyone else.
-        uploads.sent(ConnId::Inbound(1), 1);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO);
         assert!(ask(&mut uploads, 1, 4, at_ms), "room in the line once its frame left");
     }
 
@@ -1318,7 +1353,7 @@ mod tests {
         assert_eq!(uploads.wake_at(), None, "no look is due while nobody waits");
         let long_after = Time::ZERO + UPLOAD_STALL_TIMEOUT * 3;
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [], "its frames have not left");
-        uploads.sent(ConnId::Inbound(1), 2);
+        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO);
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [(1, 2)], "it is served as soon as they did");
         assert!(uploads.take_refused().is_empty());
     }

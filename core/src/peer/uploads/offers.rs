@@ -12,8 +12,9 @@
 //! told everything it would ask the seeder for chunks offered to others. So each of the seeder's
 //! turns with a downloader (see the upload slots in `uploads`) sends a chunk nobody else got,
 //! whatever the file's size and however many downloaders arrive. The downloaders fetch different
-//! chunks from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_MIN`
-//! downloaders (more for small chunks) have an offer outstanding at once, enough to keep the
+//! chunks from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_PER_SLOT`
+//! downloaders per upload slot open (more for small chunks) have an offer outstanding at once,
+//! enough to keep the
 //! seeder's slots and line busy: a newcomer beyond them is told nothing yet, and each chunk the
 //! seeder finishes uploading to a downloader, each offered chunk a downloader reports holding
 //! (fetched elsewhere) and each downloader that leaves makes room for one more offer, to the
@@ -46,7 +47,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ChunkIndex, ConnId, FileId};
-use crate::limits::{OFFERS_OUTSTANDING_MIN, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN};
+use crate::limits::{
+    OFFERS_OUTSTANDING_PER_SLOT, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN, UPLOAD_SLOTS_MIN,
+};
 use crate::rng::Rng;
 use crate::time::Time;
 
@@ -62,6 +65,8 @@ pub(in crate::peer) struct Offers {
     /// Lone downloaders offered a window, by when they will have been connected for
     /// `OFFERS_ALONE_AFTER`: then they are told everything left, whether or not room came.
     settling: BTreeSet<(Time, ConnId, FileId)>,
+    /// The upload slots open (see `slot_count.rs`): more take offers to more downloaders.
+    slots: usize,
 }
 
 /// One file of ours as the seeder's offers see it.
@@ -114,7 +119,7 @@ struct Offer {
 impl Offers {
     /// No file spread, nothing offered.
     pub fn new() -> Offers {
-        Offers::default()
+        Offers { slots: UPLOAD_SLOTS_MIN, ..Offers::default() }
     }
 
     /// The chunks to tell `conn` we hold of `ours` in our first bitfield: everything, or the
@@ -136,7 +141,7 @@ impl Offers {
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
         let pending = self.pending(file_id);
         self.told.insert((conn, file_id), offer);
-        if pending < offers_outstanding_max(chunk_bytes) {
+        if pending < offers_outstanding_max(chunk_bytes, self.slots) {
             self.fill_window(conn, ours, holds, OFFER_WINDOW_CHUNKS, rng);
         }
         self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
@@ -191,13 +196,18 @@ impl Offers {
     /// [`offers_outstanding_max`] have an offer outstanding, those with none, the ones told
     /// nothing yet first, each in connection order (the order they came in).
     pub fn offerees(&self, ours: OurFile<'_>) -> Vec<ConnId> {
-        let room = offers_outstanding_max(ours.chunk_bytes).saturating_sub(self.pending(ours.file_id));
+        let room = offers_outstanding_max(ours.chunk_bytes, self.slots).saturating_sub(self.pending(ours.file_id));
         let mut idle: Vec<(bool, ConnId)> = (self.told.iter())
             .filter(|((_, file_id), offer)| *file_id == ours.file_id && offer.outstanding.is_empty())
             .map(|((conn, _), offer)| (offer.told.count() > 0, *conn))
             .collect();
         idle.sort_unstable();
         idle.into_iter().take(room).map(|(_, conn)| conn).collect()
+    }
+
+    /// `slots` upload slots are open now.
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots;
     }
 
     /// Whether every chunk of `file_id` is in the swarm (we uploaded it, or a downloader
@@ -297,11 +307,12 @@ impl Offers {
     }
 }
 
-/// Downloaders of a file with an offer outstanding at once: [`OFFERS_OUTSTANDING_MIN`], or
-/// as many as hold [`UPLOAD_LINE_BYTES_MIN`] of chunks of `chunk_bytes`.
-fn offers_outstanding_max(chunk_bytes: u32) -> usize {
+/// Downloaders of a file with an offer outstanding at once while `slots` upload slots are open:
+/// [`OFFERS_OUTSTANDING_PER_SLOT`] per slot, or as many as hold [`UPLOAD_LINE_BYTES_MIN`] of
+/// chunks of `chunk_bytes`.
+fn offers_outstanding_max(chunk_bytes: u32, slots: usize) -> usize {
     let for_bytes = UPLOAD_LINE_BYTES_MIN.div_ceil(u64::from(chunk_bytes.max(1)));
-    OFFERS_OUTSTANDING_MIN.max(usize::try_from(for_bytes).unwrap_or(usize::MAX))
+    (OFFERS_OUTSTANDING_PER_SLOT * slots).max(usize::try_from(for_bytes).unwrap_or(usize::MAX))
 }
 
 impl Spread {
@@ -389,18 +400,19 @@ mod tests {
             shared_here: true,
             chunk_bytes: 256 * 1024,
         };
-        let crowd = OFFERS_OUTSTANDING_MIN as u64 + 2;
+        let outstanding = OFFERS_OUTSTANDING_PER_SLOT * UPLOAD_SLOTS_MIN;
+        let crowd = outstanding as u64 + 2;
         let told: Vec<u32> = (1..=crowd)
             .map(|n| offers.first_bitfield(ConnId::Inbound(n), ours, Some(&nothing), &mut rng).count())
             .collect();
-        let mut expected = vec![1; OFFERS_OUTSTANDING_MIN];
+        let mut expected = vec![1; outstanding];
         expected.extend([0, 0]);
         assert_eq!(told, expected, "one chunk each to as many as the seeder serves soon, nothing yet to the rest");
         assert!(offers.offerees(ours).is_empty(), "no room while every offer is outstanding");
         let first = ConnId::Inbound(1);
         let chunk = offers.told[&(first, ours.file_id)].outstanding.first().copied().expect("one offer");
         assert!(offers.uploaded(first, ours.file_id, chunk));
-        let next = ConnId::Inbound(OFFERS_OUTSTANDING_MIN as u64 + 1);
+        let next = ConnId::Inbound(outstanding as u64 + 1);
         assert_eq!(offers.offerees(ours), [next], "the first told nothing, not the one just served");
         let offered = offers.top_up(next, ours, Some(&nothing), Some(OFFER_WINDOW_CHUNKS), &mut rng);
         assert_eq!(offered.len(), 1);
@@ -408,8 +420,11 @@ mod tests {
         assert!(offers.offerees(ours).is_empty());
         // Small chunks: as many outstanding as fill the line's bytes.
         let small = OurFile { chunk_bytes: 16 * 1024, ..ours };
-        assert!(offers_outstanding_max(small.chunk_bytes) > OFFERS_OUTSTANDING_MIN);
+        assert!(offers_outstanding_max(small.chunk_bytes, UPLOAD_SLOTS_MIN) > outstanding);
         assert_eq!(offers.offerees(small).len(), 2, "both the served one and the last newcomer");
+        // A slot more: offers to more downloaders at once.
+        offers.set_slots(UPLOAD_SLOTS_MIN + 1);
+        assert_eq!(offers.offerees(ours).len(), 2, "room for the served one and the last newcomer");
     }
 
     #[test]

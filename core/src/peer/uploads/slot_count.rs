@@ -1,0 +1,216 @@
+//! How many upload slots a peer opens: [`UPLOAD_SLOTS_MIN`], more while more make its upload
+//! faster.
+//!
+//! Two slots fill an uplink whose receivers can each take half of it. Where they cannot (a
+//! seeder far faster than its downloaders' downlinks, or downlinks no faster than the uplinks
+//! sending to them, each shared by several senders), two slots leave the uplink partly idle
+//! however many connections wait. More slots everywhere would cost the common case: each
+//! slot's share of the uplink shrinks, so every chunk takes longer to arrive and be passed on.
+//! The peer does not know its link's rate, so it measures and probes:
+//! - a **window** lasts until [`SLOT_WINDOW_FRAMES_MIN`] `Data` frames were reported sent and
+//!   [`SLOT_WINDOW_MIN`] passed, while connections waited for a slot all along (from report to
+//!   report); its rate is the bytes reported sent over its length. A report while nobody waits
+//!   ends the window unmeasured: more slots could not have been used then;
+//! - after a measured window the peer **probes**: it opens one slot more (every other probe,
+//!   one fewer while above the minimum) for the next window, and keeps the change if that
+//!   window's rate was at least [`SLOT_GAIN_PERCENT`] higher (with one fewer: at most that much
+//!   lower), trying one further the same way at once; else it goes back and **holds** for
+//!   [`SLOT_HOLD_WINDOWS`] windows before the next probe. A probe down lets a peer whose
+//!   receivers sped up serve fewer connections faster again.
+//!
+//! With an upload limit the rate cannot rise past it, so probes are undone there too. A remote
+//! cannot make us open more than [`UPLOAD_SLOTS_MAX`]: more only open while the bytes leaving
+//! grow.
+//!
+//! [`SlotCount`] owns that state (private); its input is each report of `Data` frames sent,
+//! with whether connections wait, and its output the number of slots to fill.
+
+use std::time::Duration;
+
+use crate::limits::{UPLOAD_SLOTS_MAX, UPLOAD_SLOTS_MIN};
+use crate::time::Time;
+
+/// Shortest window the upload's rate is measured over.
+const SLOT_WINDOW_MIN: Duration = Duration::from_millis(200);
+/// Fewest `Data` frames a window counts: frames are reported whole, so fewer make the rate
+/// coarse.
+const SLOT_WINDOW_FRAMES_MIN: u32 = 8;
+/// How much faster one slot more must make the upload to be kept (and how much slower one
+/// fewer may), in percent: less is within what the same slots give from window to window.
+const SLOT_GAIN_PERCENT: u64 = 10;
+/// Measured windows after an undone probe before the next one.
+const SLOT_HOLD_WINDOWS: u32 = 4;
+
+/// The upload slots to fill, and the probe that adjusts them (see the module docs).
+#[derive(Debug)]
+pub(super) struct SlotCount {
+    slots: usize,
+    /// The window under way: when it started (at a report) and the bytes and frames reported
+    /// since.
+    window: Option<Window>,
+    /// A probe under way: the slot count before it, and the rate measured with that.
+    probe: Option<(usize, u64)>,
+    /// Measured windows to let pass before the next probe.
+    hold: u32,
+    /// The next probe tries one slot fewer.
+    down_next: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: Time,
+    bytes: u64,
+    frames: u32,
+}
+
+impl SlotCount {
+    /// [`UPLOAD_SLOTS_MIN`] slots, nothing measured.
+    pub fn new() -> SlotCount {
+        SlotCount { slots: UPLOAD_SLOTS_MIN, window: None, probe: None, hold: 0, down_next: false }
+    }
+
+    /// The slots to fill.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// `frames` `Data` frames of `bytes` payload were reported sent at `now`; `waiting`:
+    /// connections wait for a slot.
+    pub fn sent(&mut self, now: Time, bytes: u64, frames: u32, waiting: bool) {
+        if !waiting {
+            self.window = None;
+            return;
+        }
+        let Some(window) = self.window.as_mut() else {
+            self.window = Some(Window { start: now, bytes: 0, frames: 0 });
+            return;
+        };
+        window.bytes += bytes;
+        window.frames += frames;
+        let elapsed = now.saturating_since(window.start);
+        if window.frames < SLOT_WINDOW_FRAMES_MIN || elapsed < SLOT_WINDOW_MIN {
+            return;
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let rate = window.bytes.saturating_mul(1_000_000) / micros;
+        self.window = Some(Window { start: now, bytes: 0, frames: 0 });
+        self.measured(rate);
+    }
+
+    /// A window measured `rate` bytes a second with the current slots.
+    fn measured(&mut self, rate: u64) {
+        let gain = 100 + SLOT_GAIN_PERCENT;
+        let loss = 100 - SLOT_GAIN_PERCENT;
+        if let Some((before, base)) = self.probe.take() {
+            let up = self.slots > before;
+            let kept = if up {
+                rate.saturating_mul(100) >= base.saturating_mul(gain)
+            } else {
+                rate.saturating_mul(100) >= base.saturating_mul(loss)
+            };
+            if !kept {
+                self.slots = before;
+                self.hold = SLOT_HOLD_WINDOWS;
+            } else if !self.try_probe(up, rate) {
+                self.hold = SLOT_HOLD_WINDOWS;
+            }
+            return;
+        }
+        if self.hold > 0 {
+            self.hold -= 1;
+            return;
+        }
+        let down = self.down_next && self.slots > UPLOAD_SLOTS_MIN;
+        self.down_next = !self.down_next;
+        self.try_probe(!down, rate);
+    }
+
+    /// Opens one slot more (`up`) or fewer for the next window, measured against `rate`;
+    /// whether the count allows it.
+    fn try_probe(&mut self, up: bool, rate: u64) -> bool {
+        let next = if up { self.slots + 1 } else { self.slots - 1 };
+        if !(UPLOAD_SLOTS_MIN..=UPLOAD_SLOTS_MAX).contains(&next) {
+            return false;
+        }
+        self.probe = Some((self.slots, rate));
+        self.slots = next;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one window at `rate` bytes a second (frames of 64 KiB, connections waiting)
+    /// from `*at`, the start of a window under way; returns the slots after it.
+    fn window(count: &mut SlotCount, at: &mut Time, rate: u64) -> usize {
+        const FRAME: u64 = 64 * 1024;
+        let every = Duration::from_micros(FRAME * 1_000_000 / rate);
+        let for_time = SLOT_WINDOW_MIN.as_micros().div_ceil(every.as_micros().max(1));
+        let frames = u32::try_from(for_time).expect("few frames").max(SLOT_WINDOW_FRAMES_MIN);
+        for _ in 0..frames {
+            *at = *at + every;
+            count.sent(*at, FRAME, 1, true);
+        }
+        count.slots()
+    }
+
+    /// A count with a window under way, and the time it started.
+    fn started() -> (SlotCount, Time) {
+        let mut count = SlotCount::new();
+        let at = Time::from_millis(1_000);
+        count.sent(at, 64 * 1024, 1, true);
+        (count, at)
+    }
+
+    #[test]
+    fn a_slot_more_is_kept_while_the_upload_gets_faster_and_undone_when_it_does_not() {
+        let (mut count, mut at) = started();
+        assert_eq!(count.slots(), UPLOAD_SLOTS_MIN);
+        // Two slots measured: the next window has three.
+        assert_eq!(window(&mut count, &mut at, 1_000_000), UPLOAD_SLOTS_MIN + 1);
+        // Half as fast again with three: kept, four tried.
+        assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN + 2);
+        // Four no faster: back to three, which holds.
+        assert_eq!(window(&mut count, &mut at, 1_550_000), UPLOAD_SLOTS_MIN + 1);
+        for _ in 0..SLOT_HOLD_WINDOWS {
+            assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN + 1);
+        }
+        // Held long enough: the next probe tries one fewer, and keeps it as the upload stays
+        // as fast.
+        assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN);
+        assert_eq!(window(&mut count, &mut at, 1_480_000), UPLOAD_SLOTS_MIN, "never under the minimum");
+    }
+
+    #[test]
+    fn one_fewer_that_slows_the_upload_is_undone() {
+        let (mut count, mut at) = started();
+        window(&mut count, &mut at, 1_000_000);
+        assert_eq!(window(&mut count, &mut at, 2_000_000), UPLOAD_SLOTS_MIN + 2);
+        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 3);
+        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 2, "no gain: undone");
+        for _ in 0..SLOT_HOLD_WINDOWS {
+            window(&mut count, &mut at, 3_000_000);
+        }
+        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 1, "a probe down");
+        assert_eq!(window(&mut count, &mut at, 2_000_000), UPLOAD_SLOTS_MIN + 2, "slower: undone");
+    }
+
+    #[test]
+    fn nothing_is_measured_while_nobody_waits_and_the_slots_stay_within_their_bounds() {
+        let (mut count, mut at) = started();
+        for _ in 0..4 * SLOT_WINDOW_FRAMES_MIN {
+            at = at + Duration::from_millis(50);
+            count.sent(at, 64 * 1024, 1, false);
+        }
+        assert_eq!(count.slots(), UPLOAD_SLOTS_MIN, "no window while nobody waits");
+        count.sent(at, 64 * 1024, 1, true);
+        let mut rate = 1_000_000;
+        for _ in 0..UPLOAD_SLOTS_MAX - UPLOAD_SLOTS_MIN + 2 {
+            rate = rate * 3 / 2;
+            assert!(window(&mut count, &mut at, rate) <= UPLOAD_SLOTS_MAX);
+        }
+        assert_eq!(count.slots(), UPLOAD_SLOTS_MAX, "every probe gained");
+    }
+}
