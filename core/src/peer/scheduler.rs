@@ -188,8 +188,9 @@ impl Requests {
     /// Whether the remote delivers clearly slower than an endgame warrants: nothing arrived
     /// from it for [`ENDGAME_PATIENCE`], or for four upload turns' time at its measured rate
     /// when that is longer, turns of the file's `block_bytes` blocks (see [`turn_bytes`]): a
-    /// request can wait that long in its upload line, a turn on each of its two slots, then
-    /// our own turn at half its rate. A remote that has delivered nothing
+    /// request can wait that long in its upload line, a turn on each of its two slots (more
+    /// open only where they make its upload faster), then our own turn at half its rate. A
+    /// remote that has delivered nothing
     /// yet is given the time at `unmeasured_bytes_per_s`, the slowest rate another remote
     /// delivered at: until its first block arrives nothing says it is faster, and where every
     /// uplink is slow its first block takes seconds to leave.
