@@ -12,7 +12,8 @@ node="$PWD/target/release/p2p-node"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+# A signal ends the script through its exit, so the cleanup runs then too.
+trap cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }

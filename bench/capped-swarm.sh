@@ -21,7 +21,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
   rm -rf "$work"
 }
-trap cleanup EXIT
+# A signal ends the script through its exit, so the cleanup runs then too.
+trap cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
 
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/payload.bin"
 size=$((SIZE_MIB << 20))

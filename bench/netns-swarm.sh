@@ -43,7 +43,8 @@ cleanup() {
   for s in "${spaces[@]}"; do ip netns del "$s" 2>/dev/null || true; done
   ip link del "$bridge" 2>/dev/null || true; rm -rf "$work"
 }
-trap cleanup EXIT
+# A signal ends the script through its exit, so the cleanup runs then too.
+trap cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
 
 # host I: namespace $tag-I with address $net.I on the bridge, its egress shaped by tbf (and
 # with DOWN_MBIT its ingress, by a tbf on the bridge's port).

@@ -21,22 +21,22 @@
 //!   the uplink and its blocks (and chunks) arrive soon enough to be passed on: at least
 //!   [`UPLOAD_SLOTS_MIN`](crate::limits::UPLOAD_SLOTS_MIN), more while more make the upload
 //!   faster, because the receivers' downlinks take less than a slot's share ([`SlotCount`],
-//!   `slot_count.rs`, which this machine owns). The others wait in line. A slot holder that has been served
-//!   [`UPLOAD_TURN_BYTES`] (or one block of at least [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its
-//!   turn while others wait goes to the back of the line (rotation, so a queued request waits
-//!   for a few turns, not for every connection); one whose requests are all served and sent
-//!   gives its slot up. So does one none of whose `Data` frames left for
-//!   [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and never reads): its queued
-//!   requests are refused, as are its new ones until its frames drain.
-//! - **A short line.** At most [`UPLOAD_LINE_PER_SLOT`] connections per slot wait for one (more while the line
-//!   holds less than [`UPLOAD_LINE_BYTES_MIN`]: small chunks); a request of a connection that is
-//!   neither served nor in line is refused (`Busy`) while the line is full, so the downloader asks
-//!   another holder of the chunk at once instead of waiting here for every turn before its own
-//!   (choking, in BitTorrent's terms). A refused connection gets a ticket: room in the line goes to
-//!   ticket holders first (rarest chunk first, see below). A slot holder whose turn ends while
-//!   tickets are out leaves the line (its queued requests refused too) and takes a ticket itself,
-//!   so the line goes round every asker, not only the few that ask again the moment they were
-//!   served.
+//!   `slot_count.rs`, which this machine owns). The others wait in line. A slot holder that
+//!   has been served [`UPLOAD_TURN_BYTES`] (or one block of at least
+//!   [`UPLOAD_TURN_BLOCK_BYTES_MIN`]) in its turn while others wait goes to the back of the
+//!   line (rotation, so a queued request waits for a few turns, not for every connection); one
+//!   whose requests are all served and sent gives its slot up. So does one none of whose
+//!   `Data` frames left for [`UPLOAD_STALL_TIMEOUT`] while others wait (a remote that asks and
+//!   never reads): its queued requests are refused, as are its new ones until its frames drain.
+//! - **A short line.** At most [`UPLOAD_LINE_PER_SLOT`] connections per slot wait for one (more
+//!   while the line holds less than [`UPLOAD_LINE_BYTES_MIN`]: small chunks); a request of a
+//!   connection that is neither served nor in line is refused (`Busy`) while the line is full,
+//!   so the downloader asks another holder of the chunk at once instead of waiting here for
+//!   every turn before its own (choking, in BitTorrent's terms). A refused connection gets a
+//!   ticket: room in the line goes to ticket holders first (rarest chunk first, see below). A
+//!   slot holder whose turn ends while tickets are out leaves the line (its queued requests
+//!   refused too) and takes a ticket itself, so the line goes round every asker, not only the
+//!   few that ask again the moment they were served.
 //! - **Room calls.** A remote whose `Hello` set `room_calls` does not ask again on a timer after a
 //!   refusal: when room in the line is free for its ticket, it is called (`Room`, from
 //!   [`Uploads::take_calls`]) and the room is held for it until it asks, answers that it has

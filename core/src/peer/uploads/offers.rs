@@ -14,11 +14,11 @@
 //! whatever the file's size and however many downloaders arrive. The downloaders fetch different
 //! chunks from the seeder and the rest from each other. At most `OFFERS_OUTSTANDING_PER_SLOT`
 //! downloaders per upload slot open (more for small chunks) have an offer outstanding at once,
-//! enough to keep the
-//! seeder's slots and line busy: a newcomer beyond them is told nothing yet, and each chunk the
-//! seeder finishes uploading to a downloader, each offered chunk a downloader reports holding
-//! (fetched elsewhere) and each downloader that leaves makes room for one more offer, to the
-//! downloaders with none outstanding, those told nothing yet first, in the order they connected.
+//! enough to keep the seeder's slots and line busy: a newcomer beyond them is told nothing yet, and
+//! each chunk the seeder finishes uploading to a downloader, each offered chunk a downloader
+//! reports holding (fetched elsewhere) and each downloader that leaves makes room for one more
+//! offer, to the downloaders with none outstanding, those told nothing yet first, in the order they
+//! connected.
 //! So the first copies go out in the order the seeder can send them instead of all being promised
 //! when a crowd connects (a downloader promised a chunk while a dozen others wait for the seeder
 //! holds the only claim to it until its turn). Once every chunk was offered, a downloader with no
