@@ -1327,7 +1327,8 @@ impl Peer {
         let entry = self.files.get(&file_id)?;
         let holds = self.remotes.get(&conn)?.chunks(file_id);
         let ours = our_file(file_id, entry);
-        let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, &mut self.rng);
+        let slots = self.uploads.slots();
+        let have = self.uploads.offers_mut().first_bitfield(conn, ours, holds, slots, &mut self.rng);
         Some(Message::Bitfield { file_id, have })
     }
 
@@ -1365,7 +1366,7 @@ impl Peer {
     /// Offers more chunks of `file_id` to the downloaders the offers choose (see `offers`).
     fn offer_round(&mut self, file_id: FileId) {
         let Some(entry) = self.files.get(&file_id) else { return };
-        for conn in self.uploads.offers().offerees(our_file(file_id, entry)) {
+        for conn in self.uploads.offers().offerees(our_file(file_id, entry), self.uploads.slots()) {
             self.top_up(conn, file_id);
         }
     }

@@ -441,7 +441,11 @@ impl Uploads {
         }
         let waiting = !self.waiting.is_empty() || !self.tickets.is_empty();
         self.slot_count.sent(now, sent_bytes, frames, waiting);
-        self.offers.set_slots(self.slot_count.slots());
+    }
+
+    /// The upload slots open now (see `slot_count.rs`).
+    pub fn slots(&self) -> usize {
+        self.slot_count.slots()
     }
 
     /// The read of `conn`'s block at `chunk`+`offset` finished (its `Data` frame, if any, is

@@ -47,9 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::bitfield::Bitfield;
 use crate::ids::{ChunkIndex, ConnId, FileId};
-use crate::limits::{
-    OFFERS_OUTSTANDING_PER_SLOT, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN, UPLOAD_SLOTS_MIN,
-};
+use crate::limits::{OFFERS_OUTSTANDING_PER_SLOT, OFFER_SCAN_CHUNKS_MAX, OFFER_WINDOW_CHUNKS, UPLOAD_LINE_BYTES_MIN};
 use crate::rng::Rng;
 use crate::time::Time;
 
@@ -65,8 +63,6 @@ pub(in crate::peer) struct Offers {
     /// Lone downloaders offered a window, by when they will have been connected for
     /// `OFFERS_ALONE_AFTER`: then they are told everything left, whether or not room came.
     settling: BTreeSet<(Time, ConnId, FileId)>,
-    /// The upload slots open (see `slot_count.rs`): more take offers to more downloaders.
-    slots: usize,
 }
 
 /// One file of ours as the seeder's offers see it.
@@ -119,17 +115,19 @@ struct Offer {
 impl Offers {
     /// No file spread, nothing offered.
     pub fn new() -> Offers {
-        Offers { slots: UPLOAD_SLOTS_MIN, ..Offers::default() }
+        Offers::default()
     }
 
     /// The chunks to tell `conn` we hold of `ours` in our first bitfield: everything, or the
     /// first window of offers when we shared the whole file ourselves, some chunk never went
-    /// out yet and `conn` (which holds `holds`, if it told us) is a downloader.
+    /// out yet and `conn` (which holds `holds`, if it told us) is a downloader. `slots`: the
+    /// upload slots open (more take offers to more downloaders at once).
     pub fn first_bitfield(
         &mut self,
         conn: ConnId,
         ours: OurFile<'_>,
         holds: Option<&Bitfield>,
+        slots: usize,
         rng: &mut Rng,
     ) -> Bitfield {
         let OurFile { file_id, have, shared_here, chunk_bytes } = ours;
@@ -141,7 +139,7 @@ impl Offers {
         let offer = Offer { told: Bitfield::new(have.len()), outstanding: BTreeSet::new() };
         let pending = self.pending(file_id);
         self.told.insert((conn, file_id), offer);
-        if pending < offers_outstanding_max(chunk_bytes, self.slots) {
+        if pending < offers_outstanding_max(chunk_bytes, slots) {
             self.fill_window(conn, ours, holds, OFFER_WINDOW_CHUNKS, rng);
         }
         self.told.get(&(conn, file_id)).map_or_else(|| have.clone(), |offer| offer.told.clone())
@@ -194,20 +192,16 @@ impl Offers {
 
     /// The downloaders of `ours` to offer more now (see [`Offers::top_up`]): while fewer than
     /// [`offers_outstanding_max`] have an offer outstanding, those with none, the ones told
-    /// nothing yet first, each in connection order (the order they came in).
-    pub fn offerees(&self, ours: OurFile<'_>) -> Vec<ConnId> {
-        let room = offers_outstanding_max(ours.chunk_bytes, self.slots).saturating_sub(self.pending(ours.file_id));
+    /// nothing yet first, each in connection order (the order they came in), with `slots`
+    /// upload slots open.
+    pub fn offerees(&self, ours: OurFile<'_>, slots: usize) -> Vec<ConnId> {
+        let room = offers_outstanding_max(ours.chunk_bytes, slots).saturating_sub(self.pending(ours.file_id));
         let mut idle: Vec<(bool, ConnId)> = (self.told.iter())
             .filter(|((_, file_id), offer)| *file_id == ours.file_id && offer.outstanding.is_empty())
             .map(|((conn, _), offer)| (offer.told.count() > 0, *conn))
             .collect();
         idle.sort_unstable();
         idle.into_iter().take(room).map(|(_, conn)| conn).collect()
-    }
-
-    /// `slots` upload slots are open now.
-    pub fn set_slots(&mut self, slots: usize) {
-        self.slots = slots;
     }
 
     /// Whether every chunk of `file_id` is in the swarm (we uploaded it, or a downloader
@@ -388,6 +382,7 @@ fn is_downloader(remote: &Remote, file_id: FileId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::UPLOAD_SLOTS_MIN;
 
     #[test]
     fn a_crowd_is_offered_chunks_as_the_seeder_serves_them_those_told_nothing_first() {
@@ -403,28 +398,33 @@ mod tests {
         let outstanding = OFFERS_OUTSTANDING_PER_SLOT * UPLOAD_SLOTS_MIN;
         let crowd = outstanding as u64 + 2;
         let told: Vec<u32> = (1..=crowd)
-            .map(|n| offers.first_bitfield(ConnId::Inbound(n), ours, Some(&nothing), &mut rng).count())
+            .map(|n| {
+                offers.first_bitfield(ConnId::Inbound(n), ours, Some(&nothing), UPLOAD_SLOTS_MIN, &mut rng).count()
+            })
             .collect();
         let mut expected = vec![1; outstanding];
         expected.extend([0, 0]);
         assert_eq!(told, expected, "one chunk each to as many as the seeder serves soon, nothing yet to the rest");
-        assert!(offers.offerees(ours).is_empty(), "no room while every offer is outstanding");
+        assert!(offers.offerees(ours, UPLOAD_SLOTS_MIN).is_empty(), "no room while every offer is outstanding");
         let first = ConnId::Inbound(1);
         let chunk = offers.told[&(first, ours.file_id)].outstanding.first().copied().expect("one offer");
         assert!(offers.uploaded(first, ours.file_id, chunk));
         let next = ConnId::Inbound(outstanding as u64 + 1);
-        assert_eq!(offers.offerees(ours), [next], "the first told nothing, not the one just served");
+        assert_eq!(offers.offerees(ours, UPLOAD_SLOTS_MIN), [next], "the first told nothing, not the one just served");
         let offered = offers.top_up(next, ours, Some(&nothing), Some(OFFER_WINDOW_CHUNKS), &mut rng);
         assert_eq!(offered.len(), 1);
         assert!(!offered.contains(&chunk), "a chunk never offered");
-        assert!(offers.offerees(ours).is_empty());
+        assert!(offers.offerees(ours, UPLOAD_SLOTS_MIN).is_empty());
         // Small chunks: as many outstanding as fill the line's bytes.
         let small = OurFile { chunk_bytes: 16 * 1024, ..ours };
         assert!(offers_outstanding_max(small.chunk_bytes, UPLOAD_SLOTS_MIN) > outstanding);
-        assert_eq!(offers.offerees(small).len(), 2, "both the served one and the last newcomer");
+        assert_eq!(offers.offerees(small, UPLOAD_SLOTS_MIN).len(), 2, "both the served one and the last newcomer");
         // A slot more: offers to more downloaders at once.
-        offers.set_slots(UPLOAD_SLOTS_MIN + 1);
-        assert_eq!(offers.offerees(ours).len(), 2, "room for the served one and the last newcomer");
+        assert_eq!(
+            offers.offerees(ours, UPLOAD_SLOTS_MIN + 1).len(),
+            2,
+            "room for the served one and the last newcomer"
+        );
     }
 
     #[test]
