@@ -24,13 +24,19 @@
 # in front of a shaped uplink, which the simulator's twin models (`queue_ms`). Sampling forks a
 # `tc` per host and sample, so it is off by default.
 #
+# With KEEP_DIR=dir the runs' files (each node's stdout and stderr, the downloads) are moved
+# there at the end, for a look afterwards: with RUST_LOG=p2p_net=debug each leecher's stderr
+# names the source of every chunk it verified (`ChunkVerified { .., from: .. }`).
+#
 # Usage (as root; needs iproute2 with tc): bench/netns-swarm.sh [--no-build]
 #   env: N=12 RATE_MBIT=32 DOWN_MBIT= SEED_MBIT= SIZE_MIB=16 PIECE=262144 RUNS=1 CC=cubic QUEUES=0
+#        KEEP_DIR=
 # Traffic stays inside the namespaces and the bridge this script creates and removes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-12}; RATE_MBIT=${RATE_MBIT:-32}; SIZE_MIB=${SIZE_MIB:-16}; PIECE=${PIECE:-262144}; RUNS=${RUNS:-1}
 CC=${CC:-cubic}; QUEUES=${QUEUES:-0}; DOWN_MBIT=${DOWN_MBIT:-}; SEED_MBIT=${SEED_MBIT:-}
+KEEP_DIR=${KEEP_DIR:-}
 [ "${1:-}" = --no-build ] || cargo build --release --quiet --bin p2p-node --bin p2p-sim
 node="$PWD/target/release/p2p-node"
 . bench/swarm-common.sh
@@ -41,7 +47,9 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; stop_hosts; wait 2>/dev/null || true
   for s in "${spaces[@]}"; do ip netns del "$s" 2>/dev/null || true; done
-  ip link del "$bridge" 2>/dev/null || true; rm -rf "$work"
+  ip link del "$bridge" 2>/dev/null || true
+  if [ -n "$KEEP_DIR" ]; then mkdir -p "$KEEP_DIR" && cp -r "$work"/. "$KEEP_DIR"/ || true; fi
+  rm -rf "$work"
 }
 # A signal ends the script through its exit, so the cleanup runs then too.
 trap cleanup EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
