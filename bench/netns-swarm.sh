@@ -24,7 +24,7 @@
 # in front of a shaped uplink, which the simulator's twin models (`queue_ms`). Sampling forks a
 # `tc` per host and sample, so it is off by default.
 #
-# With KEEP_DIR=dir the runs' files (each node's stdout and stderr, the downloads) are moved
+# With KEEP_DIR=dir the runs' files (each node's stdout and stderr, the downloads) are copied
 # there at the end, for a look afterwards: with RUST_LOG=p2p_net=debug each leecher's stderr
 # names the source of every chunk it verified (`ChunkVerified { .., from: .. }`).
 #
