@@ -131,7 +131,7 @@ for run in $(seq 1 "$RUNS"); do
   read -r sent_now dropped_now < <(shaped 2)
   awk -v b=$((sent_now - seed_sent)) -v f="$size" -v sd=$((dropped_now - seed_dropped)) -v d=$(($(shapers_dropped) - dropped)) \
     'BEGIN { printf "  shapers: the seeder sent %.2f F on the wire and dropped %d packets; every uplink together dropped %d\n", b / f, sd, d }'
-  [ "$QUEUES" = 1 ] && awk -v rate=$up -v seed_rate=$seed_up '{ s[$1] += $2; n[$1]++; t[$1] += $2 / ($1 == 2 ? seed_rate : rate) } END {
+  [ "$QUEUES" = 1 ] && awk -v rate=$up -v seed_rate=$seed_up '{ n[$1]++; t[$1] += $2 / ($1 == 2 ? seed_rate : rate) } END {
       printf "  shaper queues, mean while the leechers ran:"
       for (h = 2; h <= 5; h++) { printf " host %d %.1f ms,", h, t[h] / n[h] * 1000; all += t[h] }
       printf " all %.1f ms\n", all / NR * 1000 }' "$r/queues"
