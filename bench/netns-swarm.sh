@@ -73,13 +73,17 @@ host() {
 shaped() { ip netns exec "$tag-$1" tc -s qdisc show dev eth0 | awk '/ Sent /{ print $2, $7 + 0; exit }'; }
 # shapers_dropped: packets dropped by every host's shaper since they were made.
 shapers_dropped() { local i d=0; for i in $(seq 1 $((N + 2))); do d=$((d + $(shaped "$i" | cut -d' ' -f2))); done; echo $d; }
+# backlog: bytes waiting in the root qdisc that `tc -s qdisc show` prints on stdin.
+backlog() { awk '/backlog/ { b = $2; sub(/b$/, "", b); if (b ~ /K$/) { sub(/K$/, "", b); b *= 1024 } if (b ~ /M$/) { sub(/M$/, "", b); b *= 1048576 } print b + 0; exit }'; }
 # sample_queues: every 100 ms (at most 600 times, until killed) a line "HOST BYTES" per sampled
-# host (the seeder, 2, and the first three leechers) with its shaper's backlog.
+# host (the seeder, 2, and the first three leechers) with its uplink shaper's backlog and, with
+# DOWN_MBIT, a line "dHOST BYTES" per sampled leecher with its downlink shaper's.
 sample_queues() {
   local k i
   for k in $(seq 600); do
     for i in 2 3 4 5; do
-      echo "$i $(ip netns exec "$tag-$i" tc -s qdisc show dev eth0 | awk '/backlog/ { b = $2; sub(/b$/, "", b); if (b ~ /K$/) { sub(/K$/, "", b); b *= 1024 } if (b ~ /M$/) { sub(/M$/, "", b); b *= 1048576 } print b + 0; exit }')"
+      echo "$i $(ip netns exec "$tag-$i" tc -s qdisc show dev eth0 | backlog)"
+      [ -z "$DOWN_MBIT" ] || [ "$i" = 2 ] || echo "d$i $(tc -s qdisc show dev "v$tag$i" | backlog)"
     done
     sleep 0.1
   done
@@ -131,9 +135,11 @@ for run in $(seq 1 "$RUNS"); do
   read -r sent_now dropped_now < <(shaped 2)
   awk -v b=$((sent_now - seed_sent)) -v f="$size" -v sd=$((dropped_now - seed_dropped)) -v d=$(($(shapers_dropped) - dropped)) \
     'BEGIN { printf "  shapers: the seeder sent %.2f F on the wire and dropped %d packets; every uplink together dropped %d\n", b / f, sd, d }'
-  [ "$QUEUES" = 1 ] && awk -v rate=$up -v seed_rate=$seed_up '{ n[$1]++; t[$1] += $2 / ($1 == 2 ? seed_rate : rate) } END {
+  [ "$QUEUES" = 1 ] && awk -v rate=$up -v seed_rate=$seed_up -v down=$((${DOWN_MBIT:-0} * 125000)) '{
+      n[$1]++; t[$1] += $2 / ($1 == 2 ? seed_rate : $1 ~ /^d/ ? down : rate) } END {
       printf "  shaper queues, mean while the leechers ran:"
-      for (h = 2; h <= 5; h++) { printf " host %d %.1f ms,", h, t[h] / n[h] * 1000; all += t[h] }
-      printf " all %.1f ms\n", all / NR * 1000 }' "$r/queues"
+      for (h = 2; h <= 5; h++) { printf " host %d %.1f ms,", h, t[h] / n[h] * 1000; all += t[h]; k += n[h] }
+      printf " all %.1f ms\n", all / k * 1000
+      if (n["d3"]) { printf "  downlink shaper queues:"; for (h = 3; h <= 5; h++) printf " host %d %.1f ms,", h, t["d" h] / n["d" h] * 1000; printf "\n" } }' "$r/queues"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; stop_hosts; wait 2>/dev/null || true; pids=()
 done
