@@ -11,8 +11,10 @@
 # included) and the packets every shaper dropped. With the defaults it first prints the
 # simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3; with
 # DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml; with SEED_MBIT=160 DOWN_MBIT=32 too,
-# scenarios/shaped-links-fast-seeder.toml; with N=20 RATE_MBIT=8 DOWN_MBIT=32 SIZE_MIB=4,
-# scenarios/shaped-links-8mbit.toml), which should agree within 20 %.
+# scenarios/shaped-links-fast-seeder.toml, and with RATE_MBIT=16 besides,
+# scenarios/shaped-links-fast-seeder-16mbit.toml; with N=20 RATE_MBIT=8 DOWN_MBIT=32
+# SIZE_MIB=4, scenarios/shaped-links-8mbit.toml, and with DOWN_MBIT=8 SEED_MBIT=80 instead,
+# scenarios/shaped-links-fast-seeder-8mbit.toml), which should agree within 20 %.
 #
 # TCP in the namespaces uses CC (default cubic, the Linux default) through each namespace's
 # route, whatever the host's default is: a host set to BBR v1 loses 5-8 % of the seeder's
@@ -107,7 +109,9 @@ case "$N/$RATE_MBIT/${DOWN_MBIT:-none}/${SEED_MBIT:-same}/$SIZE_MIB/$PIECE" in
   12/32/none/same/16/262144) predict scenarios/shaped-links.toml true ;;
   12/32/32/same/16/262144) predict scenarios/shaped-links-symmetric.toml true ;;
   12/32/32/160/16/262144) predict scenarios/shaped-links-fast-seeder.toml true ;;
+  12/16/32/160/16/262144) predict scenarios/shaped-links-fast-seeder-16mbit.toml true ;;
   20/8/32/same/4/262144) predict scenarios/shaped-links-8mbit.toml true ;;
+  20/8/8/80/4/262144) predict scenarios/shaped-links-fast-seeder-8mbit.toml true ;;
 esac
 
 for run in $(seq 1 "$RUNS"); do

@@ -13,16 +13,17 @@
 //! - it leaves the buffer, front first, at its flow's rate, and a `Data` frame that left is
 //!   reported to `a`'s machine as `Input::Sent`. A flow's rate comes from water-filling
 //!   `a`'s up-rate over `a`'s active flows, each capped at its receiver's downlink share: a
-//!   sender's leftover goes to its other flows. A receiver's share is max-min fair among its
-//!   active inbound flows: flows their senders hold below an equal split keep their rates and
-//!   the others split what those leave, as TCP flows through one shaped downlink do. When a
-//!   sender's rates move, its receivers' shares are computed again, and a share that moved
-//!   re-settles the receiver's other senders: a downlink is not given more than its rate, give
-//!   or take the 1/16 slack with which a moved rate or share is passed on. Passing changes on
-//!   can chain across the swarm, so one event follows at most
-//!   [`SHARE_FOLLOWS_PER_SETTLE_MAX`] receivers (the rest catch up at their next change), and
-//!   a downlink with more than [`FAIR_SHARE_FLOWS_MAX`] inbound flows (a tracker's) is split
-//!   equally;
+//!   sender's leftover goes to its other flows. A receiver's share is weighted max-min fair
+//!   among its active inbound flows: flows their senders hold below their share keep their
+//!   rates and the others split what those leave, a flow from a sender whose uplink is faster
+//!   than the downlink taking [`UNQUEUED_SENDER_WEIGHT`] times as much as one from a slower
+//!   sender, as TCP flows through one shaped downlink do. When a sender's rates move, its
+//!   receivers' shares are computed again, and a share that moved re-settles the receiver's
+//!   other senders: a downlink is not given more than its rate, give or take the 1/16 slack
+//!   with which a moved rate or share is passed on. Passing changes on can chain across the
+//!   swarm, so one event follows at most [`SHARE_FOLLOWS_PER_SETTLE_MAX`] receivers (the rest
+//!   catch up at their next change), and a downlink with more than [`FAIR_SHARE_FLOWS_MAX`]
+//!   inbound flows (a tracker's) is split by weight alone;
 //! - an uplink given a standing queue ([`LinkSpec::queue`], none by default) holds it while
 //!   it sends bulk data: a loss-based TCP fills the FIFO of a shaper such as `tc tbf` until
 //!   the FIFO drops, so every frame leaving such an uplink, control frames on idle
@@ -88,6 +89,17 @@ const SHARE_SLACK: f64 = 1.0 / 16.0;
 /// scan of them at every change would cost the simulator its scale.
 pub const FAIR_SHARE_FLOWS_MAX: usize = 64;
 
+/// Weight in a shaped downlink's share of a flow whose sender's uplink is faster than that
+/// downlink; other flows weigh one. TCP flows through one shaped downlink do not split it
+/// equally: a flow whose sender's uplink is the slower link also waits in the queue its
+/// sender's own shaper keeps and loses packets there, and a loss-based TCP's rate falls with
+/// its round trip and its loss rate. A sender whose uplink is faster than the downlink seldom
+/// queues at home, so its flows take more. Two is what real runs show (BENCHMARKS.md, "Real
+/// processes against the simulator"): in namespaces whose 32 Mbit/s downlinks a 160 Mbit/s
+/// seeder shares with 16 or 32 Mbit/s leechers, the seeder delivers about twice an equal
+/// share of each leecher's chunks.
+pub const UNQUEUED_SENDER_WEIGHT: f64 = 2.0;
+
 /// Most receivers whose downlink share one event computes again because a sender's rates
 /// moved (the rest catch up at their next change).
 pub const SHARE_FOLLOWS_PER_SETTLE_MAX: usize = 64;
@@ -123,10 +135,11 @@ struct NetNode {
     /// which shares its rate among them. A sorted vector, compact for the lookups at
     /// every flow's start and end.
     inbound: VecSet<(NodeIdx, Flow)>,
-    /// The senders of `inbound`, flow by flow: their up-rates summed, and how many are
-    /// unlimited. While the sum is within the down-rate the downlink cannot be full.
+    /// The senders of `inbound`, flow by flow: their up-rates summed, how many are unlimited,
+    /// and how many are faster than the downlink. While the sum is within the down-rate the
+    /// downlink cannot be full.
     inbound_up: InboundUp,
-    /// The downlink share last applied to the senders of `inbound`.
+    /// The downlink share per unit of weight last applied to the senders of `inbound`.
     share_applied: f64,
     /// Payload bytes of `Data` frames that left the uplink, over every life.
     data_bytes_up: u64,
@@ -144,7 +157,7 @@ impl NetNode {
         let Some(down) = self.link.down_bytes_per_s else { return false };
         let mut up = self.inbound_up;
         if let Some(rate) = joining {
-            up.add(rate);
+            up.add(rate, down);
         }
         up.unlimited > 0 || up.bytes_per_s > down
     }
@@ -155,21 +168,44 @@ impl NetNode {
 struct InboundUp {
     bytes_per_s: u64,
     unlimited: u32,
+    /// Flows whose sender's uplink is faster than the downlink (unlimited ones too).
+    unqueued: u32,
 }
 
 impl InboundUp {
-    fn add(&mut self, rate: Option<u64>) {
+    fn add(&mut self, rate: Option<u64>, down: u64) {
         match rate {
             Some(rate) => self.bytes_per_s += rate,
             None => self.unlimited += 1,
         }
+        self.unqueued += u32::from(unqueued(rate, down));
     }
 
-    fn remove(&mut self, rate: Option<u64>) {
+    fn remove(&mut self, rate: Option<u64>, down: u64) {
         match rate {
             Some(rate) => self.bytes_per_s -= rate,
             None => self.unlimited -= 1,
         }
+        self.unqueued -= u32::from(unqueued(rate, down));
+    }
+
+    /// The weights of `flows` flows with these senders, summed.
+    fn weight(&self, flows: usize) -> f64 {
+        flows as f64 + (UNQUEUED_SENDER_WEIGHT - 1.0) * f64::from(self.unqueued)
+    }
+}
+
+/// Whether a sender of up-rate `up` (`None`: unlimited) is faster than a downlink of `down`.
+fn unqueued(up: Option<u64>, down: u64) -> bool {
+    up.is_none_or(|up| up > down)
+}
+
+/// The weight in a downlink of `down` of a flow from a sender of up-rate `up`.
+fn flow_weight(up: Option<u64>, down: u64) -> f64 {
+    if unqueued(up, down) {
+        UNQUEUED_SENDER_WEIGHT
+    } else {
+        1.0
     }
 }
 
@@ -598,24 +634,24 @@ impl Network {
     /// than that: a sender's rate stays within twice the slack of its cap until its own next
     /// event (which reads the current share).
     fn inbound_changed(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx, active: bool) {
-        if self.nodes[to.0].link.down_bytes_per_s.is_none() {
+        let Some(down) = self.nodes[to.0].link.down_bytes_per_s else {
             return;
-        }
+        };
         let up = self.nodes[from.0].link.up_bytes_per_s;
         let receiver = &mut self.nodes[to.0];
         if active {
             if receiver.inbound.insert((from, flow)) {
-                receiver.inbound_up.add(up);
+                receiver.inbound_up.add(up, down);
             }
         } else if receiver.inbound.remove(&(from, flow)) {
-            receiver.inbound_up.remove(up);
+            receiver.inbound_up.remove(up, down);
         }
         self.apply_share(to, Some(from));
     }
 
     /// Computes `to`'s downlink share again and, when it moved by more than [`SHARE_SLACK`]
-    /// since it was last applied, caps its senders' flows at it; those whose rate is then off
-    /// are settled, but for `from`, which the caller settles.
+    /// since it was last applied, caps its senders' flows at it (times each flow's weight);
+    /// those whose rate is then off are settled, but for `from`, which the caller settles.
     fn apply_share(&mut self, to: NodeIdx, from: Option<NodeIdx>) {
         let share = self.downlink_share(to, None);
         let receiver = &mut self.nodes[to.0];
@@ -623,17 +659,21 @@ impl Network {
             return;
         }
         let applied = std::mem::replace(&mut receiver.share_applied, share);
+        let down = receiver.link.down_bytes_per_s.unwrap_or(u64::MAX);
         let mut senders = std::mem::take(&mut self.senders);
         senders.extend(receiver.inbound.iter().copied());
         for (sender, other) in senders.drain(..) {
+            let up = self.nodes[sender.0].link.up_bytes_per_s;
+            let weight = flow_weight(up, down);
+            let (cap, applied) = (share * weight, applied * weight);
             // A cap at or above the sender's whole rate never binds: when both the cap it holds
             // (within the slack of the last share applied) and the new one are, it is not told.
-            let up = self.nodes[sender.0].link.up_bytes_per_s.map_or(f64::INFINITY, |rate| rate as f64);
-            if share >= up && applied * (1.0 - SHARE_SLACK) >= up {
+            let up = up.map_or(f64::INFINITY, |rate| rate as f64);
+            if cap >= up && applied * (1.0 - SHARE_SLACK) >= up {
                 continue;
             }
-            let off = self.nodes[sender.0].uplink.set_cap(other, share).is_some_and(|(rate, capped)| {
-                rate > share * (1.0 + SHARE_SLACK) || (capped && rate < share * (1.0 - SHARE_SLACK))
+            let off = self.nodes[sender.0].uplink.set_cap(other, cap).is_some_and(|(rate, capped)| {
+                rate > cap * (1.0 + SHARE_SLACK) || (capped && rate < cap * (1.0 - SHARE_SLACK))
             });
             if off && Some(sender) != from && !self.unsettled.contains(&sender) {
                 self.unsettled.push(sender);
@@ -642,40 +682,45 @@ impl Network {
         self.senders = senders;
     }
 
-    /// `to`'s downlink share, the most each of its active inbound flows may take, with a flow
-    /// from `joining` about to start (counted as taking its share): max-min fair, so flows
-    /// their senders hold below it keep their rates and the rest split what those leave.
-    /// Infinite for a downlink its senders cannot fill; an equal split past
-    /// [`FAIR_SHARE_FLOWS_MAX`] flows.
+    /// `to`'s downlink share per unit of weight: each of its active inbound flows may take it
+    /// times the flow's weight ([`UNQUEUED_SENDER_WEIGHT`]). With a flow from `joining` about to
+    /// start (counted as taking its share), that flow's share. Weighted max-min fair: flows
+    /// their senders hold below their share keep their rates and the rest split what those
+    /// leave by weight. Infinite for a downlink its senders cannot fill; split by weight alone
+    /// past [`FAIR_SHARE_FLOWS_MAX`] flows.
     fn downlink_share(&self, to: NodeIdx, joining: Option<NodeIdx>) -> f64 {
         let node = &self.nodes[to.0];
         let Some(down) = node.link.down_bytes_per_s else { return f64::INFINITY };
-        if !node.downlink_may_fill(joining.map(|sender| self.nodes[sender.0].link.up_bytes_per_s)) {
+        let joining_up = joining.map(|sender| self.nodes[sender.0].link.up_bytes_per_s);
+        if !node.downlink_may_fill(joining_up) {
             return f64::INFINITY;
         }
-        let (down, count) = (down as f64, (node.inbound.len() + usize::from(joining.is_some())).max(1));
-        let mut level = down / count as f64;
+        // The joining flow's share, or the share per unit of weight.
+        let scale = joining_up.map_or(1.0, |up| flow_weight(up, down));
+        let total = node.inbound_up.weight(node.inbound.len()) + joining_up.map_or(0.0, |_| scale);
+        let mut level = down as f64 / total.max(1.0);
         if node.inbound.len() > FAIR_SHARE_FLOWS_MAX {
-            return level;
+            return level * scale;
         }
-        // Water-filling: each pass holds the flows below the level at their rates and splits
+        // Water-filling: each pass holds the flows below their share at their rates and splits
         // the rest anew; the level only rises, so the held flows only grow, in at most one
         // pass per flow.
         loop {
-            let (mut held_bytes_per_s, mut held) = (0.0, 0);
+            let (mut held_bytes_per_s, mut held) = (0.0, 0.0);
             for &(sender, flow) in node.inbound.iter() {
+                let weight = flow_weight(self.nodes[sender.0].link.up_bytes_per_s, down);
                 let rate = self.nodes[sender.0].uplink.rate_of(flow);
-                if let Some((rate, false)) = rate.filter(|(rate, _)| *rate > 0.0 && *rate < level) {
+                if let Some((rate, false)) = rate.filter(|(rate, _)| *rate > 0.0 && *rate < level * weight) {
                     held_bytes_per_s += rate;
-                    held += 1;
+                    held += weight;
                 }
             }
-            if held == 0 || held == count {
-                return level;
+            if held == 0.0 || held >= total {
+                return level * scale;
             }
-            let next = (down - held_bytes_per_s) / (count - held) as f64;
+            let next = (down as f64 - held_bytes_per_s) / (total - held);
             if next <= level {
-                return level;
+                return level * scale;
             }
             level = next;
         }
@@ -1108,7 +1153,8 @@ mod tests {
     #[test]
     fn a_sender_whose_rate_rises_takes_its_share_back_from_the_others() {
         let narrow = LinkSpec { down_bytes_per_s: Some(1200), ..link(10, None, 0.0) };
-        let (mut net, mut q) = into_one(narrow, &[link(10, Some(1000), 0.0), link(10, None, 0.0)], link(10, None, 0.0));
+        let senders = [link(10, Some(1000), 0.0), link(10, Some(1200), 0.0)];
+        let (mut net, mut q) = into_one(narrow, &senders, link(10, None, 0.0));
         let at = Time::from_millis(20);
         // Node 1 splits its 1000 B/s between node 0 and node 3 for a second, so node 2 gets the
         // 700 B/s of node 0's downlink that node 1 leaves; then node 1's flow to node 0 rises
@@ -1120,6 +1166,19 @@ mod tests {
         // Node 3's 500 bytes; node 2's; node 1's 5000 bytes, 500 + 600 of them by 2,020 ms and
         // the rest at 1000 B/s once node 2 is done.
         assert_eq!(times, [Time::from_millis(1030), Time::from_millis(2030), Time::from_millis(5930)]);
+    }
+
+    #[test]
+    fn a_sender_faster_than_the_downlink_takes_a_double_share_of_it() {
+        let narrow = LinkSpec { down_bytes_per_s: Some(1200), ..link(10, None, 0.0) };
+        let (mut net, mut q) = into_one(narrow, &[link(10, Some(1000), 0.0), link(10, None, 0.0)], link(10, None, 0.0));
+        let at = Time::from_millis(20);
+        net.send(at, NodeIdx(1), ConnId::Outbound(1), (Message::List, sized_for_link(400)), &mut q);
+        net.send(at, NodeIdx(2), ConnId::Outbound(1), (Message::List, sized_for_link(2000)), &mut q);
+        let times: Vec<Time> = drain(&mut net, &mut q).into_iter().map(|(t, _)| t).collect();
+        // 400 B/s for the sender slower than the downlink, 800 B/s for the unlimited one; then
+        // the whole 1200 B/s for its last 1200 bytes.
+        assert_eq!(times, [Time::from_millis(20 + 1000 + 10), Time::from_millis(20 + 2000 + 10)]);
     }
 
     fn data(chunk: u32) -> Message {
