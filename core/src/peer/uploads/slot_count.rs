@@ -11,12 +11,20 @@
 //!   [`SLOT_WINDOW_MIN`] passed, while connections waited for a slot all along (from report to
 //!   report); its rate is the bytes reported sent over its length. A report while nobody waits
 //!   ends the window unmeasured: more slots could not have been used then;
-//! - after a measured window the peer **probes**: it opens one slot more (every other probe,
-//!   one fewer while above the minimum) for the next window, and keeps the change if that
-//!   window's rate was at least [`SLOT_GAIN_PERCENT`] higher (with one fewer: at most that much
-//!   lower), trying one further the same way at once; else it goes back and **holds** for
-//!   [`SLOT_HOLD_WINDOWS`] windows before the next probe. A probe down lets a peer whose
-//!   receivers sped up serve fewer connections faster again.
+//! - after a measured window the peer **probes**: it doubles its slots (every other probe,
+//!   opens one fewer while above the minimum) for the next window, and keeps the change if
+//!   that window's rate was at least [`SLOT_GAIN_PERCENT`] higher (with one fewer: at most that
+//!   much lower), trying one further step the same way at once; else it goes back and
+//!   **holds** for [`SLOT_HOLD_WINDOWS`] windows before the next probe. A probe down lets a
+//!   peer whose receivers sped up serve fewer connections faster again.
+//!
+//! Up, a probe doubles rather than adds one: where receivers are the limit, twice the slots
+//! should carry about twice the bytes, a gain no window's noise or drift hides, while one slot
+//! more among several adds only its fraction. A seeder far faster than its downloaders'
+//! downlinks sees its rate fall while they start serving each other: against that drift one
+//! slot more at a time shows no gain, and it would serve a few downloaders where a dozen could
+//! take its data. Down, one at a time: a slot too many costs each chunk some speed, one too
+//! few idles the uplink.
 //!
 //! With an upload limit the rate cannot rise past it, so probes are undone there too. A remote
 //! cannot make us open more than [`UPLOAD_SLOTS_MAX`]: more only open while the bytes leaving
@@ -125,11 +133,11 @@ impl SlotCount {
         self.try_probe(!down, rate);
     }
 
-    /// Opens one slot more (`up`) or fewer for the next window, measured against `rate`;
-    /// whether the count allows it.
+    /// Doubles the slots (`up`; at most [`UPLOAD_SLOTS_MAX`]) or opens one fewer for the next
+    /// window, measured against `rate`; whether the count allows it.
     fn try_probe(&mut self, up: bool, rate: u64) -> bool {
-        let next = if up { self.slots + 1 } else { self.slots - 1 };
-        if !(UPLOAD_SLOTS_MIN..=UPLOAD_SLOTS_MAX).contains(&next) {
+        let next = if up { (self.slots * 2).min(UPLOAD_SLOTS_MAX) } else { self.slots - 1 };
+        if next == self.slots || !(UPLOAD_SLOTS_MIN..=UPLOAD_SLOTS_MAX).contains(&next) {
             return false;
         }
         self.probe = Some((self.slots, rate));
@@ -165,36 +173,41 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_more_is_kept_while_the_upload_gets_faster_and_undone_when_it_does_not() {
+    fn slots_double_while_the_upload_gets_faster_and_go_back_when_it_does_not() {
+        let min = UPLOAD_SLOTS_MIN;
         let (mut count, mut at) = started();
-        assert_eq!(count.slots(), UPLOAD_SLOTS_MIN);
-        // Two slots measured: the next window has three.
-        assert_eq!(window(&mut count, &mut at, 1_000_000), UPLOAD_SLOTS_MIN + 1);
-        // Half as fast again with three: kept, four tried.
-        assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN + 2);
-        // Four no faster: back to three, which holds.
-        assert_eq!(window(&mut count, &mut at, 1_550_000), UPLOAD_SLOTS_MIN + 1);
+        assert_eq!(count.slots(), min);
+        // The minimum measured: the next window has twice the slots.
+        assert_eq!(window(&mut count, &mut at, 1_000_000), 2 * min);
+        // Half as fast again with them: kept, twice as many tried.
+        assert_eq!(window(&mut count, &mut at, 1_500_000), 4 * min);
+        // No faster with those: back, and held there.
+        assert_eq!(window(&mut count, &mut at, 1_550_000), 2 * min);
         for _ in 0..SLOT_HOLD_WINDOWS {
-            assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN + 1);
+            assert_eq!(window(&mut count, &mut at, 1_500_000), 2 * min);
         }
-        // Held long enough: the next probe tries one fewer, and keeps it as the upload stays
-        // as fast.
-        assert_eq!(window(&mut count, &mut at, 1_500_000), UPLOAD_SLOTS_MIN);
-        assert_eq!(window(&mut count, &mut at, 1_480_000), UPLOAD_SLOTS_MIN, "never under the minimum");
+        // Held long enough: the next probe tries one fewer, keeps it as the upload stays as
+        // fast, and tries one fewer again, down to the minimum.
+        assert_eq!(window(&mut count, &mut at, 1_500_000), 2 * min - 1);
+        for slots in (min..2 * min - 1).rev() {
+            assert_eq!(window(&mut count, &mut at, 1_480_000), slots);
+        }
+        assert_eq!(window(&mut count, &mut at, 1_480_000), min, "never under the minimum");
     }
 
     #[test]
     fn one_fewer_that_slows_the_upload_is_undone() {
+        let min = UPLOAD_SLOTS_MIN;
         let (mut count, mut at) = started();
         window(&mut count, &mut at, 1_000_000);
-        assert_eq!(window(&mut count, &mut at, 2_000_000), UPLOAD_SLOTS_MIN + 2);
-        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 3);
-        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 2, "no gain: undone");
+        assert_eq!(window(&mut count, &mut at, 2_000_000), 4 * min);
+        assert_eq!(window(&mut count, &mut at, 3_000_000), (8 * min).min(UPLOAD_SLOTS_MAX));
+        assert_eq!(window(&mut count, &mut at, 3_000_000), 4 * min, "no gain: undone");
         for _ in 0..SLOT_HOLD_WINDOWS {
             window(&mut count, &mut at, 3_000_000);
         }
-        assert_eq!(window(&mut count, &mut at, 3_000_000), UPLOAD_SLOTS_MIN + 1, "a probe down");
-        assert_eq!(window(&mut count, &mut at, 2_000_000), UPLOAD_SLOTS_MIN + 2, "slower: undone");
+        assert_eq!(window(&mut count, &mut at, 3_000_000), 4 * min - 1, "a probe down");
+        assert_eq!(window(&mut count, &mut at, 2_000_000), 4 * min, "slower: undone");
     }
 
     #[test]
@@ -207,10 +220,12 @@ mod tests {
         assert_eq!(count.slots(), UPLOAD_SLOTS_MIN, "no window while nobody waits");
         count.sent(at, 64 * 1024, 1, true);
         let mut rate = 1_000_000;
-        for _ in 0..UPLOAD_SLOTS_MAX - UPLOAD_SLOTS_MIN + 2 {
+        // Doubling from the minimum reaches the most within as many probes as it has bits.
+        for _ in 0..=UPLOAD_SLOTS_MAX.ilog2() {
             rate = rate * 3 / 2;
             assert!(window(&mut count, &mut at, rate) <= UPLOAD_SLOTS_MAX);
         }
         assert_eq!(count.slots(), UPLOAD_SLOTS_MAX, "every probe gained");
+        assert_eq!(window(&mut count, &mut at, rate * 2), UPLOAD_SLOTS_MAX, "and no more than the most");
     }
 }
