@@ -43,7 +43,7 @@ const SLOT_WINDOW_MIN: Duration = Duration::from_millis(200);
 /// Fewest `Data` frames a window counts: frames are reported whole, so fewer make the rate
 /// coarse.
 const SLOT_WINDOW_FRAMES_MIN: u32 = 8;
-/// How much faster one slot more must make the upload to be kept (and how much slower one
+/// How much faster twice the slots must make the upload to be kept (and how much slower one
 /// fewer may), in percent: less is within what the same slots give from window to window.
 const SLOT_GAIN_PERCENT: u64 = 10;
 /// Measured windows after an undone probe before the next one.
