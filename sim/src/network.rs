@@ -94,10 +94,9 @@ pub const FAIR_SHARE_FLOWS_MAX: usize = 64;
 /// equally: a flow whose sender's uplink is the slower link also waits in the queue its
 /// sender's own shaper keeps and loses packets there, and a loss-based TCP's rate falls with
 /// its round trip and its loss rate. A sender whose uplink is faster than the downlink seldom
-/// queues at home, so its flows take more. Two is what real runs show (BENCHMARKS.md, "Real
-/// processes against the simulator"): in namespaces whose 32 Mbit/s downlinks a 160 Mbit/s
-/// seeder shares with 16 or 32 Mbit/s leechers, the seeder delivers about twice an equal
-/// share of each leecher's chunks.
+/// queues at home, so its flows take more. Two is what namespace runs with a seeder faster
+/// than the leechers' downlinks show, in the seeder's part of each leecher's chunks and in
+/// the bytes it sends (BENCHMARKS.md, "A faster sender's share of a shaped downlink").
 pub const UNQUEUED_SENDER_WEIGHT: f64 = 2.0;
 
 /// Most receivers whose downlink share one event computes again because a sender's rates
