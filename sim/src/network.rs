@@ -35,7 +35,7 @@
 //!   jitter after it left (and its standing queue), never before an earlier frame of the same
 //!   link direction (a link is an ordered stream, like TCP). The downlink is not a second
 //!   queue: the caps above keep a receiver's inbound rates within its down-rate;
-//! - with the link's loss probability it is lost; a TCP stream never silently loses data, so a
+//! - with the link's loss probability (the larger of the two nodes' losses) it is lost; a TCP stream never silently loses data, so a
 //!   lost frame is sent again after a retransmission timeout that doubles on each further
 //!   loss (and holds back everything behind it on that connection), and after
 //!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
@@ -502,7 +502,9 @@ impl Network {
         };
         let side = usize::from(link.ends[0].node != from || link.ends[0].conn != conn);
         let to = link.ends[1 - side].node;
-        let loss = 1.0 - (1.0 - self.nodes[from.0].link.loss) * (1.0 - self.nodes[to.0].link.loss);
+        // Like the latency, the larger of the two ends': a scenario's `loss` is the probability
+        // that a message is lost on its way, not per end it passes.
+        let loss = self.nodes[from.0].link.loss.max(self.nodes[to.0].link.loss);
         let mut losses = 0;
         while loss > 0.0 && self.rng.chance(loss) {
             losses += 1;
@@ -1276,6 +1278,30 @@ mod tests {
         assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::Lost);
         assert_eq!(net.send(later, NodeIdx(1), ConnId::Outbound(1), list(), &mut q), Sent::NoLink);
         assert_eq!(drain(&mut net, &mut q).len(), 2);
+    }
+
+    #[test]
+    fn a_message_is_lost_with_the_larger_loss_of_its_two_ends_not_both() {
+        let (mut net, mut q) = two_nodes(link(10, None, 0.3));
+        let sends = 400u64;
+        let mut delayed = 0;
+        for n in 0..sends {
+            // A connection of its own each, seconds apart: no frame waits behind another.
+            let (conn, at) = (ConnId::Outbound(n), Time::from_millis(n * 10_000));
+            net.connect(at, NodeIdx(1), conn, node_addr(NodeIdx(0)), &mut q);
+            drain(&mut net, &mut q);
+            let sent = at + Duration::from_millis(100);
+            let arrived = match net.send(sent, NodeIdx(1), conn, (Message::List, 10), &mut q) {
+                Sent::Queued => drain(&mut net, &mut q).iter().find(|(_, e)| e.contains("Message")).map(|(t, _)| *t),
+                _ => None,
+            };
+            if arrived != Some(sent + Duration::from_millis(10)) {
+                delayed += 1;
+            }
+        }
+        // 30 % of the sends; both ends' losses compounded would be 51 %.
+        let share = f64::from(delayed) / sends as f64;
+        assert!((0.22..0.38).contains(&share), "{delayed} of {sends} sends lost at least once");
     }
 
     #[test]
