@@ -35,9 +35,13 @@
 //!   jitter after it left (and its standing queue), never before an earlier frame of the same
 //!   link direction (a link is an ordered stream, like TCP). The downlink is not a second
 //!   queue: the caps above keep a receiver's inbound rates within its down-rate;
-//! - with the link's loss probability (the larger of the two nodes' losses) it is lost; a TCP stream never silently loses data, so a
-//!   lost frame is sent again after a retransmission timeout that doubles on each further
-//!   loss (and holds back everything behind it on that connection), and after
+//! - with the link's loss probability (the larger of the two nodes' losses) it is lost; a TCP
+//!   stream never silently loses data, so a lost frame is sent again and holds back
+//!   everything behind it on that connection: a frame of
+//!   [`FAST_RETRANSMIT_SEGMENTS_MIN`] segments or more one round trip per loss (the segments
+//!   behind the lost one bring duplicate acknowledgements, and the sender resends it, as fast
+//!   retransmit and RACK do), a shorter one after a retransmission timeout that doubles on
+//!   each further loss (nothing behind it tells the sender). After
 //!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
 //!   `Disconnected`. Retransmissions cost time, not uplink bytes.
 //!
@@ -67,6 +71,9 @@ pub const LISTEN_PORT: u16 = 7000;
 pub const LOSSES_BEFORE_RESET_COUNT: u32 = 4;
 /// Shortest retransmission timeout (doubling per further loss); at least two latencies.
 const RETRANSMIT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+/// Segments a frame needs for a loss in it to be repaired by fast retransmit (three duplicate
+/// acknowledgements from the segments behind the lost one) rather than by a timeout.
+pub const FAST_RETRANSMIT_SEGMENTS_MIN: u64 = 4;
 
 /// Payload bytes one TCP segment carries (an Ethernet MTU of 1,500 less the IPv4 and TCP
 /// headers with timestamps).
@@ -513,8 +520,14 @@ impl Network {
                 return Sent::Lost;
             }
         }
-        let timeout = RETRANSMIT_TIMEOUT_MIN.max(self.latency(from, to) * 2);
-        let retransmit_delay = timeout * ((1u32 << losses) - 1);
+        let round_trip = self.latency(from, to) * 2;
+        let retransmit_delay = if size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES) >= FAST_RETRANSMIT_SEGMENTS_MIN {
+            // The segments behind a lost one are acknowledged twice over: the sender resends it
+            // a round trip later, and a lost resend is found the same way.
+            round_trip * losses
+        } else {
+            RETRANSMIT_TIMEOUT_MIN.max(round_trip) * ((1u32 << losses) - 1)
+        };
         let link_bytes = link_bytes(size_bytes);
         let (flow, frame) = ((id, 1 - side), Frame { message, size_bytes, link_bytes, retransmit_delay });
         if self.nodes[from.0].link.up_bytes_per_s.is_none() && self.nodes[to.0].link.down_bytes_per_s.is_none() {
@@ -1280,28 +1293,50 @@ mod tests {
         assert_eq!(drain(&mut net, &mut q).len(), 2);
     }
 
+    /// How much later than one latency (10 ms) each of `sends` frames of `size` bytes arrives
+    /// over a link losing 30 % at both ends, each on a connection of its own, seconds apart (no
+    /// frame waits behind another); `None` where the connection reset.
+    fn retransmission_delays(sends: u64, size: u64) -> Vec<Option<Duration>> {
+        let (mut net, mut q) = two_nodes(link(10, None, 0.3));
+        (0..sends)
+            .map(|n| {
+                let (conn, at) = (ConnId::Outbound(n), Time::from_millis(n * 10_000));
+                net.connect(at, NodeIdx(1), conn, node_addr(NodeIdx(0)), &mut q);
+                drain(&mut net, &mut q);
+                let sent = at + Duration::from_millis(100);
+                match net.send(sent, NodeIdx(1), conn, (Message::List, size), &mut q) {
+                    Sent::Queued => drain(&mut net, &mut q)
+                        .iter()
+                        .find(|(_, e)| e.contains("Message"))
+                        .map(|(t, _)| t.saturating_since(sent + Duration::from_millis(10))),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn a_message_is_lost_with_the_larger_loss_of_its_two_ends_not_both() {
-        let (mut net, mut q) = two_nodes(link(10, None, 0.3));
-        let sends = 400u64;
-        let mut delayed = 0;
-        for n in 0..sends {
-            // A connection of its own each, seconds apart: no frame waits behind another.
-            let (conn, at) = (ConnId::Outbound(n), Time::from_millis(n * 10_000));
-            net.connect(at, NodeIdx(1), conn, node_addr(NodeIdx(0)), &mut q);
-            drain(&mut net, &mut q);
-            let sent = at + Duration::from_millis(100);
-            let arrived = match net.send(sent, NodeIdx(1), conn, (Message::List, 10), &mut q) {
-                Sent::Queued => drain(&mut net, &mut q).iter().find(|(_, e)| e.contains("Message")).map(|(t, _)| *t),
-                _ => None,
-            };
-            if arrived != Some(sent + Duration::from_millis(10)) {
-                delayed += 1;
-            }
-        }
+        let delays = retransmission_delays(400, 10);
+        let delayed = delays.iter().filter(|d| **d != Some(Duration::ZERO)).count();
         // 30 % of the sends; both ends' losses compounded would be 51 %.
-        let share = f64::from(delayed) / sends as f64;
-        assert!((0.22..0.38).contains(&share), "{delayed} of {sends} sends lost at least once");
+        let share = delayed as f64 / delays.len() as f64;
+        assert!((0.22..0.38).contains(&share), "{delayed} of {} sends lost at least once", delays.len());
+    }
+
+    #[test]
+    fn a_lost_frame_of_many_segments_comes_a_round_trip_later_and_a_short_one_after_a_timeout() {
+        let ms = Duration::from_millis;
+        let bulk = retransmission_delays(200, FAST_RETRANSMIT_SEGMENTS_MIN * SEGMENT_PAYLOAD_BYTES);
+        assert!(bulk.contains(&Some(ms(20))), "some frame lost once: {bulk:?}");
+        for delay in bulk.iter().flatten() {
+            assert!([0, 20, 40, 60].map(ms).contains(delay), "a round trip (20 ms) per loss: {delay:?}");
+        }
+        let short = retransmission_delays(200, SEGMENT_PAYLOAD_BYTES);
+        assert!(short.contains(&Some(ms(200))), "some frame lost once: {short:?}");
+        for delay in short.iter().flatten() {
+            assert!([0, 200, 600, 1400].map(ms).contains(delay), "a timeout doubling per loss: {delay:?}");
+        }
     }
 
     #[test]
