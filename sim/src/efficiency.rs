@@ -18,7 +18,9 @@
 //! latency only slow a run down, so it stays a lower bound for them too. The piece-level bound
 //! adds the store-and-forward pipeline of the last piece, `⌊log2 N⌋·F/(M·u_max)` for M pieces
 //! (Mundinger, Weber & Weiss 2008, whose homogeneous case it is), with u_max the fastest upload
-//! among seeders and downloaders (the choice that adds least). An unlimited rate makes its term
+//! among seeders and downloaders (the choice that adds least). The pieces of that pipeline are
+//! what a peer verifies and passes on, its chunks (a quarter of a piece, at least 16 KiB; see
+//! `p2p_core::manifest::chunk_bytes`), so M counts chunks. An unlimited rate makes its term
 //! zero; a scenario where every term is zero has no bound.
 //!
 //! **The run's figures.** A downloader's completion time is counted from its first join; the
@@ -40,6 +42,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use p2p_core::manifest::chunk_bytes;
 use p2p_core::Time;
 
 use crate::report::Outcome;
@@ -61,7 +64,7 @@ pub struct Bound {
     pub downlink_s: f64,
     /// N·F / (u_s + Σu_i): the swarm moves N copies.
     pub swarm_s: f64,
-    /// ⌊log2 N⌋·F/(M·u_max): the last piece's store-and-forward pipeline.
+    /// ⌊log2 N⌋·F/(M·u_max): the last chunk's store-and-forward pipeline (M chunks).
     pub pipeline_s: f64,
 }
 
@@ -80,8 +83,8 @@ impl Bound {
     /// the scenario does (for a scenario that is not a flash crowd, an estimate of the time its
     /// transfers need rather than a lower bound).
     pub fn of(file: &FileSpec, seeders: &[&PeerSpec], downloaders: &[&PeerSpec]) -> Bound {
-        let (file_bytes, pieces) = (file.size_bytes, file.piece_count);
-        let f = file_bytes as f64;
+        let chunks = file.size_bytes.div_ceil(u64::from(chunk_bytes(file.piece_size_bytes)));
+        let f = file.size_bytes as f64;
         let n = downloaders.len() as f64;
         let seeders_up: f64 = seeders.iter().map(|p| upload_rate(p)).sum();
         let downloaders_up: f64 = downloaders.iter().map(|p| upload_rate(p)).sum();
@@ -93,7 +96,7 @@ impl Bound {
             seeders_s: f / seeders_up,
             downlink_s: f / down_min,
             swarm_s: n * f / (seeders_up + downloaders_up),
-            pipeline_s: hops * f / (f64::from(pieces) * up_max),
+            pipeline_s: hops * f / (chunks as f64 * up_max),
         }
     }
 }
@@ -449,8 +452,8 @@ mod tests {
         assert!(close(b.downlink_s, 2.097_152), "F/d = 4194304 / 2e6: {b:?}");
         assert!(close(b.swarm_s, 5.592_405_333), "4·F/(1e6 + 4·0.5e6): {b:?}");
         assert!(close(b.fluid_s(), b.swarm_s));
-        assert!(close(b.pipeline_s, 0.524_288), "⌊log2 4⌋ = 2 pieces of 262144 B at u_max 1e6: {b:?}");
-        assert!(close(b.piece_s(), 5.592_405_333 + 0.524_288));
+        assert!(close(b.pipeline_s, 0.131_072), "⌊log2 4⌋ = 2 chunks of 65536 B at u_max 1e6: {b:?}");
+        assert!(close(b.piece_s(), 5.592_405_333 + 0.131_072));
     }
 
     #[test]
