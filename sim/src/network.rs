@@ -36,12 +36,12 @@
 //!   link direction (a link is an ordered stream, like TCP). The downlink is not a second
 //!   queue: the caps above keep a receiver's inbound rates within its down-rate;
 //! - with the link's loss probability (the larger of the two nodes' losses) it is lost; a TCP
-//!   stream never silently loses data, so a lost frame is sent again and holds back
-//!   everything behind it on that connection: a frame of
-//!   [`FAST_RETRANSMIT_SEGMENTS_MIN`] segments or more one round trip per loss (the segments
-//!   behind the lost one bring duplicate acknowledgements, and the sender resends it, as fast
-//!   retransmit and RACK do), a shorter one after a retransmission timeout that doubles on
-//!   each further loss (nothing behind it tells the sender). After
+//!   stream never silently loses data, so a lost frame is sent again and holds back everything
+//!   behind it on that connection: a frame of [`FAST_RETRANSMIT_SEGMENTS_MIN`] segments or
+//!   more one round trip per loss (the segments behind the lost one bring duplicate
+//!   acknowledgements, and the sender resends it, as fast retransmit and RACK do), a shorter
+//!   one after a retransmission timeout that doubles on each further loss (nothing behind it
+//!   tells the sender). After
 //!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
 //!   `Disconnected`. Retransmissions cost time, not uplink bytes.
 //!
