@@ -41,9 +41,8 @@
 //!   more one round trip per loss (the segments behind the lost one bring duplicate
 //!   acknowledgements, and the sender resends it, as fast retransmit and RACK do), a shorter
 //!   one after a retransmission timeout that doubles on each further loss (nothing behind it
-//!   tells the sender). After
-//!   [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection resets: both ends see
-//!   `Disconnected`. Retransmissions cost time, not uplink bytes.
+//!   tells the sender). After [`LOSSES_BEFORE_RESET_COUNT`] losses in a row the connection
+//!   resets: both ends see `Disconnected`. Retransmissions cost time, not uplink bytes.
 //!
 //! Rates change only at events (a flow starts or goes idle, a receiver's count changes), and
 //! each uplink has at most one wake-up pending, at or before its next frame departure. A link
@@ -521,7 +520,7 @@ impl Network {
             }
         }
         let round_trip = self.latency(from, to) * 2;
-        let retransmit_delay = if size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES) >= FAST_RETRANSMIT_SEGMENTS_MIN {
+        let retransmit_delay = if segments(size_bytes) >= FAST_RETRANSMIT_SEGMENTS_MIN {
             // The segments behind a lost one are acknowledged twice over: the sender resends it
             // a round trip later, and a lost resend is found the same way.
             round_trip * losses
@@ -941,7 +940,12 @@ fn add_report(reports: &mut Vec<(NodeIdx, ConnId, u32)>, (node, conn, frames): (
 /// that carry it. A frame written alone fills its own segments (a connection's frames share
 /// one only when written together, a small effect left out).
 pub fn link_bytes(size_bytes: u64) -> u64 {
-    size_bytes + size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES) * SEGMENT_HEADER_BYTES
+    size_bytes + segments(size_bytes) * SEGMENT_HEADER_BYTES
+}
+
+/// The TCP segments that carry a frame of `size_bytes` written alone.
+fn segments(size_bytes: u64) -> u64 {
+    size_bytes.div_ceil(SEGMENT_PAYLOAD_BYTES)
 }
 
 #[cfg(test)]
