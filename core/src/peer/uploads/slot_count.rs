@@ -16,7 +16,12 @@
 //!   that window's rate was at least [`SLOT_GAIN_PERCENT`] higher (with one fewer: at most that
 //!   much lower), trying one further step the same way at once; else it goes back and
 //!   **holds** for [`SLOT_HOLD_WINDOWS`] windows before the next probe. A probe down lets a
-//!   peer whose receivers sped up serve fewer connections faster again.
+//!   peer whose receivers sped up serve fewer connections faster again;
+//! - a seeder **checks an undone probe** against the next window: if its rate fell by the
+//!   margin from the probe's base and the probe's count did as well against it as a kept probe
+//!   must, the probe was read across a drift and is kept after all. Its downloaders starting
+//!   to serve each other make each of a seeder's windows slower than the last, and a probe
+//!   undone that way would hold the seeder at too few slots for the whole of a swarm's start.
 //!
 //! Up, a probe doubles rather than adds one: where receivers are the limit, twice the slots
 //! should carry about twice the bytes, a gain no window's noise or drift hides, while one slot
@@ -58,10 +63,21 @@ pub(super) struct SlotCount {
     window: Option<Window>,
     /// A probe under way: the slot count before it, and the rate measured with that.
     probe: Option<(usize, u64)>,
+    /// The last probe, undone: the slot count it tried, the rate measured with it and the
+    /// rate it was measured against, to be set against the next window's rate with the count
+    /// restored.
+    undone: Option<Undone>,
     /// Measured windows to let pass before the next probe.
     hold: u32,
     /// The next probe tries one slot fewer.
     down_next: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Undone {
+    tried: usize,
+    rate: u64,
+    base: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +90,7 @@ struct Window {
 impl SlotCount {
     /// [`UPLOAD_SLOTS_MIN`] slots, nothing measured.
     pub fn new() -> SlotCount {
-        SlotCount { slots: UPLOAD_SLOTS_MIN, window: None, probe: None, hold: 0, down_next: false }
+        SlotCount { slots: UPLOAD_SLOTS_MIN, window: None, probe: None, undone: None, hold: 0, down_next: false }
     }
 
     /// The slots to fill.
@@ -83,8 +99,8 @@ impl SlotCount {
     }
 
     /// `frames` `Data` frames of `bytes` payload were reported sent at `now`; `waiting`:
-    /// connections wait for a slot.
-    pub fn sent(&mut self, now: Time, bytes: u64, frames: u32, waiting: bool) {
+    /// connections wait for a slot; `seeding`: the peer holds every file it has whole.
+    pub fn sent(&mut self, now: Time, bytes: u64, frames: u32, waiting: bool, seeding: bool) {
         if !waiting {
             self.window = None;
             return;
@@ -102,27 +118,43 @@ impl SlotCount {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let rate = window.bytes.saturating_mul(1_000_000) / micros;
         self.window = Some(Window { start: now, bytes: 0, frames: 0 });
-        self.measured(rate);
+        self.measured(rate, seeding);
     }
 
     /// A window measured `rate` bytes a second with the current slots.
-    fn measured(&mut self, rate: u64) {
-        let gain = 100 + SLOT_GAIN_PERCENT;
-        let loss = 100 - SLOT_GAIN_PERCENT;
+    fn measured(&mut self, rate: u64, seeding: bool) {
         if let Some((before, base)) = self.probe.take() {
             let up = self.slots > before;
-            let kept = if up {
-                rate.saturating_mul(100) >= base.saturating_mul(gain)
-            } else {
-                rate.saturating_mul(100) >= base.saturating_mul(loss)
-            };
-            if !kept {
+            if !kept(up, rate, base) {
+                self.undone = Some(Undone { tried: self.slots, rate, base });
                 self.slots = before;
                 self.hold = SLOT_HOLD_WINDOWS;
             } else if !self.try_probe(up, rate) {
                 self.hold = SLOT_HOLD_WINDOWS;
             }
             return;
+        }
+        if let Some(Undone { tried, rate: tried_rate, base }) = self.undone.take() {
+            // The restored count measured again. A probe compares two windows one after the
+            // other, and the rate can drift between them: while a seeder's downloaders start
+            // serving each other, they fill each other's downlinks, and every window of the
+            // seeder's is slower than the last. If the restored count fell by the margin from
+            // the probe's base and the undone count did as well against this window as a kept
+            // probe must, the probe was undone against a rate that no longer holds: it is
+            // kept now, as it would have been (the next probe tried at once). A seeder only:
+            // on downlinks its flows share, a flow more takes its share from the other
+            // senders, which for a seeder is a share of data only it has, but for a
+            // downloader, data others pass on too, each chunk of it now passed on more
+            // slowly.
+            let up = tried > self.slots;
+            let fell = rate.saturating_mul(100 + SLOT_GAIN_PERCENT) <= base.saturating_mul(100);
+            if seeding && fell && kept(up, tried_rate, rate) {
+                self.slots = tried;
+                if !self.try_probe(up, tried_rate) {
+                    self.hold = SLOT_HOLD_WINDOWS;
+                }
+                return;
+            }
         }
         if self.hold > 0 {
             self.hold -= 1;
@@ -146,6 +178,13 @@ impl SlotCount {
     }
 }
 
+/// Whether a probe that measured `rate` against `base` is kept: twice the slots (`up`) must
+/// be [`SLOT_GAIN_PERCENT`] faster, one fewer at most that much slower.
+fn kept(up: bool, rate: u64, base: u64) -> bool {
+    let percent = if up { 100 + SLOT_GAIN_PERCENT } else { 100 - SLOT_GAIN_PERCENT };
+    rate.saturating_mul(100) >= base.saturating_mul(percent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +192,18 @@ mod tests {
     /// Feeds one window at `rate` bytes a second (frames of 64 KiB, connections waiting)
     /// from `*at`, the start of a window under way; returns the slots after it.
     fn window(count: &mut SlotCount, at: &mut Time, rate: u64) -> usize {
+        window_of(count, at, rate, true)
+    }
+
+    /// [`window`] for a peer that seeds or (`seeding` false) downloads.
+    fn window_of(count: &mut SlotCount, at: &mut Time, rate: u64, seeding: bool) -> usize {
         const FRAME: u64 = 64 * 1024;
         let every = Duration::from_micros(FRAME * 1_000_000 / rate);
         let for_time = SLOT_WINDOW_MIN.as_micros().div_ceil(every.as_micros().max(1));
         let frames = u32::try_from(for_time).expect("few frames").max(SLOT_WINDOW_FRAMES_MIN);
         for _ in 0..frames {
             *at = *at + every;
-            count.sent(*at, FRAME, 1, true);
+            count.sent(*at, FRAME, 1, true, seeding);
         }
         count.slots()
     }
@@ -168,7 +212,7 @@ mod tests {
     fn started() -> (SlotCount, Time) {
         let mut count = SlotCount::new();
         let at = Time::from_millis(1_000);
-        count.sent(at, 64 * 1024, 1, true);
+        count.sent(at, 64 * 1024, 1, true, true);
         (count, at)
     }
 
@@ -211,14 +255,53 @@ mod tests {
     }
 
     #[test]
+    fn a_seeders_probe_undone_against_a_rate_that_since_fell_is_taken_up_again() {
+        let min = UPLOAD_SLOTS_MIN;
+        let (mut count, mut at) = started();
+        assert_eq!(window(&mut count, &mut at, 1_000_000), 2 * min);
+        // Twice the slots measure slower than the window before them: undone.
+        assert_eq!(window(&mut count, &mut at, 950_000), min);
+        // The restored count is slower still: the rate fell under both, and the probe's
+        // count did better than this one. It is kept, and twice as many tried at once.
+        assert_eq!(window(&mut count, &mut at, 600_000), 4 * min);
+
+        // The same windows at a downloader: the probe stays undone, and the count is held.
+        let (mut count, mut at) = started();
+        assert_eq!(window_of(&mut count, &mut at, 1_000_000, false), 2 * min);
+        assert_eq!(window_of(&mut count, &mut at, 950_000, false), min);
+        for _ in 0..SLOT_HOLD_WINDOWS {
+            assert_eq!(window_of(&mut count, &mut at, 600_000, false), min, "held");
+        }
+        assert_eq!(window_of(&mut count, &mut at, 600_000, false), 2 * min, "the next probe");
+
+        // The restored count does about as well as the probe: it stays, and is held.
+        let (mut count, mut at) = started();
+        window(&mut count, &mut at, 1_000_000);
+        assert_eq!(window(&mut count, &mut at, 950_000), min);
+        assert_eq!(window(&mut count, &mut at, 900_000), min);
+        for _ in 1..SLOT_HOLD_WINDOWS {
+            assert_eq!(window(&mut count, &mut at, 600_000), min, "held");
+        }
+        assert_eq!(window(&mut count, &mut at, 600_000), 2 * min, "the next probe");
+
+        // Windows that vary about one rate: the probe does a little better than its base,
+        // not by the margin, and the restored count a little worse than the probe. The rate
+        // did not fall from the base by the margin, so the undone count is not taken up.
+        let (mut count, mut at) = started();
+        window(&mut count, &mut at, 1_000_000);
+        assert_eq!(window(&mut count, &mut at, 1_050_000), min);
+        assert_eq!(window(&mut count, &mut at, 950_000), min);
+    }
+
+    #[test]
     fn nothing_is_measured_while_nobody_waits_and_the_slots_stay_within_their_bounds() {
         let (mut count, mut at) = started();
         for _ in 0..4 * SLOT_WINDOW_FRAMES_MIN {
             at = at + Duration::from_millis(50);
-            count.sent(at, 64 * 1024, 1, false);
+            count.sent(at, 64 * 1024, 1, false, true);
         }
         assert_eq!(count.slots(), UPLOAD_SLOTS_MIN, "no window while nobody waits");
-        count.sent(at, 64 * 1024, 1, true);
+        count.sent(at, 64 * 1024, 1, true, true);
         let mut rate = 1_000_000;
         // Doubling from the minimum reaches the most within as many probes as it has bits.
         for _ in 0..=UPLOAD_SLOTS_MAX.ilog2() {
