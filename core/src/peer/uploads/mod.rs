@@ -424,7 +424,8 @@ impl Uploads {
     }
 
     /// The driver reports `data_frames` more of `conn`'s `Data` frames sent at `now`;
-    /// `seeding`: the peer holds every file it has whole (its slot count reads its probes so).
+    /// `seeding`: the peer holds every file it has whole (a seeder reads its slot probes
+    /// differently, see `slot_count.rs`).
     pub fn sent(&mut self, conn: ConnId, data_frames: u32, now: Time, seeding: bool) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let (mut sent_bytes, mut frames) = (0, 0);
