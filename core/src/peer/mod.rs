@@ -1215,8 +1215,8 @@ impl Peer {
         if let Some(remote) = self.remotes.get_mut(&conn).filter(|_| data_frames > 0) {
             remote.useful(self.now);
         }
-        let seeding = self.files.values().all(|e| e.download().is_none());
-        self.uploads.sent(conn, data_frames, self.now, seeding);
+        let files = &self.files;
+        self.uploads.sent(conn, data_frames, self.now, || files.values().all(|e| e.download().is_none()));
         self.pump_uploads();
     }
 

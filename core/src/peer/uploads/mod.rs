@@ -424,9 +424,9 @@ impl Uploads {
     }
 
     /// The driver reports `data_frames` more of `conn`'s `Data` frames sent at `now`;
-    /// `seeding`: the peer holds every file it has whole (a seeder reads its slot probes
-    /// differently, see `slot_count.rs`).
-    pub fn sent(&mut self, conn: ConnId, data_frames: u32, now: Time, seeding: bool) {
+    /// `seeding` tells whether the peer holds every file it has whole (a seeder reads its slot
+    /// probes differently, see `slot_count.rs`), asked only when that matters.
+    pub fn sent(&mut self, conn: ConnId, data_frames: u32, now: Time, seeding: impl FnOnce() -> bool) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let (mut sent_bytes, mut frames) = (0, 0);
         for _ in 0..data_frames {
@@ -966,10 +966,10 @@ mod tests {
             request(&mut uploads, 1, chunk);
         }
         assert_eq!(serve(&mut uploads), [(1, 0), (1, 1)], "two blocks unsent at most");
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         assert_eq!(serve(&mut uploads), [(1, 2)]);
         assert!(uploads.cancel(ConnId::Inbound(1), FILE, ChunkIndex(3), 0), "a queued request is recalled");
-        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO, || false);
         assert_eq!(serve(&mut uploads), [(1, 4)]);
     }
 
@@ -983,7 +983,7 @@ mod tests {
         }
         let floor_blocks = usize::try_from(SERVE_UNSENT_BYTES_FLOOR / u64::from(len)).expect("small");
         assert_eq!(serve(&mut uploads).len(), floor_blocks, "blocks under the floor are read ahead");
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         assert_eq!(serve(&mut uploads).len(), 1, "one left, one more is read");
     }
 
@@ -999,10 +999,10 @@ mod tests {
         assert_eq!(first, (1..=UPLOAD_SLOTS_MIN as u64).collect::<Vec<_>>(), "one block per turn, slots only");
         // The first holder's block left: its slot goes to the first in line, and it queues
         // behind the others for its second block.
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         assert_eq!(serve(&mut uploads), [(UPLOAD_SLOTS_MIN as u64 + 1, 0)]);
         for conn in 2..=UPLOAD_SLOTS_MIN as u64 {
-            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, false);
+            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, || false);
         }
         // Every holder but the newcomer let its slot go: the last newcomer, then the earlier
         // holders in turn.
@@ -1031,7 +1031,7 @@ mod tests {
         // The first holder's blocks left: its turn is over, and the waiting connection is served
         // before its third block.
         let unsent = first.iter().filter(|&&(conn, _)| conn == 1).count();
-        uploads.sent(ConnId::Inbound(1), u32::try_from(unsent).expect("a few"), Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), u32::try_from(unsent).expect("a few"), Time::ZERO, || false);
         assert_eq!(serve(&mut uploads), [(waiting, 0)]);
     }
 
@@ -1054,13 +1054,13 @@ mod tests {
         assert_eq!(serve(&mut uploads).len(), UPLOAD_SLOTS_MIN);
         // The first holder's block left and it asks for nothing more: one room frees, held for
         // the first connection refused, not for a newcomer or the second refused.
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve(&mut uploads);
         assert!(!ask(&mut uploads, line + 3, 0, 100), "a newcomer waits behind the tickets");
         assert!(!ask(&mut uploads, line + 2, 0, 100), "the second ticket waits for the first");
         assert!(ask(&mut uploads, line + 1, 0, 100), "the first ticket gets the room");
         // Tickets lapse when their holders do not come back.
-        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO, || false);
         serve(&mut uploads);
         let late = BUSY_TICKET_TIME.as_millis() as u64 + 200;
         assert!(ask(&mut uploads, line + 4, 0, late), "the room is free again after the tickets lapsed");
@@ -1080,7 +1080,7 @@ mod tests {
         // Within the stall timeout, so no slot holder loses its slot for not reading.
         let later = Time::ZERO + BUSY_TICKET_TIME_MAX * 2;
         assert!(later < Time::ZERO + UPLOAD_STALL_TIMEOUT);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve_at(&mut uploads, later, |_| 0);
         assert_eq!(uploads.take_calls(later, |_, _| 0), [ConnId::Inbound(first)]);
         assert!(uploads.take_calls(later, |_, _| 0).is_empty(), "called once");
@@ -1119,7 +1119,7 @@ mod tests {
         assert!(!ask_small(&mut uploads, called, 1, 0), "the line is full");
         serve(&mut uploads);
         for conn in 1..=UPLOAD_SLOTS_MIN as u64 {
-            uploads.sent(ConnId::Inbound(conn), per_conn, Time::ZERO, false);
+            uploads.sent(ConnId::Inbound(conn), per_conn, Time::ZERO, || false);
         }
         // The first holders were served and left: the line holds few bytes, and the refused
         // one is called.
@@ -1141,7 +1141,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, first, 0, 0, true));
         assert!(!ask_as(&mut uploads, second, 0, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, |_, _| 0), [ConnId::Inbound(first)]);
         uploads.pass(ConnId::Inbound(first));
@@ -1161,7 +1161,7 @@ mod tests {
         uploads.read_done(ConnId::Inbound(1), FILE, ChunkIndex(0), 0);
         uploads.data_queued(ConnId::Inbound(1), (FILE, ChunkIndex(0), 0), BLOCK_BYTES);
         assert_eq!(answer(&mut uploads, 1, 0, 30, true), Err(Refused::Covered), "read, waiting to leave");
-        uploads.sent(ConnId::Inbound(1), 1, Time::from_millis(40), false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::from_millis(40), || false);
         // The downloader cancelled its copy when our `Busy` crossed the request, and asks
         // again when called: the frame on its way answers it.
         assert_eq!(answer(&mut uploads, 1, 0, 50, true), Err(Refused::Covered), "it left moments ago");
@@ -1185,7 +1185,7 @@ mod tests {
         assert!(!ask_as(&mut uploads, common, 0, 0, true), "the line is full");
         assert!(!ask_as(&mut uploads, rare, 1, 0, true));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve(&mut uploads);
         assert_eq!(uploads.take_calls(Time::ZERO, chunk_zero_common), [ConnId::Inbound(rare)], "refused later");
         uploads.pass(ConnId::Inbound(rare));
@@ -1222,7 +1222,7 @@ mod tests {
                 break;
             }
             for (conn, _) in served {
-                uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, false);
+                uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, || false);
             }
             uploads.take_refused();
             for called in uploads.take_calls(now, chunk_zero_common) {
@@ -1276,7 +1276,7 @@ mod tests {
         assert_eq!(answer(&mut uploads, caller, 2, late, true), Err(Refused::Busy));
         // 1's turn ends while a ticket is out: of its queued requests only the first is answered.
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve_at(&mut uploads, Time::from_millis(late), |_| 0);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "one Busy for its requests of chunks 1 and 2");
@@ -1289,7 +1289,7 @@ mod tests {
         assert!(ask(&mut uploads, 1, 1, 0), "a connection in line queues more");
         assert!(!ask(&mut uploads, line + 1, 0, 0));
         serve(&mut uploads);
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         serve(&mut uploads);
         let refused: Vec<(ConnId, u32)> = uploads.take_refused().iter().map(|j| (j.conn, j.chunk.0)).collect();
         assert_eq!(refused, [(ConnId::Inbound(1), 1)], "its queued request is refused");
@@ -1310,7 +1310,7 @@ mod tests {
         let first = serve_rarest(&mut uploads, holders);
         assert_eq!(first, [(3, 9), (4, 9)], "the askers of the rare chunk first, its request before the others");
         for conn in [3, 4] {
-            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, false);
+            uploads.sent(ConnId::Inbound(conn), 1, Time::ZERO, || false);
         }
         // Nothing rare is left: the earliest in line.
         assert_eq!(serve_rarest(&mut uploads, holders), [(1, 0), (2, 1)]);
@@ -1335,7 +1335,7 @@ mod tests {
         assert!(uploads.take_refused().is_empty());
         // At the bound 2's frame leaves, so 2 takes its turns again; 1 never read: its slot
         // goes to 3, its queued requests are refused, and so are new ones.
-        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(2), 1, Time::ZERO, || false);
         let mut then = serve_at(&mut uploads, due, |_| 0);
         then.sort_unstable();
         assert_eq!(then, [(2, 1), (3, 0), (3, 1)]);
@@ -1345,7 +1345,7 @@ mod tests {
         let at_ms = UPLOAD_STALL_TIMEOUT.as_millis() as u64;
         assert!(!ask(&mut uploads, 1, 3, at_ms), "busy while its frame waits");
         // Once its frame left, it asks like anyone else.
-        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 1, Time::ZERO, || false);
         assert!(ask(&mut uploads, 1, 4, at_ms), "room in the line once its frame left");
     }
 
@@ -1359,7 +1359,7 @@ mod tests {
         assert_eq!(uploads.wake_at(), None, "no look is due while nobody waits");
         let long_after = Time::ZERO + UPLOAD_STALL_TIMEOUT * 3;
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [], "its frames have not left");
-        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO, false);
+        uploads.sent(ConnId::Inbound(1), 2, Time::ZERO, || false);
         assert_eq!(serve_at(&mut uploads, long_after, |_| 0), [(1, 2)], "it is served as soon as they did");
         assert!(uploads.take_refused().is_empty());
     }

@@ -99,8 +99,9 @@ impl SlotCount {
     }
 
     /// `frames` `Data` frames of `bytes` payload were reported sent at `now`; `waiting`:
-    /// connections wait for a slot; `seeding`: the peer holds every file it has whole.
-    pub fn sent(&mut self, now: Time, bytes: u64, frames: u32, waiting: bool, seeding: bool) {
+    /// connections wait for a slot; `seeding` tells whether the peer holds every file it has
+    /// whole, asked only when an undone probe is checked.
+    pub fn sent(&mut self, now: Time, bytes: u64, frames: u32, waiting: bool, seeding: impl FnOnce() -> bool) {
         if !waiting {
             self.window = None;
             return;
@@ -122,7 +123,7 @@ impl SlotCount {
     }
 
     /// A window measured `rate` bytes a second with the current slots.
-    fn measured(&mut self, rate: u64, seeding: bool) {
+    fn measured(&mut self, rate: u64, seeding: impl FnOnce() -> bool) {
         if let Some((before, base)) = self.probe.take() {
             let up = self.slots > before;
             if !kept(up, rate, base) {
@@ -148,7 +149,7 @@ impl SlotCount {
             // slowly.
             let up = tried > self.slots;
             let fell = rate.saturating_mul(100 + SLOT_GAIN_PERCENT) <= base.saturating_mul(100);
-            if seeding && fell && kept(up, tried_rate, rate) {
+            if fell && kept(up, tried_rate, rate) && seeding() {
                 self.slots = tried;
                 if !self.try_probe(up, tried_rate) {
                     self.hold = SLOT_HOLD_WINDOWS;
@@ -203,7 +204,7 @@ mod tests {
         let frames = u32::try_from(for_time).expect("few frames").max(SLOT_WINDOW_FRAMES_MIN);
         for _ in 0..frames {
             *at = *at + every;
-            count.sent(*at, FRAME, 1, true, seeding);
+            count.sent(*at, FRAME, 1, true, || seeding);
         }
         count.slots()
     }
@@ -212,7 +213,7 @@ mod tests {
     fn started() -> (SlotCount, Time) {
         let mut count = SlotCount::new();
         let at = Time::from_millis(1_000);
-        count.sent(at, 64 * 1024, 1, true, true);
+        count.sent(at, 64 * 1024, 1, true, || true);
         (count, at)
     }
 
@@ -298,10 +299,10 @@ mod tests {
         let (mut count, mut at) = started();
         for _ in 0..4 * SLOT_WINDOW_FRAMES_MIN {
             at = at + Duration::from_millis(50);
-            count.sent(at, 64 * 1024, 1, false, true);
+            count.sent(at, 64 * 1024, 1, false, || true);
         }
         assert_eq!(count.slots(), UPLOAD_SLOTS_MIN, "no window while nobody waits");
-        count.sent(at, 64 * 1024, 1, true, true);
+        count.sent(at, 64 * 1024, 1, true, || true);
         let mut rate = 1_000_000;
         // Doubling from the minimum reaches the most within as many probes as it has bits.
         for _ in 0..=UPLOAD_SLOTS_MAX.ilog2() {
