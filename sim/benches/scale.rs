@@ -1,6 +1,7 @@
 //! Scale benchmark: four seeders and N leechers sharing a 256-piece file on the event-queue
 //! driver. Prints wall time, simulated time, events per second and, where the scenario has a
-//! Kumar–Ross bound, the last and median completion over T_min for each N.
+//! Kumar–Ross bound, the last and median completion over T_min for each N, with where the time
+//! goes: the uplinks' use and the median hop (see `p2p_sim::efficiency`).
 //!
 //! `cargo bench -p p2p-sim --bench scale` runs 1,000 and 10,000 peers; give other counts as
 //! arguments: `cargo bench -p p2p-sim --bench scale -- 100 2000`. The leechers arrive in ten
@@ -148,7 +149,13 @@ fn main() {
         let ratios = match (&measured.bound, measured.last_s, measured.p50_s) {
             (Ok(bound), Some(last), Some(p50)) => {
                 let t_min = bound.fluid_s();
-                format!("{:.2}, {:.2} (T_min {t_min:.2} s)", last / t_min, p50 / t_min)
+                let used = measured.uplinks_used.map_or_else(|| "-".to_owned(), |u| format!("{:.0} %", u * 100.0));
+                let hop = measured.hop_p50_s.map_or_else(|| "-".to_owned(), |h| format!("{h:.2} s"));
+                format!(
+                    "{:.2}, {:.2} (T_min {t_min:.2} s; uplinks used {used}, hop p50 {hop})",
+                    last / t_min,
+                    p50 / t_min
+                )
             }
             (Ok(_), _, _) => "- (not all completed)".to_owned(),
             (Err(why), _, _) => format!("n/a ({why})"),

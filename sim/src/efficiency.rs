@@ -32,12 +32,20 @@
 //! duplicates, pieces never verified and bytes queued but never delivered all count against it. Leecher bytes down / F is given as the
 //! maximum and the median over downloaders.
 //!
-//! **Where the time goes** (a diagnostic, not a target): *every piece out* is when the
-//! downloaders together first held every piece (each verified by at least one of them),
-//! counted from the first downloader's join. Before it the seeders' pieces trickle out, and
-//! where F/u_s is the bound every second it lies past F/u_s is lost one for one; after it the
-//! last pieces only spread among the downloaders, the part the piece-level bound's pipeline
-//! term allows for.
+//! **Where the time goes** (diagnostics, not targets):
+//! - *every chunk out* is when the downloaders together first held every chunk (each verified by
+//!   at least one of them), counted from the first downloader's join. Before it the seeders'
+//!   chunks trickle out, and where F/u_s is the bound every second it lies past F/u_s is lost one
+//!   for one; after it the last chunks only spread among the downloaders, the part the
+//!   piece-level bound's pipeline term allows for;
+//! - *uplinks used* is the file bytes all seeders and downloaders sent over what their upload
+//!   rates allow from the first downloader's join to the last completion. Where N·F/(u_s + Σu_i)
+//!   is the bound, T/T_min is about its inverse (times the bytes sent over N·F): the capacity a
+//!   run leaves idle, while few peers hold anything to pass on or while asks wait at a few
+//!   holders, is the time it loses;
+//! - *hop* is the median time from a downloader verifying a chunk to another downloader
+//!   verifying its copy of that chunk from it: what each generation of a chunk's spread takes,
+//!   where the pipeline term counts one chunk's upload time at u_max.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -239,8 +247,15 @@ pub struct Efficiency {
     /// The median downloader bytes down / F.
     pub down_median_copies: Option<f64>,
     /// Seconds from the first downloader's join until the downloaders together held every
-    /// piece (`None`: some piece never reached one).
+    /// chunk (`None`: some chunk never reached one).
     pub all_out_s: Option<f64>,
+    /// The seeders' and downloaders' file bytes up over what their upload rates allow from the
+    /// first downloader's join to the last completion (`None`: no bound, an unlimited upload,
+    /// or a downloader never completed).
+    pub uplinks_used: Option<f64>,
+    /// The median seconds from a downloader verifying a chunk to another verifying its copy
+    /// from it, nearest rank (`None`: no downloader passed a chunk on).
+    pub hop_p50_s: Option<f64>,
 }
 
 /// The efficiency figures of `outcome`, a run of `scenario`.
@@ -256,30 +271,75 @@ pub fn measure(scenario: &Scenario, outcome: &Outcome) -> Efficiency {
     downs.sort_by(f64::total_cmp);
     let (seeder_copies, seeder_useful) = seeder_figures(scenario, outcome);
     let first_join = downloaders.iter().map(|i| joins[*i]).min().unwrap_or(Time::ZERO);
+    let bound = bound(scenario);
+    let last_s = percentile(&times, 1.0).flatten();
+    let uplinks_used = bound.as_ref().ok().zip(last_s).and_then(|(_, last_s)| uplinks_used(scenario, outcome, last_s));
     Efficiency {
-        bound: bound(scenario),
+        bound,
         downloaders: downloaders.len(),
         completed: times.iter().flatten().count(),
-        last_s: percentile(&times, 1.0).flatten(),
+        last_s,
         p50_s: percentile(&times, 0.5).flatten(),
         p99_s: percentile(&times, 0.99).flatten(),
         seeder_copies,
         seeder_useful,
         down_max_copies: downs.last().copied(),
         down_median_copies: percentile(&downs, 0.5),
-        all_out_s: all_out(scenario, outcome).map(|at| seconds(at) - seconds(first_join)),
+        all_out_s: all_out(outcome).map(|at| seconds(at) - seconds(first_join)),
+        uplinks_used,
+        hop_p50_s: hop_p50(scenario, outcome),
     }
 }
 
-/// When the downloaders together first held every piece of the file.
-fn all_out(scenario: &Scenario, outcome: &Outcome) -> Option<Time> {
-    let mut first: Vec<Option<Time>> = vec![None; scenario.file.piece_count as usize];
-    for ((_, piece, _), at) in outcome.chunk_sources.iter().zip(&outcome.chunk_verified_at) {
-        if let Some(slot) = first.get_mut(*piece as usize) {
+/// When the downloaders together first held every chunk of the file.
+fn all_out(outcome: &Outcome) -> Option<Time> {
+    let mut first: Vec<Option<Time>> = vec![None; outcome.chunk_count as usize];
+    for ((_, chunk, _), at) in outcome.chunk_sources.iter().zip(&outcome.chunk_verified_at) {
+        if let Some(slot) = first.get_mut(*chunk as usize) {
             *slot = Some(slot.map_or(*at, |t| t.min(*at)));
         }
     }
     first.into_iter().try_fold(Time::ZERO, |last, at| at.map(|at| last.max(at)))
+}
+
+/// The seeders' and downloaders' file bytes up over their upload rates times `last_s`, the
+/// seconds from the first downloader's join to the last completion (see the module docs).
+fn uplinks_used(scenario: &Scenario, outcome: &Outcome, last_s: f64) -> Option<f64> {
+    let (mut bytes, mut rate) = (0, 0.0);
+    for (i, peer) in scenario.peers.iter().enumerate() {
+        if peer.wants || is_seeder(peer, &scenario.file) {
+            bytes += outcome.peers.get(i)?.bytes_up;
+            rate += upload_rate(peer);
+        }
+    }
+    let capacity = rate * last_s;
+    (capacity.is_finite() && capacity > 0.0).then(|| bytes as f64 / capacity)
+}
+
+/// The median time from a downloader verifying a chunk to another verifying the copy it got
+/// from that downloader (see the module docs).
+fn hop_p50(scenario: &Scenario, outcome: &Outcome) -> Option<f64> {
+    let chunks = outcome.chunk_count as usize;
+    let passes_on =
+        |node: NodeIdx| node != NodeIdx::TRACKER && scenario.peers.get(node.0 - 1).is_some_and(|peer| peer.wants);
+    // When each downloader first verified each chunk, by `node * chunks + chunk`: a run
+    // verifies every chunk at every downloader, so a table is as small as a map and needs
+    // no hashing.
+    let mut verified: Vec<Option<Time>> = vec![None; (scenario.peers.len() + 1) * chunks];
+    let mut hops = Vec::new();
+    for ((node, chunk, from), at) in outcome.chunk_sources.iter().zip(&outcome.chunk_verified_at) {
+        let slot = |node: NodeIdx| node.0 * chunks + *chunk as usize;
+        if let Some(first) = verified.get_mut(slot(*node)) {
+            first.get_or_insert(*at);
+        }
+        if passes_on(*from) {
+            if let Some(Some(held)) = verified.get(slot(*from)) {
+                hops.push(seconds(*at) - seconds(*held));
+            }
+        }
+    }
+    hops.sort_by(f64::total_cmp);
+    percentile(&hops, 0.5)
 }
 
 /// The nearest-rank percentile `p` (in 0..=1) of `sorted`.
@@ -369,12 +429,26 @@ impl fmt::Display for EfficiencyReport<'_> {
         match (e.all_out_s, &e.bound) {
             (Some(out), Ok(b)) => writeln!(
                 f,
-                "  every piece out: {out:.3} s after the first join ({:.2} × F/u_s), the last completion {} later",
+                "  every chunk out: {out:.3} s after the first join ({:.2} × F/u_s), the last completion {} later",
                 out / b.seeders_s,
                 e.last_s.map_or_else(|| "-".to_owned(), |last| format!("{:.3} s", last - out))
+            )?,
+            (Some(out), Err(_)) => writeln!(f, "  every chunk out: {out:.3} s after the first join")?,
+            (None, _) => writeln!(f, "  every chunk out: never")?,
+        }
+        if let Some(used) = e.uplinks_used {
+            writeln!(
+                f,
+                "  uplinks used: {} of the seeders' and downloaders' upload rate, join to last completion",
+                percent(Some(used))
+            )?;
+        }
+        match e.hop_p50_s {
+            Some(hop) => writeln!(
+                f,
+                "  hop: a chunk passed on reached the next downloader {hop:.3} s (median) after its holder verified it"
             ),
-            (Some(out), Err(_)) => writeln!(f, "  every piece out: {out:.3} s after the first join"),
-            (None, _) => writeln!(f, "  every piece out: never"),
+            None => writeln!(f, "  hop: no downloader passed a chunk on"),
         }
     }
 }
@@ -392,9 +466,9 @@ pub struct TableRow {
 
 /// The header of the markdown table [`TableRow`]s are printed in.
 pub const TABLE_HEADER: &str = "| scenario | N | T_min | T last | ratio | p50 ratio | piece-level ratio | \
-                                seeder copies | seeder useful | leecher bytes/F max | every piece out / (F/u_s) | \
-                                expectations |\n\
-                                |:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|";
+                                seeder copies | seeder useful | leecher bytes/F max | every chunk out / (F/u_s) | \
+                                uplinks used | hop p50 | expectations |\n\
+                                |:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|";
 
 impl fmt::Display for TableRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -405,7 +479,7 @@ impl fmt::Display for TableRow {
         let last = e.last_s.map_or_else(|| format!("{}/{} done", e.completed, e.downloaders), |t| format!("{t:.2} s"));
         writeln!(
             f,
-            "| {} | {} | {} | {last} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {last} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
             self.scenario,
             e.downloaders,
             fixed(t_min, " s"),
@@ -416,6 +490,8 @@ impl fmt::Display for TableRow {
             fixed(e.seeder_useful.map(|u| u * 100.0), " %"),
             fixed(e.down_max_copies, ""),
             fixed(ratio(e.all_out_s, e.bound.as_ref().ok().map(|b| b.seeders_s)), "×"),
+            fixed(e.uplinks_used.map(|u| u * 100.0), " %"),
+            fixed(e.hop_p50_s, " s"),
             self.held.0,
             self.held.1
         )
@@ -505,7 +581,9 @@ mod tests {
             let completed_at = at.map(|s| Time::from_micros((s * 1e6) as u64));
             peers.push(PeerSummary { completed_at, bytes_down: *bytes_down, ..PeerSummary::default() });
         }
-        Outcome { file_size_bytes: scenario.file.size_bytes, peers, ..Outcome::default() }
+        let chunk_count = scenario.file.size_bytes.div_ceil(u64::from(chunk_bytes(scenario.file.piece_size_bytes)));
+        let chunk_count = u32::try_from(chunk_count).expect("a small file");
+        Outcome { file_size_bytes: scenario.file.size_bytes, chunk_count, peers, ..Outcome::default() }
     }
 
     #[test]
@@ -551,21 +629,59 @@ mod tests {
     }
 
     #[test]
-    fn every_piece_is_out_when_the_last_piece_first_reached_a_downloader() {
+    fn every_chunk_is_out_when_the_last_chunk_first_reached_a_downloader() {
         let s = scenario("");
         let mut o = outcome(&s, &[None; 4], &[0; 4]);
+        assert_eq!(o.chunk_count, 64, "16 pieces of four 64 KiB chunks");
         let (seeder, l1, l2) = (NodeIdx::peer(0), NodeIdx::peer(1), NodeIdx::peer(2));
         let at = |s: f64| Time::from_micros((s * 1e6) as u64);
-        // Pieces 0 to 14 first reach L1 at 2 s, 2.2 s, ..., 4.8 s; piece 15 reaches L2 at 5 s,
-        // before L1 (6 s): the swarm holds every piece from 5 s on, 4 s after the leechers joined.
-        for piece in 0..15 {
-            o.chunk_sources.push((l1, piece, seeder));
-            o.chunk_verified_at.push(at(2.0 + 0.2 * f64::from(piece)));
+        // Chunks 0 to 62 first reach L1 at 2 s, 2.05 s, ..., 5.1 s; chunk 63 reaches L2 at
+        // 5.5 s, before L1 (6 s): the swarm holds every chunk from 5.5 s on, 4.5 s after the
+        // leechers joined.
+        for chunk in 0..63 {
+            o.chunk_sources.push((l1, chunk, seeder));
+            o.chunk_verified_at.push(at(2.0 + 0.05 * f64::from(chunk)));
         }
-        assert_eq!(measure(&s, &o).all_out_s, None, "piece 15 reached nobody");
-        o.chunk_sources.extend([(l2, 15, seeder), (l1, 15, l2)]);
-        o.chunk_verified_at.extend([at(5.0), at(6.0)]);
-        let out = measure(&s, &o).all_out_s.expect("every piece reached a downloader");
-        assert!(close(out, 4.0), "{out}");
+        assert_eq!(measure(&s, &o).all_out_s, None, "chunk 63 reached nobody");
+        o.chunk_sources.extend([(l2, 63, seeder), (l1, 63, l2)]);
+        o.chunk_verified_at.extend([at(5.5), at(6.0)]);
+        let out = measure(&s, &o).all_out_s.expect("every chunk reached a downloader");
+        assert!(close(out, 4.5), "{out}");
+    }
+
+    #[test]
+    fn uplinks_used_is_bytes_up_over_the_upload_rates_until_the_last_completion() {
+        let s = scenario("");
+        let f = 4_194_304;
+        // The leechers join at 1 s and the last completes at 9 s: 8 s at 1 MB/s (S) and
+        // 4 × 0.5 MB/s, 24 MB of upload, of which S sent 1 MiB and each leecher 3 MiB.
+        let mut o = outcome(&s, &[Some(6.0), Some(7.0), Some(8.0), Some(9.0)], &[f; 4]);
+        for peer in &mut o.peers[1..] {
+            peer.bytes_up = 3 * 1_048_576;
+        }
+        let used = measure(&s, &o).uplinks_used.expect("a bound, finite rates, all completed");
+        assert!(close(used, 13.0 * 1_048_576.0 / 24e6), "{used}");
+        // A downloader that never completed leaves it undefined.
+        let o = outcome(&s, &[Some(6.0), None, Some(8.0), Some(9.0)], &[f; 4]);
+        assert_eq!(measure(&s, &o).uplinks_used, None);
+    }
+
+    #[test]
+    fn a_hop_is_counted_from_the_relaying_downloaders_own_verification() {
+        let s = scenario("");
+        let mut o = outcome(&s, &[None; 4], &[0; 4]);
+        let (seeder, l1, l2, l3, l4) =
+            (NodeIdx::peer(0), NodeIdx::peer(1), NodeIdx::peer(2), NodeIdx::peer(3), NodeIdx::peer(4));
+        let at = |s: f64| Time::from_micros((s * 1e6) as u64);
+        assert_eq!(measure(&s, &o).hop_p50_s, None, "nothing passed on");
+        // Chunk 0: S → L1 at 2 s (from a seeder: no hop), L1 → L2 at 2.5 s, L2 → L3 at 3.5 s
+        // and L1 → L4 at 4 s: hops of 0.5, 1 and 2 s.
+        let got = [(l1, seeder, 2.0), (l2, l1, 2.5), (l3, l2, 3.5), (l4, l1, 4.0)];
+        for (node, from, t) in got {
+            o.chunk_sources.push((node, 0, from));
+            o.chunk_verified_at.push(at(t));
+        }
+        let hop = measure(&s, &o).hop_p50_s.expect("three hops");
+        assert!(close(hop, 1.0), "the median of 0.5, 1 and 2 s: {hop}");
     }
 }

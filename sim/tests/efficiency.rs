@@ -1,7 +1,8 @@
 //! The efficiency family in `scenarios/efficiency/` (issue 10): targets the swarm works
 //! towards, so CI checks what must always hold — every file validates with a bound, runs with
-//! its invariants intact, and no run is faster than the bound (a lower bound the link model must
-//! honour) — and prints the table; the targets themselves are asserted by the ignored test
+//! its invariants intact, no run is faster than the bound (a lower bound the link model must
+//! honour) and no run's peers send more than their uplinks carry — and prints the table; the
+//! targets themselves are asserted by the ignored test
 //! (`cargo test -p p2p-sim --release --test efficiency -- --ignored --nocapture`).
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ use p2p_sim::{check, run_queue, Scenario};
 const CI_DOWNLOADERS_MAX: usize = 200;
 /// Rounding slack for "no run beats the bound" (times are whole microseconds).
 const BOUND_SLACK: f64 = 1e-6;
+/// Slack for "no uplink carries more than its rate": blocks already leaving when the last
+/// downloader completes still count as sent.
+const UPLINKS_USED_SLACK: f64 = 0.01;
 
 fn family() -> Vec<(PathBuf, Scenario)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/efficiency");
@@ -41,6 +45,14 @@ fn run_family(scenarios: &[(PathBuf, Scenario)]) -> Vec<String> {
                 "{}: the last downloader took {last} s, below the lower bound {} s",
                 path.display(),
                 bound.fluid_s()
+            );
+        }
+        if let Some(used) = e.uplinks_used {
+            assert!(
+                used <= 1.0 + UPLINKS_USED_SLACK,
+                "{}: the peers sent {:.1} % of what their uplinks carry in the time taken",
+                path.display(),
+                used * 100.0
             );
         }
         let invariants = verdicts.last().expect("the invariant verdict is always there");
