@@ -256,6 +256,9 @@ pub struct Network {
     /// Scratch for [`Network::reshare`]: rates before and after, and the receivers to follow.
     rates: Vec<(NodeIdx, f64)>,
     moved: Vec<NodeIdx>,
+    /// Scratch for [`Network::downlink_share`]: the rate and weight of each inbound flow its
+    /// sender may hold below its share.
+    holdable: Vec<(f64, f64)>,
 }
 
 /// The address of tracker number `number` (0-based): 10.0.0.1, 10.0.0.2, ….
@@ -341,6 +344,7 @@ impl Network {
             senders: Vec::new(),
             rates: Vec::new(),
             moved: Vec::new(),
+            holdable: Vec::new(),
         }
     }
 
@@ -701,7 +705,7 @@ impl Network {
     /// their senders hold below their share keep their rates and the rest split what those
     /// leave by weight. Infinite for a downlink its senders cannot fill; split by weight alone
     /// past [`FAIR_SHARE_FLOWS_MAX`] flows.
-    fn downlink_share(&self, to: NodeIdx, joining: Option<NodeIdx>) -> f64 {
+    fn downlink_share(&mut self, to: NodeIdx, joining: Option<NodeIdx>) -> f64 {
         let node = &self.nodes[to.0];
         let Some(down) = node.link.down_bytes_per_s else { return f64::INFINITY };
         let joining_up = joining.map(|sender| self.nodes[sender.0].link.up_bytes_per_s);
@@ -715,28 +719,38 @@ impl Network {
         if node.inbound.len() > FAIR_SHARE_FLOWS_MAX {
             return level * scale;
         }
+        // The flows their senders could hold below a share, with their rates and weights, read
+        // once from the senders' uplinks (cold) for every pass below.
+        let mut holdable = std::mem::take(&mut self.holdable);
+        holdable.clear();
+        for &(sender, flow) in node.inbound.iter() {
+            let sender = &self.nodes[sender.0];
+            if let Some((rate, false)) = sender.uplink.rate_of(flow).filter(|(rate, _)| *rate > 0.0) {
+                holdable.push((rate, flow_weight(sender.link.up_bytes_per_s, down)));
+            }
+        }
         // Water-filling: each pass holds the flows below their share at their rates and splits
         // the rest anew; the level only rises, so the held flows only grow, in at most one
         // pass per flow.
-        loop {
+        let share = loop {
             let (mut held_bytes_per_s, mut held) = (0.0, 0.0);
-            for &(sender, flow) in node.inbound.iter() {
-                let weight = flow_weight(self.nodes[sender.0].link.up_bytes_per_s, down);
-                let rate = self.nodes[sender.0].uplink.rate_of(flow);
-                if let Some((rate, false)) = rate.filter(|(rate, _)| *rate > 0.0 && *rate < level * weight) {
+            for &(rate, weight) in &holdable {
+                if rate < level * weight {
                     held_bytes_per_s += rate;
                     held += weight;
                 }
             }
             if held == 0.0 || held >= total {
-                return level * scale;
+                break level * scale;
             }
             let next = (down as f64 - held_bytes_per_s) / (total - held);
             if next <= level {
-                return level * scale;
+                break level * scale;
             }
             level = next;
-        }
+        };
+        self.holdable = holdable;
+        share
     }
 
     /// `from`'s `flow` stops: what it queued is dropped (its link is gone).
