@@ -287,30 +287,21 @@ impl Uplink {
     /// `flow`'s rate as of the last [`reshare`](Uplink::reshare), and whether that rate is its
     /// cap (its receiver, not this uplink, holds it there); `None` when it is not active.
     pub fn rate_of(&self, flow: Flow) -> Option<(f64, bool)> {
-        self.flows.get(&flow).map(|f| self.rate_and_capped(f))
+        self.flows.get(&flow).map(|f| rate_and_capped(&self.equal, f))
     }
 
     /// Appends each active flow's receiver and rate (as of the last
     /// [`reshare`](Uplink::reshare)) to `out`, in the same order on every call while the set
     /// of flows stays the same.
     pub fn rates(&self, out: &mut Vec<(NodeIdx, f64)>) {
-        out.extend(self.flows.values().map(|f| (f.to, self.rate_and_capped(f).0)));
-    }
-
-    /// An active flow's rate and whether it is its cap: every flow's is the level under equal
-    /// shares, where no cap binds.
-    fn rate_and_capped(&self, f: &FlowState) -> (f64, bool) {
-        match &self.equal {
-            Some(eq) => (eq.level, false),
-            None => (f.rate, f.capped),
-        }
+        out.extend(self.flows.values().map(|f| (f.to, rate_and_capped(&self.equal, f).0)));
     }
 
     /// Gives `flow` a new cap (applied at the next [`reshare`](Uplink::reshare)); returns its
     /// current rate and whether that rate is its old cap (`None`: not active).
     pub fn set_cap(&mut self, flow: Flow, cap: f64) -> Option<(f64, bool)> {
-        let now = self.rate_of(flow)?;
         let f = self.flows.get_mut(&flow)?;
+        let now = rate_and_capped(&self.equal, f);
         let old = std::mem::replace(&mut f.cap, cap);
         if old.to_bits() != cap.to_bits() {
             multiset_remove(&mut self.caps, old.to_bits());
@@ -460,6 +451,15 @@ impl Equal {
             self.done.pop();
         }
         None
+    }
+}
+
+/// An active flow's rate and whether it is its cap: every flow's is the level under equal
+/// shares (`equal`), where no cap binds.
+fn rate_and_capped(equal: &Option<Equal>, f: &FlowState) -> (f64, bool) {
+    match equal {
+        Some(eq) => (eq.level, false),
+        None => (f.rate, f.capped),
     }
 }
 
