@@ -38,7 +38,11 @@ impl Trace {
         use std::fmt::Write as _;
         self.line.clear();
         // Writing into a String cannot fail.
-        let _ = writeln!(self.line, "{at} {node} {text}");
+        let _ = write!(self.line, "{at} ");
+        self.line.push_str(node);
+        self.line.push(' ');
+        let _ = self.line.write_fmt(text);
+        self.line.push('\n');
         self.hasher.update(self.line.as_bytes());
         self.lines += 1;
         if let (Some(out), None) = (self.out.as_mut(), self.error.as_ref()) {
@@ -82,14 +86,20 @@ impl fmt::Display for Described<'_> {
             Event::TrackerLost { addr } => write!(f, "lost {}", name(*addr)),
             Event::Sharing { name: file, pieces, .. } => write!(f, "sharing {file} ({pieces} pieces)"),
             Event::LocateSent { .. } => f.write_str("asks the tracker where the chunks are"),
-            Event::Located { holders, .. } => write!(f, "tracker answers {}", holders_text(holders, name)),
+            Event::Located { holders, .. } => {
+                f.write_str("tracker answers ")?;
+                write_holders(f, holders, name)
+            }
             Event::ChunkRequested { chunk, from, .. } => write!(f, "requests chunk {chunk} from {}", name(*from)),
             Event::ChunkVerified { chunk, from, progress, .. } => {
                 write!(f, "got chunk {chunk} from {} ({}/{})", name(*from), progress.have, progress.total)
             }
             Event::ChunkCorrupt { chunk, from, .. } => write!(f, "chunk {chunk} from {} failed its hash", name(*from)),
             Event::PeerBanned { addr, .. } => write!(f, "bans {}", name(*addr)),
-            Event::ChunksMissing { chunks, .. } => write!(f, "reports chunks missing: {}", chunks_text(chunks)),
+            Event::ChunksMissing { chunks, .. } => {
+                f.write_str("reports chunks missing: ")?;
+                write_chunks(f, chunks)
+            }
             Event::FileUnknown { .. } => f.write_str("the tracker does not know the file (yet)"),
             Event::Complete { .. } => f.write_str("COMPLETE"),
             Event::DownloadFailed { reason, .. } => write!(f, "download failed: {reason}"),
@@ -112,23 +122,40 @@ impl fmt::Display for Described<'_> {
     }
 }
 
-/// `0@A 1@B,C 2@-` for a located answer.
-pub fn holders_text(holders: &[(p2p_core::ChunkIndex, Vec<SocketAddr>)], name: Names<'_>) -> String {
-    let parts: Vec<String> = holders
-        .iter()
-        .map(|(chunk, addrs)| {
-            let who: Vec<String> = addrs.iter().map(|a| name(*a).into_owned()).collect();
-            let who = if who.is_empty() { "-".to_owned() } else { who.join(",") };
-            format!("{chunk}@{who}")
-        })
-        .collect();
-    parts.join(" ")
+/// `0@A 1@B,C 2@-` for a located answer, written piece by piece (an answer lists every chunk).
+fn write_holders(
+    f: &mut fmt::Formatter<'_>,
+    holders: &[(p2p_core::ChunkIndex, Vec<SocketAddr>)],
+    name: Names<'_>,
+) -> fmt::Result {
+    for (i, (chunk, addrs)) in holders.iter().enumerate() {
+        if i > 0 {
+            f.write_str(" ")?;
+        }
+        write!(f, "{}@", chunk.0)?;
+        if addrs.is_empty() {
+            f.write_str("-")?;
+        }
+        for (j, addr) in addrs.iter().enumerate() {
+            if j > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&name(*addr))?;
+        }
+    }
+    Ok(())
 }
 
 /// `[2, 5]` for a list of chunks.
-pub fn chunks_text(chunks: &[p2p_core::ChunkIndex]) -> String {
-    let numbers: Vec<String> = chunks.iter().map(|c| c.to_string()).collect();
-    format!("[{}]", numbers.join(", "))
+fn write_chunks(f: &mut fmt::Formatter<'_>, chunks: &[p2p_core::ChunkIndex]) -> fmt::Result {
+    f.write_str("[")?;
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{}", chunk.0)?;
+    }
+    f.write_str("]")
 }
 
 #[cfg(test)]
