@@ -259,6 +259,11 @@ pub struct Network {
     /// Scratch for [`Network::downlink_share`]: the rate and weight of each inbound flow its
     /// sender may hold below its share.
     holdable: Vec<(f64, f64)>,
+    /// Flows, as `(sender, flow)`, already gone from their sender's uplink whose receiver has
+    /// not been told yet (several went idle at once, or the sender went down): until it is,
+    /// such a flow is still in its receiver's `inbound`. Every other flow in an `inbound` is
+    /// active in its sender's uplink.
+    untold: Vec<(NodeIdx, Flow)>,
 }
 
 /// The address of tracker number `number` (0-based): 10.0.0.1, 10.0.0.2, ….
@@ -345,6 +350,7 @@ impl Network {
             rates: Vec::new(),
             moved: Vec::new(),
             holdable: Vec::new(),
+            untold: Vec::new(),
         }
     }
 
@@ -403,8 +409,10 @@ impl Network {
     /// The node vanishes: every link it has is reset; the others hear of it after a latency.
     pub fn node_down(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         self.nodes[node.0].up = false;
-        for (flow, to) in self.nodes[node.0].uplink.clear() {
-            self.inbound_changed(node, flow, to, false);
+        let cleared = self.nodes[node.0].uplink.clear();
+        self.untold.extend(cleared.iter().map(|(flow, _)| (node, *flow)));
+        for (flow, to) in cleared {
+            self.idle_told(node, flow, to);
         }
         self.settle(now, node, queue);
         // Every link with an end here, including ones this node closed whose goodbye had not
@@ -630,16 +638,29 @@ impl Network {
     fn advance(&mut self, now: Time, node: NodeIdx, queue: &mut Queue) {
         let (mut departed, mut changes) = (std::mem::take(&mut self.departed), std::mem::take(&mut self.changes));
         self.nodes[node.0].uplink.advance(now, &mut departed, &mut changes);
+        for change in &changes {
+            if let Change::Idle(flow, _) = change {
+                self.untold.push((node, *flow));
+            }
+        }
         for (flow, frame) in departed.drain(..) {
             self.depart(now, node, flow, frame, queue);
         }
         for change in changes.drain(..) {
             match change {
-                Change::Idle(flow, to) => self.inbound_changed(node, flow, to, false),
+                Change::Idle(flow, to) => self.idle_told(node, flow, to),
                 Change::Finished(flow) => self.fin(now, flow, queue),
             }
         }
         (self.departed, self.changes) = (departed, changes);
+    }
+
+    /// `from`'s `flow` into `to`, listed in `untold`, went idle: `to` is told.
+    fn idle_told(&mut self, from: NodeIdx, flow: Flow, to: NodeIdx) {
+        if let Some(at) = self.untold.iter().position(|untold| *untold == (from, flow)) {
+            self.untold.swap_remove(at);
+        }
+        self.inbound_changed(from, flow, to, false);
     }
 
     /// `from`'s `flow` into `to` became active or idle: `to`'s downlink share changes, and its
@@ -724,8 +745,11 @@ impl Network {
         let mut holdable = std::mem::take(&mut self.holdable);
         holdable.clear();
         for &(sender, flow) in node.inbound.iter() {
+            if self.untold.contains(&(sender, flow)) {
+                continue;
+            }
             let sender = &self.nodes[sender.0];
-            if let Some((rate, false)) = sender.uplink.rate_of(flow).filter(|(rate, _)| *rate > 0.0) {
+            if let Some((rate, false)) = sender.uplink.active_rate(flow).filter(|(rate, _)| *rate > 0.0) {
                 holdable.push((rate, flow_weight(sender.link.up_bytes_per_s, down)));
             }
         }

@@ -290,6 +290,16 @@ impl Uplink {
         self.flows.get(&flow).map(|f| rate_and_capped(&self.equal, f))
     }
 
+    /// [`rate_of`](Uplink::rate_of) a flow the caller knows to be active: under equal shares
+    /// its flows are not searched.
+    pub fn active_rate(&self, flow: Flow) -> Option<(f64, bool)> {
+        debug_assert!(self.flows.contains_key(&flow), "flow {flow:?} is not active");
+        match &self.equal {
+            Some(eq) => Some((eq.level, false)),
+            None => self.rate_of(flow),
+        }
+    }
+
     /// Appends each active flow's receiver and rate (as of the last
     /// [`reshare`](Uplink::reshare)) to `out`, in the same order on every call while the set
     /// of flows stays the same.
