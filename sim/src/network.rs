@@ -693,7 +693,11 @@ impl Network {
     fn apply_share(&mut self, to: NodeIdx, from: Option<NodeIdx>) {
         let share = self.downlink_share(to, None);
         let receiver = &mut self.nodes[to.0];
-        if (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
+        // A downlink its senders could not fill before and cannot now tells none of them:
+        // an infinite cap never binds. (The slack test does not see it: infinity less itself
+        // is not a number.)
+        let unfillable = share == f64::INFINITY && receiver.share_applied == f64::INFINITY;
+        if unfillable || (share - receiver.share_applied).abs() <= share.min(receiver.share_applied) * SHARE_SLACK {
             return;
         }
         let applied = std::mem::replace(&mut receiver.share_applied, share);
