@@ -456,8 +456,11 @@ impl<'a> Scheduler<'a> {
         if !remote.is_ready() || remote.requests().is_resting(self.now) {
             return;
         }
-        let files: Vec<FileId> = remote.files().map(|(file_id, _)| *file_id).collect();
-        for file_id in files {
+        // Most remotes share one file with us: only the files after the first are collected
+        // (an empty collect does not allocate).
+        let mut files = remote.files().map(|(file_id, _)| *file_id);
+        let (first, rest): (Option<FileId>, Vec<FileId>) = (files.next(), files.collect());
+        for file_id in first.into_iter().chain(rest) {
             if self.files.get(&file_id).is_some_and(|e| e.is_fetching()) {
                 self.fill(conn, file_id);
             }

@@ -763,9 +763,11 @@ impl Uploads {
     /// at `now`, while tickets are out), and gives free slots to the ones in line that asked
     /// for the rarest chunks.
     fn fill_slots(&mut self, rarity: &Rarity<impl Fn(FileId, ChunkIndex) -> usize>, now: Time) {
-        let mut kept = VecDeque::with_capacity(self.slots.len());
         let others_wait = !self.waiting.is_empty() || !self.tickets.is_empty();
-        while let Some(conn) = self.slots.pop_front() {
+        // Each holder is taken from the front once; those that keep their slot go to the back
+        // in turn, so the kept ones end up in their order, without a second queue.
+        for _ in 0..self.slots.len() {
+            let Some(conn) = self.slots.pop_front() else { break };
             let Some(state) = self.conns.get_mut(&conn) else { continue };
             if state.unsent_data.is_empty() {
                 state.stalled_since = None;
@@ -795,10 +797,9 @@ impl Uploads {
                     self.waiting.push_back(conn);
                 }
             } else if !state.idle() {
-                kept.push_back(conn);
+                self.slots.push_back(conn);
             }
         }
-        self.slots = kept;
         while self.slots.len() < self.slot_count.slots() {
             let next = self.waiting.iter().enumerate().min_by_key(|(line, conn)| {
                 let queue = self.conns.get(conn).map(|c| &c.queue);
