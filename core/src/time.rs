@@ -46,6 +46,16 @@ impl Time {
     }
 }
 
+/// The earlier of two optional deadlines (`None`: none set). Written out rather than as a
+/// `min` over an iterator of options: machines fold their deadlines this way after every
+/// input, and the iterator chain cost more than the comparisons.
+pub(crate) fn earlier(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, span: Duration) -> Time {

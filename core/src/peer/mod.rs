@@ -70,7 +70,7 @@ use crate::machine::{Command, Completion, Event, Input, Machine, Output};
 use crate::manifest::Manifest;
 use crate::rng::Rng;
 use crate::store::Resume;
-use crate::time::Time;
+use crate::time::{earlier, Time};
 use crate::wire::{ErrorCode, Hello, Holders, Message, PeerAddr, RejectReason, Role, PROTOCOL_VERSION};
 
 use bans::Bans;
@@ -1585,15 +1585,15 @@ impl Machine for Peer {
         if self.left {
             return None;
         }
-        let locate =
-            self.files.values().filter(|f| f.is_fetching()).filter_map(|f| f.download().map(|d| d.locate().due_at()));
-        let connections = (!self.remotes.is_empty()).then_some(self.connections_check_at);
-        let pex = (!self.remotes.is_empty()).then_some(self.pex.due_at());
-        let rested = self.remotes.first_rest_end();
-        [self.tracker.deadline(), self.uploads.wake_at(), self.haves.due(), connections, pex, rested]
-            .into_iter()
-            .flatten()
-            .chain(locate)
-            .min()
+        let mut next = earlier(self.tracker.deadline(), self.uploads.wake_at());
+        next = earlier(next, self.haves.due());
+        if !self.remotes.is_empty() {
+            next = earlier(next, Some(self.connections_check_at.min(self.pex.due_at())));
+        }
+        next = earlier(next, self.remotes.first_rest_end());
+        for file in self.files.values().filter(|f| f.is_fetching()) {
+            next = earlier(next, file.download().map(|d| d.locate().due_at()));
+        }
+        next
     }
 }

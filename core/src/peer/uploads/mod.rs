@@ -88,7 +88,7 @@ use crate::limits::{
     SERVE_READS_IN_FLIGHT_MAX, SERVE_UNSENT_BYTES_FLOOR, SERVE_UNSENT_BYTES_PER_CONN_MAX, UPLOAD_LINE_BYTES_MIN,
     UPLOAD_LINE_PER_SLOT, UPLOAD_STALL_TIMEOUT, UPLOAD_STARVED_TURNS, UPLOAD_TURN_BLOCK_BYTES_MIN, UPLOAD_TURN_BYTES,
 };
-use crate::time::Time;
+use crate::time::{earlier, Time};
 
 use pacing::TokenBucket;
 use slot_count::SlotCount;
@@ -335,10 +335,8 @@ impl Uploads {
     /// When the pacer, a slot holder whose frames do not leave, or a ticket whose room is to
     /// go to a connection waiting for a call wants a look again.
     pub fn wake_at(&self) -> Option<Time> {
-        [self.wake_at, self.stall_wake_at, self.ticket_wake_at, self.offers.settle_wake_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        let ours = earlier(earlier(self.wake_at, self.stall_wake_at), self.ticket_wake_at);
+        earlier(ours, self.offers.settle_wake_at())
     }
 
     /// Requests of `conn` queued or being read (a connection serving them is not idle).
