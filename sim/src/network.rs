@@ -611,14 +611,24 @@ impl Network {
             return;
         }
         let (mut rates, mut moved) = (std::mem::take(&mut self.rates), std::mem::take(&mut self.moved));
-        uplink.rates(&mut rates);
+        let beyond_slack = |was: f64, is: f64| (is - was).abs() > is.max(was) * SHARE_SLACK;
+        // Under equal shares every flow has the one rate: the flows are read only when
+        // they have rates of their own, or when that one rate moved.
+        let was_equal = uplink.equal_rate();
+        if was_equal.is_none() {
+            uplink.rates(&mut rates);
+        }
         let before = rates.len();
         uplink.reshare(capacity);
-        uplink.rates(&mut rates);
-        let (old, new) = rates.split_at(before);
-        for (&(to, was), &(_, is)) in old.iter().zip(new) {
-            if (is - was).abs() > is.max(was) * SHARE_SLACK && self.nodes[to.0].downlink_may_fill(None) {
-                moved.push(to);
+        let none_moved = matches!((was_equal, uplink.equal_rate()), (Some(was), Some(is)) if !beyond_slack(was, is));
+        if !none_moved {
+            uplink.rates(&mut rates);
+            let (old, new) = rates.split_at(before);
+            for (at, &(to, is)) in new.iter().enumerate() {
+                let was = was_equal.unwrap_or_else(|| old[at].1);
+                if beyond_slack(was, is) && self.nodes[to.0].downlink_may_fill(None) {
+                    moved.push(to);
+                }
             }
         }
         moved.sort_unstable();

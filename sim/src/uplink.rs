@@ -300,6 +300,12 @@ impl Uplink {
         }
     }
 
+    /// The rate every active flow has while no cap binds (equal shares), as of the last
+    /// [`reshare`](Uplink::reshare); `None` while flows have rates of their own.
+    pub fn equal_rate(&self) -> Option<f64> {
+        self.equal.as_ref().map(|eq| eq.level)
+    }
+
     /// Appends each active flow's receiver and rate (as of the last
     /// [`reshare`](Uplink::reshare)) to `out`, in the same order on every call while the set
     /// of flows stays the same.
