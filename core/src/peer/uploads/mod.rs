@@ -780,7 +780,7 @@ impl Uploads {
             }
             if let Some(since) = state.stalled_since.filter(|_| others_wait) {
                 let due = since + UPLOAD_STALL_TIMEOUT;
-                self.stall_wake_at = Some(self.stall_wake_at.map_or(due, |at| at.min(due)));
+                self.stall_wake_at = earlier(self.stall_wake_at, Some(due));
             }
             if state.turn_over && state.unsent_bytes == 0 {
                 state.turn_over = false;
