@@ -24,7 +24,7 @@ predict() {
   [ "$2" = true ] && [ -x target/release/p2p-sim ] || return 0
   local seed ratios=()
   for seed in 1 2 3; do
-    ratios+=("$(target/release/p2p-sim --seed "$seed" "$1" | awk '/T\/T_min: last/ { print $3; exit }')")
+    ratios+=("$(target/release/p2p-sim --seed "$seed" "$1" | awk '/T\/T_min: last/ && !seen { print $3; seen = 1 }')")
   done
   echo "simulator's prediction ($1, seeds 1-3): last ${ratios[*]} x T_min"
 }
