@@ -39,6 +39,7 @@ for run in $(seq 1 "$RUNS"); do
     --upload-limit "$UP" >"$r/seed.log" 2>"$r/seed.err" & pids+=($!)
   wait_line "$r/seed.log" "^sharing"
   id=$(awk '/^sharing/{print $2; exit}' "$r/seed.log")
+  read -r cpu_b cpu_t < <(cpu_mark)
   start=$(date +%s.%N); leechers=()
   for i in $(seq 1 "$N"); do
     ( "$node" peer --tracker "$tracker" --store "$r/l$i" --get "$id" --out "$r/o$i" --exit-when-done \
@@ -46,6 +47,8 @@ for run in $(seq 1 "$RUNS"); do
       echo "$? $(date +%s.%N)" >"$r/l$i.done" ) & leechers+=($!); pids+=($!)
   done
   for p in "${leechers[@]}"; do wait "$p" || true; done
+  host_busy=$(cpu_busy "$cpu_b" "$cpu_t")
   summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, uploads capped at $UP B/s, $SIZE_MIB MiB"
+  echo "$host_busy"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
 done

@@ -135,6 +135,7 @@ for run in $(seq 1 "$RUNS"); do
   wait_line "$r/seed.log" "^sharing"
   id=$(awk '/^sharing/{print $2; exit}' "$r/seed.log")
   read -r seed_sent seed_dropped < <(shaped 2); dropped=$(shapers_dropped)
+  read -r cpu_b cpu_t < <(cpu_mark)
   start=$(date +%s.%N); leechers=()
   for i in $(seq 1 "$N"); do
     h=$((i + 2))
@@ -144,8 +145,10 @@ for run in $(seq 1 "$RUNS"); do
   done
   [ "$QUEUES" = 1 ] && { sample_queues >"$r/queues" & pids+=($!); sampler=$!; }
   for p in "${leechers[@]}"; do wait "$p" || true; done
+  host_busy=$(cpu_busy "$cpu_b" "$cpu_t")
   [ "$QUEUES" = 1 ] && { kill "$sampler" 2>/dev/null || true; }
   summarize "$r" "$N" "$start" "$work/payload.bin" "$tmin" "run $run: 1+$N peers, $RATE_MBIT Mbit/s uplinks${SEED_MBIT:+, the seeder $SEED_MBIT Mbit/s,}${DOWN_MBIT:+ and $DOWN_MBIT Mbit/s downlinks} ($CC), $SIZE_MIB MiB"
+  echo "$host_busy"
   read -r sent_now dropped_now < <(shaped 2)
   awk -v b=$((sent_now - seed_sent)) -v f="$size" -v sd=$((dropped_now - seed_dropped)) -v d=$(($(shapers_dropped) - dropped)) \
     'BEGIN { printf "  shapers: the seeder sent %.2f F on the wire and dropped %d packets; every uplink together dropped %d\n", b / f, sd, d }'

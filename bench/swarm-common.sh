@@ -1,6 +1,6 @@
 # Shared by bench/netns-swarm.sh and bench/capped-swarm.sh (sourced, not run): waiting for a
-# node's line, the Kumar-Ross bound, the simulator's prediction, and the summary of one run's
-# leechers.
+# node's line, the Kumar-Ross bound, the simulator's prediction, the summary of one run's
+# leechers, and how busy the host's CPUs were meanwhile.
 
 # wait_line FILE PATTERN: waits (at most 60 s) until FILE has a line matching PATTERN; on a
 # timeout shows the node's stderr (FILE with .err for .log) and exits.
@@ -44,4 +44,19 @@ summarize() {
   median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
   awk -v label="$label" -v n="$n" -v ok=$ok -v last="$last" -v med="$median" -v tmin="$tmin" \
     'BEGIN { printf "%s: %d/%d identical, last %.2f s (%.2fx T_min), median %.2f s (%.2fx), T_min %.2f s\n", label, ok, n, last, last / tmin, med, med / tmin, tmin }'
+}
+
+# cpu_mark: "BUSY TOTAL", the host's CPU time so far (user to steal, in clock ticks) and the part
+# of it not idle, for cpu_busy.
+cpu_mark() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+
+# cpu_busy BUSY TOTAL: prints how busy the host's CPUs were since that cpu_mark. Every node of a
+# run shares this host: when it has no time to spare, the processes set the pace, not the
+# links, and the run says nothing about the protocol or the simulator's twin.
+cpu_busy() {
+  local busy total
+  read -r busy total < <(cpu_mark)
+  awk -v b="$((busy - $1))" -v t="$((total - $2))" 'BEGIN { p = t > 0 ? 100 * b / t : 0
+    note = (p > 80) ? " (over 80 %: the processes, not the links, may have set the pace)" : ""
+    printf "  host: the CPUs %.0f %% busy while the leechers ran%s\n", p, note }'
 }
