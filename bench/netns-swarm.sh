@@ -8,7 +8,8 @@
 # Prints the last and the median completion against the Kumar-Ross bound
 # T_min = max(F/u_s, F/d, N*F/(u_s + N*u)) (F/d only with shaped downlinks), checks every copy, and says
 # what the shapers saw: the seeder's bytes on the wire over F (headers and retransmissions
-# included) and the packets every shaper dropped. With the defaults it first prints the
+# included) and the packets every shaper dropped, and how busy the host's CPUs were (every
+# host shares them: a busy machine, not the links, may set the pace). With the defaults it first prints the
 # simulator's prediction for the same setup (scenarios/shaped-links.toml, seeds 1-3; with
 # DOWN_MBIT=32, scenarios/shaped-links-symmetric.toml; with SEED_MBIT=160 DOWN_MBIT=32 too,
 # scenarios/shaped-links-fast-seeder.toml, and with RATE_MBIT=16 besides,
