@@ -3,8 +3,9 @@
 # leechers (default 24) on 127.0.0.1, every peer's upload capped with --upload-limit (default
 # 4 MiB/s), a 32 MiB file in 256 KiB pieces, all leechers started together. Prints the last and
 # the median completion against the Kumar-Ross bound T_min = max(F/u_s, N*F/(u_s + N*u)),
-# checks every copy and says how busy the host's CPUs were meanwhile; with the defaults it first prints the simulator's prediction for the same
-# setup (scenarios/capped-uploads.toml, seeds 1-3), which should agree within 10 %.
+# checks every copy and says how busy the host's CPUs were meanwhile; with the defaults it
+# first prints the simulator's prediction for the same setup (scenarios/capped-uploads.toml,
+# seeds 1-3), which should agree within 10 %.
 #
 # Usage: bench/capped-swarm.sh [--no-build]
 #   env: N=24 UP=4194304 SIZE_MIB=32 PIECE=262144 RUNS=1

@@ -107,8 +107,8 @@ for i in $(seq 1 $((N + 2))); do host "$i"; done
 # Every host knows every other's MAC address from the start. Left to ARP, a host's requests and
 # replies queue behind data in the shapers' 100 ms tail-drop queues; with 50 leechers some are
 # lost, the kernel gives the neighbour up (`No route to host`), and connections to it time out
-# for seconds (a run's last leecher then finishes at 7-9 x T_min). Peers on the internet
-# resolve only their router, on a link no shaper of theirs queues.
+# for seconds (the last leecher finished at 7.6 and 9.3 x T_min in two runs of three). Peers on
+# the internet resolve only their router, on a link no shaper of theirs queues.
 neigh="$work/neigh"
 for i in $(seq 1 $((N + 2))); do
   echo "neigh replace $net.$i lladdr $(ip netns exec "$tag-$i" cat /sys/class/net/eth0/address) dev eth0 nud permanent"
