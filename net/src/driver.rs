@@ -425,7 +425,10 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             }
         };
         match connection.send(frame) {
-            Ok(()) => self.watch.sent(message),
+            Ok(()) => {
+                tracing::trace!("{}: {conn}: queued a {}", self.label, message.kind());
+                self.watch.sent(message);
+            }
             Err(QueueError::Full) => {
                 tracing::warn!("{}: {conn} {}: remote does not read; dropping it", self.label, connection.remote());
                 self.drop_conn(conn);
@@ -612,12 +615,16 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                     }
                     // The budget share belongs to the `Data` message that ends a batch.
                     self.data_permit = if i == last { permit.take() } else { None };
+                    tracing::trace!("{}: {conn}: received a {}", self.label, message.kind());
                     self.feed(ctx, Input::Message { conn, message });
                     // The machine dropped the block (a duplicate, say): its budget is free again.
                     self.data_permit = None;
                 }
             }
-            ConnReport::Sent(data_frames) => self.feed(ctx, Input::Sent { conn, data_frames }),
+            ConnReport::Sent(data_frames) => {
+                tracing::trace!("{}: {conn}: {data_frames} data frames taken by the socket", self.label);
+                self.feed(ctx, Input::Sent { conn, data_frames });
+            }
             ConnReport::BadFrame(error) => {
                 tracing::warn!("{}: {conn}: bad frame: {error}", self.label);
                 self.feed(ctx, Input::BadFrame { conn, error });
