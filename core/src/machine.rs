@@ -78,9 +78,8 @@ pub enum Input {
     },
     /// `data_frames` more of this connection's `Data` frames left the sender, in the order
     /// they were sent: their last byte went out on the link in the simulator, or on TCP the
-    /// socket took it while its unsent bytes stay under a small bound (`TCP_NOTSENT_LOWAT`),
-    /// so what the kernel still holds unsent is a fraction of a block. A frame waiting in a
-    /// driver's queue or a send buffer is not sent. This is the machine's backpressure and
+    /// socket sent it on (it no longer counts among the socket's unsent bytes). A frame
+    /// waiting in a driver's queue or a send buffer is not sent. This is the machine's backpressure and
     /// upload-slot signal: a peer serves a connection's next block only as the earlier ones
     /// drain, and passes an upload slot on once the bytes of its turn really left, so queued
     /// data never waits behind a slow link where a `Cancel` can no longer recall it. Drivers

@@ -15,10 +15,11 @@
 //! stops and reports the connection closed. The writer takes every frame queued so far, control frames ahead of
 //! `Data`, and sends them with vectored writes — many small frames in one system call, a
 //! `Data` payload straight from the buffer it was read into — so it keeps no buffer of its
-//! own. The socket holds at most [`SOCKET_UNSENT_BYTES_MAX`] unsent, so a `Data` frame it took
-//! whole has (nearly) left, and after each write the writer tells the driver how many did (the
-//! machine's `Input::Sent`); the bytes queued for it are counted so the driver can drop a
-//! connection whose remote does not read. Nothing here panics
+//! own. It tells the driver when each `Data` frame has left (the machine's `Input::Sent`): not
+//! when the socket took it, but when the socket's count of bytes it holds unsent says the
+//! frame's last byte went out, looking again as often as the socket's pace asks while frames
+//! are leaving. The bytes queued for a writer are counted so the driver can drop a connection
+//! whose remote does not read. Nothing here panics
 //! on what the remote sends.
 
 use std::collections::VecDeque;
@@ -58,17 +59,13 @@ pub const WRITE_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most bytes queued for all the connections of one driver; a connection whose frame would
 /// exceed it is dropped, so slow readers together cannot pin unbounded memory.
 pub const WRITE_QUEUE_TOTAL_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// Bytes a socket may hold that did not go out yet (`TCP_NOTSENT_LOWAT`): the kernel takes
-/// more only below this, so a `Data` frame the socket took whole has all but about this much
-/// (and one segment batch) on the wire — what the machine counts as sent for its backpressure
-/// and upload slots — and little queued data waits where no `Cancel` can recall it. Bytes
-/// sent and not yet acknowledged are not counted: the congestion window still fills.
-///
-/// Small, because each byte still unsent when the machine hears `Sent` is time in which it
-/// believes a slot's block gone and starts serving the next connection beside it: on a slow
-/// uplink shared by two slots, 64 KiB is over a tenth of a second of such overlap per block,
-/// and the overlapping flows pass each chunk on more slowly. Where the link is fast the
-/// socket drains as fast as the writer refills it, and the lower mark costs no throughput
+/// Bytes a socket may hold that did not go out yet before it takes a new segment
+/// (`TCP_NOTSENT_LOWAT`), so queued data waits in the writer's queue, where control frames
+/// pass it, rather than in the kernel. It does not bound what a write takes: one that tops up
+/// the last unsent segment is taken whole, a block at once, which is why the writer reports a
+/// frame sent from the socket's unsent count, not from the write. Bytes sent and not yet
+/// acknowledged are not counted: the congestion window still fills. Where the link is fast
+/// the socket drains as fast as the writer refills it, and the low mark costs no throughput
 /// (BENCHMARKS.md, "Transfer").
 pub const SOCKET_UNSENT_BYTES_MAX: u32 = 16 * 1024;
 /// How long a closing connection may take to flush what was queued for it.
@@ -163,7 +160,7 @@ pub enum ConnReport {
     /// A frame was oversized or did not decode; nothing more is read.
     BadFrame(DecodeError),
     /// This many more `Data` frames, in the order they were queued, left through the socket
-    /// (see [`SOCKET_UNSENT_BYTES_MAX`]): the driver's `Input::Sent`.
+    /// (their last byte is no longer among its unsent ones): the driver's `Input::Sent`.
     Sent(u32),
     /// The stream ended or failed.
     Closed,
@@ -215,8 +212,11 @@ impl Drop for QueuedFrame {
 struct Outgoing {
     frames: VecDeque<QueuedFrame>,
     remaining: usize,
-    /// `Data` frames fully written since [`Outgoing::take_data_written`].
-    data_written: u32,
+    /// Bytes written so far.
+    written: usize,
+    /// Where each `Data` frame fully written since [`Outgoing::take_data_ends`] ended, in
+    /// bytes written.
+    data_ends: Vec<usize>,
 }
 
 impl Outgoing {
@@ -231,9 +231,9 @@ impl Outgoing {
         }
     }
 
-    /// The number of `Data` frames fully written since the last call.
-    fn take_data_written(&mut self) -> u32 {
-        std::mem::take(&mut self.data_written)
+    /// Where the `Data` frames fully written since the last call ended, in bytes written.
+    fn take_data_ends(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.data_ends)
     }
 }
 
@@ -263,6 +263,8 @@ impl Buf for Outgoing {
     fn advance(&mut self, mut count: usize) {
         assert!(count <= self.remaining, "advanced past the queued bytes");
         self.remaining -= count;
+        self.written += count;
+        let end = self.written;
         while count > 0 {
             let Some(front) = self.frames.front_mut() else { return };
             let frame = &mut front.frame;
@@ -272,9 +274,10 @@ impl Buf for Outgoing {
             frame.payload.advance(from_payload);
             count -= from_head + from_payload;
             if frame.head.is_empty() && frame.payload.is_empty() {
-                let data = frame.data;
+                if frame.data {
+                    self.data_ends.push(end - count);
+                }
                 self.frames.pop_front();
-                self.data_written += u32::from(data);
             }
         }
     }
@@ -580,14 +583,30 @@ async fn write_loop(
 }
 
 /// Writes queued frames until `Close` or the driver drops the queue: each round takes every
-/// frame queued by then (control frames first) and sends them all, telling `sent` after each
-/// write how many `Data` frames the socket took whole.
+/// frame queued by then (control frames first) and sends them all. A `Data` frame is reported
+/// to `sent` once the socket has sent its last byte on, not when it took the frame: a socket
+/// takes a whole block at once even with [`SOCKET_UNSENT_BYTES_MAX`] set, and the machine
+/// counts a block reported sent as beyond recall and gone from the uplink, when on a slow link
+/// it would still be most of a second's sending.
 async fn write_until_close(
     out: &mut SecureWriter,
     commands: &mut mpsc::UnboundedReceiver<WriterCmd>,
     sent: impl Fn(u32),
 ) -> io::Result<()> {
-    while let Some(mut command) = commands.recv().await {
+    let mut leaving = Leaving::default();
+    loop {
+        let command = match leaving.next_look() {
+            None => commands.recv().await,
+            Some(wait) => tokio::select! {
+                biased;
+                command = commands.recv() => command,
+                () = tokio::time::sleep(wait) => {
+                    report_left(out, &mut leaving, &sent);
+                    continue;
+                }
+            },
+        };
+        let Some(mut command) = command else { return Ok(()) };
         // A fresh queue each round: an idle writer keeps nothing.
         let mut outgoing = Outgoing::default();
         let closing = loop {
@@ -604,18 +623,99 @@ async fn write_until_close(
             if out.write_buf(&mut outgoing).await? == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            // The transport sealed what it took; flushed, it is on the socket.
+            // The transport sealed what it took; flushed, it is on the socket, and the round's
+            // bytes written so far end where the socket's stream does (a frame's end is placed
+            // a few bytes early: the transport's overhead on the bytes after it).
             out.flush().await?;
-            let data_frames = outgoing.take_data_written();
-            if data_frames > 0 {
-                sent(data_frames);
+            let stream_end = out.socket_bytes_written();
+            for end in outgoing.take_data_ends() {
+                leaving.push(stream_end.saturating_sub((outgoing.written - end) as u64));
             }
+            report_left(out, &mut leaving, &sent);
         }
         if closing {
             return Ok(());
         }
     }
-    Ok(())
+}
+
+/// Tells `sent` how many of the frames in `leaving` the socket has sent on by now.
+fn report_left(out: &SecureWriter, leaving: &mut Leaving, sent: &impl Fn(u32)) {
+    let frames = leaving.retire(out.socket_bytes_sent(), tokio::time::Instant::now());
+    if frames > 0 {
+        sent(frames);
+    }
+}
+
+/// Soonest the writer looks again whether the socket has sent a frame on: a frame is reported
+/// at most this much late while the socket keeps its pace, and a fast socket is not looked at
+/// more often than this.
+const LEAVING_LOOK_MIN: Duration = Duration::from_millis(2);
+/// Latest: a frame is reported at most this late when the socket's pace changes.
+const LEAVING_LOOK_MAX: Duration = Duration::from_millis(25);
+
+/// The `Data` frames a socket took and has not all sent on, each by where it ends in the
+/// connection's byte stream, and when to look again: when the socket, at the pace it keeps
+/// while frames are leaving, will have sent the first of them on.
+#[derive(Debug, Default)]
+struct Leaving {
+    ends: VecDeque<u64>,
+    /// Where the pace is measured from: a look while frames were leaving, and the bytes sent
+    /// on by then (an idle socket's time says nothing of its pace).
+    mark: Option<(tokio::time::Instant, u64)>,
+    /// Bytes a second the socket sent on while frames were leaving, smoothed over the
+    /// measures; none before the first.
+    pace: Option<f64>,
+    wait: Duration,
+}
+
+impl Leaving {
+    /// A frame the socket took, ending at `end` in the stream.
+    fn push(&mut self, end: u64) {
+        self.ends.push_back(end);
+    }
+
+    /// Retires the frames that end by `sent`, the bytes the socket had sent on at `now`;
+    /// returns how many, and plans the next look.
+    fn retire(&mut self, sent: u64, now: tokio::time::Instant) -> u32 {
+        let mut frames = 0;
+        while self.ends.front().is_some_and(|&end| end <= sent) {
+            self.ends.pop_front();
+            frames += 1;
+        }
+        let mut stalled = false;
+        match self.mark {
+            // Over a span of at least the shortest wait, so a look just after a write
+            // does not measure a burst.
+            Some((then, before)) if now.saturating_duration_since(then) >= LEAVING_LOOK_MIN => {
+                let pace = (sent - before) as f64 / now.saturating_duration_since(then).as_secs_f64();
+                stalled = sent == before;
+                if !stalled {
+                    self.pace = Some(self.pace.map_or(pace, |smoothed| (smoothed + pace) / 2.0));
+                }
+                self.mark = Some((now, sent));
+            }
+            Some(_) => {}
+            None => self.mark = Some((now, sent)),
+        }
+        let Some(&next_end) = self.ends.front() else {
+            self.mark = None;
+            return frames;
+        };
+        let wait = match self.pace {
+            // A remote that stopped reading: back off.
+            _ if stalled => self.wait * 2,
+            Some(pace) => Duration::try_from_secs_f64((next_end - sent) as f64 / pace).unwrap_or(LEAVING_LOOK_MAX),
+            None => LEAVING_LOOK_MIN,
+        };
+        self.wait = wait.clamp(LEAVING_LOOK_MIN, LEAVING_LOOK_MAX);
+        frames
+    }
+
+    /// How long to wait before looking again, while frames are leaving.
+    fn next_look(&self) -> Option<Duration> {
+        (!self.ends.is_empty()).then_some(self.wait)
+    }
 }
 
 #[cfg(test)]
@@ -649,7 +749,7 @@ mod tests {
     }
 
     #[test]
-    fn control_frames_go_ahead_of_data_and_data_is_counted_once_written_whole() {
+    fn control_frames_go_ahead_of_data_and_data_is_placed_once_written_whole() {
         let data = |chunk| Message::Data {
             file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
             chunk: p2p_core::ChunkIndex(chunk),
@@ -663,13 +763,135 @@ mod tests {
         let order: Vec<bool> = outgoing.frames.iter().map(|q| q.frame.data).collect();
         assert_eq!(order, [false, false, true, true], "both lists first, the data in its order");
         let lists = 2 * outgoing.frames[0].frame.wire_len();
-        let first_data = outgoing.frames[2].frame.wire_len();
-        outgoing.advance(lists + first_data - 1);
-        assert_eq!(outgoing.take_data_written(), 0, "one byte of the first data frame is unwritten");
+        let data_len = outgoing.frames[2].frame.wire_len();
+        outgoing.advance(lists + data_len - 1);
+        assert!(outgoing.take_data_ends().is_empty(), "one byte of the first data frame is unwritten");
         outgoing.advance(1);
-        assert_eq!(outgoing.take_data_written(), 1);
+        assert_eq!(outgoing.take_data_ends(), [lists + data_len]);
         outgoing.advance(outgoing.remaining());
-        assert_eq!(outgoing.take_data_written(), 1);
+        assert_eq!(outgoing.take_data_ends(), [lists + 2 * data_len], "placed where it ended");
+    }
+
+    #[test]
+    fn both_data_frames_ended_by_one_write_are_placed_where_each_ended() {
+        let data = Message::Data {
+            file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
+            chunk: p2p_core::ChunkIndex(0),
+            offset: 0,
+            bytes: Bytes::from_static(&[7; 100]),
+        };
+        let mut outgoing = Outgoing::default();
+        for _ in 0..3 {
+            outgoing.push(queued(&data));
+        }
+        let len = outgoing.frames[0].frame.wire_len();
+        outgoing.advance(2 * len + 10);
+        assert_eq!(outgoing.take_data_ends(), [len, 2 * len], "the third is not written whole");
+    }
+
+    #[test]
+    fn a_frame_leaves_when_the_socket_sent_its_last_byte_and_looks_follow_the_pace() {
+        let start = tokio::time::Instant::now();
+        let at = |millis| start + Duration::from_millis(millis);
+        let millis = |n| Some(Duration::from_millis(n));
+        let mut leaving = Leaving::default();
+        assert_eq!(leaving.next_look(), None, "nothing leaving: no look");
+        leaving.push(100_000);
+        leaving.push(200_000);
+        assert_eq!(leaving.retire(20_000, at(0)), 0);
+        assert_eq!(leaving.next_look(), Some(LEAVING_LOOK_MIN), "no pace yet");
+        // 10,000 bytes a millisecond: the first frame's 60,000 still unsent take 6 ms.
+        assert_eq!(leaving.retire(40_000, at(2)), 0);
+        assert_eq!(leaving.next_look(), millis(6));
+        // A look sooner than the shortest wait (after a write) measures no pace.
+        assert_eq!(leaving.retire(45_000, at(3)), 0);
+        assert_eq!(leaving.next_look(), Some(Duration::from_micros(5_500)));
+        // 25,000 a millisecond since the look at 2 ms: smoothed, 17,500; the 10,000 left would
+        // take under a millisecond, but looks come no sooner than the shortest wait.
+        assert_eq!(leaving.retire(90_000, at(4)), 0);
+        assert_eq!(leaving.next_look(), Some(LEAVING_LOOK_MIN));
+        assert_eq!(leaving.retire(100_000, at(6)), 1, "its last byte is sent");
+        // 5,000 a millisecond since: smoothed, 11,250; the next frame's 100,000 take 8.9 ms.
+        let wait = leaving.next_look().expect("a frame is leaving");
+        assert_eq!(wait.as_micros(), 8_888, "{wait:?}");
+        assert_eq!(leaving.retire(100_000, at(15)), 0, "a remote that stopped reading");
+        assert_eq!(leaving.next_look(), Some(2 * wait), "backs off");
+        assert_eq!(leaving.retire(100_000, at(33)), 0);
+        assert_eq!(leaving.next_look(), Some(LEAVING_LOOK_MAX), "no further than the longest wait");
+        assert_eq!(leaving.retire(250_000, at(55)), 1);
+        assert_eq!(leaving.next_look(), None);
+        // Idle time measures nothing: the next frame starts from the pace kept so far.
+        leaving.push(300_000);
+        assert_eq!(leaving.retire(250_000, at(1_000)), 0);
+        assert!(leaving.next_look() > Some(LEAVING_LOOK_MIN), "{:?}", leaving.next_look());
+    }
+
+    #[actix_rt::test]
+    async fn data_frames_are_reported_sent_no_sooner_than_they_arrive_and_all_once_read() {
+        const FRAMES: u32 = 64;
+        let (sender, receiver) = crate::secure::tests::connected_pair().await;
+        socket2::SockRef::from(sender.tcp()).set_tcp_notsent_lowat(SOCKET_UNSENT_BYTES_MAX).expect("sets");
+        let (_, mut writer) = sender.into_split();
+        let (queue, mut commands) = mpsc::unbounded_channel();
+        let block = Bytes::from(vec![7; 16 * 1024]);
+        let data = Message::Data {
+            file_id: p2p_core::FileId(p2p_core::Digest([1; 32])),
+            chunk: p2p_core::ChunkIndex(0),
+            offset: 0,
+            bytes: block,
+        };
+        let frame_bytes = queued(&data).frame.wire_len();
+        // Like the machine: two frames not yet reported sent, the next queued as one is.
+        let (reported, queued_frames) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(2)));
+        for _ in 0..2 {
+            queue.send(WriterCmd::Frame(queued(&data))).expect("queued");
+        }
+        let (counted, refill) = (reported.clone(), queue.clone());
+        let writing = tokio::task::spawn_local(async move {
+            let sent = |frames: u32| {
+                counted.fetch_add(frames as usize, Ordering::Relaxed);
+                for _ in 0..frames {
+                    if queued_frames.fetch_add(1, Ordering::Relaxed) < FRAMES as usize {
+                        refill.send(WriterCmd::Frame(queued(&data))).expect("queued");
+                    }
+                }
+            };
+            let written = write_until_close(&mut writer, &mut commands, sent).await;
+            (written, writer)
+        });
+        // The receiver reads nothing yet: its window fills and the sender's socket holds the rest.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before_reading = reported.load(Ordering::Relaxed);
+        let mut arrived = 0;
+        let mut scratch = vec![0; 1 << 20];
+        while let Ok(n) = receiver.tcp().try_read(&mut scratch) {
+            if n == 0 {
+                break;
+            }
+            arrived += n;
+        }
+        assert!(before_reading < FRAMES as usize, "the socket cannot have sent them all: {before_reading}");
+        assert!(
+            before_reading * frame_bytes <= arrived,
+            "{before_reading} frames reported sent, but only {arrived} bytes arrived"
+        );
+        // Once the receiver reads, every frame leaves and is reported.
+        let drained = async {
+            while reported.load(Ordering::Relaxed) < FRAMES as usize {
+                // Bounded: the last report may come after the last bytes were read.
+                let _ = tokio::time::timeout(Duration::from_millis(50), receiver.tcp().readable()).await;
+                while let Ok(n) = receiver.tcp().try_read(&mut scratch) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), drained).await.expect("every frame reported in time");
+        assert_eq!(reported.load(Ordering::Relaxed), FRAMES as usize);
+        queue.send(WriterCmd::Close).expect("queued");
+        let (written, _) = writing.await.expect("the writer ends");
+        written.expect("no write failed");
     }
 
     #[actix_rt::test]

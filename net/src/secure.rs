@@ -185,6 +185,8 @@ pub struct SecureWriter {
     sealed: BytesMut,
     /// One chunk's plaintext, gathered from the caller's slices.
     gathered: Vec<u8>,
+    /// Bytes handed to the socket so far: the position in the connection's byte stream.
+    written: u64,
 }
 
 /// Opens a connection's transport as the side that dialled: proves our key, learns the
@@ -321,8 +323,14 @@ impl SecureStream {
             read_room_bytes: READ_BYTES_MIN,
             opened: BytesMut::new(),
         };
-        let writer =
-            SecureWriter { half: write_half, transport, nonce: 0, sealed: BytesMut::new(), gathered: Vec::new() };
+        let writer = SecureWriter {
+            half: write_half,
+            transport,
+            nonce: 0,
+            sealed: BytesMut::new(),
+            gathered: Vec::new(),
+            written: 0,
+        };
         Ok(SecureStream { reader, writer, peer_id })
     }
 
@@ -443,6 +451,24 @@ impl AsyncRead for SecureReader {
 }
 
 impl SecureWriter {
+    /// Bytes handed to the socket so far (sealed: the position in the connection's byte stream).
+    pub fn socket_bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Of [`SecureWriter::socket_bytes_written`], the bytes the socket has sent on: those it no
+    /// longer holds unsent (sent and not yet acknowledged counts as sent). All of them when the
+    /// socket cannot tell.
+    pub fn socket_bytes_sent(&self) -> u64 {
+        match socket_unsent_bytes(self.half.as_ref()) {
+            Ok(unsent) => self.written.saturating_sub(unsent),
+            Err(e) => {
+                tracing::trace!("cannot read a socket's unsent bytes: {e}");
+                self.written
+            }
+        }
+    }
+
     /// Seals up to [`WRITE_BATCH_BYTES`] of `slices` into chunks; returns the plaintext bytes
     /// taken.
     fn seal(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -508,9 +534,27 @@ impl SecureWriter {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sealed.advance(written);
+            self.written += written as u64;
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Bytes `socket` holds that it has not sent yet (Linux's `SIOCOUTQNSD`). The one call here
+/// that no maintained crate wraps safely: `TCP_NOTSENT_LOWAT` bounds these bytes only when
+/// the socket takes a new segment, and a write that tops up the last unsent one is taken
+/// whole, so only the count itself tells when a frame has left.
+#[allow(unsafe_code)]
+fn socket_unsent_bytes(socket: &TcpStream) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQNSD` writes one `int` through its argument, which points at `unsent`,
+    // alive for the call; the descriptor is the open socket `socket` borrows.
+    let status = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent as *mut libc::c_int) };
+    if status == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(unsent).unwrap_or(0))
 }
 
 impl AsyncWrite for SecureWriter {
