@@ -639,8 +639,12 @@ async fn write_until_close(
     }
 }
 
-/// Tells `sent` how many of the frames in `leaving` the socket has sent on by now.
+/// Tells `sent` how many of the frames in `leaving` the socket has sent on by now (asking the
+/// socket only while some are leaving: a tracker's writers never do).
 fn report_left(out: &SecureWriter, leaving: &mut Leaving, sent: &impl Fn(u32)) {
+    if leaving.next_look().is_none() {
+        return;
+    }
     let frames = leaving.retire(out.socket_bytes_sent(), tokio::time::Instant::now());
     if frames > 0 {
         sent(frames);

@@ -622,7 +622,7 @@ impl<M: Machine + Unpin + 'static> Handler<ConnEvent> for Driver<M> {
                 }
             }
             ConnReport::Sent(data_frames) => {
-                tracing::trace!("{}: {conn}: {data_frames} data frames taken by the socket", self.label);
+                tracing::trace!("{}: {conn}: {data_frames} data frames sent on by the socket", self.label);
                 self.feed(ctx, Input::Sent { conn, data_frames });
             }
             ConnReport::BadFrame(error) => {
