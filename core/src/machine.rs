@@ -79,12 +79,12 @@ pub enum Input {
     /// `data_frames` more of this connection's `Data` frames left the sender, in the order
     /// they were sent: their last byte went out on the link in the simulator, or on TCP the
     /// socket sent it on (it no longer counts among the socket's unsent bytes). A frame
-    /// waiting in a driver's queue or a send buffer is not sent. This is the machine's backpressure and
-    /// upload-slot signal: a peer serves a connection's next block only as the earlier ones
-    /// drain, and passes an upload slot on once the bytes of its turn really left, so queued
-    /// data never waits behind a slow link where a `Cancel` can no longer recall it. Drivers
-    /// report every `Data` frame exactly once and may send other frames ahead of `Data`
-    /// frames not yet started (control traffic first).
+    /// waiting in a driver's queue or a send buffer is not sent. This is the machine's
+    /// backpressure and upload-slot signal: a peer serves a connection's next block only as
+    /// the earlier ones drain, and passes an upload slot on once the bytes of its turn really
+    /// left, so queued data never waits behind a slow link where a `Cancel` can no longer
+    /// recall it. Drivers report every `Data` frame exactly once and may send other frames
+    /// ahead of `Data` frames not yet started (control traffic first).
     Sent {
         /// The connection.
         conn: ConnId,

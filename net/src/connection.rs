@@ -692,8 +692,9 @@ impl Leaving {
             // Over a span of at least the shortest wait, so a look just after a write
             // does not measure a burst.
             Some((then, before)) if now.saturating_duration_since(then) >= LEAVING_LOOK_MIN => {
-                let pace = (sent - before) as f64 / now.saturating_duration_since(then).as_secs_f64();
-                stalled = sent == before;
+                // Saturating: a socket that could not tell counted every byte written as sent.
+                let pace = sent.saturating_sub(before) as f64 / now.saturating_duration_since(then).as_secs_f64();
+                stalled = sent <= before;
                 if !stalled {
                     self.pace = Some(self.pace.map_or(pace, |smoothed| (smoothed + pace) / 2.0));
                 }
