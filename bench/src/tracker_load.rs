@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use p2p_core::limits::{CONNECTIONS_MAX, PIECES_MAX, TRACKER_FILES_MAX};
+use p2p_core::limits::{CHUNK_BYTES_MIN, CONNECTIONS_MAX, PIECES_MAX, TRACKER_FILES_MAX};
 use p2p_core::wire::{Message, Role};
 use p2p_core::{Bitfield, Digest, FileId, Manifest};
 use p2p_net::identity::Identity;
@@ -35,7 +35,7 @@ use crate::load_conn::Conn;
 use crate::node::NodeProc;
 use crate::procstat::{self, ProcSample};
 use crate::report::{self, Table};
-use crate::swarm::{listen_addr, PIECE_BYTES};
+use crate::swarm::listen_addr;
 
 /// How often an idle peer re-announces during the locate phase (the tracker's TTL is 30 s).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -45,6 +45,12 @@ const PORT_BASE: u16 = 1024;
 const LOCATE_TARGET_PER_S: f64 = 50_000.0;
 /// Tracker RSS the issue allows for 1,000 × 1,000 × 1,000, MiB.
 const RSS_TARGET_MIB: f64 = 200.0;
+/// The load's piece size: the smallest, one chunk a piece, so a holding of a file of
+/// `--pieces` pieces is `--pieces` bits of the tracker's bitfields, the load the issue
+/// describes. Larger pieces have up to four chunks each, and the tracker keeps a bit per
+/// chunk: its per-address chunk quota would then refuse a thousand peers on 127.0.0.1 long
+/// before each held a thousand files.
+const LOAD_PIECE_BYTES: u32 = CHUNK_BYTES_MIN;
 
 /// Options of `p2p-bench tracker-load`.
 #[derive(Debug, clap::Args)]
@@ -136,7 +142,6 @@ fn sample(pid: u32) -> anyhow::Result<ProcSample> {
 /// Manifests with made-up digests (the tracker never checks them against data).
 fn make_files(args: &LoadArgs) -> anyhow::Result<Vec<(FileId, Manifest)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let piece_size = u32::try_from(PIECE_BYTES)?;
     let mut files = Vec::with_capacity(args.files);
     for i in 0..args.files {
         let hashes = (0..args.pieces)
@@ -146,8 +151,8 @@ fn make_files(args: &LoadArgs) -> anyhow::Result<Vec<(FileId, Manifest)>> {
                 Digest(digest)
             })
             .collect();
-        let length = u64::from(args.pieces) * PIECE_BYTES;
-        let manifest = Manifest::new(format!("load-{i:05}.bin"), length, piece_size, hashes)?;
+        let length = u64::from(args.pieces) * u64::from(LOAD_PIECE_BYTES);
+        let manifest = Manifest::new(format!("load-{i:05}.bin"), length, LOAD_PIECE_BYTES, hashes)?;
         files.push((manifest.file_id(), manifest));
     }
     Ok(files)

@@ -185,8 +185,8 @@ pub const TRACKER_FILES_PER_PEER_MAX: usize = PEER_FILES_MAX;
 
 /// Manifest bytes (32 per piece, plus the name) of the files one peer registration holds,
 /// summed over its files: room for [`TRACKER_FILES_PER_PEER_MAX`] files of
-/// [`PIECES_AUTO_TARGET_COUNT`] pieces. It also bounds the pieces one registration announces
-/// (its bitfields), to a 32nd of it.
+/// [`PIECES_AUTO_TARGET_COUNT`] pieces, names aside. It also bounds the chunks one
+/// registration announces (its bitfields, at most 4 chunks a piece) to an 8th of it.
 pub const TRACKER_MANIFEST_BYTES_PER_PEER_MAX: u64 = 32 * 1024 * 1024;
 
 /// Distinct files the peers of one source IP may hold together.

@@ -1,8 +1,8 @@
 //! What one peer registration and one source IP may make the tracker keep.
 //!
 //! Every holding (a peer holding a file) costs its file's manifest bytes and one bit per chunk.
-//! A peer registration is charged for each of its holdings (its chunks are at most a 32nd of
-//! its manifest bytes); a source IP is charged for each distinct file its peers hold (the
+//! A peer registration is charged for each of its holdings (its chunks are at most an 8th of
+//! its manifest bytes: 32 a piece, at most 4 chunks a piece); a source IP is charged for each distinct file its peers hold (the
 //! manifest is kept once) and for the chunks of all their holdings. An announce that would take a new holding past a bound is refused with an
 //! `Overloaded` error naming the bound; what is already held stays. Peer ids are chosen by the
 //! peers themselves, so a registration (one connection, one address) and its source IP are
@@ -35,9 +35,9 @@ pub(super) struct Cost {
 impl Cost {
     /// The cost of holding the file `manifest` describes.
     pub(super) fn of(manifest: &Manifest) -> Cost {
-        let chunks = u64::from(manifest.chunk_count());
+        let hash_bytes = 32 * u64::from(manifest.piece_count());
         let text_bytes = manifest.name().len() + manifest.tree_paths_bytes();
-        Cost { manifest_bytes: 32 * chunks + text_bytes as u64, chunks }
+        Cost { manifest_bytes: hash_bytes + text_bytes as u64, chunks: u64::from(manifest.chunk_count()) }
     }
 
     /// Bytes of the manifest: its piece hashes, name and paths.
@@ -159,6 +159,25 @@ fn over(detail: String) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_has_room_for_as_many_files_of_a_thousand_pieces_as_it_may_hold() {
+        // Four chunks a piece: charged by chunks, the 263rd such file would be refused.
+        let pieces = 1000;
+        let hashes = vec![crate::Digest([1; 32]); pieces as usize];
+        let piece_bytes = 1 << 20;
+        let manifest = Manifest::new("f".to_owned(), u64::from(pieces) * u64::from(piece_bytes), piece_bytes, hashes)
+            .expect("valid");
+        assert_eq!(manifest.chunk_count(), 4 * pieces, "one hash a piece in the manifest");
+        let cost = Cost::of(&manifest);
+        assert_eq!(cost.manifest_bytes(), 32 * u64::from(pieces) + 1);
+        let mut usage = Usage::default();
+        for _ in 0..TRACKER_FILES_PER_PEER_MAX {
+            assert_eq!(usage.check(cost), Ok(()));
+            usage.add(cost);
+        }
+        assert!(usage.check(cost).is_err(), "past the files a peer may hold");
+    }
 
     #[test]
     fn the_chunks_of_one_address_are_bounded_across_its_holdings() {
