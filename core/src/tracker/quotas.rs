@@ -2,8 +2,9 @@
 //!
 //! Every holding (a peer holding a file) costs its file's manifest bytes and one bit per chunk.
 //! A peer registration is charged for each of its holdings (its chunks are at most an 8th of
-//! its manifest bytes: 32 a piece, at most 4 chunks a piece); a source IP is charged for each distinct file its peers hold (the
-//! manifest is kept once) and for the chunks of all their holdings. An announce that would take a new holding past a bound is refused with an
+//! its manifest bytes: 32 a piece, at most 4 chunks a piece); a source IP is charged for each
+//! distinct file its peers hold (the manifest is kept once) and for the chunks of all their
+//! holdings. An announce that would take a new holding past a bound is refused with an
 //! `Overloaded` error naming the bound; what is already held stays. Peer ids are chosen by the
 //! peers themselves, so a registration (one connection, one address) and its source IP are
 //! what the quotas count.
