@@ -142,7 +142,9 @@ pub struct Driver<M: Machine> {
     label: String,
     start: Instant,
     store: Option<Arc<Store>>,
-    events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    events: Option<EventSink>,
+    /// Events an [`EventSink::UpTo`] had no room for.
+    events_dropped: u64,
     conns: BTreeMap<ConnId, Connection>,
     closing: Vec<JoinHandle<()>>,
     pending: VecDeque<Input>,
@@ -228,6 +230,19 @@ pub struct Leave;
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// Where a driver sends its events for the program embedding it.
+#[derive(Debug)]
+pub enum EventSink {
+    /// Every event, however far behind the reader is: a peer's program waits for some of them
+    /// (`Completed`), and a peer makes as many as its files, pieces and remotes.
+    Every(mpsc::UnboundedSender<NodeEvent>),
+    /// As many as the channel has room for; the others are dropped and counted, with a warning
+    /// at each doubling of the count. A tracker makes an event for every announce of every
+    /// peer, and its program only tells them, so a flood of announces would otherwise queue
+    /// events without bound.
+    UpTo(mpsc::Sender<NodeEvent>),
+}
+
 impl<M: Machine + Unpin + 'static> Driver<M> {
     /// A driver for `machine` whose connections prove and check `keys`; `label` prefixes its
     /// log lines.
@@ -236,7 +251,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         keys: Keys,
         label: String,
         store: Option<Arc<Store>>,
-        events: Option<mpsc::UnboundedSender<NodeEvent>>,
+        events: Option<EventSink>,
     ) -> Driver<M> {
         let write_budget = store.is_some().then(|| Arc::new(Semaphore::new(WRITE_BUDGET_BYTES)));
         Driver {
@@ -253,6 +268,7 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
             start: Instant::now(),
             store,
             events,
+            events_dropped: 0,
             conns: BTreeMap::new(),
             closing: Vec::new(),
             pending: VecDeque::new(),
@@ -453,11 +469,27 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         }
     }
 
-    /// Sends `event` to the embedding program, if it listens.
-    fn notify(&self, event: NodeEvent) {
-        if let Some(events) = &self.events {
+    /// Sends `event` to the embedding program, if it listens (see [`EventSink`]).
+    fn notify(&mut self, event: NodeEvent) {
+        match &self.events {
             // The embedding program may have stopped listening; the node runs on regardless.
-            events.send(event).ok();
+            Some(EventSink::Every(events)) => {
+                events.send(event).ok();
+            }
+            Some(EventSink::UpTo(events)) => {
+                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(event) {
+                    self.events_dropped += 1;
+                    // Each doubling once: a reader that stays behind costs a few lines, not one per event.
+                    if self.events_dropped.is_power_of_two() {
+                        tracing::warn!(
+                            "{}: {} events dropped in all: the program reading them is behind",
+                            self.label,
+                            self.events_dropped
+                        );
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -473,17 +505,18 @@ impl<M: Machine + Unpin + 'static> Driver<M> {
         if let Event::Removed { file_id } = &event {
             self.received_bytes.remove(file_id);
         }
-        let Some(events) = &self.events else { return };
+        if self.events.is_none() {
+            return;
+        }
         let completed = match &event {
             Event::Complete { file_id } => Some(*file_id),
             _ => None,
         };
-        // The embedding program may have stopped listening; the node runs on regardless.
-        events.send(NodeEvent::Machine(event)).ok();
+        self.notify(NodeEvent::Machine(event));
         if let Some(file_id) = completed {
             let path = self.store.as_ref().and_then(|store| store.path_of(file_id)).unwrap_or_default();
             let received_bytes = self.received_bytes.remove(&file_id).unwrap_or(0);
-            events.send(NodeEvent::Completed { file_id, path, received_bytes }).ok();
+            self.notify(NodeEvent::Completed { file_id, path, received_bytes });
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::client::{first_answer, list_files, locate_manifest};
-use crate::driver::{Driver, DriverView, Inspect, Leave, Local, NodeEvent, Stop};
+use crate::driver::{Driver, DriverView, EventSink, Inspect, Leave, Local, NodeEvent, Stop};
 use crate::error::NetError;
 use crate::hasher::describe;
 use crate::identity::{Identity, SwarmKey};
@@ -111,20 +111,25 @@ pub async fn spawn_tracker(listen: SocketAddr, config: TrackerConfig, keys: Keys
     spawn_tracker_reporting(listen, config, keys, None).await
 }
 
+/// Room for events a tracker's program has not read yet; past it they are dropped (see
+/// [`EventSink::UpTo`]).
+pub const TRACKER_EVENTS_QUEUED_MAX: usize = 4096;
+
 /// Starts a tracker listening on `listen`, proving `keys`; its events (peers announcing and
-/// going) go to `events`, if given.
+/// going) go to `events`, if given, as many as the channel has room for (make it with
+/// [`TRACKER_EVENTS_QUEUED_MAX`]).
 pub async fn spawn_tracker_reporting(
     listen: SocketAddr,
     mut config: TrackerConfig,
     keys: Keys,
-    events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    events: Option<mpsc::Sender<NodeEvent>>,
 ) -> Result<TrackerHandle, NetError> {
     let listener = TcpListener::bind(listen).await.map_err(NetError::socket("listen on", listen))?;
     let addr = listener.local_addr().map_err(NetError::socket("inspect", listen))?;
     config.peer_id = keys.identity.peer_id();
     let metrics = Arc::new(Metrics::new(Role::Tracker));
-    let driver =
-        Driver::new(Tracker::new(config), keys, format!("tracker {addr}"), None, events).with_metrics(metrics.clone());
+    let driver = Driver::new(Tracker::new(config), keys, format!("tracker {addr}"), None, events.map(EventSink::UpTo))
+        .with_metrics(metrics.clone());
     Ok(TrackerHandle { addr, metrics, driver: driver.start_with_listener(listener) })
 }
 
@@ -151,9 +156,14 @@ pub async fn spawn_peer(
     config.announce_interval = options.announce_interval;
     let keys = Keys { identity, swarm_key: options.swarm_key, trust: Arc::new(options.trust) };
     let metrics = Arc::new(Metrics::new(Role::Peer));
-    let driver =
-        Driver::new(Peer::new(config), keys.clone(), format!("peer {addr}"), Some(store.clone()), Some(events))
-            .with_metrics(metrics.clone());
+    let driver = Driver::new(
+        Peer::new(config),
+        keys.clone(),
+        format!("peer {addr}"),
+        Some(store.clone()),
+        Some(EventSink::Every(events)),
+    )
+    .with_metrics(metrics.clone());
     let driver = driver.start_with_listener(listener);
     Ok(PeerHandle { addr, peer_id, trackers: options.trackers, keys, store, metrics, driver })
 }

@@ -13,7 +13,7 @@ use p2p_core::limits::BLOCK_BYTES;
 use p2p_core::wire::{encode_frame, ErrorCode, Message};
 use p2p_core::{ChunkIndex, Command, CommandError, ConnId, Digest, Event, FileId, Input, Machine, Output, Time};
 use p2p_net::connection::WRITE_QUEUE_BYTES_MAX;
-use p2p_net::driver::{Driver, Local};
+use p2p_net::driver::{Driver, EventSink, Local};
 use p2p_net::secure::{self, Keys, SecureStream};
 use p2p_net::NodeEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,7 +110,13 @@ async fn start_echo(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (sender, events) = mpsc::unbounded_channel();
-    let driver = Driver::new(Echo { dial, ..Echo::default() }, Keys::new_open(), "echo".into(), None, Some(sender));
+    let driver = Driver::new(
+        Echo { dial, ..Echo::default() },
+        Keys::new_open(),
+        "echo".into(),
+        None,
+        Some(EventSink::Every(sender)),
+    );
     (driver.start_with_listener(listener), addr, events)
 }
 
@@ -182,4 +188,30 @@ async fn a_remote_that_does_not_read_is_dropped_once_its_queue_is_full() {
     assert_eq!(next_note(&mut events).await, "disconnected", "the flood overflowed the queue and cost the connection");
     drop(lazy);
     assert_still_echoes(addr).await;
+}
+
+#[actix_rt::test]
+async fn events_past_a_bounded_sinks_room_are_dropped_and_the_driver_serves_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (sender, mut events) = mpsc::channel(2);
+    let driver = Driver::new(Echo::default(), Keys::new_open(), "echo".into(), None, Some(EventSink::UpTo(sender)));
+    let _driver = driver.start_with_listener(listener);
+    // Five connections that echo and close: five notes, nobody reading them.
+    for _ in 0..5 {
+        assert_still_echoes(addr).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut kept = 0;
+    while let Ok(event) = events.try_recv() {
+        assert!(matches!(event, NodeEvent::Machine(Event::ProtocolViolation { .. })), "{event:?}");
+        kept += 1;
+    }
+    assert_eq!(kept, 2, "the channel's room, the rest dropped");
+    assert_still_echoes(addr).await;
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("in time").expect("alive");
+    assert!(
+        matches!(&event, NodeEvent::Machine(Event::ProtocolViolation { reason, .. }) if reason == "disconnected"),
+        "room again once read: {event:?}"
+    );
 }

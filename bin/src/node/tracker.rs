@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use p2p_core::limits::TRACKER_PEERS_MAX;
 use p2p_core::wire::PeerAddr;
 use p2p_core::{Event, GoneReason, PeerId, TrackerConfig};
 use p2p_net::http::serve_tracker;
 use p2p_net::identity::Identity;
+use p2p_net::node::TRACKER_EVENTS_QUEUED_MAX;
 use p2p_net::secure::{Keys, Trust};
 use p2p_net::{spawn_tracker_reporting, NodeEvent};
 use rand::RngCore;
@@ -34,7 +36,7 @@ pub async fn run(
     let trust = Trust { allow: load_allow_list(allow)?, ..Trust::default() };
     let keys = Keys { identity: tracker_identity(key)?, swarm_key: load_swarm_key(swarm_key)?, trust: Arc::new(trust) };
     let config = TrackerConfig { seed: rand::rngs::OsRng.next_u64(), ..TrackerConfig::default() };
-    let (sender, mut events) = mpsc::unbounded_channel();
+    let (sender, mut events) = mpsc::channel(TRACKER_EVENTS_QUEUED_MAX);
     let tracker =
         spawn_tracker_reporting(listen, config, keys, Some(sender)).await.context("cannot start the tracker")?;
     let tracker = Arc::new(tracker);
@@ -83,8 +85,9 @@ fn tracker_identity(key: Option<PathBuf>) -> anyhow::Result<Identity> {
     Identity::load_or_create(&path).context("--key")
 }
 
-/// The live peers as the tracker recorded them, for the story and the loopback warning. Every
-/// peer here is one the tracker keeps, so it is bounded as the tracker's registry is.
+/// The live peers as the tracker recorded them, for the story and the loopback warning: those
+/// the tracker keeps, but for one whose `PeerGone` was dropped with the events the story had
+/// no room for; at most as many as the tracker keeps, [`TRACKER_PEERS_MAX`].
 #[derive(Debug, Default)]
 struct Story {
     /// Live peers and their recorded addresses.
@@ -122,6 +125,11 @@ impl Story {
     }
 
     fn joined(&mut self, peer: PeerAddr) {
+        // A `PeerGone` the tracker dropped (its events past their room) leaves a peer here that
+        // it no longer keeps: past the tracker's own bound, the story stops adding.
+        if self.peers.len() >= TRACKER_PEERS_MAX && !self.peers.contains_key(&peer.peer_id) {
+            return;
+        }
         if self.peers.insert(peer.peer_id, peer.addr).is_some() {
             return;
         }
